@@ -1,0 +1,363 @@
+"""Typed syntax tree of a policy file.
+
+Plain frozen dataclasses: the parser builds them, the checker reads them, the compiler
+turns them into closures, ``fmt`` prints them back. Every node carries a :class:`Span`
+that is excluded from equality, so ``parse(fmt(x)) == parse(x)`` compares meaning only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Union
+
+__all__ = [
+    "AgentDecl", "Amount", "And", "ApprovalOverDecl", "BudgetDecl", "Call", "Compare",
+    "Condition", "CurrencyDecl", "DefaultCurrencyDecl", "DelegationDecl", "DenyRoute",
+    "EgressDecl", "Expr", "Extraction", "HttpTool", "In", "LimitDecl", "ListExpr", "Literal",
+    "MoneyLit", "NamedTool", "NamespaceDecl", "Not", "Or", "Path", "PolicyFile", "RateDecl",
+    "RatesDecl", "Redact", "RoleDecl", "Route", "Rule", "ScopeItem", "Span", "Statement",
+    "TzDecl", "Comment",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Where a node came from: 1-based line and column, end exclusive."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+NOSPAN = Span("<none>", 0, 0, 0, 0)
+
+
+def _span() -> Span:
+    return field(default=NOSPAN, compare=False, repr=False)  # type: ignore[return-value]
+
+
+# ---- expressions ---------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    """A string, integer, decimal or boolean literal."""
+
+    value: str | int | Decimal | bool
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyLit:
+    """``500 EUR``: an amount and an ISO 4217 code."""
+
+    amount: Decimal
+    currency: str
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """``context.a.b`` or ``principal.attributes.tier``: a root and its segments."""
+
+    root: str
+    segments: tuple[str, ...]
+    span: Span = _span()
+
+    def dotted(self) -> str:
+        out = self.root
+        for seg in self.segments:
+            out += f".{seg}" if seg.isidentifier() else f'["{seg}"]'
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Amount:
+    """``amount``: the request's context amount converted to the file's base currency."""
+
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    name: str
+    args: tuple[Expr, ...]
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class ListExpr:
+    items: tuple[Expr, ...]
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    op: str
+    left: Expr
+    right: Expr
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class In:
+    item: Expr
+    collection: Expr
+    negated: bool = False
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    expr: Expr
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    items: tuple[Expr, ...]
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    items: tuple[Expr, ...]
+    span: Span = _span()
+
+
+Expr = Union[Literal, MoneyLit, Path, Amount, Call, ListExpr, Compare, In, Not, And, Or]
+
+
+# ---- statements ----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """A ``#`` comment, kept so that ``fmt`` never loses one."""
+
+    text: str
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceDecl:
+    name: str
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class CurrencyDecl:
+    code: str
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultCurrencyDecl:
+    code: str
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecl:
+    code: str
+    value: Decimal
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class RatesDecl:
+    path: str
+    max_age: int | None = None  # seconds
+    max_age_text: str | None = None
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class TzDecl:
+    zone: str
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class RoleDecl:
+    name: str
+    patterns: tuple[str, ...]
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDecl:
+    id: str
+    roles: tuple[str, ...]
+    attributes: tuple[tuple[str, Literal], ...] = ()
+    span: Span = _span()
+    role_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeItem:
+    kind: str  # "role" | "agent"
+    name: str
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    kind: str  # "when" | "unless"
+    expr: Expr
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """``permit|forbid|approval ID: PATTERNS [for SCOPE] [when|unless EXPR]*``."""
+
+    effect: str
+    id: str
+    patterns: tuple[str, ...]
+    scope: tuple[ScopeItem, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class LimitDecl:
+    """``limit ID: PATTERNS amount <= MONEY``: a forbid over the cap plus ``maxAmount``."""
+
+    id: str
+    patterns: tuple[str, ...]
+    cap: MoneyLit
+    scope: tuple[ScopeItem, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalOverDecl:
+    """``approval ID: PATTERNS over MONEY``: approval over a threshold."""
+
+    effect: str
+    id: str
+    patterns: tuple[str, ...]
+    threshold: MoneyLit
+    scope: tuple[ScopeItem, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetDecl:
+    id: str
+    patterns: tuple[str, ...]
+    limit: Decimal
+    unit: str
+    window: str  # minute|hour|day|week|month|rolling
+    rolling_seconds: int | None = None
+    rolling_text: str | None = None
+    subject: str = "agent"
+    scope: tuple[ScopeItem, ...] = ()
+    tz: str | None = None
+    overdraft: Decimal | None = None
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Extraction:
+    """``name = $.path [minor]`` or ``name = query "q"`` / ``header "h"`` / ``param "p"``."""
+
+    name: str
+    source_kind: str  # body | query | header | param
+    source: str
+    minor: bool = False
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    permission: str
+    extractions: tuple[Extraction, ...] = ()
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class DenyRoute:
+    method: str | None
+    path: str
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Redact:
+    path: str
+    strategy: str
+    keep: int | None = None
+    span: Span = _span()
+
+
+ToolItem = Union[Route, DenyRoute, Redact, Extraction]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpTool:
+    id: str
+    hosts: tuple[str, ...]
+    items: tuple[ToolItem, ...]
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class NamedTool:
+    """An ``mcp`` or ``function`` tool: a name glob bound to one permission."""
+
+    id: str
+    kind: str  # mcp | function
+    name: str
+    permission: str
+    items: tuple[ToolItem, ...] = ()
+    has_body: bool = field(default=False, compare=False)
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class EgressDecl:
+    items: tuple[tuple[str, str], ...]  # (allow|deny, host pattern)
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class DelegationDecl:
+    max_depth: int | None = None
+    max_ttl: int | None = None  # seconds
+    max_ttl_text: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    span: Span = _span()
+
+
+Statement = Union[
+    NamespaceDecl, CurrencyDecl, DefaultCurrencyDecl, RateDecl, RatesDecl, TzDecl, RoleDecl,
+    AgentDecl, Rule, LimitDecl, ApprovalOverDecl, BudgetDecl, HttpTool, NamedTool, EgressDecl,
+    DelegationDecl,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFile:
+    """One parsed file: its statements in order, and its comments by line."""
+
+    name: str
+    statements: tuple[Statement, ...]
+    comments: tuple[Comment, ...] = field(default=(), compare=False)
+
+    @property
+    def namespace(self) -> str:
+        for st in self.statements:
+            if isinstance(st, NamespaceDecl):
+                return st.name
+        return "default"

@@ -1,0 +1,194 @@
+"""Runner for ``kind: budget`` conformance cases (``conformance/budgets/*.json``).
+
+A case is a sequence of steps run against one fresh ledger whose clock starts at the
+fixture's ``now`` and moves only with ``advance`` steps::
+
+    {"name": "...", "kind": "budget", "steps": [
+        {"op": "reserve", "args": {"principal": "bot", "permission": "payments:refund",
+                                   "amount": "80", "currency": "EUR", "as": "r1"},
+         "expect": {"status": "active", "lines": [{"budget": "default.daily",
+                                                   "amount": "80.00"}]}},
+        {"op": "commit", "args": {"reservation": "r1", "amount": "75"},
+         "expect": {"status": "committed"}},
+        {"op": "check", "args": {...}, "expect": {"allowed": false,
+                                                 "code": "budget_exceeded"}},
+        {"op": "advance", "args": {"seconds": 3600}}]}
+
+Ops: ``reserve``, ``record``, ``commit``, ``release``, ``extend``, ``check``,
+``balances``, ``advance`` (``seconds`` or ``to``: an RFC 3339 UTC time). Argument keys
+are camelCase (``idempotencyKey``, ``actingFor``); ``as`` names the returned
+reservation and ``reservation`` refers to a name (or is taken as a literal id).
+
+``expect`` is matched as a subset of the step's wire result (``Reservation.to_wire()``,
+``BudgetCheck.to_wire()``, or ``{"balances": [Balance.to_wire(), ...]}`` where each
+expected balance is matched to the actual one with the same ``budget`` and ``subject``):
+every expected key must be present and equal; lists must have the same length. Special
+keys: ``error`` (the expected error code; ``details`` then matches the error's details),
+``sameAs`` (the result's id equals that of a named reservation), ``count`` (number of
+balances). A step without ``expect`` must succeed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from policyengine.budgets.errors import BudgetError
+from policyengine.budgets.ledger import Ledger
+
+__all__ = ["run_budget_case"]
+
+LedgerFactory = Callable[[Callable[[], float]], Ledger]
+
+_ARG_NAMES = {
+    "idempotencyKey": "idempotency_key",
+    "actingFor": "acting_for",
+}
+_ALLOWED_ARGS: dict[str, frozenset[str]] = {
+    "reserve": frozenset({"principal", "permission", "amount", "currency", "ttl",
+                          "idempotency_key", "acting_for", "tenant"}),
+    "record": frozenset({"principal", "permission", "amount", "currency", "idempotency_key",
+                         "acting_for", "tenant", "overage"}),
+    "check": frozenset({"principal", "permission", "amount", "currency", "acting_for",
+                        "tenant"}),
+    "commit": frozenset({"amount", "currency", "idempotency_key", "overage"}),
+    "release": frozenset({"idempotency_key"}),
+    "extend": frozenset({"ttl"}),
+    "balances": frozenset({"principal", "acting_for", "tenant"}),
+}
+
+
+def _time(value: object) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    raise ValueError(f"bad time {value!r}")
+
+
+def _subset(expected: object, actual: object, path: str) -> str | None:
+    if isinstance(expected, Mapping):
+        if not isinstance(actual, Mapping):
+            return f"{path}: expected an object, got {actual!r}"
+        for key, value in expected.items():
+            if key not in actual:
+                return f"{path}.{key}: missing (got keys {sorted(actual)})"
+            problem = _subset(value, actual[key], f"{path}.{key}")
+            if problem:
+                return problem
+        return None
+    if isinstance(expected, list):
+        if not isinstance(actual, list) or len(actual) != len(expected):
+            return f"{path}: expected {len(expected)} items, got {actual!r}"
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            problem = _subset(e, a, f"{path}[{i}]")
+            if problem:
+                return problem
+        return None
+    if expected != actual or type(expected) is not type(actual):
+        return f"{path}: expected {expected!r}, got {actual!r}"
+    return None
+
+
+def _balances(expected: Mapping[str, Any], actual: list[dict[str, Any]]) -> str | None:
+    if "count" in expected and expected["count"] != len(actual):
+        return f"balances: expected {expected['count']} entries, got {len(actual)}"
+    for i, want in enumerate(expected.get("balances", [])):
+        match = [
+            a for a in actual
+            if a["budget"] == want.get("budget") and a["subject"] == want.get("subject")
+        ]
+        if not match:
+            return f"balances[{i}]: no balance for {want.get('budget')}/{want.get('subject')}"
+        problem = _subset(want, match[0], f"balances[{i}]")
+        if problem:
+            return problem
+    return None
+
+
+def run_budget_case(
+    ledger_factory: LedgerFactory, case: Mapping[str, Any], now: object = None
+) -> str | None:
+    """Run one ``kind: budget`` case; return None if it passes, else why it failed.
+
+    ``ledger_factory(clock)`` builds the ledger for the fixture's policies with the given
+    clock. ``now`` is the fixture's start time (RFC 3339 or POSIX seconds); a case may
+    override it with its own ``now``.
+    """
+    start = case.get("now", now)
+    if start is None:
+        return "no start time: pass the fixture's 'now'"
+    clock = [_time(start)]
+    ledger = ledger_factory(lambda: clock[0])
+    names: dict[str, str] = {}
+    for n, step in enumerate(case.get("steps", [])):
+        where = f"step {n} ({step.get('op')})"
+        try:
+            problem = _run_step(ledger, step, names, clock)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, BudgetError):
+                raise
+            return f"{where}: malformed step: {exc!r}"
+        if problem:
+            return f"{where}: {problem}"
+    return None
+
+
+def _run_step(
+    ledger: Ledger, step: Mapping[str, Any], names: dict[str, str], clock: list[float]
+) -> str | None:
+    op = step["op"]
+    raw: dict[str, Any] = dict(step.get("args", {}))
+    expect: Mapping[str, Any] = step.get("expect", {})
+    if op == "advance":
+        if "to" in raw:
+            clock[0] = _time(raw["to"])
+        else:
+            clock[0] += float(raw["seconds"])
+        return None
+    alias = raw.pop("as", None)
+    ref = raw.pop("reservation", None)
+    kwargs = {_ARG_NAMES.get(k, k): v for k, v in raw.items()}
+    unknown = set(kwargs) - _ALLOWED_ARGS.get(op, frozenset())
+    if op not in _ALLOWED_ARGS:
+        return f"unknown op {op!r}"
+    if unknown:
+        return f"unknown args {sorted(unknown)}"
+    rid = names.get(ref, ref) if isinstance(ref, str) else ref
+    result: Any
+    try:
+        if op == "reserve":
+            result = ledger.reserve(**kwargs)
+        elif op == "record":
+            result = ledger.record(**kwargs)
+        elif op == "check":
+            result = ledger.check(**kwargs)
+        elif op == "commit":
+            result = ledger.commit(rid, **kwargs)
+        elif op == "release":
+            result = ledger.release(rid, **kwargs)
+        elif op == "extend":
+            result = ledger.extend(rid, **kwargs)
+        else:
+            result = ledger.balances(**kwargs)
+    except BudgetError as exc:
+        if "error" not in expect:
+            return f"unexpected error {exc.code}: {exc}"
+        if exc.code != expect["error"]:
+            return f"expected error {expect['error']}, got {exc.code}: {exc}"
+        if "details" in expect:
+            return _subset(expect["details"], exc.details, "details")
+        return None
+    if "error" in expect:
+        return f"expected error {expect['error']}, but the step succeeded"
+    if op == "balances":
+        return _balances(expect, [b.to_wire() for b in result])
+    wire = result.to_wire()
+    if alias is not None:
+        names[alias] = wire["id"]
+    want = dict(expect)
+    same = want.pop("sameAs", None)
+    if same is not None and wire.get("id") != names.get(same):
+        return f"expected the result of {same!r} ({names.get(same)}), got {wire.get('id')}"
+    return _subset(want, wire, "result")

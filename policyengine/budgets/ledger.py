@@ -1,0 +1,1011 @@
+"""The :class:`Ledger`: check, reserve, commit, release, extend, record and balances.
+
+Rules (``docs/budgets.md`` has the long form):
+
+* **Matching.** A budget covers a spend when one of its patterns matches the permission
+  and its unit can count the spend: a currency budget counts spends in any currency
+  (converted into its own at reservation time, rounded up, rate recorded); a ``tokens``
+  or ``credits`` budget counts only spends in that unit; a ``calls`` budget counts one
+  call per ``reserve`` / ``record`` (or the amount, when the spend itself is in
+  ``calls``). A spend whose unit no matching (non-``calls``) budget can count raises
+  ``unit_mismatch``: a spend never slips past a budget by using another unit.
+* **Subjects.** ``agent``: the principal; ``acting_for``: the principal the agent acts
+  for, or the agent itself when it acts for nobody; ``tenant``: the ``tenant`` argument,
+  all requests without one sharing the ``""`` bucket; ``global``: one ``"*"`` bucket.
+* **Atomicity.** Every operation is one :meth:`BudgetStore.apply`: it succeeds on every
+  covering budget or changes nothing.
+* **Invariant.** For every bucket, ``spent + live reserved <= limit`` unless a commit or
+  record used ``overage="allow_with_overdraft"``, and never more than
+  ``limit + overdraft_limit``. Spend past ``limit`` is *debt*; a bucket with debt admits
+  no new reservation (``debt_outstanding``) until its window rolls over.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Literal
+
+from policyengine.budgets.errors import (
+    BudgetError,
+    BudgetExceeded,
+    BudgetInputError,
+    IdempotencyMismatch,
+    ReservationError,
+)
+from policyengine.budgets.memory import MemoryStore
+from policyengine.budgets.spec import MAX_QUANTA, BudgetSpec, canonical_unit
+from policyengine.budgets.store import (
+    ACTIVE,
+    COMMITTED,
+    RELEASED,
+    Bucket,
+    BudgetStore,
+    Guard,
+    IdempotencyRecord,
+    Line,
+    Outcome,
+    ReservationRecord,
+    Spend,
+    Transaction,
+    Usage,
+)
+from policyengine.budgets.windows import Window
+from policyengine.money import Money, MoneyError, parse_amount
+from policyengine.permissions import InvalidPermission, permission_matches, validate_permission
+from policyengine.rates import RateError, RateSource, convert
+
+__all__ = [
+    "MAX_TTL",
+    "MIN_TTL",
+    "Balance",
+    "BudgetCheck",
+    "Ledger",
+    "Overage",
+    "Reservation",
+    "ReservationLine",
+]
+
+Overage = Literal["reject", "allow_if_available", "allow_with_overdraft"]
+_OVERAGES = frozenset({"reject", "allow_if_available", "allow_with_overdraft"})
+MIN_TTL = 1
+MAX_TTL = 86400
+#: Seconds an idempotency key is remembered.
+IDEMPOTENCY_RETENTION = 86400.0
+_MAX_NAME = 256
+_MAX_MATCH_CACHE = 10_000
+_UNSCALED = 18  # decimal places allowed for an amount without a unit
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    dt = datetime.fromtimestamp(t, timezone.utc)
+    if t == int(t):
+        return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _dec(quanta: int, scale: int) -> Decimal:
+    return Decimal(quanta).scaleb(-scale)
+
+
+def _fmt(quanta: int, scale: int) -> str:
+    return format(Decimal(quanta).scaleb(-scale), "f")
+
+
+class _Budget:
+    """A :class:`BudgetSpec` prepared for the hot path (integers, window object)."""
+
+    __slots__ = (
+        "calls", "ceiling", "id", "limit", "money", "overdraft", "rolling", "scale", "spec",
+        "subject", "unit", "window",
+    )
+
+    def __init__(self, spec: BudgetSpec) -> None:
+        self.spec = spec
+        self.id = spec.id
+        self.unit, self.scale = canonical_unit(spec.unit)
+        self.calls = self.unit == "calls"
+        self.money = self.unit not in ("tokens", "calls", "credits")
+        self.limit = int(spec.limit.scaleb(self.scale))
+        self.overdraft = int(spec.overdraft_limit.scaleb(self.scale))
+        self.ceiling = self.limit + self.overdraft
+        self.window = Window(spec.window, spec.rolling_seconds, spec.tz)
+        self.rolling = spec.rolling_seconds
+        self.subject = spec.subject
+
+
+@dataclass(frozen=True)
+class ReservationLine:
+    """What a reservation holds on one budget, in that budget's unit."""
+
+    budget: str
+    subject: str
+    unit: str
+    amount: Decimal
+    rate: Decimal | None
+    committed: Decimal | None
+    window_start: float | None
+    window_end: float | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget,
+            "subject": self.subject,
+            "unit": self.unit,
+            "amount": format(self.amount, "f"),
+            "rate": None if self.rate is None else format(self.rate, "f"),
+            "committed": None if self.committed is None else format(self.committed, "f"),
+            "windowStart": _iso(self.window_start),
+            "windowEnd": _iso(self.window_end),
+        }
+
+
+class Reservation:
+    """A reservation (or a recorded spend) as the ledger returned it.
+
+    ``status`` is ``active``, ``committed``, ``released`` or ``expired`` (as of the call
+    that returned it). ``lines`` holds one :class:`ReservationLine` per budget charged.
+    """
+
+    __slots__ = ("_meta", "_record", "status")
+
+    def __init__(
+        self, record: ReservationRecord, meta: dict[str, tuple[str, int]], now: float
+    ) -> None:
+        self._record = record
+        self._meta = meta  # budget id -> (unit, scale)
+        status = record.status
+        if status == ACTIVE and record.expires_at <= now:
+            status = "expired"
+        self.status: str = status
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def principal(self) -> str:
+        return self._record.principal
+
+    @property
+    def permission(self) -> str:
+        return self._record.permission
+
+    @property
+    def amount(self) -> Decimal:
+        return Decimal(self._record.amount)
+
+    @property
+    def unit(self) -> str | None:
+        return self._record.unit
+
+    @property
+    def acting_for(self) -> str | None:
+        return self._record.acting_for
+
+    @property
+    def tenant(self) -> str | None:
+        return self._record.tenant
+
+    @property
+    def created_at(self) -> float:
+        return self._record.created_at
+
+    @property
+    def expires_at(self) -> float:
+        return self._record.expires_at
+
+    @property
+    def committed_amount(self) -> Decimal | None:
+        value = self._record.committed_amount
+        return None if value is None else Decimal(value)
+
+    @property
+    def committed_unit(self) -> str | None:
+        return self._record.committed_unit
+
+    @property
+    def lines(self) -> tuple[ReservationLine, ...]:
+        rec = self._record
+        out = []
+        for i, line in enumerate(rec.lines):
+            unit, scale = self._meta.get(line.budget, ("", 0))
+            committed = None if rec.committed is None else _dec(rec.committed[i], scale)
+            out.append(
+                ReservationLine(
+                    budget=line.budget,
+                    subject=line.subject,
+                    unit=unit,
+                    amount=_dec(line.amount, scale),
+                    rate=None if line.rate is None else Decimal(line.rate),
+                    committed=committed,
+                    window_start=None if line.rolling else float(line.window),
+                    window_end=None if line.rolling else float(line.window_end),
+                )
+            )
+        return tuple(out)
+
+    def to_wire(self) -> dict[str, Any]:
+        """camelCase dict; amounts are decimal strings, times ISO 8601 UTC."""
+        rec = self._record
+        return {
+            "id": rec.id,
+            "status": self.status,
+            "principal": rec.principal,
+            "permission": rec.permission,
+            "amount": rec.amount,
+            "unit": rec.unit,
+            "actingFor": rec.acting_for,
+            "tenant": rec.tenant,
+            "createdAt": _iso(rec.created_at),
+            "expiresAt": _iso(rec.expires_at),
+            "committedAmount": rec.committed_amount,
+            "lines": [line.to_wire() for line in self.lines],
+        }
+
+    def __repr__(self) -> str:
+        rec = self._record
+        return (
+            f"Reservation(id={rec.id!r}, status={self.status!r}, amount={rec.amount} "
+            f"{rec.unit}, lines={len(rec.lines)})"
+        )
+
+
+class BudgetCheck:
+    """Result of :meth:`Ledger.check`: would this spend fit every covering budget?
+
+    ``allowed``; ``code`` (None, ``budget_exceeded`` or ``debt_outstanding``);
+    ``details``: the refusing budget's details (None when allowed); ``budgets``: details of
+    every covering budget; ``tightest``: the covering budget with the least room left
+    after this spend (as a fraction of its limit), or None when no budget covers it.
+    """
+
+    __slots__ = ("_ledger", "_rows", "allowed", "code", "index")
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        rows: list[tuple[_Budget, Line, Usage]],
+        code: str | None,
+        index: int,
+    ) -> None:
+        self._ledger = ledger
+        self._rows = rows
+        self.allowed = code is None
+        self.code = code
+        self.index = index
+
+    @property
+    def details(self) -> dict[str, Any] | None:
+        if self.code is None:
+            return None
+        budget, line, use = self._rows[self.index]
+        return _details(budget, line, use)
+
+    @property
+    def budgets(self) -> list[dict[str, Any]]:
+        return [_details(b, line, use) for b, line, use in self._rows]
+
+    @property
+    def tightest(self) -> dict[str, Any] | None:
+        best: tuple[float, int] | None = None
+        for i, (b, line, use) in enumerate(self._rows):
+            left = b.limit - use.spent - use.reserved - line.amount
+            ratio = left / b.limit if b.limit else (0.0 if left >= 0 else -1.0)
+            if best is None or ratio < best[0]:
+                best = (ratio, i)
+        if best is None:
+            return None
+        b, line, use = self._rows[best[1]]
+        return _details(b, line, use)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"allowed": self.allowed, "code": self.code, "details": self.details,
+                "budgets": self.budgets}
+
+
+@dataclass(frozen=True)
+class Balance:
+    """One budget's state for one subject in the current window (amounts in ``unit``).
+
+    ``remaining = max(0, limit - spent - reserved)``; ``debt = max(0, spent - limit)``.
+    A rolling window reports ``window_start = now - rolling_seconds`` and no end.
+    """
+
+    budget: str
+    subject: str
+    unit: str
+    limit: Decimal
+    spent: Decimal
+    reserved: Decimal
+    debt: Decimal
+    remaining: Decimal
+    overdraft_limit: Decimal
+    window: str
+    window_start: float
+    window_end: float | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget,
+            "subject": self.subject,
+            "unit": self.unit,
+            "limit": format(self.limit, "f"),
+            "spent": format(self.spent, "f"),
+            "reserved": format(self.reserved, "f"),
+            "debt": format(self.debt, "f"),
+            "remaining": format(self.remaining, "f"),
+            "overdraftLimit": format(self.overdraft_limit, "f"),
+            "isOverLimit": self.debt > 0,
+            "window": self.window,
+            "windowStart": _iso(self.window_start),
+            "windowEnd": _iso(self.window_end),
+        }
+
+
+def _details(budget: _Budget, line: Line, use: Usage, attempted: int | None = None) -> dict[str, Any]:
+    scale = budget.scale
+    limit = budget.limit
+    spent, reserved = use
+    add = line.amount if attempted is None else attempted
+    return {
+        "budget": budget.id,
+        "subject": line.subject,
+        "limit": _fmt(limit, scale),
+        "spent": _fmt(spent, scale),
+        "reserved": _fmt(reserved, scale),
+        "debt": _fmt(max(0, spent - limit), scale),
+        "attempted": _fmt(add, scale),
+        "projected": _fmt(spent + reserved + add, scale),
+        "remaining": _fmt(max(0, limit - spent - reserved), scale),
+        "currency": budget.unit,
+        "windowEnd": None if line.rolling else _iso(line.window_end),
+    }
+
+
+def _exceeded(code: str, budget: _Budget, line: Line, use: Usage, attempted: int) -> BudgetExceeded:
+    d = _details(budget, line, use, attempted)
+    if code == "debt_outstanding":
+        msg = (
+            f"budget {budget.id} for {line.subject!r} has outstanding debt of {d['debt']} "
+            f"{budget.unit}: no new spend until its window ends ({d['windowEnd'] or 'rolling'})"
+        )
+    elif code == "overdraft_limit_exceeded":
+        d["overdraftLimit"] = _fmt(budget.overdraft, budget.scale)
+        msg = (
+            f"budget {budget.id} for {line.subject!r}: {d['attempted']} {budget.unit} would "
+            f"bring the total to {d['projected']}, past limit {d['limit']} plus overdraft "
+            f"{d['overdraftLimit']}"
+        )
+    else:
+        msg = (
+            f"budget {budget.id} for {line.subject!r}: {d['attempted']} {budget.unit} does "
+            f"not fit (limit {d['limit']}, spent {d['spent']}, reserved {d['reserved']}, "
+            f"remaining {d['remaining']}); the window ends {d['windowEnd'] or 'on a rolling basis'}"
+        )
+    return BudgetExceeded(code, msg, d)
+
+
+def _name(value: object, what: str, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if type(value) is not str or not value or len(value) > _MAX_NAME:
+        raise BudgetInputError(
+            "invalid_subject", f"{what} must be a non-empty string of at most {_MAX_NAME} chars"
+        )
+    return value
+
+
+def _ttl(ttl: object) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (
+        MIN_TTL <= ttl <= MAX_TTL
+    ):
+        raise BudgetInputError(
+            "invalid_ttl", f"ttl must be a number of seconds from {MIN_TTL} to {MAX_TTL}, got {ttl!r}"
+        )
+    return float(ttl)
+
+
+def _key(key: object) -> str | None:
+    if key is None:
+        return None
+    if type(key) is not str or not key or len(key) > _MAX_NAME:
+        raise BudgetInputError(
+            "invalid_idempotency_key",
+            f"idempotency_key must be a non-empty string of at most {_MAX_NAME} chars",
+        )
+    return key
+
+
+class Ledger:
+    """Budgets over a store: ``Ledger(specs, store=None, rates=None, clock=time.time)``.
+
+    ``store`` defaults to a new :class:`MemoryStore`; ``rates`` converts spends in one
+    currency against budgets in another; ``clock`` returns POSIX seconds.
+
+    >>> from decimal import Decimal
+    >>> spec = BudgetSpec("default.daily", ("payments:*",), Decimal(100), "EUR", "day")
+    >>> ledger = Ledger([spec])
+    >>> r = ledger.reserve("bot", "payments:refund", "80", "EUR")
+    >>> ledger.commit(r.id, "75").status
+    'committed'
+    >>> ledger.check("bot", "payments:refund", "30", "EUR").code
+    'budget_exceeded'
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[BudgetSpec],
+        store: BudgetStore | None = None,
+        rates: RateSource | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.specs: tuple[BudgetSpec, ...] = tuple(specs)
+        self._budgets = tuple(_Budget(s) for s in self.specs)
+        self._by_id = {b.id: b for b in self._budgets}
+        if len(self._by_id) != len(self._budgets):
+            raise BudgetInputError("invalid_budget", "budget ids must be unique")
+        self._scales = {b.id: b.scale for b in self._budgets}
+        self._units = {b.id: b.unit for b in self._budgets}
+        self._meta = {b.id: (b.unit, b.scale) for b in self._budgets}
+        self.store: BudgetStore = store if store is not None else MemoryStore()
+        self.rates = rates
+        self.clock = clock
+        self._matches: dict[str, tuple[_Budget, ...]] = {}
+
+    # -- public operations ---------------------------------------------------------------
+
+    def check(
+        self,
+        principal: str,
+        permission: str,
+        amount: object,
+        currency: str | None = None,
+        *,
+        acting_for: str | None = None,
+        tenant: str | None = None,
+    ) -> BudgetCheck:
+        """Would this spend fit every budget covering it? Read-only; reserves nothing.
+
+        Raises :class:`BudgetInputError` for bad input, like :meth:`reserve`.
+        """
+        now = self.clock()
+        _unit, _value, lines, budgets = self._plan(
+            principal, permission, amount, currency, acting_for, tenant, now
+        )
+        if not lines:
+            return BudgetCheck(self, [], None, -1)
+        usages = self.store.usage(tuple(_bucket(line, b, now) for line, b in zip(lines, budgets)), now)
+        rows = list(zip(budgets, lines, usages))
+        for i, (b, line, use) in enumerate(rows):
+            if use.spent > b.limit:
+                return BudgetCheck(self, rows, "debt_outstanding", i)
+            if use.spent + use.reserved + line.amount > b.limit:
+                return BudgetCheck(self, rows, "budget_exceeded", i)
+        return BudgetCheck(self, rows, None, -1)
+
+    def reserve(
+        self,
+        principal: str,
+        permission: str,
+        amount: object,
+        currency: str | None = None,
+        *,
+        ttl: float = 60,
+        idempotency_key: str | None = None,
+        acting_for: str | None = None,
+        tenant: str | None = None,
+    ) -> Reservation:
+        """Hold ``amount`` on every budget covering ``permission`` for ``ttl`` seconds.
+
+        All or nothing: raises :class:`BudgetExceeded` (``budget_exceeded`` or
+        ``debt_outstanding``) if any covering budget lacks room. Commit, release or let
+        it expire.
+        """
+        ttl_s = _ttl(ttl)
+        key = _key(idempotency_key)
+        now = self.clock()
+        unit, value, lines, budgets = self._plan(
+            principal, permission, amount, currency, acting_for, tenant, now
+        )
+        record = ReservationRecord(
+            "rsv_" + secrets.token_urlsafe(15), ACTIVE, principal, permission, unit,
+            str(value), acting_for, tenant, now, now + ttl_s, tuple(lines),
+        )
+        guards = tuple(
+            Guard(_bucket(line, b, now), line.amount, b.limit, b.limit)
+            for line, b in zip(lines, budgets)
+        )
+        idem = None
+        if key is not None:
+            fingerprint = repr(("reserve", principal, permission, unit, str(value), ttl_s,
+                                acting_for, tenant))
+            replay = self._replay("reserve:" + key, fingerprint, now)
+            if replay is not None:
+                return replay
+            idem = IdempotencyRecord("reserve:" + key, fingerprint, record,
+                                     now + IDEMPOTENCY_RETENTION)
+        outcome = self.store.apply(Transaction(guards, create=record, idempotency=idem), now)
+        if outcome.ok:
+            return self._view(record, now)
+        return self._failed(outcome, lines, budgets, idem, now, "budget_exceeded")
+
+    def record(
+        self,
+        principal: str,
+        permission: str,
+        amount: object,
+        currency: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        acting_for: str | None = None,
+        tenant: str | None = None,
+        overage: Overage = "reject",
+    ) -> Reservation:
+        """Debit ``amount`` directly, without a reservation (returns it ``committed``).
+
+        The same all-or-nothing rules as :meth:`reserve`; with
+        ``overage="allow_with_overdraft"`` the spend may go past the limit up to the
+        budget's ``overdraft_limit`` (becoming debt), e.g. to meter usage after the fact.
+        """
+        over = self._overage(overage)
+        key = _key(idempotency_key)
+        now = self.clock()
+        unit, value, lines, budgets = self._plan(
+            principal, permission, amount, currency, acting_for, tenant, now
+        )
+        record = ReservationRecord(
+            "rsv_" + secrets.token_urlsafe(15), COMMITTED, principal, permission, unit,
+            str(value), acting_for, tenant, now, now, tuple(lines),
+            tuple(line.amount for line in lines), str(value), unit, now,
+        )
+        if over == "allow_with_overdraft":
+            guards = tuple(
+                Guard(_bucket(line, b, now), line.amount, b.ceiling, None)
+                for line, b in zip(lines, budgets)
+            )
+        else:
+            guards = tuple(
+                Guard(_bucket(line, b, now), line.amount, b.limit, b.limit)
+                for line, b in zip(lines, budgets)
+            )
+        spends = tuple(
+            Spend(line.budget, line.subject, line.window, line.rolling, line.amount)
+            for line in lines
+        )
+        idem = None
+        if key is not None:
+            fingerprint = repr(("record", principal, permission, unit, str(value), over,
+                                acting_for, tenant))
+            replay = self._replay("record:" + key, fingerprint, now)
+            if replay is not None:
+                return replay
+            idem = IdempotencyRecord("record:" + key, fingerprint, record,
+                                     now + IDEMPOTENCY_RETENTION)
+        outcome = self.store.apply(
+            Transaction(guards, create=record, spends=spends, idempotency=idem), now
+        )
+        if outcome.ok:
+            return self._view(record, now)
+        code = "overdraft_limit_exceeded" if over == "allow_with_overdraft" else "budget_exceeded"
+        return self._failed(outcome, lines, budgets, idem, now, code)
+
+    def commit(
+        self,
+        reservation_id: str,
+        amount: object,
+        currency: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        overage: Overage = "reject",
+    ) -> Reservation:
+        """Spend ``amount`` (default unit: the reservation's) and release the rest.
+
+        Over the reserved amount: ``overage="reject"`` raises ``budget_exceeded``;
+        ``"allow_if_available"`` succeeds if every budget has room for the excess;
+        ``"allow_with_overdraft"`` lets spend exceed the limit by up to the budget's
+        ``overdraft_limit`` (else ``overdraft_limit_exceeded``). A failed commit leaves
+        the reservation active.
+        """
+        over = self._overage(overage)
+        key = _key(idempotency_key)
+        now = self.clock()
+        rec = self._active(reservation_id, now, idempotency_key is not None)
+        unit = rec.unit
+        if currency is not None:
+            unit, _ = canonical_unit(currency)
+        value = self._amount(amount, unit)
+        fingerprint = repr(("commit", reservation_id, unit, str(value), over))
+        if key is not None:
+            replay = self._replay("commit:" + key, fingerprint, now)
+            if replay is not None:
+                return replay
+            rec = self._active(reservation_id, now, False)
+        if rec is None:  # pragma: no cover - _active raises
+            raise AssertionError
+        actuals: list[int] = []
+        guards: list[Guard] = []
+        guard_lines: list[tuple[Line, _Budget | None]] = []
+        for line in rec.lines:
+            budget = self._by_id.get(line.budget)
+            actual = self._commit_amount(rec, line, budget, value, unit, now)
+            actuals.append(actual)
+            if actual <= line.amount or budget is None:
+                continue
+            if over == "reject":
+                bucket = _bucket(line, budget, now)
+                use = self.store.usage((bucket,), now)[0]
+                err = _exceeded("budget_exceeded", budget, line, use, actual)
+                err.message = err.args[0] + (
+                    f"; commit {_fmt(actual, budget.scale)} exceeds the reserved "
+                    f"{_fmt(line.amount, budget.scale)} and overage is 'reject'"
+                )
+                err.args = (err.message,)
+                raise err
+            ceiling = budget.ceiling if over == "allow_with_overdraft" else budget.limit
+            guards.append(Guard(_bucket(line, budget, now), actual, ceiling, None))
+            guard_lines.append((line, budget))
+        final = rec._replace(
+            status=COMMITTED, committed=tuple(actuals), committed_amount=str(value),
+            committed_unit=unit, finalized_at=now,
+        )
+        spends = tuple(
+            Spend(line.budget, line.subject, line.window, line.rolling, actual)
+            for line, actual in zip(rec.lines, actuals)
+        )
+        idem = None
+        if key is not None:
+            idem = IdempotencyRecord("commit:" + key, fingerprint, final,
+                                     now + IDEMPOTENCY_RETENTION)
+        outcome = self.store.apply(
+            Transaction(tuple(guards), require_active=rec.id, finalize=final, spends=spends,
+                        idempotency=idem),
+            now,
+        )
+        if outcome.ok:
+            return self._view(final, now)
+        code = "overdraft_limit_exceeded" if over == "allow_with_overdraft" else "budget_exceeded"
+        lines = [gl[0] for gl in guard_lines]
+        budgets = [gl[1] for gl in guard_lines]
+        return self._failed(outcome, lines, budgets, idem, now, code,  # type: ignore[arg-type]
+                            [g.add for g in guards])
+
+    def release(self, reservation_id: str, *, idempotency_key: str | None = None) -> Reservation:
+        """Give back everything a reservation holds."""
+        key = _key(idempotency_key)
+        now = self.clock()
+        fingerprint = repr(("release", reservation_id))
+        if key is not None:
+            replay = self._replay("release:" + key, fingerprint, now)
+            if replay is not None:
+                return replay
+        rec = self._active(reservation_id, now, False)
+        final = rec._replace(status=RELEASED, finalized_at=now)
+        idem = None
+        if key is not None:
+            idem = IdempotencyRecord("release:" + key, fingerprint, final,
+                                     now + IDEMPOTENCY_RETENTION)
+        outcome = self.store.apply(
+            Transaction(require_active=rec.id, finalize=final, idempotency=idem), now
+        )
+        if outcome.ok:
+            return self._view(final, now)
+        return self._failed(outcome, [], [], idem, now, "budget_exceeded")
+
+    def extend(self, reservation_id: str, ttl: float) -> Reservation:
+        """Keep a live reservation for ``ttl`` more seconds from now (a heartbeat)."""
+        ttl_s = _ttl(ttl)
+        now = self.clock()
+        rec = self._active(reservation_id, now, False)
+        outcome = self.store.apply(
+            Transaction(require_active=rec.id, extend_to=now + ttl_s), now
+        )
+        if outcome.ok:
+            return self._view(rec._replace(expires_at=now + ttl_s), now)
+        return self._failed(outcome, [], [], None, now, "budget_exceeded")
+
+    def get(self, reservation_id: str) -> Reservation:
+        """The current state of a reservation; raises ``unknown_reservation``."""
+        rec = self.store.get_reservation(reservation_id) if type(reservation_id) is str else None
+        if rec is None:
+            raise _unknown(reservation_id)
+        return self._view(rec, self.clock())
+
+    def balances(
+        self,
+        principal: str | None = None,
+        *,
+        acting_for: str | None = None,
+        tenant: str | None = None,
+    ) -> list[Balance]:
+        """State of every bucket a request with these arguments would touch, now.
+
+        ``agent`` budgets need ``principal``; ``acting_for`` budgets need ``acting_for``
+        or ``principal``; ``tenant`` and ``global`` budgets are always listed.
+        """
+        _name(principal, "principal", optional=True)
+        _name(acting_for, "acting_for", optional=True)
+        _name(tenant, "tenant", optional=True)
+        now = self.clock()
+        rows: list[tuple[_Budget, Bucket, int, int | None]] = []
+        for b in self._budgets:
+            subject = _subject(b.subject, principal, acting_for, tenant)
+            if subject is None:
+                continue
+            if b.rolling is not None:
+                start, end = now - b.rolling, None
+                rows.append((b, Bucket(b.id, subject, 0, now - b.rolling), start, end))  # type: ignore[arg-type]
+            else:
+                start_i, end_i = b.window.bounds(now)
+                rows.append((b, Bucket(b.id, subject, start_i), start_i, end_i))
+        usages = self.store.usage(tuple(r[1] for r in rows), now) if rows else ()
+        out = []
+        for (b, bucket, start, end), use in zip(rows, usages):
+            s = b.scale
+            out.append(
+                Balance(
+                    budget=b.id, subject=bucket.subject, unit=b.unit,
+                    limit=_dec(b.limit, s), spent=_dec(use.spent, s),
+                    reserved=_dec(use.reserved, s), debt=_dec(max(0, use.spent - b.limit), s),
+                    remaining=_dec(max(0, b.limit - use.spent - use.reserved), s),
+                    overdraft_limit=_dec(b.overdraft, s), window=b.spec.window,
+                    window_start=float(start), window_end=None if end is None else float(end),
+                )
+            )
+        return out
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _view(self, record: ReservationRecord, now: float) -> Reservation:
+        return Reservation(record, self._meta, now)
+
+    @staticmethod
+    def _overage(overage: object) -> str:
+        if overage not in _OVERAGES:
+            raise BudgetInputError(
+                "invalid_overage",
+                "overage must be 'reject', 'allow_if_available' or 'allow_with_overdraft'",
+            )
+        return overage  # type: ignore[return-value]
+
+    def _match(self, permission: str) -> tuple[_Budget, ...]:
+        found = self._matches.get(permission)
+        if found is None:
+            try:
+                validate_permission(permission)
+            except InvalidPermission as exc:
+                raise BudgetInputError("invalid_permission", str(exc)) from None
+            found = tuple(
+                b for b in self._budgets
+                if any(permission_matches(p, permission) for p in b.spec.patterns)
+            )
+            if len(self._matches) >= _MAX_MATCH_CACHE:
+                self._matches.clear()
+            self._matches[permission] = found
+        return found
+
+    def _amount(self, amount: object, unit: str | None) -> Decimal:
+        try:
+            return parse_amount(amount, unit)
+        except MoneyError as exc:
+            raise BudgetInputError(
+                "invalid_amount", f"invalid amount: {exc}", {"reason": exc.code}
+            ) from None
+
+    def _plan(
+        self,
+        principal: object,
+        permission: object,
+        amount: object,
+        currency: object,
+        acting_for: object,
+        tenant: object,
+        now: float,
+    ) -> tuple[str | None, Decimal, list[Line], list[_Budget]]:
+        """Validate a spend and work out what it charges to each covering budget."""
+        _name(principal, "principal")
+        _name(acting_for, "acting_for", optional=True)
+        _name(tenant, "tenant", optional=True)
+        if type(permission) is not str:
+            raise BudgetInputError("invalid_permission", "permission must be a string")
+        matched = self._match(permission)
+        unit: str | None
+        if currency is None:
+            units = {b.unit for b in matched if not b.calls}
+            if len(units) > 1:
+                raise BudgetInputError(
+                    "unit_required",
+                    f"{permission} is covered by budgets in {', '.join(sorted(units))}: "
+                    "say which unit the amount is in",
+                )
+            unit = units.pop() if units else None
+        else:
+            unit = canonical_unit(currency)[0]
+        value = self._amount(amount, unit)
+        spend_money = unit is not None and unit not in ("tokens", "calls", "credits")
+        quanta = 0
+        if unit is not None and not spend_money:
+            quanta = int(value.scaleb(canonical_unit(unit)[1]))
+            if quanta > MAX_QUANTA:
+                raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",
+                                       {"reason": "amount_too_large"})
+        lines: list[Line] = []
+        budgets: list[_Budget] = []
+        accepted = refused = 0
+        for b in matched:
+            rate: str | None = None
+            counts_call = False
+            if b.calls and unit != "calls":
+                q, counts_call = 1, True
+            elif b.unit == unit and not spend_money:
+                q = quanta
+                accepted += not b.calls
+            elif b.money and spend_money:
+                q, rate = self._convert(value, unit, b, now)  # type: ignore[arg-type]
+                accepted += 1
+            else:
+                refused += 1
+                continue
+            subject = _subject(b.subject, principal, acting_for, tenant)  # type: ignore[arg-type]
+            if b.rolling is not None:
+                start = end = 0
+            else:
+                start, end = b.window.bounds(now)
+            lines.append(
+                Line(b.id, subject, start, end, b.rolling is not None, q, rate, counts_call)  # type: ignore[arg-type]
+            )
+            budgets.append(b)
+        if refused and not accepted:
+            kinds = sorted({b.unit for b in matched if not b.calls})
+            raise BudgetInputError(
+                "unit_mismatch",
+                f"a spend in {unit} cannot count against the budgets covering {permission} "
+                f"({', '.join(kinds)}): spend in one of those units",
+            )
+        return unit, value, lines, budgets
+
+    def _convert(self, value: Decimal, unit: str, b: _Budget, now: float) -> tuple[int, str | None]:
+        if unit == b.unit:
+            q = int(value.scaleb(b.scale))
+            rate = None
+        else:
+            try:
+                converted = convert(Money(value, unit), b.unit, self.rates, now=now, rounding="up")
+                rate = format(self.rates.rate(unit, b.unit, now), "f")  # type: ignore[union-attr]
+            except RateError as exc:
+                raise BudgetInputError(exc.code, f"cannot convert {unit} to {b.unit} for "
+                                       f"budget {b.id}: {exc}") from None
+            except MoneyError as exc:
+                raise BudgetInputError("invalid_amount", str(exc), {"reason": exc.code}) from None
+            q = int(converted.amount.scaleb(b.scale))
+        if q > MAX_QUANTA:
+            raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",
+                                   {"reason": "amount_too_large"})
+        return q, rate
+
+    def _commit_amount(
+        self,
+        rec: ReservationRecord,
+        line: Line,
+        budget: _Budget | None,
+        value: Decimal,
+        unit: str | None,
+        now: float,
+    ) -> int:
+        if line.counts_call:
+            return line.amount  # the call happened; its count is the reservation's
+        scale = self._scales.get(line.budget, 0)
+        line_unit = self._units.get(line.budget)
+        money_unit = unit is not None and unit not in ("tokens", "calls", "credits")
+        if unit == line_unit and not money_unit or unit == line_unit:
+            q = int(value.scaleb(scale))
+        elif not money_unit or line_unit is None or line_unit in ("tokens", "calls", "credits"):
+            raise BudgetInputError(
+                "unit_mismatch",
+                f"reservation {rec.id} is in {rec.unit}; commit in that unit, not {unit}",
+            )
+        elif unit == rec.unit and line.rate is not None:
+            exact = value * Decimal(line.rate)
+            q = math.ceil(exact.scaleb(scale))
+        else:
+            assert budget is not None
+            q, _ = self._convert(value, unit, budget, now)  # type: ignore[arg-type]
+        if q > MAX_QUANTA:
+            raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",
+                                   {"reason": "amount_too_large"})
+        return q
+
+    def _active(self, reservation_id: object, now: float, lenient: bool) -> ReservationRecord:
+        """The live reservation, or the error its state calls for (lenient: final ok)."""
+        rec = (
+            self.store.get_reservation(reservation_id) if type(reservation_id) is str else None
+        )
+        if rec is None:
+            raise _unknown(reservation_id)
+        if lenient:
+            return rec
+        _raise_state(rec, now)
+        return rec
+
+    def _replay(self, key: str, fingerprint: str, now: float) -> Reservation | None:
+        found = self.store.get_idempotency(key, now)
+        if found is None:
+            return None
+        if found.fingerprint != fingerprint:
+            raise IdempotencyMismatch(
+                f"idempotency key {key.split(':', 1)[1]!r} was used for a different "
+                f"{key.split(':', 1)[0]}: use a new key for a new request"
+            )
+        return self._view(found.result, now)
+
+    def _failed(
+        self,
+        outcome: Outcome,
+        lines: list[Line],
+        budgets: list[_Budget],
+        idem: IdempotencyRecord | None,
+        now: float,
+        code: str,
+        attempts: list[int] | None = None,
+    ) -> Reservation:
+        if outcome.reason == "idempotency" and idem is not None and outcome.idempotency:
+            # A concurrent request with the same key won the race: replay it.
+            replay = self._replay(idem.key, idem.fingerprint, now)
+            if replay is not None:
+                return replay
+        if outcome.reason == "reservation":
+            if outcome.reservation is None:
+                raise ReservationError("unknown_reservation", "the reservation no longer exists")
+            _raise_state(outcome.reservation, now)
+        if outcome.reason in ("guard", "debt"):
+            i = outcome.index
+            use = outcome.usage[i]
+            attempted = lines[i].amount if attempts is None else attempts[i]
+            raise _exceeded("debt_outstanding" if outcome.reason == "debt" else code,
+                            budgets[i], lines[i], use, attempted)
+        raise BudgetError("store_conflict", f"the store refused the operation ({outcome.reason})")
+
+
+def _bucket(line: Line, budget: _Budget, now: float) -> Bucket:
+    if line.rolling:
+        return Bucket(line.budget, line.subject, 0, now - budget.rolling)  # type: ignore[operator]
+    return Bucket(line.budget, line.subject, line.window)
+
+
+def _subject(kind: str, principal: str | None, acting_for: str | None, tenant: str | None) -> str | None:
+    if kind == "agent":
+        return principal
+    if kind == "acting_for":
+        return acting_for if acting_for is not None else principal
+    if kind == "tenant":
+        return tenant if tenant is not None else ""
+    return "*"
+
+
+def _unknown(reservation_id: object) -> ReservationError:
+    shown = str(reservation_id)[:40]
+    return ReservationError(
+        "unknown_reservation",
+        f"no reservation {shown!r} (never made, or forgotten after its retention period)",
+    )
+
+
+def _raise_state(rec: ReservationRecord, now: float) -> None:
+    if rec.status != ACTIVE:
+        raise ReservationError(
+            "reservation_final",
+            f"reservation {rec.id} is already {rec.status}; make a new reservation",
+        )
+    if rec.expires_at <= now:
+        raise ReservationError(
+            "reservation_expired",
+            f"reservation {rec.id} expired at {_iso(rec.expires_at)}; extend reservations "
+            "before their ttl runs out, or reserve again",
+        )

@@ -1,0 +1,218 @@
+"""The :class:`BudgetStore` protocol: what a ledger backend must do, and nothing more.
+
+The ledger does all the arithmetic (matching, windows, conversion, overage rules) and
+hands the store plain integers. The store answers two kinds of call:
+
+* reads: :meth:`~BudgetStore.usage`, :meth:`~BudgetStore.get_reservation`,
+  :meth:`~BudgetStore.get_idempotency`;
+* one write, :meth:`~BudgetStore.apply`, which evaluates every :class:`Guard` of a
+  :class:`Transaction` and, only if all pass and its preconditions hold, applies all of
+  its effects, in one atomic step.
+
+``apply`` is the whole concurrency story: "check every budget, then debit every budget"
+is a single store operation, so it maps onto one SQL transaction (SQLite ``BEGIN
+IMMEDIATE``, PostgreSQL ``SERIALIZABLE`` or row locks ``FOR UPDATE``) or one Redis Lua
+script. A new backend implements these five methods; the ledger does not change.
+
+Semantics every store must implement exactly (``tests/test_budgets*.py`` run the same
+suite against each store):
+
+* *spent* of a calendar bucket ``(budget, subject, window)`` is the sum of its
+  :class:`Spend` amounts; of a rolling bucket (``Bucket.since`` set), the sum of spends
+  of ``(budget, subject)`` recorded at a time ``> since``.
+* *reserved* is the sum of the amounts of lines of *live* reservations held on the
+  bucket; a reservation is live while ``status == "active"`` and ``now < expires_at``.
+  Expiry is a time comparison; sweeping expired rows is an optimisation.
+* a guard passes when ``spent + reserved + add <= ceiling`` and, if ``debt_above`` is
+  set, ``spent <= debt_above``. With ``require_active`` set, that reservation's own
+  holds are left out of *reserved*.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple, Protocol
+
+__all__ = [
+    "ACTIVE",
+    "COMMITTED",
+    "RELEASED",
+    "Bucket",
+    "BudgetStore",
+    "Guard",
+    "IdempotencyRecord",
+    "Line",
+    "Outcome",
+    "ReservationRecord",
+    "Spend",
+    "Transaction",
+    "Usage",
+    "record_from_json",
+    "record_to_json",
+]
+
+ACTIVE = "active"
+COMMITTED = "committed"
+RELEASED = "released"
+
+
+class Bucket(NamedTuple):
+    """One budget's counter for one subject in one window.
+
+    ``window`` is the calendar window start (POSIX seconds), or 0 for a rolling window,
+    whose spend is counted from ``since`` (exclusive) to now.
+    """
+
+    budget: str
+    subject: str
+    window: int
+    since: float | None = None
+
+
+class Usage(NamedTuple):
+    """Quanta spent in, and reserved on, a bucket."""
+
+    spent: int
+    reserved: int
+
+
+class Guard(NamedTuple):
+    """Condition of a :class:`Transaction`: ``spent + reserved + add <= ceiling``."""
+
+    bucket: Bucket
+    add: int
+    ceiling: int
+    debt_above: int | None = None
+
+
+class Line(NamedTuple):
+    """One budget a reservation holds (or a spend charged), amounts in quanta."""
+
+    budget: str
+    subject: str
+    window: int  # window start; 0 for a rolling window
+    window_end: int  # 0 for a rolling window
+    rolling: bool
+    amount: int
+    rate: str | None  # the conversion rate used, as a decimal string
+    counts_call: bool  # a ``calls`` line counting the operation itself (1 per op)
+
+
+class ReservationRecord(NamedTuple):
+    """A reservation as stored. ``status`` is active, committed or released; "expired"
+    is derived (``active`` and ``now >= expires_at``)."""
+
+    id: str
+    status: str
+    principal: str
+    permission: str
+    unit: str | None
+    amount: str
+    acting_for: str | None
+    tenant: str | None
+    created_at: float
+    expires_at: float
+    lines: tuple[Line, ...]
+    committed: tuple[int, ...] | None = None
+    committed_amount: str | None = None
+    committed_unit: str | None = None
+    finalized_at: float | None = None
+
+
+class IdempotencyRecord(NamedTuple):
+    """What an idempotent operation returned, kept until ``expires_at``."""
+
+    key: str
+    fingerprint: str
+    result: ReservationRecord
+    expires_at: float
+
+
+class Spend(NamedTuple):
+    """Add ``amount`` quanta to the spent total of a bucket (rolling: recorded at now)."""
+
+    budget: str
+    subject: str
+    window: int
+    rolling: bool
+    amount: int
+
+
+class Transaction(NamedTuple):
+    """Everything one ledger operation changes; applied all-or-nothing by the store.
+
+    ``require_active``: id of a reservation that must be live at ``now``.
+    ``create``: a new reservation (its lines are held if it is active).
+    ``finalize``: the new state of ``require_active`` (committed / released); its holds
+    are dropped. ``extend_to``: new ``expires_at`` of ``require_active``.
+    ``idempotency``: stored only if no live record has the same key.
+    """
+
+    guards: tuple[Guard, ...] = ()
+    require_active: str | None = None
+    create: ReservationRecord | None = None
+    finalize: ReservationRecord | None = None
+    extend_to: float | None = None
+    spends: tuple[Spend, ...] = ()
+    idempotency: IdempotencyRecord | None = None
+
+
+class Outcome(NamedTuple):
+    """Result of :meth:`BudgetStore.apply`.
+
+    ``reason`` when not ``ok``: ``"guard"`` or ``"debt"`` (``index`` is the failing guard;
+    ``usage[index]`` its usage), ``"reservation"`` (``reservation`` is its current state
+    or None), or ``"idempotency"`` (``idempotency`` is the existing record).
+    """
+
+    ok: bool
+    reason: str | None = None
+    index: int = -1
+    usage: tuple[Usage, ...] = ()
+    reservation: ReservationRecord | None = None
+    idempotency: IdempotencyRecord | None = None
+
+
+OK = Outcome(True)
+
+
+class BudgetStore(Protocol):
+    """Backend of a :class:`~policyengine.budgets.Ledger`. See the module docstring."""
+
+    def usage(self, buckets: tuple[Bucket, ...], now: float) -> tuple[Usage, ...]:
+        """Current usage of each bucket (read-only)."""
+        ...
+
+    def get_reservation(self, reservation_id: str) -> ReservationRecord | None:
+        """The stored reservation, or None (never existed, or purged after retention)."""
+        ...
+
+    def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
+        """The unexpired idempotency record for ``key``, or None."""
+        ...
+
+    def apply(self, tx: Transaction, now: float) -> Outcome:
+        """Check every guard and precondition; if all hold, apply every effect. Atomic."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (connections). Idempotent."""
+        ...
+
+
+# JSON encoding of records, shared by stores that keep them as text.
+
+
+def record_to_json(record: ReservationRecord) -> str:
+    """Compact JSON of a record (integers stay integers; no floats for amounts)."""
+    data: list[Any] = list(record)
+    data[10] = [list(line) for line in record.lines]
+    return json.dumps(data, separators=(",", ":"))
+
+
+def record_from_json(text: str) -> ReservationRecord:
+    data = json.loads(text)
+    data[10] = tuple(Line(*line) for line in data[10])
+    if data[11] is not None:
+        data[11] = tuple(data[11])
+    return ReservationRecord(*data)

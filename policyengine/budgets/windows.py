@@ -1,0 +1,93 @@
+"""Budget windows: calendar-aligned (UTC or an IANA zone, DST-correct) or rolling.
+
+A calendar window is the half-open interval ``[start, end)`` of POSIX seconds containing
+``now``:
+
+* ``day``, ``week`` (ISO weeks, starting Monday) and ``month`` run from local midnight to
+  local midnight in the budget's zone, so a ``day`` in Europe/Paris is 23 hours on the
+  spring-forward day and 25 hours on the fall-back day. A midnight that does not exist
+  (a DST gap at 00:00) starts the window at the transition instant.
+* ``minute`` and ``hour`` are fixed-length and aligned to the zone's UTC offset at
+  ``now``; across a DST change consecutive hour windows stay contiguous, never overlap,
+  and each lasts exactly 3600 seconds.
+
+A rolling window has no fixed bounds: it covers the ``rolling_seconds`` before ``now``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+__all__ = ["CALENDAR_WINDOWS", "WINDOWS", "Window"]
+
+CALENDAR_WINDOWS = frozenset({"minute", "hour", "day", "week", "month"})
+WINDOWS = CALENDAR_WINDOWS | {"rolling"}
+_FIXED = {"minute": 60, "hour": 3600}
+
+
+class Window:
+    """The window of one budget; :meth:`bounds` maps ``now`` to ``(start, end)``.
+
+    >>> w = Window("day", None, "Europe/Paris")
+    >>> s, e = w.bounds(1774740600.0)   # 00:30 in Paris on 2026-03-29, spring-forward day
+    >>> e - s
+    82800
+    """
+
+    __slots__ = ("_cache", "kind", "rolling_seconds", "tz", "zone")
+
+    def __init__(self, kind: str, rolling_seconds: int | None, tz: str = "UTC") -> None:
+        if kind not in WINDOWS:
+            raise ValueError(f"unknown window {kind!r}")
+        self.kind = kind
+        self.rolling_seconds = rolling_seconds if kind == "rolling" else None
+        self.tz = tz
+        self.zone = timezone.utc if tz == "UTC" else ZoneInfo(tz)
+        # (start, end) of the last calendar window computed: most calls hit it.
+        self._cache: tuple[int, int] = (0, 0)
+
+    @property
+    def is_rolling(self) -> bool:
+        return self.rolling_seconds is not None
+
+    def bounds(self, now: float) -> tuple[int, int]:
+        """``(start, end)`` POSIX seconds of the calendar window containing ``now``.
+
+        For a rolling window: ``(ceil(now) - rolling_seconds, ceil(now))``, informational.
+        """
+        if self.rolling_seconds is not None:
+            top = math.ceil(now)
+            return top - self.rolling_seconds, top
+        cached = self._cache
+        if cached[0] <= now < cached[1]:
+            return cached
+        result = self._compute(now)
+        self._cache = result
+        return result
+
+    def _compute(self, now: float) -> tuple[int, int]:
+        zone = self.zone
+        local = datetime.fromtimestamp(now, zone)
+        size = _FIXED.get(self.kind)
+        if size is not None:
+            offset = local.utcoffset()
+            off = int(offset.total_seconds()) if offset is not None else 0
+            start = math.floor((now + off) / size) * size - off
+            return start, start + size
+        day = local.date()
+        if self.kind == "day":
+            first, nxt = day, day + timedelta(days=1)
+        elif self.kind == "week":
+            first = day - timedelta(days=day.weekday())
+            nxt = first + timedelta(days=7)
+        else:
+            first = day.replace(day=1)
+            nxt = date(first.year + (first.month == 12), first.month % 12 + 1, 1)
+        return self._midnight(first), self._midnight(nxt)
+
+    def _midnight(self, day: date) -> int:
+        # fold=0: an ambiguous midnight is its first occurrence; a midnight inside a DST
+        # gap resolves (with the pre-transition offset) to the transition instant.
+        return math.floor(datetime(day.year, day.month, day.day, tzinfo=self.zone).timestamp())

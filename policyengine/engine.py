@@ -1,0 +1,212 @@
+"""The :class:`Engine`: what users keep. It loads policy text, holds the compiled policy,
+and answers ``authorize``, ``explain``, ``tool_authorize`` and budget questions.
+
+An engine is safe to share between threads. Its compiled policy is immutable; ``reload()``
+builds a new one from the same sources and swaps a single reference, so a request sees
+either the old policy or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from policyengine import ast
+from policyengine.approvals import ApprovalError, ApprovalStore, MemoryApprovalStore, context_digest
+from policyengine.checker import check
+from policyengine.compiler import CompiledPolicy, compile_policy
+from policyengine.decision import ApprovalRequired, Decision, NotAuthorized
+from policyengine.evaluator import Explanation, evaluate, explain
+from policyengine.parser import parse_many
+from policyengine.source import PolicyError, Problem, SourceSet
+
+__all__ = ["Engine", "load_policy"]
+
+PolicyFiles = list[tuple[str, "str | bytes"]]
+
+
+def _read_paths(paths: Iterable[str | os.PathLike[str]]) -> PolicyFiles:
+    files: PolicyFiles = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(x for x in p.rglob("*.policy") if x.is_file())
+            if not found:
+                raise PolicyError([Problem("E010", f"no .policy files in {p}", str(p), 1, 1)])
+            files.extend((str(x), x.read_bytes()) for x in found)
+        elif p.is_file():
+            files.append((str(p), p.read_bytes()))
+        else:
+            raise PolicyError([Problem("E010", f"no such policy file or directory: {p}",
+                                       str(p), 1, 1)])
+    return files
+
+
+def build_rates(files: list[ast.PolicyFile], base_dirs: Mapping[str, str]) -> Any:
+    """The :class:`~policyengine.rates.RateSource` for the files' ``rate``/``rates``."""
+    from policyengine.rates import JsonFileRates, RateError, StaticRates
+
+    base = next((st.code for f in files for st in f.statements
+                 if isinstance(st, ast.CurrencyDecl)), None)
+    inline = {st.code: st.value for f in files for st in f.statements
+              if isinstance(st, ast.RateDecl)}
+    table_decl = next(((f, st) for f in files for st in f.statements
+                       if isinstance(st, ast.RatesDecl)), None)
+    if base is None:
+        return None
+    if table_decl is None:
+        return StaticRates(base, inline)
+    f, st = table_decl
+    path = Path(st.path)
+    if not path.is_absolute():
+        path = Path(base_dirs.get(f.name, ".")) / path
+    try:
+        loaded = JsonFileRates(path, max_age=st.max_age)
+    except RateError as exc:
+        raise PolicyError([Problem("E127", f"cannot load rates: {exc}", f.name, st.span.line,
+                                   st.span.column)]) from None
+    if loaded.base != base:
+        raise PolicyError([Problem("E127", f"rates file is in {loaded.base} but the policy's "
+                                   f"base currency is {base}", f.name, st.span.line,
+                                   st.span.column)])
+    merged = {c: loaded.rate(c, base, loaded.as_of) for c in loaded.codes if c != base}
+    for code, value in inline.items():
+        if code in merged and merged[code] != value:
+            raise PolicyError([Problem("E113", f"rate for {code} differs from the rates file",
+                                       f.name, st.span.line, st.span.column)])
+        merged[code] = value
+    return StaticRates(base, merged, as_of=loaded.as_of, max_age=st.max_age)
+
+
+def load_policy(files: PolicyFiles, *, rates: Any = None,
+                base_dirs: Mapping[str, str] | None = None
+                ) -> tuple[CompiledPolicy, tuple[Problem, ...]]:
+    """Parse, check and compile ``files``. Raises :class:`PolicyError` on any error.
+
+    Returns the compiled policy and the warnings.
+    """
+    sources = SourceSet()
+    parsed, problems = parse_many(files, sources)
+    problems.extend(check(parsed, sources) if not problems else [])
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise PolicyError(problems)
+    if rates is None:
+        rates = build_rates(parsed, base_dirs or {})
+    policy = compile_policy(parsed, rates=rates)
+    return policy, tuple(problems)
+
+
+class Engine:
+    """A compiled policy set and the services around it.
+
+    >>> engine = Engine.from_source('role r: docs:*\\nagent "bot": r')
+    >>> engine.authorize("bot", "docs:read").allowed
+    True
+    """
+
+    def __init__(self, files: PolicyFiles, *, paths: tuple[str, ...] = (),
+                 rates: Any = None, clock: Callable[[], float] | None = None,
+                 approvals: ApprovalStore | None = None, keys: Any = None,
+                 revocations: Any = None, budget_store: Any = None,
+                 hmac_key: bytes | None = None) -> None:
+        self._paths = paths
+        self._files = files
+        self._rates_override = rates
+        self._clock = clock
+        self.approvals: ApprovalStore = approvals or MemoryApprovalStore(clock or time.time)
+        self.keys = keys
+        self.revocations = revocations
+        self.hmac_key = hmac_key
+        self._budget_store = budget_store
+        self._policy, self.warnings = self._build(files)
+
+    # ---- construction ----
+    @classmethod
+    def from_path(cls, *paths: str | os.PathLike[str], **options: Any) -> Engine:
+        """Load every ``.policy`` file under the given files and directories."""
+        if not paths:
+            raise TypeError("from_path() needs at least one path")
+        names = tuple(os.fspath(p) for p in paths)
+        return cls(_read_paths(names), paths=names, **options)
+
+    @classmethod
+    def from_source(cls, text: str | bytes, name: str = "inline.policy", **options: Any
+                    ) -> Engine:
+        """Compile policy text held in memory."""
+        return cls([(name, text)], **options)
+
+    @classmethod
+    def from_sources(cls, sources: Mapping[str, str | bytes], **options: Any) -> Engine:
+        """Compile several named texts as one policy set."""
+        return cls(list(sources.items()), **options)
+
+    def _build(self, files: PolicyFiles) -> tuple[CompiledPolicy, tuple[Problem, ...]]:
+        base_dirs = {name: str(Path(name).parent) for name, _ in files}
+        return load_policy(files, rates=self._rates_override, base_dirs=base_dirs)
+
+    def reload(self) -> None:
+        """Re-read the paths (or recompile the sources) and swap atomically.
+
+        On error the old policy stays in force and :class:`PolicyError` is raised.
+        """
+        files = _read_paths(self._paths) if self._paths else self._files
+        policy, warnings = self._build(files)
+        self._files = files
+        self._policy, self.warnings = policy, warnings
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        return self._policy
+
+    def now(self) -> float:
+        return self._clock() if self._clock is not None else time.time()
+
+    # ---- authorize ----
+    def authorize(self, principal: str, permission: str,
+                  context: dict[str, Any] | None = None, *, token: str | None = None,
+                  approval_id: str | None = None) -> Decision:
+        """May ``principal`` exercise ``permission`` given ``context``?
+
+        Never raises for request data: a malformed request is a denied decision with
+        code ``invalid_request``. See docs/semantics.md for the rules.
+        """
+        now = self._clock() if self._clock is not None else None
+        approved = False
+        if approval_id is not None:
+            approved = self._approval_granted(approval_id, principal, permission, context)
+        decision = evaluate(self._policy, principal, permission, context, now, approved)
+        if decision.status == "pending_approval":
+            item = self.approvals.create(principal, permission, context, decision.rules)
+            decision.approval_id = item.id
+        return decision
+
+    def _approval_granted(self, approval_id: str, principal: Any, permission: Any,
+                          context: Any) -> bool:
+        try:
+            item = self.approvals.get(approval_id)
+        except ApprovalError:
+            return False
+        return (item.status == "approved" and item.principal == principal
+                and item.permission == permission
+                and item.context_digest == context_digest(context))
+
+    def ensure_authorized(self, principal: str, permission: str,
+                          context: dict[str, Any] | None = None, **kwargs: Any) -> Decision:
+        """Like :meth:`authorize`, but raise :class:`NotAuthorized` or
+        :class:`ApprovalRequired` unless the decision is ``allowed``."""
+        decision = self.authorize(principal, permission, context, **kwargs)
+        if decision.status == "allowed":
+            return decision
+        if decision.status == "pending_approval":
+            raise ApprovalRequired(decision)
+        raise NotAuthorized(decision)
+
+    def explain(self, principal: str, permission: str,
+                context: dict[str, Any] | None = None) -> Explanation:
+        """Rule by rule: which rules could decide, whether each applied, and why."""
+        now = self._clock() if self._clock is not None else None
+        return explain(self._policy, principal, permission, context, now)

@@ -1,0 +1,684 @@
+"""Compiled JSONPath extraction and redaction of tool-call bodies.
+
+Paths are compiled once (at policy compile time) by :meth:`JsonPath.compile`. Simple
+paths (``$``, ``$.a.b``, ``$.a[0]``, ``$['x-y']``) never touch jsonpath-ng: they are a
+tuple of dict keys and list indexes walked directly, which is what keeps
+``tool_authorize`` inside its latency budget. Wildcards, slices, filters and recursive
+descent (``$..email``, ``$.items[*].card``) are parsed by jsonpath-ng; each of its matches
+is turned back into a *concrete location* (a tuple of keys and indexes) and checked
+against the document, so both kinds of path share one set of semantics:
+
+* ``.name`` / ``['name']`` selects a key of an object (a ``dict``) only;
+* ``[N]`` selects an element of an array (a ``list``) only; negative N counts from the
+  end. Strings are never indexed into.
+
+:func:`redact` applies :class:`RedactionRule` s to a body and returns a
+:class:`RedactionResult` holding a redacted copy: the caller's object is never mutated.
+Only the containers on the way to a changed value are copied (copy-on-write); unchanged
+sub-trees are *shared* with the input, so treat the result as read-only (or deep-copy it)
+if the input will be mutated later. When nothing is redacted the body is returned as is.
+
+This module is a leaf: it imports nothing from the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+__all__ = [
+    "MASK",
+    "MISSING",
+    "STRATEGIES",
+    "JsonPath",
+    "RedactionDiagnostic",
+    "RedactionError",
+    "RedactionResult",
+    "RedactionRule",
+    "check_hmac_key",
+    "redact",
+]
+
+#: What ``mask`` puts in place of a value.
+MASK: Final = "***REDACTED***"
+
+Strategy = Literal["remove", "mask", "hash", "sha256", "partial"]
+STRATEGIES: Final = frozenset({"remove", "mask", "hash", "sha256", "partial"})
+
+#: Longest JSONPath text accepted.
+MAX_PATH_LENGTH: Final = 1024
+#: Shortest HMAC key accepted for the ``hash`` strategy (bytes).
+MIN_HMAC_KEY_BYTES: Final = 16
+
+Step = str | int
+Location = tuple[Step, ...]
+
+
+class RedactionError(ValueError):
+    """A JSONPath or redaction rule is unusable. ``code`` is stable.
+
+    Codes: ``invalid_path`` (does not parse, or uses an unsupported feature),
+    ``invalid_rule`` (unknown strategy, bad ``keep``), ``invalid_hash_key``,
+    ``path_eval_error`` (evaluating a path failed, e.g. a document nested too deep
+    for recursive descent).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: Sentinel default of :meth:`JsonPath.first`: "raise nothing, return this".
+MISSING: Final = _Missing()
+
+
+class _Wild:
+    """A native wildcard step: ``[*]`` (array elements) or ``.*`` (object values)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class _Descent:
+    """A native ``..name`` step: key ``name`` of every object at or below this point."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"..{self.name}"
+
+
+_ANY_ITEM = _Wild("[*]")
+_ANY_VALUE = _Wild(".*")
+NativeStep = Step | _Wild | _Descent
+
+#: Most nodes a native recursive descent visits before giving up (``path_eval_error``).
+MAX_DESCENT_NODES: Final = 1_000_000
+
+# The native subset: ``$`` then ``.name`` / ``[N]`` / ``['name']`` / ``["name"]`` /
+# ``[*]`` / ``.*`` / ``..name`` steps. Anything else goes to jsonpath-ng.
+_NATIVE_STEP = re.compile(
+    r"""\.\.([A-Za-z_][A-Za-z0-9_]*)    # ..name
+      | \.([A-Za-z_][A-Za-z0-9_]*)       # .name
+      | \[(-?(?:0|[1-9][0-9]{0,8}))\]     # [N]
+      | \['([^'\\]*)'\]                   # ['name']
+      | \["([^"\\]*)"\]                   # ["name"]
+      | (\[\*\]|\.\*)                      # [*] or .*
+    """,
+    re.VERBOSE,
+)
+
+
+def _parse_native(text: str) -> tuple[NativeStep, ...] | None:
+    """Return the steps of a path in the native subset, or None when jsonpath-ng is needed."""
+    if not text.startswith("$"):
+        return None
+    steps: list[NativeStep] = []
+    pos = 1
+    n = len(text)
+    while pos < n:
+        m = _NATIVE_STEP.match(text, pos)
+        if m is None:
+            return None
+        desc, name, index, sq, dq, wild = m.groups()
+        if desc is not None:
+            steps.append(_Descent(desc))
+        elif name is not None:
+            steps.append(name)
+        elif index is not None:
+            steps.append(int(index))
+        elif wild is not None:
+            steps.append(_ANY_ITEM if wild == "[*]" else _ANY_VALUE)
+        else:
+            steps.append(sq if sq is not None else dq)
+        pos = m.end()
+    return tuple(steps)
+
+
+def _descend(loc: Location, node: Any, name: str, out: list[tuple[Location, Any]]) -> None:
+    """Pre-order search for key ``name`` below ``node``; iterative (no recursion limit)."""
+    # Locations are linked (parent, step) pairs, materialised only for matches, so a
+    # 10,000-level document costs O(depth) per match instead of O(depth^2).
+    stack: list[tuple[Any, Any]] = [(node, None)]
+    visited = 0
+    while stack:
+        cur, link = stack.pop()
+        visited += 1
+        if visited > MAX_DESCENT_NODES:
+            raise RedactionError("path_eval_error",
+                                 f"..{name}: more than {MAX_DESCENT_NODES} nodes")
+        if isinstance(cur, dict):
+            if name in cur:
+                rel: list[Step] = [name]
+                lk = link
+                while lk is not None:
+                    rel.append(lk[1])
+                    lk = lk[0]
+                out.append((loc + tuple(reversed(rel)), cur[name]))
+            children: Iterable[tuple[Step, Any]] = cur.items()
+        elif isinstance(cur, list):
+            children = enumerate(cur)
+        else:
+            continue
+        stack.extend((child, (link, step)) for step, child in reversed(list(children)))
+
+
+def _expand(doc: Any, steps: tuple[NativeStep, ...]) -> list[tuple[Location, Any]]:
+    """All (location, value) pairs a native path selects in ``doc``, document order."""
+    frontier: list[tuple[Location, Any]] = [((), doc)]
+    for step in steps:
+        nxt: list[tuple[Location, Any]] = []
+        for loc, cur in frontier:
+            if isinstance(step, str):
+                if isinstance(cur, dict) and step in cur:
+                    nxt.append(((*loc, step), cur[step]))
+            elif isinstance(step, int):
+                if isinstance(cur, list) and -len(cur) <= step < len(cur):
+                    idx = step + len(cur) if step < 0 else step
+                    nxt.append(((*loc, idx), cur[idx]))
+            elif step is _ANY_ITEM:
+                if isinstance(cur, list):
+                    nxt.extend(((*loc, i), v) for i, v in enumerate(cur))
+            elif step is _ANY_VALUE:
+                if isinstance(cur, dict):
+                    nxt.extend(((*loc, k), v) for k, v in cur.items())
+            else:
+                assert isinstance(step, _Descent)
+                _descend(loc, cur, step.name, nxt)
+        if not nxt:
+            return nxt
+        frontier = nxt
+    if len(frontier) > 1:
+        frontier = list(dict(frontier).items())  # ``$..a..b`` can reach a place twice
+    return frontier
+
+
+def _walk(doc: Any, steps: Location) -> tuple[bool, Any]:
+    """Follow ``steps`` from ``doc``: (found, value). Iterative, so depth is no issue."""
+    cur = doc
+    for step in steps:
+        if isinstance(step, str):
+            if not isinstance(cur, dict) or step not in cur:
+                return False, None
+            cur = cur[step]
+        else:
+            if not isinstance(cur, list):
+                return False, None
+            if not -len(cur) <= step < len(cur):
+                return False, None
+            cur = cur[step]
+    return True, cur
+
+
+def _locate(doc: Any, steps: Location) -> tuple[Location, Any] | None:
+    """``steps`` with negative indexes made absolute, and the value there; None if absent."""
+    out: list[Step] = []
+    cur = doc
+    for step in steps:
+        if isinstance(step, str):
+            if not isinstance(cur, dict) or step not in cur:
+                return None
+            cur = cur[step]
+            out.append(step)
+        else:
+            if not isinstance(cur, list) or not -len(cur) <= step < len(cur):
+                return None
+            idx = step + len(cur) if step < 0 else step
+            cur = cur[idx]
+            out.append(idx)
+    return tuple(out), cur
+
+
+_ALLOWED_NODES = ("Root", "This", "Child", "Fields", "Index", "Slice", "Descendants", "Filter")
+
+
+def _check_nodes(node: Any, text: str) -> None:
+    """Reject jsonpath-ng features whose matches are not locations in the document."""
+    kind = type(node).__name__
+    if kind not in _ALLOWED_NODES:
+        raise RedactionError("invalid_path", f"JSONPath {text!r}: {kind} is not supported; "
+                             "use names, indexes, [*], slices, filters and '..'")
+    if kind == "Slice" and node.step == 0:
+        raise RedactionError("invalid_path", f"JSONPath {text!r}: slice step must not be 0")
+    for attr in ("left", "right"):
+        sub = getattr(node, attr, None)
+        if sub is not None:
+            _check_nodes(sub, text)
+
+
+def _steps_of(path_node: Any, out: list[Step]) -> None:
+    """Append the concrete steps of one jsonpath-ng datum path (Fields/Index/Child)."""
+    kind = type(path_node).__name__
+    if kind in ("Root", "This"):
+        return
+    if kind == "Child":
+        _steps_of(path_node.left, out)
+        _steps_of(path_node.right, out)
+        return
+    if kind == "Fields" and len(path_node.fields) == 1:
+        out.append(str(path_node.fields[0]))
+        return
+    if kind == "Index":
+        indices = getattr(path_node, "indices", None)
+        if indices is None:  # jsonpath-ng < 1.7
+            indices = (path_node.index,)
+        if len(indices) == 1:
+            out.append(int(indices[0]))
+            return
+    raise RedactionError("path_eval_error", f"match at {path_node!r} is not a location")
+
+
+class JsonPath:
+    """A JSONPath compiled once; evaluating it does no parsing.
+
+    >>> JsonPath.compile("$.amount").first({"amount": 1250})
+    1250
+    >>> JsonPath.compile("$..email").find({"a": {"email": "x"}, "b": [{"email": "y"}]})
+    ['x', 'y']
+    """
+
+    __slots__ = ("_direct", "_expr", "_native", "text")
+
+    def __init__(self, text: str, native: tuple[NativeStep, ...] | None, expr: Any) -> None:
+        self.text = text
+        self._native = native
+        self._expr = expr
+        # Names and indexes only: at most one location, walked without allocating.
+        self._direct: Location | None = None
+        if native is not None and all(isinstance(x, (str, int)) for x in native):
+            self._direct = tuple(x for x in native if isinstance(x, (str, int)))
+
+    @classmethod
+    def compile(cls, text: str) -> JsonPath:
+        """Compile ``text`` (must start with ``$``); raises ``RedactionError('invalid_path')``."""
+        if not isinstance(text, str) or not text.startswith("$"):
+            raise RedactionError("invalid_path", f"JSONPath {text!r} must start with '$'")
+        if len(text) > MAX_PATH_LENGTH:
+            raise RedactionError("invalid_path",
+                                 f"JSONPath is longer than {MAX_PATH_LENGTH} characters")
+        native = _parse_native(text)
+        if native is not None:
+            return cls(text, native, None)
+        try:
+            from jsonpath_ng.ext import parse as _jp_parse
+
+            expr = _jp_parse(text)
+        except Exception as exc:  # jsonpath-ng raises assorted exception types
+            raise RedactionError("invalid_path",
+                                 f"JSONPath {text!r} does not parse: {exc}") from None
+        _check_nodes(expr, text)
+        return cls(text, None, expr)
+
+    @property
+    def is_native(self) -> bool:
+        """True when evaluated without jsonpath-ng (names, indexes, ``[*]``, ``.*``,
+        ``..name``)."""
+        return self._native is not None
+
+    @property
+    def is_root(self) -> bool:
+        """True for ``$`` itself."""
+        return self._direct == ()
+
+    def locations(self, doc: Any) -> list[Location]:
+        """Concrete locations (absolute keys/indexes) this path selects in ``doc``.
+
+        Raises ``RedactionError('path_eval_error')`` when evaluation fails (for instance
+        a recursion limit hit on a very deeply nested document).
+        """
+        return [loc for loc, _ in self._matches(doc)]
+
+    def _matches(self, doc: Any) -> list[tuple[Location, Any]]:
+        if self._direct is not None:
+            hit = _locate(doc, self._direct)
+            return [] if hit is None else [hit]
+        if self._native is not None:
+            return _expand(doc, self._native)
+        try:
+            seen: dict[Location, Any] = {}
+            for datum in self._expr.find(doc):
+                chain: list[Any] = []
+                d = datum
+                while d is not None:
+                    chain.append(d.path)
+                    d = d.context
+                steps: list[Step] = []
+                for node in reversed(chain):
+                    _steps_of(node, steps)
+                hit = _locate(doc, tuple(steps))
+                if hit is not None:  # drop jsonpath-ng quirks such as indexing a string
+                    seen[hit[0]] = hit[1]
+        except RedactionError:
+            raise
+        except RecursionError:
+            raise RedactionError("path_eval_error",
+                                 f"JSONPath {self.text!r}: document nested too deeply") from None
+        except Exception as exc:
+            raise RedactionError("path_eval_error",
+                                 f"JSONPath {self.text!r} failed: {exc}") from None
+        return list(seen.items())
+
+    def find(self, doc: Any) -> list[Any]:
+        """All values selected in ``doc`` (document order); ``[]`` when none resolve."""
+        if self._direct is not None:
+            found, value = _walk(doc, self._direct)
+            return [value] if found else []
+        return [value for _, value in self._matches(doc)]
+
+    def first(self, doc: Any, default: Any = MISSING) -> Any:
+        """The first value selected in ``doc``, else ``default`` (``MISSING``)."""
+        if self._direct is not None:
+            found, value = _walk(doc, self._direct)
+            return value if found else default
+        values = self.find(doc)
+        return values[0] if values else default
+
+    def __repr__(self) -> str:
+        return f"JsonPath({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JsonPath) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+@dataclass(frozen=True)
+class RedactionRule:
+    """``redact PATH STRATEGY``; the path is compiled when the rule is built.
+
+    Strategies: ``remove``, ``mask`` (:data:`MASK`), ``hash`` (``hmac-sha256:<hex>``,
+    needs an HMAC key at :func:`redact` time), ``sha256`` (``sha256:<hex>``, unkeyed) and
+    ``partial`` (``keep`` >= 1: the last ``keep`` characters stay, the rest become ``*``).
+
+    >>> RedactionRule("$.card", "partial", keep=4).strategy
+    'partial'
+    """
+
+    path: str
+    strategy: str
+    keep: int = 0
+    compiled: JsonPath = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise RedactionError("invalid_rule", f"unknown redaction strategy "
+                                 f"{self.strategy!r}; use one of {sorted(STRATEGIES)}")
+        if isinstance(self.keep, bool) or not isinstance(self.keep, int):
+            raise RedactionError("invalid_rule", "keep must be an integer")
+        if self.strategy == "partial":
+            if self.keep < 1:
+                raise RedactionError("invalid_rule", "partial needs keep >= 1 (e.g. partial 4)")
+        elif self.keep != 0:
+            raise RedactionError("invalid_rule", f"keep applies only to partial, "
+                                 f"not {self.strategy}")
+        compiled = JsonPath.compile(self.path)
+        if compiled.is_root:
+            raise RedactionError("invalid_path", "cannot redact the document root '$'")
+        object.__setattr__(self, "compiled", compiled)
+
+    @property
+    def needs_key(self) -> bool:
+        """True for ``hash``: an engine should check for a key when it is built."""
+        return self.strategy == "hash"
+
+
+class RedactionDiagnostic(str):
+    """A diagnostic line (a ``str``: ``"code: message"``) with ``code`` and ``field``.
+
+    Codes: ``not_json_container`` (body is not an object/array; returned unchanged),
+    ``unparsed_body`` (body is ``str``/``bytes``: cannot be inspected),
+    ``hash_key_missing``, ``invalid_hash_key``, ``path_eval_error``, ``value_error``
+    (a value could not be serialised for hashing), ``rule_failed`` (anything else).
+    """
+
+    code: str
+    field: str | None
+
+    def __new__(cls, code: str, message: str, field: str | None = None) -> RedactionDiagnostic:
+        self = super().__new__(cls, f"{code}: {message}")
+        self.code = code
+        self.field = field
+        return self
+
+
+@dataclass(frozen=True)
+class RedactionResult:
+    """``body``: the redacted copy; ``redactions``: ``{"field", "strategy"}`` for each rule
+    that matched at least one value (rules that matched nothing are not listed);
+    ``diagnostics``: rules that could not be applied (their fields are left as they were).
+
+    ``ok`` is False when anything could not be redacted: a caller that must not leak
+    should fail closed on ``not result.ok``.
+    """
+
+    body: Any
+    redactions: list[dict[str, str]]
+    diagnostics: list[RedactionDiagnostic]
+
+    @property
+    def ok(self) -> bool:
+        return not self.diagnostics
+
+
+def check_hmac_key(key: object) -> bytes:
+    """Validate an HMAC key for ``hash``: ``bytes`` of at least 16 bytes.
+
+    Raises ``RedactionError('invalid_hash_key')``. Engines call this when built.
+    """
+    if not isinstance(key, (bytes, bytearray)) or len(key) < MIN_HMAC_KEY_BYTES:
+        raise RedactionError("invalid_hash_key",
+                             f"the hash strategy needs an HMAC key of at least "
+                             f"{MIN_HMAC_KEY_BYTES} bytes")
+    return bytes(key)
+
+
+def _json_default(value: object) -> object:
+    # Decimals (from a parser using parse_float=Decimal) hash as their exact text.
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _value_bytes(value: Any) -> bytes:
+    """What hash/sha256 digest: a string's UTF-8, else the canonical JSON form."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    if isinstance(value, Decimal):
+        return format(value, "f").encode("ascii")
+    return _canonical_json(value).encode("utf-8", "surrogatepass")
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False, default=_json_default)
+
+
+def _text_form(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return _canonical_json(value)
+
+
+def _new_value(rule: RedactionRule, value: Any, key: bytes | None) -> Any:
+    s = rule.strategy
+    if s == "mask":
+        return MASK
+    if s == "sha256":
+        return "sha256:" + hashlib.sha256(_value_bytes(value)).hexdigest()
+    if s == "hash":
+        assert key is not None
+        return "hmac-sha256:" + hmac.digest(key, _value_bytes(value), "sha256").hex()
+    # partial
+    text = _text_form(value)
+    if len(text) <= rule.keep:
+        return "*" * len(text)
+    return "*" * (len(text) - rule.keep) + text[-rule.keep:]
+
+
+class _Workspace:
+    """The copy-on-write document: containers already copied are tracked by id."""
+
+    __slots__ = ("owned", "pins", "root")
+
+    def __init__(self, root: Any) -> None:
+        self.root = root
+        self.owned: set[int] = set()
+        self.pins: list[Any] = []  # keeps copies alive so their ids stay unique
+
+    def _own(self, container: Any) -> Any:
+        if id(container) in self.owned:
+            return container
+        dup = container.copy()
+        self.owned.add(id(dup))
+        self.pins.append(dup)
+        return dup
+
+    def parent(self, loc: Location) -> Any:
+        """Copy the containers down to the parent of ``loc`` and return that parent."""
+        self.root = cur = self._own(self.root)
+        for step in loc[:-1]:
+            child = self._own(cur[step])
+            cur[step] = child
+            cur = child
+        return cur
+
+    def set(self, loc: Location, value: Any) -> bool:
+        hit = _locate(self.root, loc)
+        if hit is None or hit[0] != loc:
+            return False  # gone (e.g. inside a value an earlier match replaced)
+        self.parent(loc)[loc[-1]] = value
+        return True
+
+    def delete(self, loc: Location) -> bool:
+        hit = _locate(self.root, loc)
+        if hit is None or hit[0] != loc:
+            return False
+        del self.parent(loc)[loc[-1]]
+        return True
+
+
+def _hit_key(hit: tuple[Location, Any]) -> tuple[tuple[int, Any], ...]:
+    return tuple((0, s) if isinstance(s, int) else (1, s) for s in hit[0])
+
+
+def redact(body: Any, rules: Iterable[RedactionRule], *,
+           hmac_key: bytes | None = None) -> RedactionResult:
+    """Apply ``rules`` in order to a copy of ``body``.
+
+    Total: a path that resolves nowhere is skipped; a rule that fails (no HMAC key for
+    ``hash``, a value that cannot be serialised, a path too deep to evaluate) leaves the
+    body as it was before that rule and adds a diagnostic; a body that is not a JSON
+    object or array comes back unchanged with a diagnostic. ``None`` (no body) and an
+    empty rule list give an empty result with no diagnostic.
+
+    >>> r = redact({"card": "4111111111111111", "n": 1}, [RedactionRule("$.card", "mask")])
+    >>> r.body, r.redactions
+    ({'card': '***REDACTED***', 'n': 1}, [{'field': '$.card', 'strategy': 'mask'}])
+    """
+    if not isinstance(rules, (list, tuple)):
+        rules = list(rules)
+    if not rules or body is None:
+        return RedactionResult(body, [], [])
+    if not isinstance(body, (dict, list)):
+        if isinstance(body, (str, bytes, bytearray, memoryview)):
+            diag = RedactionDiagnostic("unparsed_body", "body is text/bytes, not parsed JSON; "
+                                       "it was not inspected and is returned unchanged")
+        else:
+            diag = RedactionDiagnostic("not_json_container", f"body is a {type(body).__name__}"
+                                       ", not a JSON object or array; returned unchanged")
+        return RedactionResult(body, [], [diag])
+
+    key: bytes | None = None
+    key_problem: RedactionDiagnostic | None = None
+    if hmac_key is not None:
+        try:
+            key = check_hmac_key(hmac_key)
+        except RedactionError as exc:
+            key_problem = RedactionDiagnostic("invalid_hash_key", str(exc))
+
+    ws = _Workspace(body)
+    redactions: list[dict[str, str]] = []
+    diagnostics: list[RedactionDiagnostic] = []
+    for rule in rules:
+        # Phase 1 (may fail): find the locations and compute the new values. Nothing
+        # in the workspace changes until it succeeds, so a failing rule is a no-op.
+        try:
+            hits = rule.compiled._matches(ws.root)
+            if not hits:
+                continue
+            if rule.strategy == "hash" and key is None:
+                diagnostics.append(key_problem or RedactionDiagnostic(
+                    "hash_key_missing", f"{rule.path}: the hash strategy needs an HMAC key "
+                    "(configure one, or use sha256 explicitly)", rule.path))
+                continue
+            if rule.strategy == "remove":
+                new_values: list[Any] = []
+                if len(hits) > 1:
+                    # Deepest and highest index first, so removing one array element
+                    # does not shift the positions of the others still to remove.
+                    hits.sort(key=_hit_key, reverse=True)
+            else:
+                if len(hits) > 1:
+                    # Outermost first: a match inside a replaced value then no longer
+                    # resolves and is skipped.
+                    hits.sort(key=_hit_key)
+                new_values = [_new_value(rule, old, key) for _, old in hits]
+        except RedactionError as exc:
+            diagnostics.append(RedactionDiagnostic(exc.code, f"{rule.path}: {exc}", rule.path))
+            continue
+        except RecursionError:
+            diagnostics.append(RedactionDiagnostic(
+                "path_eval_error", f"{rule.path}: value nested too deeply", rule.path))
+            continue
+        except (TypeError, ValueError) as exc:
+            diagnostics.append(RedactionDiagnostic(
+                "value_error", f"{rule.path}: cannot redact value: {exc}", rule.path))
+            continue
+        except Exception as exc:  # fail safe: never corrupt the body, never raise
+            diagnostics.append(RedactionDiagnostic(
+                "rule_failed", f"{rule.path}: {type(exc).__name__}: {exc}", rule.path))
+            continue
+        # Phase 2 (cannot fail on dict/list): apply. Locations were found on the current
+        # document, so a single one is still valid; several are re-checked one by one.
+        if len(hits) == 1:
+            loc = hits[0][0]
+            if rule.strategy == "remove":
+                del ws.parent(loc)[loc[-1]]
+            else:
+                ws.parent(loc)[loc[-1]] = new_values[0]
+            applied = True
+        else:
+            applied = False
+            if rule.strategy == "remove":
+                for loc, _ in hits:
+                    applied = ws.delete(loc) or applied
+            else:
+                for (loc, _), value in zip(hits, new_values, strict=True):
+                    applied = ws.set(loc, value) or applied
+        if applied:
+            redactions.append({"field": rule.path, "strategy": rule.strategy})
+    return RedactionResult(ws.root, redactions, diagnostics)

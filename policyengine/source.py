@@ -1,0 +1,94 @@
+"""Policy-text problems: :class:`Problem` (one error or warning) and :class:`PolicyError`.
+
+Both the parser and the checker report through these, so every error about policy text
+reads the same way: ``file:line:col: error[E103]: message``, the offending line with a
+caret under the column, and a hint. Codes are stable and listed in ``docs/errors.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["PolicyError", "Problem", "SourceSet"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One error or warning at a position in a policy file."""
+
+    code: str
+    message: str
+    file: str
+    line: int
+    column: int
+    hint: str | None = None
+    severity: str = "error"  # "error" | "warning"
+    excerpt: str = field(default="", compare=False)
+
+    def render(self) -> str:
+        """Compiler-style text: location, message, caret excerpt, hint."""
+        out = f"{self.file}:{self.line}:{self.column}: {self.severity}[{self.code}]: {self.message}"
+        if self.excerpt:
+            out += "\n" + self.excerpt
+        if self.hint:
+            out += f"\n  = hint: {self.hint}"
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, "file": self.file,
+                "line": self.line, "column": self.column, "hint": self.hint,
+                "severity": self.severity}
+
+
+def excerpt(text_lines: Sequence[str], line: int, column: int) -> str:
+    """The source line with a caret under ``column`` (both 1-based)."""
+    if not 1 <= line <= len(text_lines):
+        return ""
+    src = text_lines[line - 1].rstrip("\n")
+    if len(src) > 200:  # keep excerpts readable for minified or hostile input
+        start = max(0, column - 80)
+        src = src[start:start + 160]
+        column -= start
+    src = src.expandtabs(1)
+    gutter = f"{line:>4} | "
+    caret = " " * (len(gutter) + max(column - 1, 0)) + "^"
+    return f"{gutter}{src}\n{caret}"
+
+
+class SourceSet:
+    """The text of the files being compiled, for excerpts."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, list[str]] = {}
+
+    def add(self, name: str, text: str) -> None:
+        self._lines[name] = text.splitlines()
+
+    def problem(self, code: str, message: str, file: str, line: int, column: int,
+                hint: str | None = None, severity: str = "error") -> Problem:
+        return Problem(code, message, file, line, column, hint, severity,
+                       excerpt(self._lines.get(file, []), line, column))
+
+
+class PolicyError(Exception):
+    """Policy text that cannot be used. ``problems`` lists every error (and warning).
+
+    ``str(err)`` is the compiler-style report; ``err.code`` is the first error's code.
+    """
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        self.errors = tuple(p for p in self.problems if p.severity == "error")
+        self.warnings = tuple(p for p in self.problems if p.severity == "warning")
+        first = self.errors[0] if self.errors else (self.problems[0] if self.problems else None)
+        self.code = first.code if first else "E000"
+        self.file = first.file if first else None
+        self.line = first.line if first else None
+        self.column = first.column if first else None
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        body = "\n\n".join(p.render() for p in self.problems)
+        n = len(self.errors)
+        return f"{body}\n\n{n} error{'s' if n != 1 else ''}" if n > 1 else body

@@ -1,0 +1,225 @@
+"""``policyengine token ...``: keygen, mint, attenuate, verify, revoke, jwks.
+
+:func:`register` adds the ``token`` command to an argparse sub-parser set; the parsed
+namespace carries ``handler`` (:func:`run`). Output is JSON on stdout; an error prints
+``error: <code>: <message>`` on stderr and returns exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from policyengine.money import MoneyError
+from policyengine.rates import JsonFileRates, RateError
+from policyengine.tokens.errors import TokenError
+from policyengine.tokens.grants import attenuate, mint, verify
+from policyengine.tokens.keys import KeySet
+from policyengine.tokens.revocation import JsonFileRevocationStore, revoke
+
+__all__ = ["main", "parse_duration", "register", "run"]
+
+_DURATION = re.compile(r"([0-9]+)([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``"3600"``, ``"90s"``, ``"30m"``, ``"1h"``, ``"7d"`` -> seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match.group(1)) <= 0:
+        raise TokenError("invalid_option", f"bad duration {text!r} (e.g. 3600, 30m, 1h, 7d)")
+    return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+def _amount(args: argparse.Namespace) -> tuple[str, str] | None:
+    if args.max_amount is None:
+        return None
+    parts = args.max_amount.split()
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    if args.currency is None:
+        raise TokenError("invalid_amount", 'give --max-amount "500 EUR" or --currency EUR')
+    return args.max_amount, args.currency
+
+
+def _permissions(args: argparse.Namespace) -> list[str]:
+    perms: list[str] = []
+    for item in args.permission or []:
+        perms.extend(p.strip() for p in item.split(",") if p.strip())
+    if not perms:
+        raise TokenError("invalid_permission", "give at least one --permission")
+    return perms
+
+
+def _token(args: argparse.Namespace) -> str:
+    text: str = sys.stdin.read() if args.token == "-" else args.token
+    return text.strip()
+
+
+def _keys(args: argparse.Namespace) -> KeySet:
+    return KeySet.from_file(args.keys, allow_hmac=args.allow_hmac)
+
+
+def _extras(args: argparse.Namespace) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if getattr(args, "revocations", None):
+        extra["revocations"] = JsonFileRevocationStore(args.revocations)
+    if getattr(args, "rates", None):
+        extra["rates"] = JsonFileRates(args.rates)
+    if getattr(args, "now", None) is not None:
+        extra["now"] = args.now
+    return extra
+
+
+def _keygen(args: argparse.Namespace) -> dict[str, Any]:
+    path = Path(args.keys)
+    if path.exists():
+        if not args.rotate:
+            raise TokenError("invalid_option", f"{path} exists; pass --rotate to add a new key")
+        keys = KeySet.from_file(path, allow_hmac=args.allow_hmac).rotate(args.alg)
+    else:
+        keys = KeySet.generate(args.alg, kid=args.kid)
+    keys.save(path)
+    key = keys.active_key
+    return {"kid": key.kid, "alg": key.alg, "keys": str(path), "kids": list(keys.kids)}
+
+
+def _mint(args: argparse.Namespace) -> dict[str, Any]:
+    extra = _extras(args)
+    token = mint(
+        _keys(args), issuer=args.issuer, acting_for=args.acting_for, agent=args.agent,
+        permissions=_permissions(args), ttl=parse_duration(args.ttl),
+        max_amount=_amount(args), audience=args.audience, max_depth=args.max_depth,
+        now=extra.get("now"),
+    )
+    return {"token": token}
+
+
+def _attenuate(args: argparse.Namespace) -> dict[str, Any]:
+    token = attenuate(
+        _keys(args), _token(args), agent=args.agent, permissions=_permissions(args),
+        ttl=parse_duration(args.ttl) if args.ttl else None, max_amount=_amount(args),
+        max_depth=args.max_depth, **_extras(args),
+    )
+    return {"token": token}
+
+
+def _verify(args: argparse.Namespace) -> dict[str, Any]:
+    grant = verify(
+        _keys(args), _token(args), issuer=args.issuer, audience=args.audience,
+        leeway=args.leeway, max_depth=args.max_depth,
+        max_ttl=parse_duration(args.max_ttl) if args.max_ttl else None, **_extras(args),
+    )
+    return grant.to_dict()
+
+
+def _revoke(args: argparse.Namespace) -> dict[str, Any]:
+    revoke(JsonFileRevocationStore(args.revocations), args.id)
+    return {"revoked": args.id}
+
+
+def _jwks(args: argparse.Namespace) -> dict[str, Any]:
+    return _keys(args).public_jwks()
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``token`` (with its sub-commands) to ``subparsers``
+    (the object ``ArgumentParser.add_subparsers()`` returns)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "token", help="mint, attenuate, verify and revoke delegation tokens"
+    )
+    sub = parser.add_subparsers(dest="token_command", required=True)
+
+    def command(name: str, help_text: str, keys: bool = True) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        if keys:
+            p.add_argument("--keys", required=True, help="JWKS (.json) or PEM key file")
+            p.add_argument("--allow-hmac", action="store_true", help="accept HS256 keys")
+        return p
+
+    p = command("keygen", "create a key file (or --rotate in a new active key)")
+    p.add_argument("--alg", default="EdDSA", choices=["EdDSA", "ES256", "RS256"])
+    p.add_argument("--kid", default=None, help="default: RFC 7638 thumbprint")
+    p.add_argument("--rotate", action="store_true")
+
+    def grant_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--agent", required=True, help="holder of the new token")
+        p.add_argument("--permission", action="append", help="pattern; repeat or comma-join")
+        p.add_argument("--max-amount", default=None, help='"500 EUR", or 500 with --currency')
+        p.add_argument("--currency", default=None)
+        p.add_argument("--now", type=float, default=None, help="POSIX seconds (tests)")
+
+    p = command("mint", "mint a root delegation token")
+    grant_args(p)
+    p.add_argument("--issuer", required=True)
+    p.add_argument("--acting-for", required=True, help="the principal delegating")
+    p.add_argument("--ttl", required=True, help="lifetime: 3600, 30m, 1h, 7d")
+    p.add_argument("--audience", default=None)
+    p.add_argument("--max-depth", type=int, default=3)
+
+    p = command("attenuate", "derive a narrower child token")
+    grant_args(p)
+    p.add_argument("--token", required=True, help="parent token, or - for stdin")
+    p.add_argument("--ttl", default=None, help="default: the parent's expiry")
+    p.add_argument("--max-depth", type=int, default=None)
+    p.add_argument("--revocations", default=None, help='JSON {"revoked": [...]}')
+    p.add_argument("--rates", default=None, help="rates JSON for cross-currency amounts")
+
+    p = command("verify", "verify a token and print its grant")
+    p.add_argument("--token", required=True, help="token, or - for stdin")
+    p.add_argument("--issuer", default=None)
+    p.add_argument("--audience", default=None)
+    p.add_argument("--leeway", type=float, default=60)
+    p.add_argument("--max-depth", type=int, default=None)
+    p.add_argument("--max-ttl", default=None)
+    p.add_argument("--revocations", default=None)
+    p.add_argument("--rates", default=None)
+    p.add_argument("--now", type=float, default=None)
+
+    p = command("revoke", "revoke a grant_id or jti (and every token derived from it)",
+                keys=False)
+    p.add_argument("id", help="grant_id or jti")
+    p.add_argument("--revocations", required=True, help="JSON file, created if missing")
+
+    command("jwks", "print the public JWKS to publish for verifiers")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+_COMMANDS = {
+    "keygen": _keygen, "mint": _mint, "attenuate": _attenuate, "verify": _verify,
+    "revoke": _revoke, "jwks": _jwks,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``token`` command; 0 on success, 1 on any error (code on stderr)."""
+    try:
+        result = _COMMANDS[args.token_command](args)
+    except (TokenError, MoneyError, RateError) as exc:
+        code = getattr(exc, "code", "error")
+        message = getattr(exc, "message", str(exc))
+        print(f"error: {code}: {message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: io_error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry (``python -m policyengine.tokens._cli token verify ...``)."""
+    parser = argparse.ArgumentParser(prog="policyengine")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Revocation: a pluggable :class:`RevocationStore` and the in-memory / JSON-file stores.
+
+``verify`` asks the store about every hop's ``grant_id`` and ``jti`` on every call (cached
+verifications included), so revoking a grant invalidates all tokens attenuated from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from policyengine.tokens.errors import TokenError
+
+__all__ = ["JsonFileRevocationStore", "MemoryRevocationStore", "RevocationStore", "revoke"]
+
+
+@runtime_checkable
+class RevocationStore(Protocol):
+    """Where revoked grant ids and jtis live. ``any_revoked`` is on the hot path: keep it
+    O(number of ids) with no I/O when you can (cache, or push updates into memory)."""
+
+    def revoke(self, identifier: str) -> None: ...
+
+    def is_revoked(self, identifier: str) -> bool: ...
+
+    def any_revoked(self, identifiers: Iterable[str]) -> bool: ...
+
+
+def _check_id(identifier: object) -> str:
+    if type(identifier) is not str or not identifier or len(identifier) > 256:
+        raise TokenError("invalid_claim", "a revocation id is a non-empty grant_id or jti")
+    return identifier
+
+
+class MemoryRevocationStore:
+    """Revocations in a set: O(1) per id. Not shared between processes."""
+
+    def __init__(self, identifiers: Iterable[str] = ()) -> None:
+        self._ids: set[str] = {_check_id(i) for i in identifiers}
+
+    def revoke(self, identifier: str) -> None:
+        self._ids.add(_check_id(identifier))
+
+    def is_revoked(self, identifier: str) -> bool:
+        return identifier in self._ids
+
+    def any_revoked(self, identifiers: Iterable[str]) -> bool:
+        return not self._ids.isdisjoint(identifiers)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class JsonFileRevocationStore(MemoryRevocationStore):
+    """A memory store persisted to ``{"revoked": [...]}`` (used by the CLI).
+
+    The file is read once at construction and rewritten atomically on each ``revoke``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        ids: list[str] = []
+        if self.path.exists():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise TokenError("invalid_revocations", f"{self.path}: {exc}") from None
+            if not isinstance(data, dict) or not isinstance(data.get("revoked"), list):
+                raise TokenError(
+                    "invalid_revocations", f'{self.path}: expected {{"revoked": [ids]}}'
+                )
+            ids = data["revoked"]
+        super().__init__(ids)
+
+    def revoke(self, identifier: str) -> None:
+        super().revoke(identifier)
+        body = json.dumps({"revoked": sorted(self._ids)}, indent=2) + "\n"
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent or Path("."), suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(body)
+        os.replace(tmp, self.path)
+
+
+def revoke(store: RevocationStore, identifier: str) -> None:
+    """Revoke a grant (by ``grant_id``) or a single token (by ``jti``).
+
+    Every token whose chain contains that id stops verifying (code ``revoked``).
+    """
+    store.revoke(_check_id(identifier))

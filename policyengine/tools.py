@@ -1,0 +1,471 @@
+"""Tool-call normalisation and the host / route / name patterns tool bindings use.
+
+Everything here is pure and compiled once: ``*.compile`` runs at policy compile time,
+``matches`` / ``match`` run on the hot path and do no parsing and no regex compilation.
+Requests are normalised *before* matching, and anything ambiguous is rejected (fail
+closed) rather than guessed: see ``docs/tools.md`` for the rules.
+
+This module is a leaf: it imports nothing from the engine.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Final
+
+__all__ = [
+    "MAX_HOST_LENGTH",
+    "MAX_METHOD_LENGTH",
+    "MAX_PATH_LENGTH",
+    "HostPattern",
+    "NamePattern",
+    "RoutePattern",
+    "ToolPatternError",
+    "ToolRequestError",
+    "normalize_host",
+    "normalize_method",
+    "normalize_path",
+    "split_path",
+]
+
+MAX_METHOD_LENGTH: Final = 32
+MAX_HOST_LENGTH: Final = 253
+MAX_PATH_LENGTH: Final = 2048
+
+
+class ToolRequestError(ValueError):
+    """A tool request field is malformed. ``code`` is stable.
+
+    Codes: ``invalid_method``, ``invalid_host``, ``invalid_path``, ``path_traversal``.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ToolPatternError(ValueError):
+    """A host / route / name pattern in a policy is malformed. ``code`` is
+    ``invalid_pattern``."""
+
+    def __init__(self, message: str, code: str = "invalid_pattern") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------- method
+
+# RFC 9110 token: 1*tchar.
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def normalize_method(method: str) -> str:
+    """Upper-case an HTTP method; only RFC 9110 token characters, 1-32 of them.
+
+    >>> normalize_method("post")
+    'POST'
+    """
+    if (not isinstance(method, str) or not 0 < len(method) <= MAX_METHOD_LENGTH
+            or _TOKEN_RE.fullmatch(method) is None):
+        raise ToolRequestError("invalid_method",
+                               f"HTTP method {method!r} is not an RFC 9110 token")
+    return method.upper()
+
+
+# ------------------------------------------------------------------------------ host
+
+_LABEL_RE: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_PORT_RE: Final = re.compile(r"[0-9]{1,5}")
+_NUMERICISH_RE: Final = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
+
+
+def _bad_host(host: object, why: str) -> ToolRequestError:
+    return ToolRequestError("invalid_host", f"host {host!r}: {why}")
+
+
+def _split_port(host: str, original: str) -> tuple[str, str | None]:
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            raise _bad_host(original, "unterminated IPv6 literal")
+        rest = host[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise _bad_host(original, "junk after IPv6 literal")
+        return host[:end + 1], (rest[1:] if rest else None)
+    if host.count(":") > 1:
+        return host, None  # a bare IPv6 address (httpx gives ``::1`` without brackets)
+    name, sep, port = host.partition(":")
+    return name, (port if sep else None)
+
+
+def _normalize_port(port: str, original: str) -> str:
+    if _PORT_RE.fullmatch(port) is None or not 0 < int(port) <= 65535:
+        raise _bad_host(original, "port must be 1-65535")
+    return str(int(port))
+
+
+def _normalize_name(name: str, original: str) -> str:
+    """Host without port: IP literal or DNS name, canonical form."""
+    if name.startswith("[") or ":" in name:
+        inner = name[1:-1] if name.startswith("[") else name
+        try:
+            return f"[{ipaddress.IPv6Address(inner).compressed}]"
+        except ValueError:
+            raise _bad_host(original, "not a valid IPv6 address") from None
+    if name.endswith("."):
+        name = name[:-1]  # one trailing dot: the fully-qualified form of the same name
+    if not name:
+        raise _bad_host(original, "empty")
+    labels = name.split(".")
+    # WHATWG URL rule: a host whose last label is numeric is an IPv4 address. Only the
+    # strict dotted-quad form is accepted (no octal, hex, or shortened ``127.1``).
+    if _NUMERICISH_RE.fullmatch(labels[-1]):
+        try:
+            return str(ipaddress.IPv4Address(name))
+        except ValueError:
+            raise _bad_host(original, "not a dotted-quad IPv4 address") from None
+    if len(name) > MAX_HOST_LENGTH:
+        raise _bad_host(original, f"longer than {MAX_HOST_LENGTH} characters")
+    for label in labels:
+        if _LABEL_RE.fullmatch(label) is None:
+            raise _bad_host(original, f"label {label!r} is not letters, digits, '-' or '_'")
+    return name
+
+
+def normalize_host(host: str) -> str:
+    """Canonical host: lower-case, one trailing dot dropped, IP literals canonical.
+
+    ``host`` is a host name or IP literal with an optional ``:port``; the port is kept
+    (canonical decimal) because a pattern without a port matches only requests without
+    one. Userinfo, non-ASCII (pass the IDNA ``xn--`` form), whitespace, empty labels and
+    non-canonical IPv4 (``127.1``, ``0x7f.0.0.1``, ``010.0.0.1``) are ``invalid_host``.
+
+    >>> normalize_host("API.Stripe.com.")
+    'api.stripe.com'
+    >>> normalize_host("::1")
+    '[::1]'
+    """
+    if not isinstance(host, str) or not host:
+        raise _bad_host(host, "empty")
+    if not host.isascii():
+        raise _bad_host(host, "non-ASCII; use the IDNA (xn--) form")
+    if "@" in host:
+        raise _bad_host(host, "userinfo (user@host) is not accepted")
+    if any(c in host for c in " \t\r\n/\\?#%"):
+        raise _bad_host(host, "contains characters a host cannot have (IPv6 zone ids too)")
+    lowered = host.lower()
+    name, port = _split_port(lowered, host)
+    canon = _normalize_name(name, host)
+    if port is None:
+        return canon
+    return f"{canon}:{_normalize_port(port, host)}"
+
+
+# ------------------------------------------------------------------------------ path
+
+_HEX: Final = "0123456789ABCDEFabcdef"
+_UNRESERVED: Final = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# pchar = unreserved / pct-encoded / sub-delims / ":" / "@" (RFC 3986), minus ``;``
+# (path parameters, which some servers strip) and plus ``/``.
+_PATH_LITERAL: Final = _UNRESERVED | frozenset("!$&'()*+,=:@/")
+
+
+def _bad_path(code: str, path: object, why: str) -> ToolRequestError:
+    return ToolRequestError(code, f"path {path!r}: {why}")
+
+
+def normalize_path(path: str) -> str:
+    """Canonical request path; rejects anything that could reach another route.
+
+    * must start with ``/``; at most 2048 characters; the query (``?...``) is dropped;
+    * ``%XX`` of an unreserved character is decoded (``%7E`` -> ``~``), other escapes are
+      upper-cased (``%3a`` -> ``%3A``); characters outside RFC 3986 ``pchar`` (space,
+      non-ASCII ...) are percent-encoded as UTF-8;
+    * ``path_traversal``: a ``.`` or ``..`` segment (also when percent-encoded), an encoded
+      ``/`` (``%2F``) or ``\\`` (``%5C``), a raw backslash;
+    * ``invalid_path``: an empty segment (``//``, except a trailing ``/``), ``;``, ``#``,
+      NUL or other control characters, a bad ``%`` escape.
+
+    >>> normalize_path("/v1/%7Euser/a%3ab?x=1")
+    '/v1/~user/a%3Ab'
+    """
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise _bad_path("invalid_path", path, "must start with '/'")
+    q = path.find("?")
+    if q >= 0:
+        path = path[:q]
+    if len(path) > MAX_PATH_LENGTH:
+        raise _bad_path("invalid_path", path[:64] + "...",
+                        f"longer than {MAX_PATH_LENGTH} characters")
+    out: list[str] = []
+    i = 0
+    n = len(path)
+    while i < n:
+        c = path[i]
+        if c == "%":
+            h = path[i + 1:i + 3]
+            if len(h) != 2 or h[0] not in _HEX or h[1] not in _HEX:
+                raise _bad_path("invalid_path", path, "bad percent escape")
+            byte = int(h, 16)
+            ch = chr(byte)
+            if ch in ("/", "\\"):
+                raise _bad_path("path_traversal", path, "encoded '/' or '\\' is not accepted")
+            if byte < 0x20 or byte == 0x7F:
+                raise _bad_path("invalid_path", path, "encoded control character")
+            out.append(ch if ch in _UNRESERVED else "%" + h.upper())
+            i += 3
+            continue
+        if c in _PATH_LITERAL:
+            out.append(c)
+        elif c == "\\":
+            raise _bad_path("path_traversal", path, "backslash is not accepted")
+        elif c in ";#":
+            raise _bad_path("invalid_path", path, f"{c!r} is not accepted in a path")
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            raise _bad_path("invalid_path", path, "control character")
+        else:
+            try:
+                raw = c.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _bad_path("invalid_path", path, "lone surrogate") from None
+            out.append("".join(f"%{b:02X}" for b in raw))
+        i += 1
+    result = "".join(out)
+    segments = result[1:].split("/")
+    for k, seg in enumerate(segments):
+        if seg in (".", ".."):
+            raise _bad_path("path_traversal", path, "'.' and '..' segments are not accepted")
+        if not seg and k != len(segments) - 1:
+            raise _bad_path("invalid_path", path, "empty segment ('//')")
+    return result
+
+
+def split_path(path: str) -> tuple[str, ...]:
+    """Segments of a *normalised* path: ``/`` -> ``()``, ``/a/`` -> ``("a", "")``."""
+    return () if path == "/" else tuple(path[1:].split("/"))
+
+
+# --------------------------------------------------------------------------- patterns
+
+class HostPattern:
+    """``api.stripe.com`` (exact) or ``*.example.com`` (one or more labels under it, not
+    ``example.com`` itself); an optional ``:port`` must then match exactly.
+
+    >>> HostPattern.compile("*.example.com").matches("a.b.example.com")
+    True
+    >>> HostPattern.compile("*.example.com").matches("example.com")
+    False
+    """
+
+    __slots__ = ("_exact", "_suffix", "text")
+
+    def __init__(self, text: str, exact: str | None, suffix: str | None) -> None:
+        self.text = text
+        self._exact = exact
+        self._suffix = suffix
+
+    @classmethod
+    def compile(cls, text: str) -> HostPattern:
+        if not isinstance(text, str):
+            raise ToolPatternError(f"host pattern {text!r} must be a string")
+        if text.startswith("*."):
+            base = text[2:]
+            if "*" in base:
+                raise ToolPatternError(f"host pattern {text!r}: '*' only as the first label")
+            try:
+                canon = normalize_host(base)
+            except ToolRequestError as exc:
+                raise ToolPatternError(f"host pattern {text!r}: {exc}") from None
+            name = canon.rsplit(":", 1)[0] if not canon.startswith("[") else canon
+            if canon.startswith("[") or "." not in name or name.replace(".", "").isdigit():
+                raise ToolPatternError(f"host pattern {text!r}: a wildcard needs a domain of "
+                                       "two labels or more (not an IP, not '*.com')")
+            return cls(text, None, "." + canon)
+        if "*" in text:
+            raise ToolPatternError(f"host pattern {text!r}: '*' only as a whole first label")
+        try:
+            return cls(text, normalize_host(text), None)
+        except ToolRequestError as exc:
+            raise ToolPatternError(f"host pattern {text!r}: {exc}") from None
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self._suffix is not None
+
+    def matches(self, host: str) -> bool:
+        """``host`` must already be normalised (:func:`normalize_host`)."""
+        if self._exact is not None:
+            return host == self._exact
+        suffix = self._suffix
+        assert suffix is not None
+        return len(host) > len(suffix) and host.endswith(suffix)
+
+    def __repr__(self) -> str:
+        return f"HostPattern({self.text!r})"
+
+
+_PARAM_RE: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ONE, _ANY, _PARAM = "*", "**", "{}"
+
+
+class RoutePattern:
+    """``/v1/refunds/{id}/**``: ``*`` one segment, ``**`` any number of segments
+    (including none, at most one ``**`` per pattern), ``{name}`` one segment captured;
+    other segments are literal (case-sensitive, compared after :func:`normalize_path`).
+    ``*`` and ``{name}`` never match an empty segment (a trailing ``/``); ``**`` does.
+
+    >>> RoutePattern.compile("/v1/refunds/{id}").match("/v1/refunds/re_1")
+    {'id': 're_1'}
+    """
+
+    __slots__ = ("_has_any", "_head", "_names", "_tail", "specificity", "text")
+
+    def __init__(self, text: str, segments: list[tuple[str, str]]) -> None:
+        self.text = text
+        any_at = next((k for k, (kind, _) in enumerate(segments) if kind == _ANY), None)
+        self._has_any = any_at is not None
+        if any_at is None:
+            self._head = tuple(segments)
+            self._tail: tuple[tuple[str, str], ...] = ()
+        else:
+            self._head = tuple(segments[:any_at])
+            self._tail = tuple(segments[any_at + 1:])
+        self._names = tuple(v for k, v in segments if k == _PARAM)
+        literal = sum(1 for k, _ in segments if k == "lit")
+        single = sum(1 for k, _ in segments if k in (_ONE, _PARAM))
+        #: Higher is more specific: (literal segments, ``*``/``{}`` segments, no ``**``).
+        #: Use it to pick among several *allow* routes; deny routes should win whenever
+        #: any of them matches.
+        self.specificity: tuple[int, int, int] = (literal, single, 0 if self._has_any else 1)
+
+    @classmethod
+    def compile(cls, text: str) -> RoutePattern:
+        if not isinstance(text, str) or not text.startswith("/"):
+            raise ToolPatternError(f"route {text!r} must start with '/'")
+        raw = () if text == "/" else tuple(text[1:].split("/"))
+        segments: list[tuple[str, str]] = []
+        names: set[str] = set()
+        for k, seg in enumerate(raw):
+            if seg == "**":
+                if any(kind == _ANY for kind, _ in segments):
+                    raise ToolPatternError(f"route {text!r}: at most one '**'")
+                segments.append((_ANY, ""))
+            elif seg == "*":
+                segments.append((_ONE, ""))
+            elif (m := _PARAM_RE.fullmatch(seg)) is not None:
+                if m.group(1) in names:
+                    raise ToolPatternError(f"route {text!r}: parameter {m.group(1)!r} twice")
+                names.add(m.group(1))
+                segments.append((_PARAM, m.group(1)))
+            elif "*" in seg or "{" in seg or "}" in seg:
+                raise ToolPatternError(f"route {text!r}: '*', '**' and '{{name}}' must be "
+                                       "whole segments")
+            else:
+                if not seg and k != len(raw) - 1:
+                    raise ToolPatternError(f"route {text!r}: empty segment")
+                try:
+                    canon = normalize_path("/" + seg)[1:]
+                except ToolRequestError as exc:
+                    raise ToolPatternError(f"route {text!r}: {exc}") from None
+                if "?" in seg:
+                    raise ToolPatternError(f"route {text!r}: no query in a route")
+                segments.append(("lit", canon))
+        return cls(text, segments)
+
+    @staticmethod
+    def _match_fixed(pattern: tuple[tuple[str, str], ...], segs: tuple[str, ...],
+                     out: dict[str, str]) -> bool:
+        for (kind, value), seg in zip(pattern, segs, strict=True):
+            if kind == "lit":
+                if seg != value:
+                    return False
+            elif not seg:
+                return False  # ``*`` / ``{name}`` need a non-empty segment
+            elif kind == _PARAM:
+                out[value] = seg
+        return True
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """Captured parameters if the *normalised* ``path`` matches, else None.
+
+        Captured values are normalised segments (still percent-encoded, except
+        unreserved characters).
+        """
+        segs = split_path(path)
+        head, tail = self._head, self._tail
+        if self._has_any:
+            if len(segs) < len(head) + len(tail):
+                return None
+        elif len(segs) != len(head):
+            return None
+        out: dict[str, str] = {}
+        if not self._match_fixed(head, segs[:len(head)], out):
+            return None
+        if tail and not self._match_fixed(tail, segs[len(segs) - len(tail):], out):
+            return None
+        return out
+
+    def __repr__(self) -> str:
+        return f"RoutePattern({self.text!r})"
+
+
+class NamePattern:
+    """A glob for MCP tool / function names: ``*`` any run, ``?`` one character; every
+    other character literal (``[`` too); case-sensitive. Linear-time matching, no regex.
+
+    >>> NamePattern.compile("github.*").matches("github.create_issue")
+    True
+    """
+
+    __slots__ = ("_kind", "_prefix", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        if "*" not in text and "?" not in text:
+            self._kind = "exact"
+        elif "?" not in text and text.count("*") == 1 and text.endswith("*"):
+            self._kind = "prefix"
+        else:
+            self._kind = "glob"
+        self._prefix = text[:-1] if self._kind == "prefix" else text
+
+    @classmethod
+    def compile(cls, glob: str) -> NamePattern:
+        if not isinstance(glob, str) or not glob or len(glob) > 256:
+            raise ToolPatternError(f"name pattern {glob!r} must be 1-256 characters")
+        return cls(glob)
+
+    def matches(self, name: str) -> bool:
+        if not isinstance(name, str):
+            return False
+        if self._kind == "exact":
+            return name == self.text
+        if self._kind == "prefix":
+            return name.startswith(self._prefix)
+        # Greedy two-pointer glob with backtracking to the last '*': O(len(p) * len(n)).
+        p, s = self.text, name
+        pi = si = 0
+        star = -1
+        mark = 0
+        while si < len(s):
+            if pi < len(p) and (p[pi] == "?" or (p[pi] != "*" and p[pi] == s[si])):
+                pi += 1
+                si += 1
+            elif pi < len(p) and p[pi] == "*":
+                star = pi
+                mark = si
+                pi += 1
+            elif star >= 0:
+                pi = star + 1
+                mark += 1
+                si = mark
+            else:
+                return False
+        while pi < len(p) and p[pi] == "*":
+            pi += 1
+        return pi == len(p)
+
+    def __repr__(self) -> str:
+        return f"NamePattern({self.text!r})"
