@@ -81,9 +81,9 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
     roles: dict[str, ast.RoleDecl] = {}
     agents: dict[str, list[ast.AgentDecl]] = {}
     ids: dict[tuple[str, str], ast.Span] = {}
-    base_currency: tuple[str, ast.Span] | None = None
-    rates: dict[str, tuple[Decimal, ast.Span]] = {}
-    uses_money: list[ast.Span] = []
+    file_base: dict[str, str] = {}
+    rates: dict[str, dict[str, tuple[Decimal, ast.Span]]] = {}
+    money_uses: dict[str, list[ast.Span]] = {}
     delegation_seen: ast.Span | None = None
 
     # Pass 1: declarations.
@@ -111,22 +111,18 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
                 if file_currency is not None:
                     ctx.error("E113", "a file declares its currency once", st.span)
                 file_currency = st.span
-                if base_currency is None:
-                    base_currency = (st.code, st.span)
-                elif base_currency[0] != st.code:
-                    ctx.error("E113", f"base currency {st.code} conflicts with "
-                              f"{base_currency[0]} declared at {base_currency[1]}", st.span,
-                              "a policy set compares money in one currency")
+                file_base[f.name] = st.code
             elif isinstance(st, ast.RateDecl):
                 if not _currency_known(st.code):
                     ctx.error("E109", f"unknown currency '{st.code}'", st.span)
                 if st.value <= 0 or st.value > MAX_LITERAL_AMOUNT:
                     ctx.error("E113", f"rate for {st.code} must be positive and sane", st.span)
-                prev_rate = rates.get(st.code)
-                if prev_rate is not None and prev_rate[0] != st.value:
+                file_rates = rates.setdefault(f.name, {})
+                prev_rate = file_rates.get(st.code)
+                if prev_rate is not None:
                     ctx.error("E113", f"rate for {st.code} is already {prev_rate[0]} "
                               f"(at {prev_rate[1]})", st.span)
-                rates[st.code] = (st.value, st.span)
+                file_rates[st.code] = (st.value, st.span)
             elif isinstance(st, ast.DefaultCurrencyDecl):
                 if not _currency_known(st.code):
                     ctx.error("E109", f"unknown currency '{st.code}'", st.span)
@@ -152,15 +148,16 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
                               "ids are unique per namespace")
                 else:
                     ids[key] = st.span
-    if base_currency is not None and base_currency[0] in rates:
-        code = base_currency[0]
-        ctx.error("E113", f"a rate for the base currency {code} makes no sense",
-                  rates[code][1])
+    for fname, code in file_base.items():
+        if code in rates.get(fname, {}):
+            ctx.error("E113", f"a rate for the base currency {code} makes no sense",
+                      rates[fname][code][1])
 
     # Pass 2: references, expressions, tools, budgets.
     held_roles = {r for decls in agents.values() for a in decls for r in a.roles}
     scoped_roles: set[str] = set()
     for f in files:
+        uses_money = money_uses.setdefault(f.name, [])
         for st in f.statements:
             if isinstance(st, ast.AgentDecl):
                 spans = st.role_spans or tuple(st.span for _ in st.roles)
@@ -213,13 +210,16 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
             elif isinstance(st, ast.RatesDecl) and st.max_age is not None and st.max_age <= 0:
                 ctx.error("E125", "max_age must be positive", st.span)
 
-    if uses_money and base_currency is None:
-        ctx.error("E112", "money is used but no base currency is declared", uses_money[0],
-                  "add 'currency EUR' (or your currency) to the file")
-    if base_currency is not None:
-        for sp in _foreign_without_rate(files, base_currency[0], set(rates)):
-            ctx.error("E127", "no rate to convert this amount into the base currency", sp,
-                      f"add 'rate XXX 1.23' (1 XXX = 1.23 {base_currency[0]})")
+    for f in files:
+        uses = money_uses.get(f.name, [])
+        base = file_base.get(f.name)
+        if uses and base is None:
+            ctx.error("E112", "money is used but this file declares no base currency",
+                      uses[0], "add 'currency EUR' (or your currency) to the file")
+        if base is not None:
+            for sp in _foreign_without_rate(f, base, set(rates.get(f.name, {}))):
+                ctx.error("E127", "no rate to convert this amount into the base currency",
+                          sp, f"add 'rate XXX 1.23' (1 XXX = 1.23 {base})")
 
     for name, decl in roles.items():
         if name not in held_roles and name not in scoped_roles:
@@ -245,9 +245,8 @@ def _check_money(ctx: _Ctx, m: ast.MoneyLit, uses: list[ast.Span]) -> None:
         ctx.error("E108", f"amount {m.amount} is out of range", m.span)
 
 
-def _foreign_without_rate(files: Sequence[ast.PolicyFile], base: str, rated: set[str]
-                          ) -> list[ast.Span]:
-    has_rate_file = any(isinstance(st, ast.RatesDecl) for f in files for st in f.statements)
+def _foreign_without_rate(f: ast.PolicyFile, base: str, rated: set[str]) -> list[ast.Span]:
+    has_rate_file = any(isinstance(st, ast.RatesDecl) for st in f.statements)
     if has_rate_file:
         return []  # rates come from a file at compile time; the compiler checks them
     out: list[ast.Span] = []
@@ -259,15 +258,14 @@ def _foreign_without_rate(files: Sequence[ast.PolicyFile], base: str, rated: set
         for child in _children(e):
             walk(child)
 
-    for f in files:
-        for st in f.statements:
-            if isinstance(st, ast.LimitDecl):
-                walk(st.cap)
-            elif isinstance(st, ast.ApprovalOverDecl):
-                walk(st.threshold)
-            if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
-                for c in st.conditions:
-                    walk(c.expr)
+    for st in f.statements:
+        if isinstance(st, ast.LimitDecl):
+            walk(st.cap)
+        elif isinstance(st, ast.ApprovalOverDecl):
+            walk(st.threshold)
+        if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
+            for c in st.conditions:
+                walk(c.expr)
     return out
 
 

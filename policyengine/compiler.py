@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -23,7 +23,8 @@ from typing import Any
 from policyengine import ast
 from policyengine.permissions import permission_matches, validate_permission
 
-__all__ = ["CompiledPolicy", "CompiledRule", "EvalError", "Principal", "compile_policy"]
+__all__ = ["CompiledPolicy", "CompiledRule", "EvalError", "FileMoney", "Principal",
+           "compile_policy"]
 
 Test = Callable[[dict[str, Any], "Principal", Any], bool]
 
@@ -176,10 +177,10 @@ def glob_to_regex(glob: str) -> re.Pattern[str]:
 class _Gen:
     """Builds the source of one rule's test and its constants."""
 
-    def __init__(self, base: str | None, to_base: Callable[[ast.MoneyLit], Decimal]) -> None:
+    def __init__(self, money: FileMoney, to_base: Callable[[ast.MoneyLit], Decimal]) -> None:
         self.consts: dict[str, Any] = {}
         self.uses_amount = False
-        self.base = base
+        self.money = money
         self.to_base = to_base
 
     def const(self, value: Any) -> str:
@@ -201,7 +202,7 @@ class _Gen:
             return self.const(self.to_base(e)), False
         if isinstance(e, ast.Amount):
             self.uses_amount = True
-            return "r.amount()", False
+            return f"r.amount({self.const(self.money)})", False
         if isinstance(e, ast.Path):
             if e.root == "context":
                 code = "c"
@@ -273,6 +274,16 @@ def _build(source: str, consts: dict[str, Any], label: str) -> Test:
 
 # ---- compiled structures -------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class FileMoney:
+    """How one file reads money: its base currency, default currency and rates."""
+
+    file: str
+    base: str | None
+    default: str | None
+    rates: Any  # a RateSource, or None without a base currency
+
+
 @dataclass
 class CompiledRule:
     """One rule, ready to run. ``test`` is None for an unconditional rule."""
@@ -287,6 +298,7 @@ class CompiledRule:
     clauses: tuple[tuple[str, str, Test], ...]  # (when|unless, source text, test) for explain
     amount_limit: Decimal | None = None  # limit cap / approval threshold, in base currency
     uses_amount: bool = False
+    money: FileMoney | None = None
     order: int = 0
     span: ast.Span = ast.NOSPAN
 
@@ -315,9 +327,7 @@ class CompiledPolicy:
 
     rules: tuple[CompiledRule, ...]
     principals: dict[str, Principal]
-    base_currency: str | None
-    default_currency: str | None
-    rates: Any  # a RateSource or None
+    money: dict[str, FileMoney]  # by file name
     tz: str
     tools: Any = None  # a CompiledTools (tool governance)
     budgets: tuple[Any, ...] = ()  # BudgetSpec
@@ -397,27 +407,25 @@ def _expr_text(e: ast.Expr) -> str:
     return format_expr(e)
 
 
-def compile_policy(files: Sequence[ast.PolicyFile], *, rates: Any = None,
-                   base_dir: str | None = None) -> CompiledPolicy:
+def compile_policy(files: Sequence[ast.PolicyFile], *,
+                   rates: Mapping[str, Any] | None = None) -> CompiledPolicy:
     """Compile checked files into a :class:`CompiledPolicy`.
 
-    ``rates`` is the :class:`~policyengine.rates.RateSource` built from the files'
-    ``rate`` and ``rates`` statements (see :func:`policyengine.engine.build_rates`).
+    ``rates`` maps a file name to the :class:`~policyengine.rates.RateSource` built from
+    that file's ``rate`` / ``rates`` statements (see :func:`policyengine.engine.build_rates`).
+    Money is per file: a file's amounts are read in its own base currency.
     """
-    base = next((st.code for f in files for st in f.statements
-                 if isinstance(st, ast.CurrencyDecl)), None)
-    default = next((st.code for f in files for st in f.statements
-                    if isinstance(st, ast.DefaultCurrencyDecl)), None)
+    rates = rates or {}
+    money: dict[str, FileMoney] = {}
+    for f in files:
+        base = next((st.code for st in f.statements if isinstance(st, ast.CurrencyDecl)), None)
+        default = next((st.code for st in f.statements
+                        if isinstance(st, ast.DefaultCurrencyDecl)), None)
+        money[f.name] = FileMoney(f.name, base, default, rates.get(f.name))
     tz = next((st.zone for f in files for st in f.statements if isinstance(st, ast.TzDecl)),
               "UTC")
     delegation = next((st for f in files for st in f.statements
                        if isinstance(st, ast.DelegationDecl)), None)
-
-    def to_base(m: ast.MoneyLit) -> Decimal:
-        if m.currency == base or base is None:
-            return m.amount
-        # Thresholds convert exactly (no rounding); only spends round, and they round up.
-        return m.amount * rates.rate(m.currency, base)  # type: ignore[no-any-return]
 
     roles: dict[str, tuple[str, ...]] = {}
     agent_roles: dict[str, set[str]] = {}
@@ -447,35 +455,45 @@ def compile_policy(files: Sequence[ast.PolicyFile], *, rates: Any = None,
                          frozenset(), None, ()))
 
     for f in files:
-        ns = f.namespace
+        fm = money[f.name]
         for st in f.statements:
             if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
-                add(_compile_rule(st, ns, base, to_base))
-    policy = CompiledPolicy(tuple(rules), principals, base, default, rates, tz,
-                            delegation=delegation, files=tuple(files))
+                add(_compile_rule(st, f.namespace, fm))
+    policy = CompiledPolicy(tuple(rules), principals, money, tz, delegation=delegation,
+                            files=tuple(files))
     policy.index()
     return policy
 
 
+def _to_base(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:
+    def to_base(m: ast.MoneyLit) -> Decimal:
+        if m.currency == fm.base or fm.base is None:
+            return m.amount
+        # Thresholds convert exactly (no rounding); only spends round, and they round up.
+        return m.amount * fm.rates.rate(m.currency, fm.base)  # type: ignore[no-any-return]
+    return to_base
+
+
 def _compile_rule(st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl, ns: str,
-                  base: str | None, to_base: Callable[[ast.MoneyLit], Decimal]) -> CompiledRule:
+                  fm: FileMoney) -> CompiledRule:
     qid = _qualify(ns, st.id)
-    gen = _Gen(base, to_base)
+    to_base = _to_base(fm)
+    gen = _Gen(fm, to_base)
     test: Test | None = None
     if st.conditions:
         test = _build(gen.conditions(st.conditions), gen.consts, qid)
     clauses = []
     for cond in st.conditions:
-        g = _Gen(base, to_base)
+        g = _Gen(fm, to_base)
         clauses.append((cond.kind, _expr_text(cond.expr),
                         _build(g.boolean(cond.expr), g.consts, qid)))
     roles = frozenset(s.name for s in st.scope if s.kind == "role")
     agents = frozenset(s.name for s in st.scope if s.kind == "agent")
     if isinstance(st, ast.LimitDecl):
         return CompiledRule(qid, "forbid", "limit", st.patterns, roles, agents, test,
-                            tuple(clauses), to_base(st.cap), True, span=st.span)
+                            tuple(clauses), to_base(st.cap), True, fm, span=st.span)
     if isinstance(st, ast.ApprovalOverDecl):
         return CompiledRule(qid, "approval", "approval_over", st.patterns, roles, agents, test,
-                            tuple(clauses), to_base(st.threshold), True, span=st.span)
+                            tuple(clauses), to_base(st.threshold), True, fm, span=st.span)
     return CompiledRule(qid, st.effect, "rule", st.patterns, roles, agents, test,
-                        tuple(clauses), None, gen.uses_amount, span=st.span)
+                        tuple(clauses), None, gen.uses_amount, fm, span=st.span)

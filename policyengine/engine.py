@@ -45,43 +45,43 @@ def _read_paths(paths: Iterable[str | os.PathLike[str]]) -> PolicyFiles:
     return files
 
 
-def build_rates(files: list[ast.PolicyFile], base_dirs: Mapping[str, str]) -> Any:
-    """The :class:`~policyengine.rates.RateSource` for the files' ``rate``/``rates``."""
+def build_rates(files: list[ast.PolicyFile], base_dirs: Mapping[str, str]) -> dict[str, Any]:
+    """One :class:`~policyengine.rates.RateSource` per file with a base currency, from its
+    ``rate`` statements and its optional ``rates "file.json" [max_age D]`` table."""
     from policyengine.rates import JsonFileRates, RateError, StaticRates
 
-    base = next((st.code for f in files for st in f.statements
-                 if isinstance(st, ast.CurrencyDecl)), None)
-    inline = {st.code: st.value for f in files for st in f.statements
-              if isinstance(st, ast.RateDecl)}
-    table_decl = next(((f, st) for f in files for st in f.statements
-                       if isinstance(st, ast.RatesDecl)), None)
-    if base is None:
-        return None
-    if table_decl is None:
-        return StaticRates(base, inline)
-    f, st = table_decl
-    path = Path(st.path)
-    if not path.is_absolute():
-        path = Path(base_dirs.get(f.name, ".")) / path
-    try:
-        loaded = JsonFileRates(path, max_age=st.max_age)
-    except RateError as exc:
-        raise PolicyError([Problem("E127", f"cannot load rates: {exc}", f.name, st.span.line,
-                                   st.span.column)]) from None
-    if loaded.base != base:
-        raise PolicyError([Problem("E127", f"rates file is in {loaded.base} but the policy's "
-                                   f"base currency is {base}", f.name, st.span.line,
-                                   st.span.column)])
-    merged = {c: loaded.rate(c, base, loaded.as_of) for c in loaded.codes if c != base}
-    for code, value in inline.items():
-        if code in merged and merged[code] != value:
-            raise PolicyError([Problem("E113", f"rate for {code} differs from the rates file",
-                                       f.name, st.span.line, st.span.column)])
-        merged[code] = value
-    return StaticRates(base, merged, as_of=loaded.as_of, max_age=st.max_age)
+    out: dict[str, Any] = {}
+    for f in files:
+        base = next((st.code for st in f.statements if isinstance(st, ast.CurrencyDecl)), None)
+        if base is None:
+            continue
+        inline = {st.code: st.value for st in f.statements if isinstance(st, ast.RateDecl)}
+        table = next((st for st in f.statements if isinstance(st, ast.RatesDecl)), None)
+        if table is None:
+            out[f.name] = StaticRates(base, inline)
+            continue
+        path = Path(table.path)
+        if not path.is_absolute():
+            path = Path(base_dirs.get(f.name, ".")) / path
+        where = (f.name, table.span.line, table.span.column)
+        try:
+            loaded = JsonFileRates(path, max_age=table.max_age)
+        except RateError as exc:
+            raise PolicyError([Problem("E127", f"cannot load rates: {exc}", *where)]) from None
+        if loaded.base != base:
+            raise PolicyError([Problem("E127", f"rates file is in {loaded.base} but the "
+                                       f"file's base currency is {base}", *where)])
+        merged = {c: loaded.rate(c, base, loaded.as_of) for c in loaded.codes if c != base}
+        for code, value in inline.items():
+            if code in merged and merged[code] != value:
+                raise PolicyError([Problem("E113", f"rate for {code} differs from the rates "
+                                           "file", *where)])
+            merged[code] = value
+        out[f.name] = StaticRates(base, merged, as_of=loaded.as_of, max_age=table.max_age)
+    return out
 
 
-def load_policy(files: PolicyFiles, *, rates: Any = None,
+def load_policy(files: PolicyFiles, *, rates: Mapping[str, Any] | None = None,
                 base_dirs: Mapping[str, str] | None = None
                 ) -> tuple[CompiledPolicy, tuple[Problem, ...]]:
     """Parse, check and compile ``files``. Raises :class:`PolicyError` on any error.
@@ -146,7 +146,10 @@ class Engine:
 
     def _build(self, files: PolicyFiles) -> tuple[CompiledPolicy, tuple[Problem, ...]]:
         base_dirs = {name: str(Path(name).parent) for name, _ in files}
-        return load_policy(files, rates=self._rates_override, base_dirs=base_dirs)
+        rates = None
+        if self._rates_override is not None:  # one user-supplied RateSource for every file
+            rates = {name: self._rates_override for name, _ in files}
+        return load_policy(files, rates=rates, base_dirs=base_dirs)
 
     def reload(self) -> None:
         """Re-read the paths (or recompile the sources) and swap atomically.

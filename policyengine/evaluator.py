@@ -16,7 +16,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from policyengine.compiler import CompiledPolicy, CompiledRule, EvalError, Plan
+from policyengine.compiler import CompiledPolicy, CompiledRule, EvalError, FileMoney, Plan
 from policyengine.decision import Decision, Diagnostic, Obligations
 from policyengine.money import Money, MoneyError, parse_amount
 from policyengine.rates import RateError, convert
@@ -27,65 +27,66 @@ _EMPTY: dict[str, Any] = {}
 
 
 class RequestState:
-    """Per-request values computed at most once (the converted amount)."""
+    """Per-request values computed at most once (the amount, per base currency)."""
 
-    __slots__ = ("_amount", "context", "now", "policy")
+    __slots__ = ("_amounts", "context", "now")
 
-    def __init__(self, context: dict[str, Any], policy: CompiledPolicy, now: float | None
-                 ) -> None:
+    def __init__(self, context: dict[str, Any], now: float | None) -> None:
         self.context = context
-        self.policy = policy
         self.now = now
-        self._amount: Decimal | EvalError | None = None
+        self._amounts: dict[str | None, Decimal | EvalError] = {}
 
-    def amount(self) -> Decimal:
-        """``context.amount`` in ``context.currency``, converted to the base currency.
+    def amount(self, money: FileMoney) -> Decimal:
+        """``context.amount`` in ``context.currency``, converted to ``money``'s base.
 
         Converted spends round up to the base currency's minor unit, so rounding never
         lets a spend slip under a cap.
         """
-        a = self._amount
+        a = self._amounts.get(money.base)
         if a is None:
             try:
-                a = self._amount = request_amount(self.context, self.policy, self.now)
+                a = request_amount(self.context, money, self.now)
             except EvalError as exc:
-                a = self._amount = exc
+                a = exc
+            self._amounts[money.base] = a
         if type(a) is EvalError:
             raise a
         return a  # type: ignore[return-value]
 
 
-def request_amount(context: dict[str, Any], policy: CompiledPolicy, now: float | None
-                   ) -> Decimal:
+_INVALID_AMOUNT_CODES = frozenset({
+    "nan_amount", "infinite_amount", "bool_amount", "float_amount", "negative_amount",
+    "too_many_decimals", "amount_too_large", "exponent_too_large", "invalid_amount",
+    "non_ascii_digits", "separator_in_amount", "whitespace_in_amount", "empty_amount",
+})
+
+
+def request_amount(context: dict[str, Any], money: FileMoney, now: float | None) -> Decimal:
+    """The request's amount in ``money.base``; raises :class:`EvalError` with a code."""
     raw = context.get("amount")
     if raw is None:
         raise EvalError("missing_amount", "the request has no context.amount")
     currency = context.get("currency")
     if currency is None:
-        currency = policy.default_currency
+        currency = money.default
         if currency is None:
             raise EvalError("missing_currency", "the request has an amount but no "
                             "context.currency, and the policy sets no default_currency")
     if type(currency) is not str:
         raise EvalError("unknown_currency", "context.currency must be a currency code")
-    base = policy.base_currency
-    if base is None:
+    base = money.base
+    if base is None:  # pragma: no cover - the checker requires a base to use amounts
         raise EvalError("no_base_currency", "the policy declares no base currency")
     try:
         value = parse_amount(raw, currency)
         if currency == base:
             return value
-        return convert(Money(value, currency), base, policy.rates, now=now,
+        return convert(Money(value, currency), base, money.rates, now=now,
                        rounding="up").amount
     except (MoneyError, RateError) as exc:
-        code = exc.code
-        if code in ("nan_amount", "infinite_amount", "bool_amount", "float_amount",
-                    "negative_amount", "too_many_decimals", "amount_too_large",
-                    "exponent_too_large", "invalid_amount_text"):
-            detail = code
-            code = "invalid_amount"
-            raise EvalError(code, f"{exc} ({detail})") from None
-        raise EvalError(code, str(exc)) from None
+        if exc.code in _INVALID_AMOUNT_CODES:
+            raise EvalError("invalid_amount", f"{exc} ({exc.code})") from None
+        raise EvalError(exc.code, str(exc)) from None
 
 
 def _error(exc: BaseException) -> EvalError:
@@ -134,13 +135,41 @@ def _amount_rule(rule: CompiledRule, ctx: dict[str, Any], plan: Plan, req: Reque
     if guard is not True:
         return guard, None
     try:
-        amount = req.amount()
+        amount = req.amount(rule.money)  # type: ignore[arg-type]
     except EvalError as err:
         diags.append(Diagnostic(err.code, err.message, rule.qid, "applied (fail closed)"))
         return None, None
     if amount > rule.amount_limit:  # type: ignore[operator]
         return True, None
     return False, rule.amount_limit
+
+
+def _tightest(current: tuple[Decimal, FileMoney] | None, value: Decimal, money: FileMoney
+              ) -> tuple[Decimal, FileMoney]:
+    """Keep the smaller of two caps; caps of files with other base currencies compare
+    after an exact conversion (if no rate connects them, the first one found stays)."""
+    if current is None:
+        return value, money
+    cur_value, cur_money = current
+    if money.base == cur_money.base:
+        return (value, money) if value < cur_value else current
+    for rates in (money.rates, cur_money.rates):
+        try:
+            converted = value * rates.rate(money.base, cur_money.base)
+        except Exception:  # noqa: BLE001, S112 - no connecting rate: try the other table
+            continue
+        return (value, money) if converted < cur_value else current
+    return current
+
+
+def _obligations(max_amount: tuple[Decimal, FileMoney] | None,
+                 approval_over: tuple[Decimal, FileMoney] | None) -> Obligations:
+    currency = (max_amount or approval_over)[1].base  # type: ignore[index]
+    over = approval_over
+    if over is not None and max_amount is not None and over[1].base != currency:
+        over = None  # reported in one currency; see docs/money.md
+    return Obligations(max_amount[0] if max_amount else None,
+                       over[0] if over else None, (), currency)
 
 
 def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
@@ -162,7 +191,7 @@ def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
     if plan.invalid is not None:
         return invalid(principal, permission, plan.invalid)
     diags: list[Diagnostic] = []
-    req = RequestState(context, policy, now) if plan.uses_amount else None
+    req = RequestState(context, now) if plan.uses_amount else None
 
     forbids: list[str] = []
     limits: list[str] = []
@@ -171,13 +200,13 @@ def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
         hit = _run(rule, context, plan, req, diags, True)
         if hit is not False:
             (forbids if hit else errored).append(rule.qid)
-    max_amount: Decimal | None = None
+    max_amount: tuple[Decimal, FileMoney] | None = None
     for rule in plan.limits:
         hit, cap = _amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
         if hit is not False:
             (limits if hit else errored).append(rule.qid)
-        elif cap is not None and (max_amount is None or cap < max_amount):
-            max_amount = cap
+        elif cap is not None:
+            max_amount = _tightest(max_amount, cap, rule.money)  # type: ignore[arg-type]
     if forbids or limits or errored:
         if forbids:
             code, why = "forbidden", "is forbidden by"
@@ -197,13 +226,13 @@ def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
                         tuple(diags), principal, permission)
 
     approval_rules: list[str] = []
-    approval_over: Decimal | None = None
+    approval_over: tuple[Decimal, FileMoney] | None = None
     for rule in plan.approvals:
         if rule.kind == "approval_over":
             hit, threshold = _amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
-            if hit is False and threshold is not None and (
-                    approval_over is None or threshold < approval_over):
-                approval_over = threshold
+            if hit is False and threshold is not None:
+                approval_over = _tightest(approval_over, threshold,
+                                          rule.money)  # type: ignore[arg-type]
         else:
             hit = _run(rule, context, plan, req, diags, True)
         if hit is not False:
@@ -211,7 +240,7 @@ def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
 
     obligations = None
     if max_amount is not None or approval_over is not None:
-        obligations = Obligations(max_amount, approval_over, (), policy.base_currency)
+        obligations = _obligations(max_amount, approval_over)
     if approval_rules and not approved:
         return Decision("pending_approval", "approval_required",
                         f"{permission} needs approval: {', '.join(approval_rules)}",
@@ -254,7 +283,7 @@ def explain(policy: CompiledPolicy, principal: Any, permission: Any, context: An
     ctx = context or {}
     who = policy.principal(principal)
     plan = policy.plan(principal, permission)
-    req = RequestState(ctx, policy, now)
+    req = RequestState(ctx, now)
     out: list[dict[str, Any]] = []
     for rule in policy.candidates(permission):
         entry: dict[str, Any] = {"rule": rule.qid, "effect": rule.effect, "kind": rule.kind,
@@ -277,7 +306,7 @@ def explain(policy: CompiledPolicy, principal: Any, permission: Any, context: An
             entry["conditions"].append({"kind": kind, "text": text, "result": result})
         if rule.amount_limit is not None:
             try:
-                amount = req.amount()
+                amount = req.amount(rule.money)  # type: ignore[arg-type]
                 over = amount > rule.amount_limit
                 entry["conditions"].append({
                     "kind": "amount", "text": f"{amount} vs {rule.amount_limit}",

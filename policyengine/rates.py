@@ -205,11 +205,13 @@ class StaticRates:
         for code, value in rates.items():
             canonical = _currency_code(code)
             rate = _to_rate(value, f"{canonical} in {self._base}")
-            if canonical == self._base and rate != _ONE:
-                raise RateError(
-                    "invalid_rate", f"the base currency {self._base} can only have rate 1"
-                )
-            if canonical in table and canonical != self._base:
+            if canonical == self._base:
+                if rate != _ONE:
+                    raise RateError(
+                        "invalid_rate", f"the base currency {self._base} can only have rate 1"
+                    )
+                continue
+            if canonical in table:
                 raise RateError("invalid_rate_table", f"rate for {canonical} is given twice")
             table[canonical] = rate
         self._to_base = table

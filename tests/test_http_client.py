@@ -117,7 +117,7 @@ def server() -> Iterator[tuple[str, Recorder]]:
 
         do_GET = do_POST = do_PUT = do_DELETE = _handle  # noqa: N815
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -295,7 +295,7 @@ def test_redactions_on_a_non_json_body_are_not_sent() -> None:
                                 body=None, redactions=({"field": "$.a", "strategy": "mask"},))
 
     seen: list[httpx.Request] = []
-    client = governed_client(Sloppy(), "agent", inner=_mock(seen))  # type: ignore[arg-type]
+    client = governed_client(Sloppy(), "agent", inner=_mock(seen))
     with pytest.raises(ToolDenied) as info:
         client.post("https://x.example/", content=b"a=1",
                     headers={"content-type": "text/plain"})
@@ -330,8 +330,10 @@ def test_dropped_headers_cover_credentials() -> None:
 
 def test_kwargs_that_bypass_the_transport_are_refused() -> None:
     engine = FakeEngine("api.example.com")
-    for kw in ({"transport": httpx.MockTransport(lambda r: httpx.Response(200))},
-               {"mounts": {}}, {"proxy": "http://127.0.0.1:1"}):
+    bypasses: list[dict[str, Any]] = [
+        {"transport": httpx.MockTransport(lambda r: httpx.Response(200))},
+        {"mounts": {}}, {"proxy": "http://127.0.0.1:1"}]
+    for kw in bypasses:
         with pytest.raises(TypeError):
             governed_client(engine, "agent", **kw)
         with pytest.raises(TypeError):

@@ -10,8 +10,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from jsonpath_ng.ext import parse as jp_parse
 
 from policyengine.redaction import (
@@ -96,7 +94,7 @@ def test_strategies() -> None:
              RedactionRule("$.items[*].card", "partial", keep=2)]
     before = copy.deepcopy(BODY)
     result = redact(BODY, rules, hmac_key=KEY)
-    assert BODY == before
+    assert before == BODY
     body = result.body
     assert body["card"] == {"number": "************1111"}
     expected = hmac.new(KEY, b"ana@example.com", hashlib.sha256).hexdigest()
@@ -214,11 +212,11 @@ def test_deep_nesting_does_not_crash() -> None:
     native = redact(doc, [RedactionRule("$..email", "mask")])
     assert native.ok and native.redactions == [{"field": "$..email", "strategy": "mask"}]
     assert JsonPath.compile("$..email").first(doc) == "deep@example.com"
-    via_ng = redact(doc, [RedactionRule("$..[?(@.email)]", "mask")])
+    via_ng = redact(doc, [RedactionRule("$..*", "mask")])
     assert via_ng.body is doc
     assert [d.code for d in via_ng.diagnostics] == ["path_eval_error"]
     hashed = redact(doc, [RedactionRule("$.n", "sha256")])
     assert hashed.body is doc and [d.code for d in hashed.diagnostics] == ["path_eval_error"]
     with pytest.raises(RedactionError) as info:
-        JsonPath.compile("$..[?(@.email)]").find(doc)
+        JsonPath.compile("$..*").find(doc)
     assert info.value.code == "path_eval_error"

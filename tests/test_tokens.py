@@ -290,3 +290,13 @@ def test_cli_roundtrip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert len(json.loads(capsys.readouterr().out)["kids"]) == 2
     assert cli_main(["token", "verify", "--keys", kf, "--token", "x.y.z"]) == 1
     assert "error: " in capsys.readouterr().err
+
+
+def test_cache_is_bounded(keys: KeySet) -> None:
+    from policyengine.tokens import grants
+
+    fresh = KeySet.generate()
+    token = root(fresh)
+    for i in range(grants._CACHE_SIZE + 10):
+        verify(fresh, token, now=NOW, issuer=ISS, max_ttl=10_000 + i)
+    assert len(fresh._verified) <= grants._CACHE_SIZE

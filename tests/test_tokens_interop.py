@@ -10,7 +10,7 @@ from policyengine.tokens import KeySet, mint, verify
 from policyengine.tokens._jws import b64encode
 
 jwcrypto = pytest.importorskip("jwcrypto")
-from jwcrypto import jwk, jws  # noqa: E402
+from jwcrypto import jwk, jws  # type: ignore[import-untyped]  # noqa: E402
 
 # RFC 8037 Appendix A.1 / A.3 / A.4
 RFC_JWK = {

@@ -6,7 +6,7 @@ import re
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policyengine.tools import (
@@ -215,7 +215,7 @@ TRICKS = ["/", "..", ".", "%2e", "%2E", "%2f", "%2F", "%5c", "\\", "//", "accoun
           "Accounts", "refunds", "public", "v1", "x", "%61ccounts", ";", "?q", "%00"]
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(TRICKS), max_size=8))
 def test_no_path_trick_reaches_another_route(parts: list[str]) -> None:
     raw = "/v1/" + "".join(parts)

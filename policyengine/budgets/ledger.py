@@ -79,7 +79,7 @@ MAX_TTL = 86400
 IDEMPOTENCY_RETENTION = 86400.0
 _MAX_NAME = 256
 _MAX_MATCH_CACHE = 10_000
-_UNSCALED = 18  # decimal places allowed for an amount without a unit
+_QUANTA = [Decimal(1).scaleb(-n) for n in range(19)]
 
 
 def _iso(t: float | None) -> str | None:
@@ -793,11 +793,15 @@ class Ledger:
 
     def _amount(self, amount: object, unit: str | None) -> Decimal:
         try:
-            return parse_amount(amount, unit)
+            value = parse_amount(amount, unit)
         except MoneyError as exc:
             raise BudgetInputError(
                 "invalid_amount", f"invalid amount: {exc}", {"reason": exc.code}
             ) from None
+        if unit is None:
+            return value
+        # One spelling per amount ("75" and "75.00" EUR are the same payload).
+        return value.quantize(_QUANTA[canonical_unit(unit)[1]])
 
     def _plan(
         self,

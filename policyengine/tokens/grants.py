@@ -311,11 +311,18 @@ def _load_hop(keys: KeySet, token: str) -> Hop:
     if not key.verify(parsed.signing_input, parsed.signature):
         raise _fail("bad_signature", "signature does not verify")
     hop = _hop_from_claims(parsed.claims)
-    cache = keys._hops
-    if len(cache) >= _CACHE_SIZE:
-        del cache[next(iter(cache))]
-    cache[token] = hop
+    _cache_put(keys._hops, token, hop)
     return hop
+
+
+def _cache_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    """Insert, evicting the oldest entry when full (tolerates concurrent evictions)."""
+    if len(cache) >= _CACHE_SIZE:
+        try:
+            del cache[next(iter(cache))]
+        except (KeyError, RuntimeError, StopIteration):
+            cache.clear()
+    cache[key] = value
 
 
 def _check_link(parent: Hop, parent_token: str, child: Hop, rates: RateSource | None,
@@ -402,7 +409,7 @@ def verify(
     Repeat calls for the same token string and options hit a cache that still compares
     the clock with nbf/exp/iat and asks ``revocations`` about every hop each time.
     """
-    if not 0 <= leeway <= MAX_LEEWAY:
+    if type(leeway) not in (int, float) or not 0 <= leeway <= MAX_LEEWAY:
         raise _fail("invalid_option", f"leeway must be between 0 and {MAX_LEEWAY} seconds")
     cache_key = (token, issuer, audience, leeway, max_depth, max_ttl)
     try:
@@ -412,10 +419,7 @@ def verify(
     if entry is None:
         entry = _verify_uncached(keys, token, now, issuer, audience, rates, max_depth, max_ttl)
         if entry[5]:
-            cache = keys._verified
-            if len(cache) >= _CACHE_SIZE:
-                del cache[next(iter(cache))]
-            cache[cache_key] = entry
+            _cache_put(keys._verified, cache_key, entry)
     grant, nbf, exp, iat, ids, _ = entry
     t = time.time() if now is None else now
     if t >= exp + leeway:

@@ -284,6 +284,11 @@ class KeySet:
         self._verified: dict[Any, Any] = {}
         self._hops: dict[str, Any] = {}
 
+    def clear_cache(self) -> None:
+        """Forget cached verifications (benchmarks; memory pressure)."""
+        self._verified.clear()
+        self._hops.clear()
+
     # -- construction -------------------------------------------------------------
     @classmethod
     def generate(cls, alg: str = "EdDSA", *, kid: str | None = None,

@@ -1,0 +1,7 @@
+"""``python -m policyengine``."""
+
+import sys
+
+from policyengine.cli import main
+
+sys.exit(main())

@@ -1,0 +1,214 @@
+"""Run the language-neutral conformance fixtures (``conformance/**/*.json``).
+
+The format is specified in ``conformance/README.md``; this module is one implementation
+of that spec, used by ``policyengine test`` and by the test suite. A fixture pins the whole
+wire decision; fields a case leaves out take the documented defaults (``rules: []``,
+``obligations: null``, ``diagnostics: []`` ...), so a case cannot pass by saying little.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CaseResult", "Report", "run_fixture", "run_paths"]
+
+# Wire keys every authorize expectation pins, with the default a case may omit.
+_DECISION_DEFAULTS: dict[str, Any] = {
+    "approvalId": None, "actingFor": None, "chain": None, "rules": [], "obligations": None,
+    "diagnostics": [],
+}
+_TOOL_DEFAULTS: dict[str, Any] = {**_DECISION_DEFAULTS, "redactions": [], "permission": None,
+                                  "tool": None}
+_NOT_PINNED = ("reason", "decisionId")  # human text and per-process ids
+
+
+@dataclass
+class CaseResult:
+    fixture: str
+    case: str
+    passed: bool
+    message: str = ""
+
+
+@dataclass
+class Report:
+    results: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> int:
+        return sum(r.passed for r in self.results)
+
+    @property
+    def failed(self) -> int:
+        return sum(not r.passed for r in self.results)
+
+    def summary(self) -> str:
+        return f"{self.passed} passed, {self.failed} failed"
+
+
+def parse_now(text: str) -> float:
+    """RFC 3339 (``2026-01-01T00:00:00Z``) -> POSIX seconds."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError(f"'now' needs a time zone: {text!r}")
+    return dt.timestamp()
+
+
+def _policies(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> dict[str, str]:
+    sources: dict[str, str] = {}
+    spec = case.get("policies", fixture.get("policies"))
+    paths = case.get("policy_paths", fixture.get("policy_paths"))
+    if spec:
+        sources.update(spec)
+    for rel in paths or ():
+        p = (base / rel).resolve()
+        files = sorted(p.rglob("*.policy")) if p.is_dir() else [p]
+        for f in files:
+            sources[f.name if len(files) == 1 else f"{p.name}/{f.name}"] = f.read_text("utf-8")
+    return sources
+
+
+def _engine(fixture: dict[str, Any], case: dict[str, Any], base: Path,
+            clock: Callable[[], float] | None = None) -> Any:
+    from policyengine.engine import Engine
+    now = parse_now(fixture["now"]) if "now" in fixture else 0.0
+    options: dict[str, Any] = {"clock": clock or (lambda: now)}
+    hook = fixture.get("engine_options") or {}
+    if "hmac_key" in hook:
+        options["hmac_key"] = hook["hmac_key"].encode("utf-8")
+    if "keys" in fixture:
+        from policyengine.tokens import KeySet
+        options["keys"] = KeySet.from_jwks(fixture["keys"])
+    return Engine.from_sources(_policies(fixture, case, base), **options)
+
+
+def _normalise_diags(diags: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"code": d.get("code"), "rule": d.get("rule")} for d in diags]
+
+
+def compare_decision(actual: dict[str, Any], expected: dict[str, Any],
+                     defaults: dict[str, Any]) -> str | None:
+    """None if ``actual`` (a wire dict) matches ``expected`` (with defaults), else why."""
+    want = {**defaults, **expected}
+    if "allowed" not in want and "status" in want:
+        want["allowed"] = want["status"] == "allowed"
+    problems = []
+    for key, value in want.items():
+        if key in _NOT_PINNED:
+            continue
+        got = actual.get(key, "<missing>")
+        if key == "approvalId":
+            ok = (got is None) if value is None else (isinstance(got, str) and bool(got))
+        elif key == "diagnostics":
+            ok = _normalise_diags(got if isinstance(got, list) else []) == _normalise_diags(value)
+        else:
+            ok = got == value
+        if not ok:
+            problems.append(f"{key}: expected {json.dumps(value)}, got {json.dumps(got, default=str)}")
+    if not isinstance(actual.get("decisionId"), str):
+        problems.append("decisionId: missing")
+    return "; ".join(problems) or None
+
+
+def _run_authorize(engine: Any, case: dict[str, Any]) -> str | None:
+    req = case["request"]
+    kwargs = {}
+    if "token" in req:
+        kwargs["token"] = req["token"]
+    decision = engine.authorize(req.get("principal"), req.get("permission"),
+                                req.get("context"), **kwargs)
+    return compare_decision(decision.to_wire(), case["expect"]["decision"], _DECISION_DEFAULTS)
+
+
+def _run_tool(engine: Any, case: dict[str, Any]) -> str | None:
+    req = dict(case["request"])
+    principal = req.pop("principal", None)
+    td = engine.tool_authorize(principal, **req)
+    expect = case["expect"]
+    msg = compare_decision(td.to_wire(), expect["decision"], _TOOL_DEFAULTS)
+    if msg is None and "body" in expect and td.body != expect["body"]:
+        msg = f"body: expected {json.dumps(expect['body'])}, got {json.dumps(td.body, default=str)}"
+    return msg
+
+
+def _run_check(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> str | None:
+    from policyengine.engine import load_policy
+    from policyengine.source import PolicyError
+    sources = _policies(fixture, case, base)
+    try:
+        _, warnings = load_policy(list(sources.items()))
+        problems: tuple[Any, ...] = warnings
+    except PolicyError as err:
+        problems = err.problems
+    expect = case["expect"]
+
+    def shape(items: Iterable[Any]) -> list[dict[str, Any]]:
+        return [{"code": p.code, "file": p.file, "line": p.line, "column": p.column}
+                for p in items]
+
+    got_errors = shape(p for p in problems if p.severity == "error")
+    got_warnings = shape(p for p in problems if p.severity == "warning")
+    want_errors = [{"file": "main.policy", **e} for e in expect.get("errors", [])]
+    want_warnings = [{"file": "main.policy", **w} for w in expect.get("warnings", [])]
+    out = []
+    if got_errors != want_errors:
+        out.append(f"errors: expected {want_errors}, got {got_errors}")
+    if got_warnings != want_warnings:
+        out.append(f"warnings: expected {want_warnings}, got {got_warnings}")
+    return "; ".join(out) or None
+
+
+def run_fixture(path: Path) -> list[CaseResult]:
+    """Run every case of one fixture file."""
+    name = str(path)
+    try:
+        fixture = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        return [CaseResult(name, "<load>", False, f"cannot read fixture: {exc}")]
+    base = path.parent
+    results: list[CaseResult] = []
+    engine: Any = None
+    for i, case in enumerate(fixture.get("cases", [])):
+        label = case.get("name", f"case {i}")
+        kind = case.get("kind")
+        try:
+            if kind == "check":
+                msg = _run_check(fixture, case, base)
+            elif kind == "token":
+                from policyengine.tokens._conformance import run_token_case
+                msg = run_token_case(fixture, case)
+            elif kind == "budget":
+                from policyengine.budgets._conformance import run_budget_case
+                msg = run_budget_case(
+                    lambda clock, c=case: _engine(fixture, c, base, clock).budgets, case)
+            elif kind in ("authorize", "tool_authorize"):
+                if "policies" in case or "policy_paths" in case:
+                    eng = _engine(fixture, case, base)
+                else:
+                    if engine is None:
+                        engine = _engine(fixture, {}, base)
+                    eng = engine
+                msg = (_run_authorize(eng, case) if kind == "authorize"
+                       else _run_tool(eng, case))
+            else:
+                msg = f"unknown case kind {kind!r}"
+        except Exception as exc:  # noqa: BLE001 - a crash is a failed case, reported
+            msg = f"raised {type(exc).__name__}: {exc}"
+        results.append(CaseResult(name, label, msg is None, msg or ""))
+    return results
+
+
+def run_paths(paths: Iterable[str | Path]) -> Report:
+    """Run all fixtures under the given files or directories."""
+    report = Report()
+    for raw in paths:
+        p = Path(raw)
+        files = sorted(p.rglob("*.json")) if p.is_dir() else [p]
+        for f in files:
+            report.results.extend(run_fixture(f))
+    return report
