@@ -38,14 +38,22 @@ def main() -> None:
     print("policyengine money benchmarks (median ns per call)")
     bench('parse_amount("280", "USD")', lambda: parse_amount("280", "USD"))
     bench('parse_amount("12.50", "EUR")', lambda: parse_amount("12.50", "EUR"))
-    bench('parse_amount("10.001", "USD", round)', lambda: parse_amount("10.001", "USD", excess_decimals="round"))
+    bench(
+        'parse_amount("10.001", "USD", round)',
+        lambda: parse_amount("10.001", "USD", excess_decimals="round"),
+    )
     bench("parse_amount(280, 'USD')  [int]", lambda: parse_amount(280, "USD"))
     bench("parse_amount(Decimal('12.50'), 'USD')", lambda: parse_amount(dec, "USD"))
     bench('Money.parse("280", "USD")', lambda: Money.parse("280", "USD"))
     bench("convert USD->EUR up (direct rate)", lambda: convert(usd, "EUR", table))
-    bench("convert USD->EUR up, max_age checked", lambda: convert(usd, "EUR", stale_checked, now=NOW))
+    bench(
+        "convert USD->EUR up, max_age checked", lambda: convert(usd, "EUR", stale_checked, now=NOW)
+    )
     bench("convert USD->GBP up (cross rate)", lambda: convert(usd_cents, "GBP", table))
-    bench("convert EUR->JPY down (cross rate)", lambda: convert(eur_cap, "JPY", table, rounding="down"))
+    bench(
+        "convert EUR->JPY down (cross rate)",
+        lambda: convert(eur_cap, "JPY", table, rounding="down"),
+    )
     bench("convert USD->EUR via CallableRates", lambda: convert(usd, "EUR", callable_rates))
     bench("convert EUR->EUR (same currency)", lambda: convert(eur_cap, "EUR", table))
     bench("fits(USD spend, EUR cap)", lambda: fits(usd, eur_cap, table))

@@ -1,5 +1,15 @@
-"""policyengine: policy-as-code authorization for AI agents."""
+"""policyengine: policy-as-code authorization for AI agents.
 
+>>> import policyengine as pe
+>>> engine = pe.Engine.from_source('role reader: docs:*\\nagent "bot": reader')
+>>> engine.authorize("bot", "docs:read").status
+'allowed'
+
+The public API is what this module exports; everything else may change.
+"""
+
+from policyengine import tokens
+from policyengine.approvals import Approval, ApprovalError, MemoryApprovalStore
 from policyengine.decision import (
     ApprovalRequired,
     Decision,
@@ -9,17 +19,66 @@ from policyengine.decision import (
     ToolDecision,
     ToolDenied,
 )
-from policyengine.permissions import permission_matches, subsumes
+from policyengine.engine import Engine
+from policyengine.evaluator import Explanation
+from policyengine.fmt import format_source
+from policyengine.money import Currency, Money, MoneyError, get_currency, parse_amount
+from policyengine.parser import parse
+from policyengine.permissions import (
+    InvalidPermission,
+    is_valid_pattern,
+    is_valid_permission,
+    permission_matches,
+    subsumes,
+)
+from policyengine.rates import (
+    CallableRates,
+    JsonFileRates,
+    RateError,
+    RateSource,
+    StaticRates,
+    convert,
+)
+from policyengine.source import PolicyError, Problem
+from policyengine.tokens import AttenuationError, Grant, KeySet, TokenError
 
 __version__ = "0.1.0"
 __all__ = [
+    "Approval",
+    "ApprovalError",
     "ApprovalRequired",
+    "AttenuationError",
+    "CallableRates",
+    "Currency",
     "Decision",
     "Diagnostic",
+    "Engine",
+    "Explanation",
+    "Grant",
+    "InvalidPermission",
+    "JsonFileRates",
+    "KeySet",
+    "MemoryApprovalStore",
+    "Money",
+    "MoneyError",
     "NotAuthorized",
     "Obligations",
+    "PolicyError",
+    "Problem",
+    "RateError",
+    "RateSource",
+    "StaticRates",
+    "TokenError",
     "ToolDecision",
     "ToolDenied",
+    "convert",
+    "format_source",
+    "get_currency",
+    "is_valid_pattern",
+    "is_valid_permission",
+    "parse",
+    "parse_amount",
     "permission_matches",
     "subsumes",
+    "tokens",
 ]

@@ -284,6 +284,25 @@ class FileMoney:
     rates: Any  # a RateSource, or None without a base currency
 
 
+class _ChainedRates:
+    """Ask several rate tables in turn; ``no_rate`` only if none knows the pair."""
+
+    def __init__(self, tables: list[Any]) -> None:
+        self.tables = tables
+
+    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Decimal:
+        last: Exception | None = None
+        for table in self.tables:
+            try:
+                return table.rate(from_code, to_code, now)  # type: ignore[no-any-return]
+            except ValueError as exc:  # RateError: try the next table
+                last = exc
+                if getattr(exc, "code", "") == "stale_rate":
+                    raise
+        assert last is not None
+        raise last
+
+
 @dataclass
 class CompiledRule:
     """One rule, ready to run. ``test`` is None for an unconditional rule."""
@@ -338,6 +357,12 @@ class CompiledPolicy:
     _global: list[CompiledRule] = field(default_factory=list)
     _plans: dict[tuple[str, str], Plan] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def rates(self) -> Any:
+        """One RateSource over every file's rates (the first that knows a pair wins)."""
+        tables = [m.rates for m in self.money.values() if m.rates is not None]
+        return _ChainedRates(tables) if tables else None
 
     def index(self) -> None:
         for rule in self.rules:
@@ -459,8 +484,9 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
         for st in f.statements:
             if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
                 add(_compile_rule(st, f.namespace, fm))
-    policy = CompiledPolicy(tuple(rules), principals, money, tz, delegation=delegation,
-                            files=tuple(files))
+    from policyengine.egress import compile_tools
+    policy = CompiledPolicy(tuple(rules), principals, money, tz, tools=compile_tools(files),
+                            delegation=delegation, files=tuple(files))
     policy.index()
     return policy
 

@@ -18,7 +18,13 @@ from policyengine import ast
 from policyengine.approvals import ApprovalError, ApprovalStore, MemoryApprovalStore, context_digest
 from policyengine.checker import check
 from policyengine.compiler import CompiledPolicy, compile_policy
-from policyengine.decision import ApprovalRequired, Decision, NotAuthorized
+from policyengine.decision import (
+    ApprovalRequired,
+    Decision,
+    Diagnostic,
+    NotAuthorized,
+    ToolDecision,
+)
 from policyengine.evaluator import Explanation, evaluate, explain
 from policyengine.parser import parse_many
 from policyengine.source import PolicyError, Problem, SourceSet
@@ -119,6 +125,9 @@ class Engine:
         self._clock = clock
         self.approvals: ApprovalStore = approvals or MemoryApprovalStore(clock or time.time)
         self.keys = keys
+        if revocations is None:
+            from policyengine.tokens import MemoryRevocationStore
+            revocations = MemoryRevocationStore()
         self.revocations = revocations
         self.hmac_key = hmac_key
         self._budget_store = budget_store
@@ -178,14 +187,90 @@ class Engine:
         code ``invalid_request``. See docs/semantics.md for the rules.
         """
         now = self._clock() if self._clock is not None else None
+        policy = self._policy
+        grant = None
+        if token is not None:
+            grant_or_denial = self._check_grant(policy, token, principal, permission, context,
+                                                now)
+            if isinstance(grant_or_denial, Decision):
+                return grant_or_denial
+            grant = grant_or_denial
         approved = False
         if approval_id is not None:
             approved = self._approval_granted(approval_id, principal, permission, context)
-        decision = evaluate(self._policy, principal, permission, context, now, approved)
+        decision = evaluate(policy, principal, permission, context, now, approved)
+        if grant is not None:
+            decision.acting_for = grant.acting_for
+            decision.chain = tuple(grant.chain)
         if decision.status == "pending_approval":
             item = self.approvals.create(principal, permission, context, decision.rules)
             decision.approval_id = item.id
         return decision
+
+    # ---- delegation ----
+    def verify_token(self, token: str) -> Any:
+        """Verify a delegation token under this policy's ``delegation`` block.
+
+        Returns the :class:`~policyengine.tokens.Grant`; raises ``TokenError``.
+        """
+        from policyengine.tokens import TokenError, verify
+        if self.keys is None:
+            raise TokenError("no_keys", "this engine has no keys to verify tokens with "
+                             "(Engine.from_path(..., keys=KeySet...))")
+        block = self._policy.delegation
+        now = self._clock() if self._clock is not None else None
+        return verify(self.keys, token, now=now,
+                      issuer=block.issuer if block else None,
+                      audience=block.audience if block else None,
+                      max_depth=block.max_depth if block else None,
+                      max_ttl=block.max_ttl if block else None,
+                      revocations=self.revocations, rates=self._policy.rates)
+
+    def revoke(self, grant_or_jti: str) -> None:
+        """Revoke a grant (by ``grant_id`` or ``jti``); its descendants stop verifying."""
+        self.revocations.revoke(grant_or_jti)
+
+    def _check_grant(self, policy: CompiledPolicy, token: Any, principal: Any,
+                     permission: Any, context: Any, now: float | None) -> Any:
+        """The verified grant, or a denied :class:`Decision` saying why not."""
+        from policyengine.money import Money, MoneyError
+        from policyengine.tokens import TokenError
+
+        def deny(code: str, diag: str, message: str, grant: Any = None) -> Decision:
+            d = Decision("denied", code, message,
+                         diagnostics=(Diagnostic(diag, message, None, "denied"),),
+                         principal=principal if type(principal) is str else None,
+                         permission=permission if type(permission) is str else None)
+            if grant is not None:
+                d.acting_for, d.chain = grant.acting_for, tuple(grant.chain)
+            return d
+
+        if type(token) is not str:
+            return deny("invalid_token", "malformed", "the delegation token must be a string")
+        try:
+            grant = self.verify_token(token)
+        except TokenError as exc:
+            return deny("invalid_token", exc.code, f"delegation token rejected: {exc}")
+        if grant.subject != principal:
+            return deny("invalid_token", "subject_mismatch",
+                        f"the token was issued to {grant.subject!r}, not {principal!r}", grant)
+        if type(permission) is str and not grant.covers(permission):
+            return deny("not_delegated", "not_delegated",
+                        f"{permission} is not delegated by every hop of the grant", grant)
+        if isinstance(context, dict) and context.get("amount") is not None and any(
+                hop.max_amount is not None for hop in grant.hops):
+            currency = context.get("currency")
+            try:
+                money = Money.parse(context["amount"], currency)  # type: ignore[arg-type]
+                fits = grant.amount_fits(money, policy.rates, now=now)
+            except (MoneyError, TokenError, TypeError, ValueError) as exc:
+                code = getattr(exc, "code", "invalid_amount")
+                return deny("invalid_amount", code,
+                            f"cannot check the amount against the grant: {exc}", grant)
+            if not fits:
+                return deny("delegation_amount_exceeded", "delegation_amount_exceeded",
+                            "the amount exceeds the max_amount of the grant", grant)
+        return grant
 
     def _approval_granted(self, approval_id: str, principal: Any, permission: Any,
                           context: Any) -> bool:
@@ -207,6 +292,33 @@ class Engine:
         if decision.status == "pending_approval":
             raise ApprovalRequired(decision)
         raise NotAuthorized(decision)
+
+    # ---- tools ----
+    def tool_authorize(self, principal: str, *, transport: str, method: str | None = None,
+                       host: str | None = None, path: str | None = None,
+                       query: Mapping[str, Any] | None = None,
+                       headers: Mapping[str, Any] | None = None, body: Any = None,
+                       tool_name: str | None = None, function_name: str | None = None,
+                       token: str | None = None, context: dict[str, Any] | None = None,
+                       **wire: Any) -> ToolDecision:
+        """May this outbound tool call leave, and with which fields redacted?
+
+        Takes the ``/v1/tool-authorize`` request fields (``toolName`` / ``functionName``
+        are accepted as spelled on the wire). Never raises for request data; see
+        docs/tools.md. ``result.body`` is a redacted copy; ``body`` is never mutated.
+        """
+        from policyengine.egress import tool_authorize
+        tool_name = wire.pop("toolName", tool_name)
+        function_name = wire.pop("functionName", function_name)
+        wire.pop("traceId", None)
+        if wire:
+            return tool_authorize(self._policy.tools, self.authorize, None,  # invalid
+                                  transport=None)
+        return tool_authorize(self._policy.tools, self.authorize, principal,
+                              transport=transport, method=method, host=host, path=path,
+                              query=query, headers=headers, body=body, tool_name=tool_name,
+                              function_name=function_name, token=token, context=context,
+                              hmac_key=self.hmac_key)
 
     def explain(self, principal: str, permission: str,
                 context: dict[str, Any] | None = None) -> Explanation:

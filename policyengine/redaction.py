@@ -23,6 +23,7 @@ This module is a leaf: it imports nothing from the engine.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
@@ -357,7 +358,10 @@ class JsonPath:
             return _expand(doc, self._native)
         try:
             seen: dict[Location, Any] = {}
-            for datum in self._expr.find(doc):
+            # jsonpath-ng's find can rewrite the document it searches (a filter over an
+            # object stores the object back wrapped in a list), so it only ever sees a
+            # scratch copy; its matches are then located in the real document.
+            for datum in self._expr.find(copy.deepcopy(doc)):
                 chain: list[Any] = []
                 d = datum
                 while d is not None:

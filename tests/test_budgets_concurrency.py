@@ -138,13 +138,14 @@ def test_sigkill_loses_no_commit_and_leaks_no_reservation(tmp_path: Path) -> Non
     deadline = time.time() + 20
     while time.time() < deadline:
         time.sleep(0.2)
-        if os.path.exists(log) and sum(1 for _ in open(log)) > 300:
+        if os.path.exists(log) and Path(log).read_text().count("\n") > 300:
             break
     assert child.pid is not None
     os.kill(child.pid, signal.SIGKILL)  # mid-operation, whatever it was doing
     child.join()
     assert child.exitcode == -signal.SIGKILL
-    lines = [ln.split() for ln in open(log) if ln.endswith("\n")]
+    lines = [ln.split() for ln in Path(log).read_text().splitlines(keepends=True)
+             if ln.endswith("\n")]
     committed = {rid for kind, rid in lines if kind == "C"}
     assert len(committed) > 50
 

@@ -214,13 +214,16 @@ def test_json_file_rates(tmp_path: Path) -> None:
         ({"base": "EUR", "as_of": 1750000000, "rates": {}}, "invalid_rate_table"),
         ({"base": 978, "as_of": "2025-06-15T15:06:40Z", "rates": {}}, "invalid_rate_table"),
         ({"base": "EUR", "as_of": "2025-06-15T15:06:40Z", "rates": []}, "invalid_rate_table"),
-        ({"base": "EUR", "as_of": "2025-06-15T15:06:40Z", "rates": {}, "x": 1}, "invalid_rate_table"),
-        ('{"base": "EUR", "base": "USD", "as_of": "2025-06-15T15:06:40Z", "rates": {}}',
-         "invalid_rate_table"),
-        ('{"base": "EUR", "as_of": "2025-06-15T15:06:40Z", "rates": {"USD": NaN}}',
-         "invalid_rate"),
-        ('{"base": "EUR", "as_of": "2025-06-15T15:06:40Z", "rates": {"USD": -1}}',
-         "invalid_rate"),
+        (
+            {"base": "EUR", "as_of": "2025-06-15T15:06:40Z", "rates": {}, "x": 1},
+            "invalid_rate_table",
+        ),
+        (
+            '{"base": "EUR", "base": "USD", "as_of": "2025-06-15T15:06:40Z", "rates": {}}',
+            "invalid_rate_table",
+        ),
+        ('{"base": "EUR", "as_of": "2025-06-15T15:06:40Z", "rates": {"USD": NaN}}', "invalid_rate"),
+        ('{"base": "EUR", "as_of": "2025-06-15T15:06:40Z", "rates": {"USD": -1}}', "invalid_rate"),
         ({"base": "XTS", "as_of": "2025-06-15T15:06:40Z", "rates": {}}, "unknown_currency"),
     ],
 )
@@ -258,7 +261,7 @@ def test_rfc3339(text: str, seconds: float) -> None:
         "2025-06-15T24:00:00Z",
         "2025-06-15T15:06:60Z",
         "2025-06-15T15:06:40+24:00",
-        "２025-06-15T15:06:40Z",
+        "\uff12025-06-15T15:06:40Z",
         "",
     ],
 )

@@ -220,3 +220,11 @@ def test_deep_nesting_does_not_crash() -> None:
     with pytest.raises(RedactionError) as info:
         JsonPath.compile("$..*").find(doc)
     assert info.value.code == "path_eval_error"
+
+
+def test_jsonpath_ng_never_rewrites_the_callers_document() -> None:
+    # jsonpath-ng's filter stores an object back wrapped in a list when it searches it.
+    body: dict[str, Any] = {"a": {}}
+    assert redact(body, [RedactionRule("$..a[?(@.b)]", "remove")]).body == {"a": {}}
+    assert JsonPath.compile("$.a[?(@.b)]").find(body) == []
+    assert body == {"a": {}}

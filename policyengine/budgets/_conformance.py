@@ -81,7 +81,7 @@ def _subset(expected: object, actual: object, path: str) -> str | None:
     if isinstance(expected, list):
         if not isinstance(actual, list) or len(actual) != len(expected):
             return f"{path}: expected {len(expected)} items, got {actual!r}"
-        for i, (e, a) in enumerate(zip(expected, actual)):
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
             problem = _subset(e, a, f"{path}[{i}]")
             if problem:
                 return problem

@@ -35,7 +35,7 @@ class BudgetError(Exception):
         return {"code": self.code, "message": self.message, "details": dict(self.details)}
 
 
-class BudgetExceeded(BudgetError):
+class BudgetExceeded(BudgetError):  # noqa: N818 - the name users expect
     """The spend does not fit a budget that covers it.
 
     ``code`` is ``budget_exceeded``, ``overdraft_limit_exceeded`` or ``debt_outstanding``;
@@ -49,7 +49,7 @@ class ReservationError(BudgetError):
     """``unknown_reservation``, ``reservation_final`` or ``reservation_expired``."""
 
 
-class IdempotencyMismatch(BudgetError):
+class IdempotencyMismatch(BudgetError):  # noqa: N818 - the name users expect
     """An idempotency key was reused with a different payload (``idempotency_mismatch``)."""
 
     def __init__(self, message: str) -> None:

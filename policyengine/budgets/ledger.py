@@ -350,7 +350,9 @@ class Balance:
         }
 
 
-def _details(budget: _Budget, line: Line, use: Usage, attempted: int | None = None) -> dict[str, Any]:
+def _details(
+    budget: _Budget, line: Line, use: Usage, attempted: int | None = None
+) -> dict[str, Any]:
     scale = budget.scale
     limit = budget.limit
     spent, reserved = use
@@ -408,7 +410,8 @@ def _ttl(ttl: object) -> float:
         MIN_TTL <= ttl <= MAX_TTL
     ):
         raise BudgetInputError(
-            "invalid_ttl", f"ttl must be a number of seconds from {MIN_TTL} to {MAX_TTL}, got {ttl!r}"
+            "invalid_ttl",
+            f"ttl must be a number of seconds from {MIN_TTL} to {MAX_TTL}, got {ttl!r}",
         )
     return float(ttl)
 
@@ -482,8 +485,9 @@ class Ledger:
         )
         if not lines:
             return BudgetCheck(self, [], None, -1)
-        usages = self.store.usage(tuple(_bucket(line, b, now) for line, b in zip(lines, budgets)), now)
-        rows = list(zip(budgets, lines, usages))
+        buckets = tuple(_bucket(line, b, now) for line, b in zip(lines, budgets, strict=True))
+        usages = self.store.usage(buckets, now)
+        rows = list(zip(budgets, lines, usages, strict=True))
         for i, (b, line, use) in enumerate(rows):
             if use.spent > b.limit:
                 return BudgetCheck(self, rows, "debt_outstanding", i)
@@ -521,7 +525,7 @@ class Ledger:
         )
         guards = tuple(
             Guard(_bucket(line, b, now), line.amount, b.limit, b.limit)
-            for line, b in zip(lines, budgets)
+            for line, b in zip(lines, budgets, strict=True)
         )
         idem = None
         if key is not None:
@@ -569,12 +573,12 @@ class Ledger:
         if over == "allow_with_overdraft":
             guards = tuple(
                 Guard(_bucket(line, b, now), line.amount, b.ceiling, None)
-                for line, b in zip(lines, budgets)
+                for line, b in zip(lines, budgets, strict=True)
             )
         else:
             guards = tuple(
                 Guard(_bucket(line, b, now), line.amount, b.limit, b.limit)
-                for line, b in zip(lines, budgets)
+                for line, b in zip(lines, budgets, strict=True)
             )
         spends = tuple(
             Spend(line.budget, line.subject, line.window, line.rolling, line.amount)
@@ -622,8 +626,9 @@ class Ledger:
         if currency is not None:
             unit, _ = canonical_unit(currency)
         value = self._amount(amount, unit)
-        fingerprint = repr(("commit", reservation_id, unit, str(value), over))
+        fingerprint = ""
         if key is not None:
+            fingerprint = repr(("commit", reservation_id, unit, str(value), over))
             replay = self._replay("commit:" + key, fingerprint, now)
             if replay is not None:
                 return replay
@@ -658,7 +663,7 @@ class Ledger:
         )
         spends = tuple(
             Spend(line.budget, line.subject, line.window, line.rolling, actual)
-            for line, actual in zip(rec.lines, actuals)
+            for line, actual in zip(rec.lines, actuals, strict=True)
         )
         idem = None
         if key is not None:
@@ -747,7 +752,7 @@ class Ledger:
                 rows.append((b, Bucket(b.id, subject, start_i), start_i, end_i))
         usages = self.store.usage(tuple(r[1] for r in rows), now) if rows else ()
         out = []
-        for (b, bucket, start, end), use in zip(rows, usages):
+        for (b, bucket, start, end), use in zip(rows, usages, strict=True):
             s = b.scale
             out.append(
                 Balance(
@@ -908,7 +913,7 @@ class Ledger:
         scale = self._scales.get(line.budget, 0)
         line_unit = self._units.get(line.budget)
         money_unit = unit is not None and unit not in ("tokens", "calls", "credits")
-        if unit == line_unit and not money_unit or unit == line_unit:
+        if (unit == line_unit and not money_unit) or unit == line_unit:
             q = int(value.scaleb(scale))
         elif not money_unit or line_unit is None or line_unit in ("tokens", "calls", "credits"):
             raise BudgetInputError(
@@ -969,7 +974,7 @@ class Ledger:
                 raise ReservationError("unknown_reservation", "the reservation no longer exists")
             _raise_state(outcome.reservation, now)
         if outcome.reason in ("guard", "debt"):
-            i = outcome.index
+            i = outcome.failed
             use = outcome.usage[i]
             attempted = lines[i].amount if attempts is None else attempts[i]
             raise _exceeded("debt_outstanding" if outcome.reason == "debt" else code,
@@ -983,7 +988,9 @@ def _bucket(line: Line, budget: _Budget, now: float) -> Bucket:
     return Bucket(line.budget, line.subject, line.window)
 
 
-def _subject(kind: str, principal: str | None, acting_for: str | None, tenant: str | None) -> str | None:
+def _subject(
+    kind: str, principal: str | None, acting_for: str | None, tenant: str | None
+) -> str | None:
     if kind == "agent":
         return principal
     if kind == "acting_for":

@@ -170,7 +170,7 @@ class MemoryStore:
     def _sweep(self, now: float) -> None:
         timers = self._timers
         while timers and timers[0][0] <= now:
-            when, kind, rid = heapq.heappop(timers)
+            _, kind, rid = heapq.heappop(timers)
             rec = self._records.get(rid)
             if rec is None:
                 continue
@@ -181,9 +181,10 @@ class MemoryStore:
                     continue
                 self._unhold(rec)
                 heapq.heappush(timers, (rec.expires_at + self.retention, _PURGE, rid))
-            elif rec.status != ACTIVE or rec.expires_at + self.retention <= now:
-                if rec.id not in self._held:
-                    del self._records[rid]
+            elif (
+                rec.status != ACTIVE or rec.expires_at + self.retention <= now
+            ) and rec.id not in self._held:
+                del self._records[rid]
         order = self._idem_order
         while order and order[0][0] <= now:
             _, key = order.popleft()

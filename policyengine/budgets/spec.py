@@ -138,7 +138,9 @@ class BudgetSpec:
             value = _decimal(getattr(self, name), name, bid)
             scaled = value.scaleb(scale)
             if scaled != scaled.to_integral_value():
-                raise _bad(f"budget {bid}: {name} {value} has more decimals than {self.unit} allows")
+                raise _bad(
+                    f"budget {bid}: {name} {value} has more decimals than {self.unit} allows"
+                )
             if scaled > MAX_QUANTA:
                 raise _bad(f"budget {bid}: {name} {value} is too large")
             object.__setattr__(self, name, value)

@@ -13,6 +13,7 @@ Amounts are INTEGER quanta (cents, tokens, micro-credits), never floats.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -46,7 +47,8 @@ CREATE INDEX IF NOT EXISTS budget_events_by_bucket ON budget_events (budget, sub
 CREATE TABLE IF NOT EXISTS budget_holds (
     rid TEXT NOT NULL, budget TEXT NOT NULL, subject TEXT NOT NULL, win INTEGER NOT NULL,
     amount INTEGER NOT NULL, expires_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS budget_holds_by_bucket ON budget_holds (budget, subject, win, expires_at);
+CREATE INDEX IF NOT EXISTS budget_holds_by_bucket
+    ON budget_holds (budget, subject, win, expires_at);
 CREATE INDEX IF NOT EXISTS budget_holds_by_rid ON budget_holds (rid);
 CREATE INDEX IF NOT EXISTS budget_holds_by_expiry ON budget_holds (expires_at);
 CREATE TABLE IF NOT EXISTS budget_reservations (
@@ -199,10 +201,8 @@ class SQLiteStore:
                 return outcome
             except BaseException as exc:
                 # Includes KeyboardInterrupt: never leave a transaction half open.
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
                 if isinstance(exc, sqlite3.Error):
                     raise _unavailable(exc) from exc
                 raise
@@ -225,9 +225,11 @@ class SQLiteStore:
         rid = tx.require_active
         own_id = ""
         if rid is not None:
-            row = ex("SELECT data FROM budget_reservations WHERE id = ?", (rid,)).fetchone()
-            own = None if row is None else record_from_json(row[0])
-            if own is None or own.status != ACTIVE or own.expires_at <= now:
+            row = ex(
+                "SELECT status, expires_at, data FROM budget_reservations WHERE id = ?", (rid,)
+            ).fetchone()
+            if row is None or row[0] != ACTIVE or row[1] <= now:
+                own = None if row is None else record_from_json(row[2])
                 return Outcome(False, "reservation", reservation=own)
             own_id = rid
         if tx.guards:
@@ -283,7 +285,8 @@ class SQLiteStore:
             else:
                 ex(
                     "INSERT INTO budget_spent (budget, subject, win, spent) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (budget, subject, win) DO UPDATE SET spent = spent + excluded.spent",
+                    "ON CONFLICT (budget, subject, win) "
+                    "DO UPDATE SET spent = spent + excluded.spent",
                     (spend.budget, spend.subject, spend.window, spend.amount),
                 )
         if idem is not None:

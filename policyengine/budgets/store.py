@@ -161,13 +161,13 @@ class Outcome(NamedTuple):
     """Result of :meth:`BudgetStore.apply`.
 
     ``reason`` when not ``ok``: ``"guard"`` or ``"debt"`` (``index`` is the failing guard;
-    ``usage[index]`` its usage), ``"reservation"`` (``reservation`` is its current state
+    ``usage[failed]`` its usage), ``"reservation"`` (``reservation`` is its current state
     or None), or ``"idempotency"`` (``idempotency`` is the existing record).
     """
 
     ok: bool
     reason: str | None = None
-    index: int = -1
+    failed: int = -1
     usage: tuple[Usage, ...] = ()
     reservation: ReservationRecord | None = None
     idempotency: IdempotencyRecord | None = None
