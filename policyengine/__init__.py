@@ -22,6 +22,12 @@ from policyengine.decision import (
 from policyengine.engine import Engine
 from policyengine.evaluator import Explanation
 from policyengine.fmt import format_source
+from policyengine.http import (
+    AsyncGovernedTransport,
+    GovernedTransport,
+    async_governed_client,
+    governed_client,
+)
 from policyengine.money import Currency, Money, MoneyError, get_currency, parse_amount
 from policyengine.parser import parse
 from policyengine.permissions import (
@@ -39,12 +45,20 @@ from policyengine.rates import (
     StaticRates,
     convert,
 )
+from policyengine.redaction import RedactionResult, RedactionRule, redact
 from policyengine.source import PolicyError, Problem
 from policyengine.tokens import AttenuationError, Grant, KeySet, TokenError
 
 __version__ = "0.1.0"
 __all__ = [
     "Approval",
+    "AsyncGovernedTransport",
+    "GovernedTransport",
+    "RedactionResult",
+    "RedactionRule",
+    "async_governed_client",
+    "governed_client",
+    "redact",
     "ApprovalError",
     "ApprovalRequired",
     "AttenuationError",

@@ -417,9 +417,6 @@ def _check_budget(ctx: _Ctx, st: ast.BudgetDecl) -> None:
                   "use an IANA zone name such as Europe/Paris")
     if st.overdraft is not None and (st.overdraft < 0 or st.overdraft > MAX_LITERAL_AMOUNT):
         ctx.error("E123", "overdraft must be zero or positive", st.span)
-    for item in st.scope:
-        if item.kind == "role":
-            pass  # roles in budget scopes are checked like rule scopes by the compiler
 
 
 def _check_host(ctx: _Ctx, host: str, span: ast.Span) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from policyengine import ast
 from policyengine.decision import Decision, Diagnostic, Obligations, ToolDecision
 from policyengine.money import MoneyError, decimal_places
-from policyengine.redaction import MISSING, JsonPath, RedactionRule, redact
+from policyengine.redaction import MISSING, JsonPath, RedactionError, RedactionRule, redact
 from policyengine.tools import (
     HostPattern,
     NamePattern,
@@ -338,7 +338,11 @@ def tool_authorize(tools: CompiledTools,
         extractors, rules = named.extractors, named.redactions
 
     ctx: dict[str, Any] = dict(context) if context else {}
-    _extract(extractors, body, query, hdrs, params, ctx)
+    try:
+        _extract(extractors, body, query, hdrs, params, ctx)
+    except RedactionError as exc:  # a path that cannot be evaluated on this body
+        return reject("invalid_request", "invalid_request", f"cannot extract context: {exc}",
+                      permission, diag="extraction_failed", tool=qid)
     decision = authorize(principal, permission, ctx, token=token)
     if decision.permission is None:
         decision.permission = permission

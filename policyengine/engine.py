@@ -132,6 +132,7 @@ class Engine:
         self.hmac_key = hmac_key
         self._budget_store = budget_store
         self._policy, self.warnings = self._build(files)
+        self.warnings += self._config_warnings()
 
     # ---- construction ----
     @classmethod
@@ -160,6 +161,20 @@ class Engine:
             rates = {name: self._rates_override for name, _ in files}
         return load_policy(files, rates=rates, base_dirs=base_dirs)
 
+    def _config_warnings(self) -> tuple[Problem, ...]:
+        out = []
+        if self.hmac_key is None:
+            for f in self._policy.files:
+                for st in f.statements:
+                    for item in getattr(st, "items", ()):
+                        if isinstance(item, ast.Redact) and item.strategy == "hash":
+                            out.append(Problem(
+                                "W204", "'hash' redaction needs an HMAC key: calls through "
+                                "this tool are denied until the engine has one",
+                                f.name, item.span.line, item.span.column,
+                                "Engine.from_path(..., hmac_key=secret_bytes)", "warning"))
+        return tuple(out)
+
     def reload(self) -> None:
         """Re-read the paths (or recompile the sources) and swap atomically.
 
@@ -169,6 +184,7 @@ class Engine:
         policy, warnings = self._build(files)
         self._files = files
         self._policy, self.warnings = policy, warnings
+        self.warnings += self._config_warnings()
 
     @property
     def policy(self) -> CompiledPolicy:

@@ -393,10 +393,10 @@ class _Build:
     def budget(self, c: list[Any], sp: ast.Span) -> ast.BudgetDecl:
         ident, pats, limit, unit, window = c[0], c[1], c[2], c[3], c[4]
         subject = str(c[5]) if c[5] is not None else "agent"
-        scope = self.scope(c[6])
+        scope: tuple[ast.ScopeItem, ...] = ()
         tz = None
         overdraft = None
-        for opt in c[7:]:
+        for opt in c[6:]:
             if opt.data == "budget_tz":
                 tz = self.string(opt.children[0])
             else:

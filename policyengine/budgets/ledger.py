@@ -79,6 +79,8 @@ MAX_TTL = 86400
 IDEMPOTENCY_RETENTION = 86400.0
 _MAX_NAME = 256
 _MAX_MATCH_CACHE = 10_000
+_NON_MONEY = frozenset({"tokens", "calls", "credits"})
+_CALL, _SAME, _CONVERT = 0, 1, 2  # how a budget counts a spend
 _QUANTA = [Decimal(1).scaleb(-n) for n in range(19)]
 
 
@@ -462,6 +464,10 @@ class Ledger:
         self.rates = rates
         self.clock = clock
         self._matches: dict[str, tuple[_Budget, ...]] = {}
+        self._mode_cache: dict[
+            tuple[str, str | None],
+            tuple[str | None, tuple[tuple[_Budget, int], ...]] | str,
+        ] = {}
 
     # -- public operations ---------------------------------------------------------------
 
@@ -819,11 +825,53 @@ class Ledger:
         now: float,
     ) -> tuple[str | None, Decimal, list[Line], list[_Budget]]:
         """Validate a spend and work out what it charges to each covering budget."""
-        _name(principal, "principal")
-        _name(acting_for, "acting_for", optional=True)
-        _name(tenant, "tenant", optional=True)
+        if type(principal) is not str or not principal or len(principal) > _MAX_NAME:
+            _name(principal, "principal")
+        if acting_for is not None:
+            _name(acting_for, "acting_for")
+        if tenant is not None:
+            _name(tenant, "tenant")
         if type(permission) is not str:
             raise BudgetInputError("invalid_permission", "permission must be a string")
+        unit, modes = self._modes(permission, currency)
+        value = self._amount(amount, unit)
+        quanta = 0
+        if unit is not None and unit in _NON_MONEY:
+            quanta = int(value.scaleb(canonical_unit(unit)[1]))
+            if quanta > MAX_QUANTA:
+                raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",
+                                       {"reason": "amount_too_large"})
+        lines: list[Line] = []
+        budgets: list[_Budget] = []
+        for b, mode in modes:
+            rate: str | None = None
+            if mode == _CALL:
+                q = 1
+            elif mode == _SAME:
+                q = quanta
+            else:
+                q, rate = self._convert(value, unit, b, now)  # type: ignore[arg-type]
+            subject = _subject(b.subject, principal, acting_for, tenant)  # type: ignore[arg-type]
+            if b.rolling is not None:
+                start = end = 0
+            else:
+                start, end = b.window.bounds(now)
+            lines.append(
+                Line(b.id, subject, start, end, b.rolling is not None, q, rate, mode == _CALL)  # type: ignore[arg-type]
+            )
+            budgets.append(b)
+        return unit, value, lines, budgets
+
+    def _modes(
+        self, permission: str, currency: object
+    ) -> tuple[str | None, tuple[tuple[_Budget, int], ...]]:
+        """The spend unit and, per covering budget, how it counts (cached per pair)."""
+        cache_key = (permission, currency)
+        found = self._mode_cache.get(cache_key)  # type: ignore[arg-type]
+        if found is not None:
+            if isinstance(found, str):
+                raise BudgetInputError("unit_mismatch", found)
+            return found
         matched = self._match(permission)
         unit: str | None
         if currency is None:
@@ -837,48 +885,36 @@ class Ledger:
             unit = units.pop() if units else None
         else:
             unit = canonical_unit(currency)[0]
-        value = self._amount(amount, unit)
-        spend_money = unit is not None and unit not in ("tokens", "calls", "credits")
-        quanta = 0
-        if unit is not None and not spend_money:
-            quanta = int(value.scaleb(canonical_unit(unit)[1]))
-            if quanta > MAX_QUANTA:
-                raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",
-                                       {"reason": "amount_too_large"})
-        lines: list[Line] = []
-        budgets: list[_Budget] = []
+        spend_money = unit is not None and unit not in _NON_MONEY
+        modes: list[tuple[_Budget, int]] = []
         accepted = refused = 0
         for b in matched:
-            rate: str | None = None
-            counts_call = False
             if b.calls and unit != "calls":
-                q, counts_call = 1, True
+                modes.append((b, _CALL))
             elif b.unit == unit and not spend_money:
-                q = quanta
+                modes.append((b, _SAME))
                 accepted += not b.calls
             elif b.money and spend_money:
-                q, rate = self._convert(value, unit, b, now)  # type: ignore[arg-type]
+                modes.append((b, _CONVERT))
                 accepted += 1
             else:
                 refused += 1
-                continue
-            subject = _subject(b.subject, principal, acting_for, tenant)  # type: ignore[arg-type]
-            if b.rolling is not None:
-                start = end = 0
-            else:
-                start, end = b.window.bounds(now)
-            lines.append(
-                Line(b.id, subject, start, end, b.rolling is not None, q, rate, counts_call)  # type: ignore[arg-type]
-            )
-            budgets.append(b)
+        # A refusal is cached as its message (a fresh exception is raised each time).
+        result: tuple[str | None, tuple[tuple[_Budget, int], ...]] | str
         if refused and not accepted:
             kinds = sorted({b.unit for b in matched if not b.calls})
-            raise BudgetInputError(
-                "unit_mismatch",
+            result = (
                 f"a spend in {unit} cannot count against the budgets covering {permission} "
-                f"({', '.join(kinds)}): spend in one of those units",
+                f"({', '.join(kinds)}): spend in one of those units"
             )
-        return unit, value, lines, budgets
+        else:
+            result = (unit, tuple(modes))
+        if len(self._mode_cache) >= _MAX_MATCH_CACHE:
+            self._mode_cache.clear()
+        self._mode_cache[cache_key] = result  # type: ignore[index]
+        if isinstance(result, str):
+            raise BudgetInputError("unit_mismatch", result)
+        return result
 
     def _convert(self, value: Decimal, unit: str, b: _Budget, now: float) -> tuple[int, str | None]:
         if unit == b.unit:
