@@ -25,15 +25,17 @@ SPECS = [
 ]
 
 
-def pairs_per_second(store: BudgetStore, pairs: int) -> float:
+def pairs_per_second(store: BudgetStore, pairs: int) -> tuple[float, float]:
+    """(pairs per wall-clock second, pairs per CPU second of this process)."""
     ledger = Ledger(SPECS, store)
     for _ in range(min(200, pairs)):  # warm caches (windows, matching, connections)
         ledger.commit(ledger.reserve("agent", "payments:refund", "10", "EUR").id, "9.50")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(pairs):
         r = ledger.reserve("agent", "payments:refund", "10", "EUR")
         ledger.commit(r.id, "9.50")
-    return pairs / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return pairs / wall, pairs / max(cpu, 1e-9)
 
 
 def check_micros(store: BudgetStore, n: int) -> float:
@@ -58,12 +60,14 @@ def main() -> None:
              SQLiteStore(Path(tmp) / "normal.db", synchronous="NORMAL"),
              max(2000, args.pairs // 10), 3_000),
         ]
-        print(f"{'store':42} {'pairs/s':>10} {'target':>8}  check µs")
+        # CPU-second figures matter on a busy machine; SQLite FULL waits on fsync, which
+        # is wall-clock time only.
+        print(f"{'store':40} {'pairs/s':>9} {'per CPU s':>10} {'target':>7}       check µs")
         for name, store, n, target in rows:
-            rate = pairs_per_second(store, n)
+            rate, cpu_rate = pairs_per_second(store, n)
             micros = check_micros(store, min(n, 20_000))
             flag = "ok" if rate >= target else "BELOW"
-            print(f"{name:42} {rate:10,.0f} {target:8,} {flag:5} {micros:6.1f}")
+            print(f"{name:40} {rate:9,.0f} {cpu_rate:10,.0f} {target:7,} {flag:5} {micros:8.1f}")
             store.close()
 
 

@@ -356,6 +356,7 @@ class CompiledPolicy:
     _prefix: dict[str, list[CompiledRule]] = field(default_factory=dict)
     _global: list[CompiledRule] = field(default_factory=list)
     _plans: dict[tuple[str, str], Plan] = field(default_factory=dict)
+    _budgeted: dict[str, bool] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -387,6 +388,17 @@ class CompiledPolicy:
         for rule in self._global:
             found[rule.order] = rule
         return [found[k] for k in sorted(found)]
+
+    def budgeted(self, permission: str) -> bool:
+        """True when some budget's pattern covers ``permission`` (cached)."""
+        hit = self._budgeted.get(permission)
+        if hit is None:
+            hit = any(permission_matches(p, permission) for b in self.budgets
+                      for p in b.patterns)
+            if len(self._budgeted) >= PLAN_CACHE_SIZE:
+                self._budgeted.clear()
+            self._budgeted[permission] = hit
+        return hit
 
     def principal(self, principal_id: str) -> Principal:
         p = self.principals.get(principal_id)
@@ -486,9 +498,24 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
                 add(_compile_rule(st, f.namespace, fm))
     from policyengine.egress import compile_tools
     policy = CompiledPolicy(tuple(rules), principals, money, tz, tools=compile_tools(files),
-                            delegation=delegation, files=tuple(files))
+                            budgets=_budget_specs(files), delegation=delegation,
+                            files=tuple(files))
     policy.index()
     return policy
+
+
+def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[Any, ...]:
+    from policyengine.budgets import BudgetSpec
+    specs = []
+    for f in files:
+        file_tz = next((st.zone for st in f.statements if isinstance(st, ast.TzDecl)), "UTC")
+        for st in f.statements:
+            if isinstance(st, ast.BudgetDecl):
+                specs.append(BudgetSpec(
+                    _qualify(f.namespace, st.id), st.patterns, st.limit, st.unit, st.window,
+                    st.rolling_seconds, st.subject, st.tz or file_tz,
+                    st.overdraft if st.overdraft is not None else Decimal(0)))
+    return tuple(specs)
 
 
 def _to_base(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:

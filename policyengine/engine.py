@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policyengine import ast
 from policyengine.approvals import ApprovalError, ApprovalStore, MemoryApprovalStore, context_digest
@@ -28,6 +28,9 @@ from policyengine.decision import (
 from policyengine.evaluator import Explanation, evaluate, explain
 from policyengine.parser import parse_many
 from policyengine.source import PolicyError, Problem, SourceSet
+
+if TYPE_CHECKING:
+    from policyengine.budgets import Ledger
 
 __all__ = ["Engine", "load_policy"]
 
@@ -133,6 +136,7 @@ class Engine:
         self._budget_store = budget_store
         self._policy, self.warnings = self._build(files)
         self.warnings += self._config_warnings()
+        self.budgets = self._ledger(self._policy)
 
     # ---- construction ----
     @classmethod
@@ -161,6 +165,13 @@ class Engine:
             rates = {name: self._rates_override for name, _ in files}
         return load_policy(files, rates=rates, base_dirs=base_dirs)
 
+    def _ledger(self, policy: CompiledPolicy) -> Ledger:
+        from policyengine.budgets import Ledger, MemoryStore
+        if self._budget_store is None:
+            self._budget_store = MemoryStore()
+        return Ledger(policy.budgets, self._budget_store, rates=policy.rates,
+                      clock=self._clock or time.time)
+
     def _config_warnings(self) -> tuple[Problem, ...]:
         out = []
         if self.hmac_key is None:
@@ -182,8 +193,9 @@ class Engine:
         """
         files = _read_paths(self._paths) if self._paths else self._files
         policy, warnings = self._build(files)
+        ledger = self._ledger(policy)  # same store: recorded spend survives a reload
         self._files = files
-        self._policy, self.warnings = policy, warnings
+        self._policy, self.budgets, self.warnings = policy, ledger, warnings
         self.warnings += self._config_warnings()
 
     @property
@@ -218,9 +230,60 @@ class Engine:
         if grant is not None:
             decision.acting_for = grant.acting_for
             decision.chain = tuple(grant.chain)
+        if decision.status != "denied" and policy.budgets and policy.budgeted(permission):
+            decision = self._check_budgets(decision, context,
+                                           grant.acting_for if grant is not None else None)
         if decision.status == "pending_approval":
             item = self.approvals.create(principal, permission, context, decision.rules)
             decision.approval_id = item.id
+        return decision
+
+    def _check_budgets(self, decision: Decision, context: Any,
+                       acting_for: str | None) -> Decision:
+        """Would this request fit every budget covering it? (Read-only: reserve or record
+        the spend through ``engine.budgets``.) Over budget, or unreadable: denied."""
+        from policyengine.budgets import BudgetError
+        ctx = context if isinstance(context, dict) else {}
+        tenant = ctx.get("tenant")
+        if tenant is not None and type(tenant) is not str:
+            tenant = None
+        principal, permission = decision.principal, decision.permission
+        spends: list[tuple[Any, Any]] = []
+        if ctx.get("amount") is not None:
+            currency = ctx.get("currency")
+            if currency is None:
+                currency = next((m.default for m in self._policy.money.values()
+                                 if m.default), None)
+            spends.append((ctx["amount"], currency))
+        elif ctx.get("tokens") is not None:
+            spends.append((ctx["tokens"], "tokens"))
+        if any(b.unit == "calls" for b in self.budgets.specs):
+            spends.append((1, "calls"))
+        tightest: dict[str, Any] | None = None
+        for amount, unit in spends:
+            try:
+                check = self.budgets.check(principal, permission, amount, unit,  # type: ignore[arg-type]
+                                           acting_for=acting_for, tenant=tenant)
+            except BudgetError as exc:
+                if exc.code in ("unit_mismatch", "unit_required") and unit == "calls":
+                    continue  # no calls budget covers this permission
+                return Decision("denied", exc.code, f"budget check failed: {exc}",
+                                decision.rules, None, decision.diagnostics + (
+                                    Diagnostic(exc.code, str(exc), None, "denied"),),
+                                principal, permission, None, decision.acting_for,
+                                decision.chain)
+            if not check.allowed:
+                details = check.details
+                return Decision("denied", "budget_exceeded",
+                                f"{permission} would exceed budget {details['budget']}"
+                                if details else f"{permission} exceeds a budget",
+                                (details["budget"],) if details else (), None,
+                                decision.diagnostics, principal, permission, None,
+                                decision.acting_for, decision.chain, details)
+            if tightest is None:  # the spend's own unit first, then calls
+                tightest = check.tightest
+        if tightest is not None:
+            decision.budget = tightest
         return decision
 
     # ---- delegation ----

@@ -530,7 +530,12 @@ class Ledger:
             str(value), acting_for, tenant, now, now + ttl_s, tuple(lines),
         )
         guards = tuple(
-            Guard(_bucket(line, b, now), line.amount, b.limit, b.limit)
+            Guard(
+                Bucket(line.budget, line.subject, 0, now - b.rolling)
+                if b.rolling is not None
+                else Bucket(line.budget, line.subject, line.window),
+                line.amount, b.limit, b.limit,
+            )
             for line, b in zip(lines, budgets, strict=True)
         )
         idem = None
@@ -644,9 +649,13 @@ class Ledger:
         actuals: list[int] = []
         guards: list[Guard] = []
         guard_lines: list[tuple[Line, _Budget | None]] = []
+        same_unit = unit == rec.unit
         for line in rec.lines:
             budget = self._by_id.get(line.budget)
-            actual = self._commit_amount(rec, line, budget, value, unit, now)
+            if same_unit and line.rate is None and not line.counts_call and budget is not None:
+                actual = int(value.scaleb(budget.scale))  # fast path: no conversion
+            else:
+                actual = self._commit_amount(rec, line, budget, value, unit, now)
             actuals.append(actual)
             if actual <= line.amount or budget is None:
                 continue
@@ -663,9 +672,10 @@ class Ledger:
             ceiling = budget.ceiling if over == "allow_with_overdraft" else budget.limit
             guards.append(Guard(_bucket(line, budget, now), actual, ceiling, None))
             guard_lines.append((line, budget))
-        final = rec._replace(
-            status=COMMITTED, committed=tuple(actuals), committed_amount=str(value),
-            committed_unit=unit, finalized_at=now,
+        final = ReservationRecord(
+            rec.id, COMMITTED, rec.principal, rec.permission, rec.unit, rec.amount,
+            rec.acting_for, rec.tenant, rec.created_at, rec.expires_at, rec.lines,
+            tuple(actuals), str(value), unit, now,
         )
         spends = tuple(
             Spend(line.budget, line.subject, line.window, line.rolling, actual)

@@ -1,0 +1,34 @@
+"""Shared helpers for the language-core tests (parser, checker, semantics, engine, CLI)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from policyengine.engine import Engine, load_policy
+from policyengine.source import PolicyError, Problem
+
+
+def problems_of(*files: tuple[str, str | bytes]) -> list[Problem]:
+    """Every error and warning ``load_policy`` reports for ``files`` (empty when clean)."""
+    try:
+        _, warnings = load_policy(list(files))
+    except PolicyError as err:
+        return list(err.problems)
+    return list(warnings)
+
+
+def codes_of(*files: tuple[str, str | bytes]) -> list[tuple[str, int, int]]:
+    """(code, line, column) of every problem, in reported order."""
+    return [(p.code, p.line, p.column) for p in problems_of(*files)]
+
+
+@pytest.fixture
+def make_engine() -> Callable[..., Engine]:
+    """``make_engine(text)`` compiles inline policy text into an :class:`Engine`."""
+
+    def make(text: str, **options: object) -> Engine:
+        return Engine.from_source(text, name="t.policy", **options)
+
+    return make
