@@ -185,7 +185,8 @@ def run_fixture(path: Path) -> list[CaseResult]:
             elif kind == "budget":
                 from policyengine.budgets._conformance import run_budget_case
                 msg = run_budget_case(
-                    lambda clock, c=case: _engine(fixture, c, base, clock).budgets, case)
+                    lambda clock, c=case: _engine(fixture, c, base, clock).budgets, case,
+                    fixture.get("now"))
             elif kind in ("authorize", "tool_authorize"):
                 if "policies" in case or "policy_paths" in case:
                     eng = _engine(fixture, case, base)

@@ -32,3 +32,26 @@ def make_engine() -> Callable[..., Engine]:
         return Engine.from_source(text, name="t.policy", **options)
 
     return make
+
+
+def ast_key(node: object) -> object:
+    """A strict, span-free structural key for AST nodes: type names and value types count.
+
+    Dataclass equality alone would treat ``Literal(True)`` and ``Literal(1)`` as equal;
+    this key does not.
+    """
+    import dataclasses
+    from decimal import Decimal
+
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        fields = tuple(
+            (f.name, ast_key(getattr(node, f.name)))
+            for f in dataclasses.fields(node)
+            if f.compare and f.name != "span"
+        )
+        return (type(node).__name__, fields)
+    if isinstance(node, (tuple, list)):
+        return tuple(ast_key(x) for x in node)
+    if isinstance(node, Decimal):
+        return ("Decimal", str(node))
+    return (type(node).__name__, node)
