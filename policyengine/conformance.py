@@ -83,7 +83,7 @@ def _engine(fixture: dict[str, Any], case: dict[str, Any], base: Path,
         options["hmac_key"] = hook["hmac_key"].encode("utf-8")
     if "keys" in fixture:
         from policyengine.tokens import KeySet
-        options["keys"] = KeySet.from_jwks(fixture["keys"])
+        options["keys"] = KeySet.load_jwks(fixture["keys"])
     return Engine.from_sources(_policies(fixture, case, base), **options)
 
 
