@@ -161,7 +161,7 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
         for st in f.statements:
             if isinstance(st, ast.AgentDecl):
                 spans = st.role_spans or tuple(st.span for _ in st.roles)
-                for role, sp in zip(st.roles, spans):
+                for role, sp in zip(st.roles, spans, strict=False):
                     if role not in roles:
                         ctx.error("E103", f"unknown role '{role}'", sp,
                                   _did_you_mean(role, roles) or "declare it with 'role'")
@@ -252,9 +252,9 @@ def _foreign_without_rate(f: ast.PolicyFile, base: str, rated: set[str]) -> list
     out: list[ast.Span] = []
 
     def walk(e: ast.Expr) -> None:
-        if isinstance(e, ast.MoneyLit):
-            if e.currency != base and e.currency not in rated and _currency_known(e.currency):
-                out.append(e.span)
+        if (isinstance(e, ast.MoneyLit) and e.currency != base and e.currency not in rated
+                and _currency_known(e.currency)):
+            out.append(e.span)
         for child in _children(e):
             walk(child)
 
@@ -347,7 +347,7 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
             return BOOL
         types = [_expr_type(ctx, a, uses_money, d) for a in e.args]
         if e.name in ("startswith", "endswith", "matches"):
-            for a, t in zip(e.args, types):
+            for a, t in zip(e.args, types, strict=False):
                 if t not in (STR, ANY):
                     ctx.error("E108", f"{e.name}() takes strings, not a {t}", a.span)
             if e.name == "matches" and not (isinstance(e.args[1], ast.Literal)
@@ -370,10 +370,9 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
             other = rt if lt == MONEY else lt
             ctx.error("E108", f"money is compared with money, not with a {other}", e.span,
                       "write the amount with its currency, like 500 EUR")
-        elif ANY not in (lt, rt) and lt != rt and not (lt in (NUM,) and rt in (NUM,)):
-            if e.op in ("==", "!="):
-                ctx.error("E108", f"comparing a {lt} with a {rt} is always "
-                          f"{'false' if e.op == '==' else 'true'}", e.span)
+        elif ANY not in (lt, rt) and lt != rt and e.op in ("==", "!="):
+            ctx.error("E108", f"comparing a {lt} with a {rt} is always "
+                      f"{'false' if e.op == '==' else 'true'}", e.span)
         return BOOL
     if isinstance(e, ast.In):
         it = _expr_type(ctx, e.item, uses_money, d)

@@ -92,8 +92,10 @@ def _eq(a: Any, b: Any) -> bool:
     """Equality without Python's surprises: ``True != 1``, ``1 == 1.0 == Decimal(1)``."""
     ta, tb = type(a), type(b)
     if ta is tb:
-        if ta is float and (a != a):
-            raise EvalError("type_error", "NaN cannot be compared")
+        if ta is float or ta is Decimal:
+            # NaN equals nothing and is unequal to everything: a forbid on '==' or a
+            # permit on '!=' would silently flip. Non-finite numbers are errors instead.
+            return bool(_num(a, "==") == _num(b, "=="))
         return bool(a == b)
     if ta is not bool and tb is not bool and ta in _NUMERIC and tb in _NUMERIC:
         return bool(_num(a, "==") == _num(b, "=="))
@@ -268,7 +270,7 @@ def _build(source: str, consts: dict[str, Any], label: str) -> Test:
     namespace: dict[str, Any] = dict(_RUNTIME)
     namespace.update(consts)
     code = compile(f"lambda c, p, r: {source}", f"<policy {label}>", "eval")
-    fn: Test = eval(code, namespace)  # noqa: S307 - generated from a checked AST only
+    fn: Test = eval(code, namespace)
     return fn
 
 

@@ -109,7 +109,8 @@ def compare_decision(actual: dict[str, Any], expected: dict[str, Any],
         else:
             ok = got == value
         if not ok:
-            problems.append(f"{key}: expected {json.dumps(value)}, got {json.dumps(got, default=str)}")
+            shown = json.dumps(got, default=str)
+            problems.append(f"{key}: expected {json.dumps(value)}, got {shown}")
     if not isinstance(actual.get("decisionId"), str):
         problems.append("decisionId: missing")
     return "; ".join(problems) or None
@@ -184,9 +185,10 @@ def run_fixture(path: Path) -> list[CaseResult]:
                 msg = run_token_case(fixture, case)
             elif kind == "budget":
                 from policyengine.budgets._conformance import run_budget_case
-                msg = run_budget_case(
-                    lambda clock, c=case: _engine(fixture, c, base, clock).budgets, case,
-                    fixture.get("now"))
+                def ledger(clock: Callable[[], float], c: dict[str, Any] = case) -> Any:
+                    return _engine(fixture, c, base, clock).budgets
+
+                msg = run_budget_case(ledger, case, fixture.get("now"))
             elif kind in ("authorize", "tool_authorize"):
                 if "policies" in case or "policy_paths" in case:
                     eng = _engine(fixture, case, base)
@@ -198,7 +200,7 @@ def run_fixture(path: Path) -> list[CaseResult]:
                        else _run_tool(eng, case))
             else:
                 msg = f"unknown case kind {kind!r}"
-        except Exception as exc:  # noqa: BLE001 - a crash is a failed case, reported
+        except Exception as exc:
             msg = f"raised {type(exc).__name__}: {exc}"
         results.append(CaseResult(name, label, msg is None, msg or ""))
     return results

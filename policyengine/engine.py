@@ -268,8 +268,9 @@ class Engine:
                 if exc.code in ("unit_mismatch", "unit_required") and unit == "calls":
                     continue  # no calls budget covers this permission
                 return Decision("denied", exc.code, f"budget check failed: {exc}",
-                                decision.rules, None, decision.diagnostics + (
-                                    Diagnostic(exc.code, str(exc), None, "denied"),),
+                                decision.rules, None,
+                                (*decision.diagnostics,
+                                 Diagnostic(exc.code, str(exc), None, "denied")),
                                 principal, permission, None, decision.acting_for,
                                 decision.chain)
             if not check.allowed:

@@ -140,7 +140,7 @@ def _run(rule: CompiledRule, ctx: dict[str, Any], plan: Plan, req: RequestState 
         return True
     try:
         return test(ctx, plan.principal, req) is True
-    except Exception as exc:  # noqa: BLE001 - any failure is a fail-closed diagnostic
+    except Exception as exc:
         err = _error(exc)
         diags.append(Diagnostic(err.code, err.message, rule.qid,
                                 "applied (fail closed)" if fail_closed else "skipped"))
@@ -175,7 +175,7 @@ def _tightest(current: tuple[Decimal, FileMoney] | None, value: Decimal, money: 
     for rates in (money.rates, cur_money.rates):
         try:
             converted = value * rates.rate(money.base, cur_money.base)
-        except Exception:  # noqa: BLE001, S112 - no connecting rate: try the other table
+        except Exception:
             continue
         return (value, money) if converted < cur_value else current
     return current
@@ -317,7 +317,7 @@ def explain(policy: CompiledPolicy, principal: Any, permission: Any, context: An
                 value = test(ctx, plan.principal, req)
                 holds = value if kind == "when" else not value
                 result = "holds" if holds else "fails"
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 err = _error(exc)
                 holds = rule.effect != "permit"
                 result = f"error {err.code}: {err.message}"

@@ -98,10 +98,7 @@ def _conditions(conds: tuple[ast.Condition, ...]) -> str:
 
 
 def _extraction(x: ast.Extraction) -> str:
-    if x.source_kind == "body":
-        src = _jsonpath(x.source)
-    else:
-        src = f"{x.source_kind} {_str(x.source)}"
+    src = _jsonpath(x.source) if x.source_kind == "body" else f"{x.source_kind} {_str(x.source)}"
     return f"{x.name} = {src}" + (" minor" if x.minor else "")
 
 

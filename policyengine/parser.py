@@ -266,7 +266,7 @@ class _Build:
         self.name = name
         self.off = line_offset
 
-    def span(self, node: Tree | Token) -> ast.Span:
+    def span(self, node: Any) -> ast.Span:
         if isinstance(node, Token):
             return ast.Span(self.name, (node.line or 1) + self.off, node.column or 1,
                             (node.end_line or node.line or 1) + self.off,
@@ -279,14 +279,14 @@ class _Build:
 
     # -- helpers --
     @staticmethod
-    def string(tok: Token) -> str:
+    def string(tok: Any) -> str:
         import json
         return str(json.loads(str(tok)))
 
-    def patterns(self, t: Tree) -> tuple[str, ...]:
+    def patterns(self, t: Any) -> tuple[str, ...]:
         return tuple(str(x) for x in t.children)
 
-    def scope(self, t: Tree | None) -> tuple[ast.ScopeItem, ...]:
+    def scope(self, t: Any) -> tuple[ast.ScopeItem, ...]:
         if t is None:
             return ()
         out = []
@@ -302,7 +302,7 @@ class _Build:
         return tuple(ast.Condition(str(c.children[0]), self.expr(c.children[1]), self.span(c))
                      for c in items)
 
-    def number(self, tok: Token) -> int | Decimal:
+    def number(self, tok: Any) -> int | Decimal:
         s = str(tok)
         if len(s) > 40:
             raise _LiteralError(tok, "number literal is too long")
@@ -310,7 +310,7 @@ class _Build:
             return Decimal(s)
         return int(s)
 
-    def decimal(self, tok: Token) -> Decimal:
+    def decimal(self, tok: Any) -> Decimal:
         s = str(tok)
         if len(s) > 40:
             raise _LiteralError(tok, "number literal is too long")
@@ -319,17 +319,17 @@ class _Build:
         except InvalidOperation:  # pragma: no cover - the lexer admits digits only
             raise _LiteralError(tok, "not a number") from None
 
-    def money(self, t: Tree) -> ast.MoneyLit:
+    def money(self, t: Any) -> ast.MoneyLit:
         return ast.MoneyLit(self.decimal(t.children[0]), str(t.children[1]), self.span(t))
 
-    def duration(self, tok: Token) -> int:
+    def duration(self, tok: Any) -> int:
         s = str(tok)
         if len(s) > 12:
             raise _LiteralError(tok, "duration is too long")
         return int(s[:-1]) * _DURATION_UNITS[s[-1]]
 
     # -- statements --
-    def statement(self, t: Tree) -> ast.Statement:
+    def statement(self, t: Any) -> ast.Statement:
         c = t.children
         sp = self.span(t)
         kind = t.data
@@ -425,7 +425,7 @@ class _Build:
                 values[item.data] = self.string(tok)
         return ast.DelegationDecl(span=sp, **values)
 
-    def tool_item(self, t: Tree) -> ast.ToolItem:
+    def tool_item(self, t: Any) -> ast.ToolItem:
         c = t.children
         sp = self.span(t)
         if t.data == "route":
@@ -448,12 +448,12 @@ class _Build:
             return ast.Extraction(str(c[0]), "body", self.jsonpath(src), minor, sp)
         raise AssertionError(f"unhandled tool item {t.data}")  # pragma: no cover
 
-    def jsonpath(self, t: Tree) -> str:
+    def jsonpath(self, t: Any) -> str:
         tok = t.children[0]
         return self.string(tok) if tok.type == "STRING" else str(tok)
 
     # -- expressions --
-    def literal(self, t: Tree) -> ast.Literal:
+    def literal(self, t: Any) -> ast.Literal:
         sp = self.span(t)
         if t.data == "string":
             return ast.Literal(self.string(t.children[0]), sp)
@@ -461,7 +461,7 @@ class _Build:
             return ast.Literal(self.number(t.children[0]), sp)
         return ast.Literal(t.data == "true", sp)
 
-    def expr(self, t: Tree | Token) -> ast.Expr:
+    def expr(self, t: Any) -> ast.Expr:
         if isinstance(t, Token):  # pragma: no cover - every operand is a tree
             raise _LiteralError(t, "unexpected token in expression")
         kind = t.data
@@ -508,7 +508,7 @@ def _describe_expected(expected: set[str]) -> str:
     names = sorted({_KEYWORD_TERMINALS.get(e, e.lower()) for e in expected
                     if e in _KEYWORD_TERMINALS or not e.startswith("_")})
     if len(names) > 8:
-        names = names[:8] + ["..."]
+        names = [*names[:8], "..."]
     return ", ".join(names)
 
 
@@ -523,15 +523,15 @@ def _parse_statement(chunk: str, start_line: int, name: str, sources: SourceSet
     first = _FIRST_WORD.match(chunk)
     if first and first.group(1) not in STATEMENT_KEYWORDS:
         word = first.group(1)
-        hint = _suggest(word, STATEMENT_KEYWORDS) or (
+        suggestion = _suggest(word, STATEMENT_KEYWORDS) or (
             "a statement starts with one of: " + ", ".join(STATEMENT_KEYWORDS)
             + "; continuation lines must be indented")
         return None, [sources.problem("E005", f"unknown statement '{word}'", name, start_line,
-                                      first.start(1) + 1, hint)]
+                                      first.start(1) + 1, suggestion)]
     try:
         _current.text = chunk
         tree = _lark().parse(chunk)
-        return _Build(name, off).statement(tree.children[0]), []
+        return _Build(name, off).statement(tree.children[0]), []  # type: ignore[arg-type]
     except UnexpectedCharacters as exc:
         line, col = exc.line + off, exc.column
         ch = chunk.splitlines()[exc.line - 1][exc.column - 1:exc.column] if exc.line else ""

@@ -34,7 +34,7 @@ _PATTERN_RE = re.compile(rf"\*|{_SEGMENT}(?::{_SEGMENT})*(?::\*)?")
 MAX_PERMISSION_LENGTH = 256
 
 
-class InvalidPermission(ValueError):
+class InvalidPermission(ValueError):  # noqa: N818 - reads as a verdict
     """A requested permission or pattern is malformed. ``code`` is stable."""
 
     def __init__(self, code: str, message: str) -> None:
