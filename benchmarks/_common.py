@@ -190,14 +190,14 @@ def fmt_rate(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:,.0f}"
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A plain left/right aligned table (first two columns left-aligned)."""
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2) -> None:
+    """A plain table: the first ``left`` columns left-aligned, the others right-aligned."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
         out = []
         for i, cell in enumerate(cells):
-            out.append(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]))
+            out.append(cell.ljust(widths[i]) if i < left else cell.rjust(widths[i]))
         return "  ".join(out)
 
     print(line(headers))

@@ -17,7 +17,14 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import (
+    ROUND_FLOOR,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+)
 from typing import Any
 
 from policyengine import ast
@@ -65,11 +72,18 @@ def _is_num(v: object) -> bool:
 
 
 def _num(v: Any, op: str) -> Any:
-    if _is_num(v):
-        if type(v) is Decimal and not v.is_finite():
+    t = type(v)
+    if t is int:
+        return v
+    if t is Decimal:
+        if not v.is_finite():
             raise EvalError("type_error", f"'{op}' needs a finite number, got {v}")
         return v
-    raise EvalError("type_error", f"'{op}' needs a number, got {type(v).__name__}")
+    if t is float and math.isfinite(v):
+        # 0.3 from JSON is the binary float 0.30000000000000004...; compare the decimal
+        # the sender wrote, so that `risk >= 0.3` holds for 0.3.
+        return Decimal(repr(v))
+    raise EvalError("type_error", f"'{op}' needs a number, got {t.__name__}")
 
 
 def _lt(a: Any, b: Any) -> bool:
@@ -179,14 +193,16 @@ def glob_to_regex(glob: str) -> re.Pattern[str]:
 class _Gen:
     """Builds the source of one rule's test and its constants."""
 
-    def __init__(self, money: FileMoney, to_base: Callable[[ast.MoneyLit], Decimal]) -> None:
+    def __init__(self, money: FileMoney, to_base: Callable[[ast.MoneyLit], Decimal],
+                 prefix: str = "_k") -> None:
         self.consts: dict[str, Any] = {}
+        self.prefix = prefix
         self.uses_amount = False
         self.money = money
         self.to_base = to_base
 
     def const(self, value: Any) -> str:
-        name = f"_k{len(self.consts)}"
+        name = f"{self.prefix}{len(self.consts)}"
         self.consts[name] = value
         return name
 
@@ -266,6 +282,15 @@ class _Gen:
         return " and ".join(parts)
 
 
+def _build_many(sources: Sequence[str], consts: dict[str, Any]) -> tuple[Test, ...]:
+    namespace: dict[str, Any] = dict(_RUNTIME)
+    namespace.update(consts)
+    body = ",\n".join(f"lambda c, p, r: {src}" for src in sources)
+    code = compile(f"({body},)", "<policy conditions>", "eval")
+    fns: tuple[Test, ...] = eval(code, namespace)  # generated from a checked AST only
+    return fns
+
+
 def _build(source: str, consts: dict[str, Any], label: str) -> Test:
     namespace: dict[str, Any] = dict(_RUNTIME)
     namespace.update(consts)
@@ -316,12 +341,26 @@ class CompiledRule:
     roles: frozenset[str]
     agents: frozenset[str]
     test: Test | None
-    clauses: tuple[tuple[str, str, Test], ...]  # (when|unless, source text, test) for explain
+    conditions: tuple[ast.Condition, ...]  # kept for explain, which compiles them lazily
     amount_limit: Decimal | None = None  # limit cap / approval threshold, in base currency
     uses_amount: bool = False
     money: FileMoney | None = None
     order: int = 0
     span: ast.Span = ast.NOSPAN
+    _clauses: tuple[tuple[str, str, Test], ...] | None = None
+
+    @property
+    def clauses(self) -> tuple[tuple[str, str, Test], ...]:
+        """(when|unless, source text, test) per condition: explain's view of the rule."""
+        if self._clauses is None:
+            money = self.money or FileMoney("", None, None, None)
+            out = []
+            for cond in self.conditions:
+                g = _Gen(money, _to_base(money))
+                out.append((cond.kind, _expr_text(cond.expr),
+                            _build(g.boolean(cond.expr), g.consts, self.qid)))
+            self._clauses = tuple(out)
+        return self._clauses
 
     def scoped_to(self, principal: Principal) -> bool:
         if not self.roles and not self.agents:
@@ -492,12 +531,24 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
     for name, patterns in roles.items():
         add(CompiledRule(f"role:{name}", "permit", "role", patterns, frozenset({name}),
                          frozenset(), None, ()))
+    # Every condition of the policy set becomes one lambda in one generated module:
+    # a single compile() instead of one per rule.
+    pending: list[tuple[CompiledRule, str]] = []
+    consts: dict[str, Any] = {}
 
     for f in files:
         fm = money[f.name]
         for st in f.statements:
             if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
-                add(_compile_rule(st, f.namespace, fm))
+                rule, source, rule_consts = _compile_rule(st, f.namespace, fm, f"_r{order}_")
+                add(rule)
+                if source is not None:
+                    pending.append((rule, source))
+                    consts.update(rule_consts)
+    if pending:
+        tests = _build_many([src for _, src in pending], consts)
+        for (rule, _), test in zip(pending, tests, strict=True):
+            rule.test = test
     from policyengine.egress import compile_tools
     policy = CompiledPolicy(tuple(rules), principals, money, tz, tools=compile_tools(files),
                             budgets=_budget_specs(files), delegation=delegation,
@@ -520,35 +571,54 @@ def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[Any, ...]:
     return tuple(specs)
 
 
+_FLOOR = Context(prec=100, rounding=ROUND_FLOOR, Emax=999, Emin=-999,
+                 traps=[InvalidOperation, Overflow, DivisionByZero])
+
+
 def _to_base(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:
+    """Money literals (caps, thresholds) in the base currency, rounded *down* to its
+    minor unit: a limit never rounds up. (Spends round up: see the evaluator.)"""
+    quantum: Decimal | None = None
+    if fm.base is not None:
+        from policyengine.money import decimal_places
+        quantum = Decimal(1).scaleb(-decimal_places(fm.base))
+
     def to_base(m: ast.MoneyLit) -> Decimal:
-        if m.currency == fm.base or fm.base is None:
+        if fm.base is None or quantum is None:
             return m.amount
-        # Thresholds convert exactly (no rounding); only spends round, and they round up.
-        return m.amount * fm.rates.rate(m.currency, fm.base)  # type: ignore[no-any-return]
+        value = m.amount
+        if m.currency != fm.base:
+            # Converted once, at compile time, with the table as of its own date: a
+            # literal is part of the policy, not of a request.
+            try:
+                rate = fm.rates.rate(m.currency, fm.base, getattr(fm.rates, "as_of", None))
+            except ValueError as exc:
+                from policyengine.source import PolicyError, Problem
+                raise PolicyError([Problem(
+                    "E127", f"cannot convert {m.amount} {m.currency} to {fm.base}: {exc}",
+                    m.span.file, m.span.line, m.span.column)]) from None
+            value = _FLOOR.multiply(value, rate)
+        return value.quantize(quantum, context=_FLOOR)
     return to_base
 
 
 def _compile_rule(st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl, ns: str,
-                  fm: FileMoney) -> CompiledRule:
+                  fm: FileMoney, prefix: str
+                  ) -> tuple[CompiledRule, str | None, dict[str, Any]]:
+    """The rule (its ``test`` still unset) and the source and constants of its test."""
     qid = _qualify(ns, st.id)
     to_base = _to_base(fm)
-    gen = _Gen(fm, to_base)
-    test: Test | None = None
-    if st.conditions:
-        test = _build(gen.conditions(st.conditions), gen.consts, qid)
-    clauses = []
-    for cond in st.conditions:
-        g = _Gen(fm, to_base)
-        clauses.append((cond.kind, _expr_text(cond.expr),
-                        _build(g.boolean(cond.expr), g.consts, qid)))
+    gen = _Gen(fm, to_base, prefix)
+    source = gen.conditions(st.conditions) if st.conditions else None
     roles = frozenset(s.name for s in st.scope if s.kind == "role")
     agents = frozenset(s.name for s in st.scope if s.kind == "agent")
     if isinstance(st, ast.LimitDecl):
-        return CompiledRule(qid, "forbid", "limit", st.patterns, roles, agents, test,
-                            tuple(clauses), to_base(st.cap), True, fm, span=st.span)
-    if isinstance(st, ast.ApprovalOverDecl):
-        return CompiledRule(qid, "approval", "approval_over", st.patterns, roles, agents, test,
-                            tuple(clauses), to_base(st.threshold), True, fm, span=st.span)
-    return CompiledRule(qid, st.effect, "rule", st.patterns, roles, agents, test,
-                        tuple(clauses), None, gen.uses_amount, fm, span=st.span)
+        rule = CompiledRule(qid, "forbid", "limit", st.patterns, roles, agents, None,
+                            st.conditions, to_base(st.cap), True, fm, span=st.span)
+    elif isinstance(st, ast.ApprovalOverDecl):
+        rule = CompiledRule(qid, "approval", "approval_over", st.patterns, roles, agents, None,
+                            st.conditions, to_base(st.threshold), True, fm, span=st.span)
+    else:
+        rule = CompiledRule(qid, st.effect, "rule", st.patterns, roles, agents, None,
+                            st.conditions, None, gen.uses_amount, fm, span=st.span)
+    return rule, source, gen.consts

@@ -77,7 +77,7 @@ def _engine(fixture: dict[str, Any], case: dict[str, Any], base: Path,
             clock: Callable[[], float] | None = None) -> Any:
     from policyengine.engine import Engine
     now = parse_now(fixture["now"]) if "now" in fixture else 0.0
-    options: dict[str, Any] = {"clock": clock or (lambda: now)}
+    options: dict[str, Any] = {"clock": clock or (lambda: now), "base_dir": str(base)}
     hook = fixture.get("engine_options") or {}
     if "hmac_key" in hook:
         options["hmac_key"] = hook["hmac_key"].encode("utf-8")
@@ -142,7 +142,8 @@ def _run_check(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> str
     from policyengine.source import PolicyError
     sources = _policies(fixture, case, base)
     try:
-        _, warnings = load_policy(list(sources.items()))
+        _, warnings = load_policy(list(sources.items()),
+                                  base_dirs={name: str(base) for name in sources})
         problems: tuple[Any, ...] = warnings
     except PolicyError as err:
         problems = err.problems

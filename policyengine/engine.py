@@ -121,9 +121,10 @@ class Engine:
                  rates: Any = None, clock: Callable[[], float] | None = None,
                  approvals: ApprovalStore | None = None, keys: Any = None,
                  revocations: Any = None, budget_store: Any = None,
-                 hmac_key: bytes | None = None) -> None:
+                 hmac_key: bytes | None = None, base_dir: str | None = None) -> None:
         self._paths = paths
         self._files = files
+        self._base_dir = base_dir
         self._rates_override = rates
         self._clock = clock
         self.approvals: ApprovalStore = approvals or MemoryApprovalStore(clock or time.time)
@@ -159,7 +160,9 @@ class Engine:
         return cls(list(sources.items()), **options)
 
     def _build(self, files: PolicyFiles) -> tuple[CompiledPolicy, tuple[Problem, ...]]:
-        base_dirs = {name: str(Path(name).parent) for name, _ in files}
+        # Relative paths in a file (``rates "fx.json"``) resolve against base_dir when
+        # given (sources held in memory), else against the file's own directory.
+        base_dirs = {name: self._base_dir or str(Path(name).parent) for name, _ in files}
         rates = None
         if self._rates_override is not None:  # one user-supplied RateSource for every file
             rates = {name: self._rates_override for name, _ in files}

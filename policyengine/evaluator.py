@@ -212,28 +212,29 @@ def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
     diags: list[Diagnostic] = []
     req = RequestState(context, now) if plan.uses_amount else None
 
-    forbids: list[str] = []
-    limits: list[str] = []
-    errored: list[str] = []
+    applied: list[str] = []  # declaration order, forbids before limits
+    forbidden = limited = False
     for rule in plan.forbids:
         hit = _run(rule, context, plan, req, diags, True)
         if hit is not False:
-            (forbids if hit else errored).append(rule.qid)
+            applied.append(rule.qid)
+            forbidden = forbidden or hit is True
     max_amount: tuple[Decimal, FileMoney] | None = None
     for rule in plan.limits:
         hit, cap = _amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
         if hit is not False:
-            (limits if hit else errored).append(rule.qid)
+            applied.append(rule.qid)
+            limited = limited or hit is True
         elif cap is not None:
             max_amount = _tightest(max_amount, cap, rule.money)  # type: ignore[arg-type]
-    if forbids or limits or errored:
-        if forbids:
+    if applied:
+        if forbidden:
             code, why = "forbidden", "is forbidden by"
-        elif limits:
+        elif limited:
             code, why = "limit_exceeded", "exceeds the limit of"
         else:
             code, why = diags[0].code, "denied: could not evaluate (fail closed)"
-        rules = tuple(forbids + limits + errored)
+        rules = tuple(applied)
         return Decision("denied", code, f"{permission} {why} {', '.join(rules)}", rules,
                         None, tuple(diags), principal, permission)
 
