@@ -186,6 +186,15 @@ class Decision:
             self._decision_id = new_id("dec")
         return self._decision_id
 
+    def overruled(self, code: str, reason: str, diagnostics: tuple[Diagnostic, ...] = (),
+                  rules: tuple[str, ...] | None = None,
+                  budget: dict[str, Any] | None = None) -> Decision:
+        """A denied decision that replaces this one after a later check failed (budget,
+        redaction): same principal, permission and delegation, more diagnostics."""
+        return Decision("denied", code, reason, self.rules if rules is None else rules, None,
+                        self.diagnostics + diagnostics, self.principal, self.permission,
+                        None, self.acting_for, self.chain, budget)
+
     def to_wire(self) -> dict[str, Any]:
         """The ``POST /v1/authorize`` response shape (camelCase)."""
         wire: dict[str, Any] = {
@@ -246,27 +255,13 @@ class ToolDecision:
     decision_id = property(lambda self: self.decision.decision_id)
 
     def to_wire(self) -> dict[str, Any]:
-        """The ``POST /v1/tool-authorize`` response shape (camelCase)."""
-        d = self.decision
-        wire: dict[str, Any] = {
-            "allowed": d.status == "allowed",
-            "status": d.status,
-            "outcome": self.outcome,
-            "reason": d.reason,
-            "reasonCode": d.code,
-            "permission": d.permission,
-            "tool": self.tool,
-            "decisionId": d.decision_id,
-            "approvalId": d.approval_id,
-            "actingFor": d.acting_for,
-            "chain": list(d.chain) if d.chain is not None else None,
-            "rules": list(d.rules),
-            "redactions": [dict(r) for r in self.redactions],
-            "obligations": d.obligations.to_wire() if d.obligations is not None else None,
-            "diagnostics": [x.to_wire() for x in d.diagnostics],
-        }
-        if d.budget is not None:
-            wire["budget"] = d.budget
+        """The ``POST /v1/tool-authorize`` response shape (camelCase): the authorize
+        shape plus ``outcome``, ``permission``, ``tool`` and ``redactions``."""
+        wire = self.decision.to_wire()
+        wire["outcome"] = self.outcome
+        wire["permission"] = self.decision.permission
+        wire["tool"] = self.tool
+        wire["redactions"] = [dict(r) for r in self.redactions]
         return wire
 
     def __repr__(self) -> str:

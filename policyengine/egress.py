@@ -353,13 +353,9 @@ def tool_authorize(tools: CompiledTools,
         if result.diagnostics:
             # A field that should have been redacted might leave: fail closed.
             reasons = "; ".join(str(d) for d in result.diagnostics)
-            denied = Decision("denied", "redaction_failed",
-                              f"cannot redact the body: {reasons}", decision.rules, None,
-                              decision.diagnostics + tuple(
-                                  Diagnostic(d.code, str(d), None, "denied")
-                                  for d in result.diagnostics),
-                              decision.principal, permission, None, decision.acting_for,
-                              decision.chain)
+            denied = decision.overruled(
+                "redaction_failed", f"cannot redact the body: {reasons}",
+                tuple(Diagnostic(d.code, str(d), None, "denied") for d in result.diagnostics))
             return ToolDecision(denied, "policy_deny", None, (), qid)
         redacted = result.body
         redactions = tuple(result.redactions)

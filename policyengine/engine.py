@@ -270,20 +270,14 @@ class Engine:
             except BudgetError as exc:
                 if exc.code in ("unit_mismatch", "unit_required") and unit == "calls":
                     continue  # no calls budget covers this permission
-                return Decision("denied", exc.code, f"budget check failed: {exc}",
-                                decision.rules, None,
-                                (*decision.diagnostics,
-                                 Diagnostic(exc.code, str(exc), None, "denied")),
-                                principal, permission, None, decision.acting_for,
-                                decision.chain)
+                return decision.overruled(exc.code, f"budget check failed: {exc}",
+                                          (Diagnostic(exc.code, str(exc), None, "denied"),))
             if not check.allowed:
-                details = check.details
-                return Decision("denied", "budget_exceeded",
-                                f"{permission} would exceed budget {details['budget']}"
-                                if details else f"{permission} exceeds a budget",
-                                (details["budget"],) if details else (), None,
-                                decision.diagnostics, principal, permission, None,
-                                decision.acting_for, decision.chain, details)
+                details = check.details or {}
+                budget_id = details.get("budget", "?")
+                return decision.overruled(check.code or "budget_exceeded",
+                                          f"{permission} would exceed budget {budget_id}",
+                                          rules=(budget_id,), budget=details)
             if tightest is None:  # the spend's own unit first, then calls
                 tightest = check.tightest
         if tightest is not None:

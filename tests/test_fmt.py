@@ -25,9 +25,11 @@ names = st.one_of(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True),
 ids = st.one_of(st.from_regex(r"[A-Za-z_][A-Za-z0-9_\-]{0,6}", fullmatch=True),
                 st.sampled_from(["when", "for", "role", "over"]))
 texts = st.text(max_size=8)
-# A key that is not an ASCII name is written context["..."]; non-ASCII identifiers are a
-# separate (known) case, see test_non_ascii_identifier_key_survives_fmt.
-keys = st.one_of(names, texts.filter(lambda s: not s.isidentifier()))
+# A key that is not an ASCII name is written context["..."]. Keys with a quote, a backslash
+# or a control character, and non-ASCII identifiers, are known bugs with their own tests
+# below (test_key_*), so the generator leaves them out.
+keys = st.one_of(names, texts.filter(
+    lambda s: not s.isidentifier() and not any(c in s for c in '"\\') and s.isprintable()))
 ints = st.integers(min_value=-10**12, max_value=10**12)
 decimals = st.builds(lambda i, f: Decimal(f"{i}.{f}"), st.integers(-10**6, 10**6),
                      st.from_regex(r"[0-9]{1,4}", fullmatch=True))
@@ -123,7 +125,7 @@ def messy_sources(draw: st.DrawFn) -> tuple[str, list[str]]:
     pf = draw(files)
     lines: list[str] = []
     comments: list[str] = []
-    for line in format_file(pf).splitlines():
+    for line in format_file(pf).split("\n"):
         if draw(st.booleans()):
             c = draw(comment_texts)
             comments.append(c)
@@ -217,5 +219,22 @@ def test_format_rejects_broken_text() -> None:
                    "(str.isidentifier accepts non-ASCII) which the grammar's NAME rejects")
 def test_non_ascii_identifier_key_survives_fmt() -> None:
     text = 'permit p: a:b when context["é"] == 1\n'
+    out = format_source(text)
+    assert ast_key(parse(out).statements) == ast_key(parse(text).statements)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Path.dotted() writes context[\"...\"] without "
+                   "escaping, so a key holding a quote or backslash formats to broken text")
+@pytest.mark.parametrize("key", ['\\"', "\\\\"])
+def test_key_with_quote_or_backslash_survives_fmt(key: str) -> None:
+    text = f'permit p: a:b when context["a{key}b"] == 1\n'
+    out = format_source(text)
+    assert ast_key(parse(out).statements) == ast_key(parse(text).statements)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Path.dotted() writes a control character in a "
+                   "key raw; parsing that text then fails")
+def test_key_with_control_character_survives_fmt() -> None:
+    text = 'permit p: a:b when context["a\\u001fb"] == 1\n'
     out = format_source(text)
     assert ast_key(parse(out).statements) == ast_key(parse(text).statements)
