@@ -8,8 +8,8 @@ Method (also described in benchmarks/README.md):
 * Warm-up: each request is called repeatedly for a short while before timing; the
   warm-up also estimates the cost of one call.
 * Timing: ``time.perf_counter_ns`` around a *batch* of consecutive calls of one request
-  (100 calls for anything under 2 µs a call; fewer for slow engines, down to a single
-  call, so that one batch stays around 0.2 ms). One batch gives one sample, the batch time
+  (100 calls for anything under 10 µs a call; fewer for slower engines, down to a single
+  call, so that one batch stays around 1 ms). One batch gives one sample, the batch time
   divided by its size. Batches rotate round-robin over the requests of the scenario, so
   every request weighs the same, and sampling continues until a time budget is spent.
 * p50 and p99 are the median and 99th percentile of those per-call samples (so p99 is the
@@ -35,7 +35,7 @@ from itertools import repeat
 from typing import Any
 
 MAX_BATCH = 100
-TARGET_BATCH_NS = 200_000  # aim for batches of about 0.2 ms when calls are slow
+TARGET_BATCH_NS = 1_000_000  # aim for batches of about 1 ms when calls are slow
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Settings:
 def settings(quick: bool) -> Settings:
     if quick:
         return Settings(quick=True, warmup_s=0.03, budget_s=0.25, min_samples=20)
-    return Settings(quick=False, warmup_s=0.2, budget_s=2.0, min_samples=200)
+    return Settings(quick=False, warmup_s=0.2, budget_s=1.5, min_samples=200)
 
 
 @dataclass(frozen=True)
@@ -93,20 +93,19 @@ def measure(calls: Sequence[Callable[[], Any]], cfg: Settings) -> Timing:
     """Warm up, then time ``calls`` round-robin in batches until the budget is spent."""
     if not calls:
         raise ValueError("no calls to measure")
-    # Warm-up: at least one call each, then round-robin until warmup_s; estimate cost.
-    warm_calls = 0
-    t_start = time.perf_counter_ns()
-    deadline = t_start + int(cfg.warmup_s * 1e9)
+    # Warm-up: at least one call each, then round-robin until warmup_s.
+    deadline = time.perf_counter_ns() + int(cfg.warmup_s * 1e9)
     while True:
         for fn in calls:
             fn()
-        warm_calls += len(calls)
         if time.perf_counter_ns() >= deadline:
             break
-    est_ns = max(1.0, (time.perf_counter_ns() - t_start) / warm_calls)
+    # Estimate the warm cost of one call (one more round) to choose the batch size.
+    t0 = time.perf_counter_ns()
+    for fn in calls:
+        fn()
+    est_ns = max(1.0, (time.perf_counter_ns() - t0) / len(calls))
     batch = max(1, min(MAX_BATCH, int(TARGET_BATCH_NS / est_ns)))
-    if est_ns < 2_000:
-        batch = MAX_BATCH
 
     samples: list[float] = []
     total_ns = 0

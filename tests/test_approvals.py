@@ -101,7 +101,7 @@ def test_approved_id_allows_the_same_request(eng: Engine, clock: Clock) -> None:
     assert d.approval_id is None
     # The limit that did not fire is still an obligation; the approval threshold fired.
     assert d.obligations is not None
-    assert d.obligations.to_wire() == {"maxAmount": "1000", "requireApprovalOver": None,
+    assert d.obligations.to_wire() == {"maxAmount": "1000.00", "requireApprovalOver": None,
                                        "redactFields": [], "currency": "EUR"}
     # An approval may be used again for the very same request (it is not consumed).
     assert eng.authorize("bot", "payments:pay", ctx(), approval_id=aid).status == "allowed"

@@ -131,6 +131,39 @@ def test_spend_never_allowed_when_exact_value_exceeds_cap(usd: int, rate: int) -
     assert spend(engine(rate_str(rate), cents_str(floor_cents)), cents_str(usd)) == "denied"
 
 
+@lru_cache(maxsize=512)
+def usd_cap_engine(rate: str, cap: str) -> Engine:
+    return Engine.from_source(
+        "namespace m\n"
+        "currency EUR\n"
+        f"rate USD {rate}\n"
+        "role payer: payments:*\n"
+        'agent "bot": payer\n'
+        f"limit cap: payments:* amount <= {cap} USD\n",
+        name="money.policy",
+    )
+
+
+@SETTINGS
+@given(caps, rates, st.integers(min_value=-2, max_value=2))
+def test_cap_in_another_currency_is_rounded_down(cap: int, rate: int, delta: int) -> None:
+    """A cap written in USD is the floor of its exact EUR value (never rounded up); a EUR
+    spend fits iff it is at most that floor, and maxAmount reports it to the cent."""
+    exact_cap = exact_eur(cap, rate)
+    floor_cap = (exact_cap * 100).numerator // (exact_cap * 100).denominator
+    assume(floor_cap <= 10**8)
+    eng = usd_cap_engine(rate_str(rate), cents_str(cap))
+    eur = max(0, floor_cap + delta)
+    d = eng.authorize("bot", "payments:pay", {"amount": cents_str(eur), "currency": "EUR"})
+    assert d.status == ("allowed" if eur <= floor_cap else "denied"), (cap, rate, eur)
+    if d.allowed:
+        assert d.obligations is not None
+        assert d.obligations.to_wire()["maxAmount"] == cents_str(floor_cap)
+    # The same USD amount as the cap is allowed only if its rounded-up value fits.
+    same = spend(eng, cents_str(cap))
+    assert same == ("allowed" if ceil_cents(exact_cap) <= floor_cap else "denied")
+
+
 # ---- hostile input -----------------------------------------------------------------------
 
 HOSTILE_STRINGS = [
@@ -149,7 +182,13 @@ def _bad_decimal(d: Decimal) -> bool:
         return True
     if d.is_signed():  # negative, or -0
         return True
-    return (d * 100) != (d * 100).to_integral_value()
+    # Exact, context-free: strip the coefficient's trailing zeros from the exponent.
+    _sign, digits, exponent = d.as_tuple()
+    assert isinstance(exponent, int)
+    if not any(digits):
+        return False
+    zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return exponent + zeros < -2
 
 
 hostile = st.one_of(

@@ -139,15 +139,15 @@ SEGMENTS = st.sampled_from([
 
 
 def server_resolutions(path: str) -> set[str]:
-    """Paths a lenient server could route ``path`` to: percent-decoded once (``%2F`` and
-    ``%5C`` included), backslashes as slashes, ``;params`` stripped, query and fragment
-    dropped, ``//`` collapsed and dot segments resolved (both before and after decoding)."""
+    """Paths a lenient server could route ``path`` to: query and fragment dropped, raw
+    ``;params`` stripped (or not), percent-decoded once (``%2F`` and ``%5C`` included) or
+    not, backslashes read as slashes or not, ``//`` collapsed and dot segments resolved."""
     out = set()
     raw = re.split(r"[?#]", path, maxsplit=1)[0]
-    for decoded in (raw, unquote(raw)):
-        for p in (decoded, decoded.replace("\\", "/")):
-            p = re.sub(r";[^/]*", "", p)
-            out.add(posixpath.normpath("/" + p.lstrip("/")).replace("//", "/"))
+    for stripped in (raw, re.sub(r";[^/]*", "", raw)):
+        for decoded in (stripped, unquote(stripped)):
+            for p in (decoded, decoded.replace("\\", "/")):
+                out.add(posixpath.normpath("/" + p.lstrip("/")).replace("//", "/"))
     return out
 
 

@@ -1,0 +1,226 @@
+"""Engine API: construction, reload (atomic, keeps old policy on error), ensure_authorized,
+explain, wire shape, decision ids."""
+
+from __future__ import annotations
+
+import re
+import threading
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from policyengine.decision import ApprovalRequired, NotAuthorized
+from policyengine.engine import Engine
+from policyengine.source import PolicyError
+
+ROLES = 'role r: docs:*\nagent "bot": r\n'
+
+
+def test_public_api_exports() -> None:
+    import policyengine
+
+    for name in ("Engine", "PolicyError", "NotAuthorized", "ApprovalRequired", "Decision",
+                 "permission_matches", "subsumes"):
+        assert hasattr(policyengine, name), name
+
+
+def test_from_source(make_engine) -> None:  # type: ignore[no-untyped-def]
+    eng = make_engine(ROLES)
+    assert eng.authorize("bot", "docs:read").allowed
+    assert not eng.authorize("bot", "mail:read").allowed
+
+
+def test_from_source_bytes_and_error() -> None:
+    assert Engine.from_source(ROLES.encode()).authorize("bot", "docs:x").allowed
+    with pytest.raises(PolicyError) as info:
+        Engine.from_source("role r: docs:*\nagent \"bot\": q", name="bad.policy")
+    assert (info.value.code, info.value.file, info.value.line) == ("E103", "bad.policy", 2)
+
+
+def test_from_sources_merges() -> None:
+    eng = Engine.from_sources({"a.policy": "role r: docs:*", "b.policy": 'agent "bot": r'})
+    assert eng.authorize("bot", "docs:read").allowed
+
+
+def test_from_path_dir_file_and_several(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "roles.policy").write_text("role r: docs:*\n")
+    (tmp_path / "sub" / "agents.policy").write_text('agent "bot": r\n')
+    (tmp_path / "ignored.txt").write_text("garbage")
+    assert Engine.from_path(tmp_path).authorize("bot", "docs:read").allowed
+    assert Engine.from_path(str(tmp_path)).authorize("bot", "docs:read").allowed
+    eng = Engine.from_path(tmp_path / "roles.policy", tmp_path / "sub" / "agents.policy")
+    assert eng.authorize("bot", "docs:read").allowed
+    with pytest.raises(PolicyError) as info:
+        Engine.from_path(tmp_path / "sub" / "agents.policy")  # role r is elsewhere
+    assert info.value.code == "E103"
+
+
+def test_from_path_errors(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError) as info:
+        Engine.from_path(tmp_path / "missing.policy")
+    assert info.value.code == "E010"
+    with pytest.raises(PolicyError) as info:
+        Engine.from_path(tmp_path)  # empty dir
+    assert info.value.code == "E010"
+    with pytest.raises(TypeError):
+        Engine.from_path()
+
+
+def test_shipped_policies_load() -> None:
+    root = Path(__file__).resolve().parent.parent / "policies"
+    Engine.from_path(root)  # all example sets load together
+    eng = Engine.from_path(root / "travel")
+    d = eng.authorize("travel-agent", "payments:refund",
+                      {"amount": "280", "currency": "USD", "country": "FR"})
+    assert d.allowed
+    assert eng.authorize("travel-agent", "payments:refund",
+                         {"amount": "280", "currency": "USD", "country": "KP"}).status == "denied"
+
+
+def test_warnings_exposed(make_engine) -> None:  # type: ignore[no-untyped-def]
+    eng = make_engine(ROLES + "role unused: x:y")
+    assert [w.code for w in eng.warnings] == ["W202"]
+
+
+def test_reload_picks_up_changes_and_keeps_old_on_error(tmp_path: Path) -> None:
+    f = tmp_path / "p.policy"
+    f.write_text(ROLES)
+    eng = Engine.from_path(f)
+    assert eng.authorize("bot", "docs:read").allowed
+    f.write_text(ROLES + "forbid no: docs:read\n")
+    eng.reload()
+    assert not eng.authorize("bot", "docs:read").allowed
+    f.write_text(ROLES + "forbid no: docs:read when\n")
+    with pytest.raises(PolicyError):
+        eng.reload()
+    assert not eng.authorize("bot", "docs:read").allowed  # old policy still in force
+    assert eng.authorize("bot", "docs:write").allowed
+    f.unlink()
+    with pytest.raises(PolicyError):
+        eng.reload()
+    assert eng.authorize("bot", "docs:write").allowed
+
+
+def test_reload_is_atomic_under_concurrent_reads(tmp_path: Path) -> None:
+    f = tmp_path / "p.policy"
+    version_a = ROLES + "permit a1: t:x\npermit a2: t:x\n"
+    version_b = ROLES + "permit b1: t:x\npermit b2: t:x\n"
+    f.write_text(version_a)
+    eng = Engine.from_path(f)
+    seen: set[tuple[str, ...]] = set()
+    problems: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                d = eng.authorize("bot", "t:x")
+                seen.add(d.rules)
+        except BaseException as exc:  # noqa: BLE001
+            problems.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(40):
+            f.write_text(version_b if i % 2 == 0 else version_a)
+            eng.reload()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert problems == []
+    assert seen <= {("default.a1", "default.a2"), ("default.b1", "default.b2")}
+    assert len(seen) == 2
+
+
+def test_ensure_authorized(make_engine) -> None:  # type: ignore[no-untyped-def]
+    eng = make_engine(ROLES + "approval big: docs:delete when context.n > 5")
+    assert eng.ensure_authorized("bot", "docs:read").allowed
+    with pytest.raises(NotAuthorized) as info:
+        eng.ensure_authorized("bot", "mail:read")
+    assert not isinstance(info.value, ApprovalRequired)
+    assert info.value.decision.status == "denied"
+    assert info.value.code == "no_permit"
+    with pytest.raises(ApprovalRequired) as info2:
+        eng.ensure_authorized("bot", "docs:delete", {"n": 9})
+    assert info2.value.approval_id
+    assert info2.value.decision.status == "pending_approval"
+    assert isinstance(info2.value, NotAuthorized)
+
+
+def test_explain_says_which_condition_failed(make_engine) -> None:  # type: ignore[no-untyped-def]
+    eng = make_engine('agent "bot"\npermit p: docs:read when context.a == 1 and context.b == 2'
+                      "\nforbid f: docs:* when context.c == 3")
+    exp = eng.explain("bot", "docs:read", {"a": 1, "b": 5, "c": 0})
+    assert exp.decision.status == "denied"
+    by_rule = {r["rule"]: r for r in exp.rules}
+    assert by_rule["default.p"]["result"] == "does not apply"
+    assert by_rule["default.p"]["conditions"] == [
+        {"kind": "when", "text": "context.a == 1 and context.b == 2", "result": "fails"}]
+    assert by_rule["default.f"]["result"] == "does not apply"
+    text = str(exp)
+    assert "default.p" in text and "context.a == 1 and context.b == 2" in text
+    assert "fails" in text
+    exp2 = eng.explain("bot", "docs:read", {"a": 1, "b": 2})
+    by_rule = {r["rule"]: r for r in exp2.rules}
+    assert by_rule["default.f"]["conditions"][0]["result"].startswith("error missing_attribute")
+    assert by_rule["default.f"]["result"] == "applies"
+    assert exp2.to_dict()["decision"]["status"] == "denied"
+
+
+def test_explain_scope(make_engine) -> None:  # type: ignore[no-untyped-def]
+    eng = make_engine(ROLES + 'role q: z:z\nagent "other": q\npermit p: docs:read for role q')
+    exp = eng.explain("bot", "docs:read")
+    by_rule = {r["rule"]: r for r in exp.rules}
+    assert by_rule["default.p"]["result"].startswith("not in scope")
+    assert by_rule["role:r"]["result"] == "applies"
+
+
+def test_to_wire_keys_are_camel_case(make_engine) -> None:  # type: ignore[no-untyped-def]
+    eng = make_engine("currency EUR\n" + ROLES + "limit cap: docs:buy amount <= 10 EUR")
+    d = eng.authorize("bot", "docs:buy", {"amount": "5", "currency": "EUR"})
+    wire = d.to_wire()
+    for key in ("allowed", "status", "reason", "decisionId", "approvalId", "actingFor",
+                "chain", "obligations"):
+        assert key in wire
+    camel = re.compile(r"[a-z]+([A-Z][a-z0-9]*)*")
+    assert all(camel.fullmatch(k) for k in wire)
+    assert all(camel.fullmatch(k) for k in wire["obligations"])
+    assert set(wire["obligations"]) == {"maxAmount", "requireApprovalOver", "redactFields",
+                                        "currency"}
+    assert wire["allowed"] is True and wire["status"] == "allowed"
+    assert Decimal(wire["obligations"]["maxAmount"]) == 10
+    assert wire["decisionId"] == d.decision_id
+    import json
+    json.dumps(wire)
+
+
+def test_pending_wire_has_approval_id(make_engine) -> None:  # type: ignore[no-untyped-def]
+    eng = make_engine(ROLES + "approval all: docs:*")
+    wire = eng.authorize("bot", "docs:read").to_wire()
+    assert wire["status"] == "pending_approval" and wire["allowed"] is False
+    assert isinstance(wire["approvalId"], str) and wire["approvalId"]
+
+
+def test_decision_ids_are_lazy_and_unique(make_engine) -> None:  # type: ignore[no-untyped-def]
+    eng = make_engine(ROLES)
+    d = eng.authorize("bot", "docs:read")
+    assert d._decision_id is None  # not made until read
+    first = d.decision_id
+    assert d.decision_id == first
+    ids: list[str] = []
+
+    def work() -> None:
+        ids.extend(eng.authorize("bot", "docs:read").decision_id for _ in range(2000))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids.append(first)
+    assert len(set(ids)) == len(ids) == 8001
