@@ -100,11 +100,17 @@ def measure(calls: Sequence[Callable[[], Any]], cfg: Settings) -> Timing:
             fn()
         if time.perf_counter_ns() >= deadline:
             break
-    # Estimate the warm cost of one call (one more round) to choose the batch size.
-    t0 = time.perf_counter_ns()
-    for fn in calls:
-        fn()
-    est_ns = max(1.0, (time.perf_counter_ns() - t0) / len(calls))
+    # Estimate the warm cost of one call to choose the batch size: the fastest of up to
+    # five more rounds (a round hit by a context switch would shrink the batches).
+    rounds: list[int] = []
+    spent = 0
+    while len(rounds) < 5 and (not rounds or spent < 50_000_000):
+        t0 = time.perf_counter_ns()
+        for fn in calls:
+            fn()
+        rounds.append(time.perf_counter_ns() - t0)
+        spent += rounds[-1]
+    est_ns = max(1.0, min(rounds) / len(calls))
     batch = max(1, min(MAX_BATCH, int(TARGET_BATCH_NS / est_ns)))
 
     samples: list[float] = []

@@ -7,6 +7,8 @@ that is excluded from equality, so ``parse(fmt(x)) == parse(x)`` compares meanin
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Union
@@ -36,6 +38,7 @@ class Span:
 
 
 NOSPAN = Span("<none>", 0, 0, 0, 0)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # the grammar's NAME terminal
 
 
 def _span() -> Span:
@@ -70,9 +73,11 @@ class Path:
     span: Span = _span()
 
     def dotted(self) -> str:
+        """Policy-text form: ``.name`` where the grammar's NAME allows, else ``["key"]``."""
         out = self.root
         for seg in self.segments:
-            out += f".{seg}" if seg.isidentifier() else f'["{seg}"]'
+            key = json.dumps(seg, ensure_ascii=False)
+            out += f".{seg}" if _NAME.fullmatch(seg) else f"[{key}]"
         return out
 
 

@@ -317,17 +317,29 @@ class _ChainedRates:
     def __init__(self, tables: list[Any]) -> None:
         self.tables = tables
 
-    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Decimal:
+    def _first(self, method: str, from_code: str, to_code: str, now: float | None) -> Any:
         last: Exception | None = None
         for table in self.tables:
+            fn = getattr(table, method, None)
+            if fn is None:
+                continue
             try:
-                return table.rate(from_code, to_code, now)  # type: ignore[no-any-return]
+                return fn(from_code, to_code, now)
             except ValueError as exc:  # RateError: try the next table
                 last = exc
                 if getattr(exc, "code", "") == "stale_rate":
                     raise
-        assert last is not None
+        if last is None:
+            raise AttributeError(method)
         raise last
+
+    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Decimal:
+        return self._first("rate", from_code, to_code, now)  # type: ignore[no-any-return]
+
+    def rate_fraction(self, from_code: str, to_code: str, now: float | None = None
+                      ) -> tuple[int, int]:
+        """Exact cross rates (see :func:`policyengine.rates.convert`)."""
+        return self._first("rate_fraction", from_code, to_code, now)  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -378,7 +390,6 @@ class Plan:
     permits: tuple[CompiledRule, ...]
     approvals: tuple[CompiledRule, ...]
     uses_amount: bool
-    invalid: str | None = None  # why the permission itself is malformed
 
 
 @dataclass
@@ -399,6 +410,11 @@ class CompiledPolicy:
     _plans: dict[tuple[str, str], Plan] = field(default_factory=dict)
     _budgeted: dict[str, bool] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def default_currency(self) -> str | None:
+        """The first ``default_currency`` declared (for checks outside any one file)."""
+        return next((m.default for m in self.money.values() if m.default), None)
 
     @property
     def rates(self) -> Any:
@@ -451,22 +467,16 @@ class CompiledPolicy:
         if plan is not None:
             return plan
         who = self.principal(principal_id)
-        try:
-            validate_permission(permission)
-        except ValueError as exc:
-            plan = Plan(who, (), (), (), (), False, str(exc))
-        else:
-            rules = [r for r in self.candidates(permission) if r.scoped_to(who)]
-            assert all(any(permission_matches(p, permission) for p in r.patterns)
-                       for r in rules)
-            plan = Plan(
-                who,
-                tuple(r for r in rules if r.effect == "forbid" and r.kind != "limit"),
-                tuple(r for r in rules if r.kind == "limit"),
-                tuple(r for r in rules if r.effect == "permit"),
-                tuple(r for r in rules if r.effect == "approval"),
-                any(r.uses_amount for r in rules),
-            )
+        validate_permission(permission)  # callers check first; this is the last guard
+        rules = [r for r in self.candidates(permission) if r.scoped_to(who)]
+        plan = Plan(
+            who,
+            tuple(r for r in rules if r.effect == "forbid" and r.kind != "limit"),
+            tuple(r for r in rules if r.kind == "limit"),
+            tuple(r for r in rules if r.effect == "permit"),
+            tuple(r for r in rules if r.effect == "approval"),
+            any(r.uses_amount for r in rules),
+        )
         if len(self._plans) >= PLAN_CACHE_SIZE:
             with self._lock:  # a hostile stream of names cannot grow memory without bound
                 self._plans.clear()

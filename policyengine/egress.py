@@ -217,20 +217,47 @@ def _lower_headers(headers: Any) -> dict[str, Any]:
             if str(k).lower() not in CREDENTIAL_HEADERS}
 
 
-def _parse_body(body: Any) -> tuple[Any, str | None]:
-    """Bytes are JSON-decoded when they can be; anything else is taken as given."""
+class _AmbiguousJsonError(ValueError):
+    """JSON two parsers could read differently: a duplicate key, NaN or Infinity."""
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _AmbiguousJsonError(f"duplicate key {key[:40]!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise _AmbiguousJsonError(f"{name} is not JSON")
+
+
+def _parse_body(body: Any) -> tuple[Any, tuple[str, str] | None]:
+    """Bytes are JSON-decoded when they are JSON; anything else is taken as given.
+
+    Returns (body, problem) where problem is (diagnostic code, message). JSON that another
+    parser could read differently (duplicate keys: last wins here, first wins elsewhere;
+    NaN) is refused, since the bytes that would leave are not what was decided on.
+    """
     if isinstance(body, (bytes, bytearray, memoryview)):
         raw = bytes(body)
         if len(raw) > MAX_BODY_BYTES:
-            return None, f"body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}"
+            return None, ("body_too_large", f"body is {len(raw)} bytes; the limit is "
+                          f"{MAX_BODY_BYTES}")
         if not raw:
             return None, None
         try:
-            return json.loads(raw), None
+            return json.loads(raw, object_pairs_hook=_unique_object,
+                              parse_constant=_no_constant), None
+        except _AmbiguousJsonError as exc:
+            return None, ("ambiguous_body", f"the JSON body is ambiguous: {exc}")
         except (ValueError, RecursionError):
             return raw, None
-    if isinstance(body, str) and len(body) > MAX_BODY_BYTES:
-        return None, f"body is {len(body)} characters; the limit is {MAX_BODY_BYTES}"
+    if isinstance(body, str) and len(body) > MAX_BODY_BYTES // 4 and len(
+            body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+        return None, ("body_too_large", f"body is more than {MAX_BODY_BYTES} bytes as UTF-8")
     return body, None
 
 
@@ -258,9 +285,17 @@ def tool_authorize(tools: CompiledTools,
                    principal: Any, *, transport: Any, method: Any = None, host: Any = None,
                    path: Any = None, query: Any = None, headers: Any = None, body: Any = None,
                    tool_name: Any = None, function_name: Any = None, token: Any = None,
-                   context: Any = None, hmac_key: bytes | None = None) -> ToolDecision:
-    """Decide one tool call. ``authorize`` is the engine's authorize (with its clock,
-    approvals, grants and budgets). Never raises for request data."""
+                   context: Any = None, hmac_key: bytes | None = None,
+                   approval_id: Any = None,
+                   register_approval: Callable[[Decision, dict[str, Any]], None] | None = None
+                   ) -> ToolDecision:
+    """Decide one tool call. Never raises for request data.
+
+    ``authorize`` is the engine's decision function (clock, grants, budgets, approvals
+    already granted); ``register_approval`` records a pending decision, called only once
+    the body is known to be sendable (redacted), so no approval waits for a call that
+    could never leave.
+    """
 
     def reject(outcome: str, code: str, reason: str, permission: str | None = None,
                diag: str | None = None, tool: str | None = None) -> ToolDecision:
@@ -274,9 +309,10 @@ def tool_authorize(tools: CompiledTools,
     if transport not in TRANSPORTS:
         return reject("invalid_request", "invalid_request",
                       f"transport must be one of {', '.join(TRANSPORTS)}")
-    body, body_error = _parse_body(body)
-    if body_error is not None:
-        return reject("invalid_request", "invalid_request", body_error, diag="body_too_large")
+    body, body_problem = _parse_body(body)
+    if body_problem is not None:
+        return reject("invalid_request", "invalid_request", body_problem[1],
+                      diag=body_problem[0])
     if query is None:
         query = {}
     if not isinstance(query, Mapping):
@@ -343,7 +379,7 @@ def tool_authorize(tools: CompiledTools,
     except RedactionError as exc:  # a path that cannot be evaluated on this body
         return reject("invalid_request", "invalid_request", f"cannot extract context: {exc}",
                       permission, diag="extraction_failed", tool=qid)
-    decision = authorize(principal, permission, ctx, token=token)
+    decision = authorize(principal, permission, ctx, token=token, approval_id=approval_id)
     if decision.permission is None:
         decision.permission = permission
     redacted: Any = None
@@ -359,6 +395,8 @@ def tool_authorize(tools: CompiledTools,
             return ToolDecision(denied, "policy_deny", None, (), qid)
         redacted = result.body
         redactions = tuple(result.redactions)
+        if decision.status == "pending_approval" and register_approval is not None:
+            register_approval(decision, ctx)
         if rules:
             ob = decision.obligations
             decision.obligations = Obligations(

@@ -25,7 +25,7 @@ from policyengine.decision import (
     NotAuthorized,
     ToolDecision,
 )
-from policyengine.evaluator import Explanation, evaluate, explain
+from policyengine.evaluator import Explanation, evaluate, explain, invalid, request_problem
 from policyengine.parser import parse_many
 from policyengine.source import PolicyError, Problem, SourceSet
 
@@ -214,13 +214,22 @@ class Engine:
                   approval_id: str | None = None) -> Decision:
         """May ``principal`` exercise ``permission`` given ``context``?
 
-        Never raises for request data: a malformed request is a denied decision with
-        code ``invalid_request``. See docs/semantics.md for the rules.
+        ``token``: a delegation token the principal acts under. ``approval_id``: an
+        approval granted for this same request. Never raises for request data: a
+        malformed request is a denied decision with code ``invalid_request``. See
+        docs/semantics.md for the rules.
         """
+        return self._decide(principal, permission, context, token, approval_id, True)
+
+    def _decide(self, principal: Any, permission: Any, context: Any, token: Any,
+                approval_id: Any, register: bool) -> Decision:
         now = self._clock() if self._clock is not None else None
         policy = self._policy
         grant = None
         if token is not None:
+            problem = request_problem(principal, permission, context)
+            if problem is not None:  # step 1 before delegation (docs/semantics.md)
+                return invalid(principal, permission, problem)
             grant_or_denial = self._check_grant(policy, token, principal, permission, context,
                                                 now)
             if isinstance(grant_or_denial, Decision):
@@ -236,10 +245,14 @@ class Engine:
         if decision.status != "denied" and policy.budgets and policy.budgeted(permission):
             decision = self._check_budgets(decision, context,
                                            grant.acting_for if grant is not None else None)
-        if decision.status == "pending_approval":
-            item = self.approvals.create(principal, permission, context, decision.rules)
-            decision.approval_id = item.id
+        if decision.status == "pending_approval" and register:
+            self._register_approval(decision, context)
         return decision
+
+    def _register_approval(self, decision: Decision, context: Any) -> None:
+        item = self.approvals.create(decision.principal, decision.permission,  # type: ignore[arg-type]
+                                     context, decision.rules)
+        decision.approval_id = item.id
 
     def _check_budgets(self, decision: Decision, context: Any,
                        acting_for: str | None) -> Decision:
@@ -251,35 +264,29 @@ class Engine:
         if tenant is not None and type(tenant) is not str:
             tenant = None
         principal, permission = decision.principal, decision.permission
-        spends: list[tuple[Any, Any]] = []
+        # One read-only check: a money (or tokens) spend also counts one call against
+        # covering `calls` budgets; a request with neither is a zero spend plus one call.
         if ctx.get("amount") is not None:
-            currency = ctx.get("currency")
-            if currency is None:
-                currency = next((m.default for m in self._policy.money.values()
-                                 if m.default), None)
-            spends.append((ctx["amount"], currency))
+            amount, unit = ctx["amount"], ctx.get("currency") or self._policy.default_currency
         elif ctx.get("tokens") is not None:
-            spends.append((ctx["tokens"], "tokens"))
-        if any(b.unit == "calls" for b in self.budgets.specs):
-            spends.append((1, "calls"))
-        tightest: dict[str, Any] | None = None
-        for amount, unit in spends:
-            try:
-                check = self.budgets.check(principal, permission, amount, unit,  # type: ignore[arg-type]
-                                           acting_for=acting_for, tenant=tenant)
-            except BudgetError as exc:
-                if exc.code in ("unit_mismatch", "unit_required") and unit == "calls":
-                    continue  # no calls budget covers this permission
-                return decision.overruled(exc.code, f"budget check failed: {exc}",
-                                          (Diagnostic(exc.code, str(exc), None, "denied"),))
-            if not check.allowed:
-                details = check.details or {}
-                budget_id = details.get("budget", "?")
-                return decision.overruled(check.code or "budget_exceeded",
-                                          f"{permission} would exceed budget {budget_id}",
-                                          rules=(budget_id,), budget=details)
-            if tightest is None:  # the spend's own unit first, then calls
-                tightest = check.tightest
+            amount, unit = ctx["tokens"], "tokens"
+        else:
+            amount, unit = 0, None
+        try:
+            check = self.budgets.check(principal, permission, amount, unit,  # type: ignore[arg-type]
+                                       acting_for=acting_for, tenant=tenant)
+        except BudgetError as exc:
+            if amount == 0 and exc.code in ("unit_mismatch", "unit_required"):
+                return decision  # nothing to measure: no amount, and no calls budget alone
+            return decision.overruled(exc.code, f"budget check failed: {exc}",
+                                      (Diagnostic(exc.code, str(exc), None, "denied"),))
+        if not check.allowed:
+            details = check.details or {}
+            budget_id = details.get("budget", "?")
+            return decision.overruled(check.code or "budget_exceeded",
+                                      f"{permission} would exceed budget {budget_id}",
+                                      rules=(budget_id,), budget=details)
+        tightest = check.tightest
         if tightest is not None:
             decision.budget = tightest
         return decision
@@ -336,7 +343,7 @@ class Engine:
                         f"{permission} is not delegated by every hop of the grant", grant)
         if isinstance(context, dict) and context.get("amount") is not None and any(
                 hop.max_amount is not None for hop in grant.hops):
-            currency = context.get("currency")
+            currency = context.get("currency") or policy.default_currency
             try:
                 money = Money.parse(context["amount"], currency)  # type: ignore[arg-type]
                 fits = grant.amount_fits(money, policy.rates, now=now)
@@ -377,7 +384,7 @@ class Engine:
                        headers: Mapping[str, Any] | None = None, body: Any = None,
                        tool_name: str | None = None, function_name: str | None = None,
                        token: str | None = None, context: dict[str, Any] | None = None,
-                       **wire: Any) -> ToolDecision:
+                       approval_id: str | None = None, **wire: Any) -> ToolDecision:
         """May this outbound tool call leave, and with which fields redacted?
 
         Takes the ``/v1/tool-authorize`` request fields (``toolName`` / ``functionName``
@@ -387,15 +394,21 @@ class Engine:
         from policyengine.egress import tool_authorize
         tool_name = wire.pop("toolName", tool_name)
         function_name = wire.pop("functionName", function_name)
+        approval_id = wire.pop("approvalId", approval_id)
         wire.pop("traceId", None)
         if wire:
             return tool_authorize(self._policy.tools, self.authorize, None,  # invalid
                                   transport=None)
-        return tool_authorize(self._policy.tools, self.authorize, principal,
+
+        def decide(p: Any, perm: Any, ctx: Any, *, token: Any, approval_id: Any) -> Decision:
+            return self._decide(p, perm, ctx, token, approval_id, False)
+
+        return tool_authorize(self._policy.tools, decide, principal,
                               transport=transport, method=method, host=host, path=path,
                               query=query, headers=headers, body=body, tool_name=tool_name,
                               function_name=function_name, token=token, context=context,
-                              hmac_key=self.hmac_key)
+                              hmac_key=self.hmac_key, approval_id=approval_id,
+                              register_approval=self._register_approval)
 
     def explain(self, principal: str, permission: str,
                 context: dict[str, Any] | None = None) -> Explanation:

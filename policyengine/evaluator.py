@@ -26,6 +26,7 @@ from typing import Any
 from policyengine.compiler import CompiledPolicy, CompiledRule, EvalError, FileMoney, Plan
 from policyengine.decision import Decision, Diagnostic, Obligations
 from policyengine.money import MAX_AMOUNT, MoneyError, decimal_places, parse_amount
+from policyengine.permissions import InvalidPermission, validate_permission
 from policyengine.rates import RateError
 
 __all__ = ["Explanation", "RequestState", "evaluate", "explain", "invalid"]
@@ -120,6 +121,21 @@ def _error(exc: BaseException) -> EvalError:
     return EvalError("evaluation_error", f"{type(exc).__name__}: {exc}")
 
 
+def request_problem(principal: Any, permission: Any, context: Any) -> str | None:
+    """Why a request is malformed, or None. (Step 1 of docs/semantics.md.)"""
+    if type(principal) is not str or type(permission) is not str:
+        return "principal and permission must be strings"
+    if context is not None and not isinstance(context, dict):
+        return f"context must be an object, not {type(context).__name__}"
+    if not principal or len(principal) > 256:
+        return "principal id must be 1 to 256 characters"
+    try:
+        validate_permission(permission)
+    except InvalidPermission as exc:
+        return str(exc)
+    return None
+
+
 def invalid(principal: Any, permission: Any, message: str) -> Decision:
     """A denied decision for a request that is not well formed."""
     return Decision("denied", "invalid_request", message,
@@ -204,11 +220,10 @@ def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
                        f"context must be an object, not {type(context).__name__}")
     plan = policy._plans.get((principal, permission))
     if plan is None:
-        if len(principal) > 256 or not principal:
-            return invalid(principal, permission, "principal id must be 1 to 256 characters")
+        problem = request_problem(principal, permission, context)
+        if problem is not None:
+            return invalid(principal, permission, problem)
         plan = policy.plan(principal, permission)
-    if plan.invalid is not None:
-        return invalid(principal, permission, plan.invalid)
     diags: list[Diagnostic] = []
     req = RequestState(context, now) if plan.uses_amount else None
 

@@ -86,7 +86,11 @@ class PolicyError(Exception):
         self.file = first.file if first else None
         self.line = first.line if first else None
         self.column = first.column if first else None
-        super().__init__(self.render())
+        # The full report is rendered on demand: garbage input can carry many problems.
+        super().__init__(first.render().split("\n", 1)[0] if first else "policy error")
+
+    def __str__(self) -> str:
+        return self.render()
 
     def render(self) -> str:
         body = "\n\n".join(p.render() for p in self.problems)

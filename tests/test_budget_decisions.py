@@ -165,9 +165,6 @@ def test_usd_spend_is_converted_up_into_the_eur_budget() -> None:
     assert no["reasonCode"] == "budget_exceeded" and no["budget"]["attempted"] == "100.01"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: CompiledPolicy.rates (_ChainedRates) has no "
-                   "rate_fraction, so the ledger converts EUR->USD with the rounded inverse "
-                   "of 0.92: 92 EUR (exactly 100 USD) is charged 100.01 USD and denied")
 def test_eur_spend_exactly_at_a_usd_budget() -> None:
     e = engine("namespace shop\ncurrency EUR\nrate USD 0.92\nrole b: payments:*\n"
                'agent "bot": b\nbudget usd: payments:* limit 100 USD per day per agent\n')
@@ -234,10 +231,6 @@ def test_money_requests_count_a_call_too() -> None:
     assert wire["reasonCode"] == "budget_exceeded" and wire["rules"] == ["shop.paycalls"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with no amount, authorize checks only (1, "
-                   "'calls'); the ledger raises unit_mismatch because a EUR budget also covers "
-                   "payments:*, and _check_budgets skips it, so an exhausted calls budget is "
-                   "bypassed by leaving the amount out")
 def test_request_without_amount_still_counts_a_call() -> None:
     e = engine()
     for _ in range(4):
@@ -318,10 +311,6 @@ def test_invalid_amount_codes() -> None:
 
 # --------------------------------------------------------------------------- conformance
 FIXTURES = Path(__file__).resolve().parent.parent / "conformance" / "budget_decisions"
-KNOWN_BUGS = {
-    "a request without an amount still counts one call":
-        "BUG: no-amount requests skip calls budgets when a money budget also covers them",
-}
 RESULTS = [r for path in sorted(FIXTURES.glob("*.json")) for r in run_fixture(path)]
 
 
@@ -333,9 +322,7 @@ def test_budget_decisions_corpus_is_big_enough() -> None:
 
 
 @pytest.mark.parametrize("result", [
-    pytest.param(r, id=f"{Path(r.fixture).stem}:{r.case}",
-                 marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[r.case])]
-                 if r.case in KNOWN_BUGS else [])
+    pytest.param(r, id=f"{Path(r.fixture).stem}:{r.case}")
     for r in RESULTS
 ])
 def test_budget_decisions_conformance(result: Any) -> None:

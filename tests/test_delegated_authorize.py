@@ -190,18 +190,12 @@ def test_amount_must_fit_every_hop(token: str, principal: str, amount: str, curr
                chain=chain)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: CompiledPolicy.rates (_ChainedRates) has no "
-                   "rate_fraction, so EUR->USD uses the 34-digit rounded inverse of 0.92: "
-                   "138 EUR becomes 150.01 USD instead of exactly 150.00")
 def test_amount_exactly_at_a_cap_after_inverse_conversion() -> None:
     d = engine().authorize("pay-agent", "payments:refund", {"amount": "138", "currency": "EUR"},
                            token=GRAND)
     expect(d, "allowed", "permitted", chain=CHAIN4)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _check_grant parses context.amount with "
-                   "context.get('currency') only and ignores the policy's default_currency, "
-                   "so an amount without a currency is denied invalid_amount/unknown_currency")
 def test_default_currency_applies_to_the_grant() -> None:
     text = POLICY.replace("currency EUR\n", "currency EUR\ndefault_currency EUR\n")
     e = engine(text)
@@ -411,10 +405,6 @@ def test_ensure_authorized_raises_with_the_decision() -> None:
     assert e.ensure_authorized("hotel-agent", "flights:book", token=CHILD).chain == tuple(CHAIN3)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: docs/semantics.md checks the request (step 1, "
-                   "invalid_request) before delegation (step 2), but authorize verifies the "
-                   "token first: a malformed permission or a non-string principal with a "
-                   "token is denied not_delegated / invalid_token instead of invalid_request")
 @pytest.mark.parametrize(("principal", "permission"), [
     ("travel-agent", "bad perm"), ("travel-agent", "trains:"), (42, "flights:book"),
 ])
@@ -489,12 +479,6 @@ def test_delegated_allow_iff_base_allows_and_every_hop_covers(
 
 # --------------------------------------------------------------------------- conformance
 FIXTURES = Path(__file__).resolve().parent.parent / "conformance" / "delegation"
-KNOWN_BUGS = {
-    "EUR against the USD grandchild cap: 138 EUR = 150.00 USD exactly":
-        "BUG: engine rates lack rate_fraction; 138 EUR -> 150.01 USD",
-    "default_currency applies to the grant's cap too":
-        "BUG: _check_grant ignores default_currency",
-}
 
 
 def _results() -> list[Any]:
@@ -516,9 +500,7 @@ def test_delegation_corpus_is_big_enough() -> None:
 
 
 @pytest.mark.parametrize("result", [
-    pytest.param(r, id=f"{Path(r.fixture).stem}:{r.case}",
-                 marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[r.case])]
-                 if r.case in KNOWN_BUGS else [])
+    pytest.param(r, id=f"{Path(r.fixture).stem}:{r.case}")
     for r in RESULTS
 ])
 def test_delegation_conformance(result: Any) -> None:

@@ -118,7 +118,7 @@ def test_reload_is_atomic_under_concurrent_reads(tmp_path: Path) -> None:
             while not stop.is_set():
                 d = eng.authorize("bot", "t:x")
                 seen.add(d.rules)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             problems.append(exc)
 
     threads = [threading.Thread(target=reader) for _ in range(4)]

@@ -119,9 +119,6 @@ def test_non_finite_numbers_fail_closed(value: Any, expr: str) -> None:
     assert isinstance(result, str) and result.startswith("error:")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Decimal('NaN') compares equal/unequal to "
-                   "decimal literals without error, so a permit on '!=' / 'not in' allows "
-                   "and a forbid on '==' does not apply (float NaN fails closed)")
 @pytest.mark.parametrize("expr", ["context.a != 1.5", "context.a == 1.5",
                                   "context.a not in [1.5, 2.5]", "context.a == context.a"])
 def test_decimal_nan_fails_closed_in_equality(expr: str) -> None:

@@ -215,16 +215,12 @@ def test_format_rejects_broken_text() -> None:
         format_source("permit p: a:b when")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: fmt writes context[\"é\"] as context.é "
-                   "(str.isidentifier accepts non-ASCII) which the grammar's NAME rejects")
 def test_non_ascii_identifier_key_survives_fmt() -> None:
     text = 'permit p: a:b when context["é"] == 1\n'
     out = format_source(text)
     assert ast_key(parse(out).statements) == ast_key(parse(text).statements)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Path.dotted() writes context[\"...\"] without "
-                   "escaping, so a key holding a quote or backslash formats to broken text")
 @pytest.mark.parametrize("key", ['\\"', "\\\\"])
 def test_key_with_quote_or_backslash_survives_fmt(key: str) -> None:
     text = f'permit p: a:b when context["a{key}b"] == 1\n'
@@ -232,8 +228,6 @@ def test_key_with_quote_or_backslash_survives_fmt(key: str) -> None:
     assert ast_key(parse(out).statements) == ast_key(parse(text).statements)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Path.dotted() writes a control character in a "
-                   "key raw; parsing that text then fails")
 def test_key_with_control_character_survives_fmt() -> None:
     text = 'permit p: a:b when context["a\\u001fb"] == 1\n'
     out = format_source(text)

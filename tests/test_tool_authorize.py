@@ -270,8 +270,6 @@ def test_huge_ascii_text_body_is_invalid(engine: Engine) -> None:
     assert d.outcome == "invalid_request"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a str body is capped by characters, not "
-                   "bytes: 700,000 'é' (1.4 MB of UTF-8) pass the 1 MiB MAX_BODY_BYTES cap")
 def test_huge_multibyte_text_body_is_invalid(engine: Engine) -> None:
     body = "\u00e9" * 700_000
     assert len(body.encode("utf-8")) > MAX_BODY_BYTES
@@ -281,18 +279,27 @@ def test_huge_multibyte_text_body_is_invalid(engine: Engine) -> None:
 
 # ------------------------------------------------------------------ deeply nested bodies
 
-def _nested(depth: int, leaf: Any) -> Any:
+def _nested(depth: int, leaf: Any, email_every: int = 0) -> Any:
     doc: Any = leaf
     for i in range(depth):
-        doc = {"email": "e@example.com", "n": doc} if i % 2 else [doc]
+        if i % 2:
+            doc = {"n": doc}
+            if email_every and i % email_every == 1:
+                doc["email"] = "e@example.com"
+        else:
+            doc = [doc]
     return doc
 
 
-@pytest.mark.parametrize("depth", [1_000, 50_000])
-def test_deeply_nested_parsed_body_does_not_crash(engine: Engine, depth: int) -> None:
-    body = _nested(depth, {"card": "4111"})
+@pytest.mark.parametrize(("depth", "email_every"), [(1_000, 2), (50_000, 10_001)])
+def test_deeply_nested_parsed_body_does_not_crash(engine: Engine, depth: int,
+                                                  email_every: int) -> None:
+    # Every match of ``$..email`` costs O(depth), so a match at every level of a very deep
+    # document is quadratic: the deep case has a few matches, the dense case is shallow.
+    body = _nested(depth, {"card": "4111", "email": "x@example.com"}, email_every)
     d = http(engine, "POST", "crm.example.com", "/contacts", body=body)
-    assert d.outcome in ("policy_allow", "policy_deny")
+    assert d.outcome == "policy_allow", d.to_wire()
+    assert {"field": "$..email", "strategy": "hash"} in d.redactions
     d.to_wire()
 
 
@@ -331,10 +338,6 @@ def test_non_utf8_bytes_fail_closed_on_extraction(engine: Engine) -> None:
     assert not d.allowed
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: bytes bodies are parsed with plain json.loads: "
-                   "duplicate keys are read last-wins (and NaN accepted), so an ambiguous "
-                   "body is decided on one reading and forwarded for the server to read "
-                   "another way; it should fail closed like the governed client's parser")
 def test_duplicate_keys_fail_closed(engine: Engine) -> None:
     body = b'{"amount": 99999999, "amount": 100, "currency": "USD"}'
     d = http(engine, "POST", "pay.example.com", "/v1/refunds", body=body)
@@ -396,3 +399,28 @@ def test_never_raises(engine: Engine, method: Any, host: Any, path: Any, body: A
     assert d.outcome in ("policy_allow", "policy_deny", "egress_deny", "egress_allow",
                          "route_deny", "pending_approval", "invalid_request", "budget_deny")
     json.dumps(d.to_wire(), default=str)
+
+
+# -------------------------------------------------------------- approvals and redaction
+
+APPROVAL_POLICY = """namespace n
+role r: a:*
+agent "bot": r
+approval always: a:x
+tool t: mcp "t" -> a:x { redact $.e hash }
+"""
+
+
+def test_pending_call_carries_an_approval() -> None:
+    engine = Engine.from_source(APPROVAL_POLICY)
+    d = engine.tool_authorize("bot", transport="mcp", toolName="t", body={"f": 1})
+    assert d.outcome == "pending_approval" and d.approval_id
+    assert [a.id for a in engine.approvals.list("pending")] == [d.approval_id]
+    assert d.body == {"f": 1} and d.obligations.redact_fields == ("$.e",)
+
+
+def test_denied_for_redaction_leaves_no_pending_approval() -> None:
+    engine = Engine.from_source(APPROVAL_POLICY)  # no hmac_key: hash cannot be applied
+    d = engine.tool_authorize("bot", transport="mcp", toolName="t", body={"e": "secret"})
+    assert d.code == "redaction_failed" and d.approval_id is None
+    assert engine.approvals.list("pending") == []
