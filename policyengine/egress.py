@@ -90,6 +90,20 @@ class NamedBinding:
     redactions: tuple[RedactionRule, ...]
 
 
+@dataclass(frozen=True)
+class _Routed:
+    """Where an HTTP call goes: a refusal (outcome, code, reason) or a route."""
+
+    outcome: str | None  # None: routed to ``route``
+    code: str
+    reason: str
+    diag: str | None = None
+    tool: str | None = None
+    binding: HttpBinding | None = None
+    route: RouteBinding | None = None
+    params: dict[str, str] | None = None
+
+
 class CompiledTools:
     """Tool bindings and the egress lists, indexed for the request path."""
 
@@ -101,6 +115,57 @@ class CompiledTools:
         self.egress_allow = tuple(egress_allow)
         self.egress_deny = tuple(egress_deny)
         self._host_cache: dict[str, tuple[HttpBinding, ...]] = {}
+        self._routes: dict[tuple[str, str, str], _Routed] = {}
+
+    def route(self, method: str, host: str, path: str) -> _Routed:
+        """Normalise and route one HTTP call. A pure function of the three strings, so
+        results are kept in a bounded table: repeat calls skip normalisation and
+        matching entirely."""
+        key = (method, host, path)
+        found = self._routes.get(key)
+        if found is None:
+            found = self._route(method, host, path)
+            if len(self._routes) >= 4096:
+                self._routes.clear()
+            self._routes[key] = found
+        return found
+
+    def _route(self, method: str, host: str, path: str) -> _Routed:
+        try:
+            m = normalize_method(method)
+            h = normalize_host(host)
+            p = normalize_path(path)
+        except ToolRequestError as exc:
+            return _Routed("invalid_request", "invalid_request", str(exc), exc.code)
+        if any(pat.matches(h) for pat in self.egress_deny):
+            return _Routed("egress_deny", "egress_denied", f"egress to {h} is denied")
+        bindings = self.for_host(h)
+        if not bindings:
+            if any(pat.matches(h) for pat in self.egress_allow):
+                return _Routed("egress_allow", "egress_allowed",
+                               f"egress to {h} is allowed (no tool binds it)")
+            return _Routed("egress_deny", "egress_denied", f"no tool is bound to host {h}")
+        for b in bindings:
+            for d in b.denies:
+                if (d.method is None or d.method == m) and d.pattern.match(p) is not None:
+                    return _Routed("route_deny", "route_denied",
+                                   f"{m} {p} is denied by tool {b.qid}", tool=b.qid)
+        best: tuple[Any, ...] | None = None
+        for b in bindings:
+            for r in b.routes:
+                if r.method != "ANY" and r.method != m:
+                    continue
+                captured = r.pattern.match(p)
+                if captured is None:
+                    continue
+                rank = (r.pattern.specificity, -r.order)
+                if best is None or rank > best[0]:
+                    best = (rank, b, r, captured)
+        if best is None:
+            return _Routed("route_deny", "no_route", f"no route of {h} binds {m} {p}",
+                           tool=bindings[0].qid)
+        _, binding, route, params = best
+        return _Routed(None, "", "", binding=binding, route=route, params=params)
 
     def for_host(self, host: str) -> tuple[HttpBinding, ...]:
         found = self._host_cache.get(host)
@@ -322,42 +387,20 @@ def tool_authorize(tools: CompiledTools,
     extractors: tuple[Extractor, ...]
     rules: tuple[RedactionRule, ...]
     if transport == "http":
-        try:
-            m = normalize_method(method)
-            h = normalize_host(host)
-            p = normalize_path(path)
-        except ToolRequestError as exc:
-            return reject("invalid_request", "invalid_request", str(exc), diag=exc.code)
-        if any(pat.matches(h) for pat in tools.egress_deny):
-            return reject("egress_deny", "egress_denied", f"egress to {h} is denied")
-        bindings = tools.for_host(h)
-        if not bindings:
-            if any(pat.matches(h) for pat in tools.egress_allow):
-                allowed = Decision("allowed", "egress_allowed",
-                                   f"egress to {h} is allowed (no tool binds it)", (), None,
-                                   (), principal, None)
-                return ToolDecision(allowed, "egress_allow", body, (), None)
-            return reject("egress_deny", "egress_denied", f"no tool is bound to host {h}")
-        for b in bindings:
-            for d in b.denies:
-                if (d.method is None or d.method == m) and d.pattern.match(p) is not None:
-                    return reject("route_deny", "route_denied",
-                                  f"{m} {p} is denied by tool {b.qid}", tool=b.qid)
-        best: tuple[Any, ...] | None = None
-        for b in bindings:
-            for r in b.routes:
-                if r.method != "ANY" and r.method != m:
-                    continue
-                captured = r.pattern.match(p)
-                if captured is None:
-                    continue
-                rank = (r.pattern.specificity, -r.order)
-                if best is None or rank > best[0]:
-                    best = (rank, b, r, captured)
-        if best is None:
-            return reject("route_deny", "no_route", f"no route of {h} binds {m} {p}",
-                          tool=bindings[0].qid)
-        _, binding, route, params = best
+        if type(method) is str and type(host) is str and type(path) is str:
+            routed = tools.route(method, host, path)
+        else:  # not cacheable; the normalisers say which field is wrong
+            routed = tools._route(method, host, path)
+        if routed.outcome == "egress_allow":
+            allowed = Decision("allowed", routed.code, routed.reason, (), None, (),
+                               principal, None)
+            return ToolDecision(allowed, "egress_allow", body, (), None)
+        if routed.outcome is not None:
+            return reject(routed.outcome, routed.code, routed.reason, diag=routed.diag,
+                          tool=routed.tool)
+        binding, route = routed.binding, routed.route
+        assert binding is not None and route is not None
+        params = routed.params or {}
         qid, permission = binding.qid, route.permission
         extractors, rules = route.extractors, binding.redactions
     else:
