@@ -26,6 +26,7 @@ FUNCTIONS: dict[str, tuple[int, str]] = {
     "endswith": (2, "string, suffix"),
     "contains": (2, "list or string, item"),
     "matches": (2, "string, glob literal"),
+    "has": (1, "a context or principal.attributes path"),
 }
 PRINCIPAL_FIELDS = ("id", "roles", "attributes")
 NON_CURRENCY_UNITS = ("tokens", "calls", "credits")
@@ -342,8 +343,15 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
             return BOOL
         arity, kinds = spec
         if len(e.args) != arity:
-            ctx.error("E107", f"{e.name}() takes {arity} arguments ({kinds}), "
-                      f"got {len(e.args)}", e.span)
+            ctx.error("E107", f"{e.name}() takes {arity} argument{'s' if arity > 1 else ''} "
+                      f"({kinds}), got {len(e.args)}", e.span)
+            return BOOL
+        if e.name == "has":
+            arg = e.args[0]
+            if not (isinstance(arg, ast.Path) and arg.segments and (
+                    arg.root == "context" or arg.segments[0] == "attributes")):
+                ctx.error("E108", "has() takes a path such as context.country or "
+                          "principal.attributes.tier", arg.span)
             return BOOL
         types = [_expr_type(ctx, a, uses_money, d) for a in e.args]
         if e.name in ("startswith", "endswith", "matches"):

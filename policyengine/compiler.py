@@ -163,6 +163,15 @@ def _contains(coll: Any, x: Any) -> bool:
     return _in_dyn(x, coll)
 
 
+def _has(value: Any, keys: tuple[str, ...]) -> bool:
+    """True when every key of the path is present (in nested objects); never an error."""
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return False
+        value = value[key]
+    return True
+
+
 def _matches(s: Any, rx: re.Pattern[str]) -> bool:
     return rx.fullmatch(_str(s, "matches")) is not None
 
@@ -170,7 +179,7 @@ def _matches(s: Any, rx: re.Pattern[str]) -> bool:
 _RUNTIME: dict[str, Any] = {
     "_lt": _lt, "_le": _le, "_gt": _gt, "_ge": _ge, "_eq": _eq, "_ne": _ne, "_b": _b,
     "_in_lit": _in_lit, "_in_dyn": _in_dyn, "_startswith": _startswith,
-    "_endswith": _endswith, "_contains": _contains, "_matches": _matches,
+    "_endswith": _endswith, "_contains": _contains, "_matches": _matches, "_has": _has,
 }
 _CMP = {"<": "_lt", "<=": "_le", ">": "_gt", ">=": "_ge", "==": "_eq", "!=": "_ne"}
 
@@ -256,6 +265,12 @@ class _Gen:
         if isinstance(e, ast.Or):
             return "(" + " or ".join(self.boolean(i) for i in e.items) + ")", True
         if isinstance(e, ast.Call):
+            if e.name == "has":
+                path = e.args[0]
+                assert isinstance(path, ast.Path)
+                if path.root == "context":
+                    return f"_has(c, {self.const(path.segments)})", True
+                return f"_has(p.attributes, {self.const(path.segments[1:])})", True
             if e.name == "matches":
                 subject, _ = self.expr(e.args[0])
                 glob = e.args[1]
