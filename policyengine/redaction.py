@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -251,7 +252,10 @@ def _locate(doc: Any, steps: Location) -> tuple[Location, Any] | None:
     return tuple(out), cur
 
 
-_ALLOWED_NODES = ("Root", "This", "Child", "Fields", "Index", "Slice", "Descendants", "Filter")
+# Node classes whose matches are locations in the document. ``Wildcard`` is how
+# jsonpath-ng >= 1.10 spells ``*`` (older versions use ``Fields('*')``).
+_ALLOWED_NODES = ("Root", "This", "Child", "Fields", "Index", "Slice", "Descendants", "Filter",
+                  "Wildcard")
 
 
 def _check_nodes(node: Any, text: str) -> None:
@@ -322,9 +326,11 @@ class JsonPath:
         if native is not None:
             return cls(text, native, None)
         try:
-            from jsonpath_ng.ext import parse as _jp_parse
+            from jsonpath_ng.ext import parse as _jp_parse  # type: ignore[attr-defined]
 
-            expr = _jp_parse(text)
+            with warnings.catch_warnings():  # unions warn as deprecated; we refuse them
+                warnings.simplefilter("ignore", DeprecationWarning)
+                expr = _jp_parse(text)
         except Exception as exc:  # jsonpath-ng raises assorted exception types
             raise RedactionError("invalid_path",
                                  f"JSONPath {text!r} does not parse: {exc}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -135,3 +136,21 @@ def test_ledger_matches_model(kind: str, sequence: list[tuple[object, ...]]) -> 
         assert bal.debt == max(0, spent - LIMIT)
         # The invariant the ledger exists for.
         assert bal.spent + bal.reserved <= LIMIT + OVERDRAFT
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_zero_amount_reservations_expire_cleanly(kind: str, tmp_path: Path) -> None:
+    """Regression (found by hypothesis): two zero-amount reservations, then expiry.
+
+    A zero-amount line holds nothing, so releasing it at expiry must not look for a hold.
+    """
+    clock = [1_773_144_000.0]
+    store = MemoryStore() if kind == "memory" else SQLiteStore(str(tmp_path / "z.db"))
+    spec = BudgetSpec("p.h", ("x:*",), Decimal(10), "EUR", "hour", subject="global")
+    ledger = Ledger([spec], store, clock=lambda: clock[0])
+    first = ledger.reserve("a", "x:y", "0", "EUR", ttl=1)
+    second = ledger.reserve("a", "x:y", "0", "EUR", ttl=1)
+    clock[0] += 2
+    (bal,) = ledger.balances("a")
+    assert (bal.spent, bal.reserved, bal.remaining) == (Decimal(0), Decimal(0), Decimal(10))
+    assert ledger.get(first.id).status == ledger.get(second.id).status == "expired"

@@ -161,11 +161,12 @@ class MemoryStore:
         reserved = self._reserved
         for line in record.lines:
             key = (line.budget, line.subject, line.window)
-            left = reserved[key] - line.amount
-            if left:
+            # A zero-amount line never created an entry (nothing was held for it).
+            left = reserved.get(key, 0) - line.amount
+            if left > 0:
                 reserved[key] = left
             else:
-                del reserved[key]
+                reserved.pop(key, None)
 
     def _sweep(self, now: float) -> None:
         timers = self._timers
