@@ -516,8 +516,7 @@ class _Build:
         if kind == "amount":
             return ast.Amount(sp)
         if kind == "path":
-            segs = tuple(str(s.children[0]) if s.data == "field" else self.string(s.children[0])
-                         for s in c[1:])
+            segs = tuple(self.string(s) if s.type == "STRING" else str(s) for s in c[1:])
             return ast.Path(str(c[0]), segs, sp)
         if kind == "call":
             args = tuple(self.expr(a) for a in c[1:] if a is not None)
