@@ -18,12 +18,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from policyengine import _json as strict_json
 from policyengine import ast
 from policyengine.decision import Decision, Diagnostic, Obligations, ToolDecision
 from policyengine.money import MoneyError, decimal_places
@@ -282,23 +282,6 @@ def _lower_headers(headers: Any) -> dict[str, Any]:
             if str(k).lower() not in CREDENTIAL_HEADERS}
 
 
-class _AmbiguousJsonError(ValueError):
-    """JSON two parsers could read differently: a duplicate key, NaN or Infinity."""
-
-
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _AmbiguousJsonError(f"duplicate key {key[:40]!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise _AmbiguousJsonError(f"{name} is not JSON")
-
-
 def _parse_body(body: Any) -> tuple[Any, tuple[str, str] | None]:
     """Bytes are JSON-decoded when they are JSON; anything else is taken as given.
 
@@ -314,9 +297,8 @@ def _parse_body(body: Any) -> tuple[Any, tuple[str, str] | None]:
         if not raw:
             return None, None
         try:
-            return json.loads(raw, object_pairs_hook=_unique_object,
-                              parse_constant=_no_constant), None
-        except _AmbiguousJsonError as exc:
+            return strict_json.loads(raw), None
+        except strict_json.AmbiguousJsonError as exc:
             return None, ("ambiguous_body", f"the JSON body is ambiguous: {exc}")
         except (ValueError, RecursionError):
             return raw, None

@@ -40,6 +40,7 @@ from typing import Any, Final, Protocol
 
 import httpx
 
+from policyengine import _json as strict_json
 from policyengine.decision import (
     ApprovalRequired,
     Decision,
@@ -82,19 +83,6 @@ def _local_denial(code: str, reason: str) -> ToolDecision:
     return ToolDecision(Decision("denied", code, reason), "invalid_request")
 
 
-def _reject_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _is_json_type(content_type: str | None) -> bool:
     if content_type is None:
         return True
@@ -109,9 +97,7 @@ def _parse_body(content: bytes, content_type: str | None) -> tuple[Any, bool]:
     if not _is_json_type(content_type):
         return content, False
     try:
-        text = content.decode("utf-8", "strict")
-        return json.loads(text, object_pairs_hook=_reject_dupes,
-                          parse_constant=_reject_constant), True
+        return strict_json.loads(content), True
     except (ValueError, RecursionError):  # includes UnicodeDecodeError, JSONDecodeError
         return content, False
 

@@ -25,7 +25,6 @@ This module is a leaf: it imports nothing from the engine.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -44,8 +43,9 @@ from decimal import (
     InvalidOperation,
     Overflow,
 )
-from typing import Any, Final, Literal, Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, runtime_checkable
 
+from policyengine import _json as strict_json
 from policyengine.money import MAX_AMOUNT, UNITS, Money, MoneyError, _parse, _Spec, _spec
 
 __all__ = [
@@ -297,34 +297,18 @@ class StaticRates:
         return f"{type(self).__name__}(base={self._base!r}, codes={len(self._to_base)})"
 
 
-def _reject_constant(name: str) -> Any:
-    raise RateError("invalid_rate", f"rate {name} is not a finite number")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise RateError("invalid_rate_table", f"key {key!r} appears twice")
-        result[key] = value
-    return result
-
-
 _DOCUMENT_KEYS: Final = frozenset({"base", "as_of", "rates", "source"})
 
 
 def _parse_document(text: str | bytes) -> tuple[str, dict[str, Decimal | str | int], float]:
     try:
         # parse_float=Decimal keeps JSON numbers exact (0.92 stays 0.92, never a float).
-        doc = json.loads(
-            text,
-            parse_float=Decimal,
-            parse_constant=_reject_constant,
-            object_pairs_hook=_unique_keys,
-        )
+        doc = strict_json.loads(text, decimal=True)
+    except strict_json.AmbiguousJsonError as exc:
+        if exc.code == "non_finite_number":
+            raise RateError("invalid_rate", f"rate {exc} (not a finite number)") from exc
+        raise RateError("invalid_rate_table", f"rates file: {exc}") from exc
     except (ValueError, RecursionError) as exc:
-        if isinstance(exc, RateError):
-            raise
         raise RateError("invalid_rate_table", f"rates file is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise RateError("invalid_rate_table", "rates file must hold a JSON object")

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from policyengine import _json as strict_json
 from policyengine.tokens.errors import TokenError
 
 __all__ = [
@@ -61,31 +62,14 @@ def b64decode(text: str, what: str = "segment") -> bytes:
         raise TokenError("bad_base64", f"{what}: {exc}") from None
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise TokenError("duplicate_key", f"duplicate JSON member {key!r}")
-            seen.add(key)
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise TokenError("bad_json", f"JSON constant {name} is not allowed")
-
-
-# Built once: json.loads(..., object_pairs_hook=...) would build a decoder per call.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-
-
 def loads_object(raw: bytes, what: str) -> dict[str, Any]:
     """Parse UTF-8 JSON that must be an object, rejecting duplicate members anywhere."""
     try:
-        value = _DECODER.decode(raw.decode("utf-8"))
-    except TokenError:
-        raise
+        value = strict_json.loads(raw)
+    except strict_json.AmbiguousJsonError as exc:
+        if exc.code == "duplicate_key":
+            raise TokenError("duplicate_key", f"{what}: duplicate JSON member: {exc}") from None
+        raise TokenError("bad_json", f"{what}: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise TokenError("bad_json", f"{what} is not valid UTF-8 JSON: {exc}") from None
     if type(value) is not dict:
