@@ -64,13 +64,6 @@ class Principal:
 _NUMERIC = (int, float, Decimal)
 
 
-def _is_num(v: object) -> bool:
-    t = type(v)
-    if t is int or t is Decimal:
-        return True
-    return t is float and math.isfinite(v)  # type: ignore[arg-type]
-
-
 def _num(v: Any, op: str) -> Any:
     t = type(v)
     if t is int:
@@ -306,14 +299,6 @@ def _build_many(sources: Sequence[str], consts: dict[str, Any]) -> tuple[Test, .
     return fns
 
 
-def _build(source: str, consts: dict[str, Any], label: str) -> Test:
-    namespace: dict[str, Any] = dict(_RUNTIME)
-    namespace.update(consts)
-    code = compile(f"lambda c, p, r: {source}", f"<policy {label}>", "eval")
-    fn: Test = eval(code, namespace)
-    return fn
-
-
 # ---- compiled structures -------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -385,7 +370,7 @@ class CompiledRule:
             for cond in self.conditions:
                 g = _Gen(money, _to_base(money))
                 out.append((cond.kind, _expr_text(cond.expr),
-                            _build(g.boolean(cond.expr), g.consts, self.qid)))
+                            _build_many([g.boolean(cond.expr)], g.consts)[0]))
             self._clauses = tuple(out)
         return self._clauses
 

@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Literal
 
 __all__ = [
-    "ALLOWED",
-    "APPROVAL_REQUIRED_STATUS",
-    "DENIED",
     "ApprovalRequired",
     "Decision",
     "Diagnostic",
@@ -32,9 +28,6 @@ __all__ = [
 ]
 
 Status = Literal["allowed", "denied", "pending_approval"]
-ALLOWED: Status = "allowed"
-DENIED: Status = "denied"
-APPROVAL_REQUIRED_STATUS: Status = "pending_approval"
 
 # Decision ids: a random per-process prefix plus a counter. ``next()`` on an
 # ``itertools.count`` is atomic under the GIL, and this costs ~100 ns, unlike uuid4.
@@ -118,9 +111,6 @@ class Obligations:
     __hash__ = None  # type: ignore[assignment]
 
 
-EMPTY_OBLIGATIONS = Obligations()
-
-
 class Decision:
     """The answer to ``engine.authorize``.
 
@@ -185,6 +175,17 @@ class Decision:
         if self._decision_id is None:
             self._decision_id = new_id("dec")
         return self._decision_id
+
+    @classmethod
+    def denial(cls, code: str, reason: str, principal: Any, permission: Any,
+               diagnostic: str | None = None) -> Decision:
+        """A denial decided before any rule ran (malformed request, token, egress): one
+        diagnostic (code ``diagnostic`` or ``code``) says why. Non-string principals and
+        permissions are not echoed back."""
+        return cls("denied", code, reason,
+                   diagnostics=(Diagnostic(diagnostic or code, reason, None, "denied"),),
+                   principal=principal if type(principal) is str else None,
+                   permission=permission if type(permission) is str else None)
 
     def overruled(self, code: str, reason: str, diagnostics: tuple[Diagnostic, ...] = (),
                   rules: tuple[str, ...] | None = None,
@@ -293,5 +294,3 @@ class ToolDenied(NotAuthorized):
     def outcome(self) -> str:
         return self.decision.outcome if isinstance(self.decision, ToolDecision) else "policy_deny"
 
-
-DecisionFactory = Callable[..., Decision]

@@ -308,13 +308,6 @@ def _parse_body(body: Any) -> tuple[Any, tuple[str, str] | None]:
     return body, None
 
 
-def _decision(status: str, code: str, reason: str, permission: str | None,
-              principal: Any, diag: str | None = None) -> Decision:
-    diags = (Diagnostic(diag or code, reason, None, status),) if status != "allowed" else ()
-    return Decision(status, code, reason, (), None, diags,  # type: ignore[arg-type]
-                    principal if type(principal) is str else None, permission)
-
-
 def _outcome(decision: Decision) -> str:
     if decision.status == "allowed":
         return "policy_allow"
@@ -346,7 +339,7 @@ def tool_authorize(tools: CompiledTools,
 
     def reject(outcome: str, code: str, reason: str, permission: str | None = None,
                diag: str | None = None, tool: str | None = None) -> ToolDecision:
-        return ToolDecision(_decision("denied", code, reason, permission, principal, diag),
+        return ToolDecision(Decision.denial(code, reason, principal, permission, diag),
                             outcome, None, (), tool)
 
     if type(principal) is not str:

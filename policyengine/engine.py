@@ -222,8 +222,9 @@ class Engine:
     def policy(self) -> CompiledPolicy:
         return self._policy
 
-    def now(self) -> float:
-        return self._clock() if self._clock is not None else time.time()
+    def _now(self) -> float | None:
+        """The injected clock's time, or None to let each component read the real one."""
+        return self._clock() if self._clock is not None else None
 
     # ---- authorize ----
     def authorize(self, principal: str, permission: str,
@@ -240,7 +241,7 @@ class Engine:
 
     def _decide(self, principal: Any, permission: Any, context: Any, token: Any,
                 approval_id: Any, register: bool) -> Decision:
-        now = self._clock() if self._clock is not None else None
+        now = self._now()
         policy = self._policy
         grant = None
         if token is not None:
@@ -319,7 +320,7 @@ class Engine:
             raise TokenError("no_keys", "this engine has no keys to verify tokens with "
                              "(Engine.from_path(..., keys=KeySet...))")
         block = self._policy.delegation
-        now = self._clock() if self._clock is not None else None
+        now = self._now()
         return verify(self.keys, token, now=now,
                       issuer=block.issuer if block else None,
                       audience=block.audience if block else None,
@@ -338,10 +339,7 @@ class Engine:
         from policyengine.tokens import TokenError
 
         def deny(code: str, diag: str, message: str, grant: Any = None) -> Decision:
-            d = Decision("denied", code, message,
-                         diagnostics=(Diagnostic(diag, message, None, "denied"),),
-                         principal=principal if type(principal) is str else None,
-                         permission=permission if type(permission) is str else None)
+            d = Decision.denial(code, message, principal, permission, diag)
             if grant is not None:
                 d.acting_for, d.chain = grant.acting_for, tuple(grant.chain)
             return d
@@ -430,5 +428,5 @@ class Engine:
     def explain(self, principal: str, permission: str,
                 context: dict[str, Any] | None = None) -> Explanation:
         """Rule by rule: which rules could decide, whether each applied, and why."""
-        now = self._clock() if self._clock is not None else None
+        now = self._now()
         return explain(self._policy, principal, permission, context, now)

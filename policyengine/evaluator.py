@@ -68,7 +68,6 @@ class RequestState:
 _INVALID_AMOUNT_CODES = frozenset({
     "nan_amount", "infinite_amount", "bool_amount", "float_amount", "negative_amount",
     "too_many_decimals", "amount_too_large", "exponent_too_large", "invalid_amount",
-    "non_ascii_digits", "separator_in_amount", "whitespace_in_amount", "empty_amount",
 })
 
 
@@ -138,10 +137,7 @@ def request_problem(principal: Any, permission: Any, context: Any) -> str | None
 
 def invalid(principal: Any, permission: Any, message: str) -> Decision:
     """A denied decision for a request that is not well formed."""
-    return Decision("denied", "invalid_request", message,
-                    diagnostics=(Diagnostic("invalid_request", message, None, "denied"),),
-                    principal=principal if type(principal) is str else None,
-                    permission=permission if type(permission) is str else None)
+    return Decision.denial("invalid_request", message, principal, permission)
 
 
 def _run(rule: CompiledRule, ctx: dict[str, Any], plan: Plan, req: RequestState | None,

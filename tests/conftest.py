@@ -34,6 +34,16 @@ def make_engine() -> Callable[..., Engine]:
     return make
 
 
+class Clock:
+    """An injectable clock: call it for the time, set ``t`` to move it."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def ast_key(node: object) -> object:
     """A strict, span-free structural key for AST nodes: type names and value types count.
 

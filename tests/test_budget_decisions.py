@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Clock
 
 from policyengine import tokens
 from policyengine.budgets import SQLiteStore
@@ -41,16 +42,8 @@ tool pay: function "pay_out" -> payments:transfer { amount = $.amount, currency 
 """
 
 
-class Clock:
-    def __init__(self, t: float = NOW) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def engine(text: str = POLICY, clock: Clock | None = None, **options: Any) -> Engine:
-    return Engine.from_source(text, name="t.policy", clock=clock or Clock(), keys=KEYS,
+    return Engine.from_source(text, name="t.policy", clock=clock or Clock(NOW), keys=KEYS,
                               **options)
 
 
@@ -97,7 +90,7 @@ def test_larger_than_the_whole_limit_on_a_fresh_ledger() -> None:
 
 
 def test_live_reservations_count_and_expired_ones_do_not() -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     e = engine(clock=clock)
     e.budgets.reserve("bot", "payments:refund", "80", "EUR", ttl=60)
     wire = wire_of(e.authorize("bot", "payments:refund", eur("21")))
@@ -109,7 +102,7 @@ def test_live_reservations_count_and_expired_ones_do_not() -> None:
 
 
 def test_next_window_starts_fresh() -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     e = engine(clock=clock)
     e.budgets.record("bot", "payments:refund", "100", "EUR")
     assert e.authorize("bot", "payments:refund", eur("0.01")).code == "budget_exceeded"

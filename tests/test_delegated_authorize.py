@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Clock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,17 +45,9 @@ tool refunds: function "issue_refund" -> payments:refund {
 BLOCK = 'delegation { max_depth 2  max_ttl 1h  issuer "https://auth.example"  audience "travel" }\n'
 
 
-class Clock:
-    def __init__(self, t: float = NOW) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def engine(text: str = POLICY, clock: Clock | None = None, **options: Any) -> Engine:
     options.setdefault("keys", KEYS)
-    return Engine.from_source(text, name="t.policy", clock=clock or Clock(), **options)
+    return Engine.from_source(text, name="t.policy", clock=clock or Clock(NOW), **options)
 
 
 def mint(agent: str = "travel-agent", permissions: tuple[str, ...] = ("flights:*",), *,
@@ -310,7 +303,7 @@ def test_revocation_store_is_per_engine() -> None:
 
 # --------------------------------------------------------------------------- time
 def test_expiry_and_not_before_follow_the_injected_clock() -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     e = engine(clock=clock)
     token = mint(permissions=("flights:*",))  # valid [NOW, NOW + 3600), leeway 60
     assert e.authorize("travel-agent", "flights:book", token=token).allowed
@@ -331,7 +324,7 @@ def test_expiry_and_not_before_follow_the_injected_clock() -> None:
 
 
 def test_expired_child_inside_a_live_parent() -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     e = engine(clock=clock)
     short = child_of(ROOT, "hotel-agent", ("flights:book",), max_amount=("10", "EUR"), ttl=60)
     clock.t = NOW + 120
@@ -391,7 +384,7 @@ def test_random_strings_are_denied(token: str) -> None:
 
 
 def test_engine_without_keys_denies_tokens() -> None:
-    e = Engine.from_source(POLICY, clock=Clock())
+    e = Engine.from_source(POLICY, clock=Clock(NOW))
     expect(e.authorize("travel-agent", "flights:book", token=ROOT), "denied", "invalid_token",
            diag="no_keys")
     assert e.authorize("travel-agent", "flights:book").allowed
