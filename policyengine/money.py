@@ -382,7 +382,13 @@ def parse_amount(
     >>> parse_amount("10.001", "USD", excess_decimals="round")
     Decimal('10.01')
     """
-    spec = _UNSCALED if currency is None else _spec(currency)
+    if currency is None:
+        spec = _UNSCALED
+    else:
+        found = _SPECS.get(currency) if type(currency) is str else None
+        spec = found if found is not None else _spec(currency)
+    if type(value) is str and excess_decimals == "reject":  # the common case, one call deep
+        return _parse_text(value, spec, allow_negative, False)
     return _parse(value, spec, allow_negative, _round_up(excess_decimals), allow_float)
 
 

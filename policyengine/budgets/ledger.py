@@ -23,13 +23,13 @@ Rules (``docs/budgets.md`` has the long form):
 from __future__ import annotations
 
 import math
-import secrets
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from policyengine.budgets.errors import (
     BudgetError,
@@ -82,6 +82,28 @@ _MAX_MATCH_CACHE = 10_000
 _NON_MONEY = frozenset({"tokens", "calls", "credits"})
 _CALL, _SAME, _CONVERT = 0, 1, 2  # how a budget counts a spend
 _QUANTA = [Decimal(1).scaleb(-n) for n in range(19)]
+_INF = float("inf")
+#: Builds a record tuple without the NamedTuple ``__new__`` (a Python-level call that
+#: costs twice as much); used on the hot path where every field is given in order.
+_new = tuple.__new__
+
+
+_unit_scales: dict[str, tuple[int, Decimal]] = {}
+
+
+def _unit_scale(unit: str) -> tuple[int, Decimal]:
+    """(decimal places, quantum) of a canonical unit, memoised (one dict lookup)."""
+    found = _unit_scales.get(unit)
+    if found is None:
+        scale = canonical_unit(unit)[1]
+        found = _unit_scales[unit] = (scale, _QUANTA[scale])
+    return found
+
+
+def _new_id() -> str:
+    """A fresh reservation id: 96 random bits from the OS, so it stays unique across
+    ``fork`` and cannot be guessed from another id."""
+    return "rsv_" + os.urandom(12).hex()
 
 
 def _iso(t: float | None) -> str | None:
@@ -121,6 +143,13 @@ class _Budget:
         self.window = Window(spec.window, spec.rolling_seconds, spec.tz)
         self.rolling = spec.rolling_seconds
         self.subject = spec.subject
+
+
+#: (spend unit, valid from, valid until, per covering budget: (budget, how it counts the
+#: spend, subject, window start, window end, bucket, or None for a rolling window)).
+_Targets = tuple[
+    str | None, float, float, tuple[tuple[_Budget, int, str, int, int, Bucket | None], ...]
+]
 
 
 @dataclass(frozen=True)
@@ -468,6 +497,8 @@ class Ledger:
             tuple[str, str | None],
             tuple[str | None, tuple[tuple[_Budget, int], ...]] | str,
         ] = {}
+        self._targets_cache: dict[tuple[str, str | None, str, str | None, str | None],
+                                  _Targets] = {}
 
     # -- public operations ---------------------------------------------------------------
 
@@ -486,13 +517,12 @@ class Ledger:
         Raises :class:`BudgetInputError` for bad input, like :meth:`reserve`.
         """
         now = self.clock()
-        _unit, _value, lines, budgets = self._plan(
+        _unit, _value, lines, budgets, buckets = self._plan(
             principal, permission, amount, currency, acting_for, tenant, now
         )
         if not lines:
             return BudgetCheck(self, [], None, -1)
-        buckets = tuple(_bucket(line, b, now) for line, b in zip(lines, budgets, strict=True))
-        usages = self.store.usage(buckets, now)
+        usages = self.store.usage(tuple(buckets), now)
         rows = list(zip(budgets, lines, usages, strict=True))
         for i, (b, line, use) in enumerate(rows):
             if use.spent > b.limit:
@@ -519,25 +549,19 @@ class Ledger:
         ``debt_outstanding``) if any covering budget lacks room. Commit, release or let
         it expire.
         """
-        ttl_s = _ttl(ttl)
-        key = _key(idempotency_key)
+        ttl_s = float(ttl) if type(ttl) is int and MIN_TTL <= ttl <= MAX_TTL else _ttl(ttl)
+        key = None if idempotency_key is None else _key(idempotency_key)
         now = self.clock()
-        unit, value, lines, budgets = self._plan(
+        unit, value, lines, budgets, buckets = self._plan(
             principal, permission, amount, currency, acting_for, tenant, now
         )
-        record = ReservationRecord(
-            "rsv_" + secrets.token_urlsafe(15), ACTIVE, principal, permission, unit,
-            str(value), acting_for, tenant, now, now + ttl_s, tuple(lines),
-        )
-        guards = tuple(
-            Guard(
-                Bucket(line.budget, line.subject, 0, now - b.rolling)
-                if b.rolling is not None
-                else Bucket(line.budget, line.subject, line.window),
-                line.amount, b.limit, b.limit,
-            )
-            for line, b in zip(lines, budgets, strict=True)
-        )
+        record = _new(ReservationRecord, (
+            _new_id(), ACTIVE, principal, permission, unit, str(value), acting_for, tenant,
+            now, now + ttl_s, tuple(lines), None, None, None, None,
+        ))
+        guards = []
+        for line, b, bucket in zip(lines, budgets, buckets, strict=True):
+            guards.append(_new(Guard, (bucket, line.amount, b.limit, b.limit)))
         idem = None
         if key is not None:
             fingerprint = repr(("reserve", principal, permission, unit, str(value), ttl_s,
@@ -547,9 +571,11 @@ class Ledger:
                 return replay
             idem = IdempotencyRecord("reserve:" + key, fingerprint, record,
                                      now + IDEMPOTENCY_RETENTION)
-        outcome = self.store.apply(Transaction(guards, create=record, idempotency=idem), now)
+        outcome = self.store.apply(
+            _new(Transaction, (tuple(guards), None, record, None, None, (), idem)), now
+        )
         if outcome.ok:
-            return self._view(record, now)
+            return Reservation(record, self._meta, now)
         return self._failed(outcome, lines, budgets, idem, now, "budget_exceeded")
 
     def record(
@@ -573,23 +599,23 @@ class Ledger:
         over = self._overage(overage)
         key = _key(idempotency_key)
         now = self.clock()
-        unit, value, lines, budgets = self._plan(
+        unit, value, lines, budgets, buckets = self._plan(
             principal, permission, amount, currency, acting_for, tenant, now
         )
         record = ReservationRecord(
-            "rsv_" + secrets.token_urlsafe(15), COMMITTED, principal, permission, unit,
+            _new_id(), COMMITTED, principal, permission, unit,
             str(value), acting_for, tenant, now, now, tuple(lines),
             tuple(line.amount for line in lines), str(value), unit, now,
         )
         if over == "allow_with_overdraft":
             guards = tuple(
-                Guard(_bucket(line, b, now), line.amount, b.ceiling, None)
-                for line, b in zip(lines, budgets, strict=True)
+                Guard(bucket, line.amount, b.ceiling, None)
+                for line, b, bucket in zip(lines, budgets, buckets, strict=True)
             )
         else:
             guards = tuple(
-                Guard(_bucket(line, b, now), line.amount, b.limit, b.limit)
-                for line, b in zip(lines, budgets, strict=True)
+                Guard(bucket, line.amount, b.limit, b.limit)
+                for line, b, bucket in zip(lines, budgets, buckets, strict=True)
             )
         spends = tuple(
             Spend(line.budget, line.subject, line.window, line.rolling, line.amount)
@@ -629,8 +655,8 @@ class Ledger:
         ``overdraft_limit`` (else ``overdraft_limit_exceeded``). A failed commit leaves
         the reservation active.
         """
-        over = self._overage(overage)
-        key = _key(idempotency_key)
+        over = "reject" if overage == "reject" else self._overage(overage)
+        key = None if idempotency_key is None else _key(idempotency_key)
         now = self.clock()
         rec = self._active(reservation_id, now, idempotency_key is not None)
         unit = rec.unit
@@ -647,16 +673,24 @@ class Ledger:
         if rec is None:  # pragma: no cover - _active raises
             raise AssertionError
         actuals: list[int] = []
+        spends: list[Spend] = []
         guards: list[Guard] = []
         guard_lines: list[tuple[Line, _Budget | None]] = []
         same_unit = unit == rec.unit
         for line in rec.lines:
             budget = self._by_id.get(line.budget)
-            if same_unit and line.rate is None and not line.counts_call and budget is not None:
+            if line.counts_call:
+                actual = line.amount  # the call happened; its count is the reservation's
+            elif same_unit and line.rate is None and budget is not None:
                 actual = int(value.scaleb(budget.scale))  # fast path: no conversion
+                if actual > MAX_QUANTA:
+                    raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too "
+                                           "large", {"reason": "amount_too_large"})
             else:
                 actual = self._commit_amount(rec, line, budget, value, unit, now)
             actuals.append(actual)
+            spends.append(_new(Spend, (line.budget, line.subject, line.window, line.rolling,
+                                       actual)))
             if actual <= line.amount or budget is None:
                 continue
             if over == "reject":
@@ -672,26 +706,21 @@ class Ledger:
             ceiling = budget.ceiling if over == "allow_with_overdraft" else budget.limit
             guards.append(Guard(_bucket(line, budget, now), actual, ceiling, None))
             guard_lines.append((line, budget))
-        final = ReservationRecord(
+        final = _new(ReservationRecord, (
             rec.id, COMMITTED, rec.principal, rec.permission, rec.unit, rec.amount,
             rec.acting_for, rec.tenant, rec.created_at, rec.expires_at, rec.lines,
             tuple(actuals), str(value), unit, now,
-        )
-        spends = tuple(
-            Spend(line.budget, line.subject, line.window, line.rolling, actual)
-            for line, actual in zip(rec.lines, actuals, strict=True)
-        )
+        ))
         idem = None
         if key is not None:
             idem = IdempotencyRecord("commit:" + key, fingerprint, final,
                                      now + IDEMPOTENCY_RETENTION)
         outcome = self.store.apply(
-            Transaction(tuple(guards), require_active=rec.id, finalize=final, spends=spends,
-                        idempotency=idem),
+            _new(Transaction, (tuple(guards), rec.id, None, final, None, tuple(spends), idem)),
             now,
         )
         if outcome.ok:
-            return self._view(final, now)
+            return Reservation(final, self._meta, now)
         code = "overdraft_limit_exceeded" if over == "allow_with_overdraft" else "budget_exceeded"
         lines = [gl[0] for gl in guard_lines]
         budgets = [gl[1] for gl in guard_lines]
@@ -822,7 +851,7 @@ class Ledger:
         if unit is None:
             return value
         # One spelling per amount ("75" and "75.00" EUR are the same payload).
-        return value.quantize(_QUANTA[canonical_unit(unit)[1]])
+        return value.quantize(_unit_scale(unit)[1])
 
     def _plan(
         self,
@@ -833,8 +862,72 @@ class Ledger:
         acting_for: object,
         tenant: object,
         now: float,
-    ) -> tuple[str | None, Decimal, list[Line], list[_Budget]]:
-        """Validate a spend and work out what it charges to each covering budget."""
+    ) -> tuple[str | None, Decimal, list[Line], list[_Budget], list[Bucket]]:
+        """Validate a spend and work out what it charges to each covering budget.
+
+        Returns the spend unit, the amount, and per covering budget its :class:`Line`,
+        the budget and the :class:`Bucket` to guard.
+        """
+        unit, _lo, _hi, targets = self._targets(
+            principal, permission, currency, acting_for, tenant, now
+        )
+        value = self._amount(amount, unit)
+        # The amount in its own unit's quanta: what a budget in that unit is charged.
+        quanta = 0 if unit is None else int(value.scaleb(_unit_scale(unit)[0]))
+        lines: list[Line] = []
+        budgets: list[_Budget] = []
+        buckets: list[Bucket] = []
+        for b, mode, subject, start, end, bucket in targets:
+            rate: str | None = None
+            if mode == _CALL:
+                q = 1
+            elif mode == _SAME:
+                q = quanta
+                if q > MAX_QUANTA:
+                    raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too "
+                                           "large", {"reason": "amount_too_large"})
+            else:
+                q, rate = self._convert(value, unit, b, now)  # type: ignore[arg-type]
+            rolling = bucket is None
+            if bucket is None:  # a rolling window ends now
+                bucket = _new(Bucket, (b.id, subject, 0, now - b.rolling))  # type: ignore[operator]
+            lines.append(_new(Line, (b.id, subject, start, end, rolling, q, rate,
+                                     mode == _CALL)))
+            budgets.append(b)
+            buckets.append(bucket)  # type: ignore[arg-type]  # set just above
+        return unit, value, lines, budgets, buckets
+
+    def _targets(
+        self,
+        principal: object,
+        permission: object,
+        currency: object,
+        acting_for: object,
+        tenant: object,
+        now: float,
+    ) -> _Targets:
+        """Who is charged what, independent of the amount: per covering budget, how it
+        counts the spend, its subject, window and bucket.
+
+        Cached per (permission, unit, principal, acting_for, tenant) while ``now`` stays
+        inside every calendar window of the entry, so the steady state is one dict lookup.
+        Only exact ``str`` (or None) arguments are cached: anything else is validated
+        (and refused) every time.
+        """
+        cacheable = (
+            type(principal) is str and type(permission) is str
+            and (currency is None or type(currency) is str)
+            and (acting_for is None or type(acting_for) is str)
+            and (tenant is None or type(tenant) is str)
+        )
+        if cacheable:
+            cache_key = cast(
+                "tuple[str, str | None, str, str | None, str | None]",
+                (permission, currency, principal, acting_for, tenant),
+            )
+            found = self._targets_cache.get(cache_key)
+            if found is not None and found[1] <= now < found[2]:
+                return found
         if type(principal) is not str or not principal or len(principal) > _MAX_NAME:
             _name(principal, "principal")
         if acting_for is not None:
@@ -844,33 +937,24 @@ class Ledger:
         if type(permission) is not str:
             raise BudgetInputError("invalid_permission", "permission must be a string")
         unit, modes = self._modes(permission, currency)
-        value = self._amount(amount, unit)
-        quanta = 0
-        if unit is not None and unit in _NON_MONEY:
-            quanta = int(value.scaleb(canonical_unit(unit)[1]))
-            if quanta > MAX_QUANTA:
-                raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",
-                                       {"reason": "amount_too_large"})
-        lines: list[Line] = []
-        budgets: list[_Budget] = []
+        lo, hi = -_INF, _INF
+        targets: list[tuple[_Budget, int, str, int, int, Bucket | None]] = []
         for b, mode in modes:
-            rate: str | None = None
-            if mode == _CALL:
-                q = 1
-            elif mode == _SAME:
-                q = quanta
-            else:
-                q, rate = self._convert(value, unit, b, now)  # type: ignore[arg-type]
-            subject = _subject(b.subject, principal, acting_for, tenant)  # type: ignore[arg-type]
+            subject = cast(str, _subject(b.subject, principal, acting_for, tenant))  # type: ignore[arg-type]
             if b.rolling is not None:
                 start = end = 0
+                bucket = None
             else:
                 start, end = b.window.bounds(now)
-            lines.append(
-                Line(b.id, subject, start, end, b.rolling is not None, q, rate, mode == _CALL)  # type: ignore[arg-type]
-            )
-            budgets.append(b)
-        return unit, value, lines, budgets
+                lo, hi = max(lo, start), min(hi, end)
+                bucket = Bucket(b.id, subject, start)  # type: ignore[arg-type]
+            targets.append((b, mode, subject, start, end, bucket))
+        result: _Targets = (unit, lo, hi, tuple(targets))
+        if cacheable:
+            if len(self._targets_cache) >= _MAX_MATCH_CACHE:
+                self._targets_cache.clear()
+            self._targets_cache[cache_key] = result
+        return result
 
     def _modes(
         self, permission: str, currency: object
@@ -901,7 +985,7 @@ class Ledger:
         for b in matched:
             if b.calls and unit != "calls":
                 modes.append((b, _CALL))
-            elif b.unit == unit and not spend_money:
+            elif b.unit == unit:
                 modes.append((b, _SAME))
                 accepted += not b.calls
             elif b.money and spend_money:
@@ -954,8 +1038,7 @@ class Ledger:
         unit: str | None,
         now: float,
     ) -> int:
-        if line.counts_call:
-            return line.amount  # the call happened; its count is the reservation's
+        """Quanta a commit of ``value`` ``unit`` charges to ``line`` (not a calls line)."""
         scale = self._scales.get(line.budget, 0)
         line_unit = self._units.get(line.budget)
         money_unit = unit is not None and unit not in ("tokens", "calls", "credits")
@@ -984,9 +1067,8 @@ class Ledger:
         )
         if rec is None:
             raise _unknown(reservation_id)
-        if lenient:
-            return rec
-        _raise_state(rec, now)
+        if not lenient and (rec.status != ACTIVE or rec.expires_at <= now):
+            _raise_state(rec, now)
         return rec
 
     def _replay(self, key: str, fingerprint: str, now: float) -> Reservation | None:
@@ -1019,6 +1101,14 @@ class Ledger:
             if outcome.reservation is None:
                 raise ReservationError("unknown_reservation", "the reservation no longer exists")
             _raise_state(outcome.reservation, now)
+            # Live by our clock, yet the store released it: a process whose clock runs
+            # ahead of ours found it expired. Its hold is gone, so it is expired.
+            raise ReservationError(
+                "reservation_expired",
+                f"reservation {outcome.reservation.id} was released as expired by a process "
+                "whose clock is ahead of this one; processes sharing a store should share "
+                "a clock",
+            )
         if outcome.reason in ("guard", "debt"):
             i = outcome.failed
             use = outcome.usage[i]

@@ -4,21 +4,42 @@ Safe across threads and across processes on one host: each thread (and each proc
 after ``fork``) gets its own connection; every write is one ``BEGIN IMMEDIATE``
 transaction (the database write lock is taken before the guards are read, so no two
 writers ever interleave check and debit); WAL journal so readers never block the writer;
-a busy timeout instead of ``database is locked`` errors. ``synchronous=FULL`` (default)
-makes a returned commit survive power loss; ``NORMAL`` survives a killed process but may
-lose the last commits on power loss, and is faster.
+a busy timeout instead of ``database is locked`` errors.
 
-Amounts are INTEGER quanta (cents, tokens, micro-credits), never floats.
+Layout: one row per bucket holding its ``spent`` and ``reserved`` counters, so a guard is
+one primary-key read; one row per reservation, flagged ``held`` while its lines are
+counted in ``reserved``. Every write first releases the holds of reservations that
+expired by its ``now`` (a partial index finds them); a read subtracts them instead, so
+expiry is exact without a background sweeper. Amounts are INTEGER quanta (cents,
+tokens, micro-credits), never floats.
+
+Durability (``durability=``): what a returned call guarantees. A killed process loses
+nothing in every mode (the WAL is written before the call returns); the modes differ in
+what survives the *host* losing power or crashing:
+
+* ``"process"`` (default): SQLite's ``synchronous=NORMAL``, the usual setting for WAL
+  (Rails and most embedded uses default to it). No fsync per transaction; the WAL is
+  synced at each checkpoint (about every 1,000 pages), so a power loss can lose the
+  transactions since the last one, spend included.
+* ``"spend"``: a transaction that records spend (``commit``, ``record``) or moves an
+  expiry (``extend``) is synced before it returns (``synchronous=FULL``); one that only
+  places or gives back holds (``reserve``, ``release``) is not, and becomes durable with
+  the next synced transaction of any process, because the WAL is synced in order. One
+  fsync per reserve + commit pair.
+* ``"full"``: every transaction is synced before it returns. Two fsyncs per pair.
+
+docs/budgets.md has the throughput of each mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
 from contextlib import AbstractContextManager, nullcontext
-from typing import Literal
+from typing import Any, Literal
 
 from policyengine.budgets.errors import BudgetStoreError
 from policyengine.budgets.spec import MAX_ROLLING_SECONDS
@@ -37,39 +58,63 @@ from policyengine.budgets.store import (
 
 __all__ = ["SQLiteStore"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS budget_spent (
-    budget TEXT NOT NULL, subject TEXT NOT NULL, win INTEGER NOT NULL,
-    spent INTEGER NOT NULL, PRIMARY KEY (budget, subject, win)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS budget_events (
-    budget TEXT NOT NULL, subject TEXT NOT NULL, at REAL NOT NULL, amount INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS budget_events_by_bucket ON budget_events (budget, subject, at);
-CREATE TABLE IF NOT EXISTS budget_holds (
-    rid TEXT NOT NULL, budget TEXT NOT NULL, subject TEXT NOT NULL, win INTEGER NOT NULL,
-    amount INTEGER NOT NULL, expires_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS budget_holds_by_bucket
-    ON budget_holds (budget, subject, win, expires_at);
-CREATE INDEX IF NOT EXISTS budget_holds_by_rid ON budget_holds (rid);
-CREATE INDEX IF NOT EXISTS budget_holds_by_expiry ON budget_holds (expires_at);
-CREATE TABLE IF NOT EXISTS budget_reservations (
-    id TEXT PRIMARY KEY, status TEXT NOT NULL, expires_at REAL NOT NULL,
-    finished_at REAL, data TEXT NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS budget_reservations_by_finish ON budget_reservations (finished_at);
-CREATE TABLE IF NOT EXISTS budget_idempotency (
-    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, expires_at REAL NOT NULL,
-    result TEXT NOT NULL) WITHOUT ROWID;
-"""
+Durability = Literal["process", "spend", "full"]
+_DURABILITY = ("process", "spend", "full")
 
-_SPENT = "SELECT spent FROM budget_spent WHERE budget = ? AND subject = ? AND win = ?"
+#: ``PRAGMA user_version`` of the layout below; a file with another layout is refused.
+SCHEMA_VERSION = 2
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS budget_buckets (
+    budget TEXT NOT NULL, subject TEXT NOT NULL, win INTEGER NOT NULL,
+    spent INTEGER NOT NULL, reserved INTEGER NOT NULL,
+    PRIMARY KEY (budget, subject, win)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS budget_buckets_by_window ON budget_buckets (win)",
+    """CREATE TABLE IF NOT EXISTS budget_events (
+    budget TEXT NOT NULL, subject TEXT NOT NULL, at REAL NOT NULL, amount INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS budget_events_by_bucket ON budget_events (budget, subject, at)",
+    """CREATE TABLE IF NOT EXISTS budget_reservations (
+    id TEXT PRIMARY KEY, status TEXT NOT NULL, expires_at REAL NOT NULL,
+    held INTEGER NOT NULL, holds TEXT NOT NULL, finished_at REAL, data TEXT NOT NULL)
+    WITHOUT ROWID""",
+    """CREATE INDEX IF NOT EXISTS budget_reservations_held
+    ON budget_reservations (expires_at) WHERE held = 1""",
+    """CREATE INDEX IF NOT EXISTS budget_reservations_finished
+    ON budget_reservations (finished_at) WHERE finished_at IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS budget_idempotency (
+    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, expires_at REAL NOT NULL,
+    result TEXT NOT NULL) WITHOUT ROWID""",
+)
+
+_BUCKET = "SELECT spent, reserved FROM budget_buckets WHERE budget = ? AND subject = ? AND win = ?"
 _ROLLING = (
     "SELECT COALESCE(SUM(amount), 0) FROM budget_events "
     "WHERE budget = ? AND subject = ? AND at > ?"
 )
-_RESERVED = (
-    "SELECT COALESCE(SUM(amount), 0) FROM budget_holds "
-    "WHERE budget = ? AND subject = ? AND win = ? AND expires_at > ? AND rid != ?"
+_EXPIRED = "SELECT id, holds FROM budget_reservations WHERE held = 1 AND expires_at <= ?"
+_ADD = (
+    "INSERT INTO budget_buckets (budget, subject, win, spent, reserved) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (budget, subject, win) DO UPDATE SET "
+    "spent = spent + excluded.spent, reserved = reserved + excluded.reserved"
 )
+#: A calendar window is at most a month; bucket rows of windows that started longer ago
+#: than this are never read again.
+_BUCKET_LIFETIME = 32 * 86400
 _SWEEP_EVERY = 512
+
+_Key = tuple[str, str, int]
+
+#: Forks so far in this process's ancestry: a connection opened before a fork must not be
+#: used after it. Counting forks spares a getpid() system call per operation.
+_forks = [0]
+
+
+def _count_fork() -> None:
+    _forks[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 class SQLiteStore:
@@ -77,24 +122,26 @@ class SQLiteStore:
 
     >>> store = SQLiteStore(":memory:")   # a private in-memory database, for tests
 
-    ``busy_timeout``: seconds a writer waits for the lock before giving up with
-    ``store_unavailable``. ``retention``: seconds finished reservations and idempotency
-    records are kept.
+    ``durability``: ``"process"`` (default), ``"spend"`` or ``"full"``; see the module
+    docstring. ``busy_timeout``: seconds a writer waits for the lock before giving up
+    with ``store_unavailable``. ``retention``: seconds finished reservations and
+    idempotency records are kept. Raises ``BudgetStoreError`` ``store_unavailable`` if
+    the file cannot be opened and ``store_incompatible`` if it holds another layout.
     """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
+        durability: Durability = "process",
         busy_timeout: float = 30.0,
-        synchronous: Literal["FULL", "NORMAL"] = "FULL",
         retention: float = 86400.0,
     ) -> None:
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
+        if durability not in _DURABILITY:
+            raise ValueError("durability must be 'process', 'spend' or 'full'")
         self.path = os.fspath(path)
+        self.durability = durability
         self.busy_timeout = busy_timeout
-        self.synchronous = synchronous
         self.retention = retention
         self._local = threading.local()
         # Threads use their own connections; only the shared ":memory:" one needs a lock.
@@ -103,8 +150,7 @@ class SQLiteStore:
         )
         self._shared: sqlite3.Connection | None = None
         self._writes = 0
-        conn = self._conn()
-        conn.executescript(_SCHEMA)
+        self._create_schema(self._conn())
 
     # -- connections -------------------------------------------------------------------
 
@@ -117,7 +163,8 @@ class SQLiteStore:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if self.path != ":memory:":
                 conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            sync = "NORMAL" if self.durability == "process" else "FULL"
+            conn.execute(f"PRAGMA synchronous = {sync}")
         except sqlite3.Error as exc:
             raise BudgetStoreError(
                 "store_unavailable", f"cannot open budget database {self.path!r}: {exc}"
@@ -132,11 +179,43 @@ class SQLiteStore:
             return self._shared
         local = self._local
         conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():  # a forked child needs its own
+        if conn is None or local.generation != _forks[0]:  # a forked child needs its own
             conn = self._connect()
             local.conn = conn
-            local.pid = os.getpid()
+            local.generation = _forks[0]
+            local.synced = True  # synchronous=FULL unless durability is "process"
         return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # processes opening one new file take turns
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    old = conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE name = 'budget_holds'"
+                    ).fetchone()
+                    if old is not None:
+                        version = 1  # the first layout, which had no version number
+                if version not in (0, SCHEMA_VERSION):
+                    raise BudgetStoreError(
+                        "store_incompatible",
+                        f"budget database {self.path!r} has layout version {version}, this "
+                        f"policyengine reads version {SCHEMA_VERSION}: settle or export its "
+                        "budgets with the version that wrote it, then start a new file",
+                    )
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise BudgetStoreError(
+                "store_unavailable", f"cannot open budget database {self.path!r}: {exc}"
+            ) from exc
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""
@@ -156,7 +235,13 @@ class SQLiteStore:
             try:
                 conn.execute("BEGIN")  # one snapshot for all buckets
                 try:
-                    return tuple(self._usage(conn, b, now, "") for b in buckets)
+                    # Holds that expired but were not released yet (no write since).
+                    stale: dict[_Key, int] = {}
+                    for _, holds in conn.execute(_EXPIRED, (now,)):
+                        for budget, subject, win, amount in json.loads(holds):
+                            key = (budget, subject, win)
+                            stale[key] = stale.get(key, 0) + amount
+                    return tuple(self._usage(conn, b, stale, []) for b in buckets)
                 finally:
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -192,6 +277,8 @@ class SQLiteStore:
         with self._lock:
             conn = self._conn()
             try:
+                if self.durability == "spend" and self.path != ":memory:":
+                    self._sync_for(conn, bool(tx.spends) or tx.extend_to is not None)
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise _unavailable(exc) from exc
@@ -207,11 +294,19 @@ class SQLiteStore:
                     raise _unavailable(exc) from exc
                 raise
 
+    def _sync_for(self, conn: sqlite3.Connection, synced: bool) -> None:
+        """Set ``synchronous`` for the next transaction (outside it, where SQLite allows
+        the change), issuing the PRAGMA only when the level changes."""
+        if self._local.synced is not synced:
+            conn.execute("PRAGMA synchronous = FULL" if synced else "PRAGMA synchronous = NORMAL")
+            self._local.synced = synced
+
     def _apply(self, conn: sqlite3.Connection, tx: Transaction, now: float) -> Outcome:
         ex = conn.execute
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
-            self._sweep(conn, now)
+            self._housekeep(conn, now)
+        self._release_expired(conn, now)
         idem = tx.idempotency
         if idem is not None:
             row = ex(
@@ -223,36 +318,42 @@ class SQLiteStore:
                 existing = IdempotencyRecord(idem.key, row[0], record_from_json(row[2]), row[1])
                 return Outcome(False, "idempotency", idempotency=existing)
         rid = tx.require_active
-        own_id = ""
+        own_holds: list[list[Any]] = []  # its holds: [budget, subject, win, amount]
         if rid is not None:
             row = ex(
-                "SELECT status, expires_at, data FROM budget_reservations WHERE id = ?", (rid,)
+                "SELECT status, expires_at, held, holds FROM budget_reservations WHERE id = ?",
+                (rid,),
             ).fetchone()
-            if row is None or row[0] != ACTIVE or row[1] <= now:
-                own = None if row is None else record_from_json(row[2])
-                return Outcome(False, "reservation", reservation=own)
-            own_id = rid
+            # Not held while unexpired only if another process, its clock ahead of ours,
+            # released it as expired: treat it as gone rather than hold it twice or never.
+            if row is None or row[0] != ACTIVE or row[1] <= now or not row[2]:
+                return Outcome(False, "reservation", reservation=self._record(conn, rid))
+            own_holds = json.loads(row[3])
         if tx.guards:
             usages: list[Usage] = []
             for i, guard in enumerate(tx.guards):
-                use = self._usage(conn, guard.bucket, now, own_id)
+                use = self._usage(conn, guard.bucket, None, own_holds)
                 usages.append(use)
                 if guard.debt_above is not None and use.spent > guard.debt_above:
                     return Outcome(False, "debt", i, tuple(usages))
                 if use.spent + use.reserved + guard.add > guard.ceiling:
                     return Outcome(False, "guard", i, tuple(usages))
+        # Every check passed: apply all effects. Counter changes are summed per bucket
+        # (spent, reserved) and written with one statement.
+        deltas: dict[_Key, list[int]] = {}
         if rid is not None:
             if tx.finalize is not None:
-                ex("DELETE FROM budget_holds WHERE rid = ?", (rid,))
+                for budget, subject, win, amount in own_holds:
+                    deltas[(budget, subject, win)] = [0, -amount]
                 ex(
-                    "UPDATE budget_reservations SET status = ?, finished_at = ?, data = ? "
-                    "WHERE id = ?",
+                    "UPDATE budget_reservations SET status = ?, held = 0, finished_at = ?, "
+                    "data = ? WHERE id = ?",
                     (tx.finalize.status, now, record_to_json(tx.finalize), rid),
                 )
             elif tx.extend_to is not None:
-                ex("UPDATE budget_holds SET expires_at = ? WHERE rid = ?", (tx.extend_to, rid))
-                row = ex("SELECT data FROM budget_reservations WHERE id = ?", (rid,)).fetchone()
-                extended = record_from_json(row[0])._replace(expires_at=tx.extend_to)
+                own = self._record(conn, rid)
+                assert own is not None  # read above, in this transaction
+                extended = own._replace(expires_at=tx.extend_to)
                 ex(
                     "UPDATE budget_reservations SET expires_at = ?, data = ? WHERE id = ?",
                     (tx.extend_to, record_to_json(extended), rid),
@@ -260,35 +361,37 @@ class SQLiteStore:
         created = tx.create
         if created is not None:
             active = created.status == ACTIVE
+            holds: list[list[Any]] = [
+                [ln.budget, ln.subject, ln.window, ln.amount] for ln in created.lines if ln.amount
+            ] if active else []
             ex(
-                "INSERT INTO budget_reservations (id, status, expires_at, finished_at, data) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (created.id, created.status, created.expires_at, None if active else now,
-                 record_to_json(created)),
+                "INSERT INTO budget_reservations (id, status, expires_at, held, holds, "
+                "finished_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (created.id, created.status, created.expires_at, int(active),
+                 _ENCODER.encode(holds), None if active else now, record_to_json(created)),
             )
-            if active and created.lines:
-                conn.executemany(
-                    "INSERT INTO budget_holds (rid, budget, subject, win, amount, expires_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (created.id, ln.budget, ln.subject, ln.window, ln.amount,
-                         created.expires_at)
-                        for ln in created.lines
-                    ],
-                )
+            for budget, subject, win, amount in holds:
+                key = (budget, subject, win)
+                delta = deltas.get(key)
+                if delta is None:
+                    deltas[key] = [0, amount]
+                else:
+                    delta[1] += amount
         for spend in tx.spends:
             if spend.rolling:
                 ex(
                     "INSERT INTO budget_events (budget, subject, at, amount) VALUES (?, ?, ?, ?)",
                     (spend.budget, spend.subject, now, spend.amount),
                 )
-            else:
-                ex(
-                    "INSERT INTO budget_spent (budget, subject, win, spent) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (budget, subject, win) "
-                    "DO UPDATE SET spent = spent + excluded.spent",
-                    (spend.budget, spend.subject, spend.window, spend.amount),
-                )
+            elif spend.amount:
+                key = (spend.budget, spend.subject, spend.window)
+                delta = deltas.get(key)
+                if delta is None:
+                    deltas[key] = [spend.amount, 0]
+                else:
+                    delta[0] += spend.amount
+        if deltas:
+            conn.executemany(_ADD, [(*key, d[0], d[1]) for key, d in deltas.items() if any(d)])
         if idem is not None:
             ex(
                 "INSERT OR REPLACE INTO budget_idempotency (key, fingerprint, expires_at, result) "
@@ -298,28 +401,59 @@ class SQLiteStore:
         return OK
 
     @staticmethod
-    def _usage(conn: sqlite3.Connection, bucket: Bucket, now: float, own_id: str) -> Usage:
+    def _record(conn: sqlite3.Connection, rid: str) -> ReservationRecord | None:
+        row = conn.execute("SELECT data FROM budget_reservations WHERE id = ?", (rid,)).fetchone()
+        return None if row is None else record_from_json(row[0])
+
+    @staticmethod
+    def _usage(
+        conn: sqlite3.Connection,
+        bucket: Bucket,
+        stale: dict[_Key, int] | None,
+        own_holds: list[list[Any]],
+    ) -> Usage:
         budget, subject, win, since = bucket
-        reserved = conn.execute(_RESERVED, (budget, subject, win, now, own_id)).fetchone()[0]
-        if since is None:
-            row = conn.execute(_SPENT, (budget, subject, win)).fetchone()
-            return Usage(0 if row is None else row[0], reserved)
-        spent = conn.execute(_ROLLING, (budget, subject, since)).fetchone()[0]
+        if since is not None:
+            win = 0  # a rolling bucket keeps its holds in window 0 and its spend as events
+        row = conn.execute(_BUCKET, (budget, subject, win)).fetchone()
+        spent, reserved = (0, 0) if row is None else row
+        if stale:
+            reserved -= stale.get((budget, subject, win), 0)
+        for h_budget, h_subject, h_win, amount in own_holds:
+            if h_budget == budget and h_subject == subject and h_win == win:
+                reserved -= amount
+        if since is not None:
+            spent = conn.execute(_ROLLING, (budget, subject, since)).fetchone()[0]
         return Usage(spent, reserved)
 
-    def _sweep(self, conn: sqlite3.Connection, now: float) -> None:
-        # Optional housekeeping: expiry is a time comparison, so correctness never waits
-        # for this. Runs inside the caller's write transaction.
-        ex = conn.execute
-        ex("DELETE FROM budget_holds WHERE expires_at <= ?", (now,))
-        ex("DELETE FROM budget_events WHERE at < ?", (now - MAX_ROLLING_SECONDS - 60,))
-        old = now - self.retention
-        ex("DELETE FROM budget_reservations WHERE finished_at < ?", (old,))
-        ex(
-            "DELETE FROM budget_reservations WHERE status = ? AND expires_at < ?",
-            (ACTIVE, old),
+    @staticmethod
+    def _release_expired(conn: sqlite3.Connection, now: float) -> None:
+        """Give back the holds of reservations expired by ``now`` (inside the write)."""
+        rows = conn.execute(_EXPIRED, (now,)).fetchall()
+        if not rows:
+            return
+        deltas: dict[_Key, int] = {}
+        for _, holds in rows:
+            for budget, subject, win, amount in json.loads(holds):
+                key = (budget, subject, win)
+                deltas[key] = deltas.get(key, 0) - amount
+        conn.executemany(_ADD, [(*key, 0, d) for key, d in deltas.items()])
+        conn.executemany(
+            "UPDATE budget_reservations SET held = 0, finished_at = expires_at WHERE id = ?",
+            [(rid,) for rid, _ in rows],
         )
+
+    def _housekeep(self, conn: sqlite3.Connection, now: float) -> None:
+        # Forgetting what nobody can ask about any more; correctness never waits for it.
+        # Runs inside the caller's write transaction.
+        ex = conn.execute
+        ex("DELETE FROM budget_events WHERE at < ?", (now - MAX_ROLLING_SECONDS - 60,))
+        ex("DELETE FROM budget_reservations WHERE finished_at < ?", (now - self.retention,))
         ex("DELETE FROM budget_idempotency WHERE expires_at <= ?", (now,))
+        ex(
+            "DELETE FROM budget_buckets WHERE win > 0 AND win < ? AND reserved = 0",
+            (now - _BUCKET_LIFETIME,),
+        )
 
 
 def _unavailable(exc: sqlite3.Error) -> BudgetStoreError:

@@ -202,17 +202,20 @@ class BudgetStore(Protocol):
 
 # JSON encoding of records, shared by stores that keep them as text.
 
+#: Compact, and built once: ``json.dumps`` with arguments builds an encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_new = tuple.__new__
+
 
 def record_to_json(record: ReservationRecord) -> str:
-    """Compact JSON of a record (integers stay integers; no floats for amounts)."""
-    data: list[Any] = list(record)
-    data[10] = [list(line) for line in record.lines]
-    return json.dumps(data, separators=(",", ":"))
+    """Compact JSON array of a record's fields (tuples encode as arrays; amounts are
+    integers or decimal strings, never floats)."""
+    return _ENCODER.encode(record)
 
 
 def record_from_json(text: str) -> ReservationRecord:
-    data = json.loads(text)
-    data[10] = tuple(Line(*line) for line in data[10])
+    data: list[Any] = json.loads(text)
+    data[10] = tuple([_new(Line, line) for line in data[10]])
     if data[11] is not None:
         data[11] = tuple(data[11])
-    return ReservationRecord(*data)
+    return _new(ReservationRecord, data)
