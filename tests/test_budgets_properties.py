@@ -73,14 +73,21 @@ class Model:
         return None
 
 
+# Times and amounts are drawn so that boundaries are hit exactly, often: a reservation
+# expiring at the very instant of a read, a window ending, a spend equal to the room left.
+TTLS = st.sampled_from([1, 10, 60, 300, 900])
+STEPS = st.one_of(st.sampled_from([1, 9, 10, 50, 60, 240, 300, 600, 900, 3600]),
+                  st.integers(1, 1500))
+AMOUNTS = st.one_of(st.sampled_from([0, 1, 20, 40, 50, 60, 100]), st.integers(0, 120))
+
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("reserve"), st.integers(0, 70), st.integers(1, 900)),
-        st.tuples(st.just("commit"), st.integers(0, 30), st.integers(0, 120),
+        st.tuples(st.just("reserve"), AMOUNTS, TTLS),
+        st.tuples(st.just("commit"), st.integers(0, 30), AMOUNTS,
                   st.sampled_from(["reject", "allow_if_available", "allow_with_overdraft"])),
         st.tuples(st.just("release"), st.integers(0, 30)),
-        st.tuples(st.just("record"), st.integers(0, 60)),
-        st.tuples(st.just("advance"), st.integers(1, 1500)),
+        st.tuples(st.just("record"), AMOUNTS),
+        st.tuples(st.just("advance"), STEPS),
     ),
     max_size=40,
 )
@@ -154,3 +161,148 @@ def test_zero_amount_reservations_expire_cleanly(kind: str, tmp_path: Path) -> N
     (bal,) = ledger.balances("a")
     assert (bal.spent, bal.reserved, bal.remaining) == (Decimal(0), Decimal(0), Decimal(10))
     assert ledger.get(first.id).status == ledger.get(second.id).status == "expired"
+
+
+# -- several agents, two budgets per operation -------------------------------------------
+
+MONEY = BudgetSpec("p.money", ("x:*",), Decimal(100), "EUR", "hour")  # per agent
+CALLS = BudgetSpec("p.calls", ("x:*",), Decimal(3), "calls", "minute")  # per agent
+AGENTS = ["a", "b", "c"]
+
+
+@dataclass
+class Hold:
+    id: str
+    agent: str
+    amount: int
+    expires: float
+    hour: int
+    minute: int
+    status: str = "active"
+
+
+class ManyModel:
+    """Per agent: money per hour (limit 100) and calls per minute (limit 3)."""
+
+    def __init__(self) -> None:
+        self.now = START
+        self.money: dict[tuple[str, int], int] = {}
+        self.calls: dict[tuple[str, int], int] = {}
+        self.holds: list[Hold] = []
+
+    def hour(self) -> int:
+        return int(self.now // 3600 * 3600)
+
+    def minute(self) -> int:
+        return int(self.now // 60 * 60)
+
+    def live(self, agent: str) -> list[Hold]:
+        return [h for h in self.holds
+                if h.agent == agent and h.status == "active" and h.expires > self.now]
+
+    def usage(self, agent: str) -> tuple[int, int, int, int]:
+        """(money spent, money reserved, calls spent, calls reserved) in current windows."""
+        hour, minute = self.hour(), self.minute()
+        live = self.live(agent)
+        return (self.money.get((agent, hour), 0),
+                sum(h.amount for h in live if h.hour == hour),
+                self.calls.get((agent, minute), 0),
+                sum(1 for h in live if h.minute == minute))
+
+    def admit(self, agent: str, amount: int) -> str | None:
+        spent, reserved, calls, held = self.usage(agent)
+        if spent + reserved + amount > 100 or calls + held + 1 > 3:
+            return "budget_exceeded"
+        return None
+
+    @staticmethod
+    def state(h: Hold, now: float) -> str | None:
+        if h.status != "active":
+            return "reservation_final"
+        return "reservation_expired" if h.expires <= now else None
+
+
+many_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("reserve"), st.integers(0, 2), AMOUNTS, TTLS),
+        st.tuples(st.just("record"), st.integers(0, 2), AMOUNTS),
+        st.tuples(st.just("commit"), st.integers(0, 30), AMOUNTS,
+                  st.sampled_from(["reject", "allow_if_available"])),
+        st.tuples(st.just("release"), st.integers(0, 30)),
+        st.tuples(st.just("extend"), st.integers(0, 30), TTLS),
+        st.tuples(st.just("advance"), STEPS),
+    ),
+    max_size=40,
+)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(sequence=many_ops)
+def test_agents_and_windows_match_model(
+    kind: str, sequence: list[tuple[object, ...]], tmp_path: Path
+) -> None:
+    model = ManyModel()
+    if kind == "memory":
+        store: object = MemoryStore()
+    else:
+        path = tmp_path / "many.db"
+        for suffix in ("", "-wal", "-shm"):  # a fresh file per example
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        store = SQLiteStore(path, durability="spend")
+    ledger = Ledger([MONEY, CALLS], store, clock=lambda: model.now)  # type: ignore[arg-type]
+    for op in sequence:
+        name = op[0]
+        if name == "advance":
+            model.now += op[1]  # type: ignore[operator]
+        elif name in ("reserve", "record"):
+            agent, amount = AGENTS[op[1]], op[2]  # type: ignore[index]
+            want = model.admit(agent, amount)  # type: ignore[arg-type]
+            if name == "reserve":
+                got, res = _code(ledger.reserve, agent, "x:y", amount, "EUR", ttl=op[3])
+                if res is not None:
+                    model.holds.append(Hold(res.id, agent, amount, model.now + op[3],  # type: ignore[attr-defined, arg-type, operator]
+                                            model.hour(), model.minute()))
+            else:
+                got, _ = _code(ledger.record, agent, "x:y", amount, "EUR")
+                if want is None:
+                    key_h, key_m = (agent, model.hour()), (agent, model.minute())
+                    model.money[key_h] = model.money.get(key_h, 0) + amount  # type: ignore[operator]
+                    model.calls[key_m] = model.calls.get(key_m, 0) + 1
+            assert got == want, (name, op)
+        elif model.holds:
+            h = model.holds[op[1] % len(model.holds)]  # type: ignore[operator]
+            want = model.state(h, model.now)
+            if name == "commit":
+                amount, overage = op[2], op[3]
+                if want is None and amount > h.amount:  # type: ignore[operator]
+                    # "reject" refuses any excess; "allow_if_available" needs room for the
+                    # amount beside everything else (this hold left out) in its hour.
+                    others = sum(o.amount for o in model.live(h.agent)
+                                 if o is not h and o.hour == h.hour)
+                    room = 100 - model.money.get((h.agent, h.hour), 0) - others
+                    if overage == "reject" or amount > room:  # type: ignore[operator]
+                        want = "budget_exceeded"
+                got, _ = _code(ledger.commit, h.id, amount, overage=overage)
+                if want is None:
+                    h.status = "committed"
+                    key_h, key_m = (h.agent, h.hour), (h.agent, h.minute)
+                    model.money[key_h] = model.money.get(key_h, 0) + amount  # type: ignore[operator]
+                    model.calls[key_m] = model.calls.get(key_m, 0) + 1
+            elif name == "release":
+                got, _ = _code(ledger.release, h.id)
+                if want is None:
+                    h.status = "released"
+            else:
+                got, _ = _code(ledger.extend, h.id, op[2])
+                if want is None:
+                    h.expires = model.now + op[2]  # type: ignore[operator]
+            assert got == want, (name, op)
+        for agent in AGENTS:
+            money, calls = ledger.balances(agent)
+            spent, reserved, calls_spent, calls_held = model.usage(agent)
+            assert (money.spent, money.reserved) == (spent, reserved), agent
+            assert (calls.spent, calls.reserved) == (calls_spent, calls_held), agent
+            assert money.spent + money.reserved <= 100 and calls.spent + calls.reserved <= 3
+    ledger.store.close()
