@@ -48,14 +48,15 @@ _Cell = list[int]  # [spent, reserved]
 _CELL_LIFETIME = 32 * 86400
 _INF = float("inf")
 _STATUS, _EXPIRES = 1, 9  # ReservationRecord fields, at the same places in a frozen one
+_LINE_SIZE = len(Line._fields)
 
 
 def _frozen(rec: ReservationRecord) -> tuple[Any, ...]:
     """``rec`` as one flat tuple of atoms (see the module docstring): the first ten
-    fields, committed_amount, committed_unit, finalized_at, whether committed is set,
-    the number of lines, every
-    line's fields, then the committed quanta if any. Flat, because the GC untracks a
-    tuple only once its items are untracked, and may look at a tuple before its items."""
+    fields, committed_amount, committed_unit, finalized_at, whether committed is set, the
+    number of lines, every line's fields, then the committed quanta if any. Flat, because
+    the GC untracks a tuple only once its items are untracked, and may look at a tuple
+    before its items."""
     lines = rec.lines
     flat: list[Any] = [*rec[:10], rec.committed_amount, rec.committed_unit, rec.finalized_at,
                        rec.committed is not None, len(lines)]
@@ -73,9 +74,6 @@ def _thawed(rec: tuple[Any, ...]) -> ReservationRecord:
     lines = tuple(Line._make(rec[i:i + _LINE_SIZE]) for i in range(15, end, _LINE_SIZE))
     committed = rec[end:] if rec[13] else None
     return ReservationRecord._make((*rec[:10], lines, committed, rec[10], rec[11], rec[12]))
-
-
-_LINE_SIZE = len(Line._fields)
 
 
 def _idem_thawed(found: tuple[Any, ...]) -> IdempotencyRecord:
@@ -155,19 +153,9 @@ class MemoryStore:
                 own = stored  # type: ignore[assignment]  # live: a ReservationRecord
             cells = self._cells
             if guards:
-                own_holds = self._holds.get(rid, ()) if rid is not None else ()
+                own_holds = self._holds.get(own.id, ()) if own is not None else ()
                 for guard in guards:
-                    bucket = guard[0]
-                    if bucket[3] is None:
-                        cell = cells.get(bucket)
-                        spent = cell[0] if cell is not None else 0
-                    else:
-                        cell = cells.get((bucket[0], bucket[1], 0, None))
-                        spent = self._rolling_spent(bucket[0], bucket[1], bucket[3])
-                    reserved = cell[1] if cell is not None else 0
-                    for held, amount in own_holds:
-                        if held is cell:
-                            reserved -= amount
+                    spent, reserved = self._counts(guard[0], own_holds)
                     debt_above = guard[3]
                     if (debt_above is not None and spent > debt_above) or (
                         spent + reserved + guard[1] > guard[2]
@@ -176,19 +164,12 @@ class MemoryStore:
             # Every check passed: apply all effects (nothing below can fail).
             if own is not None:
                 if finalize is not None:
-                    for cell, amount in self._holds.pop(rid, ()):  # type: ignore[arg-type]
-                        cell[1] -= amount
-                    self._records[rid] = _frozen(finalize)  # type: ignore[index]
-                    when = now + self.retention
-                    self._purge_times.append(when)
-                    self._purge_ids.append(rid)  # type: ignore[arg-type]
-                    if when < self._due:
-                        self._due = when
+                    self._unhold(own.id)
+                    self._records[own.id] = _frozen(finalize)
+                    self._purge_at(now + self.retention, own.id)
                 elif extend_to is not None:
                     self._records[own.id] = own._replace(expires_at=extend_to)
-                    heapq.heappush(self._expiries, (extend_to, own.id))
-                    if extend_to < self._due:
-                        self._due = extend_to
+                    self._expire_at(extend_to, own.id)
             if created is not None:
                 if created.status == ACTIVE:
                     self._records[created.id] = created
@@ -201,9 +182,7 @@ class MemoryStore:
                         cell[1] += line[5]
                         holds.append((cell, line[5]))
                     self._holds[created.id] = holds
-                    heapq.heappush(self._expiries, (created.expires_at, created.id))
-                    if created.expires_at < self._due:
-                        self._due = created.expires_at
+                    self._expire_at(created.expires_at, created.id)
                 else:
                     self._records[created.id] = _frozen(created)
                     self._purge_at(now + self.retention, created.id)
@@ -231,17 +210,22 @@ class MemoryStore:
 
     # -- internals (lock held) ---------------------------------------------------------
 
-    def _usage(self, bucket: Bucket, own: ReservationRecord | None) -> Usage:
-        budget, subject, window, since = bucket
-        cell = self._cells.get((budget, subject, 0 if since is not None else window, None))
+    def _counts(
+        self, bucket: Bucket, own_holds: list[tuple[_Cell, int]] | tuple[()]
+    ) -> tuple[int, int]:
+        """(spent, reserved) of a bucket, leaving out ``own_holds``."""
+        budget, subject, _, since = bucket
+        cell = self._cells.get(bucket if since is None else (budget, subject, 0, None))
         reserved = cell[1] if cell is not None else 0
-        if own is not None:
-            for held, amount in self._holds.get(own.id, ()):
-                if held is cell:
-                    reserved -= amount
+        for held, amount in own_holds:
+            if held is cell:
+                reserved -= amount
         if since is None:
-            return Usage(cell[0] if cell is not None else 0, reserved)
-        return Usage(self._rolling_spent(budget, subject, since), reserved)
+            return (cell[0] if cell is not None else 0), reserved
+        return self._rolling_spent(budget, subject, since), reserved
+
+    def _usage(self, bucket: Bucket, own: ReservationRecord | None) -> Usage:
+        return Usage(*self._counts(bucket, self._holds.get(own.id, ()) if own else ()))
 
     def _refusal(self, guards: tuple[Guard, ...], own: ReservationRecord | None) -> Outcome:
         """The outcome of the first guard that fails, with the usage of every guard up to
@@ -281,6 +265,11 @@ class MemoryStore:
         if holds is not None:
             for cell, amount in holds:
                 cell[1] -= amount
+
+    def _expire_at(self, when: float, rid: str) -> None:
+        heapq.heappush(self._expiries, (when, rid))
+        if when < self._due:
+            self._due = when
 
     def _purge_at(self, when: float, rid: str) -> None:
         self._purge_times.append(when)
