@@ -344,7 +344,7 @@ class SQLiteStore:
         if rid is not None:
             if tx.finalize is not None:
                 for budget, subject, win, amount in own_holds:
-                    deltas[(budget, subject, win)] = [0, -amount]
+                    _bump(deltas, (budget, subject, win), 0, -amount)
                 ex(
                     "UPDATE budget_reservations SET status = ?, held = 0, finished_at = ?, "
                     "data = ? WHERE id = ?",
@@ -371,12 +371,7 @@ class SQLiteStore:
                  _ENCODER.encode(holds), None if active else now, record_to_json(created)),
             )
             for budget, subject, win, amount in holds:
-                key = (budget, subject, win)
-                delta = deltas.get(key)
-                if delta is None:
-                    deltas[key] = [0, amount]
-                else:
-                    delta[1] += amount
+                _bump(deltas, (budget, subject, win), 0, amount)
         for spend in tx.spends:
             if spend.rolling:
                 ex(
@@ -384,12 +379,7 @@ class SQLiteStore:
                     (spend.budget, spend.subject, now, spend.amount),
                 )
             elif spend.amount:
-                key = (spend.budget, spend.subject, spend.window)
-                delta = deltas.get(key)
-                if delta is None:
-                    deltas[key] = [spend.amount, 0]
-                else:
-                    delta[0] += spend.amount
+                _bump(deltas, (spend.budget, spend.subject, spend.window), spend.amount, 0)
         if deltas:
             conn.executemany(_ADD, [(*key, d[0], d[1]) for key, d in deltas.items() if any(d)])
         if idem is not None:
@@ -432,12 +422,11 @@ class SQLiteStore:
         rows = conn.execute(_EXPIRED, (now,)).fetchall()
         if not rows:
             return
-        deltas: dict[_Key, int] = {}
+        deltas: dict[_Key, list[int]] = {}
         for _, holds in rows:
             for budget, subject, win, amount in json.loads(holds):
-                key = (budget, subject, win)
-                deltas[key] = deltas.get(key, 0) - amount
-        conn.executemany(_ADD, [(*key, 0, d) for key, d in deltas.items()])
+                _bump(deltas, (budget, subject, win), 0, -amount)
+        conn.executemany(_ADD, [(*key, d[0], d[1]) for key, d in deltas.items()])
         conn.executemany(
             "UPDATE budget_reservations SET held = 0, finished_at = expires_at WHERE id = ?",
             [(rid,) for rid, _ in rows],
@@ -454,6 +443,16 @@ class SQLiteStore:
             "DELETE FROM budget_buckets WHERE win > 0 AND win < ? AND reserved = 0",
             (now - _BUCKET_LIFETIME,),
         )
+
+
+def _bump(deltas: dict[_Key, list[int]], key: _Key, spent: int, reserved: int) -> None:
+    """Add to a bucket's pending (spent, reserved) change."""
+    delta = deltas.get(key)
+    if delta is None:
+        deltas[key] = [spent, reserved]
+    else:
+        delta[0] += spent
+        delta[1] += reserved
 
 
 def _unavailable(exc: sqlite3.Error) -> BudgetStoreError:
