@@ -115,9 +115,10 @@ def test_four_processes_on_one_sqlite_file(tmp_path: Path) -> None:
     _check_final(ledger, sum((r[0] for r in results), Decimal(0)), sum(r[1] for r in results))
 
 
-def _killed_worker(path: str, log: str) -> None:
+def _killed_worker(path: str, log: str, durability: str) -> None:
     big = [BudgetSpec("k.money", ("payments:*",), Decimal(10**9), "EUR", "day")]
-    ledger = Ledger(big, SQLiteStore(path), clock=lambda: NOW)
+    ledger = Ledger(big, SQLiteStore(path, durability=durability),  # type: ignore[arg-type]
+                    clock=lambda: NOW)
     with open(log, "a", buffering=1) as out:
         i = 0
         while True:
@@ -129,11 +130,14 @@ def _killed_worker(path: str, log: str) -> None:
                 out.write(f"C {r.id}\n")  # written only after commit returned
 
 
-def test_sigkill_loses_no_commit_and_leaks_no_reservation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durability", ["process", "spend", "full"])
+def test_sigkill_loses_no_commit_and_leaks_no_reservation(
+    tmp_path: Path, durability: str
+) -> None:
     path, log = str(tmp_path / "k.db"), str(tmp_path / "log.txt")
     SQLiteStore(path).close()
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    child = ctx.Process(target=_killed_worker, args=(path, log))
+    child = ctx.Process(target=_killed_worker, args=(path, log, durability))
     child.start()
     deadline = time.time() + 20
     while time.time() < deadline:
