@@ -17,8 +17,8 @@ Durability (``durability=``): what a returned call guarantees. A killed process 
 nothing in every mode (the WAL is written before the call returns); the modes differ in
 what survives the *host* losing power or crashing:
 
-* ``"process"`` (default): SQLite's ``synchronous=NORMAL``, the usual setting for WAL
-  (Rails and most embedded uses default to it). No fsync per transaction; the WAL is
+* ``"process"`` (default): ``synchronous=NORMAL``, which SQLite recommends with WAL
+  (and Rails applies by default since 7.1). No fsync per transaction; the WAL is
   synced at each checkpoint (about every 1,000 pages), so a power loss can lose the
   transactions since the last one, spend included.
 * ``"spend"``: a transaction that records spend (``commit``, ``record``) or moves an
@@ -114,6 +114,7 @@ def _count_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_count_fork)
+
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
