@@ -52,6 +52,7 @@ from policyengine.budgets.store import (
     ReservationRecord,
     Transaction,
     Usage,
+    compact_json,
     record_from_json,
     record_to_json,
 )
@@ -114,8 +115,6 @@ def _count_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_count_fork)
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 class SQLiteStore:
@@ -369,7 +368,7 @@ class SQLiteStore:
                 "INSERT INTO budget_reservations (id, status, expires_at, held, holds, "
                 "finished_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (created.id, created.status, created.expires_at, int(active),
-                 _ENCODER.encode(holds), None if active else now, record_to_json(created)),
+                 compact_json(holds), None if active else now, record_to_json(created)),
             )
             for budget, subject, win, amount in holds:
                 _bump(deltas, (budget, subject, win), 0, amount)

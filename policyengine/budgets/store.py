@@ -47,6 +47,7 @@ __all__ = [
     "Spend",
     "Transaction",
     "Usage",
+    "compact_json",
     "record_from_json",
     "record_to_json",
 ]
@@ -202,15 +203,16 @@ class BudgetStore(Protocol):
 
 # JSON encoding of records, shared by stores that keep them as text.
 
-#: Compact, and built once: ``json.dumps`` with arguments builds an encoder per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
+#: Compact JSON text of a value. Built once: ``json.dumps`` with arguments builds an
+#: encoder per call.
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
 _new = tuple.__new__
 
 
 def record_to_json(record: ReservationRecord) -> str:
     """Compact JSON array of a record's fields (tuples encode as arrays; amounts are
     integers or decimal strings, never floats)."""
-    return _ENCODER.encode(record)
+    return compact_json(record)
 
 
 def record_from_json(text: str) -> ReservationRecord:
