@@ -63,4 +63,5 @@ class BudgetInputError(BudgetError, ValueError):
 
 
 class BudgetStoreError(BudgetError):
-    """The store could not complete the operation (``store_unavailable``); nothing changed."""
+    """The store could not complete the operation (``store_unavailable``), or refuses a
+    database written with another layout (``store_incompatible``); nothing changed."""
