@@ -1,11 +1,16 @@
-"""Shared helpers for the language-core tests (parser, checker, semantics, engine, CLI)."""
+"""Shared helpers for the language-core tests (parser, checker, semantics, engine, CLI)
+and the budget tests (both stores, a settable clock)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
+from policyengine.budgets import BudgetSpec, Ledger, MemoryStore, SQLiteStore
 from policyengine.engine import Engine, load_policy
 from policyengine.source import PolicyError, Problem
 
@@ -65,3 +70,29 @@ def ast_key(node: object) -> object:
     if isinstance(node, Decimal):
         return ("Decimal", str(node))
     return (type(node).__name__, node)
+
+
+# -- budgets -----------------------------------------------------------------------------
+
+
+def ts(text: str) -> float:
+    """POSIX seconds of an RFC 3339 time (``Z`` accepted)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+BUDGET_NOW = ts("2026-03-10T12:00:00Z")
+DAILY = BudgetSpec("t.daily", ("payments:*",), Decimal(100), "EUR", "day")
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> object:
+    """Each budget store in turn (SQLite on a fresh file)."""
+    return MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "b.db")
+
+
+def make_ledger(
+    store: object, *specs: BudgetSpec, rates: object = None
+) -> tuple[Ledger, list[float]]:
+    """A ledger over ``store`` and its clock, a one-item list starting at BUDGET_NOW."""
+    clock = [BUDGET_NOW]
+    return Ledger(specs, store, rates=rates, clock=lambda: clock[0]), clock  # type: ignore[arg-type]

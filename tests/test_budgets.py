@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import BUDGET_NOW, DAILY, make_ledger, ts
 
 from policyengine.budgets import (
     BudgetError,
@@ -24,28 +25,12 @@ from policyengine.budgets import (
 from policyengine.rates import StaticRates
 
 
-def ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-NOW = ts("2026-03-10T12:00:00Z")
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> object:
-    return MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "b.db")
-
-
-def make(store: object, *specs: BudgetSpec, rates: object = None) -> tuple[Ledger, list[float]]:
-    clock = [NOW]
-    return Ledger(specs, store, rates=rates, clock=lambda: clock[0]), clock  # type: ignore[arg-type]
-
-
-DAILY = BudgetSpec("t.daily", ("payments:*",), Decimal(100), "EUR", "day")
+NOW = BUDGET_NOW
+make = make_ledger
 
 
 # -- specs -------------------------------------------------------------------------------

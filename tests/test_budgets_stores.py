@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import gc
 import sqlite3
-from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import BUDGET_NOW, DAILY, make_ledger, ts
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,26 +26,11 @@ from policyengine.budgets import (
 from policyengine.budgets.memory import _frozen, _thawed
 from policyengine.budgets.store import Line, ReservationRecord
 
-
-def ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-NOW = ts("2026-03-10T12:00:00Z")
-DAILY = BudgetSpec("t.daily", ("payments:*",), Decimal(100), "EUR", "day")
+NOW = BUDGET_NOW
 PER_TENANT = BudgetSpec("t.tenant", ("payments:*",), Decimal(50), "EUR", "month",
                         subject="tenant")
 CALLS = BudgetSpec("t.calls", ("payments:*",), Decimal(1000), "calls", "minute")
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> object:
-    return MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
-
-
-def make(store: object, *specs: BudgetSpec) -> tuple[Ledger, list[float]]:
-    clock = [NOW]
-    return Ledger(specs, store, clock=lambda: clock[0]), clock  # type: ignore[arg-type]
+make = make_ledger
 
 
 # -- SQLite durability -------------------------------------------------------------------
