@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -39,7 +39,7 @@ from policyengine.server._access import ACCESS_TYP, AccessTokens, token_typ
 from policyengine.server._credentials import Credentials
 from policyengine.server._metrics import Metrics
 from policyengine.server._redactions import client_redactions
-from policyengine.server._wirejson import MalformedJson, loads
+from policyengine.server._wirejson import MalformedJsonError, loads
 
 __all__ = ["PolicyService", "ServiceConfig", "create_app"]
 
@@ -67,7 +67,7 @@ class ServiceConfig:
     event_log_size: int = 10_000
 
 
-class _Refusal(Exception):
+class _RefusalError(Exception):
     """A request the service refuses: status, stable code, message (no request data)."""
 
     def __init__(self, status: int, code: str, message: str,
@@ -131,8 +131,9 @@ _TRACE_IN = _adapter(m.TraceClose)
 _ACCEPTED_OUT = _adapter(m.EventAccepted)
 _HEALTH_OUT = _adapter(m.HealthResponse)
 
-_APPROVAL_STATUS = {"pending": "pending", "approved": "approved", "rejected": "denied",
-                    "expired": "expired"}
+_APPROVAL_STATUS: dict[str, Literal["pending", "approved", "denied", "expired"]] = {
+    "pending": "pending", "approved": "approved", "rejected": "denied",
+    "expired": "expired"}
 
 
 def _error_body(code: str, message: str) -> bytes:
@@ -152,17 +153,17 @@ def _validate(adapter: TypeAdapter[Any], data: Any) -> Any:
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:
-        raise _Refusal(400, "invalid_request", _validation_message(exc)) from None
+        raise _RefusalError(400, "invalid_request", _validation_message(exc)) from None
 
 
 def _json_body(req: _Request) -> Any:
     ctype = req.headers.get(b"content-type", b"application/json")
     if not ctype.split(b";", 1)[0].strip().lower().endswith(b"json"):
-        raise _Refusal(415, "unsupported_media_type", "the body must be application/json")
+        raise _RefusalError(415, "unsupported_media_type", "the body must be application/json")
     try:
         return loads(req.body)
-    except MalformedJson as exc:
-        raise _Refusal(400, exc.code, str(exc)) from None
+    except MalformedJsonError as exc:
+        raise _RefusalError(400, exc.code, str(exc)) from None
 
 
 def _claim(token: str, name: str) -> Any:
@@ -330,7 +331,7 @@ class PolicyService:
             if len(pattern) != len(parts):
                 continue
             params = []
-            for want, got in zip(pattern, parts):
+            for want, got in zip(pattern, parts, strict=True):
                 if want.startswith("{"):
                     if not got:
                         break
@@ -355,10 +356,10 @@ class PolicyService:
         try:
             slot, params = self._match(scope["path"])
             if slot is None:
-                raise _Refusal(404, "not_found", "no such endpoint")
+                raise _RefusalError(404, "not_found", "no such endpoint")
             route = slot.get(scope["method"])
             if route is None:
-                raise _Refusal(405, "method_not_allowed", "method not allowed here",
+                raise _RefusalError(405, "method_not_allowed", "method not allowed here",
                                ((b"allow", ", ".join(sorted(slot)).encode()),))
             route_name = route.name
             headers: dict[bytes, bytes] = {}
@@ -366,13 +367,13 @@ class PolicyService:
                 if k in headers and k in (b"authorization", b"content-type",
                                           b"content-encoding", b"content-length",
                                           b"x-ingest-key"):
-                    raise _Refusal(400, "ambiguous_header", f"duplicate {k.decode()} header")
+                    raise _RefusalError(400, "ambiguous_header", f"duplicate {k.decode()} header")
                 headers[k] = v
             body = await self._read_body(receive, headers)
             if body is None:
                 return  # the client went away
             reply = route.handler(_Request(headers, body, params, scope["query_string"]))
-        except _Refusal as exc:
+        except _RefusalError as exc:
             self.metrics.error(exc.code)
             reply = _Reply(exc.status, _error_body(exc.code, exc.message), headers=exc.headers)
         except Exception:  # never a traceback in a body: log it, answer a deny-shaped 500
@@ -398,14 +399,14 @@ class PolicyService:
         limit = self.config.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise _Refusal(413, "body_too_large", f"bodies are limited to {limit} bytes")
+            raise _RefusalError(413, "body_too_large", f"bodies are limited to {limit} bytes")
         msg = await receive()
         if msg["type"] == "http.disconnect":
             return None
         body: bytes = msg.get("body", b"")
         if not msg.get("more_body"):
             if len(body) > limit:
-                raise _Refusal(413, "body_too_large", f"bodies are limited to {limit} bytes")
+                raise _RefusalError(413, "body_too_large", f"bodies are limited to {limit} bytes")
             return body
         chunks = [body]
         size = len(body)
@@ -419,7 +420,8 @@ class PolicyService:
                 part = nxt.get("body", b"")
                 size += len(part)
                 if size > limit:
-                    raise _Refusal(413, "body_too_large", f"bodies are limited to {limit} bytes")
+                    raise _RefusalError(413, "body_too_large",
+                                        f"bodies are limited to {limit} bytes")
                 chunks.append(part)
                 if not nxt.get("more_body"):
                     return True
@@ -427,7 +429,8 @@ class PolicyService:
         try:
             complete = await asyncio.wait_for(rest(), self.config.body_timeout)
         except asyncio.TimeoutError:
-            raise _Refusal(408, "request_timeout", "the body took too long to arrive") from None
+            raise _RefusalError(408, "request_timeout",
+                                "the body took too long to arrive") from None
         return b"".join(chunks) if complete else None
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -453,7 +456,10 @@ class PolicyService:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
 
     def _on_sighup(self) -> None:
-        self._background.append(asyncio.get_running_loop().create_task(self.reload()))
+        self._background.append(asyncio.get_running_loop().create_task(self._reload_task()))
+
+    async def _reload_task(self) -> None:
+        await self.reload()
 
     async def stop_background(self) -> None:
         self._draining = True
@@ -538,7 +544,7 @@ class PolicyService:
                 agent = self.credentials.check_ingest_key(key.decode("utf-8", "replace"))
                 if agent is not None:
                     return agent, None
-        raise _Refusal(401, "unauthorized", "a valid bearer token is required",
+        raise _RefusalError(401, "unauthorized", "a valid bearer token is required",
                        ((b"www-authenticate", b'Bearer realm="policyengine"'),))
 
     def _admin(self, req: _Request) -> str:
@@ -553,7 +559,7 @@ class PolicyService:
                 name, sep, secret = "", "", ""
             if sep and self.credentials.check_admin(name, secret):
                 return name
-        raise _Refusal(401, "unauthorized", "admin credentials required", challenge)
+        raise _RefusalError(401, "unauthorized", "admin credentials required", challenge)
 
     # ------------------------------------------------------------------ tracengent wire
     def _token(self, req: _Request) -> _Reply:
@@ -621,8 +627,8 @@ class PolicyService:
         self.metrics.decision("tracengent_tool", td.status)
         out = m.ToolAuthorizeResponse.model_construct(
             **_decision_fields(td.decision), outcome=td.outcome, permission=td.permission,
-            tool=td.tool, redactions=[m.RedactionOut.model_construct(**x)
-                                      for x in redactions])
+            tool=td.tool, redactions=[m.RedactionOut.model_construct(
+                field=x["field"], strategy=x["strategy"]) for x in redactions])
         return _Reply(200, _TOOL_OUT.dump_json(out), principal, td.status)
 
     def _approval_out(self, item: pe.Approval) -> m.ApprovalResponse:
@@ -639,14 +645,14 @@ class PolicyService:
         except pe.ApprovalError:
             item = None
         if item is None or item.principal != principal:  # another agent's: not found
-            raise _Refusal(404, "unknown_approval", "no such approval")
+            raise _RefusalError(404, "unknown_approval", "no such approval")
         return _Reply(200, _APPROVAL_OUT.dump_json(self._approval_out(item)), principal)
 
     def _admin_list(self, req: _Request) -> _Reply:
         admin = self._admin(req)
         status = dict(parse_qsl(req.query.decode("latin-1"))).get("status")
         if status is not None and status not in ("pending", "approved", "rejected"):
-            raise _Refusal(400, "invalid_request", "status is pending, approved or rejected")
+            raise _RefusalError(400, "invalid_request", "status is pending, approved or rejected")
         items = [self._approval_out(i) for i in self.engine.approvals.list(status)]
         return _Reply(200, _APPROVALS_OUT.dump_json(m.ApprovalsResponse(items=items)), admin)
 
@@ -661,8 +667,8 @@ class PolicyService:
                                                                 note=note)
         except pe.ApprovalError as exc:
             if exc.code == "unknown_approval":
-                raise _Refusal(404, exc.code, "no such approval") from None
-            raise _Refusal(409, exc.code, str(exc)) from None
+                raise _RefusalError(404, exc.code, "no such approval") from None
+            raise _RefusalError(409, exc.code, str(exc)) from None
         log.info("approval %s %s by %s", item.id, item.status, admin)
         return _Reply(200, _APPROVAL_OUT.dump_json(self._approval_out(item)), admin)
 
@@ -675,20 +681,21 @@ class PolicyService:
     def _attenuate(self, req: _Request) -> _Reply:
         token = self._bearer(req)
         if token is None or token_typ(token) != pe.tokens.TYP:
-            raise _Refusal(401, "unauthorized", "the parent delegation token is the bearer")
+            raise _RefusalError(401, "unauthorized", "the parent delegation token is the bearer")
         try:
             parent = self.engine.verify_token(token)
         except pe.TokenError as exc:
-            raise _Refusal(401, "invalid_token", f"parent token rejected: {exc.code}") from None
+            raise _RefusalError(401, "invalid_token",
+                                f"parent token rejected: {exc.code}") from None
         if parent.grant_id != req.params[0]:
-            raise _Refusal(403, "grant_mismatch", "the bearer token is not this grant")
+            raise _RefusalError(403, "grant_mismatch", "the bearer token is not this grant")
         r = _validate(_ATTENUATE_IN, _json_body(req))
         max_amount = None
         if r.maxAmount is not None:
             currency = (parent.max_amount.currency if parent.max_amount is not None
                         else self.engine.policy.default_currency)
             if currency is None:
-                raise _Refusal(400, "currency_required", "maxAmount has no currency on this "
+                raise _RefusalError(400, "currency_required", "maxAmount has no currency on this "
                                "wire: the grant has no cap and the policy no currency")
             max_amount = (format(r.maxAmount, "f"), currency)
         try:
@@ -698,9 +705,9 @@ class PolicyService:
                 rates=self.engine.policy.rates, revocations=self.engine.revocations)
             grant = self.engine.verify_token(child)
         except pe.AttenuationError as exc:
-            raise _Refusal(403, exc.code, str(exc)) from None
+            raise _RefusalError(403, exc.code, str(exc)) from None
         except (pe.TokenError, pe.MoneyError) as exc:
-            raise _Refusal(400, getattr(exc, "code", "invalid_request"), str(exc)) from None
+            raise _RefusalError(400, getattr(exc, "code", "invalid_request"), str(exc)) from None
         expires_in = max(0, int(grant.expires_at - time.time()))
         out = m.AttenuateResponse(token=m.AttenuatedToken(
             accessToken=child, expiresIn=expires_in, jti=grant.jti, grantId=grant.grant_id))
@@ -713,27 +720,29 @@ class PolicyService:
         if encoding == b"identity":
             return req.body
         if encoding != b"gzip":
-            raise _Refusal(415, "unsupported_encoding", "bodies are identity or gzip")
+            raise _RefusalError(415, "unsupported_encoding", "bodies are identity or gzip")
         limit = self.config.max_inflated_bytes
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         try:
             out = inflater.decompress(req.body, limit + 1)
         except zlib.error:
-            raise _Refusal(400, "malformed_gzip", "the gzip body does not inflate") from None
+            raise _RefusalError(400, "malformed_gzip", "the gzip body does not inflate") from None
         if len(out) > limit or inflater.unconsumed_tail:
-            raise _Refusal(413, "body_too_large", f"inflated bodies are limited to {limit} "
+            raise _RefusalError(413, "body_too_large", f"inflated bodies are limited to {limit} "
                            "bytes")
         if not inflater.eof or inflater.unused_data:
-            raise _Refusal(400, "malformed_gzip", "the gzip body is truncated or has "
+            raise _RefusalError(400, "malformed_gzip", "the gzip body is truncated or has "
                            "trailing data")
         return out
 
     def _ingest_events(self, req: _Request) -> _Reply:
         principal, _ = self._agent(req)
+        encoding = "gzip" if b"content-encoding" in req.headers else "identity"
         req.body = self._inflate(req)
         events = _validate(_EVENTS_IN, _json_body(req))
         for event in events:
             self.events.append((principal, event))
+        self.metrics.ingest("events", encoding, len(events))
         out = _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=len(events)))
         return _Reply(202, out, principal)
 
@@ -741,6 +750,7 @@ class PolicyService:
         principal, _ = self._agent(req)
         trace = _validate(_TRACE_IN, _json_body(req))
         self.traces.append((principal, trace))
+        self.metrics.ingest("traces", "identity", 1)
         return _Reply(202, _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=1)), principal)
 
     # ------------------------------------------------------------------ operations

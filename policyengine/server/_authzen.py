@@ -45,7 +45,8 @@ class _ItemError(Exception):
 def _entity(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
-    return value.model_dump(exclude_none=True)
+    dumped: dict[str, Any] = value.model_dump(exclude_none=True)
+    return dumped
 
 
 class AuthzenWire:
@@ -104,25 +105,25 @@ class AuthzenWire:
         return f"http://{host if safe else 'localhost'}"
 
     def evaluation(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _json_body, _Refusal, _Reply, _validate
+        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
         r = _validate(_ONE_IN, _json_body(req))
         try:
             out = self.decide(_entity(r.subject) or {}, _entity(r.action) or {},
                               _entity(r.resource) or {}, r.context)
         except _ItemError as exc:
-            raise _Refusal(400, "invalid_request", exc.message) from None
+            raise _RefusalError(400, "invalid_request", exc.message) from None
         return _Reply(200, _ONE_OUT.dump_json(out), r.subject.id,
                       "allowed" if out.decision else "denied")
 
     def evaluations(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _json_body, _Refusal, _Reply, _validate
+        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
         r = _validate(_MANY_IN, _json_body(req))
         top_s, top_a, top_r = _entity(r.subject), _entity(r.action), _entity(r.resource)
         if not r.evaluations:  # no list: a single evaluation, answered as one
             try:
                 one = self.decide(*self._complete(top_s, top_a, top_r), r.context)
             except _ItemError as exc:
-                raise _Refusal(400, "invalid_request", exc.message) from None
+                raise _RefusalError(400, "invalid_request", exc.message) from None
             return _Reply(200, _ONE_OUT.dump_json(one), None,
                           "allowed" if one.decision else "denied")
         semantic = r.options.evaluations_semantic if r.options else "execute_all"

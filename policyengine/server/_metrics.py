@@ -25,6 +25,7 @@ class Metrics:
         self.requests: dict[tuple[str, int], int] = {}
         self.errors: dict[str, int] = {}
         self.reloads: dict[str, int] = {"ok": 0, "failed": 0}
+        self.ingested: dict[tuple[str, str], int] = {}
         self._latency: dict[str, list[int]] = {}
         self._latency_sum: dict[str, float] = {}
 
@@ -41,6 +42,10 @@ class Metrics:
             self._latency_sum[route] = 0.0
         counts[bisect.bisect_left(_BUCKETS, seconds)] += 1
         self._latency_sum[route] += seconds
+
+    def ingest(self, kind: str, encoding: str, n: int) -> None:
+        key = (kind, encoding)
+        self.ingested[key] = self.ingested.get(key, 0) + n
 
     def error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
@@ -62,7 +67,7 @@ class Metrics:
                 "# TYPE policyengine_request_seconds histogram"]
         for route, counts in sorted(self._latency.items()):
             running = 0
-            for bound, n in zip((*_BUCKETS, float("inf")), counts):
+            for bound, n in zip((*_BUCKETS, float("inf")), counts, strict=True):
                 running += n
                 le = "+Inf" if bound == float("inf") else repr(bound)
                 out.append(f"policyengine_request_seconds_bucket"
@@ -73,8 +78,13 @@ class Metrics:
                        f"{running}")
         out += ["# HELP policyengine_errors_total Requests refused or failed, by error code.",
                 "# TYPE policyengine_errors_total counter"]
-        for code, n in sorted(self.errors.items()):
-            out.append(f"policyengine_errors_total{_labels([('code', code)])} {n}")
+        for error, count in sorted(self.errors.items()):
+            out.append(f"policyengine_errors_total{_labels([('code', error)])} {count}")
+        out += ["# HELP policyengine_ingested_total Telemetry accepted, by kind and encoding.",
+                "# TYPE policyengine_ingested_total counter"]
+        for (kind, enc), n in sorted(self.ingested.items()):
+            out.append(f"policyengine_ingested_total"
+                       f"{_labels([('kind', kind), ('encoding', enc)])} {n}")
         out += ["# HELP policyengine_reloads_total Policy reloads, by result.",
                 "# TYPE policyengine_reloads_total counter"]
         for result, n in sorted(self.reloads.items()):

@@ -21,21 +21,21 @@ MASK = "***REDACTED***"
 _UNSAFE_KEY_CHARS = frozenset(".[]")
 
 
-class _Inexpressible(Exception):
+class _InexpressibleError(Exception):
     pass
 
 
 def _key_segment(key: object) -> str:
     if type(key) is not str or not key or key != key.strip() or any(
             c in _UNSAFE_KEY_CHARS for c in key):
-        raise _Inexpressible
+        raise _InexpressibleError
     return f".{key}"
 
 
 def _diff(original: Any, redacted: Any, path: str, out: list[tuple[str, str]]) -> None:
     if type(original) is dict and type(redacted) is dict:
         if not set(redacted) <= set(original):
-            raise _Inexpressible
+            raise _InexpressibleError
         for key, value in original.items():
             where = path + _key_segment(key) if (key not in redacted
                                                   or redacted[key] != value) else ""
@@ -48,15 +48,15 @@ def _diff(original: Any, redacted: Any, path: str, out: list[tuple[str, str]]) -
         return
     if type(original) is list and type(redacted) is list:
         if len(original) != len(redacted):
-            raise _Inexpressible
-        for i, (a, b) in enumerate(zip(original, redacted)):
+            raise _InexpressibleError
+        for i, (a, b) in enumerate(zip(original, redacted, strict=True)):
             if a != b or type(a) is not type(b):
                 _diff(a, b, f"{path}[{i}]", out)
         return
     if redacted == MASK and type(redacted) is str:
         out.append((path, "mask"))
         return
-    raise _Inexpressible  # a hash, a partial mask, a changed type: not the client's to do
+    raise _InexpressibleError  # a hash, a partial mask, a changed type: not the client's to do
 
 
 def _replay(body: Any, rules: list[tuple[str, str]]) -> Any:
@@ -98,6 +98,6 @@ def client_redactions(original: Any, redacted: Any) -> list[dict[str, str]] | No
         _diff(original, redacted, "$", rules)
         if not rules or _replay(original, rules) != redacted:
             return None
-    except (_Inexpressible, KeyError, IndexError, TypeError, ValueError, RecursionError):
+    except (_InexpressibleError, KeyError, IndexError, TypeError, ValueError, RecursionError):
         return None
     return [{"field": path, "strategy": strategy} for path, strategy in rules]

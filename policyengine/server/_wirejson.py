@@ -12,12 +12,12 @@ import json
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["MalformedJson", "decimal_number", "loads"]
+__all__ = ["MalformedJsonError", "decimal_number", "loads"]
 
 MAX_DEPTH = 64  # deeper documents are refused before anything walks them
 
 
-class MalformedJson(ValueError):
+class MalformedJsonError(ValueError):
     """``code``: ``malformed_json``, ``duplicate_key``, ``non_finite_number``, ``too_deep``."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -31,13 +31,13 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise MalformedJson("duplicate_key", f"duplicate key {key[:40]!r}")
+                raise MalformedJsonError("duplicate_key", f"duplicate key {key[:40]!r}")
             seen.add(key)
     return out
 
 
 def _no_constant(name: str) -> Any:
-    raise MalformedJson("non_finite_number", f"{name} is not a JSON number")
+    raise MalformedJsonError("non_finite_number", f"{name} is not a JSON number")
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_no_constant,
@@ -71,17 +71,17 @@ def _too_deep(data: bytes) -> bool:
 
 
 def loads(data: bytes) -> Any:
-    """Decode a request body strictly; raise :class:`MalformedJson` with a code."""
+    """Decode a request body strictly; raise :class:`MalformedJsonError` with a code."""
     if _too_deep(data):
-        raise MalformedJson("too_deep", f"the JSON nests deeper than {MAX_DEPTH}")
+        raise MalformedJsonError("too_deep", f"the JSON nests deeper than {MAX_DEPTH}")
     try:
         return _DECODER.decode(data.decode("utf-8"))
-    except MalformedJson:
+    except MalformedJsonError:
         raise
     except UnicodeDecodeError:
-        raise MalformedJson("malformed_json", "the body is not UTF-8") from None
+        raise MalformedJsonError("malformed_json", "the body is not UTF-8") from None
     except (ValueError, RecursionError) as exc:
-        raise MalformedJson("malformed_json", f"the body is not JSON: {exc}") from None
+        raise MalformedJsonError("malformed_json", f"the body is not JSON: {exc}") from None
 
 
 def decimal_number(value: Decimal) -> int | float | str:
