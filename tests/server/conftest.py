@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from service_harness import (
+
+from policyengine.server import AgentCredential, Credentials, hash_secret
+
+from .service_harness import (
     ADMIN,
     INGEST_KEY,
     SECRETS,
@@ -14,8 +17,6 @@ from service_harness import (
     make_service,
     serving,
 )
-
-from policyengine.server import AgentCredential, Credentials, hash_secret
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from service_harness import ADMIN, INGEST_KEY, SECRETS, Running, Upstream
 from tracengent import (
     AgentEvent,
     LlmCallResult,
@@ -24,6 +23,8 @@ from tracengent.gateway import governed_client
 from tracengent.tool_governance import ToolDeniedException, ToolPendingApprovalException
 
 import policyengine as pe
+
+from .service_harness import ADMIN, INGEST_KEY, SECRETS, Running, Upstream
 
 
 def sdk(service: Running, client_id: str = "key_travel", secret: str | None = None,

@@ -9,9 +9,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from service_harness import SECRETS, free_port, make_service, serving
 
 from policyengine.server import AgentCredential, Credentials, hash_secret
+
+from ..service_harness import SECRETS, free_port, make_service, serving
 
 _PORT = free_port()
 _ENV = {"TRACENGENT_TEST_BASE_URL": f"http://127.0.0.1:{_PORT}",
