@@ -11,8 +11,7 @@ import timeit
 from collections.abc import Callable
 from decimal import Decimal
 
-from policyengine.money import Money, parse_amount
-from policyengine.rates import CallableRates, StaticRates, convert, fits
+from policyengine.money import CallableRates, Money, StaticRates, convert, fits, parse_amount
 
 NOW = 1_750_000_000.0
 

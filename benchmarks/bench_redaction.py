@@ -18,7 +18,7 @@ from jsonpath_ng.ext import parse as jp_parse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from policyengine.redaction import JsonPath, RedactionRule, redact
+from policyengine.tools import JsonPath, RedactionRule, redact
 
 BODY: dict[str, Any] = {
     "amount": 12500,

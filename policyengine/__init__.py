@@ -9,7 +9,7 @@ The public API is what this module exports; everything else may change.
 """
 
 from policyengine import tokens
-from policyengine.approvals import Approval, ApprovalError, MemoryApprovalStore
+from policyengine.decide import Approval, ApprovalError, Explanation, MemoryApprovalStore
 from policyengine.decision import (
     ApprovalRequired,
     Decision,
@@ -20,16 +20,20 @@ from policyengine.decision import (
     ToolDenied,
 )
 from policyengine.engine import Engine
-from policyengine.evaluator import Explanation
-from policyengine.fmt import format_source
-from policyengine.http import (
-    AsyncGovernedTransport,
-    GovernedTransport,
-    async_governed_client,
-    governed_client,
+from policyengine.lang import PolicyError, Problem, format_source, parse
+from policyengine.money import (
+    CallableRates,
+    Currency,
+    JsonFileRates,
+    Money,
+    MoneyError,
+    RateError,
+    RateSource,
+    StaticRates,
+    convert,
+    get_currency,
+    parse_amount,
 )
-from policyengine.money import Currency, Money, MoneyError, get_currency, parse_amount
-from policyengine.parser import parse
 from policyengine.permissions import (
     InvalidPermission,
     is_valid_pattern,
@@ -37,17 +41,16 @@ from policyengine.permissions import (
     permission_matches,
     subsumes,
 )
-from policyengine.rates import (
-    CallableRates,
-    JsonFileRates,
-    RateError,
-    RateSource,
-    StaticRates,
-    convert,
-)
-from policyengine.redaction import RedactionResult, RedactionRule, redact
-from policyengine.source import PolicyError, Problem
 from policyengine.tokens import AttenuationError, Grant, KeySet, TokenError
+from policyengine.tools import (
+    AsyncGovernedTransport,
+    GovernedTransport,
+    RedactionResult,
+    RedactionRule,
+    async_governed_client,
+    governed_client,
+    redact,
+)
 
 __version__ = "0.1.0"
 __all__ = [

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from policyengine.source import PolicyError
+from policyengine.lang._source import PolicyError
 
 __all__ = ["main"]
 
@@ -24,9 +24,9 @@ def _load(paths: Sequence[str], budget_store: str | None = None) -> Any:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from policyengine.engine import _read_paths, load_policy
+    from policyengine.engine import load_policy, read_paths
     try:
-        files = _read_paths(args.paths)
+        files = read_paths(args.paths)
         _, warnings = load_policy(files, base_dirs={n: str(Path(n).parent) for n, _ in files})
     except PolicyError as err:
         print(err.render(), file=sys.stderr)
@@ -40,7 +40,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_fmt(args: argparse.Namespace) -> int:
-    from policyengine.fmt import format_source
+    from policyengine.lang._fmt import format_source
     status = 0
     targets: list[Path] = []
     for raw in args.paths:

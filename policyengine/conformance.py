@@ -139,7 +139,7 @@ def _run_tool(engine: Any, case: dict[str, Any]) -> str | None:
 
 def _run_check(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> str | None:
     from policyengine.engine import load_policy
-    from policyengine.source import PolicyError
+    from policyengine.lang._source import PolicyError
     sources = _policies(fixture, case, base)
     try:
         _, warnings = load_policy(list(sources.items()),

@@ -15,10 +15,14 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from policyengine import ast
-from policyengine.approvals import ApprovalError, ApprovalStore, MemoryApprovalStore, context_digest
-from policyengine.checker import check
-from policyengine.compiler import CompiledPolicy, compile_policy
+from policyengine.decide._approvals import (
+    ApprovalError,
+    ApprovalStore,
+    MemoryApprovalStore,
+    context_digest,
+)
+from policyengine.decide._compiled import CompiledPolicy, compile_policy
+from policyengine.decide._evaluator import Explanation, evaluate, explain, invalid, request_problem
 from policyengine.decision import (
     ApprovalRequired,
     Decision,
@@ -26,9 +30,10 @@ from policyengine.decision import (
     NotAuthorized,
     ToolDecision,
 )
-from policyengine.evaluator import Explanation, evaluate, explain, invalid, request_problem
-from policyengine.parser import parse_many
-from policyengine.source import PolicyError, Problem, SourceSet
+from policyengine.lang import ast
+from policyengine.lang._checker import check
+from policyengine.lang._parser import parse_many
+from policyengine.lang._source import PolicyError, Problem, SourceSet
 
 if TYPE_CHECKING:
     from policyengine.budgets import Ledger
@@ -38,7 +43,7 @@ __all__ = ["Engine", "load_policy"]
 PolicyFiles = list[tuple[str, "str | bytes"]]
 
 
-def _read_paths(paths: Iterable[str | os.PathLike[str]]) -> PolicyFiles:
+def read_paths(paths: Iterable[str | os.PathLike[str]]) -> PolicyFiles:
     files: PolicyFiles = []
     for raw in paths:
         p = Path(raw)
@@ -56,9 +61,9 @@ def _read_paths(paths: Iterable[str | os.PathLike[str]]) -> PolicyFiles:
 
 
 def build_rates(files: list[ast.PolicyFile], base_dirs: Mapping[str, str]) -> dict[str, Any]:
-    """One :class:`~policyengine.rates.RateSource` per file with a base currency, from its
+    """One :class:`~policyengine.money.RateSource` per file with a base currency, from its
     ``rate`` statements and its optional ``rates "file.json" [max_age D]`` table."""
-    from policyengine.rates import JsonFileRates, RateError, StaticRates
+    from policyengine.money._rates import JsonFileRates, RateError, StaticRates
 
     out: dict[str, Any] = {}
     for f in files:
@@ -166,7 +171,7 @@ class Engine:
         if not paths:
             raise TypeError("from_path() needs at least one path")
         names = tuple(os.fspath(p) for p in paths)
-        return cls(_read_paths(names), paths=names, **options)
+        return cls(read_paths(names), paths=names, **options)
 
     @classmethod
     def from_source(cls, text: str | bytes, name: str = "inline.policy", **options: Any
@@ -214,7 +219,7 @@ class Engine:
 
         On error the old policy stays in force and :class:`PolicyError` is raised.
         """
-        files = _read_paths(self._paths) if self._paths else self._files
+        files = read_paths(self._paths) if self._paths else self._files
         policy, warnings = self._build(files)
         ledger = self._ledger(policy)  # same store: recorded spend survives a reload
         self._files = files
@@ -338,7 +343,7 @@ class Engine:
     def _check_grant(self, policy: CompiledPolicy, token: Any, principal: Any,
                      permission: Any, context: Any, now: float | None) -> Any:
         """The verified grant, or a denied :class:`Decision` saying why not."""
-        from policyengine.money import Money, MoneyError
+        from policyengine.money._money import Money, MoneyError
         from policyengine.tokens import TokenError
 
         def deny(code: str, diag: str, message: str, grant: Any = None) -> Decision:
@@ -409,7 +414,7 @@ class Engine:
         are accepted as spelled on the wire). Never raises for request data; see
         docs/tools.md. ``result.body`` is a redacted copy; ``body`` is never mutated.
         """
-        from policyengine.egress import tool_authorize
+        from policyengine.tools._egress import tool_authorize
         tool_name = wire.pop("toolName", tool_name)
         function_name = wire.pop("functionName", function_name)
         approval_id = wire.pop("approvalId", approval_id)

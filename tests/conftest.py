@@ -21,7 +21,7 @@ from policyengine.budgets import (
     SQLiteStore,
 )
 from policyengine.engine import Engine, load_policy
-from policyengine.source import PolicyError, Problem
+from policyengine.lang import PolicyError, Problem
 
 
 def problems_of(*files: tuple[str, str | bytes]) -> list[Problem]:
@@ -56,6 +56,12 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A :class:`Clock` at 2026-01-01T00:00:00Z; tests move it by setting ``clock.t``."""
+    return Clock(1_767_225_600.0)
 
 
 def ast_key(node: object) -> object:

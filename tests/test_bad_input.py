@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policyengine.engine import Engine
-from policyengine.parser import parse
-from policyengine.source import PolicyError
+from policyengine.lang import PolicyError, parse
 
 FAST = settings(max_examples=200, deadline=None)
 

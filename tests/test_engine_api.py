@@ -12,7 +12,7 @@ import pytest
 
 from policyengine.decision import ApprovalRequired, NotAuthorized
 from policyengine.engine import Engine
-from policyengine.source import PolicyError
+from policyengine.lang import PolicyError
 
 ROLES = 'role r: docs:*\nagent "bot": r\n'
 

@@ -36,7 +36,7 @@ def test_non_editable_install_imports_from_elsewhere(tmp_path: Path) -> None:
     done = _pip_install(target)
     if done.returncode != 0:
         pytest.fail(f"pip install failed:\n{done.stdout}\n{done.stderr}")
-    grammar = target / "policyengine" / "_grammar" / "policy.lark"
+    grammar = target / "policyengine" / "lang" / "_grammar" / "policy.lark"
     assert grammar.is_file()
     assert grammar.read_text("utf-8") == (REPO / "grammar" / "policy.lark").read_text("utf-8")
     workdir = tmp_path / "elsewhere"
@@ -52,6 +52,6 @@ def test_non_editable_install_imports_from_elsewhere(tmp_path: Path) -> None:
     check = subprocess.run(
         [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); "
          "from importlib import resources; "
-         "print(resources.files('policyengine').joinpath('_grammar/policy.lark').is_file())"],
+         "print(resources.files('policyengine.lang').joinpath('_grammar/policy.lark').is_file())"],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
     assert check.stdout.strip() == "True", check.stderr

@@ -56,9 +56,9 @@ from policyengine.budgets.store import (
     Usage,
 )
 from policyengine.budgets.windows import Window
-from policyengine.money import Money, MoneyError, parse_amount
+from policyengine.money._money import Money, MoneyError, parse_amount
+from policyengine.money._rates import RateError, RateSource, convert
 from policyengine.permissions import InvalidPermission, permission_matches, validate_permission
-from policyengine.rates import RateError, RateSource, convert
 
 __all__ = [
     "MAX_TTL",

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from policyengine.budgets.errors import BudgetInputError
 from policyengine.budgets.windows import WINDOWS
-from policyengine.money import UNITS, MoneyError, decimal_places, get_currency
+from policyengine.money._money import UNITS, MoneyError, decimal_places, get_currency
 from policyengine.permissions import is_valid_pattern, permission_matches
 
 __all__ = [

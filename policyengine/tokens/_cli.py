@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from policyengine.money import MoneyError
-from policyengine.rates import JsonFileRates, RateError
+from policyengine.money._money import MoneyError
+from policyengine.money._rates import JsonFileRates, RateError
 from policyengine.tokens.errors import TokenError
 from policyengine.tokens.grants import attenuate, mint, verify
 from policyengine.tokens.keys import KeySet

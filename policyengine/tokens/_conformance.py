@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from policyengine.money import Money, MoneyError
-from policyengine.rates import RateError, StaticRates, parse_rfc3339
+from policyengine.money._money import Money, MoneyError
+from policyengine.money._rates import RateError, StaticRates, parse_rfc3339
 from policyengine.tokens.errors import TokenError
 from policyengine.tokens.grants import Grant, attenuate, mint, verify
 from policyengine.tokens.keys import KeySet
@@ -68,9 +68,9 @@ def _run(fixture: dict[str, Any], req: dict[str, Any]) -> Grant:
 
 
 def _aud(keys: KeySet, token: str) -> str | None:
-    from policyengine.tokens.grants import _load_hop
+    from policyengine.tokens.grants import load_hop
 
-    return _load_hop(keys, token).audience
+    return load_hop(keys, token).audience
 
 
 def run_token_case(fixture: dict[str, Any], case: dict[str, Any]) -> str | None:

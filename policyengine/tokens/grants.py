@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from policyengine.money import Money, MoneyError
+from policyengine.money._money import Money, MoneyError
+from policyengine.money._rates import RateError, RateSource, convert
 from policyengine.permissions import is_valid_pattern, permission_matches, subsumes
-from policyengine.rates import RateError, RateSource, convert
 from policyengine.tokens._jws import b64encode, encode_json, split
 from policyengine.tokens.errors import AttenuationError, TokenError
 from policyengine.tokens.keys import Key, KeySet
@@ -301,7 +301,7 @@ def _check_header(header: dict[str, Any], keys: KeySet) -> Key:
     return key
 
 
-def _load_hop(keys: KeySet, token: str) -> Hop:
+def load_hop(keys: KeySet, token: str) -> Hop:
     """Parse, check the header and signature of, and validate one token (cached)."""
     hop: Hop | None = keys._hops.get(token)
     if hop is not None:
@@ -441,7 +441,7 @@ def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | 
                      max_ttl: float | None) -> _Entry:
     if type(token) is not str:
         raise _fail("malformed", "token must be a string")
-    hops = [_load_hop(keys, token)]
+    hops = [load_hop(keys, token)]
     tokens = [token]
     while True:
         parent_token = hops[-1].parent
@@ -449,7 +449,7 @@ def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | 
             break
         if len(hops) > MAX_DEPTH:
             raise _fail("depth_exceeded", f"more than {MAX_DEPTH} hops")
-        hops.append(_load_hop(keys, parent_token))
+        hops.append(load_hop(keys, parent_token))
         tokens.append(parent_token)
     hops.reverse()
     tokens.reverse()
@@ -645,4 +645,4 @@ def attenuate(
 
 def _aud_of(keys: KeySet, token: str) -> str | None:
     """The audience a token names (only to re-verify a parent we are about to extend)."""
-    return _load_hop(keys, token).audience
+    return load_hop(keys, token).audience

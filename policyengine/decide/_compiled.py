@@ -1,0 +1,372 @@
+"""Checked AST -> :class:`CompiledPolicy`: indexes plus generated closures.
+
+Conditions are turned into Python source once (:mod:`policyengine.lang._codegen`) and
+compiled with ``compile()`` (as Jinja2 does for templates, see
+:mod:`policyengine.decide._runtime`), so a request runs plain Python: no AST walking, no
+parsing, no regex compilation.
+
+Rules are indexed by permission (exact names, ``ns:`` prefixes, ``*``) and, per
+(principal, permission), the applicable rules are resolved once and cached in a bounded
+table: the hot path is one dict lookup and a few closure calls.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import (
+    ROUND_FLOOR,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+)
+from typing import Any
+
+from policyengine.decide._runtime import EvalError, Principal, Test, build_many
+from policyengine.lang import ast
+from policyengine.lang._codegen import ConditionCodegen
+from policyengine.permissions import permission_matches, validate_permission
+
+__all__ = ["PLAN_CACHE_SIZE", "CompiledPolicy", "CompiledRule", "EvalError", "FileMoney",
+           "Plan", "Principal", "compile_policy"]
+
+#: Entries kept in the per-(principal, permission) plan cache before it is reset.
+PLAN_CACHE_SIZE = 65536
+
+
+# ---- compiled structures -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FileMoney:
+    """How one file reads money: its base currency, default currency and rates."""
+
+    file: str
+    base: str | None
+    default: str | None
+    rates: Any  # a RateSource, or None without a base currency
+
+
+class _ChainedRates:
+    """Ask several rate tables in turn; ``no_rate`` only if none knows the pair."""
+
+    def __init__(self, tables: list[Any]) -> None:
+        self.tables = tables
+
+    def _first(self, method: str, from_code: str, to_code: str, now: float | None) -> Any:
+        last: Exception | None = None
+        for table in self.tables:
+            fn = getattr(table, method, None)
+            if fn is None:
+                continue
+            try:
+                return fn(from_code, to_code, now)
+            except ValueError as exc:  # RateError: try the next table
+                last = exc
+                if getattr(exc, "code", "") == "stale_rate":
+                    raise
+        if last is None:
+            raise AttributeError(method)
+        raise last
+
+    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Decimal:
+        return self._first("rate", from_code, to_code, now)  # type: ignore[no-any-return]
+
+    def rate_fraction(self, from_code: str, to_code: str, now: float | None = None
+                      ) -> tuple[int, int]:
+        """Exact cross rates (see :func:`policyengine.money.convert`)."""
+        return self._first("rate_fraction", from_code, to_code, now)  # type: ignore[no-any-return]
+
+
+@dataclass
+class CompiledRule:
+    """One rule, ready to run. ``test`` is None for an unconditional rule."""
+
+    qid: str
+    effect: str  # permit | forbid | approval
+    kind: str  # rule | role | limit | approval_over
+    patterns: tuple[str, ...]
+    roles: frozenset[str]
+    agents: frozenset[str]
+    test: Test | None
+    conditions: tuple[ast.Condition, ...]  # kept for explain, which compiles them lazily
+    amount_limit: Decimal | None = None  # limit cap / approval threshold, in base currency
+    uses_amount: bool = False
+    money: FileMoney | None = None
+    order: int = 0
+    span: ast.Span = ast.NOSPAN
+    _clauses: tuple[tuple[str, str, Test], ...] | None = None
+
+    @property
+    def clauses(self) -> tuple[tuple[str, str, Test], ...]:
+        """(when|unless, source text, test) per condition: explain's view of the rule."""
+        if self._clauses is None:
+            money = self.money or FileMoney("", None, None, None)
+            out = []
+            for cond in self.conditions:
+                g = ConditionCodegen(money, _to_base(money))
+                out.append((cond.kind, _expr_text(cond.expr),
+                            build_many([g.boolean(cond.expr)], g.consts)[0]))
+            self._clauses = tuple(out)
+        return self._clauses
+
+    def scoped_to(self, principal: Principal) -> bool:
+        if not self.roles and not self.agents:
+            return True
+        return principal.id in self.agents or not self.roles.isdisjoint(principal.roles)
+
+
+@dataclass
+class Plan:
+    """The rules that can decide one (principal, permission), in evaluation order."""
+
+    principal: Principal
+    forbids: tuple[CompiledRule, ...]
+    limits: tuple[CompiledRule, ...]
+    permits: tuple[CompiledRule, ...]
+    approvals: tuple[CompiledRule, ...]
+    uses_amount: bool
+
+
+@dataclass
+class CompiledPolicy:
+    """Everything a request needs, indexed. Immutable once built (caches aside)."""
+
+    rules: tuple[CompiledRule, ...]
+    principals: dict[str, Principal]
+    money: dict[str, FileMoney]  # by file name
+    tz: str
+    tools: Any = None  # a CompiledTools (tool governance)
+    budgets: tuple[Any, ...] = ()  # BudgetSpec
+    delegation: ast.DelegationDecl | None = None
+    files: tuple[ast.PolicyFile, ...] = ()
+    _exact: dict[str, list[CompiledRule]] = field(default_factory=dict)
+    _prefix: dict[str, list[CompiledRule]] = field(default_factory=dict)
+    _global: list[CompiledRule] = field(default_factory=list)
+    plans: dict[tuple[str, str], Plan] = field(default_factory=dict)
+    _budgeted: dict[str, bool] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def default_currency(self) -> str | None:
+        """The first ``default_currency`` declared (for checks outside any one file)."""
+        return next((m.default for m in self.money.values() if m.default), None)
+
+    @property
+    def rates(self) -> Any:
+        """One RateSource over every file's rates (the first that knows a pair wins)."""
+        tables = [m.rates for m in self.money.values() if m.rates is not None]
+        return _ChainedRates(tables) if tables else None
+
+    def index(self) -> None:
+        for rule in self.rules:
+            for pat in set(rule.patterns):
+                if pat == "*":
+                    self._global.append(rule)
+                elif pat.endswith(":*"):
+                    self._prefix.setdefault(pat[:-1], []).append(rule)
+                else:
+                    self._exact.setdefault(pat, []).append(rule)
+
+    def candidates(self, permission: str) -> list[CompiledRule]:
+        """Rules with a pattern matching ``permission``, in declaration order."""
+        found: dict[int, CompiledRule] = {}
+        for rule in self._exact.get(permission, ()):
+            found[rule.order] = rule
+        i = permission.find(":")
+        while i >= 0:
+            for rule in self._prefix.get(permission[: i + 1], ()):
+                found[rule.order] = rule
+            i = permission.find(":", i + 1)
+        for rule in self._global:
+            found[rule.order] = rule
+        return [found[k] for k in sorted(found)]
+
+    def budgeted(self, permission: str) -> bool:
+        """True when some budget's pattern covers ``permission`` (cached)."""
+        hit = self._budgeted.get(permission)
+        if hit is None:
+            hit = any(permission_matches(p, permission) for b in self.budgets
+                      for p in b.patterns)
+            if len(self._budgeted) >= PLAN_CACHE_SIZE:
+                self._budgeted.clear()
+            self._budgeted[permission] = hit
+        return hit
+
+    def principal(self, principal_id: str) -> Principal:
+        p = self.principals.get(principal_id)
+        return p if p is not None else Principal(principal_id, frozenset(), {})
+
+    def plan(self, principal_id: str, permission: str) -> Plan:
+        key = (principal_id, permission)
+        plan = self.plans.get(key)
+        if plan is not None:
+            return plan
+        who = self.principal(principal_id)
+        validate_permission(permission)  # callers check first; this is the last guard
+        rules = [r for r in self.candidates(permission) if r.scoped_to(who)]
+        plan = Plan(
+            who,
+            tuple(r for r in rules if r.effect == "forbid" and r.kind != "limit"),
+            tuple(r for r in rules if r.kind == "limit"),
+            tuple(r for r in rules if r.effect == "permit"),
+            tuple(r for r in rules if r.effect == "approval"),
+            any(r.uses_amount for r in rules),
+        )
+        if len(self.plans) >= PLAN_CACHE_SIZE:
+            with self._lock:  # a hostile stream of names cannot grow memory without bound
+                self.plans.clear()
+        self.plans[key] = plan
+        return plan
+
+
+# ---- compile -------------------------------------------------------------------------------
+
+def _qualify(namespace: str, ident: str) -> str:
+    return f"{namespace}.{ident}"
+
+
+def _expr_text(e: ast.Expr) -> str:
+    from policyengine.lang._fmt import format_expr
+    return format_expr(e)
+
+
+def compile_policy(files: Sequence[ast.PolicyFile], *,
+                   rates: Mapping[str, Any] | None = None) -> CompiledPolicy:
+    """Compile checked files into a :class:`CompiledPolicy`.
+
+    ``rates`` maps a file name to the :class:`~policyengine.money.RateSource` built from
+    that file's ``rate`` / ``rates`` statements (see :func:`policyengine.engine.build_rates`).
+    Money is per file: a file's amounts are read in its own base currency.
+    """
+    rates = rates or {}
+    money: dict[str, FileMoney] = {}
+    for f in files:
+        base = next((st.code for st in f.statements if isinstance(st, ast.CurrencyDecl)), None)
+        default = next((st.code for st in f.statements
+                        if isinstance(st, ast.DefaultCurrencyDecl)), None)
+        money[f.name] = FileMoney(f.name, base, default, rates.get(f.name))
+    tz = next((st.zone for f in files for st in f.statements if isinstance(st, ast.TzDecl)),
+              "UTC")
+    delegation = next((st for f in files for st in f.statements
+                       if isinstance(st, ast.DelegationDecl)), None)
+
+    roles: dict[str, tuple[str, ...]] = {}
+    agent_roles: dict[str, set[str]] = {}
+    agent_attrs: dict[str, dict[str, Any]] = {}
+    for f in files:
+        for st in f.statements:
+            if isinstance(st, ast.RoleDecl):
+                roles[st.name] = st.patterns
+            elif isinstance(st, ast.AgentDecl):
+                agent_roles.setdefault(st.id, set()).update(st.roles)
+                agent_attrs.setdefault(st.id, {}).update(
+                    {k: v.value for k, v in st.attributes})
+    principals = {aid: Principal(aid, frozenset(r), agent_attrs.get(aid, {}))
+                  for aid, r in agent_roles.items()}
+
+    rules: list[CompiledRule] = []
+    order = 0
+
+    def add(rule: CompiledRule) -> None:
+        nonlocal order
+        rule.order = order
+        order += 1
+        rules.append(rule)
+
+    for name, patterns in roles.items():
+        add(CompiledRule(f"role:{name}", "permit", "role", patterns, frozenset({name}),
+                         frozenset(), None, ()))
+    # Every condition of the policy set becomes one lambda in one generated module:
+    # a single compile() instead of one per rule.
+    pending: list[tuple[CompiledRule, str]] = []
+    consts: dict[str, Any] = {}
+
+    for f in files:
+        fm = money[f.name]
+        for st in f.statements:
+            if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
+                rule, source, rule_consts = _compile_rule(st, f.namespace, fm, f"_r{order}_")
+                add(rule)
+                if source is not None:
+                    pending.append((rule, source))
+                    consts.update(rule_consts)
+    if pending:
+        tests = build_many([src for _, src in pending], consts)
+        for (rule, _), test in zip(pending, tests, strict=True):
+            rule.test = test
+    from policyengine.tools._egress import compile_tools
+    policy = CompiledPolicy(tuple(rules), principals, money, tz, tools=compile_tools(files),
+                            budgets=_budget_specs(files), delegation=delegation,
+                            files=tuple(files))
+    policy.index()
+    return policy
+
+
+def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[Any, ...]:
+    from policyengine.budgets import BudgetSpec
+    specs = []
+    for f in files:
+        file_tz = next((st.zone for st in f.statements if isinstance(st, ast.TzDecl)), "UTC")
+        for st in f.statements:
+            if isinstance(st, ast.BudgetDecl):
+                specs.append(BudgetSpec(
+                    _qualify(f.namespace, st.id), st.patterns, st.limit, st.unit, st.window,
+                    st.rolling_seconds, st.subject, st.tz or file_tz,
+                    st.overdraft if st.overdraft is not None else Decimal(0)))
+    return tuple(specs)
+
+
+_FLOOR = Context(prec=100, rounding=ROUND_FLOOR, Emax=999, Emin=-999,
+                 traps=[InvalidOperation, Overflow, DivisionByZero])
+
+
+def _to_base(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:
+    """Money literals (caps, thresholds) in the base currency, rounded *down* to its
+    minor unit: a limit never rounds up. (Spends round up: see the evaluator.)"""
+    quantum: Decimal | None = None
+    if fm.base is not None:
+        from policyengine.money._money import decimal_places
+        quantum = Decimal(1).scaleb(-decimal_places(fm.base))
+
+    def to_base(m: ast.MoneyLit) -> Decimal:
+        if fm.base is None or quantum is None:
+            return m.amount
+        value = m.amount
+        if m.currency != fm.base:
+            # Converted once, at compile time, with the table as of its own date: a
+            # literal is part of the policy, not of a request.
+            try:
+                rate = fm.rates.rate(m.currency, fm.base, getattr(fm.rates, "as_of", None))
+            except ValueError as exc:
+                from policyengine.lang._source import PolicyError, Problem
+                raise PolicyError([Problem(
+                    "E127", f"cannot convert {m.amount} {m.currency} to {fm.base}: {exc}",
+                    m.span.file, m.span.line, m.span.column)]) from None
+            value = _FLOOR.multiply(value, rate)
+        return value.quantize(quantum, context=_FLOOR)
+    return to_base
+
+
+def _compile_rule(st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl, ns: str,
+                  fm: FileMoney, prefix: str
+                  ) -> tuple[CompiledRule, str | None, dict[str, Any]]:
+    """The rule (its ``test`` still unset) and the source and constants of its test."""
+    qid = _qualify(ns, st.id)
+    to_base = _to_base(fm)
+    gen = ConditionCodegen(fm, to_base, prefix)
+    source = gen.conditions(st.conditions) if st.conditions else None
+    roles = frozenset(s.name for s in st.scope if s.kind == "role")
+    agents = frozenset(s.name for s in st.scope if s.kind == "agent")
+    if isinstance(st, ast.LimitDecl):
+        rule = CompiledRule(qid, "forbid", "limit", st.patterns, roles, agents, None,
+                            st.conditions, to_base(st.cap), True, fm, span=st.span)
+    elif isinstance(st, ast.ApprovalOverDecl):
+        rule = CompiledRule(qid, "approval", "approval_over", st.patterns, roles, agents, None,
+                            st.conditions, to_base(st.threshold), True, fm, span=st.span)
+    else:
+        rule = CompiledRule(qid, st.effect, "rule", st.patterns, roles, agents, None,
+                            st.conditions, None, gen.uses_amount, fm, span=st.span)
+    return rule, source, gen.consts

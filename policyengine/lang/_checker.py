@@ -1,0 +1,518 @@
+"""Static checks over a parsed policy set: errors that need no request, and warnings.
+
+Runs after parsing and before compiling, over all files together (roles and agents may
+be declared in one file and used in another). The compiler may assume what this module
+guarantees: ids unique per namespace, every referenced role known, every expression
+well-typed as far as can be seen without a request, every pattern, path, zone, currency
+and duration valid. Codes are listed in ``docs/errors.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from policyengine.lang import ast
+from policyengine.lang._source import Problem, SourceSet
+from policyengine.permissions import is_valid_pattern, subsumes
+
+__all__ = ["FUNCTIONS", "check"]
+
+#: Built-in functions: name -> (arity, argument kinds). All return bool.
+FUNCTIONS: dict[str, tuple[int, str]] = {
+    "startswith": (2, "string, prefix"),
+    "endswith": (2, "string, suffix"),
+    "contains": (2, "list or string, item"),
+    "matches": (2, "string, glob literal"),
+    "has": (1, "a context or principal.attributes path"),
+}
+PRINCIPAL_FIELDS = ("id", "roles", "attributes")
+NON_CURRENCY_UNITS = ("tokens", "calls", "credits")
+MAX_EXPR_DEPTH = 48
+# Widest amount a policy literal may hold; keeps Decimal arithmetic bounded.
+MAX_LITERAL_AMOUNT = Decimal(10) ** 15
+
+# Types seen statically. "any" is a value only a request can tell (a context path).
+BOOL, STR, NUM, MONEY, LIST, ANY = "bool", "string", "number", "money", "list", "any"
+
+
+@dataclass
+class _Ctx:
+    sources: SourceSet
+    problems: list[Problem] = field(default_factory=list)
+
+    def error(self, code: str, message: str, span: ast.Span, hint: str | None = None) -> None:
+        self.problems.append(self.sources.problem(code, message, span.file, span.line,
+                                                  span.column, hint))
+
+    def warn(self, code: str, message: str, span: ast.Span, hint: str | None = None) -> None:
+        self.problems.append(self.sources.problem(code, message, span.file, span.line,
+                                                  span.column, hint, "warning"))
+
+
+def _did_you_mean(word: str, options: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def _currency_known(code: str) -> bool:
+    try:
+        from policyengine.money._money import is_currency
+    except ImportError:  # pragma: no cover - money is part of the package
+        return len(code) == 3 and code.isalpha() and code.isupper()
+    return is_currency(code)
+
+
+def _zone_known(zone: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    if zone == "UTC":
+        return True
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
+    """Return every error and warning for ``files`` (a policy set), sorted by position."""
+    ctx = _Ctx(sources)
+    roles: dict[str, ast.RoleDecl] = {}
+    agents: dict[str, list[ast.AgentDecl]] = {}
+    ids: dict[tuple[str, str], ast.Span] = {}
+    file_base: dict[str, str] = {}
+    rates: dict[str, dict[str, tuple[Decimal, ast.Span]]] = {}
+    money_uses: dict[str, list[ast.Span]] = {}
+    delegation_seen: ast.Span | None = None
+
+    # Pass 1: declarations.
+    for f in files:
+        ns_seen: ast.Span | None = None
+        file_currency: ast.Span | None = None
+        for st in f.statements:
+            if isinstance(st, ast.NamespaceDecl):
+                if ns_seen is not None:
+                    ctx.error("E105", "a file has one namespace statement", st.span,
+                              "split the file, one namespace per file")
+                ns_seen = st.span
+            elif isinstance(st, ast.RoleDecl):
+                if st.name in roles:
+                    prev = roles[st.name].span
+                    ctx.error("E102", f"role '{st.name}' is already defined at {prev}", st.span)
+                else:
+                    roles[st.name] = st
+            elif isinstance(st, ast.AgentDecl):
+                agents.setdefault(st.id, []).append(st)
+            elif isinstance(st, ast.CurrencyDecl):
+                if not _currency_known(st.code):
+                    ctx.error("E109", f"unknown currency '{st.code}'", st.span,
+                              "use an active ISO 4217 code such as EUR or USD")
+                if file_currency is not None:
+                    ctx.error("E113", "a file declares its currency once", st.span)
+                file_currency = st.span
+                file_base[f.name] = st.code
+            elif isinstance(st, ast.RateDecl):
+                if not _currency_known(st.code):
+                    ctx.error("E109", f"unknown currency '{st.code}'", st.span)
+                if st.value <= 0 or st.value > MAX_LITERAL_AMOUNT:
+                    ctx.error("E113", f"rate for {st.code} must be positive and sane", st.span)
+                file_rates = rates.setdefault(f.name, {})
+                prev_rate = file_rates.get(st.code)
+                if prev_rate is not None:
+                    ctx.error("E113", f"rate for {st.code} is already {prev_rate[0]} "
+                              f"(at {prev_rate[1]})", st.span)
+                file_rates[st.code] = (st.value, st.span)
+            elif isinstance(st, ast.DefaultCurrencyDecl):
+                if not _currency_known(st.code):
+                    ctx.error("E109", f"unknown currency '{st.code}'", st.span)
+            elif isinstance(st, ast.TzDecl):
+                if not _zone_known(st.zone):
+                    ctx.error("E124", f"unknown time zone '{st.zone}'", st.span,
+                              "use an IANA zone name such as Europe/Paris")
+            elif isinstance(st, ast.DelegationDecl):
+                if delegation_seen is not None:
+                    ctx.error("E126", f"delegation is already configured at {delegation_seen}",
+                              st.span)
+                delegation_seen = st.span
+                if st.max_depth is not None and not 1 <= st.max_depth <= 32:
+                    ctx.error("E126", "max_depth must be between 1 and 32", st.span)
+                if st.max_ttl is not None and not 1 <= st.max_ttl <= 366 * 86400:
+                    ctx.error("E125", "max_ttl must be between 1s and 366d", st.span)
+            ident = getattr(st, "id", None)
+            if isinstance(ident, str) and not isinstance(st, ast.AgentDecl):
+                key = (f.namespace, ident)
+                if key in ids:
+                    ctx.error("E101", f"id '{ident}' is already used in namespace "
+                              f"'{f.namespace}' at {ids[key]}", st.span,
+                              "ids are unique per namespace")
+                else:
+                    ids[key] = st.span
+    for fname, code in file_base.items():
+        if code in rates.get(fname, {}):
+            ctx.error("E113", f"a rate for the base currency {code} makes no sense",
+                      rates[fname][code][1])
+
+    # Pass 2: references, expressions, tools, budgets.
+    held_roles = {r for decls in agents.values() for a in decls for r in a.roles}
+    scoped_roles: set[str] = set()
+    for f in files:
+        uses_money = money_uses.setdefault(f.name, [])
+        for st in f.statements:
+            if isinstance(st, ast.AgentDecl):
+                spans = st.role_spans or tuple(st.span for _ in st.roles)
+                for role, sp in zip(st.roles, spans, strict=False):
+                    if role not in roles:
+                        ctx.error("E103", f"unknown role '{role}'", sp,
+                                  _did_you_mean(role, roles) or "declare it with 'role'")
+                names = [n for n, _ in st.attributes]
+                if len(names) != len(set(names)):
+                    ctx.error("E116", f"agent '{st.id}' repeats an attribute", st.span)
+            elif isinstance(st, ast.RoleDecl):
+                _check_patterns(ctx, st.patterns, st.span)
+            elif isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
+                _check_patterns(ctx, st.patterns, st.span)
+                for item in st.scope:
+                    if item.kind == "role":
+                        scoped_roles.add(item.name)
+                        if item.name not in roles:
+                            ctx.error("E103", f"unknown role '{item.name}'", item.span,
+                                      _did_you_mean(item.name, roles)
+                                      or "declare it with 'role'")
+                    elif item.name not in agents:
+                        ctx.error("E104", f"unknown agent '{item.name}'", item.span,
+                                  _did_you_mean(item.name, agents)
+                                  or "declare it with 'agent'")
+                if isinstance(st, ast.ApprovalOverDecl) and st.effect != "approval":
+                    ctx.error("E110", f"'{st.effect} ... over' is not a rule; only "
+                              "'approval ... over AMOUNT' is", st.span,
+                              "use 'limit ID: PATTERN amount <= AMOUNT' for a cap")
+                if isinstance(st, ast.LimitDecl):
+                    _check_money(ctx, st.cap, uses_money)
+                if isinstance(st, ast.ApprovalOverDecl):
+                    _check_money(ctx, st.threshold, uses_money)
+                for cond in st.conditions:
+                    t = _expr_type(ctx, cond.expr, uses_money, 0)
+                    if t not in (BOOL, ANY):
+                        ctx.error("E108", f"a condition must be true or false, not a {t}",
+                                  cond.span)
+                    elif isinstance(cond.expr, ast.Literal) and (
+                            (cond.kind == "when") != bool(cond.expr.value)):
+                        ctx.warn("W203", "this condition is always false: the rule never "
+                                 "applies", cond.span)
+            elif isinstance(st, ast.BudgetDecl):
+                _check_budget(ctx, st)
+            elif isinstance(st, (ast.HttpTool, ast.NamedTool)):
+                _check_tool(ctx, st)
+            elif isinstance(st, ast.EgressDecl):
+                for _verb, host in st.items:
+                    _check_host(ctx, host, st.span)
+            elif isinstance(st, ast.RatesDecl) and st.max_age is not None and st.max_age <= 0:
+                ctx.error("E125", "max_age must be positive", st.span)
+
+    for f in files:
+        uses = money_uses.get(f.name, [])
+        base = file_base.get(f.name)
+        if uses and base is None:
+            ctx.error("E112", "money is used but this file declares no base currency",
+                      uses[0], "add 'currency EUR' (or your currency) to the file")
+        if base is not None:
+            for sp in _foreign_without_rate(f, base, set(rates.get(f.name, {}))):
+                ctx.error("E127", "no rate to convert this amount into the base currency",
+                          sp, f"add 'rate XXX 1.23' (1 XXX = 1.23 {base})")
+
+    for name, decl in roles.items():
+        if name not in held_roles and name not in scoped_roles:
+            ctx.warn("W202", f"role '{name}' is held by no agent", decl.span)
+    _unreachable(ctx, files)
+    ctx.problems.sort(key=lambda p: (p.file, p.line, p.column))
+    return ctx.problems
+
+
+def _check_patterns(ctx: _Ctx, patterns: Iterable[str], span: ast.Span) -> None:
+    for p in patterns:
+        if not is_valid_pattern(p):
+            ctx.error("E115", f"invalid permission pattern '{p}'", span,
+                      "use 'ns:action', 'ns:*' or '*'")
+
+
+def _check_money(ctx: _Ctx, m: ast.MoneyLit, uses: list[ast.Span]) -> None:
+    uses.append(m.span)
+    if not _currency_known(m.currency):
+        ctx.error("E109", f"unknown currency '{m.currency}'", m.span,
+                  "use an active ISO 4217 code such as EUR or USD")
+    if m.amount < 0 or m.amount > MAX_LITERAL_AMOUNT:
+        ctx.error("E108", f"amount {m.amount} is out of range", m.span)
+
+
+def _foreign_without_rate(f: ast.PolicyFile, base: str, rated: set[str]) -> list[ast.Span]:
+    has_rate_file = any(isinstance(st, ast.RatesDecl) for st in f.statements)
+    if has_rate_file:
+        return []  # rates come from a file at compile time; the compiler checks them
+    out: list[ast.Span] = []
+
+    def walk(e: ast.Expr) -> None:
+        if (isinstance(e, ast.MoneyLit) and e.currency != base and e.currency not in rated
+                and _currency_known(e.currency)):
+            out.append(e.span)
+        for child in _children(e):
+            walk(child)
+
+    for st in f.statements:
+        if isinstance(st, ast.LimitDecl):
+            walk(st.cap)
+        elif isinstance(st, ast.ApprovalOverDecl):
+            walk(st.threshold)
+        if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
+            for c in st.conditions:
+                walk(c.expr)
+    return out
+
+
+def _children(e: ast.Expr) -> tuple[ast.Expr, ...]:
+    if isinstance(e, (ast.And, ast.Or, ast.ListExpr)):
+        return e.items
+    if isinstance(e, ast.Not):
+        return (e.expr,)
+    if isinstance(e, ast.Compare):
+        return (e.left, e.right)
+    if isinstance(e, ast.In):
+        return (e.item, e.collection)
+    if isinstance(e, ast.Call):
+        return e.args
+    return ()
+
+
+def _literal_type(v: object) -> str:
+    if isinstance(v, bool):
+        return BOOL
+    if isinstance(v, str):
+        return STR
+    return NUM
+
+
+def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -> str:
+    """Infer the static type of ``e`` and report what is wrong with it."""
+    if depth > MAX_EXPR_DEPTH:
+        ctx.error("E007", "expression nested too deeply", e.span, "simplify the expression")
+        return ANY
+    d = depth + 1
+    if isinstance(e, ast.Literal):
+        return _literal_type(e.value)
+    if isinstance(e, ast.MoneyLit):
+        _check_money(ctx, e, uses_money)
+        return MONEY
+    if isinstance(e, ast.Amount):
+        uses_money.append(e.span)
+        return MONEY
+    if isinstance(e, ast.Path):
+        if e.root == "principal":
+            if not e.segments:
+                ctx.error("E111", "use a field of principal", e.span,
+                          "principal.id, principal.roles or principal.attributes.NAME")
+                return ANY
+            head = e.segments[0]
+            if head not in PRINCIPAL_FIELDS:
+                ctx.error("E111", f"principal has no field '{head}'", e.span,
+                          _did_you_mean(head, PRINCIPAL_FIELDS)
+                          or "principal.id, principal.roles or principal.attributes.NAME")
+                return ANY
+            if head == "id":
+                if len(e.segments) > 1:
+                    ctx.error("E111", "principal.id is a string; it has no fields", e.span)
+                return STR
+            if head == "roles":
+                if len(e.segments) > 1:
+                    ctx.error("E111", "principal.roles is a list; it has no fields", e.span)
+                return LIST
+            return ANY
+        return ANY
+    if isinstance(e, ast.ListExpr):
+        for item in e.items:
+            if not isinstance(item, ast.Literal):
+                ctx.error("E108", "a list holds literal strings, numbers or booleans",
+                          item.span, "compare values one by one with 'or'")
+        return LIST
+    if isinstance(e, ast.Call):
+        spec = FUNCTIONS.get(e.name)
+        if spec is None:
+            ctx.error("E106", f"unknown function '{e.name}'", e.span,
+                      _did_you_mean(e.name, FUNCTIONS)
+                      or "functions: " + ", ".join(sorted(FUNCTIONS)))
+            return BOOL
+        arity, kinds = spec
+        if len(e.args) != arity:
+            ctx.error("E107", f"{e.name}() takes {arity} argument{'s' if arity > 1 else ''} "
+                      f"({kinds}), got {len(e.args)}", e.span)
+            return BOOL
+        if e.name == "has":
+            arg = e.args[0]
+            if not (isinstance(arg, ast.Path) and arg.segments and (
+                    arg.root == "context" or arg.segments[0] == "attributes")):
+                ctx.error("E108", "has() takes a path such as context.country or "
+                          "principal.attributes.tier", arg.span)
+            return BOOL
+        types = [_expr_type(ctx, a, uses_money, d) for a in e.args]
+        if e.name in ("startswith", "endswith", "matches"):
+            for a, t in zip(e.args, types, strict=False):
+                if t not in (STR, ANY):
+                    ctx.error("E108", f"{e.name}() takes strings, not a {t}", a.span)
+            if e.name == "matches" and not (isinstance(e.args[1], ast.Literal)
+                                            and isinstance(e.args[1].value, str)):
+                ctx.error("E114", "the glob of matches() must be a string literal", e.span,
+                          "globs are compiled once, with the policy")
+        elif e.name == "contains" and types[0] not in (LIST, STR, ANY):
+            ctx.error("E108", f"contains() looks into a list or string, not a {types[0]}",
+                      e.args[0].span)
+        return BOOL
+    if isinstance(e, ast.Compare):
+        lt = _expr_type(ctx, e.left, uses_money, d)
+        rt = _expr_type(ctx, e.right, uses_money, d)
+        if e.op in ("<", "<=", ">", ">="):
+            for side, t in ((e.left, lt), (e.right, rt)):
+                if t not in (NUM, MONEY, ANY):
+                    ctx.error("E108", f"'{e.op}' compares numbers or money, not a {t}",
+                              side.span)
+        if MONEY in (lt, rt) and (lt, rt) != (MONEY, MONEY):
+            other = rt if lt == MONEY else lt
+            ctx.error("E108", f"money is compared with money, not with a {other}", e.span,
+                      "write the amount with its currency, like 500 EUR")
+        elif ANY not in (lt, rt) and lt != rt and e.op in ("==", "!="):
+            ctx.error("E108", f"comparing a {lt} with a {rt} is always "
+                      f"{'false' if e.op == '==' else 'true'}", e.span)
+        return BOOL
+    if isinstance(e, ast.In):
+        it = _expr_type(ctx, e.item, uses_money, d)
+        ct = _expr_type(ctx, e.collection, uses_money, d)
+        if ct not in (LIST, ANY):
+            hint = "use contains(text, part) for substrings" if ct == STR else None
+            ctx.error("E108", f"'in' looks into a list, not a {ct}", e.collection.span, hint)
+        if it in (LIST, MONEY):
+            ctx.error("E108", f"'in' tests a string, number or boolean, not a {it}",
+                      e.item.span)
+        return BOOL
+    if isinstance(e, ast.Not):
+        t = _expr_type(ctx, e.expr, uses_money, d)
+        if t not in (BOOL, ANY):
+            ctx.error("E108", f"'not' needs true or false, not a {t}", e.expr.span)
+        return BOOL
+    if isinstance(e, (ast.And, ast.Or)):
+        word = "and" if isinstance(e, ast.And) else "or"
+        for item in e.items:
+            t = _expr_type(ctx, item, uses_money, d)
+            if t not in (BOOL, ANY):
+                ctx.error("E108", f"'{word}' needs true or false, not a {t}", item.span)
+        return BOOL
+    raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover
+
+
+def _check_budget(ctx: _Ctx, st: ast.BudgetDecl) -> None:
+    _check_patterns(ctx, st.patterns, st.span)
+    if st.unit not in NON_CURRENCY_UNITS and not _currency_known(st.unit):
+        ctx.error("E123", f"unknown budget unit '{st.unit}'", st.span,
+                  "a currency code, or tokens, calls, credits")
+    if st.limit <= 0 or st.limit > MAX_LITERAL_AMOUNT:
+        ctx.error("E123", "a budget limit must be positive and sane", st.span)
+    if st.unit in ("tokens", "calls") and st.limit != st.limit.to_integral_value():
+        ctx.error("E123", f"{st.unit} are counted in whole numbers", st.span)
+    if st.window == "rolling" and (st.rolling_seconds is None
+                                   or not 1 <= st.rolling_seconds <= 366 * 86400):
+        ctx.error("E125", "a rolling window lasts between 1s and 366d", st.span)
+    if st.tz is not None and not _zone_known(st.tz):
+        ctx.error("E124", f"unknown time zone '{st.tz}'", st.span,
+                  "use an IANA zone name such as Europe/Paris")
+    if st.overdraft is not None and (st.overdraft < 0 or st.overdraft > MAX_LITERAL_AMOUNT):
+        ctx.error("E123", "overdraft must be zero or positive", st.span)
+
+
+def _check_host(ctx: _Ctx, host: str, span: ast.Span) -> None:
+    try:
+        from policyengine.tools._patterns import HostPattern
+        HostPattern.compile(host)
+    except ImportError:  # pragma: no cover
+        return
+    except ValueError as exc:
+        ctx.error("E121", f"invalid host pattern '{host}': {exc}", span)
+
+
+def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
+    try:
+        from policyengine.tools._patterns import NamePattern, RoutePattern
+        from policyengine.tools._redaction import JsonPath
+    except ImportError:  # pragma: no cover
+        return
+    if isinstance(st, ast.HttpTool):
+        for host in st.hosts:
+            _check_host(ctx, host, st.span)
+    else:
+        try:
+            NamePattern.compile(st.name)
+        except ValueError as exc:
+            ctx.error("E128", f"invalid tool name pattern '{st.name}': {exc}", st.span)
+        _check_patterns(ctx, [st.permission], st.span)
+    names: set[str] = set()
+    for item in st.items:
+        if isinstance(item, (ast.Route, ast.DenyRoute)):
+            try:
+                RoutePattern.compile(item.path)
+            except ValueError as exc:
+                ctx.error("E122", f"invalid route '{item.path}': {exc}", item.span)
+            if isinstance(item, ast.Route):
+                _check_patterns(ctx, [item.permission], item.span)
+                if "*" in item.permission:
+                    ctx.error("E115", "a route binds one permission, not a pattern",
+                              item.span)
+                for ex in item.extractions:
+                    _check_extraction(ctx, ex, JsonPath)
+        elif isinstance(item, ast.Redact):
+            try:
+                JsonPath.compile(item.path)
+            except ValueError as exc:
+                ctx.error("E120", f"invalid JSONPath '{item.path}': {exc}", item.span)
+            if item.strategy == "partial" and item.keep is None:
+                ctx.error("E120", "partial needs the number of characters to keep",
+                          item.span, "redact $.card partial 4")
+            if item.strategy != "partial" and item.keep is not None:
+                ctx.error("E120", f"{item.strategy} takes no number", item.span)
+        elif isinstance(item, ast.Extraction):
+            if isinstance(st, ast.HttpTool):
+                ctx.error("E128", "put extractions of an http tool on its route",
+                          item.span, 'POST "/path" -> ns:act { amount = $.amount }')
+            if item.name in names:
+                ctx.error("E128", f"'{item.name}' is extracted twice", item.span)
+            names.add(item.name)
+            _check_extraction(ctx, item, JsonPath)
+    if isinstance(st, ast.NamedTool) and "*" in st.permission:
+        ctx.error("E115", "a tool binds one permission, not a pattern", st.span)
+
+
+def _check_extraction(ctx: _Ctx, ex: ast.Extraction, json_path: type) -> None:
+    if ex.source_kind == "body":
+        try:
+            json_path.compile(ex.source)  # type: ignore[attr-defined]
+        except ValueError as exc:
+            ctx.error("E120", f"invalid JSONPath '{ex.source}': {exc}", ex.span)
+    if ex.minor and ex.name != "amount":
+        ctx.error("E128", "'minor' applies to the amount only", ex.span)
+
+
+def _unreachable(ctx: _Ctx, files: Sequence[ast.PolicyFile]) -> None:
+    """Warn about permits and approvals an unconditional forbid always overrides."""
+    forbids: list[ast.Rule] = [st for f in files for st in f.statements
+                               if isinstance(st, ast.Rule) and st.effect == "forbid"
+                               and not st.conditions]
+    if not forbids:
+        return
+    for f in files:
+        for st in f.statements:
+            if not (isinstance(st, (ast.Rule, ast.ApprovalOverDecl))
+                    and st.effect in ("permit", "approval")):
+                continue
+            for fb in forbids:
+                scope_ok = not fb.scope or (st.scope and set(st.scope) <= set(fb.scope))
+                if scope_ok and all(any(subsumes(p, q) for q in fb.patterns)
+                                    for p in st.patterns):
+                    ctx.warn("W201", f"rule '{st.id}' is unreachable: forbid '{fb.id}' "
+                             "always overrides it", st.span)
+                    break

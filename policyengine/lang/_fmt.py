@@ -1,0 +1,275 @@
+"""Canonical formatting of policy files: ``policyengine fmt``.
+
+The output is a function of the AST plus comments only, so ``fmt(fmt(x)) == fmt(x)`` and
+``parse(fmt(x)) == parse(x)`` (spans aside) hold by construction; hypothesis tests check
+both. Layout: one statement per line (tool, egress and delegation blocks one item per
+line, two-space indent), single spaces, at most one blank line kept between statements,
+every comment kept (a comment inside a one-line statement moves above it).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from policyengine.lang import ast
+from policyengine.lang._parser import parse
+
+__all__ = ["format_expr", "format_file", "format_source"]
+
+# Binding strength: higher binds tighter.
+_OR, _AND, _NOT, _CMP, _ATOM = 1, 2, 3, 4, 5
+
+
+def _str(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _num(v: int | Decimal) -> str:
+    return format(v, "f") if isinstance(v, Decimal) else str(v)
+
+
+def _literal(v: str | int | Decimal | bool) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return _str(v)
+    return _num(v)
+
+
+def _money(m: ast.MoneyLit) -> str:
+    return f"{_num(m.amount)} {m.currency}"
+
+
+def _strength(e: ast.Expr) -> int:
+    if isinstance(e, ast.Or):
+        return _OR
+    if isinstance(e, ast.And):
+        return _AND
+    if isinstance(e, ast.Not):
+        return _NOT
+    if isinstance(e, (ast.Compare, ast.In)):
+        return _CMP
+    return _ATOM
+
+
+def _wrap(e: ast.Expr, need: int) -> str:
+    text = format_expr(e)
+    return f"({text})" if _strength(e) < need else text
+
+
+def format_expr(e: ast.Expr) -> str:
+    """Canonical text of an expression, with only the parentheses it needs."""
+    if isinstance(e, ast.Literal):
+        return _literal(e.value)
+    if isinstance(e, ast.MoneyLit):
+        return _money(e)
+    if isinstance(e, ast.Amount):
+        return "amount"
+    if isinstance(e, ast.Path):
+        return e.dotted()
+    if isinstance(e, ast.ListExpr):
+        return "[" + ", ".join(format_expr(i) for i in e.items) + "]"
+    if isinstance(e, ast.Call):
+        return f"{e.name}(" + ", ".join(format_expr(a) for a in e.args) + ")"
+    if isinstance(e, ast.Compare):
+        return f"{_wrap(e.left, _ATOM)} {e.op} {_wrap(e.right, _ATOM)}"
+    if isinstance(e, ast.In):
+        word = "not in" if e.negated else "in"
+        return f"{_wrap(e.item, _ATOM)} {word} {_wrap(e.collection, _ATOM)}"
+    if isinstance(e, ast.Not):
+        return f"not {_wrap(e.expr, _NOT)}"
+    if isinstance(e, ast.And):
+        return " and ".join(_wrap(i, _AND + 1) for i in e.items)
+    if isinstance(e, ast.Or):
+        return " or ".join(_wrap(i, _OR + 1) for i in e.items)
+    raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover
+
+
+def _scope(scope: tuple[ast.ScopeItem, ...]) -> str:
+    if not scope:
+        return ""
+    items = [f"role {s.name}" if s.kind == "role" else f"agent {_str(s.name)}" for s in scope]
+    return " for " + ", ".join(items)
+
+
+def _conditions(conds: tuple[ast.Condition, ...]) -> str:
+    return "".join(f" {c.kind} {format_expr(c.expr)}" for c in conds)
+
+
+def _extraction(x: ast.Extraction) -> str:
+    src = _jsonpath(x.source) if x.source_kind == "body" else f"{x.source_kind} {_str(x.source)}"
+    return f"{x.name} = {src}" + (" minor" if x.minor else "")
+
+
+def _jsonpath(p: str) -> str:
+    simple = p.startswith("$") and not any(ch.isspace() or ch in ',{}"#' for ch in p)
+    return p if simple else _str(p)
+
+
+def _tool_item(item: ast.ToolItem) -> str:
+    if isinstance(item, ast.Route):
+        text = f"{item.method} {_str(item.path)} -> {item.permission}"
+        if item.extractions:
+            text += " { " + ", ".join(_extraction(x) for x in item.extractions) + " }"
+        return text
+    if isinstance(item, ast.DenyRoute):
+        return "deny " + (f"{item.method} " if item.method else "") + _str(item.path)
+    if isinstance(item, ast.Redact):
+        keep = f" {item.keep}" if item.keep is not None else ""
+        return f"redact {_jsonpath(item.path)} {item.strategy}{keep}"
+    return _extraction(item)
+
+
+def _statement_head(st: ast.Statement) -> str:
+    """One-line statements, or the opening line of a block."""
+    if isinstance(st, ast.NamespaceDecl):
+        return f"namespace {st.name}"
+    if isinstance(st, ast.CurrencyDecl):
+        return f"currency {st.code}"
+    if isinstance(st, ast.DefaultCurrencyDecl):
+        return f"default_currency {st.code}"
+    if isinstance(st, ast.RateDecl):
+        return f"rate {st.code} {_num(st.value)}"
+    if isinstance(st, ast.RatesDecl):
+        age = f" max_age {st.max_age_text}" if st.max_age_text else ""
+        return f"rates {_str(st.path)}{age}"
+    if isinstance(st, ast.TzDecl):
+        return f"tz {_str(st.zone)}"
+    if isinstance(st, ast.RoleDecl):
+        return f"role {st.name}: " + ", ".join(st.patterns)
+    if isinstance(st, ast.AgentDecl):
+        text = f"agent {_str(st.id)}"
+        if st.roles:
+            text += ": " + ", ".join(st.roles)
+        if st.attributes:
+            text += " { " + ", ".join(f"{k} = {_literal(v.value)}" for k, v in st.attributes)
+            text += " }"
+        return text
+    if isinstance(st, ast.Rule):
+        return (f"{st.effect} {st.id}: " + ", ".join(st.patterns) + _scope(st.scope)
+                + _conditions(st.conditions))
+    if isinstance(st, ast.LimitDecl):
+        return (f"limit {st.id}: " + ", ".join(st.patterns) + f" amount <= {_money(st.cap)}"
+                + _scope(st.scope) + _conditions(st.conditions))
+    if isinstance(st, ast.ApprovalOverDecl):
+        return (f"{st.effect} {st.id}: " + ", ".join(st.patterns)
+                + f" over {_money(st.threshold)}" + _scope(st.scope)
+                + _conditions(st.conditions))
+    if isinstance(st, ast.BudgetDecl):
+        window = f"rolling {st.rolling_text}" if st.window == "rolling" else st.window
+        text = (f"budget {st.id}: " + ", ".join(st.patterns)
+                + f" limit {_num(st.limit)} {st.unit} per {window} per {st.subject}"
+                + _scope(st.scope))
+        if st.tz is not None:
+            text += f" tz {_str(st.tz)}"
+        if st.overdraft is not None:
+            text += f" overdraft {_num(st.overdraft)}"
+        return text
+    if isinstance(st, ast.HttpTool):
+        return f"tool {st.id}: http " + ", ".join(_str(h) for h in st.hosts) + " {"
+    if isinstance(st, ast.NamedTool):
+        text = f"tool {st.id}: {st.kind} {_str(st.name)} -> {st.permission}"
+        return text + (" {" if st.items else "")
+    if isinstance(st, ast.EgressDecl):
+        return "egress {"
+    if isinstance(st, ast.DelegationDecl):
+        return "delegation {"
+    raise AssertionError(f"unknown statement {st!r}")  # pragma: no cover
+
+
+def _block_items(st: ast.Statement) -> list[tuple[str, ast.Span]] | None:
+    if isinstance(st, ast.HttpTool):
+        return [(_tool_item(i), i.span) for i in st.items]
+    if isinstance(st, ast.NamedTool):
+        return [(_tool_item(i), i.span) for i in st.items] if st.items else None
+    if isinstance(st, ast.EgressDecl):
+        return [(f"{verb} {_str(host)}", st.span) for verb, host in st.items]
+    if isinstance(st, ast.DelegationDecl):
+        items = []
+        if st.max_depth is not None:
+            items.append((f"max_depth {st.max_depth}", st.span))
+        if st.max_ttl_text is not None:
+            items.append((f"max_ttl {st.max_ttl_text}", st.span))
+        if st.issuer is not None:
+            items.append((f"issuer {_str(st.issuer)}", st.span))
+        if st.audience is not None:
+            items.append((f"audience {_str(st.audience)}", st.span))
+        return items
+    return None
+
+
+def format_file(pf: ast.PolicyFile) -> str:
+    """Canonical text of a parsed file (its comments included)."""
+    comments = sorted(pf.comments, key=lambda c: c.span.line)
+    ci = 0
+    out: list[str] = []
+    prev_end = 0
+
+    def take_until(line: int) -> list[ast.Comment]:
+        nonlocal ci
+        taken = []
+        while ci < len(comments) and comments[ci].span.line < line:
+            taken.append(comments[ci])
+            ci += 1
+        return taken
+
+    def take_on(line: int) -> list[ast.Comment]:
+        nonlocal ci
+        taken = []
+        while ci < len(comments) and comments[ci].span.line == line:
+            taken.append(comments[ci])
+            ci += 1
+        return taken
+
+    for st in pf.statements:
+        start, end = st.span.line, st.span.end_line
+        leading = take_until(start)
+        gap_from = prev_end
+        for c in leading:
+            if out and c.span.line - gap_from > 1:
+                out.append("")
+            out.append(c.text)
+            gap_from = c.span.line
+        if out and start - gap_from > 1 and out[-1] != "":
+            out.append("")
+        head = _statement_head(st)
+        items = _block_items(st)
+        if items is None:
+            # One-line statement: comments on its first line trail it; comments on
+            # later lines of a multi-line source statement move above it.
+            trailing = take_on(start)
+            inner = []
+            while ci < len(comments) and comments[ci].span.line <= end:
+                inner.append(comments[ci])
+                ci += 1
+            out.extend(c.text for c in inner)
+            out.append(head + "".join(f"  {c.text}" for c in trailing))
+        else:
+            trailing = take_on(start)
+            out.append(head + "".join(f"  {c.text}" for c in trailing))
+            for text, span in items:
+                for c in take_until(span.line):
+                    out.append(f"  {c.text}")
+                line_comments = take_on(span.line) if span is not st.span else []
+                out.append(f"  {text}" + "".join(f"  {c.text}" for c in line_comments))
+            rest = []
+            while ci < len(comments) and comments[ci].span.line < end:
+                rest.append(comments[ci])
+                ci += 1
+            out.extend(f"  {c.text}" for c in rest)
+            closing = take_on(end) if end != start else []
+            out.append("}" + "".join(f"  {c.text}" for c in closing))
+        prev_end = end
+    tail = comments[ci:]
+    for c in tail:
+        if out and c.span.line - prev_end > 1 and out[-1] != "":
+            out.append("")
+        out.append(c.text)
+        prev_end = c.span.line
+    return "\n".join(out) + "\n" if out else ""
+
+
+def format_source(text: str, name: str = "<policy>") -> str:
+    """Parse and format ``text``. Raises :class:`~policyengine.lang.PolicyError`."""
+    return format_file(parse(text, name))

@@ -1,0 +1,641 @@
+"""Policy text -> :mod:`policyengine.lang.ast`, with errors people can act on.
+
+The file is first split into top-level statements by a small scanner (strings, comments
+and braces aware): a statement begins on a line, outside braces, that starts with a
+statement keyword or that is not indented. Each statement is then parsed on its own by
+the one Lark grammar (``grammar/policy.lark``, LALR). That is what lets ``check`` report
+every broken statement of a file rather than only the first, and it bounds the damage
+hostile input can do: size, nesting depth and encoding are checked before Lark runs.
+
+Every failure is a :class:`~policyengine.lang.PolicyError`; no other exception type
+escapes :func:`parse` (a test feeds it arbitrary text and bytes to hold it to that).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import threading
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path as _FsPath
+from typing import Any
+
+from lark import Lark, Token, Tree
+from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
+
+from policyengine.lang import ast
+from policyengine.lang._source import PolicyError, Problem, SourceSet
+
+__all__ = ["MAX_NESTING", "MAX_PROBLEMS", "MAX_SOURCE_BYTES", "STATEMENT_KEYWORDS", "parse",
+           "parse_many"]
+
+#: Largest policy file accepted (bytes). Bigger input is refused before parsing.
+MAX_SOURCE_BYTES = 1 << 20
+#: Deepest nesting of ``( [ {`` accepted.
+MAX_NESTING = 64
+#: Syntax errors reported per file before giving up (garbage input stays fast).
+MAX_PROBLEMS = 100
+
+STATEMENT_KEYWORDS = (
+    "namespace", "currency", "default_currency", "rate", "rates", "tz", "role", "agent",
+    "permit", "forbid", "approval", "limit", "budget", "tool", "egress", "delegation",
+)
+# Words that may begin a statement only in this shape; elsewhere (indented) they continue
+# the previous statement (``budget x: ... \n    limit 5 EUR per day``).
+_STATEMENT_START = re.compile(
+    r"[ \t]*(?:namespace|currency|default_currency|rates?|tz|role|agent[ \t]+\"|egress|delegation"
+    r"|(?:permit|forbid|approval|limit|budget|tool)[ \t]+[A-Za-z_][A-Za-z0-9_\-]*[ \t]*:)"
+    r"(?![A-Za-z0-9_])"
+)
+_UNINDENTED_WORD = re.compile(r"[A-Za-z_]")
+_FIRST_WORD = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_\-]*)")
+
+_KEYWORD_TERMINALS = {
+    "EFFECT": "permit/forbid/approval", "COND_KW": "when/unless", "CMP_OP": "a comparison",
+    "PATTERN": "a permission pattern", "NAME": "a name", "ID": "an id", "STRING": "a string",
+    "NUMBER": "a number", "CODE": "a currency code", "INT": "an integer",
+    "DURATION": "a duration (like 30s, 15m, 1h, 7d)", "JSONPATH": "a JSONPath",
+    "STRATEGY": "a redaction strategy (remove, mask, hash, sha256, partial)",
+    "METHOD": "an HTTP method", "UNIT": "a unit (a currency code, tokens, calls, credits)",
+    "WINDOW_UNIT": "a window (minute, hour, day, week, month)", "SUBJECT": "a subject",
+    "ROOT": "context or principal", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
+    "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'",
+    "DOT": "'.'", "EQUAL": "'='", "__ANON_0": "'<='", "__ANON_1": "'->'",
+}
+
+_KEYWORDS = (*STATEMENT_KEYWORDS, "when", "unless", "for", "and", "or", "not", "in", "over",
+             "amount", "per", "redact", "deny", "true", "false", "context", "principal")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _grammar_text() -> str:
+    """The grammar shipped in the wheel, or the repository's ``grammar/`` in a checkout."""
+    try:
+        shipped = resources.files("policyengine.lang").joinpath("_grammar/policy.lark")
+        return shipped.read_text("utf-8")
+    except (FileNotFoundError, OSError):
+        here = _FsPath(__file__).resolve().parents[2] / "grammar" / "policy.lark"
+        return here.read_text("utf-8")
+
+
+_PARSER: Lark | None = None
+_current = threading.local()  # the chunk being lexed, for the keyword-boundary check
+_WORD_CHAR = re.compile(r"[A-Za-z0-9_\-]")
+
+
+class _GlueError(Exception):
+    """A keyword immediately followed by identifier characters (``whenx``)."""
+
+    def __init__(self, tok: Token) -> None:
+        super().__init__(str(tok))
+        self.tok = tok
+
+
+def _keyword_boundary(tok: Token) -> Token:
+    # Lark matches keyword strings as prefixes where no identifier is acceptable, so
+    # ``forrole`` would lex as ``for`` ``role``; a keyword must end at a word boundary.
+    text: str = getattr(_current, "text", "")
+    end = tok.end_pos
+    if end is not None and end < len(text) and _WORD_CHAR.match(text, end):
+        raise _GlueError(tok)
+    return tok
+
+
+def _lark() -> Lark:
+    global _PARSER
+    if _PARSER is None:
+        grammar = _grammar_text()
+        probe = Lark(grammar, parser="lalr", lexer="contextual", start=["start", "file"])
+        keyword_terminals = [t.name for t in probe.terminals
+                             if re.fullmatch(r"[a-z_|?:()]+", t.pattern.value.replace("(?:", ""))
+                             and any(c.isalpha() for c in t.pattern.value)]
+        keyword_terminals += ["METHOD", "ROOT", "STRATEGY", "UNIT"]
+        _PARSER = Lark(grammar, parser="lalr", lexer="contextual", start=["start", "file"],
+                       propagate_positions=True, maybe_placeholders=True,
+                       lexer_callbacks={name: _keyword_boundary for name in keyword_terminals})
+    return _PARSER
+
+
+# ---- public ------------------------------------------------------------------------
+
+def parse(text: str | bytes, name: str = "<policy>") -> ast.PolicyFile:
+    """Parse one policy file. Raises :class:`PolicyError` listing every syntax error."""
+    sources = SourceSet()
+    result, problems = _parse_file(text, name, sources)
+    if problems:
+        raise PolicyError(problems)
+    assert result is not None
+    return result
+
+
+def parse_many(files: list[tuple[str, str | bytes]], sources: SourceSet
+               ) -> tuple[list[ast.PolicyFile], list[Problem]]:
+    """Parse several files, collecting every problem instead of stopping at the first."""
+    parsed: list[ast.PolicyFile] = []
+    problems: list[Problem] = []
+    for name, text in files:
+        result, probs = _parse_file(text, name, sources)
+        problems.extend(probs)
+        if result is not None and not probs:
+            parsed.append(result)
+    return parsed, problems
+
+
+# ---- file level ----------------------------------------------------------------------
+
+def _decode(data: str | bytes, name: str, sources: SourceSet) -> tuple[str | None, list[Problem]]:
+    if isinstance(data, bytes):
+        if len(data) > MAX_SOURCE_BYTES:
+            return None, [sources.problem("E006", f"policy file is {len(data)} bytes; the limit "
+                                          f"is {MAX_SOURCE_BYTES}", name, 1, 1,
+                                          "split the policy into several files")]
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+            return None, [sources.problem("E008", "policy file is not valid UTF-8", name, line,
+                                          col, "policy files are UTF-8 text")]
+    elif isinstance(data, str):
+        text = data
+        if len(text) > MAX_SOURCE_BYTES:
+            return None, [sources.problem("E006", f"policy file is {len(text)} characters; the "
+                                          f"limit is {MAX_SOURCE_BYTES}", name, 1, 1,
+                                          "split the policy into several files")]
+    else:
+        return None, [sources.problem("E008", f"policy source must be str or bytes, not "
+                                      f"{type(data).__name__}", name, 1, 1)]
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text, []
+
+
+def _parse_file(data: str | bytes, name: str, sources: SourceSet
+                ) -> tuple[ast.PolicyFile | None, list[Problem]]:
+    text, problems = _decode(data, name, sources)
+    if text is None:
+        return None, problems
+    sources.add(name, text)
+    nul = text.find("\x00")
+    if nul >= 0:
+        line = text.count("\n", 0, nul) + 1
+        col = nul - (text.rfind("\n", 0, nul) + 1) + 1
+        return None, [sources.problem("E008", "policy file contains a NUL byte (binary data?)",
+                                      name, line, col, "policy files are UTF-8 text")]
+    chunks, comments, problems = _split(text, name, sources)
+    if not problems:
+        whole = _parse_whole(text, name, chunks)
+        if whole is not None:
+            return ast.PolicyFile(name, tuple(whole), tuple(comments)), []
+    statements: list[ast.Statement] = []
+    for start_line, chunk in chunks:
+        if len(problems) >= MAX_PROBLEMS:
+            problems.append(sources.problem(
+                "E011", f"too many errors; stopped after {MAX_PROBLEMS}", name, start_line, 1,
+                "is this a policy file?"))
+            break
+        st, probs = _parse_statement(chunk, start_line, name, sources)
+        problems.extend(probs)
+        if st is not None:
+            statements.append(st)
+    problems.sort(key=lambda p: (p.line, p.column))
+    return ast.PolicyFile(name, tuple(statements), tuple(comments)), problems
+
+
+def _split(text: str, name: str, sources: SourceSet
+           ) -> tuple[list[tuple[int, str]], list[ast.Comment], list[Problem]]:
+    """Cut ``text`` into statements; collect comments; check strings and nesting."""
+    chunks: list[tuple[int, str]] = []
+    comments: list[ast.Comment] = []
+    problems: list[Problem] = []
+    current: list[str] = []
+    start_line = 0
+    depth = 0
+    nesting_reported = False
+    broken_lines: set[int] = set()
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        unindented_start = _UNINDENTED_WORD.match(line) is not None
+        if unindented_start or (depth == 0 and _STATEMENT_START.match(line)):
+            # An unindented line always starts a statement, so an unclosed bracket
+            # swallows one statement, not the rest of the file.
+            if current:
+                chunks.append((start_line, "\n".join(current)))
+            current, start_line, depth = [], lineno, 0
+        # scan the line: strings, comments, nesting
+        i, n = 0, len(line)
+        code_end = n
+        while i < n:
+            ch = line[i]
+            if ch == '"':
+                j = i + 1
+                while j < n and line[j] != '"':
+                    j += 2 if line[j] == "\\" else 1
+                if j >= n:
+                    broken_lines.add(lineno)
+                    problems.append(sources.problem(
+                        "E004", "unterminated string", name, lineno, i + 1,
+                        'close the string with " on the same line'))
+                    code_end = i
+                    break
+                i = j + 1
+                continue
+            if ch == "#":
+                comments.append(ast.Comment(line[i:].rstrip(), ast.Span(
+                    name, lineno, i + 1, lineno, len(line) + 1)))
+                code_end = i
+                break
+            if ch in "([{":
+                depth += 1
+                if depth > MAX_NESTING and not nesting_reported:
+                    nesting_reported = True
+                    broken_lines.add(lineno)
+                    problems.append(sources.problem(
+                        "E007", f"nesting deeper than {MAX_NESTING} levels", name, lineno,
+                        i + 1, "simplify the expression"))
+            elif ch in ")]}":
+                depth = max(depth - 1, 0)
+            i += 1
+        if start_line == 0:
+            if line[:code_end].strip():
+                start_line = lineno
+            else:
+                continue
+        current.append(line)
+    if current and any(s.strip() for s in current):
+        chunks.append((start_line, "\n".join(current)))
+    if broken_lines:  # parsing a statement with a broken string would only add noise
+        chunks = [(start, chunk) for start, chunk in chunks
+                  if not any(start <= b < start + chunk.count("\n") + 1 for b in broken_lines)]
+    return chunks, comments, problems
+
+
+def _parse_whole(text: str, name: str, chunks: list[tuple[int, str]]
+                 ) -> list[ast.Statement] | None:
+    """One Lark call for the whole file: several times cheaper than one per statement.
+
+    Used only when it agrees with the statement splitter (same statements, starting on
+    the same lines); anything else -- an error, or a grammar reading that joins lines the
+    splitter separates -- falls back to statement-by-statement parsing, which is what
+    defines the language and reports every error.
+    """
+    try:
+        _current.text = text
+        tree = _lark().parse(text, start="file")
+        trees = tree.children
+        if len(trees) != len(chunks):
+            return None
+        build = _Build(name, 0)
+        out = []
+        for (start_line, _), st in zip(chunks, trees, strict=True):
+            if getattr(getattr(st, "meta", None), "line", None) != start_line:
+                return None
+            out.append(build.statement(st))
+        return out
+    except (LarkError, _GlueError, _LiteralError, RecursionError, ValueError):
+        return None
+
+
+# ---- statement level -------------------------------------------------------------------
+
+class _Build:
+    """Turns one statement's Lark tree into AST nodes (line numbers offset to the file)."""
+
+    def __init__(self, name: str, line_offset: int) -> None:
+        self.name = name
+        self.off = line_offset
+
+    def span(self, node: Any) -> ast.Span:
+        if isinstance(node, Token):
+            return ast.Span(self.name, (node.line or 1) + self.off, node.column or 1,
+                            (node.end_line or node.line or 1) + self.off,
+                            node.end_column or node.column or 1)
+        m = node.meta
+        if getattr(m, "empty", True):
+            return ast.NOSPAN
+        return ast.Span(self.name, m.line + self.off, m.column, m.end_line + self.off,
+                        m.end_column)
+
+    # -- helpers --
+    @staticmethod
+    def string(tok: Any) -> str:
+        try:
+            return str(json.loads(str(tok)))
+        except ValueError:
+            raise _LiteralError(tok, "invalid string literal: control characters must be "
+                                "escaped (\\t, \\n, \\u0001)") from None
+
+    def patterns(self, t: Any) -> tuple[str, ...]:
+        return tuple(str(x) for x in t.children)
+
+    def scope(self, t: Any) -> tuple[ast.ScopeItem, ...]:
+        if t is None:
+            return ()
+        out = []
+        for item in t.children:
+            tok = item.children[0]
+            if item.data == "scope_role":
+                out.append(ast.ScopeItem("role", str(tok), self.span(tok)))
+            else:
+                out.append(ast.ScopeItem("agent", self.string(tok), self.span(tok)))
+        return tuple(out)
+
+    def conditions(self, items: list[Any]) -> tuple[ast.Condition, ...]:
+        return tuple(ast.Condition(str(c.children[0]), self.expr(c.children[1]), self.span(c))
+                     for c in items)
+
+    def number(self, tok: Any) -> int | Decimal:
+        s = str(tok)
+        if len(s) > 40:
+            raise _LiteralError(tok, "number literal is too long")
+        if "." in s:
+            return Decimal(s)
+        return int(s)
+
+    def decimal(self, tok: Any) -> Decimal:
+        s = str(tok)
+        if len(s) > 40:
+            raise _LiteralError(tok, "number literal is too long")
+        try:
+            return Decimal(s)
+        except InvalidOperation:  # pragma: no cover - the lexer admits digits only
+            raise _LiteralError(tok, "not a number") from None
+
+    def money(self, t: Any) -> ast.MoneyLit:
+        return ast.MoneyLit(self.decimal(t.children[0]), str(t.children[1]), self.span(t))
+
+    def duration(self, tok: Any) -> int:
+        s = str(tok)
+        if len(s) > 12:
+            raise _LiteralError(tok, "duration is too long")
+        return int(s[:-1]) * _DURATION_UNITS[s[-1]]
+
+    # -- statements --
+    def statement(self, t: Any) -> ast.Statement:
+        c = t.children
+        sp = self.span(t)
+        kind = t.data
+        if kind == "namespace_decl":
+            return ast.NamespaceDecl(str(c[0]), sp)
+        if kind == "currency_decl":
+            return ast.CurrencyDecl(str(c[0]), sp)
+        if kind == "default_currency_decl":
+            return ast.DefaultCurrencyDecl(str(c[0]), sp)
+        if kind == "rate_decl":
+            return ast.RateDecl(str(c[0]), self.decimal(c[1]), sp)
+        if kind == "rates_decl":
+            age = c[1]
+            return ast.RatesDecl(self.string(c[0]), self.duration(age) if age else None,
+                                 str(age) if age else None, sp)
+        if kind == "tz_decl":
+            return ast.TzDecl(self.string(c[0]), sp)
+        if kind == "role_decl":
+            return ast.RoleDecl(str(c[0]), self.patterns(c[1]), sp)
+        if kind == "agent_decl":
+            roles: tuple[str, ...] = ()
+            role_spans: tuple[ast.Span, ...] = ()
+            if c[1] is not None:
+                roles = tuple(str(x) for x in c[1].children)
+                role_spans = tuple(self.span(x) for x in c[1].children)
+            attrs: tuple[tuple[str, ast.Literal], ...] = ()
+            if c[2] is not None:
+                attrs = tuple((str(a.children[0]), self.literal(a.children[1]))
+                              for a in c[2].children if a is not None)
+            return ast.AgentDecl(self.string(c[0]), roles, attrs, sp, role_spans)
+        if kind == "rule_decl":
+            return ast.Rule(str(c[0]), str(c[1]), self.patterns(c[2]), self.scope(c[3]),
+                            self.conditions(c[4:]), sp)
+        if kind == "limit_decl":
+            return ast.LimitDecl(str(c[0]), self.patterns(c[1]), self.money(c[2]),
+                                 self.scope(c[3]), self.conditions(c[4:]), sp)
+        if kind == "approval_over_decl":
+            return ast.ApprovalOverDecl(str(c[0]), str(c[1]), self.patterns(c[2]),
+                                        self.money(c[3]), self.scope(c[4]),
+                                        self.conditions(c[5:]), sp)
+        if kind == "budget_decl":
+            return self.budget(c, sp)
+        if kind == "http_tool":
+            hosts = tuple(self.string(x) for x in c[2:] if isinstance(x, Token)
+                          and x.type == "STRING")
+            items = tuple(self.tool_item(x) for x in c if isinstance(x, Tree))
+            return ast.HttpTool(str(c[0]), hosts, items, sp)
+        if kind == "named_tool":
+            body = c[4]
+            items = tuple(self.tool_item(x) for x in body.children
+                          if isinstance(x, Tree)) if body is not None else ()
+            return ast.NamedTool(str(c[0]), str(c[1]), self.string(c[2]), str(c[3]), items,
+                                 body is not None, sp)
+        if kind == "egress_decl":
+            return ast.EgressDecl(tuple((str(i.children[0]), self.string(i.children[1]))
+                                        for i in c), sp)
+        if kind == "delegation_decl":
+            return self.delegation(c, sp)
+        raise AssertionError(f"unhandled statement {kind}")  # pragma: no cover
+
+    def budget(self, c: list[Any], sp: ast.Span) -> ast.BudgetDecl:
+        ident, pats, limit, unit, window = c[0], c[1], c[2], c[3], c[4]
+        subject = str(c[5]) if c[5] is not None else "agent"
+        scope: tuple[ast.ScopeItem, ...] = ()
+        tz = None
+        overdraft = None
+        for opt in c[6:]:
+            if opt.data == "budget_tz":
+                tz = self.string(opt.children[0])
+            else:
+                overdraft = self.decimal(opt.children[0])
+        if window.data == "rolling_window":
+            tok = window.children[0]
+            return ast.BudgetDecl(str(ident), self.patterns(pats), self.decimal(limit),
+                                  str(unit), "rolling", self.duration(tok), str(tok), subject,
+                                  scope, tz, overdraft, sp)
+        return ast.BudgetDecl(str(ident), self.patterns(pats), self.decimal(limit), str(unit),
+                              str(window.children[0]), None, None, subject, scope, tz,
+                              overdraft, sp)
+
+    def delegation(self, c: list[Any], sp: ast.Span) -> ast.DelegationDecl:
+        values: dict[str, Any] = {}
+        for item in c:
+            tok = item.children[0]
+            if item.data in values:
+                raise _LiteralError(tok, f"'{item.data}' is set twice in this delegation block")
+            if item.data == "max_depth":
+                values["max_depth"] = int(str(tok)) if len(str(tok)) < 10 else 10**9
+            elif item.data == "max_ttl":
+                values["max_ttl"] = self.duration(tok)
+                values["max_ttl_text"] = str(tok)
+            else:
+                values[item.data] = self.string(tok)
+        return ast.DelegationDecl(span=sp, **values)
+
+    def tool_item(self, t: Any) -> ast.ToolItem:
+        c = t.children
+        sp = self.span(t)
+        if t.data == "route":
+            extractions = tuple(self.tool_item(x) for x in c[3:] if isinstance(x, Tree))
+            return ast.Route(str(c[0]), self.string(c[1]), str(c[2]),
+                             extractions, sp)  # type: ignore[arg-type]
+        if t.data == "deny_route":
+            return ast.DenyRoute(str(c[0]) if c[0] is not None else None, self.string(c[1]), sp)
+        if t.data == "redact":
+            keep = int(str(c[2])) if c[2] is not None and len(str(c[2])) < 6 else None
+            if c[2] is not None and keep is None:
+                raise _LiteralError(c[2], "partial length is too large")
+            return ast.Redact(self.jsonpath(c[0]), str(c[1]), keep, sp)
+        if t.data == "extraction":
+            src = c[1]
+            minor = c[2] is not None
+            if isinstance(src, Tree) and src.data == "named_source":
+                return ast.Extraction(str(c[0]), str(src.children[0]),
+                                      self.string(src.children[1]), minor, sp)
+            return ast.Extraction(str(c[0]), "body", self.jsonpath(src), minor, sp)
+        raise AssertionError(f"unhandled tool item {t.data}")  # pragma: no cover
+
+    def jsonpath(self, t: Any) -> str:
+        tok = t.children[0]
+        return self.string(tok) if tok.type == "STRING" else str(tok)
+
+    # -- expressions --
+    def literal(self, t: Any) -> ast.Literal:
+        sp = self.span(t)
+        if t.data == "string":
+            return ast.Literal(self.string(t.children[0]), sp)
+        if t.data == "number":
+            return ast.Literal(self.number(t.children[0]), sp)
+        return ast.Literal(t.data == "true", sp)
+
+    def expr(self, t: Any) -> ast.Expr:
+        if isinstance(t, Token):  # pragma: no cover - every operand is a tree
+            raise _LiteralError(t, "unexpected token in expression")
+        kind = t.data
+        c = t.children
+        sp = self.span(t)
+        if kind in ("string", "number", "true", "false"):
+            return self.literal(t)
+        if kind == "money":
+            return self.money(t)
+        if kind == "amount":
+            return ast.Amount(sp)
+        if kind == "path":
+            segs = tuple(self.string(s) if s.type == "STRING" else str(s) for s in c[1:])
+            return ast.Path(str(c[0]), segs, sp)
+        if kind == "call":
+            args = tuple(self.expr(a) for a in c[1:] if a is not None)
+            return ast.Call(str(c[0]), args, sp)
+        if kind == "list":
+            return ast.ListExpr(tuple(self.expr(a) for a in c if a is not None), sp)
+        if kind == "compare":
+            return ast.Compare(str(c[1]), self.expr(c[0]), self.expr(c[2]), sp)
+        if kind == "in_":
+            return ast.In(self.expr(c[0]), self.expr(c[1]), False, sp)
+        if kind == "not_in":
+            return ast.In(self.expr(c[0]), self.expr(c[1]), True, sp)
+        if kind == "not_":
+            return ast.Not(self.expr(c[0]), sp)
+        if kind == "and_expr":
+            return ast.And(tuple(self.expr(a) for a in c), sp)
+        if kind == "or_expr":
+            return ast.Or(tuple(self.expr(a) for a in c), sp)
+        raise AssertionError(f"unhandled expression {kind}")  # pragma: no cover
+
+
+class _LiteralError(Exception):
+    def __init__(self, tok: Token, message: str) -> None:
+        super().__init__(message)
+        self.tok = tok
+        self.message = message
+
+
+def _describe_expected(expected: set[str]) -> str:
+    names = sorted({_KEYWORD_TERMINALS.get(e, e.lower()) for e in expected
+                    if e in _KEYWORD_TERMINALS or not e.startswith("_")})
+    if len(names) > 8:
+        names = [*names[:8], "..."]
+    return ", ".join(names)
+
+
+def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str | None:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.7)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def _parse_statement(chunk: str, start_line: int, name: str, sources: SourceSet
+                     ) -> tuple[ast.Statement | None, list[Problem]]:
+    off = start_line - 1
+    first = _FIRST_WORD.match(chunk)
+    if first and first.group(1) not in STATEMENT_KEYWORDS:
+        word = first.group(1)
+        suggestion = _suggest(word, STATEMENT_KEYWORDS) or (
+            "a statement starts with one of: " + ", ".join(STATEMENT_KEYWORDS)
+            + "; continuation lines must be indented")
+        return None, [sources.problem("E005", f"unknown statement '{word}'", name, start_line,
+                                      first.start(1) + 1, suggestion)]
+    try:
+        _current.text = chunk
+        tree = _lark().parse(chunk, start="start")
+        return _Build(name, off).statement(tree.children[0]), []  # type: ignore[arg-type]
+    except UnexpectedCharacters as exc:
+        line, col = exc.line + off, exc.column
+        ch = chunk.splitlines()[exc.line - 1][exc.column - 1:exc.column] if exc.line else ""
+        return None, [sources.problem("E001", f"unexpected character {ch!r}", name, line, col,
+                                      _hint_for_char(ch))]
+    except UnexpectedToken as exc:
+        tok = exc.token
+        if tok.type == "$END":
+            return None, [_eof_problem(chunk, start_line, name, sources, exc.expected)]
+        word = str(tok)
+        hint = None
+        if tok.type in ("NAME", "ID", "PATTERN"):
+            hint = _suggest(word, _KEYWORDS)
+        if word == "=" and "CMP_OP" in exc.expected:
+            hint = "compare with '=='"
+        if hint is None:
+            hint = f"expected {_describe_expected(set(exc.expected))}"
+        return None, [sources.problem("E002", f"unexpected {word!r}", name,
+                                      (tok.line or 1) + off, tok.column or 1, hint)]
+    except UnexpectedEOF as exc:
+        return None, [_eof_problem(chunk, start_line, name, sources, set(exc.expected))]
+    except _LiteralError as exc:
+        tok = exc.tok
+        return None, [sources.problem("E009", exc.message, name, (tok.line or 1) + off,
+                                      tok.column or 1)]
+    except _GlueError as exc:
+        tok = exc.tok
+        return None, [sources.problem("E002", f"unexpected {_word_at(chunk, tok)!r}", name,
+                                      (tok.line or 1) + off, tok.column or 1,
+                                      _suggest(_word_at(chunk, tok), _KEYWORDS)
+                                      or f"'{tok}' is a keyword; separate it with a space")]
+    except RecursionError:
+        return None, [sources.problem("E007", "expression nested too deeply", name, start_line,
+                                      1, "simplify the expression")]
+    except LarkError as exc:  # pragma: no cover - any other Lark failure
+        return None, [sources.problem("E002", f"cannot parse statement: {exc}", name,
+                                      start_line, 1)]
+
+
+def _eof_problem(chunk: str, start_line: int, name: str, sources: SourceSet,
+                 expected: set[str]) -> Problem:
+    lines = chunk.rstrip().split("\n")
+    line = start_line + len(lines) - 1
+    col = len(lines[-1]) + 1
+    return sources.problem("E003", "statement ends too early", name, line, col,
+                           f"expected {_describe_expected(expected)}")
+
+
+def _word_at(chunk: str, tok: Token) -> str:
+    m = re.compile(r"[A-Za-z0-9_\-]+").match(chunk, tok.start_pos or 0)
+    return m.group(0) if m else str(tok)
+
+
+def _hint_for_char(ch: str) -> str | None:
+    if ch == "'":
+        return 'strings use double quotes: "text"'
+    if ch == "&":
+        return "write 'and'"
+    if ch == "|":
+        return "write 'or'"
+    if ch == "!":
+        return "write 'not' or '!='"
+    if ch == "=":
+        return "compare with '=='"
+    return None

@@ -1,0 +1,459 @@
+"""Exchange rates and conversion that never favours spend.
+
+A rate table has a *base* currency (a policy's ``currency EUR``) and says how many base
+units one unit of another currency is worth: ``rate USD 0.92`` means 1 USD = 0.92 EUR.
+Any pair of currencies in the table converts through the base, so USD->GBP is
+USD->EUR->GBP. A missing rate is ``RateError("no_rate")``; there is never a guess.
+
+:func:`convert` rounds a converted **spend** up (``rounding="up"``, towards +infinity) to
+the target currency's minor unit, and a converted **limit** down (``rounding="down"``),
+so rounding can only make a request look bigger or a cap look smaller. Cross rates from a
+table are computed exactly as a fraction (``rate_fraction``) and rounded once, at the end.
+
+Rate sources (the :class:`RateSource` protocol): :class:`StaticRates` (an in-memory
+table, what ``rate USD 0.92`` lines compile to), :class:`JsonFileRates` (a JSON file with
+an as-of timestamp; with ``max_age`` old rates are ``stale_rate``) and
+:class:`CallableRates` (your function).
+
+>>> from policyengine.money._money import Money
+>>> rates = StaticRates("EUR", {"USD": "0.92", "GBP": "1.17"})
+>>> convert(Money.parse("280", "USD"), "EUR", rates)
+Money(amount=Decimal('257.60'), currency='EUR')
+
+This module is a leaf: it imports nothing from the engine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from decimal import (
+    ROUND_CEILING,
+    ROUND_FLOOR,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DecimalException,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+)
+from typing import Final, Literal, Protocol, runtime_checkable
+
+from policyengine import _json as strict_json
+from policyengine.money._money import (
+    MAX_AMOUNT,
+    UNITS,
+    AmountSpec,
+    Money,
+    MoneyError,
+    parse_spec,
+    spec_of,
+)
+
+__all__ = [
+    "CallableRates",
+    "JsonFileRates",
+    "RateError",
+    "RateSource",
+    "StaticRates",
+    "convert",
+    "fits",
+    "parse_rfc3339",
+]
+
+_ONE: Final = Decimal(1)
+_MIN_AMOUNT: Final = -MAX_AMOUNT
+#: Rates: positive, at most 40 decimal places, at most 10**15.
+_RATE_SPEC: Final = AmountSpec("rate", 40, _ONE.scaleb(-40), False)
+
+_TRAPS: Final = [InvalidOperation, DivisionByZero, Overflow]
+# Products of an amount (<= 22 digits) and a rate (<= 56 digits) fit in 100 digits, so
+# multiplication is exact (Inexact is trapped to prove it); division rounds in the
+# direction of the conversion, then quantize rounds the same way: one directed rounding
+# of the exact quotient, never an intermediate round-to-nearest.
+_EXACT: Final = Context(
+    prec=100, rounding=ROUND_HALF_EVEN, Emax=999, Emin=-999, traps=[*_TRAPS, Inexact]
+)
+_UP: Final = Context(prec=100, rounding=ROUND_CEILING, Emax=999, Emin=-999, traps=_TRAPS)
+_DOWN: Final = Context(prec=100, rounding=ROUND_FLOOR, Emax=999, Emin=-999, traps=_TRAPS)
+# What rate() reports for a cross rate (informational; convert uses the exact fraction).
+_NEAREST: Final = Context(prec=34, rounding=ROUND_HALF_EVEN, Emax=999, Emin=-999, traps=_TRAPS)
+
+
+class RateError(ValueError):
+    """A conversion could not be done. ``code`` is stable (see ``docs/money.md``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@runtime_checkable
+class RateSource(Protocol):
+    """Anything that can price one currency in another.
+
+    ``rate(a, b, now)`` returns how many ``b`` one ``a`` is worth, as a positive finite
+    ``Decimal`` (or raises :class:`RateError`). ``now`` is POSIX seconds (``None``: the
+    current time) for sources whose rates can go stale. A source may also offer
+    ``rate_fraction(a, b, now) -> (numerator, denominator)`` for exact cross rates;
+    :func:`convert` prefers it when present.
+    """
+
+    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Decimal: ...
+
+
+def _currency_code(code: object) -> str:
+    try:
+        spec = spec_of(code)
+    except MoneyError as exc:
+        raise RateError("unknown_currency", str(exc)) from exc
+    if spec.is_unit:
+        raise RateError("unit_mismatch", f"{spec.code!r} is a budget unit and has no rate")
+    return spec.code
+
+
+def _to_rate(value: object, what: str) -> Decimal:
+    """Validate one rate: a positive finite Decimal, int or decimal string (not float)."""
+    if isinstance(value, float):
+        raise RateError(
+            "invalid_rate", f"rate for {what} is a float; use a decimal string or Decimal"
+        )
+    try:
+        rate = parse_spec(value, _RATE_SPEC, False, False, False)
+    except MoneyError as exc:
+        raise RateError("invalid_rate", f"rate for {what} is invalid: {exc}") from exc
+    if not rate:
+        raise RateError("invalid_rate", f"rate for {what} is zero; rates must be positive")
+    return rate
+
+
+def _finite_number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RateError("invalid_rate_table", f"{name} must be a number of seconds")
+    number = float(value)
+    if not math.isfinite(number):
+        raise RateError("invalid_rate_table", f"{name} must be finite")
+    return number
+
+
+_RFC3339: Final = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,
+)
+
+
+def parse_rfc3339(text: str) -> float:
+    """Parse an RFC 3339 timestamp with a zone (``2025-01-02T10:00:00Z``) to POSIX seconds.
+
+    Raises :class:`RateError` ``invalid_rate_table`` for anything else (no zone, a space
+    instead of ``T``, leap second 60, out-of-range fields).
+    """
+    match = _RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise RateError(
+            "invalid_rate_table",
+            f"as_of {text!r} is not an RFC 3339 timestamp such as '2025-01-02T10:00:00Z'",
+        )
+    year, month, day, hour, minute, second, frac, zulu, sign, oh, om = match.groups()
+    try:
+        offset = timedelta(0)
+        if not zulu:
+            if int(oh) > 23 or int(om) > 59:
+                raise ValueError("offset out of range")
+            offset = timedelta(hours=int(oh), minutes=int(om))
+            if sign == "-":
+                offset = -offset
+        stamp = datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            tzinfo=timezone(offset),
+        )
+    except ValueError as exc:
+        raise RateError("invalid_rate_table", f"as_of {text!r} is not a valid time: {exc}") from exc
+    return stamp.timestamp() + (int(frac) / 10 ** len(frac) if frac else 0.0)
+
+
+class StaticRates:
+    """A fixed rate table against one base currency.
+
+    ``rates`` maps a currency code to how many ``base`` units one unit of it is worth
+    (values: ``Decimal``, ``int`` or decimal strings; floats are refused). ``as_of`` is
+    when the table was true (POSIX seconds); with ``max_age`` (seconds) every lookup
+    after ``as_of + max_age`` raises ``RateError("stale_rate")``.
+
+    >>> rates = StaticRates("EUR", {"USD": "0.92"})
+    >>> rates.rate("USD", "EUR")
+    Decimal('0.92')
+    """
+
+    __slots__ = ("_as_of", "_base", "_max_age", "_to_base")
+
+    def __init__(
+        self,
+        base: str,
+        rates: Mapping[str, Decimal | str | int],
+        as_of: float | None = None,
+        max_age: float | None = None,
+    ) -> None:
+        self._base = _currency_code(base)
+        table: dict[str, Decimal] = {self._base: _ONE}
+        if not isinstance(rates, Mapping):
+            raise RateError("invalid_rate_table", "rates must be a mapping of code -> rate")
+        for code, value in rates.items():
+            canonical = _currency_code(code)
+            rate = _to_rate(value, f"{canonical} in {self._base}")
+            if canonical == self._base:
+                if rate != _ONE:
+                    raise RateError(
+                        "invalid_rate", f"the base currency {self._base} can only have rate 1"
+                    )
+                continue
+            if canonical in table:
+                raise RateError("invalid_rate_table", f"rate for {canonical} is given twice")
+            table[canonical] = rate
+        self._to_base = table
+        self._as_of = None if as_of is None else _finite_number(as_of, "as_of")
+        self._max_age = None if max_age is None else _finite_number(max_age, "max_age")
+        if self._max_age is not None:
+            if self._max_age < 0:
+                raise RateError("invalid_rate_table", "max_age must not be negative")
+            if self._as_of is None:
+                raise RateError(
+                    "invalid_rate_table", "max_age needs an as_of time to measure age from"
+                )
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, max_age: float | None = None) -> StaticRates:
+        """Build from the JSON rates document (the format :class:`JsonFileRates` reads)."""
+        base, rates, as_of = _parse_document(text)
+        return cls(base, rates, as_of=as_of, max_age=max_age)
+
+    @property
+    def base(self) -> str:
+        """The base currency code."""
+        return self._base
+
+    @property
+    def as_of(self) -> float | None:
+        """When the table was true (POSIX seconds), if known."""
+        return self._as_of
+
+    @property
+    def max_age(self) -> float | None:
+        """Seconds after ``as_of`` when lookups become ``stale_rate``, if set."""
+        return self._max_age
+
+    @property
+    def codes(self) -> frozenset[str]:
+        """Currencies this table can convert between (the base included)."""
+        return frozenset(self._to_base)
+
+    def _lookup(self, code: str) -> Decimal:
+        """Slow path: canonicalise ``code`` ("usd") and explain a missing rate."""
+        canonical = _currency_code(code)
+        rate = self._to_base.get(canonical)
+        if rate is None:
+            raise RateError(
+                "no_rate",
+                f"no rate for {canonical} against {self._base}: add 'rate {canonical} ...'",
+            )
+        return rate
+
+    def rate_fraction(
+        self, from_code: str, to_code: str, now: float | None = None
+    ) -> tuple[Decimal, Decimal]:
+        """``(n, d)`` with 1 ``from_code`` = n / d ``to_code``, exactly."""
+        if self._max_age is not None:
+            self._check_age(now)
+        table = self._to_base
+        numerator = table.get(from_code)
+        if numerator is None:
+            numerator = self._lookup(from_code)
+        denominator = table.get(to_code)
+        if denominator is None:
+            denominator = self._lookup(to_code)
+        return numerator, denominator
+
+    def _check_age(self, now: float | None) -> None:
+        age = (time.time() if now is None else now) - self._as_of  # type: ignore[operator]
+        if age > self._max_age:  # type: ignore[operator]
+            raise RateError(
+                "stale_rate",
+                f"rates against {self._base} are {age:.0f}s old, older than max_age "
+                f"{self._max_age:.0f}s",
+            )
+
+    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Decimal:
+        """How many ``to_code`` one ``from_code`` is worth (cross rates to 34 digits)."""
+        numerator, denominator = self.rate_fraction(from_code, to_code, now)
+        if denominator is _ONE:
+            return numerator
+        return _NEAREST.divide(numerator, denominator)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base={self._base!r}, codes={len(self._to_base)})"
+
+
+_DOCUMENT_KEYS: Final = frozenset({"base", "as_of", "rates", "source"})
+
+
+def _parse_document(text: str | bytes) -> tuple[str, dict[str, Decimal | str | int], float]:
+    try:
+        # parse_float=Decimal keeps JSON numbers exact (0.92 stays 0.92, never a float).
+        doc = strict_json.loads(text, decimal=True)
+    except strict_json.AmbiguousJsonError as exc:
+        if exc.code == "non_finite_number":
+            raise RateError("invalid_rate", f"rate {exc} (not a finite number)") from exc
+        raise RateError("invalid_rate_table", f"rates file: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise RateError("invalid_rate_table", f"rates file is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise RateError("invalid_rate_table", "rates file must hold a JSON object")
+    unknown = set(doc) - _DOCUMENT_KEYS
+    if unknown:
+        raise RateError("invalid_rate_table", f"unknown keys in rates file: {sorted(unknown)}")
+    for key in ("base", "as_of", "rates"):
+        if key not in doc:
+            raise RateError("invalid_rate_table", f"rates file has no {key!r}")
+    if not isinstance(doc["base"], str):
+        raise RateError("invalid_rate_table", "'base' must be a currency code string")
+    if not isinstance(doc["rates"], dict):
+        raise RateError("invalid_rate_table", "'rates' must be an object of code -> rate")
+    return doc["base"], doc["rates"], parse_rfc3339(doc["as_of"])
+
+
+class JsonFileRates(StaticRates):
+    """Rates loaded once from a JSON file::
+
+        {"base": "EUR", "as_of": "2025-01-02T00:00:00Z",
+         "rates": {"USD": "0.92", "GBP": 1.17}}
+
+    ``as_of`` (RFC 3339 with a zone) is required; ``source`` (a string) is allowed and
+    ignored; other keys are refused. JSON numbers are read as exact decimals. Reading
+    happens at construction, never on the request path; make a new object to reload.
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str | os.PathLike[str], *, max_age: float | None = None) -> None:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise RateError(
+                "invalid_rate_table", f"cannot read rates file {os.fspath(path)!r}: {exc.strerror}"
+            ) from exc
+        base, rates, as_of = _parse_document(data)
+        super().__init__(base, rates, as_of=as_of, max_age=max_age)
+        self.path = os.fspath(path)
+
+
+class CallableRates:
+    """Rates from a function ``fn(from_code, to_code, now) -> Decimal | str | int | None``.
+
+    ``None`` means "no rate" (``no_rate``). Results are validated like table rates. An
+    exception other than :class:`RateError` from ``fn`` becomes ``no_rate`` (fail closed)
+    with the original exception as ``__cause__``.
+    """
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[str, str, float | None], Decimal | str | int | None]) -> None:
+        self._fn = fn
+
+    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Decimal:
+        """Ask ``fn`` and validate its answer."""
+        if from_code == to_code:
+            return _ONE
+        try:
+            value = self._fn(from_code, to_code, now)
+        except RateError:
+            raise
+        except Exception as exc:
+            raise RateError(
+                "no_rate", f"rate source failed for {from_code}->{to_code}: {exc!r}"
+            ) from exc
+        if value is None:
+            raise RateError("no_rate", f"no rate for {from_code}->{to_code}")
+        return _to_rate(value, f"{from_code}->{to_code}")
+
+
+def convert(
+    money: Money,
+    to_code: str,
+    rates: RateSource | None,
+    *,
+    now: float | None = None,
+    rounding: Literal["up", "down"] = "up",
+) -> Money:
+    """Convert ``money`` into ``to_code``, rounding to its minor unit in one direction.
+
+    ``rounding="up"`` (spends) rounds towards +infinity, so the result is never below the
+    exact value; ``rounding="down"`` (limits) rounds towards -infinity. Same-currency
+    conversion returns ``money`` unchanged and needs no rates.
+
+    Raises :class:`RateError` (``no_rate``, ``stale_rate``, ``invalid_rate``,
+    ``unknown_currency``, ``unit_mismatch``) or :class:`MoneyError` (``amount_too_large``
+    when the converted amount exceeds the maximum).
+    """
+    try:
+        spec = spec_of(to_code)
+    except MoneyError as exc:
+        raise RateError("unknown_currency", str(exc)) from exc
+    target = spec.code
+    source = money.currency
+    if target == source:
+        return money
+    if spec.is_unit or source in UNITS:
+        raise RateError("unit_mismatch", f"cannot convert {source} to {target}: no rates for units")
+    if rounding == "up":
+        context = _UP
+    elif rounding == "down":
+        context = _DOWN
+    else:
+        raise RateError("invalid_argument", f"rounding must be 'up' or 'down', not {rounding!r}")
+    if rates is None:
+        raise RateError("no_rate", f"no rates configured to convert {source} to {target}")
+    fraction = getattr(rates, "rate_fraction", None)
+    if fraction is not None:
+        numerator, denominator = fraction(source, target, now)
+    else:
+        numerator = _to_rate(rates.rate(source, target, now), f"{source}->{target}")
+        denominator = _ONE
+    try:
+        value = _EXACT.multiply(money.amount, numerator)
+        if denominator is not _ONE:  # identity: the table's base rate is this object
+            value = context.divide(value, denominator)
+        value = value.quantize(spec.quantum, context=context)
+    except DecimalException as exc:  # unreachable for validated inputs; fail closed
+        raise RateError("invalid_rate", f"cannot convert {money} to {target}: {exc!r}") from exc
+    if value > MAX_AMOUNT or value < _MIN_AMOUNT:
+        raise MoneyError(
+            "amount_too_large", f"{money} is {value} {target}, beyond the maximum of 10**15"
+        )
+    if not value and value.is_signed():
+        value = value.copy_abs()
+    return Money._trusted(value, target)
+
+
+def fits(spend: Money, cap: Money, rates: RateSource | None, *, now: float | None = None) -> bool:
+    """True when ``spend``, converted into the cap's currency rounding up, is <= ``cap``.
+
+    >>> rates = StaticRates("EUR", {"USD": "0.92"})
+    >>> fits(Money.parse("100", "USD"), Money.parse("92", "EUR"), rates)
+    True
+    >>> fits(Money.parse("100.01", "USD"), Money.parse("92", "EUR"), rates)
+    False
+    """
+    return convert(spend, cap.currency, rates, now=now, rounding="up").amount <= cap.amount

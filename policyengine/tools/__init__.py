@@ -1,0 +1,81 @@
+"""Tool calls: request normalisation and patterns, JSONPath and redaction, tool governance
+(``tool_authorize``) and the governed httpx client.
+
+:mod:`._patterns` and :mod:`._redaction` are leaves (the checker uses them too);
+:mod:`._egress` compiles ``tool`` statements and decides tool calls; :mod:`._http` wraps
+httpx around any object with ``tool_authorize``. See ``docs/tools.md``.
+"""
+
+from policyengine.tools._egress import CompiledTools, compile_tools, tool_authorize
+from policyengine.tools._http import (
+    DROPPED_HEADERS,
+    MAX_BODY_BYTES,
+    AsyncGovernedTransport,
+    GovernedTransport,
+    ToolAuthorizer,
+    async_governed_client,
+    build_tool_request,
+    governed_client,
+)
+from policyengine.tools._patterns import (
+    MAX_HOST_LENGTH,
+    MAX_METHOD_LENGTH,
+    MAX_PATH_LENGTH,
+    HostPattern,
+    NamePattern,
+    RoutePattern,
+    ToolPatternError,
+    ToolRequestError,
+    normalize_host,
+    normalize_method,
+    normalize_path,
+    split_path,
+)
+from policyengine.tools._redaction import (
+    MASK,
+    MISSING,
+    STRATEGIES,
+    JsonPath,
+    RedactionDiagnostic,
+    RedactionError,
+    RedactionResult,
+    RedactionRule,
+    check_hmac_key,
+    redact,
+)
+
+__all__ = [
+    "DROPPED_HEADERS",
+    "MASK",
+    "MAX_BODY_BYTES",
+    "MAX_HOST_LENGTH",
+    "MAX_METHOD_LENGTH",
+    "MAX_PATH_LENGTH",
+    "MISSING",
+    "STRATEGIES",
+    "AsyncGovernedTransport",
+    "CompiledTools",
+    "GovernedTransport",
+    "HostPattern",
+    "JsonPath",
+    "NamePattern",
+    "RedactionDiagnostic",
+    "RedactionError",
+    "RedactionResult",
+    "RedactionRule",
+    "RoutePattern",
+    "ToolAuthorizer",
+    "ToolPatternError",
+    "ToolRequestError",
+    "async_governed_client",
+    "build_tool_request",
+    "check_hmac_key",
+    "compile_tools",
+    "governed_client",
+    "normalize_host",
+    "normalize_method",
+    "normalize_path",
+    "redact",
+    "split_path",
+    "tool_authorize",
+]

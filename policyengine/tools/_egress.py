@@ -1,0 +1,423 @@
+"""Tool governance: bind outbound tool calls to permissions, then decide and redact.
+
+``compile_tools`` turns ``tool`` and ``egress`` statements into :class:`CompiledTools`
+(patterns and JSONPaths compiled once). ``tool_authorize`` runs one call through it:
+
+1. normalise the call (method, host, path; see docs/tools.md) — anything ambiguous is
+   ``invalid_request``;
+2. egress: a host on an ``egress { deny ... }`` list, or bound to no tool and not on an
+   ``allow`` list, is ``egress_deny``;
+3. routing: a matching ``deny`` route is ``route_deny``; otherwise the most specific route
+   (MCP/function tool: the first tool whose name glob matches) binds the permission; no
+   route is ``route_deny``;
+4. context extraction (JSONPath on the body, query, headers, path parameters), merged
+   over the caller's context, and the full authorize pipeline (conditions, limits,
+   approvals, grants);
+5. redaction of a copy of the body; a redaction that cannot be applied fails closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from policyengine import _json as strict_json
+from policyengine.decision import Decision, Diagnostic, Obligations, ToolDecision
+from policyengine.lang import ast
+from policyengine.money._money import MoneyError, decimal_places
+from policyengine.tools._patterns import (
+    HostPattern,
+    NamePattern,
+    RoutePattern,
+    ToolRequestError,
+    normalize_host,
+    normalize_method,
+    normalize_path,
+)
+from policyengine.tools._redaction import MISSING, JsonPath, RedactionError, RedactionRule, redact
+
+__all__ = ["MAX_BODY_BYTES", "CompiledTools", "compile_tools", "tool_authorize"]
+
+#: Largest raw (bytes) body inspected; larger bodies are ``invalid_request``.
+MAX_BODY_BYTES = 1 << 20
+TRANSPORTS = ("http", "mcp", "function")
+# Headers that never enter a decision (credentials), compared lower-case.
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+@dataclass(frozen=True)
+class Extractor:
+    name: str
+    kind: str  # body | query | header | param
+    path: JsonPath | None
+    key: str
+    minor: bool
+
+
+@dataclass(frozen=True)
+class RouteBinding:
+    method: str  # upper case, or ANY
+    pattern: RoutePattern
+    permission: str
+    extractors: tuple[Extractor, ...]
+    order: int
+
+
+@dataclass(frozen=True)
+class DenyBinding:
+    method: str | None
+    pattern: RoutePattern
+
+
+@dataclass(frozen=True)
+class HttpBinding:
+    qid: str
+    hosts: tuple[HostPattern, ...]
+    routes: tuple[RouteBinding, ...]
+    denies: tuple[DenyBinding, ...]
+    redactions: tuple[RedactionRule, ...]
+
+
+@dataclass(frozen=True)
+class NamedBinding:
+    qid: str
+    kind: str  # mcp | function
+    name: NamePattern
+    permission: str
+    extractors: tuple[Extractor, ...]
+    redactions: tuple[RedactionRule, ...]
+
+
+@dataclass(frozen=True)
+class _Routed:
+    """Where an HTTP call goes: a refusal (outcome, code, reason) or a route."""
+
+    outcome: str | None  # None: routed to ``route``
+    code: str
+    reason: str
+    diag: str | None = None
+    tool: str | None = None
+    binding: HttpBinding | None = None
+    route: RouteBinding | None = None
+    params: dict[str, str] | None = None
+
+
+class CompiledTools:
+    """Tool bindings and the egress lists, indexed for the request path."""
+
+    def __init__(self, http: Sequence[HttpBinding], named: Sequence[NamedBinding],
+                 egress_allow: Sequence[HostPattern], egress_deny: Sequence[HostPattern]
+                 ) -> None:
+        self.http = tuple(http)
+        self.named = tuple(named)
+        self.egress_allow = tuple(egress_allow)
+        self.egress_deny = tuple(egress_deny)
+        self._host_cache: dict[str, tuple[HttpBinding, ...]] = {}
+        self._routes: dict[tuple[str, str, str], _Routed] = {}
+
+    def route(self, method: str, host: str, path: str) -> _Routed:
+        """Normalise and route one HTTP call. A pure function of the three strings, so
+        results are kept in a bounded table: repeat calls skip normalisation and
+        matching entirely."""
+        key = (method, host, path)
+        found = self._routes.get(key)
+        if found is None:
+            found = self._route(method, host, path)
+            if len(self._routes) >= 4096:
+                self._routes.clear()
+            self._routes[key] = found
+        return found
+
+    def _route(self, method: str, host: str, path: str) -> _Routed:
+        try:
+            m = normalize_method(method)
+            h = normalize_host(host)
+            p = normalize_path(path)
+        except ToolRequestError as exc:
+            return _Routed("invalid_request", "invalid_request", str(exc), exc.code)
+        if any(pat.matches(h) for pat in self.egress_deny):
+            return _Routed("egress_deny", "egress_denied", f"egress to {h} is denied")
+        bindings = self.for_host(h)
+        if not bindings:
+            if any(pat.matches(h) for pat in self.egress_allow):
+                return _Routed("egress_allow", "egress_allowed",
+                               f"egress to {h} is allowed (no tool binds it)")
+            return _Routed("egress_deny", "egress_denied", f"no tool is bound to host {h}")
+        for b in bindings:
+            for d in b.denies:
+                if (d.method is None or d.method == m) and d.pattern.match(p) is not None:
+                    return _Routed("route_deny", "route_denied",
+                                   f"{m} {p} is denied by tool {b.qid}", tool=b.qid)
+        best: tuple[Any, ...] | None = None
+        for b in bindings:
+            for r in b.routes:
+                if r.method != "ANY" and r.method != m:
+                    continue
+                captured = r.pattern.match(p)
+                if captured is None:
+                    continue
+                rank = (r.pattern.specificity, -r.order)
+                if best is None or rank > best[0]:
+                    best = (rank, b, r, captured)
+        if best is None:
+            return _Routed("route_deny", "no_route", f"no route of {h} binds {m} {p}",
+                           tool=bindings[0].qid)
+        _, binding, route, params = best
+        return _Routed(None, "", "", binding=binding, route=route, params=params)
+
+    def for_host(self, host: str) -> tuple[HttpBinding, ...]:
+        found = self._host_cache.get(host)
+        if found is None:
+            found = tuple(b for b in self.http if any(h.matches(host) for h in b.hosts))
+            if len(self._host_cache) > 4096:
+                self._host_cache.clear()
+            self._host_cache[host] = found
+        return found
+
+
+def _extractors(items: Sequence[ast.Extraction]) -> tuple[Extractor, ...]:
+    return tuple(Extractor(x.name, x.source_kind,
+                           JsonPath.compile(x.source) if x.source_kind == "body" else None,
+                           x.source if x.source_kind != "header" else x.source.lower(),
+                           x.minor) for x in items)
+
+
+def _redactions(items: Sequence[ast.ToolItem]) -> tuple[RedactionRule, ...]:
+    return tuple(RedactionRule(i.path, i.strategy, i.keep or 0) for i in items
+                 if isinstance(i, ast.Redact))
+
+
+def compile_tools(files: Sequence[ast.PolicyFile]) -> CompiledTools:
+    """Compile every ``tool`` and ``egress`` statement (the checker validated them)."""
+    http: list[HttpBinding] = []
+    named: list[NamedBinding] = []
+    allow: list[HostPattern] = []
+    deny: list[HostPattern] = []
+    order = 0
+    for f in files:
+        for st in f.statements:
+            qid = f"{f.namespace}.{getattr(st, 'id', '')}"
+            if isinstance(st, ast.HttpTool):
+                routes = []
+                denies = []
+                for item in st.items:
+                    if isinstance(item, ast.Route):
+                        routes.append(RouteBinding(item.method, RoutePattern.compile(item.path),
+                                                   item.permission,
+                                                   _extractors(item.extractions), order))
+                        order += 1
+                    elif isinstance(item, ast.DenyRoute):
+                        denies.append(DenyBinding(item.method,
+                                                  RoutePattern.compile(item.path)))
+                http.append(HttpBinding(qid, tuple(HostPattern.compile(h) for h in st.hosts),
+                                        tuple(routes), tuple(denies), _redactions(st.items)))
+            elif isinstance(st, ast.NamedTool):
+                extract = [i for i in st.items if isinstance(i, ast.Extraction)]
+                named.append(NamedBinding(qid, st.kind, NamePattern.compile(st.name),
+                                          st.permission, _extractors(extract),
+                                          _redactions(st.items)))
+            elif isinstance(st, ast.EgressDecl):
+                for verb, host in st.items:
+                    (allow if verb == "allow" else deny).append(HostPattern.compile(host))
+    return CompiledTools(http, named, allow, deny)
+
+
+# ---- evaluation ------------------------------------------------------------------------------
+
+class _BadMinor:
+    """Stands in for an amount that could not be read in minor units: every amount
+    check on it fails closed (``invalid_amount``)."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"<invalid minor-unit amount: {self.why}>"
+
+
+def _minor_to_major(value: Any, currency: Any) -> Any:
+    if type(value) is not int:
+        return _BadMinor(f"minor-unit amount must be an integer, got {type(value).__name__}")
+    if type(currency) is not str:
+        return _BadMinor("minor-unit amount without a currency")
+    try:
+        places = decimal_places(currency)
+    except MoneyError as exc:
+        return _BadMinor(str(exc))
+    return Decimal(value).scaleb(-places)
+
+
+def _extract(extractors: Sequence[Extractor], body: Any, query: Mapping[str, Any],
+             headers: Mapping[str, Any], params: Mapping[str, str], context: dict[str, Any]
+             ) -> None:
+    minor: list[Extractor] = []
+    for ex in extractors:
+        if ex.kind == "body":
+            if not isinstance(body, (dict, list)):
+                continue
+            value = ex.path.first(body, MISSING)  # type: ignore[union-attr]
+        elif ex.kind == "query":
+            value = query.get(ex.key, MISSING)
+        elif ex.kind == "header":
+            value = headers.get(ex.key, MISSING)
+        else:
+            value = params.get(ex.key, MISSING)
+        if value is MISSING:
+            continue
+        context[ex.name] = value
+        if ex.minor:
+            minor.append(ex)
+    for ex in minor:  # after the currency has been extracted
+        context[ex.name] = _minor_to_major(context[ex.name], context.get("currency"))
+
+
+def _lower_headers(headers: Any) -> dict[str, Any]:
+    if not isinstance(headers, Mapping):
+        return {}
+    return {str(k).lower(): v for k, v in headers.items()
+            if str(k).lower() not in CREDENTIAL_HEADERS}
+
+
+def _parse_body(body: Any) -> tuple[Any, tuple[str, str] | None]:
+    """Bytes are JSON-decoded when they are JSON; anything else is taken as given.
+
+    Returns (body, problem) where problem is (diagnostic code, message). JSON that another
+    parser could read differently (duplicate keys: last wins here, first wins elsewhere;
+    NaN) is refused, since the bytes that would leave are not what was decided on.
+    """
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        raw = bytes(body)
+        if len(raw) > MAX_BODY_BYTES:
+            return None, ("body_too_large", f"body is {len(raw)} bytes; the limit is "
+                          f"{MAX_BODY_BYTES}")
+        if not raw:
+            return None, None
+        try:
+            return strict_json.loads(raw), None
+        except strict_json.AmbiguousJsonError as exc:
+            return None, ("ambiguous_body", f"the JSON body is ambiguous: {exc}")
+        except (ValueError, RecursionError):
+            return raw, None
+    if isinstance(body, str) and len(body) > MAX_BODY_BYTES // 4 and len(
+            body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+        return None, ("body_too_large", f"body is more than {MAX_BODY_BYTES} bytes as UTF-8")
+    return body, None
+
+
+def _outcome(decision: Decision) -> str:
+    if decision.status == "allowed":
+        return "policy_allow"
+    if decision.status == "pending_approval":
+        return "pending_approval"
+    if decision.code == "budget_exceeded":
+        return "budget_deny"
+    if decision.code == "invalid_request":
+        return "invalid_request"
+    return "policy_deny"
+
+
+def tool_authorize(tools: CompiledTools,
+                   authorize: Callable[..., Decision],
+                   principal: Any, *, transport: Any, method: Any = None, host: Any = None,
+                   path: Any = None, query: Any = None, headers: Any = None, body: Any = None,
+                   tool_name: Any = None, function_name: Any = None, token: Any = None,
+                   context: Any = None, hmac_key: bytes | None = None,
+                   approval_id: Any = None,
+                   register_approval: Callable[[Decision, dict[str, Any]], None] | None = None
+                   ) -> ToolDecision:
+    """Decide one tool call. Never raises for request data.
+
+    ``authorize`` is the engine's decision function (clock, grants, budgets, approvals
+    already granted); ``register_approval`` records a pending decision, called only once
+    the body is known to be sendable (redacted), so no approval waits for a call that
+    could never leave.
+    """
+
+    def reject(outcome: str, code: str, reason: str, permission: str | None = None,
+               diag: str | None = None, tool: str | None = None) -> ToolDecision:
+        return ToolDecision(Decision.denial(code, reason, principal, permission, diag),
+                            outcome, None, (), tool)
+
+    if type(principal) is not str:
+        return reject("invalid_request", "invalid_request", "principal must be a string")
+    if context is not None and not isinstance(context, dict):
+        return reject("invalid_request", "invalid_request", "context must be an object")
+    if transport not in TRANSPORTS:
+        return reject("invalid_request", "invalid_request",
+                      f"transport must be one of {', '.join(TRANSPORTS)}")
+    body, body_problem = _parse_body(body)
+    if body_problem is not None:
+        return reject("invalid_request", "invalid_request", body_problem[1],
+                      diag=body_problem[0])
+    if query is None:
+        query = {}
+    if not isinstance(query, Mapping):
+        return reject("invalid_request", "invalid_request", "query must be an object")
+    hdrs = _lower_headers(headers)
+    params: dict[str, str] = {}
+    extractors: tuple[Extractor, ...]
+    rules: tuple[RedactionRule, ...]
+    if transport == "http":
+        if type(method) is str and type(host) is str and type(path) is str:
+            routed = tools.route(method, host, path)
+        else:  # not cacheable; the normalisers say which field is wrong
+            routed = tools._route(method, host, path)
+        if routed.outcome == "egress_allow":
+            allowed = Decision("allowed", routed.code, routed.reason, (), None, (),
+                               principal, None)
+            return ToolDecision(allowed, "egress_allow", body, (), None)
+        if routed.outcome is not None:
+            return reject(routed.outcome, routed.code, routed.reason, diag=routed.diag,
+                          tool=routed.tool)
+        binding, route = routed.binding, routed.route
+        assert binding is not None and route is not None
+        params = routed.params or {}
+        qid, permission = binding.qid, route.permission
+        extractors, rules = route.extractors, binding.redactions
+    else:
+        name = tool_name if transport == "mcp" else function_name
+        if type(name) is not str or not name:
+            field = "toolName" if transport == "mcp" else "functionName"
+            return reject("invalid_request", "invalid_request", f"{field} must be a string")
+        named = next((n for n in tools.named if n.kind == transport and n.name.matches(name)),
+                     None)
+        if named is None:
+            return reject("route_deny", "unbound_tool",
+                          f"no {transport} tool binds {name!r}")
+        qid, permission = named.qid, named.permission
+        extractors, rules = named.extractors, named.redactions
+
+    ctx: dict[str, Any] = dict(context) if context else {}
+    try:
+        _extract(extractors, body, query, hdrs, params, ctx)
+    except RedactionError as exc:  # a path that cannot be evaluated on this body
+        return reject("invalid_request", "invalid_request", f"cannot extract context: {exc}",
+                      permission, diag="extraction_failed", tool=qid)
+    decision = authorize(principal, permission, ctx, token=token, approval_id=approval_id)
+    if decision.permission is None:
+        decision.permission = permission
+    redacted: Any = None
+    redactions: tuple[dict[str, str], ...] = ()
+    if decision.status != "denied":
+        result = redact(body, rules, hmac_key=hmac_key)
+        if result.diagnostics:
+            # A field that should have been redacted might leave: fail closed.
+            reasons = "; ".join(str(d) for d in result.diagnostics)
+            denied = decision.overruled(
+                "redaction_failed", f"cannot redact the body: {reasons}",
+                tuple(Diagnostic(d.code, str(d), None, "denied") for d in result.diagnostics))
+            return ToolDecision(denied, "policy_deny", None, (), qid)
+        redacted = result.body
+        redactions = tuple(result.redactions)
+        if decision.status == "pending_approval" and register_approval is not None:
+            register_approval(decision, ctx)
+        if rules:
+            ob = decision.obligations
+            decision.obligations = Obligations(
+                ob.max_amount if ob else None, ob.require_approval_over if ob else None,
+                tuple(r.path for r in rules), ob.currency if ob else None)
+    return ToolDecision(decision, _outcome(decision), redacted, redactions, qid)

@@ -1,0 +1,380 @@
+"""Parser: every statement kind, keyword boundaries, positioned errors E001-E009, hints."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from conftest import ast_key
+
+from policyengine.lang import MAX_NESTING, MAX_SOURCE_BYTES, PolicyError, ast, parse
+
+ALL_KINDS = '''namespace travel
+currency EUR
+default_currency USD
+rate USD 0.92
+rates "fx.json" max_age 1h
+tz "Europe/Paris"
+role travel: flights:*, hotels:book
+agent "travel-agent": travel, other { tier = "gold", n = 3, ok = true }
+agent "bare"
+permit p1: flights:book for role travel, agent "x" when context.weekday < 5
+  unless principal.attributes.tier == "gold"
+forbid f1: * when context.country in ["KP", "IR"]
+approval a1: tickets:delete when context.count > 10
+limit l1: payments:refund amount <= 500 EUR for role travel
+approval a2: payments:refund over 300.50 EUR
+budget b1: payments:* limit 1000 EUR per day per agent
+budget b2: llm:* limit 200000 tokens per rolling 1h per global tz "UTC" overdraft 5
+tool stripe: http "api.stripe.com" {
+  POST "/v1/refunds" -> payments:refund { amount = $.amount minor, currency = $.currency }
+  deny "/v1/accounts/**"
+  redact $.card mask
+}
+tool t2: function "transfer_funds" -> payments:transfer {
+  amount = $.amount
+  redact $.to partial 4
+}
+tool t3: mcp "crm.*" -> customers:read
+egress { allow "*.example.com" deny "evil.com" }
+delegation { max_depth 3  max_ttl 1h }
+'''
+
+
+def ctx(*segments: str) -> ast.Path:
+    return ast.Path("context", segments)
+
+
+def lit(v: object) -> ast.Literal:
+    return ast.Literal(v)  # type: ignore[arg-type]
+
+
+EXPECTED = [
+    ast.NamespaceDecl("travel"),
+    ast.CurrencyDecl("EUR"),
+    ast.DefaultCurrencyDecl("USD"),
+    ast.RateDecl("USD", Decimal("0.92")),
+    ast.RatesDecl("fx.json", 3600, "1h"),
+    ast.TzDecl("Europe/Paris"),
+    ast.RoleDecl("travel", ("flights:*", "hotels:book")),
+    ast.AgentDecl("travel-agent", ("travel", "other"),
+                  (("tier", lit("gold")), ("n", lit(3)), ("ok", lit(True)))),
+    ast.AgentDecl("bare", ()),
+    ast.Rule("permit", "p1", ("flights:book",),
+             (ast.ScopeItem("role", "travel"), ast.ScopeItem("agent", "x")),
+             (ast.Condition("when", ast.Compare("<", ctx("weekday"), lit(5))),
+              ast.Condition("unless", ast.Compare(
+                  "==", ast.Path("principal", ("attributes", "tier")), lit("gold"))))),
+    ast.Rule("forbid", "f1", ("*",), (),
+             (ast.Condition("when", ast.In(ctx("country"),
+                                           ast.ListExpr((lit("KP"), lit("IR"))))),)),
+    ast.Rule("approval", "a1", ("tickets:delete",), (),
+             (ast.Condition("when", ast.Compare(">", ctx("count"), lit(10))),)),
+    ast.LimitDecl("l1", ("payments:refund",), ast.MoneyLit(Decimal("500"), "EUR"),
+                  (ast.ScopeItem("role", "travel"),)),
+    ast.ApprovalOverDecl("approval", "a2", ("payments:refund",),
+                         ast.MoneyLit(Decimal("300.50"), "EUR")),
+    ast.BudgetDecl("b1", ("payments:*",), Decimal("1000"), "EUR", "day"),
+    ast.BudgetDecl("b2", ("llm:*",), Decimal("200000"), "tokens", "rolling", 3600, "1h",
+                   "global", (), "UTC", Decimal("5")),
+    ast.HttpTool("stripe", ("api.stripe.com",), (
+        ast.Route("POST", "/v1/refunds", "payments:refund", (
+            ast.Extraction("amount", "body", "$.amount", True),
+            ast.Extraction("currency", "body", "$.currency", False))),
+        ast.DenyRoute(None, "/v1/accounts/**"),
+        ast.Redact("$.card", "mask"))),
+    ast.NamedTool("t2", "function", "transfer_funds", "payments:transfer", (
+        ast.Extraction("amount", "body", "$.amount"),
+        ast.Redact("$.to", "partial", 4))),
+    ast.NamedTool("t3", "mcp", "crm.*", "customers:read"),
+    ast.EgressDecl((("allow", "*.example.com"), ("deny", "evil.com"))),
+    ast.DelegationDecl(max_depth=3, max_ttl=3600, max_ttl_text="1h"),
+]
+
+
+def errors(text: str | bytes) -> list[tuple[str, int, int]]:
+    with pytest.raises(PolicyError) as info:
+        parse(text, "f.policy")
+    return [(p.code, p.line, p.column) for p in info.value.problems]
+
+
+def problem(text: str | bytes):  # type: ignore[no-untyped-def]
+    with pytest.raises(PolicyError) as info:
+        parse(text, "f.policy")
+    assert len(info.value.problems) == 1, info.value.problems
+    return info.value.problems[0]
+
+
+def test_every_statement_kind_parses_to_the_expected_ast() -> None:
+    pf = parse(ALL_KINDS, "all.policy")
+    assert len(pf.statements) == len(EXPECTED)
+    for got, want in zip(pf.statements, EXPECTED, strict=True):
+        assert ast_key(got) == ast_key(want)
+    assert pf.namespace == "travel"
+    assert pf.name == "all.policy"
+
+
+def test_statement_spans_point_at_their_lines() -> None:
+    pf = parse(ALL_KINDS, "all.policy")
+    lines = ALL_KINDS.splitlines()
+    for st in pf.statements:
+        assert st.span.file == "all.policy"
+        assert st.span.column == 1
+        if lines[st.span.line - 1].startswith(" "):
+            continue
+        first_word = lines[st.span.line - 1].split()[0]
+        assert first_word in {"namespace", "currency", "default_currency", "rate", "rates",
+                              "tz", "role", "agent", "permit", "forbid", "approval", "limit",
+                              "budget", "tool", "egress", "delegation"}
+    tool = pf.statements[16]
+    assert (tool.span.line, tool.span.end_line) == (18, 22)
+
+
+def test_expression_spans_have_columns() -> None:
+    text = 'permit p: a:b when context.x == 1 and principal.id != "q"'
+    rule = parse(text).statements[0]
+    cond = rule.conditions[0]
+    assert isinstance(cond.expr, ast.And)
+    left = cond.expr.items[0]
+    assert left.span.column == text.index("context.x") + 1
+    right = cond.expr.items[1]
+    assert right.span.column == text.index("principal.id") + 1
+
+
+@pytest.mark.parametrize(
+    ("expr_text", "expected"),
+    [
+        ("true", lit(True)),
+        ("false", lit(False)),
+        ('"s"', lit("s")),
+        ("-3", lit(-3)),
+        ("2.50", lit(Decimal("2.50"))),
+        ("500 EUR", ast.MoneyLit(Decimal(500), "EUR")),
+        ("amount", ast.Amount()),
+        ('context["a b"].c', ctx("a b", "c")),
+        ("principal.roles", ast.Path("principal", ("roles",))),
+        ("context.a != 1", ast.Compare("!=", ctx("a"), lit(1))),
+        ("context.a >= 1", ast.Compare(">=", ctx("a"), lit(1))),
+        ("context.a <= 1", ast.Compare("<=", ctx("a"), lit(1))),
+        ("context.a not in [1, 2,]", ast.In(ctx("a"), ast.ListExpr((lit(1), lit(2))), True)),
+        ("context.a in context.b", ast.In(ctx("a"), ctx("b"))),
+        ("not not true", ast.Not(ast.Not(lit(True)))),
+        ("true or false and true",
+         ast.Or((lit(True), ast.And((lit(False), lit(True)))))),
+        ("(true or false) and true",
+         ast.And((ast.Or((lit(True), lit(False))), lit(True)))),
+        ("true and true and false", ast.And((lit(True), lit(True), lit(False)))),
+        ("not context.a == 1", ast.Not(ast.Compare("==", ctx("a"), lit(1)))),
+        ('startswith(context.p, "x")', ast.Call("startswith", (ctx("p"), lit("x")))),
+        ("f()", ast.Call("f", ())),
+        ("[]", ast.ListExpr(())),
+        ('"a\\"b\\\\c\\u00e9"', lit('a"b\\cé')),
+    ],
+)
+def test_expressions_parse_to_the_expected_ast(expr_text: str, expected: ast.Expr) -> None:
+    rule = parse(f"permit p: a:b when {expr_text}").statements[0]
+    assert ast_key(rule.conditions[0].expr) == ast_key(expected)
+
+
+def test_keyword_glued_to_a_word_is_an_error() -> None:
+    text = "permit a: x:y whenx context.a"
+    p = problem(text)
+    assert (p.code, p.line, p.column) == ("E002", 1, text.index("whenx") + 1)
+    assert p.hint == "did you mean 'when'?"
+
+
+def test_for_glued_to_role_is_an_error() -> None:
+    text = "role r: a:b\npermit a: x:y forrole r"
+    p = problem(text)
+    assert (p.code, p.line, p.column) == ("E002", 2, text.splitlines()[1].index("forrole") + 1)
+
+
+@pytest.mark.parametrize("word", ["when", "unless", "and", "or", "not", "in", "true", "for",
+                                  "role", "permit", "amount", "context"])
+def test_keywords_are_plain_names_after_a_dot(word: str) -> None:
+    rule = parse(f"permit a: x:y when context.{word} == 1").statements[0]
+    assert ast_key(rule.conditions[0].expr) == ast_key(
+        ast.Compare("==", ctx(word), lit(1)))
+
+
+def test_unknown_statement_keyword_glued_is_e005() -> None:
+    p = problem("permitx a: x:y")
+    assert (p.code, p.line, p.column) == ("E005", 1, 1)
+    assert p.hint == "did you mean 'permit'?"
+
+
+def test_several_errors_in_one_file_are_all_reported_sorted() -> None:
+    text = "\n".join([
+        "role r: a:b",                          # 1 ok
+        'agent "x": r',                         # 2 ok
+        "permitt a: x:y",                       # 3 E005
+        "forbid b: x:y when context.a = 1",     # 4 E002 at '='
+        "permit c: x:y when",                   # 5 E003 at end
+        "agnet \"y\": r",                       # 6 E005
+        "permit d: x:y when context.a & true",  # 7 E001 at '&'
+    ])
+    lines = text.splitlines()
+    assert errors(text) == [
+        ("E005", 3, 1),
+        ("E002", 4, lines[3].index("=") + 1),
+        ("E003", 5, len(lines[4]) + 1),
+        ("E005", 6, 1),
+        ("E001", 7, lines[6].index("&") + 1),
+    ]
+
+
+def test_error_in_a_multiline_statement_has_the_file_line() -> None:
+    text = "role r: a:b\n\npermit p: a:b\n  when context.a == 1\n  and context.b = 2\n"
+    line5 = text.splitlines()[4]
+    assert errors(text) == [("E002", 5, line5.index("=") + 1)]
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "marker", "hint"),
+    [
+        ("permit a: x:y when context.a & true", "E001", "&", "write 'and'"),
+        ("permit a: x:y when context.a | true", "E001", "|", "write 'or'"),
+        ("permit a: x:y when context.a == 'x'", "E001", "'",
+         'strings use double quotes: "text"'),
+        ("permit a: x:y when 1 ! = 2", "E001", "!", "write 'not' or '!='"),
+        ("permit a: x:y when context.a = 1", "E002", "=", "compare with '=='"),
+        ("permit a: x:y whenn true", "E002", "whenn", "did you mean 'when'?"),
+        ('forbid a: x:y when context.a in ["a"] andd true', "E002", "andd",
+         "did you mean 'and'?"),
+        ("rol r: a:b", "E005", "rol", "did you mean 'role'?"),
+        ('role r: a:b\nagnet "x": r', "E005", "agnet", "did you mean 'agent'?"),
+    ],
+)
+def test_errors_with_hints(text: str, code: str, marker: str, hint: str) -> None:
+    """The position is the marker's (first occurrence on the last line)."""
+    p = problem(text)
+    lines = text.splitlines()
+    want = (code, len(lines), lines[-1].index(marker) + 1, hint)
+    assert (p.code, p.line, p.column, p.hint) == want
+    assert p.severity == "error"
+    assert p.file == "f.policy"
+
+
+def test_e003_statement_ends_too_early() -> None:
+    text = "role r: a:b\npermit a: x:y when"
+    p = problem(text)
+    assert (p.code, p.line, p.column) == ("E003", 2, len("permit a: x:y when") + 1)
+    assert p.hint and p.hint.startswith("expected ")
+
+
+def test_e004_unterminated_string() -> None:
+    text = 'role r: a:b\npermit a: x:y when context.a == "abc\nrole q: c:d'
+    p = problem(text)
+    assert (p.code, p.line, p.column) == ("E004", 2, text.splitlines()[1].index('"') + 1)
+
+
+def test_e004_unterminated_string_in_agent() -> None:
+    p = problem('role r: a:b\nagent "abc: r\n')
+    assert (p.code, p.line, p.column) == ("E004", 2, 7)
+
+
+def test_e006_too_large() -> None:
+    p = problem("#" * (MAX_SOURCE_BYTES + 1))
+    assert (p.code, p.line, p.column) == ("E006", 1, 1)
+    p = problem(b"#" * (MAX_SOURCE_BYTES + 1))
+    assert (p.code, p.line, p.column) == ("E006", 1, 1)
+
+
+def test_e007_nesting() -> None:
+    prefix = "role r: a:b\npermit a: x:y when "
+    text = prefix + "(" * 100 + "true" + ")" * 100
+    p = problem(text)
+    # reported at the first bracket beyond the limit
+    assert (p.code, p.line, p.column) == ("E007", 2, len("permit a: x:y when ")
+                                          + MAX_NESTING + 1)
+
+
+def test_nesting_up_to_the_limit_parses() -> None:
+    depth = 30
+    parse("permit a: x:y when " + "(" * depth + "true" + ")" * depth)
+
+
+def test_e008_invalid_utf8_position() -> None:
+    p = problem(b"role r: a:b\npermit a: \xff")
+    assert (p.code, p.line, p.column) == ("E008", 2, len(b"permit a: ") + 1)
+
+
+def test_e008_nul_byte_position() -> None:
+    p = problem("role r: a:b\nrole q: c\x00:d")
+    assert (p.code, p.line, p.column) == ("E008", 2, len("role q: c") + 1)
+
+
+def test_e008_not_text() -> None:
+    p = problem(12345)  # type: ignore[arg-type]
+    assert p.code == "E008"
+
+
+def test_e009_literal_too_long() -> None:
+    text = "rate USD " + "1" * 50
+    p = problem(text)
+    assert (p.code, p.line, p.column) == ("E009", 1, len("rate USD ") + 1)
+
+
+def test_e009_delegation_item_twice() -> None:
+    p = problem("delegation { max_depth 3 max_depth 4 }")
+    assert p.code == "E009"
+    assert p.line == 1
+
+
+def test_rendered_error_is_compiler_style_with_a_caret() -> None:
+    text = "role r: a:b\npermit a: x:y when context.a & true"
+    with pytest.raises(PolicyError) as info:
+        parse(text, "dir/f.policy")
+    err = info.value
+    col = text.splitlines()[1].index("&") + 1
+    rendered = str(err)
+    assert rendered.startswith(f"dir/f.policy:2:{col}: error[E001]: ")
+    assert "permit a: x:y when context.a & true" in rendered
+    caret_line = next(line for line in rendered.splitlines() if line.strip() == "^")
+    src_line = next(line for line in rendered.splitlines() if "context.a & true" in line)
+    assert src_line[caret_line.index("^")] == "&"
+    assert "hint: write 'and'" in rendered
+    assert (err.code, err.file, err.line, err.column) == ("E001", "dir/f.policy", 2, col)
+
+
+def test_comments_are_kept_with_positions() -> None:
+    text = ('# head\nrole r: a:b  # trailing\n\n  # indented\n'
+            'permit p: a:b when context.s == "# not a comment"\n# tail')
+    pf = parse(text)
+    got = [(c.text, c.span.line, c.span.column) for c in pf.comments]
+    assert got == [("# head", 1, 1), ("# trailing", 2, 14), ("# indented", 4, 3),
+                   ("# tail", 6, 1)]
+    rule = pf.statements[1]
+    assert ast_key(rule.conditions[0].expr) == ast_key(
+        ast.Compare("==", ctx("s"), lit("# not a comment")))
+
+
+def test_indented_lines_continue_a_statement() -> None:
+    pf = parse("permit p: a:b\n  when context.a == 1\n  unless context.b == 2\n")
+    assert [c.kind for c in pf.statements[0].conditions] == ["when", "unless"]
+
+
+def test_bom_and_crlf_are_accepted() -> None:
+    pf = parse("\ufeffrole r: a:b\r\nagent \"x\": r\r\n".encode())
+    assert ast_key(pf.statements) == ast_key(
+        (ast.RoleDecl("r", ("a:b",)), ast.AgentDecl("x", ("r",))))
+
+
+def test_empty_and_comment_only_files_parse() -> None:
+    assert parse("").statements == ()
+    assert parse("# only\n\n").statements == ()
+    assert parse("   \n\t\n").statements == ()
+
+
+def test_design_travel_lines_are_accepted_as_written() -> None:
+    text = '''namespace travel
+role travel: flights:*, hotels:book, payments:refund      # a role grants permission patterns
+agent "travel-agent": travel                              # an agent holds roles
+forbid sanctioned: * when context.country in ["KP", "IR", "SY"]
+approval bulk-delete: tickets:delete when context.count > 10  # the general form
+permit weekday-booking: flights:book for role travel when context.weekday < 5
+'''
+    pf = parse(text)
+    assert [type(s).__name__ for s in pf.statements] == [
+        "NamespaceDecl", "RoleDecl", "AgentDecl", "Rule", "Rule", "Rule"]
+    assert len(pf.comments) == 3
