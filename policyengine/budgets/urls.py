@@ -73,11 +73,11 @@ def store_from_url(url: str, **options: Any) -> BudgetStore:
         return MemoryStore(**{**mine, **options})
     if scheme == "sqlite":
         from policyengine.budgets.sqlite import SQLiteStore
-        plain, mine = _split_options(url, "sqlite")
-        if not plain.startswith("sqlite:///") or len(plain) == len("sqlite:///"):
+        _, mine = _split_options(url, "sqlite")
+        path = url.split("?", 1)[0]
+        if not path.startswith("sqlite:///") or len(path) == len("sqlite:///"):
             raise _bad(url, "write sqlite:///relative/path or sqlite:////absolute/path")
-        path = plain[len("sqlite:///"):].split("?", 1)[0]
-        return SQLiteStore(path, **{**mine, **options})
+        return SQLiteStore(path[len("sqlite:///"):], **{**mine, **options})
     if scheme in ("postgresql", "postgres"):
         from policyengine.budgets.postgres import PostgresStore
         plain, mine = _split_options(url, "postgresql")
