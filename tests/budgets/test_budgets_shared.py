@@ -329,3 +329,27 @@ def test_an_unreachable_service_fails_under_ci_and_skips_otherwise(
     )
     assert f"2 {outcome}" in out.stdout, out.stdout + out.stderr
     assert "unreachable" in out.stdout
+
+
+@pytest.mark.parametrize("kind", SHARED)
+def test_a_hold_released_by_a_clock_ahead_is_expired_for_a_clock_behind(
+    kind: str, shared_stores: SharedStores
+) -> None:
+    """Within the allowed skew two hosts may disagree on a reservation's expiry: the
+    hold is given back once, and the slower host's commit is refused, never double
+    counted."""
+    store = _open(shared_stores, kind)
+    name = store.schema if isinstance(store, PostgresStore) else store.prefix
+    other = _open(shared_stores, kind, **({"schema": name} if kind == "postgres"
+                                          else {"prefix": name}))
+    behind, _ = make_ledger(store, DAILY)
+    ahead = Ledger([DAILY], other, clock=lambda: BUDGET_NOW + 30)
+    r = behind.reserve("bot", "payments:x", "40", "EUR", ttl=20)
+    ahead.record("bot", "payments:x", "1", "EUR")  # a write at +30 s gives the hold back
+    for op in (lambda: behind.commit(r.id, "40"), lambda: behind.extend(r.id, 60),
+               lambda: behind.release(r.id)):
+        with pytest.raises(ReservationError) as info:
+            op()  # still live at BUDGET_NOW by this clock
+        assert info.value.code == "reservation_expired"
+    (balance,) = behind.balances("bot")
+    assert (balance.spent, balance.reserved) == (Decimal(1), Decimal(0))
