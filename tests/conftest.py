@@ -165,11 +165,9 @@ class SharedStores:
         for store in self.opened:
             if isinstance(store, PostgresStore):
                 with store._get_pool().connection() as conn:
-                    conn.execute(
-                        f'TRUNCATE "{store.schema}".budget_buckets, "{store.schema}".'
-                        f'budget_holds, "{store.schema}".budget_events, "{store.schema}".'
-                        f'budget_reservations, "{store.schema}".budget_idempotency'
-                    )
+                    for table in ("buckets", "holds", "events", "reservations",
+                                  "idempotency"):  # DELETE: quicker than TRUNCATE when small
+                        conn.execute(f'DELETE FROM "{store.schema}".budget_{table}')
                 return store
         return self.postgres()
 

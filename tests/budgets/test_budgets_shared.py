@@ -3,7 +3,6 @@ refused, which clock decides, and the CI rule that a missing service fails the r
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -307,28 +306,20 @@ def test_store_errors_stay_budget_errors() -> None:
 # -- CI: a missing service fails the run -------------------------------------------------
 
 
-@pytest.mark.parametrize(("ci", "outcome"), [("true", "failed"), ("", "skipped")])
+@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception),
+                                             ("", pytest.skip.Exception)])
 def test_an_unreachable_service_fails_under_ci_and_skips_otherwise(
-    ci: str, outcome: str, tmp_path: Path
+    ci: str, outcome: type[BaseException], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    test = tmp_path / "test_needs_db.py"
-    test.write_text(
-        "from conftest import require_service\n"
-        "def test_db():\n    require_service('postgres')\n"
-        "def test_cache():\n    require_service('redis')\n"
-    )
-    (tmp_path / "conftest.py").write_text(
-        (Path(__file__).parent.parent / "conftest.py").read_text()
-    )
-    env = {**os.environ, "CI": ci, "POLICYENGINE_TEST_POSTGRES":
-           "postgresql://postgres@127.0.0.1:1/test",
-           "POLICYENGINE_TEST_REDIS": "redis://127.0.0.1:1/0"}
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(test)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
-    )
-    assert f"2 {outcome}" in out.stdout, out.stdout + out.stderr
-    assert "unreachable" in out.stdout
+    import conftest
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr(conftest, "POSTGRES_URL", "postgresql://postgres@127.0.0.1:1/test")
+    monkeypatch.setattr(conftest, "REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setattr(conftest, "_reachable", {})
+    for kind in ("postgres", "redis"):
+        with pytest.raises(outcome) as info:
+            conftest.require_service(kind)
+        assert "unreachable at" in str(info.value) and ":1/" in str(info.value)
 
 
 @pytest.mark.parametrize("kind", SHARED)
