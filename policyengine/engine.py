@@ -89,7 +89,7 @@ def build_rates(files: list[ast.PolicyFile], base_dirs: Mapping[str, str]) -> di
         merged = {c: loaded.rate(c, base, loaded.as_of) for c in loaded.codes if c != base}
         for code, value in inline.items():
             if code in merged and merged[code] != value:
-                raise PolicyError([Problem("E113", f"rate for {code} differs from the rates "
+                raise PolicyError([Problem("E132", f"rate for {code} differs from the rates "
                                            "file", *where)])
             merged[code] = value
         out[f.name] = StaticRates(base, merged, as_of=loaded.as_of, max_age=table.max_age)
@@ -304,8 +304,8 @@ class Engine:
         except BudgetError as exc:
             if amount == 0 and exc.code in ("unit_mismatch", "unit_required"):
                 return decision  # nothing to measure: no amount, and no calls budget alone
-            return decision.overruled(exc.code, f"budget check failed: {exc}",
-                                      (Diagnostic(exc.code, str(exc), None, "denied"),))
+            return decision.overruled(exc.code, f"budget check failed: {exc.message}",
+                                      (Diagnostic(exc.code, exc.message, None, "denied"),))
         if not check.allowed:
             details = check.details or {}
             budget_id = details.get("budget", "?")

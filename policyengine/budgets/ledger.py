@@ -835,7 +835,7 @@ class Ledger:
             try:
                 validate_permission(permission)
             except InvalidPermission as exc:
-                raise BudgetInputError("invalid_permission", str(exc)) from None
+                raise BudgetInputError("invalid_permission", exc.message) from None
             found = tuple(
                 b for b in self._budgets
                 if any(permission_matches(p, permission) for p in b.spec.patterns)
@@ -850,7 +850,7 @@ class Ledger:
             value = parse_amount(amount, unit)
         except MoneyError as exc:
             raise BudgetInputError(
-                "invalid_amount", f"invalid amount: {exc}", {"reason": exc.code}
+                "invalid_amount", f"invalid amount: {exc.message}", {"reason": exc.code}
             ) from None
         if unit is None:
             return value
@@ -1024,9 +1024,10 @@ class Ledger:
                 rate = format(self.rates.rate(unit, b.unit, now), "f")  # type: ignore[union-attr]
             except RateError as exc:
                 raise BudgetInputError(exc.code, f"cannot convert {unit} to {b.unit} for "
-                                       f"budget {b.id}: {exc}") from None
+                                       f"budget {b.id}: {exc.message}") from None
             except MoneyError as exc:
-                raise BudgetInputError("invalid_amount", str(exc), {"reason": exc.code}) from None
+                raise BudgetInputError("invalid_amount", exc.message,
+                                       {"reason": exc.code}) from None
             q = int(converted.amount.scaleb(b.scale))
         if q > MAX_QUANTA:
             raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",

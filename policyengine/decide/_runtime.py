@@ -13,18 +13,17 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
+from policyengine.errors import PolicyEngineError
+
 __all__ = ["RUNTIME", "EvalError", "Principal", "Test", "build_many"]
 
 Test = Callable[[dict[str, Any], "Principal", Any], bool]
 
 
-class EvalError(Exception):
-    """A condition could not be evaluated for this request (fail closed applies)."""
+class EvalError(PolicyEngineError):
+    """A condition could not be evaluated for this request (fail closed applies).
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    Never leaves the engine: it becomes a diagnostic of the decision."""
 
 
 class Principal:
