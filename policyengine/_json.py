@@ -15,18 +15,16 @@ import math
 from decimal import Decimal
 from typing import Any
 
+from policyengine.errors import PolicyEngineError
+
 __all__ = ["AmbiguousJsonError", "loads"]
 
 
-class AmbiguousJsonError(ValueError):
+class AmbiguousJsonError(PolicyEngineError, ValueError):
     """``code`` is ``duplicate_key``, ``non_finite_number`` (``NaN``, ``Infinity``, or a
     number such as ``1e400`` that is infinite as a double) or ``number_too_long`` (an
     integer over the interpreter's conversion limit, 4300 digits by default: parsers
     read such numbers exactly, rounded to a double, or not at all)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
