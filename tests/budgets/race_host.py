@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from decimal import Decimal
+from typing import Any
 
 from policyengine.budgets import (
     BudgetError,
@@ -63,11 +64,11 @@ def _worker(url: str, log_path: str, threads: int, seconds: float, seed: int) ->
         with lock:
             return f"{os.getpid()}-{next(counter)}"
 
-    def spend(op: str, agent: str, amount: int, call: object) -> None:
+    def spend(op: str, agent: str, amount: int, call: Any, *args: Any, **kwargs: Any) -> None:
         start = time.time()
         log(f"B {op} {agent} {TENANT[agent]} {amount} {start:.6f}")
         try:
-            call()  # type: ignore[operator]
+            call(*args, **kwargs)
         except BudgetError as exc:
             if exc.code in ("store_unavailable", "store_conflict"):
                 log(f"U {op} {time.time():.6f}")
@@ -76,10 +77,10 @@ def _worker(url: str, log_path: str, threads: int, seconds: float, seed: int) ->
             return
         log(f"D {op} {start:.6f} {time.time():.6f}")
 
-    def other(call: object) -> object:
+    def other(call: Any, *args: Any, **kwargs: Any) -> Any:
         start = time.time()
         try:
-            result = call()  # type: ignore[operator]
+            result = call(*args, **kwargs)
         except BudgetError as exc:
             log(f"E {exc.code} {time.time():.6f}")
             return None
@@ -95,27 +96,26 @@ def _worker(url: str, log_path: str, threads: int, seconds: float, seed: int) ->
             pick = rng.random()
             try:
                 if pick < 0.25:  # a direct debit
-                    spend(next_op(), agent, amount, lambda: ledger.record(
-                        agent, "payments:pay", amount, "EUR", tenant=tenant))
+                    spend(next_op(), agent, amount, ledger.record,
+                          agent, "payments:pay", amount, "EUR", tenant=tenant)
                     continue
                 if pick < 0.35:
-                    other(lambda: ledger.check(agent, "payments:pay", amount, "EUR",
-                                               tenant=tenant))
+                    other(ledger.check, agent, "payments:pay", amount, "EUR", tenant=tenant)
                     continue
                 ttl = 1 if pick > 0.9 else 3
-                res = other(lambda: ledger.reserve(agent, "payments:pay", amount, "EUR",
-                                                   ttl=ttl, tenant=tenant))
+                res = other(ledger.reserve, agent, "payments:pay", amount, "EUR",
+                            ttl=ttl, tenant=tenant)
                 if res is None:
                     continue
-                rid = res.id  # type: ignore[attr-defined]
+                rid = res.id
                 if pick < 0.6:  # commit part of it
                     part = rng.randint(1, amount)
-                    spend(next_op(), agent, part, lambda: ledger.commit(rid, part))
+                    spend(next_op(), agent, part, ledger.commit, rid, part)
                 elif pick < 0.75:  # extend, then commit all of it
-                    if other(lambda: ledger.extend(rid, 3)) is not None:
-                        spend(next_op(), agent, amount, lambda: ledger.commit(rid, amount))
+                    if other(ledger.extend, rid, 3) is not None:
+                        spend(next_op(), agent, amount, ledger.commit, rid, amount)
                 elif pick < 0.9:
-                    other(lambda: ledger.release(rid))
+                    other(ledger.release, rid)
                 # else: abandoned; its hold must go at its expiry
             except Exception as exc:
                 log(f"X {exc!r}")

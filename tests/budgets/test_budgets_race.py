@@ -158,7 +158,9 @@ def _check_balances(url: str, logs: Logs, *, held: bool) -> None:
         ledger.store.close()
 
 
-def _shared_url(shared: SharedStores, kind: str, tag: str) -> tuple[str, PostgresStore | RedisStore]:
+def _shared_url(
+    shared: SharedStores, kind: str, tag: str
+) -> tuple[str, PostgresStore | RedisStore]:
     if kind == "postgres":
         store = shared.postgres()
         return f"{POSTGRES_URL}?schema={store.schema}&application_name={tag}", store
