@@ -172,6 +172,8 @@ def _parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    from policyengine.server._serve import register as register_serve
+    register_serve(sub)
     return parser
 
 
