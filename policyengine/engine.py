@@ -156,6 +156,9 @@ class Engine:
             revocations = MemoryRevocationStore()
         self.revocations = revocations
         self.hmac_key = hmac_key
+        if isinstance(budget_store, str):  # a URL: memory:, sqlite:///, postgresql://, redis://
+            from policyengine.budgets import store_from_url
+            budget_store = store_from_url(budget_store)
         self._budget_store = budget_store
         self._policy, self.warnings = self._build(files)
         self.warnings += self._config_warnings()
@@ -195,7 +198,7 @@ class Engine:
         if self._budget_store is None:
             self._budget_store = MemoryStore()
         return Ledger(policy.budgets, self._budget_store, rates=policy.rates,
-                      clock=self._clock or time.time)
+                      clock=self._clock)
 
     def _config_warnings(self) -> tuple[Problem, ...]:
         out = []
