@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import policyengine as pe
-from policyengine.errors import PolicyEngineError
 
 __all__ = ["AgentCredential", "Credentials", "CredentialsError", "hash_secret", "verify_secret"]
 
@@ -40,7 +39,7 @@ _N, _R, _P = 2**14, 8, 1
 _MAXMEM = 64 * 1024 * 1024
 
 
-class CredentialsError(PolicyEngineError, ValueError):
+class CredentialsError(pe.PolicyEngineError, ValueError):
     """A credentials file that cannot be used (``code``: ``invalid_credentials_file``)."""
 
     def __init__(self, message: str) -> None:

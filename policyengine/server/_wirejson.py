@@ -12,7 +12,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from policyengine.errors import PolicyEngineError
+from policyengine import PolicyEngineError
 
 __all__ = ["MalformedJsonError", "decimal_number", "loads"]
 
