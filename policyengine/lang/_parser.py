@@ -14,7 +14,9 @@ escapes :func:`parse` (a test feeds it arbitrary text and bytes to hold it to th
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
+import os
 import re
 import threading
 from decimal import Decimal, InvalidOperation
@@ -103,18 +105,64 @@ def _keyword_boundary(tok: Token) -> Token:
     return tok
 
 
+#: Terminals that are words: a keyword must end at a word boundary (see
+#: :func:`_keyword_boundary`). Listed here so that the grammar is loaded once; a test
+#: derives the list from the terminals Lark builds out of the grammar and compares.
+KEYWORD_TERMINALS = frozenset({
+    "AGENT", "AMOUNT", "AND", "AUDIENCE", "BUDGET", "COND_KW", "CURRENCY",
+    "DEFAULT_CURRENCY", "DELEGATION", "DENY", "EFFECT", "EGRESS", "EGRESS_VERB", "FALSE",
+    "FOR", "HTTP_KW", "IN", "ISSUER", "LIMIT", "MAX_DEPTH", "MAX_TTL", "MINOR", "NAMED_KW",
+    "NAMESPACE", "NOT", "OR", "OVER", "OVERDRAFT", "PER", "RATE", "RATES", "REDACT", "ROLE",
+    "ROLLING", "ROOT", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "WINDOW_UNIT",
+    "_MAX_AGE", "METHOD", "STRATEGY", "UNIT",
+})
+_LARK_LOCK = threading.Lock()
+
+
+def _cache_file(grammar: str) -> str | None:
+    """Where Lark may keep the built parser tables between processes, or None.
+
+    Building the LALR tables costs more than everything else a ``policyengine check`` of
+    a small policy does; Lark's ``cache=`` option stores them (keyed by the grammar, the
+    options and Lark's version, which Lark checks on load). The file is a pickle, so it
+    lives only in a directory the current user owns and nobody else can write to
+    (``$XDG_CACHE_HOME/policyengine`` or ``~/.cache/policyengine``), never in a shared
+    temporary directory. ``POLICYENGINE_NO_CACHE=1`` turns it off.
+    """
+    if os.environ.get("POLICYENGINE_NO_CACHE"):
+        return None
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                ".cache")
+        folder = os.path.join(base, "policyengine")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        uid = os.getuid()
+        info = os.stat(folder)
+        if info.st_uid != uid or info.st_mode & 0o022:
+            return None
+        digest = hashlib.sha256(grammar.encode("utf-8")).hexdigest()[:16]
+        path = os.path.join(folder, f"grammar-{digest}.lark")
+        if os.path.exists(path) and os.stat(path).st_uid != uid:
+            return None
+        return path
+    except (OSError, AttributeError, RuntimeError):  # no home, read-only, no getuid
+        return None
+
+
+def build_lark(cache: str | None) -> Lark:
+    """A parser of the grammar; ``cache`` is a file for Lark's table cache, or None."""
+    return Lark(_grammar_text(), parser="lalr", lexer="contextual", start=["start", "file"],
+                propagate_positions=True, maybe_placeholders=True, cache=cache or False,
+                lexer_callbacks={name: _keyword_boundary for name in KEYWORD_TERMINALS})
+
+
 def _lark() -> Lark:
+    """The one LALR parser of the grammar, built (or loaded) on first use and shared."""
     global _PARSER
     if _PARSER is None:
-        grammar = _grammar_text()
-        probe = Lark(grammar, parser="lalr", lexer="contextual", start=["start", "file"])
-        keyword_terminals = [t.name for t in probe.terminals
-                             if re.fullmatch(r"[a-z_|?:()]+", t.pattern.value.replace("(?:", ""))
-                             and any(c.isalpha() for c in t.pattern.value)]
-        keyword_terminals += ["METHOD", "ROOT", "STRATEGY", "UNIT"]
-        _PARSER = Lark(grammar, parser="lalr", lexer="contextual", start=["start", "file"],
-                       propagate_positions=True, maybe_placeholders=True,
-                       lexer_callbacks={name: _keyword_boundary for name in keyword_terminals})
+        with _LARK_LOCK:
+            if _PARSER is None:
+                _PARSER = build_lark(_cache_file(_grammar_text()))
     return _PARSER
 
 
