@@ -11,6 +11,8 @@ The public API is what this module exports; everything else may change.
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from policyengine.errors import PolicyEngineError  # a leaf: cheap, and what callers catch
+
 if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr__
     from policyengine import tokens
     from policyengine.decide import Approval, ApprovalError, Explanation, MemoryApprovalStore
@@ -84,6 +86,7 @@ __all__ = [
     "MoneyError",
     "NotAuthorized",
     "Obligations",
+    "PolicyEngineError",
     "PolicyError",
     "Problem",
     "RateError",
