@@ -51,6 +51,9 @@ _STATEMENT_START = re.compile(
     r"|(?:permit|forbid|approval|limit|budget|tool)[ \t]+[A-Za-z_][A-Za-z0-9_\-]*[ \t]*:)"
     r"(?![A-Za-z0-9_])"
 )
+# What the statement splitter looks at: whole strings, a lone quote (unterminated), a
+# comment, brackets, and runs of `not` (nesting without brackets).
+_SCAN = re.compile(r'"(?:[^"\\]|\\.)*"|"|#|[(\[{)\]}]|(?<![A-Za-z0-9_])(?:not[ \t]+){2,}')
 _UNINDENTED_WORD = re.compile(r"[A-Za-z_]")
 _FIRST_WORD = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_\-]*)")
 
@@ -271,40 +274,37 @@ def _split(text: str, name: str, sources: SourceSet
             if current:
                 chunks.append((start_line, "\n".join(current)))
             current, start_line, depth = [], lineno, 0
-        # scan the line: strings, comments, nesting
-        i, n = 0, len(line)
-        code_end = n
-        while i < n:
-            ch = line[i]
-            if ch == '"':
-                j = i + 1
-                while j < n and line[j] != '"':
-                    j += 2 if line[j] == "\\" else 1
-                if j >= n:
-                    broken_lines.add(lineno)
-                    problems.append(sources.problem(
-                        "E004", "unterminated string", name, lineno, i + 1,
-                        'close the string with " on the same line'))
-                    code_end = i
-                    break
-                i = j + 1
-                continue
-            if ch == "#":
-                comments.append(ast.Comment(line[i:].rstrip(), ast.Span(
-                    name, lineno, i + 1, lineno, len(line) + 1)))
-                code_end = i
+        # scan the line: strings, comments, nesting (a run of `not` nests too)
+        code_end = len(line)
+        for m in _SCAN.finditer(line):
+            tok = m.group()
+            first = tok[0]
+            if first == '"':
+                if len(tok) > 1 and tok.endswith('"'):
+                    continue
+                broken_lines.add(lineno)
+                problems.append(sources.problem(
+                    "E004", "unterminated string", name, lineno, m.start() + 1,
+                    'close the string with " on the same line'))
+                code_end = m.start()
                 break
-            if ch in "([{":
-                depth += 1
-                if depth > MAX_NESTING and not nesting_reported:
-                    nesting_reported = True
-                    broken_lines.add(lineno)
-                    problems.append(sources.problem(
-                        "E007", f"nesting deeper than {MAX_NESTING} levels", name, lineno,
-                        i + 1, "simplify the expression"))
-            elif ch in ")]}":
+            if first == "#":
+                comments.append(ast.Comment(line[m.start():].rstrip(), ast.Span(
+                    name, lineno, m.start() + 1, lineno, len(line) + 1)))
+                code_end = m.start()
+                break
+            if first in ")]}":
                 depth = max(depth - 1, 0)
-            i += 1
+                continue
+            nested = depth + 1 if first in "([{" else depth + tok.count("not")
+            if first in "([{":
+                depth = nested
+            if nested > MAX_NESTING and not nesting_reported:
+                nesting_reported = True
+                broken_lines.add(lineno)
+                problems.append(sources.problem(
+                    "E007", f"nesting deeper than {MAX_NESTING} levels", name, lineno,
+                    m.start() + 1, "simplify the expression"))
         if start_line == 0:
             if line[:code_end].strip():
                 start_line = lineno
