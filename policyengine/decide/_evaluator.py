@@ -220,6 +220,8 @@ def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
         if problem is not None:
             return invalid(principal, permission, problem)
         plan = policy.plan(principal, permission)
+    else:
+        plan.used = True  # the plan cache's reference bit (CLOCK eviction)
     diags: list[Diagnostic] = []
     req = RequestState(context, now) if plan.uses_amount else None
 
