@@ -9,7 +9,13 @@ The public API is what this module exports; everything else may change.
 """
 
 from policyengine import tokens
-from policyengine.decide import Approval, ApprovalError, Explanation, MemoryApprovalStore
+from policyengine.decide import (
+    Approval,
+    ApprovalError,
+    ApprovalStore,
+    Explanation,
+    MemoryApprovalStore,
+)
 from policyengine.decision import (
     ApprovalRequired,
     Decision,
@@ -64,6 +70,7 @@ __all__ = [
     "redact",
     "ApprovalError",
     "ApprovalRequired",
+    "ApprovalStore",
     "AttenuationError",
     "CallableRates",
     "Currency",
