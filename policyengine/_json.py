@@ -13,15 +13,13 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from policyengine.errors import PolicyEngineError
+
 __all__ = ["AmbiguousJsonError", "loads"]
 
 
-class AmbiguousJsonError(ValueError):
+class AmbiguousJsonError(PolicyEngineError, ValueError):
     """``code`` is ``duplicate_key`` or ``non_finite_number``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def build_rates(files: list[ast.PolicyFile], base_dirs: Mapping[str, str]) -> di
         merged = {c: loaded.rate(c, base, loaded.as_of) for c in loaded.codes if c != base}
         for code, value in inline.items():
             if code in merged and merged[code] != value:
-                raise PolicyError([Problem("E113", f"rate for {code} differs from the rates "
+                raise PolicyError([Problem("E132", f"rate for {code} differs from the rates "
                                            "file", *where)])
             merged[code] = value
         out[f.name] = StaticRates(base, merged, as_of=loaded.as_of, max_age=table.max_age)
@@ -159,6 +159,9 @@ class Engine:
             revocations = MemoryRevocationStore()
         self.revocations = revocations
         self.hmac_key = hmac_key
+        if isinstance(budget_store, str):  # a URL: memory:, sqlite:///, postgresql://, redis://
+            from policyengine.budgets import store_from_url
+            budget_store = store_from_url(budget_store)
         self._budget_store = budget_store
         self._policy, self.warnings = self._build(files)
         self.warnings += self._config_warnings()
@@ -198,7 +201,7 @@ class Engine:
         if self._budget_store is None:
             self._budget_store = MemoryStore()
         return Ledger(policy.budgets, self._budget_store, rates=policy.rates,
-                      clock=self._clock or time.time)
+                      clock=self._clock)
 
     def _config_warnings(self) -> tuple[Problem, ...]:
         out = []
@@ -330,7 +333,7 @@ class Engine:
         try:
             self.approvals.consume(approval_id, digest, time.time() if now is None else now)
         except ApprovalError as exc:
-            return refused(exc.code, str(exc))
+            return refused(exc.code, exc.message)
         except Exception as exc:  # a store fault is never an allow
             return refused("approval_store_error", f"the approval store failed "
                            f"({type(exc).__name__})")
@@ -360,8 +363,8 @@ class Engine:
         except BudgetError as exc:
             if amount == 0 and exc.code in ("unit_mismatch", "unit_required"):
                 return decision  # nothing to measure: no amount, and no calls budget alone
-            return decision.overruled(exc.code, f"budget check failed: {exc}",
-                                      (Diagnostic(exc.code, str(exc), None, "denied"),))
+            return decision.overruled(exc.code, f"budget check failed: {exc.message}",
+                                      (Diagnostic(exc.code, exc.message, None, "denied"),))
         if not check.allowed:
             details = check.details or {}
             budget_id = details.get("budget", "?")

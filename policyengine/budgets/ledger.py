@@ -459,10 +459,12 @@ def _key(key: object) -> str | None:
 
 
 class Ledger:
-    """Budgets over a store: ``Ledger(specs, store=None, rates=None, clock=time.time)``.
+    """Budgets over a store: ``Ledger(specs, store=None, rates=None, clock=None)``.
 
     ``store`` defaults to a new :class:`MemoryStore`; ``rates`` converts spends in one
-    currency against budgets in another; ``clock`` returns POSIX seconds.
+    currency against budgets in another; ``clock`` returns POSIX seconds and defaults to
+    the store's ``clock`` when it has one (shared stores: the server's time, see
+    :mod:`policyengine.budgets.clock`), else ``time.time``.
 
     >>> from decimal import Decimal
     >>> spec = BudgetSpec("default.daily", ("payments:*",), Decimal(100), "EUR", "day")
@@ -479,7 +481,7 @@ class Ledger:
         specs: Iterable[BudgetSpec],
         store: BudgetStore | None = None,
         rates: RateSource | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.specs: tuple[BudgetSpec, ...] = tuple(specs)
         self._budgets = tuple(_Budget(s) for s in self.specs)
@@ -491,7 +493,9 @@ class Ledger:
         self._meta = {b.id: (b.unit, b.scale) for b in self._budgets}
         self.store: BudgetStore = store if store is not None else MemoryStore()
         self.rates = rates
-        self.clock = clock
+        self.clock: Callable[[], float] = (
+            clock if clock is not None else getattr(self.store, "clock", time.time)
+        )
         self._matches: dict[str, tuple[_Budget, ...]] = {}
         self._mode_cache: dict[
             tuple[str, str | None],
@@ -831,7 +835,7 @@ class Ledger:
             try:
                 validate_permission(permission)
             except InvalidPermission as exc:
-                raise BudgetInputError("invalid_permission", str(exc)) from None
+                raise BudgetInputError("invalid_permission", exc.message) from None
             found = tuple(
                 b for b in self._budgets
                 if any(permission_matches(p, permission) for p in b.spec.patterns)
@@ -846,7 +850,7 @@ class Ledger:
             value = parse_amount(amount, unit)
         except MoneyError as exc:
             raise BudgetInputError(
-                "invalid_amount", f"invalid amount: {exc}", {"reason": exc.code}
+                "invalid_amount", f"invalid amount: {exc.message}", {"reason": exc.code}
             ) from None
         if unit is None:
             return value
@@ -1020,9 +1024,10 @@ class Ledger:
                 rate = format(self.rates.rate(unit, b.unit, now), "f")  # type: ignore[union-attr]
             except RateError as exc:
                 raise BudgetInputError(exc.code, f"cannot convert {unit} to {b.unit} for "
-                                       f"budget {b.id}: {exc}") from None
+                                       f"budget {b.id}: {exc.message}") from None
             except MoneyError as exc:
-                raise BudgetInputError("invalid_amount", str(exc), {"reason": exc.code}) from None
+                raise BudgetInputError("invalid_amount", exc.message,
+                                       {"reason": exc.code}) from None
             q = int(converted.amount.scaleb(b.scale))
         if q > MAX_QUANTA:
             raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",

@@ -28,6 +28,8 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
+from policyengine.errors import PolicyEngineError
+
 __all__ = [
     "DEFAULT_APPROVAL_EXPIRES",
     "DEFAULT_APPROVAL_USES",
@@ -54,7 +56,7 @@ STATUSES = ("pending", "approved", "rejected", "used", "expired")
 _MAX_DEPTH = 100
 
 
-class ApprovalError(LookupError):
+class ApprovalError(PolicyEngineError, LookupError):
     """A store operation refused, with a stable ``code``:
 
     ``unknown_approval`` (no such id), ``approval_final`` (approve/reject of an approval
@@ -62,10 +64,6 @@ class ApprovalError(LookupError):
     ``approval_rejected``, ``approval_used`` (no uses left), ``approval_mismatch`` (the
     request differs from the one approved), ``duplicate_approval`` (an id added twice).
     """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -111,9 +109,13 @@ def new_approval_id() -> str:
 
 # ---- the digest --------------------------------------------------------------------------
 
-class UnboundRequestError(ValueError):
-    """A request holding a value the canonical form cannot represent (an arbitrary object,
-    a set, nesting deeper than 100): it cannot be bound to an approval."""
+class UnboundRequestError(PolicyEngineError, ValueError):
+    """``approval_unbindable``: a request holding a value the canonical form cannot
+    represent (an arbitrary object, a set, nesting deeper than 100) cannot be bound to an
+    approval."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("approval_unbindable", message)
 
 
 def _encode(value: Any, out: list[bytes], depth: int) -> None:
@@ -303,8 +305,14 @@ class MemoryApprovalStore:
                                     "the approval was granted for a different request")
             item = item.at(now)
             if item.status != "approved" or item.uses_left < 1:
-                code = {"expired": "approval_expired", "pending": "approval_pending",
-                        "rejected": "approval_rejected"}.get(item.status, "approval_used")
+                if item.status == "expired":
+                    code = "approval_expired"
+                elif item.status == "pending":
+                    code = "approval_pending"
+                elif item.status == "rejected":
+                    code = "approval_rejected"
+                else:
+                    code = "approval_used"
                 raise ApprovalError(code, f"approval {approval_id} is {item.status}")
             left = item.uses_left - 1
             item = replace(item, uses_left=left, status="approved" if left else "used")

@@ -104,8 +104,8 @@ def request_amount(context: dict[str, Any], money: FileMoney, now: float | None)
         return converted
     except (MoneyError, RateError) as exc:
         if exc.code in _INVALID_AMOUNT_CODES:
-            raise EvalError("invalid_amount", f"{exc} ({exc.code})") from None
-        raise EvalError(exc.code, str(exc)) from None
+            raise EvalError("invalid_amount", f"{exc.message} ({exc.code})") from None
+        raise EvalError(exc.code, exc.message) from None
 
 
 def _error(exc: BaseException) -> EvalError:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.lang._source import Problem, SourceSet
 from policyengine.permissions import is_valid_pattern, subsumes
@@ -50,6 +51,11 @@ class _Ctx:
     def warn(self, code: str, message: str, span: ast.Span, hint: str | None = None) -> None:
         self.problems.append(self.sources.problem(code, message, span.file, span.line,
                                                   span.column, hint, "warning"))
+
+
+def _reason(exc: ValueError) -> str:
+    """The message of a leaf's error without its code (the problem has its own)."""
+    return exc.message if isinstance(exc, PolicyEngineError) else str(exc)
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str | None:
@@ -117,11 +123,11 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
                 if not _currency_known(st.code):
                     ctx.error("E109", f"unknown currency '{st.code}'", st.span)
                 if st.value <= 0 or st.value > MAX_LITERAL_AMOUNT:
-                    ctx.error("E113", f"rate for {st.code} must be positive and sane", st.span)
+                    ctx.error("E129", f"rate for {st.code} must be positive and sane", st.span)
                 file_rates = rates.setdefault(f.name, {})
                 prev_rate = file_rates.get(st.code)
                 if prev_rate is not None:
-                    ctx.error("E113", f"rate for {st.code} is already {prev_rate[0]} "
+                    ctx.error("E130", f"rate for {st.code} is already {prev_rate[0]} "
                               f"(at {prev_rate[1]})", st.span)
                 file_rates[st.code] = (st.value, st.span)
             elif isinstance(st, ast.DefaultCurrencyDecl):
@@ -151,7 +157,7 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
                     ids[key] = st.span
     for fname, code in file_base.items():
         if code in rates.get(fname, {}):
-            ctx.error("E113", f"a rate for the base currency {code} makes no sense",
+            ctx.error("E131", f"a rate for the base currency {code} makes no sense",
                       rates[fname][code][1])
 
     # Pass 2: references, expressions, tools, budgets.
@@ -435,7 +441,7 @@ def _check_host(ctx: _Ctx, host: str, span: ast.Span) -> None:
     except ImportError:  # pragma: no cover
         return
     except ValueError as exc:
-        ctx.error("E121", f"invalid host pattern '{host}': {exc}", span)
+        ctx.error("E121", f"invalid host pattern '{host}': {_reason(exc)}", span)
 
 
 def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
@@ -451,7 +457,7 @@ def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
         try:
             NamePattern.compile(st.name)
         except ValueError as exc:
-            ctx.error("E128", f"invalid tool name pattern '{st.name}': {exc}", st.span)
+            ctx.error("E128", f"invalid tool name pattern '{st.name}': {_reason(exc)}", st.span)
         _check_patterns(ctx, [st.permission], st.span)
     names: set[str] = set()
     for item in st.items:
@@ -459,7 +465,7 @@ def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
             try:
                 RoutePattern.compile(item.path)
             except ValueError as exc:
-                ctx.error("E122", f"invalid route '{item.path}': {exc}", item.span)
+                ctx.error("E122", f"invalid route '{item.path}': {_reason(exc)}", item.span)
             if isinstance(item, ast.Route):
                 _check_patterns(ctx, [item.permission], item.span)
                 if "*" in item.permission:
@@ -471,7 +477,7 @@ def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
             try:
                 JsonPath.compile(item.path)
             except ValueError as exc:
-                ctx.error("E120", f"invalid JSONPath '{item.path}': {exc}", item.span)
+                ctx.error("E120", f"invalid JSONPath '{item.path}': {_reason(exc)}", item.span)
             if item.strategy == "partial" and item.keep is None:
                 ctx.error("E120", "partial needs the number of characters to keep",
                           item.span, "redact $.card partial 4")
@@ -494,7 +500,7 @@ def _check_extraction(ctx: _Ctx, ex: ast.Extraction, json_path: type) -> None:
         try:
             json_path.compile(ex.source)  # type: ignore[attr-defined]
         except ValueError as exc:
-            ctx.error("E120", f"invalid JSONPath '{ex.source}': {exc}", ex.span)
+            ctx.error("E120", f"invalid JSONPath '{ex.source}': {_reason(exc)}", ex.span)
     if ex.minor and ex.name != "amount":
         ctx.error("E128", "'minor' applies to the amount only", ex.span)
 
@@ -528,10 +534,10 @@ MAX_APPROVAL_USES = 1000
 def _check_approval_terms(ctx: _Ctx, st: ast.Rule | ast.ApprovalOverDecl,
                           terms: ast.ApprovalTerms) -> None:
     if st.effect != "approval":
-        ctx.error("E129", f"'{st.effect}' takes no 'expires' or 'uses'; only an approval "
+        ctx.error("E140", f"'{st.effect}' takes no 'expires' or 'uses'; only an approval "
                   "does", terms.span, "drop the option, or make the rule an 'approval'")
         return
     if terms.expires is not None and not 1 <= terms.expires <= MAX_APPROVAL_EXPIRES:
         ctx.error("E125", "an approval expires between 1s and 30d", terms.span)
     if terms.uses is not None and not 1 <= terms.uses <= MAX_APPROVAL_USES:
-        ctx.error("E129", f"'uses' must be between 1 and {MAX_APPROVAL_USES}", terms.span)
+        ctx.error("E140", f"'uses' must be between 1 and {MAX_APPROVAL_USES}", terms.span)

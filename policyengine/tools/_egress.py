@@ -136,7 +136,7 @@ class CompiledTools:
             h = normalize_host(host)
             p = normalize_path(path)
         except ToolRequestError as exc:
-            return _Routed("invalid_request", "invalid_request", str(exc), exc.code)
+            return _Routed("invalid_request", "invalid_request", exc.message, exc.code)
         if any(pat.matches(h) for pat in self.egress_deny):
             return _Routed("egress_deny", "egress_denied", f"egress to {h} is denied")
         bindings = self.for_host(h)
@@ -247,7 +247,7 @@ def _minor_to_major(value: Any, currency: Any) -> Any:
     try:
         places = decimal_places(currency)
     except MoneyError as exc:
-        return _BadMinor(str(exc))
+        return _BadMinor(exc.message)
     return Decimal(value).scaleb(-places)
 
 
@@ -299,7 +299,7 @@ def _parse_body(body: Any) -> tuple[Any, tuple[str, str] | None]:
         try:
             return strict_json.loads(raw), None
         except strict_json.AmbiguousJsonError as exc:
-            return None, ("ambiguous_body", f"the JSON body is ambiguous: {exc}")
+            return None, ("ambiguous_body", f"the JSON body is ambiguous: {exc.message}")
         except (ValueError, RecursionError):
             return raw, None
     if isinstance(body, str) and len(body) > MAX_BODY_BYTES // 4 and len(
@@ -413,8 +413,9 @@ def tool_authorize(tools: CompiledTools,
     try:
         _extract(extractors, body, query, hdrs, params, ctx)
     except RedactionError as exc:  # a path that cannot be evaluated on this body
-        return reject("invalid_request", "invalid_request", f"cannot extract context: {exc}",
-                      permission, diag="extraction_failed", tool=qid)
+        return reject("invalid_request", "invalid_request",
+                      f"cannot extract context: {exc.message}", permission,
+                      diag="extraction_failed", tool=qid)
     call = _call_binding(transport, qid, route_text, method, host, path, query, body,
                          tool_name, function_name)
     decision = authorize(principal, permission, ctx, token=token, approval_id=approval_id,

@@ -386,10 +386,10 @@ class TestPolicyOptions:
         assert format_source("currency EUR\n" + text).endswith(text)
 
     @pytest.mark.parametrize(("line", "code"), [
-        ("permit p: payments:* uses 2", "E129"),
-        ("forbid f: payments:* expires 1h", "E129"),
-        ("approval a: payments:* uses 0", "E129"),
-        ("approval a: payments:* uses 1001", "E129"),
+        ("permit p: payments:* uses 2", "E140"),
+        ("forbid f: payments:* expires 1h", "E140"),
+        ("approval a: payments:* uses 0", "E140"),
+        ("approval a: payments:* uses 1001", "E140"),
         ("approval a: payments:* expires 31d", "E125"),
         ("approval a: payments:* expires 0s", "E125"),
         ("approval a: payments:* uses 1 uses 2", "E009"),
