@@ -163,7 +163,7 @@ def _json_body(req: _Request) -> Any:
     try:
         return loads(req.body)
     except MalformedJsonError as exc:
-        raise _RefusalError(400, exc.code, str(exc)) from None
+        raise _RefusalError(400, exc.code, exc.message) from None
 
 
 def _claim(token: str, name: str) -> Any:

@@ -39,10 +39,11 @@ _N, _R, _P = 2**14, 8, 1
 _MAXMEM = 64 * 1024 * 1024
 
 
-class CredentialsError(ValueError):
+class CredentialsError(pe.PolicyEngineError, ValueError):
     """A credentials file that cannot be used (``code``: ``invalid_credentials_file``)."""
 
-    code = "invalid_credentials_file"
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_credentials_file", message)
 
 
 def _b64(data: bytes) -> str:

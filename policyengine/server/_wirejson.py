@@ -12,17 +12,15 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from policyengine import PolicyEngineError
+
 __all__ = ["MalformedJsonError", "decimal_number", "loads"]
 
 MAX_DEPTH = 64  # deeper documents are refused before anything walks them
 
 
-class MalformedJsonError(ValueError):
+class MalformedJsonError(PolicyEngineError, ValueError):
     """``code``: ``malformed_json``, ``duplicate_key``, ``non_finite_number``, ``too_deep``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
