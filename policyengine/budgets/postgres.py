@@ -40,6 +40,7 @@ Durability (``durability=``), as for the SQLite store:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -501,16 +502,23 @@ class PostgresStore:
                         "export its budgets with the version that wrote it, or use "
                         "another schema",
                     )
+                functions = _APPLY.format(s=s) + _USAGE.format(s=s)
+                code = hashlib.sha256(functions.encode()).hexdigest()
                 if version is None:
                     conn.execute(f"CREATE TABLE {s}.budget_layout (version integer "
-                                 "NOT NULL)")
-                    conn.execute(f"INSERT INTO {s}.budget_layout VALUES (%s)",
+                                 "NOT NULL, code text NOT NULL)")
+                    conn.execute(f"INSERT INTO {s}.budget_layout VALUES (%s, '')",
                                  (LAYOUT_VERSION,))
-                for statement in _TABLES.format(s=s).split(";"):
-                    if statement.strip():
-                        conn.execute(statement)  # type: ignore[arg-type]
-                conn.execute(_APPLY.format(s=s))  # type: ignore[arg-type]
-                conn.execute(_USAGE.format(s=s))  # type: ignore[arg-type]
+                    for statement in _TABLES.format(s=s).split(";"):
+                        if statement.strip():
+                            conn.execute(statement)  # type: ignore[arg-type]
+                # Tables are never touched again once made (DDL would lock them against
+                # running operations); the functions are replaced only when they changed.
+                row = conn.execute(f"SELECT code FROM {s}.budget_layout").fetchone()
+                if row is None or row[0] != code:
+                    conn.execute(_APPLY.format(s=s))  # type: ignore[arg-type]
+                    conn.execute(_USAGE.format(s=s))  # type: ignore[arg-type]
+                    conn.execute(f"UPDATE {s}.budget_layout SET code = %s", (code,))
         except psycopg.Error as exc:
             raise _unavailable(exc) from exc
 

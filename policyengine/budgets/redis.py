@@ -203,6 +203,9 @@ for i, g in ipairs(tx.g) do
   end
   if reason then return cjson.encode({reason = reason, i = i - 1, u = usages}) end
 end
+if tx.c ~= cjson.null and redis.call('EXISTS', P .. 'r:' .. tx.c[1]) == 1 then
+  return cjson.encode({reason = 'duplicate'})  -- never hold one reservation twice
+end
 -- Every check passed: apply every effect.
 if rid ~= cjson.null then
   local rk = P .. 'r:' .. rid
@@ -347,9 +350,14 @@ class RedisStore:
         self._skew = "" if max_clock_skew is None else repr(float(max_clock_skew))
         self._retention = repr(float(retention))
         self._rolling = str(MAX_ROLLING_SECONDS + 60)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+        # No client-side retries: a script whose reply was lost may have run, and running
+        # it again could apply a direct debit twice. A failed call is store_unavailable.
         self._redis = redis.Redis.from_url(
             url, max_connections=pool_size, socket_timeout=timeout,
             socket_connect_timeout=timeout, decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
         )
         self._apply_script = self._redis.register_script(_APPLY)
         self._usage_script = self._redis.register_script(_USAGE)
@@ -397,6 +405,9 @@ class RedisStore:
         """Delete every key under the prefix (tests, and tearing a ledger down)."""
         import redis
         try:
+            # The layout key first: from then on every call is refused, never run on a
+            # half-deleted dataset.
+            self._redis.delete(self.prefix + "layout")
             keys = list(self._redis.scan_iter(match=_glob(self.prefix) + "*", count=1000))
             for i in range(0, len(keys), 500):
                 self._redis.delete(*keys[i:i + 500])
