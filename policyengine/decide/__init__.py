@@ -11,7 +11,8 @@ from policyengine.decide._approvals import (
     ApprovalError,
     ApprovalStore,
     MemoryApprovalStore,
-    context_digest,
+    UnboundRequestError,
+    request_digest,
 )
 from policyengine.decide._compiled import CompiledPolicy, compile_policy
 from policyengine.decide._evaluator import Explanation, evaluate, explain
@@ -23,8 +24,9 @@ __all__ = [
     "CompiledPolicy",
     "Explanation",
     "MemoryApprovalStore",
+    "UnboundRequestError",
     "compile_policy",
-    "context_digest",
+    "request_digest",
     "evaluate",
     "explain",
 ]

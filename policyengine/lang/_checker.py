@@ -215,6 +215,8 @@ def _check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]
                     ctx.error("E110", f"'{st.effect} ... over' is not a rule; only "
                               "'approval ... over AMOUNT' is", st.span,
                               "use 'limit ID: PATTERN amount <= AMOUNT' for a cap")
+                if not isinstance(st, ast.LimitDecl) and st.approval is not None:
+                    _check_approval_terms(ctx, st, st.approval)
                 if isinstance(st, ast.LimitDecl):
                     _check_money(ctx, st.cap, uses_money)
                 if isinstance(st, ast.ApprovalOverDecl):
@@ -328,6 +330,12 @@ def _literal_type(v: object) -> str:
     return NUM
 
 
+def _literal_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return "string" if isinstance(value, str) else "number"
+
+
 def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -> str:
     """Infer the static type of ``e`` and report what is wrong with it."""
     if depth > MAX_EXPR_DEPTH:
@@ -373,6 +381,11 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
             if not isinstance(item, ast.Literal):
                 ctx.error("E108", "a list holds literal strings, numbers or booleans",
                           item.span, "compare values one by one with 'or'")
+        found = {_literal_kind(i.value) for i in e.items if isinstance(i, ast.Literal)}
+        if len(found) > 1:
+            ctx.error("E108", "a list holds values of one type, not " +
+                      " and ".join(sorted(found)), e.span,
+                      "values of different types never compare (docs/semantics.md)")
         return LIST
     if isinstance(e, ast.Call):
         spec = FUNCTIONS.get(e.name)
@@ -426,8 +439,8 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
                 ctx.error("E108", f"money is compared with money, not with a {other}",
                           e.span, "write the amount with its currency, like 500 EUR")
         elif ANY not in (lt, rt) and lt != rt and e.op in ("==", "!="):
-            ctx.error("E108", f"comparing a {lt} with a {rt} is always "
-                      f"{'false' if e.op == '==' else 'true'}", e.span)
+            ctx.error("E108", f"comparing a {lt} with a {rt} is an evaluation error "
+                      "(values of different types never compare)", e.span)
         return BOOL
     if isinstance(e, ast.In):
         it = _expr_type(ctx, e.item, uses_money, d)
@@ -595,3 +608,20 @@ def _unreachable(ctx: _Ctx, files: Sequence[ast.PolicyFile]) -> None:
                     ctx.warn("W201", f"rule '{st.id}' is unreachable: forbid '{fb.id}' "
                              "always overrides it", st.span)
                     break
+
+
+#: Bounds of ``expires`` and ``uses`` on an approval rule (docs/approvals.md).
+MAX_APPROVAL_EXPIRES = 30 * 86400
+MAX_APPROVAL_USES = 1000
+
+
+def _check_approval_terms(ctx: _Ctx, st: ast.Rule | ast.ApprovalOverDecl,
+                          terms: ast.ApprovalTerms) -> None:
+    if st.effect != "approval":
+        ctx.error("E140", f"'{st.effect}' takes no 'expires' or 'uses'; only an approval "
+                  "does", terms.span, "drop the option, or make the rule an 'approval'")
+        return
+    if terms.expires is not None and not 1 <= terms.expires <= MAX_APPROVAL_EXPIRES:
+        ctx.error("E125", "an approval expires between 1s and 30d", terms.span)
+    if terms.uses is not None and not 1 <= terms.uses <= MAX_APPROVAL_USES:
+        ctx.error("E140", f"'uses' must be between 1 and {MAX_APPROVAL_USES}", terms.span)

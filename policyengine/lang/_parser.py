@@ -116,10 +116,11 @@ def _keyword_boundary(tok: Token) -> Token:
 #: derives the list from the terminals Lark builds out of the grammar and compares.
 KEYWORD_TERMINALS = frozenset({
     "AGENT", "AMOUNT", "AND", "AUDIENCE", "BUDGET", "COND_KW", "CURRENCY",
-    "DEFAULT_CURRENCY", "DELEGATION", "DENY", "EFFECT", "EGRESS", "EGRESS_VERB", "FALSE",
+    "DEFAULT_CURRENCY", "DELEGATION", "DENY", "EFFECT", "EGRESS", "EGRESS_VERB", "EXPIRES",
+    "FALSE",
     "FOR", "HTTP_KW", "IN", "ISSUER", "LIMIT", "MAX_DEPTH", "MAX_TTL", "MINOR", "NAMED_KW",
     "NAMESPACE", "NOT", "OR", "OVER", "OVERDRAFT", "PER", "RATE", "RATES", "REDACT", "ROLE",
-    "ROLLING", "ROOT", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "WINDOW_UNIT",
+    "ROLLING", "ROOT", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "USES", "WINDOW_UNIT",
     "_MAX_AGE", "METHOD", "STRATEGY", "UNIT",
 })
 _LARK_LOCK = threading.Lock()
@@ -456,6 +457,27 @@ class _Build:
                                      self.span(cond)))
         return tuple(out)
 
+    def approval_terms(self, p: _Parts) -> ast.ApprovalTerms | None:
+        """A rule's ``expires`` / ``uses`` options (each at most once), or None."""
+        expires_opts, uses_opts = p.all_trees("approval_expires"), p.all_trees("approval_uses")
+        if not expires_opts and not uses_opts:
+            return None
+        expires = expires_text = uses = None
+        if len(expires_opts) > 1:
+            raise _LiteralError(_Parts(expires_opts[1].children).token("DURATION"),
+                                "'expires' is given twice")
+        if len(uses_opts) > 1:
+            raise _LiteralError(_Parts(uses_opts[1].children).token("INT"),
+                                "'uses' is given twice")
+        if expires_opts:
+            tok = _Parts(expires_opts[0].children).token("DURATION")
+            expires, expires_text = self.duration(tok), str(tok)
+        if uses_opts:
+            count = str(_Parts(uses_opts[0].children).token("INT"))
+            uses = int(count) if len(count) < 10 else 10**9
+        first = min(expires_opts + uses_opts, key=lambda t: (t.meta.line, t.meta.column))
+        return ast.ApprovalTerms(expires, expires_text, uses, self.span(first))
+
     def number(self, tok: Any) -> int | Decimal:
         s = str(tok)
         if len(s) > 40:
@@ -534,7 +556,7 @@ class _Build:
     def rule_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         return ast.Rule(str(p.token("EFFECT")), str(p.token("ID")),
                         self.patterns(p.tree("pattern_list")), self.scope(p.maybe_tree("scope")),
-                        self.conditions(p.all_trees("condition")), sp)
+                        self.conditions(p.all_trees("condition")), sp, self.approval_terms(p))
 
     def limit_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         return ast.LimitDecl(str(p.token("ID")), self.patterns(p.tree("pattern_list")),
@@ -546,7 +568,8 @@ class _Build:
                                     self.patterns(p.tree("pattern_list")),
                                     self.money(p.tree("money")),
                                     self.scope(p.maybe_tree("scope")),
-                                    self.conditions(p.all_trees("condition")), sp)
+                                    self.conditions(p.all_trees("condition")), sp,
+                                    self.approval_terms(p))
 
     def budget_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         tz = None
