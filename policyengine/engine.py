@@ -146,7 +146,7 @@ class Engine:
 
     def __init__(self, files: PolicyFiles, *, paths: tuple[str, ...] = (),
                  rates: Any = None, clock: Callable[[], float] | None = None,
-                 approvals: ApprovalStore | None = None, keys: Any = None,
+                 approvals: ApprovalStore | str | None = None, keys: Any = None,
                  revocations: Any = None, budget_store: Any = None,
                  hmac_key: bytes | None = None, base_dir: str | None = None) -> None:
         self._paths = paths
@@ -154,7 +154,11 @@ class Engine:
         self._base_dir = base_dir
         self._rates_override = rates
         self._clock = clock
-        self.approvals: ApprovalStore = approvals or MemoryApprovalStore(clock or time.time)
+        if isinstance(approvals, str):  # a URL: memory:, postgresql://, redis://
+            from policyengine.decide import approvals_from_url
+            approvals = approvals_from_url(approvals)
+        self.approvals: ApprovalStore = (
+            approvals or MemoryApprovalStore(clock or time.time))  # type: ignore[assignment]
         self.keys = keys
         if revocations is None:
             from policyengine.tokens import MemoryRevocationStore
