@@ -16,6 +16,11 @@ from policyengine.decide._approvals import (
 )
 from policyengine.decide._compiled import CompiledPolicy, compile_policy
 from policyengine.decide._evaluator import Explanation, evaluate, explain
+from policyengine.decide._shared_approvals import (
+    PostgresApprovalStore,
+    RedisApprovalStore,
+    approvals_from_url,
+)
 
 __all__ = [
     "Approval",
@@ -24,7 +29,10 @@ __all__ = [
     "CompiledPolicy",
     "Explanation",
     "MemoryApprovalStore",
+    "PostgresApprovalStore",
+    "RedisApprovalStore",
     "UnboundRequestError",
+    "approvals_from_url",
     "compile_policy",
     "request_digest",
     "evaluate",
