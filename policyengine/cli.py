@@ -18,13 +18,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from policyengine.errors import PolicyEngineError
 from policyengine.lang._source import PolicyError, Problem
 
 __all__ = ["main"]
 
 
-class UsageError(Exception):
-    """A missing or malformed command-line option: exit status 2, no decision."""
+class UsageError(PolicyEngineError):
+    """``usage_error``: a missing or malformed command-line option (exit status 2, no
+    decision)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("usage_error", message)
 
 
 def _hmac_key(value: str | None) -> bytes | None:
@@ -221,7 +226,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         req = _request(args)
         engine = _load(args.paths, **_engine_options(args))
     except UsageError as exc:
-        print(f"policyengine {args.command}: error: {exc}", file=sys.stderr)
+        print(f"policyengine {args.command}: error: {exc.message}", file=sys.stderr)
         return 2
     except PolicyError as err:
         print(err.render(), file=sys.stderr)
@@ -344,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = handler(args)
         sys.stdout.flush()
     except UsageError as exc:
-        print(f"policyengine {args.command}: error: {exc}", file=sys.stderr)
+        print(f"policyengine {args.command}: error: {exc.message}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly. Point stdout at /dev/null so
