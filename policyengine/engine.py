@@ -354,23 +354,28 @@ class Engine:
         the spend through ``engine.budgets``.) Over budget, or unreadable: denied."""
         from policyengine.budgets import BudgetError
         ctx = context if isinstance(context, dict) else {}
-        tenant = ctx.get("tenant")
+        get = dict.get  # a dict subclass's own get() is not called
+        tenant = get(ctx, "tenant")
         if tenant is not None and type(tenant) is not str:
             tenant = None
         principal, permission = decision.principal, decision.permission
         # One read-only check: a money (or tokens) spend also counts one call against
         # covering `calls` budgets; a request with neither is a zero spend plus one call.
-        if ctx.get("amount") is not None:
-            amount, unit = ctx["amount"], ctx.get("currency") or self._policy.default_currency
-        elif ctx.get("tokens") is not None:
-            amount, unit = ctx["tokens"], "tokens"
+        if get(ctx, "amount") is not None:
+            amount = get(ctx, "amount")
+            unit = get(ctx, "currency")
+            if unit is None or (type(unit) is str and not unit):
+                unit = self._policy.default_currency
+        elif get(ctx, "tokens") is not None:
+            amount, unit = get(ctx, "tokens"), "tokens"
         else:
             amount, unit = 0, None
         try:
             check = self.budgets.check(principal, permission, amount, unit,  # type: ignore[arg-type]
                                        acting_for=acting_for, tenant=tenant)
         except BudgetError as exc:
-            if amount == 0 and exc.code in ("unit_mismatch", "unit_required"):
+            if type(amount) is int and amount == 0 and exc.code in ("unit_mismatch",
+                                                                    "unit_required"):
                 return decision  # nothing to measure: no amount, and no calls budget alone
             return decision.overruled(exc.code, f"budget check failed: {exc.message}",
                                       (Diagnostic(exc.code, exc.message, None, "denied"),))
@@ -432,11 +437,13 @@ class Engine:
         if type(permission) is str and not grant.covers(permission):
             return deny("not_delegated", "not_delegated",
                         f"{permission} is not delegated by every hop of the grant", grant)
-        if isinstance(context, dict) and context.get("amount") is not None and any(
-                hop.max_amount is not None for hop in grant.hops):
-            currency = context.get("currency") or policy.default_currency
+        raw = dict.get(context, "amount") if isinstance(context, dict) else None
+        if raw is not None and any(hop.max_amount is not None for hop in grant.hops):
+            currency = dict.get(context, "currency")
+            if currency is None or (type(currency) is str and not currency):
+                currency = policy.default_currency
             try:
-                money = Money.parse(context["amount"], currency)  # type: ignore[arg-type]
+                money = Money.parse(raw, currency)  # type: ignore[arg-type]
                 fits = grant.amount_fits(money, policy.rates, now=now)
             except (MoneyError, TokenError, TypeError, ValueError) as exc:
                 code = getattr(exc, "code", "invalid_amount")
