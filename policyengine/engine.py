@@ -124,7 +124,9 @@ def _load_policy(files: PolicyFiles, rates: Mapping[str, Any] | None,
                  ) -> tuple[CompiledPolicy, tuple[Problem, ...]]:
     sources = SourceSet()
     parsed, problems = parse_many(files, sources)
-    problems.extend(check(parsed, sources) if not problems else [])
+    # A syntax error does not hide the other statements' problems.
+    problems.extend(check(parsed, sources, partial=bool(problems)))
+    problems.sort(key=lambda p: (p.file, p.line, p.column))
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise PolicyError(problems)
