@@ -72,7 +72,7 @@ __all__ = [
 _ONE: Final = Decimal(1)
 _MIN_AMOUNT: Final = -MAX_AMOUNT
 #: Rates: positive, at most 40 decimal places, at most 10**15.
-_RATE_SPEC: Final = AmountSpec("rate", 40, _ONE.scaleb(-40), False)
+_RATE_SPEC: Final = AmountSpec("rate", 40, Decimal("1E-40"), False)
 
 _TRAPS: Final = [InvalidOperation, DivisionByZero, Overflow]
 # Products of an amount (<= 22 digits) and a rate (<= 56 digits) fit in 100 digits, so
