@@ -22,13 +22,12 @@ Rules (``docs/budgets.md`` has the long form):
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any, Literal, cast
 
 from policyengine.budgets.errors import (
@@ -56,7 +55,7 @@ from policyengine.budgets.store import (
     Usage,
 )
 from policyengine.budgets.windows import Window
-from policyengine.money._money import Money, MoneyError, parse_amount
+from policyengine.money._money import MONEY_CONTEXT, Money, MoneyError, parse_amount
 from policyengine.money._rates import RateError, RateSource, convert
 from policyengine.permissions import InvalidPermission, permission_matches, validate_permission
 
@@ -81,7 +80,7 @@ _MAX_NAME = 256
 _MAX_MATCH_CACHE = 10_000
 _NON_MONEY = frozenset({"tokens", "calls", "credits"})
 _CALL, _SAME, _CONVERT = 0, 1, 2  # how a budget counts a spend
-_QUANTA = [Decimal(1).scaleb(-n) for n in range(19)]
+_QUANTA = [Decimal(1).scaleb(-n, MONEY_CONTEXT) for n in range(19)]
 _INF = float("inf")
 #: Builds a record tuple without the NamedTuple ``__new__`` (a Python-level call that
 #: costs twice as much); used on the hot path where every field is given in order.
@@ -116,11 +115,11 @@ def _iso(t: float | None) -> str | None:
 
 
 def _dec(quanta: int, scale: int) -> Decimal:
-    return Decimal(quanta).scaleb(-scale)
+    return Decimal(quanta).scaleb(-scale, MONEY_CONTEXT)
 
 
 def _fmt(quanta: int, scale: int) -> str:
-    return format(Decimal(quanta).scaleb(-scale), "f")
+    return format(Decimal(quanta).scaleb(-scale, MONEY_CONTEXT), "f")
 
 
 class _Budget:
@@ -137,8 +136,8 @@ class _Budget:
         self.unit, self.scale = canonical_unit(spec.unit)
         self.calls = self.unit == "calls"
         self.money = self.unit not in ("tokens", "calls", "credits")
-        self.limit = int(spec.limit.scaleb(self.scale))
-        self.overdraft = int(spec.overdraft_limit.scaleb(self.scale))
+        self.limit = int(spec.limit.scaleb(self.scale, MONEY_CONTEXT))
+        self.overdraft = int(spec.overdraft_limit.scaleb(self.scale, MONEY_CONTEXT))
         self.ceiling = self.limit + self.overdraft
         self.window = Window(spec.window, spec.rolling_seconds, spec.tz)
         self.rolling = spec.rolling_seconds
@@ -433,7 +432,22 @@ def _name(value: object, what: str, optional: bool = False) -> str | None:
         raise BudgetInputError(
             "invalid_subject", f"{what} must be a non-empty string of at most {_MAX_NAME} chars"
         )
+    if not _is_text(value):
+        raise BudgetInputError("invalid_subject", f"{what} is not valid Unicode text "
+                               "(it holds a lone surrogate)")
     return value
+
+
+def _is_text(value: str) -> bool:
+    """Can ``value`` be stored as UTF-8? (A lone surrogate cannot: every store would
+    raise UnicodeEncodeError.) ``isascii`` is O(1), so ASCII names cost nothing."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _ttl(ttl: object) -> float:
@@ -450,10 +464,11 @@ def _ttl(ttl: object) -> float:
 def _key(key: object) -> str | None:
     if key is None:
         return None
-    if type(key) is not str or not key or len(key) > _MAX_NAME:
+    if type(key) is not str or not key or len(key) > _MAX_NAME or not _is_text(key):
         raise BudgetInputError(
             "invalid_idempotency_key",
-            f"idempotency_key must be a non-empty string of at most {_MAX_NAME} chars",
+            f"idempotency_key must be a non-empty string of at most {_MAX_NAME} chars "
+            "of valid Unicode text",
         )
     return key
 
@@ -688,7 +703,7 @@ class Ledger:
             if line.counts_call:
                 actual = line.amount  # the call happened; its count is the reservation's
             elif same_unit and line.rate is None and budget is not None:
-                actual = int(value.scaleb(budget.scale))  # fast path: no conversion
+                actual = int(value.scaleb(budget.scale, MONEY_CONTEXT))  # fast path: no conversion
                 if actual > MAX_QUANTA:
                     raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too "
                                            "large", {"reason": "amount_too_large"})
@@ -857,7 +872,7 @@ class Ledger:
         if unit is None:
             return value
         # One spelling per amount ("75" and "75.00" EUR are the same payload).
-        return value.quantize(_unit_scale(unit)[1])
+        return value.quantize(_unit_scale(unit)[1], context=MONEY_CONTEXT)
 
     def _plan(
         self,
@@ -879,7 +894,7 @@ class Ledger:
         )
         value = self._amount(amount, unit)
         # The amount in its own unit's quanta: what a budget in that unit is charged.
-        quanta = 0 if unit is None else int(value.scaleb(_unit_scale(unit)[0]))
+        quanta = 0 if unit is None else int(value.scaleb(_unit_scale(unit)[0], MONEY_CONTEXT))
         lines: list[Line] = []
         budgets: list[_Budget] = []
         buckets: list[Bucket] = []
@@ -934,7 +949,8 @@ class Ledger:
             found = self._targets_cache.get(cache_key)
             if found is not None and found[1] <= now < found[2]:
                 return found
-        if type(principal) is not str or not principal or len(principal) > _MAX_NAME:
+        if (type(principal) is not str or not principal or len(principal) > _MAX_NAME
+                or not principal.isascii()):
             _name(principal, "principal")
         if acting_for is not None:
             _name(acting_for, "acting_for")
@@ -942,6 +958,9 @@ class Ledger:
             _name(tenant, "tenant")
         if type(permission) is not str:
             raise BudgetInputError("invalid_permission", "permission must be a string")
+        if currency is not None and type(currency) is not str:  # before it is hashed
+            raise BudgetInputError("unknown_unit", "the unit must be a currency code or "
+                                   f"unit name, not {type(currency).__name__}")
         unit, modes = self._modes(permission, currency)
         lo, hi = -_INF, _INF
         targets: list[tuple[_Budget, int, str, int, int, Bucket | None]] = []
@@ -1018,7 +1037,7 @@ class Ledger:
 
     def _convert(self, value: Decimal, unit: str, b: _Budget, now: float) -> tuple[int, str | None]:
         if unit == b.unit:
-            q = int(value.scaleb(b.scale))
+            q = int(value.scaleb(b.scale, MONEY_CONTEXT))
             rate = None
         else:
             try:
@@ -1030,7 +1049,7 @@ class Ledger:
             except MoneyError as exc:
                 raise BudgetInputError("invalid_amount", exc.message,
                                        {"reason": exc.code}) from None
-            q = int(converted.amount.scaleb(b.scale))
+            q = int(converted.amount.scaleb(b.scale, MONEY_CONTEXT))
         if q > MAX_QUANTA:
             raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",
                                    {"reason": "amount_too_large"})
@@ -1050,15 +1069,16 @@ class Ledger:
         line_unit = self._units.get(line.budget)
         money_unit = unit is not None and unit not in ("tokens", "calls", "credits")
         if (unit == line_unit and not money_unit) or unit == line_unit:
-            q = int(value.scaleb(scale))
+            q = int(value.scaleb(scale, MONEY_CONTEXT))
         elif not money_unit or line_unit is None or line_unit in ("tokens", "calls", "credits"):
             raise BudgetInputError(
                 "unit_mismatch",
                 f"reservation {rec.id} is in {rec.unit}; commit in that unit, not {unit}",
             )
         elif unit == rec.unit and line.rate is not None:
-            exact = value * Decimal(line.rate)
-            q = math.ceil(exact.scaleb(scale))
+            exact = MONEY_CONTEXT.multiply(value, Decimal(line.rate))
+            scaled = exact.scaleb(scale, MONEY_CONTEXT)
+            q = int(scaled.to_integral_value(ROUND_CEILING, MONEY_CONTEXT))
         else:
             assert budget is not None
             q, _ = self._convert(value, unit, budget, now)  # type: ignore[arg-type]
@@ -1069,8 +1089,8 @@ class Ledger:
 
     def _active(self, reservation_id: object, now: float, lenient: bool) -> ReservationRecord:
         """The live reservation, or the error its state calls for (lenient: final ok)."""
-        if type(reservation_id) is not str:
-            raise _unknown(reservation_id)
+        if type(reservation_id) is not str or not reservation_id.isascii():
+            raise _unknown(reservation_id)  # ids are ASCII: nothing else can be stored
         if not lenient and self._live is not None:
             # A shared store's local view, possibly stale: the store re-checks the
             # reservation inside the write, so this saves a round trip, never a check.

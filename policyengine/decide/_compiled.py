@@ -14,6 +14,7 @@ path is one dict lookup and a few closure calls.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,13 +29,14 @@ from decimal import (
 )
 from typing import Any
 
+from policyengine.decide._approvals import DEFAULT_APPROVAL_EXPIRES, DEFAULT_APPROVAL_USES
 from policyengine.decide._runtime import EvalError, Principal, Test, build_many
 from policyengine.lang import ast
 from policyengine.lang._codegen import ConditionCodegen
 from policyengine.permissions import validate_permission
 
-__all__ = ["PLAN_CACHE_SIZE", "CompiledPolicy", "CompiledRule", "EvalError", "FileMoney",
-           "Plan", "Principal", "compile_policy"]
+__all__ = ["PLAN_CACHE_SIZE", "CompileCache", "CompiledPolicy", "CompiledRule", "EvalError",
+           "FileMoney", "Plan", "Principal", "compile_policy"]
 
 #: Plans kept in the per-(principal, permission) cache; beyond it, one is evicted per new
 #: plan (CLOCK, see :meth:`CompiledPolicy.plan`).
@@ -101,6 +103,7 @@ class CompiledRule:
     money: FileMoney | None = None
     order: int = 0
     span: ast.Span = ast.NOSPAN
+    approval_terms: tuple[int, int] | None = None  # (expires seconds, uses); approvals
     _clauses: tuple[tuple[str, str, Test], ...] | None = None
 
     @property
@@ -248,6 +251,7 @@ class CompiledPolicy:
     _budget_patterns: _PatternSet = field(default_factory=lambda: _PatternSet(()))
     _budgeted: dict[str, bool] = field(default_factory=dict)
     _budgeted_order: deque[str] = field(default_factory=deque)
+    _approval_terms: dict[str, tuple[int, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -266,6 +270,8 @@ class CompiledPolicy:
         prefix: dict[str, list[CompiledRule]] = {}
         every: list[CompiledRule] = []
         for rule in self.rules:
+            if rule.approval_terms is not None:
+                self._approval_terms[rule.qid] = rule.approval_terms
             for pat in set(rule.patterns):
                 if pat == "*":
                     every.append(rule)
@@ -317,6 +323,13 @@ class CompiledPolicy:
         ``principal``, in declaration order. Costs the rules that apply plus a lookup per
         pattern key and role: never a scan of the rules scoped to someone else."""
         return list(_merged(self._parts(principal, permission)))
+
+    def approval_terms(self, rule_ids: tuple[str, ...]) -> tuple[int, int]:
+        """(expires seconds, uses) of an approval asked by ``rule_ids``: the strictest of
+        the rules' ``expires`` / ``uses`` (docs/approvals.md)."""
+        default = (DEFAULT_APPROVAL_EXPIRES, DEFAULT_APPROVAL_USES)
+        terms = [self._approval_terms.get(r, default) for r in rule_ids] or [default]
+        return min(t[0] for t in terms), min(t[1] for t in terms)
 
     def budgeted(self, permission: str) -> bool:
         """True when some budget's pattern covers ``permission`` (a valid permission).
@@ -436,8 +449,13 @@ def _expr_text(e: ast.Expr) -> str:
 
 
 def compile_policy(files: Sequence[ast.PolicyFile], *,
-                   rates: Mapping[str, Any] | None = None) -> CompiledPolicy:
+                   rates: Mapping[str, Any] | None = None,
+                   cache: CompileCache | None = None) -> CompiledPolicy:
     """Compile checked files into a :class:`CompiledPolicy`.
+
+    ``cache``: the rules compiled by the previous call, reused for every file that is the
+    same object (the parse cache hands back the same :class:`~policyengine.lang.ast.
+    PolicyFile` for unchanged text) with the same money (base currency and rates).
 
     ``rates`` maps a file name to the :class:`~policyengine.money.RateSource` built from
     that file's ``rate`` / ``rates`` statements (see :func:`policyengine.engine.build_rates`).
@@ -481,28 +499,86 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
     for name, patterns in roles.items():
         add(CompiledRule(f"role:{name}", "permit", "role", patterns, frozenset({name}),
                          frozenset(), None, ()))
-    # Every condition of the policy set becomes one lambda in a generated module of
-    # build_many's chunk size: one compile() per chunk instead of one per rule.
-    pending: list[tuple[CompiledRule, tuple[str, dict[str, Any]]]] = []
-
     for f in files:
         fm = money[f.name]
-        for st in f.statements:
-            if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
-                rule, source, rule_consts = _compile_rule(st, f.namespace, fm, f"_r{order}_")
-                add(rule)
-                if source is not None:
-                    pending.append((rule, (source, rule_consts)))
-    if pending:
-        tests = build_many([test for _, test in pending])
-        for (rule, _), test in zip(pending, tests, strict=True):
-            rule.test = test
+        key = _money_key(fm)
+        compiled = cache.lookup(f, key) if cache is not None else None
+        if compiled is None:
+            compiled = _compile_file_rules(f, fm)
+        if cache is not None:
+            cache.keep(f, key, compiled)
+        for rule in compiled:
+            add(copy.copy(rule))  # its own order; the cached one stays as it is
+    if cache is not None:
+        cache.done()
     from policyengine.tools._egress import compile_tools
     policy = CompiledPolicy(tuple(rules), principals, money, tz, tools=compile_tools(files),
                             budgets=_budget_specs(files), delegation=delegation,
                             files=tuple(files))
     policy.index()
     return policy
+
+
+def _compile_file_rules(f: ast.PolicyFile, fm: FileMoney) -> tuple[CompiledRule, ...]:
+    """One file's rules with their tests: every condition of the file becomes one lambda
+    in a generated module of up to build_many's chunk size (one compile() per chunk, not
+    one per rule)."""
+    rules: list[CompiledRule] = []
+    pending: list[tuple[CompiledRule, tuple[str, dict[str, Any]]]] = []
+    for st in f.statements:
+        if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
+            rule, source, rule_consts = _compile_rule(st, f.namespace, fm, f"_r{len(rules)}_")
+            rules.append(rule)
+            if source is not None:
+                pending.append((rule, (source, rule_consts)))
+    if pending:
+        tests = build_many([test for _, test in pending])
+        for (rule, _), test in zip(pending, tests, strict=True):
+            rule.test = test
+    return tuple(rules)
+
+
+def _money_key(fm: FileMoney) -> tuple[Any, ...] | None:
+    """What a file's compiled money literals depend on, or None when that cannot be told
+    from the outside (a rate source other than a plain table: ask it again)."""
+    from policyengine.money._rates import StaticRates
+    rates = fm.rates
+    if rates is None:
+        return (fm.base, fm.default, None)
+    if type(rates) is not StaticRates:
+        return None
+    as_of = rates.as_of
+    table = tuple(sorted((code, rates.rate(code, rates.base, as_of)) for code in rates.codes))
+    return (fm.base, fm.default, rates.base, as_of, rates.max_age, table)
+
+
+class CompileCache:
+    """Per file, the rules compiled last time, for ``Engine.reload``.
+
+    Keyed by the parsed file object itself (unchanged text parses to the same object, see
+    :class:`~policyengine.lang.ParseCache`) and by what its money literals were converted
+    with. Holds only the files of the latest compile. Not thread-safe: one per engine,
+    used under the engine's reload.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[ast.PolicyFile, Any, tuple[CompiledRule, ...]]] = {}
+        self._next: dict[int, tuple[ast.PolicyFile, Any, tuple[CompiledRule, ...]]] = {}
+        self.hits = 0
+
+    def lookup(self, f: ast.PolicyFile, key: Any) -> tuple[CompiledRule, ...] | None:
+        entry = self._entries.get(id(f))
+        if key is None or entry is None or entry[0] is not f or entry[1] != key:
+            return None
+        self.hits += 1
+        return entry[2]
+
+    def keep(self, f: ast.PolicyFile, key: Any, rules: tuple[CompiledRule, ...]) -> None:
+        if key is not None:
+            self._next[id(f)] = (f, key, rules)
+
+    def done(self) -> None:
+        self._entries, self._next = self._next, {}
 
 
 def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[Any, ...]:
@@ -529,7 +605,7 @@ def _to_base(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:
     quantum: Decimal | None = None
     if fm.base is not None:
         from policyengine.money._money import decimal_places
-        quantum = Decimal(1).scaleb(-decimal_places(fm.base))
+        quantum = Decimal(1).scaleb(-decimal_places(fm.base), _FLOOR)
 
     def to_base(m: ast.MoneyLit) -> Decimal:
         if fm.base is None or quantum is None:
@@ -561,6 +637,11 @@ def _compile_rule(st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl, ns: str,
     source = gen.conditions(st.conditions) if st.conditions else None
     roles = frozenset(s.name for s in st.scope if s.kind == "role")
     agents = frozenset(s.name for s in st.scope if s.kind == "agent")
+    terms = None
+    if not isinstance(st, ast.LimitDecl) and st.effect == "approval":
+        given = st.approval or ast.ApprovalTerms()
+        terms = (given.expires if given.expires is not None else DEFAULT_APPROVAL_EXPIRES,
+                 given.uses if given.uses is not None else DEFAULT_APPROVAL_USES)
     if isinstance(st, ast.LimitDecl):
         rule = CompiledRule(qid, "forbid", "limit", st.patterns, roles, agents, None,
                             st.conditions, to_base(st.cap), True, fm, span=st.span)
@@ -570,4 +651,5 @@ def _compile_rule(st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl, ns: str,
     else:
         rule = CompiledRule(qid, st.effect, "rule", st.patterns, roles, agents, None,
                             st.conditions, None, gen.uses_amount, fm, span=st.span)
+    rule.approval_terms = terms
     return rule, source, gen.consts

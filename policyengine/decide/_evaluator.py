@@ -57,8 +57,8 @@ class RequestState:
         if a is None:
             try:
                 a = request_amount(self.context, money, self.now)
-            except EvalError as exc:
-                a = exc
+            except Exception as exc:  # a hostile context object: an error, never a raise
+                a = _error(exc)
             self._amounts[money.base] = a
         if type(a) is EvalError:
             raise a
@@ -73,10 +73,11 @@ _INVALID_AMOUNT_CODES = frozenset({
 
 def request_amount(context: dict[str, Any], money: FileMoney, now: float | None) -> Decimal:
     """The request's amount in ``money.base``; raises :class:`EvalError` with a code."""
-    raw = context.get("amount")
+    # dict.get, not context.get: a dict subclass's own get() is not called
+    raw = dict.get(context, "amount")
     if raw is None:
         raise EvalError("missing_amount", "the request has no context.amount")
-    currency = context.get("currency")
+    currency = dict.get(context, "currency")
     if currency is None:
         currency = money.default
         if currency is None:
@@ -95,7 +96,7 @@ def request_amount(context: dict[str, Any], money: FileMoney, now: float | None)
         # wide context that rounds towards +infinity (a spend never rounds down).
         quantum = _QUANTA.get(base)
         if quantum is None:
-            quantum = _QUANTA[base] = Decimal(1).scaleb(-decimal_places(base))
+            quantum = _QUANTA[base] = Decimal(1).scaleb(-decimal_places(base), _CEILING)
         rate = money.rates.rate(currency, base, now)
         converted = _CEILING.multiply(value, rate).quantize(quantum, context=_CEILING)
         if converted > MAX_AMOUNT:
@@ -186,7 +187,7 @@ def _tightest(current: tuple[Decimal, FileMoney] | None, value: Decimal, money: 
         return (value, money) if value < cur_value else current
     for rates in (money.rates, cur_money.rates):
         try:
-            converted = value * rates.rate(money.base, cur_money.base)
+            converted = _CEILING.multiply(value, rates.rate(money.base, cur_money.base))
         except Exception:
             continue
         return (value, money) if converted < cur_value else current
@@ -313,7 +314,7 @@ def explain(policy: CompiledPolicy, principal: Any, permission: Any, context: An
     decision = evaluate(policy, principal, permission, context, now)
     if decision.code == "invalid_request":
         return Explanation(decision, [])
-    ctx = context or {}
+    ctx = context if isinstance(context, dict) else {}
     who = policy.principal(principal)
     plan = policy.plan(principal, permission)
     req = RequestState(ctx, now)

@@ -359,6 +359,20 @@ def _read_body(body: Any) -> _Body | tuple[str, str]:
         return _Body(raw, False)
 
 
+def _call_binding(transport: str, tool: str, route: str, method: Any, host: Any, path: Any,
+                  query: Mapping[str, Any], body: Any, tool_name: Any, function_name: Any
+                  ) -> dict[str, Any]:
+    """What an approval of a tool call is bound to, besides principal, permission and
+    context: the tool and route that decided, the call as sent (method, host and path as
+    given, so any other spelling is another call), the query (as ordered pairs, repeated
+    names kept) and the body as read (JSON bodies by value, anything else by its bytes).
+    Headers are not bound, except the values a route extracts into the context."""
+    pairs = sorted(((str(k), v) for k, v in query.items()), key=lambda kv: kv[0])
+    return {"transport": transport, "tool": tool, "route": route, "method": method,
+            "host": host, "path": path, "query": [list(p) for p in pairs], "body": body,
+            "name": tool_name if transport == "mcp" else function_name}
+
+
 def _outcome(decision: Decision) -> str:
     if decision.status == "allowed":
         return "policy_allow"
@@ -378,14 +392,16 @@ def tool_authorize(tools: CompiledTools,
                    tool_name: Any = None, function_name: Any = None, token: Any = None,
                    context: Any = None, hmac_key: bytes | None = None,
                    approval_id: Any = None,
-                   register_approval: Callable[[Decision, dict[str, Any]], None] | None = None
+                   register_approval: Callable[[Decision, dict[str, Any], dict[str, Any]],
+                                               Decision] | None = None
                    ) -> ToolDecision:
     """Decide one tool call. Never raises for request data.
 
     ``authorize`` is the engine's decision function (clock, grants, budgets, approvals
     already granted); ``register_approval`` records a pending decision, called only once
     the body is known to be sendable (redacted), so no approval waits for a call that
-    could never leave.
+    could never leave. Both get ``call``: the tool, route and request an approval binds
+    (see :func:`_call_binding`).
     """
 
     def reject(outcome: str, code: str, reason: str, permission: str | None = None,
@@ -432,6 +448,7 @@ def tool_authorize(tools: CompiledTools,
         params = routed.params or {}
         qid, permission = binding.qid, route.permission
         extractors, rules = route.extractors, binding.redactions
+        route_text = f"{route.method} {route.pattern.text}"
     else:
         name = tool_name if transport == "mcp" else function_name
         if type(name) is not str or not name:
@@ -444,6 +461,7 @@ def tool_authorize(tools: CompiledTools,
                           f"no {transport} tool binds {name!r}")
         qid, permission = named.qid, named.permission
         extractors, rules = named.extractors, named.redactions
+        route_text = named.name.text
 
     if not readable and (rules or any(ex.kind == "body" for ex in extractors)):
         return reject("invalid_request", "invalid_request",
@@ -457,7 +475,10 @@ def tool_authorize(tools: CompiledTools,
         return reject("invalid_request", "invalid_request",
                       f"cannot extract context: {exc.message}", permission,
                       diag="extraction_failed", tool=qid)
-    decision = authorize(principal, permission, ctx, token=token, approval_id=approval_id)
+    call = _call_binding(transport, qid, route_text, method, host, path, query, body,
+                         tool_name, function_name)
+    decision = authorize(principal, permission, ctx, token=token, approval_id=approval_id,
+                         call=call)
     if decision.permission is None:
         decision.permission = permission
     redacted: Any = None
@@ -474,7 +495,7 @@ def tool_authorize(tools: CompiledTools,
         redacted = result.body
         redactions = tuple(result.redactions)
         if decision.status == "pending_approval" and register_approval is not None:
-            register_approval(decision, ctx)
+            decision = register_approval(decision, ctx, call)
         if rules:
             ob = decision.obligations
             decision.obligations = Obligations(
