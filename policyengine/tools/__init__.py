@@ -8,8 +8,10 @@ httpx around any object with ``tool_authorize``. See ``docs/tools.md``.
 
 from policyengine.tools._egress import CompiledTools, compile_tools, tool_authorize
 from policyengine.tools._http import (
+    CONTEXT_EXTENSION,
     DROPPED_HEADERS,
     MAX_BODY_BYTES,
+    TOKEN_EXTENSION,
     AsyncGovernedTransport,
     GovernedTransport,
     ToolAuthorizer,
@@ -26,9 +28,11 @@ from policyengine.tools._patterns import (
     RoutePattern,
     ToolPatternError,
     ToolRequestError,
+    fold_path,
     normalize_host,
     normalize_method,
     normalize_path,
+    normalize_scheme,
     split_path,
 )
 from policyengine.tools._redaction import (
@@ -45,9 +49,11 @@ from policyengine.tools._redaction import (
 )
 
 __all__ = [
+    "CONTEXT_EXTENSION",
     "DROPPED_HEADERS",
     "MASK",
     "MAX_BODY_BYTES",
+    "TOKEN_EXTENSION",
     "MAX_HOST_LENGTH",
     "MAX_METHOD_LENGTH",
     "MAX_PATH_LENGTH",
@@ -71,10 +77,12 @@ __all__ = [
     "build_tool_request",
     "check_hmac_key",
     "compile_tools",
+    "fold_path",
     "governed_client",
     "normalize_host",
     "normalize_method",
     "normalize_path",
+    "normalize_scheme",
     "redact",
     "split_path",
     "tool_authorize",
