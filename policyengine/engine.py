@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from policyengine.decide._approvals import (
+    Approval,
     ApprovalError,
     ApprovalStore,
     MemoryApprovalStore,
-    context_digest,
+    UnboundRequestError,
+    new_approval_id,
+    request_digest,
 )
 from policyengine.decide._compiled import CompiledPolicy, compile_policy
 from policyengine.decide._evaluator import Explanation, evaluate, explain, invalid, request_problem
@@ -121,7 +124,9 @@ def _load_policy(files: PolicyFiles, rates: Mapping[str, Any] | None,
                  ) -> tuple[CompiledPolicy, tuple[Problem, ...]]:
     sources = SourceSet()
     parsed, problems = parse_many(files, sources)
-    problems.extend(check(parsed, sources) if not problems else [])
+    # A syntax error does not hide the other statements' problems.
+    problems.extend(check(parsed, sources, partial=bool(problems)))
+    problems.sort(key=lambda p: (p.file, p.line, p.column))
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise PolicyError(problems)
@@ -141,7 +146,7 @@ class Engine:
 
     def __init__(self, files: PolicyFiles, *, paths: tuple[str, ...] = (),
                  rates: Any = None, clock: Callable[[], float] | None = None,
-                 approvals: ApprovalStore | None = None, keys: Any = None,
+                 approvals: ApprovalStore | str | None = None, keys: Any = None,
                  revocations: Any = None, budget_store: Any = None,
                  hmac_key: bytes | None = None, base_dir: str | None = None) -> None:
         self._paths = paths
@@ -149,11 +154,18 @@ class Engine:
         self._base_dir = base_dir
         self._rates_override = rates
         self._clock = clock
-        self.approvals: ApprovalStore = approvals or MemoryApprovalStore(clock or time.time)
+        if isinstance(approvals, str):  # a URL: memory:, postgresql://, redis://
+            from policyengine.decide import approvals_from_url
+            approvals = approvals_from_url(approvals)
+        self.approvals: ApprovalStore = (
+            approvals or MemoryApprovalStore(clock or time.time))  # type: ignore[assignment]
         self.keys = keys
         if revocations is None:
             from policyengine.tokens import MemoryRevocationStore
             revocations = MemoryRevocationStore()
+        elif isinstance(revocations, str):  # a URL: memory:, postgresql://, redis://
+            from policyengine.tokens import revocations_from_url
+            revocations = revocations_from_url(revocations)
         self.revocations = revocations
         self.hmac_key = hmac_key
         if isinstance(budget_store, str):  # a URL: memory:, sqlite:///, postgresql://, redis://
@@ -248,7 +260,8 @@ class Engine:
         return self._decide(principal, permission, context, token, approval_id, True)
 
     def _decide(self, principal: Any, permission: Any, context: Any, token: Any,
-                approval_id: Any, register: bool) -> Decision:
+                approval_id: Any, register: bool, call: dict[str, Any] | None = None
+                ) -> Decision:
         now = self._now()
         policy = self._policy
         grant = None
@@ -261,24 +274,79 @@ class Engine:
             if isinstance(grant_or_denial, Decision):
                 return grant_or_denial
             grant = grant_or_denial
-        approved = False
-        if approval_id is not None:
-            approved = self._approval_granted(approval_id, principal, permission, context)
-        decision = evaluate(policy, principal, permission, context, now, approved)
+        acting_for = grant.acting_for if grant is not None else None
+        asked = decision = evaluate(policy, principal, permission, context, now, False)
+        if asked.status == "pending_approval" and approval_id is not None:
+            # Decide as if approved; the approval is consumed only if that is the answer.
+            decision = evaluate(policy, principal, permission, context, now, True)
         if grant is not None:
-            decision.acting_for = grant.acting_for
-            decision.chain = tuple(grant.chain)
+            for d in (asked, decision):
+                d.acting_for, d.chain = grant.acting_for, tuple(grant.chain)
         if decision.status != "denied" and policy.budgets and policy.budgeted(permission):
-            decision = self._check_budgets(decision, context,
-                                           grant.acting_for if grant is not None else None)
+            decision = self._check_budgets(decision, context, acting_for)
+        if decision is not asked and decision.status == "allowed":
+            refusal = self._consume_approval(approval_id, principal, permission, context,
+                                             call, acting_for, now)
+            if refusal is not None:
+                asked.budget = decision.budget
+                asked.diagnostics += (refusal,)
+                decision = asked
         if decision.status == "pending_approval" and register:
-            self._register_approval(decision, context)
+            decision = self._register_approval(decision, context, call)
         return decision
 
-    def _register_approval(self, decision: Decision, context: Any) -> None:
-        item = self.approvals.create(decision.principal, decision.permission,  # type: ignore[arg-type]
-                                     context, decision.rules)
+    def _register_approval(self, decision: Decision, context: Any,
+                           call: dict[str, Any] | None = None) -> Decision:
+        """Record a pending decision as an approval bound to this exact request, and name
+        it in the decision. A request that cannot be bound, or a store that fails, makes
+        the decision a denial: nobody could ever use that approval."""
+        principal, permission = decision.principal, decision.permission
+        assert principal is not None and permission is not None
+        try:
+            digest = request_digest(principal, permission, context, call,
+                                    decision.acting_for)
+        except UnboundRequestError as exc:
+            return decision.overruled("approval_unbindable", str(exc),
+                                      (Diagnostic("approval_unbindable", str(exc), None,
+                                                  "denied"),))
+        expires, uses = self._policy.approval_terms(decision.rules)
+        now = self._now()
+        created = time.time() if now is None else now
+        item = Approval(new_approval_id(), principal, permission, digest, decision.rules,
+                        "pending", created, created + expires, uses)
+        try:
+            self.approvals.add(item)
+        except Exception as exc:  # a store fault: no approval can be asked for
+            message = f"cannot record the approval: {type(exc).__name__}"
+            return decision.overruled("approval_store_error", message,
+                                      (Diagnostic("approval_store_error", message, None,
+                                                  "denied"),))
         decision.approval_id = item.id
+        return decision
+
+    def _consume_approval(self, approval_id: Any, principal: str, permission: str,
+                          context: Any, call: dict[str, Any] | None, acting_for: str | None,
+                          now: float | None) -> Diagnostic | None:
+        """Use one use of ``approval_id`` for this request; None if that worked, else a
+        diagnostic saying why the approval does not count."""
+        def refused(code: str, message: str) -> Diagnostic:
+            return Diagnostic(code, f"approval not honoured: {message}", None,
+                              "pending_approval")
+
+        if type(approval_id) is not str or not 0 < len(approval_id) <= 128:
+            return refused("unknown_approval", "approval_id must be an approval's id")
+        try:
+            digest = request_digest(principal, permission, context, call, acting_for)
+        except UnboundRequestError as exc:
+            return refused("approval_unbindable", str(exc))
+        try:
+            self.approvals.consume(approval_id, digest, time.time() if now is None else now)
+        except ApprovalError as exc:
+            return refused(exc.code, exc.message)
+        except Exception as exc:  # a store fault is never an allow
+            return refused("approval_store_error", f"the approval store failed "
+                           f"({type(exc).__name__})")
+        return None
 
     def _check_budgets(self, decision: Decision, context: Any,
                        acting_for: str | None) -> Decision:
@@ -379,16 +447,6 @@ class Engine:
                             "the amount exceeds the max_amount of the grant", grant)
         return grant
 
-    def _approval_granted(self, approval_id: str, principal: Any, permission: Any,
-                          context: Any) -> bool:
-        try:
-            item = self.approvals.get(approval_id)
-        except ApprovalError:
-            return False
-        return (item.status == "approved" and item.principal == principal
-                and item.permission == permission
-                and item.context_digest == context_digest(context))
-
     def ensure_authorized(self, principal: str, permission: str,
                           context: dict[str, Any] | None = None, **kwargs: Any) -> Decision:
         """Like :meth:`authorize`, but raise :class:`NotAuthorized` or
@@ -424,8 +482,9 @@ class Engine:
             return tool_authorize(self._policy.tools, self.authorize, None,  # invalid
                                   transport=None)
 
-        def decide(p: Any, perm: Any, ctx: Any, *, token: Any, approval_id: Any) -> Decision:
-            return self._decide(p, perm, ctx, token, approval_id, False)
+        def decide(p: Any, perm: Any, ctx: Any, *, token: Any, approval_id: Any,
+                   call: dict[str, Any] | None = None) -> Decision:
+            return self._decide(p, perm, ctx, token, approval_id, False, call)
 
         return tool_authorize(self._policy.tools, decide, principal,
                               transport=transport, method=method, host=host, path=path,

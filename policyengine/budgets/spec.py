@@ -14,7 +14,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from policyengine.budgets.errors import BudgetInputError
 from policyengine.budgets.windows import WINDOWS
-from policyengine.money._money import UNITS, MoneyError, decimal_places, get_currency
+from policyengine.money._money import (
+    MONEY_CONTEXT,
+    UNITS,
+    MoneyError,
+    decimal_places,
+    get_currency,
+)
 from policyengine.permissions import is_valid_pattern, permission_matches
 
 __all__ = [
@@ -136,8 +142,8 @@ class BudgetSpec:
         object.__setattr__(self, "unit", unit)
         for name in ("limit", "overdraft_limit"):
             value = _decimal(getattr(self, name), name, bid)
-            scaled = value.scaleb(scale)
-            if scaled != scaled.to_integral_value():
+            scaled = value.scaleb(scale, MONEY_CONTEXT)
+            if scaled != scaled.to_integral_value(context=MONEY_CONTEXT):
                 raise _bad(
                     f"budget {bid}: {name} {value} has more decimals than {self.unit} allows"
                 )

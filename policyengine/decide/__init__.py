@@ -11,10 +11,16 @@ from policyengine.decide._approvals import (
     ApprovalError,
     ApprovalStore,
     MemoryApprovalStore,
-    context_digest,
+    UnboundRequestError,
+    request_digest,
 )
 from policyengine.decide._compiled import CompiledPolicy, compile_policy
 from policyengine.decide._evaluator import Explanation, evaluate, explain
+from policyengine.decide._shared_approvals import (
+    PostgresApprovalStore,
+    RedisApprovalStore,
+    approvals_from_url,
+)
 
 __all__ = [
     "Approval",
@@ -23,8 +29,12 @@ __all__ = [
     "CompiledPolicy",
     "Explanation",
     "MemoryApprovalStore",
+    "PostgresApprovalStore",
+    "RedisApprovalStore",
+    "UnboundRequestError",
+    "approvals_from_url",
     "compile_policy",
-    "context_digest",
+    "request_digest",
     "evaluate",
     "explain",
 ]

@@ -95,7 +95,7 @@ def request_amount(context: dict[str, Any], money: FileMoney, now: float | None)
         # wide context that rounds towards +infinity (a spend never rounds down).
         quantum = _QUANTA.get(base)
         if quantum is None:
-            quantum = _QUANTA[base] = Decimal(1).scaleb(-decimal_places(base))
+            quantum = _QUANTA[base] = Decimal(1).scaleb(-decimal_places(base), _CEILING)
         rate = money.rates.rate(currency, base, now)
         converted = _CEILING.multiply(value, rate).quantize(quantum, context=_CEILING)
         if converted > MAX_AMOUNT:
@@ -186,7 +186,7 @@ def _tightest(current: tuple[Decimal, FileMoney] | None, value: Decimal, money: 
         return (value, money) if value < cur_value else current
     for rates in (money.rates, cur_money.rates):
         try:
-            converted = value * rates.rate(money.base, cur_money.base)
+            converted = _CEILING.multiply(value, rates.rate(money.base, cur_money.base))
         except Exception:
             continue
         return (value, money) if converted < cur_value else current

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
@@ -32,6 +32,8 @@ FUNCTIONS: dict[str, tuple[int, str]] = {
 PRINCIPAL_FIELDS = ("id", "roles", "attributes")
 NON_CURRENCY_UNITS = ("tokens", "calls", "credits")
 MAX_EXPR_DEPTH = 48
+#: Longest path (``context.a.b...``) a condition may read: deeper is not a policy.
+MAX_PATH_SEGMENTS = 32
 # Widest amount a policy literal may hold; keeps Decimal arithmetic bounded.
 MAX_LITERAL_AMOUNT = Decimal(10) ** 15
 
@@ -82,8 +84,27 @@ def _zone_known(zone: str) -> bool:
     return True
 
 
-def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
-    """Return every error and warning for ``files`` (a policy set), sorted by position."""
+#: Problems that another statement can cause by being absent: an unknown role or agent,
+#: money without a base currency, an amount without a rate, a role nobody holds, a rule
+#: a forbid overrides. When some statements did not parse, these are not reported (the
+#: missing statement may well be the one they need); every other problem still is.
+NEEDS_EVERY_STATEMENT = frozenset({"E103", "E104", "E112", "E127", "W201", "W202"})
+
+
+def check(files: Sequence[ast.PolicyFile], sources: SourceSet, *,
+          partial: bool = False) -> list[Problem]:
+    """Return every error and warning for ``files`` (a policy set), sorted by position.
+
+    ``partial``: some statements of the set did not parse; problems that may only be
+    caused by their absence (:data:`NEEDS_EVERY_STATEMENT`) are left out.
+    """
+    problems = _check(files, sources)
+    if partial:
+        problems = [p for p in problems if p.code not in NEEDS_EVERY_STATEMENT]
+    return problems
+
+
+def _check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
     ctx = _Ctx(sources)
     roles: dict[str, ast.RoleDecl] = {}
     agents: dict[str, list[ast.AgentDecl]] = {}
@@ -194,6 +215,8 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
                     ctx.error("E110", f"'{st.effect} ... over' is not a rule; only "
                               "'approval ... over AMOUNT' is", st.span,
                               "use 'limit ID: PATTERN amount <= AMOUNT' for a cap")
+                if not isinstance(st, ast.LimitDecl) and st.approval is not None:
+                    _check_approval_terms(ctx, st, st.approval)
                 if isinstance(st, ast.LimitDecl):
                     _check_money(ctx, st.cap, uses_money)
                 if isinstance(st, ast.ApprovalOverDecl):
@@ -250,6 +273,15 @@ def _check_money(ctx: _Ctx, m: ast.MoneyLit, uses: list[ast.Span]) -> None:
                   "use an active ISO 4217 code such as EUR or USD")
     if m.amount < 0 or m.amount > MAX_LITERAL_AMOUNT:
         ctx.error("E108", f"amount {m.amount} is out of range", m.span)
+    elif _currency_known(m.currency):
+        from policyengine.money._money import decimal_places
+        places = decimal_places(m.currency)
+        exponent = m.amount.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > places and m.amount != m.amount.quantize(
+                Decimal(1).scaleb(-places), rounding=ROUND_DOWN):
+            ctx.error("E133", f"{m.amount} {m.currency} has more decimals than {m.currency} "
+                      f"has ({places})", m.span,
+                      f"write it with at most {places} decimal{'s' if places != 1 else ''}")
 
 
 def _foreign_without_rate(f: ast.PolicyFile, base: str, rated: set[str]) -> list[ast.Span]:
@@ -298,6 +330,12 @@ def _literal_type(v: object) -> str:
     return NUM
 
 
+def _literal_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return "string" if isinstance(value, str) else "number"
+
+
 def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -> str:
     """Infer the static type of ``e`` and report what is wrong with it."""
     if depth > MAX_EXPR_DEPTH:
@@ -313,6 +351,10 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
         uses_money.append(e.span)
         return MONEY
     if isinstance(e, ast.Path):
+        if len(e.segments) > MAX_PATH_SEGMENTS:
+            ctx.error("E007", f"path has {len(e.segments)} segments; the limit is "
+                      f"{MAX_PATH_SEGMENTS}", e.span, "flatten the context you send")
+            return ANY
         if e.root == "principal":
             if not e.segments:
                 ctx.error("E111", "use a field of principal", e.span,
@@ -339,6 +381,11 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
             if not isinstance(item, ast.Literal):
                 ctx.error("E108", "a list holds literal strings, numbers or booleans",
                           item.span, "compare values one by one with 'or'")
+        found = {_literal_kind(i.value) for i in e.items if isinstance(i, ast.Literal)}
+        if len(found) > 1:
+            ctx.error("E108", "a list holds values of one type, not " +
+                      " and ".join(sorted(found)), e.span,
+                      "values of different types never compare (docs/semantics.md)")
         return LIST
     if isinstance(e, ast.Call):
         spec = FUNCTIONS.get(e.name)
@@ -381,12 +428,19 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
                     ctx.error("E108", f"'{e.op}' compares numbers or money, not a {t}",
                               side.span)
         if MONEY in (lt, rt) and (lt, rt) != (MONEY, MONEY):
-            other = rt if lt == MONEY else lt
-            ctx.error("E108", f"money is compared with money, not with a {other}", e.span,
-                      "write the amount with its currency, like 500 EUR")
+            other, other_side = (rt, e.right) if lt == MONEY else (lt, e.left)
+            if other == ANY and isinstance(other_side, ast.Path):
+                ctx.error("E108", f"money is compared with money, not with "
+                          f"{other_side.dotted()} (a request value without a currency)",
+                          other_side.span, "to compare the request's amount, write "
+                          "'amount' (it is converted to the file's currency): "
+                          "amount <= 500 EUR")
+            else:
+                ctx.error("E108", f"money is compared with money, not with a {other}",
+                          e.span, "write the amount with its currency, like 500 EUR")
         elif ANY not in (lt, rt) and lt != rt and e.op in ("==", "!="):
-            ctx.error("E108", f"comparing a {lt} with a {rt} is always "
-                      f"{'false' if e.op == '==' else 'true'}", e.span)
+            ctx.error("E108", f"comparing a {lt} with a {rt} is an evaluation error "
+                      "(values of different types never compare)", e.span)
         return BOOL
     if isinstance(e, ast.In):
         it = _expr_type(ctx, e.item, uses_money, d)
@@ -414,6 +468,8 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
 
 
 def _check_budget(ctx: _Ctx, st: ast.BudgetDecl) -> None:
+    from policyengine.budgets.spec import MAX_ROLLING_SECONDS
+    before = len(ctx.problems)
     _check_patterns(ctx, st.patterns, st.span)
     if st.unit not in NON_CURRENCY_UNITS and not _currency_known(st.unit):
         ctx.error("E123", f"unknown budget unit '{st.unit}'", st.span,
@@ -423,13 +479,32 @@ def _check_budget(ctx: _Ctx, st: ast.BudgetDecl) -> None:
     if st.unit in ("tokens", "calls") and st.limit != st.limit.to_integral_value():
         ctx.error("E123", f"{st.unit} are counted in whole numbers", st.span)
     if st.window == "rolling" and (st.rolling_seconds is None
-                                   or not 1 <= st.rolling_seconds <= 366 * 86400):
-        ctx.error("E125", "a rolling window lasts between 1s and 366d", st.span)
+                                   or not 1 <= st.rolling_seconds <= MAX_ROLLING_SECONDS):
+        ctx.error("E125", "a rolling window lasts between 1s and "
+                  f"{MAX_ROLLING_SECONDS // 86400}d", st.span)
     if st.tz is not None and not _zone_known(st.tz):
         ctx.error("E124", f"unknown time zone '{st.tz}'", st.span,
                   "use an IANA zone name such as Europe/Paris")
     if st.overdraft is not None and (st.overdraft < 0 or st.overdraft > MAX_LITERAL_AMOUNT):
         ctx.error("E123", "overdraft must be zero or positive", st.span)
+    if len(ctx.problems) == before:
+        _ask_budget_leaf(ctx, st)
+
+
+def _ask_budget_leaf(ctx: _Ctx, st: ast.BudgetDecl) -> None:
+    """Whatever the checker let through, the budget leaf must accept too: its own limits
+    (decimals of the unit, the longest rolling window, the largest count) are reported
+    here, with the statement's position, instead of escaping at compile time."""
+    from policyengine.budgets.errors import BudgetError
+    from policyengine.budgets.spec import BudgetSpec
+    try:
+        BudgetSpec(st.id, st.patterns, st.limit, st.unit, st.window, st.rolling_seconds,
+                   st.subject, st.tz or "UTC",
+                   st.overdraft if st.overdraft is not None else Decimal(0))
+    except BudgetError as exc:
+        message = exc.message.removeprefix(f"budget {st.id}: ")
+        code = "E125" if "rolling" in message else "E123"
+        ctx.error(code, f"budget '{st.id}': {message}", st.span)
 
 
 def _check_host(ctx: _Ctx, host: str, span: ast.Span) -> None:
@@ -439,13 +514,19 @@ def _check_host(ctx: _Ctx, host: str, span: ast.Span) -> None:
     except ImportError:  # pragma: no cover
         return
     except ValueError as exc:
+        scheme, sep, rest = host.partition("://")
+        if sep and scheme.isalpha():
+            bare = rest.split("/", 1)[0]
+            ctx.error("E121", f"'{host}' is a URL, not a host", span,
+                      f'write the host without the scheme: "{bare}"')
+            return
         ctx.error("E121", f"invalid host pattern '{host}': {_reason(exc)}", span)
 
 
 def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
     try:
         from policyengine.tools._patterns import NamePattern, RoutePattern
-        from policyengine.tools._redaction import JsonPath
+        from policyengine.tools._redaction import JsonPath, RedactionRule
     except ImportError:  # pragma: no cover
         return
     if isinstance(st, ast.HttpTool):
@@ -481,6 +562,11 @@ def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
                           item.span, "redact $.card partial 4")
             if item.strategy != "partial" and item.keep is not None:
                 ctx.error("E120", f"{item.strategy} takes no number", item.span)
+            elif item.keep is not None:
+                try:
+                    RedactionRule(item.path, item.strategy, keep=item.keep)
+                except ValueError as exc:
+                    ctx.error("E120", _reason(exc), item.span, "redact $.card partial 4")
         elif isinstance(item, ast.Extraction):
             if isinstance(st, ast.HttpTool):
                 ctx.error("E128", "put extractions of an http tool on its route",
@@ -522,3 +608,20 @@ def _unreachable(ctx: _Ctx, files: Sequence[ast.PolicyFile]) -> None:
                     ctx.warn("W201", f"rule '{st.id}' is unreachable: forbid '{fb.id}' "
                              "always overrides it", st.span)
                     break
+
+
+#: Bounds of ``expires`` and ``uses`` on an approval rule (docs/approvals.md).
+MAX_APPROVAL_EXPIRES = 30 * 86400
+MAX_APPROVAL_USES = 1000
+
+
+def _check_approval_terms(ctx: _Ctx, st: ast.Rule | ast.ApprovalOverDecl,
+                          terms: ast.ApprovalTerms) -> None:
+    if st.effect != "approval":
+        ctx.error("E140", f"'{st.effect}' takes no 'expires' or 'uses'; only an approval "
+                  "does", terms.span, "drop the option, or make the rule an 'approval'")
+        return
+    if terms.expires is not None and not 1 <= terms.expires <= MAX_APPROVAL_EXPIRES:
+        ctx.error("E125", "an approval expires between 1s and 30d", terms.span)
+    if terms.uses is not None and not 1 <= terms.uses <= MAX_APPROVAL_USES:
+        ctx.error("E140", f"'uses' must be between 1 and {MAX_APPROVAL_USES}", terms.span)

@@ -521,6 +521,23 @@ def _read_body(body: Any) -> _Body | tuple[str, str]:
         return _Body(raw, False)
 
 
+def _call_binding(transport: str, tool: str, route: str, method: Any, host: Any, path: Any,
+                  query: Mapping[str, Any], body: Any, tool_name: Any, function_name: Any,
+                  scheme: Any = None) -> dict[str, Any]:
+    """What an approval of a tool call is bound to, besides principal, permission and
+    context: the tool and route that decided, the call as sent (method, host and path as
+    given, so any other spelling is another call), the query (as ordered pairs, repeated
+    names kept) and the body as read (JSON bodies by value, anything else by its bytes).
+    Headers are not bound, except the values a route extracts into the context."""
+    pairs = sorted(((str(k), v) for k, v in query.items()), key=lambda kv: kv[0])
+    binding = {"transport": transport, "tool": tool, "route": route, "method": method,
+               "host": host, "path": path, "query": [list(p) for p in pairs], "body": body,
+               "name": tool_name if transport == "mcp" else function_name}
+    if scheme is not None:  # an approval of an https call does not cover a plain-http one
+        binding["scheme"] = scheme
+    return binding
+
+
 def _outcome(decision: Decision) -> str:
     if decision.status == "allowed":
         return "policy_allow"
@@ -540,14 +557,16 @@ def tool_authorize(tools: CompiledTools,
                    tool_name: Any = None, function_name: Any = None, token: Any = None,
                    context: Any = None, hmac_key: bytes | None = None,
                    approval_id: Any = None, scheme: Any = None,
-                   register_approval: Callable[[Decision, dict[str, Any]], None] | None = None
+                   register_approval: Callable[[Decision, dict[str, Any], dict[str, Any]],
+                                               Decision] | None = None
                    ) -> ToolDecision:
     """Decide one tool call. Never raises for request data.
 
     ``authorize`` is the engine's decision function (clock, grants, budgets, approvals
     already granted); ``register_approval`` records a pending decision, called only once
     the body is known to be sendable (redacted), so no approval waits for a call that
-    could never leave.
+    could never leave. Both get ``call``: the tool, route and request an approval binds
+    (see :func:`_call_binding`).
     """
 
     def reject(outcome: str, code: str, reason: str, permission: str | None = None,
@@ -610,6 +629,7 @@ def tool_authorize(tools: CompiledTools,
         params = routed.params or {}
         qid, permission = binding.qid, route.permission
         extractors, rules, keys = route.extractors, binding.redactions, route.keys
+        route_text = f"{route.method} {route.pattern.text}"
     else:
         name = tool_name if transport == "mcp" else function_name
         if type(name) is not str or not name:
@@ -622,6 +642,7 @@ def tool_authorize(tools: CompiledTools,
                           f"no {transport} tool binds {name!r}")
         qid, permission = named.qid, named.permission
         extractors, rules, keys = named.extractors, named.redactions, named.keys
+        route_text = named.name.text
 
     if not readable and (rules or any(ex.kind == "body" for ex in extractors)):
         return reject("invalid_request", "invalid_request",
@@ -645,7 +666,10 @@ def tool_authorize(tools: CompiledTools,
         return reject("invalid_request", "invalid_request",
                       f"cannot extract context: {exc.message}", permission,
                       diag="extraction_failed", tool=qid)
-    decision = authorize(principal, permission, ctx, token=token, approval_id=approval_id)
+    call = _call_binding(transport, qid, route_text, method, host, path, query, body,
+                         tool_name, function_name, scheme)
+    decision = authorize(principal, permission, ctx, token=token, approval_id=approval_id,
+                         call=call)
     if decision.permission is None:
         decision.permission = permission
     redacted: Any = None
@@ -662,7 +686,7 @@ def tool_authorize(tools: CompiledTools,
         redacted = result.body
         redactions = tuple(result.redactions)
         if decision.status == "pending_approval" and register_approval is not None:
-            register_approval(decision, ctx)
+            decision = register_approval(decision, ctx, call)
         if rules:
             ob = decision.obligations
             decision.obligations = Obligations(
