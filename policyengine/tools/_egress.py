@@ -35,6 +35,7 @@ from policyengine.tools._patterns import (
     RoutePattern,
     ToolRequestError,
     fold_path,
+    host_without_port,
     normalize_host,
     normalize_method,
     normalize_path,
@@ -386,17 +387,19 @@ PATH_OVERRIDES: Final = ("x-original-url", "x-rewrite-url", "x-original-uri",
                          "x-forwarded-uri", ":path")
 OVERRIDE_HEADERS: Final = frozenset((*METHOD_OVERRIDES, *HOST_OVERRIDES, *PATH_OVERRIDES,
                                      "forwarded"))
-_DEFAULT_PORTS: Final = {"https": "443", "http": "80"}
 
 
-def _same_host(value: Any, host: str, scheme: str) -> bool:
+def _same_host(value: Any, host: str) -> bool:
+    """Whether a ``Host``-style header names the authorized host. Servers choose the
+    virtual host by name, so the names are compared; the port a request reaches is the
+    URL's, whatever the header says."""
     if type(value) is not str:
         return False
     try:
         seen = normalize_host(value.strip())
     except ToolRequestError:
         return False
-    return seen == host or seen == f"{host}:{_DEFAULT_PORTS[scheme]}"
+    return host_without_port(seen) == host_without_port(host)
 
 
 def _has_method_field(body: Any) -> bool:
@@ -406,7 +409,7 @@ def _has_method_field(body: Any) -> bool:
     return isinstance(body, str) and "_method=" in body
 
 
-def _override(method: str, host: str, scheme: str, path: str, headers: Mapping[str, Any],
+def _override(method: str, host: str, path: str, headers: Mapping[str, Any],
               query: Mapping[str, Any], body: Any) -> _AmbiguousInputError | None:
     """A refusal when the call says, through a header, a ``_method`` parameter or
     body field, that it is another method, virtual host or path than the one routed.
@@ -425,7 +428,7 @@ def _override(method: str, host: str, scheme: str, path: str, headers: Mapping[s
         return _AmbiguousInputError("method_override", "a form field _method in the body")
     for name in HOST_OVERRIDES:
         value = headers.get(name)
-        if value is not None and not _same_host(value, host, scheme):
+        if value is not None and not _same_host(value, host):
             return _AmbiguousInputError(
                 "host_override", f"header {name} names {str(value)[:80]!r}, not the "
                 f"authorized host {host}")
@@ -610,9 +613,7 @@ def tool_authorize(tools: CompiledTools,
                             or "_method" in query
                             or (type(body) is dict and "_method" in body)
                             or (not readable and _has_method_field(body))):
-            found = _override(method.upper(), routed.host,
-                              "http" if scheme and scheme.lower() == "http" else "https",
-                              path, hdrs, query, body)
+            found = _override(method.upper(), routed.host, path, hdrs, query, body)
             if found is not None:
                 return reject("invalid_request", "invalid_request", found.message,
                               diag=found.code,

@@ -350,9 +350,9 @@ def host_without_port(host: str) -> str:
 
 class HostPattern:
     """``api.stripe.com`` (exact) or ``*.example.com`` (one or more labels under it, not
-    ``example.com`` itself); an optional ``:port`` must then match exactly. A leading
-    ``http://`` makes the pattern match plain-HTTP calls; without it (or with
-    ``https://``) it matches HTTPS calls only.
+    ``example.com`` itself); an optional ``:port`` must then match exactly. A pattern
+    matches HTTPS calls only, unless it starts with ``http://``: then plain-HTTP calls
+    only (``https://`` is not written: it is the default).
 
     >>> HostPattern.compile("*.example.com").matches("a.b.example.com")
     True
@@ -377,11 +377,11 @@ class HostPattern:
         if not isinstance(text, str):
             raise ToolPatternError(f"host pattern {text!r} must be a string")
         scheme, sep, rest = text.partition("://")
-        if sep:
-            if scheme.lower() not in SCHEMES:
-                raise ToolPatternError(f"host pattern {text!r}: the scheme may only be "
-                                       "https:// or http://")
-            scheme = scheme.lower()
+        if sep and scheme.lower() == "http":
+            scheme = "http"
+        elif sep:  # https is the default and is not written; no other scheme is known
+            raise ToolPatternError(f"host pattern {text!r} is a URL: write the host "
+                                   "without the scheme (plain HTTP: 'http://host')")
         else:
             scheme, rest = "https", text
         if rest.startswith("*."):

@@ -185,7 +185,6 @@ def test_method_override_naming_the_method_itself_is_harmless(engine: Engine) ->
     {"X-Host": "internal.example.com"},
     {"X-Original-Host": "internal.example.com"},
     {"Forwarded": "for=1.2.3.4;host=internal.example.com"},
-    {"Host": "api.example.com:8443"},
     {"Host": ["api.example.com", "internal.example.com"]},
     {"Host": "api.example.com", "host": "internal.example.com"},
 ])
@@ -195,8 +194,10 @@ def test_another_virtual_host_is_refused(engine: Engine, headers: dict[str, Any]
     assert diag(d) in (["host_override"], ["ambiguous_header"]), d.to_wire()
 
 
-@pytest.mark.parametrize("value", ["api.example.com", "API.Example.COM.", "api.example.com:443"])
+@pytest.mark.parametrize("value", ["api.example.com", "API.Example.COM.", "api.example.com:443",
+                                   "api.example.com:8443"])
 def test_host_header_naming_the_authorized_host_is_fine(engine: Engine, value: str) -> None:
+    # Servers pick the virtual host by name; the port reached is the URL's.
     assert call(engine, "/v1/ping", headers={"Host": value}).allowed
 
 
