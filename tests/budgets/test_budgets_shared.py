@@ -366,3 +366,17 @@ def test_a_replayed_idempotency_key_returns_the_original_on_any_host(
     assert info.value.code == "idempotency_mismatch"
     (balance,) = host_b.balances("bot")
     assert (balance.spent, balance.reserved) == (Decimal(25), Decimal(0))  # once
+
+
+@pytest.mark.parametrize(("flag", "code"), [("--budget-store", "invalid_store_url"),
+                                            ("--approvals", "approval_store_error"),
+                                            ("--revocations", "invalid_revocations")])
+def test_serve_takes_shared_state_urls_and_refuses_bad_ones(
+    flag: str, code: str, tmp_path: Path
+) -> None:
+    (tmp_path / "p.policy").write_text('role r: docs:*\nagent "bot": r\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "policyengine", "serve", str(tmp_path), flag, "mysql://db/x"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 1 and code in out.stderr, out.stderr
