@@ -381,23 +381,28 @@ class Engine:
         the spend through ``engine.budgets``.) Over budget, or unreadable: denied."""
         from policyengine.budgets import BudgetError
         ctx = context if isinstance(context, dict) else {}
-        tenant = ctx.get("tenant")
+        get = dict.get  # a dict subclass's own get() is not called
+        tenant = get(ctx, "tenant")
         if tenant is not None and type(tenant) is not str:
             tenant = None
         principal, permission = decision.principal, decision.permission
         # One read-only check: a money (or tokens) spend also counts one call against
         # covering `calls` budgets; a request with neither is a zero spend plus one call.
-        if ctx.get("amount") is not None:
-            amount, unit = ctx["amount"], ctx.get("currency") or self._policy.default_currency
-        elif ctx.get("tokens") is not None:
-            amount, unit = ctx["tokens"], "tokens"
+        if get(ctx, "amount") is not None:
+            amount = get(ctx, "amount")
+            unit = get(ctx, "currency")
+            if unit is None or (type(unit) is str and not unit):
+                unit = self._policy.default_currency
+        elif get(ctx, "tokens") is not None:
+            amount, unit = get(ctx, "tokens"), "tokens"
         else:
             amount, unit = 0, None
         try:
             check = self.budgets.check(principal, permission, amount, unit,  # type: ignore[arg-type]
                                        acting_for=acting_for, tenant=tenant)
         except BudgetError as exc:
-            if amount == 0 and exc.code in ("unit_mismatch", "unit_required"):
+            if type(amount) is int and amount == 0 and exc.code in ("unit_mismatch",
+                                                                    "unit_required"):
                 return decision  # nothing to measure: no amount, and no calls budget alone
             return decision.overruled(exc.code, f"budget check failed: {exc.message}",
                                       (Diagnostic(exc.code, exc.message, None, "denied"),))
@@ -459,11 +464,13 @@ class Engine:
         if type(permission) is str and not grant.covers(permission):
             return deny("not_delegated", "not_delegated",
                         f"{permission} is not delegated by every hop of the grant", grant)
-        if isinstance(context, dict) and context.get("amount") is not None and any(
-                hop.max_amount is not None for hop in grant.hops):
-            currency = context.get("currency") or policy.default_currency
+        raw = dict.get(context, "amount") if isinstance(context, dict) else None
+        if raw is not None and any(hop.max_amount is not None for hop in grant.hops):
+            currency = dict.get(context, "currency")
+            if currency is None or (type(currency) is str and not currency):
+                currency = policy.default_currency
             try:
-                money = Money.parse(context["amount"], currency)  # type: ignore[arg-type]
+                money = Money.parse(raw, currency)  # type: ignore[arg-type]
                 fits = grant.amount_fits(money, policy.rates, now=now)
             except (MoneyError, TokenError, TypeError, ValueError) as exc:
                 code = getattr(exc, "code", "invalid_amount")
@@ -492,7 +499,8 @@ class Engine:
                        headers: Mapping[str, Any] | None = None, body: Any = None,
                        tool_name: str | None = None, function_name: str | None = None,
                        token: str | None = None, context: dict[str, Any] | None = None,
-                       approval_id: str | None = None, **wire: Any) -> ToolDecision:
+                       approval_id: str | None = None, scheme: str | None = None,
+                       **wire: Any) -> ToolDecision:
         """May this outbound tool call leave, and with which fields redacted?
 
         Takes the ``/v1/tool-authorize`` request fields (``toolName`` / ``functionName``
@@ -517,7 +525,7 @@ class Engine:
                               query=query, headers=headers, body=body, tool_name=tool_name,
                               function_name=function_name, token=token, context=context,
                               hmac_key=self.hmac_key, approval_id=approval_id,
-                              register_approval=self._register_approval)
+                              scheme=scheme, register_approval=self._register_approval)
 
     def explain(self, principal: str, permission: str,
                 context: dict[str, Any] | None = None) -> Explanation:

@@ -57,8 +57,8 @@ class RequestState:
         if a is None:
             try:
                 a = request_amount(self.context, money, self.now)
-            except EvalError as exc:
-                a = exc
+            except Exception as exc:  # a hostile context object: an error, never a raise
+                a = _error(exc)
             self._amounts[money.base] = a
         if type(a) is EvalError:
             raise a
@@ -73,10 +73,11 @@ _INVALID_AMOUNT_CODES = frozenset({
 
 def request_amount(context: dict[str, Any], money: FileMoney, now: float | None) -> Decimal:
     """The request's amount in ``money.base``; raises :class:`EvalError` with a code."""
-    raw = context.get("amount")
+    # dict.get, not context.get: a dict subclass's own get() is not called
+    raw = dict.get(context, "amount")
     if raw is None:
         raise EvalError("missing_amount", "the request has no context.amount")
-    currency = context.get("currency")
+    currency = dict.get(context, "currency")
     if currency is None:
         currency = money.default
         if currency is None:
@@ -311,7 +312,7 @@ def explain(policy: CompiledPolicy, principal: Any, permission: Any, context: An
     decision = evaluate(policy, principal, permission, context, now)
     if decision.code == "invalid_request":
         return Explanation(decision, [])
-    ctx = context or {}
+    ctx = context if isinstance(context, dict) else {}
     who = policy.principal(principal)
     plan = policy.plan(principal, permission)
     req = RequestState(ctx, now)

@@ -235,8 +235,8 @@ def _check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]
             elif isinstance(st, (ast.HttpTool, ast.NamedTool)):
                 _check_tool(ctx, st)
             elif isinstance(st, ast.EgressDecl):
-                for _verb, host in st.items:
-                    _check_host(ctx, host, st.span)
+                for verb, host in st.items:
+                    _check_host(ctx, host, st.span, deny=verb == "deny")
             elif isinstance(st, ast.RatesDecl) and st.max_age is not None and st.max_age <= 0:
                 ctx.error("E125", "max_age must be positive", st.span)
 
@@ -516,10 +516,12 @@ def _ask_budget_leaf(ctx: _Ctx, st: ast.BudgetDecl) -> None:
         ctx.error(code, f"budget '{st.id}': {message}", st.span)
 
 
-def _check_host(ctx: _Ctx, host: str, span: ast.Span) -> None:
+def _check_host(ctx: _Ctx, host: str, span: ast.Span, deny: bool = False) -> None:
     try:
         from policyengine.tools._patterns import HostPattern
         HostPattern.compile(host)
+        if deny and "://" in host:  # a deny covers every scheme: one is never written
+            raise ValueError(host)
     except ImportError:  # pragma: no cover
         return
     except ValueError as exc:
