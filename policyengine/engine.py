@@ -522,7 +522,8 @@ class Engine:
                        headers: Mapping[str, Any] | None = None, body: Any = None,
                        tool_name: str | None = None, function_name: str | None = None,
                        token: str | None = None, context: dict[str, Any] | None = None,
-                       approval_id: str | None = None, **wire: Any) -> ToolDecision:
+                       approval_id: str | None = None, scheme: str | None = None,
+                       **wire: Any) -> ToolDecision:
         """May this outbound tool call leave, and with which fields redacted?
 
         Takes the ``/v1/tool-authorize`` request fields (``toolName`` / ``functionName``
@@ -547,7 +548,7 @@ class Engine:
                               query=query, headers=headers, body=body, tool_name=tool_name,
                               function_name=function_name, token=token, context=context,
                               hmac_key=self.hmac_key, approval_id=approval_id,
-                              register_approval=self._register_approval)
+                              scheme=scheme, register_approval=self._register_approval)
 
     def explain(self, principal: str, permission: str,
                 context: dict[str, Any] | None = None) -> Explanation:
