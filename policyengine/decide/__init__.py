@@ -2,8 +2,10 @@
 
 :mod:`._compiled` builds the :class:`CompiledPolicy` (rule index, bounded plan cache, money
 per file, tool bindings, budget specs); :mod:`._runtime` is what generated condition code
-calls; :mod:`._evaluator` is the hot path (``evaluate``) and ``explain``; :mod:`._approvals`
-holds approval records. Imports :mod:`policyengine.lang` and the leaves, never the engine.
+calls; :mod:`._pipeline` is the one decision pipeline (validate, grant, rules, budgets,
+approval) every decision and explanation runs through, :mod:`._evaluator` its rules step;
+:mod:`._approvals` holds approval records. Imports :mod:`policyengine.lang` and the
+leaves, never the engine.
 """
 
 from policyengine.decide._approvals import (
@@ -14,7 +16,8 @@ from policyengine.decide._approvals import (
     context_digest,
 )
 from policyengine.decide._compiled import CompiledPolicy, compile_policy
-from policyengine.decide._evaluator import Explanation, evaluate, explain
+from policyengine.decide._evaluator import Explanation
+from policyengine.decide._pipeline import Pipeline, Trace
 
 __all__ = [
     "Approval",
@@ -23,8 +26,8 @@ __all__ = [
     "CompiledPolicy",
     "Explanation",
     "MemoryApprovalStore",
+    "Pipeline",
+    "Trace",
     "compile_policy",
     "context_digest",
-    "evaluate",
-    "explain",
 ]

@@ -21,10 +21,13 @@ Test = Callable[[dict[str, Any], "Principal", Any], bool]
 class EvalError(Exception):
     """A condition could not be evaluated for this request (fail closed applies)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        #: The more specific code behind ``code`` (``negative_amount`` behind
+        #: ``invalid_amount``), or None.
+        self.detail = detail
 
 
 class Principal:

@@ -86,6 +86,7 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
     rates: dict[str, dict[str, tuple[Decimal, ast.Span]]] = {}
     money_uses: dict[str, list[ast.Span]] = {}
     delegation_seen: ast.Span | None = None
+    default_seen: tuple[str, ast.Span] | None = None
 
     # Pass 1: declarations.
     for f in files:
@@ -127,6 +128,13 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
             elif isinstance(st, ast.DefaultCurrencyDecl):
                 if not _currency_known(st.code):
                     ctx.error("E109", f"unknown currency '{st.code}'", st.span)
+                if default_seen is None:
+                    default_seen = (st.code, st.span)
+                elif default_seen[0] != st.code:
+                    ctx.error("E133", f"default_currency {st.code} differs from "
+                              f"default_currency {default_seen[0]} at {default_seen[1]}",
+                              st.span, "a policy set has one default currency: declare the "
+                              "same one in every file, or only once")
             elif isinstance(st, ast.TzDecl):
                 if not _zone_known(st.zone):
                     ctx.error("E124", f"unknown time zone '{st.zone}'", st.span,
