@@ -20,6 +20,7 @@ from policyengine.decision import (
     ToolDenied,
 )
 from policyengine.engine import Engine
+from policyengine.errors import PolicyEngineError
 from policyengine.lang import PolicyError, Problem, format_source, parse
 from policyengine.money import (
     CallableRates,
@@ -80,6 +81,7 @@ __all__ = [
     "MoneyError",
     "NotAuthorized",
     "Obligations",
+    "PolicyEngineError",
     "PolicyError",
     "Problem",
     "RateError",

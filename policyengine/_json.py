@@ -1,27 +1,30 @@
 """Strict JSON decoding: a document two parsers could read differently is refused.
 
-Python's ``json`` keeps the *last* of duplicate keys (many parsers keep the first) and
-accepts ``NaN`` and ``Infinity``. A decision taken on one reading of a document while
-another component acts on another reading is a bypass, so every place that decides on
-JSON (tool-call bodies, the governed client, token headers and claims, rate tables)
-decodes through here. A leaf: it imports nothing from the engine.
+Python's ``json`` keeps the *last* of duplicate keys (many parsers keep the first),
+accepts ``NaN`` and ``Infinity``, turns ``1e400`` into ``inf`` and refuses integers
+longer than the interpreter's digit limit with a bare ``ValueError``. A decision taken on
+one reading of a document while another component acts on another reading is a bypass,
+so every place that decides on JSON (tool-call bodies, the governed client, token headers
+and claims, rate tables) decodes through here. A leaf: it imports nothing from the engine.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from decimal import Decimal
 from typing import Any
+
+from policyengine.errors import PolicyEngineError
 
 __all__ = ["AmbiguousJsonError", "loads"]
 
 
-class AmbiguousJsonError(ValueError):
-    """``code`` is ``duplicate_key`` or ``non_finite_number``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+class AmbiguousJsonError(PolicyEngineError, ValueError):
+    """``code`` is ``duplicate_key``, ``non_finite_number`` (``NaN``, ``Infinity``, or a
+    number such as ``1e400`` that is infinite as a double) or ``number_too_long`` (an
+    integer over the interpreter's conversion limit, 4300 digits by default: parsers
+    read such numbers exactly, rounded to a double, or not at all)."""
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -39,16 +42,34 @@ def _no_constant(name: str) -> Any:
     raise AmbiguousJsonError("non_finite_number", f"{name} is not a JSON number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise AmbiguousJsonError("non_finite_number",
+                                 f"{text[:40]} is not finite as a double")
+    return value
+
+
 # Decoders are built once: json.loads(..., object_pairs_hook=...) builds one per call.
-_STRICT = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_no_constant)
+_STRICT = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_no_constant,
+                           parse_float=_finite_float)
 _STRICT_DECIMAL = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_no_constant,
                                    parse_float=Decimal)
 
 
 def loads(data: str | bytes, *, decimal: bool = False) -> Any:
-    """Decode ``data`` (bytes must be UTF-8). ``decimal=True`` reads fractions as
-    ``Decimal``. Raises :class:`AmbiguousJsonError` for duplicate keys or NaN/Infinity,
-    ``ValueError`` for anything that is not JSON, ``RecursionError`` for absurd nesting.
+    """Decode ``data`` (bytes must be UTF-8, without a byte order mark). ``decimal=True``
+    reads fractions as ``Decimal``. Raises :class:`AmbiguousJsonError` for duplicate keys,
+    non-finite numbers and over-long integers, ``ValueError`` for anything that is not
+    JSON, ``RecursionError`` for absurd nesting.
     """
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
-    return (_STRICT_DECIMAL if decimal else _STRICT).decode(text)
+    try:
+        return (_STRICT_DECIMAL if decimal else _STRICT).decode(text)
+    except ValueError as exc:
+        if isinstance(exc, (json.JSONDecodeError, AmbiguousJsonError)):
+            raise
+        # int() refused a literal over the digit limit (checked by the C scanner, which
+        # is why this is not a parse_int hook: that would slow every integer down).
+        raise AmbiguousJsonError("number_too_long", f"a number too long to read: {exc}"
+                                 ) from None

@@ -18,9 +18,9 @@ from policyengine.lang._source import PolicyError
 __all__ = ["main"]
 
 
-def _load(paths: Sequence[str]) -> Any:
+def _load(paths: Sequence[str], budget_store: str | None = None) -> Any:
     from policyengine.engine import Engine
-    return Engine.from_path(*paths)
+    return Engine.from_path(*paths, budget_store=budget_store)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -95,12 +95,16 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from policyengine.budgets import BudgetError
     try:
-        engine = _load(args.paths)
+        engine = _load(args.paths, args.budget_store)
         req = _request(args)
     except PolicyError as err:
         print(err.render(), file=sys.stderr)
         return 1
+    except BudgetError as exc:
+        print(f"error: budget store: {exc.code}: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"error: bad request: {exc}", file=sys.stderr)
         return 2
@@ -167,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="explain as JSON")
         p.add_argument("--exit-code", action="store_true",
                        help="exit 1 when the decision is not allowed")
+        p.add_argument("--budget-store", metavar="URL",
+                       help="decide against this budget store: memory: (default), "
+                       "sqlite:///path, postgresql://..., redis://...")
         p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("test", help="run conformance fixtures")
@@ -180,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    from policyengine.server._serve import register as register_serve
+    register_serve(sub)
     return parser
 
 

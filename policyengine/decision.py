@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from policyengine.budgets.ledger import BudgetUsage
 
+from policyengine.errors import PolicyEngineError
+
 __all__ = [
     "ApprovalRequired",
     "Decision",
@@ -296,13 +298,13 @@ class ToolDecision:
                 f"permission={self.permission!r}, reason={self.reason!r})")
 
 
-class NotAuthorized(Exception):  # noqa: N818 - the name users expect
-    """Raised by ``ensure_authorized`` (and the governed client) on a deny."""
+class NotAuthorized(PolicyEngineError):  # noqa: N818 - the name users expect
+    """Raised by ``ensure_authorized`` (and the governed client) on a deny; ``code`` is
+    the decision's code, ``message`` its reason."""
 
     def __init__(self, decision: Decision | ToolDecision) -> None:
-        super().__init__(decision.reason)
+        super().__init__(decision.code, decision.reason)
         self.decision = decision
-        self.code = decision.code
 
 
 class ApprovalRequired(NotAuthorized):

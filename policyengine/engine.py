@@ -79,7 +79,7 @@ def build_rates(files: list[ast.PolicyFile], base_dirs: Mapping[str, str]) -> di
         merged = {c: loaded.rate(c, base, loaded.as_of) for c in loaded.codes if c != base}
         for code, value in inline.items():
             if code in merged and merged[code] != value:
-                raise PolicyError([Problem("E113", f"rate for {code} differs from the rates "
+                raise PolicyError([Problem("E132", f"rate for {code} differs from the rates "
                                            "file", *where)])
             merged[code] = value
         out[f.name] = StaticRates(base, merged, as_of=loaded.as_of, max_age=table.max_age)
@@ -146,6 +146,9 @@ class Engine:
             revocations = MemoryRevocationStore()
         self.revocations = revocations
         self.hmac_key = hmac_key
+        if isinstance(budget_store, str):  # a URL: memory:, sqlite:///, postgresql://, redis://
+            from policyengine.budgets import store_from_url
+            budget_store = store_from_url(budget_store)
         self._budget_store = budget_store
         self._policy, self.warnings = self._build(files)
         self.warnings += self._config_warnings()
@@ -186,7 +189,7 @@ class Engine:
         from policyengine.budgets import Ledger, MemoryStore
         if self._budget_store is None:
             self._budget_store = MemoryStore()
-        return Ledger(policy.budgets, self._budget_store, clock=self._clock or time.time,
+        return Ledger(policy.budgets, self._budget_store, clock=self._clock,
                       budget_rates=policy.budget_rates)
 
     def _config_warnings(self) -> tuple[Problem, ...]:

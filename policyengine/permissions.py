@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from policyengine.errors import PolicyEngineError
+
 __all__ = [
     "InvalidPermission",
     "is_valid_pattern",
@@ -34,12 +36,8 @@ _PATTERN_RE = re.compile(rf"\*|{_SEGMENT}(?::{_SEGMENT})*(?::\*)?")
 MAX_PERMISSION_LENGTH = 256
 
 
-class InvalidPermission(ValueError):  # noqa: N818 - reads as a verdict
+class InvalidPermission(PolicyEngineError, ValueError):  # noqa: N818 - reads as a verdict
     """A requested permission or pattern is malformed. ``code`` is stable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def permission_matches(pattern: str, permission: str) -> bool:

@@ -1,16 +1,25 @@
 """Shared helpers for the language-core tests (parser, checker, semantics, engine, CLI)
-and the budget tests (both stores, a settable clock)."""
+and the budget tests (every store, a settable clock, the database services)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import secrets
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from policyengine.budgets import BudgetSpec, Ledger, MemoryStore, SQLiteStore
+from policyengine.budgets import (
+    BudgetSpec,
+    Ledger,
+    MemoryStore,
+    PostgresStore,
+    RedisStore,
+    SQLiteStore,
+)
 from policyengine.engine import Engine, load_policy
 from policyengine.lang import PolicyError, Problem
 
@@ -90,10 +99,116 @@ BUDGET_NOW = ts("2026-03-10T12:00:00Z")
 DAILY = BudgetSpec("t.daily", ("payments:*",), Decimal(100), "EUR", "day")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> object:
-    """Each budget store in turn (SQLite on a fresh file)."""
-    return MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "b.db")
+# -- database services -------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get("POLICYENGINE_TEST_POSTGRES",
+                              "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("POLICYENGINE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+_reachable: dict[str, str | None] = {}
+
+
+def require_service(kind: str) -> None:
+    """Skip the test when the PostgreSQL / Redis service is unreachable, with why; with
+    ``CI=true`` fail instead (CI has the services: missing is a broken run)."""
+    if kind not in _reachable:
+        try:
+            if kind == "postgres":
+                import psycopg
+                psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+            else:
+                import redis
+                redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+            _reachable[kind] = None
+        except Exception as exc:
+            _reachable[kind] = f"{type(exc).__name__}: {exc}"
+    problem = _reachable[kind]
+    if problem is not None:
+        url = POSTGRES_URL if kind == "postgres" else REDIS_URL
+        message = f"{kind} unreachable at {url} ({problem})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {message}", pytrace=False)
+        pytest.skip(message)
+
+
+def unique_name(kind: str) -> str:
+    """A schema / key-prefix name no other test run uses."""
+    return f"pe_test_{kind}_{os.getpid()}_{secrets.token_hex(4)}"
+
+
+class SharedStores:
+    """Opens PostgreSQL / Redis stores in a namespace of their own, and drops them all."""
+
+    def __init__(self) -> None:
+        self.opened: list[PostgresStore | RedisStore] = []
+
+    def postgres(self, schema: str | None = None, **options: object) -> PostgresStore:
+        require_service("postgres")
+        options.setdefault("max_clock_skew", None)  # tests set the time
+        store = PostgresStore(POSTGRES_URL, schema=schema or unique_name("pg"),
+                              **options)  # type: ignore[arg-type]
+        self.opened.append(store)
+        return store
+
+    def redis(self, prefix: str | None = None, **options: object) -> RedisStore:
+        require_service("redis")
+        options.setdefault("max_clock_skew", None)
+        store = RedisStore(REDIS_URL, prefix=prefix or unique_name("redis") + ":",
+                           **options)  # type: ignore[arg-type]
+        self.opened.append(store)
+        return store
+
+    def fresh(self, kind: str) -> PostgresStore | RedisStore:
+        """An empty store, cheaply (for each hypothesis example): Redis under a new
+        prefix; PostgreSQL in this test's one schema, its tables emptied."""
+        if kind == "redis":
+            return self.redis()
+        for store in self.opened:
+            if isinstance(store, PostgresStore):
+                with store._get_pool().connection() as conn:
+                    for table in ("buckets", "holds", "events", "reservations",
+                                  "idempotency"):  # DELETE: quicker than TRUNCATE when small
+                        conn.execute(f'DELETE FROM "{store.schema}".budget_{table}')
+                return store
+        return self.postgres()
+
+    def drop(self) -> None:
+        dropped: set[str] = set()
+        for store in self.opened:
+            name = store.schema if isinstance(store, PostgresStore) else store.prefix
+            if name not in dropped:
+                dropped.add(name)
+                store.drop()
+            store.close()
+
+
+@pytest.fixture
+def shared_stores() -> Iterator[SharedStores]:
+    """Factory of PostgreSQL / Redis stores, each in a fresh schema / key prefix, dropped
+    after the test."""
+    stores = SharedStores()
+    try:
+        yield stores
+    finally:
+        stores.drop()
+
+
+STORE_KINDS = ["memory", "sqlite", "postgres", "redis"]
+
+
+def open_store(kind: str, tmp_path: Path, shared: SharedStores) -> object:
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "b.db")
+    return shared.postgres() if kind == "postgres" else shared.redis()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path,
+          shared_stores: SharedStores) -> object:
+    """Each budget store in turn (SQLite on a fresh file, PostgreSQL in a fresh schema,
+    Redis under a fresh key prefix)."""
+    return open_store(request.param, tmp_path, shared_stores)
 
 
 def make_ledger(

@@ -7,10 +7,13 @@ window; reserve / commit / release under concurrency without ever overspending.
 >>> ledger.record("bot", "tools:search", 1, "calls").status
 'committed'
 
-``Ledger`` is the API; ``MemoryStore`` (default) and ``SQLiteStore`` keep the state; a new
-backend implements :class:`BudgetStore`. See ``docs/budgets.md``.
+``Ledger`` is the API; ``MemoryStore`` (default) and ``SQLiteStore`` keep the state on one
+host, ``PostgresStore`` and ``RedisStore`` share it between hosts; ``store_from_url`` picks
+one by URL; a new backend implements :class:`BudgetStore`. See ``docs/budgets.md`` and
+``docs/deployment.md``.
 """
 
+from policyengine.budgets.clock import ServerClock
 from policyengine.budgets.errors import (
     BudgetError,
     BudgetExceeded,
@@ -31,9 +34,12 @@ from policyengine.budgets.ledger import (
     ReservationLine,
 )
 from policyengine.budgets.memory import MemoryStore
+from policyengine.budgets.postgres import PostgresStore
+from policyengine.budgets.redis import RedisStore
 from policyengine.budgets.spec import BudgetSpec
 from policyengine.budgets.sqlite import SQLiteStore
 from policyengine.budgets.store import BudgetStore
+from policyengine.budgets.urls import store_from_url
 from policyengine.budgets.windows import Window
 
 __all__ = [
@@ -52,9 +58,13 @@ __all__ = [
     "Ledger",
     "MemoryStore",
     "Overage",
+    "PostgresStore",
+    "RedisStore",
     "Reservation",
     "ReservationError",
     "ReservationLine",
     "SQLiteStore",
+    "ServerClock",
     "Window",
+    "store_from_url",
 ]

@@ -173,9 +173,9 @@ def _run_step(
             result = ledger.balances(**kwargs)
     except BudgetError as exc:
         if "error" not in expect:
-            return f"unexpected error {exc.code}: {exc}"
+            return f"unexpected error {exc.code}: {exc.message}"
         if exc.code != expect["error"]:
-            return f"expected error {expect['error']}, got {exc.code}: {exc}"
+            return f"expected error {expect['error']}, got {exc.code}: {exc.message}"
         if "details" in expect:
             return _subset(expect["details"], exc.details, "details")
         return None

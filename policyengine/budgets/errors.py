@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from policyengine.errors import PolicyEngineError
+
 __all__ = [
     "BudgetError",
     "BudgetExceeded",
@@ -18,16 +20,14 @@ __all__ = [
 ]
 
 
-class BudgetError(Exception):
+class BudgetError(PolicyEngineError):
     """Base class of every budget error. ``code`` is stable; ``details`` is wire-ready."""
 
     code: str
     details: dict[str, Any]
 
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.details = details if details is not None else {}
 
     def to_wire(self) -> dict[str, Any]:

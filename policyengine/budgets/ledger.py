@@ -574,11 +574,13 @@ def _key(key: object) -> str | None:
 
 
 class Ledger:
-    """Budgets over a store: ``Ledger(specs, store=None, rates=None, clock=time.time)``.
+    """Budgets over a store: ``Ledger(specs, store=None, rates=None, clock=None)``.
 
     ``store`` defaults to a new :class:`MemoryStore`; ``rates`` converts spends in one
     currency against budgets in another (``budget_rates``: per budget id, the rates of
-    the file that declares it); ``clock`` returns POSIX seconds.
+    the file that declares it); ``clock`` returns POSIX seconds and defaults to the
+    store's ``clock`` when it has one (shared stores: the server's time, see
+    :mod:`policyengine.budgets.clock`), else ``time.time``.
 
     >>> from decimal import Decimal
     >>> spec = BudgetSpec("default.daily", ("payments:*",), Decimal(100), "EUR", "day")
@@ -595,7 +597,7 @@ class Ledger:
         specs: Iterable[BudgetSpec],
         store: BudgetStore | None = None,
         rates: RateSource | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         *,
         budget_rates: Mapping[str, RateSource | None] | None = None,
     ) -> None:
@@ -615,7 +617,9 @@ class Ledger:
             b.id: (budget_rates[b.id] if budget_rates is not None and b.id in budget_rates
                    else rates)
             for b in self._budgets}
-        self.clock = clock
+        self.clock: Callable[[], float] = (
+            clock if clock is not None else getattr(self.store, "clock", time.time)
+        )
         self._matches: dict[str, tuple[_Budget, ...]] = {}
         self._mode_cache: dict[
             tuple[str, str | None],
@@ -994,7 +998,7 @@ class Ledger:
             try:
                 validate_permission(permission)
             except InvalidPermission as exc:
-                raise BudgetInputError("invalid_permission", str(exc)) from None
+                raise BudgetInputError("invalid_permission", exc.message) from None
             found = tuple(
                 b for b in self._budgets
                 if any(permission_matches(p, permission) for p in b.spec.patterns)
@@ -1009,7 +1013,7 @@ class Ledger:
             value = parse_amount(amount, unit)
         except MoneyError as exc:
             raise BudgetInputError(
-                "invalid_amount", f"invalid amount: {exc}", {"reason": exc.code}
+                "invalid_amount", f"invalid amount: {exc.message}", {"reason": exc.code}
             ) from None
         if unit is None:
             return value
@@ -1236,9 +1240,10 @@ class Ledger:
                 rate = format(rates.rate(unit, b.unit, now), "f")  # type: ignore[union-attr]
             except RateError as exc:
                 raise BudgetInputError(exc.code, f"cannot convert {unit} to {b.unit} for "
-                                       f"budget {b.id}: {exc}") from None
+                                       f"budget {b.id}: {exc.message}") from None
             except MoneyError as exc:
-                raise BudgetInputError("invalid_amount", str(exc), {"reason": exc.code}) from None
+                raise BudgetInputError("invalid_amount", exc.message,
+                                       {"reason": exc.code}) from None
             q = int(converted.amount.scaleb(b.scale))
         if q > MAX_QUANTA:
             raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",

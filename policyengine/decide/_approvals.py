@@ -19,16 +19,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from policyengine.decision import new_id
+from policyengine.errors import PolicyEngineError
 
 __all__ = ["Approval", "ApprovalError", "ApprovalStore", "MemoryApprovalStore", "context_digest"]
 
 
-class ApprovalError(LookupError):
+class ApprovalError(PolicyEngineError, LookupError):
     """``unknown_approval`` or ``approval_final`` (already approved or rejected)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

@@ -323,7 +323,8 @@ def _to_base(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:
             except ValueError as exc:
                 from policyengine.lang._source import PolicyError, Problem
                 raise PolicyError([Problem(
-                    "E127", f"cannot convert {m.amount} {m.currency} to {fm.base}: {exc}",
+                    "E127", f"cannot convert {m.amount} {m.currency} to {fm.base}: "
+                    f"{getattr(exc, 'message', exc)}",
                     m.span.file, m.span.line, m.span.column)]) from None
             value = _FLOOR.multiply(value, rate)
         return value.quantize(quantum, context=_FLOOR)

@@ -120,8 +120,9 @@ def parse_request_money(context: dict[str, Any], default: str | None
         return parse_amount(raw, currency), currency
     except MoneyError as exc:
         if exc.code in _INVALID_AMOUNT_CODES:
-            raise EvalError("invalid_amount", f"{exc} ({exc.code})", exc.code) from None
-        raise EvalError(exc.code, str(exc)) from None
+            raise EvalError("invalid_amount", f"{exc.message} ({exc.code})", exc.code
+                            ) from None
+        raise EvalError(exc.code, exc.message) from None
 
 
 def to_base(value: Decimal, currency: str, money: FileMoney, now: float | None) -> Decimal:
@@ -144,8 +145,8 @@ def to_base(value: Decimal, currency: str, money: FileMoney, now: float | None) 
         converted = _CEILING.multiply(value, rate).quantize(quantum, context=_CEILING)
     except (MoneyError, RateError) as exc:
         if exc.code in _INVALID_AMOUNT_CODES:
-            raise EvalError("invalid_amount", f"{exc} ({exc.code})") from None
-        raise EvalError(exc.code, str(exc)) from None
+            raise EvalError("invalid_amount", f"{exc.message} ({exc.code})") from None
+        raise EvalError(exc.code, exc.message) from None
     except EvalError:
         raise
     except Exception as exc:  # a rate source's odd answer or failure: fail closed

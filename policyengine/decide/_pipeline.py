@@ -267,7 +267,10 @@ class Pipeline:
             code = getattr(exc, "code", None)
             if type(code) is not str:
                 code = "budget_unavailable"
-            return _overruled(facts, code, f"budget check failed: {exc}"), None
+            message = getattr(exc, "message", None)
+            if type(message) is not str:
+                message = f"{type(exc).__name__}: {exc}"
+            return _overruled(facts, code, f"budget check failed: {message}"), None
         usage = check.usage
         if check.allowed:
             return None, usage

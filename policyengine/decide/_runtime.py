@@ -8,23 +8,25 @@ The code generator (:mod:`policyengine.lang._codegen`) writes calls to the names
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
+
+from policyengine._glob import Glob
+from policyengine.errors import PolicyEngineError
 
 __all__ = ["RUNTIME", "EvalError", "Principal", "Test", "build_many"]
 
 Test = Callable[[dict[str, Any], "Principal", Any], bool]
 
 
-class EvalError(Exception):
-    """A condition could not be evaluated for this request (fail closed applies)."""
+class EvalError(PolicyEngineError):
+    """A condition could not be evaluated for this request (fail closed applies).
+
+    Never leaves the engine: it becomes a diagnostic of the decision."""
 
     def __init__(self, code: str, message: str, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         #: The more specific code behind ``code`` (``negative_amount`` behind
         #: ``invalid_amount``), or None.
         self.detail = detail
@@ -147,8 +149,8 @@ def _has(value: Any, keys: tuple[str, ...]) -> bool:
     return True
 
 
-def _matches(s: Any, rx: re.Pattern[str]) -> bool:
-    return rx.fullmatch(_str(s, "matches")) is not None
+def _matches(s: Any, glob: Glob) -> bool:
+    return glob.match(_str(s, "matches"))
 
 
 RUNTIME: dict[str, Any] = {

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.lang._source import Problem, SourceSet
 from policyengine.permissions import is_valid_pattern, subsumes
@@ -50,6 +51,11 @@ class _Ctx:
     def warn(self, code: str, message: str, span: ast.Span, hint: str | None = None) -> None:
         self.problems.append(self.sources.problem(code, message, span.file, span.line,
                                                   span.column, hint, "warning"))
+
+
+def _reason(exc: ValueError) -> str:
+    """The message of a leaf's error without its code (the problem has its own)."""
+    return exc.message if isinstance(exc, PolicyEngineError) else str(exc)
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str | None:
@@ -118,11 +124,11 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
                 if not _currency_known(st.code):
                     ctx.error("E109", f"unknown currency '{st.code}'", st.span)
                 if st.value <= 0 or st.value > MAX_LITERAL_AMOUNT:
-                    ctx.error("E113", f"rate for {st.code} must be positive and sane", st.span)
+                    ctx.error("E129", f"rate for {st.code} must be positive and sane", st.span)
                 file_rates = rates.setdefault(f.name, {})
                 prev_rate = file_rates.get(st.code)
                 if prev_rate is not None:
-                    ctx.error("E113", f"rate for {st.code} is already {prev_rate[0]} "
+                    ctx.error("E130", f"rate for {st.code} is already {prev_rate[0]} "
                               f"(at {prev_rate[1]})", st.span)
                 file_rates[st.code] = (st.value, st.span)
             elif isinstance(st, ast.DefaultCurrencyDecl):
@@ -159,7 +165,7 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
                     ids[key] = st.span
     for fname, code in file_base.items():
         if code in rates.get(fname, {}):
-            ctx.error("E113", f"a rate for the base currency {code} makes no sense",
+            ctx.error("E131", f"a rate for the base currency {code} makes no sense",
                       rates[fname][code][1])
 
     # Pass 2: references, expressions, tools, budgets.
@@ -415,23 +421,25 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
     raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover
 
 
+#: The checker's code for a problem the budgets leaf reports, by field.
+_BUDGET_CODES = {"window": "E125", "tz": "E124"}
+
+
 def _check_budget(ctx: _Ctx, st: ast.BudgetDecl) -> None:
+    """Patterns here; every other limit of a budget is the budgets leaf's own
+    (:func:`policyengine.budgets.spec.budget_problems`), reported at the statement."""
+    from policyengine.budgets.spec import budget_problems
     _check_patterns(ctx, st.patterns, st.span)
-    if st.unit not in NON_CURRENCY_UNITS and not _currency_known(st.unit):
-        ctx.error("E123", f"unknown budget unit '{st.unit}'", st.span,
-                  "a currency code, or tokens, calls, credits")
-    if st.limit <= 0 or st.limit > MAX_LITERAL_AMOUNT:
-        ctx.error("E123", "a budget limit must be positive and sane", st.span)
-    if st.unit in ("tokens", "calls") and st.limit != st.limit.to_integral_value():
-        ctx.error("E123", f"{st.unit} are counted in whole numbers", st.span)
-    if st.window == "rolling" and (st.rolling_seconds is None
-                                   or not 1 <= st.rolling_seconds <= 366 * 86400):
-        ctx.error("E125", "a rolling window lasts between 1s and 366d", st.span)
-    if st.tz is not None and not _zone_known(st.tz):
-        ctx.error("E124", f"unknown time zone '{st.tz}'", st.span,
-                  "use an IANA zone name such as Europe/Paris")
-    if st.overdraft is not None and (st.overdraft < 0 or st.overdraft > MAX_LITERAL_AMOUNT):
-        ctx.error("E123", "overdraft must be zero or positive", st.span)
+    overdraft = st.overdraft if st.overdraft is not None else Decimal(0)
+    for what, message in budget_problems(st.patterns, st.limit, st.unit, st.window,
+                                         st.rolling_seconds, st.subject, st.tz or "UTC",
+                                         overdraft):
+        if what == "patterns":
+            continue  # reported by _check_patterns, with the pattern
+        hint = ("a currency code, or tokens, calls, credits" if what == "unit"
+                else "use an IANA zone name such as Europe/Paris" if what == "tz" else None)
+        ctx.error(_BUDGET_CODES.get(what, "E123"), f"budget {st.id}: {message}", st.span,
+                  hint)
 
 
 def _check_host(ctx: _Ctx, host: str, span: ast.Span) -> None:
@@ -441,7 +449,7 @@ def _check_host(ctx: _Ctx, host: str, span: ast.Span) -> None:
     except ImportError:  # pragma: no cover
         return
     except ValueError as exc:
-        ctx.error("E121", f"invalid host pattern '{host}': {exc}", span)
+        ctx.error("E121", f"invalid host pattern '{host}': {_reason(exc)}", span)
 
 
 def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
@@ -457,7 +465,7 @@ def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
         try:
             NamePattern.compile(st.name)
         except ValueError as exc:
-            ctx.error("E128", f"invalid tool name pattern '{st.name}': {exc}", st.span)
+            ctx.error("E128", f"invalid tool name pattern '{st.name}': {_reason(exc)}", st.span)
         _check_patterns(ctx, [st.permission], st.span)
     names: set[str] = set()
     for item in st.items:
@@ -465,7 +473,7 @@ def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
             try:
                 RoutePattern.compile(item.path)
             except ValueError as exc:
-                ctx.error("E122", f"invalid route '{item.path}': {exc}", item.span)
+                ctx.error("E122", f"invalid route '{item.path}': {_reason(exc)}", item.span)
             if isinstance(item, ast.Route):
                 _check_patterns(ctx, [item.permission], item.span)
                 if "*" in item.permission:
@@ -477,7 +485,7 @@ def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
             try:
                 JsonPath.compile(item.path)
             except ValueError as exc:
-                ctx.error("E120", f"invalid JSONPath '{item.path}': {exc}", item.span)
+                ctx.error("E120", f"invalid JSONPath '{item.path}': {_reason(exc)}", item.span)
             if item.strategy == "partial" and item.keep is None:
                 ctx.error("E120", "partial needs the number of characters to keep",
                           item.span, "redact $.card partial 4")
@@ -500,7 +508,7 @@ def _check_extraction(ctx: _Ctx, ex: ast.Extraction, json_path: type) -> None:
         try:
             json_path.compile(ex.source)  # type: ignore[attr-defined]
         except ValueError as exc:
-            ctx.error("E120", f"invalid JSONPath '{ex.source}': {exc}", ex.span)
+            ctx.error("E120", f"invalid JSONPath '{ex.source}': {_reason(exc)}", ex.span)
     if ex.minor and ex.name != "amount":
         ctx.error("E128", "'minor' applies to the amount only", ex.span)
 

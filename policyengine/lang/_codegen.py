@@ -7,30 +7,16 @@ Literal values never appear in the generated text; they are bound as constants (
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
+from policyengine._glob import Glob
 from policyengine.lang import ast
 
-__all__ = ["ConditionCodegen", "glob_to_regex"]
+__all__ = ["ConditionCodegen"]
 
 _CMP = {"<": "_lt", "<=": "_le", ">": "_gt", ">=": "_ge", "==": "_eq", "!=": "_ne"}
-
-
-def glob_to_regex(glob: str) -> re.Pattern[str]:
-    """``*`` any run of characters, ``?`` one character, everything else literal."""
-    out = []
-    for ch in glob:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
-
 
 
 class ConditionCodegen:
@@ -109,7 +95,7 @@ class ConditionCodegen:
                 subject, _ = self.expr(e.args[0])
                 glob = e.args[1]
                 assert isinstance(glob, ast.Literal) and isinstance(glob.value, str)
-                return f"_matches({subject}, {self.const(glob_to_regex(glob.value))})", True
+                return f"_matches({subject}, {self.const(Glob(glob.value))})", True
             args = ", ".join(self.expr(a)[0] for a in e.args)
             return f"_{e.name}({args})", True
         raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover

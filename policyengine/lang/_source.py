@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from policyengine.errors import PolicyEngineError
+
 __all__ = ["PolicyError", "Problem", "SourceSet"]
 
 
@@ -71,10 +73,11 @@ class SourceSet:
                        excerpt(self._lines.get(file, []), line, column))
 
 
-class PolicyError(Exception):
+class PolicyError(PolicyEngineError):
     """Policy text that cannot be used. ``problems`` lists every error (and warning).
 
-    ``str(err)`` is the compiler-style report; ``err.code`` is the first error's code.
+    ``err.code`` is the first error's code; ``render()`` (and ``message``) is the
+    compiler-style report of every problem; ``str(err)`` is ``code: report``.
     """
 
     def __init__(self, problems: Iterable[Problem]) -> None:
@@ -87,9 +90,11 @@ class PolicyError(Exception):
         self.line = first.line if first else None
         self.column = first.column if first else None
         # The full report is rendered on demand: garbage input can carry many problems.
-        super().__init__(first.render().split("\n", 1)[0] if first else "policy error")
+        Exception.__init__(self, first.render().split("\n", 1)[0] if first else "policy error")
 
-    def __str__(self) -> str:
+    @property
+    def message(self) -> str:  # type: ignore[override]
+        """The compiler-style report, rendered on demand."""
         return self.render()
 
     def render(self) -> str:

@@ -43,6 +43,7 @@ from decimal import (
 from types import MappingProxyType
 from typing import Final, Literal, NamedTuple
 
+from policyengine.errors import PolicyEngineError
 from policyengine.money._iso4217 import NOT_CURRENCIES, SOURCE, SOURCE_DATE, TABLE
 
 __all__ = [
@@ -90,12 +91,8 @@ _CTX: Final = Context(
 )
 
 
-class MoneyError(ValueError):
+class MoneyError(PolicyEngineError, ValueError):
     """An amount or currency was refused. ``code`` is stable (see ``docs/money.md``)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from decimal import (
 from typing import Final, Literal, Protocol, runtime_checkable
 
 from policyengine import _json as strict_json
+from policyengine.errors import PolicyEngineError
 from policyengine.money._money import (
     MAX_AMOUNT,
     UNITS,
@@ -86,12 +87,8 @@ _DOWN: Final = Context(prec=100, rounding=ROUND_FLOOR, Emax=999, Emin=-999, trap
 _NEAREST: Final = Context(prec=34, rounding=ROUND_HALF_EVEN, Emax=999, Emin=-999, traps=_TRAPS)
 
 
-class RateError(ValueError):
+class RateError(PolicyEngineError, ValueError):
     """A conversion could not be done. ``code`` is stable (see ``docs/money.md``)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @runtime_checkable
@@ -112,7 +109,7 @@ def _currency_code(code: object) -> str:
     try:
         spec = spec_of(code)
     except MoneyError as exc:
-        raise RateError("unknown_currency", str(exc)) from exc
+        raise RateError("unknown_currency", exc.message) from exc
     if spec.is_unit:
         raise RateError("unit_mismatch", f"{spec.code!r} is a budget unit and has no rate")
     return spec.code
@@ -410,7 +407,7 @@ def convert(
     try:
         spec = spec_of(to_code)
     except MoneyError as exc:
-        raise RateError("unknown_currency", str(exc)) from exc
+        raise RateError("unknown_currency", exc.message) from exc
     target = spec.code
     source = money.currency
     if target == source:

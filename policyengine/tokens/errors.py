@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
+from policyengine.errors import PolicyEngineError
+
 __all__ = ["AttenuationError", "TokenError"]
 
 
-class TokenError(ValueError):
+class TokenError(PolicyEngineError, ValueError):
     """A token, key or key set was rejected. ``code`` is stable (see docs/delegation.md).
 
     >>> TokenError("expired", "token expired at 2026-01-01T00:00:00Z").code
     'expired'
     """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 class AttenuationError(TokenError):

@@ -140,7 +140,7 @@ class Grant:
             try:
                 converted = convert(money, cap.currency, rates, now=now, rounding="up")
             except (RateError, MoneyError) as exc:
-                raise TokenError("amount_unconvertible", str(exc)) from exc
+                raise TokenError("amount_unconvertible", exc.message) from exc
             if converted.amount > cap.amount:
                 return False
         return True
@@ -209,7 +209,7 @@ def _parse_amount(value: object) -> Money:
     try:
         money = Money.parse(amount, currency)
     except MoneyError as exc:
-        raise _fail("invalid_amount", f"max_amount: {exc}") from None
+        raise _fail("invalid_amount", f"max_amount: {exc.message}") from None
     if money.currency != currency:
         raise _fail("invalid_amount", f"currency must be written {money.currency!r}")
     return money
@@ -378,7 +378,7 @@ def _check_link(parent: Hop, parent_token: str, child: Hop, rates: RateSource | 
         try:
             mine = convert(mine, cap.currency, rates, now=now, rounding="up")
         except (RateError, MoneyError) as exc:
-            raise AttenuationError("amount_unconvertible", str(exc)) from exc
+            raise AttenuationError("amount_unconvertible", exc.message) from exc
         converted = True
     if mine.amount > cap.amount:
         raise AttenuationError("amount_widened", "child max_amount exceeds the parent's")
@@ -514,7 +514,7 @@ def _money_arg(value: object) -> Money | None:
         if isinstance(value, (tuple, list)) and len(value) == 2:
             return Money.parse(value[0], value[1])
     except MoneyError as exc:
-        raise _fail("invalid_amount", f"max_amount: {exc}") from None
+        raise _fail("invalid_amount", f"max_amount: {exc.message}") from None
     except KeyError:
         pass
     raise _fail("invalid_amount", 'max_amount is a Money, ("500", "EUR") or {"value", "currency"}')

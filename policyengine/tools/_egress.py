@@ -19,10 +19,11 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from policyengine import _json as strict_json
 from policyengine.decision import Decision, ToolDecision
@@ -137,7 +138,7 @@ class CompiledTools:
             h = normalize_host(host)
             p = normalize_path(path)
         except ToolRequestError as exc:
-            return _Routed("invalid_request", "invalid_request", str(exc), exc.code)
+            return _Routed("invalid_request", "invalid_request", exc.message, exc.code)
         if any(pat.matches(h) for pat in self.egress_deny):
             return _Routed("egress_deny", "egress_denied", f"egress to {h} is denied")
         bindings = self.for_host(h)
@@ -248,7 +249,7 @@ def _minor_to_major(value: Any, currency: Any) -> Any:
     try:
         places = decimal_places(currency)
     except MoneyError as exc:
-        return _BadMinor(str(exc))
+        return _BadMinor(exc.message)
     return Decimal(value).scaleb(-places)
 
 
@@ -258,9 +259,8 @@ def _extract(extractors: Sequence[Extractor], body: Any, query: Mapping[str, Any
     minor: list[Extractor] = []
     for ex in extractors:
         if ex.kind == "body":
-            if not isinstance(body, (dict, list)):
-                continue
-            value = ex.path.first(body, MISSING)  # type: ignore[union-attr]
+            value = (ex.path.first(body, MISSING)  # type: ignore[union-attr]
+                     if isinstance(body, (dict, list)) else MISSING)
         elif ex.kind == "query":
             value = query.get(ex.key, MISSING)
         elif ex.kind == "header":
@@ -268,6 +268,8 @@ def _extract(extractors: Sequence[Extractor], body: Any, query: Mapping[str, Any
         else:
             value = params.get(ex.key, MISSING)
         if value is MISSING:
+            # The name is the route's: a caller's value never stands in for it.
+            context.pop(ex.name, None)
             continue
         context[ex.name] = value
         if ex.minor:
@@ -283,30 +285,79 @@ def _lower_headers(headers: Any) -> dict[str, Any]:
             if str(k).lower() not in CREDENTIAL_HEADERS}
 
 
-def _parse_body(body: Any) -> tuple[Any, tuple[str, str] | None]:
-    """Bytes are JSON-decoded when they are JSON; anything else is taken as given.
+_UNREADABLE_PREFIXES: Final = (
+    (codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF8, "a UTF-8 byte order mark"),
+    (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"),
+)
 
-    Returns (body, problem) where problem is (diagnostic code, message). JSON that another
-    parser could read differently (duplicate keys: last wins here, first wins elsewhere;
-    NaN) is refused, since the bytes that would leave are not what was decided on.
-    """
-    if isinstance(body, (bytes, bytearray, memoryview)):
-        raw = bytes(body)
-        if len(raw) > MAX_BODY_BYTES:
-            return None, ("body_too_large", f"body is {len(raw)} bytes; the limit is "
-                          f"{MAX_BODY_BYTES}")
-        if not raw:
-            return None, None
+
+def _why_unreadable(raw: bytes | str) -> str:
+    """A short reason a body did not parse as strict UTF-8 JSON, for the message."""
+    if isinstance(raw, bytes):
+        for prefix, what in _UNREADABLE_PREFIXES:
+            if raw.startswith(prefix):
+                return f"it starts with {what}" if what.startswith("a ") else f"it is {what}"
+        if len(raw) >= 2 and (raw[0] == 0 or raw[1] == 0):
+            return "it is UTF-16 or UTF-32 (a NUL byte in the first two)"
         try:
-            return strict_json.loads(raw), None
-        except strict_json.AmbiguousJsonError as exc:
-            return None, ("ambiguous_body", f"the JSON body is ambiguous: {exc}")
-        except (ValueError, RecursionError):
-            return raw, None
-    if isinstance(body, str) and len(body) > MAX_BODY_BYTES // 4 and len(
-            body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
-        return None, ("body_too_large", f"body is more than {MAX_BODY_BYTES} bytes as UTF-8")
-    return body, None
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "it is not UTF-8"
+    elif raw.startswith("\ufeff"):
+        return "it starts with a byte order mark"
+    return "it is not JSON"
+
+
+class _Body:
+    """A call's body as the engine reads it: ``value`` is parsed JSON (any JSON value,
+    or what an in-process caller passed), or the raw text/bytes when ``readable`` is
+    False: those are passed on untouched, and a route that extracts from or redacts
+    the body refuses them (``unreadable_body``)."""
+
+    __slots__ = ("readable", "value")
+
+    def __init__(self, value: Any, readable: bool) -> None:
+        self.value = value
+        self.readable = readable
+
+
+_NO_BODY: Final = _Body(None, True)
+
+
+def _read_body(body: Any) -> _Body | tuple[str, str]:
+    """Parse bytes and text bodies as strict JSON; a (code, message) pair refuses them.
+
+    JSON text is parsed whichever way it comes (bytes, or a ``str`` holding a JSON
+    document): deciding on the caller's ``context`` while the upstream reads amounts
+    from the text would be a bypass. JSON that another parser could read differently
+    (duplicate keys: last wins here, first wins elsewhere; ``NaN``; ``1e400``; an integer
+    over the digit limit) is refused outright, since the bytes that would leave are not
+    what was decided on. Anything else that does not parse (a UTF-8 byte order mark,
+    UTF-16 / UTF-32, form data, text) is kept as it is and marked unreadable.
+    """
+    if body is None:
+        return _NO_BODY
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        raw: bytes | str = bytes(body)
+        if len(raw) > MAX_BODY_BYTES:
+            return ("body_too_large", f"body is {len(raw)} bytes; the limit is "
+                    f"{MAX_BODY_BYTES}")
+        if not raw:
+            return _NO_BODY
+    elif isinstance(body, str):
+        raw = body
+        if len(raw) > MAX_BODY_BYTES // 4 and len(
+                raw.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+            return ("body_too_large", f"body is more than {MAX_BODY_BYTES} bytes as UTF-8")
+    else:
+        return _Body(body, True)
+    try:
+        return _Body(strict_json.loads(raw), True)
+    except strict_json.AmbiguousJsonError as exc:
+        return ("ambiguous_body", f"the JSON body is ambiguous: {exc.message}")
+    except (ValueError, RecursionError):
+        return _Body(raw, False)
 
 
 def _outcome(decision: Decision) -> str:
@@ -350,10 +401,13 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
     if transport not in TRANSPORTS:
         return reject("invalid_request", "invalid_request",
                       f"transport must be one of {', '.join(TRANSPORTS)}")
-    body, body_problem = _parse_body(body)
-    if body_problem is not None:
-        return reject("invalid_request", "invalid_request", body_problem[1],
-                      diag=body_problem[0])
+    readable = True
+    if body is not None and type(body) is not dict:  # dict: the common case, as given
+        read = _read_body(body)
+        if type(read) is tuple:
+            return reject("invalid_request", "invalid_request", read[1], diag=read[0])
+        assert isinstance(read, _Body)
+        body, readable = read.value, read.readable
     if query is None:
         query = {}
     if not isinstance(query, Mapping):
@@ -367,7 +421,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
             routed = tools.route(method, host, path)
         else:  # not cacheable; the normalisers say which field is wrong
             routed = tools._route(method, host, path)
-        if routed.outcome == "egress_allow":
+        if routed.outcome == "egress_allow":  # no route reads the body: passed on as given
             if trace is not None:
                 trace.step("route", f"egress_allow ({routed.code}): {routed.reason}")
             allowed = Decision("allowed", routed.code, routed.reason, (), None, (),
@@ -394,12 +448,18 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
         qid, permission = named.qid, named.permission
         extractors, rules = named.extractors, named.redactions
 
+    if not readable and (rules or any(ex.kind == "body" for ex in extractors)):
+        return reject("invalid_request", "invalid_request",
+                      f"the body cannot be read as strict UTF-8 JSON ({_why_unreadable(body)})"
+                      "; a route that extracts from or redacts the body needs one",
+                      permission, diag="unreadable_body", tool=qid)
     ctx: dict[str, Any] = dict(context) if context else {}
     try:
         _extract(extractors, body, query, hdrs, params, ctx)
     except RedactionError as exc:  # a path that cannot be evaluated on this body
-        return reject("invalid_request", "invalid_request", f"cannot extract context: {exc}",
-                      permission, diag="extraction_failed", tool=qid)
+        return reject("invalid_request", "invalid_request",
+                      f"cannot extract context: {exc.message}", permission,
+                      diag="extraction_failed", tool=qid)
     decision, redacted, redactions = pipeline.run_tool(
         principal, permission, ctx, token, approval_id, body, rules, hmac_key, trace)
     return ToolDecision(decision, _outcome(decision), redacted, redactions, qid)

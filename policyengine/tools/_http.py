@@ -23,9 +23,10 @@ What the engine sees (credentials never do):
 * ``headers``: lower-case names, repeated headers joined with ``", "``, *without*
   :data:`DROPPED_HEADERS` (credentials and hop-by-hop headers);
 * ``body``: ``None`` when empty; the parsed JSON when the content type is JSON (or
-  absent) and the bytes are strict UTF-8 JSON (no duplicate keys, no NaN/Infinity);
-  otherwise the raw ``bytes``. An engine must fail closed on a route that needs
-  extraction or redaction from a body it cannot parse.
+  absent) and the bytes are strict UTF-8 JSON (no duplicate keys, no NaN/Infinity, no
+  number that is infinite as a double, no integer over the digit limit); otherwise the
+  raw ``bytes``, which the engine parses again with the same rules and refuses on any
+  route that extracts from or redacts the body.
 
 Bodies above ``max_body_bytes`` (default :data:`MAX_BODY_BYTES`) are refused here, before
 the engine is asked, with a ``ToolDenied`` whose outcome is ``invalid_request`` and code
@@ -164,8 +165,15 @@ def _outgoing(request: httpx.Request, content: bytes, parsed: Any, is_json: bool
             raise ToolDenied(_local_denial(
                 "redaction_unavailable",
                 "the decision requires redactions but the body is not JSON; not sent"))
-        content = json.dumps(new_body, ensure_ascii=False, separators=(",", ":"),
-                             allow_nan=False).encode("utf-8")
+        try:
+            content = json.dumps(new_body, ensure_ascii=False, separators=(",", ":"),
+                                 allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
+            # The strict parser never yields such a body; an authorizer that does gets
+            # a refusal, never an exception from inside the transport.
+            raise ToolDenied(_local_denial(
+                "redaction_unavailable",
+                f"the redacted body cannot be written as JSON ({exc}); not sent")) from None
     headers = httpx.Headers(request.headers)
     headers.pop("transfer-encoding", None)
     if content or "content-length" in headers or request.method not in ("GET", "HEAD"):

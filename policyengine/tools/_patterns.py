@@ -14,6 +14,8 @@ import ipaddress
 import re
 from typing import Final
 
+from policyengine.errors import PolicyEngineError
+
 __all__ = [
     "MAX_HOST_LENGTH",
     "MAX_METHOD_LENGTH",
@@ -34,24 +36,19 @@ MAX_HOST_LENGTH: Final = 253
 MAX_PATH_LENGTH: Final = 2048
 
 
-class ToolRequestError(ValueError):
+class ToolRequestError(PolicyEngineError, ValueError):
     """A tool request field is malformed. ``code`` is stable.
 
     Codes: ``invalid_method``, ``invalid_host``, ``invalid_path``, ``path_traversal``.
     """
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
-
-class ToolPatternError(ValueError):
+class ToolPatternError(PolicyEngineError, ValueError):
     """A host / route / name pattern in a policy is malformed. ``code`` is
     ``invalid_pattern``."""
 
     def __init__(self, message: str, code: str = "invalid_pattern") -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(code, message)
 
 
 # ---------------------------------------------------------------------------- method
@@ -277,7 +274,7 @@ class HostPattern:
             try:
                 canon = normalize_host(base)
             except ToolRequestError as exc:
-                raise ToolPatternError(f"host pattern {text!r}: {exc}") from None
+                raise ToolPatternError(f"host pattern {text!r}: {exc.message}") from None
             name = canon.rsplit(":", 1)[0] if not canon.startswith("[") else canon
             if canon.startswith("[") or "." not in name or name.replace(".", "").isdigit():
                 raise ToolPatternError(f"host pattern {text!r}: a wildcard needs a domain of "
@@ -288,7 +285,7 @@ class HostPattern:
         try:
             return cls(text, normalize_host(text), None)
         except ToolRequestError as exc:
-            raise ToolPatternError(f"host pattern {text!r}: {exc}") from None
+            raise ToolPatternError(f"host pattern {text!r}: {exc.message}") from None
 
     @property
     def is_wildcard(self) -> bool:
@@ -368,7 +365,7 @@ class RoutePattern:
                 try:
                     canon = normalize_path("/" + seg)[1:]
                 except ToolRequestError as exc:
-                    raise ToolPatternError(f"route {text!r}: {exc}") from None
+                    raise ToolPatternError(f"route {text!r}: {exc.message}") from None
                 if "?" in seg:
                     raise ToolPatternError(f"route {text!r}: no query in a route")
                 segments.append(("lit", canon))

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, Literal
 
+from policyengine.errors import PolicyEngineError
+
 __all__ = [
     "MASK",
     "MISSING",
@@ -62,18 +64,14 @@ Step = str | int
 Location = tuple[Step, ...]
 
 
-class RedactionError(ValueError):
+class RedactionError(PolicyEngineError, ValueError):
     """A JSONPath or redaction rule is unusable. ``code`` is stable.
 
-    Codes: ``invalid_path`` (does not parse, or uses an unsupported feature),
+    Codes: ``invalid_jsonpath`` (does not parse, or uses an unsupported feature),
     ``invalid_rule`` (unknown strategy, bad ``keep``), ``invalid_hash_key``,
     ``path_eval_error`` (evaluating a path failed, e.g. a document nested too deep
     for recursive descent).
     """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _Missing:
@@ -262,10 +260,10 @@ def _check_nodes(node: Any, text: str) -> None:
     """Reject jsonpath-ng features whose matches are not locations in the document."""
     kind = type(node).__name__
     if kind not in _ALLOWED_NODES:
-        raise RedactionError("invalid_path", f"JSONPath {text!r}: {kind} is not supported; "
+        raise RedactionError("invalid_jsonpath", f"JSONPath {text!r}: {kind} is not supported; "
                              "use names, indexes, [*], slices, filters and '..'")
     if kind == "Slice" and node.step == 0:
-        raise RedactionError("invalid_path", f"JSONPath {text!r}: slice step must not be 0")
+        raise RedactionError("invalid_jsonpath", f"JSONPath {text!r}: slice step must not be 0")
     for attr in ("left", "right"):
         sub = getattr(node, attr, None)
         if sub is not None:
@@ -316,11 +314,13 @@ class JsonPath:
 
     @classmethod
     def compile(cls, text: str) -> JsonPath:
-        """Compile ``text`` (must start with ``$``); raises ``RedactionError('invalid_path')``."""
+        """Compile ``text`` (must start with ``$``).
+
+        Raises ``RedactionError('invalid_jsonpath')``."""
         if not isinstance(text, str) or not text.startswith("$"):
-            raise RedactionError("invalid_path", f"JSONPath {text!r} must start with '$'")
+            raise RedactionError("invalid_jsonpath", f"JSONPath {text!r} must start with '$'")
         if len(text) > MAX_PATH_LENGTH:
-            raise RedactionError("invalid_path",
+            raise RedactionError("invalid_jsonpath",
                                  f"JSONPath is longer than {MAX_PATH_LENGTH} characters")
         native = _parse_native(text)
         if native is not None:
@@ -332,7 +332,7 @@ class JsonPath:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 expr = _jp_parse(text)
         except Exception as exc:  # jsonpath-ng raises assorted exception types
-            raise RedactionError("invalid_path",
+            raise RedactionError("invalid_jsonpath",
                                  f"JSONPath {text!r} does not parse: {exc}") from None
         _check_nodes(expr, text)
         return cls(text, None, expr)
@@ -445,7 +445,7 @@ class RedactionRule:
                                  f"not {self.strategy}")
         compiled = JsonPath.compile(self.path)
         if compiled.is_root:
-            raise RedactionError("invalid_path", "cannot redact the document root '$'")
+            raise RedactionError("invalid_jsonpath", "cannot redact the document root '$'")
         object.__setattr__(self, "compiled", compiled)
 
     @property
@@ -628,7 +628,7 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
         try:
             key = check_hmac_key(hmac_key)
         except RedactionError as exc:
-            key_problem = RedactionDiagnostic("invalid_hash_key", str(exc))
+            key_problem = RedactionDiagnostic("invalid_hash_key", exc.message)
 
     ws = _Workspace(body)
     redactions: list[dict[str, str]] = []
@@ -658,7 +658,8 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
                     hits.sort(key=_hit_key)
                 new_values = [_new_value(rule, old, key) for _, old in hits]
         except RedactionError as exc:
-            diagnostics.append(RedactionDiagnostic(exc.code, f"{rule.path}: {exc}", rule.path))
+            diagnostics.append(RedactionDiagnostic(exc.code, f"{rule.path}: {exc.message}",
+                                                   rule.path))
             continue
         except RecursionError:
             diagnostics.append(RedactionDiagnostic(

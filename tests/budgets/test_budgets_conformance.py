@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import STORE_KINDS, SharedStores, open_store
 
-from policyengine.budgets import BudgetSpec, Ledger, MemoryStore, SQLiteStore
+from policyengine.budgets import BudgetSpec, Ledger
 from policyengine.budgets._conformance import run_budget_case
 from policyengine.money import StaticRates
 
@@ -84,28 +85,29 @@ def test_enough_budget_cases() -> None:
         assert all(c["kind"] == "budget" for c in doc["cases"])
 
 
-def _factory(doc: dict[str, Any], store: str, tmp_path: Path) -> Callable[..., Ledger]:
+def _factory(
+    doc: dict[str, Any], store: str, tmp_path: Path, shared: SharedStores
+) -> Callable[..., Ledger]:
     text = "\n".join(doc["policies"].values())
     specs, rates = _specs_from_policy(text)
 
     def build(clock: Callable[[], float]) -> Ledger:
-        backend = MemoryStore() if store == "memory" else SQLiteStore(tmp_path / "ledger.db")
-        return Ledger(specs, backend, rates=rates, clock=clock)
+        backend = open_store(store, tmp_path, shared)
+        return Ledger(specs, backend, rates=rates, clock=clock)  # type: ignore[arg-type]
 
     return build
 
 
+@pytest.mark.parametrize("kind", STORE_KINDS)
 @pytest.mark.parametrize(("doc", "case"), _cases())
-def test_case_memory(doc: dict[str, Any], case: dict[str, Any], tmp_path: Path) -> None:
-    assert run_budget_case(_factory(doc, "memory", tmp_path), case, doc["now"]) is None
+def test_case(doc: dict[str, Any], case: dict[str, Any], kind: str, tmp_path: Path,
+              shared_stores: SharedStores) -> None:
+    factory = _factory(doc, kind, tmp_path, shared_stores)
+    assert run_budget_case(factory, case, doc["now"]) is None
 
 
-@pytest.mark.parametrize(("doc", "case"), _cases())
-def test_case_sqlite(doc: dict[str, Any], case: dict[str, Any], tmp_path: Path) -> None:
-    assert run_budget_case(_factory(doc, "sqlite", tmp_path), case, doc["now"]) is None
-
-
-def test_runner_reports_a_wrong_expectation(tmp_path: Path) -> None:
+def test_runner_reports_a_wrong_expectation(tmp_path: Path, shared_stores: SharedStores
+                                            ) -> None:
     doc = json.loads(FIXTURES[0].read_text())
     case = {
         "name": "wrong on purpose",
@@ -114,5 +116,5 @@ def test_runner_reports_a_wrong_expectation(tmp_path: Path) -> None:
                                            "amount": "1", "currency": "EUR"},
                    "expect": {"allowed": False}}],
     }
-    problem = run_budget_case(_factory(doc, "memory", tmp_path), case, doc["now"])
+    problem = run_budget_case(_factory(doc, "memory", tmp_path, shared_stores), case, doc["now"])
     assert problem is not None and "allowed" in problem

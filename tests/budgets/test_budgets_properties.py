@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import STORE_KINDS, SharedStores, open_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -100,13 +101,20 @@ def _code(fn: object, *args: object, **kwargs: object) -> tuple[str | None, obje
         return exc.code, None
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("kind", STORE_KINDS)
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(sequence=ops)
-def test_ledger_matches_model(kind: str, sequence: list[tuple[object, ...]]) -> None:
+def test_ledger_matches_model(
+    kind: str, sequence: list[tuple[object, ...]], shared_stores: SharedStores
+) -> None:
     model = Model()
-    store = MemoryStore() if kind == "memory" else SQLiteStore(":memory:")
-    ledger = Ledger([SPEC], store, clock=lambda: model.now)
+    store: object
+    if kind in ("memory", "sqlite"):
+        store = MemoryStore() if kind == "memory" else SQLiteStore(":memory:")
+    else:
+        store = shared_stores.fresh(kind)
+    ledger = Ledger([SPEC], store, clock=lambda: model.now)  # type: ignore[arg-type]
     for op in sequence:
         name = op[0]
         if name == "advance":
@@ -145,14 +153,16 @@ def test_ledger_matches_model(kind: str, sequence: list[tuple[object, ...]]) -> 
         assert bal.spent + bal.reserved <= LIMIT + OVERDRAFT
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_zero_amount_reservations_expire_cleanly(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_zero_amount_reservations_expire_cleanly(
+    kind: str, tmp_path: Path, shared_stores: SharedStores
+) -> None:
     """Regression (found by hypothesis): two zero-amount reservations, then expiry.
 
     A zero-amount line holds nothing, so releasing it at expiry must not look for a hold.
     """
     clock = [1_773_144_000.0]
-    store = MemoryStore() if kind == "memory" else SQLiteStore(str(tmp_path / "z.db"))
+    store = open_store(kind, tmp_path, shared_stores)
     spec = BudgetSpec("p.h", ("x:*",), Decimal(10), "EUR", "hour", subject="global")
     ledger = Ledger([spec], store, clock=lambda: clock[0])
     first = ledger.reserve("a", "x:y", "0", "EUR", ttl=1)
@@ -236,16 +246,19 @@ many_ops = st.lists(
 )
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("kind", STORE_KINDS)
 @settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(sequence=many_ops)
 def test_agents_and_windows_match_model(
-    kind: str, sequence: list[tuple[object, ...]], tmp_path: Path
+    kind: str, sequence: list[tuple[object, ...]], tmp_path: Path,
+    shared_stores: SharedStores,
 ) -> None:
     model = ManyModel()
     if kind == "memory":
         store: object = MemoryStore()
+    elif kind in ("postgres", "redis"):
+        store = shared_stores.fresh(kind)
     else:
         path = tmp_path / "many.db"
         for suffix in ("", "-wal", "-shm"):  # a fresh file per example
@@ -305,4 +318,5 @@ def test_agents_and_windows_match_model(
             assert (money.spent, money.reserved) == (spent, reserved), agent
             assert (calls.spent, calls.reserved) == (calls_spent, calls_held), agent
             assert money.spent + money.reserved <= 100 and calls.spent + calls.reserved <= 3
-    ledger.store.close()
+    if kind in ("memory", "sqlite"):
+        ledger.store.close()

@@ -362,3 +362,26 @@ def test_a_rate_source_that_fails_denies(tmp_path: Any) -> None:
     eng = Engine.from_source(MIXED, rates=CallableRates(broken), clock=Clock(NOW))
     d = eng.authorize("bot", "payments:pay", {"amount": "1", "currency": "USD"})
     assert (d.status, d.code) == ("denied", "no_rate")
+
+
+# ---- the budgets leaf owns its limits; the checker reports them (issue 10, item 5) -----
+
+@pytest.mark.parametrize(("statement", "code"), [
+    ("budget b: pay:* limit 10 EUR per rolling 60d per agent", "E125"),  # leaf: at most 31 days
+    ("budget b: pay:* limit 10.001 USD per day per agent", "E123"),  # more decimals than USD
+    ("budget b: pay:* limit 1000000000000000 credits per day per agent", "E123"),  # > quanta
+    ("budget b: pay:* limit 1.5 calls per day per agent", "E123"),
+])
+def test_check_and_load_agree_on_budget_limits(statement: str, code: str) -> None:
+    from conftest import codes_of
+    text = f"role r: pay:*\nagent \"bot\": r\n{statement}\n"
+    assert codes_of(("t.policy", text)) == [(code, 3, 1)]
+    with pytest.raises(PolicyError) as info:  # the engine refuses it the same way
+        Engine.from_source(text, name="t.policy")
+    assert [(p.code, p.line) for p in info.value.problems] == [(code, 3)]
+
+
+def test_the_longest_rolling_window_loads() -> None:
+    eng = Engine.from_source('role r: pay:*\nagent "bot": r\n'
+                             "budget b: pay:* limit 10 EUR per rolling 31d per agent\n")
+    assert eng.budgets.specs[0].rolling_seconds == 31 * 86400

@@ -327,7 +327,8 @@ def test_rendered_error_is_compiler_style_with_a_caret() -> None:
         parse(text, "dir/f.policy")
     err = info.value
     col = text.splitlines()[1].index("&") + 1
-    rendered = str(err)
+    rendered = err.render()
+    assert str(err) == f"E001: {rendered}"
     assert rendered.startswith(f"dir/f.policy:2:{col}: error[E001]: ")
     assert "permit a: x:y when context.a & true" in rendered
     caret_line = next(line for line in rendered.splitlines() if line.strip() == "^")

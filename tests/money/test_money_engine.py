@@ -11,11 +11,14 @@ from __future__ import annotations
 from decimal import Decimal
 from fractions import Fraction
 from functools import lru_cache
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from policyengine.engine import Engine
+from policyengine.lang import PolicyError
 
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -222,3 +225,17 @@ def test_currency_allowed_only_if_known_and_rated(currency: object) -> None:
     else:
         assert d.status == "denied", (currency, d)
         assert d.code in ("unknown_currency", "no_rate", "unit_mismatch"), (currency, d)
+
+
+def test_inline_rate_differing_from_the_rates_file_is_e132(tmp_path: Path) -> None:
+    (tmp_path / "fx.json").write_text(
+        '{"base": "EUR", "as_of": "2025-06-15T15:06:40Z", "rates": {"USD": "0.92"}}',
+        encoding="utf-8")
+    policy = tmp_path / "p.policy"
+    text = 'currency EUR\nrates "fx.json"\nrate USD {}\nrole r: a:*\nagent "bot": r\n'
+    policy.write_text(text.format("0.92"), encoding="utf-8")
+    assert Engine.from_path(policy).authorize("bot", "a:b").allowed  # the same rate is fine
+    policy.write_text(text.format("0.93"), encoding="utf-8")
+    with pytest.raises(PolicyError) as info:
+        Engine.from_path(policy)
+    assert (info.value.code, info.value.line) == ("E132", 2)

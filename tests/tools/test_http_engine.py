@@ -242,7 +242,8 @@ def test_non_json_body_on_a_redacting_tool_is_denied(engine: Engine, server: Rec
     with governed_client(engine, "bot") as client, pytest.raises(ToolDenied) as err:
         client.post(f"{server.base}/v1/echo", content=b"card=4111111111111111",
                     headers={"content-type": "application/x-www-form-urlencoded"})
-    assert err.value.decision.code == "redaction_failed"
+    assert err.value.outcome == "invalid_request"
+    assert [x.code for x in err.value.decision.diagnostics] == ["unreadable_body"]
     assert server.seen == []
 
 

@@ -67,7 +67,7 @@ def test_first_and_missing() -> None:
 def test_invalid_paths(bad: Any) -> None:
     with pytest.raises(RedactionError) as info:
         JsonPath.compile(bad)
-    assert info.value.code == "invalid_path"
+    assert info.value.code == "invalid_jsonpath"
 
 
 @pytest.mark.parametrize("kwargs,code", [
@@ -76,8 +76,8 @@ def test_invalid_paths(bad: Any) -> None:
     ({"path": "$.a", "strategy": "partial", "keep": -1}, "invalid_rule"),
     ({"path": "$.a", "strategy": "mask", "keep": 2}, "invalid_rule"),
     ({"path": "$.a", "strategy": "partial", "keep": True}, "invalid_rule"),
-    ({"path": "$", "strategy": "mask"}, "invalid_path"),
-    ({"path": "$.[", "strategy": "mask"}, "invalid_path"),
+    ({"path": "$", "strategy": "mask"}, "invalid_jsonpath"),
+    ({"path": "$.[", "strategy": "mask"}, "invalid_jsonpath"),
 ])
 def test_invalid_rules(kwargs: dict[str, Any], code: str) -> None:
     with pytest.raises(RedactionError) as info:

@@ -48,6 +48,10 @@ tool pay: http "pay.example.com" {
   GET "/creds/cookie" -> creds:cookie { cookie = header "cookie" }
   GET "/creds/proxy" -> creds:proxy { proxy = header "Proxy-Authorization" }
   GET "/creds/forbid" -> creds:forbid { authorization = header "authorization" }
+  GET "/creds/auth-ctl" -> creds:auth { authorization = header "X-Auth" }
+  GET "/creds/cookie-ctl" -> creds:cookie { cookie = header "X-Cookie" }
+  GET "/creds/proxy-ctl" -> creds:proxy { proxy = header "X-Proxy" }
+  GET "/creds/forbid-ctl" -> creds:forbid { authorization = header "X-Auth" }
 }
 tool crm: http "crm.example.com" {
   POST "/**" -> crm:write
@@ -197,22 +201,22 @@ def test_allowed_neighbours_still_allowed(engine: Engine) -> None:
 # ------------------------------------------------------------------- credential headers
 
 CRED_CASES = [
-    ("/creds/auth", "Authorization", "Bearer sk_live_x", "t.leak-auth", "authorization"),
-    ("/creds/cookie", "Cookie", "session=abc", "t.leak-cookie", "cookie"),
-    ("/creds/proxy", "Proxy-Authorization", "Basic cHJveHk=", "t.leak-proxy", "proxy"),
+    ("/creds/auth", "Authorization", "Bearer sk_live_x", "t.leak-auth", "X-Auth"),
+    ("/creds/cookie", "Cookie", "session=abc", "t.leak-cookie", "X-Cookie"),
+    ("/creds/proxy", "Proxy-Authorization", "Basic cHJveHk=", "t.leak-proxy", "X-Proxy"),
 ]
 
 
-@pytest.mark.parametrize(("path", "header", "value", "rule", "field"), CRED_CASES)
+@pytest.mark.parametrize(("path", "header", "value", "rule", "plain"), CRED_CASES)
 def test_credential_headers_never_reach_conditions(engine: Engine, path: str, header: str,
-                                                   value: str, rule: str, field: str) -> None:
+                                                   value: str, rule: str, plain: str) -> None:
     # The permit holds exactly when the credential reached the context: it must not.
     for name in (header, header.lower(), header.upper()):
         d = http(engine, "GET", "pay.example.com", path, headers={name: value})
         assert d.code == "no_permit", d.to_wire()
         assert [(x.code, x.rule) for x in d.diagnostics] == [("missing_attribute", rule)]
-    # Control: the same value given as caller context does reach it (the test can fail).
-    d = http(engine, "GET", "pay.example.com", path, context={field: value})
+    # Control: the same value in a plain header does reach it (the test can fail).
+    d = http(engine, "GET", "pay.example.com", path + "-ctl", headers={plain: value})
     assert d.allowed, d.to_wire()
 
 
@@ -222,8 +226,8 @@ def test_forbid_on_a_credential_never_sees_it(engine: Engine) -> None:
     # Not "forbidden": the forbid's condition could not read the header (fail closed).
     assert d.code == "missing_attribute"
     assert d.code != "forbidden"
-    leaked = http(engine, "GET", "pay.example.com", "/creds/forbid",
-                  context={"authorization": "Bearer sk_live_x"})
+    leaked = http(engine, "GET", "pay.example.com", "/creds/forbid-ctl",
+                  headers={"X-Auth": "Bearer sk_live_x"})
     assert leaked.code == "forbidden"  # control
 
 
@@ -307,8 +311,9 @@ def test_deeply_nested_bytes_body_does_not_crash(engine: Engine) -> None:
     depth = 200_000
     raw = b"[" * depth + b"]" * depth
     d = http(engine, "POST", "crm.example.com", "/contacts", body=raw)
-    # Too deep to parse: taken as unparsed bytes, which cannot be redacted: fail closed.
-    assert d.outcome == "policy_deny" and d.code == "redaction_failed"
+    # Too deep to parse: unreadable, and the tool redacts: fail closed.
+    assert d.outcome == "invalid_request"
+    assert [x.code for x in d.diagnostics] == ["unreadable_body"]
     d = http(engine, "POST", "pay.example.com", "/v1/refunds", body=raw)
     assert not d.allowed  # nothing extracted: the limit fails closed
     d = http(engine, "POST", "files.example.com", "/up", body=raw)

@@ -1,0 +1,126 @@
+"""A small HTTP/1.1 load generator for the service benchmarks (not a test module).
+
+Closed loop: ``connections`` keep-alive connections each send one request, wait for the
+whole response, record the latency and send the next, for ``seconds``. Requests are
+prepared bytes, so the generator does no encoding while it runs; responses are read by
+``Content-Length`` (the servers measured here always send it). It runs on uvloop when
+that is installed, in one process, so it takes one core of its own: on a two-core
+machine the server under test gets the other one (plus what this process leaves).
+
+Latency is measured per request (send to last byte), so p99 is a real per-request
+percentile, including the time a request waits in the server's queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[int, int]
+    sample_body: bytes
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds
+
+
+def build_request(method: str, path: str, body: bytes = b"",
+                  headers: Sequence[tuple[str, str]] = (), host: str = "127.0.0.1") -> bytes:
+    """One HTTP/1.1 keep-alive request as bytes."""
+    lines = [f"{method} {path} HTTP/1.1", f"host: {host}",
+             f"content-length: {len(body)}", "content-type: application/json"]
+    lines.extend(f"{k}: {v}" for k, v in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+            break
+    body = await reader.readexactly(length) if length else b""
+    return status, body
+
+
+async def _worker(host: str, port: int, requests: Sequence[bytes], deadline: float,
+                  latencies: list[float], statuses: dict[int, int], sample: list[bytes],
+                  offset: int) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    n = len(requests)
+    i = offset
+    clock = time.perf_counter
+    try:
+        while True:
+            start = clock()
+            if start >= deadline:
+                return
+            writer.write(requests[i % n])
+            status, body = await _read_response(reader)
+            latencies.append(clock() - start)
+            statuses[status] = statuses.get(status, 0) + 1
+            if not sample:
+                sample.append(body)
+            i += 1
+    finally:
+        writer.close()
+
+
+async def _run(host: str, port: int, requests: Sequence[bytes], connections: int,
+               seconds: float, warmup: float) -> LoadResult:
+    if warmup > 0:
+        await asyncio.gather(*(_worker(host, port, requests, time.perf_counter() + warmup,
+                                       [], {}, [], c) for c in range(connections)))
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    sample: list[bytes] = []
+    start = time.perf_counter()
+    await asyncio.gather(*(_worker(host, port, requests, start + seconds, latencies, statuses,
+                                   sample, c) for c in range(connections)))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    return LoadResult(len(latencies), elapsed, q[49] * 1000, q[98] * 1000, statuses,
+                      sample[0] if sample else b"")
+
+
+def run(host: str, port: int, requests: Sequence[bytes], *, connections: int = 32,
+        seconds: float = 5.0, warmup: float = 1.0) -> LoadResult:
+    """Drive ``requests`` (round-robin) at ``host:port`` and return the figures."""
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - plain asyncio works, only slower
+        runner = asyncio.run
+    return runner(_run(host, port, requests, connections, seconds, warmup))
+
+
+def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port}")
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

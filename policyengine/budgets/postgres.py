@@ -1,0 +1,631 @@
+"""Shared :class:`~policyengine.budgets.store.BudgetStore` on PostgreSQL.
+
+Many processes on many hosts share one ledger: each :meth:`~PostgresStore.apply` is one
+call of a server-side function (``budget_apply``), so an operation is one round trip and
+one transaction, however many budgets it touches.
+
+Concurrency: the function locks, in one global order, first the idempotency key (by
+upserting its row), then the reservation it finalizes or extends (``FOR UPDATE``), then
+every bucket row it reads or changes (sorted by budget, subject, window; created when
+missing). Guards are read under those row locks, so no two transactions ever interleave
+check and debit on a bucket, and the fixed order rules out deadlocks. ``READ COMMITTED``
+suffices: a row read after its lock is granted is its latest committed version.
+
+Layout: one row per bucket (``spent``, ``reserved``, and ``sweep_at``, a lower bound of
+the expiry of the holds counted in ``reserved``); one row per hold of a live reservation,
+indexed by bucket and expiry; reservations with their number of holds; rolling spend as
+events; idempotency records. A transaction that locks a bucket whose ``sweep_at`` has
+passed first gives back the holds that expired on it; a read subtracts them instead. So
+expiry is exact with no sweeper process, and a reservation with fewer holds than it was
+created with was expired by a host whose clock is ahead (it is then treated as expired,
+never held twice or given back twice).
+
+Time: see :mod:`policyengine.budgets.clock`. The ledger's clock defaults to
+:attr:`PostgresStore.clock`, the host clock corrected to the server's; and every call
+is refused with ``clock_skew`` when the ``now`` it carries is further than
+``max_clock_skew`` seconds from the server's ``clock_timestamp()``.
+
+Durability (``durability=``), as for the SQLite store:
+
+* ``"process"`` (default): ``synchronous_commit = off``. A crash of this process, or of
+  a PostgreSQL backend, loses nothing that was acknowledged ... except that the server
+  acknowledges before its WAL reaches the disk: a crash of the PostgreSQL server or its
+  host can lose the last ``3 x wal_writer_delay`` (600 ms by default) of operations.
+  Never a partial operation: each is one transaction.
+* ``"spend"``: transactions that record spend or move an expiry (``commit``,
+  ``record``, ``extend``) wait for the WAL flush (``synchronous_commit = on`` for that
+  transaction); reservations and releases do not.
+* ``"full"``: every transaction waits for the WAL flush.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from policyengine.budgets.clock import ServerClock
+from policyengine.budgets.errors import BudgetStoreError
+from policyengine.budgets.spec import MAX_ROLLING_SECONDS
+from policyengine.budgets.store import (
+    ACTIVE,
+    OK,
+    Bucket,
+    IdempotencyRecord,
+    Outcome,
+    ReservationRecord,
+    Transaction,
+    Usage,
+    compact_json,
+    record_from_json,
+)
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+    from psycopg_pool import ConnectionPool
+
+__all__ = ["LAYOUT_VERSION", "PostgresStore"]
+
+Durability = Literal["process", "spend", "full"]
+_DURABILITY = ("process", "spend", "full")
+
+#: Version of the tables and functions below, kept in ``<schema>.budget_layout``.
+LAYOUT_VERSION = 1
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
+_SWEEP_EVERY = 512
+_BUCKET_LIFETIME = 32 * 86400
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS {s}.budget_buckets (
+    budget text NOT NULL, subject text NOT NULL, win bigint NOT NULL,
+    spent bigint NOT NULL DEFAULT 0, reserved bigint NOT NULL DEFAULT 0, sweep_at float8,
+    PRIMARY KEY (budget, subject, win));
+CREATE INDEX IF NOT EXISTS budget_buckets_by_window ON {s}.budget_buckets (win);
+CREATE TABLE IF NOT EXISTS {s}.budget_holds (
+    rid text NOT NULL, budget text NOT NULL,
+    subject text NOT NULL, win bigint NOT NULL, amount bigint NOT NULL,
+    expires_at float8 NOT NULL, PRIMARY KEY (rid, budget, subject, win));
+CREATE INDEX IF NOT EXISTS budget_holds_by_bucket
+    ON {s}.budget_holds (budget, subject, win, expires_at);
+CREATE TABLE IF NOT EXISTS {s}.budget_events (
+    budget text NOT NULL, subject text NOT NULL,
+    at float8 NOT NULL, amount bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS budget_events_by_bucket ON {s}.budget_events (budget, subject, at);
+CREATE TABLE IF NOT EXISTS {s}.budget_reservations (
+    id text PRIMARY KEY, status text NOT NULL, expires_at float8 NOT NULL,
+    nholds integer NOT NULL, finished_at float8, data text NOT NULL);
+CREATE INDEX IF NOT EXISTS budget_reservations_finished
+    ON {s}.budget_reservations (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {s}.budget_idempotency (
+    key text PRIMARY KEY, fingerprint text NOT NULL, expires_at float8 NOT NULL,
+    result text NOT NULL);
+"""
+
+# The one write. ``tx`` (built by _encode) is
+#   {"g": [[budget, subject, win, since|null, add, ceiling, debt_above|null], ...],
+#    "r": reservation id|null, "c": [id, status, expires_at, [[b, s, w, amount]...], data]|null,
+#    "f": [status, data]|null, "x": new expires_at|null, "s": [[b, s, w, rolling, amount]...],
+#    "i": [key, fingerprint, expires_at, result]|null}
+# It returns null when every effect was applied, else the refusal as jsonb.
+_APPLY = """
+CREATE OR REPLACE FUNCTION {s}.budget_apply(tx jsonb, now float8, max_skew float8,
+                                            sync_spend boolean) RETURNS jsonb
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    server float8 := extract(epoch FROM clock_timestamp());
+    idem jsonb := tx->'i';
+    v_rid text := tx->>'r';
+    res record;
+    k record;
+    g jsonb;
+    c jsonb;
+    e jsonb;
+    sw float8;
+    freed numeric;
+    sp numeric;
+    rs numeric;
+    n integer;
+    i integer := 0;
+    usages jsonb := '[]';
+    x float8;
+BEGIN
+    IF max_skew IS NOT NULL AND abs(server - now) > max_skew THEN
+        RETURN jsonb_build_object('reason', 'clock', 'server', server);
+    END IF;
+    IF jsonb_typeof(idem) = 'array' THEN
+        INSERT INTO {s}.budget_idempotency AS t (key, fingerprint, expires_at, result)
+            VALUES (idem->>0, idem->>1, (idem->>2)::float8, idem->>3)
+            ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                expires_at = excluded.expires_at, result = excluded.result
+            WHERE t.expires_at <= now;
+        IF NOT FOUND THEN  -- a live record: the row is locked, read it
+            SELECT t.fingerprint, t.expires_at, t.result INTO res
+                FROM {s}.budget_idempotency t WHERE t.key = idem->>0;
+            RETURN jsonb_build_object('reason', 'idempotency', 'f', res.fingerprint,
+                                      'x', res.expires_at, 'd', res.result);
+        END IF;
+    ELSE
+        idem := NULL;
+    END IF;
+    IF v_rid IS NOT NULL THEN
+        SELECT r.status, r.expires_at, r.nholds, r.data INTO res
+            FROM {s}.budget_reservations r WHERE r.id = v_rid FOR UPDATE;
+        IF NOT FOUND OR res.status <> 'active' OR res.expires_at <= now THEN
+            IF idem IS NOT NULL THEN
+                DELETE FROM {s}.budget_idempotency t WHERE t.key = idem->>0;
+            END IF;
+            RETURN jsonb_build_object('reason', 'reservation', 'd', res.data,
+                                      'x', res.expires_at);
+        END IF;
+    END IF;
+    -- Lock every bucket read or written, in one global order; give back expired holds.
+    FOR k IN
+        SELECT DISTINCT u.b, u.s, u.w FROM (
+            SELECT v->>0 AS b, v->>1 AS s, (v->>2)::bigint AS w
+                FROM jsonb_array_elements(tx->'g') v
+            UNION ALL SELECT v->>0, v->>1, (v->>2)::bigint
+                FROM jsonb_array_elements(CASE WHEN jsonb_typeof(tx->'c') = 'array'
+                                          THEN tx->'c'->3 ELSE '[]' END) v
+            UNION ALL SELECT v->>0, v->>1,
+                             CASE WHEN (v->>3)::boolean THEN 0 ELSE (v->>2)::bigint END
+                FROM jsonb_array_elements(tx->'s') v
+            UNION ALL SELECT h.budget, h.subject, h.win
+                FROM {s}.budget_holds h WHERE v_rid IS NOT NULL AND h.rid = v_rid
+        ) u ORDER BY u.b, u.s, u.w
+    LOOP
+        SELECT b.sweep_at INTO sw FROM {s}.budget_buckets b
+            WHERE b.budget = k.b AND b.subject = k.s AND b.win = k.w FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO {s}.budget_buckets (budget, subject, win) VALUES (k.b, k.s, k.w)
+                ON CONFLICT DO NOTHING;
+            PERFORM 1 FROM {s}.budget_buckets b
+                WHERE b.budget = k.b AND b.subject = k.s AND b.win = k.w FOR UPDATE;
+        ELSIF sw <= now THEN
+            WITH gone AS (
+                DELETE FROM {s}.budget_holds h
+                WHERE h.budget = k.b AND h.subject = k.s AND h.win = k.w AND h.expires_at <= now
+                RETURNING h.amount)
+            SELECT coalesce(sum(gone.amount), 0) INTO freed FROM gone;
+            UPDATE {s}.budget_buckets b SET reserved = b.reserved - freed,
+                sweep_at = (SELECT min(h.expires_at) FROM {s}.budget_holds h
+                            WHERE h.budget = k.b AND h.subject = k.s AND h.win = k.w)
+                WHERE b.budget = k.b AND b.subject = k.s AND b.win = k.w;
+        END IF;
+    END LOOP;
+    IF v_rid IS NOT NULL THEN
+        -- Fewer holds than created with: a host whose clock is ahead expired it.
+        SELECT count(*) INTO n FROM {s}.budget_holds h WHERE h.rid = v_rid;
+        IF n <> res.nholds THEN
+            IF idem IS NOT NULL THEN
+                DELETE FROM {s}.budget_idempotency t WHERE t.key = idem->>0;
+            END IF;
+            RETURN jsonb_build_object('reason', 'reservation', 'd', res.data,
+                                      'x', res.expires_at, 'swept', true);
+        END IF;
+    END IF;
+    FOR g IN SELECT v FROM jsonb_array_elements(tx->'g') v LOOP
+        SELECT b.spent, b.reserved INTO sp, rs FROM {s}.budget_buckets b
+            WHERE b.budget = g->>0 AND b.subject = g->>1 AND b.win = (g->>2)::bigint;
+        IF v_rid IS NOT NULL THEN
+            rs := rs - coalesce((SELECT h.amount FROM {s}.budget_holds h
+                                 WHERE h.rid = v_rid AND h.budget = g->>0
+                                 AND h.subject = g->>1 AND h.win = (g->>2)::bigint), 0);
+        END IF;
+        IF jsonb_typeof(g->3) = 'number' THEN
+            SELECT coalesce(sum(ev.amount), 0) INTO sp FROM {s}.budget_events ev
+                WHERE ev.budget = g->>0 AND ev.subject = g->>1 AND ev.at > (g->>3)::float8;
+        END IF;
+        usages := usages || jsonb_build_array(jsonb_build_array(sp, rs));
+        IF (jsonb_typeof(g->6) = 'number' AND sp > (g->>6)::numeric)
+           OR sp + rs + (g->>4)::numeric > (g->>5)::numeric THEN
+            IF idem IS NOT NULL THEN
+                DELETE FROM {s}.budget_idempotency t WHERE t.key = idem->>0;
+            END IF;
+            RETURN jsonb_build_object(
+                'reason', CASE WHEN jsonb_typeof(g->6) = 'number' AND sp > (g->>6)::numeric
+                          THEN 'debt' ELSE 'guard' END,
+                'i', i, 'u', usages);
+        END IF;
+        i := i + 1;
+    END LOOP;
+    -- Every check passed: apply every effect.
+    IF v_rid IS NOT NULL THEN
+        IF jsonb_typeof(tx->'f') = 'array' THEN
+            FOR k IN DELETE FROM {s}.budget_holds h WHERE h.rid = v_rid
+                     RETURNING h.budget, h.subject, h.win, h.amount LOOP
+                UPDATE {s}.budget_buckets b SET reserved = b.reserved - k.amount
+                    WHERE b.budget = k.budget AND b.subject = k.subject AND b.win = k.win;
+            END LOOP;
+            UPDATE {s}.budget_reservations r SET status = tx->'f'->>0, finished_at = now,
+                data = tx->'f'->>1 WHERE r.id = v_rid;
+        ELSIF jsonb_typeof(tx->'x') = 'number' THEN
+            x := (tx->>'x')::float8;
+            UPDATE {s}.budget_reservations r SET expires_at = x WHERE r.id = v_rid;
+            FOR k IN UPDATE {s}.budget_holds h SET expires_at = x WHERE h.rid = v_rid
+                     RETURNING h.budget, h.subject, h.win LOOP
+                UPDATE {s}.budget_buckets b SET sweep_at = least(b.sweep_at, x)
+                    WHERE b.budget = k.budget AND b.subject = k.subject AND b.win = k.win;
+            END LOOP;
+        END IF;
+    END IF;
+    IF jsonb_typeof(tx->'c') = 'array' THEN
+        c := tx->'c';
+        x := (c->>2)::float8;
+        INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, finished_at, data)
+            VALUES (c->>0, c->>1, x, jsonb_array_length(c->3),
+                    CASE WHEN c->>1 = 'active' THEN NULL ELSE now END, c->>4);
+        FOR e IN SELECT v FROM jsonb_array_elements(c->3) v LOOP
+            INSERT INTO {s}.budget_holds (rid, budget, subject, win, amount, expires_at)
+                VALUES (c->>0, e->>0, e->>1, (e->>2)::bigint, (e->>3)::bigint, x);
+            UPDATE {s}.budget_buckets b SET reserved = b.reserved + (e->>3)::bigint,
+                sweep_at = least(b.sweep_at, x)
+                WHERE b.budget = e->>0 AND b.subject = e->>1 AND b.win = (e->>2)::bigint;
+        END LOOP;
+    END IF;
+    FOR e IN SELECT v FROM jsonb_array_elements(tx->'s') v LOOP
+        IF (e->>3)::boolean THEN
+            INSERT INTO {s}.budget_events (budget, subject, at, amount)
+                VALUES (e->>0, e->>1, now, (e->>4)::bigint);
+        ELSE
+            UPDATE {s}.budget_buckets b SET spent = b.spent + (e->>4)::bigint
+                WHERE b.budget = e->>0 AND b.subject = e->>1 AND b.win = (e->>2)::bigint;
+        END IF;
+    END LOOP;
+    IF sync_spend AND (jsonb_array_length(tx->'s') > 0 OR jsonb_typeof(tx->'x') = 'number') THEN
+        PERFORM set_config('synchronous_commit', 'on', true);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+"""
+
+# Usage of buckets ([[budget, subject, win, since|null], ...]) as [[spent, reserved], ...],
+# expired holds left out. STABLE: every statement reads one snapshot.
+_USAGE = """
+CREATE OR REPLACE FUNCTION {s}.budget_usage(buckets jsonb, now float8, max_skew float8)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    server float8 := extract(epoch FROM clock_timestamp());
+    g jsonb;
+    sp numeric;
+    rs numeric;
+    sw float8;
+    acc jsonb := '[]';
+BEGIN
+    IF max_skew IS NOT NULL AND abs(server - now) > max_skew THEN
+        RETURN jsonb_build_object('reason', 'clock', 'server', server);
+    END IF;
+    FOR g IN SELECT v FROM jsonb_array_elements(buckets) v LOOP
+        SELECT b.spent, b.reserved, b.sweep_at INTO sp, rs, sw FROM {s}.budget_buckets b
+            WHERE b.budget = g->>0 AND b.subject = g->>1 AND b.win = (g->>2)::bigint;
+        IF NOT FOUND THEN
+            sp := 0;
+            rs := 0;
+        ELSIF sw <= now THEN
+            rs := rs - (SELECT coalesce(sum(h.amount), 0) FROM {s}.budget_holds h
+                        WHERE h.budget = g->>0 AND h.subject = g->>1
+                        AND h.win = (g->>2)::bigint AND h.expires_at <= now);
+        END IF;
+        IF jsonb_typeof(g->3) = 'number' THEN
+            SELECT coalesce(sum(ev.amount), 0) INTO sp FROM {s}.budget_events ev
+                WHERE ev.budget = g->>0 AND ev.subject = g->>1 AND ev.at > (g->>3)::float8;
+        END IF;
+        acc := acc || jsonb_build_array(jsonb_build_array(sp, rs));
+    END LOOP;
+    RETURN acc;
+END
+$fn$;
+"""
+
+_HOUSEKEEP = """
+DELETE FROM {s}.budget_events WHERE at < %(events)s;
+DELETE FROM {s}.budget_reservations WHERE finished_at < %(finished)s;
+DELETE FROM {s}.budget_reservations r WHERE r.status = 'active' AND r.expires_at < %(finished)s
+    AND NOT EXISTS (SELECT 1 FROM {s}.budget_holds h WHERE h.rid = r.id);
+DELETE FROM {s}.budget_idempotency WHERE expires_at <= %(now)s;
+DELETE FROM {s}.budget_buckets WHERE win > 0 AND win < %(buckets)s AND reserved = 0;
+"""
+
+
+def _unavailable(exc: BaseException) -> BudgetStoreError:
+    return BudgetStoreError("store_unavailable", f"budget database error: {exc}")
+
+
+def _encode(tx: Transaction) -> str:
+    """The transaction as the JSON document ``budget_apply`` reads."""
+    created = tx.create
+    c: list[Any] | None = None
+    if created is not None:
+        holds = (
+            [[ln[0], ln[1], ln[2], ln[5]] for ln in created.lines if ln[5]]
+            if created.status == ACTIVE else []
+        )
+        c = [created.id, created.status, created.expires_at, holds, compact_json(created)]
+    fin = tx.finalize
+    idem = tx.idempotency
+    return compact_json({
+        "g": [[g[0][0], g[0][1], g[0][2], g[0][3], g[1], g[2], g[3]] for g in tx.guards],
+        "r": tx.require_active,
+        "c": c,
+        "f": None if fin is None else [fin.status, compact_json(fin)],
+        "x": tx.extend_to,
+        "s": [list(s) for s in tx.spends],
+        "i": None if idem is None else [idem.key, idem.fingerprint, idem.expires_at,
+                                        compact_json(idem.result)],
+    })
+
+
+def _record(data: str | None, expires_at: float | None) -> ReservationRecord | None:
+    """A stored reservation; its row's ``expires_at`` is authoritative (``extend``
+    moves it without rewriting ``data``)."""
+    if data is None:
+        return None
+    rec = record_from_json(data)
+    if expires_at is not None and rec.status == ACTIVE and rec.expires_at != expires_at:
+        rec = rec._replace(expires_at=expires_at)
+    return rec
+
+
+class PostgresStore:
+    """Budget store in PostgreSQL, shared by every process and host that opens ``url``.
+
+    >>> store = PostgresStore("postgresql://app@db/ledger", schema="policyengine")  # doctest: +SKIP
+
+    ``schema``: where the tables live (created with the tables when missing; a lower-case
+    SQL name). ``durability``: see the module docstring. ``pool_size``: most connections
+    per process (one per concurrently calling thread is enough). ``max_clock_skew``:
+    seconds the ``now`` of a call may differ from the server's clock before the call is
+    refused with ``clock_skew`` (``None``: trust the caller's clock, for tests that set
+    the time). ``retention``: seconds finished reservations and idempotency records are
+    kept. Raises ``BudgetStoreError`` ``store_unavailable`` when the server cannot be
+    reached and ``store_incompatible`` when the schema holds another layout.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "policyengine",
+        durability: Durability = "process",
+        pool_size: int = 8,
+        max_clock_skew: float | None = 2.0,
+        retention: float = 86400.0,
+        connect_timeout: float = 5.0,
+        host_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if durability not in _DURABILITY:
+            raise ValueError(f"durability must be one of {_DURABILITY}, not {durability!r}")
+        if not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"schema must be a lower-case SQL name, not {schema!r}")
+        try:
+            import psycopg  # noqa: F401 - fail here, with the extra to install
+            import psycopg_pool  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - the extra is part of dev
+            raise BudgetStoreError(
+                "store_unavailable",
+                "PostgresStore needs psycopg: pip install 'policyengine[postgres]'",
+            ) from exc
+        self.url = url
+        self.schema = schema
+        self.durability = durability
+        self.pool_size = pool_size
+        self.max_clock_skew = max_clock_skew
+        self.retention = retention
+        self.connect_timeout = connect_timeout
+        s = f'"{schema}"'
+        self._apply_sql = f"SELECT {s}.budget_apply(%s::jsonb, %s, %s, %s)::text"
+        self._usage_sql = f"SELECT {s}.budget_usage(%s::jsonb, %s, %s)::text"
+        self._sync_spend = durability == "spend"
+        self._housekeep_sql = _HOUSEKEEP.format(s=s)
+        self._pool: ConnectionPool[Any] | None = None
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
+        self._writes = 0
+        self._closed = False
+        self._create_schema()
+        self.clock = ServerClock(self.server_time, host=host_clock)
+        """Host time corrected to the server's: the ledger's default clock."""
+
+    # -- connections -------------------------------------------------------------------
+
+    def _configure(self, conn: Connection[Any]) -> None:
+        conn.execute(
+            "SELECT set_config('synchronous_commit', %s, false)",
+            ("on" if self.durability == "full" else "off",),
+        )
+
+    def _get_pool(self) -> ConnectionPool[Any]:
+        pool = self._pool
+        if pool is not None and self._pool_pid == os.getpid():
+            return pool
+        from psycopg_pool import ConnectionPool
+        with self._pool_lock:
+            if self._closed:
+                raise BudgetStoreError("store_unavailable", "the budget store is closed")
+            if self._pool is None or self._pool_pid != os.getpid():
+                # A forked child must not use its parent's sockets: a pool of its own.
+                self._pool = ConnectionPool(
+                    self.url, min_size=1, max_size=self.pool_size, open=True,
+                    kwargs={"autocommit": True, "connect_timeout": max(1, round(
+                        self.connect_timeout))},
+                    configure=self._configure, timeout=self.connect_timeout,
+                    name=f"policyengine-budgets-{os.getpid()}",
+                )
+                self._pool_pid = os.getpid()
+            return self._pool
+
+    def _call(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """First column of the one row ``sql`` returns, on a pooled connection."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+        try:
+            with self._get_pool().connection() as conn:
+                row = conn.execute(sql, params).fetchone()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _unavailable(exc) from exc
+        return None if row is None else row[0]
+
+    def _create_schema(self) -> None:
+        import psycopg
+        s = f'"{self.schema}"'
+        try:
+            with psycopg.connect(
+                self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
+            ) as conn, conn.transaction():
+                # Processes creating one schema at once take turns.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                             (f"policyengine.budgets.{self.schema}",))
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+                found = conn.execute(
+                    "SELECT c.relname FROM pg_class c JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r' "
+                    "AND c.relname LIKE 'budget%%'", (self.schema,),
+                ).fetchall()
+                names = {row[0] for row in found}
+                version: int | None = None
+                if "budget_layout" in names:
+                    row = conn.execute(f"SELECT max(version) FROM {s}.budget_layout"
+                                       ).fetchone()
+                    version = row[0] if row is not None else None
+                elif names:
+                    version = 0  # budget tables without a layout: not ours to read
+                if version is not None and version != LAYOUT_VERSION:
+                    raise BudgetStoreError(
+                        "store_incompatible",
+                        f"schema {self.schema!r} holds budget layout version {version}, "
+                        f"this policyengine reads version {LAYOUT_VERSION}: settle or "
+                        "export its budgets with the version that wrote it, or use "
+                        "another schema",
+                    )
+                functions = _APPLY.format(s=s) + _USAGE.format(s=s)
+                code = hashlib.sha256(functions.encode()).hexdigest()
+                if version is None:
+                    conn.execute(f"CREATE TABLE {s}.budget_layout (version integer "
+                                 "NOT NULL, code text NOT NULL)")
+                    conn.execute(f"INSERT INTO {s}.budget_layout VALUES (%s, '')",
+                                 (LAYOUT_VERSION,))
+                    for statement in _TABLES.format(s=s).split(";"):
+                        if statement.strip():
+                            conn.execute(statement)  # type: ignore[arg-type]
+                # Tables are never touched again once made (DDL would lock them against
+                # running operations); the functions are replaced only when they changed.
+                row = conn.execute(f"SELECT code FROM {s}.budget_layout").fetchone()
+                if row is None or row[0] != code:
+                    conn.execute(_APPLY.format(s=s))  # type: ignore[arg-type]
+                    conn.execute(_USAGE.format(s=s))  # type: ignore[arg-type]
+                    conn.execute(f"UPDATE {s}.budget_layout SET code = %s", (code,))
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from exc
+
+    def server_time(self) -> float:
+        """The server's clock (``clock_timestamp()``), POSIX seconds."""
+        value = self._call("SELECT extract(epoch FROM clock_timestamp())::float8", ())
+        return float(value)
+
+    def close(self) -> None:
+        """Close this process's pool (idempotent)."""
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None and self._pool_pid == os.getpid():
+            pool.close()
+
+    def drop(self) -> None:
+        """Drop the schema and everything in it (tests, and tearing a ledger down)."""
+        import psycopg
+        self.close()
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from exc
+
+    # -- reads -------------------------------------------------------------------------
+
+    def usage(self, buckets: tuple[Bucket, ...], now: float) -> tuple[Usage, ...]:
+        doc = compact_json([[b[0], b[1], b[2], b[3]] for b in buckets])
+        text = self._call(self._usage_sql, (doc, now, self.max_clock_skew))
+        result = json.loads(text)
+        if type(result) is dict:
+            raise _skewed(now, result["server"], self.max_clock_skew)
+        return tuple([Usage(int(sp), int(rs)) for sp, rs in result])
+
+    def get_reservation(self, reservation_id: str) -> ReservationRecord | None:
+        import psycopg
+        try:
+            with self._get_pool().connection() as conn:
+                row = conn.execute(
+                    f'SELECT data, expires_at FROM "{self.schema}".budget_reservations '
+                    "WHERE id = %s", (reservation_id,),
+                ).fetchone()
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from exc
+        return None if row is None else _record(row[0], row[1])
+
+    def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
+        import psycopg
+        try:
+            with self._get_pool().connection() as conn:
+                row = conn.execute(
+                    f'SELECT fingerprint, expires_at, result FROM "{self.schema}".'
+                    "budget_idempotency WHERE key = %s AND expires_at > %s", (key, now),
+                ).fetchone()
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from exc
+        if row is None:
+            return None
+        return IdempotencyRecord(key, row[0], record_from_json(row[2]), row[1])
+
+    # -- the one write -----------------------------------------------------------------
+
+    def apply(self, tx: Transaction, now: float) -> Outcome:
+        self._writes += 1
+        if self._writes % _SWEEP_EVERY == 0:
+            self._housekeep(now)
+        text = self._call(self._apply_sql,
+                          (_encode(tx), now, self.max_clock_skew, self._sync_spend))
+        if text is None:
+            return OK
+        refusal: dict[str, Any] = json.loads(text)
+        reason = refusal["reason"]
+        if reason == "clock":
+            raise _skewed(now, refusal["server"], self.max_clock_skew)
+        if reason == "idempotency":
+            found = IdempotencyRecord(tx.idempotency.key,  # type: ignore[union-attr]
+                                      refusal["f"], record_from_json(refusal["d"]),
+                                      refusal["x"])
+            return Outcome(False, "idempotency", idempotency=found)
+        if reason == "reservation":
+            return Outcome(False, "reservation",
+                           reservation=_record(refusal.get("d"), refusal.get("x")))
+        usages = tuple([Usage(int(sp), int(rs)) for sp, rs in refusal["u"]])
+        return Outcome(False, reason, refusal["i"], usages)
+
+    def _housekeep(self, now: float) -> None:
+        # Forgetting what nobody can ask about any more; correctness never waits for it.
+        import psycopg
+        try:
+            with self._get_pool().connection() as conn:
+                conn.execute(self._housekeep_sql, {  # type: ignore[arg-type]
+                    "events": now - MAX_ROLLING_SECONDS - 60,
+                    "finished": now - self.retention,
+                    "now": now,
+                    "buckets": now - _BUCKET_LIFETIME,
+                })
+        except psycopg.Error:
+            pass  # the next one will do; the operation itself reports any real fault
+
+
+def _skewed(now: float, server: float, bound: float | None) -> BudgetStoreError:
+    return BudgetStoreError(
+        "clock_skew",
+        f"this host's time is {now - server:+.3f} s from the budget store's, more than the "
+        f"{bound} s allowed: use the store's clock (the ledger's default) or fix the host "
+        "clock (NTP)",
+        {"skew": round(now - server, 3), "maxSkew": bound},
+    )

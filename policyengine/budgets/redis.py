@@ -1,0 +1,500 @@
+"""Shared :class:`~policyengine.budgets.store.BudgetStore` on Redis.
+
+Every atomic operation is one server-side Lua script, loaded once and called by its
+SHA (``EVALSHA``; reloaded by itself after a server restart): Redis runs a script to the
+end before anything else, so "check every budget, then debit every one" cannot
+interleave with another host's operation. One round trip per operation.
+
+Keys (all under ``prefix``, default ``policyengine:budgets:``), names built by the
+scripts with length-prefixed budget ids so no subject can forge another bucket's key:
+
+* ``layout``: the layout version and a random id of this dataset, ``"1:<hex>"``;
+* ``b:<len>:<budget><subject>:<window>``: hash ``{s: spent, r: reserved}`` of a bucket
+  (expires 32 days after its window starts);
+* ``e:<len>:<budget><subject>``: sorted set of rolling spend (``seq:amount`` by time);
+* ``r:<id>``: hash of a reservation (status, expiry, holds, record);
+* ``x``: sorted set of reservations whose holds count, by expiry. Every script first
+  gives back the holds of those expired by its ``now``: exact expiry, no sweeper;
+* ``i:<key>``: hash of an idempotency record (expires with it).
+
+Amounts are integer quanta up to 10^18: the scripts add and compare them exactly as
+two base-10^9 limbs (Lua numbers are doubles) and let Redis's ``HINCRBY`` keep them as
+64-bit integers. Times travel as the decimal strings Python wrote, never re-printed by
+Lua.
+
+A lost dataset is refused, not silently restarted: each store remembers the layout id it
+opened; when the server restarts without persistence (or the keys are flushed) the id
+is gone and every call fails with ``store_unavailable`` instead of granting budgets
+afresh. :meth:`RedisStore.reinitialize` accepts the loss (see docs/deployment.md).
+
+Keys are built inside the scripts, so this store needs a standalone Redis (or a
+cluster where the prefix is one hash slot, e.g. ``{budgets}:``).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from policyengine.budgets.clock import ServerClock
+from policyengine.budgets.errors import BudgetStoreError
+from policyengine.budgets.spec import MAX_ROLLING_SECONDS
+from policyengine.budgets.store import (
+    ACTIVE,
+    OK,
+    Bucket,
+    IdempotencyRecord,
+    Outcome,
+    ReservationRecord,
+    Transaction,
+    Usage,
+    compact_json,
+    record_from_json,
+)
+
+__all__ = ["LAYOUT_VERSION", "RedisStore"]
+
+#: Version of the key layout above; the ``layout`` key starts with it.
+LAYOUT_VERSION = 1
+
+# Shared by both scripts: ARGV[1] prefix, ARGV[2] layout id, ARGV[3] now, ARGV[4] max
+# skew ('' for none), ARGV[5] the JSON argument, ARGV[6] retention, ARGV[7] rolling span.
+_PRELUDE = r"""
+local P = ARGV[1]
+local layout = redis.call('GET', P .. 'layout')
+if layout ~= ARGV[2] then
+  return cjson.encode({reason = 'layout', found = layout or ''})
+end
+local NOW_S = ARGV[3]
+local now = tonumber(NOW_S)
+if ARGV[4] ~= '' then
+  local t = redis.call('TIME')
+  local server = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if math.abs(server - now) > tonumber(ARGV[4]) then
+    return cjson.encode({reason = 'clock', server = string.format('%.6f', server)})
+  end
+end
+local RETENTION = tonumber(ARGV[6])
+local ROLLING = tonumber(ARGV[7])
+
+-- Exact integers up to ~10^27 as {hi, lo} = hi * 10^9 + lo, 0 <= lo < 10^9.
+local E9 = 1000000000
+local function N(s)
+  if not s then return {0, 0} end
+  local neg = string.sub(s, 1, 1) == '-'
+  if neg then s = string.sub(s, 2) end
+  local n = #s
+  local v
+  if n <= 9 then v = {0, tonumber(s)} else
+    v = {tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))}
+  end
+  if neg then
+    if v[2] == 0 then return {-v[1], 0} end
+    return {-v[1] - 1, E9 - v[2]}
+  end
+  return v
+end
+local function add(a, b)
+  local lo, hi = a[2] + b[2], a[1] + b[1]
+  if lo >= E9 then lo = lo - E9; hi = hi + 1 end
+  return {hi, lo}
+end
+local function neg(a)
+  if a[2] == 0 then return {-a[1], 0} end
+  return {-a[1] - 1, E9 - a[2]}
+end
+local function gt(a, b) return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2]) end
+local function S(a)
+  if a[1] < 0 then return '-' .. S(neg(a)) end
+  if a[1] == 0 then return string.format('%d', a[2]) end
+  return string.format('%d%09d', a[1], a[2])
+end
+
+local function bkey(b, s, w) return P .. 'b:' .. #b .. ':' .. b .. s .. ':' .. w end
+local function ekey(b, s) return P .. 'e:' .. #b .. ':' .. b .. s end
+local function ttl(seconds)
+  local t = math.ceil(seconds)
+  if t < 1 then return 1 end
+  return t
+end
+
+-- Give back the holds of every reservation expired by now.
+local due = redis.call('ZRANGEBYSCORE', P .. 'x', '-inf', NOW_S)
+for _, id in ipairs(due) do
+  local rk = P .. 'r:' .. id
+  local h = redis.call('HGET', rk, 'h')
+  if h then
+    for _, hold in ipairs(cjson.decode(h)) do
+      redis.call('HINCRBY', hold[1], 'r', '-' .. hold[2])
+    end
+    redis.call('HSET', rk, 'held', '0')
+    local x = tonumber(redis.call('HGET', rk, 'x'))
+    redis.call('EXPIRE', rk, ttl(x + RETENTION - now))
+  end
+  redis.call('ZREM', P .. 'x', id)
+end
+
+local function rolling_spent(b, s, since)
+  local total = {0, 0}
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', ekey(b, s), '(' .. since, '+inf')) do
+    total = add(total, N(string.sub(m, string.find(m, ':', 1, true) + 1)))
+  end
+  return total
+end
+
+-- {spent, reserved} of a bucket, as limbs.
+local function counts(g)
+  local v = redis.call('HMGET', bkey(g[1], g[2], g[3]), 's', 'r')
+  local spent = N(v[1])
+  if g[4] ~= cjson.null then spent = rolling_spent(g[1], g[2], g[4]) end
+  return spent, N(v[2])
+end
+"""
+
+_USAGE = _PRELUDE + r"""
+local out = {}
+for i, g in ipairs(cjson.decode(ARGV[5])) do
+  local spent, reserved = counts(g)
+  out[i] = {S(spent), S(reserved)}
+end
+return cjson.encode(out)
+"""
+
+# ARGV[5]: {"g": [[budget, subject, win, since|null, add, ceiling, debt_above|null]...],
+#  "r": id|null, "c": [id, status, expires_at, [[b, s, w, amount]...], data]|null,
+#  "f": [status, data]|null, "x": expires_at|null, "s": [[b, s, w, rolling, amount]...],
+#  "i": [key, fingerprint, expires_at, result]|null}; numbers as decimal strings.
+_APPLY = _PRELUDE + r"""
+local tx = cjson.decode(ARGV[5])
+local idem = tx.i
+if idem ~= cjson.null then
+  local found = redis.call('HMGET', P .. 'i:' .. idem[1], 'f', 'x', 'd')
+  if found[2] and tonumber(found[2]) > now then
+    return cjson.encode({reason = 'idempotency', f = found[1], x = found[2], d = found[3]})
+  end
+end
+local rid = tx.r
+local own = {}  -- bucket key -> amount this reservation holds there
+local own_holds = nil
+if rid ~= cjson.null then
+  local rk = P .. 'r:' .. rid
+  local r = redis.call('HMGET', rk, 'st', 'x', 'held', 'd', 'h')
+  -- Not held while unexpired: a host whose clock is ahead expired it.
+  if not r[1] or r[1] ~= 'active' or tonumber(r[2]) <= now or r[3] ~= '1' then
+    return cjson.encode({reason = 'reservation', d = r[4] or '', x = r[2] or ''})
+  end
+  own_holds = cjson.decode(r[5])
+  for _, hold in ipairs(own_holds) do own[hold[1]] = hold[2] end
+end
+local usages = {}
+for i, g in ipairs(tx.g) do
+  local spent, reserved = counts(g)
+  local mine = own[bkey(g[1], g[2], g[3])]
+  if mine then reserved = add(reserved, neg(N(mine))) end
+  usages[i] = {S(spent), S(reserved)}
+  local reason = nil
+  if g[7] ~= cjson.null and gt(spent, N(g[7])) then
+    reason = 'debt'
+  elseif gt(add(add(spent, reserved), N(g[5])), N(g[6])) then
+    reason = 'guard'
+  end
+  if reason then return cjson.encode({reason = reason, i = i - 1, u = usages}) end
+end
+if tx.c ~= cjson.null and redis.call('EXISTS', P .. 'r:' .. tx.c[1]) == 1 then
+  return cjson.encode({reason = 'duplicate'})  -- never hold one reservation twice
+end
+-- Every check passed: apply every effect.
+if rid ~= cjson.null then
+  local rk = P .. 'r:' .. rid
+  if tx.f ~= cjson.null then
+    for _, hold in ipairs(own_holds) do
+      redis.call('HINCRBY', hold[1], 'r', '-' .. hold[2])
+    end
+    redis.call('HSET', rk, 'st', tx.f[1], 'held', '0', 'd', tx.f[2])
+    redis.call('ZREM', P .. 'x', rid)
+    redis.call('EXPIRE', rk, ttl(RETENTION))
+  elseif tx.x ~= cjson.null then
+    redis.call('HSET', rk, 'x', tx.x)
+    redis.call('ZADD', P .. 'x', tx.x, rid)
+    redis.call('EXPIRE', rk, ttl(tonumber(tx.x) - now + RETENTION))
+  end
+end
+local c = tx.c
+if c ~= cjson.null then
+  local rk = P .. 'r:' .. c[1]
+  local holds = {}
+  for i, hold in ipairs(c[4]) do
+    local k = bkey(hold[1], hold[2], hold[3])
+    redis.call('HINCRBY', k, 'r', hold[4])
+    local w = tonumber(hold[3])
+    if w > 0 then redis.call('EXPIRE', k, ttl(w + 32 * 86400 - now), 'NX') end
+    holds[i] = {k, hold[4]}
+  end
+  local active = c[2] == 'active'
+  redis.call('HSET', rk, 'st', c[2], 'x', c[3], 'd', c[5],
+             'h', cjson.encode(holds), 'held', active and '1' or '0')
+  if active then
+    redis.call('ZADD', P .. 'x', c[3], c[1])
+    redis.call('EXPIRE', rk, ttl(tonumber(c[3]) - now + RETENTION))
+  else
+    redis.call('EXPIRE', rk, ttl(RETENTION))
+  end
+end
+for _, s in ipairs(tx.s) do
+  if s[4] then
+    local k = ekey(s[1], s[2])
+    local seq = redis.call('INCR', P .. 'seq')
+    redis.call('ZADD', k, NOW_S, seq .. ':' .. s[5])
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.3f', now - ROLLING))
+    redis.call('EXPIRE', k, ttl(ROLLING))
+  else
+    local k = bkey(s[1], s[2], s[3])
+    redis.call('HINCRBY', k, 's', s[5])
+    local w = tonumber(s[3])
+    if w > 0 then redis.call('EXPIRE', k, ttl(w + 32 * 86400 - now), 'NX') end
+  end
+end
+if idem ~= cjson.null then
+  local ik = P .. 'i:' .. idem[1]
+  redis.call('HSET', ik, 'f', idem[2], 'x', idem[3], 'd', idem[4])
+  redis.call('EXPIRE', ik, ttl(tonumber(idem[3]) - now))
+end
+return false
+"""
+
+
+def _n(value: float | int | None) -> str | None:
+    """A number as the decimal string the scripts read (floats exactly, via repr)."""
+    return None if value is None else repr(value)
+
+
+def _encode(tx: Transaction) -> str:
+    created = tx.create
+    c: list[Any] | None = None
+    if created is not None:
+        holds = (
+            [[ln[0], ln[1], str(ln[2]), str(ln[5])] for ln in created.lines if ln[5]]
+            if created.status == ACTIVE else []
+        )
+        c = [created.id, created.status, repr(created.expires_at), holds,
+             compact_json(created)]
+    fin = tx.finalize
+    idem = tx.idempotency
+    return compact_json({
+        "g": [[g[0][0], g[0][1], str(g[0][2]), _n(g[0][3]), str(g[1]), str(g[2]),
+               _n(g[3])] for g in tx.guards],
+        "r": tx.require_active,
+        "c": c,
+        "f": None if fin is None else [fin.status, compact_json(fin)],
+        "x": _n(tx.extend_to),
+        "s": [[s[0], s[1], str(s[2]), s[3], str(s[4])] for s in tx.spends],
+        "i": None if idem is None else [idem.key, idem.fingerprint, repr(idem.expires_at),
+                                        compact_json(idem.result)],
+    })
+
+
+def _record(data: str | bytes | None, expires_at: str | bytes | None
+            ) -> ReservationRecord | None:
+    """A stored reservation; the hash's ``x`` is authoritative (``extend`` moves it
+    without rewriting the record)."""
+    if not data:
+        return None
+    rec = record_from_json(data.decode() if isinstance(data, bytes) else data)
+    if expires_at and rec.status == ACTIVE:
+        x = float(expires_at)
+        if x != rec.expires_at:
+            rec = rec._replace(expires_at=x)
+    return rec
+
+
+class RedisStore:
+    """Budget store in Redis, shared by every process and host that opens ``url``.
+
+    >>> store = RedisStore("redis://cache:6379/0", prefix="policyengine:budgets:")  # doctest: +SKIP
+
+    ``prefix``: every key's prefix (one ledger per prefix). ``max_clock_skew``: seconds
+    the ``now`` of a call may differ from the server's ``TIME`` before it is refused with
+    ``clock_skew`` (``None``: trust the caller's clock, for tests that set the time).
+    ``retention``: seconds finished reservations are kept. ``pool_size``: most
+    connections per process. Raises ``BudgetStoreError`` ``store_unavailable`` when the
+    server cannot be reached and ``store_incompatible`` when the prefix holds another
+    layout.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "policyengine:budgets:",
+        max_clock_skew: float | None = 2.0,
+        retention: float = 86400.0,
+        pool_size: int = 16,
+        timeout: float = 5.0,
+        host_clock: Callable[[], float] = time.time,
+    ) -> None:
+        try:
+            import redis
+        except ImportError as exc:  # pragma: no cover - the extra is part of dev
+            raise BudgetStoreError(
+                "store_unavailable", "RedisStore needs redis: pip install 'policyengine[redis]'"
+            ) from exc
+        if not prefix:
+            raise ValueError("prefix must not be empty")
+        self.url = url
+        self.prefix = prefix
+        self.max_clock_skew = max_clock_skew
+        self.retention = retention
+        self._skew = "" if max_clock_skew is None else repr(float(max_clock_skew))
+        self._retention = repr(float(retention))
+        self._rolling = str(MAX_ROLLING_SECONDS + 60)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+        # No client-side retries: a script whose reply was lost may have run, and running
+        # it again could apply a direct debit twice. A failed call is store_unavailable.
+        self._redis = redis.Redis.from_url(
+            url, max_connections=pool_size, socket_timeout=timeout,
+            socket_connect_timeout=timeout, decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._apply_script = self._redis.register_script(_APPLY)
+        self._usage_script = self._redis.register_script(_USAGE)
+        self._layout = self._open_layout()
+        self.clock = ServerClock(self.server_time, host=host_clock)
+        """Host time corrected to the server's: the ledger's default clock."""
+
+    def _open_layout(self) -> str:
+        import redis
+        key = self.prefix + "layout"
+        fresh = f"{LAYOUT_VERSION}:{secrets.token_hex(8)}"
+        try:
+            self._redis.set(key, fresh, nx=True)
+            found = self._redis.get(key)
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        if not isinstance(found, str) or found.split(":", 1)[0] != str(LAYOUT_VERSION):
+            raise BudgetStoreError(
+                "store_incompatible",
+                f"redis prefix {self.prefix!r} holds budget layout {found!r}, this "
+                f"policyengine reads version {LAYOUT_VERSION}: use another prefix",
+            )
+        return found
+
+    def reinitialize(self) -> None:
+        """Accept that the server lost this dataset (a restart without persistence, a
+        flush): start an empty one, or adopt the one another host started. Until this
+        is called, such a store refuses every call with ``store_unavailable``."""
+        self._layout = self._open_layout()
+
+    def server_time(self) -> float:
+        """The server's clock (``TIME``), POSIX seconds."""
+        import redis
+        try:
+            seconds, micros = self._redis.time()
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return seconds + micros / 1e6
+
+    def close(self) -> None:
+        self._redis.close()
+        self._redis.connection_pool.disconnect()
+
+    def drop(self) -> None:
+        """Delete every key under the prefix (tests, and tearing a ledger down)."""
+        import redis
+        try:
+            # The layout key first: from then on every call is refused, never run on a
+            # half-deleted dataset.
+            self._redis.delete(self.prefix + "layout")
+            keys = list(self._redis.scan_iter(match=_glob(self.prefix) + "*", count=1000))
+            for i in range(0, len(keys), 500):
+                self._redis.delete(*keys[i:i + 500])
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def _run(self, script: Any, now: float, arg: str) -> Any:
+        import redis
+        try:
+            result = script(args=[self.prefix, self._layout, repr(now), self._skew, arg,
+                                  self._retention, self._rolling])
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return result
+
+    def _refused(self, refusal: dict[str, Any], now: float) -> BudgetStoreError:
+        if refusal["reason"] == "clock":
+            server = float(refusal["server"])
+            return BudgetStoreError(
+                "clock_skew",
+                f"this host's time is {now - server:+.3f} s from the budget store's, more "
+                f"than the {self.max_clock_skew} s allowed: use the store's clock (the "
+                "ledger's default) or fix the host clock (NTP)",
+                {"skew": round(now - server, 3), "maxSkew": self.max_clock_skew},
+            )
+        return BudgetStoreError(
+            "store_unavailable",
+            f"the budget data under redis prefix {self.prefix!r} is gone (found layout "
+            f"{refusal['found']!r}, opened {self._layout!r}): the server restarted without "
+            "persistence or was flushed. Spend recorded there is lost; refusing rather than "
+            "granting budgets afresh until an operator calls reinitialize()",
+            {"reason": "dataset_lost"},
+        )
+
+    # -- reads -------------------------------------------------------------------------
+
+    def usage(self, buckets: tuple[Bucket, ...], now: float) -> tuple[Usage, ...]:
+        arg = compact_json([[b[0], b[1], str(b[2]), _n(b[3])] for b in buckets])
+        result = json.loads(self._run(self._usage_script, now, arg))
+        if type(result) is dict:
+            raise self._refused(result, now)
+        return tuple([Usage(int(sp), int(rs)) for sp, rs in result])
+
+    def get_reservation(self, reservation_id: str) -> ReservationRecord | None:
+        import redis
+        try:
+            data, x = self._redis.hmget(self.prefix + "r:" + reservation_id, ["d", "x"])
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return _record(data, x)
+
+    def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
+        import redis
+        try:
+            f, x, d = self._redis.hmget(self.prefix + "i:" + key, ["f", "x", "d"])
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        if f is None or x is None or d is None or float(x) <= now:
+            return None
+        return IdempotencyRecord(key, str(f), record_from_json(str(d)), float(x))
+
+    # -- the one write -----------------------------------------------------------------
+
+    def apply(self, tx: Transaction, now: float) -> Outcome:
+        text = self._run(self._apply_script, now, _encode(tx))
+        if text is None:
+            return OK
+        refusal: dict[str, Any] = json.loads(text)
+        reason = refusal["reason"]
+        if reason in ("clock", "layout"):
+            raise self._refused(refusal, now)
+        if reason == "idempotency":
+            found = IdempotencyRecord(tx.idempotency.key,  # type: ignore[union-attr]
+                                      refusal["f"], record_from_json(refusal["d"]),
+                                      float(refusal["x"]))
+            return Outcome(False, "idempotency", idempotency=found)
+        if reason == "reservation":
+            return Outcome(False, "reservation",
+                           reservation=_record(refusal["d"], refusal["x"]))
+        usages = tuple([Usage(int(sp), int(rs)) for sp, rs in refusal["u"]])
+        return Outcome(False, reason, refusal["i"], usages)
+
+
+def _glob(text: str) -> str:
+    """``text`` with Redis glob characters escaped."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+def _unavailable(exc: BaseException) -> BudgetStoreError:
+    return BudgetStoreError("store_unavailable", f"budget store error: {exc}")

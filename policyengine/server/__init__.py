@@ -1,0 +1,32 @@
+"""The decision service: policyengine over HTTP for the agent SDKs and AuthZEN clients.
+
+>>> import policyengine as pe
+>>> from policyengine.server import create_app
+>>> app = create_app(pe.Engine.from_source('role r: docs:*\\nagent "bot": r'))
+
+``app`` is an ASGI application (run it with any ASGI server, or ``policyengine serve``).
+It speaks the tracengent wire (``/v1/oauth/token``, ``/v1/authorize``,
+``/v1/tool-authorize``, approvals, delegation, ingestion) and AuthZEN 1.0
+(``/access/v1/evaluation(s)``). See docs/service.md. Needs ``policyengine[server]``
+only to *run* a server; the application itself uses pydantic alone.
+"""
+
+from policyengine.server._app import PolicyService, ServiceConfig, create_app
+from policyengine.server._credentials import (
+    AgentCredential,
+    Credentials,
+    CredentialsError,
+    hash_secret,
+    verify_secret,
+)
+
+__all__ = [
+    "AgentCredential",
+    "Credentials",
+    "CredentialsError",
+    "PolicyService",
+    "ServiceConfig",
+    "create_app",
+    "hash_secret",
+    "verify_secret",
+]

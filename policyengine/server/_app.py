@@ -1,0 +1,804 @@
+"""The decision service: one ASGI application over an :class:`~policyengine.Engine`.
+
+A bare ASGI callable with its own small router (measured: benchmarks/bench_asgi_stacks.py;
+a framework's routing and dependency layers cost more than the decision itself). Bodies
+are decoded by :mod:`._wirejson` (money exact) and validated by the pydantic models of
+:mod:`._models`; responses are those models serialised by pydantic. Engine calls are
+synchronous and run on the event loop: a decision takes microseconds, far less than a
+thread hop.
+
+Fail closed: every refusal is a 4xx with an :class:`ErrorResponse` (``allowed: false``),
+an unexpected fault is a 500 with the same shape and no traceback, and nothing but a
+decision the engine made can carry ``allowed: true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import signal
+import time
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+import policyengine as pe
+from policyengine.server import _models as m
+from policyengine.server._access import ACCESS_TYP, AccessTokens, token_typ
+from policyengine.server._credentials import Credentials
+from policyengine.server._metrics import Metrics
+from policyengine.server._redactions import client_redactions
+from policyengine.server._wirejson import MalformedJsonError, loads
+
+__all__ = ["PolicyService", "ServiceConfig", "create_app"]
+
+log = logging.getLogger("policyengine.server")
+access_log = logging.getLogger("policyengine.server.access")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How the service runs. ``prefixes`` mount each wire under a path prefix
+    (``{"tracengent": "/pdp", "authzen": "/authzen"}``) so several wires share a port."""
+
+    issuer: str = "policyengine"
+    token_ttl: int = 900
+    max_body_bytes: int = 1_048_576
+    max_inflated_bytes: int = 8_388_608
+    body_timeout: float = 10.0
+    prefixes: Mapping[str, str] = field(default_factory=dict)
+    access_log: bool = True
+    watch_interval: float | None = 1.0
+    event_log_size: int = 10_000
+
+
+class _RefusalError(Exception):
+    """A request the service refuses: status, stable code, message (no request data)."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+class _Request:
+    __slots__ = ("body", "headers", "params", "query")
+
+    def __init__(self, headers: dict[bytes, bytes], body: bytes, params: tuple[str, ...],
+                 query: bytes) -> None:
+        self.headers, self.body, self.params, self.query = headers, body, params, query
+
+
+class _Reply:
+    __slots__ = ("body", "content_type", "decision", "headers", "principal", "status")
+
+    def __init__(self, status: int, body: bytes, principal: str | None = None,
+                 decision: str | None = None, content_type: bytes = b"application/json",
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.status, self.body, self.principal, self.decision = status, body, principal, decision
+        self.content_type, self.headers = content_type, headers
+
+
+Handler = Callable[[_Request], _Reply]
+
+
+@dataclass(frozen=True)
+class _Route:
+    name: str
+    method: str
+    path: str  # with {param} placeholders
+    handler: Handler
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    summary: str = ""
+    security: str | None = None  # agent | admin | delegated | None
+    content_type: str = "application/json"
+
+
+def _adapter(model: type[BaseModel]) -> TypeAdapter[Any]:
+    return TypeAdapter(model)
+
+
+_ERROR = _adapter(m.ErrorResponse)
+_AUTHORIZE_IN = _adapter(m.AuthorizeRequest)
+_AUTHORIZE_OUT = _adapter(m.AuthorizeResponse)
+_TOOL_IN = _adapter(m.ToolAuthorizeRequest)
+_TOOL_OUT = _adapter(m.ToolAuthorizeResponse)
+_TOKEN_IN = _adapter(m.TokenRequest)
+_TOKEN_OUT = _adapter(m.TokenResponse)
+_APPROVAL_OUT = _adapter(m.ApprovalResponse)
+_APPROVALS_OUT = _adapter(m.ApprovalsResponse)
+_APPROVAL_DECISION_IN = _adapter(m.ApprovalDecisionRequest)
+_ATTENUATE_IN = _adapter(m.AttenuateRequest)
+_ATTENUATE_OUT = _adapter(m.AttenuateResponse)
+_EVENTS_IN: TypeAdapter[list[m.IngestEvent]] = TypeAdapter(list[m.IngestEvent])
+_TRACE_IN = _adapter(m.TraceClose)
+_ACCEPTED_OUT = _adapter(m.EventAccepted)
+_HEALTH_OUT = _adapter(m.HealthResponse)
+
+_APPROVAL_STATUS: dict[str, Literal["pending", "approved", "denied", "expired"]] = {
+    "pending": "pending", "approved": "approved", "rejected": "denied",
+    "expired": "expired"}
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return _ERROR.dump_json(m.ErrorResponse(error=m.ErrorDetail(code=code, message=message)))
+
+
+def _validation_message(exc: ValidationError) -> str:
+    """Where and what, never the offending value (it may be a secret)."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False)[:3]:
+        where = ".".join(str(x) for x in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _validate(adapter: TypeAdapter[Any], data: Any) -> Any:
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        raise _RefusalError(400, "invalid_request", _validation_message(exc)) from None
+
+
+def _json_body(req: _Request) -> Any:
+    ctype = req.headers.get(b"content-type", b"application/json")
+    if not ctype.split(b";", 1)[0].strip().lower().endswith(b"json"):
+        raise _RefusalError(415, "unsupported_media_type", "the body must be application/json")
+    try:
+        return loads(req.body)
+    except MalformedJsonError as exc:
+        raise _RefusalError(400, exc.code, exc.message) from None
+
+
+def _claim(token: str, name: str) -> Any:
+    """One payload claim of a JWS, unverified: only to name the principal the engine
+    then verifies the token against (a mismatch is a denial there)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
+        return None
+    return claims.get(name) if isinstance(claims, dict) else None
+
+
+def _obligations(o: pe.Obligations | None) -> m.ObligationsOut | None:
+    if o is None:
+        return None
+    return m.ObligationsOut.model_construct(
+        maxAmount=o.max_amount, requireApprovalOver=o.require_approval_over,
+        redactFields=list(o.redact_fields), currency=o.currency)
+
+
+def _decision_fields(d: pe.Decision) -> dict[str, Any]:
+    return {
+        "allowed": d.status == "allowed", "status": d.status, "reason": d.reason,
+        "reasonCode": d.code, "decisionId": d.decision_id, "approvalId": d.approval_id,
+        "actingFor": d.acting_for, "chain": list(d.chain) if d.chain is not None else None,
+        "rules": list(d.rules), "obligations": _obligations(d.obligations),
+        "diagnostics": [m.DiagnosticOut.model_construct(code=x.code, message=x.message,
+                                                        rule=x.rule, effect=x.effect)
+                        for x in d.diagnostics],
+        "budget": d.budget.to_wire() if d.budget is not None else None,
+    }
+
+
+def _policy_files(paths: Iterable[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files.extend(sorted(x for x in p.rglob("*.policy") if x.is_file()))
+        elif p.exists():
+            files.append(p)
+    return files
+
+
+def _revision_of(paths: tuple[str, ...]) -> str | None:
+    """``sha256:`` of the policy files' names and bytes (None without paths)."""
+    if not paths:
+        return None
+    h = hashlib.sha256()
+    for f in _policy_files(paths):
+        h.update(str(f).encode("utf-8", "surrogateescape") + b"\0")
+        with contextlib.suppress(OSError):
+            h.update(f.read_bytes())
+        h.update(b"\0")
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def _stat_signature(paths: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for f in _policy_files(paths):
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            out.append((str(f), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+class PolicyService:
+    """The ASGI application. Build it with :func:`create_app`.
+
+    ``events`` and ``traces`` keep the most recent telemetry accepted (bounded), for the
+    decision log to come. ``reload()`` re-reads the policy and keeps the last good one.
+    """
+
+    def __init__(self, engine: pe.Engine, *, credentials: Credentials | None,
+                 keys: pe.KeySet, paths: tuple[str, ...], config: ServiceConfig,
+                 clock: Callable[[], float]) -> None:
+        self.engine = engine
+        self.credentials = credentials or Credentials()
+        self.config = config
+        self.paths = paths
+        self.access = AccessTokens(keys, issuer=config.issuer, ttl=config.token_ttl,
+                                   clock=clock)
+        self.metrics = Metrics()
+        self.events: deque[tuple[str, m.IngestEvent]] = deque(maxlen=config.event_log_size)
+        self.traces: deque[tuple[str, m.TraceClose]] = deque(maxlen=config.event_log_size)
+        self.revision = _revision_of(paths) or "unversioned"
+        self._revision_header = self.revision.encode("ascii")
+        self.reload_error: str | None = None
+        self._signature = _stat_signature(paths)
+        self._draining = False
+        self._background: list[asyncio.Task[None]] = []
+        self._reload_lock: asyncio.Lock | None = None
+        self.routes = self._routes()
+        self._exact: dict[str, dict[str, _Route]] = {}
+        self._param: list[tuple[list[str], dict[str, _Route]]] = []
+        for r in self.routes:
+            if "{" in r.path:
+                parts = r.path.split("/")
+                slot = next((d for p, d in self._param if p == parts), None)
+                if slot is None:
+                    slot = {}
+                    self._param.append((parts, slot))
+                slot[r.method] = r
+            else:
+                self._exact.setdefault(r.path, {})[r.method] = r
+        from policyengine.server._openapi import openapi_document
+        self.openapi = openapi_document(self)
+        self._openapi_bytes = json.dumps(self.openapi).encode()
+
+    # ------------------------------------------------------------------ routing
+    def _routes(self) -> list[_Route]:
+        t = self.config.prefixes.get("tracengent", "").rstrip("/")
+        a = self.config.prefixes.get("authzen", "").rstrip("/")
+        from policyengine.server._authzen import AuthzenWire
+        self.authzen = AuthzenWire(self, a)
+        return [
+            _Route("token", "POST", f"{t}/v1/oauth/token", self._token, m.TokenRequest,
+                   m.TokenResponse, "OAuth 2.0 client credentials: an agent access token",
+                   content_type="application/x-www-form-urlencoded"),
+            _Route("authorize", "POST", f"{t}/v1/authorize", self._authorize,
+                   m.AuthorizeRequest, m.AuthorizeResponse,
+                   "May the calling agent exercise this permission?", "agent"),
+            _Route("tool_authorize", "POST", f"{t}/v1/tool-authorize", self._tool_authorize,
+                   m.ToolAuthorizeRequest, m.ToolAuthorizeResponse,
+                   "May this HTTP request, MCP call or function call leave?", "agent"),
+            _Route("approval", "GET", f"{t}/v1/approvals/{{approvalId}}", self._approval,
+                   None, m.ApprovalResponse, "The state of one of the agent's approvals",
+                   "agent"),
+            _Route("attenuate", "POST", f"{t}/v1/delegations/{{grantId}}/attenuate",
+                   self._attenuate, m.AttenuateRequest, m.AttenuateResponse,
+                   "A narrower child token from the bearer's delegation token", "delegated"),
+            _Route("ingest_events", "POST", f"{t}/v1/ingest/events", self._ingest_events,
+                   None, m.EventAccepted, "A batch (JSON array) of agent events, "
+                   "optionally gzip", "agent"),
+            _Route("ingest_traces", "POST", f"{t}/v1/ingest/traces", self._ingest_trace,
+                   m.TraceClose, m.EventAccepted, "A trace closed", "agent"),
+            _Route("admin_approvals", "GET", f"{t}/v1/admin/approvals", self._admin_list,
+                   None, m.ApprovalsResponse, "Approvals (?status=pending)", "admin"),
+            _Route("admin_approve", "POST", f"{t}/v1/admin/approvals/{{approvalId}}/approve",
+                   self._admin_approve, m.ApprovalDecisionRequest, m.ApprovalResponse,
+                   "Approve a pending approval", "admin"),
+            _Route("admin_reject", "POST", f"{t}/v1/admin/approvals/{{approvalId}}/reject",
+                   self._admin_reject, m.ApprovalDecisionRequest, m.ApprovalResponse,
+                   "Reject a pending approval", "admin"),
+            *self.authzen.routes(),
+            _Route("healthz", "GET", "/healthz", self._healthz, None, m.HealthResponse,
+                   "Liveness"),
+            _Route("readyz", "GET", "/readyz", self._readyz, None, m.HealthResponse,
+                   "Readiness: a policy is loaded and the service is not draining"),
+            _Route("metrics", "GET", "/metrics", self._metrics, None, None,
+                   "Prometheus metrics"),
+            _Route("openapi", "GET", "/openapi.json", self._openapi, None, None,
+                   "This document"),
+            _Route("jwks", "GET", "/.well-known/jwks.json", self._jwks, None, None,
+                   "Public keys of access and delegation tokens"),
+        ]
+
+    def _match(self, path: str) -> tuple[dict[str, _Route] | None, tuple[str, ...]]:
+        found = self._exact.get(path)
+        if found is not None:
+            return found, ()
+        parts = path.split("/")
+        for pattern, slot in self._param:
+            if len(pattern) != len(parts):
+                continue
+            params = []
+            for want, got in zip(pattern, parts, strict=True):
+                if want.startswith("{"):
+                    if not got:
+                        break
+                    params.append(got)
+                elif want != got:
+                    break
+            else:
+                return slot, tuple(params)
+        return None, ()
+
+    # ------------------------------------------------------------------ ASGI
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        route_name = "unknown"
+        try:
+            slot, params = self._match(scope["path"])
+            if slot is None:
+                raise _RefusalError(404, "not_found", "no such endpoint")
+            route = slot.get(scope["method"])
+            if route is None:
+                raise _RefusalError(405, "method_not_allowed", "method not allowed here",
+                               ((b"allow", ", ".join(sorted(slot)).encode()),))
+            route_name = route.name
+            headers: dict[bytes, bytes] = {}
+            for k, v in scope["headers"]:
+                if k in headers and k in (b"authorization", b"content-type",
+                                          b"content-encoding", b"content-length",
+                                          b"x-ingest-key"):
+                    raise _RefusalError(400, "ambiguous_header", f"duplicate {k.decode()} header")
+                headers[k] = v
+            body = await self._read_body(receive, headers)
+            if body is None:
+                return  # the client went away
+            reply = route.handler(_Request(headers, body, params, scope["query_string"]))
+        except _RefusalError as exc:
+            self.metrics.error(exc.code)
+            reply = _Reply(exc.status, _error_body(exc.code, exc.message), headers=exc.headers)
+        except Exception:  # never a traceback in a body: log it, answer a deny-shaped 500
+            log.exception("internal error on %s", route_name)
+            self.metrics.error("internal_error")
+            reply = _Reply(500, _error_body("internal_error", "internal error"))
+        await send({"type": "http.response.start", "status": reply.status, "headers": [
+            (b"content-type", reply.content_type),
+            (b"content-length", str(len(reply.body)).encode()),
+            (b"x-policy-revision", self._revision_header), *reply.headers]})
+        await send({"type": "http.response.body", "body": reply.body})
+        elapsed = time.perf_counter() - start
+        self.metrics.request(route_name, reply.status, elapsed)
+        if self.config.access_log and access_log.isEnabledFor(logging.INFO):
+            access_log.info(json.dumps({
+                "ts": round(time.time(), 3), "method": scope["method"], "route": route_name,
+                "path": scope["path"][:256], "status": reply.status,
+                "ms": round(elapsed * 1000, 3), "principal": reply.principal,
+                "decision": reply.decision, "revision": self.revision,
+                "client": (scope.get("client") or ("", 0))[0]}))
+
+    async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes | None:
+        limit = self.config.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise _RefusalError(413, "body_too_large", f"bodies are limited to {limit} bytes")
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return None
+        body: bytes = msg.get("body", b"")
+        if not msg.get("more_body"):
+            if len(body) > limit:
+                raise _RefusalError(413, "body_too_large", f"bodies are limited to {limit} bytes")
+            return body
+        chunks = [body]
+        size = len(body)
+
+        async def rest() -> bool:
+            nonlocal size
+            while True:
+                nxt = await receive()
+                if nxt["type"] == "http.disconnect":
+                    return False
+                part = nxt.get("body", b"")
+                size += len(part)
+                if size > limit:
+                    raise _RefusalError(413, "body_too_large",
+                                        f"bodies are limited to {limit} bytes")
+                chunks.append(part)
+                if not nxt.get("more_body"):
+                    return True
+
+        try:
+            complete = await asyncio.wait_for(rest(), self.config.body_timeout)
+        except asyncio.TimeoutError:
+            raise _RefusalError(408, "request_timeout",
+                                "the body took too long to arrive") from None
+        return b"".join(chunks) if complete else None
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                self.start_background()
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.stop_background()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ------------------------------------------------------------------ reload
+    def start_background(self) -> None:
+        """Watch the policy files and answer SIGHUP (when on the main thread)."""
+        loop = asyncio.get_running_loop()
+        self._reload_lock = asyncio.Lock()
+        if self.paths and self.config.watch_interval:
+            self._background.append(loop.create_task(self._watch(self.config.watch_interval)))
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError,
+                                 AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        self._background.append(asyncio.get_running_loop().create_task(self._reload_task()))
+
+    async def _reload_task(self) -> None:
+        await self.reload()
+
+    async def stop_background(self) -> None:
+        self._draining = True
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError,
+                                 AttributeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._background.clear()
+
+    async def _watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            signature = await asyncio.to_thread(_stat_signature, self.paths)
+            if signature != self._signature:
+                self._signature = signature
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read and recompile the policy; on error keep the last good one and report
+        the failure (``reload_error``, the readiness body, the metrics, the log)."""
+        lock = self._reload_lock or asyncio.Lock()
+        async with lock:
+            return await asyncio.to_thread(self.reload_now)
+
+    def reload_now(self) -> bool:
+        """Synchronous :meth:`reload` (callers outside an event loop)."""
+        try:
+            revision = _revision_of(self.paths)
+            self.engine.reload()
+        except pe.PolicyError as exc:
+            self.reload_error = exc.render() if hasattr(exc, "render") else str(exc)
+            self.metrics.reloads["failed"] += 1
+            log.error("policy reload failed; keeping revision %s:\n%s", self.revision,
+                      self.reload_error)
+            return False
+        except Exception as exc:  # an unreadable file, a rates table: same rule
+            self.reload_error = f"{type(exc).__name__}: {exc}"
+            self.metrics.reloads["failed"] += 1
+            log.error("policy reload failed; keeping revision %s: %s", self.revision,
+                      self.reload_error)
+            return False
+        self.revision = revision or "unversioned"
+        self._revision_header = self.revision.encode("ascii")
+        self.reload_error = None
+        self.metrics.reloads["ok"] += 1
+        log.info("policy reloaded: revision %s", self.revision)
+        return True
+
+    # ------------------------------------------------------------------ identity
+    def _bearer(self, req: _Request) -> str | None:
+        raw = req.headers.get(b"authorization")
+        if raw is None:
+            return None
+        scheme, _, value = raw.partition(b" ")
+        if scheme.lower() != b"bearer" or not value.strip():
+            return None
+        try:
+            return value.strip().decode("ascii")
+        except UnicodeDecodeError:
+            return None
+
+    def _agent(self, req: _Request) -> tuple[str, str | None]:
+        """(principal, delegation token or None) for the caller, or 401."""
+        token = self._bearer(req)
+        if token is not None:
+            typ = token_typ(token)
+            if typ == ACCESS_TYP:
+                agent = self.access.agent_of(token)
+                if agent is not None:
+                    return agent, None
+            elif typ == pe.tokens.TYP:
+                sub = _claim(token, "sub")
+                if type(sub) is str and sub:
+                    return sub, token  # the engine verifies the grant, subject included
+        else:
+            key = req.headers.get(b"x-ingest-key")
+            if key is not None:
+                agent = self.credentials.check_ingest_key(key.decode("utf-8", "replace"))
+                if agent is not None:
+                    return agent, None
+        raise _RefusalError(401, "unauthorized", "a valid bearer token is required",
+                       ((b"www-authenticate", b'Bearer realm="policyengine"'),))
+
+    def _admin(self, req: _Request) -> str:
+        challenge = ((b"www-authenticate", b'Basic realm="policyengine-admin"'),)
+        raw = req.headers.get(b"authorization", b"")
+        scheme, _, value = raw.partition(b" ")
+        if scheme.lower() == b"basic" and self.credentials.has_admins:
+            try:
+                name, sep, secret = base64.b64decode(value.strip(), validate=True).decode(
+                    "utf-8").partition(":")
+            except (ValueError, binascii.Error, UnicodeDecodeError):
+                name, sep, secret = "", "", ""
+            if sep and self.credentials.check_admin(name, secret):
+                return name
+        raise _RefusalError(401, "unauthorized", "admin credentials required", challenge)
+
+    # ------------------------------------------------------------------ tracengent wire
+    def _token(self, req: _Request) -> _Reply:
+        def oauth_error(status: int, error: str, description: str) -> _Reply:
+            self.metrics.error(error)
+            body = json.dumps({"error": error, "error_description": description}).encode()
+            return _Reply(status, body, headers=((b"cache-control", b"no-store"),))
+
+        ctype = req.headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+        if ctype != b"application/x-www-form-urlencoded":
+            return oauth_error(400, "invalid_request",
+                               "the body must be application/x-www-form-urlencoded")
+        try:
+            pairs = parse_qsl(req.body.decode("utf-8"), keep_blank_values=True,
+                              strict_parsing=bool(req.body), max_num_fields=16)
+        except (ValueError, UnicodeDecodeError):
+            return oauth_error(400, "invalid_request", "malformed form body")
+        form = dict(pairs)
+        if len(form) != len(pairs):
+            return oauth_error(400, "invalid_request", "a parameter is repeated")
+        if form.get("grant_type") not in (None, "client_credentials"):
+            return oauth_error(400, "unsupported_grant_type",
+                               "only client_credentials is supported")
+        try:
+            request = _TOKEN_IN.validate_python(form)
+        except ValidationError as exc:
+            return oauth_error(400, "invalid_request", _validation_message(exc))
+        agent = self.credentials.check_client(request.client_id, request.client_secret)
+        if agent is None:
+            reply = oauth_error(401, "invalid_client", "client authentication failed")
+            reply.headers = (*reply.headers, (b"www-authenticate", b'Basic realm="token"'))
+            return reply
+        token = self.access.issue(agent.agent, agent.client_id, agent.permissions)
+        body = _TOKEN_OUT.dump_json(m.TokenResponse(access_token=token,
+                                                    expires_in=self.access.ttl))
+        return _Reply(200, body, agent.agent, headers=((b"cache-control", b"no-store"),))
+
+    def _authorize(self, req: _Request) -> _Reply:
+        principal, token = self._agent(req)
+        request = _validate(_AUTHORIZE_IN, _json_body(req))
+        d = self.engine.authorize(principal, request.permission, request.context, token=token)
+        self.metrics.decision("tracengent", d.status)
+        out = m.AuthorizeResponse.model_construct(**_decision_fields(d))
+        return _Reply(200, _AUTHORIZE_OUT.dump_json(out), principal, d.status)
+
+    def _tool_authorize(self, req: _Request) -> _Reply:
+        principal, token = self._agent(req)
+        r = _validate(_TOOL_IN, _json_body(req))
+        td = self.engine.tool_authorize(
+            principal, transport=r.transport, method=r.method, host=r.host, path=r.path,
+            query=r.query, headers=r.headers, body=r.body, tool_name=r.toolName,
+            function_name=r.functionName, token=token, context=r.context,
+            approval_id=r.approvalId)
+        redactions: list[dict[str, str]] = []
+        if td.allowed and r.body is not None and td.body != r.body:
+            concrete = client_redactions(r.body, td.body)
+            if concrete is None:
+                denial = pe.Decision.denial(
+                    "redaction_unsupported", "the policy redacts this body in a way the "
+                    "client cannot apply (hash, partial, or a field its paths cannot name)",
+                    principal, td.permission)
+                td = pe.ToolDecision(denial, "policy_deny", tool=td.tool)
+            else:
+                redactions = concrete
+        self.metrics.decision("tracengent_tool", td.status)
+        out = m.ToolAuthorizeResponse.model_construct(
+            **_decision_fields(td.decision), outcome=td.outcome, permission=td.permission,
+            tool=td.tool, redactions=[m.RedactionOut.model_construct(
+                field=x["field"], strategy=x["strategy"]) for x in redactions])
+        return _Reply(200, _TOOL_OUT.dump_json(out), principal, td.status)
+
+    def _approval_out(self, item: pe.Approval) -> m.ApprovalResponse:
+        return m.ApprovalResponse(
+            approvalId=item.id, status=_APPROVAL_STATUS.get(item.status, "pending"),
+            principal=item.principal, permission=item.permission, rules=list(item.rules),
+            createdAt=item.created_at, decidedAt=item.decided_at, decidedBy=item.decided_by,
+            note=item.note)
+
+    def _approval(self, req: _Request) -> _Reply:
+        principal, _ = self._agent(req)
+        try:
+            item = self.engine.approvals.get(req.params[0])
+        except pe.ApprovalError:
+            item = None
+        if item is None or item.principal != principal:  # another agent's: not found
+            raise _RefusalError(404, "unknown_approval", "no such approval")
+        return _Reply(200, _APPROVAL_OUT.dump_json(self._approval_out(item)), principal)
+
+    def _admin_list(self, req: _Request) -> _Reply:
+        admin = self._admin(req)
+        status = dict(parse_qsl(req.query.decode("latin-1"))).get("status")
+        if status is not None and status not in ("pending", "approved", "rejected"):
+            raise _RefusalError(400, "invalid_request", "status is pending, approved or rejected")
+        items = [self._approval_out(i) for i in self.engine.approvals.list(status)]
+        return _Reply(200, _APPROVALS_OUT.dump_json(m.ApprovalsResponse(items=items)), admin)
+
+    def _admin_decide(self, req: _Request, approve: bool) -> _Reply:
+        admin = self._admin(req)
+        note = None
+        if req.body:
+            note = _validate(_APPROVAL_DECISION_IN, _json_body(req)).note
+        store = self.engine.approvals
+        try:
+            item = (store.approve if approve else store.reject)(req.params[0], by=admin,
+                                                                note=note)
+        except pe.ApprovalError as exc:
+            if exc.code == "unknown_approval":
+                raise _RefusalError(404, exc.code, "no such approval") from None
+            raise _RefusalError(409, exc.code, str(exc)) from None
+        log.info("approval %s %s by %s", item.id, item.status, admin)
+        return _Reply(200, _APPROVAL_OUT.dump_json(self._approval_out(item)), admin)
+
+    def _admin_approve(self, req: _Request) -> _Reply:
+        return self._admin_decide(req, True)
+
+    def _admin_reject(self, req: _Request) -> _Reply:
+        return self._admin_decide(req, False)
+
+    def _attenuate(self, req: _Request) -> _Reply:
+        token = self._bearer(req)
+        if token is None or token_typ(token) != pe.tokens.TYP:
+            raise _RefusalError(401, "unauthorized", "the parent delegation token is the bearer")
+        try:
+            parent = self.engine.verify_token(token)
+        except pe.TokenError as exc:
+            raise _RefusalError(401, "invalid_token",
+                                f"parent token rejected: {exc.code}") from None
+        if parent.grant_id != req.params[0]:
+            raise _RefusalError(403, "grant_mismatch", "the bearer token is not this grant")
+        r = _validate(_ATTENUATE_IN, _json_body(req))
+        max_amount = None
+        if r.maxAmount is not None:
+            currency = (parent.max_amount.currency if parent.max_amount is not None
+                        else self.engine.policy.default_currency)
+            if currency is None:
+                raise _RefusalError(400, "currency_required", "maxAmount has no currency on this "
+                               "wire: the grant has no cap and the policy no currency")
+            max_amount = (format(r.maxAmount, "f"), currency)
+        try:
+            child = pe.tokens.attenuate(
+                self.engine.keys, token, agent=r.grantedToAgentId, permissions=r.permissions,
+                max_amount=max_amount, ttl=r.expiresInSeconds,
+                rates=self.engine.policy.delegation_rates, revocations=self.engine.revocations)
+            grant = self.engine.verify_token(child)
+        except pe.AttenuationError as exc:
+            raise _RefusalError(403, exc.code, str(exc)) from None
+        except (pe.TokenError, pe.MoneyError) as exc:
+            raise _RefusalError(400, getattr(exc, "code", "invalid_request"), str(exc)) from None
+        expires_in = max(0, int(grant.expires_at - time.time()))
+        out = m.AttenuateResponse(token=m.AttenuatedToken(
+            accessToken=child, expiresIn=expires_in, jti=grant.jti, grantId=grant.grant_id))
+        log.info("grant %s attenuated to %s for %s", parent.grant_id, grant.grant_id,
+                 r.grantedToAgentId)
+        return _Reply(200, _ATTENUATE_OUT.dump_json(out), parent.subject)
+
+    def _inflate(self, req: _Request) -> bytes:
+        encoding = req.headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding == b"identity":
+            return req.body
+        if encoding != b"gzip":
+            raise _RefusalError(415, "unsupported_encoding", "bodies are identity or gzip")
+        limit = self.config.max_inflated_bytes
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out = inflater.decompress(req.body, limit + 1)
+        except zlib.error:
+            raise _RefusalError(400, "malformed_gzip", "the gzip body does not inflate") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise _RefusalError(413, "body_too_large", f"inflated bodies are limited to {limit} "
+                           "bytes")
+        if not inflater.eof or inflater.unused_data:
+            raise _RefusalError(400, "malformed_gzip", "the gzip body is truncated or has "
+                           "trailing data")
+        return out
+
+    def _ingest_events(self, req: _Request) -> _Reply:
+        principal, _ = self._agent(req)
+        encoding = "gzip" if b"content-encoding" in req.headers else "identity"
+        req.body = self._inflate(req)
+        events = _validate(_EVENTS_IN, _json_body(req))
+        for event in events:
+            self.events.append((principal, event))
+        self.metrics.ingest("events", encoding, len(events))
+        out = _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=len(events)))
+        return _Reply(202, out, principal)
+
+    def _ingest_trace(self, req: _Request) -> _Reply:
+        principal, _ = self._agent(req)
+        trace = _validate(_TRACE_IN, _json_body(req))
+        self.traces.append((principal, trace))
+        self.metrics.ingest("traces", "identity", 1)
+        return _Reply(202, _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=1)), principal)
+
+    # ------------------------------------------------------------------ operations
+    def _healthz(self, req: _Request) -> _Reply:
+        return _Reply(200, _HEALTH_OUT.dump_json(m.HealthResponse(status="ok",
+                                                                 revision=self.revision)))
+
+    def _readyz(self, req: _Request) -> _Reply:
+        ready = not self._draining
+        out = m.HealthResponse(status="ok" if ready else "unavailable",
+                               revision=self.revision, reloadError=self.reload_error)
+        return _Reply(200 if ready else 503, _HEALTH_OUT.dump_json(out))
+
+    def _metrics(self, req: _Request) -> _Reply:
+        return _Reply(200, self.metrics.render(self.revision).encode(),
+                      content_type=b"text/plain; version=0.0.4; charset=utf-8")
+
+    def _openapi(self, req: _Request) -> _Reply:
+        return _Reply(200, self._openapi_bytes)
+
+    def _jwks(self, req: _Request) -> _Reply:
+        keys = self.access.keys
+        if any(k.alg == "HS256" for k in keys):
+            return _Reply(200, b'{"keys":[]}')
+        return _Reply(200, json.dumps(keys.public_jwks()).encode())
+
+
+def create_app(engine: pe.Engine, *, credentials: Credentials | str | None = None,
+               keys: pe.KeySet | None = None, paths: Iterable[str] = (),
+               config: ServiceConfig | None = None,
+               clock: Callable[[], float] = time.time) -> PolicyService:
+    """The decision service over ``engine``, as an ASGI application.
+
+    ``credentials``: a :class:`Credentials` or the path of a credentials file (agents'
+    client credentials, admins). ``keys`` sign access tokens and delegation tokens
+    (default: the engine's, else a fresh Ed25519 set, which then becomes the engine's).
+    ``paths``: the policy files or directories the engine was loaded from, for the
+    policy revision and hot reload.
+
+    >>> app = create_app(pe.Engine.from_source('role r: docs:*\\nagent "bot": r'))
+    >>> app.revision
+    'unversioned'
+    """
+    if isinstance(credentials, str):
+        credentials = Credentials.from_file(credentials)
+    if keys is None:
+        keys = engine.keys if engine.keys is not None else pe.KeySet.generate()
+    if engine.keys is None:
+        engine.keys = keys
+    return PolicyService(engine, credentials=credentials, keys=keys, paths=tuple(paths),
+                         config=config or ServiceConfig(), clock=clock)

@@ -1,0 +1,214 @@
+"""Who may talk to the service: agent client credentials and admin credentials.
+
+A credentials file is JSON::
+
+    {"agents": [{"clientId": "key_travel", "secretHash": "scrypt$...",
+                 "agent": "travel-agent", "permissions": ["flights:*"],
+                 "ingestKeyHash": "scrypt$..."}],
+     "admins": [{"name": "ops", "secretHash": "scrypt$..."}]}
+
+Only hashes are stored (scrypt, RFC 7914, with a random salt per secret; make one with
+``policyengine serve --hash-secret``). Checks compare in constant time and spend the same
+work on an unknown client id as on a known one, so timing does not tell which ids exist.
+``permissions`` are what the agent's access token carries for the SDK's *local*
+``has_permission`` hint; every request is still decided by the policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import policyengine as pe
+
+__all__ = ["AgentCredential", "Credentials", "CredentialsError", "hash_secret", "verify_secret"]
+
+# scrypt cost: about 15-40 ms a check here; token requests happen once per agent per
+# ~15 minutes, so this buys brute-force resistance at no cost to decisions.
+_N, _R, _P = 2**14, 8, 1
+_MAXMEM = 64 * 1024 * 1024
+
+
+class CredentialsError(pe.PolicyEngineError, ValueError):
+    """A credentials file that cannot be used (``code``: ``invalid_credentials_file``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_credentials_file", message)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _scrypt(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(secret.encode("utf-8", "surrogatepass"), salt=salt, n=n, r=r, p=p,
+                          maxmem=_MAXMEM, dklen=32)
+
+
+def hash_secret(secret: str) -> str:
+    """``scrypt$N$r$p$salt$hash`` for a credentials file.
+
+    >>> hash_secret("s3cret").startswith("scrypt$16384$8$1$")
+    True
+    """
+    if not secret:
+        raise ValueError("an empty secret cannot be hashed")
+    salt = secrets.token_bytes(16)
+    return f"scrypt${_N}${_R}${_P}${_b64(salt)}${_b64(_scrypt(secret, salt, _N, _R, _P))}"
+
+
+def _parse_hash(text: object) -> tuple[int, int, int, bytes, bytes]:
+    if type(text) is not str:
+        raise CredentialsError("a secret hash must be a string")
+    parts = text.split("$")
+    try:
+        if len(parts) != 6 or parts[0] != "scrypt":
+            raise ValueError
+        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+        salt, digest = _unb64(parts[4]), _unb64(parts[5])
+    except ValueError:
+        raise CredentialsError("a secret hash must look like scrypt$N$r$p$salt$hash "
+                               "(policyengine serve --hash-secret)") from None
+    if not (2**10 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
+            and len(salt) >= 8 and len(digest) == 32):
+        raise CredentialsError("scrypt parameters out of range")
+    return n, r, p, salt, digest
+
+
+def verify_secret(secret: str, stored: str) -> bool:
+    """Constant-time check of ``secret`` against a :func:`hash_secret` value."""
+    n, r, p, salt, digest = _parse_hash(stored)
+    return hmac.compare_digest(_scrypt(secret, salt, n, r, p), digest)
+
+
+# Checked when a client id is unknown, so an unknown id costs what a known one costs.
+_DUMMY = hash_secret("policyengine-dummy-secret")
+
+
+@dataclass(frozen=True)
+class AgentCredential:
+    client_id: str
+    secret_hash: str
+    agent: str
+    permissions: tuple[str, ...]
+    ingest_key_hash: str | None = None
+
+
+class Credentials:
+    """Agents and admins loaded from a credentials file (or built in code)."""
+
+    def __init__(self, agents: tuple[AgentCredential, ...] = (),
+                 admins: Mapping[str, str] | None = None) -> None:
+        self._agents = {a.client_id: a for a in agents}
+        if len(self._agents) != len(agents):
+            raise CredentialsError("two agents share a clientId")
+        self._admins = dict(admins or {})
+        self._ingest = tuple(a for a in agents if a.ingest_key_hash is not None)
+        # Verified admin headers and ingest keys, by SHA-256 of the presented secret, for
+        # a minute: a console polling approvals does not pay scrypt on every call.
+        self._recent: dict[bytes, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Credentials:
+        try:
+            data = json.loads(Path(path).read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CredentialsError(f"cannot read credentials file {path}: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Credentials:
+        if not isinstance(data, dict) or set(data) - {"agents", "admins"}:
+            raise CredentialsError("a credentials file is an object with 'agents' and "
+                                   "'admins' lists")
+        agents = []
+        for item in data.get("agents", []):
+            if not isinstance(item, dict) or not {"clientId", "secretHash", "agent"} <= set(
+                    item) or set(item) - {"clientId", "secretHash", "agent", "permissions",
+                                          "ingestKeyHash"}:
+                raise CredentialsError("an agent needs clientId, secretHash and agent "
+                                       "(optional: permissions, ingestKeyHash)")
+            perms = item.get("permissions", [])
+            if not isinstance(perms, list) or not all(pe.is_valid_pattern(p) for p in perms):
+                raise CredentialsError(f"agent {item['clientId']!r}: permissions must be a "
+                                       "list of permission patterns")
+            if type(item["clientId"]) is not str or type(item["agent"]) is not str:
+                raise CredentialsError("clientId and agent must be strings")
+            _parse_hash(item["secretHash"])
+            if item.get("ingestKeyHash") is not None:
+                _parse_hash(item["ingestKeyHash"])
+            agents.append(AgentCredential(item["clientId"], item["secretHash"], item["agent"],
+                                          tuple(perms), item.get("ingestKeyHash")))
+        admins: dict[str, str] = {}
+        for item in data.get("admins", []):
+            if not isinstance(item, dict) or set(item) != {"name", "secretHash"} or type(
+                    item["name"]) is not str:
+                raise CredentialsError("an admin is {\"name\", \"secretHash\"}")
+            _parse_hash(item["secretHash"])
+            admins[item["name"]] = item["secretHash"]
+        return cls(tuple(agents), admins)
+
+    def check_client(self, client_id: str, secret: str) -> AgentCredential | None:
+        """The agent whose client credentials these are, or None (same work either way)."""
+        entry = self._agents.get(client_id)
+        ok = verify_secret(secret, entry.secret_hash if entry is not None else _DUMMY)
+        return entry if ok and entry is not None else None
+
+    def _recall(self, presented: bytes) -> str | None:
+        digest = hashlib.sha256(presented).digest()
+        hit = self._recent.get(digest)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        return None
+
+    def _remember(self, presented: bytes, who: str) -> None:
+        digest = hashlib.sha256(presented).digest()
+        with self._lock:
+            if len(self._recent) > 1024:
+                self._recent.clear()
+            self._recent[digest] = (who, time.monotonic() + 60.0)
+
+    def check_admin(self, name: str, secret: str) -> bool:
+        """True when ``name``/``secret`` is an admin credential."""
+        presented = f"admin\0{name}\0{secret}".encode("utf-8", "surrogatepass")
+        if self._recall(presented) == name:
+            return True
+        stored = self._admins.get(name)
+        ok = verify_secret(secret, stored if stored is not None else _DUMMY)
+        if ok and stored is not None:
+            self._remember(presented, name)
+            return True
+        return False
+
+    def check_ingest_key(self, key: str) -> str | None:
+        """The agent bound to a legacy ``X-Ingest-Key``, or None."""
+        presented = f"ingest\0{key}".encode("utf-8", "surrogatepass")
+        hit = self._recall(presented)
+        if hit is not None:
+            return hit
+        found = None
+        for entry in self._ingest:  # every entry is checked: no early exit on a match
+            if verify_secret(key, entry.ingest_key_hash or _DUMMY) and found is None:
+                found = entry.agent
+        if found is not None:
+            self._remember(presented, found)
+        return found
+
+    @property
+    def has_admins(self) -> bool:
+        return bool(self._admins)

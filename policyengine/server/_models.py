@@ -1,0 +1,365 @@
+"""Every request and response body of the service, as pydantic v2 models.
+
+Requests are validated with ``extra="forbid"`` and ``strict=True``: an unknown field, a
+number where a string belongs, a string where a bool belongs is a 400, never a guess.
+Bodies are decoded by :mod:`._wirejson` first (fractions as ``Decimal``), then validated
+with ``validate_python``; money fields accept only ``int`` and ``Decimal`` (never a
+float, which that decoder never produces). Response money is a JSON number
+(:data:`WireMoney`). The OpenAPI document is generated from these classes.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
+
+from policyengine.server._wirejson import decimal_number
+
+__all__ = [
+    "AccessEvaluation",
+    "AccessEvaluationResponse",
+    "AccessEvaluations",
+    "AccessEvaluationsResponse",
+    "ApprovalDecisionRequest",
+    "ApprovalResponse",
+    "ApprovalsResponse",
+    "AttenuateRequest",
+    "AttenuateResponse",
+    "AuthorizeRequest",
+    "AuthorizeResponse",
+    "AuthzenConfiguration",
+    "ErrorResponse",
+    "EventAccepted",
+    "HealthResponse",
+    "IngestEvent",
+    "TokenRequest",
+    "TokenResponse",
+    "ToolAuthorizeRequest",
+    "ToolAuthorizeResponse",
+    "TraceClose",
+]
+
+#: Money on the wire out: a JSON number with the exact value (see ``decimal_number``).
+WireMoney = Annotated[
+    Decimal,
+    PlainSerializer(decimal_number, when_used="json"),
+    WithJsonSchema({"type": "number"}),
+]
+
+
+def _money_in(value: object) -> Decimal:
+    if type(value) is int:
+        return Decimal(value)
+    if type(value) is Decimal and value.is_finite():
+        return value
+    raise ValueError("must be a JSON number")
+
+
+#: Money on the wire in: a JSON number read exactly (int or Decimal, never a float).
+MoneyIn = Annotated[Decimal, BeforeValidator(_money_in), WithJsonSchema({"type": "number"})]
+#: Any JSON value (fractions as Decimal).
+JsonValue = Annotated[Any, WithJsonSchema({})]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# --------------------------------------------------------------------------- errors
+class ErrorDetail(_Response):
+    code: str = Field(description="stable error code, e.g. invalid_request, unauthorized")
+    message: str
+
+
+class ErrorResponse(_Response):
+    """Every 4xx/5xx body. ``allowed`` is always false so any reader fails closed."""
+
+    allowed: Literal[False] = False
+    status: Literal["denied"] = "denied"
+    error: ErrorDetail
+
+
+# --------------------------------------------------------------------------- token
+class TokenRequest(_Request):
+    """OAuth 2.0 client credentials (RFC 6749 4.4), form-urlencoded."""
+
+    grant_type: Literal["client_credentials"]
+    client_id: str = Field(max_length=256)
+    client_secret: str = Field(max_length=1024)
+    scope: str | None = Field(None, max_length=1024)
+
+
+class TokenResponse(_Response):
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int
+
+
+# --------------------------------------------------------------------------- authorize
+class AuthorizeRequest(_Request):
+    permission: str = Field(max_length=512)
+    context: dict[str, JsonValue] | None = None
+    traceId: str | None = Field(None, max_length=256)  # noqa: N815 - wire spelling
+
+
+class ObligationsOut(_Response):
+    maxAmount: WireMoney | None = None  # noqa: N815
+    requireApprovalOver: WireMoney | None = None  # noqa: N815
+    redactFields: list[str] = []  # noqa: N815
+    currency: str | None = None
+
+
+class DiagnosticOut(_Response):
+    code: str
+    message: str
+    rule: str | None = None
+    effect: str = ""
+
+
+class AuthorizeResponse(_Response):
+    """``POST /v1/authorize``: both ``allowed`` and ``status`` always present."""
+
+    allowed: bool
+    status: Literal["allowed", "denied", "pending_approval"]
+    reason: str
+    reasonCode: str  # noqa: N815
+    decisionId: str  # noqa: N815
+    approvalId: str | None = None  # noqa: N815
+    actingFor: str | None = None  # noqa: N815
+    chain: list[str] | None = None
+    rules: list[str] = []
+    obligations: ObligationsOut | None = None
+    diagnostics: list[DiagnosticOut] = []
+    budget: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------- tools
+class ToolAuthorizeRequest(_Request):
+    """``POST /v1/tool-authorize``: an HTTP egress request, an MCP or a function call."""
+
+    transport: Literal["http", "mcp", "function"]
+    method: str | None = Field(None, max_length=32)
+    host: str | None = Field(None, max_length=512)
+    path: str | None = Field(None, max_length=8192)
+    query: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
+    body: JsonValue = None
+    toolName: str | None = Field(None, max_length=512)  # noqa: N815
+    functionName: str | None = Field(None, max_length=512)  # noqa: N815
+    context: dict[str, JsonValue] | None = None
+    approvalId: str | None = Field(None, max_length=256)  # noqa: N815
+    traceId: str | None = Field(None, max_length=256)  # noqa: N815
+
+
+class RedactionOut(_Response):
+    field: str = Field(description="a concrete path in the client's grammar: $.a.b[0].c")
+    strategy: Literal["remove", "mask"]
+
+
+class ToolAuthorizeResponse(AuthorizeResponse):
+    outcome: str
+    permission: str | None = None
+    tool: str | None = None
+    redactions: list[RedactionOut] = []
+
+
+# --------------------------------------------------------------------------- approvals
+class ApprovalResponse(_Response):
+    """``status`` in the client's words: pending, approved, denied (rejected), expired."""
+
+    approvalId: str  # noqa: N815
+    status: Literal["pending", "approved", "denied", "expired"]
+    principal: str
+    permission: str
+    rules: list[str] = []
+    createdAt: float  # noqa: N815
+    decidedAt: float | None = None  # noqa: N815
+    decidedBy: str | None = None  # noqa: N815
+    note: str | None = None
+
+
+class ApprovalsResponse(_Response):
+    items: list[ApprovalResponse]
+
+
+class ApprovalDecisionRequest(_Request):
+    note: str | None = Field(None, max_length=2048)
+
+
+# --------------------------------------------------------------------------- delegation
+class AttenuateRequest(_Request):
+    grantedToAgentId: str = Field(min_length=1, max_length=256)  # noqa: N815
+    permissions: list[str] = Field(max_length=256)
+    maxAmount: MoneyIn | None = None  # noqa: N815
+    expiresInSeconds: int | None = Field(None, ge=1, le=31_536_000)  # noqa: N815
+    reason: str | None = Field(None, max_length=2048)
+
+
+class AttenuatedToken(_Response):
+    accessToken: str  # noqa: N815
+    tokenType: Literal["Bearer"] = "Bearer"  # noqa: N815
+    expiresIn: int  # noqa: N815
+    jti: str
+    grantId: str  # noqa: N815
+
+
+class AttenuateResponse(_Response):
+    token: AttenuatedToken
+
+
+# --------------------------------------------------------------------------- telemetry
+class EventCost(_Request):
+    amount: MoneyIn
+    currency: str = Field(max_length=16)
+
+
+class EventUsage(_Request):
+    tokens: int | None = None
+    model: str | None = Field(None, max_length=256)
+
+
+class EventActor(_Request):
+    userId: str | None = Field(None, max_length=256)  # noqa: N815
+
+
+class IngestEvent(_Request):
+    """One event of ``POST /v1/ingest/events`` (the body is a JSON array of these)."""
+
+    eventId: str = Field(max_length=256)  # noqa: N815
+    idempotencyKey: str | None = Field(None, max_length=256)  # noqa: N815
+    agentId: str = Field(max_length=256)  # noqa: N815
+    traceId: str | None = Field(None, max_length=256)  # noqa: N815
+    parentEventId: str | None = Field(None, max_length=256)  # noqa: N815
+    type: str = Field(max_length=64)
+    name: str = Field(max_length=1024)
+    status: str = Field(max_length=64)
+    cost: EventCost | None = None
+    usage: EventUsage | None = None
+    actor: EventActor | None = None
+    input: JsonValue = None
+    output: JsonValue = None
+    attributes: JsonValue = None
+    occurredAt: str = Field(max_length=64)  # noqa: N815
+    durationMs: int | None = None  # noqa: N815
+    tags: list[str] = []
+    rootRequest: str | None = Field(None, max_length=8192)  # noqa: N815
+
+
+class TraceClose(_Request):
+    """``POST /v1/ingest/traces``: a trace closed."""
+
+    traceId: str = Field(max_length=256)  # noqa: N815
+    agentId: str = Field(max_length=256)  # noqa: N815
+    rootRequest: str | None = Field(None, max_length=8192)  # noqa: N815
+    op: Literal["Close"]
+    status: Literal["completed", "failed"]
+    occurredAt: str = Field(max_length=64)  # noqa: N815
+    summary: str | None = Field(None, max_length=8192)
+
+
+class EventAccepted(_Response):
+    accepted: int
+
+
+# --------------------------------------------------------------------------- AuthZEN 1.0
+class AuthzenSubject(_Request):
+    type: str = Field(max_length=256)
+    id: str = Field(max_length=512)
+    properties: dict[str, JsonValue] | None = None
+
+
+class AuthzenResource(_Request):
+    type: str = Field(max_length=256)
+    id: str = Field(max_length=512)
+    properties: dict[str, JsonValue] | None = None
+
+
+class AuthzenAction(_Request):
+    name: str = Field(max_length=512)
+    properties: dict[str, JsonValue] | None = None
+
+
+class AccessEvaluation(_Request):
+    """One AuthZEN access evaluation request (Authorization API 1.0, section 6)."""
+
+    subject: AuthzenSubject
+    action: AuthzenAction
+    resource: AuthzenResource
+    context: dict[str, JsonValue] | None = None
+
+
+class AccessEvaluationResponse(_Response):
+    decision: bool
+    context: dict[str, Any] | None = None
+
+
+class _PartialSubject(_Request):
+    type: str | None = Field(None, max_length=256)
+    id: str | None = Field(None, max_length=512)
+    properties: dict[str, JsonValue] | None = None
+
+
+class _PartialResource(_Request):
+    type: str | None = Field(None, max_length=256)
+    id: str | None = Field(None, max_length=512)
+    properties: dict[str, JsonValue] | None = None
+
+
+class _PartialAction(_Request):
+    name: str | None = Field(None, max_length=512)
+    properties: dict[str, JsonValue] | None = None
+
+
+class BatchItem(_Request):
+    """One item of ``evaluations``: any part left out comes from the top-level defaults."""
+
+    subject: _PartialSubject | None = None
+    action: _PartialAction | None = None
+    resource: _PartialResource | None = None
+    context: dict[str, JsonValue] | None = None
+
+
+class BatchOptions(_Request):
+    evaluations_semantic: Literal[
+        "execute_all", "deny_on_first_deny", "permit_on_first_permit"] = "execute_all"
+
+
+class AccessEvaluations(_Request):
+    """``POST /access/v1/evaluations``: defaults plus a list of evaluations."""
+
+    subject: _PartialSubject | None = None
+    action: _PartialAction | None = None
+    resource: _PartialResource | None = None
+    context: dict[str, JsonValue] | None = None
+    evaluations: list[BatchItem] | None = Field(None, max_length=10_000)
+    options: BatchOptions | None = None
+
+
+class AccessEvaluationsResponse(_Response):
+    evaluations: list[AccessEvaluationResponse]
+
+
+class AuthzenConfiguration(_Response):
+    policy_decision_point: str
+    access_evaluation_endpoint: str
+    access_evaluations_endpoint: str
+
+
+# --------------------------------------------------------------------------- operations
+class HealthResponse(_Response):
+    status: Literal["ok", "unavailable"]
+    revision: str | None = None
+    reloadError: str | None = None  # noqa: N815

@@ -1,0 +1,151 @@
+"""``policyengine serve PATH... [--host] [--port] [--workers N]``.
+
+One worker runs uvicorn in this process. With ``--workers N`` the parent compiles the
+policy once, binds the socket, and forks N workers that share it (the kernel spreads
+connections); the parent forwards SIGHUP (reload), SIGTERM and SIGINT (graceful stop) to
+every worker and exits when they have. Workers keep no shared state of their own beyond
+what the engine's stores share, so N workers behave as one service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the decision service (tracengent, AuthZEN)")
+    p.add_argument("paths", nargs="*", help="policy files or directories")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8181)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--credentials", help="agent and admin credentials file (JSON)")
+    p.add_argument("--keys", help="JWKS file with the signing keys of access and "
+                   "delegation tokens (default: a fresh key per start)")
+    p.add_argument("--hmac-key-file", help="secret for 'hash' redactions")
+    p.add_argument("--issuer", default="policyengine")
+    p.add_argument("--prefix", action="append", default=[], metavar="WIRE=/PATH",
+                   help="mount a wire under a path prefix: tracengent=/pdp, authzen=/az")
+    p.add_argument("--max-body-bytes", type=int, default=1_048_576)
+    p.add_argument("--body-timeout", type=float, default=10.0)
+    p.add_argument("--watch-interval", type=float, default=1.0,
+                   help="seconds between policy file checks; 0 turns watching off")
+    p.add_argument("--no-access-log", action="store_true")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--hash-secret", action="store_true",
+                   help="read a secret from stdin, print its hash for a credentials file")
+    p.set_defaults(func=run)
+
+
+def _prefixes(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        wire, sep, path = item.partition("=")
+        if not sep or wire not in ("tracengent", "authzen") or not path.startswith("/"):
+            raise SystemExit(f"bad --prefix {item!r}: use tracengent=/path or authzen=/path")
+        out[wire] = path
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from policyengine.server import hash_secret
+    if args.hash_secret:
+        secret = getpass.getpass("secret: ") if sys.stdin.isatty() else sys.stdin.readline()
+        print(hash_secret(secret.rstrip("\r\n")))
+        return 0
+    if not args.paths:
+        print("serve: give at least one policy file or directory", file=sys.stderr)
+        return 2
+    try:
+        import uvicorn
+    except ImportError:
+        print("serve needs the server extra: pip install 'policyengine[server]'",
+              file=sys.stderr)
+        return 2
+    import policyengine as pe
+    from policyengine.server import Credentials, CredentialsError, ServiceConfig, create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    try:
+        keys = pe.KeySet.from_file(args.keys) if args.keys else pe.KeySet.generate()
+        hmac_key = None
+        if args.hmac_key_file:
+            with open(args.hmac_key_file, "rb") as fh:
+                hmac_key = fh.read().strip()
+        engine = pe.Engine.from_path(*args.paths, keys=keys, hmac_key=hmac_key)
+        credentials = Credentials.from_file(args.credentials) if args.credentials else None
+    except pe.PolicyError as err:
+        print(err.render(), file=sys.stderr)
+        return 1
+    except (CredentialsError, pe.TokenError, OSError) as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 1
+    config = ServiceConfig(issuer=args.issuer, max_body_bytes=args.max_body_bytes,
+                           body_timeout=args.body_timeout, prefixes=_prefixes(args.prefix),
+                           access_log=not args.no_access_log,
+                           watch_interval=args.watch_interval or None)
+    app = create_app(engine, credentials=credentials, keys=keys, paths=args.paths,
+                     config=config)
+    uv_config = dict(host=args.host, port=args.port, log_level=args.log_level,
+                     access_log=False, lifespan="on", timeout_graceful_shutdown=10,
+                     server_header=False)
+    if args.workers <= 1:
+        uvicorn.run(app, **uv_config)  # type: ignore[arg-type]
+        return 0
+    return _supervise(app, uv_config, args.workers)
+
+
+def _supervise(app: Any, uv_config: dict[str, Any], workers: int) -> int:
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in uv_config["host"] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((uv_config["host"], uv_config["port"]))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: uvicorn on the shared socket, then exit
+            code = 0
+            try:
+                for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                server = uvicorn.Server(uvicorn.Config(app, **uv_config))
+                server.run(sockets=[sock])
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    sock.close()
+    logging.getLogger("policyengine.server").info(
+        "serving on %s:%s with %d workers", uv_config["host"], uv_config["port"], workers)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    status = 0
+    for pid in children:
+        while True:
+            try:
+                _, code = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        status = status or (1 if os.waitstatus_to_exitcode(code) not in (0, -15, -2) else 0)
+    return status

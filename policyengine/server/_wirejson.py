@@ -1,0 +1,94 @@
+"""JSON in and out of the service, with money kept exact.
+
+Requests: fractions become ``Decimal`` (``280.10`` stays ``Decimal("280.10")``, never a
+float), duplicate keys and ``NaN``/``Infinity`` are refused, so the engine decides on the
+one reading every other component would make. Responses: a ``Decimal`` is written as a
+JSON *number* (the SDKs read ``maxAmount`` as a number) whose text is exact.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from policyengine import PolicyEngineError
+
+__all__ = ["MalformedJsonError", "decimal_number", "loads"]
+
+MAX_DEPTH = 64  # deeper documents are refused before anything walks them
+
+
+class MalformedJsonError(PolicyEngineError, ValueError):
+    """``code``: ``malformed_json``, ``duplicate_key``, ``non_finite_number``, ``too_deep``."""
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise MalformedJsonError("duplicate_key", f"duplicate key {key[:40]!r}")
+            seen.add(key)
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise MalformedJsonError("non_finite_number", f"{name} is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_no_constant,
+                            parse_float=Decimal)
+
+
+def _too_deep(data: bytes) -> bool:
+    # Brackets inside strings count too: that only errs towards refusing, and a body this
+    # nested is not a request any SDK sends. Cheap: bytes.count runs in C.
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def loads(data: bytes) -> Any:
+    """Decode a request body strictly; raise :class:`MalformedJsonError` with a code."""
+    if _too_deep(data):
+        raise MalformedJsonError("too_deep", f"the JSON nests deeper than {MAX_DEPTH}")
+    try:
+        return _DECODER.decode(data.decode("utf-8"))
+    except MalformedJsonError:
+        raise
+    except UnicodeDecodeError:
+        raise MalformedJsonError("malformed_json", "the body is not UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise MalformedJsonError("malformed_json", f"the body is not JSON: {exc}") from None
+
+
+def decimal_number(value: Decimal) -> int | float | str:
+    """A ``Decimal`` as the JSON number with the same value: an ``int`` when integral; a
+    ``float`` only when its shortest text reads back as exactly ``value``; otherwise the
+    digits as a string (more precision than any money amount has)."""
+    if value == value.to_integral_value():
+        return int(value)
+    as_float = float(value)
+    if Decimal(repr(as_float)) == value:
+        return as_float
+    return format(value, "f")

@@ -1,0 +1,346 @@
+"""Shared stores (PostgreSQL, Redis): chosen by URL, layouts versioned, a lost dataset
+refused, which clock decides, and the CI rule that a missing service fails the run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from conftest import (
+    BUDGET_NOW,
+    DAILY,
+    POSTGRES_URL,
+    REDIS_URL,
+    SharedStores,
+    make_ledger,
+    require_service,
+    unique_name,
+)
+
+from policyengine.budgets import (
+    BudgetError,
+    BudgetExceeded,
+    BudgetInputError,
+    BudgetSpec,
+    BudgetStoreError,
+    Ledger,
+    MemoryStore,
+    PostgresStore,
+    RedisStore,
+    ReservationError,
+    ServerClock,
+    SQLiteStore,
+    store_from_url,
+)
+from policyengine.engine import Engine
+
+SHARED = ["postgres", "redis"]
+
+
+def _open(shared: SharedStores, kind: str, **options: object) -> PostgresStore | RedisStore:
+    return shared.postgres(**options) if kind == "postgres" else shared.redis(**options)
+
+
+# -- chosen by URL -----------------------------------------------------------------------
+
+
+def test_memory_and_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(store_from_url("memory:"), MemoryStore)
+    assert store_from_url("memory:?retention=60").retention == 60  # type: ignore[attr-defined]
+    monkeypatch.chdir(tmp_path)
+    rel = store_from_url("sqlite:///rel.db?durability=spend")
+    assert isinstance(rel, SQLiteStore) and rel.durability == "spend"
+    assert (tmp_path / "rel.db").exists()
+    absolute = store_from_url(f"sqlite:///{tmp_path / 'abs.db'}")
+    assert isinstance(absolute, SQLiteStore) and (tmp_path / "abs.db").exists()
+
+
+@pytest.mark.parametrize("url", [
+    "", "memory", "mysql://h/db", "sqlite://", "sqlite:///", "file:///x.db",
+    "sqlite:///x.db?busy_timeout=soon",
+])
+def test_unreadable_urls_are_refused_with_a_code(url: str) -> None:
+    with pytest.raises(BudgetInputError) as info:
+        store_from_url(url)
+    assert info.value.code == "invalid_store_url"
+
+
+def test_a_url_password_is_not_repeated_in_errors() -> None:
+    with pytest.raises(BudgetInputError) as info:
+        store_from_url("mysql://user:s3cret@db.example/x")
+    assert "s3cret" not in str(info.value)
+
+
+def test_postgres_and_redis_urls_carry_store_options(shared_stores: SharedStores) -> None:
+    require_service("postgres")
+    require_service("redis")
+    schema = unique_name("pg")
+    pg = store_from_url(f"{POSTGRES_URL}?schema={schema}&durability=spend&max_clock_skew=none"
+                        "&connect_timeout=3")
+    shared_stores.opened.append(pg)  # type: ignore[arg-type]
+    assert isinstance(pg, PostgresStore)
+    assert (pg.schema, pg.durability, pg.max_clock_skew) == (schema, "spend", None)
+    assert "connect_timeout=3" in pg.url and "schema" not in pg.url  # the driver's stays
+    prefix = unique_name("redis") + ":"
+    rd = store_from_url(f"{REDIS_URL}?prefix={prefix}&max_clock_skew=0.5")
+    shared_stores.opened.append(rd)  # type: ignore[arg-type]
+    assert isinstance(rd, RedisStore)
+    assert (rd.prefix, rd.max_clock_skew) == (prefix, 0.5)
+    for store in (pg, rd):
+        ledger = Ledger([DAILY], store)
+        ledger.record("bot", "payments:x", "7", "EUR")
+        assert ledger.balances("bot")[0].spent == 7
+
+
+@pytest.mark.parametrize("kind", SHARED)
+def test_engine_and_cli_take_a_store_url(
+    kind: str, shared_stores: SharedStores, tmp_path: Path
+) -> None:
+    store = _open(shared_stores, kind, max_clock_skew=2.0)
+    url = (f"{POSTGRES_URL}?schema={store.schema}" if isinstance(store, PostgresStore)
+           else f"{REDIS_URL}?prefix={store.prefix}")
+    policy = tmp_path / "p.policy"
+    policy.write_text(
+        'namespace t\nrole payer: payments:*\nagent "bot": payer\n'
+        "budget daily: payments:* limit 100 EUR per day per agent\n"
+    )
+    # One host spends through its engine; another host's engine and the CLI see it.
+    first = Engine.from_path(policy, budget_store=url)
+    first.budgets.record("bot", "payments:refund", "90", "EUR")
+    second = Engine.from_path(policy, budget_store=url)
+    ctx = {"amount": "20", "currency": "EUR"}
+    assert second.authorize("bot", "payments:refund", ctx).code == "budget_exceeded"
+    assert second.authorize("bot", "payments:refund", {**ctx, "amount": "10"}).allowed
+    out = subprocess.run(
+        [sys.executable, "-m", "policyengine", "eval", str(policy), "--principal", "bot",
+         "--permission", "payments:refund", "--context", '{"amount": "20", "currency": "EUR"}',
+         "--budget-store", url, "--exit-code"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 1 and '"budget_exceeded"' in out.stdout, out.stderr
+
+
+def test_cli_reports_a_bad_store_url(tmp_path: Path) -> None:
+    policy = tmp_path / "p.policy"
+    policy.write_text('role r: docs:*\nagent "bot": r\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "policyengine", "eval", str(policy), "--principal", "bot",
+         "--permission", "docs:read", "--budget-store", "mysql://db/x"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2 and "invalid_store_url" in out.stderr
+
+
+# -- layouts -----------------------------------------------------------------------------
+
+
+def test_postgres_refuses_another_layout_and_keeps_its_data(
+    shared_stores: SharedStores,
+) -> None:
+    store = shared_stores.postgres()
+    ledger, _ = make_ledger(store, DAILY)
+    ledger.record("bot", "payments:x", "7", "EUR")
+    again, _ = make_ledger(shared_stores.postgres(schema=store.schema), DAILY)
+    assert again.balances("bot")[0].spent == 7  # reopening keeps the data
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{store.schema}".budget_layout SET version = 99')
+    with pytest.raises(BudgetStoreError) as info:
+        PostgresStore(POSTGRES_URL, schema=store.schema)
+    assert info.value.code == "store_incompatible" and "99" in str(info.value)
+    foreign = unique_name("pg")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{foreign}"')
+        conn.execute(f'CREATE TABLE "{foreign}".budget_buckets (x int)')
+    try:
+        with pytest.raises(BudgetStoreError) as info:
+            PostgresStore(POSTGRES_URL, schema=foreign)
+        assert info.value.code == "store_incompatible"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{foreign}" CASCADE')
+
+
+def test_postgres_schema_names_are_plain_sql_names() -> None:
+    with pytest.raises(ValueError, match="schema"):
+        PostgresStore(POSTGRES_URL, schema='x"; DROP TABLE y; --')
+
+
+def test_redis_refuses_another_layout(shared_stores: SharedStores) -> None:
+    store = shared_stores.redis()
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(store.prefix + "layout", "99:abc")
+    with pytest.raises(BudgetStoreError) as info:
+        RedisStore(REDIS_URL, prefix=store.prefix)
+    assert info.value.code == "store_incompatible"
+
+
+def test_a_flushed_redis_is_refused_until_reinitialized(shared_stores: SharedStores) -> None:
+    store = shared_stores.redis()
+    ledger, _ = make_ledger(store, DAILY)
+    ledger.record("bot", "payments:x", "100", "EUR")
+    assert not ledger.check("bot", "payments:x", "1", "EUR").allowed
+    store.drop()  # what a restart without persistence does to the prefix
+    for call in (lambda: ledger.check("bot", "payments:x", "1", "EUR"),
+                 lambda: ledger.reserve("bot", "payments:x", "1", "EUR"),
+                 lambda: ledger.record("bot", "payments:x", "1", "EUR")):
+        with pytest.raises(BudgetStoreError) as info:
+            call()
+        assert info.value.code == "store_unavailable"
+        assert info.value.details == {"reason": "dataset_lost"}
+    store.reinitialize()  # an operator accepts the loss
+    assert ledger.check("bot", "payments:x", "1", "EUR").allowed
+
+
+@pytest.mark.parametrize("kind", SHARED)
+def test_an_engine_denies_when_its_shared_store_fails(
+    kind: str, shared_stores: SharedStores
+) -> None:
+    store = _open(shared_stores, kind)
+    engine = Engine.from_source(
+        'namespace t\nrole payer: payments:*\nagent "bot": payer\n'
+        "budget daily: payments:* limit 100 EUR per day per agent\n",
+        budget_store=store, clock=lambda: BUDGET_NOW,
+    )
+    ctx = {"amount": "5", "currency": "EUR"}
+    assert engine.authorize("bot", "payments:x", ctx).allowed
+    if isinstance(store, RedisStore):
+        store.drop()  # the data is gone
+    else:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:  # the tables are gone
+            conn.execute(f'DROP SCHEMA "{store.schema}" CASCADE')
+    decision = engine.authorize("bot", "payments:x", ctx)
+    assert not decision.allowed and decision.code == "store_unavailable"
+
+
+# -- which clock decides -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", SHARED)
+def test_hosts_ahead_and_behind_run_on_the_store_clock(
+    kind: str, shared_stores: SharedStores
+) -> None:
+    """Two hosts, one clock an hour ahead and one an hour behind, share a ledger. With
+    the default (the store's clock) they agree on time: a hold made on one expires on
+    the other exactly when its TTL has passed by the server's clock."""
+    spec = BudgetSpec("t.hourly", ("payments:*",), Decimal(100), "EUR", "hour")
+    store_ahead = _open(shared_stores, kind, max_clock_skew=2.0,
+                        host_clock=lambda: time.time() + 3600)
+    name = store_ahead.schema if isinstance(store_ahead, PostgresStore) else store_ahead.prefix
+    options = {"schema": name} if kind == "postgres" else {"prefix": name}
+    store_behind = _open(shared_stores, kind, max_clock_skew=2.0,
+                         host_clock=lambda: time.time() - 3600, **options)
+    ahead, behind = Ledger([spec], store_ahead), Ledger([spec], store_behind)
+    server = store_ahead.server_time()
+    assert abs(ahead.clock() - server) < 0.5 and abs(behind.clock() - server) < 0.5
+    r = ahead.reserve("bot", "payments:x", "60", "EUR", ttl=1)
+    # Same window for both, so the hold counts on the other host.
+    assert r.lines[0].window_start == behind.balances("bot")[0].window_start
+    assert not behind.check("bot", "payments:x", "50", "EUR").allowed
+    assert behind.get(r.id).status == "active"
+    time.sleep(1.2)
+    assert behind.check("bot", "payments:x", "100", "EUR").allowed  # expired for everyone
+    with pytest.raises(ReservationError) as info:
+        ahead.commit(r.id, "60")
+    assert info.value.code == "reservation_expired"
+
+
+@pytest.mark.parametrize("kind", SHARED)
+@pytest.mark.parametrize("skew", [+30.0, -30.0])
+def test_a_host_clock_out_of_bounds_is_refused_never_trusted(
+    kind: str, skew: float, shared_stores: SharedStores
+) -> None:
+    store = _open(shared_stores, kind, max_clock_skew=2.0)
+    honest = Ledger([DAILY], store)
+    r = honest.reserve("bot", "payments:x", "60", "EUR", ttl=60)
+    skewed = Ledger([DAILY], store, clock=lambda: time.time() + skew)
+    for call in (lambda: skewed.check("bot", "payments:x", "1", "EUR"),
+                 lambda: skewed.reserve("bot", "payments:x", "1", "EUR"),
+                 lambda: skewed.record("bot", "payments:x", "1", "EUR"),
+                 lambda: skewed.commit(r.id, "60"),
+                 lambda: skewed.release(r.id)):
+        with pytest.raises(BudgetStoreError) as info:
+            call()
+        assert info.value.code == "clock_skew"
+        assert abs(info.value.details["skew"] - skew) < 1
+    (balance,) = honest.balances("bot")
+    assert (balance.spent, balance.reserved) == (Decimal(0), Decimal(60))  # nothing moved
+    assert honest.commit(r.id, "60").status == "committed"
+
+
+def test_server_clock_measures_the_offset_and_resyncs() -> None:
+    host = [1000.0]
+    server = [5000.0]
+    reads: list[float] = []
+
+    def read() -> float:
+        reads.append(host[0])
+        host[0] += 0.002  # a 2 ms round trip
+        return server[0]
+
+    clock = ServerClock(read, host=lambda: host[0], resync=10)
+    # Read at host 1000.001 (the midpoint): host 1000.002 is server 5000.001.
+    assert clock() == pytest.approx(5000.001, abs=1e-6)
+    assert clock.error == pytest.approx(0.001)
+    host[0] += 5
+    assert len(reads) == 1 and clock() == pytest.approx(5005.001, abs=1e-6)
+    host[0] -= 100  # the host clock stepped back: measure again at once
+    server[0] = 5005.0
+    clock()
+    assert len(reads) == 2
+    host[0] += 11  # past resync
+    clock()
+    assert len(reads) == 3
+
+
+def test_store_errors_stay_budget_errors() -> None:
+    assert issubclass(BudgetStoreError, BudgetError)
+    assert not issubclass(BudgetStoreError, BudgetExceeded)
+
+
+# -- CI: a missing service fails the run -------------------------------------------------
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception),
+                                             ("", pytest.skip.Exception)])
+def test_an_unreachable_service_fails_under_ci_and_skips_otherwise(
+    ci: str, outcome: type[BaseException], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import conftest
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr(conftest, "POSTGRES_URL", "postgresql://postgres@127.0.0.1:1/test")
+    monkeypatch.setattr(conftest, "REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setattr(conftest, "_reachable", {})
+    for kind in ("postgres", "redis"):
+        with pytest.raises(outcome) as info:
+            conftest.require_service(kind)
+        assert "unreachable at" in str(info.value) and ":1/" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", SHARED)
+def test_a_hold_released_by_a_clock_ahead_is_expired_for_a_clock_behind(
+    kind: str, shared_stores: SharedStores
+) -> None:
+    """Within the allowed skew two hosts may disagree on a reservation's expiry: the
+    hold is given back once, and the slower host's commit is refused, never double
+    counted."""
+    store = _open(shared_stores, kind)
+    name = store.schema if isinstance(store, PostgresStore) else store.prefix
+    other = _open(shared_stores, kind, **({"schema": name} if kind == "postgres"
+                                          else {"prefix": name}))
+    behind, _ = make_ledger(store, DAILY)
+    ahead = Ledger([DAILY], other, clock=lambda: BUDGET_NOW + 30)
+    r = behind.reserve("bot", "payments:x", "40", "EUR", ttl=20)
+    ahead.record("bot", "payments:x", "1", "EUR")  # a write at +30 s gives the hold back
+    for op in (lambda: behind.commit(r.id, "40"), lambda: behind.extend(r.id, 60),
+               lambda: behind.release(r.id)):
+        with pytest.raises(ReservationError) as info:
+            op()  # still live at BUDGET_NOW by this clock
+        assert info.value.code == "reservation_expired"
+    (balance,) = behind.balances("bot")
+    assert (balance.spent, balance.reserved) == (Decimal(1), Decimal(0))

@@ -1,0 +1,114 @@
+"""Helpers for the service tests: a live decision service on 127.0.0.1 (a free port,
+uvicorn in a thread, always stopped) over tests/server/policies."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+import policyengine as pe
+from policyengine.server import (
+    Credentials,
+    PolicyService,
+    ServiceConfig,
+    create_app,
+)
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+POLICIES = Path(__file__).parent / "policies"
+HMAC_KEY = b"a 32-byte secret for pseudonyms!"
+
+SECRETS = {"key_travel": "travel-secret", "key_hotel": "hotel-secret",
+           "key_demo": "demo-secret"}
+ADMIN = ("ops", "ops-secret")
+INGEST_KEY = "ingest-key-travel"
+
+
+@dataclass
+class Running:
+    app: PolicyService
+    port: int
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving(app: Any, port: int | None = None) -> Iterator[int]:
+    """Run ``app`` under uvicorn in a thread until the block ends."""
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False,
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise RuntimeError("the service did not start")
+        time.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def make_service(credentials: Credentials, **config: Any) -> PolicyService:
+    keys = pe.KeySet.generate()
+    engine = pe.Engine.from_path(str(POLICIES), keys=keys, hmac_key=HMAC_KEY)
+    return create_app(engine, credentials=credentials, keys=keys, paths=[str(POLICIES)],
+                      config=ServiceConfig(**{"access_log": False, **config}))
+
+
+class Upstream:
+    """A loopback HTTP server standing in for a tool's API: records what arrives."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, Any]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+                outer.received.append(("POST", self.path, json.loads(raw) if raw else None))
+                body = b'{"ok":true}'
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+

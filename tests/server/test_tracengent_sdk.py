@@ -1,0 +1,322 @@
+"""The real, unmodified tracengent 0.1.0 SDK against the live service."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from tracengent import (
+    AgentEvent,
+    LlmCallResult,
+    NotAuthorizedException,
+    TracengentClient,
+    TracengentOptions,
+)
+from tracengent.delegation import DelegationException
+from tracengent.gateway import governed_client
+from tracengent.tool_governance import ToolDeniedException, ToolPendingApprovalException
+
+import policyengine as pe
+
+from .service_harness import ADMIN, INGEST_KEY, SECRETS, Running, Upstream
+
+
+def sdk(service: Running, client_id: str = "key_travel", secret: str | None = None,
+        agent_id: str = "travel-agent") -> TracengentClient:
+    return TracengentClient(TracengentOptions(
+        agent_id=agent_id, base_url=service.url, client_id=client_id,
+        client_secret=SECRETS[client_id] if secret is None else secret,
+        flush_interval_ms=50))
+
+
+@pytest.fixture
+def client(service: Running) -> Iterator[TracengentClient]:
+    c = sdk(service)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def admin_auth() -> dict[str, str]:
+    raw = base64.b64encode(f"{ADMIN[0]}:{ADMIN[1]}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+def payload(token: str) -> dict[str, Any]:
+    part = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- token
+def test_token_is_a_jwt_carrying_the_agents_permissions(client: TracengentClient) -> None:
+    token = client.token_provider.get_token()
+    assert token is not None
+    claims = payload(token)
+    assert claims["sub"] == "travel-agent"
+    assert claims["permissions"] == ["flights:*", "payments:refund", "llm:*"]
+    assert client.has_permission("flights:book")
+    assert client.has_permission("payments:refund")
+    assert not client.has_permission("admin:delete")
+
+
+def test_wrong_secret_is_401_and_the_sdk_denies(service: Running) -> None:
+    r = httpx.post(f"{service.url}/v1/oauth/token", data={
+        "grant_type": "client_credentials", "client_id": "key_travel", "client_secret": "no"})
+    assert r.status_code == 401
+    assert r.json()["error"] == "invalid_client"
+    r = httpx.post(f"{service.url}/v1/oauth/token", data={
+        "grant_type": "client_credentials", "client_id": "nobody", "client_secret": "x"})
+    assert r.status_code == 401
+    with sdk(service, secret="wrong") as c:
+        d = c.authorize("flights:book", {"country": "FR"})
+        assert not d.allowed
+        assert "agent disabled" in d.reason
+
+
+def test_forged_or_foreign_tokens_are_401(service: Running) -> None:
+    good = httpx.post(f"{service.url}/v1/oauth/token", data={
+        "grant_type": "client_credentials", "client_id": "key_hotel",
+        "client_secret": SECRETS["key_hotel"]}).json()["access_token"]
+    head, body, sig = good.split(".")
+    claims = payload(good)
+    claims["sub"] = "travel-agent"
+    forged_body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    other = pe.KeySet.generate()
+    foreign = pe.tokens.mint(other, issuer="x", acting_for="a", agent="travel-agent",
+                             permissions=["*"], ttl=60)
+    unsigned = base64.urlsafe_b64encode(b'{"alg":"none","typ":"at+jwt"}').rstrip(b"=")
+    for bad in (f"{head}.{forged_body}.{sig}", foreign, f"{unsigned.decode()}.{body}.",
+                "garbage", "a.b.c"):
+        r = httpx.post(f"{service.url}/v1/authorize", json={"permission": "flights:book"},
+                       headers={"Authorization": f"Bearer {bad}"})
+        if bad == foreign:  # a delegation token: verified by the engine, denied
+            assert r.status_code == 200 and r.json()["allowed"] is False
+            assert r.json()["reasonCode"] == "invalid_token"
+        else:
+            assert r.status_code == 401, bad
+            assert r.json()["allowed"] is False
+
+
+# ---------------------------------------------------------------- authorize
+def test_authorize_allowed_and_denied(client: TracengentClient) -> None:
+    d = client.authorize("flights:book", {"country": "FR"})
+    assert d.allowed and d.status == "allowed" and d.decision_id
+    d = client.authorize("flights:book", {"country": "KP"})
+    assert not d.allowed and d.status == "denied"
+    assert "sanctioned" in d.reason
+    with pytest.raises(NotAuthorizedException):
+        client.ensure_authorized("admin:delete")
+
+
+def test_money_stays_exact_and_obligations_are_numbers(client: TracengentClient) -> None:
+    # 280.10 USD = 257.692 EUR, under both thresholds; the SDK sends Decimal as a float.
+    d = client.authorize("payments:refund", {"amount": Decimal("280.10"), "currency": "USD"})
+    assert d.allowed, d.reason
+    assert d.obligations is not None
+    assert d.obligations.max_amount == 500 and type(d.obligations.max_amount) is int
+    assert d.obligations.require_approval_over == 300
+    assert d.obligations.currency == "EUR"
+    # 543.48 USD = 500.0016 EUR: over the cap only when the fraction is read exactly.
+    d = client.authorize("payments:refund", {"amount": Decimal("543.48"), "currency": "USD"})
+    assert not d.allowed and "refund-cap" in d.reason
+
+
+def test_pending_then_approved_via_the_admin_route(service: Running,
+                                                   client: TracengentClient) -> None:
+    result: dict[str, Any] = {}
+
+    def agent() -> None:
+        try:
+            result["obligations"] = client.ensure_authorized(
+                "payments:refund", {"amount": 400, "currency": "EUR"})
+        except Exception as exc:  # surfaced below
+            result["error"] = exc
+
+    t = threading.Thread(target=agent)
+    t.start()
+    pending = _wait_pending(service, "payments:refund")
+    r = httpx.post(f"{service.url}/v1/admin/approvals/{pending}/approve",
+                   json={"note": "ok by ops"}, headers=admin_auth())
+    assert r.status_code == 200 and r.json()["status"] == "approved"
+    t.join(15)
+    assert "error" not in result, result
+    # approved again: final, 409
+    r = httpx.post(f"{service.url}/v1/admin/approvals/{pending}/reject", headers=admin_auth())
+    assert r.status_code == 409
+
+
+def test_pending_then_rejected_raises(service: Running, client: TracengentClient) -> None:
+    result: dict[str, Any] = {}
+
+    def agent() -> None:
+        try:
+            client.ensure_authorized("payments:refund", {"amount": 450, "currency": "EUR"})
+            result["allowed"] = True
+        except NotAuthorizedException as exc:
+            result["denied"] = str(exc)
+
+    t = threading.Thread(target=agent)
+    t.start()
+    pending = _wait_pending(service, "payments:refund")
+    r = httpx.post(f"{service.url}/v1/admin/approvals/{pending}/reject", headers=admin_auth())
+    assert r.status_code == 200 and r.json()["status"] == "denied"
+    t.join(15)
+    assert "denied" in result and "allowed" not in result
+
+
+def _wait_pending(service: Running, permission: str) -> str:
+    import time
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{service.url}/v1/admin/approvals?status=pending", headers=admin_auth())
+        assert r.status_code == 200
+        items = [i for i in r.json()["items"] if i["permission"] == permission]
+        if items:
+            return str(items[-1]["approvalId"])
+        time.sleep(0.05)
+    raise AssertionError("no pending approval appeared")
+
+
+def test_admin_route_needs_its_own_credential(service: Running,
+                                              client: TracengentClient) -> None:
+    token = client.token_provider.get_token()
+    for headers in ({}, {"Authorization": f"Bearer {token}"},
+                    {"Authorization": "Basic " + base64.b64encode(b"ops:wrong").decode()}):
+        r = httpx.get(f"{service.url}/v1/admin/approvals", headers=headers)
+        assert r.status_code == 401
+
+
+def test_an_agent_cannot_read_another_agents_approval(service: Running,
+                                                      client: TracengentClient) -> None:
+    d = client.authorize("payments:refund", {"amount": 350, "currency": "EUR"})
+    assert d.status == "pending_approval" and d.approval_id
+    mine = httpx.get(f"{service.url}/v1/approvals/{d.approval_id}",
+                     headers={"Authorization": f"Bearer {client.token_provider.get_token()}"})
+    assert mine.status_code == 200 and mine.json()["status"] == "pending"
+    with sdk(service, "key_hotel", agent_id="hotel-agent") as other:
+        theirs = httpx.get(f"{service.url}/v1/approvals/{d.approval_id}", headers={
+            "Authorization": f"Bearer {other.token_provider.get_token()}"})
+    assert theirs.status_code == 404
+
+
+# ---------------------------------------------------------------- tools
+def test_governed_client_redacts_and_blocks(client: TracengentClient,
+                                            upstream: Upstream) -> None:
+    base = f"http://127.0.0.1:{upstream.port}"
+    with governed_client(client) as http:
+        r = http.post(f"{base}/v1/refunds", json={
+            "amount": "120", "currency": "EUR", "card": "4242424242424242", "cvv": "123",
+            "note": "keep"})
+        assert r.status_code == 200
+        assert upstream.received == [("POST", "/v1/refunds", {
+            "amount": "120", "currency": "EUR", "card": "***REDACTED***", "note": "keep"})]
+        with pytest.raises(ToolDeniedException) as denied:
+            http.post(f"{base}/v1/accounts/acct_1", json={"x": 1})
+        assert denied.value.outcome == "route_deny"
+        with pytest.raises(ToolDeniedException):  # over the refund cap
+            http.post(f"{base}/v1/refunds", json={"amount": "900", "currency": "EUR"})
+        with pytest.raises(ToolPendingApprovalException):
+            http.post(f"{base}/v1/refunds", json={"amount": "350", "currency": "EUR"})
+        with pytest.raises(ToolDeniedException):  # a path trick
+            http.post(f"{base}/v1/refunds%2F..%2Faccounts", json={"amount": "1",
+                                                                  "currency": "EUR"})
+    assert len(upstream.received) == 1  # nothing denied ever arrived
+
+
+def test_mcp_and_function_guards(client: TracengentClient) -> None:
+    seen: list[Any] = []
+    out = client.tools.guard_mcp("search_flights", {"from": "LIS", "passport": "P123"},
+                                 lambda args: seen.append(args) or "ok")
+    assert out == "ok" and seen == [{"from": "LIS", "passport": "***REDACTED***"}]
+    with pytest.raises(ToolDeniedException):
+        client.tools.guard_mcp("delete_everything", {}, lambda args: seen.append(args))
+    g = client.tools.authorize_function("transfer_funds", {
+        "amount": "12.50", "currency": "EUR", "iban": "DE89 3704"})
+    assert g.allowed and g.arguments["iban"] == "***REDACTED***"
+    g = client.tools.authorize_function("transfer_funds", {"amount": "9000",
+                                                           "currency": "EUR"})
+    assert not g.allowed
+    assert len(seen) == 1
+
+
+def test_a_redaction_the_client_cannot_apply_denies(client: TracengentClient) -> None:
+    g = client.tools.authorize_mcp("crm_lookup", {"email": "a@example.com"})
+    assert not g.allowed
+    assert "cannot apply" in g.decision.reason
+    g = client.tools.authorize_mcp("crm_lookup", {"name": "no email here"})
+    assert g.allowed  # nothing to hash: nothing to express
+
+
+# ---------------------------------------------------------------- delegation
+def test_delegated_session_and_attenuation(service: Running, client: TracengentClient) -> None:
+    root = pe.tokens.mint(service.app.engine.keys, issuer="https://auth.example",
+                          acting_for="besar", agent="travel-agent",
+                          permissions=["flights:*"], max_amount=("300", "EUR"), ttl=600)
+    session = client.begin_delegated_task(root)
+    assert session.is_delegated and session.acting_for == "besar"
+    d = session.authorize("flights:book", {"country": "FR"})
+    assert d.allowed and d.acting_for == "besar" and d.chain == ["besar", "travel-agent"]
+    d = session.authorize("payments:refund", {"amount": 10, "currency": "EUR"})
+    assert not d.allowed  # the role allows it, the grant does not
+    child = session.attenuate_for_call("hotel-agent", ["flights:search"], max_amount=100,
+                                       expires_in_seconds=120)
+    assert child.chain == ["besar", "travel-agent", "hotel-agent"]
+    d = child.authorize("flights:search", {"country": "FR"})
+    assert d.allowed and d.chain == ["besar", "travel-agent", "hotel-agent"]
+    d = child.authorize("flights:book", {"country": "FR"})
+    assert not d.allowed
+    for widen in (lambda: session.attenuate_for_call("hotel-agent", ["payments:refund"]),
+                  lambda: session.attenuate_for_call("hotel-agent", ["flights:search"],
+                                                     max_amount=301),
+                  lambda: child.attenuate_for_call("x-agent", ["flights:*"])):
+        with pytest.raises(DelegationException, match="403"):
+            widen()
+    # an access token is not a parent grant
+    r = httpx.post(f"{service.url}/v1/delegations/{session.grant_id}/attenuate",
+                   json={"grantedToAgentId": "x", "permissions": []},
+                   headers={"Authorization": f"Bearer {client.token_provider.get_token()}"})
+    assert r.status_code == 401
+    # a grant id that is not the bearer's
+    r = httpx.post(f"{service.url}/v1/delegations/other/attenuate",
+                   json={"grantedToAgentId": "x", "permissions": []},
+                   headers={"Authorization": f"Bearer {root}"})
+    assert r.status_code == 403
+    service.app.engine.revoke(session.grant_id or "")
+    assert not child.authorize("flights:search", {"country": "FR"}).allowed
+
+
+# ---------------------------------------------------------------- telemetry
+def test_events_and_traces_are_ingested_gzip_included(service: Running) -> None:
+    before = len(service.app.events)
+    gz_before = service.app.metrics.ingested.get(("events", "gzip"), 0)
+    with sdk(service) as c:
+        with c.begin_trace("book a trip") as trace:
+            trace.step("looking")
+            assert trace.track_tool_call("noop", lambda: 1) == 1
+            trace.track_llm_call("plan", lambda: LlmCallResult("ok", tokens=10, model="m"),
+                                 estimated_tokens=50)
+        for i in range(40):  # one batch over 1,024 bytes: gzip on the wire
+            c.record(AgentEvent(name=f"step-{i}", attributes={"pad": "x" * 40}))
+    events = [e for who, e in list(service.app.events)[before:] if who == "travel-agent"]
+    names = {e.name for e in events}
+    assert {"looking", "noop", "plan", "step-0", "step-39"} <= names
+    assert service.app.metrics.ingested.get(("events", "gzip"), 0) > gz_before
+    assert any(t.rootRequest == "book a trip" and t.status == "completed"
+               for _, t in service.app.traces)
+    assert c.dropped_count == 0
+
+
+def test_legacy_ingest_key_mode(service: Running) -> None:
+    with TracengentClient(TracengentOptions(agent_id="travel-agent", base_url=service.url,
+                                            ingest_key=INGEST_KEY)) as c:
+        assert c.authorize("flights:book", {"country": "FR"}).allowed
+    with TracengentClient(TracengentOptions(agent_id="travel-agent", base_url=service.url,
+                                            ingest_key="wrong")) as c:
+        assert not c.authorize("flights:book", {"country": "FR"}).allowed
