@@ -8,50 +8,55 @@
 The public API is what this module exports; everything else may change.
 """
 
-from policyengine import tokens
-from policyengine.decide import Approval, ApprovalError, Explanation, MemoryApprovalStore
-from policyengine.decision import (
-    ApprovalRequired,
-    Decision,
-    Diagnostic,
-    NotAuthorized,
-    Obligations,
-    ToolDecision,
-    ToolDenied,
-)
-from policyengine.engine import Engine
-from policyengine.errors import PolicyEngineError
-from policyengine.lang import PolicyError, Problem, format_source, parse
-from policyengine.money import (
-    CallableRates,
-    Currency,
-    JsonFileRates,
-    Money,
-    MoneyError,
-    RateError,
-    RateSource,
-    StaticRates,
-    convert,
-    get_currency,
-    parse_amount,
-)
-from policyengine.permissions import (
-    InvalidPermission,
-    is_valid_pattern,
-    is_valid_permission,
-    permission_matches,
-    subsumes,
-)
-from policyengine.tokens import AttenuationError, Grant, KeySet, TokenError
-from policyengine.tools import (
-    AsyncGovernedTransport,
-    GovernedTransport,
-    RedactionResult,
-    RedactionRule,
-    async_governed_client,
-    governed_client,
-    redact,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from policyengine.errors import PolicyEngineError  # a leaf: cheap, and what callers catch
+
+if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr__
+    from policyengine import tokens
+    from policyengine.decide import Approval, ApprovalError, Explanation, MemoryApprovalStore
+    from policyengine.decision import (
+        ApprovalRequired,
+        Decision,
+        Diagnostic,
+        NotAuthorized,
+        Obligations,
+        ToolDecision,
+        ToolDenied,
+    )
+    from policyengine.engine import Engine
+    from policyengine.lang import PolicyError, Problem, format_source, parse
+    from policyengine.money import (
+        CallableRates,
+        Currency,
+        JsonFileRates,
+        Money,
+        MoneyError,
+        RateError,
+        RateSource,
+        StaticRates,
+        convert,
+        get_currency,
+        parse_amount,
+    )
+    from policyengine.permissions import (
+        InvalidPermission,
+        is_valid_pattern,
+        is_valid_permission,
+        permission_matches,
+        subsumes,
+    )
+    from policyengine.tokens import AttenuationError, Grant, KeySet, TokenError
+    from policyengine.tools import (
+        AsyncGovernedTransport,
+        GovernedTransport,
+        RedactionResult,
+        RedactionRule,
+        async_governed_client,
+        governed_client,
+        redact,
+    )
 
 __version__ = "0.1.0"
 __all__ = [
@@ -101,3 +106,67 @@ __all__ = [
     "subsumes",
     "tokens",
 ]
+
+# Where each public name lives. Nothing is imported until a name is first read, so
+# ``import policyengine`` stays cheap: JWT, cryptography and httpx load only for the
+# features that use them.
+_EXPORTS: dict[str, str] = {
+    "Approval": "policyengine.decide",
+    "ApprovalError": "policyengine.decide",
+    "ApprovalRequired": "policyengine.decision",
+    "async_governed_client": "policyengine.tools",
+    "AsyncGovernedTransport": "policyengine.tools",
+    "AttenuationError": "policyengine.tokens",
+    "CallableRates": "policyengine.money",
+    "convert": "policyengine.money",
+    "Currency": "policyengine.money",
+    "Decision": "policyengine.decision",
+    "Diagnostic": "policyengine.decision",
+    "Engine": "policyengine.engine",
+    "Explanation": "policyengine.decide",
+    "format_source": "policyengine.lang",
+    "get_currency": "policyengine.money",
+    "governed_client": "policyengine.tools",
+    "GovernedTransport": "policyengine.tools",
+    "Grant": "policyengine.tokens",
+    "InvalidPermission": "policyengine.permissions",
+    "is_valid_pattern": "policyengine.permissions",
+    "is_valid_permission": "policyengine.permissions",
+    "JsonFileRates": "policyengine.money",
+    "KeySet": "policyengine.tokens",
+    "MemoryApprovalStore": "policyengine.decide",
+    "Money": "policyengine.money",
+    "MoneyError": "policyengine.money",
+    "NotAuthorized": "policyengine.decision",
+    "Obligations": "policyengine.decision",
+    "parse": "policyengine.lang",
+    "parse_amount": "policyengine.money",
+    "permission_matches": "policyengine.permissions",
+    "PolicyError": "policyengine.lang",
+    "Problem": "policyengine.lang",
+    "RateError": "policyengine.money",
+    "RateSource": "policyengine.money",
+    "redact": "policyengine.tools",
+    "RedactionResult": "policyengine.tools",
+    "RedactionRule": "policyengine.tools",
+    "StaticRates": "policyengine.money",
+    "subsumes": "policyengine.permissions",
+    "TokenError": "policyengine.tokens",
+    "tokens": "policyengine.tokens",
+    "ToolDecision": "policyengine.decision",
+    "ToolDenied": "policyengine.decision",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'policyengine' has no attribute {name!r}")
+    loaded = importlib.import_module(module)
+    value = loaded if module == f"policyengine.{name}" else getattr(loaded, name)
+    globals()[name] = value  # later reads skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

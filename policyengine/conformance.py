@@ -190,6 +190,11 @@ def run_fixture(path: Path) -> list[CaseResult]:
                     return _engine(fixture, c, base, clock).budgets
 
                 msg = run_budget_case(ledger, case, fixture.get("now"))
+            elif kind == "authzen":
+                from policyengine.server._authzen import run_authzen_case
+                if engine is None:
+                    engine = _engine(fixture, {}, base)
+                msg = run_authzen_case(engine, case)
             elif kind in ("authorize", "tool_authorize"):
                 if "policies" in case or "policy_paths" in case:
                     eng = _engine(fixture, case, base)

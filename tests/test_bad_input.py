@@ -14,17 +14,21 @@ from policyengine.lang import PolicyError, parse
 
 FAST = settings(max_examples=200, deadline=None)
 
+# Bounds are on this process's CPU time, not the wall clock, so a busy machine cannot
+# fail them; they catch super-linear work (a hang, backtracking), not small slowdowns.
+CPU_SECONDS = 2.0
+
 
 def parse_outcome(data: str | bytes) -> float:
     """Parse ``data``; it must parse or raise PolicyError with a position. Returns seconds."""
-    start = time.perf_counter()
+    start = time.process_time()
     try:
         parse(data, "x.policy")
     except PolicyError as err:
         assert err.errors, "a PolicyError carries at least one error"
         for p in err.errors:
             assert p.line >= 1 and p.column >= 1 and p.code.startswith("E")
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 TOKENS = ["permit", "forbid", "approval", "role", "agent", "namespace", "limit", "when",
@@ -36,33 +40,33 @@ TOKENS = ["permit", "forbid", "approval", "role", "agent", "namespace", "limit",
 @FAST
 @given(st.text(max_size=300))
 def test_arbitrary_text_only_raises_policy_error(text: str) -> None:
-    assert parse_outcome(text) < 1.0
+    assert parse_outcome(text) < CPU_SECONDS
 
 
 @FAST
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_only_raise_policy_error(data: bytes) -> None:
-    assert parse_outcome(data) < 1.0
+    assert parse_outcome(data) < CPU_SECONDS
 
 
 @FAST
 @given(st.lists(st.sampled_from(TOKENS), max_size=60).map("".join))
 def test_token_soup_only_raises_policy_error(text: str) -> None:
-    assert parse_outcome(text) < 1.0
+    assert parse_outcome(text) < CPU_SECONDS
 
 
 @FAST
 @given(st.lists(st.sampled_from(TOKENS), max_size=40).map(" ".join))
 def test_spaced_token_soup_only_raises_policy_error(text: str) -> None:
-    assert parse_outcome(text) < 1.0
+    assert parse_outcome(text) < CPU_SECONDS
 
 
 def test_ten_megabytes_refused_quickly() -> None:
     for data in ("role r: a:b\n" * (10 * 1024 * 1024 // 12), b"\x00" * (10 * 1024 * 1024)):
-        start = time.perf_counter()
+        start = time.process_time()
         with pytest.raises(PolicyError) as info:
             parse(data)
-        assert time.perf_counter() - start < 1.0
+        assert time.process_time() - start < CPU_SECONDS
         assert info.value.code == "E006"
 
 
@@ -78,10 +82,10 @@ def test_ten_megabytes_refused_quickly() -> None:
     ids=["parens", "brackets", "not-chain", "not-parens", "and-parens"],
 )
 def test_deep_nesting_is_a_positioned_error_within_a_second(body: str) -> None:
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(PolicyError) as info:
         parse("role r: a:b\npermit p: a:b when " + body)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < CPU_SECONDS
     assert info.value.code == "E007"
     assert info.value.line == 2
 
@@ -118,10 +122,10 @@ def test_control_character_in_string_literal_is_a_policy_error(ch: str) -> None:
 
 
 def test_many_garbage_lines_rejected_within_a_second() -> None:
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(PolicyError):
         parse("x\n" * 128_000)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < CPU_SECONDS
 
 
 # ---- requests -----------------------------------------------------------------------
@@ -187,21 +191,20 @@ def test_huge_context(eng: Engine) -> None:
     ctx: dict[str, object] = {f"k{i}": i for i in range(100_000)}
     ctx["x"] = "z"
     ctx["items"] = list(range(100_000))
-    start = time.perf_counter()
+    start = time.process_time()
     assert eng.authorize("bot", "c:read", ctx).status == "denied"
     assert eng.authorize("bot", "a:x", ctx).allowed
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < CPU_SECONDS
 
 
 def test_cyclic_list_with_in(eng: Engine) -> None:
     items: list[object] = []
     items.append(items)
-    for x in (items, [items]):  # both equal the list's only element
-        assert eng.authorize("bot", "c:read", {"x": x, "items": items}).allowed
+    # a cyclic value nests without end: comparing it is too_deep, and fails closed
+    for x in (items, [items], "a"):
+        assert not eng.authorize("bot", "c:read", {"x": x, "items": items}).allowed
         d = eng.authorize("bot", "a:secret", {"x": x, "items": items})
-        assert d.status == "denied"
-    d = eng.authorize("bot", "a:secret", {"x": "a", "items": items})
-    assert d.status == "allowed"  # "a" is not in it: the forbid rightly does not apply
+        assert (d.status, d.code) == ("denied", "too_deep")
 
 
 def test_two_distinct_cyclic_lists_compared(eng: Engine) -> None:

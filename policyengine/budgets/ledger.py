@@ -620,6 +620,8 @@ class Ledger:
         self.clock: Callable[[], float] = (
             clock if clock is not None else getattr(self.store, "clock", time.time)
         )
+        self._live: Callable[[str, float], ReservationRecord | None] | None = getattr(
+            self.store, "live_reservation", None)
         self._matches: dict[str, tuple[_Budget, ...]] = {}
         self._mode_cache: dict[
             tuple[str, str | None],
@@ -1283,9 +1285,15 @@ class Ledger:
 
     def _active(self, reservation_id: object, now: float, lenient: bool) -> ReservationRecord:
         """The live reservation, or the error its state calls for (lenient: final ok)."""
-        rec = (
-            self.store.get_reservation(reservation_id) if type(reservation_id) is str else None
-        )
+        if type(reservation_id) is not str:
+            raise _unknown(reservation_id)
+        if not lenient and self._live is not None:
+            # A shared store's local view, possibly stale: the store re-checks the
+            # reservation inside the write, so this saves a round trip, never a check.
+            live = self._live(reservation_id, now)
+            if live is not None:
+                return live
+        rec = self.store.get_reservation(reservation_id)
         if rec is None:
             raise _unknown(reservation_id)
         if not lenient and (rec.status != ACTIVE or rec.expires_at <= now):

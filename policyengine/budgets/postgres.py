@@ -120,6 +120,7 @@ DECLARE
     server float8 := extract(epoch FROM clock_timestamp());
     idem jsonb := tx->'i';
     v_rid text := tx->>'r';
+    keys jsonb := tx->'k';
     res record;
     k record;
     g jsonb;
@@ -163,20 +164,26 @@ BEGIN
                                       'x', res.expires_at);
         END IF;
     END IF;
-    -- Lock every bucket read or written, in one global order; give back expired holds.
-    FOR k IN
-        SELECT DISTINCT u.b, u.s, u.w FROM (
-            SELECT v->>0 AS b, v->>1 AS s, (v->>2)::bigint AS w
+    -- Lock every bucket read or written, in one global order (byte order of budget and
+    -- subject, then window; the caller may send them sorted); give back expired holds.
+    IF jsonb_typeof(keys) IS DISTINCT FROM 'array' THEN
+        SELECT coalesce(jsonb_agg(jsonb_build_array(u.b, u.s, u.w)
+                                  ORDER BY u.b COLLATE "C", u.s COLLATE "C", u.w), '[]')
+            INTO keys FROM (
+            SELECT DISTINCT v->>0 AS b, v->>1 AS s, (v->>2)::bigint AS w
                 FROM jsonb_array_elements(tx->'g') v
-            UNION ALL SELECT v->>0, v->>1, (v->>2)::bigint
+            UNION SELECT v->>0, v->>1, (v->>2)::bigint
                 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(tx->'c') = 'array'
                                           THEN tx->'c'->3 ELSE '[]' END) v
-            UNION ALL SELECT v->>0, v->>1,
-                             CASE WHEN (v->>3)::boolean THEN 0 ELSE (v->>2)::bigint END
+            UNION SELECT v->>0, v->>1,
+                         CASE WHEN (v->>3)::boolean THEN 0 ELSE (v->>2)::bigint END
                 FROM jsonb_array_elements(tx->'s') v
-            UNION ALL SELECT h.budget, h.subject, h.win
+            UNION SELECT h.budget, h.subject, h.win
                 FROM {s}.budget_holds h WHERE v_rid IS NOT NULL AND h.rid = v_rid
-        ) u ORDER BY u.b, u.s, u.w
+        ) u;
+    END IF;
+    FOR k IN SELECT v->>0 AS b, v->>1 AS s, (v->>2)::bigint AS w
+             FROM jsonb_array_elements(keys) v
     LOOP
         SELECT b.sweep_at INTO sw FROM {s}.budget_buckets b
             WHERE b.budget = k.b AND b.subject = k.s AND b.win = k.w FOR UPDATE;
@@ -336,8 +343,11 @@ def _unavailable(exc: BaseException) -> BudgetStoreError:
     return BudgetStoreError("store_unavailable", f"budget database error: {exc}")
 
 
-def _encode(tx: Transaction) -> str:
-    """The transaction as the JSON document ``budget_apply`` reads."""
+def _encode(tx: Transaction, own: ReservationRecord | None) -> str:
+    """The transaction as the JSON document ``budget_apply`` reads. ``own``: the record
+    of ``require_active`` if known here; then the buckets to lock go along, sorted (by
+    code point, which is PostgreSQL's "C" byte order of UTF-8), saving the function
+    from working them out."""
     created = tx.create
     c: list[Any] | None = None
     if created is not None:
@@ -348,7 +358,17 @@ def _encode(tx: Transaction) -> str:
         c = [created.id, created.status, created.expires_at, holds, compact_json(created)]
     fin = tx.finalize
     idem = tx.idempotency
+    keys: list[tuple[str, str, int]] | None = None
+    if tx.require_active is None or own is not None:
+        found = {(g[0][0], g[0][1], g[0][2]) for g in tx.guards}
+        if c is not None:
+            found.update((h[0], h[1], h[2]) for h in c[3])
+        found.update((sp[0], sp[1], 0 if sp[3] else sp[2]) for sp in tx.spends)
+        if own is not None:
+            found.update((ln[0], ln[1], ln[2]) for ln in own.lines)
+        keys = sorted(found)
     return compact_json({
+        "k": keys,
         "g": [[g[0][0], g[0][1], g[0][2], g[0][3], g[1], g[2], g[3]] for g in tx.guards],
         "r": tx.require_active,
         "c": c,
@@ -428,6 +448,9 @@ class PostgresStore:
         self._writes = 0
         self._closed = False
         self._create_schema()
+        #: Reservations this process created and has not seen finished (see
+        #: live_reservation); bounded, stale entries are harmless.
+        self._recent: dict[str, ReservationRecord] = {}
         self.clock = ServerClock(self.server_time, host=host_clock)
         """Host time corrected to the server's: the ledger's default clock."""
 
@@ -581,15 +604,37 @@ class PostgresStore:
             return None
         return IdempotencyRecord(key, row[0], record_from_json(row[2]), row[1])
 
+    def live_reservation(self, reservation_id: str, now: float) -> ReservationRecord | None:
+        """This process's last view of a reservation it created, if live by that view
+        (no round trip; ``apply`` re-checks it)."""
+        rec = self._recent.get(reservation_id)
+        return rec if rec is not None and rec.expires_at > now else None
+
+    def _remember(self, tx: Transaction, ok: bool) -> None:
+        recent = self._recent
+        rid = tx.require_active
+        if rid is not None:
+            if ok and tx.extend_to is not None and rid in recent:
+                recent[rid] = recent[rid]._replace(expires_at=tx.extend_to)
+            else:
+                recent.pop(rid, None)
+        created = tx.create
+        if ok and created is not None and created.status == ACTIVE:
+            if len(recent) >= 100_000:
+                recent.clear()
+            recent[created.id] = created
+
     # -- the one write -----------------------------------------------------------------
 
     def apply(self, tx: Transaction, now: float) -> Outcome:
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
             self._housekeep(now)
+        own = None if tx.require_active is None else self._recent.get(tx.require_active)
         text = self._call(self._apply_sql,
-                          (_encode(tx), now, self.max_clock_skew, self._sync_spend))
+                          (_encode(tx, own), now, self.max_clock_skew, self._sync_spend))
         if text is None:
+            self._remember(tx, True)
             return OK
         refusal: dict[str, Any] = json.loads(text)
         reason = refusal["reason"]
@@ -601,6 +646,7 @@ class PostgresStore:
                                       refusal["x"])
             return Outcome(False, "idempotency", idempotency=found)
         if reason == "reservation":
+            self._recent.pop(tx.require_active or "", None)
             return Outcome(False, "reservation",
                            reservation=_record(refusal.get("d"), refusal.get("x")))
         usages = tuple([Usage(int(sp), int(rs)) for sp, rs in refusal["u"]])

@@ -9,6 +9,12 @@ hands the store plain integers. The store answers two kinds of call:
   :class:`Transaction` and, only if all pass and its preconditions hold, applies all of
   its effects, in one atomic step.
 
+A store on a database server may also offer ``live_reservation(id, now)``: a reservation
+this process saw live, unexpired at ``now`` as far as it knows, or None, with no round
+trip. The ledger builds commit, release and extend transactions from it; the store
+re-checks the reservation inside ``apply`` (``require_active``), so a stale answer only
+ever costs a refused apply (and the error the real state calls for).
+
 ``apply`` is the whole concurrency story: "check every budget, then debit every budget"
 is a single store operation, so it maps onto one SQL transaction (SQLite ``BEGIN
 IMMEDIATE``, PostgreSQL ``SERIALIZABLE`` or row locks ``FOR UPDATE``) or one Redis Lua

@@ -43,87 +43,262 @@ class Principal:
         self.attributes = attributes
 
 
-# ---- runtime helpers the generated code calls ---------------------------------------------
+# ---- values: what a condition can compare --------------------------------------------------
+#
+# A value has one of five types: string, number (int, Decimal and finite float, compared
+# exactly), boolean, list and record. Lists compare as sets, and every element of a list
+# has one type (the list's element type; the empty list fits any); records compare key
+# by key and have a type per key. Anything else (None, NaN, an object the policy cannot
+# read) is not a value. Comparing values of different types, or anything that is not a
+# value, is an evaluation error: a forbid then applies (fail closed) instead of silently
+# not matching. docs/semantics.md states the rules.
+#
+# Subclasses of str, int and float (StrEnum, IntEnum...) are read by their value through
+# the base type's own methods, never through anything the subclass overrides; bool is not
+# a number. Every walk over a value is linear in its size and stops at MAX_DEPTH levels,
+# and integers are bounded (MAX_INT_BITS) so that no comparison can take seconds.
 
-_NUMERIC = (int, float, Decimal)
+#: Nesting deeper than this is ``too_deep``.
+MAX_DEPTH = 32
+#: About 4,300 decimal digits, Python's own limit for reading an integer from text;
+#: comparing a larger integer with a decimal costs time quadratic in its digits.
+MAX_INT_BITS = 14_300
+
+_STRING, _NUMBER, _BOOLEAN = "string", "number", "boolean"
+_LIST, _RECORD = "list", "record"
+# Types: _STRING | _NUMBER | _BOOLEAN | (_LIST, element type or None when empty)
+#        | (_RECORD, ((key, type), ...) sorted by key)
+_EMPTY_LIST = (_LIST, None)
+
+
+def _type_name(t: Any) -> str:
+    if type(t) is str:
+        return t
+    if t[0] == _LIST:
+        return "empty list" if t[1] is None else f"list of {_type_name(t[1])}"
+    return "record {" + ", ".join(k for k, _ in t[1]) + "}"
+
+
+def _not_a_value(v: Any) -> EvalError:
+    what = "null" if v is None else type(v).__name__
+    return EvalError("type_error", f"a {what} cannot be compared")
+
+
+def _int(v: int) -> int:
+    if v.bit_length() > MAX_INT_BITS:
+        raise EvalError("number_too_large", f"an integer of {v.bit_length()} bits is too "
+                        "large to compare (at most about 4,300 digits)")
+    return v
+
+
+def _scalar(v: Any) -> tuple[str, Any] | None:
+    """(type, canonical value) of a string, number or boolean; None for other things."""
+    t = type(v)
+    if t is str:
+        return _STRING, v
+    if t is bool:
+        return _BOOLEAN, v
+    if t is int:
+        return _NUMBER, _int(v)
+    if t is Decimal:
+        if not v.is_finite():
+            raise EvalError("type_error", f"a non-finite number ({v}) cannot be compared")
+        return _NUMBER, v
+    if t is float:
+        if not math.isfinite(v):
+            raise EvalError("type_error", f"a non-finite number ({v}) cannot be compared")
+        # 0.3 from JSON is the binary float 0.30000000000000004...; compare the decimal
+        # the sender wrote, so that `risk >= 0.3` holds for 0.3.
+        return _NUMBER, Decimal(repr(v))
+    if isinstance(v, str):
+        return _STRING, str.__str__(v)
+    if isinstance(v, int):
+        return _NUMBER, _int(int.__int__(v))
+    if isinstance(v, float):
+        return _scalar(float.__float__(v))
+    if isinstance(v, Decimal):
+        return _scalar(Decimal(v))
+    return None
+
+
+def _unify(a: Any, b: Any) -> Any:
+    """The type that fits both ``a`` and ``b``, or None when they differ."""
+    if a == b:
+        return a
+    if type(a) is not tuple or type(b) is not tuple or a[0] != b[0]:
+        return None
+    if a[0] == _LIST:
+        if a[1] is None:
+            return b
+        if b[1] is None:
+            return a
+        element = _unify(a[1], b[1])
+        return None if element is None else (_LIST, element)
+    fields_a, fields_b = a[1], b[1]
+    if len(fields_a) != len(fields_b):
+        return None
+    fields = []
+    for (key, ta), (key_b, tb) in zip(fields_a, fields_b, strict=True):
+        t = _unify(ta, tb) if key == key_b else None
+        if t is None:
+            return None
+        fields.append((key, t))
+    return (_RECORD, tuple(fields))
+
+
+def _value(v: Any, depth: int = 0) -> tuple[Any, Any]:
+    """(type, canonical hashable value) of ``v``; raises :class:`EvalError` when ``v``
+    is not a value (or a list mixes types, or it nests deeper than :data:`MAX_DEPTH`)."""
+    found = _scalar(v)
+    if found is not None:
+        return found
+    if depth >= MAX_DEPTH:
+        raise EvalError("too_deep", f"a value nested more than {MAX_DEPTH} levels deep")
+    if isinstance(v, dict):
+        fields = []
+        canon = []
+        for key, item in dict.items(v):
+            if not isinstance(key, str):
+                raise EvalError("type_error", f"a record key must be a string, not "
+                                f"{type(key).__name__}")
+            key = str.__str__(key)
+            t, c = _value(item, depth + 1)
+            fields.append((key, t))
+            canon.append((key, c))
+        fields.sort(key=lambda f: f[0])
+        return (_RECORD, tuple(fields)), frozenset(canon)
+    if isinstance(v, (list, tuple)):
+        items: Any = list.__iter__(v) if isinstance(v, list) else tuple.__iter__(v)
+    elif isinstance(v, (set, frozenset)):
+        items = set.__iter__(v) if isinstance(v, set) else frozenset.__iter__(v)
+    else:
+        raise _not_a_value(v)
+    element = None
+    canon_items = []
+    for item in items:
+        t, c = _value(item, depth + 1)
+        if element is None:
+            element = t
+        elif t != element:
+            u = _unify(element, t)
+            if u is None:
+                raise EvalError("type_error", f"a list holds a {_type_name(element)} and "
+                                f"a {_type_name(t)}: lists of mixed types cannot be compared")
+            element = u
+        canon_items.append(c)
+    return (_LIST, element), frozenset(canon_items)
+
+
+def _mismatch(op: str, ta: Any, tb: Any) -> EvalError:
+    return EvalError("type_error", f"'{op}' compares values of one type, not a "
+                     f"{_type_name(ta)} with a {_type_name(tb)}")
+
+
+def _eq(a: Any, b: Any) -> bool:
+    """Typed equality: lists as sets, records key by key, numbers exactly; values of
+    different types are an error, never simply unequal (see the section comment)."""
+    t = type(a)
+    if t is type(b) and (t is str or t is int or t is bool):
+        # the common cases; two integers compare exactly at any size
+        return a == b  # type: ignore[no-any-return]
+    return _eq_values(a, b)
+
+
+def _ne(a: Any, b: Any) -> bool:
+    t = type(a)
+    if t is type(b) and (t is str or t is int or t is bool):
+        return a != b  # type: ignore[no-any-return]
+    return not _eq_values(a, b)
+
+
+def _eq_values(a: Any, b: Any) -> bool:
+    ta, ca = _value(a)
+    tb, cb = _value(b)
+    if ta != tb and _unify(ta, tb) is None:
+        raise _mismatch("==", ta, tb)
+    return bool(ca == cb)
 
 
 def _num(v: Any, op: str) -> Any:
     t = type(v)
     if t is int:
+        return _int(v)
+    if t is Decimal and v.is_finite():
         return v
-    if t is Decimal:
-        if not v.is_finite():
-            raise EvalError("type_error", f"'{op}' needs a finite number, got {v}")
-        return v
-    if t is float and math.isfinite(v):
-        # 0.3 from JSON is the binary float 0.30000000000000004...; compare the decimal
-        # the sender wrote, so that `risk >= 0.3` holds for 0.3.
-        return Decimal(repr(v))
-    raise EvalError("type_error", f"'{op}' needs a number, got {t.__name__}")
+    found = _scalar(v)
+    if found is None or found[0] != _NUMBER:
+        name = "null" if v is None else found[0] if found else type(v).__name__
+        raise EvalError("type_error", f"'{op}' needs a number, got {name}")
+    return found[1]
 
 
 def _lt(a: Any, b: Any) -> bool:
+    if type(a) is int and type(b) is int:
+        return a < b
     return bool(_num(a, "<") < _num(b, "<"))
 
 
 def _le(a: Any, b: Any) -> bool:
+    if type(a) is int and type(b) is int:
+        return a <= b
     return bool(_num(a, "<=") <= _num(b, "<="))
 
 
 def _gt(a: Any, b: Any) -> bool:
+    if type(a) is int and type(b) is int:
+        return a > b
     return bool(_num(a, ">") > _num(b, ">"))
 
 
 def _ge(a: Any, b: Any) -> bool:
+    if type(a) is int and type(b) is int:
+        return a >= b
     return bool(_num(a, ">=") >= _num(b, ">="))
-
-
-def _eq(a: Any, b: Any) -> bool:
-    """Equality without Python's surprises: ``True != 1``, ``1 == 1.0 == Decimal(1)``."""
-    ta, tb = type(a), type(b)
-    if ta is tb:
-        if ta is float or ta is Decimal:
-            # NaN equals nothing and is unequal to everything: a forbid on '==' or a
-            # permit on '!=' would silently flip. Non-finite numbers are errors instead.
-            return bool(_num(a, "==") == _num(b, "=="))
-        return bool(a == b)
-    if ta is not bool and tb is not bool and ta in _NUMERIC and tb in _NUMERIC:
-        return bool(_num(a, "==") == _num(b, "=="))
-    return False
-
-
-def _ne(a: Any, b: Any) -> bool:
-    return not _eq(a, b)
 
 
 def _b(v: Any) -> bool:
     if v is True or v is False:
         return v  # type: ignore[no-any-return]
-    raise EvalError("type_error", f"expected true or false, got {type(v).__name__}")
+    raise EvalError("type_error", f"expected true or false, got "
+                    f"{'null' if v is None else type(v).__name__}")
 
 
-_COLLECTIONS = (list, tuple, set, frozenset)
+def _member(x: Any, coll: Any, op: str) -> bool:
+    """``x in coll`` for a list ``coll``: some element equals ``x``; an element type
+    other than ``x``'s is an error (an empty list holds nothing)."""
+    tx, cx = _value(x)
+    tl, cl = _value(coll)
+    if type(tl) is not tuple or tl[0] != _LIST:
+        raise EvalError("type_error", f"'{op}' needs a list, got {_type_name(tl)}")
+    if tl[1] is None:
+        return False
+    if tl[1] != tx and _unify(tl[1], tx) is None:
+        raise _mismatch(op, tx, tl[1])
+    return cx in cl
 
 
 def _in_lit(x: Any, strings: frozenset[str] | None, items: tuple[Any, ...]) -> bool:
     if strings is not None and type(x) is str:
-        return x in strings
-    return any(_eq(x, i) for i in items)
+        return x in strings  # a literal list of strings: the common case
+    return _member(x, items, "in")
 
 
 def _in_dyn(x: Any, coll: Any) -> bool:
-    if type(coll) not in _COLLECTIONS:
-        raise EvalError("type_error", f"'in' needs a list, got {type(coll).__name__}")
-    if type(x) is str and type(coll) in (set, frozenset):
+    if type(x) is str and (type(coll) is list or type(coll) is frozenset):
+        for item in coll:  # a list of plain strings (principal.roles, tags): the common case
+            if type(item) is not str:
+                return _member(x, coll, "in")
         return x in coll
-    return any(_eq(x, i) for i in coll)
+    return _member(x, coll, "in")
 
 
 def _str(v: Any, fn: str) -> str:
     if type(v) is str:
         return v
-    raise EvalError("type_error", f"{fn}() needs a string, got {type(v).__name__}")
+    if isinstance(v, str):
+        return str.__str__(v)
+    raise EvalError("type_error", f"{fn}() needs a string, got "
+                    f"{'null' if v is None else type(v).__name__}")
 
 
 def _startswith(s: Any, p: Any) -> bool:
@@ -135,9 +310,9 @@ def _endswith(s: Any, p: Any) -> bool:
 
 
 def _contains(coll: Any, x: Any) -> bool:
-    if type(coll) is str:
-        return _str(x, "contains") in coll
-    return _in_dyn(x, coll)
+    if isinstance(coll, str):
+        return _str(x, "contains") in _str(coll, "contains")
+    return _member(x, coll, "contains")
 
 
 def _has(value: Any, keys: tuple[str, ...]) -> bool:

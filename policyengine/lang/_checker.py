@@ -306,6 +306,12 @@ def _literal_type(v: object) -> str:
     return NUM
 
 
+def _literal_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return "string" if isinstance(value, str) else "number"
+
+
 def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -> str:
     """Infer the static type of ``e`` and report what is wrong with it."""
     if depth > MAX_EXPR_DEPTH:
@@ -347,6 +353,11 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
             if not isinstance(item, ast.Literal):
                 ctx.error("E108", "a list holds literal strings, numbers or booleans",
                           item.span, "compare values one by one with 'or'")
+        found = {_literal_kind(i.value) for i in e.items if isinstance(i, ast.Literal)}
+        if len(found) > 1:
+            ctx.error("E108", "a list holds values of one type, not " +
+                      " and ".join(sorted(found)), e.span,
+                      "values of different types never compare (docs/semantics.md)")
         return LIST
     if isinstance(e, ast.Call):
         spec = FUNCTIONS.get(e.name)
@@ -393,8 +404,8 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
             ctx.error("E108", f"money is compared with money, not with a {other}", e.span,
                       "write the amount with its currency, like 500 EUR")
         elif ANY not in (lt, rt) and lt != rt and e.op in ("==", "!="):
-            ctx.error("E108", f"comparing a {lt} with a {rt} is always "
-                      f"{'false' if e.op == '==' else 'true'}", e.span)
+            ctx.error("E108", f"comparing a {lt} with a {rt} is an evaluation error "
+                      "(values of different types never compare)", e.span)
         return BOOL
     if isinstance(e, ast.In):
         it = _expr_type(ctx, e.item, uses_money, d)

@@ -14,7 +14,9 @@ escapes :func:`parse` (a test feeds it arbitrary text and bytes to hold it to th
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
+import os
 import re
 import threading
 from decimal import Decimal, InvalidOperation
@@ -49,6 +51,9 @@ _STATEMENT_START = re.compile(
     r"|(?:permit|forbid|approval|limit|budget|tool)[ \t]+[A-Za-z_][A-Za-z0-9_\-]*[ \t]*:)"
     r"(?![A-Za-z0-9_])"
 )
+# What the statement splitter looks at: whole strings, a lone quote (unterminated), a
+# comment, brackets, and runs of `not` (nesting without brackets).
+_SCAN = re.compile(r'"(?:[^"\\]|\\.)*"|"|#|[(\[{)\]}]|(?<![A-Za-z0-9_])(?:not[ \t]+){2,}')
 _UNINDENTED_WORD = re.compile(r"[A-Za-z_]")
 _FIRST_WORD = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_\-]*)")
 
@@ -103,18 +108,64 @@ def _keyword_boundary(tok: Token) -> Token:
     return tok
 
 
+#: Terminals that are words: a keyword must end at a word boundary (see
+#: :func:`_keyword_boundary`). Listed here so that the grammar is loaded once; a test
+#: derives the list from the terminals Lark builds out of the grammar and compares.
+KEYWORD_TERMINALS = frozenset({
+    "AGENT", "AMOUNT", "AND", "AUDIENCE", "BUDGET", "COND_KW", "CURRENCY",
+    "DEFAULT_CURRENCY", "DELEGATION", "DENY", "EFFECT", "EGRESS", "EGRESS_VERB", "FALSE",
+    "FOR", "HTTP_KW", "IN", "ISSUER", "LIMIT", "MAX_DEPTH", "MAX_TTL", "MINOR", "NAMED_KW",
+    "NAMESPACE", "NOT", "OR", "OVER", "OVERDRAFT", "PER", "RATE", "RATES", "REDACT", "ROLE",
+    "ROLLING", "ROOT", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "WINDOW_UNIT",
+    "_MAX_AGE", "METHOD", "STRATEGY", "UNIT",
+})
+_LARK_LOCK = threading.Lock()
+
+
+def _cache_file(grammar: str) -> str | None:
+    """Where Lark may keep the built parser tables between processes, or None.
+
+    Building the LALR tables costs more than everything else a ``policyengine check`` of
+    a small policy does; Lark's ``cache=`` option stores them (keyed by the grammar, the
+    options and Lark's version, which Lark checks on load). The file is a pickle, so it
+    lives only in a directory the current user owns and nobody else can write to
+    (``$XDG_CACHE_HOME/policyengine`` or ``~/.cache/policyengine``), never in a shared
+    temporary directory. ``POLICYENGINE_NO_CACHE=1`` turns it off.
+    """
+    if os.environ.get("POLICYENGINE_NO_CACHE"):
+        return None
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                ".cache")
+        folder = os.path.join(base, "policyengine")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        uid = os.getuid()
+        info = os.stat(folder)
+        if info.st_uid != uid or info.st_mode & 0o022:
+            return None
+        digest = hashlib.sha256(grammar.encode("utf-8")).hexdigest()[:16]
+        path = os.path.join(folder, f"grammar-{digest}.lark")
+        if os.path.exists(path) and os.stat(path).st_uid != uid:
+            return None
+        return path
+    except (OSError, AttributeError, RuntimeError):  # no home, read-only, no getuid
+        return None
+
+
+def build_lark(cache: str | None) -> Lark:
+    """A parser of the grammar; ``cache`` is a file for Lark's table cache, or None."""
+    return Lark(_grammar_text(), parser="lalr", lexer="contextual", start=["start", "file"],
+                propagate_positions=True, maybe_placeholders=True, cache=cache or False,
+                lexer_callbacks={name: _keyword_boundary for name in KEYWORD_TERMINALS})
+
+
 def _lark() -> Lark:
+    """The one LALR parser of the grammar, built (or loaded) on first use and shared."""
     global _PARSER
     if _PARSER is None:
-        grammar = _grammar_text()
-        probe = Lark(grammar, parser="lalr", lexer="contextual", start=["start", "file"])
-        keyword_terminals = [t.name for t in probe.terminals
-                             if re.fullmatch(r"[a-z_|?:()]+", t.pattern.value.replace("(?:", ""))
-                             and any(c.isalpha() for c in t.pattern.value)]
-        keyword_terminals += ["METHOD", "ROOT", "STRATEGY", "UNIT"]
-        _PARSER = Lark(grammar, parser="lalr", lexer="contextual", start=["start", "file"],
-                       propagate_positions=True, maybe_placeholders=True,
-                       lexer_callbacks={name: _keyword_boundary for name in keyword_terminals})
+        with _LARK_LOCK:
+            if _PARSER is None:
+                _PARSER = build_lark(_cache_file(_grammar_text()))
     return _PARSER
 
 
@@ -223,40 +274,37 @@ def _split(text: str, name: str, sources: SourceSet
             if current:
                 chunks.append((start_line, "\n".join(current)))
             current, start_line, depth = [], lineno, 0
-        # scan the line: strings, comments, nesting
-        i, n = 0, len(line)
-        code_end = n
-        while i < n:
-            ch = line[i]
-            if ch == '"':
-                j = i + 1
-                while j < n and line[j] != '"':
-                    j += 2 if line[j] == "\\" else 1
-                if j >= n:
-                    broken_lines.add(lineno)
-                    problems.append(sources.problem(
-                        "E004", "unterminated string", name, lineno, i + 1,
-                        'close the string with " on the same line'))
-                    code_end = i
-                    break
-                i = j + 1
-                continue
-            if ch == "#":
-                comments.append(ast.Comment(line[i:].rstrip(), ast.Span(
-                    name, lineno, i + 1, lineno, len(line) + 1)))
-                code_end = i
+        # scan the line: strings, comments, nesting (a run of `not` nests too)
+        code_end = len(line)
+        for m in _SCAN.finditer(line):
+            tok = m.group()
+            first = tok[0]
+            if first == '"':
+                if len(tok) > 1 and tok.endswith('"'):
+                    continue
+                broken_lines.add(lineno)
+                problems.append(sources.problem(
+                    "E004", "unterminated string", name, lineno, m.start() + 1,
+                    'close the string with " on the same line'))
+                code_end = m.start()
                 break
-            if ch in "([{":
-                depth += 1
-                if depth > MAX_NESTING and not nesting_reported:
-                    nesting_reported = True
-                    broken_lines.add(lineno)
-                    problems.append(sources.problem(
-                        "E007", f"nesting deeper than {MAX_NESTING} levels", name, lineno,
-                        i + 1, "simplify the expression"))
-            elif ch in ")]}":
+            if first == "#":
+                comments.append(ast.Comment(line[m.start():].rstrip(), ast.Span(
+                    name, lineno, m.start() + 1, lineno, len(line) + 1)))
+                code_end = m.start()
+                break
+            if first in ")]}":
                 depth = max(depth - 1, 0)
-            i += 1
+                continue
+            nested = depth + 1 if first in "([{" else depth + tok.count("not")
+            if first in "([{":
+                depth = nested
+            if nested > MAX_NESTING and not nesting_reported:
+                nesting_reported = True
+                broken_lines.add(lineno)
+                problems.append(sources.problem(
+                    "E007", f"nesting deeper than {MAX_NESTING} levels", name, lineno,
+                    m.start() + 1, "simplify the expression"))
         if start_line == 0:
             if line[:code_end].strip():
                 start_line = lineno

@@ -359,10 +359,11 @@ class PolicyFile:
     name: str
     statements: tuple[Statement, ...]
     comments: tuple[Comment, ...] = field(default=(), compare=False)
+    #: The file's ``namespace`` (``"default"`` without one); found once, on construction,
+    #: because every id of the file is qualified with it.
+    namespace: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def namespace(self) -> str:
-        for st in self.statements:
-            if isinstance(st, NamespaceDecl):
-                return st.name
-        return "default"
+    def __post_init__(self) -> None:
+        found = next((st.name for st in self.statements if isinstance(st, NamespaceDecl)),
+                     "default")
+        object.__setattr__(self, "namespace", found)

@@ -668,7 +668,7 @@ class PolicyService:
         except pe.ApprovalError as exc:
             if exc.code == "unknown_approval":
                 raise _RefusalError(404, exc.code, "no such approval") from None
-            raise _RefusalError(409, exc.code, str(exc)) from None
+            raise _RefusalError(409, exc.code, exc.message) from None
         log.info("approval %s %s by %s", item.id, item.status, admin)
         return _Reply(200, _APPROVAL_OUT.dump_json(self._approval_out(item)), admin)
 
@@ -705,9 +705,9 @@ class PolicyService:
                 rates=self.engine.policy.delegation_rates, revocations=self.engine.revocations)
             grant = self.engine.verify_token(child)
         except pe.AttenuationError as exc:
-            raise _RefusalError(403, exc.code, str(exc)) from None
+            raise _RefusalError(403, exc.code, exc.message) from None
         except (pe.TokenError, pe.MoneyError) as exc:
-            raise _RefusalError(400, getattr(exc, "code", "invalid_request"), str(exc)) from None
+            raise _RefusalError(400, exc.code, exc.message) from None
         expires_in = max(0, int(grant.expires_at - time.time()))
         out = m.AttenuateResponse(token=m.AttenuatedToken(
             accessToken=child, expiresIn=expires_in, jti=grant.jti, grantId=grant.grant_id))

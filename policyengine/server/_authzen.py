@@ -16,6 +16,7 @@ The mapping onto the engine (docs/service.md, "AuthZEN"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
@@ -26,7 +27,7 @@ from policyengine.server import _models as m
 if TYPE_CHECKING:
     from policyengine.server._app import PolicyService, _Reply, _Request, _Route
 
-__all__ = ["AuthzenWire"]
+__all__ = ["AuthzenWire", "evaluate", "evaluate_batch", "run_authzen_case"]
 
 _RESERVED = ("subject", "resource", "action")
 _ONE_IN = TypeAdapter(m.AccessEvaluation)
@@ -71,24 +72,6 @@ class AuthzenWire:
                    "AuthZEN batch access evaluations"),
         ]
 
-    # ------------------------------------------------------------------ decide
-    def decide(self, subject: dict[str, Any], action: dict[str, Any],
-               resource: dict[str, Any], context: dict[str, Any] | None
-               ) -> m.AccessEvaluationResponse:
-        ctx = dict(context or {})
-        clash = [k for k in _RESERVED if k in ctx]
-        if clash:
-            raise _ItemError(f"context keys {clash} are reserved for the request's own "
-                             "subject, resource and action")
-        ctx["subject"], ctx["resource"], ctx["action"] = subject, resource, action
-        permission = f"{resource['type']}:{action['name']}"
-        d = self.service.engine.authorize(subject["id"], permission, ctx)
-        self.service.metrics.decision("authzen", d.status)
-        return m.AccessEvaluationResponse.model_construct(
-            decision=d.status == "allowed",
-            context={"id": d.decision_id, "status": d.status, "reasonCode": d.code,
-                     "reason_admin": {"en": d.reason}})
-
     # ------------------------------------------------------------------ endpoints
     def configuration(self, req: _Request) -> _Reply:
         from policyengine.server._app import _Reply
@@ -108,8 +91,7 @@ class AuthzenWire:
         from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
         r = _validate(_ONE_IN, _json_body(req))
         try:
-            out = self.decide(_entity(r.subject) or {}, _entity(r.action) or {},
-                              _entity(r.resource) or {}, r.context)
+            out = evaluate(self.service.engine, r, self._count)
         except _ItemError as exc:
             raise _RefusalError(400, "invalid_request", exc.message) from None
         return _Reply(200, _ONE_OUT.dump_json(out), r.subject.id,
@@ -118,48 +100,99 @@ class AuthzenWire:
     def evaluations(self, req: _Request) -> _Reply:
         from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
         r = _validate(_MANY_IN, _json_body(req))
-        top_s, top_a, top_r = _entity(r.subject), _entity(r.action), _entity(r.resource)
-        if not r.evaluations:  # no list: a single evaluation, answered as one
-            try:
-                one = self.decide(*self._complete(top_s, top_a, top_r), r.context)
-            except _ItemError as exc:
-                raise _RefusalError(400, "invalid_request", exc.message) from None
-            return _Reply(200, _ONE_OUT.dump_json(one), None,
-                          "allowed" if one.decision else "denied")
-        semantic = r.options.evaluations_semantic if r.options else "execute_all"
-        results: list[m.AccessEvaluationResponse] = []
-        for item in r.evaluations:
-            context = item.context if item.context is not None else r.context
-            try:
-                s, a, res = self._complete(
-                    _entity(item.subject) if item.subject is not None else top_s,
-                    _entity(item.action) if item.action is not None else top_a,
-                    _entity(item.resource) if item.resource is not None else top_r)
-                out = self.decide(s, a, res, context)
-            except _ItemError as exc:
-                out = m.AccessEvaluationResponse.model_construct(
-                    decision=False, context={"code": 400, "reason_admin": {"en": exc.message}})
-            results.append(out)
-            if semantic == "deny_on_first_deny" and not out.decision:
-                break
-            if semantic == "permit_on_first_permit" and out.decision:
-                break
-        body = _MANY_OUT.dump_json(m.AccessEvaluationsResponse.model_construct(
-            evaluations=results))
-        return _Reply(200, body, None, f"batch:{len(results)}")
+        try:
+            out = evaluate_batch(self.service.engine, r, self._count)
+        except _ItemError as exc:
+            raise _RefusalError(400, "invalid_request", exc.message) from None
+        if isinstance(out, m.AccessEvaluationResponse):  # no list: answered as one
+            return _Reply(200, _ONE_OUT.dump_json(out), None,
+                          "allowed" if out.decision else "denied")
+        body = _MANY_OUT.dump_json(out)
+        return _Reply(200, body, None, f"batch:{len(out.evaluations)}")
 
-    @staticmethod
-    def _complete(subject: dict[str, Any] | None, action: dict[str, Any] | None,
-                  resource: dict[str, Any] | None
-                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        if not subject or "type" not in subject or "id" not in subject:
-            raise _ItemError("subject needs a type and an id")
-        if not action or "name" not in action:
-            raise _ItemError("action needs a name")
-        if not resource or "type" not in resource or "id" not in resource:
-            raise _ItemError("resource needs a type and an id")
-        return subject, action, resource
+    def _count(self, status: str) -> None:
+        self.service.metrics.decision("authzen", status)
 
 
-def is_permission_like(text: str) -> bool:  # pragma: no cover - kept for docs examples
-    return pe.is_valid_permission(text)
+def _complete(subject: dict[str, Any] | None, action: dict[str, Any] | None,
+              resource: dict[str, Any] | None
+              ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    if not subject or "type" not in subject or "id" not in subject:
+        raise _ItemError("subject needs a type and an id")
+    if not action or "name" not in action:
+        raise _ItemError("action needs a name")
+    if not resource or "type" not in resource or "id" not in resource:
+        raise _ItemError("resource needs a type and an id")
+    return subject, action, resource
+
+
+def _decide(engine: pe.Engine, subject: dict[str, Any], action: dict[str, Any],
+            resource: dict[str, Any], context: dict[str, Any] | None,
+            count: Callable[[str], None] | None) -> m.AccessEvaluationResponse:
+    ctx = dict(context or {})
+    clash = [k for k in _RESERVED if k in ctx]
+    if clash:
+        raise _ItemError(f"context keys {clash} are reserved for the request's own "
+                         "subject, resource and action")
+    ctx["subject"], ctx["resource"], ctx["action"] = subject, resource, action
+    permission = f"{resource['type']}:{action['name']}"
+    d = engine.authorize(subject["id"], permission, ctx)
+    if count is not None:
+        count(d.status)
+    return m.AccessEvaluationResponse.model_construct(
+        decision=d.status == "allowed",
+        context={"id": d.decision_id, "status": d.status, "reasonCode": d.code,
+                 "reason_admin": {"en": d.reason}})
+
+
+def evaluate(engine: pe.Engine, request: m.AccessEvaluation,
+             count: Callable[[str], None] | None = None) -> m.AccessEvaluationResponse:
+    """One AuthZEN access evaluation, mapped onto ``engine.authorize``."""
+    return _decide(engine, _entity(request.subject) or {}, _entity(request.action) or {},
+                   _entity(request.resource) or {}, request.context, count)
+
+
+def evaluate_batch(engine: pe.Engine, request: m.AccessEvaluations,
+                   count: Callable[[str], None] | None = None
+                   ) -> m.AccessEvaluationsResponse | m.AccessEvaluationResponse:
+    """``evaluations`` with their semantic; without a list, a single evaluation. An item
+    that cannot be evaluated is ``decision: false`` with ``context.code`` 400."""
+    top_s, top_a, top_r = (_entity(request.subject), _entity(request.action),
+                           _entity(request.resource))
+    if not request.evaluations:
+        return _decide(engine, *_complete(top_s, top_a, top_r), request.context, count)
+    semantic = request.options.evaluations_semantic if request.options else "execute_all"
+    results: list[m.AccessEvaluationResponse] = []
+    for item in request.evaluations:
+        context = item.context if item.context is not None else request.context
+        try:
+            s, a, res = _complete(
+                _entity(item.subject) if item.subject is not None else top_s,
+                _entity(item.action) if item.action is not None else top_a,
+                _entity(item.resource) if item.resource is not None else top_r)
+            out = _decide(engine, s, a, res, context, count)
+        except _ItemError as exc:
+            out = m.AccessEvaluationResponse.model_construct(
+                decision=False, context={"code": 400, "reason_admin": {"en": exc.message}})
+        results.append(out)
+        if semantic == "deny_on_first_deny" and not out.decision:
+            break
+        if semantic == "permit_on_first_permit" and out.decision:
+            break
+    return m.AccessEvaluationsResponse.model_construct(evaluations=results)
+
+
+def run_authzen_case(engine: pe.Engine, case: dict[str, Any]) -> str | None:
+    """Conformance kind ``authzen``: ``request`` is an evaluation (or an evaluations
+    batch, when it has ``evaluations``); ``expect`` is ``{"decision": bool}`` or
+    ``{"evaluations": [{"decision": bool}, ...]}``. Decisions are compared, the response
+    context is not. None when it matches, else why not."""
+    request, expect = case["request"], case["expect"]
+    if "evaluations" in request:
+        batch = evaluate_batch(engine, _MANY_IN.validate_python(request))
+        got = ({"decision": batch.decision}
+               if isinstance(batch, m.AccessEvaluationResponse)
+               else {"evaluations": [{"decision": e.decision} for e in batch.evaluations]})
+    else:
+        got = {"decision": evaluate(engine, _ONE_IN.validate_python(request)).decision}
+    return None if got == expect else f"expected {expect}, got {got}"

@@ -11,25 +11,30 @@
 Format, rules and error codes: docs/delegation.md.
 """
 
-from policyengine.tokens._jws import MAX_TOKEN_LENGTH
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from policyengine.tokens.errors import AttenuationError, TokenError
-from policyengine.tokens.grants import (
-    MAX_DEPTH,
-    MAX_LEEWAY,
-    TYP,
-    Grant,
-    Hop,
-    attenuate,
-    mint,
-    verify,
-)
-from policyengine.tokens.keys import ALGORITHMS, Key, KeySet
 from policyengine.tokens.revocation import (
     JsonFileRevocationStore,
     MemoryRevocationStore,
     RevocationStore,
     revoke,
 )
+
+if TYPE_CHECKING:  # loaded on first use (PEP 562): see __getattr__
+    from policyengine.tokens._jws import MAX_TOKEN_LENGTH
+    from policyengine.tokens.grants import (
+        MAX_DEPTH,
+        MAX_LEEWAY,
+        TYP,
+        Grant,
+        Hop,
+        attenuate,
+        mint,
+        verify,
+    )
+    from policyengine.tokens.keys import ALGORITHMS, Key, KeySet
 
 __all__ = [
     "ALGORITHMS",
@@ -51,3 +56,28 @@ __all__ = [
     "revoke",
     "verify",
 ]
+
+# Names whose modules import heavy dependencies load on first use.
+_LAZY: dict[str, str] = {
+    "ALGORITHMS": "policyengine.tokens.keys",
+    "attenuate": "policyengine.tokens.grants",
+    "Grant": "policyengine.tokens.grants",
+    "Hop": "policyengine.tokens.grants",
+    "Key": "policyengine.tokens.keys",
+    "KeySet": "policyengine.tokens.keys",
+    "MAX_DEPTH": "policyengine.tokens.grants",
+    "MAX_LEEWAY": "policyengine.tokens.grants",
+    "MAX_TOKEN_LENGTH": "policyengine.tokens._jws",
+    "mint": "policyengine.tokens.grants",
+    "TYP": "policyengine.tokens.grants",
+    "verify": "policyengine.tokens.grants",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'policyengine.tokens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -13,14 +13,16 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from policyengine import tokens  # grants and keys (PyJWT, cryptography) load on first use
 from policyengine.money._money import MoneyError
 from policyengine.money._rates import JsonFileRates, RateError
 from policyengine.tokens.errors import TokenError
-from policyengine.tokens.grants import attenuate, mint, verify
-from policyengine.tokens.keys import KeySet
 from policyengine.tokens.revocation import JsonFileRevocationStore, revoke
+
+if TYPE_CHECKING:
+    from policyengine.tokens.keys import KeySet
 
 __all__ = ["main", "parse_duration", "register", "run"]
 
@@ -62,7 +64,7 @@ def _token(args: argparse.Namespace) -> str:
 
 
 def _keys(args: argparse.Namespace) -> KeySet:
-    return KeySet.from_file(args.keys, allow_hmac=args.allow_hmac)
+    return tokens.KeySet.from_file(args.keys, allow_hmac=args.allow_hmac)
 
 
 def _extras(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,9 +83,9 @@ def _keygen(args: argparse.Namespace) -> dict[str, Any]:
     if path.exists():
         if not args.rotate:
             raise TokenError("invalid_option", f"{path} exists; pass --rotate to add a new key")
-        keys = KeySet.from_file(path, allow_hmac=args.allow_hmac).rotate(args.alg)
+        keys = tokens.KeySet.from_file(path, allow_hmac=args.allow_hmac).rotate(args.alg)
     else:
-        keys = KeySet.generate(args.alg, kid=args.kid)
+        keys = tokens.KeySet.generate(args.alg, kid=args.kid)
     keys.save(path)
     key = keys.active_key
     return {"kid": key.kid, "alg": key.alg, "keys": str(path), "kids": list(keys.kids)}
@@ -91,7 +93,7 @@ def _keygen(args: argparse.Namespace) -> dict[str, Any]:
 
 def _mint(args: argparse.Namespace) -> dict[str, Any]:
     extra = _extras(args)
-    token = mint(
+    token = tokens.mint(
         _keys(args), issuer=args.issuer, acting_for=args.acting_for, agent=args.agent,
         permissions=_permissions(args), ttl=parse_duration(args.ttl),
         max_amount=_amount(args), audience=args.audience, max_depth=args.max_depth,
@@ -101,7 +103,7 @@ def _mint(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _attenuate(args: argparse.Namespace) -> dict[str, Any]:
-    token = attenuate(
+    token = tokens.attenuate(
         _keys(args), _token(args), agent=args.agent, permissions=_permissions(args),
         ttl=parse_duration(args.ttl) if args.ttl else None, max_amount=_amount(args),
         max_depth=args.max_depth, **_extras(args),
@@ -110,7 +112,7 @@ def _attenuate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _verify(args: argparse.Namespace) -> dict[str, Any]:
-    grant = verify(
+    grant = tokens.verify(
         _keys(args), _token(args), issuer=args.issuer, audience=args.audience,
         leeway=args.leeway, max_depth=args.max_depth,
         max_ttl=parse_duration(args.max_ttl) if args.max_ttl else None, **_extras(args),

@@ -6,17 +6,10 @@
 httpx around any object with ``tool_authorize``. See ``docs/tools.md``.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from policyengine.tools._egress import CompiledTools, compile_tools, tool_authorize
-from policyengine.tools._http import (
-    DROPPED_HEADERS,
-    MAX_BODY_BYTES,
-    AsyncGovernedTransport,
-    GovernedTransport,
-    ToolAuthorizer,
-    async_governed_client,
-    build_tool_request,
-    governed_client,
-)
 from policyengine.tools._patterns import (
     MAX_HOST_LENGTH,
     MAX_METHOD_LENGTH,
@@ -43,6 +36,18 @@ from policyengine.tools._redaction import (
     check_hmac_key,
     redact,
 )
+
+if TYPE_CHECKING:  # loaded on first use (PEP 562): see __getattr__
+    from policyengine.tools._http import (
+        DROPPED_HEADERS,
+        MAX_BODY_BYTES,
+        AsyncGovernedTransport,
+        GovernedTransport,
+        ToolAuthorizer,
+        async_governed_client,
+        build_tool_request,
+        governed_client,
+    )
 
 __all__ = [
     "DROPPED_HEADERS",
@@ -79,3 +84,24 @@ __all__ = [
     "split_path",
     "tool_authorize",
 ]
+
+# Names whose modules import heavy dependencies load on first use.
+_LAZY: dict[str, str] = {
+    "async_governed_client": "policyengine.tools._http",
+    "AsyncGovernedTransport": "policyengine.tools._http",
+    "build_tool_request": "policyengine.tools._http",
+    "DROPPED_HEADERS": "policyengine.tools._http",
+    "governed_client": "policyengine.tools._http",
+    "GovernedTransport": "policyengine.tools._http",
+    "MAX_BODY_BYTES": "policyengine.tools._http",
+    "ToolAuthorizer": "policyengine.tools._http",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'policyengine.tools' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

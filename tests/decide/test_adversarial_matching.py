@@ -59,18 +59,19 @@ class TestLinearTime:
 
     def test_each_decision_is_fast(self) -> None:
         for glob, subject in self.CASES:
-            start = time.perf_counter()
+            start = time.process_time()
             Glob(glob).match(subject)
-            # a backtracking matcher needs seconds here; linear work is well under 50 ms
-            assert time.perf_counter() - start < 0.05, glob
+            # CPU time, not wall time: a busy machine cannot fail it. A backtracking
+            # matcher needs seconds here; linear work is well under 50 ms
+            assert time.process_time() - start < 0.05, glob
 
     def test_through_authorize(self) -> None:
         engine = Engine.from_source(
             'permit base: mail:send\n'
             'forbid internal: mail:send when matches(context.to, "*@*.corp.example")\n')
-        start = time.perf_counter()
+        start = time.process_time()
         hostile = engine.authorize("bot", "mail:send", {"to": "a" + "@x" * 40_000})
-        took = time.perf_counter() - start
+        took = time.process_time() - start
         assert hostile.allowed and took < 0.05
         assert engine.authorize("bot", "mail:send", {"to": "x@" + "y" * 40_000 +
                                                      ".corp.example"}).code == "forbidden"

@@ -121,11 +121,12 @@ def test_condition_error_never_turns_deny_into_allow(eng) -> None:  # type: igno
         assert eng.authorize("clerk-bot", "orders:write", ctx).status != "allowed", ctx
 
 
-def test_equality_across_types_is_false_not_an_error(eng) -> None:  # type: ignore[no-untyped-def]
-    # Cedar-like: ``"yes" == true`` is false, so this forbid does not apply.
+def test_equality_across_types_is_an_error_and_fails_closed(eng) -> None:  # type: ignore[no-untyped-def]
+    # ``"yes" == true`` compares a string with a boolean: an evaluation error, so the
+    # forbid applies (a sender cannot dodge it by changing the type of a value).
     d = eng.authorize("clerk-bot", "orders:write", {"region": "EU", "blocked": "yes",
                                                     "count": 1})
-    assert (d.status, d.diagnostics) == ("allowed", ())
+    assert (d.status, d.code, d.rules) == ("denied", "type_error", ("shop.blocked",))
 
 
 def test_scope_role(eng) -> None:  # type: ignore[no-untyped-def]

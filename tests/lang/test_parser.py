@@ -379,3 +379,55 @@ permit weekday-booking: flights:book for role travel when context.weekday < 5
     assert [type(s).__name__ for s in pf.statements] == [
         "NamespaceDecl", "RoleDecl", "AgentDecl", "Rule", "Rule", "Rule"]
     assert len(pf.comments) == 3
+
+
+def test_keyword_terminals_are_the_grammars_word_terminals() -> None:
+    """The keyword list the parser is built with is what the grammar defines."""
+    import re
+
+    from policyengine.lang._parser import KEYWORD_TERMINALS, _lark
+
+    words = {t.name for t in _lark().terminals
+             if re.fullmatch(r"[a-z_|?:()]+", t.pattern.value.replace("(?:", ""))
+             and any(c.isalpha() for c in t.pattern.value)}
+    # Terminals mixing keywords with other shapes (``UNIT`` also takes a currency code).
+    mixed = {"METHOD", "ROOT", "STRATEGY", "UNIT"}
+    assert words | mixed == KEYWORD_TERMINALS
+
+
+def test_parser_tables_are_cached_only_in_a_private_folder(tmp_path, monkeypatch) -> None:
+    import os
+
+    from policyengine.lang import _parser
+    from policyengine.lang._parser import _cache_file, _grammar_text, build_lark
+
+    grammar = _grammar_text()
+    monkeypatch.delenv("POLICYENGINE_NO_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = _cache_file(grammar)
+    assert path is not None and path.startswith(str(tmp_path / "policyengine"))
+    assert os.stat(tmp_path / "policyengine").st_mode & 0o077 == 0
+    build_lark(path)
+    assert os.path.getsize(path) > 0
+    loaded = build_lark(path)  # from the cache: parses the same
+    text = "permit p: a:b when context.x == 1"
+    _parser._current.text = text  # what the keyword-boundary check reads
+    tree = loaded.parse(text, start="start")
+    assert tree.children[0].data == "rule_decl"
+    # A folder others can write to is never used (the cache is a pickle).
+    os.chmod(tmp_path / "policyengine", 0o777)
+    assert _cache_file(grammar) is None
+    os.chmod(tmp_path / "policyengine", 0o700)
+    monkeypatch.setenv("POLICYENGINE_NO_CACHE", "1")
+    assert _cache_file(grammar) is None
+
+
+def test_a_corrupt_parser_cache_is_rebuilt(tmp_path) -> None:
+    from policyengine.lang import _parser
+    from policyengine.lang._parser import build_lark
+
+    _parser._current.text = "role r: a:*"
+    path = tmp_path / "grammar.lark"
+    path.write_bytes(b"not a cache\n\x80\x04garbage")
+    parser = build_lark(str(path))
+    assert parser.parse("role r: a:*", start="start").children[0].data == "role_decl"

@@ -1,0 +1,224 @@
+"""Reserve + commit pairs per second on the shared stores, beside their databases' floors.
+
+    python benchmarks/bench_shared_stores.py [--seconds S] [--procs 1,4] [--only NAME]
+
+For each store (``RedisStore``; ``PostgresStore`` with ``synchronous_commit`` off, the
+default ``durability="process"``, and on, ``"full"``), with 1 and 4 processes (each its
+own store and connection pool, one thread each), on one hot budget (every pair charges
+the same global bucket) and on 100 spread budgets (per-agent buckets, agents taking
+turns): pairs per second, and p50 / p99 latency of ``reserve`` and of ``commit``.
+
+Each row is printed beside the raw round-trip floor of its database at the same
+durability, measured in the same run with the same processes and keys:
+
+* Redis: one server-side script call per operation (a Lua script that checks a limit
+  and ``HINCRBY``s one counter), two per pair;
+* PostgreSQL: one conditional ``UPDATE ... SET v = v + n WHERE k = $1 AND v + n <= lim
+  RETURNING v`` per operation (autocommit), two per pair, with ``synchronous_commit``
+  off and on.
+
+Goals (issue 14): each store within 2x of its floor (``floor/store`` <= 2), RedisStore
+above 2,600 pairs/s, PostgresStore >= 2,000 pairs/s with ``synchronous_commit`` off.
+Set POLICYENGINE_BENCH_POSTGRES / POLICYENGINE_BENCH_REDIS to point elsewhere than
+127.0.0.1. Everything is created in a schema / key prefix of its own and dropped after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import secrets
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from policyengine.budgets import BudgetSpec, Ledger, PostgresStore, RedisStore
+
+POSTGRES = os.environ.get("POLICYENGINE_BENCH_POSTGRES",
+                          "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("POLICYENGINE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+LIMIT = Decimal(10**12)
+HOT = [BudgetSpec("bench.hot", ("payments:*",), LIMIT, "EUR", "day", subject="global")]
+SPREAD = [BudgetSpec("bench.spread", ("payments:*",), LIMIT, "EUR", "day")]
+AGENTS = [f"agent-{i}" for i in range(100)]
+
+# -- one worker process ------------------------------------------------------------------
+
+Result = tuple[int, list[float], list[float]]  # pairs, reserve latencies, commit latencies
+
+
+def _store_worker(kind: str, name: str, hot: bool, seconds: float, seed: int) -> Result:
+    store: Any
+    if kind == "redis":
+        store = RedisStore(REDIS, prefix=name)
+    else:
+        store = PostgresStore(POSTGRES, schema=name,
+                              durability="full" if kind == "postgres-sync" else "process")
+    ledger = Ledger(HOT if hot else SPREAD, store)
+    reserve_lat: list[float] = []
+    commit_lat: list[float] = []
+    clock = time.perf_counter
+    pairs, i = 0, seed
+    deadline = clock() + seconds
+    while True:
+        t0 = clock()
+        if t0 >= deadline:
+            break
+        agent = AGENTS[i % 100]
+        i += 1
+        r = ledger.reserve(agent, "payments:x", "10.00", "EUR")
+        t1 = clock()
+        ledger.commit(r.id, "9.50")
+        t2 = clock()
+        reserve_lat.append(t1 - t0)
+        commit_lat.append(t2 - t1)
+        pairs += 1
+    store.close()
+    return pairs, reserve_lat, commit_lat
+
+
+_FLOOR_SCRIPT = """
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return false end
+return redis.call('HINCRBY', KEYS[1], 'v', ARGV[1])
+"""
+
+
+def _floor_worker(kind: str, name: str, hot: bool, seconds: float, seed: int) -> Result:
+    """Two raw operations per "pair": the least any store of that database can do."""
+    op: Callable[[str, int], object]
+    close: Callable[[], None]
+    if kind == "redis":
+        import redis
+        client = redis.Redis.from_url(REDIS)
+        script = client.register_script(_FLOOR_SCRIPT)
+
+        def op(key: str, amount: int) -> object:
+            return script(keys=[name + key], args=[amount, 10**17])
+
+        close = client.close
+    else:
+        import psycopg
+        conn = psycopg.connect(POSTGRES, autocommit=True)
+        conn.execute("SELECT set_config('synchronous_commit', %s, false)",
+                     ("on" if kind == "postgres-sync" else "off",))
+        sql = (f'UPDATE "{name}".floor SET v = v + %s WHERE k = %s AND v + %s <= 10^17 '
+               "RETURNING v")
+
+        def op(key: str, amount: int) -> object:
+            return conn.execute(sql, (amount, key, amount), prepare=True).fetchone()
+
+        close = conn.close
+    reserve_lat: list[float] = []
+    commit_lat: list[float] = []
+    clock = time.perf_counter
+    pairs, i = 0, seed
+    deadline = clock() + seconds
+    while True:
+        t0 = clock()
+        if t0 >= deadline:
+            break
+        key = "hot" if hot else AGENTS[i % 100]
+        i += 1
+        op(key, 1000)
+        t1 = clock()
+        op(key, -50)
+        t2 = clock()
+        reserve_lat.append(t1 - t0)
+        commit_lat.append(t2 - t1)
+        pairs += 1
+    close()
+    return pairs, reserve_lat, commit_lat
+
+
+def _run(worker: Callable[..., Result], procs: int, *args: Any) -> tuple[float, Result]:
+    """Pairs/s over ``procs`` processes started together, and the merged latencies."""
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(procs) as pool:
+        start = time.perf_counter()
+        results = pool.starmap(worker, [(*args, k * 37) for k in range(procs)])
+        wall = time.perf_counter() - start
+    pairs = sum(r[0] for r in results)
+    seconds = args[-1]
+    merged = (pairs, [x for r in results for x in r[1]], [x for r in results for x in r[2]])
+    del wall  # processes start at slightly different times: rate over the fixed window
+    return pairs / seconds, merged
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+# -- set-up of the namespaces ------------------------------------------------------------
+
+
+def _setup(kind: str) -> str:
+    name = f"pe_bench_{os.getpid()}_{secrets.token_hex(3)}"
+    if kind == "redis":
+        RedisStore(REDIS, prefix=name + ":").close()
+        return name + ":"
+    import psycopg
+    PostgresStore(POSTGRES, schema=name).close()
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{name}".floor (k text PRIMARY KEY, v bigint NOT NULL)')
+        conn.execute(f'INSERT INTO "{name}".floor SELECT k, 0 FROM unnest(%s::text[]) k',
+                     (["hot", *AGENTS],))
+    return name
+
+
+def _teardown(kind: str, name: str) -> None:
+    if kind == "redis":
+        store = RedisStore(REDIS, prefix=name)
+        store.drop()
+        store.close()
+        import redis
+        client = redis.Redis.from_url(REDIS)
+        for key in client.scan_iter(match=name + "*"):
+            client.delete(key)
+        client.close()
+    else:
+        import psycopg
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--procs", default="1,4")
+    parser.add_argument("--only", choices=["redis", "postgres", "postgres-sync"])
+    args = parser.parse_args()
+    kinds = [args.only] if args.only else ["redis", "postgres", "postgres-sync"]
+    labels = {"redis": "RedisStore", "postgres": "PostgresStore sync_commit=off",
+              "postgres-sync": "PostgresStore sync_commit=on"}
+    print(f"{'store':32} {'procs':>5} {'budgets':>7} {'pairs/s':>8} {'floor':>8} "
+          f"{'floor/store':>11} {'reserve p50/p99 ms':>19} {'commit p50/p99 ms':>18} "
+          f"{'floor op p50/p99 ms':>19}")
+    for kind in kinds:
+        name = _setup(kind)
+        try:
+            for procs in [int(p) for p in args.procs.split(",")]:
+                for hot in (True, False):
+                    rate, (_, res_lat, com_lat) = _run(_store_worker, procs, kind, name,
+                                                       hot, args.seconds)
+                    floor, (_, f1, f2) = _run(_floor_worker, procs, kind, name, hot,
+                                              args.seconds)
+                    print(
+                        f"{labels[kind]:32} {procs:>5} {'1 hot' if hot else '100':>7} "
+                        f"{rate:>8,.0f} {floor:>8,.0f} {floor / rate:>11.2f} "
+                        f"{_pct(res_lat, .5):>9.2f}/{_pct(res_lat, .99):<9.2f} "
+                        f"{_pct(com_lat, .5):>8.2f}/{_pct(com_lat, .99):<9.2f} "
+                        f"{_pct(f1 + f2, .5):>9.2f}/{_pct(f1 + f2, .99):<9.2f}",
+                        flush=True,
+                    )
+        finally:
+            _teardown(kind, name)
+
+
+if __name__ == "__main__":
+    main()
