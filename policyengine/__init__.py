@@ -15,7 +15,13 @@ from policyengine.errors import PolicyEngineError  # a leaf: cheap, and what cal
 
 if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr__
     from policyengine import tokens
-    from policyengine.decide import Approval, ApprovalError, Explanation, MemoryApprovalStore
+    from policyengine.decide import (
+        Approval,
+        ApprovalError,
+        ApprovalStore,
+        Explanation,
+        MemoryApprovalStore,
+    )
     from policyengine.decision import (
         ApprovalRequired,
         Decision,
@@ -70,6 +76,7 @@ __all__ = [
     "redact",
     "ApprovalError",
     "ApprovalRequired",
+    "ApprovalStore",
     "AttenuationError",
     "CallableRates",
     "Currency",
@@ -114,6 +121,7 @@ _EXPORTS: dict[str, str] = {
     "Approval": "policyengine.decide",
     "ApprovalError": "policyengine.decide",
     "ApprovalRequired": "policyengine.decision",
+    "ApprovalStore": "policyengine.decide",
     "async_governed_client": "policyengine.tools",
     "AsyncGovernedTransport": "policyengine.tools",
     "AttenuationError": "policyengine.tokens",

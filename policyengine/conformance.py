@@ -139,6 +139,62 @@ def _run_tool(engine: Any, case: dict[str, Any]) -> str | None:
     return msg
 
 
+def _run_approval(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> str | None:
+    """Steps against one engine whose clock moves only with ``advance``: ask (``authorize``
+    / ``tool_authorize``, naming the approval id with ``as``), ``approve`` / ``reject``,
+    ``get``, ``advance``. An ``approvalId`` arg naming an earlier ``as`` is replaced by
+    that id; any other string is passed as written."""
+    now = [parse_now(case.get("now", fixture["now"]))]
+    engine = _engine(fixture, case, base, lambda: now[0])
+    named: dict[str, str] = {}
+    for i, step in enumerate(case["steps"]):
+        op, args, expect = step["op"], dict(step.get("args", {})), step.get("expect", {})
+        where = f"step {i} ({op})"
+        if op == "advance":
+            now[0] += args["seconds"]
+            continue
+        if op in ("authorize", "tool_authorize"):
+            ref = args.pop("approvalId", None)
+            approval_id = named.get(ref, ref) if isinstance(ref, str) else ref
+            if op == "authorize":
+                result = engine.authorize(args.get("principal"), args.get("permission"),
+                                          args.get("context"), approval_id=approval_id)
+                defaults = _DECISION_DEFAULTS
+            else:
+                principal = args.pop("principal", None)
+                result = engine.tool_authorize(principal, approval_id=approval_id, **args)
+                defaults = _TOOL_DEFAULTS
+            if "as" in step:
+                if not result.approval_id:
+                    return f"{where}: no approvalId to name {step['as']!r}"
+                named[step["as"]] = result.approval_id
+            msg = compare_decision(result.to_wire(), expect["decision"], defaults)
+            if msg is not None:
+                return f"{where}: {msg}"
+            continue
+        from policyengine.decide import ApprovalError
+        ref = args["approval"]
+        approval_id = named.get(ref, ref)
+        try:
+            if op == "get":
+                item = engine.approvals.get(approval_id)
+            elif op in ("approve", "reject"):
+                item = getattr(engine.approvals, op)(approval_id, by=args.get("by"))
+            else:
+                return f"{where}: unknown op"
+        except ApprovalError as exc:
+            if expect.get("error") != exc.code:
+                return f"{where}: raised {exc.code}, expected {expect}"
+            continue
+        if "error" in expect:
+            return f"{where}: expected error {expect['error']}, got {item.status}"
+        wire = item.to_wire()
+        for key, value in expect.items():
+            if wire.get(key) != value:
+                return f"{where}: {key}: expected {json.dumps(value)}, got {wire.get(key)!r}"
+    return None
+
+
 def _run_check(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> str | None:
     from policyengine.engine import load_policy
     from policyengine.lang._source import PolicyError
@@ -186,6 +242,8 @@ def run_fixture(path: Path) -> list[CaseResult]:
             elif kind == "token":
                 from policyengine.tokens._conformance import run_token_case
                 msg = run_token_case(fixture, case)
+            elif kind == "approval":
+                msg = _run_approval(fixture, case, base)
             elif kind == "budget":
                 from policyengine.budgets._conformance import run_budget_case
                 def ledger(clock: Callable[[], float], c: dict[str, Any] = case) -> Any:

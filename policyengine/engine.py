@@ -144,6 +144,9 @@ class Engine:
         if revocations is None:
             from policyengine.tokens import MemoryRevocationStore
             revocations = MemoryRevocationStore()
+        elif isinstance(revocations, str):  # a URL: memory:, postgresql://, redis://
+            from policyengine.tokens import revocations_from_url
+            revocations = revocations_from_url(revocations)
         self.revocations = revocations
         self.hmac_key = hmac_key
         if isinstance(budget_store, str):  # a URL: memory:, sqlite:///, postgresql://, redis://

@@ -232,8 +232,9 @@ def test_cyclic_context_pending_approval_does_not_crash() -> None:
     d: dict[str, object] = {}
     d["self"] = d
     decision = eng.authorize("bot", "a:x", d)
-    assert decision.status == "pending_approval"
-    assert decision.approval_id
+    # A request that cannot be written down cannot be bound to an approval: denied.
+    assert (decision.status, decision.code) == ("denied", "approval_unbindable")
+    assert decision.approval_id is None and eng.approvals.list() == []
 
 
 def test_context_with_odd_values_never_allows_a_forbidden_request(eng: Engine) -> None:

@@ -13,7 +13,8 @@ from policyengine.decide._approvals import (
     ApprovalError,
     ApprovalStore,
     MemoryApprovalStore,
-    context_digest,
+    UnboundRequestError,
+    request_digest,
 )
 from policyengine.decide._compiled import CompiledPolicy, compile_policy
 from policyengine.decide._evaluator import Explanation
@@ -28,6 +29,7 @@ __all__ = [
     "MemoryApprovalStore",
     "Pipeline",
     "Trace",
+    "UnboundRequestError",
     "compile_policy",
-    "context_digest",
+    "request_digest",
 ]

@@ -25,6 +25,7 @@ from decimal import (
 )
 from typing import Any
 
+from policyengine.decide._approvals import DEFAULT_APPROVAL_EXPIRES, DEFAULT_APPROVAL_USES
 from policyengine.decide._runtime import EvalError, Principal, Test, build_many
 from policyengine.lang import ast
 from policyengine.lang._codegen import ConditionCodegen
@@ -66,6 +67,7 @@ class CompiledRule:
     money: FileMoney | None = None
     order: int = 0
     span: ast.Span = ast.NOSPAN
+    approval_terms: tuple[int, int] | None = None  # (expires seconds, uses); approvals
     _clauses: tuple[tuple[str, str, Test], ...] | None = None
 
     @property
@@ -116,6 +118,7 @@ class CompiledPolicy:
     _global: list[CompiledRule] = field(default_factory=list)
     plans: dict[tuple[str, str], Plan] = field(default_factory=dict)
     _budgeted: dict[str, bool] = field(default_factory=dict)
+    _approval_terms: dict[str, tuple[int, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     #: The policy set's one ``default_currency`` (files that declare one agree; the
@@ -130,6 +133,8 @@ class CompiledPolicy:
 
     def index(self) -> None:
         for rule in self.rules:
+            if rule.approval_terms is not None:
+                self._approval_terms[rule.qid] = rule.approval_terms
             for pat in set(rule.patterns):
                 if pat == "*":
                     self._global.append(rule)
@@ -151,6 +156,13 @@ class CompiledPolicy:
         for rule in self._global:
             found[rule.order] = rule
         return [found[k] for k in sorted(found)]
+
+    def approval_terms(self, rule_ids: tuple[str, ...]) -> tuple[int, int]:
+        """(expires seconds, uses) of an approval asked by ``rule_ids``: the strictest of
+        the rules' ``expires`` / ``uses`` (docs/approvals.md)."""
+        default = (DEFAULT_APPROVAL_EXPIRES, DEFAULT_APPROVAL_USES)
+        terms = [self._approval_terms.get(r, default) for r in rule_ids] or [default]
+        return min(t[0] for t in terms), min(t[1] for t in terms)
 
     def budgeted(self, permission: str) -> bool:
         """True when some budget's pattern covers ``permission`` (cached)."""
@@ -341,6 +353,11 @@ def _compile_rule(st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl, ns: str,
     source = gen.conditions(st.conditions) if st.conditions else None
     roles = frozenset(s.name for s in st.scope if s.kind == "role")
     agents = frozenset(s.name for s in st.scope if s.kind == "agent")
+    terms = None
+    if not isinstance(st, ast.LimitDecl) and st.effect == "approval":
+        given = st.approval or ast.ApprovalTerms()
+        terms = (given.expires if given.expires is not None else DEFAULT_APPROVAL_EXPIRES,
+                 given.uses if given.uses is not None else DEFAULT_APPROVAL_USES)
     if isinstance(st, ast.LimitDecl):
         rule = CompiledRule(qid, "forbid", "limit", st.patterns, roles, agents, None,
                             st.conditions, to_base(st.cap), True, fm, span=st.span)
@@ -350,4 +367,5 @@ def _compile_rule(st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl, ns: str,
     else:
         rule = CompiledRule(qid, st.effect, "rule", st.patterns, roles, agents, None,
                             st.conditions, None, gen.uses_amount, fm, span=st.span)
+    rule.approval_terms = terms
     return rule, source, gen.consts

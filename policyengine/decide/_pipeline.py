@@ -23,9 +23,18 @@ one :class:`Decision`; steps a request does not need are skipped by one test eac
 
 from __future__ import annotations
 
+import hmac
+import time
 from collections.abc import Callable
 from typing import Any
 
+from policyengine.decide._approvals import (
+    Approval,
+    ApprovalError,
+    UnboundRequestError,
+    new_approval_id,
+    request_digest,
+)
 from policyengine.decide._compiled import CompiledPolicy, EvalError
 from policyengine.decide._evaluator import (
     RequestState,
@@ -60,10 +69,13 @@ class ToolCall:
     before a pending approval is recorded, so no approval waits for a call that could
     never be sent). The run fills in ``redacted`` and ``redactions``."""
 
-    __slots__ = ("body", "hmac_key", "redacted", "redaction_rules", "redactions")
+    __slots__ = ("binding", "body", "hmac_key", "redacted", "redaction_rules", "redactions")
 
     def __init__(self, body: Any, redaction_rules: tuple[Any, ...],
-                 hmac_key: bytes | None) -> None:
+                 hmac_key: bytes | None, binding: dict[str, Any] | None = None) -> None:
+        #: What an approval of this call is bound to besides the request (tool, route,
+        #: the call as sent): see ``tools._egress``.
+        self.binding = binding
         self.body = body
         self.redaction_rules = redaction_rules
         self.hmac_key = hmac_key
@@ -164,16 +176,7 @@ class Pipeline:
                     trace.step("budgets", f"{facts[1]}: {budget.budget}" if budget is not None
                                else "ok: no budget counts this request")
 
-            # -- 5. approval (and a tool call's redaction)
-            if status == "pending_approval" and approval_id is not None:
-                if self._approved(approval_id, principal, permission, context):
-                    facts = ("allowed", "permitted", f"permitted by {', '.join(facts[6])}",
-                             facts[6], facts[4], facts[5], facts[6])
-                    status = "allowed"
-                if trace is not None:
-                    trace.step("approval", f"{approval_id}: " + (
-                        "approved" if status == "allowed"
-                        else "not approved for this request"))
+            # -- 5. a tool call's redaction, then the approval
             if tool is not None and status != "denied":
                 facts = _redact(tool, facts)
                 if facts[0] == "denied":
@@ -181,10 +184,30 @@ class Pipeline:
                 if trace is not None:
                     trace.step("redaction", f"{facts[1]}: {len(tool.redactions)} field(s)")
             if status == "pending_approval":
-                if register:
-                    recorded = self.approvals.create(principal, permission, context,
-                                                     facts[3]).id
-                if trace is not None:
+                call = tool.binding if tool is not None else None
+                if approval_id is not None:
+                    refusal = self._use_approval(approval_id, principal, permission, context,
+                                                 call, acting_for, now, trace is None)
+                    if refusal is None:
+                        permitted = facts[6]
+                        facts = ("allowed", "permitted", f"permitted by {', '.join(permitted)}",
+                                 permitted, facts[4], facts[5], permitted)
+                        status = "allowed"
+                    else:
+                        facts = (*facts[:5], facts[5] + (refusal,), facts[6])
+                    if trace is not None:
+                        trace.step("approval", f"{approval_id}: " + (
+                            "approved for this request" if refusal is None
+                            else f"not honoured ({refusal.code})"))
+                if status == "pending_approval" and register:
+                    recorded_or_refusal = self._record_approval(
+                        policy, principal, permission, context, call, acting_for, facts, now)
+                    if type(recorded_or_refusal) is str:
+                        recorded = recorded_or_refusal
+                    else:
+                        facts = recorded_or_refusal  # type: ignore[assignment]
+                        status, budget = "denied", None
+                if trace is not None and status == "pending_approval":
                     trace.step("approval", f"needs approval: {', '.join(facts[3])}")
         # -- the one Decision
         status, code, reason, rules, obligations, diagnostics, _ = facts
@@ -194,11 +217,12 @@ class Pipeline:
 
     def run_tool(self, principal: str, permission: str, context: dict[str, Any],
                  token: Any, approval_id: Any, body: Any, redaction_rules: tuple[Any, ...],
-                 hmac_key: bytes | None, trace: Trace | None
+                 hmac_key: bytes | None, binding: dict[str, Any], trace: Trace | None
                  ) -> tuple[Decision, Any, tuple[dict[str, str], ...]]:
         """:meth:`run` for a routed tool call: (decision, redacted body, redactions).
-        The body is redacted only when the call may leave (or wait for approval)."""
-        call = ToolCall(body, redaction_rules, hmac_key)
+        The body is redacted only when the call may leave (or wait for approval);
+        ``binding`` is what an approval of the call binds to."""
+        call = ToolCall(body, redaction_rules, hmac_key, binding)
         decision = self.run(principal, permission, context, token, approval_id,
                             trace is None, call, trace)
         if decision.status == "denied":
@@ -279,16 +303,68 @@ class Pipeline:
                 f"{permission} would exceed budget {budget_id}", (budget_id,), None,
                 facts[5], ()), usage
 
-    def _approved(self, approval_id: str, principal: str, permission: str,
-                  context: dict[str, Any]) -> bool:
-        from policyengine.decide._approvals import ApprovalError, context_digest
+    def _use_approval(self, approval_id: str, principal: str, permission: str,
+                      context: dict[str, Any], call: dict[str, Any] | None,
+                      acting_for: str | None, now: float | None, consume: bool
+                      ) -> Diagnostic | None:
+        """Use one use of ``approval_id`` for exactly this request (docs/approvals.md):
+        None if it counts, else a diagnostic saying why not. ``consume=False`` (explain)
+        answers the same without using it up."""
+        def refused(code: str, message: str) -> Diagnostic:
+            return Diagnostic(code, f"approval not honoured: {message}", None,
+                              "pending_approval")
+
+        if not 0 < len(approval_id) <= 128:
+            return refused("unknown_approval", "approval_id must be an approval's id")
         try:
-            item = self.approvals.get(approval_id)
-        except ApprovalError:
-            return False
-        return bool(item.status == "approved" and item.principal == principal
-                and item.permission == permission
-                and item.context_digest == context_digest(context))
+            digest = request_digest(principal, permission, context, call, acting_for)
+        except UnboundRequestError as exc:
+            return refused("approval_unbindable", exc.message)
+        at = time.time() if now is None else now
+        try:
+            if consume:
+                self.approvals.consume(approval_id, digest, at)
+            else:
+                _would_consume(self.approvals.get(approval_id), approval_id, digest, at)
+        except ApprovalError as exc:
+            return refused(exc.code, exc.message)
+        except Exception as exc:  # a store fault is never an allow
+            return refused("approval_store_error", f"the approval store failed "
+                           f"({type(exc).__name__})")
+        return None
+
+    def _record_approval(self, policy: CompiledPolicy, principal: str, permission: str,
+                         context: dict[str, Any], call: dict[str, Any] | None,
+                         acting_for: str | None, facts: RuleFacts, now: float | None
+                         ) -> str | RuleFacts:
+        """Record a pending request as an approval bound to it: the new id, or the denied
+        facts when it cannot be bound or the store fails (nobody could ever use it)."""
+        try:
+            digest = request_digest(principal, permission, context, call, acting_for)
+        except UnboundRequestError as exc:
+            return _overruled(facts, "approval_unbindable", exc.message)
+        expires, uses = policy.approval_terms(facts[3])
+        created = time.time() if now is None else now
+        item = Approval(new_approval_id(), principal, permission, digest, facts[3],
+                        "pending", created, created + expires, uses)
+        try:
+            self.approvals.add(item)
+        except Exception as exc:  # a store fault: no approval can be asked for
+            return _overruled(facts, "approval_store_error",
+                              f"cannot record the approval: {type(exc).__name__}")
+        return item.id
+
+
+def _would_consume(item: Approval, approval_id: str, digest: str, now: float) -> None:
+    """Raise the ``ApprovalError`` that ``consume`` would, without using the approval."""
+    if not hmac.compare_digest(item.digest.encode("ascii"), digest.encode("ascii")):
+        raise ApprovalError("approval_mismatch",
+                            "the approval was granted for a different request")
+    item = item.at(now)
+    if item.status != "approved" or item.uses_left < 1:
+        code = {"expired": "approval_expired", "pending": "approval_pending",
+                "rejected": "approval_rejected"}.get(item.status, "approval_used")
+        raise ApprovalError(code, f"approval {approval_id} is {item.status}")
 
 
 def _invalid(principal: Any, permission: Any, message: str, trace: Trace | None) -> Decision:

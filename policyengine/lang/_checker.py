@@ -202,6 +202,8 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
                     ctx.error("E110", f"'{st.effect} ... over' is not a rule; only "
                               "'approval ... over AMOUNT' is", st.span,
                               "use 'limit ID: PATTERN amount <= AMOUNT' for a cap")
+                if not isinstance(st, ast.LimitDecl) and st.approval is not None:
+                    _check_approval_terms(ctx, st, st.approval)
                 if isinstance(st, ast.LimitDecl):
                     _check_money(ctx, st.cap, uses_money)
                 if isinstance(st, ast.ApprovalOverDecl):
@@ -543,3 +545,20 @@ def _unreachable(ctx: _Ctx, files: Sequence[ast.PolicyFile]) -> None:
                     ctx.warn("W201", f"rule '{st.id}' is unreachable: forbid '{fb.id}' "
                              "always overrides it", st.span)
                     break
+
+
+#: Bounds of ``expires`` and ``uses`` on an approval rule (docs/approvals.md).
+MAX_APPROVAL_EXPIRES = 30 * 86400
+MAX_APPROVAL_USES = 1000
+
+
+def _check_approval_terms(ctx: _Ctx, st: ast.Rule | ast.ApprovalOverDecl,
+                          terms: ast.ApprovalTerms) -> None:
+    if st.effect != "approval":
+        ctx.error("E140", f"'{st.effect}' takes no 'expires' or 'uses'; only an approval "
+                  "does", terms.span, "drop the option, or make the rule an 'approval'")
+        return
+    if terms.expires is not None and not 1 <= terms.expires <= MAX_APPROVAL_EXPIRES:
+        ctx.error("E125", "an approval expires between 1s and 30d", terms.span)
+    if terms.uses is not None and not 1 <= terms.uses <= MAX_APPROVAL_USES:
+        ctx.error("E140", f"'uses' must be between 1 and {MAX_APPROVAL_USES}", terms.span)

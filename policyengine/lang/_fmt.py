@@ -97,6 +97,13 @@ def _conditions(conds: tuple[ast.Condition, ...]) -> str:
     return "".join(f" {c.kind} {format_expr(c.expr)}" for c in conds)
 
 
+def _terms(terms: ast.ApprovalTerms | None) -> str:
+    if terms is None:
+        return ""
+    text = f" expires {terms.expires_text}" if terms.expires_text else ""
+    return text + (f" uses {terms.uses}" if terms.uses is not None else "")
+
+
 def _extraction(x: ast.Extraction) -> str:
     src = _jsonpath(x.source) if x.source_kind == "body" else f"{x.source_kind} {_str(x.source)}"
     return f"{x.name} = {src}" + (" minor" if x.minor else "")
@@ -148,14 +155,14 @@ def _statement_head(st: ast.Statement) -> str:
         return text
     if isinstance(st, ast.Rule):
         return (f"{st.effect} {st.id}: " + ", ".join(st.patterns) + _scope(st.scope)
-                + _conditions(st.conditions))
+                + _conditions(st.conditions) + _terms(st.approval))
     if isinstance(st, ast.LimitDecl):
         return (f"limit {st.id}: " + ", ".join(st.patterns) + f" amount <= {_money(st.cap)}"
                 + _scope(st.scope) + _conditions(st.conditions))
     if isinstance(st, ast.ApprovalOverDecl):
         return (f"{st.effect} {st.id}: " + ", ".join(st.patterns)
                 + f" over {_money(st.threshold)}" + _scope(st.scope)
-                + _conditions(st.conditions))
+                + _conditions(st.conditions) + _terms(st.approval))
     if isinstance(st, ast.BudgetDecl):
         window = f"rolling {st.rolling_text}" if st.window == "rolling" else st.window
         text = (f"budget {st.id}: " + ", ".join(st.patterns)

@@ -113,10 +113,11 @@ def _keyword_boundary(tok: Token) -> Token:
 #: derives the list from the terminals Lark builds out of the grammar and compares.
 KEYWORD_TERMINALS = frozenset({
     "AGENT", "AMOUNT", "AND", "AUDIENCE", "BUDGET", "COND_KW", "CURRENCY",
-    "DEFAULT_CURRENCY", "DELEGATION", "DENY", "EFFECT", "EGRESS", "EGRESS_VERB", "FALSE",
+    "DEFAULT_CURRENCY", "DELEGATION", "DENY", "EFFECT", "EGRESS", "EGRESS_VERB", "EXPIRES",
+    "FALSE",
     "FOR", "HTTP_KW", "IN", "ISSUER", "LIMIT", "MAX_DEPTH", "MAX_TTL", "MINOR", "NAMED_KW",
     "NAMESPACE", "NOT", "OR", "OVER", "OVERDRAFT", "PER", "RATE", "RATES", "REDACT", "ROLE",
-    "ROLLING", "ROOT", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "WINDOW_UNIT",
+    "ROLLING", "ROOT", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "USES", "WINDOW_UNIT",
     "_MAX_AGE", "METHOD", "STRATEGY", "UNIT",
 })
 _LARK_LOCK = threading.Lock()
@@ -393,6 +394,26 @@ class _Build:
         return tuple(ast.Condition(str(c.children[0]), self.expr(c.children[1]), self.span(c))
                      for c in items)
 
+    def rule_tail(self, items: list[Any]
+                  ) -> tuple[tuple[ast.Condition, ...], ast.ApprovalTerms | None]:
+        """A rule's conditions, then its ``expires`` / ``uses`` options (each at most once)."""
+        conds = self.conditions([i for i in items if i.data == "condition"])
+        options = [i for i in items if i.data != "condition"]
+        if not options:
+            return conds, None
+        expires = expires_text = uses = None
+        for opt in options:
+            tok = opt.children[0]
+            if opt.data == "approval_expires":
+                if expires is not None:
+                    raise _LiteralError(tok, "'expires' is given twice")
+                expires, expires_text = self.duration(tok), str(tok)
+            else:
+                if uses is not None:
+                    raise _LiteralError(tok, "'uses' is given twice")
+                uses = int(str(tok)) if len(str(tok)) < 10 else 10**9
+        return conds, ast.ApprovalTerms(expires, expires_text, uses, self.span(options[0]))
+
     def number(self, tok: Any) -> int | Decimal:
         s = str(tok)
         if len(s) > 40:
@@ -452,15 +473,16 @@ class _Build:
                               for a in c[2].children if a is not None)
             return ast.AgentDecl(self.string(c[0]), roles, attrs, sp, role_spans)
         if kind == "rule_decl":
+            conds, terms = self.rule_tail(c[4:])
             return ast.Rule(str(c[0]), str(c[1]), self.patterns(c[2]), self.scope(c[3]),
-                            self.conditions(c[4:]), sp)
+                            conds, sp, terms)
         if kind == "limit_decl":
             return ast.LimitDecl(str(c[0]), self.patterns(c[1]), self.money(c[2]),
                                  self.scope(c[3]), self.conditions(c[4:]), sp)
         if kind == "approval_over_decl":
+            conds, terms = self.rule_tail(c[5:])
             return ast.ApprovalOverDecl(str(c[0]), str(c[1]), self.patterns(c[2]),
-                                        self.money(c[3]), self.scope(c[4]),
-                                        self.conditions(c[5:]), sp)
+                                        self.money(c[3]), self.scope(c[4]), conds, sp, terms)
         if kind == "budget_decl":
             return self.budget(c, sp)
         if kind == "http_tool":

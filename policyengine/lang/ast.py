@@ -14,7 +14,8 @@ from decimal import Decimal
 from typing import Union
 
 __all__ = [
-    "AgentDecl", "Amount", "And", "ApprovalOverDecl", "BudgetDecl", "Call", "Compare",
+    "AgentDecl", "Amount", "And", "ApprovalOverDecl", "ApprovalTerms", "BudgetDecl", "Call",
+    "Compare",
     "Condition", "CurrencyDecl", "DefaultCurrencyDecl", "DelegationDecl", "DenyRoute",
     "EgressDecl", "Expr", "Extraction", "HttpTool", "In", "LimitDecl", "ListExpr", "Literal",
     "MoneyLit", "NamedTool", "NamespaceDecl", "Not", "Or", "Path", "PolicyFile", "RateDecl",
@@ -218,6 +219,17 @@ class Condition:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalTerms:
+    """``expires DURATION`` / ``uses N`` after an approval rule: how long a granted
+    approval stays usable and how many calls it allows (None: the default)."""
+
+    expires: int | None = None
+    expires_text: str | None = None
+    uses: int | None = None
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     """``permit|forbid|approval ID: PATTERNS [for SCOPE] [when|unless EXPR]*``."""
 
@@ -227,6 +239,7 @@ class Rule:
     scope: tuple[ScopeItem, ...] = ()
     conditions: tuple[Condition, ...] = ()
     span: Span = _span()
+    approval: ApprovalTerms | None = None  # ``expires`` / ``uses`` (approval rules only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +265,7 @@ class ApprovalOverDecl:
     scope: tuple[ScopeItem, ...] = ()
     conditions: tuple[Condition, ...] = ()
     span: Span = _span()
+    approval: ApprovalTerms | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,11 @@ from policyengine.tokens.revocation import (
 
 if TYPE_CHECKING:  # loaded on first use (PEP 562): see __getattr__
     from policyengine.tokens._jws import MAX_TOKEN_LENGTH
+    from policyengine.tokens._shared_revocation import (
+        PostgresRevocationStore,
+        RedisRevocationStore,
+        revocations_from_url,
+    )
     from policyengine.tokens.grants import (
         MAX_DEPTH,
         MAX_LEEWAY,
@@ -49,10 +54,13 @@ __all__ = [
     "Key",
     "KeySet",
     "MemoryRevocationStore",
+    "PostgresRevocationStore",
+    "RedisRevocationStore",
     "RevocationStore",
     "TokenError",
     "attenuate",
     "mint",
+    "revocations_from_url",
     "revoke",
     "verify",
 ]
@@ -69,6 +77,9 @@ _LAZY: dict[str, str] = {
     "MAX_LEEWAY": "policyengine.tokens.grants",
     "MAX_TOKEN_LENGTH": "policyengine.tokens._jws",
     "mint": "policyengine.tokens.grants",
+    "PostgresRevocationStore": "policyengine.tokens._shared_revocation",
+    "RedisRevocationStore": "policyengine.tokens._shared_revocation",
+    "revocations_from_url": "policyengine.tokens._shared_revocation",
     "TYP": "policyengine.tokens.grants",
     "verify": "policyengine.tokens.grants",
 }

@@ -360,6 +360,20 @@ def _read_body(body: Any) -> _Body | tuple[str, str]:
         return _Body(raw, False)
 
 
+def _call_binding(transport: str, tool: str, route: str, method: Any, host: Any, path: Any,
+                  query: Mapping[str, Any], body: Any, tool_name: Any, function_name: Any
+                  ) -> dict[str, Any]:
+    """What an approval of a tool call is bound to, besides principal, permission and
+    context: the tool and route that decided, the call as sent (method, host and path as
+    given, so any other spelling is another call), the query (as ordered pairs, repeated
+    names kept) and the body as read (JSON bodies by value, anything else by its bytes).
+    Headers are not bound, except the values a route extracts into the context."""
+    pairs = sorted(((str(k), v) for k, v in query.items()), key=lambda kv: kv[0])
+    return {"transport": transport, "tool": tool, "route": route, "method": method,
+            "host": host, "path": path, "query": [list(p) for p in pairs], "body": body,
+            "name": tool_name if transport == "mcp" else function_name}
+
+
 def _outcome(decision: Decision) -> str:
     if decision.status == "allowed":
         return "policy_allow"
@@ -435,6 +449,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
         params = routed.params or {}
         qid, permission = binding.qid, route.permission
         extractors, rules = route.extractors, binding.redactions
+        route_text = f"{route.method} {route.pattern.text}"
     else:
         name = tool_name if transport == "mcp" else function_name
         if type(name) is not str or not name:
@@ -447,6 +462,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
                           f"no {transport} tool binds {name!r}")
         qid, permission = named.qid, named.permission
         extractors, rules = named.extractors, named.redactions
+        route_text = named.name.text
 
     if not readable and (rules or any(ex.kind == "body" for ex in extractors)):
         return reject("invalid_request", "invalid_request",
@@ -460,6 +476,8 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
         return reject("invalid_request", "invalid_request",
                       f"cannot extract context: {exc.message}", permission,
                       diag="extraction_failed", tool=qid)
+    call = _call_binding(transport, qid, route_text, method, host, path, query, body,
+                         tool_name, function_name)
     decision, redacted, redactions = pipeline.run_tool(
-        principal, permission, ctx, token, approval_id, body, rules, hmac_key, trace)
+        principal, permission, ctx, token, approval_id, body, rules, hmac_key, call, trace)
     return ToolDecision(decision, _outcome(decision), redacted, redactions, qid)

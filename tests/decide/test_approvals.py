@@ -2,8 +2,8 @@
 
 docs/semantics.md step 5: an applying approval rule makes the decision
 ``pending_approval`` with an ``approvalId`` registered in ``engine.approvals``, unless the
-request carries a granted ``approval_id`` for the same principal, permission and context.
-Forbids and limits still apply.
+request carries a granted ``approval_id`` for the same principal, permission and context,
+not yet used up and not expired (docs/approvals.md). Forbids and limits still apply.
 """
 
 from __future__ import annotations
@@ -91,10 +91,19 @@ def test_approved_id_allows_the_same_request(eng: Engine, clock: Clock) -> None:
     assert d.obligations is not None
     assert d.obligations.to_wire() == {"maxAmount": "1000.00", "requireApprovalOver": None,
                                        "redactFields": [], "currency": "EUR"}
-    # An approval may be used again for the very same request (it is not consumed).
-    assert eng.authorize("bot", "payments:pay", ctx(), approval_id=aid).status == "allowed"
-    # A fresh dict with equal content is the same context.
-    assert eng.authorize("bot", "payments:pay", dict(ctx()), approval_id=aid).allowed
+    # Used once: the very same request is pending again, under a new id.
+    assert eng.approvals.get(aid).status == "used"
+    again = eng.authorize("bot", "payments:pay", ctx(), approval_id=aid)
+    assert again.status == "pending_approval" and again.approval_id not in (None, aid)
+    assert [d.code for d in again.diagnostics] == ["approval_used"]
+
+
+def test_an_equal_context_built_in_another_order_is_the_same_request(eng: Engine) -> None:
+    aid = pending_id(eng)
+    eng.approvals.approve(aid)
+    reordered = dict(reversed(list(ctx().items())))
+    assert list(reordered) != list(ctx())
+    assert eng.authorize("bot", "payments:pay", reordered, approval_id=aid).allowed
 
 
 @pytest.mark.parametrize("changed", [
@@ -113,6 +122,7 @@ def test_approved_id_with_a_different_context_is_pending_again(
         return
     assert d.status == "pending_approval"
     assert d.approval_id and d.approval_id != aid
+    assert [x.code for x in d.diagnostics] == ["approval_mismatch"]
     assert eng.approvals.get(d.approval_id).status == "pending"
     assert eng.approvals.get(aid).status == "approved"
 
@@ -134,6 +144,7 @@ def test_rejected_id_stays_pending(eng: Engine) -> None:
     d = eng.authorize("bot", "payments:pay", ctx(), approval_id=aid)
     assert d.status == "pending_approval"
     assert d.approval_id and d.approval_id != aid
+    assert [x.code for x in d.diagnostics] == ["approval_rejected"]
     assert eng.approvals.get(aid).status == "rejected"
 
 
@@ -161,12 +172,14 @@ def test_unknown_id_is_not_granted(eng: Engine, bogus: str) -> None:
     d = eng.authorize("bot", "payments:pay", ctx(), approval_id=bogus)
     assert d.status == "pending_approval"
     assert d.approval_id and d.approval_id != bogus
+    assert [x.code for x in d.diagnostics] == ["unknown_approval"]
 
 
 def test_pending_id_is_not_granted(eng: Engine) -> None:
     aid = pending_id(eng)
     d = eng.authorize("bot", "payments:pay", ctx(), approval_id=aid)
     assert d.status == "pending_approval" and d.approval_id != aid
+    assert [x.code for x in d.diagnostics] == ["approval_pending"]
 
 
 def test_forbids_and_limits_deny_even_with_an_approved_id(eng: Engine) -> None:
