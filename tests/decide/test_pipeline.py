@@ -385,3 +385,20 @@ def test_the_longest_rolling_window_loads() -> None:
     eng = Engine.from_source('role r: pay:*\nagent "bot": r\n'
                              "budget b: pay:* limit 10 EUR per rolling 31d per agent\n")
     assert eng.budgets.specs[0].rolling_seconds == 31 * 86400
+
+
+def test_explain_reports_a_granted_approval_without_using_it() -> None:
+    eng = make_engine()
+    pending = eng.authorize("bot", "docs:delete", {"doc": "d1"})
+    assert pending.approval_id is not None
+    eng.approvals.approve(pending.approval_id, by="alice")
+    for _ in range(2):  # explain does not use the approval up
+        exp = eng.explain("bot", "docs:delete", {"doc": "d1"}, approval_id=pending.approval_id)
+        assert (exp.decision.status, exp.decision.rules) == ("allowed", ("role:buyer",))
+        assert exp.decision.approval_id is None
+    assert eng.authorize("bot", "docs:delete", {"doc": "d1"},
+                         approval_id=pending.approval_id).allowed
+    used = eng.explain("bot", "docs:delete", {"doc": "d1"}, approval_id=pending.approval_id)
+    again = eng.authorize("bot", "docs:delete", {"doc": "d1"}, approval_id=pending.approval_id)
+    assert key(used.decision) == key(again) and again.status == "pending_approval"
+    assert [d.code for d in used.decision.diagnostics] == ["approval_used"]
