@@ -111,7 +111,9 @@ def _load_policy(files: PolicyFiles, rates: Mapping[str, Any] | None,
                  ) -> tuple[CompiledPolicy, tuple[Problem, ...]]:
     sources = SourceSet()
     parsed, problems = parse_many(files, sources)
-    problems.extend(check(parsed, sources) if not problems else [])
+    # A syntax error does not hide the other statements' problems.
+    problems.extend(check(parsed, sources, partial=bool(problems)))
+    problems.sort(key=lambda p: (p.file, p.line, p.column))
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise PolicyError(problems)
@@ -131,7 +133,7 @@ class Engine:
 
     def __init__(self, files: PolicyFiles, *, paths: tuple[str, ...] = (),
                  rates: Any = None, clock: Callable[[], float] | None = None,
-                 approvals: ApprovalStore | None = None, keys: Any = None,
+                 approvals: ApprovalStore | str | None = None, keys: Any = None,
                  revocations: Any = None, budget_store: Any = None,
                  hmac_key: bytes | None = None, base_dir: str | None = None) -> None:
         self._paths = paths
@@ -139,7 +141,11 @@ class Engine:
         self._base_dir = base_dir
         self._rates_override = rates
         self._clock = clock
-        self.approvals: ApprovalStore = approvals or MemoryApprovalStore(clock or time.time)
+        if isinstance(approvals, str):  # a URL: memory:, postgresql://, redis://
+            from policyengine.decide import approvals_from_url
+            approvals = approvals_from_url(approvals)
+        self.approvals: ApprovalStore = (
+            approvals or MemoryApprovalStore(clock or time.time))  # type: ignore[assignment]
         self.keys = keys
         if revocations is None:
             from policyengine.tokens import MemoryRevocationStore

@@ -22,13 +22,12 @@ Rules (``docs/budgets.md`` has the long form):
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any, Literal, cast
 
 from policyengine.budgets.errors import (
@@ -56,7 +55,7 @@ from policyengine.budgets.store import (
     Usage,
 )
 from policyengine.budgets.windows import Window
-from policyengine.money._money import Money, MoneyError, parse_amount
+from policyengine.money._money import MONEY_CONTEXT, Money, MoneyError, parse_amount
 from policyengine.money._rates import RateError, RateSource, convert
 from policyengine.permissions import InvalidPermission, permission_matches, validate_permission
 
@@ -84,7 +83,7 @@ _NON_MONEY = frozenset({"tokens", "calls", "credits"})
 # How a budget counts a spend: one call, the amount as is, converted, or nothing (a spend
 # in a unit the budget does not count, checked only for an exhausted budget; admit()).
 _CALL, _SAME, _CONVERT, _ZERO = 0, 1, 2, 3
-_QUANTA = [Decimal(1).scaleb(-n) for n in range(19)]
+_QUANTA = [Decimal(1).scaleb(-n, MONEY_CONTEXT) for n in range(19)]
 _INF = float("inf")
 #: Builds a record tuple without the NamedTuple ``__new__`` (a Python-level call that
 #: costs twice as much); used on the hot path where every field is given in order.
@@ -119,11 +118,11 @@ def _iso(t: float | None) -> str | None:
 
 
 def _dec(quanta: int, scale: int) -> Decimal:
-    return Decimal(quanta).scaleb(-scale)
+    return Decimal(quanta).scaleb(-scale, MONEY_CONTEXT)
 
 
 def _fmt(quanta: int, scale: int) -> str:
-    return format(Decimal(quanta).scaleb(-scale), "f")
+    return format(Decimal(quanta).scaleb(-scale, MONEY_CONTEXT), "f")
 
 
 class _Budget:
@@ -140,8 +139,8 @@ class _Budget:
         self.unit, self.scale = canonical_unit(spec.unit)
         self.calls = self.unit == "calls"
         self.money = self.unit not in ("tokens", "calls", "credits")
-        self.limit = int(spec.limit.scaleb(self.scale))
-        self.overdraft = int(spec.overdraft_limit.scaleb(self.scale))
+        self.limit = int(spec.limit.scaleb(self.scale, MONEY_CONTEXT))
+        self.overdraft = int(spec.overdraft_limit.scaleb(self.scale, MONEY_CONTEXT))
         self.ceiling = self.limit + self.overdraft
         self.window = Window(spec.window, spec.rolling_seconds, spec.tz)
         self.rolling = spec.rolling_seconds
@@ -851,7 +850,7 @@ class Ledger:
             if line.counts_call:
                 actual = line.amount  # the call happened; its count is the reservation's
             elif same_unit and line.rate is None and budget is not None:
-                actual = int(value.scaleb(budget.scale))  # fast path: no conversion
+                actual = int(value.scaleb(budget.scale, MONEY_CONTEXT))  # fast path: no conversion
                 if actual > MAX_QUANTA:
                     raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too "
                                            "large", {"reason": "amount_too_large"})
@@ -1020,7 +1019,7 @@ class Ledger:
         if unit is None:
             return value
         # One spelling per amount ("75" and "75.00" EUR are the same payload).
-        return value.quantize(_unit_scale(unit)[1])
+        return value.quantize(_unit_scale(unit)[1], context=MONEY_CONTEXT)
 
     def _plan(
         self,
@@ -1044,7 +1043,7 @@ class Ledger:
         )
         value = self._amount(amount, unit)
         # The amount in its own unit's quanta: what a budget in that unit is charged.
-        quanta = 0 if unit is None else int(value.scaleb(_unit_scale(unit)[0]))
+        quanta = 0 if unit is None else int(value.scaleb(_unit_scale(unit)[0], MONEY_CONTEXT))
         lines: list[Line] = []
         budgets: list[_Budget] = []
         buckets: list[Bucket] = []
@@ -1233,7 +1232,7 @@ class Ledger:
 
     def _convert(self, value: Decimal, unit: str, b: _Budget, now: float) -> tuple[int, str | None]:
         if unit == b.unit:
-            q = int(value.scaleb(b.scale))
+            q = int(value.scaleb(b.scale, MONEY_CONTEXT))
             rate = None
         else:
             rates = self._rates_of[b.id]
@@ -1246,7 +1245,7 @@ class Ledger:
             except MoneyError as exc:
                 raise BudgetInputError("invalid_amount", exc.message,
                                        {"reason": exc.code}) from None
-            q = int(converted.amount.scaleb(b.scale))
+            q = int(converted.amount.scaleb(b.scale, MONEY_CONTEXT))
         if q > MAX_QUANTA:
             raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",
                                    {"reason": "amount_too_large"})
@@ -1266,15 +1265,16 @@ class Ledger:
         line_unit = self._units.get(line.budget)
         money_unit = unit is not None and unit not in ("tokens", "calls", "credits")
         if (unit == line_unit and not money_unit) or unit == line_unit:
-            q = int(value.scaleb(scale))
+            q = int(value.scaleb(scale, MONEY_CONTEXT))
         elif not money_unit or line_unit is None or line_unit in ("tokens", "calls", "credits"):
             raise BudgetInputError(
                 "unit_mismatch",
                 f"reservation {rec.id} is in {rec.unit}; commit in that unit, not {unit}",
             )
         elif unit == rec.unit and line.rate is not None:
-            exact = value * Decimal(line.rate)
-            q = math.ceil(exact.scaleb(scale))
+            exact = MONEY_CONTEXT.multiply(value, Decimal(line.rate))
+            scaled = exact.scaleb(scale, MONEY_CONTEXT)
+            q = int(scaled.to_integral_value(ROUND_CEILING, MONEY_CONTEXT))
         else:
             assert budget is not None
             q, _ = self._convert(value, unit, budget, now)  # type: ignore[arg-type]

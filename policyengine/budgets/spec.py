@@ -15,7 +15,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from policyengine.budgets.errors import BudgetInputError
 from policyengine.budgets.windows import WINDOWS
-from policyengine.money._money import UNITS, MoneyError, decimal_places, get_currency
+from policyengine.money._money import (
+    MONEY_CONTEXT,
+    UNITS,
+    MoneyError,
+    decimal_places,
+    get_currency,
+)
 from policyengine.permissions import is_valid_pattern, permission_matches
 
 __all__ = [
@@ -138,19 +144,19 @@ def budget_problems(patterns: object, limit: object, unit: object, window: objec
             continue
         if scale is None:
             continue
-        scaled = value.scaleb(scale)
-        if scaled != scaled.to_integral_value():
+        scaled = value.scaleb(scale, MONEY_CONTEXT)
+        if scaled != scaled.to_integral_value(context=MONEY_CONTEXT):
             out.append((name, f"{name} {value} has more decimals than {code} allows "
                               f"({scale})"))
         elif scaled > MAX_QUANTA:
-            out.append((name, f"{name} {value} is too large (at most "
-                              f"{_dec_str(Decimal(MAX_QUANTA).scaleb(-scale))} {code})"))
+            most = _dec_str(Decimal(MAX_QUANTA).scaleb(-scale, MONEY_CONTEXT))
+            out.append((name, f"{name} {value} is too large (at most {most} {code})"))
     if window not in WINDOWS:
         out.append(("window", f"window must be one of {', '.join(sorted(WINDOWS))}"))
     elif window == "rolling":
         if type(rolling_seconds) is not int or not 1 <= rolling_seconds <= MAX_ROLLING_SECONDS:
-            out.append(("window", "a rolling window lasts between 1 second and "
-                                  f"{MAX_ROLLING_SECONDS // 86400} days"))
+            out.append(("window", "a rolling window lasts between 1s and "
+                                  f"{MAX_ROLLING_SECONDS // 86400}d"))
     elif rolling_seconds is not None:
         out.append(("window", "rolling_seconds is only for window='rolling'"))
     if subject not in SUBJECTS:
@@ -166,7 +172,7 @@ def budget_problems(patterns: object, limit: object, unit: object, window: objec
 
 
 def _dec_str(value: Decimal) -> str:
-    return format(value.normalize(), "f")
+    return format(value.normalize(MONEY_CONTEXT), "f")
 
 
 @dataclass(frozen=True)

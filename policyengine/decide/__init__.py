@@ -19,6 +19,11 @@ from policyengine.decide._approvals import (
 from policyengine.decide._compiled import CompiledPolicy, compile_policy
 from policyengine.decide._evaluator import Explanation
 from policyengine.decide._pipeline import Pipeline, Trace
+from policyengine.decide._shared_approvals import (
+    PostgresApprovalStore,
+    RedisApprovalStore,
+    approvals_from_url,
+)
 
 __all__ = [
     "Approval",
@@ -28,8 +33,11 @@ __all__ = [
     "Explanation",
     "MemoryApprovalStore",
     "Pipeline",
+    "PostgresApprovalStore",
+    "RedisApprovalStore",
     "Trace",
     "UnboundRequestError",
+    "approvals_from_url",
     "compile_policy",
     "request_digest",
 ]

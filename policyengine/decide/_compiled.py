@@ -321,7 +321,7 @@ def _to_base(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:
     quantum: Decimal | None = None
     if fm.base is not None:
         from policyengine.money._money import decimal_places
-        quantum = Decimal(1).scaleb(-decimal_places(fm.base))
+        quantum = Decimal(1).scaleb(-decimal_places(fm.base), _FLOOR)
 
     def to_base(m: ast.MoneyLit) -> Decimal:
         if fm.base is None or quantum is None:

@@ -138,7 +138,7 @@ def to_base(value: Decimal, currency: str, money: FileMoney, now: float | None) 
         # wide context that rounds towards +infinity (a spend never rounds down).
         quantum = _QUANTA.get(base)
         if quantum is None:
-            quantum = _QUANTA[base] = Decimal(1).scaleb(-decimal_places(base))
+            quantum = _QUANTA[base] = Decimal(1).scaleb(-decimal_places(base), _CEILING)
         if money.rates is None:
             raise EvalError("no_rate", f"no rates to convert {currency} to {base}")
         rate = money.rates.rate(currency, base, now)
@@ -236,7 +236,7 @@ def _tightest(current: tuple[Decimal, FileMoney] | None, value: Decimal, money: 
         return (value, money) if value < cur_value else current
     for rates in (money.rates, cur_money.rates):
         try:
-            converted = value * rates.rate(money.base, cur_money.base)
+            converted = _CEILING.multiply(value, rates.rate(money.base, cur_money.base))
         except Exception:
             continue
         return (value, money) if converted < cur_value else current

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
@@ -32,6 +32,8 @@ FUNCTIONS: dict[str, tuple[int, str]] = {
 PRINCIPAL_FIELDS = ("id", "roles", "attributes")
 NON_CURRENCY_UNITS = ("tokens", "calls", "credits")
 MAX_EXPR_DEPTH = 48
+#: Longest path (``context.a.b...``) a condition may read: deeper is not a policy.
+MAX_PATH_SEGMENTS = 32
 # Widest amount a policy literal may hold; keeps Decimal arithmetic bounded.
 MAX_LITERAL_AMOUNT = Decimal(10) ** 15
 
@@ -82,8 +84,27 @@ def _zone_known(zone: str) -> bool:
     return True
 
 
-def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
-    """Return every error and warning for ``files`` (a policy set), sorted by position."""
+#: Problems that another statement can cause by being absent: an unknown role or agent,
+#: money without a base currency, an amount without a rate, a role nobody holds, a rule
+#: a forbid overrides. When some statements did not parse, these are not reported (the
+#: missing statement may well be the one they need); every other problem still is.
+NEEDS_EVERY_STATEMENT = frozenset({"E103", "E104", "E112", "E127", "W201", "W202"})
+
+
+def check(files: Sequence[ast.PolicyFile], sources: SourceSet, *,
+          partial: bool = False) -> list[Problem]:
+    """Return every error and warning for ``files`` (a policy set), sorted by position.
+
+    ``partial``: some statements of the set did not parse; problems that may only be
+    caused by their absence (:data:`NEEDS_EVERY_STATEMENT`) are left out.
+    """
+    problems = _check(files, sources)
+    if partial:
+        problems = [p for p in problems if p.code not in NEEDS_EVERY_STATEMENT]
+    return problems
+
+
+def _check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
     ctx = _Ctx(sources)
     roles: dict[str, ast.RoleDecl] = {}
     agents: dict[str, list[ast.AgentDecl]] = {}
@@ -137,7 +158,7 @@ def check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
                 if default_seen is None:
                     default_seen = (st.code, st.span)
                 elif default_seen[0] != st.code:
-                    ctx.error("E133", f"default_currency {st.code} differs from "
+                    ctx.error("E134", f"default_currency {st.code} differs from "
                               f"default_currency {default_seen[0]} at {default_seen[1]}",
                               st.span, "a policy set has one default currency: declare the "
                               "same one in every file, or only once")
@@ -260,6 +281,15 @@ def _check_money(ctx: _Ctx, m: ast.MoneyLit, uses: list[ast.Span]) -> None:
                   "use an active ISO 4217 code such as EUR or USD")
     if m.amount < 0 or m.amount > MAX_LITERAL_AMOUNT:
         ctx.error("E108", f"amount {m.amount} is out of range", m.span)
+    elif _currency_known(m.currency):
+        from policyengine.money._money import decimal_places
+        places = decimal_places(m.currency)
+        exponent = m.amount.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > places and m.amount != m.amount.quantize(
+                Decimal(1).scaleb(-places), rounding=ROUND_DOWN):
+            ctx.error("E133", f"{m.amount} {m.currency} has more decimals than {m.currency} "
+                      f"has ({places})", m.span,
+                      f"write it with at most {places} decimal{'s' if places != 1 else ''}")
 
 
 def _foreign_without_rate(f: ast.PolicyFile, base: str, rated: set[str]) -> list[ast.Span]:
@@ -329,6 +359,10 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
         uses_money.append(e.span)
         return MONEY
     if isinstance(e, ast.Path):
+        if len(e.segments) > MAX_PATH_SEGMENTS:
+            ctx.error("E007", f"path has {len(e.segments)} segments; the limit is "
+                      f"{MAX_PATH_SEGMENTS}", e.span, "flatten the context you send")
+            return ANY
         if e.root == "principal":
             if not e.segments:
                 ctx.error("E111", "use a field of principal", e.span,
@@ -402,9 +436,16 @@ def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -
                     ctx.error("E108", f"'{e.op}' compares numbers or money, not a {t}",
                               side.span)
         if MONEY in (lt, rt) and (lt, rt) != (MONEY, MONEY):
-            other = rt if lt == MONEY else lt
-            ctx.error("E108", f"money is compared with money, not with a {other}", e.span,
-                      "write the amount with its currency, like 500 EUR")
+            other, other_side = (rt, e.right) if lt == MONEY else (lt, e.left)
+            if other == ANY and isinstance(other_side, ast.Path):
+                ctx.error("E108", f"money is compared with money, not with "
+                          f"{other_side.dotted()} (a request value without a currency)",
+                          other_side.span, "to compare the request's amount, write "
+                          "'amount' (it is converted to the file's currency): "
+                          "amount <= 500 EUR")
+            else:
+                ctx.error("E108", f"money is compared with money, not with a {other}",
+                          e.span, "write the amount with its currency, like 500 EUR")
         elif ANY not in (lt, rt) and lt != rt and e.op in ("==", "!="):
             ctx.error("E108", f"comparing a {lt} with a {rt} is an evaluation error "
                       "(values of different types never compare)", e.span)
@@ -462,13 +503,19 @@ def _check_host(ctx: _Ctx, host: str, span: ast.Span) -> None:
     except ImportError:  # pragma: no cover
         return
     except ValueError as exc:
+        scheme, sep, rest = host.partition("://")
+        if sep and scheme.isalpha():
+            bare = rest.split("/", 1)[0]
+            ctx.error("E121", f"'{host}' is a URL, not a host", span,
+                      f'write the host without the scheme: "{bare}"')
+            return
         ctx.error("E121", f"invalid host pattern '{host}': {_reason(exc)}", span)
 
 
 def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
     try:
         from policyengine.tools._patterns import NamePattern, RoutePattern
-        from policyengine.tools._redaction import JsonPath
+        from policyengine.tools._redaction import JsonPath, RedactionRule
     except ImportError:  # pragma: no cover
         return
     if isinstance(st, ast.HttpTool):
@@ -504,6 +551,11 @@ def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
                           item.span, "redact $.card partial 4")
             if item.strategy != "partial" and item.keep is not None:
                 ctx.error("E120", f"{item.strategy} takes no number", item.span)
+            elif item.keep is not None:
+                try:
+                    RedactionRule(item.path, item.strategy, keep=item.keep)
+                except ValueError as exc:
+                    ctx.error("E120", _reason(exc), item.span, "redact $.card partial 4")
         elif isinstance(item, ast.Extraction):
             if isinstance(st, ast.HttpTool):
                 ctx.error("E128", "put extractions of an http tool on its route",

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path as _FsPath
@@ -67,7 +68,8 @@ _KEYWORD_TERMINALS = {
     "WINDOW_UNIT": "a window (minute, hour, day, week, month)", "SUBJECT": "a subject",
     "ROOT": "context or principal", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
     "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'",
-    "DOT": "'.'", "EQUAL": "'='", "__ANON_0": "'<='", "__ANON_1": "'->'",
+    "DOT": "'.'", "EQUAL": "'='", "AT_MOST": "'<='", "ARROW": "'->'",
+    "$END": "the end of the statement",
 }
 
 _KEYWORDS = (*STATEMENT_KEYWORDS, "when", "unless", "for", "and", "or", "not", "in", "over",
@@ -88,6 +90,7 @@ def _grammar_text() -> str:
 _PARSER: Lark | None = None
 _current = threading.local()  # the chunk being lexed, for the keyword-boundary check
 _WORD_CHAR = re.compile(r"[A-Za-z0-9_\-]")
+_WORD_AT = re.compile(r"[A-Za-z0-9_\-.]+")
 
 
 class _GlueError(Exception):
@@ -184,13 +187,18 @@ def parse(text: str | bytes, name: str = "<policy>") -> ast.PolicyFile:
 
 def parse_many(files: list[tuple[str, str | bytes]], sources: SourceSet
                ) -> tuple[list[ast.PolicyFile], list[Problem]]:
-    """Parse several files, collecting every problem instead of stopping at the first."""
+    """Parse several files, collecting every problem instead of stopping at the first.
+
+    A file with syntax errors still yields the statements that did parse, so that the
+    checker can report their problems too (see :func:`policyengine.lang.check`'s
+    ``partial``); only a file that cannot be read at all (size, encoding) yields none.
+    """
     parsed: list[ast.PolicyFile] = []
     problems: list[Problem] = []
     for name, text in files:
         result, probs = _parse_file(text, name, sources)
         problems.extend(probs)
-        if result is not None and not probs:
+        if result is not None:
             parsed.append(result)
     return parsed, problems
 
@@ -340,7 +348,7 @@ def _parse_whole(text: str, name: str, chunks: list[tuple[int, str]]
         for (start_line, _), st in zip(chunks, trees, strict=True):
             if getattr(getattr(st, "meta", None), "line", None) != start_line:
                 return None
-            out.append(build.statement(st))
+            out.append(build.statement(st))  # type: ignore[arg-type]
         return out
     except (LarkError, _GlueError, _LiteralError, RecursionError, ValueError):
         return None
@@ -348,8 +356,54 @@ def _parse_whole(text: str, name: str, chunks: list[tuple[int, str]]
 
 # ---- statement level -------------------------------------------------------------------
 
+class _Parts:
+    """The children of one Lark node, found by name: terminals by their type (``ID``,
+    ``STRING``...), subtrees by their rule or alias name (``pattern_list``, ``scope``).
+
+    The grammar is the authority on what a node holds; the builder asks for parts by
+    name, so adding an optional part to a rule cannot shift what the others read.
+    """
+
+    __slots__ = ("tokens", "trees")
+
+    def __init__(self, children: list[Any]) -> None:
+        self.tokens: dict[str, list[Token]] = {}
+        self.trees: dict[str, list[Tree[Any]]] = {}
+        for child in children:
+            if child is None:  # an absent [optional] part
+                continue
+            if isinstance(child, Token):
+                self.tokens.setdefault(child.type, []).append(child)
+            else:
+                self.trees.setdefault(child.data, []).append(child)
+
+    def token(self, kind: str) -> Token:
+        return self.tokens[kind][0]
+
+    def maybe_token(self, kind: str) -> Token | None:
+        found = self.tokens.get(kind)
+        return found[0] if found else None
+
+    def all_tokens(self, kind: str) -> list[Token]:
+        return self.tokens.get(kind, [])
+
+    def tree(self, name: str) -> Tree[Any]:
+        return self.trees[name][0]
+
+    def maybe_tree(self, name: str) -> Tree[Any] | None:
+        found = self.trees.get(name)
+        return found[0] if found else None
+
+    def all_trees(self, name: str) -> list[Tree[Any]]:
+        return self.trees.get(name, [])
+
+
 class _Build:
-    """Turns one statement's Lark tree into AST nodes (line numbers offset to the file)."""
+    """Turns one statement's Lark tree into AST nodes (line numbers offset to the file).
+
+    Dispatch is by the node's rule or alias name (``_STATEMENTS``, ``_EXPRESSIONS``,
+    ``_TOOL_ITEMS``), and each builder takes its parts by name (:class:`_Parts`).
+    """
 
     def __init__(self, name: str, line_offset: int) -> None:
         self.name = name
@@ -366,53 +420,63 @@ class _Build:
         return ast.Span(self.name, m.line + self.off, m.column, m.end_line + self.off,
                         m.end_column)
 
-    # -- helpers --
+    # -- literals --
     @staticmethod
     def string(tok: Any) -> str:
+        text = str(tok)
+        if "\\" not in text and text.isprintable():  # nothing to unescape
+            return text[1:-1]
         try:
-            return str(json.loads(str(tok)))
+            return str(json.loads(text))
         except ValueError:
             raise _LiteralError(tok, "invalid string literal: control characters must be "
                                 "escaped (\\t, \\n, \\u0001)") from None
 
-    def patterns(self, t: Any) -> tuple[str, ...]:
+    def patterns(self, t: Tree[Any]) -> tuple[str, ...]:
         return tuple(str(x) for x in t.children)
 
-    def scope(self, t: Any) -> tuple[ast.ScopeItem, ...]:
+    def scope(self, t: Tree[Any] | None) -> tuple[ast.ScopeItem, ...]:
         if t is None:
             return ()
         out = []
         for item in t.children:
-            tok = item.children[0]
             if item.data == "scope_role":
+                tok = _Parts(item.children).token("ID")
                 out.append(ast.ScopeItem("role", str(tok), self.span(tok)))
             else:
+                tok = _Parts(item.children).token("STRING")
                 out.append(ast.ScopeItem("agent", self.string(tok), self.span(tok)))
         return tuple(out)
 
-    def conditions(self, items: list[Any]) -> tuple[ast.Condition, ...]:
-        return tuple(ast.Condition(str(c.children[0]), self.expr(c.children[1]), self.span(c))
-                     for c in items)
+    def conditions(self, items: list[Tree[Any]]) -> tuple[ast.Condition, ...]:
+        out = []
+        for cond in items:
+            parts = _Parts(cond.children)
+            (expr,) = (c for c in cond.children if isinstance(c, Tree))
+            out.append(ast.Condition(str(parts.token("COND_KW")), self.expr(expr),
+                                     self.span(cond)))
+        return tuple(out)
 
-    def rule_tail(self, items: list[Any]
-                  ) -> tuple[tuple[ast.Condition, ...], ast.ApprovalTerms | None]:
-        """A rule's conditions, then its ``expires`` / ``uses`` options (each at most once)."""
-        conds = self.conditions([i for i in items if i.data == "condition"])
-        options = [i for i in items if i.data != "condition"]
-        if not options:
-            return conds, None
+    def approval_terms(self, p: _Parts) -> ast.ApprovalTerms | None:
+        """A rule's ``expires`` / ``uses`` options (each at most once), or None."""
+        expires_opts, uses_opts = p.all_trees("approval_expires"), p.all_trees("approval_uses")
+        if not expires_opts and not uses_opts:
+            return None
         expires = expires_text = uses = None
-        for opt in options:
-            tok = opt.children[0]
-            if opt.data == "approval_expires":
-                if expires is not None:
-                    raise _LiteralError(tok, "'expires' is given twice")
-                expires, expires_text = self.duration(tok), str(tok)
-            else:
-                if uses is not None:
-                    raise _LiteralError(tok, "'uses' is given twice")
-                uses = int(str(tok)) if len(str(tok)) < 10 else 10**9
-        return conds, ast.ApprovalTerms(expires, expires_text, uses, self.span(options[0]))
+        if len(expires_opts) > 1:
+            raise _LiteralError(_Parts(expires_opts[1].children).token("DURATION"),
+                                "'expires' is given twice")
+        if len(uses_opts) > 1:
+            raise _LiteralError(_Parts(uses_opts[1].children).token("INT"),
+                                "'uses' is given twice")
+        if expires_opts:
+            tok = _Parts(expires_opts[0].children).token("DURATION")
+            expires, expires_text = self.duration(tok), str(tok)
+        if uses_opts:
+            count = str(_Parts(uses_opts[0].children).token("INT"))
+            uses = int(count) if len(count) < 10 else 10**9
+        first = min(expires_opts + uses_opts, key=lambda t: (t.meta.line, t.meta.column))
+        return ast.ApprovalTerms(expires, expires_text, uses, self.span(first))
 
     def number(self, tok: Any) -> int | Decimal:
         s = str(tok)
@@ -431,8 +495,10 @@ class _Build:
         except InvalidOperation:  # pragma: no cover - the lexer admits digits only
             raise _LiteralError(tok, "not a number") from None
 
-    def money(self, t: Any) -> ast.MoneyLit:
-        return ast.MoneyLit(self.decimal(t.children[0]), str(t.children[1]), self.span(t))
+    def money(self, t: Tree[Any]) -> ast.MoneyLit:
+        parts = _Parts(t.children)
+        return ast.MoneyLit(self.decimal(parts.token("NUMBER")), str(parts.token("CODE")),
+                            self.span(t))
 
     def duration(self, tok: Any) -> int:
         s = str(tok)
@@ -441,132 +507,169 @@ class _Build:
         return int(s[:-1]) * _DURATION_UNITS[s[-1]]
 
     # -- statements --
-    def statement(self, t: Any) -> ast.Statement:
-        c = t.children
-        sp = self.span(t)
-        kind = t.data
-        if kind == "namespace_decl":
-            return ast.NamespaceDecl(str(c[0]), sp)
-        if kind == "currency_decl":
-            return ast.CurrencyDecl(str(c[0]), sp)
-        if kind == "default_currency_decl":
-            return ast.DefaultCurrencyDecl(str(c[0]), sp)
-        if kind == "rate_decl":
-            return ast.RateDecl(str(c[0]), self.decimal(c[1]), sp)
-        if kind == "rates_decl":
-            age = c[1]
-            return ast.RatesDecl(self.string(c[0]), self.duration(age) if age else None,
-                                 str(age) if age else None, sp)
-        if kind == "tz_decl":
-            return ast.TzDecl(self.string(c[0]), sp)
-        if kind == "role_decl":
-            return ast.RoleDecl(str(c[0]), self.patterns(c[1]), sp)
-        if kind == "agent_decl":
-            roles: tuple[str, ...] = ()
-            role_spans: tuple[ast.Span, ...] = ()
-            if c[1] is not None:
-                roles = tuple(str(x) for x in c[1].children)
-                role_spans = tuple(self.span(x) for x in c[1].children)
-            attrs: tuple[tuple[str, ast.Literal], ...] = ()
-            if c[2] is not None:
-                attrs = tuple((str(a.children[0]), self.literal(a.children[1]))
-                              for a in c[2].children if a is not None)
-            return ast.AgentDecl(self.string(c[0]), roles, attrs, sp, role_spans)
-        if kind == "rule_decl":
-            conds, terms = self.rule_tail(c[4:])
-            return ast.Rule(str(c[0]), str(c[1]), self.patterns(c[2]), self.scope(c[3]),
-                            conds, sp, terms)
-        if kind == "limit_decl":
-            return ast.LimitDecl(str(c[0]), self.patterns(c[1]), self.money(c[2]),
-                                 self.scope(c[3]), self.conditions(c[4:]), sp)
-        if kind == "approval_over_decl":
-            conds, terms = self.rule_tail(c[5:])
-            return ast.ApprovalOverDecl(str(c[0]), str(c[1]), self.patterns(c[2]),
-                                        self.money(c[3]), self.scope(c[4]), conds, sp, terms)
-        if kind == "budget_decl":
-            return self.budget(c, sp)
-        if kind == "http_tool":
-            hosts = tuple(self.string(x) for x in c[2:] if isinstance(x, Token)
-                          and x.type == "STRING")
-            items = tuple(self.tool_item(x) for x in c if isinstance(x, Tree))
-            return ast.HttpTool(str(c[0]), hosts, items, sp)
-        if kind == "named_tool":
-            body = c[4]
-            items = tuple(self.tool_item(x) for x in body.children
-                          if isinstance(x, Tree)) if body is not None else ()
-            return ast.NamedTool(str(c[0]), str(c[1]), self.string(c[2]), str(c[3]), items,
-                                 body is not None, sp)
-        if kind == "egress_decl":
-            return ast.EgressDecl(tuple((str(i.children[0]), self.string(i.children[1]))
-                                        for i in c), sp)
-        if kind == "delegation_decl":
-            return self.delegation(c, sp)
-        raise AssertionError(f"unhandled statement {kind}")  # pragma: no cover
+    def statement(self, t: Tree[Any]) -> ast.Statement:
+        build = _STATEMENTS.get(t.data)
+        if build is None:  # pragma: no cover - the grammar has no other statement
+            raise AssertionError(f"unhandled statement {t.data}")
+        return build(self, _Parts(t.children), self.span(t))
 
-    def budget(self, c: list[Any], sp: ast.Span) -> ast.BudgetDecl:
-        ident, pats, limit, unit, window = c[0], c[1], c[2], c[3], c[4]
-        subject = str(c[5]) if c[5] is not None else "agent"
-        scope: tuple[ast.ScopeItem, ...] = ()
+    def namespace_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        return ast.NamespaceDecl(str(p.token("NAME")), sp)
+
+    def currency_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        return ast.CurrencyDecl(str(p.token("CODE")), sp)
+
+    def default_currency_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        return ast.DefaultCurrencyDecl(str(p.token("CODE")), sp)
+
+    def rate_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        return ast.RateDecl(str(p.token("CODE")), self.decimal(p.token("NUMBER")), sp)
+
+    def rates_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        age = p.maybe_token("DURATION")
+        return ast.RatesDecl(self.string(p.token("STRING")),
+                             self.duration(age) if age is not None else None,
+                             str(age) if age is not None else None, sp)
+
+    def tz_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        return ast.TzDecl(self.string(p.token("STRING")), sp)
+
+    def role_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        return ast.RoleDecl(str(p.token("ID")), self.patterns(p.tree("pattern_list")), sp)
+
+    def agent_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        names = p.maybe_tree("name_list")
+        roles = tuple(str(x) for x in names.children) if names is not None else ()
+        role_spans = tuple(self.span(x) for x in names.children) if names is not None else ()
+        attrs: tuple[tuple[str, ast.Literal], ...] = ()
+        block = p.maybe_tree("attributes")
+        if block is not None:
+            pairs = []
+            for attr in block.children:
+                if attr is None:
+                    continue
+                (value,) = (c for c in attr.children if isinstance(c, Tree))
+                pairs.append((str(_Parts(attr.children).token("NAME")), self.literal(value)))
+            attrs = tuple(pairs)
+        return ast.AgentDecl(self.string(p.token("STRING")), roles, attrs, sp, role_spans)
+
+    def rule_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        return ast.Rule(str(p.token("EFFECT")), str(p.token("ID")),
+                        self.patterns(p.tree("pattern_list")), self.scope(p.maybe_tree("scope")),
+                        self.conditions(p.all_trees("condition")), sp, self.approval_terms(p))
+
+    def limit_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        return ast.LimitDecl(str(p.token("ID")), self.patterns(p.tree("pattern_list")),
+                             self.money(p.tree("money")), self.scope(p.maybe_tree("scope")),
+                             self.conditions(p.all_trees("condition")), sp)
+
+    def approval_over_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        return ast.ApprovalOverDecl(str(p.token("EFFECT")), str(p.token("ID")),
+                                    self.patterns(p.tree("pattern_list")),
+                                    self.money(p.tree("money")),
+                                    self.scope(p.maybe_tree("scope")),
+                                    self.conditions(p.all_trees("condition")), sp,
+                                    self.approval_terms(p))
+
+    def budget_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         tz = None
         overdraft = None
-        for opt in c[6:]:
-            if opt.data == "budget_tz":
-                tz = self.string(opt.children[0])
-            else:
-                overdraft = self.decimal(opt.children[0])
-        if window.data == "rolling_window":
-            tok = window.children[0]
-            return ast.BudgetDecl(str(ident), self.patterns(pats), self.decimal(limit),
-                                  str(unit), "rolling", self.duration(tok), str(tok), subject,
-                                  scope, tz, overdraft, sp)
-        return ast.BudgetDecl(str(ident), self.patterns(pats), self.decimal(limit), str(unit),
-                              str(window.children[0]), None, None, subject, scope, tz,
+        for opt in p.all_trees("budget_tz"):
+            tz = self.string(_Parts(opt.children).token("STRING"))
+        for opt in p.all_trees("budget_overdraft"):
+            overdraft = self.decimal(_Parts(opt.children).token("NUMBER"))
+        subject = p.maybe_token("SUBJECT")
+        ident, pats = str(p.token("ID")), self.patterns(p.tree("pattern_list"))
+        limit, unit = self.decimal(p.token("NUMBER")), str(p.token("UNIT"))
+        rolling = p.maybe_tree("rolling_window")
+        if rolling is not None:
+            tok = _Parts(rolling.children).token("DURATION")
+            window, seconds, text = "rolling", self.duration(tok), str(tok)
+        else:
+            window = str(_Parts(p.tree("window").children).token("WINDOW_UNIT"))
+            seconds, text = None, None
+        return ast.BudgetDecl(ident, pats, limit, unit, window, seconds, text,
+                              str(subject) if subject is not None else "agent", (), tz,
                               overdraft, sp)
 
-    def delegation(self, c: list[Any], sp: ast.Span) -> ast.DelegationDecl:
+    def http_tool(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        hosts = tuple(self.string(x) for x in p.all_tokens("STRING"))
+        items = tuple(self.tool_item(x) for name in _TOOL_ITEMS for x in p.all_trees(name))
+        items = tuple(sorted(items, key=lambda i: (i.span.line, i.span.column)))
+        return ast.HttpTool(str(p.token("ID")), hosts, items, sp)
+
+    def named_tool(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        body = p.maybe_tree("tool_body")
+        items = tuple(self.tool_item(x) for x in body.children
+                      if isinstance(x, Tree)) if body is not None else ()
+        return ast.NamedTool(str(p.token("ID")), str(p.token("NAMED_KW")),
+                             self.string(p.token("STRING")), str(p.token("PATTERN")), items,
+                             body is not None, sp)
+
+    def egress_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        items = []
+        for item in p.all_trees("egress_item"):
+            parts = _Parts(item.children)
+            items.append((str(parts.token("EGRESS_VERB")), self.string(parts.token("STRING"))))
+        return ast.EgressDecl(tuple(items), sp)
+
+    def delegation_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         values: dict[str, Any] = {}
-        for item in c:
-            tok = item.children[0]
-            if item.data in values:
-                raise _LiteralError(tok, f"'{item.data}' is set twice in this delegation block")
-            if item.data == "max_depth":
+        for kind in ("max_depth", "max_ttl", "issuer", "audience"):
+            found = p.all_trees(kind)
+            if len(found) > 1:
+                raise _LiteralError(found[1].children[0],  # type: ignore[arg-type]
+                                    f"'{kind}' is set twice in this delegation block")
+            if not found:
+                continue
+            tok = found[0].children[0]
+            if kind == "max_depth":
                 values["max_depth"] = int(str(tok)) if len(str(tok)) < 10 else 10**9
-            elif item.data == "max_ttl":
+            elif kind == "max_ttl":
                 values["max_ttl"] = self.duration(tok)
                 values["max_ttl_text"] = str(tok)
             else:
-                values[item.data] = self.string(tok)
+                values[kind] = self.string(tok)
         return ast.DelegationDecl(span=sp, **values)
 
-    def tool_item(self, t: Any) -> ast.ToolItem:
-        c = t.children
+    # -- tool items --
+    def tool_item(self, t: Tree[Any]) -> ast.ToolItem:
+        p = _Parts(t.children)
         sp = self.span(t)
         if t.data == "route":
-            extractions = tuple(self.tool_item(x) for x in c[3:] if isinstance(x, Tree))
-            return ast.Route(str(c[0]), self.string(c[1]), str(c[2]),
-                             extractions, sp)  # type: ignore[arg-type]
+            return ast.Route(str(p.token("METHOD")), self.string(p.token("STRING")),
+                             str(p.token("PATTERN")),
+                             tuple(self.tool_item(x)  # type: ignore[misc]
+                                   for x in p.all_trees("extraction")), sp)
         if t.data == "deny_route":
-            return ast.DenyRoute(str(c[0]) if c[0] is not None else None, self.string(c[1]), sp)
+            method = p.maybe_token("METHOD")
+            return ast.DenyRoute(str(method) if method is not None else None,
+                                 self.string(p.token("STRING")), sp)
         if t.data == "redact":
-            keep = int(str(c[2])) if c[2] is not None and len(str(c[2])) < 6 else None
-            if c[2] is not None and keep is None:
-                raise _LiteralError(c[2], "partial length is too large")
-            return ast.Redact(self.jsonpath(c[0]), str(c[1]), keep, sp)
+            count = p.maybe_token("INT")
+            keep = int(str(count)) if count is not None and len(str(count)) < 6 else None
+            if count is not None and keep is None:
+                raise _LiteralError(count, "partial length is too large")
+            return ast.Redact(self.jsonpath(p.tree("jsonpath")), str(p.token("STRATEGY")),
+                              keep, sp)
         if t.data == "extraction":
-            src = c[1]
-            minor = c[2] is not None
-            if isinstance(src, Tree) and src.data == "named_source":
-                return ast.Extraction(str(c[0]), str(src.children[0]),
-                                      self.string(src.children[1]), minor, sp)
-            return ast.Extraction(str(c[0]), "body", self.jsonpath(src), minor, sp)
+            minor = p.maybe_token("MINOR") is not None
+            named = p.maybe_tree("named_source")
+            if named is not None:
+                source = _Parts(named.children)
+                return ast.Extraction(str(p.token("NAME")), str(source.token("SOURCE_KIND")),
+                                      self.string(source.token("STRING")), minor, sp)
+            return ast.Extraction(str(p.token("NAME")), "body",
+                                  self.jsonpath(p.tree("jsonpath")), minor, sp)
         raise AssertionError(f"unhandled tool item {t.data}")  # pragma: no cover
 
-    def jsonpath(self, t: Any) -> str:
-        tok = t.children[0]
-        return self.string(tok) if tok.type == "STRING" else str(tok)
+    def jsonpath(self, t: Tree[Any]) -> str:
+        p = _Parts(t.children)
+        quoted = p.maybe_token("STRING")
+        return self.string(quoted) if quoted is not None else str(p.token("JSONPATH"))
 
     # -- expressions --
-    def literal(self, t: Any) -> ast.Literal:
+    def literal(self, t: Tree[Any]) -> ast.Literal:
         sp = self.span(t)
         if t.data == "string":
             return ast.Literal(self.string(t.children[0]), sp)
@@ -577,36 +680,67 @@ class _Build:
     def expr(self, t: Any) -> ast.Expr:
         if isinstance(t, Token):  # pragma: no cover - every operand is a tree
             raise _LiteralError(t, "unexpected token in expression")
-        kind = t.data
-        c = t.children
-        sp = self.span(t)
-        if kind in ("string", "number", "true", "false"):
-            return self.literal(t)
-        if kind == "money":
-            return self.money(t)
-        if kind == "amount":
-            return ast.Amount(sp)
-        if kind == "path":
-            segs = tuple(self.string(s) if s.type == "STRING" else str(s) for s in c[1:])
-            return ast.Path(str(c[0]), segs, sp)
-        if kind == "call":
-            args = tuple(self.expr(a) for a in c[1:] if a is not None)
-            return ast.Call(str(c[0]), args, sp)
-        if kind == "list":
-            return ast.ListExpr(tuple(self.expr(a) for a in c if a is not None), sp)
-        if kind == "compare":
-            return ast.Compare(str(c[1]), self.expr(c[0]), self.expr(c[2]), sp)
-        if kind == "in_":
-            return ast.In(self.expr(c[0]), self.expr(c[1]), False, sp)
-        if kind == "not_in":
-            return ast.In(self.expr(c[0]), self.expr(c[1]), True, sp)
-        if kind == "not_":
-            return ast.Not(self.expr(c[0]), sp)
-        if kind == "and_expr":
-            return ast.And(tuple(self.expr(a) for a in c), sp)
-        if kind == "or_expr":
-            return ast.Or(tuple(self.expr(a) for a in c), sp)
-        raise AssertionError(f"unhandled expression {kind}")  # pragma: no cover
+        build = _EXPRESSIONS.get(t.data)
+        if build is None:  # pragma: no cover - the grammar has no other expression
+            raise AssertionError(f"unhandled expression {t.data}")
+        return build(self, t)
+
+    def amount(self, t: Tree[Any]) -> ast.Expr:
+        return ast.Amount(self.span(t))
+
+    def path(self, t: Any) -> ast.Expr:
+        # ROOT, then one token per segment: NAME for `.name`, STRING for `["key"]`.
+        segs = tuple(self.string(s) if s.type == "STRING" else str(s) for s in t.children
+                     if s.type != "ROOT")
+        return ast.Path(str(_Parts(t.children).token("ROOT")), segs, self.span(t))
+
+    def call(self, t: Tree[Any]) -> ast.Expr:
+        args = tuple(self.expr(a) for a in t.children if isinstance(a, Tree))
+        return ast.Call(str(_Parts(t.children).token("NAME")), args, self.span(t))
+
+    def list_(self, t: Tree[Any]) -> ast.Expr:
+        return ast.ListExpr(tuple(self.expr(a) for a in t.children if a is not None),
+                            self.span(t))
+
+    def compare(self, t: Tree[Any]) -> ast.Expr:
+        left, op, right = t.children  # operand CMP_OP operand
+        return ast.Compare(str(op), self.expr(left), self.expr(right), self.span(t))
+
+    def in_(self, t: Tree[Any]) -> ast.Expr:
+        item, collection = t.children  # operand "in" operand
+        return ast.In(self.expr(item), self.expr(collection), t.data == "not_in",
+                      self.span(t))
+
+    def not_(self, t: Tree[Any]) -> ast.Expr:
+        (inner,) = t.children
+        return ast.Not(self.expr(inner), self.span(t))
+
+    def and_expr(self, t: Tree[Any]) -> ast.Expr:
+        return ast.And(tuple(self.expr(a) for a in t.children), self.span(t))
+
+    def or_expr(self, t: Tree[Any]) -> ast.Expr:
+        return ast.Or(tuple(self.expr(a) for a in t.children), self.span(t))
+
+
+_Builder = Callable[[_Build, _Parts, ast.Span], ast.Statement]
+#: Statement builders by rule (or alias) name.
+_STATEMENTS: dict[str, _Builder] = {
+    name: getattr(_Build, name) for name in (
+        "namespace_decl", "currency_decl", "default_currency_decl", "rate_decl",
+        "rates_decl", "tz_decl", "role_decl", "agent_decl", "rule_decl", "limit_decl",
+        "approval_over_decl", "budget_decl", "http_tool", "named_tool", "egress_decl",
+        "delegation_decl")
+}
+#: Expression builders by rule (or alias) name.
+_EXPRESSIONS: dict[str, Callable[[_Build, Any], ast.Expr]] = {
+    "string": _Build.literal, "number": _Build.literal, "true": _Build.literal,
+    "false": _Build.literal, "money": _Build.money, "amount": _Build.amount,
+    "path": _Build.path, "call": _Build.call, "list": _Build.list_,
+    "compare": _Build.compare, "in_": _Build.in_, "not_in": _Build.in_,
+    "not_": _Build.not_, "and_expr": _Build.and_expr, "or_expr": _Build.or_expr,
+}
+#: Tool items by rule name (the grammar's ``?tool_item``).
+_TOOL_ITEMS = ("route", "deny_route", "redact", "extraction")
 
 
 class _LiteralError(Exception):
@@ -646,9 +780,11 @@ def _parse_statement(chunk: str, start_line: int, name: str, sources: SourceSet
         return _Build(name, off).statement(tree.children[0]), []  # type: ignore[arg-type]
     except UnexpectedCharacters as exc:
         line, col = exc.line + off, exc.column
-        ch = chunk.splitlines()[exc.line - 1][exc.column - 1:exc.column] if exc.line else ""
+        src_line = chunk.splitlines()[exc.line - 1] if exc.line else ""
+        ch = src_line[exc.column - 1:exc.column]
         return None, [sources.problem("E001", f"unexpected character {ch!r}", name, line, col,
-                                      _hint_for_char(ch))]
+                                      _hint_for_char(ch, src_line[exc.column - 1:],
+                                                     set(exc.allowed or ())))]
     except UnexpectedToken as exc:
         tok = exc.token
         if tok.type == "$END":
@@ -659,9 +795,19 @@ def _parse_statement(chunk: str, start_line: int, name: str, sources: SourceSet
             hint = _suggest(word, _KEYWORDS)
         if word == "=" and "CMP_OP" in exc.expected:
             hint = "compare with '=='"
+        message = f"unexpected {word!r}"
+        line_text = chunk.split("\n")[(tok.line or 1) - 1]
+        if (tok.line or 1) > 1 and word in STATEMENT_KEYWORDS and \
+                not line_text[:(tok.column or 1) - 1].strip():
+            # An indented line continues the statement above it.
+            message = (f"unexpected {word!r}: this line is indented, so it continues the "
+                       "statement above")
+            hint = "start a statement at the beginning of its line"
+        elif hint is None and "STRING" in exc.expected and tok.type != "STRING":
+            hint = f'write it in double quotes: "{_word_at(chunk, tok)}"'
         if hint is None:
             hint = f"expected {_describe_expected(set(exc.expected))}"
-        return None, [sources.problem("E002", f"unexpected {word!r}", name,
+        return None, [sources.problem("E002", message, name,
                                       (tok.line or 1) + off, tok.column or 1, hint)]
     except UnexpectedEOF as exc:
         return None, [_eof_problem(chunk, start_line, name, sources, set(exc.expected))]
@@ -693,11 +839,17 @@ def _eof_problem(chunk: str, start_line: int, name: str, sources: SourceSet,
 
 
 def _word_at(chunk: str, tok: Token) -> str:
-    m = re.compile(r"[A-Za-z0-9_\-]+").match(chunk, tok.start_pos or 0)
+    m = _WORD_AT.match(chunk, tok.start_pos or 0)
     return m.group(0) if m else str(tok)
 
 
-def _hint_for_char(ch: str) -> str | None:
+def _hint_for_char(ch: str, rest: str, allowed: set[str]) -> str | None:
+    """A hint for a character no token starts with (``rest``: the line from there)."""
+    if rest.startswith("//"):
+        return "comments start with '#'"
+    if ch == "/" and "STRING" in allowed:
+        path = re.match(r"[^\s,{}]*", rest)
+        return f'write the path in double quotes: "{path.group(0) if path else rest}"'
     if ch == "'":
         return 'strings use double quotes: "text"'
     if ch == "&":

@@ -48,6 +48,7 @@ from policyengine.money._iso4217 import NOT_CURRENCIES, SOURCE, SOURCE_DATE, TAB
 
 __all__ = [
     "CURRENCIES",
+    "MONEY_CONTEXT",
     "MAX_AMOUNT",
     "MAX_EXPONENT",
     "MAX_TEXT_LENGTH",
@@ -89,6 +90,10 @@ _CTX: Final = Context(
     Emin=-999,
     traps=[InvalidOperation, DivisionByZero, Overflow],
 )
+#: The context every money computation of the package runs in (budgets and the evaluator
+#: too), never the thread's: pass it to ``scaleb``, ``quantize``, ``to_integral_value``
+#: and use its ``add`` / ``multiply``... for arithmetic.
+MONEY_CONTEXT: Final = _CTX
 
 
 class MoneyError(PolicyEngineError, ValueError):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
@@ -71,7 +72,7 @@ __all__ = [
 _ONE: Final = Decimal(1)
 _MIN_AMOUNT: Final = -MAX_AMOUNT
 #: Rates: positive, at most 40 decimal places, at most 10**15.
-_RATE_SPEC: Final = AmountSpec("rate", 40, _ONE.scaleb(-40), False)
+_RATE_SPEC: Final = AmountSpec("rate", 40, Decimal("1E-40"), False)
 
 _TRAPS: Final = [InvalidOperation, DivisionByZero, Overflow]
 # Products of an amount (<= 22 digits) and a rate (<= 56 digits) fit in 100 digits, so
@@ -330,6 +331,40 @@ def _parse_document(text: str | bytes) -> tuple[str, dict[str, Decimal | str | i
     return doc["base"], doc["rates"], parse_rfc3339(doc["as_of"])
 
 
+#: Largest rates file read (bytes); a table of every ISO 4217 currency is a few kB.
+MAX_RATES_FILE_BYTES = 1 << 20
+
+
+def _read_rates_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a regular file of at most :data:`MAX_RATES_FILE_BYTES`.
+
+    Opened without blocking and checked before reading, so a name that is a device
+    (``/dev/zero``), a FIFO or a directory is an error at once rather than a read
+    without end; a name no file can have (a NUL, a lone surrogate) is an error too.
+    """
+    shown = repr(os.fspath(path))[:200]
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except (OSError, ValueError) as exc:  # ValueError: NUL byte, unencodable name
+        reason = exc.strerror if isinstance(exc, OSError) else "not a valid file name"
+        raise RateError("invalid_rate_table", f"cannot read rates file {shown}: {reason}"
+                        ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RateError("invalid_rate_table", f"rates file {shown} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(MAX_RATES_FILE_BYTES + 1)
+    except OSError as exc:
+        raise RateError("invalid_rate_table", f"cannot read rates file {shown}: {exc.strerror}"
+                        ) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_RATES_FILE_BYTES:
+        raise RateError("invalid_rate_table",
+                        f"rates file {shown} is larger than {MAX_RATES_FILE_BYTES} bytes")
+    return data
+
+
 class JsonFileRates(StaticRates):
     """Rates loaded once from a JSON file::
 
@@ -344,13 +379,7 @@ class JsonFileRates(StaticRates):
     __slots__ = ("path",)
 
     def __init__(self, path: str | os.PathLike[str], *, max_age: float | None = None) -> None:
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            raise RateError(
-                "invalid_rate_table", f"cannot read rates file {os.fspath(path)!r}: {exc.strerror}"
-            ) from exc
+        data = _read_rates_file(path)
         base, rates, as_of = _parse_document(data)
         super().__init__(base, rates, as_of=as_of, max_age=max_age)
         self.path = os.fspath(path)

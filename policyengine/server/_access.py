@@ -78,6 +78,14 @@ class AccessTokens:
                          + _b64(json.dumps(claims, separators=(",", ":")).encode()))
         return f"{signing_input}.{_b64(key.sign(signing_input.encode('ascii')))}"
 
+    def cached_agent(self, token: str) -> str | None:
+        """The agent of an access token verified before and still valid, else None (the
+        hot path: one dict lookup, no header parsing)."""
+        hit = self._verified.get(token)
+        if hit is not None and self._clock() < hit[1]:
+            return hit[0]
+        return None
+
     def agent_of(self, token: str) -> str | None:
         """The agent a valid access token was issued to, or None (bad, foreign, expired)."""
         now = self._clock()

@@ -177,27 +177,6 @@ def _claim(token: str, name: str) -> Any:
     return claims.get(name) if isinstance(claims, dict) else None
 
 
-def _obligations(o: pe.Obligations | None) -> m.ObligationsOut | None:
-    if o is None:
-        return None
-    return m.ObligationsOut.model_construct(
-        maxAmount=o.max_amount, requireApprovalOver=o.require_approval_over,
-        redactFields=list(o.redact_fields), currency=o.currency)
-
-
-def _decision_fields(d: pe.Decision) -> dict[str, Any]:
-    return {
-        "allowed": d.status == "allowed", "status": d.status, "reason": d.reason,
-        "reasonCode": d.code, "decisionId": d.decision_id, "approvalId": d.approval_id,
-        "actingFor": d.acting_for, "chain": list(d.chain) if d.chain is not None else None,
-        "rules": list(d.rules), "obligations": _obligations(d.obligations),
-        "diagnostics": [m.DiagnosticOut.model_construct(code=x.code, message=x.message,
-                                                        rule=x.rule, effect=x.effect)
-                        for x in d.diagnostics],
-        "budget": d.budget.to_wire() if d.budget is not None else None,
-    }
-
-
 def _policy_files(paths: Iterable[str]) -> list[Path]:
     files: list[Path] = []
     for raw in paths:
@@ -529,6 +508,9 @@ class PolicyService:
         """(principal, delegation token or None) for the caller, or 401."""
         token = self._bearer(req)
         if token is not None:
+            agent = self.access.cached_agent(token)
+            if agent is not None:
+                return agent, None
             typ = token_typ(token)
             if typ == ACCESS_TYP:
                 agent = self.access.agent_of(token)
@@ -602,7 +584,9 @@ class PolicyService:
         request = _validate(_AUTHORIZE_IN, _json_body(req))
         d = self.engine.authorize(principal, request.permission, request.context, token=token)
         self.metrics.decision("tracengent", d.status)
-        out = m.AuthorizeResponse.model_construct(**_decision_fields(d))
+        # Validating the engine's wire dict (money as decimal strings) into the response
+        # model is cheaper than model_construct, and checks the shape we promise.
+        out = _AUTHORIZE_OUT.validate_python(d.to_wire())
         return _Reply(200, _AUTHORIZE_OUT.dump_json(out), principal, d.status)
 
     def _tool_authorize(self, req: _Request) -> _Reply:
@@ -625,10 +609,9 @@ class PolicyService:
             else:
                 redactions = concrete
         self.metrics.decision("tracengent_tool", td.status)
-        out = m.ToolAuthorizeResponse.model_construct(
-            **_decision_fields(td.decision), outcome=td.outcome, permission=td.permission,
-            tool=td.tool, redactions=[m.RedactionOut.model_construct(
-                field=x["field"], strategy=x["strategy"]) for x in redactions])
+        wire = td.to_wire()
+        wire["redactions"] = redactions
+        out = _TOOL_OUT.validate_python(wire)
         return _Reply(200, _TOOL_OUT.dump_json(out), principal, td.status)
 
     def _approval_out(self, item: pe.Approval) -> m.ApprovalResponse:

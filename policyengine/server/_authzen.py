@@ -43,13 +43,6 @@ class _ItemError(Exception):
         self.message = message
 
 
-def _entity(value: Any) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    dumped: dict[str, Any] = value.model_dump(exclude_none=True)
-    return dumped
-
-
 class AuthzenWire:
     """The three AuthZEN endpoints of one service, under ``prefix``."""
 
@@ -89,9 +82,10 @@ class AuthzenWire:
 
     def evaluation(self, req: _Request) -> _Reply:
         from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
-        r = _validate(_ONE_IN, _json_body(req))
+        data = _json_body(req)
+        r = _validate(_ONE_IN, data)
         try:
-            out = evaluate(self.service.engine, r, self._count)
+            out = _ONE_OUT.validate_python(evaluate(self.service.engine, data, self._count))
         except _ItemError as exc:
             raise _RefusalError(400, "invalid_request", exc.message) from None
         return _Reply(200, _ONE_OUT.dump_json(out), r.subject.id,
@@ -99,87 +93,90 @@ class AuthzenWire:
 
     def evaluations(self, req: _Request) -> _Reply:
         from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
-        r = _validate(_MANY_IN, _json_body(req))
+        data = _json_body(req)
+        _validate(_MANY_IN, data)
         try:
-            out = evaluate_batch(self.service.engine, r, self._count)
+            out = evaluate_batch(self.service.engine, data, self._count)
         except _ItemError as exc:
             raise _RefusalError(400, "invalid_request", exc.message) from None
-        if isinstance(out, m.AccessEvaluationResponse):  # no list: answered as one
-            return _Reply(200, _ONE_OUT.dump_json(out), None,
-                          "allowed" if out.decision else "denied")
-        body = _MANY_OUT.dump_json(out)
-        return _Reply(200, body, None, f"batch:{len(out.evaluations)}")
+        if "evaluations" not in out:  # no list: answered as one evaluation
+            one = _ONE_OUT.validate_python(out)
+            return _Reply(200, _ONE_OUT.dump_json(one), None,
+                          "allowed" if one.decision else "denied")
+        many = _MANY_OUT.validate_python(out)
+        return _Reply(200, _MANY_OUT.dump_json(many), None,
+                      f"batch:{len(many.evaluations)}")
 
     def _count(self, status: str) -> None:
         self.service.metrics.decision("authzen", status)
 
 
-def _complete(subject: dict[str, Any] | None, action: dict[str, Any] | None,
-              resource: dict[str, Any] | None
+def _complete(subject: Any, action: Any, resource: Any
               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    if not subject or "type" not in subject or "id" not in subject:
+    if not subject or subject.get("type") is None or subject.get("id") is None:
         raise _ItemError("subject needs a type and an id")
-    if not action or "name" not in action:
+    if not action or action.get("name") is None:
         raise _ItemError("action needs a name")
-    if not resource or "type" not in resource or "id" not in resource:
+    if not resource or resource.get("type") is None or resource.get("id") is None:
         raise _ItemError("resource needs a type and an id")
     return subject, action, resource
 
 
 def _decide(engine: pe.Engine, subject: dict[str, Any], action: dict[str, Any],
             resource: dict[str, Any], context: dict[str, Any] | None,
-            count: Callable[[str], None] | None) -> m.AccessEvaluationResponse:
-    ctx = dict(context or {})
-    clash = [k for k in _RESERVED if k in ctx]
-    if clash:
+            count: Callable[[str], None] | None) -> dict[str, Any]:
+    ctx = dict(context) if context else {}
+    if ctx and ("subject" in ctx or "resource" in ctx or "action" in ctx):
+        clash = [k for k in _RESERVED if k in ctx]
         raise _ItemError(f"context keys {clash} are reserved for the request's own "
                          "subject, resource and action")
     ctx["subject"], ctx["resource"], ctx["action"] = subject, resource, action
-    permission = f"{resource['type']}:{action['name']}"
-    d = engine.authorize(subject["id"], permission, ctx)
+    d = engine.authorize(subject["id"], f"{resource['type']}:{action['name']}", ctx)
     if count is not None:
         count(d.status)
-    return m.AccessEvaluationResponse.model_construct(
-        decision=d.status == "allowed",
-        context={"id": d.decision_id, "status": d.status, "reasonCode": d.code,
-                 "reason_admin": {"en": d.reason}})
+    return {"decision": d.status == "allowed",
+            "context": {"id": d.decision_id, "status": d.status, "reasonCode": d.code,
+                        "reason_admin": {"en": d.reason}}}
 
 
-def evaluate(engine: pe.Engine, request: m.AccessEvaluation,
-             count: Callable[[str], None] | None = None) -> m.AccessEvaluationResponse:
-    """One AuthZEN access evaluation, mapped onto ``engine.authorize``."""
-    return _decide(engine, _entity(request.subject) or {}, _entity(request.action) or {},
-                   _entity(request.resource) or {}, request.context, count)
+def evaluate(engine: pe.Engine, data: dict[str, Any],
+             count: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """One AuthZEN access evaluation (a body already validated as
+    :class:`AccessEvaluation`), mapped onto ``engine.authorize``; the response as a dict
+    of :class:`AccessEvaluationResponse`'s shape."""
+    return _decide(engine, data["subject"], data["action"], data["resource"],
+                   data.get("context"), count)
 
 
-def evaluate_batch(engine: pe.Engine, request: m.AccessEvaluations,
-                   count: Callable[[str], None] | None = None
-                   ) -> m.AccessEvaluationsResponse | m.AccessEvaluationResponse:
-    """``evaluations`` with their semantic; without a list, a single evaluation. An item
-    that cannot be evaluated is ``decision: false`` with ``context.code`` 400."""
-    top_s, top_a, top_r = (_entity(request.subject), _entity(request.action),
-                           _entity(request.resource))
-    if not request.evaluations:
-        return _decide(engine, *_complete(top_s, top_a, top_r), request.context, count)
-    semantic = request.options.evaluations_semantic if request.options else "execute_all"
-    results: list[m.AccessEvaluationResponse] = []
-    for item in request.evaluations:
-        context = item.context if item.context is not None else request.context
+def evaluate_batch(engine: pe.Engine, data: dict[str, Any],
+                   count: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``evaluations`` (a body already validated as :class:`AccessEvaluations`) with
+    their semantic; without a list, a single evaluation. An item that cannot be evaluated
+    is ``decision: false`` with ``context.code`` 400. Works on the validated dicts: the
+    models forbid extra fields, so they hold exactly what was checked."""
+    top_s, top_a, top_r = data.get("subject"), data.get("action"), data.get("resource")
+    top_ctx = data.get("context")
+    items = data.get("evaluations")
+    if not items:
+        return _decide(engine, *_complete(top_s, top_a, top_r), top_ctx, count)
+    options = data.get("options") or {}
+    semantic = options.get("evaluations_semantic") or "execute_all"
+    stop_on = {"deny_on_first_deny": False, "permit_on_first_permit": True}.get(semantic)
+    results: list[dict[str, Any]] = []
+    for item in items:
+        get = item.get
+        context = get("context")
         try:
-            s, a, res = _complete(
-                _entity(item.subject) if item.subject is not None else top_s,
-                _entity(item.action) if item.action is not None else top_a,
-                _entity(item.resource) if item.resource is not None else top_r)
-            out = _decide(engine, s, a, res, context, count)
+            s, a, res = _complete(get("subject") or top_s, get("action") or top_a,
+                                  get("resource") or top_r)
+            out = _decide(engine, s, a, res, top_ctx if context is None else context, count)
         except _ItemError as exc:
-            out = m.AccessEvaluationResponse.model_construct(
-                decision=False, context={"code": 400, "reason_admin": {"en": exc.message}})
+            out = {"decision": False, "context": {"code": 400,
+                                                  "reason_admin": {"en": exc.message}}}
         results.append(out)
-        if semantic == "deny_on_first_deny" and not out.decision:
+        if stop_on is not None and out["decision"] is stop_on:
             break
-        if semantic == "permit_on_first_permit" and out.decision:
-            break
-    return m.AccessEvaluationsResponse.model_construct(evaluations=results)
+    return {"evaluations": results}
 
 
 def run_authzen_case(engine: pe.Engine, case: dict[str, Any]) -> str | None:
@@ -189,10 +186,11 @@ def run_authzen_case(engine: pe.Engine, case: dict[str, Any]) -> str | None:
     context is not. None when it matches, else why not."""
     request, expect = case["request"], case["expect"]
     if "evaluations" in request:
-        batch = evaluate_batch(engine, _MANY_IN.validate_python(request))
-        got = ({"decision": batch.decision}
-               if isinstance(batch, m.AccessEvaluationResponse)
-               else {"evaluations": [{"decision": e.decision} for e in batch.evaluations]})
+        _MANY_IN.validate_python(request)
+        batch = evaluate_batch(engine, request)
+        got = ({"evaluations": [{"decision": e["decision"]} for e in batch["evaluations"]]}
+               if "evaluations" in batch else {"decision": batch["decision"]})
     else:
-        got = {"decision": evaluate(engine, _ONE_IN.validate_python(request)).decision}
+        _ONE_IN.validate_python(request)
+        got = {"decision": evaluate(engine, request)["decision"]}
     return None if got == expect else f"expected {expect}, got {got}"

@@ -41,6 +41,13 @@ def register(sub: Any) -> None:
                    help="seconds between policy file checks; 0 turns watching off")
     p.add_argument("--no-access-log", action="store_true")
     p.add_argument("--log-level", default="info")
+    for flag, what in (("--budget-store", "budgets: memory: (default; per worker), "
+                        "sqlite:///path, postgresql://..., redis://..."),
+                       ("--approvals", "approvals: memory: (default; per worker), "
+                        "postgresql://..., redis://..."),
+                       ("--revocations", "token revocations: memory: (default; per "
+                        "worker), postgresql://..., redis://...")):
+        p.add_argument(flag, metavar="URL", help=f"shared state for {what}")
     p.add_argument("--hash-secret", action="store_true",
                    help="read a secret from stdin, print its hash for a credentials file")
     p.set_defaults(func=run)
@@ -81,12 +88,14 @@ def run(args: argparse.Namespace) -> int:
         if args.hmac_key_file:
             with open(args.hmac_key_file, "rb") as fh:
                 hmac_key = fh.read().strip()
-        engine = pe.Engine.from_path(*args.paths, keys=keys, hmac_key=hmac_key)
+        engine = pe.Engine.from_path(*args.paths, keys=keys, hmac_key=hmac_key,
+                                     budget_store=args.budget_store,
+                                     approvals=args.approvals, revocations=args.revocations)
         credentials = Credentials.from_file(args.credentials) if args.credentials else None
     except pe.PolicyError as err:
         print(err.render(), file=sys.stderr)
         return 1
-    except (CredentialsError, pe.TokenError, OSError) as exc:
+    except (CredentialsError, pe.PolicyEngineError, OSError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 1
     config = ServiceConfig(issuer=args.issuer, max_body_bytes=args.max_body_bytes,

@@ -311,6 +311,10 @@ def load_hop(keys: KeySet, token: str) -> Hop:
     if not key.verify(parsed.signing_input, parsed.signature):
         raise _fail("bad_signature", "signature does not verify")
     hop = _hop_from_claims(parsed.claims)
+    if key.issuer is not None and hop.issuer != key.issuer:
+        # A key speaks only for its own issuer: issuer B's key cannot vouch for A.
+        raise _fail("issuer_key_mismatch", f"the token names issuer {hop.issuer!r} but is "
+                    f"signed with key {key.kid!r} of issuer {key.issuer!r}")
     _cache_put(keys._hops, token, hop)
     return hop
 
@@ -527,7 +531,16 @@ def _perm_list(permissions: object) -> list[str]:
 
 
 def _sign(keys: KeySet, claims: dict[str, Any]) -> str:
+    """Sign with the active key, or, when it belongs to another issuer, with a signing
+    key of the claims' issuer; a key never signs for an issuer it does not belong to."""
     key = keys.active_key
+    issuer = claims["iss"]
+    if key.issuer is not None and key.issuer != issuer:
+        own = next((k for k in keys if k.issuer == issuer and k.can_sign), None)
+        if own is None:
+            raise _fail("issuer_key_mismatch", f"no signing key of issuer {issuer!r} "
+                        f"(the active key {key.kid!r} belongs to {key.issuer!r})")
+        key = own
     header = {"alg": key.alg, "typ": TYP, "kid": key.kid}
     signing_input = f"{b64encode(encode_json(header))}.{b64encode(encode_json(claims))}"
     token = f"{signing_input}.{b64encode(key.sign(signing_input.encode('ascii')))}"

@@ -3,6 +3,11 @@
 Each key has exactly one algorithm; a token's ``alg`` must equal the algorithm of the key
 its ``kid`` names (RFC 8725 section 3.1), so a public key can never be used as an HMAC
 secret and ``none`` never verifies. Keys never come from a token header.
+
+A key may belong to an issuer (``Key.issuer``, the JWK member ``iss``): it then verifies
+only tokens whose ``iss`` is that issuer, and signs only for it, so one key set can hold
+several issuers' keys without one issuer speaking for another. A key set either binds
+every key or none (a set of unbound keys is one issuer's).
 """
 
 from __future__ import annotations
@@ -62,9 +67,10 @@ class Key:
     """One key with its ``kid`` and its single algorithm. ``private`` is None for a
     verification-only key. HS256 keys hold the secret bytes in both slots."""
 
-    __slots__ = ("_signer", "alg", "kid", "private", "public")
+    __slots__ = ("_signer", "alg", "issuer", "kid", "private", "public")
 
-    def __init__(self, alg: str, public: Any, private: Any = None, kid: str | None = None):
+    def __init__(self, alg: str, public: Any, private: Any = None, kid: str | None = None,
+                 issuer: str | None = None):
         if alg not in _SIGNERS:
             raise TokenError("unsupported_key", f"unsupported algorithm {alg!r}")
         self.alg = alg
@@ -79,6 +85,15 @@ class Key:
         if type(kid) is not str or not kid or len(kid) > 128:
             raise TokenError("invalid_key", "kid must be a non-empty string of <= 128 chars")
         self.kid = kid
+        if issuer is not None and (type(issuer) is not str or not issuer or len(issuer) > 256):
+            raise TokenError("invalid_key", "a key's issuer must be a non-empty string of "
+                             "<= 256 chars")
+        #: The issuer this key speaks for, or None (a key of a single-issuer set).
+        self.issuer = issuer
+
+    def bound_to(self, issuer: str | None) -> Key:
+        """This key, belonging to ``issuer`` (a new :class:`Key`; the same crypto)."""
+        return Key(self.alg, self.public, self.private, self.kid, issuer)
 
     @property
     def can_sign(self) -> bool:
@@ -124,6 +139,8 @@ class Key:
         """The JWK; ``private=True`` adds the private members (when this key has them)."""
         jwk: dict[str, str] = {**self.public_members(), "kid": self.kid, "alg": self.alg,
                                "use": "sig"}
+        if self.issuer is not None:
+            jwk["iss"] = self.issuer
         if self.alg == "HS256" and not private:
             raise TokenError("hmac_not_exportable", "an HS256 secret has no public form")
         if private and self.private is not None:
@@ -157,6 +174,9 @@ class Key:
         kid = jwk.get("kid")
         if kid is not None and type(kid) is not str:
             raise TokenError("invalid_key", "JWK kid must be a string")
+        iss = jwk.get("iss")
+        if iss is not None and (type(iss) is not str or not iss):
+            raise TokenError("invalid_key", "JWK iss must be a non-empty string")
         try:
             key = cls._from_jwk(kty, jwk, allow_hmac, kid)
         except TokenError:
@@ -168,7 +188,7 @@ class Key:
             raise TokenError(
                 "alg_key_mismatch", f"JWK alg {declared!r} does not fit a {kty} key ({key.alg})"
             )
-        return key
+        return key.bound_to(iss) if iss is not None else key
 
     @classmethod
     def _from_jwk(cls, kty: object, jwk: Mapping[str, Any], allow_hmac: bool,
@@ -273,6 +293,12 @@ class KeySet:
             if key.kid in self._keys:
                 raise TokenError("duplicate_kid", f"two keys share kid {key.kid!r}")
             self._keys[key.kid] = key
+        bound = {k.issuer is not None for k in self._keys.values()}
+        if len(bound) > 1:
+            # An unbound key would verify tokens of every issuer the bound keys serve.
+            unbound = [k.kid for k in self._keys.values() if k.issuer is None]
+            raise TokenError("unbound_key", f"key {unbound[0]!r} names no issuer, but other "
+                             "keys of the set do: give every key its issuer")
         if active is None:
             active = next((k.kid for k in self._keys.values() if k.can_sign), None)
         elif active not in self._keys or not self._keys[active].can_sign:
@@ -290,9 +316,25 @@ class KeySet:
         self._hops.clear()
 
     # -- construction -------------------------------------------------------------
+    def for_issuer(self, issuer: str | None) -> KeySet:
+        """Every key bound to ``issuer`` (a set of unbound keys: all of them); verifying
+        only against it is what :func:`verify` does per hop."""
+        keys = [k for k in self._keys.values() if k.issuer is None or k.issuer == issuer]
+        active = self._active if any(k.kid == self._active for k in keys) else None
+        return KeySet(keys, active=active)
+
+    def bound_to(self, issuer: str) -> KeySet:
+        """This set with every key belonging to ``issuer``."""
+        return KeySet([k.bound_to(issuer) for k in self._keys.values()], active=self._active)
+
+    @property
+    def issuers(self) -> frozenset[str]:
+        """The issuers the keys are bound to (empty for a set of unbound keys)."""
+        return frozenset(k.issuer for k in self._keys.values() if k.issuer is not None)
+
     @classmethod
     def generate(cls, alg: str = "EdDSA", *, kid: str | None = None,
-                 rsa_bits: int = 2048) -> KeySet:
+                 rsa_bits: int = 2048, issuer: str | None = None) -> KeySet:
         """A new key set holding one fresh key (``EdDSA``, ``ES256`` or ``RS256``)."""
         obj: Any
         if alg == "EdDSA":
@@ -307,18 +349,18 @@ class KeySet:
             raise TokenError("hmac_not_enabled", "use KeySet.hmac(secret, kid=...) for HS256")
         else:
             raise TokenError("unsupported_key", f"cannot generate {alg!r} keys")
-        return cls([_key_from_crypto(obj, kid)])
+        return cls([_key_from_crypto(obj, kid).bound_to(issuer)])
 
     @classmethod
-    def hmac(cls, secret: bytes, *, kid: str) -> KeySet:
+    def hmac(cls, secret: bytes, *, kid: str, issuer: str | None = None) -> KeySet:
         """An explicit HS256 key set (shared secret of at least 32 bytes)."""
         if type(secret) is not bytes:
             raise TokenError("invalid_key", "the HS256 secret must be bytes")
-        return cls([Key("HS256", secret, secret, kid)])
+        return cls([Key("HS256", secret, secret, kid, issuer)])
 
     @classmethod
     def load_pem(cls, data: bytes | str, *, kid: str | None = None,
-                 password: bytes | None = None) -> KeySet:
+                 password: bytes | None = None, issuer: str | None = None) -> KeySet:
         """Load one PEM key (PKCS#8 / traditional private key, or SubjectPublicKeyInfo)."""
         raw = data.encode("ascii") if isinstance(data, str) else data
         obj: Any
@@ -329,13 +371,15 @@ class KeySet:
                 obj = serialization.load_pem_public_key(raw)
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise TokenError("invalid_key", f"cannot read PEM key: {exc}") from None
-        return cls([_key_from_crypto(obj, kid)])
+        return cls([_key_from_crypto(obj, kid).bound_to(issuer)])
 
     @classmethod
     def load_jwks(cls, data: str | bytes | Mapping[str, Any], *, allow_hmac: bool = False,
-                  active: str | None = None) -> KeySet:
+                  active: str | None = None, issuer: str | None = None) -> KeySet:
         """Load a JWKS (``{"keys": [...]}``) as a dict or JSON text. The active signing
-        key is ``active`` or else the first key with private members."""
+        key is ``active`` or else the first key with private members. ``issuer`` binds
+        every key to that issuer (a key whose ``iss`` member names another is refused);
+        without it each key keeps its own ``iss`` member, if any."""
         if isinstance(data, (str, bytes)):
             try:
                 data = json.loads(data)
@@ -343,16 +387,23 @@ class KeySet:
                 raise TokenError("invalid_key", f"JWKS is not JSON: {exc}") from None
         if not isinstance(data, Mapping) or not isinstance(data.get("keys"), list):
             raise TokenError("invalid_key", 'a JWKS is an object with a "keys" array')
-        return cls([Key.from_jwk(j, allow_hmac=allow_hmac) for j in data["keys"]],
-                   active=active)
+        keys = [Key.from_jwk(j, allow_hmac=allow_hmac) for j in data["keys"]]
+        if issuer is not None:
+            for key in keys:
+                if key.issuer not in (None, issuer):
+                    raise TokenError("issuer_key_mismatch", f"key {key.kid!r} belongs to "
+                                     f"issuer {key.issuer!r}, not {issuer!r}")
+            keys = [k.bound_to(issuer) for k in keys]
+        return cls(keys, active=active)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, allow_hmac: bool = False) -> KeySet:
+    def from_file(cls, path: str | os.PathLike[str], *, allow_hmac: bool = False,
+                  issuer: str | None = None) -> KeySet:
         """Load a JWKS (``.json``) or PEM file."""
         raw = Path(path).read_bytes()
         if raw.lstrip().startswith(b"{"):
-            return cls.load_jwks(raw, allow_hmac=allow_hmac)
-        return cls.load_pem(raw)
+            return cls.load_jwks(raw, allow_hmac=allow_hmac, issuer=issuer)
+        return cls.load_pem(raw, issuer=issuer)
 
     # -- export -------------------------------------------------------------------
     def to_jwks(self, *, private: bool = True) -> dict[str, list[dict[str, str]]]:
@@ -396,12 +447,23 @@ class KeySet:
     # -- rotation -----------------------------------------------------------------
     def rotate(self, alg: str | None = None) -> KeySet:
         """A new set whose active key is fresh; every old key still verifies."""
-        fresh = KeySet.generate(alg or (self.active_key.alg if self._active else "EdDSA"))
+        current = self.active_key if self._active else None
+        fresh = KeySet.generate(alg or (current.alg if current else "EdDSA"),
+                                issuer=current.issuer if current else None)
         new = fresh.active_key
         return KeySet([new, *self._keys.values()], active=new.kid)
 
     def merge(self, other: KeySet) -> KeySet:
-        """Both sets' keys; this set's active key stays active."""
+        """Both sets' keys; this set's active key stays active.
+
+        Merging is how one verifier trusts several issuers, so every key of both sets
+        must name its issuer (``issuer=`` when loading or generating, or
+        :meth:`bound_to`): otherwise any key could sign for any issuer. To add a key to
+        one issuer's set, use :meth:`rotate` or build the set from its keys."""
+        for key in [*self._keys.values(), *other]:
+            if key.issuer is None:
+                raise TokenError("unbound_key", f"key {key.kid!r} names no issuer: bind each "
+                                 "set to its issuer (KeySet.bound_to) before merging")
         return KeySet([*self._keys.values(), *other], active=self._active)
 
     def without(self, kid: str) -> KeySet:
@@ -438,5 +500,6 @@ class KeySet:
         return kid in self._keys
 
     def __repr__(self) -> str:
-        algs = ", ".join(f"{k.kid[:8]}:{k.alg}" for k in self._keys.values())
+        algs = ", ".join(f"{k.kid[:8]}:{k.alg}" + (f"@{k.issuer}" if k.issuer else "")
+                         for k in self._keys.values())
         return f"KeySet([{algs}], active={self._active!r})"

@@ -344,3 +344,39 @@ def test_a_hold_released_by_a_clock_ahead_is_expired_for_a_clock_behind(
         assert info.value.code == "reservation_expired"
     (balance,) = behind.balances("bot")
     assert (balance.spent, balance.reserved) == (Decimal(1), Decimal(0))
+
+
+@pytest.mark.parametrize("kind", SHARED)
+def test_a_replayed_idempotency_key_returns_the_original_on_any_host(
+    kind: str, shared_stores: SharedStores
+) -> None:
+    first = _open(shared_stores, kind)
+    name = first.schema if isinstance(first, PostgresStore) else first.prefix
+    second = _open(shared_stores, kind, **({"schema": name} if kind == "postgres"
+                                           else {"prefix": name}))
+    host_a, _ = make_ledger(first, DAILY)
+    host_b, _ = make_ledger(second, DAILY)
+    r = host_a.reserve("bot", "payments:x", "30", "EUR", idempotency_key="r-1")
+    again = host_b.reserve("bot", "payments:x", "30", "EUR", idempotency_key="r-1")
+    assert again.id == r.id and again.to_wire() == r.to_wire()
+    done = host_b.commit(r.id, "25", idempotency_key="c-1")
+    assert host_a.commit(r.id, "25", idempotency_key="c-1").to_wire() == done.to_wire()
+    with pytest.raises(BudgetError) as info:
+        host_a.reserve("bot", "payments:x", "31", "EUR", idempotency_key="r-1")
+    assert info.value.code == "idempotency_mismatch"
+    (balance,) = host_b.balances("bot")
+    assert (balance.spent, balance.reserved) == (Decimal(25), Decimal(0))  # once
+
+
+@pytest.mark.parametrize(("flag", "code"), [("--budget-store", "invalid_store_url"),
+                                            ("--approvals", "approval_store_error"),
+                                            ("--revocations", "invalid_revocations")])
+def test_serve_takes_shared_state_urls_and_refuses_bad_ones(
+    flag: str, code: str, tmp_path: Path
+) -> None:
+    (tmp_path / "p.policy").write_text('role r: docs:*\nagent "bot": r\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "policyengine", "serve", str(tmp_path), flag, "mysql://db/x"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 1 and code in out.stderr, out.stderr

@@ -300,7 +300,7 @@ def test_files_must_agree_on_the_default_currency() -> None:
     with pytest.raises(PolicyError) as info:
         Engine.from_sources({"a.policy": "currency EUR\ndefault_currency EUR\n",
                              "b.policy": "namespace b\ncurrency EUR\ndefault_currency USD\n"})
-    assert [p.code for p in info.value.problems] == ["E133"]
+    assert [p.code for p in info.value.problems] == ["E134"]
     assert info.value.problems[0].file == "b.policy"
 
 

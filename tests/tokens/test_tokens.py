@@ -76,7 +76,7 @@ def test_hmac_is_opt_in_and_never_crosses_key_types(keys: KeySet) -> None:
     assert code_of(KeySet.load_jwks, jwks) == "hmac_not_enabled"
     assert KeySet.load_jwks(jwks, allow_hmac=True).kids == ("h1",)
     # an HS256 header naming an Ed25519 kid never verifies
-    both = keys.merge(hkeys)
+    both = keys.bound_to(ISS).merge(hkeys.bound_to(ISS))
     ed_token = root(keys)
     header = b64encode(json.dumps({"alg": "HS256", "typ": "delegation+jwt",
                                    "kid": keys.active_kid}).encode())

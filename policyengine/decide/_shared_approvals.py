@@ -1,0 +1,378 @@
+"""Approvals shared by every host: :class:`PostgresApprovalStore`, :class:`RedisApprovalStore`.
+
+An approval granted through one host unlocks the request on another, and a one-use
+approval is used once in all: ``consume`` is one atomic step on the server (a
+transaction holding the row lock in PostgreSQL, a Lua script in Redis). "Now" for
+``get``, ``list``, ``approve`` and ``reject`` is the server's clock
+(``clock_timestamp()``, ``TIME``), so hosts whose clocks disagree still agree on expiry;
+``consume`` uses the time of the decision, as the protocol says.
+
+Digests are compared in constant time: in Python after ``SELECT ... FOR UPDATE``
+(PostgreSQL), and in the script as SHA-1 digests of both sides (Redis), so the time taken
+says nothing about how much of a guess matched. A store fault raises
+``ApprovalError("approval_store_error")``; the engine never honours an approval then.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from policyengine.decide._approvals import Approval, ApprovalError
+
+__all__ = ["PostgresApprovalStore", "RedisApprovalStore", "approvals_from_url"]
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
+_COLUMNS = ("id, principal, permission, digest, rules, status, created_at, expires_at, "
+            "uses_left, decided_at, decided_by, note")
+
+
+def _store_error(exc: BaseException) -> ApprovalError:
+    return ApprovalError("approval_store_error", f"the approval store failed: {exc}")
+
+
+def _from_row(row: tuple[Any, ...] | list[Any]) -> Approval:
+    return Approval(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])), row[5],
+                    float(row[6]), float(row[7]), int(row[8]),
+                    None if row[9] is None else float(row[9]), row[10], row[11])
+
+
+def _refusal(item: Approval, approval_id: str) -> ApprovalError:
+    """The error ``approve`` / ``reject`` raise for a record that is not pending (as seen
+    now)."""
+    if item.status == "expired":
+        return ApprovalError("approval_expired", f"approval {approval_id} has expired")
+    return ApprovalError("approval_final", f"approval {approval_id} is already {item.status}")
+
+
+def _consume_refusal(item: Approval, approval_id: str) -> ApprovalError:
+    code = {"expired": "approval_expired", "pending": "approval_pending",
+            "rejected": "approval_rejected"}.get(item.status, "approval_used")
+    return ApprovalError(code, f"approval {approval_id} is {item.status}")
+
+
+class PostgresApprovalStore:
+    """Approvals in ``<schema>.approvals`` (created if missing), one connection per
+    process and thread."""
+
+    def __init__(self, url: str, *, schema: str = "policyengine",
+                 connect_timeout: float = 5.0) -> None:
+        if not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"schema must be a lower-case SQL name, not {schema!r}")
+        self.url = url
+        self.schema = schema
+        self.connect_timeout = connect_timeout
+        self._table = f'"{schema}".approvals'
+        self._local = threading.local()
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                         (f"policyengine.approvals.{schema}",))
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._table} (id text PRIMARY KEY, "
+                "principal text NOT NULL, permission text NOT NULL, digest text NOT NULL, "
+                "rules text NOT NULL, status text NOT NULL, created_at float8 NOT NULL, "
+                "expires_at float8 NOT NULL, uses_left integer NOT NULL, decided_at float8, "
+                "decided_by text, note text)")
+
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        """This thread's connection; a broken one is replaced on the next call."""
+        import psycopg
+        local = self._local
+        try:
+            conn = getattr(local, "conn", None)
+            if conn is None or conn.closed or getattr(local, "pid", 0) != os.getpid():
+                conn = local.conn = psycopg.connect(
+                    self.url, autocommit=True,
+                    connect_timeout=max(1, round(self.connect_timeout)))
+                local.pid = os.getpid()
+            yield conn
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.errors.UniqueViolation):
+                raise ApprovalError("duplicate_approval", "that approval id exists") from None
+            local.conn = None
+            raise _store_error(exc) from exc
+
+    def _now(self, conn: Any) -> float:
+        return float(conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8"
+                                  ).fetchone()[0])
+
+    def add(self, approval: Approval) -> None:
+        a = approval
+        with self._conn() as conn:
+            conn.execute(
+                f"INSERT INTO {self._table} ({_COLUMNS}) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (a.id, a.principal, a.permission, a.digest, json.dumps(list(a.rules)),
+                 a.status, a.created_at, a.expires_at, a.uses_left, a.decided_at,
+                 a.decided_by, a.note))
+
+    def _row(self, conn: Any, approval_id: str, lock: bool = False) -> Approval:
+        if type(approval_id) is not str:
+            raise ApprovalError("unknown_approval", "no such approval")
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM {self._table} WHERE id = %s"
+            + (" FOR UPDATE" if lock else ""), (approval_id,)).fetchone()
+        if row is None:
+            raise ApprovalError("unknown_approval", "no such approval")
+        return _from_row(row)
+
+    def get(self, approval_id: str) -> Approval:
+        with self._conn() as conn:
+            return self._row(conn, approval_id).at(self._now(conn))
+
+    def list(self, status: str | None = None) -> list[Approval]:
+        with self._conn() as conn:
+            now = self._now(conn)
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM {self._table} ORDER BY created_at"
+                                ).fetchall()
+        items = [_from_row(row).at(now) for row in rows]
+        return [i for i in items if status is None or i.status == status]
+
+    def _decide(self, approval_id: str, status: str, by: str | None, note: str | None
+                ) -> Approval:
+        with self._conn() as conn, conn.transaction():
+            item = self._row(conn, approval_id, lock=True)
+            now = self._now(conn)
+            if item.at(now).status != "pending":
+                raise _refusal(item.at(now), approval_id)
+            conn.execute(f"UPDATE {self._table} SET status = %s, decided_at = %s, "
+                         "decided_by = %s, note = %s WHERE id = %s",
+                         (status, now, by, note, approval_id))
+            return Approval(item.id, item.principal, item.permission, item.digest, item.rules,
+                            status, item.created_at, item.expires_at, item.uses_left, now, by,
+                            note)
+
+    def approve(self, approval_id: str, by: str | None = None, note: str | None = None
+                ) -> Approval:
+        return self._decide(approval_id, "approved", by, note)
+
+    def reject(self, approval_id: str, by: str | None = None, note: str | None = None
+               ) -> Approval:
+        return self._decide(approval_id, "rejected", by, note)
+
+    def consume(self, approval_id: str, digest: str, now: float) -> Approval:
+        with self._conn() as conn, conn.transaction():
+            item = self._row(conn, approval_id, lock=True)
+            if not hmac.compare_digest(item.digest.encode(), str(digest).encode()):
+                raise ApprovalError("approval_mismatch",
+                                    "the approval was granted for a different request")
+            seen = item.at(now)
+            if seen.status != "approved" or seen.uses_left < 1:
+                raise _consume_refusal(seen, approval_id)
+            left = item.uses_left - 1
+            status = "approved" if left else "used"
+            conn.execute(f"UPDATE {self._table} SET uses_left = %s, status = %s WHERE id = %s",
+                         (left, status, approval_id))
+            return Approval(item.id, item.principal, item.permission, item.digest, item.rules,
+                            status, item.created_at, item.expires_at, left, item.decided_at,
+                            item.decided_by, item.note)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+# Redis: one hash per approval (``<prefix>a:<id>``), the ids in a set (``<prefix>ids``).
+# Scripts return a JSON array: ["ok", fields...] or ["error", code].
+_FIELDS = ("id", "principal", "permission", "digest", "rules", "status", "created_at",
+           "expires_at", "uses_left", "decided_at", "decided_by", "note")
+_LUA_READ = """
+local function fields(k)
+  return redis.call('HMGET', k, 'id', 'principal', 'permission', 'digest', 'rules',
+                    'status', 'created_at', 'expires_at', 'uses_left', 'decided_at',
+                    'decided_by', 'note')
+end
+local t = redis.call('TIME')
+local server = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+_ADD = _LUA_READ + """
+local k = KEYS[1]
+if redis.call('EXISTS', k) == 1 then return cjson.encode({'error', 'duplicate_approval'}) end
+local a = cjson.decode(ARGV[1])
+redis.call('HSET', k, 'id', a[1], 'principal', a[2], 'permission', a[3], 'digest', a[4],
+           'rules', a[5], 'status', a[6], 'created_at', a[7], 'expires_at', a[8],
+           'uses_left', a[9])
+local keep = math.ceil(tonumber(a[8]) - server + tonumber(ARGV[2]))
+if keep < 1 then keep = 1 end
+redis.call('EXPIRE', k, keep)
+redis.call('SADD', KEYS[2], a[1])
+return cjson.encode({'ok'})
+"""
+_DECIDE = _LUA_READ + """
+local k = KEYS[1]
+local f = fields(k)
+if not f[1] then return cjson.encode({'error', 'unknown_approval'}) end
+local status = f[6]
+if (status == 'pending' or status == 'approved') and server >= tonumber(f[8]) then
+  return cjson.encode({'error', 'approval_expired'})
+end
+if status ~= 'pending' then return cjson.encode({'error', 'approval_final', status}) end
+local when = string.format('%.6f', server)
+redis.call('HSET', k, 'status', ARGV[1], 'decided_at', when)
+if ARGV[2] ~= '' then redis.call('HSET', k, 'decided_by', string.sub(ARGV[2], 2)) end
+if ARGV[3] ~= '' then redis.call('HSET', k, 'note', string.sub(ARGV[3], 2)) end
+return cjson.encode({'ok'})
+"""
+_CONSUME = _LUA_READ + """
+local k = KEYS[1]
+local f = fields(k)
+if not f[1] then return cjson.encode({'error', 'unknown_approval'}) end
+-- Compare digests of the digests: the time taken says nothing about a partial match.
+if redis.sha1hex(f[4]) ~= redis.sha1hex(ARGV[1]) then
+  return cjson.encode({'error', 'approval_mismatch'})
+end
+local status = f[6]
+if (status == 'pending' or status == 'approved') and tonumber(ARGV[2]) >= tonumber(f[8]) then
+  return cjson.encode({'error', 'approval_expired'})
+end
+if status == 'pending' then return cjson.encode({'error', 'approval_pending'}) end
+if status == 'rejected' then return cjson.encode({'error', 'approval_rejected'}) end
+local left = tonumber(f[9])
+if status ~= 'approved' or left < 1 then return cjson.encode({'error', 'approval_used'}) end
+left = left - 1
+if left == 0 then status = 'used' end
+redis.call('HSET', k, 'uses_left', left, 'status', status)
+return cjson.encode({'ok'})
+"""
+
+
+class RedisApprovalStore:
+    """Approvals in Redis under ``prefix``. A record is kept until ``keep_expired``
+    seconds after it expires. Redis without persistence forgets approvals on restart:
+    pending ones must then be asked for again (never an allow)."""
+
+    def __init__(self, url: str, *, prefix: str = "policyengine:approvals:",
+                 keep_expired: float = 86400.0, timeout: float = 5.0) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+        self.url = url
+        self.prefix = prefix
+        self.keep_expired = keep_expired
+        self._redis = redis.Redis.from_url(url, socket_timeout=timeout,
+                                           socket_connect_timeout=timeout,
+                                           decode_responses=True, retry=Retry(NoBackoff(), 0))
+        self._add = self._redis.register_script(_ADD)
+        self._decide_script = self._redis.register_script(_DECIDE)
+        self._consume = self._redis.register_script(_CONSUME)
+
+    def _key(self, approval_id: str) -> str:
+        if type(approval_id) is not str:
+            raise ApprovalError("unknown_approval", "no such approval")
+        return self.prefix + "a:" + approval_id
+
+    def _run(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
+        import redis
+        try:
+            result: list[Any] = json.loads(script(keys=keys, args=args))
+        except redis.RedisError as exc:
+            raise _store_error(exc) from exc
+        return result
+
+    def _call(self, name: str, *args: Any) -> Any:
+        import redis
+        try:
+            return getattr(self._redis, name)(*args)
+        except redis.RedisError as exc:
+            raise _store_error(exc) from exc
+
+    def _server_now(self) -> float:
+        seconds, micros = self._call("time")
+        return float(seconds) + float(micros) / 1e6
+
+    def _read(self, approval_id: str) -> Approval:
+        values = self._call("hmget", self._key(approval_id), list(_FIELDS))
+        if values[0] is None:
+            raise ApprovalError("unknown_approval", "no such approval")
+        return _from_row(values)
+
+    def add(self, approval: Approval) -> None:
+        a = approval
+        result = self._run(self._add, [self._key(a.id), self.prefix + "ids"], [json.dumps([
+            a.id, a.principal, a.permission, a.digest, json.dumps(list(a.rules)), a.status,
+            repr(a.created_at), repr(a.expires_at), a.uses_left]), repr(self.keep_expired)])
+        if result[0] != "ok":
+            raise ApprovalError(result[1], f"approval {a.id} exists")
+
+    def get(self, approval_id: str) -> Approval:
+        return self._read(approval_id).at(self._server_now())
+
+    def list(self, status: str | None = None) -> list[Approval]:
+        now = self._server_now()
+        ids = sorted(self._call("smembers", self.prefix + "ids"))
+        items: list[Approval] = []
+        gone: list[str] = []
+        for approval_id in ids:
+            try:
+                items.append(self._read(approval_id).at(now))
+            except ApprovalError as exc:
+                if exc.code != "unknown_approval":
+                    raise
+                gone.append(approval_id)  # expired away: forget its id
+        if gone:
+            self._call("srem", self.prefix + "ids", *gone)
+        items.sort(key=lambda i: i.created_at)
+        return [i for i in items if status is None or i.status == status]
+
+    def _decide(self, approval_id: str, status: str, by: str | None, note: str | None
+                ) -> Approval:
+        # ``by`` and ``note`` go with a leading "=" so that an empty string stays a value.
+        result = self._run(self._decide_script, [self._key(approval_id)],
+                           [status, "" if by is None else "=" + by,
+                            "" if note is None else "=" + note])
+        if result[0] != "ok":
+            code = result[1]
+            message = (f"approval {approval_id} is already {result[2]}"
+                       if code == "approval_final" else f"approval {approval_id}: {code}")
+            raise ApprovalError(code, message)
+        return self._read(approval_id)
+
+    def approve(self, approval_id: str, by: str | None = None, note: str | None = None
+                ) -> Approval:
+        return self._decide(approval_id, "approved", by, note)
+
+    def reject(self, approval_id: str, by: str | None = None, note: str | None = None
+               ) -> Approval:
+        return self._decide(approval_id, "rejected", by, note)
+
+    def consume(self, approval_id: str, digest: str, now: float) -> Approval:
+        result = self._run(self._consume, [self._key(approval_id)], [str(digest), repr(now)])
+        if result[0] != "ok":
+            raise ApprovalError(result[1], f"approval {approval_id} not honoured: {result[1]}")
+        return self._read(approval_id)
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def approvals_from_url(url: str, **options: Any) -> Any:
+    """The approval store ``url`` names: ``memory:``, ``postgresql://...?schema=...`` or
+    ``redis://...?prefix=...``. Raises ``ApprovalError("approval_store_error")`` for
+    another URL."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    from policyengine.decide._approvals import MemoryApprovalStore
+    scheme = url.split(":", 1)[0].lower() if isinstance(url, str) and ":" in url else ""
+    if scheme == "memory":
+        return MemoryApprovalStore()
+    if scheme not in ("postgresql", "postgres", "redis", "rediss"):
+        raise ApprovalError("approval_store_error", "an approval store URL is memory:, "
+                            "postgresql://... or redis://...")
+    parts = urlsplit(url)
+    mine = {k: v for k, v in parse_qsl(parts.query) if k in ("schema", "prefix")}
+    rest = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            if k not in ("schema", "prefix")]
+    plain = urlunsplit(parts._replace(query=urlencode(rest)))
+    if scheme.startswith("postgres"):
+        return PostgresApprovalStore(plain, **{**mine, **options})
+    return RedisApprovalStore(plain, **{**mine, **options})

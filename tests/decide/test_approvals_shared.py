@@ -1,0 +1,174 @@
+"""Approvals shared between hosts (PostgreSQL, Redis): the ApprovalStore contract, the
+same as the in-memory store; an approval granted through one host unlocks the request on
+another, once; racing hosts consume a one-use approval once; a store fault is never an
+allow."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from conftest import POSTGRES_URL, REDIS_URL, require_service, unique_name
+
+from policyengine import Approval, ApprovalError, MemoryApprovalStore
+from policyengine.decide import PostgresApprovalStore, RedisApprovalStore, approvals_from_url
+from policyengine.engine import Engine
+
+POLICY = """namespace pay
+currency EUR
+role payer: payments:*
+agent "bot": payer
+approval big: payments:* over 300 EUR
+"""
+BODY = {"amount": "400", "currency": "EUR", "to": "alice"}
+Opener = Callable[[], Any]
+
+
+@pytest.fixture(params=["memory", "postgres", "redis"])
+def opener(request: pytest.FixtureRequest) -> Iterator[Opener]:
+    """Opens store instances (one per simulated host) on one shared namespace."""
+    kind = request.param
+    opened: list[Any] = []
+    name = unique_name("apr")
+    shared_memory = MemoryApprovalStore()
+
+    def open_store() -> Any:
+        if kind == "memory":
+            return shared_memory
+        require_service(kind)
+        store = (approvals_from_url(f"{POSTGRES_URL}?schema={name}") if kind == "postgres"
+                 else approvals_from_url(f"{REDIS_URL}?prefix={name}:"))
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
+    if kind == "postgres":
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    elif kind == "redis":
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(match=f"{name}:*"):
+            client.delete(key)
+        client.close()
+
+
+def record(approval_id: str, *, expires_in: float = 600, uses: int = 1,
+           digest: str = "d" * 64) -> Approval:
+    now = time.time()
+    return Approval(approval_id, "bot", "payments:pay", digest, ("pay.big",), "pending",
+                    now, now + expires_in, uses)
+
+
+def code_of(call: Callable[[], object]) -> str:
+    with pytest.raises(ApprovalError) as info:
+        call()
+    return info.value.code
+
+
+def test_the_store_contract(opener: Opener) -> None:
+    store = opener()
+    store.add(record("apr_a"))
+    assert code_of(lambda: store.add(record("apr_a"))) == "duplicate_approval"
+    assert store.get("apr_a").status == "pending"
+    assert code_of(lambda: store.get("apr_nope")) == "unknown_approval"
+    assert code_of(lambda: store.consume("apr_nope", "d" * 64, time.time())) == \
+        "unknown_approval"
+    assert code_of(lambda: store.consume("apr_a", "e" * 64, time.time())) == \
+        "approval_mismatch"
+    assert code_of(lambda: store.consume("apr_a", "d" * 64, time.time())) == \
+        "approval_pending"
+    approved = store.approve("apr_a", by="alice", note="ok")
+    assert (approved.status, approved.decided_by, approved.note) == ("approved", "alice", "ok")
+    assert approved.decided_at is not None and abs(approved.decided_at - time.time()) < 5
+    assert code_of(lambda: store.approve("apr_a")) == "approval_final"
+    assert code_of(lambda: store.reject("apr_a")) == "approval_final"
+    assert code_of(lambda: store.consume("apr_a", "d" * 64, time.time() + 601)) == \
+        "approval_expired"
+    used = store.consume("apr_a", "d" * 64, time.time())
+    assert (used.status, used.uses_left) == ("used", 0)
+    assert code_of(lambda: store.consume("apr_a", "d" * 64, time.time())) == "approval_used"
+    store.add(record("apr_r"))
+    store.reject("apr_r", by="bob")
+    assert code_of(lambda: store.consume("apr_r", "d" * 64, time.time())) == \
+        "approval_rejected"
+    store.add(record("apr_old", expires_in=-1))
+    assert store.get("apr_old").status == "expired"
+    assert code_of(lambda: store.approve("apr_old")) == "approval_expired"
+    store.add(record("apr_two", uses=2))
+    store.approve("apr_two")
+    assert store.consume("apr_two", "d" * 64, time.time()).uses_left == 1
+    assert {i.id: i.status for i in store.list()} == {
+        "apr_a": "used", "apr_r": "rejected", "apr_old": "expired", "apr_two": "approved"}
+    assert [i.id for i in store.list("expired")] == ["apr_old"]
+
+
+def test_an_approval_granted_on_one_host_unlocks_the_request_on_another_once(
+    opener: Opener,
+) -> None:
+    host_a = Engine.from_source(POLICY, name="pay.policy", approvals=opener())
+    host_b = Engine.from_source(POLICY, name="pay.policy", approvals=opener())
+    pending = host_a.authorize("bot", "payments:transfer", dict(BODY))
+    assert pending.status == "pending_approval" and pending.approval_id
+    opener().approve(pending.approval_id, by="alice")  # a third host decides
+    allowed = host_b.authorize("bot", "payments:transfer", dict(BODY),
+                               approval_id=pending.approval_id)
+    assert allowed.status == "allowed"
+    again = host_a.authorize("bot", "payments:transfer", dict(BODY),
+                             approval_id=pending.approval_id)
+    assert again.status == "pending_approval"
+    assert again.diagnostics[0].code == "approval_used"
+    other = host_a.authorize("bot", "payments:transfer", {**BODY, "to": "mallory"},
+                             approval_id=pending.approval_id)
+    assert other.status == "pending_approval"
+    assert other.diagnostics[0].code in ("approval_mismatch", "approval_used")
+
+
+def test_racing_hosts_consume_a_one_use_approval_once(opener: Opener) -> None:
+    hosts = [Engine.from_source(POLICY, name="pay.policy", approvals=opener())
+             for _ in range(2)]
+    pending = hosts[0].authorize("bot", "payments:transfer", dict(BODY))
+    assert pending.approval_id
+    hosts[1].approvals.approve(pending.approval_id)
+    barrier = threading.Barrier(8)
+    statuses: list[str] = []
+
+    def go(engine: Engine) -> None:
+        barrier.wait()
+        statuses.append(engine.authorize("bot", "payments:transfer", dict(BODY),
+                                         approval_id=pending.approval_id).status)
+
+    threads = [threading.Thread(target=go, args=(hosts[i % 2],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == ["allowed"] + ["pending_approval"] * 7
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_an_unreachable_approval_store_is_never_an_allow(kind: str) -> None:
+    require_service(kind)
+    store: Any = (PostgresApprovalStore.__new__(PostgresApprovalStore) if kind == "postgres"
+                  else RedisApprovalStore("redis://127.0.0.1:1/0", timeout=1))
+    if kind == "postgres":  # skip creating the table: the server is not there
+        store.url, store.schema, store.connect_timeout = (
+            "postgresql://postgres@127.0.0.1:1/test", "x", 1.0)
+        store._table, store._local = '"x".approvals', threading.local()
+    engine = Engine.from_source(POLICY, name="pay.policy", approvals=store)
+    d = engine.authorize("bot", "payments:transfer", dict(BODY))
+    assert (d.status, d.code, d.approval_id) == ("denied", "approval_store_error", None)
+    d = engine.authorize("bot", "payments:transfer", dict(BODY), approval_id="apr_" + "0" * 32)
+    assert d.status == "pending_approval" or not d.allowed
+    assert code_of(lambda: store.get("apr_x")) == "approval_store_error"
+
+
+def test_approval_store_urls() -> None:
+    assert isinstance(approvals_from_url("memory:"), MemoryApprovalStore)
+    assert code_of(lambda: approvals_from_url("mysql://x/y")) == "approval_store_error"
