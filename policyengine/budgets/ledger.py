@@ -547,7 +547,22 @@ def _name(value: object, what: str, optional: bool = False) -> str | None:
         raise BudgetInputError(
             "invalid_subject", f"{what} must be a non-empty string of at most {_MAX_NAME} chars"
         )
+    if not _is_text(value):
+        raise BudgetInputError("invalid_subject", f"{what} is not valid Unicode text "
+                               "(it holds a lone surrogate)")
     return value
+
+
+def _is_text(value: str) -> bool:
+    """Can ``value`` be stored as UTF-8? (A lone surrogate cannot: every store would
+    raise UnicodeEncodeError.) ``isascii`` is O(1), so ASCII names cost nothing."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _ttl(ttl: object) -> float:
@@ -564,10 +579,11 @@ def _ttl(ttl: object) -> float:
 def _key(key: object) -> str | None:
     if key is None:
         return None
-    if type(key) is not str or not key or len(key) > _MAX_NAME:
+    if type(key) is not str or not key or len(key) > _MAX_NAME or not _is_text(key):
         raise BudgetInputError(
             "invalid_idempotency_key",
-            f"idempotency_key must be a non-empty string of at most {_MAX_NAME} chars",
+            f"idempotency_key must be a non-empty string of at most {_MAX_NAME} chars "
+            "of valid Unicode text",
         )
     return key
 
@@ -1102,7 +1118,8 @@ class Ledger:
             found = self._targets_cache.get(cache_key)
             if found is not None and found[1] <= now < found[2]:
                 return found
-        if type(principal) is not str or not principal or len(principal) > _MAX_NAME:
+        if (type(principal) is not str or not principal or len(principal) > _MAX_NAME
+                or not principal.isascii()):
             _name(principal, "principal")
         if acting_for is not None:
             _name(acting_for, "acting_for")
@@ -1110,6 +1127,9 @@ class Ledger:
             _name(tenant, "tenant")
         if type(permission) is not str:
             raise BudgetInputError("invalid_permission", "permission must be a string")
+        if currency is not None and type(currency) is not str:  # before it is hashed
+            raise BudgetInputError("unknown_unit", "the unit must be a currency code or "
+                                   f"unit name, not {type(currency).__name__}")
         unit, modes = self._modes(permission, currency, strict)
         lo, hi = -_INF, _INF
         targets: list[tuple[_Budget, int, str, int, int, Bucket | None]] = []
@@ -1285,8 +1305,8 @@ class Ledger:
 
     def _active(self, reservation_id: object, now: float, lenient: bool) -> ReservationRecord:
         """The live reservation, or the error its state calls for (lenient: final ok)."""
-        if type(reservation_id) is not str:
-            raise _unknown(reservation_id)
+        if type(reservation_id) is not str or not reservation_id.isascii():
+            raise _unknown(reservation_id)  # ids are ASCII: nothing else can be stored
         if not lenient and self._live is not None:
             # A shared store's local view, possibly stale: the store re-checks the
             # reservation inside the write, so this saves a round trip, never a check.

@@ -147,7 +147,10 @@ class MemoryStore:
             own: ReservationRecord | None = None
             if rid is not None:
                 stored = self._records.get(rid)
-                if stored is None or stored[_STATUS] != ACTIVE or stored[_EXPIRES] <= now:
+                # A frozen record is finished or was swept as expired; after the clock
+                # stepped back it can look active by its time, but its holds are gone.
+                if (stored is None or type(stored) is tuple or stored[_STATUS] != ACTIVE
+                        or stored[_EXPIRES] <= now):
                     return Outcome(False, "reservation",
                                    reservation=None if stored is None else _thawed(stored))
                 own = stored  # type: ignore[assignment]  # live: a ReservationRecord

@@ -12,6 +12,7 @@ table: the hot path is one dict lookup and a few closure calls.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ from policyengine.lang import ast
 from policyengine.lang._codegen import ConditionCodegen
 from policyengine.permissions import permission_matches, validate_permission
 
-__all__ = ["PLAN_CACHE_SIZE", "CompiledPolicy", "CompiledRule", "EvalError", "FileMoney",
-           "Plan", "Principal", "compile_policy"]
+__all__ = ["PLAN_CACHE_SIZE", "CompileCache", "CompiledPolicy", "CompiledRule", "EvalError",
+           "FileMoney", "Plan", "Principal", "compile_policy"]
 
 #: Entries kept in the per-(principal, permission) plan cache before it is reset.
 PLAN_CACHE_SIZE = 65536
@@ -214,8 +215,13 @@ def _expr_text(e: ast.Expr) -> str:
 
 
 def compile_policy(files: Sequence[ast.PolicyFile], *,
-                   rates: Mapping[str, Any] | None = None) -> CompiledPolicy:
+                   rates: Mapping[str, Any] | None = None,
+                   cache: CompileCache | None = None) -> CompiledPolicy:
     """Compile checked files into a :class:`CompiledPolicy`.
+
+    ``cache``: the rules compiled by the previous call, reused for every file that is the
+    same object (the parse cache hands back the same :class:`~policyengine.lang.ast.
+    PolicyFile` for unchanged text) with the same money (base currency and rates).
 
     ``rates`` maps a file name to the :class:`~policyengine.money.RateSource` built from
     that file's ``rate`` / ``rates`` statements (see :func:`policyengine.engine.build_rates`).
@@ -265,24 +271,18 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
     for name, patterns in roles.items():
         add(CompiledRule(f"role:{name}", "permit", "role", patterns, frozenset({name}),
                          frozenset(), None, ()))
-    # Every condition of the policy set becomes one lambda in one generated module:
-    # a single compile() instead of one per rule.
-    pending: list[tuple[CompiledRule, str]] = []
-    consts: dict[str, Any] = {}
-
     for f in files:
         fm = money[f.name]
-        for st in f.statements:
-            if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
-                rule, source, rule_consts = _compile_rule(st, f.namespace, fm, f"_r{order}_")
-                add(rule)
-                if source is not None:
-                    pending.append((rule, source))
-                    consts.update(rule_consts)
-    if pending:
-        tests = build_many([src for _, src in pending], consts)
-        for (rule, _), test in zip(pending, tests, strict=True):
-            rule.test = test
+        key = _money_key(fm)
+        compiled = cache.lookup(f, key) if cache is not None else None
+        if compiled is None:
+            compiled = _compile_file_rules(f, fm)
+        if cache is not None:
+            cache.keep(f, key, compiled)
+        for rule in compiled:
+            add(copy.copy(rule))  # its own order; the cached one stays as it is
+    if cache is not None:
+        cache.done()
     from policyengine.tools._egress import compile_tools
     budgets, budget_files = _budget_specs(files)
     policy = CompiledPolicy(tuple(rules), principals, money, tz, tools=compile_tools(files),
@@ -292,6 +292,69 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
                                           for bid, name in budget_files.items()})
     policy.index()
     return policy
+
+
+def _compile_file_rules(f: ast.PolicyFile, fm: FileMoney) -> tuple[CompiledRule, ...]:
+    """One file's rules with their tests: every condition of the file becomes one lambda
+    in one generated module (a single compile() per file, not one per rule)."""
+    rules: list[CompiledRule] = []
+    pending: list[tuple[CompiledRule, str]] = []
+    consts: dict[str, Any] = {}
+    for st in f.statements:
+        if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
+            rule, source, rule_consts = _compile_rule(st, f.namespace, fm, f"_r{len(rules)}_")
+            rules.append(rule)
+            if source is not None:
+                pending.append((rule, source))
+                consts.update(rule_consts)
+    if pending:
+        tests = build_many([src for _, src in pending], consts)
+        for (rule, _), test in zip(pending, tests, strict=True):
+            rule.test = test
+    return tuple(rules)
+
+
+def _money_key(fm: FileMoney) -> tuple[Any, ...] | None:
+    """What a file's compiled money literals depend on, or None when that cannot be told
+    from the outside (a rate source other than a plain table: ask it again)."""
+    from policyengine.money._rates import StaticRates
+    rates = fm.rates
+    if rates is None:
+        return (fm.base, fm.default, None)
+    if type(rates) is not StaticRates:
+        return None
+    as_of = rates.as_of
+    table = tuple(sorted((code, rates.rate(code, rates.base, as_of)) for code in rates.codes))
+    return (fm.base, fm.default, rates.base, as_of, rates.max_age, table)
+
+
+class CompileCache:
+    """Per file, the rules compiled last time, for ``Engine.reload``.
+
+    Keyed by the parsed file object itself (unchanged text parses to the same object, see
+    :class:`~policyengine.lang.ParseCache`) and by what its money literals were converted
+    with. Holds only the files of the latest compile. Not thread-safe: one per engine,
+    used under the engine's reload.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[ast.PolicyFile, Any, tuple[CompiledRule, ...]]] = {}
+        self._next: dict[int, tuple[ast.PolicyFile, Any, tuple[CompiledRule, ...]]] = {}
+        self.hits = 0
+
+    def lookup(self, f: ast.PolicyFile, key: Any) -> tuple[CompiledRule, ...] | None:
+        entry = self._entries.get(id(f))
+        if key is None or entry is None or entry[0] is not f or entry[1] != key:
+            return None
+        self.hits += 1
+        return entry[2]
+
+    def keep(self, f: ast.PolicyFile, key: Any, rules: tuple[CompiledRule, ...]) -> None:
+        if key is not None:
+            self._next[id(f)] = (f, key, rules)
+
+    def done(self) -> None:
+        self._entries, self._next = self._next, {}
 
 
 def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[tuple[Any, ...], dict[str, str]]:

@@ -66,8 +66,8 @@ class RequestState:
         if parsed is None:
             try:
                 parsed = (parse_request_money(self.context, self.default),)
-            except EvalError as exc:
-                parsed = exc
+            except Exception as exc:  # a hostile context object: an error, never a raise
+                parsed = _error(exc)
             self._parsed = parsed
         if type(parsed) is EvalError:
             raise parsed
@@ -86,8 +86,8 @@ class RequestState:
                 if parsed is None:
                     raise EvalError("missing_amount", "the request has no context.amount")
                 a = to_base(parsed[0], parsed[1], money, self.now)
-            except EvalError as exc:
-                a = exc
+            except Exception as exc:  # a hostile context object: an error, never a raise
+                a = _error(exc)
             self._converted[money.file] = a
         if type(a) is EvalError:
             raise a
@@ -104,10 +104,11 @@ def parse_request_money(context: dict[str, Any], default: str | None
                         ) -> tuple[Decimal, str] | None:
     """``context.amount`` and its currency (``context.currency``, else ``default``), parsed
     strictly; None without an amount. Raises :class:`EvalError` with a code."""
-    raw = context.get("amount")
+    # dict.get, not context.get: a dict subclass's own get() is not called
+    raw = dict.get(context, "amount")
     if raw is None:
         return None
-    currency = context.get("currency")
+    currency = dict.get(context, "currency")
     if currency is None:
         currency = default
         if currency is None:

@@ -272,15 +272,17 @@ class Pipeline:
         """Would this request fit every budget covering it? Read-only (spend is
         reserved or recorded through ``engine.budgets``). Returns (denied facts or None,
         the refusing or tightest budget)."""
-        tenant = context.get("tenant")
+        get = dict.get  # a dict subclass's own get() is not called
+        tenant = get(context, "tenant")
         if tenant is not None and type(tenant) is not str:
             tenant = None
         try:
             money = req.money()
+            tokens = get(context, "tokens")
             if money is not None:
                 amount, unit = money
-            elif context.get("tokens") is not None:
-                amount, unit = context["tokens"], "tokens"
+            elif tokens is not None:
+                amount, unit = tokens, "tokens"
             else:
                 amount, unit = None, None
             check = self.ledger.admit(principal, permission, amount, unit,

@@ -31,8 +31,8 @@ from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, Unex
 from policyengine.lang import ast
 from policyengine.lang._source import PolicyError, Problem, SourceSet
 
-__all__ = ["MAX_NESTING", "MAX_PROBLEMS", "MAX_SOURCE_BYTES", "STATEMENT_KEYWORDS", "parse",
-           "parse_many"]
+__all__ = ["MAX_NESTING", "MAX_PROBLEMS", "MAX_SOURCE_BYTES", "STATEMENT_KEYWORDS", "ParseCache",
+           "parse", "parse_many"]
 
 #: Largest policy file accepted (bytes). Bigger input is refused before parsing.
 MAX_SOURCE_BYTES = 1 << 20
@@ -185,7 +185,8 @@ def parse(text: str | bytes, name: str = "<policy>") -> ast.PolicyFile:
     return result
 
 
-def parse_many(files: list[tuple[str, str | bytes]], sources: SourceSet
+def parse_many(files: list[tuple[str, str | bytes]], sources: SourceSet,
+               cache: ParseCache | None = None
                ) -> tuple[list[ast.PolicyFile], list[Problem]]:
     """Parse several files, collecting every problem instead of stopping at the first.
 
@@ -196,11 +197,56 @@ def parse_many(files: list[tuple[str, str | bytes]], sources: SourceSet
     parsed: list[ast.PolicyFile] = []
     problems: list[Problem] = []
     for name, text in files:
-        result, probs = _parse_file(text, name, sources)
+        key = _content_key(name, text) if cache is not None else None
+        result = cache.lookup(key) if cache is not None and key is not None else None
+        if result is not None:
+            decoded, _ = _decode(text, name, sources)
+            sources.add(name, decoded or "")
+            probs: list[Problem] = []
+        else:
+            result, probs = _parse_file(text, name, sources)
+        if cache is not None and key is not None and result is not None and not probs:
+            cache.keep(key, result)
         problems.extend(probs)
         if result is not None:
             parsed.append(result)
+    if cache is not None:
+        cache.done()
     return parsed, problems
+
+
+def _content_key(name: str, data: str | bytes) -> tuple[str, bytes] | None:
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    elif not isinstance(data, bytes):
+        return None
+    return name, hashlib.sha256(data).digest()
+
+
+class ParseCache:
+    """The files parsed last time, by name and SHA-256 of their content, for
+    ``Engine.reload``: a file whose bytes did not change is not parsed again, and the
+    same :class:`~policyengine.lang.ast.PolicyFile` object comes back (so that later
+    stages can reuse their own results for it). Only files that parsed without a problem
+    are kept, and only those of the latest call. One per engine; not thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[tuple[str, bytes], ast.PolicyFile] = {}
+        self._next: dict[tuple[str, bytes], ast.PolicyFile] = {}
+        self.hits = 0
+
+    def lookup(self, key: tuple[str, bytes]) -> ast.PolicyFile | None:
+        found = self._files.get(key)
+        if found is not None:
+            self.hits += 1
+        return found
+
+    def keep(self, key: tuple[str, bytes], parsed: ast.PolicyFile) -> None:
+        self._next[key] = parsed
+
+    def done(self) -> None:
+        self._files, self._next = self._next, {}
 
 
 # ---- file level ----------------------------------------------------------------------

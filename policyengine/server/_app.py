@@ -106,7 +106,7 @@ class _Route:
     request: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     summary: str = ""
-    security: str | None = None  # agent | admin | delegated | None
+    security: str | None = None  # agent | admin | delegated | authzen | None
     content_type: str = "application/json"
 
 

@@ -53,16 +53,17 @@ class AuthzenWire:
     def routes(self) -> list[_Route]:
         from policyengine.server._app import _Route
         p = self.prefix
+        guarded = "authzen" if self.service.credentials.has_authzen_clients else None
         return [
             _Route("authzen_configuration", "GET", f"{p}/.well-known/authzen-configuration",
                    self.configuration, None, m.AuthzenConfiguration,
                    "AuthZEN PDP metadata"),
             _Route("authzen_evaluation", "POST", f"{p}/access/v1/evaluation", self.evaluation,
                    m.AccessEvaluation, m.AccessEvaluationResponse,
-                   "AuthZEN access evaluation"),
+                   "AuthZEN access evaluation", guarded),
             _Route("authzen_evaluations", "POST", f"{p}/access/v1/evaluations",
                    self.evaluations, m.AccessEvaluations, m.AccessEvaluationsResponse,
-                   "AuthZEN batch access evaluations"),
+                   "AuthZEN batch access evaluations", guarded),
         ]
 
     # ------------------------------------------------------------------ endpoints
@@ -80,8 +81,24 @@ class AuthzenWire:
         safe = all(c.isalnum() or c in ".-:[]" for c in host) and host
         return f"http://{host if safe else 'localhost'}"
 
+    def _pep(self, req: _Request) -> str | None:
+        """The AuthZEN client asking, when clients are configured (else None: open)."""
+        from policyengine.server._app import _RefusalError
+        credentials = self.service.credentials
+        if not credentials.has_authzen_clients:
+            return None
+        raw = req.headers.get(b"authorization", b"").decode("latin-1").strip()
+        if raw[:7].lower() == "bearer ":
+            raw = raw[7:].strip()
+        name = credentials.check_authzen_client(raw) if raw else None
+        if name is None:
+            raise _RefusalError(401, "unauthorized", "an AuthZEN client key is required",
+                                ((b"www-authenticate", b'Bearer realm="authzen"'),))
+        return name
+
     def evaluation(self, req: _Request) -> _Reply:
         from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+        self._pep(req)
         data = _json_body(req)
         r = _validate(_ONE_IN, data)
         try:
@@ -93,6 +110,7 @@ class AuthzenWire:
 
     def evaluations(self, req: _Request) -> _Reply:
         from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+        self._pep(req)
         data = _json_body(req)
         _validate(_MANY_IN, data)
         try:

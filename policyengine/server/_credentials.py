@@ -5,13 +5,17 @@ A credentials file is JSON::
     {"agents": [{"clientId": "key_travel", "secretHash": "scrypt$...",
                  "agent": "travel-agent", "permissions": ["flights:*"],
                  "ingestKeyHash": "scrypt$..."}],
-     "admins": [{"name": "ops", "secretHash": "scrypt$..."}]}
+     "admins": [{"name": "ops", "secretHash": "scrypt$..."}],
+     "authzenClients": [{"name": "todo-backend", "secretHash": "scrypt$..."}]}
 
 Only hashes are stored (scrypt, RFC 7914, with a random salt per secret; make one with
 ``policyengine serve --hash-secret``). Checks compare in constant time and spend the same
 work on an unknown client id as on a known one, so timing does not tell which ids exist.
 ``permissions`` are what the agent's access token carries for the SDK's *local*
 ``has_permission`` hint; every request is still decided by the policy.
+``authzenClients`` are the PEPs allowed to ask AuthZEN questions (their key as the
+``Authorization`` header, bare or after ``Bearer``); without any, the AuthZEN routes are
+open to whoever reaches the port.
 """
 
 from __future__ import annotations
@@ -112,11 +116,13 @@ class Credentials:
     """Agents and admins loaded from a credentials file (or built in code)."""
 
     def __init__(self, agents: tuple[AgentCredential, ...] = (),
-                 admins: Mapping[str, str] | None = None) -> None:
+                 admins: Mapping[str, str] | None = None,
+                 authzen_clients: Mapping[str, str] | None = None) -> None:
         self._agents = {a.client_id: a for a in agents}
         if len(self._agents) != len(agents):
             raise CredentialsError("two agents share a clientId")
         self._admins = dict(admins or {})
+        self._authzen = dict(authzen_clients or {})
         self._ingest = tuple(a for a in agents if a.ingest_key_hash is not None)
         # Verified admin headers and ingest keys, by SHA-256 of the presented secret, for
         # a minute: a console polling approvals does not pay scrypt on every call.
@@ -133,9 +139,9 @@ class Credentials:
 
     @classmethod
     def from_dict(cls, data: Any) -> Credentials:
-        if not isinstance(data, dict) or set(data) - {"agents", "admins"}:
-            raise CredentialsError("a credentials file is an object with 'agents' and "
-                                   "'admins' lists")
+        if not isinstance(data, dict) or set(data) - {"agents", "admins", "authzenClients"}:
+            raise CredentialsError("a credentials file is an object with 'agents', "
+                                   "'admins' and 'authzenClients' lists")
         agents = []
         for item in data.get("agents", []):
             if not isinstance(item, dict) or not {"clientId", "secretHash", "agent"} <= set(
@@ -154,14 +160,16 @@ class Credentials:
                 _parse_hash(item["ingestKeyHash"])
             agents.append(AgentCredential(item["clientId"], item["secretHash"], item["agent"],
                                           tuple(perms), item.get("ingestKeyHash")))
-        admins: dict[str, str] = {}
-        for item in data.get("admins", []):
-            if not isinstance(item, dict) or set(item) != {"name", "secretHash"} or type(
-                    item["name"]) is not str:
-                raise CredentialsError("an admin is {\"name\", \"secretHash\"}")
-            _parse_hash(item["secretHash"])
-            admins[item["name"]] = item["secretHash"]
-        return cls(tuple(agents), admins)
+        named: dict[str, dict[str, str]] = {"admins": {}, "authzenClients": {}}
+        for kind, table in named.items():
+            for item in data.get(kind, []):
+                if not isinstance(item, dict) or set(item) != {"name", "secretHash"} or type(
+                        item["name"]) is not str:
+                    raise CredentialsError(f"an entry of {kind} is "
+                                           "{\"name\", \"secretHash\"}")
+                _parse_hash(item["secretHash"])
+                table[item["name"]] = item["secretHash"]
+        return cls(tuple(agents), named["admins"], named["authzenClients"])
 
     def check_client(self, client_id: str, secret: str) -> AgentCredential | None:
         """The agent whose client credentials these are, or None (same work either way)."""
@@ -208,6 +216,24 @@ class Credentials:
         if found is not None:
             self._remember(presented, found)
         return found
+
+    def check_authzen_client(self, key: str) -> str | None:
+        """The name of the AuthZEN client (PEP) whose key this is, or None."""
+        presented = f"authzen\0{key}".encode("utf-8", "surrogatepass")
+        hit = self._recall(presented)
+        if hit is not None:
+            return hit
+        found = None
+        for name, stored in self._authzen.items():  # every entry: no early exit
+            if verify_secret(key, stored) and found is None:
+                found = name
+        if found is not None:
+            self._remember(presented, found)
+        return found
+
+    @property
+    def has_authzen_clients(self) -> bool:
+        return bool(self._authzen)
 
     @property
     def has_admins(self) -> bool:

@@ -157,3 +157,26 @@ def test_the_mapping_reaches_context_and_money_stays_exact() -> None:
         assert not pay("100.0000000000000001")  # a float reads 100.0: under the cap
         assert not pay("100.01")
         assert not pay("5", tenant="t2")
+
+
+def test_authzen_clients_when_configured_are_required() -> None:
+    from policyengine.server import Credentials, hash_secret
+    engine = pe.Engine.from_path(str(REPO / "policies" / "authzen-todo"))
+    creds = Credentials.from_dict({"authzenClients": [
+        {"name": "todo-backend", "secretHash": hash_secret("pdp-key")}]})
+    app = create_app(engine, credentials=creds, config=ServiceConfig(access_log=False))
+    body = {"subject": {"type": "user", "id": RICK}, "action": {"name": "can_read_todos"},
+            "resource": {"type": "todo", "id": "1"}}
+    with serving(app) as port:
+        url = f"http://127.0.0.1:{port}/access/v1/evaluation"
+        for headers in ({}, {"Authorization": "wrong"}, {"Authorization": "Bearer wrong"}):
+            r = httpx.post(url, json=body, headers=headers)
+            assert r.status_code == 401 and r.json()["allowed"] is False
+        for value in ("pdp-key", "Bearer pdp-key"):  # bare, as the interop PEP sends it
+            r = httpx.post(url, json=body, headers={"Authorization": value})
+            assert r.status_code == 200 and r.json()["decision"] is True
+        r = httpx.post(f"http://127.0.0.1:{port}/access/v1/evaluations",
+                       json={**body, "evaluations": [{}]})
+        assert r.status_code == 401
+    assert app.openapi["paths"]["/access/v1/evaluation"]["post"]["security"] == [
+        {"bearer": []}]

@@ -1,0 +1,99 @@
+"""``reload()`` reuses the parse and the compiled rules of unchanged files, and still runs
+every check across files: a reload decides exactly as a fresh engine on the same files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from policyengine import Engine, PolicyError
+
+
+def write_set(root: Path, n: int) -> None:
+    for k in range(n):
+        (root / f"f{k}.policy").write_text(
+            f"namespace ns{k}\nrole r{k}: a{k}:*\nagent \"bot{k}\": r{k}\n"
+            f"forbid big{k}: a{k}:pay when context.n > {k}\n")
+
+
+def test_reload_parses_and_compiles_only_the_changed_file(tmp_path: Path) -> None:
+    write_set(tmp_path, 5)
+    engine = Engine.from_path(tmp_path)
+    before = engine.policy
+    (tmp_path / "f2.policy").write_text(
+        "namespace ns2\nrole r2: a2:*\nagent \"bot2\": r2\nforbid big2: a2:pay when "
+        "context.n > 100\n")
+    engine.reload()
+    after = engine.policy
+    # Unchanged text parses to the very same file object; its rules keep their tests.
+    assert [a is b for a, b in zip(before.files, after.files, strict=True)] == [
+        True, True, False, True, True]
+    old_tests = {r.qid: r.test for r in before.rules}
+    for rule in after.rules:
+        if rule.kind == "rule":
+            assert (rule.test is old_tests[rule.qid]) == (rule.qid != "ns2.big2")
+    # The change took effect, the unchanged files decide as before.
+    assert engine.authorize("bot2", "a2:pay", {"n": 50}).allowed
+    assert not engine.authorize("bot3", "a3:pay", {"n": 50}).allowed
+    assert engine.authorize("bot3", "a3:pay", {"n": 1}).allowed
+
+
+def test_a_reload_decides_like_a_fresh_engine(tmp_path: Path) -> None:
+    write_set(tmp_path, 4)
+    engine = Engine.from_path(tmp_path)
+    (tmp_path / "f1.policy").write_text("namespace ns1\nrole r1: a1:read\nagent \"bot1\": r1\n")
+    engine.reload()
+    fresh = Engine.from_path(tmp_path)
+    for k in range(4):
+        for perm in (f"a{k}:pay", f"a{k}:read", f"a{k}:write"):
+            for n in (0, 2, 9):
+                got = engine.authorize(f"bot{k}", perm, {"n": n})
+                want = fresh.authorize(f"bot{k}", perm, {"n": n})
+                assert (got.status, got.code, got.rules) == (want.status, want.code,
+                                                             want.rules), (k, perm, n)
+    assert [r.qid for r in engine.policy.rules] == [r.qid for r in fresh.policy.rules]
+    assert [r.order for r in engine.policy.rules] == list(range(len(engine.policy.rules)))
+
+
+def test_checks_across_files_still_run_on_reload(tmp_path: Path) -> None:
+    (tmp_path / "roles.policy").write_text("role travel: flights:*\n")
+    (tmp_path / "agents.policy").write_text('agent "bot": travel\n')
+    engine = Engine.from_path(tmp_path)
+    (tmp_path / "roles.policy").write_text("role travel2: flights:*\n")
+    with pytest.raises(PolicyError) as info:
+        engine.reload()  # agents.policy did not change, but its role is gone
+    assert info.value.code == "E103"
+    assert info.value.file is not None and info.value.file.endswith("agents.policy")
+    assert engine.authorize("bot", "flights:book").allowed  # the old policy stays
+
+
+def test_a_changed_rates_file_recompiles_an_unchanged_policy(tmp_path: Path) -> None:
+    def rates(usd: str) -> None:
+        (tmp_path / "fx.json").write_text(json.dumps(
+            {"base": "EUR", "as_of": "2026-01-01T00:00:00Z", "rates": {"USD": usd}}))
+
+    rates("0.5")
+    (tmp_path / "pay.policy").write_text(
+        'currency EUR\nrates "fx.json"\nrole p: pay:*\nagent "bot": p\n'
+        "limit cap: pay:send amount <= 100 USD\n")
+    engine = Engine.from_path(tmp_path / "pay.policy")
+    assert engine.policy.rules[-1].amount_limit == 50
+    rates("2")
+    before = engine.policy
+    engine.reload()
+    assert engine.policy.files[0] is before.files[0]  # same text: not parsed again
+    assert engine.policy.rules[-1].amount_limit == 200  # but compiled with the new rate
+
+
+def test_renaming_a_file_is_a_new_file(tmp_path: Path) -> None:
+    write_set(tmp_path, 2)
+    engine = Engine.from_path(tmp_path)
+    before = engine.policy
+    (tmp_path / "f1.policy").rename(tmp_path / "g1.policy")
+    engine.reload()
+    assert engine.policy.files[0] is before.files[0]
+    assert engine.policy.files[1] is not before.files[1]
+    assert engine.authorize("bot1", "a1:read").allowed
+    assert engine.policy.rules[-1].span.file.endswith("g1.policy")
