@@ -1,41 +1,133 @@
 """``policyengine`` command line: check, fmt, eval, explain, test, token.
 
 Exit codes: 0 success, 1 a finding (policy errors, a denied decision with ``--exit-code``,
-failed fixtures, unformatted files with ``--check``), 2 bad usage.
+failed fixtures, unformatted files with ``--check``, warnings with ``--werror``), 2 bad
+usage (a missing or malformed option). A closed output pipe (``| head``) ends the
+command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from policyengine.lang._source import PolicyError
+from policyengine.errors import PolicyEngineError
+from policyengine.lang._source import PolicyError, Problem
 
 __all__ = ["main"]
 
 
-def _load(paths: Sequence[str], budget_store: str | None = None) -> Any:
+class UsageError(PolicyEngineError):
+    """``usage_error``: a missing or malformed command-line option (exit status 2, no
+    decision)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("usage_error", message)
+
+
+def _hmac_key(value: str | None) -> bytes | None:
+    """``--hmac-key``: ``@FILE`` (raw bytes), ``hex:...``, ``base64:...`` or text."""
+    if value is None:
+        return None
+    try:
+        if value.startswith("@"):
+            return Path(value[1:]).read_bytes()
+        if value.startswith("hex:"):
+            return bytes.fromhex(value[4:])
+        if value.startswith("base64:"):
+            return base64.b64decode(value[7:], validate=True)
+    except (OSError, ValueError, binascii.Error) as exc:
+        raise UsageError(f"--hmac-key: {exc}") from None
+    return value.encode("utf-8")
+
+
+def _now(value: str | None) -> float | None:
+    """``--now``: RFC 3339 (``2026-01-01T00:00:00Z``) or POSIX seconds."""
+    if value is None:
+        return None
+    from policyengine.conformance import parse_now
+    try:
+        return float(value) if value.replace(".", "", 1).isdigit() else parse_now(value)
+    except ValueError as exc:
+        raise UsageError(f"--now: {exc} (give RFC 3339 like 2026-01-01T00:00:00Z, or "
+                         "POSIX seconds)") from None
+
+
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Engine options from the flags every deciding command shares."""
+    options: dict[str, Any] = {}
+    key = _hmac_key(getattr(args, "hmac_key", None))
+    if key is not None:
+        options["hmac_key"] = key
+    if getattr(args, "keys", None):
+        from policyengine.tokens import KeySet, TokenError
+        try:
+            options["keys"] = KeySet.from_file(args.keys, allow_hmac=args.allow_hmac)
+        except (OSError, TokenError) as exc:
+            raise UsageError(f"--keys {args.keys}: {exc}") from None
+    if getattr(args, "rates", None):
+        from policyengine.money import JsonFileRates, RateError
+        try:
+            options["rates"] = JsonFileRates(args.rates)
+        except (OSError, RateError) as exc:
+            raise UsageError(f"--rates {args.rates}: {exc}") from None
+    now = _now(getattr(args, "now", None))
+    if now is not None:
+        options["clock"] = lambda: now
+    store = getattr(args, "budget_store", None)
+    if store is not None:
+        options["budget_store"] = store
+    return options
+
+
+def _load(paths: Sequence[str], **options: Any) -> Any:
     from policyengine.engine import Engine
-    return Engine.from_path(*paths, budget_store=budget_store)
+    return Engine.from_path(*paths, **options)
+
+
+def _problem_dict(p: Problem) -> dict[str, Any]:
+    return {"code": p.code, "severity": p.severity, "message": p.message, "file": p.file,
+            "line": p.line, "column": p.column, "hint": p.hint}
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from policyengine.engine import load_policy, read_paths
+    """Load the policy as the engine would (engine options included), so every warning
+    the engine gives at load (a ``hash`` redaction without a key) is reported here."""
+    from policyengine.engine import read_paths
     try:
         files = read_paths(args.paths)
-        _, warnings = load_policy(files, base_dirs={n: str(Path(n).parent) for n, _ in files})
+        options = _engine_options(args)
+        warnings: tuple[Problem, ...] = _load(args.paths, **options).warnings
+        errors: tuple[Problem, ...] = ()
     except PolicyError as err:
-        print(err.render(), file=sys.stderr)
+        errors = tuple(p for p in err.problems if p.severity == "error")
+        warnings = tuple(p for p in err.problems if p.severity != "error")
+        files = []
+    n = len(files)
+    failed = bool(errors) or (args.werror and bool(warnings))
+    if args.format == "json":
+        print(json.dumps({"ok": not failed, "files": n,
+                          "errors": [_problem_dict(p) for p in errors],
+                          "warnings": [_problem_dict(p) for p in warnings]}, indent=2))
+        return 1 if failed else 0
+    if errors:
+        print(PolicyError([*errors, *warnings]).render(), file=sys.stderr)
         return 1
     for w in warnings:
         print(w.render(), file=sys.stderr)
-    n = len(files)
-    print(f"ok: {n} file{'s' if n != 1 else ''}, {len(warnings)} warning"
-          f"{'s' if len(warnings) != 1 else ''}")
+    summary = (f"{n} file{'s' if n != 1 else ''}, {len(warnings)} warning"
+               f"{'s' if len(warnings) != 1 else ''}")
+    if failed:
+        print(f"failed (--werror): {summary}")
+        return 1
+    print(f"ok: {summary}")
     return 0
 
 
@@ -55,14 +147,22 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
         targets.extend(sorted(p.rglob("*.policy")) if p.is_dir() else [p])
     for path in targets:
         try:
-            text = path.read_text("utf-8")
+            raw_bytes = path.read_bytes()
+            if b"\x00" in raw_bytes:
+                raise UnicodeError("a NUL byte")
+            text = raw_bytes.decode("utf-8")
             formatted = format_source(text, str(path))
         except PolicyError as err:
             print(err.render(), file=sys.stderr)
             status = 1
             continue
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"{path}: cannot read: {exc}", file=sys.stderr)
+        except UnicodeError:
+            print(f"{path}: error: not a policy file (binary or not UTF-8 text); left "
+                  "unchanged", file=sys.stderr)
+            status = 1
+            continue
+        except OSError as exc:
+            print(f"{path}: error: cannot read: {exc.strerror or exc}", file=sys.stderr)
             status = 1
             continue
         if formatted != text:
@@ -75,30 +175,59 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
     return status
 
 
+def _json_arg(flag: str, text: str) -> Any:
+    """A JSON option value. Numbers are read exactly (``12.10`` stays 12.10, never a
+    binary float); duplicate keys and NaN are refused, as for every JSON the engine
+    decides on."""
+    from policyengine import _json as strict_json
+    try:
+        return strict_json.loads(text, decimal=True)
+    except strict_json.AmbiguousJsonError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{flag}: not valid JSON ({exc})") from None
+
+
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     req: dict[str, Any] = {}
     if args.request:
-        text = Path(args.request[1:]).read_text("utf-8") if args.request.startswith("@") \
-            else args.request
-        req = json.loads(text)
+        if args.request.startswith("@"):
+            try:
+                text = Path(args.request[1:]).read_text("utf-8")
+            except (OSError, UnicodeError) as exc:
+                raise UsageError(f"--request {args.request}: cannot read: {exc}") from None
+        else:
+            text = args.request
+        req = _json_arg("--request", text)
         if not isinstance(req, dict):
-            raise ValueError("--request must be a JSON object")
+            raise UsageError("--request: must be a JSON object")
     if args.principal is not None:
         req["principal"] = args.principal
     if args.permission is not None:
         req["permission"] = args.permission
     if args.context is not None:
-        req["context"] = json.loads(args.context)
+        context = _json_arg("--context", args.context)
+        if not isinstance(context, dict):
+            raise UsageError("--context: must be a JSON object, like '{\"amount\": \"12.50\"}'")
+        req["context"] = context
     if args.token is not None:
         req["token"] = args.token
+    if not req.get("transport"):
+        missing = [f"--{k}" for k in ("principal", "permission") if req.get(k) is None]
+        if missing:
+            raise UsageError(f"{' and '.join(missing)} required (or a --request with them, "
+                             "or a tool call with transport)")
     return req
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from policyengine.budgets import BudgetError
     try:
-        engine = _load(args.paths, args.budget_store)
         req = _request(args)
+        engine = _load(args.paths, **_engine_options(args))
+    except UsageError as exc:
+        print(f"policyengine {args.command}: error: {exc.message}", file=sys.stderr)
+        return 2
     except PolicyError as err:
         print(err.render(), file=sys.stderr)
         return 1
@@ -132,6 +261,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_test(args: argparse.Namespace) -> int:
     from policyengine.conformance import run_paths
+    for raw in args.paths:
+        p = Path(raw)
+        if not p.exists():
+            print(f"policyengine test: error: {p}: no such file or directory",
+                  file=sys.stderr)
+            return 2
+        if p.is_dir() and next(p.rglob("*.json"), None) is None:
+            print(f"policyengine test: error: no fixtures (*.json) in {p}; see "
+                  "conformance/README.md for the format", file=sys.stderr)
+            return 1
     report = run_paths(args.paths)
     for r in report.results:
         if not r.passed:
@@ -143,12 +282,20 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from policyengine import __version__
     parser = argparse.ArgumentParser(prog="policyengine",
                                      description="Policy-as-code authorization for AI agents.")
+    parser.add_argument("--version", action="version", version=f"policyengine {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("check", help="check policy files; compiler-style errors")
     p.add_argument("paths", nargs="+")
+    p.add_argument("--format", choices=["text", "json"], default="text",
+                   help="json: {ok, files, errors, warnings} on stdout")
+    p.add_argument("--werror", action="store_true", help="exit 1 on warnings too")
+    p.add_argument("--hmac-key", metavar="KEY",
+                   help="the key the engine will have (silences W204): @FILE, hex:..., "
+                   "base64:... or text")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("fmt", help="format policy files canonically")
@@ -171,9 +318,19 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="explain as JSON")
         p.add_argument("--exit-code", action="store_true",
                        help="exit 1 when the decision is not allowed")
-        p.add_argument("--budget-store", metavar="URL",
+        p.add_argument("--store", "--budget-store", dest="budget_store", metavar="URL",
                        help="decide against this budget store: memory: (default), "
                        "sqlite:///path, postgresql://..., redis://...")
+        p.add_argument("--keys", metavar="FILE",
+                       help="verification keys for --token: a key set / JWKS (.json; a "
+                       "JWK's iss binds it to an issuer) or a PEM file")
+        p.add_argument("--allow-hmac", action="store_true", help="accept HS256 keys")
+        p.add_argument("--hmac-key", metavar="KEY",
+                       help="key for 'hash' redaction: @FILE, hex:..., base64:... or text")
+        p.add_argument("--rates", metavar="FILE",
+                       help="a rates JSON table used for every file's conversions")
+        p.add_argument("--now", metavar="TIME",
+                       help="decide at this time: RFC 3339 or POSIX seconds")
         p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("test", help="run conformance fixtures")
@@ -196,7 +353,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "func", None) or args.handler
-    result: int = handler(args)
+    try:
+        result: int = handler(args)
+        sys.stdout.flush()
+    except UsageError as exc:
+        print(f"policyengine {args.command}: error: {exc.message}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly. Point stdout at /dev/null so
+        # the interpreter's final flush does not raise again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (tests)
+            pass
+        return 141  # 128 + SIGPIPE, as a process killed by the signal would report
     return result
 
 

@@ -319,7 +319,8 @@ class Engine:
                        headers: Mapping[str, Any] | None = None, body: Any = None,
                        tool_name: str | None = None, function_name: str | None = None,
                        token: str | None = None, context: dict[str, Any] | None = None,
-                       approval_id: str | None = None, **wire: Any) -> ToolDecision:
+                       approval_id: str | None = None, scheme: str | None = None,
+                       **wire: Any) -> ToolDecision:
         """May this outbound tool call leave, and with which fields redacted?
 
         Takes the ``/v1/tool-authorize`` request fields (``toolName`` / ``functionName``
@@ -327,11 +328,12 @@ class Engine:
         docs/tools.md. ``result.body`` is a redacted copy; ``body`` is never mutated.
         """
         return self._tool(principal, None, transport, method, host, path, query, headers,
-                          body, tool_name, function_name, token, context, approval_id, wire)
+                          body, tool_name, function_name, token, context, approval_id, scheme,
+                          wire)
 
     def _tool(self, principal: Any, trace: Trace | None, transport: Any, method: Any,
               host: Any, path: Any, query: Any, headers: Any, body: Any, tool_name: Any,
-              function_name: Any, token: Any, context: Any, approval_id: Any,
+              function_name: Any, token: Any, context: Any, approval_id: Any, scheme: Any,
               wire: dict[str, Any]) -> ToolDecision:
         from policyengine.tools._egress import tool_authorize
         pipeline = self._pipeline
@@ -347,7 +349,7 @@ class Engine:
                               host=host, path=path, query=query, headers=headers, body=body,
                               tool_name=tool_name, function_name=function_name, token=token,
                               context=context, hmac_key=self.hmac_key,
-                              approval_id=approval_id, trace=trace)
+                              approval_id=approval_id, scheme=scheme, trace=trace)
 
     # ---- explain ----
     def explain(self, principal: str, permission: str,
@@ -367,10 +369,11 @@ class Engine:
                      headers: Mapping[str, Any] | None = None, body: Any = None,
                      tool_name: str | None = None, function_name: str | None = None,
                      token: str | None = None, context: dict[str, Any] | None = None,
-                     approval_id: str | None = None, **wire: Any) -> Explanation:
+                     approval_id: str | None = None, scheme: str | None = None,
+                     **wire: Any) -> Explanation:
         """:meth:`tool_authorize` traced, like :meth:`explain`."""
         trace = Trace()
         decision = self._tool(principal, trace, transport, method, host, path, query,
                               headers, body, tool_name, function_name, token, context,
-                              approval_id, wire)
+                              approval_id, scheme, wire)
         return Explanation(decision, trace.rules, trace.steps)

@@ -59,12 +59,34 @@ def _permissions(args: argparse.Namespace) -> list[str]:
 
 
 def _token(args: argparse.Namespace) -> str:
+    """``--token``: the token, or ``-`` for stdin. The JSON that ``mint`` and
+    ``attenuate`` print (``{"token": ...}``) is accepted too, so they pipe into each
+    other."""
     text: str = sys.stdin.read() if args.token == "-" else args.token
-    return text.strip()
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            raise TokenError("malformed", "--token: neither a token nor the JSON output of "
+                             "mint/attenuate") from None
+        if not isinstance(doc, dict) or type(doc.get("token")) is not str:
+            raise TokenError("malformed", '--token: JSON input needs a "token" string')
+        return str(doc["token"]).strip()
+    return text
+
+
+def _issued(keys: KeySet, token: str) -> dict[str, Any]:
+    """What mint/attenuate print: the token and the ids to revoke it by."""
+    from policyengine.tokens.grants import load_hop
+    hop = load_hop(keys, token)
+    return {"token": token, "grant_id": hop.grant_id, "jti": hop.jti,
+            "chain": list(hop.chain), "expires_at": hop.expires_at}
 
 
 def _keys(args: argparse.Namespace) -> KeySet:
-    return tokens.KeySet.from_file(args.keys, allow_hmac=args.allow_hmac)
+    return tokens.KeySet.from_file(args.keys, allow_hmac=args.allow_hmac,
+                                   issuer=getattr(args, "key_issuer", None))
 
 
 def _extras(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,22 +115,24 @@ def _keygen(args: argparse.Namespace) -> dict[str, Any]:
 
 def _mint(args: argparse.Namespace) -> dict[str, Any]:
     extra = _extras(args)
+    keys = _keys(args)
     token = tokens.mint(
-        _keys(args), issuer=args.issuer, acting_for=args.acting_for, agent=args.agent,
+        keys, issuer=args.issuer, acting_for=args.acting_for, agent=args.agent,
         permissions=_permissions(args), ttl=parse_duration(args.ttl),
         max_amount=_amount(args), audience=args.audience, max_depth=args.max_depth,
         now=extra.get("now"),
     )
-    return {"token": token}
+    return _issued(keys, token)
 
 
 def _attenuate(args: argparse.Namespace) -> dict[str, Any]:
+    keys = _keys(args)
     token = tokens.attenuate(
-        _keys(args), _token(args), agent=args.agent, permissions=_permissions(args),
+        keys, _token(args), agent=args.agent, permissions=_permissions(args),
         ttl=parse_duration(args.ttl) if args.ttl else None, max_amount=_amount(args),
         max_depth=args.max_depth, **_extras(args),
     )
-    return {"token": token}
+    return _issued(keys, token)
 
 
 def _verify(args: argparse.Namespace) -> dict[str, Any]:
@@ -142,6 +166,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         if keys:
             p.add_argument("--keys", required=True, help="JWKS (.json) or PEM key file")
             p.add_argument("--allow-hmac", action="store_true", help="accept HS256 keys")
+            p.add_argument("--key-issuer", default=None, metavar="ISSUER",
+                           help="the issuer every key of the file belongs to (a JWK's "
+                           "own iss member says it per key)")
         return p
 
     p = command("keygen", "create a key file (or --rotate in a new active key)")

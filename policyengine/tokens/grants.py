@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from policyengine.money._money import Money, MoneyError
@@ -390,6 +390,30 @@ def _check_link(parent: Hop, parent_token: str, child: Hop, rates: RateSource | 
 
 
 # --------------------------------------------------------------------------- verify
+def _iso(t: float) -> str:
+    """POSIX seconds as RFC 3339 UTC (for messages)."""
+    try:
+        return datetime.fromtimestamp(int(t), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return str(t)
+
+
+def _located(exc: TokenError, where: str) -> TokenError:
+    """The same error (same class and code) with where in the chain it happened."""
+    return type(exc)(exc.code, f"{where}: {exc.message}")
+
+
+def _load_at(keys: KeySet, token: str, up: int) -> Hop:
+    """:func:`load_hop`, with errors saying which token of the chain failed: the token
+    given (``up`` 0) or the ancestor ``up`` levels above it."""
+    try:
+        return load_hop(keys, token)
+    except TokenError as exc:
+        where = "the token" if up == 0 else (
+            "its parent token" if up == 1 else f"its ancestor {up} levels up")
+        raise _located(exc, where) from None
+
+
 def verify(
     keys: KeySet,
     token: str,
@@ -427,11 +451,14 @@ def verify(
     grant, nbf, exp, iat, ids, _ = entry
     t = time.time() if now is None else now
     if t >= exp + leeway:
-        raise _fail("expired", f"token expired at {exp}")
+        raise _fail("expired", f"claim exp: the token (or a hop of its chain) expired at "
+                    f"{_iso(exp)}; it is now {_iso(t)}")
     if t < nbf - leeway:
-        raise _fail("not_yet_valid", f"token is not valid before {nbf}")
+        raise _fail("not_yet_valid", f"claim nbf: the token is not valid before {_iso(nbf)}; "
+                    f"it is now {_iso(t)}")
     if iat > t + leeway:
-        raise _fail("issued_in_future", f"token claims to be issued at {iat}")
+        raise _fail("issued_in_future", f"claim iat: the token claims to be issued at "
+                    f"{_iso(iat)}, after now ({_iso(t)})")
     if revocations is not None and revocations.any_revoked(ids):
         raise _fail("revoked", "the token or one of its ancestors has been revoked")
     return grant
@@ -445,7 +472,7 @@ def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | 
                      max_ttl: float | None) -> _Entry:
     if type(token) is not str:
         raise _fail("malformed", "token must be a string")
-    hops = [load_hop(keys, token)]
+    hops = [_load_at(keys, token, 0)]
     tokens = [token]
     while True:
         parent_token = hops[-1].parent
@@ -453,19 +480,31 @@ def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | 
             break
         if len(hops) > MAX_DEPTH:
             raise _fail("depth_exceeded", f"more than {MAX_DEPTH} hops")
-        hops.append(load_hop(keys, parent_token))
+        hops.append(_load_at(keys, parent_token, len(hops)))
         tokens.append(parent_token)
     hops.reverse()
     tokens.reverse()
     cacheable = True
     for i in range(1, len(hops)):
-        if _check_link(hops[i - 1], tokens[i - 1], hops[i], rates, now):
-            cacheable = False
+        try:
+            if _check_link(hops[i - 1], tokens[i - 1], hops[i], rates, now):
+                cacheable = False
+        except TokenError as exc:
+            raise _located(exc, f"hop {i} (held by {hops[i].subject!r}) against its "
+                           "parent") from None
     leaf = hops[-1]
     if issuer is not None and leaf.issuer != issuer:
-        raise _fail("issuer_mismatch", f"issuer {leaf.issuer!r} is not {issuer!r}")
+        raise _fail("issuer_mismatch", f"claim iss: the token was issued by {leaf.issuer!r}, "
+                    f"but only {issuer!r} is trusted here")
     if leaf.audience != audience:
-        raise _fail("audience_mismatch", f"audience {leaf.audience!r} is not {audience!r}")
+        if audience is None:
+            why = (f"the token is for audience {leaf.audience!r}, and this verifier expects "
+                   "none (give that audience to verify it)")
+        elif leaf.audience is None:
+            why = f"the token names no audience, and this verifier expects {audience!r}"
+        else:
+            why = f"the token is for audience {leaf.audience!r}, not {audience!r}"
+        raise _fail("audience_mismatch", f"claim aud: {why}")
     if max_depth is not None and leaf.depth > max_depth:
         raise _fail("depth_exceeded", f"depth {leaf.depth} exceeds the policy's {max_depth}")
     if max_ttl is not None:

@@ -236,3 +236,28 @@ def test_serve_refuses_a_bad_policy_and_hashes_secrets(tmp_path: Path) -> None:
     from policyengine.server import verify_secret
     assert verify_secret("s3cret", r.stdout.strip())
     assert not verify_secret("s3cret\n", r.stdout.strip())
+
+
+def test_an_engine_or_store_fault_is_a_deny_shaped_500(
+        credentials: Credentials, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = make_service(credentials)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("store unreachable: password=hunter2")
+
+    monkeypatch.setattr(app.engine, "authorize", broken)
+    monkeypatch.setattr(app.engine.approvals, "get", broken)
+    with serving(app) as port, caplog.at_level(logging.ERROR, "policyengine.server"):
+        url = f"http://127.0.0.1:{port}"
+        auth = {"Authorization": f"Bearer {token(url)}"}
+        for r in (httpx.post(f"{url}/v1/authorize", json={"permission": "flights:book"},
+                             headers=auth),
+                  httpx.get(f"{url}/v1/approvals/apr_1", headers=auth),
+                  httpx.post(f"{url}/access/v1/evaluation", json={
+                      "subject": {"type": "agent", "id": "travel-agent"},
+                      "action": {"name": "book"}, "resource": {"type": "flights", "id": "1"}})):
+            assert r.status_code == 500
+            assert r.json() == {"allowed": False, "status": "denied", "error": {
+                "code": "internal_error", "message": "internal error"}}
+    assert any("internal error" in rec.getMessage() for rec in caplog.records)
