@@ -19,9 +19,11 @@ from policyengine.tools._patterns import (
     RoutePattern,
     ToolPatternError,
     ToolRequestError,
+    fold_path,
     normalize_host,
     normalize_method,
     normalize_path,
+    normalize_scheme,
     split_path,
 )
 from policyengine.tools._redaction import (
@@ -39,8 +41,10 @@ from policyengine.tools._redaction import (
 
 if TYPE_CHECKING:  # loaded on first use (PEP 562): see __getattr__
     from policyengine.tools._http import (
+        CONTEXT_EXTENSION,
         DROPPED_HEADERS,
         MAX_BODY_BYTES,
+        TOKEN_EXTENSION,
         AsyncGovernedTransport,
         GovernedTransport,
         ToolAuthorizer,
@@ -50,9 +54,11 @@ if TYPE_CHECKING:  # loaded on first use (PEP 562): see __getattr__
     )
 
 __all__ = [
+    "CONTEXT_EXTENSION",
     "DROPPED_HEADERS",
     "MASK",
     "MAX_BODY_BYTES",
+    "TOKEN_EXTENSION",
     "MAX_HOST_LENGTH",
     "MAX_METHOD_LENGTH",
     "MAX_PATH_LENGTH",
@@ -76,10 +82,12 @@ __all__ = [
     "build_tool_request",
     "check_hmac_key",
     "compile_tools",
+    "fold_path",
     "governed_client",
     "normalize_host",
     "normalize_method",
     "normalize_path",
+    "normalize_scheme",
     "redact",
     "split_path",
     "tool_authorize",
@@ -90,10 +98,12 @@ _LAZY: dict[str, str] = {
     "async_governed_client": "policyengine.tools._http",
     "AsyncGovernedTransport": "policyengine.tools._http",
     "build_tool_request": "policyengine.tools._http",
+    "CONTEXT_EXTENSION": "policyengine.tools._http",
     "DROPPED_HEADERS": "policyengine.tools._http",
     "governed_client": "policyengine.tools._http",
     "GovernedTransport": "policyengine.tools._http",
     "MAX_BODY_BYTES": "policyengine.tools._http",
+    "TOKEN_EXTENSION": "policyengine.tools._http",
     "ToolAuthorizer": "policyengine.tools._http",
 }
 

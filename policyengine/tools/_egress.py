@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from policyengine import _json as strict_json
 from policyengine.decision import Decision, Diagnostic, Obligations, ToolDecision
+from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.money._money import MoneyError, decimal_places
 from policyengine.tools._patterns import (
@@ -33,11 +34,22 @@ from policyengine.tools._patterns import (
     NamePattern,
     RoutePattern,
     ToolRequestError,
+    fold_path,
+    host_without_port,
     normalize_host,
     normalize_method,
     normalize_path,
+    normalize_scheme,
 )
-from policyengine.tools._redaction import MISSING, JsonPath, RedactionError, RedactionRule, redact
+from policyengine.tools._redaction import (
+    MISSING,
+    JsonPath,
+    KeyCaseGuard,
+    RedactionError,
+    RedactionRule,
+    fold_key,
+    redact,
+)
 
 __all__ = ["MAX_BODY_BYTES", "CompiledTools", "compile_tools", "tool_authorize"]
 
@@ -64,12 +76,13 @@ class RouteBinding:
     permission: str
     extractors: tuple[Extractor, ...]
     order: int
+    keys: KeyCaseGuard | None = None  # over the route's extractions and the redactions
 
 
 @dataclass(frozen=True)
 class DenyBinding:
     method: str | None
-    pattern: RoutePattern
+    pattern: RoutePattern  # literal segments case-folded: matched on folded paths
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,7 @@ class NamedBinding:
     permission: str
     extractors: tuple[Extractor, ...]
     redactions: tuple[RedactionRule, ...]
+    keys: KeyCaseGuard | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,7 @@ class _Routed:
     binding: HttpBinding | None = None
     route: RouteBinding | None = None
     params: dict[str, str] | None = None
+    host: str = ""  # the normalised host, for checks on the Host header
 
 
 class CompiledTools:
@@ -115,42 +130,53 @@ class CompiledTools:
         self.named = tuple(named)
         self.egress_allow = tuple(egress_allow)
         self.egress_deny = tuple(egress_deny)
-        self._host_cache: dict[str, tuple[HttpBinding, ...]] = {}
-        self._routes: dict[tuple[str, str, str], _Routed] = {}
+        self._host_cache: dict[tuple[str, str], tuple[HttpBinding, ...]] = {}
+        self._routes: dict[tuple[str, str, str, str | None], _Routed] = {}
 
-    def route(self, method: str, host: str, path: str) -> _Routed:
-        """Normalise and route one HTTP call. A pure function of the three strings, so
+    def route(self, method: str, host: str, path: str, scheme: str | None = None) -> _Routed:
+        """Normalise and route one HTTP call. A pure function of the four strings, so
         results are kept in a bounded table: repeat calls skip normalisation and
         matching entirely."""
-        key = (method, host, path)
+        key = (method, host, path, scheme)
         found = self._routes.get(key)
         if found is None:
-            found = self._route(method, host, path)
+            found = self._route(method, host, path, scheme)
             if len(self._routes) >= 4096:
                 self._routes.clear()
             self._routes[key] = found
         return found
 
-    def _route(self, method: str, host: str, path: str) -> _Routed:
+    def _route(self, method: Any, host: Any, path: Any, scheme: Any = None) -> _Routed:
         try:
             m = normalize_method(method)
             h = normalize_host(host)
             p = normalize_path(path)
+            sch = normalize_scheme(scheme)
         except ToolRequestError as exc:
             return _Routed("invalid_request", "invalid_request", exc.message, exc.code)
-        if any(pat.matches(h) for pat in self.egress_deny):
+        # A deny without a port covers every port, and every scheme.
+        if any(pat.covers(h) for pat in self.egress_deny):
             return _Routed("egress_deny", "egress_denied", f"egress to {h} is denied")
-        bindings = self.for_host(h)
+        bindings = self.for_host(h, sch)
         if not bindings:
-            if any(pat.matches(h) for pat in self.egress_allow):
+            if any(pat.scheme == sch and pat.matches(h) for pat in self.egress_allow):
                 return _Routed("egress_allow", "egress_allowed",
-                               f"egress to {h} is allowed (no tool binds it)")
-            return _Routed("egress_deny", "egress_denied", f"no tool is bound to host {h}")
-        for b in bindings:
-            for d in b.denies:
-                if (d.method is None or d.method == m) and d.pattern.match(p) is not None:
-                    return _Routed("route_deny", "route_denied",
-                                   f"{m} {p} is denied by tool {b.qid}", tool=b.qid)
+                               f"egress to {sch}://{h} is allowed (no tool binds it)", host=h)
+            return _Routed("egress_deny", "egress_denied",
+                           f"no tool is bound to {sch}://{h}")
+        if any(b.denies for b in bindings):
+            # Deny routes match what any upstream could take the path for: letters in
+            # any case (servers that route case-insensitively), with or without a
+            # trailing '/'.
+            folded = fold_path(p)
+            forms = (folded, folded[:-1]) if len(folded) > 1 and folded[-1] == "/" else (
+                folded,)
+            for b in bindings:
+                for d in b.denies:
+                    if (d.method is None or d.method == m) and any(
+                            d.pattern.match(f) is not None for f in forms):
+                        return _Routed("route_deny", "route_denied",
+                                       f"{m} {p} is denied by tool {b.qid}", tool=b.qid)
         best: tuple[Any, ...] | None = None
         for b in bindings:
             for r in b.routes:
@@ -166,15 +192,17 @@ class CompiledTools:
             return _Routed("route_deny", "no_route", f"no route of {h} binds {m} {p}",
                            tool=bindings[0].qid)
         _, binding, route, params = best
-        return _Routed(None, "", "", binding=binding, route=route, params=params)
+        return _Routed(None, "", "", binding=binding, route=route, params=params, host=h)
 
-    def for_host(self, host: str) -> tuple[HttpBinding, ...]:
-        found = self._host_cache.get(host)
+    def for_host(self, host: str, scheme: str = "https") -> tuple[HttpBinding, ...]:
+        key = (host, scheme)
+        found = self._host_cache.get(key)
         if found is None:
-            found = tuple(b for b in self.http if any(h.matches(host) for h in b.hosts))
+            found = tuple(b for b in self.http
+                          if any(h.scheme == scheme and h.matches(host) for h in b.hosts))
             if len(self._host_cache) > 4096:
                 self._host_cache.clear()
-            self._host_cache[host] = found
+            self._host_cache[key] = found
         return found
 
 
@@ -190,6 +218,13 @@ def _redactions(items: Sequence[ast.ToolItem]) -> tuple[RedactionRule, ...]:
                  if isinstance(i, ast.Redact))
 
 
+def _key_guard(extractors: Sequence[Extractor], rules: Sequence[RedactionRule]
+               ) -> KeyCaseGuard | None:
+    guard = KeyCaseGuard([*(x.path for x in extractors if x.path is not None),
+                          *(r.compiled for r in rules)])
+    return None if guard.empty else guard
+
+
 def compile_tools(files: Sequence[ast.PolicyFile]) -> CompiledTools:
     """Compile every ``tool`` and ``egress`` statement (the checker validated them)."""
     http: list[HttpBinding] = []
@@ -203,22 +238,25 @@ def compile_tools(files: Sequence[ast.PolicyFile]) -> CompiledTools:
             if isinstance(st, ast.HttpTool):
                 routes = []
                 denies = []
+                rules = _redactions(st.items)
                 for item in st.items:
                     if isinstance(item, ast.Route):
+                        extractors = _extractors(item.extractions)
                         routes.append(RouteBinding(item.method, RoutePattern.compile(item.path),
-                                                   item.permission,
-                                                   _extractors(item.extractions), order))
+                                                   item.permission, extractors, order,
+                                                   _key_guard(extractors, rules)))
                         order += 1
                     elif isinstance(item, ast.DenyRoute):
                         denies.append(DenyBinding(item.method,
-                                                  RoutePattern.compile(item.path)))
+                                                  RoutePattern.compile(item.path, fold=True)))
                 http.append(HttpBinding(qid, tuple(HostPattern.compile(h) for h in st.hosts),
-                                        tuple(routes), tuple(denies), _redactions(st.items)))
+                                        tuple(routes), tuple(denies), rules))
             elif isinstance(st, ast.NamedTool):
-                extract = [i for i in st.items if isinstance(i, ast.Extraction)]
+                extract = _extractors([i for i in st.items if isinstance(i, ast.Extraction)])
+                rules = _redactions(st.items)
                 named.append(NamedBinding(qid, st.kind, NamePattern.compile(st.name),
-                                          st.permission, _extractors(extract),
-                                          _redactions(st.items)))
+                                          st.permission, extract, rules,
+                                          _key_guard(extract, rules)))
             elif isinstance(st, ast.EgressDecl):
                 for verb, host in st.items:
                     (allow if verb == "allow" else deny).append(HostPattern.compile(host))
@@ -252,6 +290,44 @@ def _minor_to_major(value: Any, currency: Any) -> Any:
     return Decimal(value).scaleb(-places)
 
 
+def _single(kind: str, key: str, source: Mapping[str, Any]) -> Any:
+    """The one value of query parameter or header ``key``, MISSING when absent.
+
+    Raises :class:`_AmbiguousInputError` for input two servers could read differently: a repeated
+    name (a list: first-wins servers act on one value, the policy would see a list), a
+    header value holding ``,`` (a list-valued field to servers that split it), another
+    spelling of a query name (``PAGE`` for ``page``: some frameworks ignore case), or a
+    value that is not a string (an upstream reads text).
+    """
+    value = source.get(key, MISSING)
+    if kind == "query":
+        for other in source:
+            if other != key and type(other) is str and fold_key(other) == fold_key(key):
+                raise _AmbiguousInputError(
+                    "ambiguous_query", f"query parameter {key!r} is also given as {other!r}")
+    if value is MISSING:
+        return value
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise _AmbiguousInputError("ambiguous_query" if kind == "query" else
+                                       "ambiguous_header",
+                             f"{kind} {key!r} is repeated ({len(value)} values)")
+        value = value[0]
+    if type(value) is not str:
+        raise _AmbiguousInputError("invalid_query" if kind == "query" else "invalid_header",
+                                   f"{kind} {key!r} must be a string, not "
+                         f"{type(value).__name__}")
+    if kind == "header" and "," in value:
+        raise _AmbiguousInputError(
+            "ambiguous_header", f"header {key!r} holds ',' (a list to servers that split it)")
+    return value
+
+
+class _AmbiguousInputError(PolicyEngineError):
+    """Request data a server could read otherwise than the decision would: refused with
+    ``code`` (internal: it becomes an ``invalid_request`` decision, never escapes)."""
+
+
 def _extract(extractors: Sequence[Extractor], body: Any, query: Mapping[str, Any],
              headers: Mapping[str, Any], params: Mapping[str, str], context: dict[str, Any]
              ) -> None:
@@ -261,9 +337,9 @@ def _extract(extractors: Sequence[Extractor], body: Any, query: Mapping[str, Any
             value = (ex.path.first(body, MISSING)  # type: ignore[union-attr]
                      if isinstance(body, (dict, list)) else MISSING)
         elif ex.kind == "query":
-            value = query.get(ex.key, MISSING)
+            value = _single("query", ex.key, query)
         elif ex.kind == "header":
-            value = headers.get(ex.key, MISSING)
+            value = _single("header", ex.key, headers)
         else:
             value = params.get(ex.key, MISSING)
         if value is MISSING:
@@ -277,11 +353,100 @@ def _extract(extractors: Sequence[Extractor], body: Any, query: Mapping[str, Any
         context[ex.name] = _minor_to_major(context[ex.name], context.get("currency"))
 
 
-def _lower_headers(headers: Any) -> dict[str, Any]:
+_NO_HEADERS: Final[dict[str, Any]] = {}  # shared, never written
+
+
+def _lower_headers(headers: Any) -> dict[str, Any] | tuple[str, str]:
+    """Header names lower-cased, credentials dropped; a (code, message) pair refuses the
+    headers: not an object, a name that is not a string, or two spellings of one name
+    (``X-Tenant`` and ``x-tenant``), which a server may read either way."""
+    if headers is None:
+        return _NO_HEADERS
     if not isinstance(headers, Mapping):
-        return {}
-    return {str(k).lower(): v for k, v in headers.items()
-            if str(k).lower() not in CREDENTIAL_HEADERS}
+        return ("invalid_request", "headers must be an object")
+    out: dict[str, Any] = {}
+    for name, value in headers.items():
+        if type(name) is not str:
+            return ("invalid_request", "header names must be strings")
+        key = name.lower()
+        if key in out:
+            return ("ambiguous_header", f"header {name!r} is given twice (names ignore case)")
+        out[key] = value
+    for key in CREDENTIAL_HEADERS.intersection(out):
+        del out[key]
+    return out
+
+
+#: Headers and parameters by which common servers and frameworks replace the method,
+#: the virtual host or the path of a request (Rails, Laravel, Symfony, ASP.NET, IIS,
+#: reverse proxies). A request carrying one that says something else is refused.
+METHOD_OVERRIDES: Final = ("x-http-method-override", "x-http-method", "x-method-override")
+HOST_OVERRIDES: Final = ("host", ":authority", "x-forwarded-host", "x-host",
+                         "x-original-host", "x-forwarded-server")
+PATH_OVERRIDES: Final = ("x-original-url", "x-rewrite-url", "x-original-uri",
+                         "x-forwarded-uri", ":path")
+OVERRIDE_HEADERS: Final = frozenset((*METHOD_OVERRIDES, *HOST_OVERRIDES, *PATH_OVERRIDES,
+                                     "forwarded"))
+
+
+def _same_host(value: Any, host: str) -> bool:
+    """Whether a ``Host``-style header names the authorized host. Servers choose the
+    virtual host by name, so the names are compared; the port a request reaches is the
+    URL's, whatever the header says."""
+    if type(value) is not str:
+        return False
+    try:
+        seen = normalize_host(value.strip())
+    except ToolRequestError:
+        return False
+    return host_without_port(seen) == host_without_port(host)
+
+
+def _has_method_field(body: Any) -> bool:
+    """A form-encoded ``_method`` (Rails and Laravel take it as the method)."""
+    if isinstance(body, bytes):
+        return b"_method=" in body
+    return isinstance(body, str) and "_method=" in body
+
+
+def _override(method: str, host: str, path: str, headers: Mapping[str, Any],
+              query: Mapping[str, Any], body: Any) -> _AmbiguousInputError | None:
+    """A refusal when the call says, through a header, a ``_method`` parameter or
+    body field, that it is another method, virtual host or path than the one routed.
+    Only called when a header of :data:`OVERRIDE_HEADERS` or a ``_method`` is present."""
+    for name in METHOD_OVERRIDES:
+        value = headers.get(name)
+        if value is not None and (type(value) is not str or value.strip().upper() != method):
+            return _AmbiguousInputError(
+                "method_override", f"header {name} asks for method {value!r}, not {method}")
+    for where, value in (("query parameter", query.get("_method")),
+                         ("body field", body.get("_method") if type(body) is dict else None)):
+        if value is not None and (type(value) is not str or value.strip().upper() != method):
+            return _AmbiguousInputError(
+                "method_override", f"{where} _method asks for {value!r}, not {method}")
+    if _has_method_field(body):
+        return _AmbiguousInputError("method_override", "a form field _method in the body")
+    for name in HOST_OVERRIDES:
+        value = headers.get(name)
+        if value is not None and not _same_host(value, host):
+            return _AmbiguousInputError(
+                "host_override", f"header {name} names {str(value)[:80]!r}, not the "
+                f"authorized host {host}")
+    forwarded = headers.get("forwarded")
+    if forwarded is not None and (type(forwarded) is not str
+                                  or "host=" in forwarded.lower()):
+        return _AmbiguousInputError("host_override", "a Forwarded header naming a host")
+    for name in PATH_OVERRIDES:
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            same = type(value) is str and normalize_path(value) == normalize_path(path)
+        except ToolRequestError:
+            same = False
+        if not same:
+            return _AmbiguousInputError("path_override", f"header {name} names another path")
+    return None
 
 
 _UNREADABLE_PREFIXES: Final = (
@@ -360,17 +525,20 @@ def _read_body(body: Any) -> _Body | tuple[str, str]:
 
 
 def _call_binding(transport: str, tool: str, route: str, method: Any, host: Any, path: Any,
-                  query: Mapping[str, Any], body: Any, tool_name: Any, function_name: Any
-                  ) -> dict[str, Any]:
+                  query: Mapping[str, Any], body: Any, tool_name: Any, function_name: Any,
+                  scheme: Any = None) -> dict[str, Any]:
     """What an approval of a tool call is bound to, besides principal, permission and
     context: the tool and route that decided, the call as sent (method, host and path as
     given, so any other spelling is another call), the query (as ordered pairs, repeated
     names kept) and the body as read (JSON bodies by value, anything else by its bytes).
     Headers are not bound, except the values a route extracts into the context."""
     pairs = sorted(((str(k), v) for k, v in query.items()), key=lambda kv: kv[0])
-    return {"transport": transport, "tool": tool, "route": route, "method": method,
-            "host": host, "path": path, "query": [list(p) for p in pairs], "body": body,
-            "name": tool_name if transport == "mcp" else function_name}
+    binding = {"transport": transport, "tool": tool, "route": route, "method": method,
+               "host": host, "path": path, "query": [list(p) for p in pairs], "body": body,
+               "name": tool_name if transport == "mcp" else function_name}
+    if scheme is not None:  # an approval of an https call does not cover a plain-http one
+        binding["scheme"] = scheme
+    return binding
 
 
 def _outcome(decision: Decision) -> str:
@@ -391,7 +559,7 @@ def tool_authorize(tools: CompiledTools,
                    path: Any = None, query: Any = None, headers: Any = None, body: Any = None,
                    tool_name: Any = None, function_name: Any = None, token: Any = None,
                    context: Any = None, hmac_key: bytes | None = None,
-                   approval_id: Any = None,
+                   approval_id: Any = None, scheme: Any = None,
                    register_approval: Callable[[Decision, dict[str, Any], dict[str, Any]],
                                                Decision] | None = None
                    ) -> ToolDecision:
@@ -428,14 +596,28 @@ def tool_authorize(tools: CompiledTools,
     if not isinstance(query, Mapping):
         return reject("invalid_request", "invalid_request", "query must be an object")
     hdrs = _lower_headers(headers)
+    if type(hdrs) is tuple:
+        return reject("invalid_request", "invalid_request", hdrs[1], diag=hdrs[0])
+    assert isinstance(hdrs, dict)
     params: dict[str, str] = {}
     extractors: tuple[Extractor, ...]
     rules: tuple[RedactionRule, ...]
+    keys: KeyCaseGuard | None
     if transport == "http":
-        if type(method) is str and type(host) is str and type(path) is str:
-            routed = tools.route(method, host, path)
+        if (type(method) is str and type(host) is str and type(path) is str
+                and (scheme is None or type(scheme) is str)):
+            routed = tools.route(method, host, path, scheme)
         else:  # not cacheable; the normalisers say which field is wrong
-            routed = tools._route(method, host, path)
+            routed = tools._route(method, host, path, scheme)
+        if routed.host and ((hdrs and not OVERRIDE_HEADERS.isdisjoint(hdrs))
+                            or "_method" in query
+                            or (type(body) is dict and "_method" in body)
+                            or (not readable and _has_method_field(body))):
+            found = _override(method.upper(), routed.host, path, hdrs, query, body)
+            if found is not None:
+                return reject("invalid_request", "invalid_request", found.message,
+                              diag=found.code,
+                              tool=routed.binding.qid if routed.binding else None)
         if routed.outcome == "egress_allow":  # no route reads the body: passed on as given
             allowed = Decision("allowed", routed.code, routed.reason, (), None, (),
                                principal, None)
@@ -447,7 +629,7 @@ def tool_authorize(tools: CompiledTools,
         assert binding is not None and route is not None
         params = routed.params or {}
         qid, permission = binding.qid, route.permission
-        extractors, rules = route.extractors, binding.redactions
+        extractors, rules, keys = route.extractors, binding.redactions, route.keys
         route_text = f"{route.method} {route.pattern.text}"
     else:
         name = tool_name if transport == "mcp" else function_name
@@ -460,7 +642,7 @@ def tool_authorize(tools: CompiledTools,
             return reject("route_deny", "unbound_tool",
                           f"no {transport} tool binds {name!r}")
         qid, permission = named.qid, named.permission
-        extractors, rules = named.extractors, named.redactions
+        extractors, rules, keys = named.extractors, named.redactions, named.keys
         route_text = named.name.text
 
     if not readable and (rules or any(ex.kind == "body" for ex in extractors)):
@@ -468,15 +650,25 @@ def tool_authorize(tools: CompiledTools,
                       f"the body cannot be read as strict UTF-8 JSON ({_why_unreadable(body)})"
                       "; a route that extracts from or redacts the body needs one",
                       permission, diag="unreadable_body", tool=qid)
+    if keys is not None and (type(body) is dict or type(body) is list):
+        clash = keys.clash(body)
+        if clash is not None:
+            return reject("invalid_request", "invalid_request",
+                          f"the body holds {clash!r} in another letter case (or in two): a "
+                          "server that ignores case could read another value",
+                          permission, diag="ambiguous_key", tool=qid)
     ctx: dict[str, Any] = dict(context) if context else {}
     try:
         _extract(extractors, body, query, hdrs, params, ctx)
+    except _AmbiguousInputError as exc:
+        return reject("invalid_request", "invalid_request", exc.message, permission,
+                      diag=exc.code, tool=qid)
     except RedactionError as exc:  # a path that cannot be evaluated on this body
         return reject("invalid_request", "invalid_request",
                       f"cannot extract context: {exc.message}", permission,
                       diag="extraction_failed", tool=qid)
     call = _call_binding(transport, qid, route_text, method, host, path, query, body,
-                         tool_name, function_name)
+                         tool_name, function_name, scheme)
     decision = authorize(principal, permission, ctx, token=token, approval_id=approval_id,
                          call=call)
     if decision.permission is None:

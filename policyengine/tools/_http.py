@@ -50,8 +50,10 @@ from policyengine.decision import (
 )
 
 __all__ = [
+    "CONTEXT_EXTENSION",
     "DROPPED_HEADERS",
     "MAX_BODY_BYTES",
+    "TOKEN_EXTENSION",
     "AsyncGovernedTransport",
     "GovernedTransport",
     "ToolAuthorizer",
@@ -69,15 +71,22 @@ DROPPED_HEADERS: Final = frozenset({
     "x-auth-token", "x-access-token", "x-amz-security-token", "x-goog-api-key",
     "x-csrf-token", "x-xsrf-token", "ocp-apim-subscription-key",
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-    "upgrade", "host", "content-length",
+    "upgrade", "content-length",
 })
+
+#: Request extension holding a context for one request (merged over the client's):
+#: ``client.post(url, json=..., extensions={CONTEXT_EXTENSION: {"ticket": "T-1"}})``.
+CONTEXT_EXTENSION: Final = "policyengine.context"
+#: Request extension holding a delegation token for one request (instead of the client's).
+TOKEN_EXTENSION: Final = "policyengine.token"
 
 class ToolAuthorizer(Protocol):
     """Anything with ``tool_authorize`` (the engine, or a test double)."""
 
     def tool_authorize(self, principal: str, *, transport: str, method: str, host: str,
-                       path: str, query: dict[str, Any], headers: dict[str, str],
-                       body: Any, token: str | None = None) -> ToolDecision: ...
+                       path: str, query: dict[str, Any], headers: dict[str, Any],
+                       body: Any, token: str | None = None, scheme: str = "https",
+                       context: dict[str, Any] | None = None) -> ToolDecision: ...
 
 
 def _local_denial(code: str, reason: str) -> ToolDecision:
@@ -121,13 +130,19 @@ def _query_of(url: httpx.URL) -> dict[str, Any]:
     return query
 
 
-def _headers_of(headers: httpx.Headers) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _headers_of(headers: httpx.Headers) -> dict[str, Any]:
+    """Lower-case names; a repeated header gives the list of its values (never a joined
+    ``"a, b"``: the engine refuses a list where a route reads the header)."""
+    out: dict[str, Any] = {}
     for name, value in headers.multi_items():
         key = name.lower()
         if key in DROPPED_HEADERS:
             continue
-        out[key] = f"{out[key]}, {value}" if key in out else value
+        if key in out:
+            prev = out[key]
+            out[key] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            out[key] = value
     return out
 
 
@@ -137,6 +152,7 @@ def build_tool_request(request: httpx.Request, content: bytes) -> tuple[dict[str
     body, is_json = _parse_body(content, request.headers.get("content-type"))
     kwargs: dict[str, Any] = {
         "transport": "http",
+        "scheme": request.url.scheme,
         "method": request.method,
         "host": _host_of(request.url),
         "path": request.url.raw_path.split(b"?", 1)[0].decode("ascii"),
@@ -187,15 +203,35 @@ def _too_large(limit: int) -> ToolDenied:
         "body_too_large", f"request body is larger than {limit} bytes; not sent"))
 
 
+def _retargeted(request: httpx.Request) -> ToolDenied | None:
+    """A refusal when request extensions would send the request somewhere other than its
+    URL says: an SNI name for another host, or a request target for another path."""
+    ext = request.extensions
+    sni = ext.get("sni_hostname")
+    if sni is not None:
+        name = sni.decode("ascii", "replace") if isinstance(sni, bytes) else str(sni)
+        if name.lower().rstrip(".") != request.url.raw_host.decode("ascii").lower():
+            return ToolDenied(_local_denial(
+                "host_override", f"the SNI name {name!r} is not the URL's host; not sent"))
+    target = ext.get("target")
+    if target is not None and target != request.url.raw_path:
+        return ToolDenied(_local_denial(
+            "path_override", "the request target is not the URL's path; not sent"))
+    return None
+
+
 class _Governed:
     """State and decision logic shared by the sync and async transports."""
 
     def __init__(self, engine: ToolAuthorizer, principal: str, token: str | None,
-                 max_body_bytes: int) -> None:
+                 max_body_bytes: int, context: dict[str, Any] | None) -> None:
         self._engine = engine
         self._principal = principal
         self._token = token
         self._max = max_body_bytes
+        if context is not None and not isinstance(context, dict):
+            raise TypeError("context must be a dict")
+        self._context = dict(context) if context else None
 
     def _collect(self, chunks: Iterable[bytes]) -> bytes:
         buf = bytearray()
@@ -205,9 +241,23 @@ class _Governed:
                 raise _too_large(self._max)
         return bytes(buf)
 
+    def _context_of(self, request: httpx.Request) -> dict[str, Any] | None:
+        extra = request.extensions.get(CONTEXT_EXTENSION)
+        if extra is None:
+            return self._context
+        if not isinstance(extra, dict):
+            raise ToolDenied(_local_denial(
+                "invalid_request", f"the {CONTEXT_EXTENSION} extension must be a dict"))
+        return {**self._context, **extra} if self._context else dict(extra)
+
     def _decide(self, request: httpx.Request, content: bytes) -> httpx.Request:
+        refused = _retargeted(request)
+        if refused is not None:
+            raise refused
         kwargs, is_json = build_tool_request(request, content)
-        decision = self._engine.tool_authorize(self._principal, token=self._token, **kwargs)
+        token = request.extensions.get(TOKEN_EXTENSION, self._token)
+        decision = self._engine.tool_authorize(self._principal, token=token,
+                                               context=self._context_of(request), **kwargs)
         return _outgoing(request, content, kwargs["body"], is_json, decision)
 
 
@@ -216,8 +266,9 @@ class GovernedTransport(_Governed, httpx.BaseTransport):
 
     def __init__(self, engine: ToolAuthorizer, principal: str, *,
                  inner: httpx.BaseTransport | None = None, token: str | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
-        super().__init__(engine, principal, token, max_body_bytes)
+                 max_body_bytes: int = MAX_BODY_BYTES,
+                 context: dict[str, Any] | None = None) -> None:
+        super().__init__(engine, principal, token, max_body_bytes, context)
         self._inner = inner if inner is not None else httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -242,8 +293,9 @@ class AsyncGovernedTransport(_Governed, httpx.AsyncBaseTransport):
 
     def __init__(self, engine: ToolAuthorizer, principal: str, *,
                  inner: httpx.AsyncBaseTransport | None = None, token: str | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
-        super().__init__(engine, principal, token, max_body_bytes)
+                 max_body_bytes: int = MAX_BODY_BYTES,
+                 context: dict[str, Any] | None = None) -> None:
+        super().__init__(engine, principal, token, max_body_bytes, context)
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -278,25 +330,31 @@ def _check_kwargs(kwargs: dict[str, Any]) -> None:
 def governed_client(engine: ToolAuthorizer, principal: str, *, token: str | None = None,
                     inner: httpx.BaseTransport | None = None,
                     max_body_bytes: int = MAX_BODY_BYTES,
+                    context: dict[str, Any] | None = None,
                     **httpx_client_kwargs: Any) -> httpx.Client:
     """An ``httpx.Client`` whose every request goes through :class:`GovernedTransport`.
 
-    >>> client = governed_client(engine, "travel-agent")    # doctest: +SKIP
+    ``context`` is passed with every request (policies read it as ``context.*``); a
+    request adds to it with ``extensions={CONTEXT_EXTENSION: {...}}``. Values a route
+    extracts from the request always win over both.
+
+    >>> client = governed_client(engine, "travel-agent", context={"trip": "T-1"})  # doctest: +SKIP
     >>> client.post("https://api.stripe.com/v1/refunds", json={...})  # doctest: +SKIP
     """
     _check_kwargs(httpx_client_kwargs)
     transport = GovernedTransport(engine, principal, inner=inner, token=token,
-                                  max_body_bytes=max_body_bytes)
+                                  max_body_bytes=max_body_bytes, context=context)
     return httpx.Client(transport=transport, **httpx_client_kwargs)
 
 
 def async_governed_client(engine: ToolAuthorizer, principal: str, *, token: str | None = None,
                           inner: httpx.AsyncBaseTransport | None = None,
                           max_body_bytes: int = MAX_BODY_BYTES,
+                          context: dict[str, Any] | None = None,
                           **httpx_client_kwargs: Any) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` whose every request goes through
-    :class:`AsyncGovernedTransport`."""
+    :class:`AsyncGovernedTransport` (``context`` as for :func:`governed_client`)."""
     _check_kwargs(httpx_client_kwargs)
     transport = AsyncGovernedTransport(engine, principal, inner=inner, token=token,
-                                       max_body_bytes=max_body_bytes)
+                                       max_body_bytes=max_body_bytes, context=context)
     return httpx.AsyncClient(transport=transport, **httpx_client_kwargs)

@@ -27,7 +27,10 @@ __all__ = [
     "ToolRequestError",
     "normalize_host",
     "normalize_method",
+    "fold_path",
+    "host_without_port",
     "normalize_path",
+    "normalize_scheme",
     "split_path",
 ]
 
@@ -39,7 +42,8 @@ MAX_PATH_LENGTH: Final = 2048
 class ToolRequestError(PolicyEngineError, ValueError):
     """A tool request field is malformed. ``code`` is stable.
 
-    Codes: ``invalid_method``, ``invalid_host``, ``invalid_path``, ``path_traversal``.
+    Codes: ``invalid_method``, ``invalid_host``, ``invalid_scheme``, ``invalid_path``,
+    ``path_traversal``, ``ambiguous_path``.
     """
 
 
@@ -75,6 +79,7 @@ def normalize_method(method: str) -> str:
 _LABEL_RE: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _PORT_RE: Final = re.compile(r"[0-9]{1,5}")
 _NUMERICISH_RE: Final = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def _bad_host(host: object, why: str) -> ToolRequestError:
@@ -107,9 +112,17 @@ def _normalize_name(name: str, original: str) -> str:
     if name.startswith("[") or ":" in name:
         inner = name[1:-1] if name.startswith("[") else name
         try:
-            return f"[{ipaddress.IPv6Address(inner).compressed}]"
+            address = ipaddress.IPv6Address(inner)
         except ValueError:
             raise _bad_host(original, "not a valid IPv6 address") from None
+        # One address, one spelling: an IPv4-mapped address is the IPv4 host the socket
+        # connects to, so egress and host patterns for that IPv4 address apply to it.
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        if address in _NAT64 or (int(address) >> 32 == 0 and int(address) > 1):
+            raise _bad_host(original, "an IPv6 spelling of an IPv4 address (IPv4-compatible "
+                            "or NAT64); write the IPv4 address")
+        return f"[{address.compressed}]"
     if name.endswith("."):
         name = name[:-1]  # one trailing dot: the fully-qualified form of the same name
     if not name:
@@ -162,6 +175,7 @@ def normalize_host(host: str) -> str:
 # ------------------------------------------------------------------------------ path
 
 _HEX: Final = "0123456789ABCDEFabcdef"
+_DOUBLE_ESCAPE: Final = re.compile(r"%25[0-9A-Fa-f]{2}")
 _UNRESERVED: Final = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # pchar = unreserved / pct-encoded / sub-delims / ":" / "@" (RFC 3986), minus ``;``
@@ -174,19 +188,23 @@ def _bad_path(code: str, path: object, why: str) -> ToolRequestError:
 
 
 def normalize_path(path: str) -> str:
-    """Canonical request path; rejects anything that could reach another route.
+    """Canonical request path: the path the upstream acts on; rejects anything that
+    could reach another route.
 
     * must start with ``/``; at most 2048 characters; the query (``?...``) is dropped;
-    * ``%XX`` of an unreserved character is decoded (``%7E`` -> ``~``), other escapes are
-      upper-cased (``%3a`` -> ``%3A``); characters outside RFC 3986 ``pchar`` (space,
-      non-ASCII ...) are percent-encoded as UTF-8;
+    * ``%XX`` of any character a path may hold as it is (unreserved, sub-delims except
+      ``;``, ``:``, ``@``) is decoded (``%7E`` -> ``~``, ``%3A`` -> ``:``, ``%40`` ->
+      ``@``); other escapes are upper-cased (``%3f`` -> ``%3F``); characters outside
+      RFC 3986 ``pchar`` (space, non-ASCII ...) are percent-encoded as UTF-8;
     * ``path_traversal``: a ``.`` or ``..`` segment (also when percent-encoded), an encoded
       ``/`` (``%2F``) or ``\\`` (``%5C``), a raw backslash;
-    * ``invalid_path``: an empty segment (``//``, except a trailing ``/``), ``;``, ``#``,
-      NUL or other control characters, a bad ``%`` escape.
+    * ``ambiguous_path``: double encoding (``%25`` before two hex digits), percent-encoded
+      bytes that are not UTF-8 (an overlong ``%C0%AE``);
+    * ``invalid_path``: an empty segment (``//``, except a trailing ``/``), ``;`` (raw or
+      encoded), ``#``, NUL or other control characters, a bad ``%`` escape.
 
     >>> normalize_path("/v1/%7Euser/a%3ab?x=1")
-    '/v1/~user/a%3Ab'
+    '/v1/~user/a:b'
     """
     if not isinstance(path, str) or not path.startswith("/"):
         raise _bad_path("invalid_path", path, "must start with '/'")
@@ -206,12 +224,20 @@ def normalize_path(path: str) -> str:
             if len(h) != 2 or h[0] not in _HEX or h[1] not in _HEX:
                 raise _bad_path("invalid_path", path, "bad percent escape")
             byte = int(h, 16)
+            if byte >= 0x80:
+                i = _utf8_run(path, i, out)
+                continue
             ch = chr(byte)
             if ch in ("/", "\\"):
                 raise _bad_path("path_traversal", path, "encoded '/' or '\\' is not accepted")
             if byte < 0x20 or byte == 0x7F:
                 raise _bad_path("invalid_path", path, "encoded control character")
-            out.append(ch if ch in _UNRESERVED else "%" + h.upper())
+            if ch == ";":
+                raise _bad_path("invalid_path", path, "an encoded ';' is not accepted (servers "
+                                "that decode before stripping path parameters differ)")
+            # What the upstream acts on: every character a path may hold as it is is
+            # decoded, so '%3A', '%40', '%2B' ... route like ':', '@', '+'.
+            out.append(ch if ch in _PATH_LITERAL else "%" + h.upper())
             i += 3
             continue
         if c in _PATH_LITERAL:
@@ -230,6 +256,9 @@ def normalize_path(path: str) -> str:
             out.append("".join(f"%{b:02X}" for b in raw))
         i += 1
     result = "".join(out)
+    if "%25" in result and _DOUBLE_ESCAPE.search(result):
+        raise _bad_path("ambiguous_path", path, "double percent-encoding ('%25' before two "
+                        "hex digits): decoded twice it is another path")
     segments = result[1:].split("/")
     for k, seg in enumerate(segments):
         if seg in (".", ".."):
@@ -239,6 +268,57 @@ def normalize_path(path: str) -> str:
     return result
 
 
+def _utf8_run(path: str, i: int, out: list[str]) -> int:
+    """Append the run of ``%XX`` escapes of non-ASCII bytes starting at ``i`` (upper-case)
+    and return the index after it. The bytes must be UTF-8: an overlong ``%C0%AE`` is a
+    ``.`` to some decoders and garbage to others (``ambiguous_path``)."""
+    start = i
+    data = bytearray()
+    n = len(path)
+    while i + 2 < n and path[i] == "%" and path[i + 1] in _HEX and path[i + 2] in _HEX:
+        byte = int(path[i + 1:i + 3], 16)
+        if byte < 0x80:
+            break
+        data.append(byte)
+        i += 3
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad_path("ambiguous_path", path, "percent-encoded bytes that are not UTF-8 "
+                        "(decoders read them differently)") from None
+    out.append(path[start:i].upper())
+    return i
+
+
+_ESCAPE_RUN: Final = re.compile(r"(?:%[0-9A-F]{2})+")
+
+
+def _encode_path_char(c: str) -> str:
+    return c if c in _PATH_LITERAL and c != "/" else "".join(
+        f"%{b:02X}" for b in c.encode("utf-8"))
+
+
+def fold_path(path: str) -> str:
+    """A *normalised* path with letters case-folded (Unicode case folding, also inside
+    percent-encoded UTF-8): how a server that routes case-insensitively reads it. Deny
+    routes match on this form, so ``/V1/Accounts`` cannot escape ``deny "/v1/accounts"``.
+
+    >>> fold_path("/V1/Caf%C3%89")
+    '/v1/caf%C3%A9'
+    """
+    if "%" not in path:
+        return path.lower()
+    out: list[str] = []
+    pos = 0
+    for m in _ESCAPE_RUN.finditer(path):
+        out.append(path[pos:m.start()].lower())
+        text = bytes.fromhex(m.group().replace("%", "")).decode("utf-8", "replace")
+        out.append("".join(_encode_path_char(c) for c in text.casefold()))
+        pos = m.end()
+    out.append(path[pos:].lower())
+    return "".join(out)
+
+
 def split_path(path: str) -> tuple[str, ...]:
     """Segments of a *normalised* path: ``/`` -> ``()``, ``/a/`` -> ``("a", "")``."""
     return () if path == "/" else tuple(path[1:].split("/"))
@@ -246,9 +326,33 @@ def split_path(path: str) -> tuple[str, ...]:
 
 # --------------------------------------------------------------------------- patterns
 
+SCHEMES: Final = ("https", "http")
+
+
+def normalize_scheme(scheme: str | None) -> str:
+    """``https`` (also for None: callers that do not say) or ``http``, lower-cased;
+    anything else is ``invalid_scheme``."""
+    if scheme is None:
+        return "https"
+    if isinstance(scheme, str):
+        lowered = scheme.lower()
+        if lowered in SCHEMES:
+            return lowered
+    raise ToolRequestError("invalid_scheme", f"scheme {scheme!r}: only https and http")
+
+
+def host_without_port(host: str) -> str:
+    """The name part of a *normalised* host (``[::1]:8443`` -> ``[::1]``)."""
+    if host.startswith("["):
+        return host[:host.index("]") + 1]
+    return host.partition(":")[0]
+
+
 class HostPattern:
     """``api.stripe.com`` (exact) or ``*.example.com`` (one or more labels under it, not
-    ``example.com`` itself); an optional ``:port`` must then match exactly.
+    ``example.com`` itself); an optional ``:port`` must then match exactly. A pattern
+    matches HTTPS calls only, unless it starts with ``http://``: then plain-HTTP calls
+    only (``https://`` is not written: it is the default).
 
     >>> HostPattern.compile("*.example.com").matches("a.b.example.com")
     True
@@ -256,19 +360,32 @@ class HostPattern:
     False
     """
 
-    __slots__ = ("_exact", "_suffix", "text")
+    __slots__ = ("_exact", "_suffix", "has_port", "scheme", "text")
 
-    def __init__(self, text: str, exact: str | None, suffix: str | None) -> None:
+    def __init__(self, text: str, exact: str | None, suffix: str | None,
+                 scheme: str = "https") -> None:
         self.text = text
         self._exact = exact
         self._suffix = suffix
+        self.scheme = scheme
+        canon = exact if exact is not None else (suffix or "")
+        #: Whether the pattern names a port (a deny without one covers every port).
+        self.has_port = ":" in canon.rpartition("]")[2]
 
     @classmethod
     def compile(cls, text: str) -> HostPattern:
         if not isinstance(text, str):
             raise ToolPatternError(f"host pattern {text!r} must be a string")
-        if text.startswith("*."):
-            base = text[2:]
+        scheme, sep, rest = text.partition("://")
+        if sep and scheme.lower() == "http":
+            scheme = "http"
+        elif sep:  # https is the default and is not written; no other scheme is known
+            raise ToolPatternError(f"host pattern {text!r} is a URL: write the host "
+                                   "without the scheme (plain HTTP: 'http://host')")
+        else:
+            scheme, rest = "https", text
+        if rest.startswith("*."):
+            base = rest[2:]
             if "*" in base:
                 raise ToolPatternError(f"host pattern {text!r}: '*' only as the first label")
             try:
@@ -279,11 +396,11 @@ class HostPattern:
             if canon.startswith("[") or "." not in name or name.replace(".", "").isdigit():
                 raise ToolPatternError(f"host pattern {text!r}: a wildcard needs a domain of "
                                        "two labels or more (not an IP, not '*.com')")
-            return cls(text, None, "." + canon)
-        if "*" in text:
+            return cls(text, None, "." + canon, scheme)
+        if "*" in rest:
             raise ToolPatternError(f"host pattern {text!r}: '*' only as a whole first label")
         try:
-            return cls(text, normalize_host(text), None)
+            return cls(text, normalize_host(rest), None, scheme)
         except ToolRequestError as exc:
             raise ToolPatternError(f"host pattern {text!r}: {exc.message}") from None
 
@@ -292,12 +409,18 @@ class HostPattern:
         return self._suffix is not None
 
     def matches(self, host: str) -> bool:
-        """``host`` must already be normalised (:func:`normalize_host`)."""
+        """``host`` must already be normalised (:func:`normalize_host`). The scheme is
+        the caller's to compare (:attr:`scheme`)."""
         if self._exact is not None:
             return host == self._exact
         suffix = self._suffix
         assert suffix is not None
         return len(host) > len(suffix) and host.endswith(suffix)
+
+    def covers(self, host: str) -> bool:
+        """Deny-list matching: like :meth:`matches`, but a pattern without a port covers
+        the host on every port (and the caller ignores the scheme)."""
+        return self.matches(host if self.has_port else host_without_port(host))
 
     def __repr__(self) -> str:
         return f"HostPattern({self.text!r})"
@@ -338,7 +461,9 @@ class RoutePattern:
         self.specificity: tuple[int, int, int] = (literal, single, 0 if self._has_any else 1)
 
     @classmethod
-    def compile(cls, text: str) -> RoutePattern:
+    def compile(cls, text: str, *, fold: bool = False) -> RoutePattern:
+        """``fold=True`` folds literal segments like :func:`fold_path` (for deny routes,
+        matched against folded request paths)."""
         if not isinstance(text, str) or not text.startswith("/"):
             raise ToolPatternError(f"route {text!r} must start with '/'")
         raw = () if text == "/" else tuple(text[1:].split("/"))
@@ -368,7 +493,7 @@ class RoutePattern:
                     raise ToolPatternError(f"route {text!r}: {exc.message}") from None
                 if "?" in seg:
                     raise ToolPatternError(f"route {text!r}: no query in a route")
-                segments.append(("lit", canon))
+                segments.append(("lit", fold_path(canon) if fold else canon))
         return cls(text, segments)
 
     @staticmethod

@@ -45,7 +45,9 @@ __all__ = [
     "RedactionError",
     "RedactionResult",
     "RedactionRule",
+    "KeyCaseGuard",
     "check_hmac_key",
+    "fold_key",
     "redact",
 ]
 
@@ -693,3 +695,268 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
         if applied:
             redactions.append({"field": rule.path, "strategy": rule.strategy})
     return RedactionResult(ws.root, redactions, diagnostics)
+
+
+# ------------------------------------------------------------------ key case guard
+
+def fold_key(key: str) -> str:
+    """A JSON key as servers that match keys case-insensitively compare it: simple case
+    folding both ways (U+017F long s and ``s``, U+212A Kelvin sign and ``k``, U+0130 and
+    ``i`` fold alike), so two keys that any such server could confuse fold equal."""
+    if key.isascii():
+        return key.lower()
+    if "\u0130" in key:
+        key = key.replace("\u0130", "i")
+    return key.upper().lower()
+
+
+#: Characters case-insensitive servers take for another letter (char-by-char upper or
+#: lower case mapping, as Java's ``equalsIgnoreCase`` and .NET's ``OrdinalIgnoreCase``).
+_ODD_CASES: Final = {"s": "\u017f", "k": "\u212a", "i": "\u0130\u0131",
+                     "a": "", "\u00e5": "\u212b"}
+#: Most spellings kept per name; a longer name is checked by folding the keys instead.
+MAX_KEY_VARIANTS: Final = 4096
+
+
+def _char_cases(c: str) -> str:
+    low = c.lower() if len(c.lower()) == 1 else c
+    up = c.upper() if len(c.upper()) == 1 else c
+    return "".join(dict.fromkeys(c + low + up + _ODD_CASES.get(low, "")))
+
+
+def _variants(name: str) -> frozenset[str] | None:
+    """Every spelling of ``name`` a case-insensitive server takes for it (itself
+    included), or None when there would be more than :data:`MAX_KEY_VARIANTS`."""
+    options = [_char_cases(c) for c in name]
+    total = 1
+    for opt in options:
+        total *= len(opt)
+        if total > MAX_KEY_VARIANTS:
+            return None
+    out = [""]
+    for opt in options:
+        out = [head + c for head in out for c in opt]
+    return frozenset(out)
+
+
+class _KeyNode:
+    """One level of the paths a route reads: the names it selects (with the subtree
+    below each), a wildcard or index step, and names searched at every depth.
+
+    ``others`` holds every other spelling of the names (``AMOUNT``, ``Amount`` ... for
+    ``amount``): an object with a key among them is refused, a test of one set against
+    the object's keys, in C."""
+
+    __slots__ = ("deep", "exact", "folded", "inner", "names", "others", "simple", "slow",
+                 "wild")
+
+    def __init__(self) -> None:
+        self.names: dict[str, _KeyNode] = {}
+        self.wild: _KeyNode | None = None
+        self.deep: frozenset[str] = frozenset()
+        self.exact: frozenset[str] = frozenset()
+        self.folded: frozenset[str] = frozenset()
+        self.others: frozenset[str] = frozenset()
+        self.slow = False  # a name too long to spell out, or two names that fold alike
+        self.inner: tuple[tuple[str, _KeyNode], ...] = ()  # children with names below
+        self.simple = True  # names only, here and below (no wildcard, no deep search)
+
+    def child(self, name: str) -> _KeyNode:
+        node = self.names.get(name)
+        if node is None:
+            node = self.names[name] = _KeyNode()
+        return node
+
+    def any(self) -> _KeyNode:
+        if self.wild is None:
+            self.wild = _KeyNode()
+        return self.wild
+
+    def seal(self) -> None:
+        self.exact = frozenset(self.names)
+        self.folded = frozenset(fold_key(n) for n in self.names)
+        others: set[str] = set()
+        self.slow = len(self.folded) != len(self.exact)
+        for name in self.names:
+            spellings = _variants(name)
+            if spellings is None:
+                self.slow = True
+            else:
+                others |= spellings
+        self.others = frozenset(others - self.exact)
+        for node in self.names.values():
+            node.seal()
+        if self.wild is not None:
+            self.wild.seal()
+        self.inner = tuple((n, c) for n, c in self.names.items()
+                           if c.names or c.wild is not None or c.deep)
+        self.simple = (self.wild is None and not self.deep
+                       and all(c.simple for _, c in self.inner))
+
+
+_EMPTY_NODE: Final = _KeyNode()
+#: Words of a jsonpath-ng path (names in steps and filters), checked at every depth.
+_PATH_WORDS: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*|'([^'\\]*)'|\"([^\"\\]*)\"")
+
+
+def _key_clash(d: dict[Any, Any], exact: frozenset[str], folded: frozenset[str],
+               strict: bool) -> str | None:
+    """A name of ``exact`` that ``d`` holds in another case, or in two; else None.
+
+    Keys equal to a name are fine; any other key that folds like a name is a clash.
+    The common case (ASCII keys) runs in C: a set difference and a disjointness test.
+    """
+    rest = d.keys() - exact
+    if rest:
+        try:
+            if all(map(str.isascii, rest)):
+                if folded.isdisjoint(map(str.lower, rest)):
+                    rest = set()
+            elif not any(fold_key(k) in folded for k in rest):
+                rest = set()
+        except TypeError:
+            return "a key that is not a string"
+        for key in rest:
+            if fold_key(key) in folded:
+                return next(n for n in exact if fold_key(n) == fold_key(key))
+    if strict:  # names of the paths themselves fold alike: both keys present is a clash
+        seen: dict[str, str] = {}
+        for name in exact:
+            if name in d:
+                other = seen.setdefault(fold_key(name), name)
+                if other != name:
+                    return name
+    return None
+
+
+class KeyCaseGuard:
+    """Refuses bodies a case-insensitive server could read differently from the paths
+    a route extracts and redacts: an object holding a key those paths name in another
+    case (``"AMOUNT"`` for ``$.amount``), or in two cases (``"card"`` and ``"CARD"``).
+
+    Only the objects the paths can reach are inspected (names, ``[*]``, ``.*``, indexes;
+    ``..name`` and jsonpath-ng paths inspect every object below), so the cost follows
+    the paths, not the body.
+    """
+
+    __slots__ = ("_root",)
+
+    def __init__(self, paths: Iterable[JsonPath]) -> None:
+        root = _KeyNode()
+        for path in paths:
+            if path._native is None:
+                words = {m.group(1) or m.group(2) or m.group(0)
+                         for m in _PATH_WORDS.finditer(path.text[1:])}
+                root.deep = root.deep | {w for w in words if w}
+                continue
+            node = root
+            steps = path._native
+            for k, step in enumerate(steps):
+                if isinstance(step, str):
+                    node = node.child(step)
+                elif isinstance(step, _Descent):
+                    # Everything below is searched: the names from here on, at any depth.
+                    later = {s.name if isinstance(s, _Descent) else s for s in steps[k:]
+                             if isinstance(s, (str, _Descent))}
+                    node.deep = node.deep | later
+                    break
+                else:  # [N], [*], .*
+                    node = node.any()
+        root.seal()
+        self._root = root
+
+    @property
+    def empty(self) -> bool:
+        root = self._root
+        return not (root.names or root.wild or root.deep)
+
+    def clash(self, body: Any) -> str | None:
+        """The first name ``body`` holds in another case (or in two), else None."""
+        root = self._root
+        if root.simple:
+            return _clash_names(root, body)
+        return _clash(root, body, frozenset())
+
+
+def _clash_names(node: _KeyNode, value: Any) -> str | None:
+    """:func:`_clash` for paths of names only (the common case), kept lean: one
+    ``isdisjoint`` per object the paths reach."""
+    if type(value) is not dict:
+        return None
+    if node.slow or not node.others.isdisjoint(value):
+        found = _key_clash(value, node.exact, node.folded, node.slow)
+        if found is not None:
+            return found
+    for name, child in node.inner:
+        if name in value:
+            found = _clash_names(child, value[name])
+            if found is not None:
+                return found
+    return None
+
+
+def _clash(node: _KeyNode, value: Any, deep: frozenset[str]) -> str | None:
+    # Recursion follows the paths' own depth (bounded by the path text); only the
+    # ``deep`` walk goes as deep as the document, and it is iterative.
+    if node.deep:
+        deep = deep | node.deep
+    if deep:
+        return _clash_deep(node, value, deep)
+    if type(value) is dict:
+        if node.exact:
+            if node.slow or not node.others.isdisjoint(value):
+                found = _key_clash(value, node.exact, node.folded, node.slow)
+                if found is not None:
+                    return found
+            for name, child in node.names.items():
+                if (child.names or child.wild is not None or child.deep) and name in value:
+                    found = _clash(child, value[name], deep)
+                    if found is not None:
+                        return found
+        children: Iterable[Any] = value.values()
+    elif type(value) is list:
+        children = value
+    else:
+        return None
+    wild = node.wild
+    if wild is not None:
+        for v in children:
+            if type(v) is dict or type(v) is list:
+                found = _clash(wild, v, deep)
+                if found is not None:
+                    return found
+    return None
+
+
+def _clash_deep(node: _KeyNode, value: Any, deep: frozenset[str]) -> str | None:
+    """Every object at or below ``value`` is checked for the ``deep`` names (and the
+    objects the paths reach for theirs)."""
+    deep_folded = frozenset(fold_key(n) for n in deep)
+    spellings = [_variants(n) for n in deep]
+    deep_slow = any(v is None for v in spellings)
+    deep_others = frozenset().union(*(v for v in spellings if v is not None)) - deep
+    stack: list[tuple[_KeyNode, Any]] = [(node, value)]
+    while stack:
+        at, cur = stack.pop()
+        if type(cur) is dict:
+            if (deep_slow or at.slow or not deep_others.isdisjoint(cur)
+                    or not at.others.isdisjoint(cur)):
+                exact = at.exact | deep
+                folded = at.folded | deep_folded
+                found = _key_clash(cur, exact, folded, True)
+                if found is not None:
+                    return found
+            for name, child in at.names.items():
+                if name in cur:
+                    stack.append((child, cur[name]))
+            children: Iterable[Any] = cur.values()
+        elif type(cur) is list:
+            children = cur
+        else:
+            continue
+        for v in children:
+            if type(v) is dict or type(v) is list:
+                stack.append((at.wild if at.wild is not None else _EMPTY_NODE, v))
+                if at.wild is not None:
+                    stack.append((_EMPTY_NODE, v))
+    return None

@@ -199,7 +199,7 @@ class _Recorder:
 @pytest.fixture(scope="module")
 def live() -> Iterator[tuple[Engine, _Recorder]]:
     rec = _Recorder()
-    policy = POLICY.replace('"crm.example.com"', f'"127.0.0.1:{rec.port}"')
+    policy = POLICY.replace('"crm.example.com"', f'"http://127.0.0.1:{rec.port}"')
     yield Engine.from_source(policy), rec
     rec.close()
 

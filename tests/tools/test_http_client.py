@@ -59,11 +59,13 @@ class FakeEngine:
         return ToolDecision(Decision("denied", code, f"denied: {outcome}"), outcome)
 
     def tool_authorize(self, principal: str, *, transport: str, method: str, host: str,
-                       path: str, query: dict[str, Any], headers: dict[str, str], body: Any,
-                       token: str | None = None) -> ToolDecision:
+                       path: str, query: dict[str, Any], headers: dict[str, Any], body: Any,
+                       token: str | None = None, scheme: str = "https",
+                       context: dict[str, Any] | None = None) -> ToolDecision:
         self.calls.append({"principal": principal, "transport": transport, "method": method,
                            "host": host, "path": path, "query": query, "headers": headers,
-                           "body": body, "token": token})
+                           "body": body, "token": token, "scheme": scheme,
+                           "context": context})
         try:
             method, host, path = normalize_method(method), normalize_host(host), \
                 normalize_path(path)

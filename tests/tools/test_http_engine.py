@@ -35,7 +35,7 @@ approval big: api:refund over 200 USD
 permit creds: creds:check when context.authorization == "Bearer sk_live_SECRET"
 permit cookie: creds:cookie when context.cookie == "sid=1"
 
-tool live: http "127.0.0.1:{port}" {{
+tool live: http "http://127.0.0.1:{port}" {{
   POST "/v1/refunds" -> api:refund {{ amount = $.amount minor, currency = $.currency }}
   GET "/v1/ping" -> api:ping
   GET "/v1/creds" -> creds:check {{ authorization = header "Authorization" }}
@@ -128,11 +128,15 @@ class Spy:
 # --------------------------------------------------------------------------- sync client
 
 def test_port_is_part_of_the_binding(engine: Engine, server: Recorder) -> None:
-    d = engine.tool_authorize("bot", transport="http", method="GET",
+    d = engine.tool_authorize("bot", transport="http", method="GET", scheme="http",
                               host=f"127.0.0.1:{server.port}", path="/v1/ping")
     assert d.allowed and d.tool == "live.live"
-    d = engine.tool_authorize("bot", transport="http", method="GET", host="127.0.0.1",
-                              path="/v1/ping")
+    d = engine.tool_authorize("bot", transport="http", method="GET", scheme="http",
+                              host="127.0.0.1", path="/v1/ping")
+    assert d.outcome == "egress_deny"
+    # The scheme is part of the binding too: the pattern says http://.
+    d = engine.tool_authorize("bot", transport="http", method="GET", scheme="https",
+                              host=f"127.0.0.1:{server.port}", path="/v1/ping")
     assert d.outcome == "egress_deny"
 
 

@@ -41,7 +41,7 @@ def test_normalize_method_rejects(raw: str) -> None:
     ("127.0.0.1", "127.0.0.1"),
     ("127.0.0.1:08080", "127.0.0.1:8080"),
     ("[::1]", "[::1]"), ("::1", "[::1]"), ("[0:0::1]:443", "[::1]:443"),
-    ("[::FFFF:127.0.0.1]", "[::ffff:7f00:1]"),
+    ("[::FFFF:127.0.0.1]", "127.0.0.1"),  # IPv4-mapped: the IPv4 host it reaches
     ("xn--bcher-kva.de", "xn--bcher-kva.de"),
     ("localhost", "localhost"),
 ])
@@ -64,7 +64,7 @@ def test_normalize_host_rejects(raw: str) -> None:
 @pytest.mark.parametrize("raw,expected", [
     ("/", "/"), ("/v1/refunds", "/v1/refunds"), ("/v1/refunds/", "/v1/refunds/"),
     ("/v1/refunds?amount=1", "/v1/refunds"), ("/%7Euser/%41", "/~user/A"),
-    ("/a%3ab", "/a%3Ab"), ("/a b", "/a%20b"), ("/caf\u00e9", "/caf%C3%A9"),
+    ("/a%3ab", "/a:b"), ("/a b", "/a%20b"), ("/caf\u00e9", "/caf%C3%A9"),
     ("/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,="),
 ])
 def test_normalize_path(raw: str, expected: str) -> None:
