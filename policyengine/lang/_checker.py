@@ -222,7 +222,7 @@ def _check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]
                 if isinstance(st, ast.ApprovalOverDecl):
                     _check_money(ctx, st.threshold, uses_money)
                 for cond in st.conditions:
-                    t = _expr_type(ctx, cond.expr, uses_money, 0)
+                    t = _TypeOf(ctx, uses_money).of(cond.expr)
                     if t not in (BOOL, ANY):
                         ctx.error("E108", f"a condition must be true or false, not a {t}",
                                   cond.span)
@@ -294,7 +294,7 @@ def _foreign_without_rate(f: ast.PolicyFile, base: str, rated: set[str]) -> list
         if (isinstance(e, ast.MoneyLit) and e.currency != base and e.currency not in rated
                 and _currency_known(e.currency)):
             out.append(e.span)
-        for child in _children(e):
+        for child in ast.children(e):
             walk(child)
 
     for st in f.statements:
@@ -306,20 +306,6 @@ def _foreign_without_rate(f: ast.PolicyFile, base: str, rated: set[str]) -> list
             for c in st.conditions:
                 walk(c.expr)
     return out
-
-
-def _children(e: ast.Expr) -> tuple[ast.Expr, ...]:
-    if isinstance(e, (ast.And, ast.Or, ast.ListExpr)):
-        return e.items
-    if isinstance(e, ast.Not):
-        return (e.expr,)
-    if isinstance(e, ast.Compare):
-        return (e.left, e.right)
-    if isinstance(e, ast.In):
-        return (e.item, e.collection)
-    if isinstance(e, ast.Call):
-        return e.args
-    return ()
 
 
 def _literal_type(v: object) -> str:
@@ -336,135 +322,158 @@ def _literal_kind(value: object) -> str:
     return "string" if isinstance(value, str) else "number"
 
 
-def _expr_type(ctx: _Ctx, e: ast.Expr, uses_money: list[ast.Span], depth: int) -> str:
-    """Infer the static type of ``e`` and report what is wrong with it."""
-    if depth > MAX_EXPR_DEPTH:
-        ctx.error("E007", "expression nested too deeply", e.span, "simplify the expression")
-        return ANY
-    d = depth + 1
-    if isinstance(e, ast.Literal):
+class _TypeOf(ast.ExprVisitor[str]):
+    """The static type of an expression, reporting what is wrong with it on the way."""
+
+    def __init__(self, ctx: _Ctx, uses_money: list[ast.Span]) -> None:
+        self.ctx = ctx
+        self.uses_money = uses_money
+        self.depth = 0
+
+    def of(self, e: ast.Expr) -> str:
+        if self.depth > MAX_EXPR_DEPTH:
+            self.ctx.error("E007", "expression nested too deeply", e.span,
+                                "simplify the expression")
+            return ANY
+        self.depth += 1
+        try:
+            return self.visit(e)
+        finally:
+            self.depth -= 1
+
+    def literal(self, e: ast.Literal) -> str:
         return _literal_type(e.value)
-    if isinstance(e, ast.MoneyLit):
-        _check_money(ctx, e, uses_money)
+
+    def money(self, e: ast.MoneyLit) -> str:
+        _check_money(self.ctx, e, self.uses_money)
         return MONEY
-    if isinstance(e, ast.Amount):
-        uses_money.append(e.span)
+
+    def amount(self, e: ast.Amount) -> str:
+        self.uses_money.append(e.span)
         return MONEY
-    if isinstance(e, ast.Path):
+
+    def path(self, e: ast.Path) -> str:
         if len(e.segments) > MAX_PATH_SEGMENTS:
-            ctx.error("E007", f"path has {len(e.segments)} segments; the limit is "
-                      f"{MAX_PATH_SEGMENTS}", e.span, "flatten the context you send")
+            self.ctx.error("E007", f"path has {len(e.segments)} segments; the limit is "
+                           f"{MAX_PATH_SEGMENTS}", e.span, "flatten the context you send")
             return ANY
         if e.root == "principal":
             if not e.segments:
-                ctx.error("E111", "use a field of principal", e.span,
-                          "principal.id, principal.roles or principal.attributes.NAME")
+                self.ctx.error("E111", "use a field of principal", e.span,
+                               "principal.id, principal.roles or principal.attributes.NAME")
                 return ANY
             head = e.segments[0]
             if head not in PRINCIPAL_FIELDS:
-                ctx.error("E111", f"principal has no field '{head}'", e.span,
-                          _did_you_mean(head, PRINCIPAL_FIELDS)
-                          or "principal.id, principal.roles or principal.attributes.NAME")
+                self.ctx.error("E111", f"principal has no field '{head}'", e.span,
+                               _did_you_mean(head, PRINCIPAL_FIELDS)
+                               or "principal.id, principal.roles or principal.attributes.NAME")
                 return ANY
             if head == "id":
                 if len(e.segments) > 1:
-                    ctx.error("E111", "principal.id is a string; it has no fields", e.span)
+                    self.ctx.error("E111", "principal.id is a string; it has no fields", e.span)
                 return STR
             if head == "roles":
                 if len(e.segments) > 1:
-                    ctx.error("E111", "principal.roles is a list; it has no fields", e.span)
+                    self.ctx.error("E111", "principal.roles is a list; it has no fields", e.span)
                 return LIST
             return ANY
         return ANY
-    if isinstance(e, ast.ListExpr):
+
+    def list(self, e: ast.ListExpr) -> str:
         for item in e.items:
             if not isinstance(item, ast.Literal):
-                ctx.error("E108", "a list holds literal strings, numbers or booleans",
-                          item.span, "compare values one by one with 'or'")
+                self.ctx.error("E108", "a list holds literal strings, numbers or booleans",
+                               item.span, "compare values one by one with 'or'")
         found = {_literal_kind(i.value) for i in e.items if isinstance(i, ast.Literal)}
         if len(found) > 1:
-            ctx.error("E108", "a list holds values of one type, not " +
-                      " and ".join(sorted(found)), e.span,
-                      "values of different types never compare (docs/semantics.md)")
+            self.ctx.error("E108", "a list holds values of one type, not " +
+                           " and ".join(sorted(found)), e.span,
+                           "values of different types never compare (docs/semantics.md)")
         return LIST
-    if isinstance(e, ast.Call):
+
+    def call(self, e: ast.Call) -> str:
         spec = FUNCTIONS.get(e.name)
         if spec is None:
-            ctx.error("E106", f"unknown function '{e.name}'", e.span,
-                      _did_you_mean(e.name, FUNCTIONS)
-                      or "functions: " + ", ".join(sorted(FUNCTIONS)))
+            self.ctx.error("E106", f"unknown function '{e.name}'", e.span,
+                           _did_you_mean(e.name, FUNCTIONS)
+                           or "functions: " + ", ".join(sorted(FUNCTIONS)))
             return BOOL
         arity, kinds = spec
         if len(e.args) != arity:
-            ctx.error("E107", f"{e.name}() takes {arity} argument{'s' if arity > 1 else ''} "
-                      f"({kinds}), got {len(e.args)}", e.span)
+            self.ctx.error("E107", f"{e.name}() takes {arity} argument{'s' if arity > 1 else ''} "
+                           f"({kinds}), got {len(e.args)}", e.span)
             return BOOL
         if e.name == "has":
             arg = e.args[0]
             if not (isinstance(arg, ast.Path) and arg.segments and (
                     arg.root == "context" or arg.segments[0] == "attributes")):
-                ctx.error("E108", "has() takes a path such as context.country or "
-                          "principal.attributes.tier", arg.span)
+                self.ctx.error("E108", "has() takes a path such as context.country or "
+                               "principal.attributes.tier", arg.span)
             return BOOL
-        types = [_expr_type(ctx, a, uses_money, d) for a in e.args]
+        types = [self.of(a) for a in e.args]
         if e.name in ("startswith", "endswith", "matches"):
             for a, t in zip(e.args, types, strict=False):
                 if t not in (STR, ANY):
-                    ctx.error("E108", f"{e.name}() takes strings, not a {t}", a.span)
+                    self.ctx.error("E108", f"{e.name}() takes strings, not a {t}", a.span)
             if e.name == "matches" and not (isinstance(e.args[1], ast.Literal)
                                             and isinstance(e.args[1].value, str)):
-                ctx.error("E114", "the glob of matches() must be a string literal", e.span,
-                          "globs are compiled once, with the policy")
+                self.ctx.error("E114", "the glob of matches() must be a string literal", e.span,
+                               "globs are compiled once, with the policy")
         elif e.name == "contains" and types[0] not in (LIST, STR, ANY):
-            ctx.error("E108", f"contains() looks into a list or string, not a {types[0]}",
-                      e.args[0].span)
+            self.ctx.error("E108", f"contains() looks into a list or string, not a {types[0]}",
+                           e.args[0].span)
         return BOOL
-    if isinstance(e, ast.Compare):
-        lt = _expr_type(ctx, e.left, uses_money, d)
-        rt = _expr_type(ctx, e.right, uses_money, d)
+
+    def compare(self, e: ast.Compare) -> str:
+        lt = self.of(e.left)
+        rt = self.of(e.right)
         if e.op in ("<", "<=", ">", ">="):
             for side, t in ((e.left, lt), (e.right, rt)):
                 if t not in (NUM, MONEY, ANY):
-                    ctx.error("E108", f"'{e.op}' compares numbers or money, not a {t}",
-                              side.span)
+                    self.ctx.error("E108", f"'{e.op}' compares numbers or money, not a {t}",
+                                   side.span)
         if MONEY in (lt, rt) and (lt, rt) != (MONEY, MONEY):
             other, other_side = (rt, e.right) if lt == MONEY else (lt, e.left)
             if other == ANY and isinstance(other_side, ast.Path):
-                ctx.error("E108", f"money is compared with money, not with "
-                          f"{other_side.dotted()} (a request value without a currency)",
-                          other_side.span, "to compare the request's amount, write "
-                          "'amount' (it is converted to the file's currency): "
-                          "amount <= 500 EUR")
+                self.ctx.error("E108", f"money is compared with money, not with "
+                               f"{other_side.dotted()} (a request value without a currency)",
+                               other_side.span, "to compare the request's amount, write "
+                               "'amount' (it is converted to the file's currency): "
+                               "amount <= 500 EUR")
             else:
-                ctx.error("E108", f"money is compared with money, not with a {other}",
-                          e.span, "write the amount with its currency, like 500 EUR")
+                self.ctx.error("E108", f"money is compared with money, not with a {other}",
+                               e.span, "write the amount with its currency, like 500 EUR")
         elif ANY not in (lt, rt) and lt != rt and e.op in ("==", "!="):
-            ctx.error("E108", f"comparing a {lt} with a {rt} is an evaluation error "
-                      "(values of different types never compare)", e.span)
+            self.ctx.error("E108", f"comparing a {lt} with a {rt} is an evaluation error "
+                           "(values of different types never compare)", e.span)
         return BOOL
-    if isinstance(e, ast.In):
-        it = _expr_type(ctx, e.item, uses_money, d)
-        ct = _expr_type(ctx, e.collection, uses_money, d)
+
+    def in_(self, e: ast.In) -> str:
+        it = self.of(e.item)
+        ct = self.of(e.collection)
         if ct not in (LIST, ANY):
             hint = "use contains(text, part) for substrings" if ct == STR else None
-            ctx.error("E108", f"'in' looks into a list, not a {ct}", e.collection.span, hint)
+            self.ctx.error("E108", f"'in' looks into a list, not a {ct}", e.collection.span, hint)
         if it in (LIST, MONEY):
-            ctx.error("E108", f"'in' tests a string, number or boolean, not a {it}",
-                      e.item.span)
+            self.ctx.error("E108", f"'in' tests a string, number or boolean, not a {it}",
+                           e.item.span)
         return BOOL
-    if isinstance(e, ast.Not):
-        t = _expr_type(ctx, e.expr, uses_money, d)
+
+    def not_(self, e: ast.Not) -> str:
+        t = self.of(e.expr)
         if t not in (BOOL, ANY):
-            ctx.error("E108", f"'not' needs true or false, not a {t}", e.expr.span)
+            self.ctx.error("E108", f"'not' needs true or false, not a {t}", e.expr.span)
         return BOOL
-    if isinstance(e, (ast.And, ast.Or)):
+
+    def and_(self, e: ast.And | ast.Or) -> str:
         word = "and" if isinstance(e, ast.And) else "or"
         for item in e.items:
-            t = _expr_type(ctx, item, uses_money, d)
+            t = self.of(item)
             if t not in (BOOL, ANY):
-                ctx.error("E108", f"'{word}' needs true or false, not a {t}", item.span)
+                self.ctx.error("E108", f"'{word}' needs true or false, not a {t}", item.span)
         return BOOL
-    raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover
+
+    or_ = and_
 
 
 def _check_budget(ctx: _Ctx, st: ast.BudgetDecl) -> None:

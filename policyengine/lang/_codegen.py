@@ -19,7 +19,7 @@ __all__ = ["ConditionCodegen"]
 _CMP = {"<": "_lt", "<=": "_le", ">": "_gt", ">=": "_ge", "==": "_eq", "!=": "_ne"}
 
 
-class ConditionCodegen:
+class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
     """Builds the source of one rule's test and its constants."""
 
     def __init__(self, money: object, to_base: Callable[[ast.MoneyLit], Decimal],
@@ -27,7 +27,7 @@ class ConditionCodegen:
         self.consts: dict[str, Any] = {}
         self.prefix = prefix
         self.uses_amount = False
-        self.money = money
+        self.file_money = money
         self.to_base = to_base
 
     def const(self, value: Any) -> str:
@@ -41,64 +41,75 @@ class ConditionCodegen:
 
     def expr(self, e: ast.Expr) -> tuple[str, bool]:
         """Return (python source, statically known to be a bool)."""
-        if isinstance(e, ast.Literal):
-            if isinstance(e.value, bool):
-                return ("True" if e.value else "False"), True
-            return self.const(e.value), False
-        if isinstance(e, ast.MoneyLit):
-            return self.const(self.to_base(e)), False
-        if isinstance(e, ast.Amount):
-            self.uses_amount = True
-            return f"r.amount({self.const(self.money)})", False
-        if isinstance(e, ast.Path):
-            if e.root == "context":
-                code = "c"
-                segs = e.segments
-            else:
-                head, segs = e.segments[0], e.segments[1:]
-                code = {"id": "p.id", "roles": "p.roles", "attributes": "p.attributes"}[head]
-            for seg in segs:
-                code += f"[{self.const(seg)}]"
-            return code, False
-        if isinstance(e, ast.ListExpr):
-            items = tuple(self._literal_value(i) for i in e.items)
-            return self.const(list(items)), False
-        if isinstance(e, ast.Compare):
-            left, _ = self.expr(e.left)
-            right, _ = self.expr(e.right)
-            return f"{_CMP[e.op]}({left}, {right})", True
-        if isinstance(e, ast.In):
-            item, _ = self.expr(e.item)
-            if isinstance(e.collection, ast.ListExpr):
-                values = tuple(self._literal_value(i) for i in e.collection.items)
-                strings = (frozenset(values) if all(type(v) is str for v in values)
-                           else None)
-                code = f"_in_lit({item}, {self.const(strings)}, {self.const(values)})"
-            else:
-                coll, _ = self.expr(e.collection)
-                code = f"_in_dyn({item}, {coll})"
-            return (f"(not {code})" if e.negated else code), True
-        if isinstance(e, ast.Not):
-            return f"(not {self.boolean(e.expr)})", True
-        if isinstance(e, ast.And):
-            return "(" + " and ".join(self.boolean(i) for i in e.items) + ")", True
-        if isinstance(e, ast.Or):
-            return "(" + " or ".join(self.boolean(i) for i in e.items) + ")", True
-        if isinstance(e, ast.Call):
-            if e.name == "has":
-                path = e.args[0]
-                assert isinstance(path, ast.Path)
-                if path.root == "context":
-                    return f"_has(c, {self.const(path.segments)})", True
-                return f"_has(p.attributes, {self.const(path.segments[1:])})", True
-            if e.name == "matches":
-                subject, _ = self.expr(e.args[0])
-                glob = e.args[1]
-                assert isinstance(glob, ast.Literal) and isinstance(glob.value, str)
-                return f"_matches({subject}, {self.const(Glob(glob.value))})", True
-            args = ", ".join(self.expr(a)[0] for a in e.args)
-            return f"_{e.name}({args})", True
-        raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover
+        return self.visit(e)
+
+    def literal(self, e: ast.Literal) -> tuple[str, bool]:
+        if isinstance(e.value, bool):
+            return ("True" if e.value else "False"), True
+        return self.const(e.value), False
+
+    def money(self, e: ast.MoneyLit) -> tuple[str, bool]:
+        return self.const(self.to_base(e)), False
+
+    def amount(self, e: ast.Amount) -> tuple[str, bool]:
+        self.uses_amount = True
+        return f"r.amount({self.const(self.file_money)})", False
+
+    def path(self, e: ast.Path) -> tuple[str, bool]:
+        if e.root == "context":
+            code = "c"
+            segs = e.segments
+        else:
+            head, segs = e.segments[0], e.segments[1:]
+            code = {"id": "p.id", "roles": "p.roles", "attributes": "p.attributes"}[head]
+        for seg in segs:
+            code += f"[{self.const(seg)}]"
+        return code, False
+
+    def list(self, e: ast.ListExpr) -> tuple[str, bool]:
+        items = tuple(self._literal_value(i) for i in e.items)
+        return self.const(list(items)), False
+
+    def compare(self, e: ast.Compare) -> tuple[str, bool]:
+        left, _ = self.visit(e.left)
+        right, _ = self.visit(e.right)
+        return f"{_CMP[e.op]}({left}, {right})", True
+
+    def in_(self, e: ast.In) -> tuple[str, bool]:
+        item, _ = self.visit(e.item)
+        if isinstance(e.collection, ast.ListExpr):
+            values = tuple(self._literal_value(i) for i in e.collection.items)
+            strings = (frozenset(values) if all(type(v) is str for v in values)
+                       else None)
+            code = f"_in_lit({item}, {self.const(strings)}, {self.const(values)})"
+        else:
+            coll, _ = self.visit(e.collection)
+            code = f"_in_dyn({item}, {coll})"
+        return (f"(not {code})" if e.negated else code), True
+
+    def not_(self, e: ast.Not) -> tuple[str, bool]:
+        return f"(not {self.boolean(e.expr)})", True
+
+    def and_(self, e: ast.And) -> tuple[str, bool]:
+        return "(" + " and ".join(self.boolean(i) for i in e.items) + ")", True
+
+    def or_(self, e: ast.Or) -> tuple[str, bool]:
+        return "(" + " or ".join(self.boolean(i) for i in e.items) + ")", True
+
+    def call(self, e: ast.Call) -> tuple[str, bool]:
+        if e.name == "has":
+            path = e.args[0]
+            assert isinstance(path, ast.Path)
+            if path.root == "context":
+                return f"_has(c, {self.const(path.segments)})", True
+            return f"_has(p.attributes, {self.const(path.segments[1:])})", True
+        if e.name == "matches":
+            subject, _ = self.visit(e.args[0])
+            glob = e.args[1]
+            assert isinstance(glob, ast.Literal) and isinstance(glob.value, str)
+            return f"_matches({subject}, {self.const(Glob(glob.value))})", True
+        args = ", ".join(self.visit(a)[0] for a in e.args)
+        return f"_{e.name}({args})", True
 
     def _literal_value(self, e: ast.Expr) -> Any:
         if isinstance(e, ast.Literal):

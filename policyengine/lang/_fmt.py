@@ -58,32 +58,50 @@ def _wrap(e: ast.Expr, need: int) -> str:
     return f"({text})" if _strength(e) < need else text
 
 
-def format_expr(e: ast.Expr) -> str:
-    """Canonical text of an expression, with only the parentheses it needs."""
-    if isinstance(e, ast.Literal):
+class _ExprText(ast.ExprVisitor[str]):
+    """Canonical text of each kind of expression."""
+
+    def literal(self, e: ast.Literal) -> str:
         return _literal(e.value)
-    if isinstance(e, ast.MoneyLit):
+
+    def money(self, e: ast.MoneyLit) -> str:
         return _money(e)
-    if isinstance(e, ast.Amount):
+
+    def amount(self, e: ast.Amount) -> str:
         return "amount"
-    if isinstance(e, ast.Path):
+
+    def path(self, e: ast.Path) -> str:
         return e.dotted()
-    if isinstance(e, ast.ListExpr):
-        return "[" + ", ".join(format_expr(i) for i in e.items) + "]"
-    if isinstance(e, ast.Call):
-        return f"{e.name}(" + ", ".join(format_expr(a) for a in e.args) + ")"
-    if isinstance(e, ast.Compare):
+
+    def list(self, e: ast.ListExpr) -> str:
+        return "[" + ", ".join(self.visit(i) for i in e.items) + "]"
+
+    def call(self, e: ast.Call) -> str:
+        return f"{e.name}(" + ", ".join(self.visit(a) for a in e.args) + ")"
+
+    def compare(self, e: ast.Compare) -> str:
         return f"{_wrap(e.left, _ATOM)} {e.op} {_wrap(e.right, _ATOM)}"
-    if isinstance(e, ast.In):
+
+    def in_(self, e: ast.In) -> str:
         word = "not in" if e.negated else "in"
         return f"{_wrap(e.item, _ATOM)} {word} {_wrap(e.collection, _ATOM)}"
-    if isinstance(e, ast.Not):
+
+    def not_(self, e: ast.Not) -> str:
         return f"not {_wrap(e.expr, _NOT)}"
-    if isinstance(e, ast.And):
+
+    def and_(self, e: ast.And) -> str:
         return " and ".join(_wrap(i, _AND + 1) for i in e.items)
-    if isinstance(e, ast.Or):
+
+    def or_(self, e: ast.Or) -> str:
         return " or ".join(_wrap(i, _OR + 1) for i in e.items)
-    raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover
+
+
+_EXPR_TEXT = _ExprText()
+
+
+def format_expr(e: ast.Expr) -> str:
+    """Canonical text of an expression, with only the parentheses it needs."""
+    return _EXPR_TEXT.visit(e)
 
 
 def _scope(scope: tuple[ast.ScopeItem, ...]) -> str:
@@ -128,24 +146,32 @@ def _tool_item(item: ast.ToolItem) -> str:
     return _extraction(item)
 
 
-def _statement_head(st: ast.Statement) -> str:
+class _StatementHead(ast.StatementVisitor[str]):
     """One-line statements, or the opening line of a block."""
-    if isinstance(st, ast.NamespaceDecl):
+
+    def namespace(self, st: ast.NamespaceDecl) -> str:
         return f"namespace {st.name}"
-    if isinstance(st, ast.CurrencyDecl):
+
+    def currency(self, st: ast.CurrencyDecl) -> str:
         return f"currency {st.code}"
-    if isinstance(st, ast.DefaultCurrencyDecl):
+
+    def default_currency(self, st: ast.DefaultCurrencyDecl) -> str:
         return f"default_currency {st.code}"
-    if isinstance(st, ast.RateDecl):
+
+    def rate(self, st: ast.RateDecl) -> str:
         return f"rate {st.code} {_num(st.value)}"
-    if isinstance(st, ast.RatesDecl):
+
+    def rates(self, st: ast.RatesDecl) -> str:
         age = f" max_age {st.max_age_text}" if st.max_age_text else ""
         return f"rates {_str(st.path)}{age}"
-    if isinstance(st, ast.TzDecl):
+
+    def tz(self, st: ast.TzDecl) -> str:
         return f"tz {_str(st.zone)}"
-    if isinstance(st, ast.RoleDecl):
+
+    def role(self, st: ast.RoleDecl) -> str:
         return f"role {st.name}: " + ", ".join(st.patterns)
-    if isinstance(st, ast.AgentDecl):
+
+    def agent(self, st: ast.AgentDecl) -> str:
         text = f"agent {_str(st.id)}"
         if st.roles:
             text += ": " + ", ".join(st.roles)
@@ -153,17 +179,21 @@ def _statement_head(st: ast.Statement) -> str:
             text += " { " + ", ".join(f"{k} = {_literal(v.value)}" for k, v in st.attributes)
             text += " }"
         return text
-    if isinstance(st, ast.Rule):
+
+    def rule(self, st: ast.Rule) -> str:
         return (f"{st.effect} {st.id}: " + ", ".join(st.patterns) + _scope(st.scope)
                 + _conditions(st.conditions) + _terms(st.approval))
-    if isinstance(st, ast.LimitDecl):
+
+    def limit(self, st: ast.LimitDecl) -> str:
         return (f"limit {st.id}: " + ", ".join(st.patterns) + f" amount <= {_money(st.cap)}"
                 + _scope(st.scope) + _conditions(st.conditions))
-    if isinstance(st, ast.ApprovalOverDecl):
+
+    def approval_over(self, st: ast.ApprovalOverDecl) -> str:
         return (f"{st.effect} {st.id}: " + ", ".join(st.patterns)
                 + f" over {_money(st.threshold)}" + _scope(st.scope)
                 + _conditions(st.conditions) + _terms(st.approval))
-    if isinstance(st, ast.BudgetDecl):
+
+    def budget(self, st: ast.BudgetDecl) -> str:
         window = f"rolling {st.rolling_text}" if st.window == "rolling" else st.window
         text = (f"budget {st.id}: " + ", ".join(st.patterns)
                 + f" limit {_num(st.limit)} {st.unit} per {window} per {st.subject}"
@@ -173,16 +203,30 @@ def _statement_head(st: ast.Statement) -> str:
         if st.overdraft is not None:
             text += f" overdraft {_num(st.overdraft)}"
         return text
-    if isinstance(st, ast.HttpTool):
+
+    def http_tool(self, st: ast.HttpTool) -> str:
         return f"tool {st.id}: http " + ", ".join(_str(h) for h in st.hosts) + " {"
-    if isinstance(st, ast.NamedTool):
+
+    def named_tool(self, st: ast.NamedTool) -> str:
         text = f"tool {st.id}: {st.kind} {_str(st.name)} -> {st.permission}"
         return text + (" {" if st.items else "")
-    if isinstance(st, ast.EgressDecl):
+
+    def egress(self, st: ast.EgressDecl) -> str:
         return "egress {"
-    if isinstance(st, ast.DelegationDecl):
+
+    def delegation(self, st: ast.DelegationDecl) -> str:
         return "delegation {"
-    raise AssertionError(f"unknown statement {st!r}")  # pragma: no cover
+
+
+_STATEMENT_HEAD = _StatementHead()
+
+
+def _statement_head(st: ast.Statement) -> str:
+    """One-line statements, or the opening line of a block."""
+    head = _STATEMENT_HEAD.visit_statement(st, "")
+    if not head:  # pragma: no cover - every statement kind has a head
+        raise AssertionError(f"unknown statement {st!r}")
+    return head
 
 
 def _block_items(st: ast.Statement) -> list[tuple[str, ast.Span]] | None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Union
+from typing import Any, Generic, TypeVar, Union
 
 __all__ = [
     "AgentDecl", "Amount", "And", "ApprovalOverDecl", "ApprovalTerms", "BudgetDecl", "Call",
@@ -20,7 +21,7 @@ __all__ = [
     "EgressDecl", "Expr", "Extraction", "HttpTool", "In", "LimitDecl", "ListExpr", "Literal",
     "MoneyLit", "NamedTool", "NamespaceDecl", "Not", "Or", "Path", "PolicyFile", "RateDecl",
     "RatesDecl", "Redact", "RoleDecl", "Route", "Rule", "ScopeItem", "Span", "Statement",
-    "TzDecl", "Comment",
+    "TzDecl", "Comment", "ExprVisitor", "StatementVisitor", "children",
 ]
 
 
@@ -39,6 +40,7 @@ class Span:
 
 
 NOSPAN = Span("<none>", 0, 0, 0, 0)
+T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # the grammar's NAME terminal
 
 
@@ -381,3 +383,87 @@ class PolicyFile:
         found = next((st.name for st in self.statements if isinstance(st, NamespaceDecl)),
                      "default")
         object.__setattr__(self, "namespace", found)
+
+
+# ---- visitors ------------------------------------------------------------------------
+#
+# One dispatch by node type, shared by the checker, the code generator and the formatter:
+# each defines what it does per kind of node, and none keeps its own isinstance chain.
+# A new node kind is added here once; a visitor that does not handle it fails loudly.
+
+_EXPR_METHODS: dict[type, str] = {
+    Literal: "literal", MoneyLit: "money", Amount: "amount", Path: "path", Call: "call",
+    ListExpr: "list", Compare: "compare", In: "in_", Not: "not_", And: "and_", Or: "or_",
+}
+_STATEMENT_METHODS: dict[type, str] = {
+    NamespaceDecl: "namespace", CurrencyDecl: "currency",
+    DefaultCurrencyDecl: "default_currency", RateDecl: "rate", RatesDecl: "rates",
+    TzDecl: "tz", RoleDecl: "role", AgentDecl: "agent", Rule: "rule", LimitDecl: "limit",
+    ApprovalOverDecl: "approval_over", BudgetDecl: "budget", HttpTool: "http_tool",
+    NamedTool: "named_tool", EgressDecl: "egress", DelegationDecl: "delegation",
+}
+
+
+def _dispatch_table(cls: type, methods: dict[type, str]) -> dict[type, Callable[..., Any]]:
+    table: dict[type, Callable[..., Any]] = {}
+    for node_type, name in methods.items():
+        method = getattr(cls, name, None)
+        if method is not None:
+            table[node_type] = method
+    return table
+
+
+class ExprVisitor(Generic[T]):
+    """Dispatch on an expression's node type to the method named for it (``literal``,
+    ``money``, ``amount``, ``path``, ``call``, ``list``, ``compare``, ``in_``, ``not_``,
+    ``and_``, ``or_``). A subclass defines the ones it meets; :meth:`visit` raises
+    ``TypeError`` for any other node."""
+
+    _expr_table: dict[type, Callable[..., Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._expr_table = _dispatch_table(cls, _EXPR_METHODS)
+
+    def visit(self, e: Expr) -> T:
+        method = self._expr_table.get(type(e))
+        if method is None:
+            raise TypeError(f"{type(self).__name__} does not handle {type(e).__name__}")
+        result: T = method(self, e)
+        return result
+
+
+class StatementVisitor(Generic[T]):
+    """Dispatch on a statement's node type to the method named for it (``namespace``,
+    ``currency``, ``default_currency``, ``rate``, ``rates``, ``tz``, ``role``, ``agent``,
+    ``rule``, ``limit``, ``approval_over``, ``budget``, ``http_tool``, ``named_tool``,
+    ``egress``, ``delegation``). :meth:`visit_statement` returns ``default`` for a kind
+    the subclass does not define."""
+
+    _statement_table: dict[type, Callable[..., Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._statement_table = _dispatch_table(cls, _STATEMENT_METHODS)
+
+    def visit_statement(self, st: Statement, default: T) -> T:
+        method = self._statement_table.get(type(st))
+        if method is None:
+            return default
+        result: T = method(self, st)
+        return result
+
+
+def children(e: Expr) -> tuple[Expr, ...]:
+    """The sub-expressions of ``e``, in source order (for walks that need no visitor)."""
+    if isinstance(e, (And, Or, ListExpr)):
+        return e.items
+    if isinstance(e, Not):
+        return (e.expr,)
+    if isinstance(e, Compare):
+        return (e.left, e.right)
+    if isinstance(e, In):
+        return (e.item, e.collection)
+    if isinstance(e, Call):
+        return e.args
+    return ()
