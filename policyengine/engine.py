@@ -165,6 +165,29 @@ class Engine:
     >>> engine = Engine.from_source('role r: docs:*\\nagent "bot": r')
     >>> engine.authorize("bot", "docs:read").allowed
     True
+
+    Build one with :meth:`from_path`, :meth:`from_source` or :meth:`from_sources`; every
+    keyword option below is accepted by all three (docs/engine.md has examples):
+
+    * ``budget_store``: where budget spend is recorded: a ``BudgetStore`` or a URL
+      (``memory:``, ``sqlite:///path``, ``postgresql://...``, ``redis://...``). Default:
+      a fresh ``MemoryStore``. Kept across :meth:`reload`.
+    * ``clock``: a callable returning POSIX seconds, used for every time-dependent
+      answer (windows, token expiry, approval expiry, stale rates). Default: the real
+      clock.
+    * ``rates``: one ``RateSource`` used by every file instead of the files' own
+      ``rate`` / ``rates`` statements. Default: each file's own rates.
+    * ``approvals``: the ``ApprovalStore`` (or a URL) of pending approvals. Default: a
+      ``MemoryApprovalStore`` on ``clock``. Share one store between engines and workers
+      so an approval granted through one is usable through another.
+    * ``keys``: the ``KeySet`` that verifies delegation tokens (``token=``). Without it
+      every token is ``invalid_token`` (``no_keys``).
+    * ``revocations``: the ``RevocationStore`` (or a URL) consulted for every hop of every
+      token. Default: an empty ``MemoryRevocationStore``.
+    * ``hmac_key``: the secret (bytes, at least 16) for ``hash`` redactions. Without it
+      calls through a tool with a ``hash`` redaction are denied (warning W204 at load).
+    * ``base_dir``: where relative paths in policy text (``rates "fx.json"``) resolve
+      for sources held in memory. Default: each file's own directory.
     """
 
     def __init__(self, files: PolicyFiles, *, paths: tuple[str, ...] = (),
