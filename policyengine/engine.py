@@ -325,10 +325,13 @@ class Engine:
                 return grant_or_denial
             grant = grant_or_denial
         acting_for = grant.acting_for if grant is not None else None
-        asked = decision = evaluate(policy, principal, permission, context, now, False)
+        view = None if grant is None else {
+            "delegated": True, "acting_for": grant.acting_for, "depth": grant.depth,
+            "chain": list(grant.chain), "issuer": grant.issuer}
+        asked = decision = evaluate(policy, principal, permission, context, now, False, view)
         if asked.status == "pending_approval" and approval_id is not None:
             # Decide as if approved; the approval is consumed only if that is the answer.
-            decision = evaluate(policy, principal, permission, context, now, True)
+            decision = evaluate(policy, principal, permission, context, now, True, view)
         if grant is not None:
             for d in (asked, decision):
                 d.acting_for, d.chain = grant.acting_for, tuple(grant.chain)
@@ -457,6 +460,7 @@ class Engine:
                       audience=block.audience if block else None,
                       max_depth=block.max_depth if block else None,
                       max_ttl=block.max_ttl if block else None,
+                      child_max_ttl=block.child_max_ttl if block else None,
                       revocations=self.revocations, rates=self._policy.rates)
 
     def revoke(self, grant_or_jti: str) -> None:

@@ -32,6 +32,8 @@ from policyengine.permissions import InvalidPermission, validate_permission
 __all__ = ["Explanation", "RequestState", "evaluate", "explain", "invalid"]
 
 _EMPTY: dict[str, Any] = {}
+#: The grant view of a request made without a delegation token.
+NOT_DELEGATED: dict[str, Any] = {"delegated": False}
 _CEILING = Context(prec=100, rounding=ROUND_CEILING, Emax=999, Emin=-999,
                    traps=[InvalidOperation, Overflow, DivisionByZero])
 _QUANTA: dict[str, Decimal] = {}
@@ -40,11 +42,15 @@ _QUANTA: dict[str, Decimal] = {}
 class RequestState:
     """Per-request values computed at most once (the amount, per base currency)."""
 
-    __slots__ = ("_amounts", "context", "now")
+    __slots__ = ("_amounts", "context", "grant", "now")
 
-    def __init__(self, context: dict[str, Any], now: float | None) -> None:
+    def __init__(self, context: dict[str, Any], now: float | None,
+                 grant: dict[str, Any] | None = None) -> None:
         self.context = context
         self.now = now
+        #: What ``grant.FIELD`` reads: ``delegated`` always; ``acting_for``, ``depth``,
+        #: ``chain``, ``issuer`` only under a delegation (else missing_attribute).
+        self.grant = grant if grant is not None else NOT_DELEGATED
         self._amounts: dict[str | None, Decimal | EvalError] = {}
 
     def amount(self, money: FileMoney) -> Decimal:
@@ -206,7 +212,7 @@ def _obligations(max_amount: tuple[Decimal, FileMoney] | None,
 
 def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
              context: Any = None, now: float | None = None,
-             approved: bool = False) -> Decision:
+             approved: bool = False, grant: dict[str, Any] | None = None) -> Decision:
     """Decide one request. Never raises for request data; malformed input is denied."""
     if type(principal) is not str or type(permission) is not str:
         return invalid(principal, permission, "principal and permission must be strings")
@@ -222,7 +228,7 @@ def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
             return invalid(principal, permission, problem)
         plan = policy.plan(principal, permission)
     diags: list[Diagnostic] = []
-    req = RequestState(context, now) if plan.uses_amount else None
+    req = RequestState(context, now, grant) if plan.uses_amount else None
 
     applied: list[str] = []  # declaration order, forbids before limits
     forbidden = limited = False
