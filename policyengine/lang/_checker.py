@@ -287,11 +287,12 @@ def _check_money(ctx: _Ctx, m: ast.MoneyLit, uses: list[ast.Span]) -> None:
     if m.amount < 0 or m.amount > MAX_LITERAL_AMOUNT:
         ctx.error("E108", f"amount {m.amount} is out of range", m.span)
     elif _currency_known(m.currency):
-        from policyengine.money._money import decimal_places
+        from policyengine.money._money import MONEY_CONTEXT, decimal_places
         places = decimal_places(m.currency)
         exponent = m.amount.as_tuple().exponent
+        quantum = Decimal(1).scaleb(-places, MONEY_CONTEXT)
         if isinstance(exponent, int) and -exponent > places and m.amount != m.amount.quantize(
-                Decimal(1).scaleb(-places), rounding=ROUND_DOWN):
+                quantum, rounding=ROUND_DOWN, context=MONEY_CONTEXT):
             ctx.error("E133", f"{m.amount} {m.currency} has more decimals than {m.currency} "
                       f"has ({places})", m.span,
                       f"write it with at most {places} decimal{'s' if places != 1 else ''}")

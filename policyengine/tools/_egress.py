@@ -29,7 +29,7 @@ from policyengine import _json as strict_json
 from policyengine.decision import Decision, ToolDecision
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
-from policyengine.money._money import MoneyError, decimal_places
+from policyengine.money._money import MONEY_CONTEXT, MoneyError, decimal_places
 from policyengine.tools._patterns import (
     HostPattern,
     NamePattern,
@@ -287,7 +287,7 @@ def _minor_to_major(value: Any, currency: Any) -> Any:
         places = decimal_places(currency)
     except MoneyError as exc:
         return _BadMinor(exc.message)
-    return Decimal(value).scaleb(-places)
+    return Decimal(value).scaleb(-places, MONEY_CONTEXT)  # never the thread's context
 
 
 def _single(kind: str, key: str, source: Mapping[str, Any]) -> Any:
