@@ -128,6 +128,8 @@ class Pipeline:
             if problem is not None:
                 return _invalid(principal, permission, problem, trace)
             plan = policy.plan(principal, permission)
+        else:
+            plan.used = True  # the plan cache's reference bit (CLOCK eviction)
         now = self.clock() if self.clock is not None else None
         req = (RequestState(context, policy.default_currency, now) if plan.uses_amount
                else None)

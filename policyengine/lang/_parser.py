@@ -29,6 +29,7 @@ from lark import Lark, Token, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 
 from policyengine.lang import ast
+from policyengine.lang._fastparse import read_statement
 from policyengine.lang._source import PolicyError, Problem, SourceSet
 
 __all__ = ["MAX_NESTING", "MAX_PROBLEMS", "MAX_SOURCE_BYTES", "STATEMENT_KEYWORDS", "ParseCache",
@@ -293,6 +294,9 @@ def _parse_file(data: str | bytes, name: str, sources: SourceSet
                                       name, line, col, "policy files are UTF-8 text")]
     chunks, comments, problems = _split(text, name, sources)
     if not problems:
+        fast = _read_fast(chunks, name, sources)
+        if fast is not None:
+            return ast.PolicyFile(name, tuple(fast), tuple(comments)), []
         whole = _parse_whole(text, name, chunks)
         if whole is not None:
             return ast.PolicyFile(name, tuple(whole), tuple(comments)), []
@@ -373,6 +377,33 @@ def _split(text: str, name: str, sources: SourceSet
         chunks = [(start, chunk) for start, chunk in chunks
                   if not any(start <= b < start + chunk.count("\n") + 1 for b in broken_lines)]
     return chunks, comments, problems
+
+
+#: Statements the fast reader may hand to Lark one by one before the whole file goes to
+#: Lark in one call instead (cheaper per statement).
+_MAX_LARK_STATEMENTS = 64
+
+
+def _read_fast(chunks: list[tuple[int, str]], name: str, sources: SourceSet
+               ) -> list[ast.Statement] | None:
+    """The file's statements, most read by :mod:`._fastparse` and the rest by Lark one by
+    one; None if a statement has an error or too many need Lark."""
+    out: list[ast.Statement | None] = []
+    left: list[int] = []
+    for start_line, chunk in chunks:
+        st = read_statement(chunk, name, start_line - 1)
+        if st is None:
+            left.append(len(out))
+            if len(left) > _MAX_LARK_STATEMENTS:
+                return None
+        out.append(st)
+    for i in left:
+        start_line, chunk = chunks[i]
+        st, probs = _parse_statement(chunk, start_line, name, sources)
+        if probs or st is None:
+            return None
+        out[i] = st
+    return out  # type: ignore[return-value]
 
 
 def _parse_whole(text: str, name: str, chunks: list[tuple[int, str]]
