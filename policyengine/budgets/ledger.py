@@ -1067,13 +1067,13 @@ class Ledger:
             rate: str | None = None
             if mode == _CALL:
                 q = 1
-            elif mode == _ZERO:
-                q = 0
             elif mode == _SAME:
                 q = quanta
                 if q > MAX_QUANTA:
                     raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too "
                                            "large", {"reason": "amount_too_large"})
+            elif mode == _ZERO:  # only from admit()
+                q = 0
             else:
                 q, rate = self._convert(value, unit, b, now)  # type: ignore[arg-type]
             rolling = bucket is None
