@@ -3,8 +3,8 @@ those of a git revision, in one process, interleaved.
 
 Run from a checkout::
 
-    python benchmarks/bench_operators.py                 # against HEAD~1
-    python benchmarks/bench_operators.py --ref e210fb0   # against any revision
+    python benchmarks/bench_operators.py --ref 0dc9613   # the helpers before typed comparisons
+    python benchmarks/bench_operators.py --ref REV       # against any revision
     python benchmarks/bench_operators.py --quick
 
 Not a test. The generated condition code calls the helpers of

@@ -237,18 +237,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: bad request: {exc}", file=sys.stderr)
         return 2
-    if args.command == "explain":
-        exp = engine.explain(req.get("principal"), req.get("permission"), req.get("context"))
-        print(json.dumps(exp.to_dict(), indent=2) if args.json else str(exp))
-        return 0
-    if req.get("transport"):
+    explaining = args.command == "explain"
+    if req.get("transport"):  # a tool call: the tool-authorize request fields
         principal = req.pop("principal", None)
-        decision = engine.tool_authorize(principal, **req)
+        if explaining:
+            result: Any = engine.explain_tool(principal, **req)
+        else:
+            result = engine.tool_authorize(principal, **req)
     else:
-        kwargs = {"token": req["token"]} if "token" in req else {}
-        decision = engine.authorize(req.get("principal"), req.get("permission"),
-                                    req.get("context"), **kwargs)
-    print(json.dumps(decision.to_wire(), indent=2))
+        kwargs = {"token": req.get("token"),
+                  "approval_id": req.get("approval_id", req.get("approvalId"))}
+        run = engine.explain if explaining else engine.authorize
+        result = run(req.get("principal"), req.get("permission"), req.get("context"),
+                     **kwargs)
+    if explaining:
+        print(json.dumps(result.to_dict(), indent=2) if args.json else str(result))
+        decision = result.decision
+    else:
+        decision = result
+        print(json.dumps(decision.to_wire(), indent=2))
     return 0 if decision.allowed or not args.exit_code else 1
 
 
@@ -298,7 +305,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_fmt)
 
     for name, helptext in (("eval", "decide one request; print the wire decision"),
-                           ("explain", "say rule by rule why a request is decided")):
+                           ("explain", "decide one request exactly as eval does, and say "
+                            "step by step and rule by rule why")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("paths", nargs="+", help="policy files or directories")
         p.add_argument("--principal")

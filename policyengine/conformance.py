@@ -121,6 +121,8 @@ def _run_authorize(engine: Any, case: dict[str, Any]) -> str | None:
     kwargs = {}
     if "token" in req:
         kwargs["token"] = req["token"]
+    if "approvalId" in req:
+        kwargs["approval_id"] = req["approvalId"]
     decision = engine.authorize(req.get("principal"), req.get("permission"),
                                 req.get("context"), **kwargs)
     return compare_decision(decision.to_wire(), case["expect"]["decision"], _DECISION_DEFAULTS)

@@ -14,7 +14,11 @@ from __future__ import annotations
 import itertools
 import os
 from decimal import Decimal
-from typing import Any, Literal
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from policyengine.budgets.ledger import BudgetUsage
 
 from policyengine.errors import PolicyEngineError
 
@@ -120,22 +124,25 @@ class Decision:
     reason code (``permitted``, ``forbidden``, ``approval_required``, ``no_permit``,
     ``invalid_request``, ``budget_exceeded``, ``token_*`` ...), ``reason`` the human
     sentence, ``rules`` the qualified ids of the rules that decided.
+
+    A decision is built once, by the last step of the decision pipeline, and never
+    changed afterwards: every field is read-only (the decision id is made on first read).
     """
 
     __slots__ = (
+        "_acting_for",
+        "_approval_id",
+        "_budget",
+        "_chain",
+        "_code",
         "_decision_id",
-        "acting_for",
-        "approval_id",
-        "budget",
-        "chain",
-        "code",
-        "diagnostics",
-        "obligations",
-        "permission",
-        "principal",
-        "reason",
-        "rules",
-        "status",
+        "_diagnostics",
+        "_obligations",
+        "_permission",
+        "_principal",
+        "_reason",
+        "_rules",
+        "_status",
     )
 
     def __init__(
@@ -151,25 +158,44 @@ class Decision:
         approval_id: str | None = None,
         acting_for: str | None = None,
         chain: tuple[str, ...] | None = None,
-        budget: dict[str, Any] | None = None,
+        budget: BudgetUsage | None = None,
     ) -> None:
-        self.status = status
-        self.code = code
-        self.reason = reason
-        self.rules = rules
-        self.obligations = obligations
-        self.diagnostics = diagnostics
-        self.principal = principal
-        self.permission = permission
-        self.approval_id = approval_id
-        self.acting_for = acting_for
-        self.chain = chain
-        self.budget = budget
+        self._status = status
+        self._code = code
+        self._reason = reason
+        self._rules = rules
+        self._obligations = obligations
+        self._diagnostics = diagnostics
+        self._principal = principal
+        self._permission = permission
+        self._approval_id = approval_id
+        self._acting_for = acting_for
+        self._chain = chain
+        self._budget = budget
         self._decision_id: str | None = None
+
+    # Read-only views (``operator.attrgetter`` is a C-level getter, as cheap as a slot).
+    status: Status = property(attrgetter("_status"))  # type: ignore[assignment]
+    code: str = property(attrgetter("_code"))  # type: ignore[assignment]
+    reason: str = property(attrgetter("_reason"))  # type: ignore[assignment]
+    rules: tuple[str, ...] = property(attrgetter("_rules"))  # type: ignore[assignment]
+    obligations: Obligations | None = property(  # type: ignore[assignment]
+        attrgetter("_obligations"))
+    diagnostics: tuple[Diagnostic, ...] = property(  # type: ignore[assignment]
+        attrgetter("_diagnostics"))
+    principal: str | None = property(attrgetter("_principal"))  # type: ignore[assignment]
+    permission: str | None = property(attrgetter("_permission"))  # type: ignore[assignment]
+    #: The pending approval this decision registered (``pending_approval`` only).
+    approval_id: str | None = property(attrgetter("_approval_id"))  # type: ignore[assignment]
+    #: Under a delegation grant: whom the principal acts for, and the delegation chain.
+    acting_for: str | None = property(attrgetter("_acting_for"))  # type: ignore[assignment]
+    chain: tuple[str, ...] | None = property(attrgetter("_chain"))  # type: ignore[assignment]
+    #: The refusing budget (denied) or the tightest covering budget (otherwise).
+    budget: BudgetUsage | None = property(attrgetter("_budget"))  # type: ignore[assignment]
 
     @property
     def allowed(self) -> bool:
-        return self.status == "allowed"
+        return self._status == "allowed"
 
     @property
     def decision_id(self) -> str:
@@ -180,46 +206,40 @@ class Decision:
 
     @classmethod
     def denial(cls, code: str, reason: str, principal: Any, permission: Any,
-               diagnostic: str | None = None) -> Decision:
+               diagnostic: str | None = None, acting_for: str | None = None,
+               chain: tuple[str, ...] | None = None) -> Decision:
         """A denial decided before any rule ran (malformed request, token, egress): one
         diagnostic (code ``diagnostic`` or ``code``) says why. Non-string principals and
         permissions are not echoed back."""
         return cls("denied", code, reason,
                    diagnostics=(Diagnostic(diagnostic or code, reason, None, "denied"),),
                    principal=principal if type(principal) is str else None,
-                   permission=permission if type(permission) is str else None)
-
-    def overruled(self, code: str, reason: str, diagnostics: tuple[Diagnostic, ...] = (),
-                  rules: tuple[str, ...] | None = None,
-                  budget: dict[str, Any] | None = None) -> Decision:
-        """A denied decision that replaces this one after a later check failed (budget,
-        redaction): same principal, permission and delegation, more diagnostics."""
-        return Decision("denied", code, reason, self.rules if rules is None else rules, None,
-                        self.diagnostics + diagnostics, self.principal, self.permission,
-                        None, self.acting_for, self.chain, budget)
+                   permission=permission if type(permission) is str else None,
+                   acting_for=acting_for, chain=chain)
 
     def to_wire(self) -> dict[str, Any]:
         """The ``POST /v1/authorize`` response shape (camelCase)."""
         wire: dict[str, Any] = {
-            "allowed": self.status == "allowed",
-            "status": self.status,
-            "reason": self.reason,
-            "reasonCode": self.code,
+            "allowed": self._status == "allowed",
+            "status": self._status,
+            "reason": self._reason,
+            "reasonCode": self._code,
             "decisionId": self.decision_id,
-            "approvalId": self.approval_id,
-            "actingFor": self.acting_for,
-            "chain": list(self.chain) if self.chain is not None else None,
-            "rules": list(self.rules),
-            "obligations": self.obligations.to_wire() if self.obligations is not None else None,
-            "diagnostics": [d.to_wire() for d in self.diagnostics],
+            "approvalId": self._approval_id,
+            "actingFor": self._acting_for,
+            "chain": list(self._chain) if self._chain is not None else None,
+            "rules": list(self._rules),
+            "obligations": (self._obligations.to_wire() if self._obligations is not None
+                            else None),
+            "diagnostics": [d.to_wire() for d in self._diagnostics],
         }
-        if self.budget is not None:
-            wire["budget"] = self.budget
+        if self._budget is not None:
+            wire["budget"] = self._budget.to_wire()
         return wire
 
     def __repr__(self) -> str:
-        return (f"Decision(status={self.status!r}, code={self.code!r}, rules={self.rules!r}, "
-                f"reason={self.reason!r})")
+        return (f"Decision(status={self._status!r}, code={self._code!r}, "
+                f"rules={self._rules!r}, reason={self._reason!r})")
 
 
 class ToolDecision:
@@ -230,7 +250,7 @@ class ToolDecision:
     ``body`` is a redacted copy of the request body; the caller's object is untouched.
     """
 
-    __slots__ = ("body", "decision", "outcome", "redactions", "tool")
+    __slots__ = ("_body", "_decision", "_outcome", "_redactions", "_tool")
 
     def __init__(
         self,
@@ -240,22 +260,28 @@ class ToolDecision:
         redactions: tuple[dict[str, str], ...] = (),
         tool: str | None = None,
     ) -> None:
-        self.decision = decision
-        self.outcome = outcome
-        self.body = body
-        self.redactions = redactions
-        self.tool = tool
+        self._decision = decision
+        self._outcome = outcome
+        self._body = body
+        self._redactions = redactions
+        self._tool = tool
 
-    allowed = property(lambda self: self.decision.status == "allowed")
-    status = property(lambda self: self.decision.status)
-    reason = property(lambda self: self.decision.reason)
-    code = property(lambda self: self.decision.code)
-    rules = property(lambda self: self.decision.rules)
-    permission = property(lambda self: self.decision.permission)
-    diagnostics = property(lambda self: self.decision.diagnostics)
-    obligations = property(lambda self: self.decision.obligations)
-    approval_id = property(lambda self: self.decision.approval_id)
-    decision_id = property(lambda self: self.decision.decision_id)
+    decision: Decision = property(attrgetter("_decision"))  # type: ignore[assignment]
+    outcome: str = property(attrgetter("_outcome"))  # type: ignore[assignment]
+    body: Any = property(attrgetter("_body"))
+    redactions: tuple[dict[str, str], ...] = property(  # type: ignore[assignment]
+        attrgetter("_redactions"))
+    tool: str | None = property(attrgetter("_tool"))  # type: ignore[assignment]
+    allowed = property(lambda self: self._decision.status == "allowed")
+    status = property(lambda self: self._decision.status)
+    reason = property(lambda self: self._decision.reason)
+    code = property(lambda self: self._decision.code)
+    rules = property(lambda self: self._decision.rules)
+    permission = property(lambda self: self._decision.permission)
+    diagnostics = property(lambda self: self._decision.diagnostics)
+    obligations = property(lambda self: self._decision.obligations)
+    approval_id = property(lambda self: self._decision.approval_id)
+    decision_id = property(lambda self: self._decision.decision_id)
 
     def to_wire(self) -> dict[str, Any]:
         """The ``POST /v1/tool-authorize`` response shape (camelCase): the authorize

@@ -16,24 +16,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from policyengine.decide._approvals import (
-    Approval,
-    ApprovalError,
-    ApprovalStore,
-    MemoryApprovalStore,
-    UnboundRequestError,
-    new_approval_id,
-    request_digest,
-)
+from policyengine.decide._approvals import ApprovalStore, MemoryApprovalStore
 from policyengine.decide._compiled import CompileCache, CompiledPolicy, compile_policy
-from policyengine.decide._evaluator import Explanation, evaluate, explain, invalid, request_problem
-from policyengine.decision import (
-    ApprovalRequired,
-    Decision,
-    Diagnostic,
-    NotAuthorized,
-    ToolDecision,
-)
+from policyengine.decide._evaluator import Explanation
+from policyengine.decide._pipeline import Pipeline, Trace
+from policyengine.decision import ApprovalRequired, Decision, NotAuthorized, ToolDecision
 from policyengine.lang import ast
 from policyengine.lang._checker import check
 from policyengine.lang._parser import ParseCache, parse_many
@@ -165,6 +152,29 @@ class Engine:
     >>> engine = Engine.from_source('role r: docs:*\\nagent "bot": r')
     >>> engine.authorize("bot", "docs:read").allowed
     True
+
+    Build one with :meth:`from_path`, :meth:`from_source` or :meth:`from_sources`; every
+    keyword option below is accepted by all three (docs/engine.md has examples):
+
+    * ``budget_store``: where budget spend is recorded: a ``BudgetStore`` or a URL
+      (``memory:``, ``sqlite:///path``, ``postgresql://...``, ``redis://...``). Default:
+      a fresh ``MemoryStore``. Kept across :meth:`reload`.
+    * ``clock``: a callable returning POSIX seconds, used for every time-dependent
+      answer (windows, token expiry, approval expiry, stale rates). Default: the real
+      clock.
+    * ``rates``: one ``RateSource`` used by every file instead of the files' own
+      ``rate`` / ``rates`` statements. Default: each file's own rates.
+    * ``approvals``: the ``ApprovalStore`` (or a URL) of pending approvals. Default: a
+      ``MemoryApprovalStore`` on ``clock``. Share one store between engines and workers
+      so an approval granted through one is usable through another.
+    * ``keys``: the ``KeySet`` that verifies delegation tokens (``token=``). Without it
+      every token is ``invalid_token`` (``no_keys``).
+    * ``revocations``: the ``RevocationStore`` (or a URL) consulted for every hop of every
+      token. Default: an empty ``MemoryRevocationStore``.
+    * ``hmac_key``: the secret (bytes, at least 16) for ``hash`` redactions. Without it
+      calls through a tool with a ``hash`` redaction are denied (warning W204 at load).
+    * ``base_dir``: where relative paths in policy text (``rates "fx.json"``) resolve
+      for sources held in memory. Default: each file's own directory.
     """
 
     def __init__(self, files: PolicyFiles, *, paths: tuple[str, ...] = (),
@@ -199,6 +209,8 @@ class Engine:
         self._policy, self.warnings = self._build(files)
         self.warnings += self._config_warnings()
         self.budgets = self._ledger(self._policy)
+        self._pipeline = Pipeline(self._policy, self.budgets, self.approvals, self._verify,
+                                  clock)
 
     # ---- construction ----
     @classmethod
@@ -233,8 +245,8 @@ class Engine:
         from policyengine.budgets import Ledger, MemoryStore
         if self._budget_store is None:
             self._budget_store = MemoryStore()
-        return Ledger(policy.budgets, self._budget_store, rates=policy.rates,
-                      clock=self._clock)
+        return Ledger(policy.budgets, self._budget_store, clock=self._clock,
+                      budget_rates=policy.budget_rates)
 
     def _config_warnings(self) -> tuple[Problem, ...]:
         out = []
@@ -264,6 +276,7 @@ class Engine:
         self._files = files
         self._policy, self.budgets, self.warnings = policy, ledger, warnings
         self.warnings += self._config_warnings()
+        self._pipeline = Pipeline(policy, ledger, self.approvals, self._verify, self._clock)
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -284,138 +297,7 @@ class Engine:
         malformed request is a denied decision with code ``invalid_request``. See
         docs/semantics.md for the rules.
         """
-        return self._decide(principal, permission, context, token, approval_id, True)
-
-    def _decide(self, principal: Any, permission: Any, context: Any, token: Any,
-                approval_id: Any, register: bool, call: dict[str, Any] | None = None
-                ) -> Decision:
-        now = self._now()
-        policy = self._policy
-        grant = None
-        if token is not None:
-            problem = request_problem(principal, permission, context)
-            if problem is not None:  # step 1 before delegation (docs/semantics.md)
-                return invalid(principal, permission, problem)
-            grant_or_denial = self._check_grant(policy, token, principal, permission, context,
-                                                now)
-            if isinstance(grant_or_denial, Decision):
-                return grant_or_denial
-            grant = grant_or_denial
-        acting_for = grant.acting_for if grant is not None else None
-        asked = decision = evaluate(policy, principal, permission, context, now, False)
-        if asked.status == "pending_approval" and approval_id is not None:
-            # Decide as if approved; the approval is consumed only if that is the answer.
-            decision = evaluate(policy, principal, permission, context, now, True)
-        if grant is not None:
-            for d in (asked, decision):
-                d.acting_for, d.chain = grant.acting_for, tuple(grant.chain)
-        if decision.status != "denied" and policy.budgets and policy.budgeted(permission):
-            decision = self._check_budgets(decision, context, acting_for)
-        if decision is not asked and decision.status == "allowed":
-            refusal = self._consume_approval(approval_id, principal, permission, context,
-                                             call, acting_for, now)
-            if refusal is not None:
-                asked.budget = decision.budget
-                asked.diagnostics += (refusal,)
-                decision = asked
-        if decision.status == "pending_approval" and register:
-            decision = self._register_approval(decision, context, call)
-        return decision
-
-    def _register_approval(self, decision: Decision, context: Any,
-                           call: dict[str, Any] | None = None) -> Decision:
-        """Record a pending decision as an approval bound to this exact request, and name
-        it in the decision. A request that cannot be bound, or a store that fails, makes
-        the decision a denial: nobody could ever use that approval."""
-        principal, permission = decision.principal, decision.permission
-        assert principal is not None and permission is not None
-        try:
-            digest = request_digest(principal, permission, context, call,
-                                    decision.acting_for)
-        except UnboundRequestError as exc:
-            return decision.overruled("approval_unbindable", str(exc),
-                                      (Diagnostic("approval_unbindable", str(exc), None,
-                                                  "denied"),))
-        expires, uses = self._policy.approval_terms(decision.rules)
-        now = self._now()
-        created = time.time() if now is None else now
-        item = Approval(new_approval_id(), principal, permission, digest, decision.rules,
-                        "pending", created, created + expires, uses)
-        try:
-            self.approvals.add(item)
-        except Exception as exc:  # a store fault: no approval can be asked for
-            message = f"cannot record the approval: {type(exc).__name__}"
-            return decision.overruled("approval_store_error", message,
-                                      (Diagnostic("approval_store_error", message, None,
-                                                  "denied"),))
-        decision.approval_id = item.id
-        return decision
-
-    def _consume_approval(self, approval_id: Any, principal: str, permission: str,
-                          context: Any, call: dict[str, Any] | None, acting_for: str | None,
-                          now: float | None) -> Diagnostic | None:
-        """Use one use of ``approval_id`` for this request; None if that worked, else a
-        diagnostic saying why the approval does not count."""
-        def refused(code: str, message: str) -> Diagnostic:
-            return Diagnostic(code, f"approval not honoured: {message}", None,
-                              "pending_approval")
-
-        if type(approval_id) is not str or not 0 < len(approval_id) <= 128:
-            return refused("unknown_approval", "approval_id must be an approval's id")
-        try:
-            digest = request_digest(principal, permission, context, call, acting_for)
-        except UnboundRequestError as exc:
-            return refused("approval_unbindable", str(exc))
-        try:
-            self.approvals.consume(approval_id, digest, time.time() if now is None else now)
-        except ApprovalError as exc:
-            return refused(exc.code, exc.message)
-        except Exception as exc:  # a store fault is never an allow
-            return refused("approval_store_error", f"the approval store failed "
-                           f"({type(exc).__name__})")
-        return None
-
-    def _check_budgets(self, decision: Decision, context: Any,
-                       acting_for: str | None) -> Decision:
-        """Would this request fit every budget covering it? (Read-only: reserve or record
-        the spend through ``engine.budgets``.) Over budget, or unreadable: denied."""
-        from policyengine.budgets import BudgetError
-        ctx = context if isinstance(context, dict) else {}
-        get = dict.get  # a dict subclass's own get() is not called
-        tenant = get(ctx, "tenant")
-        if tenant is not None and type(tenant) is not str:
-            tenant = None
-        principal, permission = decision.principal, decision.permission
-        # One read-only check: a money (or tokens) spend also counts one call against
-        # covering `calls` budgets; a request with neither is a zero spend plus one call.
-        if get(ctx, "amount") is not None:
-            amount = get(ctx, "amount")
-            unit = get(ctx, "currency")
-            if unit is None or (type(unit) is str and not unit):
-                unit = self._policy.default_currency
-        elif get(ctx, "tokens") is not None:
-            amount, unit = get(ctx, "tokens"), "tokens"
-        else:
-            amount, unit = 0, None
-        try:
-            check = self.budgets.check(principal, permission, amount, unit,  # type: ignore[arg-type]
-                                       acting_for=acting_for, tenant=tenant)
-        except BudgetError as exc:
-            if type(amount) is int and amount == 0 and exc.code in ("unit_mismatch",
-                                                                    "unit_required"):
-                return decision  # nothing to measure: no amount, and no calls budget alone
-            return decision.overruled(exc.code, f"budget check failed: {exc.message}",
-                                      (Diagnostic(exc.code, exc.message, None, "denied"),))
-        if not check.allowed:
-            details = check.details or {}
-            budget_id = details.get("budget", "?")
-            return decision.overruled(check.code or "budget_exceeded",
-                                      f"{permission} would exceed budget {budget_id}",
-                                      rules=(budget_id,), budget=details)
-        tightest = check.tightest
-        if tightest is not None:
-            decision.budget = tightest
-        return decision
+        return self._pipeline.run(principal, permission, context, token, approval_id)
 
     # ---- delegation ----
     def verify_token(self, token: str) -> Any:
@@ -423,63 +305,24 @@ class Engine:
 
         Returns the :class:`~policyengine.tokens.Grant`; raises ``TokenError``.
         """
+        return self._verify(token, self._policy, self._now())
+
+    def _verify(self, token: str, policy: CompiledPolicy, now: float | None) -> Any:
         from policyengine.tokens import TokenError, verify
         if self.keys is None:
             raise TokenError("no_keys", "this engine has no keys to verify tokens with "
                              "(Engine.from_path(..., keys=KeySet...))")
-        block = self._policy.delegation
-        now = self._now()
+        block = policy.delegation
         return verify(self.keys, token, now=now,
                       issuer=block.issuer if block else None,
                       audience=block.audience if block else None,
                       max_depth=block.max_depth if block else None,
                       max_ttl=block.max_ttl if block else None,
-                      revocations=self.revocations, rates=self._policy.rates)
+                      revocations=self.revocations, rates=policy.delegation_rates)
 
     def revoke(self, grant_or_jti: str) -> None:
         """Revoke a grant (by ``grant_id`` or ``jti``); its descendants stop verifying."""
         self.revocations.revoke(grant_or_jti)
-
-    def _check_grant(self, policy: CompiledPolicy, token: Any, principal: Any,
-                     permission: Any, context: Any, now: float | None) -> Any:
-        """The verified grant, or a denied :class:`Decision` saying why not."""
-        from policyengine.money._money import Money, MoneyError
-        from policyengine.tokens import TokenError
-
-        def deny(code: str, diag: str, message: str, grant: Any = None) -> Decision:
-            d = Decision.denial(code, message, principal, permission, diag)
-            if grant is not None:
-                d.acting_for, d.chain = grant.acting_for, tuple(grant.chain)
-            return d
-
-        if type(token) is not str:
-            return deny("invalid_token", "malformed", "the delegation token must be a string")
-        try:
-            grant = self.verify_token(token)
-        except TokenError as exc:
-            return deny("invalid_token", exc.code, f"delegation token rejected: {exc}")
-        if grant.subject != principal:
-            return deny("invalid_token", "subject_mismatch",
-                        f"the token was issued to {grant.subject!r}, not {principal!r}", grant)
-        if type(permission) is str and not grant.covers(permission):
-            return deny("not_delegated", "not_delegated",
-                        f"{permission} is not delegated by every hop of the grant", grant)
-        raw = dict.get(context, "amount") if isinstance(context, dict) else None
-        if raw is not None and any(hop.max_amount is not None for hop in grant.hops):
-            currency = dict.get(context, "currency")
-            if currency is None or (type(currency) is str and not currency):
-                currency = policy.default_currency
-            try:
-                money = Money.parse(raw, currency)  # type: ignore[arg-type]
-                fits = grant.amount_fits(money, policy.rates, now=now)
-            except (MoneyError, TokenError, TypeError, ValueError) as exc:
-                code = getattr(exc, "code", "invalid_amount")
-                return deny("invalid_amount", code,
-                            f"cannot check the amount against the grant: {exc}", grant)
-            if not fits:
-                return deny("delegation_amount_exceeded", "delegation_amount_exceeded",
-                            "the amount exceeds the max_amount of the grant", grant)
-        return grant
 
     def ensure_authorized(self, principal: str, permission: str,
                           context: dict[str, Any] | None = None, **kwargs: Any) -> Decision:
@@ -507,28 +350,53 @@ class Engine:
         are accepted as spelled on the wire). Never raises for request data; see
         docs/tools.md. ``result.body`` is a redacted copy; ``body`` is never mutated.
         """
+        return self._tool(principal, None, transport, method, host, path, query, headers,
+                          body, tool_name, function_name, token, context, approval_id, scheme,
+                          wire)
+
+    def _tool(self, principal: Any, trace: Trace | None, transport: Any, method: Any,
+              host: Any, path: Any, query: Any, headers: Any, body: Any, tool_name: Any,
+              function_name: Any, token: Any, context: Any, approval_id: Any, scheme: Any,
+              wire: dict[str, Any]) -> ToolDecision:
         from policyengine.tools._egress import tool_authorize
-        tool_name = wire.pop("toolName", tool_name)
-        function_name = wire.pop("functionName", function_name)
-        approval_id = wire.pop("approvalId", approval_id)
-        wire.pop("traceId", None)
+        pipeline = self._pipeline
         if wire:
-            return tool_authorize(self._policy.tools, self.authorize, None,  # invalid
-                                  transport=None)
+            wire = dict(wire)
+            tool_name = wire.pop("toolName", tool_name)
+            function_name = wire.pop("functionName", function_name)
+            approval_id = wire.pop("approvalId", approval_id)
+            wire.pop("traceId", None)
+            if wire:  # an unknown field
+                return tool_authorize(pipeline, None, transport=None, trace=trace)
+        return tool_authorize(pipeline, principal, transport=transport, method=method,
+                              host=host, path=path, query=query, headers=headers, body=body,
+                              tool_name=tool_name, function_name=function_name, token=token,
+                              context=context, hmac_key=self.hmac_key,
+                              approval_id=approval_id, scheme=scheme, trace=trace)
 
-        def decide(p: Any, perm: Any, ctx: Any, *, token: Any, approval_id: Any,
-                   call: dict[str, Any] | None = None) -> Decision:
-            return self._decide(p, perm, ctx, token, approval_id, False, call)
-
-        return tool_authorize(self._policy.tools, decide, principal,
-                              transport=transport, method=method, host=host, path=path,
-                              query=query, headers=headers, body=body, tool_name=tool_name,
-                              function_name=function_name, token=token, context=context,
-                              hmac_key=self.hmac_key, approval_id=approval_id,
-                              scheme=scheme, register_approval=self._register_approval)
-
+    # ---- explain ----
     def explain(self, principal: str, permission: str,
-                context: dict[str, Any] | None = None) -> Explanation:
-        """Rule by rule: which rules could decide, whether each applied, and why."""
-        now = self._now()
-        return explain(self._policy, principal, permission, context, now)
+                context: dict[str, Any] | None = None, *, token: str | None = None,
+                approval_id: str | None = None) -> Explanation:
+        """The same run as :meth:`authorize`, traced: what each step found and, rule by
+        rule, which rules could decide and why. Its decision is the one ``authorize``
+        gives (except that a pending decision records no approval request)."""
+        trace = Trace()
+        decision = self._pipeline.run(principal, permission, context, token, approval_id,
+                                      False, None, trace)
+        return Explanation(decision, trace.rules, trace.steps)
+
+    def explain_tool(self, principal: str, *, transport: str, method: str | None = None,
+                     host: str | None = None, path: str | None = None,
+                     query: Mapping[str, Any] | None = None,
+                     headers: Mapping[str, Any] | None = None, body: Any = None,
+                     tool_name: str | None = None, function_name: str | None = None,
+                     token: str | None = None, context: dict[str, Any] | None = None,
+                     approval_id: str | None = None, scheme: str | None = None,
+                     **wire: Any) -> Explanation:
+        """:meth:`tool_authorize` traced, like :meth:`explain`."""
+        trace = Trace()
+        decision = self._tool(principal, trace, transport, method, host, path, query,
+                              headers, body, tool_name, function_name, token, context,
+                              approval_id, scheme, wire)
+        return Explanation(decision, trace.rules, trace.steps)

@@ -55,6 +55,15 @@ CURRENCY_CODE_FUNCTIONS = frozenset({
 # a literal in the named file.
 THROUGH_DATA = {
     "ambiguous_body": "policyengine/tools/_egress.py",  # _parse_body returns (code, message)
+    # The pipeline's steps return facts as tuples (status, code, reason, ...); the last
+    # step builds the Decision from them.
+    "permitted": "policyengine/decide/_evaluator.py",
+    "no_permit": "policyengine/decide/_evaluator.py",
+    "approval_required": "policyengine/decide/_evaluator.py",
+    "subject_mismatch": "policyengine/decide/_pipeline.py",
+    "not_delegated": "policyengine/decide/_pipeline.py",
+    "delegation_amount_exceeded": "policyengine/decide/_pipeline.py",
+    "redaction_failed": "policyengine/decide/_pipeline.py",
 }
 
 

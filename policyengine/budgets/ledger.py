@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
@@ -64,6 +64,7 @@ __all__ = [
     "MIN_TTL",
     "Balance",
     "BudgetCheck",
+    "BudgetUsage",
     "Ledger",
     "Overage",
     "Reservation",
@@ -79,7 +80,9 @@ IDEMPOTENCY_RETENTION = 86400.0
 _MAX_NAME = 256
 _MAX_MATCH_CACHE = 10_000
 _NON_MONEY = frozenset({"tokens", "calls", "credits"})
-_CALL, _SAME, _CONVERT = 0, 1, 2  # how a budget counts a spend
+# How a budget counts a spend: one call, the amount as is, converted, or nothing (a spend
+# in a unit the budget does not count, checked only for an exhausted budget; admit()).
+_CALL, _SAME, _CONVERT, _ZERO = 0, 1, 2, 3
 _QUANTA = [Decimal(1).scaleb(-n, MONEY_CONTEXT) for n in range(19)]
 _INF = float("inf")
 #: Builds a record tuple without the NamedTuple ``__new__`` (a Python-level call that
@@ -325,16 +328,28 @@ class BudgetCheck:
 
     @property
     def tightest(self) -> dict[str, Any] | None:
+        i = self._tightest()
+        if i < 0:
+            return None
+        return _details(*self._rows[i])
+
+    @property
+    def usage(self) -> BudgetUsage | None:
+        """The refusing budget, when refused; else the tightest covering budget (None
+        when no budget covers the spend). What a decision reports as ``budget``."""
+        i = self.index if self.code is not None else self._tightest()
+        if i < 0:
+            return None
+        return _usage(*self._rows[i])
+
+    def _tightest(self) -> int:
         best: tuple[float, int] | None = None
         for i, (b, line, use) in enumerate(self._rows):
             left = b.limit - use.spent - use.reserved - line.amount
             ratio = left / b.limit if b.limit else (0.0 if left >= 0 else -1.0)
             if best is None or ratio < best[0]:
                 best = (ratio, i)
-        if best is None:
-            return None
-        b, line, use = self._rows[best[1]]
-        return _details(b, line, use)
+        return -1 if best is None else best[1]
 
     def to_wire(self) -> dict[str, Any]:
         return {"allowed": self.allowed, "code": self.code, "details": self.details,
@@ -400,6 +415,106 @@ def _details(
         "currency": budget.unit,
         "windowEnd": None if line.rolling else _iso(line.window_end),
     }
+
+
+class BudgetUsage:
+    """One budget's state as a decision reports it: the refusing budget of a
+    ``budget_exceeded`` decision, or the tightest covering budget of any other one.
+
+    Amounts are :class:`~decimal.Decimal` in ``unit`` (``currency`` on the wire);
+    ``attempted`` is what the request would add (one call for a ``calls`` budget, zero
+    for a budget the request's amount does not count against). Immutable; the strings
+    of :meth:`to_wire` are made only when asked for.
+    """
+
+    __slots__ = ("_attempted", "_limit", "_reserved", "_scale", "_spent", "budget",
+                 "subject", "unit", "window_end")
+
+    budget: str  #: the budget's qualified id
+    subject: str  #: whose bucket: an agent, a person acted for, a tenant, or "*"
+    unit: str  #: a currency code, or tokens / calls / credits
+    window_end: float | None  #: POSIX seconds; None for a rolling window
+    _scale: int
+    _limit: int
+    _spent: int
+    _reserved: int
+    _attempted: int
+
+    def __init__(self, budget: str, subject: str, unit: str, scale: int, limit: int,
+                 spent: int, reserved: int, attempted: int, window_end: float | None
+                 ) -> None:
+        set_ = object.__setattr__
+        set_(self, "budget", budget)
+        set_(self, "subject", subject)
+        set_(self, "unit", unit)
+        set_(self, "window_end", window_end)
+        set_(self, "_scale", scale)
+        set_(self, "_limit", limit)
+        set_(self, "_spent", spent)
+        set_(self, "_reserved", reserved)
+        set_(self, "_attempted", attempted)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"BudgetUsage is immutable (cannot set {name})")
+
+    @property
+    def limit(self) -> Decimal:
+        return _dec(self._limit, self._scale)
+
+    @property
+    def spent(self) -> Decimal:
+        return _dec(self._spent, self._scale)
+
+    @property
+    def reserved(self) -> Decimal:
+        return _dec(self._reserved, self._scale)
+
+    @property
+    def debt(self) -> Decimal:
+        return _dec(max(0, self._spent - self._limit), self._scale)
+
+    @property
+    def attempted(self) -> Decimal:
+        return _dec(self._attempted, self._scale)
+
+    @property
+    def projected(self) -> Decimal:
+        return _dec(self._spent + self._reserved + self._attempted, self._scale)
+
+    @property
+    def remaining(self) -> Decimal:
+        return _dec(max(0, self._limit - self._spent - self._reserved), self._scale)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The ``budget`` member of a wire decision (docs/budgets.md)."""
+        scale, limit, spent, reserved = self._scale, self._limit, self._spent, self._reserved
+        return {
+            "budget": self.budget,
+            "subject": self.subject,
+            "limit": _fmt(limit, scale),
+            "spent": _fmt(spent, scale),
+            "reserved": _fmt(reserved, scale),
+            "debt": _fmt(max(0, spent - limit), scale),
+            "attempted": _fmt(self._attempted, scale),
+            "projected": _fmt(spent + reserved + self._attempted, scale),
+            "remaining": _fmt(max(0, limit - spent - reserved), scale),
+            "currency": self.unit,
+            "windowEnd": _iso(self.window_end),
+        }
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BudgetUsage) and self.to_wire() == other.to_wire()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"BudgetUsage({self.to_wire()!r})"
+
+
+def _usage(budget: _Budget, line: Line, use: Usage) -> BudgetUsage:
+    return BudgetUsage(budget.id, line.subject, budget.unit, budget.scale, budget.limit,
+                       use.spent, use.reserved, line.amount,
+                       None if line.rolling else line.window_end)
 
 
 def _exceeded(code: str, budget: _Budget, line: Line, use: Usage, attempted: int) -> BudgetExceeded:
@@ -477,8 +592,9 @@ class Ledger:
     """Budgets over a store: ``Ledger(specs, store=None, rates=None, clock=None)``.
 
     ``store`` defaults to a new :class:`MemoryStore`; ``rates`` converts spends in one
-    currency against budgets in another; ``clock`` returns POSIX seconds and defaults to
-    the store's ``clock`` when it has one (shared stores: the server's time, see
+    currency against budgets in another (``budget_rates``: per budget id, the rates of
+    the file that declares it); ``clock`` returns POSIX seconds and defaults to the
+    store's ``clock`` when it has one (shared stores: the server's time, see
     :mod:`policyengine.budgets.clock`), else ``time.time``.
 
     >>> from decimal import Decimal
@@ -497,6 +613,8 @@ class Ledger:
         store: BudgetStore | None = None,
         rates: RateSource | None = None,
         clock: Callable[[], float] | None = None,
+        *,
+        budget_rates: Mapping[str, RateSource | None] | None = None,
     ) -> None:
         self.specs: tuple[BudgetSpec, ...] = tuple(specs)
         self._budgets = tuple(_Budget(s) for s in self.specs)
@@ -508,6 +626,12 @@ class Ledger:
         self._meta = {b.id: (b.unit, b.scale) for b in self._budgets}
         self.store: BudgetStore = store if store is not None else MemoryStore()
         self.rates = rates
+        # A budget converts with the rates of the policy file that declares it; ``rates``
+        # serves budgets not named here.
+        self._rates_of: dict[str, RateSource | None] = {
+            b.id: (budget_rates[b.id] if budget_rates is not None and b.id in budget_rates
+                   else rates)
+            for b in self._budgets}
         self.clock: Callable[[], float] = (
             clock if clock is not None else getattr(self.store, "clock", time.time)
         )
@@ -549,6 +673,45 @@ class Ledger:
             if use.spent > b.limit:
                 return BudgetCheck(self, rows, "debt_outstanding", i)
             if use.spent + use.reserved + line.amount > b.limit:
+                return BudgetCheck(self, rows, "budget_exceeded", i)
+        return BudgetCheck(self, rows, None, -1)
+
+    def admit(
+        self,
+        principal: str,
+        permission: str,
+        amount: object = None,
+        unit: str | None = None,
+        *,
+        acting_for: str | None = None,
+        tenant: str | None = None,
+    ) -> BudgetCheck:
+        """May a request go ahead under every budget covering ``permission``? Read-only.
+
+        What ``authorize`` asks. Unlike :meth:`check`, every covering budget is checked
+        whatever the request carries: a ``calls`` budget counts one call (even for a zero
+        amount), a budget in the request's unit (or convertible to it) counts the amount,
+        and any other covering budget -- or every non-calls budget, for a request with no
+        ``amount`` (None) -- counts nothing but still refuses when it is exhausted (no
+        room left, or debt outstanding). Raises :class:`BudgetInputError` for bad input.
+        """
+        if amount is None:
+            amount, unit = 0, None
+        elif unit is None:
+            raise BudgetInputError("unit_required", "an amount needs its unit (currency)")
+        now = self.clock()
+        _unit, _value, lines, budgets, buckets = self._plan(
+            principal, permission, amount, unit, acting_for, tenant, now, False
+        )
+        if not lines:
+            return BudgetCheck(self, [], None, -1)
+        usages = self.store.usage(tuple(buckets), now)
+        rows = list(zip(budgets, lines, usages, strict=True))
+        for i, (b, line, use) in enumerate(rows):
+            if use.spent > b.limit:
+                return BudgetCheck(self, rows, "debt_outstanding", i)
+            room = b.limit - use.spent - use.reserved
+            if line.amount > room or room <= 0:
                 return BudgetCheck(self, rows, "budget_exceeded", i)
         return BudgetCheck(self, rows, None, -1)
 
@@ -883,14 +1046,16 @@ class Ledger:
         acting_for: object,
         tenant: object,
         now: float,
+        strict: bool = True,
     ) -> tuple[str | None, Decimal, list[Line], list[_Budget], list[Bucket]]:
         """Validate a spend and work out what it charges to each covering budget.
 
         Returns the spend unit, the amount, and per covering budget its :class:`Line`,
-        the budget and the :class:`Bucket` to guard.
+        the budget and the :class:`Bucket` to guard. ``strict=False`` (``admit``) keeps
+        budgets the spend's unit does not count against, charged zero.
         """
         unit, _lo, _hi, targets = self._targets(
-            principal, permission, currency, acting_for, tenant, now
+            principal, permission, currency, acting_for, tenant, now, strict
         )
         value = self._amount(amount, unit)
         # The amount in its own unit's quanta: what a budget in that unit is charged.
@@ -907,6 +1072,8 @@ class Ledger:
                 if q > MAX_QUANTA:
                     raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too "
                                            "large", {"reason": "amount_too_large"})
+            elif mode == _ZERO:  # only from admit()
+                q = 0
             else:
                 q, rate = self._convert(value, unit, b, now)  # type: ignore[arg-type]
             rolling = bucket is None
@@ -926,6 +1093,7 @@ class Ledger:
         acting_for: object,
         tenant: object,
         now: float,
+        strict: bool = True,
     ) -> _Targets:
         """Who is charged what, independent of the amount: per covering budget, how it
         counts the spend, its subject, window and bucket.
@@ -944,7 +1112,8 @@ class Ledger:
         if cacheable:
             cache_key = cast(
                 "tuple[str, str | None, str, str | None, str | None]",
-                (permission, currency, principal, acting_for, tenant),
+                (permission, currency, principal, acting_for, tenant)
+                if strict else (permission, currency, principal, acting_for, tenant, 0),
             )
             found = self._targets_cache.get(cache_key)
             if found is not None and found[1] <= now < found[2]:
@@ -961,7 +1130,7 @@ class Ledger:
         if currency is not None and type(currency) is not str:  # before it is hashed
             raise BudgetInputError("unknown_unit", "the unit must be a currency code or "
                                    f"unit name, not {type(currency).__name__}")
-        unit, modes = self._modes(permission, currency)
+        unit, modes = self._modes(permission, currency, strict)
         lo, hi = -_INF, _INF
         targets: list[tuple[_Budget, int, str, int, int, Bucket | None]] = []
         for b, mode in modes:
@@ -982,9 +1151,14 @@ class Ledger:
         return result
 
     def _modes(
-        self, permission: str, currency: object
+        self, permission: str, currency: object, strict: bool = True
     ) -> tuple[str | None, tuple[tuple[_Budget, int], ...]]:
-        """The spend unit and, per covering budget, how it counts (cached per pair)."""
+        """The spend unit and, per covering budget, how it counts (cached per pair).
+
+        ``strict=False``: no unit is inferred (None is a request without an amount) and
+        a budget that cannot count the spend is kept as ``_ZERO`` instead of refused."""
+        if not strict:
+            return self._lenient_modes(permission, currency)
         cache_key = (permission, currency)
         found = self._mode_cache.get(cache_key)  # type: ignore[arg-type]
         if found is not None:
@@ -1035,14 +1209,56 @@ class Ledger:
             raise BudgetInputError("unit_mismatch", result)
         return result
 
+    def _lenient_modes(
+        self, permission: str, currency: object
+    ) -> tuple[str | None, tuple[tuple[_Budget, int], ...]]:
+        cache_key = (permission, currency, 0)
+        found = self._mode_cache.get(cache_key)  # type: ignore[arg-type]
+        if found is not None:
+            if isinstance(found, str):
+                raise BudgetInputError("unit_mismatch", found)
+            return found
+        matched = self._match(permission)
+        unit = None if currency is None else canonical_unit(currency)[0]
+        spend_money = unit is not None and unit not in _NON_MONEY
+        modes: list[tuple[_Budget, int]] = []
+        accepted = zero = 0
+        for b in matched:
+            if b.calls and unit != "calls":
+                modes.append((b, _CALL))
+            elif b.unit == unit:
+                modes.append((b, _SAME))
+                accepted += not b.calls
+            elif b.money and spend_money:
+                modes.append((b, _CONVERT))
+                accepted += 1
+            else:
+                modes.append((b, _ZERO))
+                zero += 1
+        # An amount that no covering budget can count is refused, as by check().
+        result: tuple[str | None, tuple[tuple[_Budget, int], ...]] | str
+        if unit is not None and zero and not accepted:
+            kinds = sorted({b.unit for b in matched if not b.calls})
+            result = (f"a spend in {unit} cannot count against the budgets covering "
+                      f"{permission} ({', '.join(kinds)}): spend in one of those units")
+        else:
+            result = (unit, tuple(modes))
+        if len(self._mode_cache) >= _MAX_MATCH_CACHE:
+            self._mode_cache.clear()
+        self._mode_cache[cache_key] = result  # type: ignore[index]
+        if isinstance(result, str):
+            raise BudgetInputError("unit_mismatch", result)
+        return result
+
     def _convert(self, value: Decimal, unit: str, b: _Budget, now: float) -> tuple[int, str | None]:
         if unit == b.unit:
             q = int(value.scaleb(b.scale, MONEY_CONTEXT))
             rate = None
         else:
+            rates = self._rates_of[b.id]
             try:
-                converted = convert(Money(value, unit), b.unit, self.rates, now=now, rounding="up")
-                rate = format(self.rates.rate(unit, b.unit, now), "f")  # type: ignore[union-attr]
+                converted = convert(Money(value, unit), b.unit, rates, now=now, rounding="up")
+                rate = format(rates.rate(unit, b.unit, now), "f")  # type: ignore[union-attr]
             except RateError as exc:
                 raise BudgetInputError(exc.code, f"cannot convert {unit} to {b.unit} for "
                                        f"budget {b.id}: {exc.message}") from None

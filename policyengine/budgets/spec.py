@@ -8,6 +8,7 @@ token, one call, or a millionth of a credit. Stores only ever see these integers
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -28,7 +29,9 @@ __all__ = [
     "MAX_ROLLING_SECONDS",
     "NON_CURRENCY_UNITS",
     "SUBJECTS",
+    "BudgetProblem",
     "BudgetSpec",
+    "budget_problems",
     "canonical_unit",
     "unit_scale",
 ]
@@ -90,16 +93,86 @@ def _bad(message: str) -> BudgetInputError:
     return BudgetInputError("invalid_budget", message)
 
 
-def _decimal(value: object, what: str, budget_id: str) -> Decimal:
+def _decimal(value: object, what: str) -> Decimal | str:
+    """``value`` as a finite, non-negative Decimal, or what is wrong with it."""
     if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
-        raise _bad(f"budget {budget_id}: {what} must be a Decimal, int or string")
+        return f"{what} must be a Decimal, int or string"
     try:
         result = Decimal(value)
     except InvalidOperation:
-        raise _bad(f"budget {budget_id}: {what} {value!r} is not a number") from None
+        return f"{what} {value!r} is not a number"
     if not result.is_finite() or result < 0:
-        raise _bad(f"budget {budget_id}: {what} must be a finite number >= 0")
+        return f"{what} must be a finite number >= 0"
     return result
+
+
+#: A problem found by :func:`budget_problems`: (field, message). The field is one of
+#: ``patterns``, ``unit``, ``limit``, ``overdraft_limit``, ``window``, ``subject``, ``tz``.
+BudgetProblem = tuple[str, str]
+
+
+def budget_problems(patterns: object, limit: object, unit: object, window: object,
+                    rolling_seconds: object = None, subject: object = "agent",
+                    tz: object = "UTC", overdraft_limit: object = Decimal(0)
+                    ) -> list[BudgetProblem]:
+    """Everything wrong with a budget's fields, as ``(field, message)`` pairs.
+
+    The one place the limits of a budget live (units, amounts and their decimals, the
+    quanta bound, windows, the longest rolling window, subjects, time zones):
+    :class:`BudgetSpec` raises the first problem, and the policy checker reports each one
+    at the ``budget`` statement's position.
+    """
+    out: list[BudgetProblem] = []
+    pats: tuple[object, ...] = ()
+    if isinstance(patterns, Iterable) and not isinstance(patterns, (str, bytes)):
+        pats = tuple(patterns)
+    if not pats or not all(type(p) is str and is_valid_pattern(p) for p in pats):
+        out.append(("patterns", "patterns must be a non-empty list of permission patterns"))
+    try:
+        code, scale = canonical_unit(unit)
+    except BudgetInputError as exc:
+        out.append(("unit", exc.message))
+        code, scale = str(unit), None
+    for name, raw, positive in (("limit", limit, True),
+                                ("overdraft_limit", overdraft_limit, False)):
+        value = _decimal(raw, name)
+        if isinstance(value, str):
+            out.append((name, value))
+            continue
+        if positive and value == 0:
+            out.append((name, f"{name} must be positive"))
+            continue
+        if scale is None:
+            continue
+        scaled = value.scaleb(scale, MONEY_CONTEXT)
+        if scaled != scaled.to_integral_value(context=MONEY_CONTEXT):
+            out.append((name, f"{name} {value} has more decimals than {code} allows "
+                              f"({scale})"))
+        elif scaled > MAX_QUANTA:
+            most = _dec_str(Decimal(MAX_QUANTA).scaleb(-scale, MONEY_CONTEXT))
+            out.append((name, f"{name} {value} is too large (at most {most} {code})"))
+    if window not in WINDOWS:
+        out.append(("window", f"window must be one of {', '.join(sorted(WINDOWS))}"))
+    elif window == "rolling":
+        if type(rolling_seconds) is not int or not 1 <= rolling_seconds <= MAX_ROLLING_SECONDS:
+            out.append(("window", "a rolling window lasts between 1s and "
+                                  f"{MAX_ROLLING_SECONDS // 86400}d"))
+    elif rolling_seconds is not None:
+        out.append(("window", "rolling_seconds is only for window='rolling'"))
+    if subject not in SUBJECTS:
+        out.append(("subject", f"subject must be one of {', '.join(sorted(SUBJECTS))}"))
+    if type(tz) is not str or not tz:
+        out.append(("tz", "tz must be an IANA zone name such as 'Europe/Paris'"))
+    elif tz != "UTC":
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            out.append(("tz", f"unknown time zone {tz!r}"))
+    return out
+
+
+def _dec_str(value: Decimal) -> str:
+    return format(value.normalize(MONEY_CONTEXT), "f")
 
 
 @dataclass(frozen=True)
@@ -130,46 +203,16 @@ class BudgetSpec:
     def __post_init__(self) -> None:
         if type(self.id) is not str or not self.id or len(self.id) > 256:
             raise _bad(f"budget id must be a non-empty string, got {self.id!r}")
-        bid = self.id
-        patterns = tuple(self.patterns) if not isinstance(self.patterns, str) else ()
-        if not patterns or not all(is_valid_pattern(p) for p in patterns):
-            raise _bad(f"budget {bid}: patterns must be a non-empty list of permission patterns")
-        object.__setattr__(self, "patterns", patterns)
-        try:
-            unit, scale = canonical_unit(self.unit)
-        except BudgetInputError as exc:
-            raise _bad(f"budget {bid}: {exc.message}") from None
-        object.__setattr__(self, "unit", unit)
-        for name in ("limit", "overdraft_limit"):
-            value = _decimal(getattr(self, name), name, bid)
-            scaled = value.scaleb(scale, MONEY_CONTEXT)
-            if scaled != scaled.to_integral_value(context=MONEY_CONTEXT):
-                raise _bad(
-                    f"budget {bid}: {name} {value} has more decimals than {self.unit} allows"
-                )
-            if scaled > MAX_QUANTA:
-                raise _bad(f"budget {bid}: {name} {value} is too large")
-            object.__setattr__(self, name, value)
-        if self.window not in WINDOWS:
-            raise _bad(f"budget {bid}: window must be one of {', '.join(sorted(WINDOWS))}")
-        if self.window == "rolling":
-            rs = self.rolling_seconds
-            if type(rs) is not int or not 1 <= rs <= MAX_ROLLING_SECONDS:
-                raise _bad(
-                    f"budget {bid}: a rolling window needs rolling_seconds between 1 and "
-                    f"{MAX_ROLLING_SECONDS} (31 days)"
-                )
-        elif self.rolling_seconds is not None:
-            raise _bad(f"budget {bid}: rolling_seconds is only for window='rolling'")
-        if self.subject not in SUBJECTS:
-            raise _bad(f"budget {bid}: subject must be one of {', '.join(sorted(SUBJECTS))}")
-        if type(self.tz) is not str or not self.tz:
-            raise _bad(f"budget {bid}: tz must be an IANA zone name such as 'Europe/Paris'")
-        if self.tz != "UTC":
-            try:
-                ZoneInfo(self.tz)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise _bad(f"budget {bid}: unknown time zone {self.tz!r}") from None
+        problems = budget_problems(self.patterns, self.limit, self.unit, self.window,
+                                   self.rolling_seconds, self.subject, self.tz,
+                                   self.overdraft_limit)
+        if problems:
+            raise _bad(f"budget {self.id}: {problems[0][1]}")
+        object.__setattr__(self, "patterns", tuple(self.patterns))  # validated: iterable
+        object.__setattr__(self, "unit", canonical_unit(self.unit)[0])
+        object.__setattr__(self, "limit", Decimal(self.limit))  # type: ignore[arg-type]
+        object.__setattr__(self, "overdraft_limit",
+                           Decimal(self.overdraft_limit))  # type: ignore[arg-type]
 
     def covers(self, permission: str) -> bool:
         """True when one of the budget's patterns matches ``permission``."""

@@ -2,8 +2,10 @@
 
 :mod:`._compiled` builds the :class:`CompiledPolicy` (rule index, bounded plan cache, money
 per file, tool bindings, budget specs); :mod:`._runtime` is what generated condition code
-calls; :mod:`._evaluator` is the hot path (``evaluate``) and ``explain``; :mod:`._approvals`
-holds approval records. Imports :mod:`policyengine.lang` and the leaves, never the engine.
+calls; :mod:`._pipeline` is the one decision pipeline (validate, grant, rules, budgets,
+approval) every decision and explanation runs through, :mod:`._evaluator` its rules step;
+:mod:`._approvals` holds approval records. Imports :mod:`policyengine.lang` and the
+leaves, never the engine.
 """
 
 from policyengine.decide._approvals import (
@@ -15,7 +17,8 @@ from policyengine.decide._approvals import (
     request_digest,
 )
 from policyengine.decide._compiled import CompiledPolicy, compile_policy
-from policyengine.decide._evaluator import Explanation, evaluate, explain
+from policyengine.decide._evaluator import Explanation
+from policyengine.decide._pipeline import Pipeline, Trace
 from policyengine.decide._shared_approvals import (
     PostgresApprovalStore,
     RedisApprovalStore,
@@ -29,12 +32,12 @@ __all__ = [
     "CompiledPolicy",
     "Explanation",
     "MemoryApprovalStore",
+    "Pipeline",
     "PostgresApprovalStore",
     "RedisApprovalStore",
+    "Trace",
     "UnboundRequestError",
     "approvals_from_url",
     "compile_policy",
     "request_digest",
-    "evaluate",
-    "explain",
 ]

@@ -51,37 +51,6 @@ class FileMoney:
     rates: Any  # a RateSource, or None without a base currency
 
 
-class _ChainedRates:
-    """Ask several rate tables in turn; ``no_rate`` only if none knows the pair."""
-
-    def __init__(self, tables: list[Any]) -> None:
-        self.tables = tables
-
-    def _first(self, method: str, from_code: str, to_code: str, now: float | None) -> Any:
-        last: Exception | None = None
-        for table in self.tables:
-            fn = getattr(table, method, None)
-            if fn is None:
-                continue
-            try:
-                return fn(from_code, to_code, now)
-            except ValueError as exc:  # RateError: try the next table
-                last = exc
-                if getattr(exc, "code", "") == "stale_rate":
-                    raise
-        if last is None:
-            raise AttributeError(method)
-        raise last
-
-    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Decimal:
-        return self._first("rate", from_code, to_code, now)  # type: ignore[no-any-return]
-
-    def rate_fraction(self, from_code: str, to_code: str, now: float | None = None
-                      ) -> tuple[int, int]:
-        """Exact cross rates (see :func:`policyengine.money.convert`)."""
-        return self._first("rate_fraction", from_code, to_code, now)  # type: ignore[no-any-return]
-
-
 @dataclass
 class CompiledRule:
     """One rule, ready to run. ``test`` is None for an unconditional rule."""
@@ -153,16 +122,15 @@ class CompiledPolicy:
     _approval_terms: dict[str, tuple[int, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @property
-    def default_currency(self) -> str | None:
-        """The first ``default_currency`` declared (for checks outside any one file)."""
-        return next((m.default for m in self.money.values() if m.default), None)
-
-    @property
-    def rates(self) -> Any:
-        """One RateSource over every file's rates (the first that knows a pair wins)."""
-        tables = [m.rates for m in self.money.values() if m.rates is not None]
-        return _ChainedRates(tables) if tables else None
+    #: The policy set's one ``default_currency`` (files that declare one agree; the
+    #: checker refuses two different ones): the currency of a request amount that
+    #: names none. See docs/semantics.md, "Amounts and currencies".
+    default_currency: str | None = None
+    #: The rates of the file holding the ``delegation`` block (a grant's ``max_amount``
+    #: converts with them), or of the only file that has rates when there is no block.
+    delegation_rates: Any = None
+    #: Per budget id, the rates of the file that declares the budget.
+    budget_rates: dict[str, Any] = field(default_factory=dict)
 
     def index(self) -> None:
         for rule in self.rules:
@@ -261,15 +229,21 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
     """
     rates = rates or {}
     money: dict[str, FileMoney] = {}
+    default = next((st.code for f in files for st in f.statements
+                    if isinstance(st, ast.DefaultCurrencyDecl)), None)
     for f in files:
         base = next((st.code for st in f.statements if isinstance(st, ast.CurrencyDecl)), None)
-        default = next((st.code for st in f.statements
-                        if isinstance(st, ast.DefaultCurrencyDecl)), None)
         money[f.name] = FileMoney(f.name, base, default, rates.get(f.name))
     tz = next((st.zone for f in files for st in f.statements if isinstance(st, ast.TzDecl)),
               "UTC")
-    delegation = next((st for f in files for st in f.statements
-                       if isinstance(st, ast.DelegationDecl)), None)
+    found = next(((f.name, st) for f in files for st in f.statements
+                  if isinstance(st, ast.DelegationDecl)), None)
+    delegation = found[1] if found is not None else None
+    if found is not None:
+        delegation_rates = money[found[0]].rates
+    else:
+        with_rates = {id(m.rates): m.rates for m in money.values() if m.rates is not None}
+        delegation_rates = next(iter(with_rates.values())) if len(with_rates) == 1 else None
 
     roles: dict[str, tuple[str, ...]] = {}
     agent_roles: dict[str, set[str]] = {}
@@ -310,9 +284,12 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
     if cache is not None:
         cache.done()
     from policyengine.tools._egress import compile_tools
+    budgets, budget_files = _budget_specs(files)
     policy = CompiledPolicy(tuple(rules), principals, money, tz, tools=compile_tools(files),
-                            budgets=_budget_specs(files), delegation=delegation,
-                            files=tuple(files))
+                            budgets=budgets, delegation=delegation, files=tuple(files),
+                            default_currency=default, delegation_rates=delegation_rates,
+                            budget_rates={bid: money[name].rates
+                                          for bid, name in budget_files.items()})
     policy.index()
     return policy
 
@@ -380,9 +357,11 @@ class CompileCache:
         self._entries, self._next = self._next, {}
 
 
-def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[Any, ...]:
+def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[tuple[Any, ...], dict[str, str]]:
+    """The budgets (BudgetSpec) and, per budget id, the name of the file declaring it."""
     from policyengine.budgets import BudgetSpec
     specs = []
+    owner: dict[str, str] = {}
     for f in files:
         file_tz = next((st.zone for st in f.statements if isinstance(st, ast.TzDecl)), "UTC")
         for st in f.statements:
@@ -391,7 +370,8 @@ def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[Any, ...]:
                     _qualify(f.namespace, st.id), st.patterns, st.limit, st.unit, st.window,
                     st.rolling_seconds, st.subject, st.tz or file_tz,
                     st.overdraft if st.overdraft is not None else Decimal(0)))
-    return tuple(specs)
+                owner[specs[-1].id] = f.name
+    return tuple(specs), owner
 
 
 _FLOOR = Context(prec=100, rounding=ROUND_FLOOR, Emax=999, Emin=-999,

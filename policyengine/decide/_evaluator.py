@@ -7,8 +7,9 @@ Semantics (docs/semantics.md states them in full):
 * fail closed: a forbid or approval whose condition errors counts as applying, a permit
   whose condition errors does not; every such error becomes a :class:`Diagnostic`.
 
-This is the hot path. It does one dict lookup for the (principal, permission) plan, calls
-the plan's generated closures, and builds one :class:`Decision`.
+This is the *rules* step of the decision pipeline (:mod:`policyengine.decide._pipeline`):
+it calls the plan's generated closures and returns the facts the last step builds the
+:class:`Decision` from. It never builds a decision itself.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from decimal import (
 from typing import Any
 
 from policyengine.decide._compiled import CompiledPolicy, CompiledRule, EvalError, FileMoney, Plan
-from policyengine.decision import Decision, Diagnostic, Obligations
+from policyengine.decision import Decision, Diagnostic, Obligations, ToolDecision
 from policyengine.money._money import MAX_AMOUNT, MoneyError, decimal_places, parse_amount
 from policyengine.money._rates import RateError
 from policyengine.permissions import InvalidPermission, validate_permission
 
-__all__ = ["Explanation", "RequestState", "evaluate", "explain", "invalid"]
+__all__ = ["Explanation", "RequestState", "RuleFacts", "invalid", "request_problem", "rule_facts",
+           "rule_table"]
 
 _EMPTY: dict[str, Any] = {}
 _CEILING = Context(prec=100, rounding=ROUND_CEILING, Emax=999, Emin=-999,
@@ -38,28 +40,55 @@ _QUANTA: dict[str, Decimal] = {}
 
 
 class RequestState:
-    """Per-request values computed at most once (the amount, per base currency)."""
+    """The request's money, read once: ``context.amount`` and its currency are parsed on
+    first use (by a rule, a budget or a grant) and every later step reuses the result;
+    the amount converted into a file's base currency is cached per file, with that
+    file's own rates.
 
-    __slots__ = ("_amounts", "context", "now")
+    The currency is ``context.currency`` when given, else the policy set's one
+    ``default_currency`` (docs/semantics.md, "Amounts and currencies").
+    """
 
-    def __init__(self, context: dict[str, Any], now: float | None) -> None:
+    __slots__ = ("_converted", "_parsed", "context", "default", "now")
+
+    def __init__(self, context: dict[str, Any], default: str | None, now: float | None
+                 ) -> None:
         self.context = context
+        self.default = default
         self.now = now
-        self._amounts: dict[str | None, Decimal | EvalError] = {}
+        self._parsed: tuple[tuple[Decimal, str] | None] | EvalError | None = None
+        self._converted: dict[str, Decimal | EvalError] = {}
+
+    def money(self) -> tuple[Decimal, str] | None:
+        """(amount, currency), or None when the request carries no amount; raises
+        :class:`EvalError` (``invalid_amount``, ``missing_currency``, ``unknown_currency``)."""
+        parsed = self._parsed
+        if parsed is None:
+            try:
+                parsed = (parse_request_money(self.context, self.default),)
+            except Exception as exc:  # a hostile context object: an error, never a raise
+                parsed = _error(exc)
+            self._parsed = parsed
+        if type(parsed) is EvalError:
+            raise parsed
+        return parsed[0]  # type: ignore[index]
 
     def amount(self, money: FileMoney) -> Decimal:
-        """``context.amount`` in ``context.currency``, converted to ``money``'s base.
+        """``context.amount`` converted to ``money``'s base currency with ``money``'s rates.
 
         Converted spends round up to the base currency's minor unit, so rounding never
         lets a spend slip under a cap.
         """
-        a = self._amounts.get(money.base)
+        a = self._converted.get(money.file)
         if a is None:
             try:
-                a = request_amount(self.context, money, self.now)
+                parsed = self.money()
+                if parsed is None:
+                    raise EvalError("missing_amount", "the request has no context.amount")
+                a = to_base(parsed[0], parsed[1], money, self.now)
             except Exception as exc:  # a hostile context object: an error, never a raise
                 a = _error(exc)
-            self._amounts[money.base] = a
+            self._converted[money.file] = a
         if type(a) is EvalError:
             raise a
         return a  # type: ignore[return-value]
@@ -71,42 +100,63 @@ _INVALID_AMOUNT_CODES = frozenset({
 })
 
 
-def request_amount(context: dict[str, Any], money: FileMoney, now: float | None) -> Decimal:
-    """The request's amount in ``money.base``; raises :class:`EvalError` with a code."""
+def parse_request_money(context: dict[str, Any], default: str | None
+                        ) -> tuple[Decimal, str] | None:
+    """``context.amount`` and its currency (``context.currency``, else ``default``), parsed
+    strictly; None without an amount. Raises :class:`EvalError` with a code."""
     # dict.get, not context.get: a dict subclass's own get() is not called
     raw = dict.get(context, "amount")
     if raw is None:
-        raise EvalError("missing_amount", "the request has no context.amount")
+        return None
     currency = dict.get(context, "currency")
     if currency is None:
-        currency = money.default
+        currency = default
         if currency is None:
             raise EvalError("missing_currency", "the request has an amount but no "
                             "context.currency, and the policy sets no default_currency")
     if type(currency) is not str:
-        raise EvalError("unknown_currency", "context.currency must be a currency code")
+        raise EvalError("unknown_currency", "context.currency must be a currency code "
+                        f"(a string), not {type(currency).__name__}")
+    try:
+        return parse_amount(raw, currency), currency
+    except MoneyError as exc:
+        if exc.code in _INVALID_AMOUNT_CODES:
+            raise EvalError("invalid_amount", f"{exc.message} ({exc.code})", exc.code
+                            ) from None
+        raise EvalError(exc.code, exc.message) from None
+
+
+def to_base(value: Decimal, currency: str, money: FileMoney, now: float | None) -> Decimal:
+    """``value`` in ``currency`` converted to ``money.base`` with ``money.rates``, rounded
+    up to the base's minor unit; raises :class:`EvalError` with a code."""
     base = money.base
     if base is None:  # pragma: no cover - the checker requires a base to use amounts
         raise EvalError("no_base_currency", "the policy declares no base currency")
+    if currency == base:
+        return value
     try:
-        value = parse_amount(raw, currency)
-        if currency == base:
-            return value
         # The hot path of convert(): one rate lookup, one multiply, one quantize, in a
         # wide context that rounds towards +infinity (a spend never rounds down).
         quantum = _QUANTA.get(base)
         if quantum is None:
             quantum = _QUANTA[base] = Decimal(1).scaleb(-decimal_places(base), _CEILING)
+        if money.rates is None:
+            raise EvalError("no_rate", f"no rates to convert {currency} to {base}")
         rate = money.rates.rate(currency, base, now)
         converted = _CEILING.multiply(value, rate).quantize(quantum, context=_CEILING)
-        if converted > MAX_AMOUNT:
-            raise EvalError("invalid_amount", f"converted amount {converted} {base} is larger "
-                            f"than the maximum {MAX_AMOUNT}")
-        return converted
     except (MoneyError, RateError) as exc:
         if exc.code in _INVALID_AMOUNT_CODES:
             raise EvalError("invalid_amount", f"{exc.message} ({exc.code})") from None
         raise EvalError(exc.code, exc.message) from None
+    except EvalError:
+        raise
+    except Exception as exc:  # a rate source's odd answer or failure: fail closed
+        raise EvalError("invalid_rate", f"cannot convert {currency} to {base}: {exc!r}"
+                        ) from None
+    if converted > MAX_AMOUNT:
+        raise EvalError("invalid_amount", f"converted amount {converted} {base} is larger "
+                        f"than the maximum {MAX_AMOUNT}")
+    return converted
 
 
 def _error(exc: BaseException) -> EvalError:
@@ -204,26 +254,20 @@ def _obligations(max_amount: tuple[Decimal, FileMoney] | None,
                        over[0] if over else None, (), currency)
 
 
-def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
-             context: Any = None, now: float | None = None,
-             approved: bool = False) -> Decision:
-    """Decide one request. Never raises for request data; malformed input is denied."""
-    if type(principal) is not str or type(permission) is not str:
-        return invalid(principal, permission, "principal and permission must be strings")
-    if context is None:
-        context = _EMPTY
-    elif not isinstance(context, dict):
-        return invalid(principal, permission,
-                       f"context must be an object, not {type(context).__name__}")
-    plan = policy.plans.get((principal, permission))
-    if plan is None:
-        problem = request_problem(principal, permission, context)
-        if problem is not None:
-            return invalid(principal, permission, problem)
-        plan = policy.plan(principal, permission)
-    diags: list[Diagnostic] = []
-    req = RequestState(context, now) if plan.uses_amount else None
+#: What the rules step found: (status, code, reason, rules, obligations, diagnostics,
+#: permitted). ``permitted`` is the permits that applied, kept for the approval step when
+#: the status is ``pending_approval`` (an approval granted turns it into ``allowed``).
+RuleFacts = tuple[str, str, str, tuple[str, ...], "Obligations | None",
+                  tuple[Diagnostic, ...], tuple[str, ...]]
 
+
+def rule_facts(plan: Plan, principal: str, permission: str, context: dict[str, Any],
+               req: RequestState | None) -> RuleFacts:
+    """The rules step: run the plan's forbids, limits, permits and approvals.
+
+    ``req`` must be given when ``plan.uses_amount``. Never raises for request data.
+    """
+    diags: list[Diagnostic] = []
     applied: list[str] = []  # declaration order, forbids before limits
     forbidden = limited = False
     for rule in plan.forbids:
@@ -247,15 +291,14 @@ def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
         else:
             code, why = diags[0].code, "denied: could not evaluate (fail closed)"
         rules = tuple(applied)
-        return Decision("denied", code, f"{permission} {why} {', '.join(rules)}", rules,
-                        None, tuple(diags), principal, permission)
+        return ("denied", code, f"{permission} {why} {', '.join(rules)}", rules, None,
+                tuple(diags), ())
 
     permitted = tuple(r.qid for r in plan.permits
                       if _run(r, context, plan, req, diags, False) is True)
     if not permitted:
-        return Decision("denied", "no_permit",
-                        f"no rule permits {permission} for {principal}", (), None,
-                        tuple(diags), principal, permission)
+        return ("denied", "no_permit", f"no rule permits {permission} for {principal}", (),
+                None, tuple(diags), ())
 
     approval_rules: list[str] = []
     approval_over: tuple[Decimal, FileMoney] | None = None
@@ -273,32 +316,38 @@ def evaluate(policy: CompiledPolicy, principal: Any, permission: Any,
     obligations = None
     if max_amount is not None or approval_over is not None:
         obligations = _obligations(max_amount, approval_over)
-    if approval_rules and not approved:
-        return Decision("pending_approval", "approval_required",
-                        f"{permission} needs approval: {', '.join(approval_rules)}",
-                        tuple(approval_rules), obligations, tuple(diags), principal,
-                        permission)
-    return Decision("allowed", "permitted", f"permitted by {', '.join(permitted)}",
-                    permitted, obligations, tuple(diags), principal, permission)
+    if approval_rules:
+        return ("pending_approval", "approval_required",
+                f"{permission} needs approval: {', '.join(approval_rules)}",
+                tuple(approval_rules), obligations, tuple(diags), permitted)
+    return ("allowed", "permitted", f"permitted by {', '.join(permitted)}", permitted,
+            obligations, tuple(diags), permitted)
 
 
 # ---- explain ---------------------------------------------------------------------------------
 
 class Explanation:
-    """What each rule that could decide a request did, and the decision."""
+    """One decision run with tracing on: the decision (exactly what ``authorize`` or
+    ``tool_authorize`` answers for the same request), what each pipeline step found, and
+    what each rule that could decide the request did."""
 
-    __slots__ = ("decision", "rules")
+    __slots__ = ("decision", "rules", "steps")
 
-    def __init__(self, decision: Decision, rules: list[dict[str, Any]]) -> None:
+    def __init__(self, decision: Decision | ToolDecision, rules: list[dict[str, Any]],
+                 steps: list[dict[str, str]]) -> None:
         self.decision = decision
         self.rules = rules
+        self.steps = steps
 
     def to_dict(self) -> dict[str, Any]:
-        return {"decision": self.decision.to_wire(), "rules": self.rules}
+        return {"decision": self.decision.to_wire(), "steps": self.steps,
+                "rules": self.rules}
 
     def __str__(self) -> str:
-        lines = [f"decision: {self.decision.status} ({self.decision.code}): "
-                 f"{self.decision.reason}"]
+        d = self.decision
+        lines = [f"decision: {d.status} ({d.code}): {d.reason}"]
+        for st in self.steps:
+            lines.append(f"  step {st['step']:<9} {st['result']}")
         for r in self.rules:
             lines.append(f"  {r['rule']:<32} {r['effect']:<9} {r['result']}")
             for c in r["conditions"]:
@@ -306,16 +355,12 @@ class Explanation:
         return "\n".join(lines)
 
 
-def explain(policy: CompiledPolicy, principal: Any, permission: Any, context: Any = None,
-            now: float | None = None) -> Explanation:
-    """Evaluate like :func:`evaluate`, and say rule by rule what matched and what failed."""
-    decision = evaluate(policy, principal, permission, context, now)
-    if decision.code == "invalid_request":
-        return Explanation(decision, [])
-    ctx = context if isinstance(context, dict) else {}
+def rule_table(policy: CompiledPolicy, principal: str, permission: str,
+               context: dict[str, Any], req: RequestState) -> list[dict[str, Any]]:
+    """Rule by rule, for explain: every rule naming ``permission``, whether it is in the
+    principal's scope, and what each of its conditions gave."""
     who = policy.principal(principal)
     plan = policy.plan(principal, permission)
-    req = RequestState(ctx, now)
     out: list[dict[str, Any]] = []
     for rule in policy.candidates(permission):
         entry: dict[str, Any] = {"rule": rule.qid, "effect": rule.effect, "kind": rule.kind,
@@ -327,7 +372,7 @@ def explain(policy: CompiledPolicy, principal: Any, permission: Any, context: An
         all_ok = True
         for kind, text, test in rule.clauses:
             try:
-                value = test(ctx, plan.principal, req)
+                value = test(context, plan.principal, req)
                 holds = value if kind == "when" else not value
                 result = "holds" if holds else "fails"
             except Exception as exc:
@@ -349,4 +394,4 @@ def explain(policy: CompiledPolicy, principal: Any, permission: Any, context: An
                                             "result": f"error {err.code}: {err.message}"})
         entry["result"] = "applies" if all_ok else "does not apply"
         out.append(entry)
-    return Explanation(decision, out)
+    return out

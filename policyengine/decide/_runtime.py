@@ -25,6 +25,12 @@ class EvalError(PolicyEngineError):
 
     Never leaves the engine: it becomes a diagnostic of the decision."""
 
+    def __init__(self, code: str, message: str, detail: str | None = None) -> None:
+        super().__init__(code, message)
+        #: The more specific code behind ``code`` (``negative_amount`` behind
+        #: ``invalid_amount``), or None.
+        self.detail = detail
+
 
 class Principal:
     """Who is asking, as the policy knows them."""

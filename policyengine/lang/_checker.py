@@ -113,6 +113,7 @@ def _check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]
     rates: dict[str, dict[str, tuple[Decimal, ast.Span]]] = {}
     money_uses: dict[str, list[ast.Span]] = {}
     delegation_seen: ast.Span | None = None
+    default_seen: tuple[str, ast.Span] | None = None
 
     # Pass 1: declarations.
     for f in files:
@@ -154,6 +155,13 @@ def _check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]
             elif isinstance(st, ast.DefaultCurrencyDecl):
                 if not _currency_known(st.code):
                     ctx.error("E109", f"unknown currency '{st.code}'", st.span)
+                if default_seen is None:
+                    default_seen = (st.code, st.span)
+                elif default_seen[0] != st.code:
+                    ctx.error("E134", f"default_currency {st.code} differs from "
+                              f"default_currency {default_seen[0]} at {default_seen[1]}",
+                              st.span, "a policy set has one default currency: declare the "
+                              "same one in every file, or only once")
             elif isinstance(st, ast.TzDecl):
                 if not _zone_known(st.zone):
                     ctx.error("E124", f"unknown time zone '{st.zone}'", st.span,
@@ -274,11 +282,12 @@ def _check_money(ctx: _Ctx, m: ast.MoneyLit, uses: list[ast.Span]) -> None:
     if m.amount < 0 or m.amount > MAX_LITERAL_AMOUNT:
         ctx.error("E108", f"amount {m.amount} is out of range", m.span)
     elif _currency_known(m.currency):
-        from policyengine.money._money import decimal_places
+        from policyengine.money._money import MONEY_CONTEXT, decimal_places
         places = decimal_places(m.currency)
         exponent = m.amount.as_tuple().exponent
+        quantum = Decimal(1).scaleb(-places, MONEY_CONTEXT)
         if isinstance(exponent, int) and -exponent > places and m.amount != m.amount.quantize(
-                Decimal(1).scaleb(-places), rounding=ROUND_DOWN):
+                quantum, rounding=ROUND_DOWN, context=MONEY_CONTEXT):
             ctx.error("E133", f"{m.amount} {m.currency} has more decimals than {m.currency} "
                       f"has ({places})", m.span,
                       f"write it with at most {places} decimal{'s' if places != 1 else ''}")
@@ -476,44 +485,25 @@ class _TypeOf(ast.ExprVisitor[str]):
     or_ = and_
 
 
+#: The checker's code for a problem the budgets leaf reports, by field.
+_BUDGET_CODES = {"window": "E125", "tz": "E124"}
+
+
 def _check_budget(ctx: _Ctx, st: ast.BudgetDecl) -> None:
-    from policyengine.budgets.spec import MAX_ROLLING_SECONDS
-    before = len(ctx.problems)
+    """Patterns here; every other limit of a budget is the budgets leaf's own
+    (:func:`policyengine.budgets.spec.budget_problems`), reported at the statement."""
+    from policyengine.budgets.spec import budget_problems
     _check_patterns(ctx, st.patterns, st.span)
-    if st.unit not in NON_CURRENCY_UNITS and not _currency_known(st.unit):
-        ctx.error("E123", f"unknown budget unit '{st.unit}'", st.span,
-                  "a currency code, or tokens, calls, credits")
-    if st.limit <= 0 or st.limit > MAX_LITERAL_AMOUNT:
-        ctx.error("E123", "a budget limit must be positive and sane", st.span)
-    if st.unit in ("tokens", "calls") and st.limit != st.limit.to_integral_value():
-        ctx.error("E123", f"{st.unit} are counted in whole numbers", st.span)
-    if st.window == "rolling" and (st.rolling_seconds is None
-                                   or not 1 <= st.rolling_seconds <= MAX_ROLLING_SECONDS):
-        ctx.error("E125", "a rolling window lasts between 1s and "
-                  f"{MAX_ROLLING_SECONDS // 86400}d", st.span)
-    if st.tz is not None and not _zone_known(st.tz):
-        ctx.error("E124", f"unknown time zone '{st.tz}'", st.span,
-                  "use an IANA zone name such as Europe/Paris")
-    if st.overdraft is not None and (st.overdraft < 0 or st.overdraft > MAX_LITERAL_AMOUNT):
-        ctx.error("E123", "overdraft must be zero or positive", st.span)
-    if len(ctx.problems) == before:
-        _ask_budget_leaf(ctx, st)
-
-
-def _ask_budget_leaf(ctx: _Ctx, st: ast.BudgetDecl) -> None:
-    """Whatever the checker let through, the budget leaf must accept too: its own limits
-    (decimals of the unit, the longest rolling window, the largest count) are reported
-    here, with the statement's position, instead of escaping at compile time."""
-    from policyengine.budgets.errors import BudgetError
-    from policyengine.budgets.spec import BudgetSpec
-    try:
-        BudgetSpec(st.id, st.patterns, st.limit, st.unit, st.window, st.rolling_seconds,
-                   st.subject, st.tz or "UTC",
-                   st.overdraft if st.overdraft is not None else Decimal(0))
-    except BudgetError as exc:
-        message = exc.message.removeprefix(f"budget {st.id}: ")
-        code = "E125" if "rolling" in message else "E123"
-        ctx.error(code, f"budget '{st.id}': {message}", st.span)
+    overdraft = st.overdraft if st.overdraft is not None else Decimal(0)
+    for what, message in budget_problems(st.patterns, st.limit, st.unit, st.window,
+                                         st.rolling_seconds, st.subject, st.tz or "UTC",
+                                         overdraft):
+        if what == "patterns":
+            continue  # reported by _check_patterns, with the pattern
+        hint = ("a currency code, or tokens, calls, credits" if what == "unit"
+                else "use an IANA zone name such as Europe/Paris" if what == "tz" else None)
+        ctx.error(_BUDGET_CODES.get(what, "E123"), f"budget {st.id}: {message}", st.span,
+                  hint)
 
 
 def _check_host(ctx: _Ctx, host: str, span: ast.Span, deny: bool = False) -> None:

@@ -685,7 +685,7 @@ class PolicyService:
             child = pe.tokens.attenuate(
                 self.engine.keys, token, agent=r.grantedToAgentId, permissions=r.permissions,
                 max_amount=max_amount, ttl=r.expiresInSeconds,
-                rates=self.engine.policy.rates, revocations=self.engine.revocations)
+                rates=self.engine.policy.delegation_rates, revocations=self.engine.revocations)
             grant = self.engine.verify_token(child)
         except pe.AttenuationError as exc:
             raise _RefusalError(403, exc.code, exc.message) from None

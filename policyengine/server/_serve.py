@@ -1,8 +1,9 @@
 """``policyengine serve PATH... [--host] [--port] [--workers N]``.
 
-One worker runs uvicorn in this process. With ``--workers N`` the parent compiles the
-policy once, binds the socket, and forks N workers that share it (the kernel spreads
-connections); the parent forwards SIGHUP (reload), SIGTERM and SIGINT (graceful stop) to
+One worker runs uvicorn in this process. With ``--workers N`` the parent checks the
+policy, binds the socket, and forks N workers that share it (the kernel spreads
+connections); each worker builds its engine after the fork, so connections to shared
+stores are its own; the parent forwards SIGHUP (reload), SIGTERM and SIGINT (graceful stop) to
 every worker and exits when they have. Workers keep no shared state of their own beyond
 what the engine's stores share, so N workers behave as one service.
 """
@@ -88,10 +89,11 @@ def run(args: argparse.Namespace) -> int:
         if args.hmac_key_file:
             with open(args.hmac_key_file, "rb") as fh:
                 hmac_key = fh.read().strip()
-        engine = pe.Engine.from_path(*args.paths, keys=keys, hmac_key=hmac_key,
-                                     budget_store=args.budget_store,
-                                     approvals=args.approvals, revocations=args.revocations)
         credentials = Credentials.from_file(args.credentials) if args.credentials else None
+        # The policy is checked here, once, with in-memory stores: a worker opens its own
+        # connections to shared stores after the fork (a socket must never be shared by
+        # two processes).
+        checked = pe.Engine.from_path(*args.paths, keys=keys, hmac_key=hmac_key)
     except pe.PolicyError as err:
         print(err.render(), file=sys.stderr)
         return 1
@@ -102,18 +104,32 @@ def run(args: argparse.Namespace) -> int:
                            body_timeout=args.body_timeout, prefixes=_prefixes(args.prefix),
                            access_log=not args.no_access_log,
                            watch_interval=args.watch_interval or None)
-    app = create_app(engine, credentials=credentials, keys=keys, paths=args.paths,
-                     config=config)
+    shared = {"budget_store": args.budget_store, "approvals": args.approvals,
+              "revocations": args.revocations}
+
+    def build() -> Any:
+        engine = checked
+        if any(v is not None for v in shared.values()):
+            engine = pe.Engine.from_path(*args.paths, keys=keys, hmac_key=hmac_key,
+                                         **shared)
+        return create_app(engine, credentials=credentials, keys=keys, paths=args.paths,
+                          config=config)
+
     uv_config = dict(host=args.host, port=args.port, log_level=args.log_level,
                      access_log=False, lifespan="on", timeout_graceful_shutdown=10,
                      server_header=False)
     if args.workers <= 1:
+        try:
+            app = build()
+        except pe.PolicyEngineError as exc:
+            print(f"serve: {exc}", file=sys.stderr)
+            return 1
         uvicorn.run(app, **uv_config)  # type: ignore[arg-type]
         return 0
-    return _supervise(app, uv_config, args.workers)
+    return _supervise(build, uv_config, args.workers)
 
 
-def _supervise(app: Any, uv_config: dict[str, Any], workers: int) -> int:
+def _supervise(build: Any, uv_config: dict[str, Any], workers: int) -> int:
     import uvicorn
 
     family = socket.AF_INET6 if ":" in uv_config["host"] else socket.AF_INET
@@ -130,7 +146,7 @@ def _supervise(app: Any, uv_config: dict[str, Any], workers: int) -> int:
             try:
                 for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
-                server = uvicorn.Server(uvicorn.Config(app, **uv_config))
+                server = uvicorn.Server(uvicorn.Config(build(), **uv_config))
                 server.run(sockets=[sock])
             except BaseException:
                 code = 1

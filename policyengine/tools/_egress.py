@@ -11,24 +11,25 @@
    (MCP/function tool: the first tool whose name glob matches) binds the permission; no
    route is ``route_deny``;
 4. context extraction (JSONPath on the body, query, headers, path parameters), merged
-   over the caller's context, and the full authorize pipeline (conditions, limits,
-   approvals, grants);
-5. redaction of a copy of the body; a redaction that cannot be applied fails closed.
+   over the caller's context;
+5. the decision pipeline, the same run as ``authorize`` (grant, rules, budgets,
+   approval), which also redacts a copy of the body: a redaction that cannot be applied
+   fails closed.
 """
 
 from __future__ import annotations
 
 import codecs
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
 from policyengine import _json as strict_json
-from policyengine.decision import Decision, Diagnostic, Obligations, ToolDecision
+from policyengine.decision import Decision, ToolDecision
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
-from policyengine.money._money import MoneyError, decimal_places
+from policyengine.money._money import MONEY_CONTEXT, MoneyError, decimal_places
 from policyengine.tools._patterns import (
     HostPattern,
     NamePattern,
@@ -48,7 +49,6 @@ from policyengine.tools._redaction import (
     RedactionError,
     RedactionRule,
     fold_key,
-    redact,
 )
 
 __all__ = ["MAX_BODY_BYTES", "CompiledTools", "compile_tools", "tool_authorize"]
@@ -287,7 +287,7 @@ def _minor_to_major(value: Any, currency: Any) -> Any:
         places = decimal_places(currency)
     except MoneyError as exc:
         return _BadMinor(exc.message)
-    return Decimal(value).scaleb(-places)
+    return Decimal(value).scaleb(-places, MONEY_CONTEXT)  # never the thread's context
 
 
 def _single(kind: str, key: str, source: Mapping[str, Any]) -> Any:
@@ -553,27 +553,26 @@ def _outcome(decision: Decision) -> str:
     return "policy_deny"
 
 
-def tool_authorize(tools: CompiledTools,
-                   authorize: Callable[..., Decision],
-                   principal: Any, *, transport: Any, method: Any = None, host: Any = None,
-                   path: Any = None, query: Any = None, headers: Any = None, body: Any = None,
-                   tool_name: Any = None, function_name: Any = None, token: Any = None,
-                   context: Any = None, hmac_key: bytes | None = None,
-                   approval_id: Any = None, scheme: Any = None,
-                   register_approval: Callable[[Decision, dict[str, Any], dict[str, Any]],
-                                               Decision] | None = None
+def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any = None,
+                   host: Any = None, path: Any = None, query: Any = None, headers: Any = None,
+                   body: Any = None, tool_name: Any = None, function_name: Any = None,
+                   token: Any = None, context: Any = None, hmac_key: bytes | None = None,
+                   approval_id: Any = None, scheme: Any = None, trace: Any = None
                    ) -> ToolDecision:
     """Decide one tool call. Never raises for request data.
 
-    ``authorize`` is the engine's decision function (clock, grants, budgets, approvals
-    already granted); ``register_approval`` records a pending decision, called only once
-    the body is known to be sendable (redacted), so no approval waits for a call that
-    could never leave. Both get ``call``: the tool, route and request an approval binds
-    (see :func:`_call_binding`).
+    ``pipeline`` is the engine's decision pipeline
+    (:class:`~policyengine.decide._pipeline.Pipeline`): the call is normalised and routed
+    here, then the bound permission and the extracted context go through the same run as
+    ``authorize`` (grant, rules, budgets, approval), which also redacts the body before
+    it records a pending approval. ``trace`` (explain) records the steps.
     """
+    tools: CompiledTools = pipeline.policy.tools
 
     def reject(outcome: str, code: str, reason: str, permission: str | None = None,
                diag: str | None = None, tool: str | None = None) -> ToolDecision:
+        if trace is not None:
+            trace.step("route", f"{outcome} ({code}): {reason}")
         return ToolDecision(Decision.denial(code, reason, principal, permission, diag),
                             outcome, None, (), tool)
 
@@ -619,6 +618,8 @@ def tool_authorize(tools: CompiledTools,
                               diag=found.code,
                               tool=routed.binding.qid if routed.binding else None)
         if routed.outcome == "egress_allow":  # no route reads the body: passed on as given
+            if trace is not None:
+                trace.step("route", f"egress_allow ({routed.code}): {routed.reason}")
             allowed = Decision("allowed", routed.code, routed.reason, (), None, (),
                                principal, None)
             return ToolDecision(allowed, "egress_allow", body, (), None)
@@ -669,28 +670,6 @@ def tool_authorize(tools: CompiledTools,
                       diag="extraction_failed", tool=qid)
     call = _call_binding(transport, qid, route_text, method, host, path, query, body,
                          tool_name, function_name, scheme)
-    decision = authorize(principal, permission, ctx, token=token, approval_id=approval_id,
-                         call=call)
-    if decision.permission is None:
-        decision.permission = permission
-    redacted: Any = None
-    redactions: tuple[dict[str, str], ...] = ()
-    if decision.status != "denied":
-        result = redact(body, rules, hmac_key=hmac_key)
-        if result.diagnostics:
-            # A field that should have been redacted might leave: fail closed.
-            reasons = "; ".join(str(d) for d in result.diagnostics)
-            denied = decision.overruled(
-                "redaction_failed", f"cannot redact the body: {reasons}",
-                tuple(Diagnostic(d.code, str(d), None, "denied") for d in result.diagnostics))
-            return ToolDecision(denied, "policy_deny", None, (), qid)
-        redacted = result.body
-        redactions = tuple(result.redactions)
-        if decision.status == "pending_approval" and register_approval is not None:
-            decision = register_approval(decision, ctx, call)
-        if rules:
-            ob = decision.obligations
-            decision.obligations = Obligations(
-                ob.max_amount if ob else None, ob.require_approval_over if ob else None,
-                tuple(r.path for r in rules), ob.currency if ob else None)
+    decision, redacted, redactions = pipeline.run_tool(
+        principal, permission, ctx, token, approval_id, body, rules, hmac_key, call, trace)
     return ToolDecision(decision, _outcome(decision), redacted, redactions, qid)

@@ -162,7 +162,7 @@ def test_eur_spend_exactly_at_a_usd_budget() -> None:
     e = engine("namespace shop\ncurrency EUR\nrate USD 0.92\nrole b: payments:*\n"
                'agent "bot": b\nbudget usd: payments:* limit 100 USD per day per agent\n')
     d = e.authorize("bot", "payments:refund", eur("92"))
-    assert d.allowed and d.budget is not None and d.budget["attempted"] == "100.00"
+    assert d.allowed and d.budget is not None and d.budget.to_wire()["attempted"] == "100.00"
 
 
 # --------------------------------------------------------------------------- read-only
@@ -189,7 +189,7 @@ def test_sqlite_store_gives_the_same_decisions(tmp_path: Path) -> None:
         assert e.authorize("bot", "payments:refund", eur("30")).allowed
     d = e.authorize("bot", "payments:refund", eur("30.01"))
     assert d.code == "budget_exceeded" and d.budget is not None
-    assert d.budget["spent"] == "70.00"
+    assert d.budget.to_wire()["spent"] == "70.00"
 
 
 def test_spend_survives_a_reload() -> None:

@@ -182,3 +182,31 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["nonsense"])
     assert info.value.code == 2
+
+
+BUDGETED = ('currency EUR\nrole r: docs:*, pay:*\nagent "bot": r\n'
+            'budget small: pay:* limit 10 EUR per day per agent\n'
+            'tool pay: function "pay_out" -> pay:out {\n'
+            '  amount = $.amount, currency = $.currency\n}\n')
+OVER = {"amount": "11", "currency": "EUR"}
+
+
+@pytest.mark.parametrize("args", [
+    ["--principal", "bot", "--permission", "pay:out", "--context", json.dumps(OVER)],
+    ["--principal", "bot", "--permission", "docs:read", "--token", "garbage"],
+    ["--request", json.dumps({"principal": "bot", "transport": "function",
+                              "functionName": "pay_out", "body": OVER})],  # a tool call
+])
+def test_explain_decides_as_eval_and_honours_exit_code(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    p = tmp_path / "b.policy"
+    p.write_text(BUDGETED)
+    assert main(["eval", str(p), *args, "--exit-code"]) == 1
+    evaluated = json.loads(capsys.readouterr().out)
+    assert main(["explain", str(p), *args, "--exit-code", "--json"]) == 1
+    explained = json.loads(capsys.readouterr().out)["decision"]
+    assert evaluated["status"] == explained["status"] == "denied"
+    assert evaluated["reasonCode"] == explained["reasonCode"]
+    assert explained["reasonCode"] in ("budget_exceeded", "invalid_token")
+    assert main(["explain", str(p), *args]) == 0  # without --exit-code
+    assert "decision: denied" in capsys.readouterr().out

@@ -33,9 +33,11 @@ agent "bot": buyer
 
 limit cap: shop:pay amount <= 5000 EUR
 approval review: shop:pay over 3000 EUR
-forbid odd: shop:pay when amount > 4999.99 EUR and amount < 5000 EUR
+forbid odd: shop:pay when amount > 4999.990 EUR and amount < 5000 EUR
 budget daily: shop:* limit 100000.07 EUR per day per agent
 budget calls: shop:* limit 1000 calls per day per agent
+
+tool pay: function "pay" -> shop:pay { amount = $.amount minor, currency = $.currency }
 """
 
 NOW = 1_767_225_600.0
@@ -55,6 +57,11 @@ def workload(tmp_path: Path, tag: str) -> list[Any]:
             wire.pop("decisionId", None)
             wire.pop("approvalId", None)
             out.append(wire)
+        for minor, currency in ((123456, "EUR"), (499999, "EUR"), (500001, "EUR"),
+                                (600000, "JPY")):
+            t = engine.tool_authorize("bot", transport="function", function_name="pay",
+                                      body={"amount": minor, "currency": currency})
+            out.append((t.status, t.code))
         ledger = engine.budgets
         r = ledger.reserve("bot", "shop:buy", "1234.57", "USD")
         out.append(ledger.commit(r.id, "1111.11", "USD").to_wire() | {"id": None})
@@ -109,6 +116,9 @@ class TestThreadContext:
 
     def test_the_baseline_decides_what_the_policy_says(self, baseline: list[Any]) -> None:
         codes = [w["reasonCode"] for w in baseline[:len(AMOUNTS)]]
+        assert baseline[len(AMOUNTS):len(AMOUNTS) + 4] == [
+            ("allowed", "permitted"), ("pending_approval", "approval_required"),
+            ("denied", "limit_exceeded"), ("pending_approval", "approval_required")]
         assert codes == ["permitted", "permitted", "approval_required", "approval_required",
                          "limit_exceeded", "limit_exceeded", "permitted", "permitted",
                          "permitted", "permitted", "permitted", "invalid_amount"]

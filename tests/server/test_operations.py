@@ -261,3 +261,71 @@ def test_an_engine_or_store_fault_is_a_deny_shaped_500(
             assert r.json() == {"allowed": False, "status": "denied", "error": {
                 "code": "internal_error", "message": "internal error"}}
     assert any("internal error" in rec.getMessage() for rec in caplog.records)
+
+
+def test_two_workers_share_approvals_through_redis(tmp_path: Path) -> None:
+    """A pending approval created by one worker is polled (and approved) through any
+    worker: the approval store is shared, and each worker has its own connection. (With
+    the default in-memory store this test fails: each worker knows only its own.)"""
+    import threading
+
+    from conftest import REDIS_URL, require_service, unique_name
+
+    from policyengine.server import hash_secret
+
+    require_service("redis")
+    import redis
+    prefix = unique_name("serve") + ":"
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "p.policy").write_text(
+        'currency EUR\nrole pay: payments:*\nagent "travel-agent": pay\n'
+        "approval review: payments:refund over 300 EUR\n")
+    (tmp_path / "creds.json").write_text(json.dumps({
+        "agents": [{"clientId": "key_travel", "secretHash": hash_secret("s1"),
+                    "agent": "travel-agent"}],
+        "admins": [{"name": "ops", "secretHash": hash_secret("s2")}]}))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(tmp_path / "policy", port, "--workers", "2", "--credentials",
+                  str(tmp_path / "creds.json"), "--approvals", f"{REDIS_URL}?prefix={prefix}")
+    try:
+        assert wait_until(lambda: _up(url), 30), proc.stderr.read() if proc.stderr else ""
+        result: dict[str, object] = {}
+        with TracengentClient(TracengentOptions(agent_id="travel-agent", base_url=url,
+                                                client_id="key_travel",
+                                                client_secret="s1")) as client:
+            def agent() -> None:
+                try:
+                    client.ensure_authorized("payments:refund",
+                                             {"amount": 400, "currency": "EUR"})
+                    result["allowed"] = True
+                except Exception as exc:
+                    result["error"] = exc
+
+            t = threading.Thread(target=agent)
+            t.start()
+            admin = ("ops", "s2")
+            assert wait_until(lambda: bool(httpx.get(
+                f"{url}/v1/admin/approvals?status=pending", auth=admin).json()["items"]))
+            pending = httpx.get(f"{url}/v1/admin/approvals?status=pending",
+                                auth=admin).json()["items"][0]["approvalId"]
+            # every worker sees it (several fresh connections spread over both)
+            for _ in range(6):
+                with httpx.Client() as fresh:
+                    r = fresh.get(f"{url}/v1/admin/approvals?status=pending", auth=admin)
+                    assert [i["approvalId"] for i in r.json()["items"]] == [pending]
+            assert httpx.post(f"{url}/v1/admin/approvals/{pending}/approve",
+                              auth=admin).status_code == 200
+            t.join(20)
+        assert result == {"allowed": True}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        client_r = redis.Redis.from_url(REDIS_URL)
+        keys = list(client_r.scan_iter(match=prefix + "*"))
+        if keys:
+            client_r.delete(*keys)
+        client_r.close()

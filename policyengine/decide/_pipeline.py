@@ -1,0 +1,407 @@
+"""The decision pipeline: every decision the engine makes is one run through it.
+
+``authorize``, ``ensure_authorized``, ``tool_authorize``, ``explain`` and the command
+line all call :meth:`Pipeline.run`. A request is read once (principal, permission and
+context checked; its amount and currency parsed on first use and shared by every step),
+then goes through explicit steps, each returning facts:
+
+1. **validate** -- a malformed request is ``invalid_request``;
+2. **grant** -- with a token: verified, bound to the principal, covering the permission,
+   its ``max_amount`` respected;
+3. **rules** -- forbids, limits, permits, approvals (:func:`rule_facts`);
+4. **budgets** -- every budget covering the permission (``Ledger.admit``);
+5. **approval** -- an approval granted for this request turns ``pending_approval`` into
+   ``allowed``; a tool call's body is redacted; a new pending decision is recorded;
+
+and the last step builds the one :class:`Decision`, which nothing changes afterwards.
+``explain`` is the same run with a :class:`Trace`: it records what each step found and
+cannot reach a different decision.
+
+The plain path (no token, no budget, no approval) costs what the rules step costs plus
+one :class:`Decision`; steps a request does not need are skipped by one test each.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from typing import Any
+
+from policyengine.decide._approvals import (
+    Approval,
+    ApprovalError,
+    UnboundRequestError,
+    new_approval_id,
+    request_digest,
+)
+from policyengine.decide._compiled import CompiledPolicy, EvalError
+from policyengine.decide._evaluator import (
+    RequestState,
+    RuleFacts,
+    request_problem,
+    rule_facts,
+    rule_table,
+)
+from policyengine.decision import Decision, Diagnostic, Obligations
+
+__all__ = ["Pipeline", "ToolCall", "Trace"]
+
+_EMPTY: dict[str, Any] = {}
+_redact_body: Callable[..., Any] | None = None
+
+
+class Trace:
+    """What explain records: per step a short result, and the rule-by-rule table."""
+
+    __slots__ = ("rules", "steps")
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, str]] = []
+        self.rules: list[dict[str, Any]] = []
+
+    def step(self, name: str, result: str) -> None:
+        self.steps.append({"step": name, "result": result})
+
+
+class ToolCall:
+    """The tool-call part of a run: the body to redact once the call may leave (and
+    before a pending approval is recorded, so no approval waits for a call that could
+    never be sent). The run fills in ``redacted`` and ``redactions``."""
+
+    __slots__ = ("binding", "body", "hmac_key", "redacted", "redaction_rules", "redactions")
+
+    def __init__(self, body: Any, redaction_rules: tuple[Any, ...],
+                 hmac_key: bytes | None, binding: dict[str, Any] | None = None) -> None:
+        #: What an approval of this call is bound to besides the request (tool, route,
+        #: the call as sent): see ``tools._egress``.
+        self.binding = binding
+        self.body = body
+        self.redaction_rules = redaction_rules
+        self.hmac_key = hmac_key
+        self.redacted: Any = None
+        self.redactions: tuple[dict[str, str], ...] = ()
+
+
+Verify = Callable[[str, CompiledPolicy, "float | None"], Any]
+
+
+class Pipeline:
+    """One compiled policy with the services a decision needs (ledger, approvals, token
+    verification, clock). Immutable: ``Engine.reload`` builds a new pipeline and swaps
+    one reference, so a run sees one policy and its ledger, never a mix."""
+
+    __slots__ = ("approvals", "clock", "ledger", "policy", "verify")
+
+    def __init__(self, policy: CompiledPolicy, ledger: Any, approvals: Any, verify: Verify,
+                 clock: Callable[[], float] | None) -> None:
+        self.policy = policy
+        self.ledger = ledger
+        self.approvals = approvals
+        self.verify = verify
+        self.clock = clock
+
+    def run(self, principal: Any, permission: Any, context: Any, token: Any = None,
+            approval_id: Any = None, register: bool = True, tool: ToolCall | None = None,
+            trace: Trace | None = None) -> Decision:
+        """Decide one request. Never raises for request data.
+
+        ``register``: record a pending decision as an approval request (``explain``
+        does not). ``tool``: the body to redact. ``trace``: record each step.
+        """
+        policy = self.policy
+        # -- 1. validate: the request is read once, here.
+        if type(principal) is not str or type(permission) is not str:
+            return _invalid(principal, permission, "principal and permission must be "
+                            "strings", trace)
+        if context is None:
+            context = _EMPTY
+        elif not isinstance(context, dict):
+            return _invalid(principal, permission, "context must be an object, not "
+                            f"{type(context).__name__}", trace)
+        if approval_id is not None and type(approval_id) is not str:
+            return _invalid(principal, permission, "approval_id must be a string, not "
+                            f"{type(approval_id).__name__}", trace)
+        plan = policy.plans.get((principal, permission))
+        if plan is None:
+            problem = request_problem(principal, permission, context)
+            if problem is not None:
+                return _invalid(principal, permission, problem, trace)
+            plan = policy.plan(principal, permission)
+        now = self.clock() if self.clock is not None else None
+        req = (RequestState(context, policy.default_currency, now) if plan.uses_amount
+               else None)
+        if trace is not None:
+            trace.step("validate", "ok")
+
+        # -- 2. grant
+        acting_for = chain = None
+        if token is not None:
+            if req is None:
+                req = RequestState(context, policy.default_currency, now)
+            grant = self._grant(policy, token, principal, permission, context, req, now)
+            if type(grant) is tuple:  # (code, diagnostic, message, grant or None)
+                code, diag, message, found = grant
+                if found is not None:
+                    acting_for, chain = found.acting_for, tuple(found.chain)
+                if trace is not None:
+                    trace.step("grant", f"denied ({code}): {message}")
+                return Decision.denial(code, message, principal, permission, diag,
+                                       acting_for, chain)
+            acting_for, chain = grant.acting_for, tuple(grant.chain)
+            if trace is not None:
+                trace.step("grant", f"ok: acting for {acting_for}")
+
+        # -- 3. rules
+        facts = rule_facts(plan, principal, permission, context, req)
+        if trace is not None:
+            trace.rules = rule_table(policy, principal, permission, context,
+                                     req or RequestState(context, policy.default_currency,
+                                                         now))
+            trace.step("rules", f"{facts[0]} ({facts[1]})")
+        status = facts[0]
+
+        # -- 4. budgets
+        budget = recorded = None
+        if status != "denied":
+            if policy.budgets and policy.budgeted(permission):
+                if req is None:
+                    req = RequestState(context, policy.default_currency, now)
+                refused, budget = self._budgets(principal, permission, context, req,
+                                                acting_for, facts)
+                if refused is not None:
+                    facts = refused
+                    status = "denied"
+                if trace is not None:
+                    trace.step("budgets", f"{facts[1]}: {budget.budget}" if budget is not None
+                               else "ok: no budget counts this request")
+
+            # -- 5. a tool call's redaction, then the approval
+            if tool is not None and status != "denied":
+                facts = _redact(tool, facts)
+                if facts[0] == "denied":
+                    status, budget = "denied", None
+                if trace is not None:
+                    trace.step("redaction", f"{facts[1]}: {len(tool.redactions)} field(s)")
+            if status == "pending_approval":
+                call = tool.binding if tool is not None else None
+                if approval_id is not None:
+                    refusal = self._use_approval(approval_id, principal, permission, context,
+                                                 call, acting_for, now, trace is None)
+                    if refusal is None:
+                        permitted = facts[6]
+                        facts = ("allowed", "permitted", f"permitted by {', '.join(permitted)}",
+                                 permitted, facts[4], facts[5], permitted)
+                        status = "allowed"
+                    else:
+                        facts = (*facts[:5], facts[5] + (refusal,), facts[6])
+                    if trace is not None:
+                        trace.step("approval", f"{approval_id}: " + (
+                            "approved for this request" if refusal is None
+                            else f"not honoured ({refusal.code})"))
+                if status == "pending_approval" and register:
+                    recorded_or_refusal = self._record_approval(
+                        policy, principal, permission, context, call, acting_for, facts, now)
+                    if type(recorded_or_refusal) is str:
+                        recorded = recorded_or_refusal
+                    else:
+                        facts = recorded_or_refusal  # type: ignore[assignment]
+                        status, budget = "denied", None
+                if trace is not None and status == "pending_approval":
+                    trace.step("approval", f"needs approval: {', '.join(facts[3])}")
+        # -- the one Decision
+        status, code, reason, rules, obligations, diagnostics, _ = facts
+        return Decision(status, code, reason, rules, obligations,  # type: ignore[arg-type]
+                        diagnostics, principal, permission, recorded, acting_for, chain,
+                        budget)
+
+    def run_tool(self, principal: str, permission: str, context: dict[str, Any],
+                 token: Any, approval_id: Any, body: Any, redaction_rules: tuple[Any, ...],
+                 hmac_key: bytes | None, binding: dict[str, Any], trace: Trace | None
+                 ) -> tuple[Decision, Any, tuple[dict[str, str], ...]]:
+        """:meth:`run` for a routed tool call: (decision, redacted body, redactions).
+        The body is redacted only when the call may leave (or wait for approval);
+        ``binding`` is what an approval of the call binds to."""
+        call = ToolCall(body, redaction_rules, hmac_key, binding)
+        decision = self.run(principal, permission, context, token, approval_id,
+                            trace is None, call, trace)
+        if decision.status == "denied":
+            return decision, None, ()
+        return decision, call.redacted, call.redactions
+
+    # ---- steps -------------------------------------------------------------------------
+
+    def _grant(self, policy: CompiledPolicy, token: Any, principal: str, permission: str,
+               context: dict[str, Any], req: RequestState, now: float | None) -> Any:
+        """The verified grant, or why not: (code, diagnostic, message, grant or None)."""
+        from policyengine.money._money import Money, MoneyError
+        from policyengine.tokens import TokenError
+
+        if type(token) is not str:
+            return ("invalid_token", "malformed", "the delegation token must be a string",
+                    None)
+        try:
+            grant = self.verify(token, policy, now)
+        except TokenError as exc:
+            return ("invalid_token", exc.code, f"delegation token rejected: {exc}", None)
+        if grant.subject != principal:
+            return ("invalid_token", "subject_mismatch",
+                    f"the token was issued to {grant.subject!r}, not {principal!r}", grant)
+        if not grant.covers(permission):
+            return ("not_delegated", "not_delegated",
+                    f"{permission} is not delegated by every hop of the grant", grant)
+        if any(hop.max_amount is not None for hop in grant.hops):
+            try:
+                parsed = req.money()
+                fits = parsed is None or grant.amount_fits(
+                    Money(parsed[0], parsed[1]), policy.delegation_rates, now=now)
+            except EvalError as err:
+                return ("invalid_amount", err.detail or err.code,
+                        f"cannot check the amount against the grant: {err.message}", grant)
+            except (MoneyError, TokenError) as exc:
+                return ("invalid_amount", exc.code,
+                        f"cannot check the amount against the grant: {exc}", grant)
+            if not fits:
+                return ("delegation_amount_exceeded", "delegation_amount_exceeded",
+                        "the amount exceeds the max_amount of the grant", grant)
+        return grant
+
+    def _budgets(self, principal: str, permission: str, context: dict[str, Any],
+                 req: RequestState, acting_for: str | None, facts: RuleFacts
+                 ) -> tuple[RuleFacts | None, Any]:
+        """Would this request fit every budget covering it? Read-only (spend is
+        reserved or recorded through ``engine.budgets``). Returns (denied facts or None,
+        the refusing or tightest budget)."""
+        get = dict.get  # a dict subclass's own get() is not called
+        tenant = get(context, "tenant")
+        if tenant is not None and type(tenant) is not str:
+            tenant = None
+        try:
+            money = req.money()
+            tokens = get(context, "tokens")
+            if money is not None:
+                amount, unit = money
+            elif tokens is not None:
+                amount, unit = tokens, "tokens"
+            else:
+                amount, unit = None, None
+            check = self.ledger.admit(principal, permission, amount, unit,
+                                      acting_for=acting_for, tenant=tenant)
+        except EvalError as err:
+            return _overruled(facts, err.code, f"budget check failed: {err.message}"), None
+        except Exception as exc:  # BudgetError, or a store fault: never an allow
+            code = getattr(exc, "code", None)
+            if type(code) is not str:
+                code = "budget_unavailable"
+            message = getattr(exc, "message", None)
+            if type(message) is not str:
+                message = f"{type(exc).__name__}: {exc}"
+            return _overruled(facts, code, f"budget check failed: {message}"), None
+        usage = check.usage
+        if check.allowed:
+            return None, usage
+        budget_id = usage.budget if usage is not None else "?"
+        return ("denied", check.code or "budget_exceeded",
+                f"{permission} would exceed budget {budget_id}", (budget_id,), None,
+                facts[5], ()), usage
+
+    def _use_approval(self, approval_id: str, principal: str, permission: str,
+                      context: dict[str, Any], call: dict[str, Any] | None,
+                      acting_for: str | None, now: float | None, consume: bool
+                      ) -> Diagnostic | None:
+        """Use one use of ``approval_id`` for exactly this request (docs/approvals.md):
+        None if it counts, else a diagnostic saying why not. ``consume=False`` (explain)
+        answers the same without using it up."""
+        def refused(code: str, message: str) -> Diagnostic:
+            return Diagnostic(code, f"approval not honoured: {message}", None,
+                              "pending_approval")
+
+        if not 0 < len(approval_id) <= 128:
+            return refused("unknown_approval", "approval_id must be an approval's id")
+        try:
+            digest = request_digest(principal, permission, context, call, acting_for)
+        except UnboundRequestError as exc:
+            return refused("approval_unbindable", exc.message)
+        at = time.time() if now is None else now
+        try:
+            if consume:
+                self.approvals.consume(approval_id, digest, at)
+            else:
+                _would_consume(self.approvals.get(approval_id), approval_id, digest, at)
+        except ApprovalError as exc:
+            return refused(exc.code, exc.message)
+        except Exception as exc:  # a store fault is never an allow
+            return refused("approval_store_error", f"the approval store failed "
+                           f"({type(exc).__name__})")
+        return None
+
+    def _record_approval(self, policy: CompiledPolicy, principal: str, permission: str,
+                         context: dict[str, Any], call: dict[str, Any] | None,
+                         acting_for: str | None, facts: RuleFacts, now: float | None
+                         ) -> str | RuleFacts:
+        """Record a pending request as an approval bound to it: the new id, or the denied
+        facts when it cannot be bound or the store fails (nobody could ever use it)."""
+        try:
+            digest = request_digest(principal, permission, context, call, acting_for)
+        except UnboundRequestError as exc:
+            return _overruled(facts, "approval_unbindable", exc.message)
+        expires, uses = policy.approval_terms(facts[3])
+        created = time.time() if now is None else now
+        item = Approval(new_approval_id(), principal, permission, digest, facts[3],
+                        "pending", created, created + expires, uses)
+        try:
+            self.approvals.add(item)
+        except Exception as exc:  # a store fault: no approval can be asked for
+            return _overruled(facts, "approval_store_error",
+                              f"cannot record the approval: {type(exc).__name__}")
+        return item.id
+
+
+def _would_consume(item: Approval, approval_id: str, digest: str, now: float) -> None:
+    """Raise the ``ApprovalError`` that ``consume`` would, without using the approval."""
+    if not hmac.compare_digest(item.digest.encode("ascii"), digest.encode("ascii")):
+        raise ApprovalError("approval_mismatch",
+                            "the approval was granted for a different request")
+    item = item.at(now)
+    if item.status != "approved" or item.uses_left < 1:
+        code = {"expired": "approval_expired", "pending": "approval_pending",
+                "rejected": "approval_rejected"}.get(item.status, "approval_used")
+        raise ApprovalError(code, f"approval {approval_id} is {item.status}")
+
+
+def _invalid(principal: Any, permission: Any, message: str, trace: Trace | None) -> Decision:
+    if trace is not None:
+        trace.step("validate", f"invalid_request: {message}")
+    return Decision.denial("invalid_request", message, principal, permission)
+
+
+def _overruled(facts: RuleFacts, code: str, reason: str) -> RuleFacts:
+    """A later step's denial: the rules that decided so far stay, one diagnostic more."""
+    return ("denied", code, reason, facts[3], None,
+            facts[5] + (Diagnostic(code, reason, None, "denied"),), ())
+
+
+def _redact(tool: ToolCall, facts: RuleFacts) -> RuleFacts:
+    """Redact a copy of the body; a field that might leave unredacted denies."""
+    global _redact_body
+    redact = _redact_body
+    if redact is None:  # imported on first use: plain authorize never needs it
+        from policyengine.tools._redaction import redact as redact_body
+        redact = _redact_body = redact_body
+    rules = tool.redaction_rules
+    result = redact(tool.body, rules, hmac_key=tool.hmac_key)
+    if result.diagnostics:
+        reasons = "; ".join(str(d) for d in result.diagnostics)
+        reason = f"cannot redact the body: {reasons}"
+        return ("denied", "redaction_failed", reason, facts[3], None,
+                facts[5] + tuple(Diagnostic(d.code, str(d), None, "denied")
+                                 for d in result.diagnostics), ())
+    tool.redacted = result.body
+    tool.redactions = tuple(result.redactions)
+    if not rules:
+        return facts
+    ob = facts[4]
+    obligations = Obligations(ob.max_amount if ob else None,
+                              ob.require_approval_over if ob else None,
+                              tuple(r.path for r in rules), ob.currency if ob else None)
+    return (facts[0], facts[1], facts[2], facts[3], obligations, facts[5], facts[6])

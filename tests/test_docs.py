@@ -1,0 +1,100 @@
+"""Every code block of README.md and docs/*.md runs.
+
+```python blocks run in order, one shared namespace per file (a page reads top to
+bottom, later blocks use what earlier ones defined), in a scratch directory that holds
+the repository's policies/ and conformance/. A block may opt out only with a visible
+first line ``# not run: REASON`` (a non-empty reason). Shell blocks run their
+``policyengine ...`` commands through the command line, except ``serve`` (a server that
+does not stop) and the lines of blocks that opt out the same way.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policyengine.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
+OPT_OUT = re.compile(r"#\s*not run:(.*)")
+
+
+def blocks(page: Path, languages: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(line, source) of each fenced block in ``languages``."""
+    text = page.read_text("utf-8")
+    return [(text[:m.start()].count("\n") + 1, m.group(2)) for m in FENCE.finditer(text)
+            if m.group(1) in languages]
+
+
+def opted_out(source: str, where: str) -> bool:
+    first = source.lstrip("\n").splitlines()[0] if source.strip() else ""
+    found = OPT_OUT.match(first.strip())
+    if found is None:
+        return False
+    assert found.group(1).strip(), f"{where}: '# not run:' needs a reason"
+    return True
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("policies", "conformance"):
+        (tmp_path / name).symlink_to(REPO / name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_pages_exist_and_hold_python() -> None:
+    assert len(PAGES) > 5
+    assert sum(len(blocks(p, ("python",))) for p in PAGES) >= 10
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_python_blocks_run(page: Path, scratch: Path) -> None:
+    namespace: dict[str, Any] = {"__name__": f"docs_{page.stem}"}
+    for line, source in blocks(page, ("python",)):
+        where = f"{page.relative_to(REPO)}:{line}"
+        if opted_out(source, where):
+            continue
+        code = compile(source, where, "exec")
+        try:
+            exec(code, namespace)
+        except Exception as exc:  # name the block, not this test
+            raise AssertionError(f"{where}: {type(exc).__name__}: {exc}") from exc
+
+
+def shell_commands(source: str) -> list[list[str]]:
+    """The ``policyengine`` commands of a shell block (joined continuation lines, split
+    on ``&&``), skipping ``serve``."""
+    joined = source.replace("\\\n", " ")
+    out = []
+    for line in joined.splitlines():
+        for part in line.split("&&"):
+            if not part.strip().startswith("policyengine "):
+                continue  # other programs, and lines inside another command's quotes
+            words = shlex.split(part, comments=True)
+            if words[1:2] != ["serve"]:
+                out.append(words[1:])
+    return out
+
+
+SHELL = [(page, line, source) for page in PAGES
+         for line, source in blocks(page, ("sh", "bash", "shell", "console"))]
+
+
+@pytest.mark.parametrize(("page", "line", "source"), SHELL,
+                         ids=[f"{p.name}:{n}" for p, n, _ in SHELL])
+def test_shell_blocks_run(page: Path, line: int, source: str, scratch: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    where = f"{page.relative_to(REPO)}:{line}"
+    if opted_out(source, where):
+        return
+    for argv in shell_commands(source):
+        status = main(argv)
+        out = capsys.readouterr()
+        assert status == 0, f"{where}: policyengine {' '.join(argv)} -> {status}\n{out.err}"
