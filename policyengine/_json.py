@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from decimal import Decimal
 from typing import Any
 
 from policyengine.errors import PolicyEngineError
 
-__all__ = ["AmbiguousJsonError", "loads"]
+__all__ = ["AmbiguousJsonError", "loads", "utf8_charset"]
 
 
 class AmbiguousJsonError(PolicyEngineError, ValueError):
     """``code`` is ``duplicate_key``, ``non_finite_number`` (``NaN``, ``Infinity``, or a
     number such as ``1e400`` that is infinite as a double) or ``number_too_long`` (an
     integer over the interpreter's conversion limit, 4300 digits by default: parsers
-    read such numbers exactly, rounded to a double, or not at all)."""
+    read such numbers exactly, rounded to a double, or not at all) or ``lone_surrogate``
+    (a ``\\u`` escape of half a surrogate pair: kept, replaced or refused)."""
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -36,6 +38,13 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise AmbiguousJsonError("duplicate_key", f"duplicate key {key[:40]!r}")
             seen.add(key)
     return out
+
+
+# A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or a low one not preceded
+# by a high one: parsers keep it, replace it with U+FFFD or fail.
+_LONE_SURROGATE = re.compile(
+    r"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})(?<!\\)(?:\\\\)*\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 
 
 def _no_constant(name: str) -> Any:
@@ -64,6 +73,8 @@ def loads(data: str | bytes, *, decimal: bool = False) -> Any:
     JSON, ``RecursionError`` for absurd nesting.
     """
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+    if "\\u" in text and _LONE_SURROGATE.search(text):
+        raise AmbiguousJsonError("lone_surrogate", "a \\u escape of half a surrogate pair")
     try:
         return (_STRICT_DECIMAL if decimal else _STRICT).decode(text)
     except ValueError as exc:
@@ -73,3 +84,23 @@ def loads(data: str | bytes, *, decimal: bool = False) -> Any:
         # is why this is not a parse_int hook: that would slow every integer down).
         raise AmbiguousJsonError("number_too_long", f"a number too long to read: {exc}"
                                  ) from None
+
+
+def utf8_charset(content_type: object) -> bool:
+    """Whether a ``Content-Type`` value leaves a body UTF-8, as :func:`loads` reads it: no
+    ``charset`` parameter, or ``utf-8`` / ``us-ascii``. Any other charset (``utf-16``,
+    ``latin-1``), or a value that is not a string, means the upstream decodes the bytes
+    otherwise."""
+    if content_type is None:
+        return True
+    if type(content_type) is not str:
+        return False
+    lowered = content_type.lower()
+    if "charset" not in lowered:
+        return True
+    for param in lowered.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip() == "charset" and value.strip().strip('"') not in (
+                "utf-8", "utf8", "us-ascii"):
+            return False
+    return True

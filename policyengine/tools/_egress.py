@@ -300,6 +300,9 @@ def _single(kind: str, key: str, source: Mapping[str, Any]) -> Any:
     value that is not a string (an upstream reads text).
     """
     value = source.get(key, MISSING)
+    if kind == "header" and "-" in key and key.replace("-", "_") in source:
+        raise _AmbiguousInputError(
+            "ambiguous_header", f"header {key!r} is also given as {key.replace('-', '_')!r}")
     if kind == "query":
         for other in source:
             if other != key and type(other) is str and fold_key(other) == fold_key(key):
@@ -369,8 +372,11 @@ def _lower_headers(headers: Any) -> dict[str, Any] | tuple[str, str]:
         if type(name) is not str:
             return ("invalid_request", "header names must be strings")
         key = name.lower()
-        if key in out:
-            return ("ambiguous_header", f"header {name!r} is given twice (names ignore case)")
+        if key in out or ("_" in key and key.replace("_", "-") in out) or (
+                "-" in key and key.replace("-", "_") in out):
+            # CGI and WSGI servers read X_Tenant as X-Tenant.
+            return ("ambiguous_header", f"header {name!r} is given twice (names ignore case, "
+                    "and '_' reads as '-' to CGI servers)")
         out[key] = value
     for key in CREDENTIAL_HEADERS.intersection(out):
         del out[key]
@@ -584,6 +590,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
         return reject("invalid_request", "invalid_request",
                       f"transport must be one of {', '.join(TRANSPORTS)}")
     readable = True
+    raw_body = body
     if body is not None and type(body) is not dict:  # dict: the common case, as given
         read = _read_body(body)
         if type(read) is tuple:
@@ -598,6 +605,9 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
     if type(hdrs) is tuple:
         return reject("invalid_request", "invalid_request", hdrs[1], diag=hdrs[0])
     assert isinstance(hdrs, dict)
+    if readable and raw_body is not body and not strict_json.utf8_charset(hdrs.get("content-type")):
+        # The upstream decodes these bytes in another charset than the one parsed here.
+        body, readable = raw_body, False
     params: dict[str, str] = {}
     extractors: tuple[Extractor, ...]
     rules: tuple[RedactionRule, ...]

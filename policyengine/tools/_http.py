@@ -104,7 +104,7 @@ def _parse_body(content: bytes, content_type: str | None) -> tuple[Any, bool]:
     """(body for the engine, whether it is parsed JSON)."""
     if not content:
         return None, False
-    if not _is_json_type(content_type):
+    if not _is_json_type(content_type) or not strict_json.utf8_charset(content_type):
         return content, False
     try:
         return strict_json.loads(content), True

@@ -197,3 +197,10 @@ def test_plain_keys_and_unrelated_casings_pass(engine: Engine) -> None:
     assert d.allowed, d.to_wire()
     d = contacts(engine, {"card": "4111111111111111", "Name": "Ann", "customer": {"SSN2": 1}})
     assert d.allowed and d.body["card"] == "***REDACTED***", d.to_wire()
+
+
+def test_underscore_spelling_of_a_header_is_refused(engine: Engine) -> None:
+    """CGI and WSGI servers read ``X_Tenant`` as ``X-Tenant``."""
+    for headers in ({"X-Tenant": "acme", "X_Tenant": "evil"}, {"X_Tenant": "evil"}):
+        d = get(engine, "/v1/tenants", headers=headers)
+        assert not d.allowed and diag(d) == ["ambiguous_header"], (headers, d.to_wire())

@@ -230,3 +230,42 @@ def test_governed_client_control_sends_the_redacted_body(
         client.post(f"http://127.0.0.1:{rec.port}/contacts",
                     json={"card": "4111111111111111", "n": 1e300})
     assert json.loads(rec.seen[0]) == {"card": "***REDACTED***", "n": 1e300}
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"amount": 100, "currency": "USD", "note": "\\ud800"}',
+    b'{"amount": 100, "currency": "USD", "note": "\\uDC00x"}',
+    b'{"amount": 100, "currency": "US\\uD83D"}',
+])
+def test_lone_surrogate_escapes_are_refused(engine: Engine, raw: bytes) -> None:
+    """Parsers keep half a surrogate pair, replace it with U+FFFD, or fail."""
+    d = refund(engine, raw)
+    assert d.outcome == "invalid_request" and diag_codes(d) == ["ambiguous_body"]
+    # A whole pair, and an escaped backslash before 'ud800', are ordinary text.
+    ok = refund(engine, b'{"amount": 100, "currency": "USD", "n": "\\ud83d\\ude00\\\\ud800"}')
+    assert ok.allowed, ok.to_wire()
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-16",
+                                          "application/json;charset=\"latin-1\"",
+                                          "text/plain; CHARSET=windows-1252"])
+def test_a_declared_charset_other_than_utf8_makes_bytes_unreadable(
+        engine: Engine, content_type: str) -> None:
+    """The upstream decodes the bytes in the declared charset, not as UTF-8."""
+    d = refund(engine, json.dumps(OVER).encode(), headers={"Content-Type": content_type})
+    assert d.outcome == "invalid_request" and diag_codes(d) == ["unreadable_body"]
+    plain = refund(engine, json.dumps(OVER).encode(),
+                   headers={"Content-Type": "application/json; charset=UTF-8"})
+    assert plain.code == "limit_exceeded"  # control: read, and over the cap
+
+
+def test_governed_client_passes_a_foreign_charset_body_as_bytes(
+        live: tuple[Engine, _Recorder]) -> None:
+    engine, rec = live
+    rec.seen.clear()
+    with governed_client(engine, "bot") as client, pytest.raises(ToolDenied) as err:
+        client.post(f"http://127.0.0.1:{rec.port}/contacts",
+                    content=json.dumps({"card": "4111111111111111"}).encode(),
+                    headers={"content-type": "application/json; charset=iso-8859-1"})
+    assert [x.code for x in err.value.decision.diagnostics] == ["unreadable_body"]
+    assert rec.seen == []
