@@ -318,6 +318,7 @@ class Engine:
                       audience=block.audience if block else None,
                       max_depth=block.max_depth if block else None,
                       max_ttl=block.max_ttl if block else None,
+                      child_max_ttl=block.child_max_ttl if block else None,
                       revocations=self.revocations, rates=policy.delegation_rates)
 
     def revoke(self, grant_or_jti: str) -> None:

@@ -5,16 +5,19 @@ compiled with ``compile()`` (as Jinja2 does for templates, see
 :mod:`policyengine.decide._runtime`), so a request runs plain Python: no AST walking, no
 parsing, no regex compilation.
 
-Rules are indexed by permission (exact names, ``ns:`` prefixes, ``*``) and, per
-(principal, permission), the applicable rules are resolved once and cached in a bounded
-table: the hot path is one dict lookup and a few closure calls.
+Rules are indexed by permission (exact names, ``ns:`` prefixes, ``*``) and, under each,
+by scope (unscoped, per role, per agent). Per (principal, permission) the applicable
+rules are resolved once from the index, touching only rules that can apply to that
+principal, and cached in a bounded table that evicts one plan at a time (CLOCK): the hot
+path is one dict lookup and a few closure calls.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import (
     ROUND_FLOOR,
@@ -30,12 +33,13 @@ from policyengine.decide._approvals import DEFAULT_APPROVAL_EXPIRES, DEFAULT_APP
 from policyengine.decide._runtime import EvalError, Principal, Test, build_many
 from policyengine.lang import ast
 from policyengine.lang._codegen import ConditionCodegen
-from policyengine.permissions import permission_matches, validate_permission
+from policyengine.permissions import validate_permission
 
 __all__ = ["PLAN_CACHE_SIZE", "CompileCache", "CompiledPolicy", "CompiledRule", "EvalError",
            "FileMoney", "Plan", "Principal", "compile_policy"]
 
-#: Entries kept in the per-(principal, permission) plan cache before it is reset.
+#: Plans kept in the per-(principal, permission) cache; beyond it, one is evicted per new
+#: plan (CLOCK, see :meth:`CompiledPolicy.plan`).
 PLAN_CACHE_SIZE = 65536
 
 
@@ -80,7 +84,7 @@ class CompiledRule:
             for cond in self.conditions:
                 g = ConditionCodegen(money, _to_base(money))
                 out.append((cond.kind, _expr_text(cond.expr),
-                            build_many([g.boolean(cond.expr)], g.consts)[0]))
+                            build_many([(g.boolean(cond.expr), g.consts)])[0]))
             self._clauses = tuple(out)
         return self._clauses
 
@@ -90,16 +94,108 @@ class CompiledRule:
         return principal.id in self.agents or not self.roles.isdisjoint(principal.roles)
 
 
-@dataclass
 class Plan:
-    """The rules that can decide one (principal, permission), in evaluation order."""
+    """The rules that can decide one (principal, permission), in evaluation order.
 
-    principal: Principal
-    forbids: tuple[CompiledRule, ...]
-    limits: tuple[CompiledRule, ...]
-    permits: tuple[CompiledRule, ...]
-    approvals: tuple[CompiledRule, ...]
-    uses_amount: bool
+    ``used`` is the plan cache's reference bit: set on every cache hit, cleared when the
+    eviction hand passes (see :meth:`CompiledPolicy.plan`)."""
+
+    __slots__ = ("approvals", "forbids", "limits", "permits", "principal", "used",
+                 "uses_amount")
+
+    def __init__(self, principal: Principal, forbids: tuple[CompiledRule, ...],
+                 limits: tuple[CompiledRule, ...], permits: tuple[CompiledRule, ...],
+                 approvals: tuple[CompiledRule, ...], uses_amount: bool) -> None:
+        self.principal = principal
+        self.forbids = forbids
+        self.limits = limits
+        self.permits = permits
+        self.approvals = approvals
+        self.uses_amount = uses_amount
+        self.used = False
+
+
+class _PatternSet:
+    """Patterns indexed like rules: does any of them match a valid permission? The same
+    answer as :func:`~policyengine.permissions.permission_matches` over each pattern, in a
+    set lookup per ``ns:`` prefix of the permission instead of a pass over the patterns."""
+
+    __slots__ = ("every", "exact", "prefixes")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        patterns = set(patterns)
+        self.every = "*" in patterns
+        self.exact = frozenset(p for p in patterns if not p.endswith("*"))
+        self.prefixes = frozenset(p[:-1] for p in patterns if p.endswith(":*"))
+
+    def matches(self, permission: str) -> bool:
+        if self.every or permission in self.exact:
+            return True
+        if self.prefixes:
+            i = permission.find(":")
+            while i >= 0:
+                if permission[: i + 1] in self.prefixes:
+                    return True
+                i = permission.find(":", i + 1)
+        return False
+
+
+class _Part:
+    """Rules of one bucket for one scope (unscoped, one role, one agent), in declaration
+    order and already split by effect: a plan that needs only one part uses its tuples
+    as they are."""
+
+    __slots__ = ("approvals", "forbids", "limits", "permits", "rules", "uses_amount")
+
+    def __init__(self, rules: list[CompiledRule]) -> None:
+        self.rules = tuple(rules)
+        self.forbids = tuple(r for r in rules if r.effect == "forbid" and r.kind != "limit")
+        self.limits = tuple(r for r in rules if r.kind == "limit")
+        self.permits = tuple(r for r in rules if r.effect == "permit")
+        self.approvals = tuple(r for r in rules if r.effect == "approval")
+        self.uses_amount = any(r.uses_amount for r in rules)
+
+
+class _Bucket:
+    """The rules under one pattern key (an exact permission, an ``ns:`` prefix or ``*``),
+    split by scope, so that resolving a plan touches only rules that can apply to the
+    principal asking: the unscoped ones, the principal's own and its roles'."""
+
+    __slots__ = ("by_agent", "by_role", "unscoped")
+
+    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+        unscoped: list[CompiledRule] = []
+        by_role: dict[str, list[CompiledRule]] = {}
+        by_agent: dict[str, list[CompiledRule]] = {}
+        for rule in rules:
+            if not rule.roles and not rule.agents:
+                unscoped.append(rule)
+            for role in rule.roles:
+                by_role.setdefault(role, []).append(rule)
+            for agent in rule.agents:
+                by_agent.setdefault(agent, []).append(rule)
+        self.unscoped = _Part(unscoped) if unscoped else None
+        self.by_role = {k: _Part(v) for k, v in by_role.items()}
+        self.by_agent = {k: _Part(v) for k, v in by_agent.items()}
+
+    def parts_for(self, who: Principal, parts: list[_Part]) -> None:
+        """Append the parts of this bucket that apply to ``who``."""
+        if self.unscoped is not None:
+            parts.append(self.unscoped)
+        if self.by_agent:
+            mine = self.by_agent.get(who.id)
+            if mine is not None:
+                parts.append(mine)
+        if self.by_role:
+            by_role = self.by_role
+            for role in who.roles:
+                theirs = by_role.get(role)
+                if theirs is not None:
+                    parts.append(theirs)
+
+    def every(self) -> list[_Part]:
+        found = [self.unscoped] if self.unscoped is not None else []
+        return found + list(self.by_role.values()) + list(self.by_agent.values())
 
 
 @dataclass
@@ -114,11 +210,16 @@ class CompiledPolicy:
     budgets: tuple[Any, ...] = ()  # BudgetSpec
     delegation: ast.DelegationDecl | None = None
     files: tuple[ast.PolicyFile, ...] = ()
-    _exact: dict[str, list[CompiledRule]] = field(default_factory=dict)
-    _prefix: dict[str, list[CompiledRule]] = field(default_factory=dict)
-    _global: list[CompiledRule] = field(default_factory=list)
+    _exact: dict[str, _Bucket] = field(default_factory=dict)
+    _prefix: dict[str, _Bucket] = field(default_factory=dict)
+    _global: _Bucket | None = None
+    #: The plan cache: (principal, permission) -> Plan. Read lock-free by the evaluator
+    #: (a hit sets ``plan.used``); written only by :meth:`plan`, under ``_lock``.
     plans: dict[tuple[str, str], Plan] = field(default_factory=dict)
+    _clock_hand: deque[tuple[str, str]] = field(default_factory=deque)
+    _budget_patterns: _PatternSet = field(default_factory=lambda: _PatternSet(()))
     _budgeted: dict[str, bool] = field(default_factory=dict)
+    _budgeted_order: deque[str] = field(default_factory=deque)
     _approval_terms: dict[str, tuple[int, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -133,30 +234,63 @@ class CompiledPolicy:
     budget_rates: dict[str, Any] = field(default_factory=dict)
 
     def index(self) -> None:
+        exact: dict[str, list[CompiledRule]] = {}
+        prefix: dict[str, list[CompiledRule]] = {}
+        every: list[CompiledRule] = []
         for rule in self.rules:
             if rule.approval_terms is not None:
                 self._approval_terms[rule.qid] = rule.approval_terms
             for pat in set(rule.patterns):
                 if pat == "*":
-                    self._global.append(rule)
+                    every.append(rule)
                 elif pat.endswith(":*"):
-                    self._prefix.setdefault(pat[:-1], []).append(rule)
+                    prefix.setdefault(pat[:-1], []).append(rule)
                 else:
-                    self._exact.setdefault(pat, []).append(rule)
+                    exact.setdefault(pat, []).append(rule)
+        self._exact = {k: _Bucket(v) for k, v in exact.items()}
+        self._prefix = {k: _Bucket(v) for k, v in prefix.items()}
+        self._global = _Bucket(every) if every else None
+        self._budget_patterns = _PatternSet(p for b in self.budgets for p in b.patterns)
+
+    def _buckets(self, permission: str) -> list[_Bucket]:
+        """The buckets whose pattern matches ``permission``: exact, each ``ns:`` prefix
+        (``a:b:c`` is matched by ``a:*`` and ``a:b:*``), and ``*``."""
+        found = []
+        exact = self._exact.get(permission)
+        if exact is not None:
+            found.append(exact)
+        if self._prefix:
+            i = permission.find(":")
+            while i >= 0:
+                bucket = self._prefix.get(permission[: i + 1])
+                if bucket is not None:
+                    found.append(bucket)
+                i = permission.find(":", i + 1)
+        if self._global is not None:
+            found.append(self._global)
+        return found
 
     def candidates(self, permission: str) -> list[CompiledRule]:
-        """Rules with a pattern matching ``permission``, in declaration order."""
+        """Rules with a pattern matching ``permission``, in declaration order, whoever
+        they are scoped to (explain lists them all; a decision needs :meth:`plan`)."""
         found: dict[int, CompiledRule] = {}
-        for rule in self._exact.get(permission, ()):
-            found[rule.order] = rule
-        i = permission.find(":")
-        while i >= 0:
-            for rule in self._prefix.get(permission[: i + 1], ()):
-                found[rule.order] = rule
-            i = permission.find(":", i + 1)
-        for rule in self._global:
-            found[rule.order] = rule
+        for bucket in self._buckets(permission):
+            for part in bucket.every():
+                for rule in part.rules:
+                    found[rule.order] = rule
         return [found[k] for k in sorted(found)]
+
+    def _parts(self, who: Principal, permission: str) -> list[_Part]:
+        parts: list[_Part] = []
+        for bucket in self._buckets(permission):
+            bucket.parts_for(who, parts)
+        return parts
+
+    def applicable(self, principal: Principal, permission: str) -> list[CompiledRule]:
+        """Rules with a pattern matching ``permission`` and a scope that includes
+        ``principal``, in declaration order. Costs the rules that apply plus a lookup per
+        pattern key and role: never a scan of the rules scoped to someone else."""
+        return list(_merged(self._parts(principal, permission)))
 
     def approval_terms(self, rule_ids: tuple[str, ...]) -> tuple[int, int]:
         """(expires seconds, uses) of an approval asked by ``rule_ids``: the strictest of
@@ -166,14 +300,19 @@ class CompiledPolicy:
         return min(t[0] for t in terms), min(t[1] for t in terms)
 
     def budgeted(self, permission: str) -> bool:
-        """True when some budget's pattern covers ``permission`` (cached)."""
+        """True when some budget's pattern covers ``permission`` (a valid permission).
+
+        Cached (bounded: past :data:`PLAN_CACHE_SIZE` permissions the oldest answer goes,
+        one at a time); a miss is a set lookup per ``ns:`` prefix of the permission."""
         hit = self._budgeted.get(permission)
         if hit is None:
-            hit = any(permission_matches(p, permission) for b in self.budgets
-                      for p in b.patterns)
-            if len(self._budgeted) >= PLAN_CACHE_SIZE:
-                self._budgeted.clear()
-            self._budgeted[permission] = hit
+            hit = self._budget_patterns.matches(permission)
+            with self._lock:
+                if permission not in self._budgeted:
+                    if len(self._budgeted) >= PLAN_CACHE_SIZE:
+                        del self._budgeted[self._budgeted_order.popleft()]
+                    self._budgeted[permission] = hit
+                    self._budgeted_order.append(permission)
         return hit
 
     def principal(self, principal_id: str) -> Principal:
@@ -181,26 +320,89 @@ class CompiledPolicy:
         return p if p is not None else Principal(principal_id, frozenset(), {})
 
     def plan(self, principal_id: str, permission: str) -> Plan:
+        """The plan of ``(principal_id, permission)``, from the cache or resolved now.
+
+        The cache keeps at most :data:`PLAN_CACHE_SIZE` plans, so a hostile stream of
+        names cannot grow memory without bound. When it is full, each new plan evicts
+        one old plan, chosen by CLOCK (second chance): the hand walks the plans in the
+        order they were added, gives a plan that was used since the hand last passed one
+        more round, and evicts the first one that was not. Plans in use stay; nothing is
+        ever dropped wholesale.
+        """
         key = (principal_id, permission)
         plan = self.plans.get(key)
         if plan is not None:
+            plan.used = True
             return plan
         who = self.principal(principal_id)
         validate_permission(permission)  # callers check first; this is the last guard
-        rules = [r for r in self.candidates(permission) if r.scoped_to(who)]
-        plan = Plan(
-            who,
-            tuple(r for r in rules if r.effect == "forbid" and r.kind != "limit"),
-            tuple(r for r in rules if r.kind == "limit"),
-            tuple(r for r in rules if r.effect == "permit"),
-            tuple(r for r in rules if r.effect == "approval"),
-            any(r.uses_amount for r in rules),
-        )
-        if len(self.plans) >= PLAN_CACHE_SIZE:
-            with self._lock:  # a hostile stream of names cannot grow memory without bound
-                self.plans.clear()
-        self.plans[key] = plan
+        parts = self._parts(who, permission)
+        if len(parts) == 1:  # one role's or one scope's rules: split at compile time
+            part = parts[0]
+            plan = Plan(who, part.forbids, part.limits, part.permits, part.approvals,
+                        part.uses_amount)
+        else:
+            plan = _plan_of(who, _merged(parts))
+        with self._lock:
+            cached = self.plans.get(key)
+            if cached is not None:  # another thread resolved it first
+                return cached
+            if len(self.plans) >= PLAN_CACHE_SIZE:
+                self._evict_one()
+            self.plans[key] = plan
+            self._clock_hand.append(key)
         return plan
+
+    def _evict_one(self) -> None:
+        """Evict one plan (CLOCK). The hand gives at most :data:`_SECOND_CHANCES` plans
+        another round per eviction, so a miss never pays for a sweep of the whole cache."""
+        hand, plans = self._clock_hand, self.plans
+        for _ in range(_SECOND_CHANCES):
+            key = hand.popleft()
+            plan = plans[key]
+            if not plan.used:
+                del plans[key]
+                return
+            plan.used = False
+            hand.append(key)
+        del plans[hand.popleft()]
+
+
+#: How many recently used plans one eviction may pass over before it evicts regardless.
+_SECOND_CHANCES = 32
+
+
+def _merged(parts: list[_Part]) -> tuple[CompiledRule, ...]:
+    """The rules of ``parts``, each once, in declaration order."""
+    if not parts:
+        return ()
+    if len(parts) == 1:
+        return parts[0].rules
+    found: dict[int, CompiledRule] = {}
+    for part in parts:
+        for rule in part.rules:
+            found[rule.order] = rule
+    return tuple(found[k] for k in sorted(found))
+
+
+def _plan_of(who: Principal, rules: tuple[CompiledRule, ...]) -> Plan:
+    forbids: list[CompiledRule] = []
+    limits: list[CompiledRule] = []
+    permits: list[CompiledRule] = []
+    approvals: list[CompiledRule] = []
+    uses_amount = False
+    for rule in rules:
+        if rule.kind == "limit":
+            limits.append(rule)
+        elif rule.effect == "forbid":
+            forbids.append(rule)
+        elif rule.effect == "permit":
+            permits.append(rule)
+        elif rule.effect == "approval":
+            approvals.append(rule)
+        uses_amount = uses_amount or rule.uses_amount
+    return Plan(who, tuple(forbids), tuple(limits), tuple(permits), tuple(approvals),
+                uses_amount)
 
 
 # ---- compile -------------------------------------------------------------------------------
@@ -296,19 +498,18 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
 
 def _compile_file_rules(f: ast.PolicyFile, fm: FileMoney) -> tuple[CompiledRule, ...]:
     """One file's rules with their tests: every condition of the file becomes one lambda
-    in one generated module (a single compile() per file, not one per rule)."""
+    in a generated module of up to build_many's chunk size (one compile() per chunk, not
+    one per rule)."""
     rules: list[CompiledRule] = []
-    pending: list[tuple[CompiledRule, str]] = []
-    consts: dict[str, Any] = {}
+    pending: list[tuple[CompiledRule, tuple[str, dict[str, Any]]]] = []
     for st in f.statements:
         if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
             rule, source, rule_consts = _compile_rule(st, f.namespace, fm, f"_r{len(rules)}_")
             rules.append(rule)
             if source is not None:
-                pending.append((rule, source))
-                consts.update(rule_consts)
+                pending.append((rule, (source, rule_consts)))
     if pending:
-        tests = build_many([src for _, src in pending], consts)
+        tests = build_many([test for _, test in pending])
         for (rule, _), test in zip(pending, tests, strict=True):
             rule.test = test
     return tuple(rules)

@@ -128,6 +128,8 @@ class Pipeline:
             if problem is not None:
                 return _invalid(principal, permission, problem, trace)
             plan = policy.plan(principal, permission)
+        else:
+            plan.used = True  # the plan cache's reference bit (CLOCK eviction)
         now = self.clock() if self.clock is not None else None
         req = (RequestState(context, policy.default_currency, now) if plan.uses_amount
                else None)
@@ -149,6 +151,8 @@ class Pipeline:
                 return Decision.denial(code, message, principal, permission, diag,
                                        acting_for, chain)
             acting_for, chain = grant.acting_for, tuple(grant.chain)
+            req.grant = {"delegated": True, "acting_for": acting_for, "depth": grant.depth,
+                         "chain": list(chain), "issuer": grant.issuer}  # grant.* in rules
             if trace is not None:
                 trace.step("grant", f"ok: acting for {acting_for}")
 

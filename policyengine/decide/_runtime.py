@@ -8,7 +8,7 @@ The code generator (:mod:`policyengine.lang._codegen`) writes calls to the names
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -328,16 +328,34 @@ def _matches(s: Any, glob: Glob) -> bool:
     return glob.match(_str(s, "matches"))
 
 
+#: The names generated code calls. The code generator also writes the first branch of
+#: ``_eq`` / ``_ne`` (string or integer literal), of ``_lt`` / ``_le`` / ``_gt`` / ``_ge``
+#: (integer literal) and of ``_in_lit`` (a list of string literals) inline, behind the
+#: same ``type(x) is`` test: change those branches here and there together
+#: (tests/decide/test_inline_compare.py checks that both agree).
 RUNTIME: dict[str, Any] = {
     "_lt": _lt, "_le": _le, "_gt": _gt, "_ge": _ge, "_eq": _eq, "_ne": _ne, "_b": _b,
     "_in_lit": _in_lit, "_in_dyn": _in_dyn, "_startswith": _startswith,
     "_endswith": _endswith, "_contains": _contains, "_matches": _matches, "_has": _has,
 }
 
-def build_many(sources: Sequence[str], consts: dict[str, Any]) -> tuple[Test, ...]:
-    namespace: dict[str, Any] = dict(RUNTIME)
-    namespace.update(consts)
-    body = ",\n".join(f"lambda c, p, r: {src}" for src in sources)
-    code = compile(f"({body},)", "<policy conditions>", "eval")
-    fns: tuple[Test, ...] = eval(code, namespace)  # generated from a checked AST only
-    return fns
+#: Tests compiled into one generated module. Each module's globals hold the helpers and
+#: its own tests' constants only: a global past index 65,535 of a module cannot be
+#: specialised by CPython (it is looked up in the dict on every call), and all of 100,000
+#: rules' constants in one module made every condition of a large policy slower.
+CHUNK = 1024
+
+
+def build_many(tests: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[Test, ...]:
+    """Compile ``(source, constants)`` pairs into test functions ``f(c, p, r)``: one
+    ``compile()`` per :data:`CHUNK` tests, not one per test."""
+    fns: list[Test] = []
+    for start in range(0, len(tests), CHUNK):
+        chunk = tests[start:start + CHUNK]
+        namespace: dict[str, Any] = dict(RUNTIME)
+        for _, consts in chunk:
+            namespace.update(consts)
+        body = ",\n".join(f"lambda c, p, r: {src}" for src, _ in chunk)
+        code = compile(f"({body},)", "<policy conditions>", "eval")
+        fns.extend(eval(code, namespace))  # generated from a checked AST only
+    return tuple(fns)

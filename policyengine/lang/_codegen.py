@@ -3,6 +3,12 @@
 Literal values never appear in the generated text; they are bound as constants (``_k0``,
 ``_k1``...), so policy text cannot inject code. The names the text calls (``_lt``, ``_in_lit``,
 ``_has``...) are the runtime helpers of :mod:`policyengine.decide._runtime`.
+
+A comparison with an integer literal (or ``==`` / ``!=`` with a string literal, or ``in`` a
+list of string literals) is written inline behind one ``type(x) is`` test, the helper's
+own fast path: ``(_v0 > _k1 if type(_v0 := c[_k0]) is int else _gt(_v0, _k1))``. Every
+other type still goes through the helper, so the semantics are the helper's; the common
+case saves a Python call.
 """
 
 from __future__ import annotations
@@ -19,6 +25,21 @@ __all__ = ["ConditionCodegen"]
 _CMP = {"<": "_lt", "<=": "_le", ">": "_gt", ">=": "_ge", "==": "_eq", "!=": "_ne"}
 
 
+def _fast_type(e: ast.Expr, op: str) -> str | None:
+    """``int`` or ``str`` when ``e`` is a literal whose comparison by ``op`` with a value of
+    the same type is plain Python comparison (the runtime helpers' own fast path), so the
+    generated code may compare inline after one ``type(x) is`` test and call the helper
+    only for every other type. Strings only for ``==`` / ``!=`` (they have no order)."""
+    if not isinstance(e, ast.Literal):
+        return None
+    t = type(e.value)
+    if t is int:
+        return "int"
+    if t is str and op in ("==", "!="):
+        return "str"
+    return None
+
+
 class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
     """Builds the source of one rule's test and its constants."""
 
@@ -27,8 +48,14 @@ class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
         self.consts: dict[str, Any] = {}
         self.prefix = prefix
         self.uses_amount = False
+        self.locals = 0
         self.file_money = money
         self.to_base = to_base
+
+    def local(self) -> str:
+        """A fresh local name of the test (``_v0``...), for a value checked then used."""
+        self.locals += 1
+        return f"_v{self.locals - 1}"
 
     def const(self, value: Any) -> str:
         name = f"{self.prefix}{len(self.consts)}"
@@ -59,6 +86,12 @@ class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
         if e.root == "context":
             code = "c"
             segs = e.segments
+        elif e.root == "grant":
+            # The grant lives in the request state (built when a plan needs it, like the
+            # amount): ``r.grant`` is the engine's view of the delegation.
+            self.uses_amount = True
+            code = "r.grant"
+            segs = e.segments
         else:
             head, segs = e.segments[0], e.segments[1:]
             code = {"id": "p.id", "roles": "p.roles", "attributes": "p.attributes"}[head]
@@ -73,6 +106,16 @@ class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
     def compare(self, e: ast.Compare) -> tuple[str, bool]:
         left, _ = self.visit(e.left)
         right, _ = self.visit(e.right)
+        fast = _fast_type(e.right, e.op)
+        if fast is not None and _fast_type(e.left, e.op) is None:
+            v = self.local()
+            return (f"({v} {e.op} {right} if type({v} := {left}) is {fast} "
+                    f"else {_CMP[e.op]}({v}, {right}))"), True
+        fast = _fast_type(e.left, e.op)
+        if fast is not None and _fast_type(e.right, e.op) is None:
+            v = self.local()
+            return (f"({left} {e.op} {v} if type({v} := {right}) is {fast} "
+                    f"else {_CMP[e.op]}({left}, {v}))"), True
         return f"{_CMP[e.op]}({left}, {right})", True
 
     def in_(self, e: ast.In) -> tuple[str, bool]:
@@ -81,7 +124,12 @@ class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
             values = tuple(self._literal_value(i) for i in e.collection.items)
             strings = (frozenset(values) if all(type(v) is str for v in values)
                        else None)
-            code = f"_in_lit({item}, {self.const(strings)}, {self.const(values)})"
+            if strings is not None:
+                v, names = self.local(), self.const(strings)
+                code = (f"({v} in {names} if type({v} := {item}) is str "
+                        f"else _in_lit({v}, {names}, {self.const(values)}))")
+            else:
+                code = f"_in_lit({item}, {self.const(strings)}, {self.const(values)})"
         else:
             coll, _ = self.visit(e.collection)
             code = f"_in_dyn({item}, {coll})"

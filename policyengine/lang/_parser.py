@@ -29,6 +29,7 @@ from lark import Lark, Token, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 
 from policyengine.lang import ast
+from policyengine.lang._fastparse import read_statement
 from policyengine.lang._source import PolicyError, Problem, SourceSet
 
 __all__ = ["MAX_NESTING", "MAX_PROBLEMS", "MAX_SOURCE_BYTES", "STATEMENT_KEYWORDS", "ParseCache",
@@ -116,7 +117,8 @@ def _keyword_boundary(tok: Token) -> Token:
 #: derives the list from the terminals Lark builds out of the grammar and compares.
 KEYWORD_TERMINALS = frozenset({
     "AGENT", "AMOUNT", "AND", "AUDIENCE", "BUDGET", "COND_KW", "CURRENCY",
-    "DEFAULT_CURRENCY", "DELEGATION", "DENY", "EFFECT", "EGRESS", "EGRESS_VERB", "EXPIRES",
+    "CHILD_MAX_TTL", "DEFAULT_CURRENCY", "DELEGATION", "DENY", "EFFECT", "EGRESS", "EGRESS_VERB",
+    "EXPIRES",
     "FALSE",
     "FOR", "HTTP_KW", "IN", "ISSUER", "LIMIT", "MAX_DEPTH", "MAX_TTL", "MINOR", "NAMED_KW",
     "NAMESPACE", "NOT", "OR", "OVER", "OVERDRAFT", "PER", "RATE", "RATES", "REDACT", "ROLE",
@@ -292,6 +294,9 @@ def _parse_file(data: str | bytes, name: str, sources: SourceSet
                                       name, line, col, "policy files are UTF-8 text")]
     chunks, comments, problems = _split(text, name, sources)
     if not problems:
+        fast = _read_fast(chunks, name, sources)
+        if fast is not None:
+            return ast.PolicyFile(name, tuple(fast), tuple(comments)), []
         whole = _parse_whole(text, name, chunks)
         if whole is not None:
             return ast.PolicyFile(name, tuple(whole), tuple(comments)), []
@@ -372,6 +377,33 @@ def _split(text: str, name: str, sources: SourceSet
         chunks = [(start, chunk) for start, chunk in chunks
                   if not any(start <= b < start + chunk.count("\n") + 1 for b in broken_lines)]
     return chunks, comments, problems
+
+
+#: Statements the fast reader may hand to Lark one by one before the whole file goes to
+#: Lark in one call instead (cheaper per statement).
+_MAX_LARK_STATEMENTS = 64
+
+
+def _read_fast(chunks: list[tuple[int, str]], name: str, sources: SourceSet
+               ) -> list[ast.Statement] | None:
+    """The file's statements, most read by :mod:`._fastparse` and the rest by Lark one by
+    one; None if a statement has an error or too many need Lark."""
+    out: list[ast.Statement | None] = []
+    left: list[int] = []
+    for start_line, chunk in chunks:
+        st = read_statement(chunk, name, start_line - 1)
+        if st is None:
+            left.append(len(out))
+            if len(left) > _MAX_LARK_STATEMENTS:
+                return None
+        out.append(st)
+    for i in left:
+        start_line, chunk = chunks[i]
+        st, probs = _parse_statement(chunk, start_line, name, sources)
+        if probs or st is None:
+            return None
+        out[i] = st
+    return out  # type: ignore[return-value]
 
 
 def _parse_whole(text: str, name: str, chunks: list[tuple[int, str]]
@@ -661,7 +693,7 @@ class _Build:
 
     def delegation_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         values: dict[str, Any] = {}
-        for kind in ("max_depth", "max_ttl", "issuer", "audience"):
+        for kind in ("max_depth", "max_ttl", "child_max_ttl", "issuer", "audience"):
             found = p.all_trees(kind)
             if len(found) > 1:
                 raise _LiteralError(found[1].children[0],  # type: ignore[arg-type]
@@ -671,9 +703,9 @@ class _Build:
             tok = found[0].children[0]
             if kind == "max_depth":
                 values["max_depth"] = int(str(tok)) if len(str(tok)) < 10 else 10**9
-            elif kind == "max_ttl":
-                values["max_ttl"] = self.duration(tok)
-                values["max_ttl_text"] = str(tok)
+            elif kind in ("max_ttl", "child_max_ttl"):
+                values[kind] = self.duration(tok)
+                values[f"{kind}_text"] = str(tok)
             else:
                 values[kind] = self.string(tok)
         return ast.DelegationDecl(span=sp, **values)
