@@ -313,10 +313,11 @@ class Engine:
         if (options is None or options[0] is not policy or options[1] is not self.keys
                 or options[2] is not self.revocations):
             options = self._verify_options = self._options(policy)
-        _, keys, revocations, verify, issuer, audience, max_depth, max_ttl, rates = options
+        (_, keys, revocations, verify, issuer, audience, max_depth, max_ttl, child_max_ttl,
+         rates) = options
         return verify(keys, token, now=now, issuer=issuer, audience=audience,
-                      max_depth=max_depth, max_ttl=max_ttl, revocations=revocations,
-                      rates=rates)
+                      max_depth=max_depth, max_ttl=max_ttl, child_max_ttl=child_max_ttl,
+                      revocations=revocations, rates=rates)
 
     def _options(self, policy: CompiledPolicy) -> tuple[Any, ...]:
         """``tokens.verify`` and this policy's ``delegation`` options, worked out once per
@@ -329,9 +330,9 @@ class Engine:
         block = policy.delegation
         if block is None:
             return (policy, self.keys, self.revocations, verify, None, None, None, None,
-                    policy.delegation_rates)
+                    None, policy.delegation_rates)
         return (policy, self.keys, self.revocations, verify, block.issuer, block.audience,
-                block.max_depth, block.max_ttl, policy.delegation_rates)
+                block.max_depth, block.max_ttl, block.child_max_ttl, policy.delegation_rates)
 
     def revoke(self, grant_or_jti: str) -> None:
         """Revoke a grant (by ``grant_id`` or ``jti``); its descendants stop verifying."""

@@ -45,3 +45,8 @@ def test_unknown_name_is_an_attribute_error() -> None:
         assert "NoSuchName" in str(exc)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_the_command_line_loads_no_service_or_token_dependency_to_check() -> None:
+    loaded = _loaded_after("from policyengine.cli import _parser\n_parser()")
+    assert loaded <= {"lark"}, loaded

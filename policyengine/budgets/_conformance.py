@@ -15,17 +15,20 @@ fixture's ``now`` and moves only with ``advance`` steps::
         {"op": "advance", "args": {"seconds": 3600}}]}
 
 Ops: ``reserve``, ``record``, ``commit``, ``release``, ``extend``, ``check``,
-``balances``, ``advance`` (``seconds`` or ``to``: an RFC 3339 UTC time). Argument keys
-are camelCase (``idempotencyKey``, ``actingFor``); ``as`` names the returned
-reservation and ``reservation`` refers to a name (or is taken as a literal id).
+``admit`` (the check ``authorize`` makes: every covering budget, whatever the amount;
+no ``amount`` is a request without one), ``balances``, ``advance`` (``seconds`` or
+``to``: an RFC 3339 UTC time). Argument keys are camelCase (``idempotencyKey``,
+``actingFor``); ``as`` names the returned reservation and ``reservation`` refers to a
+name (or is taken as a literal id).
 
 ``expect`` is matched as a subset of the step's wire result (``Reservation.to_wire()``,
-``BudgetCheck.to_wire()``, or ``{"balances": [Balance.to_wire(), ...]}`` where each
-expected balance is matched to the actual one with the same ``budget`` and ``subject``):
-every expected key must be present and equal; lists must have the same length. Special
-keys: ``error`` (the expected error code; ``details`` then matches the error's details),
-``sameAs`` (the result's id equals that of a named reservation), ``count`` (number of
-balances). A step without ``expect`` must succeed.
+``BudgetCheck.to_wire()`` for ``check`` and ``admit``, or ``{"balances":
+[Balance.to_wire(), ...]}`` where each expected balance is matched to the actual one with
+the same ``budget`` and ``subject``): every expected key must be present and equal;
+lists must have the same length. Special keys: ``error`` (the expected error code;
+``details`` then matches the error's details), ``sameAs`` (the result's id equals that of
+a named reservation), ``count`` (number of balances). A step without ``expect`` must
+succeed.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ _ALLOWED_ARGS: dict[str, frozenset[str]] = {
     "record": frozenset({"principal", "permission", "amount", "currency", "idempotency_key",
                          "acting_for", "tenant", "overage"}),
     "check": frozenset({"principal", "permission", "amount", "currency", "acting_for",
+                        "tenant"}),
+    "admit": frozenset({"principal", "permission", "amount", "currency", "acting_for",
                         "tenant"}),
     "commit": frozenset({"amount", "currency", "idempotency_key", "overage"}),
     "release": frozenset({"idempotency_key"}),
@@ -163,6 +168,9 @@ def _run_step(
             result = ledger.record(**kwargs)
         elif op == "check":
             result = ledger.check(**kwargs)
+        elif op == "admit":  # what authorize asks; ``currency`` is the amount's unit
+            unit = kwargs.pop("currency", None)
+            result = ledger.admit(**kwargs, unit=unit)
         elif op == "commit":
             result = ledger.commit(rid, **kwargs)
         elif op == "release":

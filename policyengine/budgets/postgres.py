@@ -123,6 +123,7 @@ DECLARE
     keys jsonb := tx->'k';
     res record;
     k record;
+    mv record;
     g jsonb;
     c jsonb;
     e jsonb;
@@ -134,7 +135,6 @@ DECLARE
     i integer := 0;
     usages jsonb := '[]';
     x float8;
-    spends_done boolean := false;
 BEGIN
     IF max_skew IS NOT NULL AND abs(server - now) > max_skew THEN
         RETURN jsonb_build_object('reason', 'clock', 'server', server);
@@ -241,35 +241,26 @@ BEGIN
         END IF;
         i := i + 1;
     END LOOP;
-    -- Every check passed: apply every effect, one statement per kind of change.
+    -- Every check passed: apply every effect. Buckets are updated one by one by their
+    -- key (an index lookup, already locked above); a join would scan every bucket.
     IF v_rid IS NOT NULL THEN
         IF jsonb_typeof(tx->'f') = 'array' THEN
-            -- Give back its holds and add its spends: one update per bucket.
-            WITH gone AS (
-                DELETE FROM {s}.budget_holds h WHERE h.rid = v_rid
-                RETURNING h.budget, h.subject, h.win, h.amount),
-            moves AS (
-                SELECT gone.budget AS b, gone.subject AS s, gone.win AS w, 0::bigint AS sp,
-                       -gone.amount AS rs FROM gone
-                UNION ALL SELECT v->>0, v->>1, (v->>2)::bigint, (v->>4)::bigint, 0::bigint
-                    FROM jsonb_array_elements(tx->'s') v WHERE NOT (v->>3)::boolean),
-            agg AS (SELECT m.b, m.s, m.w, sum(m.sp) AS sp, sum(m.rs) AS rs FROM moves m
-                    GROUP BY m.b, m.s, m.w)
-            UPDATE {s}.budget_buckets b SET spent = b.spent + agg.sp,
-                reserved = b.reserved + agg.rs
-                FROM agg WHERE b.budget = agg.b AND b.subject = agg.s AND b.win = agg.w;
-            spends_done := true;
+            -- Give back its holds; its spends follow below.
+            FOR mv IN DELETE FROM {s}.budget_holds d WHERE d.rid = v_rid
+                     RETURNING d.budget, d.subject, d.win, d.amount LOOP
+                UPDATE {s}.budget_buckets b SET reserved = b.reserved - mv.amount
+                    WHERE b.budget = mv.budget AND b.subject = mv.subject AND b.win = mv.win;
+            END LOOP;
             UPDATE {s}.budget_reservations r SET status = tx->'f'->>0, finished_at = now,
                 data = tx->'f'->>1 WHERE r.id = v_rid;
         ELSIF jsonb_typeof(tx->'x') = 'number' THEN
             x := (tx->>'x')::float8;
             UPDATE {s}.budget_reservations r SET expires_at = x WHERE r.id = v_rid;
-            WITH moved AS (
-                UPDATE {s}.budget_holds h SET expires_at = x WHERE h.rid = v_rid
-                RETURNING h.budget, h.subject, h.win)
-            UPDATE {s}.budget_buckets b SET sweep_at = least(b.sweep_at, x)
-                FROM moved WHERE b.budget = moved.budget AND b.subject = moved.subject
-                AND b.win = moved.win;
+            FOR mv IN UPDATE {s}.budget_holds d SET expires_at = x WHERE d.rid = v_rid
+                     RETURNING d.budget, d.subject, d.win LOOP
+                UPDATE {s}.budget_buckets b SET sweep_at = least(b.sweep_at, x)
+                    WHERE b.budget = mv.budget AND b.subject = mv.subject AND b.win = mv.win;
+            END LOOP;
         END IF;
     END IF;
     IF jsonb_typeof(tx->'c') = 'array' THEN
@@ -278,26 +269,21 @@ BEGIN
         INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, finished_at, data)
             VALUES (c->>0, c->>1, x, jsonb_array_length(c->3),
                     CASE WHEN c->>1 = 'active' THEN NULL ELSE now END, c->>4);
-        IF jsonb_array_length(c->3) > 0 THEN
-            WITH held AS (
-                INSERT INTO {s}.budget_holds (rid, budget, subject, win, amount, expires_at)
-                SELECT c->>0, v->>0, v->>1, (v->>2)::bigint, (v->>3)::bigint, x
-                    FROM jsonb_array_elements(c->3) v
-                RETURNING budget, subject, win, amount)
-            UPDATE {s}.budget_buckets b SET reserved = b.reserved + held.amount,
+        FOR mv IN SELECT v->>0 AS budget, v->>1 AS subject, (v->>2)::bigint AS win,
+                        (v->>3)::bigint AS amount FROM jsonb_array_elements(c->3) v LOOP
+            INSERT INTO {s}.budget_holds (rid, budget, subject, win, amount, expires_at)
+                VALUES (c->>0, mv.budget, mv.subject, mv.win, mv.amount, x);
+            UPDATE {s}.budget_buckets b SET reserved = b.reserved + mv.amount,
                 sweep_at = least(b.sweep_at, x)
-                FROM held WHERE b.budget = held.budget AND b.subject = held.subject
-                AND b.win = held.win;
-        END IF;
+                WHERE b.budget = mv.budget AND b.subject = mv.subject AND b.win = mv.win;
+        END LOOP;
     END IF;
-    IF NOT spends_done AND jsonb_array_length(tx->'s') > 0 THEN
-        UPDATE {s}.budget_buckets b SET spent = b.spent + d.amount
-            FROM (SELECT v->>0 AS b, v->>1 AS s, (v->>2)::bigint AS w,
-                         sum((v->>4)::bigint) AS amount
-                  FROM jsonb_array_elements(tx->'s') v WHERE NOT (v->>3)::boolean
-                  GROUP BY 1, 2, 3) d
-            WHERE b.budget = d.b AND b.subject = d.s AND b.win = d.w;
-    END IF;
+    FOR mv IN SELECT v->>0 AS budget, v->>1 AS subject, (v->>2)::bigint AS win,
+                    (v->>4)::bigint AS amount
+             FROM jsonb_array_elements(tx->'s') v WHERE NOT (v->>3)::boolean LOOP
+        UPDATE {s}.budget_buckets b SET spent = b.spent + mv.amount
+            WHERE b.budget = mv.budget AND b.subject = mv.subject AND b.win = mv.win;
+    END LOOP;
     FOR e IN SELECT v FROM jsonb_array_elements(tx->'s') v WHERE (v->>3)::boolean LOOP
         INSERT INTO {s}.budget_events (budget, subject, at, amount)
             VALUES (e->>0, e->>1, now, (e->>4)::bigint);

@@ -14,7 +14,6 @@ path is one dict lookup and a few closure calls.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -482,7 +481,7 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
         if cache is not None:
             cache.keep(f, key, compiled)
         for rule in compiled:
-            add(copy.copy(rule))  # its own order; the cached one stays as it is
+            add(_clone(rule))  # its own order; the cached one stays as it is
     if cache is not None:
         cache.done()
     from policyengine.tools._egress import compile_tools
@@ -494,6 +493,13 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
                                           for bid, name in budget_files.items()})
     policy.index()
     return policy
+
+
+def _clone(rule: CompiledRule) -> CompiledRule:
+    """A shallow copy (the compiled test and AST are shared; ``order`` is set after)."""
+    clone = object.__new__(CompiledRule)
+    clone.__dict__.update(rule.__dict__)
+    return clone
 
 
 def _compile_file_rules(f: ast.PolicyFile, fm: FileMoney) -> tuple[CompiledRule, ...]:

@@ -34,6 +34,8 @@ __all__ = ["Explanation", "RequestState", "RuleFacts", "invalid", "request_probl
            "rule_table"]
 
 _EMPTY: dict[str, Any] = {}
+#: The grant view of a request made without a delegation token.
+NOT_DELEGATED: dict[str, Any] = {"delegated": False}
 _CEILING = Context(prec=100, rounding=ROUND_CEILING, Emax=999, Emin=-999,
                    traps=[InvalidOperation, Overflow, DivisionByZero])
 _QUANTA: dict[str, Decimal] = {}
@@ -49,13 +51,17 @@ class RequestState:
     ``default_currency`` (docs/semantics.md, "Amounts and currencies").
     """
 
-    __slots__ = ("_converted", "_parsed", "context", "default", "now")
+    __slots__ = ("_converted", "_parsed", "context", "default", "grant", "now")
 
     def __init__(self, context: dict[str, Any], default: str | None, now: float | None
                  ) -> None:
         self.context = context
         self.default = default
         self.now = now
+        #: What ``grant.FIELD`` reads: ``delegated`` always; ``acting_for``, ``depth``,
+        #: ``chain``, ``issuer`` only once a delegation is verified (else
+        #: missing_attribute). The pipeline sets it after the grant step.
+        self.grant: dict[str, Any] = NOT_DELEGATED
         self._parsed: tuple[tuple[Decimal, str] | None] | EvalError | None = None
         self._converted: dict[str, Decimal | EvalError] = {}
 

@@ -151,6 +151,10 @@ class Pipeline:
                 return Decision.denial(code, message, principal, permission, diag,
                                        acting_for, chain)
             acting_for, chain = grant.acting_for, tuple(grant.chain)
+            if req is None:  # the rules may read grant.*
+                req = RequestState(context, policy.default_currency, now)
+            req.grant = {"delegated": True, "acting_for": acting_for, "depth": grant.depth,
+                         "chain": list(chain), "issuer": grant.issuer}  # grant.* in rules
             if trace is not None:
                 trace.step("grant", f"ok: acting for {acting_for}")
 

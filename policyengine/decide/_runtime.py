@@ -147,7 +147,8 @@ def _unify(a: Any, b: Any) -> Any:
 
 
 def _value(v: Any, depth: int = 0) -> tuple[Any, Any]:
-    """(type, canonical hashable value) of ``v``; raises :class:`EvalError` when ``v``
+    """(type, canonical value) of ``v``: lists become sorted tuples without repeats,
+    records tuples of (key, value) sorted by key. Raises :class:`EvalError` when ``v``
     is not a value (or a list mixes types, or it nests deeper than :data:`MAX_DEPTH`)."""
     found = _scalar(v)
     if found is not None:
@@ -165,8 +166,9 @@ def _value(v: Any, depth: int = 0) -> tuple[Any, Any]:
             t, c = _value(item, depth + 1)
             fields.append((key, t))
             canon.append((key, c))
-        fields.sort(key=lambda f: f[0])
-        return (_RECORD, tuple(fields)), frozenset(canon)
+        fields.sort(key=_first)
+        canon.sort(key=_first)
+        return (_RECORD, tuple(fields)), tuple(canon)
     if isinstance(v, (list, tuple)):
         items: Any = list.__iter__(v) if isinstance(v, list) else tuple.__iter__(v)
     elif isinstance(v, (set, frozenset)):
@@ -186,7 +188,23 @@ def _value(v: Any, depth: int = 0) -> tuple[Any, Any]:
                                 f"a {_type_name(t)}: lists of mixed types cannot be compared")
             element = u
         canon_items.append(c)
-    return (_LIST, element), frozenset(canon_items)
+    return (_LIST, element), _as_set(canon_items)
+
+
+def _first(pair: tuple[str, Any]) -> str:
+    return pair[0]
+
+
+def _as_set(items: list[Any]) -> tuple[Any, ...]:
+    """A list's canonical form as a set: sorted, without repeats. Sorting, not hashing:
+    integers hash to their value modulo 2**61 - 1, so a list built of colliding integers
+    makes a hash set quadratic; the elements share one type, so they sort."""
+    items.sort()
+    out: list[Any] = []
+    for item in items:
+        if not out or item != out[-1]:
+            out.append(item)
+    return tuple(out)
 
 
 def _mismatch(op: str, ta: Any, tb: Any) -> EvalError:

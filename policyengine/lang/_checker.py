@@ -30,6 +30,9 @@ FUNCTIONS: dict[str, tuple[int, str]] = {
     "has": (1, "a context or principal.attributes path"),
 }
 PRINCIPAL_FIELDS = ("id", "roles", "attributes")
+#: ``grant.FIELD``: the delegation the request acts under (docs/delegation.md).
+GRANT_FIELDS = {"delegated": "bool", "acting_for": "string", "depth": "number",
+                "chain": "list", "issuer": "string"}
 NON_CURRENCY_UNITS = ("tokens", "calls", "credits")
 MAX_EXPR_DEPTH = 48
 #: Longest path (``context.a.b...``) a condition may read: deeper is not a policy.
@@ -175,6 +178,8 @@ def _check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]
                     ctx.error("E126", "max_depth must be between 1 and 32", st.span)
                 if st.max_ttl is not None and not 1 <= st.max_ttl <= 366 * 86400:
                     ctx.error("E125", "max_ttl must be between 1s and 366d", st.span)
+                if st.child_max_ttl is not None and not 1 <= st.child_max_ttl <= 366 * 86400:
+                    ctx.error("E125", "child_max_ttl must be between 1s and 366d", st.span)
             ident = getattr(st, "id", None)
             if isinstance(ident, str) and not isinstance(st, ast.AgentDecl):
                 key = (f.namespace, ident)
@@ -386,6 +391,15 @@ class _TypeOf(ast.ExprVisitor[str]):
                     self.ctx.error("E111", "principal.roles is a list; it has no fields", e.span)
                 return LIST
             return ANY
+        if e.root == "grant":
+            fields = "grant.delegated, grant.acting_for, grant.depth, grant.chain, grant.issuer"
+            if len(e.segments) != 1 or e.segments[0] not in GRANT_FIELDS:
+                head = e.segments[0] if e.segments else ""
+                self.ctx.error("E111", f"grant has no field '{head}'" if head else
+                               "use a field of grant", e.span,
+                               _did_you_mean(head, tuple(GRANT_FIELDS)) or fields)
+                return ANY
+            return GRANT_FIELDS[e.segments[0]]
         return ANY
 
     def list(self, e: ast.ListExpr) -> str:
@@ -415,7 +429,8 @@ class _TypeOf(ast.ExprVisitor[str]):
         if e.name == "has":
             arg = e.args[0]
             if not (isinstance(arg, ast.Path) and arg.segments and (
-                    arg.root == "context" or arg.segments[0] == "attributes")):
+                    arg.root == "context" or (arg.root == "principal"
+                                              and arg.segments[0] == "attributes"))):
                 self.ctx.error("E108", "has() takes a path such as context.country or "
                                "principal.attributes.tier", arg.span)
             return BOOL

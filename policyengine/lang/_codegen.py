@@ -86,6 +86,12 @@ class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
         if e.root == "context":
             code = "c"
             segs = e.segments
+        elif e.root == "grant":
+            # The grant lives in the request state (built when a plan needs it, like the
+            # amount): ``r.grant`` is the engine's view of the delegation.
+            self.uses_amount = True
+            code = "r.grant"
+            segs = e.segments
         else:
             head, segs = e.segments[0], e.segments[1:]
             code = {"id": "p.id", "roles": "p.roles", "attributes": "p.attributes"}[head]

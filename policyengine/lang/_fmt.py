@@ -242,6 +242,8 @@ def _block_items(st: ast.Statement) -> list[tuple[str, ast.Span]] | None:
             items.append((f"max_depth {st.max_depth}", st.span))
         if st.max_ttl_text is not None:
             items.append((f"max_ttl {st.max_ttl_text}", st.span))
+        if st.child_max_ttl_text is not None:
+            items.append((f"child_max_ttl {st.child_max_ttl_text}", st.span))
         if st.issuer is not None:
             items.append((f"issuer {_str(st.issuer)}", st.span))
         if st.audience is not None:

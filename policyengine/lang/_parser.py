@@ -117,7 +117,8 @@ def _keyword_boundary(tok: Token) -> Token:
 #: derives the list from the terminals Lark builds out of the grammar and compares.
 KEYWORD_TERMINALS = frozenset({
     "AGENT", "AMOUNT", "AND", "AUDIENCE", "BUDGET", "COND_KW", "CURRENCY",
-    "DEFAULT_CURRENCY", "DELEGATION", "DENY", "EFFECT", "EGRESS", "EGRESS_VERB", "EXPIRES",
+    "CHILD_MAX_TTL", "DEFAULT_CURRENCY", "DELEGATION", "DENY", "EFFECT", "EGRESS", "EGRESS_VERB",
+    "EXPIRES",
     "FALSE",
     "FOR", "HTTP_KW", "IN", "ISSUER", "LIMIT", "MAX_DEPTH", "MAX_TTL", "MINOR", "NAMED_KW",
     "NAMESPACE", "NOT", "OR", "OVER", "OVERDRAFT", "PER", "RATE", "RATES", "REDACT", "ROLE",
@@ -692,7 +693,7 @@ class _Build:
 
     def delegation_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         values: dict[str, Any] = {}
-        for kind in ("max_depth", "max_ttl", "issuer", "audience"):
+        for kind in ("max_depth", "max_ttl", "child_max_ttl", "issuer", "audience"):
             found = p.all_trees(kind)
             if len(found) > 1:
                 raise _LiteralError(found[1].children[0],  # type: ignore[arg-type]
@@ -702,9 +703,9 @@ class _Build:
             tok = found[0].children[0]
             if kind == "max_depth":
                 values["max_depth"] = int(str(tok)) if len(str(tok)) < 10 else 10**9
-            elif kind == "max_ttl":
-                values["max_ttl"] = self.duration(tok)
-                values["max_ttl_text"] = str(tok)
+            elif kind in ("max_ttl", "child_max_ttl"):
+                values[kind] = self.duration(tok)
+                values[f"{kind}_text"] = str(tok)
             else:
                 values[kind] = self.string(tok)
         return ast.DelegationDecl(span=sp, **values)

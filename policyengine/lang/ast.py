@@ -357,6 +357,8 @@ class DelegationDecl:
     max_ttl: int | None = None  # seconds
     max_ttl_text: str | None = None
     issuer: str | None = None
+    child_max_ttl: int | None = None  # seconds; hops below the root (default: max_ttl)
+    child_max_ttl_text: str | None = None
     audience: str | None = None
     span: Span = _span()
 

@@ -11,14 +11,18 @@ It speaks the tracengent wire (``/v1/oauth/token``, ``/v1/authorize``,
 only to *run* a server; the application itself uses pydantic alone.
 """
 
-from policyengine.server._app import PolicyService, ServiceConfig, create_app
-from policyengine.server._credentials import (
-    AgentCredential,
-    Credentials,
-    CredentialsError,
-    hash_secret,
-    verify_secret,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # loaded on first use (PEP 562): `policyengine serve` imports _serve only
+    from policyengine.server._app import PolicyService, ServiceConfig, create_app
+    from policyengine.server._credentials import (
+        AgentCredential,
+        Credentials,
+        CredentialsError,
+        hash_secret,
+        verify_secret,
+    )
 
 __all__ = [
     "AgentCredential",
@@ -30,3 +34,23 @@ __all__ = [
     "hash_secret",
     "verify_secret",
 ]
+
+_LAZY: dict[str, str] = {
+    "AgentCredential": "policyengine.server._credentials",
+    "create_app": "policyengine.server._app",
+    "Credentials": "policyengine.server._credentials",
+    "CredentialsError": "policyengine.server._credentials",
+    "hash_secret": "policyengine.server._credentials",
+    "PolicyService": "policyengine.server._app",
+    "ServiceConfig": "policyengine.server._app",
+    "verify_secret": "policyengine.server._credentials",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'policyengine.server' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

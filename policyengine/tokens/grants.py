@@ -441,26 +441,30 @@ def verify(
     rates: RateSource | None = None,
     max_depth: int | None = None,
     max_ttl: float | None = None,
+    child_max_ttl: float | None = None,
 ) -> Grant:
     """Verify ``token`` and every hop of its chain; return the :class:`Grant`.
 
     ``issuer`` / ``audience`` are compared exactly (a token with ``aud`` needs a matching
     ``audience``). ``leeway`` (0..60 s) widens [nbf, exp). ``max_depth`` / ``max_ttl``
-    are policy ceilings (a ``delegation`` block). Raises :class:`TokenError` (or its
-    subclass :class:`AttenuationError` for a hop that widens its parent).
+    are policy ceilings (a ``delegation`` block); ``child_max_ttl``, when given, replaces
+    ``max_ttl`` for the hops below the root (sub-agents often get shorter lives). Raises
+    :class:`TokenError` (or its subclass :class:`AttenuationError` for a hop that widens
+    its parent).
 
     Repeat calls for the same token string and options hit a cache that still compares
     the clock with nbf/exp/iat and asks ``revocations`` about every hop each time.
     """
     if type(leeway) not in (int, float) or not 0 <= leeway <= MAX_LEEWAY:
         raise _fail("invalid_option", f"leeway must be between 0 and {MAX_LEEWAY} seconds")
-    cache_key = (token, issuer, audience, leeway, max_depth, max_ttl)
+    cache_key = (token, issuer, audience, leeway, max_depth, max_ttl, child_max_ttl)
     try:
         entry = keys._verified.get(cache_key)
     except TypeError:  # unhashable option: fall through to the full (failing) path
         entry = None
     if entry is None:
-        entry = _verify_uncached(keys, token, now, issuer, audience, rates, max_depth, max_ttl)
+        entry = _verify_uncached(keys, token, now, issuer, audience, rates, max_depth, max_ttl,
+                                 child_max_ttl)
         if entry[5]:
             _cache_put(keys._verified, cache_key, entry)
     grant, nbf, exp, iat, ids, _ = entry
@@ -484,7 +488,7 @@ _Entry = tuple[Grant, int, int, int, tuple[str, ...], bool]
 
 def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | None,
                      audience: str | None, rates: RateSource | None, max_depth: int | None,
-                     max_ttl: float | None) -> _Entry:
+                     max_ttl: float | None, child_max_ttl: float | None = None) -> _Entry:
     if type(token) is not str:
         raise _fail("malformed", "token must be a string")
     hops = [_load_at(keys, token, 0)]
@@ -522,10 +526,14 @@ def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | 
         raise _fail("audience_mismatch", f"claim aud: {why}")
     if max_depth is not None and leaf.depth > max_depth:
         raise _fail("depth_exceeded", f"depth {leaf.depth} exceeds the policy's {max_depth}")
-    if max_ttl is not None:
-        for hop in hops:
-            if hop.expires_at - hop.issued_at > max_ttl:
-                raise _fail("ttl_exceeded", f"a hop lives longer than max_ttl {max_ttl}s")
+    for i, hop in enumerate(hops):
+        ceiling, name = ((max_ttl, "max_ttl") if i == 0 or child_max_ttl is None
+                         else (child_max_ttl, "child_max_ttl"))
+        if ceiling is not None and hop.expires_at - hop.issued_at > ceiling:
+            where = "the root token" if i == 0 else f"hop {i} (held by {hop.subject!r})"
+            raise _fail("ttl_exceeded", f"claim exp: {where} lives "
+                        f"{hop.expires_at - hop.issued_at}s, longer than the policy's "
+                        f"{name} of {ceiling:g}s")
     ids: list[str] = []
     for hop in hops:
         ids.append(hop.grant_id)

@@ -256,6 +256,16 @@ class TestCost:
                 "error:too_deep"
             assert outcome('"x" in context.v', {"v": value}) == "error:too_deep"
 
+    def test_integers_built_to_collide_in_a_hash_set(self) -> None:
+        # Python hashes an integer to its value modulo 2**61 - 1: these all hash alike,
+        # so a hash set of them costs time quadratic in their number
+        colliding = [k * ((1 << 61) - 1) for k in range(1, 40_001)]
+        start = time.perf_counter()
+        assert outcome("7 in context.l", {"l": colliding}) == "false"
+        assert outcome("context.l == context.m",
+                       {"l": colliding, "m": list(reversed(colliding))}) == "true"
+        assert time.perf_counter() - start < 2.0
+
     def test_long_lists_compare_in_linear_time(self) -> None:
         a = [f"s{i}" for i in range(200_000)]
         b = list(reversed(a))

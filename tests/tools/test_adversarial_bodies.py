@@ -269,3 +269,24 @@ def test_governed_client_passes_a_foreign_charset_body_as_bytes(
                     headers={"content-type": "application/json; charset=iso-8859-1"})
     assert [x.code for x in err.value.decision.diagnostics] == ["unreadable_body"]
     assert rec.seen == []
+
+
+def test_an_unwritable_redacted_body_is_a_refusal_not_an_exception() -> None:
+    """Whatever an authorizer returns, the transport raises only ToolDenied."""
+    import httpx
+
+    from policyengine.decision import Decision, ToolDecision
+
+    class Odd:
+        def tool_authorize(self, principal: str, **kw: Any) -> ToolDecision:
+            return ToolDecision(Decision("allowed", "permitted", "ok"), "policy_allow",
+                                body={"card": "***", "n": float("inf")},
+                                redactions=({"field": "$.card", "strategy": "mask"},))
+
+    sent: list[httpx.Request] = []
+    inner = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(204))
+    with governed_client(Odd(), "bot", inner=inner) as client, \
+            pytest.raises(ToolDenied) as err:
+        client.post("https://x.example/", json={"card": "4111111111111111"})
+    assert err.value.code == "redaction_unavailable"
+    assert sent == []
