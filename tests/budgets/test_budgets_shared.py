@@ -77,6 +77,8 @@ def test_a_url_password_is_not_repeated_in_errors() -> None:
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
 def test_postgres_and_redis_urls_carry_store_options(shared_stores: SharedStores) -> None:
     require_service("postgres")
     require_service("redis")
