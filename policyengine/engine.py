@@ -200,6 +200,7 @@ class Engine:
             from policyengine.tokens import revocations_from_url
             revocations = revocations_from_url(revocations)
         self.revocations = revocations
+        self._verify_options: tuple[Any, ...] | None = None
         self.hmac_key = hmac_key
         if isinstance(budget_store, str):  # a URL: memory:, sqlite:///, postgresql://, redis://
             from policyengine.budgets import store_from_url
@@ -308,18 +309,30 @@ class Engine:
         return self._verify(token, self._policy, self._now())
 
     def _verify(self, token: str, policy: CompiledPolicy, now: float | None) -> Any:
-        from policyengine.tokens import TokenError, verify
+        options = self._verify_options
+        if (options is None or options[0] is not policy or options[1] is not self.keys
+                or options[2] is not self.revocations):
+            options = self._verify_options = self._options(policy)
+        (_, keys, revocations, verify, issuer, audience, max_depth, max_ttl, child_max_ttl,
+         rates) = options
+        return verify(keys, token, now=now, issuer=issuer, audience=audience,
+                      max_depth=max_depth, max_ttl=max_ttl, child_max_ttl=child_max_ttl,
+                      revocations=revocations, rates=rates)
+
+    def _options(self, policy: CompiledPolicy) -> tuple[Any, ...]:
+        """``tokens.verify`` and this policy's ``delegation`` options, worked out once per
+        (policy, keys, revocations) instead of on every request."""
         if self.keys is None:
+            from policyengine.tokens import TokenError
             raise TokenError("no_keys", "this engine has no keys to verify tokens with "
                              "(Engine.from_path(..., keys=KeySet...))")
+        from policyengine.tokens import verify
         block = policy.delegation
-        return verify(self.keys, token, now=now,
-                      issuer=block.issuer if block else None,
-                      audience=block.audience if block else None,
-                      max_depth=block.max_depth if block else None,
-                      max_ttl=block.max_ttl if block else None,
-                      child_max_ttl=block.child_max_ttl if block else None,
-                      revocations=self.revocations, rates=policy.delegation_rates)
+        if block is None:
+            return (policy, self.keys, self.revocations, verify, None, None, None, None,
+                    None, policy.delegation_rates)
+        return (policy, self.keys, self.revocations, verify, block.issuer, block.audience,
+                block.max_depth, block.max_ttl, block.child_max_ttl, policy.delegation_rates)
 
     def revoke(self, grant_or_jti: str) -> None:
         """Revoke a grant (by ``grant_id`` or ``jti``); its descendants stop verifying."""

@@ -44,6 +44,8 @@ from policyengine.decide._evaluator import (
     rule_table,
 )
 from policyengine.decision import Decision, Diagnostic, Obligations
+from policyengine.money._money import Money, MoneyError
+from policyengine.tokens.errors import TokenError
 
 __all__ = ["Pipeline", "ToolCall", "Trace"]
 
@@ -139,9 +141,7 @@ class Pipeline:
         # -- 2. grant
         acting_for = chain = None
         if token is not None:
-            if req is None:
-                req = RequestState(context, policy.default_currency, now)
-            grant = self._grant(policy, token, principal, permission, context, req, now)
+            grant, req = self._grant(policy, token, principal, permission, context, req, now)
             if type(grant) is tuple:  # (code, diagnostic, message, grant or None)
                 code, diag, message, found = grant
                 if found is not None:
@@ -151,6 +151,8 @@ class Pipeline:
                 return Decision.denial(code, message, principal, permission, diag,
                                        acting_for, chain)
             acting_for, chain = grant.acting_for, tuple(grant.chain)
+            if req is None:  # the rules may read grant.*
+                req = RequestState(context, policy.default_currency, now)
             req.grant = {"delegated": True, "acting_for": acting_for, "depth": grant.depth,
                          "chain": list(chain), "issuer": grant.issuer}  # grant.* in rules
             if trace is not None:
@@ -236,11 +238,20 @@ class Pipeline:
     # ---- steps -------------------------------------------------------------------------
 
     def _grant(self, policy: CompiledPolicy, token: Any, principal: str, permission: str,
-               context: dict[str, Any], req: RequestState, now: float | None) -> Any:
-        """The verified grant, or why not: (code, diagnostic, message, grant or None)."""
-        from policyengine.money._money import Money, MoneyError
-        from policyengine.tokens import TokenError
+               context: dict[str, Any], req: RequestState | None, now: float | None
+               ) -> tuple[Any, RequestState | None]:
+        """The verified grant, or why not: (code, diagnostic, message, grant or None);
+        and the request state, made here when a cap needs the request's amount (so the
+        amount is still read once)."""
+        found = self._grant_or_refusal(policy, token, principal, permission, now)
+        if type(found) is tuple or not found.capped:
+            return found, req
+        if req is None:
+            req = RequestState(context, policy.default_currency, now)
+        return self._amount_fits(policy, found, req, now), req
 
+    def _grant_or_refusal(self, policy: CompiledPolicy, token: Any, principal: str,
+                          permission: str, now: float | None) -> Any:
         if type(token) is not str:
             return ("invalid_token", "malformed", "the delegation token must be a string",
                     None)
@@ -254,20 +265,25 @@ class Pipeline:
         if not grant.covers(permission):
             return ("not_delegated", "not_delegated",
                     f"{permission} is not delegated by every hop of the grant", grant)
-        if any(hop.max_amount is not None for hop in grant.hops):
-            try:
-                parsed = req.money()
-                fits = parsed is None or grant.amount_fits(
-                    Money(parsed[0], parsed[1]), policy.delegation_rates, now=now)
-            except EvalError as err:
-                return ("invalid_amount", err.detail or err.code,
-                        f"cannot check the amount against the grant: {err.message}", grant)
-            except (MoneyError, TokenError) as exc:
-                return ("invalid_amount", exc.code,
-                        f"cannot check the amount against the grant: {exc}", grant)
-            if not fits:
-                return ("delegation_amount_exceeded", "delegation_amount_exceeded",
-                        "the amount exceeds the max_amount of the grant", grant)
+        return grant
+
+    def _amount_fits(self, policy: CompiledPolicy, grant: Any, req: RequestState,
+                     now: float | None) -> Any:
+        """``grant`` when the request's amount fits every hop's ``max_amount``, else why
+        not (as :meth:`_grant`)."""
+        try:
+            parsed = req.money()
+            fits = parsed is None or grant.amount_fits(
+                Money(parsed[0], parsed[1]), policy.delegation_rates, now=now)
+        except EvalError as err:
+            return ("invalid_amount", err.detail or err.code,
+                    f"cannot check the amount against the grant: {err.message}", grant)
+        except (MoneyError, TokenError) as exc:
+            return ("invalid_amount", exc.code,
+                    f"cannot check the amount against the grant: {exc}", grant)
+        if not fits:
+            return ("delegation_amount_exceeded", "delegation_amount_exceeded",
+                    "the amount exceeds the max_amount of the grant", grant)
         return grant
 
     def _budgets(self, principal: str, permission: str, context: dict[str, Any],

@@ -14,7 +14,7 @@ import math
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -47,6 +47,8 @@ MAX_PERMISSIONS = 64
 _MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z
 _MAX_NAME = 256
 _CACHE_SIZE = 4096
+#: Permissions whose :meth:`Grant.covers` answer one grant keeps.
+_COVERS_KEPT = 256
 
 _HEADER_KEYS = frozenset({"alg", "typ", "kid"})
 _KEY_BEARING = frozenset({"jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256"})
@@ -105,6 +107,11 @@ class Grant:
     issued_at: int
     not_before: int
     expires_at: int
+    #: True when some hop carries a ``max_amount`` (a request's amount must be checked).
+    capped: bool = False
+    #: Answers of :meth:`covers` so far (a grant is cached with its token and asked the
+    #: same permissions again and again); at most :data:`_COVERS_KEPT` entries.
+    _covered: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def covers(self, permission: str) -> bool:
         """True when every hop's ``delegated_permissions`` match ``permission``.
@@ -112,9 +119,17 @@ class Grant:
         >>> grant.covers("flights:book")   # doctest: +SKIP
         True
         """
-        return all(
+        cacheable = type(permission) is str
+        if cacheable:
+            known = self._covered.get(permission)
+            if known is not None:
+                return known
+        answer = all(
             any(permission_matches(p, permission) for p in hop.permissions) for hop in self.hops
         )
+        if cacheable and len(self._covered) < _COVERS_KEPT:
+            self._covered[permission] = answer
+        return answer
 
     def amount_fits(self, money: Money, rates: RateSource | None = None, *,
                     now: float | None = None) -> bool:
@@ -529,6 +544,7 @@ def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | 
         chain=leaf.chain, permissions=leaf.permissions, hops=tuple(hops),
         max_amount=leaf.max_amount, depth=leaf.depth, max_depth=leaf.max_depth,
         issued_at=leaf.issued_at, not_before=leaf.not_before, expires_at=leaf.expires_at,
+        capped=any(hop.max_amount is not None for hop in hops),
     )
     # Children sit inside their parents' windows, so the leaf's bounds are the chain's;
     # the max/min keep this true even if a future rule relaxed that.
