@@ -217,3 +217,17 @@ def make_ledger(
     """A ledger over ``store`` and its clock, a one-item list starting at BUDGET_NOW."""
     clock = [BUDGET_NOW]
     return Ledger(specs, store, rates=rates, clock=lambda: clock[0]), clock  # type: ignore[arg-type]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test parametrised with a PostgreSQL or Redis store kind, so that
+    ``pytest -m "not postgres and not redis"`` runs everything else on a machine without
+    the services (tests that call :func:`require_service` directly carry the mark)."""
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        if spec is None:
+            continue
+        kinds = [v for v in spec.params.values() if isinstance(v, str)]
+        for kind in ("postgres", "redis"):
+            if kind in kinds:
+                item.add_marker(getattr(pytest.mark, kind))

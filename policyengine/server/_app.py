@@ -210,6 +210,25 @@ def _stat_signature(paths: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
+_early_sighup = False
+
+
+def note_early_sighup(_signum: int, _frame: object) -> None:
+    """SIGHUP handler for a process whose service has not started yet (``serve`` installs
+    it before building the app): the default action would kill the process, and ignoring
+    the signal would lose a reload asked for after the policy changed. The reload runs
+    once the service has started (:func:`take_early_sighup`)."""
+    global _early_sighup
+    _early_sighup = True
+
+
+def take_early_sighup() -> bool:
+    """Whether a SIGHUP arrived before the service took the signal over; clears it."""
+    global _early_sighup
+    seen, _early_sighup = _early_sighup, False
+    return seen
+
+
 class PolicyService:
     """The ASGI application. Build it with :func:`create_app`.
 
@@ -433,6 +452,8 @@ class PolicyService:
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError,
                                  AttributeError):
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        if take_early_sighup():
+            self._on_sighup()
 
     def _on_sighup(self) -> None:
         self._background.append(asyncio.get_running_loop().create_task(self._reload_task()))

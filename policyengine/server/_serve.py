@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import policyengine as pe
     from policyengine.server import Credentials, CredentialsError, ServiceConfig, create_app
+    from policyengine.server._app import note_early_sighup
 
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     try:
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                      access_log=False, lifespan="on", timeout_graceful_shutdown=10,
                      server_header=False)
     if args.workers <= 1:
+        signal.signal(signal.SIGHUP, note_early_sighup)
         try:
             app = build()
         except pe.PolicyEngineError as exc:
@@ -132,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
 def _supervise(build: Any, uv_config: dict[str, Any], workers: int) -> int:
     import uvicorn
 
+    from policyengine.server._app import note_early_sighup
+
     family = socket.AF_INET6 if ":" in uv_config["host"] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -144,8 +148,9 @@ def _supervise(build: Any, uv_config: dict[str, Any], workers: int) -> int:
         if pid == 0:  # a worker: uvicorn on the shared socket, then exit
             code = 0
             try:
-                for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, note_early_sighup)
                 server = uvicorn.Server(uvicorn.Config(build(), **uv_config))
                 server.run(sockets=[sock])
             except BaseException:

@@ -611,6 +611,13 @@ def _sign(keys: KeySet, claims: dict[str, Any]) -> str:
     return token
 
 
+def _new_id() -> str:
+    """A fresh ``jti`` / ``grant_id``: 128 random bits in hex. Hex, not base64url, because
+    an id that starts with ``-`` reads as an option on a command line
+    (``policyengine token revoke ID``)."""
+    return secrets.token_hex(16)
+
+
 def mint(
     keys: KeySet,
     *,
@@ -640,8 +647,8 @@ def mint(
     claims: dict[str, Any] = {
         "iss": issuer, "sub": agent, "iat": iat, "nbf": nbf,
         "exp": nbf + _seconds(ttl, "ttl"),
-        "jti": jti or secrets.token_urlsafe(16),
-        "grant_id": grant_id or secrets.token_urlsafe(16),
+        "jti": jti or _new_id(),
+        "grant_id": grant_id or _new_id(),
         "acting_for": acting_for, "delegation_chain": [acting_for, agent],
         "delegated_permissions": _perm_list(permissions),
         "depth": 0, "max_depth": max_depth,
@@ -694,8 +701,8 @@ def attenuate(
         money = parent.max_amount
     claims: dict[str, Any] = {
         "iss": parent.issuer, "sub": agent, "iat": iat, "nbf": nbf, "exp": exp,
-        "jti": jti or secrets.token_urlsafe(16),
-        "grant_id": grant_id or secrets.token_urlsafe(16),
+        "jti": jti or _new_id(),
+        "grant_id": grant_id or _new_id(),
         "acting_for": parent.acting_for,
         "delegation_chain": [*parent.chain, agent],
         "delegated_permissions": _perm_list(permissions),

@@ -77,6 +77,8 @@ def test_a_url_password_is_not_repeated_in_errors() -> None:
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
 def test_postgres_and_redis_urls_carry_store_options(shared_stores: SharedStores) -> None:
     require_service("postgres")
     require_service("redis")
@@ -140,6 +142,7 @@ def test_cli_reports_a_bad_store_url(tmp_path: Path) -> None:
 # -- layouts -----------------------------------------------------------------------------
 
 
+@pytest.mark.postgres
 def test_postgres_refuses_another_layout_and_keeps_its_data(
     shared_stores: SharedStores,
 ) -> None:
@@ -171,6 +174,7 @@ def test_postgres_schema_names_are_plain_sql_names() -> None:
         PostgresStore(POSTGRES_URL, schema='x"; DROP TABLE y; --')
 
 
+@pytest.mark.redis
 def test_redis_refuses_another_layout(shared_stores: SharedStores) -> None:
     store = shared_stores.redis()
     client = redis.Redis.from_url(REDIS_URL)
@@ -180,6 +184,7 @@ def test_redis_refuses_another_layout(shared_stores: SharedStores) -> None:
     assert info.value.code == "store_incompatible"
 
 
+@pytest.mark.redis
 def test_a_flushed_redis_is_refused_until_reinitialized(shared_stores: SharedStores) -> None:
     store = shared_stores.redis()
     ledger, _ = make_ledger(store, DAILY)

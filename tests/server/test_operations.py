@@ -263,6 +263,7 @@ def test_an_engine_or_store_fault_is_a_deny_shaped_500(
     assert any("internal error" in rec.getMessage() for rec in caplog.records)
 
 
+@pytest.mark.redis
 def test_two_workers_share_approvals_through_redis(tmp_path: Path) -> None:
     """A pending approval created by one worker is polled (and approved) through any
     worker: the approval store is shared, and each worker has its own connection. (With
@@ -329,3 +330,34 @@ def test_two_workers_share_approvals_through_redis(tmp_path: Path) -> None:
         if keys:
             client_r.delete(*keys)
         client_r.close()
+
+
+def test_a_sighup_before_the_service_starts_reloads_once_it_has(policy_dir: Path) -> None:
+    """A worker that gets SIGHUP while it is still starting (the supervisor forwards it to
+    every worker) neither dies of it nor loses it: the reload runs once it has started."""
+    import asyncio
+
+    import policyengine as pe
+    from policyengine.server import ServiceConfig, create_app
+    from policyengine.server._app import note_early_sighup
+
+    app = create_app(pe.Engine.from_path(policy_dir), paths=[str(policy_dir)],
+                     config=ServiceConfig(watch_interval=None))  # only the signal reloads
+    before = app.revision
+    (policy_dir / "main.policy").write_text(ALLOW_WRITE)
+    previous = signal.signal(signal.SIGHUP, note_early_sighup)
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+
+        async def start_then_stop() -> None:
+            app.start_background()
+            for _ in range(200):
+                if app.revision != before:
+                    break
+                await asyncio.sleep(0.01)
+            await app.stop_background()
+
+        asyncio.run(start_then_stop())
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert app.revision != before
