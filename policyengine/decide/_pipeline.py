@@ -88,12 +88,16 @@ class ToolCall:
 Verify = Callable[[str, CompiledPolicy, "float | None"], Any]
 
 
+#: Tokens whose ``grant.*`` view a pipeline keeps.
+_VIEWS_KEPT = 4096
+
+
 class Pipeline:
     """One compiled policy with the services a decision needs (ledger, approvals, token
     verification, clock). Immutable: ``Engine.reload`` builds a new pipeline and swaps
     one reference, so a run sees one policy and its ledger, never a mix."""
 
-    __slots__ = ("approvals", "clock", "ledger", "policy", "verify")
+    __slots__ = ("_views", "approvals", "clock", "ledger", "policy", "verify")
 
     def __init__(self, policy: CompiledPolicy, ledger: Any, approvals: Any, verify: Verify,
                  clock: Callable[[], float] | None) -> None:
@@ -102,6 +106,9 @@ class Pipeline:
         self.approvals = approvals
         self.verify = verify
         self.clock = clock
+        #: Per token, its grant and the ``grant.*`` view of it (read-only, like
+        #: NOT_DELEGATED): made once per verified grant, not on every request.
+        self._views: dict[str, tuple[Any, dict[str, Any]]] = {}
 
     def run(self, principal: Any, permission: Any, context: Any, token: Any = None,
             approval_id: Any = None, register: bool = True, tool: ToolCall | None = None,
@@ -153,8 +160,7 @@ class Pipeline:
             acting_for, chain = grant.acting_for, tuple(grant.chain)
             if req is None:  # the rules may read grant.*
                 req = RequestState(context, policy.default_currency, now)
-            req.grant = {"delegated": True, "acting_for": acting_for, "depth": grant.depth,
-                         "chain": list(chain), "issuer": grant.issuer}  # grant.* in rules
+            req.grant = self._grant_view(grant)  # grant.* in rules
             if trace is not None:
                 trace.step("grant", f"ok: acting for {acting_for}")
 
@@ -249,6 +255,19 @@ class Pipeline:
         if req is None:
             req = RequestState(context, policy.default_currency, now)
         return self._amount_fits(policy, found, req, now), req
+
+    def _grant_view(self, grant: Any) -> dict[str, Any]:
+        """What ``grant.FIELD`` reads in the rules. Kept per token while the verifier
+        returns the same grant object (its cache); at most :data:`_VIEWS_KEPT` tokens."""
+        found = self._views.get(grant.token)
+        if found is not None and found[0] is grant:
+            return found[1]
+        view = {"delegated": True, "acting_for": grant.acting_for, "depth": grant.depth,
+                "chain": list(grant.chain), "issuer": grant.issuer}
+        if len(self._views) >= _VIEWS_KEPT:
+            self._views.clear()  # a few thousand small dicts, remade on their next use
+        self._views[grant.token] = (grant, view)
+        return view
 
     def _grant_or_refusal(self, policy: CompiledPolicy, token: Any, principal: str,
                           permission: str, now: float | None) -> Any:

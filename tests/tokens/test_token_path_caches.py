@@ -15,8 +15,8 @@ POLICY = ('namespace t\ncurrency EUR\nrole r: pay:*, docs:*\nagent "bot": r\n'
 
 
 def mint(keys: tokens.KeySet, permissions: list[str], agent: str = "bot",
-         **kw: object) -> str:
-    return tokens.mint(keys, issuer=ISSUER, acting_for="owner", agent=agent,
+         acting_for: str = "owner", **kw: object) -> str:
+    return tokens.mint(keys, issuer=ISSUER, acting_for=acting_for, agent=agent,
                        permissions=permissions, ttl=3600, **kw)  # type: ignore[arg-type]
 
 
@@ -87,3 +87,18 @@ def test_a_cap_on_any_hop_checks_the_amount() -> None:
     assert engine.authorize("bot", "pay:send", over, token=free).allowed
     assert engine.authorize("bot", "pay:send", {"amount": "9", "currency": "EUR"},
                             token=child).allowed
+
+
+def test_grant_fields_in_rules_follow_each_token() -> None:
+    """The ``grant.*`` view is kept per token: two tokens of one agent, acting for two
+    people, asked in turn, each read as their own."""
+    keys = tokens.KeySet.generate()
+    engine = Engine.from_source(
+        POLICY + 'forbid not-for-ann: pay:* when grant.delegated and grant.acting_for != "ann"\n',
+        keys=keys)
+    ann = mint(keys, ["pay:*"], acting_for="ann")
+    bob = mint(keys, ["pay:*"], acting_for="bob")
+    for _ in range(3):
+        assert engine.authorize("bot", "pay:send", token=ann).allowed
+        assert engine.authorize("bot", "pay:send", token=bob).code == "forbidden"
+        assert engine.authorize("bot", "pay:send").allowed  # no token: not delegated
