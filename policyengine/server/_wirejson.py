@@ -1,19 +1,20 @@
 """JSON in and out of the service, with money kept exact.
 
-Requests: fractions become ``Decimal`` (``280.10`` stays ``Decimal("280.10")``, never a
-float), duplicate keys and ``NaN``/``Infinity`` are refused, so the engine decides on the
-one reading every other component would make. Responses: a ``Decimal`` is written as a
+Requests: the package's one strict decoder reads them, with fractions as ``Decimal``
+(``280.10`` stays ``Decimal("280.10")``, never a float); duplicate keys, ``NaN``, lone
+surrogates and over-long numbers are refused, so the engine decides on the one reading
+every other component would make. Responses: a ``Decimal`` is written as a
 JSON *number* (the SDKs read ``maxAmount`` as a number) whose text is exact.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal
 from typing import Any
 
 from policyengine import PolicyEngineError
+from policyengine import _json as strict_json
 
 __all__ = ["MalformedJsonError", "decimal_number", "loads"]
 
@@ -21,26 +22,9 @@ MAX_DEPTH = 64  # deeper documents are refused before anything walks them
 
 
 class MalformedJsonError(PolicyEngineError, ValueError):
-    """``code``: ``malformed_json``, ``duplicate_key``, ``non_finite_number``, ``too_deep``."""
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise MalformedJsonError("duplicate_key", f"duplicate key {key[:40]!r}")
-            seen.add(key)
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise MalformedJsonError("non_finite_number", f"{name} is not a JSON number")
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_no_constant,
-                            parse_float=Decimal)
+    """``code``: ``malformed_json``, ``too_deep``, or one of the strict decoder's
+    (:class:`policyengine._json.AmbiguousJsonError`): ``duplicate_key``,
+    ``non_finite_number``, ``number_too_long``, ``lone_surrogate``."""
 
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
@@ -68,9 +52,9 @@ def loads(data: bytes) -> Any:
     if _too_deep(data):
         raise MalformedJsonError("too_deep", f"the JSON nests deeper than {MAX_DEPTH}")
     try:
-        return _DECODER.decode(data.decode("utf-8"))
-    except MalformedJsonError:
-        raise
+        return strict_json.loads(data, decimal=True)
+    except strict_json.AmbiguousJsonError as exc:
+        raise MalformedJsonError(exc.code, exc.message) from None
     except UnicodeDecodeError:
         raise MalformedJsonError("malformed_json", "the body is not UTF-8") from None
     except (ValueError, RecursionError) as exc:

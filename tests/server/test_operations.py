@@ -146,6 +146,13 @@ def test_limits(service: Running) -> None:
     r = httpx.post(f"{service.url}/v1/authorize", content=twice,
                    headers={**auth, "content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "duplicate_key"
+    # what other parsers read differently is refused too, by the engine's own decoder
+    for body, code in ((b'{"permission":"a:b","context":{"to":"\\ud800"}}', "lone_surrogate"),
+                       (b'{"permission":"a:b","context":{"n":' + b"9" * 5000 + b"}}",
+                        "number_too_long")):
+        r = httpx.post(f"{service.url}/v1/authorize", content=body,
+                       headers={**auth, "content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == code
 
 
 def test_access_log_is_structured_and_keeps_secrets_out(
