@@ -58,6 +58,7 @@ from policyengine.budgets.store import (
     Bucket,
     IdempotencyRecord,
     Outcome,
+    RecentReservations,
     ReservationRecord,
     Transaction,
     Usage,
@@ -453,9 +454,7 @@ class PostgresStore:
         self._writes = 0
         self._closed = False
         self._create_schema()
-        #: Reservations this process created and has not seen finished (see
-        #: live_reservation); bounded, stale entries are harmless.
-        self._recent: dict[str, ReservationRecord] = {}
+        self._recent = RecentReservations()
         self.clock = ServerClock(self.server_time, host=host_clock)
         """Host time corrected to the server's: the ledger's default clock."""
 
@@ -612,22 +611,7 @@ class PostgresStore:
     def live_reservation(self, reservation_id: str, now: float) -> ReservationRecord | None:
         """This process's last view of a reservation it created, if live by that view
         (no round trip; ``apply`` re-checks it)."""
-        rec = self._recent.get(reservation_id)
-        return rec if rec is not None and rec.expires_at > now else None
-
-    def _remember(self, tx: Transaction, ok: bool) -> None:
-        recent = self._recent
-        rid = tx.require_active
-        if rid is not None:
-            if ok and tx.extend_to is not None and rid in recent:
-                recent[rid] = recent[rid]._replace(expires_at=tx.extend_to)
-            else:
-                recent.pop(rid, None)
-        created = tx.create
-        if ok and created is not None and created.status == ACTIVE:
-            if len(recent) >= 100_000:
-                recent.clear()
-            recent[created.id] = created
+        return self._recent.live(reservation_id, now)
 
     # -- the one write -----------------------------------------------------------------
 
@@ -639,7 +623,7 @@ class PostgresStore:
         text = self._call(self._apply_sql,
                           (_encode(tx, own), now, self.max_clock_skew, self._sync_spend))
         if text is None:
-            self._remember(tx, True)
+            self._recent.note(tx)
             return OK
         refusal: dict[str, Any] = json.loads(text)
         reason = refusal["reason"]
@@ -651,7 +635,7 @@ class PostgresStore:
                                       refusal["x"])
             return Outcome(False, "idempotency", idempotency=found)
         if reason == "reservation":
-            self._recent.pop(tx.require_active or "", None)
+            self._recent.forget(tx.require_active)
             return Outcome(False, "reservation",
                            reservation=_record(refusal.get("d"), refusal.get("x")))
         usages = tuple([Usage(int(sp), int(rs)) for sp, rs in refusal["u"]])

@@ -48,6 +48,7 @@ from policyengine.budgets.store import (
     Bucket,
     IdempotencyRecord,
     Outcome,
+    RecentReservations,
     ReservationRecord,
     Transaction,
     Usage,
@@ -362,9 +363,7 @@ class RedisStore:
         self._apply_script = self._redis.register_script(_APPLY)
         self._usage_script = self._redis.register_script(_USAGE)
         self._layout = self._open_layout()
-        #: Reservations this process created and has not seen finished (see
-        #: live_reservation); bounded, stale entries are harmless.
-        self._recent: dict[str, ReservationRecord] = {}
+        self._recent = RecentReservations()
         self.clock = ServerClock(self.server_time, host=host_clock)
         """Host time corrected to the server's: the ledger's default clock."""
 
@@ -475,29 +474,14 @@ class RedisStore:
     def live_reservation(self, reservation_id: str, now: float) -> ReservationRecord | None:
         """This process's last view of a reservation it created, if live by that view
         (no round trip; ``apply`` re-checks it)."""
-        rec = self._recent.get(reservation_id)
-        return rec if rec is not None and rec.expires_at > now else None
-
-    def _remember(self, tx: Transaction, ok: bool) -> None:
-        recent = self._recent
-        rid = tx.require_active
-        if rid is not None:
-            if ok and tx.extend_to is not None and rid in recent:
-                recent[rid] = recent[rid]._replace(expires_at=tx.extend_to)
-            else:
-                recent.pop(rid, None)
-        created = tx.create
-        if ok and created is not None and created.status == ACTIVE:
-            if len(recent) >= 100_000:
-                recent.clear()
-            recent[created.id] = created
+        return self._recent.live(reservation_id, now)
 
     # -- the one write -----------------------------------------------------------------
 
     def apply(self, tx: Transaction, now: float) -> Outcome:
         text = self._run(self._apply_script, now, _encode(tx))
         if text is None:
-            self._remember(tx, True)
+            self._recent.note(tx)
             return OK
         refusal: dict[str, Any] = json.loads(text)
         reason = refusal["reason"]
@@ -509,7 +493,7 @@ class RedisStore:
                                       float(refusal["x"]))
             return Outcome(False, "idempotency", idempotency=found)
         if reason == "reservation":
-            self._recent.pop(tx.require_active or "", None)
+            self._recent.forget(tx.require_active)
             return Outcome(False, "reservation",
                            reservation=_record(refusal["d"], refusal["x"]))
         usages = tuple([Usage(int(sp), int(rs)) for sp, rs in refusal["u"]])

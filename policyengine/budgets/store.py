@@ -49,6 +49,7 @@ __all__ = [
     "IdempotencyRecord",
     "Line",
     "Outcome",
+    "RecentReservations",
     "ReservationRecord",
     "Spend",
     "Transaction",
@@ -227,3 +228,44 @@ def record_from_json(text: str) -> ReservationRecord:
     if data[11] is not None:
         data[11] = tuple(data[11])
     return _new(ReservationRecord, data)
+
+
+class RecentReservations:
+    """The reservations this process created on a shared store and has not seen finish,
+    as it last saw them: commit, release and extend then skip a read before their write
+    (the store's ``live_reservation``). The write re-checks the reservation on the server,
+    so a stale entry costs only a refused write with the right error. Bounded."""
+
+    __slots__ = ("_by_id",)
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, ReservationRecord] = {}
+
+    def get(self, reservation_id: str) -> ReservationRecord | None:
+        return self._by_id.get(reservation_id)
+
+    def live(self, reservation_id: str, now: float) -> ReservationRecord | None:
+        """The reservation if it is live by this process's last view."""
+        rec = self._by_id.get(reservation_id)
+        return rec if rec is not None and rec.expires_at > now else None
+
+    def forget(self, reservation_id: str | None) -> None:
+        if reservation_id is not None:
+            self._by_id.pop(reservation_id, None)
+
+    def note(self, tx: Transaction) -> None:
+        """Take in what an applied ``tx`` did: an extension moves the expiry, a commit or
+        release finishes the reservation, a new active reservation is kept."""
+        recent = self._by_id
+        rid = tx.require_active
+        if rid is not None:
+            if tx.extend_to is not None and rid in recent:
+                recent[rid] = recent[rid]._replace(expires_at=tx.extend_to)
+            else:
+                recent.pop(rid, None)
+        created = tx.create
+        if created is not None and created.status == ACTIVE:
+            if len(recent) >= self.LIMIT:
+                recent.clear()
+            recent[created.id] = created
