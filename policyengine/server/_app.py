@@ -210,6 +210,23 @@ def _stat_signature(paths: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
+def _host_with_port(host: str | None, headers: Mapping[str, Any] | None) -> str | None:
+    """tracengent sends ``host`` as ``url.host``, without the port, and every header,
+    including the ``Host`` it sends upstream, which carries a non-default port. Deciding on
+    the bare name would let a call to another port match a port-less pattern (and miss a
+    deny that names the port), so the port is taken from the header when it names the
+    same host."""
+    if host is None or type(headers) is not dict or ":" in host:
+        return host
+    value = headers.get("host")
+    if type(value) is not str:
+        return host
+    name, sep, port = value.strip().rpartition(":")
+    if sep and port.isdigit() and name.lower() == host.lower():
+        return f"{host}:{port}"
+    return host
+
+
 _early_sighup = False
 
 
@@ -614,7 +631,9 @@ class PolicyService:
         principal, token = self._agent(req)
         r = _validate(_TOOL_IN, _json_body(req))
         td = self.engine.tool_authorize(
-            principal, transport=r.transport, method=r.method, host=r.host, path=r.path,
+            principal, transport=r.transport, method=r.method,
+            host=_host_with_port(r.host, r.headers) if r.transport == "http" else r.host,
+            path=r.path,
             query=r.query, headers=r.headers, body=r.body, tool_name=r.toolName,
             function_name=r.functionName, token=token, context=r.context,
             approval_id=r.approvalId)

@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,11 @@ from policyengine.server import (
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
-POLICIES = Path(__file__).parent / "policies"
+# The loopback upstream listens on one port for the whole run, and the service's policy
+# names it: the tool wire's host carries the port (taken from the Host header).
+_POLICY_SOURCE = Path(__file__).parent / "policies"
+_POLICY_COPY = tempfile.TemporaryDirectory(prefix="pe-service-policies-")
+POLICIES = Path(_POLICY_COPY.name)
 HMAC_KEY = b"a 32-byte secret for pseudonyms!"
 
 SECRETS = {"key_travel": "travel-secret", "key_hotel": "hotel-secret",
@@ -50,6 +55,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+UPSTREAM_PORT = free_port()
+for _source in _POLICY_SOURCE.glob("*.policy"):
+    (POLICIES / _source.name).write_text(_source.read_text().replace(
+        'tool upstream: http "127.0.0.1"', f'tool upstream: http "127.0.0.1:{UPSTREAM_PORT}"'))
 
 
 @contextlib.contextmanager
@@ -84,7 +95,7 @@ def make_service(credentials: Credentials, **config: Any) -> PolicyService:
 class Upstream:
     """A loopback HTTP server standing in for a tool's API: records what arrives."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.received: list[tuple[str, str, Any]] = []
         outer = self
 
@@ -102,7 +113,7 @@ class Upstream:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port or UPSTREAM_PORT), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

@@ -24,7 +24,7 @@ from tracengent.tool_governance import ToolDeniedException, ToolPendingApprovalE
 
 import policyengine as pe
 
-from .service_harness import ADMIN, INGEST_KEY, SECRETS, Running, Upstream
+from .service_harness import ADMIN, INGEST_KEY, SECRETS, Running, Upstream, free_port
 
 
 def sdk(service: Running, client_id: str = "key_travel", secret: str | None = None,
@@ -228,6 +228,20 @@ def test_governed_client_redacts_and_blocks(client: TracengentClient,
             http.post(f"{base}/v1/refunds%2F..%2Faccounts", json={"amount": "1",
                                                                   "currency": "EUR"})
     assert len(upstream.received) == 1  # nothing denied ever arrived
+
+
+def test_another_port_of_the_same_host_is_not_the_authorized_tool(
+        client: TracengentClient) -> None:
+    """The SDK sends the host without its port; the service takes the port from the Host
+    header, so a port the policy does not name is no route (it matched before)."""
+    other = Upstream(free_port())
+    try:
+        with governed_client(client) as http, pytest.raises(ToolDeniedException):
+            http.post(f"http://127.0.0.1:{other.port}/v1/refunds",
+                      json={"amount": "120", "currency": "EUR"})
+        assert other.received == []
+    finally:
+        other.close()
 
 
 def test_mcp_and_function_guards(client: TracengentClient) -> None:
