@@ -8,9 +8,9 @@
 The public API is what this module exports; everything else may change.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from policyengine._lazy import lazy_getattr
 from policyengine.errors import PolicyEngineError  # a leaf: cheap, and what callers catch
 
 if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr__
@@ -166,14 +166,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'policyengine' has no attribute {name!r}")
-    loaded = importlib.import_module(module)
-    value = loaded if module == f"policyengine.{name}" else getattr(loaded, name)
-    globals()[name] = value  # later reads skip this function
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "policyengine"
 # its own layer and every layer before it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaf", ("policyengine.errors", "policyengine.decision", "policyengine.permissions",
-              "policyengine._json", "policyengine._glob", "policyengine.money",
+              "policyengine._json", "policyengine._glob", "policyengine._lazy",
+              "policyengine.money",
               "policyengine.budgets", "policyengine.tokens", "policyengine.tools._patterns",
               "policyengine.tools._redaction", "policyengine.tools._http")),
     ("lang", ("policyengine.lang",)),

@@ -11,8 +11,9 @@ It speaks the tracengent wire (``/v1/oauth/token``, ``/v1/authorize``,
 only to *run* a server; the application itself uses pydantic alone.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from policyengine._lazy import lazy_getattr
 
 if TYPE_CHECKING:  # loaded on first use (PEP 562): `policyengine serve` imports _serve only
     from policyengine.server._app import PolicyService, ServiceConfig, create_app
@@ -47,10 +48,4 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'policyengine.server' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

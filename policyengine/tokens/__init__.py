@@ -11,9 +11,9 @@
 Format, rules and error codes: docs/delegation.md.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from policyengine._lazy import lazy_getattr
 from policyengine.tokens.errors import AttenuationError, TokenError
 from policyengine.tokens.revocation import (
     JsonFileRevocationStore,
@@ -85,10 +85,4 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'policyengine.tokens' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

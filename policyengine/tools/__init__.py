@@ -6,9 +6,9 @@
 httpx around any object with ``tool_authorize``. See ``docs/tools.md``.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from policyengine._lazy import lazy_getattr
 from policyengine.tools._egress import CompiledTools, compile_tools, tool_authorize
 from policyengine.tools._patterns import (
     MAX_HOST_LENGTH,
@@ -108,10 +108,4 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'policyengine.tools' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
