@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
@@ -586,6 +586,30 @@ def _key(key: object) -> str | None:
             "of valid Unicode text",
         )
     return key
+
+
+def _count_modes(matched: Sequence[_Budget], unit: str | None, *, keep_unmatched: bool
+                 ) -> tuple[list[tuple[_Budget, int]], int, int]:
+    """How a spend in ``unit`` counts against each covering budget: calls, same unit or
+    converted money. A budget that cannot count it is left out, or kept as ``_ZERO``.
+    Returns the modes, how many money/unit budgets count it, and how many cannot."""
+    spend_money = unit is not None and unit not in _NON_MONEY
+    modes: list[tuple[_Budget, int]] = []
+    accepted = unmatched = 0
+    for b in matched:
+        if b.calls and unit != "calls":
+            modes.append((b, _CALL))
+        elif b.unit == unit:
+            modes.append((b, _SAME))
+            accepted += not b.calls
+        elif b.money and spend_money:
+            modes.append((b, _CONVERT))
+            accepted += 1
+        else:
+            unmatched += 1
+            if keep_unmatched:
+                modes.append((b, _ZERO))
+    return modes, accepted, unmatched
 
 
 class Ledger:
@@ -1178,36 +1202,10 @@ class Ledger:
             unit = units.pop() if units else None
         else:
             unit = canonical_unit(currency)[0]
-        spend_money = unit is not None and unit not in _NON_MONEY
-        modes: list[tuple[_Budget, int]] = []
-        accepted = refused = 0
-        for b in matched:
-            if b.calls and unit != "calls":
-                modes.append((b, _CALL))
-            elif b.unit == unit:
-                modes.append((b, _SAME))
-                accepted += not b.calls
-            elif b.money and spend_money:
-                modes.append((b, _CONVERT))
-                accepted += 1
-            else:
-                refused += 1
+        modes, accepted, unmatched = _count_modes(matched, unit, keep_unmatched=False)
         # A refusal is cached as its message (a fresh exception is raised each time).
-        result: tuple[str | None, tuple[tuple[_Budget, int], ...]] | str
-        if refused and not accepted:
-            kinds = sorted({b.unit for b in matched if not b.calls})
-            result = (
-                f"a spend in {unit} cannot count against the budgets covering {permission} "
-                f"({', '.join(kinds)}): spend in one of those units"
-            )
-        else:
-            result = (unit, tuple(modes))
-        if len(self._mode_cache) >= _MAX_MATCH_CACHE:
-            self._mode_cache.clear()
-        self._mode_cache[cache_key] = result  # type: ignore[index]
-        if isinstance(result, str):
-            raise BudgetInputError("unit_mismatch", result)
-        return result
+        refuse = bool(unmatched and not accepted)
+        return self._cache_modes(cache_key, permission, matched, unit, modes, refuse)
 
     def _lenient_modes(
         self, permission: str, currency: object
@@ -1220,24 +1218,19 @@ class Ledger:
             return found
         matched = self._match(permission)
         unit = None if currency is None else canonical_unit(currency)[0]
-        spend_money = unit is not None and unit not in _NON_MONEY
-        modes: list[tuple[_Budget, int]] = []
-        accepted = zero = 0
-        for b in matched:
-            if b.calls and unit != "calls":
-                modes.append((b, _CALL))
-            elif b.unit == unit:
-                modes.append((b, _SAME))
-                accepted += not b.calls
-            elif b.money and spend_money:
-                modes.append((b, _CONVERT))
-                accepted += 1
-            else:
-                modes.append((b, _ZERO))
-                zero += 1
+        modes, accepted, unmatched = _count_modes(matched, unit, keep_unmatched=True)
         # An amount that no covering budget can count is refused, as by check().
+        refuse = bool(unit is not None and unmatched and not accepted)
+        return self._cache_modes(cache_key, permission, matched, unit, modes, refuse)
+
+    def _cache_modes(
+        self, cache_key: tuple[Any, ...], permission: str, matched: Sequence[_Budget],
+        unit: str | None, modes: list[tuple[_Budget, int]], refuse: bool,
+    ) -> tuple[str | None, tuple[tuple[_Budget, int], ...]]:
+        """Cache how a (permission, unit) pair counts, or its refusal as the message (a
+        fresh exception is raised each time), and answer it."""
         result: tuple[str | None, tuple[tuple[_Budget, int], ...]] | str
-        if unit is not None and zero and not accepted:
+        if refuse:
             kinds = sorted({b.unit for b in matched if not b.calls})
             result = (f"a spend in {unit} cannot count against the budgets covering "
                       f"{permission} ({', '.join(kinds)}): spend in one of those units")
