@@ -503,14 +503,13 @@ def _clone(rule: CompiledRule) -> CompiledRule:
 
 
 def _compile_file_rules(f: ast.PolicyFile, fm: FileMoney) -> tuple[CompiledRule, ...]:
-    """One file's rules with their tests: every condition of the file becomes one lambda
-    in a generated module of up to build_many's chunk size (one compile() per chunk, not
-    one per rule)."""
+    """One file's rules with their tests: build_many compiles each distinct condition
+    source of the file once (rules that differ only in their literals share it)."""
     rules: list[CompiledRule] = []
     pending: list[tuple[CompiledRule, tuple[str, dict[str, Any]]]] = []
     for st in f.statements:
         if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
-            rule, source, rule_consts = _compile_rule(st, f.namespace, fm, f"_r{len(rules)}_")
+            rule, source, rule_consts = _compile_rule(st, f.namespace, fm)
             rules.append(rule)
             if source is not None:
                 pending.append((rule, (source, rule_consts)))
@@ -614,12 +613,11 @@ def _to_base(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:
 
 
 def _compile_rule(st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl, ns: str,
-                  fm: FileMoney, prefix: str
-                  ) -> tuple[CompiledRule, str | None, dict[str, Any]]:
+                  fm: FileMoney) -> tuple[CompiledRule, str | None, dict[str, Any]]:
     """The rule (its ``test`` still unset) and the source and constants of its test."""
     qid = _qualify(ns, st.id)
     to_base = _to_base(fm)
-    gen = ConditionCodegen(fm, to_base, prefix)
+    gen = ConditionCodegen(fm, to_base)
     source = gen.conditions(st.conditions) if st.conditions else None
     roles = frozenset(s.name for s in st.scope if s.kind == "role")
     agents = frozenset(s.name for s in st.scope if s.kind == "agent")

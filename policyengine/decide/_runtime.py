@@ -357,23 +357,43 @@ RUNTIME: dict[str, Any] = {
     "_endswith": _endswith, "_contains": _contains, "_matches": _matches, "_has": _has,
 }
 
-#: Tests compiled into one generated module. Each module's globals hold the helpers and
-#: its own tests' constants only: a global past index 65,535 of a module cannot be
-#: specialised by CPython (it is looked up in the dict on every call), and all of 100,000
-#: rules' constants in one module made every condition of a large policy slower.
+#: Distinct condition shapes compiled by one ``compile()`` call.
 CHUNK = 1024
+#: Shapes whose factory is kept between calls (a reload, explain's clauses); past it the
+#: table starts again empty (it only saves compile time, never changes a result).
+SHAPE_CACHE_SIZE = 4096
+_factories: dict[tuple[str, tuple[str, ...]], Callable[..., Test]] = {}
 
 
 def build_many(tests: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[Test, ...]:
-    """Compile ``(source, constants)`` pairs into test functions ``f(c, p, r)``: one
-    ``compile()`` per :data:`CHUNK` tests, not one per test."""
-    fns: list[Test] = []
-    for start in range(0, len(tests), CHUNK):
-        chunk = tests[start:start + CHUNK]
+    """Turn ``(source, constants)`` pairs into test functions ``f(c, p, r)``.
+
+    The code generator writes no literal into a source, only the names of its constants
+    (``_k0``, ``_k1``...), so the thousands of rules of a large policy have a handful of
+    distinct sources (``context.level > K`` is one, whatever K is). Each distinct
+    source is compiled once, as a factory ``def _f(_k0, _k1): return lambda c, p, r:
+    SOURCE`` (one ``compile()`` per :data:`CHUNK` new sources); a rule's test is its
+    factory called with the rule's own constants, which the lambda reads from its
+    closure. The factories' module globals are the runtime helpers only.
+    """
+    keys = [(src, tuple(consts)) for src, consts in tests]
+    made: dict[tuple[str, tuple[str, ...]], Callable[..., Test]] = {}
+    for key in keys:
+        if key not in made:
+            found = _factories.get(key)
+            if found is not None:
+                made[key] = found
+    missing = [k for k in dict.fromkeys(keys) if k not in made]
+    for start in range(0, len(missing), CHUNK):
+        chunk = missing[start:start + CHUNK]
+        body = "".join(
+            f"def _f{i}({', '.join(names)}):\n    return lambda c, p, r: {src}\n"
+            for i, (src, names) in enumerate(chunk))
         namespace: dict[str, Any] = dict(RUNTIME)
-        for _, consts in chunk:
-            namespace.update(consts)
-        body = ",\n".join(f"lambda c, p, r: {src}" for src, _ in chunk)
-        code = compile(f"({body},)", "<policy conditions>", "eval")
-        fns.extend(eval(code, namespace))  # generated from a checked AST only
-    return tuple(fns)
+        exec(compile(body, "<policy conditions>", "exec"), namespace)  # checked AST only
+        if len(_factories) + len(chunk) > SHAPE_CACHE_SIZE:
+            _factories.clear()
+        for i, key in enumerate(chunk):
+            made[key] = _factories[key] = namespace[f"_f{i}"]
+    return tuple(made[key](*consts.values()) for key, (_, consts) in zip(keys, tests,
+                                                                         strict=True))
