@@ -18,7 +18,9 @@ Ops: ``reserve``, ``record``, ``commit``, ``release``, ``extend``, ``check``,
 ``admit`` (the check ``authorize`` makes: every covering budget, whatever the amount;
 no ``amount`` is a request without one), ``balances``, ``advance`` (``seconds`` or
 ``to``: an RFC 3339 UTC time). Argument keys are camelCase (``idempotencyKey``,
-``actingFor``); ``as`` names the returned reservation and ``reservation`` refers to a
+``actingFor``); ``scope`` is an object of request fields (``{"workspace": "w1",
+"run_id": "r1"}``) for budgets per hierarchy level or per ``context.NAME``; ``as`` names
+the returned reservation and ``reservation`` refers to a
 name (or is taken as a literal id).
 
 ``expect`` is matched as a subset of the step's wire result (``Reservation.to_wire()``,
@@ -48,19 +50,17 @@ _ARG_NAMES = {
     "idempotencyKey": "idempotency_key",
     "actingFor": "acting_for",
 }
+_SPEND_ARGS = frozenset({"principal", "permission", "amount", "currency", "acting_for",
+                         "tenant", "scope"})
 _ALLOWED_ARGS: dict[str, frozenset[str]] = {
-    "reserve": frozenset({"principal", "permission", "amount", "currency", "ttl",
-                          "idempotency_key", "acting_for", "tenant"}),
-    "record": frozenset({"principal", "permission", "amount", "currency", "idempotency_key",
-                         "acting_for", "tenant", "overage"}),
-    "check": frozenset({"principal", "permission", "amount", "currency", "acting_for",
-                        "tenant"}),
-    "admit": frozenset({"principal", "permission", "amount", "currency", "acting_for",
-                        "tenant"}),
+    "reserve": _SPEND_ARGS | {"ttl", "idempotency_key"},
+    "record": _SPEND_ARGS | {"idempotency_key", "overage"},
+    "check": _SPEND_ARGS,
+    "admit": _SPEND_ARGS,
     "commit": frozenset({"amount", "currency", "idempotency_key", "overage"}),
     "release": frozenset({"idempotency_key"}),
     "extend": frozenset({"ttl"}),
-    "balances": frozenset({"principal", "acting_for", "tenant"}),
+    "balances": frozenset({"principal", "acting_for", "tenant", "scope", "level"}),
 }
 
 

@@ -38,7 +38,14 @@ from policyengine.budgets.errors import (
     ReservationError,
 )
 from policyengine.budgets.memory import MemoryStore
-from policyengine.budgets.spec import MAX_QUANTA, BudgetSpec, canonical_unit
+from policyengine.budgets.spec import (
+    HIERARCHY,
+    MAX_QUANTA,
+    BudgetSpec,
+    canonical_unit,
+    scope_path,
+    subject_field,
+)
 from policyengine.budgets.store import (
     ACTIVE,
     COMMITTED,
@@ -80,6 +87,8 @@ IDEMPOTENCY_RETENTION = 86400.0
 _MAX_NAME = 256
 _MAX_MATCH_CACHE = 10_000
 _NON_MONEY = frozenset({"tokens", "calls", "credits"})
+#: Subjects whose bucket is a scope path (:func:`~policyengine.budgets.spec.scope_path`).
+_PATH_LEVELS = frozenset({"workspace", "app", "workflow", "toolset"})
 # How a budget counts a spend: one call, the amount as is, converted, or nothing (a spend
 # in a unit the budget does not count, checked only for an exhausted budget; admit()).
 _CALL, _SAME, _CONVERT, _ZERO = 0, 1, 2, 3
@@ -376,11 +385,13 @@ class Balance:
     window: str
     window_start: float
     window_end: float | None
+    level: str = "agent"  #: the budget's subject kind (``agent``, ``workspace``, ...)
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "budget": self.budget,
             "subject": self.subject,
+            "level": self.level,
             "unit": self.unit,
             "limit": format(self.limit, "f"),
             "spent": format(self.spent, "f"),
@@ -648,6 +659,17 @@ class Ledger:
         self._scales = {b.id: b.scale for b in self._budgets}
         self._units = {b.id: b.unit for b in self._budgets}
         self._meta = {b.id: (b.unit, b.scale) for b in self._budgets}
+        fields: set[str] = set()
+        for b in self._budgets:
+            if b.subject in _PATH_LEVELS:  # a scope path: every level down to its own
+                levels = HIERARCHY[:HIERARCHY.index(b.subject) + 1]
+                fields.update(f for f in levels if f not in ("tenant", "agent"))
+            elif b.subject.startswith("context."):
+                fields.add(b.subject[8:])
+        fields.discard("tenant")  # the ``tenant`` argument
+        #: Request fields (besides ``tenant``) the budgets' subjects read, in order.
+        self._fields: tuple[str, ...] = tuple(sorted(fields))
+        self._field_set = frozenset(fields)
         self.store: BudgetStore = store if store is not None else MemoryStore()
         self.rates = rates
         # A budget converts with the rates of the policy file that declares it; ``rates``
@@ -680,6 +702,7 @@ class Ledger:
         *,
         acting_for: str | None = None,
         tenant: str | None = None,
+        scope: Mapping[str, str | None] | None = None,
     ) -> BudgetCheck:
         """Would this spend fit every budget covering it? Read-only; reserves nothing.
 
@@ -687,7 +710,7 @@ class Ledger:
         """
         now = self.clock()
         _unit, _value, lines, budgets, buckets = self._plan(
-            principal, permission, amount, currency, acting_for, tenant, now
+            principal, permission, amount, currency, acting_for, tenant, now, True, scope
         )
         if not lines:
             return BudgetCheck(self, [], None, -1)
@@ -709,6 +732,7 @@ class Ledger:
         *,
         acting_for: str | None = None,
         tenant: str | None = None,
+        scope: Mapping[str, str | None] | None = None,
     ) -> BudgetCheck:
         """May a request go ahead under every budget covering ``permission``? Read-only.
 
@@ -725,7 +749,7 @@ class Ledger:
             raise BudgetInputError("unit_required", "an amount needs its unit (currency)")
         now = self.clock()
         _unit, _value, lines, budgets, buckets = self._plan(
-            principal, permission, amount, unit, acting_for, tenant, now, False
+            principal, permission, amount, unit, acting_for, tenant, now, False, scope
         )
         if not lines:
             return BudgetCheck(self, [], None, -1)
@@ -750,6 +774,7 @@ class Ledger:
         idempotency_key: str | None = None,
         acting_for: str | None = None,
         tenant: str | None = None,
+        scope: Mapping[str, str | None] | None = None,
     ) -> Reservation:
         """Hold ``amount`` on every budget covering ``permission`` for ``ttl`` seconds.
 
@@ -761,8 +786,9 @@ class Ledger:
         key = None if idempotency_key is None else _key(idempotency_key)
         now = self.clock()
         unit, value, lines, budgets, buckets = self._plan(
-            principal, permission, amount, currency, acting_for, tenant, now
+            principal, permission, amount, currency, acting_for, tenant, now, True, scope
         )
+        skey = self._scope_key(scope)
         record = _new(ReservationRecord, (
             _new_id(), ACTIVE, principal, permission, unit, str(value), acting_for, tenant,
             now, now + ttl_s, tuple(lines), None, None, None, None,
@@ -773,7 +799,7 @@ class Ledger:
         idem = None
         if key is not None:
             fingerprint = repr(("reserve", principal, permission, unit, str(value), ttl_s,
-                                acting_for, tenant))
+                                acting_for, tenant) + ((skey,) if skey else ()))
             replay = self._replay("reserve:" + key, fingerprint, now)
             if replay is not None:
                 return replay
@@ -796,6 +822,7 @@ class Ledger:
         idempotency_key: str | None = None,
         acting_for: str | None = None,
         tenant: str | None = None,
+        scope: Mapping[str, str | None] | None = None,
         overage: Overage = "reject",
     ) -> Reservation:
         """Debit ``amount`` directly, without a reservation (returns it ``committed``).
@@ -808,7 +835,7 @@ class Ledger:
         key = _key(idempotency_key)
         now = self.clock()
         unit, value, lines, budgets, buckets = self._plan(
-            principal, permission, amount, currency, acting_for, tenant, now
+            principal, permission, amount, currency, acting_for, tenant, now, True, scope
         )
         record = ReservationRecord(
             _new_id(), COMMITTED, principal, permission, unit,
@@ -831,8 +858,9 @@ class Ledger:
         )
         idem = None
         if key is not None:
+            skey = self._scope_key(scope)
             fingerprint = repr(("record", principal, permission, unit, str(value), over,
-                                acting_for, tenant))
+                                acting_for, tenant) + ((skey,) if skey else ()))
             replay = self._replay("record:" + key, fingerprint, now)
             if replay is not None:
                 return replay
@@ -982,19 +1010,34 @@ class Ledger:
         *,
         acting_for: str | None = None,
         tenant: str | None = None,
+        scope: Mapping[str, str | None] | None = None,
+        level: str | None = None,
     ) -> list[Balance]:
         """State of every bucket a request with these arguments would touch, now.
 
         ``agent`` budgets need ``principal``; ``acting_for`` budgets need ``acting_for``
-        or ``principal``; ``tenant`` and ``global`` budgets are always listed.
+        or ``principal``; ``tenant`` and ``global`` budgets are always listed; a
+        hierarchy level (``workspace``, ``app``, ``workflow``, ``toolset``) or a
+        ``context.NAME`` subject is listed when ``scope`` gives its field (``toolset``
+        also needs ``principal``, its ``agent`` level). ``level`` keeps only the budgets
+        of one subject kind (``"workspace"``, ``"context.run_id"``).
         """
         _name(principal, "principal", optional=True)
         _name(acting_for, "acting_for", optional=True)
         _name(tenant, "tenant", optional=True)
+        skey = self._scope_key(scope) if scope is not None else ()
+        given = dict(zip(self._fields, skey, strict=False))
         now = self.clock()
         rows: list[tuple[_Budget, Bucket, int, int | None]] = []
         for b in self._budgets:
-            subject = _subject(b.subject, principal, acting_for, tenant)
+            if level is not None and b.subject != level:
+                continue
+            field = subject_field(b.subject)
+            if field is not None and field != "tenant" and given.get(field) is None:
+                continue
+            if b.subject == "toolset" and principal is None:
+                continue
+            subject = _subject(b.subject, principal, acting_for, tenant, self._fields, skey)
             if subject is None:
                 continue
             if b.rolling is not None:
@@ -1015,11 +1058,36 @@ class Ledger:
                     remaining=_dec(max(0, b.limit - use.spent - use.reserved), s),
                     overdraft_limit=_dec(b.overdraft, s), window=b.spec.window,
                     window_start=float(start), window_end=None if end is None else float(end),
+                    level=b.subject,
                 )
             )
         return out
 
+    @property
+    def scope_fields(self) -> frozenset[str]:
+        """The request fields the budgets' subjects read from ``scope`` (``workspace``,
+        ``run_id`` ...; ``tenant`` is its own argument): what a caller should pass."""
+        return self._field_set
+
     # -- internals -----------------------------------------------------------------------
+
+    def _scope_key(self, scope: object) -> tuple[str | None, ...]:
+        """The values ``scope`` gives for the fields the budgets read, validated."""
+        if scope is None:
+            return ()
+        if not isinstance(scope, Mapping):
+            raise BudgetInputError("invalid_subject", "scope must be a mapping of request "
+                                   "field names to strings")
+        if not self._fields:
+            return ()
+        out: list[str | None] = []
+        for name in self._fields:
+            value = scope.get(name)
+            if value is not None and (type(value) is not str or not value.isascii()
+                                      or not 0 < len(value) <= _MAX_NAME):
+                _name(value, f"scope[{name!r}]")
+            out.append(value)
+        return tuple(out)
 
     def _view(self, record: ReservationRecord, now: float) -> Reservation:
         return Reservation(record, self._meta, now)
@@ -1071,6 +1139,7 @@ class Ledger:
         tenant: object,
         now: float,
         strict: bool = True,
+        scope: object = None,
     ) -> tuple[str | None, Decimal, list[Line], list[_Budget], list[Bucket]]:
         """Validate a spend and work out what it charges to each covering budget.
 
@@ -1079,7 +1148,8 @@ class Ledger:
         budgets the spend's unit does not count against, charged zero.
         """
         unit, _lo, _hi, targets = self._targets(
-            principal, permission, currency, acting_for, tenant, now, strict
+            principal, permission, currency, acting_for, tenant, now, strict,
+            self._scope_key(scope) if scope is not None else ()
         )
         value = self._amount(amount, unit)
         # The amount in its own unit's quanta: what a budget in that unit is charged.
@@ -1118,6 +1188,7 @@ class Ledger:
         tenant: object,
         now: float,
         strict: bool = True,
+        skey: tuple[str | None, ...] = (),
     ) -> _Targets:
         """Who is charged what, independent of the amount: per covering budget, how it
         counts the spend, its subject, window and bucket.
@@ -1139,6 +1210,8 @@ class Ledger:
                 (permission, currency, principal, acting_for, tenant)
                 if strict else (permission, currency, principal, acting_for, tenant, 0),
             )
+            if skey:
+                cache_key += (skey,)  # type: ignore[assignment]
             found = self._targets_cache.get(cache_key)
             if found is not None and found[1] <= now < found[2]:
                 return found
@@ -1158,7 +1231,8 @@ class Ledger:
         lo, hi = -_INF, _INF
         targets: list[tuple[_Budget, int, str, int, int, Bucket | None]] = []
         for b, mode in modes:
-            subject = cast(str, _subject(b.subject, principal, acting_for, tenant))  # type: ignore[arg-type]
+            subject = cast(str, _subject(b.subject, principal, acting_for, tenant,  # type: ignore[arg-type]
+                                         self._fields, skey))
             if b.rolling is not None:
                 start = end = 0
                 bucket = None
@@ -1367,7 +1441,8 @@ def _bucket(line: Line, budget: _Budget, now: float) -> Bucket:
 
 
 def _subject(
-    kind: str, principal: str | None, acting_for: str | None, tenant: str | None
+    kind: str, principal: str | None, acting_for: str | None, tenant: str | None,
+    fields: tuple[str, ...] = (), skey: tuple[str | None, ...] = (),
 ) -> str | None:
     if kind == "agent":
         return principal
@@ -1375,7 +1450,14 @@ def _subject(
         return acting_for if acting_for is not None else principal
     if kind == "tenant":
         return tenant if tenant is not None else ""
-    return "*"
+    if kind == "global":
+        return "*"
+    values = dict(zip(fields, skey, strict=False))
+    if kind.startswith("context."):
+        value = values.get(kind[8:])
+        return value if value is not None else ""
+    values["tenant"] = tenant
+    return scope_path(kind, principal, values)
 
 
 def _unknown(reservation_id: object) -> ReservationError:

@@ -8,7 +8,7 @@ token, one call, or a millionth of a credit. Stores only ever see these integers
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,17 +27,78 @@ from policyengine.permissions import is_valid_pattern, permission_matches
 __all__ = [
     "MAX_QUANTA",
     "MAX_ROLLING_SECONDS",
+    "HIERARCHY",
     "NON_CURRENCY_UNITS",
     "SUBJECTS",
     "BudgetProblem",
     "BudgetSpec",
     "budget_problems",
     "canonical_unit",
+    "scope_path",
+    "subject_field",
     "unit_scale",
 ]
 
 NON_CURRENCY_UNITS = UNITS
-SUBJECTS = frozenset({"agent", "acting_for", "tenant", "global"})
+#: The Cycles scope hierarchy, outermost first. ``agent`` is the principal.
+HIERARCHY = ("tenant", "workspace", "app", "workflow", "agent", "toolset")
+#: Named subjects. A subject may also be ``context.NAME``: a field of the request.
+SUBJECTS = frozenset({"agent", "acting_for", "tenant", "global", "workspace", "app",
+                      "workflow", "toolset"})
+_FIELD_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_FIELD_REST = _FIELD_FIRST | frozenset("0123456789")
+
+
+def subject_field(subject: str) -> str | None:
+    """The request field a subject reads, or None for ``agent``, ``acting_for`` and
+    ``global``: ``tenant`` and the hierarchy levels read the field of their name,
+    ``context.run_id`` reads ``run_id``.
+
+    >>> subject_field("workspace"), subject_field("context.run_id"), subject_field("agent")
+    ('workspace', 'run_id', None)
+    """
+    if subject.startswith("context."):
+        return subject[8:]
+    if subject in ("agent", "acting_for", "global"):
+        return None
+    return subject
+
+
+def _is_field(name: str) -> bool:
+    return (0 < len(name) <= 64 and name[0] in _FIELD_FIRST
+            and all(c in _FIELD_REST for c in name))
+
+
+def _escape(value: str) -> str:
+    return value.replace("%", "%25").replace("/", "%2F")
+
+
+def scope_path(level: str, principal: str | None, values: Mapping[str, str | None]) -> str:
+    """The bucket subject of a hierarchy budget ``per LEVEL`` (``workspace``, ``app``,
+    ``workflow``, ``toolset``): the Cycles scope path down to that level, in the order
+    tenant, workspace, app, workflow, agent, toolset, levels the request does not give
+    skipped, and ``LEVEL:`` with an empty value when it does not give the level itself
+    (requests without it share that bucket: never less strict). ``/`` and ``%`` in a value
+    are written ``%2F`` and ``%25``, so two different requests never share a path by
+    accident. ``agent`` is the principal.
+
+    >>> scope_path("app", "bot", {"tenant": "acme", "app": "crm"})
+    'tenant:acme/app:crm'
+    >>> scope_path("workspace", "bot", {"tenant": "acme"})
+    'tenant:acme/workspace:'
+    >>> scope_path("toolset", "bot", {"toolset": "search"})
+    'agent:bot/toolset:search'
+    """
+    parts = []
+    for name in HIERARCHY:
+        value = principal if name == "agent" else values.get(name)
+        if value is not None:
+            parts.append(f"{name}:{_escape(value)}")
+        elif name == level:
+            parts.append(f"{name}:")
+        if name == level:
+            break
+    return "/".join(parts)
 #: Longest rolling window (31 days); stores may forget rolling spend older than this.
 MAX_ROLLING_SECONDS = 31 * 86400
 #: Largest amount, limit or overdraft in quanta. Guarded sums stay below 2 * 10**18,
@@ -159,8 +220,10 @@ def budget_problems(patterns: object, limit: object, unit: object, window: objec
                                   f"{MAX_ROLLING_SECONDS // 86400}d"))
     elif rolling_seconds is not None:
         out.append(("window", "rolling_seconds is only for window='rolling'"))
-    if subject not in SUBJECTS:
-        out.append(("subject", f"subject must be one of {', '.join(sorted(SUBJECTS))}"))
+    if subject not in SUBJECTS and not (
+            type(subject) is str and subject.startswith("context.") and _is_field(subject[8:])):
+        out.append(("subject", f"subject must be one of {', '.join(sorted(SUBJECTS))}, or "
+                               "context.NAME (a request field)"))
     if type(tz) is not str or not tz:
         out.append(("tz", "tz must be an IANA zone name such as 'Europe/Paris'"))
     elif tz != "UTC":
@@ -185,8 +248,10 @@ class BudgetSpec:
 
     ``window`` is ``minute``, ``hour``, ``day``, ``week``, ``month`` (calendar-aligned in
     ``tz``) or ``rolling`` (with ``rolling_seconds``). ``subject`` is ``agent``,
-    ``acting_for``, ``tenant`` or ``global``. ``overdraft_limit`` is how far a commit
-    with ``overage="allow_with_overdraft"`` may push spend past ``limit`` (as debt).
+    ``acting_for``, ``tenant``, ``global``, a Cycles level (``workspace``, ``app``,
+    ``workflow``, ``toolset``) or ``context.NAME`` (a request field: a run, a session).
+    ``overdraft_limit`` is how far a commit with ``overage="allow_with_overdraft"`` may
+    push spend past ``limit`` (as debt).
     Invalid specs raise :class:`BudgetInputError` with code ``invalid_budget``.
     """
 

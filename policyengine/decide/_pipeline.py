@@ -324,8 +324,12 @@ class Pipeline:
                 amount, unit = tokens, "tokens"
             else:
                 amount, unit = None, None
+            fields = self.ledger.scope_fields
+            scope = None
+            if fields:  # budgets per workspace, per context.run_id ...: string fields only
+                scope = {f: v for f in fields if type(v := get(context, f)) is str}
             check = self.ledger.admit(principal, permission, amount, unit,
-                                      acting_for=acting_for, tenant=tenant)
+                                      acting_for=acting_for, tenant=tenant, scope=scope)
         except EvalError as err:
             return _overruled(facts, err.code, f"budget check failed: {err.message}"), None
         except Exception as exc:  # BudgetError, or a store fault: never an allow

@@ -656,7 +656,7 @@ class _Build:
             tz = self.string(_Parts(opt.children).token("STRING"))
         for opt in p.all_trees("budget_overdraft"):
             overdraft = self.decimal(_Parts(opt.children).token("NUMBER"))
-        subject = p.maybe_token("SUBJECT")
+        subject = p.maybe_token("SUBJECT") or p.maybe_token("FIELD_SUBJECT")
         ident, pats = str(p.token("ID")), self.patterns(p.tree("pattern_list"))
         limit, unit = self.decimal(p.token("NUMBER")), str(p.token("UNIT"))
         rolling = p.maybe_tree("rolling_window")

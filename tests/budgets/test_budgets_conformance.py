@@ -1,70 +1,23 @@
-"""Run every ``conformance/budgets/*.json`` case through ``run_budget_case``.
-
-TEST SHIM: until the policy compiler can build budgets, ``_specs_from_policy`` below
-reads only the ``namespace``, ``currency``, ``rate`` and ``budget`` lines of a fixture
-with a small regex. It is not the language; the real runner compiles the policies.
+"""Run every ``conformance/budgets/*.json`` case through ``run_budget_case``, on every
+store: the fixture's policies are compiled by the engine (the language, not a shim) and
+its ledger is built over the store under test.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import STORE_KINDS, SharedStores, open_store
 
-from policyengine.budgets import BudgetSpec, Ledger
+from policyengine import Engine
+from policyengine.budgets import Ledger
 from policyengine.budgets._conformance import run_budget_case
-from policyengine.money import StaticRates
 
 FIXTURES = sorted((Path(__file__).resolve().parents[2] / "conformance" / "budgets").glob("*.json"))
-
-_BUDGET = re.compile(
-    r'budget (?P<id>[\w.-]+): (?P<patterns>.+?) limit (?P<limit>[\d.]+) (?P<unit>\w+)'
-    r' per (?P<window>rolling \d+[smhd]|\w+)(?: per (?P<subject>\w+))?'
-    r'(?: tz "(?P<tz>[^"]+)")?(?: overdraft (?P<overdraft>[\d.]+))?$'
-)
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _specs_from_policy(text: str) -> tuple[list[BudgetSpec], StaticRates | None]:
-    namespace, currency, rates = "default", None, {}
-    specs = []
-    for line in text.splitlines():
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "namespace":
-            namespace = words[1]
-        elif words[0] == "currency":
-            currency = words[1]
-        elif words[0] == "rate":
-            rates[words[1]] = words[2]
-        elif words[0] == "budget":
-            m = _BUDGET.match(line.strip())
-            assert m, f"shim cannot read {line!r}"
-            window, rolling = m["window"], None
-            if window.startswith("rolling"):
-                span = window.split()[1]
-                window, rolling = "rolling", int(span[:-1]) * _SECONDS[span[-1]]
-            specs.append(
-                BudgetSpec(
-                    id=f"{namespace}.{m['id']}",
-                    patterns=tuple(p.strip() for p in m["patterns"].split(",")),
-                    limit=Decimal(m["limit"]),
-                    unit=m["unit"],
-                    window=window,
-                    rolling_seconds=rolling,
-                    subject=m["subject"] or "agent",
-                    tz=m["tz"] or "UTC",
-                    overdraft_limit=Decimal(m["overdraft"] or 0),
-                )
-            )
-    return specs, (StaticRates(currency, rates) if currency else None)
 
 
 def _cases() -> list[Any]:
@@ -88,12 +41,12 @@ def test_enough_budget_cases() -> None:
 def _factory(
     doc: dict[str, Any], store: str, tmp_path: Path, shared: SharedStores
 ) -> Callable[..., Ledger]:
-    text = "\n".join(doc["policies"].values())
-    specs, rates = _specs_from_policy(text)
-
     def build(clock: Callable[[], float]) -> Ledger:
         backend = open_store(store, tmp_path, shared)
-        return Ledger(specs, backend, rates=rates, clock=clock)  # type: ignore[arg-type]
+        engine = Engine.from_sources(doc["policies"], budget_store=backend, clock=clock)
+        ledger = engine.budgets
+        assert ledger is not None
+        return ledger
 
     return build
 

@@ -431,3 +431,21 @@ def test_a_corrupt_parser_cache_is_rebuilt(tmp_path) -> None:
     path.write_bytes(b"not a cache\n\x80\x04garbage")
     parser = build_lark(str(path))
     assert parser.parse("role r: a:*", start="start").children[0].data == "role_decl"
+
+
+@pytest.mark.parametrize("subject", ["workspace", "app", "workflow", "toolset",
+                                     "context.run_id", "context._session2"])
+def test_budget_subjects_of_the_cycles_hierarchy_and_request_fields(subject: str) -> None:
+    from policyengine.lang import format_source
+    text = f"budget b: llm:* limit 5 USD per day per {subject}\n"
+    (st_,) = parse(text).statements
+    assert isinstance(st_, ast.BudgetDecl) and st_.subject == subject
+    assert format_source(text) == text
+
+
+@pytest.mark.parametrize("bad", ["per context.", "per context.1x", "per context.a.b",
+                                 "per principal.id", "per team"])
+def test_budget_subjects_that_are_not_subjects(bad: str) -> None:
+    with pytest.raises(PolicyError):
+        from policyengine import Engine
+        Engine.from_source(f"budget b: llm:* limit 5 USD per day {bad}\n")
