@@ -212,11 +212,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path,
 
 
 def make_ledger(
-    store: object, *specs: BudgetSpec, rates: object = None
-) -> tuple[Ledger, list[float]]:
-    """A ledger over ``store`` and its clock, a one-item list starting at BUDGET_NOW."""
-    clock = [BUDGET_NOW]
-    return Ledger(specs, store, rates=rates, clock=lambda: clock[0]), clock  # type: ignore[arg-type]
+    store: object, *specs: BudgetSpec, rates: object = None, clock: Clock | None = None
+) -> tuple[Ledger, Clock]:
+    """A ledger over ``store`` and its :class:`Clock` (the ``clock`` fixture when given,
+    else a new one), set to BUDGET_NOW."""
+    if clock is None:
+        clock = Clock(BUDGET_NOW)
+    clock.t = BUDGET_NOW
+    return Ledger(specs, store, rates=rates, clock=clock), clock  # type: ignore[arg-type]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

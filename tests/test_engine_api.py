@@ -209,7 +209,10 @@ def test_pending_wire_has_approval_id(make_engine) -> None:  # type: ignore[no-u
 def test_decision_ids_are_lazy_and_unique(make_engine) -> None:  # type: ignore[no-untyped-def]
     eng = make_engine(ROLES)
     d = eng.authorize("bot", "docs:read")
-    assert d._decision_id is None  # not made until read
+    later = eng.authorize("bot", "docs:read")
+    # Ids count up as they are made: one made on first read comes after a later
+    # decision's if that one was read first.
+    assert int(later.decision_id.rsplit("_", 1)[1]) < int(d.decision_id.rsplit("_", 1)[1])
     first = d.decision_id
     assert d.decision_id == first
     ids: list[str] = []

@@ -310,6 +310,11 @@ class KeySet:
         self._verified: dict[Any, Any] = {}
         self._hops: dict[str, Any] = {}
 
+    @property
+    def cached_verifications(self) -> int:
+        """Verification results cached now (read-only; bounded, see docs/delegation.md)."""
+        return len(self._verified)
+
     def clear_cache(self) -> None:
         """Forget cached verifications (benchmarks; memory pressure)."""
         self._verified.clear()

@@ -210,7 +210,7 @@ def test_final_and_expired_reservations(store: object) -> None:
     with pytest.raises(ReservationError, match="already committed"):
         ledger.release(r.id)
     r2 = ledger.reserve("bot", "payments:x", "5", "EUR", ttl=10)
-    clock[0] += 10
+    clock.t += 10
     assert ledger.get(r2.id).status == "expired"
     for call in (lambda: ledger.commit(r2.id, "1"), lambda: ledger.extend(r2.id, 60)):
         with pytest.raises(ReservationError) as info:
@@ -247,9 +247,9 @@ def test_concurrent_replays_of_one_key_reserve_once(store: object) -> None:
 def test_extend_moves_expiry_and_keeps_the_hold(store: object) -> None:
     ledger, clock = make(store, DAILY)
     r = ledger.reserve("bot", "payments:x", "60", "EUR", ttl=10)
-    clock[0] += 9
-    assert ledger.extend(r.id, 100).expires_at == clock[0] + 100
-    clock[0] += 50
+    clock.t += 9
+    assert ledger.extend(r.id, 100).expires_at == clock.t + 100
+    clock.t += 50
     with pytest.raises(BudgetExceeded):
         ledger.reserve("bot", "payments:x", "50", "EUR")
     assert ledger.commit(r.id, "60").status == "committed"
@@ -259,10 +259,10 @@ def test_rolling_window_counts_the_last_n_seconds(store: object) -> None:
     spec = BudgetSpec("t.roll", ("llm:*",), Decimal(1000), "tokens", "rolling", 3600)
     ledger, clock = make(store, spec)
     ledger.record("bot", "llm:chat", 600, "tokens")
-    clock[0] += 1800
+    clock.t += 1800
     ledger.record("bot", "llm:chat", 400, "tokens")
     assert not ledger.check("bot", "llm:chat", 1, "tokens").allowed
-    clock[0] += 1800
+    clock.t += 1800
     (bal,) = ledger.balances("bot")
     assert (bal.spent, bal.window_end) == (400, None)
     assert ledger.check("bot", "llm:chat", 600, "tokens").allowed
@@ -272,7 +272,7 @@ def test_memory_store_forgets_finished_reservations_after_retention() -> None:
     ledger, clock = make(MemoryStore(retention=100), DAILY)
     r = ledger.reserve("bot", "payments:x", "5", "EUR")
     ledger.commit(r.id, "5")
-    clock[0] += 101
+    clock.t += 101
     ledger.balances("bot")  # any call sweeps
     with pytest.raises(ReservationError) as info:
         ledger.get(r.id)

@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import Clock
 
 from policyengine.budgets import (
     BudgetError,
@@ -155,8 +156,8 @@ def test_sigkill_loses_no_commit_and_leaks_no_reservation(
 
     big = [BudgetSpec("k.money", ("payments:*",), Decimal(10**9), "EUR", "day")]
     store = SQLiteStore(path)
-    now = [NOW]
-    ledger = Ledger(big, store, clock=lambda: now[0])
+    clock = Clock(NOW)
+    ledger = Ledger(big, store, clock=clock)
     for rid in committed:
         assert ledger.get(rid).status == "committed"
     balance = ledger.balances("bot")[0]
@@ -164,7 +165,7 @@ def test_sigkill_loses_no_commit_and_leaks_no_reservation(
     # its log line was cut off by the kill.
     assert len(committed) <= balance.spent <= len(committed) + 1
     # Open reservations (left on purpose, or interrupted) stop counting after their TTL.
-    now[0] = NOW + 31
+    clock.t = NOW + 31
     after = ledger.balances("bot")[0]
     assert after.reserved == 0
     assert after.spent == balance.spent

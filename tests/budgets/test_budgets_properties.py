@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import STORE_KINDS, SharedStores, open_store
+from conftest import STORE_KINDS, Clock, SharedStores, open_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -155,19 +155,19 @@ def test_ledger_matches_model(
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_zero_amount_reservations_expire_cleanly(
-    kind: str, tmp_path: Path, shared_stores: SharedStores
+    kind: str, tmp_path: Path, shared_stores: SharedStores, clock: Clock
 ) -> None:
     """Regression (found by hypothesis): two zero-amount reservations, then expiry.
 
     A zero-amount line holds nothing, so releasing it at expiry must not look for a hold.
     """
-    clock = [1_773_144_000.0]
+    clock.t = 1_773_144_000.0
     store = open_store(kind, tmp_path, shared_stores)
     spec = BudgetSpec("p.h", ("x:*",), Decimal(10), "EUR", "hour", subject="global")
-    ledger = Ledger([spec], store, clock=lambda: clock[0])
+    ledger = Ledger([spec], store, clock=clock)
     first = ledger.reserve("a", "x:y", "0", "EUR", ttl=1)
     second = ledger.reserve("a", "x:y", "0", "EUR", ttl=1)
-    clock[0] += 2
+    clock.t += 2
     (bal,) = ledger.balances("a")
     assert (bal.spent, bal.reserved, bal.remaining) == (Decimal(0), Decimal(0), Decimal(10))
     assert ledger.get(first.id).status == ledger.get(second.id).status == "expired"

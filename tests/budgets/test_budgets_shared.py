@@ -17,6 +17,7 @@ from conftest import (
     DAILY,
     POSTGRES_URL,
     REDIS_URL,
+    Clock,
     SharedStores,
     make_ledger,
     require_service,
@@ -279,26 +280,26 @@ def test_a_host_clock_out_of_bounds_is_refused_never_trusted(
 
 
 def test_server_clock_measures_the_offset_and_resyncs() -> None:
-    host = [1000.0]
-    server = [5000.0]
+    host = Clock(1000.0)
+    server = Clock(5000.0)
     reads: list[float] = []
 
     def read() -> float:
-        reads.append(host[0])
-        host[0] += 0.002  # a 2 ms round trip
-        return server[0]
+        reads.append(host.t)
+        host.t += 0.002  # a 2 ms round trip
+        return server.t
 
-    clock = ServerClock(read, host=lambda: host[0], resync=10)
+    clock = ServerClock(read, host=host, resync=10)
     # Read at host 1000.001 (the midpoint): host 1000.002 is server 5000.001.
     assert clock() == pytest.approx(5000.001, abs=1e-6)
     assert clock.error == pytest.approx(0.001)
-    host[0] += 5
+    host.t += 5
     assert len(reads) == 1 and clock() == pytest.approx(5005.001, abs=1e-6)
-    host[0] -= 100  # the host clock stepped back: measure again at once
-    server[0] = 5005.0
+    host.t -= 100  # the host clock stepped back: measure again at once
+    server.t = 5005.0
     clock()
     assert len(reads) == 2
-    host[0] += 11  # past resync
+    host.t += 11  # past resync
     clock()
     assert len(reads) == 3
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Clock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -218,16 +219,16 @@ class TestClockSteppedBack:
     expired (its hold is already gone), not crash or spend it."""
 
     @pytest.mark.parametrize("kind", ["memory", "sqlite"])
-    def test_swept_then_clock_back(self, kind: str, tmp_path: Path) -> None:
+    def test_swept_then_clock_back(self, kind: str, tmp_path: Path, clock: Clock) -> None:
         for op in ("commit", "release", "extend"):
             store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / f"{op}.db")
-            clock = [1_767_225_600.0]
+            clock.t = 1_767_225_600.0
             spec = BudgetSpec("d.b", ("a:*",), Decimal(100), "EUR", "day")
-            ledger = Ledger([spec], store, clock=lambda c=clock: c[0])  # type: ignore[misc]
+            ledger = Ledger([spec], store, clock=clock)
             r = ledger.reserve("bot", "a:x", "60", "EUR", ttl=10)
-            clock[0] += 100
+            clock.t += 100
             ledger.reserve("bot", "a:x", "5", "EUR", ttl=1000)  # sweeps the expired one
-            clock[0] -= 95  # five seconds before the first one's expiry
+            clock.t -= 95  # five seconds before the first one's expiry
             with pytest.raises(ReservationError) as err:
                 if op == "commit":
                     ledger.commit(r.id, "60", "EUR")

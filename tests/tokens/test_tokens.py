@@ -298,7 +298,9 @@ def test_cache_is_bounded(keys: KeySet) -> None:
     token = root(fresh)
     for i in range(grants._CACHE_SIZE + 10):
         verify(fresh, token, now=NOW, issuer=ISS, max_ttl=10_000 + i)
-    assert len(fresh._verified) <= grants._CACHE_SIZE
+    assert 0 < fresh.cached_verifications <= grants._CACHE_SIZE
+    fresh.clear_cache()
+    assert fresh.cached_verifications == 0
 
 
 def test_cli_revokes_every_id_mint_makes(keys: KeySet, tmp_path: Path,
