@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # loaded on first use (PEP 562): `policyengine serve` imports
     from policyengine.server._app import PolicyService, ServiceConfig, create_app
     from policyengine.server._credentials import (
         AgentCredential,
+        ApiKey,
         Credentials,
         CredentialsError,
         hash_secret,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # loaded on first use (PEP 562): `policyengine serve` imports
 
 __all__ = [
     "AgentCredential",
+    "ApiKey",
     "Credentials",
     "CredentialsError",
     "PolicyService",
@@ -38,6 +40,7 @@ __all__ = [
 
 _LAZY: dict[str, str] = {
     "AgentCredential": "policyengine.server._credentials",
+    "ApiKey": "policyengine.server._credentials",
     "create_app": "policyengine.server._app",
     "Credentials": "policyengine.server._credentials",
     "CredentialsError": "policyengine.server._credentials",

@@ -293,8 +293,13 @@ class PolicyService:
     def _routes(self) -> list[_Route]:
         t = self.config.prefixes.get("tracengent", "").rstrip("/")
         a = self.config.prefixes.get("authzen", "").rstrip("/")
+        from policyengine.server._actguard import ActguardWire
+        from policyengine.server._agentledger import AgentLedgerWire
         from policyengine.server._authzen import AuthzenWire
         self.authzen = AuthzenWire(self, a)
+        self.actguard = ActguardWire(self, self.config.prefixes.get("actguard", "").rstrip("/"))
+        self.agent_ledger = AgentLedgerWire(
+            self, self.config.prefixes.get("agent-ledger", "").rstrip("/"))
         return [
             _Route("token", "POST", f"{t}/v1/oauth/token", self._token, m.TokenRequest,
                    m.TokenResponse, "OAuth 2.0 client credentials: an agent access token",
@@ -325,6 +330,8 @@ class PolicyService:
                    self._admin_reject, m.ApprovalDecisionRequest, m.ApprovalResponse,
                    "Reject a pending approval", "admin"),
             *self.authzen.routes(),
+            *self.actguard.routes(),
+            *self.agent_ledger.routes(),
             _Route("healthz", "GET", "/healthz", self._healthz, None, m.HealthResponse,
                    "Liveness"),
             _Route("readyz", "GET", "/readyz", self._readyz, None, m.HealthResponse,

@@ -6,7 +6,9 @@ A credentials file is JSON::
                  "agent": "travel-agent", "permissions": ["flights:*"],
                  "ingestKeyHash": "scrypt$..."}],
      "admins": [{"name": "ops", "secretHash": "scrypt$..."}],
-     "authzenClients": [{"name": "todo-backend", "secretHash": "scrypt$..."}]}
+     "authzenClients": [{"name": "todo-backend", "secretHash": "scrypt$..."}],
+     "apiKeys": [{"name": "ledger-prod", "keyHash": "scrypt$...", "agent": "travel-agent",
+                  "tenant": "acme"}]}
 
 Only hashes are stored (scrypt, RFC 7914, with a random salt per secret; make one with
 ``policyengine serve --hash-secret``). Checks compare in constant time and spend the same
@@ -15,7 +17,9 @@ work on an unknown client id as on a known one, so timing does not tell which id
 ``has_permission`` hint; every request is still decided by the policy.
 ``authzenClients`` are the PEPs allowed to ask AuthZEN questions (their key as the
 ``Authorization`` header, bare or after ``Bearer``); without any, the AuthZEN routes are
-open to whoever reaches the port.
+open to whoever reaches the port. ``apiKeys`` are the bare API keys of the budget wires
+(actguard's bearer key, agent-ledger's ``x-api-key``): each binds one agent principal
+and, optionally, a tenant.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from typing import Any
 
 import policyengine as pe
 
-__all__ = ["AgentCredential", "Credentials", "CredentialsError", "hash_secret", "verify_secret"]
+__all__ = ["AgentCredential", "ApiKey", "Credentials", "CredentialsError", "hash_secret",
+           "verify_secret"]
 
 # scrypt cost: about 15-40 ms a check here; token requests happen once per agent per
 # ~15 minutes, so this buys brute-force resistance at no cost to decisions.
@@ -112,18 +117,32 @@ class AgentCredential:
     ingest_key_hash: str | None = None
 
 
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key of the budget wires: the agent it acts as, and its tenant (or None)."""
+
+    name: str
+    key_hash: str
+    agent: str
+    tenant: str | None = None
+
+
 class Credentials:
     """Agents and admins loaded from a credentials file (or built in code)."""
 
     def __init__(self, agents: tuple[AgentCredential, ...] = (),
                  admins: Mapping[str, str] | None = None,
-                 authzen_clients: Mapping[str, str] | None = None) -> None:
+                 authzen_clients: Mapping[str, str] | None = None,
+                 api_keys: tuple[ApiKey, ...] = ()) -> None:
         self._agents = {a.client_id: a for a in agents}
         if len(self._agents) != len(agents):
             raise CredentialsError("two agents share a clientId")
         self._admins = dict(admins or {})
         self._authzen = dict(authzen_clients or {})
         self._ingest = tuple(a for a in agents if a.ingest_key_hash is not None)
+        self._api_keys = tuple(api_keys)
+        if len({k.name for k in self._api_keys}) != len(self._api_keys):
+            raise CredentialsError("two apiKeys share a name")
         # Verified admin headers and ingest keys, by SHA-256 of the presented secret, for
         # a minute: a console polling approvals does not pay scrypt on every call.
         self._recent: dict[bytes, tuple[str, float]] = {}
@@ -139,9 +158,10 @@ class Credentials:
 
     @classmethod
     def from_dict(cls, data: Any) -> Credentials:
-        if not isinstance(data, dict) or set(data) - {"agents", "admins", "authzenClients"}:
+        if not isinstance(data, dict) or set(data) - {"agents", "admins", "authzenClients",
+                                                      "apiKeys"}:
             raise CredentialsError("a credentials file is an object with 'agents', "
-                                   "'admins' and 'authzenClients' lists")
+                                   "'admins', 'authzenClients' and 'apiKeys' lists")
         agents = []
         for item in data.get("agents", []):
             if not isinstance(item, dict) or not {"clientId", "secretHash", "agent"} <= set(
@@ -169,7 +189,18 @@ class Credentials:
                                            "{\"name\", \"secretHash\"}")
                 _parse_hash(item["secretHash"])
                 table[item["name"]] = item["secretHash"]
-        return cls(tuple(agents), named["admins"], named["authzenClients"])
+        api_keys = []
+        for item in data.get("apiKeys", []):
+            if not isinstance(item, dict) or not {"name", "keyHash", "agent"} <= set(
+                    item) or set(item) - {"name", "keyHash", "agent", "tenant"} or any(
+                    type(item.get(k, "")) is not str or not item.get(k, "x")
+                    for k in ("name", "agent", "tenant")):
+                raise CredentialsError("an entry of apiKeys is {\"name\", \"keyHash\", "
+                                       "\"agent\", \"tenant\"?} (non-empty strings)")
+            _parse_hash(item["keyHash"])
+            api_keys.append(ApiKey(item["name"], item["keyHash"], item["agent"],
+                                   item.get("tenant")))
+        return cls(tuple(agents), named["admins"], named["authzenClients"], tuple(api_keys))
 
     def check_client(self, client_id: str, secret: str) -> AgentCredential | None:
         """The agent whose client credentials these are, or None (same work either way)."""
@@ -216,6 +247,24 @@ class Credentials:
         if found is not None:
             self._remember(presented, found)
         return found
+
+    def check_api_key(self, key: str) -> ApiKey | None:
+        """The :class:`ApiKey` this bare key is, or None (every entry is checked)."""
+        presented = f"api\0{key}".encode("utf-8", "surrogatepass")
+        hit = self._recall(presented)
+        if hit is not None:
+            return next((k for k in self._api_keys if k.name == hit), None)
+        found = None
+        for entry in self._api_keys:  # every entry: no early exit on a match
+            if verify_secret(key, entry.key_hash) and found is None:
+                found = entry
+        if found is not None:
+            self._remember(presented, found.name)
+        return found
+
+    @property
+    def has_api_keys(self) -> bool:
+        return bool(self._api_keys)
 
     def check_authzen_client(self, key: str) -> str | None:
         """The name of the AuthZEN client (PEP) whose key this is, or None."""

@@ -29,6 +29,15 @@ __all__ = [
     "AccessEvaluationResponse",
     "AccessEvaluations",
     "AccessEvaluationsResponse",
+    "ActguardBudgetExceeded",
+    "ActguardError",
+    "ActguardEvents",
+    "ActguardPaymentRequired",
+    "ActguardReserveRequest",
+    "ActguardReserveResponse",
+    "ActguardSettleRequest",
+    "ActguardSettleResponse",
+    "ActguardTariff",
     "ApprovalDecisionRequest",
     "ApprovalResponse",
     "ApprovalsResponse",
@@ -41,6 +50,13 @@ __all__ = [
     "EventAccepted",
     "HealthResponse",
     "IngestEvent",
+    "LedgerError",
+    "LedgerEvents",
+    "LedgerEventsAccepted",
+    "LedgerGuardrail",
+    "LedgerSession",
+    "LedgerSessionEnd",
+    "LedgerSessionRequest",
     "TokenRequest",
     "TokenResponse",
     "ToolAuthorizeRequest",
@@ -272,6 +288,254 @@ class TraceClose(_Request):
 
 class EventAccepted(_Response):
     accepted: int
+
+
+# --------------------------------------------------------------------------- actguard 1.0.2
+_Count = Annotated[int, Field(ge=0, le=10**15)]
+_Name = Annotated[str, Field(max_length=256)]
+
+
+class ActguardReserveRequest(_Request):
+    """``POST /api/v1/reserve``: a run's root budget scope opens."""
+
+    run_id: str = Field(min_length=1, max_length=256)
+    cost_limit: int | None = Field(None, gt=0, le=10**15)
+    plan_key: _Name | None = None
+    user_id: _Name | None = None
+
+
+class ActguardReserveResponse(_Response):
+    reserve_id: str
+    status: Literal["reserved"] = "reserved"
+    cost_limit: int | None = None
+    tariff_version: str
+    estimated_usd_micros: int
+
+
+class ActguardLlmUsage(_Request):
+    provider: _Name
+    provider_model_id: _Name
+    input_tokens: _Count
+    cached_input_tokens: _Count
+    output_tokens: _Count
+    scope_name: _Name | None = None
+
+
+class ActguardCustomCost(_Request):
+    type: Literal["custom_cost"]
+    name: _Name
+    cost_cu: _Count
+    scope_name: _Name | None = None
+
+
+class ActguardSettleRequest(_Request):
+    """``POST /api/v1/settle``: the root scope closed with this usage."""
+
+    reserve_id: str = Field(min_length=1, max_length=256)
+    input_tokens: _Count
+    cached_input_tokens: _Count
+    output_tokens: _Count
+    usage_breakdown: list[ActguardCustomCost | ActguardLlmUsage] = Field(max_length=100_000)
+    cache_write_tokens_5m: _Count | None = None
+    cache_write_tokens_1h: _Count | None = None
+    web_search_count: _Count | None = None
+    reasoning_effort: _Name | None = None
+
+
+class ActguardSettleResponse(_Response):
+    reserve_id: str
+    status: Literal["settled"] = "settled"
+    cost_used: int = Field(description="the run's cost in CU, priced by the policy")
+    usd_micros: int
+    charged: WireMoney = Field(description="what the ledger recorded, in the budget unit "
+                                           "of the reservation (USD)")
+
+
+class ActguardBudgetExceeded(_Response):
+    """The 409 body: read by the SDK into ``BudgetExceededError`` (origin ``remote``)."""
+
+    error: str
+    code: str
+    user_id: str | None = None
+    tokens_used: int
+    cost_used: int
+    cost_limit: int
+
+
+class ActguardPaymentRequired(_Response):
+    """The 402 body: read by the SDK into ``ActGuardPaymentRequired``."""
+
+    error: str
+    code: str
+    message: str
+    user_id: str | None = None
+    current_balance: int
+    required_amount: int
+    shortfall: int
+
+
+class ActguardError(_Response):
+    """Any other refusal on the actguard wire (the SDK reads ``error``)."""
+
+    error: str
+    code: str
+
+
+class ActguardRates(_Response):
+    input_cu_per_1k: int | None = None
+    input_cu_per_1m: int | None = None
+    output_cu_per_1k: int | None = None
+    cached_cu_per_1k: int | None = None
+
+
+class ActguardProvider(_Response):
+    models: dict[str, ActguardRates]
+
+
+class ActguardLlmTariff(_Response):
+    default: ActguardRates
+    providers: dict[str, ActguardProvider]
+
+
+class ActguardTariff(_Response):
+    """``GET /api/v1/cu-tariff``: the policy's LLM prices in cost units."""
+
+    tariff_version: str
+    registry_version: str
+    cu_per_usd: int
+    llm: ActguardLlmTariff
+    tools: dict[str, int] = {}
+
+
+class ActguardEvidence(_Request):
+    kind: str = Field(max_length=256)
+    system: str = Field(max_length=256)
+    locator: str = Field(max_length=4096)
+    url: str = Field(max_length=4096)
+    digest_algo: str = Field(max_length=64)
+    digest: str = Field(max_length=1024)
+    attrs: dict[str, str]
+    inline: dict[str, JsonValue]
+
+
+class ActguardEvent(_Request):
+    """One envelope of ``POST /api/v1/events``."""
+
+    id: str = Field(max_length=256)
+    ts: str = Field(max_length=64)
+    ingested_at: str = Field(max_length=64)
+    tenant_id: str = Field(max_length=256)
+    run_id: str = Field(max_length=256)
+    trace_id: str = Field(max_length=256)
+    span_id: str = Field(max_length=256)
+    category: str = Field(max_length=256)
+    name: str = Field(max_length=256)
+    version: int
+    severity: str = Field(max_length=64)
+    outcome: str = Field(max_length=64)
+    digest: str = Field(max_length=1024)
+    digest_algo: str = Field(max_length=64)
+    payload: dict[str, JsonValue]
+    evidence: list[ActguardEvidence] = Field(max_length=1000)
+    meta: dict[str, str]
+    agent_id: _Name | None = None
+    user_id: _Name | None = None
+    model: _Name | None = None
+    provider: _Name | None = None
+    usd_micros: _Count | None = None
+    input_tokens: _Count | None = None
+    cached_input_tokens: _Count | None = None
+    output_tokens: _Count | None = None
+    scope_id: _Name | None = None
+    scope_name: _Name | None = None
+    scope_kind: _Name | None = None
+    parent_scope_id: _Name | None = None
+    root_scope_id: _Name | None = None
+    plan_key: _Name | None = None
+    tool_name: _Name | None = None
+
+
+class ActguardEvents(_Request):
+    events: list[ActguardEvent] = Field(max_length=10_000)
+
+
+# --------------------------------------------------------------------------- agent-ledger 0.0.6
+class LedgerSessionRequest(_Request):
+    """``POST /v1/sessions``."""
+
+    agentName: str = Field(min_length=1, max_length=256)  # noqa: N815
+
+
+class LedgerSession(_Response):
+    id: str
+    agentName: str  # noqa: N815
+    status: Literal["active", "success", "error"]
+    startedAt: str  # noqa: N815
+    endedAt: str | None = None  # noqa: N815
+    errorMessage: str | None = None  # noqa: N815
+
+
+class LedgerSessionEnd(_Request):
+    """``POST /v1/sessions/{id}/end``."""
+
+    status: Literal["success", "error"]
+    errorMessage: str | None = Field(None, max_length=8192)  # noqa: N815
+
+
+class LedgerEvent(_Request):
+    """One event of a batch: ``type`` and ``stepIndex`` plus the SDK's camelCase
+    passthrough (an ``llm_call`` is priced from ``provider``, ``model``, ``tokensIn``,
+    ``tokensOut`` and, when sent, ``tokensCached``)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    type: str = Field(min_length=1, max_length=64)
+    stepIndex: int | None = Field(None, ge=0, le=10**9)  # noqa: N815
+    provider: _Name | None = None
+    model: _Name | None = None
+    tokensIn: _Count | None = None  # noqa: N815
+    tokensOut: _Count | None = None  # noqa: N815
+    tokensCached: _Count | None = None  # noqa: N815
+    toolName: _Name | None = None  # noqa: N815
+
+
+class LedgerEvents(_Request):
+    """``POST /v1/events``."""
+
+    sessionId: str = Field(min_length=1, max_length=256)  # noqa: N815
+    events: list[LedgerEvent] = Field(max_length=10_000)
+
+
+class LedgerEventsAccepted(_Response):
+    accepted: int
+    costUsd: WireMoney  # noqa: N815
+
+
+class LedgerGuardrailDetails(_Response):
+    agentName: str  # noqa: N815
+    dailyLimitUsd: WireMoney  # noqa: N815
+    spentTodayUsd: WireMoney  # noqa: N815
+    attemptedCostUsd: WireMoney  # noqa: N815
+    projectedCostUsd: WireMoney  # noqa: N815
+    remainingBudgetUsd: WireMoney  # noqa: N815
+    budget: str
+    currency: str
+    windowEnd: str | None = None  # noqa: N815
+
+
+class LedgerGuardrail(_Response):
+    """The 429 body: read by the SDK into ``BudgetGuardrailError``."""
+
+    error: str
+    code: str
+    details: LedgerGuardrailDetails
+
+
+class LedgerError(_Response):
+    """Any other refusal on the agent-ledger wire (the SDK reads ``error``)."""
+
+    error: str
+    code: str
 
 
 # --------------------------------------------------------------------------- AuthZEN 1.0

@@ -69,8 +69,9 @@ def openapi_document(service: PolicyService) -> dict[str, Any]:
                                  "schema": {"type": "string",
                                             "enum": ["pending", "approved", "rejected"]}}]
         if r.security is not None:
-            op["security"] = [{"adminBasic": []}] if r.security == "admin" else [
-                {"bearer": []}]
+            scheme = {"admin": "adminBasic", "apikey_header": "apiKeyHeader",
+                      "apikey_bearer": "apiKeyBearer"}.get(r.security, "bearer")
+            op["security"] = [{scheme: []}]
             op["responses"]["401"] = error
         if r.request is not None or r.name == "ingest_events":
             op["responses"]["400"] = error
@@ -87,6 +88,9 @@ def openapi_document(service: PolicyService) -> dict[str, Any]:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "adminBasic": {"type": "http", "scheme": "basic"},
+                "apiKeyBearer": {"type": "http", "scheme": "bearer",
+                                 "description": "an API key of the credentials' apiKeys"},
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
             },
         },
     }

@@ -35,7 +35,8 @@ def register(sub: Any) -> None:
     p.add_argument("--hmac-key-file", help="secret for 'hash' redactions")
     p.add_argument("--issuer", default="policyengine")
     p.add_argument("--prefix", action="append", default=[], metavar="WIRE=/PATH",
-                   help="mount a wire under a path prefix: tracengent=/pdp, authzen=/az")
+                   help="mount a wire under a path prefix: tracengent=/pdp, authzen=/az, "
+                   "actguard=/ag, agent-ledger=/ledger")
     p.add_argument("--max-body-bytes", type=int, default=1_048_576)
     p.add_argument("--body-timeout", type=float, default=10.0)
     p.add_argument("--watch-interval", type=float, default=1.0,
@@ -58,8 +59,10 @@ def _prefixes(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
         wire, sep, path = item.partition("=")
-        if not sep or wire not in ("tracengent", "authzen") or not path.startswith("/"):
-            raise SystemExit(f"bad --prefix {item!r}: use tracengent=/path or authzen=/path")
+        if not sep or wire not in ("tracengent", "authzen", "actguard", "agent-ledger") or (
+                not path.startswith("/")):
+            raise SystemExit(f"bad --prefix {item!r}: use WIRE=/path (tracengent, authzen, "
+                             "actguard, agent-ledger)")
         out[wire] = path
     return out
 

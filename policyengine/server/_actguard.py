@@ -1,0 +1,301 @@
+"""The actguard 1.0.2 wire: the CU tariff, run reservations, settlement and events.
+
+What the SDK does (docs/service.md, "The actguard wire"): entering the root
+``budget_guard`` of a ``client.run(...)`` reserves (``POST /api/v1/reserve``,
+``{run_id, cost_limit?, plan_key?, user_id?}``), leaving it settles the run's usage
+(``POST /api/v1/settle``); ``cost_limit`` is enforced locally with the tariff
+(``GET /api/v1/cu-tariff``); events arrive in batches (``POST /api/v1/events``).
+
+The mapping onto the engine:
+
+* the bearer is an API key (credentials ``apiKeys``), bound to the agent principal and
+  optionally a tenant; ``user_id`` is the person the agent acts for (``acting_for``);
+* a run asks the policy for :data:`PERMISSION` with the context ``{run_id, user_id,
+  plan_key, tenant, amount, currency}`` (amount: ``cost_limit`` in dollars), then holds
+  ``cost_limit`` in dollars on every covering budget (``Ledger.reserve``, all or
+  nothing, idempotent on the run id); without ``cost_limit`` it holds nothing and
+  answers the room left as the run's ``cost_limit``, which the SDK adopts;
+* the settlement prices each LLM usage with the policy's price table and each custom
+  cost at ``cu_per_usd``, and commits that amount (overage within the budgets' overdraft
+  only); a usage the policy cannot price is charged the whole reservation;
+* refusals: a budget that cannot hold the run is **409** (``BudgetExceededError``), a
+  budget in debt is **402** (``ActGuardPaymentRequired``), any other denial is 409 too
+  (the SDK only stops on 402 and 409: every other status it swallows and runs
+  unreserved, so a policy denial must not be a 403 here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import TYPE_CHECKING, Any
+
+from pydantic import TypeAdapter
+
+import policyengine as pe
+from policyengine.budgets import BudgetError, BudgetExceeded, Reservation, ReservationError
+from policyengine.server import _models as m
+from policyengine.server._budgetwire import (
+    USD,
+    api_key,
+    llm_price,
+    render_refusals,
+    spendable,
+)
+
+if TYPE_CHECKING:
+    from policyengine.server._app import PolicyService, _Reply, _Request, _Route
+    from policyengine.server._credentials import ApiKey
+
+__all__ = ["CU_PER_USD", "PERMISSION", "RESERVE_TTL", "ActguardWire"]
+
+#: The permission a run asks for (and budgets cover): ``budget ...: llm:* ...``.
+PERMISSION = "llm:run"
+#: Cost units per dollar (the SDK's own convention: 1,000 CU is about $1).
+CU_PER_USD = 1000
+#: How long a run's hold lasts (the SDK has no heartbeat); a later settle still records.
+RESERVE_TTL = 86_400
+
+_RESERVE_IN = TypeAdapter(m.ActguardReserveRequest)
+_RESERVE_OUT = TypeAdapter(m.ActguardReserveResponse)
+_SETTLE_IN = TypeAdapter(m.ActguardSettleRequest)
+_SETTLE_OUT = TypeAdapter(m.ActguardSettleResponse)
+_EVENTS_IN = TypeAdapter(m.ActguardEvents)
+_ACCEPTED_OUT = TypeAdapter(m.EventAccepted)
+_TARIFF_OUT = TypeAdapter(m.ActguardTariff)
+_EXCEEDED_OUT = TypeAdapter(m.ActguardBudgetExceeded)
+_PAYMENT_OUT = TypeAdapter(m.ActguardPaymentRequired)
+_MICRO = Decimal("0.000001")
+
+
+def _cu(usd: Decimal, rounding: str = ROUND_CEILING) -> int:
+    return int((usd * CU_PER_USD).to_integral_value(rounding))
+
+
+class _RefusedError(Exception):
+    def __init__(self, reply: _Reply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
+
+
+class ActguardWire:
+    """The four actguard endpoints of one service, under ``prefix``."""
+
+    def __init__(self, service: PolicyService, prefix: str) -> None:
+        self.service = service
+        self.prefix = prefix
+        #: The most recent event envelopes accepted, with the agent that sent them.
+        self.events: deque[tuple[str, m.ActguardEvent]] = deque(
+            maxlen=service.config.event_log_size)
+
+    def routes(self) -> list[_Route]:
+        from policyengine.server._app import _Route
+        p = self.prefix
+
+        def wrap(handler: Any) -> Any:
+            return render_refusals(self.service, handler,
+                                   lambda code, msg: m.ActguardError(error=msg, code=code))
+
+        return [
+            _Route("actguard_tariff", "GET", f"{p}/api/v1/cu-tariff", wrap(self.tariff),
+                   None, m.ActguardTariff, "actguard: the policy's LLM prices in cost units"),
+            _Route("actguard_reserve", "POST", f"{p}/api/v1/reserve", wrap(self.reserve),
+                   m.ActguardReserveRequest, m.ActguardReserveResponse,
+                   "actguard: hold a run's budget (409 over budget, 402 in debt)",
+                   "apikey_bearer"),
+            _Route("actguard_settle", "POST", f"{p}/api/v1/settle", wrap(self.settle),
+                   m.ActguardSettleRequest, m.ActguardSettleResponse,
+                   "actguard: record a run's usage, priced by the policy", "apikey_bearer"),
+            _Route("actguard_events", "POST", f"{p}/api/v1/events", wrap(self.ingest),
+                   m.ActguardEvents, m.EventAccepted, "actguard: a batch of event envelopes",
+                   "apikey_bearer"),
+        ]
+
+    # ------------------------------------------------------------------ helpers
+    def _key(self, req: _Request) -> ApiKey:
+        raw = req.headers.get(b"authorization")
+        scheme, _, value = (raw or b"").partition(b" ")
+        return api_key(self.service, value if scheme.lower() == b"bearer" else None)
+
+    def _exceeded(self, code: str, message: str, usage: dict[str, Any] | None,
+                  user_id: str | None, status: int = 409, tokens: int = 0) -> _RefusedError:
+        """The 409 (over budget) or 402 (in debt) body, from the refusing budget's state
+        (``usage``: the wire form of docs/budgets.md; amounts in cost units only when
+        that budget counts dollars)."""
+        from policyengine.server._app import _Reply
+        self.service.metrics.error(code)
+        amounts = dict.fromkeys(("limit", "spent", "reserved", "debt", "attempted",
+                                 "remaining"), Decimal(0))
+        if usage is not None and usage.get("currency") == USD:
+            amounts = {k: Decimal(usage[k]) for k in amounts}
+        if status == 402:
+            shortfall = amounts["debt"] + amounts["attempted"]
+            body = _PAYMENT_OUT.dump_json(m.ActguardPaymentRequired(
+                error=message, code=code, message=message, user_id=user_id,
+                current_balance=-_cu(amounts["debt"]), required_amount=_cu(
+                    amounts["attempted"]), shortfall=_cu(shortfall)))
+        else:
+            body = _EXCEEDED_OUT.dump_json(m.ActguardBudgetExceeded(
+                error=message, code=code, user_id=user_id, tokens_used=tokens,
+                cost_used=_cu(amounts["spent"] + amounts["reserved"]),
+                cost_limit=_cu(amounts["limit"], ROUND_FLOOR)))
+        return _RefusedError(_Reply(status, body))
+
+    def _decide(self, key: ApiKey, r: m.ActguardReserveRequest, usd: Decimal | None) -> None:
+        context: dict[str, Any] = {"run_id": r.run_id}
+        for name, value in (("user_id", r.user_id), ("plan_key", r.plan_key),
+                            ("tenant", key.tenant)):
+            if value is not None:
+                context[name] = value
+        if usd is not None:
+            context["amount"], context["currency"] = usd, USD
+        d = self.service.engine.authorize(key.agent, PERMISSION, context)
+        self.service.metrics.decision("actguard", d.status)
+        if d.allowed:
+            return
+        usage = d.budget.to_wire() if d.budget is not None else None
+        if d.status == "pending_approval":
+            raise self._exceeded("approval_required", "the policy wants an approval for this "
+                                 "run, which the actguard wire cannot wait for", usage, r.user_id)
+        raise self._exceeded(d.code, d.reason, usage, r.user_id,
+                             402 if d.code == "debt_outstanding" else 409)
+
+    # ------------------------------------------------------------------ endpoints
+    def tariff(self, req: _Request) -> _Reply:
+        from policyengine.server._app import _RefusalError, _Reply
+        tariff = _tariff_of(self.service.engine)
+        if tariff is None:
+            raise _RefusalError(404, "no_price_table", "the policy has no LLM price table")
+        return _Reply(200, _TARIFF_OUT.dump_json(tariff))
+
+    def reserve(self, req: _Request) -> _Reply:
+        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+        key = self._key(req)
+        r = _validate(_RESERVE_IN, _json_body(req))
+        usd = None if r.cost_limit is None else spendable(Decimal(r.cost_limit) / CU_PER_USD)
+        ledger = self.service.engine.budgets
+        try:
+            self._decide(key, r, usd)
+            rsv = ledger.reserve(
+                key.agent, PERMISSION, usd if usd is not None else 0, USD,
+                ttl=RESERVE_TTL, idempotency_key=f"actguard:{key.name}:{r.run_id}",
+                acting_for=r.user_id, tenant=key.tenant)
+        except _RefusedError as refused:
+            return refused.reply
+        except BudgetExceeded as exc:
+            return self._exceeded(exc.code, exc.message, exc.details, r.user_id,
+                                  402 if exc.code == "debt_outstanding" else 409).reply
+        except pe.budgets.IdempotencyMismatch:
+            raise _RefusalError(422, "run_reused", "this run id was reserved with other "
+                                "arguments") from None
+        except BudgetError as exc:
+            raise _RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
+                                exc.message) from None
+        cost_limit = r.cost_limit
+        if cost_limit is None:  # the room left, for the SDK's local enforcement
+            room = [b.remaining for b in ledger.balances(key.agent, acting_for=r.user_id,
+                                                         tenant=key.tenant)
+                    if b.unit == USD and _covers(ledger, b.budget)]
+            if room:
+                cost_limit = max(1, _cu(min(room), ROUND_FLOOR))
+        out = m.ActguardReserveResponse(
+            reserve_id=rsv.id, cost_limit=cost_limit, tariff_version=_tariff_version(
+                self.service), estimated_usd_micros=int(
+                (rsv.amount / _MICRO).to_integral_value(ROUND_CEILING)))
+        return _Reply(200, _RESERVE_OUT.dump_json(out), key.agent, "allowed")
+
+    def settle(self, req: _Request) -> _Reply:
+        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+        key = self._key(req)
+        s = _validate(_SETTLE_IN, _json_body(req))
+        ledger = self.service.engine.budgets
+        try:
+            rsv = ledger.get(s.reserve_id)
+        except BudgetError:
+            rsv = None
+        if rsv is None or rsv.principal != key.agent or rsv.permission != PERMISSION or (
+                rsv.tenant != key.tenant):
+            raise _RefusalError(404, "unknown_reservation", "no such reservation")
+        usd, priced = self._price(s)
+        charge = spendable(usd) if priced else max(spendable(usd), rsv.amount)
+        try:
+            done = self._commit(rsv, charge, s.reserve_id)
+        except BudgetExceeded as exc:
+            # Over the budgets even with their overdraft: the hold is charged whole (the
+            # spend happened; never less than what was admitted) and the SDK told.
+            with contextlib.suppress(BudgetError):
+                self._commit(rsv, rsv.amount, s.reserve_id + ":cap")
+            return self._exceeded(exc.code, exc.message, exc.details, rsv.acting_for,
+                                  tokens=s.input_tokens + s.output_tokens).reply
+        except BudgetError as exc:
+            raise _RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
+                                exc.message) from None
+        if not priced:
+            raise _RefusalError(422, "unpriced_model", "a usage names a model the policy's "
+                                "price table does not price: the run was charged its whole "
+                                "reservation")
+        out = m.ActguardSettleResponse(
+            reserve_id=done.id, cost_used=_cu(usd), usd_micros=int(
+                (usd / _MICRO).to_integral_value(ROUND_CEILING)),
+            charged=done.committed_amount or Decimal(0))
+        return _Reply(200, _SETTLE_OUT.dump_json(out), key.agent, "allowed")
+
+    def _price(self, s: m.ActguardSettleRequest) -> tuple[Decimal, bool]:
+        """The run's cost in dollars, and whether every usage was priced."""
+        total, priced = Decimal(0), True
+        engine = self.service.engine
+        for u in s.usage_breakdown:
+            if isinstance(u, m.ActguardCustomCost):
+                total += Decimal(u.cost_cu) / CU_PER_USD
+                continue
+            price = llm_price(engine, u.provider, u.provider_model_id, u.input_tokens,
+                              u.cached_input_tokens, u.output_tokens)
+            if price is None or price[1] != USD:
+                priced = False
+            else:
+                total += price[0]
+        return total, priced
+
+    def _commit(self, rsv: Reservation, usd: Decimal, key: str) -> Reservation:
+        ledger = self.service.engine.budgets
+        try:
+            return ledger.commit(rsv.id, usd, USD, idempotency_key=f"actguard-settle:{key}",
+                                 overage="allow_with_overdraft")
+        except ReservationError as exc:
+            if exc.code == "reservation_final":  # a settle retried: its first answer stands
+                done = ledger.get(rsv.id)
+                if done.status == "committed":
+                    return done
+                raise
+            if exc.code != "reservation_expired":
+                raise
+        # The hold expired: the spend still happened, so it is recorded as a late debit.
+        return ledger.record(rsv.principal, PERMISSION, usd, USD,
+                             idempotency_key=f"actguard-late:{key}",
+                             acting_for=rsv.acting_for, tenant=rsv.tenant,
+                             overage="allow_with_overdraft")
+
+    def ingest(self, req: _Request) -> _Reply:
+        from policyengine.server._app import _json_body, _Reply, _validate
+        key = self._key(req)
+        batch = _validate(_EVENTS_IN, _json_body(req))
+        for event in batch.events:
+            self.events.append((key.agent, event))
+        self.service.metrics.ingest("actguard_events", "identity", len(batch.events))
+        out = _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=len(batch.events)))
+        return _Reply(202, out, key.agent)
+
+
+def _covers(ledger: pe.budgets.Ledger, budget_id: str) -> bool:
+    spec = next((s for s in ledger.specs if s.id == budget_id), None)
+    return spec is not None and any(pe.permission_matches(p, PERMISSION)
+                                    for p in spec.patterns)
+
+
+def _tariff_version(service: PolicyService) -> str:
+    return service.revision
+
+
+def _tariff_of(engine: pe.Engine) -> m.ActguardTariff | None:
+    return None

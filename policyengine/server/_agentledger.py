@@ -1,0 +1,229 @@
+"""The agent-ledger 0.0.6 wire: sessions, session end, and event batches priced into the
+budgets, with the 429 guardrail body.
+
+What the SDK does (docs/service.md, "The agent-ledger wire"): ``start_session`` posts
+``{"agentName"}`` and reads ``id``; ``log_llm_call`` / ``log_events`` post
+``{"sessionId", "events": [...]}``; ``end_session`` posts ``{"status", "errorMessage"}``.
+A 429 whose body has a ``details`` object becomes ``BudgetGuardrailError``.
+
+The mapping onto the engine:
+
+* ``x-api-key`` is an API key (credentials ``apiKeys``) bound to the agent principal
+  and optionally a tenant; a session's ``agentName`` must be that agent;
+* every ``llm_call`` of a batch is priced with the policy's price table from
+  ``provider``, ``model``, ``tokensIn``, ``tokensOut`` (and ``tokensCached`` when sent);
+  the batch asks the policy for :data:`PERMISSION` with the context ``{amount, currency:
+  USD, session, agent_name, tenant, calls}``, then is recorded in one atomic
+  ``Ledger.record`` (all of the batch or none of it);
+* a budget that cannot take the batch is **429** ``{"error", "code", "details":
+  {agentName, dailyLimitUsd, spentTodayUsd, attemptedCostUsd, projectedCostUsd,
+  remainingBudgetUsd, budget, currency, windowEnd}}``, nothing of the batch is kept or
+  counted; any other denial is 403 ``{"error", "code"}``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from pydantic import TypeAdapter
+
+from policyengine.budgets import BudgetError, BudgetExceeded
+from policyengine.server import _models as m
+from policyengine.server._budgetwire import (
+    USD,
+    api_key,
+    llm_price,
+    render_refusals,
+    spendable,
+)
+
+if TYPE_CHECKING:
+    from policyengine.server._app import PolicyService, _Reply, _Request, _Route
+    from policyengine.server._credentials import ApiKey
+
+__all__ = ["MAX_SESSIONS", "PERMISSION", "AgentLedgerWire"]
+
+#: The permission an LLM call is asked and counted under: ``budget ...: llm:* ...``.
+PERMISSION = "llm:call"
+#: Sessions remembered per process (the oldest are forgotten first).
+MAX_SESSIONS = 100_000
+
+_SESSION_IN = TypeAdapter(m.LedgerSessionRequest)
+_SESSION_OUT = TypeAdapter(m.LedgerSession)
+_END_IN = TypeAdapter(m.LedgerSessionEnd)
+_EVENTS_IN = TypeAdapter(m.LedgerEvents)
+_ACCEPTED_OUT = TypeAdapter(m.LedgerEventsAccepted)
+_GUARDRAIL_OUT = TypeAdapter(m.LedgerGuardrail)
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+@dataclass
+class _Session:
+    id: str
+    key: str
+    agent: str
+    tenant: str | None
+    started: float
+    status: str = "active"
+    ended: float | None = None
+    error: str | None = None
+
+    def wire(self) -> m.LedgerSession:
+        return m.LedgerSession(id=self.id, agentName=self.agent,
+                               status=self.status,  # type: ignore[arg-type]
+                               startedAt=_iso(self.started),
+                               endedAt=None if self.ended is None else _iso(self.ended),
+                               errorMessage=self.error)
+
+
+class AgentLedgerWire:
+    """The three agent-ledger endpoints of one service, under ``prefix``."""
+
+    def __init__(self, service: PolicyService, prefix: str) -> None:
+        self.service = service
+        self.prefix = prefix
+        self.sessions: OrderedDict[str, _Session] = OrderedDict()
+        #: The most recent events accepted: (agent, session id, event).
+        self.events: deque[tuple[str, str, m.LedgerEvent]] = deque(
+            maxlen=service.config.event_log_size)
+
+    def routes(self) -> list[_Route]:
+        from policyengine.server._app import _Route
+        p = self.prefix
+
+        def wrap(handler: Any) -> Any:
+            return render_refusals(self.service, handler,
+                                   lambda code, msg: m.LedgerError(error=msg, code=code))
+
+        return [
+            _Route("ledger_session", "POST", f"{p}/v1/sessions", wrap(self.start),
+                   m.LedgerSessionRequest, m.LedgerSession, "agent-ledger: start a session",
+                   "apikey_header"),
+            _Route("ledger_session_end", "POST", f"{p}/v1/sessions/{{sessionId}}/end",
+                   wrap(self.end), m.LedgerSessionEnd, m.LedgerSession,
+                   "agent-ledger: end a session", "apikey_header"),
+            _Route("ledger_events", "POST", f"{p}/v1/events", wrap(self.ingest),
+                   m.LedgerEvents, m.LedgerEventsAccepted,
+                   "agent-ledger: a batch of events; LLM calls priced into the budgets "
+                   "(429 guardrail)", "apikey_header"),
+        ]
+
+    # ------------------------------------------------------------------ helpers
+    def _key(self, req: _Request) -> ApiKey:
+        return api_key(self.service, req.headers.get(b"x-api-key"))
+
+    def _session(self, key: ApiKey, session_id: str) -> _Session:
+        from policyengine.server._app import _RefusalError
+        s = self.sessions.get(session_id)
+        if s is None or s.key != key.name:  # another key's session: not found
+            raise _RefusalError(404, "unknown_session", "no such session")
+        return s
+
+    # ------------------------------------------------------------------ endpoints
+    def start(self, req: _Request) -> _Reply:
+        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+        key = self._key(req)
+        r = _validate(_SESSION_IN, _json_body(req))
+        if r.agentName != key.agent:
+            raise _RefusalError(403, "agent_mismatch", "this API key is not for that agent")
+        s = _Session("ses_" + os.urandom(12).hex(), key.name, key.agent, key.tenant,
+                     time.time())
+        self.sessions[s.id] = s
+        while len(self.sessions) > MAX_SESSIONS:
+            self.sessions.popitem(last=False)
+        return _Reply(201, _SESSION_OUT.dump_json(s.wire()), key.agent)
+
+    def end(self, req: _Request) -> _Reply:
+        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+        key = self._key(req)
+        r = _validate(_END_IN, _json_body(req))
+        s = self._session(key, req.params[0])
+        if s.status != "active":
+            if s.status == r.status:  # the same end, again: the first answer stands
+                return _Reply(200, _SESSION_OUT.dump_json(s.wire()), key.agent)
+            raise _RefusalError(409, "session_ended", "the session has already ended")
+        s.status, s.ended, s.error = r.status, time.time(), r.errorMessage
+        return _Reply(200, _SESSION_OUT.dump_json(s.wire()), key.agent)
+
+    def ingest(self, req: _Request) -> _Reply:
+        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+        key = self._key(req)
+        batch = _validate(_EVENTS_IN, _json_body(req))
+        s = self._session(key, batch.sessionId)
+        if s.status != "active":
+            raise _RefusalError(409, "session_ended", "the session has ended: start another")
+        total, calls = self._price(batch.events)
+        if calls:
+            refused = self._spend(s, total, calls)
+            if refused is not None:
+                return refused
+        for event in batch.events:
+            self.events.append((s.agent, s.id, event))
+        self.service.metrics.ingest("ledger_events", "identity", len(batch.events))
+        out = m.LedgerEventsAccepted(accepted=len(batch.events), costUsd=total)
+        return _Reply(200, _ACCEPTED_OUT.dump_json(out), s.agent, "allowed" if calls else None)
+
+    def _price(self, events: list[m.LedgerEvent]) -> tuple[Decimal, int]:
+        """The dollars the batch's LLM calls cost, and how many there are."""
+        from policyengine.server._app import _RefusalError
+        total, calls = Decimal(0), 0
+        for i, e in enumerate(events):
+            if e.type != "llm_call":
+                continue
+            calls += 1
+            if e.provider is None or e.model is None:
+                raise _RefusalError(400, "invalid_request", f"events.{i}: an llm_call needs "
+                                    "provider and model to be priced")
+            price = llm_price(self.service.engine, e.provider, e.model, e.tokensIn or 0,
+                              e.tokensCached or 0, e.tokensOut or 0)
+            if price is None or price[1] != USD:
+                raise _RefusalError(422, "unpriced_model", f"events.{i}: the policy's price "
+                                    f"table has no dollar price for {e.provider}/{e.model}")
+            total += price[0]
+        return spendable(total), calls
+
+    def _spend(self, s: _Session, total: Decimal, calls: int) -> _Reply | None:
+        from policyengine.server._app import _RefusalError
+        engine = self.service.engine
+        context: dict[str, Any] = {"amount": total, "currency": USD, "session": s.id,
+                                   "agent_name": s.agent, "calls": calls}
+        if s.tenant is not None:
+            context["tenant"] = s.tenant
+        d = engine.authorize(s.agent, PERMISSION, context)
+        self.service.metrics.decision("agent_ledger", d.status)
+        if not d.allowed:
+            if d.code in ("budget_exceeded", "debt_outstanding") and d.budget is not None:
+                return self._guardrail(s, d.code, d.reason, d.budget.to_wire())
+            raise _RefusalError(403, d.code if d.status == "denied" else "approval_required",
+                                d.reason)
+        try:
+            engine.budgets.record(s.agent, PERMISSION, total, USD, tenant=s.tenant)
+        except BudgetExceeded as exc:
+            return self._guardrail(s, exc.code, exc.message, exc.details)
+        except BudgetError as exc:
+            raise _RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
+                                exc.message) from None
+        return None
+
+    def _guardrail(self, s: _Session, code: str, message: str,
+                   usage: dict[str, Any]) -> _Reply:
+        from policyengine.server._app import _Reply
+        self.service.metrics.error(code)
+        limit, spent = Decimal(usage["limit"]), Decimal(usage["spent"])
+        spent += Decimal(usage["reserved"])
+        out = m.LedgerGuardrail(error=message, code=code, details=m.LedgerGuardrailDetails(
+            agentName=s.agent, dailyLimitUsd=limit, spentTodayUsd=spent,
+            attemptedCostUsd=Decimal(usage["attempted"]),
+            projectedCostUsd=Decimal(usage["projected"]),
+            remainingBudgetUsd=Decimal(usage["remaining"]), budget=usage["budget"],
+            currency=usage["currency"], windowEnd=usage.get("windowEnd")))
+        return _Reply(429, _GUARDRAIL_OUT.dump_json(out), s.agent, "denied")
+

@@ -1,0 +1,68 @@
+"""A live service over a budget policy for the budget wires' SDK tests: its own engine
+(fresh in-memory budgets) per test, API keys for the actguard and agent-ledger wires."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import policyengine as pe
+from policyengine.server import (
+    ApiKey,
+    Credentials,
+    PolicyService,
+    ServiceConfig,
+    create_app,
+    hash_secret,
+)
+
+from .service_harness import serving
+
+# One hash per key for the whole run (scrypt is slow on purpose).
+KEYS = {"ag-key": ("ag-agent", None), "ledger-key": ("ledger-agent", None),
+        "acme-key": ("ag-agent", "acme"), "other-key": ("other-agent", None)}
+_HASHES: dict[str, str] = {}
+
+POLICY = """
+namespace wires
+currency USD
+
+role llm: llm:*
+agent "ag-agent": llm
+agent "ledger-agent": llm
+agent "other-agent": llm
+
+forbid banned-plan: llm:run when has(context.plan_key) and context.plan_key == "banned"
+"""
+
+
+def credentials() -> Credentials:
+    if not _HASHES:
+        _HASHES.update({k: hash_secret(k) for k in KEYS})
+    return Credentials(api_keys=tuple(
+        ApiKey(name, _HASHES[name], agent, tenant) for name, (agent, tenant) in KEYS.items()))
+
+
+@dataclass
+class Live:
+    app: PolicyService
+    engine: pe.Engine
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def live(budgets: str, prefixes: dict[str, str] | None = None,
+         **config: Any) -> Iterator[Live]:
+    """The service over POLICY plus ``budgets`` (policy lines), on a free port."""
+    engine = pe.Engine.from_source(POLICY + budgets)
+    app = create_app(engine, credentials=credentials(), config=ServiceConfig(
+        access_log=False, prefixes=prefixes if prefixes is not None else {
+            "actguard": "/ag", "agent-ledger": "/ledger"}, **config))
+    with serving(app) as port:
+        yield Live(app, engine, port)
