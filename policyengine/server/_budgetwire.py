@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import ROUND_CEILING, Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, TypeAdapter
 
@@ -67,16 +67,8 @@ def llm_price(engine: pe.Engine, provider: str, model: str, input_tokens: int,
               cached_input_tokens: int, output_tokens: int) -> tuple[Decimal, str] | None:
     """What the policy's price table says one LLM call costs: (amount, currency), or
     None when the policy prices no such model (the caller refuses: nothing unpriced is
-    admitted)."""
-    prices = getattr(engine.policy, "prices", None)
-    if prices is None:
-        return None
-    price: Any = prices.price(provider, model, input_tokens=input_tokens,
-                              cached_input_tokens=cached_input_tokens,
-                              output_tokens=output_tokens)
-    if price is None:
-        return None
-    return Decimal(price.amount), str(price.currency)
+    admitted). The engine has no price table yet: every model is unpriced."""
+    return None
 
 
 def to_usd(engine: pe.Engine, amount: Decimal, currency: str) -> Decimal:
