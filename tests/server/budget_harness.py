@@ -10,6 +10,7 @@ from typing import Any
 
 import policyengine as pe
 from policyengine.server import (
+    AgentCredential,
     ApiKey,
     Credentials,
     PolicyService,
@@ -23,6 +24,8 @@ from .service_harness import serving
 # One hash per key for the whole run (scrypt is slow on purpose).
 KEYS = {"ag-key": ("ag-agent", None), "ledger-key": ("ledger-agent", None),
         "acme-key": ("ag-agent", "acme"), "other-key": ("other-agent", None)}
+#: tracengent client credentials (client id, secret) of "ag-agent".
+TRACENGENT = ("tc-client", "tc-secret")
 _HASHES: dict[str, str] = {}
 
 POLICY = """
@@ -40,9 +43,12 @@ forbid banned-plan: llm:run when has(context.plan_key) and context.plan_key == "
 
 def credentials() -> Credentials:
     if not _HASHES:
-        _HASHES.update({k: hash_secret(k) for k in KEYS})
-    return Credentials(api_keys=tuple(
-        ApiKey(name, _HASHES[name], agent, tenant) for name, (agent, tenant) in KEYS.items()))
+        _HASHES.update({k: hash_secret(k) for k in (*KEYS, TRACENGENT[1])})
+    return Credentials(
+        agents=(AgentCredential(TRACENGENT[0], _HASHES[TRACENGENT[1]], "ag-agent",
+                                ("llm:*",)),),
+        api_keys=tuple(ApiKey(name, _HASHES[name], agent, tenant)
+                       for name, (agent, tenant) in KEYS.items()))
 
 
 @dataclass
