@@ -1,9 +1,9 @@
 """``policyengine`` command line: check, fmt, eval, explain, test, token.
 
 Exit codes: 0 success, 1 a finding (policy errors, a denied decision with ``--exit-code``,
-failed fixtures, unformatted files with ``--check``, warnings with ``--werror``), 2 bad
-usage (a missing or malformed option). A closed output pipe (``| head``) ends the
-command quietly.
+failed tests or fixtures, coverage under ``--min-coverage``, unformatted files with
+``--check``, warnings with ``--werror``), 2 bad usage (a missing or malformed option). A
+closed output pipe (``| head``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -260,25 +260,74 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    from policyengine.conformance import run_paths
+    """Run users' policy tests (``*.test.json``, docs/testing.md) and conformance fixtures
+    (every other ``*.json``, conformance/README.md) under the given paths."""
+    import re
+
+    from policyengine.conformance import Report, run_fixture
+    from policyengine.testing import Coverage, is_test_file, junit_xml, run_test_file
+    run = None
+    if args.run is not None:
+        try:
+            run = re.compile(args.run)
+        except re.error as exc:
+            raise UsageError(f"--run: not a regular expression: {exc}") from None
+    if args.min_coverage is not None and not 0 <= args.min_coverage <= 100:
+        raise UsageError("--min-coverage: a percentage from 0 to 100")
+    tests: list[Path] = []
+    fixtures: list[Path] = []
     for raw in args.paths:
         p = Path(raw)
         if not p.exists():
             print(f"policyengine test: error: {p}: no such file or directory",
                   file=sys.stderr)
             return 2
-        if p.is_dir() and next(p.rglob("*.json"), None) is None:
-            print(f"policyengine test: error: no fixtures (*.json) in {p}; see "
-                  "conformance/README.md for the format", file=sys.stderr)
+        found = sorted(p.rglob("*.json")) if p.is_dir() else [p]
+        if p.is_dir() and not found:
+            print(f"policyengine test: error: no fixtures (*.json) in {p}, nor policy tests "
+                  "(*.test.json); see conformance/README.md and docs/testing.md for the "
+                  "formats",
+                  file=sys.stderr)
             return 1
-    report = run_paths(args.paths)
+        for f in found:
+            (tests if is_test_file(f) else fixtures).append(f)
+    want_coverage = args.coverage or args.coverage_json or args.min_coverage is not None
+    coverage = Coverage() if want_coverage else None
+    report = Report()
+    for f in tests:
+        report.results.extend(run_test_file(f, run, coverage))
+    for f in fixtures:
+        report.results.extend(r for r in run_fixture(f)
+                              if run is None or r.case == "<load>" or run.search(r.case))
     for r in report.results:
         if not r.passed:
             print(f"FAIL {r.fixture} :: {r.case}: {r.message}")
         elif args.verbose:
             print(f"ok   {r.fixture} :: {r.case}")
     print(report.summary())
-    return 0 if report.failed == 0 and report.passed > 0 else 1
+    if args.junit:
+        try:
+            Path(args.junit).write_text(junit_xml(report.results), "utf-8")
+        except OSError as exc:
+            raise UsageError(f"--junit {args.junit}: cannot write: {exc}") from None
+    status = 0 if report.failed == 0 and report.passed > 0 else 1
+    if report.passed == 0 and report.failed == 0 and run is not None:
+        print(f"no test name matches --run {args.run!r}", file=sys.stderr)
+    if coverage is not None:
+        if args.coverage or args.min_coverage is not None:
+            print(coverage.render())
+        if args.coverage_json:
+            try:
+                Path(args.coverage_json).write_text(
+                    json.dumps(coverage.to_dict(), indent=2) + "\n", "utf-8")
+            except OSError as exc:
+                raise UsageError(f"--coverage-json {args.coverage_json}: cannot write: "
+                                 f"{exc}") from None
+        if args.min_coverage is not None and coverage.percent() < args.min_coverage:
+            print(f"coverage {coverage.percent():.1f}% is below --min-coverage "
+                  f"{args.min_coverage:g}%")
+            status = 1
+    return status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -333,9 +382,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="decide at this time: RFC 3339 or POSIX seconds")
         p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("test", help="run conformance fixtures")
-    p.add_argument("paths", nargs="+")
+    p = sub.add_parser("test", help="run policy tests (*.test.json, docs/testing.md) and "
+                       "conformance fixtures (other *.json)")
+    p.add_argument("paths", nargs="+", help="test files, fixtures, or directories holding "
+                   "them")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--run", metavar="REGEX",
+                   help="run only the tests whose name this regular expression finds")
+    p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML")
+    p.add_argument("--coverage", action="store_true",
+                   help="report which rules held and which condition branches were taken, "
+                   "per policy file and line")
+    p.add_argument("--coverage-json", metavar="FILE", help="write the coverage as JSON")
+    p.add_argument("--min-coverage", metavar="PERCENT", type=float,
+                   help="exit 1 when coverage is below PERCENT (implies --coverage)")
     p.set_defaults(func=_cmd_test)
 
     try:

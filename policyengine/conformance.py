@@ -9,6 +9,7 @@ wire decision; fields a case leaves out take the documented defaults (``rules: [
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +34,7 @@ class CaseResult:
     case: str
     passed: bool
     message: str = ""
+    time: float = 0.0  # seconds (JUnit reports)
 
 
 @dataclass
@@ -236,6 +238,7 @@ def run_fixture(path: Path) -> list[CaseResult]:
     for i, case in enumerate(fixture.get("cases", [])):
         label = case.get("name", f"case {i}")
         kind = case.get("kind")
+        start = time.perf_counter()
         try:
             if kind == "check":
                 msg = _run_check(fixture, case, base)
@@ -268,7 +271,8 @@ def run_fixture(path: Path) -> list[CaseResult]:
                 msg = f"unknown case kind {kind!r}"
         except Exception as exc:
             msg = f"raised {type(exc).__name__}: {exc}"
-        results.append(CaseResult(name, label, msg is None, msg or ""))
+        results.append(CaseResult(name, label, msg is None, msg or "",
+                                  time.perf_counter() - start))
     return results
 
 
@@ -277,7 +281,9 @@ def run_paths(paths: Iterable[str | Path]) -> Report:
     report = Report()
     for raw in paths:
         p = Path(raw)
-        files = sorted(p.rglob("*.json")) if p.is_dir() else [p]
+        # ``*.test.json`` files are users' policy tests (policyengine.testing), not fixtures
+        files = (sorted(f for f in p.rglob("*.json") if not f.name.endswith(".test.json"))
+                 if p.is_dir() else [p])
         for f in files:
             report.results.extend(run_fixture(f))
     return report

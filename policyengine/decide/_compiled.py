@@ -31,11 +31,11 @@ from typing import Any
 from policyengine.decide._approvals import DEFAULT_APPROVAL_EXPIRES, DEFAULT_APPROVAL_USES
 from policyengine.decide._runtime import EvalError, Principal, Test, build_many
 from policyengine.lang import ast
-from policyengine.lang._codegen import ConditionCodegen
+from policyengine.lang._codegen import ConditionCodegen, Recorder
 from policyengine.permissions import validate_permission
 
-__all__ = ["PLAN_CACHE_SIZE", "CompileCache", "CompiledPolicy", "CompiledRule", "EvalError",
-           "FileMoney", "Plan", "Principal", "compile_policy"]
+__all__ = ["PLAN_CACHE_SIZE", "CompileCache", "CompiledPolicy", "CompiledRule", "CoverageSink",
+           "EvalError", "FileMoney", "Plan", "Principal", "compile_policy", "instrument_rules"]
 
 #: Plans kept in the per-(principal, permission) cache; beyond it, one is evicted per new
 #: plan (CLOCK, see :meth:`CompiledPolicy.plan`).
@@ -637,3 +637,40 @@ def _compile_rule(st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl, ns: str,
                             st.conditions, None, gen.uses_amount, fm, span=st.span)
     rule.approval_terms = terms
     return rule, source, gen.consts
+
+
+class CoverageSink:
+    """What :func:`instrument_rules` reports to (the policy tests' coverage): one
+    recorder per written rule (its whole guard) and one per atom of its conditions."""
+
+    def rule(self, rule: CompiledRule) -> Recorder:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def branch(self, rule: CompiledRule, expr: ast.Expr, text: str
+               ) -> Recorder:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def instrument_rules(policy: CompiledPolicy, sink: CoverageSink) -> None:
+    """Give every written rule of ``policy`` (role grants aside) a test that reports to
+    ``sink``: the same conditions, compiled again with a recorder around the rule's guard
+    and around each atom of its conditions. Only for ``policyengine test --coverage``:
+    the engine never compiles these, so decisions without coverage cost nothing more.
+    Mutates ``policy``'s own rules (clones; the compile cache's copies are untouched)."""
+    pending: list[tuple[CompiledRule, tuple[str, dict[str, Any]]]] = []
+    for i, rule in enumerate(policy.rules):
+        if rule.kind == "role":
+            continue
+        fm = rule.money or FileMoney("", None, None, None)
+
+        def branch(e: ast.Expr, rule: CompiledRule = rule) -> Recorder:
+            return sink.branch(rule, e, _expr_text(e))
+
+        gen = ConditionCodegen(fm, _to_base(fm), f"_c{i}_", branch)
+        source = gen.conditions(rule.conditions) if rule.conditions else "True"
+        guard = gen.const(sink.rule(rule))
+        pending.append((rule, (f"{guard}(lambda: {source})", gen.consts)))
+    if pending:
+        tests = build_many([test for _, test in pending])
+        for (rule, _), test in zip(pending, tests, strict=True):
+            rule.test = test

@@ -20,7 +20,12 @@ from typing import Any
 from policyengine._glob import Glob
 from policyengine.lang import ast
 
-__all__ = ["ConditionCodegen"]
+__all__ = ["Branch", "ConditionCodegen", "Recorder"]
+
+#: Runs an atom's evaluation (the thunk) and notes its outcome; returns what it returned.
+Recorder = Callable[[Callable[[], Any]], Any]
+#: Coverage hook: an atom of a condition -> the recorder of its outcomes.
+Branch = Callable[[ast.Expr], Recorder]
 
 _CMP = {"<": "_lt", "<=": "_le", ">": "_gt", ">=": "_ge", "==": "_eq", "!=": "_ne"}
 
@@ -44,8 +49,12 @@ class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
     """Builds the source of one rule's test and its constants."""
 
     def __init__(self, money: object, to_base: Callable[[ast.MoneyLit], Decimal],
-                 prefix: str = "_k") -> None:
+                 prefix: str = "_k", branch: Branch | None = None) -> None:
         self.consts: dict[str, Any] = {}
+        #: Coverage only (``policyengine test --coverage``): called once per condition
+        #: atom at compile time; the recorder it returns wraps the atom's evaluation. The
+        #: code compiled for decisions never has it.
+        self.branch = branch
         self.prefix = prefix
         self.uses_amount = False
         self.locals = 0
@@ -64,7 +73,13 @@ class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
 
     def boolean(self, e: ast.Expr) -> str:
         code, known_bool = self.expr(e)
-        return code if known_bool else f"_b({code})"
+        if not known_bool:
+            code = f"_b({code})"
+        if self.branch is not None and not isinstance(e, (ast.And, ast.Or, ast.Not)):
+            # An atom of the condition: its recorder sees each outcome (true, false, or
+            # an error, re-raised) of the atom's own evaluation.
+            code = f"{self.const(self.branch(e))}(lambda: {code})"
+        return code
 
     def expr(self, e: ast.Expr) -> tuple[str, bool]:
         """Return (python source, statically known to be a bool)."""

@@ -1,0 +1,228 @@
+"""``policyengine test`` on users' policy tests (``*.test.json``, docs/testing.md):
+partial expectations, ``--run``, JUnit XML, coverage and ``--min-coverage``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policyengine import Engine
+from policyengine.cli import main
+from policyengine.decide._compiled import instrument_rules
+from policyengine.testing import Coverage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+POLICY = """namespace shop
+currency EUR
+role buyer: shop:*
+agent "bot": buyer
+forbid blocked: shop:buy when context.country in ["KP"] or context.risk > 5
+limit cap: shop:buy amount <= 100 EUR
+permit night: shop:night when context.hour >= 22
+"""
+
+
+def _write(tmp_path: Path, tests: list[dict[str, Any]], **top: Any) -> Path:
+    (tmp_path / "shop.policy").write_text(POLICY)
+    path = tmp_path / "shop.test.json"
+    path.write_text(json.dumps({"policies": ["shop.policy"], "tests": tests, **top}))
+    return path
+
+
+BUY_OK = {"name": "buys", "principal": "bot", "permission": "shop:buy",
+          "context": {"country": "FR", "risk": 1, "amount": "20", "currency": "EUR"},
+          "expect": {"status": "allowed"}}
+
+
+def test_shipped_example_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["test", str(ROOT / "policies"), "--min-coverage", "90"]) == 0
+    out = capsys.readouterr().out
+    assert " 0 failed" in out and "coverage:" in out
+
+
+def test_partial_expectation_compares_only_the_keys_given(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    over = {**BUY_OK, "name": "over the cap",
+            "context": {**BUY_OK["context"], "amount": "150"},  # type: ignore[dict-item]
+            "expect": {"reasonCode": "limit_exceeded", "rule": "cap"}}
+    capped = {**BUY_OK, "name": "cap as obligation",
+              "expect": {"obligations": {"maxAmount": "100.00"}}}
+    path = _write(tmp_path, [BUY_OK, over, capped])
+    assert main(["test", str(path)]) == 0
+    assert "3 passed, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("expect", "why"), [
+    ({"status": "denied"}, 'status: expected "denied", got "allowed"'),
+    ({"rule": "blocked"}, 'rule: expected "blocked"'),
+    ({"reasonCode": "forbidden"}, 'reasonCode: expected "forbidden", got "permitted"'),
+    ({"obligations": {"maxAmount": "90.00"}}, "obligations: expected"),
+    ({"rules": ["role:buyer", "shop.cap"]}, "rules: expected"),
+    ({"diagnostic": "missing_attribute"}, "diagnostic: expected"),
+])
+def test_a_wrong_expectation_fails_and_says_why(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], expect: dict[str, Any],
+        why: str) -> None:
+    path = _write(tmp_path, [{**BUY_OK, "expect": expect}])
+    assert main(["test", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL {path} :: buys: " in out and why in out
+    assert "(decision: allowed permitted" in out
+
+
+def test_unknown_keys_are_refused_with_a_hint(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, [{**BUY_OK, "expect": {"reasoncode": "permitted"}}])
+    assert main(["test", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert ":: <load>: " in out and "did you mean 'reasonCode'?" in out
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    ({"tests": []}, '"tests" must be a non-empty list'),
+    ({"tests": [BUY_OK, BUY_OK]}, "repeated: buys"),
+    ({"tests": [{**BUY_OK, "name": ""}]}, 'needs a "name"'),
+    ({"tests": [{**BUY_OK, "expect": {}}]}, "gives nothing to compare"),
+    ({"tests": [BUY_OK], "policies": ["missing.policy"]}, "does not load"),
+])
+def test_malformed_test_files_fail_to_load(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str],
+                                           data: dict[str, Any], why: str) -> None:
+    (tmp_path / "shop.policy").write_text(POLICY)
+    path = tmp_path / "bad.test.json"
+    path.write_text(json.dumps({"policies": ["shop.policy"], **data}))
+    assert main(["test", str(path)]) == 1
+    assert why in capsys.readouterr().out
+
+
+def test_defaults_merge_into_each_case(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, [
+        {"name": "risky", "context": {"risk": 9}, "expect": {"rule": "blocked"}},
+        {"name": "fine", "expect": {"status": "allowed"}}],
+        defaults={"principal": "bot", "permission": "shop:buy",
+                  "context": {"country": "FR", "risk": 1, "amount": "5",
+                              "currency": "EUR"}})
+    assert main(["test", str(path)]) == 0
+    assert "2 passed" in capsys.readouterr().out
+
+
+def test_run_filters_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = {**BUY_OK, "name": "broken one", "expect": {"status": "denied"}}
+    path = _write(tmp_path, [BUY_OK, broken])
+    assert main(["test", str(path), "--run", "^buy"]) == 0
+    assert "1 passed, 0 failed" in capsys.readouterr().out
+    assert main(["test", str(path), "--run", "broken"]) == 1
+    assert "0 passed, 1 failed" in capsys.readouterr().out
+    assert main(["test", str(path), "--run", "nothing"]) == 1
+    assert "no test name matches" in capsys.readouterr().err
+    assert main(["test", str(path), "--run", "("]) == 2
+
+
+def test_junit_xml(tmp_path: Path) -> None:
+    broken = {**BUY_OK, "name": "broken \x01 <one>", "expect": {"status": "denied"}}
+    path = _write(tmp_path, [BUY_OK, broken])
+    report = tmp_path / "junit.xml"
+    assert main(["test", str(path), "--junit", str(report)]) == 1
+    root = ElementTree.parse(report).getroot()
+    assert root.tag == "testsuites" and root.get("tests") == "2"
+    assert root.get("failures") == "1"
+    (suite,) = root
+    cases = {c.get("name"): c for c in suite}
+    assert set(cases) == {"buys", "broken \ufffd <one>"}
+    assert cases["buys"].find("failure") is None
+    failure = cases["broken \ufffd <one>"].find("failure")
+    assert failure is not None and "status: expected" in (failure.text or "")
+
+
+def _coverage(tmp_path: Path, tests: list[dict[str, Any]]) -> dict[str, Any]:
+    path = _write(tmp_path, tests)
+    out = tmp_path / "cov.json"
+    main(["test", str(path), "--coverage-json", str(out)])
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def test_coverage_counts_rules_branches_and_amounts(tmp_path: Path) -> None:
+    data = _coverage(tmp_path, [BUY_OK])
+    (f,) = data["files"]
+    by = {(i["kind"], i["line"], i["column"]): i for i in f["items"]}
+    # forbid blocked (line 5): never held; `country in` false, `risk > 5` false
+    assert by[("rule", 5, 1)]["counts"] == {"not held": 1}
+    assert by[("branch", 5, 31)]["counts"] == {"false": 1}
+    assert by[("branch", 5, 31)]["missing"] == ["true"]
+    assert by[("branch", 5, 60)]["counts"] == {"false": 1}
+    # limit cap (line 6): held (no condition), amount within
+    assert by[("rule", 6, 1)]["counts"] == {"held": 1}
+    assert by[("amount", 6, 1)]["counts"] == {"within": 1}
+    # permit night (line 7): never reached, so never held
+    assert by[("rule", 7, 1)]["counts"] == {}
+    assert by[("branch", 7, 31)]["counts"] == {}
+    # rules 3 (1 held) + branches 3 x 2 (2 seen) + amount 2 (1 seen)
+    assert (data["covered"], data["total"]) == (4, 11)
+
+
+def test_coverage_short_circuit_and_errors(tmp_path: Path) -> None:
+    kp = {**BUY_OK, "name": "kp", "context": {"country": "KP", "risk": 1},
+          "expect": {"rule": "blocked"}}
+    no_risk = {**BUY_OK, "name": "no risk", "context": {"country": "FR"},
+               "expect": {"status": "denied", "diagnostic": "missing_attribute"}}
+    data = _coverage(tmp_path, [kp, no_risk])
+    by = {(i["kind"], i["line"], i["column"]): i for i in data["files"][0]["items"]}
+    assert by[("branch", 5, 31)]["counts"] == {"false": 1, "true": 1}
+    # `risk > 5` is skipped when KP already holds, and errors without a risk
+    assert by[("branch", 5, 60)]["counts"] == {"error": 1}
+    assert by[("rule", 5, 1)]["counts"] == {"error": 1, "held": 1}
+
+
+def test_min_coverage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, [BUY_OK])
+    assert main(["test", str(path), "--min-coverage", "36"]) == 0  # 4/11 = 36.4%
+    out = capsys.readouterr().out
+    assert "coverage: 4/11 (36.4%)" in out
+    assert "!!    7:1   permit shop.night" in out
+    assert main(["test", str(path), "--min-coverage", "37"]) == 1
+    assert "below --min-coverage 37%" in capsys.readouterr().out
+    assert main(["test", str(path), "--min-coverage", "101"]) == 2
+
+
+def test_conformance_fixtures_still_run_beside_tests(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fixture = ROOT / "conformance" / "core" / "scopes.json"
+    (tmp_path / "scopes.json").write_text(fixture.read_text())
+    _write(tmp_path, [BUY_OK])
+    n = len(json.loads(fixture.read_text())["cases"])
+    assert main(["test", str(tmp_path)]) == 0
+    assert f"{n + 1} passed, 0 failed" in capsys.readouterr().out
+    first = json.loads(fixture.read_text())["cases"][0]["name"]
+    assert main(["test", str(tmp_path), "--run", f"^{first}$"]) == 0
+    assert "1 passed, 0 failed" in capsys.readouterr().out
+
+
+@settings(max_examples=60, deadline=None)
+@given(country=st.sampled_from(["FR", "KP", 3, None]),
+       risk=st.one_of(st.integers(-3, 9), st.just("x")),
+       hour=st.one_of(st.integers(0, 23), st.just(True)),
+       amount=st.sampled_from(["5", "100", "100.01", "-1", "x", None]),
+       permission=st.sampled_from(["shop:buy", "shop:night", "other:x"]))
+def test_instrumented_rules_decide_exactly_as_plain_ones(
+        country: Any, risk: Any, hour: Any, amount: Any, permission: str) -> None:
+    context: dict[str, Any] = {"country": country, "risk": risk, "hour": hour}
+    if amount is not None:
+        context.update(amount=amount, currency="EUR")
+    context = {k: v for k, v in context.items() if v is not None}
+    plain = Engine.from_source(POLICY)
+    probed = Engine.from_source(POLICY)
+    instrument_rules(probed.policy, Coverage().sink())
+    want = plain.authorize("bot", permission, context).to_wire()
+    got = probed.authorize("bot", permission, context).to_wire()
+    for wire in (want, got):
+        wire.pop("decisionId")
+    assert got == want
