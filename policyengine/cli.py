@@ -404,6 +404,8 @@ def _parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    from policyengine.audit._cli import register as register_log
+    register_log(sub)
     from policyengine.server._serve import register as register_serve
     register_serve(sub)
     return parser

@@ -9,6 +9,7 @@ either the old policy or the new one, never a mix.
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import threading
 import time
@@ -27,7 +28,10 @@ from policyengine.lang._parser import ParseCache, parse_many
 from policyengine.lang._source import PolicyError, Problem, SourceSet
 
 if TYPE_CHECKING:
+    from policyengine.audit import DecisionLog
     from policyengine.budgets import Ledger
+
+perf_counter_ns = time.perf_counter_ns
 
 __all__ = ["Engine", "load_policy"]
 
@@ -85,6 +89,17 @@ def build_rates(files: list[ast.PolicyFile], base_dirs: Mapping[str, str]) -> di
             merged[code] = value
         out[f.name] = StaticRates(base, merged, as_of=loaded.as_of, max_age=table.max_age)
     return out
+
+
+def revision_of(files: PolicyFiles) -> str:
+    """``sha256:`` and 16 hex digits of the policy files' names and bytes, in load order
+    (the same value the decision service reports for the same paths)."""
+    h = hashlib.sha256()
+    for name, data in files:
+        h.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        h.update(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
+        h.update(b"\0")
+    return "sha256:" + h.hexdigest()[:16]
 
 
 class LoadCache:
@@ -175,13 +190,17 @@ class Engine:
       calls through a tool with a ``hash`` redaction are denied (warning W204 at load).
     * ``base_dir``: where relative paths in policy text (``rates "fx.json"``) resolve
       for sources held in memory. Default: each file's own directory.
+    * ``decision_log``: a :class:`~policyengine.audit.DecisionLog` (or a sink URL for
+      one) that records every decision and operation (docs/decision-log.md). Default:
+      none. :meth:`close` flushes and closes it.
     """
 
     def __init__(self, files: PolicyFiles, *, paths: tuple[str, ...] = (),
                  rates: Any = None, clock: Callable[[], float] | None = None,
                  approvals: ApprovalStore | str | None = None, keys: Any = None,
                  revocations: Any = None, budget_store: Any = None,
-                 hmac_key: bytes | None = None, base_dir: str | None = None) -> None:
+                 hmac_key: bytes | None = None, base_dir: str | None = None,
+                 decision_log: Any = None) -> None:
         self._paths = paths
         self._files = files
         self._base_dir = base_dir
@@ -207,11 +226,38 @@ class Engine:
             budget_store = store_from_url(budget_store)
         self._budget_store = budget_store
         self._load_cache = LoadCache()  # what reload() can reuse
+        self.decision_log: DecisionLog | None = None
+        self._log_view: Any = None
+        if decision_log is not None:
+            self._attach_log(decision_log)
         self._policy, self.warnings = self._build(files)
         self.warnings += self._config_warnings()
+        self.revision = revision_of(files)
+        self._set_log_view()
         self.budgets = self._ledger(self._policy)
         self._pipeline = Pipeline(self._policy, self.budgets, self.approvals, self._verify,
                                   clock)
+
+    def _attach_log(self, decision_log: Any) -> None:
+        from policyengine.audit import DecisionLog
+        from policyengine.audit._ops import LoggedApprovals
+        if isinstance(decision_log, str):  # a sink URL: file path, stdout:, http(s)://
+            decision_log = DecisionLog(decision_log)
+        if not isinstance(decision_log, DecisionLog):
+            raise TypeError("decision_log must be a DecisionLog or a sink URL")
+        if decision_log.keys is None:  # checkpoints are signed with the engine's keys
+            decision_log.keys = self.keys
+        self.decision_log = decision_log
+        self.approvals = LoggedApprovals(self.approvals, decision_log, self._current_view)
+
+    def _current_view(self) -> Any:
+        return self._log_view
+
+    def _set_log_view(self) -> None:
+        if self.decision_log is not None:
+            from policyengine.audit import LogView
+            self._log_view = LogView(self.revision, self._policy.log_redactions,
+                                     self.hmac_key)
 
     # ---- construction ----
     @classmethod
@@ -246,6 +292,11 @@ class Engine:
         from policyengine.budgets import Ledger, MemoryStore
         if self._budget_store is None:
             self._budget_store = MemoryStore()
+        if self.decision_log is not None:
+            from policyengine.audit._ops import LoggedLedger
+            return LoggedLedger(policy.budgets, self._budget_store, clock=self._clock,
+                                budget_rates=policy.budget_rates, log=self.decision_log,
+                                view=self._current_view)
         return Ledger(policy.budgets, self._budget_store, clock=self._clock,
                       budget_rates=policy.budget_rates)
 
@@ -271,13 +322,35 @@ class Engine:
         reused when their rates did not change either); the checks across files run on
         the whole set every time.
         """
-        files = read_paths(self._paths) if self._paths else self._files
-        policy, warnings = self._build(files)
-        ledger = self._ledger(policy)  # same store: recorded spend survives a reload
+        previous = self.revision
+        try:
+            files = read_paths(self._paths) if self._paths else self._files
+            policy, warnings = self._build(files)
+        except PolicyError as exc:
+            if self.decision_log is not None:
+                self.decision_log.event("policy.reload", {
+                    "status": "failed", "previous_revision": previous,
+                    "errors": sorted({p.code for p in exc.problems})}, self._log_view)
+            raise
         self._files = files
-        self._policy, self.budgets, self.warnings = policy, ledger, warnings
+        self._policy, self.warnings = policy, warnings
+        self.revision = revision_of(files)
+        self._set_log_view()
+        ledger = self._ledger(policy)  # same store: recorded spend survives a reload
+        self.budgets = ledger
         self.warnings += self._config_warnings()
         self._pipeline = Pipeline(policy, ledger, self.approvals, self._verify, self._clock)
+        if self.decision_log is not None:
+            self.decision_log.event("policy.reload", {
+                "status": "ok", "previous_revision": previous}, self._log_view)
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Flush and close the decision log (if any): True when every record reached
+        its sink. The engine answers no decision afterwards that its log did not take:
+        with a closed log, decisions are denied (``decision_log_unavailable``)."""
+        if self.decision_log is None:
+            return True
+        return self.decision_log.close(timeout)
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -298,7 +371,17 @@ class Engine:
         malformed request is a denied decision with code ``invalid_request``. See
         docs/semantics.md for the rules.
         """
-        return self._pipeline.run(principal, permission, context, token, approval_id)
+        log = self.decision_log
+        if log is None:
+            return self._pipeline.run(principal, permission, context, token, approval_id)
+        started = perf_counter_ns()
+        decision = self._pipeline.run(principal, permission, context, token, approval_id)
+        inp = {"principal": principal, "permission": permission,
+               "context": dict(context) if type(context) is dict else context}
+        if approval_id is not None:
+            inp["approval_id"] = approval_id
+        return log.decision("authorize", decision, inp, token, self._log_view,
+                            started)  # type: ignore[return-value]
 
     # ---- delegation ----
     def verify_token(self, token: str) -> Any:
@@ -337,6 +420,9 @@ class Engine:
     def revoke(self, grant_or_jti: str) -> None:
         """Revoke a grant (by ``grant_id`` or ``jti``); its descendants stop verifying."""
         self.revocations.revoke(grant_or_jti)
+        if self.decision_log is not None:
+            self.decision_log.event("token.revoke", {"grant": {"id": grant_or_jti}},
+                                    self._log_view)
 
     def ensure_authorized(self, principal: str, permission: str,
                           context: dict[str, Any] | None = None, **kwargs: Any) -> Decision:
@@ -364,9 +450,26 @@ class Engine:
         are accepted as spelled on the wire). Never raises for request data; see
         docs/tools.md. ``result.body`` is a redacted copy; ``body`` is never mutated.
         """
-        return self._tool(principal, None, transport, method, host, path, query, headers,
-                          body, tool_name, function_name, token, context, approval_id, scheme,
-                          wire)
+        log = self.decision_log
+        if log is None:
+            return self._tool(principal, None, transport, method, host, path, query,
+                              headers, body, tool_name, function_name, token, context,
+                              approval_id, scheme, wire)
+        started = perf_counter_ns()
+        result = self._tool(principal, None, transport, method, host, path, query, headers,
+                            body, tool_name, function_name, token, context, approval_id,
+                            scheme, wire)
+        # The body logged is the redacted copy the decision holds (None when denied);
+        # headers are never logged (they carry credentials).
+        inp = {"principal": principal, "transport": transport, "method": method,
+               "host": host, "path": path,
+               "tool_name": tool_name or wire.get("toolName"),
+               "function_name": function_name or wire.get("functionName"),
+               "query": dict(query) if isinstance(query, Mapping) else None,
+               "context": dict(context) if type(context) is dict else context,
+               "body": result.body}
+        return log.decision("tool_authorize", result, inp, token, self._log_view,
+                            started)  # type: ignore[return-value]
 
     def _tool(self, principal: Any, trace: Trace | None, transport: Any, method: Any,
               host: Any, path: Any, query: Any, headers: Any, body: Any, tool_name: Any,

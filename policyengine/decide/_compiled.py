@@ -231,6 +231,8 @@ class CompiledPolicy:
     delegation_rates: Any = None
     #: Per budget id, the rates of the file that declares the budget.
     budget_rates: dict[str, Any] = field(default_factory=dict)
+    #: The ``log redact`` rules (RedactionRule): what the decision log must not hold.
+    log_redactions: tuple[Any, ...] = ()
 
     def index(self) -> None:
         exact: dict[str, list[CompiledRule]] = {}

@@ -1,0 +1,58 @@
+"""``policyengine log verify FILE...``: check a decision log's hash chain and checkpoints.
+
+Prints one line per problem (``FILE:LINE (seq N): code: message``) and a summary; exit
+status 0 when the chain is intact, 1 when anything was changed, removed, inserted or
+reordered (or a checkpoint does not verify), 2 when a file cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["register", "run"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("log", help="decision logs: verify the hash chain")
+    verbs = p.add_subparsers(dest="log_command", required=True)
+    v = verbs.add_parser("verify", help="find records changed, removed, inserted or "
+                         "reordered (files in order: rotated files oldest first)")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("--keys", metavar="JWKS", help="public keys that signed the checkpoints")
+    v.add_argument("--require-signatures", action="store_true",
+                   help="an unsigned checkpoint, or none at all, is a problem")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from policyengine.audit._chain import verify_files
+    from policyengine.audit.errors import LogVerifyError
+    keys = None
+    if args.keys:
+        from policyengine.tokens import KeySet, TokenError
+        try:
+            keys = KeySet.from_file(args.keys)
+        except (OSError, TokenError) as exc:
+            print(f"error: invalid_keys: {exc}", file=sys.stderr)
+            return 2
+    try:
+        report = verify_files(args.files, keys, require_signatures=args.require_signatures)
+    except LogVerifyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for p in report.problems:
+            print(p)
+        for n in report.notes:
+            print(f"note: {n}")
+        signed = f" ({report.signed_checkpoints} signature(s) verified)" if keys else ""
+        verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+        print(f"{report.records} records, {report.checkpoints} checkpoints{signed}: "
+              f"{verdict}")
+    return 0 if report.ok else 1

@@ -1,0 +1,624 @@
+"""The decision log: a bounded queue the hot path appends to, a writer thread that builds,
+masks, chains and encodes records, and a shipping thread that hands them to the sink.
+
+The hot path only captures references (the immutable decision, a shallow copy of the
+context, the token, the policy's :class:`LogView`) and appends one tuple to a
+``collections.deque``; everything else happens on the writer thread. When the queue is
+full or the sink is failing, the configured ``overflow`` policy decides, and nothing is
+ever lost without being counted (docs/decision-log.md, "Never silent"):
+
+* ``block``: the caller waits for room (backpressure); with ``block_timeout`` a caller
+  that waited that long gets a denial instead (fail closed);
+* ``spill``: batches the sink cannot take go to a local spill file, shipped (in order)
+  once the sink is back; callers wait only if even the spill cannot keep up;
+* ``deny``: no decision without a record: while the queue is full or the sink failing or
+  stalled, decisions are denied (``decision_log_unavailable``); the denials themselves
+  are recorded when there is room, else counted;
+* ``drop``: only when chosen: a record that does not fit is dropped, counted in
+  :meth:`DecisionLog.stats` and in the ``dropped`` field of the next record written.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import queue
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from policyengine.audit._chain import ZERO_HASH, encode, seal, sign_checkpoint
+from policyengine.audit._record import LogView, decision_record, event_record
+from policyengine.audit._sinks import Sink, sink_from_url
+from policyengine.audit.errors import DecisionLogError
+from policyengine.decision import Decision, ToolDecision
+
+__all__ = ["INGEST_KINDS", "OVERFLOW_POLICIES", "DecisionLog", "Overflow"]
+
+Overflow = Literal["block", "spill", "deny", "drop"]
+OVERFLOW_POLICIES: Final = ("block", "spill", "deny", "drop")
+
+#: What :meth:`DecisionLog.ingest` accepts per source: the event kinds of each wire.
+INGEST_KINDS: Final[Mapping[str, frozenset[str]]] = {
+    # tracengent: an event's ``type`` (POST /v1/ingest/events), or a trace close.
+    "tracengent": frozenset({"action", "tool_call", "llm_call", "decision", "error",
+                             "lifecycle", "trace.close"}),
+    # actguard's event taxonomy (an envelope's ``name``).
+    "actguard": frozenset({"run.start", "run.end", "llm.usage", "tool.invoke",
+                           "tool.failure", "guard.blocked", "guard.intervention",
+                           "budget.limit_exceeded", "budget.blocked"}),
+    # agent-ledger: session and spend events.
+    "agent-ledger": frozenset({"session.start", "session.end", "llm.call", "tool.call",
+                               "spend", "budget.exceeded", "guardrail.blocked"}),
+}
+
+_DECISION: Final = 0
+_EVENT: Final = 1
+
+_live: weakref.WeakSet[DecisionLog] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:  # records still queued at exit are written, not lost
+    for log in list(_live):
+        with contextlib.suppress(Exception):
+            log.close(timeout=5.0)
+
+
+class DecisionLog:
+    """A decision log over one sink.
+
+    >>> records = []
+    >>> log = DecisionLog(CallbackSink(records.append))        # doctest: +SKIP
+
+    ``sink``: a :class:`Sink` or a URL (``file:///path/decisions.jsonl`` or a path,
+    ``stdout:``, ``http(s)://collector/...``). ``overflow``: ``block`` (default),
+    ``spill``, ``deny`` or ``drop``. ``capacity``: records the queue holds.
+    ``batch_size``: records per sink write. ``spill_path``: the spill file (default:
+    beside a file sink; ``spill`` needs one), also where :meth:`close` leaves what the
+    sink did not take in time. ``block_timeout``: how long a caller may wait for room
+    (None: as long as it takes). ``stall_after``: seconds a sink write may take before
+    it counts as stalled. ``checkpoint_every``: records between signed checkpoints. ``keys``: the
+    ``KeySet`` that signs checkpoints (an engine gives its own when this is None).
+    """
+
+    def __init__(self, sink: Sink | str, *, overflow: Overflow = "block",
+                 capacity: int = 65_536, batch_size: int = 1024,
+                 spill_path: str | os.PathLike[str] | None = None,
+                 spill_max_bytes: int = 1 << 30, block_timeout: float | None = None,
+                 stall_after: float = 1.0, checkpoint_every: int = 10_000,
+                 keys: Any = None, retry_backoff: float = 0.05, max_retry_backoff: float = 2.0,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        if overflow not in OVERFLOW_POLICIES:
+            raise DecisionLogError("invalid_log_config", f"overflow must be one of "
+                                   f"{', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
+        for name, value in (("capacity", capacity), ("batch_size", batch_size),
+                            ("checkpoint_every", checkpoint_every)):
+            if type(value) is not int or value < 1:
+                raise DecisionLogError("invalid_log_config", f"{name} must be an int >= 1")
+        if isinstance(sink, str):
+            sink = sink_from_url(sink)
+        self.sink = sink
+        self.overflow: Overflow = overflow
+        self.keys = keys
+        self._capacity = capacity
+        self._batch = batch_size
+        self._block_timeout = block_timeout
+        self._stall_after = stall_after
+        self._checkpoint_every = checkpoint_every
+        self._backoff = (retry_backoff, max_retry_backoff)
+        self._clock_ns = clock_ns
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._wake = threading.Event()
+        self._idle = False
+        self._open = True   # False: closed, or (deny) the sink is failing or stalled
+        self._closed = False
+        self._lock = threading.Lock()               # counters of the slow paths
+        self._room = threading.Condition(self._lock)  # callers waiting for room
+        self._waiting = 0
+        self._progress = threading.Condition()
+        self._busy = False
+        # Counters (docs/decision-log.md, "Metrics").
+        self._taken = 0
+        self._produced = 0
+        self._written = 0
+        self._spilled = 0
+        self._dropped = 0
+        self._dropped_unreported = 0
+        self._denied = 0
+        self._unrecorded_denials = 0
+        self._blocked = 0
+        self._sink_errors = 0
+        self._stalls = 0
+        self._checkpoints = 0
+        self._failing = False
+        self._stalled = False
+        self._write_started = 0.0
+        # The chain.
+        self._seq = 0
+        self._prev = ZERO_HASH
+        self._since_checkpoint = 0
+        self.log_id = os.urandom(8).hex()
+        resumed = None
+        resume = getattr(sink, "resume", None)
+        if callable(resume):
+            resumed = resume()
+        # Shipping: the writer hands batches over; spill keeps order while the sink lags.
+        self._ship: queue.Queue[tuple[list[bytes], int] | None] = queue.Queue(maxsize=4)
+        self._spill_lock = threading.Lock()
+        if spill_path is None and isinstance(getattr(sink, "path", None), Path):
+            spill_path = sink.path.with_suffix(".spill.jsonl")  # type: ignore[attr-defined]
+        if spill_path is None and overflow == "spill":
+            raise DecisionLogError("invalid_log_config", "overflow='spill' needs a "
+                                   "spill_path (a file sink has one beside it)")
+        self._has_spill = spill_path is not None
+        self._spill_path = Path(spill_path if spill_path is not None else os.devnull)
+        self._spill_max = spill_max_bytes
+        self._spill_offset = 0
+        self._spill_lines = 0
+        # A spill left by an earlier run (any policy) is shipped before anything new.
+        self._spilling = self._has_spill and self._spill_path.exists() \
+            and self._spill_path.stat().st_size > 0
+        if self._spilling:
+            with open(self._spill_path, "rb") as f:
+                self._spill_lines = sum(1 for _ in f)
+        self._spill_size = self._spill_path.stat().st_size if self._spilling else 0
+        self._rescued: list[bytes] = []  # lines the sink did not take before close
+        self._rescue_lock = threading.Lock()
+        if resumed is not None:
+            self._seq, self._prev = resumed
+            self._queue.append((_EVENT, "log.resume", clock_ns(),
+                                {"log": {"id": self.log_id, "overflow": overflow}}, None))
+        else:
+            self._queue.append((_EVENT, "log.start", clock_ns(),
+                                {"log": {"id": self.log_id, "overflow": overflow}}, None))
+        self._writer = threading.Thread(target=self._run_writer, name="decision-log-writer",
+                                        daemon=True)
+        self._shipper = threading.Thread(target=self._run_shipper,
+                                         name="decision-log-shipper", daemon=True)
+        self._writer.start()
+        self._shipper.start()
+        _live.add(self)
+
+    # ------------------------------------------------------------------ hot path
+    def decision(self, kind: str, decision: Decision | ToolDecision, inp: dict[str, Any],
+                 token: Any, view: LogView | None, started_ns: int
+                 ) -> Decision | ToolDecision:
+        """Record one decision; returns what the caller gets: ``decision``, or a denial
+        when the ``deny`` policy refuses a decision it cannot record."""
+        latency = time.perf_counter_ns() - started_ns
+        decision.decision_id  # noqa: B018 - made here, once: the caller and the log agree
+        item = (_DECISION, kind, self._clock_ns(), latency, decision, inp, token, view)
+        q = self._queue
+        if self._open and len(q) < self._capacity:
+            q.append(item)
+            if self._idle:
+                self._wake.set()
+            return decision
+        return self._overflowing(item)
+
+    def event(self, kind: str, fields: Mapping[str, Any], view: LogView | None = None
+              ) -> bool:
+        """Record an operation (``budget.reserve``, ``approval.approve``,
+        ``token.revoke``, ``policy.reload`` ...): ``fields`` become the record's members
+        (credentials masked). Returns False when it could not be recorded (counted as
+        dropped: an operation already done cannot be denied)."""
+        item = (_EVENT, kind, self._clock_ns(), dict(fields), view)
+        q = self._queue
+        if self._open and len(q) < self._capacity:
+            q.append(item)
+            if self._idle:
+                self._wake.set()
+            return True
+        return self._wait_for_room(item, self._block_timeout if self.overflow != "deny"
+                                   else self._stall_after) or self._drop(1)
+
+    def ingest(self, source: str, kind: str, event: Mapping[str, Any], *,
+               principal: str | None = None, view: LogView | None = None) -> bool:
+        """Record an event received from an agent SDK (``source``: ``tracengent``,
+        ``actguard``, ``agent-ledger``) with its ``kind`` (:data:`INGEST_KINDS`).
+
+        Raises ``DecisionLogError("invalid_event")`` for an unknown source or kind or an
+        event that is not a JSON object; the public hook every wire calls.
+        """
+        kinds = INGEST_KINDS.get(source)
+        if kinds is None:
+            raise DecisionLogError("invalid_event", f"unknown event source {source!r}: "
+                                   f"one of {', '.join(sorted(INGEST_KINDS))}")
+        if kind not in kinds:
+            raise DecisionLogError("invalid_event", f"unknown {source} event kind {kind!r}")
+        if not isinstance(event, Mapping):
+            raise DecisionLogError("invalid_event", "an event is a JSON object")
+        return self.event("event", {"source": source, "event_kind": kind,
+                                    "principal": principal, "event": dict(event)}, view)
+
+    # ------------------------------------------------------------------ slow paths
+    def _overflowing(self, item: tuple[Any, ...]) -> Decision | ToolDecision:
+        decision = item[4]
+        if self._closed:
+            return self._deny(decision, item, record=False)
+        policy = self.overflow
+        if policy == "drop":
+            self._drop(1)
+            return decision  # type: ignore[no-any-return]
+        if policy == "deny":
+            return self._deny(decision, item, record=True)
+        timeout = self._block_timeout
+        if self._wait_for_room(item, timeout):
+            return decision  # type: ignore[no-any-return]
+        return self._deny(decision, item, record=False)
+
+    def _drop(self, n: int) -> bool:
+        with self._lock:
+            self._dropped += n
+            self._dropped_unreported += n
+        return False
+
+    def _wait_for_room(self, item: tuple[Any, ...], timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        q = self._queue
+        with self._room:
+            self._blocked += 1
+            self._waiting += 1
+            try:
+                while len(q) >= self._capacity or (not self._open and not self._closed
+                                                   and self.overflow == "deny"):
+                    if self._closed:
+                        return False
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._wake.set()
+                    self._room.wait(0.05 if left is None else min(left, 0.05))
+                if self._closed:
+                    return False
+                q.append(item)
+                self._wake.set()
+                return True
+            finally:
+                self._waiting -= 1
+
+    def _deny(self, decision: Any, item: tuple[Any, ...], record: bool
+              ) -> Decision | ToolDecision:
+        tool = decision if isinstance(decision, ToolDecision) else None
+        d = tool.decision if tool is not None else decision
+        reason = "the decision log cannot record this decision (its sink is failing or " \
+                 "full): denied, as the log's 'deny' policy says" if not self._closed else \
+                 "the decision log is closed: denied"
+        denial = Decision.denial("decision_log_unavailable", reason, d.principal,
+                                 d.permission, None, d.acting_for, d.chain)
+        out: Decision | ToolDecision = (ToolDecision(denial, "policy_deny", None, (),
+                                                     tool.tool) if tool is not None
+                                        else denial)
+        out.decision_id  # noqa: B018
+        recorded = False
+        if record and not self._closed and len(self._queue) < self._capacity:
+            self._queue.append((_DECISION, item[1], item[2], item[3], out, item[5],
+                                item[6], item[7]))
+            self._wake.set()
+            recorded = True
+        with self._lock:
+            self._denied += 1
+            if not recorded:
+                self._unrecorded_denials += 1
+        return out
+
+    # ------------------------------------------------------------------ writer thread
+    def _run_writer(self) -> None:
+        q = self._queue
+        wake = self._wake
+        while True:
+            if not q:
+                if self._closed:
+                    break
+                self._idle = True
+                if not q:
+                    wake.wait(0.05)
+                wake.clear()
+                self._idle = False
+                self._watch()
+                continue
+            self._busy = True
+            n = min(len(q), self._batch)
+            items = [q.popleft() for _ in range(n)]
+            self._taken += n
+            if self._waiting:
+                with self._room:
+                    self._room.notify_all()
+            try:
+                lines = self._encode(items)
+                self._hand_over(lines)
+            finally:
+                self._busy = False
+        self._finish()
+
+    def _encode(self, items: list[tuple[Any, ...]]) -> list[bytes]:
+        lines: list[bytes] = []
+        with self._lock:
+            dropped, self._dropped_unreported = self._dropped_unreported, 0
+        for item in items:
+            try:
+                if item[0] == _DECISION:
+                    _, kind, ts, latency, decision, inp, token, view = item
+                    record = decision_record(kind, ts, latency, decision, inp, token, view)
+                else:
+                    _, kind, ts, fields, view = item
+                    record = event_record(kind, ts, fields, view)
+            except Exception as exc:  # never lose a record to a bug: keep what is safe
+                record = {"schema": "policyengine.decision-log/1", "kind": str(item[1]),
+                          "timestamp": None, "record_error": type(exc).__name__}
+            lines.append(self._chain(record, dropped))
+            dropped = 0
+            if self._since_checkpoint >= self._checkpoint_every:
+                lines.append(self._checkpoint_line())
+        return lines
+
+    def _chain(self, record: dict[str, Any], dropped: int = 0) -> bytes:
+        self._seq += 1
+        record["seq"] = self._seq
+        record["dropped"] = dropped
+        record["prev"] = self._prev
+        line, self._prev = seal(encode(record)[:-1])
+        self._produced += 1
+        self._since_checkpoint += 1
+        return line
+
+    def _checkpoint_line(self) -> bytes:
+        now = self._clock_ns()
+        jws = sign_checkpoint(self.keys, self._seq, self._prev, now // 1_000_000_000)
+        record = {"schema": "policyengine.decision-log/1", "kind": "log.checkpoint",
+                  "timestamp": None,
+                  "checkpoint": {"seq": self._seq, "hash": self._prev, "jws": jws,
+                                 "log_id": self.log_id}}
+        from policyengine.audit._record import rfc3339
+        record["timestamp"] = rfc3339(now)
+        line = self._chain(record)
+        self._since_checkpoint = 0
+        self._checkpoints += 1
+        return line
+
+    def _hand_over(self, lines: list[bytes]) -> None:
+        if self.overflow == "spill" or self._spilling:
+            # Once spilling, everything goes to the spill until it is shipped: order kept.
+            while True:
+                with self._spill_lock:
+                    spilling = self._spilling
+                if not spilling and (self.overflow != "spill" or not self._ship.full()):
+                    break
+                if self._spill(lines):
+                    return
+                if not spilling:
+                    break  # a batch larger than the whole spill: wait for the sink
+                time.sleep(0.01)  # the spill is full: wait for the sink (backpressure)
+        while True:
+            try:
+                self._ship.put((lines, len(lines)), timeout=0.05)
+                return
+            except queue.Full:
+                self._watch()
+                if self._closed and self._close_deadline_passed():
+                    with self._rescue_lock:
+                        self._rescued.extend(lines)  # to the spill, by close()
+                    return
+
+    def _watch(self) -> None:
+        """A sink write that has taken longer than ``stall_after`` is a stall."""
+        started = self._write_started
+        if started and not self._stalled and time.monotonic() - started > self._stall_after:
+            self._stalls += 1
+            self._stalled = True
+            self._set_open()
+
+    def _spill(self, lines: list[bytes]) -> bool:
+        data = b"".join(lines)
+        with self._spill_lock:
+            if self._spill_size + len(data) > self._spill_max:
+                return False  # the spill is full too: the writer waits (backpressure)
+            with open(self._spill_path, "ab") as f:
+                f.write(data)
+            self._spill_size += len(data)
+            self._spilling = True
+            self._spill_lines += len(lines)
+            self._spilled += len(lines)
+        return True
+
+    def _set_open(self) -> None:
+        self._open = not self._closed and not (
+            self.overflow == "deny" and (self._failing or self._stalled))
+
+    def _finish(self) -> None:
+        if self._since_checkpoint:
+            self._hand_over([self._checkpoint_line()])
+        while True:
+            try:
+                self._ship.put(None, timeout=0.05)
+                return
+            except queue.Full:
+                if self._close_deadline_passed():
+                    return  # the shipper is stuck in the sink: close() rescues the rest
+
+    # ------------------------------------------------------------------ shipping thread
+    def _run_shipper(self) -> None:
+        ship = self._ship
+        while True:
+            if self._spilling and ship.empty() and self._ship_spill():
+                continue
+            try:
+                item = ship.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if item is None:
+                while self._spilling and self._ship_spill(final=True):
+                    pass
+                self._rescue()
+                break
+            if not self._deliver(item[0]):
+                with self._rescue_lock:
+                    self._rescued.extend(item[0])
+
+    def _rescue(self) -> None:
+        """At close, what the sink did not take goes to the front of the spill file (in
+        order, before anything spilled later): the next log on that spill ships it."""
+        with self._rescue_lock:
+            lines, self._rescued = self._rescued, []
+        if not lines or not self._has_spill:
+            return  # no spill file: they stay counted as ``undelivered``
+        with self._spill_lock:
+            rest = b""
+            if self._spilling:
+                with open(self._spill_path, "rb") as f:
+                    f.seek(self._spill_offset)
+                    rest = f.read()
+            tmp = self._spill_path.with_suffix(".tmp")
+            tmp.write_bytes(b"".join(lines) + rest)
+            os.replace(tmp, self._spill_path)
+            self._spill_offset = 0
+            self._spill_lines += len(lines)
+            self._spilled += len(lines)
+            self._spilling = True
+
+    def _deliver(self, lines: list[bytes], give_up: bool = False) -> bool:
+        delay, most = self._backoff
+        while True:
+            self._write_started = time.monotonic()
+            try:
+                self.sink.write(lines)
+            except Exception:
+                self._write_started = 0.0
+                with self._lock:
+                    self._sink_errors += 1
+                self._failing = True
+                self._set_open()
+                if give_up or (self._closed and self._close_deadline_passed()):
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, most)
+                continue
+            self._write_started = 0.0
+            if self._failing or self._stalled:
+                self._failing = self._stalled = False
+                self._set_open()
+            with self._progress:
+                self._written += len(lines)
+                self._progress.notify_all()
+            return True
+
+    def _ship_spill(self, final: bool = False) -> bool:
+        """Ship the oldest spilled lines; True if something was shipped."""
+        with self._spill_lock:
+            try:
+                with open(self._spill_path, "rb") as f:
+                    f.seek(self._spill_offset)
+                    chunk = [f.readline() for _ in range(self._batch)]
+            except OSError:
+                chunk = []
+            chunk = [c for c in chunk if c]
+            if not chunk:
+                self._spill_path.unlink(missing_ok=True)
+                self._spill_offset = self._spill_size = 0
+                self._spilling = False
+                return False
+        if not self._deliver(chunk, give_up=final and self._close_deadline_passed()):
+            return False
+        with self._spill_lock:
+            self._spill_offset += sum(len(c) for c in chunk)
+            self._spill_lines -= len(chunk)
+        return True
+
+    _close_by: float | None = None
+
+    def _close_deadline_passed(self) -> bool:
+        return self._close_by is not None and time.monotonic() > self._close_by
+
+    # ------------------------------------------------------------------ control
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record offered so far has reached the sink (or, under
+        ``spill``, the spill file). True when it has, False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._wake.set()
+            with self._progress:
+                done = (not self._queue and not self._busy and self._ship.empty()
+                        and self._written + self._spilled - self._spill_shipped()
+                        >= self._produced)
+                if done:
+                    return True
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._progress.wait(0.02 if left is None else min(left, 0.02))
+
+    def _spill_shipped(self) -> int:
+        # Lines shipped from the spill count in ``written`` and were counted in
+        # ``spilled`` too: count each line once.
+        return self._spilled - self._spill_lines
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Write everything queued, a final checkpoint, and close the sink. True when the
+        sink took everything within ``timeout``; else what it did not take is in the
+        spill file (``spill_pending``), or, without one, counted as ``undelivered``."""
+        if self._closed:
+            return True
+        self._close_by = None if timeout is None else time.monotonic() + timeout
+        with self._room:
+            self._closed = True
+            self._open = False
+            self._room.notify_all()
+        self._wake.set()
+        self._writer.join(None if timeout is None else timeout + 1.0)
+        left = None if self._close_by is None else max(0.0, self._close_by - time.monotonic())
+        self._shipper.join(None if left is None else left + 1.0)
+        if self._shipper.is_alive():  # stuck in the sink: what waits for it goes to the spill
+            while True:
+                try:
+                    item = self._ship.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    with self._rescue_lock:
+                        self._rescued.extend(item[0])
+            self._rescue()
+        done = not self._writer.is_alive() and not self._shipper.is_alive()
+        if done:
+            with contextlib.suppress(Exception):
+                self.sink.close()
+        _live.discard(self)
+        stats = self.stats()
+        return done and stats["undelivered"] == 0 and stats["spill_pending"] == 0
+
+    def stats(self) -> dict[str, int]:
+        """Counters (docs/decision-log.md, "Metrics"): ``taken`` records accepted into
+        the log, ``written`` lines delivered to the sink, ``spilled`` and
+        ``spill_pending``, ``dropped``, ``denied`` (decisions the log turned into
+        denials) and ``unrecorded_denials``, ``blocked`` waits, ``sink_errors``,
+        ``stalls``, ``checkpoints``, ``queue_depth``, ``undelivered`` (produced, not yet
+        delivered nor spilled)."""
+        with self._lock:
+            spill_pending = self._spill_lines
+            undelivered = self._produced - (self._written - (self._spilled - spill_pending)) \
+                - self._spilled
+            return {
+                "taken": self._taken, "produced": self._produced, "written": self._written,
+                "spilled": self._spilled, "spill_pending": spill_pending,
+                "dropped": self._dropped, "denied": self._denied,
+                "unrecorded_denials": self._unrecorded_denials, "blocked": self._blocked,
+                "sink_errors": self._sink_errors, "stalls": self._stalls,
+                "checkpoints": self._checkpoints, "queue_depth": len(self._queue),
+                "undelivered": max(0, undelivered), "seq": self._seq,
+            }
+
+    @property
+    def healthy(self) -> bool:
+        """False while the sink is failing or stalled."""
+        return not (self._failing or self._stalled)
+
+    def __enter__(self) -> DecisionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,223 @@
+"""Decision-log records: what the writer thread builds from what the hot path captured.
+
+The hot path captures references to immutable things (the :class:`Decision`, strings, a
+shallow copy of the context) and the writer thread, off the hot path, turns them into one
+record (a ``dict``): masking, token ids and time formatting all happen here. The schema is
+documented, field by field, in docs/decision-log.md; :data:`SCHEMA` names its version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from policyengine.tools._redaction import MASK, RedactionRule, redact
+
+__all__ = [
+    "CREDENTIAL_KEYS",
+    "SCHEMA",
+    "LogView",
+    "decision_record",
+    "event_record",
+    "mask_input",
+    "rfc3339",
+    "scrub",
+    "token_ids",
+]
+
+#: The schema version every record carries in ``schema``.
+SCHEMA: Final = "policyengine.decision-log/1"
+
+#: Keys whose values are credentials wherever they appear in an input (compared after
+#: lower-casing and ``-`` -> ``_``): the log holds a mask in their place, never the value.
+CREDENTIAL_KEYS: Final = frozenset({
+    "authorization", "proxy_authorization", "cookie", "set_cookie", "password", "passwd",
+    "secret", "client_secret", "token", "access_token", "refresh_token", "id_token",
+    "api_key", "apikey", "x_api_key", "private_key", "x_ingest_key", "ingest_key",
+    "bearer", "credentials", "session_token",
+})
+
+
+class LogView:
+    """What a record needs from the policy in force: its revision and its ``log redact``
+    rules (with the engine's HMAC key for ``hash``). One per loaded policy, immutable, so
+    the hot path captures one reference."""
+
+    __slots__ = ("hmac_key", "revision", "rules")
+
+    def __init__(self, revision: str, rules: tuple[RedactionRule, ...] = (),
+                 hmac_key: bytes | None = None) -> None:
+        self.revision = revision
+        self.rules = rules
+        self.hmac_key = hmac_key
+
+
+_last_second = -1
+_last_prefix = ""
+
+
+def rfc3339(ns: int) -> str:
+    """``2026-01-01T00:00:00.000000000Z`` from POSIX nanoseconds (OPA's ``timestamp``)."""
+    global _last_second, _last_prefix
+    sec, frac = divmod(ns, 1_000_000_000)
+    if sec != _last_second:
+        _last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _last_second = sec
+    return f"{_last_prefix}.{frac:09d}Z"
+
+
+def _is_jwt(value: str) -> bool:
+    # A compact JWS or JWE: base64url segments, the first a JSON header ("eyJ" = '{"').
+    return value.startswith("eyJ") and value.count(".") in (2, 4) and " " not in value
+
+
+def scrub(value: Any, path: str, masked: list[str], depth: int = 0) -> Any:
+    """``value`` with every credential replaced by the mask: values under a
+    :data:`CREDENTIAL_KEYS` key and strings that are JWTs. Containers are copied only
+    where something changed; the paths replaced are appended to ``masked``."""
+    if depth > 64:
+        masked.append(path)
+        return MASK
+    if type(value) is str:
+        if len(value) > 20 and _is_jwt(value):
+            masked.append(path)
+            return MASK
+        return value
+    if isinstance(value, Mapping):
+        out: dict[Any, Any] | None = None
+        for k, v in value.items():
+            if type(k) is str and k.lower().replace("-", "_") in CREDENTIAL_KEYS:
+                new: Any = MASK
+                masked.append(f"{path}.{k}")
+            elif type(v) in (int, float, bool) or v is None:
+                continue
+            else:
+                new = scrub(v, f"{path}.{k}", masked, depth + 1)
+                if new is v:
+                    continue
+            if out is None:
+                out = dict(value)
+            out[k] = new
+        return value if out is None else out
+    if isinstance(value, (list, tuple)):
+        items: list[Any] | None = None
+        for i, v in enumerate(value):
+            if type(v) in (int, float, bool) or v is None:
+                continue
+            new = scrub(v, f"{path}[{i}]", masked, depth + 1)
+            if new is not v:
+                if items is None:
+                    items = list(value)
+                items[i] = new
+        return value if items is None else items
+    return value
+
+
+def mask_input(inp: dict[str, Any], view: LogView | None
+               ) -> tuple[dict[str, Any] | None, list[str], list[str], list[str]]:
+    """Apply the policy's ``log redact`` rules, then remove credentials.
+
+    Returns (input, masked paths, erased paths, errors). A rule that cannot be applied
+    (``hash`` without a key, a value that cannot be hashed) leaves nothing to chance:
+    the whole input is erased (``erased == ["$"]``) and the error is named.
+    """
+    masked: list[str] = []
+    erased: list[str] = []
+    if view is not None and view.rules:
+        result = redact(inp, view.rules, hmac_key=view.hmac_key)
+        if result.diagnostics:
+            return None, [], ["$"], sorted({d.code for d in result.diagnostics})
+        for r in result.redactions:
+            (erased if r["strategy"] == "remove" else masked).append(r["field"])
+        inp = result.body
+    return scrub(inp, "$", masked), masked, erased, []
+
+
+def token_ids(token: Any) -> dict[str, Any]:
+    """The ids of a delegation token (``grant_id``, ``jti``), read without verifying;
+    never the token. ``{}`` for something that is not a readable token."""
+    if type(token) is not str:
+        return {"present": True}
+    from policyengine.tokens._jws import split
+    try:
+        claims = split(token).claims
+    except Exception:  # a malformed token: its presence is all the log says
+        return {"present": True}
+    out: dict[str, Any] = {"present": True}
+    for name in ("grant_id", "jti"):
+        value = claims.get(name)
+        if type(value) is str and len(value) <= 128:
+            out[name] = value
+    return out
+
+
+def decision_record(kind: str, ts_ns: int, latency_ns: int, decision: Any,
+                    inp: dict[str, Any], token: Any, view: LogView | None,
+                    extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One ``authorize`` / ``tool_authorize`` record (docs/decision-log.md)."""
+    d = decision
+    tool = None
+    if kind == "tool_authorize":
+        tool, d = d, d.decision
+    logged, masked, erased, errors = mask_input(inp, view)
+    ob = d.obligations
+    result: dict[str, Any] = {
+        "allowed": d.status == "allowed",
+        "status": d.status,
+        "reason_code": d.code,
+        "reason": d.reason,
+        "rules": list(d.rules),
+        "obligations": ob.to_wire() if ob is not None and not ob.is_empty() else None,
+        "approval_id": d.approval_id,
+        "diagnostics": [x.code for x in d.diagnostics],
+    }
+    if tool is not None:
+        result["outcome"] = tool.outcome
+        result["tool"] = tool.tool
+        result["redactions"] = [dict(r) for r in tool.redactions]
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "kind": kind,
+        "decision_id": d.decision_id,
+        "timestamp": rfc3339(ts_ns),
+        "bundles": {"policy": {"revision": view.revision if view is not None else None}},
+        "principal": d.principal,
+        "acting_for": d.acting_for,
+        "chain": list(d.chain) if d.chain is not None else None,
+        "permission": d.permission,
+        "input": logged,
+        "result": result,
+        "metrics": {"timer_decision_ns": latency_ns},
+    }
+    if d.budget is not None:
+        record["budget"] = d.budget.to_wire()
+    if token is not None:
+        record["token"] = token_ids(token)
+    if masked:
+        record["masked"] = masked
+    if erased:
+        record["erased"] = erased
+    if errors:
+        record["mask_errors"] = errors
+    if extra:
+        record.update(extra)
+    return record
+
+
+def event_record(kind: str, ts_ns: int, fields: Mapping[str, Any],
+                 view: LogView | None) -> dict[str, Any]:
+    """A record of an operation (budget, approval, token, reload, ingested event): the
+    common head plus ``fields``; credentials in them are masked like an input's."""
+    masked: list[str] = []
+    body = scrub(dict(fields), "$", masked)
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "kind": kind,
+        "timestamp": rfc3339(ts_ns),
+        "bundles": {"policy": {"revision": view.revision if view is not None else None}},
+    }
+    record.update(body)
+    if masked:
+        record["masked"] = masked
+    return record

@@ -1,0 +1,236 @@
+"""Decision-log records through the public API: what a record holds for each kind of
+decision and operation, what it never holds, and the file sink."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import policyengine as pe
+from policyengine.audit import (
+    SCHEMA,
+    CallbackSink,
+    DecisionLog,
+    DecisionLogError,
+    JsonlFileSink,
+    verify_files,
+)
+
+POLICY = """
+currency EUR
+role payer: payments:*
+agent "bot": payer
+limit cap: payments:* amount <= 500 EUR
+approval big: payments:* over 300 EUR
+budget daily: payments:* limit 1000 EUR per day per agent
+tool bank: mcp "pay" -> payments:pay {
+  amount = $.amount, currency = $.currency
+  redact $.iban mask
+}
+"""
+
+
+def logged(**options: Any) -> tuple[pe.Engine, list[dict[str, Any]]]:
+    records: list[dict[str, Any]] = []
+    log = DecisionLog(CallbackSink(records.append))
+    return pe.Engine.from_source(POLICY, decision_log=log, **options), records
+
+
+def kinds(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["kind"] == kind]
+
+
+def test_an_authorize_record_holds_the_decision_and_its_input() -> None:
+    engine, records = logged()
+    d = engine.authorize("bot", "payments:pay", {"amount": "20", "currency": "EUR"})
+    assert engine.close()
+    (r,) = kinds(records, "authorize")
+    assert r["schema"] == SCHEMA == "policyengine.decision-log/1"
+    assert r["decision_id"] == d.decision_id
+    assert r["bundles"] == {"policy": {"revision": engine.revision}}
+    assert r["principal"] == "bot" and r["permission"] == "payments:pay"
+    assert r["input"] == {"principal": "bot", "permission": "payments:pay",
+                          "context": {"amount": "20", "currency": "EUR"}}
+    assert r["result"]["status"] == "allowed" and r["result"]["allowed"] is True
+    assert r["result"]["reason_code"] == d.code and r["result"]["rules"] == list(d.rules)
+    assert r["result"]["obligations"]["maxAmount"] == "500.00"
+    assert r["budget"]["budget"] == "default.daily"
+    assert r["metrics"]["timer_decision_ns"] > 0
+    assert r["timestamp"].endswith("Z") and len(r["timestamp"]) == 30
+    assert r["dropped"] == 0 and len(r["hash"]) == 64
+
+
+def test_denied_and_pending_decisions_are_recorded_too() -> None:
+    engine, records = logged()
+    engine.authorize("bot", "payments:pay", {"amount": "400", "currency": "EUR"})
+    engine.authorize("nobody", "docs:read")
+    engine.authorize(42, "x")  # type: ignore[arg-type]  # malformed: still recorded
+    engine.close()
+    statuses = [(r["result"]["status"], r["result"]["reason_code"])
+                for r in kinds(records, "authorize")]
+    assert statuses == [("pending_approval", "approval_required"),
+                        ("denied", "no_permit"), ("denied", "invalid_request")]
+    assert kinds(records, "approval.request")[0]["approval"]["status"] == "pending"
+
+
+def test_the_context_is_copied_when_decided() -> None:
+    engine, records = logged()
+    context = {"amount": "20", "currency": "EUR"}
+    engine.authorize("bot", "payments:pay", context)
+    context["amount"] = "999"  # the caller reuses its dict
+    engine.close()
+    assert kinds(records, "authorize")[0]["input"]["context"]["amount"] == "20"
+
+
+def test_a_tool_record_holds_the_redacted_body_and_never_headers() -> None:
+    engine, records = logged()
+    t = engine.tool_authorize("bot", transport="mcp", toolName="pay",
+                              body={"iban": "FR7630006000011234567890189", "amount": "10",
+                                    "currency": "EUR"},
+                              headers={"authorization": "Bearer secret"})
+    engine.close()
+    (r,) = kinds(records, "tool_authorize")
+    assert r["decision_id"] == t.decision_id
+    assert r["result"]["outcome"] == "policy_allow"
+    assert r["result"]["redactions"] == [{"field": "$.iban", "strategy": "mask"}]
+    assert r["input"]["body"]["iban"] == "***REDACTED***"
+    assert r["input"]["tool_name"] == "pay"
+    assert "Bearer secret" not in json.dumps(records)
+
+
+def test_credentials_and_tokens_never_reach_the_log() -> None:
+    keys = pe.KeySet.generate(issuer="https://auth.example")
+    engine, records = logged(keys=keys)
+    token = pe.tokens.mint(keys, issuer="https://auth.example", acting_for="besar",
+                           agent="bot", permissions=["payments:*"], ttl=600)
+    grant = pe.tokens.verify(keys, token)
+    d = engine.authorize("bot", "payments:pay",
+                         {"amount": "5", "currency": "EUR", "api_key": "k-123",
+                          "nested": {"Password": "hunter2", "list": [token]}},
+                         token=token)
+    engine.revoke(grant.grant_id)
+    engine.close()
+    text = json.dumps(records)
+    assert token not in text and "k-123" not in text and "hunter2" not in text
+    (r,) = kinds(records, "authorize")
+    assert r["acting_for"] == "besar" == d.acting_for and r["chain"] == ["besar", "bot"]
+    assert r["token"] == {"present": True, "grant_id": grant.grant_id, "jti": grant.jti}
+    assert sorted(r["masked"]) == ["$.context.api_key", "$.context.nested.Password",
+                                   "$.context.nested.list[0]"]
+    assert kinds(records, "token.revoke")[0]["grant"] == {"id": grant.grant_id}
+
+
+def test_budget_and_approval_operations_are_recorded() -> None:
+    engine, records = logged()
+    r = engine.budgets.reserve("bot", "payments:pay", "80", "EUR")
+    engine.budgets.commit(r.id, "75", "EUR")
+    with pytest.raises(pe.PolicyEngineError):
+        engine.budgets.release(r.id)  # already committed: refused, and recorded so
+    d = engine.authorize("bot", "payments:pay", {"amount": "400", "currency": "EUR"})
+    engine.approvals.approve(d.approval_id, by="alice")
+    engine.authorize("bot", "payments:pay", {"amount": "400", "currency": "EUR"},
+                     approval_id=d.approval_id)
+    engine.close()
+    ops = [(x["kind"], x.get("status")) for x in records
+           if x["kind"].startswith(("budget.", "approval."))]
+    assert ops == [("budget.reserve", "ok"), ("budget.commit", "ok"),
+                   ("budget.release", "refused"), ("approval.request", None),
+                   ("approval.approve", "ok"), ("approval.consume", "ok")]
+    assert kinds(records, "budget.commit")[0]["reservation"]["status"] == "committed"
+    assert kinds(records, "approval.approve")[0]["by"] == "alice"
+
+
+def test_a_reload_is_recorded_with_both_revisions(tmp_path: Path) -> None:
+    policy = tmp_path / "p.policy"
+    policy.write_text('role r: docs:*\nagent "bot": r\n')
+    records: list[dict[str, Any]] = []
+    engine = pe.Engine.from_path(policy, decision_log=DecisionLog(CallbackSink(records.append)))
+    first = engine.revision
+    policy.write_text('role r: docs:read\nagent "bot": r\n')
+    engine.reload()
+    policy.write_text("permit broken")
+    with pytest.raises(pe.PolicyError):
+        engine.reload()
+    engine.close()
+    ok, failed = kinds(records, "policy.reload")
+    assert ok["status"] == "ok" and ok["previous_revision"] == first
+    assert ok["bundles"]["policy"]["revision"] == engine.revision != first
+    assert failed["status"] == "failed" and failed["errors"]
+
+
+def test_explain_is_not_a_decision_and_is_not_recorded() -> None:
+    engine, records = logged()
+    engine.explain("bot", "payments:pay", {"amount": "1", "currency": "EUR"})
+    engine.close()
+    assert not kinds(records, "authorize")
+
+
+def test_a_closed_log_denies() -> None:
+    engine, _ = logged()
+    engine.close()
+    d = engine.authorize("bot", "payments:pay", {"amount": "1", "currency": "EUR"})
+    assert d.status == "denied" and d.code == "decision_log_unavailable"
+
+
+def test_file_sink_rotates_and_the_files_verify_as_one_chain(tmp_path: Path) -> None:
+    sink = JsonlFileSink(tmp_path / "decisions.jsonl", max_bytes=4096)
+    keys = pe.KeySet.generate()
+    engine = pe.Engine.from_source(POLICY, keys=keys,
+                                   decision_log=DecisionLog(sink, checkpoint_every=50,
+                                                            batch_size=16))
+    ids = [engine.authorize("bot", "payments:pay", {"amount": "1", "currency": "EUR",
+                                                    "n": i}).decision_id
+           for i in range(300)]
+    assert engine.close()
+    files = sink.rotated()
+    assert len(files) > 3
+    lines = [json.loads(x) for f in files for x in f.read_text().splitlines()]
+    assert [r["decision_id"] for r in lines if r["kind"] == "authorize"] == ids
+    assert [r["seq"] for r in lines] == list(range(1, len(lines) + 1))
+    report = verify_files(files, keys, require_signatures=True)
+    assert report.ok and report.signed_checkpoints == 7, report.to_dict()  # 6 + at close
+    assert [r["seq"] for r in lines if r["kind"] == "log.checkpoint"][:2] == [51, 102]
+    assert report.unsealed_tail == 0
+
+
+def test_a_log_file_continues_its_chain_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    for _ in range(2):
+        engine = pe.Engine.from_source(POLICY, decision_log=str(path))
+        engine.authorize("bot", "payments:pay")
+        engine.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["kind"] for r in lines] == ["log.start", "authorize", "log.checkpoint",
+                                          "log.resume", "authorize", "log.checkpoint"]
+    assert verify_files([path]).ok
+
+
+def test_a_torn_last_line_starts_a_new_file(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    engine = pe.Engine.from_source(POLICY, decision_log=str(path))
+    engine.authorize("bot", "payments:pay")
+    engine.close()
+    with open(path, "ab") as f:
+        f.write(b'{"schema":"policyengine.deci')  # a crash mid-write
+    engine = pe.Engine.from_source(POLICY, decision_log=str(path))
+    engine.authorize("bot", "payments:pay")
+    engine.close()
+    assert json.loads(path.read_text().splitlines()[0])["kind"] == "log.start"
+    assert verify_files([path]).ok
+
+
+@pytest.mark.parametrize("options", [{"overflow": "never"}, {"capacity": 0},
+                                     {"batch_size": -1}])
+def test_bad_options_are_refused_with_a_code(options: dict[str, Any]) -> None:
+    with pytest.raises(DecisionLogError) as err:
+        DecisionLog(CallbackSink(lambda r: None), **options)
+    assert err.value.code == "invalid_log_config"
+
+
+def test_unknown_sink_urls_are_refused() -> None:
+    with pytest.raises(DecisionLogError) as err:
+        DecisionLog("ftp://example/log")
+    assert err.value.code == "invalid_log_config"
