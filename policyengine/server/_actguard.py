@@ -27,7 +27,7 @@ The mapping onto the engine:
 from __future__ import annotations
 
 import contextlib
-from collections import deque
+from collections import OrderedDict, deque
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -37,18 +37,21 @@ import policyengine as pe
 from policyengine.budgets import BudgetError, BudgetExceeded, Reservation, ReservationError
 from policyengine.server import _models as m
 from policyengine.server._budgetwire import (
+    INEXACT,
     USD,
     api_key,
+    at_cent,
+    exact_or_cent,
     llm_price,
     render_refusals,
-    spendable,
+    usd_amounts,
 )
 
 if TYPE_CHECKING:
     from policyengine.server._app import PolicyService, _Reply, _Request, _Route
     from policyengine.server._credentials import ApiKey
 
-__all__ = ["CU_PER_USD", "PERMISSION", "RESERVE_TTL", "ActguardWire"]
+__all__ = ["CU_PER_USD", "MAX_RUNS", "PERMISSION", "RESERVE_TTL", "ActguardWire"]
 
 #: The permission a run asks for (and budgets cover): ``budget ...: llm:* ...``.
 PERMISSION = "llm:run"
@@ -56,6 +59,8 @@ PERMISSION = "llm:run"
 CU_PER_USD = 1000
 #: How long a run's hold lasts (the SDK has no heartbeat); a later settle still records.
 RESERVE_TTL = 86_400
+#: Runs whose request fields are remembered per process, for a settle after expiry.
+MAX_RUNS = 100_000
 
 _RESERVE_IN = TypeAdapter(m.ActguardReserveRequest)
 _RESERVE_OUT = TypeAdapter(m.ActguardReserveResponse)
@@ -88,6 +93,9 @@ class ActguardWire:
         #: The most recent event envelopes accepted, with the agent that sent them.
         self.events: deque[tuple[str, m.ActguardEvent]] = deque(
             maxlen=service.config.event_log_size)
+        # The request fields of each live run (for a settle that arrives after its hold
+        # expired: the late debit goes to the same run's buckets). Bounded, per process.
+        self._scopes: OrderedDict[str, dict[str, str]] = OrderedDict()
 
     def routes(self) -> list[_Route]:
         from policyengine.server._app import _Route
@@ -125,10 +133,8 @@ class ActguardWire:
         that budget counts dollars)."""
         from policyengine.server._app import _Reply
         self.service.metrics.error(code)
-        amounts = dict.fromkeys(("limit", "spent", "reserved", "debt", "attempted",
-                                 "remaining"), Decimal(0))
-        if usage is not None and usage.get("currency") == USD:
-            amounts = {k: Decimal(usage[k]) for k in amounts}
+        amounts = usd_amounts(usage) or dict.fromkeys(
+            ("limit", "spent", "reserved", "debt", "attempted", "remaining"), Decimal(0))
         if status == 402:
             shortfall = amounts["debt"] + amounts["attempted"]
             body = _PAYMENT_OUT.dump_json(m.ActguardPaymentRequired(
@@ -142,15 +148,19 @@ class ActguardWire:
                 cost_limit=_cu(amounts["limit"], ROUND_FLOOR)))
         return _RefusedError(_Reply(status, body))
 
-    def _decide(self, key: ApiKey, r: m.ActguardReserveRequest, usd: Decimal | None) -> None:
-        context: dict[str, Any] = {"run_id": r.run_id}
-        for name, value in (("user_id", r.user_id), ("plan_key", r.plan_key),
-                            ("tenant", key.tenant)):
-            if value is not None:
-                context[name] = value
+    def _decide(self, key: ApiKey, r: m.ActguardReserveRequest, scope: dict[str, str],
+                usd: Decimal | None) -> None:
+        """Ask the policy for the run (rules, limits, and every covering budget's room);
+        raise the refusal the SDK acts on, or return."""
+        context: dict[str, Any] = dict(scope)
+        if key.tenant is not None:
+            context["tenant"] = key.tenant
         if usd is not None:
             context["amount"], context["currency"] = usd, USD
         d = self.service.engine.authorize(key.agent, PERMISSION, context)
+        if d.code in INEXACT and usd is not None and at_cent(usd) != usd:
+            context["amount"] = at_cent(usd)  # a cent budget counts whole cents
+            d = self.service.engine.authorize(key.agent, PERMISSION, context)
         self.service.metrics.decision("actguard", d.status)
         if d.allowed:
             return
@@ -173,14 +183,19 @@ class ActguardWire:
         from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
         key = self._key(req)
         r = _validate(_RESERVE_IN, _json_body(req))
-        usd = None if r.cost_limit is None else spendable(Decimal(r.cost_limit) / CU_PER_USD)
+        usd = None if r.cost_limit is None else Decimal(r.cost_limit) / CU_PER_USD
+        scope = {k: v for k, v in (("run_id", r.run_id), ("user_id", r.user_id),
+                                   ("plan_key", r.plan_key)) if v}
         ledger = self.service.engine.budgets
+
+        def hold(amount: Decimal) -> Reservation:
+            return ledger.reserve(key.agent, PERMISSION, amount, USD, ttl=RESERVE_TTL,
+                                  idempotency_key=f"actguard:{key.name}:{r.run_id}",
+                                  acting_for=r.user_id, tenant=key.tenant, scope=scope)
+
         try:
-            self._decide(key, r, usd)
-            rsv = ledger.reserve(
-                key.agent, PERMISSION, usd if usd is not None else 0, USD,
-                ttl=RESERVE_TTL, idempotency_key=f"actguard:{key.name}:{r.run_id}",
-                acting_for=r.user_id, tenant=key.tenant)
+            self._decide(key, r, scope, usd)
+            rsv = exact_or_cent(hold, usd if usd is not None else Decimal(0))
         except _RefusedError as refused:
             return refused.reply
         except BudgetExceeded as exc:
@@ -192,13 +207,18 @@ class ActguardWire:
         except BudgetError as exc:
             raise _RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
                                 exc.message) from None
+        self._scopes[rsv.id] = scope
+        while len(self._scopes) > MAX_RUNS:
+            self._scopes.popitem(last=False)
         cost_limit = r.cost_limit
         if cost_limit is None:  # the room left, for the SDK's local enforcement
-            room = [b.remaining for b in ledger.balances(key.agent, acting_for=r.user_id,
-                                                         tenant=key.tenant)
-                    if b.unit == USD and _covers(ledger, b.budget)]
-            if room:
-                cost_limit = max(1, _cu(min(room), ROUND_FLOOR))
+            room = [usd_amounts({"currency": b.unit, "remaining": b.remaining})
+                    for b in ledger.balances(key.agent, acting_for=r.user_id,
+                                             tenant=key.tenant, scope=scope)
+                    if _covers(ledger, b.budget)]
+            dollars = [a["remaining"] for a in room if a is not None]
+            if dollars:
+                cost_limit = max(1, _cu(min(dollars), ROUND_FLOOR))
         out = m.ActguardReserveResponse(
             reserve_id=rsv.id, cost_limit=cost_limit, tariff_version=_tariff_version(
                 self.service), estimated_usd_micros=int(
@@ -218,9 +238,9 @@ class ActguardWire:
                 rsv.tenant != key.tenant):
             raise _RefusalError(404, "unknown_reservation", "no such reservation")
         usd, priced = self._price(s)
-        charge = spendable(usd) if priced else max(spendable(usd), rsv.amount)
+        charge = usd if priced else max(usd, rsv.amount)
         try:
-            done = self._commit(rsv, charge, s.reserve_id)
+            done = exact_or_cent(lambda a: self._commit(rsv, a, s.reserve_id), charge)
         except BudgetExceeded as exc:
             # Over the budgets even with their overdraft: the hold is charged whole (the
             # spend happened; never less than what was admitted) and the SDK told.
@@ -274,7 +294,7 @@ class ActguardWire:
         return ledger.record(rsv.principal, PERMISSION, usd, USD,
                              idempotency_key=f"actguard-late:{key}",
                              acting_for=rsv.acting_for, tenant=rsv.tenant,
-                             overage="allow_with_overdraft")
+                             overage="allow_with_overdraft", scope=self._scopes.get(rsv.id))
 
     def ingest(self, req: _Request) -> _Reply:
         from policyengine.server._app import _json_body, _Reply, _validate

@@ -35,11 +35,14 @@ from pydantic import TypeAdapter
 from policyengine.budgets import BudgetError, BudgetExceeded
 from policyengine.server import _models as m
 from policyengine.server._budgetwire import (
+    INEXACT,
     USD,
     api_key,
+    at_cent,
+    exact_or_cent,
     llm_price,
     render_refusals,
-    spendable,
+    usd_amounts,
 )
 
 if TYPE_CHECKING:
@@ -188,16 +191,19 @@ class AgentLedgerWire:
                 raise _RefusalError(422, "unpriced_model", f"events.{i}: the policy's price "
                                     f"table has no dollar price for {e.provider}/{e.model}")
             total += price[0]
-        return spendable(total), calls
+        return total, calls
 
     def _spend(self, s: _Session, total: Decimal, calls: int) -> _Reply | None:
         from policyengine.server._app import _RefusalError
         engine = self.service.engine
-        context: dict[str, Any] = {"amount": total, "currency": USD, "session": s.id,
-                                   "agent_name": s.agent, "calls": calls}
+        scope = {"session": s.id, "agent_name": s.agent}
+        context: dict[str, Any] = {**scope, "amount": total, "currency": USD, "calls": calls}
         if s.tenant is not None:
             context["tenant"] = s.tenant
         d = engine.authorize(s.agent, PERMISSION, context)
+        if d.code in INEXACT and at_cent(total) != total:
+            context["amount"] = at_cent(total)  # a cent budget counts whole cents
+            d = engine.authorize(s.agent, PERMISSION, context)
         self.service.metrics.decision("agent_ledger", d.status)
         if not d.allowed:
             if d.code in ("budget_exceeded", "debt_outstanding") and d.budget is not None:
@@ -205,7 +211,8 @@ class AgentLedgerWire:
             raise _RefusalError(403, d.code if d.status == "denied" else "approval_required",
                                 d.reason)
         try:
-            engine.budgets.record(s.agent, PERMISSION, total, USD, tenant=s.tenant)
+            exact_or_cent(lambda amount: engine.budgets.record(
+                s.agent, PERMISSION, amount, USD, tenant=s.tenant, scope=scope), total)
         except BudgetExceeded as exc:
             return self._guardrail(s, exc.code, exc.message, exc.details)
         except BudgetError as exc:
@@ -215,15 +222,18 @@ class AgentLedgerWire:
 
     def _guardrail(self, s: _Session, code: str, message: str,
                    usage: dict[str, Any]) -> _Reply:
+        """The 429 the SDK raises as ``BudgetGuardrailError``: the refusing budget's
+        amounts, in dollars when it counts dollars (else in its own unit, named by
+        ``currency``)."""
         from policyengine.server._app import _Reply
         self.service.metrics.error(code)
-        limit, spent = Decimal(usage["limit"]), Decimal(usage["spent"])
-        spent += Decimal(usage["reserved"])
+        amounts = usd_amounts(usage) or {k: Decimal(usage[k]) for k in (
+            "limit", "spent", "reserved", "attempted", "projected", "remaining")}
         out = m.LedgerGuardrail(error=message, code=code, details=m.LedgerGuardrailDetails(
-            agentName=s.agent, dailyLimitUsd=limit, spentTodayUsd=spent,
-            attemptedCostUsd=Decimal(usage["attempted"]),
-            projectedCostUsd=Decimal(usage["projected"]),
-            remainingBudgetUsd=Decimal(usage["remaining"]), budget=usage["budget"],
-            currency=usage["currency"], windowEnd=usage.get("windowEnd")))
+            agentName=s.agent, dailyLimitUsd=amounts["limit"],
+            spentTodayUsd=amounts["spent"] + amounts["reserved"],
+            attemptedCostUsd=amounts["attempted"], projectedCostUsd=amounts["projected"],
+            remainingBudgetUsd=amounts["remaining"], budget=usage["budget"],
+            currency=USD if usd_amounts(usage) is not None else usage["currency"],
+            windowEnd=usage.get("windowEnd")))
         return _Reply(429, _GUARDRAIL_OUT.dump_json(out), s.agent, "denied")
-

@@ -7,28 +7,60 @@ themselves (:func:`render_refusals`) instead of the service's deny-shaped error.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import ROUND_CEILING, Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
 
 import policyengine as pe
+from policyengine.budgets import BudgetInputError
 
 if TYPE_CHECKING:
     from policyengine.server._app import PolicyService, _Reply, _Request
     from policyengine.server._credentials import ApiKey
 
-__all__ = ["USD", "api_key", "llm_price", "render_refusals", "spendable", "to_usd"]
+__all__ = ["USD", "api_key", "at_cent", "exact_or_cent", "llm_price", "render_refusals",
+           "usd_amounts"]
 
 USD = "USD"
 _CENT = Decimal("0.01")
+#: What a budget refuses an amount finer than its quantum with (a fraction of a cent on
+#: a ``USD`` budget): ``inexact_amount``, or ``invalid_amount`` (too many decimals).
+INEXACT = frozenset({"inexact_amount", "invalid_amount"})
+_UNITS = {"USD": Decimal(1), "USD_MICROCENTS": Decimal(10) ** 8}
+
+T = TypeVar("T")
 
 
-def spendable(usd: Decimal) -> Decimal:
-    """``usd`` rounded **up** to the cent, the finest amount a dollar budget holds: a
-    fraction of a cent is charged as a whole one (never less than was spent)."""
+def at_cent(usd: Decimal) -> Decimal:
+    """``usd`` rounded **up** to the cent (never less than was spent)."""
     return usd.quantize(_CENT, ROUND_CEILING)
+
+
+def exact_or_cent(call: Callable[[Decimal], T], usd: Decimal) -> T:
+    """``call(usd)``; when a covering budget counts whole cents and refuses the fraction of
+    one, ``call`` again with ``usd`` rounded up to the cent. Budgets in
+    ``USD_MICROCENTS`` get the exact amount; a cent budget is charged a whole cent for a
+    fraction of one (over, never under). A refused call changed nothing (ledger calls
+    are all or nothing), so the retry never counts twice."""
+    try:
+        return call(usd)
+    except BudgetInputError as exc:
+        if exc.code not in INEXACT or at_cent(usd) == usd:
+            raise
+    return call(at_cent(usd))
+
+
+def usd_amounts(usage: Mapping[str, Any] | None) -> dict[str, Decimal] | None:
+    """The amounts of a budget refusal or usage (docs/budgets.md wire form) in dollars,
+    or None when that budget does not count dollars."""
+    if usage is None or usage.get("currency") not in _UNITS:
+        return None
+    per = _UNITS[usage["currency"]]
+    return {k: Decimal(usage[k]) / per for k in ("limit", "spent", "reserved", "debt",
+                                                 "attempted", "projected", "remaining")
+            if k in usage}
 
 
 def render_refusals(service: PolicyService, handler: Callable[[_Request], _Reply],
@@ -69,11 +101,3 @@ def llm_price(engine: pe.Engine, provider: str, model: str, input_tokens: int,
     None when the policy prices no such model (the caller refuses: nothing unpriced is
     admitted). The engine has no price table yet: every model is unpriced."""
     return None
-
-
-def to_usd(engine: pe.Engine, amount: Decimal, currency: str) -> Decimal:
-    """``amount`` in US dollars (the wires speak dollars), exactly when the policy's
-    rates allow; raises :class:`policyengine.MoneyError` otherwise."""
-    if currency == USD:
-        return amount
-    raise pe.MoneyError("no_rate", f"prices in {currency} cannot be spoken on a dollar wire")

@@ -179,3 +179,35 @@ def test_events_are_validated_and_kept(svc: Live) -> None:
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
     anon = httpx.post(f"{svc.url}/ag/api/v1/events", json={"events": []})
     assert anon.status_code == 401
+
+
+def test_a_budget_per_run_caps_each_run_on_its_own() -> None:
+    per_run = "budget per-run: llm:run limit 1 USD per day per context.run_id\n"
+    with live(per_run) as svc:
+        c = client(svc)
+        try:
+            with pytest.raises(BudgetExceededError) as err, c.run(run_id="big"), \
+                    c.budget_guard(cost_limit=1500):
+                pytest.fail("the scope must not run")
+            assert err.value.cost_limit == 1000 and err.value.cost_used == 0
+            for run_id in ("a", "b"):  # each run has its own dollar
+                with c.run(run_id=run_id), c.budget_guard(cost_limit=800):
+                    lines = [(b.budget, b.subject, b.reserved) for b in
+                             svc.engine.budgets.balances(scope={"run_id": run_id})]
+                    assert lines == [("wires.per-run", run_id, Decimal("0.80"))]
+        finally:
+            c.close()
+
+
+def test_a_fraction_of_a_cent_is_charged_as_a_whole_cent_on_a_cent_budget(svc: Live) -> None:
+    url, auth = f"{svc.url}/ag/api/v1", {"Authorization": "Bearer ag-key"}
+    r = httpx.post(f"{url}/reserve", json={"run_id": "c1", "cost_limit": 1}, headers=auth)
+    assert r.status_code == 200, r.text  # $0.001 held as $0.01: never less
+    assert reserved(svc) == (Decimal("0.00"), Decimal("0.01"))
+    body = {"reserve_id": r.json()["reserve_id"], "input_tokens": 0, "cached_input_tokens": 0,
+            "output_tokens": 0, "usage_breakdown": [
+                {"type": "custom_cost", "name": "lookup", "cost_cu": 3}]}
+    r = httpx.post(f"{url}/settle", json=body, headers=auth)
+    assert r.status_code == 200 and r.json()["cost_used"] == 3, r.text
+    assert r.json()["charged"] == 0.01 and r.json()["usd_micros"] == 3000
+    assert reserved(svc) == (Decimal("0.01"), Decimal("0.00"))

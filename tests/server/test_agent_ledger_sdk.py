@@ -87,3 +87,4 @@ def test_malformed_batches_are_400(svc: Live) -> None:
         r = httpx.post(f"{svc.url}/ledger/v1/events", json=body, headers=h)
         assert r.status_code == 400, body
         assert isinstance(r.json()["error"], str) and r.json()["code"]
+
