@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter
 
 import policyengine as pe
-from policyengine.budgets import BudgetError, BudgetExceeded, Reservation, ReservationError
+from policyengine.budgets import (
+    BudgetError,
+    BudgetExceeded,
+    IdempotencyMismatch,
+    Reservation,
+    ReservationError,
+)
 from policyengine.server import _models as m
 from policyengine.server._budgetwire import (
     INEXACT,
@@ -201,12 +207,19 @@ class ActguardWire:
         except BudgetExceeded as exc:
             return self._exceeded(exc.code, exc.message, exc.details, r.user_id,
                                   402 if exc.code == "debt_outstanding" else 409).reply
-        except pe.budgets.IdempotencyMismatch:
-            raise _RefusalError(422, "run_reused", "this run id was reserved with other "
-                                "arguments") from None
+        except IdempotencyMismatch:
+            return self._exceeded("run_reused", "this run id was reserved with other "
+                                  "arguments: use a new run id", None, r.user_id).reply
         except BudgetError as exc:
             raise _RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
                                 exc.message) from None
+        try:
+            status = ledger.get(rsv.id).status
+        except BudgetError as exc:
+            raise _RefusalError(503, exc.code, exc.message) from None
+        if status != "active":  # a replay of a run that has settled
+            return self._exceeded("run_reused", "this run id has already run: use a new "
+                                  "run id", None, r.user_id).reply
         self._scopes[rsv.id] = scope
         while len(self._scopes) > MAX_RUNS:
             self._scopes.popitem(last=False)
@@ -248,6 +261,9 @@ class ActguardWire:
                 self._commit(rsv, rsv.amount, s.reserve_id + ":cap")
             return self._exceeded(exc.code, exc.message, exc.details, rsv.acting_for,
                                   tokens=s.input_tokens + s.output_tokens).reply
+        except IdempotencyMismatch:
+            return self._exceeded("already_settled", "this reservation was settled with "
+                                  "another usage", None, rsv.acting_for).reply
         except BudgetError as exc:
             raise _RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
                                 exc.message) from None

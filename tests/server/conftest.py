@@ -6,10 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from policyengine.server import AgentCredential, Credentials, hash_secret
+from policyengine.server import AgentCredential, ApiKey, Credentials, hash_secret
 
 from .service_harness import (
     ADMIN,
+    API_KEY,
     INGEST_KEY,
     SECRETS,
     Running,
@@ -29,7 +30,8 @@ def credentials() -> Credentials:
          AgentCredential("key_hotel", hashes["key_hotel"], "hotel-agent",
                          ("flights:search",)),
          AgentCredential("key_demo", hashes["key_demo"], "demo-agent", ("llm:*",))),
-        {ADMIN[0]: hash_secret(ADMIN[1])})
+        {ADMIN[0]: hash_secret(ADMIN[1])},
+        api_keys=(ApiKey("travel-api", hash_secret(API_KEY), "travel-agent"),))
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ SECRETS = {"key_travel": "travel-secret", "key_hotel": "hotel-secret",
            "key_demo": "demo-secret"}
 ADMIN = ("ops", "ops-secret")
 INGEST_KEY = "ingest-key-travel"
+API_KEY = "api-key-travel"  # the budget wires' key of travel-agent
 
 
 @dataclass

@@ -128,7 +128,22 @@ def test_run_ids_are_idempotent_per_key(svc: Live) -> None:
     assert first.json()["reserve_id"] == again.json()["reserve_id"]
     assert reserved(svc) == (Decimal("0.00"), Decimal("0.10"))
     other = httpx.post(url, json={"run_id": "r", "cost_limit": 200}, headers=auth)
-    assert other.status_code == 422 and other.json()["code"] == "run_reused"
+    assert other.status_code == 409 and other.json()["code"] == "run_reused"
+
+
+def test_a_run_id_that_has_run_cannot_run_again_uncharged(svc: Live) -> None:
+    c = client(svc)
+    try:
+        with c.run(run_id="once"), c.budget_guard(cost_limit=100):
+            pass
+        # A replay would hand back the settled reservation and its usage would never be
+        # charged: the SDK is stopped instead (a 4xx other than 402/409 it would ignore).
+        with pytest.raises(BudgetExceededError) as err, c.run(run_id="once"), \
+                c.budget_guard(cost_limit=100):
+            pytest.fail("the scope must not run")
+        assert "already run" in str(err.value.details.get("summary"))
+    finally:
+        c.close()
 
 
 def test_settle_records_custom_costs_and_is_409_past_the_overdraft(svc: Live) -> None:
@@ -143,6 +158,9 @@ def test_settle_records_custom_costs_and_is_409_past_the_overdraft(svc: Live) ->
     assert r.json()["cost_used"] == 1234 and r.json()["charged"] == 1.24  # a JSON number
     assert reserved(svc) == (Decimal("1.24"), Decimal("0.00"))  # over the hold, in budget
     assert httpx.post(f"{url}/settle", json=body, headers=auth).json() == r.json()  # retry
+    changed = {**body, "usage_breakdown": [{"type": "custom_cost", "name": "s", "cost_cu": 1}]}
+    r2 = httpx.post(f"{url}/settle", json=changed, headers=auth)
+    assert r2.status_code == 409 and r2.json()["code"] == "already_settled"
     # The next run spends $2 more: $3.24 is past $2 + $1 overdraft. Its hold is charged.
     rid = httpx.post(f"{url}/reserve", json={"run_id": "s2", "cost_limit": 500},
                      headers=auth).json()["reserve_id"]

@@ -13,7 +13,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from .service_harness import ADMIN, SECRETS, Running, make_service
+from .service_harness import ADMIN, API_KEY, SECRETS, Running, make_service
 
 
 def _document() -> dict[str, Any]:
@@ -35,6 +35,10 @@ CASES = [(op, mode) for op in OPERATIONS for mode in (GenerationMode.POSITIVE,
 def _auth(service: Running, security: list[dict[str, Any]] | None) -> dict[str, str]:
     if not security:
         return {}
+    if "apiKeyBearer" in security[0]:
+        return {"Authorization": f"Bearer {API_KEY}"}
+    if "apiKeyHeader" in security[0]:
+        return {"x-api-key": API_KEY}
     if "adminBasic" in security[0]:
         raw = base64.b64encode(f"{ADMIN[0]}:{ADMIN[1]}".encode()).decode()
         return {"Authorization": f"Basic {raw}"}
