@@ -164,7 +164,7 @@ class SharedStores:
             return self.redis()
         for store in self.opened:
             if isinstance(store, PostgresStore):
-                with store._get_pool().connection() as conn:
+                with store._connection() as conn:
                     for table in ("buckets", "holds", "events", "reservations",
                                   "idempotency"):  # DELETE: quicker than TRUNCATE when small
                         conn.execute(f'DELETE FROM "{store.schema}".budget_{table}')

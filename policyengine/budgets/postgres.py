@@ -46,7 +46,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Literal
 
 from policyengine.budgets.clock import ServerClock
@@ -68,7 +70,6 @@ from policyengine.budgets.store import (
 
 if TYPE_CHECKING:
     from psycopg import Connection
-    from psycopg_pool import ConnectionPool
 
 __all__ = ["LAYOUT_VERSION", "PostgresStore"]
 
@@ -79,6 +80,8 @@ _DURABILITY = ("process", "spend", "full")
 LAYOUT_VERSION = 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 _SWEEP_EVERY = 512
+_APPLY_STMT = b"policyengine_budget_apply"
+_USAGE_STMT = b"policyengine_budget_usage"
 _BUCKET_LIFETIME = 32 * 86400
 
 _TABLES = """
@@ -108,11 +111,20 @@ CREATE TABLE IF NOT EXISTS {s}.budget_idempotency (
 """
 
 # The one write. ``tx`` (built by _encode) is
-#   {"g": [[budget, subject, win, since|null, add, ceiling, debt_above|null], ...],
+#   {"k": [[budget, subject, win], ...] sorted | null (the function works them out),
+#    "g": [[budget, subject, win, since|null, add, ceiling, debt_above|null], ...],
 #    "r": reservation id|null, "c": [id, status, expires_at, [[b, s, w, amount]...], data]|null,
 #    "f": [status, data]|null, "x": new expires_at|null, "s": [[b, s, w, rolling, amount]...],
 #    "i": [key, fingerprint, expires_at, result]|null}
 # It returns null when every effect was applied, else the refusal as jsonb.
+#
+# Cost: each bucket row is read once (with its lock) and written at most once, with its
+# final values, whatever number of guards, holds and spends touch it; the holds of the
+# reservation it finalizes are read once. A reserve is 4 statements (lock the bucket,
+# insert the reservation and its holds, update the bucket), a commit 6 (lock the
+# reservation and the bucket, read its holds, delete them, update the reservation and
+# the bucket). The buckets are kept in arrays, found by a scan (an operation touches a
+# handful).
 _APPLY = """
 CREATE OR REPLACE FUNCTION {s}.budget_apply(tx jsonb, now float8, max_skew float8,
                                             sync_spend boolean) RETURNS jsonb
@@ -122,20 +134,42 @@ DECLARE
     idem jsonb := tx->'i';
     v_rid text := tx->>'r';
     keys jsonb := tx->'k';
-    res record;
-    k record;
-    mv record;
+    r_status text;       -- the reservation v_rid
+    r_expires float8;
+    r_nholds integer;
+    r_data text;
+    i_fp text;           -- a live idempotency record
+    i_expires float8;
+    i_result text;
     g jsonb;
     c jsonb;
-    e jsonb;
-    sw float8;
-    freed numeric;
+    kb text[];       -- the locked buckets, in lock order
+    ks text[];
+    kw bigint[];
+    sp0 bigint[];    -- spent and reserved as read (expired holds given back)
+    rs0 bigint[];
+    sw0 float8[];
+    sp1 bigint[];    -- as they will be written
+    rs1 bigint[];
+    sw1 float8[];
+    own bigint[];    -- what v_rid holds on each
+    hb text[];       -- v_rid's holds
+    hs text[];
+    hw bigint[];
+    ha bigint[];
+    hk integer[];    -- the index of each hold's bucket
+    nk integer;
+    nh integer := 0;
+    j integer;
+    m integer;
     sp numeric;
     rs numeric;
-    n integer;
-    i integer := 0;
+    sw float8;
+    freed bigint;
     usages jsonb := '[]';
     x float8;
+    lst jsonb;
+    rolling boolean := false;
 BEGIN
     IF max_skew IS NOT NULL AND abs(server - now) > max_skew THEN
         RETURN jsonb_build_object('reason', 'clock', 'server', server);
@@ -147,23 +181,24 @@ BEGIN
                 expires_at = excluded.expires_at, result = excluded.result
             WHERE t.expires_at <= now;
         IF NOT FOUND THEN  -- a live record: the row is locked, read it
-            SELECT t.fingerprint, t.expires_at, t.result INTO res
+            SELECT t.fingerprint, t.expires_at, t.result INTO i_fp, i_expires, i_result
                 FROM {s}.budget_idempotency t WHERE t.key = idem->>0;
-            RETURN jsonb_build_object('reason', 'idempotency', 'f', res.fingerprint,
-                                      'x', res.expires_at, 'd', res.result);
+            RETURN jsonb_build_object('reason', 'idempotency', 'f', i_fp,
+                                      'x', i_expires, 'd', i_result);
         END IF;
     ELSE
         idem := NULL;
     END IF;
     IF v_rid IS NOT NULL THEN
-        SELECT r.status, r.expires_at, r.nholds, r.data INTO res
+        SELECT r.status, r.expires_at, r.nholds, r.data
+            INTO r_status, r_expires, r_nholds, r_data
             FROM {s}.budget_reservations r WHERE r.id = v_rid FOR UPDATE;
-        IF NOT FOUND OR res.status <> 'active' OR res.expires_at <= now THEN
+        IF NOT FOUND OR r_status <> 'active' OR r_expires <= now THEN
             IF idem IS NOT NULL THEN
                 DELETE FROM {s}.budget_idempotency t WHERE t.key = idem->>0;
             END IF;
-            RETURN jsonb_build_object('reason', 'reservation', 'd', res.data,
-                                      'x', res.expires_at);
+            RETURN jsonb_build_object('reason', 'reservation', 'd', r_data,
+                                      'x', r_expires);
         END IF;
     END IF;
     -- Lock every bucket read or written, in one global order (byte order of budget and
@@ -184,47 +219,75 @@ BEGIN
                 FROM {s}.budget_holds h WHERE v_rid IS NOT NULL AND h.rid = v_rid
         ) u;
     END IF;
-    FOR k IN SELECT v->>0 AS b, v->>1 AS s, (v->>2)::bigint AS w
-             FROM jsonb_array_elements(keys) v
-    LOOP
-        SELECT b.sweep_at INTO sw FROM {s}.budget_buckets b
-            WHERE b.budget = k.b AND b.subject = k.s AND b.win = k.w FOR UPDATE;
+    nk := jsonb_array_length(keys);
+    FOR j IN 1 .. nk LOOP
+        lst := keys->(j - 1);
+        kb[j] := lst->>0;
+        ks[j] := lst->>1;
+        kw[j] := (lst->>2)::bigint;
+        SELECT b.spent, b.reserved, b.sweep_at INTO sp, rs, sw FROM {s}.budget_buckets b
+            WHERE b.budget = kb[j] AND b.subject = ks[j] AND b.win = kw[j] FOR UPDATE;
         IF NOT FOUND THEN
-            INSERT INTO {s}.budget_buckets (budget, subject, win) VALUES (k.b, k.s, k.w)
+            INSERT INTO {s}.budget_buckets (budget, subject, win) VALUES (kb[j], ks[j], kw[j])
                 ON CONFLICT DO NOTHING;
-            PERFORM 1 FROM {s}.budget_buckets b
-                WHERE b.budget = k.b AND b.subject = k.s AND b.win = k.w FOR UPDATE;
-        ELSIF sw <= now THEN
+            SELECT b.spent, b.reserved, b.sweep_at INTO sp, rs, sw FROM {s}.budget_buckets b
+                WHERE b.budget = kb[j] AND b.subject = ks[j] AND b.win = kw[j] FOR UPDATE;
+        END IF;
+        IF sw <= now THEN
+            -- Written at once: a refusal below still commits what is given back here.
             WITH gone AS (
                 DELETE FROM {s}.budget_holds h
-                WHERE h.budget = k.b AND h.subject = k.s AND h.win = k.w AND h.expires_at <= now
-                RETURNING h.amount)
+                WHERE h.budget = kb[j] AND h.subject = ks[j] AND h.win = kw[j]
+                AND h.expires_at <= now RETURNING h.amount)
             SELECT coalesce(sum(gone.amount), 0) INTO freed FROM gone;
-            UPDATE {s}.budget_buckets b SET reserved = b.reserved - freed,
-                sweep_at = (SELECT min(h.expires_at) FROM {s}.budget_holds h
-                            WHERE h.budget = k.b AND h.subject = k.s AND h.win = k.w)
-                WHERE b.budget = k.b AND b.subject = k.s AND b.win = k.w;
+            rs := rs - freed;
+            SELECT min(h.expires_at) INTO sw FROM {s}.budget_holds h
+                WHERE h.budget = kb[j] AND h.subject = ks[j] AND h.win = kw[j];
+            UPDATE {s}.budget_buckets b SET reserved = rs, sweep_at = sw
+                WHERE b.budget = kb[j] AND b.subject = ks[j] AND b.win = kw[j];
         END IF;
+        sp0[j] := sp;
+        rs0[j] := rs;
+        sw0[j] := sw;
+        own[j] := 0;
     END LOOP;
     IF v_rid IS NOT NULL THEN
+        SELECT array_agg(h.budget), array_agg(h.subject), array_agg(h.win),
+               array_agg(h.amount)
+            INTO hb, hs, hw, ha FROM {s}.budget_holds h WHERE h.rid = v_rid;
+        nh := coalesce(array_length(hb, 1), 0);
         -- Fewer holds than created with: a host whose clock is ahead expired it.
-        SELECT count(*) INTO n FROM {s}.budget_holds h WHERE h.rid = v_rid;
-        IF n <> res.nholds THEN
+        IF nh <> r_nholds THEN
             IF idem IS NOT NULL THEN
                 DELETE FROM {s}.budget_idempotency t WHERE t.key = idem->>0;
             END IF;
-            RETURN jsonb_build_object('reason', 'reservation', 'd', res.data,
-                                      'x', res.expires_at, 'swept', true);
+            RETURN jsonb_build_object('reason', 'reservation', 'd', r_data,
+                                      'x', r_expires, 'swept', true);
         END IF;
+        FOR j IN 1 .. nh LOOP
+            m := 1;
+            WHILE m <= nk AND NOT (kb[m] = hb[j] AND ks[m] = hs[j] AND kw[m] = hw[j]) LOOP
+                m := m + 1;
+            END LOOP;
+            IF m > nk THEN
+                RAISE EXCEPTION 'budget_apply: a hold of % is on a bucket not locked', v_rid;
+            END IF;
+            hk[j] := m;
+            own[m] := own[m] + ha[j];
+        END LOOP;
     END IF;
-    FOR g IN SELECT v FROM jsonb_array_elements(tx->'g') v LOOP
-        SELECT b.spent, b.reserved INTO sp, rs FROM {s}.budget_buckets b
-            WHERE b.budget = g->>0 AND b.subject = g->>1 AND b.win = (g->>2)::bigint;
-        IF v_rid IS NOT NULL THEN
-            rs := rs - coalesce((SELECT h.amount FROM {s}.budget_holds h
-                                 WHERE h.rid = v_rid AND h.budget = g->>0
-                                 AND h.subject = g->>1 AND h.win = (g->>2)::bigint), 0);
+    FOR j IN 0 .. jsonb_array_length(tx->'g') - 1 LOOP
+        g := tx->'g'->j;
+        m := 1;
+        WHILE m <= nk AND NOT (kb[m] = g->>0 AND ks[m] = g->>1 AND kw[m] = (g->>2)::bigint)
+        LOOP
+            m := m + 1;
+        END LOOP;
+        IF m > nk THEN
+            RAISE EXCEPTION 'budget_apply: guard % is on a bucket not locked', j;
         END IF;
+        sp := sp0[m];
+        rs := rs0[m] - own[m];
         IF jsonb_typeof(g->3) = 'number' THEN
             SELECT coalesce(sum(ev.amount), 0) INTO sp FROM {s}.budget_events ev
                 WHERE ev.budget = g->>0 AND ev.subject = g->>1 AND ev.at > (g->>3)::float8;
@@ -238,58 +301,93 @@ BEGIN
             RETURN jsonb_build_object(
                 'reason', CASE WHEN jsonb_typeof(g->6) = 'number' AND sp > (g->>6)::numeric
                           THEN 'debt' ELSE 'guard' END,
-                'i', i, 'u', usages);
+                'i', j, 'u', usages);
         END IF;
-        i := i + 1;
     END LOOP;
-    -- Every check passed: apply every effect. Buckets are updated one by one by their
-    -- key (an index lookup, already locked above); a join would scan every bucket.
+    -- Every check passed: apply every effect; the buckets' new values are worked out
+    -- here and written once each at the end.
+    sp1 := sp0;
+    rs1 := rs0;
+    sw1 := sw0;
     IF v_rid IS NOT NULL THEN
         IF jsonb_typeof(tx->'f') = 'array' THEN
             -- Give back its holds; its spends follow below.
-            FOR mv IN DELETE FROM {s}.budget_holds d WHERE d.rid = v_rid
-                     RETURNING d.budget, d.subject, d.win, d.amount LOOP
-                UPDATE {s}.budget_buckets b SET reserved = b.reserved - mv.amount
-                    WHERE b.budget = mv.budget AND b.subject = mv.subject AND b.win = mv.win;
-            END LOOP;
+            IF nh > 0 THEN
+                DELETE FROM {s}.budget_holds d WHERE d.rid = v_rid;
+                FOR j IN 1 .. nh LOOP
+                    rs1[hk[j]] := rs1[hk[j]] - ha[j];
+                END LOOP;
+            END IF;
             UPDATE {s}.budget_reservations r SET status = tx->'f'->>0, finished_at = now,
                 data = tx->'f'->>1 WHERE r.id = v_rid;
         ELSIF jsonb_typeof(tx->'x') = 'number' THEN
             x := (tx->>'x')::float8;
             UPDATE {s}.budget_reservations r SET expires_at = x WHERE r.id = v_rid;
-            FOR mv IN UPDATE {s}.budget_holds d SET expires_at = x WHERE d.rid = v_rid
-                     RETURNING d.budget, d.subject, d.win LOOP
-                UPDATE {s}.budget_buckets b SET sweep_at = least(b.sweep_at, x)
-                    WHERE b.budget = mv.budget AND b.subject = mv.subject AND b.win = mv.win;
-            END LOOP;
+            IF nh > 0 THEN
+                UPDATE {s}.budget_holds d SET expires_at = x WHERE d.rid = v_rid;
+                FOR j IN 1 .. nh LOOP
+                    sw1[hk[j]] := least(sw1[hk[j]], x);
+                END LOOP;
+            END IF;
         END IF;
     END IF;
     IF jsonb_typeof(tx->'c') = 'array' THEN
         c := tx->'c';
         x := (c->>2)::float8;
+        lst := c->3;
         INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, finished_at, data)
-            VALUES (c->>0, c->>1, x, jsonb_array_length(c->3),
+            VALUES (c->>0, c->>1, x, jsonb_array_length(lst),
                     CASE WHEN c->>1 = 'active' THEN NULL ELSE now END, c->>4);
-        FOR mv IN SELECT v->>0 AS budget, v->>1 AS subject, (v->>2)::bigint AS win,
-                        (v->>3)::bigint AS amount FROM jsonb_array_elements(c->3) v LOOP
+        IF jsonb_array_length(lst) > 0 THEN
             INSERT INTO {s}.budget_holds (rid, budget, subject, win, amount, expires_at)
-                VALUES (c->>0, mv.budget, mv.subject, mv.win, mv.amount, x);
-            UPDATE {s}.budget_buckets b SET reserved = b.reserved + mv.amount,
-                sweep_at = least(b.sweep_at, x)
-                WHERE b.budget = mv.budget AND b.subject = mv.subject AND b.win = mv.win;
-        END LOOP;
+                SELECT c->>0, v->>0, v->>1, (v->>2)::bigint, (v->>3)::bigint, x
+                FROM jsonb_array_elements(lst) v;
+            FOR j IN 0 .. jsonb_array_length(lst) - 1 LOOP
+                g := lst->j;
+                m := 1;
+                WHILE m <= nk
+                      AND NOT (kb[m] = g->>0 AND ks[m] = g->>1 AND kw[m] = (g->>2)::bigint)
+                LOOP
+                    m := m + 1;
+                END LOOP;
+                IF m > nk THEN
+                    RAISE EXCEPTION 'budget_apply: hold % is on a bucket not locked', j;
+                END IF;
+                rs1[m] := rs1[m] + (g->>3)::bigint;
+                sw1[m] := least(sw1[m], x);
+            END LOOP;
+        END IF;
     END IF;
-    FOR mv IN SELECT v->>0 AS budget, v->>1 AS subject, (v->>2)::bigint AS win,
-                    (v->>4)::bigint AS amount
-             FROM jsonb_array_elements(tx->'s') v WHERE NOT (v->>3)::boolean LOOP
-        UPDATE {s}.budget_buckets b SET spent = b.spent + mv.amount
-            WHERE b.budget = mv.budget AND b.subject = mv.subject AND b.win = mv.win;
+    lst := tx->'s';
+    FOR j IN 0 .. jsonb_array_length(lst) - 1 LOOP
+        g := lst->j;
+        IF (g->>3)::boolean THEN
+            rolling := true;
+        ELSE
+            m := 1;
+            WHILE m <= nk AND NOT (kb[m] = g->>0 AND ks[m] = g->>1 AND kw[m] = (g->>2)::bigint)
+            LOOP
+                m := m + 1;
+            END LOOP;
+            IF m > nk THEN
+                RAISE EXCEPTION 'budget_apply: spend % is on a bucket not locked', j;
+            END IF;
+            sp1[m] := sp1[m] + (g->>4)::bigint;
+        END IF;
     END LOOP;
-    FOR e IN SELECT v FROM jsonb_array_elements(tx->'s') v WHERE (v->>3)::boolean LOOP
+    IF rolling THEN
         INSERT INTO {s}.budget_events (budget, subject, at, amount)
-            VALUES (e->>0, e->>1, now, (e->>4)::bigint);
+            SELECT v->>0, v->>1, now, (v->>4)::bigint
+            FROM jsonb_array_elements(lst) v WHERE (v->>3)::boolean;
+    END IF;
+    FOR j IN 1 .. nk LOOP
+        IF sp1[j] <> sp0[j] OR rs1[j] <> rs0[j] OR sw1[j] IS DISTINCT FROM sw0[j] THEN
+            UPDATE {s}.budget_buckets b SET spent = sp1[j], reserved = rs1[j],
+                sweep_at = sw1[j]
+                WHERE b.budget = kb[j] AND b.subject = ks[j] AND b.win = kw[j];
+        END IF;
     END LOOP;
-    IF sync_spend AND (jsonb_array_length(tx->'s') > 0 OR jsonb_typeof(tx->'x') = 'number') THEN
+    IF sync_spend AND (jsonb_array_length(lst) > 0 OR jsonb_typeof(tx->'x') = 'number') THEN
         PERFORM set_config('synchronous_commit', 'on', true);
     END IF;
     RETURN NULL;
@@ -335,13 +433,17 @@ END
 $fn$;
 """
 
+# One statement (several statements cannot share one call's parameters).
 _HOUSEKEEP = """
-DELETE FROM {s}.budget_events WHERE at < %(events)s;
-DELETE FROM {s}.budget_reservations WHERE finished_at < %(finished)s;
-DELETE FROM {s}.budget_reservations r WHERE r.status = 'active' AND r.expires_at < %(finished)s
-    AND NOT EXISTS (SELECT 1 FROM {s}.budget_holds h WHERE h.rid = r.id);
-DELETE FROM {s}.budget_idempotency WHERE expires_at <= %(now)s;
-DELETE FROM {s}.budget_buckets WHERE win > 0 AND win < %(buckets)s AND reserved = 0;
+WITH events AS (DELETE FROM {s}.budget_events WHERE at < %(events)s),
+finished AS (DELETE FROM {s}.budget_reservations WHERE finished_at < %(finished)s),
+abandoned AS (DELETE FROM {s}.budget_reservations r WHERE r.status = 'active'
+    AND r.expires_at < %(finished)s
+    AND NOT EXISTS (SELECT 1 FROM {s}.budget_holds h WHERE h.rid = r.id)),
+idempotency AS (DELETE FROM {s}.budget_idempotency WHERE expires_at <= %(now)s),
+buckets AS (DELETE FROM {s}.budget_buckets WHERE win > 0 AND win < %(buckets)s
+    AND reserved = 0)
+SELECT 1
 """
 
 
@@ -430,7 +532,6 @@ class PostgresStore:
             raise ValueError(f"schema must be a lower-case SQL name, not {schema!r}")
         try:
             import psycopg  # noqa: F401 - fail here, with the extra to install
-            import psycopg_pool  # noqa: F401
         except ImportError as exc:  # pragma: no cover - the extra is part of dev
             raise BudgetStoreError(
                 "store_unavailable",
@@ -444,13 +545,21 @@ class PostgresStore:
         self.retention = retention
         self.connect_timeout = connect_timeout
         s = f'"{schema}"'
-        self._apply_sql = f"SELECT {s}.budget_apply(%s::jsonb, %s, %s, %s)::text"
-        self._usage_sql = f"SELECT {s}.budget_usage(%s::jsonb, %s, %s)::text"
-        self._sync_spend = durability == "spend"
+        self._prepare = (
+            (_APPLY_STMT, f"SELECT {s}.budget_apply($1::jsonb, $2::float8, $3::float8, "
+                          "$4::boolean)::text".encode()),
+            (_USAGE_STMT, f"SELECT {s}.budget_usage($1::jsonb, $2::float8, "
+                          "$3::float8)::text".encode()),
+        )
+        self._skew_param = None if max_clock_skew is None else repr(float(max_clock_skew)
+                                                                    ).encode()
+        self._sync_param = b"t" if durability == "spend" else b"f"
         self._housekeep_sql = _HOUSEKEEP.format(s=s)
-        self._pool: ConnectionPool[Any] | None = None
-        self._pool_pid = 0
-        self._pool_lock = threading.Lock()
+        # The connections of this process: idle ones, and how many are open.
+        self._idle: deque[Connection[Any]] = deque()
+        self._open = 0
+        self._pid = os.getpid()
+        self._cond = threading.Condition(threading.Lock())
         self._writes = 0
         self._closed = False
         self._create_schema()
@@ -460,42 +569,132 @@ class PostgresStore:
 
     # -- connections -------------------------------------------------------------------
 
-    def _configure(self, conn: Connection[Any]) -> None:
-        conn.execute(
-            "SELECT set_config('synchronous_commit', %s, false)",
-            ("on" if self.durability == "full" else "off",),
-        )
+    def _connect(self) -> Connection[Any]:
+        """A new connection: autocommit, its durability set, the two calls prepared."""
+        import psycopg
+        from psycopg import pq
+        conn = psycopg.connect(self.url, autocommit=True,
+                               connect_timeout=max(1, round(self.connect_timeout)))
+        try:
+            conn.execute("SELECT set_config('synchronous_commit', %s, false)",
+                         ("on" if self.durability == "full" else "off",))
+            for name, sql in self._prepare:
+                res = conn.pgconn.prepare(name, sql)
+                if res.status != pq.ExecStatus.COMMAND_OK:
+                    raise psycopg.errors.error_from_result(res)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-    def _get_pool(self) -> ConnectionPool[Any]:
-        pool = self._pool
-        if pool is not None and self._pool_pid == os.getpid():
-            return pool
-        from psycopg_pool import ConnectionPool
-        with self._pool_lock:
-            if self._closed:
-                raise BudgetStoreError("store_unavailable", "the budget store is closed")
-            if self._pool is None or self._pool_pid != os.getpid():
-                # A forked child must not use its parent's sockets: a pool of its own.
-                self._pool = ConnectionPool(
-                    self.url, min_size=1, max_size=self.pool_size, open=True,
-                    kwargs={"autocommit": True, "connect_timeout": max(1, round(
-                        self.connect_timeout))},
-                    configure=self._configure, timeout=self.connect_timeout,
-                    name=f"policyengine-budgets-{os.getpid()}",
-                )
-                self._pool_pid = os.getpid()
-            return self._pool
+    def _checkout(self) -> Connection[Any]:
+        """An idle connection of this process, or a new one while fewer than
+        ``pool_size`` are open; else wait up to ``connect_timeout`` for one."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        try:
+            return self._idle.pop()  # atomic: the common case takes no lock
+        except IndexError:
+            pass
+        deadline = time.monotonic() + self.connect_timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise BudgetStoreError("store_unavailable", "the budget store is closed")
+                if self._idle:
+                    return self._idle.pop()
+                if self._open < self.pool_size:
+                    self._open += 1
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BudgetStoreError(
+                        "store_unavailable",
+                        f"all {self.pool_size} connections to the budget database stayed "
+                        f"busy for {self.connect_timeout} s")
+                self._cond.wait(min(left, 0.05))
+        import psycopg
+        try:
+            return self._connect()
+        except psycopg.Error as exc:
+            self._discard(None)
+            raise _unavailable(exc) from exc
+        except BaseException:
+            self._discard(None)
+            raise
+
+    def _checkin(self, conn: Connection[Any]) -> None:
+        from psycopg import pq
+        if (self._closed or conn.closed or self._pid != os.getpid()
+                or conn.pgconn.transaction_status != pq.TransactionStatus.IDLE):
+            self._discard(conn)
+            return
+        self._idle.append(conn)
+        with self._cond:
+            self._cond.notify()
+
+    def _discard(self, conn: Connection[Any] | None) -> None:
+        """Close a connection that failed (or any, once closed) and free its place."""
+        if conn is not None:
+            with suppress(Exception):  # it is broken already
+                conn.close()
+        with self._cond:
+            if self._pid == os.getpid():
+                self._open -= 1
+            self._cond.notify()
+
+    def _after_fork(self) -> None:
+        # A forked child must not use its parent's sockets (nor close them: psycopg
+        # leaves a connection made by another process alone when it is collected).
+        with self._cond:
+            if self._pid != os.getpid():
+                self._idle = deque()
+                self._open = 0
+                self._pid = os.getpid()
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection[Any]]:
+        """A connection of this process's pool for the block (any psycopg error:
+        ``store_unavailable``, and the connection is closed, not reused)."""
+        import psycopg
+        conn = self._checkout()
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            self._discard(conn)
+            raise _unavailable(exc) from exc
+        except BaseException:
+            self._discard(conn)
+            raise
+        self._checkin(conn)
 
     def _call(self, sql: str, params: tuple[Any, ...]) -> Any:
-        """First column of the one row ``sql`` returns, on a pooled connection."""
-        import psycopg
-        from psycopg_pool import PoolTimeout
-        try:
-            with self._get_pool().connection() as conn:
-                row = conn.execute(sql, params).fetchone()
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise _unavailable(exc) from exc
+        """First column of the one row ``sql`` returns."""
+        with self._connection() as conn:
+            row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
         return None if row is None else row[0]
+
+    def _exec(self, name: bytes, params: list[bytes | None]) -> bytes | None:
+        """Run a statement prepared on every connection (text parameters), and return
+        the first column of its one row. libpq's blocking call, which releases the GIL:
+        the driver's asynchronous wait around its send costs more client CPU than the
+        rest of an operation."""
+        import psycopg
+        from psycopg import pq
+        conn = self._checkout()
+        try:
+            res = conn.pgconn.exec_prepared(name, params)  # type: ignore[arg-type]  # None: NULL
+            if res.status != pq.ExecStatus.TUPLES_OK:
+                raise psycopg.errors.error_from_result(res)
+            value = res.get_value(0, 0)
+        except psycopg.Error as exc:
+            self._discard(conn)
+            raise _unavailable(exc) from exc
+        except BaseException:
+            self._discard(conn)
+            raise
+        self._checkin(conn)
+        return value
 
     def _create_schema(self) -> None:
         import psycopg
@@ -555,12 +754,16 @@ class PostgresStore:
         return float(value)
 
     def close(self) -> None:
-        """Close this process's pool (idempotent)."""
-        with self._pool_lock:
+        """Close this process's connections (idempotent); later calls fail with
+        ``store_unavailable``."""
+        with self._cond:
             self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None and self._pool_pid == os.getpid():
-            pool.close()
+            idle, self._idle = self._idle, deque()
+            if self._pid != os.getpid():
+                return  # the parent's, not ours to close
+            self._open -= len(idle)
+        for conn in idle:
+            conn.close()
 
     def drop(self) -> None:
         """Drop the schema and everything in it (tests, and tearing a ledger down)."""
@@ -576,34 +779,27 @@ class PostgresStore:
 
     def usage(self, buckets: tuple[Bucket, ...], now: float) -> tuple[Usage, ...]:
         doc = compact_json([[b[0], b[1], b[2], b[3]] for b in buckets])
-        text = self._call(self._usage_sql, (doc, now, self.max_clock_skew))
-        result = json.loads(text)
+        text = self._exec(_USAGE_STMT, [doc.encode(), repr(float(now)).encode(),
+                                        self._skew_param])
+        result = json.loads(text)  # type: ignore[arg-type]
         if type(result) is dict:
             raise _skewed(now, result["server"], self.max_clock_skew)
         return tuple([Usage(int(sp), int(rs)) for sp, rs in result])
 
     def get_reservation(self, reservation_id: str) -> ReservationRecord | None:
-        import psycopg
-        try:
-            with self._get_pool().connection() as conn:
-                row = conn.execute(
-                    f'SELECT data, expires_at FROM "{self.schema}".budget_reservations '
-                    "WHERE id = %s", (reservation_id,),
-                ).fetchone()
-        except psycopg.Error as exc:
-            raise _unavailable(exc) from exc
+        with self._connection() as conn:
+            row = conn.execute(
+                f'SELECT data, expires_at FROM "{self.schema}".budget_reservations '
+                "WHERE id = %s", (reservation_id,),
+            ).fetchone()
         return None if row is None else _record(row[0], row[1])
 
     def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
-        import psycopg
-        try:
-            with self._get_pool().connection() as conn:
-                row = conn.execute(
-                    f'SELECT fingerprint, expires_at, result FROM "{self.schema}".'
-                    "budget_idempotency WHERE key = %s AND expires_at > %s", (key, now),
-                ).fetchone()
-        except psycopg.Error as exc:
-            raise _unavailable(exc) from exc
+        with self._connection() as conn:
+            row = conn.execute(
+                f'SELECT fingerprint, expires_at, result FROM "{self.schema}".'
+                "budget_idempotency WHERE key = %s AND expires_at > %s", (key, now),
+            ).fetchone()
         if row is None:
             return None
         return IdempotencyRecord(key, row[0], record_from_json(row[2]), row[1])
@@ -620,8 +816,8 @@ class PostgresStore:
         if self._writes % _SWEEP_EVERY == 0:
             self._housekeep(now)
         own = None if tx.require_active is None else self._recent.get(tx.require_active)
-        text = self._call(self._apply_sql,
-                          (_encode(tx, own), now, self.max_clock_skew, self._sync_spend))
+        text = self._exec(_APPLY_STMT, [_encode(tx, own).encode(), repr(float(now)).encode(),
+                                        self._skew_param, self._sync_param])
         if text is None:
             self._recent.note(tx)
             return OK
@@ -643,16 +839,15 @@ class PostgresStore:
 
     def _housekeep(self, now: float) -> None:
         # Forgetting what nobody can ask about any more; correctness never waits for it.
-        import psycopg
         try:
-            with self._get_pool().connection() as conn:
+            with self._connection() as conn:
                 conn.execute(self._housekeep_sql, {  # type: ignore[arg-type]
                     "events": now - MAX_ROLLING_SECONDS - 60,
                     "finished": now - self.retention,
                     "now": now,
                     "buckets": now - _BUCKET_LIFETIME,
                 })
-        except psycopg.Error:
+        except BudgetStoreError:
             pass  # the next one will do; the operation itself reports any real fault
 
 

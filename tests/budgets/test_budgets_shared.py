@@ -170,6 +170,25 @@ def test_postgres_refuses_another_layout_and_keeps_its_data(
             conn.execute(f'DROP SCHEMA "{foreign}" CASCADE')
 
 
+@pytest.mark.postgres
+def test_postgres_forgets_what_nobody_can_ask_about(shared_stores: SharedStores) -> None:
+    """Housekeeping (every 512 writes) drops reservations finished longer than the
+    retention ago and buckets of windows long gone, and keeps the rest."""
+    store = shared_stores.postgres(retention=60)
+    ledger, clock = make_ledger(store, DAILY)
+    old = ledger.record("bot", "payments:x", "1", "EUR")
+    clock[0] = BUDGET_NOW + 40 * 86400
+    for _ in range(512):
+        ledger.record("bot", "payments:x", "0.01", "EUR")
+    with psycopg.connect(POSTGRES_URL) as conn:
+        wins = conn.execute(f'SELECT win FROM "{store.schema}".budget_buckets').fetchall()
+        kept = conn.execute(
+            f'SELECT count(*) FROM "{store.schema}".budget_reservations').fetchone()
+    assert len(wins) == 1 and wins[0][0] > BUDGET_NOW + 39 * 86400
+    assert kept == (512,)
+    assert store.get_reservation(old.id) is None
+
+
 def test_postgres_schema_names_are_plain_sql_names() -> None:
     with pytest.raises(ValueError, match="schema"):
         PostgresStore(POSTGRES_URL, schema='x"; DROP TABLE y; --')
