@@ -177,7 +177,7 @@ def test_postgres_forgets_what_nobody_can_ask_about(shared_stores: SharedStores)
     store = shared_stores.postgres(retention=60)
     ledger, clock = make_ledger(store, DAILY)
     old = ledger.record("bot", "payments:x", "1", "EUR")
-    clock[0] = BUDGET_NOW + 40 * 86400
+    clock.t = BUDGET_NOW + 40 * 86400
     for _ in range(512):
         ledger.record("bot", "payments:x", "0.01", "EUR")
     with psycopg.connect(POSTGRES_URL) as conn:
