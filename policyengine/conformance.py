@@ -76,10 +76,12 @@ def _policies(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> dict
 
 
 def _engine(fixture: dict[str, Any], case: dict[str, Any], base: Path,
-            clock: Callable[[], float] | None = None) -> Any:
+            clock: Callable[[], float] | None = None, decision_log: Any = None) -> Any:
     from policyengine.engine import Engine
     now = parse_now(fixture["now"]) if "now" in fixture else 0.0
     options: dict[str, Any] = {"clock": clock or (lambda: now), "base_dir": str(base)}
+    if decision_log is not None:
+        options["decision_log"] = decision_log
     hook = fixture.get("engine_options") or {}
     if "hmac_key" in hook:
         options["hmac_key"] = hook["hmac_key"].encode("utf-8")
@@ -253,6 +255,16 @@ def run_fixture(path: Path) -> list[CaseResult]:
                     return _engine(fixture, c, base, clock).budgets
 
                 msg = run_budget_case(ledger, case, fixture.get("now"))
+            elif kind == "decision_log":
+                from policyengine.audit._conformance import run_decision_log_case
+
+                def logged(log: Any, c: dict[str, Any] = case) -> Any:
+                    return _engine(fixture, c, base, decision_log=log)
+
+                msg = run_decision_log_case(logged, case)
+            elif kind == "log_verify":
+                from policyengine.audit._conformance import run_log_verify_case
+                msg = run_log_verify_case(case, base)
             elif kind == "authzen":
                 from policyengine.server._authzen import run_authzen_case
                 if engine is None:

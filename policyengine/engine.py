@@ -258,6 +258,7 @@ class Engine:
             from policyengine.audit import LogView
             self._log_view = LogView(self.revision, self._policy.log_redactions,
                                      self.hmac_key)
+            self.decision_log.view = self._log_view
 
     # ---- construction ----
     @classmethod
@@ -305,6 +306,12 @@ class Engine:
         if self.hmac_key is None:
             for f in self._policy.files:
                 for st in f.statements:
+                    if isinstance(st, ast.LogRedact) and st.strategy == "hash":
+                        out.append(Problem(
+                            "W205", "'log redact ... hash' needs an HMAC key: until the "
+                            "engine has one, the decision log erases the whole input",
+                            f.name, st.span.line, st.span.column,
+                            "Engine.from_path(..., hmac_key=secret_bytes)", "warning"))
                     for item in getattr(st, "items", ()):
                         if isinstance(item, ast.Redact) and item.strategy == "hash":
                             out.append(Problem(

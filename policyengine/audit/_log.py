@@ -104,6 +104,9 @@ class DecisionLog:
         if isinstance(sink, str):
             sink = sink_from_url(sink)
         self.sink = sink
+        #: The policy in force (revision, ``log redact`` rules): the engine sets it on
+        #: load and reload; records offered without their own view use it.
+        self.view: LogView | None = None
         self.overflow: Overflow = overflow
         self.keys = keys
         self._capacity = capacity
@@ -208,7 +211,7 @@ class DecisionLog:
         ``token.revoke``, ``policy.reload`` ...): ``fields`` become the record's members
         (credentials masked). Returns False when it could not be recorded (counted as
         dropped: an operation already done cannot be denied)."""
-        item = (_EVENT, kind, self._clock_ns(), dict(fields), view)
+        item = (_EVENT, kind, self._clock_ns(), dict(fields), view or self.view)
         q = self._queue
         if self._open and len(q) < self._capacity:
             q.append(item)

@@ -210,7 +210,18 @@ def event_record(kind: str, ts_ns: int, fields: Mapping[str, Any],
     """A record of an operation (budget, approval, token, reload, ingested event): the
     common head plus ``fields``; credentials in them are masked like an input's."""
     masked: list[str] = []
-    body = scrub(dict(fields), "$", masked)
+    fields = dict(fields)
+    erased: list[str] = []
+    event = fields.pop("event", None)
+    body = scrub(fields, "$", masked)
+    if isinstance(event, dict):  # an ingested event: the policy's rules apply to it too
+        event, ev_masked, erased, errors = mask_input(event, view)
+        masked.extend(p.replace("$", "$.event", 1) for p in ev_masked)
+        erased = [p.replace("$", "$.event", 1) for p in erased]
+        if errors:
+            body["mask_errors"] = errors
+    if "event" in fields or event is not None:
+        body["event"] = event
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": kind,
@@ -220,4 +231,6 @@ def event_record(kind: str, ts_ns: int, fields: Mapping[str, Any],
     record.update(body)
     if masked:
         record["masked"] = masked
+    if erased:
+        record["erased"] = erased
     return record

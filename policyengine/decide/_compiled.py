@@ -488,11 +488,16 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
         cache.done()
     from policyengine.tools._egress import compile_tools
     budgets, budget_files = _budget_specs(files)
+    from policyengine.tools._redaction import RedactionRule
+    log_redactions = tuple(RedactionRule(st.path, st.strategy, keep=st.keep or 0)
+                           for f in files for st in f.statements
+                           if isinstance(st, ast.LogRedact))
     policy = CompiledPolicy(tuple(rules), principals, money, tz, tools=compile_tools(files),
                             budgets=budgets, delegation=delegation, files=tuple(files),
                             default_currency=default, delegation_rates=delegation_rates,
                             budget_rates={bid: money[name].rates
-                                          for bid, name in budget_files.items()})
+                                          for bid, name in budget_files.items()},
+                            log_redactions=log_redactions)
     policy.index()
     return policy
 

@@ -247,6 +247,8 @@ def _check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]
                 _check_budget(ctx, st)
             elif isinstance(st, (ast.HttpTool, ast.NamedTool)):
                 _check_tool(ctx, st)
+            elif isinstance(st, ast.LogRedact):
+                check_redact(ctx, st)
             elif isinstance(st, ast.EgressDecl):
                 for verb, host in st.items:
                     _check_host(ctx, host, st.span, deny=verb == "deny")
@@ -539,10 +541,31 @@ def _check_host(ctx: _Ctx, host: str, span: ast.Span, deny: bool = False) -> Non
         ctx.error("E121", f"invalid host pattern '{host}': {_reason(exc)}", span)
 
 
+def check_redact(ctx: _Ctx, item: ast.Redact | ast.LogRedact) -> None:
+    """A ``redact`` of a tool or a ``log redact``: a JSONPath other than ``$`` and a
+    strategy with its number (``partial N``) or none."""
+    from policyengine.tools._redaction import JsonPath, RedactionRule
+    try:
+        JsonPath.compile(item.path)
+    except ValueError as exc:
+        ctx.error("E120", f"invalid JSONPath '{item.path}': {_reason(exc)}", item.span)
+        return
+    if item.strategy == "partial" and item.keep is None:
+        ctx.error("E120", "partial needs the number of characters to keep",
+                  item.span, "redact $.card partial 4")
+    if item.strategy != "partial" and item.keep is not None:
+        ctx.error("E120", f"{item.strategy} takes no number", item.span)
+    elif item.strategy != "partial" or item.keep is not None:
+        try:
+            RedactionRule(item.path, item.strategy, keep=item.keep or 0)
+        except ValueError as exc:
+            ctx.error("E120", _reason(exc), item.span, "redact $.card partial 4")
+
+
 def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
     try:
         from policyengine.tools._patterns import NamePattern, RoutePattern
-        from policyengine.tools._redaction import JsonPath, RedactionRule
+        from policyengine.tools._redaction import JsonPath
     except ImportError:  # pragma: no cover
         return
     if isinstance(st, ast.HttpTool):
@@ -569,20 +592,7 @@ def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
                 for ex in item.extractions:
                     _check_extraction(ctx, ex, JsonPath)
         elif isinstance(item, ast.Redact):
-            try:
-                JsonPath.compile(item.path)
-            except ValueError as exc:
-                ctx.error("E120", f"invalid JSONPath '{item.path}': {_reason(exc)}", item.span)
-            if item.strategy == "partial" and item.keep is None:
-                ctx.error("E120", "partial needs the number of characters to keep",
-                          item.span, "redact $.card partial 4")
-            if item.strategy != "partial" and item.keep is not None:
-                ctx.error("E120", f"{item.strategy} takes no number", item.span)
-            elif item.keep is not None:
-                try:
-                    RedactionRule(item.path, item.strategy, keep=item.keep)
-                except ValueError as exc:
-                    ctx.error("E120", _reason(exc), item.span, "redact $.card partial 4")
+            check_redact(ctx, item)
         elif isinstance(item, ast.Extraction):
             if isinstance(st, ast.HttpTool):
                 ctx.error("E128", "put extractions of an http tool on its route",

@@ -33,7 +33,7 @@ _WORD_END = re.compile(r"[A-Za-z0-9_\-]")
 _KEYWORDS = frozenset({
     "namespace", "currency", "default_currency", "rate", "rates", "tz", "role", "agent",
     "permit", "forbid", "approval", "limit", "budget", "tool", "egress", "delegation",
-    "when", "unless", "for", "and", "or", "not", "in", "over", "amount", "per", "redact",
+    "log", "when", "unless", "for", "and", "or", "not", "in", "over", "amount", "per", "redact",
     "deny", "true", "false", "context", "principal", "max_age", "rolling", "overdraft",
     "http", "mcp", "function", "minute", "hour", "day", "week", "month", "acting_for",
     "tenant", "global", "tokens", "calls", "credits", "minor", "query", "header", "param",

@@ -217,6 +217,10 @@ class _StatementHead(ast.StatementVisitor[str]):
     def delegation(self, st: ast.DelegationDecl) -> str:
         return "delegation {"
 
+    def log_redact(self, st: ast.LogRedact) -> str:
+        keep = f" {st.keep}" if st.keep is not None else ""
+        return f"log redact {_jsonpath(st.path)} {st.strategy}{keep}"
+
 
 _STATEMENT_HEAD = _StatementHead()
 

@@ -45,11 +45,13 @@ MAX_PROBLEMS = 100
 STATEMENT_KEYWORDS = (
     "namespace", "currency", "default_currency", "rate", "rates", "tz", "role", "agent",
     "permit", "forbid", "approval", "limit", "budget", "tool", "egress", "delegation",
+    "log",
 )
 # Words that may begin a statement only in this shape; elsewhere (indented) they continue
 # the previous statement (``budget x: ... \n    limit 5 EUR per day``).
 _STATEMENT_START = re.compile(
     r"[ \t]*(?:namespace|currency|default_currency|rates?|tz|role|agent[ \t]+\"|egress|delegation"
+    r"|log[ \t]+redact"
     r"|(?:permit|forbid|approval|limit|budget|tool)[ \t]+[A-Za-z_][A-Za-z0-9_\-]*[ \t]*:)"
     r"(?![A-Za-z0-9_])"
 )
@@ -120,7 +122,8 @@ KEYWORD_TERMINALS = frozenset({
     "CHILD_MAX_TTL", "DEFAULT_CURRENCY", "DELEGATION", "DENY", "EFFECT", "EGRESS", "EGRESS_VERB",
     "EXPIRES",
     "FALSE",
-    "FOR", "HTTP_KW", "IN", "ISSUER", "LIMIT", "MAX_DEPTH", "MAX_TTL", "MINOR", "NAMED_KW",
+    "FOR", "HTTP_KW", "IN", "ISSUER", "LIMIT", "LOG", "MAX_DEPTH", "MAX_TTL", "MINOR",
+    "NAMED_KW",
     "NAMESPACE", "NOT", "OR", "OVER", "OVERDRAFT", "PER", "RATE", "RATES", "REDACT", "ROLE",
     "ROLLING", "ROOT", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "USES", "WINDOW_UNIT",
     "_MAX_AGE", "METHOD", "STRATEGY", "UNIT",
@@ -710,6 +713,14 @@ class _Build:
                 values[kind] = self.string(tok)
         return ast.DelegationDecl(span=sp, **values)
 
+    def log_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        count = p.maybe_token("INT")
+        keep = int(str(count)) if count is not None and len(str(count)) < 6 else None
+        if count is not None and keep is None:
+            raise _LiteralError(count, "partial length is too large")
+        return ast.LogRedact(self.jsonpath(p.tree("jsonpath")), str(p.token("STRATEGY")),
+                             keep, sp)
+
     # -- tool items --
     def tool_item(self, t: Tree[Any]) -> ast.ToolItem:
         p = _Parts(t.children)
@@ -807,7 +818,7 @@ _STATEMENTS: dict[str, _Builder] = {
         "namespace_decl", "currency_decl", "default_currency_decl", "rate_decl",
         "rates_decl", "tz_decl", "role_decl", "agent_decl", "rule_decl", "limit_decl",
         "approval_over_decl", "budget_decl", "http_tool", "named_tool", "egress_decl",
-        "delegation_decl")
+        "delegation_decl", "log_decl")
 }
 #: Expression builders by rule (or alias) name.
 _EXPRESSIONS: dict[str, Callable[[_Build, Any], ast.Expr]] = {

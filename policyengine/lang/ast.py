@@ -19,6 +19,7 @@ __all__ = [
     "Compare",
     "Condition", "CurrencyDecl", "DefaultCurrencyDecl", "DelegationDecl", "DenyRoute",
     "EgressDecl", "Expr", "Extraction", "HttpTool", "In", "LimitDecl", "ListExpr", "Literal",
+    "LogRedact",
     "MoneyLit", "NamedTool", "NamespaceDecl", "Not", "Or", "Path", "PolicyFile", "RateDecl",
     "RatesDecl", "Redact", "RoleDecl", "Route", "Rule", "ScopeItem", "Span", "Statement",
     "TzDecl", "Comment", "ExprVisitor", "StatementVisitor", "children",
@@ -363,10 +364,21 @@ class DelegationDecl:
     span: Span = _span()
 
 
+@dataclass(frozen=True, slots=True)
+class LogRedact:
+    """``log redact PATH STRATEGY [N]``: mask a part of every decision-log record's
+    input (docs/decision-log.md)."""
+
+    path: str
+    strategy: str
+    keep: int | None = None
+    span: Span = _span()
+
+
 Statement = Union[
     NamespaceDecl, CurrencyDecl, DefaultCurrencyDecl, RateDecl, RatesDecl, TzDecl, RoleDecl,
     AgentDecl, Rule, LimitDecl, ApprovalOverDecl, BudgetDecl, HttpTool, NamedTool, EgressDecl,
-    DelegationDecl,
+    DelegationDecl, LogRedact,
 ]
 
 
@@ -403,6 +415,7 @@ _STATEMENT_METHODS: dict[type, str] = {
     TzDecl: "tz", RoleDecl: "role", AgentDecl: "agent", Rule: "rule", LimitDecl: "limit",
     ApprovalOverDecl: "approval_over", BudgetDecl: "budget", HttpTool: "http_tool",
     NamedTool: "named_tool", EgressDecl: "egress", DelegationDecl: "delegation",
+    LogRedact: "log_redact",
 }
 
 
@@ -439,7 +452,8 @@ class StatementVisitor(Generic[T]):
     """Dispatch on a statement's node type to the method named for it (``namespace``,
     ``currency``, ``default_currency``, ``rate``, ``rates``, ``tz``, ``role``, ``agent``,
     ``rule``, ``limit``, ``approval_over``, ``budget``, ``http_tool``, ``named_tool``,
-    ``egress``, ``delegation``). :meth:`visit_statement` returns ``default`` for a kind
+    ``egress``, ``delegation``, ``log_redact``).
+    :meth:`visit_statement` returns ``default`` for a kind
     the subclass does not define."""
 
     _statement_table: dict[type, Callable[..., Any]] = {}

@@ -60,7 +60,8 @@ class GateSink:
 def make(policy: str, mode: str, tmp_path: Path, **options: Any
          ) -> tuple[pe.Engine, DecisionLog, GateSink]:
     sink = GateSink(mode)
-    log = DecisionLog(sink, overflow=policy, capacity=8, batch_size=2,  # type: ignore[arg-type]
+    options = {"capacity": 8, **options}
+    log = DecisionLog(sink, overflow=policy, batch_size=2,  # type: ignore[arg-type]
                       spill_path=tmp_path / "spill.jsonl", stall_after=0.05,
                       retry_backoff=0.01, max_retry_backoff=0.02, **options)
     return pe.Engine.from_source(POLICY, decision_log=log), log, sink
@@ -115,12 +116,13 @@ def test_block_timeout_denies_rather_than_waits_forever(mode: str, tmp_path: Pat
 
 @pytest.mark.parametrize("mode", ["stall", "fail"])
 def test_deny_refuses_what_it_cannot_record(mode: str, tmp_path: Path) -> None:
-    engine, log, sink = make("deny", mode, tmp_path)
+    # A queue far larger than the test: only the sink's state can make it deny.
+    engine, log, sink = make("deny", mode, tmp_path, capacity=100_000)
     out = [engine.authorize("bot", "docs:read")]
     until(lambda: not log.healthy, "the log to see its sink " + mode)
     out += [engine.authorize("bot", "docs:read") for _ in range(40)]
     denied = [d for d in out if d.code == "decision_log_unavailable"]
-    assert len(denied) >= 30                       # fail closed while the sink is down
+    assert len(denied) >= 40                       # fail closed while the sink is down
     sink.open.set()
     until(lambda: log.healthy, "the sink to recover")
     after = engine.authorize("bot", "docs:read")
