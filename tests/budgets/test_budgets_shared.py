@@ -3,11 +3,14 @@ refused, which clock decides, and the CI rule that a missing service fails the r
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -187,6 +190,64 @@ def test_postgres_forgets_what_nobody_can_ask_about(shared_stores: SharedStores)
     assert len(wins) == 1 and wins[0][0] > BUDGET_NOW + 39 * 86400
     assert kept == (512,)
     assert store.get_reservation(old.id) is None
+
+
+@pytest.mark.postgres
+def test_one_bucket_reserves_race_on_two_hosts_without_overspending(
+    shared_stores: SharedStores,
+) -> None:
+    """A reserve on one calendar bucket is one statement (a conditional UPDATE, then the
+    inserts); anything else about it falls back to the full function. Two stores on one
+    schema (two hosts) x 4 threads reserve, commit and release at random against a
+    small limit: spent is exactly the committed sum, never above the limit, and nothing
+    stays held."""
+    first = shared_stores.postgres()
+    second = shared_stores.postgres(schema=first.schema)
+    spec = BudgetSpec("t.one", ("payments:*",), Decimal(300), "EUR", "day",
+                      subject="global")
+    taken: list[bool] = []
+    for store in (first, second):
+        one = store._reserve
+
+        def counted(tx: object, now: float, one: Any = one) -> bool:
+            done = bool(one(tx, now))
+            taken.append(done)
+            return done
+
+        store._reserve = counted  # type: ignore[method-assign]
+    committed: list[Decimal] = []
+    errors: list[BaseException] = []
+
+    def worker(store: PostgresStore, seed: int) -> None:
+        rng = random.Random(seed)
+        ledger, _ = make_ledger(store, spec)
+        try:
+            for _ in range(40):
+                amount = Decimal(rng.randint(1, 4000)) / 100
+                try:
+                    r = ledger.reserve("bot", "payments:x", amount, "EUR")
+                except BudgetExceeded:
+                    continue
+                if rng.random() < 0.3:
+                    ledger.release(r.id)
+                else:
+                    part = (amount * rng.randint(0, 100) / 100).quantize(Decimal("0.01"))
+                    ledger.commit(r.id, part)
+                    committed.append(part)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(store, k))
+               for k, store in enumerate([first, second] * 4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+    (balance,) = make_ledger(first, spec)[0].balances("bot")
+    assert balance.spent == sum(committed) <= Decimal(300)
+    assert balance.reserved == 0
+    assert any(taken) and not all(taken)  # the statement ran, and declined at times
 
 
 def test_postgres_schema_names_are_plain_sql_names() -> None:
