@@ -29,6 +29,7 @@ from decimal import (
 from typing import Any
 
 from policyengine.decide._approvals import DEFAULT_APPROVAL_EXPIRES, DEFAULT_APPROVAL_USES
+from policyengine.decide._contexts import ContextCheck, combine, compile_schema
 from policyengine.decide._runtime import EvalError, Principal, Test, build_many
 from policyengine.lang import ast
 from policyengine.lang._codegen import ConditionCodegen, Recorder
@@ -99,7 +100,7 @@ class Plan:
     ``used`` is the plan cache's reference bit: set on every cache hit, cleared when the
     eviction hand passes (see :meth:`CompiledPolicy.plan`)."""
 
-    __slots__ = ("approvals", "forbids", "limits", "permits", "principal", "used",
+    __slots__ = ("approvals", "forbids", "limits", "permits", "principal", "schema", "used",
                  "uses_amount")
 
     def __init__(self, principal: Principal, forbids: tuple[CompiledRule, ...],
@@ -112,6 +113,9 @@ class Plan:
         self.approvals = approvals
         self.uses_amount = uses_amount
         self.used = False
+        #: The check of the context the schemas covering this permission declare, or
+        #: None (no schema: nothing to check).
+        self.schema: ContextCheck | None = None
 
 
 class _PatternSet:
@@ -233,6 +237,8 @@ class CompiledPolicy:
     budget_rates: dict[str, Any] = field(default_factory=dict)
     #: The ``log redact`` rules (RedactionRule): what the decision log must not hold.
     log_redactions: tuple[Any, ...] = ()
+    #: The ``schema`` declarations: (their patterns, the compiled context check).
+    schemas: tuple[tuple[_PatternSet, ContextCheck], ...] = ()
 
     def index(self) -> None:
         exact: dict[str, list[CompiledRule]] = {}
@@ -344,6 +350,9 @@ class CompiledPolicy:
                         part.uses_amount)
         else:
             plan = _plan_of(who, _merged(parts))
+        if self.schemas:
+            plan.schema = combine([check for patterns, check in self.schemas
+                                   if patterns.matches(permission)])
         with self._lock:
             cached = self.plans.get(key)
             if cached is not None:  # another thread resolved it first
@@ -497,7 +506,10 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
                             default_currency=default, delegation_rates=delegation_rates,
                             budget_rates={bid: money[name].rates
                                           for bid, name in budget_files.items()},
-                            log_redactions=log_redactions)
+                            log_redactions=log_redactions,
+                            schemas=tuple((_PatternSet(st.patterns), compile_schema(st))
+                                          for f in files for st in f.statements
+                                          if isinstance(st, ast.SchemaDecl)))
     policy.index()
     return policy
 

@@ -5,7 +5,8 @@ line all call :meth:`Pipeline.run`. A request is read once (principal, permissio
 context checked; its amount and currency parsed on first use and shared by every step),
 then goes through explicit steps, each returning facts:
 
-1. **validate** -- a malformed request is ``invalid_request``;
+1. **validate** -- a malformed request is ``invalid_request``, and so is a context that
+   does not fit the ``schema`` declared for the permission (the message names the path);
 2. **grant** -- with a token: verified, bound to the principal, covering the permission,
    its ``max_amount`` respected;
 3. **rules** -- forbids, limits, permits, approvals (:func:`rule_facts`);
@@ -139,6 +140,10 @@ class Pipeline:
             plan = policy.plan(principal, permission)
         else:
             plan.used = True  # the plan cache's reference bit (CLOCK eviction)
+        if plan.schema is not None:  # a schema declares this permission's context
+            problem = plan.schema(context)
+            if problem is not None:
+                return _invalid(principal, permission, problem, trace)
         now = self.clock() if self.clock is not None else None
         req = (RequestState(context, policy.default_currency, now) if plan.uses_amount
                else None)

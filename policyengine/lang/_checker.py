@@ -16,6 +16,7 @@ from decimal import ROUND_DOWN, Decimal
 
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
+from policyengine.lang._schema import check_schemas
 from policyengine.lang._source import Problem, SourceSet
 from policyengine.permissions import is_valid_pattern, subsumes
 
@@ -270,6 +271,7 @@ def _check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]
         if name not in held_roles and name not in scoped_roles:
             ctx.warn("W202", f"role '{name}' is held by no agent", decl.span)
     _unreachable(ctx, files)
+    check_schemas(files, ctx.error)  # context schemas: lang/_schema.py
     ctx.problems.sort(key=lambda p: (p.file, p.line, p.column))
     return ctx.problems
 

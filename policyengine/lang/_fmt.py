@@ -221,6 +221,9 @@ class _StatementHead(ast.StatementVisitor[str]):
         keep = f" {st.keep}" if st.keep is not None else ""
         return f"log redact {_jsonpath(st.path)} {st.strategy}{keep}"
 
+    def schema(self, st: ast.SchemaDecl) -> str:
+        return "schema " + ", ".join(st.patterns) + " {"
+
 
 _STATEMENT_HEAD = _StatementHead()
 
@@ -233,7 +236,23 @@ def _statement_head(st: ast.Statement) -> str:
     return head
 
 
+def _schema_type(t: ast.SchemaType) -> str:
+    if t.kind == "record" and t.item is None and not t.values:
+        return "{ " + ", ".join(_schema_field(f) for f in t.fields) + " }" if t.fields else "{}"
+    if t.item is not None:
+        return f"{t.kind}[{_schema_type(t.item)}]"
+    if t.values:
+        return f"{t.kind}(" + ", ".join(_str(v) for v in t.values) + ")"
+    return t.kind
+
+
+def _schema_field(f: ast.SchemaField) -> str:
+    return f"{f.name}{'?' if f.optional else ''}: {_schema_type(f.type)}"
+
+
 def _block_items(st: ast.Statement) -> list[tuple[str, ast.Span]] | None:
+    if isinstance(st, ast.SchemaDecl):
+        return [(_schema_field(f), f.span) for f in st.fields]
     if isinstance(st, ast.HttpTool):
         return [(_tool_item(i), i.span) for i in st.items]
     if isinstance(st, ast.NamedTool):

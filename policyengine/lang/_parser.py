@@ -46,12 +46,14 @@ STATEMENT_KEYWORDS = (
     "namespace", "currency", "default_currency", "rate", "rates", "tz", "role", "agent",
     "permit", "forbid", "approval", "limit", "budget", "tool", "egress", "delegation",
     "log",
+    "schema",
 )
 # Words that may begin a statement only in this shape; elsewhere (indented) they continue
 # the previous statement (``budget x: ... \n    limit 5 EUR per day``).
 _STATEMENT_START = re.compile(
     r"[ \t]*(?:namespace|currency|default_currency|rates?|tz|role|agent[ \t]+\"|egress|delegation"
     r"|log[ \t]+redact"
+    r"|schema"
     r"|(?:permit|forbid|approval|limit|budget|tool)[ \t]+[A-Za-z_][A-Za-z0-9_\-]*[ \t]*:)"
     r"(?![A-Za-z0-9_])"
 )
@@ -71,7 +73,7 @@ _KEYWORD_TERMINALS = {
     "WINDOW_UNIT": "a window (minute, hour, day, week, month)", "SUBJECT": "a subject",
     "ROOT": "context or principal", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
     "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'",
-    "DOT": "'.'", "EQUAL": "'='", "AT_MOST": "'<='", "ARROW": "'->'",
+    "DOT": "'.'", "EQUAL": "'='", "AT_MOST": "'<='", "ARROW": "'->'", "OPTIONAL": "'?'",
     "$END": "the end of the statement",
 }
 
@@ -125,7 +127,8 @@ KEYWORD_TERMINALS = frozenset({
     "FOR", "HTTP_KW", "IN", "ISSUER", "LIMIT", "LOG", "MAX_DEPTH", "MAX_TTL", "MINOR",
     "NAMED_KW",
     "NAMESPACE", "NOT", "OR", "OVER", "OVERDRAFT", "PER", "RATE", "RATES", "REDACT", "ROLE",
-    "ROLLING", "ROOT", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "USES", "WINDOW_UNIT",
+    "ROLLING", "ROOT", "SCHEMA", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "USES",
+    "WINDOW_UNIT",
     "_MAX_AGE", "METHOD", "STRATEGY", "UNIT",
 })
 _LARK_LOCK = threading.Lock()
@@ -721,6 +724,36 @@ class _Build:
         return ast.LogRedact(self.jsonpath(p.tree("jsonpath")), str(p.token("STRATEGY")),
                              keep, sp)
 
+    def schema_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        return ast.SchemaDecl(self.patterns(p.tree("pattern_list")),
+                              self.schema_fields(p.tree("schema_record")), sp)
+
+    def schema_fields(self, t: Tree[Any]) -> tuple[ast.SchemaField, ...]:
+        out = []
+        for f in t.children:
+            if not isinstance(f, Tree):
+                continue
+            parts = _Parts(f.children)
+            (kind,) = (c for c in f.children if isinstance(c, Tree))
+            out.append(ast.SchemaField(str(parts.token("NAME")),
+                                       parts.maybe_token("OPTIONAL") is not None,
+                                       self.schema_type(kind), self.span(f)))
+        return tuple(out)
+
+    def schema_type(self, t: Tree[Any]) -> ast.SchemaType:
+        sp = self.span(t)
+        if t.data == "schema_record":
+            return ast.SchemaType("record", fields=self.schema_fields(t), span=sp)
+        parts = _Parts(t.children)
+        name = str(parts.token("NAME"))
+        if t.data == "schema_list":
+            (item,) = (c for c in t.children if isinstance(c, Tree))
+            return ast.SchemaType(name, item=self.schema_type(item), span=sp)
+        if t.data == "schema_enum":
+            return ast.SchemaType(name, values=tuple(self.string(x) for x in
+                                                     parts.all_tokens("STRING")), span=sp)
+        return ast.SchemaType(name, span=sp)
+
     # -- tool items --
     def tool_item(self, t: Tree[Any]) -> ast.ToolItem:
         p = _Parts(t.children)
@@ -818,7 +851,7 @@ _STATEMENTS: dict[str, _Builder] = {
         "namespace_decl", "currency_decl", "default_currency_decl", "rate_decl",
         "rates_decl", "tz_decl", "role_decl", "agent_decl", "rule_decl", "limit_decl",
         "approval_over_decl", "budget_decl", "http_tool", "named_tool", "egress_decl",
-        "delegation_decl", "log_decl")
+        "delegation_decl", "log_decl", "schema_decl")
 }
 #: Expression builders by rule (or alias) name.
 _EXPRESSIONS: dict[str, Callable[[_Build, Any], ast.Expr]] = {

@@ -21,8 +21,9 @@ __all__ = [
     "EgressDecl", "Expr", "Extraction", "HttpTool", "In", "LimitDecl", "ListExpr", "Literal",
     "LogRedact",
     "MoneyLit", "NamedTool", "NamespaceDecl", "Not", "Or", "Path", "PolicyFile", "RateDecl",
-    "RatesDecl", "Redact", "RoleDecl", "Route", "Rule", "ScopeItem", "Span", "Statement",
-    "TzDecl", "Comment", "ExprVisitor", "StatementVisitor", "children",
+    "RatesDecl", "Redact", "RoleDecl", "Route", "Rule", "SchemaDecl", "SchemaField",
+    "SchemaType", "ScopeItem", "Span", "Statement", "TzDecl", "Comment", "ExprVisitor",
+    "StatementVisitor", "children",
 ]
 
 
@@ -375,10 +376,42 @@ class LogRedact:
     span: Span = _span()
 
 
+@dataclass(frozen=True, slots=True)
+class SchemaType:
+    """A declared context type: ``kind`` is a type name (``string`` ``int`` ``decimal``
+    ``money`` ``bool``, or any name written, which the checker judges), ``list`` (of
+    ``item``), ``enum`` (of ``values``) or ``record`` (of ``fields``)."""
+
+    kind: str
+    item: SchemaType | None = None
+    values: tuple[str, ...] = ()
+    fields: tuple[SchemaField, ...] = ()
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaField:
+    """``name: TYPE`` or ``name?: TYPE`` (optional: the key may be absent)."""
+
+    name: str
+    optional: bool
+    type: SchemaType
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaDecl:
+    """``schema PATTERNS { fields }``: the context requests for these permissions carry."""
+
+    patterns: tuple[str, ...]
+    fields: tuple[SchemaField, ...]
+    span: Span = _span()
+
+
 Statement = Union[
     NamespaceDecl, CurrencyDecl, DefaultCurrencyDecl, RateDecl, RatesDecl, TzDecl, RoleDecl,
     AgentDecl, Rule, LimitDecl, ApprovalOverDecl, BudgetDecl, HttpTool, NamedTool, EgressDecl,
-    DelegationDecl, LogRedact,
+    DelegationDecl, LogRedact, SchemaDecl,
 ]
 
 
@@ -416,6 +449,7 @@ _STATEMENT_METHODS: dict[type, str] = {
     ApprovalOverDecl: "approval_over", BudgetDecl: "budget", HttpTool: "http_tool",
     NamedTool: "named_tool", EgressDecl: "egress", DelegationDecl: "delegation",
     LogRedact: "log_redact",
+    SchemaDecl: "schema",
 }
 
 
@@ -452,7 +486,7 @@ class StatementVisitor(Generic[T]):
     """Dispatch on a statement's node type to the method named for it (``namespace``,
     ``currency``, ``default_currency``, ``rate``, ``rates``, ``tz``, ``role``, ``agent``,
     ``rule``, ``limit``, ``approval_over``, ``budget``, ``http_tool``, ``named_tool``,
-    ``egress``, ``delegation``, ``log_redact``).
+    ``egress``, ``delegation``, ``log_redact``, ``schema``).
     :meth:`visit_statement` returns ``default`` for a kind
     the subclass does not define."""
 
