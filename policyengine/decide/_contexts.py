@@ -136,7 +136,7 @@ def _type(t: ast.SchemaType) -> _Check:
         return _list(_type(t.item))
     if t.values:
         return _enum(t.values)
-    if t.kind == "record":
+    if t.kind == "{}":
         return _record(t.fields)
     return _SCALARS[t.kind]  # the checker refuses any other name (E150)
 

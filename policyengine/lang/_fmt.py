@@ -237,7 +237,7 @@ def _statement_head(st: ast.Statement) -> str:
 
 
 def _schema_type(t: ast.SchemaType) -> str:
-    if t.kind == "record" and t.item is None and not t.values:
+    if t.kind == "{}":
         return "{ " + ", ".join(_schema_field(f) for f in t.fields) + " }" if t.fields else "{}"
     if t.item is not None:
         return f"{t.kind}[{_schema_type(t.item)}]"

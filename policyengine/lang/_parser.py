@@ -743,7 +743,7 @@ class _Build:
     def schema_type(self, t: Tree[Any]) -> ast.SchemaType:
         sp = self.span(t)
         if t.data == "schema_record":
-            return ast.SchemaType("record", fields=self.schema_fields(t), span=sp)
+            return ast.SchemaType("{}", fields=self.schema_fields(t), span=sp)
         parts = _Parts(t.children)
         name = str(parts.token("NAME"))
         if t.data == "schema_list":

@@ -35,7 +35,7 @@ def _hint(word: str, options: Iterable[str]) -> str | None:
 # ---- declarations ------------------------------------------------------------------------
 
 def _check_type(t: ast.SchemaType, where: str, error: Report) -> None:
-    if t.kind == "record" and t.item is None and not t.values:
+    if t.kind == "{}":
         _check_fields(t.fields, where, error)
         return
     if t.item is not None:
@@ -89,12 +89,12 @@ class _Ty:
     span: ast.Span = ast.NOSPAN
 
 
-_BASE = {"string": "string", "enum": "string", "int": "number", "decimal": "number",
-         "money": "money", "bool": "bool", "list": "list", "record": "record"}
+_BASE = {"string": "string", "int": "number", "decimal": "number", "money": "money",
+         "bool": "bool"}
 
 
 def _base(t: ast.SchemaType) -> str | None:
-    if t.kind == "record" and t.item is None and not t.values:
+    if t.kind == "{}":
         return "record"
     if t.item is not None:
         return "list"
@@ -108,7 +108,7 @@ def _describe(t: ast.SchemaType) -> str:
         return f"list[{_describe(t.item)}]"
     if t.values:
         return "enum(" + ", ".join(f'"{v}"' for v in t.values) + ")"
-    if t.kind == "record" and not t.values:
+    if t.kind == "{}":
         return "record"
     return t.kind
 

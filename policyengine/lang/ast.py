@@ -380,7 +380,7 @@ class LogRedact:
 class SchemaType:
     """A declared context type: ``kind`` is a type name (``string`` ``int`` ``decimal``
     ``money`` ``bool``, or any name written, which the checker judges), ``list`` (of
-    ``item``), ``enum`` (of ``values``) or ``record`` (of ``fields``)."""
+    ``item``), ``enum`` (of ``values``) or ``{}``: a record (of ``fields``)."""
 
     kind: str
     item: SchemaType | None = None

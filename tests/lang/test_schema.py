@@ -34,7 +34,7 @@ def test_parses_into_the_ast() -> None:
     assert names == [("amount", False, "money"), ("country", False, "enum"),
                      ("reason", True, "enum"), ("tags", False, "list"), ("count", False, "int"),
                      ("risk", False, "decimal"), ("vip", False, "bool"),
-                     ("customer", True, "record")]
+                     ("customer", True, "{}")]
     assert decl.fields[1].type.values == ("FR", "DE")
     tags = decl.fields[3].type.item
     assert tags is not None and tags.kind == "string"
@@ -138,6 +138,7 @@ DECLS = [
     ('schema pay:x { a: lst[int] }', "E150", "lst", None),
     ('schema pay:x { a: num("a") }', "E150", "num", None),
     ("schema pay:x { a: int, a: string }", "E150", "a: string", None),
+    ("schema pay:x { a: record }", "E150", "record", "{ field: TYPE ... }"),
     ("schema pay:x { r: { a: int, b: { c: flot } } }", "E150", "flot",
      "did you mean 'float'?"),
 ]
