@@ -271,7 +271,7 @@ def _check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]
         if name not in held_roles and name not in scoped_roles:
             ctx.warn("W202", f"role '{name}' is held by no agent", decl.span)
     _unreachable(ctx, files)
-    check_schemas(files, ctx.error)  # context schemas: lang/_schema.py
+    check_schemas(files, ctx.error, ctx.warn)  # context schemas: lang/_schema.py
     ctx.problems.sort(key=lambda p: (p.file, p.line, p.column))
     return ctx.problems
 

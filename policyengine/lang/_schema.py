@@ -299,8 +299,11 @@ class _Typer(ast.ExprVisitor["_Ty | None"]):
 
 # ---- the pass -------------------------------------------------------------------------------
 
-def check_schemas(files: Sequence[ast.PolicyFile], error: Report) -> None:
-    """Check every ``schema`` declaration, then type the rules the schemas cover."""
+def check_schemas(files: Sequence[ast.PolicyFile], error: Report,
+                  warn: Report | None = None) -> None:
+    """Check every ``schema`` declaration, then type the rules the schemas cover. A rule
+    no schema covers gets W206 (``warn``) for a context path no schema declares but
+    that is one typo away from a declared field."""
     schemas: list[ast.SchemaDecl] = []
     for f in files:
         for st in f.statements:
@@ -321,10 +324,29 @@ def check_schemas(files: Sequence[ast.PolicyFile], error: Report) -> None:
                 continue
             covering = covering_schemas(st.patterns, schemas)
             if not covering:
+                if warn is not None:
+                    _near_misses(st.conditions, schemas, warn)
                 continue
             typer = _Typer(covering, error)
             for cond in st.conditions:
                 typer.boolean(cond.expr)
+
+
+def _near_misses(conditions: Sequence[ast.Condition], schemas: Sequence[ast.SchemaDecl],
+                 warn: Report) -> None:
+    declared = {f.name for s in schemas for f in s.fields}
+    stack: list[ast.Expr] = [c.expr for c in conditions]
+    while stack:
+        e = stack.pop()
+        stack.extend(ast.children(e))
+        if isinstance(e, ast.Path) and e.root == "context" and e.segments:
+            head = e.segments[0]
+            if head not in declared:
+                near = _hint(head, declared)
+                if near is not None:
+                    warn("W206", f"context.{head} is declared by no schema, and this rule "
+                         "is not typed (no schema covers all its permissions)", e.span,
+                         near)
 
 
 def covering_schemas(patterns: Sequence[str], schemas: Sequence[ast.SchemaDecl]

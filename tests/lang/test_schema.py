@@ -160,3 +160,11 @@ def test_a_schema_statement_starts_at_the_line_start_only() -> None:
     text = HEAD + "schema pay:x { a: }\npermit p: pay:x for role rr\n"
     found = [(p.code, p.line) for p in problems_of(("m.policy", text))]
     assert ("E002", 3) in found
+
+
+def test_an_untyped_rule_warns_about_a_near_miss() -> None:
+    rule = 'forbid f: * when context.contry == "KP" or context.other == 1'
+    found = [(p.code, p.severity, p.line, p.column, p.hint)
+             for p in problems_of(("m.policy", TEXT + rule))]
+    assert found == [("W206", "warning", 13, col(rule, "context.contry"),
+                      "did you mean 'country'?")]
