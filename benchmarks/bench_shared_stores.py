@@ -17,6 +17,12 @@ durability, measured in the same run with the same processes and keys:
   RETURNING v`` per operation (autocommit, prepared, run through libpq's blocking call
   as the store does), two per pair, with ``synchronous_commit`` off and on.
 
+The last columns are CPU per operation, client + server, of the store and of the floor
+(PostgreSQL, when the server runs on this machine: the workers' and their backends'
+run time from ``/proc/PID/schedstat``) and their ratio. Wall-clock rates on a loaded
+machine mostly measure the scheduler; CPU per operation is what caps throughput once
+the cores are busy, and the load moves it far less.
+
 Goals (issue 14): each store within 2x of its floor (``floor/store`` <= 2), RedisStore
 above 2,600 pairs/s, PostgresStore >= 2,000 pairs/s with ``synchronous_commit`` off.
 Set POLICYENGINE_BENCH_POSTGRES / POLICYENGINE_BENCH_REDIS to point elsewhere than
@@ -46,7 +52,25 @@ AGENTS = [f"agent-{i}" for i in range(100)]
 
 # -- one worker process ------------------------------------------------------------------
 
-Result = tuple[int, list[float], list[float]]  # pairs, reserve latencies, commit latencies
+# pairs, reserve latencies, commit latencies, CPU ns of the worker and of its PostgreSQL
+# backend (-1: not measured)
+Result = tuple[int, list[float], list[float], int, int]
+
+
+def _cpu_ns(pid: int | str) -> int:
+    """CPU time a process (or ``self``) has run, in ns, from the scheduler's own count
+    (exact, unlike tick-sampled accounting); -1 where /proc does not have it (another
+    OS, or a database on another machine)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _backend_cpu(pid: int | None, start: int) -> int:
+    end = -1 if pid is None else _cpu_ns(pid)
+    return -1 if start < 0 or end < 0 else end - start
 
 
 def _store_worker(kind: str, name: str, hot: bool, seconds: float, seed: int) -> Result:
@@ -57,10 +81,13 @@ def _store_worker(kind: str, name: str, hot: bool, seconds: float, seed: int) ->
         store = PostgresStore(POSTGRES, schema=name,
                               durability="full" if kind == "postgres-sync" else "process")
     ledger = Ledger(HOT if hot else SPREAD, store)
+    ledger.reserve(AGENTS[0], "payments:x", "0.01", "EUR")  # buckets made, connection open
+    backend = None if kind == "redis" else int(store._call("SELECT pg_backend_pid()", ()))
     reserve_lat: list[float] = []
     commit_lat: list[float] = []
     clock = time.perf_counter
     pairs, i = 0, seed
+    own0, backend0 = _cpu_ns("self"), -1 if backend is None else _cpu_ns(backend)
     deadline = clock() + seconds
     while True:
         t0 = clock()
@@ -75,8 +102,9 @@ def _store_worker(kind: str, name: str, hot: bool, seconds: float, seed: int) ->
         reserve_lat.append(t1 - t0)
         commit_lat.append(t2 - t1)
         pairs += 1
+    own, server = _cpu_ns("self") - own0, _backend_cpu(backend, backend0)
     store.close()
-    return pairs, reserve_lat, commit_lat
+    return pairs, reserve_lat, commit_lat, own, server
 
 
 _FLOOR_SCRIPT = """
@@ -90,6 +118,7 @@ def _floor_worker(kind: str, name: str, hot: bool, seconds: float, seed: int) ->
     """Two raw operations per "pair": the least any store of that database can do."""
     op: Callable[[str, int], object]
     close: Callable[[], None]
+    backend: int | None = None
     if kind == "redis":
         import redis
         client = redis.Redis.from_url(REDIS)
@@ -115,10 +144,12 @@ def _floor_worker(kind: str, name: str, hot: bool, seconds: float, seed: int) ->
                                         ).get_value(0, 0)
 
         close = conn.close
+        backend = conn.info.backend_pid
     reserve_lat: list[float] = []
     commit_lat: list[float] = []
     clock = time.perf_counter
     pairs, i = 0, seed
+    own0, backend0 = _cpu_ns("self"), -1 if backend is None else _cpu_ns(backend)
     deadline = clock() + seconds
     while True:
         t0 = clock()
@@ -133,12 +164,15 @@ def _floor_worker(kind: str, name: str, hot: bool, seconds: float, seed: int) ->
         reserve_lat.append(t1 - t0)
         commit_lat.append(t2 - t1)
         pairs += 1
+    own, server = _cpu_ns("self") - own0, _backend_cpu(backend, backend0)
     close()
-    return pairs, reserve_lat, commit_lat
+    return pairs, reserve_lat, commit_lat, own, server
 
 
 def _run(worker: Callable[..., Result], procs: int, *args: Any) -> tuple[float, Result]:
-    """Pairs/s over ``procs`` processes started together, and the merged latencies."""
+    """Pairs/s over ``procs`` processes started together, the merged latencies, and
+    the CPU summed over the workers (and over their backends, if every one was
+    measured)."""
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(procs) as pool:
         start = time.perf_counter()
@@ -146,9 +180,29 @@ def _run(worker: Callable[..., Result], procs: int, *args: Any) -> tuple[float, 
         wall = time.perf_counter() - start
     pairs = sum(r[0] for r in results)
     seconds = args[-1]
-    merged = (pairs, [x for r in results for x in r[1]], [x for r in results for x in r[2]])
+    server = -1 if any(r[4] < 0 for r in results) else sum(r[4] for r in results)
+    merged = (pairs, [x for r in results for x in r[1]], [x for r in results for x in r[2]],
+              sum(r[3] for r in results), server)
     del wall  # processes start at slightly different times: rate over the fixed window
     return pairs / seconds, merged
+
+
+def _per_op(own: int, server: int, pairs: int) -> tuple[float, float]:
+    """CPU µs per operation (two per pair) of the clients and of their backends."""
+    ops = max(1, 2 * pairs)
+    return own / ops / 1000, (server / ops / 1000 if server >= 0 else float("nan"))
+
+
+def _cpu_text(cpu: tuple[float, float]) -> str:
+    if cpu[1] != cpu[1]:  # NaN: the server's share was not measured
+        return f"{cpu[0]:.0f} + ?"
+    return f"{cpu[0]:.0f} + {cpu[1]:.0f} = {cpu[0] + cpu[1]:.0f}"
+
+
+def _ratio(cpu: tuple[float, float], floor: tuple[float, float]) -> str:
+    if cpu[1] != cpu[1] or floor[1] != floor[1]:
+        return "-"
+    return f"{(cpu[0] + cpu[1]) / (floor[0] + floor[1]):.2f}"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -202,22 +256,26 @@ def main() -> None:
               "postgres-sync": "PostgresStore sync_commit=on"}
     print(f"{'store':32} {'procs':>5} {'budgets':>7} {'pairs/s':>8} {'floor':>8} "
           f"{'floor/store':>11} {'reserve p50/p99 ms':>19} {'commit p50/p99 ms':>18} "
-          f"{'floor op p50/p99 ms':>19}")
+          f"{'floor op p50/p99 ms':>19} {'CPU us/op client+server':>24} "
+          f"{'floor CPU':>13} {'CPU ratio':>9}")
     for kind in kinds:
         name = _setup(kind)
         try:
             for procs in [int(p) for p in args.procs.split(",")]:
                 for hot in (True, False):
-                    rate, (_, res_lat, com_lat) = _run(_store_worker, procs, kind, name,
-                                                       hot, args.seconds)
-                    floor, (_, f1, f2) = _run(_floor_worker, procs, kind, name, hot,
-                                              args.seconds)
+                    rate, (pairs, res_lat, com_lat, own, srv) = _run(
+                        _store_worker, procs, kind, name, hot, args.seconds)
+                    floor, (fpairs, f1, f2, fown, fsrv) = _run(
+                        _floor_worker, procs, kind, name, hot, args.seconds)
+                    cpu, fcpu = _per_op(own, srv, pairs), _per_op(fown, fsrv, fpairs)
                     print(
                         f"{labels[kind]:32} {procs:>5} {'1 hot' if hot else '100':>7} "
                         f"{rate:>8,.0f} {floor:>8,.0f} {floor / rate:>11.2f} "
                         f"{_pct(res_lat, .5):>9.2f}/{_pct(res_lat, .99):<9.2f} "
                         f"{_pct(com_lat, .5):>8.2f}/{_pct(com_lat, .99):<9.2f} "
-                        f"{_pct(f1 + f2, .5):>9.2f}/{_pct(f1 + f2, .99):<9.2f}",
+                        f"{_pct(f1 + f2, .5):>9.2f}/{_pct(f1 + f2, .99):<9.2f} "
+                        f"{_cpu_text(cpu):>24} {_cpu_text(fcpu):>13} "
+                        f"{_ratio(cpu, fcpu):>9}",
                         flush=True,
                     )
         finally:

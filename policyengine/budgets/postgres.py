@@ -82,6 +82,8 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 _SWEEP_EVERY = 512
 _APPLY_STMT = b"policyengine_budget_apply"
 _RESERVE_STMT = b"policyengine_budget_reserve"
+_FINISH_STMT = b"policyengine_budget_finish"
+_DECLINE = "PEB01"  # SQLSTATE of budget_finish declining (after rolling back)
 _USAGE_STMT = b"policyengine_budget_usage"
 _BUCKET_LIFETIME = 32 * 86400
 
@@ -460,6 +462,60 @@ h AS (INSERT INTO {s}.budget_holds (rid, budget, subject, win, amount, expires_a
 SELECT count(*) FROM b
 """
 
+# A commit or release of a reservation whose lines and spends are all on one bucket
+# (keys known to this process), the common case, in four statements: finalize the
+# reservation if live (the UPDATE locks it, in the order budget_apply locks), lock the
+# bucket, delete the holds, update the bucket. It returns 0 (nothing written) when the
+# reservation is not live, and raises _DECLINE (rolling everything back) when the bucket
+# is missing or has expired holds to give back, or the holds are not the ones created;
+# either way the caller runs budget_apply, which says why.
+_FINISH = """
+CREATE OR REPLACE FUNCTION {s}.budget_finish(p_rid text, p_b text, p_s text, p_w bigint,
+    p_spend bigint, p_status text, p_data text, p_now float8, p_skew float8,
+    p_sync boolean) RETURNS integer
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    n integer;
+    sw float8;
+    cnt integer;
+    held numeric;
+    same boolean;
+BEGIN
+    IF p_skew IS NOT NULL
+       AND abs(extract(epoch FROM clock_timestamp()) - p_now) > p_skew THEN
+        RETURN 0;
+    END IF;
+    UPDATE {s}.budget_reservations r SET status = p_status, finished_at = p_now,
+        data = p_data
+        WHERE r.id = p_rid AND r.status = 'active' AND r.expires_at > p_now
+        RETURNING r.nholds INTO n;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    SELECT t.sweep_at INTO sw FROM {s}.budget_buckets t
+        WHERE t.budget = p_b AND t.subject = p_s AND t.win = p_w FOR UPDATE;
+    IF NOT FOUND OR sw <= p_now THEN
+        RAISE EXCEPTION 'budget_finish declines' USING ERRCODE = '{decline}';
+    END IF;
+    WITH gone AS (DELETE FROM {s}.budget_holds h WHERE h.rid = p_rid
+                  RETURNING h.budget, h.subject, h.win, h.amount)
+    SELECT count(*), coalesce(sum(gone.amount), 0),
+           coalesce(bool_and(gone.budget = p_b AND gone.subject = p_s AND gone.win = p_w),
+                    true)
+        INTO cnt, held, same FROM gone;
+    IF cnt <> n OR NOT same THEN
+        RAISE EXCEPTION 'budget_finish declines' USING ERRCODE = '{decline}';
+    END IF;
+    UPDATE {s}.budget_buckets t SET reserved = t.reserved - held, spent = t.spent + p_spend
+        WHERE t.budget = p_b AND t.subject = p_s AND t.win = p_w;
+    IF p_sync THEN
+        PERFORM set_config('synchronous_commit', 'on', true);
+    END IF;
+    RETURN 1;
+END
+$fn$;
+"""
+
 # One statement (several statements cannot share one call's parameters).
 _HOUSEKEEP = """
 WITH events AS (DELETE FROM {s}.budget_events WHERE at < %(events)s),
@@ -578,6 +634,9 @@ class PostgresStore:
             (_USAGE_STMT, f"SELECT {s}.budget_usage($1::jsonb, $2::float8, "
                           "$3::float8)::text".encode()),
             (_RESERVE_STMT, _RESERVE.format(s=s).encode()),
+            (_FINISH_STMT, f"SELECT {s}.budget_finish($1::text, $2::text, $3::text, "
+                           "$4::bigint, $5::bigint, $6::text, $7::text, $8::float8, "
+                           "$9::float8, $10::boolean)".encode()),
         )
         self._skew_param = None if max_clock_skew is None else repr(float(max_clock_skew)
                                                                     ).encode()
@@ -702,7 +761,8 @@ class PostgresStore:
             row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
         return None if row is None else row[0]
 
-    def _exec(self, name: bytes, params: list[bytes | None]) -> bytes | None:
+    def _exec(self, name: bytes, params: list[bytes | None], decline: str = ""
+              ) -> bytes | None:
         """Run a statement prepared on every connection (text parameters), and return
         the first column of its one row. libpq's blocking call, which releases the GIL:
         the driver's asynchronous wait around its send costs more client CPU than the
@@ -713,6 +773,10 @@ class PostgresStore:
         try:
             res = conn.pgconn.exec_prepared(name, params)  # type: ignore[arg-type]  # None: NULL
             if res.status != pq.ExecStatus.TUPLES_OK:
+                if (decline and res.error_field(pq.DiagnosticField.SQLSTATE) == decline.encode()
+                        and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE):
+                    self._checkin(conn)  # rolled back, and the connection is fine
+                    return None
                 raise psycopg.errors.error_from_result(res)
             value = res.get_value(0, 0)
         except psycopg.Error as exc:
@@ -756,7 +820,8 @@ class PostgresStore:
                         "export its budgets with the version that wrote it, or use "
                         "another schema",
                     )
-                functions = _APPLY.format(s=s) + _USAGE.format(s=s)
+                functions = (_APPLY.format(s=s) + _USAGE.format(s=s)
+                             + _FINISH.format(s=s, decline=_DECLINE))
                 code = hashlib.sha256(functions.encode()).hexdigest()
                 if version is None:
                     conn.execute(f"CREATE TABLE {s}.budget_layout (version integer "
@@ -772,6 +837,7 @@ class PostgresStore:
                 if row is None or row[0] != code:
                     conn.execute(_APPLY.format(s=s))  # type: ignore[arg-type]
                     conn.execute(_USAGE.format(s=s))  # type: ignore[arg-type]
+                    conn.execute(_FINISH.format(s=s, decline=_DECLINE))  # type: ignore[arg-type]
                     conn.execute(f"UPDATE {s}.budget_layout SET code = %s", (code,))
         except psycopg.Error as exc:
             raise _unavailable(exc) from exc
@@ -847,6 +913,9 @@ class PostgresStore:
             self._recent.note(tx)
             return OK
         own = None if tx.require_active is None else self._recent.get(tx.require_active)
+        if own is not None and tx.finalize is not None and self._finish(tx, own, now):
+            self._recent.note(tx)
+            return OK
         text = self._exec(_APPLY_STMT, [_encode(tx, own).encode(), repr(float(now)).encode(),
                                         self._skew_param, self._sync_param])
         if text is None:
@@ -892,6 +961,28 @@ class PostgresStore:
             created.id.encode(), repr(float(created.expires_at)).encode(),
             repr(float(now)).encode(), self._skew_param, compact_json(created).encode(),
         ])
+        return value == b"1"
+
+    def _finish(self, tx: Transaction, own: ReservationRecord, now: float) -> bool:
+        """``budget_finish`` (see ``_FINISH``) when ``tx`` commits or releases ``own``
+        and everything it touches is one calendar bucket; False when it does not apply
+        or declined."""
+        fin = tx.finalize
+        if (fin is None or tx.guards or tx.create is not None or tx.extend_to is not None
+                or tx.idempotency is not None):
+            return False
+        keys = {(ln[0], ln[1], ln[2]) for ln in own.lines}
+        keys.update((sp[0], sp[1], sp[2]) for sp in tx.spends)
+        if len(keys) != 1 or any(sp[3] for sp in tx.spends):
+            return False
+        ((budget, subject, win),) = keys
+        spend = sum(sp[4] for sp in tx.spends)
+        value = self._exec(_FINISH_STMT, [
+            own.id.encode(), budget.encode(), subject.encode(), str(win).encode(),
+            str(spend).encode(), fin.status.encode(), compact_json(fin).encode(),
+            repr(float(now)).encode(), self._skew_param,
+            b"t" if self.durability == "spend" and tx.spends else b"f",
+        ], decline=_DECLINE)
         return value == b"1"
 
     def _housekeep(self, now: float) -> None:

@@ -193,28 +193,35 @@ def test_postgres_forgets_what_nobody_can_ask_about(shared_stores: SharedStores)
 
 
 @pytest.mark.postgres
-def test_one_bucket_reserves_race_on_two_hosts_without_overspending(
+def test_one_bucket_reserves_and_commits_race_on_two_hosts_without_overspending(
     shared_stores: SharedStores,
 ) -> None:
     """A reserve on one calendar bucket is one statement (a conditional UPDATE, then the
-    inserts); anything else about it falls back to the full function. Two stores on one
-    schema (two hosts) x 4 threads reserve, commit and release at random against a
-    small limit: spent is exactly the committed sum, never above the limit, and nothing
-    stays held."""
+    inserts), its commit or release one short function; anything else about them falls
+    back to the full function. Two stores on one schema (two hosts) x 4 threads reserve,
+    commit and release at random against a small limit: spent is exactly the committed
+    sum, never above the limit, and nothing stays held."""
     first = shared_stores.postgres()
     second = shared_stores.postgres(schema=first.schema)
     spec = BudgetSpec("t.one", ("payments:*",), Decimal(300), "EUR", "day",
                       subject="global")
     taken: list[bool] = []
+    finished: list[bool] = []
     for store in (first, second):
-        one = store._reserve
+        one, fin = store._reserve, store._finish
 
         def counted(tx: object, now: float, one: Any = one) -> bool:
             done = bool(one(tx, now))
             taken.append(done)
             return done
 
+        def counted_fin(tx: object, own: object, now: float, fin: Any = fin) -> bool:
+            done = bool(fin(tx, own, now))
+            finished.append(done)
+            return done
+
         store._reserve = counted  # type: ignore[method-assign]
+        store._finish = counted_fin  # type: ignore[method-assign]
     committed: list[Decimal] = []
     errors: list[BaseException] = []
 
@@ -248,6 +255,7 @@ def test_one_bucket_reserves_race_on_two_hosts_without_overspending(
     assert balance.spent == sum(committed) <= Decimal(300)
     assert balance.reserved == 0
     assert any(taken) and not all(taken)  # the statement ran, and declined at times
+    assert any(finished)
 
 
 def test_postgres_schema_names_are_plain_sql_names() -> None:
