@@ -23,7 +23,7 @@ from policyengine.decide._evaluator import Explanation
 from policyengine.decide._pipeline import Pipeline, Trace
 from policyengine.decision import ApprovalRequired, Decision, NotAuthorized, ToolDecision
 from policyengine.lang import ast
-from policyengine.lang._checker import check
+from policyengine.lang._checker import CheckCache, check
 from policyengine.lang._parser import ParseCache, parse_many
 from policyengine.lang._source import PolicyError, Problem, SourceSet
 
@@ -104,11 +104,12 @@ def revision_of(files: PolicyFiles) -> str:
 
 class LoadCache:
     """What ``reload`` can reuse from the previous load: the parse of every file whose
-    bytes did not change and its compiled rules (the checks across files always run
-    again). One per engine."""
+    bytes did not change, its own checks and its compiled rules (the checks across files
+    always run again, over every file). One per engine."""
 
     def __init__(self) -> None:
         self.parsed = ParseCache()
+        self.checked = CheckCache()
         self.compiled = CompileCache()
         self.lock = threading.Lock()
 
@@ -149,7 +150,8 @@ def _load_policy(files: PolicyFiles, rates: Mapping[str, Any] | None,
     sources = SourceSet()
     parsed, problems = parse_many(files, sources, cache.parsed if cache is not None else None)
     # A syntax error does not hide the other statements' problems.
-    problems.extend(check(parsed, sources, partial=bool(problems)))
+    problems.extend(check(parsed, sources, partial=bool(problems),
+                          cache=cache.checked if cache is not None else None))
     problems.sort(key=lambda p: (p.file, p.line, p.column))
     errors = [p for p in problems if p.severity == "error"]
     if errors:
@@ -325,9 +327,9 @@ class Engine:
         """Re-read the paths (or recompile the sources) and swap atomically.
 
         On error the old policy stays in force and :class:`PolicyError` is raised.
-        Files whose bytes did not change are not parsed or compiled again (their rules are
-        reused when their rates did not change either); the checks across files run on
-        the whole set every time.
+        Files whose bytes did not change are not parsed, checked or compiled again (their
+        rules are reused when their rates did not change either); the checks across
+        files run on the whole set every time.
         """
         previous = self.revision
         try:

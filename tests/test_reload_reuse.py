@@ -4,9 +4,13 @@ every check across files: a reload decides exactly as a fresh engine on the same
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policyengine import Engine, PolicyError
 
@@ -97,3 +101,59 @@ def test_renaming_a_file_is_a_new_file(tmp_path: Path) -> None:
     assert engine.policy.files[1] is not before.files[1]
     assert engine.authorize("bot1", "a1:read").allowed
     assert engine.policy.rules[-1].span.file.endswith("g1.policy")
+
+
+def test_warnings_of_unchanged_files_are_reused_not_recomputed(tmp_path: Path) -> None:
+    (tmp_path / "a.policy").write_text("role idle: x:*\nrole used: y:*\nagent \"bot\": used\n")
+    (tmp_path / "b.policy").write_text("namespace b\npermit p: y:read\n")
+    engine = Engine.from_path(tmp_path)
+    (warning,) = engine.warnings  # W202: nobody holds 'idle'
+    assert warning.code == "W202"
+    (tmp_path / "b.policy").write_text("namespace b\npermit p: y:write\n")
+    engine.reload()
+    assert engine.warnings[0] is not warning  # the check across files ran again ...
+    assert engine.warnings == (warning,)  # ... and found the same
+    (tmp_path / "b.policy").write_text("namespace b\npermit p: y:write for role idle\n")
+    engine.reload()
+    assert engine.warnings == ()  # a rule of another file is now scoped to 'idle'
+
+
+#: Statements a file of the property below is made of: each declares or names something
+#: another file may also declare or need (ids, roles, agents, namespaces, delegation,
+#: default currency), so that edits create and remove conflicts across files.
+SNIPPETS = [
+    "namespace n1", "namespace n2", "role r1: a:*", "role r2: b:*", 'agent "bot": r1',
+    'agent "bot2": r2', "permit p: a:read", "permit p: b:read", "forbid p: a:write",
+    "forbid stop: a:*", "permit q: a:read for role r2", 'permit q: b:x for agent "bot2"',
+    "permit q: a:y for role r3", "delegation {\n  max_depth 3\n}", "default_currency EUR",
+    "default_currency USD", "currency EUR", "limit cap: a:pay amount <= 5 EUR",
+    "permit w: a:z when context.n > 1",
+]
+FILE_TEXT = st.lists(st.sampled_from(SNIPPETS), max_size=4).map(
+    lambda lines: "\n".join(lines) + "\n")
+
+
+def _outcome(load: Callable[[], object]) -> object:
+    try:
+        engine = load()
+    except PolicyError as exc:
+        return ("error", [(p.code, Path(p.file).name, p.line, p.column, p.message)
+                          for p in exc.problems])
+    assert isinstance(engine, Engine)
+    return ("ok", [(p.code, Path(p.file).name, p.line, p.column, p.message)
+                   for p in engine.warnings], [r.qid for r in engine.policy.rules])
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, 2), FILE_TEXT), min_size=1, max_size=6))
+def test_a_reload_reports_exactly_what_a_fresh_load_reports(
+        steps: list[tuple[int, str]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for k in range(3):
+            (root / f"f{k}.policy").write_text(f"namespace base{k}\n")
+        engine = Engine.from_path(root)
+        for k, text in steps:
+            (root / f"f{k}.policy").write_text(text)
+            got = _outcome(lambda: (engine.reload(), engine)[1])
+            assert got == _outcome(lambda: Engine.from_path(root))

@@ -20,7 +20,7 @@ from policyengine.lang._schema import check_schemas
 from policyengine.lang._source import Problem, SourceSet
 from policyengine.permissions import is_valid_pattern, subsumes
 
-__all__ = ["FUNCTIONS", "check"]
+__all__ = ["FUNCTIONS", "CheckCache", "check"]
 
 #: Built-in functions: name -> (arity, argument kinds). All return bool.
 FUNCTIONS: dict[str, tuple[int, str]] = {
@@ -45,18 +45,27 @@ MAX_LITERAL_AMOUNT = Decimal(10) ** 15
 BOOL, STR, NUM, MONEY, LIST, ANY = "bool", "string", "number", "money", "list", "any"
 
 
+#: Where a problem falls in the order the checks report (they are sorted by position;
+#: problems at the same position keep this order): (phase, step). Phases: 1 declarations,
+#: 2 a rate for the base currency, 3 references and expressions, 4 money of the file,
+#: 5 roles nobody holds, 6 unreachable rules, 7 context schemas. Steps order the checks
+#: of one statement.
+Tag = tuple[int, int]
+
+
 @dataclass
 class _Ctx:
     sources: SourceSet
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[tuple[Tag, Problem]] = field(default_factory=list)
+    tag: Tag = (0, 0)
 
     def error(self, code: str, message: str, span: ast.Span, hint: str | None = None) -> None:
-        self.problems.append(self.sources.problem(code, message, span.file, span.line,
-                                                  span.column, hint))
+        self.problems.append((self.tag, self.sources.problem(
+            code, message, span.file, span.line, span.column, hint)))
 
     def warn(self, code: str, message: str, span: ast.Span, hint: str | None = None) -> None:
-        self.problems.append(self.sources.problem(code, message, span.file, span.line,
-                                                  span.column, hint, "warning"))
+        self.problems.append((self.tag, self.sources.problem(
+            code, message, span.file, span.line, span.column, hint, "warning")))
 
 
 def _reason(exc: ValueError) -> str:
@@ -95,184 +104,344 @@ def _zone_known(zone: str) -> bool:
 NEEDS_EVERY_STATEMENT = frozenset({"E103", "E104", "E112", "E127", "W201", "W202"})
 
 
+class CheckCache:
+    """Per file, what its own checks found last time, for ``Engine.reload``.
+
+    Keyed by the parsed file object itself (unchanged text parses to the same object, see
+    :class:`~policyengine.lang.ParseCache`): a file's own checks depend on its text
+    only, so an unchanged file is not checked again. The checks across files (duplicate
+    ids and roles, unknown roles and agents, one delegation block, one default currency,
+    roles nobody holds, unreachable rules) always run, over every file's facts. Holds the
+    files of the latest call only. One per engine; not thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[ast.PolicyFile, _FileFacts]] = {}
+        self.hits = 0
+
+    def facts(self, f: ast.PolicyFile, sources: SourceSet) -> _FileFacts:
+        entry = self._entries.get(id(f))
+        if entry is not None and entry[0] is f:
+            self.hits += 1
+            return entry[1]
+        return _FileCheck(f, sources).run()
+
+    def keep(self, files: Sequence[ast.PolicyFile], facts: Sequence[_FileFacts]) -> None:
+        self._entries = {id(f): (f, x) for f, x in zip(files, facts, strict=True)}
+
+
 def check(files: Sequence[ast.PolicyFile], sources: SourceSet, *,
-          partial: bool = False) -> list[Problem]:
+          partial: bool = False, cache: CheckCache | None = None) -> list[Problem]:
     """Return every error and warning for ``files`` (a policy set), sorted by position.
 
     ``partial``: some statements of the set did not parse; problems that may only be
-    caused by their absence (:data:`NEEDS_EVERY_STATEMENT`) are left out.
+    caused by their absence (:data:`NEEDS_EVERY_STATEMENT`) are left out. ``cache``
+    (see :class:`CheckCache`) skips the own checks of files checked last time.
     """
-    problems = _check(files, sources)
+    if cache is not None:
+        facts = [cache.facts(f, sources) for f in files]
+        cache.keep(files, facts)
+    else:
+        facts = [_FileCheck(f, sources).run() for f in files]
+    tagged = [p for x in facts for p in x.problems]
+    tagged.extend(_across(facts, sources))
+    schemas = _Ctx(sources, tag=(7, 0))
+    check_schemas(files, schemas.error, schemas.warn)  # context schemas: lang/_schema.py
+    tagged.extend(schemas.problems)
+    tagged.sort(key=lambda tp: (tp[1].file, tp[1].line, tp[1].column, tp[0]))
+    problems = [p for _, p in tagged]
     if partial:
         problems = [p for p in problems if p.code not in NEEDS_EVERY_STATEMENT]
     return problems
 
 
-def _check(files: Sequence[ast.PolicyFile], sources: SourceSet) -> list[Problem]:
+@dataclass
+class _FileFacts:
+    """One file's own problems, and what the checks across files need from it."""
+
+    problems: list[tuple[Tag, Problem]]
+    #: Role declarations in order, and the first one of each name.
+    roles: list[ast.RoleDecl] = field(default_factory=list)
+    first_roles: dict[str, ast.RoleDecl] = field(default_factory=dict)
+    #: (namespace, id) of every statement with an id, in order, and the first spans.
+    ids: list[tuple[tuple[str, str], ast.Span]] = field(default_factory=list)
+    first_ids: dict[tuple[str, str], ast.Span] = field(default_factory=dict)
+    agents: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)  # roles agents of the file hold
+    #: (kind, name, span) of each role or agent a statement names, in order.
+    refs: list[tuple[str, str, ast.Span]] = field(default_factory=list)
+    ref_roles: set[str] = field(default_factory=set)
+    ref_agents: set[str] = field(default_factory=set)
+    scoped: set[str] = field(default_factory=set)  # roles a rule is scoped to
+    delegations: list[ast.Span] = field(default_factory=list)
+    defaults: list[tuple[str, ast.Span]] = field(default_factory=list)
+    forbids: list[ast.Rule] = field(default_factory=list)  # unconditional
+    grants: list[ast.Rule | ast.ApprovalOverDecl] = field(default_factory=list)
+
+
+class _FileCheck(ast.StatementVisitor[None]):
+    """The checks one file decides alone, one method per statement kind; what other
+    files decide is collected into :class:`_FileFacts` for :func:`_across`."""
+
+    def __init__(self, f: ast.PolicyFile, sources: SourceSet) -> None:
+        self.f = f
+        self.ctx = _Ctx(sources)
+        self.facts = _FileFacts(self.ctx.problems)
+        self.uses_money: list[ast.Span] = []
+        self.ns_seen: ast.Span | None = None
+        self.currency_seen: ast.Span | None = None
+        self.base: str | None = None
+        self.file_rates: dict[str, tuple[Decimal, ast.Span]] = {}
+
+    def run(self) -> _FileFacts:
+        ns = self.f.namespace
+        facts = self.facts
+        for st in self.f.statements:
+            self.visit_statement(st, None)
+            ident = getattr(st, "id", None)
+            if isinstance(ident, str) and type(st) is not ast.AgentDecl:
+                key = (ns, ident)
+                facts.ids.append((key, st.span))
+                facts.first_ids.setdefault(key, st.span)
+        ctx = self.ctx
+        if self.base is not None and self.base in self.file_rates:
+            ctx.tag = (2, 0)
+            ctx.error("E131", f"a rate for the base currency {self.base} makes no sense",
+                      self.file_rates[self.base][1])
+        ctx.tag = (4, 0)
+        if self.uses_money and self.base is None:
+            ctx.error("E112", "money is used but this file declares no base currency",
+                      self.uses_money[0], "add 'currency EUR' (or your currency) to the file")
+        if self.base is not None:
+            for sp in _foreign_without_rate(self.f, self.base, set(self.file_rates)):
+                ctx.error("E127", "no rate to convert this amount into the base currency",
+                          sp, f"add 'rate XXX 1.23' (1 XXX = 1.23 {self.base})")
+        return facts
+
+    # -- declarations (phase 1) --
+    def namespace(self, st: ast.NamespaceDecl) -> None:
+        self.ctx.tag = (1, 1)
+        if self.ns_seen is not None:
+            self.ctx.error("E105", "a file has one namespace statement", st.span,
+                           "split the file, one namespace per file")
+        self.ns_seen = st.span
+
+    def currency(self, st: ast.CurrencyDecl) -> None:
+        self.ctx.tag = (1, 1)
+        if not _currency_known(st.code):
+            self.ctx.error("E109", f"unknown currency '{st.code}'", st.span,
+                           "use an active ISO 4217 code such as EUR or USD")
+        if self.currency_seen is not None:
+            self.ctx.error("E113", "a file declares its currency once", st.span)
+        self.currency_seen = st.span
+        self.base = st.code
+
+    def rate(self, st: ast.RateDecl) -> None:
+        ctx = self.ctx
+        ctx.tag = (1, 1)
+        if not _currency_known(st.code):
+            ctx.error("E109", f"unknown currency '{st.code}'", st.span)
+        if st.value <= 0 or st.value > MAX_LITERAL_AMOUNT:
+            ctx.error("E129", f"rate for {st.code} must be positive and sane", st.span)
+        prev_rate = self.file_rates.get(st.code)
+        if prev_rate is not None:
+            ctx.error("E130", f"rate for {st.code} is already {prev_rate[0]} "
+                      f"(at {prev_rate[1]})", st.span)
+        self.file_rates[st.code] = (st.value, st.span)
+
+    def default_currency(self, st: ast.DefaultCurrencyDecl) -> None:
+        self.ctx.tag = (1, 1)
+        if not _currency_known(st.code):
+            self.ctx.error("E109", f"unknown currency '{st.code}'", st.span)
+        self.facts.defaults.append((st.code, st.span))
+
+    def tz(self, st: ast.TzDecl) -> None:
+        self.ctx.tag = (1, 1)
+        if not _zone_known(st.zone):
+            self.ctx.error("E124", f"unknown time zone '{st.zone}'", st.span,
+                           "use an IANA zone name such as Europe/Paris")
+
+    def delegation(self, st: ast.DelegationDecl) -> None:
+        ctx = self.ctx
+        ctx.tag = (1, 1)
+        self.facts.delegations.append(st.span)
+        if st.max_depth is not None and not 1 <= st.max_depth <= 32:
+            ctx.error("E126", "max_depth must be between 1 and 32", st.span)
+        if st.max_ttl is not None and not 1 <= st.max_ttl <= 366 * 86400:
+            ctx.error("E125", "max_ttl must be between 1s and 366d", st.span)
+        if st.child_max_ttl is not None and not 1 <= st.child_max_ttl <= 366 * 86400:
+            ctx.error("E125", "child_max_ttl must be between 1s and 366d", st.span)
+
+    # -- references, expressions, tools, budgets (phase 3) --
+    def role(self, st: ast.RoleDecl) -> None:
+        self.facts.roles.append(st)
+        self.facts.first_roles.setdefault(st.name, st)
+        self.ctx.tag = (3, 0)
+        _check_patterns(self.ctx, st.patterns, st.span)
+
+    def agent(self, st: ast.AgentDecl) -> None:
+        facts = self.facts
+        facts.agents.add(st.id)
+        facts.held.update(st.roles)
+        facts.ref_roles.update(st.roles)
+        spans = st.role_spans or tuple(st.span for _ in st.roles)
+        facts.refs.extend(("role", role, sp) for role, sp in zip(st.roles, spans, strict=False))
+        names = [n for n, _ in st.attributes]
+        if len(names) != len(set(names)):
+            self.ctx.tag = (3, 2)
+            self.ctx.error("E116", f"agent '{st.id}' repeats an attribute", st.span)
+
+    def _scoped(self, st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl) -> None:
+        """Patterns and scope: what every kind of rule has."""
+        self.ctx.tag = (3, 0)
+        _check_patterns(self.ctx, st.patterns, st.span)
+        facts = self.facts
+        for item in st.scope:
+            facts.refs.append((item.kind, item.name, item.span))
+            if item.kind == "role":
+                facts.scoped.add(item.name)
+                facts.ref_roles.add(item.name)
+            else:
+                facts.ref_agents.add(item.name)
+        self.ctx.tag = (3, 2)
+
+    def _conditions(self, st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl) -> None:
+        ctx = self.ctx
+        for cond in st.conditions:
+            t = _TypeOf(ctx, self.uses_money).of(cond.expr)
+            if t not in (BOOL, ANY):
+                ctx.error("E108", f"a condition must be true or false, not a {t}", cond.span)
+            elif isinstance(cond.expr, ast.Literal) and (
+                    (cond.kind == "when") != bool(cond.expr.value)):
+                ctx.warn("W203", "this condition is always false: the rule never applies",
+                         cond.span)
+
+    def rule(self, st: ast.Rule) -> None:
+        self._scoped(st)
+        if st.approval is not None:
+            _check_approval_terms(self.ctx, st, st.approval)
+        self._conditions(st)
+        if st.effect == "forbid":
+            if not st.conditions:
+                self.facts.forbids.append(st)
+        elif st.effect in ("permit", "approval"):
+            self.facts.grants.append(st)
+
+    def limit(self, st: ast.LimitDecl) -> None:
+        self._scoped(st)
+        _check_money(self.ctx, st.cap, self.uses_money)
+        self._conditions(st)
+
+    def approval_over(self, st: ast.ApprovalOverDecl) -> None:
+        self._scoped(st)
+        if st.effect != "approval":
+            self.ctx.error("E110", f"'{st.effect} ... over' is not a rule; only "
+                           "'approval ... over AMOUNT' is", st.span,
+                           "use 'limit ID: PATTERN amount <= AMOUNT' for a cap")
+        if st.approval is not None:
+            _check_approval_terms(self.ctx, st, st.approval)
+        _check_money(self.ctx, st.threshold, self.uses_money)
+        self._conditions(st)
+        if st.effect in ("permit", "approval"):
+            self.facts.grants.append(st)
+
+    def budget(self, st: ast.BudgetDecl) -> None:
+        self.ctx.tag = (3, 2)
+        _check_budget(self.ctx, st)
+
+    def http_tool(self, st: ast.HttpTool) -> None:
+        self.ctx.tag = (3, 2)
+        _check_tool(self.ctx, st)
+
+    named_tool = http_tool
+
+    def schema(self, st: ast.SchemaDecl) -> None:
+        """Checked with the rules it covers, in every file: see :func:`check_schemas`."""
+
+    def log_redact(self, st: ast.LogRedact) -> None:
+        self.ctx.tag = (3, 2)
+        check_redact(self.ctx, st)
+
+    def egress(self, st: ast.EgressDecl) -> None:
+        self.ctx.tag = (3, 2)
+        for verb, host in st.items:
+            _check_host(self.ctx, host, st.span, deny=verb == "deny")
+
+    def rates(self, st: ast.RatesDecl) -> None:
+        if st.max_age is not None and st.max_age <= 0:
+            self.ctx.tag = (3, 2)
+            self.ctx.error("E125", "max_age must be positive", st.span)
+
+
+def _across(facts: Sequence[_FileFacts], sources: SourceSet) -> list[tuple[Tag, Problem]]:
+    """The checks no file decides alone, over every file's facts in file order: the
+    first declaration of a role or id wins and every later one is an error."""
     ctx = _Ctx(sources)
     roles: dict[str, ast.RoleDecl] = {}
-    agents: dict[str, list[ast.AgentDecl]] = {}
     ids: dict[tuple[str, str], ast.Span] = {}
-    file_base: dict[str, str] = {}
-    rates: dict[str, dict[str, tuple[Decimal, ast.Span]]] = {}
-    money_uses: dict[str, list[ast.Span]] = {}
     delegation_seen: ast.Span | None = None
     default_seen: tuple[str, ast.Span] | None = None
-
-    # Pass 1: declarations.
-    for f in files:
-        ns_seen: ast.Span | None = None
-        file_currency: ast.Span | None = None
-        for st in f.statements:
-            if isinstance(st, ast.NamespaceDecl):
-                if ns_seen is not None:
-                    ctx.error("E105", "a file has one namespace statement", st.span,
-                              "split the file, one namespace per file")
-                ns_seen = st.span
-            elif isinstance(st, ast.RoleDecl):
+    for x in facts:
+        if len(x.first_roles) == len(x.roles) and roles.keys().isdisjoint(x.first_roles):
+            roles.update(x.first_roles)  # no duplicate: the common case, at C speed
+        else:
+            ctx.tag = (1, 0)
+            for st in x.roles:
                 if st.name in roles:
                     prev = roles[st.name].span
                     ctx.error("E102", f"role '{st.name}' is already defined at {prev}", st.span)
                 else:
                     roles[st.name] = st
-            elif isinstance(st, ast.AgentDecl):
-                agents.setdefault(st.id, []).append(st)
-            elif isinstance(st, ast.CurrencyDecl):
-                if not _currency_known(st.code):
-                    ctx.error("E109", f"unknown currency '{st.code}'", st.span,
-                              "use an active ISO 4217 code such as EUR or USD")
-                if file_currency is not None:
-                    ctx.error("E113", "a file declares its currency once", st.span)
-                file_currency = st.span
-                file_base[f.name] = st.code
-            elif isinstance(st, ast.RateDecl):
-                if not _currency_known(st.code):
-                    ctx.error("E109", f"unknown currency '{st.code}'", st.span)
-                if st.value <= 0 or st.value > MAX_LITERAL_AMOUNT:
-                    ctx.error("E129", f"rate for {st.code} must be positive and sane", st.span)
-                file_rates = rates.setdefault(f.name, {})
-                prev_rate = file_rates.get(st.code)
-                if prev_rate is not None:
-                    ctx.error("E130", f"rate for {st.code} is already {prev_rate[0]} "
-                              f"(at {prev_rate[1]})", st.span)
-                file_rates[st.code] = (st.value, st.span)
-            elif isinstance(st, ast.DefaultCurrencyDecl):
-                if not _currency_known(st.code):
-                    ctx.error("E109", f"unknown currency '{st.code}'", st.span)
-                if default_seen is None:
-                    default_seen = (st.code, st.span)
-                elif default_seen[0] != st.code:
-                    ctx.error("E134", f"default_currency {st.code} differs from "
-                              f"default_currency {default_seen[0]} at {default_seen[1]}",
-                              st.span, "a policy set has one default currency: declare the "
-                              "same one in every file, or only once")
-            elif isinstance(st, ast.TzDecl):
-                if not _zone_known(st.zone):
-                    ctx.error("E124", f"unknown time zone '{st.zone}'", st.span,
-                              "use an IANA zone name such as Europe/Paris")
-            elif isinstance(st, ast.DelegationDecl):
-                if delegation_seen is not None:
-                    ctx.error("E126", f"delegation is already configured at {delegation_seen}",
-                              st.span)
-                delegation_seen = st.span
-                if st.max_depth is not None and not 1 <= st.max_depth <= 32:
-                    ctx.error("E126", "max_depth must be between 1 and 32", st.span)
-                if st.max_ttl is not None and not 1 <= st.max_ttl <= 366 * 86400:
-                    ctx.error("E125", "max_ttl must be between 1s and 366d", st.span)
-                if st.child_max_ttl is not None and not 1 <= st.child_max_ttl <= 366 * 86400:
-                    ctx.error("E125", "child_max_ttl must be between 1s and 366d", st.span)
-            ident = getattr(st, "id", None)
-            if isinstance(ident, str) and not isinstance(st, ast.AgentDecl):
-                key = (f.namespace, ident)
+        if len(x.first_ids) == len(x.ids) and ids.keys().isdisjoint(x.first_ids):
+            ids.update(x.first_ids)
+        else:
+            ctx.tag = (1, 3)
+            for key, span in x.ids:
                 if key in ids:
-                    ctx.error("E101", f"id '{ident}' is already used in namespace "
-                              f"'{f.namespace}' at {ids[key]}", st.span,
-                              "ids are unique per namespace")
+                    ctx.error("E101", f"id '{key[1]}' is already used in namespace "
+                              f"'{key[0]}' at {ids[key]}", span, "ids are unique per namespace")
                 else:
-                    ids[key] = st.span
-    for fname, code in file_base.items():
-        if code in rates.get(fname, {}):
-            ctx.error("E131", f"a rate for the base currency {code} makes no sense",
-                      rates[fname][code][1])
-
-    # Pass 2: references, expressions, tools, budgets.
-    held_roles = {r for decls in agents.values() for a in decls for r in a.roles}
-    scoped_roles: set[str] = set()
-    for f in files:
-        uses_money = money_uses.setdefault(f.name, [])
-        for st in f.statements:
-            if isinstance(st, ast.AgentDecl):
-                spans = st.role_spans or tuple(st.span for _ in st.roles)
-                for role, sp in zip(st.roles, spans, strict=False):
-                    if role not in roles:
-                        ctx.error("E103", f"unknown role '{role}'", sp,
-                                  _did_you_mean(role, roles) or "declare it with 'role'")
-                names = [n for n, _ in st.attributes]
-                if len(names) != len(set(names)):
-                    ctx.error("E116", f"agent '{st.id}' repeats an attribute", st.span)
-            elif isinstance(st, ast.RoleDecl):
-                _check_patterns(ctx, st.patterns, st.span)
-            elif isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
-                _check_patterns(ctx, st.patterns, st.span)
-                for item in st.scope:
-                    if item.kind == "role":
-                        scoped_roles.add(item.name)
-                        if item.name not in roles:
-                            ctx.error("E103", f"unknown role '{item.name}'", item.span,
-                                      _did_you_mean(item.name, roles)
-                                      or "declare it with 'role'")
-                    elif item.name not in agents:
-                        ctx.error("E104", f"unknown agent '{item.name}'", item.span,
-                                  _did_you_mean(item.name, agents)
-                                  or "declare it with 'agent'")
-                if isinstance(st, ast.ApprovalOverDecl) and st.effect != "approval":
-                    ctx.error("E110", f"'{st.effect} ... over' is not a rule; only "
-                              "'approval ... over AMOUNT' is", st.span,
-                              "use 'limit ID: PATTERN amount <= AMOUNT' for a cap")
-                if not isinstance(st, ast.LimitDecl) and st.approval is not None:
-                    _check_approval_terms(ctx, st, st.approval)
-                if isinstance(st, ast.LimitDecl):
-                    _check_money(ctx, st.cap, uses_money)
-                if isinstance(st, ast.ApprovalOverDecl):
-                    _check_money(ctx, st.threshold, uses_money)
-                for cond in st.conditions:
-                    t = _TypeOf(ctx, uses_money).of(cond.expr)
-                    if t not in (BOOL, ANY):
-                        ctx.error("E108", f"a condition must be true or false, not a {t}",
-                                  cond.span)
-                    elif isinstance(cond.expr, ast.Literal) and (
-                            (cond.kind == "when") != bool(cond.expr.value)):
-                        ctx.warn("W203", "this condition is always false: the rule never "
-                                 "applies", cond.span)
-            elif isinstance(st, ast.BudgetDecl):
-                _check_budget(ctx, st)
-            elif isinstance(st, (ast.HttpTool, ast.NamedTool)):
-                _check_tool(ctx, st)
-            elif isinstance(st, ast.LogRedact):
-                check_redact(ctx, st)
-            elif isinstance(st, ast.EgressDecl):
-                for verb, host in st.items:
-                    _check_host(ctx, host, st.span, deny=verb == "deny")
-            elif isinstance(st, ast.RatesDecl) and st.max_age is not None and st.max_age <= 0:
-                ctx.error("E125", "max_age must be positive", st.span)
-
-    for f in files:
-        uses = money_uses.get(f.name, [])
-        base = file_base.get(f.name)
-        if uses and base is None:
-            ctx.error("E112", "money is used but this file declares no base currency",
-                      uses[0], "add 'currency EUR' (or your currency) to the file")
-        if base is not None:
-            for sp in _foreign_without_rate(f, base, set(rates.get(f.name, {}))):
-                ctx.error("E127", "no rate to convert this amount into the base currency",
-                          sp, f"add 'rate XXX 1.23' (1 XXX = 1.23 {base})")
-
-    for name, decl in roles.items():
-        if name not in held_roles and name not in scoped_roles:
-            ctx.warn("W202", f"role '{name}' is held by no agent", decl.span)
-    _unreachable(ctx, files)
-    check_schemas(files, ctx.error, ctx.warn)  # context schemas: lang/_schema.py
-    ctx.problems.sort(key=lambda p: (p.file, p.line, p.column))
+                    ids[key] = span
+        ctx.tag = (1, 0)
+        for span in x.delegations:
+            if delegation_seen is not None:
+                ctx.error("E126", f"delegation is already configured at {delegation_seen}",
+                          span)
+            delegation_seen = span
+        ctx.tag = (1, 2)
+        for code, span in x.defaults:
+            if default_seen is None:
+                default_seen = (code, span)
+            elif default_seen[0] != code:
+                ctx.error("E134", f"default_currency {code} differs from "
+                          f"default_currency {default_seen[0]} at {default_seen[1]}",
+                          span, "a policy set has one default currency: declare the "
+                          "same one in every file, or only once")
+    agents: set[str] = set()
+    held: set[str] = set()
+    scoped: set[str] = set()
+    for x in facts:
+        agents.update(x.agents)
+        held.update(x.held)
+        scoped.update(x.scoped)
+    ctx.tag = (3, 1)
+    for x in facts:
+        if roles.keys() >= x.ref_roles and agents >= x.ref_agents:
+            continue
+        for kind, name, span in x.refs:
+            if kind == "role":
+                if name not in roles:
+                    ctx.error("E103", f"unknown role '{name}'", span,
+                              _did_you_mean(name, roles) or "declare it with 'role'")
+            elif name not in agents:
+                ctx.error("E104", f"unknown agent '{name}'", span,
+                          _did_you_mean(name, agents) or "declare it with 'agent'")
+    ctx.tag = (5, 0)
+    for name in roles.keys() - held - scoped:
+        ctx.warn("W202", f"role '{name}' is held by no agent", roles[name].span)
+    ctx.tag = (6, 0)
+    _unreachable(ctx, [st for x in facts for st in x.forbids],
+                 [st for x in facts for st in x.grants])
     return ctx.problems
 
 
@@ -617,25 +786,20 @@ def _check_extraction(ctx: _Ctx, ex: ast.Extraction, json_path: type) -> None:
         ctx.error("E128", "'minor' applies to the amount only", ex.span)
 
 
-def _unreachable(ctx: _Ctx, files: Sequence[ast.PolicyFile]) -> None:
-    """Warn about permits and approvals an unconditional forbid always overrides."""
-    forbids: list[ast.Rule] = [st for f in files for st in f.statements
-                               if isinstance(st, ast.Rule) and st.effect == "forbid"
-                               and not st.conditions]
+def _unreachable(ctx: _Ctx, forbids: Sequence[ast.Rule],
+                 grants: Sequence[ast.Rule | ast.ApprovalOverDecl]) -> None:
+    """Warn about permits and approvals (``grants``, in order) an unconditional forbid
+    always overrides."""
     if not forbids:
         return
-    for f in files:
-        for st in f.statements:
-            if not (isinstance(st, (ast.Rule, ast.ApprovalOverDecl))
-                    and st.effect in ("permit", "approval")):
-                continue
-            for fb in forbids:
-                scope_ok = not fb.scope or (st.scope and set(st.scope) <= set(fb.scope))
-                if scope_ok and all(any(subsumes(p, q) for q in fb.patterns)
-                                    for p in st.patterns):
-                    ctx.warn("W201", f"rule '{st.id}' is unreachable: forbid '{fb.id}' "
-                             "always overrides it", st.span)
-                    break
+    for st in grants:
+        for fb in forbids:
+            scope_ok = not fb.scope or (st.scope and set(st.scope) <= set(fb.scope))
+            if scope_ok and all(any(subsumes(p, q) for q in fb.patterns)
+                                for p in st.patterns):
+                ctx.warn("W201", f"rule '{st.id}' is unreachable: forbid '{fb.id}' "
+                         "always overrides it", st.span)
+                break
 
 
 #: Bounds of ``expires`` and ``uses`` on an approval rule (docs/approvals.md).

@@ -62,15 +62,20 @@ class SourceSet:
     """The text of the files being compiled, for excerpts."""
 
     def __init__(self) -> None:
+        self._texts: dict[str, str] = {}
         self._lines: dict[str, list[str]] = {}
 
     def add(self, name: str, text: str) -> None:
-        self._lines[name] = text.splitlines()
+        self._texts[name] = text  # split into lines only when a problem needs them
+        self._lines.pop(name, None)
 
     def problem(self, code: str, message: str, file: str, line: int, column: int,
                 hint: str | None = None, severity: str = "error") -> Problem:
+        lines = self._lines.get(file)
+        if lines is None:
+            lines = self._lines[file] = self._texts.get(file, "").splitlines()
         return Problem(code, message, file, line, column, hint, severity,
-                       excerpt(self._lines.get(file, []), line, column))
+                       excerpt(lines, line, column))
 
 
 class PolicyError(PolicyEngineError):

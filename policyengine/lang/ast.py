@@ -474,6 +474,11 @@ class ExprVisitor(Generic[T]):
         super().__init_subclass__(**kwargs)
         cls._expr_table = _dispatch_table(cls, _EXPR_METHODS)
 
+    @classmethod
+    def handled_kinds(cls) -> frozenset[type]:
+        """The expression node types this visitor has a method for."""
+        return frozenset(cls._expr_table)
+
     def visit(self, e: Expr) -> T:
         method = self._expr_table.get(type(e))
         if method is None:
@@ -495,6 +500,11 @@ class StatementVisitor(Generic[T]):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._statement_table = _dispatch_table(cls, _STATEMENT_METHODS)
+
+    @classmethod
+    def handled_kinds(cls) -> frozenset[type]:
+        """The statement node types this visitor has a method for."""
+        return frozenset(cls._statement_table)
 
     def visit_statement(self, st: Statement, default: T) -> T:
         method = self._statement_table.get(type(st))

@@ -9,7 +9,7 @@ import typing
 import pytest
 
 from policyengine.lang import ast
-from policyengine.lang._checker import _TypeOf
+from policyengine.lang._checker import _FileCheck, _TypeOf
 from policyengine.lang._codegen import ConditionCodegen
 from policyengine.lang._fmt import _ExprText, _StatementHead
 from policyengine.lang._parser import _EXPRESSIONS, _STATEMENTS, _TOOL_ITEMS, _lark
@@ -20,11 +20,12 @@ STATEMENT_KINDS = set(typing.get_args(ast.Statement))
 
 @pytest.mark.parametrize("visitor", [_TypeOf, ConditionCodegen, _ExprText])
 def test_every_expression_kind_has_a_method(visitor: type) -> None:
-    assert set(visitor._expr_table) == EXPR_KINDS
+    assert visitor.handled_kinds() == EXPR_KINDS
 
 
-def test_every_statement_kind_has_a_formatted_head() -> None:
-    assert set(_StatementHead._statement_table) == STATEMENT_KINDS
+@pytest.mark.parametrize("visitor", [_FileCheck, _StatementHead])
+def test_every_statement_kind_is_checked_and_has_a_formatted_head(visitor: type) -> None:
+    assert visitor.handled_kinds() == STATEMENT_KINDS
 
 
 def test_a_node_a_visitor_does_not_know_is_a_type_error() -> None:
