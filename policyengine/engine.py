@@ -36,6 +36,8 @@ perf_counter_ns = time.perf_counter_ns
 __all__ = ["Engine", "load_policy"]
 
 PolicyFiles = list[tuple[str, "str | bytes"]]
+#: Statements ``_config_warnings`` looks into (those that may redact with ``hash``).
+_REDACTING = frozenset({ast.HttpTool, ast.NamedTool, ast.LogRedact})
 
 
 def read_paths(paths: Iterable[str | os.PathLike[str]]) -> PolicyFiles:
@@ -62,9 +64,9 @@ def build_rates(files: list[ast.PolicyFile], base_dirs: Mapping[str, str]) -> di
 
     out: dict[str, Any] = {}
     for f in files:
-        base = next((st.code for st in f.statements if isinstance(st, ast.CurrencyDecl)), None)
-        if base is None:
+        if ast.CurrencyDecl not in f.kinds:
             continue
+        base = next(st.code for st in f.statements if isinstance(st, ast.CurrencyDecl))
         inline = {st.code: st.value for st in f.statements if isinstance(st, ast.RateDecl)}
         table = next((st for st in f.statements if isinstance(st, ast.RatesDecl)), None)
         if table is None:
@@ -307,6 +309,8 @@ class Engine:
         out = []
         if self.hmac_key is None:
             for f in self._policy.files:
+                if f.kinds.isdisjoint(_REDACTING):
+                    continue
                 for st in f.statements:
                     if isinstance(st, ast.LogRedact) and st.strategy == "hash":
                         out.append(Problem(

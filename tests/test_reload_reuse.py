@@ -58,7 +58,8 @@ def test_a_reload_decides_like_a_fresh_engine(tmp_path: Path) -> None:
                 assert (got.status, got.code, got.rules) == (want.status, want.code,
                                                              want.rules), (k, perm, n)
     assert [r.qid for r in engine.policy.rules] == [r.qid for r in fresh.policy.rules]
-    assert [r.order for r in engine.policy.rules] == list(range(len(engine.policy.rules)))
+    orders = [r.order for r in engine.policy.rules]
+    assert orders == sorted(set(orders)) == [r.order for r in fresh.policy.rules]
 
 
 def test_checks_across_files_still_run_on_reload(tmp_path: Path) -> None:
@@ -140,20 +141,59 @@ def _outcome(load: Callable[[], object]) -> object:
         return ("error", [(p.code, Path(p.file).name, p.line, p.column, p.message)
                           for p in exc.problems])
     assert isinstance(engine, Engine)
+    decisions = [(d.status, d.code, d.rules) for d in (
+        engine.authorize(who, perm, {"n": 2}) for who in ("bot", "bot2", "other")
+        for perm in ("a:read", "a:write", "a:y", "a:z", "a:pay", "b:read", "b:x"))]
     return ("ok", [(p.code, Path(p.file).name, p.line, p.column, p.message)
-                   for p in engine.warnings], [r.qid for r in engine.policy.rules])
+                   for p in engine.warnings],
+            [(r.qid, r.order) for r in engine.policy.rules], decisions)
 
 
 @settings(max_examples=40, deadline=None)
-@given(steps=st.lists(st.tuples(st.integers(0, 2), FILE_TEXT), min_size=1, max_size=6))
-def test_a_reload_reports_exactly_what_a_fresh_load_reports(
-        steps: list[tuple[int, str]]) -> None:
+@given(steps=st.lists(st.tuples(st.integers(0, 3), st.none() | FILE_TEXT), min_size=1,
+                      max_size=6))
+def test_a_reload_reports_and_decides_exactly_as_a_fresh_load(
+        steps: list[tuple[int, str | None]]) -> None:
+    """Edits, new files and removed files (which move the files after them): after each
+    reload, the problems, the rules and the decisions are a fresh engine's."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for k in range(3):
             (root / f"f{k}.policy").write_text(f"namespace base{k}\n")
         engine = Engine.from_path(root)
         for k, text in steps:
-            (root / f"f{k}.policy").write_text(text)
+            path = root / f"f{k}.policy"
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_text(text)
             got = _outcome(lambda: (engine.reload(), engine)[1])
             assert got == _outcome(lambda: Engine.from_path(root))
+
+
+#: Rules that share permissions, prefixes, ``*`` and scopes, so that the files' indexes
+#: overlap on every kind of key.
+SHARED_KEYS = [
+    "role r1: a:*", "role r2: a:read, b:*", 'agent "bot": r1', 'agent "bot2": r2, r1',
+    "permit p1: a:read", "forbid f1: a:write when context.n > 1", "permit p2: *",
+    "forbid f2: b:* for role r2", 'permit p3: a:y for agent "bot"', "forbid f3: b:x",
+    "approval ap: a:z", "forbid f4: a:read for role r1 when context.n > 5",
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(split=st.lists(st.integers(0, 2), min_size=len(SHARED_KEYS),
+                      max_size=len(SHARED_KEYS)),
+       n=st.integers(0, 9))
+def test_rules_spread_over_files_decide_as_in_one_file(split: list[int], n: int) -> None:
+    one = Engine.from_source("\n".join(SHARED_KEYS) + "\n")
+    files: dict[str, list[str]] = {}
+    for line, k in zip(SHARED_KEYS, split, strict=True):
+        files.setdefault(f"f{k}.policy", []).append(line)
+    many = Engine.from_sources({name: "\n".join(lines) + "\n"
+                                for name, lines in sorted(files.items())})
+    for who in ("bot", "bot2", "other"):
+        for perm in ("a:read", "a:write", "a:y", "a:z", "b:read", "b:x", "c:x", "a:q"):
+            got, want = many.authorize(who, perm, {"n": n}), one.authorize(who, perm, {"n": n})
+            assert (got.status, got.code, sorted(got.rules)) == (
+                want.status, want.code, sorted(want.rules)), (who, perm)

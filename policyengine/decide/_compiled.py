@@ -240,23 +240,11 @@ class CompiledPolicy:
     #: The ``schema`` declarations: (their patterns, the compiled context check).
     schemas: tuple[tuple[_PatternSet, ContextCheck], ...] = ()
 
-    def index(self) -> None:
-        exact: dict[str, list[CompiledRule]] = {}
-        prefix: dict[str, list[CompiledRule]] = {}
-        every: list[CompiledRule] = []
-        for rule in self.rules:
-            if rule.approval_terms is not None:
-                self._approval_terms[rule.qid] = rule.approval_terms
-            for pat in set(rule.patterns):
-                if pat == "*":
-                    every.append(rule)
-                elif pat.endswith(":*"):
-                    prefix.setdefault(pat[:-1], []).append(rule)
-                else:
-                    exact.setdefault(pat, []).append(rule)
-        self._exact = {k: _Bucket(v) for k, v in exact.items()}
-        self._prefix = {k: _Bucket(v) for k, v in prefix.items()}
-        self._global = _Bucket(every) if every else None
+    def set_index(self, exact: dict[str, _Bucket], prefix: dict[str, _Bucket],
+                  every: _Bucket | None, approval_terms: dict[str, tuple[int, int]]) -> None:
+        """Install the rule indexes (built per file by :func:`compile_policy`)."""
+        self._exact, self._prefix, self._global = exact, prefix, every
+        self._approval_terms = approval_terms
         self._budget_patterns = _PatternSet(p for b in self.budgets for p in b.patterns)
 
     def _buckets(self, permission: str) -> list[_Bucket]:
@@ -431,9 +419,10 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
                    cache: CompileCache | None = None) -> CompiledPolicy:
     """Compile checked files into a :class:`CompiledPolicy`.
 
-    ``cache``: the rules compiled by the previous call, reused for every file that is the
-    same object (the parse cache hands back the same :class:`~policyengine.lang.ast.
-    PolicyFile` for unchanged text) with the same money (base currency and rates).
+    ``cache``: the files compiled by the previous call (:class:`CompileCache`), reused
+    for every file that is the same object (the parse cache hands back the same
+    :class:`~policyengine.lang.ast.PolicyFile` for unchanged text) with the same money
+    (base currency and rates): its rules, their tests and its part of the indexes.
 
     ``rates`` maps a file name to the :class:`~policyengine.money.RateSource` built from
     that file's ``rate`` / ``rates`` statements (see :func:`policyengine.engine.build_rates`).
@@ -441,15 +430,17 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
     """
     rates = rates or {}
     money: dict[str, FileMoney] = {}
-    default = next((st.code for f in files for st in f.statements
-                    if isinstance(st, ast.DefaultCurrencyDecl)), None)
+    default = next((st.code for f in files if ast.DefaultCurrencyDecl in f.kinds
+                    for st in f.statements if isinstance(st, ast.DefaultCurrencyDecl)), None)
     for f in files:
-        base = next((st.code for st in f.statements if isinstance(st, ast.CurrencyDecl)), None)
+        base = None
+        if ast.CurrencyDecl in f.kinds:
+            base = next(st.code for st in f.statements if isinstance(st, ast.CurrencyDecl))
         money[f.name] = FileMoney(f.name, base, default, rates.get(f.name))
-    tz = next((st.zone for f in files for st in f.statements if isinstance(st, ast.TzDecl)),
-              "UTC")
-    found = next(((f.name, st) for f in files for st in f.statements
-                  if isinstance(st, ast.DelegationDecl)), None)
+    tz = next((st.zone for f in files if ast.TzDecl in f.kinds for st in f.statements
+               if isinstance(st, ast.TzDecl)), "UTC")
+    found = next(((f.name, st) for f in files if ast.DelegationDecl in f.kinds
+                  for st in f.statements if isinstance(st, ast.DelegationDecl)), None)
     delegation = found[1] if found is not None else None
     if found is not None:
         delegation_rates = money[found[0]].rates
@@ -457,67 +448,162 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
         with_rates = {id(m.rates): m.rates for m in money.values() if m.rates is not None}
         delegation_rates = next(iter(with_rates.values())) if len(with_rates) == 1 else None
 
-    roles: dict[str, tuple[str, ...]] = {}
-    agent_roles: dict[str, set[str]] = {}
-    agent_attrs: dict[str, dict[str, Any]] = {}
-    for f in files:
-        for st in f.statements:
-            if isinstance(st, ast.RoleDecl):
-                roles[st.name] = st.patterns
-            elif isinstance(st, ast.AgentDecl):
-                agent_roles.setdefault(st.id, set()).update(st.roles)
-                agent_attrs.setdefault(st.id, {}).update(
-                    {k: v.value for k, v in st.attributes})
-    principals = {aid: Principal(aid, frozenset(r), agent_attrs.get(aid, {}))
-                  for aid, r in agent_roles.items()}
-
-    rules: list[CompiledRule] = []
-    order = 0
-
-    def add(rule: CompiledRule) -> None:
-        nonlocal order
-        rule.order = order
-        order += 1
-        rules.append(rule)
-
-    for name, patterns in roles.items():
-        add(CompiledRule(f"role:{name}", "permit", "role", patterns, frozenset({name}),
-                         frozenset(), None, ()))
-    for f in files:
+    units: list[_FileUnit] = []
+    for slot, f in enumerate(files):
         fm = money[f.name]
         key = _money_key(fm)
-        compiled = cache.lookup(f, key) if cache is not None else None
-        if compiled is None:
-            compiled = _compile_file_rules(f, fm)
+        unit = cache.lookup(f, key) if cache is not None else None
+        if unit is None:
+            unit = _FileUnit(f, fm, slot)
+        elif unit.slot != slot:
+            unit = unit.moved(slot)
         if cache is not None:
-            cache.keep(f, key, compiled)
-        for rule in compiled:
-            add(_clone(rule))  # its own order; the cached one stays as it is
+            cache.keep(f, key, unit)
+        units.append(unit)
     if cache is not None:
         cache.done()
     from policyengine.tools._egress import compile_tools
     budgets, budget_files = _budget_specs(files)
     from policyengine.tools._redaction import RedactionRule
     log_redactions = tuple(RedactionRule(st.path, st.strategy, keep=st.keep or 0)
-                           for f in files for st in f.statements
+                           for f in files if ast.LogRedact in f.kinds for st in f.statements
                            if isinstance(st, ast.LogRedact))
-    policy = CompiledPolicy(tuple(rules), principals, money, tz, tools=compile_tools(files),
+    rules = tuple(r for u in units for r in u.role_rules) + tuple(
+        r for u in units for r in u.rules)
+    policy = CompiledPolicy(rules, _merge_principals(units), money, tz, tools=compile_tools(files),
                             budgets=budgets, delegation=delegation, files=tuple(files),
                             default_currency=default, delegation_rates=delegation_rates,
                             budget_rates={bid: money[name].rates
                                           for bid, name in budget_files.items()},
                             log_redactions=log_redactions,
                             schemas=tuple((_PatternSet(st.patterns), compile_schema(st))
-                                          for f in files for st in f.statements
+                                          for f in files if ast.SchemaDecl in f.kinds
+                                          for st in f.statements
                                           if isinstance(st, ast.SchemaDecl)))
-    policy.index()
+    policy.set_index(_merge_buckets([u.exact for u in units]),
+                     _merge_buckets([u.prefix for u in units]),
+                     _merge_buckets([u.every for u in units]).get("*"),
+                     {q: t for u in units for q, t in u.approval_terms.items()})
     return policy
 
 
-def _clone(rule: CompiledRule) -> CompiledRule:
-    """A shallow copy (the compiled test and AST are shared; ``order`` is set after)."""
+#: A rule's ``order`` is ``rank * _RANK + slot * _SLOT + n``: role grants (rank 0) before
+#: every other rule (rank 1), then by file (``slot``: its position in the set), then by
+#: statement. A file that keeps its position keeps its rules' orders across a reload.
+_SLOT = 1 << 24
+_RANK = 1 << 48
+
+
+class _FileUnit:
+    """One file compiled: its role grants and rules, numbered for its position in the
+    set; its part of the indexes, by pattern key (its buckets, built once); its agents.
+    Reused whole by a reload while the file, its money and its position do not change."""
+
+    __slots__ = ("agents", "approval_terms", "every", "exact", "prefix", "principals",
+                 "role_rules", "rules", "slot")
+
+    def __init__(self, f: ast.PolicyFile | None, fm: FileMoney | None, slot: int) -> None:
+        self.slot = slot
+        if f is None or fm is None:
+            return
+        roles = [st for st in f.statements if isinstance(st, ast.RoleDecl)]
+        self.role_rules = tuple(
+            CompiledRule(f"role:{st.name}", "permit", "role", st.patterns,
+                         frozenset({st.name}), frozenset(), None, (), order=slot * _SLOT + n)
+            for n, st in enumerate(roles))
+        self.rules = _compile_file_rules(f, fm)
+        base = _RANK + slot * _SLOT
+        for n, rule in enumerate(self.rules):
+            rule.order = base + n
+        self.agents = [st for st in f.statements if isinstance(st, ast.AgentDecl)]
+        self.principals = _principals(self.agents)
+        self._index()
+
+    def moved(self, slot: int) -> _FileUnit:
+        """The same rules (tests and AST shared) numbered for another position."""
+        unit = _FileUnit(None, None, slot)
+        shift = (slot - self.slot) * _SLOT
+        unit.role_rules = tuple(_clone(r, r.order + shift) for r in self.role_rules)
+        unit.rules = tuple(_clone(r, r.order + shift) for r in self.rules)
+        unit.agents = self.agents
+        unit.principals = self.principals
+        unit._index()
+        return unit
+
+    def _index(self) -> None:
+        exact: dict[str, list[CompiledRule]] = {}
+        prefix: dict[str, list[CompiledRule]] = {}
+        every: list[CompiledRule] = []
+        self.approval_terms: dict[str, tuple[int, int]] = {}
+        for rule in self.role_rules + self.rules:
+            if rule.approval_terms is not None:
+                self.approval_terms[rule.qid] = rule.approval_terms
+            for pat in set(rule.patterns):
+                if pat == "*":
+                    every.append(rule)
+                elif pat.endswith(":*"):
+                    prefix.setdefault(pat[:-1], []).append(rule)
+                else:
+                    exact.setdefault(pat, []).append(rule)
+        self.exact = {k: _Bucket(v) for k, v in exact.items()}
+        self.prefix = {k: _Bucket(v) for k, v in prefix.items()}
+        self.every = {"*": _Bucket(every)} if every else {}
+
+
+def _merge_buckets(parts: list[dict[str, _Bucket]]) -> dict[str, _Bucket]:
+    """One index from the files' own: a key only one file has keeps that file's bucket
+    (the common case, merged at C speed); a key several files share gets a bucket of
+    their rules together, in declaration order."""
+    out: dict[str, _Bucket] = {}
+    shared: dict[str, list[_Bucket]] = {}
+    for buckets in parts:
+        if not buckets:
+            continue
+        if out.keys().isdisjoint(buckets):
+            out.update(buckets)
+            continue
+        for key, bucket in buckets.items():
+            if key in out:
+                shared.setdefault(key, [out[key]]).append(bucket)
+            else:
+                out[key] = bucket
+    for key, owners in shared.items():
+        found = {r.order: r for b in owners for part in b.every() for r in part.rules}
+        out[key] = _Bucket([found[k] for k in sorted(found)])
+    return out
+
+
+def _principals(agents: Iterable[ast.AgentDecl]) -> dict[str, Principal]:
+    """Every agent's roles (all its declarations together) and attributes (a later
+    declaration's value wins)."""
+    agent_roles: dict[str, set[str]] = {}
+    agent_attrs: dict[str, dict[str, Any]] = {}
+    for st in agents:
+        agent_roles.setdefault(st.id, set()).update(st.roles)
+        agent_attrs.setdefault(st.id, {}).update({k: v.value for k, v in st.attributes})
+    return {aid: Principal(aid, frozenset(r), agent_attrs.get(aid, {}))
+            for aid, r in agent_roles.items()}
+
+
+def _merge_principals(units: list[_FileUnit]) -> dict[str, Principal]:
+    """The files' principals together; an agent declared in several files is built
+    again from all its declarations."""
+    out: dict[str, Principal] = {}
+    shared: set[str] = set()
+    for unit in units:
+        if not out.keys().isdisjoint(unit.principals):
+            shared.update(out.keys() & unit.principals.keys())
+        out.update(unit.principals)
+    if shared:
+        out.update(_principals(st for u in units for st in u.agents if st.id in shared))
+    return out
+
+
+def _clone(rule: CompiledRule, order: int) -> CompiledRule:
+    """A shallow copy with another ``order`` (the compiled test and AST are shared)."""
     clone = object.__new__(CompiledRule)
     clone.__dict__.update(rule.__dict__)
+    clone.order = order
     return clone
 
 
@@ -554,7 +640,8 @@ def _money_key(fm: FileMoney) -> tuple[Any, ...] | None:
 
 
 class CompileCache:
-    """Per file, the rules compiled last time, for ``Engine.reload``.
+    """Per file, what the last compile made of it (:class:`_FileUnit`), for
+    ``Engine.reload``.
 
     Keyed by the parsed file object itself (unchanged text parses to the same object, see
     :class:`~policyengine.lang.ParseCache`) and by what its money literals were converted
@@ -563,20 +650,20 @@ class CompileCache:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[int, tuple[ast.PolicyFile, Any, tuple[CompiledRule, ...]]] = {}
-        self._next: dict[int, tuple[ast.PolicyFile, Any, tuple[CompiledRule, ...]]] = {}
+        self._entries: dict[int, tuple[ast.PolicyFile, Any, _FileUnit]] = {}
+        self._next: dict[int, tuple[ast.PolicyFile, Any, _FileUnit]] = {}
         self.hits = 0
 
-    def lookup(self, f: ast.PolicyFile, key: Any) -> tuple[CompiledRule, ...] | None:
+    def lookup(self, f: ast.PolicyFile, key: Any) -> _FileUnit | None:
         entry = self._entries.get(id(f))
         if key is None or entry is None or entry[0] is not f or entry[1] != key:
             return None
         self.hits += 1
         return entry[2]
 
-    def keep(self, f: ast.PolicyFile, key: Any, rules: tuple[CompiledRule, ...]) -> None:
+    def keep(self, f: ast.PolicyFile, key: Any, unit: _FileUnit) -> None:
         if key is not None:
-            self._next[id(f)] = (f, key, rules)
+            self._next[id(f)] = (f, key, unit)
 
     def done(self) -> None:
         self._entries, self._next = self._next, {}
@@ -588,6 +675,8 @@ def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[tuple[Any, ...], dic
     specs = []
     owner: dict[str, str] = {}
     for f in files:
+        if ast.BudgetDecl not in f.kinds:
+            continue
         file_tz = next((st.zone for st in f.statements if isinstance(st, ast.TzDecl)), "UTC")
         for st in f.statements:
             if isinstance(st, ast.BudgetDecl):

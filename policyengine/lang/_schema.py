@@ -306,6 +306,8 @@ def check_schemas(files: Sequence[ast.PolicyFile], error: Report,
     that is one typo away from a declared field."""
     schemas: list[ast.SchemaDecl] = []
     for f in files:
+        if ast.SchemaDecl not in f.kinds:
+            continue
         for st in f.statements:
             if isinstance(st, ast.SchemaDecl):
                 schemas.append(st)

@@ -425,11 +425,17 @@ class PolicyFile:
     #: The file's ``namespace`` (``"default"`` without one); found once, on construction,
     #: because every id of the file is qualified with it.
     namespace: str = field(init=False, compare=False, repr=False)
+    #: The statement types the file has: a pass looking for one kind of statement
+    #: (tools, budgets, rates...) skips a file without it instead of walking it.
+    kinds: frozenset[type] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        found = next((st.name for st in self.statements if isinstance(st, NamespaceDecl)),
-                     "default")
+        kinds = frozenset(map(type, self.statements))
+        found = "default"
+        if NamespaceDecl in kinds:
+            found = next(st.name for st in self.statements if isinstance(st, NamespaceDecl))
         object.__setattr__(self, "namespace", found)
+        object.__setattr__(self, "kinds", kinds)
 
 
 # ---- visitors ------------------------------------------------------------------------

@@ -225,6 +225,9 @@ def _key_guard(extractors: Sequence[Extractor], rules: Sequence[RedactionRule]
     return None if guard.empty else guard
 
 
+_TOOL_KINDS = frozenset({ast.HttpTool, ast.NamedTool, ast.EgressDecl})
+
+
 def compile_tools(files: Sequence[ast.PolicyFile]) -> CompiledTools:
     """Compile every ``tool`` and ``egress`` statement (the checker validated them)."""
     http: list[HttpBinding] = []
@@ -233,6 +236,8 @@ def compile_tools(files: Sequence[ast.PolicyFile]) -> CompiledTools:
     deny: list[HostPattern] = []
     order = 0
     for f in files:
+        if f.kinds.isdisjoint(_TOOL_KINDS):
+            continue
         for st in f.statements:
             qid = f"{f.namespace}.{getattr(st, 'id', '')}"
             if isinstance(st, ast.HttpTool):
