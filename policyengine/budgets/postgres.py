@@ -2,7 +2,10 @@
 
 Many processes on many hosts share one ledger: each :meth:`~PostgresStore.apply` is one
 call of a server-side function (``budget_apply``), so an operation is one round trip and
-one transaction, however many budgets it touches.
+one transaction, however many budgets it touches. The two commonest operations on one
+bucket take shorter paths that write exactly what ``budget_apply`` would, or nothing
+(then ``budget_apply`` runs): a reserve is one prepared statement (``_RESERVE``), a
+commit or release one four-statement function (``budget_finish``).
 
 Concurrency: the function locks, in one global order, first the idempotency key (by
 upserting its row), then the reservation it finalizes or extends (``FOR UPDATE``), then
