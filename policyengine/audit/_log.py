@@ -43,18 +43,19 @@ __all__ = ["INGEST_KINDS", "OVERFLOW_POLICIES", "DecisionLog", "Overflow"]
 Overflow = Literal["block", "spill", "deny", "drop"]
 OVERFLOW_POLICIES: Final = ("block", "spill", "deny", "drop")
 
-#: What :meth:`DecisionLog.ingest` accepts per source: the event kinds of each wire.
+#: What :meth:`DecisionLog.ingest` accepts per source: the event kinds of each wire;
+#: ``custom`` is an event whose wire kind the source does not define (kept as sent).
 INGEST_KINDS: Final[Mapping[str, frozenset[str]]] = {
     # tracengent: an event's ``type`` (POST /v1/ingest/events), or a trace close.
     "tracengent": frozenset({"action", "tool_call", "llm_call", "decision", "error",
-                             "lifecycle", "trace.close"}),
+                             "lifecycle", "trace.close", "custom"}),
     # actguard's event taxonomy (an envelope's ``name``).
     "actguard": frozenset({"run.start", "run.end", "llm.usage", "tool.invoke",
                            "tool.failure", "guard.blocked", "guard.intervention",
-                           "budget.limit_exceeded", "budget.blocked"}),
-    # agent-ledger: session and spend events.
-    "agent-ledger": frozenset({"session.start", "session.end", "llm.call", "tool.call",
-                               "spend", "budget.exceeded", "guardrail.blocked"}),
+                           "budget.limit_exceeded", "budget.blocked", "custom"}),
+    # agent-ledger: an event's ``type``, and its sessions.
+    "agent-ledger": frozenset({"llm_call", "tool_call", "tool_result", "session.start",
+                               "session.end", "custom"}),
 }
 
 _DECISION: Final = 0

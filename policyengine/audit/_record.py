@@ -72,6 +72,19 @@ def _is_jwt(value: str) -> bool:
     return value.startswith("eyJ") and value.count(".") in (2, 4) and " " not in value
 
 
+_credential_keys: dict[str, bool] = {}  # key -> is it a credential's name (bounded cache)
+_PLAIN = (int, float, bool, type(None))
+
+
+def _is_credential_key(key: str) -> bool:
+    found = _credential_keys.get(key)
+    if found is None:
+        found = key.lower().replace("-", "_") in CREDENTIAL_KEYS
+        if len(_credential_keys) < 65_536:
+            _credential_keys[key] = found
+    return found
+
+
 def scrub(value: Any, path: str, masked: list[str], depth: int = 0) -> Any:
     """``value`` with every credential replaced by the mask: values under a
     :data:`CREDENTIAL_KEYS` key and strings that are JWTs. Containers are copied only
@@ -79,18 +92,20 @@ def scrub(value: Any, path: str, masked: list[str], depth: int = 0) -> Any:
     if depth > 64:
         masked.append(path)
         return MASK
-    if type(value) is str:
+    kind = type(value)
+    if kind is str:
         if len(value) > 20 and _is_jwt(value):
             masked.append(path)
             return MASK
         return value
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):
         out: dict[Any, Any] | None = None
         for k, v in value.items():
-            if type(k) is str and k.lower().replace("-", "_") in CREDENTIAL_KEYS:
+            vk = type(v)
+            if type(k) is str and _is_credential_key(k):
                 new: Any = MASK
                 masked.append(f"{path}.{k}")
-            elif type(v) in (int, float, bool) or v is None:
+            elif vk in _PLAIN or (vk is str and (len(v) <= 20 or not _is_jwt(v))):
                 continue
             else:
                 new = scrub(v, f"{path}.{k}", masked, depth + 1)
@@ -100,10 +115,11 @@ def scrub(value: Any, path: str, masked: list[str], depth: int = 0) -> Any:
                 out = dict(value)
             out[k] = new
         return value if out is None else out
-    if isinstance(value, (list, tuple)):
+    if kind is list or kind is tuple:
         items: list[Any] | None = None
         for i, v in enumerate(value):
-            if type(v) in (int, float, bool) or v is None:
+            vk = type(v)
+            if vk in _PLAIN or (vk is str and (len(v) <= 20 or not _is_jwt(v))):
                 continue
             new = scrub(v, f"{path}[{i}]", masked, depth + 1)
             if new is not v:

@@ -318,6 +318,9 @@ class ActguardWire:
         batch = _validate(_EVENTS_IN, _json_body(req))
         for event in batch.events:
             self.events.append((key.agent, event))
+        self.service.record_events("actguard", key.agent,
+                                   [(f"{e.category}.{e.name}", e.model_dump(mode="json"))
+                                    for e in batch.events])
         self.service.metrics.ingest("actguard_events", "identity", len(batch.events))
         out = _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=len(batch.events)))
         return _Reply(202, out, key.agent)

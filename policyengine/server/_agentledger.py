@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
+from policyengine.audit import INGEST_KINDS
 from policyengine.budgets import BudgetError, BudgetExceeded
 from policyengine.server import _models as m
 from policyengine.server._budgetwire import (
@@ -142,6 +143,8 @@ class AgentLedgerWire:
         self.sessions[s.id] = s
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
+        self.service.record_events("agent-ledger", key.agent,
+                                   [("session.start", s.wire().model_dump(mode="json"))])
         return _Reply(201, _SESSION_OUT.dump_json(s.wire()), key.agent)
 
     def end(self, req: _Request) -> _Reply:
@@ -154,6 +157,10 @@ class AgentLedgerWire:
                 return _Reply(200, _SESSION_OUT.dump_json(s.wire()), key.agent)
             raise _RefusalError(409, "session_ended", "the session has already ended")
         s.status, s.ended, s.error = r.status, time.time(), r.errorMessage
+        log = self.service.engine.decision_log
+        if log is not None:  # the session has ended: logged, never refused after it
+            log.ingest("agent-ledger", "session.end", s.wire().model_dump(mode="json"),
+                       principal=key.agent)
         return _Reply(200, _SESSION_OUT.dump_json(s.wire()), key.agent)
 
     def ingest(self, req: _Request) -> _Reply:
@@ -170,6 +177,14 @@ class AgentLedgerWire:
                 return refused
         for event in batch.events:
             self.events.append((s.agent, s.id, event))
+        # Spend is already recorded: the events are logged, never refused after it.
+        log = self.service.engine.decision_log
+        if log is not None:
+            kinds = INGEST_KINDS["agent-ledger"]
+            for e in batch.events:
+                log.ingest("agent-ledger", e.type if e.type in kinds else "custom",
+                           {**e.model_dump(mode="json"), "sessionId": s.id},
+                           principal=s.agent)
         self.service.metrics.ingest("ledger_events", "identity", len(batch.events))
         out = m.LedgerEventsAccepted(accepted=len(batch.events), costUsd=total)
         return _Reply(200, _ACCEPTED_OUT.dump_json(out), s.agent, "allowed" if calls else None)

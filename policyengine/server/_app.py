@@ -741,6 +741,12 @@ class PolicyService:
         expires_in = max(0, int(grant.expires_at - time.time()))
         out = m.AttenuateResponse(token=m.AttenuatedToken(
             accessToken=child, expiresIn=expires_in, jti=grant.jti, grantId=grant.grant_id))
+        if self.engine.decision_log is not None:
+            self.engine.decision_log.event("token.attenuate", {
+                "principal": parent.subject, "acting_for": grant.acting_for,
+                "chain": list(grant.chain), "grant": {"id": parent.grant_id},
+                "child": {"grant_id": grant.grant_id, "jti": grant.jti,
+                          "agent": r.grantedToAgentId, "permissions": list(r.permissions)}})
         log.info("grant %s attenuated to %s for %s", parent.grant_id, grant.grant_id,
                  r.grantedToAgentId)
         return _Reply(200, _ATTENUATE_OUT.dump_json(out), parent.subject)
@@ -765,6 +771,25 @@ class PolicyService:
                            "trailing data")
         return out
 
+    def record_events(self, source: str, principal: str | None,
+                      events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Put ingested events in the engine's decision log (if any), each with its kind
+        (a kind the source does not define is recorded as ``custom``). Refuses the
+        request with 503 when the log cannot take them (its ``deny`` policy): the agent
+        retries, nothing is lost silently."""
+        log = self.engine.decision_log
+        if log is None:
+            return
+        from policyengine.audit import INGEST_KINDS
+        kinds = INGEST_KINDS[source]
+        taken = True
+        for kind, event in events:
+            taken = log.ingest(source, kind if kind in kinds else "custom", event,
+                               principal=principal) and taken
+        if not taken:
+            raise _RefusalError(503, "decision_log_unavailable",
+                                "the decision log cannot record these events now; retry")
+
     def _ingest_events(self, req: _Request) -> _Reply:
         principal, _ = self._agent(req)
         encoding = "gzip" if b"content-encoding" in req.headers else "identity"
@@ -772,6 +797,8 @@ class PolicyService:
         events = _validate(_EVENTS_IN, _json_body(req))
         for event in events:
             self.events.append((principal, event))
+        self.record_events("tracengent", principal,
+                           [(e.type, e.model_dump(mode="json")) for e in events])
         self.metrics.ingest("events", encoding, len(events))
         out = _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=len(events)))
         return _Reply(202, out, principal)
@@ -780,6 +807,8 @@ class PolicyService:
         principal, _ = self._agent(req)
         trace = _validate(_TRACE_IN, _json_body(req))
         self.traces.append((principal, trace))
+        self.record_events("tracengent", principal,
+                           [("trace.close", trace.model_dump(mode="json"))])
         self.metrics.ingest("traces", "identity", 1)
         return _Reply(202, _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=1)), principal)
 
@@ -795,7 +824,13 @@ class PolicyService:
         return _Reply(200 if ready else 503, _HEALTH_OUT.dump_json(out))
 
     def _metrics(self, req: _Request) -> _Reply:
-        return _Reply(200, self.metrics.render(self.revision).encode(),
+        text = self.metrics.render(self.revision)
+        log = self.engine.decision_log
+        if log is not None:
+            text += "# TYPE policyengine_decision_log_records gauge\n" + "".join(
+                f'policyengine_decision_log_records{{state="{k}"}} {v}\n'
+                for k, v in log.stats().items())
+        return _Reply(200, text.encode(),
                       content_type=b"text/plain; version=0.0.4; charset=utf-8")
 
     def _openapi(self, req: _Request) -> _Reply:

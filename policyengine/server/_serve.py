@@ -50,6 +50,17 @@ def register(sub: Any) -> None:
                        ("--revocations", "token revocations: memory: (default; per "
                         "worker), postgresql://..., redis://...")):
         p.add_argument(flag, metavar="URL", help=f"shared state for {what}")
+    p.add_argument("--decision-log", metavar="URL",
+                   help="record every decision (docs/decision-log.md): a JSON Lines file "
+                   "path, stdout:, or http(s)://collector; with several workers each "
+                   "writes its own file (NAME-wPID.jsonl)")
+    p.add_argument("--decision-log-overflow", default="block",
+                   choices=("block", "spill", "deny", "drop"),
+                   help="when the log's sink is slow or down (default: block)")
+    p.add_argument("--decision-log-spill", metavar="PATH",
+                   help="spill file (default: beside a file log)")
+    p.add_argument("--decision-log-checkpoint", type=int, default=10_000, metavar="N",
+                   help="records between signed checkpoints")
     p.add_argument("--hash-secret", action="store_true",
                    help="read a secret from stdin, print its hash for a credentials file")
     p.set_defaults(func=run)
@@ -65,6 +76,23 @@ def _prefixes(items: list[str]) -> dict[str, str]:
                              "actguard, agent-ledger)")
         out[wire] = path
     return out
+
+
+def _decision_log(args: argparse.Namespace, keys: Any) -> Any:
+    """The worker's decision log (``--decision-log``), or None."""
+    url = args.decision_log
+    if not url:
+        return None
+    from policyengine.audit import DecisionLog
+    if args.workers > 1 and not url.startswith(("http://", "https://")) and url != "stdout:":
+        # One chain per file: each worker process writes its own.
+        base = url[len("file://"):] if url.startswith("file://") else url
+        stem, dot, ext = base.rpartition(".")
+        url = f"{stem}-w{os.getpid()}.{ext}" if dot and "/" not in ext else \
+            f"{base}-w{os.getpid()}"
+    return DecisionLog(url, overflow=args.decision_log_overflow,
+                       spill_path=args.decision_log_spill,
+                       checkpoint_every=args.decision_log_checkpoint, keys=keys)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,7 +141,11 @@ def run(args: argparse.Namespace) -> int:
 
     def build() -> Any:
         engine = checked
-        if any(v is not None for v in shared.values()):
+        log = _decision_log(args, keys)  # made here: its threads do not survive a fork
+        if log is not None:
+            engine = pe.Engine.from_path(*args.paths, keys=keys, hmac_key=hmac_key,
+                                         decision_log=log, **shared)
+        elif any(v is not None for v in shared.values()):
             engine = pe.Engine.from_path(*args.paths, keys=keys, hmac_key=hmac_key,
                                          **shared)
         return create_app(engine, credentials=credentials, keys=keys, paths=args.paths,
