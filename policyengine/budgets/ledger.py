@@ -41,8 +41,11 @@ from policyengine.budgets.memory import MemoryStore
 from policyengine.budgets.spec import (
     HIERARCHY,
     MAX_QUANTA,
+    MICRO_SUFFIX,
+    NON_CURRENCY_UNITS,
     BudgetSpec,
     canonical_unit,
+    money_unit,
     scope_path,
     subject_field,
 )
@@ -86,7 +89,7 @@ MAX_TTL = 86400
 IDEMPOTENCY_RETENTION = 86400.0
 _MAX_NAME = 256
 _MAX_MATCH_CACHE = 10_000
-_NON_MONEY = frozenset({"tokens", "calls", "credits"})
+_NON_MONEY = NON_CURRENCY_UNITS
 #: Subjects whose bucket is a scope path (:func:`~policyengine.budgets.spec.scope_path`).
 _PATH_LEVELS = frozenset({"workspace", "app", "workflow", "toolset"})
 # How a budget counts a spend: one call, the amount as is, converted, or nothing (a spend
@@ -138,7 +141,8 @@ class _Budget:
     """A :class:`BudgetSpec` prepared for the hot path (integers, window object)."""
 
     __slots__ = (
-        "calls", "ceiling", "id", "limit", "money", "overdraft", "rolling", "scale", "spec",
+        "calls", "ceiling", "currency", "id", "limit", "money", "overdraft", "rolling",
+        "scale", "spec",
         "subject", "unit", "window",
     )
 
@@ -147,7 +151,9 @@ class _Budget:
         self.id = spec.id
         self.unit, self.scale = canonical_unit(spec.unit)
         self.calls = self.unit == "calls"
-        self.money = self.unit not in ("tokens", "calls", "credits")
+        self.money = self.unit not in _NON_MONEY
+        #: (currency, exponent of one quantum): ("USD", 2), ("USD", 8) for USD_MICROCENTS.
+        self.currency = money_unit(self.unit) if self.money else None
         self.limit = int(spec.limit.scaleb(self.scale, MONEY_CONTEXT))
         self.overdraft = int(spec.overdraft_limit.scaleb(self.scale, MONEY_CONTEXT))
         self.ceiling = self.limit + self.overdraft
@@ -917,7 +923,7 @@ class Ledger:
             budget = self._by_id.get(line.budget)
             if line.counts_call:
                 actual = line.amount  # the call happened; its count is the reservation's
-            elif same_unit and line.rate is None and budget is not None:
+            elif same_unit and line.rate is None and budget is not None and budget.unit == unit:
                 actual = int(value.scaleb(budget.scale, MONEY_CONTEXT))  # fast path: no conversion
                 if actual > MAX_QUANTA:
                     raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too "
@@ -1119,7 +1125,8 @@ class Ledger:
 
     def _amount(self, amount: object, unit: str | None) -> Decimal:
         try:
-            value = parse_amount(amount, unit)
+            value = parse_amount(
+                amount, unit if unit is None or not unit.endswith(MICRO_SUFFIX) else "tokens")
         except MoneyError as exc:
             raise BudgetInputError(
                 "invalid_amount", f"invalid amount: {exc.message}", {"reason": exc.code}
@@ -1321,6 +1328,8 @@ class Ledger:
         if unit == b.unit:
             q = int(value.scaleb(b.scale, MONEY_CONTEXT))
             rate = None
+        elif unit.endswith(MICRO_SUFFIX) or b.unit.endswith(MICRO_SUFFIX):
+            q, rate = self._convert_units(value, unit, b, now, None)
         else:
             rates = self._rates_of[b.id]
             try:
@@ -1338,6 +1347,38 @@ class Ledger:
                                    {"reason": "amount_too_large"})
         return q, rate
 
+    def _convert_units(self, value: Decimal, unit: str, b: _Budget, now: float,
+                       rate: str | None) -> tuple[int, str | None]:
+        """Quanta of ``b`` for ``value`` in a money ``unit`` when either side counts in
+        microcents. One currency: exact, or ``inexact_amount`` (never rounded); two
+        currencies: at ``rate`` (else the current one), rounded up to ``b``'s quantum."""
+        src = money_unit(unit)
+        assert src is not None and b.currency is not None
+        (src_cur, src_exp), (cur, exp) = src, b.currency
+        scale = _unit_scale(unit)[0]
+        if src_cur == cur:
+            exact = value.scaleb(scale - src_exp + exp, MONEY_CONTEXT)
+            if exact != exact.to_integral_value(context=MONEY_CONTEXT):
+                raise BudgetInputError(
+                    "inexact_amount",
+                    f"{value} {unit} is not a whole number of {b.unit} quanta (10^-{exp} "
+                    f"{cur}) for budget {b.id}: spend in {b.unit}, or declare the budget "
+                    f"in {cur}{MICRO_SUFFIX}", {"budget": b.id, "unit": b.unit})
+            return int(exact), None
+        if rate is None:
+            rates = self._rates_of[b.id]
+            try:
+                if rates is None:
+                    raise RateError("no_rate", f"no rates configured to convert {src_cur} "
+                                    f"to {cur}")
+                rate = format(rates.rate(src_cur, cur, now), "f")
+            except RateError as exc:
+                raise BudgetInputError(exc.code, f"cannot convert {unit} to {b.unit} for "
+                                       f"budget {b.id}: {exc.message}") from None
+        exact = MONEY_CONTEXT.multiply(value.scaleb(scale - src_exp + exp, MONEY_CONTEXT),
+                                       Decimal(rate))
+        return int(exact.to_integral_value(ROUND_CEILING, MONEY_CONTEXT)), rate
+
     def _commit_amount(
         self,
         rec: ReservationRecord,
@@ -1350,14 +1391,19 @@ class Ledger:
         """Quanta a commit of ``value`` ``unit`` charges to ``line`` (not a calls line)."""
         scale = self._scales.get(line.budget, 0)
         line_unit = self._units.get(line.budget)
-        money_unit = unit is not None and unit not in ("tokens", "calls", "credits")
-        if (unit == line_unit and not money_unit) or unit == line_unit:
+        money_unit = unit is not None and unit not in _NON_MONEY
+        if unit == line_unit:
             q = int(value.scaleb(scale, MONEY_CONTEXT))
-        elif not money_unit or line_unit is None or line_unit in ("tokens", "calls", "credits"):
+        elif not money_unit or line_unit is None or line_unit in _NON_MONEY:
             raise BudgetInputError(
                 "unit_mismatch",
                 f"reservation {rec.id} is in {rec.unit}; commit in that unit, not {unit}",
             )
+        elif budget is not None and (unit.endswith(MICRO_SUFFIX)  # type: ignore[union-attr]
+                                     or line_unit.endswith(MICRO_SUFFIX)):
+            # the reservation's rate when committing in its unit, else the current one
+            q, _ = self._convert_units(value, unit, budget, now,  # type: ignore[arg-type]
+                                       line.rate if unit == rec.unit else None)
         elif unit == rec.unit and line.rate is not None:
             exact = MONEY_CONTEXT.multiply(value, Decimal(line.rate))
             scaled = exact.scaleb(scale, MONEY_CONTEXT)

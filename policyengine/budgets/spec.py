@@ -1,7 +1,8 @@
 """What a budget is: :class:`BudgetSpec`, and the units a budget can count.
 
-Units are an ISO 4217 currency code (``EUR``), or one of ``tokens``, ``calls``,
-``credits``. Inside the ledger every amount is an integer number of *quanta* of its
+Units are an ISO 4217 currency code (``EUR``), a microcent unit (``USD_MICROCENTS``,
+10**-8 USD, counted in whole numbers), or one of ``tokens``, ``calls``, ``credits``,
+``risk_points``. Inside the ledger every amount is an integer number of *quanta* of its
 unit: the currency's minor unit (cents for EUR, yen for JPY, fils/1000 for BHD), one
 token, one call, or a millionth of a credit. Stores only ever see these integers.
 """
@@ -34,6 +35,7 @@ __all__ = [
     "BudgetSpec",
     "budget_problems",
     "canonical_unit",
+    "money_unit",
     "scope_path",
     "subject_field",
     "unit_scale",
@@ -108,14 +110,23 @@ MAX_QUANTA = 10**18
 _units: dict[str, tuple[str, int]] = {}
 
 
+#: Suffix of a unit of a millionth of a cent: ``USD_MICROCENTS`` is 10**-8 USD.
+MICRO_SUFFIX = "_MICROCENTS"
+#: Decimal exponent of one microcent, for a currency with two decimals.
+_MICRO_EXPONENT = 8
+
+
 def canonical_unit(unit: object) -> tuple[str, int]:
     """``(code, scale)``: the canonical spelling of a unit and its decimal places.
 
     Currency codes are case-insensitive (``"usd"`` is ``USD``), as are the units.
-    Raises :class:`BudgetInputError` ``unknown_unit``.
+    ``USD_MICROCENTS`` (any currency with two decimals) counts 10**-8 of the currency in
+    whole numbers. Raises :class:`BudgetInputError` ``unknown_unit``.
 
     >>> canonical_unit("usd"), canonical_unit("JPY"), canonical_unit("credits")
     (('USD', 2), ('JPY', 0), ('credits', 6))
+    >>> canonical_unit("usd_microcents"), canonical_unit("RISK_POINTS")
+    (('USD_MICROCENTS', 0), ('risk_points', 0))
     """
     found = _units.get(unit) if type(unit) is str else None
     if found is not None:
@@ -123,17 +134,38 @@ def canonical_unit(unit: object) -> tuple[str, int]:
     try:
         if type(unit) is not str:
             raise MoneyError("unknown_currency", "not a string")
-        scale = decimal_places(unit)
-        code = unit.lower() if unit.lower() in UNITS else get_currency(unit).code
+        upper = unit.upper() if unit.isascii() else unit
+        if upper.endswith(MICRO_SUFFIX) and len(upper) == 3 + len(MICRO_SUFFIX):
+            if get_currency(upper[:3]).minor_units != 2:
+                raise MoneyError("unknown_currency", "microcents need a two-decimal currency")
+            code, scale = upper, 0
+        else:
+            scale = decimal_places(unit)
+            code = unit.lower() if unit.lower() in UNITS else get_currency(unit).code
     except MoneyError:
         raise BudgetInputError(
             "unknown_unit",
-            f"unknown unit {str(unit)[:20]!r}: use an ISO 4217 currency code (EUR, USD, ...) "
-            "or tokens, calls, credits",
+            f"unknown unit {str(unit)[:20]!r}: use an ISO 4217 currency code (EUR, USD, ...), "
+            "a microcent unit (USD_MICROCENTS) or tokens, calls, credits, risk_points",
         ) from None
     if len(_units) < 4096:
         _units[unit] = (code, scale)
     return code, scale
+
+
+def money_unit(code: str) -> tuple[str, int] | None:
+    """``(currency, exponent)`` of a canonical money unit: one quantum is
+    ``10**-exponent`` of the currency (``USD`` -> ``("USD", 2)``, ``USD_MICROCENTS`` ->
+    ``("USD", 8)``); None for ``tokens``, ``calls``, ``credits``, ``risk_points``.
+
+    >>> money_unit("USD"), money_unit("USD_MICROCENTS"), money_unit("tokens")
+    (('USD', 2), ('USD', 8), None)
+    """
+    if code in NON_CURRENCY_UNITS:
+        return None
+    if code.endswith(MICRO_SUFFIX):
+        return code[:3], _MICRO_EXPONENT
+    return code, canonical_unit(code)[1]
 
 
 def unit_scale(unit: str) -> int:

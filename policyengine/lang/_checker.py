@@ -34,7 +34,7 @@ PRINCIPAL_FIELDS = ("id", "roles", "attributes")
 #: ``grant.FIELD``: the delegation the request acts under (docs/delegation.md).
 GRANT_FIELDS = {"delegated": "bool", "acting_for": "string", "depth": "number",
                 "chain": "list", "issuer": "string"}
-NON_CURRENCY_UNITS = ("tokens", "calls", "credits")
+NON_CURRENCY_UNITS = ("tokens", "calls", "credits", "risk_points")
 MAX_EXPR_DEPTH = 48
 #: Longest path (``context.a.b...``) a condition may read: deeper is not a policy.
 MAX_PATH_SEGMENTS = 32
@@ -688,7 +688,8 @@ def _check_budget(ctx: _Ctx, st: ast.BudgetDecl) -> None:
                                          overdraft):
         if what == "patterns":
             continue  # reported by _check_patterns, with the pattern
-        hint = ("a currency code, or tokens, calls, credits" if what == "unit"
+        hint = ("a currency code, USD_MICROCENTS, or tokens, calls, credits, risk_points"
+                if what == "unit"
                 else "use an IANA zone name such as Europe/Paris" if what == "tz" else None)
         ctx.error(_BUDGET_CODES.get(what, "E123"), f"budget {st.id}: {message}", st.span,
                   hint)

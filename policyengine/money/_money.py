@@ -72,7 +72,8 @@ MAX_TEXT_LENGTH: Final = 64
 UNSCALED_DECIMALS: Final = 18
 
 #: Non-currency budget units and how many decimal places each allows.
-UNIT_DECIMALS: Final[dict[str, int]] = {"tokens": 0, "calls": 0, "credits": 6}
+UNIT_DECIMALS: Final[dict[str, int]] = {"tokens": 0, "calls": 0, "credits": 6,
+                                         "risk_points": 0}
 UNITS: Final = frozenset(UNIT_DECIMALS)
 
 _MAX_INT: Final = 10**15

@@ -99,13 +99,14 @@ def test_codes_are_case_insensitive_and_canonicalised() -> None:
 
 
 def test_units_are_not_currencies_but_parse() -> None:
-    assert frozenset({"tokens", "calls", "credits"}) == UNITS
+    assert frozenset({"tokens", "calls", "credits", "risk_points"}) == UNITS
     for unit in UNITS:
         assert not is_currency(unit)
         assert code_of(get_currency, unit) == "unknown_currency"
     assert parse_amount("200000", "tokens") == 200000
     assert code_of(parse_amount, "1.5", "tokens") == "too_many_decimals"
     assert code_of(parse_amount, "1.5", "calls") == "too_many_decimals"
+    assert code_of(parse_amount, "1.5", "risk_points") == "too_many_decimals"
     assert parse_amount("0.000001", "credits") == Decimal("0.000001")
     assert code_of(parse_amount, "0.0000001", "credits") == "too_many_decimals"
 
