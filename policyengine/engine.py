@@ -303,7 +303,7 @@ class Engine:
                                 budget_rates=policy.budget_rates, log=self.decision_log,
                                 view=self._current_view)
         return Ledger(policy.budgets, self._budget_store, clock=self._clock,
-                      budget_rates=policy.budget_rates)
+                      budget_rates=policy.budget_rates, prices=policy.prices)
 
     def _config_warnings(self) -> tuple[Problem, ...]:
         out = []

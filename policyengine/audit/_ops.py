@@ -51,7 +51,7 @@ class LoggedLedger(Ledger):
                           self._audit_view())
         return result
 
-    def reserve(self, principal: str, permission: str, amount: object,
+    def reserve(self, principal: str, permission: str, amount: object = None,
                 currency: str | None = None, **kw: Any) -> Any:
         return self._logged("reserve", lambda: super(LoggedLedger, self).reserve(
             principal, permission, amount, currency, **kw), {
@@ -59,7 +59,7 @@ class LoggedLedger(Ledger):
             kw.get("acting_for"), "operation": {"amount": str(amount), "unit": currency,
                                                 "idempotency_key": kw.get("idempotency_key")}})
 
-    def record(self, principal: str, permission: str, amount: object,
+    def record(self, principal: str, permission: str, amount: object = None,
                currency: str | None = None, **kw: Any) -> Any:
         return self._logged("record", lambda: super(LoggedLedger, self).record(
             principal, permission, amount, currency, **kw), {
@@ -67,7 +67,7 @@ class LoggedLedger(Ledger):
             kw.get("acting_for"), "operation": {"amount": str(amount), "unit": currency,
                                                 "idempotency_key": kw.get("idempotency_key")}})
 
-    def commit(self, reservation_id: str, amount: object, currency: str | None = None,
+    def commit(self, reservation_id: str, amount: object = None, currency: str | None = None,
                **kw: Any) -> Any:
         return self._logged("commit", lambda: super(LoggedLedger, self).commit(
             reservation_id, amount, currency, **kw), {

@@ -35,6 +35,7 @@ from policyengine.budgets.ledger import (
 )
 from policyengine.budgets.memory import MemoryStore
 from policyengine.budgets.postgres import PostgresStore
+from policyengine.budgets.pricing import LLMUsage, ModelPrice, Price, PriceTable
 from policyengine.budgets.redis import RedisStore
 from policyengine.budgets.spec import BudgetSpec
 from policyengine.budgets.sqlite import SQLiteStore
@@ -55,10 +56,14 @@ __all__ = [
     "BudgetStore",
     "BudgetStoreError",
     "IdempotencyMismatch",
+    "LLMUsage",
     "Ledger",
     "MemoryStore",
+    "ModelPrice",
     "Overage",
     "PostgresStore",
+    "Price",
+    "PriceTable",
     "RedisStore",
     "Reservation",
     "ReservationError",

@@ -16,9 +16,13 @@ fixture's ``now`` and moves only with ``advance`` steps::
 
 Ops: ``reserve``, ``record``, ``commit``, ``release``, ``extend``, ``check``,
 ``admit`` (the check ``authorize`` makes: every covering budget, whatever the amount;
-no ``amount`` is a request without one), ``balances``, ``advance`` (``seconds`` or
+no ``amount`` is a request without one), ``balances``, ``price`` (the price table:
+``provider``, ``model``, ``inputTokens``, ``cachedInputTokens``, ``outputTokens``;
+``expect`` matches ``Price.to_wire()``, or ``{"unpriced": true}``), ``advance`` (``seconds`` or
 ``to``: an RFC 3339 UTC time). Argument keys are camelCase (``idempotencyKey``,
-``actingFor``); ``scope`` is an object of request fields (``{"workspace": "w1",
+``actingFor``); ``usage`` (reserve, record, check, admit, commit) is an LLM usage
+``{"provider", "model", "inputTokens", "cachedInputTokens", "outputTokens"}`` priced by
+the policy's price table; ``scope`` is an object of request fields (``{"workspace": "w1",
 "run_id": "r1"}``) for budgets per hierarchy level or per ``context.NAME``; ``as`` names
 the returned reservation and ``reservation`` refers to a
 name (or is taken as a literal id).
@@ -41,6 +45,7 @@ from typing import Any
 
 from policyengine.budgets.errors import BudgetError
 from policyengine.budgets.ledger import Ledger
+from policyengine.budgets.pricing import LLMUsage
 
 __all__ = ["run_budget_case"]
 
@@ -49,15 +54,20 @@ LedgerFactory = Callable[[Callable[[], float]], Ledger]
 _ARG_NAMES = {
     "idempotencyKey": "idempotency_key",
     "actingFor": "acting_for",
+    "inputTokens": "input_tokens",
+    "cachedInputTokens": "cached_input_tokens",
+    "outputTokens": "output_tokens",
 }
 _SPEND_ARGS = frozenset({"principal", "permission", "amount", "currency", "acting_for",
-                         "tenant", "scope"})
+                         "tenant", "scope", "usage"})
 _ALLOWED_ARGS: dict[str, frozenset[str]] = {
     "reserve": _SPEND_ARGS | {"ttl", "idempotency_key"},
     "record": _SPEND_ARGS | {"idempotency_key", "overage"},
     "check": _SPEND_ARGS,
     "admit": _SPEND_ARGS,
-    "commit": frozenset({"amount", "currency", "idempotency_key", "overage"}),
+    "commit": frozenset({"amount", "currency", "idempotency_key", "overage", "usage"}),
+    "price": frozenset({"provider", "model", "input_tokens", "cached_input_tokens",
+                        "output_tokens"}),
     "release": frozenset({"idempotency_key"}),
     "extend": frozenset({"ttl"}),
     "balances": frozenset({"principal", "acting_for", "tenant", "scope", "level"}),
@@ -160,8 +170,20 @@ def _run_step(
     if unknown:
         return f"unknown args {sorted(unknown)}"
     rid = names.get(ref, ref) if isinstance(ref, str) else ref
+    if isinstance(kwargs.get("usage"), Mapping):
+        kwargs["usage"] = {_ARG_NAMES.get(k, k): v for k, v in kwargs["usage"].items()}
     result: Any
     try:
+        if "usage" in kwargs:
+            kwargs["usage"] = LLMUsage(**kwargs["usage"])
+        if op == "price":
+            if ledger.prices is None:
+                return "the policy has no price table"
+            price = ledger.prices.price(**kwargs)
+            got = None if price is None else price.to_wire()
+            if expect.get("unpriced"):
+                return None if got is None else f"expected no price, got {got}"
+            return "no price" if got is None else _subset(dict(expect), got, "result")
         if op == "reserve":
             result = ledger.reserve(**kwargs)
         elif op == "record":

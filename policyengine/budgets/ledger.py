@@ -38,6 +38,7 @@ from policyengine.budgets.errors import (
     ReservationError,
 )
 from policyengine.budgets.memory import MemoryStore
+from policyengine.budgets.pricing import LLMUsage, PriceTable
 from policyengine.budgets.spec import (
     HIERARCHY,
     MAX_QUANTA,
@@ -85,6 +86,8 @@ Overage = Literal["reject", "allow_if_available", "allow_with_overdraft"]
 _OVERAGES = frozenset({"reject", "allow_if_available", "allow_with_overdraft"})
 MIN_TTL = 1
 MAX_TTL = 86400
+#: Longest grace period after a lease ends (Cycles: ``grace_period_ms`` <= 60,000).
+MAX_GRACE = 60
 #: Seconds an idempotency key is remembered.
 IDEMPOTENCY_RETENTION = 86400.0
 _MAX_NAME = 256
@@ -93,8 +96,9 @@ _NON_MONEY = NON_CURRENCY_UNITS
 #: Subjects whose bucket is a scope path (:func:`~policyengine.budgets.spec.scope_path`).
 _PATH_LEVELS = frozenset({"workspace", "app", "workflow", "toolset"})
 # How a budget counts a spend: one call, the amount as is, converted, or nothing (a spend
-# in a unit the budget does not count, checked only for an exhausted budget; admit()).
-_CALL, _SAME, _CONVERT, _ZERO = 0, 1, 2, 3
+# in a unit the budget does not count, checked only for an exhausted budget; admit()), or
+# the tokens of a priced LLM usage.
+_CALL, _SAME, _CONVERT, _ZERO, _TOKENS = 0, 1, 2, 3, 4
 _QUANTA = [Decimal(1).scaleb(-n, MONEY_CONTEXT) for n in range(19)]
 _INF = float("inf")
 #: Builds a record tuple without the NamedTuple ``__new__`` (a Python-level call that
@@ -260,6 +264,11 @@ class Reservation:
         return self._record.committed_unit
 
     @property
+    def priced(self) -> str | None:
+        """``provider/model`` of the price that priced a ``usage=`` spend, else None."""
+        return self._record.priced
+
+    @property
     def lines(self) -> tuple[ReservationLine, ...]:
         rec = self._record
         out = []
@@ -296,6 +305,7 @@ class Reservation:
             "expiresAt": _iso(rec.expires_at),
             "committedAmount": rec.committed_amount,
             "lines": [line.to_wire() for line in self.lines],
+            "priced": rec.priced,
         }
 
     def __repr__(self) -> str:
@@ -605,8 +615,8 @@ def _key(key: object) -> str | None:
     return key
 
 
-def _count_modes(matched: Sequence[_Budget], unit: str | None, *, keep_unmatched: bool
-                 ) -> tuple[list[tuple[_Budget, int]], int, int]:
+def _count_modes(matched: Sequence[_Budget], unit: str | None, *, keep_unmatched: bool,
+                 tokens: bool = False) -> tuple[list[tuple[_Budget, int]], int, int]:
     """How a spend in ``unit`` counts against each covering budget: calls, same unit or
     converted money. A budget that cannot count it is left out, or kept as ``_ZERO``.
     Returns the modes, how many money/unit budgets count it, and how many cannot."""
@@ -616,6 +626,9 @@ def _count_modes(matched: Sequence[_Budget], unit: str | None, *, keep_unmatched
     for b in matched:
         if b.calls and unit != "calls":
             modes.append((b, _CALL))
+        elif tokens and b.unit == "tokens":  # a priced usage: its tokens
+            modes.append((b, _TOKENS))
+            accepted += 1
         elif b.unit == unit:
             modes.append((b, _SAME))
             accepted += not b.calls
@@ -656,8 +669,11 @@ class Ledger:
         clock: Callable[[], float] | None = None,
         *,
         budget_rates: Mapping[str, RateSource | None] | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.specs: tuple[BudgetSpec, ...] = tuple(specs)
+        #: The LLM price table (``price`` statements) that ``usage=`` spends are priced with.
+        self.prices = prices
         self._budgets = tuple(_Budget(s) for s in self.specs)
         self._by_id = {b.id: b for b in self._budgets}
         if len(self._by_id) != len(self._budgets):
@@ -703,20 +719,23 @@ class Ledger:
         self,
         principal: str,
         permission: str,
-        amount: object,
+        amount: object = None,
         currency: str | None = None,
         *,
         acting_for: str | None = None,
         tenant: str | None = None,
         scope: Mapping[str, str | None] | None = None,
+        usage: LLMUsage | None = None,
     ) -> BudgetCheck:
-        """Would this spend fit every budget covering it? Read-only; reserves nothing.
+        """Would this spend fit every budget covering it? Read-only; reserves nothing:
+        the dry run of :meth:`reserve` (a Cycles ``dry_run`` or ``decide``).
 
         Raises :class:`BudgetInputError` for bad input, like :meth:`reserve`.
         """
         now = self.clock()
-        _unit, _value, lines, budgets, buckets = self._plan(
-            principal, permission, amount, currency, acting_for, tenant, now, True, scope
+        _unit, _value, lines, budgets, buckets, _p = self._plan(
+            principal, permission, _spend(amount, usage), currency, acting_for, tenant, now,
+            True, scope
         )
         if not lines:
             return BudgetCheck(self, [], None, -1)
@@ -739,6 +758,7 @@ class Ledger:
         acting_for: str | None = None,
         tenant: str | None = None,
         scope: Mapping[str, str | None] | None = None,
+        usage: LLMUsage | None = None,
     ) -> BudgetCheck:
         """May a request go ahead under every budget covering ``permission``? Read-only.
 
@@ -749,12 +769,14 @@ class Ledger:
         ``amount`` (None) -- counts nothing but still refuses when it is exhausted (no
         room left, or debt outstanding). Raises :class:`BudgetInputError` for bad input.
         """
-        if amount is None:
+        if usage is not None:
+            amount = _spend(amount, usage)
+        elif amount is None:
             amount, unit = 0, None
         elif unit is None:
             raise BudgetInputError("unit_required", "an amount needs its unit (currency)")
         now = self.clock()
-        _unit, _value, lines, budgets, buckets = self._plan(
+        _unit, _value, lines, budgets, buckets, _p = self._plan(
             principal, permission, amount, unit, acting_for, tenant, now, False, scope
         )
         if not lines:
@@ -773,7 +795,7 @@ class Ledger:
         self,
         principal: str,
         permission: str,
-        amount: object,
+        amount: object = None,
         currency: str | None = None,
         *,
         ttl: float = 60,
@@ -781,23 +803,34 @@ class Ledger:
         acting_for: str | None = None,
         tenant: str | None = None,
         scope: Mapping[str, str | None] | None = None,
+        usage: LLMUsage | None = None,
+        grace: float = 0,
     ) -> Reservation:
         """Hold ``amount`` on every budget covering ``permission`` for ``ttl`` seconds.
 
         All or nothing: raises :class:`BudgetExceeded` (``budget_exceeded`` or
         ``debt_outstanding``) if any covering budget lacks room. Commit, release or let
         it expire.
+
+        ``usage=LLMUsage(provider, model, input_tokens, ...)`` instead of an amount: the
+        usage is priced with the price table and holds money (on money budgets) and
+        tokens (on ``tokens`` budgets) in this one reservation. ``grace``: seconds (0 to
+        60) after the lease ends during which a commit is still accepted (the hold lasts
+        as long; extend and the status go by the lease).
         """
         ttl_s = float(ttl) if type(ttl) is int and MIN_TTL <= ttl <= MAX_TTL else _ttl(ttl)
+        grace_s = 0.0 if grace == 0 else _grace(grace)
         key = None if idempotency_key is None else _key(idempotency_key)
         now = self.clock()
-        unit, value, lines, budgets, buckets = self._plan(
-            principal, permission, amount, currency, acting_for, tenant, now, True, scope
+        unit, value, lines, budgets, buckets, priced = self._plan(
+            principal, permission, _spend(amount, usage), currency, acting_for, tenant, now,
+            True, scope
         )
         skey = self._scope_key(scope)
         record = _new(ReservationRecord, (
             _new_id(), ACTIVE, principal, permission, unit, str(value), acting_for, tenant,
-            now, now + ttl_s, tuple(lines), None, None, None, None,
+            now, now + ttl_s + grace_s, tuple(lines), None, None, None, None, grace_s,
+            priced, False,
         ))
         guards = []
         for line, b, bucket in zip(lines, budgets, buckets, strict=True):
@@ -805,7 +838,9 @@ class Ledger:
         idem = None
         if key is not None:
             fingerprint = repr(("reserve", principal, permission, unit, str(value), ttl_s,
-                                acting_for, tenant) + ((skey,) if skey else ()))
+                                acting_for, tenant) + ((skey,) if skey else ())
+                               + ((grace_s,) if grace_s else ())
+                               + ((priced, [ln.amount for ln in lines]) if priced else ()))
             replay = self._replay("reserve:" + key, fingerprint, now)
             if replay is not None:
                 return replay
@@ -822,7 +857,7 @@ class Ledger:
         self,
         principal: str,
         permission: str,
-        amount: object,
+        amount: object = None,
         currency: str | None = None,
         *,
         idempotency_key: str | None = None,
@@ -830,23 +865,26 @@ class Ledger:
         tenant: str | None = None,
         scope: Mapping[str, str | None] | None = None,
         overage: Overage = "reject",
+        usage: LLMUsage | None = None,
     ) -> Reservation:
         """Debit ``amount`` directly, without a reservation (returns it ``committed``).
 
         The same all-or-nothing rules as :meth:`reserve`; with
         ``overage="allow_with_overdraft"`` the spend may go past the limit up to the
         budget's ``overdraft_limit`` (becoming debt), e.g. to meter usage after the fact.
+        ``usage=`` records a priced LLM usage (money and tokens), as for :meth:`reserve`.
         """
         over = self._overage(overage)
         key = _key(idempotency_key)
         now = self.clock()
-        unit, value, lines, budgets, buckets = self._plan(
-            principal, permission, amount, currency, acting_for, tenant, now, True, scope
+        unit, value, lines, budgets, buckets, priced = self._plan(
+            principal, permission, _spend(amount, usage), currency, acting_for, tenant, now,
+            True, scope
         )
         record = ReservationRecord(
             _new_id(), COMMITTED, principal, permission, unit,
             str(value), acting_for, tenant, now, now, tuple(lines),
-            tuple(line.amount for line in lines), str(value), unit, now,
+            tuple(line.amount for line in lines), str(value), unit, now, 0.0, priced,
         )
         if over == "allow_with_overdraft":
             guards = tuple(
@@ -866,7 +904,8 @@ class Ledger:
         if key is not None:
             skey = self._scope_key(scope)
             fingerprint = repr(("record", principal, permission, unit, str(value), over,
-                                acting_for, tenant) + ((skey,) if skey else ()))
+                                acting_for, tenant) + ((skey,) if skey else ())
+                               + ((priced, [ln.amount for ln in lines]) if priced else ()))
             replay = self._replay("record:" + key, fingerprint, now)
             if replay is not None:
                 return replay
@@ -883,13 +922,18 @@ class Ledger:
     def commit(
         self,
         reservation_id: str,
-        amount: object,
+        amount: object = None,
         currency: str | None = None,
         *,
         idempotency_key: str | None = None,
         overage: Overage = "reject",
+        usage: LLMUsage | None = None,
     ) -> Reservation:
         """Spend ``amount`` (default unit: the reservation's) and release the rest.
+
+        A reservation made with ``usage=`` is committed with ``usage=`` (the usage
+        measured): it is priced again, and each money line is charged the price, each
+        ``tokens`` line the tokens.
 
         Over the reserved amount: ``overage="reject"`` raises ``budget_exceeded``;
         ``"allow_if_available"`` succeeds if every budget has room for the excess;
@@ -902,12 +946,25 @@ class Ledger:
         now = self.clock()
         rec = self._active(reservation_id, now, idempotency_key is not None)
         unit = rec.unit
-        if currency is not None:
-            unit, _ = canonical_unit(currency)
-        value = self._amount(amount, unit)
+        tokens = -1
+        if usage is not None or rec.priced is not None:
+            if usage is None or rec.priced is None:
+                raise BudgetInputError(
+                    "unit_mismatch", f"reservation {rec.id} was made "
+                    + ("with usage=: commit it with usage=" if rec.priced is not None
+                       else f"in {rec.unit}: commit an amount, not a usage"))
+            unit, value, tokens, _ = self._priced(_spend(amount, usage), currency)
+            if unit != rec.unit:
+                raise BudgetInputError("unit_mismatch", f"reservation {rec.id} is priced in "
+                                       f"{rec.unit}; this usage is priced in {unit}")
+        else:
+            if currency is not None:
+                unit, _ = canonical_unit(currency)
+            value = self._amount(amount, unit)
         fingerprint = ""
         if key is not None:
-            fingerprint = repr(("commit", reservation_id, unit, str(value), over))
+            fingerprint = repr(("commit", reservation_id, unit, str(value), over)
+                               + ((tokens,) if tokens >= 0 else ()))
             replay = self._replay("commit:" + key, fingerprint, now)
             if replay is not None:
                 return replay
@@ -923,6 +980,8 @@ class Ledger:
             budget = self._by_id.get(line.budget)
             if line.counts_call:
                 actual = line.amount  # the call happened; its count is the reservation's
+            elif tokens >= 0 and budget is not None and budget.unit == "tokens":
+                actual = tokens  # a priced usage's tokens line
             elif same_unit and line.rate is None and budget is not None and budget.unit == unit:
                 actual = int(value.scaleb(budget.scale, MONEY_CONTEXT))  # fast path: no conversion
                 if actual > MAX_QUANTA:
@@ -951,7 +1010,7 @@ class Ledger:
         final = _new(ReservationRecord, (
             rec.id, COMMITTED, rec.principal, rec.permission, rec.unit, rec.amount,
             rec.acting_for, rec.tenant, rec.created_at, rec.expires_at, rec.lines,
-            tuple(actuals), str(value), unit, now,
+            tuple(actuals), str(value), unit, now, rec.grace, rec.priced, False,
         ))
         idem = None
         if key is not None:
@@ -1147,18 +1206,24 @@ class Ledger:
         now: float,
         strict: bool = True,
         scope: object = None,
-    ) -> tuple[str | None, Decimal, list[Line], list[_Budget], list[Bucket]]:
+    ) -> tuple[str | None, Decimal, list[Line], list[_Budget], list[Bucket], str | None]:
         """Validate a spend and work out what it charges to each covering budget.
 
         Returns the spend unit, the amount, and per covering budget its :class:`Line`,
-        the budget and the :class:`Bucket` to guard. ``strict=False`` (``admit``) keeps
-        budgets the spend's unit does not count against, charged zero.
+        the budget and the :class:`Bucket` to guard, and for a priced usage the price's
+        ``provider/model``. ``strict=False`` (``admit``) keeps budgets the spend's unit
+        does not count against, charged zero.
         """
+        priced = None
+        tokens = 0
+        if type(amount) is LLMUsage:
+            currency, value, tokens, priced = self._priced(amount, currency)
         unit, _lo, _hi, targets = self._targets(
             principal, permission, currency, acting_for, tenant, now, strict,
-            self._scope_key(scope) if scope is not None else ()
+            self._scope_key(scope) if scope is not None else (), priced is not None
         )
-        value = self._amount(amount, unit)
+        if priced is None:
+            value = self._amount(amount, unit)
         # The amount in its own unit's quanta: what a budget in that unit is charged.
         quanta = 0 if unit is None else int(value.scaleb(_unit_scale(unit)[0], MONEY_CONTEXT))
         lines: list[Line] = []
@@ -1175,8 +1240,11 @@ class Ledger:
                                            "large", {"reason": "amount_too_large"})
             elif mode == _ZERO:  # only from admit()
                 q = 0
+            elif mode == _TOKENS:
+                q = tokens
             else:
-                q, rate = self._convert(value, unit, b, now)  # type: ignore[arg-type]
+                q, rate = self._convert(value, unit, b, now,  # type: ignore[arg-type]
+                                        priced is not None)
             rolling = bucket is None
             if bucket is None:  # a rolling window ends now
                 bucket = _new(Bucket, (b.id, subject, 0, now - b.rolling))  # type: ignore[operator]
@@ -1184,7 +1252,31 @@ class Ledger:
                                      mode == _CALL)))
             budgets.append(b)
             buckets.append(bucket)  # type: ignore[arg-type]  # set just above
-        return unit, value, lines, budgets, buckets
+        return unit, value, lines, budgets, buckets, priced
+
+    def _priced(self, usage: object, currency: object) -> tuple[str, Decimal, int, str]:
+        """A usage priced by the table: (microcent unit, amount, tokens, provider/model).
+        The exact price is rounded up to a microcent (prices of at most 2 decimals per
+        million tokens are exact)."""
+        if type(usage) is not LLMUsage:
+            raise BudgetInputError("invalid_amount", "usage must be an LLMUsage",
+                                   {"reason": "invalid_usage"})
+        if currency is not None:
+            raise BudgetInputError("unit_mismatch", "a usage is priced by the price table: "
+                                   "give no unit with usage=")
+        if self.prices is None:
+            raise BudgetInputError("unpriced_model", "the policy has no LLM price table "
+                                   "(price statements): a usage cannot be priced")
+        price = self.prices.price_usage(usage)
+        if price is None:
+            raise BudgetInputError(
+                "unpriced_model", f"the price table has no price for {usage.provider[:64]}/"
+                f"{usage.model[:64]} (nor a '*' default)",
+                {"provider": usage.provider, "model": usage.model})
+        value = Decimal(int(price.amount.scaleb(8, MONEY_CONTEXT).to_integral_value(
+            ROUND_CEILING, MONEY_CONTEXT)))
+        mp = price.model_price
+        return price.currency + MICRO_SUFFIX, value, usage.tokens, f"{mp.provider}/{mp.model}"
 
     def _targets(
         self,
@@ -1196,6 +1288,7 @@ class Ledger:
         now: float,
         strict: bool = True,
         skey: tuple[str | None, ...] = (),
+        tokens: bool = False,
     ) -> _Targets:
         """Who is charged what, independent of the amount: per covering budget, how it
         counts the spend, its subject, window and bucket.
@@ -1219,6 +1312,8 @@ class Ledger:
             )
             if skey:
                 cache_key += (skey,)  # type: ignore[assignment]
+            if tokens:
+                cache_key += ("+tokens",)  # type: ignore[assignment]
             found = self._targets_cache.get(cache_key)
             if found is not None and found[1] <= now < found[2]:
                 return found
@@ -1234,7 +1329,7 @@ class Ledger:
         if currency is not None and type(currency) is not str:  # before it is hashed
             raise BudgetInputError("unknown_unit", "the unit must be a currency code or "
                                    f"unit name, not {type(currency).__name__}")
-        unit, modes = self._modes(permission, currency, strict)
+        unit, modes = self._modes(permission, currency, strict, tokens)
         lo, hi = -_INF, _INF
         targets: list[tuple[_Budget, int, str, int, int, Bucket | None]] = []
         for b, mode in modes:
@@ -1256,15 +1351,15 @@ class Ledger:
         return result
 
     def _modes(
-        self, permission: str, currency: object, strict: bool = True
+        self, permission: str, currency: object, strict: bool = True, tokens: bool = False
     ) -> tuple[str | None, tuple[tuple[_Budget, int], ...]]:
         """The spend unit and, per covering budget, how it counts (cached per pair).
 
         ``strict=False``: no unit is inferred (None is a request without an amount) and
         a budget that cannot count the spend is kept as ``_ZERO`` instead of refused."""
         if not strict:
-            return self._lenient_modes(permission, currency)
-        cache_key = (permission, currency)
+            return self._lenient_modes(permission, currency, tokens)
+        cache_key: tuple[Any, ...] = (permission, currency, 1) if tokens else (permission, currency)
         found = self._mode_cache.get(cache_key)  # type: ignore[arg-type]
         if found is not None:
             if isinstance(found, str):
@@ -1283,15 +1378,16 @@ class Ledger:
             unit = units.pop() if units else None
         else:
             unit = canonical_unit(currency)[0]
-        modes, accepted, unmatched = _count_modes(matched, unit, keep_unmatched=False)
+        modes, accepted, unmatched = _count_modes(matched, unit, keep_unmatched=False,
+                                                  tokens=tokens)
         # A refusal is cached as its message (a fresh exception is raised each time).
         refuse = bool(unmatched and not accepted)
         return self._cache_modes(cache_key, permission, matched, unit, modes, refuse)
 
     def _lenient_modes(
-        self, permission: str, currency: object
+        self, permission: str, currency: object, tokens: bool = False
     ) -> tuple[str | None, tuple[tuple[_Budget, int], ...]]:
-        cache_key = (permission, currency, 0)
+        cache_key = (permission, currency, 0, 1) if tokens else (permission, currency, 0)
         found = self._mode_cache.get(cache_key)  # type: ignore[arg-type]
         if found is not None:
             if isinstance(found, str):
@@ -1299,7 +1395,8 @@ class Ledger:
             return found
         matched = self._match(permission)
         unit = None if currency is None else canonical_unit(currency)[0]
-        modes, accepted, unmatched = _count_modes(matched, unit, keep_unmatched=True)
+        modes, accepted, unmatched = _count_modes(matched, unit, keep_unmatched=True,
+                                                  tokens=tokens)
         # An amount that no covering budget can count is refused, as by check().
         refuse = bool(unit is not None and unmatched and not accepted)
         return self._cache_modes(cache_key, permission, matched, unit, modes, refuse)
@@ -1324,12 +1421,13 @@ class Ledger:
             raise BudgetInputError("unit_mismatch", result)
         return result
 
-    def _convert(self, value: Decimal, unit: str, b: _Budget, now: float) -> tuple[int, str | None]:
+    def _convert(self, value: Decimal, unit: str, b: _Budget, now: float,
+                 priced: bool = False) -> tuple[int, str | None]:
         if unit == b.unit:
             q = int(value.scaleb(b.scale, MONEY_CONTEXT))
             rate = None
         elif unit.endswith(MICRO_SUFFIX) or b.unit.endswith(MICRO_SUFFIX):
-            q, rate = self._convert_units(value, unit, b, now, None)
+            q, rate = self._convert_units(value, unit, b, now, None, priced)
         else:
             rates = self._rates_of[b.id]
             try:
@@ -1348,16 +1446,19 @@ class Ledger:
         return q, rate
 
     def _convert_units(self, value: Decimal, unit: str, b: _Budget, now: float,
-                       rate: str | None) -> tuple[int, str | None]:
+                       rate: str | None, priced: bool = False) -> tuple[int, str | None]:
         """Quanta of ``b`` for ``value`` in a money ``unit`` when either side counts in
-        microcents. One currency: exact, or ``inexact_amount`` (never rounded); two
-        currencies: at ``rate`` (else the current one), rounded up to ``b``'s quantum."""
+        microcents. One currency: exact, or ``inexact_amount`` (never rounded) -- except
+        for a priced usage (``priced``), rounded up like a conversion; two currencies: at
+        ``rate`` (else the current one), rounded up to ``b``'s quantum."""
         src = money_unit(unit)
         assert src is not None and b.currency is not None
         (src_cur, src_exp), (cur, exp) = src, b.currency
         scale = _unit_scale(unit)[0]
         if src_cur == cur:
             exact = value.scaleb(scale - src_exp + exp, MONEY_CONTEXT)
+            if priced:
+                return int(exact.to_integral_value(ROUND_CEILING, MONEY_CONTEXT)), None
             if exact != exact.to_integral_value(context=MONEY_CONTEXT):
                 raise BudgetInputError(
                     "inexact_amount",
@@ -1403,7 +1504,8 @@ class Ledger:
                                      or line_unit.endswith(MICRO_SUFFIX)):
             # the reservation's rate when committing in its unit, else the current one
             q, _ = self._convert_units(value, unit, budget, now,  # type: ignore[arg-type]
-                                       line.rate if unit == rec.unit else None)
+                                       line.rate if unit == rec.unit else None,
+                                       rec.priced is not None)
         elif unit == rec.unit and line.rate is not None:
             exact = MONEY_CONTEXT.multiply(value, Decimal(line.rate))
             scaled = exact.scaleb(scale, MONEY_CONTEXT)
@@ -1478,6 +1580,24 @@ class Ledger:
             raise _exceeded("debt_outstanding" if outcome.reason == "debt" else code,
                             budgets[i], lines[i], use, attempted)
         raise BudgetError("store_conflict", f"the store refused the operation ({outcome.reason})")
+
+
+def _spend(amount: object, usage: LLMUsage | None) -> object:
+    """What is spent: ``amount``, or ``usage`` (a priced LLM usage), never both."""
+    if usage is None:
+        return amount
+    if amount is not None:
+        raise BudgetInputError("invalid_amount", "give an amount or usage=, not both",
+                               {"reason": "amount_and_usage"})
+    return usage
+
+
+def _grace(grace: object) -> float:
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not (
+            0 <= grace <= MAX_GRACE):
+        raise BudgetInputError("invalid_ttl", f"grace must be a number of seconds from 0 to "
+                               f"{MAX_GRACE}, got {grace!r}")
+    return float(grace)
 
 
 def _bucket(line: Line, budget: _Budget, now: float) -> Bucket:

@@ -56,7 +56,7 @@ def _frozen(rec: ReservationRecord) -> tuple[Any, ...]:
     fields, committed_amount, committed_unit, finalized_at, whether committed is set, the
     number of lines, every line's fields, then the committed quanta if any. Flat, because
     the GC untracks a tuple only once its items are untracked, and may look at a tuple
-    before its items."""
+    before its items. The last three atoms are grace, priced and capped."""
     lines = rec.lines
     flat: list[Any] = [*rec[:10], rec.committed_amount, rec.committed_unit, rec.finalized_at,
                        rec.committed is not None, len(lines)]
@@ -64,6 +64,7 @@ def _frozen(rec: ReservationRecord) -> tuple[Any, ...]:
         flat.extend(line)
     if rec.committed is not None:
         flat.extend(rec.committed)
+    flat.extend((rec.grace, rec.priced, rec.capped))
     return tuple(flat)
 
 
@@ -72,8 +73,9 @@ def _thawed(rec: tuple[Any, ...]) -> ReservationRecord:
         return rec  # type: ignore[return-value]  # live: already a ReservationRecord
     end = 15 + _LINE_SIZE * rec[14]
     lines = tuple(Line._make(rec[i:i + _LINE_SIZE]) for i in range(15, end, _LINE_SIZE))
-    committed = rec[end:] if rec[13] else None
-    return ReservationRecord._make((*rec[:10], lines, committed, rec[10], rec[11], rec[12]))
+    committed = rec[end:-3] if rec[13] else None
+    return ReservationRecord._make((*rec[:10], lines, committed, rec[10], rec[11], rec[12],
+                                    *rec[-3:]))
 
 
 def _idem_thawed(found: tuple[Any, ...]) -> IdempotencyRecord:

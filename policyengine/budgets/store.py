@@ -125,6 +125,13 @@ class ReservationRecord(NamedTuple):
     committed_amount: str | None = None
     committed_unit: str | None = None
     finalized_at: float | None = None
+    #: Seconds after the lease ends during which a commit is still accepted; the hold
+    #: lasts as long, so ``expires_at`` (what stores compare) is the lease end plus this.
+    grace: float = 0.0
+    #: ``provider/model`` of a usage priced by the price table (money and tokens lines).
+    priced: str | None = None
+    #: A commit whose charge was capped at what was available (``allow_if_available``).
+    capped: bool = False
 
 
 class IdempotencyRecord(NamedTuple):
@@ -222,8 +229,16 @@ def record_to_json(record: ReservationRecord) -> str:
     return compact_json(record)
 
 
+#: Fields added after the first layout, with their defaults: a record stored before they
+#: existed reads with these.
+_LATER_FIELDS = (0.0, None, False)
+_FIELDS = len(ReservationRecord._fields)
+
+
 def record_from_json(text: str) -> ReservationRecord:
     data: list[Any] = json.loads(text)
+    if len(data) < _FIELDS:
+        data.extend(_LATER_FIELDS[len(data) - _FIELDS:])
     data[10] = tuple([_new(Line, line) for line in data[10]])
     if data[11] is not None:
         data[11] = tuple(data[11])

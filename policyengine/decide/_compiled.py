@@ -211,6 +211,8 @@ class CompiledPolicy:
     tz: str
     tools: Any = None  # a CompiledTools (tool governance)
     budgets: tuple[Any, ...] = ()  # BudgetSpec
+    #: The LLM price table (``price`` statements): a ``PriceTable``, or None.
+    prices: Any = None
     delegation: ast.DelegationDecl | None = None
     files: tuple[ast.PolicyFile, ...] = ()
     _exact: dict[str, _Bucket] = field(default_factory=dict)
@@ -470,7 +472,9 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
                            if isinstance(st, ast.LogRedact))
     rules = tuple(r for u in units for r in u.role_rules) + tuple(
         r for u in units for r in u.rules)
+    prices = _price_table(files)
     policy = CompiledPolicy(rules, _merge_principals(units), money, tz, tools=compile_tools(files),
+                            prices=prices,
                             budgets=budgets, delegation=delegation, files=tuple(files),
                             default_currency=default, delegation_rates=delegation_rates,
                             budget_rates={bid: money[name].rates
@@ -667,6 +671,16 @@ class CompileCache:
 
     def done(self) -> None:
         self._entries, self._next = self._next, {}
+
+
+def _price_table(files: Sequence[ast.PolicyFile]) -> Any:
+    """The policy set's LLM price table (a ``PriceTable``), or None without ``price``
+    statements."""
+    from policyengine.budgets.pricing import PriceTable
+    from policyengine.lang._checker import price_of
+    entries = [price_of(st) for f in files for st in f.statements
+               if isinstance(st, ast.PriceDecl)]
+    return PriceTable(entries) if entries else None
 
 
 def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[tuple[Any, ...], dict[str, str]]:

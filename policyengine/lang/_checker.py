@@ -13,12 +13,16 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
+from typing import TYPE_CHECKING
 
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.lang._schema import check_schemas
 from policyengine.lang._source import Problem, SourceSet
 from policyengine.permissions import is_valid_pattern, subsumes
+
+if TYPE_CHECKING:
+    from policyengine.budgets.pricing import ModelPrice
 
 __all__ = ["FUNCTIONS", "CheckCache", "check"]
 
@@ -177,6 +181,8 @@ class _FileFacts:
     defaults: list[tuple[str, ast.Span]] = field(default_factory=list)
     forbids: list[ast.Rule] = field(default_factory=list)  # unconditional
     grants: list[ast.Rule | ast.ApprovalOverDecl] = field(default_factory=list)
+    #: (provider, model) of every ``price`` statement, in order: priced once per set.
+    prices: list[tuple[tuple[str, str], ast.Span]] = field(default_factory=list)
 
 
 class _FileCheck(ast.StatementVisitor[None]):
@@ -349,6 +355,11 @@ class _FileCheck(ast.StatementVisitor[None]):
         self.ctx.tag = (3, 2)
         _check_budget(self.ctx, st)
 
+    def price(self, st: ast.PriceDecl) -> None:
+        self.ctx.tag = (3, 2)
+        _check_price(self.ctx, st)
+        self.facts.prices.append(((st.provider, st.model), st.span))
+
     def http_tool(self, st: ast.HttpTool) -> None:
         self.ctx.tag = (3, 2)
         _check_tool(self.ctx, st)
@@ -381,7 +392,15 @@ def _across(facts: Sequence[_FileFacts], sources: SourceSet) -> list[tuple[Tag, 
     ids: dict[tuple[str, str], ast.Span] = {}
     delegation_seen: ast.Span | None = None
     default_seen: tuple[str, ast.Span] | None = None
+    prices: dict[tuple[str, str], ast.Span] = {}
     for x in facts:
+        ctx.tag = (3, 2)
+        for key, span in x.prices:
+            if key in prices:
+                ctx.error("E141", f"{key[0]}/{key[1]} is already priced at {prices[key]}",
+                          span)
+            else:
+                prices[key] = span
         if len(x.first_roles) == len(x.roles) and roles.keys().isdisjoint(x.first_roles):
             roles.update(x.first_roles)  # no duplicate: the common case, at C speed
         else:
@@ -693,6 +712,37 @@ def _check_budget(ctx: _Ctx, st: ast.BudgetDecl) -> None:
                 else "use an IANA zone name such as Europe/Paris" if what == "tz" else None)
         ctx.error(_BUDGET_CODES.get(what, "E123"), f"budget {st.id}: {message}", st.span,
                   hint)
+
+
+def _check_price(ctx: _Ctx, st: ast.PriceDecl) -> None:
+    """Input and output given once each, in one currency with cents; the budgets leaf
+    checks the amounts. (One price per provider and model: :func:`_across`.)"""
+    from policyengine.budgets import BudgetInputError
+    kinds = [kind for kind, _, _ in st.items]
+    codes = {code for _, _, code in st.items}
+    if len(kinds) != len(set(kinds)):
+        ctx.error("E141", "each of input, cached_input and output is priced once", st.span)
+    elif "input" not in kinds or "output" not in kinds:
+        ctx.error("E141", "a price gives input and output (cached_input defaults to input)",
+                  st.span)
+    elif len(codes) != 1:
+        ctx.error("E141", "the prices of one model are in one currency", st.span)
+    else:
+        try:
+            price_of(st)
+        except BudgetInputError as exc:
+            ctx.error("E141", f"price {st.provider}/{st.model}: {exc.message}", st.span)
+
+
+def price_of(st: ast.PriceDecl) -> ModelPrice:
+    """The ``ModelPrice`` of a checked ``price`` statement (cached input defaults to the
+    input price: never cheaper than declared)."""
+    from policyengine.budgets.pricing import ModelPrice
+    by_kind = {kind: amount for kind, amount, _ in st.items}
+    code = st.items[0][2]
+    return ModelPrice(st.provider, st.model, code, by_kind["input"],
+                       by_kind.get("cached_input", by_kind["input"]), by_kind["output"],
+                       st.per)
 
 
 def _check_host(ctx: _Ctx, host: str, span: ast.Span, deny: bool = False) -> None:

@@ -204,6 +204,11 @@ class _StatementHead(ast.StatementVisitor[str]):
             text += f" overdraft {_num(st.overdraft)}"
         return text
 
+    def price(self, st: ast.PriceDecl) -> str:
+        items = ", ".join(f"{kind} {_num(amount)} {code}" for kind, amount, code in st.items)
+        return (f"price {_str(st.provider)} {_str(st.model)}: {items} per {st.per_text} "
+                "tokens")
+
     def http_tool(self, st: ast.HttpTool) -> str:
         return f"tool {st.id}: http " + ", ".join(_str(h) for h in st.hosts) + " {"
 

@@ -47,6 +47,7 @@ STATEMENT_KEYWORDS = (
     "permit", "forbid", "approval", "limit", "budget", "tool", "egress", "delegation",
     "log",
     "schema",
+    "price",
 )
 # Words that may begin a statement only in this shape; elsewhere (indented) they continue
 # the previous statement (``budget x: ... \n    limit 5 EUR per day``).
@@ -54,6 +55,7 @@ _STATEMENT_START = re.compile(
     r"[ \t]*(?:namespace|currency|default_currency|rates?|tz|role|agent[ \t]+\"|egress|delegation"
     r"|log[ \t]+redact"
     r"|schema"
+    r"|price[ \t]+\""
     r"|(?:permit|forbid|approval|limit|budget|tool)[ \t]+[A-Za-z_][A-Za-z0-9_\-]*[ \t]*:)"
     r"(?![A-Za-z0-9_])"
 )
@@ -129,7 +131,7 @@ KEYWORD_TERMINALS = frozenset({
     "NAMESPACE", "NOT", "OR", "OVER", "OVERDRAFT", "PER", "RATE", "RATES", "REDACT", "ROLE",
     "ROLLING", "ROOT", "SCHEMA", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "USES",
     "WINDOW_UNIT",
-    "_MAX_AGE", "METHOD", "STRATEGY", "UNIT",
+    "_MAX_AGE", "METHOD", "STRATEGY", "UNIT", "PRICE", "PRICE_KIND", "PRICE_TOKENS",
 })
 _LARK_LOCK = threading.Lock()
 
@@ -676,6 +678,18 @@ class _Build:
                               str(subject) if subject is not None else "agent", (), tz,
                               overdraft, sp)
 
+    def price_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        provider, model = (self.string(t) for t in p.all_tokens("STRING"))
+        items = []
+        for item in p.all_trees("price_item"):
+            parts = _Parts(item.children)
+            items.append((str(parts.token("PRICE_KIND")), self.decimal(parts.token("NUMBER")),
+                          str(parts.token("CODE"))))
+        per_text = str(p.token("PRICE_PER"))
+        factor = {"K": 1000, "M": 1_000_000}.get(per_text[-1], 1)
+        per = int(per_text.rstrip("KM")) * factor
+        return ast.PriceDecl(provider, model, tuple(items), per, per_text, sp)
+
     def http_tool(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         hosts = tuple(self.string(x) for x in p.all_tokens("STRING"))
         items = tuple(self.tool_item(x) for name in _TOOL_ITEMS for x in p.all_trees(name))
@@ -851,7 +865,7 @@ _STATEMENTS: dict[str, _Builder] = {
         "namespace_decl", "currency_decl", "default_currency_decl", "rate_decl",
         "rates_decl", "tz_decl", "role_decl", "agent_decl", "rule_decl", "limit_decl",
         "approval_over_decl", "budget_decl", "http_tool", "named_tool", "egress_decl",
-        "delegation_decl", "log_decl", "schema_decl")
+        "delegation_decl", "log_decl", "schema_decl", "price_decl")
 }
 #: Expression builders by rule (or alias) name.
 _EXPRESSIONS: dict[str, Callable[[_Build, Any], ast.Expr]] = {

@@ -20,7 +20,8 @@ __all__ = [
     "Condition", "CurrencyDecl", "DefaultCurrencyDecl", "DelegationDecl", "DenyRoute",
     "EgressDecl", "Expr", "Extraction", "HttpTool", "In", "LimitDecl", "ListExpr", "Literal",
     "LogRedact",
-    "MoneyLit", "NamedTool", "NamespaceDecl", "Not", "Or", "Path", "PolicyFile", "RateDecl",
+    "MoneyLit", "NamedTool", "NamespaceDecl", "Not", "Or", "Path", "PolicyFile", "PriceDecl",
+    "RateDecl",
     "RatesDecl", "Redact", "RoleDecl", "Route", "Rule", "SchemaDecl", "SchemaField",
     "SchemaType", "ScopeItem", "Span", "Statement", "TzDecl", "Comment", "ExprVisitor",
     "StatementVisitor", "children",
@@ -289,6 +290,18 @@ class BudgetDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class PriceDecl:
+    """``price "openai" "gpt-4o": input 2.50 USD, output 10 USD per 1M tokens``."""
+
+    provider: str
+    model: str
+    items: tuple[tuple[str, Decimal, str], ...]  # (input|cached_input|output, amount, code)
+    per: int  # tokens the prices are for
+    per_text: str  # as written: 1M, 1K, 1000
+    span: Span = _span()
+
+
+@dataclass(frozen=True, slots=True)
 class Extraction:
     """``name = $.path [minor]`` or ``name = query "q"`` / ``header "h"`` / ``param "p"``."""
 
@@ -411,7 +424,7 @@ class SchemaDecl:
 Statement = Union[
     NamespaceDecl, CurrencyDecl, DefaultCurrencyDecl, RateDecl, RatesDecl, TzDecl, RoleDecl,
     AgentDecl, Rule, LimitDecl, ApprovalOverDecl, BudgetDecl, HttpTool, NamedTool, EgressDecl,
-    DelegationDecl, LogRedact, SchemaDecl,
+    DelegationDecl, LogRedact, SchemaDecl, PriceDecl,
 ]
 
 
@@ -456,6 +469,7 @@ _STATEMENT_METHODS: dict[type, str] = {
     NamedTool: "named_tool", EgressDecl: "egress", DelegationDecl: "delegation",
     LogRedact: "log_redact",
     SchemaDecl: "schema",
+    PriceDecl: "price",
 }
 
 
@@ -497,7 +511,7 @@ class StatementVisitor(Generic[T]):
     """Dispatch on a statement's node type to the method named for it (``namespace``,
     ``currency``, ``default_currency``, ``rate``, ``rates``, ``tz``, ``role``, ``agent``,
     ``rule``, ``limit``, ``approval_over``, ``budget``, ``http_tool``, ``named_tool``,
-    ``egress``, ``delegation``, ``log_redact``, ``schema``).
+    ``egress``, ``delegation``, ``log_redact``, ``schema``, ``price``).
     :meth:`visit_statement` returns ``default`` for a kind
     the subclass does not define."""
 

@@ -449,3 +449,33 @@ def test_budget_subjects_that_are_not_subjects(bad: str) -> None:
     with pytest.raises(PolicyError):
         from policyengine import Engine
         Engine.from_source(f"budget b: llm:* limit 5 USD per day {bad}\n")
+
+
+def test_price_statements_parse_and_format() -> None:
+    from policyengine.lang import format_source
+    text = ('price "openai" "gpt-4o": input 2.50 USD, cached_input 1.25 USD, output 10 USD '
+            'per 1M tokens\nprice "*" "*": output 4 USD, input 1 USD per 1000 tokens\n')
+    first, second = parse(text).statements
+    assert isinstance(first, ast.PriceDecl) and isinstance(second, ast.PriceDecl)
+    assert (first.provider, first.model, first.per) == ("openai", "gpt-4o", 10**6)
+    assert first.items == (("input", Decimal("2.50"), "USD"),
+                           ("cached_input", Decimal("1.25"), "USD"),
+                           ("output", Decimal(10), "USD"))
+    assert (second.per, second.per_text) == (1000, "1000")
+    assert format_source(text) == text
+
+
+@pytest.mark.parametrize("bad", [
+    'price "a" "b": input 1 USD per 1M tokens',                     # no output
+    'price "a" "b": input 1 USD, input 2 USD, output 1 USD per 1M tokens',
+    'price "a" "b": input 1 USD, output 1 EUR per 1M tokens',       # two currencies
+    'price "a" "b": input 1 JPY, output 1 JPY per 1M tokens',       # no cents
+    'price "a" "b": input 1 USD, output 1 USD per 0 tokens',
+    'price "a" "b": input 1 USD, output 1 USD per 1M tokens\n'
+    'price "a" "b": input 2 USD, output 2 USD per 1M tokens',       # twice
+])
+def test_bad_prices_are_policy_errors(bad: str) -> None:
+    from policyengine import Engine
+    with pytest.raises(PolicyError) as err:
+        Engine.from_source(bad + "\n")
+    assert err.value.errors[0].code == "E141"
