@@ -227,6 +227,35 @@ def _run_check(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> str
     return "; ".join(out) or None
 
 
+def _run_policy_test(fixture: dict[str, Any], case: dict[str, Any], base: Path
+                     ) -> str | None:
+    """A policy test file (docs/testing.md) run against the case's policies: which tests
+    pass, and the coverage they reach (items compared by kind, line and column)."""
+    from policyengine.testing import Coverage, TestFileError, checked_test_data, run_tests
+    expect = case["expect"]
+    try:
+        data = checked_test_data(case["test_file"])
+    except TestFileError as exc:
+        return None if expect.get("error") == exc.code else f"raised {exc}"
+    if "error" in expect:
+        return f"expected error {expect['error']}, the test file loaded"
+    coverage = Coverage()
+    results = run_tests(data, _engine(fixture, case, base), "case", None, coverage)
+    got = {r.case: r.passed for r in results}
+    out = []
+    if got != expect["results"]:
+        out.append(f"results: expected {expect['results']}, got {got}")
+    want_cov = expect.get("coverage")
+    if want_cov is not None:
+        cov = coverage.to_dict()
+        items = [{"kind": i["kind"], "line": i["line"], "column": i["column"],
+                  "counts": i["counts"]} for f in cov["files"] for i in f["items"]]
+        shown = {"covered": cov["covered"], "total": cov["total"], "items": items}
+        if shown != want_cov:
+            out.append(f"coverage: expected {json.dumps(want_cov)}, got {json.dumps(shown)}")
+    return "; ".join(out) or None
+
+
 def run_fixture(path: Path) -> list[CaseResult]:
     """Run every case of one fixture file."""
     name = str(path)
@@ -244,6 +273,8 @@ def run_fixture(path: Path) -> list[CaseResult]:
         try:
             if kind == "check":
                 msg = _run_check(fixture, case, base)
+            elif kind == "policy_test":
+                msg = _run_policy_test(fixture, case, base)
             elif kind == "token":
                 from policyengine.tokens._conformance import run_token_case
                 msg = run_token_case(fixture, case)

@@ -27,8 +27,8 @@ from xml.etree import ElementTree
 from policyengine.conformance import CaseResult, parse_now
 from policyengine.errors import PolicyEngineError
 
-__all__ = ["TEST_SUFFIX", "Coverage", "TestFileError", "is_test_file", "junit_xml",
-           "run_test_file"]
+__all__ = ["TEST_SUFFIX", "Coverage", "TestFileError", "checked_test_data", "is_test_file",
+           "junit_xml", "run_test_file", "run_tests"]
 
 #: The file name ending that makes a JSON file a policy test file (not a fixture).
 TEST_SUFFIX = ".test.json"
@@ -314,7 +314,13 @@ def _load(path: Path) -> dict[str, Any]:
         raise TestFileError(f"cannot read: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise TestFileError(f"not valid JSON: {exc}") from None
-    data = _object(raw, "a test file")
+    return checked_test_data(raw)
+
+
+def checked_test_data(raw: Any) -> dict[str, Any]:
+    """A test file's content (parsed JSON) checked against the format; raises
+    :class:`TestFileError` naming what is wrong."""
+    data = dict(_object(raw, "a test file"))
     _unknown(data, _FILE_KEYS, "the test file")
     tests = data.get("tests")
     if not isinstance(tests, list) or not tests:
@@ -325,6 +331,8 @@ def _load(path: Path) -> dict[str, Any]:
     if dupes:
         raise TestFileError(f"test names must be unique; repeated: {', '.join(dupes)}")
     data["tests"] = cases
+    defaults = _object(data.get("defaults", {}), "\"defaults\"")
+    _unknown(defaults, _REQUEST_KEYS, "defaults")
     return data
 
 
@@ -378,16 +386,22 @@ def run_test_file(path: Path, run: re.Pattern[str] | None = None,
     try:
         data = _load(path)
         engine = _engine(data, path.parent)
-        defaults = _object(data.get("defaults", {}), "\"defaults\"")
-        _unknown(defaults, _REQUEST_KEYS, "defaults")
     except TestFileError as exc:
         return [CaseResult(name, "<load>", False, str(exc))]
     except PolicyError as err:
         return [CaseResult(name, "<load>", False, f"the policy does not load:\n{err.render()}")]
+    return run_tests(data, engine, name, run, coverage, time.perf_counter() - start)
+
+
+def run_tests(data: dict[str, Any], engine: Any, name: str,
+              run: re.Pattern[str] | None = None, coverage: Coverage | None = None,
+              load_time: float = 0.0) -> list[CaseResult]:
+    """Run checked test data (:func:`checked_test_data`) against ``engine``; with
+    ``coverage``, the engine's rules are instrumented first."""
     if coverage is not None:
         from policyengine.decide._compiled import instrument_rules
         instrument_rules(engine.policy, coverage.sink())
-    load_time = time.perf_counter() - start
+    defaults = data.get("defaults", {})
     results = []
     for case in data["tests"]:
         label = case["name"]
