@@ -106,16 +106,19 @@ def _list(item: _Check) -> _Check:
 
 
 def _record(fields: Sequence[ast.SchemaField]) -> _Check:
-    parts = tuple((f.name, f.optional, _fast(f.type), _type(f.type)) for f in fields)
+    parts = tuple((f.name, f.optional, _fast(f.type), _allowed(f.type), _type(f.type))
+                  for f in fields)
 
     def check(v: Any) -> tuple[str, str] | None:
         if not isinstance(v, dict):
             return "", f"expected an object, got {_kind(v)}"
         get = dict.get  # a dict subclass's own get() is not called
-        for name, optional, fast, field_check in parts:
+        for name, optional, fast, allowed, field_check in parts:
             value = get(v, name, _MISSING)
             if type(value) is fast:
                 continue
+            if allowed is not None and type(value) is str and value in allowed:
+                continue  # an enum's value, without a call
             if value is _MISSING:
                 if optional:
                     continue
@@ -125,6 +128,10 @@ def _record(fields: Sequence[ast.SchemaField]) -> _Check:
                 return f".{name}{problem[0]}", problem[1]
         return None
     return check
+
+
+def _allowed(t: ast.SchemaType) -> frozenset[str] | None:
+    return frozenset(t.values) if t.values and t.item is None else None
 
 
 def _fast(t: ast.SchemaType) -> type | None:
