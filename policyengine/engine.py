@@ -430,6 +430,46 @@ class Engine:
         return (policy, self.keys, self.revocations, verify, block.issuer, block.audience,
                 block.max_depth, block.max_ttl, block.child_max_ttl, policy.delegation_rates)
 
+    def mint_token(self, *, issuer: str, acting_for: str, agent: str,
+                   permissions: Any, ttl: Any, **options: Any) -> str:
+        """:func:`policyengine.tokens.mint` with this engine's keys and clock, recorded in
+        the decision log (``token.mint``: the new grant's ids, never the token)."""
+        from policyengine.tokens import mint
+        options.setdefault("now", self._now())
+        token: str = mint(self.keys, issuer=issuer, acting_for=acting_for, agent=agent,
+                          permissions=permissions, ttl=ttl, **options)
+        self._log_token("token.mint", token, None)
+        return token
+
+    def attenuate_token(self, token: str, *, agent: str, permissions: Any,
+                        **options: Any) -> str:
+        """:func:`policyengine.tokens.attenuate` of ``token`` with this engine's keys,
+        clock, delegation rates and revocations, recorded in the decision log
+        (``token.attenuate``: parent and child ids)."""
+        from policyengine.tokens import attenuate
+        options.setdefault("now", self._now())
+        options.setdefault("rates", self._policy.delegation_rates)
+        options.setdefault("revocations", self.revocations)
+        child: str = attenuate(self.keys, token, agent=agent, permissions=permissions,
+                               **options)
+        self._log_token("token.attenuate", child, token)
+        return child
+
+    def _log_token(self, kind: str, token: str, parent: str | None) -> None:
+        if self.decision_log is None:
+            return
+        from policyengine.audit._record import token_ids
+        from policyengine.tokens._jws import split
+        claims = split(token).claims
+        fields: dict[str, Any] = {
+            "principal": claims.get("sub"), "acting_for": claims.get("acting_for"),
+            "chain": claims.get("delegation_chain"),
+            "grant": {k: v for k, v in token_ids(token).items() if k != "present"},
+            "permissions": claims.get("delegated_permissions")}
+        if parent is not None:
+            fields["parent"] = {k: v for k, v in token_ids(parent).items() if k != "present"}
+        self.decision_log.event(kind, fields, self._log_view)
+
     def revoke(self, grant_or_jti: str) -> None:
         """Revoke a grant (by ``grant_id`` or ``jti``); its descendants stop verifying."""
         self.revocations.revoke(grant_or_jti)

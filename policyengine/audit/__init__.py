@@ -17,6 +17,7 @@ This package is a leaf: the engine hands it finished decisions; it imports nothi
 
 from policyengine.audit._chain import Problem, VerifyReport, verify_files
 from policyengine.audit._log import INGEST_KINDS, OVERFLOW_POLICIES, DecisionLog, Overflow
+from policyengine.audit._otel import OTelSink, span_attributes
 from policyengine.audit._record import CREDENTIAL_KEYS, SCHEMA, LogView
 from policyengine.audit._sinks import (
     CallbackSink,
@@ -40,11 +41,13 @@ __all__ = [
     "JsonlFileSink",
     "LogVerifyError",
     "LogView",
+    "OTelSink",
     "Overflow",
     "Problem",
     "Sink",
     "StdoutSink",
     "VerifyReport",
     "sink_from_url",
+    "span_attributes",
     "verify_files",
 ]

@@ -743,10 +743,11 @@ class PolicyService:
             accessToken=child, expiresIn=expires_in, jti=grant.jti, grantId=grant.grant_id))
         if self.engine.decision_log is not None:
             self.engine.decision_log.event("token.attenuate", {
-                "principal": parent.subject, "acting_for": grant.acting_for,
-                "chain": list(grant.chain), "grant": {"id": parent.grant_id},
-                "child": {"grant_id": grant.grant_id, "jti": grant.jti,
-                          "agent": r.grantedToAgentId, "permissions": list(r.permissions)}})
+                "principal": grant.subject, "acting_for": grant.acting_for,
+                "chain": list(grant.chain), "grant": {"grant_id": grant.grant_id,
+                                                      "jti": grant.jti},
+                "permissions": list(r.permissions),
+                "parent": {"grant_id": parent.grant_id, "jti": parent.jti}})
         log.info("grant %s attenuated to %s for %s", parent.grant_id, grant.grant_id,
                  r.grantedToAgentId)
         return _Reply(200, _ATTENUATE_OUT.dump_json(out), parent.subject)

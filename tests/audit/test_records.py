@@ -123,6 +123,25 @@ def test_credentials_and_tokens_never_reach_the_log() -> None:
     assert kinds(records, "token.revoke")[0]["grant"] == {"id": grant.grant_id}
 
 
+def test_token_mint_attenuate_and_revoke_are_recorded_by_id() -> None:
+    keys = pe.KeySet.generate(issuer="https://auth.example")
+    engine, records = logged(keys=keys)
+    root = engine.mint_token(issuer="https://auth.example", acting_for="besar", agent="bot",
+                             permissions=["payments:*"], ttl=600)
+    child = engine.attenuate_token(root, agent="helper", permissions=["payments:pay"])
+    engine.revoke(pe.tokens.verify(keys, child).grant_id)
+    engine.close()
+    mint, att = kinds(records, "token.mint")[0], kinds(records, "token.attenuate")[0]
+    root_grant, child_grant = pe.tokens.verify(keys, root), pe.tokens.verify(keys, child)
+    assert mint["grant"] == {"grant_id": root_grant.grant_id, "jti": root_grant.jti}
+    assert mint["acting_for"] == "besar" and mint["permissions"] == ["payments:*"]
+    assert att["grant"]["grant_id"] == child_grant.grant_id
+    assert att["parent"] == mint["grant"] and att["chain"] == ["besar", "bot", "helper"]
+    assert kinds(records, "token.revoke")[0]["grant"] == {"id": child_grant.grant_id}
+    text = json.dumps(records)
+    assert root not in text and child not in text
+
+
 def test_budget_and_approval_operations_are_recorded() -> None:
     engine, records = logged()
     r = engine.budgets.reserve("bot", "payments:pay", "80", "EUR")

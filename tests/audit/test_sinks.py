@@ -132,3 +132,33 @@ def test_stdout_sink_writes_json_lines() -> None:
     engine.close()
     kinds = [json.loads(x)["kind"] for x in out.getvalue().splitlines()]
     assert kinds == ["log.start", "authorize", "log.checkpoint"]
+
+
+def test_otel_sink_exports_one_span_per_record_with_the_documented_attributes() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from policyengine.audit import OTelSink
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    engine = pe.Engine.from_source(
+        'role r: docs:*\nagent "bot": r\nforbid no: docs:delete',
+        decision_log=DecisionLog(OTelSink(provider.get_tracer("test"))))
+    allowed = engine.authorize("bot", "docs:read")
+    denied = engine.authorize("bot", "docs:delete")
+    engine.close()
+    spans = {s.attributes.get("policyengine.decision.id"): s
+             for s in exporter.get_finished_spans()}
+    a, d = spans[allowed.decision_id], spans[denied.decision_id]
+    assert a.name == "authorize" and a.attributes["gen_ai.agent.id"] == "bot"
+    assert a.attributes["policyengine.permission"] == "docs:read"
+    assert a.attributes["policyengine.decision.status"] == "allowed"
+    assert d.attributes["policyengine.decision.reason_code"] == "forbidden"
+    assert tuple(d.attributes["policyengine.decision.rules"]) == ("default.no",)
+    assert a.attributes["policyengine.policy.revision"] == engine.revision
+    assert a.end_time > a.start_time > 1_700_000_000 * 10**9
+    assert len(a.attributes["policyengine.log.hash"]) == 64
+    assert {s.name for s in exporter.get_finished_spans()} >= {"log.start", "log.checkpoint"}
