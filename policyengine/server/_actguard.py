@@ -27,6 +27,7 @@ The mapping onto the engine:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections import OrderedDict, deque
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Any
@@ -38,17 +39,20 @@ from policyengine.budgets import (
     BudgetError,
     BudgetExceeded,
     IdempotencyMismatch,
+    LLMUsage,
     Reservation,
     ReservationError,
 )
 from policyengine.server import _models as m
 from policyengine.server._budgetwire import (
-    INEXACT,
+    MICRO,
+    PER_USD,
     USD,
     api_key,
-    at_cent,
+    authorize_spend,
     exact_or_cent,
     llm_price,
+    microcents,
     render_refusals,
     usd_amounts,
 )
@@ -77,7 +81,6 @@ _ACCEPTED_OUT = TypeAdapter(m.EventAccepted)
 _TARIFF_OUT = TypeAdapter(m.ActguardTariff)
 _EXCEEDED_OUT = TypeAdapter(m.ActguardBudgetExceeded)
 _PAYMENT_OUT = TypeAdapter(m.ActguardPaymentRequired)
-_MICRO = Decimal("0.000001")
 
 
 def _cu(usd: Decimal, rounding: str = ROUND_CEILING) -> int:
@@ -161,14 +164,9 @@ class ActguardWire:
         context: dict[str, Any] = dict(scope)
         if key.tenant is not None:
             context["tenant"] = key.tenant
-        if usd is not None:
-            context["amount"], context["currency"] = usd, USD
-        d = self.service.engine.authorize(key.agent, PERMISSION, context)
-        if d.code in INEXACT and usd is not None and at_cent(usd) != usd:
-            context["amount"] = at_cent(usd)  # a cent budget counts whole cents
-            d = self.service.engine.authorize(key.agent, PERMISSION, context)
-        self.service.metrics.decision("actguard", d.status)
-        if d.allowed:
+        d = authorize_spend(self.service.engine, key.agent, PERMISSION, context, usd)
+        self.service.metrics.decision("actguard", "allowed" if d is None else d.status)
+        if d is None:
             return
         usage = d.budget.to_wire() if d.budget is not None else None
         if d.status == "pending_approval":
@@ -180,10 +178,11 @@ class ActguardWire:
     # ------------------------------------------------------------------ endpoints
     def tariff(self, req: _Request) -> _Reply:
         from policyengine.server._app import _RefusalError, _Reply
-        tariff = _tariff_of(self.service.engine)
+        tariff = _tariff_of(self.service)
         if tariff is None:
-            raise _RefusalError(404, "no_price_table", "the policy has no LLM price table")
-        return _Reply(200, _TARIFF_OUT.dump_json(tariff))
+            raise _RefusalError(404, "no_price_table", "the policy has no LLM price table "
+                                "in dollars")
+        return _Reply(200, _TARIFF_OUT.dump_json(tariff, exclude_none=True))
 
     def reserve(self, req: _Request) -> _Reply:
         from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
@@ -194,14 +193,14 @@ class ActguardWire:
                                    ("plan_key", r.plan_key)) if v}
         ledger = self.service.engine.budgets
 
-        def hold(amount: Decimal) -> Reservation:
-            return ledger.reserve(key.agent, PERMISSION, amount, USD, ttl=RESERVE_TTL,
+        def hold(amount: int) -> Reservation:
+            return ledger.reserve(key.agent, PERMISSION, amount, MICRO, ttl=RESERVE_TTL,
                                   idempotency_key=f"actguard:{key.name}:{r.run_id}",
                                   acting_for=r.user_id, tenant=key.tenant, scope=scope)
 
         try:
             self._decide(key, r, scope, usd)
-            rsv = exact_or_cent(hold, usd if usd is not None else Decimal(0))
+            rsv = exact_or_cent(hold, 0 if usd is None else microcents(usd))
         except _RefusedError as refused:
             return refused.reply
         except BudgetExceeded as exc:
@@ -235,7 +234,7 @@ class ActguardWire:
         out = m.ActguardReserveResponse(
             reserve_id=rsv.id, cost_limit=cost_limit, tariff_version=_tariff_version(
                 self.service), estimated_usd_micros=int(
-                (rsv.amount / _MICRO).to_integral_value(ROUND_CEILING)))
+                (rsv.amount / 100).to_integral_value(ROUND_CEILING)))
         return _Reply(200, _RESERVE_OUT.dump_json(out), key.agent, "allowed")
 
     def settle(self, req: _Request) -> _Reply:
@@ -251,14 +250,14 @@ class ActguardWire:
                 rsv.tenant != key.tenant):
             raise _RefusalError(404, "unknown_reservation", "no such reservation")
         usd, priced = self._price(s)
-        charge = usd if priced else max(usd, rsv.amount)
+        charge = microcents(usd) if priced else max(microcents(usd), int(rsv.amount))
         try:
             done = exact_or_cent(lambda a: self._commit(rsv, a, s.reserve_id), charge)
         except BudgetExceeded as exc:
             # Over the budgets even with their overdraft: the hold is charged whole (the
             # spend happened; never less than what was admitted) and the SDK told.
             with contextlib.suppress(BudgetError):
-                self._commit(rsv, rsv.amount, s.reserve_id + ":cap")
+                self._commit(rsv, int(rsv.amount), s.reserve_id + ":cap")
             return self._exceeded(exc.code, exc.message, exc.details, rsv.acting_for,
                                   tokens=s.input_tokens + s.output_tokens).reply
         except IdempotencyMismatch:
@@ -273,8 +272,8 @@ class ActguardWire:
                                 "reservation")
         out = m.ActguardSettleResponse(
             reserve_id=done.id, cost_used=_cu(usd), usd_micros=int(
-                (usd / _MICRO).to_integral_value(ROUND_CEILING)),
-            charged=done.committed_amount or Decimal(0))
+                (usd * 10**6).to_integral_value(ROUND_CEILING)),
+            charged=(done.committed_amount or Decimal(0)) / PER_USD)
         return _Reply(200, _SETTLE_OUT.dump_json(out), key.agent, "allowed")
 
     def _price(self, s: m.ActguardSettleRequest) -> tuple[Decimal, bool]:
@@ -285,18 +284,24 @@ class ActguardWire:
             if isinstance(u, m.ActguardCustomCost):
                 total += Decimal(u.cost_cu) / CU_PER_USD
                 continue
-            price = llm_price(engine, u.provider, u.provider_model_id, u.input_tokens,
-                              u.cached_input_tokens, u.output_tokens)
-            if price is None or price[1] != USD:
+            try:  # input and cached input priced apart, as the SDK's own tariff does
+                cost = llm_price(engine, LLMUsage(u.provider, u.provider_model_id,
+                                                  u.input_tokens, u.cached_input_tokens,
+                                                  u.output_tokens))
+            except BudgetError:  # no provider or model named, an absurd usage
+                cost = None
+            if cost is None:
                 priced = False
             else:
-                total += price[0]
+                total += cost
         return total, priced
 
-    def _commit(self, rsv: Reservation, usd: Decimal, key: str) -> Reservation:
+    def _commit(self, rsv: Reservation, micro: int, key: str) -> Reservation:
+        """Spend ``micro`` microcents of the run's reservation."""
         ledger = self.service.engine.budgets
         try:
-            return ledger.commit(rsv.id, usd, USD, idempotency_key=f"actguard-settle:{key}",
+            return ledger.commit(rsv.id, micro, MICRO,
+                                 idempotency_key=f"actguard-settle:{key}",
                                  overage="allow_with_overdraft")
         except ReservationError as exc:
             if exc.code == "reservation_final":  # a settle retried: its first answer stands
@@ -307,7 +312,7 @@ class ActguardWire:
             if exc.code != "reservation_expired":
                 raise
         # The hold expired: the spend still happened, so it is recorded as a late debit.
-        return ledger.record(rsv.principal, PERMISSION, usd, USD,
+        return ledger.record(rsv.principal, PERMISSION, micro, MICRO,
                              idempotency_key=f"actguard-late:{key}",
                              acting_for=rsv.acting_for, tenant=rsv.tenant,
                              overage="allow_with_overdraft", scope=self._scopes.get(rsv.id))
@@ -333,8 +338,49 @@ def _covers(ledger: pe.budgets.Ledger, budget_id: str) -> bool:
 
 
 def _tariff_version(service: PolicyService) -> str:
-    return service.revision
+    prices = service.engine.policy.prices
+    if prices is None:
+        return "none"
+    digest = hashlib.sha256(repr(prices.entries).encode()).hexdigest()[:16]
+    return f"prices:{digest}"
 
 
-def _tariff_of(engine: pe.Engine) -> m.ActguardTariff | None:
-    return None
+def _cu_per(price: Decimal, per: int, tokens: int) -> int:
+    """Cost units for ``tokens`` tokens at ``price`` dollars per ``per`` tokens, rounded up
+    (the SDK's local estimate is never below what the service charges)."""
+    return int((price * tokens * CU_PER_USD / per).to_integral_value(ROUND_CEILING))
+
+
+def _rates(p: Any) -> m.ActguardRates:
+    per_1k = p.input * 1000 * CU_PER_USD / p.per
+    if per_1k == per_1k.to_integral_value():
+        inputs: dict[str, int] = {"input_cu_per_1k": int(per_1k)}
+    else:  # finer: per million (the SDK reads it for input only)
+        inputs = {"input_cu_per_1m": _cu_per(p.input, p.per, 1_000_000)}
+    return m.ActguardRates(**inputs, output_cu_per_1k=_cu_per(p.output, p.per, 1000),
+                           cached_cu_per_1k=_cu_per(p.cached_input, p.per, 1000))
+
+
+def _tariff_of(service: PolicyService) -> m.ActguardTariff | None:
+    """The policy's dollar prices as actguard's CU tariff. Named models are listed per
+    provider; ``llm.default`` (what the SDK uses for any model not listed, including
+    those a ``"*"`` entry prices) takes the dearest rate of the table for each kind, so
+    the SDK's local ``cost_limit`` check never counts a call below what the service
+    will charge for it."""
+    prices = service.engine.policy.prices
+    entries = [] if prices is None else [p for p in prices.entries if p.currency == USD]
+    if not entries:
+        return None
+    providers: dict[str, dict[str, m.ActguardRates]] = {}
+    for p in entries:
+        if p.provider != "*" and p.model != "*":
+            providers.setdefault(p.provider, {})[p.model] = _rates(p)
+    default = m.ActguardRates(
+        input_cu_per_1k=max(_cu_per(p.input, p.per, 1000) for p in entries),
+        output_cu_per_1k=max(_cu_per(p.output, p.per, 1000) for p in entries),
+        cached_cu_per_1k=max(_cu_per(p.cached_input, p.per, 1000) for p in entries))
+    llm = m.ActguardLlmTariff(default=default, providers={
+        name: m.ActguardProvider(models=models) for name, models in providers.items()})
+    return m.ActguardTariff(tariff_version=_tariff_version(service),
+                            registry_version=f"policyengine/{pe.__version__}",
+                            cu_per_usd=CU_PER_USD, llm=llm)

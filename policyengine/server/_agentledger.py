@@ -23,6 +23,7 @@ The mapping onto the engine:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import OrderedDict, deque
@@ -33,14 +34,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter
 
 from policyengine.audit import INGEST_KINDS
-from policyengine.budgets import BudgetError, BudgetExceeded
+from policyengine.budgets import BudgetError, BudgetExceeded, LLMUsage, Reservation
 from policyengine.server import _models as m
 from policyengine.server._budgetwire import (
-    INEXACT,
     USD,
     api_key,
-    at_cent,
-    exact_or_cent,
+    authorize_spend,
     llm_price,
     render_refusals,
     usd_amounts,
@@ -170,9 +169,9 @@ class AgentLedgerWire:
         s = self._session(key, batch.sessionId)
         if s.status != "active":
             raise _RefusalError(409, "session_ended", "the session has ended: start another")
-        total, calls = self._price(batch.events)
+        calls, total = self._price(batch.events)
         if calls:
-            refused = self._spend(s, total, calls)
+            refused = self._spend(s, calls, total)
             if refused is not None:
                 return refused
         for event in batch.events:
@@ -189,50 +188,70 @@ class AgentLedgerWire:
         out = m.LedgerEventsAccepted(accepted=len(batch.events), costUsd=total)
         return _Reply(200, _ACCEPTED_OUT.dump_json(out), s.agent, "allowed" if calls else None)
 
-    def _price(self, events: list[m.LedgerEvent]) -> tuple[Decimal, int]:
-        """The dollars the batch's LLM calls cost, and how many there are."""
+    def _price(self, events: list[m.LedgerEvent]) -> tuple[list[LLMUsage], Decimal]:
+        """The batch's LLM calls as usages, and what they cost in dollars (exact).
+        ``tokensIn`` are priced as input, ``tokensCached`` (when sent) as cached input."""
         from policyengine.server._app import _RefusalError
-        total, calls = Decimal(0), 0
+        calls: list[LLMUsage] = []
+        total = Decimal(0)
         for i, e in enumerate(events):
             if e.type != "llm_call":
                 continue
-            calls += 1
-            if e.provider is None or e.model is None:
+            if not e.provider or not e.model:
                 raise _RefusalError(400, "invalid_request", f"events.{i}: an llm_call needs "
                                     "provider and model to be priced")
-            price = llm_price(self.service.engine, e.provider, e.model, e.tokensIn or 0,
-                              e.tokensCached or 0, e.tokensOut or 0)
-            if price is None or price[1] != USD:
+            usage = LLMUsage(e.provider, e.model, e.tokensIn or 0, e.tokensCached or 0,
+                             e.tokensOut or 0)
+            try:
+                cost = llm_price(self.service.engine, usage)
+            except BudgetError as exc:
+                raise _RefusalError(400, exc.code, f"events.{i}: {exc.message}") from None
+            if cost is None:
                 raise _RefusalError(422, "unpriced_model", f"events.{i}: the policy's price "
                                     f"table has no dollar price for {e.provider}/{e.model}")
-            total += price[0]
-        return total, calls
+            calls.append(usage)
+            total += cost
+        return calls, total
 
-    def _spend(self, s: _Session, total: Decimal, calls: int) -> _Reply | None:
+    def _spend(self, s: _Session, calls: list[LLMUsage], total: Decimal) -> _Reply | None:
+        """Ask the policy for the batch, then charge every call to every covering budget
+        (money priced, tokens counted) all at once: one ``record`` for one call, else
+        one hold per call, committed once all fit (released if one does not)."""
         from policyengine.server._app import _RefusalError
         engine = self.service.engine
         scope = {"session": s.id, "agent_name": s.agent}
-        context: dict[str, Any] = {**scope, "amount": total, "currency": USD, "calls": calls}
+        context: dict[str, Any] = {**scope, "calls": len(calls)}
         if s.tenant is not None:
             context["tenant"] = s.tenant
-        d = engine.authorize(s.agent, PERMISSION, context)
-        if d.code in INEXACT and at_cent(total) != total:
-            context["amount"] = at_cent(total)  # a cent budget counts whole cents
-            d = engine.authorize(s.agent, PERMISSION, context)
-        self.service.metrics.decision("agent_ledger", d.status)
-        if not d.allowed:
+        d = authorize_spend(engine, s.agent, PERMISSION, context, total)
+        self.service.metrics.decision("agent_ledger", "allowed" if d is None else d.status)
+        if d is not None:
             if d.code in ("budget_exceeded", "debt_outstanding") and d.budget is not None:
                 return self._guardrail(s, d.code, d.reason, d.budget.to_wire())
             raise _RefusalError(403, d.code if d.status == "denied" else "approval_required",
                                 d.reason)
+        ledger = engine.budgets
+        held: list[Reservation] = []
         try:
-            exact_or_cent(lambda amount: engine.budgets.record(
-                s.agent, PERMISSION, amount, USD, tenant=s.tenant, scope=scope), total)
+            if len(calls) == 1:
+                ledger.record(s.agent, PERMISSION, usage=calls[0], tenant=s.tenant,
+                              scope=scope)
+                return None
+            for usage in calls:
+                held.append(ledger.reserve(s.agent, PERMISSION, usage=usage,
+                                           tenant=s.tenant, scope=scope))
+            for rsv, usage in zip(held, calls, strict=True):
+                ledger.commit(rsv.id, usage=usage)
+            held.clear()
         except BudgetExceeded as exc:
             return self._guardrail(s, exc.code, exc.message, exc.details)
         except BudgetError as exc:
             raise _RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
                                 exc.message) from None
+        finally:
+            for rsv in held:  # a later call did not fit: the batch counts for nothing
+                with contextlib.suppress(BudgetError):
+                    ledger.release(rsv.id)
         return None
 
     def _guardrail(self, s: _Session, code: str, message: str,

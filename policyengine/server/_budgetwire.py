@@ -14,21 +14,25 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, TypeAdapter
 
 import policyengine as pe
-from policyengine.budgets import BudgetInputError
+from policyengine.budgets import BudgetInputError, IdempotencyMismatch, LLMUsage
 
 if TYPE_CHECKING:
     from policyengine.server._app import PolicyService, _Reply, _Request
     from policyengine.server._credentials import ApiKey
 
-__all__ = ["USD", "api_key", "at_cent", "exact_or_cent", "llm_price", "render_refusals",
-           "usd_amounts"]
+__all__ = ["MICRO", "PER_USD", "USD", "api_key", "at_cent", "exact_or_cent", "llm_price",
+           "microcents", "render_refusals", "usd_amounts"]
 
 USD = "USD"
+#: The unit the wires spend in: whole microcents, 10^-8 USD (docs/budgets.md).
+MICRO = "USD_MICROCENTS"
+PER_USD = 10**8
 _CENT = Decimal("0.01")
+_CENT_MICRO = 10**6
 #: What a budget refuses an amount finer than its quantum with (a fraction of a cent on
 #: a ``USD`` budget): ``inexact_amount``, or ``invalid_amount`` (too many decimals).
 INEXACT = frozenset({"inexact_amount", "invalid_amount"})
-_UNITS = {"USD": Decimal(1), "USD_MICROCENTS": Decimal(10) ** 8}
+_UNITS = {"USD": Decimal(1), "USD_MICROCENTS": Decimal(10**8)}
 
 T = TypeVar("T")
 
@@ -38,18 +42,47 @@ def at_cent(usd: Decimal) -> Decimal:
     return usd.quantize(_CENT, ROUND_CEILING)
 
 
-def exact_or_cent(call: Callable[[Decimal], T], usd: Decimal) -> T:
-    """``call(usd)``; when a covering budget counts whole cents and refuses the fraction of
-    one, ``call`` again with ``usd`` rounded up to the cent. Budgets in
-    ``USD_MICROCENTS`` get the exact amount; a cent budget is charged a whole cent for a
-    fraction of one (over, never under). A refused call changed nothing (ledger calls
-    are all or nothing), so the retry never counts twice."""
+def microcents(usd: Decimal) -> int:
+    """``usd`` in whole microcents (10^-8 USD), rounded up: how the wires hand dollar
+    amounts to the ledger, so a budget in ``USD_MICROCENTS`` counts them exactly."""
+    return int((usd * PER_USD).to_integral_value(ROUND_CEILING))
+
+
+def exact_or_cent(call: Callable[[int], T], micro: int) -> T:
+    """``call(micro)`` (an amount in microcents); when a covering budget counts whole
+    cents and refuses the fraction of one (``inexact_amount``), ``call`` again with the
+    amount rounded up to the cent. A cent budget is thus charged a whole cent for a
+    fraction of one (over, never under); a refused call changed nothing (ledger calls are
+    all or nothing), so the retry never counts twice. A retried request whose first
+    call went through rounded up replays under the same idempotency key."""
+    up = -(-micro // _CENT_MICRO) * _CENT_MICRO
     try:
-        return call(usd)
+        return call(micro)
     except BudgetInputError as exc:
-        if exc.code not in INEXACT or at_cent(usd) == usd:
+        if exc.code not in INEXACT or up == micro:
             raise
-    return call(at_cent(usd))
+    except IdempotencyMismatch:  # a retry of a call that went through rounded up
+        if up == micro:
+            raise
+    return call(up)
+
+
+def authorize_spend(engine: pe.Engine, principal: str, permission: str,
+                    context: dict[str, Any], usd: Decimal | None) -> pe.Decision | None:
+    """The policy's decision on a spend of ``usd`` dollars, or None when it allows it.
+
+    The decision pipeline reads amounts in the currency's own unit (cents): a dollar
+    amount with a fraction of a cent is asked rounded **up**, so rules and limits see no
+    less than the spend. A budget refusal of that rounded amount is not final (the
+    exact amount may still fit): None is returned then too, and the atomic ledger call
+    that follows decides on the exact amount (and is the one that refuses)."""
+    if usd is not None:
+        context = {**context, "amount": at_cent(usd), "currency": USD}
+    d = engine.authorize(principal, permission, context)
+    if d.allowed or (d.code == "budget_exceeded" and usd is not None
+                     and at_cent(usd) != usd):
+        return None
+    return d
 
 
 def usd_amounts(usage: Mapping[str, Any] | None) -> dict[str, Decimal] | None:
@@ -95,9 +128,15 @@ def api_key(service: PolicyService, raw: bytes | None) -> ApiKey:
     raise _RefusalError(401, "unauthorized", "a valid API key is required")
 
 
-def llm_price(engine: pe.Engine, provider: str, model: str, input_tokens: int,
-              cached_input_tokens: int, output_tokens: int) -> tuple[Decimal, str] | None:
-    """What the policy's price table says one LLM call costs: (amount, currency), or
-    None when the policy prices no such model (the caller refuses: nothing unpriced is
-    admitted). The engine has no price table yet: every model is unpriced."""
-    return None
+def llm_price(engine: pe.Engine, usage: LLMUsage) -> Decimal | None:
+    """What the policy's price table says one LLM call costs in dollars (exact), or None
+    when the table does not price it in dollars (or there is no table): the caller
+    refuses it, since nothing unpriced is admitted as free."""
+    prices = engine.policy.prices
+    if prices is None:
+        return None
+    price = prices.price_usage(usage)  # BudgetInputError for an absurdly large usage
+    if price is None or price.currency != USD:
+        return None
+    amount: Decimal = price.amount
+    return amount

@@ -23,7 +23,8 @@ from .service_harness import serving
 
 # One hash per key for the whole run (scrypt is slow on purpose).
 KEYS = {"ag-key": ("ag-agent", None), "ledger-key": ("ledger-agent", None),
-        "acme-key": ("ag-agent", "acme"), "other-key": ("other-agent", None)}
+        "acme-key": ("ag-agent", "acme"), "other-key": ("other-agent", None),
+        "ag-ledger-key": ("ag-agent", None)}
 #: tracengent client credentials (client id, secret) of "ag-agent".
 TRACENGENT = ("tc-client", "tc-secret")
 _HASHES: dict[str, str] = {}
@@ -38,6 +39,11 @@ agent "ledger-agent": llm
 agent "other-agent": llm
 
 forbid banned-plan: llm:run when has(context.plan_key) and context.plan_key == "banned"
+"""
+#: LLM prices (per 1M tokens) a test adds to its budgets.
+PRICES = """
+price "openai" "gpt-4o": input 2.50 USD, cached_input 1.25 USD, output 10 USD per 1M tokens
+price "openai" "*": input 0.15 USD, output 0.60 USD per 1M tokens
 """
 
 

@@ -9,9 +9,10 @@ from decimal import Decimal
 import actguard
 import httpx
 import pytest
+from actguard.core.budget_context import record_usage
 from actguard.exceptions import BudgetExceededError
 
-from .budget_harness import Live, live
+from .budget_harness import PRICES, Live, live
 
 DAILY = "budget daily: llm:* limit 2 USD per day per agent overdraft 1\n"
 
@@ -229,3 +230,57 @@ def test_a_fraction_of_a_cent_is_charged_as_a_whole_cent_on_a_cent_budget(svc: L
     assert r.status_code == 200 and r.json()["cost_used"] == 3, r.text
     assert r.json()["charged"] == 0.01 and r.json()["usd_micros"] == 3000
     assert reserved(svc) == (Decimal("0.01"), Decimal("0.00"))
+
+
+# ---------------------------------------------------------------- priced by the policy
+def test_the_tariff_is_the_policys_price_table_in_cost_units() -> None:
+    with live(DAILY + PRICES) as svc:
+        raw = httpx.get(f"{svc.url}/ag/api/v1/cu-tariff").json()
+        assert raw["cu_per_usd"] == 1000
+        # $2.50 / 1M input is 2.5 CU per 1k: sent per million; $1.25 cached rounds up.
+        assert raw["llm"]["providers"]["openai"]["models"]["gpt-4o"] == {
+            "input_cu_per_1m": 2500, "output_cu_per_1k": 10, "cached_cu_per_1k": 2}
+        assert raw["llm"]["default"] == {"input_cu_per_1k": 3, "output_cu_per_1k": 10,
+                                         "cached_cu_per_1k": 2}  # the dearest of each
+        c = client(svc)
+        try:
+            tariff = c.get_cu_tariff()  # the SDK's own parser accepts it
+            assert tariff.llm_cost(provider="openai", provider_model_id="gpt-4o",
+                                   input_tokens=1000, output_tokens=500) == 8  # 3 + 5
+            assert tariff.llm_cost(provider="x", provider_model_id="y",
+                                   input_tokens=1000, output_tokens=0) == 3
+        finally:
+            c.close()
+
+
+def test_a_run_is_charged_its_usage_priced_exactly() -> None:
+    micro = ("budget micro: llm:* limit 200000000 USD_MICROCENTS per day per agent\n"
+             + PRICES)
+    with live(micro) as svc:
+        c = client(svc)
+        try:
+            with c.run(run_id="priced"), c.budget_guard(cost_limit=1000):
+                with c.budget_guard(name="answer"):
+                    # What the SDK's OpenAI integration records for one completion.
+                    record_usage(provider="openai", provider_model_id="gpt-4o",
+                                 input_tokens=1000, output_tokens=500)
+                actguard.add_cost(name="search-api", usd=0.25)
+            (b,) = svc.engine.budgets.balances("ag-agent")
+            # $0.0075 for the completion (not the SDK's rounded 8 CU) + 250 CU.
+            assert (b.spent, b.reserved) == (Decimal(25_750_000), 0)
+        finally:
+            c.close()
+
+
+def test_a_usage_the_policy_cannot_price_charges_the_whole_hold() -> None:
+    with live(DAILY + 'price "acme" "m1": input 1 USD, output 1 USD per 1M tokens\n') as svc:
+        url, auth = f"{svc.url}/ag/api/v1", {"Authorization": "Bearer ag-key"}
+        rid = httpx.post(f"{url}/reserve", json={"run_id": "u", "cost_limit": 300},
+                         headers=auth).json()["reserve_id"]
+        r = httpx.post(f"{url}/settle", headers=auth, json={
+            "reserve_id": rid, "input_tokens": 10, "cached_input_tokens": 0,
+            "output_tokens": 10, "usage_breakdown": [
+                {"provider": "other", "provider_model_id": "m9", "input_tokens": 10,
+                 "cached_input_tokens": 0, "output_tokens": 10}]})
+        assert r.status_code == 422 and r.json()["code"] == "unpriced_model"
+        assert reserved(svc) == (Decimal("0.30"), Decimal("0.00"))

@@ -4,6 +4,7 @@ agent-ledger wire)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from agent_ledger_sdk import (
     run_session,
 )
 
-from .budget_harness import Live, live
+from .budget_harness import PRICES, Live, live
 
 DAILY = "budget daily: llm:* limit 2 USD per day per agent\n"
 
@@ -88,3 +89,71 @@ def test_malformed_batches_are_400(svc: Live) -> None:
         assert r.status_code == 400, body
         assert isinstance(r.json()["error"], str) and r.json()["code"]
 
+
+
+# ---------------------------------------------------------------- priced by the policy
+def call(step: int, tokens_in: int = 1000, tokens_out: int = 500,
+         model: str = "gpt-4o") -> dict[str, object]:
+    """One LLM call as an agent logs it: $0.0075 at the test prices for gpt-4o."""
+    return {"stepIndex": step, "provider": "openai", "model": model, "prompt": "p",
+            "response": "r", "tokensIn": tokens_in, "tokensOut": tokens_out,
+            "latencyMs": 10}
+
+
+def test_llm_calls_are_priced_into_the_daily_budget_until_the_guardrail() -> None:
+    budget = "budget daily: llm:* limit 5000000 USD_MICROCENTS per day per agent\n"  # $0.05
+    with live(budget + PRICES) as svc, ledger(svc) as lg, \
+            run_session(lg, "ledger-agent") as (sid, steps):
+        for _ in range(6):  # 6 x $0.0075 = $0.045
+            lg.log_llm_call(sid, call(steps.next()))
+        with pytest.raises(BudgetGuardrailError) as err:
+            lg.log_llm_call(sid, call(steps.next()))
+        d = err.value.details
+        assert d.agent_name == "ledger-agent"
+        assert (d.daily_limit_usd, d.spent_today_usd, d.attempted_cost_usd) == (
+            0.05, 0.045, 0.0075)
+        assert (d.projected_cost_usd, d.remaining_budget_usd) == (0.0525, 0.005)
+        (b,) = svc.engine.budgets.balances("ledger-agent")
+        assert b.spent == Decimal(4_500_000)  # the refused call counted for nothing
+        # A cheaper call still fits what is left: 1000 tokens of another model.
+        lg.log_llm_call(sid, call(steps.next(), 1000, 1000, model="gpt-4o-mini"))
+        (b,) = svc.engine.budgets.balances("ledger-agent")
+        assert b.spent == Decimal(4_500_000 + 75_000)  # $0.00075, exact
+        llm = [e for _, s, e in svc.app.agent_ledger.events if e.type == "llm_call"]
+        assert len(llm) == 7
+
+
+def test_tokens_and_sessions_are_budgets_too() -> None:
+    budgets = ("budget per-session: llm:* limit 0.02 USD per day per context.session\n"
+               "budget tokens: llm:* limit 4000 tokens per day per agent\n")
+    with live(budgets + PRICES) as svc, ledger(svc) as lg:
+        a = lg.start_session("ledger-agent")
+        lg.log_llm_call(a, call(0))  # $0.0075 is a whole cent on a cent budget
+        lg.log_llm_call(a, call(1))
+        with pytest.raises(BudgetGuardrailError) as err:  # the session's $0.02 is spent
+            lg.log_llm_call(a, call(2))
+        assert err.value.details.daily_limit_usd == 0.02
+        b = lg.start_session("ledger-agent")  # a new session has its own $0.02 ...
+        with pytest.raises(BudgetGuardrailError) as err:  # ... but the agent's tokens:
+            lg.log_llm_call(b, call(0, 1000, 1001))      # 3000 used, 2001 more is over
+        raw = httpx.post(f"{svc.url}/ledger/v1/events", headers={"x-api-key": "ledger-key"},
+                         json={"sessionId": b, "events": [
+                             {**call(0, 1000, 1001), "type": "llm_call"}]}).json()
+        assert raw["details"]["currency"] == "tokens"  # the refusing budget's own unit
+        assert raw["details"]["remainingBudgetUsd"] == 1000
+        lg.log_llm_call(b, call(1, 100, 100))  # 200 tokens fit
+
+
+def test_a_batch_is_all_or_nothing() -> None:
+    budget = "budget daily: llm:* limit 1000000 USD_MICROCENTS per day per agent\n"  # 1 cent
+    with live(budget + PRICES) as svc, ledger(svc) as lg:
+        sid = lg.start_session("ledger-agent")
+        with pytest.raises(BudgetGuardrailError):  # $0.0075 fits, two do not
+            lg.log_events(sid, [{**call(0), "type": "llm_call"},
+                                {"type": "tool_call", "stepIndex": 1, "toolName": "t"},
+                                {**call(2), "type": "llm_call"}])
+        (b,) = svc.engine.budgets.balances("ledger-agent")
+        assert (b.spent, b.reserved) == (0, 0) and not svc.app.agent_ledger.events
+        lg.log_events(sid, [{**call(0), "type": "llm_call"}])
+        (b,) = svc.engine.budgets.balances("ledger-agent")
+        assert (b.spent, b.reserved) == (Decimal(750_000), 0)

@@ -9,12 +9,16 @@ from decimal import Decimal
 from typing import Any
 
 import actguard
+import pytest
 from actguard.exceptions import BudgetExceededError
+from agent_ledger_sdk import AgentLedgerClient, BudgetGuardrailError
 from tracengent import TracengentClient, TracengentOptions
 
-from .budget_harness import TRACENGENT, live
+from .budget_harness import PRICES, TRACENGENT, live
 
-SHARED = "budget shared: llm:* limit 2 USD per day per agent\n"
+SHARED = "budget shared: llm:* limit 2 USD per day per agent\n" + PRICES
+LLM_CALL = {"stepIndex": 0, "provider": "openai", "model": "gpt-4o", "prompt": "p",
+            "response": "r", "tokensIn": 1000, "tokensOut": 500, "latencyMs": 5}  # $0.0075
 
 
 RUNS = 6
@@ -49,6 +53,7 @@ def test_concurrent_runs_and_decisions_never_pass_the_shared_limit() -> None:
         tc = TracengentClient(TracengentOptions(agent_id="ag-agent", base_url=svc.url,
                                                 client_id=TRACENGENT[0],
                                                 client_secret=TRACENGENT[1]))
+        lg = AgentLedgerClient("ag-ledger-key", base_url=f"{svc.url}/ledger")
         try:
             held.wait(120)
             # Every admitted run holds its share now: 5 x $0.40 = the whole $2.
@@ -56,6 +61,11 @@ def test_concurrent_runs_and_decisions_never_pass_the_shared_limit() -> None:
             assert b.reserved == Decimal("2.00") and b.spent == 0
             d = tc.authorize("llm:call", {"amount": Decimal("0.01"), "currency": "USD"})
             assert not d.allowed and "shared" in d.reason  # no room left for any wire
+            session = lg.start_session("ag-agent")
+            with pytest.raises(BudgetGuardrailError) as err:
+                lg.log_llm_call(session, LLM_CALL)
+            assert err.value.details.spent_today_usd == 2.0  # the runs' holds count
+            assert err.value.details.remaining_budget_usd == 0
             held.wait(60)
             for p in procs:
                 p.join(60)
@@ -63,10 +73,16 @@ def test_concurrent_runs_and_decisions_never_pass_the_shared_limit() -> None:
             assert got == ["admitted"] * 5 + ["refused 409"]
             (b,) = svc.engine.budgets.balances("ag-agent")
             assert b.reserved == 0 and b.spent == 0  # the runs used nothing: all given back
-            d = tc.authorize("llm:call", {"amount": Decimal("0.01"), "currency": "USD"})
+            lg.log_llm_call(session, LLM_CALL)  # $0.0075: a whole cent of this cent budget
+            (b,) = svc.engine.budgets.balances("ag-agent")
+            assert b.spent == Decimal("0.01")
+            d = tc.authorize("llm:call", {"amount": Decimal("1.99"), "currency": "USD"})
             assert d.allowed, d.reason
+            d = tc.authorize("llm:call", {"amount": Decimal("2.00"), "currency": "USD"})
+            assert not d.allowed
         finally:
             tc.close()
+            lg.close()
             for p in procs:
                 if p.is_alive():
                     p.kill()
