@@ -4,7 +4,9 @@ batches through ``policyengine serve`` (one worker, access log off).
 * ``POST /ag/api/v1/reserve``: every request a new run (distinct ``run_id``) holding
   $0.01 on a per-agent day budget: the policy decision, then an atomic reservation;
 * ``POST /ledger/v1/events``: a batch of one tool event into one session (validated and
-  kept; tool events are not priced).
+  kept; tool events are not priced);
+* ``POST /ledger/v1/events``: one ``llm_call`` (gpt-4o-mini, 1,200 tokens in, 300 out):
+  priced by the policy, asked of the policy, recorded on a cent and a microcent budget.
 
 Every run checks the answers' status before it counts them.
 
@@ -32,7 +34,9 @@ POLICY = """namespace bench
 currency USD
 role llm: llm:*
 agent "bench-agent": llm
+price "openai" "gpt-4o-mini": input 0.15 USD, output 0.60 USD per 1M tokens
 budget daily: llm:* limit 1000000 USD per day per agent
+budget fine: llm:* limit 100000000000000 USD_MICROCENTS per day per agent
 """
 KEY = "bench-api-key"
 
@@ -55,7 +59,7 @@ def main() -> None:
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average "
               f"{os.getloadavg()[0]:.1f}, 1 worker, {args.connections} connections, "
               f"{seconds:.0f} s a row")
-        print(f"{'wire':<34} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}  status")
+        print(f"{'wire':<40} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}  status")
         port = _loadgen.free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "policyengine", "serve", tmp, "--port", str(port),
@@ -77,15 +81,22 @@ def main() -> None:
                                                   "toolName": "search",
                                                   "toolInput": {"q": "LIS"}}]}).encode(),
                 [("x-api-key", KEY)])
+            llm = _loadgen.build_request("POST", "/ledger/v1/events", json.dumps({
+                "sessionId": session, "events": [{
+                    "type": "llm_call", "stepIndex": 1, "provider": "openai",
+                    "model": "gpt-4o-mini", "prompt": "p", "response": "r",
+                    "tokensIn": 1200, "tokensOut": 300, "latencyMs": 400}]}).encode(),
+                [("x-api-key", KEY)])
             rows = [("actguard reserve (new run each)", reserves, {200}),
-                    ("agent-ledger events (1 tool event)", [event], {200})]
+                    ("agent-ledger events (1 tool event)", [event], {200}),
+                    ("agent-ledger events (1 priced LLM call)", [llm], {200})]
             for name, requests, expected in rows:
                 r = _loadgen.run("127.0.0.1", port, requests, connections=args.connections,
                                  seconds=seconds, warmup=0.5)
                 if set(r.statuses) != expected:
                     raise SystemExit(f"unexpected answers from {name}: {r.statuses} "
                                      f"{r.sample_body[:200]!r}")
-                print(f"{name:<34} {r.per_second:>8,.0f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f}  "
+                print(f"{name:<40} {r.per_second:>8,.0f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f}  "
                       f"{r.statuses}", flush=True)
         finally:
             proc.terminate()
