@@ -200,9 +200,9 @@ class AgentLedgerWire:
             if not e.provider or not e.model:
                 raise _RefusalError(400, "invalid_request", f"events.{i}: an llm_call needs "
                                     "provider and model to be priced")
-            usage = LLMUsage(e.provider, e.model, e.tokensIn or 0, e.tokensCached or 0,
-                             e.tokensOut or 0)
             try:
+                usage = LLMUsage(e.provider, e.model, e.tokensIn or 0, e.tokensCached or 0,
+                                 e.tokensOut or 0)
                 cost = llm_price(self.service.engine, usage)
             except BudgetError as exc:
                 raise _RefusalError(400, exc.code, f"events.{i}: {exc.message}") from None

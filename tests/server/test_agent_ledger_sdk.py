@@ -84,7 +84,9 @@ def test_malformed_batches_are_400(svc: Live) -> None:
                      headers=h).json()["id"]
     for body in ({"sessionId": sid}, {"sessionId": sid, "events": [{"stepIndex": 0}]},
                  {"sessionId": sid, "events": [{"type": "llm_call", "tokensIn": "9"}]},
-                 {"sessionId": sid, "events": [{"type": "llm_call", "tokensIn": -1}]}):
+                 {"sessionId": sid, "events": [{"type": "llm_call", "tokensIn": -1}]},
+                 {"sessionId": sid, "events": [{"type": "llm_call", "provider": "openai",
+                                                "model": "gpt-4o", "tokensIn": 10**13}]}):
         r = httpx.post(f"{svc.url}/ledger/v1/events", json=body, headers=h)
         assert r.status_code == 400, body
         assert isinstance(r.json()["error"], str) and r.json()["code"]
