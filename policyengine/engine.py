@@ -137,12 +137,22 @@ def _load_policy_paused(files: PolicyFiles, rates: Mapping[str, Any] | None,
     # and over (it sees only new objects, none of them garbage); pausing it while the
     # policy is built cuts compile time of large sets by about 40%. Reference counting
     # still frees everything as usual.
+    #
+    # The policy is long-lived. Left in the young generations, its objects would be
+    # scanned by the next young collections (the first reload after a load of 10,000
+    # rules spent three quarters of its time there); freeze() + unfreeze() moves every
+    # live object to the oldest generation in one step instead, where a full collection
+    # still examines it as usual. Skipped when the program froze objects itself
+    # (unfreeze would undo that).
     paused = gc.isenabled()
     gc.disable()
     try:
         return _load_policy(files, rates, base_dirs, cache)
     finally:
         if paused:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 

@@ -3,8 +3,10 @@ every check across files: a reload decides exactly as a fresh engine on the same
 
 from __future__ import annotations
 
+import gc
 import json
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -197,3 +199,24 @@ def test_rules_spread_over_files_decide_as_in_one_file(split: list[int], n: int)
             got, want = many.authorize(who, perm, {"n": n}), one.authorize(who, perm, {"n": n})
             assert (got.status, got.code, sorted(got.rules)) == (
                 want.status, want.code, sorted(want.rules)), (who, perm)
+
+
+def test_a_load_leaves_the_collector_on_and_the_programs_frozen_objects_frozen() -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.me = self  # a reference cycle: only the cyclic collector frees it
+
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    try:
+        Engine.from_source('role r: a:*\nagent "bot": r\n')
+        assert gc.isenabled() and gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+    node = Node()
+    gone = weakref.ref(node)
+    Engine.from_source('role r: a:*\nagent "bot": r\n')  # moves live objects to the
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # oldest generation ...
+    del node
+    gc.collect()
+    assert gone() is None  # ... where a full collection still frees their cycles
