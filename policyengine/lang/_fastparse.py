@@ -73,6 +73,9 @@ class _Reader:
         return k + 1 + self.off, index - self.line_starts[k] + 1
 
     def span(self, start: int, end: int) -> ast.Span:
+        if len(self.line_starts) == 1:  # a one-line statement: nearly all of them
+            line = self.off + 1
+            return ast.Span(self.file, line, start + 1, line, end + 1)
         line, col = self.where(start)
         end_line, end_col = self.where(end)
         return ast.Span(self.file, line, col, end_line, end_col)
