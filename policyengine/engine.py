@@ -38,6 +38,8 @@ __all__ = ["Engine", "load_policy"]
 PolicyFiles = list[tuple[str, "str | bytes"]]
 #: Statements ``_config_warnings`` looks into (those that may redact with ``hash``).
 _REDACTING = frozenset({ast.HttpTool, ast.NamedTool, ast.LogRedact})
+#: ``tools._egress.tool_authorize``, imported on the first tool call.
+_tool_authorize: Callable[..., ToolDecision] | None = None
 
 
 def read_paths(paths: Iterable[str | os.PathLike[str]]) -> PolicyFiles:
@@ -538,7 +540,11 @@ class Engine:
               host: Any, path: Any, query: Any, headers: Any, body: Any, tool_name: Any,
               function_name: Any, token: Any, context: Any, approval_id: Any, scheme: Any,
               wire: dict[str, Any]) -> ToolDecision:
-        from policyengine.tools._egress import tool_authorize
+        global _tool_authorize
+        tool_authorize = _tool_authorize
+        if tool_authorize is None:  # imported on first use: authorize never needs it
+            from policyengine.tools._egress import tool_authorize as imported
+            tool_authorize = _tool_authorize = imported
         pipeline = self._pipeline
         if wire:
             wire = dict(wire)

@@ -75,9 +75,11 @@ class ToolCall:
     __slots__ = ("binding", "body", "hmac_key", "redacted", "redaction_rules", "redactions")
 
     def __init__(self, body: Any, redaction_rules: tuple[Any, ...],
-                 hmac_key: bytes | None, binding: dict[str, Any] | None = None) -> None:
+                 hmac_key: bytes | None,
+                 binding: Callable[[], dict[str, Any]] | None = None) -> None:
         #: What an approval of this call is bound to besides the request (tool, route,
-        #: the call as sent): see ``tools._egress``.
+        #: the call as sent; see ``tools._egress``): made only when an approval is used
+        #: or recorded, never for a call that needs none.
         self.binding = binding
         self.body = body
         self.redaction_rules = redaction_rules
@@ -201,7 +203,8 @@ class Pipeline:
                 if trace is not None:
                     trace.step("redaction", f"{facts[1]}: {len(tool.redactions)} field(s)")
             if status == "pending_approval":
-                call = tool.binding if tool is not None else None
+                call = (tool.binding() if tool is not None and tool.binding is not None
+                        else None)
                 if approval_id is not None:
                     refusal = self._use_approval(approval_id, principal, permission, context,
                                                  call, acting_for, now, trace is None)
@@ -234,11 +237,11 @@ class Pipeline:
 
     def run_tool(self, principal: str, permission: str, context: dict[str, Any],
                  token: Any, approval_id: Any, body: Any, redaction_rules: tuple[Any, ...],
-                 hmac_key: bytes | None, binding: dict[str, Any], trace: Trace | None
-                 ) -> tuple[Decision, Any, tuple[dict[str, str], ...]]:
+                 hmac_key: bytes | None, binding: Callable[[], dict[str, Any]],
+                 trace: Trace | None) -> tuple[Decision, Any, tuple[dict[str, str], ...]]:
         """:meth:`run` for a routed tool call: (decision, redacted body, redactions).
         The body is redacted only when the call may leave (or wait for approval);
-        ``binding`` is what an approval of the call binds to."""
+        ``binding()`` is what an approval of the call binds to."""
         call = ToolCall(body, redaction_rules, hmac_key, binding)
         decision = self.run(principal, permission, context, token, approval_id,
                             trace is None, call, trace)

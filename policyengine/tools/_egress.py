@@ -683,8 +683,10 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
         return reject("invalid_request", "invalid_request",
                       f"cannot extract context: {exc.message}", permission,
                       diag="extraction_failed", tool=qid)
-    call = _call_binding(transport, qid, route_text, method, host, path, query, body,
-                         tool_name, function_name, scheme)
+    def call() -> dict[str, Any]:  # only when an approval is used or recorded
+        return _call_binding(transport, qid, route_text, method, host, path, query, body,
+                             tool_name, function_name, scheme)
+
     decision, redacted, redactions = pipeline.run_tool(
         principal, permission, ctx, token, approval_id, body, rules, hmac_key, call, trace)
     return ToolDecision(decision, _outcome(decision), redacted, redactions, qid)

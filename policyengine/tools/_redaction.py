@@ -571,10 +571,15 @@ class _Workspace:
 
     def parent(self, loc: Location) -> Any:
         """Copy the containers down to the parent of ``loc`` and return that parent."""
-        self.root = cur = self._own(self.root)
-        for step in loc[:-1]:
-            child = self._own(cur[step])
-            cur[step] = child
+        owned = self.owned
+        cur = self.root
+        if id(cur) not in owned:
+            cur = self.root = self._own(cur)
+        for i in range(len(loc) - 1):
+            step = loc[i]
+            child = cur[step]
+            if id(child) not in owned:
+                child = cur[step] = self._own(child)
             cur = child
         return cur
 
@@ -591,6 +596,26 @@ class _Workspace:
             return False
         del self.parent(loc)[loc[-1]]
         return True
+
+
+def _no_key(rule: RedactionRule) -> RedactionDiagnostic:
+    return RedactionDiagnostic("hash_key_missing", f"{rule.path}: the hash strategy needs "
+                               "an HMAC key (configure one, or use sha256 explicitly)",
+                               rule.path)
+
+
+def _rule_failed(rule: RedactionRule, exc: Exception) -> RedactionDiagnostic:
+    """Why a rule could not be applied (the body is left as it was before the rule)."""
+    if isinstance(exc, RedactionError):
+        return RedactionDiagnostic(exc.code, f"{rule.path}: {exc.message}", rule.path)
+    if isinstance(exc, RecursionError):
+        return RedactionDiagnostic("path_eval_error", f"{rule.path}: value nested too deeply",
+                                   rule.path)
+    if isinstance(exc, (TypeError, ValueError)):
+        return RedactionDiagnostic("value_error", f"{rule.path}: cannot redact value: {exc}",
+                                   rule.path)
+    return RedactionDiagnostic("rule_failed", f"{rule.path}: {type(exc).__name__}: {exc}",
+                               rule.path)
 
 
 def _hit_key(hit: tuple[Location, Any]) -> tuple[tuple[int, Any], ...]:
@@ -636,6 +661,32 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
     redactions: list[dict[str, str]] = []
     diagnostics: list[RedactionDiagnostic] = []
     for rule in rules:
+        steps = rule.compiled._direct
+        if steps is not None:
+            # Names and indexes only (the common case): at most one location, found and
+            # replaced here without the general path's lists and sorting.
+            hit = _locate(ws.root, steps)
+            if hit is None:
+                continue
+            strategy = rule.strategy
+            if strategy == "mask":
+                value: Any = MASK
+            elif strategy != "remove":
+                if strategy == "hash" and key is None:
+                    diagnostics.append(key_problem or _no_key(rule))
+                    continue
+                try:
+                    value = _new_value(rule, hit[1], key)
+                except Exception as exc:
+                    diagnostics.append(_rule_failed(rule, exc))
+                    continue
+            loc = hit[0]
+            if strategy == "remove":
+                del ws.parent(loc)[loc[-1]]
+            else:
+                ws.parent(loc)[loc[-1]] = value
+            redactions.append({"field": rule.path, "strategy": strategy})
+            continue
         # Phase 1 (may fail): find the locations and compute the new values. Nothing
         # in the workspace changes until it succeeds, so a failing rule is a no-op.
         try:
@@ -643,9 +694,7 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
             if not hits:
                 continue
             if rule.strategy == "hash" and key is None:
-                diagnostics.append(key_problem or RedactionDiagnostic(
-                    "hash_key_missing", f"{rule.path}: the hash strategy needs an HMAC key "
-                    "(configure one, or use sha256 explicitly)", rule.path))
+                diagnostics.append(key_problem or _no_key(rule))
                 continue
             if rule.strategy == "remove":
                 new_values: list[Any] = []
@@ -659,21 +708,8 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
                     # resolves and is skipped.
                     hits.sort(key=_hit_key)
                 new_values = [_new_value(rule, old, key) for _, old in hits]
-        except RedactionError as exc:
-            diagnostics.append(RedactionDiagnostic(exc.code, f"{rule.path}: {exc.message}",
-                                                   rule.path))
-            continue
-        except RecursionError:
-            diagnostics.append(RedactionDiagnostic(
-                "path_eval_error", f"{rule.path}: value nested too deeply", rule.path))
-            continue
-        except (TypeError, ValueError) as exc:
-            diagnostics.append(RedactionDiagnostic(
-                "value_error", f"{rule.path}: cannot redact value: {exc}", rule.path))
-            continue
         except Exception as exc:  # fail safe: never corrupt the body, never raise
-            diagnostics.append(RedactionDiagnostic(
-                "rule_failed", f"{rule.path}: {type(exc).__name__}: {exc}", rule.path))
+            diagnostics.append(_rule_failed(rule, exc))
             continue
         # Phase 2 (cannot fail on dict/list): apply. Locations were found on the current
         # document, so a single one is still valid; several are re-checked one by one.
