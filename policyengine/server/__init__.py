@@ -6,8 +6,9 @@
 
 ``app`` is an ASGI application (run it with any ASGI server, or ``policyengine serve``).
 It speaks the tracengent wire (``/v1/oauth/token``, ``/v1/authorize``,
-``/v1/tool-authorize``, approvals, delegation, ingestion) and AuthZEN 1.0
-(``/access/v1/evaluation(s)``). See docs/service.md. Needs ``policyengine[server]``
+``/v1/tool-authorize``, approvals, delegation, ingestion), the Cycles budget protocol
+(``/v1/reservations``, ``/v1/decide``, ``/v1/events``, ``/v1/balances``: runcycles) and
+AuthZEN 1.0 (``/access/v1/evaluation(s)``). See docs/service.md. Needs ``policyengine[server]``
 only to *run* a server; the application itself uses pydantic alone.
 """
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # loaded on first use (PEP 562): `policyengine serve` imports
         ApiKey,
         Credentials,
         CredentialsError,
+        CyclesKey,
         hash_secret,
         verify_secret,
     )
@@ -31,6 +33,7 @@ __all__ = [
     "ApiKey",
     "Credentials",
     "CredentialsError",
+    "CyclesKey",
     "PolicyService",
     "ServiceConfig",
     "create_app",
@@ -44,6 +47,7 @@ _LAZY: dict[str, str] = {
     "create_app": "policyengine.server._app",
     "Credentials": "policyengine.server._credentials",
     "CredentialsError": "policyengine.server._credentials",
+    "CyclesKey": "policyengine.server._credentials",
     "hash_secret": "policyengine.server._credentials",
     "PolicyService": "policyengine.server._app",
     "ServiceConfig": "policyengine.server._app",

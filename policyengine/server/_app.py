@@ -106,8 +106,15 @@ class _Route:
     request: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     summary: str = ""
-    security: str | None = None  # agent | admin | delegated | authzen | None
+    security: str | None = None  # agent | admin | delegated | authzen | cycles | None
     content_type: str = "application/json"
+    # The wire's own error envelope: (status, code, message) -> (body, extra headers);
+    # None: ErrorResponse.
+    error_body: Callable[[int, str, str], tuple[bytes, tuple[tuple[bytes, bytes], ...]]] | None = (
+        None)
+    # A header (lower case) whose presence makes this route answer a method and path that
+    # another wire's route answers too (see _shared_paths).
+    claims: bytes | None = None
 
 
 def _adapter(model: type[BaseModel]) -> TypeAdapter[Any]:
@@ -227,6 +234,36 @@ def _host_with_port(host: str | None, headers: Mapping[str, Any] | None) -> str 
     return host
 
 
+def _shared_paths(routes: list[_Route]) -> list[_Route]:
+    """The routes to dispatch: two wires on one method and path are refused, except a
+    route that ``claims`` requests carrying its header (the Cycles ``POST /v1/events``
+    with ``X-Cycles-API-Key``) beside one that does not (agent-ledger's, ``x-api-key``):
+    the header picks the wire."""
+    by_key: dict[tuple[str, str], _Route] = {}
+    for r in routes:
+        other = by_key.get((r.method, r.path))
+        if other is None:
+            by_key[(r.method, r.path)] = r
+            continue
+        claim, rest = (r, other) if r.claims is not None else (other, r)
+        if claim.claims is None or rest.claims is not None:
+            raise ValueError(f"two wires answer {r.method} {r.path}: mount one of them "
+                             "under a prefix (ServiceConfig.prefixes, serve --prefix)")
+        by_key[(r.method, r.path)] = _dispatch(claim, rest)
+    return list(by_key.values())
+
+
+def _dispatch(claim: _Route, rest: _Route) -> _Route:
+    header = claim.claims or b""
+
+    def handler(req: _Request) -> _Reply:
+        return (claim if header in req.headers else rest).handler(req)
+
+    return _Route(f"{rest.name}|{claim.name}", rest.method, rest.path, handler, rest.request,
+                  rest.response, rest.summary, rest.security, rest.content_type,
+                  rest.error_body)
+
+
 _early_sighup = False
 
 
@@ -275,7 +312,7 @@ class PolicyService:
         self.routes = self._routes()
         self._exact: dict[str, dict[str, _Route]] = {}
         self._param: list[tuple[list[str], dict[str, _Route]]] = []
-        for r in self.routes:
+        for r in _shared_paths(self.routes):
             if "{" in r.path:
                 parts = r.path.split("/")
                 slot = next((d for p, d in self._param if p == parts), None)
@@ -295,11 +332,14 @@ class PolicyService:
         a = self.config.prefixes.get("authzen", "").rstrip("/")
         from policyengine.server._actguard import ActguardWire
         from policyengine.server._agentledger import AgentLedgerWire
+        c = self.config.prefixes.get("cycles", "").rstrip("/")
         from policyengine.server._authzen import AuthzenWire
+        from policyengine.server._cycles import CyclesWire
         self.authzen = AuthzenWire(self, a)
         self.actguard = ActguardWire(self, self.config.prefixes.get("actguard", "").rstrip("/"))
         self.agent_ledger = AgentLedgerWire(
             self, self.config.prefixes.get("agent-ledger", "").rstrip("/"))
+        self.cycles = CyclesWire(self, c)
         return [
             _Route("token", "POST", f"{t}/v1/oauth/token", self._token, m.TokenRequest,
                    m.TokenResponse, "OAuth 2.0 client credentials: an agent access token",
@@ -332,6 +372,7 @@ class PolicyService:
             *self.authzen.routes(),
             *self.actguard.routes(),
             *self.agent_ledger.routes(),
+            *self.cycles.routes(),
             _Route("healthz", "GET", "/healthz", self._healthz, None, m.HealthResponse,
                    "Liveness"),
             _Route("readyz", "GET", "/readyz", self._readyz, None, m.HealthResponse,
@@ -375,6 +416,7 @@ class PolicyService:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         route_name = "unknown"
+        route: _Route | None = None
         try:
             slot, params = self._match(scope["path"])
             if slot is None:
@@ -388,7 +430,8 @@ class PolicyService:
             for k, v in scope["headers"]:
                 if k in headers and k in (b"authorization", b"content-type",
                                           b"content-encoding", b"content-length",
-                                          b"x-ingest-key"):
+                                          b"x-ingest-key", b"x-cycles-api-key",
+                                          b"x-idempotency-key"):
                     raise _RefusalError(400, "ambiguous_header", f"duplicate {k.decode()} header")
                 headers[k] = v
             body = await self._read_body(receive, headers)
@@ -397,11 +440,21 @@ class PolicyService:
             reply = route.handler(_Request(headers, body, params, scope["query_string"]))
         except _RefusalError as exc:
             self.metrics.error(exc.code)
-            reply = _Reply(exc.status, _error_body(exc.code, exc.message), headers=exc.headers)
+            extra: tuple[tuple[bytes, bytes], ...] = ()
+            if route is None or route.error_body is None:
+                body = _error_body(exc.code, exc.message)
+            else:
+                body, extra = route.error_body(exc.status, exc.code, exc.message)
+            reply = _Reply(exc.status, body, headers=(*exc.headers, *extra))
         except Exception:  # never a traceback in a body: log it, answer a deny-shaped 500
             log.exception("internal error on %s", route_name)
             self.metrics.error("internal_error")
-            reply = _Reply(500, _error_body("internal_error", "internal error"))
+            extra = ()
+            if route is None or route.error_body is None:
+                body = _error_body("internal_error", "internal error")
+            else:
+                body, extra = route.error_body(500, "internal_error", "internal error")
+            reply = _Reply(500, body, headers=extra)
         await send({"type": "http.response.start", "status": reply.status, "headers": [
             (b"content-type", reply.content_type),
             (b"content-length", str(len(reply.body)).encode()),
@@ -465,6 +518,11 @@ class PolicyService:
                 await self.stop_background()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began (readiness probes answer 503)."""
+        return self._draining
 
     # ------------------------------------------------------------------ reload
     def start_background(self) -> None:

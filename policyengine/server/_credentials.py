@@ -8,7 +8,8 @@ A credentials file is JSON::
      "admins": [{"name": "ops", "secretHash": "scrypt$..."}],
      "authzenClients": [{"name": "todo-backend", "secretHash": "scrypt$..."}],
      "apiKeys": [{"name": "ledger-prod", "keyHash": "scrypt$...", "agent": "travel-agent",
-                  "tenant": "acme"}]}
+                  "tenant": "acme"}],
+     "cyclesKeys": [{"name": "acme-prod", "keyHash": "scrypt$...", "tenant": "acme"}]}
 
 Only hashes are stored (scrypt, RFC 7914, with a random salt per secret; make one with
 ``policyengine serve --hash-secret``). Checks compare in constant time and spend the same
@@ -19,7 +20,8 @@ work on an unknown client id as on a known one, so timing does not tell which id
 ``Authorization`` header, bare or after ``Bearer``); without any, the AuthZEN routes are
 open to whoever reaches the port. ``apiKeys`` are the bare API keys of the budget wires
 (actguard's bearer key, agent-ledger's ``x-api-key``): each binds one agent principal
-and, optionally, a tenant.
+and, optionally, a tenant. ``cyclesKeys`` are the API keys of the Cycles budget wire
+(``X-Cycles-API-Key``), each bound to the one tenant it may spend for.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from typing import Any
 
 import policyengine as pe
 
-__all__ = ["AgentCredential", "ApiKey", "Credentials", "CredentialsError", "hash_secret",
+__all__ = ["AgentCredential", "ApiKey", "Credentials", "CredentialsError", "CyclesKey",
+           "hash_secret",
            "verify_secret"]
 
 # scrypt cost: about 15-40 ms a check here; token requests happen once per agent per
@@ -127,18 +130,32 @@ class ApiKey:
     tenant: str | None = None
 
 
+@dataclass(frozen=True)
+class CyclesKey:
+    """A Cycles API key (its hash) bound to the tenant it acts for."""
+
+    name: str
+    key_hash: str
+    tenant: str
+
+
 class Credentials:
     """Agents and admins loaded from a credentials file (or built in code)."""
 
     def __init__(self, agents: tuple[AgentCredential, ...] = (),
                  admins: Mapping[str, str] | None = None,
                  authzen_clients: Mapping[str, str] | None = None,
-                 api_keys: tuple[ApiKey, ...] = ()) -> None:
+                 api_keys: tuple[ApiKey, ...] = (),
+                 cycles_keys: tuple[CyclesKey, ...] = ()) -> None:
         self._agents = {a.client_id: a for a in agents}
         if len(self._agents) != len(agents):
             raise CredentialsError("two agents share a clientId")
         self._admins = dict(admins or {})
         self._authzen = dict(authzen_clients or {})
+        self._cycles = tuple(cycles_keys)
+        if len({k.name for k in self._cycles}) != len(self._cycles):
+            raise CredentialsError("two cyclesKeys share a name")
+        self._cycles_by_name = {k.name: k for k in self._cycles}
         self._ingest = tuple(a for a in agents if a.ingest_key_hash is not None)
         self._api_keys = tuple(api_keys)
         if len({k.name for k in self._api_keys}) != len(self._api_keys):
@@ -159,9 +176,10 @@ class Credentials:
     @classmethod
     def from_dict(cls, data: Any) -> Credentials:
         if not isinstance(data, dict) or set(data) - {"agents", "admins", "authzenClients",
-                                                      "apiKeys"}:
+                                                      "apiKeys", "cyclesKeys"}:
             raise CredentialsError("a credentials file is an object with 'agents', "
-                                   "'admins', 'authzenClients' and 'apiKeys' lists")
+                                   "'admins', 'authzenClients', 'apiKeys' and 'cyclesKeys' "
+                                   "lists")
         agents = []
         for item in data.get("agents", []):
             if not isinstance(item, dict) or not {"clientId", "secretHash", "agent"} <= set(
@@ -200,7 +218,18 @@ class Credentials:
             _parse_hash(item["keyHash"])
             api_keys.append(ApiKey(item["name"], item["keyHash"], item["agent"],
                                    item.get("tenant")))
-        return cls(tuple(agents), named["admins"], named["authzenClients"], tuple(api_keys))
+        cycles = []
+        for item in data.get("cyclesKeys", []):
+            if not isinstance(item, dict) or set(item) != {"name", "keyHash", "tenant"} or any(
+                    type(item[k]) is not str or not item[k] for k in ("name", "tenant")):
+                raise CredentialsError('an entry of cyclesKeys is {"name", "keyHash", '
+                                       '"tenant"} (non-empty strings)')
+            if len(item["tenant"]) > 128:
+                raise CredentialsError("a Cycles tenant has at most 128 characters")
+            _parse_hash(item["keyHash"])
+            cycles.append(CyclesKey(item["name"], item["keyHash"], item["tenant"]))
+        return cls(tuple(agents), named["admins"], named["authzenClients"], tuple(api_keys),
+                   tuple(cycles))
 
     def check_client(self, client_id: str, secret: str) -> AgentCredential | None:
         """The agent whose client credentials these are, or None (same work either way)."""
@@ -279,6 +308,26 @@ class Credentials:
         if found is not None:
             self._remember(presented, found)
         return found
+
+    def check_cycles_key(self, key: str) -> CyclesKey | None:
+        """The Cycles API key entry (name, tenant) whose key this is, or None. Every entry
+        is checked on a first sight (no early exit); a verified key is remembered for a
+        minute by its SHA-256, so the hot path costs one hash."""
+        presented = f"cycles\0{key}".encode("utf-8", "surrogatepass")
+        hit = self._recall(presented)
+        if hit is not None:
+            return self._cycles_by_name.get(hit)
+        found = None
+        for entry in self._cycles or (CyclesKey("", _DUMMY, ""),):
+            if verify_secret(key, entry.key_hash) and found is None and entry.name:
+                found = entry
+        if found is not None:
+            self._remember(presented, found.name)
+        return found
+
+    @property
+    def has_cycles_keys(self) -> bool:
+        return bool(self._cycles)
 
     @property
     def has_authzen_clients(self) -> bool:

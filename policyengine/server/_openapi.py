@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from policyengine.server import _cycles_models as cm
 from policyengine.server import _models as m
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ def openapi_document(service: PolicyService) -> dict[str, Any]:
     import policyengine as pe
 
     models: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
-        (m.ErrorResponse, "serialization"), (m.IngestEvent, "validation")]
+        (m.ErrorResponse, "serialization"), (m.IngestEvent, "validation"),
+        (cm.CyclesError, "serialization")]
     for r in service.routes:
         if r.request is not None:
             models.append((r.request, "validation"))
@@ -36,10 +38,14 @@ def openapi_document(service: PolicyService) -> dict[str, Any]:
     error = {"description": "refused (always allowed: false)",
              "content": {"application/json": {"schema": ref(m.ErrorResponse,
                                                               "serialization")}}}
+    cycles_error = {"description": "refused (the Cycles protocol's error envelope)",
+                    "content": {"application/json": {"schema": ref(cm.CyclesError,
+                                                                   "serialization")}}}
     paths: dict[str, Any] = {}
     for r in service.routes:
         op: dict[str, Any] = {"operationId": r.name, "summary": r.summary, "responses": {}}
-        ok_code = "202" if r.name.startswith("ingest") else "200"
+        ok_code = ("202" if r.name.startswith("ingest") else
+                   "201" if r.name == "cycles_event" else "200")
         if r.response is not None:
             op["responses"][ok_code] = {
                 "description": "OK",
@@ -68,19 +74,21 @@ def openapi_document(service: PolicyService) -> dict[str, Any]:
             op["parameters"] = [{"name": "status", "in": "query", "required": False,
                                  "schema": {"type": "string",
                                             "enum": ["pending", "approved", "rejected"]}}]
+        refused = cycles_error if r.error_body is not None else error
         if r.security is not None:
             scheme = {"admin": "adminBasic", "apikey_header": "apiKeyHeader",
-                      "apikey_bearer": "apiKeyBearer"}.get(r.security, "bearer")
+                      "apikey_bearer": "apiKeyBearer", "cycles": "cyclesApiKey"}.get(
+                r.security, "bearer")
             op["security"] = [{scheme: []}]
-            op["responses"]["401"] = error
+            op["responses"]["401"] = refused
         if r.request is not None or r.name == "ingest_events":
-            op["responses"]["400"] = error
-            op["responses"]["413"] = error
+            op["responses"]["400"] = refused
+            op["responses"]["413"] = refused
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "policyengine decision service", "version": pe.__version__,
-                 "description": "tracengent and AuthZEN 1.0 wires over a policyengine "
+                 "description": "tracengent, AuthZEN 1.0 and Cycles wires over a policyengine "
                                 "Engine. Every response carries x-policy-revision."},
         "paths": paths,
         "components": {
@@ -91,6 +99,8 @@ def openapi_document(service: PolicyService) -> dict[str, Any]:
                 "apiKeyBearer": {"type": "http", "scheme": "bearer",
                                  "description": "an API key of the credentials' apiKeys"},
                 "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+                "cyclesApiKey": {"type": "apiKey", "in": "header",
+                                 "name": "X-Cycles-API-Key"},
             },
         },
     }

@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument("--issuer", default="policyengine")
     p.add_argument("--prefix", action="append", default=[], metavar="WIRE=/PATH",
                    help="mount a wire under a path prefix: tracengent=/pdp, authzen=/az, "
-                   "actguard=/ag, agent-ledger=/ledger")
+                   "actguard=/ag, agent-ledger=/ledger, cycles=/cycles")
     p.add_argument("--max-body-bytes", type=int, default=1_048_576)
     p.add_argument("--body-timeout", type=float, default=10.0)
     p.add_argument("--watch-interval", type=float, default=1.0,
@@ -70,10 +70,10 @@ def _prefixes(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
         wire, sep, path = item.partition("=")
-        if not sep or wire not in ("tracengent", "authzen", "actguard", "agent-ledger") or (
-                not path.startswith("/")):
+        if not sep or wire not in ("tracengent", "authzen", "actguard", "agent-ledger",
+                                   "cycles") or not path.startswith("/"):
             raise SystemExit(f"bad --prefix {item!r}: use WIRE=/path (tracengent, authzen, "
-                             "actguard, agent-ledger)")
+                             "actguard, agent-ledger, cycles)")
         out[wire] = path
     return out
 

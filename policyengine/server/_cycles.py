@@ -1,0 +1,611 @@
+"""The Cycles budget protocol wire (runcycles 0.5.x and 0.1.x) over the engine's ledger.
+
+Every endpoint of ``cycles-protocol-v0`` that the SDK calls: reservations (create,
+commit, release, extend, get, list), ``/v1/decide``, ``/v1/events``, ``/v1/balances``
+and the readiness probe. What the 0.5.x client insists on, and this module therefore
+guarantees (docs/service.md, "The Cycles wire"):
+
+* success is exactly 200 (an event exactly 201), bodies carry only the protocol's keys
+  and never a JSON ``null``; create and extend send ``remaining_ttl_ms``;
+* every refusal is ``{"error", "message", "request_id"[, "details"]}`` with a protocol
+  code (``BUDGET_EXCEEDED``, ``RESERVATION_EXPIRED`` ...) and the protocol's status;
+* the API key (``X-Cycles-API-Key``) is bound to one tenant (credentials
+  ``cyclesKeys``): a subject, a reservation or a balance query of another tenant is 403;
+* idempotency per (tenant, endpoint, key): a replay with the same payload answers the
+  original response (same ``reservation_id``), a different payload is 409
+  ``IDEMPOTENCY_MISMATCH``. The ledger keeps the key too (namespaced by tenant and
+  endpoint), so a retry that reaches another worker on a shared store is replayed by
+  the store, never applied twice.
+
+The budget arithmetic is the engine's (:class:`policyengine.budgets.Ledger`); this
+module only translates: the subject and action name the ledger's principal, tenant and
+permission, protocol units map to ledger units, ledger errors map to protocol codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from policyengine import budgets as pb
+from policyengine.server import _cycles_models as cm
+from policyengine.server._credentials import CyclesKey
+from policyengine.server._wirejson import MalformedJsonError, loads
+
+if TYPE_CHECKING:
+    from policyengine.server._app import PolicyService, _Reply, _Request, _Route
+
+__all__ = ["CyclesWire", "cycles_error_body"]
+
+_LEVELS = ("tenant", "workspace", "app", "workflow", "agent", "toolset")
+#: Protocol unit -> (ledger unit, decimal places the protocol's integers carry).
+_UNITS: dict[str, tuple[str, int]] = {
+    "TOKENS": ("tokens", 0),
+    "CREDITS": ("credits", 0),
+    "USD_MICROCENTS": ("USD", 8),
+}
+_LEDGER_UNITS = {ledger: (proto, places) for proto, (ledger, places) in _UNITS.items()}
+_STATUS = {"active": "ACTIVE", "committed": "COMMITTED", "released": "RELEASED",
+           "expired": "EXPIRED"}
+_OVERAGE = {"REJECT": "reject", "ALLOW_IF_AVAILABLE": "allow_if_available",
+            "ALLOW_WITH_OVERDRAFT": "allow_with_overdraft"}
+# Ledger error code -> (HTTP status, protocol code).
+_CODES: dict[str, tuple[int, str]] = {
+    "budget_exceeded": (409, "BUDGET_EXCEEDED"),
+    "overdraft_limit_exceeded": (409, "OVERDRAFT_LIMIT_EXCEEDED"),
+    "debt_outstanding": (409, "DEBT_OUTSTANDING"),
+    "unknown_reservation": (404, "NOT_FOUND"),
+    "reservation_final": (409, "RESERVATION_FINALIZED"),
+    "reservation_expired": (410, "RESERVATION_EXPIRED"),
+    "idempotency_mismatch": (409, "IDEMPOTENCY_MISMATCH"),
+    "unit_mismatch": (400, "UNIT_MISMATCH"),
+    "unit_required": (400, "UNIT_MISMATCH"),
+    "store_unavailable": (503, "INTERNAL_ERROR"),
+    "clock_skew": (503, "INTERNAL_ERROR"),
+    "store_incompatible": (500, "INTERNAL_ERROR"),
+}
+# Status of a refusal made before a Cycles handler ran (body too large, a duplicate
+# header, an unexpected fault) -> protocol code.
+_BY_STATUS = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN",
+              404: "NOT_FOUND", 405: "INVALID_REQUEST", 408: "INVALID_REQUEST",
+              409: "INVALID_REQUEST", 413: "INVALID_REQUEST", 415: "INVALID_REQUEST",
+              429: "LIMIT_EXCEEDED"}
+_PERMISSION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                              "0123456789_.-")
+_REPLAY_SIZE = 100_000
+_REPLAY_SECONDS = 86_400.0
+
+_ERROR = TypeAdapter(cm.CyclesError)
+
+
+def _request_id() -> str:
+    return "req_" + os.urandom(8).hex()
+
+
+def cycles_error_body(status: int, code: str, message: str,
+                      details: dict[str, Any] | None = None,
+                      request_id: str | None = None) -> bytes:
+    """The protocol's error envelope. ``code`` is a protocol code, or one of the
+    service's own lower-case codes (then the status picks the protocol code and the
+    service's code rides in ``details.code``)."""
+    if not code.isupper():
+        details = {**(details or {}), "code": code}
+        code = "INTERNAL_ERROR" if status >= 500 else _BY_STATUS.get(status, "INVALID_REQUEST")
+    return _ERROR.dump_json(cm.CyclesError(error=code, message=message,
+                                           request_id=request_id or _request_id(),
+                                           details=details), exclude_none=True)
+
+
+def _refusal(status: int, code: str, message: str
+             ) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
+    """A refusal made by the service before a Cycles handler ran, in the wire's envelope."""
+    rid = _request_id()
+    return (cycles_error_body(status, code, message, request_id=rid),
+            ((b"x-request-id", rid.encode()),))
+
+
+class _CyclesRefusalError(Exception):
+    """A refusal on the Cycles wire: status, protocol code, message, details."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 details: dict[str, Any] | None = None,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details, self.headers = details, headers
+
+
+def _adapter(model: type[BaseModel]) -> TypeAdapter[Any]:
+    return TypeAdapter(model)
+
+
+_CREATE_IN = _adapter(cm.ReservationCreateRequest)
+_COMMIT_IN = _adapter(cm.CommitRequest)
+_RELEASE_IN = _adapter(cm.ReleaseRequest)
+_EXTEND_IN = _adapter(cm.ExtendRequest)
+_DECIDE_IN = _adapter(cm.DecisionRequest)
+_EVENT_IN = _adapter(cm.EventCreateRequest)
+_CREATE_OUT = _adapter(cm.ReservationCreateResponse)
+_COMMIT_OUT = _adapter(cm.CommitResponse)
+_RELEASE_OUT = _adapter(cm.ReleaseResponse)
+_EXTEND_OUT = _adapter(cm.ExtendResponse)
+_DECIDE_OUT = _adapter(cm.DecisionResponse)
+_EVENT_OUT = _adapter(cm.EventCreateResponse)
+_DETAIL_OUT = _adapter(cm.ReservationDetail)
+_LIST_OUT = _adapter(cm.ReservationListResponse)
+_BALANCES_OUT = _adapter(cm.BalanceResponse)
+
+
+def _dump(adapter: TypeAdapter[Any], value: Any) -> bytes:
+    return adapter.dump_json(value, exclude_none=True)  # type: ignore[no-any-return]
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False)[:3]:
+        where = ".".join(str(x) for x in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _segment(text: str) -> str:
+    """A permission segment naming ``text``: characters a permission cannot hold become
+    ``_`` (so a budget pattern can always name the action; two names that differ only
+    there share budgets, which charges more, never less)."""
+    if text and all(c in _PERMISSION_CHARS for c in text):
+        return text
+    return "".join(c if c in _PERMISSION_CHARS else "_" for c in text) or "_"
+
+
+#: One idempotent operation: (key, validated body, ledger key, path params) -> answer.
+_Operation = Callable[[CyclesKey, Any, str, tuple[str, ...]], tuple[int, bytes]]
+
+
+class _Replays:
+    """Successful answers by (tenant, endpoint, idempotency key), bounded, per process:
+    the original status and body, and a digest of the payload they answered."""
+
+    def __init__(self, size: int = _REPLAY_SIZE, seconds: float = _REPLAY_SECONDS) -> None:
+        self._items: OrderedDict[tuple[str, str, str], tuple[bytes, int, bytes, float]] = (
+            OrderedDict())
+        self._size, self._seconds = size, seconds
+
+    def get(self, key: tuple[str, str, str], digest: bytes) -> tuple[int, bytes] | None:
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        if hit[3] < time.monotonic():
+            del self._items[key]
+            return None
+        if hit[0] != digest:
+            raise _CyclesRefusalError(409, "IDEMPOTENCY_MISMATCH", "this idempotency key was used "
+                                "with a different payload on this endpoint")
+        return hit[1], hit[2]
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def put(self, key: tuple[str, str, str], digest: bytes, status: int, body: bytes) -> None:
+        self._items[key] = (digest, status, body, time.monotonic() + self._seconds)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+
+class CyclesWire:
+    """The Cycles endpoints of one service, under ``prefix``."""
+
+    def __init__(self, service: PolicyService, prefix: str) -> None:
+        self.service = service
+        self.prefix = prefix
+        self.replays = _Replays()
+
+    def routes(self) -> list[_Route]:
+        from policyengine.server._app import _Route
+        p = self.prefix
+        err = _refusal
+
+        def route(name: str, method: str, path: str, handler: Callable[[_Request], _Reply],
+                  request: type[BaseModel] | None, response: type[BaseModel] | None,
+                  summary: str, security: str | None = "cycles") -> _Route:
+            return _Route(name, method, f"{p}{path}", self._guarded(handler), request,
+                          response, summary, security, error_body=err,
+                          claims=b"x-cycles-api-key" if name == "cycles_event" else None)
+
+        return [
+            route("cycles_create", "POST", "/v1/reservations", self.create,
+                  cm.ReservationCreateRequest, cm.ReservationCreateResponse,
+                  "Cycles: reserve budget (a lease), or a dry run"),
+            route("cycles_list", "GET", "/v1/reservations", self.list_reservations,
+                  None, cm.ReservationListResponse, "Cycles: list reservations"),
+            route("cycles_get", "GET", "/v1/reservations/{reservation_id}", self.get,
+                  None, cm.ReservationDetail, "Cycles: one reservation"),
+            route("cycles_commit", "POST", "/v1/reservations/{reservation_id}/commit",
+                  self.commit, cm.CommitRequest, cm.CommitResponse,
+                  "Cycles: spend the actual amount, release the rest"),
+            route("cycles_release", "POST", "/v1/reservations/{reservation_id}/release",
+                  self.release, cm.ReleaseRequest, cm.ReleaseResponse,
+                  "Cycles: give a reservation back"),
+            route("cycles_extend", "POST", "/v1/reservations/{reservation_id}/extend",
+                  self.extend, cm.ExtendRequest, cm.ExtendResponse,
+                  "Cycles: extend a lease (heartbeat)"),
+            route("cycles_decide", "POST", "/v1/decide", self.decide, cm.DecisionRequest,
+                  cm.DecisionResponse, "Cycles: would this spend be allowed?"),
+            route("cycles_event", "POST", "/v1/events", self.event, cm.EventCreateRequest,
+                  cm.EventCreateResponse, "Cycles: record a spend without a reservation"),
+            route("cycles_balances", "GET", "/v1/balances", self.balances, None,
+                  cm.BalanceResponse, "Cycles: budget balances of the tenant's scopes"),
+            route("cycles_readiness", "GET", "/actuator/health/readiness", self.readiness,
+                  None, None, "Cycles: readiness probe", None),
+        ]
+
+    # ------------------------------------------------------------------ plumbing
+    def _guarded(self, handler: Callable[[_Request], _Reply]) -> Callable[[_Request], _Reply]:
+        def run(req: _Request) -> _Reply:
+            from policyengine.server._app import _Reply
+            rid = _request_id()
+            try:
+                reply = handler(req)
+            except _CyclesRefusalError as exc:
+                self.service.metrics.error(exc.code)
+                reply = _Reply(exc.status, cycles_error_body(
+                    exc.status, exc.code, exc.message, exc.details, rid), headers=exc.headers)
+            except pb.BudgetError as exc:
+                status, code = _CODES.get(exc.code, (400, "INVALID_REQUEST"))
+                self.service.metrics.error(exc.code)
+                details = {"code": exc.code} if code in ("INVALID_REQUEST",
+                                                         "INTERNAL_ERROR") else None
+                reply = _Reply(status, cycles_error_body(status, code, exc.message, details,
+                                                         rid))
+            reply.headers = (*reply.headers, (b"x-request-id", rid.encode()))
+            return reply
+        return run
+
+    def _key(self, req: _Request) -> CyclesKey:
+        raw = req.headers.get(b"x-cycles-api-key")
+        if raw:
+            try:
+                key = raw.decode("ascii")
+            except UnicodeDecodeError:
+                key = ""
+            found = self.service.credentials.check_cycles_key(key) if key else None
+            if found is not None:
+                return found
+        raise _CyclesRefusalError(401, "UNAUTHORIZED", "a valid X-Cycles-API-Key is required")
+
+    def _body(self, req: _Request, adapter: TypeAdapter[Any]) -> Any:
+        ctype = req.headers.get(b"content-type", b"application/json")
+        if not ctype.split(b";", 1)[0].strip().lower().endswith(b"json"):
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", "the body must be application/json")
+        try:
+            data = loads(req.body)
+        except MalformedJsonError as exc:
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", exc.message,
+                                {"code": exc.code}) from None
+        try:
+            body = adapter.validate_python(data)
+        except ValidationError as exc:
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", _validation_message(exc)) from None
+        header = req.headers.get(b"x-idempotency-key")
+        if header is not None and header.decode("utf-8", "replace") != body.idempotency_key:
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", "X-Idempotency-Key and the body's "
+                                "idempotency_key differ")
+        return body
+
+    def _reply(self, status: int, body: bytes, tenant: str) -> _Reply:
+        from policyengine.server._app import _Reply
+        return _Reply(status, body, tenant, headers=((b"x-cycles-tenant", tenant.encode()),))
+
+    def _idempotent(self, req: _Request, adapter: TypeAdapter[Any], endpoint: str,
+                    run: _Operation) -> _Reply:
+        """Validate, then answer a replay from the cache or run the operation once."""
+        key = self._key(req)
+        body = self._body(req, adapter)
+        payload = json.dumps([req.params, body.model_dump(mode="json", exclude_none=True)],
+                             sort_keys=True, separators=(",", ":"), default=str)
+        digest = hashlib.sha256(payload.encode()).digest()
+        slot = (key.tenant, endpoint, body.idempotency_key)
+        hit = self.replays.get(slot, digest)
+        if hit is not None:
+            return self._reply(hit[0], hit[1], key.tenant)
+        ledger_key = "cy_" + hashlib.sha256(
+            f"{key.tenant}\0{endpoint}\0{body.idempotency_key}".encode(
+                "utf-8", "surrogatepass")).hexdigest()[:40]
+        status, out = run(key, body, ledger_key, req.params)
+        self.replays.put(slot, digest, status, out)
+        return self._reply(status, out, key.tenant)
+
+    @property
+    def ledger(self) -> pb.Ledger:
+        return self.service.engine.budgets
+
+    # ------------------------------------------------------------------ translation
+    @staticmethod
+    def _tenant_of(subject: cm.Subject, key: CyclesKey) -> None:
+        if subject.tenant is not None and subject.tenant != key.tenant:
+            raise _CyclesRefusalError(403, "FORBIDDEN", "subject.tenant is not the tenant of this "
+                                "API key")
+        if not any(getattr(subject, level) for level in _LEVELS[1:]) and subject.tenant is None:
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", "the subject names no scope")
+
+    @staticmethod
+    def _scopes(subject: cm.Subject, tenant: str) -> list[str]:
+        """Canonical scopes: tenant -> workspace -> app -> workflow -> agent -> toolset,
+        levels not given skipped; the tenant is always the key's."""
+        out = [f"tenant:{tenant}"]
+        for level in _LEVELS[1:]:
+            value = getattr(subject, level)
+            if value is not None:
+                out.append(f"{level}:{value}")
+        return out
+
+    @staticmethod
+    def _principal(subject: cm.Subject, tenant: str) -> str:
+        return subject.agent if subject.agent is not None else f"tenant:{tenant}"
+
+    @staticmethod
+    def _permission(action: cm.Action) -> str:
+        return f"{_segment(action.kind)}:{_segment(action.name)}"
+
+    @staticmethod
+    def _unit(unit: str) -> tuple[str, int]:
+        found = _UNITS.get(unit)
+        if found is None:
+            raise _CyclesRefusalError(400, "UNIT_MISMATCH", f"no budget of this service counts "
+                                f"{unit}")
+        return found
+
+    @staticmethod
+    def _to_ledger(amount: int, places: int) -> Decimal:
+        return Decimal(amount).scaleb(-places) if places else Decimal(amount)
+
+    @staticmethod
+    def _to_wire(value: Decimal, places: int) -> int:
+        return int(value.scaleb(places)) if places else int(value)
+
+    def _amount_out(self, value: Decimal | None, unit: str | None) -> cm.AmountOut | None:
+        if value is None or unit is None:
+            return None
+        proto = _LEDGER_UNITS.get(unit)
+        if proto is None:
+            return None
+        return cm.AmountOut(unit=proto[0], amount=max(0, self._to_wire(value, proto[1])))  # type: ignore[arg-type]
+
+    def _owned(self, key: CyclesKey, reservation_id: str) -> pb.Reservation:
+        r = self.ledger.get(reservation_id)
+        if r.tenant != key.tenant:
+            raise _CyclesRefusalError(403, "FORBIDDEN", "the reservation belongs to another tenant")
+        return r
+
+    @staticmethod
+    def _ms(t: float) -> int:
+        return int(t * 1000)
+
+    # ------------------------------------------------------------------ endpoints
+    def create(self, req: _Request) -> _Reply:
+        return self._idempotent(req, _CREATE_IN, "reservations", self._create)
+
+    def _create(self, key: CyclesKey, body: cm.ReservationCreateRequest,
+                ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
+        self._tenant_of(body.subject, key)
+        unit, places = self._unit(body.estimate.unit)
+        amount = self._to_ledger(body.estimate.amount, places)
+        scopes = self._scopes(body.subject, key.tenant)
+        principal = self._principal(body.subject, key.tenant)
+        permission = self._permission(body.action)
+        reserved = cm.AmountOut(unit=body.estimate.unit, amount=body.estimate.amount)
+        if body.dry_run:
+            check = self.ledger.check(principal, permission, amount, unit, tenant=key.tenant)
+            if check.allowed and not check.budgets:
+                check_code: str | None = "budget_exceeded"
+            else:
+                check_code = None if check.allowed else check.code
+            out = cm.ReservationCreateResponse(
+                decision="ALLOW" if check_code is None else "DENY",
+                affected_scopes=scopes, scope_path="/".join(scopes),
+                reserved=reserved if check_code is None else None,
+                reason_code=None if check_code is None else _CODES[check_code][1])
+            return 200, _dump(_CREATE_OUT, out)
+        r = self.ledger.reserve(principal, permission, amount, unit,
+                                ttl=body.ttl_ms / 1000, idempotency_key=ledger_key,
+                                tenant=key.tenant)
+        if not r.lines:
+            # The protocol: at least one derived scope must have a budget. A spend no
+            # budget covers is refused, never admitted unmetered.
+            self.ledger.release(r.id)
+            raise _CyclesRefusalError(409, "BUDGET_EXCEEDED", "no budget covers this subject and "
+                                "action")
+        now = self.ledger.clock()
+        out = cm.ReservationCreateResponse(
+            decision="ALLOW", reservation_id=r.id, affected_scopes=scopes,
+            expires_at_ms=self._ms(r.expires_at),
+            remaining_ttl_ms=max(0, self._ms(r.expires_at - now)),
+            scope_path="/".join(scopes), reserved=reserved)
+        return 200, _dump(_CREATE_OUT, out)
+
+    def commit(self, req: _Request) -> _Reply:
+        return self._idempotent(req, _COMMIT_IN, "commit", self._commit)
+
+    def _commit(self, key: CyclesKey, body: cm.CommitRequest,
+                ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
+        rid = params[0]
+        r = self._owned(key, rid)
+        unit, places = self._unit(body.actual.unit)
+        if unit != r.unit:
+            raise _CyclesRefusalError(400, "UNIT_MISMATCH", "actual.unit is not the reservation's "
+                                "unit")
+        done = self.ledger.commit(rid, self._to_ledger(body.actual.amount, places), unit,
+                                  idempotency_key=ledger_key)
+        charged = self._amount_out(done.committed_amount, done.unit)
+        if charged is None:  # pragma: no cover - a committed reservation has an amount
+            raise _CyclesRefusalError(500, "INTERNAL_ERROR", "the commit has no charged amount")
+        reserved = self._amount_out(done.amount, done.unit)
+        released = None
+        if reserved is not None and reserved.amount > charged.amount:
+            released = cm.AmountOut(unit=charged.unit, amount=reserved.amount - charged.amount)
+        return 200, _dump(_COMMIT_OUT, cm.CommitResponse(charged=charged, released=released))
+
+    def release(self, req: _Request) -> _Reply:
+        return self._idempotent(req, _RELEASE_IN, "release", self._release)
+
+    def _release(self, key: CyclesKey, body: cm.ReleaseRequest,
+                 ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
+        rid = params[0]
+        self._owned(key, rid)
+        done = self.ledger.release(rid, idempotency_key=ledger_key)
+        released = self._amount_out(done.amount, done.unit)
+        if released is None:  # pragma: no cover
+            raise _CyclesRefusalError(500, "INTERNAL_ERROR", "the release has no amount")
+        return 200, _dump(_RELEASE_OUT, cm.ReleaseResponse(released=released))
+
+    def extend(self, req: _Request) -> _Reply:
+        return self._idempotent(req, _EXTEND_IN, "extend", self._extend)
+
+    def _extend(self, key: CyclesKey, body: cm.ExtendRequest,
+                ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
+        rid = params[0]
+        r = self._owned(key, rid)
+        if r.status != "active":
+            code = "reservation_expired" if r.status == "expired" else "reservation_final"
+            status, proto = _CODES[code]
+            raise _CyclesRefusalError(status, proto, f"the reservation is {r.status}")
+        now = self.ledger.clock()
+        # The protocol extends relative to the current expiry; the ledger's extend takes
+        # a TTL from now, capped at its maximum.
+        ttl = min(float(pb.MAX_TTL), r.expires_at + body.extend_by_ms / 1000 - now)
+        done = self.ledger.extend(rid, ttl)
+        out = cm.ExtendResponse(expires_at_ms=self._ms(done.expires_at),
+                                remaining_ttl_ms=max(0, self._ms(done.expires_at - now)))
+        return 200, _dump(_EXTEND_OUT, out)
+
+    def decide(self, req: _Request) -> _Reply:
+        return self._idempotent(req, _DECIDE_IN, "decide", self._decide)
+
+    def _decide(self, key: CyclesKey, body: cm.DecisionRequest,
+                ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
+        self._tenant_of(body.subject, key)
+        unit, places = self._unit(body.estimate.unit)
+        scopes = self._scopes(body.subject, key.tenant)
+        check = self.ledger.check(self._principal(body.subject, key.tenant),
+                                  self._permission(body.action),
+                                  self._to_ledger(body.estimate.amount, places), unit,
+                                  tenant=key.tenant)
+        code = check.code if not check.allowed else (
+            "budget_exceeded" if not check.budgets else None)
+        out = cm.DecisionResponse(
+            decision="ALLOW" if code is None else "DENY",
+            reason_code=None if code is None else _CODES[code][1], affected_scopes=scopes)
+        return 200, _dump(_DECIDE_OUT, out)
+
+    def event(self, req: _Request) -> _Reply:
+        return self._idempotent(req, _EVENT_IN, "events", self._event)
+
+    def _event(self, key: CyclesKey, body: cm.EventCreateRequest,
+               ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
+        self._tenant_of(body.subject, key)
+        unit, places = self._unit(body.actual.unit)
+        # ALLOW_IF_AVAILABLE is admitted up to the limit (the ledger's record does not
+        # cap a charge at what is left); ALLOW_WITH_OVERDRAFT up to the overdraft limit.
+        overage = "allow_with_overdraft" if body.overage_policy == "ALLOW_WITH_OVERDRAFT" \
+            else "reject"
+        r = self.ledger.record(self._principal(body.subject, key.tenant),
+                               self._permission(body.action),
+                               self._to_ledger(body.actual.amount, places), unit,
+                               idempotency_key=ledger_key, tenant=key.tenant,
+                               overage=overage)  # type: ignore[arg-type]
+        if not r.lines:
+            raise _CyclesRefusalError(409, "BUDGET_EXCEEDED", "no budget covers this subject and "
+                                "action")
+        out = cm.EventCreateResponse(event_id="evt_" + r.id[4:],
+                                     charged=self._amount_out(r.committed_amount, r.unit))
+        return 201, _dump(_EVENT_OUT, out)
+
+    def get(self, req: _Request) -> _Reply:
+        key = self._key(req)
+        r = self._owned(key, req.params[0])
+        return self._reply(200, _dump(_DETAIL_OUT, self._detail(r)), key.tenant)
+
+    def _detail(self, r: pb.Reservation) -> cm.ReservationDetail:
+        kind, _, name = r.permission.partition(":")
+        tenant = r.tenant or ""
+        subject = cm.SubjectOut(tenant=tenant, agent=None if r.principal == f"tenant:{tenant}"
+                                else r.principal)
+        scopes = [f"tenant:{tenant}"] + ([] if subject.agent is None
+                                         else [f"agent:{subject.agent}"])
+        reserved = self._amount_out(r.amount, r.unit) or cm.AmountOut(unit="TOKENS", amount=0)
+        return cm.ReservationDetail(
+            reservation_id=r.id, status=_STATUS.get(r.status, "EXPIRED"),  # type: ignore[arg-type]
+            subject=subject, action=cm.ActionOut(kind=kind, name=name), reserved=reserved,
+            committed=self._amount_out(r.committed_amount, r.unit),
+            created_at_ms=self._ms(r.created_at), expires_at_ms=self._ms(r.expires_at),
+            scope_path="/".join(scopes), affected_scopes=scopes)
+
+    def list_reservations(self, req: _Request) -> _Reply:
+        key = self._key(req)
+        raise _CyclesRefusalError(501, "INTERNAL_ERROR", "listing reservations is not supported "
+                            "by this service yet", {"tenant": key.tenant})
+
+    def balances(self, req: _Request) -> _Reply:
+        key = self._key(req)
+        query = self._query(req, {*_LEVELS, "include_children", "limit", "cursor"})
+        if not any(level in query for level in _LEVELS):
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", "name at least one subject filter")
+        if query.get("tenant", key.tenant) != key.tenant:
+            raise _CyclesRefusalError(403, "FORBIDDEN", "tenant is not the tenant of this API key")
+        agent = query.get("agent")
+        out = []
+        for b in self.ledger.balances(agent if agent is not None else f"tenant:{key.tenant}",
+                                      tenant=key.tenant):
+            proto = _LEDGER_UNITS.get(b.unit)
+            if proto is None:
+                continue  # a budget in a unit the protocol cannot express
+            unit, places = proto
+            scope = f"tenant:{key.tenant}" if b.subject == key.tenant else f"agent:{b.subject}"
+            path = scope if scope.startswith("tenant:") else f"tenant:{key.tenant}/{scope}"
+            limit = self._to_wire(b.limit, places)
+            spent_all = self._to_wire(b.spent, places)
+            spent, debt = min(spent_all, limit), max(0, spent_all - limit)
+            reserved = self._to_wire(b.reserved, places)
+
+            def amt(v: int, u: str = unit) -> cm.AmountOut:
+                return cm.AmountOut(unit=u, amount=v)  # type: ignore[arg-type]
+
+            out.append(cm.Balance(
+                scope=scope, scope_path=path,
+                remaining=cm.SignedAmount(unit=unit, amount=limit - spent - reserved - debt),  # type: ignore[arg-type]
+                reserved=amt(reserved), spent=amt(spent), allocated=amt(limit),
+                debt=amt(debt), overdraft_limit=amt(self._to_wire(b.overdraft_limit, places)),
+                is_over_limit=debt > self._to_wire(b.overdraft_limit, places)))
+        return self._reply(200, _dump(_BALANCES_OUT, cm.BalanceResponse(balances=out)),
+                           key.tenant)
+
+    def readiness(self, req: _Request) -> _Reply:
+        from policyengine.server._app import _Reply
+        ready = not self.service.draining
+        return _Reply(200 if ready else 503,
+                      b'{"status":"UP"}' if ready else b'{"status":"OUT_OF_SERVICE"}')
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _query(req: _Request, allowed: set[str]) -> dict[str, str]:
+        try:
+            pairs = parse_qsl(req.query.decode("utf-8"), keep_blank_values=True,
+                              strict_parsing=bool(req.query), max_num_fields=32)
+        except (ValueError, UnicodeDecodeError):
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", "malformed query string") from None
+        query = dict(pairs)
+        if len(query) != len(pairs):
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", "a query parameter is repeated")
+        unknown = set(query) - allowed
+        if unknown:
+            raise _CyclesRefusalError(400, "INVALID_REQUEST",
+                                f"unknown query parameter {sorted(unknown)[0]!r}")
+        return query
