@@ -513,3 +513,30 @@ def test_sdk_refuses_nothing_it_should_accept_on_create_and_0_5_3_models_agree(
             except CyclesProtocolError as exc:  # pragma: no cover - the failure shown
                 pytest.fail(f"{subject}: {exc}")
     assert json.dumps(subject)
+
+
+# ---------------------------------------------------------------- one port, every wire
+def test_cycles_and_agent_ledger_share_post_v1_events_by_their_key_header(
+        live: Live) -> None:
+    """Without prefixes both wires answer POST /v1/events: X-Cycles-API-Key picks the
+    Cycles event, agent-ledger's x-api-key its batch (each in its own envelope)."""
+    from policyengine.server import ApiKey
+    creds = Credentials(api_keys=(ApiKey("ledger", hash_secret("ledger-key"), "bot"),),
+                        cycles_keys=(CyclesKey("acme", hash_secret(KEYS["acme"]), "acme"),))
+    engine = pe.Engine.from_path(str(HERE / "cycles"))
+    app = create_app(engine, credentials=creds, config=ServiceConfig(access_log=False))
+    who = agent()
+    with serving(app) as port:
+        url = f"http://127.0.0.1:{port}/v1/events"
+        cycles_event = httpx.post(url, headers=headers(), json={
+            "idempotency_key": "e-1", "subject": {"tenant": "acme", "agent": who},
+            "action": {"kind": "llm.completion", "name": "gpt-4o"},
+            "actual": {"unit": "TOKENS", "amount": 3}})
+        assert cycles_event.status_code == 201
+        assert strict(rm.EventCreateResponse, cycles_event).status == "APPLIED"
+        ledger = httpx.post(url, headers={"x-api-key": "ledger-key"},
+                            json={"sessionId": "no-such-session", "events": []})
+        assert ledger.status_code == 404
+        assert ledger.json()["code"] == "unknown_session"
+        nobody = httpx.post(url, json={})
+        assert nobody.status_code == 401 and "request_id" not in nobody.json()
