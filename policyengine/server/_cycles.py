@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["CyclesWire", "cycles_error_body"]
 
 _LEVELS = ("tenant", "workspace", "app", "workflow", "agent", "toolset")
+_SCOPE_LEVELS = ("workspace", "app", "workflow", "toolset")  # the ledger's scope= levels
 #: Protocol unit -> (ledger unit, decimal places the protocol's integers carry).
 _UNITS: dict[str, tuple[str, int]] = {
     "TOKENS": ("tokens", 0),
@@ -348,6 +349,20 @@ class CyclesWire:
         return out
 
     @staticmethod
+    def _scope(subject: cm.Subject) -> dict[str, str]:
+        """The ledger's ``scope=``: the hierarchy levels below the tenant (``per
+        workspace`` ... ``per toolset`` budgets) and the subject's ``dimensions`` (``per
+        context.NAME`` budgets); a dimension never stands in for a level."""
+        out = dict(subject.dimensions) if subject.dimensions else {}
+        for level in _SCOPE_LEVELS:
+            value = getattr(subject, level)
+            if value is None:
+                out.pop(level, None)
+            else:
+                out[level] = value
+        return out
+
+    @staticmethod
     def _principal(subject: cm.Subject, tenant: str) -> str:
         return subject.agent if subject.agent is not None else f"tenant:{tenant}"
 
@@ -403,7 +418,8 @@ class CyclesWire:
         permission = self._permission(body.action)
         reserved = cm.AmountOut(unit=body.estimate.unit, amount=body.estimate.amount)
         if body.dry_run:
-            check = self.ledger.check(principal, permission, amount, unit, tenant=key.tenant)
+            check = self.ledger.check(principal, permission, amount, unit, tenant=key.tenant,
+                                      scope=self._scope(body.subject))
             if check.allowed and not check.budgets:
                 check_code: str | None = "budget_exceeded"
             else:
@@ -520,6 +536,7 @@ class CyclesWire:
                                self._permission(body.action),
                                self._to_ledger(body.actual.amount, places), unit,
                                idempotency_key=ledger_key, tenant=key.tenant,
+                               scope=self._scope(body.subject),
                                overage=overage)  # type: ignore[arg-type]
         if not r.lines:
             raise _CyclesRefusalError(409, "BUDGET_EXCEEDED", "no budget covers this subject and "
@@ -557,35 +574,47 @@ class CyclesWire:
         key = self._key(req)
         query = self._query(req, {*_LEVELS, "include_children", "limit", "cursor"})
         if not any(level in query for level in _LEVELS):
-            raise _CyclesRefusalError(400, "INVALID_REQUEST", "name at least one subject filter")
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", "name at least one subject "
+                                      "filter")
         if query.get("tenant", key.tenant) != key.tenant:
-            raise _CyclesRefusalError(403, "FORBIDDEN", "tenant is not the tenant of this API key")
+            raise _CyclesRefusalError(403, "FORBIDDEN", "tenant is not the tenant of this API "
+                                      "key")
         agent = query.get("agent")
+        given = {level: query[level] for level in _SCOPE_LEVELS if query.get(level)}
+        # The agent level's path: the levels given above it, then the agent.
+        above = [f"tenant:{key.tenant}"] + [f"{lv}:{given[lv]}" for lv in _LEVELS[1:4]
+                                             if lv in given]
         out = []
-        for b in self.ledger.balances(agent if agent is not None else f"tenant:{key.tenant}",
-                                      tenant=key.tenant):
+        for b in self.ledger.balances(agent, tenant=key.tenant, scope=given):
             proto = _LEDGER_UNITS.get(b.unit)
-            if proto is None:
-                continue  # a budget in a unit the protocol cannot express
-            unit, places = proto
-            scope = f"tenant:{key.tenant}" if b.subject == key.tenant else f"agent:{b.subject}"
-            path = scope if scope.startswith("tenant:") else f"tenant:{key.tenant}/{scope}"
-            limit = self._to_wire(b.limit, places)
-            spent_all = self._to_wire(b.spent, places)
-            spent, debt = min(spent_all, limit), max(0, spent_all - limit)
-            reserved = self._to_wire(b.reserved, places)
-
-            def amt(v: int, u: str = unit) -> cm.AmountOut:
-                return cm.AmountOut(unit=u, amount=v)  # type: ignore[arg-type]
-
-            out.append(cm.Balance(
-                scope=scope, scope_path=path,
-                remaining=cm.SignedAmount(unit=unit, amount=limit - spent - reserved - debt),  # type: ignore[arg-type]
-                reserved=amt(reserved), spent=amt(spent), allocated=amt(limit),
-                debt=amt(debt), overdraft_limit=amt(self._to_wire(b.overdraft_limit, places)),
-                is_over_limit=debt > self._to_wire(b.overdraft_limit, places)))
+            if proto is None or b.level not in _LEVELS:
+                continue  # a unit or a subject kind the protocol cannot express
+            if b.level == "tenant":
+                path = f"tenant:{key.tenant}"
+            elif b.level == "agent":
+                path = "/".join([*above, f"agent:{b.subject}"])
+            else:
+                path = b.subject  # the ledger's bucket of a level is its scope path
+            out.append(self._balance(path, b, proto))
         return self._reply(200, _dump(_BALANCES_OUT, cm.BalanceResponse(balances=out)),
                            key.tenant)
+
+    def _balance(self, path: str, b: pb.Balance, proto: tuple[str, int]) -> cm.Balance:
+        unit, places = proto
+        limit = self._to_wire(b.limit, places)
+        spent_all = self._to_wire(b.spent, places)
+        spent, debt = min(spent_all, limit), max(0, spent_all - limit)
+        reserved = self._to_wire(b.reserved, places)
+        overdraft = self._to_wire(b.overdraft_limit, places)
+
+        def amt(v: int) -> cm.AmountOut:
+            return cm.AmountOut(unit=unit, amount=v)  # type: ignore[arg-type]
+
+        return cm.Balance(
+            scope=path.rsplit("/", 1)[-1], scope_path=path,
+            remaining=cm.SignedAmount(unit=unit, amount=limit - spent - reserved - debt),  # type: ignore[arg-type]
+            reserved=amt(reserved), spent=amt(spent), allocated=amt(limit), debt=amt(debt),
+            overdraft_limit=amt(overdraft), is_over_limit=debt > overdraft)
 
     def readiness(self, req: _Request) -> _Reply:
         from policyengine.server._app import _Reply

@@ -540,3 +540,36 @@ def test_cycles_and_agent_ledger_share_post_v1_events_by_their_key_header(
         assert ledger.json()["code"] == "unknown_session"
         nobody = httpx.post(url, json={})
         assert nobody.status_code == 401 and "request_id" not in nobody.json()
+
+
+# ---------------------------------------------------------------- the scope hierarchy
+def test_every_level_of_the_subject_is_charged_and_reported(live: Live) -> None:
+    """`per workspace` and `per context.run` (a subject dimension) budgets: a spend
+    debits each level at once, a full level refuses for the whole subject."""
+    ws = "ws-" + uuid.uuid4().hex[:8]
+
+    def spend(amount: int, workspace: str, run: str) -> httpx.Response:
+        return httpx.post(f"{live.url}/v1/reservations", headers=headers(), json={
+            "idempotency_key": uuid.uuid4().hex,
+            "subject": {"tenant": "acme", "workspace": workspace, "agent": "searcher",
+                        "dimensions": {"run": run}},
+            "action": {"kind": "search.call", "name": "web"},
+            "estimate": {"unit": "CREDITS", "amount": amount}})
+
+    first = spend(250, ws, ws + "-r1")
+    assert first.status_code == 200
+    assert first.json()["affected_scopes"] == [
+        "tenant:acme", f"workspace:{ws}", "agent:searcher"]
+    assert spend(100, ws, ws + "-r1").status_code == 409     # run r1: 250 + 100 > 300
+    assert spend(200, ws, ws + "-r2").status_code == 200     # workspace: 450 <= 500
+    refused = spend(100, ws, ws + "-r3")                     # workspace: 550 > 500
+    assert refused.status_code == 409 and error_of(refused).error == "BUDGET_EXCEEDED"
+    assert spend(100, ws + "-other", ws + "-r3").status_code == 200
+    res = httpx.get(f"{live.url}/v1/balances", headers=headers(),
+                    params={"tenant": "acme", "workspace": ws})
+    balances = strict(rm.BalanceResponse, res).balances
+    (mine,) = [b for b in balances if b.scope == f"workspace:{ws}"]
+    assert mine.scope_path == f"tenant:acme/workspace:{ws}"
+    assert mine.reserved is not None and mine.reserved.amount == 450
+    assert mine.remaining.amount == 50 and mine.allocated is not None
+    assert mine.allocated.amount == 500
