@@ -435,8 +435,8 @@ class CyclesWire:
                                 tenant=key.tenant)
         if not r.lines:
             # The protocol: at least one derived scope must have a budget. A spend no
-            # budget covers is refused, never admitted unmetered.
-            self.ledger.release(r.id)
+            # budget covers is refused, never admitted unmetered (the reservation the
+            # ledger made holds nothing; a replay of its key is refused the same way).
             raise _CyclesRefusalError(409, "BUDGET_EXCEEDED", "no budget covers this subject and "
                                 "action")
         now = self.ledger.clock()

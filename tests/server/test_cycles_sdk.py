@@ -573,3 +573,18 @@ def test_every_level_of_the_subject_is_charged_and_reported(live: Live) -> None:
     assert mine.reserved is not None and mine.reserved.amount == 450
     assert mine.remaining.amount == 50 and mine.allocated is not None
     assert mine.allocated.amount == 500
+
+
+def test_a_spend_no_budget_covers_is_refused_not_admitted_unmetered(live: Live) -> None:
+    body = {**create_body(agent(), key="unbudgeted"),
+            "action": {"kind": "image.render", "name": "x"}}
+    for _ in range(2):  # a retry with the same key is refused the same way
+        res = httpx.post(f"{live.url}/v1/reservations", headers=headers(), json=body)
+        assert res.status_code == 409 and error_of(res).error == "BUDGET_EXCEEDED"
+    event = httpx.post(f"{live.url}/v1/events", headers=headers(), json={
+        "idempotency_key": uuid.uuid4().hex, "subject": body["subject"],
+        "action": body["action"], "actual": {"unit": "TOKENS", "amount": 1}})
+    assert event.status_code == 409 and error_of(event).error == "BUDGET_EXCEEDED"
+    decided = httpx.post(f"{live.url}/v1/decide", headers=headers(), json={
+        k: v for k, v in body.items() if k != "idempotency_key"} | {"idempotency_key": "u2"})
+    assert decided.status_code == 200 and decided.json()["decision"] == "DENY"
