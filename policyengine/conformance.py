@@ -296,6 +296,19 @@ def run_fixture(path: Path) -> list[CaseResult]:
             elif kind == "log_verify":
                 from policyengine.audit._conformance import run_log_verify_case
                 msg = run_log_verify_case(case, base)
+            elif kind == "cycles":
+                from policyengine.server._cycles import run_cycles_case
+                start_at = parse_now(fixture["now"]) if "now" in fixture else 0.0
+                moved = [0.0]
+
+                def advance(seconds: float, moved: list[float] = moved) -> None:
+                    moved[0] += seconds
+
+                def clock(moved: list[float] = moved, t: float = start_at) -> float:
+                    return t + moved[0]
+
+                eng = _engine(fixture, case, base, clock)
+                msg = run_cycles_case(eng, case, advance)
             elif kind == "authzen":
                 from policyengine.server._authzen import run_authzen_case
                 if engine is None:

@@ -638,3 +638,104 @@ class CyclesWire:
             raise _CyclesRefusalError(400, "INVALID_REQUEST",
                                 f"unknown query parameter {sorted(unknown)[0]!r}")
         return query
+
+
+# ---------------------------------------------------------------------- conformance
+_KEY_HASHES: dict[str, str] = {}
+
+
+def run_cycles_case(engine: Any, case: dict[str, Any],
+                    advance: Callable[[float], None]) -> str | None:
+    """Conformance kind ``cycles``: ``api_keys`` maps each API key to its tenant;
+    ``steps`` are wire exchanges run in order against the service (in process, on the
+    fixture's clock): ``{"request": {"method", "path", "key"?, "headers"?, "body"?},
+    "expect": {"status", "body"?}, "capture"?: {"name": "field"}}``, or
+    ``{"advance_ms": n}`` to move the clock. ``{name}`` in a path or a body string is a
+    captured value; in ``expect.body`` the string ``"*"`` matches any value and
+    ``"$name"`` the captured one; every other value, and the set of keys, must be
+    exact. None when every step matches, else why not."""
+    import asyncio
+
+    from policyengine.server._app import ServiceConfig, create_app
+    from policyengine.server._credentials import Credentials, hash_secret
+
+    keys: list[CyclesKey] = []
+    for key, tenant in case.get("api_keys", {}).items():
+        if key not in _KEY_HASHES:
+            _KEY_HASHES[key] = hash_secret(key)
+        keys.append(CyclesKey(f"key-{tenant}-{len(keys)}", _KEY_HASHES[key], tenant))
+    app = create_app(engine, credentials=Credentials(cycles_keys=tuple(keys)),
+                     config=ServiceConfig(access_log=False, watch_interval=None))
+    seen: dict[str, Any] = {}
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            for name, got in seen.items():
+                value = value.replace("{" + name + "}", str(got))
+            return value
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    def differs(want: Any, got: Any, where: str) -> str | None:
+        if want == "*":
+            return None
+        if isinstance(want, str) and want.startswith("$") and want[1:] in seen:
+            want = seen[want[1:]]
+        if isinstance(want, dict) and isinstance(got, dict):
+            if set(want) != set(got):
+                return f"{where}: keys {sorted(got)}, expected {sorted(want)}"
+            for k in want:
+                problem = differs(want[k], got[k], f"{where}.{k}")
+                if problem:
+                    return problem
+            return None
+        if isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
+            for i, (w, g) in enumerate(zip(want, got, strict=True)):
+                problem = differs(w, g, f"{where}[{i}]")
+                if problem:
+                    return problem
+            return None
+        if type(want) is not type(got) or want != got:
+            return f"{where}: {got!r}, expected {want!r}"
+        return None
+
+    async def exchange(request: dict[str, Any]) -> tuple[int, Any]:
+        body = b"" if "body" not in request else json.dumps(fill(request["body"])).encode()
+        headers = [(b"content-type", b"application/json")]
+        if "key" in request:
+            headers.append((b"x-cycles-api-key", request["key"].encode()))
+        headers += [(k.lower().encode(), str(v).encode())
+                    for k, v in request.get("headers", {}).items()]
+        path, _, query = fill(request["path"]).partition("?")
+        sent: list[dict[str, Any]] = []
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app({"type": "http", "method": request["method"], "path": path,
+                   "headers": headers, "query_string": query.encode()}, receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"])
+
+    for i, step in enumerate(case["steps"]):
+        if "advance_ms" in step:
+            advance(step["advance_ms"] / 1000)
+            continue
+        status, body = asyncio.run(exchange(step["request"]))
+        where = f"step {i} ({step['request']['method']} {step['request']['path']})"
+        want = step["expect"]
+        if status != want["status"]:
+            return f"{where}: status {status}, expected {want['status']}: {body}"
+        if "body" in want:
+            problem = differs(want["body"], body, where + " body")
+            if problem:
+                return problem
+        for name, field in step.get("capture", {}).items():
+            seen[name] = body[field]
+    return None
