@@ -173,30 +173,35 @@ _Operation = Callable[[CyclesKey, Any, str, tuple[str, ...]], tuple[int, bytes]]
 
 class _Replays:
     """Successful answers by (tenant, endpoint, idempotency key), bounded, per process:
-    the original status and body, and a digest of the payload they answered."""
+    the request they answered (path parameters and body bytes) and the original status
+    and body. A retry with the very same bytes is a replay at once; other bytes are
+    compared as parsed JSON (key order and spacing do not count, values do)."""
 
     def __init__(self, size: int = _REPLAY_SIZE, seconds: float = _REPLAY_SECONDS) -> None:
-        self._items: OrderedDict[tuple[str, str, str], tuple[bytes, int, bytes, float]] = (
+        self._items: OrderedDict[tuple[str, str, str],
+                                 tuple[tuple[str, ...], bytes, int, bytes, float]] = (
             OrderedDict())
         self._size, self._seconds = size, seconds
 
-    def get(self, key: tuple[str, str, str], digest: bytes) -> tuple[int, bytes] | None:
+    def get(self, key: tuple[str, str, str], params: tuple[str, ...], raw: bytes
+            ) -> tuple[int, bytes] | None:
         hit = self._items.get(key)
         if hit is None:
             return None
-        if hit[3] < time.monotonic():
+        if hit[4] < time.monotonic():
             del self._items[key]
             return None
-        if hit[0] != digest:
-            raise _CyclesRefusalError(409, "IDEMPOTENCY_MISMATCH", "this idempotency key was used "
-                                "with a different payload on this endpoint")
-        return hit[1], hit[2]
+        if hit[0] != params or (hit[1] != raw and loads(hit[1]) != loads(raw)):
+            raise _CyclesRefusalError(409, "IDEMPOTENCY_MISMATCH", "this idempotency key was "
+                                      "used with a different payload on this endpoint")
+        return hit[2], hit[3]
 
     def clear(self) -> None:
         self._items.clear()
 
-    def put(self, key: tuple[str, str, str], digest: bytes, status: int, body: bytes) -> None:
-        self._items[key] = (digest, status, body, time.monotonic() + self._seconds)
+    def put(self, key: tuple[str, str, str], params: tuple[str, ...], raw: bytes,
+            status: int, body: bytes) -> None:
+        self._items[key] = (params, raw, status, body, time.monotonic() + self._seconds)
         if len(self._items) > self._size:
             self._items.popitem(last=False)
 
@@ -208,6 +213,7 @@ class CyclesWire:
         self.service = service
         self.prefix = prefix
         self.replays = _Replays()
+        self.owners: OrderedDict[str, str] = OrderedDict()  # reservation id -> tenant
 
     def routes(self) -> list[_Route]:
         from policyengine.server._app import _Route
@@ -310,18 +316,15 @@ class CyclesWire:
         """Validate, then answer a replay from the cache or run the operation once."""
         key = self._key(req)
         body = self._body(req, adapter)
-        payload = json.dumps([req.params, body.model_dump(mode="json", exclude_none=True)],
-                             sort_keys=True, separators=(",", ":"), default=str)
-        digest = hashlib.sha256(payload.encode()).digest()
         slot = (key.tenant, endpoint, body.idempotency_key)
-        hit = self.replays.get(slot, digest)
+        hit = self.replays.get(slot, req.params, req.body)
         if hit is not None:
             return self._reply(hit[0], hit[1], key.tenant)
         ledger_key = "cy_" + hashlib.sha256(
             f"{key.tenant}\0{endpoint}\0{body.idempotency_key}".encode(
                 "utf-8", "surrogatepass")).hexdigest()[:40]
         status, out = run(key, body, ledger_key, req.params)
-        self.replays.put(slot, digest, status, out)
+        self.replays.put(slot, req.params, req.body, status, out)
         return self._reply(status, out, key.tenant)
 
     @property
@@ -397,12 +400,26 @@ class CyclesWire:
     def _owned(self, key: CyclesKey, reservation_id: str) -> pb.Reservation:
         r = self.ledger.get(reservation_id)
         if r.tenant != key.tenant:
-            raise _CyclesRefusalError(403, "FORBIDDEN", "the reservation belongs to another tenant")
+            raise _CyclesRefusalError(403, "FORBIDDEN", "the reservation belongs to another "
+                                      "tenant")
         return r
+
+    def _check_owner(self, key: CyclesKey, reservation_id: str) -> None:
+        """403 for another tenant's reservation. A reservation's tenant never changes, so
+        the tenants of the reservations this worker made are remembered (bounded) and a
+        commit of one costs no store read for the check; others are read."""
+        tenant = self.owners.get(reservation_id)
+        if tenant is None:
+            self._owned(key, reservation_id)
+        elif tenant != key.tenant:
+            raise _CyclesRefusalError(403, "FORBIDDEN", "the reservation belongs to another "
+                                      "tenant")
 
     @staticmethod
     def _ms(t: float) -> int:
-        return int(t * 1000)
+        """POSIX seconds (a float) as whole milliseconds, to the nearest: an expiry moved by
+        ``extend_by_ms`` reads back exactly that many milliseconds later."""
+        return round(t * 1000)
 
     # ------------------------------------------------------------------ endpoints
     def create(self, req: _Request) -> _Reply:
@@ -432,13 +449,16 @@ class CyclesWire:
             return 200, _dump(_CREATE_OUT, out)
         r = self.ledger.reserve(principal, permission, amount, unit,
                                 ttl=body.ttl_ms / 1000, idempotency_key=ledger_key,
-                                tenant=key.tenant)
+                                tenant=key.tenant, scope=self._scope(body.subject))
         if not r.lines:
             # The protocol: at least one derived scope must have a budget. A spend no
             # budget covers is refused, never admitted unmetered (the reservation the
             # ledger made holds nothing; a replay of its key is refused the same way).
             raise _CyclesRefusalError(409, "BUDGET_EXCEEDED", "no budget covers this subject and "
                                 "action")
+        self.owners[r.id] = key.tenant
+        if len(self.owners) > _REPLAY_SIZE:
+            self.owners.popitem(last=False)
         now = self.ledger.clock()
         out = cm.ReservationCreateResponse(
             decision="ALLOW", reservation_id=r.id, affected_scopes=scopes,
@@ -453,11 +473,10 @@ class CyclesWire:
     def _commit(self, key: CyclesKey, body: cm.CommitRequest,
                 ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
         rid = params[0]
-        r = self._owned(key, rid)
+        self._check_owner(key, rid)
         unit, places = self._unit(body.actual.unit)
-        if unit != r.unit:
-            raise _CyclesRefusalError(400, "UNIT_MISMATCH", "actual.unit is not the reservation's "
-                                "unit")
+        # Another protocol unit than the reservation's is the ledger's unit_mismatch
+        # (400 UNIT_MISMATCH): the protocol's units other than USD_MICROCENTS are counts.
         done = self.ledger.commit(rid, self._to_ledger(body.actual.amount, places), unit,
                                   idempotency_key=ledger_key)
         charged = self._amount_out(done.committed_amount, done.unit)
@@ -513,7 +532,7 @@ class CyclesWire:
         check = self.ledger.check(self._principal(body.subject, key.tenant),
                                   self._permission(body.action),
                                   self._to_ledger(body.estimate.amount, places), unit,
-                                  tenant=key.tenant)
+                                  tenant=key.tenant, scope=self._scope(body.subject))
         code = check.code if not check.allowed else (
             "budget_exceeded" if not check.budgets else None)
         out = cm.DecisionResponse(

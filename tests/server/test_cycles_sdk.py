@@ -561,7 +561,8 @@ def test_every_level_of_the_subject_is_charged_and_reported(live: Live) -> None:
     assert first.json()["affected_scopes"] == [
         "tenant:acme", f"workspace:{ws}", "agent:searcher"]
     assert spend(100, ws, ws + "-r1").status_code == 409     # run r1: 250 + 100 > 300
-    assert spend(200, ws, ws + "-r2").status_code == 200     # workspace: 450 <= 500
+    r2 = spend(200, ws, ws + "-r2")
+    assert r2.status_code == 200, r2.text     # workspace: 450 <= 500
     refused = spend(100, ws, ws + "-r3")                     # workspace: 550 > 500
     assert refused.status_code == 409 and error_of(refused).error == "BUDGET_EXCEEDED"
     assert spend(100, ws + "-other", ws + "-r3").status_code == 200
