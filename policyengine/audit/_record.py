@@ -44,13 +44,18 @@ class LogView:
     rules (with the engine's HMAC key for ``hash``). One per loaded policy, immutable, so
     the hot path captures one reference."""
 
-    __slots__ = ("hmac_key", "revision", "rules")
+    __slots__ = ("bundles", "hmac_key", "revision", "rules")
 
     def __init__(self, revision: str, rules: tuple[RedactionRule, ...] = (),
                  hmac_key: bytes | None = None) -> None:
         self.revision = revision
         self.rules = rules
         self.hmac_key = hmac_key
+        #: The records' ``bundles`` member, made once (records only read it).
+        self.bundles = {"policy": {"revision": revision}}
+
+
+_NO_BUNDLES: Final = {"policy": {"revision": None}}
 
 
 _last_second = -1
@@ -177,16 +182,18 @@ def decision_record(kind: str, ts_ns: int, latency_ns: int, decision: Any,
     if kind == "tool_authorize":
         tool, d = d, d.decision
     logged, masked, erased, errors = mask_input(inp, view)
+    status = d.status
+    diagnostics = d.diagnostics
     ob = d.obligations
-    result: dict[str, Any] = {
-        "allowed": d.status == "allowed",
-        "status": d.status,
+    result: dict[str, Any] = {  # tuples encode as arrays: no list copies
+        "allowed": status == "allowed",
+        "status": status,
         "reason_code": d.code,
         "reason": d.reason,
-        "rules": list(d.rules),
+        "rules": d.rules,
         "obligations": ob.to_wire() if ob is not None and not ob.is_empty() else None,
         "approval_id": d.approval_id,
-        "diagnostics": [x.code for x in d.diagnostics],
+        "diagnostics": [x.code for x in diagnostics] if diagnostics else (),
     }
     if tool is not None:
         result["outcome"] = tool.outcome
@@ -197,10 +204,10 @@ def decision_record(kind: str, ts_ns: int, latency_ns: int, decision: Any,
         "kind": kind,
         "decision_id": d.decision_id,
         "timestamp": rfc3339(ts_ns),
-        "bundles": {"policy": {"revision": view.revision if view is not None else None}},
+        "bundles": view.bundles if view is not None else _NO_BUNDLES,
         "principal": d.principal,
         "acting_for": d.acting_for,
-        "chain": list(d.chain) if d.chain is not None else None,
+        "chain": d.chain,
         "permission": d.permission,
         "input": logged,
         "result": result,
@@ -242,7 +249,7 @@ def event_record(kind: str, ts_ns: int, fields: Mapping[str, Any],
         "schema": SCHEMA,
         "kind": kind,
         "timestamp": rfc3339(ts_ns),
-        "bundles": {"policy": {"revision": view.revision if view is not None else None}},
+        "bundles": view.bundles if view is not None else _NO_BUNDLES,
     }
     record.update(body)
     if masked:
