@@ -78,10 +78,10 @@ class LoggedLedger(Ledger):
         return self._logged("release", lambda: super(LoggedLedger, self).release(
             reservation_id, **kw), {"operation": {"reservation_id": reservation_id}})
 
-    def extend(self, reservation_id: str, ttl: float) -> Any:
+    def extend(self, reservation_id: str, ttl: float | None = None, **kw: Any) -> Any:
         return self._logged("extend", lambda: super(LoggedLedger, self).extend(
-            reservation_id, ttl), {"operation": {"reservation_id": reservation_id,
-                                                 "ttl": ttl}})
+            reservation_id, ttl, **kw), {"operation": {"reservation_id": reservation_id,
+                                                       "ttl": ttl, "by": kw.get("by")}})
 
 
 class LoggedApprovals:

@@ -61,7 +61,7 @@ _ARG_NAMES = {
 _SPEND_ARGS = frozenset({"principal", "permission", "amount", "currency", "acting_for",
                          "tenant", "scope", "usage"})
 _ALLOWED_ARGS: dict[str, frozenset[str]] = {
-    "reserve": _SPEND_ARGS | {"ttl", "idempotency_key"},
+    "reserve": _SPEND_ARGS | {"ttl", "idempotency_key", "grace"},
     "record": _SPEND_ARGS | {"idempotency_key", "overage"},
     "check": _SPEND_ARGS,
     "admit": _SPEND_ARGS,
@@ -69,7 +69,7 @@ _ALLOWED_ARGS: dict[str, frozenset[str]] = {
     "price": frozenset({"provider", "model", "input_tokens", "cached_input_tokens",
                         "output_tokens"}),
     "release": frozenset({"idempotency_key"}),
-    "extend": frozenset({"ttl"}),
+    "extend": frozenset({"ttl", "by", "idempotency_key"}),
     "balances": frozenset({"principal", "acting_for", "tenant", "scope", "level"}),
 }
 

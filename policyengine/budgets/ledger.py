@@ -91,6 +91,9 @@ MAX_GRACE = 60
 #: Seconds an idempotency key is remembered.
 IDEMPOTENCY_RETENTION = 86400.0
 _MAX_NAME = 256
+#: Reads and writes an ``allow_if_available`` commit or record makes before it charges
+#: what is held (commit) or nothing (record) on the budgets a race keeps taking.
+_CAP_TRIES = 4
 _MAX_MATCH_CACHE = 10_000
 _NON_MONEY = NON_CURRENCY_UNITS
 #: Subjects whose bucket is a scope path (:func:`~policyengine.budgets.spec.scope_path`).
@@ -252,7 +255,20 @@ class Reservation:
 
     @property
     def expires_at(self) -> float:
+        """When the lease ends (extend only before); commits are accepted until
+        :attr:`grace_until`."""
+        return self._record.expires_at - self._record.grace
+
+    @property
+    def grace_until(self) -> float:
+        """The lease end plus the grace period: the last moment a commit is accepted and
+        the hold lasts (``status`` is ``active`` until then)."""
         return self._record.expires_at
+
+    @property
+    def capped(self) -> bool:
+        """True when ``allow_if_available`` charged a budget less than the amount."""
+        return self._record.capped
 
     @property
     def committed_amount(self) -> Decimal | None:
@@ -302,7 +318,9 @@ class Reservation:
             "actingFor": rec.acting_for,
             "tenant": rec.tenant,
             "createdAt": _iso(rec.created_at),
-            "expiresAt": _iso(rec.expires_at),
+            "expiresAt": _iso(rec.expires_at - rec.grace),
+            "graceUntil": _iso(rec.expires_at),
+            "capped": rec.capped,
             "committedAmount": rec.committed_amount,
             "lines": [line.to_wire() for line in self.lines],
             "priced": rec.priced,
@@ -886,6 +904,10 @@ class Ledger:
             str(value), acting_for, tenant, now, now, tuple(lines),
             tuple(line.amount for line in lines), str(value), unit, now, 0.0, priced,
         )
+        if over == "allow_if_available":
+            return self._record_capped(record, lines, budgets, buckets, key, fingerprint_of(
+                "record", principal, permission, unit, value, over, acting_for, tenant,
+                self._scope_key(scope), priced, lines), now)
         if over == "allow_with_overdraft":
             guards = tuple(
                 Guard(bucket, line.amount, b.ceiling, None)
@@ -902,10 +924,9 @@ class Ledger:
         )
         idem = None
         if key is not None:
-            skey = self._scope_key(scope)
-            fingerprint = repr(("record", principal, permission, unit, str(value), over,
-                                acting_for, tenant) + ((skey,) if skey else ())
-                               + ((priced, [ln.amount for ln in lines]) if priced else ()))
+            fingerprint = fingerprint_of("record", principal, permission, unit, value, over,
+                                         acting_for, tenant, self._scope_key(scope), priced,
+                                         lines)
             replay = self._replay("record:" + key, fingerprint, now)
             if replay is not None:
                 return replay
@@ -936,7 +957,9 @@ class Ledger:
         ``tokens`` line the tokens.
 
         Over the reserved amount: ``overage="reject"`` raises ``budget_exceeded``;
-        ``"allow_if_available"`` succeeds if every budget has room for the excess;
+        ``"allow_if_available"`` (Cycles' meaning) never fails for want of budget: each
+        budget is charged at most what it has available, and the result is ``capped``
+        when that is less than the amount;
         ``"allow_with_overdraft"`` lets spend exceed the limit by up to the budget's
         ``overdraft_limit`` (else ``overdraft_limit_exceeded``). A failed commit leaves
         the reservation active.
@@ -975,6 +998,7 @@ class Ledger:
         spends: list[Spend] = []
         guards: list[Guard] = []
         guard_lines: list[tuple[Line, _Budget | None]] = []
+        over_lines: list[tuple[int, Line, _Budget]] = []
         same_unit = unit == rec.unit
         for line in rec.lines:
             budget = self._by_id.get(line.budget)
@@ -994,6 +1018,9 @@ class Ledger:
                                        actual)))
             if actual <= line.amount or budget is None:
                 continue
+            if over == "allow_if_available":
+                over_lines.append((len(actuals) - 1, line, budget))
+                continue
             if over == "reject":
                 bucket = _bucket(line, budget, now)
                 use = self.store.usage((bucket,), now)[0]
@@ -1007,6 +1034,9 @@ class Ledger:
             ceiling = budget.ceiling if over == "allow_with_overdraft" else budget.limit
             guards.append(Guard(_bucket(line, budget, now), actual, ceiling, None))
             guard_lines.append((line, budget))
+        if over_lines:
+            return self._commit_capped(rec, actuals, over_lines, value, unit, key,
+                                       fingerprint, now)
         final = _new(ReservationRecord, (
             rec.id, COMMITTED, rec.principal, rec.permission, rec.unit, rec.amount,
             rec.acting_for, rec.tenant, rec.created_at, rec.expires_at, rec.lines,
@@ -1027,6 +1057,90 @@ class Ledger:
         budgets = [gl[1] for gl in guard_lines]
         return self._failed(outcome, lines, budgets, idem, now, code,  # type: ignore[arg-type]
                             [g.add for g in guards])
+
+    def _record_capped(self, record: ReservationRecord, lines: list[Line],
+                       budgets: list[_Budget], buckets: list[Bucket], key: str | None,
+                       fingerprint: str, now: float) -> Reservation:
+        """``record(..., overage="allow_if_available")``: each budget is charged at most
+        what it has available (nothing once it is spent), never refused for want of
+        budget; ``capped`` when less than the amount. Races as in :meth:`_commit_capped`;
+        the last try charges nothing."""
+        if key is not None:
+            replay = self._replay("record:" + key, fingerprint, now)
+            if replay is not None:
+                return replay
+        wanted = [line.amount for line in lines]
+        outcome = Outcome(False)
+        idem = None
+        for attempt in range(_CAP_TRIES):
+            charged = [0] * len(lines)
+            guards: list[Guard] = []
+            if attempt < _CAP_TRIES - 1 and lines:
+                for i, (b, use, bucket) in enumerate(zip(
+                        budgets, self.store.usage(tuple(buckets), now), buckets, strict=True)):
+                    charged[i] = min(wanted[i], max(0, b.limit - use.spent - use.reserved))
+                    if charged[i]:
+                        guards.append(Guard(bucket, charged[i], b.limit, None))
+            final = record._replace(committed=tuple(charged), capped=charged != wanted)
+            spends = tuple(Spend(ln.budget, ln.subject, ln.window, ln.rolling, q)
+                           for ln, q in zip(lines, charged, strict=True))
+            if key is not None:
+                idem = IdempotencyRecord("record:" + key, fingerprint, final,
+                                         now + IDEMPOTENCY_RETENTION)
+            outcome = self.store.apply(
+                Transaction(tuple(guards), create=final, spends=spends, idempotency=idem), now)
+            if outcome.ok:
+                return self._view(final, now)
+            if outcome.reason not in ("guard", "debt"):
+                break
+        return self._failed(outcome, [], [], idem, now, "budget_exceeded")
+
+    def _commit_capped(self, rec: ReservationRecord, actuals: list[int],
+                       over_lines: list[tuple[int, Line, _Budget]], value: Decimal,
+                       unit: str | None, key: str | None, fingerprint: str, now: float
+                       ) -> Reservation:
+        """A commit above the reservation with ``allow_if_available``: each line over its
+        hold is charged what its budget has available (its own hold, plus the room no
+        other hold takes), never past the limit and never refused for want of budget.
+        The room is read, then guarded in the write; a concurrent spend that takes it
+        first makes the write fail and the room is read again; the last try charges the
+        hold alone, which always fits."""
+        outcome = Outcome(False)
+        final = rec
+        idem = None
+        for attempt in range(_CAP_TRIES):
+            charged = list(actuals)
+            guards: list[Guard] = []
+            if attempt < _CAP_TRIES - 1:
+                buckets = tuple(_bucket(line, b, now) for _i, line, b in over_lines)
+                for (i, line, b), use, bucket in zip(over_lines, self.store.usage(buckets, now),
+                                                     buckets, strict=True):
+                    room = b.limit - use.spent - max(0, use.reserved - line.amount)
+                    charged[i] = min(actuals[i], max(line.amount, room))
+                    if charged[i] > line.amount:
+                        guards.append(Guard(bucket, charged[i], b.limit, None))
+            else:
+                for i, line, _b in over_lines:
+                    charged[i] = line.amount
+            spends = tuple(_new(Spend, (ln.budget, ln.subject, ln.window, ln.rolling, q))
+                           for ln, q in zip(rec.lines, charged, strict=True))
+            final = _new(ReservationRecord, (
+                rec.id, COMMITTED, rec.principal, rec.permission, rec.unit, rec.amount,
+                rec.acting_for, rec.tenant, rec.created_at, rec.expires_at, rec.lines,
+                tuple(charged), str(value), unit, now, rec.grace, rec.priced,
+                charged != actuals,
+            ))
+            if key is not None:
+                idem = IdempotencyRecord("commit:" + key, fingerprint, final,
+                                         now + IDEMPOTENCY_RETENTION)
+            outcome = self.store.apply(
+                _new(Transaction, (tuple(guards), rec.id, None, final, None, spends, idem)),
+                now)
+            if outcome.ok:
+                return Reservation(final, self._meta, now)
+            if outcome.reason not in ("guard", "debt"):
+                break
+        return self._failed(outcome, [], [], idem, now, "budget_exceeded")
 
     def release(self, reservation_id: str, *, idempotency_key: str | None = None) -> Reservation:
         """Give back everything a reservation holds."""
@@ -1050,17 +1164,45 @@ class Ledger:
             return self._view(final, now)
         return self._failed(outcome, [], [], idem, now, "budget_exceeded")
 
-    def extend(self, reservation_id: str, ttl: float) -> Reservation:
-        """Keep a live reservation for ``ttl`` more seconds from now (a heartbeat)."""
-        ttl_s = _ttl(ttl)
+    def extend(self, reservation_id: str, ttl: float | None = None, *, by: float | None = None,
+               idempotency_key: str | None = None) -> Reservation:
+        """Keep a live reservation longer (a heartbeat): ``ttl`` seconds from now, or
+        ``by`` seconds past its current lease end (Cycles' ``extend_by_ms``). A lease
+        ends at most :data:`MAX_TTL` seconds from now (the returned ``expires_at`` is
+        authoritative). Only before the lease ends: not in the grace period
+        (``reservation_expired``). ``idempotency_key`` makes a retry return the first
+        result instead of extending twice."""
+        if (ttl is None) == (by is None):
+            raise BudgetInputError("invalid_ttl", "give ttl (seconds from now) or by "
+                                   "(seconds past the current expiry), not both")
+        step = _ttl(ttl if by is None else by)
+        key = _key(idempotency_key)
         now = self.clock()
+        fingerprint = repr(("extend", reservation_id, "ttl" if by is None else "by", step))
+        if key is not None:
+            replay = self._replay("extend:" + key, fingerprint, now)
+            if replay is not None:
+                return replay
         rec = self._active(reservation_id, now, False)
+        lease_end = rec.expires_at - rec.grace
+        if lease_end <= now:
+            raise ReservationError(
+                "reservation_expired",
+                f"reservation {rec.id} expired at {_iso(lease_end)}; it can still be "
+                f"committed until {_iso(rec.expires_at)}, not extended")
+        new_end = min(now + step if by is None else lease_end + step, now + MAX_TTL)
+        extended = rec._replace(expires_at=new_end + rec.grace)
+        idem = None
+        if key is not None:
+            idem = IdempotencyRecord("extend:" + key, fingerprint, extended,
+                                     now + IDEMPOTENCY_RETENTION)
         outcome = self.store.apply(
-            Transaction(require_active=rec.id, extend_to=now + ttl_s), now
+            Transaction(require_active=rec.id, extend_to=new_end + rec.grace,
+                        idempotency=idem), now
         )
         if outcome.ok:
-            return self._view(rec._replace(expires_at=now + ttl_s), now)
-        return self._failed(outcome, [], [], None, now, "budget_exceeded")
+            return self._view(extended, now)
+        return self._failed(outcome, [], [], idem, now, "budget_exceeded")
 
     def get(self, reservation_id: str) -> Reservation:
         """The current state of a reservation; raises ``unknown_reservation``."""
@@ -1580,6 +1722,16 @@ class Ledger:
             raise _exceeded("debt_outstanding" if outcome.reason == "debt" else code,
                             budgets[i], lines[i], use, attempted)
         raise BudgetError("store_conflict", f"the store refused the operation ({outcome.reason})")
+
+
+def fingerprint_of(op: str, principal: str, permission: str, unit: str | None,
+                   value: Decimal, extra: object, acting_for: str | None, tenant: str | None,
+                   skey: tuple[str | None, ...], priced: str | None, lines: list[Line]) -> str:
+    """The payload an idempotency key is bound to (the same key with another payload is
+    ``idempotency_mismatch``)."""
+    return repr((op, principal, permission, unit, str(value), extra, acting_for, tenant)
+                + ((skey,) if skey else ())
+                + ((priced, [ln.amount for ln in lines]) if priced else ()))
 
 
 def _spend(amount: object, usage: LLMUsage | None) -> object:

@@ -64,11 +64,11 @@ class Model:
         if amount > r.amount:
             if overage == "reject":
                 return "budget_exceeded"
-            ceiling = LIMIT if overage == "allow_if_available" else LIMIT + OVERDRAFT
-            total = self.spent.get(r.window, 0) + self.reserved(r.window, r) + amount
-            if total > ceiling:
-                return ("budget_exceeded" if overage == "allow_if_available"
-                        else "overdraft_limit_exceeded")
+            room = LIMIT - self.spent.get(r.window, 0) - self.reserved(r.window, r)
+            if overage == "allow_if_available":  # Cycles: capped at what is available
+                amount = min(amount, max(r.amount, room))
+            elif amount > room + OVERDRAFT:
+                return "overdraft_limit_exceeded"
         r.status = "committed"
         self.spent[r.window] = self.spent.get(r.window, 0) + amount
         return None
@@ -289,19 +289,22 @@ def test_agents_and_windows_match_model(
             want = model.state(h, model.now)
             if name == "commit":
                 amount, overage = op[2], op[3]
+                charge = amount
                 if want is None and amount > h.amount:  # type: ignore[operator]
-                    # "reject" refuses any excess; "allow_if_available" needs room for the
-                    # amount beside everything else (this hold left out) in its hour.
+                    # "reject" refuses any excess; "allow_if_available" (Cycles) charges
+                    # at most the room beside everything else (this hold left out).
                     others = sum(o.amount for o in model.live(h.agent)
                                  if o is not h and o.hour == h.hour)
                     room = 100 - model.money.get((h.agent, h.hour), 0) - others
-                    if overage == "reject" or amount > room:  # type: ignore[operator]
+                    if overage == "reject":
                         want = "budget_exceeded"
+                    else:
+                        charge = min(amount, max(h.amount, room))  # type: ignore[call-overload]
                 got, _ = _code(ledger.commit, h.id, amount, overage=overage)
                 if want is None:
                     h.status = "committed"
                     key_h, key_m = (h.agent, h.hour), (h.agent, h.minute)
-                    model.money[key_h] = model.money.get(key_h, 0) + amount  # type: ignore[operator]
+                    model.money[key_h] = model.money.get(key_h, 0) + charge  # type: ignore[operator]
                     model.calls[key_m] = model.calls.get(key_m, 0) + 1
             elif name == "release":
                 got, _ = _code(ledger.release, h.id)
