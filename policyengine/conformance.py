@@ -263,6 +263,9 @@ def run_fixture(path: Path) -> list[CaseResult]:
         fixture = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
         return [CaseResult(name, "<load>", False, f"cannot read fixture: {exc}")]
+    if not isinstance(fixture, dict):
+        return [CaseResult(name, "<load>", False, "a fixture is a JSON object (see "
+                           "conformance/README.md), not a " + type(fixture).__name__)]
     base = path.parent
     results: list[CaseResult] = []
     engine: Any = None

@@ -226,3 +226,11 @@ def test_instrumented_rules_decide_exactly_as_plain_ones(
     for wire in (want, got):
         wire.pop("decisionId")
     assert got == want
+
+
+def test_a_json_file_that_is_no_object_fails_to_load(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "table.json").write_text("[1, 2]")
+    assert main(["test", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "table.json :: <load>: a fixture is a JSON object" in out
