@@ -48,13 +48,18 @@ __all__ = ["CyclesWire", "cycles_error_body"]
 
 _LEVELS = ("tenant", "workspace", "app", "workflow", "agent", "toolset")
 _SCOPE_LEVELS = ("workspace", "app", "workflow", "toolset")  # the ledger's scope= levels
-#: Protocol unit -> (ledger unit, decimal places the protocol's integers carry).
+#: Protocol unit -> (ledger unit, decimal places the protocol's integers carry): the
+#: ledger has each protocol unit as it is (USD_MICROCENTS: integers of 10^-8 USD).
 _UNITS: dict[str, tuple[str, int]] = {
     "TOKENS": ("tokens", 0),
     "CREDITS": ("credits", 0),
-    "USD_MICROCENTS": ("USD", 8),
+    "RISK_POINTS": ("risk_points", 0),
+    "USD_MICROCENTS": ("USD_MICROCENTS", 0),
 }
-_LEDGER_UNITS = {ledger: (proto, places) for proto, (ledger, places) in _UNITS.items()}
+#: Ledger unit -> protocol unit and places, for answers: a USD budget (cents) is
+#: reported in microcents, exactly.
+_LEDGER_UNITS = {**{ledger: (proto, places) for proto, (ledger, places) in _UNITS.items()},
+                 "USD": ("USD_MICROCENTS", 8)}
 _STATUS = {"active": "ACTIVE", "committed": "COMMITTED", "released": "RELEASED",
            "expired": "EXPIRED"}
 _OVERAGE = {"REJECT": "reject", "ALLOW_IF_AVAILABLE": "allow_if_available",

@@ -110,7 +110,8 @@ def headers(tenant: str = "acme") -> dict[str, str]:
 def agent_balance(client: CyclesClient, agent_id: str) -> dict[str, Any]:
     res = client.get_balances(tenant="acme", agent=agent_id)
     assert res.status == 200
-    (found,) = [b for b in res.body["balances"] if b["scope"] == f"agent:{agent_id}"]
+    (found,) = [b for b in res.body["balances"] if b["scope"] == f"agent:{agent_id}"
+                and b["spent"]["unit"] == "TOKENS"]
     return found  # type: ignore[no-any-return]
 
 
@@ -284,7 +285,8 @@ def test_async_client_and_async_decorator(live: Live) -> None:
             with pytest.raises(BudgetExceededError):
                 await too_big()
             res = await client.get_balances(tenant="acme", agent=who)
-            (mine,) = [b for b in res.body["balances"] if b["scope"] == f"agent:{who}"]
+            (mine,) = [b for b in res.body["balances"] if b["scope"] == f"agent:{who}"
+                       and b["spent"]["unit"] == "TOKENS"]
             assert mine["spent"]["amount"] == 325
 
     asyncio.run(main())
@@ -594,3 +596,33 @@ def test_a_spend_no_budget_covers_is_refused_not_admitted_unmetered(live: Live) 
     decided = httpx.post(f"{live.url}/v1/decide", headers=headers(), json={
         k: v for k, v in body.items() if k != "idempotency_key"} | {"idempotency_key": "u2"})
     assert decided.status_code == 200 and decided.json()["decision"] == "DENY"
+
+
+# ---------------------------------------------------------------- money units
+def test_usd_microcents_the_decorators_default_unit(live: Live) -> None:
+    """USD_MICROCENTS (10^-8 USD) counts exactly on a microcents budget and, as whole
+    cents, on a USD budget (reported back in microcents); a fraction of a cent that a
+    cents budget cannot hold exactly is refused, never rounded."""
+    who = agent()
+    with CyclesClient(config(live, agent=who)) as client:
+        @cycles(estimate=3_000_000, actual=2_000_000, action_kind="chat", action_name="x",
+                client=client)
+        def chat() -> str:
+            return "hello"
+
+        assert chat() == "hello"
+        res = client.get_balances(tenant="acme", agent=who)
+        by_scope = {b["scope"]: b for b in res.body["balances"]
+                    if b["spent"]["unit"] == "USD_MICROCENTS"}
+        assert by_scope[f"agent:{who}"]["spent"] == {"unit": "USD_MICROCENTS",
+                                                   "amount": 2_000_000}
+        assert by_scope[f"agent:{who}"]["allocated"]["amount"] == 100_000_000
+        tenant = by_scope["tenant:acme"]
+        assert tenant["allocated"] == {"unit": "USD_MICROCENTS", "amount": 10 * 10**8}
+        assert tenant["spent"]["amount"] % 1_000_000 == 0 and tenant["spent"]["amount"] > 0
+        odd = client.create_reservation({
+            "idempotency_key": uuid.uuid4().hex, "subject": {"tenant": "acme", "agent": who},
+            "action": {"kind": "chat", "name": "x"},
+            "estimate": {"unit": "USD_MICROCENTS", "amount": 5_000}})
+        assert odd.status == 400 and odd.body["error"] == "INVALID_REQUEST"
+        assert odd.body["details"] == {"code": "inexact_amount"}

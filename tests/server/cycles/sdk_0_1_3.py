@@ -81,7 +81,8 @@ async def run_async() -> int:
 
 seen["async_commit"] = asyncio.run(run_async())
 balances = client.get_balances(tenant="acme", agent=agent).body["balances"]
-(mine,) = [b for b in balances if b["scope"] == f"agent:{agent}"]
+(mine,) = [b for b in balances
+           if b["scope"] == f"agent:{agent}" and b["spent"]["unit"] == "TOKENS"]
 seen["spent"] = mine["spent"]["amount"]
 seen["reserved"] = mine["reserved"]["amount"]
 print(json.dumps(seen))
