@@ -33,7 +33,8 @@ name (or is taken as a literal id).
 the same ``budget`` and ``subject``): every expected key must be present and equal;
 lists must have the same length. Special keys: ``error`` (the expected error code;
 ``details`` then matches the error's details), ``sameAs`` (the result's id equals that of
-a named reservation), ``count`` (number of balances). A step without ``expect`` must
+a named reservation), ``count`` (number of balances), ``caps`` (on a reservation: the
+Cycles caps its budgets declare, ``ledger.caps_of``). A step without ``expect`` must
 succeed.
 """
 
@@ -218,6 +219,10 @@ def _run_step(
         names[alias] = wire["id"]
     want = dict(expect)
     same = want.pop("sameAs", None)
+    if "caps" in want and op in ("reserve", "record", "commit", "extend"):
+        caps = want.pop("caps")
+        if ledger.caps_of(result) != caps:
+            return f"caps: expected {caps}, got {ledger.caps_of(result)}"
     if same is not None and wire.get("id") != names.get(same):
         return f"expected the result of {same!r} ({names.get(same)}), got {wire.get('id')}"
     return _subset(want, wire, "result")

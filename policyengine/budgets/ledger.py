@@ -377,6 +377,13 @@ class BudgetCheck:
         return _details(*self._rows[i])
 
     @property
+    def caps(self) -> dict[str, int]:
+        """The Cycles caps of the covering budgets (the smallest value of each name);
+        empty when none declares caps. An allowed check with caps is Cycles'
+        ``ALLOW_WITH_CAPS``."""
+        return self._ledger.caps_of(b.id for b, _line, _use in self._rows)
+
+    @property
     def usage(self) -> BudgetUsage | None:
         """The refusing budget, when refused; else the tightest covering budget (None
         when no budget covers the spend). What a decision reports as ``budget``."""
@@ -396,7 +403,7 @@ class BudgetCheck:
 
     def to_wire(self) -> dict[str, Any]:
         return {"allowed": self.allowed, "code": self.code, "details": self.details,
-                "budgets": self.budgets}
+                "budgets": self.budgets, "caps": self.caps}
 
 
 @dataclass(frozen=True)
@@ -1268,6 +1275,18 @@ class Ledger:
                     level=b.subject,
                 )
             )
+        return out
+
+    def caps_of(self, budgets: Iterable[str] | Reservation) -> dict[str, int]:
+        """The caps (``max_tokens`` ...) the given budgets declare, the smallest value of
+        each name: what a reservation on them carries (``ledger.caps_of(reservation)``)."""
+        ids = ((line.budget for line in budgets.lines) if isinstance(budgets, Reservation)
+               else budgets)
+        out: dict[str, int] = {}
+        for bid in ids:
+            b = self._by_id.get(bid)
+            for name, value in b.spec.caps if b is not None else ():
+                out[name] = min(value, out.get(name, value))
         return out
 
     @property

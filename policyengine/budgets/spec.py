@@ -28,6 +28,7 @@ from policyengine.permissions import is_valid_pattern, permission_matches
 __all__ = [
     "MAX_QUANTA",
     "MAX_ROLLING_SECONDS",
+    "CAPS",
     "HIERARCHY",
     "NON_CURRENCY_UNITS",
     "SUBJECTS",
@@ -101,6 +102,9 @@ def scope_path(level: str, principal: str | None, values: Mapping[str, str | Non
         if name == level:
             break
     return "/".join(parts)
+#: Caps a budget may declare (Cycles' ``Caps``; a decision with caps is
+#: ``ALLOW_WITH_CAPS``).
+CAPS = frozenset({"max_tokens", "max_steps_remaining", "cooldown_ms"})
 #: Longest rolling window (31 days); stores may forget rolling spend older than this.
 MAX_ROLLING_SECONDS = 31 * 86400
 #: Largest amount, limit or overdraft in quanta. Guarded sums stay below 2 * 10**18,
@@ -206,8 +210,8 @@ BudgetProblem = tuple[str, str]
 
 def budget_problems(patterns: object, limit: object, unit: object, window: object,
                     rolling_seconds: object = None, subject: object = "agent",
-                    tz: object = "UTC", overdraft_limit: object = Decimal(0)
-                    ) -> list[BudgetProblem]:
+                    tz: object = "UTC", overdraft_limit: object = Decimal(0),
+                    caps: object = ()) -> list[BudgetProblem]:
     """Everything wrong with a budget's fields, as ``(field, message)`` pairs.
 
     The one place the limits of a budget live (units, amounts and their decimals, the
@@ -256,6 +260,15 @@ def budget_problems(patterns: object, limit: object, unit: object, window: objec
             type(subject) is str and subject.startswith("context.") and _is_field(subject[8:])):
         out.append(("subject", f"subject must be one of {', '.join(sorted(SUBJECTS))}, or "
                                "context.NAME (a request field)"))
+    pairs: tuple[object, ...] = caps if isinstance(caps, tuple) else (None,)
+    names = [c[0] if isinstance(c, tuple) and len(c) == 2 else None for c in pairs]
+    if any(n not in CAPS for n in names) or not all(
+            isinstance(c, tuple) and type(c[1]) is int and 0 <= c[1] <= MAX_QUANTA
+            for c in pairs):
+        out.append(("caps", f"caps are (name, whole number >= 0) pairs, names among "
+                            f"{', '.join(sorted(CAPS))}"))
+    elif len(set(names)) != len(names):
+        out.append(("caps", "each cap is given once"))
     if type(tz) is not str or not tz:
         out.append(("tz", "tz must be an IANA zone name such as 'Europe/Paris'"))
     elif tz != "UTC":
@@ -296,13 +309,15 @@ class BudgetSpec:
     subject: str = "agent"
     tz: str = "UTC"
     overdraft_limit: Decimal = field(default=Decimal(0))
+    #: Cycles caps a reservation on this budget carries: ``(("max_tokens", 4000),)``.
+    caps: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if type(self.id) is not str or not self.id or len(self.id) > 256:
             raise _bad(f"budget id must be a non-empty string, got {self.id!r}")
         problems = budget_problems(self.patterns, self.limit, self.unit, self.window,
                                    self.rolling_seconds, self.subject, self.tz,
-                                   self.overdraft_limit)
+                                   self.overdraft_limit, self.caps)
         if problems:
             raise _bad(f"budget {self.id}: {problems[0][1]}")
         object.__setattr__(self, "patterns", tuple(self.patterns))  # validated: iterable

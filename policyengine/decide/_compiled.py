@@ -697,7 +697,7 @@ def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[tuple[Any, ...], dic
                 specs.append(BudgetSpec(
                     _qualify(f.namespace, st.id), st.patterns, st.limit, st.unit, st.window,
                     st.rolling_seconds, st.subject, st.tz or file_tz,
-                    st.overdraft if st.overdraft is not None else Decimal(0)))
+                    st.overdraft if st.overdraft is not None else Decimal(0), st.caps))
                 owner[specs[-1].id] = f.name
     return tuple(specs), owner
 

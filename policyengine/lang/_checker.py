@@ -704,7 +704,7 @@ def _check_budget(ctx: _Ctx, st: ast.BudgetDecl) -> None:
     overdraft = st.overdraft if st.overdraft is not None else Decimal(0)
     for what, message in budget_problems(st.patterns, st.limit, st.unit, st.window,
                                          st.rolling_seconds, st.subject, st.tz or "UTC",
-                                         overdraft):
+                                         overdraft, st.caps):
         if what == "patterns":
             continue  # reported by _check_patterns, with the pattern
         hint = ("a currency code, USD_MICROCENTS, or tokens, calls, credits, risk_points"

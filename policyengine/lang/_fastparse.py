@@ -40,7 +40,8 @@ _KEYWORDS = frozenset({
     "allow", "max_depth", "max_ttl", "issuer", "audience", "remove", "mask", "hash",
     "sha256", "partial", "expires", "uses", "GET", "POST", "PUT", "PATCH", "DELETE",
     "HEAD", "OPTIONS", "ANY", "workspace", "app", "workflow", "toolset", "risk_points",
-    "price", "input", "cached_input", "output",
+    "price", "input", "cached_input", "output", "cap", "max_tokens", "max_steps_remaining",
+    "cooldown_ms",
 })
 _EFFECTS = ("permit", "forbid", "approval")
 _MAX_DEPTH = 40  # deeper expressions go to Lark (and to its limits)

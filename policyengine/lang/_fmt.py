@@ -202,6 +202,8 @@ class _StatementHead(ast.StatementVisitor[str]):
             text += f" tz {_str(st.tz)}"
         if st.overdraft is not None:
             text += f" overdraft {_num(st.overdraft)}"
+        for name, value in st.caps:
+            text += f" cap {name} {value}"
         return text
 
     def price(self, st: ast.PriceDecl) -> str:

@@ -132,6 +132,7 @@ KEYWORD_TERMINALS = frozenset({
     "ROLLING", "ROOT", "SCHEMA", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "USES",
     "WINDOW_UNIT",
     "_MAX_AGE", "METHOD", "STRATEGY", "UNIT", "PRICE", "PRICE_KIND", "PRICE_TOKENS",
+    "CAP", "CAP_NAME",
 })
 _LARK_LOCK = threading.Lock()
 
@@ -662,6 +663,9 @@ class _Build:
         overdraft = None
         for opt in p.all_trees("budget_tz"):
             tz = self.string(_Parts(opt.children).token("STRING"))
+        caps = tuple((str(_Parts(opt.children).token("CAP_NAME")),
+                      int(str(_Parts(opt.children).token("INT"))))
+                     for opt in p.all_trees("budget_cap"))
         for opt in p.all_trees("budget_overdraft"):
             overdraft = self.decimal(_Parts(opt.children).token("NUMBER"))
         subject = p.maybe_token("SUBJECT") or p.maybe_token("FIELD_SUBJECT")
@@ -676,7 +680,7 @@ class _Build:
             seconds, text = None, None
         return ast.BudgetDecl(ident, pats, limit, unit, window, seconds, text,
                               str(subject) if subject is not None else "agent", (), tz,
-                              overdraft, sp)
+                              overdraft, sp, caps)
 
     def price_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         provider, model = (self.string(t) for t in p.all_tokens("STRING"))

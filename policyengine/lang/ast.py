@@ -287,6 +287,7 @@ class BudgetDecl:
     tz: str | None = None
     overdraft: Decimal | None = None
     span: Span = _span()
+    caps: tuple[tuple[str, int], ...] = ()  # (max_tokens|max_steps_remaining|cooldown_ms, n)
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,3 +176,20 @@ def test_bad_subjects_are_refused() -> None:
             ledger.record("bot", "a:b", "1", "EUR", scope=bad)  # type: ignore[arg-type]
         assert err.value.code == "invalid_subject"
     assert ledger.balances() == []  # nothing was charged
+
+
+def test_caps_are_validated_and_merged() -> None:
+    for bad in ((("max_tokens", -1),), (("speed", 1),), (("max_tokens", 1), ("max_tokens", 2)),
+                [("max_tokens", 1)], (("max_tokens", True),)):
+        with pytest.raises(BudgetInputError) as err:
+            BudgetSpec("c.x", ("a:*",), Decimal(1), "EUR", "day", caps=bad)  # type: ignore[arg-type]
+        assert err.value.code == "invalid_budget"
+    ledger = Ledger([
+        BudgetSpec("c.a", ("a:*",), Decimal(9), "EUR", "day", caps=(("max_tokens", 50),)),
+        BudgetSpec("c.b", ("a:*",), Decimal(9), "EUR", "day",
+                   caps=(("max_tokens", 20), ("max_steps_remaining", 3)))],
+        clock=lambda: START)
+    r = ledger.reserve("bot", "a:x", "1", "EUR")
+    assert ledger.caps_of(r) == {"max_tokens": 20, "max_steps_remaining": 3}
+    assert ledger.check("bot", "a:x", "1", "EUR").caps == ledger.caps_of(["c.a", "c.b"])
+    assert ledger.caps_of(["c.a"]) == {"max_tokens": 50}

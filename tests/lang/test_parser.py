@@ -479,3 +479,13 @@ def test_bad_prices_are_policy_errors(bad: str) -> None:
     with pytest.raises(PolicyError) as err:
         Engine.from_source(bad + "\n")
     assert err.value.errors[0].code == "E141"
+
+
+def test_budget_caps_parse_and_format() -> None:
+    from policyengine.lang import format_source
+    text = ("budget b: llm:* limit 1000 tokens per day per agent cap max_tokens 400 "
+            "cap cooldown_ms 50\n")
+    (st_,) = parse(text).statements
+    assert isinstance(st_, ast.BudgetDecl)
+    assert st_.caps == (("max_tokens", 400), ("cooldown_ms", 50))
+    assert format_source(text) == text
