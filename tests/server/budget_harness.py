@@ -13,6 +13,7 @@ from policyengine.server import (
     AgentCredential,
     ApiKey,
     Credentials,
+    CyclesKey,
     PolicyService,
     ServiceConfig,
     create_app,
@@ -27,6 +28,8 @@ KEYS = {"ag-key": ("ag-agent", None), "ledger-key": ("ledger-agent", None),
         "ag-ledger-key": ("ag-agent", None)}
 #: tracengent client credentials (client id, secret) of "ag-agent".
 TRACENGENT = ("tc-client", "tc-secret")
+#: The Cycles API key of tenant "acme" (runcycles names the agent in each subject).
+CYCLES_KEY = "cycles-acme-key"
 _HASHES: dict[str, str] = {}
 
 POLICY = """
@@ -49,12 +52,13 @@ price "openai" "*": input 0.15 USD, output 0.60 USD per 1M tokens
 
 def credentials() -> Credentials:
     if not _HASHES:
-        _HASHES.update({k: hash_secret(k) for k in (*KEYS, TRACENGENT[1])})
+        _HASHES.update({k: hash_secret(k) for k in (*KEYS, TRACENGENT[1], CYCLES_KEY)})
     return Credentials(
         agents=(AgentCredential(TRACENGENT[0], _HASHES[TRACENGENT[1]], "ag-agent",
                                 ("llm:*",)),),
         api_keys=tuple(ApiKey(name, _HASHES[name], agent, tenant)
-                       for name, (agent, tenant) in KEYS.items()))
+                       for name, (agent, tenant) in KEYS.items()),
+        cycles_keys=(CyclesKey("cycles-acme", _HASHES[CYCLES_KEY], "acme"),))
 
 
 @dataclass
@@ -75,6 +79,6 @@ def live(budgets: str, prefixes: dict[str, str] | None = None,
     engine = pe.Engine.from_source(POLICY + budgets)
     app = create_app(engine, credentials=credentials(), config=ServiceConfig(
         access_log=False, prefixes=prefixes if prefixes is not None else {
-            "actguard": "/ag", "agent-ledger": "/ledger"}, **config))
+            "actguard": "/ag", "agent-ledger": "/ledger", "cycles": "/cycles"}, **config))
     with serving(app) as port:
         yield Live(app, engine, port)
