@@ -88,6 +88,7 @@ _BY_STATUS = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN",
 _PERMISSION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                               "0123456789_.-")
 _REPLAY_SIZE = 100_000
+_DEFAULT_GRACE_MS = 5_000  # the protocol's default grace_period_ms
 _REPLAY_SECONDS = 86_400.0
 
 _ERROR = TypeAdapter(cm.CyclesError)
@@ -218,7 +219,8 @@ class CyclesWire:
         self.service = service
         self.prefix = prefix
         self.replays = _Replays()
-        self.owners: OrderedDict[str, str] = OrderedDict()  # reservation id -> tenant
+        # Reservations this worker made: id -> (tenant, the ledger's overage policy).
+        self.owners: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
     def routes(self) -> list[_Route]:
         from policyengine.server._app import _Route
@@ -402,6 +404,18 @@ class CyclesWire:
             return None
         return cm.AmountOut(unit=proto[0], amount=max(0, self._to_wire(value, proto[1])))  # type: ignore[arg-type]
 
+    def _charged(self, r: pb.Reservation, unit: str, amount: int) -> cm.AmountOut:
+        """What a commit or an event charged, in the protocol's unit: the amount, or, when
+        ``ALLOW_IF_AVAILABLE`` capped it, the least any budget in that unit took."""
+        if not r.capped:
+            return cm.AmountOut(unit=unit, amount=amount)  # type: ignore[arg-type]
+        takes = []
+        for line in r.lines:
+            proto = _LEDGER_UNITS.get(line.unit)
+            if proto is not None and proto[0] == unit and line.committed is not None:
+                takes.append(self._to_wire(line.committed, proto[1]))
+        return cm.AmountOut(unit=unit, amount=min(takes, default=0))  # type: ignore[arg-type]
+
     def _owned(self, key: CyclesKey, reservation_id: str) -> pb.Reservation:
         r = self.ledger.get(reservation_id)
         if r.tenant != key.tenant:
@@ -409,16 +423,20 @@ class CyclesWire:
                                       "tenant")
         return r
 
-    def _check_owner(self, key: CyclesKey, reservation_id: str) -> None:
-        """403 for another tenant's reservation. A reservation's tenant never changes, so
-        the tenants of the reservations this worker made are remembered (bounded) and a
-        commit of one costs no store read for the check; others are read."""
-        tenant = self.owners.get(reservation_id)
-        if tenant is None:
+    def _check_owner(self, key: CyclesKey, reservation_id: str) -> str:
+        """403 for another tenant's reservation, else the overage policy its commit
+        follows. A reservation's tenant never changes, so the tenants (and the policies)
+        of the reservations this worker made are remembered (bounded) and a commit of one
+        costs no store read for the check; others are read, and their commit follows the
+        protocol's default policy (the ledger does not keep the policy: docs/service.md)."""
+        known = self.owners.get(reservation_id)
+        if known is None:
             self._owned(key, reservation_id)
-        elif tenant != key.tenant:
+            return _OVERAGE["ALLOW_IF_AVAILABLE"]
+        if known[0] != key.tenant:
             raise _CyclesRefusalError(403, "FORBIDDEN", "the reservation belongs to another "
                                       "tenant")
+        return known[1]
 
     @staticmethod
     def _ms(t: float) -> int:
@@ -452,16 +470,19 @@ class CyclesWire:
                 reserved=reserved if check_code is None else None,
                 reason_code=None if check_code is None else _CODES[check_code][1])
             return 200, _dump(_CREATE_OUT, out)
+        grace = (_DEFAULT_GRACE_MS if body.grace_period_ms is None
+                 else body.grace_period_ms) / 1000
         r = self.ledger.reserve(principal, permission, amount, unit,
                                 ttl=body.ttl_ms / 1000, idempotency_key=ledger_key,
-                                tenant=key.tenant, scope=self._scope(body.subject))
+                                tenant=key.tenant, scope=self._scope(body.subject),
+                                grace=grace)
         if not r.lines:
             # The protocol: at least one derived scope must have a budget. A spend no
             # budget covers is refused, never admitted unmetered (the reservation the
             # ledger made holds nothing; a replay of its key is refused the same way).
             raise _CyclesRefusalError(409, "BUDGET_EXCEEDED", "no budget covers this subject and "
                                 "action")
-        self.owners[r.id] = key.tenant
+        self.owners[r.id] = (key.tenant, _OVERAGE[body.overage_policy])
         if len(self.owners) > _REPLAY_SIZE:
             self.owners.popitem(last=False)
         now = self.ledger.clock()
@@ -478,15 +499,14 @@ class CyclesWire:
     def _commit(self, key: CyclesKey, body: cm.CommitRequest,
                 ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
         rid = params[0]
-        self._check_owner(key, rid)
+        overage = self._check_owner(key, rid)
         unit, places = self._unit(body.actual.unit)
         # Another protocol unit than the reservation's is the ledger's unit_mismatch
         # (400 UNIT_MISMATCH): the protocol's units other than USD_MICROCENTS are counts.
         done = self.ledger.commit(rid, self._to_ledger(body.actual.amount, places), unit,
-                                  idempotency_key=ledger_key)
-        charged = self._amount_out(done.committed_amount, done.unit)
-        if charged is None:  # pragma: no cover - a committed reservation has an amount
-            raise _CyclesRefusalError(500, "INTERNAL_ERROR", "the commit has no charged amount")
+                                  idempotency_key=ledger_key,
+                                  overage=overage)  # type: ignore[arg-type]
+        charged = self._charged(done, body.actual.unit, body.actual.amount)
         reserved = self._amount_out(done.amount, done.unit)
         released = None
         if reserved is not None and reserved.amount > charged.amount:
@@ -512,16 +532,11 @@ class CyclesWire:
     def _extend(self, key: CyclesKey, body: cm.ExtendRequest,
                 ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
         rid = params[0]
-        r = self._owned(key, rid)
-        if r.status != "active":
-            code = "reservation_expired" if r.status == "expired" else "reservation_final"
-            status, proto = _CODES[code]
-            raise _CyclesRefusalError(status, proto, f"the reservation is {r.status}")
+        self._check_owner(key, rid)
+        # Relative to the current lease end, idempotent, only before the lease ends (not
+        # in the grace period): the ledger's extend(by=).
+        done = self.ledger.extend(rid, by=body.extend_by_ms / 1000, idempotency_key=ledger_key)
         now = self.ledger.clock()
-        # The protocol extends relative to the current expiry; the ledger's extend takes
-        # a TTL from now, capped at its maximum.
-        ttl = min(float(pb.MAX_TTL), r.expires_at + body.extend_by_ms / 1000 - now)
-        done = self.ledger.extend(rid, ttl)
         out = cm.ExtendResponse(expires_at_ms=self._ms(done.expires_at),
                                 remaining_ttl_ms=max(0, self._ms(done.expires_at - now)))
         return 200, _dump(_EXTEND_OUT, out)
@@ -552,10 +567,10 @@ class CyclesWire:
                ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
         self._tenant_of(body.subject, key)
         unit, places = self._unit(body.actual.unit)
-        # ALLOW_IF_AVAILABLE is admitted up to the limit (the ledger's record does not
-        # cap a charge at what is left); ALLOW_WITH_OVERDRAFT up to the overdraft limit.
-        overage = "allow_with_overdraft" if body.overage_policy == "ALLOW_WITH_OVERDRAFT" \
-            else "reject"
+        # REJECT refuses what does not fit; ALLOW_IF_AVAILABLE charges at most what is
+        # available (never refused for want of budget); ALLOW_WITH_OVERDRAFT up to the
+        # overdraft limit.
+        overage = _OVERAGE[body.overage_policy]
         r = self.ledger.record(self._principal(body.subject, key.tenant),
                                self._permission(body.action),
                                self._to_ledger(body.actual.amount, places), unit,
@@ -566,7 +581,8 @@ class CyclesWire:
             raise _CyclesRefusalError(409, "BUDGET_EXCEEDED", "no budget covers this subject and "
                                 "action")
         out = cm.EventCreateResponse(event_id="evt_" + r.id[4:],
-                                     charged=self._amount_out(r.committed_amount, r.unit))
+                                     charged=self._charged(r, body.actual.unit,
+                                                           body.actual.amount))
         return 201, _dump(_EVENT_OUT, out)
 
     def get(self, req: _Request) -> _Reply:
