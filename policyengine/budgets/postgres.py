@@ -468,10 +468,10 @@ SELECT count(*) FROM b
 # A commit or release of a reservation whose lines and spends are all on one bucket
 # (keys known to this process), the common case, in four statements: finalize the
 # reservation if live (the UPDATE locks it, in the order budget_apply locks), lock the
-# bucket, delete the holds, update the bucket. It returns 0 (nothing written) when the
-# reservation is not live, and raises _DECLINE (rolling everything back) when the bucket
-# is missing or has expired holds to give back, or the holds are not the ones created;
-# either way the caller runs budget_apply, which says why.
+# bucket (giving back holds that expired on it), delete the holds, update the bucket.
+# It returns 0 (nothing written) when the reservation is not live, and raises _DECLINE
+# (rolling everything back) when the bucket is missing or the holds are not the ones
+# created; either way the caller runs budget_apply, which says why.
 _FINISH = """
 CREATE OR REPLACE FUNCTION {s}.budget_finish(p_rid text, p_b text, p_s text, p_w bigint,
     p_spend bigint, p_status text, p_data text, p_now float8, p_skew float8,
@@ -497,8 +497,19 @@ BEGIN
     END IF;
     SELECT t.sweep_at INTO sw FROM {s}.budget_buckets t
         WHERE t.budget = p_b AND t.subject = p_s AND t.win = p_w FOR UPDATE;
-    IF NOT FOUND OR sw <= p_now THEN
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'budget_finish declines' USING ERRCODE = '{decline}';
+    END IF;
+    IF sw <= p_now THEN  -- give back the holds that expired on it, as budget_apply does
+        WITH gone AS (
+            DELETE FROM {s}.budget_holds h
+            WHERE h.budget = p_b AND h.subject = p_s AND h.win = p_w
+            AND h.expires_at <= p_now RETURNING h.amount)
+        SELECT coalesce(sum(gone.amount), 0) INTO held FROM gone;
+        UPDATE {s}.budget_buckets t SET reserved = t.reserved - held,
+            sweep_at = (SELECT min(h.expires_at) FROM {s}.budget_holds h
+                        WHERE h.budget = p_b AND h.subject = p_s AND h.win = p_w)
+            WHERE t.budget = p_b AND t.subject = p_s AND t.win = p_w;
     END IF;
     WITH gone AS (DELETE FROM {s}.budget_holds h WHERE h.rid = p_rid
                   RETURNING h.budget, h.subject, h.win, h.amount)

@@ -258,6 +258,36 @@ def test_one_bucket_reserves_and_commits_race_on_two_hosts_without_overspending(
     assert any(finished)
 
 
+@pytest.mark.postgres
+def test_a_one_bucket_commit_gives_back_holds_that_expired_on_its_bucket(
+    shared_stores: SharedStores,
+) -> None:
+    store = shared_stores.postgres()
+    finished: list[bool] = []
+    fin = store._finish
+
+    def counted(tx: object, own: object, now: float) -> bool:
+        done = bool(fin(tx, own, now))
+        finished.append(done)
+        return done
+
+    store._finish = counted  # type: ignore[method-assign]
+    ledger, clock = make_ledger(store, DAILY)
+    ledger.reserve("bot", "payments:x", "30", "EUR", ttl=10)  # abandoned
+    kept = ledger.reserve("bot", "payments:x", "40", "EUR", ttl=60)
+    clock.t += 20
+    ledger.commit(kept.id, "25")
+    assert finished == [True]  # the short path, which gave the expired hold back
+    (balance,) = ledger.balances("bot")
+    assert (balance.spent, balance.reserved) == (Decimal(25), Decimal(0))
+    with psycopg.connect(POSTGRES_URL) as conn:
+        row = conn.execute(f'SELECT spent, reserved FROM "{store.schema}".budget_buckets'
+                           ).fetchone()
+        holds = conn.execute(f'SELECT count(*) FROM "{store.schema}".budget_holds'
+                             ).fetchone()
+    assert row == (2500, 0) and holds == (0,)  # stored as given back, not only read so
+
+
 def test_postgres_schema_names_are_plain_sql_names() -> None:
     with pytest.raises(ValueError, match="schema"):
         PostgresStore(POSTGRES_URL, schema='x"; DROP TABLE y; --')
