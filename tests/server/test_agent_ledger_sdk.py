@@ -159,3 +159,14 @@ def test_a_batch_is_all_or_nothing() -> None:
         lg.log_events(sid, [{**call(0), "type": "llm_call"}])
         (b,) = svc.engine.budgets.balances("ledger-agent")
         assert (b.spent, b.reserved) == (Decimal(750_000), 0)
+
+
+def test_without_prefixes_the_api_key_header_picks_the_ledger_over_cycles() -> None:
+    # POST /v1/events is both agent-ledger's batch and the Cycles event: x-api-key (and
+    # no X-Cycles-API-Key) makes it the ledger's.
+    with live("budget daily: llm:* limit 1 USD per day per agent\n" + PRICES,
+              prefixes={}) as svc, AgentLedgerClient("ledger-key", base_url=svc.url) as lg, \
+            run_session(lg, "ledger-agent") as (sid, steps):
+        lg.log_llm_call(sid, call(steps.next()))
+        (b,) = svc.engine.budgets.balances("ledger-agent")
+        assert b.spent == Decimal("0.01")
