@@ -404,6 +404,12 @@ class CyclesWire:
             return None
         return cm.AmountOut(unit=proto[0], amount=max(0, self._to_wire(value, proto[1])))  # type: ignore[arg-type]
 
+    @staticmethod
+    def _caps(caps: dict[str, int]) -> cm.CapsOut | None:
+        """The budgets' caps (the smallest of each), or None: an allow with caps is
+        ``ALLOW_WITH_CAPS``."""
+        return cm.CapsOut.model_validate(caps) if caps else None
+
     def _charged(self, r: pb.Reservation, unit: str, amount: int) -> cm.AmountOut:
         """What a commit or an event charged, in the protocol's unit: the amount, or, when
         ``ALLOW_IF_AVAILABLE`` capped it, the least any budget in that unit took."""
@@ -464,10 +470,12 @@ class CyclesWire:
                 check_code: str | None = "budget_exceeded"
             else:
                 check_code = None if check.allowed else check.code
+            caps = self._caps(check.caps) if check_code is None else None
             out = cm.ReservationCreateResponse(
-                decision="ALLOW" if check_code is None else "DENY",
+                decision=("DENY" if check_code is not None else
+                          "ALLOW_WITH_CAPS" if caps is not None else "ALLOW"),
                 affected_scopes=scopes, scope_path="/".join(scopes),
-                reserved=reserved if check_code is None else None,
+                reserved=reserved if check_code is None else None, caps=caps,
                 reason_code=None if check_code is None else _CODES[check_code][1])
             return 200, _dump(_CREATE_OUT, out)
         grace = (_DEFAULT_GRACE_MS if body.grace_period_ms is None
@@ -486,8 +494,10 @@ class CyclesWire:
         if len(self.owners) > _REPLAY_SIZE:
             self.owners.popitem(last=False)
         now = self.ledger.clock()
+        caps = self._caps(self.ledger.caps_of(r))
         out = cm.ReservationCreateResponse(
-            decision="ALLOW", reservation_id=r.id, affected_scopes=scopes,
+            decision="ALLOW" if caps is None else "ALLOW_WITH_CAPS", caps=caps,
+            reservation_id=r.id, affected_scopes=scopes,
             expires_at_ms=self._ms(r.expires_at),
             remaining_ttl_ms=max(0, self._ms(r.expires_at - now)),
             scope_path="/".join(scopes), reserved=reserved)
@@ -555,8 +565,10 @@ class CyclesWire:
                                   tenant=key.tenant, scope=self._scope(body.subject))
         code = check.code if not check.allowed else (
             "budget_exceeded" if not check.budgets else None)
+        caps = self._caps(check.caps) if code is None else None
         out = cm.DecisionResponse(
-            decision="ALLOW" if code is None else "DENY",
+            decision=("DENY" if code is not None else
+                      "ALLOW_WITH_CAPS" if caps is not None else "ALLOW"), caps=caps,
             reason_code=None if code is None else _CODES[code][1], affected_scopes=scopes)
         return 200, _dump(_DECIDE_OUT, out)
 

@@ -178,6 +178,14 @@ class ActionOut(_Out):
     tags: list[str] | None = None
 
 
+class CapsOut(_Out):
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    max_steps_remaining: Annotated[int, Field(ge=0)] | None = None
+    tool_allowlist: list[str] | None = None
+    tool_denylist: list[str] | None = None
+    cooldown_ms: Annotated[int, Field(ge=0)] | None = None
+
+
 class ReservationCreateResponse(_Out):
     decision: DecisionEnum
     reservation_id: str | None = None
@@ -186,6 +194,7 @@ class ReservationCreateResponse(_Out):
     remaining_ttl_ms: int | None = None
     scope_path: str | None = None
     reserved: AmountOut | None = None
+    caps: CapsOut | None = None
     reason_code: str | None = None
     retry_after_ms: int | None = None
     balances: list[Balance] | None = None
@@ -213,6 +222,7 @@ class ExtendResponse(_Out):
 
 class DecisionResponse(_Out):
     decision: DecisionEnum
+    caps: CapsOut | None = None
     reason_code: str | None = None
     retry_after_ms: int | None = None
     affected_scopes: list[str] | None = None

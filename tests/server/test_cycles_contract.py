@@ -109,6 +109,9 @@ def test_every_answer_of_every_endpoint_matches_the_protocol_file(
 
     rid = run(http.post("/v1/reservations", json=body(ttl_ms=30_000))).json()["reservation_id"]
     run(http.post("/v1/reservations", json=body(dry_run=True)))
+    capped = {**body(), "action": {"kind": "capped.call", "name": "x"}}
+    run(http.post("/v1/reservations", json=capped))
+    run(http.post("/v1/decide", json={k: v for k, v in capped.items() if k != "ttl_ms"}))
     run(http.post("/v1/reservations", json=body(9_999, dry_run=True)))
     run(http.post("/v1/reservations", json=body(9_999)))
     run(http.post("/v1/reservations", json={**body(), "ttl_ms": 5}))

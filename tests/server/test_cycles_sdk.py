@@ -663,3 +663,31 @@ def test_overage_policies_of_a_commit_above_its_reservation(live: Live) -> None:
     with CyclesClient(config(live)) as client:
         balance = agent_balance(client, who)
     assert balance["spent"]["amount"] == 5000 and balance["remaining"]["amount"] == 0
+
+
+def test_caps_declared_on_budgets_make_allow_with_caps(live: Live) -> None:
+    """A budget's caps (`cap max_tokens 400 cap cooldown_ms 50`) reach the SDK: create,
+    dry run and decide answer ALLOW_WITH_CAPS with them, the decorator's context has them."""
+    body = {**create_body(agent(), 100), "action": {"kind": "capped.call", "name": "x"}}
+    want = {"max_tokens": 400, "cooldown_ms": 50}
+    with httpx.Client(base_url=live.url, headers=headers()) as http:
+        created = http.post("/v1/reservations", json=body)
+        got = strict(rm.ReservationCreateResponse, created)
+        assert got.decision == "ALLOW_WITH_CAPS" and created.json()["caps"] == want
+        dry = http.post("/v1/reservations", json={**body, "idempotency_key": "caps-dry",
+                                                   "dry_run": True}).json()
+        assert dry["decision"] == "ALLOW_WITH_CAPS" and dry["caps"] == want
+        decided = http.post("/v1/decide", json={k: v for k, v in body.items()
+                                                if k != "ttl_ms"} | {"idempotency_key": "cd"})
+        assert decided.json()["decision"] == "ALLOW_WITH_CAPS" and decided.json()["caps"] == want
+        plain = http.post("/v1/reservations", json=create_body(agent(), 10)).json()
+        assert plain["decision"] == "ALLOW" and "caps" not in plain
+    with CyclesClient(config(live)) as client:
+        @cycles(estimate=10, unit="TOKENS", action_kind="capped.call", action_name="x",
+                agent="capped-bot", client=client)
+        def call() -> int | None:
+            ctx = runcycles.get_cycles_context()
+            assert ctx is not None and ctx.caps is not None
+            return ctx.caps.max_tokens
+
+        assert call() == 400
