@@ -16,7 +16,10 @@ show exactly the committed spend (nothing lost, nothing double-charged).
     python benchmarks/bench_cycles.py --generators 2       # two load generator processes
 
 The Cycles reference server (Java, Redis) reports about 2,600 pairs/s with 32 client
-threads; this runs both server and load generator on the same machine.
+threads; this runs both server and load generator on the same machine. The last column
+is the service's own CPU time per pair (the serve process and its workers, from /proc):
+on a shared machine the rate says what share of the cores the service got, this says
+what a pair costs it.
 """
 
 from __future__ import annotations
@@ -137,9 +140,14 @@ def main() -> None:
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average "
               f"{os.getloadavg()[0]:.1f}, {args.generators} generator process(es) x "
               f"{args.connections} connections, {seconds:.0f} s a row")
-        print(f"{'workers':>7} {'store':<24} {'pairs/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
+        print(f"{'workers':>7} {'store':<24} {'pairs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'server CPU us/pair':>18}")
         for row, workers in enumerate(int(w) for w in args.workers.split(",")):
             store = args.store or f"sqlite:///{tmp}/ledger-{row}.db"
+            if workers > 1 and store.startswith("memory:"):
+                print(f"{workers:>7} memory: is per process; {workers} workers would not "
+                      "share one budget (skipped)")
+                continue
             port = _loadgen.free_port()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "policyengine", "serve", tmp, "--port", str(port),
@@ -152,6 +160,7 @@ def main() -> None:
                 url = f"http://127.0.0.1:{port}"
                 _generator((port, f"warm{row}", args.connections, 0.5))
                 before = _spent(httpx, url)
+                cpu_before = _server_cpu(proc.pid)
                 jobs = [(port, f"w{row}g{g}", args.connections, seconds)
                         for g in range(args.generators)]
                 if args.generators == 1:
@@ -159,6 +168,7 @@ def main() -> None:
                 else:
                     with multiprocessing.get_context("spawn").Pool(args.generators) as pool:
                         results = pool.map(_generator, jobs)
+                cpu = _server_cpu(proc.pid) - cpu_before
                 pairs = sum(r[0] for r in results)
                 rate = sum(r[0] / r[1] for r in results)
                 latencies = sorted(x for r in results for x in r[2])
@@ -171,10 +181,28 @@ def main() -> None:
                 q = statistics.quantiles(latencies, n=100)
                 label = store.split("?")[0].replace(tmp, "<tmp>")
                 print(f"{workers:>7} {label[:24]:<24} {rate:>8,.0f} {q[49] * 1000:>7.2f} "
-                      f"{q[98] * 1000:>7.2f}", flush=True)
+                      f"{q[98] * 1000:>7.2f} {cpu / max(pairs, 1) * 1e6:>18,.0f}", flush=True)
             finally:
                 proc.terminate()
                 proc.wait(20)
+
+
+def _server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of the serve process and its worker processes: on a
+    shared machine the service's own cost per pair, whatever share of the cores it got."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def _spent(httpx: object, url: str) -> int:
