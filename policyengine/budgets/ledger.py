@@ -66,7 +66,14 @@ from policyengine.budgets.store import (
     Usage,
 )
 from policyengine.budgets.windows import Window
-from policyengine.money._money import MONEY_CONTEXT, Money, MoneyError, parse_amount
+from policyengine.money._money import (
+    MAX_AMOUNT,
+    MAX_EXPONENT,
+    MONEY_CONTEXT,
+    Money,
+    MoneyError,
+    parse_amount,
+)
 from policyengine.money._rates import RateError, RateSource, convert
 from policyengine.permissions import InvalidPermission, permission_matches, validate_permission
 
@@ -104,6 +111,7 @@ _PATH_LEVELS = frozenset({"workspace", "app", "workflow", "toolset"})
 _CALL, _SAME, _CONVERT, _ZERO, _TOKENS = 0, 1, 2, 3, 4
 _QUANTA = [Decimal(1).scaleb(-n, MONEY_CONTEXT) for n in range(19)]
 _INF = float("inf")
+_ZERO_D = Decimal(0)
 #: Builds a record tuple without the NamedTuple ``__new__`` (a Python-level call that
 #: costs twice as much); used on the hot path where every field is given in order.
 _new = tuple.__new__
@@ -479,35 +487,60 @@ class BudgetUsage:
     of :meth:`to_wire` are made only when asked for.
     """
 
-    __slots__ = ("_attempted", "_limit", "_reserved", "_scale", "_spent", "budget",
-                 "subject", "unit", "window_end")
+    # One tuple (budget, subject, unit, window_end, scale, limit, spent, reserved,
+    # attempted), set once: a decision builds one per budgeted request.
+    __slots__ = ("_t",)
 
-    budget: str  #: the budget's qualified id
-    subject: str  #: whose bucket: an agent, a person acted for, a tenant, or "*"
-    unit: str  #: a currency code, or tokens / calls / credits
-    window_end: float | None  #: POSIX seconds; None for a rolling window
-    _scale: int
-    _limit: int
-    _spent: int
-    _reserved: int
-    _attempted: int
+    _t: tuple[str, str, str, float | None, int, int, int, int, int]
 
     def __init__(self, budget: str, subject: str, unit: str, scale: int, limit: int,
                  spent: int, reserved: int, attempted: int, window_end: float | None
                  ) -> None:
-        set_ = object.__setattr__
-        set_(self, "budget", budget)
-        set_(self, "subject", subject)
-        set_(self, "unit", unit)
-        set_(self, "window_end", window_end)
-        set_(self, "_scale", scale)
-        set_(self, "_limit", limit)
-        set_(self, "_spent", spent)
-        set_(self, "_reserved", reserved)
-        set_(self, "_attempted", attempted)
+        _set_t(self, (budget, subject, unit, window_end, scale, limit, spent, reserved,
+                      attempted))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"BudgetUsage is immutable (cannot set {name})")
+
+    @property
+    def budget(self) -> str:
+        """The budget's qualified id."""
+        return self._t[0]
+
+    @property
+    def subject(self) -> str:
+        """Whose bucket: an agent, a person acted for, a tenant, or ``*``."""
+        return self._t[1]
+
+    @property
+    def unit(self) -> str:
+        """A currency code, or tokens / calls / credits."""
+        return self._t[2]
+
+    @property
+    def window_end(self) -> float | None:
+        """POSIX seconds; None for a rolling window."""
+        return self._t[3]
+
+    @property
+    def _scale(self) -> int:
+        return self._t[4]
+
+    @property
+    def _limit(self) -> int:
+        return self._t[5]
+
+    @property
+    def _spent(self) -> int:
+        return self._t[6]
+
+    @property
+    def _reserved(self) -> int:
+        return self._t[7]
+
+    @property
+    def _attempted(self) -> int:
+        return self._t[8]
 
     @property
     def limit(self) -> Decimal:
@@ -539,19 +572,19 @@ class BudgetUsage:
 
     def to_wire(self) -> dict[str, Any]:
         """The ``budget`` member of a wire decision (docs/budgets.md)."""
-        scale, limit, spent, reserved = self._scale, self._limit, self._spent, self._reserved
+        budget, subject, unit, window_end, scale, limit, spent, reserved, attempted = self._t
         return {
-            "budget": self.budget,
-            "subject": self.subject,
+            "budget": budget,
+            "subject": subject,
             "limit": _fmt(limit, scale),
             "spent": _fmt(spent, scale),
             "reserved": _fmt(reserved, scale),
             "debt": _fmt(max(0, spent - limit), scale),
-            "attempted": _fmt(self._attempted, scale),
-            "projected": _fmt(spent + reserved + self._attempted, scale),
+            "attempted": _fmt(attempted, scale),
+            "projected": _fmt(spent + reserved + attempted, scale),
             "remaining": _fmt(max(0, limit - spent - reserved), scale),
-            "currency": self.unit,
-            "windowEnd": _iso(self.window_end),
+            "currency": unit,
+            "windowEnd": _iso(window_end),
         }
 
     def __eq__(self, other: object) -> bool:
@@ -561,6 +594,17 @@ class BudgetUsage:
 
     def __repr__(self) -> str:
         return f"BudgetUsage({self.to_wire()!r})"
+
+
+_set_t = BudgetUsage.__dict__["_t"].__set__  # the slot's own setter (__setattr__ refuses)
+
+
+def _budget_usage(t: tuple[str, str, str, float | None, int, int, int, int, int]
+                  ) -> BudgetUsage:
+    """A :class:`BudgetUsage` from its tuple, without the ``__init__`` call."""
+    usage = object.__new__(BudgetUsage)
+    _set_t(usage, t)
+    return usage
 
 
 def _usage(budget: _Budget, line: Line, use: Usage) -> BudgetUsage:
@@ -737,6 +781,9 @@ class Ledger:
         ] = {}
         self._targets_cache: dict[tuple[str, str | None, str, str | None, str | None],
                                   _Targets] = {}
+        #: (amount object, unit, its value, its quanta) of the last exact Decimal
+        #: :meth:`admission` took as it is; held, so the object's id is not reused.
+        self._last_amount: tuple[Any, str | None, Decimal, int] = (None, None, _ZERO_D, 0)
 
     # -- public operations ---------------------------------------------------------------
 
@@ -815,6 +862,130 @@ class Ledger:
             if line.amount > room or room <= 0:
                 return BudgetCheck(self, rows, "budget_exceeded", i)
         return BudgetCheck(self, rows, None, -1)
+
+    def admission(
+        self,
+        principal: str,
+        permission: str,
+        amount: object = None,
+        unit: str | None = None,
+        *,
+        acting_for: str | None = None,
+        tenant: str | None = None,
+        scope: Mapping[str, str | None] | None = None,
+    ) -> tuple[str | None, BudgetUsage | None]:
+        """:meth:`admit` as a decision reads it: ``(code, usage)``, where ``code`` is None
+        (admitted), ``budget_exceeded`` or ``debt_outstanding``, and ``usage`` is the
+        refusing budget or else the tightest covering one (None when no budget covers the
+        spend). The same checks, answers and errors as :meth:`admit`, without building
+        its result: what ``authorize`` asks on every budgeted request."""
+        if amount is None:
+            amount, unit = 0, None
+        elif unit is None:
+            raise BudgetInputError("unit_required", "an amount needs its unit (currency)")
+        now = self.clock()
+        found = None
+        if (scope is None and type(principal) is str and type(permission) is str
+                and (unit is None or type(unit) is str)
+                and (acting_for is None or type(acting_for) is str)
+                and (tenant is None or type(tenant) is str)):  # _targets' cache, inline
+            found = self._targets_cache.get(
+                (permission, unit, principal, acting_for, tenant, 0))  # type: ignore[arg-type]
+            if found is not None and not found[1] <= now < found[2]:
+                found = None
+        if found is None:
+            found = self._targets(principal, permission, unit, acting_for, tenant, now, False,
+                                  self._scope_key(scope) if scope is not None else ())
+        unit, _lo, _hi, targets = found
+        last = self._last_amount
+        if last[0] is amount and last[1] == unit:  # _amount_quanta's memo, inline
+            value, quanta = last[2], last[3]
+        else:
+            value, quanta = self._amount_quanta(amount, unit)
+        if not targets:
+            return None, None
+        if len(targets) == 1:  # the common case, without the lists
+            b, mode, subject, _start, end, bucket = targets[0]
+            q = quanta if mode == _SAME and quanta <= MAX_QUANTA else self._charge(
+                b, mode, value, quanta, unit, now)
+            if bucket is None:  # a rolling window ends now
+                bucket = _new(Bucket, (b.id, subject, 0, now - b.rolling))  # type: ignore[operator]
+                end = None  # type: ignore[assignment]
+            spent, reserved = self.store.usage((bucket,), now)[0]  # type: ignore[arg-type]
+            limit = b.limit
+            room = limit - spent - reserved
+            code = ("debt_outstanding" if spent > limit else
+                    "budget_exceeded" if q > room or room <= 0 else None)
+            return code, _budget_usage((b.id, subject, b.unit, end, b.scale, limit, spent,
+                                        reserved, q))
+        amounts: list[int] = []
+        buckets: list[Bucket] = []
+        for b, mode, subject, _start, _end, bucket in targets:
+            amounts.append(self._charge(b, mode, value, quanta, unit, now))
+            if bucket is None:  # a rolling window ends now
+                bucket = _new(Bucket, (b.id, subject, 0, now - b.rolling))  # type: ignore[operator]
+            buckets.append(bucket)  # type: ignore[arg-type]  # set just above
+        usages = self.store.usage(tuple(buckets), now)
+        code = None
+        index = 0
+        for i, use in enumerate(usages):
+            limit = targets[i][0].limit
+            if use.spent > limit:
+                code, index = "debt_outstanding", i
+                break
+            room = limit - use.spent - use.reserved
+            if amounts[i] > room or room <= 0:
+                code, index = "budget_exceeded", i
+                break
+        else:  # the tightest: least room left after this spend
+            best = None
+            for i, use in enumerate(usages):
+                limit = targets[i][0].limit
+                left = limit - use.spent - use.reserved - amounts[i]
+                ratio = left / limit if limit else (0.0 if left >= 0 else -1.0)
+                if best is None or ratio < best:
+                    best, index = ratio, i
+        b, _mode, subject, _start, end, bucket = targets[index]
+        use = usages[index]
+        return code, _budget_usage((b.id, subject, b.unit, None if bucket is None else end,
+                                    b.scale, b.limit, use.spent, use.reserved,
+                                    amounts[index]))
+
+    def _charge(self, b: _Budget, mode: int, value: Decimal, quanta: int, unit: str | None,
+                now: float) -> int:
+        """Quanta a spend of ``value`` ``unit`` (``quanta`` in its own unit) charges to
+        budget ``b`` counting it by ``mode`` (as :meth:`_plan` works it out)."""
+        if mode == _CALL:
+            return 1
+        if mode == _SAME:
+            if quanta > MAX_QUANTA:
+                raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too "
+                                       "large", {"reason": "amount_too_large"})
+            return quanta
+        if mode == _ZERO:
+            return 0
+        return self._convert(value, unit, b, now)[0]  # type: ignore[arg-type]
+
+    def _amount_quanta(self, amount: object, unit: str | None) -> tuple[Decimal, int]:
+        """:meth:`_amount` and the amount in ``unit``'s quanta. An exact ``Decimal`` that
+        :meth:`_amount` would take as it is (finite, not negative, within the limits, no
+        more decimals than ``unit`` has: what ``authorize`` passes, parsed already) skips
+        the second parse."""
+        if unit is None:
+            return self._amount(amount, None), 0
+        last = self._last_amount  # the same parsed Decimal object, asked again
+        if last[0] is amount and last[1] == unit:
+            return last[2], last[3]
+        scale = _unit_scale(unit)[0]
+        if (type(amount) is Decimal and amount.is_finite() and not amount.is_signed()
+                and amount <= MAX_AMOUNT and -MAX_EXPONENT <= amount.adjusted() <= MAX_EXPONENT):
+            scaled = amount.scaleb(scale, MONEY_CONTEXT)
+            quanta = int(scaled)
+            if quanta == scaled:
+                self._last_amount = (amount, unit, amount, quanta)
+                return amount, quanta
+        value = self._amount(amount, unit)
+        return value, int(value.scaleb(scale, MONEY_CONTEXT))
 
     def reserve(
         self,
@@ -1466,11 +1637,11 @@ class Ledger:
             and (tenant is None or type(tenant) is str)
         )
         if cacheable:
-            cache_key = cast(
-                "tuple[str, str | None, str, str | None, str | None]",
-                (permission, currency, principal, acting_for, tenant)
-                if strict else (permission, currency, principal, acting_for, tenant, 0),
-            )
+            # (a 6-tuple for admit's lenient entries, one more item with a scope; typed
+            # as the 5-tuple key)
+            cache_key: tuple[str, str | None, str, str | None, str | None] = (
+                (permission, currency, principal, acting_for, tenant)  # type: ignore[assignment]
+                if strict else (permission, currency, principal, acting_for, tenant, 0))
             if skey:
                 cache_key += (skey,)  # type: ignore[assignment]
             if tokens:

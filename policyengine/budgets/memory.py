@@ -49,6 +49,8 @@ _CELL_LIFETIME = 32 * 86400
 _INF = float("inf")
 _STATUS, _EXPIRES = 1, 9  # ReservationRecord fields, at the same places in a frozen one
 _LINE_SIZE = len(Line._fields)
+_UNUSED = Usage(0, 0)
+_new = tuple.__new__  # a record tuple without the NamedTuple __new__ (a Python call)
 
 
 def _frozen(rec: ReservationRecord) -> tuple[Any, ...]:
@@ -127,6 +129,9 @@ class MemoryStore:
         with self._lock:
             if now >= self._due:
                 self._sweep(now)
+            if len(buckets) == 1 and buckets[0][3] is None:  # one calendar bucket
+                cell = self._cells.get(buckets[0])
+                return (_new(Usage, (cell[0], cell[1])) if cell is not None else _UNUSED,)
             return tuple(self._usage(b, None) for b in buckets)
 
     def get_reservation(self, reservation_id: str) -> ReservationRecord | None:

@@ -26,7 +26,13 @@ from typing import Any
 
 from policyengine.decide._compiled import CompiledPolicy, CompiledRule, EvalError, FileMoney, Plan
 from policyengine.decision import Decision, Diagnostic, Obligations, ToolDecision
-from policyengine.money._money import MAX_AMOUNT, MoneyError, decimal_places, parse_amount
+from policyengine.money._money import (
+    MAX_AMOUNT,
+    MAX_TEXT_LENGTH,
+    MoneyError,
+    decimal_places,
+    parse_amount,
+)
 from policyengine.money._rates import RateError
 from policyengine.permissions import InvalidPermission, validate_permission
 
@@ -123,13 +129,30 @@ def parse_request_money(context: dict[str, Any], default: str | None
     if type(currency) is not str:
         raise EvalError("unknown_currency", "context.currency must be a currency code "
                         f"(a string), not {type(currency).__name__}")
+    # amounts on the wire: the same few strings again and again
+    if type(raw) is str and len(raw) <= MAX_TEXT_LENGTH:
+        key = (raw, currency)
+        found = _PARSED.get(key)
+        if found is not None:
+            return found
     try:
-        return parse_amount(raw, currency), currency
+        parsed = parse_amount(raw, currency), currency
     except MoneyError as exc:
         if exc.code in _INVALID_AMOUNT_CODES:
             raise EvalError("invalid_amount", f"{exc.message} ({exc.code})", exc.code
                             ) from None
         raise EvalError(exc.code, exc.message) from None
+    if type(raw) is str and len(raw) <= MAX_TEXT_LENGTH:
+        if len(_PARSED) >= _PARSED_KEPT:
+            _PARSED.clear()  # a few thousand small tuples, parsed again on next use
+        _PARSED[key] = parsed
+    return parsed
+
+
+#: Amount strings parsed (with their currency): (text, currency) -> (Decimal, currency).
+#: Only amounts that parsed are kept; the values are immutable.
+_PARSED: dict[tuple[str, str], tuple[Decimal, str]] = {}
+_PARSED_KEPT = 4096
 
 
 def to_base(value: Decimal, currency: str, money: FileMoney, now: float | None) -> Decimal:

@@ -325,19 +325,20 @@ class Pipeline:
             tenant = None
         try:
             money = req.money()
-            tokens = get(context, "tokens")
+            amount: Any
+            unit: str | None
             if money is not None:
                 amount, unit = money
-            elif tokens is not None:
-                amount, unit = tokens, "tokens"
             else:
-                amount, unit = None, None
+                amount = get(context, "tokens")
+                unit = "tokens" if amount is not None else None
             fields = self.ledger.scope_fields
             scope = None
             if fields:  # budgets per workspace, per context.run_id ...: string fields only
                 scope = {f: v for f in fields if type(v := get(context, f)) is str}
-            check = self.ledger.admit(principal, permission, amount, unit,
-                                      acting_for=acting_for, tenant=tenant, scope=scope)
+            code, usage = self.ledger.admission(principal, permission, amount, unit,
+                                                acting_for=acting_for, tenant=tenant,
+                                                scope=scope)
         except EvalError as err:
             return _overruled(facts, err.code, f"budget check failed: {err.message}"), None
         except Exception as exc:  # BudgetError, or a store fault: never an allow
@@ -348,11 +349,10 @@ class Pipeline:
             if type(message) is not str:
                 message = f"{type(exc).__name__}: {exc}"
             return _overruled(facts, code, f"budget check failed: {message}"), None
-        usage = check.usage
-        if check.allowed:
+        if code is None:
             return None, usage
         budget_id = usage.budget if usage is not None else "?"
-        return ("denied", check.code or "budget_exceeded",
+        return ("denied", code,
                 f"{permission} would exceed budget {budget_id}", (budget_id,), None,
                 facts[5], ()), usage
 

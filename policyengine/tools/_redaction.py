@@ -561,25 +561,21 @@ class _Workspace:
         self.owned: set[int] = set()
         self.pins: list[Any] = []  # keeps copies alive so their ids stay unique
 
-    def _own(self, container: Any) -> Any:
-        if id(container) in self.owned:
-            return container
-        dup = container.copy()
-        self.owned.add(id(dup))
-        self.pins.append(dup)
-        return dup
-
     def parent(self, loc: Location) -> Any:
         """Copy the containers down to the parent of ``loc`` and return that parent."""
         owned = self.owned
         cur = self.root
         if id(cur) not in owned:
-            cur = self.root = self._own(cur)
+            cur = self.root = cur.copy()
+            owned.add(id(cur))
+            self.pins.append(cur)
         for i in range(len(loc) - 1):
             step = loc[i]
             child = cur[step]
             if id(child) not in owned:
-                child = cur[step] = self._own(child)
+                child = cur[step] = child.copy()
+                owned.add(id(child))
+                self.pins.append(child)
             cur = child
         return cur
 

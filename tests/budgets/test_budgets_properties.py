@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import STORE_KINDS, Clock, SharedStores, open_store
@@ -323,3 +324,66 @@ def test_agents_and_windows_match_model(
             assert money.spent + money.reserved <= 100 and calls.spent + calls.reserved <= 3
     if kind in ("memory", "sqlite"):
         ledger.store.close()
+
+
+# ---- admission (what authorize asks) answers as admit does ---------------------------------
+
+ADMISSION_SPECS = [
+    BudgetSpec("t.day", ("pay:*",), Decimal("100"), "EUR", "day", subject="agent"),
+    BudgetSpec("t.calls", ("pay:send",), Decimal("3"), "calls", "day", subject="agent"),
+    BudgetSpec("t.roll", ("pay:send", "llm:*"), Decimal("40"), "EUR", "rolling",
+               rolling_seconds=3600, subject="agent"),
+    BudgetSpec("t.toks", ("llm:*",), Decimal("500"), "tokens", "hour", subject="agent"),
+    BudgetSpec("t.team", ("pay:*",), Decimal("70"), "EUR", "month", subject="tenant"),
+]
+amounts = st.one_of(
+    st.none(), st.integers(-5, 200), st.sampled_from(["0", "12.50", "99.999", "1e3", "-1"]),
+    st.decimals(min_value=Decimal("-1"), max_value=Decimal("150"), places=3),
+    st.sampled_from([Decimal("NaN"), Decimal("0E-70"), Decimal("-0"), Decimal("5.0")]))
+requests = st.tuples(
+    st.sampled_from(["a1", "a2"]), st.sampled_from(["pay:send", "pay:view", "llm:chat"]),
+    amounts, st.sampled_from(["EUR", "USD", "tokens", "calls", "XXX", None]),
+    st.sampled_from([None, "acme"]))
+
+
+@given(spends=st.lists(st.tuples(st.sampled_from(["a1", "a2"]),
+                                 st.sampled_from(["pay:send", "llm:chat"]),
+                                 st.sampled_from([0, 7, 25, 40, 50, 60, 100]),
+                                 st.booleans()), max_size=6),
+       asked=st.lists(requests, min_size=1, max_size=8))
+@settings(max_examples=60, deadline=None)
+def test_admission_answers_as_admit(spends: list[tuple[str, str, int, bool]],
+                                    asked: list[tuple[Any, ...]]) -> None:
+    """``Ledger.admission`` (the decision's fast path) gives admit's code and usage, or
+    the same error, for every request: amounts of every kind, units the budgets count,
+    convert or refuse, and budgets already partly spent."""
+    from policyengine.money import StaticRates
+    clock = Clock(1_767_225_600.0)
+    ledger = Ledger(ADMISSION_SPECS, MemoryStore(), clock=clock,
+                    rates=StaticRates("EUR", {"USD": "0.92"}))
+    for agent, permission, value, hold in spends:  # spent (past the limit too) or held
+        unit = "tokens" if permission.startswith("llm") else "EUR"
+        try:
+            if hold:
+                ledger.reserve(agent, permission, value, unit, tenant="acme", ttl=3600)
+            else:
+                ledger.record(agent, permission, value, unit, tenant="acme",
+                              overage="allow_with_overdraft")
+        except BudgetError:
+            pass
+    for principal, permission, amount, unit, tenant in asked:
+        for _ in range(2):  # the second time from the caches
+            try:
+                check = ledger.admit(principal, permission, amount, unit, tenant=tenant)
+                want: Any = (check.code, None if check.usage is None
+                             else check.usage.to_wire())
+            except BudgetError as exc:
+                want = exc.code
+            try:
+                code, usage = ledger.admission(principal, permission, amount, unit,
+                                               tenant=tenant)
+                got: Any = (code, None if usage is None else usage.to_wire())
+            except BudgetError as exc:
+                got = exc.code
+            assert got == want, (principal, permission, amount, unit, tenant)
+        clock.t += 600
