@@ -450,6 +450,10 @@ class DecisionLog:
     def _run_shipper(self) -> None:
         ship = self._ship
         while True:
+            if (self._closed and self._close_deadline_passed() and ship.empty()
+                    and not self._writer.is_alive()):
+                self._rescue()  # closing, past its deadline, the writer gone: stop
+                break
             if self._spilling and ship.empty() and self._ship_spill():
                 continue
             try:

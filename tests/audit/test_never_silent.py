@@ -162,6 +162,9 @@ def test_a_spill_left_by_a_previous_run_is_shipped_first(tmp_path: Path) -> None
     until(lambda: log.stats()["spilled"] > 0, "records to spill")
     assert not log.close(timeout=0.5)              # the sink never came back
     assert log.stats()["undelivered"] == 0         # ... but everything is in the spill
+    # ... and the log's threads stop: nothing keeps knocking at the dead sink.
+    until(lambda: not any(t.name.startswith("decision-log-") for t in threading.enumerate()),
+          "the log's threads to stop")
     spilled = log.stats()["spilled"]
     again = GateSink("fail")
     again.open.set()
