@@ -207,10 +207,12 @@ def test_a_load_leaves_the_collector_on_and_the_programs_frozen_objects_frozen()
             self.me = self  # a reference cycle: only the cyclic collector frees it
 
     gc.freeze()
-    frozen = gc.get_freeze_count()
+    assert gc.get_freeze_count() > 0
     try:
         Engine.from_source('role r: a:*\nagent "bot": r\n')
-        assert gc.isenabled() and gc.get_freeze_count() == frozen
+        # Still frozen (an unfreeze would leave none; frozen objects that die meanwhile
+        # leave the count, so it is not compared exactly).
+        assert gc.isenabled() and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
     node = Node()
