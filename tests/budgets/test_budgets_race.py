@@ -99,6 +99,17 @@ def _wait_running(log_dir: Path) -> float:
     raise AssertionError("the workers did not start")
 
 
+def _succeeded_after(log_dir: Path, moment: float) -> bool:
+    """Whether some worker has logged a success of a request started after ``moment``
+    (a line still being written, the last of its file, is not read)."""
+    for path in log_dir.glob("*.log"):
+        for line in path.read_text().split("\n")[:-1]:
+            kind, *rest = line.split()
+            if kind in ("D", "S") and float(rest[1]) > moment:  # as _read_logs reads them
+                return True
+    return False
+
+
 def _run(url: str, log_dir: Path, seconds: float,
          during: Callable[[float], None] | None = None) -> None:
     """Start the hosts, call ``during(start)`` while they run, wait for them."""
@@ -235,11 +246,18 @@ def test_store_faults_are_errors_never_allows_and_service_resumes(
             killed.append(kill(tag))
             kill_times.append(time.time())
         if isinstance(store, RedisStore):  # then the dataset goes, as in a restart
+            # Not before service has resumed (a loaded machine may take a while), and
+            # with time left for requests to meet the lost dataset.
             time.sleep(max(0.0, start + 1.3 - time.time()))
+            resumed_by = time.time() + 20
+            while time.time() < resumed_by and not _succeeded_after(
+                tmp_path, kill_times[-1] + 0.2
+            ):
+                time.sleep(0.02)
             store.drop()
             flushed_at.append(time.time())
 
-    _run(url, tmp_path, 2.6, faults)
+    _run(url, tmp_path, 3.2, faults)
     logs = _read_logs(tmp_path)
     assert not logs.crashes, logs.crashes[:5]
     assert set(logs.codes) <= EXPECTED, dict(logs.codes)

@@ -240,9 +240,9 @@ class TestCost:
         huge = 1 << 3_000_000
         for expr in ("context.n < 0.5", "context.n == 0.5", "context.n in [0.5, 1]",
                      "context.l == [0.5]"):
-            start = time.perf_counter()
+            start = time.process_time()
             assert outcome(expr, {"n": huge, "l": [huge]}) == "error:number_too_large", expr
-            assert time.perf_counter() - start < 0.5
+            assert time.process_time() - start < 0.5
         assert outcome("context.n == context.m", {"n": huge, "m": huge}) == "true"
 
     def test_deep_and_cyclic_values(self) -> None:
@@ -260,15 +260,15 @@ class TestCost:
         # Python hashes an integer to its value modulo 2**61 - 1: these all hash alike,
         # so a hash set of them costs time quadratic in their number
         colliding = [k * ((1 << 61) - 1) for k in range(1, 40_001)]
-        start = time.perf_counter()
+        start = time.process_time()
         assert outcome("7 in context.l", {"l": colliding}) == "false"
         assert outcome("context.l == context.m",
                        {"l": colliding, "m": list(reversed(colliding))}) == "true"
-        assert time.perf_counter() - start < 2.0
+        assert time.process_time() - start < 2.0
 
     def test_long_lists_compare_in_linear_time(self) -> None:
         a = [f"s{i}" for i in range(200_000)]
         b = list(reversed(a))
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: other processes on the machine do not count
         assert outcome("context.a == context.b", {"a": a, "b": b}) == "true"
-        assert time.perf_counter() - start < 2.0
+        assert time.process_time() - start < 2.0

@@ -32,10 +32,10 @@ from policyengine.lang import SourceSet, ast, check
 
 
 def load_error(text: str, **options: object) -> PolicyError:
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(PolicyError) as info:
         Engine.from_source(text, "p.policy", **options)  # type: ignore[arg-type]
-    assert time.perf_counter() - start < 5.0
+    assert time.process_time() - start < 5.0
     return info.value
 
 
@@ -111,9 +111,9 @@ def test_the_longest_path_still_compiles() -> None:
 
 
 def test_a_long_not_chain_is_refused_fast() -> None:
-    start = time.perf_counter()
+    start = time.process_time()
     err = load_error("permit p: a:b when " + "not " * 100_000 + "true\n")
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert first(err)[0] == "E007"
 
 
@@ -123,9 +123,9 @@ def test_checking_a_file_without_namespace_is_linear() -> None:
     n = 40_000
     rules = tuple(ast.Rule("permit", f"p{i}", (f"x{i}:read",)) for i in range(n))
     files = [ast.PolicyFile("p.policy", rules)]
-    start = time.perf_counter()
+    start = time.process_time()
     problems = check(files, SourceSet())
-    assert time.perf_counter() - start < 10.0
+    assert time.process_time() - start < 10.0
     assert problems == []
 
 
@@ -226,14 +226,14 @@ FRAGMENTS = [
 
 
 def only_policy_errors(data: str | bytes) -> None:
-    start = time.perf_counter()
+    start = time.process_time()
     try:
         Engine.from_source(data, "fuzz.policy", base_dir="/nonexistent-policy-dir")
     except PolicyError as err:
         assert err.errors, "a PolicyError always carries at least one error"
         for e in err.errors:
             assert e.code and e.line >= 1 and e.column >= 1, e
-    assert time.perf_counter() - start < 5.0
+    assert time.process_time() - start < 5.0
 
 
 @FUZZ
