@@ -27,7 +27,7 @@ ALLOW_READ = 'role reader: docs:read\nagent "bot": reader\n'
 ALLOW_WRITE = 'role reader: docs:read, docs:write\nagent "bot": reader\n'
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
