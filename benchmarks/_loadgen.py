@@ -43,7 +43,8 @@ def build_request(method: str, path: str, body: bytes = b"",
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 response (status, body) off a keep-alive connection."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
@@ -68,7 +69,7 @@ async def _worker(host: str, port: int, requests: Sequence[bytes], deadline: flo
             if start >= deadline:
                 return
             writer.write(requests[i % n])
-            status, body = await _read_response(reader)
+            status, body = await read_response(reader)
             latencies.append(clock() - start)
             statuses[status] = statuses.get(status, 0) + 1
             if not sample:

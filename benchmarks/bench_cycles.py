@@ -49,17 +49,6 @@ KEY = "bench-cycles-key"
 AGENTS = 100
 
 
-async def _read(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-            break
-    return status, (await reader.readexactly(length) if length else b"")
-
-
 def _post(path: str, body: bytes) -> bytes:
     return _loadgen.build_request("POST", path, body, [("x-cycles-api-key", KEY)])
 
@@ -78,7 +67,7 @@ async def _connection(port: int, tag: str, deadline: float, latencies: list[floa
                       b'"estimate":{"unit":"TOKENS","amount":100},"ttl_ms":60000}'
                       % (tag.encode(), n, agent.encode()))
             writer.write(_post("/v1/reservations", create))
-            status, body = await _read(reader)
+            status, body = await _loadgen.read_response(reader)
             if status != 200:
                 failures.append(body)
                 return n
@@ -87,7 +76,7 @@ async def _connection(port: int, tag: str, deadline: float, latencies: list[floa
             commit = (b'{"idempotency_key":"%s-%d-c","actual":{"unit":"TOKENS","amount":80}}'
                       % (tag.encode(), n))
             writer.write(_post(f"/v1/reservations/{rid}/commit", commit))
-            status, body = await _read(reader)
+            status, body = await _loadgen.read_response(reader)
             if status != 200 or b'"COMMITTED"' not in body:
                 failures.append(body)
                 return n

@@ -147,20 +147,11 @@ def _error_body(code: str, message: str) -> bytes:
     return _ERROR.dump_json(m.ErrorResponse(error=m.ErrorDetail(code=code, message=message)))
 
 
-def _validation_message(exc: ValidationError) -> str:
-    """Where and what, never the offending value (it may be a secret)."""
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False, include_context=False)[:3]:
-        where = ".".join(str(x) for x in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
-
-
 def _validate(adapter: TypeAdapter[Any], data: Any) -> Any:
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:
-        raise _RefusalError(400, "invalid_request", _validation_message(exc)) from None
+        raise _RefusalError(400, "invalid_request", m.validation_message(exc)) from None
 
 
 def _json_body(req: _Request) -> Any:
@@ -671,7 +662,7 @@ class PolicyService:
         try:
             request = _TOKEN_IN.validate_python(form)
         except ValidationError as exc:
-            return oauth_error(400, "invalid_request", _validation_message(exc))
+            return oauth_error(400, "invalid_request", m.validation_message(exc))
         agent = self.credentials.check_client(request.client_id, request.client_secret)
         if agent is None:
             reply = oauth_error(401, "invalid_client", "client authentication failed")

@@ -38,6 +38,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from policyengine import budgets as pb
 from policyengine.server import _cycles_models as cm
+from policyengine.server import _models as m
 from policyengine.server._credentials import CyclesKey
 from policyengine.server._wirejson import MalformedJsonError, loads
 
@@ -131,37 +132,25 @@ class _CyclesRefusalError(Exception):
         self.details, self.headers = details, headers
 
 
-def _adapter(model: type[BaseModel]) -> TypeAdapter[Any]:
-    return TypeAdapter(model)
-
-
-_CREATE_IN = _adapter(cm.ReservationCreateRequest)
-_COMMIT_IN = _adapter(cm.CommitRequest)
-_RELEASE_IN = _adapter(cm.ReleaseRequest)
-_EXTEND_IN = _adapter(cm.ExtendRequest)
-_DECIDE_IN = _adapter(cm.DecisionRequest)
-_EVENT_IN = _adapter(cm.EventCreateRequest)
-_CREATE_OUT = _adapter(cm.ReservationCreateResponse)
-_COMMIT_OUT = _adapter(cm.CommitResponse)
-_RELEASE_OUT = _adapter(cm.ReleaseResponse)
-_EXTEND_OUT = _adapter(cm.ExtendResponse)
-_DECIDE_OUT = _adapter(cm.DecisionResponse)
-_EVENT_OUT = _adapter(cm.EventCreateResponse)
-_DETAIL_OUT = _adapter(cm.ReservationDetail)
-_LIST_OUT = _adapter(cm.ReservationListResponse)
-_BALANCES_OUT = _adapter(cm.BalanceResponse)
+_CREATE_IN = TypeAdapter(cm.ReservationCreateRequest)
+_COMMIT_IN = TypeAdapter(cm.CommitRequest)
+_RELEASE_IN = TypeAdapter(cm.ReleaseRequest)
+_EXTEND_IN = TypeAdapter(cm.ExtendRequest)
+_DECIDE_IN = TypeAdapter(cm.DecisionRequest)
+_EVENT_IN = TypeAdapter(cm.EventCreateRequest)
+_CREATE_OUT = TypeAdapter(cm.ReservationCreateResponse)
+_COMMIT_OUT = TypeAdapter(cm.CommitResponse)
+_RELEASE_OUT = TypeAdapter(cm.ReleaseResponse)
+_EXTEND_OUT = TypeAdapter(cm.ExtendResponse)
+_DECIDE_OUT = TypeAdapter(cm.DecisionResponse)
+_EVENT_OUT = TypeAdapter(cm.EventCreateResponse)
+_DETAIL_OUT = TypeAdapter(cm.ReservationDetail)
+_LIST_OUT = TypeAdapter(cm.ReservationListResponse)
+_BALANCES_OUT = TypeAdapter(cm.BalanceResponse)
 
 
 def _dump(adapter: TypeAdapter[Any], value: Any) -> bytes:
     return adapter.dump_json(value, exclude_none=True)  # type: ignore[no-any-return]
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False, include_context=False)[:3]:
-        where = ".".join(str(x) for x in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def _segment(text: str) -> str:
@@ -307,7 +296,7 @@ class CyclesWire:
         try:
             body = adapter.validate_python(data)
         except ValidationError as exc:
-            raise _CyclesRefusalError(400, "INVALID_REQUEST", _validation_message(exc)) from None
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", m.validation_message(exc)) from None
         header = req.headers.get(b"x-idempotency-key")
         if header is not None and header.decode("utf-8", "replace") != body.idempotency_key:
             raise _CyclesRefusalError(400, "INVALID_REQUEST", "X-Idempotency-Key and the body's "

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     WithJsonSchema,
 )
 
@@ -627,3 +628,13 @@ class HealthResponse(_Response):
     status: Literal["ok", "unavailable"]
     revision: str | None = None
     reloadError: str | None = None  # noqa: N815
+
+
+def validation_message(exc: ValidationError) -> str:
+    """What a refused body gets told of a validation error: where and what, never the
+    offending value (it may be a secret). Every wire's models answer with it."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False)[:3]:
+        where = ".".join(str(x) for x in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
