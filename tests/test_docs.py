@@ -98,3 +98,14 @@ def test_shell_blocks_run(page: Path, line: int, source: str, scratch: Path,
         status = main(argv)
         out = capsys.readouterr()
         assert status == 0, f"{where}: policyengine {' '.join(argv)} -> {status}\n{out.err}"
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    """`.ci/run` is the README's test command, so a newcomer runs what CI runs."""
+    readme = (REPO / "README.md").read_text("utf-8")
+    commands = [source.strip() for _, source in blocks(REPO / "README.md", ("sh",))
+                if "pytest" in source]
+    assert len(commands) == 1, commands
+    ci_lines = (REPO / ".ci" / "run").read_text("utf-8").splitlines()
+    assert commands[0] in ci_lines, (commands[0], ci_lines)
+    assert "Run the whole test suite" in readme
