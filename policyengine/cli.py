@@ -1,8 +1,9 @@
-"""``policyengine`` command line: check, fmt, eval, explain, test, token.
+"""``policyengine`` command line: check, fmt, eval, explain, test, analyze, diff, token.
 
 Exit codes: 0 success, 1 a finding (policy errors, a denied decision with ``--exit-code``,
 failed tests or fixtures, coverage under ``--min-coverage``, unformatted files with
-``--check``, warnings with ``--werror``), 2 bad usage (a missing or malformed option). A
+``--check``, warnings with ``--werror``, analysis findings at the ``--fail-on`` level,
+decisions that a ``diff`` finds changed), 2 bad usage (a missing or malformed option). A
 closed output pipe (``| head``) ends the command quietly.
 """
 
@@ -330,6 +331,50 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    """``analyze PATHS`` (findings, docs/analysis.md) or ``analyze --diff OLD NEW`` /
+    ``diff OLD NEW`` (the requests whose decision changes)."""
+    from policyengine.analysis import analyze, diff
+    if args.max_requests is not None and args.max_requests < 1:
+        raise UsageError("--max-requests: a positive number")
+    bound = {} if args.max_requests is None else {"max_requests": args.max_requests}
+    pair = args.diff if args.command == "analyze" else args.paths
+    if args.command == "analyze" and pair and args.paths:
+        raise UsageError("give either policy paths or --diff OLD NEW, not both")
+    if args.command == "analyze" and not pair and not args.paths:
+        raise UsageError("give the policy files or directories to analyse")
+    try:
+        engines = [_load([p]) for p in pair] if pair else [_load(args.paths)]
+    except PolicyError as err:
+        print(err.render(), file=sys.stderr)
+        return 1
+    if pair:
+        result = diff(engines[0], engines[1], **bound)
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2))
+        else:
+            for change in result.changes:
+                print(change.render())
+            how = ("exhaustive" if result.exhaustive
+                   else "NOT exhaustive:\n  " + "\n  ".join(result.inexact))
+            print(f"{len(result.changes)} changed (principal, permission) pair"
+                  f"{'s' if len(result.changes) != 1 else ''} of {result.pairs} decided, "
+                  f"{result.requests} requests under each version; {how}")
+        return 1 if result.changes and args.fail_on != "none" else 0
+    analysis = analyze(engines[0], **bound)
+    if args.json:
+        print(json.dumps(analysis.to_dict(), indent=2))
+    else:
+        for f in analysis.findings:
+            print(f.render())
+        counts = {s: sum(f.severity == s for f in analysis.findings)
+                  for s in ("warning", "info")}
+        print(f"{analysis.rules} rules analysed ({analysis.requests} requests decided): "
+              f"{counts['warning']} warnings, {counts['info']} notes")
+    failing = () if args.fail_on == "none" else analysis.at_least(args.fail_on)
+    return 1 if failing else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from policyengine import __version__
     parser = argparse.ArgumentParser(prog="policyengine",
@@ -397,6 +442,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-coverage", metavar="PERCENT", type=float,
                    help="exit 1 when coverage is below PERCENT (implies --coverage)")
     p.set_defaults(func=_cmd_test)
+
+    for name, helptext in (("analyze", "find rules that never apply, duplicates, permits "
+                            "always overridden, limits above budgets; --diff OLD NEW lists "
+                            "requests whose decision changes"),
+                           ("diff", "requests whose decision differs between two policy "
+                            "versions (analyze --diff)")):
+        p = sub.add_parser(name, help=helptext)
+        if name == "analyze":
+            p.add_argument("paths", nargs="*", help="policy files or directories")
+            p.add_argument("--diff", nargs=2, metavar=("OLD", "NEW"),
+                           help="compare two versions (each a file or directory)")
+        else:
+            p.add_argument("paths", nargs=2, metavar="OLD_NEW",
+                           help="the old and the new version (each a file or directory)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--fail-on", choices=["info", "warning", "error", "none"],
+                       default="warning",
+                       help="exit 1 on findings at this severity or above (default "
+                       "warning); a diff exits 1 on any change unless 'none'")
+        p.add_argument("--max-requests", type=int, default=None, metavar="N",
+                       help="requests decided per question before sampling (default "
+                       "4096 per rule, 512 per principal and permission of a diff)")
+        p.set_defaults(func=_cmd_analyze)
 
     try:
         from policyengine.tokens._cli import register

@@ -1,0 +1,900 @@
+"""Policy analysis (``policyengine analyze``, docs/analysis.md): rules that can never apply,
+rules no principal can reach, duplicates, permits a forbid, limit or approval always
+overrides, limits above a budget, and the decisions that change between two versions.
+
+How it decides. The language is small: a condition compares request values against
+literals, the permission vocabulary is the finite set of patterns the policy names, and
+the principals are the declared agents plus "anyone else". Within that *fragment* the
+outcome of every comparison (true, false or an evaluation error) is the same for all
+values between two neighbouring literals, so one representative value per region (a
+*witness*) stands for the whole region: below the smallest literal, each literal, each
+midpoint, above the largest; each string literal and one string that is none of them;
+true, false; the key missing. Deciding every combination of witnesses is therefore an
+exact decision procedure for the fragment, and it is run on the engine's own rule
+evaluation (:func:`policyengine.decide._evaluator.rule_table`, what ``explain`` shows),
+never on a second evaluator that could disagree with it.
+
+What falls outside the fragment (a function call such as ``startswith()``, a path
+compared with another path, membership in a list the request carries, ``grant.*``
+fields, a money literal in a foreign currency, or more combinations than the request
+bound) is analysed by sampling the same witnesses: a finding is then never claimed (no
+sample proves that something cannot happen), and finding W300 says which rule could not
+be decided and why.
+
+Every counterexample a finding carries has been run through the real pipeline
+(``Engine.explain``) and shows what the finding says; one that does not is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from policyengine.decide._compiled import CompiledPolicy, CompiledRule
+from policyengine.decide._evaluator import RequestState, rule_table
+from policyengine.decide._runtime import Principal
+from policyengine.engine import Engine
+from policyengine.lang import ast
+from policyengine.lang._fmt import format_expr
+from policyengine.permissions import permission_matches, subsumes
+
+__all__ = ["SEVERITIES", "Analysis", "DecisionChange", "Diff", "Finding", "analyze", "diff"]
+
+#: Finding severities, weakest first (``--fail-on`` takes one of them).
+SEVERITIES = ("info", "warning", "error")
+#: Default bound on the requests decided for one question (one rule, or one principal
+#: and permission of a diff). Beyond it the witnesses are sampled, never claimed exact.
+MAX_REQUESTS = 4096
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Any = _Missing()
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result of :func:`analyze`. ``counterexample`` is a request (``principal``,
+    ``permission``, ``context``) the engine decided as the message says, or None when
+    the finding is a proof that no request exists (or none could be verified)."""
+
+    code: str
+    kind: str
+    severity: str
+    rule: str
+    file: str
+    line: int
+    column: int
+    message: str
+    related: tuple[str, ...] = ()
+    counterexample: dict[str, Any] | None = None
+    exact: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "kind": self.kind, "severity": self.severity,
+                "rule": self.rule, "file": self.file, "line": self.line,
+                "column": self.column, "message": self.message,
+                "related": list(self.related), "exact": self.exact,
+                "counterexample": _jsonable(self.counterexample)}
+
+    def render(self) -> str:
+        text = (f"{self.file}:{self.line}:{self.column}: {self.severity}[{self.code}]: "
+                f"{self.message}")
+        if self.counterexample is not None:
+            text += "\n  = counterexample: " + request_text(self.counterexample)
+        return text
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What :func:`analyze` found, sorted by file and line."""
+
+    findings: tuple[Finding, ...]
+    rules: int
+    requests: int  # requests decided to reach these findings
+
+    def at_least(self, severity: str) -> tuple[Finding, ...]:
+        rank = SEVERITIES.index(severity)
+        return tuple(f for f in self.findings if SEVERITIES.index(f.severity) >= rank)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rules": self.rules, "requests": self.requests,
+                "findings": [f.to_dict() for f in self.findings]}
+
+
+@dataclass(frozen=True)
+class DecisionChange:
+    """One (principal, permission) whose decision differs between two versions: an example
+    request, both wire decisions' status and code, and how many of the requests decided
+    for that pair changed."""
+
+    request: dict[str, Any]
+    old: tuple[str, str]
+    new: tuple[str, str]
+    old_rules: tuple[str, ...]
+    new_rules: tuple[str, ...]
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request": _jsonable(self.request),
+                "old": {"status": self.old[0], "reasonCode": self.old[1],
+                        "rules": list(self.old_rules)},
+                "new": {"status": self.new[0], "reasonCode": self.new[1],
+                        "rules": list(self.new_rules)},
+                "requests": self.count}
+
+    def render(self) -> str:
+        return (f"{request_text(self.request)}\n"
+                f"    old: {self.old[0]} ({self.old[1]}) {', '.join(self.old_rules)}\n"
+                f"    new: {self.new[0]} ({self.new[1]}) {', '.join(self.new_rules)}"
+                + (f"\n    ({self.count} requests of this principal and permission "
+                   "change)" if self.count > 1 else ""))
+
+
+@dataclass(frozen=True)
+class Diff:
+    """What :func:`diff` found. ``exhaustive`` is True when every region of every pair
+    was decided in the fragment; ``inexact`` says why not otherwise."""
+
+    changes: tuple[DecisionChange, ...]
+    pairs: int  # (principal, permission) pairs decided
+    requests: int  # requests decided under each version
+    exhaustive: bool
+    inexact: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pairs": self.pairs, "requests": self.requests,
+                "exhaustive": self.exhaustive, "inexact": list(self.inexact),
+                "changes": [c.to_dict() for c in self.changes]}
+
+
+# ---- values -------------------------------------------------------------------------
+
+def _number(d: Decimal) -> int | Decimal:
+    return int(d) if d == d.to_integral_value() else d.normalize()
+
+
+def _jsonable(value: Any) -> Any:
+    """Decimals as JSON numbers where a float reads them back exactly, else as text."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        f = float(value)
+        return f if Decimal(repr(f)) == value else str(value)
+    return value
+
+
+def request_text(req: dict[str, Any]) -> str:
+    """A request as one line: ``principal "bot", permission pay:refund, context {...}``."""
+    ctx = json.dumps(_jsonable(req.get("context") or {}), sort_keys=True)
+    return (f"principal {json.dumps(req['principal'])}, permission {req['permission']}, "
+            f"context {ctx}")
+
+
+# ---- what a condition reads -----------------------------------------------------------
+
+class _Reads(ast.ExprVisitor[None]):
+    """The context paths a condition reads and the literals each is compared with, the
+    literal money it compares ``amount`` with, the principal ids it names, and why it is
+    outside the fragment (if it is)."""
+
+    def __init__(self) -> None:
+        self.paths: dict[tuple[str, ...], set[Any]] = {}
+        self.uses_amount = False
+        self.money_lits: list[ast.MoneyLit] = []
+        self.ids: set[str] = set()
+        self.outside: list[str] = []
+        #: (context path, principal path) compared with each other: exact once the
+        #: principal is fixed, with each principal's value among the literals.
+        self.links: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+
+    def _kind(self, e: ast.Expr) -> str:
+        if isinstance(e, ast.Path):
+            return e.root
+        if isinstance(e, ast.Amount):
+            return "amount"
+        if isinstance(e, (ast.Literal, ast.MoneyLit)):
+            return "literal"
+        if isinstance(e, ast.ListExpr) and all(isinstance(i, ast.Literal) for i in e.items):
+            return "list"
+        return "other"
+
+    def _note(self, var: ast.Expr, lit: ast.Expr) -> None:
+        if isinstance(var, ast.Path) and var.root == "context" and isinstance(lit, ast.Literal):
+            self.paths.setdefault(var.segments, set()).add(lit.value)
+        elif isinstance(var, ast.Path) and var.root == "principal" \
+                and var.segments == ("id",) and isinstance(lit, ast.Literal) \
+                and isinstance(lit.value, str):
+            self.ids.add(lit.value)
+        elif isinstance(var, ast.Amount) and isinstance(lit, ast.MoneyLit):
+            self.money_lits.append(lit)
+
+    @staticmethod
+    def _linkable(a: ast.Expr, b: ast.Expr) -> bool:
+        who = a if isinstance(a, ast.Path) and a.root == "principal" else b
+        return isinstance(who, ast.Path) and (
+            who.segments == ("id",) or (len(who.segments) == 2
+                                        and who.segments[0] == "attributes"))
+
+    def literal(self, e: ast.Literal) -> None:
+        pass
+
+    def money(self, e: ast.MoneyLit) -> None:
+        pass
+
+    def amount(self, e: ast.Amount) -> None:
+        self.uses_amount = True
+
+    def path(self, e: ast.Path) -> None:
+        if e.root == "context":
+            self.paths.setdefault(e.segments, set())
+        elif e.root == "grant" and e.segments != ("delegated",):
+            self.outside.append(f"{e.dotted()} depends on a delegation token")
+
+    def call(self, e: ast.Call) -> None:
+        if e.name != "has" or len(e.args) != 1 or not isinstance(e.args[0], ast.Path):
+            self.outside.append(f"it calls {e.name}()")
+            # Not exact, but a value the function accepts makes sampling likelier to
+            # find a request that satisfies it.
+            subject, arg = (*e.args, None, None)[:2]
+            if isinstance(subject, ast.Path) and subject.root == "context" \
+                    and isinstance(arg, ast.Literal) and isinstance(arg.value, str):
+                hint = {"startswith": arg.value + "~", "endswith": "~" + arg.value,
+                        "contains": arg.value,
+                        "matches": arg.value.replace("*", "~").replace("?", "~")}
+                if e.name in hint:
+                    self.paths.setdefault(subject.segments, set()).add(hint[e.name])
+        for arg in e.args:
+            self.visit(arg)
+
+    def list(self, e: ast.ListExpr) -> None:
+        for item in e.items:
+            self.visit(item)
+
+    def compare(self, e: ast.Compare) -> None:
+        kinds = (self._kind(e.left), self._kind(e.right))
+        var_kinds = {"context", "amount"}
+        if kinds[0] in var_kinds and kinds[1] == "literal":
+            self._note(e.left, e.right)
+        elif kinds[1] in var_kinds and kinds[0] == "literal":
+            self._note(e.right, e.left)
+        elif set(kinds) == {"context", "principal"} and self._linkable(e.left, e.right):
+            ctx, who = (e.left, e.right) if kinds[0] == "context" else (e.right, e.left)
+            assert isinstance(ctx, ast.Path) and isinstance(who, ast.Path)
+            self.links.append((ctx.segments, who.segments))
+        elif kinds[0] in var_kinds or kinds[1] in var_kinds:
+            self.outside.append(f"it compares {format_expr(e.left)} with "
+                                f"{format_expr(e.right)}")
+        elif "principal" in kinds and "literal" in kinds:
+            side = (e.left, e.right) if kinds[0] == "principal" else (e.right, e.left)
+            self._note(*side)
+        self.visit(e.left)
+        self.visit(e.right)
+
+    def in_(self, e: ast.In) -> None:
+        item, coll = self._kind(e.item), self._kind(e.collection)
+        if coll == "list" and isinstance(e.collection, ast.ListExpr):
+            if item in ("context", "principal"):
+                for lit in e.collection.items:
+                    self._note(e.item, lit)
+            elif item == "amount":
+                self.outside.append("it looks for the amount in a list")
+        elif coll == "context" or (coll == "principal" and item in ("context", "amount")):
+            self.outside.append(f"it looks for {format_expr(e.item)} in "
+                                f"{format_expr(e.collection)}")
+        self.visit(e.item)
+        self.visit(e.collection)
+
+    def not_(self, e: ast.Not) -> None:
+        self.visit(e.expr)
+
+    def and_(self, e: ast.And) -> None:
+        for item in e.items:
+            self.visit(item)
+
+    def or_(self, e: ast.Or) -> None:
+        for item in e.items:
+            self.visit(item)
+
+
+@dataclass
+class _RuleInfo:
+    rule: CompiledRule
+    paths: dict[tuple[str, ...], set[Any]]
+    uses_amount: bool  # its conditions or its cap / threshold read the amount
+    thresholds: set[Decimal]  # in the rule file's base currency
+    ids: set[str]
+    outside: list[str]
+    links: list[tuple[tuple[str, ...], tuple[str, ...]]]
+
+    def link(self, policies: Sequence[CompiledPolicy], principals: Sequence[str]) -> None:
+        """Each principal's value of a principal path compared with a context path
+        becomes one more literal of that context path."""
+        for ctx, who in self.links:
+            lits = self.paths.setdefault(ctx, set())
+            for policy in policies:
+                for pid in principals:
+                    p = policy.principal(pid)
+                    value = p.id if who == ("id",) else p.attributes.get(who[1], MISSING)
+                    if isinstance(value, (str, int, Decimal)):
+                        lits.add(value)
+
+
+def _info(rule: CompiledRule) -> _RuleInfo:
+    reads = _Reads()
+    for cond in rule.conditions:
+        reads.visit(cond.expr)
+    base = rule.money.base if rule.money is not None else None
+    thresholds: set[Decimal] = set()
+    outside = list(reads.outside)
+    for m in reads.money_lits:
+        if m.currency == base:
+            thresholds.add(m.amount)
+        else:
+            outside.append(f"it compares the amount with {m.amount} {m.currency}, which "
+                           "converts at a rate")
+    if rule.amount_limit is not None:
+        thresholds.add(rule.amount_limit)
+    paths = reads.paths
+    for a, b in itertools.permutations(paths, 2):
+        if len(a) < len(b) and b[:len(a)] == a:
+            outside.append(f"it reads both context.{'.'.join(a)} and "
+                           f"context.{'.'.join(b)}")
+            break
+    return _RuleInfo(rule, paths, reads.uses_amount or rule.uses_amount, thresholds,
+                     reads.ids, outside, reads.links)
+
+
+def _witnesses(literals: Iterable[Any]) -> list[Any]:
+    """One value per region the literals cut: missing, true, false, numbers below, at,
+    between and above the numeric literals, each string literal and one other string."""
+    nums = sorted({Decimal(v) for v in literals if type(v) in (int, Decimal)})
+    strs = sorted({v for v in literals if type(v) is str})
+    out: list[Any] = [MISSING, True, False]
+    if nums:
+        points = [nums[0] - 1]
+        for a, b in itertools.pairwise(nums):
+            points += [a, (a + b) / 2]
+        points += [nums[-1], nums[-1] + 1]
+        out += [_number(p) for p in points]
+    else:
+        out.append(0)
+    fresh = "~"
+    while fresh in strs:
+        fresh += "~"
+    return out + strs + [fresh]
+
+
+def _quantum(currency: str) -> Decimal:
+    from policyengine.money._money import decimal_places
+    return Decimal(1).scaleb(-decimal_places(currency))
+
+
+def _amounts(thresholds: Iterable[Decimal], currency: str) -> list[Any]:
+    """Amount witnesses in ``currency``: none, zero, each threshold and one minor unit
+    above it (amounts round up to the minor unit, so nothing lies between)."""
+    q = _quantum(currency)
+    points = {Decimal(0)}
+    for t in thresholds:
+        points.update((t, t + q))
+        if t - q >= 0:
+            points.add(t - q)
+    return [MISSING, *sorted(points)]
+
+
+# ---- the finite vocabulary ----------------------------------------------------------------
+
+def _fresh_segment(patterns: Iterable[str]) -> str:
+    used = {seg for p in patterns for seg in p.split(":")}
+    n = 0
+    while f"x{n}" in used:
+        n += 1
+    return f"x{n}"
+
+
+def permission_representatives(targets: Sequence[str], vocabulary: Iterable[str]
+                               ) -> list[str]:
+    """One permission per class of permissions the ``targets`` patterns match, where two
+    permissions are in one class when the same patterns of ``vocabulary`` (plus the
+    targets) match them: every exact permission named, and for each prefix pattern
+    ``p:*`` (and ``*``) a permission under it that no longer pattern names."""
+    vocab = set(vocabulary) | set(targets)
+    fresh = _fresh_segment(vocab)
+    candidates: list[str] = sorted(p for p in vocab if not p.endswith("*"))
+    candidates += sorted(p[:-1] + fresh for p in vocab if p.endswith(":*"))
+    if "*" in vocab:
+        candidates.append(fresh)
+    return [c for c in candidates if any(permission_matches(t, c) for t in targets)]
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Some permission matches both patterns."""
+    if a == "*" or b == "*" or a == b:
+        return True
+    if a.endswith(":*") and b.endswith(":*"):
+        return a.startswith(b[:-1]) or b.startswith(a[:-1])
+    if a.endswith(":*"):
+        return permission_matches(a, b)
+    return b.endswith(":*") and permission_matches(b, a)
+
+
+def _patterns_overlap(xs: Sequence[str], ys: Sequence[str]) -> bool:
+    return any(_overlap(x, y) for x in xs for y in ys)
+
+
+def _principal_reps(policies: Sequence[CompiledPolicy], ids: set[str]) -> list[str]:
+    """One principal per class: declared agents alike in roles and attributes (in every
+    policy) stand for each other unless a scope or a condition names one; undeclared
+    principals are one class, plus each undeclared id a condition names."""
+    named = set(ids)
+    for policy in policies:
+        for rule in policy.rules:
+            named.update(rule.agents)
+    declared = sorted({pid for policy in policies for pid in policy.principals})
+    seen: dict[Any, str] = {}
+    for pid in declared:
+        if pid in named:
+            seen[("id", pid)] = pid
+            continue
+        key = tuple((tuple(sorted(p.roles)), repr(sorted(p.attributes.items())))
+                    if (p := policy.principals.get(pid)) is not None else None
+                    for policy in policies)
+        seen.setdefault(key, pid)
+    out = sorted(seen.values())
+    fresh = "someone-else"
+    while fresh in declared or fresh in named:
+        fresh += "-"
+    out.append(fresh)
+    out += sorted(i for i in ids if i not in declared)
+    return out
+
+
+# ---- deciding ---------------------------------------------------------------------------
+
+@dataclass
+class _Space:
+    """The witnesses of some context variables, enumerated up to a bound."""
+
+    variables: list[tuple[tuple[str, ...], list[Any]]] = field(default_factory=list)
+    currency: str | None = None
+    amounts: list[Any] = field(default_factory=lambda: [MISSING])
+
+    def size(self) -> int:
+        n = len(self.amounts)
+        for _, ws in self.variables:
+            n *= len(ws)
+        return n
+
+    def contexts(self, limit: int, seed: int = 0) -> tuple[Iterator[dict[str, Any]], bool]:
+        """The contexts, and whether they are all of them (else a sample of ``limit``)."""
+        lists = [ws for _, ws in self.variables] + [self.amounts]
+        if self.size() <= limit:
+            return (self._build(combo) for combo in itertools.product(*lists)), True
+        rng = random.Random(seed)
+        return (self._build([rng.choice(ws) for ws in lists]) for _ in range(limit)), False
+
+    def _build(self, combo: Sequence[Any]) -> dict[str, Any]:
+        ctx: dict[str, Any] = {}
+        for (path, _), value in zip(self.variables, combo, strict=False):
+            if value is MISSING:
+                continue
+            node = ctx
+            for seg in path[:-1]:
+                nxt = node.setdefault(seg, {})
+                if not isinstance(nxt, dict):
+                    break
+                node = nxt
+            else:
+                node[path[-1]] = value
+        amount = combo[-1]
+        if amount is not MISSING and self.currency is not None:
+            ctx["amount"] = str(amount)
+            ctx["currency"] = self.currency
+        return ctx
+
+
+def _space(infos: Iterable[_RuleInfo], extra_thresholds: Iterable[Decimal] = ()
+           ) -> tuple[_Space, list[str]]:
+    """The joint witnesses of some rules' variables, and why they are not exact."""
+    paths: dict[tuple[str, ...], set[Any]] = {}
+    thresholds: set[Decimal] = set(extra_thresholds)
+    currencies: set[str] = set()
+    uses_amount = False
+    outside: list[str] = []
+    for info in infos:
+        for p, lits in info.paths.items():
+            paths.setdefault(p, set()).update(lits)
+        if info.uses_amount:
+            uses_amount = True
+            thresholds |= info.thresholds
+            if info.rule.money is not None and info.rule.money.base is not None:
+                currencies.add(info.rule.money.base)
+        outside += [f"rule {info.rule.qid}: {why}" for why in info.outside]
+    for a, b in itertools.permutations(paths, 2):
+        if len(a) < len(b) and b[:len(a)] == a:
+            outside.append(f"context.{'.'.join(a)} and context.{'.'.join(b)} are both read")
+            break
+    if len(currencies) > 1:
+        outside.append(f"amounts are compared in {len(currencies)} currencies "
+                       f"({', '.join(sorted(currencies))}), through rates")
+    space = _Space([(p, _witnesses(paths[p])) for p in sorted(paths)])
+    if uses_amount and currencies:
+        space.currency = sorted(currencies)[0]
+        space.amounts = _amounts(thresholds, space.currency)
+    return space, outside
+
+
+def _table(policy: CompiledPolicy, principal: str, permission: str,
+           context: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each rule naming ``permission`` does for this request: the engine's own rule
+    evaluation, as ``explain`` reports it (schemas and budgets aside)."""
+    req = RequestState(context, policy.default_currency, None)
+    return {e["rule"]: e for e in rule_table(policy, principal, permission, context, req)}
+
+
+def _holds(entry: dict[str, Any] | None) -> bool:
+    """The rule is in scope and each of its when / unless conditions held (no error)."""
+    return (entry is not None and "conditions" in entry
+            and not str(entry.get("result", "")).startswith("not in scope")
+            and all(c["result"] == "holds" for c in entry["conditions"]
+                    if c["kind"] in ("when", "unless")))
+
+
+def _applies(entry: dict[str, Any] | None) -> bool:
+    return entry is not None and entry.get("result") == "applies"
+
+
+def _applies_cleanly(entry: dict[str, Any] | None) -> bool:
+    return _applies(entry) and not any(str(c["result"]).startswith("error")
+                                       for c in entry["conditions"])  # type: ignore[index]
+
+
+def _request(principal: str, permission: str, context: dict[str, Any]) -> dict[str, Any]:
+    return {"principal": principal, "permission": permission, "context": context}
+
+
+# ---- analyze ----------------------------------------------------------------------------
+
+class _Analyzer:
+    def __init__(self, engine: Engine, max_requests: int) -> None:
+        self.engine = engine
+        self.policy = engine.policy
+        self.max = max_requests
+        self.requests = 0
+        self.findings: list[Finding] = []
+        self.rules = [r for r in self.policy.rules if r.kind != "role"]
+        self.infos = {r.qid: _info(r) for r in self.policy.rules}
+        ids: set[str] = set()
+        for info in self.infos.values():
+            ids |= info.ids
+        self.principals = _principal_reps([self.policy], ids)
+        for info in self.infos.values():
+            info.link([self.policy], self.principals)
+        self.vocabulary = {p for r in self.policy.rules for p in r.patterns}
+        self.vocabulary |= {p for b in self.policy.budgets for p in b.patterns}
+        self.unsat: set[str] = set()
+
+    def _who(self, pid: str) -> Principal:
+        return self.policy.principal(pid)
+
+    def in_scope(self, rule: CompiledRule) -> list[str]:
+        return [p for p in self.principals if rule.scoped_to(self._who(p))]
+
+    def add(self, code: str, kind: str, severity: str, rule: CompiledRule, message: str,
+            related: Iterable[str] = (), counterexample: dict[str, Any] | None = None,
+            exact: bool = True) -> None:
+        sp = rule.span
+        self.findings.append(Finding(code, kind, severity, rule.qid, sp.file, sp.line,
+                                     sp.column, message, tuple(related), counterexample,
+                                     exact))
+
+    def run(self) -> Analysis:
+        self.duplicates()
+        for rule in self.rules:
+            scope = self.in_scope(rule)
+            if not scope:
+                self.no_principal(rule)
+                continue
+            if rule.conditions and not self.satisfiable(rule, scope):
+                continue
+            if rule.effect in ("permit", "approval"):
+                self.overridden(rule, scope)
+        self.limits_over_budgets()
+        found = sorted(self.findings, key=lambda f: (f.file, f.line, f.column, f.code))
+        return Analysis(tuple(found), len(self.rules), self.requests)
+
+    # -- W303: a scope no principal holds
+    def no_principal(self, rule: CompiledRule) -> None:
+        held = [f"role {r}" for r in sorted(rule.roles)] + [
+            f'agent "{a}"' for a in sorted(rule.agents)]
+        self.add("W303", "no_principal", "warning", rule,
+                 f"rule '{rule.qid}' never applies: no agent holds its scope "
+                 f"({', '.join(held)})")
+
+    # -- W301: conditions that never hold
+    def satisfiable(self, rule: CompiledRule, scope: list[str]) -> bool:
+        info = self.infos[rule.qid]
+        space, outside = _space([info])
+        permission = permission_representatives(rule.patterns, rule.patterns)[0]
+        exact = not outside
+        for pid in scope:
+            contexts, complete = space.contexts(self.max, seed=hash(rule.qid) & 0xFFFF)
+            exact = exact and complete
+            for ctx in contexts:
+                self.requests += 1
+                if _holds(_table(self.policy, pid, permission, ctx).get(rule.qid)):
+                    return True
+        text = " and ".join(
+            (format_expr(c.expr) if c.kind == "when" else f"not ({format_expr(c.expr)})")
+            for c in rule.conditions)
+        if not exact:
+            why = "; ".join(outside) or f"more than {self.max} requests to decide"
+            self.add("W300", "inexact", "info", rule,
+                     f"could not decide whether the conditions of '{rule.qid}' can hold "
+                     f"(no sampled request satisfies them): {why}", exact=False)
+            return True
+        self.unsat.add(rule.qid)
+        if rule.effect == "permit":
+            what = "it never applies"
+        else:
+            what = ("it applies only when a condition cannot be evaluated (fail closed: a "
+                    "missing or mistyped value)")
+        self.add("W301", "unsatisfiable", "warning", rule,
+                 f"the conditions of '{rule.qid}' never hold ({text}): {what}")
+        return False
+
+    # -- W302 / W305: always overridden
+    def overridden(self, rule: CompiledRule, scope: list[str]) -> None:
+        deniers = [r for r in self.policy.rules
+                   if r.effect == "forbid" and r.qid not in self.unsat
+                   and _patterns_overlap(r.patterns, rule.patterns)
+                   and any(r.scoped_to(self._who(p)) for p in scope)]
+        approvals = [r for r in self.policy.rules
+                     if rule.effect == "permit" and r.effect == "approval"
+                     and r.qid not in self.unsat
+                     and _patterns_overlap(r.patterns, rule.patterns)
+                     and any(r.scoped_to(self._who(p)) for p in scope)]
+        if not deniers and not approvals:
+            return
+        vocab = set(rule.patterns)
+        for r in deniers + approvals:
+            vocab.update(r.patterns)
+        reps = permission_representatives(rule.patterns, vocab)
+        # Cheap exact test first: a permission no overriding rule names is decided by
+        # this rule alone (its conditions can hold: it is satisfiable).
+        if any(not any(permission_matches(p, perm) for r in deniers + approvals
+                       for p in r.patterns) for perm in reps):
+            return
+        space, outside = _space([self.infos[r.qid] for r in [rule, *deniers, *approvals]])
+        exact = not outside
+        fired: dict[str, None] = {}
+        approved: dict[str, None] = {}
+        denied_example: dict[str, Any] | None = None
+        pending_example: dict[str, Any] | None = None
+        applied = False
+        for pid in scope:
+            for perm in reps:
+                contexts, complete = space.contexts(self.max, seed=len(reps))
+                exact = exact and complete
+                for ctx in contexts:
+                    self.requests += 1
+                    table = _table(self.policy, pid, perm, ctx)
+                    if not _applies_cleanly(table.get(rule.qid)):
+                        continue
+                    applied = True
+                    denying = [r.qid for r in deniers if _applies(table.get(r.qid))]
+                    if denying:
+                        fired.update(dict.fromkeys(denying))
+                        if denied_example is None and self._verify_denied(
+                                rule, pid, perm, ctx):
+                            denied_example = _request(pid, perm, ctx)
+                        continue
+                    asking = [r.qid for r in approvals if _applies(table.get(r.qid))]
+                    if asking:
+                        approved.update(dict.fromkeys(asking))
+                        if pending_example is None and self._verify_pending(
+                                rule, pid, perm, ctx):
+                            pending_example = _request(pid, perm, ctx)
+                        continue
+                    return  # this rule decides this request: it is effective
+        if not applied:
+            return
+        if not exact:
+            why = "; ".join(outside) or f"more than {self.max} requests to decide"
+            self.add("W300", "inexact", "info", rule,
+                     f"could not decide whether '{rule.qid}' is always overridden (every "
+                     f"sampled request it applies to is): {why}", fired.keys() | approved.keys(),
+                     exact=False)
+            return
+        if not approved:
+            kinds = {r.kind for r in deniers if r.qid in fired}
+            by = ("a limit" if kinds == {"limit"} else "a forbid" if "limit" not in kinds
+                  else "forbids and limits")
+            self.add("W302", "shadowed", "warning", rule,
+                     f"rule '{rule.qid}' never decides a request: {by} "
+                     f"({', '.join(fired)}) applies whenever it does", fired,
+                     denied_example)
+        else:
+            self.add("W305", "always_approval", "info", rule,
+                     f"every request '{rule.qid}' permits needs an approval "
+                     f"({', '.join(approved)})"
+                     + (f" or is denied ({', '.join(fired)})" if fired else ""),
+                     [*approved, *fired], pending_example)
+
+    def _explain(self, pid: str, perm: str, ctx: dict[str, Any]) -> Any:
+        self.requests += 1
+        return self.engine.explain(pid, perm, ctx)
+
+    def _verify_denied(self, rule: CompiledRule, pid: str, perm: str,
+                       ctx: dict[str, Any]) -> bool:
+        x = self._explain(pid, perm, ctx)
+        entry = next((e for e in x.rules if e["rule"] == rule.qid), None)
+        return bool(x.decision.status == "denied" and _applies_cleanly(entry)
+                    and x.decision.code not in ("invalid_request", "no_permit"))
+
+    def _verify_pending(self, rule: CompiledRule, pid: str, perm: str,
+                        ctx: dict[str, Any]) -> bool:
+        x = self._explain(pid, perm, ctx)
+        entry = next((e for e in x.rules if e["rule"] == rule.qid), None)
+        return bool(x.decision.status == "pending_approval" and _applies_cleanly(entry))
+
+    # -- W304: duplicates
+    def duplicates(self) -> None:
+        first: dict[Any, CompiledRule] = {}
+        for rule in self.rules:
+            key = (rule.effect, rule.kind, frozenset(rule.patterns), rule.roles, rule.agents,
+                   rule.conditions, rule.amount_limit,
+                   rule.money.base if rule.money is not None else None, rule.approval_terms)
+            other = first.setdefault(key, rule)
+            if other is not rule:
+                sp = other.span
+                self.add("W304", "duplicate", "warning", rule,
+                         f"rule '{rule.qid}' repeats '{other.qid}' ({sp.file}:{sp.line}): "
+                         "same effect, patterns, scope and conditions", [other.qid])
+
+    # -- W306: a limit above what a budget lets through
+    def limits_over_budgets(self) -> None:
+        from policyengine.budgets.spec import subject_field
+        for rule in self.rules:
+            if rule.kind != "limit" or rule.amount_limit is None or rule.money is None:
+                continue
+            base = rule.money.base
+            if base is None:
+                continue
+            for spec in self.policy.budgets:
+                room = spec.limit + spec.overdraft_limit
+                if spec.unit != base or rule.amount_limit <= room:
+                    continue
+                if not all(any(subsumes(p, b) for b in spec.patterns) for p in rule.patterns):
+                    continue
+                over = room + _quantum(base)
+                example = None
+                fieldname = subject_field(spec.subject)
+                for pid in self.in_scope(rule)[:16]:
+                    for perm in permission_representatives(rule.patterns, self.vocabulary)[:16]:
+                        ctx: dict[str, Any] = {"amount": str(over), "currency": base}
+                        if fieldname:
+                            ctx[fieldname] = "analysis"
+                        x = self._explain(pid, perm, ctx)
+                        entry = next((e for e in x.rules if e["rule"] == rule.qid), None)
+                        if x.decision.code == "budget_exceeded" and entry is not None \
+                                and entry.get("result") == "does not apply":
+                            example = _request(pid, perm, ctx)
+                            break
+                    if example is not None:
+                        break
+                self.add("W306", "limit_above_budget", "warning", rule,
+                         f"limit '{rule.qid}' caps one request at {rule.amount_limit} {base}, "
+                         f"but budget '{spec.id}' lets through at most {room} {base} per "
+                         f"{spec.window}: the budget refuses every amount between them",
+                         [spec.id], example)
+
+
+def analyze(engine: Engine, *, max_requests: int = MAX_REQUESTS) -> Analysis:
+    """Analyse the policy ``engine`` holds (docs/analysis.md)."""
+    return _Analyzer(engine, max_requests).run()
+
+
+# ---- diff -------------------------------------------------------------------------------
+
+def _rule_key(rule: CompiledRule) -> Any:
+    return (rule.qid, rule.effect, rule.kind, rule.patterns, rule.roles, rule.agents,
+            rule.conditions, rule.amount_limit,
+            rule.money.base if rule.money is not None else None, rule.approval_terms)
+
+
+_RULE_STATEMENTS = (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl, ast.RoleDecl,
+                    ast.AgentDecl)
+
+
+def _settings(policy: CompiledPolicy) -> Any:
+    """Everything but rules, roles and agents: budgets, schemas, currencies, rates..."""
+    out = []
+    for f in policy.files:
+        out.append((f.namespace, tuple(st for st in f.statements
+                                       if not isinstance(st, _RULE_STATEMENTS))))
+    return sorted(out, key=repr)
+
+
+def _principal_key(policy: CompiledPolicy, pid: str) -> Any:
+    p = policy.principals.get(pid)
+    return None if p is None else (tuple(sorted(p.roles)), repr(sorted(p.attributes.items())))
+
+
+def diff(old: Engine, new: Engine, *, max_requests: int = 512) -> Diff:
+    """The requests whose decision differs between two policy versions (docs/analysis.md,
+    "Diff"): every principal class x permission class x context region, decided by both."""
+    a, b = old.policy, new.policy
+    infos: dict[int, _RuleInfo] = {}
+
+    def info(rule: CompiledRule) -> _RuleInfo:
+        got = infos.get(id(rule))
+        if got is None:
+            got = infos[id(rule)] = _info(rule)
+        return got
+
+    ids: set[str] = set()
+    for rule in (*a.rules, *b.rules):
+        ids |= info(rule).ids
+    principals = _principal_reps([a, b], ids)
+    for rule in (*a.rules, *b.rules):
+        info(rule).link([a, b], principals)
+    vocab = {p for pol in (a, b) for r in pol.rules for p in r.patterns}
+    vocab |= {p for pol in (a, b) for s in pol.budgets for p in s.patterns}
+    for pol in (a, b):
+        for f in pol.files:
+            for st in f.statements:
+                if isinstance(st, ast.SchemaDecl):
+                    vocab.update(st.patterns)
+    permissions = permission_representatives(sorted(vocab), vocab) if vocab else []
+    same_settings = _settings(a) == _settings(b)
+    changes: list[DecisionChange] = []
+    inexact: dict[str, None] = {}
+    pairs = requests = 0
+    for perm in permissions:
+        ra, rb = a.candidates(perm), b.candidates(perm)
+        same_rules = same_settings and [_rule_key(r) for r in ra] == [_rule_key(r) for r in rb]
+        budgets = [s for pol in (a, b) for s in pol.budgets
+                   if any(permission_matches(p, perm) for p in s.patterns)]
+        extra = [s.limit + s.overdraft_limit for s in budgets]
+        space, outside = _space([info(r) for r in (*ra, *rb)], extra)
+        if space.currency is None and budgets:
+            cur = next((s.unit for s in budgets if len(s.unit) == 3 and s.unit.isupper()),
+                       None)
+            if cur is not None:
+                space.currency = cur
+                space.amounts = _amounts(extra, cur)
+        for pid in principals:
+            if same_rules and _principal_key(a, pid) == _principal_key(b, pid):
+                continue  # nothing that decides this pair changed
+            pairs += 1
+            inexact.update(dict.fromkeys(outside))
+            contexts, complete = space.contexts(max_requests, seed=pairs)
+            if not complete:
+                inexact[f"{pid} on {perm}: more than {max_requests} requests; sampled"] = None
+            first: tuple[dict[str, Any], Any, Any] | None = None
+            count = 0
+            for ctx in contexts:
+                requests += 1
+                da = old.explain(pid, perm, ctx).decision
+                db = new.explain(pid, perm, ctx).decision
+                if da.status != db.status:
+                    count += 1
+                    if first is None:
+                        first = (ctx, da, db)
+            if first is not None:
+                ctx, da, db = first
+                changes.append(DecisionChange(
+                    _request(pid, perm, ctx), (da.status, da.code), (db.status, db.code),
+                    tuple(da.to_wire()["rules"]), tuple(db.to_wire()["rules"]), count))
+    return Diff(tuple(changes), pairs, requests, not inexact, tuple(inexact))

@@ -1,0 +1,319 @@
+"""``policyengine analyze`` and ``diff`` (docs/analysis.md): one test per finding kind,
+every counterexample replayed through ``authorize``, and properties over random policies:
+a rule reported as never applying applies to no sampled request, and every diff example
+really changes decision."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policyengine import Engine
+from policyengine.analysis import (
+    Finding,
+    analyze,
+    diff,
+    permission_representatives,
+)
+from policyengine.cli import main
+
+
+def codes(engine: Engine) -> list[tuple[str, str]]:
+    return [(f.code, f.rule) for f in analyze(engine).findings]
+
+
+def only(engine: Engine, code: str) -> Finding:
+    found = [f for f in analyze(engine).findings if f.code == code]
+    assert len(found) == 1, analyze(engine).findings
+    return found[0]
+
+
+def replay(engine: Engine, f: Finding) -> Any:
+    assert f.counterexample is not None
+    c = f.counterexample
+    return engine.authorize(c["principal"], c["permission"], c["context"])
+
+
+BASE = 'role r: pay:*, docs:*, shop:*\nagent "bot": r\n'
+
+
+# ---- W301: conditions that never hold ------------------------------------------------
+
+def test_unsatisfiable_interval_is_reported_with_its_text() -> None:
+    engine = Engine.from_source(BASE + "permit p: pay:x when context.a > 5 and context.a < 3\n",
+                                name="p.policy")
+    f = only(engine, "W301")
+    assert (f.rule, f.file, f.line, f.column) == ("default.p", "p.policy", 3, 1)
+    assert "context.a > 5 and context.a < 3" in f.message
+    assert "never applies" in f.message
+    assert f.counterexample is None and f.exact
+
+
+def test_a_narrow_interval_is_satisfiable() -> None:
+    engine = Engine.from_source(BASE + "permit p: pay:x when context.n < 1 and "
+                                "context.n > 0.99\n")
+    assert codes(engine) == []
+
+
+@pytest.mark.parametrize("cond", [
+    'context.c == "a" and context.c == "b"',
+    'context.c in ["a", "b"] and context.c not in ["a", "b"]',
+    "context.n >= 3 and not (context.n > 2)",
+    "has(context.q) and not has(context.q)",
+    "context.flag and context.flag == false",
+    'principal.id == "nobody"',
+])
+def test_unsatisfiable_shapes_are_found(cond: str) -> None:
+    engine = Engine.from_source(BASE + f"permit p: pay:x for role r when {cond}\n")
+    assert codes(engine) == [("W301", "default.p")]
+
+
+def test_satisfiable_conditions_are_not_reported_and_unless_counts() -> None:
+    engine = Engine.from_source(BASE + "permit p: pay:x when context.a > 3 unless "
+                                "context.a >= 4\n")
+    assert codes(engine) == []  # 3 < a < 4: 3.5
+    engine = Engine.from_source(BASE + "permit p: pay:x when context.a > 3 unless "
+                                "context.a > 2\n")
+    assert codes(engine) == [("W301", "default.p")]
+
+
+def test_unsatisfiable_forbid_still_applies_by_fail_closed() -> None:
+    engine = Engine.from_source(BASE + "forbid f: pay:x when context.a > 5 and "
+                                "context.a < 3\n")
+    f = only(engine, "W301")
+    assert "only when a condition cannot be evaluated" in f.message
+    # what the message says: without the attribute the forbid applies
+    assert engine.authorize("bot", "pay:x", {}).code == "missing_attribute"
+    assert engine.authorize("bot", "pay:x", {"a": 4}).allowed
+
+
+def test_outside_the_fragment_is_said_not_claimed() -> None:
+    engine = Engine.from_source(BASE + 'permit p: pay:x when startswith(context.s, "a") '
+                                'and endswith(context.s, "b") and context.s == "c"\n')
+    f = only(engine, "W300")
+    assert f.severity == "info" and not f.exact and "startswith()" in f.message
+    # a path compared with a principal attribute is exact once the principal is fixed
+    engine = Engine.from_source(BASE + 'agent "bot" { team = "x" }\n'
+                                "permit p: pay:x when context.team == principal.attributes"
+                                '.team and context.team != "x"\n')
+    assert codes(engine) == [("W301", "default.p")]
+
+
+# ---- W302 / W305: always overridden ----------------------------------------------------
+
+def test_permit_shadowed_by_a_conditional_forbid_with_counterexample() -> None:
+    engine = Engine.from_source(
+        BASE + "permit p: docs:read when context.level >= 3\n"
+        "forbid f: docs:* when context.level > 2\n")
+    f = only(engine, "W302")
+    assert f.rule == "default.p" and f.related == ("default.f",)
+    d = replay(engine, f)
+    assert d.status == "denied" and d.code == "forbidden" and "default.f" in d.rules
+    assert f.counterexample is not None and f.counterexample["context"]["level"] >= 3
+
+
+def test_a_forbid_that_leaves_room_is_not_reported() -> None:
+    engine = Engine.from_source(
+        BASE + "permit p: docs:read when context.level >= 3\n"
+        "forbid f: docs:* when context.level > 3\n")  # level 3 is allowed
+    assert codes(engine) == []
+    assert engine.authorize("bot", "docs:read", {"level": 3}).allowed
+
+
+def test_forbid_on_a_narrower_pattern_does_not_shadow() -> None:
+    engine = Engine.from_source(BASE + "permit p: docs:*\nforbid f: docs:secret\n")
+    assert codes(engine) == []
+
+
+def test_permit_overridden_by_a_limit_its_own_condition_exceeds() -> None:
+    engine = Engine.from_source(
+        "currency EUR\n" + BASE + "permit big: pay:x when amount > 500 EUR\n"
+        "limit cap: pay:* amount <= 300 EUR\n")
+    f = only(engine, "W302")
+    assert "a limit (default.cap)" in f.message
+    d = replay(engine, f)
+    assert d.code == "limit_exceeded"
+
+
+def test_permit_that_always_needs_approval() -> None:
+    engine = Engine.from_source(
+        "currency EUR\n" + BASE + "permit buy: shop:buy when amount > 100 EUR\n"
+        "approval ask: shop:* over 50 EUR\n")
+    f = only(engine, "W305")
+    assert f.related == ("default.ask",)
+    assert replay(engine, f).status == "pending_approval"
+
+
+def test_role_grants_next_to_an_approval_are_effective() -> None:
+    engine = Engine.from_source(BASE + "approval ask: shop:buy\npermit sell: shop:sell\n")
+    assert codes(engine) == []
+
+
+# ---- W303, W304, W306 ------------------------------------------------------------------------
+
+def test_scope_no_principal_holds() -> None:
+    engine = Engine.from_source(BASE + "role ghost: pay:*\npermit g: pay:y for role ghost\n")
+    f = only(engine, "W303")
+    assert f.rule == "default.g" and "role ghost" in f.message
+    assert not engine.authorize("bot", "pay:y").rules.count("default.g")
+
+
+def test_duplicates_compare_meaning_not_layout() -> None:
+    engine = Engine.from_source(
+        BASE + "permit a: docs:read, docs:list when context.x == 1\n"
+        "permit b: docs:list, docs:read\n  when context.x == 1\n"
+        "permit c: docs:list when context.x == 1\n")
+    f = only(engine, "W304")
+    assert f.rule == "default.b" and f.related == ("default.a",)
+
+
+def test_limit_above_a_budget() -> None:
+    engine = Engine.from_source(
+        "currency EUR\n" + BASE + "limit cap: pay:* amount <= 1000 EUR\n"
+        "budget daily: pay:* limit 500 EUR per day\n")
+    f = only(engine, "W306")
+    assert f.related == ("default.daily",)
+    d = replay(engine, f)
+    assert d.code == "budget_exceeded"
+    assert Decimal(f.counterexample["context"]["amount"]) <= 1000  # type: ignore[index]
+    within = Engine.from_source("currency EUR\n" + BASE + "limit cap: pay:* amount <= 400 EUR"
+                                "\nbudget daily: pay:* limit 500 EUR per day\n")
+    assert codes(within) == []
+
+
+# ---- the vocabulary -------------------------------------------------------------------
+
+def test_permission_representatives_cover_each_class_once() -> None:
+    reps = permission_representatives(["a:*"], ["a:*", "a:b", "a:b:*", "c:d", "*"])
+    assert sorted(reps) == ["a:b", "a:b:x0", "a:x0"]
+    assert permission_representatives(["*"], ["x0:y"]) == ["x0:y", "x1"]
+
+
+# ---- diff -----------------------------------------------------------------------------
+
+OLD = ("currency EUR\nrole r: pay:*, docs:*\nagent \"bot\": r\nagent \"eve\": r\n"
+       "forbid f: docs:write unless context.level > 2\n"
+       "limit cap: pay:* amount <= 100 EUR\n")
+
+
+def test_diff_lists_each_changed_request_with_both_decisions() -> None:
+    new = OLD.replace("context.level > 2", "context.level > 4").replace("100 EUR", "150 EUR")
+    old_e, new_e = Engine.from_source(OLD), Engine.from_source(new)
+    result = diff(old_e, new_e)
+    assert result.exhaustive
+    seen = {(c.request["principal"], c.request["permission"]) for c in result.changes}
+    assert ("bot", "docs:write") in seen and ("bot", "pay:x0") in seen
+    for c in result.changes:
+        r = c.request
+        a = old_e.authorize(r["principal"], r["permission"], r["context"])
+        b = new_e.authorize(r["principal"], r["permission"], r["context"])
+        assert (a.status, b.status) == (c.old[0], c.new[0]) and a.status != b.status
+    write = next(c for c in result.changes if c.request["permission"] == "docs:write")
+    assert 2 < write.request["context"]["level"] <= 4
+
+
+def test_diff_of_equal_policies_decides_nothing() -> None:
+    result = diff(Engine.from_source(OLD), Engine.from_source(OLD + "# a comment\n"))
+    assert result.changes == () and result.pairs == 0 and result.exhaustive
+
+
+def test_diff_follows_a_role_change() -> None:
+    new = OLD.replace('agent "eve": r', 'agent "eve": other\nrole other: docs:read')
+    result = diff(Engine.from_source(OLD), Engine.from_source(new))
+    assert {c.request["principal"] for c in result.changes} == {"eve"}
+
+
+# ---- command line -----------------------------------------------------------------------
+
+def test_cli_text_json_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    p = tmp_path / "a.policy"
+    p.write_text(BASE + "permit p: pay:x when context.a > 5 and context.a < 3\n")
+    assert main(["analyze", str(p)]) == 1
+    out = capsys.readouterr().out
+    assert f"{p}:3:1: warning[W301]:" in out
+    assert main(["analyze", str(p), "--fail-on", "error"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(p), "--json", "--fail-on", "none"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [f["code"] for f in data["findings"]] == ["W301"]
+    q = tmp_path / "b.policy"
+    q.write_text(BASE)
+    assert main(["diff", str(p), str(q)]) == 0  # the rule never applied: nothing changes
+    assert "exhaustive" in capsys.readouterr().out
+    q.write_text(BASE + "forbid f: pay:x\n")
+    assert main(["analyze", "--diff", str(p), str(q), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["changes"]
+    assert main(["analyze"]) == 2
+    assert main(["analyze", str(p), "--max-requests", "0"]) == 2
+
+
+# ---- properties -------------------------------------------------------------------------
+
+OPS = ["<", "<=", ">", ">=", "==", "!="]
+atoms = st.one_of(
+    st.builds(lambda v, op, n: f"context.{v} {op} {n}", st.sampled_from("ab"),
+              st.sampled_from(OPS), st.integers(0, 4)),
+    st.builds(lambda v, xs: f"context.{v} in [{', '.join(json.dumps(x) for x in xs)}]",
+              st.sampled_from("cd"), st.lists(st.sampled_from(["x", "y"]), min_size=1,
+                                              max_size=2)),
+    st.builds(lambda v: f"has(context.{v})", st.sampled_from("ac")),
+)
+exprs = st.recursive(atoms, lambda inner: st.one_of(
+    st.builds(lambda a, b: f"({a} and {b})", inner, inner),
+    st.builds(lambda a, b: f"({a} or {b})", inner, inner),
+    st.builds(lambda a: f"not ({a})", inner)), max_leaves=4)
+rules = st.lists(st.tuples(st.sampled_from(["permit", "forbid"]),
+                           st.sampled_from(["pay:*", "pay:x", "pay:y", "*"]), exprs),
+                 min_size=1, max_size=4)
+SAMPLE_VALUES = [None, 0, 1, 2, 2.5, 3, 4, 5, "x", "y", "z", True]
+contexts = st.fixed_dictionaries({}, optional={k: st.sampled_from(SAMPLE_VALUES[1:])
+                                               for k in "abcd"})
+
+
+def policy_text(rs: list[tuple[str, str, str]]) -> str:
+    lines = ['agent "bot"']
+    for i, (effect, pattern, cond) in enumerate(rs):
+        lines.append(f"{effect} r{i}: {pattern} when {cond}")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rules, st.lists(st.tuples(st.sampled_from(["pay:x", "pay:y", "pay:z", "q"]),
+                                 contexts), min_size=1, max_size=12))
+def test_never_applying_permits_never_apply(rs: list[tuple[str, str, str]],
+                                            requests: list[tuple[str, dict[str, Any]]]
+                                            ) -> None:
+    engine = Engine.from_source(policy_text(rs))
+    dead = {f.rule for f in analyze(engine).findings if f.code in ("W301", "W302")
+            and f.rule.startswith("default.r") and rs[int(f.rule[9:])][0] == "permit"}
+    never = {f.rule for f in analyze(engine).findings if f.code == "W301"
+             and rs[int(f.rule[9:])][0] == "permit"}
+    for perm, ctx in requests:
+        x = engine.explain("bot", perm, ctx)
+        if x.decision.allowed:
+            assert not dead & set(x.decision.rules), (x.decision.rules, dead)
+        assert not any(e["rule"] in never and e["result"] == "applies" for e in x.rules)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rules, rules)
+def test_every_diff_example_changes_decision(a: list[tuple[str, str, str]],
+                                             b: list[tuple[str, str, str]]) -> None:
+    old, new = Engine.from_source(policy_text(a)), Engine.from_source(policy_text(b))
+    result = diff(old, new, max_requests=256)
+    for c in result.changes:
+        r = c.request
+        assert old.authorize(r["principal"], r["permission"], r["context"]).status \
+            != new.authorize(r["principal"], r["permission"], r["context"]).status
+    if result.exhaustive and not result.changes:  # then no request tells them apart
+        for perm in ("pay:x", "pay:q", "z"):
+            for ctx in ({}, {"a": 3, "b": 1, "c": "x", "d": "y"}, {"a": "x"}):
+                assert old.authorize("bot", perm, ctx).status == \
+                    new.authorize("bot", perm, ctx).status
