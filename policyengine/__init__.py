@@ -16,11 +16,16 @@ from policyengine.errors import PolicyEngineError  # a leaf: cheap, and what cal
 if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr__
     from policyengine import tokens
     from policyengine.decide import (
+        Access,
         Approval,
         ApprovalError,
         ApprovalStore,
         Explanation,
+        FilteredTools,
         MemoryApprovalStore,
+        Permissions,
+        Principals,
+        ToolAccess,
     )
     from policyengine.decision import (
         ApprovalRequired,
@@ -66,6 +71,7 @@ if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr_
 
 __version__ = "0.1.0"
 __all__ = [
+    "Access",
     "Approval",
     "AsyncGovernedTransport",
     "GovernedTransport",
@@ -84,6 +90,7 @@ __all__ = [
     "Diagnostic",
     "Engine",
     "Explanation",
+    "FilteredTools",
     "Grant",
     "InvalidPermission",
     "JsonFileRates",
@@ -93,13 +100,16 @@ __all__ = [
     "MoneyError",
     "NotAuthorized",
     "Obligations",
+    "Permissions",
     "PolicyEngineError",
     "PolicyError",
+    "Principals",
     "Problem",
     "RateError",
     "RateSource",
     "StaticRates",
     "TokenError",
+    "ToolAccess",
     "ToolDecision",
     "ToolDenied",
     "convert",
@@ -118,6 +128,7 @@ __all__ = [
 # ``import policyengine`` stays cheap: JWT, cryptography and httpx load only for the
 # features that use them.
 _EXPORTS: dict[str, str] = {
+    "Access": "policyengine.decide",
     "Approval": "policyengine.decide",
     "ApprovalError": "policyengine.decide",
     "ApprovalRequired": "policyengine.decision",
@@ -132,6 +143,7 @@ _EXPORTS: dict[str, str] = {
     "Diagnostic": "policyengine.decision",
     "Engine": "policyengine.engine",
     "Explanation": "policyengine.decide",
+    "FilteredTools": "policyengine.decide",
     "format_source": "policyengine.lang",
     "get_currency": "policyengine.money",
     "governed_client": "policyengine.tools",
@@ -148,6 +160,8 @@ _EXPORTS: dict[str, str] = {
     "NotAuthorized": "policyengine.decision",
     "Obligations": "policyengine.decision",
     "parse": "policyengine.lang",
+    "Permissions": "policyengine.decide",
+    "Principals": "policyengine.decide",
     "parse_amount": "policyengine.money",
     "permission_matches": "policyengine.permissions",
     "PolicyError": "policyengine.lang",
@@ -161,6 +175,7 @@ _EXPORTS: dict[str, str] = {
     "subsumes": "policyengine.permissions",
     "TokenError": "policyengine.tokens",
     "tokens": "policyengine.tokens",
+    "ToolAccess": "policyengine.decide",
     "ToolDecision": "policyengine.decision",
     "ToolDenied": "policyengine.decision",
 }

@@ -30,6 +30,7 @@ from policyengine.lang._source import PolicyError, Problem, SourceSet
 if TYPE_CHECKING:
     from policyengine.audit import DecisionLog
     from policyengine.budgets import Ledger
+    from policyengine.decide._query import FilteredTools, Permissions, Principals
 
 perf_counter_ns = time.perf_counter_ns
 
@@ -559,6 +560,32 @@ class Engine:
                               tool_name=tool_name, function_name=function_name, token=token,
                               context=context, hmac_key=self.hmac_key,
                               approval_id=approval_id, scheme=scheme, trace=trace)
+
+    # ---- reverse queries ----
+    def permissions_of(self, principal: str | None = None, *, role: str | None = None,
+                       limit: int | None = None) -> Permissions:
+        """Every permission pattern ``principal`` may exercise (or, with ``role=``, a
+        principal holding only that role), each with its status (``allowed``,
+        ``pending_approval``) and the residual conditions a request still decides, as
+        policy text. Complete unless ``limit`` is given (then ``truncated`` says whether
+        lines were left out). See docs/queries.md."""
+        from policyengine.decide._query import permissions_of
+        return permissions_of(self._policy, principal, role=role, limit=limit)
+
+    def principals_with(self, permission: str, *, limit: int | None = None) -> Principals:
+        """Every principal that may exercise ``permission``: declared agents, roles, and
+        ``anyone`` when an unscoped permit grants it to principals the policy does not
+        declare; each with its status and residual conditions. See docs/queries.md."""
+        from policyengine.decide._query import principals_with
+        return principals_with(self._policy, permission, limit=limit)
+
+    def filter_tools(self, principal: str, tools: Iterable[Any], *,
+                     transport: str = "mcp") -> FilteredTools:
+        """The tools (MCP tool descriptors with a ``name``, objects with ``.name``, or
+        names) that ``principal`` may call through ``transport`` (``mcp`` or
+        ``function``), for a ``tools/list`` answer. See docs/queries.md."""
+        from policyengine.decide._query import filter_tools
+        return filter_tools(self._policy, principal, tools, transport=transport)
 
     # ---- explain ----
     def explain(self, principal: str, permission: str,

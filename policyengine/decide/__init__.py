@@ -19,6 +19,7 @@ from policyengine.decide._approvals import (
 from policyengine.decide._compiled import CompiledPolicy, compile_policy
 from policyengine.decide._evaluator import Explanation
 from policyengine.decide._pipeline import Pipeline, Trace
+from policyengine.decide._query import Access, FilteredTools, Permissions, Principals, ToolAccess
 from policyengine.decide._shared_approvals import (
     PostgresApprovalStore,
     RedisApprovalStore,
@@ -26,15 +27,20 @@ from policyengine.decide._shared_approvals import (
 )
 
 __all__ = [
+    "Access",
     "Approval",
     "ApprovalError",
     "ApprovalStore",
     "CompiledPolicy",
     "Explanation",
+    "FilteredTools",
     "MemoryApprovalStore",
+    "Permissions",
     "Pipeline",
     "PostgresApprovalStore",
+    "Principals",
     "RedisApprovalStore",
+    "ToolAccess",
     "Trace",
     "UnboundRequestError",
     "approvals_from_url",

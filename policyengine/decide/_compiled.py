@@ -241,6 +241,9 @@ class CompiledPolicy:
     log_redactions: tuple[Any, ...] = ()
     #: The ``schema`` declarations: (their patterns, the compiled context check).
     schemas: tuple[tuple[_PatternSet, ContextCheck], ...] = ()
+    #: The reverse-query index (``decide._query.QueryIndex``), built on the first
+    #: ``permissions_of`` / ``principals_with`` / ``filter_tools`` and kept with the policy.
+    query_index: Any = None
 
     def set_index(self, exact: dict[str, _Bucket], prefix: dict[str, _Bucket],
                   every: _Bucket | None, approval_terms: dict[str, tuple[int, int]]) -> None:

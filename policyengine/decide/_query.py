@@ -1,0 +1,726 @@
+"""Reverse queries: what may a principal do, who may do something, which tools may it call.
+
+The rule index of :class:`~policyengine.decide.CompiledPolicy` is read backwards. The
+patterns rules name form a tree (two patterns are nested or disjoint), so the permission
+space splits into *regions*: a pattern minus the narrower patterns rules name. Every
+permission of a region is decided by the same rules, so one answer per region is exact.
+For each region the principal holds a permit in, the rules that can decide it are
+partially evaluated: what the policy already knows (the principal's id, roles and
+attributes, literals) is folded into true or false, and what only a request can tell
+(``context.*``, ``amount``, ``grant.*``) stays as a *residual*, printed as policy text.
+
+An answer line says: a request for a permission the line covers is ``allowed`` (or
+``pending_approval``) exactly when its ``when`` holds and its ``unless`` does not. The
+equivalence with ``authorize`` holds on every request whose conditions evaluate without
+error; an error fails closed in ``authorize`` (a forbid applies, a permit does not), so
+``authorize`` may refuse what a line lists, never allow what no line lists. Budgets are
+state, not policy: a listed permission may still meet an exhausted budget.
+
+Answers are computed once per principal (per permission for :func:`principals_with`) and
+kept with the compiled policy in a bounded table: a reload starts afresh.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+from policyengine.decide._runtime import Principal, build_many
+from policyengine.lang import ast
+from policyengine.permissions import permission_matches, validate_permission
+
+if TYPE_CHECKING:
+    from policyengine.decide._compiled import CompiledPolicy, CompiledRule, _Bucket
+
+__all__ = ["Access", "FilteredTools", "Permissions", "Principals", "ToolAccess",
+           "filter_tools", "permissions_of", "principals_with"]
+
+#: Answers kept per compiled policy (principals, permissions, tool lookups together);
+#: past that, the oldest goes first.
+ANSWER_CACHE_SIZE = 16384
+
+STATUSES = ("allowed", "pending_approval")
+
+
+# ---- answers ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """One line of a reverse-query answer: ``principal`` (of ``kind`` ``agent``, ``role``
+    or ``anyone``) gets ``status`` for every permission ``pattern`` matches and no pattern
+    of ``excluding`` matches, when ``when`` holds and ``unless`` does not (policy text;
+    None: no such condition)."""
+
+    principal: str
+    kind: str
+    pattern: str
+    excluding: tuple[str, ...]
+    status: str
+    when: str | None
+    unless: str | None
+    rules: tuple[str, ...]
+
+    def covers(self, permission: str) -> bool:
+        """Whether this line speaks for ``permission``: its pattern matches it and none of
+        the narrower patterns it excludes does."""
+        return permission_matches(self.pattern, permission) and not any(
+            permission_matches(x, permission) for x in self.excluding)
+
+    @property
+    def unconditional(self) -> bool:
+        """True when the line depends on nothing a request carries."""
+        return self.when is None and self.unless is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"principal": self.principal, "kind": self.kind, "pattern": self.pattern,
+                "excluding": list(self.excluding), "status": self.status,
+                "when": self.when, "unless": self.unless, "rules": list(self.rules)}
+
+    def __str__(self) -> str:
+        text = f"{self.status} {self.pattern}"
+        if self.excluding:
+            text += " except " + ", ".join(self.excluding)
+        if self.when is not None:
+            text += f" when {self.when}"
+        if self.unless is not None:
+            text += f" unless {self.unless}"
+        return text
+
+
+def _subject_text(kind: str, name: str) -> str:
+    if kind == "agent":
+        return f"agent {_quote(name)}"
+    if kind == "role":
+        return f"role {name}"
+    return "anyone else"
+
+
+def _quote(s: str) -> str:
+    import json
+    return json.dumps(s, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """What ``engine.permissions_of`` answers: every line of what ``principal`` may do.
+    ``total`` counts every line; ``truncated`` is True when a ``limit`` left some out."""
+
+    principal: str
+    kind: str
+    entries: tuple[Access, ...]
+    total: int
+    truncated: bool
+
+    def lookup(self, permission: str) -> tuple[Access, ...]:
+        """The lines that speak for ``permission`` (an allowed line, a pending one, both
+        or none)."""
+        return tuple(a for a in self.entries if a.covers(permission))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"principal": self.principal, "kind": self.kind,
+                "entries": [a.to_dict() for a in self.entries], "total": self.total,
+                "truncated": self.truncated}
+
+    def __str__(self) -> str:
+        head = f"{_subject_text(self.kind, self.principal)}: {self.total} " + (
+            "entry" if self.total == 1 else "entries")
+        if self.truncated:
+            head += f" (truncated to {len(self.entries)})"
+        return "\n".join([head, *(f"  {a}" for a in self.entries)])
+
+
+@dataclass(frozen=True, slots=True)
+class Principals:
+    """What ``engine.principals_with`` answers: every principal that may exercise
+    ``permission`` (declared agents by id, then roles, then ``anyone`` for the principals
+    the policy does not declare), each line with its status and residual."""
+
+    permission: str
+    entries: tuple[Access, ...]
+    total: int
+    truncated: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"permission": self.permission, "entries": [a.to_dict() for a in self.entries],
+                "total": self.total, "truncated": self.truncated}
+
+    def __str__(self) -> str:
+        head = f"{self.permission}: {self.total} " + ("entry" if self.total == 1 else "entries")
+        if self.truncated:
+            head += f" (truncated to {len(self.entries)})"
+        lines = [head]
+        for a in self.entries:
+            cond = str(a)[len(a.status) + 1 + len(a.pattern):]
+            lines.append(f"  {_subject_text(a.kind, a.principal)}: {a.status}{cond}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolAccess:
+    """One tool given to ``filter_tools``: its ``name``, the tool statement binding it
+    (``tool``: its qualified id, None when none does), the ``permission`` it is bound to
+    and the principal's lines for that permission (empty: it may not call it)."""
+
+    name: str | None
+    tool: str | None
+    permission: str | None
+    access: tuple[Access, ...]
+
+    @property
+    def callable(self) -> bool:
+        return bool(self.access)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "tool": self.tool, "permission": self.permission,
+                "callable": self.callable, "access": [a.to_dict() for a in self.access]}
+
+
+@dataclass(frozen=True, slots=True)
+class FilteredTools:
+    """What ``engine.filter_tools`` answers: ``kept``, the tools given (the same objects,
+    in order) that ``principal`` may call; ``tools``, one :class:`ToolAccess` per tool
+    given, kept or not."""
+
+    principal: str
+    transport: str
+    kept: tuple[Any, ...]
+    tools: tuple[ToolAccess, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"principal": self.principal, "transport": self.transport,
+                "kept": [t.name for t in self.tools if t.callable],
+                "tools": [t.to_dict() for t in self.tools]}
+
+    def __str__(self) -> str:
+        lines = [f"{_subject_text('agent', self.principal)}: {len(self.kept)} of "
+                 f"{len(self.tools)} tools callable"]
+        for t in self.tools:
+            if t.permission is None:
+                lines.append(f"  {t.name}: dropped (no {self.transport} tool binds it)")
+            elif not t.access:
+                lines.append(f"  {t.name} -> {t.permission}: dropped")
+            else:
+                for a in t.access:
+                    cond = str(a)[len(a.status) + 1 + len(a.pattern):]
+                    lines.append(f"  {t.name} -> {t.permission}: {a.status}{cond}")
+        return "\n".join(lines)
+
+
+# ---- partial evaluation ----------------------------------------------------------------------
+
+class _Err:
+    """A sub-condition the policy alone shows to fail to evaluate (fail closed)."""
+
+    __slots__ = ()
+
+
+ERR = _Err()
+#: What folding gives: known true or false, a known evaluation error, or a residual.
+Folded = Union[bool, _Err, ast.Expr]  # noqa: UP007 - a runtime alias on Python 3.10
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """Whose answer is being worked out. ``principal`` is what scopes see (an id no
+    agent has for a role or anyone); ``id_known`` and ``attrs_known`` say which of
+    ``principal.*`` conditions may be folded."""
+
+    kind: str
+    name: str
+    principal: Principal
+    id_known: bool
+    attrs_known: bool
+
+
+class _Folder:
+    """Folds rule conditions for one subject, memoised by rule."""
+
+    def __init__(self, subject: _Subject) -> None:
+        self.subject = subject
+        self.rules: dict[int, Folded] = {}
+
+    def known(self, e: ast.Expr) -> bool:
+        if isinstance(e, ast.Path):
+            if e.root != "principal":
+                return False
+            head = e.segments[0]
+            if head == "id":
+                return self.subject.id_known
+            if head == "attributes":
+                return self.subject.attrs_known
+            return True  # roles
+        if isinstance(e, ast.Amount):
+            return False
+        if isinstance(e, ast.Call) and e.name == "has":
+            path = e.args[0]
+            return (isinstance(path, ast.Path) and path.root == "principal"
+                    and self.subject.attrs_known)
+        return all(self.known(c) for c in ast.children(e))
+
+    def fold(self, e: ast.Expr, rule: CompiledRule) -> Folded:
+        if isinstance(e, ast.Literal) and isinstance(e.value, bool):
+            return e.value
+        if isinstance(e, ast.Not):
+            inner = self.fold(e.expr, rule)
+            if isinstance(inner, bool):
+                return not inner
+            if inner is ERR:
+                return ERR
+            return ast.Not(inner)  # type: ignore[arg-type]
+        if isinstance(e, ast.And):
+            return _conj([self.fold(i, rule) for i in e.items], e.items)
+        if isinstance(e, ast.Or):
+            return _disj([self.fold(i, rule) for i in e.items], e.items)
+        if self.known(e):
+            return self._evaluate(e, rule)
+        return e
+
+    def _evaluate(self, e: ast.Expr, rule: CompiledRule) -> Folded:
+        from policyengine.decide._compiled import FileMoney, _to_base
+        from policyengine.lang._codegen import ConditionCodegen
+        money = rule.money or FileMoney("", None, None, None)
+        gen = ConditionCodegen(money, _to_base(money))
+        test = build_many([(gen.boolean(e), gen.consts)])[0]
+        try:
+            return test({}, self.subject.principal, None) is True
+        except Exception:
+            return ERR
+
+    def guard(self, rule: CompiledRule) -> Folded:
+        """When ``rule`` applies to the subject: its conditions folded, and for a limit or
+        an approval over a threshold, the amount over the cap (fail closed: a known
+        error makes a forbid or approval apply and a permit not)."""
+        found = self.rules.get(rule.order)
+        if found is not None:
+            return found
+        parts: list[Folded] = []
+        originals: list[ast.Expr] = []
+        for cond in rule.conditions:
+            expr = cond.expr if cond.kind == "when" else ast.Not(cond.expr)
+            originals.append(expr)
+            parts.append(self.fold(expr, rule))
+        out = _conj(parts, originals)
+        if out is ERR:
+            out = rule.effect != "permit"
+        if rule.amount_limit is not None and out is not False:
+            over = ast.Compare(">", ast.Amount(), ast.MoneyLit(
+                rule.amount_limit, (rule.money.base if rule.money else None) or "XXX"))
+            out = over if out is True else _conj([out, over], [over, over])
+        self.rules[rule.order] = out
+        return out
+
+
+def _conj(parts: Sequence[Folded], originals: Sequence[ast.Expr]) -> Folded:
+    """``a and b and ...`` folded left to right, as the engine evaluates it."""
+    rest: list[ast.Expr] = []
+    for value, original in zip(parts, originals, strict=True):
+        if value is True:
+            continue
+        if value is False:
+            return False
+        if value is ERR:
+            if not rest:
+                return ERR
+            rest.append(original)  # errors at run time only if the rest holds
+            continue
+        if isinstance(value, ast.And):
+            rest.extend(value.items)
+        else:
+            rest.append(value)  # type: ignore[arg-type]
+    if not rest:
+        return True
+    return rest[0] if len(rest) == 1 else ast.And(tuple(rest))
+
+
+def _disj(parts: Sequence[Folded], originals: Sequence[ast.Expr]) -> Folded:
+    """``a or b or ...`` folded left to right."""
+    rest: list[ast.Expr] = []
+    for value, original in zip(parts, originals, strict=True):
+        if value is False:
+            continue
+        if value is True:
+            return True
+        if value is ERR:
+            if not rest:
+                return ERR
+            rest.append(original)
+            continue
+        rest.append(value)  # type: ignore[arg-type]
+    if not rest:
+        return False
+    return rest[0] if len(rest) == 1 else ast.Or(tuple(rest))
+
+
+def _any(values: Iterable[Folded]) -> Folded:
+    """The disjunction of rule guards (each already True, False or a residual)."""
+    rest: list[ast.Expr] = []
+    for v in values:
+        if v is True:
+            return True
+        if v is False:
+            continue
+        if isinstance(v, ast.Or):
+            rest.extend(v.items)
+        else:
+            rest.append(v)  # type: ignore[arg-type]
+    if not rest:
+        return False
+    return rest[0] if len(rest) == 1 else ast.Or(tuple(rest))
+
+
+def _text(e: Folded) -> str | None:
+    if e is True or e is False:
+        return None
+    from policyengine.lang._fmt import format_expr
+    return format_expr(e)  # type: ignore[arg-type]
+
+
+#: One status line of a region before it is given a principal and pattern:
+#: (status, when, unless, rules).
+_Line = tuple[str, "str | None", "str | None", tuple[str, ...]]
+
+
+def _lines(rules: Iterable[CompiledRule], folder: _Folder) -> tuple[_Line, ...]:
+    """The status lines of a set of rules that all match one permission (one region)."""
+    permits: list[tuple[str, Folded]] = []
+    forbids: list[tuple[str, Folded]] = []
+    approvals: list[tuple[str, Folded]] = []
+    for rule in rules:
+        g = folder.guard(rule)
+        if g is False:
+            continue
+        if rule.effect == "permit":
+            permits.append((rule.qid, g))
+        elif rule.effect == "forbid":
+            if g is True:
+                return ()
+            forbids.append((rule.qid, g))
+        else:
+            approvals.append((rule.qid, g))
+    if not permits:
+        return ()
+    p = _any(g for _, g in permits)
+    f = _any(g for _, g in forbids)
+    a = _any(g for _, g in approvals)
+    base = tuple(q for q, _ in permits) + tuple(q for q, _ in forbids)
+    out: list[_Line] = []
+    if a is not True:
+        unless = _any([f, a])
+        out.append(("allowed", _text(p), _text(unless),
+                    base + tuple(q for q, _ in approvals)))
+    if a is not False:
+        when = _conj([p, a], [ast.Literal(True), ast.Literal(True)])
+        out.append(("pending_approval", _text(when), _text(f),
+                    base + tuple(q for q, _ in approvals)))
+    return tuple(out)
+
+
+# ---- the index read backwards ----------------------------------------------------------------
+
+def _rep(pattern: str) -> str:
+    """A stand-in permission for the region of ``pattern``: what the rule index finds for
+    it is exactly the rules of every permission in the region (``a:*`` stands in as the
+    invalid permission ``a:*``, which no exact key equals)."""
+    return pattern
+
+
+def _ancestors(pattern: str) -> list[str]:
+    """The wider patterns that match every permission ``pattern`` matches, nearest
+    first: ``a:b:c`` -> ``a:b:*``, ``a:*``, ``*``."""
+    if pattern == "*":
+        return []
+    stem = pattern[:-2] if pattern.endswith(":*") else pattern
+    out = []
+    i = stem.rfind(":")
+    while i >= 0:
+        out.append(stem[: i + 1] + "*")
+        i = stem.rfind(":", 0, i)
+    out.append("*")
+    return out
+
+
+def _depth(pattern: str) -> int:
+    return -1 if pattern == "*" else pattern.count(":")
+
+
+class QueryIndex:
+    """The compiled policy's rule index, read backwards; built on first query."""
+
+    def __init__(self, policy: CompiledPolicy) -> None:
+        self.policy = policy
+        buckets: dict[str, _Bucket] = {}
+        for key, b in policy._exact.items():
+            buckets[key] = b
+        for key, b in policy._prefix.items():
+            buckets[key + "*"] = b
+        if policy._global is not None:
+            buckets["*"] = policy._global
+        self.buckets = buckets
+        self.keys = sorted(buckets)
+        self.unscoped_permits: set[str] = set()
+        self.role_permits: dict[str, set[str]] = {}
+        self.agent_permits: dict[str, set[str]] = {}
+        self.permit_rules: list[CompiledRule] = []
+        roles: set[str] = set()
+        for rule in policy.rules:
+            roles.update(rule.roles)
+            if rule.effect != "permit":
+                continue
+            self.permit_rules.append(rule)
+            if not rule.roles and not rule.agents:
+                self.unscoped_permits.update(rule.patterns)
+            for r in rule.roles:
+                self.role_permits.setdefault(r, set()).update(rule.patterns)
+            for a in rule.agents:
+                self.agent_permits.setdefault(a, set()).update(rule.patterns)
+        self.holders: dict[str, list[str]] = {}
+        for aid, p in policy.principals.items():
+            roles.update(p.roles)
+            for r in p.roles:
+                self.holders.setdefault(r, []).append(aid)
+        for found in self.holders.values():
+            found.sort()
+        self.roles = frozenset(roles)
+        self._answers: dict[tuple[str, ...], Any] = {}
+        self._order: deque[tuple[str, ...]] = deque()
+        self._lock = threading.Lock()
+
+    # -- cache --
+    def cached(self, key: tuple[str, ...]) -> Any:
+        return self._answers.get(key)
+
+    def keep(self, key: tuple[str, ...], value: Any) -> Any:
+        with self._lock:
+            found = self._answers.get(key)
+            if found is not None:
+                return found
+            if len(self._answers) >= ANSWER_CACHE_SIZE:
+                self._answers.pop(self._order.popleft(), None)
+            self._answers[key] = value
+            self._order.append(key)
+        return value
+
+    # -- subjects --
+    def subject(self, kind: str, name: str) -> _Subject:
+        if kind == "agent":
+            return _Subject(kind, name, self.policy.principal(name), True, True)
+        if kind == "role":
+            return _Subject(kind, name, Principal("", frozenset({name}), {}), False, False)
+        return _Subject(kind, name, Principal("", frozenset(), {}), False, True)
+
+    def _mine(self, bucket: _Bucket, who: Principal) -> bool:
+        """Whether ``bucket`` holds a rule whose scope includes ``who``."""
+        if bucket.unscoped is not None:
+            return True
+        if bucket.by_agent and who.id in bucket.by_agent:
+            return True
+        by_role = bucket.by_role
+        return bool(by_role) and any(r in by_role for r in who.roles)
+
+    def permit_patterns(self, subject: _Subject) -> set[str]:
+        who = subject.principal
+        found = set(self.unscoped_permits)
+        for r in who.roles:
+            found.update(self.role_permits.get(r, ()))
+        if subject.kind == "agent":
+            found.update(self.agent_permits.get(who.id, ()))
+        return found
+
+    def regions(self, subject: _Subject) -> list[str]:
+        """The patterns whose regions can differ for ``subject``: the patterns of its
+        permits and every narrower pattern one of its rules names."""
+        who = subject.principal
+        tops = self.permit_patterns(subject)
+        found = set(tops)
+        keys = self.keys
+        for top in tops:
+            if top == "*":
+                lo, hi, stem = 0, len(keys), ""
+            elif top.endswith(":*"):
+                stem = top[:-1]
+                lo, hi = bisect_left(keys, stem), len(keys)
+            else:
+                continue
+            for i in range(lo, hi):
+                key = keys[i]
+                if not key.startswith(stem):
+                    break
+                if key not in found and self._mine(self.buckets[key], who):
+                    found.add(key)
+        return sorted(found, key=lambda p: (_depth(p), p))
+
+    def permissions(self, subject: _Subject) -> tuple[Access, ...]:
+        folder = _Folder(subject)
+        policy = self.policy
+        who = subject.principal
+        owner: dict[str, str | None] = {}  # region -> the emitted region whose lines hold
+        lines: dict[str, tuple[_Line, ...]] = {}
+        excluded: dict[str, list[str]] = {}
+        order: list[str] = []
+        for key in self.regions(subject):
+            region_lines = _lines(policy.applicable(who, _rep(key)), folder)
+            parent = next((a for a in _ancestors(key) if a in owner), None)
+            above = owner[parent] if parent is not None else None
+            above_lines = lines[above] if above is not None else ()
+            if [_line_key(x) for x in region_lines] == [_line_key(x) for x in above_lines]:
+                owner[key] = above
+                continue
+            owner[key] = key
+            lines[key] = region_lines
+            order.append(key)
+            if above is not None and above_lines:
+                excluded.setdefault(above, []).append(key)
+        out: list[Access] = []
+        for key in sorted(order):
+            ex = tuple(sorted(excluded.get(key, ())))
+            for status, when, unless, rules in lines[key]:
+                out.append(Access(subject.name, subject.kind, key, ex, status, when, unless,
+                                  rules))
+        return tuple(out)
+
+    def access(self, subject: _Subject, permission: str) -> tuple[Access, ...]:
+        """The lines of ``subject`` for one concrete permission."""
+        folder = _Folder(subject)
+        return tuple(Access(subject.name, subject.kind, permission, (), s, w, u, r)
+                     for s, w, u, r in _lines(
+                         self.policy.applicable(subject.principal, permission), folder))
+
+    def principals(self, permission: str) -> tuple[Access, ...]:
+        policy = self.policy
+        candidates = [r for r in policy.candidates(permission) if r.effect == "permit"]
+        everyone = any(not r.roles and not r.agents for r in candidates)
+        agents: set[str] = set()
+        roles: set[str] = set()
+        for r in candidates:
+            agents.update(r.agents)
+            roles.update(r.roles)
+        if everyone:
+            agents.update(policy.principals)
+        else:
+            for role in roles:
+                agents.update(self.holders.get(role, ()))
+        out: list[Access] = []
+        for aid in sorted(agents):
+            out.extend(self.access(self.subject("agent", aid), permission))
+        for role in sorted(roles):
+            out.extend(self.access(self.subject("role", role), permission))
+        if everyone:
+            out.extend(self.access(self.subject("anyone", "*"), permission))
+        return tuple(out)
+
+
+def _line_key(line: _Line) -> tuple[str, str | None, str | None]:
+    return line[0], line[1], line[2]
+
+
+def index_of(policy: CompiledPolicy) -> QueryIndex:
+    found: QueryIndex | None = policy.query_index
+    if found is None:
+        found = QueryIndex(policy)
+        policy.query_index = found
+    return found
+
+
+# ---- the three queries -----------------------------------------------------------------------
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise ValueError("limit must be a non-negative integer or None")
+
+
+def _principal_id(principal: Any) -> str:
+    if type(principal) is not str:
+        raise TypeError(f"principal must be a string, not {type(principal).__name__}")
+    if not principal or len(principal) > 256:
+        raise ValueError("principal id must be 1 to 256 characters")
+    return principal
+
+
+def _cut(entries: tuple[Access, ...], limit: int | None) -> tuple[tuple[Access, ...], bool]:
+    if limit is None or len(entries) <= limit:
+        return entries, False
+    return entries[:limit], True
+
+
+def permissions_of(policy: CompiledPolicy, principal: str | None = None, *,
+                   role: str | None = None, limit: int | None = None) -> Permissions:
+    """Every permission pattern ``principal`` (or a holder of only ``role``) may exercise,
+    with status and residual conditions. See the module docstring."""
+    _check_limit(limit)
+    if (principal is None) == (role is None):
+        raise TypeError("give exactly one of principal or role=")
+    if principal is not None:
+        kind, name = "agent", _principal_id(principal)
+    else:
+        if type(role) is not str or not role:
+            raise TypeError("role must be a non-empty string")
+        kind, name = "role", role
+    index = index_of(policy)
+    key = ("permissions", kind, name)
+    entries = index.cached(key)
+    if entries is None:
+        entries = index.keep(key, index.permissions(index.subject(kind, name)))
+    shown, truncated = _cut(entries, limit)
+    return Permissions(name, kind, shown, len(entries), truncated)
+
+
+def principals_with(policy: CompiledPolicy, permission: str, *, limit: int | None = None
+                    ) -> Principals:
+    """Every principal that may exercise ``permission``: declared agents, roles (a holder
+    of only that role) whose own rules permit it, and ``anyone`` when an unscoped permit
+    does."""
+    _check_limit(limit)
+    validate_permission(permission)
+    index = index_of(policy)
+    key = ("principals", permission)
+    entries = index.cached(key)
+    if entries is None:
+        entries = index.keep(key, index.principals(permission))
+    shown, truncated = _cut(entries, limit)
+    return Principals(permission, shown, len(entries), truncated)
+
+
+def _tool_name(tool: Any) -> str | None:
+    if type(tool) is str:
+        return tool
+    name = tool.get("name") if isinstance(tool, dict) else getattr(tool, "name", None)
+    return name if type(name) is str else None
+
+
+def filter_tools(policy: CompiledPolicy, principal: str, tools: Iterable[Any], *,
+                 transport: str = "mcp") -> FilteredTools:
+    """The tools of ``tools`` that ``principal`` may call through ``transport`` (``mcp``
+    or ``function``): bound by a tool statement to a permission the principal has a line
+    for (allowed or pending, whatever its residual)."""
+    name = _principal_id(principal)
+    if transport not in ("mcp", "function"):
+        raise ValueError("transport must be 'mcp' or 'function'")
+    index = index_of(policy)
+    named = policy.tools.named if policy.tools is not None else ()
+    kept: list[Any] = []
+    out: list[ToolAccess] = []
+    subject: _Subject | None = None
+    for tool in tools:
+        tool_name = _tool_name(tool)
+        binding = None
+        if tool_name is not None:
+            binding = next((n for n in named if n.kind == transport
+                            and n.name.matches(tool_name)), None)
+        if binding is None:
+            out.append(ToolAccess(tool_name, None, None, ()))
+            continue
+        key = ("access", name, binding.permission)
+        lines = index.cached(key)
+        if lines is None:
+            if subject is None:
+                subject = index.subject("agent", name)
+            lines = index.keep(key, index.access(subject, binding.permission))
+        out.append(ToolAccess(tool_name, binding.qid, binding.permission, lines))
+        if lines:
+            kept.append(tool)
+    return FilteredTools(name, transport, tuple(kept), tuple(out))
+

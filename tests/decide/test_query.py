@@ -1,0 +1,234 @@
+"""Reverse queries: permissions_of, principals_with, filter_tools (docs/queries.md).
+
+Expected answers are written from the policy text by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+
+import policyengine as pe
+
+POLICY = """
+currency EUR
+role payer: payments:*
+role reader: docs:*
+agent "bot": payer { tier = "gold" }
+agent "junior": payer { tier = "silver" }
+agent "plain": payer
+agent "reader": reader
+forbid no-admin: payments:admin:*
+forbid sanctioned: * when context.country in ["KP"]
+permit open: docs:public
+forbid gold-only: payments:refund unless principal.attributes.tier == "gold"
+limit cap: payments:* amount <= 500 EUR
+approval big: payments:refund over 300 EUR
+approval review: docs:* for role reader when context.sensitive == true
+forbid no-delete: docs:delete for agent "reader"
+"""
+
+
+def lines(answer: pe.Permissions | pe.Principals) -> list[str]:
+    return [str(a) for a in answer.entries]
+
+
+@pytest.fixture(scope="module")
+def engine() -> pe.Engine:
+    return pe.Engine.from_source(POLICY)
+
+
+def test_an_agent_sees_each_region_with_its_residual(engine: pe.Engine) -> None:
+    assert lines(engine.permissions_of("bot")) == [
+        'allowed docs:public unless context.country in ["KP"]',
+        "allowed payments:* except payments:admin:*, payments:refund "
+        'unless context.country in ["KP"] or amount > 500.00 EUR',
+        'allowed payments:refund unless context.country in ["KP"] or amount > 500.00 EUR '
+        "or amount > 300.00 EUR",
+        "pending_approval payments:refund when amount > 300.00 EUR "
+        'unless context.country in ["KP"] or amount > 500.00 EUR',
+    ]
+
+
+def test_a_forbid_that_always_applies_removes_the_permission(engine: pe.Engine) -> None:
+    # junior is silver: gold-only always applies to it; plain has no tier at all, so the
+    # condition cannot be evaluated and the forbid applies (fail closed).
+    for who in ("junior", "plain"):
+        answer = engine.permissions_of(who)
+        assert answer.lookup("payments:refund") == ()
+        assert answer.lookup("payments:admin:users") == ()
+        assert [a.pattern for a in answer.lookup("payments:pay")] == ["payments:*"]
+        assert engine.authorize(who, "payments:refund",
+                                {"amount": "1", "currency": "EUR"}).status == "denied"
+
+
+def test_conditional_approval_gives_an_allowed_and_a_pending_line(engine: pe.Engine) -> None:
+    answer = engine.permissions_of("reader")
+    assert lines(answer) == [
+        'allowed docs:* except docs:delete unless context.country in ["KP"] '
+        "or context.sensitive == true",
+        "pending_approval docs:* except docs:delete when context.sensitive == true "
+        'unless context.country in ["KP"]',
+    ]
+    assert answer.lookup("docs:delete") == ()
+    assert {a.status for a in answer.lookup("docs:read")} == {"allowed", "pending_approval"}
+
+
+def test_an_undeclared_principal_gets_only_the_unscoped_permits(engine: pe.Engine) -> None:
+    answer = engine.permissions_of("nobody")
+    assert lines(answer) == ['allowed docs:public unless context.country in ["KP"]']
+    assert answer.kind == "agent" and answer.principal == "nobody"
+
+
+def test_a_role_keeps_the_principal_conditions_it_cannot_know(engine: pe.Engine) -> None:
+    answer = engine.permissions_of(role="payer")
+    assert answer.kind == "role"
+    refund = answer.lookup("payments:refund")
+    assert [a.status for a in refund] == ["allowed", "pending_approval"]
+    assert refund[0].unless == ('context.country in ["KP"] or not principal.attributes.tier '
+                                '== "gold" or amount > 500.00 EUR or amount > 300.00 EUR')
+
+
+def test_an_unconditional_approval_leaves_only_a_pending_line() -> None:
+    e = pe.Engine.from_source('role r: a:*\nagent "x": r\napproval all: a:b')
+    assert lines(e.permissions_of("x")) == ["allowed a:* except a:b", "pending_approval a:b"]
+    assert e.authorize("x", "a:b").status == "pending_approval"
+
+
+def test_rules_of_other_principals_split_nothing() -> None:
+    e = pe.Engine.from_source('role r: a:*\nrole s: b:*\nagent "x": r\nagent "y": s\n'
+                              "forbid f: a:secret for role s\npermit p: a:extra for role s")
+    assert lines(e.permissions_of("x")) == ["allowed a:*"]
+
+
+def test_a_permit_narrower_than_a_grant_with_the_same_answer_merges() -> None:
+    e = pe.Engine.from_source('role r: a:*\nagent "x": r\npermit p: a:b when context.k == 1')
+    # a:b is allowed unconditionally by the role grant: the permit changes nothing
+    assert lines(e.permissions_of("x")) == ["allowed a:*"]
+
+
+def test_permits_combine_as_alternatives() -> None:
+    e = pe.Engine.from_source('role r: zz:zz\nagent "x": r\n'
+                              "permit p1: a:b when context.k == 1\n"
+                              "permit p2: a:* for agent \"x\" when context.j > 2\n"
+                              "forbid f: a:b when context.k == 1 and context.m")
+    assert lines(e.permissions_of("x")) == [
+        "allowed a:* except a:b when context.j > 2",
+        "allowed a:b when context.k == 1 or context.j > 2 unless context.k == 1 and context.m",
+        "allowed zz:zz",
+    ]
+    rules = e.permissions_of("x").lookup("a:b")[0].rules
+    assert rules == ("default.p1", "default.p2", "default.f")
+
+
+def test_limit_truncates_and_says_so(engine: pe.Engine) -> None:
+    full = engine.permissions_of("bot")
+    cut = engine.permissions_of("bot", limit=2)
+    assert cut.entries == full.entries[:2]
+    assert (cut.total, cut.truncated) == (4, True)
+    assert (full.total, full.truncated) == (4, False)
+    assert engine.permissions_of("bot", limit=4).truncated is False
+    assert "truncated to 2" in str(cut)
+
+
+def test_principals_with_lists_agents_roles_and_anyone(engine: pe.Engine) -> None:
+    answer = engine.principals_with("docs:public")
+    assert [(a.kind, a.principal, a.status) for a in answer.entries] == [
+        ("agent", "bot", "allowed"), ("agent", "junior", "allowed"),
+        ("agent", "plain", "allowed"), ("agent", "reader", "allowed"),
+        ("agent", "reader", "pending_approval"), ("role", "reader", "allowed"),
+        ("role", "reader", "pending_approval"), ("anyone", "*", "allowed")]
+    refund = engine.principals_with("payments:refund")
+    assert [(a.kind, a.principal) for a in refund.entries] == [
+        ("agent", "bot"), ("agent", "bot"), ("role", "payer"), ("role", "payer")]
+    delete = engine.principals_with("docs:delete")
+    assert [(a.kind, a.principal) for a in delete.entries] == [
+        ("role", "reader"), ("role", "reader")]  # the agent "reader" is forbidden it
+    assert engine.principals_with("nothing:here").entries == ()
+
+
+def test_principals_with_limit(engine: pe.Engine) -> None:
+    cut = engine.principals_with("docs:public", limit=3)
+    assert (len(cut.entries), cut.total, cut.truncated) == (3, 8, True)
+
+
+def test_bad_arguments_are_refused(engine: pe.Engine) -> None:
+    with pytest.raises(pe.InvalidPermission):
+        engine.principals_with("docs:*")
+    with pytest.raises(TypeError):
+        engine.permissions_of()
+    with pytest.raises(TypeError):
+        engine.permissions_of("bot", role="payer")
+    with pytest.raises(TypeError):
+        engine.permissions_of(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        engine.permissions_of("")
+    with pytest.raises(ValueError):
+        engine.permissions_of("bot", limit=-1)
+    with pytest.raises(ValueError):
+        engine.filter_tools("bot", [], transport="http")
+
+
+TOOLS = """
+role payer: payments:*
+role reader: docs:*
+agent "bot": payer
+approval big-refund: payments:refund when context.amount > 100
+forbid no-wipe: payments:wipe
+tool refund: mcp "refund" -> payments:refund { amount = $.amount }
+tool wipe: mcp "wipe*" -> payments:wipe
+tool read: mcp "read_*" -> docs:read
+tool pay: function "pay" -> payments:pay
+"""
+
+
+def test_filter_tools_keeps_what_the_principal_may_call() -> None:
+    e = pe.Engine.from_source(TOOLS)
+    listed = [{"name": "refund", "description": "..."}, {"name": "wipe_all"},
+              {"name": "read_doc"}, {"name": "unknown"}, {"name": 7}, "pay"]
+    got = e.filter_tools("bot", listed)
+    assert got.kept == (listed[0],)  # the same object, in order
+    assert [(t.name, t.tool, t.permission, t.callable) for t in got.tools] == [
+        ("refund", "default.refund", "payments:refund", True),
+        ("wipe_all", "default.wipe", "payments:wipe", False),
+        ("read_doc", "default.read", "docs:read", False),
+        ("unknown", None, None, False), (None, None, None, False), ("pay", None, None, False)]
+    assert [a.status for a in got.tools[0].access] == ["allowed", "pending_approval"]
+    functions = e.filter_tools("bot", ["pay", SimpleNamespace(name="refund")],
+                               transport="function")
+    assert functions.kept == ("pay",)
+
+
+def test_answers_are_frozen_and_a_reload_answers_afresh(tmp_path: object) -> None:
+    from pathlib import Path
+    path = Path(str(tmp_path)) / "p.policy"
+    path.write_text('role r: a:*\nagent "x": r\n')
+    e = pe.Engine.from_path(path)
+    first = e.permissions_of("x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.total = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.entries[0].status = "denied"  # type: ignore[misc]
+    path.write_text('role r: a:*\nagent "x": r\nforbid f: a:*\n')
+    e.reload()
+    assert e.permissions_of("x").entries == ()
+    assert lines(first) == ["allowed a:*"]
+
+
+def test_to_dict_is_json_ready(engine: pe.Engine) -> None:
+    import json
+    data = json.loads(json.dumps(engine.permissions_of("reader").to_dict()))
+    assert data["entries"][0] == {
+        "principal": "reader", "kind": "agent", "pattern": "docs:*",
+        "excluding": ["docs:delete"], "status": "allowed", "when": None,
+        "unless": 'context.country in ["KP"] or context.sensitive == true',
+        "rules": ["role:reader", "default.sanctioned", "default.review"]}
+    assert json.loads(json.dumps(engine.principals_with("docs:read").to_dict()))["total"] == 4
+
+
+def test_covers_reads_the_exclusions() -> None:
+    line = pe.Access("x", "agent", "a:*", ("a:b", "a:c:*"), "allowed", None, None, ())
+    assert line.covers("a:x") and line.covers("a:c") and line.covers("a:b:c")
+    assert not line.covers("a:b") and not line.covers("a:c:d") and not line.covers("b:x")
+    assert line.unconditional
