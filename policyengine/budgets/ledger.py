@@ -1037,9 +1037,8 @@ class Ledger:
                                 acting_for, tenant) + ((skey,) if skey else ())
                                + ((grace_s,) if grace_s else ())
                                + ((priced, [ln.amount for ln in lines]) if priced else ()))
-            replay = self._replay("reserve:" + key, fingerprint, now)
-            if replay is not None:
-                return replay
+            # No read first: every store checks the key before anything else in the
+            # write, and a live record there comes back as a replay (``_failed``).
             idem = IdempotencyRecord("reserve:" + key, fingerprint, record,
                                      now + IDEMPOTENCY_RETENTION)
         outcome = self.store.apply(
@@ -1166,10 +1165,14 @@ class Ledger:
         if key is not None:
             fingerprint = repr(("commit", reservation_id, unit, str(value), over)
                                + ((tokens,) if tokens >= 0 else ()))
-            replay = self._replay("commit:" + key, fingerprint, now)
-            if replay is not None:
-                return replay
-            rec = self._active(reservation_id, now, False)
+            if rec.status != ACTIVE or rec.expires_at <= now:
+                # Finished (or expired): a replay of this commit, or the state's error.
+                replay = self._replay("commit:" + key, fingerprint, now)
+                if replay is not None:
+                    return replay
+                _raise_state(rec, now)
+            # Live as just read: the write checks the key first (a live record comes
+            # back as a replay, ``_failed``) and the reservation again.
         if rec is None:  # pragma: no cover - _active raises
             raise AssertionError
         actuals: list[int] = []

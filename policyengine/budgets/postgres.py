@@ -44,7 +44,6 @@ Durability (``durability=``), as for the SQLite store:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import threading
@@ -67,7 +66,9 @@ from policyengine.budgets.store import (
     ReservationRecord,
     Transaction,
     Usage,
+    compact_bytes,
     compact_json,
+    json_loads,
     record_from_json,
 )
 
@@ -548,7 +549,7 @@ def _unavailable(exc: BaseException) -> BudgetStoreError:
     return BudgetStoreError("store_unavailable", f"budget database error: {exc}")
 
 
-def _encode(tx: Transaction, own: ReservationRecord | None) -> str:
+def _encode(tx: Transaction, own: ReservationRecord | None) -> bytes:
     """The transaction as the JSON document ``budget_apply`` reads. ``own``: the record
     of ``require_active`` if known here; then the buckets to lock go along, sorted (by
     code point, which is PostgreSQL's "C" byte order of UTF-8), saving the function
@@ -572,7 +573,7 @@ def _encode(tx: Transaction, own: ReservationRecord | None) -> str:
         if own is not None:
             found.update((ln[0], ln[1], ln[2]) for ln in own.lines)
         keys = sorted(found)
-    return compact_json({
+    return compact_bytes({
         "k": keys,
         "g": [[g[0][0], g[0][1], g[0][2], g[0][3], g[1], g[2], g[3]] for g in tx.guards],
         "r": tx.require_active,
@@ -889,7 +890,7 @@ class PostgresStore:
         doc = compact_json([[b[0], b[1], b[2], b[3]] for b in buckets])
         text = self._exec(_USAGE_STMT, [doc.encode(), repr(float(now)).encode(),
                                         self._skew_param])
-        result = json.loads(text)  # type: ignore[arg-type]
+        result = json_loads(text)  # type: ignore[arg-type]
         if type(result) is dict:
             raise _skewed(now, result["server"], self.max_clock_skew)
         return tuple([Usage(int(sp), int(rs)) for sp, rs in result])
@@ -930,12 +931,12 @@ class PostgresStore:
         if own is not None and tx.finalize is not None and self._finish(tx, own, now):
             self._recent.note(tx)
             return OK
-        text = self._exec(_APPLY_STMT, [_encode(tx, own).encode(), repr(float(now)).encode(),
+        text = self._exec(_APPLY_STMT, [_encode(tx, own), repr(float(now)).encode(),
                                         self._skew_param, self._sync_param])
         if text is None:
             self._recent.note(tx)
             return OK
-        refusal: dict[str, Any] = json.loads(text)
+        refusal: dict[str, Any] = json_loads(text)
         reason = refusal["reason"]
         if reason == "clock":
             raise _skewed(now, refusal["server"], self.max_clock_skew)
@@ -973,7 +974,7 @@ class PostgresStore:
             str(line[5]).encode(), str(add).encode(), str(ceiling).encode(),
             None if debt_above is None else str(debt_above).encode(),
             created.id.encode(), repr(float(created.expires_at)).encode(),
-            repr(float(now)).encode(), self._skew_param, compact_json(created).encode(),
+            repr(float(now)).encode(), self._skew_param, compact_bytes(created),
         ])
         return value == b"1"
 
@@ -993,7 +994,7 @@ class PostgresStore:
         spend = sum(sp[4] for sp in tx.spends)
         value = self._exec(_FINISH_STMT, [
             own.id.encode(), budget.encode(), subject.encode(), str(win).encode(),
-            str(spend).encode(), fin.status.encode(), compact_json(fin).encode(),
+            str(spend).encode(), fin.status.encode(), compact_bytes(fin),
             repr(float(now)).encode(), self._skew_param,
             b"t" if self.durability == "spend" and tx.spends else b"f",
         ], decline=_DECLINE)

@@ -53,6 +53,7 @@ from policyengine.budgets.store import (
     Transaction,
     Usage,
     compact_json,
+    json_loads,
     record_from_json,
     record_to_json,
 )
@@ -328,7 +329,7 @@ class SQLiteStore:
             # released it as expired: treat it as gone rather than hold it twice or never.
             if row is None or row[0] != ACTIVE or row[1] <= now or not row[2]:
                 return Outcome(False, "reservation", reservation=self._record(conn, rid))
-            own_holds = json.loads(row[3])
+            own_holds = json_loads(row[3])
         if tx.guards:
             usages: list[Usage] = []
             for i, guard in enumerate(tx.guards):
