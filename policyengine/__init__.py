@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr_
         Diagnostic,
         NotAuthorized,
         Obligations,
+        ShadowOutcome,
         ToolDecision,
         ToolDenied,
     )
@@ -102,6 +103,7 @@ __all__ = [
     "Obligations",
     "Permissions",
     "PolicyEngineError",
+    "ShadowOutcome",
     "PolicyError",
     "Principals",
     "Problem",
@@ -159,6 +161,7 @@ _EXPORTS: dict[str, str] = {
     "MoneyError": "policyengine.money",
     "NotAuthorized": "policyengine.decision",
     "Obligations": "policyengine.decision",
+    "ShadowOutcome": "policyengine.decision",
     "parse": "policyengine.lang",
     "Permissions": "policyengine.decide",
     "Principals": "policyengine.decide",

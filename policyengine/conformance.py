@@ -21,7 +21,7 @@ __all__ = ["CaseResult", "Report", "run_fixture", "run_paths"]
 # Wire keys every authorize expectation pins, with the default a case may omit.
 _DECISION_DEFAULTS: dict[str, Any] = {
     "approvalId": None, "actingFor": None, "chain": None, "rules": [], "obligations": None,
-    "diagnostics": [],
+    "diagnostics": [], "shadow": None,
 }
 _TOOL_DEFAULTS: dict[str, Any] = {**_DECISION_DEFAULTS, "redactions": [], "permission": None,
                                   "tool": None}
@@ -110,6 +110,8 @@ def compare_decision(actual: dict[str, Any], expected: dict[str, Any],
             ok = (got is None) if value is None else (isinstance(got, str) and bool(got))
         elif key == "diagnostics":
             ok = _normalise_diags(got if isinstance(got, list) else []) == _normalise_diags(value)
+        elif key == "shadow" and value is None:  # no `mode warn` outcome: no key at all
+            ok = "shadow" not in actual
         else:
             ok = got == value
         if not ok:

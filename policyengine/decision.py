@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass
 from decimal import Decimal
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +29,7 @@ __all__ = [
     "Diagnostic",
     "NotAuthorized",
     "Obligations",
+    "ShadowOutcome",
     "ToolDecision",
     "ToolDenied",
     "new_id",
@@ -77,6 +79,32 @@ class Diagnostic:
         return isinstance(other, Diagnostic) and self.to_wire() == other.to_wire()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowOutcome:
+    """What one shadow statement (``mode warn`` / ``mode log``) would have done to this
+    request had it been enforced. Immutable; it never changed the decision it rides on.
+
+    ``id`` is the statement's qualified id; ``kind`` ``rule`` (permit / forbid /
+    approval), ``limit``, ``approval_over``, ``budget`` or ``rate_limit``; ``mode``
+    ``warn`` (reported to the caller: ``to_wire()`` and the service's responses) or
+    ``log`` (the decision log only); ``status`` the status the statement alone would
+    have given (``denied``, ``pending_approval`` or ``allowed``); ``code`` the reason code
+    it would have given (``forbidden``, ``limit_exceeded``, ``approval_required``,
+    ``permitted``, ``budget_exceeded``, ``debt_outstanding``, or the code of the error
+    that made a condition fail closed).
+    """
+
+    id: str
+    kind: str
+    mode: str
+    status: str
+    code: str
+
+    def to_wire(self) -> dict[str, str]:
+        return {"id": self.id, "kind": self.kind, "mode": self.mode, "status": self.status,
+                "code": self.code}
 
 
 class Obligations:
@@ -142,6 +170,7 @@ class Decision:
         "_principal",
         "_reason",
         "_rules",
+        "_shadow",
         "_status",
     )
 
@@ -159,6 +188,7 @@ class Decision:
         acting_for: str | None = None,
         chain: tuple[str, ...] | None = None,
         budget: BudgetUsage | None = None,
+        shadow: tuple[ShadowOutcome, ...] = (),
     ) -> None:
         self._status = status
         self._code = code
@@ -172,6 +202,7 @@ class Decision:
         self._acting_for = acting_for
         self._chain = chain
         self._budget = budget
+        self._shadow = shadow
         self._decision_id: str | None = None
 
     # Read-only views (``operator.attrgetter`` is a C-level getter, as cheap as a slot).
@@ -192,6 +223,15 @@ class Decision:
     chain: tuple[str, ...] | None = property(attrgetter("_chain"))  # type: ignore[assignment]
     #: The refusing budget (denied) or the tightest covering budget (otherwise).
     budget: BudgetUsage | None = property(attrgetter("_budget"))  # type: ignore[assignment]
+    #: What the shadow statements (``mode warn`` / ``mode log``) covering the request
+    #: would have done, in declaration order (rules, then budgets); empty without any.
+    shadow: tuple[ShadowOutcome, ...] = property(  # type: ignore[assignment]
+        attrgetter("_shadow"))
+
+    @property
+    def warnings(self) -> tuple[ShadowOutcome, ...]:
+        """The ``mode warn`` outcomes of :attr:`shadow`: what the caller is told."""
+        return tuple(s for s in self._shadow if s.mode == "warn")
 
     @property
     def allowed(self) -> bool:
@@ -235,6 +275,10 @@ class Decision:
         }
         if self._budget is not None:
             wire["budget"] = self._budget.to_wire()
+        if self._shadow:
+            warned = [s.to_wire() for s in self._shadow if s.mode == "warn"]
+            if warned:  # ``mode log`` outcomes go to the decision log only
+                wire["shadow"] = warned
         return wire
 
     def __repr__(self) -> str:
@@ -282,6 +326,7 @@ class ToolDecision:
     obligations = property(lambda self: self._decision.obligations)
     approval_id = property(lambda self: self._decision.approval_id)
     decision_id = property(lambda self: self._decision.decision_id)
+    shadow = property(lambda self: self._decision.shadow)
 
     def to_wire(self) -> dict[str, Any]:
         """The ``POST /v1/tool-authorize`` response shape (camelCase): the authorize

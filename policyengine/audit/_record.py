@@ -215,6 +215,8 @@ def decision_record(kind: str, ts_ns: int, latency_ns: int, decision: Any,
     }
     if d.budget is not None:
         record["budget"] = d.budget.to_wire()
+    if d.shadow:  # every shadow outcome, ``mode log`` ones included
+        record["shadow"] = [s.to_wire() for s in d.shadow]
     if token is not None:
         record["token"] = token_ids(token)
     if masked:

@@ -73,6 +73,9 @@ class CompiledRule:
     order: int = 0
     span: ast.Span = ast.NOSPAN
     approval_terms: tuple[int, int] | None = None  # (expires seconds, uses); approvals
+    #: ``enforce``, or ``warn`` / ``log`` for a shadow statement: evaluated into the
+    #: decision's ``shadow`` outcomes, never into its status (docs/language.md).
+    mode: str = "enforce"
     _clauses: tuple[tuple[str, str, Test], ...] | None = None
 
     @property
@@ -100,18 +103,22 @@ class Plan:
     ``used`` is the plan cache's reference bit: set on every cache hit, cleared when the
     eviction hand passes (see :meth:`CompiledPolicy.plan`)."""
 
-    __slots__ = ("approvals", "forbids", "limits", "permits", "principal", "schema", "used",
-                 "uses_amount")
+    __slots__ = ("approvals", "forbids", "limits", "permits", "principal", "schema", "shadows",
+                 "used", "uses_amount")
 
     def __init__(self, principal: Principal, forbids: tuple[CompiledRule, ...],
                  limits: tuple[CompiledRule, ...], permits: tuple[CompiledRule, ...],
-                 approvals: tuple[CompiledRule, ...], uses_amount: bool) -> None:
+                 approvals: tuple[CompiledRule, ...], uses_amount: bool,
+                 shadows: tuple[CompiledRule, ...] = ()) -> None:
         self.principal = principal
         self.forbids = forbids
         self.limits = limits
         self.permits = permits
         self.approvals = approvals
         self.uses_amount = uses_amount
+        #: The shadow rules (``mode warn`` / ``mode log``) that can apply, in declaration
+        #: order: empty for nearly every plan, and then the pipeline does nothing more.
+        self.shadows = shadows
         self.used = False
         #: The check of the context the schemas covering this permission declare, or
         #: None (no schema: nothing to check).
@@ -148,14 +155,17 @@ class _Part:
     order and already split by effect: a plan that needs only one part uses its tuples
     as they are."""
 
-    __slots__ = ("approvals", "forbids", "limits", "permits", "rules", "uses_amount")
+    __slots__ = ("approvals", "forbids", "limits", "permits", "rules", "shadows",
+                 "uses_amount")
 
     def __init__(self, rules: list[CompiledRule]) -> None:
         self.rules = tuple(rules)
-        self.forbids = tuple(r for r in rules if r.effect == "forbid" and r.kind != "limit")
-        self.limits = tuple(r for r in rules if r.kind == "limit")
-        self.permits = tuple(r for r in rules if r.effect == "permit")
-        self.approvals = tuple(r for r in rules if r.effect == "approval")
+        enforced = [r for r in rules if r.mode == "enforce"]
+        self.forbids = tuple(r for r in enforced if r.effect == "forbid" and r.kind != "limit")
+        self.limits = tuple(r for r in enforced if r.kind == "limit")
+        self.permits = tuple(r for r in enforced if r.effect == "permit")
+        self.approvals = tuple(r for r in enforced if r.effect == "approval")
+        self.shadows = tuple(r for r in rules if r.mode != "enforce")
         self.uses_amount = any(r.uses_amount for r in rules)
 
 
@@ -211,6 +221,10 @@ class CompiledPolicy:
     tz: str
     tools: Any = None  # a CompiledTools (tool governance)
     budgets: tuple[Any, ...] = ()  # BudgetSpec
+    #: Shadow budgets (``mode warn`` / ``mode log``): BudgetSpec, never charged or enforced;
+    #: ``shadow_modes`` gives each one's mode by id.
+    shadow_budgets: tuple[Any, ...] = ()
+    shadow_modes: dict[str, str] = field(default_factory=dict)
     #: The LLM price table (``price`` statements): a ``PriceTable``, or None.
     prices: Any = None
     delegation: ast.DelegationDecl | None = None
@@ -223,6 +237,7 @@ class CompiledPolicy:
     plans: dict[tuple[str, str], Plan] = field(default_factory=dict)
     _clock_hand: deque[tuple[str, str]] = field(default_factory=deque)
     _budget_patterns: _PatternSet = field(default_factory=lambda: _PatternSet(()))
+    _shadow_budget_patterns: _PatternSet = field(default_factory=lambda: _PatternSet(()))
     _budgeted: dict[str, bool] = field(default_factory=dict)
     _budgeted_order: deque[str] = field(default_factory=deque)
     _approval_terms: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -251,6 +266,8 @@ class CompiledPolicy:
         self._exact, self._prefix, self._global = exact, prefix, every
         self._approval_terms = approval_terms
         self._budget_patterns = _PatternSet(p for b in self.budgets for p in b.patterns)
+        self._shadow_budget_patterns = _PatternSet(p for b in self.shadow_budgets
+                                                   for p in b.patterns)
 
     def _buckets(self, permission: str) -> list[_Bucket]:
         """The buckets whose pattern matches ``permission``: exact, each ``ns:`` prefix
@@ -315,6 +332,10 @@ class CompiledPolicy:
                     self._budgeted_order.append(permission)
         return hit
 
+    def shadow_budgeted(self, permission: str) -> bool:
+        """True when some shadow budget's pattern covers ``permission``."""
+        return self._shadow_budget_patterns.matches(permission)
+
     def principal(self, principal_id: str) -> Principal:
         p = self.principals.get(principal_id)
         return p if p is not None else Principal(principal_id, frozenset(), {})
@@ -340,7 +361,7 @@ class CompiledPolicy:
         if len(parts) == 1:  # one role's or one scope's rules: split at compile time
             part = parts[0]
             plan = Plan(who, part.forbids, part.limits, part.permits, part.approvals,
-                        part.uses_amount)
+                        part.uses_amount, part.shadows)
         else:
             plan = _plan_of(who, _merged(parts))
         if self.schemas:
@@ -393,9 +414,12 @@ def _plan_of(who: Principal, rules: tuple[CompiledRule, ...]) -> Plan:
     limits: list[CompiledRule] = []
     permits: list[CompiledRule] = []
     approvals: list[CompiledRule] = []
+    shadows: list[CompiledRule] = []
     uses_amount = False
     for rule in rules:
-        if rule.kind == "limit":
+        if rule.mode != "enforce":
+            shadows.append(rule)
+        elif rule.kind == "limit":
             limits.append(rule)
         elif rule.effect == "forbid":
             forbids.append(rule)
@@ -405,7 +429,7 @@ def _plan_of(who: Principal, rules: tuple[CompiledRule, ...]) -> Plan:
             approvals.append(rule)
         uses_amount = uses_amount or rule.uses_amount
     return Plan(who, tuple(forbids), tuple(limits), tuple(permits), tuple(approvals),
-                uses_amount)
+                uses_amount, tuple(shadows))
 
 
 # ---- compile -------------------------------------------------------------------------------
@@ -468,7 +492,7 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
     if cache is not None:
         cache.done()
     from policyengine.tools._egress import compile_tools
-    budgets, budget_files = _budget_specs(files)
+    budgets, budget_files, shadow_budgets, shadow_modes = _budget_specs(files)
     from policyengine.tools._redaction import RedactionRule
     log_redactions = tuple(RedactionRule(st.path, st.strategy, keep=st.keep or 0)
                            for f in files if ast.LogRedact in f.kinds for st in f.statements
@@ -479,6 +503,7 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
     policy = CompiledPolicy(rules, _merge_principals(units), money, tz, tools=compile_tools(files),
                             prices=prices,
                             budgets=budgets, delegation=delegation, files=tuple(files),
+                            shadow_budgets=shadow_budgets, shadow_modes=shadow_modes,
                             default_currency=default, delegation_rates=delegation_rates,
                             budget_rates={bid: money[name].rates
                                           for bid, name in budget_files.items()},
@@ -686,10 +711,14 @@ def _price_table(files: Sequence[ast.PolicyFile]) -> Any:
     return PriceTable(entries) if entries else None
 
 
-def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[tuple[Any, ...], dict[str, str]]:
-    """The budgets (BudgetSpec) and, per budget id, the name of the file declaring it."""
+def _budget_specs(files: Sequence[ast.PolicyFile]
+                  ) -> tuple[tuple[Any, ...], dict[str, str], tuple[Any, ...], dict[str, str]]:
+    """The enforced budgets (BudgetSpec); per budget id, the name of the file declaring
+    it; the shadow budgets; and per shadow budget id, its mode."""
     from policyengine.budgets import BudgetSpec
     specs = []
+    shadows = []
+    modes: dict[str, str] = {}
     owner: dict[str, str] = {}
     for f in files:
         if ast.BudgetDecl not in f.kinds:
@@ -697,12 +726,17 @@ def _budget_specs(files: Sequence[ast.PolicyFile]) -> tuple[tuple[Any, ...], dic
         file_tz = next((st.zone for st in f.statements if isinstance(st, ast.TzDecl)), "UTC")
         for st in f.statements:
             if isinstance(st, ast.BudgetDecl):
-                specs.append(BudgetSpec(
+                spec = BudgetSpec(
                     _qualify(f.namespace, st.id), st.patterns, st.limit, st.unit, st.window,
                     st.rolling_seconds, st.subject, st.tz or file_tz,
-                    st.overdraft if st.overdraft is not None else Decimal(0), st.caps))
-                owner[specs[-1].id] = f.name
-    return tuple(specs), owner
+                    st.overdraft if st.overdraft is not None else Decimal(0), st.caps)
+                owner[spec.id] = f.name
+                if st.mode == "enforce":
+                    specs.append(spec)
+                else:
+                    shadows.append(spec)
+                    modes[spec.id] = st.mode
+    return tuple(specs), owner, tuple(shadows), modes
 
 
 _FLOOR = Context(prec=100, rounding=ROUND_FLOOR, Emax=999, Emin=-999,
@@ -761,6 +795,7 @@ def _compile_rule(st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl, ns: str,
         rule = CompiledRule(qid, st.effect, "rule", st.patterns, roles, agents, None,
                             st.conditions, None, gen.uses_amount, fm, span=st.span)
     rule.approval_terms = terms
+    rule.mode = st.mode
     return rule, source, gen.consts
 
 

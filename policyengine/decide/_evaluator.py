@@ -25,7 +25,7 @@ from decimal import (
 from typing import Any
 
 from policyengine.decide._compiled import CompiledPolicy, CompiledRule, EvalError, FileMoney, Plan
-from policyengine.decision import Decision, Diagnostic, Obligations, ToolDecision
+from policyengine.decision import Decision, Diagnostic, Obligations, ShadowOutcome, ToolDecision
 from policyengine.money._money import (
     MAX_AMOUNT,
     MAX_TEXT_LENGTH,
@@ -37,7 +37,7 @@ from policyengine.money._rates import RateError
 from policyengine.permissions import InvalidPermission, validate_permission
 
 __all__ = ["Explanation", "RequestState", "RuleFacts", "invalid", "request_problem", "rule_facts",
-           "rule_table"]
+           "rule_table", "shadow_rules"]
 
 _EMPTY: dict[str, Any] = {}
 #: The grant view of a request made without a delegation token.
@@ -353,6 +353,38 @@ def rule_facts(plan: Plan, principal: str, permission: str, context: dict[str, A
             obligations, tuple(diags), permitted)
 
 
+def shadow_rules(plan: Plan, context: dict[str, Any], req: RequestState | None
+                 ) -> list[ShadowOutcome]:
+    """What each of the plan's shadow rules (``mode warn`` / ``mode log``) would have done:
+    one outcome per rule that applies, judged as if it were enforced (fail closed: a
+    forbid, limit or approval whose condition or amount errors applies, with the error's
+    code; a permit whose condition errors does not). Reads the request only: its
+    diagnostics stay out of the decision."""
+    out: list[ShadowOutcome] = []
+    diags: list[Diagnostic] = []  # the statement's own; never the decision's
+    for rule in plan.shadows:
+        del diags[:]
+        if rule.kind in ("limit", "approval_over"):
+            hit, _ = _amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
+        else:
+            hit = _run(rule, context, plan, req, diags, rule.effect != "permit")
+            if rule.effect == "permit" and hit is not True:
+                continue
+        if hit is False:
+            continue
+        if rule.effect == "permit":
+            status, code = "allowed", "permitted"
+        elif rule.effect == "approval":
+            status, code = "pending_approval", "approval_required"
+        else:
+            status, code = "denied", "limit_exceeded" if rule.kind == "limit" else "forbidden"
+        if hit is None and diags:  # applied because it could not be evaluated
+            code = diags[0].code
+        kind = rule.kind if rule.kind in ("limit", "approval_over") else "rule"
+        out.append(ShadowOutcome(rule.qid, kind, rule.mode, status, code))
+    return out
+
+
 # ---- explain ---------------------------------------------------------------------------------
 
 class Explanation:
@@ -378,7 +410,8 @@ class Explanation:
         for st in self.steps:
             lines.append(f"  step {st['step']:<9} {st['result']}")
         for r in self.rules:
-            lines.append(f"  {r['rule']:<32} {r['effect']:<9} {r['result']}")
+            effect = r["effect"] + (f" ({r['mode']})" if "mode" in r else "")
+            lines.append(f"  {r['rule']:<32} {effect:<9} {r['result']}")
             for c in r["conditions"]:
                 lines.append(f"      {c['kind']} {c['text']}  -> {c['result']}")
         return "\n".join(lines)
@@ -394,6 +427,8 @@ def rule_table(policy: CompiledPolicy, principal: str, permission: str,
     for rule in policy.candidates(permission):
         entry: dict[str, Any] = {"rule": rule.qid, "effect": rule.effect, "kind": rule.kind,
                                  "conditions": []}
+        if rule.mode != "enforce":  # a shadow rule: reported, never decisive
+            entry["mode"] = rule.mode
         if not rule.scoped_to(who):
             entry["result"] = "not in scope (principal has none of its roles/agents)"
             out.append(entry)

@@ -43,8 +43,9 @@ from policyengine.decide._evaluator import (
     request_problem,
     rule_facts,
     rule_table,
+    shadow_rules,
 )
-from policyengine.decision import Decision, Diagnostic, Obligations
+from policyengine.decision import Decision, Diagnostic, Obligations, ShadowOutcome
 from policyengine.money._money import Money, MoneyError
 from policyengine.tokens.errors import TokenError
 
@@ -100,7 +101,7 @@ class Pipeline:
     verification, clock). Immutable: ``Engine.reload`` builds a new pipeline and swaps
     one reference, so a run sees one policy and its ledger, never a mix."""
 
-    __slots__ = ("_views", "approvals", "clock", "ledger", "policy", "verify")
+    __slots__ = ("_views", "approvals", "clock", "ledger", "policy", "shadow_ledger", "verify")
 
     def __init__(self, policy: CompiledPolicy, ledger: Any, approvals: Any, verify: Verify,
                  clock: Callable[[], float] | None) -> None:
@@ -112,6 +113,13 @@ class Pipeline:
         #: Per token, its grant and the ``grant.*`` view of it (read-only, like
         #: NOT_DELEGATED): made once per verified grant, not on every request.
         self._views: dict[str, tuple[Any, dict[str, Any]]] = {}
+        #: The shadow budgets over the same store: asked, never charged (None without any).
+        self.shadow_ledger: Any = None
+        if policy.shadow_budgets:
+            from policyengine.budgets import Ledger
+            self.shadow_ledger = Ledger(policy.shadow_budgets, ledger.store,
+                                        clock=ledger.clock, budget_rates=policy.budget_rates,
+                                        prices=policy.prices)
 
     def run(self, principal: Any, permission: Any, context: Any, token: Any = None,
             approval_id: Any = None, register: bool = True, tool: ToolCall | None = None,
@@ -179,10 +187,17 @@ class Pipeline:
                                                          now))
             trace.step("rules", f"{facts[0]} ({facts[1]})")
         status = facts[0]
+        # shadow rules: reported, never decisive (an empty tuple for nearly every plan)
+        shadow: Any = shadow_rules(plan, context, req) if plan.shadows else ()
 
         # -- 4. budgets
         budget = recorded = None
         if status != "denied":
+            if self.shadow_ledger is not None and policy.shadow_budgeted(permission):
+                if req is None:
+                    req = RequestState(context, policy.default_currency, now)
+                shadow = [*shadow, *self._shadow_budgets(principal, permission, context, req,
+                                                         acting_for)]
             if policy.budgets and policy.budgeted(permission):
                 if req is None:
                     req = RequestState(context, policy.default_currency, now)
@@ -231,9 +246,16 @@ class Pipeline:
                     trace.step("approval", f"needs approval: {', '.join(facts[3])}")
         # -- the one Decision
         status, code, reason, rules, obligations, diagnostics, _ = facts
+        if not shadow:
+            shadow = ()
+        else:
+            shadow = tuple(shadow)
+            if trace is not None:
+                trace.step("shadow", ", ".join(f"{s.id} would be {s.status} ({s.code})"
+                                               for s in shadow))
         return Decision(status, code, reason, rules, obligations,  # type: ignore[arg-type]
                         diagnostics, principal, permission, recorded, acting_for, chain,
-                        budget)
+                        budget, shadow)
 
     def run_tool(self, principal: str, permission: str, context: dict[str, Any],
                  token: Any, approval_id: Any, body: Any, redaction_rules: tuple[Any, ...],
@@ -319,26 +341,9 @@ class Pipeline:
         """Would this request fit every budget covering it? Read-only (spend is
         reserved or recorded through ``engine.budgets``). Returns (denied facts or None,
         the refusing or tightest budget)."""
-        get = dict.get  # a dict subclass's own get() is not called
-        tenant = get(context, "tenant")
-        if tenant is not None and type(tenant) is not str:
-            tenant = None
         try:
-            money = req.money()
-            amount: Any
-            unit: str | None
-            if money is not None:
-                amount, unit = money
-            else:
-                amount = get(context, "tokens")
-                unit = "tokens" if amount is not None else None
-            fields = self.ledger.scope_fields
-            scope = None
-            if fields:  # budgets per workspace, per context.run_id ...: string fields only
-                scope = {f: v for f in fields if type(v := get(context, f)) is str}
-            code, usage = self.ledger.admission(principal, permission, amount, unit,
-                                                acting_for=acting_for, tenant=tenant,
-                                                scope=scope)
+            code, usage = _admission(self.ledger, principal, permission, context, req,
+                                     acting_for)
         except EvalError as err:
             return _overruled(facts, err.code, f"budget check failed: {err.message}"), None
         except Exception as exc:  # BudgetError, or a store fault: never an allow
@@ -355,6 +360,30 @@ class Pipeline:
         return ("denied", code,
                 f"{permission} would exceed budget {budget_id}", (budget_id,), None,
                 facts[5], ()), usage
+
+    def _shadow_budgets(self, principal: str, permission: str, context: dict[str, Any],
+                        req: RequestState, acting_for: str | None) -> list[ShadowOutcome]:
+        """What the shadow budgets would have said: the same admission question as the
+        budgets step, asked of the shadow budgets' own balances in the store (read only:
+        nothing is reserved or recorded). An outcome for the one that would refuse (or
+        for an error, which would have denied), none when every one would admit."""
+        ledger = self.shadow_ledger
+        try:
+            code, usage = _admission(ledger, principal, permission, context, req, acting_for)
+        except EvalError as err:
+            code, usage = err.code, None
+        except Exception as exc:  # BudgetError, or a store fault: it would have denied
+            found = getattr(exc, "code", None)
+            code, usage = (found if type(found) is str else "budget_unavailable"), None
+        if code is None:
+            return []
+        if usage is not None:
+            ids = [usage.budget]
+        else:  # an error: every shadow budget covering the request would have denied
+            ids = [b.id for b in ledger.specs
+                   if any(_matches(p, permission) for p in b.patterns)]
+        modes = self.policy.shadow_modes
+        return [ShadowOutcome(i, "budget", modes.get(i, "log"), "denied", code) for i in ids]
 
     def _use_approval(self, approval_id: str, principal: str, permission: str,
                       context: dict[str, Any], call: dict[str, Any] | None,
@@ -406,6 +435,37 @@ class Pipeline:
             return _overruled(facts, "approval_store_error",
                               f"cannot record the approval: {type(exc).__name__}")
         return item.id
+
+
+def _matches(pattern: str, permission: str) -> bool:
+    from policyengine.permissions import permission_matches
+    return permission_matches(pattern, permission)
+
+
+def _admission(ledger: Any, principal: str, permission: str, context: dict[str, Any],
+               req: RequestState, acting_for: str | None) -> tuple[str | None, Any]:
+    """``ledger.admission`` for this request: its amount (or ``context.tokens``), its
+    tenant and the scope fields the ledger's budgets read. Raises as the ledger does."""
+    get = dict.get  # a dict subclass's own get() is not called
+    tenant = get(context, "tenant")
+    if tenant is not None and type(tenant) is not str:
+        tenant = None
+    money = req.money()
+    amount: Any
+    unit: str | None
+    if money is not None:
+        amount, unit = money
+    else:
+        amount = get(context, "tokens")
+        unit = "tokens" if amount is not None else None
+    fields = ledger.scope_fields
+    scope = None
+    if fields:  # budgets per workspace, per context.run_id ...: string fields only
+        scope = {f: v for f in fields if type(v := get(context, f)) is str}
+    result: tuple[str | None, Any] = ledger.admission(principal, permission, amount, unit,
+                                                      acting_for=acting_for, tenant=tenant,
+                                                      scope=scope)
+    return result
 
 
 def _would_consume(item: Approval, approval_id: str, digest: str, now: float) -> None:

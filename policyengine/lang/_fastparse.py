@@ -41,7 +41,7 @@ _KEYWORDS = frozenset({
     "sha256", "partial", "expires", "uses", "GET", "POST", "PUT", "PATCH", "DELETE",
     "HEAD", "OPTIONS", "ANY", "workspace", "app", "workflow", "toolset", "risk_points",
     "price", "input", "cached_input", "output", "cap", "max_tokens", "max_steps_remaining",
-    "cooldown_ms",
+    "cooldown_ms", "mode", "warn",
 })
 _EFFECTS = ("permit", "forbid", "approval")
 _MAX_DEPTH = 40  # deeper expressions go to Lark (and to its limits)
@@ -355,7 +355,7 @@ def _statement(r: _Reader) -> ast.Statement:
         if conditions:
             end = cond_end
         r.skip()
-        if r.pos < len(r.text):  # `over`, `expires`, `uses`...: Lark's
+        if r.pos < len(r.text):  # `over`, `expires`, `uses`, `mode`...: Lark's
             raise _GiveUpError
         return ast.Rule(effect, ident, patterns, scope, conditions, r.span(start, end))
     if head == "role" and r.keyword("role") is not None:

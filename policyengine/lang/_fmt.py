@@ -122,6 +122,10 @@ def _terms(terms: ast.ApprovalTerms | None) -> str:
     return text + (f" uses {terms.uses}" if terms.uses is not None else "")
 
 
+def _mode(mode: str) -> str:
+    return "" if mode == "enforce" else f" mode {mode}"
+
+
 def _extraction(x: ast.Extraction) -> str:
     src = _jsonpath(x.source) if x.source_kind == "body" else f"{x.source_kind} {_str(x.source)}"
     return f"{x.name} = {src}" + (" minor" if x.minor else "")
@@ -182,16 +186,16 @@ class _StatementHead(ast.StatementVisitor[str]):
 
     def rule(self, st: ast.Rule) -> str:
         return (f"{st.effect} {st.id}: " + ", ".join(st.patterns) + _scope(st.scope)
-                + _conditions(st.conditions) + _terms(st.approval))
+                + _conditions(st.conditions) + _terms(st.approval) + _mode(st.mode))
 
     def limit(self, st: ast.LimitDecl) -> str:
         return (f"limit {st.id}: " + ", ".join(st.patterns) + f" amount <= {_money(st.cap)}"
-                + _scope(st.scope) + _conditions(st.conditions))
+                + _scope(st.scope) + _conditions(st.conditions) + _mode(st.mode))
 
     def approval_over(self, st: ast.ApprovalOverDecl) -> str:
         return (f"{st.effect} {st.id}: " + ", ".join(st.patterns)
                 + f" over {_money(st.threshold)}" + _scope(st.scope)
-                + _conditions(st.conditions) + _terms(st.approval))
+                + _conditions(st.conditions) + _terms(st.approval) + _mode(st.mode))
 
     def budget(self, st: ast.BudgetDecl) -> str:
         window = f"rolling {st.rolling_text}" if st.window == "rolling" else st.window
@@ -204,7 +208,7 @@ class _StatementHead(ast.StatementVisitor[str]):
             text += f" overdraft {_num(st.overdraft)}"
         for name, value in st.caps:
             text += f" cap {name} {value}"
-        return text
+        return text + _mode(st.mode)
 
     def price(self, st: ast.PriceDecl) -> str:
         items = ", ".join(f"{kind} {_num(amount)} {code}" for kind, amount, code in st.items)

@@ -132,7 +132,7 @@ KEYWORD_TERMINALS = frozenset({
     "ROLLING", "ROOT", "SCHEMA", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "USES",
     "WINDOW_UNIT",
     "_MAX_AGE", "METHOD", "STRATEGY", "UNIT", "PRICE", "PRICE_KIND", "PRICE_TOKENS",
-    "CAP", "CAP_NAME",
+    "CAP", "CAP_NAME", "MODE", "SHADOW_MODE",
 })
 _LARK_LOCK = threading.Lock()
 
@@ -565,6 +565,14 @@ class _Build:
         first = min(expires_opts + uses_opts, key=lambda t: (t.meta.line, t.meta.column))
         return ast.ApprovalTerms(expires, expires_text, uses, self.span(first))
 
+    @staticmethod
+    def mode(p: _Parts) -> str:
+        """``mode warn`` / ``mode log`` (a shadow statement), else ``enforce``."""
+        clause = p.maybe_tree("mode_clause")
+        if clause is None:
+            return "enforce"
+        return str(_Parts(clause.children).token("SHADOW_MODE"))
+
     def number(self, tok: Any) -> int | Decimal:
         s = str(tok)
         if len(s) > 40:
@@ -643,12 +651,13 @@ class _Build:
     def rule_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         return ast.Rule(str(p.token("EFFECT")), str(p.token("ID")),
                         self.patterns(p.tree("pattern_list")), self.scope(p.maybe_tree("scope")),
-                        self.conditions(p.all_trees("condition")), sp, self.approval_terms(p))
+                        self.conditions(p.all_trees("condition")), sp, self.approval_terms(p),
+                        self.mode(p))
 
     def limit_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         return ast.LimitDecl(str(p.token("ID")), self.patterns(p.tree("pattern_list")),
                              self.money(p.tree("money")), self.scope(p.maybe_tree("scope")),
-                             self.conditions(p.all_trees("condition")), sp)
+                             self.conditions(p.all_trees("condition")), sp, self.mode(p))
 
     def approval_over_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         return ast.ApprovalOverDecl(str(p.token("EFFECT")), str(p.token("ID")),
@@ -656,7 +665,7 @@ class _Build:
                                     self.money(p.tree("money")),
                                     self.scope(p.maybe_tree("scope")),
                                     self.conditions(p.all_trees("condition")), sp,
-                                    self.approval_terms(p))
+                                    self.approval_terms(p), self.mode(p))
 
     def budget_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         tz = None
@@ -680,7 +689,7 @@ class _Build:
             seconds, text = None, None
         return ast.BudgetDecl(ident, pats, limit, unit, window, seconds, text,
                               str(subject) if subject is not None else "agent", (), tz,
-                              overdraft, sp, caps)
+                              overdraft, sp, caps, self.mode(p))
 
     def price_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         provider, model = (self.string(t) for t in p.all_tokens("STRING"))

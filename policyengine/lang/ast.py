@@ -245,6 +245,7 @@ class Rule:
     conditions: tuple[Condition, ...] = ()
     span: Span = _span()
     approval: ApprovalTerms | None = None  # ``expires`` / ``uses`` (approval rules only)
+    mode: str = "enforce"  # enforce | warn | log (``mode warn``: a shadow statement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +258,7 @@ class LimitDecl:
     scope: tuple[ScopeItem, ...] = ()
     conditions: tuple[Condition, ...] = ()
     span: Span = _span()
+    mode: str = "enforce"
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +273,7 @@ class ApprovalOverDecl:
     conditions: tuple[Condition, ...] = ()
     span: Span = _span()
     approval: ApprovalTerms | None = None
+    mode: str = "enforce"
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +291,7 @@ class BudgetDecl:
     overdraft: Decimal | None = None
     span: Span = _span()
     caps: tuple[tuple[str, int], ...] = ()  # (max_tokens|max_steps_remaining|cooldown_ms, n)
+    mode: str = "enforce"
 
 
 @dataclass(frozen=True, slots=True)

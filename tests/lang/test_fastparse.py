@@ -101,7 +101,9 @@ def statements(draw: st.DrawFn) -> str:
     if kind == "other":
         return draw(st.sampled_from([
             "limit l: a:b amount <= 5 EUR", 'tz "UTC"', "approval a: x:y over 5 EUR",
-            'agent "a": r { k = 1 }', "approval a: x:y expires 1h"]))
+            'agent "a": r { k = 1 }', "approval a: x:y expires 1h",
+            "limit l: a:b amount <= 5 EUR mode warn", "approval a: x:y expires 1h mode log",
+            "budget b: a:* limit 5 EUR per day mode warn"]))
     effect = draw(st.sampled_from(["permit", "forbid", "approval"]))
     text = f"{effect} {draw(IDENT)}: " + ", ".join(draw(st.lists(PATTERN, min_size=1,
                                                                    max_size=2)))
@@ -111,7 +113,7 @@ def statements(draw: st.DrawFn) -> str:
         text += f"{w}for " + ", ".join(scope)
     for _ in range(draw(st.integers(0, 2))):
         text += f"{w}{draw(st.sampled_from(['when', 'unless']))} {draw(expressions())}"
-    return text
+    return text + draw(st.sampled_from(["", "", "", f"{w}mode warn", " mode log"]))
 
 
 @SETTINGS

@@ -76,6 +76,8 @@ scopes = st.lists(st.one_of(st.builds(lambda n: ast.ScopeItem("role", n), ids),
 conditions = st.lists(st.builds(ast.Condition, st.sampled_from(["when", "unless"]), exprs),
                       max_size=2).map(tuple)
 
+modes = st.sampled_from(["enforce", "warn", "log"])
+
 statements = st.one_of(
     st.builds(ast.NamespaceDecl, names),
     st.builds(ast.CurrencyDecl, st.sampled_from(["EUR", "USD"])),
@@ -83,11 +85,14 @@ statements = st.one_of(
     st.builds(ast.RoleDecl, ids, pattern_lists),
     st.builds(lambda i, r, a: ast.AgentDecl(i, tuple(r), tuple(a)), texts,
               st.lists(ids, max_size=2), st.lists(st.tuples(names, literals), max_size=2)),
-    st.builds(ast.Rule, st.sampled_from(["permit", "forbid", "approval"]), ids, pattern_lists,
-              scopes, conditions),
-    st.builds(ast.LimitDecl, ids, pattern_lists, money, scopes, conditions),
-    st.builds(lambda *a: ast.ApprovalOverDecl("approval", *a), ids, pattern_lists, money,
-              scopes, conditions),
+    st.builds(lambda e, i, p, s, c, m: ast.Rule(e, i, p, s, c, mode=m),
+              st.sampled_from(["permit", "forbid", "approval"]), ids, pattern_lists,
+              scopes, conditions, modes),
+    st.builds(lambda i, p, c, s, w, m: ast.LimitDecl(i, p, c, s, w, mode=m),
+              ids, pattern_lists, money, scopes, conditions, modes),
+    st.builds(lambda i, p, c, s, w, m: ast.ApprovalOverDecl("approval", i, p, c, s, w,
+                                                            mode=m),
+              ids, pattern_lists, money, scopes, conditions, modes),
 )
 files = st.lists(statements, min_size=1, max_size=5).map(
     lambda sts: ast.PolicyFile("gen.policy", tuple(sts)))

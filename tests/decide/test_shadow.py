@@ -1,0 +1,241 @@
+"""Shadow statements (``mode warn`` / ``mode log``): reported, never decisive."""
+
+from __future__ import annotations
+
+import contextlib
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policyengine import Engine, ShadowOutcome
+from policyengine.budgets import BudgetError, MemoryStore
+
+HEAD = '''currency EUR
+role payer: payments:*, llm:*
+agent "bot": payer
+agent "other"
+'''
+
+
+def engine(text: str, **options: Any) -> Engine:
+    return Engine.from_source(HEAD + text, name="t.policy", **options)
+
+
+def pay(e: Engine, amount: str, permission: str = "payments:refund", **ctx: Any) -> Any:
+    return e.authorize("bot", permission, {"amount": amount, "currency": "EUR", **ctx})
+
+
+def test_shadow_forbid_reports_and_does_not_deny() -> None:
+    e = engine("forbid big: payments:refund when amount > 500 EUR mode warn")
+    d = pay(e, "600")
+    assert (d.status, d.code, d.rules) == ("allowed", "permitted", ("role:payer",))
+    assert d.shadow == (ShadowOutcome("default.big", "rule", "warn", "denied", "forbidden"),)
+    assert pay(e, "400").shadow == ()
+
+
+def test_shadow_limit_reports_limit_exceeded_and_sets_no_obligation() -> None:
+    e = engine("limit cap: payments:* amount <= 100 EUR mode log")
+    over, under = pay(e, "150"), pay(e, "50")
+    assert over.status == under.status == "allowed"
+    assert over.shadow == (ShadowOutcome("default.cap", "limit", "log", "denied",
+                                         "limit_exceeded"),)
+    assert under.shadow == ()
+    # an enforced limit would set max_amount; the shadow one sets nothing
+    assert over.obligations is None and under.obligations is None
+
+
+def test_shadow_approvals_never_register_or_pend() -> None:
+    e = engine("approval wire: payments:wire over 300 EUR mode warn\n"
+               "approval review: payments:refund when context.flag == true mode log")
+    d = pay(e, "400", "payments:wire")
+    assert (d.status, d.approval_id) == ("allowed", None)
+    assert d.shadow == (ShadowOutcome("default.wire", "approval_over", "warn",
+                                      "pending_approval", "approval_required"),)
+    r = pay(e, "1", flag=True)
+    assert (r.status, r.approval_id) == ("allowed", None)
+    assert r.shadow == (ShadowOutcome("default.review", "rule", "log", "pending_approval",
+                                      "approval_required"),)
+    assert e.approvals.list() == []
+
+
+def test_shadow_permit_does_not_allow() -> None:
+    e = engine("permit try: reports:read when context.ok == true mode warn")
+    d = e.authorize("other", "reports:read", {"ok": True})
+    assert (d.status, d.code) == ("denied", "no_permit")
+    assert d.shadow == (ShadowOutcome("default.try", "rule", "warn", "allowed", "permitted"),)
+    assert e.authorize("other", "reports:read", {"ok": False}).shadow == ()
+    # a permit whose condition errors would not have applied (permits never fail closed)
+    assert e.authorize("other", "reports:read", {}).shadow == ()
+
+
+def test_shadow_forbid_error_is_reported_fail_closed_without_diagnostic() -> None:
+    e = engine("forbid f: payments:refund when context.region == \"XX\" mode warn")
+    d = pay(e, "1")  # no context.region: the condition errors
+    assert d.status == "allowed" and d.diagnostics == ()
+    assert d.shadow == (ShadowOutcome("default.f", "rule", "warn", "denied",
+                                      "missing_attribute"),)
+
+
+def test_wire_carries_warn_outcomes_only() -> None:
+    e = engine("forbid a: payments:refund mode warn\nforbid b: payments:refund mode log")
+    d = pay(e, "1")
+    assert [s.id for s in d.shadow] == ["default.a", "default.b"]
+    assert d.warnings == (d.shadow[0],)
+    assert d.to_wire()["shadow"] == [{"id": "default.a", "kind": "rule", "mode": "warn",
+                                      "status": "denied", "code": "forbidden"}]
+    only_log = engine("forbid b: payments:refund mode log")
+    assert "shadow" not in pay(only_log, "1").to_wire()
+    assert "shadow" not in pay(engine(""), "1").to_wire()
+
+
+def test_shadow_and_enforced_rules_with_the_same_shape_differ_only_by_mode() -> None:
+    enforced = pay(engine("forbid big: payments:refund when amount > 500 EUR"), "600")
+    shadow = pay(engine("forbid big: payments:refund when amount > 500 EUR mode warn"),
+                 "600")
+    assert (enforced.status, enforced.code) == ("denied", "forbidden")
+    assert (shadow.status, shadow.shadow[0].status, shadow.shadow[0].code) == (
+        "allowed", enforced.status, enforced.code)
+
+
+def test_shadow_budget_checks_without_spending() -> None:
+    store = MemoryStore()
+    e = engine("budget real: llm:* limit 100 EUR per day\n"
+               "budget trial: llm:* limit 50 EUR per day mode warn", budget_store=store)
+    small = pay(e, "40", "llm:call")
+    assert small.status == "allowed" and small.shadow == ()
+    big = pay(e, "60", "llm:call")
+    assert big.status == "allowed"
+    assert big.shadow == (ShadowOutcome("default.trial", "budget", "warn", "denied",
+                                        "budget_exceeded"),)
+    assert big.budget is not None and big.budget.budget == "default.real"
+    # spend recorded through engine.budgets charges the enforced budget only
+    e.budgets.record("bot", "llm:call", "30", "EUR")
+    assert [b.budget for b in e.budgets.balances("bot")] == ["default.real"]
+    # the shadow budget's own balance in the store: asked, never reserved
+    assert pay(e, "45", "llm:call").shadow == ()
+    from policyengine.budgets import BudgetSpec, Ledger
+    trial = Ledger([BudgetSpec("default.trial", ("llm:*",), Decimal(50), "EUR", "day")],
+                   store)
+    (balance,) = trial.balances("bot")
+    assert (balance.spent, balance.reserved) == (0, 0)
+
+
+def test_shadow_budget_counts_what_was_recorded_against_it() -> None:
+    from policyengine.budgets import BudgetSpec, Ledger
+    store = MemoryStore()
+    e = engine("budget trial: llm:* limit 50 EUR per day mode log", budget_store=store)
+    assert pay(e, "30", "llm:call").shadow == ()
+    spec = BudgetSpec("default.trial", ("llm:*",), Decimal(50), "EUR", "day")
+    Ledger([spec], store).record("bot", "llm:call", "30", "EUR")
+    assert pay(e, "30", "llm:call").shadow == (ShadowOutcome(
+        "default.trial", "budget", "log", "denied", "budget_exceeded"),)
+
+
+def test_shadow_budget_not_asked_when_rules_deny() -> None:
+    e = engine("forbid no: llm:* \nbudget trial: llm:* limit 1 EUR per day mode warn")
+    d = pay(e, "5", "llm:call")
+    assert d.status == "denied" and d.shadow == ()
+
+
+def test_explain_shows_shadow_step_and_mode() -> None:
+    e = engine("forbid big: payments:refund when amount > 500 EUR mode warn")
+    ex = e.explain("bot", "payments:refund", {"amount": "600", "currency": "EUR"})
+    assert ex.decision.status == "allowed"
+    assert {"step": "shadow",
+            "result": "default.big would be denied (forbidden)"} in ex.steps
+    assert next(r for r in ex.rules if r["rule"] == "default.big")["mode"] == "warn"
+
+
+# ---- the property: shadow statements never change a decision ----------------------------
+
+BASE_POOL = [
+    "forbid f{n}: payments:refund when amount > {a} EUR",
+    "forbid g{n}: * when context.region == \"XX\"",
+    "permit p{n}: reports:* when context.ok == true",
+    "approval r{n}: payments:* when context.flag == true",
+    "approval o{n}: payments:wire over {a} EUR",
+    "limit l{n}: payments:* amount <= {a} EUR",
+    "budget b{n}: llm:* limit {a} EUR per day",
+    "permit q{n}: llm:call for agent \"other\"",
+]
+AMOUNTS = st.sampled_from(["0", "1", "50", "99.99", "100", "250", "600", "1000"])
+PERMISSIONS = st.sampled_from(["payments:refund", "payments:wire", "reports:read",
+                               "llm:call", "docs:read"])
+PRINCIPALS = st.sampled_from(["bot", "other", "nobody"])
+
+
+@st.composite
+def statements(draw: st.DrawFn, prefix: str) -> list[str]:
+    picks = draw(st.lists(st.tuples(st.sampled_from(BASE_POOL), AMOUNTS), max_size=5))
+    return [t.format(n=f"{prefix}{i}", a=a if a != "0" else "5") for i, (t, a)
+            in enumerate(picks)]
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
+    ctx: dict[str, Any] = {}
+    if draw(st.booleans()):
+        ctx["amount"], ctx["currency"] = draw(AMOUNTS), "EUR"
+    for key, values in (("region", ["XX", "DE"]), ("ok", [True, False]),
+                        ("flag", [True, False])):
+        if draw(st.booleans()):
+            ctx[key] = draw(st.sampled_from(values))
+    return draw(PRINCIPALS), draw(PERMISSIONS), ctx
+
+
+def _seen(d: Any) -> tuple[Any, ...]:
+    ob = d.obligations.to_wire() if d.obligations is not None else None
+    budget = d.budget.to_wire() if d.budget is not None else None
+    return (d.status, d.code, d.reason, d.rules, ob, budget,
+            [x.to_wire() for x in d.diagnostics], d.approval_id is not None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(statements("e"), statements("s"), st.lists(st.sampled_from(["warn", "log"]),
+                                                  min_size=5, max_size=5),
+       st.lists(requests(), min_size=1, max_size=6))
+def test_adding_shadow_statements_never_changes_a_decision(
+        base: list[str], extra: list[str], modes: list[str],
+        reqs: list[tuple[str, str, dict[str, Any]]]) -> None:
+    shadowed = [f"{s} mode {m}" for s, m in zip(extra, modes)]  # noqa: B905
+    plain = engine("\n".join(base) + "\n", budget_store=MemoryStore())
+    both = engine("\n".join(base + shadowed) + "\n", budget_store=MemoryStore())
+    for principal, permission, ctx in reqs:
+        a = plain.authorize(principal, permission, dict(ctx))
+        b = both.authorize(principal, permission, dict(ctx))
+        assert _seen(a) == _seen(b)
+        assert a.shadow == ()
+        assert {s.id for s in b.shadow} <= {f"default.{s.split()[1].rstrip(':')}"
+                                            for s in shadowed}
+        wire_a, wire_b = a.to_wire(), b.to_wire()
+        for w in (wire_a, wire_b):
+            w.pop("decisionId"), w.pop("approvalId")
+        wire_b.pop("shadow", None)
+        assert wire_a == wire_b
+        # spend the same in both: the shadow budgets never take any of it
+        if a.status == "allowed" and "amount" in ctx and permission == "llm:call":
+            for e in (plain, both):
+                with contextlib.suppress(BudgetError):  # over: refused the same in both
+                    e.budgets.record(principal, permission, ctx["amount"], "EUR")
+    assert [b.to_wire() for b in plain.budgets.balances("bot")] == [
+        b.to_wire() for b in both.budgets.balances("bot")]
+
+
+def test_no_shadow_statement_means_empty_shadow_everywhere() -> None:
+    e = engine("forbid f: payments:refund when amount > 5 EUR")
+    assert pay(e, "9").shadow == () and e.authorize("x", "bad perm!", {}).shadow == ()
+
+
+@pytest.mark.parametrize("text", [
+    "forbid a: payments:refund mode enforce",
+    "forbid a: payments:refund mode warn when amount > 5 EUR",
+    "forbid a: payments:refund mode warn mode log",
+    "role r: payments:* mode warn",
+])
+def test_mode_clause_is_last_and_warn_or_log_only(text: str) -> None:
+    from policyengine.lang import PolicyError
+    with pytest.raises(PolicyError):
+        engine(text)
