@@ -354,7 +354,7 @@ def rule_facts(plan: Plan, principal: str, permission: str, context: dict[str, A
 
 
 def shadow_rules(plan: Plan, context: dict[str, Any], req: RequestState | None
-                 ) -> list[ShadowOutcome]:
+                 ) -> tuple[ShadowOutcome, ...]:
     """What each of the plan's shadow rules (``mode warn`` / ``mode log``) would have done:
     one outcome per rule that applies, judged as if it were enforced (fail closed: a
     forbid, limit or approval whose condition or amount errors applies, with the error's
@@ -382,7 +382,7 @@ def shadow_rules(plan: Plan, context: dict[str, Any], req: RequestState | None
             code = diags[0].code
         kind = rule.kind if rule.kind in ("limit", "approval_over") else "rule"
         out.append(ShadowOutcome(rule.qid, kind, rule.mode, status, code))
-    return out
+    return tuple(out)
 
 
 # ---- explain ---------------------------------------------------------------------------------

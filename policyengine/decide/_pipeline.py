@@ -188,7 +188,7 @@ class Pipeline:
             trace.step("rules", f"{facts[0]} ({facts[1]})")
         status = facts[0]
         # shadow rules: reported, never decisive (an empty tuple for nearly every plan)
-        shadow: Any = shadow_rules(plan, context, req) if plan.shadows else ()
+        shadow = shadow_rules(plan, context, req) if plan.shadows else ()
 
         # -- 4. budgets
         budget = recorded = None
@@ -196,8 +196,8 @@ class Pipeline:
             if self.shadow_ledger is not None and policy.shadow_budgeted(permission):
                 if req is None:
                     req = RequestState(context, policy.default_currency, now)
-                shadow = [*shadow, *self._shadow_budgets(principal, permission, context, req,
-                                                         acting_for)]
+                shadow += self._shadow_budgets(principal, permission, context, req,
+                                               acting_for)
             if policy.budgets and policy.budgeted(permission):
                 if req is None:
                     req = RequestState(context, policy.default_currency, now)
@@ -246,13 +246,9 @@ class Pipeline:
                     trace.step("approval", f"needs approval: {', '.join(facts[3])}")
         # -- the one Decision
         status, code, reason, rules, obligations, diagnostics, _ = facts
-        if not shadow:
-            shadow = ()
-        else:
-            shadow = tuple(shadow)
-            if trace is not None:
-                trace.step("shadow", ", ".join(f"{s.id} would be {s.status} ({s.code})"
-                                               for s in shadow))
+        if trace is not None and shadow:
+            trace.step("shadow", ", ".join(f"{s.id} would be {s.status} ({s.code})"
+                                           for s in shadow))
         return Decision(status, code, reason, rules, obligations,  # type: ignore[arg-type]
                         diagnostics, principal, permission, recorded, acting_for, chain,
                         budget, shadow)
@@ -362,7 +358,8 @@ class Pipeline:
                 facts[5], ()), usage
 
     def _shadow_budgets(self, principal: str, permission: str, context: dict[str, Any],
-                        req: RequestState, acting_for: str | None) -> list[ShadowOutcome]:
+                        req: RequestState, acting_for: str | None
+                        ) -> tuple[ShadowOutcome, ...]:
         """What the shadow budgets would have said: the same admission question as the
         budgets step, asked of the shadow budgets' own balances in the store (read only:
         nothing is reserved or recorded). An outcome for the one that would refuse (or
@@ -376,14 +373,15 @@ class Pipeline:
             found = getattr(exc, "code", None)
             code, usage = (found if type(found) is str else "budget_unavailable"), None
         if code is None:
-            return []
+            return ()
         if usage is not None:
             ids = [usage.budget]
         else:  # an error: every shadow budget covering the request would have denied
             ids = [b.id for b in ledger.specs
                    if any(_matches(p, permission) for p in b.patterns)]
         modes = self.policy.shadow_modes
-        return [ShadowOutcome(i, "budget", modes.get(i, "log"), "denied", code) for i in ids]
+        return tuple(ShadowOutcome(i, "budget", modes.get(i, "log"), "denied", code)
+                     for i in ids)
 
     def _use_approval(self, approval_id: str, principal: str, permission: str,
                       context: dict[str, Any], call: dict[str, Any] | None,
