@@ -572,7 +572,8 @@ class _Analyzer:
         self.max = max_requests
         self.requests = 0
         self.findings: list[Finding] = []
-        self.rules = [r for r in self.policy.rules if r.kind != "role"]
+        # shadow rules (mode warn / mode log) decide nothing: not analysed as deciders
+        self.rules = [r for r in self.policy.rules if r.kind != "role" and r.mode == "enforce"]
         self.infos = {r.qid: _info(r) for r in self.policy.rules}
         ids: set[str] = set()
         for info in self.infos.values():
@@ -656,12 +657,12 @@ class _Analyzer:
     # -- W302 / W305: always overridden
     def overridden(self, rule: CompiledRule, scope: list[str]) -> None:
         deniers = [r for r in self.policy.rules
-                   if r.effect == "forbid" and r.qid not in self.unsat
+                   if r.effect == "forbid" and r.mode == "enforce" and r.qid not in self.unsat
                    and _patterns_overlap(r.patterns, rule.patterns)
                    and any(r.scoped_to(self._who(p)) for p in scope)]
         approvals = [r for r in self.policy.rules
                      if rule.effect == "permit" and r.effect == "approval"
-                     and r.qid not in self.unsat
+                     and r.mode == "enforce" and r.qid not in self.unsat
                      and _patterns_overlap(r.patterns, rule.patterns)
                      and any(r.scoped_to(self._who(p)) for p in scope)]
         if not deniers and not approvals:
@@ -754,7 +755,8 @@ class _Analyzer:
         for rule in self.rules:
             key = (rule.effect, rule.kind, frozenset(rule.patterns), rule.roles, rule.agents,
                    rule.conditions, rule.amount_limit,
-                   rule.money.base if rule.money is not None else None, rule.approval_terms)
+                   rule.money.base if rule.money is not None else None, rule.approval_terms,
+            rule.mode)
             other = first.setdefault(key, rule)
             if other is not rule:
                 sp = other.span
@@ -810,7 +812,8 @@ def analyze(engine: Engine, *, max_requests: int = MAX_REQUESTS) -> Analysis:
 def _rule_key(rule: CompiledRule) -> Any:
     return (rule.qid, rule.effect, rule.kind, rule.patterns, rule.roles, rule.agents,
             rule.conditions, rule.amount_limit,
-            rule.money.base if rule.money is not None else None, rule.approval_terms)
+            rule.money.base if rule.money is not None else None, rule.approval_terms,
+            rule.mode)
 
 
 _RULE_STATEMENTS = (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl, ast.RoleDecl,

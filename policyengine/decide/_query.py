@@ -468,7 +468,7 @@ class QueryIndex:
         roles: set[str] = set()
         for rule in policy.rules:
             roles.update(rule.roles)
-            if rule.effect != "permit":
+            if rule.effect != "permit" or rule.mode != "enforce":
                 continue
             self.permit_rules.append(rule)
             if not rule.roles and not rule.agents:
@@ -562,7 +562,7 @@ class QueryIndex:
         excluded: dict[str, list[str]] = {}
         order: list[str] = []
         for key in self.regions(subject):
-            region_lines = _lines(policy.applicable(who, _rep(key)), folder)
+            region_lines = _lines(_enforced(policy.applicable(who, _rep(key))), folder)
             parent = next((a for a in _ancestors(key) if a in owner), None)
             above = owner[parent] if parent is not None else None
             above_lines = lines[above] if above is not None else ()
@@ -587,11 +587,13 @@ class QueryIndex:
         folder = _Folder(subject)
         return tuple(Access(subject.name, subject.kind, permission, (), s, w, u, r)
                      for s, w, u, r in _lines(
-                         self.policy.applicable(subject.principal, permission), folder))
+                         _enforced(self.policy.applicable(subject.principal, permission)),
+                         folder))
 
     def principals(self, permission: str) -> tuple[Access, ...]:
         policy = self.policy
-        candidates = [r for r in policy.candidates(permission) if r.effect == "permit"]
+        candidates = [r for r in policy.candidates(permission)
+                      if r.effect == "permit" and r.mode == "enforce"]
         everyone = any(not r.roles and not r.agents for r in candidates)
         agents: set[str] = set()
         roles: set[str] = set()
@@ -724,3 +726,7 @@ def filter_tools(policy: CompiledPolicy, principal: str, tools: Iterable[Any], *
             kept.append(tool)
     return FilteredTools(name, transport, tuple(kept), tuple(out))
 
+
+def _enforced(rules: list[CompiledRule]) -> list[CompiledRule]:
+    """The rules that decide: shadow rules (``mode warn`` / ``mode log``) never do."""
+    return [r for r in rules if r.mode == "enforce"]

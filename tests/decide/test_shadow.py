@@ -239,3 +239,22 @@ def test_mode_clause_is_last_and_warn_or_log_only(text: str) -> None:
     from policyengine.lang import PolicyError
     with pytest.raises(PolicyError):
         engine(text)
+
+
+def test_queries_and_analysis_ignore_shadow_rules() -> None:
+    from policyengine.analysis import analyze
+    base = ("permit view: reports:read for agent \"other\"\n"
+            "approval wire: payments:wire over 300 EUR\n")
+    extra = ("forbid no-view: reports:read mode warn\n"
+             "forbid no-pay: payments:* mode log\n"
+             "permit more: docs:read for agent \"other\" mode warn\n"
+             "approval all: payments:* mode warn\n")
+    plain, shadowed = engine(base), engine(base + extra)
+    for who in ("bot", "other"):
+        assert (plain.permissions_of(who).to_dict()["entries"]
+                == shadowed.permissions_of(who).to_dict()["entries"])
+    for perm in ("reports:read", "docs:read", "payments:refund"):
+        assert (plain.principals_with(perm).to_dict()["entries"]
+                == shadowed.principals_with(perm).to_dict()["entries"])
+    codes = {f.code for f in analyze(shadowed).findings if f.rule.startswith("default.")}
+    assert not codes & {"W302", "W305"}  # no permit is "always overridden" by a shadow
