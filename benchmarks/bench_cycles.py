@@ -13,19 +13,26 @@ show exactly the committed spend (nothing lost, nothing double-charged).
     python benchmarks/bench_cycles.py                      # SQLite, 1 and 2 workers, 5 s
     python benchmarks/bench_cycles.py --quick              # 2 s a row
     python benchmarks/bench_cycles.py --store redis://127.0.0.1:6379/0?prefix=bench:
+    python benchmarks/bench_cycles.py --store 'postgresql://postgres@127.0.0.1:5432/test?schema=bench'
     python benchmarks/bench_cycles.py --generators 2       # two load generator processes
 
 The Cycles reference server (Java, Redis) reports about 2,600 pairs/s with 32 client
-threads; this runs both server and load generator on the same machine. The last column
-is the service's own CPU time per pair (the serve process and its workers, from /proc):
-on a shared machine the rate says what share of the cores the service got, this says
-what a pair costs it.
+threads; this runs both server and load generator on the same machine. Columns:
+
+* ``pairs/s``: wall clock; on a shared machine, what share of the cores the run got;
+* ``p50`` / ``p99``: per request (send to last byte), queueing in the service included;
+* ``server CPU us/pair``: the serve process and its workers (user + system, /proc);
+* ``generator CPU us/pair`` and ``generator share``: the load generator's own CPU (it
+  runs on the same cores: this is what it takes from the service);
+* ``CPU-bound pairs/s``: what the machine's cores would do at these CPU costs were they
+  the run's alone (a worker uses one core at most; service and generator share them
+  all): on a loaded machine the figure to compare, as CPU per pair moves far less than
+  the rate.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing
 import os
@@ -49,62 +56,73 @@ KEY = "bench-cycles-key"
 AGENTS = 100
 
 
-def _post(path: str, body: bytes) -> bytes:
-    return _loadgen.build_request("POST", path, body, [("x-cycles-api-key", KEY)])
+_HEAD = "host: 127.0.0.1\r\ncontent-type: application/json\r\nx-cycles-api-key: " + KEY
 
 
-async def _connection(port: int, tag: str, deadline: float, latencies: list[float],
-                      failures: list[bytes]) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+def _post(path: bytes, body: bytes) -> bytes:
+    return b"POST %s HTTP/1.1\r\n%s\r\ncontent-length: %d\r\n\r\n%s" % (
+        path, _HEAD.encode(), len(body), body)
+
+
+def _pairs(tag: str, deadline: float, counts: list[int], failures: list[bytes]
+           ) -> _loadgen.Step:
+    """One connection's runcycles closed loop: create (a fresh idempotency key), read the
+    ``reservation_id``, commit, again until ``deadline``; ``counts[0]`` counts pairs."""
     clock = time.perf_counter
-    n = 0
-    try:
-        while clock() < deadline:
-            start = clock()
-            agent = f"agent-{n % AGENTS}"
-            create = (b'{"idempotency_key":"%s-%d-r","subject":{"tenant":"bench","agent":"%s"},'
-                      b'"action":{"kind":"llm.completion","name":"gpt-4o"},'
-                      b'"estimate":{"unit":"TOKENS","amount":100},"ttl_ms":60000}'
-                      % (tag.encode(), n, agent.encode()))
-            writer.write(_post("/v1/reservations", create))
-            status, body = await _loadgen.read_response(reader)
-            if status != 200:
-                failures.append(body)
-                return n
-            at = body.index(b'"reservation_id":"') + 18
-            rid = body[at:body.index(b'"', at)].decode()
-            commit = (b'{"idempotency_key":"%s-%d-c","actual":{"unit":"TOKENS","amount":80}}'
-                      % (tag.encode(), n))
-            writer.write(_post(f"/v1/reservations/{rid}/commit", commit))
-            status, body = await _loadgen.read_response(reader)
+    prefix = tag.encode()
+    state = {"n": 0, "committing": False}
+
+    def step(status: int | None, body: bytes | None) -> bytes | None:
+        n = state["n"]
+        if status is not None:
+            assert body is not None
+            if not state["committing"]:
+                if status != 200:
+                    failures.append(body)
+                    return None
+                at = body.index(b'"reservation_id":"') + 18
+                rid = body[at:body.index(b'"', at)]
+                state["committing"] = True
+                return _post(b"/v1/reservations/%s/commit" % rid,
+                             b'{"idempotency_key":"%s-%d-c","actual":{"unit":"TOKENS",'
+                             b'"amount":80}}' % (prefix, n))
             if status != 200 or b'"COMMITTED"' not in body:
                 failures.append(body)
-                return n
-            latencies.append(clock() - start)
-            n += 1
-    finally:
-        writer.close()
-    return n
+                return None
+            counts[0] += 1
+            state["committing"] = False
+            n = state["n"] = n + 1
+        if clock() >= deadline:
+            return None
+        return _post(b"/v1/reservations",
+                     b'{"idempotency_key":"%s-%d-r","subject":{"tenant":"bench",'
+                     b'"agent":"agent-%d"},"action":{"kind":"llm.completion","name":'
+                     b'"gpt-4o"},"estimate":{"unit":"TOKENS","amount":100},'
+                     b'"ttl_ms":60000}' % (prefix, n, n % AGENTS))
+
+    return step
 
 
 async def _drive(port: int, tag: str, connections: int, seconds: float
                  ) -> tuple[int, float, list[float], list[bytes]]:
+    """Pairs, seconds, request latencies and failures of ``connections`` loops."""
     latencies: list[float] = []
     failures: list[bytes] = []
+    counts = [0]
     start = time.perf_counter()
-    counts = await asyncio.gather(*(
-        _connection(port, f"{tag}-{c}", start + seconds, latencies, failures)
-        for c in range(connections)))
-    return sum(counts), time.perf_counter() - start, latencies, failures
+    await _loadgen.closed_loop("127.0.0.1", port, [
+        _pairs(f"{tag}-{c}", start + seconds, counts, failures)
+        for c in range(connections)], latencies)
+    return counts[0], time.perf_counter() - start, latencies, failures
 
 
-def _generator(args: tuple[int, str, int, float]) -> tuple[int, float, list[float], list[bytes]]:
+def _generator(args: tuple[int, str, int, float]
+               ) -> tuple[int, float, list[float], list[bytes], float]:
+    """One load generator process's run, and the CPU seconds it used."""
     port, tag, connections, seconds = args
-    try:
-        import uvloop
-        return uvloop.run(_drive(port, tag, connections, seconds))
-    except ImportError:  # pragma: no cover
-        return asyncio.run(_drive(port, tag, connections, seconds))
+    cpu = time.process_time()
+    result = _loadgen.event_loop_runner()(_drive(port, tag, connections, seconds))
+    return (*result, time.process_time() - cpu)
 
 
 def main() -> None:
@@ -130,7 +148,8 @@ def main() -> None:
               f"{os.getloadavg()[0]:.1f}, {args.generators} generator process(es) x "
               f"{args.connections} connections, {seconds:.0f} s a row")
         print(f"{'workers':>7} {'store':<24} {'pairs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-              f"{'server CPU us/pair':>18}")
+              f"{'server CPU us/pair':>18} {'generator CPU us/pair':>21} "
+              f"{'generator share':>15} {'CPU-bound pairs/s':>17}")
         for row, workers in enumerate(int(w) for w in args.workers.split(",")):
             store = args.store or f"sqlite:///{tmp}/ledger-{row}.db"
             if workers > 1 and store.startswith("memory:"):
@@ -158,6 +177,7 @@ def main() -> None:
                     with multiprocessing.get_context("spawn").Pool(args.generators) as pool:
                         results = pool.map(_generator, jobs)
                 cpu = _server_cpu(proc.pid) - cpu_before
+                gen_cpu = sum(r[4] for r in results)
                 pairs = sum(r[0] for r in results)
                 rate = sum(r[0] / r[1] for r in results)
                 latencies = sorted(x for r in results for x in r[2])
@@ -169,8 +189,17 @@ def main() -> None:
                     raise SystemExit(f"balances show {spent} tokens spent, the pairs {80 * pairs}")
                 q = statistics.quantiles(latencies, n=100)
                 label = store.split("?")[0].replace(tmp, "<tmp>")
+                srv_us = cpu / max(pairs, 1) * 1e6
+                gen_us = gen_cpu / max(pairs, 1) * 1e6
+                cores = os.cpu_count() or 1
+                # What the cores could do were they this run's alone: the service's
+                # workers take one core each at most; service and generators share all.
+                bound = min(workers * 1e6 / max(srv_us, 1e-9),
+                            cores * 1e6 / max(srv_us + gen_us, 1e-9))
                 print(f"{workers:>7} {label[:24]:<24} {rate:>8,.0f} {q[49] * 1000:>7.2f} "
-                      f"{q[98] * 1000:>7.2f} {cpu / max(pairs, 1) * 1e6:>18,.0f}", flush=True)
+                      f"{q[98] * 1000:>7.2f} {srv_us:>18,.0f} {gen_us:>21,.0f} "
+                      f"{gen_us / max(srv_us + gen_us, 1e-9):>15.0%} {bound:>17,.0f}",
+                      flush=True)
             finally:
                 proc.terminate()
                 proc.wait(20)
