@@ -237,11 +237,15 @@ class _Subject:
 
 
 class _Folder:
-    """Folds rule conditions for one subject, memoised by rule."""
+    """Folds rule conditions for one subject, memoised by rule: with the index for the
+    rules whose conditions do not read the principal (they fold alike for everyone),
+    with this folder for the others."""
 
-    def __init__(self, subject: _Subject) -> None:
+    def __init__(self, subject: _Subject, index: QueryIndex) -> None:
         self.subject = subject
+        self.index = index
         self.rules: dict[int, Folded] = {}
+        self.texts: dict[int, str] = {}
 
     def known(self, e: ast.Expr) -> bool:
         if isinstance(e, ast.Path):
@@ -290,11 +294,32 @@ class _Folder:
         except Exception:
             return ERR
 
+    def text(self, rule: CompiledRule) -> str:
+        """The policy text of ``rule``'s guard (not True or False), formatted once."""
+        memo = self.texts if self.index.personal(rule) else self.index.texts
+        found = memo.get(rule.order)
+        if found is None:
+            from policyengine.lang._fmt import format_expr
+            found = memo[rule.order] = format_expr(self.guard(rule))  # type: ignore[arg-type]
+        return found
+
+    def either(self, rules: Sequence[CompiledRule]) -> str | None:
+        """``g1 or g2 or ...`` over the guards of ``rules`` (None for no rule)."""
+        if not rules:
+            return None
+        if len(rules) == 1:
+            return self.text(rules[0])
+        return " or ".join(self.text(r) for r in rules)
+
+    def is_or(self, rule: CompiledRule) -> bool:
+        return isinstance(self.guard(rule), ast.Or)
+
     def guard(self, rule: CompiledRule) -> Folded:
         """When ``rule`` applies to the subject: its conditions folded, and for a limit or
         an approval over a threshold, the amount over the cap (fail closed: a known
         error makes a forbid or approval apply and a permit not)."""
-        found = self.rules.get(rule.order)
+        memo = self.rules if self.index.personal(rule) else self.index.guards
+        found = memo.get(rule.order)
         if found is not None:
             return found
         parts: list[Folded] = []
@@ -310,7 +335,7 @@ class _Folder:
             over = ast.Compare(">", ast.Amount(), ast.MoneyLit(
                 rule.amount_limit, (rule.money.base if rule.money else None) or "XXX"))
             out = over if out is True else _conj([out, over], [over, over])
-        self.rules[rule.order] = out
+        memo[rule.order] = out
         return out
 
 
@@ -355,68 +380,63 @@ def _disj(parts: Sequence[Folded], originals: Sequence[ast.Expr]) -> Folded:
     return rest[0] if len(rest) == 1 else ast.Or(tuple(rest))
 
 
-def _any(values: Iterable[Folded]) -> Folded:
-    """The disjunction of rule guards (each already True, False or a residual)."""
-    rest: list[ast.Expr] = []
-    for v in values:
-        if v is True:
-            return True
-        if v is False:
-            continue
-        if isinstance(v, ast.Or):
-            rest.extend(v.items)
-        else:
-            rest.append(v)  # type: ignore[arg-type]
-    if not rest:
-        return False
-    return rest[0] if len(rest) == 1 else ast.Or(tuple(rest))
-
-
-def _text(e: Folded) -> str | None:
-    if e is True or e is False:
-        return None
-    from policyengine.lang._fmt import format_expr
-    return format_expr(e)  # type: ignore[arg-type]
-
-
 #: One status line of a region before it is given a principal and pattern:
 #: (status, when, unless, rules).
 _Line = tuple[str, "str | None", "str | None", tuple[str, ...]]
 
 
 def _lines(rules: Iterable[CompiledRule], folder: _Folder) -> tuple[_Line, ...]:
-    """The status lines of a set of rules that all match one permission (one region)."""
-    permits: list[tuple[str, Folded]] = []
-    forbids: list[tuple[str, Folded]] = []
-    approvals: list[tuple[str, Folded]] = []
+    """The status lines of a set of rules that all match one permission (one region).
+
+    Allowed when some permit's guard holds and no forbid's or approval's does; pending
+    when some permit's and some approval's guard hold and no forbid's does. The texts
+    are built from each guard's own text (formatted once per rule and subject)."""
+    permits: list[CompiledRule] = []
+    forbids: list[CompiledRule] = []
+    approvals: list[CompiledRule] = []
+    p_true = a_true = False
     for rule in rules:
+        if rule.mode != "enforce":
+            continue  # shadow rules (mode warn / mode log) never decide
         g = folder.guard(rule)
         if g is False:
             continue
-        if rule.effect == "permit":
-            permits.append((rule.qid, g))
-        elif rule.effect == "forbid":
+        effect = rule.effect
+        if effect == "permit":
+            permits.append(rule)
+            p_true = p_true or g is True
+        elif effect == "forbid":
             if g is True:
                 return ()
-            forbids.append((rule.qid, g))
+            forbids.append(rule)
         else:
-            approvals.append((rule.qid, g))
+            approvals.append(rule)
+            a_true = a_true or g is True
     if not permits:
         return ()
-    p = _any(g for _, g in permits)
-    f = _any(g for _, g in forbids)
-    a = _any(g for _, g in approvals)
-    base = tuple(q for q, _ in permits) + tuple(q for q, _ in forbids)
+    ids = tuple(r.qid for r in permits) + tuple(r.qid for r in forbids) + tuple(
+        r.qid for r in approvals)
+    p_text = None if p_true else folder.either(permits)
+    f_text = folder.either(forbids)
     out: list[_Line] = []
-    if a is not True:
-        unless = _any([f, a])
-        out.append(("allowed", _text(p), _text(unless),
-                    base + tuple(q for q, _ in approvals)))
-    if a is not False:
-        when = _conj([p, a], [ast.Literal(True), ast.Literal(True)])
-        out.append(("pending_approval", _text(when), _text(f),
-                    base + tuple(q for q, _ in approvals)))
+    if not a_true:
+        a_text = folder.either(approvals)
+        unless = f_text if a_text is None else (
+            a_text if f_text is None else f"{f_text} or {a_text}")
+        out.append(("allowed", p_text, unless, ids))
+    if approvals:
+        a_text = None if a_true else folder.either(approvals)
+        if p_text is None or a_text is None:
+            when = a_text if p_text is None else p_text
+        else:
+            when = (f"{_paren(p_text, len(permits) > 1 or folder.is_or(permits[0]))} and "
+                    f"{_paren(a_text, len(approvals) > 1 or folder.is_or(approvals[0]))}")
+        out.append(("pending_approval", when, f_text, ids))
     return tuple(out)
+
+
+def _paren(text: str, needed: bool) -> str:
+    return f"({text})" if needed else text
 
 
 # ---- the index read backwards ----------------------------------------------------------------
@@ -477,6 +497,27 @@ class QueryIndex:
                 self.role_permits.setdefault(r, set()).update(rule.patterns)
             for a in rule.agents:
                 self.agent_permits.setdefault(a, set()).update(rule.patterns)
+        # Per scope (unscoped, each role, each agent), the sorted pattern keys holding
+        # rules of that scope: the narrower patterns that can split a principal's
+        # regions are found by bisection in its scopes' lists only.
+        unscoped_keys: list[str] = []
+        role_keys: dict[str, list[str]] = {}
+        agent_keys: dict[str, list[str]] = {}
+        for key in self.keys:
+            b = buckets[key]
+            if b.unscoped is not None:
+                unscoped_keys.append(key)
+            for r in b.by_role:
+                role_keys.setdefault(r, []).append(key)
+            for a in b.by_agent:
+                agent_keys.setdefault(a, []).append(key)
+        self.unscoped_keys = unscoped_keys
+        self.role_keys = role_keys
+        self.agent_keys = agent_keys
+        self._personal: dict[int, bool] = {}
+        #: Guards and their texts of the rules that do not read the principal.
+        self.guards: dict[int, Folded] = {}
+        self.texts: dict[int, str] = {}
         self.holders: dict[str, list[str]] = {}
         for aid, p in policy.principals.items():
             roles.update(p.roles)
@@ -512,15 +553,6 @@ class QueryIndex:
             return _Subject(kind, name, Principal("", frozenset({name}), {}), False, False)
         return _Subject(kind, name, Principal("", frozenset(), {}), False, True)
 
-    def _mine(self, bucket: _Bucket, who: Principal) -> bool:
-        """Whether ``bucket`` holds a rule whose scope includes ``who``."""
-        if bucket.unscoped is not None:
-            return True
-        if bucket.by_agent and who.id in bucket.by_agent:
-            return True
-        by_role = bucket.by_role
-        return bool(by_role) and any(r in by_role for r in who.roles)
-
     def permit_patterns(self, subject: _Subject) -> set[str]:
         who = subject.principal
         found = set(self.unscoped_permits)
@@ -532,38 +564,57 @@ class QueryIndex:
 
     def regions(self, subject: _Subject) -> list[str]:
         """The patterns whose regions can differ for ``subject``: the patterns of its
-        permits and every narrower pattern one of its rules names."""
+        permits and every narrower pattern one of its rules names, widest first."""
         who = subject.principal
         tops = self.permit_patterns(subject)
         found = set(tops)
-        keys = self.keys
+        lists = [self.unscoped_keys]
+        lists.extend(self.role_keys[r] for r in who.roles if r in self.role_keys)
+        if subject.kind == "agent" and who.id in self.agent_keys:
+            lists.append(self.agent_keys[who.id])
         for top in tops:
             if top == "*":
-                lo, hi, stem = 0, len(keys), ""
-            elif top.endswith(":*"):
-                stem = top[:-1]
-                lo, hi = bisect_left(keys, stem), len(keys)
-            else:
+                for keys in lists:
+                    found.update(keys)
                 continue
-            for i in range(lo, hi):
-                key = keys[i]
-                if not key.startswith(stem):
-                    break
-                if key not in found and self._mine(self.buckets[key], who):
-                    found.add(key)
+            if not top.endswith(":*"):
+                continue
+            stem = top[:-1]
+            for keys in lists:
+                i = bisect_left(keys, stem)
+                n = len(keys)
+                while i < n and keys[i].startswith(stem):
+                    found.add(keys[i])
+                    i += 1
         return sorted(found, key=lambda p: (_depth(p), p))
 
     def permissions(self, subject: _Subject) -> tuple[Access, ...]:
-        folder = _Folder(subject)
+        folder = _Folder(subject, self)
         policy = self.policy
         who = subject.principal
         owner: dict[str, str | None] = {}  # region -> the emitted region whose lines hold
         lines: dict[str, tuple[_Line, ...]] = {}
+        rules_of: dict[str, tuple[CompiledRule, ...]] = {}
         excluded: dict[str, list[str]] = {}
         order: list[str] = []
+        buckets = self.buckets
         for key in self.regions(subject):
-            region_lines = _lines(_enforced(policy.applicable(who, _rep(key))), folder)
             parent = next((a for a in _ancestors(key) if a in owner), None)
+            if parent is None:
+                # a widest region: every wider pattern's rules, from the index
+                rules = tuple(policy.applicable(who, _rep(key)))
+            else:
+                # the parent region's rules and this pattern's own: any pattern between
+                # the two has no rule in the subject's scope (it would be a region)
+                parts: list[Any] = []
+                buckets[key].parts_for(who, parts)
+                found = {r.order: r for r in rules_of[parent]}
+                for part in parts:
+                    for r in part.rules:
+                        found[r.order] = r
+                rules = tuple(found[k] for k in sorted(found))
+            rules_of[key] = rules
+            region_lines = _lines(rules, folder)
             above = owner[parent] if parent is not None else None
             above_lines = lines[above] if above is not None else ()
             if [_line_key(x) for x in region_lines] == [_line_key(x) for x in above_lines]:
@@ -577,23 +628,31 @@ class QueryIndex:
         out: list[Access] = []
         for key in sorted(order):
             ex = tuple(sorted(excluded.get(key, ())))
-            for status, when, unless, rules in lines[key]:
+            for status, when, unless, rule_ids in lines[key]:
                 out.append(Access(subject.name, subject.kind, key, ex, status, when, unless,
-                                  rules))
+                                  rule_ids))
         return tuple(out)
+
+    def personal(self, rule: CompiledRule) -> bool:
+        """Whether ``rule``'s conditions read the principal (its id, roles or attributes:
+        then two agents whose roles meet the same rules may get different answers)."""
+        found = self._personal.get(rule.order)
+        if found is None:
+            found = self._personal[rule.order] = any(
+                _reads_person(c.expr) for c in rule.conditions)
+        return found
 
     def access(self, subject: _Subject, permission: str) -> tuple[Access, ...]:
         """The lines of ``subject`` for one concrete permission."""
-        folder = _Folder(subject)
+        folder = _Folder(subject, self)
         return tuple(Access(subject.name, subject.kind, permission, (), s, w, u, r)
                      for s, w, u, r in _lines(
-                         _enforced(self.policy.applicable(subject.principal, permission)),
-                         folder))
+                         self.policy.applicable(subject.principal, permission), folder))
 
     def principals(self, permission: str) -> tuple[Access, ...]:
         policy = self.policy
-        candidates = [r for r in policy.candidates(permission)
-                      if r.effect == "permit" and r.mode == "enforce"]
+        every = policy.candidates(permission)
+        candidates = [r for r in every if r.effect == "permit" and r.mode == "enforce"]
         everyone = any(not r.roles and not r.agents for r in candidates)
         agents: set[str] = set()
         roles: set[str] = set()
@@ -605,14 +664,44 @@ class QueryIndex:
         else:
             for role in roles:
                 agents.update(self.holders.get(role, ()))
+        # Agents whose roles meet the same rules and whom no rule names get the same
+        # lines, unless a condition reads the principal.
+        scoped_roles: set[str] = set()
+        named: set[str] = set()
+        personal = False
+        for r in every:
+            scoped_roles.update(r.roles)
+            named.update(r.agents)
+            personal = personal or self.personal(r)
+        shared: dict[frozenset[str], tuple[Access, ...]] = {}
         out: list[Access] = []
         for aid in sorted(agents):
-            out.extend(self.access(self.subject("agent", aid), permission))
+            if personal or aid in named:
+                out.extend(self.access(self.subject("agent", aid), permission))
+                continue
+            signature = policy.principal(aid).roles & scoped_roles
+            found = shared.get(signature)
+            if found is None:
+                found = shared[signature] = self.access(self.subject("agent", aid),
+                                                        permission)
+                out.extend(found)
+                continue
+            out.extend(Access(aid, "agent", a.pattern, a.excluding, a.status, a.when,
+                              a.unless, a.rules) for a in found)
         for role in sorted(roles):
             out.extend(self.access(self.subject("role", role), permission))
         if everyone:
             out.extend(self.access(self.subject("anyone", "*"), permission))
         return tuple(out)
+
+
+def _reads_person(e: ast.Expr) -> bool:
+    if isinstance(e, ast.Path):
+        return e.root == "principal"
+    if isinstance(e, ast.Call) and e.name == "has":
+        path = e.args[0]
+        return isinstance(path, ast.Path) and path.root == "principal"
+    return any(_reads_person(c) for c in ast.children(e))
 
 
 def _line_key(line: _Line) -> tuple[str, str | None, str | None]:
@@ -686,6 +775,10 @@ def principals_with(policy: CompiledPolicy, permission: str, *, limit: int | Non
     return Principals(permission, shown, len(entries), truncated)
 
 
+#: Cached for a tool name no tool statement binds.
+_UNBOUND = object()
+
+
 def _tool_name(tool: Any) -> str | None:
     if type(tool) is str:
         return tool
@@ -710,8 +803,14 @@ def filter_tools(policy: CompiledPolicy, principal: str, tools: Iterable[Any], *
         tool_name = _tool_name(tool)
         binding = None
         if tool_name is not None:
-            binding = next((n for n in named if n.kind == transport
-                            and n.name.matches(tool_name)), None)
+            bkey = ("tool", transport, tool_name)
+            binding = index.cached(bkey)
+            if binding is None:
+                binding = index.keep(bkey, next(
+                    (n for n in named if n.kind == transport and n.name.matches(tool_name)),
+                    _UNBOUND))
+            if binding is _UNBOUND:
+                binding = None
         if binding is None:
             out.append(ToolAccess(tool_name, None, None, ()))
             continue
@@ -726,7 +825,3 @@ def filter_tools(policy: CompiledPolicy, principal: str, tools: Iterable[Any], *
             kept.append(tool)
     return FilteredTools(name, transport, tuple(kept), tuple(out))
 
-
-def _enforced(rules: list[CompiledRule]) -> list[CompiledRule]:
-    """The rules that decide: shadow rules (``mode warn`` / ``mode log``) never do."""
-    return [r for r in rules if r.mode == "enforce"]

@@ -1,0 +1,155 @@
+"""Reverse queries at 1,000 and 10,000 rules: permissions_of, principals_with, filter_tools.
+
+Run from a checkout::
+
+    python benchmarks/bench_query.py                    # sizes 1,000 and 10,000
+    python benchmarks/bench_query.py --sizes 1000       # one size
+    python benchmarks/bench_query.py --quick            # fewer samples
+
+Not a test: it prints per-query p50 / p99 in microseconds of CPU time (the calling
+thread's, ``time.thread_time_ns``, so other processes on a busy machine are not
+counted), one query per sample.
+
+The policy at size N has N rules besides the role grants: N roles ``xr<i>`` granting
+``xns<i>:*``, N agents ``xa<i>`` (each holding its own role and one of ten roles
+``shared<k>`` granting ``docs:*``), and per ``i`` one rule, in turn: an unscoped forbid
+of ``xns<i>:delete`` with a condition, a permit of ``xns<i>:admin:*`` for the role with
+a condition, an approval of ``xns<i>:pay`` with a condition, a forbid of ``docs:d<i>``
+for one shared role with a condition (so every agent meets N/40 rules under ``docs:*``).
+Agent ``admin`` holds a role granting ``*``: every rule of the policy is in its answer.
+Fifty MCP tools bind ``tool_<j>`` to ``xns<j>:read``.
+
+Figures per size:
+
+* ``permissions_of miss``: the answer worked out from the rule index (the per-policy
+  answer cache bypassed), for agents ``xa<i>`` in turn.
+* ``permissions_of hit``: the same queries answered from the cache.
+* ``permissions_of admin miss``: the agent whose answer holds every rule (worst case).
+* ``principals_with small`` (``xns<i>:read``: one agent and its role) and ``large``
+  (``docs:d<i>``: every agent holds a role granting ``docs:*``, so the answer lists all
+  N agents), ``miss`` (worked out) and ``hit`` (cached).
+* ``filter_tools (50 tools) hit``: 50 MCP tool descriptors for one agent, warm.
+
+``lines`` is the mean size of the answers (lines for permissions_of and principals_with,
+tools for filter_tools). Goal: <= 1,000 µs per query at 10,000 rules.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from _common import fmt_us, machine_line, parser, percentile, print_table, timed_build
+
+import policyengine as pe
+from policyengine.decide._query import index_of
+
+RULES_PER_FILE = 1_000  # policy files are limited to 1 MiB
+SHARED = 10
+TOOLS = 50
+
+
+def sources(n: int) -> dict[str, str]:
+    out = {"base.policy": "\n".join(
+        ["namespace qbase", "role superuser: *", 'agent "admin": superuser',
+         *(f"role shared{k}: docs:*" for k in range(SHARED)),
+         *(f'tool t{j}: mcp "tool_{j}" -> xns{j}:read' for j in range(TOOLS))]) + "\n"}
+    for f, start in enumerate(range(0, n, RULES_PER_FILE)):
+        lines = [f"namespace q{f:02d}"]
+        for i in range(start, min(n, start + RULES_PER_FILE)):
+            lines.append(f"role xr{i}: xns{i}:*")
+            lines.append(f'agent "xa{i}": xr{i}, shared{i % SHARED}')
+            kind = i % 4
+            if kind == 0:
+                lines.append(f"forbid xf{i}: xns{i}:delete when context.level > 9")
+            elif kind == 1:
+                lines.append(f"permit xp{i}: xns{i}:admin:* for role xr{i} "
+                             "when context.level > 3")
+            elif kind == 2:
+                lines.append(f"approval xq{i}: xns{i}:pay when context.risk > 5")
+            else:
+                lines.append(f"forbid xg{i}: docs:d{i} for role shared{(i // 4) % SHARED} "
+                             "when context.level > 5")
+        out[f"q{f:02d}.policy"] = "\n".join(lines) + "\n"
+    return out
+
+
+def sample(calls: list[Callable[[], Any]], rounds: int) -> tuple[float, float, int]:
+    """p50 and p99 (µs of thread CPU time) of single calls, ``rounds`` passes over
+    ``calls``."""
+    times: list[float] = []
+    clock = time.thread_time_ns
+    for _ in range(rounds):
+        for fn in calls:
+            t0 = clock()
+            fn()
+            times.append((clock() - t0) / 1000.0)
+    return statistics.median(times), percentile(times, 99), len(times)
+
+
+def run_size(n: int, rounds: int, rows: list[list[str]]) -> None:
+    engine, build_ms = timed_build(lambda: pe.Engine.from_sources(sources(n)))
+    policy = engine.policy
+    index = index_of(policy)
+    agents = [f"xa{i}" for i in range(0, n, max(1, n // 200))]
+    print(f"{n:,} rules: engine built in {build_ms:,.0f} ms; "
+          f"xa0 has {engine.permissions_of('xa0').total} lines, admin "
+          f"{engine.permissions_of('admin').total}")
+
+    def miss(aid: str) -> Callable[[], Any]:
+        return lambda: index.permissions(index.subject("agent", aid))
+
+    def row(name: str, calls: list[Callable[[], Any]], size: float,
+            r: int = rounds, warm: bool = False) -> None:
+        if warm:
+            for fn in calls:
+                fn()
+        p50, p99, count = sample(calls, r)
+        rows.append([f"{n:,}", name, f"{size:,.0f}", fmt_us(p50), fmt_us(p99),
+                     str(count)])
+
+    def mean(values: list[int]) -> float:
+        return sum(values) / len(values)
+
+    sizes_of = [engine.permissions_of(a).total for a in agents]
+    row("permissions_of miss", [miss(a) for a in agents], mean(sizes_of))
+    row("permissions_of hit", [lambda a=a: engine.permissions_of(a) for a in agents],
+        mean(sizes_of), rounds * 20, warm=True)
+    row("permissions_of admin miss", [miss("admin")],
+        engine.permissions_of("admin").total, 1 if n >= 10_000 else rounds)
+    small = [f"xns{i}:read" for i in range(0, n, max(1, n // 100))]
+    large = [f"docs:d{i}" for i in range(3, n, max(4, n // 20))]
+    for label, perms in (("small", small), ("large", large)):
+        size = mean([engine.principals_with(q).total for q in perms])
+        row(f"principals_with {label} miss", [lambda q=q: index.principals(q)
+                                              for q in perms], size,
+            rounds if label == "small" else 1)
+        row(f"principals_with {label} hit", [lambda q=q: engine.principals_with(q)
+                                             for q in perms], size, rounds * 20,
+            warm=True)
+    tools = [{"name": f"tool_{j}"} for j in range(TOOLS)]
+    row("filter_tools (50 tools) hit", [lambda a=a: engine.filter_tools(a, tools)
+                                        for a in agents], TOOLS, rounds * 4, warm=True)
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="1000,10000")
+    args = p.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rounds = 2 if args.quick else 5
+    print(machine_line())
+    rows: list[list[str]] = []
+    for n in sizes:
+        run_size(n, rounds, rows)
+    print_table(["rules", "query", "lines", "p50 µs", "p99 µs", "samples"], rows)
+
+
+if __name__ == "__main__":
+    main()
