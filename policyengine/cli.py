@@ -1,9 +1,11 @@
-"""``policyengine`` command line: check, fmt, eval, explain, test, analyze, diff, token.
+"""``policyengine`` command line: check, fmt, eval, explain, test, analyze, diff, replay,
+token.
 
 Exit codes: 0 success, 1 a finding (policy errors, a denied decision with ``--exit-code``,
 failed tests or fixtures, coverage under ``--min-coverage``, unformatted files with
 ``--check``, warnings with ``--werror``, analysis findings at the ``--fail-on`` level,
-decisions that a ``diff`` finds changed), 2 bad usage (a missing or malformed option). A
+decisions that a ``diff`` finds changed, or ``replay --exit-code``), 2 bad usage (a
+missing or malformed option; for ``replay``, a policy or log that cannot be read). A
 closed output pipe (``| head``) ends the command quietly.
 """
 
@@ -375,6 +377,41 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 1 if failing else 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    """``replay LOG... --policy NEW``: the logged decisions NEW decides differently
+    (docs/decision-log.md, "Replay")."""
+    from policyengine.replay import log_set, new_clock, replay
+    files: list[str] = []
+    for log in args.logs:
+        for name in (log_set(log) if not args.no_rotated else [log]):
+            if name not in files:
+                files.append(name)
+    clock = new_clock()
+    try:
+        engine = _load(args.policy, clock=clock)
+    except PolicyError as err:
+        print(err.render(), file=sys.stderr)
+        return 2
+    try:
+        report = replay(files, engine, clock)
+    except OSError as exc:
+        print(f"error: log_unreadable: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        for change in report.changes:
+            print(change.render())
+        for skip in report.skipped:
+            print(skip.render())
+        for name, line in report.malformed:
+            print(f"{name}:{line}: malformed: not a JSON object")
+        print(f"{report.replayed} decisions replayed: {len(report.changes)} changed, "
+              f"{report.unchanged} unchanged; {len(report.skipped)} not replayable"
+              + (f"; {len(report.malformed)} malformed lines" if report.malformed else ""))
+    return 1 if args.exit_code and report.changes else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from policyengine import __version__
     parser = argparse.ArgumentParser(prog="policyengine",
@@ -465,6 +502,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="requests decided per question before sampling (default "
                        "4096 per rule, 512 per principal and permission of a diff)")
         p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("replay", help="re-decide the requests of decision-log files under "
+                       "another policy; print every decision that would change")
+    p.add_argument("logs", nargs="+", metavar="LOG",
+                   help="decision-log files (JSON Lines); a live file brings its rotated "
+                   "files, oldest first")
+    p.add_argument("--policy", nargs="+", required=True, metavar="PATH",
+                   help="the policy to decide with (files or directories)")
+    p.add_argument("--no-rotated", action="store_true",
+                   help="read only the files given, not their rotated siblings")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--exit-code", action="store_true",
+                   help="exit 1 when any decision would change")
+    p.set_defaults(func=_cmd_replay)
 
     try:
         from policyengine.tokens._cli import register
