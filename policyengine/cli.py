@@ -1,5 +1,5 @@
 """``policyengine`` command line: check, fmt, eval, explain, test, analyze, diff, replay,
-token.
+query, token.
 
 Exit codes: 0 success, 1 a finding (policy errors, a denied decision with ``--exit-code``,
 failed tests or fixtures, coverage under ``--min-coverage``, unformatted files with
@@ -412,6 +412,60 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 1 if args.exit_code and report.changes else 0
 
 
+def _tools_arg(text: str) -> list[Any]:
+    """``--tools``: a JSON list of tools (MCP descriptors with a ``name``, or names), an
+    MCP ``tools/list`` result (``{"tools": [...]}``) or a JSON-RPC response holding one;
+    ``@FILE`` reads the JSON from a file."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text("utf-8")
+        except (OSError, UnicodeError) as exc:
+            raise UsageError(f"--tools {text}: cannot read: {exc}") from None
+    data = _json_arg("--tools", text)
+    if isinstance(data, dict) and isinstance(data.get("result"), dict):
+        data = data["result"]
+    if isinstance(data, dict):
+        data = data.get("tools")
+    if not isinstance(data, list):
+        raise UsageError("--tools: a JSON list of tools, or an MCP tools/list result "
+                         '({"tools": [...]})')
+    return data
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    """``query PATHS``: what a principal may do (``--principal``), what a role alone
+    grants (``--role``), who may exercise a permission (``--permission``), which tools a
+    principal may call (``--principal`` with ``--tools``). docs/queries.md."""
+    asked = [f for f, v in (("--principal", args.principal), ("--role", args.role),
+                            ("--permission", args.permission)) if v is not None]
+    if args.tools is not None and (args.principal is None or len(asked) != 1):
+        raise UsageError("--tools needs --principal (and no --role or --permission)")
+    if len(asked) != 1:
+        raise UsageError("give one of --principal, --role or --permission")
+    if args.limit is not None and args.limit < 0:
+        raise UsageError("--limit: a number >= 0")
+    tools = _tools_arg(args.tools) if args.tools is not None else None
+    try:
+        engine = _load(args.paths)
+    except PolicyError as err:
+        print(err.render(), file=sys.stderr)
+        return 1
+    answer: Any
+    try:
+        if tools is not None:
+            answer = engine.filter_tools(args.principal, tools, transport=args.transport)
+        elif args.permission is not None:
+            answer = engine.principals_with(args.permission, limit=args.limit)
+        elif args.role is not None:
+            answer = engine.permissions_of(role=args.role, limit=args.limit)
+        else:
+            answer = engine.permissions_of(args.principal, limit=args.limit)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps(answer.to_dict(), indent=2) if args.json else str(answer))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from policyengine import __version__
     parser = argparse.ArgumentParser(prog="policyengine",
@@ -516,6 +570,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-code", action="store_true",
                    help="exit 1 when any decision would change")
     p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("query", help="reverse queries: what a principal or role may do, "
+                       "who may exercise a permission, which tools a principal may call")
+    p.add_argument("paths", nargs="+", help="policy files or directories")
+    p.add_argument("--principal", help="every permission this principal may exercise "
+                   "(with --tools: which of the tools it may call)")
+    p.add_argument("--role", help="every permission a principal holding only this role "
+                   "may exercise")
+    p.add_argument("--permission", help="every principal that may exercise this "
+                   "permission")
+    p.add_argument("--tools", metavar="JSON", help="with --principal: a JSON list of tools "
+                   "(MCP descriptors or names) or a tools/list result; @FILE reads a file")
+    p.add_argument("--transport", choices=["mcp", "function"], default="mcp",
+                   help="how --tools are bound (tool statements' mcp or function)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="print at most N lines (the answer then says it is truncated)")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(func=_cmd_query)
 
     try:
         from policyengine.tokens._cli import register

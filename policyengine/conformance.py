@@ -258,6 +258,51 @@ def _run_policy_test(fixture: dict[str, Any], case: dict[str, Any], base: Path
     return "; ".join(out) or None
 
 
+def _run_query(engine: Any, case: dict[str, Any]) -> str | None:
+    """A reverse query (docs/queries.md): ``permissions_of`` (a principal), ``role``,
+    ``principals_with`` (a permission) or ``filter_tools`` (tools for ``principal``);
+    every line of the answer compared, in order."""
+    q, expect = case["query"], case["expect"]
+    limit = q.get("limit")
+    if "filter_tools" in q:
+        got = engine.filter_tools(q["principal"], q["filter_tools"],
+                                  transport=q.get("transport", "mcp"))
+        names = [t.name for t in got.tools if t.callable]
+        out = [] if names == expect["kept"] else [
+            f"kept: expected {json.dumps(expect['kept'])}, got {json.dumps(names)}"]
+        for i, want in enumerate(expect.get("tools", [])):
+            have = got.tools[i].to_dict() if i < len(got.tools) else {}
+            for key, value in want.items():
+                if have.get(key, "<missing>") != value:
+                    out.append(f"tools[{i}].{key}: expected {json.dumps(value)}, got "
+                               f"{json.dumps(have.get(key, '<missing>'))}")
+        return "; ".join(out) or None
+    if "principals_with" in q:
+        answer = engine.principals_with(q["principals_with"], limit=limit)
+        defaults: dict[str, Any] = {"pattern": q["principals_with"]}
+    elif "role" in q:
+        answer = engine.permissions_of(role=q["role"], limit=limit)
+        defaults = {"principal": q["role"], "kind": "role"}
+    else:
+        answer = engine.permissions_of(q["permissions_of"], limit=limit)
+        defaults = {"principal": q["permissions_of"], "kind": "agent"}
+    want_entries = [{"excluding": [], "when": None, "unless": None, **defaults, **e}
+                    for e in expect["entries"]]
+    got_entries = [{k: v for k, v in a.to_dict().items() if k in want or k != "rules"}
+                   for a, want in zip(answer.entries, want_entries, strict=False)]
+    got_entries += [a.to_dict() for a in answer.entries[len(want_entries):]]
+    out = []
+    if got_entries != want_entries:
+        out.append(f"entries: expected {json.dumps(want_entries)}, got "
+                   f"{json.dumps(got_entries)}")
+    total = expect.get("total", len(want_entries))
+    truncated = expect.get("truncated", False)
+    if (answer.total, answer.truncated) != (total, truncated):
+        out.append(f"total/truncated: expected {total}/{truncated}, got "
+                   f"{answer.total}/{answer.truncated}")
+    return "; ".join(out) or None
+
+
 def run_fixture(path: Path) -> list[CaseResult]:
     """Run every case of one fixture file."""
     name = str(path)
@@ -319,6 +364,14 @@ def run_fixture(path: Path) -> list[CaseResult]:
                 if engine is None:
                     engine = _engine(fixture, {}, base)
                 msg = run_authzen_case(engine, case)
+            elif kind == "query":
+                if "policies" in case or "policy_paths" in case:
+                    eng = _engine(fixture, case, base)
+                else:
+                    if engine is None:
+                        engine = _engine(fixture, {}, base)
+                    eng = engine
+                msg = _run_query(eng, case)
             elif kind in ("authorize", "tool_authorize"):
                 if "policies" in case or "policy_paths" in case:
                     eng = _engine(fixture, case, base)

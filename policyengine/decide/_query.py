@@ -274,7 +274,7 @@ class _Folder:
                 return not inner
             if inner is ERR:
                 return ERR
-            return ast.Not(inner)  # type: ignore[arg-type]
+            return _negated(inner)  # type: ignore[arg-type]
         if isinstance(e, ast.And):
             return _conj([self.fold(i, rule) for i in e.items], e.items)
         if isinstance(e, ast.Or):
@@ -337,6 +337,22 @@ class _Folder:
             out = over if out is True else _conj([out, over], [over, over])
         memo[rule.order] = out
         return out
+
+
+#: ``not (a OP b)`` is ``a INVERSE b``: the same answer on every pair of values, and the
+#: same error on values that do not compare (numbers are exact, so the order is total).
+_INVERSE = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+
+
+def _negated(e: ast.Expr) -> ast.Expr:
+    """``not e``, written the way a person would: ``x not in [..]``, ``a != b``."""
+    if isinstance(e, ast.In):
+        return ast.In(e.item, e.collection, not e.negated)
+    if isinstance(e, ast.Compare):
+        return ast.Compare(_INVERSE[e.op], e.left, e.right)
+    if isinstance(e, ast.Not):
+        return e.expr
+    return ast.Not(e)
 
 
 def _conj(parts: Sequence[Folded], originals: Sequence[ast.Expr]) -> Folded:
