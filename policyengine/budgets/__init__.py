@@ -32,6 +32,7 @@ from policyengine.budgets.ledger import (
     Overage,
     Reservation,
     ReservationLine,
+    ReservationPage,
 )
 from policyengine.budgets.memory import MemoryStore
 from policyengine.budgets.postgres import PostgresStore
@@ -68,6 +69,7 @@ __all__ = [
     "Reservation",
     "ReservationError",
     "ReservationLine",
+    "ReservationPage",
     "SQLiteStore",
     "ServerClock",
     "Window",

@@ -59,7 +59,8 @@ class IdempotencyMismatch(BudgetError):  # noqa: N818 - the name users expect
 class BudgetInputError(BudgetError, ValueError):
     """Bad input: ``invalid_amount``, ``unknown_unit``, ``unit_mismatch``, ``invalid_ttl``,
     ``invalid_permission``, ``invalid_subject``, ``invalid_overage``,
-    ``invalid_idempotency_key``, ``invalid_budget`` (a bad :class:`BudgetSpec`)."""
+    ``invalid_idempotency_key``, ``invalid_budget`` (a bad :class:`BudgetSpec`),
+    ``invalid_listing`` (a bad listing limit, status or cursor), ``invalid_note``."""
 
 
 class BudgetStoreError(BudgetError):

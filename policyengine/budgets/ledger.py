@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 from policyengine.budgets.errors import (
     BudgetError,
@@ -53,6 +53,7 @@ from policyengine.budgets.spec import (
 from policyengine.budgets.store import (
     ACTIVE,
     COMMITTED,
+    LISTING_KEY_MAX,
     RELEASED,
     Bucket,
     BudgetStore,
@@ -64,6 +65,7 @@ from policyengine.budgets.store import (
     Spend,
     Transaction,
     Usage,
+    listing_key,
 )
 from policyengine.budgets.windows import Window
 from policyengine.money._money import (
@@ -87,12 +89,18 @@ __all__ = [
     "Overage",
     "Reservation",
     "ReservationLine",
+    "ReservationPage",
 ]
 
 Overage = Literal["reject", "allow_if_available", "allow_with_overdraft"]
 _OVERAGES = frozenset({"reject", "allow_if_available", "allow_with_overdraft"})
 MIN_TTL = 1
 MAX_TTL = 86400
+#: Longest ``note`` a reservation keeps (characters).
+MAX_NOTE = 65536
+#: Most reservations one :meth:`Ledger.reservations` call returns, and most it examines.
+MAX_LIST = 500
+_LIST_SCAN = 2000
 #: Longest grace period after a lease ends (Cycles: ``grace_period_ms`` <= 60,000).
 MAX_GRACE = 60
 #: Seconds an idempotency key is remembered.
@@ -293,6 +301,21 @@ class Reservation:
         return self._record.priced
 
     @property
+    def overage(self) -> str | None:
+        """The overage policy given to ``reserve`` (what a commit naming none follows)."""
+        return self._record.overage
+
+    @property
+    def note(self) -> str | None:
+        """The text given to ``reserve`` as ``note``, as it was given."""
+        return self._record.note
+
+    @property
+    def finalized_at(self) -> float | None:
+        """When it was committed or released (POSIX seconds), else None."""
+        return self._record.finalized_at
+
+    @property
     def lines(self) -> tuple[ReservationLine, ...]:
         rec = self._record
         out = []
@@ -332,6 +355,8 @@ class Reservation:
             "committedAmount": rec.committed_amount,
             "lines": [line.to_wire() for line in self.lines],
             "priced": rec.priced,
+            "overage": rec.overage,
+            "note": rec.note,
         }
 
     def __repr__(self) -> str:
@@ -340,6 +365,27 @@ class Reservation:
             f"Reservation(id={rec.id!r}, status={self.status!r}, amount={rec.amount} "
             f"{rec.unit}, lines={len(rec.lines)})"
         )
+
+
+class ReservationPage(NamedTuple):
+    """One page of :meth:`Ledger.reservations`: the reservations, and the cursor of the
+    next page (None when this is the last)."""
+
+    reservations: tuple[Reservation, ...]
+    cursor: str | None
+
+
+_LIST_STATUSES = frozenset({ACTIVE, COMMITTED, RELEASED, "expired"})
+
+
+def _is_cursor(cursor: object) -> bool:
+    """Is ``cursor`` a listing key (17 digits, ``:``, an id of ASCII letters, digits and
+    ``_``)?"""
+    if type(cursor) is not str or not 19 < len(cursor) <= LISTING_KEY_MAX:
+        return False
+    stamp, sep, rid = cursor[:17], cursor[17], cursor[18:]
+    return (sep == ":" and stamp.isascii() and stamp.isdigit() and rid.isascii()
+            and rid.replace("_", "").isalnum())
 
 
 class BudgetCheck:
@@ -1001,6 +1047,8 @@ class Ledger:
         scope: Mapping[str, str | None] | None = None,
         usage: LLMUsage | None = None,
         grace: float = 0,
+        overage: Overage | None = None,
+        note: str | None = None,
     ) -> Reservation:
         """Hold ``amount`` on every budget covering ``permission`` for ``ttl`` seconds.
 
@@ -1012,8 +1060,17 @@ class Ledger:
         usage is priced with the price table and holds money (on money budgets) and
         tokens (on ``tokens`` budgets) in this one reservation. ``grace``: seconds (0 to
         60) after the lease ends during which a commit is still accepted (the hold lasts
-        as long; extend and the status go by the lease).
+        as long; extend and the status go by the lease). ``overage``: the policy a
+        :meth:`commit` that names none follows (else ``reject``). ``note``: text kept
+        with the reservation and read back as :attr:`Reservation.note` (at most
+        :data:`MAX_NOTE` characters). Both are stored with the reservation, so a commit,
+        :meth:`get` or :meth:`reservations` on any process sharing the store sees them.
         """
+        over = None if overage is None else self._overage(overage)
+        if note is not None and (type(note) is not str or len(note) > MAX_NOTE
+                                 or not _is_text(note)):
+            raise BudgetInputError("invalid_note", f"note must be text of at most {MAX_NOTE} "
+                                   "characters")
         ttl_s = float(ttl) if type(ttl) is int and MIN_TTL <= ttl <= MAX_TTL else _ttl(ttl)
         grace_s = 0.0 if grace == 0 else _grace(grace)
         key = None if idempotency_key is None else _key(idempotency_key)
@@ -1026,7 +1083,7 @@ class Ledger:
         record = _new(ReservationRecord, (
             _new_id(), ACTIVE, principal, permission, unit, str(value), acting_for, tenant,
             now, now + ttl_s + grace_s, tuple(lines), None, None, None, None, grace_s,
-            priced, False,
+            priced, False, over, note,
         ))
         guards = []
         for line, b, bucket in zip(lines, budgets, buckets, strict=True):
@@ -1036,7 +1093,9 @@ class Ledger:
             fingerprint = repr(("reserve", principal, permission, unit, str(value), ttl_s,
                                 acting_for, tenant) + ((skey,) if skey else ())
                                + ((grace_s,) if grace_s else ())
-                               + ((priced, [ln.amount for ln in lines]) if priced else ()))
+                               + ((priced, [ln.amount for ln in lines]) if priced else ())
+                               + ((over, note) if over is not None or note is not None
+                                  else ()))
             # No read first: every store checks the key before anything else in the
             # write, and a live record there comes back as a replay (``_failed``).
             idem = IdempotencyRecord("reserve:" + key, fingerprint, record,
@@ -1124,7 +1183,7 @@ class Ledger:
         currency: str | None = None,
         *,
         idempotency_key: str | None = None,
-        overage: Overage = "reject",
+        overage: Overage | None = None,
         usage: LLMUsage | None = None,
     ) -> Reservation:
         """Spend ``amount`` (default unit: the reservation's) and release the rest.
@@ -1139,12 +1198,15 @@ class Ledger:
         when that is less than the amount;
         ``"allow_with_overdraft"`` lets spend exceed the limit by up to the budget's
         ``overdraft_limit`` (else ``overdraft_limit_exceeded``). A failed commit leaves
-        the reservation active.
+        the reservation active. ``overage=None`` (the default): the policy given to
+        :meth:`reserve`, else ``reject``.
         """
-        over = "reject" if overage == "reject" else self._overage(overage)
+        if overage is not None and overage != "reject":
+            self._overage(overage)
         key = None if idempotency_key is None else _key(idempotency_key)
         now = self.clock()
         rec = self._active(reservation_id, now, idempotency_key is not None)
+        over = overage if overage is not None else rec.overage or "reject"
         unit = rec.unit
         tokens = -1
         if usage is not None or rec.priced is not None:
@@ -1221,7 +1283,8 @@ class Ledger:
         final = _new(ReservationRecord, (
             rec.id, COMMITTED, rec.principal, rec.permission, rec.unit, rec.amount,
             rec.acting_for, rec.tenant, rec.created_at, rec.expires_at, rec.lines,
-            tuple(actuals), str(value), unit, now, rec.grace, rec.priced, False,
+            tuple(actuals), str(value), unit, now, rec.grace, rec.priced, False, rec.overage,
+            rec.note,
         ))
         idem = None
         if key is not None:
@@ -1309,7 +1372,7 @@ class Ledger:
                 rec.id, COMMITTED, rec.principal, rec.permission, rec.unit, rec.amount,
                 rec.acting_for, rec.tenant, rec.created_at, rec.expires_at, rec.lines,
                 tuple(charged), str(value), unit, now, rec.grace, rec.priced,
-                charged != actuals,
+                charged != actuals, rec.overage, rec.note,
             ))
             if key is not None:
                 idem = IdempotencyRecord("commit:" + key, fingerprint, final,
@@ -1391,6 +1454,68 @@ class Ledger:
         if rec is None:
             raise _unknown(reservation_id)
         return self._view(rec, self.clock())
+
+    def reservations(
+        self,
+        *,
+        tenant: str | None = None,
+        status: str | None = None,
+        principal: str | None = None,
+        where: Callable[[Reservation], bool] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ReservationPage:
+        """The reservations of ``tenant`` (None: those made without one), oldest first,
+        a page at a time: every reservation :meth:`reserve` made (not the spends
+        :meth:`record` writes) while the store keeps it (finished ones for its
+        ``retention``). ``status`` (``active``, ``committed``, ``released``,
+        ``expired``, as of now), ``principal`` and ``where`` (a predicate on the
+        :class:`Reservation`) filter; ``limit`` (1 to :data:`MAX_LIST`) caps the page;
+        ``cursor`` is a previous page's :attr:`ReservationPage.cursor`. A page may hold
+        fewer than ``limit`` when filters skip many (at most 2,000 examined per call):
+        continue while its ``cursor`` is not None. Raises ``invalid_listing`` for a bad
+        limit, status or cursor."""
+        _name(tenant, "tenant", optional=True)
+        _name(principal, "principal", optional=True)
+        if type(limit) is not int or not 1 <= limit <= MAX_LIST:
+            raise BudgetInputError("invalid_listing", f"limit must be an integer from 1 to "
+                                   f"{MAX_LIST}")
+        if status is not None and status not in _LIST_STATUSES:
+            raise BudgetInputError("invalid_listing", "status must be one of "
+                                   + ", ".join(sorted(_LIST_STATUSES)))
+        if cursor is not None and not _is_cursor(cursor):
+            raise BudgetInputError("invalid_listing", "cursor is not one this ledger gave")
+        now = self.clock()
+        out: list[Reservation] = []
+        after = cursor
+        examined = 0
+        batch_size = min(max(limit, 50), _LIST_SCAN)
+        while True:
+            batch = self.store.list_reservations(tenant or "", after, batch_size)
+            for i, rec in enumerate(batch):
+                examined += 1
+                after = listing_key(rec.created_at, rec.id)
+                if principal is None or rec.principal == principal:
+                    view = self._view(rec, now)
+                    if (status is None or view.status == status) and (
+                            where is None or where(view)):
+                        out.append(view)
+                more = i + 1 < len(batch) or len(batch) == batch_size
+                if len(out) >= limit or examined >= _LIST_SCAN:
+                    return ReservationPage(tuple(out), after if more else None)
+            if len(batch) < batch_size:
+                return ReservationPage(tuple(out), None)
+
+    def reservation_for(self, idempotency_key: str) -> Reservation | None:
+        """The reservation :meth:`reserve` made with ``idempotency_key``, as it is now,
+        while the key is remembered (a day); else None."""
+        key = _key(idempotency_key)
+        now = self.clock()
+        found = self.store.get_idempotency("reserve:" + str(key), now)
+        if found is None:
+            return None
+        rec = self.store.get_reservation(found.result.id)
+        return None if rec is None else self._view(rec, now)
 
     def balances(
         self,

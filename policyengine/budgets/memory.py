@@ -21,6 +21,7 @@ time of a reserve + commit.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import threading
 from collections import deque
@@ -49,6 +50,10 @@ _CELL_LIFETIME = 32 * 86400
 _INF = float("inf")
 _STATUS, _EXPIRES = 1, 9  # ReservationRecord fields, at the same places in a frozen one
 _LINE_SIZE = len(Line._fields)
+_TAIL = len(ReservationRecord._fields) - 15  # grace, priced, capped, overage, note
+#: Listing entries at which the per-tenant indexes are compacted (entries of forgotten
+#: reservations dropped) once they are twice the reservations kept.
+_COMPACT_AT = 1024
 _UNUSED = Usage(0, 0)
 _new = tuple.__new__  # a record tuple without the NamedTuple __new__ (a Python call)
 
@@ -58,7 +63,7 @@ def _frozen(rec: ReservationRecord) -> tuple[Any, ...]:
     fields, committed_amount, committed_unit, finalized_at, whether committed is set, the
     number of lines, every line's fields, then the committed quanta if any. Flat, because
     the GC untracks a tuple only once its items are untracked, and may look at a tuple
-    before its items. The last three atoms are grace, priced and capped."""
+    before its items. The last five atoms are grace, priced, capped, overage and note."""
     lines = rec.lines
     flat: list[Any] = [*rec[:10], rec.committed_amount, rec.committed_unit, rec.finalized_at,
                        rec.committed is not None, len(lines)]
@@ -66,7 +71,7 @@ def _frozen(rec: ReservationRecord) -> tuple[Any, ...]:
         flat.extend(line)
     if rec.committed is not None:
         flat.extend(rec.committed)
-    flat.extend((rec.grace, rec.priced, rec.capped))
+    flat.extend(rec[15:])
     return tuple(flat)
 
 
@@ -75,9 +80,9 @@ def _thawed(rec: tuple[Any, ...]) -> ReservationRecord:
         return rec  # type: ignore[return-value]  # live: already a ReservationRecord
     end = 15 + _LINE_SIZE * rec[14]
     lines = tuple(Line._make(rec[i:i + _LINE_SIZE]) for i in range(15, end, _LINE_SIZE))
-    committed = rec[end:-3] if rec[13] else None
+    committed = rec[end:-_TAIL] if rec[13] else None
     return ReservationRecord._make((*rec[:10], lines, committed, rec[10], rec[11], rec[12],
-                                    *rec[-3:]))
+                                    *rec[-_TAIL:]))
 
 
 def _idem_thawed(found: tuple[Any, ...]) -> IdempotencyRecord:
@@ -114,6 +119,11 @@ class MemoryStore:
         # key, fingerprint, expires_at, then the result _frozen: one flat tuple.
         self._idem: dict[str, tuple[Any, ...]] = {}
         self._idem_order: deque[tuple[float, str]] = deque()
+        # Per tenant ("" for none), every reservation created active, as (creation time
+        # in whole microseconds, id) in that order; entries of forgotten reservations
+        # are skipped when listing and dropped by _compact.
+        self._listed: dict[str, list[tuple[int, str]]] = {}
+        self._listed_count = 0
         self._due = _INF  # earliest time any housekeeping is due
 
     # -- reads -------------------------------------------------------------------------
@@ -143,6 +153,26 @@ class MemoryStore:
     def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
         found = self._idem.get(key)
         return None if found is None or found[2] <= now else _idem_thawed(found)
+
+    def list_reservations(self, tenant: str, after: str | None, limit: int
+                          ) -> list[ReservationRecord]:
+        with self._lock:
+            entries = self._listed.get(tenant)
+            if not entries:
+                return []
+            start = 0
+            if after is not None:
+                stamp, _, rid = after.partition(":")
+                start = bisect.bisect_right(entries, (int(stamp), rid))
+            out: list[ReservationRecord] = []
+            records = self._records
+            for i in range(start, len(entries)):
+                rec = records.get(entries[i][1])
+                if rec is not None:
+                    out.append(_thawed(rec))
+                    if len(out) >= limit:
+                        break
+            return out
 
     def close(self) -> None:
         return None
@@ -200,6 +230,7 @@ class MemoryStore:
                         holds.append((cell, line[5]))
                     self._holds[created.id] = holds
                     self._expire_at(created.expires_at, created.id)
+                    self._list(created)
                 else:
                     self._records[created.id] = _frozen(created)
                     self._purge_at(now + self.retention, created.id)
@@ -276,6 +307,33 @@ class MemoryStore:
             if key[2] + _CELL_LIFETIME < self._due:
                 self._due = key[2] + _CELL_LIFETIME
         return cell
+
+    def _list(self, created: ReservationRecord) -> None:
+        entry = (int(created[8] * 1e6), created[0])
+        tenant = created[7] or ""
+        entries = self._listed.get(tenant)
+        if entries is None:
+            self._listed[tenant] = [entry]
+        elif entry > entries[-1]:
+            entries.append(entry)
+        else:  # created in the same microsecond as, or a clock step behind, the last
+            bisect.insort(entries, entry)
+        self._listed_count += 1
+        if self._listed_count >= _COMPACT_AT and self._listed_count > 2 * len(self._records):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the listing entries of reservations no longer kept."""
+        records = self._records
+        total = 0
+        for tenant in list(self._listed):
+            kept = [e for e in self._listed[tenant] if e[1] in records]
+            if kept:
+                self._listed[tenant] = kept
+                total += len(kept)
+            else:
+                del self._listed[tenant]
+        self._listed_count = total
 
     def _unhold(self, rid: str) -> None:
         holds = self._holds.pop(rid, None)

@@ -69,6 +69,7 @@ from policyengine.budgets.store import (
     compact_bytes,
     compact_json,
     json_loads,
+    listing_key,
     record_from_json,
 )
 
@@ -81,7 +82,7 @@ Durability = Literal["process", "spend", "full"]
 _DURABILITY = ("process", "spend", "full")
 
 #: Version of the tables and functions below, kept in ``<schema>.budget_layout``.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 _SWEEP_EVERY = 512
 _APPLY_STMT = b"policyengine_budget_apply"
@@ -109,7 +110,10 @@ CREATE TABLE IF NOT EXISTS {s}.budget_events (
 CREATE INDEX IF NOT EXISTS budget_events_by_bucket ON {s}.budget_events (budget, subject, at);
 CREATE TABLE IF NOT EXISTS {s}.budget_reservations (
     id text PRIMARY KEY, status text NOT NULL, expires_at float8 NOT NULL,
-    nholds integer NOT NULL, finished_at float8, data text NOT NULL);
+    nholds integer NOT NULL, finished_at float8, data text NOT NULL,
+    tenant text NOT NULL DEFAULT '', listed text COLLATE "C");
+CREATE INDEX IF NOT EXISTS budget_reservations_listed
+    ON {s}.budget_reservations (tenant, listed) WHERE listed IS NOT NULL;
 CREATE INDEX IF NOT EXISTS budget_reservations_finished
     ON {s}.budget_reservations (finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {s}.budget_idempotency (
@@ -120,7 +124,8 @@ CREATE TABLE IF NOT EXISTS {s}.budget_idempotency (
 # The one write. ``tx`` (built by _encode) is
 #   {"k": [[budget, subject, win], ...] sorted | null (the function works them out),
 #    "g": [[budget, subject, win, since|null, add, ceiling, debt_above|null], ...],
-#    "r": reservation id|null, "c": [id, status, expires_at, [[b, s, w, amount]...], data]|null,
+#    "r": reservation id|null,
+#    "c": [id, status, expires_at, [[b, s, w, amount]...], data, tenant, listed|null]|null,
 #    "f": [status, data]|null, "x": new expires_at|null, "s": [[b, s, w, rolling, amount]...],
 #    "i": [key, fingerprint, expires_at, result]|null}
 # It returns null when every effect was applied, else the refusal as jsonb.
@@ -342,9 +347,10 @@ BEGIN
         c := tx->'c';
         x := (c->>2)::float8;
         lst := c->3;
-        INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, finished_at, data)
+        INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, finished_at, data,
+                                             tenant, listed)
             VALUES (c->>0, c->>1, x, jsonb_array_length(lst),
-                    CASE WHEN c->>1 = 'active' THEN NULL ELSE now END, c->>4);
+                    CASE WHEN c->>1 = 'active' THEN NULL ELSE now END, c->>4, c->>5, c->>6);
         IF jsonb_array_length(lst) > 0 THEN
             INSERT INTO {s}.budget_holds (rid, budget, subject, win, amount, expires_at)
                 SELECT c->>0, v->>0, v->>1, (v->>2)::bigint, (v->>3)::bigint, x
@@ -447,7 +453,8 @@ $fn$;
 # yet created, expired holds to give back, a guard that fails or a clock out of bounds
 # all fall back to budget_apply, which writes nothing here was written and says why.
 # $1-$3 bucket, $4 held amount, $5 guard add, $6 ceiling, $7 debt_above|null,
-# $8 reservation id, $9 expires_at, $10 now, $11 max skew|null, $12 record.
+# $8 reservation id, $9 expires_at, $10 now, $11 max skew|null, $12 record, $13 tenant,
+# $14 listing key.
 _RESERVE = """
 WITH b AS (
     UPDATE {s}.budget_buckets t SET reserved = t.reserved + $4::bigint,
@@ -459,8 +466,9 @@ WITH b AS (
         AND t.spent::numeric + t.reserved + $5::numeric <= $6::numeric
         AND ($7::numeric IS NULL OR t.spent <= $7::numeric)
     RETURNING 1),
-r AS (INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, data)
-    SELECT $8::text, 'active', $9::float8, 1, $12::text FROM b),
+r AS (INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, data, tenant,
+                                           listed)
+    SELECT $8::text, 'active', $9::float8, 1, $12::text, $13::text, $14::text FROM b),
 h AS (INSERT INTO {s}.budget_holds (rid, budget, subject, win, amount, expires_at)
     SELECT $8::text, $1::text, $2::text, $3::bigint, $4::bigint, $9::float8 FROM b)
 SELECT count(*) FROM b
@@ -561,7 +569,10 @@ def _encode(tx: Transaction, own: ReservationRecord | None) -> bytes:
             [[ln[0], ln[1], ln[2], ln[5]] for ln in created.lines if ln[5]]
             if created.status == ACTIVE else []
         )
-        c = [created.id, created.status, created.expires_at, holds, compact_json(created)]
+        c = [created.id, created.status, created.expires_at, holds, compact_json(created),
+             created.tenant or "",
+             listing_key(created.created_at, created.id) if created.status == ACTIVE
+             else None]
     fin = tx.finalize
     idem = tx.idempotency
     keys: list[tuple[str, str, int]] | None = None
@@ -913,6 +924,16 @@ class PostgresStore:
             return None
         return IdempotencyRecord(key, row[0], record_from_json(row[2]), row[1])
 
+    def list_reservations(self, tenant: str, after: str | None, limit: int
+                          ) -> list[ReservationRecord]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                f'SELECT data, expires_at FROM "{self.schema}".budget_reservations '
+                'WHERE tenant = %s AND listed > %s ORDER BY listed LIMIT %s',
+                (tenant, after or "", limit),
+            ).fetchall()
+        return [rec for rec in (_record(row[0], row[1]) for row in rows) if rec is not None]
+
     def live_reservation(self, reservation_id: str, now: float) -> ReservationRecord | None:
         """This process's last view of a reservation it created, if live by that view
         (no round trip; ``apply`` re-checks it)."""
@@ -975,6 +996,8 @@ class PostgresStore:
             None if debt_above is None else str(debt_above).encode(),
             created.id.encode(), repr(float(created.expires_at)).encode(),
             repr(float(now)).encode(), self._skew_param, compact_bytes(created),
+            (created.tenant or "").encode(),
+            listing_key(created.created_at, created.id).encode(),
         ])
         return value == b"1"
 

@@ -8,14 +8,17 @@ interleave with another host's operation. One round trip per operation.
 Keys (all under ``prefix``, default ``policyengine:budgets:``), names built by the
 scripts with length-prefixed budget ids so no subject can forge another bucket's key:
 
-* ``layout``: the layout version and a random id of this dataset, ``"1:<hex>"``;
+* ``layout``: the layout version and a random id of this dataset, ``"2:<hex>"``;
 * ``b:<len>:<budget><subject>:<window>``: hash ``{s: spent, r: reserved}`` of a bucket
   (expires 32 days after its window starts);
 * ``e:<len>:<budget><subject>``: sorted set of rolling spend (``seq:amount`` by time);
 * ``r:<id>``: hash of a reservation (status, expiry, holds, record);
 * ``x``: sorted set of reservations whose holds count, by expiry. Every script first
   gives back the holds of those expired by its ``now``: exact expiry, no sweeper;
-* ``i:<key>``: hash of an idempotency record (expires with it).
+* ``i:<key>``: hash of an idempotency record (expires with it);
+* ``l:<tenant>``: sorted set (by lex) of the listing keys of the tenant's reservations
+  (:func:`~policyengine.budgets.store.listing_key`); an entry outlives its reservation's
+  hash until a reserve of that tenant finds it at the head, or a listing skips it.
 
 Amounts are integer quanta up to 10^18: the scripts add and compare them exactly as
 two base-10^9 limbs (Lua numbers are doubles) and let Redis's ``HINCRBY`` keep them as
@@ -53,13 +56,14 @@ from policyengine.budgets.store import (
     Transaction,
     Usage,
     compact_json,
+    listing_key,
     record_from_json,
 )
 
 __all__ = ["LAYOUT_VERSION", "RedisStore"]
 
 #: Version of the key layout above; the ``layout`` key starts with it.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 # Shared by both scripts: ARGV[1] prefix, ARGV[2] layout id, ARGV[3] now, ARGV[4] max
 # skew ('' for none), ARGV[5] the JSON argument, ARGV[6] retention, ARGV[7] rolling span.
@@ -165,7 +169,8 @@ return cjson.encode(out)
 """
 
 # ARGV[5]: {"g": [[budget, subject, win, since|null, add, ceiling, debt_above|null]...],
-#  "r": id|null, "c": [id, status, expires_at, [[b, s, w, amount]...], data]|null,
+#  "r": id|null,
+#  "c": [id, status, expires_at, [[b, s, w, amount]...], data, tenant, listed|null]|null,
 #  "f": [status, data]|null, "x": expires_at|null, "s": [[b, s, w, rolling, amount]...],
 #  "i": [key, fingerprint, expires_at, result]|null}; numbers as decimal strings.
 _APPLY = _PRELUDE + r"""
@@ -240,6 +245,16 @@ if c ~= cjson.null then
   if active then
     redis.call('ZADD', P .. 'x', c[3], c[1])
     redis.call('EXPIRE', rk, ttl(tonumber(c[3]) - now + RETENTION))
+    if c[7] ~= cjson.null then
+      local lk = P .. 'l:' .. c[6]
+      redis.call('ZADD', lk, 0, c[7])
+      -- Drop the oldest entries if their reservations are no longer kept.
+      for _, m in ipairs(redis.call('ZRANGE', lk, 0, 1)) do
+        if redis.call('EXISTS', P .. 'r:' .. string.sub(m, 19)) == 0 then
+          redis.call('ZREM', lk, m)
+        end
+      end
+    end
   else
     redis.call('EXPIRE', rk, ttl(RETENTION))
   end
@@ -281,7 +296,9 @@ def _encode(tx: Transaction) -> str:
             if created.status == ACTIVE else []
         )
         c = [created.id, created.status, repr(created.expires_at), holds,
-             compact_json(created)]
+             compact_json(created), created.tenant or "",
+             listing_key(created.created_at, created.id) if created.status == ACTIVE
+             else None]
     fin = tx.finalize
     idem = tx.idempotency
     return compact_json({
@@ -470,6 +487,30 @@ class RedisStore:
         if f is None or x is None or d is None or float(x) <= now:
             return None
         return IdempotencyRecord(key, str(f), record_from_json(str(d)), float(x))
+
+    def list_reservations(self, tenant: str, after: str | None, limit: int
+                          ) -> list[ReservationRecord]:
+        import redis
+        index = self.prefix + "l:" + tenant
+        low = "-" if after is None else "(" + after
+        out: list[ReservationRecord] = []
+        try:
+            while len(out) < limit:
+                keys: list[str] = self._redis.zrangebylex(  # type: ignore[assignment]
+                    index, low, "+", start=0, num=limit - len(out))
+                if not keys:
+                    break
+                pipe = self._redis.pipeline(transaction=False)
+                for key in keys:
+                    pipe.hmget(self.prefix + "r:" + key[18:], ["d", "x"])
+                for data, x in pipe.execute():
+                    rec = _record(data, x)
+                    if rec is not None:  # else no longer kept: skipped
+                        out.append(rec)
+                low = "(" + keys[-1]
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return out
 
     def live_reservation(self, reservation_id: str, now: float) -> ReservationRecord | None:
         """This process's last view of a reservation it created, if live by that view

@@ -8,7 +8,8 @@ a busy timeout instead of ``database is locked`` errors.
 
 Layout: one row per bucket holding its ``spent`` and ``reserved`` counters, so a guard is
 one primary-key read; one row per reservation, flagged ``held`` while its lines are
-counted in ``reserved``. Every write first releases the holds of reservations that
+counted in ``reserved``, with its tenant and listing key (a partial index serves
+:meth:`~SQLiteStore.list_reservations`). Every write first releases the holds of reservations that
 expired by its ``now`` (a partial index finds them); a read subtracts them instead, so
 expiry is exact without a background sweeper. Amounts are INTEGER quanta (cents,
 tokens, micro-credits), never floats.
@@ -54,6 +55,7 @@ from policyengine.budgets.store import (
     Usage,
     compact_json,
     json_loads,
+    listing_key,
     record_from_json,
     record_to_json,
 )
@@ -64,7 +66,7 @@ Durability = Literal["process", "spend", "full"]
 _DURABILITY = ("process", "spend", "full")
 
 #: ``PRAGMA user_version`` of the layout below; a file with another layout is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS budget_buckets (
     budget TEXT NOT NULL, subject TEXT NOT NULL, win INTEGER NOT NULL,
@@ -76,8 +78,11 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS budget_events_by_bucket ON budget_events (budget, subject, at)",
     """CREATE TABLE IF NOT EXISTS budget_reservations (
     id TEXT PRIMARY KEY, status TEXT NOT NULL, expires_at REAL NOT NULL,
-    held INTEGER NOT NULL, holds TEXT NOT NULL, finished_at REAL, data TEXT NOT NULL)
+    held INTEGER NOT NULL, holds TEXT NOT NULL, finished_at REAL, data TEXT NOT NULL,
+    tenant TEXT NOT NULL DEFAULT '', listed TEXT)
     WITHOUT ROWID""",
+    """CREATE INDEX IF NOT EXISTS budget_reservations_listed
+    ON budget_reservations (tenant, listed) WHERE listed IS NOT NULL""",
     """CREATE INDEX IF NOT EXISTS budget_reservations_held
     ON budget_reservations (expires_at) WHERE held = 1""",
     """CREATE INDEX IF NOT EXISTS budget_reservations_finished
@@ -272,6 +277,18 @@ class SQLiteStore:
             return None
         return IdempotencyRecord(key, row[0], record_from_json(row[2]), row[1])
 
+    def list_reservations(self, tenant: str, after: str | None, limit: int
+                          ) -> list[ReservationRecord]:
+        with self._lock:
+            try:
+                rows = self._conn().execute(
+                    "SELECT data FROM budget_reservations WHERE tenant = ? AND listed > ? "
+                    "ORDER BY listed LIMIT ?", (tenant, after or "", limit),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise _unavailable(exc) from exc
+        return [record_from_json(row[0]) for row in rows]
+
     # -- the one write -----------------------------------------------------------------
 
     def apply(self, tx: Transaction, now: float) -> Outcome:
@@ -367,9 +384,11 @@ class SQLiteStore:
             ] if active else []
             ex(
                 "INSERT INTO budget_reservations (id, status, expires_at, held, holds, "
-                "finished_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "finished_at, data, tenant, listed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (created.id, created.status, created.expires_at, int(active),
-                 compact_json(holds), None if active else now, record_to_json(created)),
+                 compact_json(holds), None if active else now, record_to_json(created),
+                 created.tenant or "",
+                 listing_key(created.created_at, created.id) if active else None),
             )
             for budget, subject, win, amount in holds:
                 _bump(deltas, (budget, subject, win), 0, amount)

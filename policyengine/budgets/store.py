@@ -4,7 +4,7 @@ The ledger does all the arithmetic (matching, windows, conversion, overage rules
 hands the store plain integers. The store answers two kinds of call:
 
 * reads: :meth:`~BudgetStore.usage`, :meth:`~BudgetStore.get_reservation`,
-  :meth:`~BudgetStore.get_idempotency`;
+  :meth:`~BudgetStore.get_idempotency`, :meth:`~BudgetStore.list_reservations`;
 * one write, :meth:`~BudgetStore.apply`, which evaluates every :class:`Guard` of a
   :class:`Transaction` and, only if all pass and its preconditions hold, applies all of
   its effects, in one atomic step.
@@ -59,6 +59,7 @@ __all__ = [
     "compact_bytes",
     "compact_json",
     "json_loads",
+    "listing_key",
     "record_from_json",
     "record_to_json",
 ]
@@ -136,6 +137,11 @@ class ReservationRecord(NamedTuple):
     priced: str | None = None
     #: A commit whose charge was capped at what was available (``allow_if_available``).
     capped: bool = False
+    #: The overage policy a commit follows when it names none (set at reserve).
+    overage: str | None = None
+    #: Text the caller attached at reserve and reads back (a wire keeps its request's
+    #: subject, action, metadata and idempotency key there); opaque to the ledger.
+    note: str | None = None
 
 
 class IdempotencyRecord(NamedTuple):
@@ -208,6 +214,14 @@ class BudgetStore(Protocol):
 
     def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
         """The unexpired idempotency record for ``key``, or None."""
+        ...
+
+    def list_reservations(self, tenant: str, after: str | None, limit: int
+                          ) -> list[ReservationRecord]:
+        """Up to ``limit`` stored reservations of ``tenant`` (``""``: made without one)
+        whose :func:`listing_key` is above ``after`` (None: from the first), in key
+        order: every reservation created ``active`` (by ``reserve``; not the spends
+        ``record`` writes) and still kept (read-only)."""
         ...
 
     def apply(self, tx: Transaction, now: float) -> Outcome:
@@ -296,7 +310,7 @@ def record_to_json(record: ReservationRecord) -> str:
 
 #: Fields added after the first layout, with their defaults: a record stored before they
 #: existed reads with these.
-_LATER_FIELDS = (0.0, None, False)
+_LATER_FIELDS = (0.0, None, False, None, None)
 _FIELDS = len(ReservationRecord._fields)
 
 
@@ -322,6 +336,18 @@ def record_from_json(text: str) -> ReservationRecord:
     if data[11] is not None:
         data[11] = tuple(data[11])
     return _new(ReservationRecord, data)
+
+
+def listing_key(created_at: float, reservation_id: str) -> str:
+    """Where a reservation sorts in :meth:`BudgetStore.list_reservations`: its creation
+    time in whole microseconds (17 digits), ``:``, its id. Text, so every store orders
+    it alike (bytes, SQL ``text``, a Redis sorted set by lex), and it is the listing's
+    cursor."""
+    return f"{int(created_at * 1e6):017d}:{reservation_id}"
+
+
+#: Longest listing key (an id is at most 64 characters).
+LISTING_KEY_MAX = 18 + 64
 
 
 class RecentReservations:

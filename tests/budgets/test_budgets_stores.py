@@ -260,7 +260,8 @@ def _records(draw: st.DrawFn) -> ReservationRecord:
         draw(st.text(max_size=5)), draw(_atoms), draw(_atoms),
         draw(st.floats(0, 2e9)), draw(st.floats(0, 2e9)), lines,
         None if committed is None else tuple(committed), draw(_atoms), draw(_atoms),
-        draw(st.one_of(st.none(), st.floats(0, 2e9))),
+        draw(st.one_of(st.none(), st.floats(0, 2e9))), draw(st.floats(0, 60)), draw(_atoms),
+        draw(st.booleans()), draw(_atoms), draw(_atoms),
     )
 
 
