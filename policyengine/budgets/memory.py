@@ -124,6 +124,7 @@ class MemoryStore:
         # are skipped when listing and dropped by _compact.
         self._listed: dict[str, list[tuple[int, str]]] = {}
         self._listed_count = 0
+        self._compact_due = _COMPACT_AT
         self._due = _INF  # earliest time any housekeeping is due
 
     # -- reads -------------------------------------------------------------------------
@@ -230,7 +231,16 @@ class MemoryStore:
                         holds.append((cell, line[5]))
                     self._holds[created.id] = holds
                     self._expire_at(created.expires_at, created.id)
-                    self._list(created)
+                    # The tenant's listing: an append, unless out of order (_list).
+                    entry = (int(created[8] * 1e6), created[0])
+                    entries = self._listed.get(created[7] or "")
+                    if entries is not None and entry > entries[-1]:
+                        entries.append(entry)
+                        self._listed_count += 1
+                        if self._listed_count >= self._compact_due:
+                            self._compact()
+                    else:
+                        self._list(created[7] or "", entry)
                 else:
                     self._records[created.id] = _frozen(created)
                     self._purge_at(now + self.retention, created.id)
@@ -308,23 +318,25 @@ class MemoryStore:
                 self._due = key[2] + _CELL_LIFETIME
         return cell
 
-    def _list(self, created: ReservationRecord) -> None:
-        entry = (int(created[8] * 1e6), created[0])
-        tenant = created[7] or ""
+    def _list(self, tenant: str, entry: tuple[int, str]) -> None:
+        """A tenant's first entry, or one created in the same microsecond as, or a
+        clock step behind, the last."""
         entries = self._listed.get(tenant)
         if entries is None:
             self._listed[tenant] = [entry]
-        elif entry > entries[-1]:
-            entries.append(entry)
-        else:  # created in the same microsecond as, or a clock step behind, the last
+        else:
             bisect.insort(entries, entry)
         self._listed_count += 1
-        if self._listed_count >= _COMPACT_AT and self._listed_count > 2 * len(self._records):
+        if self._listed_count >= self._compact_due:
             self._compact()
 
     def _compact(self) -> None:
-        """Drop the listing entries of reservations no longer kept."""
+        """Drop the listing entries of reservations no longer kept (once they are more
+        than twice the reservations kept, so the work is amortised)."""
         records = self._records
+        if self._listed_count <= 2 * len(records):
+            self._compact_due = max(_COMPACT_AT, 2 * len(records) + 1)
+            return
         total = 0
         for tenant in list(self._listed):
             kept = [e for e in self._listed[tenant] if e[1] in records]
@@ -334,6 +346,7 @@ class MemoryStore:
             else:
                 del self._listed[tenant]
         self._listed_count = total
+        self._compact_due = max(_COMPACT_AT, 2 * total + 1)
 
     def _unhold(self, rid: str) -> None:
         holds = self._holds.pop(rid, None)
