@@ -19,7 +19,10 @@ Ops: ``reserve``, ``record``, ``commit``, ``release``, ``extend``, ``check``,
 no ``amount`` is a request without one), ``balances``, ``price`` (the price table:
 ``provider``, ``model``, ``inputTokens``, ``cachedInputTokens``, ``outputTokens``;
 ``expect`` matches ``Price.to_wire()``, or ``{"unpriced": true}``), ``advance`` (``seconds`` or
-``to``: an RFC 3339 UTC time). Argument keys are camelCase (``idempotencyKey``,
+``to``: an RFC 3339 UTC time), ``reservations`` (a listing page: ``tenant``, ``status``,
+``principal``, ``limit``, ``after``: the name a previous page's ``as`` gave its cursor;
+``expect`` is ``{"reservations": [names, in order], "more": bool}``). Argument keys are
+camelCase (``idempotencyKey``,
 ``actingFor``); ``usage`` (reserve, record, check, admit, commit) is an LLM usage
 ``{"provider", "model", "inputTokens", "cachedInputTokens", "outputTokens"}`` priced by
 the policy's price table; ``scope`` is an object of request fields (``{"workspace": "w1",
@@ -62,7 +65,7 @@ _ARG_NAMES = {
 _SPEND_ARGS = frozenset({"principal", "permission", "amount", "currency", "acting_for",
                          "tenant", "scope", "usage"})
 _ALLOWED_ARGS: dict[str, frozenset[str]] = {
-    "reserve": _SPEND_ARGS | {"ttl", "idempotency_key", "grace"},
+    "reserve": _SPEND_ARGS | {"ttl", "idempotency_key", "grace", "overage", "note"},
     "record": _SPEND_ARGS | {"idempotency_key", "overage"},
     "check": _SPEND_ARGS,
     "admit": _SPEND_ARGS,
@@ -72,6 +75,7 @@ _ALLOWED_ARGS: dict[str, frozenset[str]] = {
     "release": frozenset({"idempotency_key"}),
     "extend": frozenset({"ttl", "by", "idempotency_key"}),
     "balances": frozenset({"principal", "acting_for", "tenant", "scope", "level"}),
+    "reservations": frozenset({"tenant", "status", "principal", "limit", "after"}),
 }
 
 
@@ -200,6 +204,11 @@ def _run_step(
             result = ledger.release(rid, **kwargs)
         elif op == "extend":
             result = ledger.extend(rid, **kwargs)
+        elif op == "reservations":
+            after = kwargs.pop("after", None)
+            if after is not None:
+                kwargs["cursor"] = names.get(after, after)
+            result = ledger.reservations(**kwargs)
         else:
             result = ledger.balances(**kwargs)
     except BudgetError as exc:
@@ -214,6 +223,13 @@ def _run_step(
         return f"expected error {expect['error']}, but the step succeeded"
     if op == "balances":
         return _balances(expect, [b.to_wire() for b in result])
+    if op == "reservations":
+        if alias is not None and result.cursor is not None:
+            names[alias] = result.cursor
+        named = {rid: name for name, rid in names.items()}
+        got = {"reservations": [named.get(r.id, r.id) for r in result.reservations],
+               "more": result.cursor is not None}
+        return _subset(dict(expect), got, "result")
     wire = result.to_wire()
     if alias is not None:
         names[alias] = wire["id"]

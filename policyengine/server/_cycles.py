@@ -93,6 +93,55 @@ _DEFAULT_GRACE_MS = 5_000  # the protocol's default grace_period_ms
 _REPLAY_SECONDS = 86_400.0
 
 _ERROR = TypeAdapter(cm.CyclesError)
+_I64 = 9_223_372_036_854_775_807
+_LEDGER_STATUS = {"ACTIVE": "active", "COMMITTED": "committed", "RELEASED": "released",
+                  "EXPIRED": "expired"}
+#: Time filters of a listing (milliseconds, inclusive): creation, lease end, finish.
+_TIME_PARAMS = ("from", "to", "expires_from", "expires_to", "finalized_from",
+                "finalized_to")
+_LIST_PARAMS = {"status", "idempotency_key", *_LEVELS, "limit", "cursor", *_TIME_PARAMS}
+#: Marks a reservation note written by this wire (and its format's version).
+_NOTE_MARK = "cycles/1"
+
+
+def _note(body: cm.ReservationCreateRequest) -> str:
+    """What a reservation keeps of its create request (``Ledger.reserve(note=)``): the
+    subject and action as asked, the idempotency key and the metadata. Keys sorted, so
+    the same request makes the same note (it is part of the ledger's idempotency)."""
+    note: dict[str, Any] = {
+        "v": _NOTE_MARK,
+        "s": body.subject.model_dump(exclude_none=True),
+        "a": body.action.model_dump(exclude_none=True),
+        "k": body.idempotency_key,
+    }
+    if body.metadata is not None:
+        note["m"] = body.metadata
+    return json.dumps(note, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _asked_of(r: pb.Reservation) -> dict[str, Any] | None:
+    """The create request a reservation's note keeps, if this wire wrote it."""
+    text = r.note
+    if text is None or not text.startswith('{'):
+        return None
+    try:
+        asked = json.loads(text)
+    except ValueError:
+        return None
+    return asked if type(asked) is dict and asked.get("v") == _NOTE_MARK else None
+
+
+def _int_param(query: dict[str, str], name: str, low: int, high: int) -> int | None:
+    """A query parameter that must be an integer from ``low`` to ``high`` (ASCII digits
+    only: no sign, space or underscore), or None when it is absent."""
+    text = query.get(name)
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= 19) or not (
+            low <= int(text) <= high):
+        raise _CyclesRefusalError(400, "INVALID_REQUEST", f"{name} must be an integer from "
+                                  f"{low} to {high}")
+    return int(text)
 
 
 def _request_id() -> str:
@@ -208,8 +257,8 @@ class CyclesWire:
         self.service = service
         self.prefix = prefix
         self.replays = _Replays()
-        # Reservations this worker made: id -> (tenant, the ledger's overage policy).
-        self.owners: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        # Reservations this worker made: id -> tenant.
+        self.owners: OrderedDict[str, str] = OrderedDict()
 
     def routes(self) -> list[_Route]:
         from policyengine.server._app import _Route
@@ -316,12 +365,16 @@ class CyclesWire:
         hit = self.replays.get(slot, req.params, req.body)
         if hit is not None:
             return self._reply(hit[0], hit[1], key.tenant)
-        ledger_key = "cy_" + hashlib.sha256(
-            f"{key.tenant}\0{endpoint}\0{body.idempotency_key}".encode(
-                "utf-8", "surrogatepass")).hexdigest()[:40]
+        ledger_key = self._ledger_key(key.tenant, endpoint, body.idempotency_key)
         status, out = run(key, body, ledger_key, req.params)
         self.replays.put(slot, req.params, req.body, status, out)
         return self._reply(status, out, key.tenant)
+
+    @staticmethod
+    def _ledger_key(tenant: str, endpoint: str, idempotency_key: str) -> str:
+        """The ledger's idempotency key of a wire key: namespaced by tenant and endpoint."""
+        return "cy_" + hashlib.sha256(f"{tenant}\0{endpoint}\0{idempotency_key}".encode(
+            "utf-8", "surrogatepass")).hexdigest()[:40]
 
     @property
     def ledger(self) -> pb.Ledger:
@@ -418,20 +471,17 @@ class CyclesWire:
                                       "tenant")
         return r
 
-    def _check_owner(self, key: CyclesKey, reservation_id: str) -> str:
-        """403 for another tenant's reservation, else the overage policy its commit
-        follows. A reservation's tenant never changes, so the tenants (and the policies)
-        of the reservations this worker made are remembered (bounded) and a commit of one
-        costs no store read for the check; others are read, and their commit follows the
-        protocol's default policy (the ledger does not keep the policy: docs/service.md)."""
+    def _check_owner(self, key: CyclesKey, reservation_id: str) -> None:
+        """403 for another tenant's reservation. A reservation's tenant never changes, so
+        the tenants of the reservations this worker made are remembered (bounded) and a
+        commit of one costs no store read for the check; others are read. The overage
+        policy a commit follows is the reservation's own, kept in the ledger with it."""
         known = self.owners.get(reservation_id)
         if known is None:
             self._owned(key, reservation_id)
-            return _OVERAGE["ALLOW_IF_AVAILABLE"]
-        if known[0] != key.tenant:
+        elif known != key.tenant:
             raise _CyclesRefusalError(403, "FORBIDDEN", "the reservation belongs to another "
                                       "tenant")
-        return known[1]
 
     @staticmethod
     def _ms(t: float) -> int:
@@ -472,14 +522,15 @@ class CyclesWire:
         r = self.ledger.reserve(principal, permission, amount, unit,
                                 ttl=body.ttl_ms / 1000, idempotency_key=ledger_key,
                                 tenant=key.tenant, scope=self._scope(body.subject),
-                                grace=grace)
+                                grace=grace, overage=_OVERAGE[body.overage_policy],  # type: ignore[arg-type]
+                                note=_note(body))
         if not r.lines:
             # The protocol: at least one derived scope must have a budget. A spend no
             # budget covers is refused, never admitted unmetered (the reservation the
             # ledger made holds nothing; a replay of its key is refused the same way).
             raise _CyclesRefusalError(409, "BUDGET_EXCEEDED", "no budget covers this subject and "
                                 "action")
-        self.owners[r.id] = (key.tenant, _OVERAGE[body.overage_policy])
+        self.owners[r.id] = key.tenant
         if len(self.owners) > _REPLAY_SIZE:
             self.owners.popitem(last=False)
         now = self.ledger.clock()
@@ -498,13 +549,13 @@ class CyclesWire:
     def _commit(self, key: CyclesKey, body: cm.CommitRequest,
                 ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
         rid = params[0]
-        overage = self._check_owner(key, rid)
+        self._check_owner(key, rid)
         unit, places = self._unit(body.actual.unit)
         # Another protocol unit than the reservation's is the ledger's unit_mismatch
         # (400 UNIT_MISMATCH): the protocol's units other than USD_MICROCENTS are counts.
+        # The overage policy is the one the reservation was made with (kept with it).
         done = self.ledger.commit(rid, self._to_ledger(body.actual.amount, places), unit,
-                                  idempotency_key=ledger_key,
-                                  overage=overage)  # type: ignore[arg-type]
+                                  idempotency_key=ledger_key)
         charged = self._charged(done, body.actual.unit, body.actual.amount)
         reserved = self._amount_out(done.amount, done.unit)
         released = None
@@ -591,25 +642,118 @@ class CyclesWire:
         r = self._owned(key, req.params[0])
         return self._reply(200, _dump(_DETAIL_OUT, self._detail(r)), key.tenant)
 
-    def _detail(self, r: pb.Reservation) -> cm.ReservationDetail:
-        kind, _, name = r.permission.partition(":")
+    def _asked(self, r: pb.Reservation) -> tuple[cm.SubjectOut, cm.ActionOut, list[str],
+                                                  str | None, dict[str, Any] | None]:
+        """The subject, action, scopes, idempotency key and metadata a reservation was
+        asked with: from its note (the create request, kept in the ledger), else (one
+        not made over this wire) derived from its principal and permission."""
+        asked = _asked_of(r)
         tenant = r.tenant or ""
+        if asked is not None:
+            subject = cm.SubjectOut.model_validate({**asked["s"], "tenant": tenant})
+            action = cm.ActionOut.model_validate(asked["a"])
+            return (subject, action, self._scopes(subject, tenant),  # type: ignore[arg-type]
+                    asked.get("k"), asked.get("m"))
+        kind, _, name = r.permission.partition(":")
         subject = cm.SubjectOut(tenant=tenant, agent=None if r.principal == f"tenant:{tenant}"
                                 else r.principal)
         scopes = [f"tenant:{tenant}"] + ([] if subject.agent is None
                                          else [f"agent:{subject.agent}"])
+        return subject, cm.ActionOut(kind=kind, name=name), scopes, None, None
+
+    def _detail(self, r: pb.Reservation) -> cm.ReservationDetail:
+        subject, action, scopes, idem, metadata = self._asked(r)
         reserved = self._amount_out(r.amount, r.unit) or cm.AmountOut(unit="TOKENS", amount=0)
+        finalized = r.finalized_at if r.status in ("committed", "released") else None
         return cm.ReservationDetail(
             reservation_id=r.id, status=_STATUS.get(r.status, "EXPIRED"),  # type: ignore[arg-type]
-            subject=subject, action=cm.ActionOut(kind=kind, name=name), reserved=reserved,
+            idempotency_key=idem, subject=subject, action=action, reserved=reserved,
             committed=self._amount_out(r.committed_amount, r.unit),
+            created_at_ms=self._ms(r.created_at), expires_at_ms=self._ms(r.expires_at),
+            finalized_at_ms=None if finalized is None else self._ms(finalized),
+            scope_path="/".join(scopes), affected_scopes=scopes, metadata=metadata)
+
+    def _summary(self, r: pb.Reservation) -> cm.ReservationSummary:
+        subject, action, scopes, idem, _ = self._asked(r)
+        reserved = self._amount_out(r.amount, r.unit) or cm.AmountOut(unit="TOKENS", amount=0)
+        return cm.ReservationSummary(
+            reservation_id=r.id, status=_STATUS.get(r.status, "EXPIRED"),  # type: ignore[arg-type]
+            idempotency_key=idem, subject=subject, action=action, reserved=reserved,
             created_at_ms=self._ms(r.created_at), expires_at_ms=self._ms(r.expires_at),
             scope_path="/".join(scopes), affected_scopes=scopes)
 
     def list_reservations(self, req: _Request) -> _Reply:
+        """``GET /v1/reservations``: the tenant's reservations made over this wire, oldest
+        first, filtered by status, idempotency key, subject level and time range, in
+        pages (``limit`` 1 to 200, default 50; ``next_cursor`` / ``has_more``)."""
         key = self._key(req)
-        raise _CyclesRefusalError(501, "INTERNAL_ERROR", "listing reservations is not supported "
-                            "by this service yet", {"tenant": key.tenant})
+        query = self._query(req, _LIST_PARAMS)
+        if query.get("tenant", key.tenant) != key.tenant:
+            raise _CyclesRefusalError(403, "FORBIDDEN", "tenant is not the tenant of this API "
+                                      "key")
+        status = query.get("status")
+        if status is not None and status not in _LEDGER_STATUS:
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", "status must be one of ACTIVE, "
+                                      "COMMITTED, RELEASED, EXPIRED")
+        given = _int_param(query, "limit", 1, 200)
+        limit = 50 if given is None else given
+        bounds = {name: _int_param(query, name, 0, _I64) for name in _TIME_PARAMS}
+        levels = {lv: query[lv] for lv in _LEVELS[1:] if lv in query}
+        for level, value in levels.items():
+            if not 0 < len(value) <= 128:
+                raise _CyclesRefusalError(400, "INVALID_REQUEST", f"{level} must be 1 to 128 "
+                                          "characters")
+        idem = query.get("idempotency_key")
+        if idem is not None and not 0 < len(idem) <= 256:
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", "idempotency_key must be 1 to 256 "
+                                      "characters")
+        cursor = query.get("cursor")
+
+        def wanted(r: pb.Reservation) -> bool:
+            asked = _asked_of(r)
+            if asked is None or not r.lines:  # not made here, or refused (held nothing)
+                return False
+            if idem is not None and asked.get("k") != idem:
+                return False
+            subject = asked["s"]
+            if any(subject.get(lv) != value for lv, value in levels.items()):
+                return False
+            for name, bound in bounds.items():
+                if bound is None:
+                    continue
+                if name in ("from", "to"):
+                    at: float | None = r.created_at
+                elif name.startswith("expires"):
+                    at = r.expires_at
+                else:  # finalized_*: only committed or released reservations have a finish
+                    at = r.finalized_at if r.status in ("committed", "released") else None
+                if at is None:
+                    return False
+                at_ms = self._ms(at)
+                if (at_ms < bound) if name.endswith("from") else (at_ms > bound):
+                    return False
+            return True
+
+        ledger_status = None if status is None else _LEDGER_STATUS[status]
+        if idem is not None:
+            # Recovery by idempotency key: the ledger's record of that create, at once.
+            found = self.ledger.reservation_for(self._ledger_key(key.tenant, "reservations",
+                                                                 idem))
+            chosen = [] if found is None or found.tenant != key.tenant or (
+                ledger_status is not None and found.status != ledger_status) or not wanted(
+                found) else [found]
+            page = pb.ReservationPage(tuple(chosen), None)
+        else:
+            try:
+                page = self.ledger.reservations(tenant=key.tenant, status=ledger_status,
+                                                where=wanted, limit=limit, cursor=cursor)
+            except pb.BudgetInputError as exc:
+                raise _CyclesRefusalError(400, "INVALID_REQUEST", exc.message,
+                                          {"code": exc.code}) from None
+        out = cm.ReservationListResponse(
+            reservations=[self._summary(r) for r in page.reservations],
+            has_more=page.cursor is not None, next_cursor=page.cursor)
+        return self._reply(200, _dump(_LIST_OUT, out), key.tenant)
 
     def balances(self, req: _Request) -> _Reply:
         key = self._key(req)

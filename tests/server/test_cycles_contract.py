@@ -157,6 +157,18 @@ def test_every_answer_of_every_endpoint_matches_the_protocol_file(
     run(http.get("/v1/balances", params={"tenant": "acme", "agent": "oracle"}))
     run(http.get("/v1/balances", params={"tenant": "globex"}))
     run(http.get("/v1/balances", params={"limit": "5"}))
+    # The listing: pages, filters, the subject and key as asked, and its refusals.
+    run(http.post("/v1/reservations", json=body(metadata={"m": [1, None]}, subject={
+        "tenant": "acme", "workspace": "w", "agent": "oracle", "dimensions": {"d": "x"}})))
+    page = run(http.get("/v1/reservations", params={"limit": "2"})).json()
+    assert page["has_more"] is True and len(page["reservations"]) == 2
+    run(http.get("/v1/reservations", params={"cursor": page["next_cursor"]}))
+    run(http.get("/v1/reservations", params={"status": "ACTIVE", "workspace": "w",
+                                             "tenant": "acme"}))
+    run(http.get("/v1/reservations", params={"idempotency_key": key()}))
+    run(http.get("/v1/reservations", params={"limit": "0"}))
+    run(http.get("/v1/reservations", params={"tenant": "globex"}))
+    run(http.get("/v1/reservations", headers={"X-Cycles-API-Key": "bad"}))
     statuses = {s for _, s in seen}
     assert statuses == {200, 201, 400, 401, 403, 404, 409}, statuses
 
