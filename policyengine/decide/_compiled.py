@@ -259,6 +259,9 @@ class CompiledPolicy:
     #: The reverse-query index (``decide._query.QueryIndex``), built on the first
     #: ``permissions_of`` / ``principals_with`` / ``filter_tools`` and kept with the policy.
     query_index: Any = None
+    #: The ``resource`` declarations: type -> resource id -> attributes, in declaration
+    #: order (several declarations of one resource merge; a later value wins).
+    resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def set_index(self, exact: dict[str, _Bucket], prefix: dict[str, _Bucket],
                   every: _Bucket | None, approval_terms: dict[str, tuple[int, int]]) -> None:
@@ -511,7 +514,8 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
                             schemas=tuple((_PatternSet(st.patterns), compile_schema(st))
                                           for f in files if ast.SchemaDecl in f.kinds
                                           for st in f.statements
-                                          if isinstance(st, ast.SchemaDecl)))
+                                          if isinstance(st, ast.SchemaDecl)),
+                            resources=_resources(files))
     policy.set_index(_merge_buckets([u.exact for u in units]),
                      _merge_buckets([u.prefix for u in units]),
                      _merge_buckets([u.every for u in units]).get("*"),
@@ -615,6 +619,20 @@ def _principals(agents: Iterable[ast.AgentDecl]) -> dict[str, Principal]:
         agent_attrs.setdefault(st.id, {}).update({k: v.value for k, v in st.attributes})
     return {aid: Principal(aid, frozenset(r), agent_attrs.get(aid, {}))
             for aid, r in agent_roles.items()}
+
+
+def _resources(files: Sequence[ast.PolicyFile]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The declared resources by type and id (declaration order; several declarations of
+    one resource merge, a later attribute value wins)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for f in files:
+        if ast.ResourceDecl not in f.kinds:
+            continue
+        for st in f.statements:
+            if isinstance(st, ast.ResourceDecl):
+                attrs = out.setdefault(st.type, {}).setdefault(st.ident, {})
+                attrs.update((k, v.value) for k, v in st.attributes)
+    return out
 
 
 def _merge_principals(units: list[_FileUnit]) -> dict[str, Principal]:

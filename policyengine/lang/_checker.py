@@ -297,6 +297,13 @@ class _FileCheck(ast.StatementVisitor[None]):
             self.ctx.tag = (3, 2)
             self.ctx.error("E116", f"agent '{st.id}' repeats an attribute", st.span)
 
+    def resource(self, st: ast.ResourceDecl) -> None:
+        names = [n for n, _ in st.attributes]
+        if len(names) != len(set(names)):
+            self.ctx.tag = (3, 2)
+            self.ctx.error("E116", f"resource {st.type} '{st.ident}' repeats an attribute",
+                           st.span)
+
     def _scoped(self, st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl) -> None:
         """Patterns and scope: what every kind of rule has."""
         self.ctx.tag = (3, 0)

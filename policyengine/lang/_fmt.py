@@ -37,6 +37,12 @@ def _literal(v: str | int | Decimal | bool) -> str:
     return _num(v)
 
 
+def _attributes(attrs: tuple[tuple[str, ast.Literal], ...]) -> str:
+    if not attrs:
+        return ""
+    return " { " + ", ".join(f"{k} = {_literal(v.value)}" for k, v in attrs) + " }"
+
+
 def _money(m: ast.MoneyLit) -> str:
     return f"{_num(m.amount)} {m.currency}"
 
@@ -179,10 +185,10 @@ class _StatementHead(ast.StatementVisitor[str]):
         text = f"agent {_str(st.id)}"
         if st.roles:
             text += ": " + ", ".join(st.roles)
-        if st.attributes:
-            text += " { " + ", ".join(f"{k} = {_literal(v.value)}" for k, v in st.attributes)
-            text += " }"
-        return text
+        return text + _attributes(st.attributes)
+
+    def resource(self, st: ast.ResourceDecl) -> str:
+        return f"resource {st.type} {_str(st.ident)}" + _attributes(st.attributes)
 
     def rule(self, st: ast.Rule) -> str:
         return (f"{st.effect} {st.id}: " + ", ".join(st.patterns) + _scope(st.scope)

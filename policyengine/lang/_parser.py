@@ -44,7 +44,7 @@ MAX_PROBLEMS = 100
 
 STATEMENT_KEYWORDS = (
     "namespace", "currency", "default_currency", "rate", "rates", "tz", "role", "agent",
-    "permit", "forbid", "approval", "limit", "budget", "tool", "egress", "delegation",
+    "resource", "permit", "forbid", "approval", "limit", "budget", "tool", "egress", "delegation",
     "log",
     "schema",
     "price",
@@ -53,6 +53,7 @@ STATEMENT_KEYWORDS = (
 # the previous statement (``budget x: ... \n    limit 5 EUR per day``).
 _STATEMENT_START = re.compile(
     r"[ \t]*(?:namespace|currency|default_currency|rates?|tz|role|agent[ \t]+\"|egress|delegation"
+    r"|resource[ \t]+[A-Za-z_][A-Za-z0-9_\-]*[ \t]+\""
     r"|log[ \t]+redact"
     r"|schema"
     r"|price[ \t]+\""
@@ -128,7 +129,8 @@ KEYWORD_TERMINALS = frozenset({
     "FALSE",
     "FOR", "HTTP_KW", "IN", "ISSUER", "LIMIT", "LOG", "MAX_DEPTH", "MAX_TTL", "MINOR",
     "NAMED_KW",
-    "NAMESPACE", "NOT", "OR", "OVER", "OVERDRAFT", "PER", "RATE", "RATES", "REDACT", "ROLE",
+    "NAMESPACE", "NOT", "OR", "OVER", "OVERDRAFT", "PER", "RATE", "RATES", "REDACT",
+    "RESOURCE", "ROLE",
     "ROLLING", "ROOT", "SCHEMA", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "USES",
     "WINDOW_UNIT",
     "_MAX_AGE", "METHOD", "STRATEGY", "UNIT", "PRICE", "PRICE_KIND", "PRICE_TOKENS",
@@ -636,17 +638,25 @@ class _Build:
         names = p.maybe_tree("name_list")
         roles = tuple(str(x) for x in names.children) if names is not None else ()
         role_spans = tuple(self.span(x) for x in names.children) if names is not None else ()
-        attrs: tuple[tuple[str, ast.Literal], ...] = ()
+        return ast.AgentDecl(self.string(p.token("STRING")), roles, self.attributes(p), sp,
+                             role_spans)
+
+    def resource_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        return ast.ResourceDecl(str(p.token("ID")), self.string(p.token("STRING")),
+                                self.attributes(p), sp)
+
+    def attributes(self, p: _Parts) -> tuple[tuple[str, ast.Literal], ...]:
+        """The ``{ name = literal, ... }`` block of an agent or a resource (or none)."""
         block = p.maybe_tree("attributes")
-        if block is not None:
-            pairs = []
-            for attr in block.children:
-                if attr is None:
-                    continue
-                (value,) = (c for c in attr.children if isinstance(c, Tree))
-                pairs.append((str(_Parts(attr.children).token("NAME")), self.literal(value)))
-            attrs = tuple(pairs)
-        return ast.AgentDecl(self.string(p.token("STRING")), roles, attrs, sp, role_spans)
+        if block is None:
+            return ()
+        pairs = []
+        for attr in block.children:
+            if attr is None:
+                continue
+            (value,) = (c for c in attr.children if isinstance(c, Tree))
+            pairs.append((str(_Parts(attr.children).token("NAME")), self.literal(value)))
+        return tuple(pairs)
 
     def rule_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         return ast.Rule(str(p.token("EFFECT")), str(p.token("ID")),
@@ -876,7 +886,8 @@ _Builder = Callable[[_Build, _Parts, ast.Span], ast.Statement]
 _STATEMENTS: dict[str, _Builder] = {
     name: getattr(_Build, name) for name in (
         "namespace_decl", "currency_decl", "default_currency_decl", "rate_decl",
-        "rates_decl", "tz_decl", "role_decl", "agent_decl", "rule_decl", "limit_decl",
+        "rates_decl", "tz_decl", "role_decl", "agent_decl", "resource_decl", "rule_decl",
+        "limit_decl",
         "approval_over_decl", "budget_decl", "http_tool", "named_tool", "egress_decl",
         "delegation_decl", "log_decl", "schema_decl", "price_decl")
 }

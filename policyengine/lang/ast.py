@@ -22,7 +22,7 @@ __all__ = [
     "LogRedact",
     "MoneyLit", "NamedTool", "NamespaceDecl", "Not", "Or", "Path", "PolicyFile", "PriceDecl",
     "RateDecl",
-    "RatesDecl", "Redact", "RoleDecl", "Route", "Rule", "SchemaDecl", "SchemaField",
+    "RatesDecl", "Redact", "ResourceDecl", "RoleDecl", "Route", "Rule", "SchemaDecl", "SchemaField",
     "SchemaType", "ScopeItem", "Span", "Statement", "TzDecl", "Comment", "ExprVisitor",
     "StatementVisitor", "children",
 ]
@@ -207,6 +207,16 @@ class AgentDecl:
     attributes: tuple[tuple[str, Literal], ...] = ()
     span: Span = _span()
     role_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceDecl:
+    """``resource TYPE "id" { attributes }``: one resource of a type, with attributes."""
+
+    type: str
+    ident: str
+    attributes: tuple[tuple[str, Literal], ...] = ()
+    span: Span = _span()
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +438,8 @@ class SchemaDecl:
 
 Statement = Union[
     NamespaceDecl, CurrencyDecl, DefaultCurrencyDecl, RateDecl, RatesDecl, TzDecl, RoleDecl,
-    AgentDecl, Rule, LimitDecl, ApprovalOverDecl, BudgetDecl, HttpTool, NamedTool, EgressDecl,
+    AgentDecl, ResourceDecl, Rule, LimitDecl, ApprovalOverDecl, BudgetDecl, HttpTool, NamedTool,
+    EgressDecl,
     DelegationDecl, LogRedact, SchemaDecl, PriceDecl,
 ]
 
@@ -469,7 +480,8 @@ _EXPR_METHODS: dict[type, str] = {
 _STATEMENT_METHODS: dict[type, str] = {
     NamespaceDecl: "namespace", CurrencyDecl: "currency",
     DefaultCurrencyDecl: "default_currency", RateDecl: "rate", RatesDecl: "rates",
-    TzDecl: "tz", RoleDecl: "role", AgentDecl: "agent", Rule: "rule", LimitDecl: "limit",
+    TzDecl: "tz", RoleDecl: "role", AgentDecl: "agent", ResourceDecl: "resource",
+    Rule: "rule", LimitDecl: "limit",
     ApprovalOverDecl: "approval_over", BudgetDecl: "budget", HttpTool: "http_tool",
     NamedTool: "named_tool", EgressDecl: "egress", DelegationDecl: "delegation",
     LogRedact: "log_redact",
@@ -515,7 +527,8 @@ class ExprVisitor(Generic[T]):
 class StatementVisitor(Generic[T]):
     """Dispatch on a statement's node type to the method named for it (``namespace``,
     ``currency``, ``default_currency``, ``rate``, ``rates``, ``tz``, ``role``, ``agent``,
-    ``rule``, ``limit``, ``approval_over``, ``budget``, ``http_tool``, ``named_tool``,
+    ``resource``, ``rule``, ``limit``, ``approval_over``, ``budget``, ``http_tool``,
+    ``named_tool``,
     ``egress``, ``delegation``, ``log_redact``, ``schema``, ``price``).
     :meth:`visit_statement` returns ``default`` for a kind
     the subclass does not define."""

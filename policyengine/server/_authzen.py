@@ -11,23 +11,37 @@ The mapping onto the engine (docs/service.md, "AuthZEN"):
   those three keys is refused rather than guessed at;
 * ``decision`` is true only when the engine says ``allowed`` (``pending_approval`` is
   false: AuthZEN has no third answer); the response ``context`` carries the decision id,
-  the engine's status and reason code, and the reason as ``reason_admin``.
+  the engine's status and reason code, and the reason as ``reason_admin``;
+* a resource the policy declares (``resource TYPE "id" { ... }``) gets its declared
+  attributes in ``resource.properties`` (they win over the same keys sent): the policy is
+  the PIP for resources as its ``agent`` lines are for subjects.
+
+The search endpoints (subject, resource, action) answer with every entity whose
+evaluation would be true: the candidates are what the policy knows (its agents, its
+declared resources of the type, the actions its patterns name for the type), each decided
+by the same pipeline as an evaluation, without side effects (no approval is registered,
+nothing is logged). Answers are complete; a page is cut only with a ``page`` object whose
+``next_token`` says so (docs/service.md, "AuthZEN search").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+import hashlib
+import json
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 import policyengine as pe
+from policyengine.permissions import is_valid_permission
 from policyengine.server import _models as m
 
 if TYPE_CHECKING:
     from policyengine.server._app import PolicyService, _Reply, _Request, _Route
 
-__all__ = ["AuthzenWire", "evaluate", "evaluate_batch", "run_authzen_case"]
+__all__ = ["AuthzenWire", "evaluate", "evaluate_batch", "run_authzen_case", "search"]
 
 _RESERVED = ("subject", "resource", "action")
 _ONE_IN = TypeAdapter(m.AccessEvaluation)
@@ -35,6 +49,19 @@ _ONE_OUT = TypeAdapter(m.AccessEvaluationResponse)
 _MANY_IN = TypeAdapter(m.AccessEvaluations)
 _MANY_OUT = TypeAdapter(m.AccessEvaluationsResponse)
 _CONFIG_OUT = TypeAdapter(m.AuthzenConfiguration)
+#: Per search kind: the request model, the response model, the route's path and summary.
+_SEARCH: dict[str, tuple[Any, Any, str, str]] = {
+    "subject": (TypeAdapter(m.SubjectSearch), TypeAdapter(m.SubjectSearchResponse),
+                "/access/v1/search/subject", "AuthZEN subject search"),
+    "resource": (TypeAdapter(m.ResourceSearch), TypeAdapter(m.ResourceSearchResponse),
+                 "/access/v1/search/resource", "AuthZEN resource search"),
+    "action": (TypeAdapter(m.ActionSearch), TypeAdapter(m.ActionSearchResponse),
+               "/access/v1/search/action", "AuthZEN action search"),
+}
+_SEARCH_MODELS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
+    "subject": (m.SubjectSearch, m.SubjectSearchResponse),
+                  "resource": (m.ResourceSearch, m.ResourceSearchResponse),
+                  "action": (m.ActionSearch, m.ActionSearchResponse)}
 
 
 class _ItemError(Exception):
@@ -64,6 +91,9 @@ class AuthzenWire:
             _Route("authzen_evaluations", "POST", f"{p}/access/v1/evaluations",
                    self.evaluations, m.AccessEvaluations, m.AccessEvaluationsResponse,
                    "AuthZEN batch access evaluations", guarded),
+            *(_Route(f"authzen_search_{kind}", "POST", f"{p}{path}", self._searcher(kind),
+                     _SEARCH_MODELS[kind][0], _SEARCH_MODELS[kind][1], summary, guarded)
+              for kind, (_, _, path, summary) in _SEARCH.items()),
         ]
 
     # ------------------------------------------------------------------ endpoints
@@ -73,7 +103,10 @@ class AuthzenWire:
         out = m.AuthzenConfiguration(
             policy_decision_point=base,
             access_evaluation_endpoint=f"{base}{self.prefix}/access/v1/evaluation",
-            access_evaluations_endpoint=f"{base}{self.prefix}/access/v1/evaluations")
+            access_evaluations_endpoint=f"{base}{self.prefix}/access/v1/evaluations",
+            search_subject_endpoint=f"{base}{self.prefix}{_SEARCH['subject'][2]}",
+            search_resource_endpoint=f"{base}{self.prefix}{_SEARCH['resource'][2]}",
+            search_action_endpoint=f"{base}{self.prefix}{_SEARCH['action'][2]}")
         return _Reply(200, _CONFIG_OUT.dump_json(out))
 
     def _base_url(self, req: _Request) -> str:
@@ -125,6 +158,22 @@ class AuthzenWire:
         return _Reply(200, _MANY_OUT.dump_json(many), None,
                       f"batch:{len(many.evaluations)}")
 
+    def _searcher(self, kind: str) -> Callable[[_Request], _Reply]:
+        def handler(req: _Request) -> _Reply:
+            from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+            self._pep(req)
+            data = _json_body(req)
+            adapter_in, adapter_out = _SEARCH[kind][0], _SEARCH[kind][1]
+            _validate(adapter_in, data)
+            try:
+                out = adapter_out.validate_python(search(self.service.engine, kind, data))
+            except _ItemError as exc:
+                raise _RefusalError(400, "invalid_request", exc.message) from None
+            subject = data["subject"].get("id") if kind != "subject" else None
+            return _Reply(200, adapter_out.dump_json(out, exclude_none=True), subject,
+                          f"search:{len(out.results)}")
+        return handler
+
     def _count(self, status: str) -> None:
         self.service.metrics.decision("authzen", status)
 
@@ -140,15 +189,31 @@ def _complete(subject: Any, action: Any, resource: Any
     return subject, action, resource
 
 
-def _decide(engine: pe.Engine, subject: dict[str, Any], action: dict[str, Any],
-            resource: dict[str, Any], context: dict[str, Any] | None,
-            count: Callable[[str], None] | None) -> dict[str, Any]:
+def _known(engine: pe.Engine, resource: dict[str, Any]) -> dict[str, Any]:
+    """``resource`` with the attributes the policy declares for it (if it declares it)
+    in its ``properties``; a declared attribute wins over a sent property."""
+    declared = engine.policy.resources.get(resource["type"])
+    attrs = declared.get(resource["id"]) if declared else None
+    if attrs is None:
+        return resource
+    sent = resource.get("properties")
+    return {**resource, "properties": {**sent, **attrs} if sent else dict(attrs)}
+
+
+def _base_context(context: dict[str, Any] | None) -> dict[str, Any]:
     ctx = dict(context) if context else {}
     if ctx and ("subject" in ctx or "resource" in ctx or "action" in ctx):
         clash = [k for k in _RESERVED if k in ctx]
         raise _ItemError(f"context keys {clash} are reserved for the request's own "
                          "subject, resource and action")
-    ctx["subject"], ctx["resource"], ctx["action"] = subject, resource, action
+    return ctx
+
+
+def _decide(engine: pe.Engine, subject: dict[str, Any], action: dict[str, Any],
+            resource: dict[str, Any], context: dict[str, Any] | None,
+            count: Callable[[str], None] | None) -> dict[str, Any]:
+    ctx = _base_context(context)
+    ctx["subject"], ctx["resource"], ctx["action"] = subject, _known(engine, resource), action
     d = engine.authorize(subject["id"], f"{resource['type']}:{action['name']}", ctx)
     if count is not None:
         count(d.status)
@@ -201,7 +266,10 @@ def run_authzen_case(engine: pe.Engine, case: dict[str, Any]) -> str | None:
     """Conformance kind ``authzen``: ``request`` is an evaluation (or an evaluations
     batch, when it has ``evaluations``); ``expect`` is ``{"decision": bool}`` or
     ``{"evaluations": [{"decision": bool}, ...]}``. Decisions are compared, the response
-    context is not. None when it matches, else why not."""
+    context is not. A case with ``search`` (``subject``, ``resource`` or ``action``) is a
+    search: see :func:`_run_search_case`. None when it matches, else why not."""
+    if "search" in case:
+        return _run_search_case(engine, case["search"], case["request"], case["expect"])
     request, expect = case["request"], case["expect"]
     if "evaluations" in request:
         _MANY_IN.validate_python(request)
@@ -212,3 +280,176 @@ def run_authzen_case(engine: pe.Engine, case: dict[str, Any]) -> str | None:
         _ONE_IN.validate_python(request)
         got = {"decision": evaluate(engine, request)["decision"]}
     return None if got == expect else f"expected {expect}, got {got}"
+
+
+def _run_search_case(engine: pe.Engine, kind: str, request: dict[str, Any],
+                     expect: dict[str, Any]) -> str | None:
+    """``expect`` is one of: ``{"results": [...]}``: the whole answer, results compared
+    in any order (as the interop runner compares them), and no ``page`` in it;
+    ``{"pages": [[...], ...]}``: following ``next_token`` from ``request`` gives exactly
+    these pages, results in this order, each ``page`` counting its results and the total;
+    ``{"error": "invalid_request"}``: the request is refused."""
+    if kind not in _SEARCH:
+        return f"unknown search {kind!r}"
+    adapter_in = _SEARCH[kind][0]
+    try:
+        adapter_in.validate_python(request)
+        first = search(engine, kind, request)
+    except (ValidationError, _ItemError):
+        got_error = "invalid_request"
+        return None if expect == {"error": got_error} else f"expected {expect}, refused"
+    if "error" in expect:
+        return f"expected {expect}, got {first}"
+    if "results" in expect:
+        want = sorted(json.dumps(x, sort_keys=True) for x in expect["results"])
+        got = sorted(json.dumps(x, sort_keys=True) for x in first["results"])
+        if "page" in first or got != want:
+            return f"expected {expect}, got {first}"
+        return None
+    pages, answer = [], first
+    while True:
+        pages.append(answer)
+        token = answer.get("page", {}).get("next_token")
+        if not token or len(pages) > len(expect["pages"]):
+            break
+        answer = search(engine, kind, {**request, "page": {**request.get("page", {}),
+                                                           "token": token}})
+    total = sum(len(p) for p in expect["pages"])
+    want_pages = [{"page": {"count": len(p), "total": total}, "results": p}
+                  for p in expect["pages"]]
+    got_pages = [{"page": {"count": a.get("page", {}).get("count"),
+                           "total": a.get("page", {}).get("total")},
+                  "results": a["results"]} for a in pages]
+    if got_pages != want_pages or pages[-1].get("page", {}).get("next_token") != "":
+        return f"expected pages {expect['pages']}, got {pages}"
+    return None
+
+
+# --------------------------------------------------------------------------- search
+def _allowed(engine: pe.Engine, principal: str, permission: str,
+             ctx: dict[str, Any]) -> bool:
+    """Would an evaluation of this be true? The decision pipeline's own run, without
+    its side effects: a pending approval registers nothing, the decision log takes no
+    record (a search is not an access)."""
+    run = engine._pipeline.run
+    return run(principal, permission, ctx, None, None, False).status == "allowed"
+
+
+def _action_names(engine: pe.Engine, rtype: str) -> list[str]:
+    """The actions the policy names for resources of ``rtype``: every permission
+    ``rtype:NAME`` its roles and rules spell out, in declaration order (a wildcard such
+    as ``rtype:*`` names none: the vocabulary is what the policy writes)."""
+    prefix = rtype + ":"
+    seen: dict[str, None] = {}
+    for rule in engine.policy.rules:
+        for pattern in rule.patterns:
+            if pattern.startswith(prefix) and not pattern.endswith("*"):
+                seen.setdefault(pattern[len(prefix):], None)
+    return list(seen)
+
+
+def _request_digest(kind: str, data: dict[str, Any]) -> str:
+    """What a page token is bound to: the search kind and the request without its
+    ``page.token`` (the spec: every other value must stay the same across pages)."""
+    rest = {k: v for k, v in data.items() if k != "page"}
+    page = data.get("page") or {}
+    rest["page"] = {k: v for k, v in page.items() if k != "token"}
+    text = json.dumps([kind, rest], sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def _token(offset: int, digest: str) -> str:
+    raw = json.dumps({"o": offset, "q": digest}, separators=(",", ":")).encode("ascii")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _offset(token: str, digest: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        found = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        found = None
+    if (type(found) is not dict or type(found.get("o")) is not int
+            or found.get("q") != digest or not 0 < found["o"] < 1 << 31):
+        raise _ItemError("page.token is not a token this service gave for this search "
+                         "(every value but the token must stay the same across pages)")
+    offset: int = found["o"]
+    return offset
+
+
+def _paged(kind: str, data: dict[str, Any], found: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer: every result, or one page of them with a ``page`` object that says
+    how to get the rest (never cut short silently)."""
+    page = data.get("page")
+    total = len(found)
+    limit = (page or {}).get("limit") or m.MAX_SEARCH_PAGE
+    digest = _request_digest(kind, data) if page is not None or total > limit else ""
+    token = (page or {}).get("token")
+    start = _offset(token, digest) if token is not None else 0
+    chunk = found[start:start + limit]
+    if page is None and total <= limit:
+        return {"results": chunk}
+    end = start + len(chunk)
+    return {"page": {"next_token": _token(end, digest) if end < total else "",
+                     "count": len(chunk), "total": total},
+            "results": chunk}
+
+
+def _subjects(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
+              permission: str) -> list[dict[str, Any]]:
+    stype = data["subject"]["type"]
+    ctx["resource"], ctx["action"] = _known(engine, data["resource"]), data["action"]
+    out = []
+    for principal in engine.policy.principals:
+        ctx["subject"] = {"type": stype, "id": principal}
+        if _allowed(engine, principal, permission, dict(ctx)):
+            out.append({"type": stype, "id": principal})
+    return out
+
+
+def _resources(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
+               permission: str) -> list[dict[str, Any]]:
+    rtype = data["resource"]["type"]
+    principal = data["subject"]["id"]
+    ctx["subject"], ctx["action"] = data["subject"], data["action"]
+    out = []
+    for rid, attrs in engine.policy.resources.get(rtype, {}).items():
+        ctx["resource"] = {"type": rtype, "id": rid, "properties": dict(attrs)}
+        if _allowed(engine, principal, permission, dict(ctx)):
+            out.append({"type": rtype, "id": rid})
+    return out
+
+
+def _actions(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any]
+             ) -> list[dict[str, Any]]:
+    resource = data["resource"]
+    principal = data["subject"]["id"]
+    ctx["subject"], ctx["resource"] = data["subject"], _known(engine, resource)
+    out = []
+    for name in _action_names(engine, resource["type"]):
+        ctx["action"] = {"name": name}
+        permission = f"{resource['type']}:{name}"
+        if is_valid_permission(permission) and _allowed(engine, principal, permission,
+                                                        dict(ctx)):
+            out.append({"name": name})
+    return out
+
+
+def search(engine: pe.Engine, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One AuthZEN search (``kind`` subject, resource or action; ``data`` a body already
+    validated as its request model): every entity an evaluation would allow, paged as
+    the request's ``page`` asks; the response as a dict of the response model's shape.
+    A type or action that is no permission of the policy answers no results."""
+    ctx = _base_context(data.get("context"))
+    found: Iterable[dict[str, Any]]
+    if kind == "action":
+        found = _actions(engine, data, ctx)
+    else:
+        permission = f"{data['resource']['type']}:{data['action']['name']}"
+        if not is_valid_permission(permission):
+            found = []
+        elif kind == "subject":
+            found = _subjects(engine, data, ctx, permission)
+        else:
+            found = _resources(engine, data, ctx, permission)
+    return _paged(kind, data, list(found))

@@ -30,6 +30,8 @@ __all__ = [
     "AccessEvaluationResponse",
     "AccessEvaluations",
     "AccessEvaluationsResponse",
+    "ActionSearch",
+    "ActionSearchResponse",
     "ActguardBudgetExceeded",
     "ActguardError",
     "ActguardEvents",
@@ -60,6 +62,10 @@ __all__ = [
     "LedgerSessionRequest",
     "TokenRequest",
     "TokenResponse",
+    "ResourceSearch",
+    "ResourceSearchResponse",
+    "SubjectSearch",
+    "SubjectSearchResponse",
     "ToolAuthorizeRequest",
     "ToolAuthorizeResponse",
     "TraceClose",
@@ -621,6 +627,111 @@ class AuthzenConfiguration(_Response):
     policy_decision_point: str
     access_evaluation_endpoint: str
     access_evaluations_endpoint: str
+    search_subject_endpoint: str
+    search_resource_endpoint: str
+    search_action_endpoint: str
+
+
+#: The most results one search answer carries: a larger ``page.limit`` is refused, and a
+#: result set larger than this without a ``page.limit`` is paginated (never cut short).
+MAX_SEARCH_PAGE = 1000
+
+
+class SearchPage(_Request):
+    """A search request's ``page`` (Authorization API 1.0, "Paginated Requests")."""
+
+    token: str | None = Field(None, min_length=1, max_length=512,
+                              description="the next_token of the previous answer")
+    limit: int | None = Field(None, ge=1, le=MAX_SEARCH_PAGE,
+                              description="the most results to answer with")
+    properties: dict[str, JsonValue] | None = Field(
+        None, max_length=0, description="no implementation-specific properties are "
+                                        "supported: must be absent or empty")
+
+
+class _SearchSubject(_Request):
+    """The searched-for subject: its ``type``; an ``id`` is ignored (the spec's rule)."""
+
+    type: str = Field(max_length=256)
+    id: str | None = Field(None, max_length=512)
+    properties: dict[str, JsonValue] | None = None
+
+
+class _SearchResource(_Request):
+    """The searched-for resource: its ``type``; an ``id`` is ignored (the spec's rule)."""
+
+    type: str = Field(max_length=256)
+    id: str | None = Field(None, max_length=512)
+    properties: dict[str, JsonValue] | None = None
+
+
+class SubjectSearch(_Request):
+    """``POST /access/v1/search/subject``: who may do ``action`` on ``resource``?"""
+
+    subject: _SearchSubject
+    action: AuthzenAction
+    resource: AuthzenResource
+    context: dict[str, JsonValue] | None = None
+    page: SearchPage | None = None
+
+
+class ResourceSearch(_Request):
+    """``POST /access/v1/search/resource``: on which resources of ``resource.type`` may
+    ``subject`` do ``action``?"""
+
+    subject: AuthzenSubject
+    action: AuthzenAction
+    resource: _SearchResource
+    context: dict[str, JsonValue] | None = None
+    page: SearchPage | None = None
+
+
+class ActionSearch(_Request):
+    """``POST /access/v1/search/action``: what may ``subject`` do on ``resource``? (No
+    ``action``: the request must not carry one.)"""
+
+    subject: AuthzenSubject
+    resource: AuthzenResource
+    context: dict[str, JsonValue] | None = None
+    page: SearchPage | None = None
+
+
+class SearchPageOut(_Response):
+    """The answer's ``page``: present when the request had one or the answer does not
+    hold every result. ``next_token`` is empty on the last page."""
+
+    next_token: str
+    count: int
+    total: int
+
+
+class SubjectResult(_Response):
+    type: str
+    id: str
+
+
+class ResourceResult(_Response):
+    type: str
+    id: str
+
+
+class ActionResult(_Response):
+    name: str
+
+
+class SubjectSearchResponse(_Response):
+    page: SearchPageOut | None = None
+    results: list[SubjectResult]
+
+
+class ResourceSearchResponse(_Response):
+    page: SearchPageOut | None = None
+    results: list[ResourceResult]
+
+
+class ActionSearchResponse(_Response):
+    page: SearchPageOut | None = None
+    results: list[ActionResult]
 
 
 # --------------------------------------------------------------------------- operations

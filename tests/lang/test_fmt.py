@@ -85,6 +85,8 @@ statements = st.one_of(
     st.builds(ast.RoleDecl, ids, pattern_lists),
     st.builds(lambda i, r, a: ast.AgentDecl(i, tuple(r), tuple(a)), texts,
               st.lists(ids, max_size=2), st.lists(st.tuples(names, literals), max_size=2)),
+    st.builds(lambda t, i, a: ast.ResourceDecl(t, i, tuple(a)), ids, texts,
+              st.lists(st.tuples(names, literals), max_size=2)),
     st.builds(lambda e, i, p, s, c, m: ast.Rule(e, i, p, s, c, mode=m),
               st.sampled_from(["permit", "forbid", "approval"]), ids, pattern_lists,
               scopes, conditions, modes),
