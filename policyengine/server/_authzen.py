@@ -17,11 +17,14 @@ The mapping onto the engine (docs/service.md, "AuthZEN"):
   the PIP for resources as its ``agent`` lines are for subjects.
 
 The search endpoints (subject, resource, action) answer with every entity whose
-evaluation would be true: the candidates are what the policy knows (its agents, its
-declared resources of the type, the actions its patterns name for the type), each decided
-by the same pipeline as an evaluation, without side effects (no approval is registered,
-nothing is logged). Answers are complete; a page is cut only with a ``page`` object whose
-``next_token`` says so (docs/service.md, "AuthZEN search").
+evaluation would be true. The engine's reverse queries say who may hold the permission
+(``principals_with``) and what the subject may do (``permissions_of``), each line with the
+conditions it still depends on; what the policy knows (its agents, its declared resources
+of the type, the actions its patterns name for the type) is narrowed by them, and each
+remaining candidate's conditions are decided by the same pipeline as an evaluation,
+without side effects (no approval is registered, nothing is logged). Answers are
+complete; a page is cut only with a ``page`` object whose ``next_token`` says so
+(docs/service.md, "AuthZEN search").
 """
 
 from __future__ import annotations
@@ -395,12 +398,24 @@ def _paged(kind: str, data: dict[str, Any], found: list[dict[str, Any]]) -> dict
             "results": chunk}
 
 
+def _may(lines: Iterable[Any], permission: str) -> bool:
+    """Some ``allowed`` line of a reverse query covers ``permission`` (its residual
+    conditions, if any, are left to the decision)."""
+    return any(a.status == "allowed" and a.covers(permission) for a in lines)
+
+
 def _subjects(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
               permission: str) -> list[dict[str, Any]]:
+    """The agents ``principals_with(permission)`` lists as allowed (on conditions or
+    not), in the policy's declaration order, whose decision here is allowed."""
+    candidates = {a.principal for a in engine.principals_with(permission).entries
+                  if a.kind == "agent" and a.status == "allowed"}
     stype = data["subject"]["type"]
     ctx["resource"], ctx["action"] = _known(engine, data["resource"]), data["action"]
     out = []
     for principal in engine.policy.principals:
+        if principal not in candidates:
+            continue
         ctx["subject"] = {"type": stype, "id": principal}
         if _allowed(engine, principal, permission, dict(ctx)):
             out.append({"type": stype, "id": principal})
@@ -409,8 +424,12 @@ def _subjects(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
 
 def _resources(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
                permission: str) -> list[dict[str, Any]]:
-    rtype = data["resource"]["type"]
+    """Nothing unless ``permissions_of(subject)`` has an allowed line for the permission;
+    then the declared resources of the type whose decision is allowed."""
     principal = data["subject"]["id"]
+    if not _may(engine.permissions_of(principal).lookup(permission), permission):
+        return []
+    rtype = data["resource"]["type"]
     ctx["subject"], ctx["action"] = data["subject"], data["action"]
     out = []
     for rid, attrs in engine.policy.resources.get(rtype, {}).items():
@@ -422,15 +441,19 @@ def _resources(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
 
 def _actions(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any]
              ) -> list[dict[str, Any]]:
+    """The actions of the type's vocabulary that an allowed line of
+    ``permissions_of(subject)`` covers and whose decision is allowed."""
     resource = data["resource"]
     principal = data["subject"]["id"]
+    lines = engine.permissions_of(principal).entries
     ctx["subject"], ctx["resource"] = data["subject"], _known(engine, resource)
     out = []
     for name in _action_names(engine, resource["type"]):
-        ctx["action"] = {"name": name}
         permission = f"{resource['type']}:{name}"
-        if is_valid_permission(permission) and _allowed(engine, principal, permission,
-                                                        dict(ctx)):
+        if not is_valid_permission(permission) or not _may(lines, permission):
+            continue
+        ctx["action"] = {"name": name}
+        if _allowed(engine, principal, permission, dict(ctx)):
             out.append({"name": name})
     return out
 
