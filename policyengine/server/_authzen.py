@@ -398,6 +398,16 @@ def _paged(kind: str, data: dict[str, Any], found: list[dict[str, Any]]) -> dict
             "results": chunk}
 
 
+def _lines_of(engine: pe.Engine, principal: str) -> tuple[Any, ...]:
+    """``permissions_of(principal)``'s lines; none for an id the reverse query does not
+    take (empty, over 256 characters): no evaluation would allow such a principal
+    anything either."""
+    try:
+        return engine.permissions_of(principal).entries
+    except ValueError:
+        return ()
+
+
 def _may(lines: Iterable[Any], permission: str) -> bool:
     """Some ``allowed`` line of a reverse query covers ``permission`` (its residual
     conditions, if any, are left to the decision)."""
@@ -427,7 +437,7 @@ def _resources(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
     """Nothing unless ``permissions_of(subject)`` has an allowed line for the permission;
     then the declared resources of the type whose decision is allowed."""
     principal = data["subject"]["id"]
-    if not _may(engine.permissions_of(principal).lookup(permission), permission):
+    if not _may(_lines_of(engine, principal), permission):
         return []
     rtype = data["resource"]["type"]
     ctx["subject"], ctx["action"] = data["subject"], data["action"]
@@ -445,7 +455,7 @@ def _actions(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any]
     ``permissions_of(subject)`` covers and whose decision is allowed."""
     resource = data["resource"]
     principal = data["subject"]["id"]
-    lines = engine.permissions_of(principal).entries
+    lines = _lines_of(engine, principal)
     ctx["subject"], ctx["resource"] = data["subject"], _known(engine, resource)
     out = []
     for name in _action_names(engine, resource["type"]):

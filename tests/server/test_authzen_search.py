@@ -371,3 +371,23 @@ def test_paged_searches_agree_with_evaluations(records: list[tuple[str, str]],
                                      "properties": engine.policy.resources["record"][f"r{n}"]}
                     }).allowed]
             assert got == want
+
+
+@pytest.mark.parametrize("subject_id", ["", "z" * 257, "z" * 512])
+def test_a_subject_id_no_principal_can_have_finds_nothing(svc: Running,
+                                                          subject_id: str) -> None:
+    subject = {"type": "user", "id": subject_id}
+    assert not _evaluate_raw(svc, subject)  # what an evaluation says of it
+    for kind, body in (("resource", {**BOB_VIEW, "subject": subject}),
+                       ("action", {"subject": subject,
+                                   "resource": {"type": "record", "id": "101"}})):
+        r = _post(svc, kind, body)
+        assert r.status_code == 200 and r.json() == {"results": []}, r.text
+
+
+def _evaluate_raw(svc: Running, subject: dict[str, Any]) -> bool:
+    r = httpx.post(f"{svc.url}/access/v1/evaluation", json={
+        "subject": subject, "action": {"name": "view"},
+        "resource": {"type": "record", "id": "101"}})
+    assert r.status_code == 200, r.text
+    return bool(r.json()["decision"])
