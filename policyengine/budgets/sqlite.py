@@ -39,8 +39,10 @@ import json
 import os
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from policyengine.budgets.errors import BudgetStoreError
 from policyengine.budgets.spec import MAX_ROLLING_SECONDS
@@ -109,6 +111,22 @@ _BUCKET_LIFETIME = 32 * 86400
 _SWEEP_EVERY = 512
 
 _Key = tuple[str, str, int]
+_T = TypeVar("_T")
+
+#: Waiting for another process's write lock: SQLite's own busy handler sleeps 1 ms, then
+#: 2, 5, 10 ... ms, while a write holds the lock for about 0.1 ms, so two processes
+#: writing one file spent much of their time asleep. The store waits itself instead:
+#: 50 us, doubling up to 2 ms, until ``busy_timeout``.
+_BUSY_FIRST = 0.00005
+_BUSY_MOST = 0.002
+_SQLITE_BUSY = 5
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return bool(code & 0xFF == _SQLITE_BUSY)
+    return str(exc).startswith(("database is locked", "database is busy"))
 
 #: Forks so far in this process's ancestry: a connection opened before a fork must not be
 #: used after it. Counting forks spares a getpid() system call per operation.
@@ -171,6 +189,8 @@ class SQLiteStore:
                 conn.execute("PRAGMA journal_mode = WAL")
             sync = "NORMAL" if self.durability == "process" else "FULL"
             conn.execute(f"PRAGMA synchronous = {sync}")
+            # From here on a busy database is waited for by _retrying (see _BUSY_FIRST).
+            conn.execute("PRAGMA busy_timeout = 0")
         except sqlite3.Error as exc:
             raise BudgetStoreError(
                 "store_unavailable", f"cannot open budget database {self.path!r}: {exc}"
@@ -192,9 +212,29 @@ class SQLiteStore:
             local.synced = True  # synchronous=FULL unless durability is "process"
         return conn
 
+    def _retrying(self, op: Callable[[], _T]) -> _T:
+        """``op()``, run again while the database is busy (another process holds the
+        write lock, or recovers the log), for up to ``busy_timeout`` seconds in all."""
+        try:
+            return op()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+        deadline = time.monotonic() + self.busy_timeout
+        pause = _BUSY_FIRST
+        while True:
+            time.sleep(pause)
+            try:
+                return op()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            pause = min(pause * 2, _BUSY_MOST, max(0.0, deadline - time.monotonic()))
+
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")  # processes opening one new file take turns
+            # Processes opening one new file take turns.
+            self._retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version == 0:
@@ -238,7 +278,8 @@ class SQLiteStore:
     def usage(self, buckets: tuple[Bucket, ...], now: float) -> tuple[Usage, ...]:
         with self._lock:
             conn = self._conn()
-            try:
+
+            def read() -> tuple[Usage, ...]:
                 conn.execute("BEGIN")  # one snapshot for all buckets
                 try:
                     # Holds that expired but were not released yet (no write since).
@@ -249,28 +290,34 @@ class SQLiteStore:
                             stale[key] = stale.get(key, 0) + amount
                     return tuple(self._usage(conn, b, stale, []) for b in buckets)
                 finally:
-                    conn.execute("COMMIT")
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
+
+            try:
+                return self._retrying(read)
             except sqlite3.Error as exc:
                 raise _unavailable(exc) from exc
 
     def get_reservation(self, reservation_id: str) -> ReservationRecord | None:
         with self._lock:
+            conn = self._conn()
             try:
-                row = self._conn().execute(
+                row = self._retrying(lambda: conn.execute(
                     "SELECT data FROM budget_reservations WHERE id = ?", (reservation_id,)
-                ).fetchone()
+                ).fetchone())
             except sqlite3.Error as exc:
                 raise _unavailable(exc) from exc
         return None if row is None else record_from_json(row[0])
 
     def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
         with self._lock:
+            conn = self._conn()
             try:
-                row = self._conn().execute(
+                row = self._retrying(lambda: conn.execute(
                     "SELECT fingerprint, expires_at, result FROM budget_idempotency "
                     "WHERE key = ? AND expires_at > ?",
                     (key, now),
-                ).fetchone()
+                ).fetchone())
             except sqlite3.Error as exc:
                 raise _unavailable(exc) from exc
         if row is None:
@@ -297,7 +344,12 @@ class SQLiteStore:
             try:
                 if self.durability == "spend" and self.path != ":memory:":
                     self._sync_for(conn, bool(tx.spends) or tx.extend_to is not None)
-                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                    self._retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
             except sqlite3.Error as exc:
                 raise _unavailable(exc) from exc
             try:
