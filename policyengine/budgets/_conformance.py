@@ -21,7 +21,9 @@ no ``amount`` is a request without one), ``balances``, ``price`` (the price tabl
 ``expect`` matches ``Price.to_wire()``, or ``{"unpriced": true}``), ``advance`` (``seconds`` or
 ``to``: an RFC 3339 UTC time), ``reservations`` (a listing page: ``tenant``, ``status``,
 ``principal``, ``limit``, ``after``: the name a previous page's ``as`` gave its cursor;
-``expect`` is ``{"reservations": [names, in order], "more": bool}``). Argument keys are
+``expect`` is ``{"reservations": [names, in order], "more": bool}``), ``remember``
+(``key``, ``text``, ``ttl``) and ``recall`` (``key``), whose ``expect`` is ``{"text":
+the text kept, or null}``. Argument keys are
 camelCase (``idempotencyKey``,
 ``actingFor``); ``usage`` (reserve, record, check, admit, commit) is an LLM usage
 ``{"provider", "model", "inputTokens", "cachedInputTokens", "outputTokens"}`` priced by
@@ -76,6 +78,8 @@ _ALLOWED_ARGS: dict[str, frozenset[str]] = {
     "extend": frozenset({"ttl", "by", "idempotency_key"}),
     "balances": frozenset({"principal", "acting_for", "tenant", "scope", "level"}),
     "reservations": frozenset({"tenant", "status", "principal", "limit", "after"}),
+    "remember": frozenset({"key", "text", "ttl"}),
+    "recall": frozenset({"key"}),
 }
 
 
@@ -204,6 +208,9 @@ def _run_step(
             result = ledger.release(rid, **kwargs)
         elif op == "extend":
             result = ledger.extend(rid, **kwargs)
+        elif op in ("remember", "recall"):
+            kept = ledger.remember(**kwargs) if op == "remember" else ledger.recall(**kwargs)
+            return _subset(dict(expect), {"text": kept}, "result")
         elif op == "reservations":
             after = kwargs.pop("after", None)
             if after is not None:

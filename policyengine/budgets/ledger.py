@@ -98,6 +98,8 @@ MIN_TTL = 1
 MAX_TTL = 86400
 #: Longest ``note`` a reservation keeps (characters).
 MAX_NOTE = 65536
+#: Longest a :meth:`Ledger.remember` text is kept (seconds): 30 days.
+MAX_REMEMBER = 30 * 86400
 #: Most reservations one :meth:`Ledger.reservations` call returns, and most it examines.
 MAX_LIST = 500
 _LIST_SCAN = 2000
@@ -1516,6 +1518,43 @@ class Ledger:
             return None
         rec = self.store.get_reservation(found.result.id)
         return None if rec is None else self._view(rec, now)
+
+    def remember(self, key: str, text: str, ttl: float) -> str:
+        """Keep ``text`` under ``key`` for ``ttl`` seconds (up to :data:`MAX_REMEMBER`)
+        in the ledger's store, unless a live text is kept there already: write once,
+        first writer wins, atomically (the store's idempotency record). Returns the text
+        kept: ``text``, or the one written first. Small shared state of a wire (the
+        agent-ledger wire's sessions) lives here, so every process on a shared store
+        sees it. Keys share nothing with reservations' idempotency keys."""
+        k = _key(key)
+        if k is None:
+            raise BudgetInputError("invalid_idempotency_key", "a key is required")
+        if type(text) is not str or len(text) > MAX_NOTE or not _is_text(text):
+            raise BudgetInputError("invalid_note", f"text must be a string of at most "
+                                   f"{MAX_NOTE} characters")
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (
+                1 <= ttl <= MAX_REMEMBER):
+            raise BudgetInputError("invalid_ttl", f"ttl must be 1 to {MAX_REMEMBER} seconds")
+        now = self.clock()
+        kept = ReservationRecord(k, COMMITTED, "", "", None, "0", None, None, now, now, (),
+                                 note=text)
+        idem = IdempotencyRecord("note:" + k, "", kept, now + float(ttl))
+        outcome = self.store.apply(Transaction(idempotency=idem), now)
+        if outcome.ok:
+            return text
+        if outcome.reason == "idempotency" and outcome.idempotency is not None:
+            return outcome.idempotency.result.note or ""
+        raise BudgetError("store_conflict", f"the store refused the operation "
+                          f"({outcome.reason})")
+
+    def recall(self, key: str) -> str | None:
+        """The text :meth:`remember` keeps under ``key``, or None (never kept, or its
+        time is up)."""
+        k = _key(key)
+        if k is None:
+            return None
+        found = self.store.get_idempotency("note:" + k, self.clock())
+        return None if found is None else found.result.note
 
     def balances(
         self,

@@ -19,11 +19,18 @@ The mapping onto the engine:
   {agentName, dailyLimitUsd, spentTodayUsd, attemptedCostUsd, projectedCostUsd,
   remainingBudgetUsd, budget, currency, windowEnd}}``, nothing of the batch is kept or
   counted; any other denial is 403 ``{"error", "code"}``.
+
+Sessions live in the budget store (``Ledger.remember``: write once, first writer wins),
+so every worker sharing the store knows every session: its start (key, agent, tenant)
+and its end are two records, each written once; a worker keeps the sessions it has seen
+in memory and reads the end record before accepting events for a session it has not
+seen end. A store fault is 503 ``store_unavailable``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections import OrderedDict, deque
@@ -53,8 +60,13 @@ __all__ = ["MAX_SESSIONS", "PERMISSION", "AgentLedgerWire"]
 
 #: The permission an LLM call is asked and counted under: ``budget ...: llm:* ...``.
 PERMISSION = "llm:call"
-#: Sessions remembered per process (the oldest are forgotten first).
+#: Sessions a worker keeps in memory (the oldest are forgotten first, and read again
+#: from the budget store when asked about).
 MAX_SESSIONS = 100_000
+#: How long a session is kept in the budget store from its start (then it is unknown).
+SESSION_TTL = 7 * 86400
+_START, _END = "agent-ledger/session/", "agent-ledger/session-end/"
+_HEX = frozenset("0123456789abcdef")
 
 _SESSION_IN = TypeAdapter(m.LedgerSessionRequest)
 _SESSION_OUT = TypeAdapter(m.LedgerSession)
@@ -78,6 +90,20 @@ class _Session:
     status: str = "active"
     ended: float | None = None
     error: str | None = None
+
+    def record(self) -> str:
+        return json.dumps({"key": self.key, "agent": self.agent, "tenant": self.tenant,
+                           "started": self.started}, separators=(",", ":"))
+
+    @classmethod
+    def from_record(cls, session_id: str, text: str) -> _Session:
+        data = json.loads(text)
+        return cls(session_id, data["key"], data["agent"], data["tenant"], data["started"])
+
+    def ended_as(self, text: str) -> None:
+        """Take in the session's end record (the first end, whichever worker wrote it)."""
+        data = json.loads(text)
+        self.status, self.ended, self.error = data["status"], data["ended"], data["error"]
 
     def wire(self) -> m.LedgerSession:
         return m.LedgerSession(id=self.id, agentName=self.agent,
@@ -123,11 +149,37 @@ class AgentLedgerWire:
     def _key(self, req: _Request) -> ApiKey:
         return api_key(self.service, req.headers.get(b"x-api-key"))
 
-    def _session(self, key: ApiKey, session_id: str) -> _Session:
+    def _stored(self, call: Any) -> Any:
+        """A call to the budget store; a fault is 503 with its code (fail closed)."""
         from policyengine.server._app import _RefusalError
+        try:
+            return call()
+        except BudgetError as exc:
+            raise _RefusalError(503, exc.code, exc.message) from None
+
+    def _keep(self, s: _Session) -> None:
+        self.sessions[s.id] = s
+        while len(self.sessions) > MAX_SESSIONS:
+            self.sessions.popitem(last=False)
+
+    def _session(self, key: ApiKey, session_id: str) -> _Session:
+        """The session, as the budget store knows it (started and maybe ended by any
+        worker), if it is this key's; else 404."""
+        from policyengine.server._app import _RefusalError
+        ledger = self.service.engine.budgets
         s = self.sessions.get(session_id)
+        if s is None and len(session_id) == 28 and session_id.startswith("ses_") and (
+                set(session_id[4:]) <= _HEX):
+            text = self._stored(lambda: ledger.recall(_START + session_id))
+            if text is not None:
+                s = _Session.from_record(session_id, text)
+                self._keep(s)
         if s is None or s.key != key.name:  # another key's session: not found
             raise _RefusalError(404, "unknown_session", "no such session")
+        if s.status == "active":  # it may have ended on another worker
+            end = self._stored(lambda: ledger.recall(_END + session_id))
+            if end is not None:
+                s.ended_as(end)
         return s
 
     # ------------------------------------------------------------------ endpoints
@@ -139,9 +191,9 @@ class AgentLedgerWire:
             raise _RefusalError(403, "agent_mismatch", "this API key is not for that agent")
         s = _Session("ses_" + os.urandom(12).hex(), key.name, key.agent, key.tenant,
                      time.time())
-        self.sessions[s.id] = s
-        while len(self.sessions) > MAX_SESSIONS:
-            self.sessions.popitem(last=False)
+        ledger = self.service.engine.budgets
+        self._stored(lambda: ledger.remember(_START + s.id, s.record(), SESSION_TTL))
+        self._keep(s)
         self.service.record_events("agent-ledger", key.agent,
                                    [("session.start", s.wire().model_dump(mode="json"))])
         return _Reply(201, _SESSION_OUT.dump_json(s.wire()), key.agent)
@@ -151,11 +203,20 @@ class AgentLedgerWire:
         key = self._key(req)
         r = _validate(_END_IN, _json_body(req))
         s = self._session(key, req.params[0])
-        if s.status != "active":
+        if s.status == "active":
+            # Written once: the first end, from whichever worker, is the session's end.
+            mine = json.dumps({"status": r.status, "ended": time.time(),
+                               "error": r.errorMessage}, separators=(",", ":"))
+            ledger = self.service.engine.budgets
+            kept = self._stored(lambda: ledger.remember(_END + s.id, mine, SESSION_TTL))
+            s.ended_as(kept)
+            first = kept == mine
+        else:
+            first = False
+        if not first:
             if s.status == r.status:  # the same end, again: the first answer stands
                 return _Reply(200, _SESSION_OUT.dump_json(s.wire()), key.agent)
             raise _RefusalError(409, "session_ended", "the session has already ended")
-        s.status, s.ended, s.error = r.status, time.time(), r.errorMessage
         log = self.service.engine.decision_log
         if log is not None:  # the session has ended: logged, never refused after it
             log.ingest("agent-ledger", "session.end", s.wire().model_dump(mode="json"),

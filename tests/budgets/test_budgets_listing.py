@@ -233,3 +233,33 @@ def test_the_index_forgets_reservations_the_store_no_longer_keeps(store: object)
     for _ in range(600):  # enough writes for every store's housekeeping to run
         ledger.release(ledger.reserve("bot", "payments:x", "1", "EUR", tenant="u").id)
     assert old.id not in _all(ledger, tenant="t")
+
+
+def test_remembered_text_is_written_once_and_seen_by_every_process(store: object) -> None:
+    first, clock = make_ledger(store, DAILY)
+    second = Ledger([DAILY], _twin(store), clock=clock)  # type: ignore[arg-type]
+    assert first.recall("session/s1") is None
+    assert first.remember("session/s1", '{"agent":"a"}', ttl=60) == '{"agent":"a"}'
+    # The second writer gets the first text back, and nothing is overwritten.
+    assert second.remember("session/s1", '{"agent":"b"}', ttl=60) == '{"agent":"a"}'
+    assert second.recall("session/s1") == '{"agent":"a"}'
+    # Its own namespace: a reservation's idempotency key of the same name is unrelated.
+    r = first.reserve("bot", "payments:x", "1", "EUR", idempotency_key="session/s1")
+    assert first.recall("session/s1") == '{"agent":"a"}' and r.note is None
+    clock.t += 61
+    assert second.recall("session/s1") is None
+    assert second.remember("session/s1", "later", ttl=60) == "later"
+    assert first.recall("session/s1") == "later"
+
+
+def test_bad_remember_arguments_are_refused(store: object) -> None:
+    ledger, _ = make_ledger(store, DAILY)
+    for key, text, ttl, code in (("", "t", 60, "invalid_idempotency_key"),
+                                 ("k", 5, 60, "invalid_note"),
+                                 ("k", "t", 0, "invalid_ttl"),
+                                 ("k", "t", True, "invalid_ttl"),
+                                 ("k", "t", 31 * 86400, "invalid_ttl")):
+        with pytest.raises(BudgetInputError) as info:
+            ledger.remember(key, text, ttl)  # type: ignore[arg-type]
+        assert info.value.code == code, (key, text, ttl)
+    assert ledger.recall("k") is None

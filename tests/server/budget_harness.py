@@ -73,10 +73,11 @@ class Live:
 
 
 @contextlib.contextmanager
-def live(budgets: str, prefixes: dict[str, str] | None = None,
+def live(budgets: str, prefixes: dict[str, str] | None = None, store: Any = None,
          **config: Any) -> Iterator[Live]:
-    """The service over POLICY plus ``budgets`` (policy lines), on a free port."""
-    engine = pe.Engine.from_source(POLICY + budgets)
+    """The service over POLICY plus ``budgets`` (policy lines), on a free port (its
+    budgets in ``store``, a store or URL; default: its own memory store)."""
+    engine = pe.Engine.from_source(POLICY + budgets, budget_store=store)
     app = create_app(engine, credentials=credentials(), config=ServiceConfig(
         access_log=False, prefixes=prefixes if prefixes is not None else {
             "actguard": "/ag", "agent-ledger": "/ledger", "cycles": "/cycles"}, **config))

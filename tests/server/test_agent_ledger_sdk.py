@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +16,8 @@ from agent_ledger_sdk import (
     instrument_tool,
     run_session,
 )
+
+from policyengine.budgets import BudgetStoreError, SQLiteStore
 
 from .budget_harness import PRICES, Live, live
 
@@ -170,3 +173,50 @@ def test_without_prefixes_the_api_key_header_picks_the_ledger_over_cycles() -> N
         lg.log_llm_call(sid, call(steps.next()))
         (b,) = svc.engine.budgets.balances("ledger-agent")
         assert b.spent == Decimal("0.01")
+
+
+def test_sessions_live_in_the_shared_store_so_any_worker_answers(tmp_path: Any) -> None:
+    """Two workers on one SQLite budget file: a session started on one is logged to,
+    priced against the shared daily budget and ended on the other, and its end holds on
+    both (the real SDK, one client per worker)."""
+    path = tmp_path / "budgets.db"
+    with live(DAILY + PRICES, store=SQLiteStore(path)) as one, \
+            live(DAILY + PRICES, store=SQLiteStore(path)) as two, \
+            ledger(one) as first, ledger(two) as second:
+        sid = first.start_session("ledger-agent")
+        assert sid not in two.app.agent_ledger.sessions  # nothing shared in memory
+        second.log_llm_call(sid, {"stepIndex": 0, "provider": "openai", "model": "gpt-4o",
+                                  "prompt": "p", "response": "r", "tokensIn": 0,
+                                  "tokensOut": 150_000, "latencyMs": 5})  # $1.50
+        with pytest.raises(BudgetGuardrailError) as err:  # the shared day: $2
+            first.log_llm_call(sid, {"stepIndex": 1, "provider": "openai",
+                                     "model": "gpt-4o", "prompt": "p", "response": "r",
+                                     "tokensIn": 0, "tokensOut": 100_000, "latencyMs": 5})
+        assert err.value.details.spent_today_usd == 1.5
+        with ledger(two, key="other-key") as stranger, \
+                pytest.raises(AgentLedgerError, match="no such session"):
+            stranger.log_tool_call(sid, {"stepIndex": 2, "toolName": "x", "toolInput": 1})
+        second.end_session(sid, status="success")
+        with pytest.raises(AgentLedgerError, match="ended"):  # ended on the other worker
+            first.log_tool_call(sid, {"stepIndex": 3, "toolName": "x", "toolInput": {}})
+        again = httpx.post(f"{one.url}/ledger/v1/sessions/{sid}/end",
+                           json={"status": "success", "errorMessage": "late"},
+                           headers={"x-api-key": "ledger-key"})
+        assert again.status_code == 200 and again.json()["errorMessage"] is None
+        other = httpx.post(f"{one.url}/ledger/v1/sessions/{sid}/end",
+                           json={"status": "error", "errorMessage": "boom"},
+                           headers={"x-api-key": "ledger-key"})
+        assert other.status_code == 409
+        assert one.app.agent_ledger.sessions[sid].status == "success"
+
+
+def test_a_store_fault_refuses_a_session_rather_than_keep_it_in_memory(
+        svc: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> None:
+        raise BudgetStoreError("store_unavailable", "budget database error: gone")
+
+    monkeypatch.setattr(svc.engine.budgets, "remember", broken)
+    r = httpx.post(f"{svc.url}/ledger/v1/sessions", json={"agentName": "ledger-agent"},
+                   headers={"x-api-key": "ledger-key"})
+    assert r.status_code == 503 and r.json()["code"] == "store_unavailable"
+    assert not svc.app.agent_ledger.sessions

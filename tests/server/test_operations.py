@@ -368,3 +368,52 @@ def test_a_sighup_before_the_service_starts_reloads_once_it_has(policy_dir: Path
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert app.revision != before
+
+
+def test_two_workers_share_agent_ledger_sessions_through_the_budget_store(
+        tmp_path: Path) -> None:
+    """``--workers 2`` on one SQLite budget file: an agent-ledger session started on
+    either worker takes events and ends through both (every request a new connection,
+    so both workers answer). With sessions in a worker's memory, about half of these
+    requests would be 404."""
+    from policyengine.server import hash_secret
+
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "p.policy").write_text(
+        'currency USD\nrole llm: llm:*\nagent "ledger-agent": llm\n'
+        "budget daily: llm:* limit 2 USD per day per agent\n"
+        'price "openai" "gpt-4o": input 2.50 USD, output 10 USD per 1M tokens\n')
+    (tmp_path / "creds.json").write_text(json.dumps({"apiKeys": [
+        {"name": "lk", "keyHash": hash_secret("ledger-secret"), "agent": "ledger-agent"}]}))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/ledger"
+    proc = _serve(tmp_path / "policy", port, "--workers", "2", "--credentials",
+                  str(tmp_path / "creds.json"), "--prefix", "agent-ledger=/ledger",
+                  "--budget-store", f"sqlite:///{tmp_path / 'budgets.db'}")
+    head = {"x-api-key": "ledger-secret"}
+    try:
+        assert wait_until(lambda: _up(f"http://127.0.0.1:{port}"), 30), (
+            proc.stderr.read() if proc.stderr else "")
+        sessions = [httpx.post(f"{url}/v1/sessions", json={"agentName": "ledger-agent"},
+                               headers=head).json()["id"] for _ in range(4)]
+        call = {"type": "llm_call", "stepIndex": 0, "provider": "openai", "model": "gpt-4o",
+                "prompt": "p",
+                "response": "r", "tokensIn": 0, "tokensOut": 10_000, "latencyMs": 1}
+        for sid in sessions * 3:
+            r = httpx.post(f"{url}/v1/events", json={"sessionId": sid, "events": [call]},
+                           headers=head)
+            assert r.status_code == 200, r.text
+        for sid in sessions:
+            r = httpx.post(f"{url}/v1/sessions/{sid}/end",
+                           json={"status": "success", "errorMessage": None}, headers=head)
+            assert r.status_code == 200, r.text
+        for sid in sessions * 2:
+            r = httpx.post(f"{url}/v1/events", json={"sessionId": sid, "events": [call]},
+                           headers=head)
+            assert r.status_code == 409 and r.json()["code"] == "session_ended", r.text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
