@@ -232,3 +232,17 @@ def test_covers_reads_the_exclusions() -> None:
     assert line.covers("a:x") and line.covers("a:c") and line.covers("a:b:c")
     assert not line.covers("a:b") and not line.covers("a:c:d") and not line.covers("b:x")
     assert line.unconditional
+
+
+def test_the_collector_is_left_as_it_was() -> None:
+    import gc
+    e = pe.Engine.from_source('role r: a:*\nagent "x": r\n')
+    assert gc.isenabled()
+    e.permissions_of("x")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        e.principals_with("a:b")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
