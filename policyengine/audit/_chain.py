@@ -86,11 +86,13 @@ def encode(record: dict[str, Any]) -> bytes:
         return orjson.dumps(_safe(record), default=_default, option=_OPTS)
 
 
-def seal(body: bytes) -> tuple[bytes, str]:
-    """(line, hash) for an encoded record whose members end with ``prev``: ``body`` is
-    the JSON object without its closing brace."""
+def seal(encoded: bytes) -> tuple[bytes, str]:
+    """(line, hash) for an encoded record (a JSON object) whose members end with
+    ``prev``: the hash covers the object without its closing brace, and the line is that
+    part, the ``hash`` member, the brace and a newline."""
+    body = memoryview(encoded)[:-1]
     digest = hashlib.sha256(body).hexdigest()
-    return body + _HASH_MARK + digest.encode("ascii") + b'"}\n', digest
+    return b"".join((body, _HASH_MARK, digest.encode("ascii"), b'"}\n')), digest
 
 
 def sign_checkpoint(keys: Any, seq: int, digest: str, at: int) -> str | None:

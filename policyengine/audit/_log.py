@@ -345,6 +345,12 @@ class DecisionLog:
         lines: list[bytes] = []
         with self._lock:
             dropped, self._dropped_unreported = self._dropped_unreported, 0
+        # The chain's state in locals for the batch (written back before a checkpoint
+        # and at the end): this loop runs once per record, on the interpreter's lock.
+        seq, prev, since = self._seq, self._prev, self._since_checkpoint
+        every = self._checkpoint_every
+        produced = 0
+        append = lines.append
         for item in items:
             try:
                 if item[0] == _DECISION:
@@ -356,10 +362,21 @@ class DecisionLog:
             except Exception as exc:  # never lose a record to a bug: keep what is safe
                 record = {"schema": "policyengine.decision-log/1", "kind": str(item[1]),
                           "timestamp": None, "record_error": type(exc).__name__}
-            lines.append(self._chain(record, dropped))
+            seq += 1
+            record["seq"] = seq
+            record["dropped"] = dropped
+            record["prev"] = prev
+            line, prev = seal(encode(record))
+            append(line)
             dropped = 0
-            if self._since_checkpoint >= self._checkpoint_every:
-                lines.append(self._checkpoint_line())
+            produced += 1
+            since += 1
+            if since >= every:
+                self._seq, self._prev, self._since_checkpoint = seq, prev, since
+                append(self._checkpoint_line())
+                seq, prev, since = self._seq, self._prev, 0
+        self._seq, self._prev, self._since_checkpoint = seq, prev, since
+        self._produced += produced
         return lines
 
     def _chain(self, record: dict[str, Any], dropped: int = 0) -> bytes:
@@ -367,7 +384,7 @@ class DecisionLog:
         record["seq"] = self._seq
         record["dropped"] = dropped
         record["prev"] = self._prev
-        line, self._prev = seal(encode(record)[:-1])
+        line, self._prev = seal(encode(record))
         self._produced += 1
         self._since_checkpoint += 1
         return line

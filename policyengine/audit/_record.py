@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from policyengine.tools._redaction import MASK, RedactionRule, redact
+from policyengine.tools._redaction import MASK, RedactionPlan, RedactionRule
 
 __all__ = [
     "CREDENTIAL_KEYS",
@@ -44,15 +44,94 @@ class LogView:
     rules (with the engine's HMAC key for ``hash``). One per loaded policy, immutable, so
     the hot path captures one reference."""
 
-    __slots__ = ("bundles", "hmac_key", "revision", "rules")
+    __slots__ = ("bundles", "by_key", "hmac_key", "plan", "revision", "rules")
 
     def __init__(self, revision: str, rules: tuple[RedactionRule, ...] = (),
                  hmac_key: bytes | None = None) -> None:
         self.revision = revision
         self.rules = rules
         self.hmac_key = hmac_key
+        #: The rules with their key, checked once (the writer applies them to every record).
+        self.plan = RedactionPlan(rules, hmac_key=hmac_key)
+        #: The same rules walked by object key, when they allow it (the common case).
+        self.by_key = _KeyRedactions.build(self.plan)
         #: The records' ``bundles`` member, made once (records only read it).
         self.bundles = {"policy": {"revision": revision}}
+
+
+class _KeyRedactions:
+    """``log redact`` rules whose paths are object keys only (``$.context.card``), none
+    inside another's value, none twice: applied by following those keys alone, copying
+    only the objects on the way to a change. The result equals ``RedactionPlan.apply``
+    (a property test holds them equal); anything else takes the plan's general route."""
+
+    __slots__ = ("key", "rules", "trie")
+
+    def __init__(self, plan: RedactionPlan, trie: dict[str, Any], key: bytes | None) -> None:
+        self.rules = plan.rules
+        self.trie = trie  # key -> (index of the rule ending here, or None; subtrie or None)
+        self.key = key
+
+    @classmethod
+    def build(cls, plan: RedactionPlan) -> _KeyRedactions | None:
+        key = plan.hmac_key
+        trie: dict[str, Any] = {}
+        for index, rule in enumerate(plan.rules):
+            steps = rule.compiled.direct_steps
+            names = [s for s in steps or () if type(s) is str]
+            if not steps or len(steps) > 32 or len(names) != len(steps):
+                return None
+            if rule.strategy == "hash" and key is None:
+                return None  # the plan reports the missing key
+            node = trie
+            for step in names[:-1]:
+                entry = node.get(step)
+                if entry is None:
+                    entry = node[step] = (None, {})
+                elif entry[0] is not None:
+                    return None  # inside the value another rule replaces
+                node = entry[1]
+            if names[-1] in node:
+                return None  # the same path twice, or above another rule
+            node[names[-1]] = (index, None)
+        return cls(plan, trie, key) if trie else None
+
+    def apply(self, doc: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+        """(redacted copy, masked paths, erased paths) in rule order. Raises what a
+        replacement raises (the caller then takes the general route)."""
+        hit = [False] * len(self.rules)
+        out = self._walk(doc, self.trie, hit)
+        masked: list[str] = []
+        erased: list[str] = []
+        for rule, applied in zip(self.rules, hit, strict=True):
+            if applied:
+                (erased if rule.strategy == "remove" else masked).append(rule.path)
+        return out, masked, erased
+
+    def _walk(self, doc: dict[str, Any], node: dict[str, Any], hit: list[bool]
+              ) -> dict[str, Any]:
+        out: dict[str, Any] | None = None
+        for name, (index, child) in node.items():
+            if name not in doc:
+                continue
+            value = doc[name]
+            if index is not None:
+                rule = self.rules[index]
+                hit[index] = True
+                if out is None:
+                    out = doc.copy()
+                if rule.strategy == "remove":
+                    del out[name]
+                else:
+                    out[name] = MASK if rule.strategy == "mask" else \
+                        rule.replacement(value, self.key)
+            elif isinstance(value, dict):
+                new = self._walk(value, child, hit)
+                if new is not value:
+                    if out is None:
+                        out = doc.copy()
+                    out[name] = new
+        return doc if out is None else out
 
 
 _NO_BUNDLES: Final = {"policy": {"revision": None}}
@@ -105,9 +184,13 @@ def scrub(value: Any, path: str, masked: list[str], depth: int = 0) -> Any:
         return value
     if kind is dict or isinstance(value, Mapping):
         out: dict[Any, Any] | None = None
+        known = _credential_keys
         for k, v in value.items():
             vk = type(v)
-            if type(k) is str and _is_credential_key(k):
+            credential = known.get(k) if type(k) is str else False
+            if credential is None:
+                credential = _is_credential_key(k)
+            if credential:
                 new: Any = MASK
                 masked.append(f"{path}.{k}")
             elif vk in _PLAIN or (vk is str and (len(v) <= 20 or not _is_jwt(v))):
@@ -145,13 +228,18 @@ def mask_input(inp: dict[str, Any], view: LogView | None
     """
     masked: list[str] = []
     erased: list[str] = []
+    if view is not None and view.by_key is not None and isinstance(inp, dict):
+        try:
+            inp, masked, erased = view.by_key.apply(inp)
+            return scrub(inp, "$", masked), masked, erased, []
+        except Exception:  # the general route below reports what failed
+            pass
     if view is not None and view.rules:
-        result = redact(inp, view.rules, hmac_key=view.hmac_key)
-        if result.diagnostics:
-            return None, [], ["$"], sorted({d.code for d in result.diagnostics})
-        for r in result.redactions:
-            (erased if r["strategy"] == "remove" else masked).append(r["field"])
-        inp = result.body
+        inp, applied, diagnostics = view.plan.apply(inp)
+        if diagnostics:
+            return None, [], ["$"], sorted({d.code for d in diagnostics})
+        for path, strategy in applied:
+            (erased if strategy == "remove" else masked).append(path)
     return scrub(inp, "$", masked), masked, erased, []
 
 

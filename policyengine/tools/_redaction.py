@@ -43,6 +43,7 @@ __all__ = [
     "JsonPath",
     "RedactionDiagnostic",
     "RedactionError",
+    "RedactionPlan",
     "RedactionResult",
     "RedactionRule",
     "KeyCaseGuard",
@@ -350,6 +351,12 @@ class JsonPath:
         """True for ``$`` itself."""
         return self._direct == ()
 
+    @property
+    def direct_steps(self) -> Location | None:
+        """The keys and indexes of a path made of names and indexes only (at most one
+        location in any document), else None."""
+        return self._direct
+
     def locations(self, doc: Any) -> list[Location]:
         """Concrete locations (absolute keys/indexes) this path selects in ``doc``.
 
@@ -455,6 +462,11 @@ class RedactionRule:
         """True for ``hash``: an engine should check for a key when it is built."""
         return self.strategy == "hash"
 
+    def replacement(self, value: Any, hmac_key: bytes | None) -> Any:
+        """What this rule puts in place of ``value`` (not for ``remove``); ``hash`` needs
+        a checked key. Raises for a value that cannot be serialised."""
+        return _new_value(self, value, hmac_key)
+
 
 class RedactionDiagnostic(str):
     """A diagnostic line (a ``str``: ``"code: message"``) with ``code`` and ``field``.
@@ -552,14 +564,14 @@ def _new_value(rule: RedactionRule, value: Any, key: bytes | None) -> Any:
 
 
 class _Workspace:
-    """The copy-on-write document: containers already copied are tracked by id."""
+    """The copy-on-write document: the containers already copied, by id (the dict also
+    keeps them alive, so their ids stay unique)."""
 
-    __slots__ = ("owned", "pins", "root")
+    __slots__ = ("owned", "root")
 
     def __init__(self, root: Any) -> None:
         self.root = root
-        self.owned: set[int] = set()
-        self.pins: list[Any] = []  # keeps copies alive so their ids stay unique
+        self.owned: dict[int, Any] = {}
 
     def parent(self, loc: Location) -> Any:
         """Copy the containers down to the parent of ``loc`` and return that parent."""
@@ -567,15 +579,12 @@ class _Workspace:
         cur = self.root
         if id(cur) not in owned:
             cur = self.root = cur.copy()
-            owned.add(id(cur))
-            self.pins.append(cur)
-        for i in range(len(loc) - 1):
-            step = loc[i]
+            owned[id(cur)] = cur
+        for step in loc[:-1]:
             child = cur[step]
             if id(child) not in owned:
                 child = cur[step] = child.copy()
-                owned.add(id(child))
-                self.pins.append(child)
+                owned[id(child)] = child
             cur = child
         return cur
 
@@ -618,6 +627,10 @@ def _hit_key(hit: tuple[Location, Any]) -> tuple[tuple[int, Any], ...]:
     return tuple((0, s) if isinstance(s, int) else (1, s) for s in hit[0])
 
 
+#: One applied rule: (its path, its strategy).
+Applied = tuple[str, str]
+
+
 def redact(body: Any, rules: Iterable[RedactionRule], *,
            hmac_key: bytes | None = None) -> RedactionResult:
     """Apply ``rules`` in order to a copy of ``body``.
@@ -634,8 +647,54 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
     """
     if not isinstance(rules, (list, tuple)):
         rules = list(rules)
+    key, key_problem = _checked_key(hmac_key)
+    out, applied, diagnostics = _apply(rules, key, key_problem, body)
+    return RedactionResult(out, [{"field": f, "strategy": s} for f, s in applied], diagnostics)
+
+
+def _checked_key(hmac_key: bytes | None) -> tuple[bytes | None, RedactionDiagnostic | None]:
+    """(the key to hash with, or the diagnostic every ``hash`` rule gets instead)."""
+    if hmac_key is None:
+        return None, None
+    try:
+        return check_hmac_key(hmac_key), None
+    except RedactionError as exc:
+        return None, RedactionDiagnostic("invalid_hash_key", exc.message)
+
+
+class RedactionPlan:
+    """Redaction rules and their HMAC key, checked once, for bodies redacted over and
+    over (a policy's ``log redact`` rules, a tool's ``redact`` rules): ``plan(body)`` is
+    exactly ``redact(body, rules, hmac_key=...)`` without re-checking the key and the
+    rules on every call. :meth:`apply` is the same without building a result object.
+    """
+
+    __slots__ = ("_key_problem", "hmac_key", "rules")
+
+    def __init__(self, rules: Iterable[RedactionRule], *,
+                 hmac_key: bytes | None = None) -> None:
+        self.rules: tuple[RedactionRule, ...] = tuple(rules)
+        #: The checked key (None without one, or when it is unusable).
+        self.hmac_key: bytes | None
+        self.hmac_key, self._key_problem = _checked_key(hmac_key)
+
+    def __call__(self, body: Any) -> RedactionResult:
+        out, applied, diagnostics = self.apply(body)
+        return RedactionResult(out, [{"field": f, "strategy": s} for f, s in applied],
+                               diagnostics)
+
+    def apply(self, body: Any) -> tuple[Any, list[Applied], list[RedactionDiagnostic]]:
+        """(redacted copy, rules applied as (path, strategy), diagnostics): what
+        :func:`redact` returns, as a tuple."""
+        return _apply(self.rules, self.hmac_key, self._key_problem, body)
+
+
+def _apply(rules: list[RedactionRule] | tuple[RedactionRule, ...], key: bytes | None,
+           key_problem: RedactionDiagnostic | None, body: Any
+           ) -> tuple[Any, list[Applied], list[RedactionDiagnostic]]:
+    """The one implementation of :func:`redact` and :class:`RedactionPlan`."""
     if not rules or body is None:
-        return RedactionResult(body, [], [])
+        return body, [], []
     if not isinstance(body, (dict, list)):
         if isinstance(body, (str, bytes, bytearray, memoryview)):
             diag = RedactionDiagnostic("unparsed_body", "body is text/bytes, not parsed JSON; "
@@ -643,28 +702,19 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
         else:
             diag = RedactionDiagnostic("not_json_container", f"body is a {type(body).__name__}"
                                        ", not a JSON object or array; returned unchanged")
-        return RedactionResult(body, [], [diag])
-
-    key: bytes | None = None
-    key_problem: RedactionDiagnostic | None = None
-    if hmac_key is not None:
-        try:
-            key = check_hmac_key(hmac_key)
-        except RedactionError as exc:
-            key_problem = RedactionDiagnostic("invalid_hash_key", exc.message)
-
+        return body, [], [diag]
     ws = _Workspace(body)
-    redactions: list[dict[str, str]] = []
+    redactions: list[Applied] = []
     diagnostics: list[RedactionDiagnostic] = []
     for rule in rules:
         steps = rule.compiled._direct
+        strategy = rule.strategy
         if steps is not None:
             # Names and indexes only (the common case): at most one location, found and
             # replaced here without the general path's lists and sorting.
             hit = _locate(ws.root, steps)
             if hit is None:
                 continue
-            strategy = rule.strategy
             if strategy == "mask":
                 value: Any = MASK
             elif strategy != "remove":
@@ -681,7 +731,7 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
                 del ws.parent(loc)[loc[-1]]
             else:
                 ws.parent(loc)[loc[-1]] = value
-            redactions.append({"field": rule.path, "strategy": strategy})
+            redactions.append((rule.path, strategy))
             continue
         # Phase 1 (may fail): find the locations and compute the new values. Nothing
         # in the workspace changes until it succeeds, so a failing rule is a no-op.
@@ -689,10 +739,10 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
             hits = rule.compiled._matches(ws.root)
             if not hits:
                 continue
-            if rule.strategy == "hash" and key is None:
+            if strategy == "hash" and key is None:
                 diagnostics.append(key_problem or _no_key(rule))
                 continue
-            if rule.strategy == "remove":
+            if strategy == "remove":
                 new_values: list[Any] = []
                 if len(hits) > 1:
                     # Deepest and highest index first, so removing one array element
@@ -711,22 +761,22 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
         # document, so a single one is still valid; several are re-checked one by one.
         if len(hits) == 1:
             loc = hits[0][0]
-            if rule.strategy == "remove":
+            if strategy == "remove":
                 del ws.parent(loc)[loc[-1]]
             else:
                 ws.parent(loc)[loc[-1]] = new_values[0]
             applied = True
         else:
             applied = False
-            if rule.strategy == "remove":
+            if strategy == "remove":
                 for loc, _ in hits:
                     applied = ws.delete(loc) or applied
             else:
                 for (loc, _), value in zip(hits, new_values, strict=True):
                     applied = ws.set(loc, value) or applied
         if applied:
-            redactions.append({"field": rule.path, "strategy": rule.strategy})
-    return RedactionResult(ws.root, redactions, diagnostics)
+            redactions.append((rule.path, strategy))
+    return ws.root, redactions, diagnostics
 
 
 # ------------------------------------------------------------------ key case guard

@@ -134,3 +134,64 @@ def test_log_rules_format_canonically_and_log_stays_a_usable_name() -> None:
     assert "log redact $.context.card partial 4\n" in formatted
     engine = pe.Engine.from_source(formatted)
     assert engine.authorize("bot", "docs:read", {"log": 1}).allowed
+
+
+# ------------------------------------------------------------------ the key-walk route
+# Rules on object keys only are applied by following those keys (LogView.by_key); every
+# other rule set takes the general redaction route. Both must log exactly the same.
+
+_NAMES = ("a", "b", "card", "token", "Password", "x-api-key")
+_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXZhbHVl"
+_leaf = st.one_of(st.integers(-5, 5), st.booleans(), st.none(), st.just(_JWT),
+                  st.text("abc1234", max_size=25), st.decimals(allow_nan=False, places=2))
+_doc = st.recursive(_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(_NAMES), inner, max_size=4)),
+    max_leaves=12)
+_strategy = st.sampled_from(["mask", "partial 2", "sha256", "remove", "hash"])
+_rule = st.tuples(st.lists(st.sampled_from(_NAMES), min_size=1, max_size=3), _strategy)
+
+
+def _reference(inp: dict[str, Any], rules: list[Any], key: bytes | None
+               ) -> tuple[Any, list[str], list[str], list[str]]:
+    """What the log must hold: the policy's rules applied by ``redact``, then every
+    credential removed (written out here from the public pieces)."""
+    from policyengine.audit._record import scrub
+    from policyengine.tools._redaction import redact
+    result = redact(inp, rules, hmac_key=key)
+    if result.diagnostics:
+        return None, [], ["$"], sorted({d.code for d in result.diagnostics})
+    masked = [r["field"] for r in result.redactions if r["strategy"] != "remove"]
+    erased = [r["field"] for r in result.redactions if r["strategy"] == "remove"]
+    return scrub(result.body, "$", masked), masked, erased, []
+
+
+@settings(max_examples=400, deadline=None)
+@given(context=st.dictionaries(st.sampled_from(_NAMES), _doc, max_size=5),
+       rules=st.lists(_rule, min_size=1, max_size=4), with_key=st.booleans())
+def test_the_key_walk_logs_what_the_general_route_logs(
+        context: dict[str, Any], rules: list[Any], with_key: bool) -> None:
+    from policyengine.audit._record import LogView, mask_input
+    from policyengine.tools._redaction import RedactionRule
+    built = []
+    for names, strategy in rules:
+        path = "$" + "".join(f"['{n}']" for n in ["context", *names])
+        kind, _, keep = strategy.partition(" ")
+        built.append(RedactionRule(path, kind, int(keep or 0)))
+    key = KEY if with_key else None
+    inp = {"principal": "bot", "permission": "docs:read", "context": context}
+    before = json.dumps(inp, default=str, sort_keys=True)
+    view = LogView("rev", tuple(built), key)
+    assert mask_input(inp, view) == _reference(inp, built, key)
+    assert json.dumps(inp, default=str, sort_keys=True) == before  # the input is not changed
+
+
+def test_rules_the_key_walk_cannot_take_use_the_general_route() -> None:
+    from policyengine.audit._record import LogView
+    from policyengine.tools._redaction import RedactionRule as R
+    assert LogView("r", (R("$.context.card", "mask"),)).by_key is not None
+    for rules in [(R("$.context.items[0]", "mask"),),             # a list index
+                  (R("$..email", "mask"),),                       # a wildcard
+                  (R("$.context", "remove"), R("$.context.card", "mask")),  # nested
+                  (R("$.context.card", "mask"), R("$.context.card", "sha256")),  # twice
+                  (R("$.context.card", "hash"),)]:                # hash without a key
+        assert LogView("r", rules).by_key is None, rules
