@@ -220,9 +220,13 @@ def _decide(engine: pe.Engine, subject: dict[str, Any], action: dict[str, Any],
     d = engine.authorize(subject["id"], f"{resource['type']}:{action['name']}", ctx)
     if count is not None:
         count(d.status)
-    return {"decision": d.status == "allowed",
-            "context": {"id": d.decision_id, "status": d.status, "reasonCode": d.code,
-                        "reason_admin": {"en": d.reason}}}
+    answer: dict[str, Any] = {"id": d.decision_id, "status": d.status, "reasonCode": d.code,
+                              "reason_admin": {"en": d.reason}}
+    if d.shadow:
+        warned = [s.to_wire() for s in d.shadow if s.mode == "warn"]
+        if warned:  # mode warn outcomes reach the caller; mode log ones only the log
+            answer["shadow"] = warned
+    return {"decision": d.status == "allowed", "context": answer}
 
 
 def evaluate(engine: pe.Engine, data: dict[str, Any],

@@ -152,6 +152,16 @@ class DiagnosticOut(_Response):
     effect: str = ""
 
 
+class ShadowOut(_Response):
+    """What a ``mode warn`` shadow statement would have done (docs/language.md)."""
+
+    id: str
+    kind: str
+    mode: Literal["warn"]
+    status: Literal["allowed", "denied", "pending_approval"]
+    code: str
+
+
 class AuthorizeResponse(_Response):
     """``POST /v1/authorize``: both ``allowed`` and ``status`` always present."""
 
@@ -167,6 +177,8 @@ class AuthorizeResponse(_Response):
     obligations: ObligationsOut | None = None
     diagnostics: list[DiagnosticOut] = []
     budget: dict[str, Any] | None = None
+    #: Only when a ``mode warn`` statement would have acted: absent otherwise (not null).
+    shadow: list[ShadowOut] | None = None
 
 
 # --------------------------------------------------------------------------- tools
