@@ -37,7 +37,7 @@ _FILE_KEYS = frozenset({"description", "policies", "now", "defaults", "tests"})
 _REQUEST_KEYS = frozenset({"principal", "permission", "context", "tool"})
 _CASE_KEYS = _REQUEST_KEYS | {"name", "expect"}
 _EXPECT_KEYS = frozenset({"status", "allowed", "reasonCode", "rule", "rules", "obligations",
-                          "diagnostic", "permission", "tool", "body"})
+                          "diagnostic", "permission", "tool", "body", "shadow"})
 _OBLIGATION_KEYS = frozenset({"maxAmount", "requireApprovalOver", "redactFields",
                               "currency"})
 
@@ -101,6 +101,7 @@ class Coverage:
         #: Per rule key, whether its guard held in the request being decided now.
         self._now: dict[tuple[str, int, int, str], bool] = {}
         self._amount_rules: dict[tuple[str, int, int, str], str] = {}  # key -> qid
+        self._shadow_rules: set[tuple[str, int, int, str]] = set()  # mode warn / log
 
     # -- what instrument_rules calls (a CoverageSink)
     def sink(self) -> Any:
@@ -126,6 +127,8 @@ class Coverage:
                                                      f"{what} {rule.qid}", rule.qid))
         if rule.kind in ("limit", "approval_over"):
             self._amount_rules[key] = rule.qid
+            if rule.mode != "enforce":
+                self._shadow_rules.add(key)
             self.amounts.setdefault(key, _Outcomes(key[0], span.line, span.column,
                                                    f"amount vs {rule.qid}", rule.qid))
         now = self._now
@@ -169,11 +172,16 @@ class Coverage:
         within: it did not, and nothing but the rules decided)."""
         rules = wire.get("rules") or []
         diag_rules = {d.get("rule") for d in wire.get("diagnostics") or ()}
+        shadow = {s["id"]: s["code"] for s in wire.get("shadowAll") or ()}
         for key, qid in self._amount_rules.items():
             if not self._now.get(key):
                 continue
             entry = self.amounts[key]
-            if qid in diag_rules:
+            if key in self._shadow_rules:  # reported, never deciding: read its outcome
+                code = shadow.get(qid)
+                entry.note("within" if code is None else "over" if code in (
+                    "limit_exceeded", "approval_required") else "error")
+            elif qid in diag_rules:
                 entry.note("error")
             elif qid in rules:
                 entry.note("over")
@@ -273,6 +281,10 @@ def compare_partial(wire: dict[str, Any], expect: dict[str, Any]) -> str | None:
         elif key == "diagnostic":
             got = [d.get("code") for d in wire.get("diagnostics") or ()]
             ok = want in got
+        elif key == "shadow":  # the shadow statements that would have acted, any mode
+            got = [s["id"] for s in wire.get("shadowAll") or ()]
+            ok = (isinstance(want, list) and len(got) == len(want)
+                  and all(_rule_matches(g, w) for g, w in zip(got, want, strict=True)))
         elif key == "obligations" and isinstance(want, dict):
             got = wire.get("obligations")
             ok = isinstance(got, dict) and all(got.get(k) == v for k, v in want.items())
@@ -370,10 +382,13 @@ def _decide(engine: Any, req: dict[str, Any]) -> dict[str, Any]:
                                        **call)
         wire: dict[str, Any] = result.to_wire()
         wire["body"] = result.body
+        wire["shadowAll"] = [s.to_wire() for s in result.shadow]
         return wire
     decision = engine.authorize(req.get("principal"), req.get("permission"),
                                 req.get("context"))
     out: dict[str, Any] = decision.to_wire()
+    # in process, a test sees mode log outcomes too (the wire carries mode warn only)
+    out["shadowAll"] = [s.to_wire() for s in decision.shadow]
     return out
 
 

@@ -258,3 +258,26 @@ def test_queries_and_analysis_ignore_shadow_rules() -> None:
                 == shadowed.principals_with(perm).to_dict()["entries"])
     codes = {f.code for f in analyze(shadowed).findings if f.rule.startswith("default.")}
     assert not codes & {"W302", "W305"}  # no permit is "always overridden" by a shadow
+
+
+def test_policy_tests_expect_shadow_outcomes_of_both_modes(tmp_path: Any) -> None:
+    import json
+
+    from policyengine.testing import Coverage, run_test_file
+    (tmp_path / "p.policy").write_text(
+        HEAD + "forbid big: payments:refund when amount > 500 EUR mode warn\n"
+        "limit cap: payments:refund amount <= 200 EUR mode log\n")
+    refund = {"principal": "bot", "permission": "payments:refund"}
+    (tmp_path / "p.test.json").write_text(json.dumps({"policies": ["p.policy"], "tests": [
+        {**refund, "name": "both", "context": {"amount": "600", "currency": "EUR"},
+         "expect": {"status": "allowed", "shadow": ["big", "default.cap"]}},
+        {**refund, "name": "none", "context": {"amount": "100", "currency": "EUR"},
+         "expect": {"shadow": []}},
+        {**refund, "name": "log only", "context": {"amount": "300", "currency": "EUR"},
+         "expect": {"shadow": ["big"]}}]}))
+    coverage = Coverage()
+    results = run_test_file(tmp_path / "p.test.json", coverage=coverage)
+    assert [r.passed for r in results] == [True, True, False]
+    assert 'got ["default.cap"]' in results[2].message
+    (cap,) = [a for a in coverage.amounts.values() if a.rule == "default.cap"]
+    assert (cap.counts.get("over"), cap.counts.get("within")) == (2, 1)
