@@ -146,6 +146,37 @@ class _Reader:
         return raw[1:-1], start, end
 
     # -- statement parts --
+    def attributes(self) -> tuple[tuple[tuple[str, ast.Literal], ...], int]:
+        """``{ name = literal, ... }`` of an agent or a resource (at its ``{``); the
+        position after its ``}``. Literals: strings, numbers, true, false."""
+        self.punct("{")
+        pairs: list[tuple[str, ast.Literal]] = []
+        while not self.maybe_punct("}"):
+            name, _, _ = self.word(_NAME)
+            self.punct("=")
+            self.skip()
+            start = self.pos
+            ch = self.text[start:start + 1]
+            value: str | int | Decimal | bool
+            if ch == '"':
+                value, _, end = self.string()
+            elif ch == "-" or ch.isdigit():
+                text, _, end = self.token(_NUMBER)
+                if len(text) > 40:
+                    raise _GiveUpError
+                value = Decimal(text) if "." in text else int(text)
+            elif self.keyword("true") is not None:
+                value, end = True, self.pos
+            elif self.keyword("false") is not None:
+                value, end = False, self.pos
+            else:
+                raise _GiveUpError
+            pairs.append((name, ast.Literal(value, self.span(start, end))))
+            if not self.maybe_punct(","):
+                self.punct("}")
+                break
+        return tuple(pairs), self.pos
+
     def patterns(self) -> tuple[tuple[str, ...], int]:
         out = []
         text, _, end = self.token(_PATTERN)
@@ -374,9 +405,17 @@ def _statement(r: _Reader) -> ast.Statement:
                 spans.append(r.span(s, end))
                 if not r.maybe_punct(","):
                     break
+        attrs: tuple[tuple[str, ast.Literal], ...] = ()
         if r.peek_char() == "{":
-            raise _GiveUpError
-        return ast.AgentDecl(agent_id, tuple(roles), (), r.span(start, end), tuple(spans))
+            attrs, end = r.attributes()
+        return ast.AgentDecl(agent_id, tuple(roles), attrs, r.span(start, end), tuple(spans))
+    if head == "resource" and r.keyword("resource") is not None:
+        rtype, _, _ = r.word(_ID)
+        ident, _, end = r.string()
+        attrs = ()
+        if r.peek_char() == "{":
+            attrs, end = r.attributes()
+        return ast.ResourceDecl(rtype, ident, attrs, r.span(start, end))
     if head == "namespace" and r.keyword("namespace") is not None:
         name, _, end = r.word(_NAME)
         return ast.NamespaceDecl(name, r.span(start, end))

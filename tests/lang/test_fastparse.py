@@ -85,15 +85,34 @@ def expressions(draw: st.DrawFn, depth: int = 0) -> str:
 
 
 @st.composite
+def attribute_blocks(draw: st.DrawFn) -> str:
+    """Nothing, or ``{ name = literal, ... }`` with odd spacing, commas and values."""
+    if draw(st.booleans()):
+        return ""
+    w = draw(WS)
+    value = st.one_of(STRING, NUMBER, st.sampled_from(["true", "false", "truex", "1 EUR",
+                                                       "context.a", "[1]", "-", "1.", ""]))
+    pairs = draw(st.lists(st.builds(lambda n, v: f"{n}{w}={w}{v}", IDENT, value),
+                          max_size=3))
+    trail = draw(st.sampled_from(["", ",", ", ", ",,"]))
+    close = draw(st.sampled_from(["}", "}", " }", ""]))
+    return f"{w}{{{w}" + ",".join(pairs) + trail + close
+
+
+@st.composite
 def statements(draw: st.DrawFn) -> str:
     w = draw(WS)
-    kind = draw(st.sampled_from(["rule", "role", "agent", "namespace", "currency", "other"]))
+    kind = draw(st.sampled_from(["rule", "role", "agent", "resource", "namespace", "currency",
+                                 "other"]))
     if kind == "role":
         pats = draw(st.lists(PATTERN, min_size=1, max_size=3))
         return f"role {draw(IDENT)}:{w}" + ", ".join(pats)
     if kind == "agent":
         roles = draw(st.lists(IDENT, max_size=3))
-        return f"agent {draw(STRING)}" + ((":" + w + ", ".join(roles)) if roles else "")
+        return (f"agent {draw(STRING)}" + ((":" + w + ", ".join(roles)) if roles else "")
+                + draw(attribute_blocks()))
+    if kind == "resource":
+        return f"resource{w}{draw(IDENT)} {draw(STRING)}" + draw(attribute_blocks())
     if kind == "namespace":
         return f"namespace {draw(IDENT)}"
     if kind == "currency":
@@ -136,7 +155,8 @@ def test_fast_reader_never_accepts_what_lark_rejects(text: str) -> None:
 
 
 def test_the_common_shapes_take_the_fast_path() -> None:
-    for text in ("role xr1: xns1:*", 'agent "xa1": xr1',
+    for text in ("role xr1: xns1:*", 'agent "xa1": xr1', 'agent "u1" { dept = "d1" }',
+                 'resource record "r1" { owner = "u1", pages = 12, draft = false }',
                  "forbid xf1: xns1:delete when context.level > 9",
                  "permit xp1: xns1:admin for role xr1 when context.level > 3",
                  "namespace extra00", "currency EUR"):
