@@ -333,7 +333,7 @@ def run_fixture(path: Path) -> list[CaseResult]:
             elif kind == "budget":
                 from policyengine.budgets._conformance import run_budget_case
                 def ledger(clock: Callable[[], float], c: dict[str, Any] = case) -> Any:
-                    return _engine(fixture, c, base, clock).budgets
+                    return _engine(fixture, c, base, clock)  # authorize steps need it
 
                 msg = run_budget_case(ledger, case, fixture.get("now"))
             elif kind == "decision_log":

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from policyengine.budgets.ledger import BudgetUsage
+    from policyengine.budgets.ratelimit import RateLimitUsage
 
 from policyengine.errors import PolicyEngineError
 
@@ -167,6 +168,7 @@ class Decision:
         "_obligations",
         "_permission",
         "_principal",
+        "_rate_limit",
         "_reason",
         "_rules",
         "_shadow",
@@ -188,6 +190,7 @@ class Decision:
         chain: tuple[str, ...] | None = None,
         budget: BudgetUsage | None = None,
         shadow: tuple[ShadowOutcome, ...] = (),
+        rate_limit: RateLimitUsage | None = None,
     ) -> None:
         self._status = status
         self._code = code
@@ -202,6 +205,7 @@ class Decision:
         self._chain = chain
         self._budget = budget
         self._shadow = shadow
+        self._rate_limit = rate_limit
         self._decision_id: str | None = None
 
     # Read-only views (``operator.attrgetter`` is a C-level getter, as cheap as a slot).
@@ -231,6 +235,9 @@ class Decision:
     def warnings(self) -> tuple[ShadowOutcome, ...]:
         """The ``mode warn`` outcomes of :attr:`shadow`: what the caller is told."""
         return tuple(s for s in self._shadow if s.mode == "warn")
+    #: The rate limit that refused the call (``rate_limited``: its retry-after), or None.
+    rate_limit: RateLimitUsage | None = property(  # type: ignore[assignment]
+        attrgetter("_rate_limit"))
 
     @property
     def allowed(self) -> bool:
@@ -278,6 +285,8 @@ class Decision:
             warned = [s.to_wire() for s in self._shadow if s.mode == "warn"]
             if warned:  # ``mode log`` outcomes go to the decision log only
                 wire["shadow"] = warned
+        if self._rate_limit is not None:
+            wire["rateLimit"] = self._rate_limit.to_wire()
         return wire
 
     def __repr__(self) -> str:
@@ -289,7 +298,8 @@ class ToolDecision:
     """The answer to ``engine.tool_authorize``: a :class:`Decision` plus egress facts.
 
     ``outcome`` is one of ``policy_allow``, ``policy_deny``, ``egress_deny``,
-    ``route_deny``, ``pending_approval``, ``invalid_request``, ``budget_deny``.
+    ``route_deny``, ``pending_approval``, ``invalid_request``, ``budget_deny``,
+    ``rate_limited``.
     ``body`` is a redacted copy of the request body; the caller's object is untouched.
     """
 

@@ -253,7 +253,7 @@ class Engine:
         self._set_log_view()
         self.budgets = self._ledger(self._policy)
         self._pipeline = Pipeline(self._policy, self.budgets, self.approvals, self._verify,
-                                  clock)
+                                  clock, self._limiter(self._policy))
 
     def _attach_log(self, decision_log: Any) -> None:
         from policyengine.audit import DecisionLog
@@ -318,6 +318,14 @@ class Engine:
         return Ledger(policy.budgets, self._budget_store, clock=self._clock,
                       budget_rates=policy.budget_rates, prices=policy.prices)
 
+    def _limiter(self, policy: CompiledPolicy) -> Any:
+        """The policy's rate limits over the budget store (its state, like spend,
+        survives a reload), or None without any."""
+        if not policy.rate_limits:
+            return None
+        from policyengine.budgets.ratelimit import RateLimiter
+        return RateLimiter(policy.rate_limits, self._budget_store, clock=self._clock)
+
     def _config_warnings(self) -> tuple[Problem, ...]:
         out = []
         if self.hmac_key is None:
@@ -365,7 +373,8 @@ class Engine:
         ledger = self._ledger(policy)  # same store: recorded spend survives a reload
         self.budgets = ledger
         self.warnings += self._config_warnings()
-        self._pipeline = Pipeline(policy, ledger, self.approvals, self._verify, self._clock)
+        self._pipeline = Pipeline(policy, ledger, self.approvals, self._verify, self._clock,
+                                  self._limiter(policy))
         if self.decision_log is not None:
             self.decision_log.event("policy.reload", {
                 "status": "ok", "previous_revision": previous}, self._log_view)

@@ -32,6 +32,12 @@ the policy's price table; ``scope`` is an object of request fields (``{"workspac
 the returned reservation and ``reservation`` refers to a
 name (or is taken as a literal id).
 
+Two ops run the whole decision pipeline of the engine the factory built (it may return
+the ``Engine`` rather than its ledger): ``authorize`` (``principal``, ``permission``,
+``context``; ``expect`` matches ``Decision.to_wire()``: ``reasonCode``, ``rateLimit``
+with ``retryAfterMs`` ...) and ``explain`` (the same, counting nothing): rate limits and
+their order with budgets are pinned this way.
+
 ``expect`` is matched as a subset of the step's wire result (``Reservation.to_wire()``,
 ``BudgetCheck.to_wire()`` for ``check`` and ``admit``, or ``{"balances":
 [Balance.to_wire(), ...]}`` where each expected balance is matched to the actual one with
@@ -55,7 +61,8 @@ from policyengine.budgets.pricing import LLMUsage
 
 __all__ = ["run_budget_case"]
 
-LedgerFactory = Callable[[Callable[[], float]], Ledger]
+#: Builds the ledger (or the engine holding it, for ``authorize`` steps) for a clock.
+LedgerFactory = Callable[[Callable[[], float]], Any]
 
 _ARG_NAMES = {
     "idempotencyKey": "idempotency_key",
@@ -80,6 +87,8 @@ _ALLOWED_ARGS: dict[str, frozenset[str]] = {
     "reservations": frozenset({"tenant", "status", "principal", "limit", "after"}),
     "remember": frozenset({"key", "text", "ttl"}),
     "recall": frozenset({"key"}),
+    "authorize": frozenset({"principal", "permission", "context"}),
+    "explain": frozenset({"principal", "permission", "context"}),
 }
 
 
@@ -144,18 +153,39 @@ def run_budget_case(
     if start is None:
         return "no start time: pass the fixture's 'now'"
     clock = [_time(start)]
-    ledger = ledger_factory(lambda: clock[0])
+    built = ledger_factory(lambda: clock[0])
+    engine = built if hasattr(built, "authorize") else None
+    ledger = built.budgets if engine is not None else built
     names: dict[str, str] = {}
     for n, step in enumerate(case.get("steps", [])):
         where = f"step {n} ({step.get('op')})"
         try:
-            problem = _run_step(ledger, step, names, clock)
+            if step.get("op") in ("authorize", "explain"):
+                problem = _decide(engine, step)
+            else:
+                problem = _run_step(ledger, step, names, clock)
         except (KeyError, TypeError, ValueError) as exc:
             # BudgetErrors are handled per step; these mean the fixture itself is broken.
             return f"{where}: malformed step: {exc!r}"
         if problem:
             return f"{where}: {problem}"
     return None
+
+
+def _decide(engine: Any, step: Mapping[str, Any]) -> str | None:
+    if engine is None:
+        return "an authorize step needs the engine (the factory returned a ledger)"
+    args: dict[str, Any] = dict(step.get("args", {}))
+    unknown = set(args) - _ALLOWED_ARGS["authorize"]
+    if unknown:
+        return f"unknown args {sorted(unknown)}"
+    if step["op"] == "explain":
+        decision = engine.explain(args["principal"], args["permission"],
+                                  args.get("context")).decision.to_wire()
+    else:
+        decision = engine.authorize(args["principal"], args["permission"],
+                                    args.get("context")).to_wire()
+    return _subset(dict(step.get("expect", {})), decision, "decision")
 
 
 def _run_step(

@@ -27,6 +27,7 @@ import threading
 from collections import deque
 from typing import Any
 
+from policyengine.budgets.ratelimit import MemoryRates, RateKey, RateOutcome, now_micros
 from policyengine.budgets.store import (
     ACTIVE,
     OK,
@@ -126,6 +127,7 @@ class MemoryStore:
         self._listed_count = 0
         self._compact_due = _COMPACT_AT
         self._due = _INF  # earliest time any housekeeping is due
+        self._rates = MemoryRates()  # rate limits' GCRA state
 
     # -- reads -------------------------------------------------------------------------
 
@@ -177,6 +179,14 @@ class MemoryStore:
 
     def close(self) -> None:
         return None
+
+    def rate_admit(self, keys: tuple[RateKey, ...], now_us: int | None,
+                   consume: bool = True) -> RateOutcome:
+        """Rate limits (:mod:`policyengine.budgets.ratelimit`): all of ``keys`` admit
+        one call and count it, or none does; this host's clock unless ``now_us``."""
+        with self._lock:
+            return self._rates.admit(keys, now_micros() if now_us is None else now_us,
+                                     consume)
 
     # -- the one write -----------------------------------------------------------------
 

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from policyengine.budgets.clock import ServerClock
 from policyengine.budgets.errors import BudgetStoreError
+from policyengine.budgets.ratelimit import RateKey, RateOutcome
 from policyengine.budgets.spec import MAX_ROLLING_SECONDS
 from policyengine.budgets.store import (
     ACTIVE,
@@ -90,6 +91,7 @@ _RESERVE_STMT = b"policyengine_budget_reserve"
 _FINISH_STMT = b"policyengine_budget_finish"
 _DECLINE = "PEB01"  # SQLSTATE of budget_finish declining (after rolling back)
 _USAGE_STMT = b"policyengine_budget_usage"
+_RATE_STMT = b"policyengine_budget_rate_admit"
 _BUCKET_LIFETIME = 32 * 86400
 
 _TABLES = """
@@ -540,6 +542,87 @@ $fn$;
 """
 
 # One statement (several statements cannot share one call's parameters).
+# Rate limits (policyengine.budgets.ratelimit): one GCRA step over every key of a call,
+# all or nothing, in one transaction. ``keys`` is [[key, count, period_us, burst], ...]
+# sorted by key (the lock order). Each row is locked by one upsert that creates it at
+# rest or returns its latest committed TAT; the time is the server's (``clock_timestamp``)
+# unless the caller passes ``at_us`` (refused past ``max_skew_us``). Returns
+# [refused key index (1-based; 0 when admitted), retry_after_us, now_us], or
+# [-1, server_us, 0] for a skewed caller.
+_RATE = """
+CREATE OR REPLACE FUNCTION {s}.budget_rate_admit(keys jsonb, at_us bigint,
+                                                 max_skew_us bigint, consume boolean)
+RETURNS bigint[]
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    server bigint := floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    now_us bigint := coalesce(at_us, server);
+    n integer := jsonb_array_length(keys);
+    tu bigint[];
+    tf bigint[];
+    k jsonb;
+    u bigint;
+    f bigint;
+    c bigint;
+    p bigint;
+    d numeric;
+    tol numeric;
+    wait bigint;
+    worst bigint := 0;
+    refused integer := 0;
+    j integer;
+BEGIN
+    IF at_us IS NOT NULL AND max_skew_us IS NOT NULL AND abs(server - at_us) > max_skew_us THEN
+        RETURN ARRAY[-1, server, 0];
+    END IF;
+    FOR j IN 1 .. n LOOP
+        k := keys->(j - 1);
+        c := (k->>1)::bigint;
+        p := (k->>2)::bigint;
+        INSERT INTO {s}.budget_rates AS t (key, tat_us, tat_frac) VALUES (k->>0, 0, 0)
+            ON CONFLICT (key) DO UPDATE SET key = excluded.key
+            RETURNING t.tat_us, t.tat_frac INTO u, f;
+        IF u < now_us THEN
+            u := now_us;
+            f := 0;
+        END IF;
+        d := (u - now_us)::numeric * c + f;
+        tol := ((k->>3)::bigint - 1)::numeric * p;
+        IF d > tol THEN
+            wait := ceil((d - tol) / c)::bigint;
+            IF wait > worst THEN
+                worst := wait;
+                refused := j;
+            END IF;
+        ELSE
+            f := f + p % c;
+            u := u + p / c;
+            IF f >= c THEN
+                f := f - c;
+                u := u + 1;
+            END IF;
+            tu[j] := u;
+            tf[j] := f;
+        END IF;
+    END LOOP;
+    IF refused > 0 THEN
+        RETURN ARRAY[refused, worst, now_us];
+    END IF;
+    IF consume THEN
+        FOR j IN 1 .. n LOOP
+            UPDATE {s}.budget_rates t SET tat_us = tu[j], tat_frac = tf[j]
+                WHERE t.key = keys->(j - 1)->>0;
+        END LOOP;
+    END IF;
+    RETURN ARRAY[0, 0, now_us];
+END
+$fn$;
+"""
+_RATE_TABLE = """
+CREATE TABLE IF NOT EXISTS {s}.budget_rates (
+    key text PRIMARY KEY, tat_us bigint NOT NULL, tat_frac bigint NOT NULL)
+"""
+
 _HOUSEKEEP = """
 WITH events AS (DELETE FROM {s}.budget_events WHERE at < %(events)s),
 finished AS (DELETE FROM {s}.budget_reservations WHERE finished_at < %(finished)s),
@@ -548,7 +631,9 @@ abandoned AS (DELETE FROM {s}.budget_reservations r WHERE r.status = 'active'
     AND NOT EXISTS (SELECT 1 FROM {s}.budget_holds h WHERE h.rid = r.id)),
 idempotency AS (DELETE FROM {s}.budget_idempotency WHERE expires_at <= %(now)s),
 buckets AS (DELETE FROM {s}.budget_buckets WHERE win > 0 AND win < %(buckets)s
-    AND reserved = 0)
+    AND reserved = 0),
+rates AS (DELETE FROM {s}.budget_rates
+    WHERE tat_us < floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
 SELECT 1
 """
 
@@ -660,6 +745,8 @@ class PostgresStore:
             (_USAGE_STMT, f"SELECT {s}.budget_usage($1::jsonb, $2::float8, "
                           "$3::float8)::text".encode()),
             (_RESERVE_STMT, _RESERVE.format(s=s).encode()),
+            (_RATE_STMT, f"SELECT {s}.budget_rate_admit($1::jsonb, $2::bigint, $3::bigint, "
+                         "$4::boolean)::text".encode()),
             (_FINISH_STMT, f"SELECT {s}.budget_finish($1::text, $2::text, $3::text, "
                            "$4::bigint, $5::bigint, $6::text, $7::text, $8::float8, "
                            "$9::float8, $10::boolean)".encode()),
@@ -847,7 +934,7 @@ class PostgresStore:
                         "another schema",
                     )
                 functions = (_APPLY.format(s=s) + _USAGE.format(s=s)
-                             + _FINISH.format(s=s, decline=_DECLINE))
+                             + _FINISH.format(s=s, decline=_DECLINE) + _RATE.format(s=s))
                 code = hashlib.sha256(functions.encode()).hexdigest()
                 if version is None:
                     conn.execute(f"CREATE TABLE {s}.budget_layout (version integer "
@@ -857,6 +944,10 @@ class PostgresStore:
                     for statement in _TABLES.format(s=s).split(";"):
                         if statement.strip():
                             conn.execute(statement)  # type: ignore[arg-type]
+                # Rate limits came later in layout 1: their table is made where missing
+                # (a new table locks nothing that running operations use).
+                if "budget_rates" not in names:
+                    conn.execute(_RATE_TABLE.format(s=s))  # type: ignore[arg-type]
                 # Tables are never touched again once made (DDL would lock them against
                 # running operations); the functions are replaced only when they changed.
                 row = conn.execute(f"SELECT code FROM {s}.budget_layout").fetchone()
@@ -864,6 +955,7 @@ class PostgresStore:
                     conn.execute(_APPLY.format(s=s))  # type: ignore[arg-type]
                     conn.execute(_USAGE.format(s=s))  # type: ignore[arg-type]
                     conn.execute(_FINISH.format(s=s, decline=_DECLINE))  # type: ignore[arg-type]
+                    conn.execute(_RATE.format(s=s))  # type: ignore[arg-type]
                     conn.execute(f"UPDATE {s}.budget_layout SET code = %s", (code,))
         except psycopg.Error as exc:
             raise _unavailable(exc) from exc
@@ -972,6 +1064,30 @@ class PostgresStore:
                            reservation=_record(refusal.get("d"), refusal.get("x")))
         usages = tuple([Usage(int(sp), int(rs)) for sp, rs in refusal["u"]])
         return Outcome(False, reason, refusal["i"], usages)
+
+    def rate_admit(self, keys: tuple[RateKey, ...], now_us: int | None,
+                   consume: bool = True) -> RateOutcome:
+        """Rate limits (:mod:`policyengine.budgets.ratelimit`): one call of
+        ``budget_rate_admit``, one transaction: all of ``keys`` admit one call and count
+        it, or none does, at the server's time (or ``now_us``, within
+        ``max_clock_skew``)."""
+        self._writes += 1
+        if self._writes % _SWEEP_EVERY == 0:
+            self._housekeep(self.clock())
+        doc = compact_json([list(k) for k in keys])
+        skew = (None if now_us is None or self.max_clock_skew is None
+                else str(int(self.max_clock_skew * 1_000_000)).encode())
+        text = self._exec(_RATE_STMT, [doc.encode(),
+                                       None if now_us is None else str(now_us).encode(),
+                                       skew, b"t" if consume else b"f"])
+        refused, wait, now = (int(x) for x in
+                              text.decode()[1:-1].split(","))  # type: ignore[union-attr]
+        if refused < 0:
+            raise _skewed(now_us / 1e6, wait / 1e6,  # type: ignore[operator]
+                          self.max_clock_skew)
+        if refused == 0:
+            return RateOutcome(True, -1, 0, now)
+        return RateOutcome(False, refused - 1, wait, now)
 
     def _reserve(self, tx: Transaction, now: float) -> bool:
         """The one-statement reserve (see ``_RESERVE``) when ``tx`` is a plain reserve

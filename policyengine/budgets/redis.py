@@ -18,7 +18,10 @@ scripts with length-prefixed budget ids so no subject can forge another bucket's
 * ``i:<key>``: hash of an idempotency record (expires with it);
 * ``l:<tenant>``: sorted set (by lex) of the listing keys of the tenant's reservations
   (:func:`~policyengine.budgets.store.listing_key`); an entry outlives its reservation's
-  hash until a reserve of that tenant finds it at the head, or a listing skips it.
+  hash until a reserve of that tenant finds it at the head, or a listing skips it;
+* ``q:<len>:<rate limit><subject>``: ``"<tat_us> <tat_frac>"``, the theoretical arrival
+  time of a rate-limit key (``policyengine.budgets.ratelimit``; expires once it passes,
+  when the key is at rest).
 
 Amounts are integer quanta up to 10^18: the scripts add and compare them exactly as
 two base-10^9 limbs (Lua numbers are doubles) and let Redis's ``HINCRBY`` keep them as
@@ -44,6 +47,7 @@ from typing import Any
 
 from policyengine.budgets.clock import ServerClock
 from policyengine.budgets.errors import BudgetStoreError
+from policyengine.budgets.ratelimit import RateKey, RateOutcome
 from policyengine.budgets.spec import MAX_ROLLING_SECONDS
 from policyengine.budgets.store import (
     ACTIVE,
@@ -379,6 +383,7 @@ class RedisStore:
         )
         self._apply_script = self._redis.register_script(_APPLY)
         self._usage_script = self._redis.register_script(_USAGE)
+        self._rate_script = self._redis.register_script(_RATE)
         self._layout = self._open_layout()
         self._recent = RecentReservations()
         self.clock = ServerClock(self.server_time, host=host_clock)
@@ -517,6 +522,33 @@ class RedisStore:
         (no round trip; ``apply`` re-checks it)."""
         return self._recent.live(reservation_id, now)
 
+    # -- rate limits -------------------------------------------------------------------
+
+    def rate_admit(self, keys: tuple[RateKey, ...], now_us: int | None,
+                   consume: bool = True) -> RateOutcome:
+        """Rate limits (:mod:`policyengine.budgets.ratelimit`): one script: all of
+        ``keys`` admit one call and count it, or none does, at the server's ``TIME`` (or
+        ``now_us``, within ``max_clock_skew``)."""
+        import redis
+        args: list[str] = [self.prefix, self._layout, "" if now_us is None else str(now_us),
+                           "" if now_us is None or self.max_clock_skew is None
+                           else str(int(self.max_clock_skew * 1_000_000)),
+                           "1" if consume else "0"]
+        for key, count, period_us, burst in keys:
+            args += (key, str(count), str(period_us), str(burst))
+        try:
+            refused, wait, now = self._rate_script(args=args)
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        if refused == -1:
+            raise self._refused({"reason": "clock", "server": wait / 1e6},
+                                now_us / 1e6)  # type: ignore[operator]
+        if refused == -2:
+            raise self._refused({"reason": "layout", "found": "(not the one opened)"}, 0.0)
+        if refused == 0:
+            return RateOutcome(True, -1, 0, int(now))
+        return RateOutcome(False, int(refused) - 1, int(wait), int(now))
+
     # -- the one write -----------------------------------------------------------------
 
     def apply(self, tx: Transaction, now: float) -> Outcome:
@@ -539,6 +571,65 @@ class RedisStore:
                            reservation=_record(refusal["d"], refusal["x"]))
         usages = tuple([Usage(int(sp), int(rs)) for sp, rs in refusal["u"]])
         return Outcome(False, reason, refusal["i"], usages)
+
+
+# Rate limits: ARGV[1] prefix, ARGV[2] layout id, ARGV[3] now_us ('' for the server's
+# TIME), ARGV[4] max skew in us ('' for none), ARGV[5] '1' to count the call, then per key
+# (sorted) key, count, period_us, burst. Returns {refused index (1-based; 0 admitted),
+# retry_after_us, now_us}, {-1, server_us, 0} for a skewed caller, {-2, 0, 0} for a lost
+# dataset. Every value stays below 2**53 (exact in Lua's doubles).
+_RATE = r"""
+local P = ARGV[1]
+if redis.call('GET', P .. 'layout') ~= ARGV[2] then return {-2, 0, 0} end
+local t = redis.call('TIME')
+local server = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = server
+if ARGV[3] ~= '' then
+  now = tonumber(ARGV[3])
+  if ARGV[4] ~= '' and math.abs(server - now) > tonumber(ARGV[4]) then
+    return {-1, server, 0}
+  end
+end
+local n = (#ARGV - 5) / 4
+local tu, tf = {}, {}
+local worst, refused = 0, 0
+for j = 1, n do
+  local b = 5 + (j - 1) * 4
+  local c, p, burst = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local u, f = 0, 0
+  local v = redis.call('GET', P .. 'q:' .. ARGV[b + 1])
+  if v then
+    local su, sf = string.match(v, '^(%d+) (%d+)$')
+    u, f = tonumber(su), tonumber(sf)
+  end
+  if u < now then u, f = now, 0 end
+  local d = (u - now) * c + f
+  local tol = (burst - 1) * p
+  if d > tol then
+    local over = d - tol
+    local w = math.floor(over / c)
+    while w * c < over do w = w + 1 end
+    while w > 0 and (w - 1) * c >= over do w = w - 1 end
+    if w > worst then worst, refused = w, j end
+  else
+    local r = p % c
+    f = f + r
+    u = u + (p - r) / c
+    if f >= c then f, u = f - c, u + 1 end
+    tu[j], tf[j] = u, f
+  end
+end
+if refused > 0 then return {refused, worst, now} end
+if ARGV[5] == '1' then
+  for j = 1, n do
+    local b = 5 + (j - 1) * 4
+    local ttl = math.floor((tu[j] - now) / 1000) + 2
+    redis.call('SET', P .. 'q:' .. ARGV[b + 1],
+               string.format('%.0f %.0f', tu[j], tf[j]), 'PX', string.format('%.0f', ttl))
+  end
+end
+return {0, 0, now}
+"""
 
 
 def _glob(text: str) -> str:

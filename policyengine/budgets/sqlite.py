@@ -45,6 +45,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal, TypeVar
 
 from policyengine.budgets.errors import BudgetStoreError
+from policyengine.budgets.ratelimit import RateKey, RateOutcome, gcra, now_micros
 from policyengine.budgets.spec import MAX_ROLLING_SECONDS
 from policyengine.budgets.store import (
     ACTIVE,
@@ -92,6 +93,11 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS budget_idempotency (
     key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, expires_at REAL NOT NULL,
     result TEXT NOT NULL) WITHOUT ROWID""",
+    # Rate limits: the theoretical arrival time of each key (policyengine.budgets.ratelimit).
+    # Added to layout 2 without a new version: files written before simply lack it.
+    """CREATE TABLE IF NOT EXISTS budget_rates (
+    key TEXT PRIMARY KEY, tat_us INTEGER NOT NULL, tat_frac INTEGER NOT NULL) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS budget_rates_by_tat ON budget_rates (tat_us)",
 )
 
 _BUCKET = "SELECT spent, reserved FROM budget_buckets WHERE budget = ? AND subject = ? AND win = ?"
@@ -174,6 +180,7 @@ class SQLiteStore:
         )
         self._shared: sqlite3.Connection | None = None
         self._writes = 0
+        self._rate_writes = 0
         self._create_schema(self._conn())
 
     # -- connections -------------------------------------------------------------------
@@ -358,6 +365,51 @@ class SQLiteStore:
                 return outcome
             except BaseException as exc:
                 # Includes KeyboardInterrupt: never leave a transaction half open.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise _unavailable(exc) from exc
+                raise
+
+    def rate_admit(self, keys: tuple[RateKey, ...], now_us: int | None,
+                   consume: bool = True) -> RateOutcome:
+        """Rate limits (:mod:`policyengine.budgets.ratelimit`): inside one write
+        transaction, all of ``keys`` admit one call and count it, or none does; this
+        host's clock unless ``now_us``."""
+        with self._lock:
+            conn = self._conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE" if consume else "BEGIN")
+            except sqlite3.Error as exc:
+                raise _unavailable(exc) from exc
+            try:
+                now = now_micros() if now_us is None else now_us
+                new = []
+                worst, index = 0, -1
+                for i, (key, count, period_us, burst) in enumerate(keys):
+                    row = conn.execute("SELECT tat_us, tat_frac FROM budget_rates "
+                                       "WHERE key = ?", (key,)).fetchone()
+                    u, f = row if row is not None else (0, 0)
+                    ok, u, f, wait = gcra(u, f, now, count, period_us, burst)
+                    if not ok:
+                        if wait > worst:
+                            worst, index = wait, i
+                    else:
+                        new.append((key, u, f))
+                if index >= 0:
+                    conn.execute("ROLLBACK")
+                    return RateOutcome(False, index, worst, now)
+                if consume:
+                    conn.executemany(
+                        "INSERT INTO budget_rates (key, tat_us, tat_frac) VALUES (?, ?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET tat_us = excluded.tat_us, "
+                        "tat_frac = excluded.tat_frac", new)
+                    self._rate_writes += 1
+                    if self._rate_writes % _SWEEP_EVERY == 0:  # keys at rest
+                        conn.execute("DELETE FROM budget_rates WHERE tat_us < ?", (now,))
+                conn.execute("COMMIT")
+                return RateOutcome(True, -1, 0, now)
+            except BaseException as exc:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):

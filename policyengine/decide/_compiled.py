@@ -225,6 +225,10 @@ class CompiledPolicy:
     #: ``shadow_modes`` gives each one's mode by id.
     shadow_budgets: tuple[Any, ...] = ()
     shadow_modes: dict[str, str] = field(default_factory=dict)
+    rate_limits: tuple[Any, ...] = ()  # RateLimitSpec, enforced
+    #: Shadow rate limits (``mode warn`` / ``mode log``): counted, never refusing; their
+    #: modes are in ``shadow_modes``.
+    shadow_rate_limits: tuple[Any, ...] = ()
     #: The LLM price table (``price`` statements): a ``PriceTable``, or None.
     prices: Any = None
     delegation: ast.DelegationDecl | None = None
@@ -496,6 +500,8 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
         cache.done()
     from policyengine.tools._egress import compile_tools
     budgets, budget_files, shadow_budgets, shadow_modes = _budget_specs(files)
+    rate_limits, shadow_rate_limits, rate_modes = _rate_limit_specs(files)
+    shadow_modes.update(rate_modes)  # ids are unique per namespace: no clash
     from policyengine.tools._redaction import RedactionRule
     log_redactions = tuple(RedactionRule(st.path, st.strategy, keep=st.keep or 0)
                            for f in files if ast.LogRedact in f.kinds for st in f.statements
@@ -507,6 +513,7 @@ def compile_policy(files: Sequence[ast.PolicyFile], *,
                             prices=prices,
                             budgets=budgets, delegation=delegation, files=tuple(files),
                             shadow_budgets=shadow_budgets, shadow_modes=shadow_modes,
+                            rate_limits=rate_limits, shadow_rate_limits=shadow_rate_limits,
                             default_currency=default, delegation_rates=delegation_rates,
                             budget_rates={bid: money[name].rates
                                           for bid, name in budget_files.items()},
@@ -727,6 +734,28 @@ def _price_table(files: Sequence[ast.PolicyFile]) -> Any:
     entries = [price_of(st) for f in files for st in f.statements
                if isinstance(st, ast.PriceDecl)]
     return PriceTable(entries) if entries else None
+
+
+def _rate_limit_specs(files: Sequence[ast.PolicyFile]
+                      ) -> tuple[tuple[Any, ...], tuple[Any, ...], dict[str, str]]:
+    """The enforced rate limits (RateLimitSpec, ids qualified with their file's
+    namespace), the shadow ones, and per shadow rate limit id, its mode."""
+    from policyengine.budgets.ratelimit import RateLimitSpec
+    enforced, shadows = [], []
+    modes: dict[str, str] = {}
+    for f in files:
+        if ast.RateLimitDecl not in f.kinds:
+            continue
+        for st in f.statements:
+            if isinstance(st, ast.RateLimitDecl):
+                spec = RateLimitSpec(_qualify(f.namespace, st.id), st.patterns, st.count,
+                                     st.per, st.burst, st.subject)
+                if st.mode == "enforce":
+                    enforced.append(spec)
+                else:
+                    shadows.append(spec)
+                    modes[spec.id] = st.mode
+    return tuple(enforced), tuple(shadows), modes
 
 
 def _budget_specs(files: Sequence[ast.PolicyFile]

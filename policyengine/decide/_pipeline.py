@@ -10,8 +10,10 @@ then goes through explicit steps, each returning facts:
 2. **grant** -- with a token: verified, bound to the principal, covering the permission,
    its ``max_amount`` respected;
 3. **rules** -- forbids, limits, permits, approvals (:func:`rule_facts`);
-4. **budgets** -- every budget covering the permission (``Ledger.admit``);
-5. **approval** -- an approval granted for this request turns ``pending_approval`` into
+4. **budgets** -- every budget covering the permission (``Ledger.admit``; read-only);
+5. **rate limits** -- a call that may go ahead now (allowed, or presenting an approval)
+   takes one call of every rate limit covering it, atomically, or is ``rate_limited``;
+6. **approval** -- an approval granted for this request turns ``pending_approval`` into
    ``allowed``; a tool call's body is redacted; a new pending decision is recorded;
 
 and the last step builds the one :class:`Decision`, which nothing changes afterwards.
@@ -101,11 +103,14 @@ class Pipeline:
     verification, clock). Immutable: ``Engine.reload`` builds a new pipeline and swaps
     one reference, so a run sees one policy and its ledger, never a mix."""
 
-    __slots__ = ("_views", "approvals", "clock", "ledger", "policy", "shadow_ledger", "verify")
+    __slots__ = ("_views", "approvals", "clock", "ledger", "limiter", "policy", "shadow_ledger",
+                 "shadow_limiter", "verify")
 
     def __init__(self, policy: CompiledPolicy, ledger: Any, approvals: Any, verify: Verify,
-                 clock: Callable[[], float] | None) -> None:
+                 clock: Callable[[], float] | None, limiter: Any = None) -> None:
         self.policy = policy
+        #: The policy's rate limits (a ``RateLimiter`` over the budget store), or None.
+        self.limiter = limiter
         self.ledger = ledger
         self.approvals = approvals
         self.verify = verify
@@ -120,6 +125,13 @@ class Pipeline:
             self.shadow_ledger = Ledger(policy.shadow_budgets, ledger.store,
                                         clock=ledger.clock, budget_rates=policy.budget_rates,
                                         prices=policy.prices)
+        #: The shadow rate limits over the same store: they count the calls that go
+        #: ahead, on keys of their own, and never refuse one (None without any).
+        self.shadow_limiter: Any = None
+        if policy.shadow_rate_limits:
+            from policyengine.budgets.ratelimit import RateLimiter
+            self.shadow_limiter = RateLimiter(policy.shadow_rate_limits, ledger.store,
+                                              clock=clock)
 
     def run(self, principal: Any, permission: Any, context: Any, token: Any = None,
             approval_id: Any = None, register: bool = True, tool: ToolCall | None = None,
@@ -191,7 +203,7 @@ class Pipeline:
         shadow = shadow_rules(plan, context, req) if plan.shadows else ()
 
         # -- 4. budgets
-        budget = recorded = None
+        budget = recorded = rate = None
         if status != "denied":
             if self.shadow_ledger is not None and policy.shadow_budgeted(permission):
                 if req is None:
@@ -217,6 +229,28 @@ class Pipeline:
                     status, budget = "denied", None
                 if trace is not None:
                     trace.step("redaction", f"{facts[1]}: {len(tool.redactions)} field(s)")
+
+            # -- 5. rate limits: only a call that may go ahead now is counted (after the
+            # read-only budget check: a call refused by a budget takes no rate token, and
+            # a rate-limited call reserves or spends nothing)
+            limiter = self.limiter
+            if (limiter is not None and (status == "allowed" or (
+                    status == "pending_approval" and approval_id is not None))
+                    and limiter.covering(permission)):
+                refused, rate = self._rate_limits(principal, permission, context, acting_for,
+                                                  facts, register and trace is None)
+                if refused is not None:
+                    facts = refused
+                    status, budget = "denied", None
+                if trace is not None:
+                    trace.step("ratelimit", "ok: within every rate limit" if refused is None
+                               else f"{facts[1]}: {facts[2]}")
+            shadow_limiter = self.shadow_limiter
+            if (shadow_limiter is not None and (status == "allowed" or (
+                    status == "pending_approval" and approval_id is not None))
+                    and shadow_limiter.covering(permission)):
+                shadow += self._shadow_rate_limits(principal, permission, context,
+                                                   acting_for, register and trace is None)
             if status == "pending_approval":
                 call = (tool.binding() if tool is not None and tool.binding is not None
                         else None)
@@ -251,7 +285,7 @@ class Pipeline:
                                            for s in shadow))
         return Decision(status, code, reason, rules, obligations,  # type: ignore[arg-type]
                         diagnostics, principal, permission, recorded, acting_for, chain,
-                        budget, shadow)
+                        budget, shadow, rate)
 
     def run_tool(self, principal: str, permission: str, context: dict[str, Any],
                  token: Any, approval_id: Any, body: Any, redaction_rules: tuple[Any, ...],
@@ -382,6 +416,64 @@ class Pipeline:
         modes = self.policy.shadow_modes
         return tuple(ShadowOutcome(i, "budget", modes.get(i, "log"), "denied", code)
                      for i in ids)
+    def _ask_rates(self, limiter: Any, principal: str, permission: str,
+                   context: dict[str, Any], acting_for: str | None, consume: bool) -> Any:
+        """``limiter.admit`` for this request: None or the refusing ``RateLimitUsage``
+        (raises what it raises)."""
+        get = dict.get  # a dict subclass's own get() is not called
+        tenant = get(context, "tenant")
+        if tenant is not None and type(tenant) is not str:
+            tenant = None
+        fields = limiter.scope_fields
+        scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
+                 else None)
+        return limiter.admit(principal, permission, acting_for=acting_for, tenant=tenant,
+                             scope=scope, consume=consume)
+
+    def _rate_limits(self, principal: str, permission: str, context: dict[str, Any],
+                     acting_for: str | None, facts: RuleFacts, consume: bool
+                     ) -> tuple[RuleFacts | None, Any]:
+        """Take one call of every rate limit covering the request (``consume=False``:
+        only ask, for explain). Returns (denied facts or None, the refusing
+        ``RateLimitUsage`` or None). A store fault or an unusable subject denies."""
+        try:
+            usage = self._ask_rates(self.limiter, principal, permission, context, acting_for,
+                                    consume)
+        except Exception as exc:  # BudgetError, or a store fault: never an allow
+            code = getattr(exc, "code", None)
+            if type(code) is not str:
+                code = "store_unavailable"
+            message = getattr(exc, "message", None)
+            if type(message) is not str:
+                message = f"{type(exc).__name__}: {exc}"
+            return _overruled(facts, code, f"rate limit check failed: {message}"), None
+        if usage is None:
+            return None, None
+        code = "rate_limited"
+        reason = (f"{permission} is over rate limit {usage.id} ({usage.count} per "
+                  f"{usage.per}, burst {usage.burst}): retry after {usage.retry_after_ms} ms")
+        return ("denied", code, reason, (usage.id,), None, facts[5], ()), usage
+
+    def _shadow_rate_limits(self, principal: str, permission: str, context: dict[str, Any],
+                            acting_for: str | None, consume: bool
+                            ) -> tuple[ShadowOutcome, ...]:
+        """What the shadow rate limits would have said of a call that goes ahead: each
+        counts it on its own keys, as if enforced; an outcome for the one that would have
+        refused (or for every covering one when the store fails), none otherwise."""
+        limiter = self.shadow_limiter
+        modes = self.policy.shadow_modes
+        try:
+            usage = self._ask_rates(limiter, principal, permission, context, acting_for,
+                                    consume)
+        except Exception as exc:  # it would have denied with this code
+            found = getattr(exc, "code", None)
+            code = found if type(found) is str else "store_unavailable"
+            return tuple(ShadowOutcome(s.id, "rate_limit", modes.get(s.id, "log"), "denied",
+                                       code) for s in limiter.covering(permission))
+        if usage is None:
+            return ()
+        return (ShadowOutcome(usage.id, "rate_limit", modes.get(usage.id, "log"), "denied",
+                              "rate_limited"),)
 
     def _use_approval(self, approval_id: str, principal: str, permission: str,
                       context: dict[str, Any], call: dict[str, Any] | None,

@@ -362,6 +362,10 @@ class _FileCheck(ast.StatementVisitor[None]):
         self.ctx.tag = (3, 2)
         _check_budget(self.ctx, st)
 
+    def ratelimit(self, st: ast.RateLimitDecl) -> None:
+        self.ctx.tag = (3, 2)
+        _check_rate_limit(self.ctx, st)
+
     def price(self, st: ast.PriceDecl) -> None:
         self.ctx.tag = (3, 2)
         _check_price(self.ctx, st)
@@ -701,6 +705,23 @@ class _TypeOf(ast.ExprVisitor[str]):
 
 #: The checker's code for a problem the budgets leaf reports, by field.
 _BUDGET_CODES = {"window": "E125", "tz": "E124"}
+
+
+def _check_rate_limit(ctx: _Ctx, st: ast.RateLimitDecl) -> None:
+    """Patterns here; the bounds of a rate limit are the budgets leaf's own
+    (:func:`policyengine.budgets.ratelimit.rate_limit_problems`), reported at the value
+    they concern (the count, the burst) or else at the statement."""
+    from policyengine.budgets.ratelimit import rate_limit_problems
+    _check_patterns(ctx, st.patterns, st.span)
+    for what, message in rate_limit_problems(st.patterns, st.count, st.per, st.burst,
+                                             st.subject):
+        if what == "patterns":
+            continue  # reported by _check_patterns, with the pattern
+        span = st.count_span if what == "count" else st.burst_span if what == "burst" else None
+        if span is None or span is ast.NOSPAN:
+            span = st.span
+        ctx.error("E142", f"ratelimit {st.id}: {message}", span,
+                  "for example: ratelimit search: tools:search 10 per second burst 20")
 
 
 def _check_budget(ctx: _Ctx, st: ast.BudgetDecl) -> None:

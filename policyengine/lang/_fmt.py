@@ -216,6 +216,12 @@ class _StatementHead(ast.StatementVisitor[str]):
             text += f" cap {name} {value}"
         return text + _mode(st.mode)
 
+    def ratelimit(self, st: ast.RateLimitDecl) -> str:
+        text = (f"ratelimit {st.id}: " + ", ".join(st.patterns) + f" {st.count} per {st.per}")
+        if st.burst is not None:
+            text += f" burst {st.burst}"
+        return text + f" per {st.subject}" + _mode(st.mode)
+
     def price(self, st: ast.PriceDecl) -> str:
         items = ", ".join(f"{kind} {_num(amount)} {code}" for kind, amount, code in st.items)
         return (f"price {_str(st.provider)} {_str(st.model)}: {items} per {st.per_text} "

@@ -48,6 +48,7 @@ STATEMENT_KEYWORDS = (
     "log",
     "schema",
     "price",
+    "ratelimit",
 )
 # Words that may begin a statement only in this shape; elsewhere (indented) they continue
 # the previous statement (``budget x: ... \n    limit 5 EUR per day``).
@@ -57,7 +58,7 @@ _STATEMENT_START = re.compile(
     r"|log[ \t]+redact"
     r"|schema"
     r"|price[ \t]+\""
-    r"|(?:permit|forbid|approval|limit|budget|tool)[ \t]+[A-Za-z_][A-Za-z0-9_\-]*[ \t]*:)"
+    r"|(?:permit|forbid|approval|limit|budget|tool|ratelimit)[ \t]+[A-Za-z_][A-Za-z0-9_\-]*[ \t]*:)"
     r"(?![A-Za-z0-9_])"
 )
 # What the statement splitter looks at: whole strings, a lone quote (unterminated), a
@@ -74,6 +75,7 @@ _KEYWORD_TERMINALS = {
     "STRATEGY": "a redaction strategy (remove, mask, hash, sha256, partial)",
     "METHOD": "an HTTP method", "UNIT": "a unit (a currency code, tokens, calls, credits)",
     "WINDOW_UNIT": "a window (minute, hour, day, week, month)", "SUBJECT": "a subject",
+    "RATE_PERIOD": "second, minute or hour",
     "ROOT": "context or principal", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
     "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'",
     "DOT": "'.'", "EQUAL": "'='", "AT_MOST": "'<='", "ARROW": "'->'", "OPTIONAL": "'?'",
@@ -134,7 +136,7 @@ KEYWORD_TERMINALS = frozenset({
     "ROLLING", "ROOT", "SCHEMA", "SOURCE_KIND", "SUBJECT", "TOOL", "TRUE", "TZ", "USES",
     "WINDOW_UNIT",
     "_MAX_AGE", "METHOD", "STRATEGY", "UNIT", "PRICE", "PRICE_KIND", "PRICE_TOKENS",
-    "CAP", "CAP_NAME", "MODE", "SHADOW_MODE",
+    "CAP", "CAP_NAME", "MODE", "SHADOW_MODE", "RATELIMIT", "RATE_PERIOD", "BURST",
 })
 _LARK_LOCK = threading.Lock()
 
@@ -701,6 +703,18 @@ class _Build:
                               str(subject) if subject is not None else "agent", (), tz,
                               overdraft, sp, caps, self.mode(p))
 
+    def ratelimit_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
+        burst = p.maybe_tree("rate_burst")
+        burst_tok = _Parts(burst.children).token("INT") if burst is not None else None
+        subject = p.maybe_token("SUBJECT") or p.maybe_token("FIELD_SUBJECT")
+        count = p.token("INT")
+        return ast.RateLimitDecl(
+            str(p.token("ID")), self.patterns(p.tree("pattern_list")), int(str(count)),
+            str(p.token("RATE_PERIOD")),
+            int(str(burst_tok)) if burst_tok is not None else None,
+            str(subject) if subject is not None else "agent", sp, self.span(count),
+            self.span(burst_tok) if burst_tok is not None else ast.NOSPAN, self.mode(p))
+
     def price_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         provider, model = (self.string(t) for t in p.all_tokens("STRING"))
         items = []
@@ -889,7 +903,7 @@ _STATEMENTS: dict[str, _Builder] = {
         "rates_decl", "tz_decl", "role_decl", "agent_decl", "resource_decl", "rule_decl",
         "limit_decl",
         "approval_over_decl", "budget_decl", "http_tool", "named_tool", "egress_decl",
-        "delegation_decl", "log_decl", "schema_decl", "price_decl")
+        "delegation_decl", "log_decl", "schema_decl", "price_decl", "ratelimit_decl")
 }
 #: Expression builders by rule (or alias) name.
 _EXPRESSIONS: dict[str, Callable[[_Build, Any], ast.Expr]] = {

@@ -21,7 +21,7 @@ __all__ = [
     "EgressDecl", "Expr", "Extraction", "HttpTool", "In", "LimitDecl", "ListExpr", "Literal",
     "LogRedact",
     "MoneyLit", "NamedTool", "NamespaceDecl", "Not", "Or", "Path", "PolicyFile", "PriceDecl",
-    "RateDecl",
+    "RateDecl", "RateLimitDecl",
     "RatesDecl", "Redact", "ResourceDecl", "RoleDecl", "Route", "Rule", "SchemaDecl", "SchemaField",
     "SchemaType", "ScopeItem", "Span", "Statement", "TzDecl", "Comment", "ExprVisitor",
     "StatementVisitor", "children",
@@ -305,6 +305,22 @@ class BudgetDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitDecl:
+    """``ratelimit ID: PATTERNS COUNT per PERIOD [burst B] [per SUBJECT] [mode warn|log]``."""
+
+    id: str
+    patterns: tuple[str, ...]
+    count: int
+    per: str  # second|minute|hour
+    burst: int | None = None  # None: as many as count
+    subject: str = "agent"
+    span: Span = _span()
+    count_span: Span = _span()  # where the count and the burst are (the checker's carets)
+    burst_span: Span = _span()
+    mode: str = "enforce"
+
+
+@dataclass(frozen=True, slots=True)
 class PriceDecl:
     """``price "openai" "gpt-4o": input 2.50 USD, output 10 USD per 1M tokens``."""
 
@@ -440,7 +456,7 @@ Statement = Union[
     NamespaceDecl, CurrencyDecl, DefaultCurrencyDecl, RateDecl, RatesDecl, TzDecl, RoleDecl,
     AgentDecl, ResourceDecl, Rule, LimitDecl, ApprovalOverDecl, BudgetDecl, HttpTool, NamedTool,
     EgressDecl,
-    DelegationDecl, LogRedact, SchemaDecl, PriceDecl,
+    DelegationDecl, LogRedact, SchemaDecl, PriceDecl, RateLimitDecl,
 ]
 
 
@@ -487,6 +503,7 @@ _STATEMENT_METHODS: dict[type, str] = {
     LogRedact: "log_redact",
     SchemaDecl: "schema",
     PriceDecl: "price",
+    RateLimitDecl: "ratelimit",
 }
 
 
@@ -529,7 +546,7 @@ class StatementVisitor(Generic[T]):
     ``currency``, ``default_currency``, ``rate``, ``rates``, ``tz``, ``role``, ``agent``,
     ``resource``, ``rule``, ``limit``, ``approval_over``, ``budget``, ``http_tool``,
     ``named_tool``,
-    ``egress``, ``delegation``, ``log_redact``, ``schema``, ``price``).
+    ``egress``, ``delegation``, ``log_redact``, ``schema``, ``price``, ``ratelimit``).
     :meth:`visit_statement` returns ``default`` for a kind
     the subclass does not define."""
 

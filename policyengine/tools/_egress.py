@@ -559,6 +559,8 @@ def _outcome(decision: Decision) -> str:
         return "pending_approval"
     if decision.code == "budget_exceeded":
         return "budget_deny"
+    if decision.code == "rate_limited":
+        return "rate_limited"
     if decision.code == "invalid_request":
         return "invalid_request"
     return "policy_deny"
