@@ -12,6 +12,12 @@ one store; the GC stays on. Also times ``check`` (the read-only projection
 for comparison (they pay one or two fsyncs per pair; see docs/budgets.md). With
 ``--threads T`` the pairs are split over T threads sharing one ledger (for comparison
 with budget servers measured under concurrency; CPython runs one thread at a time).
+
+Then rate-limit admissions per second (``RateLimiter.admit``: one ``ratelimit`` of
+1,000,000 per second covering the call, 100 agents taking turns, every call admitted and
+counted) on every store: MemoryStore, SQLiteStore and, when reachable, PostgresStore and
+RedisStore (``POLICYENGINE_BENCH_POSTGRES`` / ``POLICYENGINE_BENCH_REDIS``, default
+127.0.0.1; a scratch schema / key prefix, dropped after). ``--rates-only`` skips the pairs.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from policyengine.budgets import BudgetSpec, Ledger, MemoryStore, SQLiteStore
 from policyengine.budgets.store import BudgetStore
@@ -84,8 +92,67 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per store (median)")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads sharing one ledger (the targets are for 1)")
+    parser.add_argument("--admissions", type=int, default=20_000,
+                        help="rate-limit admissions for MemoryStore (a tenth on servers)")
+    parser.add_argument("--rates-only", action="store_true", help="skip the pairs")
     args = parser.parse_args()
     threads = max(1, args.threads)
+    if not args.rates_only:
+        pairs_table(args, threads)
+    rate_table(args.admissions)
+
+
+def _rate_stores(tmp: str) -> list[tuple[str, Any, Callable[[], None]]]:
+    """(name, store, teardown) for every store this machine can open."""
+    import os
+    import secrets
+    found: list[tuple[str, Any, Callable[[], None]]] = [
+        ("MemoryStore", MemoryStore(), lambda: None),
+        ('SQLiteStore durability="process"', SQLiteStore(Path(tmp) / "rates.db"), lambda: None),
+    ]
+    name = f"bench_rates_{secrets.token_hex(4)}"
+    try:
+        from policyengine.budgets import PostgresStore
+        pg = PostgresStore(os.environ.get("POLICYENGINE_BENCH_POSTGRES",
+                                          "postgresql://postgres@127.0.0.1:5432/test"),
+                           schema=name, connect_timeout=3)
+        found.append(('PostgresStore durability="process"', pg, pg.drop))
+    except Exception as exc:
+        print(f"(PostgresStore skipped: {type(exc).__name__})")
+    try:
+        from policyengine.budgets import RedisStore
+        rd = RedisStore(os.environ.get("POLICYENGINE_BENCH_REDIS", "redis://127.0.0.1:6379/0"),
+                        prefix=name + ":", timeout=3)
+        found.append(("RedisStore", rd, rd.drop))
+    except Exception as exc:
+        print(f"(RedisStore skipped: {type(exc).__name__})")
+    return found
+
+
+def rate_table(admissions: int) -> None:
+    from policyengine.budgets.ratelimit import RateLimiter, RateLimitSpec
+    spec = RateLimitSpec("bench.calls", ("payments:*",), 1_000_000, "second", 1_000_000)
+    agents = [a for a, _, _ in AGENTS]
+    print(f"\n{'rate-limit admissions':44} {'admits/s':>9} {'per CPU s':>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, store, teardown in _rate_stores(tmp):
+            limiter = RateLimiter([spec], store)  # the store's clock decides
+            n = admissions if isinstance(store, MemoryStore) else max(500, admissions // 10)
+            for agent in agents:  # warm: keys exist, statements prepared
+                limiter.admit(agent, "payments:refund")
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            refused = 0
+            for i in range(n):
+                if limiter.admit(agents[i % 100], "payments:refund") is not None:
+                    refused += 1
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            assert refused == 0, f"{refused} refused under a limit nobody reaches"
+            print(f"{name:44} {n / wall:9,.0f} {n / max(cpu, 1e-9):10,.0f}")
+            teardown()
+            store.close()
+
+
+def pairs_table(args: argparse.Namespace, threads: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows: list[tuple[str, BudgetStore, int, int | None]] = [
             ("MemoryStore (default)", MemoryStore(), args.pairs, 50_000),

@@ -589,7 +589,7 @@ BEGIN
         d := (u - now_us)::numeric * c + f;
         tol := ((k->>3)::bigint - 1)::numeric * p;
         IF d > tol THEN
-            wait := ceil((d - tol) / c)::bigint;
+            wait := div(d - tol + c - 1, c)::bigint;  -- exact: no numeric rounding
             IF wait > worst THEN
                 worst := wait;
                 refused := j;
@@ -632,8 +632,7 @@ abandoned AS (DELETE FROM {s}.budget_reservations r WHERE r.status = 'active'
 idempotency AS (DELETE FROM {s}.budget_idempotency WHERE expires_at <= %(now)s),
 buckets AS (DELETE FROM {s}.budget_buckets WHERE win > 0 AND win < %(buckets)s
     AND reserved = 0),
-rates AS (DELETE FROM {s}.budget_rates
-    WHERE tat_us < floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
+rates AS (DELETE FROM {s}.budget_rates WHERE tat_us < %(rates)s)
 SELECT 1
 """
 
@@ -1073,7 +1072,7 @@ class PostgresStore:
         ``max_clock_skew``)."""
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
-            self._housekeep(self.clock())
+            self._housekeep(self.clock() if now_us is None else now_us / 1e6)
         doc = compact_json([list(k) for k in keys])
         skew = (None if now_us is None or self.max_clock_skew is None
                 else str(int(self.max_clock_skew * 1_000_000)).encode())
@@ -1148,6 +1147,8 @@ class PostgresStore:
                     "finished": now - self.retention,
                     "now": now,
                     "buckets": now - _BUCKET_LIFETIME,
+                    # rate-limit keys at rest for a minute (their TAT passed)
+                    "rates": int((now - 60) * 1_000_000),
                 })
         except BudgetStoreError:
             pass  # the next one will do; the operation itself reports any real fault

@@ -20,8 +20,9 @@ scripts with length-prefixed budget ids so no subject can forge another bucket's
   (:func:`~policyengine.budgets.store.listing_key`); an entry outlives its reservation's
   hash until a reserve of that tenant finds it at the head, or a listing skips it;
 * ``q:<len>:<rate limit><subject>``: ``"<tat_us> <tat_frac>"``, the theoretical arrival
-  time of a rate-limit key (``policyengine.budgets.ratelimit``; expires once it passes,
-  when the key is at rest).
+  time of a rate-limit key (``policyengine.budgets.ratelimit``; expires a minute after
+  it passes, when the key has long been at rest: the minute covers a caller whose
+  explicit time runs behind the server's).
 
 Amounts are integer quanta up to 10^18: the scripts add and compare them exactly as
 two base-10^9 limbs (Lua numbers are doubles) and let Redis's ``HINCRBY`` keep them as
@@ -623,7 +624,7 @@ if refused > 0 then return {refused, worst, now} end
 if ARGV[5] == '1' then
   for j = 1, n do
     local b = 5 + (j - 1) * 4
-    local ttl = math.floor((tu[j] - now) / 1000) + 2
+    local ttl = math.floor((tu[j] - now) / 1000) + 60000
     redis.call('SET', P .. 'q:' .. ARGV[b + 1],
                string.format('%.0f %.0f', tu[j], tf[j]), 'PX', string.format('%.0f', ttl))
   end

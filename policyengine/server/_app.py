@@ -124,9 +124,16 @@ def _adapter(model: type[BaseModel]) -> TypeAdapter[Any]:
 _ERROR = _adapter(m.ErrorResponse)
 _AUTHORIZE_IN = _adapter(m.AuthorizeRequest)
 _AUTHORIZE_OUT = _adapter(m.AuthorizeResponse)
-#: A decision without ``mode warn`` outcomes has no ``shadow`` key (not null): responses
-#: are what they were before a policy used shadow statements.
-_NO_SHADOW = {"shadow"}
+#: A decision without ``mode warn`` outcomes has no ``shadow`` key (not null), one not
+#: rate-limited no ``rateLimit`` key: responses are what they were before a policy used
+#: shadow statements or rate limits.
+_OPTIONAL_KEYS = ("shadow", "rateLimit")
+
+
+def _absent(out: Any) -> set[str] | None:
+    """The optional keys ``out`` leaves out (those that are None)."""
+    gone = {k for k in _OPTIONAL_KEYS if getattr(out, k) is None}
+    return gone or None
 _TOOL_IN = _adapter(m.ToolAuthorizeRequest)
 _TOOL_OUT = _adapter(m.ToolAuthorizeResponse)
 _TOKEN_IN = _adapter(m.TokenRequest)
@@ -684,8 +691,8 @@ class PolicyService:
         # Validating the engine's wire dict (money as decimal strings) into the response
         # model is cheaper than model_construct, and checks the shape we promise.
         out = _AUTHORIZE_OUT.validate_python(d.to_wire())
-        return _Reply(200, _AUTHORIZE_OUT.dump_json(out, exclude=_NO_SHADOW if out.shadow
-                                                    is None else None), principal, d.status)
+        return _Reply(200, _AUTHORIZE_OUT.dump_json(out, exclude=_absent(out)), principal,
+                      d.status)
 
     def _tool_authorize(self, req: _Request) -> _Reply:
         principal, token = self._agent(req)
@@ -712,8 +719,8 @@ class PolicyService:
         wire = td.to_wire()
         wire["redactions"] = redactions
         out = _TOOL_OUT.validate_python(wire)
-        return _Reply(200, _TOOL_OUT.dump_json(out, exclude=_NO_SHADOW if out.shadow is None
-                                               else None), principal, td.status)
+        return _Reply(200, _TOOL_OUT.dump_json(out, exclude=_absent(out)), principal,
+                      td.status)
 
     def _approval_out(self, item: pe.Approval) -> m.ApprovalResponse:
         return m.ApprovalResponse(

@@ -11,7 +11,8 @@ The mapping onto the engine (docs/service.md, "AuthZEN"):
   those three keys is refused rather than guessed at;
 * ``decision`` is true only when the engine says ``allowed`` (``pending_approval`` is
   false: AuthZEN has no third answer); the response ``context`` carries the decision id,
-  the engine's status and reason code, and the reason as ``reason_admin``;
+  the engine's status and reason code, and the reason as ``reason_admin`` (and, for
+  ``rate_limited``, ``rateLimit`` with ``retryAfterMs``);
 * a resource the policy declares (``resource TYPE "id" { ... }``) gets its declared
   attributes in ``resource.properties`` (they win over the same keys sent): the policy is
   the PIP for resources as its ``agent`` lines are for subjects.
@@ -226,6 +227,8 @@ def _decide(engine: pe.Engine, subject: dict[str, Any], action: dict[str, Any],
         warned = [s.to_wire() for s in d.shadow if s.mode == "warn"]
         if warned:  # mode warn outcomes reach the caller; mode log ones only the log
             answer["shadow"] = warned
+    if d.rate_limit is not None:  # rate_limited: which limit, and when to retry
+        answer["rateLimit"] = d.rate_limit.to_wire()
     return {"decision": d.status == "allowed", "context": answer}
 
 

@@ -179,6 +179,8 @@ class AuthorizeResponse(_Response):
     budget: dict[str, Any] | None = None
     #: Only when a ``mode warn`` statement would have acted: absent otherwise (not null).
     shadow: list[ShadowOut] | None = None
+    #: ``rate_limited``: the rate limit and ``retryAfterMs`` (docs/budgets.md).
+    rateLimit: dict[str, Any] | None = None  # noqa: N815
 
 
 # --------------------------------------------------------------------------- tools

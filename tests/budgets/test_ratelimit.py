@@ -311,3 +311,73 @@ def test_an_unusable_subject_value_denies() -> None:
     assert engine.authorize("bot", "tools:a", {"run_id": "r1"}).allowed
     assert engine.authorize("bot", "tools:a", {"run_id": 5}).allowed  # not a string: ""
 
+
+
+def test_the_authorize_wire_keeps_the_retry_after() -> None:
+    from pydantic import TypeAdapter
+
+    from policyengine.server._models import AuthorizeResponse
+    engine = Engine.from_sources({"p.policy": POLICY})
+    adapter = TypeAdapter(AuthorizeResponse)
+    wires = [adapter.dump_python(adapter.validate_python(
+        engine.authorize("bot", "payments:x", SMALL).to_wire())) for _ in range(3)]
+    assert [w["reasonCode"] for w in wires] == ["permitted", "permitted", "rate_limited"]
+    assert wires[0]["rateLimit"] is None
+    assert wires[2]["rateLimit"]["retryAfterMs"] > 3_590_000
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_keys_at_rest_are_forgotten(kind: str, tmp_path: Path,
+                                    shared_stores: SharedStores) -> None:
+    store: Any = open_store(kind, tmp_path, shared_stores)
+    for i in range(511):
+        assert store.rate_admit((RateKey(f"k{i}", 1, 1_000_000, 1),), T0, True).ok
+    # the 512th write sweeps: every key above has been at rest for over a minute
+    assert store.rate_admit((RateKey("last", 1, 1_000_000, 1),), T0 + 120_000_000, True).ok
+    if kind == "sqlite":
+        rows = store._conn().execute("SELECT key FROM budget_rates").fetchall()
+    else:
+        with store._connection() as conn:
+            rows = conn.execute(f'SELECT key FROM "{store.schema}".budget_rates').fetchall()
+    assert [r[0] for r in rows] == ["last"]
+    # forgetting them changed nothing: each admits as from rest
+    assert store.rate_admit((RateKey("k0", 1, 1_000_000, 1),), T0 + 120_000_000, True).ok
+
+
+def _put_tat(store: Any, key: str, tat_us: int, frac: int) -> None:
+    """Write a key's TAT straight into the store's own layout."""
+    if hasattr(store, "_rates"):
+        store._rates._tats[key] = (tat_us, frac)
+    elif hasattr(store, "schema"):
+        with store._connection() as conn:
+            conn.execute(f'INSERT INTO "{store.schema}".budget_rates VALUES (%s, %s, %s)',
+                         (key, tat_us, frac))
+    elif hasattr(store, "prefix"):
+        store._redis.set(store.prefix + "q:" + key, f"{tat_us} {frac}", px=600_000)
+    else:
+        conn = store._conn()
+        conn.execute("INSERT INTO budget_rates VALUES (?, ?, ?)", (key, tat_us, frac))
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_waits_near_the_largest_values_stay_exact(kind: str, tmp_path: Path,
+                                                  shared_stores: SharedStores) -> None:
+    store: Any = open_store(kind, tmp_path, shared_stores)
+    # 10**15 us (31 years) owed plus 3/7 us, burst 1: the wait is 10**15 + 1 us (a
+    # division in floating point, or in numeric with 16 digits, loses the last one).
+    _put_tat(store, "deep", T0 + 10**15, 3)
+    got = store.rate_admit((RateKey("deep", 7, 3_600_000_000, 1),), T0, True)
+    assert (got.ok, got.retry_after_us) == (False, 10**15 + 1)
+
+
+def test_a_tool_call_over_the_rate_is_outcome_rate_limited() -> None:
+    engine = Engine.from_sources({"t.policy": (
+        'permit p: search:*\ntool s: function "web_search" -> search:web\n'
+        "ratelimit searches: search:* 1 per minute burst 1\n")})
+    first = engine.tool_authorize("bot", transport="function", function_name="web_search",
+                                  body={"q": "x"})
+    second = engine.tool_authorize("bot", transport="function", function_name="web_search",
+                                   body={"q": "x"})
+    assert (first.outcome, second.outcome) == ("policy_allow", "rate_limited")
+    assert 59_000 < second.to_wire()["rateLimit"]["retryAfterMs"] <= 60_000
+    assert second.body is None  # a refused call's body is not handed back

@@ -122,7 +122,9 @@ def statements(draw: st.DrawFn) -> str:
             "limit l: a:b amount <= 5 EUR", 'tz "UTC"', "approval a: x:y over 5 EUR",
             'agent "a": r { k = 1 }', "approval a: x:y expires 1h",
             "limit l: a:b amount <= 5 EUR mode warn", "approval a: x:y expires 1h mode log",
-            "budget b: a:* limit 5 EUR per day mode warn"]))
+            "budget b: a:* limit 5 EUR per day mode warn",
+            "ratelimit r: a:b 5 per second burst 2 per tenant", "ratelimit r: x:* 9 per hour",
+            "ratelimit r: x:* 9 per hour mode log"]))
     effect = draw(st.sampled_from(["permit", "forbid", "approval"]))
     text = f"{effect} {draw(IDENT)}: " + ", ".join(draw(st.lists(PATTERN, min_size=1,
                                                                    max_size=2)))

@@ -95,6 +95,12 @@ statements = st.one_of(
     st.builds(lambda i, p, c, s, w, m: ast.ApprovalOverDecl("approval", i, p, c, s, w,
                                                             mode=m),
               ids, pattern_lists, money, scopes, conditions, modes),
+    st.builds(lambda i, p, c, per, b, s, m: ast.RateLimitDecl(i, p, c, per, b, s, mode=m),
+              ids, pattern_lists, st.integers(1, 10**6),
+              st.sampled_from(["second", "minute", "hour"]),
+              st.one_of(st.none(), st.integers(1, 10**6)),
+              st.sampled_from(["agent", "acting_for", "tenant", "global", "workspace",
+                               "context.run_id"]), modes),
 )
 files = st.lists(statements, min_size=1, max_size=5).map(
     lambda sts: ast.PolicyFile("gen.policy", tuple(sts)))

@@ -180,3 +180,22 @@ def test_authzen_clients_when_configured_are_required() -> None:
         assert r.status_code == 401
     assert app.openapi["paths"]["/access/v1/evaluation"]["post"]["security"] == [
         {"bearer": []}]
+
+
+def test_a_rate_limited_evaluation_says_when_to_retry() -> None:
+    engine = pe.Engine.from_source(
+        'role reader: doc:*\nagent "u1": reader\n'
+        "ratelimit reads: doc:read 1 per hour burst 2\n")
+    app = create_app(engine, config=ServiceConfig(access_log=False))
+    body = {"subject": {"type": "user", "id": "u1"}, "action": {"name": "read"},
+            "resource": {"type": "doc", "id": "d1"}}
+    with serving(app) as port:
+        answers = [httpx.post(f"http://127.0.0.1:{port}/access/v1/evaluation", json=body)
+                   for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.json()["decision"] for a in answers] == [True, True, False]
+    context = answers[2].json()["context"]
+    assert context["reasonCode"] == "rate_limited"
+    # two at once from rest, then one an hour: the third call is an hour early
+    assert context["rateLimit"]["retryAfterMs"] > 3_590_000
+    assert "rateLimit" not in answers[0].json()["context"]
