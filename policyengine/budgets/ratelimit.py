@@ -281,7 +281,25 @@ class RateLimiter:
         with ``consume``, the call is counted by each); else the refusing limit, and
         nothing is counted. Raises ``BudgetInputError`` for a subject value that cannot
         be a key, ``BudgetStoreError`` when the store fails."""
-        specs = self.covering(permission)
+        return self._admit(self.covering(permission), principal, acting_for, tenant, scope,
+                           consume)
+
+    def admit_each(self, principal: str, permission: str, *, acting_for: str | None = None,
+                   tenant: str | None = None, scope: Mapping[str, object] | None = None,
+                   consume: bool = True) -> tuple[RateLimitUsage, ...]:
+        """Each covering rate limit on its own (one atomic step each, not all or
+        nothing): the ones that refuse the call. What shadow rate limits report: each
+        judges the call as if it alone were enforced."""
+        found = []
+        for spec in self.covering(permission):
+            usage = self._admit((spec,), principal, acting_for, tenant, scope, consume)
+            if usage is not None:
+                found.append(usage)
+        return tuple(found)
+
+    def _admit(self, specs: tuple[RateLimitSpec, ...], principal: str,
+               acting_for: str | None, tenant: str | None,
+               scope: Mapping[str, object] | None, consume: bool) -> RateLimitUsage | None:
         if not specs:
             return None
         keyed = []

@@ -417,9 +417,10 @@ class Pipeline:
         return tuple(ShadowOutcome(i, "budget", modes.get(i, "log"), "denied", code)
                      for i in ids)
     def _ask_rates(self, limiter: Any, principal: str, permission: str,
-                   context: dict[str, Any], acting_for: str | None, consume: bool) -> Any:
+                   context: dict[str, Any], acting_for: str | None, consume: bool,
+                   each: bool = False) -> Any:
         """``limiter.admit`` for this request: None or the refusing ``RateLimitUsage``
-        (raises what it raises)."""
+        (``each``: ``admit_each``, the refusing ones); raises what it raises."""
         get = dict.get  # a dict subclass's own get() is not called
         tenant = get(context, "tenant")
         if tenant is not None and type(tenant) is not str:
@@ -427,8 +428,9 @@ class Pipeline:
         fields = limiter.scope_fields
         scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
                  else None)
-        return limiter.admit(principal, permission, acting_for=acting_for, tenant=tenant,
-                             scope=scope, consume=consume)
+        ask = limiter.admit_each if each else limiter.admit
+        return ask(principal, permission, acting_for=acting_for, tenant=tenant, scope=scope,
+                   consume=consume)
 
     def _rate_limits(self, principal: str, permission: str, context: dict[str, Any],
                      acting_for: str | None, facts: RuleFacts, consume: bool
@@ -458,22 +460,20 @@ class Pipeline:
                             acting_for: str | None, consume: bool
                             ) -> tuple[ShadowOutcome, ...]:
         """What the shadow rate limits would have said of a call that goes ahead: each
-        counts it on its own keys, as if enforced; an outcome for the one that would have
-        refused (or for every covering one when the store fails), none otherwise."""
+        counts it on its own key, as if it alone were enforced; an outcome for each that
+        would have refused (or for every covering one when the store fails)."""
         limiter = self.shadow_limiter
         modes = self.policy.shadow_modes
         try:
-            usage = self._ask_rates(limiter, principal, permission, context, acting_for,
-                                    consume)
+            refusing = self._ask_rates(limiter, principal, permission, context, acting_for,
+                                       consume, each=True)
         except Exception as exc:  # it would have denied with this code
             found = getattr(exc, "code", None)
             code = found if type(found) is str else "store_unavailable"
             return tuple(ShadowOutcome(s.id, "rate_limit", modes.get(s.id, "log"), "denied",
                                        code) for s in limiter.covering(permission))
-        if usage is None:
-            return ()
-        return (ShadowOutcome(usage.id, "rate_limit", modes.get(usage.id, "log"), "denied",
-                              "rate_limited"),)
+        return tuple(ShadowOutcome(u.id, "rate_limit", modes.get(u.id, "log"), "denied",
+                                   "rate_limited") for u in refusing)
 
     def _use_approval(self, approval_id: str, principal: str, permission: str,
                       context: dict[str, Any], call: dict[str, Any] | None,

@@ -381,3 +381,33 @@ def test_a_tool_call_over_the_rate_is_outcome_rate_limited() -> None:
     assert (first.outcome, second.outcome) == ("policy_allow", "rate_limited")
     assert 59_000 < second.to_wire()["rateLimit"]["retryAfterMs"] <= 60_000
     assert second.body is None  # a refused call's body is not handed back
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_shadow_rate_limits_count_and_report_but_never_refuse(
+        kind: str, tmp_path: Path, shared_stores: SharedStores) -> None:
+    now = [T0 / 1e6]
+    engine = Engine.from_sources({"s.policy": (
+        "permit p: tools:*\nforbid f: tools:x when context.no == true\n"
+        "ratelimit trial: tools:* 1 per hour burst 1 mode warn\n"
+        "ratelimit quiet: tools:x 2 per hour burst 2 mode log\n"
+        "ratelimit real: tools:x 3 per hour burst 3\n")}, clock=lambda: now[0],
+        budget_store=open_store(kind, tmp_path, shared_stores))
+
+    def shadow(context: dict[str, Any] | None = None) -> tuple[str, list[tuple[str, str]]]:
+        d = engine.authorize("bot", "tools:x", context or {"no": False})
+        return d.code, [(s.id, s.mode) for s in d.shadow if s.kind == "rate_limit"]
+
+    assert engine.explain("bot", "tools:x", {"no": False}).decision.shadow == ()  # no count
+    assert shadow({"no": True}) == ("forbidden", [])  # refused by a rule: not counted
+    assert shadow() == ("permitted", [])
+    assert shadow() == ("permitted", [("default.trial", "warn")])
+    # each judged alone: quiet (burst 2) is over only now; trial's refusals took nothing
+    assert shadow() == ("permitted", [("default.trial", "warn"), ("default.quiet", "log")])
+    # the enforced one refuses the fourth call: the shadows are not asked
+    assert shadow() == ("rate_limited", [])
+    wire = engine.authorize("helper", "tools:y").to_wire()
+    assert "shadow" not in wire
+    assert engine.authorize("helper", "tools:y").to_wire()["shadow"] == [
+        {"id": "default.trial", "kind": "rate_limit", "mode": "warn", "status": "denied",
+         "code": "rate_limited"}]
