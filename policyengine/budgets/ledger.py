@@ -2021,9 +2021,10 @@ class Ledger:
         """The live reservation, or the error its state calls for (lenient: final ok)."""
         if type(reservation_id) is not str or not reservation_id.isascii():
             raise _unknown(reservation_id)  # ids are ASCII: nothing else can be stored
-        if not lenient and self._live is not None:
+        if self._live is not None:
             # A shared store's local view, possibly stale: the store re-checks the
-            # reservation inside the write, so this saves a round trip, never a check.
+            # reservation (and first the idempotency key) inside the write, so this
+            # saves a round trip, never a check.
             live = self._live(reservation_id, now)
             if live is not None:
                 return live

@@ -504,3 +504,44 @@ def test_serve_takes_shared_state_urls_and_refuses_bad_ones(
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 1 and code in out.stderr, out.stderr
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same finished reservation: a replay returns what the first call did."""
+    return (a.id, a.status, a.committed_amount, a.finalized_at) == (
+        b.id, b.status, b.committed_amount, b.finalized_at)
+
+
+@pytest.mark.parametrize("kind", SHARED)
+def test_a_keyed_commit_of_a_reservation_made_here_reads_nothing_before_its_write(
+    kind: str, shared_stores: SharedStores,
+) -> None:
+    first = _open(shared_stores, kind, max_clock_skew=None)
+    other = (shared_stores.postgres(schema=first.schema, max_clock_skew=None)
+             if isinstance(first, PostgresStore)
+             else shared_stores.redis(prefix=first.prefix, max_clock_skew=None))
+    here, clock = make_ledger(first, DAILY)
+    there, _ = make_ledger(other, DAILY, clock=clock)
+    reads: list[str] = []
+    for name in ("get_reservation", "get_idempotency", "usage"):
+        real = getattr(first, name)
+        setattr(first, name, lambda *a, _n=name, _f=real: reads.append(_n) or _f(*a))
+
+    r = here.reserve("bot", "payments:x", "10", "EUR", idempotency_key="r1")
+    done = here.commit(r.id, "4", idempotency_key="c1")
+    assert reads == [] and done.status == "committed"
+    assert _same(here.commit(r.id, "4", idempotency_key="c1"), done)  # a replay
+    with pytest.raises(BudgetError) as err:
+        here.commit(r.id, "5", idempotency_key="c1")
+    assert err.value.code == "idempotency_mismatch"
+
+    # This process's view is stale: another host committed the reservation. The write
+    # finds out; a retry of that host's commit is its replay, anything else refused.
+    r2 = here.reserve("bot", "payments:x", "10", "EUR")
+    theirs = there.commit(r2.id, "3", idempotency_key="c2")
+    assert _same(here.commit(r2.id, "3", idempotency_key="c2"), theirs)
+    with pytest.raises(ReservationError) as final:
+        here.commit(r2.id, "3", idempotency_key="c3")
+    assert final.value.code == "reservation_final"
+    balance = there.balances("bot")[0]
+    assert (balance.spent, balance.reserved) == (Decimal(7), Decimal(0))
