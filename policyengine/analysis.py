@@ -36,7 +36,7 @@ from decimal import Decimal
 from typing import Any
 
 from policyengine.decide._compiled import CompiledPolicy, CompiledRule
-from policyengine.decide._evaluator import RequestState, rule_table
+from policyengine.decide._evaluator import RequestState, rule_entry
 from policyengine.decide._runtime import Principal
 from policyengine.engine import Engine
 from policyengine.lang import ast
@@ -122,6 +122,8 @@ class DecisionChange:
     old_rules: tuple[str, ...]
     new_rules: tuple[str, ...]
     count: int
+    #: Other principals that decide alike here (same scopes, no condition reads them).
+    alike: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"request": _jsonable(self.request),
@@ -129,10 +131,12 @@ class DecisionChange:
                         "rules": list(self.old_rules)},
                 "new": {"status": self.new[0], "reasonCode": self.new[1],
                         "rules": list(self.new_rules)},
-                "requests": self.count}
+                "requests": self.count, "alike": list(self.alike)}
 
     def render(self) -> str:
-        return (f"{request_text(self.request)}\n"
+        also = (f" (and alike: {', '.join(json.dumps(p) for p in self.alike)})"
+                if self.alike else "")
+        return (f"{request_text(self.request)}{also}\n"
                 f"    old: {self.old[0]} ({self.old[1]}) {', '.join(self.old_rules)}\n"
                 f"    new: {self.new[0]} ({self.new[1]}) {', '.join(self.new_rules)}"
                 + (f"\n    ({self.count} requests of this principal and permission "
@@ -197,6 +201,7 @@ class _Reads(ast.ExprVisitor[None]):
         #: (context path, principal path) compared with each other: exact once the
         #: principal is fixed, with each principal's value among the literals.
         self.links: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+        self.reads_principal = False
 
     def _kind(self, e: ast.Expr) -> str:
         if isinstance(e, ast.Path):
@@ -236,6 +241,8 @@ class _Reads(ast.ExprVisitor[None]):
         self.uses_amount = True
 
     def path(self, e: ast.Path) -> None:
+        if e.root == "principal":
+            self.reads_principal = True
         if e.root == "context":
             self.paths.setdefault(e.segments, set())
         elif e.root == "grant" and e.segments != ("delegated",):
@@ -316,6 +323,7 @@ class _RuleInfo:
     ids: set[str]
     outside: list[str]
     links: list[tuple[tuple[str, ...], tuple[str, ...]]]
+    reads_principal: bool
 
     def link(self, policies: Sequence[CompiledPolicy], principals: Sequence[str]) -> None:
         """Each principal's value of a principal path compared with a context path
@@ -352,7 +360,7 @@ def _info(rule: CompiledRule) -> _RuleInfo:
                            f"context.{'.'.join(b)}")
             break
     return _RuleInfo(rule, paths, reads.uses_amount or rule.uses_amount, thresholds,
-                     reads.ids, outside, reads.links)
+                     reads.ids, outside, reads.links, reads.reads_principal)
 
 
 def _witnesses(literals: Iterable[Any]) -> list[Any]:
@@ -430,6 +438,41 @@ def _overlap(a: str, b: str) -> bool:
 
 def _patterns_overlap(xs: Sequence[str], ys: Sequence[str]) -> bool:
     return any(_overlap(x, y) for x in xs for y in ys)
+
+
+class _PatternIndex:
+    """Rules by pattern, to find the rules whose patterns overlap some patterns without
+    a scan of every rule: a pattern overlaps its ancestors (``*`` and the prefix patterns
+    of its own prefixes) and, for a prefix pattern, every pattern under its prefix."""
+
+    def __init__(self, rules: Iterable[CompiledRule]) -> None:
+        self.by_pattern: dict[str, list[CompiledRule]] = {}
+        for rule in rules:
+            for p in dict.fromkeys(rule.patterns):
+                self.by_pattern.setdefault(p, []).append(rule)
+        self.sorted = sorted(self.by_pattern)
+
+    def overlapping(self, patterns: Iterable[str]) -> list[CompiledRule]:
+        import bisect
+        found: dict[int, CompiledRule] = {}
+        for pattern in patterns:
+            names = ["*", pattern]
+            stem = pattern[:-1] if pattern.endswith(":*") else pattern + ":"
+            cut = stem.rstrip(":")
+            while ":" in cut:
+                cut = cut.rsplit(":", 1)[0]
+                names.append(cut + ":*")
+            if pattern == "*":
+                names = list(self.by_pattern)
+            elif pattern.endswith(":*"):
+                i = bisect.bisect_left(self.sorted, stem)
+                while i < len(self.sorted) and self.sorted[i].startswith(stem):
+                    names.append(self.sorted[i])
+                    i += 1
+            for name in names:
+                for rule in self.by_pattern.get(name, ()):
+                    found[rule.order] = rule
+        return [found[k] for k in sorted(found)]
 
 
 def _principal_reps(policies: Sequence[CompiledPolicy], ids: set[str]) -> list[str]:
@@ -535,11 +578,16 @@ def _space(infos: Iterable[_RuleInfo], extra_thresholds: Iterable[Decimal] = ()
 
 
 def _table(policy: CompiledPolicy, principal: str, permission: str,
-           context: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """What each rule naming ``permission`` does for this request: the engine's own rule
-    evaluation, as ``explain`` reports it (schemas and budgets aside)."""
+           context: dict[str, Any], rules: Sequence[CompiledRule]
+           ) -> dict[str, dict[str, Any]]:
+    """What each of ``rules`` (whose patterns match ``permission``, or they are left out)
+    does for this request: the engine's own rule evaluation, each row as ``explain``
+    reports it (schemas and budgets aside)."""
     req = RequestState(context, policy.default_currency, None)
-    return {e["rule"]: e for e in rule_table(policy, principal, permission, context, req)}
+    who = policy.principal(principal)
+    view = policy.plan(principal, permission).principal
+    return {r.qid: rule_entry(r, who, view, context, req) for r in rules
+            if any(permission_matches(p, permission) for p in r.patterns)}
 
 
 def _holds(entry: dict[str, Any] | None) -> bool:
@@ -584,12 +632,24 @@ class _Analyzer:
         self.vocabulary = {p for r in self.policy.rules for p in r.patterns}
         self.vocabulary |= {p for b in self.policy.budgets for p in b.patterns}
         self.unsat: set[str] = set()
+        self.index = _PatternIndex(self.policy.rules)
 
     def _who(self, pid: str) -> Principal:
         return self.policy.principal(pid)
 
     def in_scope(self, rule: CompiledRule) -> list[str]:
         return [p for p in self.principals if rule.scoped_to(self._who(p))]
+
+    def alike(self, principals: list[str], rules: Sequence[CompiledRule]) -> list[str]:
+        """One principal per class for a question about ``rules``: principals in the same
+        rules' scopes decide alike unless a condition reads the principal."""
+        if any(self.infos[r.qid].reads_principal for r in rules):
+            return principals
+        seen: dict[tuple[bool, ...], str] = {}
+        for pid in principals:
+            who = self._who(pid)
+            seen.setdefault(tuple(r.scoped_to(who) for r in rules), pid)
+        return list(seen.values())
 
     def add(self, code: str, kind: str, severity: str, rule: CompiledRule, message: str,
             related: Iterable[str] = (), counterexample: dict[str, Any] | None = None,
@@ -628,12 +688,12 @@ class _Analyzer:
         space, outside = _space([info])
         permission = permission_representatives(rule.patterns, rule.patterns)[0]
         exact = not outside
-        for pid in scope:
-            contexts, complete = space.contexts(self.max, seed=hash(rule.qid) & 0xFFFF)
+        for pid in self.alike(scope, [rule]):
+            contexts, complete = space.contexts(self.max, seed=len(rule.qid))
             exact = exact and complete
             for ctx in contexts:
                 self.requests += 1
-                if _holds(_table(self.policy, pid, permission, ctx).get(rule.qid)):
+                if _holds(_table(self.policy, pid, permission, ctx, [rule]).get(rule.qid)):
                     return True
         text = " and ".join(
             (format_expr(c.expr) if c.kind == "when" else f"not ({format_expr(c.expr)})")
@@ -656,15 +716,11 @@ class _Analyzer:
 
     # -- W302 / W305: always overridden
     def overridden(self, rule: CompiledRule, scope: list[str]) -> None:
-        deniers = [r for r in self.policy.rules
-                   if r.effect == "forbid" and r.mode == "enforce" and r.qid not in self.unsat
-                   and _patterns_overlap(r.patterns, rule.patterns)
-                   and any(r.scoped_to(self._who(p)) for p in scope)]
-        approvals = [r for r in self.policy.rules
-                     if rule.effect == "permit" and r.effect == "approval"
-                     and r.mode == "enforce" and r.qid not in self.unsat
-                     and _patterns_overlap(r.patterns, rule.patterns)
-                     and any(r.scoped_to(self._who(p)) for p in scope)]
+        near = [r for r in self.index.overlapping(rule.patterns)
+                if r is not rule and r.mode == "enforce" and r.qid not in self.unsat
+                and any(r.scoped_to(self._who(p)) for p in scope)]
+        deniers = [r for r in near if r.effect == "forbid"]
+        approvals = [r for r in near if rule.effect == "permit" and r.effect == "approval"]
         if not deniers and not approvals:
             return
         vocab = set(rule.patterns)
@@ -676,20 +732,21 @@ class _Analyzer:
         if any(not any(permission_matches(p, perm) for r in deniers + approvals
                        for p in r.patterns) for perm in reps):
             return
-        space, outside = _space([self.infos[r.qid] for r in [rule, *deniers, *approvals]])
+        involved = [rule, *deniers, *approvals]
+        space, outside = _space([self.infos[r.qid] for r in involved])
         exact = not outside
         fired: dict[str, None] = {}
         approved: dict[str, None] = {}
         denied_example: dict[str, Any] | None = None
         pending_example: dict[str, Any] | None = None
         applied = False
-        for pid in scope:
+        for pid in self.alike(scope, involved):
             for perm in reps:
                 contexts, complete = space.contexts(self.max, seed=len(reps))
                 exact = exact and complete
                 for ctx in contexts:
                     self.requests += 1
-                    table = _table(self.policy, pid, perm, ctx)
+                    table = _table(self.policy, pid, perm, ctx, involved)
                     if not _applies_cleanly(table.get(rule.qid)):
                         continue
                     applied = True
@@ -834,6 +891,92 @@ def _principal_key(policy: CompiledPolicy, pid: str) -> Any:
     return None if p is None else (tuple(sorted(p.roles)), repr(sorted(p.attributes.items())))
 
 
+_AMOUNT = ("\x00amount",)  # the request's amount, as one more variable
+
+
+def _variables(info: _RuleInfo) -> list[tuple[str, ...]]:
+    return [*info.paths, *([_AMOUNT] if info.uses_amount else [])]
+
+
+def _components(infos: Sequence[_RuleInfo]) -> list[list[_RuleInfo]]:
+    """The rules grouped so that no two groups read a common variable (a path and a path
+    under it count as one): the outcomes of one group never depend on another's values.
+    Rules that read no variable are left out (their outcome is the same for every
+    context)."""
+    parent: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def find(x: tuple[str, ...]) -> tuple[str, ...]:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for info in infos:
+        vs = _variables(info)
+        for v in vs[1:]:
+            parent[find(v)] = find(vs[0])
+        for v in vs:
+            find(v)
+    keys = sorted(parent)
+    for x, y in itertools.combinations(keys, 2):
+        if x[:len(y)] == y or y[:len(x)] == x or (
+                _AMOUNT in (x, y) and {x[:1], y[:1]} & {("amount",), ("currency",)}):
+            parent[find(x)] = find(y)
+    groups: dict[tuple[str, ...], list[_RuleInfo]] = {}
+    for info in infos:
+        vs = _variables(info)
+        if vs:
+            groups.setdefault(find(vs[0]), []).append(info)
+    return list(groups.values())
+
+
+def _region_contexts(policies: Sequence[tuple[CompiledPolicy, Sequence[CompiledRule]]],
+                     infos: Sequence[_RuleInfo], pid: str, perm: str, limit: int, seed: int
+                     ) -> tuple[list[dict[str, Any]], bool, list[str]]:
+    """Contexts that realise every combination of rule outcomes the rules can reach for
+    ``pid`` asking ``perm``: per group of rules sharing variables, one witness context
+    per distinct outcome of the group's rules (under every policy), then the product of
+    the groups. Exact when each group is (the whole product of witnesses is not needed:
+    groups are independent). Returns (contexts, exhaustive, reasons it is not)."""
+    outside: list[str] = []
+    complete = True
+    per_group: list[list[dict[str, Any]]] = []
+    views = [(pol, pol.principal(pid), pol.plan(pid, perm).principal, rules)
+             for pol, rules in policies]
+    for group in _components(infos):
+        qids = {i.rule.qid for i in group}
+        space, why = _space(group)
+        outside += why
+        # Rule outcomes cost far less than whole decisions: a group may try 8x more.
+        contexts, whole = space.contexts(limit * 8, seed=seed)
+        complete = complete and whole
+        seen: dict[Any, dict[str, Any]] = {}
+        for ctx in contexts:
+            key: list[str] = []
+            for pol, who, view, rules in views:
+                req = RequestState(ctx, pol.default_currency, None)
+                key.extend(rule_entry(r, who, view, ctx, req)["result"]
+                           for r in rules if r.qid in qids)
+            seen.setdefault(tuple(key), ctx)
+        per_group.append(list(seen.values()))
+    total = 1
+    for g in per_group:
+        total *= len(g)
+    if total <= limit:
+        combos: Iterable[Sequence[dict[str, Any]]] = itertools.product(*per_group)
+    else:
+        complete = False
+        rng = random.Random(seed)
+        combos = ([rng.choice(g) for g in per_group] for _ in range(limit))
+    out = []
+    for combo in combos:
+        merged: dict[str, Any] = {}
+        for part in combo:
+            merged.update(part)
+        out.append(merged)
+    return out, complete and not outside, outside
+
+
 def diff(old: Engine, new: Engine, *, max_requests: int = 512) -> Diff:
     """The requests whose decision differs between two policy versions (docs/analysis.md,
     "Diff"): every principal class x permission class x context region, decided by both."""
@@ -860,6 +1003,8 @@ def diff(old: Engine, new: Engine, *, max_requests: int = 512) -> Diff:
                 if isinstance(st, ast.SchemaDecl):
                     vocab.update(st.patterns)
     permissions = permission_representatives(sorted(vocab), vocab) if vocab else []
+    schemas = [st.patterns for pol in (a, b) for f in pol.files for st in f.statements
+               if isinstance(st, ast.SchemaDecl)]
     same_settings = _settings(a) == _settings(b)
     changes: list[DecisionChange] = []
     inexact: dict[str, None] = {}
@@ -877,12 +1022,32 @@ def diff(old: Engine, new: Engine, *, max_requests: int = 512) -> Diff:
             if cur is not None:
                 space.currency = cur
                 space.amounts = _amounts(extra, cur)
+        reads_principal = any(info(r).reads_principal for r in (*ra, *rb))
+        # Without budgets or schemas on the permission, only the rules read the context:
+        # their groups of shared variables are independent and are enumerated apart.
+        decompose = not budgets and not any(
+            any(permission_matches(p, perm) for p in pats) for pats in schemas)
+        classes: dict[Any, list[str]] = {}
         for pid in principals:
             if same_rules and _principal_key(a, pid) == _principal_key(b, pid):
                 continue  # nothing that decides this pair changed
+            wa, wb = a.principal(pid), b.principal(pid)
+            key = (pid if reads_principal else
+                   (tuple(r.scoped_to(wa) for r in ra), tuple(r.scoped_to(wb) for r in rb)))
+            classes.setdefault(key, []).append(pid)
+        for members in classes.values():
+            pid = members[0]
             pairs += 1
-            inexact.update(dict.fromkeys(outside))
-            contexts, complete = space.contexts(max_requests, seed=pairs)
+            if not decompose:
+                inexact.update(dict.fromkeys(outside))
+            if decompose:
+                ctx_list, complete, why = _region_contexts(
+                    [(a, ra), (b, rb)], [info(r) for r in (*ra, *rb)], pid, perm,
+                    max_requests, pairs)
+                inexact.update(dict.fromkeys(why))
+                contexts: Iterable[dict[str, Any]] = ctx_list
+            else:
+                contexts, complete = space.contexts(max_requests, seed=pairs)
             if not complete:
                 inexact[f"{pid} on {perm}: more than {max_requests} requests; sampled"] = None
             first: tuple[dict[str, Any], Any, Any] | None = None
@@ -899,5 +1064,6 @@ def diff(old: Engine, new: Engine, *, max_requests: int = 512) -> Diff:
                 ctx, da, db = first
                 changes.append(DecisionChange(
                     _request(pid, perm, ctx), (da.status, da.code), (db.status, db.code),
-                    tuple(da.to_wire()["rules"]), tuple(db.to_wire()["rules"]), count))
+                    tuple(da.to_wire()["rules"]), tuple(db.to_wire()["rules"]), count,
+                    tuple(members[1:])))
     return Diff(tuple(changes), pairs, requests, not inexact, tuple(inexact))

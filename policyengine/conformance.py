@@ -229,6 +229,58 @@ def _run_check(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> str
     return "; ".join(out) or None
 
 
+def _run_analyze(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> str | None:
+    """``policyengine analyze`` on the case's policies (findings: code, rule, file, line,
+    column, related; each counterexample replayed and its decision compared), or, with
+    ``against``, the diff to that second policy set (the changed pairs of declared
+    agents and named permissions, and whether the diff was exhaustive)."""
+    from policyengine.analysis import analyze, diff
+    expect = case["expect"]
+    engine = _engine(fixture, case, base)
+    out = []
+    if "against" in case:
+        other = _engine(fixture, {"policies": case["against"]}, base)
+        result = diff(engine, other)
+        named = {p for e in (engine, other) for r in e.policy.rules for p in r.patterns}
+        declared = set(engine.policy.principals) | set(other.policy.principals)
+        got = sorted([who, c.request["permission"], c.old[0], c.new[0]]
+                     for c in result.changes for who in (c.request["principal"], *c.alike)
+                     if who in declared and c.request["permission"] in named)
+        for c in result.changes:  # every example really changes decision
+            r = c.request
+            a = engine.authorize(r["principal"], r["permission"], r["context"]).status
+            b = other.authorize(r["principal"], r["permission"], r["context"]).status
+            if (a, b) != (c.old[0], c.new[0]) or a == b:
+                out.append(f"example {r} does not change as reported: {a} -> {b}")
+        if got != sorted(expect["changes"]):
+            out.append(f"changes: expected {sorted(expect['changes'])}, got {got}")
+        if result.exhaustive != expect.get("exhaustive", True):
+            out.append(f"exhaustive: expected {expect.get('exhaustive', True)}, got "
+                       f"{result.exhaustive} ({'; '.join(result.inexact)})")
+        return "; ".join(out) or None
+    analysis = analyze(engine)
+    got_findings = [{"code": f.code, "rule": f.rule, "file": f.file, "line": f.line,
+                     "column": f.column, "related": list(f.related)}
+                    for f in analysis.findings]
+    want = [{"file": "main.policy", "related": [], **{k: v for k, v in f.items()
+                                                       if k != "decision"}}
+            for f in expect["findings"]]
+    if got_findings != want:
+        out.append(f"findings: expected {want}, got {got_findings}")
+    for f, w in zip(analysis.findings, expect["findings"], strict=False):
+        if "decision" not in w:
+            continue
+        if f.counterexample is None:
+            out.append(f"{f.code} {f.rule}: no counterexample")
+            continue
+        ce = f.counterexample
+        d = engine.authorize(ce["principal"], ce["permission"], ce["context"])
+        if {"status": d.status, "reasonCode": d.code} != w["decision"]:
+            out.append(f"{f.code} {f.rule}: counterexample {ce} is {d.status} ({d.code}), "
+                       f"expected {w['decision']}")
+    return "; ".join(out) or None
+
+
 def _run_policy_test(fixture: dict[str, Any], case: dict[str, Any], base: Path
                      ) -> str | None:
     """A policy test file (docs/testing.md) run against the case's policies: which tests
@@ -325,6 +377,8 @@ def run_fixture(path: Path) -> list[CaseResult]:
                 msg = _run_check(fixture, case, base)
             elif kind == "policy_test":
                 msg = _run_policy_test(fixture, case, base)
+            elif kind == "analyze":
+                msg = _run_analyze(fixture, case, base)
             elif kind == "token":
                 from policyengine.tokens._conformance import run_token_case
                 msg = run_token_case(fixture, case)

@@ -22,6 +22,7 @@ from policyengine.analysis import (
     permission_representatives,
 )
 from policyengine.cli import main
+from policyengine.permissions import permission_matches
 
 
 def codes(engine: Engine) -> list[tuple[str, str]]:
@@ -317,3 +318,29 @@ def test_every_diff_example_changes_decision(a: list[tuple[str, str, str]],
             for ctx in ({}, {"a": 3, "b": 1, "c": "x", "d": "y"}, {"a": "x"}):
                 assert old.authorize("bot", perm, ctx).status == \
                     new.authorize("bot", perm, ctx).status
+
+
+segments = st.sampled_from(["a", "b", "ab"])
+patterns = st.one_of(
+    st.just("*"),
+    st.lists(segments, min_size=1, max_size=3).map(":".join),
+    st.lists(segments, min_size=1, max_size=2).map(lambda s: ":".join(s) + ":*"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(patterns, min_size=1, max_size=6), st.lists(patterns, min_size=1, max_size=2))
+def test_pattern_overlap_index_agrees_with_the_definition(
+        vocab: list[str], query: list[str]) -> None:
+    from policyengine.analysis import _overlap, _PatternIndex
+    engine = Engine.from_source("".join(f"permit p{i}: {p}\n" for i, p in enumerate(vocab)))
+    rules = engine.policy.rules
+    got = {r.qid for r in _PatternIndex(rules).overlapping(query)}
+    want = {r.qid for r in rules if any(_overlap(a, b) for a in r.patterns for b in query)}
+    assert got == want
+    # and the definition itself: overlap iff some permission (from the representatives
+    # of both patterns) matches both
+    for a in vocab:
+        for b in query:
+            reps = permission_representatives([a, b], [a, b])
+            both = any(permission_matches(a, x) and permission_matches(b, x) for x in reps)
+            assert _overlap(a, b) == both, (a, b)

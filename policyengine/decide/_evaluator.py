@@ -36,8 +36,8 @@ from policyengine.money._money import (
 from policyengine.money._rates import RateError
 from policyengine.permissions import InvalidPermission, validate_permission
 
-__all__ = ["Explanation", "RequestState", "RuleFacts", "invalid", "request_problem", "rule_facts",
-           "rule_table", "shadow_rules"]
+__all__ = ["Explanation", "RequestState", "RuleFacts", "invalid", "request_problem", "rule_entry",
+           "rule_facts", "rule_table", "shadow_rules"]
 
 _EMPTY: dict[str, Any] = {}
 #: The grant view of a request made without a delegation token.
@@ -422,40 +422,44 @@ def rule_table(policy: CompiledPolicy, principal: str, permission: str,
     """Rule by rule, for explain: every rule naming ``permission``, whether it is in the
     principal's scope, and what each of its conditions gave."""
     who = policy.principal(principal)
-    plan = policy.plan(principal, permission)
-    out: list[dict[str, Any]] = []
-    for rule in policy.candidates(permission):
-        entry: dict[str, Any] = {"rule": rule.qid, "effect": rule.effect, "kind": rule.kind,
-                                 "conditions": []}
-        if rule.mode != "enforce":  # a shadow rule: reported, never decisive
-            entry["mode"] = rule.mode
-        if not rule.scoped_to(who):
-            entry["result"] = "not in scope (principal has none of its roles/agents)"
-            out.append(entry)
-            continue
-        all_ok = True
-        for kind, text, test in rule.clauses:
-            try:
-                value = test(context, plan.principal, req)
-                holds = value if kind == "when" else not value
-                result = "holds" if holds else "fails"
-            except Exception as exc:
-                err = _error(exc)
-                holds = rule.effect != "permit"
-                result = f"error {err.code}: {err.message}"
-            all_ok = all_ok and holds
-            entry["conditions"].append({"kind": kind, "text": text, "result": result})
-        if rule.amount_limit is not None:
-            try:
-                amount = req.amount(rule.money)  # type: ignore[arg-type]
-                over = amount > rule.amount_limit
-                entry["conditions"].append({
-                    "kind": "amount", "text": f"{amount} vs {rule.amount_limit}",
-                    "result": "over" if over else "within"})
-                all_ok = all_ok and over
-            except EvalError as err:
-                entry["conditions"].append({"kind": "amount", "text": "amount",
-                                            "result": f"error {err.code}: {err.message}"})
-        entry["result"] = "applies" if all_ok else "does not apply"
-        out.append(entry)
-    return out
+    view = policy.plan(principal, permission).principal
+    return [rule_entry(rule, who, view, context, req)
+            for rule in policy.candidates(permission)]
+
+
+def rule_entry(rule: CompiledRule, who: Any, view: Any, context: dict[str, Any],
+               req: RequestState) -> dict[str, Any]:
+    """One row of :func:`rule_table`: ``who`` is the principal (for the scope), ``view``
+    what conditions read as ``principal`` (the plan's)."""
+    entry: dict[str, Any] = {"rule": rule.qid, "effect": rule.effect, "kind": rule.kind,
+                             "conditions": []}
+    if rule.mode != "enforce":  # a shadow rule: reported, never decisive
+        entry["mode"] = rule.mode
+    if not rule.scoped_to(who):
+        entry["result"] = "not in scope (principal has none of its roles/agents)"
+        return entry
+    all_ok = True
+    for kind, text, test in rule.clauses:
+        try:
+            value = test(context, view, req)
+            holds = value if kind == "when" else not value
+            result = "holds" if holds else "fails"
+        except Exception as exc:
+            err = _error(exc)
+            holds = rule.effect != "permit"
+            result = f"error {err.code}: {err.message}"
+        all_ok = all_ok and holds
+        entry["conditions"].append({"kind": kind, "text": text, "result": result})
+    if rule.amount_limit is not None:
+        try:
+            amount = req.amount(rule.money)  # type: ignore[arg-type]
+            over = amount > rule.amount_limit
+            entry["conditions"].append({
+                "kind": "amount", "text": f"{amount} vs {rule.amount_limit}",
+                "result": "over" if over else "within"})
+            all_ok = all_ok and over
+        except EvalError as err:
+            entry["conditions"].append({"kind": "amount", "text": "amount",
+                                        "result": f"error {err.code}: {err.message}"})
+    entry["result"] = "applies" if all_ok else "does not apply"
+    return entry
