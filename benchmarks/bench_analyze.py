@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from policyengine import Engine  # noqa: E402
-from policyengine.analysis import analyze, diff  # noqa: E402
+from policyengine import Engine
+from policyengine.analysis import analyze, diff
 
 
 def policy(n: int, seed: int = 1, shift: int = 0) -> str:
