@@ -9,7 +9,10 @@ little: one mutable *cell* ``[spent, reserved]`` per bucket, keyed like a calend
 :class:`Bucket` (``(budget, subject, window, None)``), and per live reservation the list
 of ``(cell, amount)`` it holds, so releasing a hold needs no lookup. Housekeeping
 (expiring holds, forgetting finished reservations, idempotency records and the cells of
-windows long gone) runs inside the next operation once something is due.
+windows long gone) runs inside the next operation once something is due. Per tenant, a
+list of ``(creation microsecond, id)`` in listing order serves ``list_reservations``:
+a reserve appends to it; entries of forgotten reservations are skipped, and dropped
+once they outnumber the reservations kept.
 
 Finished reservations are kept (for ``retention`` seconds) as one flat tuple of atoms
 each, not as :class:`ReservationRecord` / :class:`Line`: CPython's cyclic GC stops

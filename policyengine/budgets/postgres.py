@@ -16,8 +16,9 @@ suffices: a row read after its lock is granted is its latest committed version.
 
 Layout: one row per bucket (``spent``, ``reserved``, and ``sweep_at``, a lower bound of
 the expiry of the holds counted in ``reserved``); one row per hold of a live reservation,
-indexed by bucket and expiry; reservations with their number of holds; rolling spend as
-events; idempotency records. A transaction that locks a bucket whose ``sweep_at`` has
+indexed by bucket and expiry; reservations with their number of holds, their tenant and
+their listing key (a partial index on both serves ``list_reservations``); rolling spend
+as events; idempotency records. A transaction that locks a bucket whose ``sweep_at`` has
 passed first gives back the holds that expired on it; a read subtracts them instead. So
 expiry is exact with no sweeper process, and a reservation with fewer holds than it was
 created with was expired by a host whose clock is ahead (it is then treated as expired,

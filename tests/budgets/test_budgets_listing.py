@@ -263,3 +263,15 @@ def test_bad_remember_arguments_are_refused(store: object) -> None:
             ledger.remember(key, text, ttl)  # type: ignore[arg-type]
         assert info.value.code == code, (key, text, ttl)
     assert ledger.recall("k") is None
+
+
+def test_the_memory_index_stays_bounded_by_what_the_store_keeps() -> None:
+    store = MemoryStore(retention=1)
+    ledger, clock = make_ledger(store, DAILY)
+    for _ in range(3000):
+        ledger.release(ledger.reserve("bot", "payments:x", "0.01", "EUR", tenant="t").id)
+        clock.t += 0.5
+    kept = len(store._records)
+    listed = sum(len(v) for v in store._listed.values())
+    assert kept < 10 and listed <= 1024 + 2 * kept
+    assert len(_all(ledger, tenant="t")) == kept
