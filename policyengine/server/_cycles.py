@@ -34,6 +34,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from policyengine import budgets as pb
@@ -108,15 +109,22 @@ def _note(body: cm.ReservationCreateRequest) -> str:
     """What a reservation keeps of its create request (``Ledger.reserve(note=)``): the
     subject and action as asked, the idempotency key and the metadata. Keys sorted, so
     the same request makes the same note (it is part of the ledger's idempotency)."""
-    note: dict[str, Any] = {
-        "v": _NOTE_MARK,
-        "s": body.subject.model_dump(exclude_none=True),
-        "a": body.action.model_dump(exclude_none=True),
-        "k": body.idempotency_key,
-    }
+    subject = body.subject
+    asked: dict[str, Any] = {level: value for level in _LEVELS
+                             if (value := getattr(subject, level)) is not None}
+    if subject.dimensions is not None:
+        asked["dimensions"] = subject.dimensions
+    action = body.action
+    did: dict[str, Any] = {"kind": action.kind, "name": action.name}
+    if action.tags is not None:
+        did["tags"] = action.tags
+    note: dict[str, Any] = {"v": _NOTE_MARK, "s": asked, "a": did, "k": body.idempotency_key}
     if body.metadata is not None:
         note["m"] = body.metadata
-    return json.dumps(note, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return orjson.dumps(note, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # what orjson refuses (an integer past 64 bits, a lone surrogate)
+        return json.dumps(note, sort_keys=True, separators=(",", ":"))
 
 
 def _asked_of(r: pb.Reservation) -> dict[str, Any] | None:

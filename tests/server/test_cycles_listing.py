@@ -73,7 +73,7 @@ def test_reservations_made_on_one_worker_are_listed_on_the_other(workers: Worker
     with client(a) as ca:
         first = create(ca, who, 100, subject={"tenant": "acme", "workspace": "ws1",
                                               "agent": who, "dimensions": {"run": "r1"}},
-                       metadata={"trace": "t-1", "n": [1, 2]},
+                       metadata={"trace": "t-1", "n": [1, 2], "big": 10**30},
                        idempotency_key="recover-" + who)
         second = create(ca, who, 200, action={"kind": "llm.completion", "name": "gpt-4o",
                                               "tags": ["x"]})
@@ -95,7 +95,7 @@ def test_reservations_made_on_one_worker_are_listed_on_the_other(workers: Worker
         assert got.reservations[1].action.tags == ["x"]
         assert [r.status.value for r in got.reservations] == ["ACTIVE", "ACTIVE", "RELEASED"]
         detail = cb.get_reservation(first).body
-        assert detail["metadata"] == {"trace": "t-1", "n": [1, 2]}
+        assert detail["metadata"] == {"trace": "t-1", "n": [1, 2], "big": 10**30}
         assert detail["subject"]["workspace"] == "ws1"
         assert detail["idempotency_key"] == "recover-" + who
         released = cb.get_reservation(third).body
