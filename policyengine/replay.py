@@ -13,8 +13,10 @@ reason, never guessed at: its input was masked or erased (the logged value is no
 was decided), it was made under a delegation token (the log holds the token's ids, not
 the token) or with an approval id (the approval's state then is not in the log), it is a
 tool call (decided from headers and the body before redaction, which the log never
-holds), its decision was a budget refusal (it depended on the balance at that moment),
-or the log itself refused it (``decision_log_unavailable``).
+holds), its decision was a budget or rate-limit refusal (it depended on the balance or
+the calls counted at that moment), or the log itself refused it
+(``decision_log_unavailable``). Rate limits are asked without counting a call, as
+``explain`` asks them: replay never refuses for a rate limit.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class ReplaySkip:
     line: int
     seq: Any
     decision_id: Any
-    reason: str  # masked | token | approval | tool_call | budget | log_refusal | no_input
+    reason: str  # masked | token | approval | tool_call | budget | rate_limit | log_refusal
+    #             | no_input
     detail: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -179,6 +182,8 @@ def _why_not(record: dict[str, Any]) -> tuple[str, str] | None:
     code = result.get("reason_code") if isinstance(result, dict) else None
     if code in _BUDGET_CODES:
         return "budget", f"{code}: decided by the budget balance at the time"
+    if code == "rate_limited":
+        return "rate_limit", "rate_limited: decided by the calls counted at the time"
     if code == "decision_log_unavailable":
         return "log_refusal", "refused by the decision log, not by the policy"
     if not isinstance(result, dict):

@@ -235,3 +235,16 @@ def test_replay_reports_exactly_the_decisions_the_new_policy_changes(
         assert [(c.new_status, c.new_code) for c in report.changes] == [
             (news[i].status, news[i].code) for i in expected]
         assert replayed(root / "d.jsonl", pa).changes == []
+
+
+def test_rate_limited_records_are_not_replayed_and_replay_counts_no_call(
+        tmp_path: Path) -> None:
+    policy = write(tmp_path / "p.policy", "ratelimit slow: payments:* 1 per minute\n")
+    decided = logged(policy, tmp_path / "d.jsonl", [refund("1"), refund("2"), refund("3")],
+                     clock=lambda: T0)
+    assert [d.code for d in decided] == ["permitted", "rate_limited", "rate_limited"]
+    report = replayed(tmp_path / "d.jsonl", policy)
+    assert [s.reason for s in report.skipped] == ["rate_limit", "rate_limit"]
+    assert (report.replayed, report.unchanged, report.changes) == (1, 1, [])
+    again = replayed(tmp_path / "d.jsonl", policy)  # nothing was counted by the first
+    assert (again.replayed, again.changes) == (1, [])
