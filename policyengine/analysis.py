@@ -42,6 +42,7 @@ from policyengine.engine import Engine
 from policyengine.lang import ast
 from policyengine.lang._fmt import format_expr
 from policyengine.permissions import permission_matches, subsumes
+from policyengine.tokens.grants import MAX_DEPTH
 
 __all__ = ["SEVERITIES", "Analysis", "DecisionChange", "Diff", "Finding", "analyze", "diff"]
 
@@ -58,6 +59,9 @@ class _Missing:
 
 
 MISSING: Any = _Missing()
+#: Key of a witness context that stands for a request under a delegation: its value is
+#: what grant.* reads. Such a request needs a token, so it is never a counterexample.
+GRANT = "\x00grant"
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,8 @@ class _Reads(ast.ExprVisitor[None]):
         #: principal is fixed, with each principal's value among the literals.
         self.links: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
         self.reads_principal = False
+        #: grant.* fields read, with the literals each is compared with.
+        self.grant: dict[str, set[Any]] = {}
 
     def _kind(self, e: ast.Expr) -> str:
         if isinstance(e, ast.Path):
@@ -215,7 +221,10 @@ class _Reads(ast.ExprVisitor[None]):
         return "other"
 
     def _note(self, var: ast.Expr, lit: ast.Expr) -> None:
-        if isinstance(var, ast.Path) and var.root == "context" and isinstance(lit, ast.Literal):
+        if isinstance(var, ast.Path) and var.root == "grant" and len(var.segments) == 1 \
+                and isinstance(lit, ast.Literal):
+            self.grant.setdefault(var.segments[0], set()).add(lit.value)
+        elif isinstance(var, ast.Path) and var.root == "context" and isinstance(lit, ast.Literal):
             self.paths.setdefault(var.segments, set()).add(lit.value)
         elif isinstance(var, ast.Path) and var.root == "principal" \
                 and var.segments == ("id",) and isinstance(lit, ast.Literal) \
@@ -246,7 +255,13 @@ class _Reads(ast.ExprVisitor[None]):
         if e.root == "context":
             self.paths.setdefault(e.segments, set())
         elif e.root == "grant" and e.segments != ("delegated",):
-            self.outside.append(f"{e.dotted()} depends on a delegation token")
+            if e.segments in (("depth",), ("acting_for",), ("issuer",)):
+                self.grant.setdefault(e.segments[0], set())
+            else:
+                self.outside.append(f"{e.dotted()} is a list the analysis does not "
+                                    "enumerate")
+        if e.root == "grant":
+            self.grant.setdefault("delegated", set())
 
     def call(self, e: ast.Call) -> None:
         if e.name != "has" or len(e.args) != 1 or not isinstance(e.args[0], ast.Path):
@@ -270,7 +285,7 @@ class _Reads(ast.ExprVisitor[None]):
 
     def compare(self, e: ast.Compare) -> None:
         kinds = (self._kind(e.left), self._kind(e.right))
-        var_kinds = {"context", "amount"}
+        var_kinds = {"context", "amount", "grant"}
         if kinds[0] in var_kinds and kinds[1] == "literal":
             self._note(e.left, e.right)
         elif kinds[1] in var_kinds and kinds[0] == "literal":
@@ -291,7 +306,7 @@ class _Reads(ast.ExprVisitor[None]):
     def in_(self, e: ast.In) -> None:
         item, coll = self._kind(e.item), self._kind(e.collection)
         if coll == "list" and isinstance(e.collection, ast.ListExpr):
-            if item in ("context", "principal"):
+            if item in ("context", "principal", "grant"):
                 for lit in e.collection.items:
                     self._note(e.item, lit)
             elif item == "amount":
@@ -324,6 +339,7 @@ class _RuleInfo:
     outside: list[str]
     links: list[tuple[tuple[str, ...], tuple[str, ...]]]
     reads_principal: bool
+    grant: dict[str, set[Any]]
 
     def link(self, policies: Sequence[CompiledPolicy], principals: Sequence[str]) -> None:
         """Each principal's value of a principal path compared with a context path
@@ -360,7 +376,7 @@ def _info(rule: CompiledRule) -> _RuleInfo:
                            f"context.{'.'.join(b)}")
             break
     return _RuleInfo(rule, paths, reads.uses_amount or rule.uses_amount, thresholds,
-                     reads.ids, outside, reads.links, reads.reads_principal)
+                     reads.ids, outside, reads.links, reads.reads_principal, reads.grant)
 
 
 def _witnesses(literals: Iterable[Any]) -> list[Any]:
@@ -511,16 +527,18 @@ class _Space:
     variables: list[tuple[tuple[str, ...], list[Any]]] = field(default_factory=list)
     currency: str | None = None
     amounts: list[Any] = field(default_factory=lambda: [MISSING])
+    #: What grant.* reads: no delegation, or delegations (depths, acting_for, issuer).
+    grants: list[dict[str, Any] | None] = field(default_factory=lambda: [None])
 
     def size(self) -> int:
-        n = len(self.amounts)
+        n = len(self.amounts) * len(self.grants)
         for _, ws in self.variables:
             n *= len(ws)
         return n
 
     def contexts(self, limit: int, seed: int = 0) -> tuple[Iterator[dict[str, Any]], bool]:
         """The contexts, and whether they are all of them (else a sample of ``limit``)."""
-        lists = [ws for _, ws in self.variables] + [self.amounts]
+        lists = [ws for _, ws in self.variables] + [self.grants, self.amounts]
         if self.size() <= limit:
             return (self._build(combo) for combo in itertools.product(*lists)), True
         rng = random.Random(seed)
@@ -543,13 +561,34 @@ class _Space:
         if amount is not MISSING and self.currency is not None:
             ctx["amount"] = str(amount)
             ctx["currency"] = self.currency
+        if combo[-2] is not None:
+            ctx[GRANT] = combo[-2]
         return ctx
 
 
-def _space(infos: Iterable[_RuleInfo], extra_thresholds: Iterable[Decimal] = ()
-           ) -> tuple[_Space, list[str]]:
-    """The joint witnesses of some rules' variables, and why they are not exact."""
+def _grants(fields: dict[str, set[Any]], max_depth: int) -> list[dict[str, Any] | None]:
+    """No delegation, and delegations at every depth the policy allows, with each
+    acting_for and issuer a condition names and one it does not."""
+    if not fields:
+        return [None]
+    depths = range(max_depth + 1) if "depth" in fields else [0]
+    names = [w for w in _witnesses(fields.get("acting_for", ())) if type(w) is str]
+    issuers = [w for w in _witnesses(fields.get("issuer", ())) if type(w) is str]
+    if "acting_for" not in fields:
+        names = names[-1:]
+    if "issuer" not in fields:
+        issuers = issuers[-1:]
+    return [None] + [{"delegated": True, "acting_for": a, "depth": d, "chain": [a],
+                      "issuer": i} for d in depths for a in names for i in issuers]
+
+
+def _space(infos: Iterable[_RuleInfo], extra_thresholds: Iterable[Decimal] = (),
+           max_depth: int | None = None) -> tuple[_Space, list[str]]:
+    """The joint witnesses of some rules' variables, and why they are not exact. With
+    ``max_depth``, requests under a delegation are witnessed too (grant.*); without,
+    only requests without a token (what grant.* then reads is fixed)."""
     paths: dict[tuple[str, ...], set[Any]] = {}
+    grant: dict[str, set[Any]] = {}
     thresholds: set[Decimal] = set(extra_thresholds)
     currencies: set[str] = set()
     uses_amount = False
@@ -563,6 +602,8 @@ def _space(infos: Iterable[_RuleInfo], extra_thresholds: Iterable[Decimal] = ()
             if info.rule.money is not None and info.rule.money.base is not None:
                 currencies.add(info.rule.money.base)
         outside += [f"rule {info.rule.qid}: {why}" for why in info.outside]
+        for k, lits in info.grant.items():
+            grant.setdefault(k, set()).update(lits)
     for a, b in itertools.permutations(paths, 2):
         if len(a) < len(b) and b[:len(a)] == a:
             outside.append(f"context.{'.'.join(a)} and context.{'.'.join(b)} are both read")
@@ -574,6 +615,8 @@ def _space(infos: Iterable[_RuleInfo], extra_thresholds: Iterable[Decimal] = ()
     if uses_amount and currencies:
         space.currency = sorted(currencies)[0]
         space.amounts = _amounts(thresholds, space.currency)
+    if max_depth is not None:
+        space.grants = _grants(grant, max_depth)
     return space, outside
 
 
@@ -583,7 +626,12 @@ def _table(policy: CompiledPolicy, principal: str, permission: str,
     """What each of ``rules`` (whose patterns match ``permission``, or they are left out)
     does for this request: the engine's own rule evaluation, each row as ``explain``
     reports it (schemas and budgets aside)."""
+    grant = context.get(GRANT)
+    if grant is not None:
+        context = {k: v for k, v in context.items() if k != GRANT}
     req = RequestState(context, policy.default_currency, None)
+    if grant is not None:
+        req.grant = grant
     who = policy.principal(principal)
     view = policy.plan(principal, permission).principal
     return {r.qid: rule_entry(r, who, view, context, req) for r in rules
@@ -633,6 +681,9 @@ class _Analyzer:
         self.vocabulary |= {p for b in self.policy.budgets for p in b.patterns}
         self.unsat: set[str] = set()
         self.index = _PatternIndex(self.policy.rules)
+        block = self.policy.delegation
+        self.max_depth = (block.max_depth if block is not None and block.max_depth is not None
+                          else MAX_DEPTH)
 
     def _who(self, pid: str) -> Principal:
         return self.policy.principal(pid)
@@ -685,7 +736,7 @@ class _Analyzer:
     # -- W301: conditions that never hold
     def satisfiable(self, rule: CompiledRule, scope: list[str]) -> bool:
         info = self.infos[rule.qid]
-        space, outside = _space([info])
+        space, outside = _space([info], max_depth=self.max_depth)
         permission = permission_representatives(rule.patterns, rule.patterns)[0]
         exact = not outside
         for pid in self.alike(scope, [rule]):
@@ -710,6 +761,8 @@ class _Analyzer:
         else:
             what = ("it applies only when a condition cannot be evaluated (fail closed: a "
                     "missing or mistyped value)")
+        if "depth" in info.grant:
+            text += f"; delegation depth is at most {self.max_depth}"
         self.add("W301", "unsatisfiable", "warning", rule,
                  f"the conditions of '{rule.qid}' never hold ({text}): {what}")
         return False
@@ -733,7 +786,8 @@ class _Analyzer:
                        for p in r.patterns) for perm in reps):
             return
         involved = [rule, *deniers, *approvals]
-        space, outside = _space([self.infos[r.qid] for r in involved])
+        space, outside = _space([self.infos[r.qid] for r in involved],
+                                max_depth=self.max_depth)
         exact = not outside
         fired: dict[str, None] = {}
         approved: dict[str, None] = {}
@@ -790,11 +844,15 @@ class _Analyzer:
                      [*approved, *fired], pending_example)
 
     def _explain(self, pid: str, perm: str, ctx: dict[str, Any]) -> Any:
+        if GRANT in ctx:  # needs a delegation token: decided as if it had none
+            ctx = {k: v for k, v in ctx.items() if k != GRANT}
         self.requests += 1
         return self.engine.explain(pid, perm, ctx)
 
     def _verify_denied(self, rule: CompiledRule, pid: str, perm: str,
                        ctx: dict[str, Any]) -> bool:
+        if GRANT in ctx:
+            return False
         x = self._explain(pid, perm, ctx)
         entry = next((e for e in x.rules if e["rule"] == rule.qid), None)
         return bool(x.decision.status == "denied" and _applies_cleanly(entry)
@@ -802,6 +860,8 @@ class _Analyzer:
 
     def _verify_pending(self, rule: CompiledRule, pid: str, perm: str,
                         ctx: dict[str, Any]) -> bool:
+        if GRANT in ctx:
+            return False
         x = self._explain(pid, perm, ctx)
         entry = next((e for e in x.rules if e["rule"] == rule.qid), None)
         return bool(x.decision.status == "pending_approval" and _applies_cleanly(entry))

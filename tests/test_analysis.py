@@ -344,3 +344,23 @@ def test_pattern_overlap_index_agrees_with_the_definition(
             reps = permission_representatives([a, b], [a, b])
             both = any(permission_matches(a, x) and permission_matches(b, x) for x in reps)
             assert _overlap(a, b) == both, (a, b)
+
+
+# ---- delegation: grant.* within what the delegation block allows -------------------
+
+def test_a_depth_beyond_the_delegation_max_depth_never_holds() -> None:
+    text = (BASE + "delegation { max_depth 3 }\n"
+            "forbid too-deep: pay:* when grant.delegated and grant.depth > 5\n"
+            "permit deep: docs:x when grant.depth >= 3\n"
+            'permit mine: docs:y when grant.acting_for == "besar" and grant.depth <= 1\n')
+    found = codes(Engine.from_source(text))
+    assert found == [("W301", "default.too-deep")]
+    f = only(Engine.from_source(text), "W301")
+    assert "delegation depth is at most 3" in f.message
+    # one more level allowed: the forbid can apply
+    assert codes(Engine.from_source(text.replace("grant.depth > 5", "grant.depth > 2"))) == []
+    # without a delegation block, depth is bounded by the tokens' own ceiling (8)
+    loose = text.replace("delegation { max_depth 3 }\n", "")
+    assert codes(Engine.from_source(loose)) == []
+    assert codes(Engine.from_source(loose.replace("> 5", "> 8"))) == [
+        ("W301", "default.too-deep")]
