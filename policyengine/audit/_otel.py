@@ -49,6 +49,7 @@ def span_attributes(record: dict[str, Any]) -> dict[str, Any]:
         ("policyengine.policy.revision", revision),
         ("policyengine.log.seq", record.get("seq")),
         ("policyengine.log.hash", record.get("hash")),
+        ("policyengine.decision.shadow", _shadow(record.get("shadow"))),
     ]
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -58,6 +59,14 @@ def span_attributes(record: dict[str, Any]) -> dict[str, Any]:
             value = [str(v) for v in value]
         out[key] = value
     return out
+
+
+def _shadow(found: Any) -> list[str] | None:
+    """Shadow outcomes as ``ID=STATUS:CODE`` strings (span attributes hold no objects)."""
+    if not isinstance(found, list) or not found:
+        return None
+    return [f"{s.get('id')}={s.get('status')}:{s.get('code')}" for s in found
+            if isinstance(s, dict)]
 
 
 class OTelSink:

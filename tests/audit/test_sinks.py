@@ -145,7 +145,8 @@ def test_otel_sink_exports_one_span_per_record_with_the_documented_attributes() 
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     engine = pe.Engine.from_source(
-        'role r: docs:*\nagent "bot": r\nforbid no: docs:delete',
+        'role r: docs:*\nagent "bot": r\nforbid no: docs:delete\n'
+        'forbid later: docs:read mode log',
         decision_log=DecisionLog(OTelSink(provider.get_tracer("test"))))
     allowed = engine.authorize("bot", "docs:read")
     denied = engine.authorize("bot", "docs:delete")
@@ -159,6 +160,9 @@ def test_otel_sink_exports_one_span_per_record_with_the_documented_attributes() 
     assert d.attributes["policyengine.decision.reason_code"] == "forbidden"
     assert tuple(d.attributes["policyengine.decision.rules"]) == ("default.no",)
     assert a.attributes["policyengine.policy.revision"] == engine.revision
+    assert tuple(a.attributes["policyengine.decision.shadow"]) == (
+        "default.later=denied:forbidden",)
+    assert "policyengine.decision.shadow" not in d.attributes
     assert a.end_time > a.start_time > 1_700_000_000 * 10**9
     assert len(a.attributes["policyengine.log.hash"]) == 64
     assert {s.name for s in exporter.get_finished_spans()} >= {"log.start", "log.checkpoint"}
