@@ -18,8 +18,10 @@ DAILY = "budget daily: llm:* limit 2 USD per day per agent overdraft 1\n"
 
 
 def client(svc: Live, key: str = "ag-key") -> actguard.Client:
+    # The SDK runs unreserved when a reserve times out (its default: 3 s): a loaded
+    # machine must not turn that into a test outcome.
     return actguard.Client(api_key=key, gateway_url=f"{svc.url}/ag", flush_interval_ms=20,
-                           budget_max_retries=0)
+                           budget_max_retries=0, budget_timeout_s=60)
 
 
 @pytest.fixture

@@ -35,7 +35,9 @@ RUNS, RESERVATIONS = 4, 4  # 8 holds of $0.40 against $2: exactly 5 fit
 
 def agent_process(gateway: str, i: int, held: Any, outcomes: Any) -> None:
     """An actguard agent process: a run of $0.40 held until ``held`` releases it."""
-    c = actguard.Client(api_key="ag-key", gateway_url=gateway, budget_max_retries=0)
+    # budget_timeout_s: the SDK runs unreserved when a reserve times out (default 3 s).
+    c = actguard.Client(api_key="ag-key", gateway_url=gateway, budget_max_retries=0,
+                        budget_timeout_s=60)
     outcome = "refused"
     try:
         with c.run(run_id=f"run-{i}"), c.budget_guard(cost_limit=400):

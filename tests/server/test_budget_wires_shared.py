@@ -47,8 +47,10 @@ def contender(wire: str, base: str, i: int, held: Any, outcomes: Any,
     outcome = "refused"
     try:
         if wire == "actguard":
+            # budget_timeout_s: the SDK runs unreserved when a reserve times out
+            # (default 3 s), which a loaded machine must not turn into an outcome.
             c = actguard.Client(api_key="ag-key", gateway_url=f"{base}/ag",
-                                budget_max_retries=0)
+                                budget_max_retries=0, budget_timeout_s=60)
             try:
                 with c.run(run_id=f"run-{i}"), c.budget_guard(cost_limit=400):
                     outcome = "admitted"

@@ -80,7 +80,7 @@ def test_actguard_runs_are_logged_with_their_taxonomy_and_budget_operations(
         svc: tuple[Live, list[dict[str, Any]]]) -> None:
     live, records = svc
     c = actguard.Client(api_key="ag-key", gateway_url=f"{live.url}/ag", flush_interval_ms=20,
-                        budget_max_retries=0)
+                        budget_max_retries=0, budget_timeout_s=60)  # never unreserved
     try:
         with c.run(run_id="run-log-1"), c.budget_guard(cost_limit=1500):
             pass
