@@ -364,8 +364,13 @@ def _request_digest(kind: str, data: dict[str, Any]) -> str:
     rest = {k: v for k, v in data.items() if k != "page"}
     page = data.get("page") or {}
     rest["page"] = {k: v for k, v in page.items() if k != "token"}
-    text = json.dumps([kind, rest], sort_keys=True, default=str, separators=(",", ":"))
+    text = json.dumps([kind, rest], sort_keys=True, default=_exact, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def _exact(value: Any) -> Any:
+    """A JSON number read as a Decimal, told apart from the string of its digits."""
+    return {"decimal": str(value)}
 
 
 def _token(offset: int, digest: str) -> str:

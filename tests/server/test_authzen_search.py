@@ -179,6 +179,11 @@ def test_a_token_is_bound_to_its_request(svc: Running) -> None:
          "page": {"limit": 2, "token": token}},
         {**body, "context": {"x": 1}, "page": {"limit": 2, "token": token}},
     ]
+    with_number = {**body, "context": {"x": 1.5}}
+    token2 = _post(svc, "resource", with_number).json()["page"]["next_token"]
+    assert _post(svc, "resource", {**with_number, "page": {"limit": 2, "token": token2}}
+                 ).status_code == 200
+    changed.append({**body, "context": {"x": "1.5"}, "page": {"limit": 2, "token": token2}})
     for other in changed:
         r = _post(svc, "resource", other)
         assert r.status_code == 400, other
