@@ -538,6 +538,9 @@ class QueryIndex:
         self.role_keys = role_keys
         self.agent_keys = agent_keys
         self._personal: dict[int, bool] = {}
+        #: Per (widest permit pattern, the scopes with rules there): its regions' lines.
+        self._subtrees: dict[tuple[str, tuple[str, ...]],
+                             list[tuple[str, tuple[str, ...], tuple[_Line, ...]]]] = {}
         #: Lines per set of rules (by their orders) none of which reads the principal.
         self._lines: dict[tuple[int, ...], tuple[tuple[_Line, ...], _Sig]] = {}
         #: Guards and their texts of the rules that do not read the principal.
@@ -587,17 +590,22 @@ class QueryIndex:
             found.update(self.agent_permits.get(who.id, ()))
         return found
 
-    def regions(self, subject: _Subject) -> list[str]:
-        """The patterns whose regions can differ for ``subject``: the patterns of its
-        permits and every narrower pattern one of its rules names, widest first."""
+    def _lists(self, subject: _Subject) -> list[list[str]]:
+        """The sorted pattern keys of the subject's scopes (unscoped, its roles, itself)."""
         who = subject.principal
-        tops = self.permit_patterns(subject)
-        found = set(tops)
         lists = [self.unscoped_keys]
         lists.extend(self.role_keys[r] for r in who.roles if r in self.role_keys)
         if subject.kind == "agent" and who.id in self.agent_keys:
             lists.append(self.agent_keys[who.id])
-        for top in tops:
+        return lists
+
+    def regions(self, subject: _Subject, tops: Iterable[str]) -> list[str]:
+        """The patterns whose regions can differ for ``subject`` among ``tops`` (patterns
+        of its permits): the tops and every narrower pattern one of its rules names,
+        widest first."""
+        found = set(tops)
+        lists = self._lists(subject)
+        for top in list(found):
             if top == "*":
                 for keys in lists:
                     found.update(keys)
@@ -613,8 +621,63 @@ class QueryIndex:
                     i += 1
         return sorted(found, key=lambda p: (_depth(p), p))
 
+    def _scopes(self, subject: _Subject, top: str) -> tuple[str, ...]:
+        """The subject's scopes (its roles, itself) with a rule at, under or above the
+        pattern ``top``: with the unscoped rules, all that decides the regions under it."""
+        who = subject.principal
+        named: list[str] = []
+        stem = "" if top == "*" else top[:-1] if top.endswith(":*") else None
+        wider = [self.buckets[a] for a in _ancestors(top) if a in self.buckets]
+        candidates = [(f"role {r}", self.role_keys.get(r, ()), r, True)
+                      for r in sorted(who.roles)]
+        if subject.kind == "agent":
+            candidates.append((f"agent {who.id}", self.agent_keys.get(who.id, ()), who.id,
+                               False))
+        for label, keys, name, is_role in candidates:
+            if any(name in (b.by_role if is_role else b.by_agent) for b in wider):
+                named.append(label)
+                continue
+            i = bisect_left(keys, top if stem is None else stem)
+            if i < len(keys) and (keys[i] == top if stem is None
+                                  else keys[i].startswith(stem)):
+                named.append(label)
+        return tuple(named)
+
     def permissions(self, subject: _Subject) -> tuple[Access, ...]:
+        """Every line of ``subject``: per widest permit pattern, the regions under it,
+        kept per (pattern, the subject's scopes that have rules there) when no rule
+        involved reads the principal (then every principal with those scopes there has
+        the same lines)."""
         folder = _Folder(subject, self)
+        tops = self.permit_patterns(subject)
+        groups: dict[str, list[str]] = {}
+        for top in tops:
+            widest = top
+            for a in _ancestors(top):
+                if a in tops:
+                    widest = a
+            groups.setdefault(widest, []).append(top)
+        rows: list[tuple[str, tuple[str, ...], tuple[_Line, ...]]] = []
+        for widest, inside in groups.items():
+            ckey = (widest, self._scopes(subject, widest))
+            found = self._subtrees.get(ckey)
+            if found is None:
+                found, mine = self._subtree(subject, folder, inside)
+                if not mine:
+                    if len(self._subtrees) >= ANSWER_CACHE_SIZE:
+                        self._subtrees.clear()
+                    self._subtrees[ckey] = found
+            rows.extend(found)
+        rows.sort(key=lambda row: row[0])
+        name, kind = subject.name, subject.kind
+        return tuple(Access(name, kind, key, ex, status, when, unless, rule_ids)
+                     for key, ex, region_lines in rows
+                     for status, when, unless, rule_ids in region_lines)
+
+    def _subtree(self, subject: _Subject, folder: _Folder, tops: list[str]
+                 ) -> tuple[list[tuple[str, tuple[str, ...], tuple[_Line, ...]]], bool]:
+        """The lines of the regions under ``tops`` (one widest pattern and the permit
+        patterns inside it), and whether a rule involved reads the principal."""
         policy = self.policy
         who = subject.principal
         personal = self.personal
@@ -626,8 +689,9 @@ class QueryIndex:
         excluded: dict[str, list[str]] = {}
         order: list[str] = []
         buckets = self.buckets
-        sigs: dict[str | None, tuple[tuple[str, str | None, str | None], ...]] = {None: ()}
-        for key in self.regions(subject):
+        sigs: dict[str | None, _Sig] = {None: ()}
+        anyone_mine = False
+        for key in self.regions(subject, tops):
             parent = None
             for a in _ancestors(key):
                 if a in owner:
@@ -649,6 +713,7 @@ class QueryIndex:
                     rules = [*rules, *own]
                     mine = mine or any(personal(r) for r in own)
                     rkey = (*rkey, -1, *(r.order for r in own))
+            anyone_mine = anyone_mine or mine
             region_rules[key] = (rules, mine, rkey)
             region_lines, sig = self.lines(rules, folder, None if mine else rkey)
             above = owner[parent] if parent is not None else None
@@ -661,13 +726,8 @@ class QueryIndex:
             order.append(key)
             if above is not None and sigs[above]:
                 excluded.setdefault(above, []).append(key)
-        out: list[Access] = []
-        for key in sorted(order):
-            ex = tuple(sorted(excluded.get(key, ())))
-            for status, when, unless, rule_ids in lines[key]:
-                out.append(Access(subject.name, subject.kind, key, ex, status, when, unless,
-                                  rule_ids))
-        return tuple(out)
+        return [(key, tuple(sorted(excluded.get(key, ()))), lines[key])
+                for key in order], anyone_mine
 
     def personal(self, rule: CompiledRule) -> bool:
         """Whether ``rule``'s conditions read the principal (its id, roles or attributes:

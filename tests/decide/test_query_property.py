@@ -145,3 +145,23 @@ def test_anyone_line_speaks_for_undeclared_principals(source: str, ctx: dict[str
         got = found.pop() if found else "denied"
         assert got == engine.authorize("stranger", permission, ctx).status, (
             permission, source)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policies(), st.lists(contexts, min_size=1, max_size=2))
+def test_a_role_answer_speaks_for_an_agent_holding_only_that_role(
+        source: str, ctxs: list[dict[str, Any]]) -> None:
+    """a1 holds only r1 and a4 only r2, and no rule names either: the role's answer, its
+    residual read with the agent's id and attributes, decides as authorize does for it
+    (asked after and before the agent's own answer, which may share cached parts)."""
+    engine = pe.Engine.from_source(source)
+    residuals = _Residuals()
+    for agent, role in (("a1", "r1"), ("a4", "r2")):
+        if agent == "a1":
+            engine.permissions_of(agent)
+        answer = engine.permissions_of(role=role)
+        for permission in PERMISSIONS:
+            for ctx in ctxs:
+                want = engine.authorize(agent, permission, ctx).status
+                got = _predicted(answer, agent, permission, ctx, residuals)
+                assert got == want, (agent, role, permission, ctx, source, str(answer))
