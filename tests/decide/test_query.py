@@ -8,6 +8,8 @@ import dataclasses
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import policyengine as pe
 
@@ -246,3 +248,39 @@ def test_the_collector_is_left_as_it_was() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+class _Hostile:
+    """A tool object whose name cannot be read as a string."""
+
+    @property
+    def name(self) -> object:
+        return ["not", "a", "name"]
+
+
+@given(st.one_of(st.text(max_size=300), st.integers(), st.none(), st.lists(st.text())))
+@settings(max_examples=100, deadline=None)
+def test_any_principal_or_permission_is_an_answer_or_a_clean_error(value: object) -> None:
+    engine = pe.Engine.from_source(POLICY)
+    try:
+        answer = engine.permissions_of(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        assert not (type(value) is str and 1 <= len(value) <= 256)
+    else:
+        assert answer.principal == value
+        if value not in ("bot", "junior", "plain", "reader"):  # undeclared: as anyone else
+            assert [str(a) for a in answer.entries] == [
+                'allowed docs:public unless context.country in ["KP"]']
+    try:
+        engine.principals_with(value)  # type: ignore[arg-type]
+    except pe.InvalidPermission:
+        assert not pe.is_valid_permission(value)
+
+
+def test_filter_tools_takes_any_tool_list_without_crashing() -> None:
+    e = pe.Engine.from_source(TOOLS)
+    odd = [None, 3, {"name": None}, {"title": "refund"}, {"name": "refund" * 10_000},
+           _Hostile(), b"refund", {"name": "re\x00fund"}, {"name": "refund"}]
+    got = e.filter_tools("bot", odd)
+    assert got.kept == (odd[-1],)
+    assert [t.callable for t in got.tools] == [False] * 8 + [True]
