@@ -36,7 +36,8 @@ from policyengine.lang._codegen import ConditionCodegen, Recorder
 from policyengine.permissions import validate_permission
 
 __all__ = ["PLAN_CACHE_SIZE", "CompileCache", "CompiledPolicy", "CompiledRule", "CoverageSink",
-           "EvalError", "FileMoney", "Plan", "Principal", "compile_policy", "instrument_rules"]
+           "EvalError", "FileMoney", "Plan", "Principal", "compile_policy", "instrument_rules",
+           "money_literals"]
 
 #: Plans kept in the per-(principal, permission) cache; beyond it, one is evicted per new
 #: plan (CLOCK, see :meth:`CompiledPolicy.plan`).
@@ -292,6 +293,16 @@ class CompiledPolicy:
                 i = permission.find(":", i + 1)
         if self._global is not None:
             found.append(self._global)
+        return found
+
+    def pattern_buckets(self) -> dict[str, Any]:
+        """Every pattern the rules name (``ns:*`` for a prefix key, ``*``) -> its rules,
+        split by scope (``unscoped``, ``by_role``, ``by_agent``, ``parts_for``): the
+        index the reverse queries read backwards."""
+        found: dict[str, Any] = dict(self._exact)
+        found.update((key + "*", b) for key, b in self._prefix.items())
+        if self._global is not None:
+            found["*"] = self._global
         return found
 
     def candidates(self, permission: str) -> list[CompiledRule]:
@@ -788,6 +799,12 @@ def _budget_specs(files: Sequence[ast.PolicyFile]
 
 _FLOOR = Context(prec=100, rounding=ROUND_FLOOR, Emax=999, Emin=-999,
                  traps=[InvalidOperation, Overflow, DivisionByZero])
+
+
+def money_literals(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:
+    """How the conditions of ``fm``'s file read money literals (in its base currency,
+    rounded down), for code generated outside this module."""
+    return _to_base(fm)
 
 
 def _to_base(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:

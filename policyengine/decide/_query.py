@@ -35,7 +35,7 @@ from policyengine.lang import ast
 from policyengine.permissions import permission_matches, validate_permission
 
 if TYPE_CHECKING:
-    from policyengine.decide._compiled import CompiledPolicy, CompiledRule, _Bucket
+    from policyengine.decide._compiled import CompiledPolicy, CompiledRule
 
 __all__ = ["Access", "FilteredTools", "Permissions", "Principals", "QueryIndex", "ToolAccess",
            "filter_tools", "index_of", "paused", "permissions_of", "principals_with"]
@@ -287,10 +287,10 @@ class _Folder:
         return e
 
     def _evaluate(self, e: ast.Expr, rule: CompiledRule) -> Folded:
-        from policyengine.decide._compiled import FileMoney, _to_base
+        from policyengine.decide._compiled import FileMoney, money_literals
         from policyengine.lang._codegen import ConditionCodegen
         money = rule.money or FileMoney("", None, None, None)
-        gen = ConditionCodegen(money, _to_base(money))
+        gen = ConditionCodegen(money, money_literals(money))
         test = build_many([(gen.boolean(e), gen.consts)])[0]
         try:
             return test({}, self.subject.principal, None) is True
@@ -335,8 +335,10 @@ class _Folder:
         if out is ERR:
             out = rule.effect != "permit"
         if rule.amount_limit is not None and out is not False:
-            over = ast.Compare(">", ast.Amount(), ast.MoneyLit(
-                rule.amount_limit, (rule.money.base if rule.money else None) or "XXX"))
+            # the cap or threshold, already in the file's base currency (the checker
+            # gives every file with amount rules one)
+            base = rule.money.base if rule.money is not None else None
+            over = ast.Compare(">", ast.Amount(), ast.MoneyLit(rule.amount_limit, base or ""))
             out = over if out is True else _conj([out, over], [over, over])
         memo[rule.order] = out
         return out
@@ -495,25 +497,17 @@ class QueryIndex:
 
     def __init__(self, policy: CompiledPolicy) -> None:
         self.policy = policy
-        buckets: dict[str, _Bucket] = {}
-        for key, b in policy._exact.items():
-            buckets[key] = b
-        for key, b in policy._prefix.items():
-            buckets[key + "*"] = b
-        if policy._global is not None:
-            buckets["*"] = policy._global
+        buckets = policy.pattern_buckets()
         self.buckets = buckets
         self.keys = sorted(buckets)
         self.unscoped_permits: set[str] = set()
         self.role_permits: dict[str, set[str]] = {}
         self.agent_permits: dict[str, set[str]] = {}
-        self.permit_rules: list[CompiledRule] = []
         roles: set[str] = set()
         for rule in policy.rules:
             roles.update(rule.roles)
             if rule.effect != "permit" or rule.mode != "enforce":
                 continue
-            self.permit_rules.append(rule)
             if not rule.roles and not rule.agents:
                 self.unscoped_permits.update(rule.patterns)
             for r in rule.roles:
