@@ -64,6 +64,7 @@ PERIODS = {"second": 1_000_000, "minute": 60_000_000, "hour": 3_600_000_000}
 MAX_COUNT = 1_000_000
 MAX_BURST = 1_000_000
 _MAX_NAME = 256
+_new_key = tuple.__new__
 _HIERARCHY_LEVELS = frozenset({"workspace", "app", "workflow", "toolset"})
 
 
@@ -263,6 +264,12 @@ class RateLimiter:
         #: The request fields (besides ``tenant``) the subjects read.
         self.scope_fields: tuple[str, ...] = tuple(sorted(fields))
         self._matches: dict[str, tuple[RateLimitSpec, ...]] = {}
+        #: Per rate limit id: its key prefix (length-prefixed id, so that no subject can
+        #: forge another limit's key) and GCRA parameters.
+        self._params: dict[str, tuple[str, int, int, int]] = {
+            s.id: (f"{len(s.id)}:{s.id}:", s.count, s.period_us,
+                   s.burst)  # type: ignore[misc]  # burst is set by __post_init__
+            for s in self.specs}
 
     def covering(self, permission: str) -> tuple[RateLimitSpec, ...]:
         """The rate limits whose patterns match ``permission`` (cached)."""
@@ -302,13 +309,22 @@ class RateLimiter:
                scope: Mapping[str, object] | None, consume: bool) -> RateLimitUsage | None:
         if not specs:
             return None
-        keyed = []
-        for s in specs:
+        keyed: list[tuple[str, RateLimitSpec, str]]
+        if len(specs) == 1:  # the common case, without the sort
+            s = specs[0]
             subject = self._subject(s.subject, principal, acting_for, tenant, scope)
-            keyed.append((f"{len(s.id)}:{s.id}:{subject}", s, subject))
-        keyed.sort(key=lambda k: k[0])  # one lock order everywhere
-        keys = tuple(RateKey(k, s.count, s.period_us, s.burst)  # type: ignore[arg-type]
-                     for k, s, _ in keyed)
+            prefix, calls, period_us, burst = self._params[s.id]
+            keyed = [(prefix, s, subject)]
+            keys: tuple[RateKey, ...] = (
+                _new_key(RateKey, (prefix + subject, calls, period_us, burst)),)
+        else:
+            keyed = []
+            for s in specs:
+                subject = self._subject(s.subject, principal, acting_for, tenant, scope)
+                keyed.append((self._params[s.id][0] + subject, s, subject))
+            keyed.sort(key=lambda k: k[0])  # one lock order everywhere
+            keys = tuple(RateKey(k, s.count, s.period_us, s.burst)  # type: ignore[arg-type]
+                         for k, s, _ in keyed)
         now_us = None if self.clock is None else round(self.clock() * 1_000_000)
         rate_admit = getattr(self.store, "rate_admit", None)
         if rate_admit is None:
@@ -343,6 +359,9 @@ class RateLimiter:
         return scope_path(kind, principal, values)
 
 
+_REST = (0, 0)
+
+
 class MemoryRates:
     """GCRA state in a dict under the caller's lock (the memory and SQLite-less paths):
     ``admit`` is :func:`gcra` over every key, all or nothing."""
@@ -355,6 +374,17 @@ class MemoryRates:
 
     def admit(self, keys: tuple[RateKey, ...], now_us: int, consume: bool) -> RateOutcome:
         tats = self._tats
+        if len(keys) == 1:  # the common case, without the lists
+            key, count, period_us, burst = keys[0]
+            u, f = tats.get(key, _REST)
+            ok, u, f, wait = gcra(u, f, now_us, count, period_us, burst)
+            if not ok:
+                return _new_key(RateOutcome, (False, 0, wait, now_us))
+            if consume:
+                tats[key] = (u, f)
+                if len(tats) > self._due:
+                    self._prune(now_us)
+            return _new_key(RateOutcome, (True, -1, 0, now_us))
         new: list[tuple[str, int, int]] = []
         worst, index = 0, -1
         for i, (key, count, period_us, burst) in enumerate(keys):
@@ -370,11 +400,16 @@ class MemoryRates:
         if consume:
             for key, u, f in new:
                 tats[key] = (u, f)
-            if len(tats) > self._due:  # forget keys at rest (their TAT has passed)
-                for key in [k for k, (u, _f) in tats.items() if u < now_us]:
-                    del tats[key]
-                self._due = 2 * len(tats) + 4096
+            if len(tats) > self._due:
+                self._prune(now_us)
         return RateOutcome(True, -1, 0, now_us)
+
+    def _prune(self, now_us: int) -> None:
+        """Forget keys at rest (their TAT has passed: forgetting changes nothing)."""
+        tats = self._tats
+        for key in [k for k, (u, _f) in tats.items() if u < now_us]:
+            del tats[key]
+        self._due = 2 * len(tats) + 4096
 
 
 def now_micros() -> int:

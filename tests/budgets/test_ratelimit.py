@@ -339,6 +339,24 @@ def test_the_authorize_wire_keeps_the_retry_after() -> None:
     assert sent[2]["rateLimit"]["rateLimit"] == "default.calls"
 
 
+def test_memory_keys_at_rest_are_forgotten() -> None:
+    store: Any = open_store("memory", Path("."), SharedStores())
+    for i in range(5000):
+        assert store.rate_admit((RateKey(f"k{i}", 1, 1_000_000, 1),), T0, True).ok
+    assert not store.rate_admit((RateKey("k1", 1, 1_000_000, 1),), T0, True).ok
+    tats = store._rates._tats
+    # New keys a second later: the map is swept once it has doubled, and the sweep drops
+    # exactly the keys at rest (every k*), keeping the live ones.
+    n = 0
+    while "k0" in tats and n < 30_000:
+        assert store.rate_admit((RateKey(f"n{n}", 1, 1_000_000, 1),), T0 + 2_000_000, True).ok
+        n += 1
+    assert "k0" not in tats and len(tats) == n
+    assert all(key.startswith("n") for key in tats)
+    # forgetting changed nothing: k1 admits as from rest
+    assert store.rate_admit((RateKey("k1", 1, 1_000_000, 1),), T0 + 2_000_000, True).ok
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_keys_at_rest_are_forgotten(kind: str, tmp_path: Path,
                                     shared_stores: SharedStores) -> None:
