@@ -270,7 +270,7 @@ exprs = st.recursive(atoms, lambda inner: st.one_of(
     st.builds(lambda a, b: f"({a} and {b})", inner, inner),
     st.builds(lambda a, b: f"({a} or {b})", inner, inner),
     st.builds(lambda a: f"not ({a})", inner)), max_leaves=4)
-rules = st.lists(st.tuples(st.sampled_from(["permit", "forbid"]),
+rules = st.lists(st.tuples(st.sampled_from(["permit", "forbid", "approval"]),
                            st.sampled_from(["pay:*", "pay:x", "pay:y", "*"]), exprs),
                  min_size=1, max_size=4)
 SAMPLE_VALUES = [None, 0, 1, 2, 2.5, 3, 4, 5, "x", "y", "z", True]
@@ -296,6 +296,14 @@ def test_never_applying_permits_never_apply(rs: list[tuple[str, str, str]],
             and f.rule.startswith("default.r") and rs[int(f.rule[9:])][0] == "permit"}
     never = {f.rule for f in analyze(engine).findings if f.code == "W301"
              and rs[int(f.rule[9:])][0] == "permit"}
+    for f in analyze(engine).findings:  # every counterexample shows what its finding says
+        if f.counterexample is not None:
+            c = f.counterexample
+            x = engine.explain(c["principal"], c["permission"], c["context"])
+            row = next(e for e in x.rules if e["rule"] == f.rule)
+            assert row["result"] == "applies"
+            assert x.decision.status == {"W302": "denied", "W305": "pending_approval"}[f.code]
+            assert set(f.related) & set(x.decision.rules)
     for perm, ctx in requests:
         x = engine.explain("bot", perm, ctx)
         if x.decision.allowed:
