@@ -28,6 +28,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from policyengine.decide._runtime import Principal, build_many
@@ -222,6 +223,7 @@ class _Err:
 
 
 ERR = _Err()
+_MISSING = object()
 #: What folding gives: known true or false, a known evaluation error, or a residual.
 Folded = Union[bool, _Err, ast.Expr]  # noqa: UP007 - a runtime alias on Python 3.10
 
@@ -284,6 +286,32 @@ class _Folder:
             return _disj([self.fold(i, rule) for i in e.items], e.items)
         if self.known(e):
             return self._evaluate(e, rule)
+        return self._substitute(e)
+
+    def _substitute(self, e: ast.Expr) -> ast.Expr:
+        """``e`` with what the policy knows of the principal written in: its id and the
+        string, number and boolean attributes it has, as literals (``context.owner ==
+        principal.id`` -> ``context.owner == "bot"``). Compared the same way either way;
+        a missing attribute stays a path (it fails to evaluate, as before)."""
+        if isinstance(e, ast.Path):
+            if e.root != "principal":
+                return e
+            who = self.subject.principal
+            head = e.segments[0]
+            if head == "id" and self.subject.id_known and len(e.segments) == 1:
+                return ast.Literal(who.id)
+            if head == "attributes" and self.subject.attrs_known and len(e.segments) == 2:
+                value = who.attributes.get(e.segments[1], _MISSING)
+                if type(value) in (str, int, bool, Decimal):
+                    return ast.Literal(value)
+            return e
+        if isinstance(e, ast.Compare):
+            return ast.Compare(e.op, self._substitute(e.left), self._substitute(e.right))
+        if isinstance(e, ast.In):
+            return ast.In(self._substitute(e.item), self._substitute(e.collection),
+                          e.negated)
+        if isinstance(e, ast.Call) and e.name != "has":
+            return ast.Call(e.name, tuple(self._substitute(a) for a in e.args))
         return e
 
     def _evaluate(self, e: ast.Expr, rule: CompiledRule) -> Folded:

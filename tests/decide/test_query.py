@@ -284,3 +284,14 @@ def test_filter_tools_takes_any_tool_list_without_crashing() -> None:
     got = e.filter_tools("bot", odd)
     assert got.kept == (odd[-1],)
     assert [t.callable for t in got.tools] == [False] * 8 + [True]
+
+
+def test_what_is_known_of_the_principal_is_written_into_the_residual() -> None:
+    e = pe.Engine.from_source(
+        'role r: a:*\nagent "bot": r { tier = "gold", n = 3 }\n'
+        'permit p: b:x for agent "bot" when context.owner == principal.id and '
+        "context.level < principal.attributes.n and principal.attributes.zz == context.q")
+    # zz is no attribute of bot: it stays a path, which fails to evaluate as it did
+    assert lines(e.permissions_of("bot")) == [
+        "allowed a:*", 'allowed b:x when context.owner == "bot" and context.level < 3 '
+        "and principal.attributes.zz == context.q"]

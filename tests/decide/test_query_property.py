@@ -24,24 +24,35 @@ CONDITIONS = [
     'has(principal.attributes.tier) and principal.attributes.tier == "gold"',
     'principal.id == "a1"', '"r1" in principal.roles', "context.flag",
     "not context.flag and context.n > 0", "amount > 200 EUR", "grant.delegated",
+    'context.s != principal.id', 'startswith(principal.id, context.s)',
+    "has(principal.attributes.tier) and context.s == principal.attributes.tier",
 ]
 SCOPES = ["", " for role r1", " for role r2", ' for agent "a2"', " for role r1, role r2"]
 AGENTS = {"a1": ("r1", "gold"), "a2": ("r2", "silver"), "a3": ("r1, r2", "gold"),
           "a4": ("r2", None)}
 PRINCIPALS = [*AGENTS, "stranger"]
 
+#: Conditions that compare a request's value with the principal's: the answer writes the
+#: principal's id or attribute in as a literal.
+MIXED = ['context.s != principal.id', 'context.s == principal.id',
+         'startswith(context.s, principal.id)',
+         "has(principal.attributes.tier) and context.s == principal.attributes.tier"]
+
 patterns = st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=2, unique=True)
-conditions = st.lists(st.tuples(st.sampled_from(["when", "unless"]),
-                                st.sampled_from(CONDITIONS)), max_size=2)
+
+
+def _conditions(pool: list[str]) -> Any:
+    return st.lists(st.tuples(st.sampled_from(["when", "unless"]), st.sampled_from(pool)),
+                    max_size=2)
 
 
 @st.composite
-def rules(draw: Any, n: int) -> str:
+def rules(draw: Any, n: int, pool: list[str] = CONDITIONS) -> str:
     kind = draw(st.sampled_from(["permit", "permit", "forbid", "approval", "limit",
                                  "approval_over"]))
     pats = ", ".join(draw(patterns))
     scope = draw(st.sampled_from(SCOPES))
-    conds = "".join(f" {k} {c}" for k, c in draw(conditions))
+    conds = "".join(f" {k} {c}" for k, c in draw(_conditions(pool)))
     if kind == "limit":
         return f"limit r{n}: {pats} amount <= 300 EUR{scope}{conds}"
     if kind == "approval_over":
@@ -58,15 +69,16 @@ def _agents() -> str:
 
 
 @st.composite
-def policies(draw: Any) -> str:
+def policies(draw: Any, pool: list[str] = CONDITIONS) -> str:
     r1 = ", ".join(draw(patterns))
     r2 = ", ".join(draw(patterns))
-    body = [draw(rules(i)) for i in range(draw(st.integers(0, 6)))]
+    body = [draw(rules(i, pool)) for i in range(draw(st.integers(0, 6)))]
     return "\n".join(["currency EUR", f"role r1: {r1}", f"role r2: {r2}", _agents(), *body])
 
 
 contexts = st.fixed_dictionaries({
-    "n": st.integers(0, 3), "s": st.sampled_from(["u", "v", "w"]), "flag": st.booleans(),
+    "n": st.integers(0, 3), "s": st.sampled_from(["u", "v", "a", "gold", "a1"]),
+    "flag": st.booleans(),
     "amount": st.sampled_from(["100", "250", "400"]), "currency": st.just("EUR")})
 
 _HARNESS_HEAD = "currency EUR\nrole r1: zzz:zzz\nrole r2: zzz:zzz\n" + _agents() + "\n"
@@ -103,6 +115,17 @@ def _predicted(answer: pe.Permissions, principal: str, permission: str,
 @given(policies(), st.lists(contexts, min_size=1, max_size=3))
 def test_permissions_of_agrees_with_authorize(source: str, ctxs: list[dict[str, Any]]
                                               ) -> None:
+    _agrees(source, ctxs)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policies(MIXED), st.lists(contexts, min_size=2, max_size=3))
+def test_what_is_known_of_the_principal_is_written_in(source: str,
+                                                      ctxs: list[dict[str, Any]]) -> None:
+    _agrees(source, ctxs)
+
+
+def _agrees(source: str, ctxs: list[dict[str, Any]]) -> None:
     engine = pe.Engine.from_source(source)
     residuals = _Residuals()
     for principal in PRINCIPALS:
@@ -165,3 +188,22 @@ def test_a_role_answer_speaks_for_an_agent_holding_only_that_role(
                 want = engine.authorize(agent, permission, ctx).status
                 got = _predicted(answer, agent, permission, ctx, residuals)
                 assert got == want, (agent, role, permission, ctx, source, str(answer))
+
+
+KNOWN_PRINCIPAL = "\n".join([
+    "currency EUR", "role r1: zz:zz", "role r2: zz:zz", _agents(),
+    "permit m1: x:a when context.s == principal.id",
+    "permit m2: x:b unless context.s != principal.id or context.n > 2",
+    "forbid m3: x:b when startswith(context.s, principal.id) and context.flag",
+    "permit m4: y:a when has(principal.attributes.tier) and "
+    "context.s == principal.attributes.tier",
+    "approval m5: y:a when context.s == principal.id",
+    "permit m6: z", "forbid m7: z when context.s != principal.id and context.n > 1",
+])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(contexts, min_size=1, max_size=3))
+def test_the_principal_written_into_residuals_decides_as_authorize(
+        ctxs: list[dict[str, Any]]) -> None:
+    _agrees(KNOWN_PRINCIPAL, ctxs)
