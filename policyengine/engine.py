@@ -314,9 +314,10 @@ class Engine:
             from policyengine.audit._ops import LoggedLedger
             return LoggedLedger(policy.budgets, self._budget_store, clock=self._clock,
                                 budget_rates=policy.budget_rates, log=self.decision_log,
-                                view=self._current_view)
+                                view=self._current_view, shadow=policy.shadow_budgets)
         return Ledger(policy.budgets, self._budget_store, clock=self._clock,
-                      budget_rates=policy.budget_rates, prices=policy.prices)
+                      budget_rates=policy.budget_rates, prices=policy.prices,
+                      shadow=policy.shadow_budgets)
 
     def _limiter(self, policy: CompiledPolicy) -> Any:
         """The policy's rate limits over the budget store (its state, like spend,

@@ -35,8 +35,9 @@ name (or is taken as a literal id).
 Two ops run the whole decision pipeline of the engine the factory built (it may return
 the ``Engine`` rather than its ledger): ``authorize`` (``principal``, ``permission``,
 ``context``; ``expect`` matches ``Decision.to_wire()``: ``reasonCode``, ``rateLimit``
-with ``retryAfterMs`` ...) and ``explain`` (the same, counting nothing): rate limits and
-their order with budgets are pinned this way.
+with ``retryAfterMs`` ...; ``"shadow": null`` means no ``shadow`` key) and ``explain``
+(the same, counting nothing): rate limits and their order with budgets, and what shadow
+budgets hold, are pinned this way.
 
 ``expect`` is matched as a subset of the step's wire result (``Reservation.to_wire()``,
 ``BudgetCheck.to_wire()`` for ``check`` and ``admit``, or ``{"balances":
@@ -185,7 +186,12 @@ def _decide(engine: Any, step: Mapping[str, Any]) -> str | None:
     else:
         decision = engine.authorize(args["principal"], args["permission"],
                                     args.get("context")).to_wire()
-    return _subset(dict(step.get("expect", {})), decision, "decision")
+    want = dict(step.get("expect", {}))
+    if "shadow" in want and want["shadow"] is None:  # no `mode warn` outcome: no key
+        del want["shadow"]
+        if "shadow" in decision:
+            return f"decision: expected no shadow, got {decision['shadow']}"
+    return _subset(want, decision, "decision")
 
 
 def _run_step(

@@ -227,13 +227,15 @@ class Reservation:
     that returned it). ``lines`` holds one :class:`ReservationLine` per budget charged.
     """
 
-    __slots__ = ("_meta", "_record", "status")
+    __slots__ = ("_hidden", "_meta", "_record", "status")
 
     def __init__(
-        self, record: ReservationRecord, meta: dict[str, tuple[str, int]], now: float
+        self, record: ReservationRecord, meta: dict[str, tuple[str, int]], now: float,
+        hidden: frozenset[str] = frozenset(),
     ) -> None:
         self._record = record
         self._meta = meta  # budget id -> (unit, scale)
+        self._hidden = hidden  # shadow budgets' ids: their lines are not shown
         status = record.status
         if status == ACTIVE and record.expires_at <= now:
             status = "expired"
@@ -321,7 +323,10 @@ class Reservation:
     def lines(self) -> tuple[ReservationLine, ...]:
         rec = self._record
         out = []
+        hidden = self._hidden
         for i, line in enumerate(rec.lines):
+            if hidden and line.budget in hidden:
+                continue  # a shadow budget's line: what it would have held, not shown
             unit, scale = self._meta.get(line.budget, ("", 0))
             committed = None if rec.committed is None else _dec(rec.committed[i], scale)
             out.append(
@@ -787,6 +792,7 @@ class Ledger:
         *,
         budget_rates: Mapping[str, RateSource | None] | None = None,
         prices: PriceTable | None = None,
+        shadow: Iterable[BudgetSpec] = (),
     ) -> None:
         self.specs: tuple[BudgetSpec, ...] = tuple(specs)
         #: The LLM price table (``price`` statements) that ``usage=`` spends are priced with.
@@ -832,6 +838,18 @@ class Ledger:
         #: (amount object, unit, its value, its quanta) of the last exact Decimal
         #: :meth:`admission` took as it is; held, so the object's id is not reused.
         self._last_amount: tuple[Any, str | None, Decimal, int] = (None, None, _ZERO_D, 0)
+        #: The shadow budgets (``mode warn`` / ``mode log``): every reserve, record and
+        #: commit also charges their own buckets, never guarded (they refuse nothing), so
+        #: they hold what would have been spent; None without any.
+        self._shadow: Ledger | None = None
+        self._hidden: frozenset[str] = frozenset()
+        shadow_specs = tuple(shadow)
+        if shadow_specs:
+            self._shadow = Ledger(shadow_specs, self.store, rates, self.clock,
+                                  budget_rates=budget_rates, prices=prices)
+            self._hidden = frozenset(s.id for s in shadow_specs)
+            if self._hidden & self._by_id.keys():
+                raise BudgetInputError("invalid_budget", "budget ids must be unique")
 
     # -- public operations ---------------------------------------------------------------
 
@@ -1082,10 +1100,13 @@ class Ledger:
             True, scope
         )
         skey = self._scope_key(scope)
+        shadow = (() if self._shadow is None else self._shadow_lines(
+            principal, permission, _spend(amount, usage), currency, acting_for, tenant, now,
+            scope))
         record = _new(ReservationRecord, (
             _new_id(), ACTIVE, principal, permission, unit, str(value), acting_for, tenant,
-            now, now + ttl_s + grace_s, tuple(lines), None, None, None, None, grace_s,
-            priced, False, over, note,
+            now, now + ttl_s + grace_s, tuple(lines) + shadow, None, None, None, None,
+            grace_s, priced, False, over, note,
         ))
         guards = []
         for line, b, bucket in zip(lines, budgets, buckets, strict=True):
@@ -1106,7 +1127,7 @@ class Ledger:
             _new(Transaction, (tuple(guards), None, record, None, None, (), idem)), now
         )
         if outcome.ok:
-            return Reservation(record, self._meta, now)
+            return self._view(record, now)
         return self._failed(outcome, lines, budgets, idem, now, "budget_exceeded")
 
     def record(
@@ -1137,13 +1158,18 @@ class Ledger:
             principal, permission, _spend(amount, usage), currency, acting_for, tenant, now,
             True, scope
         )
+        shadow = (() if self._shadow is None else self._shadow_lines(
+            principal, permission, _spend(amount, usage), currency, acting_for, tenant, now,
+            scope))
         record = ReservationRecord(
             _new_id(), COMMITTED, principal, permission, unit,
-            str(value), acting_for, tenant, now, now, tuple(lines),
-            tuple(line.amount for line in lines), str(value), unit, now, 0.0, priced,
+            str(value), acting_for, tenant, now, now, tuple(lines) + shadow,
+            tuple(line.amount for line in lines) + tuple(ln.amount for ln in shadow),
+            str(value), unit, now, 0.0, priced,
         )
         if over == "allow_if_available":
-            return self._record_capped(record, lines, budgets, buckets, key, fingerprint_of(
+            return self._record_capped(record, lines, shadow, budgets, buckets, key,
+                                       fingerprint_of(
                 "record", principal, permission, unit, value, over, acting_for, tenant,
                 self._scope_key(scope), priced, lines), now)
         if over == "allow_with_overdraft":
@@ -1158,7 +1184,7 @@ class Ledger:
             )
         spends = tuple(
             Spend(line.budget, line.subject, line.window, line.rolling, line.amount)
-            for line in lines
+            for line in record.lines
         )
         idem = None
         if key is not None:
@@ -1245,7 +1271,14 @@ class Ledger:
         guard_lines: list[tuple[Line, _Budget | None]] = []
         over_lines: list[tuple[int, Line, _Budget]] = []
         same_unit = unit == rec.unit
+        hidden = self._hidden
         for line in rec.lines:
+            if hidden and line.budget in hidden:  # a shadow budget: charged, never guarded
+                actual = self._shadow_actual(rec, line, value, unit, tokens, now)
+                actuals.append(actual)
+                spends.append(_new(Spend, (line.budget, line.subject, line.window,
+                                           line.rolling, actual)))
+                continue
             budget = self._by_id.get(line.budget)
             if line.counts_call:
                 actual = line.amount  # the call happened; its count is the reservation's
@@ -1297,7 +1330,7 @@ class Ledger:
             now,
         )
         if outcome.ok:
-            return Reservation(final, self._meta, now)
+            return self._view(final, now)
         code = "overdraft_limit_exceeded" if over == "allow_with_overdraft" else "budget_exceeded"
         lines = [gl[0] for gl in guard_lines]
         budgets = [gl[1] for gl in guard_lines]
@@ -1305,8 +1338,9 @@ class Ledger:
                             [g.add for g in guards])
 
     def _record_capped(self, record: ReservationRecord, lines: list[Line],
-                       budgets: list[_Budget], buckets: list[Bucket], key: str | None,
-                       fingerprint: str, now: float) -> Reservation:
+                       shadow: tuple[Line, ...], budgets: list[_Budget],
+                       buckets: list[Bucket], key: str | None, fingerprint: str, now: float
+                       ) -> Reservation:
         """``record(..., overage="allow_if_available")``: each budget is charged at most
         what it has available (nothing once it is spent), never refused for want of
         budget; ``capped`` when less than the amount. Races as in :meth:`_commit_capped`;
@@ -1327,9 +1361,12 @@ class Ledger:
                     charged[i] = min(wanted[i], max(0, b.limit - use.spent - use.reserved))
                     if charged[i]:
                         guards.append(Guard(bucket, charged[i], b.limit, None))
-            final = record._replace(committed=tuple(charged), capped=charged != wanted)
+            # a shadow line is charged the whole amount: it is never short of room
+            final = record._replace(
+                committed=tuple(charged) + tuple(ln.amount for ln in shadow),
+                capped=charged != wanted)
             spends = tuple(Spend(ln.budget, ln.subject, ln.window, ln.rolling, q)
-                           for ln, q in zip(lines, charged, strict=True))
+                           for ln, q in zip(record.lines, final.committed or (), strict=True))
             if key is not None:
                 idem = IdempotencyRecord("record:" + key, fingerprint, final,
                                          now + IDEMPOTENCY_RETENTION)
@@ -1383,7 +1420,7 @@ class Ledger:
                 _new(Transaction, (tuple(guards), rec.id, None, final, None, spends, idem)),
                 now)
             if outcome.ok:
-                return Reservation(final, self._meta, now)
+                return self._view(final, now)
             if outcome.reason not in ("guard", "debt"):
                 break
         return self._failed(outcome, [], [], idem, now, "budget_exceeded")
@@ -1653,8 +1690,38 @@ class Ledger:
             out.append(value)
         return tuple(out)
 
+    def _shadow_lines(self, principal: str, permission: str, amount: object,
+                      currency: str | None, acting_for: str | None, tenant: str | None,
+                      now: float, scope: Mapping[str, str | None] | None
+                      ) -> tuple[Line, ...]:
+        """What this spend charges to each shadow budget covering it, as an enforced
+        budget of the same definition would be charged; none for a shadow budget that
+        could not count it (its own check at ``authorize`` reports that error)."""
+        assert self._shadow is not None
+        try:
+            lines = self._shadow._plan(principal, permission, amount, currency, acting_for,
+                                       tenant, now, True, scope)[2]
+        except Exception:  # a shadow budget never fails a spend
+            return ()
+        return tuple(lines)
+
+    def _shadow_actual(self, rec: ReservationRecord, line: Line, value: Decimal,
+                       unit: str | None, tokens: int, now: float) -> int:
+        """What a commit charges to a shadow budget's line (as to an enforced one, over
+        its hold or not); the hold itself when the shadow budget cannot count it."""
+        shadow = self._shadow
+        budget = None if shadow is None else shadow._by_id.get(line.budget)
+        if shadow is None or budget is None or line.counts_call:
+            return line.amount
+        if tokens >= 0 and budget.unit == "tokens":
+            return tokens
+        try:
+            return shadow._commit_amount(rec, line, budget, value, unit, now)
+        except Exception:  # a shadow budget never fails a commit
+            return line.amount
+
     def _view(self, record: ReservationRecord, now: float) -> Reservation:
-        return Reservation(record, self._meta, now)
+        return Reservation(record, self._meta, now, self._hidden)
 
     @staticmethod
     def _overage(overage: object) -> str:

@@ -222,7 +222,8 @@ class CompiledPolicy:
     tz: str
     tools: Any = None  # a CompiledTools (tool governance)
     budgets: tuple[Any, ...] = ()  # BudgetSpec
-    #: Shadow budgets (``mode warn`` / ``mode log``): BudgetSpec, never charged or enforced;
+    #: Shadow budgets (``mode warn`` / ``mode log``): BudgetSpec, charged beside the
+    #: enforced ones by ``engine.budgets`` but never enforced;
     #: ``shadow_modes`` gives each one's mode by id.
     shadow_budgets: tuple[Any, ...] = ()
     shadow_modes: dict[str, str] = field(default_factory=dict)

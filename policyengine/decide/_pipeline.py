@@ -118,7 +118,8 @@ class Pipeline:
         #: Per token, its grant and the ``grant.*`` view of it (read-only, like
         #: NOT_DELEGATED): made once per verified grant, not on every request.
         self._views: dict[str, tuple[Any, dict[str, Any]]] = {}
-        #: The shadow budgets over the same store: asked, never charged (None without any).
+        #: The shadow budgets over the same store, asked read-only here (``engine.budgets``
+        #: charges them beside the enforced ones); None without any.
         self.shadow_ledger: Any = None
         if policy.shadow_budgets:
             from policyengine.budgets import Ledger
@@ -395,9 +396,10 @@ class Pipeline:
                         req: RequestState, acting_for: str | None
                         ) -> tuple[ShadowOutcome, ...]:
         """What the shadow budgets would have said: the same admission question as the
-        budgets step, asked of the shadow budgets' own balances in the store (read only:
-        nothing is reserved or recorded). An outcome for the one that would refuse (or
-        for an error, which would have denied), none when every one would admit."""
+        budgets step, asked of the shadow budgets' own balances in the store (read only
+        here; what ``engine.budgets`` reserved and spent is in them). An outcome for the
+        one that would refuse (or for an error, which would have denied), none when every
+        one would admit."""
         ledger = self.shadow_ledger
         try:
             code, usage = _admission(ledger, principal, permission, context, req, acting_for)

@@ -100,38 +100,63 @@ def test_shadow_and_enforced_rules_with_the_same_shape_differ_only_by_mode() -> 
         "allowed", enforced.status, enforced.code)
 
 
-def test_shadow_budget_checks_without_spending() -> None:
-    store = MemoryStore()
-    e = engine("budget real: llm:* limit 100 EUR per day\n"
-               "budget trial: llm:* limit 50 EUR per day mode warn", budget_store=store)
-    small = pay(e, "40", "llm:call")
-    assert small.status == "allowed" and small.shadow == ()
-    big = pay(e, "60", "llm:call")
-    assert big.status == "allowed"
-    assert big.shadow == (ShadowOutcome("default.trial", "budget", "warn", "denied",
-                                        "budget_exceeded"),)
-    assert big.budget is not None and big.budget.budget == "default.real"
-    # spend recorded through engine.budgets charges the enforced budget only
-    e.budgets.record("bot", "llm:call", "30", "EUR")
-    assert [b.budget for b in e.budgets.balances("bot")] == ["default.real"]
-    # the shadow budget's own balance in the store: asked, never reserved
-    assert pay(e, "45", "llm:call").shadow == ()
+def _trial_balance(store: Any, limit: int | str = 100) -> tuple[Decimal, Decimal]:
+    """The shadow budget's own bucket, read through a ledger holding its spec."""
     from policyengine.budgets import BudgetSpec, Ledger
-    trial = Ledger([BudgetSpec("default.trial", ("llm:*",), Decimal(50), "EUR", "day")],
+    trial = Ledger([BudgetSpec("default.trial", ("llm:*",), Decimal(limit), "EUR", "day")],
                    store)
     (balance,) = trial.balances("bot")
-    assert (balance.spent, balance.reserved) == (0, 0)
+    return balance.spent, balance.reserved
 
 
-def test_shadow_budget_counts_what_was_recorded_against_it() -> None:
-    from policyengine.budgets import BudgetSpec, Ledger
+def test_shadow_budget_counts_the_spend_and_never_refuses() -> None:
     store = MemoryStore()
-    e = engine("budget trial: llm:* limit 50 EUR per day mode log", budget_store=store)
-    assert pay(e, "30", "llm:call").shadow == ()
-    spec = BudgetSpec("default.trial", ("llm:*",), Decimal(50), "EUR", "day")
-    Ledger([spec], store).record("bot", "llm:call", "30", "EUR")
-    assert pay(e, "30", "llm:call").shadow == (ShadowOutcome(
+    e = engine("budget real: llm:* limit 1000 EUR per day\n"
+               "budget trial: llm:* limit 100 EUR per day mode warn", budget_store=store)
+    warned = ShadowOutcome("default.trial", "budget", "warn", "denied", "budget_exceeded")
+    seen = []
+    for _ in range(3):
+        d = pay(e, "40", "llm:call")
+        assert (d.status, d.code) == ("allowed", "permitted")
+        assert d.budget is not None and d.budget.budget == "default.real"
+        seen.append(d.shadow)
+        e.budgets.record("bot", "llm:call", "40", "EUR")
+    # 0 + 40 and 40 + 40 fit in 100; 80 + 40 would not have
+    assert seen == [(), (), (warned,)]
+    assert _trial_balance(store) == (Decimal(120), Decimal(0))
+    # the enforced budget alone is listed, and charged the same 120
+    assert [(b.budget, b.spent) for b in e.budgets.balances("bot")] == [
+        ("default.real", Decimal(120))]
+
+
+def test_shadow_only_budget_is_charged_by_reservations() -> None:
+    store = MemoryStore()
+    e = engine("budget trial: llm:* limit 100 EUR per day mode log", budget_store=store)
+    r = e.budgets.reserve("bot", "llm:call", "70", "EUR")
+    assert r.lines == () and r.to_wire()["lines"] == []
+    assert _trial_balance(store) == (Decimal(0), Decimal(70))
+    assert pay(e, "40", "llm:call").shadow == (ShadowOutcome(
         "default.trial", "budget", "log", "denied", "budget_exceeded"),)
+    e.budgets.release(r.id)  # the hold is given back
+    assert _trial_balance(store) == (Decimal(0), Decimal(0))
+    assert pay(e, "40", "llm:call").shadow == ()
+    r = e.budgets.reserve("bot", "llm:call", "70", "EUR")
+    e.budgets.commit(r.id, "25")  # the commit's amount is what it spends
+    assert _trial_balance(store) == (Decimal(25), Decimal(0))
+
+
+def test_a_refused_request_charges_no_shadow_budget() -> None:
+    store = MemoryStore()
+    e = engine("budget real: llm:* limit 50 EUR per day\n"
+               "budget trial: llm:* limit 100 EUR per day mode warn", budget_store=store)
+    e.budgets.record("bot", "llm:call", "30", "EUR")
+    d = pay(e, "30", "llm:call")
+    assert (d.status, d.code) == ("denied", "budget_exceeded") and d.shadow == ()
+    with pytest.raises(BudgetError):
+        e.budgets.record("bot", "llm:call", "30", "EUR")
+    with pytest.raises(BudgetError):
+        e.budgets.reserve("bot", "llm:call", "30", "EUR")
+    assert _trial_balance(store) == (Decimal(30), Decimal(0))
 
 
 def test_shadow_budget_not_asked_when_rules_deny() -> None:
@@ -281,3 +306,39 @@ def test_policy_tests_expect_shadow_outcomes_of_both_modes(tmp_path: Any) -> Non
     assert 'got ["default.cap"]' in results[2].message
     (cap,) = [a for a in coverage.amounts.values() if a.rule == "default.cap"]
     assert (cap.counts.get("over"), cap.counts.get("within")) == (2, 1)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["10", "50", "100"]),
+       st.lists(st.tuples(st.sampled_from(["0", "1", "7.5", "20", "40", "99.99"]),
+                          st.sampled_from(["record", "reserve", "release"])),
+                min_size=1, max_size=12))
+def test_shadow_budget_warns_where_the_enforced_one_refuses(
+        limit: str, spends: list[tuple[str, str]]) -> None:
+    """Until the enforced budget first refuses (after which the spends differ: a
+    shadow budget refuses nothing), the shadow budget of the same definition warns on
+    exactly the same requests, and holds exactly what the enforced one holds."""
+    budget = f"budget trial: llm:* limit {limit} EUR per day"
+    enforced = engine(budget + "\n", budget_store=MemoryStore())
+    store = MemoryStore()
+    shadowed = engine(budget + " mode warn\n", budget_store=store)
+    held: list[tuple[Any, Any]] = []
+    for amount, op in spends:
+        a, b = pay(enforced, amount, "llm:call"), pay(shadowed, amount, "llm:call")
+        assert b.status == "allowed"
+        would = [s.code for s in b.shadow]
+        if a.status == "denied":
+            assert would == [a.code]
+            break
+        assert would == []
+        if op == "release" and held:
+            for e, r in zip((enforced, shadowed), held.pop(0)):  # noqa: B905
+                e.budgets.release(r.id)
+        elif op == "reserve":
+            held.append((enforced.budgets.reserve("bot", "llm:call", amount, "EUR"),
+                         shadowed.budgets.reserve("bot", "llm:call", amount, "EUR")))
+        else:
+            for e in (enforced, shadowed):
+                e.budgets.record("bot", "llm:call", amount, "EUR")
+        (real,) = enforced.budgets.balances("bot")
+        assert (real.spent, real.reserved) == _trial_balance(store, limit)
