@@ -228,14 +228,14 @@ class Engine:
             approvals = approvals_from_url(approvals)
         self.approvals: ApprovalStore = (
             approvals or MemoryApprovalStore(clock or time.time))  # type: ignore[assignment]
-        self.keys = keys
+        self._keys = keys
         if revocations is None:
             from policyengine.tokens import MemoryRevocationStore
             revocations = MemoryRevocationStore()
         elif isinstance(revocations, str):  # a URL: memory:, postgresql://, redis://
             from policyengine.tokens import revocations_from_url
             revocations = revocations_from_url(revocations)
-        self.revocations = revocations
+        self._revocations = revocations
         self._verify_options: tuple[Any, ...] | None = None
         self.hmac_key = hmac_key
         if isinstance(budget_store, str):  # a URL: memory:, sqlite:///, postgresql://, redis://
@@ -252,8 +252,41 @@ class Engine:
         self.revision = revision_of(files)
         self._set_log_view()
         self.budgets = self._ledger(self._policy)
-        self._pipeline = Pipeline(self._policy, self.budgets, self.approvals, self._verify,
-                                  clock, self._limiter(self._policy))
+        self._pipeline = self._new_pipeline(self._policy, self.budgets,
+                                            self._limiter(self._policy))
+
+    def _new_pipeline(self, policy: CompiledPolicy, ledger: Any, limiter: Any) -> Pipeline:
+        return Pipeline(policy, ledger, self.approvals, self._verify, self._clock, limiter,
+                        self._revocations)
+
+    def _renew_pipeline(self) -> None:
+        """The same policy, ledger and rate limits in a new pipeline: nothing it kept
+        (verified grants) outlives the keys or revocation store they were verified with."""
+        if hasattr(self, "_pipeline"):
+            self._pipeline = self._new_pipeline(self._policy, self.budgets,
+                                                self._pipeline.limiter)
+
+    @property
+    def keys(self) -> Any:
+        """The :class:`~policyengine.tokens.KeySet` delegation tokens are verified with
+        (None: tokens are refused). Replacing it takes effect on the next request."""
+        return self._keys
+
+    @keys.setter
+    def keys(self, keys: Any) -> None:
+        self._keys = keys
+        self._renew_pipeline()
+
+    @property
+    def revocations(self) -> Any:
+        """The :class:`~policyengine.tokens.RevocationStore` every token check asks.
+        Replacing it takes effect on the next request."""
+        return self._revocations
+
+    @revocations.setter
+    def revocations(self, revocations: Any) -> None:
+        self._revocations = revocations
+        self._renew_pipeline()
 
     def _attach_log(self, decision_log: Any) -> None:
         from policyengine.audit import DecisionLog
@@ -374,8 +407,7 @@ class Engine:
         ledger = self._ledger(policy)  # same store: recorded spend survives a reload
         self.budgets = ledger
         self.warnings += self._config_warnings()
-        self._pipeline = Pipeline(policy, ledger, self.approvals, self._verify, self._clock,
-                                  self._limiter(policy))
+        self._pipeline = self._new_pipeline(policy, ledger, self._limiter(policy))
         if self.decision_log is not None:
             self.decision_log.event("policy.reload", {
                 "status": "ok", "previous_revision": previous}, self._log_view)
@@ -429,8 +461,8 @@ class Engine:
 
     def _verify(self, token: str, policy: CompiledPolicy, now: float | None) -> Any:
         options = self._verify_options
-        if (options is None or options[0] is not policy or options[1] is not self.keys
-                or options[2] is not self.revocations):
+        if (options is None or options[0] is not policy or options[1] is not self._keys
+                or options[2] is not self._revocations):
             options = self._verify_options = self._options(policy)
         (_, keys, revocations, verify, issuer, audience, max_depth, max_ttl, child_max_ttl,
          rates) = options

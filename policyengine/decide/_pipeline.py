@@ -94,20 +94,28 @@ class ToolCall:
 Verify = Callable[[str, CompiledPolicy, "float | None"], Any]
 
 
-#: Tokens whose ``grant.*`` view a pipeline keeps.
-_VIEWS_KEPT = 4096
+#: Tokens whose verified grant a pipeline keeps (with its ``grant.*`` view).
+_HELD_KEPT = 4096
+#: Permissions per kept grant known to be covered by it.
+_COVERED_KEPT = 256
+_NEVER = (float("inf"), float("-inf"), ())  # recheck terms no clock satisfies
 
 
 class Pipeline:
     """One compiled policy with the services a decision needs (ledger, approvals, token
     verification, clock). Immutable: ``Engine.reload`` builds a new pipeline and swaps
-    one reference, so a run sees one policy and its ledger, never a mix."""
+    one reference, so a run sees one policy and its ledger, never a mix.
 
-    __slots__ = ("_views", "approvals", "clock", "ledger", "limiter", "policy", "shadow_ledger",
-                 "shadow_limiter", "verify")
+    ``verify`` must answer with the engine's keys and ``revocations``: the engine builds a
+    new pipeline when either is replaced, because a pipeline keeps verified grants.
+    """
+
+    __slots__ = ("_held", "approvals", "clock", "ledger", "limiter", "policy", "revocations",
+                 "shadow_ledger", "shadow_limiter", "verify")
 
     def __init__(self, policy: CompiledPolicy, ledger: Any, approvals: Any, verify: Verify,
-                 clock: Callable[[], float] | None, limiter: Any = None) -> None:
+                 clock: Callable[[], float] | None, limiter: Any = None,
+                 revocations: Any = None) -> None:
         self.policy = policy
         #: The policy's rate limits (a ``RateLimiter`` over the budget store), or None.
         self.limiter = limiter
@@ -115,9 +123,14 @@ class Pipeline:
         self.approvals = approvals
         self.verify = verify
         self.clock = clock
-        #: Per token, its grant and the ``grant.*`` view of it (read-only, like
-        #: NOT_DELEGATED): made once per verified grant, not on every request.
-        self._views: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self.revocations = revocations
+        #: Per token: (grant, its ``grant.*`` view, lo, hi, ids, permissions it covers).
+        #: The view (read-only, like NOT_DELEGATED) is made once per verified grant. A
+        #: request under a kept grant skips verification but still checks the clock is
+        #: in [lo, hi) and asks ``revocations`` about ``ids`` (``tokens.grants.
+        #: recheck_terms``); any doubt goes the full way (``verify`` again).
+        self._held: dict[str, tuple[Any, dict[str, Any], float, float, tuple[str, ...],
+                                    set[str]]] = {}
         #: The shadow budgets over the same store, asked read-only here (``engine.budgets``
         #: charges them beside the enforced ones); None without any.
         self.shadow_ledger: Any = None
@@ -175,7 +188,25 @@ class Pipeline:
 
         # -- 2. grant
         acting_for = chain = None
-        if token is not None:
+        held = None
+        if token is not None and trace is None and type(token) is str:
+            held = self._held.get(token)
+            if held is not None:  # verified before: the clock and revocations, every time
+                t = time.time() if now is None else now
+                if (held[2] <= t < held[3] and permission in held[5]
+                        and held[0].subject == principal):
+                    try:
+                        if self.revocations.any_revoked(held[4]):
+                            held = None  # verify again: it says so (code revoked)
+                    except Exception:  # the store cannot tell: verify again (its error)
+                        held = None
+                else:
+                    held = None
+        if held is not None:
+            acting_for, chain = held[0].acting_for, held[0].chain
+            if req is not None:  # the rules read grant.* (or the amount)
+                req.grant = held[1]
+        elif token is not None:
             grant, req = self._grant(policy, token, principal, permission, context, req, now)
             if type(grant) is tuple:  # (code, diagnostic, message, grant or None)
                 code, diag, message, found = grant
@@ -186,9 +217,11 @@ class Pipeline:
                 return Decision.denial(code, message, principal, permission, diag,
                                        acting_for, chain)
             acting_for, chain = grant.acting_for, tuple(grant.chain)
-            if req is None:  # the rules may read grant.*
+            view = self._grant_view(grant, permission)
+            if req is None and (plan.uses_amount or trace is not None):
                 req = RequestState(context, policy.default_currency, now)
-            req.grant = self._grant_view(grant)  # grant.* in rules
+            if req is not None:  # the rules read grant.* (or the amount)
+                req.grant = view
             if trace is not None:
                 trace.step("grant", f"ok: acting for {acting_for}")
 
@@ -317,18 +350,31 @@ class Pipeline:
             req = RequestState(context, policy.default_currency, now)
         return self._amount_fits(policy, found, req, now), req
 
-    def _grant_view(self, grant: Any) -> dict[str, Any]:
-        """What ``grant.FIELD`` reads in the rules. Kept per token while the verifier
-        returns the same grant object (its cache); at most :data:`_VIEWS_KEPT` tokens."""
-        found = self._views.get(grant.token)
-        if found is not None and found[0] is grant:
-            return found[1]
-        view = {"delegated": True, "acting_for": grant.acting_for, "depth": grant.depth,
-                "chain": list(grant.chain), "issuer": grant.issuer}
-        if len(self._views) >= _VIEWS_KEPT:
-            self._views.clear()  # a few thousand small dicts, remade on their next use
-        self._views[grant.token] = (grant, view)
-        return view
+    def _grant_view(self, grant: Any, permission: str) -> dict[str, Any]:
+        """What ``grant.FIELD`` reads in the rules, kept with the grant (see ``_held``)
+        while the verifier returns the same grant object; at most :data:`_HELD_KEPT`
+        tokens. ``grant`` was just verified for this request and covers ``permission``."""
+        found = self._held.get(grant.token)
+        if found is None or found[0] is not grant:
+            from policyengine.tokens.grants import recheck_terms
+            view = {"delegated": True, "acting_for": grant.acting_for,
+                    "depth": grant.depth, "chain": list(grant.chain),
+                    "issuer": grant.issuer}
+            terms = recheck_terms(grant) if self.revocations is not None else None
+            if terms is None or grant.capped:  # verified (and its cap checked) every time
+                terms = _NEVER
+            found = (grant, view, *terms, set())
+            held = self._held
+            if len(held) >= _HELD_KEPT:
+                try:  # the oldest goes
+                    del held[next(iter(held))]
+                except (KeyError, RuntimeError, StopIteration):  # a concurrent change
+                    held.clear()
+            held[grant.token] = found
+        covered = found[5]
+        if len(covered) < _COVERED_KEPT:
+            covered.add(permission)
+        return found[1]
 
     def _grant_or_refusal(self, policy: CompiledPolicy, token: Any, principal: str,
                           permission: str, now: float | None) -> Any:

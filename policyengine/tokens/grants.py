@@ -27,6 +27,7 @@ from policyengine.tokens.keys import Key, KeySet
 from policyengine.tokens.revocation import RevocationStore
 
 __all__ = [
+    "DEFAULT_LEEWAY",
     "MAX_DEPTH",
     "MAX_LEEWAY",
     "TYP",
@@ -34,6 +35,7 @@ __all__ = [
     "Hop",
     "attenuate",
     "mint",
+    "recheck_terms",
     "verify",
 ]
 
@@ -43,6 +45,8 @@ TYP = "delegation+jwt"
 MAX_DEPTH = 8
 #: Largest clock-skew allowance ``verify`` accepts, in seconds.
 MAX_LEEWAY = 60
+#: The clock-skew allowance ``verify`` applies when given none, in seconds.
+DEFAULT_LEEWAY = 60
 MAX_PERMISSIONS = 64
 _MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z
 _MAX_NAME = 256
@@ -388,7 +392,7 @@ def _check_link(parent: Hop, parent_token: str, child: Hop, rates: RateSource | 
     if mine is None:
         raise AttenuationError("amount_widened", "the parent has a max_amount; the child must")
     converted = False
-    if mine.currency != cap.currency:
+    if _converts(parent, child):
         if rates is None:
             raise AttenuationError(
                 "amount_unconvertible",
@@ -436,7 +440,7 @@ def verify(
     now: float | None = None,
     issuer: str | None = None,
     audience: str | None = None,
-    leeway: float = 60,
+    leeway: float = DEFAULT_LEEWAY,
     revocations: RevocationStore | None = None,
     rates: RateSource | None = None,
     max_depth: int | None = None,
@@ -546,12 +550,42 @@ def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | 
         issued_at=leaf.issued_at, not_before=leaf.not_before, expires_at=leaf.expires_at,
         capped=any(hop.max_amount is not None for hop in hops),
     )
-    # Children sit inside their parents' windows, so the leaf's bounds are the chain's;
-    # the max/min keep this true even if a future rule relaxed that.
-    nbf = max(h.not_before for h in hops)
-    exp = min(h.expires_at for h in hops)
-    iat = max(h.issued_at for h in hops)
+    nbf, exp, iat = _bounds(hops)
     return grant, nbf, exp, iat, tuple(ids), cacheable
+
+
+def _bounds(hops: Sequence[Hop]) -> tuple[int, int, int]:
+    """(nbf, exp, iat) of a chain: children sit inside their parents' windows, so the
+    leaf's bounds are the chain's; the max/min keep this true even if a future rule
+    relaxed that."""
+    return (max(h.not_before for h in hops), min(h.expires_at for h in hops),
+            max(h.issued_at for h in hops))
+
+
+def _converts(parent: Hop, child: Hop) -> bool:
+    """Does checking ``child``'s cap against ``parent``'s need exchange rates?"""
+    cap, mine = parent.max_amount, child.max_amount
+    return cap is not None and mine is not None and mine.currency != cap.currency
+
+
+def recheck_terms(grant: Grant, leeway: float = DEFAULT_LEEWAY
+                  ) -> tuple[float, float, tuple[str, ...]] | None:
+    """What a caller keeping ``grant`` (returned by :func:`verify` with this ``leeway``)
+    between two verifications of its token must still check on every use, as
+    :func:`verify`'s own cache does: ``(lo, hi, ids)`` -- the clock ``t`` must satisfy
+    ``lo <= t < hi`` (nbf, iat and exp of every hop, with the leeway) and the revocation
+    store must know none of ``ids`` (every hop's ``grant_id`` and ``jti``). When either
+    check fails, verify the token again: it raises the precise error.
+
+    None when the grant must not be kept: its verification converted a hop's cap with
+    exchange rates, so its answer can change while the token does not.
+    """
+    hops = grant.hops
+    if any(_converts(hops[i - 1], hops[i]) for i in range(1, len(hops))):
+        return None
+    nbf, exp, iat = _bounds(hops)
+    ids = tuple(i for hop in hops for i in (hop.grant_id, hop.jti))
+    return max(nbf, iat) - leeway, exp + leeway, ids
 
 
 # --------------------------------------------------------------------------- mint

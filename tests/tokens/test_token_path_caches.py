@@ -6,8 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from policyengine import tokens
 from policyengine.engine import Engine
+from policyengine.money import StaticRates
+from policyengine.tokens.grants import recheck_terms as grant_terms
+
+KEYS = tokens.KeySet.generate()
 
 ISSUER = "https://auth.example"
 POLICY = ('namespace t\ncurrency EUR\nrole r: pay:*, docs:*\nagent "bot": r\n'
@@ -102,3 +109,125 @@ def test_grant_fields_in_rules_follow_each_token() -> None:
         assert engine.authorize("bot", "pay:send", token=ann).allowed
         assert engine.authorize("bot", "pay:send", token=bob).code == "forbidden"
         assert engine.authorize("bot", "pay:send").allowed  # no token: not delegated
+
+
+# ---- a grant kept between requests: the clock, revocations, subject and cap every time ----
+
+def test_revoking_an_ancestor_stops_a_kept_child_token() -> None:
+    keys = tokens.KeySet.generate()
+    engine = Engine.from_source(POLICY + 'agent "sub": r\n', keys=keys)
+    root = mint(keys, ["pay:*"])
+    child = tokens.attenuate(keys, root, agent="sub", permissions=["pay:send"])
+    for _ in range(3):  # verified once, then kept
+        assert engine.authorize("sub", "pay:send", token=child).allowed
+    engine.revoke(engine.verify_token(root).grant_id)
+    decision = engine.authorize("sub", "pay:send", token=child)
+    assert decision.code == "invalid_token"
+    assert decision.diagnostics[0].code == "revoked"
+
+
+class FlakyRevocations(tokens.MemoryRevocationStore):
+    """Answers until ``down`` is set, then fails as a shared store that lost its server
+    for too long does."""
+
+    down = False
+
+    def any_revoked(self, identifiers: object) -> bool:
+        if self.down:
+            raise tokens.TokenError("revocation_unavailable", "cannot reach the server")
+        return super().any_revoked(identifiers)  # type: ignore[arg-type]
+
+
+def test_a_revocation_store_that_cannot_answer_denies_a_kept_token() -> None:
+    keys = tokens.KeySet.generate()
+    store = FlakyRevocations()
+    engine = Engine.from_source(POLICY, keys=keys, revocations=store)
+    token = mint(keys, ["pay:*"])
+    assert engine.authorize("bot", "pay:send", token=token).allowed
+    store.down = True
+    decision = engine.authorize("bot", "pay:send", token=token)
+    assert decision.code == "invalid_token"
+    assert decision.diagnostics[0].code == "revocation_unavailable"
+    store.down = False
+    assert engine.authorize("bot", "pay:send", token=token).allowed
+
+
+def test_a_kept_token_is_still_bound_to_its_holder_and_its_permissions() -> None:
+    keys = tokens.KeySet.generate()
+    engine = Engine.from_source(POLICY + 'agent "other": r\n', keys=keys)
+    token = mint(keys, ["pay:send"])
+    assert engine.authorize("bot", "pay:send", token=token).allowed
+    stolen = engine.authorize("other", "pay:send", token=token)
+    assert (stolen.code, stolen.diagnostics[0].code) == ("invalid_token", "subject_mismatch")
+    assert engine.authorize("bot", "pay:refund", token=token).code == "not_delegated"
+    assert engine.authorize("bot", "pay:send", token=token).allowed
+
+
+def test_a_kept_capped_token_checks_each_amount() -> None:
+    keys = tokens.KeySet.generate()
+    engine = Engine.from_source(POLICY, keys=keys)
+    capped = mint(keys, ["pay:*"], max_amount=("10", "EUR"))
+    for _ in range(3):
+        assert engine.authorize("bot", "pay:send", {"amount": "9", "currency": "EUR"},
+                                token=capped).allowed
+        assert engine.authorize("bot", "pay:send", {"amount": "11", "currency": "EUR"},
+                                token=capped).code == "delegation_amount_exceeded"
+
+
+def test_a_kept_token_answers_to_the_policy_after_a_reload(tmp_path: Path) -> None:
+    keys = tokens.KeySet.generate()
+    path = tmp_path / "p.policy"
+    path.write_text(POLICY)
+    engine = Engine.from_path(path, keys=keys)
+    token = mint(keys, ["pay:*"])
+    assert engine.authorize("bot", "pay:send", token=token).allowed
+    path.write_text(POLICY + "forbid stop: pay:send when grant.delegated\n")
+    engine.reload()
+    assert engine.authorize("bot", "pay:send", token=token).code == "forbidden"
+    assert engine.authorize("bot", "pay:send").allowed
+
+
+@settings(max_examples=40, deadline=None)
+@given(ttl=st.integers(61, 7200), iat_shift=st.integers(0, 600),
+       offset=st.integers(-700, 7900), leeway=st.integers(0, 60))
+def test_recheck_terms_accept_exactly_when_verify_does(ttl: int, iat_shift: int,
+                                                       offset: int, leeway: int) -> None:
+    """What a kept grant is checked against between verifications is what ``verify``
+    accepts by the clock (nbf, iat, exp of every hop), with the same leeway, and names
+    every hop's ids."""
+    keys = KEYS
+    now = 1_767_225_600
+    # valid from ``now`` but issued later: iat and nbf bound the window separately
+    root = tokens.mint(keys, issuer=ISSUER, acting_for="owner", agent="boss",
+                       permissions=["pay:*"], ttl=ttl + 600, now=now + iat_shift,
+                       not_before=now)
+    child = tokens.attenuate(keys, root, agent="bot", permissions=["pay:send"], ttl=ttl,
+                             now=now + iat_shift)
+    child_exp = now + iat_shift + ttl
+    root_grant = tokens.verify(keys, root, now=now + iat_shift)
+    for token, exp in ((root, child_exp + 600), (child, child_exp)):
+        grant = tokens.verify(keys, token, now=now + iat_shift, leeway=leeway)
+        terms = grant_terms(grant, leeway)
+        assert terms is not None
+        lo, hi, ids = terms
+        edges = (now - leeway, now + iat_shift - leeway, exp + leeway)
+        for t in (now + offset, *(edge + d for edge in edges for d in (-1, 0, 1))):
+            try:
+                tokens.verify(keys, token, now=t, leeway=leeway)
+                accepted = True
+            except tokens.TokenError:
+                accepted = False
+            assert accepted == (lo <= t < hi), t
+    assert set(ids) == {grant.grant_id, grant.jti, root_grant.grant_id, root_grant.jti}
+
+
+def test_recheck_terms_refuse_a_grant_whose_caps_were_converted() -> None:
+    rates = StaticRates("EUR", {"USD": "0.92"})
+    root = tokens.mint(KEYS, issuer=ISSUER, acting_for="owner", agent="boss",
+                       permissions=["pay:*"], ttl=3600, max_amount=("100", "EUR"))
+    same = tokens.attenuate(KEYS, root, agent="bot", permissions=["pay:*"],
+                            max_amount=("50", "EUR"))
+    converted = tokens.attenuate(KEYS, root, agent="bot", permissions=["pay:*"],
+                                 max_amount=("50", "USD"), rates=rates)
+    assert grant_terms(tokens.verify(KEYS, same)) is not None
+    assert grant_terms(tokens.verify(KEYS, converted, rates=rates)) is None
