@@ -838,6 +838,9 @@ class Ledger:
         #: (amount object, unit, its value, its quanta) of the last exact Decimal
         #: :meth:`admission` took as it is; held, so the object's id is not reused.
         self._last_amount: tuple[Any, str | None, Decimal, int] = (None, None, _ZERO_D, 0)
+        #: (spent, reserved) of one calendar bucket: the store's own lean read if it has one
+        self._read_one: Callable[[Bucket, float], tuple[int, int]] = getattr(
+            self.store, "usage_one", self._read_one_usage)
         #: The shadow budgets (``mode warn`` / ``mode log``): every reserve, record and
         #: commit also charges their own buckets, never guarded (they refuse nothing), so
         #: they hold what would have been spent; None without any.
@@ -1016,6 +1019,37 @@ class Ledger:
         return code, _budget_usage((b.id, subject, b.unit, None if bucket is None else end,
                                     b.scale, b.limit, use.spent, use.reserved,
                                     amounts[index]))
+
+    def admission_of(self, principal: str, permission: str, amount: object,
+                     unit: str | None) -> tuple[str | None, BudgetUsage | None]:
+        """:meth:`admission` of a request with no ``acting_for``, ``tenant`` or ``scope``
+        (the same answers and errors): the steady state of the common case -- one
+        calendar budget counting the amount in its own unit, asked again with the same
+        parsed amount -- reads one bucket and nothing else."""
+        now = self.clock()
+        found = self._targets_cache.get((permission, unit, principal, None, None, 0))  # type: ignore[arg-type]
+        if found is not None and found[1] <= now < found[2]:
+            targets = found[3]
+            if len(targets) == 1:
+                b, mode, subject, _start, end, bucket = targets[0]
+                last = self._last_amount
+                if (mode == _SAME and bucket is not None and last[0] is amount
+                        and amount is not None and unit is not None
+                        and last[1] == found[0] and last[3] <= MAX_QUANTA):
+                    q = last[3]
+                    spent, reserved = self._read_one(bucket, now)
+                    limit = b.limit
+                    room = limit - spent - reserved
+                    code = ("debt_outstanding" if spent > limit else
+                            "budget_exceeded" if q > room or room <= 0 else None)
+                    return code, _budget_usage((b.id, subject, b.unit, end, b.scale, limit,
+                                                spent, reserved, q))
+        return self.admission(principal, permission, amount, unit)
+
+    def _read_one_usage(self, bucket: Bucket, now: float) -> tuple[int, int]:
+        """(spent, reserved) of one calendar bucket, for stores without ``usage_one``."""
+        use = self.store.usage((bucket,), now)[0]
+        return use[0], use[1]
 
     def _charge(self, b: _Budget, mode: int, value: Decimal, quanta: int, unit: str | None,
                 now: float) -> int:

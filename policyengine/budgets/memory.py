@@ -150,6 +150,15 @@ class MemoryStore:
                 return (_new(Usage, (cell[0], cell[1])) if cell is not None else _UNUSED,)
             return tuple(self._usage(b, None) for b in buckets)
 
+    def usage_one(self, bucket: Bucket, now: float) -> tuple[int, int]:
+        """(spent, reserved) of one calendar bucket: :meth:`usage` of ``(bucket,)``
+        without the tuples (what a budget-checked decision reads)."""
+        with self._lock:
+            if now >= self._due:
+                self._sweep(now)
+            cell = self._cells.get(bucket)
+            return (cell[0], cell[1]) if cell is not None else (0, 0)
+
     def get_reservation(self, reservation_id: str) -> ReservationRecord | None:
         rec = self._records.get(reservation_id)
         if type(rec) is tuple:  # finished: stored frozen

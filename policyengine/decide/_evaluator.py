@@ -36,8 +36,8 @@ from policyengine.money._money import (
 from policyengine.money._rates import RateError
 from policyengine.permissions import InvalidPermission, validate_permission
 
-__all__ = ["Explanation", "RequestState", "RuleFacts", "invalid", "request_problem", "rule_entry",
-           "rule_facts", "rule_table", "shadow_rules"]
+__all__ = ["Explanation", "RequestState", "RuleFacts", "invalid", "read_money",
+           "request_problem", "rule_entry", "rule_facts", "rule_table", "shadow_rules"]
 
 _EMPTY: dict[str, Any] = {}
 #: The grant view of a request made without a delegation token.
@@ -77,9 +77,9 @@ class RequestState:
         parsed = self._parsed
         if parsed is None:
             try:
-                parsed = (parse_request_money(self.context, self.default),)
-            except Exception as exc:  # a hostile context object: an error, never a raise
-                parsed = _error(exc)
+                parsed = (read_money(self.context, self.default),)
+            except EvalError as exc:
+                parsed = exc
             self._parsed = parsed
         if type(parsed) is EvalError:
             raise parsed
@@ -104,6 +104,16 @@ class RequestState:
         if type(a) is EvalError:
             raise a
         return a  # type: ignore[return-value]
+
+
+def read_money(context: dict[str, Any], default: str | None) -> tuple[Decimal, str] | None:
+    """:func:`parse_request_money` for a step that reads the amount once and needs no
+    :class:`RequestState`: (amount, currency) or None; raises only :class:`EvalError`
+    (a hostile context object's failure too)."""
+    try:
+        return parse_request_money(context, default)
+    except Exception as exc:
+        raise _error(exc) from None
 
 
 _INVALID_AMOUNT_CODES = frozenset({

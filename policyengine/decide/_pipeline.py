@@ -42,6 +42,7 @@ from policyengine.decide._compiled import CompiledPolicy, EvalError
 from policyengine.decide._evaluator import (
     RequestState,
     RuleFacts,
+    read_money,
     request_problem,
     rule_facts,
     rule_table,
@@ -245,8 +246,6 @@ class Pipeline:
                 shadow += self._shadow_budgets(principal, permission, context, req,
                                                acting_for)
             if policy.budgets and policy.budgeted(permission):
-                if req is None:
-                    req = RequestState(context, policy.default_currency, now)
                 refused, budget = self._budgets(principal, permission, context, req,
                                                 acting_for, facts)
                 if refused is not None:
@@ -413,14 +412,14 @@ class Pipeline:
         return grant
 
     def _budgets(self, principal: str, permission: str, context: dict[str, Any],
-                 req: RequestState, acting_for: str | None, facts: RuleFacts
+                 req: RequestState | None, acting_for: str | None, facts: RuleFacts
                  ) -> tuple[RuleFacts | None, Any]:
         """Would this request fit every budget covering it? Read-only (spend is
         reserved or recorded through ``engine.budgets``). Returns (denied facts or None,
         the refusing or tightest budget)."""
         try:
             code, usage = _admission(self.ledger, principal, permission, context, req,
-                                     acting_for)
+                                     acting_for, self.policy.default_currency)
         except EvalError as err:
             return _overruled(facts, err.code, f"budget check failed: {err.message}"), None
         except Exception as exc:  # BudgetError, or a store fault: never an allow
@@ -448,7 +447,8 @@ class Pipeline:
         one would admit."""
         ledger = self.shadow_ledger
         try:
-            code, usage = _admission(ledger, principal, permission, context, req, acting_for)
+            code, usage = _admission(ledger, principal, permission, context, req, acting_for,
+                                     None)
         except EvalError as err:
             code, usage = err.code, None
         except Exception as exc:  # BudgetError, or a store fault: it would have denied
@@ -581,14 +581,17 @@ def _matches(pattern: str, permission: str) -> bool:
 
 
 def _admission(ledger: Any, principal: str, permission: str, context: dict[str, Any],
-               req: RequestState, acting_for: str | None) -> tuple[str | None, Any]:
+               req: RequestState | None, acting_for: str | None, default: str | None
+               ) -> tuple[str | None, Any]:
     """``ledger.admission`` for this request: its amount (or ``context.tokens``), its
-    tenant and the scope fields the ledger's budgets read. Raises as the ledger does."""
+    tenant and the scope fields the ledger's budgets read. Raises as the ledger does.
+    ``req``: the request state if an earlier step made one (the amount is parsed once),
+    else the amount is read here with ``default`` as its currency."""
     get = dict.get  # a dict subclass's own get() is not called
     tenant = get(context, "tenant")
     if tenant is not None and type(tenant) is not str:
         tenant = None
-    money = req.money()
+    money = req.money() if req is not None else read_money(context, default)
     amount: Any
     unit: str | None
     if money is not None:
@@ -597,6 +600,10 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
         amount = get(context, "tokens")
         unit = "tokens" if amount is not None else None
     fields = ledger.scope_fields
+    if not fields and acting_for is None and tenant is None:  # the common case, leaner
+        found: tuple[str | None, Any] = ledger.admission_of(principal, permission, amount,
+                                                            unit)
+        return found
     scope = None
     if fields:  # budgets per workspace, per context.run_id ...: string fields only
         scope = {f: v for f in fields if type(v := get(context, f)) is str}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import STORE_KINDS, Clock, SharedStores, open_store
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from policyengine.budgets import BudgetError, BudgetSpec, Ledger, MemoryStore, SQLiteStore
@@ -354,8 +354,9 @@ requests = st.tuples(
 @settings(max_examples=60, deadline=None)
 def test_admission_answers_as_admit(spends: list[tuple[str, str, int, bool]],
                                     asked: list[tuple[Any, ...]]) -> None:
-    """``Ledger.admission`` (the decision's fast path) gives admit's code and usage, or
-    the same error, for every request: amounts of every kind, units the budgets count,
+    """``Ledger.admission`` (the decision's fast path) and ``Ledger.admission_of`` (its
+    lean form without tenant or scope) give admit's code and usage, or the same error,
+    for every request: amounts of every kind, units the budgets count,
     convert or refuse, and budgets already partly spent."""
     from policyengine.money import StaticRates
     clock = Clock(1_767_225_600.0)
@@ -386,4 +387,63 @@ def test_admission_answers_as_admit(spends: list[tuple[str, str, int, bool]],
             except BudgetError as exc:
                 got = exc.code
             assert got == want, (principal, permission, amount, unit, tenant)
+            if tenant is None:  # the lean path of a request without tenant or scope
+                try:
+                    code, usage = ledger.admission_of(principal, permission, amount, unit)
+                    got = (code, None if usage is None else usage.to_wire())
+                except BudgetError as exc:
+                    got = exc.code
+                assert got == want, (principal, permission, amount, unit)
         clock.t += 600
+
+
+ONE_BUDGET = [BudgetSpec("s.day", ("pay:*",), Decimal("100"), "EUR", "day", subject="agent")]
+
+
+@given(spends=st.lists(st.tuples(st.sampled_from(["a1", "a2"]),
+                                 st.sampled_from([0, 7, 25, 40, 60, 100, 130]),
+                                 st.booleans()), max_size=6),
+       asked=st.lists(st.tuples(st.sampled_from(["a1", "a2"]),
+                                st.sampled_from(["pay:send", "pay:view", "docs:read"]),
+                                st.one_of(st.decimals(min_value=Decimal("0"),
+                                                      max_value=Decimal("150"), places=2),
+                                          amounts),
+                                st.sampled_from(["EUR", "EUR", "USD", "calls", None])),
+                      min_size=1, max_size=8))
+@example(spends=[("a1", 60, True), ("a1", 30, False)],  # held and spent, then asked
+         asked=[("a1", "pay:send", Decimal("5.00"), "EUR"),
+                ("a1", "pay:send", Decimal("20.00"), "EUR")])
+@settings(max_examples=60, deadline=None)
+def test_lean_admission_answers_as_admit_with_one_budget(
+        spends: list[tuple[str, int, bool]], asked: list[tuple[Any, ...]]) -> None:
+    """With one calendar budget covering a request (the case ``admission_of`` answers
+    from one bucket read, once it has seen the amount), its answer is admit's: held and
+    spent amounts, debt past the limit, amounts it must convert or refuse."""
+    from policyengine.money import StaticRates
+    clock = Clock(1_767_225_600.0)
+    ledger = Ledger(ONE_BUDGET, MemoryStore(), clock=clock,
+                    rates=StaticRates("EUR", {"USD": "0.92"}))
+    for agent, value, hold in spends:
+        try:
+            if hold:
+                ledger.reserve(agent, "pay:send", value, "EUR", ttl=3600)
+            else:
+                ledger.record(agent, "pay:send", value, "EUR", overage="allow_with_overdraft")
+        except BudgetError:
+            pass
+    for principal, permission, amount, unit in asked:
+        parsed = Decimal(amount) if type(amount) is str and amount[:1].isdigit() else amount
+        for _ in range(3):  # the same amount object again: the lean path's steady state
+            try:
+                check = ledger.admit(principal, permission, parsed, unit)
+                want: Any = (check.code, None if check.usage is None
+                             else check.usage.to_wire())
+            except BudgetError as exc:
+                want = exc.code
+            try:
+                code, usage = ledger.admission_of(principal, permission, parsed, unit)
+                got: Any = (code, None if usage is None else usage.to_wire())
+            except BudgetError as exc:
+                got = exc.code
+            assert got == want, (principal, permission, parsed, unit)
+        clock.t += 600  # reservations (ttl 1 h) lapse along the way
