@@ -39,8 +39,9 @@ __all__ = ["PLAN_CACHE_SIZE", "CompileCache", "CompiledPolicy", "CompiledRule", 
            "EvalError", "FileMoney", "Plan", "Principal", "compile_policy", "instrument_rules",
            "money_literals"]
 
-#: Plans kept in the per-(principal, permission) cache; beyond it, one is evicted per new
-#: plan (CLOCK, see :meth:`CompiledPolicy.plan`).
+#: Plans kept in the plan cache, at least (twice the policy's declared agents when that is
+#: more); beyond it, one is evicted per new plan (CLOCK, see :meth:`CompiledPolicy.plan`).
+#: Also the number of permissions whose rule buckets are remembered.
 PLAN_CACHE_SIZE = 65536
 
 
@@ -124,6 +125,23 @@ class Plan:
         #: The check of the context the schemas covering this permission declare, or
         #: None (no schema: nothing to check).
         self.schema: ContextCheck | None = None
+
+
+class PermissionClass:
+    """What every permission matched by the same rule buckets (and the same ``schema``
+    declarations) shares: the buckets, the combined context check, and the plans of the
+    principals that asked, by principal id. Permissions map to their class, so the plan
+    cache grows with principals x classes (a few per policy), not with principals x
+    permissions."""
+
+    __slots__ = ("buckets", "plans", "schema")
+
+    def __init__(self, buckets: tuple[_Bucket, ...], schema: ContextCheck | None) -> None:
+        self.buckets = buckets
+        self.schema = schema
+        #: principal id -> Plan. Read lock-free (a hit sets ``plan.used``); written only
+        #: by :meth:`CompiledPolicy.plan`, under its lock.
+        self.plans: dict[str, Plan] = {}
 
 
 class _PatternSet:
@@ -238,10 +256,17 @@ class CompiledPolicy:
     _exact: dict[str, _Bucket] = field(default_factory=dict)
     _prefix: dict[str, _Bucket] = field(default_factory=dict)
     _global: _Bucket | None = None
-    #: The plan cache: (principal, permission) -> Plan. Read lock-free by the evaluator
-    #: (a hit sets ``plan.used``); written only by :meth:`plan`, under ``_lock``.
-    plans: dict[tuple[str, str], Plan] = field(default_factory=dict)
-    _clock_hand: deque[tuple[str, str]] = field(default_factory=deque)
+    #: The plan cache, two levels: permission -> its :class:`PermissionClass` (at most
+    #: :data:`PLAN_CACHE_SIZE` permissions, the oldest forgotten first), whose ``plans``
+    #: map principal ids to plans. Read lock-free by the pipeline; written only by
+    #: :meth:`plan`, under ``_lock``.
+    classes: dict[str, PermissionClass] = field(default_factory=dict)
+    _class_order: deque[str] = field(default_factory=deque)
+    _interned: dict[tuple[tuple[int, ...], tuple[int, ...]], PermissionClass] = field(
+        default_factory=dict)
+    _plan_count: int = 0
+    _plan_bound: int = PLAN_CACHE_SIZE
+    _clock_hand: deque[tuple[PermissionClass, str]] = field(default_factory=deque)
     _budget_patterns: _PatternSet = field(default_factory=lambda: _PatternSet(()))
     _shadow_budget_patterns: _PatternSet = field(default_factory=lambda: _PatternSet(()))
     _budgeted: dict[str, bool] = field(default_factory=dict)
@@ -274,6 +299,7 @@ class CompiledPolicy:
         """Install the rule indexes (built per file by :func:`compile_policy`)."""
         self._exact, self._prefix, self._global = exact, prefix, every
         self._approval_terms = approval_terms
+        self._plan_bound = max(PLAN_CACHE_SIZE, 2 * len(self.principals))
         self._budget_patterns = _PatternSet(p for b in self.budgets for p in b.patterns)
         self._shadow_budget_patterns = _PatternSet(p for b in self.shadow_budgets
                                                    for p in b.patterns)
@@ -359,56 +385,87 @@ class CompiledPolicy:
         p = self.principals.get(principal_id)
         return p if p is not None else Principal(principal_id, frozenset(), {})
 
+    @property
+    def cached_plans(self) -> int:
+        """How many plans the plan cache holds now (for monitoring memory)."""
+        return self._plan_count
+
+    def permission_class(self, permission: str) -> PermissionClass:
+        """The :class:`PermissionClass` of a valid ``permission`` (remembered)."""
+        found = self.classes.get(permission)
+        if found is not None:
+            return found
+        validate_permission(permission)  # callers check first; this is the last guard
+        buckets = tuple(self._buckets(permission))
+        schemas = tuple(i for i, (patterns, _) in enumerate(self.schemas)
+                        if patterns.matches(permission))
+        key = (tuple(id(b) for b in buckets), schemas)
+        with self._lock:
+            found = self._interned.get(key)
+            if found is None:
+                schema = (combine([self.schemas[i][1] for i in schemas]) if self.schemas
+                          else None)
+                found = self._interned[key] = PermissionClass(buckets, schema)
+            if permission not in self.classes:
+                if len(self.classes) >= PLAN_CACHE_SIZE:
+                    self.classes.pop(self._class_order.popleft(), None)
+                self.classes[permission] = found
+                self._class_order.append(permission)
+        return found
+
     def plan(self, principal_id: str, permission: str) -> Plan:
         """The plan of ``(principal_id, permission)``, from the cache or resolved now.
 
-        The cache keeps at most :data:`PLAN_CACHE_SIZE` plans, so a hostile stream of
-        names cannot grow memory without bound. When it is full, each new plan evicts
-        one old plan, chosen by CLOCK (second chance): the hand walks the plans in the
-        order they were added, gives a plan that was used since the hand last passed one
-        more round, and evicts the first one that was not. Plans in use stay; nothing is
-        ever dropped wholesale.
+        Plans are kept per :class:`PermissionClass` and principal. The cache keeps at
+        most :data:`PLAN_CACHE_SIZE` plans (or twice the declared agents, when more), so
+        a hostile stream of names cannot grow memory without bound. When it is full,
+        each new plan evicts one old plan, chosen by CLOCK (second chance): the hand
+        walks the plans in the order they were added, gives a plan that was used since
+        the hand last passed one more round, and evicts the first one that was not.
+        Plans in use stay; nothing is ever dropped wholesale.
         """
-        key = (principal_id, permission)
-        plan = self.plans.get(key)
+        cls = self.permission_class(permission)
+        plan = cls.plans.get(principal_id)
         if plan is not None:
             plan.used = True
             return plan
         who = self.principal(principal_id)
-        validate_permission(permission)  # callers check first; this is the last guard
-        parts = self._parts(who, permission)
+        parts: list[_Part] = []
+        for bucket in cls.buckets:
+            bucket.parts_for(who, parts)
         if len(parts) == 1:  # one role's or one scope's rules: split at compile time
             part = parts[0]
             plan = Plan(who, part.forbids, part.limits, part.permits, part.approvals,
                         part.uses_amount, part.shadows)
         else:
             plan = _plan_of(who, _merged(parts))
-        if self.schemas:
-            plan.schema = combine([check for patterns, check in self.schemas
-                                   if patterns.matches(permission)])
+        plan.schema = cls.schema
         with self._lock:
-            cached = self.plans.get(key)
+            cached = cls.plans.get(principal_id)
             if cached is not None:  # another thread resolved it first
                 return cached
-            if len(self.plans) >= PLAN_CACHE_SIZE:
+            if self._plan_count >= self._plan_bound:
                 self._evict_one()
-            self.plans[key] = plan
-            self._clock_hand.append(key)
+            else:
+                self._plan_count += 1
+            cls.plans[principal_id] = plan
+            self._clock_hand.append((cls, principal_id))
         return plan
 
     def _evict_one(self) -> None:
         """Evict one plan (CLOCK). The hand gives at most :data:`_SECOND_CHANCES` plans
         another round per eviction, so a miss never pays for a sweep of the whole cache."""
-        hand, plans = self._clock_hand, self.plans
+        hand = self._clock_hand
         for _ in range(_SECOND_CHANCES):
             key = hand.popleft()
-            plan = plans[key]
+            plan = key[0].plans[key[1]]
             if not plan.used:
-                del plans[key]
+                del key[0].plans[key[1]]
                 return
             plan.used = False
             hand.append(key)
-        del plans[hand.popleft()]
+        cls, principal_id = hand.popleft()
+        del cls.plans[principal_id]
 
 
 #: How many recently used plans one eviction may pass over before it evicts regardless.

@@ -169,7 +169,8 @@ class Pipeline:
         if approval_id is not None and type(approval_id) is not str:
             return _invalid(principal, permission, "approval_id must be a string, not "
                             f"{type(approval_id).__name__}", trace)
-        plan = policy.plans.get((principal, permission))
+        cls = policy.classes.get(permission)
+        plan = cls.plans.get(principal) if cls is not None else None
         if plan is None:
             problem = request_problem(principal, permission, context)
             if problem is not None:

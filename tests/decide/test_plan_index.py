@@ -11,6 +11,7 @@ plan at a time, keeping the plans in use.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -158,8 +159,8 @@ def test_plans_in_use_survive_more_pairs_than_the_cache_holds() -> None:
         if i % 512 == 0:
             assert engine.authorize("hot", "docs:read").allowed
             assert engine.authorize("warm", "docs:secret").code == "forbidden"
-        assert len(policy.plans) <= PLAN_CACHE_SIZE
-    assert len(policy.plans) == PLAN_CACHE_SIZE  # evicted one by one, never cleared
+        assert policy.cached_plans <= PLAN_CACHE_SIZE
+    assert policy.cached_plans == PLAN_CACHE_SIZE  # evicted one by one, never cleared
     assert policy.plan("hot", "docs:read") is hot  # still the cached plan: a hit
     # evicted pairs are resolved again, with the same answers
     assert engine.authorize("u0", "docs:read").code == "no_permit"
@@ -194,3 +195,36 @@ def test_budget_cover_equals_the_sdk_matcher(budgets: list[tuple[str, ...]],
         expected = any(permission_matches(p, permission) for pats in budgets for p in pats)
         assert policy.budgeted(permission) is expected
         assert policy.budgeted(permission) is expected  # cached: the same answer
+
+
+def test_permissions_matched_by_the_same_rules_share_one_plan_per_principal() -> None:
+    """The cache grows with principals x rule buckets, not with every permission asked:
+    500 permissions under ``docs:`` cost each agent one plan, and the answers stay
+    per permission (an exact rule and a schema make their own class)."""
+    engine = Engine.from_source(
+        'namespace t\nrole reader: docs:*\nagent "a": reader\nagent "b": reader\n'
+        'agent "c": reader\nforbid secret: docs:secret\n'
+        "schema docs:typed { level: int }\n")
+    policy = engine.policy
+    for i in range(500):
+        for agent in ("a", "b", "c"):
+            assert engine.authorize(agent, f"docs:p{i}").allowed
+    assert policy.cached_plans == 3
+    assert engine.authorize("a", "docs:secret").code == "forbidden"
+    assert engine.authorize("a", "docs:typed", {"level": "x"}).code == "invalid_request"
+    assert engine.authorize("a", "docs:typed", {"level": 3}).allowed
+    assert engine.authorize("a", "docs:p7", {"level": "x"}).allowed
+    assert policy.cached_plans == 5  # and one more for "a" in each of the two classes
+
+
+def test_a_reload_answers_with_the_new_rules_for_pairs_asked_before(tmp_path: Path) -> None:
+    path = tmp_path / "p.policy"
+    path.write_text('namespace t\nrole reader: docs:*\nagent "a": reader\n')
+    engine = Engine.from_path(path)
+    for _ in range(3):
+        assert engine.authorize("a", "docs:read").allowed
+    path.write_text('namespace t\nrole reader: docs:*\nagent "a": reader\n'
+                    "forbid stop: docs:read\n")
+    engine.reload()
+    assert engine.authorize("a", "docs:read").code == "forbidden"
+    assert engine.authorize("a", "docs:write").allowed
