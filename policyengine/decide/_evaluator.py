@@ -110,6 +110,15 @@ def read_money(context: dict[str, Any], default: str | None) -> tuple[Decimal, s
     """:func:`parse_request_money` for a step that reads the amount once and needs no
     :class:`RequestState`: (amount, currency) or None; raises only :class:`EvalError`
     (a hostile context object's failure too)."""
+    get = dict.get  # a dict subclass's own get() is not called
+    raw = get(context, "amount")
+    if raw is None:
+        return None
+    currency = get(context, "currency")
+    if type(raw) is str and type(currency) is str:  # on the wire: parsed before, mostly
+        found = _PARSED.get((raw, currency))
+        if found is not None:
+            return found
     try:
         return parse_request_money(context, default)
     except Exception as exc:

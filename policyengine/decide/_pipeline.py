@@ -111,8 +111,8 @@ class Pipeline:
     new pipeline when either is replaced, because a pipeline keeps verified grants.
     """
 
-    __slots__ = ("_held", "approvals", "clock", "ledger", "limiter", "policy", "revocations",
-                 "shadow_ledger", "shadow_limiter", "verify")
+    __slots__ = ("_held", "_scope_fields", "approvals", "clock", "ledger", "limiter", "policy",
+                 "revocations", "shadow_ledger", "shadow_limiter", "verify")
 
     def __init__(self, policy: CompiledPolicy, ledger: Any, approvals: Any, verify: Verify,
                  clock: Callable[[], float] | None, limiter: Any = None,
@@ -125,6 +125,7 @@ class Pipeline:
         self.verify = verify
         self.clock = clock
         self.revocations = revocations
+        self._scope_fields = ledger.scope_fields  # fixed per ledger (and policy)
         #: Per token: (grant, its ``grant.*`` view, lo, hi, ids, permissions it covers).
         #: The view (read-only, like NOT_DELEGATED) is made once per verified grant. A
         #: request under a kept grant skips verification but still checks the clock is
@@ -419,8 +420,15 @@ class Pipeline:
         reserved or recorded through ``engine.budgets``). Returns (denied facts or None,
         the refusing or tightest budget)."""
         try:
-            code, usage = _admission(self.ledger, principal, permission, context, req,
-                                     acting_for, self.policy.default_currency)
+            money = None
+            if (req is None and acting_for is None and not self._scope_fields
+                    and dict.get(context, "tenant") is None):  # the common case, leaner
+                money = read_money(context, self.policy.default_currency)
+            if money is not None:
+                code, usage = self.ledger.admission_of(principal, permission, *money)
+            else:
+                code, usage = _admission(self.ledger, principal, permission, context, req,
+                                         acting_for, self.policy.default_currency)
         except EvalError as err:
             return _overruled(facts, err.code, f"budget check failed: {err.message}"), None
         except Exception as exc:  # BudgetError, or a store fault: never an allow
