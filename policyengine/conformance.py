@@ -310,6 +310,58 @@ def _run_policy_test(fixture: dict[str, Any], case: dict[str, Any], base: Path
     return "; ".join(out) or None
 
 
+def _run_replay(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> str | None:
+    """``kind: replay``: the case's ``log`` (decision-log records: objects, or strings
+    written as they are) re-decided by ``policyengine replay`` under ``new_policies``;
+    ``expect`` pins the report (``ReplayReport.to_dict()``, each change and skip matched
+    as a subset, without file names). The policy that made the log (the case's or the
+    fixture's ``policies``) must decide every replayable record as logged."""
+    import tempfile
+
+    from policyengine.engine import Engine
+    from policyengine.replay import new_clock, replay
+
+    def report(sources: dict[str, str], path: str) -> dict[str, Any]:
+        clock = new_clock()
+        engine = Engine.from_sources(sources, clock=clock, base_dir=str(base))
+        found: dict[str, Any] = replay([path], engine, clock).to_dict()
+        return found
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "decisions.jsonl")
+        with open(path, "w", encoding="utf-8") as out:
+            for item in case["log"]:
+                out.write((item if isinstance(item, str) else json.dumps(item)) + "\n")
+        got = report(dict(case["new_policies"]), path)
+        same = report(_policies(fixture, case, base), path)
+    if same["changed"]:
+        return ("the log's own policy decides differently: "
+                + json.dumps([c["line"] for c in same["changes"]]))
+    problems = []
+    for key, want in case["expect"].items():
+        have = got.get(key, "<missing>")
+        if key in ("changes", "skipped") and isinstance(have, list):
+            if len(have) != len(want) or any(
+                    _subset_of(w, h) is not None for w, h in zip(want, have, strict=True)):
+                problems.append(f"{key}: expected {json.dumps(want)}, got "
+                                f"{json.dumps(have)}")
+        elif have != want:
+            problems.append(f"{key}: expected {json.dumps(want)}, got {json.dumps(have)}")
+    return "; ".join(problems) or None
+
+
+def _subset_of(want: Any, have: Any) -> str | None:
+    """None when every key of ``want`` (nested objects too) is in ``have`` and equal."""
+    if isinstance(want, dict):
+        if not isinstance(have, dict):
+            return "not an object"
+        for k, v in want.items():
+            if k not in have or _subset_of(v, have[k]) is not None:
+                return str(k)
+        return None
+    return None if want == have else "differs"
+
+
 def _run_query(engine: Any, case: dict[str, Any]) -> str | None:
     """A reverse query (docs/queries.md): ``permissions_of`` (a principal), ``role``,
     ``principals_with`` (a permission) or ``filter_tools`` (tools for ``principal``);
@@ -384,6 +436,8 @@ def run_fixture(path: Path) -> list[CaseResult]:
                 msg = run_token_case(fixture, case)
             elif kind == "approval":
                 msg = _run_approval(fixture, case, base)
+            elif kind == "replay":
+                msg = _run_replay(fixture, case, base)
             elif kind == "budget":
                 from policyengine.budgets._conformance import run_budget_case
                 def ledger(clock: Callable[[], float], c: dict[str, Any] = case) -> Any:
