@@ -347,7 +347,8 @@ class Engine:
             from policyengine.audit._ops import LoggedLedger
             return LoggedLedger(policy.budgets, self._budget_store, clock=self._clock,
                                 budget_rates=policy.budget_rates, log=self.decision_log,
-                                view=self._current_view, shadow=policy.shadow_budgets)
+                                view=self._current_view, prices=policy.prices,
+                                shadow=policy.shadow_budgets)
         return Ledger(policy.budgets, self._budget_store, clock=self._clock,
                       budget_rates=policy.budget_rates, prices=policy.prices,
                       shadow=policy.shadow_budgets)

@@ -4,6 +4,7 @@ decision and operation, what it never holds, and the file sink."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,23 @@ def test_unknown_sink_urls_are_refused() -> None:
     with pytest.raises(DecisionLogError) as err:
         DecisionLog("ftp://example/log")
     assert err.value.code == "invalid_log_config"
+
+
+def test_a_logged_ledger_prices_usages_as_an_unlogged_one_does() -> None:
+    """The policy's price table reaches the ledger whether or not a log records it."""
+    source = """
+price "openai" "gpt-4o": input 2.50 USD, output 10 USD per 1M tokens
+budget tok: llm:* limit 100000 tokens per day
+budget usd: llm:* limit 1 USD per day
+"""
+    usage = pe.budgets.LLMUsage("openai", "gpt-4o", 2_000, 0, 1_000)  # $0.005 + $0.01
+    records: list[dict[str, Any]] = []
+    with_log = pe.Engine.from_source(source, decision_log=DecisionLog(
+        CallbackSink(records.append)))
+    without = pe.Engine.from_source(source)
+    for engine in (with_log, without):
+        r = engine.budgets.reserve("bot", "llm:chat", usage=usage)
+        assert sorted((line.budget, line.amount) for line in r.lines) == [
+            ("default.tok", 3_000), ("default.usd", Decimal("0.02"))]
+    assert with_log.close()
+    assert [x["status"] for x in records if x["kind"] == "budget.reserve"] == ["ok"]
