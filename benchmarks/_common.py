@@ -78,6 +78,20 @@ def _run(fn: Callable[[], Any], n: int) -> int:
     return time.perf_counter_ns() - t0
 
 
+def cpu_samples(calls: Sequence[Callable[[], Any]], rounds: int) -> tuple[float, float, int]:
+    """p50 and p99 (µs of this thread's CPU time) of single calls, ``rounds`` passes over
+    ``calls``, and how many calls were timed (CPU time: a loaded machine distorts it
+    less than wall time)."""
+    times: list[float] = []
+    clock = time.thread_time_ns
+    for _ in range(rounds):
+        for fn in calls:
+            t0 = clock()
+            fn()
+            times.append((clock() - t0) / 1000.0)
+    return statistics.median(times), percentile(times, 99), len(times)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100) with linear interpolation between ranks."""
     data = sorted(values)

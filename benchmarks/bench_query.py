@@ -45,16 +45,14 @@ tools for filter_tools). Goal: <= 1,000 µs per query at 10,000 rules.
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from _common import fmt_us, machine_line, parser, percentile, print_table, timed_build
+from _common import cpu_samples, fmt_us, machine_line, parser, print_table, timed_build
 
 import policyengine as pe
 from policyengine.decide._query import QueryIndex, index_of, paused
@@ -89,19 +87,6 @@ def sources(n: int) -> dict[str, str]:
     return out
 
 
-def sample(calls: list[Callable[[], Any]], rounds: int) -> tuple[float, float, int]:
-    """p50 and p99 (µs of thread CPU time) of single calls, ``rounds`` passes over
-    ``calls``."""
-    times: list[float] = []
-    clock = time.thread_time_ns
-    for _ in range(rounds):
-        for fn in calls:
-            t0 = clock()
-            fn()
-            times.append((clock() - t0) / 1000.0)
-    return statistics.median(times), percentile(times, 99), len(times)
-
-
 def run_size(n: int, rounds: int, rows: list[list[str]]) -> None:
     engine, build_ms = timed_build(lambda: pe.Engine.from_sources(sources(n)))
     policy = engine.policy
@@ -119,7 +104,7 @@ def run_size(n: int, rounds: int, rows: list[list[str]]) -> None:
         if warm:
             for fn in calls:
                 fn()
-        p50, p99, count = sample(calls, r)
+        p50, p99, count = cpu_samples(calls, r)
         rows.append([f"{n:,}", name, f"{size:,.0f}", fmt_us(p50), fmt_us(p99),
                      str(count)])
 

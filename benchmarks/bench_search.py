@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from _common import fmt_us, machine_line, parser, percentile, print_table, timed_build
+from _common import cpu_samples, fmt_us, machine_line, parser, print_table, timed_build
 
 import policyengine as pe
 from policyengine.server._authzen import search
@@ -66,17 +65,6 @@ def sources(n: int) -> dict[str, str]:
                          f'owner = "u{(i * 13) % n}" }}')
         out[f"e{f:02d}.policy"] = "\n".join(lines) + "\n"
     return out
-
-
-def sample(calls: list[Callable[[], Any]], rounds: int) -> tuple[float, float, int]:
-    times: list[float] = []
-    clock = time.thread_time_ns
-    for _ in range(rounds):
-        for fn in calls:
-            t0 = clock()
-            fn()
-            times.append((clock() - t0) / 1000.0)
-    return statistics.median(times), percentile(times, 99), len(times)
 
 
 def run_size(n: int, rounds: int, rows: list[list[str]]) -> None:
@@ -115,7 +103,7 @@ def run_size(n: int, rounds: int, rows: list[list[str]]) -> None:
             results: Callable[[int], int] | None = None) -> None:
         for i in picks[:2]:
             fn(i)  # warm the plan cache and the reverse-query cache
-        p50, p99, count = sample([lambda i=i: fn(i) for i in picks], r)
+        p50, p99, count = cpu_samples([lambda i=i: fn(i) for i in picks], r)
         found = (statistics.mean(results(i) for i in picks) if results else float("nan"))
         rows.append([f"{n:,}", name, f"{candidates:,}",
                      "-" if results is None else f"{found:,.0f}",

@@ -54,6 +54,7 @@ __all__ = [
     "RateLimiter",
     "RateOutcome",
     "gcra",
+    "gcra_all",
     "rate_limit_problems",
 ]
 
@@ -111,6 +112,26 @@ def gcra(tat_us: int, tat_frac: int, now_us: int, count: int, period_us: int,
         tat_frac -= count
         tat_us += 1
     return True, tat_us, tat_frac, 0
+
+
+def gcra_all(keys: Iterable[RateKey], state: Any, now_us: int
+             ) -> tuple[list[tuple[str, int, int]], int, int]:
+    """:func:`gcra` over every key, all or nothing: ``(new TATs, refused index, wait)``.
+    ``state(key)`` reads a key's ``(tat_us, tat_frac)`` (``(0, 0)`` at rest); the index
+    is -1 when every key admits, else the key with the longest wait. The stores that
+    decide in Python (memory, SQLite) share this; Redis and PostgreSQL do the same in
+    their own scripts."""
+    new: list[tuple[str, int, int]] = []
+    worst, index = 0, -1
+    for i, (key, count, period_us, burst) in enumerate(keys):
+        u, f = state(key)
+        ok, u, f, wait = gcra(u, f, now_us, count, period_us, burst)
+        if not ok:
+            if wait > worst:
+                worst, index = wait, i
+        else:
+            new.append((key, u, f))
+    return new, index, worst
 
 
 #: A problem found by :func:`rate_limit_problems`: (field, message); the field is one of
@@ -385,16 +406,7 @@ class MemoryRates:
                 if len(tats) > self._due:
                     self._prune(now_us)
             return _new_key(RateOutcome, (True, -1, 0, now_us))
-        new: list[tuple[str, int, int]] = []
-        worst, index = 0, -1
-        for i, (key, count, period_us, burst) in enumerate(keys):
-            u, f = tats.get(key, (0, 0))
-            ok, u, f, wait = gcra(u, f, now_us, count, period_us, burst)
-            if not ok:
-                if wait > worst:
-                    worst, index = wait, i
-            else:
-                new.append((key, u, f))
+        new, index, worst = gcra_all(keys, lambda key: tats.get(key, _REST), now_us)
         if index >= 0:
             return RateOutcome(False, index, worst, now_us)
         if consume:

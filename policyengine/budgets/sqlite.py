@@ -45,7 +45,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal, TypeVar
 
 from policyengine.budgets.errors import BudgetStoreError
-from policyengine.budgets.ratelimit import RateKey, RateOutcome, gcra, now_micros
+from policyengine.budgets.ratelimit import RateKey, RateOutcome, gcra_all, now_micros
 from policyengine.budgets.spec import MAX_ROLLING_SECONDS
 from policyengine.budgets.store import (
     ACTIVE,
@@ -384,18 +384,13 @@ class SQLiteStore:
                 raise _unavailable(exc) from exc
             try:
                 now = now_micros() if now_us is None else now_us
-                new = []
-                worst, index = 0, -1
-                for i, (key, count, period_us, burst) in enumerate(keys):
+
+                def state(key: str) -> tuple[int, int]:
                     row = conn.execute("SELECT tat_us, tat_frac FROM budget_rates "
                                        "WHERE key = ?", (key,)).fetchone()
-                    u, f = row if row is not None else (0, 0)
-                    ok, u, f, wait = gcra(u, f, now, count, period_us, burst)
-                    if not ok:
-                        if wait > worst:
-                            worst, index = wait, i
-                    else:
-                        new.append((key, u, f))
+                    return (row[0], row[1]) if row is not None else (0, 0)
+
+                new, index, worst = gcra_all(keys, state, now)
                 if index >= 0:
                     conn.execute("ROLLBACK")
                     return RateOutcome(False, index, worst, now)
