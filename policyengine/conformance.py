@@ -472,22 +472,15 @@ def run_fixture(path: Path) -> list[CaseResult]:
                 if engine is None:
                     engine = _engine(fixture, {}, base)
                 msg = run_authzen_case(engine, case)
-            elif kind == "query":
-                if "policies" in case or "policy_paths" in case:
+            elif kind in ("query", "authorize", "tool_authorize"):
+                if "policies" in case or "policy_paths" in case:  # the case's own policy
                     eng = _engine(fixture, case, base)
                 else:
                     if engine is None:
                         engine = _engine(fixture, {}, base)
                     eng = engine
-                msg = _run_query(eng, case)
-            elif kind in ("authorize", "tool_authorize"):
-                if "policies" in case or "policy_paths" in case:
-                    eng = _engine(fixture, case, base)
-                else:
-                    if engine is None:
-                        engine = _engine(fixture, {}, base)
-                    eng = engine
-                msg = (_run_authorize(eng, case) if kind == "authorize"
+                msg = (_run_query(eng, case) if kind == "query"
+                       else _run_authorize(eng, case) if kind == "authorize"
                        else _run_tool(eng, case))
             else:
                 msg = f"unknown case kind {kind!r}"

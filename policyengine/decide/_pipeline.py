@@ -432,12 +432,7 @@ class Pipeline:
         except EvalError as err:
             return _overruled(facts, err.code, f"budget check failed: {err.message}"), None
         except Exception as exc:  # BudgetError, or a store fault: never an allow
-            code = getattr(exc, "code", None)
-            if type(code) is not str:
-                code = "budget_unavailable"
-            message = getattr(exc, "message", None)
-            if type(message) is not str:
-                message = f"{type(exc).__name__}: {exc}"
+            code, message = _fault(exc, "budget_unavailable")
             return _overruled(facts, code, f"budget check failed: {message}"), None
         if code is None:
             return None, usage
@@ -499,12 +494,7 @@ class Pipeline:
             usage = self._ask_rates(self.limiter, principal, permission, context, acting_for,
                                     consume)
         except Exception as exc:  # BudgetError, or a store fault: never an allow
-            code = getattr(exc, "code", None)
-            if type(code) is not str:
-                code = "store_unavailable"
-            message = getattr(exc, "message", None)
-            if type(message) is not str:
-                message = f"{type(exc).__name__}: {exc}"
+            code, message = _fault(exc, "store_unavailable")
             return _overruled(facts, code, f"rate limit check failed: {message}"), None
         if usage is None:
             return None, None
@@ -644,6 +634,15 @@ def _overruled(facts: RuleFacts, code: str, reason: str) -> RuleFacts:
     """A later step's denial: the rules that decided so far stay, one diagnostic more."""
     return ("denied", code, reason, facts[3], None,
             facts[5] + (Diagnostic(code, reason, None, "denied"),), ())
+
+
+def _fault(exc: Exception, default: str) -> tuple[str, str]:
+    """(code, message) of a failed budget or rate-limit step: the error's own when it
+    has them (a ``PolicyEngineError``), else ``default`` and the exception's text."""
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "message", None)
+    return (code if type(code) is str else default,
+            message if type(message) is str else f"{type(exc).__name__}: {exc}")
 
 
 def _redact(tool: ToolCall, facts: RuleFacts) -> RuleFacts:
