@@ -219,6 +219,16 @@ class SQLiteStore:
             local.synced = True  # synchronous=FULL unless durability is "process"
         return conn
 
+    def _begin(self, conn: sqlite3.Connection, statement: str) -> None:
+        """Open a transaction, waiting while another process holds the write lock (the
+        first attempt without the retry's closure: the common case)."""
+        try:
+            conn.execute(statement)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            self._retrying(lambda: conn.execute(statement))
+
     def _retrying(self, op: Callable[[], _T]) -> _T:
         """``op()``, run again while the database is busy (another process holds the
         write lock, or recovers the log), for up to ``busy_timeout`` seconds in all."""
@@ -351,12 +361,7 @@ class SQLiteStore:
             try:
                 if self.durability == "spend" and self.path != ":memory:":
                     self._sync_for(conn, bool(tx.spends) or tx.extend_to is not None)
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
-                        raise
-                    self._retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
+                self._begin(conn, "BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise _unavailable(exc) from exc
             try:
@@ -364,11 +369,7 @@ class SQLiteStore:
                 conn.execute("COMMIT" if outcome.ok else "ROLLBACK")
                 return outcome
             except BaseException as exc:
-                # Includes KeyboardInterrupt: never leave a transaction half open.
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise _unavailable(exc) from exc
+                _abort(conn, exc)
                 raise
 
     def rate_admit(self, keys: tuple[RateKey, ...], now_us: int | None,
@@ -379,7 +380,7 @@ class SQLiteStore:
         with self._lock:
             conn = self._conn()
             try:
-                conn.execute("BEGIN IMMEDIATE" if consume else "BEGIN")
+                self._begin(conn, "BEGIN IMMEDIATE" if consume else "BEGIN")
             except sqlite3.Error as exc:
                 raise _unavailable(exc) from exc
             try:
@@ -405,10 +406,7 @@ class SQLiteStore:
                 conn.execute("COMMIT")
                 return RateOutcome(True, -1, 0, now)
             except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise _unavailable(exc) from exc
+                _abort(conn, exc)
                 raise
 
     def _sync_for(self, conn: sqlite3.Connection, synced: bool) -> None:
@@ -576,3 +574,13 @@ def _bump(deltas: dict[_Key, list[int]], key: _Key, spent: int, reserved: int) -
 
 def _unavailable(exc: sqlite3.Error) -> BudgetStoreError:
     return BudgetStoreError("store_unavailable", f"budget database error: {exc}")
+
+
+def _abort(conn: sqlite3.Connection, exc: BaseException) -> None:
+    """Roll back the transaction ``exc`` interrupted (KeyboardInterrupt included: never
+    leave one half open); a database error becomes ``store_unavailable``, anything
+    else is re-raised by the caller as it was."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("ROLLBACK")
+    if isinstance(exc, sqlite3.Error):
+        raise _unavailable(exc) from exc
