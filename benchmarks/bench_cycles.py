@@ -135,6 +135,9 @@ def main() -> None:
                     help="budget store URL (default: a fresh SQLite file per row)")
     args = ap.parse_args()
     seconds = 2.0 if args.quick else 5.0
+    # Idempotency keys of this run only: a shared store keeps a past run's keys (a day),
+    # and the same keys again would be replays, not new pairs.
+    run = os.urandom(4).hex()
     import httpx
 
     from policyengine.server import hash_secret
@@ -166,10 +169,10 @@ def main() -> None:
                 _loadgen.wait_for_port("127.0.0.1", port)
                 time.sleep(0.5)
                 url = f"http://127.0.0.1:{port}"
-                _generator((port, f"warm{row}", args.connections, 0.5))
+                _generator((port, f"warm{row}{run}", args.connections, 0.5))
                 before = _spent(httpx, url)
                 cpu_before = _server_cpu(proc.pid)
-                jobs = [(port, f"w{row}g{g}", args.connections, seconds)
+                jobs = [(port, f"w{row}g{g}{run}", args.connections, seconds)
                         for g in range(args.generators)]
                 if args.generators == 1:
                     results = [_generator(jobs[0])]

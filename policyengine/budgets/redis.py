@@ -41,6 +41,7 @@ cluster where the prefix is one hash slot, e.g. ``{budgets}:``).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -385,6 +386,7 @@ class RedisStore:
         self._apply_script = self._redis.register_script(_APPLY)
         self._usage_script = self._redis.register_script(_USAGE)
         self._rate_script = self._redis.register_script(_RATE)
+        self._eval = _Eval(url, pool_size, timeout, self._redis.script_load)
         self._layout = self._open_layout()
         self._recent = RecentReservations()
         self.clock = ServerClock(self.server_time, host=host_clock)
@@ -423,6 +425,7 @@ class RedisStore:
         return seconds + micros / 1e6
 
     def close(self) -> None:
+        self._eval.close()
         self._redis.close()
         self._redis.connection_pool.disconnect()
 
@@ -439,14 +442,10 @@ class RedisStore:
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
 
-    def _run(self, script: Any, now: float, arg: str) -> Any:
-        import redis
-        try:
-            result = script(args=[self.prefix, self._layout, repr(now), self._skew, arg,
-                                  self._retention, self._rolling])
-        except redis.RedisError as exc:
-            raise _unavailable(exc) from exc
-        return result
+    def _run(self, script: Any, now: float, arg: str) -> bytes | None:
+        """One budget script's reply: its JSON text, or None for Lua's ``false``."""
+        return self._eval.call(script, (self.prefix, self._layout, repr(now), self._skew,
+                                        arg, self._retention, self._rolling))
 
     def _refused(self, refusal: dict[str, Any], now: float) -> BudgetStoreError:
         if refusal["reason"] == "clock":
@@ -471,7 +470,10 @@ class RedisStore:
 
     def usage(self, buckets: tuple[Bucket, ...], now: float) -> tuple[Usage, ...]:
         arg = compact_json([[b[0], b[1], str(b[2]), _n(b[3])] for b in buckets])
-        result = json.loads(self._run(self._usage_script, now, arg))
+        text = self._run(self._usage_script, now, arg)
+        if text is None:  # pragma: no cover - the script always answers a JSON text
+            raise _unavailable("the usage script answered nothing")
+        result = json.loads(text)
         if type(result) is dict:
             raise self._refused(result, now)
         return tuple([Usage(int(sp), int(rs)) for sp, rs in result])
@@ -633,10 +635,126 @@ return {0, 0, now}
 """
 
 
+class _Eval:
+    """``EVALSHA`` of the budget scripts on connections of its own, without the client
+    library's per-command machinery (on a budget write it cost more CPU than the rest of
+    the store): the command is packed with one join, the reply read off the socket.
+
+    The connections speak RESP2 (made by the client library from the same URL: TLS,
+    password and database as configured), so the server never pushes anything unasked
+    onto them, and every reply of these scripts is one bulk string, a nil (Lua
+    ``false``) or an error. A connection that fails, times out or answers anything else
+    is closed, never reused, and the call is ``store_unavailable``: no retry, as a
+    script whose reply was lost may have run. ``NOSCRIPT`` (the server restarted or its
+    scripts were flushed) loads the script and sends the call once more: the server ran
+    nothing. At most ``size`` idle connections are kept; a forked child opens its own.
+    """
+
+    def __init__(self, url: str, size: int, timeout: float,
+                 load: Callable[[str], Any]) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+        pool = redis.Redis.from_url(url, protocol=2, socket_timeout=timeout,
+                                    socket_connect_timeout=timeout,
+                                    retry=Retry(NoBackoff(), 0)).connection_pool
+        self._make: Callable[[], Any] = lambda: pool.connection_class(
+            **pool.connection_kwargs)
+        self._size = size
+        self._load = load
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()
+
+    def call(self, script: Any, args: tuple[str, ...]) -> bytes | None:
+        import redis
+        if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+            self._idle, self._pid = [], os.getpid()
+        parts = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n"
+                 % (len(args) + 3, script.sha.encode())]
+        for arg in args:
+            data = arg.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        packed = b"".join(parts)
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            conn = None
+        try:
+            if conn is None:
+                conn = self._make()
+                conn.connect()
+            reply = _exchange(conn._sock, packed)
+            if isinstance(reply, str) and reply.startswith("NOSCRIPT"):
+                self._load(script.script)
+                reply = _exchange(conn._sock, packed)
+        except (OSError, ValueError, IndexError, redis.RedisError) as exc:
+            if conn is not None:
+                conn.disconnect()
+            raise _unavailable(exc) from exc
+        if isinstance(reply, str):
+            # An error reply: the connection is in step and is kept.
+            self._keep(conn)
+            raise _unavailable(reply)
+        self._keep(conn)
+        return reply
+
+    def _keep(self, conn: Any) -> None:
+        if len(self._idle) < self._size:
+            self._idle.append(conn)
+        else:
+            conn.disconnect()
+
+
+def _exchange(sock: Any, packed: bytes) -> bytes | str | None:
+    """Send one command and read its reply: a bulk string's bytes, None for a nil, the
+    text of an error reply (a ``str``). Anything else, or a reply followed by more
+    bytes, is ``ValueError`` (the caller closes the connection)."""
+    sock.sendall(packed)
+    data: bytes = sock.recv(65536)
+    while True:
+        if not data:
+            raise ConnectionError("the connection was closed by the server")
+        end = data.find(b"\r\n")
+        if end >= 0:
+            break
+        data += sock.recv(65536)
+    kind = data[0]
+    if kind == 45:  # '-': an error reply
+        if len(data) != end + 2:
+            raise ValueError("unexpected bytes after a reply")
+        return data[1:end].decode("utf-8", "replace")
+    if kind != 36:  # not '$': no script here answers anything else
+        raise ValueError(f"unexpected reply {data[:20]!r}")
+    size = int(data[1:end])
+    if size < 0:
+        if len(data) != end + 2:
+            raise ValueError("unexpected bytes after a reply")
+        return None
+    need = end + 2 + size + 2
+    if len(data) < need:
+        chunks = [data]
+        have = len(data)
+        while have < need:
+            more = sock.recv(max(65536, need - have))
+            if not more:
+                raise ConnectionError("the connection was closed by the server")
+            chunks.append(more)
+            have += len(more)
+        data = b"".join(chunks)
+    if len(data) != need or data[need - 2:need] != b"\r\n":
+        raise ValueError("unexpected bytes after a reply")
+    return data[end + 2:need - 2]
+
+
 def _glob(text: str) -> str:
     """``text`` with Redis glob characters escaped."""
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
-def _unavailable(exc: BaseException) -> BudgetStoreError:
+def _unavailable(exc: BaseException | str) -> BudgetStoreError:
     return BudgetStoreError("store_unavailable", f"budget store error: {exc}")

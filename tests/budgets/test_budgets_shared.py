@@ -321,6 +321,44 @@ def test_a_flushed_redis_is_refused_until_reinitialized(shared_stores: SharedSto
     assert ledger.check("bot", "payments:x", "1", "EUR").allowed
 
 
+@pytest.mark.redis
+def test_redis_loads_a_script_the_server_does_not_know_and_runs_it_once(
+        shared_stores: SharedStores) -> None:
+    store = shared_stores.redis()
+    ledger, _ = make_ledger(store, DAILY)
+    client = redis.Redis.from_url(REDIS_URL)
+    # The same script under a text (so a SHA) no server has seen: what a restarted or
+    # flushed server answers NOSCRIPT to.
+    fresh = store._apply_script.script + f"\n-- {unique_name('script')}\n"
+    store._apply_script = client.register_script(fresh)
+    assert client.script_exists(store._apply_script.sha) == [False]
+    ledger.record("bot", "payments:x", "30", "EUR", idempotency_key="once")
+    ledger.record("bot", "payments:x", "30", "EUR", idempotency_key="once")  # a replay
+    assert client.script_exists(store._apply_script.sha) == [True]
+    assert ledger.balances("bot")[0].spent == Decimal(30)
+
+
+@pytest.mark.redis
+def test_a_redis_connection_lost_mid_call_fails_closed_then_reconnects(
+        shared_stores: SharedStores) -> None:
+    store = shared_stores.redis()
+    ledger, _ = make_ledger(store, DAILY)
+    ledger.record("bot", "payments:x", "10", "EUR")
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    # Every connection this store has open, as the server lists them, is cut.
+    mine = {f"{host}:{port}" for conn in store._eval._idle
+            for host, port in [conn._sock.getsockname()[:2]]}
+    assert mine
+    for addr in mine:
+        client.client_kill(addr)
+    with pytest.raises(BudgetStoreError) as info:
+        ledger.record("bot", "payments:x", "10", "EUR")
+    assert info.value.code == "store_unavailable"
+    # The broken connection is dropped, never reused: the next call opens a new one.
+    ledger.record("bot", "payments:x", "10", "EUR")
+    assert ledger.balances("bot")[0].spent == Decimal(20)
+
+
 @pytest.mark.parametrize("kind", SHARED)
 def test_an_engine_denies_when_its_shared_store_fails(
     kind: str, shared_stores: SharedStores
