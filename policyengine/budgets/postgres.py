@@ -4,21 +4,26 @@ Many processes on many hosts share one ledger: each :meth:`~PostgresStore.apply`
 call of a server-side function (``budget_apply``), so an operation is one round trip and
 one transaction, however many budgets it touches. The two commonest operations on one
 bucket take shorter paths that write exactly what ``budget_apply`` would, or nothing
-(then ``budget_apply`` runs): a reserve is one prepared statement (``_RESERVE``), a
-commit or release one four-statement function (``budget_finish``).
+(then ``budget_apply`` runs): a reserve is one prepared statement (``_RESERVE``), and
+so is a commit or release (``_FINISH``).
 
 Concurrency: the function locks, in one global order, first the idempotency key (by
 upserting its row), then the reservation it finalizes or extends (``FOR UPDATE``), then
 every bucket row it reads or changes (sorted by budget, subject, window; created when
 missing). Guards are read under those row locks, so no two transactions ever interleave
-check and debit on a bucket, and the fixed order rules out deadlocks. ``READ COMMITTED``
+check and debit on a bucket, and the fixed order rules out deadlocks (giving back
+expired one-row holds, which locks reservations after a bucket, skips those another
+transaction holds locked). ``READ COMMITTED``
 suffices: a row read after its lock is granted is its latest committed version.
 
 Layout: one row per bucket (``spent``, ``reserved``, and ``sweep_at``, a lower bound of
-the expiry of the holds counted in ``reserved``); one row per hold of a live reservation,
-indexed by bucket and expiry; reservations with their number of holds, their tenant and
-their listing key (a partial index on both serves ``list_reservations``); rolling spend
-as events; idempotency records. A transaction that locks a bucket whose ``sweep_at`` has
+the expiry of the holds counted in ``reserved``); reservations with their number of
+holds, their tenant and their listing key (a partial index on both serves
+``list_reservations``). A reservation holding one bucket keeps its hold in its own row
+(bucket, amount, and ``held`` while it counts; a partial index by bucket and expiry on
+the held ones), so a reserve inserts one row and a commit updates it; one holding
+several has one row per hold in ``budget_holds``, indexed by bucket and expiry. Rolling
+spend as events; idempotency records. A transaction that locks a bucket whose ``sweep_at`` has
 passed first gives back the holds that expired on it; a read subtracts them instead. So
 expiry is exact with no sweeper process, and a reservation with fewer holds than it was
 created with was expired by a host whose clock is ahead (it is then treated as expired,
@@ -84,13 +89,13 @@ Durability = Literal["process", "spend", "full"]
 _DURABILITY = ("process", "spend", "full")
 
 #: Version of the tables and functions below, kept in ``<schema>.budget_layout``.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 _SWEEP_EVERY = 512
 _APPLY_STMT = b"policyengine_budget_apply"
 _RESERVE_STMT = b"policyengine_budget_reserve"
 _FINISH_STMT = b"policyengine_budget_finish"
-_DECLINE = "PEB01"  # SQLSTATE of budget_finish declining (after rolling back)
+_DECLINE = "PEB01"  # SQLSTATE of the one-statement commit declining (rolled back)
 _USAGE_STMT = b"policyengine_budget_usage"
 _RATE_STMT = b"policyengine_budget_rate_admit"
 _BUCKET_LIFETIME = 32 * 86400
@@ -114,7 +119,11 @@ CREATE INDEX IF NOT EXISTS budget_events_by_bucket ON {s}.budget_events (budget,
 CREATE TABLE IF NOT EXISTS {s}.budget_reservations (
     id text PRIMARY KEY, status text NOT NULL, expires_at float8 NOT NULL,
     nholds integer NOT NULL, finished_at float8, data text NOT NULL,
-    tenant text NOT NULL DEFAULT '', listed text COLLATE "C");
+    tenant text NOT NULL DEFAULT '', listed text COLLATE "C",
+    hold_budget text, hold_subject text, hold_win bigint, hold_amount bigint,
+    held boolean NOT NULL DEFAULT false);
+CREATE INDEX IF NOT EXISTS budget_reservations_held ON {s}.budget_reservations
+    (hold_budget, hold_subject, hold_win, expires_at) WHERE held;
 CREATE INDEX IF NOT EXISTS budget_reservations_listed
     ON {s}.budget_reservations (tenant, listed) WHERE listed IS NOT NULL;
 CREATE INDEX IF NOT EXISTS budget_reservations_finished
@@ -153,6 +162,11 @@ DECLARE
     r_expires float8;
     r_nholds integer;
     r_data text;
+    r_held boolean;      -- its one-row hold: live, and on which bucket, how much
+    r_hb text;
+    r_hs text;
+    r_hw bigint;
+    r_ha bigint;
     i_fp text;           -- a live idempotency record
     i_expires float8;
     i_result text;
@@ -205,8 +219,9 @@ BEGIN
         idem := NULL;
     END IF;
     IF v_rid IS NOT NULL THEN
-        SELECT r.status, r.expires_at, r.nholds, r.data
-            INTO r_status, r_expires, r_nholds, r_data
+        SELECT r.status, r.expires_at, r.nholds, r.data, r.held, r.hold_budget,
+               r.hold_subject, r.hold_win, r.hold_amount
+            INTO r_status, r_expires, r_nholds, r_data, r_held, r_hb, r_hs, r_hw, r_ha
             FROM {s}.budget_reservations r WHERE r.id = v_rid FOR UPDATE;
         IF NOT FOUND OR r_status <> 'active' OR r_expires <= now THEN
             IF idem IS NOT NULL THEN
@@ -232,6 +247,7 @@ BEGIN
                 FROM jsonb_array_elements(tx->'s') v
             UNION SELECT h.budget, h.subject, h.win
                 FROM {s}.budget_holds h WHERE v_rid IS NOT NULL AND h.rid = v_rid
+            UNION SELECT r_hb, r_hs, r_hw WHERE r_held
         ) u;
     END IF;
     nk := jsonb_array_length(keys);
@@ -250,14 +266,29 @@ BEGIN
         END IF;
         IF sw <= now THEN
             -- Written at once: a refusal below still commits what is given back here.
+            -- One-row holds locked by another transaction are left (it is finishing or
+            -- extending them, and locked them before this bucket: waiting could
+            -- deadlock); they stay counted, and sweep_at stays due.
             WITH gone AS (
                 DELETE FROM {s}.budget_holds h
                 WHERE h.budget = kb[j] AND h.subject = ks[j] AND h.win = kw[j]
                 AND h.expires_at <= now RETURNING h.amount)
             SELECT coalesce(sum(gone.amount), 0) INTO freed FROM gone;
             rs := rs - freed;
-            SELECT min(h.expires_at) INTO sw FROM {s}.budget_holds h
-                WHERE h.budget = kb[j] AND h.subject = ks[j] AND h.win = kw[j];
+            WITH gone AS (
+                UPDATE {s}.budget_reservations r SET held = false
+                WHERE r.id IN (SELECT q.id FROM {s}.budget_reservations q
+                               WHERE q.hold_budget = kb[j] AND q.hold_subject = ks[j]
+                               AND q.hold_win = kw[j] AND q.held AND q.expires_at <= now
+                               FOR UPDATE SKIP LOCKED)
+                AND r.held AND r.expires_at <= now RETURNING r.hold_amount)
+            SELECT coalesce(sum(gone.hold_amount), 0) INTO freed FROM gone;
+            rs := rs - freed;
+            SELECT least((SELECT min(h.expires_at) FROM {s}.budget_holds h
+                          WHERE h.budget = kb[j] AND h.subject = ks[j] AND h.win = kw[j]),
+                         (SELECT min(q.expires_at) FROM {s}.budget_reservations q
+                          WHERE q.hold_budget = kb[j] AND q.hold_subject = ks[j]
+                          AND q.hold_win = kw[j] AND q.held)) INTO sw;
             UPDATE {s}.budget_buckets b SET reserved = rs, sweep_at = sw
                 WHERE b.budget = kb[j] AND b.subject = ks[j] AND b.win = kw[j];
         END IF;
@@ -271,6 +302,13 @@ BEGIN
                array_agg(h.amount)
             INTO hb, hs, hw, ha FROM {s}.budget_holds h WHERE h.rid = v_rid;
         nh := coalesce(array_length(hb, 1), 0);
+        IF r_held THEN
+            nh := nh + 1;
+            hb[nh] := r_hb;
+            hs[nh] := r_hs;
+            hw[nh] := r_hw;
+            ha[nh] := r_ha;
+        END IF;
         -- Fewer holds than created with: a host whose clock is ahead expired it.
         IF nh <> r_nholds THEN
             IF idem IS NOT NULL THEN
@@ -328,18 +366,22 @@ BEGIN
         IF jsonb_typeof(tx->'f') = 'array' THEN
             -- Give back its holds; its spends follow below.
             IF nh > 0 THEN
-                DELETE FROM {s}.budget_holds d WHERE d.rid = v_rid;
+                IF NOT r_held THEN
+                    DELETE FROM {s}.budget_holds d WHERE d.rid = v_rid;
+                END IF;
                 FOR j IN 1 .. nh LOOP
                     rs1[hk[j]] := rs1[hk[j]] - ha[j];
                 END LOOP;
             END IF;
             UPDATE {s}.budget_reservations r SET status = tx->'f'->>0, finished_at = now,
-                data = tx->'f'->>1 WHERE r.id = v_rid;
+                data = tx->'f'->>1, held = false WHERE r.id = v_rid;
         ELSIF jsonb_typeof(tx->'x') = 'number' THEN
             x := (tx->>'x')::float8;
             UPDATE {s}.budget_reservations r SET expires_at = x WHERE r.id = v_rid;
-            IF nh > 0 THEN
-                UPDATE {s}.budget_holds d SET expires_at = x WHERE d.rid = v_rid;
+            IF nh > 0 THEN  -- a one-row hold moved with its row
+                IF NOT r_held THEN
+                    UPDATE {s}.budget_holds d SET expires_at = x WHERE d.rid = v_rid;
+                END IF;
                 FOR j IN 1 .. nh LOOP
                     sw1[hk[j]] := least(sw1[hk[j]], x);
                 END LOOP;
@@ -350,14 +392,24 @@ BEGIN
         c := tx->'c';
         x := (c->>2)::float8;
         lst := c->3;
-        INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, finished_at, data,
-                                             tenant, listed)
-            VALUES (c->>0, c->>1, x, jsonb_array_length(lst),
-                    CASE WHEN c->>1 = 'active' THEN NULL ELSE now END, c->>4, c->>5, c->>6);
-        IF jsonb_array_length(lst) > 0 THEN
+        IF jsonb_array_length(lst) = 1 THEN  -- one hold: kept in the reservation's row
+            INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, data,
+                tenant, listed, hold_budget, hold_subject, hold_win, hold_amount, held)
+                VALUES (c->>0, c->>1, x, 1, c->>4, c->>5, c->>6, lst->0->>0, lst->0->>1,
+                        (lst->0->>2)::bigint, (lst->0->>3)::bigint, true);
+        ELSE
+            INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, finished_at,
+                                                 data, tenant, listed)
+                VALUES (c->>0, c->>1, x, jsonb_array_length(lst),
+                        CASE WHEN c->>1 = 'active' THEN NULL ELSE now END, c->>4, c->>5,
+                        c->>6);
+        END IF;
+        IF jsonb_array_length(lst) > 1 THEN
             INSERT INTO {s}.budget_holds (rid, budget, subject, win, amount, expires_at)
                 SELECT c->>0, v->>0, v->>1, (v->>2)::bigint, (v->>3)::bigint, x
                 FROM jsonb_array_elements(lst) v;
+        END IF;
+        IF jsonb_array_length(lst) > 0 THEN
             FOR j IN 0 .. jsonb_array_length(lst) - 1 LOOP
                 g := lst->j;
                 m := 1;
@@ -436,7 +488,12 @@ BEGIN
         ELSIF sw <= now THEN
             rs := rs - (SELECT coalesce(sum(h.amount), 0) FROM {s}.budget_holds h
                         WHERE h.budget = g->>0 AND h.subject = g->>1
-                        AND h.win = (g->>2)::bigint AND h.expires_at <= now);
+                        AND h.win = (g->>2)::bigint AND h.expires_at <= now)
+                     - (SELECT coalesce(sum(r.hold_amount), 0)
+                        FROM {s}.budget_reservations r
+                        WHERE r.hold_budget = g->>0 AND r.hold_subject = g->>1
+                        AND r.hold_win = (g->>2)::bigint AND r.held
+                        AND r.expires_at <= now);
         END IF;
         IF jsonb_typeof(g->3) = 'number' THEN
             SELECT coalesce(sum(ev.amount), 0) INTO sp FROM {s}.budget_events ev
@@ -451,8 +508,8 @@ $fn$;
 
 # A reserve on one bucket, the common case, as one statement: the conditional UPDATE
 # locks the bucket row and checks the guard on its latest version (READ COMMITTED
-# re-checks the WHERE after waiting for a lock); the reservation and its hold are
-# inserted only if it updated a row. It declines (0) rather than refuses: a bucket not
+# re-checks the WHERE after waiting for a lock); the reservation, its hold in its row,
+# is inserted only if it updated a row. It declines (0) rather than refuses: a bucket not
 # yet created, expired holds to give back, a guard that fails or a clock out of bounds
 # all fall back to budget_apply, which writes nothing here was written and says why.
 # $1-$3 bucket, $4 held amount, $5 guard add, $6 ceiling, $7 debt_above|null,
@@ -470,74 +527,46 @@ WITH b AS (
         AND ($7::numeric IS NULL OR t.spent <= $7::numeric)
     RETURNING 1),
 r AS (INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, data, tenant,
-                                           listed)
-    SELECT $8::text, 'active', $9::float8, 1, $12::text, $13::text, $14::text FROM b),
-h AS (INSERT INTO {s}.budget_holds (rid, budget, subject, win, amount, expires_at)
-    SELECT $8::text, $1::text, $2::text, $3::bigint, $4::bigint, $9::float8 FROM b)
+        listed, hold_budget, hold_subject, hold_win, hold_amount, held)
+    SELECT $8::text, 'active', $9::float8, 1, $12::text, $13::text, $14::text, $1::text,
+        $2::text, $3::bigint, $4::bigint, true FROM b)
 SELECT count(*) FROM b
 """
 
-# A commit or release of a reservation whose lines and spends are all on one bucket
-# (keys known to this process), the common case, in four statements: finalize the
-# reservation if live (the UPDATE locks it, in the order budget_apply locks), lock the
-# bucket (giving back holds that expired on it), delete the holds, update the bucket.
-# It returns 0 (nothing written) when the reservation is not live, and raises _DECLINE
-# (rolling everything back) when the bucket is missing or the holds are not the ones
-# created; either way the caller runs budget_apply, which says why.
+# A commit or release of a reservation whose hold is in its row (one held bucket) and
+# whose spends are on that bucket (all known to this process), the common case, as one
+# statement: finalize the reservation if live and still held (the UPDATE locks it, in
+# the order budget_apply locks), then give its hold back to the bucket and add the spend
+# (the bucket's lock second). It returns 0 (nothing written) when the reservation is not
+# live or held; when the bucket's update does not follow (the bucket has expired holds
+# to give back, or is missing) it raises _DECLINE through budget_decline, rolling the
+# finalization back. Either way the caller runs budget_apply, which says why.
+# $1 reservation id, $2-$4 bucket, $5 spend, $6 status, $7 record, $8 now,
+# $9 max skew|null, $10 wait for the WAL flush.
 _FINISH = """
-CREATE OR REPLACE FUNCTION {s}.budget_finish(p_rid text, p_b text, p_s text, p_w bigint,
-    p_spend bigint, p_status text, p_data text, p_now float8, p_skew float8,
-    p_sync boolean) RETURNS integer
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    n integer;
-    sw float8;
-    cnt integer;
-    held numeric;
-    same boolean;
+WITH r AS (
+    UPDATE {s}.budget_reservations t SET status = $6::text, finished_at = $8::float8,
+        data = $7::text, held = false
+    WHERE t.id = $1::text AND t.held AND t.status = 'active' AND t.expires_at > $8::float8
+        AND t.hold_budget = $2::text AND t.hold_subject = $3::text AND t.hold_win = $4::bigint
+        AND ($9::float8 IS NULL
+             OR abs(extract(epoch FROM clock_timestamp()) - $8::float8) <= $9::float8)
+    RETURNING t.hold_amount),
+b AS (
+    UPDATE {s}.budget_buckets t SET reserved = t.reserved - r.hold_amount,
+        spent = t.spent + $5::bigint
+    FROM r WHERE t.budget = $2::text AND t.subject = $3::text AND t.win = $4::bigint
+        AND (t.sweep_at IS NULL OR t.sweep_at > $8::float8)
+    RETURNING 1)
+SELECT CASE WHEN (SELECT count(*) FROM r) = (SELECT count(*) FROM b)
+            THEN (SELECT count(*) FROM b) ELSE {s}.budget_decline() END
+    + CASE WHEN $10::boolean THEN length(set_config('synchronous_commit', 'on', true)) * 0
+           ELSE 0 END
+"""
+_DECLINE_FN = """
+CREATE OR REPLACE FUNCTION {s}.budget_decline() RETURNS bigint LANGUAGE plpgsql AS $fn$
 BEGIN
-    IF p_skew IS NOT NULL
-       AND abs(extract(epoch FROM clock_timestamp()) - p_now) > p_skew THEN
-        RETURN 0;
-    END IF;
-    UPDATE {s}.budget_reservations r SET status = p_status, finished_at = p_now,
-        data = p_data
-        WHERE r.id = p_rid AND r.status = 'active' AND r.expires_at > p_now
-        RETURNING r.nholds INTO n;
-    IF NOT FOUND THEN
-        RETURN 0;
-    END IF;
-    SELECT t.sweep_at INTO sw FROM {s}.budget_buckets t
-        WHERE t.budget = p_b AND t.subject = p_s AND t.win = p_w FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'budget_finish declines' USING ERRCODE = '{decline}';
-    END IF;
-    IF sw <= p_now THEN  -- give back the holds that expired on it, as budget_apply does
-        WITH gone AS (
-            DELETE FROM {s}.budget_holds h
-            WHERE h.budget = p_b AND h.subject = p_s AND h.win = p_w
-            AND h.expires_at <= p_now RETURNING h.amount)
-        SELECT coalesce(sum(gone.amount), 0) INTO held FROM gone;
-        UPDATE {s}.budget_buckets t SET reserved = t.reserved - held,
-            sweep_at = (SELECT min(h.expires_at) FROM {s}.budget_holds h
-                        WHERE h.budget = p_b AND h.subject = p_s AND h.win = p_w)
-            WHERE t.budget = p_b AND t.subject = p_s AND t.win = p_w;
-    END IF;
-    WITH gone AS (DELETE FROM {s}.budget_holds h WHERE h.rid = p_rid
-                  RETURNING h.budget, h.subject, h.win, h.amount)
-    SELECT count(*), coalesce(sum(gone.amount), 0),
-           coalesce(bool_and(gone.budget = p_b AND gone.subject = p_s AND gone.win = p_w),
-                    true)
-        INTO cnt, held, same FROM gone;
-    IF cnt <> n OR NOT same THEN
-        RAISE EXCEPTION 'budget_finish declines' USING ERRCODE = '{decline}';
-    END IF;
-    UPDATE {s}.budget_buckets t SET reserved = t.reserved - held, spent = t.spent + p_spend
-        WHERE t.budget = p_b AND t.subject = p_s AND t.win = p_w;
-    IF p_sync THEN
-        PERFORM set_config('synchronous_commit', 'on', true);
-    END IF;
-    RETURN 1;
+    RAISE EXCEPTION 'budget fast path declines' USING ERRCODE = '{decline}';
 END
 $fn$;
 """
@@ -629,7 +658,7 @@ WITH events AS (DELETE FROM {s}.budget_events WHERE at < %(events)s),
 finished AS (DELETE FROM {s}.budget_reservations WHERE finished_at < %(finished)s),
 abandoned AS (DELETE FROM {s}.budget_reservations r WHERE r.status = 'active'
     AND r.expires_at < %(finished)s
-    AND NOT EXISTS (SELECT 1 FROM {s}.budget_holds h WHERE h.rid = r.id)),
+    AND NOT r.held AND NOT EXISTS (SELECT 1 FROM {s}.budget_holds h WHERE h.rid = r.id)),
 idempotency AS (DELETE FROM {s}.budget_idempotency WHERE expires_at <= %(now)s),
 buckets AS (DELETE FROM {s}.budget_buckets WHERE win > 0 AND win < %(buckets)s
     AND reserved = 0),
@@ -747,9 +776,7 @@ class PostgresStore:
             (_RESERVE_STMT, _RESERVE.format(s=s).encode()),
             (_RATE_STMT, f"SELECT {s}.budget_rate_admit($1::jsonb, $2::bigint, $3::bigint, "
                          "$4::boolean)::text".encode()),
-            (_FINISH_STMT, f"SELECT {s}.budget_finish($1::text, $2::text, $3::text, "
-                           "$4::bigint, $5::bigint, $6::text, $7::text, $8::float8, "
-                           "$9::float8, $10::boolean)".encode()),
+            (_FINISH_STMT, _FINISH.format(s=s).encode()),
         )
         self._skew_param = None if max_clock_skew is None else repr(float(max_clock_skew)
                                                                     ).encode()
@@ -934,7 +961,8 @@ class PostgresStore:
                         "another schema",
                     )
                 functions = (_APPLY.format(s=s) + _USAGE.format(s=s)
-                             + _FINISH.format(s=s, decline=_DECLINE) + _RATE.format(s=s))
+                             + _DECLINE_FN.format(s=s, decline=_DECLINE)
+                             + _RATE.format(s=s))
                 code = hashlib.sha256(functions.encode()).hexdigest()
                 if version is None:
                     conn.execute(f"CREATE TABLE {s}.budget_layout (version integer "
@@ -954,7 +982,8 @@ class PostgresStore:
                 if row is None or row[0] != code:
                     conn.execute(_APPLY.format(s=s))  # type: ignore[arg-type]
                     conn.execute(_USAGE.format(s=s))  # type: ignore[arg-type]
-                    conn.execute(_FINISH.format(s=s, decline=_DECLINE))  # type: ignore[arg-type]
+                    conn.execute(_DECLINE_FN.format(  # type: ignore[arg-type]
+                        s=s, decline=_DECLINE))
                     conn.execute(_RATE.format(s=s))  # type: ignore[arg-type]
                     conn.execute(f"UPDATE {s}.budget_layout SET code = %s", (code,))
         except psycopg.Error as exc:
@@ -1118,19 +1147,22 @@ class PostgresStore:
         return value == b"1"
 
     def _finish(self, tx: Transaction, own: ReservationRecord, now: float) -> bool:
-        """``budget_finish`` (see ``_FINISH``) when ``tx`` commits or releases ``own``
-        and everything it touches is one calendar bucket; False when it does not apply
-        or declined."""
+        """The one-statement commit or release (see ``_FINISH``) when ``tx`` finishes
+        ``own``, which holds one bucket (its hold in its row), and spends on that bucket
+        only; False when it does not apply or declined."""
         fin = tx.finalize
         if (fin is None or tx.guards or tx.create is not None or tx.extend_to is not None
                 or tx.idempotency is not None):
             return False
-        keys = {(ln[0], ln[1], ln[2]) for ln in own.lines}
-        keys.update((sp[0], sp[1], sp[2]) for sp in tx.spends)
-        if len(keys) != 1 or any(sp[3] for sp in tx.spends):
+        held = [ln for ln in own.lines if ln[5]]
+        if len(held) != 1:
             return False
-        ((budget, subject, win),) = keys
-        spend = sum(sp[4] for sp in tx.spends)
+        budget, subject, win = held[0][0], held[0][1], held[0][2]
+        spend = 0
+        for sp in tx.spends:
+            if sp[3] or sp[0] != budget or sp[1] != subject or sp[2] != win:
+                return False
+            spend += sp[4]
         value = self._exec(_FINISH_STMT, [
             own.id.encode(), budget.encode(), subject.encode(), str(win).encode(),
             str(spend).encode(), fin.status.encode(), compact_bytes(fin),

@@ -147,6 +147,25 @@ def test_cli_reports_a_bad_store_url(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
+def test_postgres_refuses_the_layout_before_one_row_holds(
+    shared_stores: SharedStores,
+) -> None:
+    """Layout 2 kept every hold in its own row: its schema is refused with a code, and
+    read by nothing (the tables and their data stay as they were)."""
+    store = shared_stores.postgres()
+    ledger, _ = make_ledger(store, DAILY)
+    ledger.reserve("bot", "payments:x", "7", "EUR")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{store.schema}".budget_layout SET version = 2')
+    with pytest.raises(BudgetStoreError) as info:
+        PostgresStore(POSTGRES_URL, schema=store.schema)
+    assert info.value.code == "store_incompatible" and "version 2" in str(info.value)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        assert conn.execute(f'SELECT count(*) FROM "{store.schema}".budget_reservations'
+                            ).fetchone() == (1,)
+
+
+@pytest.mark.postgres
 def test_postgres_refuses_another_layout_and_keeps_its_data(
     shared_stores: SharedStores,
 ) -> None:
@@ -259,9 +278,12 @@ def test_one_bucket_reserves_and_commits_race_on_two_hosts_without_overspending(
 
 
 @pytest.mark.postgres
-def test_a_one_bucket_commit_gives_back_holds_that_expired_on_its_bucket(
+def test_a_one_bucket_commit_on_a_bucket_with_expired_holds_gives_them_back(
     shared_stores: SharedStores,
 ) -> None:
+    """The one-statement commit declines (rolling its finalization back) when its
+    bucket has expired holds to give back; budget_apply then gives them back and
+    commits, and the next commit on the swept bucket takes the short path again."""
     store = shared_stores.postgres()
     finished: list[bool] = []
     fin = store._finish
@@ -275,17 +297,78 @@ def test_a_one_bucket_commit_gives_back_holds_that_expired_on_its_bucket(
     ledger, clock = make_ledger(store, DAILY)
     ledger.reserve("bot", "payments:x", "30", "EUR", ttl=10)  # abandoned
     kept = ledger.reserve("bot", "payments:x", "40", "EUR", ttl=60)
+    later = ledger.reserve("bot", "payments:x", "5", "EUR", ttl=90)
     clock.t += 20
-    ledger.commit(kept.id, "25")
-    assert finished == [True]  # the short path, which gave the expired hold back
+    assert ledger.commit(kept.id, "25").status == "committed"
+    assert finished == [False]  # declined: the abandoned hold was due
     (balance,) = ledger.balances("bot")
-    assert (balance.spent, balance.reserved) == (Decimal(25), Decimal(0))
+    assert (balance.spent, balance.reserved) == (Decimal(25), Decimal(5))
     with psycopg.connect(POSTGRES_URL) as conn:
         row = conn.execute(f'SELECT spent, reserved FROM "{store.schema}".budget_buckets'
                            ).fetchone()
-        holds = conn.execute(f'SELECT count(*) FROM "{store.schema}".budget_holds'
-                             ).fetchone()
-    assert row == (2500, 0) and holds == (0,)  # stored as given back, not only read so
+        held = conn.execute(f'SELECT count(*) FROM "{store.schema}".budget_reservations '
+                            "WHERE held").fetchone()
+    assert row == (2500, 500) and held == (1,)  # stored as given back, not only read so
+    ledger.release(later.id)
+    assert finished == [False, True]
+    (balance,) = ledger.balances("bot")
+    assert (balance.spent, balance.reserved) == (Decimal(25), Decimal(0))
+
+
+@pytest.mark.postgres
+def test_an_expired_one_row_hold_locked_elsewhere_stays_counted_until_free(
+    shared_stores: SharedStores,
+) -> None:
+    """Giving back expired one-row holds skips a reservation row another transaction
+    holds locked (it locked it before the bucket, so waiting could deadlock): the hold
+    stays counted, never given back twice, and the next write gives it back."""
+    store = shared_stores.postgres()
+    ledger, clock = make_ledger(store, DAILY)
+    gone = ledger.reserve("bot", "payments:x", "30", "EUR", ttl=10)
+    clock.t += 20
+    with psycopg.connect(POSTGRES_URL) as conn:  # a transaction, holding the row
+        conn.execute(f'SELECT 1 FROM "{store.schema}".budget_reservations WHERE id = %s '
+                     "FOR UPDATE", (gone.id,))
+        ledger.record("bot", "payments:x", "1", "EUR")  # sweeps the bucket, skips it
+        row = conn.execute(f'SELECT reserved FROM "{store.schema}".budget_buckets'
+                           ).fetchone()
+        assert row == (3000,)
+    ledger.record("bot", "payments:x", "2", "EUR")
+    with psycopg.connect(POSTGRES_URL) as conn:
+        row = conn.execute(f'SELECT spent, reserved FROM "{store.schema}".budget_buckets'
+                           ).fetchone()
+    assert row == (300, 0)
+    (balance,) = ledger.balances("bot")
+    assert (balance.spent, balance.reserved) == (Decimal(3), Decimal(0))
+
+
+@pytest.mark.postgres
+def test_reservations_of_one_and_of_several_buckets_share_the_ledger(
+    shared_stores: SharedStores,
+) -> None:
+    """A one-bucket reservation keeps its hold in its row, one on several buckets in
+    hold rows; reads, expiry and commits count both kinds."""
+    store = shared_stores.postgres()
+    weekly = BudgetSpec("weekly", ("payments:*",), Decimal(1000), "EUR", "week")
+    ledger, clock = make_ledger(store, DAILY, weekly)
+    both = ledger.reserve("bot", "payments:x", "30", "EUR", ttl=60)
+    alone, _ = make_ledger(shared_stores.postgres(schema=store.schema), DAILY, clock=clock)
+    one = alone.reserve("bot", "payments:x", "20", "EUR", ttl=10)
+    with psycopg.connect(POSTGRES_URL) as conn:
+        rows = conn.execute(f'SELECT count(*) FROM "{store.schema}".budget_holds'
+                            ).fetchone()
+        held = conn.execute(f'SELECT id FROM "{store.schema}".budget_reservations '
+                            "WHERE held").fetchall()
+    assert rows == (2,) and held == [(one.id,)]
+    assert ledger.balances("bot")[0].reserved == Decimal(50)
+    clock.t += 20  # the one-row hold expired
+    assert ledger.balances("bot")[0].reserved == Decimal(30)
+    ledger.commit(both.id, "30")
+    with pytest.raises(ReservationError) as info:
+        alone.commit(one.id, "20")
+    assert info.value.code == "reservation_expired"
+    daily, week = ledger.balances("bot")
+    assert (daily.spent, daily.reserved, week.spent) == (Decimal(30), 0, Decimal(30))
 
 
 def test_postgres_schema_names_are_plain_sql_names() -> None:
