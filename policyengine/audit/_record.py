@@ -326,6 +326,7 @@ def event_record(kind: str, ts_ns: int, fields: Mapping[str, Any],
     fields = dict(fields)
     erased: list[str] = []
     event = fields.pop("event", None)
+    inp = fields.pop("input", None)
     body = scrub(fields, "$", masked)
     if isinstance(event, dict):  # an ingested event: the policy's rules apply to it too
         event, ev_masked, erased, errors = mask_input(event, view)
@@ -335,6 +336,13 @@ def event_record(kind: str, ts_ns: int, fields: Mapping[str, Any],
             body["mask_errors"] = errors
     if "event" in fields or event is not None:
         body["event"] = event
+    if isinstance(inp, dict):  # a search's input: masked as a decision's (paths in it)
+        inp, in_masked, in_erased, errors = mask_input(inp, view)
+        masked.extend(in_masked)
+        erased.extend(in_erased)
+        if errors:
+            body["mask_errors"] = errors
+        body["input"] = inp
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": kind,

@@ -23,9 +23,10 @@ evaluation would be true. The engine's reverse queries say who may hold the perm
 conditions it still depends on; what the policy knows (its agents, its declared resources
 of the type, the actions its patterns name for the type) is narrowed by them, and each
 remaining candidate's conditions are decided by the same pipeline as an evaluation,
-without side effects (no approval is registered, nothing is logged). Answers are
-complete; a page is cut only with a ``page`` object whose ``next_token`` says so
-(docs/service.md, "AuthZEN search").
+without side effects (no approval is registered, no candidate's decision is logged).
+Answers are complete; a page is cut only with a ``page`` object whose ``next_token``
+says so (docs/service.md, "AuthZEN search"). Each answer the service gives is one
+decision-log record of kind ``search.<kind>`` (docs/decision-log.md).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +47,8 @@ from policyengine.server import _models as m
 if TYPE_CHECKING:
     from policyengine.server._app import PolicyService, _Reply, _Request, _Route
 
-__all__ = ["AuthzenWire", "evaluate", "evaluate_batch", "run_authzen_case", "search"]
+__all__ = ["AuthzenWire", "evaluate", "evaluate_batch", "run_authzen_case", "search",
+           "search_record"]
 
 _RESERVED = ("subject", "resource", "action")
 _ONE_IN = TypeAdapter(m.AccessEvaluation)
@@ -165,14 +168,26 @@ class AuthzenWire:
     def _searcher(self, kind: str) -> Callable[[_Request], _Reply]:
         def handler(req: _Request) -> _Reply:
             from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
-            self._pep(req)
+            client = self._pep(req)
             data = _json_body(req)
             adapter_in, adapter_out = _SEARCH[kind][0], _SEARCH[kind][1]
             _validate(adapter_in, data)
+            engine = self.service.engine
+            log = engine.decision_log
+            view = engine._current_view() if log is not None else None
+            started = time.perf_counter_ns()
             try:
-                out = adapter_out.validate_python(search(self.service.engine, kind, data))
+                answer = search(engine, kind, data)
             except _ItemError as exc:
                 raise _RefusalError(400, "invalid_request", exc.message) from None
+            if log is not None:
+                fields = search_record(kind, data, answer, client,
+                                       time.perf_counter_ns() - started)
+                if not log.event(f"search.{kind}", fields, view) and log.overflow == "deny":
+                    raise _RefusalError(503, "decision_log_unavailable",
+                                        "the decision log cannot record this search now; "
+                                        "retry")
+            out = adapter_out.validate_python(answer)
             subject = data["subject"].get("id") if kind != "subject" else None
             return _Reply(200, adapter_out.dump_json(out, exclude_none=True), subject,
                           f"search:{len(out.results)}")
@@ -336,6 +351,37 @@ def _run_search_case(engine: pe.Engine, kind: str, request: dict[str, Any],
 
 
 # --------------------------------------------------------------------------- search
+def search_record(kind: str, data: dict[str, Any], answer: dict[str, Any],
+                  client: str | None, latency_ns: int) -> dict[str, Any]:
+    """The decision-log fields of one search answer (kind ``search.<kind>``,
+    docs/decision-log.md): who is searched for or may act (``principal``: the subject's
+    id, None in a subject search), the permission asked about (None in an action
+    search), the AuthZEN client that asked (None when the service has no clients), the
+    ``input`` in a decision's shape (``principal``, ``permission``, ``context`` with the
+    request's subject, resource and action in it, as an evaluation's, and ``page``), so
+    the same ``log redact`` rules mask it, and how many results the answer carries."""
+    subject, resource, action = data.get("subject"), data.get("resource"), data.get("action")
+    principal = subject.get("id") if kind != "subject" and subject else None
+    permission = (f"{resource['type']}:{action['name']}"
+                  if kind != "action" and resource and action else None)
+    context = dict(data.get("context") or {})
+    for key, value in (("subject", subject), ("resource", resource), ("action", action)):
+        if value is not None:
+            context[key] = value
+    inp: dict[str, Any] = {"principal": principal, "permission": permission,
+                           "context": context}
+    if data.get("page") is not None:
+        inp["page"] = data["page"]
+    page = answer.get("page")
+    results = len(answer["results"])
+    return {"principal": principal, "permission": permission, "client": client,
+            "input": inp,
+            "result": {"results": results,
+                       "total": page["total"] if page is not None else results,
+                       "more": bool(page is not None and page["next_token"])},
+            "metrics": {"timer_search_ns": latency_ns}}
+
+
 def _allowed(engine: pe.Engine, principal: str, permission: str,
              ctx: dict[str, Any]) -> bool:
     """Would an evaluation of this be true? The decision pipeline's own run, without
