@@ -35,16 +35,18 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from policyengine.decide._compiled import CompiledPolicy, CompiledRule
-from policyengine.decide._evaluator import RequestState, rule_entry
+from policyengine.decide._compiled import CompiledPolicy, CompiledRule, Plan
+from policyengine.decide._evaluator import RequestState, _amount_rule, _run, rule_entry
 from policyengine.decide._runtime import Principal
+from policyengine.decision import Decision, Diagnostic
 from policyengine.engine import Engine
 from policyengine.lang import ast
 from policyengine.lang._fmt import format_expr
 from policyengine.permissions import permission_matches, subsumes
 from policyengine.tokens.grants import MAX_DEPTH
 
-__all__ = ["SEVERITIES", "Analysis", "DecisionChange", "Diff", "Finding", "analyze", "diff"]
+__all__ = ["CHANGE_KINDS", "SEVERITIES", "Analysis", "DecisionChange", "Diff", "Finding",
+           "analyze", "diff"]
 
 #: Finding severities, weakest first (``--fail-on`` takes one of them).
 SEVERITIES = ("info", "warning", "error")
@@ -114,11 +116,21 @@ class Analysis:
                 "findings": [f.to_dict() for f in self.findings]}
 
 
+#: The parts of a decision a diff compares, in the order a change lists them: the
+#: status, the reason code, the obligations (caps, approval thresholds, a tool's
+#: redactions) and the rules that decided.
+CHANGE_KINDS = ("status", "reason", "obligations", "rules")
+
+
 @dataclass(frozen=True)
 class DecisionChange:
-    """One (principal, permission) whose decision differs between two versions: an example
-    request, both wire decisions' status and code, and how many of the requests decided
-    for that pair changed."""
+    """One way the decision of one (principal, permission) differs between two versions:
+    an example request, both decisions' status and reason code, rules and obligations,
+    which of those parts differ (``kinds``, a subsequence of :data:`CHANGE_KINDS`), and
+    how many of the requests decided for that pair change in exactly those parts.
+
+    A request with a ``tool`` key stands for a call through that tool whose context
+    (given and extracted) is ``context``: what changes is the tool's redactions."""
 
     request: dict[str, Any]
     old: tuple[str, str]
@@ -128,23 +140,54 @@ class DecisionChange:
     count: int
     #: Other principals that decide alike here (same scopes, no condition reads them).
     alike: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ("status",)
+    #: Both decisions' obligations, as on the wire (``maxAmount``, ``requireApprovalOver``,
+    #: ``redactFields``, ``currency``; plus ``redactions``, the tool's rules as
+    #: ``PATH STRATEGY``, for a tool call), or None when the decision carries none.
+    old_obligations: dict[str, Any] | None = None
+    new_obligations: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"request": _jsonable(self.request),
+        return {"request": _jsonable(self.request), "changed": list(self.kinds),
                 "old": {"status": self.old[0], "reasonCode": self.old[1],
-                        "rules": list(self.old_rules)},
+                        "rules": list(self.old_rules), "obligations": self.old_obligations},
                 "new": {"status": self.new[0], "reasonCode": self.new[1],
-                        "rules": list(self.new_rules)},
+                        "rules": list(self.new_rules), "obligations": self.new_obligations},
                 "requests": self.count, "alike": list(self.alike)}
 
     def render(self) -> str:
         also = (f" (and alike: {', '.join(json.dumps(p) for p in self.alike)})"
                 if self.alike else "")
-        return (f"{request_text(self.request)}{also}\n"
-                f"    old: {self.old[0]} ({self.old[1]}) {', '.join(self.old_rules)}\n"
-                f"    new: {self.new[0]} ({self.new[1]}) {', '.join(self.new_rules)}"
-                + (f"\n    ({self.count} requests of this principal and permission "
-                   "change)" if self.count > 1 else ""))
+        lines = [f"{request_text(self.request)}{also}",
+                 f"    changed: {', '.join(self.kinds)}"]
+        for label, (status, code), rules, ob in (
+                ("old", self.old, self.old_rules, self.old_obligations),
+                ("new", self.new, self.new_rules, self.new_obligations)):
+            line = f"    {label}: {status} ({code}) {', '.join(rules)}".rstrip()
+            if "obligations" in self.kinds:
+                line += f"; obligations: {obligations_text(ob)}"
+            lines.append(line)
+        if self.count > 1:
+            lines.append(f"    ({self.count} requests of this principal and permission "
+                         "change so)")
+        return "\n".join(lines)
+
+
+def obligations_text(ob: dict[str, Any] | None) -> str:
+    """Wire obligations in one phrase: ``max 100 EUR, approval over 50 EUR, redact
+    $.card mask``, or ``none``."""
+    if not ob:
+        return "none"
+    cur = f" {ob['currency']}" if ob.get("currency") else ""
+    parts = []
+    if ob.get("maxAmount") is not None:
+        parts.append(f"max {ob['maxAmount']}{cur}")
+    if ob.get("requireApprovalOver") is not None:
+        parts.append(f"approval over {ob['requireApprovalOver']}{cur}")
+    redactions = ob.get("redactions") or ob.get("redactFields")
+    if redactions:
+        parts.append(f"redact {', '.join(redactions)}")
+    return ", ".join(parts) or "none"
 
 
 @dataclass(frozen=True)
@@ -185,8 +228,9 @@ def _jsonable(value: Any) -> Any:
 def request_text(req: dict[str, Any]) -> str:
     """A request as one line: ``principal "bot", permission pay:refund, context {...}``."""
     ctx = json.dumps(_jsonable(req.get("context") or {}), sort_keys=True)
-    return (f"principal {json.dumps(req['principal'])}, permission {req['permission']}, "
-            f"context {ctx}")
+    tool = f", tool {req['tool']}" if "tool" in req else ""
+    return (f"principal {json.dumps(req['principal'])}, permission {req['permission']}"
+            f"{tool}, context {ctx}")
 
 
 # ---- what a condition reads -----------------------------------------------------------
@@ -990,18 +1034,46 @@ def _components(infos: Sequence[_RuleInfo]) -> list[list[_RuleInfo]]:
     return list(groups.values())
 
 
+def _outcome(rule: CompiledRule, who: Principal, plan: Plan, ctx: dict[str, Any],
+             req: RequestState, status_only: bool) -> Any:
+    """What ``rule`` contributes to the decision of a request, read with the rules step's
+    own evaluation (``rule_facts``): whether a permit applies; for a forbid, limit or
+    approval whether it applies, applies because a condition or the amount could not be
+    evaluated (and with which error codes, the reason code of a fail-closed denial), or,
+    for a limit or approval threshold, does not apply with its cap in force (an
+    obligation). With ``status_only``, only whether it applies. None for a shadow rule
+    or a principal out of its scope (neither decides anything)."""
+    if rule.mode != "enforce" or not rule.scoped_to(who):
+        return None
+    diags: list[Diagnostic] = []
+    if rule.effect == "permit":
+        return _run(rule, ctx, plan, req, diags, False) is True
+    if rule.kind in ("limit", "approval_over"):
+        hit, cap = _amount_rule(rule, ctx, plan, req, diags)
+        if status_only:
+            return hit is not False
+        return hit, cap is not None, tuple(d.code for d in diags)
+    hit = _run(rule, ctx, plan, req, diags, True)
+    if status_only:
+        return hit is not False
+    return hit, tuple(d.code for d in diags)
+
+
 def _region_contexts(policies: Sequence[tuple[CompiledPolicy, Sequence[CompiledRule]]],
-                     infos: Sequence[_RuleInfo], pid: str, perm: str, limit: int, seed: int
+                     infos: Sequence[_RuleInfo], pid: str, perm: str, limit: int, seed: int,
+                     status_only: bool = False
                      ) -> tuple[list[dict[str, Any]], bool, list[str]]:
     """Contexts that realise every combination of rule outcomes the rules can reach for
     ``pid`` asking ``perm``: per group of rules sharing variables, one witness context
-    per distinct outcome of the group's rules (under every policy), then the product of
-    the groups. Exact when each group is (the whole product of witnesses is not needed:
-    groups are independent). Returns (contexts, exhaustive, reasons it is not)."""
+    per distinct outcome (:func:`_outcome`) of the group's rules (under every policy),
+    then the product of the groups. Exact when each group is (the whole product of
+    witnesses is not needed: groups are independent). Returns (contexts, exhaustive,
+    reasons it is not)."""
     outside: list[str] = []
     complete = True
     per_group: list[list[dict[str, Any]]] = []
-    views = [(pol, pol.principal(pid), pol.plan(pid, perm).principal, rules)
+    views = [(pol, pol.principal(pid), Plan(pol.plan(pid, perm).principal, (), (), (), (),
+                                             False), rules)
              for pol, rules in policies]
     for group in _components(infos):
         qids = {i.rule.qid for i in group}
@@ -1012,10 +1084,10 @@ def _region_contexts(policies: Sequence[tuple[CompiledPolicy, Sequence[CompiledR
         complete = complete and whole
         seen: dict[Any, dict[str, Any]] = {}
         for ctx in contexts:
-            key: list[str] = []
-            for pol, who, view, rules in views:
+            key: list[Any] = []
+            for pol, who, plan, rules in views:
                 req = RequestState(ctx, pol.default_currency, None)
-                key.extend(rule_entry(r, who, view, ctx, req)["result"]
+                key.extend(_outcome(r, who, plan, ctx, req, status_only)
                            for r in rules if r.qid in qids)
             seen.setdefault(tuple(key), ctx)
         per_group.append(list(seen.values()))
@@ -1037,9 +1109,67 @@ def _region_contexts(policies: Sequence[tuple[CompiledPolicy, Sequence[CompiledR
     return out, complete and not outside, outside
 
 
-def diff(old: Engine, new: Engine, *, max_requests: int = 512) -> Diff:
+def _tool_redactions(policy: CompiledPolicy, permission: str
+                     ) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The tools that bind ``permission`` (a route of an HTTP tool, or an MCP or function
+    tool), each with its redactions as (path, ``PATH STRATEGY``): what an allowed or
+    pending call through it redacts, whatever its body."""
+    tools = policy.tools
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    if tools is None:
+        return out
+
+    def text(rules: Iterable[Any]) -> tuple[tuple[str, str], ...]:
+        return tuple((r.path, f"{r.path} {r.strategy}" + (f" {r.keep}" if r.keep else ""))
+                     for r in rules)
+
+    for binding in tools.http:
+        if any(route.permission == permission for route in binding.routes):
+            out[binding.qid] = text(binding.redactions)
+    for named in tools.named:
+        if named.permission == permission:
+            out[named.qid] = text(named.redactions)
+    return out
+
+
+def _tool_permissions(policy: CompiledPolicy) -> set[str]:
+    tools = policy.tools
+    if tools is None:
+        return set()
+    return ({route.permission for b in tools.http for route in b.routes}
+            | {n.permission for n in tools.named})
+
+
+#: A decision as a diff compares it: (status, reason code, rules, wire obligations).
+_Summary = tuple[str, str, tuple[str, ...], "dict[str, Any] | None"]
+
+
+def _summary(d: Decision, tool: tuple[tuple[str, str], ...] | None = None) -> _Summary:
+    """What a diff compares of a decision; with ``tool`` (its redactions), of a call
+    through that tool: an allowed or pending one carries the tool's redactions too."""
+    ob = d.obligations
+    wire = None if ob is None else ob.to_wire()
+    if tool is not None and d.status != "denied" and tool:
+        wire = dict(wire) if wire is not None else {
+            "maxAmount": None, "requireApprovalOver": None, "redactFields": [],
+            "currency": None}
+        wire["redactFields"] = [path for path, _ in tool]
+        wire["redactions"] = [text for _, text in tool]
+    return d.status, d.code, d.rules, wire
+
+
+def _kinds(x: _Summary, y: _Summary) -> tuple[str, ...]:
+    return tuple(kind for kind, differs in zip(
+        CHANGE_KINDS, (x[0] != y[0], x[1] != y[1], x[3] != y[3], x[2] != y[2]),
+        strict=True) if differs)
+
+
+def diff(old: Engine, new: Engine, *, max_requests: int = 512,
+         status_only: bool = False) -> Diff:
     """The requests whose decision differs between two policy versions (docs/analysis.md,
-    "Diff"): every principal class x permission class x context region, decided by both."""
+    "Diff"): every principal class x permission class x context region, decided by both.
+    A decision differs in its status, reason code, obligations or rules (each change
+    says which); with ``status_only``, only a different status counts."""
     a, b = old.policy, new.policy
     infos: dict[int, _RuleInfo] = {}
 
@@ -1062,6 +1192,9 @@ def diff(old: Engine, new: Engine, *, max_requests: int = 512) -> Diff:
             for st in f.statements:
                 if isinstance(st, ast.SchemaDecl):
                     vocab.update(st.patterns)
+    if not status_only:  # the permissions of tools whose redactions change
+        vocab |= {perm for perm in _tool_permissions(a) & _tool_permissions(b)
+                  if _redactions_change(a, b, perm)}
     permissions = permission_representatives(sorted(vocab), vocab) if vocab else []
     schemas = [st.patterns for pol in (a, b) for f in pol.files for st in f.statements
                if isinstance(st, ast.SchemaDecl)]
@@ -1083,13 +1216,19 @@ def diff(old: Engine, new: Engine, *, max_requests: int = 512) -> Diff:
                 space.currency = cur
                 space.amounts = _amounts(extra, cur)
         reads_principal = any(info(r).reads_principal for r in (*ra, *rb))
+        # A call through a tool binding ``perm`` whose redactions differ changes its
+        # obligations whenever it is allowed or pending under both versions.
+        tools: list[tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = []
+        if not status_only and not same_settings:
+            ta, tb = _tool_redactions(a, perm), _tool_redactions(b, perm)
+            tools = [(q, ta[q], tb[q]) for q in sorted(ta.keys() & tb.keys()) if ta[q] != tb[q]]
         # Without budgets or schemas on the permission, only the rules read the context:
         # their groups of shared variables are independent and are enumerated apart.
         decompose = not budgets and not any(
             any(permission_matches(p, perm) for p in pats) for pats in schemas)
         classes: dict[Any, list[str]] = {}
         for pid in principals:
-            if same_rules and _principal_key(a, pid) == _principal_key(b, pid):
+            if same_rules and not tools and _principal_key(a, pid) == _principal_key(b, pid):
                 continue  # nothing that decides this pair changed
             wa, wb = a.principal(pid), b.principal(pid)
             key = (pid if reads_principal else
@@ -1103,27 +1242,54 @@ def diff(old: Engine, new: Engine, *, max_requests: int = 512) -> Diff:
             if decompose:
                 ctx_list, complete, why = _region_contexts(
                     [(a, ra), (b, rb)], [info(r) for r in (*ra, *rb)], pid, perm,
-                    max_requests, pairs)
+                    max_requests, pairs, status_only)
                 inexact.update(dict.fromkeys(why))
                 contexts: Iterable[dict[str, Any]] = ctx_list
             else:
                 contexts, complete = space.contexts(max_requests, seed=pairs)
             if not complete:
                 inexact[f"{pid} on {perm}: more than {max_requests} requests; sampled"] = None
-            first: tuple[dict[str, Any], Any, Any] | None = None
-            count = 0
+            # per tool (None: plain authorize) and kinds of change: first example, count
+            found: dict[tuple[str | None, tuple[str, ...]],
+                        list[Any]] = {}
             for ctx in contexts:
                 requests += 1
                 da = old.explain(pid, perm, ctx).decision
                 db = new.explain(pid, perm, ctx).decision
-                if da.status != db.status:
-                    count += 1
-                    if first is None:
-                        first = (ctx, da, db)
-            if first is not None:
-                ctx, da, db = first
+                assert isinstance(da, Decision) and isinstance(db, Decision)
+                if status_only:
+                    if da.status != db.status:
+                        _note(found, None, ("status",), ctx, _summary(da), _summary(db))
+                    continue
+                sa, sb = _summary(da), _summary(db)
+                if sa != sb:
+                    _note(found, None, _kinds(sa, sb), ctx, sa, sb)
+                for qid, was, now in tools:
+                    ta_, tb_ = _summary(da, was), _summary(db, now)
+                    kinds = _kinds(ta_, tb_)
+                    if "obligations" in kinds and (sa[3] == sb[3]):
+                        _note(found, qid, kinds, ctx, ta_, tb_)
+            for (tool, kinds), (ctx, sa, sb, count) in found.items():
+                request = _request(pid, perm, ctx)
+                if tool is not None:
+                    request["tool"] = tool
                 changes.append(DecisionChange(
-                    _request(pid, perm, ctx), (da.status, da.code), (db.status, db.code),
-                    tuple(da.to_wire()["rules"]), tuple(db.to_wire()["rules"]), count,
-                    tuple(members[1:])))
+                    request, (sa[0], sa[1]), (sb[0], sb[1]), sa[2], sb[2], count,
+                    tuple(members[1:]), kinds, _jsonable(sa[3]), _jsonable(sb[3])))
     return Diff(tuple(changes), pairs, requests, not inexact, tuple(inexact))
+
+
+def _redactions_change(a: CompiledPolicy, b: CompiledPolicy, permission: str) -> bool:
+    ta, tb = _tool_redactions(a, permission), _tool_redactions(b, permission)
+    return any(ta[q] != tb[q] for q in ta.keys() & tb.keys())
+
+
+def _note(found: dict[tuple[str | None, tuple[str, ...]], list[Any]], tool: str | None,
+          kinds: tuple[str, ...], ctx: dict[str, Any], old: _Summary, new: _Summary
+          ) -> None:
+    """Count one changed request under its (tool, kinds); the first is the example."""
+    entry = found.get((tool, kinds))
+    if entry is None:
+        found[(tool, kinds)] = [ctx, old, new, 1]
+    else:
+        entry[3] += 1

@@ -351,7 +351,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(err.render(), file=sys.stderr)
         return 1
     if pair:
-        result = diff(engines[0], engines[1], **bound)
+        result = diff(engines[0], engines[1], status_only=args.status_only, **bound)
         if args.json:
             print(json.dumps(result.to_dict(), indent=2))
         else:
@@ -359,8 +359,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 print(change.render())
             how = ("exhaustive" if result.exhaustive
                    else "NOT exhaustive:\n  " + "\n  ".join(result.inexact))
-            print(f"{len(result.changes)} changed (principal, permission) pair"
-                  f"{'s' if len(result.changes) != 1 else ''} of {result.pairs} decided, "
+            changed = len({(c.request["principal"], c.request["permission"])
+                           for c in result.changes})
+            print(f"{len(result.changes)} change{'s' if len(result.changes) != 1 else ''}"
+                  f" in {changed} (principal, permission) pair"
+                  f"{'s' if changed != 1 else ''} of {result.pairs} decided, "
                   f"{result.requests} requests under each version; {how}")
         return 1 if result.changes and args.fail_on != "none" else 0
     analysis = analyze(engines[0], **bound)
@@ -555,6 +558,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--max-requests", type=int, default=None, metavar="N",
                        help="requests decided per question before sampling (default "
                        "4096 per rule, 512 per principal and permission of a diff)")
+        p.add_argument("--status-only", action="store_true",
+                       help="a diff lists only decisions whose status changes (not those "
+                       "whose reason code, obligations or rules alone change)")
         p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("replay", help="re-decide the requests of decision-log files under "

@@ -240,18 +240,23 @@ def _run_analyze(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> s
     out = []
     if "against" in case:
         other = _engine(fixture, {"policies": case["against"]}, base)
-        result = diff(engine, other)
+        # Entries [principal, permission, old status, new status] pin the status-only
+        # diff; a fifth element (the kinds of change) pins the whole diff.
+        whole = any(len(e) > 4 for e in expect["changes"])
+        result = diff(engine, other, status_only=not whole)
         named = {p for e in (engine, other) for r in e.policy.rules for p in r.patterns}
+        named |= {route.permission for e in (engine, other) if e.policy.tools is not None
+                  for b in e.policy.tools.http for route in b.routes}
+        named |= {n.permission for e in (engine, other) if e.policy.tools is not None
+                  for n in e.policy.tools.named}
         declared = set(engine.policy.principals) | set(other.policy.principals)
-        got = sorted([who, c.request["permission"], c.old[0], c.new[0]]
+        got = sorted([who, c.request["permission"], c.old[0], c.new[0],
+                      *([list(c.kinds)] if whole else []),
+                      *([c.request["tool"]] if "tool" in c.request else [])]
                      for c in result.changes for who in (c.request["principal"], *c.alike)
                      if who in declared and c.request["permission"] in named)
-        for c in result.changes:  # every example really changes decision
-            r = c.request
-            a = engine.authorize(r["principal"], r["permission"], r["context"]).status
-            b = other.authorize(r["principal"], r["permission"], r["context"]).status
-            if (a, b) != (c.old[0], c.new[0]) or a == b:
-                out.append(f"example {r} does not change as reported: {a} -> {b}")
+        for c in result.changes:  # every example really changes decision as reported
+            out.extend(_replay_change(engine, other, c, whole))
         if got != sorted(expect["changes"]):
             out.append(f"changes: expected {sorted(expect['changes'])}, got {got}")
         if result.exhaustive != expect.get("exhaustive", True):
@@ -279,6 +284,40 @@ def _run_analyze(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> s
             out.append(f"{f.code} {f.rule}: counterexample {ce} is {d.status} ({d.code}), "
                        f"expected {w['decision']}")
     return "; ".join(out) or None
+
+
+def _replay_change(old: Any, new: Any, change: Any, whole: bool) -> list[str]:
+    """Problems with one change a diff reports: each side's status, reason code, rules
+    and obligations must be what ``authorize`` answers for the example (for a call
+    through a tool, the tool's redactions aside), and the kinds of change exactly the
+    parts that differ (the status alone in a status-only diff)."""
+    r = change.request
+    out = []
+    sides = []
+    for engine, (status, code), rules, ob in (
+            (old, change.old, change.old_rules, change.old_obligations),
+            (new, change.new, change.new_rules, change.new_obligations)):
+        d = engine.authorize(r["principal"], r["permission"], r["context"])
+        wire = None if d.obligations is None else d.obligations.to_wire()
+        if "tool" in r and ob is not None:  # the tool's redactions, on top
+            ob = {k: v for k, v in ob.items() if k != "redactions"}
+            ob["redactFields"] = wire["redactFields"] if wire is not None else []
+            if wire is None and not any(ob.values()):
+                ob = None
+        if (d.status, d.code, tuple(d.rules), wire) != (status, code, tuple(rules), ob):
+            out.append(f"example {r} is {d.status} ({d.code}) {list(d.rules)} {wire}, "
+                       f"reported {status} ({code}) {list(rules)} {ob}")
+        sides.append((status, code, ob, tuple(rules)))
+    kinds = [k for k, x, y in zip(("status", "reason", "obligations", "rules"), *sides,
+                                  strict=True) if x != y]
+    if not whole:
+        kinds = kinds[:1] if kinds[:1] == ["status"] else []
+    if "tool" in r:  # the redactions differ, whatever else does
+        kinds = [k for k in ("status", "reason", "obligations", "rules")
+                 if k in kinds or k == "obligations"]
+    if kinds != list(change.kinds) or not kinds:
+        out.append(f"example {r}: changed {list(change.kinds)}, but {kinds} differ")
+    return out
 
 
 def _run_policy_test(fixture: dict[str, Any], case: dict[str, Any], base: Path

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from policyengine import Engine
 from policyengine.analysis import (
+    CHANGE_KINDS,
     Finding,
     analyze,
     diff,
@@ -203,6 +204,22 @@ OLD = ("currency EUR\nrole r: pay:*, docs:*\nagent \"bot\": r\nagent \"eve\": r\
        "limit cap: pay:* amount <= 100 EUR\n")
 
 
+def observed(engine: Engine, request: dict[str, Any]) -> tuple[Any, ...]:
+    """What a caller sees of a decision: status, reason code, wire obligations, rules."""
+    d = engine.authorize(request["principal"], request["permission"], request["context"])
+    return (d.status, d.code, d.obligations.to_wire() if d.obligations else None,
+            tuple(d.rules))
+
+
+def assert_replays(old: Engine, new: Engine, c: Any) -> None:
+    """The change's example is decided as reported, and differs in exactly its kinds."""
+    a, b = observed(old, c.request), observed(new, c.request)
+    assert a == (c.old[0], c.old[1], c.old_obligations, c.old_rules)
+    assert b == (c.new[0], c.new[1], c.new_obligations, c.new_rules)
+    assert c.kinds == tuple(k for k, x, y in zip(CHANGE_KINDS, a, b, strict=True) if x != y)
+    assert c.kinds
+
+
 def test_diff_lists_each_changed_request_with_both_decisions() -> None:
     new = OLD.replace("context.level > 2", "context.level > 4").replace("100 EUR", "150 EUR")
     old_e, new_e = Engine.from_source(OLD), Engine.from_source(new)
@@ -211,12 +228,96 @@ def test_diff_lists_each_changed_request_with_both_decisions() -> None:
     seen = {(c.request["principal"], c.request["permission"]) for c in result.changes}
     assert ("bot", "docs:write") in seen and ("bot", "pay:x0") in seen
     for c in result.changes:
-        r = c.request
-        a = old_e.authorize(r["principal"], r["permission"], r["context"])
-        b = new_e.authorize(r["principal"], r["permission"], r["context"])
-        assert (a.status, b.status) == (c.old[0], c.new[0]) and a.status != b.status
-    write = next(c for c in result.changes if c.request["permission"] == "docs:write")
+        assert_replays(old_e, new_e, c)
+    write = next(c for c in result.changes if c.request["permission"] == "docs:write"
+                 and "status" in c.kinds)
     assert 2 < write.request["context"]["level"] <= 4
+
+
+def test_diff_reports_a_change_of_obligations_alone() -> None:
+    new = OLD.replace("100 EUR", "150 EUR")
+    old_e, new_e = Engine.from_source(OLD), Engine.from_source(new)
+    result = diff(old_e, new_e)
+    assert result.exhaustive
+    [cap] = [c for c in result.changes if c.kinds == ("obligations",)]
+    assert_replays(old_e, new_e, cap)
+    assert cap.old[0] == cap.new[0] == "allowed"
+    assert (cap.old_obligations or {})["maxAmount"] == "100.00"
+    assert (cap.new_obligations or {})["maxAmount"] == "150.00"
+    # a status change of the same pair is listed apart, with its own kinds
+    over = [c for c in result.changes if c.request == {**cap.request, **c.request}
+            and "status" in c.kinds]
+    assert all(Decimal(c.request["context"]["amount"]) > 100 for c in over)
+    # status only: the change of obligations is not one
+    assert all("obligations" not in c.kinds and c.old[0] != c.new[0]
+               for c in diff(old_e, new_e, status_only=True).changes)
+    assert not [c for c in diff(old_e, new_e, status_only=True).changes
+                if c.old[0] == "allowed" and c.new[0] == "allowed"]
+
+
+def test_diff_tells_a_cap_in_force_from_a_limit_whose_condition_fails() -> None:
+    # Both leave the limit unapplied; only the first puts its cap on the decision.
+    base = ("currency EUR\nrole r: pay:*\nagent \"bot\": r\n"
+            "limit cap: pay:* amount <= 100 EUR when context.vip == false\n")
+    old_e = Engine.from_source(base)
+    new_e = Engine.from_source(base.replace("100 EUR", "150 EUR"))
+    result = diff(old_e, new_e)
+    assert result.exhaustive
+    [cap] = [c for c in result.changes if c.kinds == ("obligations",)]
+    assert_replays(old_e, new_e, cap)
+    assert cap.request["context"]["vip"] is False
+
+
+def test_diff_reports_an_approval_threshold_and_a_renamed_rule() -> None:
+    base = ("currency EUR\nrole r: pay:*\nagent \"bot\": r\n"
+            "approval big: pay:send over 50 EUR\nforbid nope: pay:void\n")
+    new = base.replace("over 50 EUR", "over 80 EUR").replace("nope", "never")
+    old_e, new_e = Engine.from_source(base), Engine.from_source(new)
+    result = diff(old_e, new_e)
+    assert result.exhaustive
+    for c in result.changes:
+        assert_replays(old_e, new_e, c)
+    by = {(c.request["principal"], c.request["permission"], c.kinds): c
+          for c in result.changes}
+    below = by["bot", "pay:send", ("obligations",)]
+    assert Decimal(below.request["context"]["amount"]) <= 50
+    assert (below.old_obligations or {})["requireApprovalOver"] == "50.00"
+    assert (below.new_obligations or {})["requireApprovalOver"] == "80.00"
+    between = by["bot", "pay:send", ("status", "reason", "obligations", "rules")]
+    assert 50 < Decimal(between.request["context"]["amount"]) <= 80
+    assert (between.old[0], between.new[0]) == ("pending_approval", "allowed")
+    renamed = by["bot", "pay:void", ("rules",)]
+    assert (renamed.old_rules, renamed.new_rules) == (("default.nope",), ("default.never",))
+
+
+def test_diff_reports_a_reason_code_that_changes_under_the_same_status() -> None:
+    new = OLD.replace("100 EUR", "150 EUR")
+    result = diff(Engine.from_source(OLD), Engine.from_source(new))
+    [other] = [c for c in result.changes if c.request["principal"] == "someone-else"]
+    assert other.kinds == ("reason", "rules")
+    assert (other.old, other.new) == (("denied", "limit_exceeded"), ("denied", "no_permit"))
+    assert 100 < Decimal(other.request["context"]["amount"]) <= 150
+
+
+def test_diff_reports_a_tool_whose_redactions_change() -> None:
+    base = ('role r: code:*\nagent "bot": r\n'
+            'forbid f: code:write when context.repo == "secret"\n'
+            'tool github: mcp "github.*" -> code:write { repo = $.repository '
+            ' redact $.token remove }\n')
+    new = base.replace("redact $.token remove", "redact $.token remove  redact $.key mask")
+    old_e, new_e = Engine.from_source(base), Engine.from_source(new)
+    result = diff(old_e, new_e)
+    assert result.exhaustive
+    [c] = result.changes
+    assert c.kinds == ("obligations",) and c.request["tool"] == "default.github"
+    assert c.request["context"]["repo"] != "secret"  # the forbid denies (no redaction)
+    body = {"repository": c.request["context"]["repo"], "token": "t", "key": "k"}
+    for engine, ob in ((old_e, c.old_obligations), (new_e, c.new_obligations)):
+        d = engine.tool_authorize("bot", transport="mcp", tool_name="github.push",
+                                  body=body)
+        assert d.status == "allowed" and ob is not None
+        assert d.decision.to_wire()["obligations"]["redactFields"] == ob["redactFields"]
+    assert diff(old_e, new_e, status_only=True).changes == ()
 
 
 def test_diff_of_equal_policies_decides_nothing() -> None:
@@ -253,6 +354,19 @@ def test_cli_text_json_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixt
     assert json.loads(capsys.readouterr().out)["changes"]
     assert main(["analyze"]) == 2
     assert main(["analyze", str(p), "--max-requests", "0"]) == 2
+    capsys.readouterr()
+    # a cap raised: the text says what changed; --status-only leaves the obligations out
+    (tmp_path / "c.policy").write_text(OLD)
+    (tmp_path / "d.policy").write_text(OLD.replace("100 EUR", "150 EUR"))
+    old_new = [str(tmp_path / "c.policy"), str(tmp_path / "d.policy")]
+    assert main(["diff", *old_new]) == 1
+    text = capsys.readouterr().out
+    assert "    changed: obligations\n" in text
+    assert "obligations: max 100.00 EUR" in text and "obligations: max 150.00 EUR" in text
+    assert main(["diff", *old_new, "--json", "--status-only"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["changes"] and all(c["changed"] == ["status"] for c in data["changes"])
+    assert all(c["old"]["status"] != c["new"]["status"] for c in data["changes"])
 
 
 # ---- properties -------------------------------------------------------------------------
@@ -311,21 +425,57 @@ def test_never_applying_permits_never_apply(rs: list[tuple[str, str, str]],
         assert not any(e["rule"] in never and e["result"] == "applies" for e in x.rules)
 
 
+# Limits and approval thresholds too: their caps are obligations of what they let through.
+diff_rules = st.lists(st.tuples(
+    st.sampled_from(["permit", "forbid", "approval", "limit", "approval_over"]),
+    st.sampled_from(["pay:*", "pay:x", "pay:y", "*"]), exprs), min_size=1, max_size=4)
+
+
+def diff_policy_text(rs: list[tuple[str, str, str]]) -> str:
+    lines = ["currency EUR", 'agent "bot"']
+    for i, (effect, pattern, cond) in enumerate(rs):
+        if effect == "limit":
+            lines.append(f"limit r{i}: {pattern} amount <= {3 + i} EUR when {cond}")
+        elif effect == "approval_over":
+            lines.append(f"approval r{i}: {pattern} over {2 + i} EUR when {cond}")
+        else:
+            lines.append(f"{effect} r{i}: {pattern} when {cond}")
+    return "\n".join(lines) + "\n"
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rules, rules)
+@given(diff_rules, diff_rules)
 def test_every_diff_example_changes_decision(a: list[tuple[str, str, str]],
                                              b: list[tuple[str, str, str]]) -> None:
-    old, new = Engine.from_source(policy_text(a)), Engine.from_source(policy_text(b))
+    old, new = Engine.from_source(diff_policy_text(a)), Engine.from_source(diff_policy_text(b))
     result = diff(old, new, max_requests=256)
     for c in result.changes:
-        r = c.request
-        assert old.authorize(r["principal"], r["permission"], r["context"]).status \
-            != new.authorize(r["principal"], r["permission"], r["context"]).status
-    if result.exhaustive and not result.changes:  # then no request tells them apart
+        assert_replays(old, new, c)
+    vocab = {p for _, p, _ in a + b}
+
+    def cls(permission: str) -> frozenset[str]:
+        return frozenset(v for v in vocab if permission_matches(v, permission))
+
+    if result.exhaustive:  # then every way a request tells them apart is listed
+        listed = {(cls(c.request["permission"]), c.kinds) for c in result.changes
+                  if c.request["principal"] == "bot"}
         for perm in ("pay:x", "pay:q", "z"):
-            for ctx in ({}, {"a": 3, "b": 1, "c": "x", "d": "y"}, {"a": "x"}):
-                assert old.authorize("bot", perm, ctx).status == \
-                    new.authorize("bot", perm, ctx).status
+            for ctx in ({}, {"a": 3, "b": 1, "c": "x", "d": "y"}, {"a": "x"},
+                        {"a": 1, "amount": "2.5", "currency": "EUR"},
+                        {"a": 4, "c": "y", "amount": "7", "currency": "EUR"}):
+                x, y = observed(old, _req(perm, ctx)), observed(new, _req(perm, ctx))
+                kinds = tuple(k for k, p, q in zip(CHANGE_KINDS, x, y, strict=True)
+                              if p != q)
+                assert not kinds or (cls(perm), kinds) in listed, (perm, ctx, kinds)
+    status = diff(old, new, max_requests=256, status_only=True)
+    assert all(c.kinds == ("status",) and c.old[0] != c.new[0] for c in status.changes)
+    assert {(c.request["principal"], c.request["permission"]) for c in status.changes} == {
+        (c.request["principal"], c.request["permission"]) for c in result.changes
+        if "status" in c.kinds}
+
+
+def _req(permission: str, context: dict[str, Any]) -> dict[str, Any]:
+    return {"principal": "bot", "permission": permission, "context": context}
 
 
 segments = st.sampled_from(["a", "b", "ab"])
