@@ -173,6 +173,36 @@ def test_every_answer_of_every_endpoint_matches_the_protocol_file(
     assert statuses == {200, 201, 400, 401, 403, 404, 409}, statuses
 
 
+def test_the_answers_written_without_the_models_are_what_the_models_write(
+        http: httpx.Client) -> None:
+    """Create and commit answers are written straight from their values (the hot path);
+    byte for byte, they are the response models' own dump (fields, order, no null)."""
+    from pydantic import TypeAdapter
+
+    from policyengine.server import _cycles_models as cm
+
+    def same(response: httpx.Response, model: type[Any]) -> None:
+        assert response.status_code == 200, response.text
+        adapter = TypeAdapter(model)
+        assert response.content == adapter.dump_json(
+            adapter.validate_json(response.content), exclude_none=True)
+
+    for actual, released in ((100, False), (70, True), (0, True)):
+        created = http.post("/v1/reservations", json=body(ttl_ms=30_000))
+        same(created, cm.ReservationCreateResponse)
+        assert set(created.json()) == {"decision", "reservation_id", "affected_scopes",
+                                       "expires_at_ms", "remaining_ttl_ms", "scope_path",
+                                       "reserved"}
+        rid = created.json()["reservation_id"]
+        done = http.post(f"/v1/reservations/{rid}/commit", json={
+            "idempotency_key": key(), "actual": {"unit": "TOKENS", "amount": actual}})
+        same(done, cm.CommitResponse)
+        assert done.json()["charged"] == {"unit": "TOKENS", "amount": actual}
+        assert ("released" in done.json()) is released
+        if released:
+            assert done.json()["released"] == {"unit": "TOKENS", "amount": 100 - actual}
+
+
 def test_the_vendored_licence_is_unchanged() -> None:
     data = (HERE / "cycles_live" / "LICENSE.runcycles").read_bytes()
     assert hashlib.sha256(data).hexdigest() == (
