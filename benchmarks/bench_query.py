@@ -24,7 +24,10 @@ Figures per size:
 * ``reverse index build``: what the first question after a load pays once (the rule
   index read backwards: pattern keys sorted per scope).
 * ``permissions_of cold``: an answer with nothing cached (a fresh reverse index, built
-  before timing), for 20 agents ``xa<i>``.
+  before timing), for 20 agents ``xa<i>``: complete (every line with its pattern,
+  exclusions, status and rules; ``total`` exact), its residual texts not yet printed
+  (a line prints them when first read). ``cold, printed`` adds reading every line's
+  ``when`` and ``unless``: what printing or serialising the whole answer costs on top.
 * ``permissions_of miss``: the answer of a principal not asked before, each agent
   ``xa<i>`` once, in turn: what earlier answers worked out is shared (rules' folded
   conditions; the regions under a permit pattern, kept per the scopes that have rules
@@ -33,7 +36,7 @@ Figures per size:
   ``xns<i>:*`` part afresh).
 * ``permissions_of hit``: the same queries answered from the cache.
 * ``permissions_of admin cold``: the agent whose answer holds every rule (worst case),
-  nothing cached.
+  nothing cached (``printed``: and every residual read).
 * ``principals_with small`` (``xns<i>:read``: one agent and its role) and ``large``
   (``docs:d<i>``: every agent holds a role granting ``docs:*``, so the answer lists all
   N agents), ``miss`` (worked out) and ``hit`` (cached).
@@ -113,17 +116,28 @@ def run_size(n: int, rounds: int, rows: list[list[str]]) -> None:
 
     sizes_of = [engine.permissions_of(a).total for a in agents]
 
-    def cold(aid: str) -> Callable[[], Any]:
+    def cold(aid: str, printed: bool = False) -> Callable[[], Any]:
         fresh = paused(lambda: QueryIndex(policy))  # built before timing: nothing cached
-        return lambda: paused(lambda: fresh.permissions(fresh.subject("agent", aid)))
+
+        def answer() -> Any:
+            lines = fresh.permissions(fresh.subject("agent", aid))
+            if printed:
+                for line in lines:
+                    _ = (line.when, line.unless)  # printed when first read
+            return lines
+        return lambda: paused(answer)
 
     row("reverse index build", [lambda: paused(lambda: QueryIndex(policy))], 0, 3)
     row("permissions_of cold", [cold(a) for a in agents[:20]], mean(sizes_of), 1)
+    row("permissions_of cold, printed", [cold(a, True) for a in agents[:20]],
+        mean(sizes_of), 1)
     fresh_agents = [f"xa{i}" for i in range(1, n, max(1, n // 200))]  # never asked
     row("permissions_of miss", [miss(a) for a in fresh_agents], mean(sizes_of), 1)
     row("permissions_of hit", [lambda a=a: engine.permissions_of(a) for a in agents],
         mean(sizes_of), rounds * 20, warm=True)
     row("permissions_of admin cold", [cold("admin") for _ in range(3)],
+        engine.permissions_of("admin").total, 1)
+    row("permissions_of admin cold, printed", [cold("admin", True) for _ in range(3)],
         engine.permissions_of("admin").total, 1)
     small = [f"xns{i}:read" for i in range(0, n, max(1, n // 100))]
     large = [f"docs:d{i}" for i in range(3, n, max(4, n // 20))]

@@ -27,7 +27,7 @@ import threading
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
@@ -52,21 +52,78 @@ STATUSES = ("allowed", "pending_approval")
 
 # ---- answers ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
 class Access:
     """One line of a reverse-query answer: ``principal`` (of ``kind`` ``agent``, ``role``
     or ``anyone``) gets ``status`` for every permission ``pattern`` matches and no pattern
     of ``excluding`` matches, when ``when`` holds and ``unless`` does not (policy text;
-    None: no such condition)."""
+    None: no such condition).
+
+    Immutable. The residual texts are printed from each rule's guard when first read
+    (then kept): working an answer out decides every line, its status and the rules its
+    residuals are made of, without printing any policy text."""
+
+    __slots__ = ("_unless", "_when", "excluding", "kind", "pattern", "principal", "rules",
+                 "status")
 
     principal: str
     kind: str
     pattern: str
     excluding: tuple[str, ...]
     status: str
-    when: str | None
-    unless: str | None
     rules: tuple[str, ...]
+    _when: str | _Text | None
+    _unless: str | _Text | None
+
+    def __init__(self, principal: str, kind: str, pattern: str, excluding: tuple[str, ...],
+                 status: str, when: str | _Text | None, unless: str | _Text | None,
+                 rules: tuple[str, ...]) -> None:
+        _set(self, "principal", principal)
+        _set(self, "kind", kind)
+        _set(self, "pattern", pattern)
+        _set(self, "excluding", excluding)
+        _set(self, "status", status)
+        _set(self, "_when", when)
+        _set(self, "_unless", unless)
+        _set(self, "rules", rules)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    @property
+    def when(self) -> str | None:
+        w = self._when
+        return w if w is None or type(w) is str else str(w)
+
+    @property
+    def unless(self) -> str | None:
+        u = self._unless
+        return u if u is None or type(u) is str else str(u)
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.principal, self.kind, self.pattern, self.excluding, self.status,
+                self.when, self.unless, self.rules)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Access:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        names = ("principal", "kind", "pattern", "excluding", "status", "when", "unless",
+                 "rules")
+        return "Access(" + ", ".join(
+            f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True)) + ")"
+
+    def replace(self, principal: str, kind: str) -> Access:
+        """This line for another principal (its residual texts shared, printed once)."""
+        return Access(principal, kind, self.pattern, self.excluding, self.status,
+                      self._when, self._unless, self.rules)
 
     def covers(self, permission: str) -> bool:
         """Whether this line speaks for ``permission``: its pattern matches it and none of
@@ -77,7 +134,7 @@ class Access:
     @property
     def unconditional(self) -> bool:
         """True when the line depends on nothing a request carries."""
-        return self.when is None and self.unless is None
+        return self._when is None and self._unless is None
 
     def to_dict(self) -> dict[str, Any]:
         return {"principal": self.principal, "kind": self.kind, "pattern": self.pattern,
@@ -88,11 +145,14 @@ class Access:
         text = f"{self.status} {self.pattern}"
         if self.excluding:
             text += " except " + ", ".join(self.excluding)
-        if self.when is not None:
+        if self._when is not None:
             text += f" when {self.when}"
-        if self.unless is not None:
+        if self._unless is not None:
             text += f" unless {self.unless}"
         return text
+
+
+_set = object.__setattr__
 
 
 def _subject_text(kind: str, name: str) -> str:
@@ -251,6 +311,7 @@ class _Folder:
         self.index = index
         self.rules: dict[int, Folded] = {}
         self.texts: dict[int, str] = {}
+        self.substitute = True
 
     def known(self, e: ast.Expr) -> bool:
         if isinstance(e, ast.Path):
@@ -286,7 +347,8 @@ class _Folder:
             return _disj([self.fold(i, rule) for i in e.items], e.items)
         if self.known(e):
             return self._evaluate(e, rule)
-        return self._substitute(e)
+        # a rule that does not read the principal has nothing to write in
+        return self._substitute(e) if self.substitute else e
 
     def _substitute(self, e: ast.Expr) -> ast.Expr:
         """``e`` with what the policy knows of the principal written in: its id and the
@@ -349,10 +411,14 @@ class _Folder:
         """When ``rule`` applies to the subject: its conditions folded, and for a limit or
         an approval over a threshold, the amount over the cap (fail closed: a known
         error makes a forbid or approval apply and a permit not)."""
-        memo = self.rules if self.index.personal(rule) else self.index.guards
+        if not rule.conditions and rule.amount_limit is None:
+            return True
+        personal = rule.order in self.index.personal_orders
+        memo = self.rules if personal else self.index.guards
         found = memo.get(rule.order)
         if found is not None:
             return found
+        self.substitute = personal
         parts: list[Folded] = []
         originals: list[ast.Expr] = []
         for cond in rule.conditions:
@@ -362,14 +428,32 @@ class _Folder:
         out = _conj(parts, originals)
         if out is ERR:
             out = rule.effect != "permit"
-        if rule.amount_limit is not None and out is not False:
-            # the cap or threshold, already in the file's base currency (the checker
-            # gives every file with amount rules one)
-            base = rule.money.base if rule.money is not None else None
-            over = ast.Compare(">", ast.Amount(), ast.MoneyLit(rule.amount_limit, base or ""))
-            out = over if out is True else _conj([out, over], [over, over])
-        memo[rule.order] = out
+        out = memo[rule.order] = _over_cap(rule, out)
         return out
+
+
+def _over_cap(rule: CompiledRule, guard: Folded) -> Folded:
+    """``guard`` and, for a limit or an approval over a threshold, the amount over the
+    cap (already in the file's base currency: the checker gives every file with amount
+    rules one)."""
+    if rule.amount_limit is None or guard is False:
+        return guard
+    base = rule.money.base if rule.money is not None else None
+    over = ast.Compare(">", ast.Amount(), ast.MoneyLit(rule.amount_limit, base or ""))
+    return over if guard is True else _conj([guard, over], [over, over])
+
+
+def _plain_guard(rule: CompiledRule) -> Folded | None:
+    """The guard of a rule whose every condition reads the request and none reads the
+    principal, nor has ``and``, ``or`` or ``not`` on top, so nothing in it folds: its
+    conditions as they are (``unless`` ones negated). None for any other rule."""
+    parts: list[Folded] = []
+    for cond in rule.conditions:
+        e = cond.expr
+        if type(e) in _COMPOUND or _reads(e) != _REQUEST:
+            return None
+        parts.append(e if cond.kind == "when" else _negated(e))
+    return _over_cap(rule, _conj(parts, parts))  # type: ignore[arg-type]
 
 
 #: ``not (a OP b)`` is ``a INVERSE b``: the same answer on every pair of values, and the
@@ -431,60 +515,132 @@ def _disj(parts: Sequence[Folded], originals: Sequence[ast.Expr]) -> Folded:
 
 #: One status line of a region before it is given a principal and pattern:
 #: (status, when, unless, rules).
-_Line = tuple[str, "str | None", "str | None", tuple[str, ...]]
+_Line = tuple[str, "_Text | None", "_Text | None", tuple[str, ...]]
 
 
-#: What two regions' lines are compared by: (status, when, unless) per line.
-_Sig = tuple[tuple[str, "str | None", "str | None"], ...]
+#: What two regions' lines are compared by: per line, its status and the rules (by
+#: order) whose guards its ``when`` and ``unless`` print. A narrower region has every rule
+#: of the wider one and more, so two regions print the same lines exactly when their
+#: lines are made of the same rules: the texts need not be printed to compare them.
+_Sig = tuple[tuple[str, Any, Any], ...]
 
 
-def _lines(rules: Iterable[CompiledRule], folder: _Folder) -> tuple[_Line, ...]:
-    """The status lines of a set of rules that all match one permission (one region).
+class _Text:
+    """A residual's policy text, printed when first read and kept: the guards of
+    ``first`` joined by ``or``; with ``second`` too, ``first and second``, each side in
+    parentheses when it is an ``or``."""
 
-    Allowed when some permit's guard holds and no forbid's or approval's does; pending
-    when some permit's and some approval's guard hold and no forbid's does. The texts
-    are built from each guard's own text (formatted once per rule and subject)."""
-    permits: list[CompiledRule] = []
-    forbids: list[CompiledRule] = []
-    approvals: list[CompiledRule] = []
-    p_true = a_true = False
+    __slots__ = ("_text", "first", "folder", "second")
+
+    def __init__(self, folder: _Folder, first: tuple[CompiledRule, ...],
+                 second: tuple[CompiledRule, ...] = ()) -> None:
+        self.folder = folder
+        self.first = first
+        self.second = second
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        text = self._text
+        if text is None:
+            folder, first, second = self.folder, self.first, self.second
+            text = folder.either(first) or ""
+            if second:
+                other = folder.either(second) or ""
+                text = (f"{_paren(text, len(first) > 1 or folder.is_or(first[0]))} and "
+                        f"{_paren(other, len(second) > 1 or folder.is_or(second[0]))}")
+            self._text = text
+        return text
+
+
+#: The rules deciding one region, split by effect, each in declaration order: enforced
+#: ones whose guard is not False (permits, forbids and limits, approvals), and whether
+#: some permit's and some approval's guard is True. None: a forbid always applies.
+_State = Union[tuple[tuple["CompiledRule", ...], tuple["CompiledRule", ...],  # noqa: UP007
+                     tuple["CompiledRule", ...], bool, bool], None]
+
+_EMPTY: _State = ((), (), (), False, False)
+
+
+def _by_order(rule: CompiledRule) -> int:
+    return rule.order
+
+
+def _add(rules: tuple[CompiledRule, ...], rule: CompiledRule) -> tuple[CompiledRule, ...]:
+    if rules and rules[-1].order > rule.order:
+        return tuple(sorted((*rules, rule), key=_by_order))
+    return (*rules, rule)
+
+
+def _extend(state: _State, rules: Iterable[CompiledRule], folder: _Folder,
+            nested: frozenset[int]) -> _State:
+    """``state`` with ``rules`` added (``nested``: the rules that may already be in it,
+    named under two nested patterns)."""
+    if state is None:
+        return None
+    permits, forbids, approvals, p_true, a_true = state
+    guard = folder.guard
     for rule in rules:
         if rule.mode != "enforce":
             continue  # shadow rules (mode warn / mode log) never decide
-        g = folder.guard(rule)
+        if rule.order in nested and (rule in permits or rule in forbids
+                                     or rule in approvals):
+            continue
+        g = guard(rule)
         if g is False:
             continue
         effect = rule.effect
         if effect == "permit":
-            permits.append(rule)
+            permits = _add(permits, rule)
             p_true = p_true or g is True
         elif effect == "forbid":
             if g is True:
-                return ()
-            forbids.append(rule)
+                return None
+            forbids = _add(forbids, rule)
         else:
-            approvals.append(rule)
+            approvals = _add(approvals, rule)
             a_true = a_true or g is True
-    if not permits:
+    return permits, forbids, approvals, p_true, a_true
+
+
+def _sig(state: _State) -> _Sig:
+    """What :func:`_region_lines` prints, by the rules each residual is made of."""
+    if state is None or not state[0]:
         return ()
-    ids = tuple(r.qid for r in permits) + tuple(r.qid for r in forbids) + tuple(
-        r.qid for r in approvals)
-    p_text = None if p_true else folder.either(permits)
-    f_text = folder.either(forbids)
+    permits, forbids, approvals, p_true, a_true = state
+    p_rules = () if p_true else permits
+    if not approvals:
+        return (("allowed", p_rules, forbids),)
+    pending = ("pending_approval", (p_rules, () if a_true else approvals), forbids)
+    if a_true:
+        return (pending,)
+    return (("allowed", p_rules, (*forbids, *approvals)), pending)
+
+
+def _region_lines(state: _State, folder: _Folder) -> tuple[_Line, ...]:
+    """The status lines of a region decided by the rules of ``state``.
+
+    Allowed when some permit's guard holds and no forbid's or approval's does; pending
+    when some permit's and some approval's guard hold and no forbid's does. The texts
+    are made of each guard's own text (printed once per rule and subject, when read)."""
+    if state is None or not state[0]:
+        return ()
+    permits, forbids, approvals, p_true, a_true = state
+    ids = tuple([r.qid for r in permits] + [r.qid for r in forbids]
+                + [r.qid for r in approvals])
+    p_rules = () if p_true else permits
     out: list[_Line] = []
     if not a_true:
-        a_text = folder.either(approvals)
-        unless = f_text if a_text is None else (
-            a_text if f_text is None else f"{f_text} or {a_text}")
-        out.append(("allowed", p_text, unless, ids))
+        unless = (*forbids, *approvals)
+        out.append(("allowed", _Text(folder, p_rules) if p_rules else None,
+                    _Text(folder, unless) if unless else None, ids))
     if approvals:
-        a_text = None if a_true else folder.either(approvals)
-        if p_text is None or a_text is None:
-            when = a_text if p_text is None else p_text
+        a_rules = () if a_true else approvals
+        if p_rules and a_rules:
+            when: _Text | None = _Text(folder, p_rules, a_rules)
         else:
-            when = (f"{_paren(p_text, len(permits) > 1 or folder.is_or(permits[0]))} and "
-                    f"{_paren(a_text, len(approvals) > 1 or folder.is_or(approvals[0]))}")
-        out.append(("pending_approval", when, f_text, ids))
+            when = _Text(folder, p_rules or a_rules) if p_rules or a_rules else None
+        out.append(("pending_approval", when, _Text(folder, forbids) if forbids else None,
+                    ids))
     return tuple(out)
 
 
@@ -514,10 +670,6 @@ def _ancestors(pattern: str) -> list[str]:
         i = stem.rfind(":", 0, i)
     out.append("*")
     return out
-
-
-def _depth(pattern: str) -> int:
-    return -1 if pattern == "*" else pattern.count(":")
 
 
 class QueryIndex:
@@ -559,14 +711,34 @@ class QueryIndex:
         self.unscoped_keys = unscoped_keys
         self.role_keys = role_keys
         self.agent_keys = agent_keys
-        self._personal: dict[int, bool] = {}
+        #: The rules named under two nested patterns (``a:*, a:b``): a region may meet
+        #: them twice.
+        self.nested = frozenset(
+            r.order for r in policy.rules if len(r.patterns) > 1 and any(
+                p != q and permission_matches(p, q) for p in r.patterns for q in r.patterns))
+        #: The rules whose conditions read the principal (found once, here: a query
+        #: asks for most rules it meets).
+        personal: set[int] = set()
+        #: Guards (folded conditions) of the rules that do not read the principal; the
+        #: plain ones (see _plain_guard) are here from the start, the others are added
+        #: as queries fold them.
+        self.guards: dict[int, Folded] = {}
+        for rule in policy.rules:
+            if not rule.conditions:
+                continue
+            if any(_reads(c.expr) & _PRINCIPAL for c in rule.conditions):
+                personal.add(rule.order)
+                continue
+            plain = _plain_guard(rule)
+            if plain is not None:
+                self.guards[rule.order] = plain
+        self.personal_orders = frozenset(personal)
         #: Per (widest permit pattern, the scopes with rules there): its regions' lines.
         self._subtrees: dict[tuple[str, tuple[str, ...]],
                              list[tuple[str, tuple[str, ...], tuple[_Line, ...]]]] = {}
         #: Lines per set of rules (by their orders) none of which reads the principal.
         self._lines: dict[tuple[int, ...], tuple[tuple[_Line, ...], _Sig]] = {}
-        #: Guards and their texts of the rules that do not read the principal.
-        self.guards: dict[int, Folded] = {}
+        #: Texts of the guards of the rules that do not read the principal.
         self.texts: dict[int, str] = {}
         self.holders: dict[str, list[str]] = {}
         for aid, p in policy.principals.items():
@@ -623,8 +795,9 @@ class QueryIndex:
 
     def regions(self, subject: _Subject, tops: Iterable[str]) -> list[str]:
         """The patterns whose regions can differ for ``subject`` among ``tops`` (patterns
-        of its permits): the tops and every narrower pattern one of its rules names,
-        widest first."""
+        of its permits): the tops and every narrower pattern one of its rules names, in
+        sorted order, which puts every pattern after the wider ones (``a:*`` before
+        ``a:b``: ``*`` sorts before every character a permission may hold)."""
         found = set(tops)
         lists = self._lists(subject)
         for top in list(found):
@@ -635,13 +808,10 @@ class QueryIndex:
             if not top.endswith(":*"):
                 continue
             stem = top[:-1]
+            end = top[:-2] + ";"  # the first string after every one starting with stem
             for keys in lists:
-                i = bisect_left(keys, stem)
-                n = len(keys)
-                while i < n and keys[i].startswith(stem):
-                    found.add(keys[i])
-                    i += 1
-        return sorted(found, key=lambda p: (_depth(p), p))
+                found.update(keys[bisect_left(keys, stem):bisect_left(keys, end)])
+        return sorted(found)
 
     def _scopes(self, subject: _Subject, top: str) -> tuple[str, ...]:
         """The subject's scopes (its roles, itself) with a rule at, under or above the
@@ -702,17 +872,17 @@ class QueryIndex:
         patterns inside it), and whether a rule involved reads the principal."""
         policy = self.policy
         who = subject.principal
-        personal = self.personal
+        personal = self.personal_orders
+        nested = self.nested
         owner: dict[str, str | None] = {}  # region -> the emitted region whose lines hold
         lines: dict[str, tuple[_Line, ...]] = {}
-        # region -> (its rules, unsorted and maybe repeated; whether one of them reads the
-        # principal; the key its lines are kept under when none does)
-        region_rules: dict[str, tuple[list[CompiledRule], bool, tuple[int, ...]]] = {}
+        # region -> the rules deciding it (see _State)
+        states: dict[str, _State] = {}
         excluded: dict[str, list[str]] = {}
         order: list[str] = []
         buckets = self.buckets
         sigs: dict[str | None, _Sig] = {None: ()}
-        anyone_mine = False
+        mine = False
         for key in self.regions(subject, tops):
             parent = None
             for a in _ancestors(key):
@@ -722,43 +892,37 @@ class QueryIndex:
             if parent is None:
                 # a widest region: every wider pattern's rules, from the index
                 rules = policy.applicable(who, _rep(key))
-                mine = any(personal(r) for r in rules)
-                rkey = tuple(r.order for r in rules)
+                state = _extend(_EMPTY, rules, folder, frozenset())
             else:
                 # the parent region's rules and this pattern's own: any pattern between
                 # the two has no rule in the subject's scope (it would be a region)
-                rules, mine, rkey = region_rules[parent]
                 parts: list[Any] = []
                 buckets[key].parts_for(who, parts)
-                if parts:
-                    own = [r for part in parts for r in part.rules]
-                    rules = [*rules, *own]
-                    mine = mine or any(personal(r) for r in own)
-                    rkey = (*rkey, -1, *(r.order for r in own))
-            anyone_mine = anyone_mine or mine
-            region_rules[key] = (rules, mine, rkey)
-            region_lines, sig = self.lines(rules, folder, None if mine else rkey)
+                rules = [r for part in parts for r in part.rules]
+                if len(parts) > 1:  # a rule scoped to two of the subject's roles
+                    rules = list({r.order: r for r in rules}.values())
+                state = _extend(states[parent], rules, folder, nested)
+            if not mine:
+                mine = any(r.order in personal for r in rules)
+            states[key] = state
+            sig = _sig(state)
             above = owner[parent] if parent is not None else None
             if sig == sigs[above]:
                 owner[key] = above
                 continue
             owner[key] = key
-            lines[key] = region_lines
+            lines[key] = _region_lines(state, folder)
             sigs[key] = sig
             order.append(key)
             if above is not None and sigs[above]:
                 excluded.setdefault(above, []).append(key)
         return [(key, tuple(sorted(excluded.get(key, ()))), lines[key])
-                for key in order], anyone_mine
+                for key in order], mine
 
     def personal(self, rule: CompiledRule) -> bool:
         """Whether ``rule``'s conditions read the principal (its id, roles or attributes:
         then two agents whose roles meet the same rules may get different answers)."""
-        found = self._personal.get(rule.order)
-        if found is None:
-            found = self._personal[rule.order] = any(
-                _reads_person(c.expr) for c in rule.conditions)
-        return found
+        return rule.order in self.personal_orders
 
     def lines(self, rules: Sequence[CompiledRule], folder: _Folder,
               key: tuple[int, ...] | None) -> tuple[tuple[_Line, ...], _Sig]:
@@ -769,8 +933,9 @@ class QueryIndex:
         found = self._lines.get(key) if key is not None else None
         if found is None:
             by_order = {r.order: r for r in rules}
-            made = _lines([by_order[k] for k in sorted(by_order)], folder)
-            found = (made, tuple(x[:3] for x in made))
+            state = _extend(_EMPTY, [by_order[k] for k in sorted(by_order)], folder,
+                            frozenset())
+            found = (_region_lines(state, folder), _sig(state))
             if key is not None:
                 if len(self._lines) >= ANSWER_CACHE_SIZE:
                     self._lines.clear()  # tuples of a few strings, made again on next use
@@ -822,8 +987,7 @@ class QueryIndex:
                                                         permission)
                 out.extend(found)
                 continue
-            out.extend(Access(aid, "agent", a.pattern, a.excluding, a.status, a.when,
-                              a.unless, a.rules) for a in found)
+            out.extend(a.replace(aid, "agent") for a in found)
         for role in sorted(roles):
             out.extend(self.access(self.subject("role", role), permission))
         if everyone:
@@ -831,13 +995,27 @@ class QueryIndex:
         return tuple(out)
 
 
-def _reads_person(e: ast.Expr) -> bool:
-    if isinstance(e, ast.Path):
-        return e.root == "principal"
-    if isinstance(e, ast.Call) and e.name == "has":
-        path = e.args[0]
-        return isinstance(path, ast.Path) and path.root == "principal"
-    return any(_reads_person(c) for c in ast.children(e))
+#: What an expression reads (bits): the principal, the request (``context``, ``amount``,
+#: ``grant``).
+_PRINCIPAL = 1
+_REQUEST = 2
+_COMPOUND = (ast.And, ast.Or, ast.Not)
+
+
+def _reads(e: ast.Expr) -> int:
+    kind = type(e)
+    if kind is ast.Path:
+        return _PRINCIPAL if e.root == "principal" else _REQUEST  # type: ignore[union-attr]
+    if kind is ast.Compare:
+        return _reads(e.left) | _reads(e.right)  # type: ignore[union-attr]
+    if kind is ast.Literal or kind is ast.MoneyLit:
+        return 0
+    if kind is ast.Amount:
+        return _REQUEST
+    out = 0
+    for c in ast.children(e):
+        out |= _reads(c)
+    return out
 
 
 def paused(work: Callable[[], _T]) -> _T:
