@@ -295,28 +295,41 @@ def _n(value: float | int | None) -> str | None:
 
 def _encode(tx: Transaction) -> str:
     created = tx.create
+    fin = tx.finalize
+    idem = tx.idempotency
     c: list[Any] | None = None
+    # The record an operation writes is also its idempotency record's result: its JSON
+    # is made once.
+    written: tuple[Any, str] | None = None
     if created is not None:
         holds = (
             [[ln[0], ln[1], str(ln[2]), str(ln[5])] for ln in created.lines if ln[5]]
             if created.status == ACTIVE else []
         )
-        c = [created.id, created.status, repr(created.expires_at), holds,
-             compact_json(created), created.tenant or "",
+        written = (created, compact_json(created))
+        c = [created.id, created.status, repr(created.expires_at), holds, written[1],
+             created.tenant or "",
              listing_key(created.created_at, created.id) if created.status == ACTIVE
              else None]
-    fin = tx.finalize
-    idem = tx.idempotency
+    f: list[str] | None = None
+    if fin is not None:
+        written = (fin, compact_json(fin))
+        f = [fin.status, written[1]]
+    i: list[str] | None = None
+    if idem is not None:
+        result = idem.result
+        i = [idem.key, idem.fingerprint, repr(idem.expires_at),
+             written[1] if written is not None and written[0] is result
+             else compact_json(result)]
     return compact_json({
         "g": [[g[0][0], g[0][1], str(g[0][2]), _n(g[0][3]), str(g[1]), str(g[2]),
                _n(g[3])] for g in tx.guards],
         "r": tx.require_active,
         "c": c,
-        "f": None if fin is None else [fin.status, compact_json(fin)],
+        "f": f,
         "x": _n(tx.extend_to),
         "s": [[s[0], s[1], str(s[2]), s[3], str(s[4])] for s in tx.spends],
-        "i": None if idem is None else [idem.key, idem.fingerprint, repr(idem.expires_at),
-                                        compact_json(idem.result)],
+        "i": i,
     })
 
 
