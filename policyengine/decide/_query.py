@@ -751,6 +751,7 @@ class QueryIndex:
         self._answers: dict[tuple[str, ...], Any] = {}
         self._order: deque[tuple[str, ...]] = deque()
         self._lock = threading.Lock()
+        self._prepare()
 
     # -- cache --
     def cached(self, key: tuple[str, ...]) -> Any:
@@ -835,12 +836,8 @@ class QueryIndex:
                 named.append(label)
         return tuple(named)
 
-    def permissions(self, subject: _Subject) -> tuple[Access, ...]:
-        """Every line of ``subject``: per widest permit pattern, the regions under it,
-        kept per (pattern, the subject's scopes that have rules there) when no rule
-        involved reads the principal (then every principal with those scopes there has
-        the same lines)."""
-        folder = _Folder(subject, self)
+    def _groups(self, subject: _Subject) -> dict[str, list[str]]:
+        """The subject's permit patterns, by the widest pattern holding each."""
         tops = self.permit_patterns(subject)
         groups: dict[str, list[str]] = {}
         for top in tops:
@@ -849,16 +846,20 @@ class QueryIndex:
                 if a in tops:
                     widest = a
             groups.setdefault(widest, []).append(top)
+        return groups
+
+    def permissions(self, subject: _Subject) -> tuple[Access, ...]:
+        """Every line of ``subject``: per widest permit pattern, the regions under it,
+        kept per (pattern, the subject's scopes that have rules there) when no rule
+        involved reads the principal (then every principal with those scopes there has
+        the same lines)."""
+        folder = _Folder(subject, self)
         rows: list[tuple[str, tuple[str, ...], tuple[_Line, ...]]] = []
-        for widest, inside in groups.items():
+        for widest, inside in self._groups(subject).items():
             ckey = (widest, self._scopes(subject, widest))
             found = self._subtrees.get(ckey)
             if found is None:
-                found, mine = self._subtree(subject, folder, inside)
-                if not mine:
-                    if len(self._subtrees) >= ANSWER_CACHE_SIZE:
-                        self._subtrees.clear()
-                    self._subtrees[ckey] = found
+                found = self._work(subject, folder, ckey, self.regions(subject, inside))
             rows.extend(found)
         rows.sort(key=lambda row: row[0])
         name, kind = subject.name, subject.kind
@@ -866,10 +867,43 @@ class QueryIndex:
                      for key, ex, region_lines in rows
                      for status, when, unless, rule_ids in region_lines)
 
-    def _subtree(self, subject: _Subject, folder: _Folder, tops: list[str]
+    def _work(self, subject: _Subject, folder: _Folder, ckey: tuple[str, tuple[str, ...]],
+              regions: list[str]) -> list[tuple[str, tuple[str, ...], tuple[_Line, ...]]]:
+        found, mine = self._subtree(subject, folder, regions)
+        if not mine:
+            if len(self._subtrees) >= ANSWER_CACHE_SIZE:
+                self._subtrees.clear()
+            self._subtrees[ckey] = found
+        return found
+
+    def _prepare(self) -> None:
+        """Work out now the regions that several principals will share: those under the
+        unscoped permits' patterns and under the patterns of each role that two or more
+        agents hold, most held first, within one region per pattern key of the policy
+        in all (then index build costs at most about twice the pass over the keys).
+        What a role's regions hold is kept for every principal whose scopes have the
+        same rules there (see :meth:`permissions`)."""
+        budget = len(self.keys)
+        subjects = [self.subject("anyone", "*")] if self.unscoped_permits else []
+        shared = sorted((r for r, held in self.holders.items() if len(held) > 1),
+                        key=lambda r: (-len(self.holders[r]), r))
+        subjects.extend(self.subject("role", r) for r in shared)
+        for subject in subjects:
+            folder = _Folder(subject, self)
+            for widest, inside in self._groups(subject).items():
+                ckey = (widest, self._scopes(subject, widest))
+                if ckey in self._subtrees:
+                    continue
+                regions = self.regions(subject, inside)
+                if len(regions) > budget:
+                    continue
+                budget -= len(regions)
+                self._work(subject, folder, ckey, regions)
+
+    def _subtree(self, subject: _Subject, folder: _Folder, regions: list[str]
                  ) -> tuple[list[tuple[str, tuple[str, ...], tuple[_Line, ...]]], bool]:
-        """The lines of the regions under ``tops`` (one widest pattern and the permit
-        patterns inside it), and whether a rule involved reads the principal."""
+        """The lines of ``regions`` (under one widest pattern: see :meth:`regions`), and
+        whether a rule involved reads the principal."""
         policy = self.policy
         who = subject.principal
         personal = self.personal_orders
@@ -883,7 +917,7 @@ class QueryIndex:
         buckets = self.buckets
         sigs: dict[str | None, _Sig] = {None: ()}
         mine = False
-        for key in self.regions(subject, tops):
+        for key in regions:
             parent = None
             for a in _ancestors(key):
                 if a in owner:
