@@ -39,7 +39,9 @@ Figures per size:
   nothing cached (``printed``: and every residual read).
 * ``principals_with small`` (``xns<i>:read``: one agent and its role) and ``large``
   (``docs:d<i>``: every agent holds a role granting ``docs:*``, so the answer lists all
-  N agents), ``miss`` (worked out) and ``hit`` (cached).
+  N agents), ``miss`` (worked out: complete, its length exact; the lines of agents that
+  share them are made per agent when the answer is first read) and ``hit`` (cached);
+  ``large miss, read`` adds reading every line and its residual texts.
 * ``filter_tools (50 tools) hit``: 50 MCP tool descriptors for one agent, warm.
 
 ``lines`` is the mean size of the answers (lines for permissions_of and principals_with,
@@ -90,6 +92,13 @@ def sources(n: int) -> dict[str, str]:
     return out
 
 
+def _read(lines: Any) -> Any:
+    """Every line of an answer and its residual texts, as printing it would read them."""
+    for line in lines:
+        _ = (line.when, line.unless)
+    return lines
+
+
 def run_size(n: int, rounds: int, rows: list[list[str]]) -> None:
     engine, build_ms = timed_build(lambda: pe.Engine.from_sources(sources(n)))
     policy = engine.policy
@@ -121,10 +130,7 @@ def run_size(n: int, rounds: int, rows: list[list[str]]) -> None:
 
         def answer() -> Any:
             lines = fresh.permissions(fresh.subject("agent", aid))
-            if printed:
-                for line in lines:
-                    _ = (line.when, line.unless)  # printed when first read
-            return lines
+            return _read(lines) if printed else lines
         return lambda: paused(answer)
 
     row("reverse index build", [lambda: paused(lambda: QueryIndex(policy))], 0, 3)
@@ -146,6 +152,10 @@ def run_size(n: int, rounds: int, rows: list[list[str]]) -> None:
         row(f"principals_with {label} miss",
             [lambda q=q: paused(lambda: index.principals(q)) for q in perms], size,
             rounds if label == "small" else 1)
+        if label == "large":
+            row(f"principals_with {label} miss, read",
+                [lambda q=q: paused(lambda: _read(index.principals(q))) for q in perms],
+                size, 1)
         row(f"principals_with {label} hit", [lambda q=q: engine.principals_with(q)
                                              for q in perms], size, rounds * 20,
             warm=True)

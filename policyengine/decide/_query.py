@@ -26,7 +26,7 @@ import gc
 import threading
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import FrozenInstanceError, dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, Union
@@ -168,6 +168,50 @@ def _quote(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)
 
 
+class Entries(Sequence[Access]):
+    """The lines of a large answer, complete and immutable: its length is exact from the
+    start; the :class:`Access` objects are made when it is first read (then kept).
+    Compares equal to a tuple of the same lines."""
+
+    __slots__ = ("_items", "_length", "_make")
+
+    def __init__(self, length: int, make: Callable[[], tuple[Access, ...]]) -> None:
+        self._length = length
+        self._make: Callable[[], tuple[Access, ...]] | None = make
+        self._items: tuple[Access, ...] | None = None
+
+    def _all(self) -> tuple[Access, ...]:
+        items = self._items
+        if items is None:
+            make = self._make
+            items = make() if make is not None else ()
+            self._items = items
+            self._make = None
+        return items
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._all()[i]
+
+    def __iter__(self) -> Iterator[Access]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Entries):
+            return self._all() == other._all()
+        if isinstance(other, tuple):
+            return self._all() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._all())
+
+    def __repr__(self) -> str:
+        return repr(self._all())
+
+
 @dataclass(frozen=True, slots=True)
 class Permissions:
     """What ``engine.permissions_of`` answers: every line of what ``principal`` may do.
@@ -175,7 +219,7 @@ class Permissions:
 
     principal: str
     kind: str
-    entries: tuple[Access, ...]
+    entries: Sequence[Access]
     total: int
     truncated: bool
 
@@ -204,7 +248,7 @@ class Principals:
     the policy does not declare), each line with its status and residual."""
 
     permission: str
-    entries: tuple[Access, ...]
+    entries: Sequence[Access]
     total: int
     truncated: bool
 
@@ -984,7 +1028,33 @@ class QueryIndex:
         return tuple(Access(subject.name, subject.kind, permission, (), s, w, u, r)
                      for s, w, u, r in self.lines(rules, folder, key)[0])
 
-    def principals(self, permission: str) -> tuple[Access, ...]:
+    def _groups_by_roles(self, agents: set[str], scoped: set[str]) -> list[list[str]]:
+        """``agents`` (declared ones) grouped by the roles of ``scoped`` they hold. When
+        no agent holds two of them (the common case), the groups are the roles' holders,
+        found with set operations, without a step per agent."""
+        held = [self.holders[r] for r in scoped if r in self.holders]
+        union: set[str] = set().union(*held)
+        if len(union) == sum(map(len, held)) and union <= agents:
+            groups = [ids for ids in held if ids]
+            if len(union) < len(agents):
+                groups.append(list(agents - union))
+            return groups
+        keep = frozenset(scoped).intersection
+        declared = self.policy.principals
+        found: dict[frozenset[str], list[str]] = {}
+        for aid in agents:
+            signature = keep(declared[aid].roles)
+            group = found.get(signature)
+            if group is None:
+                found[signature] = [aid]
+            else:
+                group.append(aid)
+        return list(found.values())
+
+    def principals(self, permission: str) -> Entries:
+        """The lines of ``principals_with(permission)``: complete (the length is exact,
+        every principal's lines are decided); the lines of agents that share them are
+        made for each agent when the answer is first read."""
         policy = self.policy
         every = policy.candidates(permission)
         candidates = [r for r in every if r.effect == "permit" and r.mode == "enforce"]
@@ -1001,32 +1071,42 @@ class QueryIndex:
                 agents.update(self.holders.get(role, ()))
         # Agents whose roles meet the same rules and whom no rule names get the same
         # lines, unless a condition reads the principal.
-        scoped_roles: set[str] = set()
+        scoped: set[str] = set()
         named: set[str] = set()
         personal = False
         for r in every:
-            scoped_roles.update(r.roles)
+            scoped.update(r.roles)
             named.update(r.agents)
             personal = personal or self.personal(r)
-        shared: dict[frozenset[str], tuple[Access, ...]] = {}
-        out: list[Access] = []
-        for aid in sorted(agents):
-            if personal or aid in named:
-                out.extend(self.access(self.subject("agent", aid), permission))
-                continue
-            signature = policy.principal(aid).roles & scoped_roles
-            found = shared.get(signature)
-            if found is None:
-                found = shared[signature] = self.access(self.subject("agent", aid),
-                                                        permission)
-                out.extend(found)
-                continue
-            out.extend(a.replace(aid, "agent") for a in found)
+        alone = agents if personal else agents & named
+        # per agent worked out alone, and per group of agents sharing lines: their lines
+        # (for the first agent of the group) and the agents
+        parts: list[tuple[tuple[Access, ...], list[str]]] = [
+            (self.access(self.subject("agent", aid), permission), [aid]) for aid in alone]
+        if not personal:
+            parts.extend((self.access(self.subject("agent", ids[0]), permission), ids)
+                         for ids in self._groups_by_roles(agents - alone if alone else agents,
+                                                          scoped))
+        parts = [part for part in parts if part[0]]
+        tail: list[Access] = []
         for role in sorted(roles):
-            out.extend(self.access(self.subject("role", role), permission))
+            tail.extend(self.access(self.subject("role", role), permission))
         if everyone:
-            out.extend(self.access(self.subject("anyone", "*"), permission))
-        return tuple(out)
+            tail.extend(self.access(self.subject("anyone", "*"), permission))
+        total = sum(len(lines) * len(ids) for lines, ids in parts) + len(tail)
+
+        def make() -> tuple[Access, ...]:
+            each = sorted(((aid, lines) for lines, ids in parts for aid in ids),
+                          key=_first)
+            out: list[Access] = []
+            for aid, lines in each:
+                if lines[0].principal == aid:
+                    out.extend(lines)
+                else:
+                    out.extend(a.replace(aid, "agent") for a in lines)
+            out.extend(tail)
+            return tuple(out)
+        return Entries(total, make)
 
 
 #: What an expression reads (bits): the principal, the request (``context``, ``amount``,
@@ -1090,10 +1170,14 @@ def _principal_id(principal: Any) -> str:
     return principal
 
 
-def _cut(entries: tuple[Access, ...], limit: int | None) -> tuple[tuple[Access, ...], bool]:
+def _cut(entries: Sequence[Access], limit: int | None) -> tuple[Sequence[Access], bool]:
     if limit is None or len(entries) <= limit:
         return entries, False
-    return entries[:limit], True
+    return tuple(entries[:limit]), True
+
+
+def _first(pair: tuple[str, Any]) -> str:
+    return pair[0]
 
 
 def permissions_of(policy: CompiledPolicy, principal: str | None = None, *,

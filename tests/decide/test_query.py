@@ -295,3 +295,34 @@ def test_what_is_known_of_the_principal_is_written_into_the_residual() -> None:
     assert lines(e.permissions_of("bot")) == [
         "allowed a:*", 'allowed b:x when context.owner == "bot" and context.level < 3 '
         "and principal.attributes.zz == context.q"]
+
+
+def test_agents_sharing_lines_are_each_listed_in_id_order() -> None:
+    """principals_with groups agents by the roles the rules name; each group's lines
+    are made per agent when first read, in agent order, and agree with permissions_of
+    (including an agent holding two of the roles, which is worked out on its own)."""
+    e = pe.Engine.from_source("""
+role a: docs:*
+role b: docs:*
+role c: other:*
+agent "z1": a
+agent "y2": b, c
+agent "x3": a
+agent "w4": a, b
+agent "v5": c
+forbid fa: docs:d for role a when context.n > 1
+forbid fb: docs:d for role b when context.m > 1
+""")
+    answer = e.principals_with("docs:d")
+    entries = answer.entries
+    assert len(entries) == answer.total == 6  # four agents, the roles a and b
+    got = [(a.kind, a.principal, a.unless) for a in entries]
+    assert got == [("agent", "w4", "context.n > 1 or context.m > 1"),
+                   ("agent", "x3", "context.n > 1"), ("agent", "y2", "context.m > 1"),
+                   ("agent", "z1", "context.n > 1"), ("role", "a", "context.n > 1"),
+                   ("role", "b", "context.m > 1")]
+    for line in entries:
+        if line.kind == "agent":
+            assert e.permissions_of(line.principal).lookup("docs:d") == (line,)
+    assert entries == tuple(entries) and entries[1:3] == tuple(entries)[1:3]
+    assert e.principals_with("docs:d", limit=2).entries == tuple(entries)[:2]
