@@ -175,6 +175,8 @@ def main() -> None:
     for n in sizes:
         run_size(n, rounds, rows)
     print_table(["rules", "query", "lines", "p50 µs", "p99 µs", "samples"], rows)
+    print("cold / miss: the answer complete (every line decided, total exact), its residual "
+          "texts not yet printed;\n'printed' / 'read': every line and residual read too.")
 
 
 if __name__ == "__main__":
