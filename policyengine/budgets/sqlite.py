@@ -53,6 +53,7 @@ from policyengine.budgets.store import (
     Bucket,
     IdempotencyRecord,
     Outcome,
+    RecentReservations,
     ReservationRecord,
     Transaction,
     Usage,
@@ -110,6 +111,13 @@ _ADD = (
     "INSERT INTO budget_buckets (budget, subject, win, spent, reserved) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (budget, subject, win) DO UPDATE SET "
     "spent = spent + excluded.spent, reserved = reserved + excluded.reserved"
+)
+#: An idempotency key claimed unless a live record holds it (then no row changes).
+_CLAIM = (
+    "INSERT INTO budget_idempotency (key, fingerprint, expires_at, result) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, "
+    "expires_at = excluded.expires_at, result = excluded.result "
+    "WHERE budget_idempotency.expires_at <= ?"
 )
 #: A calendar window is at most a month; bucket rows of windows that started longer ago
 #: than this are never read again.
@@ -181,6 +189,7 @@ class SQLiteStore:
         self._shared: sqlite3.Connection | None = None
         self._writes = 0
         self._rate_writes = 0
+        self._recent = RecentReservations()
         self._create_schema(self._conn())
 
     # -- connections -------------------------------------------------------------------
@@ -367,10 +376,20 @@ class SQLiteStore:
             try:
                 outcome = self._apply(conn, tx, now)
                 conn.execute("COMMIT" if outcome.ok else "ROLLBACK")
-                return outcome
             except BaseException as exc:
                 _abort(conn, exc)
                 raise
+        if outcome.ok:
+            self._recent.note(tx)
+        elif outcome.reason == "reservation":
+            self._recent.forget(tx.require_active)
+        return outcome
+
+    def live_reservation(self, reservation_id: str, now: float) -> ReservationRecord | None:
+        """This process's last view of a reservation it created, if live by that view
+        (no read; ``apply`` re-checks it inside the write: another process sharing the
+        file may have finished it)."""
+        return self._recent.live(reservation_id, now)
 
     def rate_admit(self, keys: tuple[RateKey, ...], now_us: int | None,
                    consume: bool = True) -> RateOutcome:
@@ -423,13 +442,23 @@ class SQLiteStore:
             self._housekeep(conn, now)
         self._release_expired(conn, now)
         idem = tx.idempotency
+        # The record this write stores is also its idempotency record's result: its JSON
+        # is made once.
+        written = tx.create if tx.create is not None else tx.finalize
+        written_json = None if written is None else record_to_json(written)
         if idem is not None:
-            row = ex(
-                "SELECT fingerprint, expires_at, result FROM budget_idempotency "
-                "WHERE key = ? AND expires_at > ?",
-                (idem.key, now),
-            ).fetchone()
-            if row is not None:
+            # The key is claimed first, in the same statement that finds a live one: a
+            # live record is a replay (nothing below runs); otherwise the record is
+            # written now and undone with everything else if a check below fails.
+            claimed = ex(_CLAIM, (
+                idem.key, idem.fingerprint, idem.expires_at,
+                written_json if idem.result is written and written_json is not None
+                else record_to_json(idem.result), now)).rowcount
+            if not claimed:
+                row = ex(
+                    "SELECT fingerprint, expires_at, result FROM budget_idempotency "
+                    "WHERE key = ?", (idem.key,),
+                ).fetchone()
                 existing = IdempotencyRecord(idem.key, row[0], record_from_json(row[2]), row[1])
                 return Outcome(False, "idempotency", idempotency=existing)
         rid = tx.require_active
@@ -463,7 +492,7 @@ class SQLiteStore:
                 ex(
                     "UPDATE budget_reservations SET status = ?, held = 0, finished_at = ?, "
                     "data = ? WHERE id = ?",
-                    (tx.finalize.status, now, record_to_json(tx.finalize), rid),
+                    (tx.finalize.status, now, written_json, rid),
                 )
             elif tx.extend_to is not None:
                 own = self._record(conn, rid)
@@ -483,7 +512,7 @@ class SQLiteStore:
                 "INSERT INTO budget_reservations (id, status, expires_at, held, holds, "
                 "finished_at, data, tenant, listed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (created.id, created.status, created.expires_at, int(active),
-                 compact_json(holds), None if active else now, record_to_json(created),
+                 compact_json(holds), None if active else now, written_json,
                  created.tenant or "",
                  listing_key(created.created_at, created.id) if active else None),
             )
@@ -499,12 +528,6 @@ class SQLiteStore:
                 _bump(deltas, (spend.budget, spend.subject, spend.window), spend.amount, 0)
         if deltas:
             conn.executemany(_ADD, [(*key, d[0], d[1]) for key, d in deltas.items() if any(d)])
-        if idem is not None:
-            ex(
-                "INSERT OR REPLACE INTO budget_idempotency (key, fingerprint, expires_at, result) "
-                "VALUES (?, ?, ?, ?)",
-                (idem.key, idem.fingerprint, idem.expires_at, record_to_json(idem.result)),
-            )
         return OK
 
     @staticmethod

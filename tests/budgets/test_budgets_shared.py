@@ -633,14 +633,19 @@ def _same(a: Any, b: Any) -> bool:
         b.id, b.status, b.committed_amount, b.finalized_at)
 
 
-@pytest.mark.parametrize("kind", SHARED)
+@pytest.mark.parametrize("kind", [*SHARED, "sqlite"])
 def test_a_keyed_commit_of_a_reservation_made_here_reads_nothing_before_its_write(
-    kind: str, shared_stores: SharedStores,
+    kind: str, shared_stores: SharedStores, tmp_path: Path,
 ) -> None:
-    first = _open(shared_stores, kind, max_clock_skew=None)
-    other = (shared_stores.postgres(schema=first.schema, max_clock_skew=None)
-             if isinstance(first, PostgresStore)
-             else shared_stores.redis(prefix=first.prefix, max_clock_skew=None))
+    first: PostgresStore | RedisStore | SQLiteStore
+    if kind == "sqlite":  # two processes' stores on one file
+        first, other = (SQLiteStore(tmp_path / "ledger.db"),
+                        SQLiteStore(tmp_path / "ledger.db"))
+    else:
+        first = _open(shared_stores, kind, max_clock_skew=None)
+        other = (shared_stores.postgres(schema=first.schema, max_clock_skew=None)
+                 if isinstance(first, PostgresStore)
+                 else shared_stores.redis(prefix=first.prefix, max_clock_skew=None))
     here, clock = make_ledger(first, DAILY)
     there, _ = make_ledger(other, DAILY, clock=clock)
     reads: list[str] = []
