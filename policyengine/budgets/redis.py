@@ -356,7 +356,8 @@ class RedisStore:
     the ``now`` of a call may differ from the server's ``TIME`` before it is refused with
     ``clock_skew`` (``None``: trust the caller's clock, for tests that set the time).
     ``retention``: seconds finished reservations are kept. ``pool_size``: most
-    connections per process. Raises ``BudgetStoreError`` ``store_unavailable`` when the
+    connections per process for the budget scripts, and as many for the other calls.
+    Raises ``BudgetStoreError`` ``store_unavailable`` when the
     server cannot be reached and ``store_incompatible`` when the prefix holds another
     layout.
     """
