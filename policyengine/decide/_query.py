@@ -924,9 +924,9 @@ class QueryIndex:
         """Work out now the regions that several principals will share: those under the
         unscoped permits' patterns and under the patterns of each role that two or more
         agents hold, most held first, within one region per pattern key of the policy
-        in all (then index build costs at most about twice the pass over the keys).
-        What a role's regions hold is kept for every principal whose scopes have the
-        same rules there (see :meth:`permissions`)."""
+        in all (then index build costs at most about twice the pass over the keys), with
+        their residuals printed. What a role's regions hold is kept for every principal
+        whose scopes have the same rules there (see :meth:`permissions`)."""
         budget = len(self.keys)
         subjects = [self.subject("anyone", "*")] if self.unscoped_permits else []
         shared = sorted((r for r, held in self.holders.items() if len(held) > 1),
@@ -942,7 +942,10 @@ class QueryIndex:
                 if len(regions) > budget:
                     continue
                 budget -= len(regions)
-                self._work(subject, folder, ckey, regions)
+                for _, _, lines in self._work(subject, folder, ckey, regions):
+                    for line in lines:  # printed now: every holder's answer shows them
+                        str(line[1] or "")
+                        str(line[2] or "")
 
     def _subtree(self, subject: _Subject, folder: _Folder, regions: list[str]
                  ) -> tuple[list[tuple[str, tuple[str, ...], tuple[_Line, ...]]], bool]:
@@ -961,17 +964,20 @@ class QueryIndex:
         buckets = self.buckets
         sigs: dict[str | None, _Sig] = {None: ()}
         mine = False
+        # The regions come sorted, each after the wider ones and every ``a:*`` followed
+        # by all the patterns under it: the open ``a:*`` patterns form a stack of
+        # (pattern, the prefix of what it matches).
+        stack: list[tuple[str, str]] = []
         for key in regions:
-            parent = None
-            for a in _ancestors(key):
-                if a in owner:
-                    parent = a
-                    break
-            if parent is None:
+            while stack and not key.startswith(stack[-1][1]):
+                stack.pop()
+            if not stack:
+                parent = None
                 # a widest region: every wider pattern's rules, from the index
                 rules = policy.applicable(who, _rep(key))
                 state = _extend(_EMPTY, rules, folder, frozenset())
             else:
+                parent = stack[-1][0]
                 # the parent region's rules and this pattern's own: any pattern between
                 # the two has no rule in the subject's scope (it would be a region)
                 parts: list[Any] = []
@@ -980,6 +986,8 @@ class QueryIndex:
                 if len(parts) > 1:  # a rule scoped to two of the subject's roles
                     rules = list({r.order: r for r in rules}.values())
                 state = _extend(states[parent], rules, folder, nested)
+            if key[-1] == "*":
+                stack.append((key, key[:-1]))
             if not mine:
                 mine = any(r.order in personal for r in rules)
             states[key] = state
