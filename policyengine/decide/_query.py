@@ -487,14 +487,15 @@ def _over_cap(rule: CompiledRule, guard: Folded) -> Folded:
     return over if guard is True else _conj([guard, over], [over, over])
 
 
-def _plain_guard(rule: CompiledRule) -> Folded | None:
+def _plain_guard(rule: CompiledRule, reads: Sequence[int]) -> Folded | None:
     """The guard of a rule whose every condition reads the request and none reads the
-    principal, nor has ``and``, ``or`` or ``not`` on top, so nothing in it folds: its
-    conditions as they are (``unless`` ones negated). None for any other rule."""
+    principal (``reads``: what each condition reads), nor has ``and``, ``or`` or ``not``
+    on top, so nothing in it folds: its conditions as they are (``unless`` ones
+    negated). None for any other rule."""
     parts: list[Folded] = []
-    for cond in rule.conditions:
+    for cond, read in zip(rule.conditions, reads, strict=True):
         e = cond.expr
-        if type(e) in _COMPOUND or _reads(e) != _REQUEST:
+        if read != _REQUEST or type(e) in _COMPOUND:
             return None
         parts.append(e if cond.kind == "when" else _negated(e))
     return _over_cap(rule, _conj(parts, parts))  # type: ignore[arg-type]
@@ -669,8 +670,7 @@ def _region_lines(state: _State, folder: _Folder) -> tuple[_Line, ...]:
     if state is None or not state[0]:
         return ()
     permits, forbids, approvals, p_true, a_true = state
-    ids = tuple([r.qid for r in permits] + [r.qid for r in forbids]
-                + [r.qid for r in approvals])
+    ids = tuple([r.qid for r in (*permits, *forbids, *approvals)])
     p_rules = () if p_true else permits
     out: list[_Line] = []
     if not a_true:
@@ -770,10 +770,11 @@ class QueryIndex:
         for rule in policy.rules:
             if not rule.conditions:
                 continue
-            if any(_reads(c.expr) & _PRINCIPAL for c in rule.conditions):
+            reads = [_reads(c.expr) for c in rule.conditions]
+            if any(read & _PRINCIPAL for read in reads):
                 personal.add(rule.order)
                 continue
-            plain = _plain_guard(rule)
+            plain = _plain_guard(rule, reads)
             if plain is not None:
                 self.guards[rule.order] = plain
         self.personal_orders = frozenset(personal)
@@ -988,7 +989,7 @@ class QueryIndex:
                 state = _extend(states[parent], rules, folder, nested)
             if key[-1] == "*":
                 stack.append((key, key[:-1]))
-            if not mine:
+            if personal and not mine:
                 mine = any(r.order in personal for r in rules)
             states[key] = state
             sig = _sig(state)
@@ -1036,12 +1037,15 @@ class QueryIndex:
         return tuple(Access(subject.name, subject.kind, permission, (), s, w, u, r)
                      for s, w, u, r in self.lines(rules, folder, key)[0])
 
-    def _groups_by_roles(self, agents: set[str], scoped: set[str]) -> list[list[str]]:
-        """``agents`` (declared ones) grouped by the roles of ``scoped`` they hold. When
-        no agent holds two of them (the common case), the groups are the roles' holders,
-        found with set operations, without a step per agent."""
+    def _groups_by_roles(self, agents: set[str], scoped: set[str], union: set[str] | None
+                         ) -> list[list[str]]:
+        """``agents`` (declared ones) grouped by the roles of ``scoped`` they hold
+        (``union``: their holders, when known). When no agent holds two of them (the
+        common case), the groups are the roles' holders, found with set operations,
+        without a step per agent."""
         held = [self.holders[r] for r in scoped if r in self.holders]
-        union: set[str] = set().union(*held)
+        if union is None:
+            union = set().union(*held)
         if len(union) == sum(map(len, held)) and union <= agents:
             groups = [ids for ids in held if ids]
             if len(union) < len(agents):
@@ -1092,9 +1096,13 @@ class QueryIndex:
         parts: list[tuple[tuple[Access, ...], list[str]]] = [
             (self.access(self.subject("agent", aid), permission), [aid]) for aid in alone]
         if not personal:
-            parts.extend((self.access(self.subject("agent", ids[0]), permission), ids)
-                         for ids in self._groups_by_roles(agents - alone if alone else agents,
-                                                          scoped))
+            rest = agents - alone if alone else agents
+            # with no agent named and no unscoped permit, the agents are the holders of
+            # the roles the permits name: when the rules name no other role, those are
+            # the holders of every role the rules name
+            holding = agents if not (everyone or named) and scoped == roles else None
+            for ids in self._groups_by_roles(rest, scoped, holding):
+                parts.append((self.access(self.subject("agent", ids[0]), permission), ids))
         parts = [part for part in parts if part[0]]
         tail: list[Access] = []
         for role in sorted(roles):
@@ -1104,14 +1112,14 @@ class QueryIndex:
         total = sum(len(lines) * len(ids) for lines, ids in parts) + len(tail)
 
         def make() -> tuple[Access, ...]:
-            each = sorted(((aid, lines) for lines, ids in parts for aid in ids),
-                          key=_first)
+            lines_of = {aid: lines for lines, ids in parts for aid in ids}
             out: list[Access] = []
-            for aid, lines in each:
+            for aid in sorted(lines_of):
+                lines = lines_of[aid]
                 if lines[0].principal == aid:
                     out.extend(lines)
                 else:
-                    out.extend(a.replace(aid, "agent") for a in lines)
+                    out.extend([a.replace(aid, "agent") for a in lines])
             out.extend(tail)
             return tuple(out)
         return Entries(total, make)
@@ -1183,9 +1191,6 @@ def _cut(entries: Sequence[Access], limit: int | None) -> tuple[Sequence[Access]
         return entries, False
     return tuple(entries[:limit]), True
 
-
-def _first(pair: tuple[str, Any]) -> str:
-    return pair[0]
 
 
 def permissions_of(policy: CompiledPolicy, principal: str | None = None, *,
