@@ -120,6 +120,9 @@ class Access:
         return "Access(" + ", ".join(
             f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True)) + ")"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Access, self._fields()  # copied or pickled with its texts printed
+
     def replace(self, principal: str, kind: str) -> Access:
         """This line for another principal (its residual texts shared, printed once)."""
         return Access(principal, kind, self.pattern, self.excluding, self.status,
@@ -210,6 +213,9 @@ class Entries(Sequence[Access]):
 
     def __repr__(self) -> str:
         return repr(self._all())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return tuple, (self._all(),)  # copied or pickled as the tuple of its lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,8 +569,8 @@ def _disj(parts: Sequence[Folded], originals: Sequence[ast.Expr]) -> Folded:
 _Line = tuple[str, "_Text | None", "_Text | None", tuple[str, ...]]
 
 
-#: What two regions' lines are compared by: per line, its status and the rules (by
-#: order) whose guards its ``when`` and ``unless`` print. A narrower region has every rule
+#: What two regions' lines are compared by: per line, its status and the rules whose
+#: guards its ``when`` and ``unless`` print. A narrower region has every rule
 #: of the wider one and more, so two regions print the same lines exactly when their
 #: lines are made of the same rules: the texts need not be printed to compare them.
 _Sig = tuple[tuple[str, Any, Any], ...]

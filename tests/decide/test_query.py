@@ -326,3 +326,12 @@ forbid fb: docs:d for role b when context.m > 1
             assert e.permissions_of(line.principal).lookup("docs:d") == (line,)
     assert entries == tuple(entries) and entries[1:3] == tuple(entries)[1:3]
     assert e.principals_with("docs:d", limit=2).entries == tuple(entries)[:2]
+
+
+def test_answers_pickle_and_copy_with_their_texts(engine: pe.Engine) -> None:
+    import copy
+    import pickle
+    for answer in (engine.permissions_of("bot"), engine.principals_with("docs:public")):
+        again = pickle.loads(pickle.dumps(answer))
+        assert again == answer and lines(again) == lines(answer)
+        assert copy.deepcopy(answer) == answer
