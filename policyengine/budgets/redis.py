@@ -401,6 +401,7 @@ class RedisStore:
         self._usage_script = self._redis.register_script(_USAGE)
         self._rate_script = self._redis.register_script(_RATE)
         self._eval = _Eval(url, pool_size, timeout, self._redis.script_load)
+        self._packed: dict[str, tuple[str, bytes, bytes, bytes]] = {}
         self._layout = self._open_layout()
         self._recent = RecentReservations()
         self.clock = ServerClock(self.server_time, host=host_clock)
@@ -457,9 +458,19 @@ class RedisStore:
             raise _unavailable(exc) from exc
 
     def _run(self, script: Any, now: float, arg: str) -> bytes | None:
-        """One budget script's reply: its JSON text, or None for Lua's ``false``."""
-        return self._eval.call(script, (self.prefix, self._layout, repr(now), self._skew,
-                                        arg, self._retention, self._rolling))
+        """One budget script's reply: its JSON text, or None for Lua's ``false``. The
+        command's fixed parts (the script, prefix, layout, skew, retention, rolling span)
+        are packed once per layout."""
+        fixed = self._packed.get(script.sha)
+        if fixed is None or fixed[0] != self._layout:
+            head = _pack_args(("EVALSHA", script.sha, "0", self.prefix, self._layout))
+            fixed = self._packed[script.sha] = (
+                self._layout, b"*10\r\n" + head, _pack_args((self._skew,)),
+                _pack_args((self._retention, self._rolling)))
+        at = repr(now).encode()
+        data = arg.encode()
+        return self._eval.call(script, b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
+            fixed[1], len(at), at, fixed[2], len(data), data, fixed[3]))
 
     def _refused(self, refusal: dict[str, Any], now: float) -> BudgetStoreError:
         if refusal["reason"] == "clock":
@@ -684,16 +695,12 @@ class _Eval:
         for conn in idle:
             conn.disconnect()
 
-    def call(self, script: Any, args: tuple[str, ...]) -> bytes | None:
+    def call(self, script: Any, packed: bytes) -> bytes | None:
+        """Send ``packed`` (the ``EVALSHA`` of ``script``, :func:`_pack_args`) and
+        return the reply."""
         import redis
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours
             self._idle, self._pid = [], os.getpid()
-        parts = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n"
-                 % (len(args) + 3, script.sha.encode())]
-        for arg in args:
-            data = arg.encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        packed = b"".join(parts)
         try:
             conn = self._idle.pop()
         except IndexError:
@@ -722,6 +729,15 @@ class _Eval:
             self._idle.append(conn)
         else:
             conn.disconnect()
+
+
+def _pack_args(args: tuple[str, ...]) -> bytes:
+    """RESP bulk strings of ``args`` (a command is ``*<count>`` and then these)."""
+    out = []
+    for arg in args:
+        data = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def _exchange(sock: Any, packed: bytes) -> bytes | str | None:

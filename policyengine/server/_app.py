@@ -323,6 +323,11 @@ class PolicyService:
                 slot[r.method] = r
             else:
                 self._exact.setdefault(r.path, {})[r.method] = r
+        # The patterns by their number of segments, in order: a path is tried only
+        # against those of its own length.
+        self._param_by_length: dict[int, list[tuple[list[str], dict[str, _Route]]]] = {}
+        for pattern, slot in self._param:
+            self._param_by_length.setdefault(len(pattern), []).append((pattern, slot))
         from policyengine.server._openapi import openapi_document
         self.openapi = openapi_document(self)
         self._openapi_bytes = json.dumps(self.openapi).encode()
@@ -391,9 +396,7 @@ class PolicyService:
         if found is not None:
             return found, ()
         parts = path.split("/")
-        for pattern, slot in self._param:
-            if len(pattern) != len(parts):
-                continue
+        for pattern, slot in self._param_by_length.get(len(parts), ()):
             params = []
             for want, got in zip(pattern, parts, strict=True):
                 if want.startswith("{"):
