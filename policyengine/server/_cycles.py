@@ -519,9 +519,10 @@ class CyclesWire:
         scopes = self._scopes(body.subject, key.tenant)
         principal = self._principal(body.subject, key.tenant)
         permission = self._permission(body.action)
-        reserved = cm.AmountOut(unit=body.estimate.unit, amount=body.estimate.amount)
+        ledger = self.ledger
         if body.dry_run:
-            check = self.ledger.check(principal, permission, amount, unit, tenant=key.tenant,
+            reserved = cm.AmountOut(unit=body.estimate.unit, amount=body.estimate.amount)
+            check = ledger.check(principal, permission, amount, unit, tenant=key.tenant,
                                       scope=self._scope(body.subject))
             if check.allowed and not check.budgets:
                 check_code: str | None = "budget_exceeded"
@@ -537,7 +538,7 @@ class CyclesWire:
             return 200, _dump(_CREATE_OUT, out)
         grace = (_DEFAULT_GRACE_MS if body.grace_period_ms is None
                  else body.grace_period_ms) / 1000
-        r = self.ledger.reserve(principal, permission, amount, unit,
+        r = ledger.reserve(principal, permission, amount, unit,
                                 ttl=body.ttl_ms / 1000, idempotency_key=ledger_key,
                                 tenant=key.tenant, scope=self._scope(body.subject),
                                 grace=grace, overage=_OVERAGE[body.overage_policy],  # type: ignore[arg-type]
@@ -551,8 +552,8 @@ class CyclesWire:
         self.owners[r.id] = key.tenant
         if len(self.owners) > _REPLAY_SIZE:
             self.owners.popitem(last=False)
-        now = self.ledger.clock()
-        caps = self._caps(self.ledger.caps_of(r))
+        now = ledger.clock()
+        caps = self._caps(ledger.caps_of(r))
         if caps is None:
             # The common answer, written straight from its values: the fields of
             # ReservationCreateResponse in its order, none of them null.
@@ -567,7 +568,8 @@ class CyclesWire:
             reservation_id=r.id, affected_scopes=scopes,
             expires_at_ms=self._ms(r.expires_at),
             remaining_ttl_ms=max(0, self._ms(r.expires_at - now)),
-            scope_path="/".join(scopes), reserved=reserved)
+            scope_path="/".join(scopes),
+            reserved=cm.AmountOut(unit=body.estimate.unit, amount=body.estimate.amount))
         return 200, _dump(_CREATE_OUT, out)
 
     def commit(self, req: _Request) -> _Reply:
