@@ -1158,6 +1158,10 @@ def _summary(d: Decision, tool: tuple[tuple[str, str], ...] | None = None) -> _S
     return d.status, d.code, d.rules, wire
 
 
+def _redactions(s: _Summary) -> Any:
+    return None if s[3] is None else s[3].get("redactions")
+
+
 def _kinds(x: _Summary, y: _Summary) -> tuple[str, ...]:
     return tuple(kind for kind, differs in zip(
         CHANGE_KINDS, (x[0] != y[0], x[1] != y[1], x[3] != y[3], x[2] != y[2]),
@@ -1264,11 +1268,10 @@ def diff(old: Engine, new: Engine, *, max_requests: int = 512,
                 sa, sb = _summary(da), _summary(db)
                 if sa != sb:
                     _note(found, None, _kinds(sa, sb), ctx, sa, sb)
-                for qid, was, now in tools:
+                for qid, was, now in tools:  # a call through the tool: its redactions
                     ta_, tb_ = _summary(da, was), _summary(db, now)
-                    kinds = _kinds(ta_, tb_)
-                    if "obligations" in kinds and (sa[3] == sb[3]):
-                        _note(found, qid, kinds, ctx, ta_, tb_)
+                    if _redactions(ta_) != _redactions(tb_):
+                        _note(found, qid, _kinds(ta_, tb_), ctx, ta_, tb_)
             for (tool, kinds), (ctx, sa, sb, count) in found.items():
                 request = _request(pid, perm, ctx)
                 if tool is not None:

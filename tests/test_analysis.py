@@ -318,6 +318,19 @@ def test_diff_reports_a_tool_whose_redactions_change() -> None:
         assert d.status == "allowed" and ob is not None
         assert d.decision.to_wire()["obligations"]["redactFields"] == ob["redactFields"]
     assert diff(old_e, new_e, status_only=True).changes == ()
+    # a change of the permission's decisions too: the calls' redactions are still listed
+    capped = ("currency EUR\n" + base.replace("forbid f", "limit cap: code:write amount "
+                                                "<= 5 EUR\nforbid f"))
+    old_c = Engine.from_source(capped)
+    new_c = Engine.from_source(capped.replace("5 EUR", "9 EUR").replace(
+        "redact $.token remove", "redact $.token mask"))
+    tool = [c for c in diff(old_c, new_c).changes if "tool" in c.request]
+    assert tool and all("obligations" in c.kinds for c in tool)
+    [both] = [c for c in tool if c.old[0] == c.new[0] == "allowed"]
+    assert both.kinds == ("obligations",)
+    assert (both.old_obligations or {})["maxAmount"] == "5.00"
+    assert (both.new_obligations or {})["maxAmount"] == "9.00"
+    assert (both.new_obligations or {})["redactions"] == ["$.token mask"]
 
 
 def test_diff_of_equal_policies_decides_nothing() -> None:
