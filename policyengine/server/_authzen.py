@@ -35,7 +35,7 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -456,7 +456,7 @@ def _paged(kind: str, data: dict[str, Any], found: list[dict[str, Any]]) -> dict
             "results": chunk}
 
 
-def _lines_of(engine: pe.Engine, principal: str) -> tuple[Any, ...]:
+def _lines_of(engine: pe.Engine, principal: str) -> Sequence[Any]:
     """``permissions_of(principal)``'s lines; none for an id the reverse query does not
     take (empty, over 256 characters): no evaluation would allow such a principal
     anything either."""
