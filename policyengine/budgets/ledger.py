@@ -72,9 +72,12 @@ from policyengine.money._money import (
     MAX_AMOUNT,
     MAX_EXPONENT,
     MONEY_CONTEXT,
+    AmountSpec,
     Money,
     MoneyError,
+    _parse_text,
     parse_amount,
+    spec_of,
 )
 from policyengine.money._rates import RateError, RateSource, convert
 from policyengine.permissions import InvalidPermission, permission_matches, validate_permission
@@ -137,6 +140,11 @@ def _unit_scale(unit: str) -> tuple[int, Decimal]:
         scale = canonical_unit(unit)[1]
         found = _unit_scales[unit] = (scale, _QUANTA[scale])
     return found
+
+
+#: Per canonical unit, what :meth:`Ledger._amount` parses a text amount with: (the
+#: parsing spec, the unit's quantum, its decimal places); filled as units are met.
+_text_units: dict[str, tuple[AmountSpec, Decimal, int]] = {}
 
 
 def _new_id() -> str:
@@ -1129,24 +1137,25 @@ class Ledger:
         grace_s = 0.0 if grace == 0 else _grace(grace)
         key = None if idempotency_key is None else _key(idempotency_key)
         now = self.clock()
+        spend = amount if usage is None else _spend(amount, usage)
         unit, value, lines, budgets, buckets, priced = self._plan(
-            principal, permission, _spend(amount, usage), currency, acting_for, tenant, now,
-            True, scope
+            principal, permission, spend, currency, acting_for, tenant, now, True, scope
         )
-        skey = self._scope_key(scope)
-        shadow = (() if self._shadow is None else self._shadow_lines(
-            principal, permission, _spend(amount, usage), currency, acting_for, tenant, now,
-            scope))
+        held = tuple(lines)
+        if self._shadow is not None:
+            held += self._shadow_lines(principal, permission, spend, currency, acting_for,
+                                       tenant, now, scope)
         record = _new(ReservationRecord, (
             _new_id(), ACTIVE, principal, permission, unit, str(value), acting_for, tenant,
-            now, now + ttl_s + grace_s, tuple(lines) + shadow, None, None, None, None,
+            now, now + ttl_s + grace_s, held, None, None, None, None,
             grace_s, priced, False, over, note,
         ))
         guards = []
         for line, b, bucket in zip(lines, budgets, buckets, strict=True):
-            guards.append(_new(Guard, (bucket, line.amount, b.limit, b.limit)))
+            guards.append(_new(Guard, (bucket, line[5], b.limit, b.limit)))
         idem = None
         if key is not None:
+            skey = self._scope_key(scope)
             fingerprint = repr(("reserve", principal, permission, unit, str(value), ttl_s,
                                 acting_for, tenant) + ((skey,) if skey else ())
                                + ((grace_s,) if grace_s else ())
@@ -1161,7 +1170,7 @@ class Ledger:
             _new(Transaction, (tuple(guards), None, record, None, None, (), idem)), now
         )
         if outcome.ok:
-            return self._view(record, now)
+            return Reservation(record, self._meta, now, self._hidden)  # _view, inlined
         return self._failed(outcome, lines, budgets, idem, now, "budget_exceeded")
 
     def record(
@@ -1306,19 +1315,20 @@ class Ledger:
         over_lines: list[tuple[int, Line, _Budget]] = []
         same_unit = unit == rec.unit
         hidden = self._hidden
+        by_id = self._by_id
         for line in rec.lines:
-            if hidden and line.budget in hidden:  # a shadow budget: charged, never guarded
+            bid, subject, window, _end, rolling, held, rate, counts_call = line
+            if hidden and bid in hidden:  # a shadow budget: charged, never guarded
                 actual = self._shadow_actual(rec, line, value, unit, tokens, now)
                 actuals.append(actual)
-                spends.append(_new(Spend, (line.budget, line.subject, line.window,
-                                           line.rolling, actual)))
+                spends.append(_new(Spend, (bid, subject, window, rolling, actual)))
                 continue
-            budget = self._by_id.get(line.budget)
-            if line.counts_call:
-                actual = line.amount  # the call happened; its count is the reservation's
+            budget = by_id.get(bid)
+            if counts_call:
+                actual = held  # the call happened; its count is the reservation's
             elif tokens >= 0 and budget is not None and budget.unit == "tokens":
                 actual = tokens  # a priced usage's tokens line
-            elif same_unit and line.rate is None and budget is not None and budget.unit == unit:
+            elif same_unit and rate is None and budget is not None and budget.unit == unit:
                 actual = int(value.scaleb(budget.scale, MONEY_CONTEXT))  # fast path: no conversion
                 if actual > MAX_QUANTA:
                     raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too "
@@ -1326,9 +1336,8 @@ class Ledger:
             else:
                 actual = self._commit_amount(rec, line, budget, value, unit, now)
             actuals.append(actual)
-            spends.append(_new(Spend, (line.budget, line.subject, line.window, line.rolling,
-                                       actual)))
-            if actual <= line.amount or budget is None:
+            spends.append(_new(Spend, (bid, subject, window, rolling, actual)))
+            if actual <= held or budget is None:
                 continue
             if over == "allow_if_available":
                 over_lines.append((len(actuals) - 1, line, budget))
@@ -1364,7 +1373,7 @@ class Ledger:
             now,
         )
         if outcome.ok:
-            return self._view(final, now)
+            return Reservation(final, self._meta, now, self._hidden)  # _view, inlined
         code = "overdraft_limit_exceeded" if over == "allow_with_overdraft" else "budget_exceeded"
         lines = [gl[0] for gl in guard_lines]
         budgets = [gl[1] for gl in guard_lines]
@@ -1783,17 +1792,26 @@ class Ledger:
         return found
 
     def _amount(self, amount: object, unit: str | None) -> Decimal:
+        if unit is not None and type(amount) is str:
+            found = _text_units.get(unit)
+            if found is not None:  # the common case: a text amount in a unit met before
+                try:
+                    value = _parse_text(amount, found[0], False, False)
+                except MoneyError as exc:
+                    raise _invalid_amount(exc) from None
+                return value.quantize(found[1], None, MONEY_CONTEXT)
+        parse_unit = unit if unit is None or not unit.endswith(MICRO_SUFFIX) else "tokens"
         try:
-            value = parse_amount(
-                amount, unit if unit is None or not unit.endswith(MICRO_SUFFIX) else "tokens")
+            value = parse_amount(amount, parse_unit)
         except MoneyError as exc:
-            raise BudgetInputError(
-                "invalid_amount", f"invalid amount: {exc.message}", {"reason": exc.code}
-            ) from None
+            raise _invalid_amount(exc) from None
         if unit is None:
             return value
+        scale, quantum = _unit_scale(unit)
+        if unit not in _text_units:  # what parse_amount parses a text amount with
+            _text_units[unit] = (spec_of(parse_unit), quantum, scale)
         # One spelling per amount ("75" and "75.00" EUR are the same payload).
-        return value.quantize(_unit_scale(unit)[1], context=MONEY_CONTEXT)
+        return value.quantize(quantum, None, MONEY_CONTEXT)
 
     def _plan(
         self,
@@ -1825,7 +1843,8 @@ class Ledger:
         if priced is None:
             value = self._amount(amount, unit)
         # The amount in its own unit's quanta: what a budget in that unit is charged.
-        quanta = 0 if unit is None else int(value.scaleb(_unit_scale(unit)[0], MONEY_CONTEXT))
+        quanta = 0 if unit is None else int(value.scaleb(
+            (_unit_scales.get(unit) or _unit_scale(unit))[0], MONEY_CONTEXT))
         lines: list[Line] = []
         budgets: list[_Budget] = []
         buckets: list[Bucket] = []
@@ -2191,6 +2210,11 @@ def fingerprint_of(op: str, principal: str, permission: str, unit: str | None,
     return repr((op, principal, permission, unit, str(value), extra, acting_for, tenant)
                 + ((skey,) if skey else ())
                 + ((priced, [ln.amount for ln in lines]) if priced else ()))
+
+
+def _invalid_amount(exc: MoneyError) -> BudgetInputError:
+    return BudgetInputError("invalid_amount", f"invalid amount: {exc.message}",
+                            {"reason": exc.code})
 
 
 def _spend(amount: object, usage: LLMUsage | None) -> object:

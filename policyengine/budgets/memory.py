@@ -10,9 +10,11 @@ little: one mutable *cell* ``[spent, reserved]`` per bucket, keyed like a calend
 of ``(cell, amount)`` it holds, so releasing a hold needs no lookup. Housekeeping
 (expiring holds, forgetting finished reservations, idempotency records and the cells of
 windows long gone) runs inside the next operation once something is due. Per tenant, a
-list of ``(creation microsecond, id)`` in listing order serves ``list_reservations``:
-a reserve appends to it; entries of forgotten reservations are skipped, and dropped
-once they outnumber the reservations kept.
+list of ``(creation microsecond, id)`` in listing order serves ``list_reservations``.
+It is built by the first listing, from the reservations kept then (so a store never
+listed pays nothing for it, neither the work nor a tracked tuple per reservation for the
+GC), and from then on a reserve appends to it; entries of forgotten reservations are
+skipped, and dropped once they outnumber the reservations kept.
 
 Finished reservations are kept (for ``retention`` seconds) as one flat tuple of atoms
 each, not as :class:`ReservationRecord` / :class:`Line`: CPython's cyclic GC stops
@@ -60,6 +62,7 @@ _TAIL = len(ReservationRecord._fields) - 15  # grace, priced, capped, overage, n
 _COMPACT_AT = 1024
 _UNUSED = Usage(0, 0)
 _new = tuple.__new__  # a record tuple without the NamedTuple __new__ (a Python call)
+_heappush = heapq.heappush
 
 
 def _frozen(rec: ReservationRecord) -> tuple[Any, ...]:
@@ -68,14 +71,14 @@ def _frozen(rec: ReservationRecord) -> tuple[Any, ...]:
     number of lines, every line's fields, then the committed quanta if any. Flat, because
     the GC untracks a tuple only once its items are untracked, and may look at a tuple
     before its items. The last five atoms are grace, priced, capped, overage and note."""
-    lines = rec.lines
-    flat: list[Any] = [*rec[:10], rec.committed_amount, rec.committed_unit, rec.finalized_at,
-                       rec.committed is not None, len(lines)]
+    lines, committed = rec[10], rec[11]  # (by index: a field by name is a slower read)
+    flat: list[Any] = [*rec[:10], rec[12], rec[13], rec[14], committed is not None,
+                       len(lines)]
     for line in lines:
-        flat.extend(line)
-    if rec.committed is not None:
-        flat.extend(rec.committed)
-    flat.extend(rec[15:])
+        flat += line
+    if committed is not None:
+        flat += committed
+    flat += rec[15:]
     return tuple(flat)
 
 
@@ -125,8 +128,12 @@ class MemoryStore:
         self._idem_order: deque[tuple[float, str]] = deque()
         # Per tenant ("" for none), every reservation created active, as (creation time
         # in whole microseconds, id) in that order; entries of forgotten reservations
-        # are skipped when listing and dropped by _compact.
+        # are skipped when listing and dropped by _compact. Built by the first listing
+        # (_index); until then, the ids of the spends created finished (``record``),
+        # which the listing leaves out, are kept in _unlisted instead.
         self._listed: dict[str, list[tuple[int, str]]] = {}
+        self._indexed = False
+        self._unlisted: set[str] = set()
         self._listed_count = 0
         self._compact_due = _COMPACT_AT
         self._due = _INF  # earliest time any housekeeping is due
@@ -172,6 +179,8 @@ class MemoryStore:
     def list_reservations(self, tenant: str, after: str | None, limit: int
                           ) -> list[ReservationRecord]:
         with self._lock:
+            if not self._indexed:
+                self._index()
             entries = self._listed.get(tenant)
             if not entries:
                 return []
@@ -223,9 +232,14 @@ class MemoryStore:
                 own = stored  # type: ignore[assignment]  # live: a ReservationRecord
             cells = self._cells
             if guards:
-                own_holds = self._holds.get(own.id, ()) if own is not None else ()
+                own_holds = self._holds.get(own[0], ()) if own is not None else ()
                 for guard in guards:
-                    spent, reserved = self._counts(guard[0], own_holds)
+                    bucket = guard[0]
+                    if bucket[3] is None and not own_holds:  # a calendar bucket, as it is
+                        cell = cells.get(bucket)
+                        spent, reserved = (0, 0) if cell is None else cell
+                    else:
+                        spent, reserved = self._counts(bucket, own_holds)
                     debt_above = guard[3]
                     if (debt_above is not None and spent > debt_above) or (
                         spent + reserved + guard[1] > guard[2]
@@ -234,38 +248,53 @@ class MemoryStore:
             # Every check passed: apply all effects (nothing below can fail).
             if own is not None:
                 if finalize is not None:
-                    self._unhold(own.id)
-                    self._records[own.id] = _frozen(finalize)
-                    self._purge_at(now + self.retention, own.id)
+                    oid = own[0]
+                    holds = self._holds.pop(oid, None)  # _unhold, inlined
+                    if holds is not None:
+                        for held, amount in holds:
+                            held[1] -= amount
+                    self._records[oid] = _frozen(finalize)
+                    purge = now + self.retention  # _purge_at, inlined
+                    self._purge_times.append(purge)
+                    self._purge_ids.append(oid)
+                    if purge < self._due:
+                        self._due = purge
                 elif extend_to is not None:
                     self._records[own.id] = own._replace(expires_at=extend_to)
                     self._expire_at(extend_to, own.id)
             if created is not None:
-                if created.status == ACTIVE:
-                    self._records[created.id] = created
+                if created[_STATUS] == ACTIVE:
+                    cid = created[0]
+                    self._records[cid] = created
                     holds = []
-                    for line in created.lines:
+                    for line in created[10]:
                         key = (line[0], line[1], line[2], None)
                         cell = cells.get(key)
                         if cell is None:
                             cell = self._new_cell(key)
                         cell[1] += line[5]
                         holds.append((cell, line[5]))
-                    self._holds[created.id] = holds
-                    self._expire_at(created.expires_at, created.id)
-                    # The tenant's listing: an append, unless out of order (_list).
-                    entry = (int(created[8] * 1e6), created[0])
-                    entries = self._listed.get(created[7] or "")
-                    if entries is not None and entry > entries[-1]:
-                        entries.append(entry)
-                        self._listed_count += 1
-                        if self._listed_count >= self._compact_due:
-                            self._compact()
-                    else:
-                        self._list(created[7] or "", entry)
+                    self._holds[cid] = holds
+                    expires = created.expires_at  # _expire_at, inlined
+                    _heappush(self._expiries, (expires, cid))
+                    if expires < self._due:
+                        self._due = expires
+                    if self._indexed:
+                        # The tenant's listing: an append, unless out of order (_list).
+                        entry = (int(created[8] * 1e6), cid)
+                        entries = self._listed.get(created[7] or "")
+                        if entries is not None and entry > entries[-1]:
+                            entries.append(entry)
+                            self._listed_count += 1
+                            if self._listed_count >= self._compact_due:
+                                self._compact()
+                        else:
+                            self._list(created[7] or "", entry)
                 else:
                     self._records[created.id] = _frozen(created)
                     self._purge_at(now + self.retention, created.id)
+                    if not self._indexed:
+                        self._unlisted.add(created.id)
             for spend in spends:
                 if spend[3]:  # rolling: an event at now
                     ekey = (spend[0], spend[1])
@@ -352,6 +381,24 @@ class MemoryStore:
         if self._listed_count >= self._compact_due:
             self._compact()
 
+    def _index(self) -> None:
+        """Build the listing index from the reservations kept (the first listing)."""
+        listed: dict[str, list[tuple[int, str]]] = {}
+        unlisted = self._unlisted
+        for rid, rec in self._records.items():  # live and frozen alike: tenant at 7,
+            if rid not in unlisted:              # created_at at 8
+                entries = listed.get(rec[7] or "")
+                if entries is None:
+                    entries = listed[rec[7] or ""] = []
+                entries.append((int(rec[8] * 1e6), rid))
+        for entries in listed.values():
+            entries.sort()
+        self._listed = listed
+        self._listed_count = total = sum(len(entries) for entries in listed.values())
+        self._compact_due = max(_COMPACT_AT, 2 * total + 1)
+        self._unlisted = set()
+        self._indexed = True
+
     def _compact(self) -> None:
         """Drop the listing entries of reservations no longer kept (once they are more
         than twice the reservations kept, so the work is amortised)."""
@@ -401,6 +448,7 @@ class MemoryStore:
             self._purge_times.append(rec[_EXPIRES] + self.retention)
             self._purge_ids.append(rid)
         purge_times, purge_ids = self._purge_times, self._purge_ids
+        unlisted = self._unlisted
         while purge_times and purge_times[0] <= now:
             purge_times.popleft()
             rid = purge_ids.popleft()
@@ -409,6 +457,8 @@ class MemoryStore:
                 rec[_STATUS] != ACTIVE or rec[_EXPIRES] + self.retention <= now
             ):
                 del records[rid]
+                if unlisted:
+                    unlisted.discard(rid)
         order = self._idem_order
         while order and order[0][0] <= now:
             _, key = order.popleft()
