@@ -225,7 +225,7 @@ class Permissions:
 
     principal: str
     kind: str
-    entries: Sequence[Access]
+    entries: tuple[Access, ...]
     total: int
     truncated: bool
 
@@ -1219,7 +1219,7 @@ def permissions_of(policy: CompiledPolicy, principal: str | None = None, *,
         subject = index.subject(kind, name)
         entries = index.keep(key, paused(lambda: index.permissions(subject)))
     shown, truncated = _cut(entries, limit)
-    return Permissions(name, kind, shown, len(entries), truncated)
+    return Permissions(name, kind, tuple(shown), len(entries), truncated)
 
 
 def principals_with(policy: CompiledPolicy, permission: str, *, limit: int | None = None
