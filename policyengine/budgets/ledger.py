@@ -660,6 +660,9 @@ class BudgetUsage:
 _set_t = BudgetUsage.__dict__["_t"].__set__  # the slot's own setter (__setattr__ refuses)
 
 
+_new_usage = object.__new__
+
+
 def _budget_usage(t: tuple[str, str, str, float | None, int, int, int, int, int]
                   ) -> BudgetUsage:
     """A :class:`BudgetUsage` from its tuple, without the ``__init__`` call."""
@@ -846,6 +849,8 @@ class Ledger:
         #: (amount object, unit, its value, its quanta) of the last exact Decimal
         #: :meth:`admission` took as it is; held, so the object's id is not reused.
         self._last_amount: tuple[Any, str | None, Decimal, int] = (None, None, _ZERO_D, 0)
+        #: (permission, principal) -> what :meth:`admission_of` reads (``_lean_entry``).
+        self._lean: dict[tuple[str, str], tuple[Any, ...]] = {}
         #: (spent, reserved) of one calendar bucket: the store's own lean read if it has one
         self._read_one: Callable[[Bucket, float], tuple[int, int]] = getattr(
             self.store, "usage_one", self._read_one_usage)
@@ -1035,24 +1040,41 @@ class Ledger:
         calendar budget counting the amount in its own unit, asked again with the same
         parsed amount -- reads one bucket and nothing else."""
         now = self.clock()
-        found = self._targets_cache.get((permission, unit, principal, None, None, 0))  # type: ignore[arg-type]
-        if found is not None and found[1] <= now < found[2]:
-            targets = found[3]
-            if len(targets) == 1:
-                b, mode, subject, _start, end, bucket = targets[0]
-                last = self._last_amount
-                if (mode == _SAME and bucket is not None and last[0] is amount
-                        and amount is not None and unit is not None
-                        and last[1] == found[0] and last[3] <= MAX_QUANTA):
-                    q = last[3]
-                    spent, reserved = self._read_one(bucket, now)
-                    limit = b.limit
-                    room = limit - spent - reserved
-                    code = ("debt_outstanding" if spent > limit else
-                            "budget_exceeded" if q > room or room <= 0 else None)
-                    return code, _budget_usage((b.id, subject, b.unit, end, b.scale, limit,
-                                                spent, reserved, q))
+        lean = self._lean.get((permission, principal))
+        if lean is None or not lean[0] <= now < lean[1] or lean[2] != unit:
+            lean = self._lean_entry(principal, permission, unit, now)
+        last = self._last_amount
+        if (lean is not None and last[0] is amount and amount is not None
+                and unit is not None and last[1] == lean[3] and last[3] <= MAX_QUANTA):
+            _, _, _, _, bucket, bid, subject, bunit, end, scale, limit = lean
+            q = last[3]
+            spent, reserved = self._read_one(bucket, now)
+            room = limit - spent - reserved
+            usage = _new_usage(BudgetUsage)
+            _set_t(usage, (bid, subject, bunit, end, scale, limit, spent, reserved, q))
+            return ("debt_outstanding" if spent > limit else
+                    "budget_exceeded" if q > room or room <= 0 else None), usage
         return self.admission(principal, permission, amount, unit)
+
+    def _lean_entry(self, principal: str, permission: str, unit: str | None, now: float
+                    ) -> tuple[Any, ...] | None:
+        """What :meth:`admission_of` reads of the cached targets of one request when
+        they are one calendar budget counting the amount in its own unit: (window start
+        and end as floats, the request's unit, the targets' unit, bucket, budget id,
+        subject, budget unit, window end, scale, limit), kept per (permission,
+        principal) for the last unit asked; else None (:meth:`admission` answers)."""
+        found = self._targets_cache.get((permission, unit, principal, None, None, 0))  # type: ignore[arg-type]
+        if found is None or not found[1] <= now < found[2] or len(found[3]) != 1:
+            return None
+        b, mode, subject, _start, end, bucket = found[3][0]
+        if mode != _SAME or bucket is None:
+            return None
+        lean = (float(found[1]), float(found[2]), unit, found[0], bucket, b.id, subject, b.unit,
+                end, b.scale, b.limit)
+        if len(self._lean) >= _MAX_MATCH_CACHE:
+            self._lean.clear()
+        self._lean[(permission, principal)] = lean
+        return lean
 
     def _read_one_usage(self, bucket: Bucket, now: float) -> tuple[int, int]:
         """(spent, reserved) of one calendar bucket, for stores without ``usage_one``."""

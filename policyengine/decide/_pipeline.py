@@ -40,6 +40,7 @@ from policyengine.decide._approvals import (
 )
 from policyengine.decide._compiled import CompiledPolicy, EvalError
 from policyengine.decide._evaluator import (
+    _PARSED,
     RequestState,
     RuleFacts,
     read_money,
@@ -421,11 +422,17 @@ class Pipeline:
         the refusing or tightest budget)."""
         try:
             money = None
+            get = dict.get  # a dict subclass's own get() is not called
             if (req is None and acting_for is None and not self._scope_fields
-                    and dict.get(context, "tenant") is None):  # the common case, leaner
-                money = read_money(context, self.policy.default_currency)
+                    and get(context, "tenant") is None):  # the common case, leaner
+                raw, currency = get(context, "amount"), get(context, "currency")
+                money = (_PARSED.get((raw, currency)) if type(raw) is str
+                         and type(currency) is str else None)  # parsed before, mostly
+                if money is None:
+                    money = read_money(context, self.policy.default_currency)
             if money is not None:
-                code, usage = self.ledger.admission_of(principal, permission, *money)
+                code, usage = self.ledger.admission_of(principal, permission, money[0],
+                                                       money[1])
             else:
                 code, usage = _admission(self.ledger, principal, permission, context, req,
                                          acting_for, self.policy.default_currency)

@@ -447,3 +447,18 @@ def test_lean_admission_answers_as_admit_with_one_budget(
                 got = exc.code
             assert got == want, (principal, permission, parsed, unit)
         clock.t += 600  # reservations (ttl 1 h) lapse along the way
+
+
+def test_lean_admission_same_amount_object_under_another_unit() -> None:
+    """The lean path keeps what it read per request unit: the same parsed amount asked
+    in EUR, then in USD (converted), then in EUR again answers as admit each time."""
+    from policyengine.money import StaticRates
+    ledger = Ledger(ONE_BUDGET, MemoryStore(), clock=Clock(1_767_225_600.0),
+                    rates=StaticRates("EUR", {"USD": "0.92"}))
+    ledger.record("a1", "pay:send", Decimal("60"), "EUR")
+    amount = Decimal("45.00")
+    for unit in ("EUR", "EUR", "USD", "USD", "EUR", "USD"):
+        check = ledger.admit("a1", "pay:send", amount, unit)
+        code, usage = ledger.admission_of("a1", "pay:send", amount, unit)
+        assert usage is not None and check.usage is not None
+        assert (code, usage.to_wire()) == (check.code, check.usage.to_wire()), unit
