@@ -993,7 +993,7 @@ class Ledger:
             if bucket is None:  # a rolling window ends now
                 bucket = _new(Bucket, (b.id, subject, 0, now - b.rolling))  # type: ignore[operator]
                 end = None  # type: ignore[assignment]
-            spent, reserved = self.store.usage((bucket,), now)[0]  # type: ignore[arg-type]
+            spent, reserved = self.store.usage((bucket,), now)[0]
             limit = b.limit
             room = limit - spent - reserved
             code = ("debt_outstanding" if spent > limit else
@@ -1006,7 +1006,7 @@ class Ledger:
             amounts.append(self._charge(b, mode, value, quanta, unit, now))
             if bucket is None:  # a rolling window ends now
                 bucket = _new(Bucket, (b.id, subject, 0, now - b.rolling))  # type: ignore[operator]
-            buckets.append(bucket)  # type: ignore[arg-type]  # set just above
+            buckets.append(bucket)  # set just above
         usages = self.store.usage(tuple(buckets), now)
         code = None
         index = 0
@@ -1795,7 +1795,7 @@ class Ledger:
                 "invalid_overage",
                 "overage must be 'reject', 'allow_if_available' or 'allow_with_overdraft'",
             )
-        return overage  # type: ignore[return-value]
+        return overage
 
     def _match(self, permission: str) -> tuple[_Budget, ...]:
         found = self._matches.get(permission)
@@ -1892,7 +1892,7 @@ class Ledger:
             lines.append(_new(Line, (b.id, subject, start, end, rolling, q, rate,
                                      mode == _CALL)))
             budgets.append(b)
-            buckets.append(bucket)  # type: ignore[arg-type]  # set just above
+            buckets.append(bucket)  # set just above
         return unit, value, lines, budgets, buckets, priced
 
     def _priced(self, usage: object, currency: object) -> tuple[str, Decimal, int, str]:
@@ -1982,7 +1982,7 @@ class Ledger:
             else:
                 start, end = b.window.bounds(now)
                 lo, hi = max(lo, start), min(hi, end)
-                bucket = Bucket(b.id, subject, start)  # type: ignore[arg-type]
+                bucket = Bucket(b.id, subject, start)
             targets.append((b, mode, subject, start, end, bucket))
         result: _Targets = (unit, lo, hi, tuple(targets))
         if cacheable:
@@ -2001,7 +2001,7 @@ class Ledger:
         if not strict:
             return self._lenient_modes(permission, currency, tokens)
         cache_key: tuple[Any, ...] = (permission, currency, 1) if tokens else (permission, currency)
-        found = self._mode_cache.get(cache_key)  # type: ignore[arg-type]
+        found = self._mode_cache.get(cache_key)
         if found is not None:
             if isinstance(found, str):
                 raise BudgetInputError("unit_mismatch", found)
@@ -2057,7 +2057,7 @@ class Ledger:
             result = (unit, tuple(modes))
         if len(self._mode_cache) >= _MAX_MATCH_CACHE:
             self._mode_cache.clear()
-        self._mode_cache[cache_key] = result  # type: ignore[index]
+        self._mode_cache[cache_key] = result
         if isinstance(result, str):
             raise BudgetInputError("unit_mismatch", result)
         return result

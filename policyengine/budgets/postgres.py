@@ -898,7 +898,7 @@ class PostgresStore:
     def _call(self, sql: str, params: tuple[Any, ...]) -> Any:
         """First column of the one row ``sql`` returns."""
         with self._connection() as conn:
-            row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+            row = conn.execute(sql, params).fetchone()
         return None if row is None else row[0]
 
     def _exec(self, name: bytes, params: list[bytes | None], decline: str = ""
@@ -971,20 +971,20 @@ class PostgresStore:
                                  (LAYOUT_VERSION,))
                     for statement in _TABLES.format(s=s).split(";"):
                         if statement.strip():
-                            conn.execute(statement)  # type: ignore[arg-type]
+                            conn.execute(statement)
                 # Rate limits came later in layout 1: their table is made where missing
                 # (a new table locks nothing that running operations use).
                 if "budget_rates" not in names:
-                    conn.execute(_RATE_TABLE.format(s=s))  # type: ignore[arg-type]
+                    conn.execute(_RATE_TABLE.format(s=s))
                 # Tables are never touched again once made (DDL would lock them against
                 # running operations); the functions are replaced only when they changed.
                 row = conn.execute(f"SELECT code FROM {s}.budget_layout").fetchone()
                 if row is None or row[0] != code:
-                    conn.execute(_APPLY.format(s=s))  # type: ignore[arg-type]
-                    conn.execute(_USAGE.format(s=s))  # type: ignore[arg-type]
-                    conn.execute(_DECLINE_FN.format(  # type: ignore[arg-type]
+                    conn.execute(_APPLY.format(s=s))
+                    conn.execute(_USAGE.format(s=s))
+                    conn.execute(_DECLINE_FN.format(
                         s=s, decline=_DECLINE))
-                    conn.execute(_RATE.format(s=s))  # type: ignore[arg-type]
+                    conn.execute(_RATE.format(s=s))
                     conn.execute(f"UPDATE {s}.budget_layout SET code = %s", (code,))
         except psycopg.Error as exc:
             raise _unavailable(exc) from exc
@@ -1175,7 +1175,7 @@ class PostgresStore:
         # Forgetting what nobody can ask about any more; correctness never waits for it.
         try:
             with self._connection() as conn:
-                conn.execute(self._housekeep_sql, {  # type: ignore[arg-type]
+                conn.execute(self._housekeep_sql, {
                     "events": now - MAX_ROLLING_SECONDS - 60,
                     "finished": now - self.retention,
                     "now": now,

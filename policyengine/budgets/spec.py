@@ -322,9 +322,9 @@ class BudgetSpec:
             raise _bad(f"budget {self.id}: {problems[0][1]}")
         object.__setattr__(self, "patterns", tuple(self.patterns))  # validated: iterable
         object.__setattr__(self, "unit", canonical_unit(self.unit)[0])
-        object.__setattr__(self, "limit", Decimal(self.limit))  # type: ignore[arg-type]
+        object.__setattr__(self, "limit", Decimal(self.limit))
         object.__setattr__(self, "overdraft_limit",
-                           Decimal(self.overdraft_limit))  # type: ignore[arg-type]
+                           Decimal(self.overdraft_limit))
 
     def covers(self, permission: str) -> bool:
         """True when one of the budget's patterns matches ``permission``."""

@@ -276,7 +276,7 @@ def _ge(a: Any, b: Any) -> bool:
 
 def _b(v: Any) -> bool:
     if v is True or v is False:
-        return v  # type: ignore[no-any-return]
+        return v
     raise EvalError("type_error", f"expected true or false, got "
                     f"{'null' if v is None else type(v).__name__}")
 

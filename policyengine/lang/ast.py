@@ -48,7 +48,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # the grammar's NAME terminal
 
 
 def _span() -> Span:
-    return field(default=NOSPAN, compare=False, repr=False)  # type: ignore[return-value]
+    return field(default=NOSPAN, compare=False, repr=False)
 
 
 # ---- expressions ---------------------------------------------------------------------

@@ -206,7 +206,7 @@ _BALANCES_OUT = TypeAdapter(cm.BalanceResponse)
 
 
 def _dump(adapter: TypeAdapter[Any], value: Any) -> bytes:
-    return adapter.dump_json(value, exclude_none=True)  # type: ignore[no-any-return]
+    return adapter.dump_json(value, exclude_none=True)
 
 
 def _segment(text: str) -> str:

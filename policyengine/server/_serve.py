@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         except pe.PolicyEngineError as exc:
             print(f"serve: {exc}", file=sys.stderr)
             return 1
-        uvicorn.run(app, **uv_config)  # type: ignore[arg-type]
+        uvicorn.run(app, **uv_config)
         return 0
     return _supervise(build, uv_config, args.workers)
 
