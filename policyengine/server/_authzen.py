@@ -174,7 +174,7 @@ class AuthzenWire:
             _validate(adapter_in, data)
             engine = self.service.engine
             log = engine.decision_log
-            view = engine._current_view() if log is not None else None
+            view = log.view if log is not None else None  # the revision searched under
             started = time.perf_counter_ns()
             try:
                 answer = search(engine, kind, data)
