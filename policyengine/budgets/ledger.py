@@ -75,8 +75,8 @@ from policyengine.money._money import (
     AmountSpec,
     Money,
     MoneyError,
-    _parse_text,
     parse_amount,
+    parse_spec,
     spec_of,
 )
 from policyengine.money._rates import RateError, RateSource, convert
@@ -142,9 +142,10 @@ def _unit_scale(unit: str) -> tuple[int, Decimal]:
     return found
 
 
-#: Per canonical unit, what :meth:`Ledger._amount` parses a text amount with: (the
-#: parsing spec, the unit's quantum, its decimal places); filled as units are met.
-_text_units: dict[str, tuple[AmountSpec, Decimal, int]] = {}
+#: Per unit as given, what :meth:`Ledger._amount` parses an amount in it with (the
+#: spec ``parse_amount`` took: micro-units parse as whole tokens) and the unit's
+#: quantum; filled as units are met.
+_amount_units: dict[str, tuple[AmountSpec, Decimal]] = {}
 
 
 def _new_id() -> str:
@@ -1814,14 +1815,13 @@ class Ledger:
         return found
 
     def _amount(self, amount: object, unit: str | None) -> Decimal:
-        if unit is not None and type(amount) is str:
-            found = _text_units.get(unit)
-            if found is not None:  # the common case: a text amount in a unit met before
-                try:
-                    value = _parse_text(amount, found[0], False, False)
-                except MoneyError as exc:
-                    raise _invalid_amount(exc) from None
-                return value.quantize(found[1], None, MONEY_CONTEXT)
+        found = None if unit is None else _amount_units.get(unit)
+        if found is not None:  # the common case: a unit met before
+            try:
+                value = parse_spec(amount, found[0], False, False, False)
+            except MoneyError as exc:
+                raise _invalid_amount(exc) from None
+            return value.quantize(found[1], None, MONEY_CONTEXT)
         parse_unit = unit if unit is None or not unit.endswith(MICRO_SUFFIX) else "tokens"
         try:
             value = parse_amount(amount, parse_unit)
@@ -1829,9 +1829,8 @@ class Ledger:
             raise _invalid_amount(exc) from None
         if unit is None:
             return value
-        scale, quantum = _unit_scale(unit)
-        if unit not in _text_units:  # what parse_amount parses a text amount with
-            _text_units[unit] = (spec_of(parse_unit), quantum, scale)
+        quantum = _unit_scale(unit)[1]
+        _amount_units[unit] = (spec_of(parse_unit), quantum)  # what parse_amount used
         # One spelling per amount ("75" and "75.00" EUR are the same payload).
         return value.quantize(quantum, None, MONEY_CONTEXT)
 

@@ -523,7 +523,7 @@ class CyclesWire:
         if body.dry_run:
             reserved = cm.AmountOut(unit=body.estimate.unit, amount=body.estimate.amount)
             check = ledger.check(principal, permission, amount, unit, tenant=key.tenant,
-                                      scope=self._scope(body.subject))
+                                 scope=self._scope(body.subject))
             if check.allowed and not check.budgets:
                 check_code: str | None = "budget_exceeded"
             else:
@@ -539,10 +539,10 @@ class CyclesWire:
         grace = (_DEFAULT_GRACE_MS if body.grace_period_ms is None
                  else body.grace_period_ms) / 1000
         r = ledger.reserve(principal, permission, amount, unit,
-                                ttl=body.ttl_ms / 1000, idempotency_key=ledger_key,
-                                tenant=key.tenant, scope=self._scope(body.subject),
-                                grace=grace, overage=_OVERAGE[body.overage_policy],  # type: ignore[arg-type]
-                                note=_note(body))
+                           ttl=body.ttl_ms / 1000, idempotency_key=ledger_key,
+                           tenant=key.tenant, scope=self._scope(body.subject),
+                           grace=grace, overage=_OVERAGE[body.overage_policy],  # type: ignore[arg-type]
+                           note=_note(body))
         if not r.lines:
             # The protocol: at least one derived scope must have a budget. A spend no
             # budget covers is refused, never admitted unmetered (the reservation the

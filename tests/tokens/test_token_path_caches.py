@@ -27,6 +27,18 @@ def mint(keys: tokens.KeySet, permissions: list[str], agent: str = "bot",
                        permissions=permissions, ttl=3600, **kw)  # type: ignore[arg-type]
 
 
+def served_from_file(tmp_path: Path) -> tuple[Engine, Path, str]:
+    """An engine on a policy file (to reload), and a token it has allowed once (so the
+    next request takes the cached-token path)."""
+    keys = tokens.KeySet.generate()
+    path = tmp_path / "p.policy"
+    path.write_text(POLICY)
+    engine = Engine.from_path(path, keys=keys)
+    token = mint(keys, ["pay:*"])
+    assert engine.authorize("bot", "pay:send", token=token).allowed
+    return engine, path, token
+
+
 def test_replacing_the_keys_takes_effect_on_the_next_request() -> None:
     first, second = tokens.KeySet.generate(), tokens.KeySet.generate()
     engine = Engine.from_source(POLICY, keys=first)
@@ -52,12 +64,7 @@ def test_a_revocation_and_a_new_store_take_effect() -> None:
 
 
 def test_a_reload_applies_the_new_delegation_block(tmp_path: Path) -> None:
-    keys = tokens.KeySet.generate()
-    path = tmp_path / "p.policy"
-    path.write_text(POLICY)
-    engine = Engine.from_path(path, keys=keys)
-    token = mint(keys, ["pay:*"])
-    assert engine.authorize("bot", "pay:send", token=token).allowed
+    engine, path, token = served_from_file(tmp_path)
     path.write_text(POLICY.replace(ISSUER, "https://other.example"))
     engine.reload()
     assert engine.authorize("bot", "pay:send", token=token).code == "invalid_token"
@@ -175,12 +182,7 @@ def test_a_kept_capped_token_checks_each_amount() -> None:
 
 
 def test_a_kept_token_answers_to_the_policy_after_a_reload(tmp_path: Path) -> None:
-    keys = tokens.KeySet.generate()
-    path = tmp_path / "p.policy"
-    path.write_text(POLICY)
-    engine = Engine.from_path(path, keys=keys)
-    token = mint(keys, ["pay:*"])
-    assert engine.authorize("bot", "pay:send", token=token).allowed
+    engine, path, token = served_from_file(tmp_path)
     path.write_text(POLICY + "forbid stop: pay:send when grant.delegated\n")
     engine.reload()
     assert engine.authorize("bot", "pay:send", token=token).code == "forbidden"
