@@ -740,19 +740,29 @@ def _pack_args(args: tuple[str, ...]) -> bytes:
     return b"".join(out)
 
 
+#: Longest first line of a reply read before giving up on its end (an error's text
+#: included).
+_MAX_REPLY_LINE = 65536
+#: Largest reply a budget script may give (its JSON is a record or a few numbers).
+_MAX_REPLY = 64 << 20
+
+
 def _exchange(sock: Any, packed: bytes) -> bytes | str | None:
     """Send one command and read its reply: a bulk string's bytes, None for a nil, the
     text of an error reply (a ``str``). Anything else, or a reply followed by more
     bytes, is ``ValueError`` (the caller closes the connection)."""
     sock.sendall(packed)
-    data: bytes = sock.recv(65536)
+    data = b""
     while True:
-        if not data:
+        more: bytes = sock.recv(65536)
+        if not more:  # closed, before or in the middle of the reply's first line
             raise ConnectionError("the connection was closed by the server")
+        data += more
         end = data.find(b"\r\n")
         if end >= 0:
             break
-        data += sock.recv(65536)
+        if len(data) > _MAX_REPLY_LINE:
+            raise ValueError("a reply line without an end")
     kind = data[0]
     if kind == 45:  # '-': an error reply
         if len(data) != end + 2:
@@ -760,17 +770,22 @@ def _exchange(sock: Any, packed: bytes) -> bytes | str | None:
         return data[1:end].decode("utf-8", "replace")
     if kind != 36:  # not '$': no script here answers anything else
         raise ValueError(f"unexpected reply {data[:20]!r}")
-    size = int(data[1:end])
-    if size < 0:
+    length = data[1:end]
+    if length == b"-1":  # a nil
         if len(data) != end + 2:
             raise ValueError("unexpected bytes after a reply")
         return None
+    if not length.isdigit() or len(length) > 12:  # only plain decimal digits
+        raise ValueError(f"unexpected reply {data[:20]!r}")
+    size = int(length)
+    if size > _MAX_REPLY:
+        raise ValueError(f"a reply of {size} bytes")
     need = end + 2 + size + 2
     if len(data) < need:
         chunks = [data]
         have = len(data)
         while have < need:
-            more = sock.recv(max(65536, need - have))
+            more = sock.recv(min(max(65536, need - have), 1 << 20))
             if not more:
                 raise ConnectionError("the connection was closed by the server")
             chunks.append(more)
