@@ -489,7 +489,8 @@ def run_fixture(path: Path) -> list[CaseResult]:
                 def logged(log: Any, c: dict[str, Any] = case) -> Any:
                     return _engine(fixture, c, base, decision_log=log)
 
-                msg = run_decision_log_case(logged, case)
+                from policyengine.server._authzen import run_logged_search
+                msg = run_decision_log_case(logged, case, run_logged_search)
             elif kind == "log_verify":
                 from policyengine.audit._conformance import run_log_verify_case
                 msg = run_log_verify_case(case, base)

@@ -1,6 +1,8 @@
 """Conformance kinds of the decision log (conformance/README.md):
 
-* ``decision_log``: run one request on an engine with a decision log and compare the
+* ``decision_log``: run one request (``op``: ``authorize``, ``tool_authorize`` or an
+  AuthZEN search, ``search.subject``, ``search.resource``, ``search.action``, whose
+  other keys are the search's body) on an engine with a decision log and compare the
   record's fields that the case names (``input``, ``masked``, ``erased``, ``result``,
   ``token``, ``principal`` ...; ``result`` whole but for its human ``reason``);
   per-process values (``decision_id``, ``timestamp``, ``metrics``, ``seq``, ``prev``,
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,13 @@ __all__ = ["run_decision_log_case", "run_log_verify_case"]
 _VOLATILE = frozenset({"decision_id", "timestamp", "metrics", "seq", "prev", "hash"})
 
 
-def run_decision_log_case(make_engine: Any, case: dict[str, Any]) -> str | None:
-    """``make_engine(decision_log=...)`` builds the fixture's engine with a log."""
+def run_decision_log_case(make_engine: Any, case: dict[str, Any],
+                          searches: Callable[[Any, str, dict[str, Any]], None] | None = None
+                          ) -> str | None:
+    """``make_engine(decision_log=...)`` builds the fixture's engine with a log.
+    ``searches(engine, kind, body)`` runs an AuthZEN search with its record, for a
+    request whose ``op`` is ``search.<kind>`` (the service's layer supplies it: the log
+    knows nothing of the service)."""
     records: list[dict[str, Any]] = []
     engine = make_engine(DecisionLog(CallbackSink(records.append)))
     req = dict(case["request"])
@@ -36,6 +44,8 @@ def run_decision_log_case(make_engine: Any, case: dict[str, Any]) -> str | None:
                          **kwargs)
     elif op == "tool_authorize":
         engine.tool_authorize(req.pop("principal", None), **req)
+    elif op.startswith("search.") and searches is not None:
+        searches(engine, op.removeprefix("search."), req)
     else:
         return f"unknown op {op!r}"
     if not engine.close():

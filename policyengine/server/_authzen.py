@@ -47,8 +47,8 @@ from policyengine.server import _models as m
 if TYPE_CHECKING:
     from policyengine.server._app import PolicyService, _Reply, _Request, _Route
 
-__all__ = ["AuthzenWire", "evaluate", "evaluate_batch", "run_authzen_case", "search",
-           "search_record"]
+__all__ = ["AuthzenWire", "evaluate", "evaluate_batch", "logged_search",
+           "run_authzen_case", "run_logged_search", "search", "search_record"]
 
 _RESERVED = ("subject", "resource", "action")
 _ONE_IN = TypeAdapter(m.AccessEvaluation)
@@ -173,20 +173,15 @@ class AuthzenWire:
             adapter_in, adapter_out = _SEARCH[kind][0], _SEARCH[kind][1]
             _validate(adapter_in, data)
             engine = self.service.engine
-            log = engine.decision_log
-            view = log.view if log is not None else None  # the revision searched under
-            started = time.perf_counter_ns()
             try:
-                answer = search(engine, kind, data)
+                answer, recorded = logged_search(engine, kind, data, client)
             except _ItemError as exc:
                 raise _RefusalError(400, "invalid_request", exc.message) from None
-            if log is not None:
-                fields = search_record(kind, data, answer, client,
-                                       time.perf_counter_ns() - started)
-                if not log.event(f"search.{kind}", fields, view) and log.overflow == "deny":
-                    raise _RefusalError(503, "decision_log_unavailable",
-                                        "the decision log cannot record this search now; "
-                                        "retry")
+            log = engine.decision_log
+            if not recorded and log is not None and log.overflow == "deny":
+                raise _RefusalError(503, "decision_log_unavailable",
+                                    "the decision log cannot record this search now; "
+                                    "retry")
             out = adapter_out.validate_python(answer)
             subject = data["subject"].get("id") if kind != "subject" else None
             return _Reply(200, adapter_out.dump_json(out, exclude_none=True), subject,
@@ -307,6 +302,16 @@ def run_authzen_case(engine: pe.Engine, case: dict[str, Any]) -> str | None:
     return None if got == expect else f"expected {expect}, got {got}"
 
 
+def run_logged_search(engine: pe.Engine, kind: str, data: dict[str, Any]) -> None:
+    """A ``decision_log`` conformance case's ``op: search.<kind>``: the request validated
+    as the service validates it, then searched and recorded as the service records it
+    (no AuthZEN client)."""
+    if kind not in _SEARCH:
+        raise ValueError(f"unknown search {kind!r}")
+    _SEARCH[kind][0].validate_python(data)
+    logged_search(engine, kind, data, None)
+
+
 def _run_search_case(engine: pe.Engine, kind: str, request: dict[str, Any],
                      expect: dict[str, Any]) -> str | None:
     """``expect`` is one of: ``{"results": [...]}``: the whole answer, results compared
@@ -351,6 +356,24 @@ def _run_search_case(engine: pe.Engine, kind: str, request: dict[str, Any],
 
 
 # --------------------------------------------------------------------------- search
+def logged_search(engine: pe.Engine, kind: str, data: dict[str, Any],
+                  client: str | None) -> tuple[dict[str, Any], bool]:
+    """One search (:func:`search`) and its decision-log record (:func:`search_record`),
+    written under the policy revision that was searched; the service's handler and the
+    conformance fixtures (``decision_log`` cases with ``op: search.<kind>``) both take
+    this path, so the fixtures pin the records the service writes. Returns the answer
+    and whether a record was written (True when the engine has no log: nothing was
+    asked of it); what to do when it was not is the caller's (the log's ``overflow``)."""
+    log = engine.decision_log
+    view = log.view if log is not None else None  # the revision searched under
+    started = time.perf_counter_ns()
+    answer = search(engine, kind, data)
+    if log is None:
+        return answer, True
+    fields = search_record(kind, data, answer, client, time.perf_counter_ns() - started)
+    return answer, log.event(f"search.{kind}", fields, view)
+
+
 def search_record(kind: str, data: dict[str, Any], answer: dict[str, Any],
                   client: str | None, latency_ns: int) -> dict[str, Any]:
     """The decision-log fields of one search answer (kind ``search.<kind>``,
