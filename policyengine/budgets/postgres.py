@@ -23,10 +23,13 @@ holds, their tenant and their listing key (a partial index on both serves
 (bucket, amount, and ``held`` while it counts; a partial index by bucket and expiry on
 the held ones), so a reserve inserts one row and a commit updates it; one holding
 several has one row per hold in ``budget_holds``, indexed by bucket and expiry. Rolling
-spend as events; idempotency records. A transaction that locks a bucket whose ``sweep_at`` has
-passed first gives back the holds that expired on it; a read subtracts them instead. So
-expiry is exact with no sweeper process, and a reservation with fewer holds than it was
-created with was expired by a host whose clock is ahead (it is then treated as expired,
+spend as events; idempotency records. What housekeeping deletes (reservations finished
+or abandoned, events, idempotency records, old buckets) it finds by an index on its
+expiry (layout 4; opening a layout 3 schema adds them). A transaction that locks a
+bucket whose ``sweep_at`` has passed first gives back the holds that expired on it; a
+read subtracts them instead. So expiry is exact with no sweeper process, and a
+reservation with fewer holds than it was created with was expired by a host whose clock
+is ahead (it is then treated as expired,
 never held twice or given back twice).
 
 Time: see :mod:`policyengine.budgets.clock`. The ledger's clock defaults to
@@ -89,7 +92,9 @@ Durability = Literal["process", "spend", "full"]
 _DURABILITY = ("process", "spend", "full")
 
 #: Version of the tables and functions below, kept in ``<schema>.budget_layout``.
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
+#: The layout before, which opening migrates (it lacks only _EXPIRY_INDEXES).
+_MIGRATES_FROM = 3
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 _SWEEP_EVERY = 512
 _APPLY_STMT = b"policyengine_budget_apply"
@@ -131,6 +136,21 @@ CREATE INDEX IF NOT EXISTS budget_reservations_finished
 CREATE TABLE IF NOT EXISTS {s}.budget_idempotency (
     key text PRIMARY KEY, fingerprint text NOT NULL, expires_at float8 NOT NULL,
     result text NOT NULL);
+"""
+
+# Layout 4: what the housekeeping deletes is found by an index instead of a scan of the
+# whole table (which grows with the traffic kept for ``retention``). None of them is
+# written by a one-bucket reserve or commit: an active reservation that is not ``held``
+# (its holds in budget_holds, or given back when it expired) is the rare case, and
+# events and idempotency records only come with rolling windows and keyed calls.
+# (budget_rates keeps one row per key in use, and indexing its TAT would make every
+# admission a non-HOT update: it is still scanned.)
+_EXPIRY_INDEXES = """
+CREATE INDEX IF NOT EXISTS budget_reservations_abandoned ON {s}.budget_reservations
+    (expires_at) WHERE status = 'active' AND NOT held;
+CREATE INDEX IF NOT EXISTS budget_idempotency_by_expiry ON {s}.budget_idempotency
+    (expires_at);
+CREATE INDEX IF NOT EXISTS budget_events_by_time ON {s}.budget_events (at);
 """
 
 # The one write. ``tx`` (built by _encode) is
@@ -952,6 +972,18 @@ class PostgresStore:
                     version = row[0] if row is not None else None
                 elif names:
                     version = 0  # budget tables without a layout: not ours to read
+                if version == _MIGRATES_FROM:
+                    # Layout 3 lacks only the expiry indexes: made here, once, by the
+                    # first process that opens it (building one blocks writes to its
+                    # table until it is built). Processes of the version before that
+                    # are running keep working; one opening the schema afterwards is
+                    # refused, as for any layout it does not know.
+                    for statement in _EXPIRY_INDEXES.format(s=s).split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"UPDATE {s}.budget_layout SET version = %s",
+                                 (LAYOUT_VERSION,))
+                    version = LAYOUT_VERSION
                 if version is not None and version != LAYOUT_VERSION:
                     raise BudgetStoreError(
                         "store_incompatible",
@@ -969,7 +1001,7 @@ class PostgresStore:
                                  "NOT NULL, code text NOT NULL)")
                     conn.execute(f"INSERT INTO {s}.budget_layout VALUES (%s, '')",
                                  (LAYOUT_VERSION,))
-                    for statement in _TABLES.format(s=s).split(";"):
+                    for statement in (_TABLES + _EXPIRY_INDEXES).format(s=s).split(";"):
                         if statement.strip():
                             conn.execute(statement)
                 # Rate limits came later in layout 1: their table is made where missing
@@ -1175,16 +1207,21 @@ class PostgresStore:
         # Forgetting what nobody can ask about any more; correctness never waits for it.
         try:
             with self._connection() as conn:
-                conn.execute(self._housekeep_sql, {
-                    "events": now - MAX_ROLLING_SECONDS - 60,
-                    "finished": now - self.retention,
-                    "now": now,
-                    "buckets": now - _BUCKET_LIFETIME,
-                    # rate-limit keys at rest for a minute (their TAT passed)
-                    "rates": int((now - 60) * 1_000_000),
-                })
+                conn.execute(self._housekeep_sql, self._housekeep_params(now))
         except BudgetStoreError:
             pass  # the next one will do; the operation itself reports any real fault
+
+    def _housekeep_params(self, now: float) -> dict[str, float | int]:
+        # Each the type of its column, so the comparison is an index condition (a
+        # float compared with the bigint ``win`` would cast every row's instead).
+        return {
+            "events": now - MAX_ROLLING_SECONDS - 60,
+            "finished": now - self.retention,
+            "now": now,
+            "buckets": int(now) - _BUCKET_LIFETIME,
+            # rate-limit keys at rest for a minute (their TAT passed)
+            "rates": int((now - 60) * 1_000_000),
+        }
 
 
 def _skewed(now: float, server: float, bound: float | None) -> BudgetStoreError:

@@ -165,6 +165,74 @@ def test_postgres_refuses_the_layout_before_one_row_holds(
                             ).fetchone() == (1,)
 
 
+_EXPIRY_INDEXES = ("budget_reservations_abandoned", "budget_idempotency_by_expiry",
+                   "budget_events_by_time")
+
+
+def _indexes(schema: str) -> set[str]:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s",
+                            (schema,)).fetchall()
+    return {row[0] for row in rows}
+
+
+@pytest.mark.postgres
+def test_postgres_migrates_layout_3_by_adding_the_expiry_indexes(
+    shared_stores: SharedStores,
+) -> None:
+    """Layout 3 differs from 4 only by the indexes housekeeping finds expired rows by:
+    opening it adds them and moves it to 4, and what it held is read as before."""
+    store = shared_stores.postgres()
+    ledger, _ = make_ledger(store, DAILY)
+    held = ledger.reserve("bot", "payments:x", "7", "EUR")
+    ledger.record("bot", "payments:x", "2", "EUR")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        for name in _EXPIRY_INDEXES:
+            conn.execute(f'DROP INDEX "{store.schema}".{name}')
+        conn.execute(f'UPDATE "{store.schema}".budget_layout SET version = 3')
+    assert not _indexes(store.schema) & set(_EXPIRY_INDEXES)
+    again = shared_stores.postgres(schema=store.schema)
+    assert set(_EXPIRY_INDEXES) <= _indexes(store.schema)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        assert conn.execute(f'SELECT version FROM "{store.schema}".budget_layout'
+                            ).fetchall() == [(4,)]
+    reopened, _ = make_ledger(again, DAILY)
+    assert reopened.balances("bot")[0].spent == 2
+    assert reopened.commit(held.id, "5").status == "committed"
+    assert reopened.balances("bot")[0].spent == 7
+
+
+@pytest.mark.postgres
+def test_postgres_housekeeping_finds_expired_rows_by_index(
+    shared_stores: SharedStores,
+) -> None:
+    """No delete of the housekeeping reads a whole table that grows with the traffic
+    kept: each one's plan bounds its scan by the expiry it deletes by (an index
+    condition), with sequential scans priced out. (Rate-limit keys, one row per key in
+    use, are the exception.)"""
+    store = shared_stores.postgres()
+    make_ledger(store, DAILY)[0].record("bot", "payments:x", "1", "EUR")
+    expiry = {"events": "(at <", "finished": "(finished_at <",
+              "abandoned": "(expires_at <", "idempotency": "(expires_at <=",
+              "buckets": "(win <"}
+    with psycopg.connect(POSTGRES_URL) as conn:
+        conn.execute("SET enable_seqscan = off")
+        conn.execute("SET jit = off")
+        plan = [row[0] for row in conn.execute(
+            "EXPLAIN " + store._housekeep_sql, store._housekeep_params(BUDGET_NOW)
+        ).fetchall()]
+    sections: dict[str, list[str]] = {}
+    name = ""
+    for line in plan:
+        if line.strip().startswith("CTE "):
+            name = line.split()[-1]
+        sections.setdefault(name, []).append(line)
+    assert set(expiry) <= set(sections), plan
+    for cte, bound in expiry.items():
+        conds = [ln for ln in sections[cte] if "Index Cond:" in ln]
+        assert any(bound in ln for ln in conds), "\n".join(sections[cte])
+
+
 @pytest.mark.postgres
 def test_postgres_refuses_another_layout_and_keeps_its_data(
     shared_stores: SharedStores,
