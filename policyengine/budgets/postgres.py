@@ -104,6 +104,11 @@ _DECLINE = "PEB01"  # SQLSTATE of the one-statement commit declining (rolled bac
 _USAGE_STMT = b"policyengine_budget_usage"
 _RATE_STMT = b"policyengine_budget_rate_admit"
 _BUCKET_LIFETIME = 32 * 86400
+# libpq's codes (its ABI; psycopg's pq enums have these values), compared as plain ints
+# on every call: PGRES_TUPLES_OK, PQTRANS_IDLE, CONNECTION_OK.
+_TUPLES_OK = 2
+_IDLE = 0
+_CONNECTION_OK = 0
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS {s}.budget_buckets (
@@ -529,9 +534,11 @@ $fn$;
 # A reserve on one bucket, the common case, as one statement: the conditional UPDATE
 # locks the bucket row and checks the guard on its latest version (READ COMMITTED
 # re-checks the WHERE after waiting for a lock); the reservation, its hold in its row,
-# is inserted only if it updated a row. It declines (0) rather than refuses: a bucket not
-# yet created, expired holds to give back, a guard that fails or a clock out of bounds
-# all fall back to budget_apply, which writes nothing here was written and says why.
+# is inserted only if it updated a row, and the statement returns a row only then
+# (the INSERT is the statement itself: no count over the CTE to plan and run). It
+# declines (no row) rather than refuses: a bucket not yet created, expired holds to
+# give back, a guard that fails or a clock out of bounds all fall back to
+# budget_apply, which writes nothing here was written and says why.
 # $1-$3 bucket, $4 held amount, $5 guard add, $6 ceiling, $7 debt_above|null,
 # $8 reservation id, $9 expires_at, $10 now, $11 max skew|null, $12 record, $13 tenant,
 # $14 listing key.
@@ -545,12 +552,12 @@ WITH b AS (
         AND (t.sweep_at IS NULL OR t.sweep_at > $10::float8)
         AND t.spent::numeric + t.reserved + $5::numeric <= $6::numeric
         AND ($7::numeric IS NULL OR t.spent <= $7::numeric)
-    RETURNING 1),
-r AS (INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, data, tenant,
-        listed, hold_budget, hold_subject, hold_win, hold_amount, held)
-    SELECT $8::text, 'active', $9::float8, 1, $12::text, $13::text, $14::text, $1::text,
-        $2::text, $3::bigint, $4::bigint, true FROM b)
-SELECT count(*) FROM b
+    RETURNING 1)
+INSERT INTO {s}.budget_reservations (id, status, expires_at, nholds, data, tenant, listed,
+    hold_budget, hold_subject, hold_win, hold_amount, held)
+SELECT $8::text, 'active', $9::float8, 1, $12::text, $13::text, $14::text, $1::text,
+    $2::text, $3::bigint, $4::bigint, true FROM b
+RETURNING 1
 """
 
 # A commit or release of a reservation whose hold is in its row (one held bucket) and
@@ -578,8 +585,8 @@ b AS (
     FROM r WHERE t.budget = $2::text AND t.subject = $3::text AND t.win = $4::bigint
         AND (t.sweep_at IS NULL OR t.sweep_at > $8::float8)
     RETURNING 1)
-SELECT CASE WHEN (SELECT count(*) FROM r) = (SELECT count(*) FROM b)
-            THEN (SELECT count(*) FROM b) ELSE {s}.budget_decline() END
+SELECT CASE WHEN EXISTS (SELECT FROM b) THEN 1
+            WHEN EXISTS (SELECT FROM r) THEN {s}.budget_decline() ELSE 0 END
     + CASE WHEN $10::boolean THEN length(set_config('synchronous_commit', 'on', true)) * 0
            ELSE 0 END
 """
@@ -774,12 +781,13 @@ class PostgresStore:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"schema must be a lower-case SQL name, not {schema!r}")
         try:
-            import psycopg  # noqa: F401 - fail here, with the extra to install
+            import psycopg  # fail here, with the extra to install
         except ImportError as exc:  # pragma: no cover - the extra is part of dev
             raise BudgetStoreError(
                 "store_unavailable",
                 "PostgresStore needs psycopg: pip install 'policyengine[postgres]'",
             ) from exc
+        self._psycopg_error = psycopg.Error
         self.url = url
         self.schema = schema
         self.durability = durability
@@ -807,6 +815,7 @@ class PostgresStore:
         self._open = 0
         self._pid = os.getpid()
         self._cond = threading.Condition(threading.Lock())
+        self._waiting = 0  # threads waiting in _checkout for a connection
         self._writes = 0
         self._closed = False
         self._create_schema()
@@ -859,7 +868,11 @@ class PostgresStore:
                         "store_unavailable",
                         f"all {self.pool_size} connections to the budget database stayed "
                         f"busy for {self.connect_timeout} s")
-                self._cond.wait(min(left, 0.05))
+                self._waiting += 1
+                try:
+                    self._cond.wait(min(left, 0.05))
+                finally:
+                    self._waiting -= 1
         import psycopg
         try:
             return self._connect()
@@ -871,14 +884,17 @@ class PostgresStore:
             raise
 
     def _checkin(self, conn: Connection[Any]) -> None:
-        from psycopg import pq
-        if (self._closed or conn.closed or self._pid != os.getpid()
-                or conn.pgconn.transaction_status != pq.TransactionStatus.IDLE):
+        """Give back a connection checked out by this process (so no pid check: a
+        child forked meanwhile does not run the rest of its parent's call), idle in no
+        transaction; else close it."""
+        if (self._closed or conn.pgconn.transaction_status != _IDLE
+                or conn.pgconn.status != _CONNECTION_OK):
             self._discard(conn)
             return
         self._idle.append(conn)
-        with self._cond:
-            self._cond.notify()
+        if self._waiting:  # only then take the lock (a waiter also looks every 50 ms)
+            with self._cond:
+                self._cond.notify()
 
     def _discard(self, conn: Connection[Any] | None) -> None:
         """Close a connection that failed (or any, once closed) and free its place."""
@@ -924,29 +940,34 @@ class PostgresStore:
     def _exec(self, name: bytes, params: list[bytes | None], decline: str = ""
               ) -> bytes | None:
         """Run a statement prepared on every connection (text parameters), and return
-        the first column of its one row. libpq's blocking call, which releases the GIL:
-        the driver's asynchronous wait around its send costs more client CPU than the
-        rest of an operation."""
-        import psycopg
-        from psycopg import pq
+        the first column of its first row (None: no row). libpq's blocking call, which
+        releases the GIL: the driver's asynchronous wait around its send costs more
+        client CPU than the rest of an operation."""
         conn = self._checkout()
         try:
             res = conn.pgconn.exec_prepared(name, params)  # type: ignore[arg-type]  # None: NULL
-            if res.status != pq.ExecStatus.TUPLES_OK:
-                if (decline and res.error_field(pq.DiagnosticField.SQLSTATE) == decline.encode()
-                        and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE):
-                    self._checkin(conn)  # rolled back, and the connection is fine
-                    return None
-                raise psycopg.errors.error_from_result(res)
+            if res.status != _TUPLES_OK:
+                self._failed(conn, res, decline)
+                return None  # declined, the connection given back
             value = res.get_value(0, 0)
-        except psycopg.Error as exc:
+        except BaseException as exc:
             self._discard(conn)
-            raise _unavailable(exc) from exc
-        except BaseException:
-            self._discard(conn)
+            if isinstance(exc, self._psycopg_error):
+                raise _unavailable(exc) from exc
             raise
         self._checkin(conn)
         return value
+
+    def _failed(self, conn: Connection[Any], res: Any, decline: str) -> None:
+        """A statement that did not return its row: None (the connection given back)
+        when it is the fast path declining, else the server's error."""
+        import psycopg
+        from psycopg import pq
+        if (decline and res.error_field(pq.DiagnosticField.SQLSTATE) == decline.encode()
+                and conn.pgconn.transaction_status == _IDLE):
+            self._checkin(conn)  # rolled back, and the connection is fine
+            return None
+        raise psycopg.errors.error_from_result(res)
 
     def _create_schema(self) -> None:
         import psycopg

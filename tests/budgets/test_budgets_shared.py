@@ -233,6 +233,56 @@ def test_postgres_housekeeping_finds_expired_rows_by_index(
         assert any(bound in ln for ln in conds), "\n".join(sections[cte])
 
 
+def test_postgres_store_compares_libpq_codes_psycopg_names() -> None:
+    """The store compares results and connections with libpq's codes as plain ints."""
+    from psycopg import pq
+
+    from policyengine.budgets import postgres
+
+    assert postgres._TUPLES_OK == pq.ExecStatus.TUPLES_OK
+    assert postgres._IDLE == pq.TransactionStatus.IDLE
+    assert postgres._CONNECTION_OK == pq.ConnStatus.OK
+
+
+@pytest.mark.postgres
+def test_postgres_threads_beyond_the_pool_take_turns(shared_stores: SharedStores) -> None:
+    """More threads than connections: each waits for one another gives back (woken when
+    it is, not failing after ``connect_timeout``), and nobody is left waiting."""
+    store = shared_stores.postgres(pool_size=1, connect_timeout=2.0)
+    ledger, _ = make_ledger(store, DAILY)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(15):
+                r = ledger.reserve("bot", "payments:x", "1", "EUR")
+                ledger.commit(r.id, "1")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert ledger.balances("bot")[0].spent == 60
+    assert store._waiting == 0 and store._open == 1
+    # One thread holds the only connection: another waits, counted (a connection given
+    # back wakes a counted waiter at once), and takes it when it comes back.
+    conn = store._checkout()
+    times: list[float] = []
+    waiter = threading.Thread(target=lambda: times.append(store.server_time()))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while store._waiting == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert store._waiting == 1 and not times
+    store._checkin(conn)
+    waiter.join(5)
+    assert len(times) == 1 and store._waiting == 0
+
+
 @pytest.mark.postgres
 def test_postgres_refuses_another_layout_and_keeps_its_data(
     shared_stores: SharedStores,
