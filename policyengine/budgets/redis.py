@@ -5,17 +5,24 @@ SHA (``EVALSHA``; reloaded by itself after a server restart): Redis runs a scrip
 end before anything else, so "check every budget, then debit every one" cannot
 interleave with another host's operation. One round trip per operation.
 
-Keys (all under ``prefix``, default ``policyengine:budgets:``), names built by the
-scripts with length-prefixed budget ids so no subject can forge another bucket's key:
+Keys (all under ``prefix``, default ``policyengine:budgets:``); a bucket's name holds its
+budget id's length, so no subject can forge another bucket's key:
 
-* ``layout``: the layout version and a random id of this dataset, ``"2:<hex>"``;
+* ``layout``: the layout version and a random id of this dataset, ``"3:<hex>"``;
 * ``b:<len>:<budget><subject>:<window>``: hash ``{s: spent, r: reserved}`` of a bucket
-  (expires 32 days after its window starts);
+  (expires 32 days after its window starts, set by the write that makes the key);
 * ``e:<len>:<budget><subject>``: sorted set of rolling spend (``seq:amount`` by time);
-* ``r:<id>``: hash of a reservation (status, expiry, holds, record);
-* ``x``: sorted set of reservations whose holds count, by expiry. Every script first
-  gives back the holds of those expired by its ``now``: exact expiry, no sweeper;
-* ``i:<key>``: hash of an idempotency record (expires with it);
+* ``r:<id>``: hash of a reservation: ``st`` status, ``x`` expiry (the decimal Python
+  wrote), ``held`` (``1`` while its holds count), ``h`` its holds (JSON ``[[bucket key,
+  amount], ...]``) and ``d`` its record (JSON text, read by Python alone);
+* ``x``: sorted set of reservations whose holds count, by expiry in whole milliseconds
+  (``floor(expires_at * 1000)``: an integer score is stored and compared as one, where a
+  time with a fraction is printed and parsed as a 17-digit decimal at every insert), and
+  one long member that keeps it a skiplist (:data:`_SKIPLIST`). Every script first gives
+  back the holds of those expired by its ``now``; the ones due in ``now``'s own
+  millisecond are compared by their exact ``x``: exact expiry, no sweeper;
+* ``i:<key>``: string ``<expires_at>\\n<result record JSON>\\n<fingerprint>`` of an
+  idempotency record (expires with it; a record's JSON never holds a raw newline);
 * ``l:<tenant>``: sorted set (by lex) of the listing keys of the tenant's reservations
   (:func:`~policyengine.budgets.store.listing_key`); an entry outlives its reservation's
   hash until a reserve of that tenant finds it at the head, or a listing skips it;
@@ -24,28 +31,37 @@ scripts with length-prefixed budget ids so no subject can forge another bucket's
   it passes, when the key has long been at rest: the minute covers a caller whose
   explicit time runs behind the server's).
 
-Amounts are integer quanta up to 10^18: the scripts add and compare them exactly as
-two base-10^9 limbs (Lua numbers are doubles) and let Redis's ``HINCRBY`` keep them as
-64-bit integers. Times travel as the decimal strings Python wrote, never re-printed by
-Lua.
+Amounts are integer quanta up to 10^18: the scripts add and compare them exactly, as
+Lua numbers (doubles) while every value has at most 15 characters (sums of three stay
+below 2^53), else as two base-10^9 limbs, and let Redis's ``HINCRBY`` keep them as 64-bit
+integers. Times travel as the decimal strings Python wrote, never re-printed by Lua.
+
+What a script is handed is built for it to read cheaply: the transaction's parts are one
+flat JSON array of short strings (bucket keys made, and a reservation's and an
+idempotency record's TTLs worked out, by Python), and the records it stores travel as
+arguments of their own, never escaped inside that JSON; what it answers is a nil (done)
+or a short text whose first letter says why not.
 
 A lost dataset is refused, not silently restarted: each store remembers the layout id it
 opened; when the server restarts without persistence (or the keys are flushed) the id
 is gone and every call fails with ``store_unavailable`` instead of granting budgets
 afresh. :meth:`RedisStore.reinitialize` accepts the loss (see docs/deployment.md).
 
-Keys are built inside the scripts, so this store needs a standalone Redis (or a
-cluster where the prefix is one hash slot, e.g. ``{budgets}:``).
+Key names are made by the store and the scripts, not declared to Redis, so this store
+needs a standalone Redis (or a cluster where the prefix is one hash slot, e.g.
+``{budgets}:``).
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import secrets
 import time
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from policyengine.budgets.clock import ServerClock
 from policyengine.budgets.errors import BudgetStoreError
@@ -61,35 +77,43 @@ from policyengine.budgets.store import (
     ReservationRecord,
     Transaction,
     Usage,
-    compact_json,
+    compact_bytes,
     listing_key,
     record_from_json,
 )
 
 __all__ = ["LAYOUT_VERSION", "RedisStore"]
 
-#: Version of the key layout above; the ``layout`` key starts with it.
-LAYOUT_VERSION = 2
+#: Version of the key layout above; the ``layout`` key starts with it. 3: idempotency
+#: records are strings, the expiry set's scores whole milliseconds (2: hashes, seconds).
+LAYOUT_VERSION = 3
 
-# Shared by both scripts: ARGV[1] prefix, ARGV[2] layout id, ARGV[3] now, ARGV[4] max
-# skew ('' for none), ARGV[5] the JSON argument, ARGV[6] retention, ARGV[7] rolling span.
+
+#: A member of the expiry set ``x`` (score +inf: never due) longer than Redis keeps in a
+#: listpack (``zset-max-listpack-value``, 64 bytes by default), so the set is a skiplist
+#: from its first write and stays one: a listpack insert scans and compares every entry
+#: (with the few dozen reservations a busy service holds, more than all the rest of the
+#: insert), a skiplist's is O(log n). Not a reservation id (those are at most 64 ASCII
+#: characters, and no id starts with a space). Performance only: the set is read by score.
+_SKIPLIST = " keeps this set a skiplist: " + "-" * 60
+
+# Shared by both scripts: ARGV[1] prefix, ARGV[2] layout id, ARGV[3] max skew ('' for
+# none), ARGV[4] retention, ARGV[5] rolling span, ARGV[6] now, ARGV[7] floor(now * 1000);
+# the script's own arguments from ARGV[8].
 _PRELUDE = r"""
 local P = ARGV[1]
 local layout = redis.call('GET', P .. 'layout')
-if layout ~= ARGV[2] then
-  return cjson.encode({reason = 'layout', found = layout or ''})
-end
-local NOW_S = ARGV[3]
+if layout ~= ARGV[2] then return 'L' .. (layout or '') end
+local NOW_S = ARGV[6]
 local now = tonumber(NOW_S)
-if ARGV[4] ~= '' then
+if ARGV[3] ~= '' then
   local t = redis.call('TIME')
   local server = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  if math.abs(server - now) > tonumber(ARGV[4]) then
-    return cjson.encode({reason = 'clock', server = string.format('%.6f', server)})
+  if math.abs(server - now) > tonumber(ARGV[3]) then
+    return 'C' .. string.format('%.6f', server)
   end
 end
-local RETENTION = tonumber(ARGV[6])
-local ROLLING = tonumber(ARGV[7])
+local NULL = cjson.null
 
 -- Exact integers up to ~10^27 as {hi, lo} = hi * 10^9 + lo, 0 <= lo < 10^9.
 local E9 = 1000000000
@@ -119,218 +143,267 @@ local function neg(a)
 end
 local function gt(a, b) return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2]) end
 local function S(a)
+  if type(a) == 'number' then return string.format('%d', a) end
   if a[1] < 0 then return '-' .. S(neg(a)) end
   if a[1] == 0 then return string.format('%d', a[2]) end
   return string.format('%d%09d', a[1], a[2])
 end
-
-local function bkey(b, s, w) return P .. 'b:' .. #b .. ':' .. b .. s .. ':' .. w end
-local function ekey(b, s) return P .. 'e:' .. #b .. ':' .. b .. s end
 local function ttl(seconds)
   local t = math.ceil(seconds)
   if t < 1 then return 1 end
   return t
 end
+-- A calendar bucket expires 32 days after its window starts (its key ends in the start;
+-- a rolling budget's, in 0: kept), set by the write that makes the key: one a guard of
+-- this script found missing, or (no guard read it) one whose field the write left at
+-- the amount it added, as it leaves a new key. Never moves an expiry once set.
+local function expire_bucket(fresh, k, got, amount)
+  local f = fresh[k]
+  if f or (f == nil and got == tonumber(amount)) then
+    fresh[k] = false
+    local w = tonumber(string.match(k, ':(%d+)$'))
+    if w and w > 0 then redis.call('EXPIRE', k, ttl(w + 2764800 - now), 'NX') end  -- 32 days
+  end
+end
 
--- Give back the holds of every reservation expired by now.
-local due = redis.call('ZRANGEBYSCORE', P .. 'x', '-inf', NOW_S)
+-- Give back the holds of every reservation expired by now (scores are whole
+-- milliseconds: one due in now's own millisecond is compared by its exact expiry).
+local due = redis.call('ZRANGEBYSCORE', P .. 'x', '-inf', ARGV[7])
 for _, id in ipairs(due) do
   local rk = P .. 'r:' .. id
-  local h = redis.call('HGET', rk, 'h')
-  if h then
-    for _, hold in ipairs(cjson.decode(h)) do
+  local r = redis.call('HMGET', rk, 'h', 'x')
+  local x = tonumber(r[2])
+  if not r[1] then
+    redis.call('ZREM', P .. 'x', id)
+  elseif not x or x <= now then
+    for _, hold in ipairs(cjson.decode(r[1])) do
       redis.call('HINCRBY', hold[1], 'r', '-' .. hold[2])
     end
     redis.call('HSET', rk, 'held', '0')
-    local x = tonumber(redis.call('HGET', rk, 'x'))
-    redis.call('EXPIRE', rk, ttl(x + RETENTION - now))
+    redis.call('EXPIRE', rk, ttl((x or now) + tonumber(ARGV[4]) - now))
+    redis.call('ZREM', P .. 'x', id)
   end
-  redis.call('ZREM', P .. 'x', id)
 end
 
-local function rolling_spent(b, s, since)
+local function rolling_spent(ek, since)
   local total = {0, 0}
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', ekey(b, s), '(' .. since, '+inf')) do
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', ek, '(' .. since, '+inf')) do
     total = add(total, N(string.sub(m, string.find(m, ':', 1, true) + 1)))
   end
   return total
 end
-
--- {spent, reserved} of a bucket, as limbs.
-local function counts(g)
-  local v = redis.call('HMGET', bkey(g[1], g[2], g[3]), 's', 'r')
-  local spent = N(v[1])
-  if g[4] ~= cjson.null then spent = rolling_spent(g[1], g[2], g[4]) end
-  return spent, N(v[2])
-end
 """
 
+# ARGV[8]: JSON array, per bucket: its key, since (null for a calendar bucket) and, for
+# a rolling one, its spend set's key. Answers "spent reserved spent reserved ...".
 _USAGE = _PRELUDE + r"""
+local T = cjson.decode(ARGV[8])
 local out = {}
-for i, g in ipairs(cjson.decode(ARGV[5])) do
-  local spent, reserved = counts(g)
-  out[i] = {S(spent), S(reserved)}
+local j = 1
+while j <= #T do
+  local v = redis.call('HMGET', T[j], 's', 'r')
+  local since = T[j + 1]
+  if since == NULL then
+    out[#out + 1] = v[1] or '0'
+    j = j + 2
+  else
+    out[#out + 1] = S(rolling_spent(T[j + 2], since))
+    j = j + 3
+  end
+  out[#out + 1] = v[2] or '0'
 end
-return cjson.encode(out)
+return table.concat(out, ' ')
 """
 
-# ARGV[5]: {"g": [[budget, subject, win, since|null, add, ceiling, debt_above|null]...],
-#  "r": id|null,
-#  "c": [id, status, expires_at, [[b, s, w, amount]...], data, tenant, listed|null]|null,
-#  "f": [status, data]|null, "x": expires_at|null, "s": [[b, s, w, rolling, amount]...],
-#  "i": [key, fingerprint, expires_at, result]|null}; numbers as decimal strings.
+# ARGV[8]: JSON array (strings unless said), in order (_encode writes it):
+#   idempotency key | null, then if a key: its ttl;
+#   require_active id | null;
+#   number of guards, then each: bucket key, since | null, (if since: spend set key),
+#     room (ceiling - add: the guard passes while spent + reserved <= room),
+#     debt_above | null;
+#   created id | null, then if one: status, expires_at, score, ttl, tenant,
+#     listing key | null, number of holds, then each: bucket key, amount;
+#   finished status | null, then if one: ttl;
+#   extended expires_at | null, then if one: score, ttl;
+#   number of spends, then each: key (a rolling one's spend set), rolling (boolean),
+#     amount.
+# ARGV[9]: the created record's JSON; ARGV[10]: the finished one's; ARGV[11]: the
+# idempotency record to store, as stored (made by Python: no text is built here).
+# Answers nil when applied, else: L<layout found>, C<server time>, I<idempotency record>,
+# R<expires_at>\n<record> (either may be empty), G|D<index> <spent> <reserved>...
+# (guard, debt: the usage of each guard up to the failing one), U (duplicate).
 _APPLY = _PRELUDE + r"""
-local tx = cjson.decode(ARGV[5])
-local idem = tx.i
-if idem ~= cjson.null then
-  local found = redis.call('HMGET', P .. 'i:' .. idem[1], 'f', 'x', 'd')
-  if found[2] and tonumber(found[2]) > now then
-    return cjson.encode({reason = 'idempotency', f = found[1], x = found[2], d = found[3]})
+local T = cjson.decode(ARGV[8])
+local ik, ittl = nil, nil
+local j = 2
+if T[1] ~= NULL then
+  ik = P .. 'i:' .. T[1]
+  local v = redis.call('GET', ik)
+  if v then
+    local nl = string.find(v, '\n', 1, true)
+    if not nl then return redis.error_reply('malformed idempotency record') end
+    if tonumber(string.sub(v, 1, nl - 1)) > now then return 'I' .. v end
   end
+  ittl = T[2]
+  j = 3
 end
-local rid = tx.r
-local own = {}  -- bucket key -> amount this reservation holds there
-local own_holds = nil
-if rid ~= cjson.null then
+local rid = T[j]
+j = j + 1
+local own, own_holds = nil, nil  -- bucket key -> amount this reservation holds there
+if rid ~= NULL then
   local rk = P .. 'r:' .. rid
-  local r = redis.call('HMGET', rk, 'st', 'x', 'held', 'd', 'h')
+  local r = redis.call('HMGET', rk, 'st', 'x', 'held', 'h')
   -- Not held while unexpired: a host whose clock is ahead expired it.
-  if not r[1] or r[1] ~= 'active' or tonumber(r[2]) <= now or r[3] ~= '1' then
-    return cjson.encode({reason = 'reservation', d = r[4] or '', x = r[2] or ''})
+  if r[1] ~= 'active' or r[3] ~= '1' or tonumber(r[2]) <= now then
+    return 'R' .. (r[2] or '') .. '\n' .. (redis.call('HGET', rk, 'd') or '')
   end
-  own_holds = cjson.decode(r[5])
+  own_holds = cjson.decode(r[4])
+  own = {}
   for _, hold in ipairs(own_holds) do own[hold[1]] = hold[2] end
 end
-local usages = {}
-for i, g in ipairs(tx.g) do
-  local spent, reserved = counts(g)
-  local mine = own[bkey(g[1], g[2], g[3])]
-  if mine then reserved = add(reserved, neg(N(mine))) end
-  usages[i] = {S(spent), S(reserved)}
-  local reason = nil
-  if g[7] ~= cjson.null and gt(spent, N(g[7])) then
-    reason = 'debt'
-  elseif gt(add(add(spent, reserved), N(g[5])), N(g[6])) then
-    reason = 'guard'
+local spent_of, reserved_of = {}, {}
+local fresh = {}  -- bucket key -> whether it did not exist (as a guard read it)
+for i = 1, T[j] do
+  local k, since = T[j + 1], T[j + 2]
+  local ek = nil
+  if since ~= NULL then
+    ek = T[j + 3]
+    j = j + 1
   end
-  if reason then return cjson.encode({reason = reason, i = i - 1, u = usages}) end
+  local room, debt = T[j + 3], T[j + 4]
+  j = j + 4
+  local v = redis.call('HMGET', k, 's', 'r')
+  local sp, rs = v[1] or '0', v[2] or '0'
+  fresh[k] = not v[1] and not v[2]
+  local mine = own and own[k]
+  local reason = nil
+  if not ek and #sp < 16 and #rs < 16 and #room < 16
+      and (debt == NULL or #debt < 16) and (not mine or #mine < 16) then
+    -- Every value below 10^15: a sum of three stays exact in a double.
+    local spent, reserved = tonumber(sp), tonumber(rs)
+    if mine then reserved = reserved - tonumber(mine) end
+    spent_of[i], reserved_of[i] = spent, reserved
+    if debt ~= NULL and spent > tonumber(debt) then
+      reason = 'D'
+    elseif spent + reserved > tonumber(room) then
+      reason = 'G'
+    end
+  else
+    local spent, reserved = N(sp), N(rs)
+    if ek then spent = rolling_spent(ek, since) end
+    if mine then reserved = add(reserved, neg(N(mine))) end
+    spent_of[i], reserved_of[i] = spent, reserved
+    if debt ~= NULL and gt(spent, N(debt)) then
+      reason = 'D'
+    elseif gt(add(spent, reserved), N(room)) then
+      reason = 'G'
+    end
+  end
+  if reason then
+    local out = {reason .. (i - 1)}
+    for u = 1, i do
+      out[#out + 1] = S(spent_of[u])
+      out[#out + 1] = S(reserved_of[u])
+    end
+    return table.concat(out, ' ')
+  end
 end
-if tx.c ~= cjson.null and redis.call('EXISTS', P .. 'r:' .. tx.c[1]) == 1 then
-  return cjson.encode({reason = 'duplicate'})  -- never hold one reservation twice
+j = j + 1
+local cid, ca = T[j], j
+if cid ~= NULL then
+  if redis.call('EXISTS', P .. 'r:' .. cid) == 1 then
+    return 'U'  -- never hold one reservation twice
+  end
+  j = j + 8 + 2 * T[j + 7]
+else
+  j = j + 1
 end
+local fin, fa = T[j], j
+if fin ~= NULL then j = j + 2 else j = j + 1 end
+local ext, xa = T[j], j
+if ext ~= NULL then j = j + 3 else j = j + 1 end
 -- Every check passed: apply every effect.
-if rid ~= cjson.null then
+if rid ~= NULL then
   local rk = P .. 'r:' .. rid
-  if tx.f ~= cjson.null then
+  if fin ~= NULL then
     for _, hold in ipairs(own_holds) do
       redis.call('HINCRBY', hold[1], 'r', '-' .. hold[2])
     end
-    redis.call('HSET', rk, 'st', tx.f[1], 'held', '0', 'd', tx.f[2])
+    redis.call('HSET', rk, 'st', fin, 'held', '0', 'd', ARGV[10])
     redis.call('ZREM', P .. 'x', rid)
-    redis.call('EXPIRE', rk, ttl(RETENTION))
-  elseif tx.x ~= cjson.null then
-    redis.call('HSET', rk, 'x', tx.x)
-    redis.call('ZADD', P .. 'x', tx.x, rid)
-    redis.call('EXPIRE', rk, ttl(tonumber(tx.x) - now + RETENTION))
+    redis.call('EXPIRE', rk, T[fa + 1])
+  elseif ext ~= NULL then
+    redis.call('HSET', rk, 'x', ext)
+    redis.call('ZADD', P .. 'x', T[xa + 1], rid)
+    redis.call('EXPIRE', rk, T[xa + 2])
   end
 end
-local c = tx.c
-if c ~= cjson.null then
-  local rk = P .. 'r:' .. c[1]
+if cid ~= NULL then
+  local rk = P .. 'r:' .. cid
   local holds = {}
-  for i, hold in ipairs(c[4]) do
-    local k = bkey(hold[1], hold[2], hold[3])
-    redis.call('HINCRBY', k, 'r', hold[4])
-    local w = tonumber(hold[3])
-    if w > 0 then redis.call('EXPIRE', k, ttl(w + 32 * 86400 - now), 'NX') end
-    holds[i] = {k, hold[4]}
+  local b = ca + 8
+  for h = 1, T[ca + 7] do
+    local k, amount = T[b], T[b + 1]
+    expire_bucket(fresh, k, redis.call('HINCRBY', k, 'r', amount), amount)
+    holds[h] = {k, amount}
+    b = b + 2
   end
-  local active = c[2] == 'active'
-  redis.call('HSET', rk, 'st', c[2], 'x', c[3], 'd', c[5],
+  local active = T[ca + 1] == 'active'
+  redis.call('HSET', rk, 'st', T[ca + 1], 'x', T[ca + 2], 'd', ARGV[9],
              'h', cjson.encode(holds), 'held', active and '1' or '0')
+  redis.call('EXPIRE', rk, T[ca + 4])
   if active then
-    redis.call('ZADD', P .. 'x', c[3], c[1])
-    redis.call('EXPIRE', rk, ttl(tonumber(c[3]) - now + RETENTION))
-    if c[7] ~= cjson.null then
-      local lk = P .. 'l:' .. c[6]
-      redis.call('ZADD', lk, 0, c[7])
-      -- Drop the oldest entries if their reservations are no longer kept.
-      for _, m in ipairs(redis.call('ZRANGE', lk, 0, 1)) do
-        if redis.call('EXISTS', P .. 'r:' .. string.sub(m, 19)) == 0 then
-          redis.call('ZREM', lk, m)
+    redis.call('ZADD', P .. 'x', T[ca + 3], cid)
+    local listed = T[ca + 6]
+    if listed ~= NULL then
+      local lk = P .. 'l:' .. T[ca + 5]
+      redis.call('ZADD', lk, 0, listed)
+      -- Drop the oldest entries if their reservations are no longer kept (one EXISTS
+      -- for both: when both are kept, as they mostly are, nothing more is asked).
+      local head = redis.call('ZRANGE', lk, 0, 1)
+      local keys = {}
+      for i, m in ipairs(head) do keys[i] = P .. 'r:' .. string.sub(m, 19) end
+      if redis.call('EXISTS', unpack(keys)) < #keys then
+        for i, m in ipairs(head) do
+          if redis.call('EXISTS', keys[i]) == 0 then redis.call('ZREM', lk, m) end
         end
       end
     end
-  else
-    redis.call('EXPIRE', rk, ttl(RETENTION))
   end
 end
-for _, s in ipairs(tx.s) do
-  if s[4] then
-    local k = ekey(s[1], s[2])
+for s = 1, T[j] do
+  local k, amount = T[j + 1], T[j + 3]
+  if T[j + 2] then
     local seq = redis.call('INCR', P .. 'seq')
-    redis.call('ZADD', k, NOW_S, seq .. ':' .. s[5])
-    redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.3f', now - ROLLING))
-    redis.call('EXPIRE', k, ttl(ROLLING))
+    local rolling = tonumber(ARGV[5])
+    redis.call('ZADD', k, NOW_S, seq .. ':' .. amount)
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.3f', now - rolling))
+    redis.call('EXPIRE', k, ttl(rolling))
   else
-    local k = bkey(s[1], s[2], s[3])
-    redis.call('HINCRBY', k, 's', s[5])
-    local w = tonumber(s[3])
-    if w > 0 then redis.call('EXPIRE', k, ttl(w + 32 * 86400 - now), 'NX') end
+    expire_bucket(fresh, k, redis.call('HINCRBY', k, 's', amount), amount)
   end
+  j = j + 3
 end
-if idem ~= cjson.null then
-  local ik = P .. 'i:' .. idem[1]
-  redis.call('HSET', ik, 'f', idem[2], 'x', idem[3], 'd', idem[4])
-  redis.call('EXPIRE', ik, ttl(tonumber(idem[3]) - now))
-end
+if ik then redis.call('SET', ik, ARGV[11], 'EX', ittl) end
 return false
 """
 
 
-def _n(value: float | int | None) -> str | None:
-    """A number as the decimal string the scripts read (floats exactly, via repr)."""
-    return None if value is None else repr(value)
+def _ttl(seconds: float) -> str:
+    """Whole seconds a key lives (at least one), as the scripts' ``EXPIRE`` takes it."""
+    t = math.ceil(seconds)
+    return str(t) if t > 1 else "1"
 
 
-def _encode(tx: Transaction) -> str:
-    created = tx.create
-    fin = tx.finalize
-    idem = tx.idempotency
-    c: list[Any] | None = None
-    # The record an operation writes is also its idempotency record's result: its JSON
-    # is made once.
-    written: tuple[Any, str] | None = None
-    if created is not None:
-        holds = (
-            [[ln[0], ln[1], str(ln[2]), str(ln[5])] for ln in created.lines if ln[5]]
-            if created.status == ACTIVE else []
-        )
-        written = (created, compact_json(created))
-        c = [created.id, created.status, repr(created.expires_at), holds, written[1],
-             created.tenant or "",
-             listing_key(created.created_at, created.id) if created.status == ACTIVE
-             else None]
-    f: list[str] | None = None
-    if fin is not None:
-        written = (fin, compact_json(fin))
-        f = [fin.status, written[1]]
-    i: list[str] | None = None
-    if idem is not None:
-        result = idem.result
-        i = [idem.key, idem.fingerprint, repr(idem.expires_at),
-             written[1] if written is not None and written[0] is result
-             else compact_json(result)]
-    return compact_json({
-        "g": [[g[0][0], g[0][1], str(g[0][2]), _n(g[0][3]), str(g[1]), str(g[2]),
-               _n(g[3])] for g in tx.guards],
-        "r": tx.require_active,
-        "c": c,
-        "f": f,
-        "x": _n(tx.extend_to),
-        "s": [[s[0], s[1], str(s[2]), s[3], str(s[4])] for s in tx.spends],
-        "i": i,
-    })
+def _score(at: float) -> str:
+    """A time's score in the expiry set: whole milliseconds, rounded down (monotonic,
+    so a score below ``now``'s means expired, and one above it, live)."""
+    return str(math.floor(at * 1000))
+
+
+#: A time as the shortest decimal that reads back as the same double (what ``repr``
+#: writes, a few times faster; the scripts and Python only ever parse it).
+_decimal = orjson.dumps
 
 
 def _record(data: str | bytes | None, expires_at: str | bytes | None
@@ -345,6 +418,12 @@ def _record(data: str | bytes | None, expires_at: str | bytes | None
         if x != rec.expires_at:
             rec = rec._replace(expires_at=x)
     return rec
+
+
+def _idempotency(key: str, value: str) -> IdempotencyRecord:
+    """An ``i:`` value read back: ``<expires_at>\\n<result>\\n<fingerprint>``."""
+    x, result, fingerprint = value.split("\n", 2)
+    return IdempotencyRecord(key, fingerprint, record_from_json(result), float(x))
 
 
 class RedisStore:
@@ -386,8 +465,12 @@ class RedisStore:
         self.max_clock_skew = max_clock_skew
         self.retention = retention
         self._skew = "" if max_clock_skew is None else repr(float(max_clock_skew))
-        self._retention = repr(float(retention))
+        self._retention_s = float(retention)
+        self._retention = repr(self._retention_s)
+        self._retention_ttl = _ttl(self._retention_s)
         self._rolling = str(MAX_ROLLING_SECONDS + 60)
+        #: Bucket keys by (budget, subject, window): made once, not per call.
+        self._bkeys: dict[tuple[str, str, int], str] = {}
         from redis.backoff import NoBackoff
         from redis.retry import Retry
         # No client-side retries: a script whose reply was lost may have run, and running
@@ -401,7 +484,7 @@ class RedisStore:
         self._usage_script = self._redis.register_script(_USAGE)
         self._rate_script = self._redis.register_script(_RATE)
         self._eval = _Eval(url, pool_size, timeout, self._redis.script_load)
-        self._packed: dict[str, tuple[str, bytes, bytes, bytes]] = {}
+        self._packed: dict[str, tuple[str, bytes, bytes]] = {}
         self._layout = self._open_layout()
         self._recent = RecentReservations()
         self.clock = ServerClock(self.server_time, host=host_clock)
@@ -422,6 +505,10 @@ class RedisStore:
                 f"redis prefix {self.prefix!r} holds budget layout {found!r}, this "
                 f"policyengine reads version {LAYOUT_VERSION}: use another prefix",
             )
+        try:
+            self._redis.zadd(self.prefix + "x", {_SKIPLIST: math.inf})
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
         return found
 
     def reinitialize(self) -> None:
@@ -457,24 +544,116 @@ class RedisStore:
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
 
-    def _run(self, script: Any, now: float, arg: str) -> bytes | None:
-        """One budget script's reply: its JSON text, or None for Lua's ``false``. The
-        command's fixed parts (the script, prefix, layout, skew, retention, rolling span)
-        are packed once per layout."""
+    def _run(self, script: Any, now: float, args: tuple[bytes, ...]) -> bytes | None:
+        """One budget script's reply: its text, or None for Lua's ``false``. The command's
+        fixed parts (the script, prefix, layout, skew, retention, rolling span) are packed
+        once per layout; then ``now``, its millisecond and ``args``, in one format."""
         fixed = self._packed.get(script.sha)
         if fixed is None or fixed[0] != self._layout:
-            head = _pack_args(("EVALSHA", script.sha, "0", self.prefix, self._layout))
+            head = _pack_args(("EVALSHA", script.sha, "0", self.prefix, self._layout,
+                               self._skew, self._retention, self._rolling))
             fixed = self._packed[script.sha] = (
-                self._layout, b"*10\r\n" + head, _pack_args((self._skew,)),
-                _pack_args((self._retention, self._rolling)))
-        at = repr(now).encode()
-        data = arg.encode()
-        return self._eval.call(script, b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
-            fixed[1], len(at), at, fixed[2], len(data), data, fixed[3]))
+                self._layout, b"*%d\r\n%s" % (10 + len(args), head),
+                b"$%d\r\n%s\r\n" * (2 + len(args)))
+        at = _decimal(now)
+        ms = b"%d" % math.floor(now * 1000)
+        if len(args) == 4:
+            a, b, c, d = args
+            tail = fixed[2] % (len(at), at, len(ms), ms, len(a), a, len(b), b, len(c), c,
+                               len(d), d)
+        else:
+            (a,) = args
+            tail = fixed[2] % (len(at), at, len(ms), ms, len(a), a)
+        return self._eval.call(script, fixed[1] + tail)
 
-    def _refused(self, refusal: dict[str, Any], now: float) -> BudgetStoreError:
-        if refusal["reason"] == "clock":
-            server = float(refusal["server"])
+    def _bkey(self, budget: str, subject: str, window: int) -> str:
+        """A bucket's key: ``b:<len>:<budget><subject>:<window>`` (the budget id's
+        length in bytes first, so no subject can forge another budget's bucket)."""
+        found = self._bkeys.get((budget, subject, window))
+        if found is None:
+            if len(self._bkeys) >= 4096:
+                self._bkeys.clear()
+            found = self._bkeys[budget, subject, window] = (
+                f"{self.prefix}b:{len(budget.encode('utf-8', 'surrogatepass'))}:"
+                f"{budget}{subject}:{window}")
+        return found
+
+    def _ekey(self, budget: str, subject: str) -> str:
+        """A rolling budget's spend set: ``e:<len>:<budget><subject>``."""
+        return (f"{self.prefix}e:{len(budget.encode('utf-8', 'surrogatepass'))}:"
+                f"{budget}{subject}")
+
+    def _encode(self, tx: Transaction, now: float) -> tuple[bytes, bytes, bytes, bytes]:
+        """The apply script's arguments for ``tx`` (see ``_APPLY``): the flat JSON array of
+        its parts, the created record, the finished record, the idempotency record's
+        value (its result's JSON made once when it is the record written)."""
+        idem = tx.idempotency
+        t: list[Any] = [None] if idem is None else [idem.key, _ttl(idem.expires_at - now)]
+        t.append(tx.require_active)
+        guards = tx.guards
+        t.append(len(guards))
+        bkey = self._bkey
+        for g in guards:
+            b = g[0]
+            debt = g[3]
+            if b[3] is None:
+                t += (bkey(b[0], b[1], b[2]), None, str(g[2] - g[1]),
+                      None if debt is None else str(debt))
+            else:
+                t += (bkey(b[0], b[1], b[2]), _decimal(b[3]).decode(),
+                      self._ekey(b[0], b[1]), str(g[2] - g[1]),
+                      None if debt is None else str(debt))
+        created = tx.create
+        created_data = b""
+        if created is None:
+            t.append(None)
+        else:
+            created_data = compact_bytes(created)
+            x = created.expires_at
+            if created.status == ACTIVE:
+                holds = [ln for ln in created.lines if ln[5]]
+                t += (created.id, ACTIVE, _decimal(x).decode(), _score(x),
+                      _ttl(x - now + self._retention_s), created.tenant or "",
+                      listing_key(created.created_at, created.id), len(holds))
+                for ln in holds:
+                    t += (bkey(ln[0], ln[1], ln[2]), str(ln[5]))
+            else:
+                t += (created.id, created.status, _decimal(x).decode(), None,
+                      self._retention_ttl, created.tenant or "", None, 0)
+        fin = tx.finalize
+        fin_data = b""
+        if fin is None:
+            t.append(None)
+        else:
+            fin_data = compact_bytes(fin)
+            t += (fin.status, self._retention_ttl)
+        ext = tx.extend_to
+        if ext is None:
+            t.append(None)
+        else:
+            t += (_decimal(ext).decode(), _score(ext), _ttl(ext - now + self._retention_s))
+        spends = tx.spends
+        t.append(len(spends))
+        for s in spends:
+            if s[3]:
+                t += (self._ekey(s[0], s[1]), True, str(s[4]))
+            else:
+                t += (bkey(s[0], s[1], s[2]), False, str(s[4]))
+        stored = b""
+        if idem is not None:
+            result = idem.result
+            stored = b"%s\n%s\n%s" % (
+                _decimal(idem.expires_at),
+                fin_data if result is fin else created_data if result is created
+                else compact_bytes(result),
+                idem.fingerprint.encode("utf-8", "surrogatepass"))
+        return compact_bytes(t), created_data, fin_data, stored
+
+    def _refused(self, text: bytes, now: float) -> BudgetStoreError:
+        """The error of a script's ``C<server time>`` (clock skew) or ``L<layout found>``
+        (the dataset is gone) answer."""
+        if text[:1] == b"C":
+            server = float(text[1:])
             return BudgetStoreError(
                 "clock_skew",
                 f"this host's time is {now - server:+.3f} s from the budget store's, more "
@@ -482,10 +661,11 @@ class RedisStore:
                 "ledger's default) or fix the host clock (NTP)",
                 {"skew": round(now - server, 3), "maxSkew": self.max_clock_skew},
             )
+        found = text[1:].decode("utf-8", "replace")
         return BudgetStoreError(
             "store_unavailable",
             f"the budget data under redis prefix {self.prefix!r} is gone (found layout "
-            f"{refusal['found']!r}, opened {self._layout!r}): the server restarted without "
+            f"{found!r}, opened {self._layout!r}): the server restarted without "
             "persistence or was flushed. Spend recorded there is lost; refusing rather than "
             "granting budgets afresh until an operator calls reinitialize()",
             {"reason": "dataset_lost"},
@@ -494,14 +674,26 @@ class RedisStore:
     # -- reads -------------------------------------------------------------------------
 
     def usage(self, buckets: tuple[Bucket, ...], now: float) -> tuple[Usage, ...]:
-        arg = compact_json([[b[0], b[1], str(b[2]), _n(b[3])] for b in buckets])
-        text = self._run(self._usage_script, now, arg)
-        if text is None:  # pragma: no cover - the script always answers a JSON text
-            raise _unavailable("the usage script answered nothing")
-        result = json.loads(text)
-        if type(result) is dict:
-            raise self._refused(result, now)
-        return tuple([Usage(int(sp), int(rs)) for sp, rs in result])
+        t: list[str | None] = []
+        for b in buckets:
+            if b[3] is None:
+                t += (self._bkey(b[0], b[1], b[2]), None)
+            else:
+                t += (self._bkey(b[0], b[1], b[2]), _decimal(b[3]).decode(),
+                      self._ekey(b[0], b[1]))
+        text = self._run(self._usage_script, now, (compact_bytes(t),))
+        try:
+            if text is None:
+                raise ValueError("the usage script answered nothing")
+            if text[:1] in (b"L", b"C"):
+                raise self._refused(text, now)
+            counts = text.split(b" ") if text else []
+            if len(counts) != 2 * len(buckets):
+                raise ValueError(f"{len(counts)} counts for {len(buckets)} buckets")
+            return tuple([Usage(int(counts[i]), int(counts[i + 1]))
+                          for i in range(0, len(counts), 2)])
+        except ValueError as exc:
+            raise _unavailable(f"unexpected reply from the usage script: {exc}") from exc
 
     def get_reservation(self, reservation_id: str) -> ReservationRecord | None:
         import redis
@@ -514,12 +706,15 @@ class RedisStore:
     def get_idempotency(self, key: str, now: float) -> IdempotencyRecord | None:
         import redis
         try:
-            f, x, d = self._redis.hmget(self.prefix + "i:" + key, ["f", "x", "d"])
+            value = self._redis.get(self.prefix + "i:" + key)
+            if value is None:
+                return None
+            found = _idempotency(key, str(value))
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
-        if f is None or x is None or d is None or float(x) <= now:
-            return None
-        return IdempotencyRecord(key, str(f), record_from_json(str(d)), float(x))
+        except (ValueError, IndexError, TypeError) as exc:  # malformed: fail closed
+            raise _unavailable(f"malformed idempotency record {key!r}: {exc}") from exc
+        return None if found.expires_at <= now else found
 
     def list_reservations(self, tenant: str, after: str | None, limit: int
                           ) -> list[ReservationRecord]:
@@ -569,10 +764,10 @@ class RedisStore:
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
         if refused == -1:
-            raise self._refused({"reason": "clock", "server": wait / 1e6},
+            raise self._refused(b"C%.6f" % (wait / 1e6),
                                 now_us / 1e6)  # type: ignore[operator]
         if refused == -2:
-            raise self._refused({"reason": "layout", "found": "(not the one opened)"}, 0.0)
+            raise self._refused(b"L(not the one opened)", 0.0)
         if refused == 0:
             return RateOutcome(True, -1, 0, int(now))
         return RateOutcome(False, int(refused) - 1, int(wait), int(now))
@@ -580,25 +775,38 @@ class RedisStore:
     # -- the one write -----------------------------------------------------------------
 
     def apply(self, tx: Transaction, now: float) -> Outcome:
-        text = self._run(self._apply_script, now, _encode(tx))
+        text = self._run(self._apply_script, now, self._encode(tx, now))
         if text is None:
             self._recent.note(tx)
             return OK
-        refusal: dict[str, Any] = json.loads(text)
-        reason = refusal["reason"]
-        if reason in ("clock", "layout"):
-            raise self._refused(refusal, now)
-        if reason == "idempotency":
-            found = IdempotencyRecord(tx.idempotency.key,  # type: ignore[union-attr]
-                                      refusal["f"], record_from_json(refusal["d"]),
-                                      float(refusal["x"]))
-            return Outcome(False, "idempotency", idempotency=found)
-        if reason == "reservation":
+        try:
+            return self._refusal(tx, text, now)
+        except (ValueError, IndexError, TypeError) as exc:
+            raise _unavailable(f"unexpected reply from the apply script: {exc}") from exc
+
+    def _refusal(self, tx: Transaction, text: bytes, now: float) -> Outcome:
+        """The outcome of an ``apply`` the script refused (its answer's first letter says
+        why); anything else is ``ValueError``."""
+        kind, body = text[:1], text[1:].decode("utf-8", "surrogatepass")
+        if kind in (b"G", b"D"):
+            counts = [int(n) for n in body.split(" ")]
+            failed, pairs = counts[0], counts[1:]
+            if len(pairs) != 2 * (failed + 1) or failed >= len(tx.guards):
+                raise ValueError(f"usage of {len(pairs)} counts for guard {failed}")
+            usages = tuple([Usage(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2)])
+            return Outcome(False, "guard" if kind == b"G" else "debt", failed, usages)
+        if kind == b"I" and tx.idempotency is not None:
+            return Outcome(False, "idempotency",
+                           idempotency=_idempotency(tx.idempotency.key, body))
+        if kind == b"R":
             self._recent.forget(tx.require_active)
-            return Outcome(False, "reservation",
-                           reservation=_record(refusal["d"], refusal["x"]))
-        usages = tuple([Usage(int(sp), int(rs)) for sp, rs in refusal["u"]])
-        return Outcome(False, reason, refusal["i"], usages)
+            x, record = body.split("\n", 1)
+            return Outcome(False, "reservation", reservation=_record(record, x))
+        if kind == b"U" and not body:
+            return Outcome(False, "duplicate")
+        if kind in (b"L", b"C"):
+            raise self._refused(text, now)
+        raise ValueError(f"{text[:40]!r}")
 
 
 # Rate limits: ARGV[1] prefix, ARGV[2] layout id, ARGV[3] now_us ('' for the server's
