@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from policyengine.decide._compiled import CompiledPolicy, CompiledRule, Plan
+from policyengine.decide._compiled import CompiledPolicy, CompiledRule, PlanRules
 from policyengine.decide._evaluator import RequestState, _amount_rule, _run, rule_entry
 from policyengine.decide._runtime import Principal
 from policyengine.decision import Decision, Diagnostic
@@ -677,8 +677,7 @@ def _table(policy: CompiledPolicy, principal: str, permission: str,
     if grant is not None:
         req.grant = grant
     who = policy.principal(principal)
-    view = policy.plan(principal, permission).principal
-    return {r.qid: rule_entry(r, who, view, context, req) for r in rules
+    return {r.qid: rule_entry(r, who, who, context, req) for r in rules
             if any(permission_matches(p, permission) for p in r.patterns)}
 
 
@@ -1034,7 +1033,7 @@ def _components(infos: Sequence[_RuleInfo]) -> list[list[_RuleInfo]]:
     return list(groups.values())
 
 
-def _outcome(rule: CompiledRule, who: Principal, plan: Plan, ctx: dict[str, Any],
+def _outcome(rule: CompiledRule, who: Principal, plan: PlanRules, ctx: dict[str, Any],
              req: RequestState, status_only: bool) -> Any:
     """What ``rule`` contributes to the decision of a request, read with the rules step's
     own evaluation (``rule_facts``): whether a permit applies; for a forbid, limit or
@@ -1072,8 +1071,8 @@ def _region_contexts(policies: Sequence[tuple[CompiledPolicy, Sequence[CompiledR
     outside: list[str] = []
     complete = True
     per_group: list[list[dict[str, Any]]] = []
-    views = [(pol, pol.principal(pid), Plan(pol.plan(pid, perm).principal, (), (), (), (),
-                                             False), rules)
+    views = [(pol, pol.principal(pid), PlanRules(pol.principal(pid), (), (), (), (), False),
+               rules)
              for pol, rules in policies]
     for group in _components(infos):
         qids = {i.rule.qid for i in group}

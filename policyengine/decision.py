@@ -154,7 +154,8 @@ class Decision:
     sentence, ``rules`` the qualified ids of the rules that decided.
 
     A decision is built once, by the last step of the decision pipeline, and never
-    changed afterwards: every field is read-only (the decision id is made on first read).
+    changed afterwards: every field is read-only (the decision id is made on first read,
+    and so is the reason of a decision built without one: ``permitted by`` its rules).
     """
 
     __slots__ = (
@@ -179,7 +180,7 @@ class Decision:
         self,
         status: Status,
         code: str,
-        reason: str,
+        reason: str | None,
         rules: tuple[str, ...] = (),
         obligations: Obligations | None = None,
         diagnostics: tuple[Diagnostic, ...] = (),
@@ -211,7 +212,16 @@ class Decision:
     # Read-only views (``operator.attrgetter`` is a C-level getter, as cheap as a slot).
     status: Status = property(attrgetter("_status"))  # type: ignore[assignment]
     code: str = property(attrgetter("_code"))  # type: ignore[assignment]
-    reason: str = property(attrgetter("_reason"))  # type: ignore[assignment]
+
+    @property
+    def reason(self) -> str:
+        """The human sentence. A cached plan's allowed decision leaves it to be spelled
+        here, when first read (most decisions are never read that far)."""
+        reason = self._reason
+        if reason is None:
+            reason = self._reason = "permitted by " + ", ".join(self._rules)
+        return reason
+
     rules: tuple[str, ...] = property(attrgetter("_rules"))  # type: ignore[assignment]
     obligations: Obligations | None = property(  # type: ignore[assignment]
         attrgetter("_obligations"))
@@ -268,7 +278,7 @@ class Decision:
         wire: dict[str, Any] = {
             "allowed": self._status == "allowed",
             "status": self._status,
-            "reason": self._reason,
+            "reason": self.reason,
             "reasonCode": self._code,
             "decisionId": self.decision_id,
             "approvalId": self._approval_id,
@@ -291,7 +301,7 @@ class Decision:
 
     def __repr__(self) -> str:
         return (f"Decision(status={self._status!r}, code={self._code!r}, "
-                f"rules={self._rules!r}, reason={self._reason!r})")
+                f"rules={self._rules!r}, reason={self.reason!r})")
 
 
 class ToolDecision:

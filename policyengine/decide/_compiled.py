@@ -36,8 +36,8 @@ from policyengine.lang._codegen import ConditionCodegen, Recorder
 from policyengine.permissions import validate_permission
 
 __all__ = ["PLAN_CACHE_SIZE", "CompileCache", "CompiledPolicy", "CompiledRule", "CoverageSink",
-           "EvalError", "FileMoney", "Plan", "Principal", "compile_policy", "instrument_rules",
-           "money_literals"]
+           "EvalError", "FileMoney", "Plan", "PlanRules", "Principal", "compile_policy",
+           "instrument_rules", "money_literals"]
 
 #: Plans kept in the plan cache, at least (twice the policy's declared agents when that is
 #: more); beyond it, one is evicted per new plan (CLOCK, see :meth:`CompiledPolicy.plan`).
@@ -79,6 +79,8 @@ class CompiledRule:
     #: decision's ``shadow`` outcomes, never into its status (docs/language.md).
     mode: str = "enforce"
     _clauses: tuple[tuple[str, str, Test], ...] | None = None
+    #: Whether the test reads ``principal.*`` (true unless the code generator said not).
+    reads_principal: bool = True
 
     @property
     def clauses(self) -> tuple[tuple[str, str, Test], ...]:
@@ -99,19 +101,24 @@ class CompiledRule:
         return principal.id in self.agents or not self.roles.isdisjoint(principal.roles)
 
 
-class Plan:
-    """The rules that can decide one (principal, permission), in evaluation order.
+class PlanRules:
+    """The rules that can decide one principal's requests under one permission class, in
+    evaluation order (what the rules step runs).
 
-    ``used`` is the plan cache's reference bit: set on every cache hit, cleared when the
-    eviction hand passes (see :meth:`CompiledPolicy.plan`)."""
+    ``principal`` is what the conditions read as ``principal``: None when no rule reads
+    ``principal.*`` (then these rules are shared by every principal whose plan is made
+    of the same rule part, see :meth:`CompiledPolicy.plan`). A plan of permits only also
+    keeps them as ``checks``, one flat tuple ``(test, rule id, test, rule id, ...)``, so
+    the rules step reads the tuple instead of each rule."""
 
-    __slots__ = ("approvals", "forbids", "limits", "permits", "principal", "schema", "shadows",
-                 "used", "uses_amount")
+    __slots__ = ("approvals", "checks", "forbids", "limits", "permits", "permitted",
+                 "principal", "schema", "shadows", "uses_amount")
 
-    def __init__(self, principal: Principal, forbids: tuple[CompiledRule, ...],
+    def __init__(self, principal: Principal | None, forbids: tuple[CompiledRule, ...],
                  limits: tuple[CompiledRule, ...], permits: tuple[CompiledRule, ...],
                  approvals: tuple[CompiledRule, ...], uses_amount: bool,
-                 shadows: tuple[CompiledRule, ...] = ()) -> None:
+                 shadows: tuple[CompiledRule, ...] = (),
+                 checks: tuple[Any, ...] | None = None) -> None:
         self.principal = principal
         self.forbids = forbids
         self.limits = limits
@@ -121,10 +128,57 @@ class Plan:
         #: The shadow rules (``mode warn`` / ``mode log``) that can apply, in declaration
         #: order: empty for nearly every plan, and then the pipeline does nothing more.
         self.shadows = shadows
-        self.used = False
+        #: The permits as ``(test or None, qid, ...)`` when there is nothing else (no
+        #: forbid, limit, approval or shadow rule), else None; see :func:`checks_of`.
+        self.checks = checks
+        #: With ``checks``: the ids of every permit (the decision's rules when each of
+        #: them applies), else None.
+        self.permitted: tuple[str, ...] | None = (
+            checks[1::2] if checks is not None else None)
         #: The check of the context the schemas covering this permission declare, or
         #: None (no schema: nothing to check).
         self.schema: ContextCheck | None = None
+
+
+class Plan:
+    """One entry of the plan cache: a principal's :class:`PlanRules` under a permission
+    class, and the cache's reference bit ``used`` (set on every hit, cleared when the
+    eviction hand passes; see :meth:`CompiledPolicy.plan`).
+
+    Small on purpose (four slots, 48 bytes). With many principals active their
+    plans are spread over memory, and what a decision reads per principal is what it
+    costs beyond a decision of a few hot principals. When the rules are permits and
+    nothing else, at most one of them conditional, and there is no schema, no amount and
+    no ``principal.*`` to read (a role grant, perhaps with one conditional permit: the
+    common case), the entry holds ``permitted``, the rule ids of the decision when every
+    permit applies, and ``test``, the one condition (None: none); the pipeline decides
+    from the entry alone unless that condition does not hold. Otherwise ``permitted`` is
+    None and the pipeline runs ``rules``."""
+
+    __slots__ = ("permitted", "rules", "test", "used")
+
+    def __init__(self, rules: PlanRules) -> None:
+        self.rules = rules
+        self.used = False
+        self.permitted: tuple[str, ...] | None = None
+        self.test: Test | None = None
+        checks = rules.checks
+        if (checks and rules.principal is None and rules.schema is None
+                and not rules.uses_amount):
+            tests = [t for t in checks[::2] if t is not None]
+            if len(tests) <= 1:
+                self.permitted = rules.permitted
+                self.test = tests[0] if tests else None
+
+    # What the rules say, for readers other than the pipeline (tests, tools).
+    principal = property(lambda self: self.rules.principal)
+    forbids = property(lambda self: self.rules.forbids)
+    limits = property(lambda self: self.rules.limits)
+    permits = property(lambda self: self.rules.permits)
+    approvals = property(lambda self: self.rules.approvals)
+    shadows = property(lambda self: self.rules.shadows)
+    uses_amount = property(lambda self: self.rules.uses_amount)
+    schema = property(lambda self: self.rules.schema)
 
 
 class PermissionClass:
@@ -134,7 +188,7 @@ class PermissionClass:
     cache grows with principals x classes (a few per policy), not with principals x
     permissions."""
 
-    __slots__ = ("buckets", "plans", "schema")
+    __slots__ = ("buckets", "plans", "schema", "shared")
 
     def __init__(self, buckets: tuple[_Bucket, ...], schema: ContextCheck | None) -> None:
         self.buckets = buckets
@@ -142,6 +196,10 @@ class PermissionClass:
         #: principal id -> Plan. Read lock-free (a hit sets ``plan.used``); written only
         #: by :meth:`CompiledPolicy.plan`, under its lock.
         self.plans: dict[str, Plan] = {}
+        #: id of a rule part -> the PlanRules of every principal whose plan is that one
+        #: part and reads no ``principal.*`` (the parts stay alive in ``buckets``):
+        #: 10,000 agents of one role share one.
+        self.shared: dict[int, PlanRules] = {}
 
 
 class _PatternSet:
@@ -174,8 +232,8 @@ class _Part:
     order and already split by effect: a plan that needs only one part uses its tuples
     as they are."""
 
-    __slots__ = ("approvals", "forbids", "limits", "permits", "rules", "shadows",
-                 "uses_amount")
+    __slots__ = ("approvals", "checks", "forbids", "limits", "permits", "reads_principal",
+                 "rules", "shadows", "uses_amount")
 
     def __init__(self, rules: list[CompiledRule]) -> None:
         self.rules = tuple(rules)
@@ -186,6 +244,13 @@ class _Part:
         self.approvals = tuple(r for r in enforced if r.effect == "approval")
         self.shadows = tuple(r for r in rules if r.mode != "enforce")
         self.uses_amount = any(r.uses_amount for r in rules)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the rules' tests again (after :func:`instrument_rules` replaced them)."""
+        self.reads_principal = reads_principal(self.rules)
+        self.checks = checks_of(self.forbids, self.limits, self.permits, self.approvals,
+                                self.shadows)
 
 
 class _Bucket:
@@ -433,13 +498,24 @@ class CompiledPolicy:
         parts: list[_Part] = []
         for bucket in cls.buckets:
             bucket.parts_for(who, parts)
+        rules = None
         if len(parts) == 1:  # one role's or one scope's rules: split at compile time
             part = parts[0]
-            plan = Plan(who, part.forbids, part.limits, part.permits, part.approvals,
-                        part.uses_amount, part.shadows)
+            if part.reads_principal:
+                rules = PlanRules(who, part.forbids, part.limits, part.permits,
+                                  part.approvals, part.uses_amount, part.shadows, part.checks)
+            else:
+                rules = cls.shared.get(id(part))
+                if rules is None:
+                    rules = PlanRules(None, part.forbids, part.limits, part.permits,
+                                      part.approvals, part.uses_amount, part.shadows,
+                                      part.checks)
+                    rules.schema = cls.schema
+                    cls.shared[id(part)] = rules  # a race makes two equal ones: harmless
         else:
-            plan = _plan_of(who, _merged(parts))
-        plan.schema = cls.schema
+            rules = _rules_of(who, _merged(parts))
+        rules.schema = cls.schema
+        plan = Plan(rules)
         with self._lock:
             cached = cls.plans.get(principal_id)
             if cached is not None:  # another thread resolved it first
@@ -451,6 +527,19 @@ class CompiledPolicy:
             cls.plans[principal_id] = plan
             self._clock_hand.append((cls, principal_id))
         return plan
+
+    def forget_plans(self) -> None:
+        """Empty the plan cache and make every rule part read its rules' tests again
+        (after the tests were replaced: plans hold the tests they were made with)."""
+        with self._lock:
+            for bucket in self.pattern_buckets().values():
+                for part in bucket.every():
+                    part.refresh()
+            self.classes.clear()
+            self._class_order.clear()
+            self._interned.clear()
+            self._clock_hand.clear()
+            self._plan_count = 0
 
     def _evict_one(self) -> None:
         """Evict one plan (CLOCK). The hand gives at most :data:`_SECOND_CHANCES` plans
@@ -472,6 +561,22 @@ class CompiledPolicy:
 _SECOND_CHANCES = 32
 
 
+def reads_principal(rules: Iterable[CompiledRule]) -> bool:
+    """Does any of ``rules`` have a test that reads ``principal.*``?"""
+    return any(r.test is not None and r.reads_principal for r in rules)
+
+
+def checks_of(forbids: tuple[CompiledRule, ...], limits: tuple[CompiledRule, ...],
+              permits: tuple[CompiledRule, ...], approvals: tuple[CompiledRule, ...],
+              shadows: tuple[CompiledRule, ...]) -> tuple[Any, ...] | None:
+    """A plan's :attr:`Plan.checks`: its permits as one flat ``(test, qid, ...)`` tuple
+    when it has no other rule (the rules step then runs them without reading the rules),
+    else None. ``(None, qid)`` is an unconditional permit (a role grant)."""
+    if forbids or limits or approvals or shadows:
+        return None
+    return tuple(x for r in permits for x in (r.test, r.qid))
+
+
 def _merged(parts: list[_Part]) -> tuple[CompiledRule, ...]:
     """The rules of ``parts``, each once, in declaration order."""
     if not parts:
@@ -485,7 +590,8 @@ def _merged(parts: list[_Part]) -> tuple[CompiledRule, ...]:
     return tuple(found[k] for k in sorted(found))
 
 
-def _plan_of(who: Principal, rules: tuple[CompiledRule, ...]) -> Plan:
+def _rules_of(who: Principal, rules: tuple[CompiledRule, ...]) -> PlanRules:
+    """The plan rules of several parts' rules (merged in declaration order)."""
     forbids: list[CompiledRule] = []
     limits: list[CompiledRule] = []
     permits: list[CompiledRule] = []
@@ -504,8 +610,10 @@ def _plan_of(who: Principal, rules: tuple[CompiledRule, ...]) -> Plan:
         elif rule.effect == "approval":
             approvals.append(rule)
         uses_amount = uses_amount or rule.uses_amount
-    return Plan(who, tuple(forbids), tuple(limits), tuple(permits), tuple(approvals),
-                uses_amount, tuple(shadows))
+    fs, ls, ps, aps, ss = (tuple(forbids), tuple(limits), tuple(permits),
+                           tuple(approvals), tuple(shadows))
+    return PlanRules(who if reads_principal(rules) else None, fs, ls, ps, aps, uses_amount, ss,
+                     checks_of(fs, ls, ps, aps, ss))
 
 
 # ---- compile -------------------------------------------------------------------------------
@@ -918,6 +1026,7 @@ def _compile_rule(st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl, ns: str,
                             st.conditions, None, gen.uses_amount, fm, span=st.span)
     rule.approval_terms = terms
     rule.mode = st.mode
+    rule.reads_principal = gen.reads_principal
     return rule, source, gen.consts
 
 
@@ -956,3 +1065,4 @@ def instrument_rules(policy: CompiledPolicy, sink: CoverageSink) -> None:
         tests = build_many([test for _, test in pending])
         for (rule, _), test in zip(pending, tests, strict=True):
             rule.test = test
+    policy.forget_plans()  # plans and rule parts hold the tests they were made with

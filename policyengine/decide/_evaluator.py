@@ -24,7 +24,14 @@ from decimal import (
 )
 from typing import Any
 
-from policyengine.decide._compiled import CompiledPolicy, CompiledRule, EvalError, FileMoney, Plan
+from policyengine.decide._compiled import (
+    CompiledPolicy,
+    CompiledRule,
+    EvalError,
+    FileMoney,
+    Plan,
+    PlanRules,
+)
 from policyengine.decision import Decision, Diagnostic, Obligations, ShadowOutcome, ToolDecision
 from policyengine.money._money import (
     MAX_AMOUNT,
@@ -36,7 +43,7 @@ from policyengine.money._money import (
 from policyengine.money._rates import RateError
 from policyengine.permissions import InvalidPermission, validate_permission
 
-__all__ = ["Explanation", "RequestState", "RuleFacts", "invalid", "read_money",
+__all__ = ["Explanation", "RequestState", "RuleFacts", "entry_facts", "invalid", "read_money",
            "request_problem", "rule_entry", "rule_facts", "rule_table", "shadow_rules"]
 
 _EMPTY: dict[str, Any] = {}
@@ -239,7 +246,7 @@ def invalid(principal: Any, permission: Any, message: str) -> Decision:
     return Decision.denial("invalid_request", message, principal, permission)
 
 
-def _run(rule: CompiledRule, ctx: dict[str, Any], plan: Plan, req: RequestState | None,
+def _run(rule: CompiledRule, ctx: dict[str, Any], plan: PlanRules, req: RequestState | None,
          diags: list[Diagnostic], fail_closed: bool) -> bool | None:
     """Does ``rule`` apply? True, False, or None when its condition errored.
 
@@ -258,7 +265,7 @@ def _run(rule: CompiledRule, ctx: dict[str, Any], plan: Plan, req: RequestState 
         return None
 
 
-def _amount_rule(rule: CompiledRule, ctx: dict[str, Any], plan: Plan, req: RequestState,
+def _amount_rule(rule: CompiledRule, ctx: dict[str, Any], plan: PlanRules, req: RequestState,
                  diags: list[Diagnostic]) -> tuple[bool | None, Decimal | None]:
     """A ``limit`` or ``approval ... over``: (applies or None on error, cap if it does not)."""
     guard = _run(rule, ctx, plan, req, diags, True)
@@ -305,16 +312,21 @@ def _obligations(max_amount: tuple[Decimal, FileMoney] | None,
 #: What the rules step found: (status, code, reason, rules, obligations, diagnostics,
 #: permitted). ``permitted`` is the permits that applied, kept for the approval step when
 #: the status is ``pending_approval`` (an approval granted turns it into ``allowed``).
-RuleFacts = tuple[str, str, str, tuple[str, ...], "Obligations | None",
+#: ``reason`` may be None when the status is ``allowed``: the decision spells it
+#: (``permitted by`` its rules) when first read.
+RuleFacts = tuple[str, str, str | None, tuple[str, ...], "Obligations | None",
                   tuple[Diagnostic, ...], tuple[str, ...]]
 
 
-def rule_facts(plan: Plan, principal: str, permission: str, context: dict[str, Any],
+def rule_facts(plan: PlanRules, principal: str, permission: str, context: dict[str, Any],
                req: RequestState | None) -> RuleFacts:
     """The rules step: run the plan's forbids, limits, permits and approvals.
 
     ``req`` must be given when ``plan.uses_amount``. Never raises for request data.
     """
+    checks = plan.checks
+    if checks is not None:  # permits only, flat: (test, qid, test, qid, ...)
+        return _permits_only(checks, plan.principal, principal, permission, context, req)
     diags: list[Diagnostic] = []
     applied: list[str] = []  # declaration order, forbids before limits
     forbidden = limited = False
@@ -372,7 +384,61 @@ def rule_facts(plan: Plan, principal: str, permission: str, context: dict[str, A
             obligations, tuple(diags), permitted)
 
 
-def shadow_rules(plan: Plan, context: dict[str, Any], req: RequestState | None
+def entry_facts(plan: Plan, principal: str, permission: str, context: dict[str, Any],
+                req: RequestState | None) -> RuleFacts:
+    """:func:`rule_facts` of a cached plan that decides from its entry (``plan.permitted``
+    is set: permits only, at most one of them conditional, ``plan.test``, which reads no
+    ``principal.*``). Every permit applying, the answer is the entry's own, its reason
+    left for the decision to spell (``permitted by`` the rules, when first read); else
+    the unconditional permits apply, and a condition that errors leaves a diagnostic."""
+    permitted: tuple[str, ...] = plan.permitted  # type: ignore[assignment]
+    test = plan.test
+    if test is None:
+        return ("allowed", "permitted", None, permitted, None, (), permitted)
+    try:
+        if test(context, None, req) is True:
+            return ("allowed", "permitted", None, permitted, None, (), permitted)
+        diags: tuple[Diagnostic, ...] = ()
+    except Exception as exc:
+        checks = plan.rules.checks or ()
+        diags = (_skipped(exc, checks[checks.index(test) + 1]),)
+    checks = plan.rules.checks or ()
+    found = tuple(checks[i + 1] for i in range(0, len(checks), 2) if checks[i] is None)
+    if found:
+        return ("allowed", "permitted", None, found, None, diags, found)
+    return ("denied", "no_permit", f"no rule permits {permission} for {principal}", (), None,
+            diags, ())
+
+
+def _permits_only(checks: tuple[Any, ...], who: Any, principal: str, permission: str,
+                  context: dict[str, Any], req: RequestState | None) -> RuleFacts:
+    """:func:`rule_facts` of rules that are permits only (``PlanRules.checks``): the same
+    facts, read from the flat tuple instead of the rules (a permit whose condition errors
+    does not apply and leaves a diagnostic)."""
+    diags: list[Diagnostic] = []
+    found: list[str] = []
+    for i in range(0, len(checks), 2):
+        test, qid = checks[i], checks[i + 1]
+        try:
+            if test is None or test(context, who, req) is True:
+                found.append(qid)
+        except Exception as exc:
+            diags.append(_skipped(exc, qid))
+    if found:
+        permitted = tuple(found)
+        return ("allowed", "permitted", f"permitted by {', '.join(permitted)}", permitted,
+                None, tuple(diags), permitted)
+    return ("denied", "no_permit", f"no rule permits {permission} for {principal}", (), None,
+            tuple(diags), ())
+
+
+def _skipped(exc: Exception, qid: str) -> Diagnostic:
+    """The diagnostic of a permit whose condition raised (as :func:`_run` records it)."""
+    err = _error(exc)
+    return Diagnostic(err.code, err.message, qid, "skipped")
+
+
+def shadow_rules(plan: PlanRules, context: dict[str, Any], req: RequestState | None
                  ) -> tuple[ShadowOutcome, ...]:
     """What each of the plan's shadow rules (``mode warn`` / ``mode log``) would have done:
     one outcome per rule that applies, judged as if it were enforced (fail closed: a
@@ -441,15 +507,15 @@ def rule_table(policy: CompiledPolicy, principal: str, permission: str,
     """Rule by rule, for explain: every rule naming ``permission``, whether it is in the
     principal's scope, and what each of its conditions gave."""
     who = policy.principal(principal)
-    view = policy.plan(principal, permission).principal
-    return [rule_entry(rule, who, view, context, req)
+    return [rule_entry(rule, who, who, context, req)
             for rule in policy.candidates(permission)]
 
 
 def rule_entry(rule: CompiledRule, who: Any, view: Any, context: dict[str, Any],
                req: RequestState) -> dict[str, Any]:
     """One row of :func:`rule_table`: ``who`` is the principal (for the scope), ``view``
-    what conditions read as ``principal`` (the plan's)."""
+    what conditions read as ``principal`` (the declared principal, or one with no roles
+    and no attributes: ``CompiledPolicy.principal``)."""
     entry: dict[str, Any] = {"rule": rule.qid, "effect": rule.effect, "kind": rule.kind,
                              "conditions": []}
     if rule.mode != "enforce":  # a shadow rule: reported, never decisive

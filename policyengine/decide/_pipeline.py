@@ -43,6 +43,7 @@ from policyengine.decide._evaluator import (
     _PARSED,
     RequestState,
     RuleFacts,
+    entry_facts,
     read_money,
     request_problem,
     rule_facts,
@@ -180,12 +181,20 @@ class Pipeline:
             plan = policy.plan(principal, permission)
         else:
             plan.used = True  # the plan cache's reference bit (CLOCK eviction)
-        if plan.schema is not None:  # a schema declares this permission's context
-            problem = plan.schema(context)
-            if problem is not None:
-                return _invalid(principal, permission, problem, trace)
+        # Permits only, at most one conditional, no schema, no amount: decided from the
+        # plan entry, without reading its rules (see Plan).
+        entry = plan.permitted is not None
+        if not entry:
+            schema = plan.rules.schema
+            if schema is not None:  # a schema declares this permission's context
+                problem = schema(context)
+                if problem is not None:
+                    return _invalid(principal, permission, problem, trace)
+            uses_amount = plan.rules.uses_amount
+        else:
+            uses_amount = False
         now = self.clock() if self.clock is not None else None
-        req = (RequestState(context, policy.default_currency, now) if plan.uses_amount
+        req = (RequestState(context, policy.default_currency, now) if uses_amount
                else None)
         if trace is not None:
             trace.step("validate", "ok")
@@ -222,7 +231,7 @@ class Pipeline:
                                        acting_for, chain)
             acting_for, chain = grant.acting_for, tuple(grant.chain)
             view = self._grant_view(grant, permission)
-            if req is None and (plan.uses_amount or trace is not None):
+            if req is None and (uses_amount or trace is not None):
                 req = RequestState(context, policy.default_currency, now)
             if req is not None:  # the rules read grant.* (or the amount)
                 req.grant = view
@@ -230,7 +239,8 @@ class Pipeline:
                 trace.step("grant", f"ok: acting for {acting_for}")
 
         # -- 3. rules
-        facts = rule_facts(plan, principal, permission, context, req)
+        facts = (entry_facts(plan, principal, permission, context, req) if entry
+                 else rule_facts(plan.rules, principal, permission, context, req))
         if trace is not None:
             trace.rules = rule_table(policy, principal, permission, context,
                                      req or RequestState(context, policy.default_currency,
@@ -238,7 +248,8 @@ class Pipeline:
             trace.step("rules", f"{facts[0]} ({facts[1]})")
         status = facts[0]
         # shadow rules: reported, never decisive (an empty tuple for nearly every plan)
-        shadow = shadow_rules(plan, context, req) if plan.shadows else ()
+        shadow = (shadow_rules(plan.rules, context, req) if not entry and plan.rules.shadows
+                  else ())
 
         # -- 4. budgets
         budget = recorded = rate = None

@@ -17,7 +17,9 @@ from policyengine.errors import PolicyEngineError
 
 __all__ = ["RUNTIME", "EvalError", "Principal", "Test", "build_many"]
 
-Test = Callable[[dict[str, Any], "Principal", Any], bool]
+#: A condition: (context, principal or None when the condition does not read it, request
+#: state or None) -> whether it holds.
+Test = Callable[[dict[str, Any], "Principal | None", Any], bool]
 
 
 class EvalError(PolicyEngineError):
@@ -363,6 +365,11 @@ CHUNK = 1024
 #: table starts again empty (it only saves compile time, never changes a result).
 SHAPE_CACHE_SIZE = 4096
 _factories: dict[tuple[str, tuple[str, ...]], Callable[..., Test]] = {}
+#: Tests kept by (shape, constants) between calls, so that rules alike in every file and
+#: every policy loaded share one; past it the table starts again empty (sharing only
+#: saves memory and CPU caches, never changes a result).
+TESTS_KEPT = 16384
+_tests: dict[tuple[Any, ...], Test] = {}
 
 
 def build_many(tests: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[Test, ...]:
@@ -395,5 +402,40 @@ def build_many(tests: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[Test, ..
             _factories.clear()
         for i, key in enumerate(chunk):
             made[key] = _factories[key] = namespace[f"_f{i}"]
-    return tuple(made[key](*consts.values()) for key, (_, consts) in zip(keys, tests,
-                                                                         strict=True))
+    # Rules whose source and constants are the same get the same test (one closure):
+    # 100,000 rules ``context.level > i % 7`` hold seven, so deciding for many principals
+    # touches a few hot closures instead of one per rule.
+    out: list[Test] = []
+    for key, (_, consts) in zip(keys, tests, strict=True):
+        values = tuple(consts.values())
+        same = _constants_key(values)
+        if same is None:
+            out.append(made[key](*values))
+            continue
+        test = _tests.get((key, same))
+        if test is None:
+            if len(_tests) >= TESTS_KEPT:
+                _tests.clear()
+            test = _tests[key, same] = made[key](*values)
+        out.append(test)
+    return tuple(out)
+
+
+def _constants_key(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """A key equal only for constants no condition can tell apart, or None when they are
+    not all plain immutable values (a list, a glob, a file's money, a coverage recorder
+    are never shared). Types are part of the key (``1`` is not ``True``), a decimal is
+    keyed by its text (``1.0`` is not ``1.00``), and a tuple or frozenset only when it
+    holds strings."""
+    out: list[Any] = []
+    for v in values:
+        t = type(v)
+        if t is str or t is int:
+            out.append((t, v))
+        elif t is Decimal:
+            out.append((t, str(v)))
+        elif (t is tuple or t is frozenset) and all(type(i) is str for i in v):
+            out.append((t, v))
+        else:
+            return None
+    return tuple(out)

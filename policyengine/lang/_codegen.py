@@ -57,6 +57,9 @@ class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
         self.branch = branch
         self.prefix = prefix
         self.uses_amount = False
+        #: Whether the source reads ``principal.*`` (``p``): a test that does not may be
+        #: called with any principal (the plan cache passes None, see ``decide.Plan``).
+        self.reads_principal = False
         self.locals = 0
         self.file_money = money
         self.to_base = to_base
@@ -108,6 +111,7 @@ class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
             code = "r.grant"
             segs = e.segments
         else:
+            self.reads_principal = True
             head, segs = e.segments[0], e.segments[1:]
             code = {"id": "p.id", "roles": "p.roles", "attributes": "p.attributes"}[head]
         for seg in segs:
@@ -165,6 +169,7 @@ class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
             assert isinstance(path, ast.Path)
             if path.root == "context":
                 return f"_has(c, {self.const(path.segments)})", True
+            self.reads_principal = True
             return f"_has(p.attributes, {self.const(path.segments[1:])})", True
         if e.name == "matches":
             subject, _ = self.visit(e.args[0])

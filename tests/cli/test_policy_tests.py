@@ -169,6 +169,26 @@ def test_coverage_counts_rules_branches_and_amounts(tmp_path: Path) -> None:
     assert (data["covered"], data["total"]) == (4, 11)
 
 
+def test_coverage_sees_the_rules_a_cached_plan_runs_from_its_entry(tmp_path: Path) -> None:
+    """A role grant and a conditional permit for that role under one pattern are one
+    rule part, whose permits the plan cache keeps as tests and ids from compile time:
+    instrumenting must reach those too, or the permit's outcomes go unseen."""
+    (tmp_path / "late.policy").write_text(
+        'namespace late\nrole owl: late:*\nagent "bot": owl\n'
+        "permit night: late:* for role owl when context.hour >= 22\n")
+    night = {"name": "night", "principal": "bot", "permission": "late:run",
+             "context": {"hour": 23}, "expect": {"rule": "night"}}
+    day = {**night, "name": "day", "context": {"hour": 9}, "expect": {"status": "allowed"}}
+    path = tmp_path / "late.test.json"
+    path.write_text(json.dumps({"policies": ["late.policy"], "tests": [night, day]}))
+    out = tmp_path / "cov.json"
+    assert main(["test", str(path), "--coverage-json", str(out)]) == 0
+    items = json.loads(out.read_text())["files"][0]["items"]
+    by = {(i["kind"], i["line"], i["column"]): i for i in items}
+    assert by[("rule", 4, 1)]["counts"] == {"held": 1, "not held": 1}
+    assert by[("branch", 4, 40)]["counts"] == {"true": 1, "false": 1}
+
+
 def test_coverage_short_circuit_and_errors(tmp_path: Path) -> None:
     kp = {**BUY_OK, "name": "kp", "context": {"country": "KP", "risk": 1},
           "expect": {"rule": "blocked"}}
