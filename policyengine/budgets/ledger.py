@@ -329,6 +329,15 @@ class Reservation:
         return self._record.finalized_at
 
     @property
+    def holds(self) -> bool:
+        """Whether any budget was charged: ``bool(self.lines)`` without building the lines
+        (a reservation no budget covers holds nothing)."""
+        hidden = self._hidden
+        if not hidden:
+            return bool(self._record.lines)
+        return any(line.budget not in hidden for line in self._record.lines)
+
+    @property
     def lines(self) -> tuple[ReservationLine, ...]:
         rec = self._record
         out = []
@@ -1721,8 +1730,12 @@ class Ledger:
     def caps_of(self, budgets: Iterable[str] | Reservation) -> dict[str, int]:
         """The caps (``max_tokens`` ...) the given budgets declare, the smallest value of
         each name: what a reservation on them carries (``ledger.caps_of(reservation)``)."""
-        ids = ((line.budget for line in budgets.lines) if isinstance(budgets, Reservation)
-               else budgets)
+        if isinstance(budgets, Reservation):  # its shown lines' budgets, without the lines
+            hidden = budgets._hidden
+            ids: Iterable[str] = [line.budget for line in budgets._record.lines
+                                  if line.budget not in hidden]
+        else:
+            ids = budgets
         out: dict[str, int] = {}
         for bid in ids:
             b = self._by_id.get(bid)

@@ -153,6 +153,13 @@ _APPROVAL_STATUS: dict[str, Literal["pending", "approved", "denied", "expired"]]
     "expired": "expired"}
 
 
+#: Headers a request may carry once: a second one is refused (``ambiguous_header``), as
+#: two components could read different ones. Other repeated names keep the last value.
+_SINGLE_HEADERS = frozenset((b"authorization", b"content-type", b"content-encoding",
+                             b"content-length", b"x-ingest-key", b"x-cycles-api-key",
+                             b"x-idempotency-key"))
+
+
 def _error_body(code: str, message: str) -> bytes:
     return _ERROR.dump_json(m.ErrorResponse(error=m.ErrorDetail(code=code, message=message)))
 
@@ -324,10 +331,14 @@ class PolicyService:
             else:
                 self._exact.setdefault(r.path, {})[r.method] = r
         # The patterns by their number of segments, in order: a path is tried only
-        # against those of its own length.
-        self._param_by_length: dict[int, list[tuple[list[str], dict[str, _Route]]]] = {}
+        # against those of its own length, each as its fixed segments (index, text) and
+        # the indexes of its parameters.
+        self._param_by_length: dict[int, list[tuple[tuple[tuple[int, str], ...],
+                                                    tuple[int, ...], dict[str, _Route]]]] = {}
         for pattern, slot in self._param:
-            self._param_by_length.setdefault(len(pattern), []).append((pattern, slot))
+            fixed = tuple((i, p) for i, p in enumerate(pattern) if not p.startswith("{"))
+            holes = tuple(i for i, p in enumerate(pattern) if p.startswith("{"))
+            self._param_by_length.setdefault(len(pattern), []).append((fixed, holes, slot))
         from policyengine.server._openapi import openapi_document
         self.openapi = openapi_document(self)
         self._openapi_bytes = json.dumps(self.openapi).encode()
@@ -396,17 +407,14 @@ class PolicyService:
         if found is not None:
             return found, ()
         parts = path.split("/")
-        for pattern, slot in self._param_by_length.get(len(parts), ()):
-            params = []
-            for want, got in zip(pattern, parts, strict=True):
-                if want.startswith("{"):
-                    if not got:
-                        break
-                    params.append(got)
-                elif want != got:
+        for fixed, holes, slot in self._param_by_length.get(len(parts), ()):
+            for i, want in fixed:
+                if parts[i] != want:
                     break
             else:
-                return slot, tuple(params)
+                params = tuple([parts[i] for i in holes])
+                if all(params):  # a parameter is never empty
+                    return slot, params
         return None, ()
 
     # ------------------------------------------------------------------ ASGI
@@ -419,60 +427,91 @@ class PolicyService:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        route_name = "unknown"
         route: _Route | None = None
         try:
-            slot, params = self._match(scope["path"])
-            if slot is None:
-                raise _RefusalError(404, "not_found", "no such endpoint")
-            route = slot.get(scope["method"])
-            if route is None:
-                raise _RefusalError(405, "method_not_allowed", "method not allowed here",
-                               ((b"allow", ", ".join(sorted(slot)).encode()),))
-            route_name = route.name
-            headers: dict[bytes, bytes] = {}
-            for k, v in scope["headers"]:
-                if k in headers and k in (b"authorization", b"content-type",
-                                          b"content-encoding", b"content-length",
-                                          b"x-ingest-key", b"x-cycles-api-key",
-                                          b"x-idempotency-key"):
-                    raise _RefusalError(400, "ambiguous_header", f"duplicate {k.decode()} header")
-                headers[k] = v
+            route, params = self.route_of(scope["method"], scope["path"])
+            headers = self.headers_of(scope["headers"])
             body = await self._read_body(receive, headers)
             if body is None:
                 return  # the client went away
             reply = route.handler(_Request(headers, body, params, scope["query_string"]))
-        except _RefusalError as exc:
+        except Exception as exc:  # refused, or failed: see refused()
+            reply = self.refused(route, exc)
+        await send({"type": "http.response.start", "status": reply.status,
+                    "headers": self.reply_headers(reply)})
+        await send({"type": "http.response.body", "body": reply.body})
+        self.answered(route, reply, start, scope["method"], scope["path"],
+                      scope.get("client"))
+
+    # The steps of a request, shared by the ASGI entry point above and the service's own
+    # HTTP/1.1 protocol (:mod:`._http`), which runs them without the ASGI messages.
+    def route_of(self, method: str, path: str) -> tuple[_Route, tuple[str, ...]]:
+        """The route answering ``method`` on ``path`` and its path parameters, or a
+        refusal (404, 405 with ``allow``)."""
+        slot, params = self._match(path)
+        if slot is None:
+            raise _RefusalError(404, "not_found", "no such endpoint")
+        route = slot.get(method)
+        if route is None:
+            raise _RefusalError(405, "method_not_allowed", "method not allowed here",
+                                ((b"allow", ", ".join(sorted(slot)).encode()),))
+        return route, params
+
+    @staticmethod
+    def headers_of(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+        """The request's headers by (lower-case) name; a second header of a name that
+        counts (:data:`_SINGLE_HEADERS`) is refused, another repeated name keeps its last
+        value."""
+        if type(raw_headers) is not list:  # any iterable of pairs, as ASGI allows
+            raw_headers = list(raw_headers)
+        headers: dict[bytes, bytes] = dict(raw_headers)
+        if len(headers) != len(raw_headers):
+            seen: set[bytes] = set()
+            for k, _ in raw_headers:
+                if k in seen and k in _SINGLE_HEADERS:
+                    raise _RefusalError(400, "ambiguous_header", f"duplicate {k.decode()} header")
+                seen.add(k)
+        return headers
+
+    def refused(self, route: _Route | None, exc: Exception) -> _Reply:
+        """The answer to a request refused (:class:`_RefusalError`) or failed (any other
+        exception: logged, a deny-shaped 500, never a traceback in a body), in the
+        route's wire's error envelope."""
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        if isinstance(exc, _RefusalError):
             self.metrics.error(exc.code)
-            extra: tuple[tuple[bytes, bytes], ...] = ()
             if route is None or route.error_body is None:
                 body = _error_body(exc.code, exc.message)
             else:
                 body, extra = route.error_body(exc.status, exc.code, exc.message)
-            reply = _Reply(exc.status, body, headers=(*exc.headers, *extra))
-        except Exception:  # never a traceback in a body: log it, answer a deny-shaped 500
-            log.exception("internal error on %s", route_name)
-            self.metrics.error("internal_error")
-            extra = ()
-            if route is None or route.error_body is None:
-                body = _error_body("internal_error", "internal error")
-            else:
-                body, extra = route.error_body(500, "internal_error", "internal error")
-            reply = _Reply(500, body, headers=extra)
-        await send({"type": "http.response.start", "status": reply.status, "headers": [
-            (b"content-type", reply.content_type),
-            (b"content-length", str(len(reply.body)).encode()),
-            (b"x-policy-revision", self._revision_header), *reply.headers]})
-        await send({"type": "http.response.body", "body": reply.body})
+            return _Reply(exc.status, body, headers=(*exc.headers, *extra))
+        log.error("internal error on %s", "unknown" if route is None else route.name,
+                  exc_info=exc)
+        self.metrics.error("internal_error")
+        if route is None or route.error_body is None:
+            body = _error_body("internal_error", "internal error")
+        else:
+            body, extra = route.error_body(500, "internal_error", "internal error")
+        return _Reply(500, body, headers=extra)
+
+    def reply_headers(self, reply: _Reply) -> list[tuple[bytes, bytes]]:
+        return [(b"content-type", reply.content_type),
+                (b"content-length", b"%d" % len(reply.body)),
+                (b"x-policy-revision", self._revision_header), *reply.headers]
+
+    def answered(self, route: _Route | None, reply: _Reply, start: float, method: str,
+                 path: str, client: Any) -> None:
+        """Metrics and the access log line of an answered request."""
         elapsed = time.perf_counter() - start
+        route_name = "unknown" if route is None else route.name
         self.metrics.request(route_name, reply.status, elapsed)
         if self.config.access_log and access_log.isEnabledFor(logging.INFO):
             access_log.info(json.dumps({
-                "ts": round(time.time(), 3), "method": scope["method"], "route": route_name,
-                "path": scope["path"][:256], "status": reply.status,
+                "ts": round(time.time(), 3), "method": method, "route": route_name,
+                "path": path[:256], "status": reply.status,
                 "ms": round(elapsed * 1000, 3), "principal": reply.principal,
                 "decision": reply.decision, "revision": self.revision,
-                "client": (scope.get("client") or ("", 0))[0]}))
+                "client": (client or ("", 0))[0]}))
 
     async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes | None:
         limit = self.config.max_body_bytes

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from decimal import Decimal
+from random import getrandbits as _getrandbits
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -40,11 +40,20 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from policyengine import budgets as pb
 from policyengine.server import _cycles_models as cm
 from policyengine.server import _models as m
+from policyengine.server._app import _Reply
 from policyengine.server._credentials import CyclesKey
+from policyengine.server._cycles_fast import (
+    FastAction,
+    FastCommit,
+    FastCreate,
+    FastSubject,
+    commit_body,
+    create_body,
+)
 from policyengine.server._wirejson import MalformedJsonError, loads
 
 if TYPE_CHECKING:
-    from policyengine.server._app import PolicyService, _Reply, _Request, _Route
+    from policyengine.server._app import PolicyService, _Request, _Route
 
 __all__ = ["CyclesWire", "cycles_error_body"]
 
@@ -105,7 +114,14 @@ _LIST_PARAMS = {"status", "idempotency_key", *_LEVELS, "limit", "cursor", *_TIME
 _NOTE_MARK = "cycles/1"
 
 
-def _note(body: cm.ReservationCreateRequest) -> str:
+#: A request body as the handlers read it: the model, or the fast reader's common shape.
+_CreateIn = cm.ReservationCreateRequest | FastCreate
+_CommitIn = cm.CommitRequest | FastCommit
+_SubjectIn = cm.Subject | FastSubject
+_ActionIn = cm.Action | FastAction
+
+
+def _note(body: _CreateIn) -> str:
     """What a reservation keeps of its create request (``Ledger.reserve(note=)``): the
     subject and action as asked, the idempotency key and the metadata. Keys sorted, so
     the same request makes the same note (it is part of the ledger's idempotency)."""
@@ -153,7 +169,9 @@ def _int_param(query: dict[str, str], name: str, low: int, high: int) -> int | N
 
 
 def _request_id() -> str:
-    return "req_" + os.urandom(8).hex()
+    """A request's id for correlation (not a secret: a fast generator, reseeded in each
+    forked worker, rather than a system call per request)."""
+    return f"req_{_getrandbits(64):016x}"
 
 
 def cycles_error_body(status: int, code: str, message: str,
@@ -314,7 +332,6 @@ class CyclesWire:
     # ------------------------------------------------------------------ plumbing
     def _guarded(self, handler: Callable[[_Request], _Reply]) -> Callable[[_Request], _Reply]:
         def run(req: _Request) -> _Reply:
-            from policyengine.server._app import _Reply
             rid = _request_id()
             try:
                 reply = handler(req)
@@ -345,34 +362,44 @@ class CyclesWire:
                 return found
         raise _CyclesRefusalError(401, "UNAUTHORIZED", "a valid X-Cycles-API-Key is required")
 
-    def _body(self, req: _Request, adapter: TypeAdapter[Any]) -> Any:
+    def _body(self, req: _Request, adapter: TypeAdapter[Any],
+              fast: Callable[[bytes], Any] | None = None) -> Any:
+        """The validated body: ``fast`` (:mod:`._cycles_fast`) reads the endpoint's common
+        shape; anything else, refusals included, goes through the strict decoder and the
+        endpoint's model."""
         ctype = req.headers.get(b"content-type", b"application/json")
-        if not ctype.split(b";", 1)[0].strip().lower().endswith(b"json"):
+        if ctype != b"application/json" and not ctype.split(b";", 1)[0].strip().lower(
+                ).endswith(b"json"):
             raise _CyclesRefusalError(400, "INVALID_REQUEST", "the body must be application/json")
-        try:
-            data = loads(req.body)
-        except MalformedJsonError as exc:
-            raise _CyclesRefusalError(400, "INVALID_REQUEST", exc.message,
-                                {"code": exc.code}) from None
-        try:
-            body = adapter.validate_python(data)
-        except ValidationError as exc:
-            raise _CyclesRefusalError(400, "INVALID_REQUEST", m.validation_message(exc)) from None
+        body = None if fast is None else fast(req.body)
+        if body is None:
+            body = self._model(req, adapter)
         header = req.headers.get(b"x-idempotency-key")
         if header is not None and header.decode("utf-8", "replace") != body.idempotency_key:
             raise _CyclesRefusalError(400, "INVALID_REQUEST", "X-Idempotency-Key and the body's "
                                 "idempotency_key differ")
         return body
 
+    @staticmethod
+    def _model(req: _Request, adapter: TypeAdapter[Any]) -> Any:
+        try:
+            data = loads(req.body)
+        except MalformedJsonError as exc:
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", exc.message,
+                                {"code": exc.code}) from None
+        try:
+            return adapter.validate_python(data)
+        except ValidationError as exc:
+            raise _CyclesRefusalError(400, "INVALID_REQUEST", m.validation_message(exc)) from None
+
     def _reply(self, status: int, body: bytes, tenant: str) -> _Reply:
-        from policyengine.server._app import _Reply
         return _Reply(status, body, tenant, headers=((b"x-cycles-tenant", tenant.encode()),))
 
     def _idempotent(self, req: _Request, adapter: TypeAdapter[Any], endpoint: str,
-                    run: _Operation) -> _Reply:
+                    run: _Operation, fast: Callable[[bytes], Any] | None = None) -> _Reply:
         """Validate, then answer a replay from the cache or run the operation once."""
         key = self._key(req)
-        body = self._body(req, adapter)
+        body = self._body(req, adapter, fast)
         slot = (key.tenant, endpoint, body.idempotency_key)
         hit = self.replays.get(slot, req.params, req.body)
         if hit is not None:
@@ -394,15 +421,15 @@ class CyclesWire:
 
     # ------------------------------------------------------------------ translation
     @staticmethod
-    def _tenant_of(subject: cm.Subject, key: CyclesKey) -> None:
+    def _tenant_of(subject: _SubjectIn, key: CyclesKey) -> None:
         if subject.tenant is not None and subject.tenant != key.tenant:
             raise _CyclesRefusalError(403, "FORBIDDEN", "subject.tenant is not the tenant of this "
                                 "API key")
-        if not any(getattr(subject, level) for level in _LEVELS[1:]) and subject.tenant is None:
+        if subject.tenant is None and not any(getattr(subject, level) for level in _LEVELS[1:]):
             raise _CyclesRefusalError(400, "INVALID_REQUEST", "the subject names no scope")
 
     @staticmethod
-    def _scopes(subject: cm.Subject, tenant: str) -> list[str]:
+    def _scopes(subject: _SubjectIn | cm.SubjectOut, tenant: str) -> list[str]:
         """Canonical scopes: tenant -> workspace -> app -> workflow -> agent -> toolset,
         levels not given skipped; the tenant is always the key's."""
         out = [f"tenant:{tenant}"]
@@ -413,7 +440,7 @@ class CyclesWire:
         return out
 
     @staticmethod
-    def _scope(subject: cm.Subject) -> dict[str, str]:
+    def _scope(subject: _SubjectIn) -> dict[str, str]:
         """The ledger's ``scope=``: the hierarchy levels below the tenant (``per
         workspace`` ... ``per toolset`` budgets) and the subject's ``dimensions`` (``per
         context.NAME`` budgets); a dimension never stands in for a level."""
@@ -427,11 +454,11 @@ class CyclesWire:
         return out
 
     @staticmethod
-    def _principal(subject: cm.Subject, tenant: str) -> str:
+    def _principal(subject: _SubjectIn, tenant: str) -> str:
         return subject.agent if subject.agent is not None else f"tenant:{tenant}"
 
     @staticmethod
-    def _permission(action: cm.Action) -> str:
+    def _permission(action: _ActionIn) -> str:
         pair = (action.kind, action.name)
         found = _PERMISSIONS.get(pair)
         if found is None:
@@ -509,9 +536,9 @@ class CyclesWire:
 
     # ------------------------------------------------------------------ endpoints
     def create(self, req: _Request) -> _Reply:
-        return self._idempotent(req, _CREATE_IN, "reservations", self._create)
+        return self._idempotent(req, _CREATE_IN, "reservations", self._create, create_body)
 
-    def _create(self, key: CyclesKey, body: cm.ReservationCreateRequest,
+    def _create(self, key: CyclesKey, body: _CreateIn,
                 ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
         self._tenant_of(body.subject, key)
         unit, places = self._unit(body.estimate.unit)
@@ -543,7 +570,7 @@ class CyclesWire:
                            tenant=key.tenant, scope=self._scope(body.subject),
                            grace=grace, overage=_OVERAGE[body.overage_policy],  # type: ignore[arg-type]
                            note=_note(body))
-        if not r.lines:
+        if not r.holds:
             # The protocol: at least one derived scope must have a budget. A spend no
             # budget covers is refused, never admitted unmetered (the reservation the
             # ledger made holds nothing; a replay of its key is refused the same way).
@@ -573,9 +600,9 @@ class CyclesWire:
         return 200, _dump(_CREATE_OUT, out)
 
     def commit(self, req: _Request) -> _Reply:
-        return self._idempotent(req, _COMMIT_IN, "commit", self._commit)
+        return self._idempotent(req, _COMMIT_IN, "commit", self._commit, commit_body)
 
-    def _commit(self, key: CyclesKey, body: cm.CommitRequest,
+    def _commit(self, key: CyclesKey, body: _CommitIn,
                 ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
         rid = params[0]
         self._check_owner(key, rid)
@@ -588,12 +615,17 @@ class CyclesWire:
         unit_out = body.actual.unit
         charged = (body.actual.amount if not done.capped
                    else self._charged(done, unit_out, body.actual.amount).amount)
-        reserved = self._amount_out(done.amount, done.unit)
+        reserved = None
+        proto = _LEDGER_UNITS.get(done.unit or "")
+        if proto is not None:
+            reserved = max(0, self._to_wire(done.amount, proto[1]))
+            if reserved > _I64:  # what AmountOut refuses (never for an amount of this wire)
+                reserved = self._amount_out(done.amount, done.unit).amount  # type: ignore[union-attr]
         # CommitResponse's fields in its order, written straight from their values.
         out: dict[str, Any] = {"status": "COMMITTED",
                                "charged": {"unit": unit_out, "amount": charged}}
-        if reserved is not None and reserved.amount > charged:
-            out["released"] = {"unit": unit_out, "amount": reserved.amount - charged}
+        if reserved is not None and reserved > charged:
+            out["released"] = {"unit": unit_out, "amount": reserved - charged}
         return 200, orjson.dumps(out)
 
     def release(self, req: _Request) -> _Reply:
@@ -662,7 +694,7 @@ class CyclesWire:
                                idempotency_key=ledger_key, tenant=key.tenant,
                                scope=self._scope(body.subject),
                                overage=overage)  # type: ignore[arg-type]
-        if not r.lines:
+        if not r.holds:
             raise _CyclesRefusalError(409, "BUDGET_EXCEEDED", "no budget covers this subject and "
                                 "action")
         out = cm.EventCreateResponse(event_id="evt_" + r.id[4:],
@@ -685,7 +717,7 @@ class CyclesWire:
         if asked is not None:
             subject = cm.SubjectOut.model_validate({**asked["s"], "tenant": tenant})
             action = cm.ActionOut.model_validate(asked["a"])
-            return (subject, action, self._scopes(subject, tenant),  # type: ignore[arg-type]
+            return (subject, action, self._scopes(subject, tenant),
                     asked.get("k"), asked.get("m"))
         kind, _, name = r.permission.partition(":")
         subject = cm.SubjectOut(tenant=tenant, agent=None if r.principal == f"tenant:{tenant}"
@@ -744,7 +776,7 @@ class CyclesWire:
 
         def wanted(r: pb.Reservation) -> bool:
             asked = _asked_of(r)
-            if asked is None or not r.lines:  # not made here, or refused (held nothing)
+            if asked is None or not r.holds:  # not made here, or refused (held nothing)
                 return False
             if idem is not None and asked.get("k") != idem:
                 return False
@@ -835,7 +867,6 @@ class CyclesWire:
             overdraft_limit=amt(overdraft), is_over_limit=debt > overdraft)
 
     def readiness(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _Reply
         ready = not self.service.draining
         return _Reply(200 if ready else 503,
                       b'{"status":"UP"}' if ready else b'{"status":"OUT_OF_SERVICE"}')
