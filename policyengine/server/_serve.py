@@ -42,6 +42,10 @@ def register(sub: Any) -> None:
     p.add_argument("--watch-interval", type=float, default=1.0,
                    help="seconds between policy file checks; 0 turns watching off")
     p.add_argument("--no-access-log", action="store_true")
+    p.add_argument("--http", default="service", choices=("service", "uvicorn"),
+                   help="the HTTP/1.1 connection protocol: the service's own (default: "
+                   "answers without a task or ASGI messages per request) or uvicorn's "
+                   "httptools protocol over the ASGI application")
     p.add_argument("--log-level", default="info")
     for flag, what in (("--budget-store", "budgets: memory: (default; per worker), "
                         "sqlite:///path, postgresql://..., redis://..."),
@@ -151,9 +155,12 @@ def run(args: argparse.Namespace) -> int:
         return create_app(engine, credentials=credentials, keys=keys, paths=args.paths,
                           config=config)
 
-    uv_config = dict(host=args.host, port=args.port, log_level=args.log_level,
-                     access_log=False, lifespan="on", timeout_graceful_shutdown=10,
-                     server_header=False)
+    uv_config: dict[str, Any] = dict(
+        host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+        lifespan="on", timeout_graceful_shutdown=10, server_header=False)
+    if args.http == "service":
+        from policyengine.server._http import ServiceProtocol
+        uv_config["http"] = ServiceProtocol
     if args.workers <= 1:
         signal.signal(signal.SIGHUP, note_early_sighup)
         try:

@@ -65,12 +65,19 @@ for _source in _POLICY_SOURCE.glob("*.policy"):
 
 
 @contextlib.contextmanager
-def serving(app: Any, port: int | None = None) -> Iterator[int]:
-    """Run ``app`` under uvicorn in a thread until the block ends."""
+def serving(app: Any, port: int | None = None, http: str | None = None) -> Iterator[int]:
+    """Run ``app`` under uvicorn in a thread until the block ends: a service with its
+    own HTTP protocol, as ``policyengine serve`` runs it (``http="uvicorn"``, or the
+    environment's ``PE_TEST_HTTP=uvicorn``: uvicorn's protocol over the ASGI app)."""
     port = port or free_port()
+    extra: dict[str, Any] = {}
+    if isinstance(app, PolicyService) and (http or os.environ.get(
+            "PE_TEST_HTTP", "service")) == "service":
+        from policyengine.server._http import ServiceProtocol
+        extra["http"] = ServiceProtocol
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", access_log=False,
-                                           lifespan="on"))
+                                           lifespan="on", **extra))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
