@@ -25,10 +25,12 @@ from __future__ import annotations
 import gc
 import threading
 from bisect import bisect_left
-from collections import deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import FrozenInstanceError, dataclass
 from decimal import Decimal
+from functools import partial
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from policyengine.decide._runtime import Principal, build_many
@@ -172,25 +174,34 @@ def _quote(s: str) -> str:
 
 
 class Entries(Sequence[Access]):
-    """The lines of a large answer, complete and immutable: its length is exact from the
-    start; the :class:`Access` objects are made when it is first read (then kept).
-    Compares equal to a tuple of the same lines."""
+    """The lines of an answer, complete and immutable: its length is exact from the
+    start, every line decided; the :class:`Access` objects, which carry the principal's
+    name, are made when it is first read (then kept), so a 10,000-line answer whose
+    regions were worked out before costs no per-line work until it is read. Compares
+    equal to a tuple of the same lines."""
 
     __slots__ = ("_items", "_length", "_make")
 
-    def __init__(self, length: int, make: Callable[[], tuple[Access, ...]]) -> None:
+    def __init__(self, length: int, make: Callable[[], Iterable[Access]]) -> None:
         self._length = length
-        self._make: Callable[[], tuple[Access, ...]] | None = make
+        self._make: Callable[[], Iterable[Access]] | None = make
         self._items: tuple[Access, ...] | None = None
 
     def _all(self) -> tuple[Access, ...]:
         items = self._items
         if items is None:
             make = self._make
-            items = make() if make is not None else ()
+            items = tuple(make()) if make is not None else ()
             self._items = items
             self._make = None
         return items
+
+    def head(self, n: int) -> tuple[Access, ...]:
+        """The first ``n`` lines, made without the rest when not read yet."""
+        make = self._make
+        if self._items is None and make is not None:
+            return tuple(islice(make(), n))
+        return self._all()[:n]
 
     def __len__(self) -> int:
         return self._length
@@ -225,7 +236,7 @@ class Permissions:
 
     principal: str
     kind: str
-    entries: tuple[Access, ...]
+    entries: Sequence[Access]
     total: int
     truncated: bool
 
@@ -362,6 +373,8 @@ class _Folder:
         self.rules: dict[int, Folded] = {}
         self.texts: dict[int, str] = {}
         self.substitute = True
+        #: Set when a guard asked for reads the principal.
+        self.read_principal = False
 
     def known(self, e: ast.Expr) -> bool:
         if isinstance(e, ast.Path):
@@ -439,11 +452,14 @@ class _Folder:
 
     def text(self, rule: CompiledRule) -> str:
         """The policy text of ``rule``'s guard (not True or False), formatted once."""
-        memo = self.texts if self.index.personal(rule) else self.index.texts
-        found = memo.get(rule.order)
+        index = self.index
+        found = index.texts.get(rule.order)  # never holds a rule reading the principal
         if found is None:
-            from policyengine.lang._fmt import format_expr
-            found = memo[rule.order] = format_expr(self.guard(rule))  # type: ignore[arg-type]
+            found = self.texts.get(rule.order)
+            if found is None:
+                guard = self.guard(rule)  # which finds whether the rule reads the principal
+                memo = self.texts if index.personal(rule) else index.texts
+                found = memo[rule.order] = _format(guard)  # type: ignore[arg-type]
         return found
 
     def either(self, rules: Sequence[CompiledRule]) -> str | None:
@@ -454,6 +470,20 @@ class _Folder:
             return self.text(rules[0])
         return " or ".join(self.text(r) for r in rules)
 
+    def residual(self, first: tuple[CompiledRule, ...],
+                 second: tuple[CompiledRule, ...] = ()) -> str:
+        """The policy text of a residual: the guards of ``first`` joined by ``or``; with
+        ``second`` too, ``first and second``, each side in parentheses when it is an
+        ``or``."""
+        if not second and len(first) == 1:
+            return self.text(first[0])
+        text = self.either(first) or ""
+        if second:
+            other = self.either(second) or ""
+            text = (f"{_paren(text, len(first) > 1 or self.is_or(first[0]))} and "
+                    f"{_paren(other, len(second) > 1 or self.is_or(second[0]))}")
+        return text
+
     def is_or(self, rule: CompiledRule) -> bool:
         return isinstance(self.guard(rule), ast.Or)
 
@@ -463,11 +493,22 @@ class _Folder:
         error makes a forbid or approval apply and a permit not)."""
         if not rule.conditions and rule.amount_limit is None:
             return True
-        personal = rule.order in self.index.personal_orders
-        memo = self.rules if personal else self.index.guards
-        found = memo.get(rule.order)
+        index = self.index
+        found = index.guards.get(rule.order)  # never holds a rule that reads the principal
         if found is not None:
             return found
+        found = self.rules.get(rule.order)
+        if found is not None:
+            self.read_principal = True
+            return found
+        personal = index.personal(rule)  # first asked: a plain guard is kept then
+        if personal:
+            self.read_principal = True
+        else:
+            found = index.guards.get(rule.order)
+            if found is not None:
+                return found
+        memo = self.rules if personal else index.guards
         self.substitute = personal
         parts: list[Folded] = []
         originals: list[ast.Expr] = []
@@ -480,6 +521,18 @@ class _Folder:
             out = rule.effect != "permit"
         out = memo[rule.order] = _over_cap(rule, out)
         return out
+
+
+#: The canonical printer of conditions, imported when first needed (loading the engine
+#: does not load the formatter).
+_FORMAT: list[Callable[[ast.Expr], str]] = []
+
+
+def _format(e: ast.Expr) -> str:
+    if not _FORMAT:
+        from policyengine.lang._fmt import format_expr
+        _FORMAT.append(format_expr)
+    return _FORMAT[0](e)
 
 
 def _over_cap(rule: CompiledRule, guard: Folded) -> Folded:
@@ -566,7 +619,7 @@ def _disj(parts: Sequence[Folded], originals: Sequence[ast.Expr]) -> Folded:
 
 #: One status line of a region before it is given a principal and pattern:
 #: (status, when, unless, rules).
-_Line = tuple[str, "_Text | None", "_Text | None", tuple[str, ...]]
+_Line = tuple[str, "str | _Text | None", "str | _Text | None", tuple[str, ...]]
 
 
 #: What two regions' lines are compared by: per line, its status and the rules whose
@@ -593,13 +646,7 @@ class _Text:
     def __str__(self) -> str:
         text = self._text
         if text is None:
-            folder, first, second = self.folder, self.first, self.second
-            text = folder.either(first) or ""
-            if second:
-                other = folder.either(second) or ""
-                text = (f"{_paren(text, len(first) > 1 or folder.is_or(first[0]))} and "
-                        f"{_paren(other, len(second) > 1 or folder.is_or(second[0]))}")
-            self._text = text
+            text = self._text = self.folder.residual(self.first, self.second)
         return text
 
 
@@ -667,30 +714,32 @@ def _sig(state: _State) -> _Sig:
     return (("allowed", p_rules, (*forbids, *approvals)), pending)
 
 
-def _region_lines(state: _State, folder: _Folder) -> tuple[_Line, ...]:
+def _region_lines(state: _State, folder: _Folder, printed: bool = False
+                  ) -> tuple[_Line, ...]:
     """The status lines of a region decided by the rules of ``state``.
 
     Allowed when some permit's guard holds and no forbid's or approval's does; pending
     when some permit's and some approval's guard hold and no forbid's does. The texts
-    are made of each guard's own text (printed once per rule and subject, when read)."""
+    are made of each guard's own text (printed once per rule and subject), printed now
+    when ``printed``, else when read."""
     if state is None or not state[0]:
         return ()
     permits, forbids, approvals, p_true, a_true = state
     ids = tuple([r.qid for r in (*permits, *forbids, *approvals)])
     p_rules = () if p_true else permits
+    text: Callable[..., str | _Text] = folder.residual if printed else partial(_Text, folder)
     out: list[_Line] = []
     if not a_true:
         unless = (*forbids, *approvals)
-        out.append(("allowed", _Text(folder, p_rules) if p_rules else None,
-                    _Text(folder, unless) if unless else None, ids))
+        out.append(("allowed", text(p_rules) if p_rules else None,
+                    text(unless) if unless else None, ids))
     if approvals:
         a_rules = () if a_true else approvals
         if p_rules and a_rules:
-            when: _Text | None = _Text(folder, p_rules, a_rules)
+            when: str | _Text | None = text(p_rules, a_rules)
         else:
-            when = _Text(folder, p_rules or a_rules) if p_rules or a_rules else None
-        out.append(("pending_approval", when, _Text(folder, forbids) if forbids else None,
-                    ids))
+            when = text(p_rules or a_rules) if p_rules or a_rules else None
+        out.append(("pending_approval", when, text(forbids) if forbids else None, ids))
     return tuple(out)
 
 
@@ -722,87 +771,127 @@ def _ancestors(pattern: str) -> list[str]:
     return out
 
 
-class QueryIndex:
-    """The compiled policy's rule index, read backwards; built on first query."""
+_NONE: frozenset[int] = frozenset()
 
-    def __init__(self, policy: CompiledPolicy) -> None:
+
+class _Rows:
+    """The lines of the regions under one widest permit pattern, in pattern order: per
+    region listed, (its pattern, the narrower patterns it excludes, its status lines);
+    ``count``: how many lines in all."""
+
+    __slots__ = ("count", "rows")
+
+    def __init__(self, rows: list[tuple[str, tuple[str, ...], tuple[_Line, ...]]]) -> None:
+        self.rows = rows
+        self.count = sum([len(row[2]) for row in rows])
+
+
+def _first_pattern(rows: _Rows) -> str:
+    return rows.rows[0][0]
+
+
+class QueryIndex:
+    """The compiled policy's rule index, read backwards; built on first query.
+
+    What every query needs is built here: the pattern keys sorted, per scope. What only
+    some queries need (each scope's permit patterns, which rules read the principal,
+    the holders of each role) is worked out when first asked, then kept."""
+
+    def __init__(self, policy: CompiledPolicy, prepare: bool = True) -> None:
         self.policy = policy
         buckets = policy.pattern_buckets()
         self.buckets = buckets
-        self.keys = sorted(buckets)
-        self.unscoped_permits: set[str] = set()
-        self.role_permits: dict[str, set[str]] = {}
-        self.agent_permits: dict[str, set[str]] = {}
-        roles: set[str] = set()
-        for rule in policy.rules:
-            roles.update(rule.roles)
-            if rule.effect != "permit" or rule.mode != "enforce":
-                continue
-            if not rule.roles and not rule.agents:
-                self.unscoped_permits.update(rule.patterns)
-            for r in rule.roles:
-                self.role_permits.setdefault(r, set()).update(rule.patterns)
-            for a in rule.agents:
-                self.agent_permits.setdefault(a, set()).update(rule.patterns)
+        self.keys = keys = sorted(buckets)
         # Per scope (unscoped, each role, each agent), the sorted pattern keys holding
         # rules of that scope: the narrower patterns that can split a principal's
         # regions are found by bisection in its scopes' lists only.
+        role_keys: defaultdict[str, list[str]] = defaultdict(list)
+        agent_keys: defaultdict[str, list[str]] = defaultdict(list)
         unscoped_keys: list[str] = []
-        role_keys: dict[str, list[str]] = {}
-        agent_keys: dict[str, list[str]] = {}
-        for key in self.keys:
+        unscoped_permits: list[str] = []
+        for key in keys:
             b = buckets[key]
-            if b.unscoped is not None:
+            u = b.unscoped
+            if u is not None:
                 unscoped_keys.append(key)
-            for r in b.by_role:
-                role_keys.setdefault(r, []).append(key)
-            for a in b.by_agent:
-                agent_keys.setdefault(a, []).append(key)
+                if u.permits:
+                    unscoped_permits.append(key)
+            if b.by_role:
+                for r in b.by_role:
+                    role_keys[r].append(key)
+            if b.by_agent:
+                for a in b.by_agent:
+                    agent_keys[a].append(key)
         self.unscoped_keys = unscoped_keys
-        self.role_keys = role_keys
-        self.agent_keys = agent_keys
+        self.role_keys: dict[str, list[str]] = dict(role_keys)
+        self.agent_keys: dict[str, list[str]] = dict(agent_keys)
         #: The rules named under two nested patterns (``a:*, a:b``): a region may meet
         #: them twice.
         self.nested = frozenset(
-            r.order for r in policy.rules if len(r.patterns) > 1 and any(
+            r.order for r in [r for r in policy.rules if len(r.patterns) > 1] if any(
                 p != q and permission_matches(p, q) for p in r.patterns for q in r.patterns))
-        #: The rules whose conditions read the principal (found once, here: a query
-        #: asks for most rules it meets).
-        personal: set[int] = set()
-        #: Guards (folded conditions) of the rules that do not read the principal; the
-        #: plain ones (see _plain_guard) are here from the start, the others are added
-        #: as queries fold them.
+        #: Per rule with conditions (by order), whether they read the principal (its id,
+        #: roles or attributes): found when a query first meets the rule.
+        self._personal: dict[int, bool] = {}
+        #: Guards (folded conditions) of the rules that do not read the principal, as
+        #: queries fold them (a plain one, see _plain_guard, when the rule is classified).
         self.guards: dict[int, Folded] = {}
-        for rule in policy.rules:
-            if not rule.conditions:
-                continue
-            reads = [_reads(c.expr) for c in rule.conditions]
-            if any(read & _PRINCIPAL for read in reads):
-                personal.add(rule.order)
-                continue
-            plain = _plain_guard(rule, reads)
-            if plain is not None:
-                self.guards[rule.order] = plain
-        self.personal_orders = frozenset(personal)
+        #: Per scope (``""``: unscoped, ``role NAME``, ``agent ID``): its permit patterns
+        #: (a role's and an agent's found when first asked).
+        self._permits: dict[str, frozenset[str]] = {"": frozenset(unscoped_permits)}
         #: Per (widest permit pattern, the scopes with rules there): its regions' lines.
-        self._subtrees: dict[tuple[str, tuple[str, ...]],
-                             list[tuple[str, tuple[str, ...], tuple[_Line, ...]]]] = {}
+        self._subtrees: dict[tuple[str, tuple[str, ...]], _Rows] = {}
         #: Lines per set of rules (by their orders) none of which reads the principal.
         self._lines: dict[tuple[int, ...], tuple[tuple[_Line, ...], _Sig]] = {}
         #: Texts of the guards of the rules that do not read the principal.
         self.texts: dict[int, str] = {}
-        self.holders: dict[str, list[str]] = {}
-        for aid, p in policy.principals.items():
-            roles.update(p.roles)
-            for r in p.roles:
-                self.holders.setdefault(r, []).append(aid)
-        for found in self.holders.values():
-            found.sort()
-        self.roles = frozenset(roles)
+        self._holders: dict[str, list[str]] | None = None
         self._answers: dict[tuple[str, ...], Any] = {}
         self._order: deque[tuple[str, ...]] = deque()
         self._lock = threading.Lock()
-        self._prepare()
+        if prepare:
+            self._prepare()
+
+    @property
+    def holders(self) -> dict[str, list[str]]:
+        """The declared agents holding each role (made on first use: principals_with
+        and the index build's choice of shared regions read it)."""
+        found = self._holders
+        if found is None:
+            held: defaultdict[str, list[str]] = defaultdict(list)
+            for aid, p in self.policy.principals.items():
+                for r in p.roles:
+                    held[r].append(aid)
+            found = self._holders = dict(held)
+        return found
+
+    def personal(self, rule: CompiledRule) -> bool:
+        """Whether ``rule``'s conditions read the principal (its id, roles or attributes:
+        then two agents whose roles meet the same rules may get different answers).
+        Found once per rule; a rule that does not, and whose guard needs no folding,
+        has its guard kept then too."""
+        found = self._personal.get(rule.order)
+        if found is None:
+            conditions = rule.conditions
+            if not conditions:
+                return False
+            if len(conditions) == 1:  # the common case, without the lists
+                cond = conditions[0]
+                e = cond.expr
+                read = _reads(e)
+                found = read & _PRINCIPAL != 0
+                if read == _REQUEST and type(e) not in _COMPOUND:  # a plain guard
+                    self.guards[rule.order] = _over_cap(
+                        rule, e if cond.kind == "when" else _negated(e))
+            else:
+                reads = [_reads(c.expr) for c in conditions]
+                found = any(read & _PRINCIPAL for read in reads)
+                if not found:
+                    plain = _plain_guard(rule, reads)
+                    if plain is not None:
+                        self.guards[rule.order] = plain
+            self._personal[rule.order] = found
+        return found
 
     # -- cache --
     def cached(self, key: tuple[str, ...]) -> Any:
@@ -827,13 +916,31 @@ class QueryIndex:
             return _Subject(kind, name, Principal("", frozenset({name}), {}), False, False)
         return _Subject(kind, name, Principal("", frozenset(), {}), False, True)
 
+    def _role_permits(self, role: str) -> frozenset[str]:
+        found = self._permits.get("role " + role)
+        if found is None:
+            buckets = self.buckets
+            found = self._permits["role " + role] = frozenset(
+                [k for k in self.role_keys.get(role, ()) if buckets[k].by_role[role].permits])
+        return found
+
+    def _agent_permits(self, aid: str) -> frozenset[str]:
+        found = self._permits.get("agent " + aid)
+        if found is None:
+            buckets = self.buckets
+            found = self._permits["agent " + aid] = frozenset(
+                [k for k in self.agent_keys.get(aid, ()) if buckets[k].by_agent[aid].permits])
+        return found
+
     def permit_patterns(self, subject: _Subject) -> set[str]:
+        """The patterns of the enforced permits in the subject's scopes."""
         who = subject.principal
-        found = set(self.unscoped_permits)
+        found = set(self._permits[""])
         for r in who.roles:
-            found.update(self.role_permits.get(r, ()))
-        if subject.kind == "agent":
-            found.update(self.agent_permits.get(who.id, ()))
+            if r in self.role_keys:
+                found.update(self._role_permits(r))
+        if subject.kind == "agent" and who.id in self.agent_keys:
+            found.update(self._agent_permits(who.id))
         return found
 
     def _lists(self, subject: _Subject) -> list[list[str]]:
@@ -899,28 +1006,37 @@ class QueryIndex:
             groups.setdefault(widest, []).append(top)
         return groups
 
-    def permissions(self, subject: _Subject) -> tuple[Access, ...]:
-        """Every line of ``subject``: per widest permit pattern, the regions under it,
-        kept per (pattern, the subject's scopes that have rules there) when no rule
-        involved reads the principal (then every principal with those scopes there has
-        the same lines)."""
+    def permissions(self, subject: _Subject) -> Entries:
+        """Every line of ``subject``, complete (its length exact, every line decided):
+        per widest permit pattern, the regions under it, kept per (pattern, the
+        subject's scopes that have rules there) when no rule involved reads the
+        principal (then every principal with those scopes there has the same lines).
+        The lines are made for the subject when the answer is first read."""
         folder = _Folder(subject, self)
-        rows: list[tuple[str, tuple[str, ...], tuple[_Line, ...]]] = []
+        found_all: list[_Rows] = []
         for widest, inside in self._groups(subject).items():
             ckey = (widest, self._scopes(subject, widest))
             found = self._subtrees.get(ckey)
             if found is None:
                 found = self._work(subject, folder, ckey, self.regions(subject, inside))
-            rows.extend(found)
-        rows.sort(key=lambda row: row[0])
+            if found.rows:
+                found_all.append(found)
+        if len(found_all) > 1:
+            # Two widest patterns are disjoint, so the regions under each form one run
+            # of the sorted patterns: ordering the runs orders every line.
+            found_all.sort(key=_first_pattern)
         name, kind = subject.name, subject.kind
-        return tuple(Access(name, kind, key, ex, status, when, unless, rule_ids)
-                     for key, ex, region_lines in rows
-                     for status, when, unless, rule_ids in region_lines)
+
+        def lines() -> Iterator[Access]:
+            for part in found_all:
+                for key, ex, region_lines in part.rows:
+                    for status, when, unless, rule_ids in region_lines:
+                        yield Access(name, kind, key, ex, status, when, unless, rule_ids)
+        return Entries(sum([part.count for part in found_all]), lines)
 
     def _work(self, subject: _Subject, folder: _Folder, ckey: tuple[str, tuple[str, ...]],
-              regions: list[str]) -> list[tuple[str, tuple[str, ...], tuple[_Line, ...]]]:
-        found, mine = self._subtree(subject, folder, regions)
+              regions: list[str], printed: bool = False) -> _Rows:
+        found, mine = self._subtree(subject, folder, regions, printed)
         if not mine:
             if len(self._subtrees) >= ANSWER_CACHE_SIZE:
                 self._subtrees.clear()
@@ -928,16 +1044,26 @@ class QueryIndex:
         return found
 
     def _prepare(self) -> None:
-        """Work out now the regions that several principals will share: those under the
-        unscoped permits' patterns and under the patterns of each role that two or more
-        agents hold, most held first, within one region per pattern key of the policy
-        in all (then index build costs at most about twice the pass over the keys), with
-        their residuals printed. What a role's regions hold is kept for every principal
-        whose scopes have the same rules there (see :meth:`permissions`)."""
-        budget = len(self.keys)
-        subjects = [self.subject("anyone", "*")] if self.unscoped_permits else []
-        shared = sorted((r for r, held in self.holders.items() if len(held) > 1),
-                        key=lambda r: (-len(self.holders[r]), r))
+        """Work out now the regions that cost the most at a question or that several
+        principals share: those under ``*`` for each role and agent granted ``*`` (every
+        unscoped rule splits them: the largest answers), under the unscoped permits'
+        patterns, and under the patterns of each role that two or more agents hold, most
+        held first; within two regions per pattern key of the policy in all, with their
+        residuals printed. What a role's regions hold is kept for every principal whose
+        scopes have the same rules there (see :meth:`permissions`): an agent holding a
+        role granting ``*`` and no other role with rules gets its answer from them."""
+        budget = 2 * len(self.keys)
+        subjects: list[_Subject] = []
+        every = self.buckets.get("*")
+        if every is not None:
+            subjects.extend(self.subject("role", r) for r, part in
+                            sorted(every.by_role.items()) if part.permits)
+            subjects.extend(self.subject("agent", a) for a, part in
+                            sorted(every.by_agent.items()) if part.permits)
+        if self._permits[""]:
+            subjects.append(self.subject("anyone", "*"))
+        held = Counter(chain.from_iterable([p.roles for p in self.policy.principals.values()]))
+        shared = sorted((r for r, n in held.items() if n > 1), key=lambda r: (-held[r], r))
         subjects.extend(self.subject("role", r) for r in shared)
         for subject in subjects:
             folder = _Folder(subject, self)
@@ -949,73 +1075,58 @@ class QueryIndex:
                 if len(regions) > budget:
                     continue
                 budget -= len(regions)
-                for _, _, lines in self._work(subject, folder, ckey, regions):
-                    for line in lines:  # printed now: every holder's answer shows them
-                        str(line[1] or "")
-                        str(line[2] or "")
+                # printed now: every holder's answer shows them
+                self._work(subject, folder, ckey, regions, printed=True)
 
-    def _subtree(self, subject: _Subject, folder: _Folder, regions: list[str]
-                 ) -> tuple[list[tuple[str, tuple[str, ...], tuple[_Line, ...]]], bool]:
+    def _subtree(self, subject: _Subject, folder: _Folder, regions: list[str],
+                 printed: bool = False) -> tuple[_Rows, bool]:
         """The lines of ``regions`` (under one widest pattern: see :meth:`regions`), and
-        whether a rule involved reads the principal."""
+        whether a rule involved reads the principal (``printed``: the residuals printed
+        now, else when first read)."""
         policy = self.policy
         who = subject.principal
-        personal = self.personal_orders
         nested = self.nested
-        owner: dict[str, str | None] = {}  # region -> the emitted region whose lines hold
-        lines: dict[str, tuple[_Line, ...]] = {}
-        # region -> the rules deciding it (see _State)
-        states: dict[str, _State] = {}
-        excluded: dict[str, list[str]] = {}
-        order: list[str] = []
         buckets = self.buckets
-        sigs: dict[str | None, _Sig] = {None: ()}
-        mine = False
+        rows: list[tuple[str, list[str], tuple[_Line, ...]]] = []
+        folder.read_principal = False
         # The regions come sorted, each after the wider ones and every ``a:*`` followed
-        # by all the patterns under it: the open ``a:*`` patterns form a stack of
-        # (pattern, the prefix of what it matches).
-        stack: list[tuple[str, str]] = []
+        # by all the patterns under it. The open ``a:*`` regions form a stack of (the
+        # prefix of what it matches, the rules deciding it (see _State), and the listed
+        # region whose lines hold for it: what its lines are made of (_Sig), its row).
+        # A region whose lines are made of the same as those that hold for the region
+        # around it is not listed apart.
+        stack: list[tuple[str, _State, _Sig, Any]] = []
         for key in regions:
-            while stack and not key.startswith(stack[-1][1]):
+            while stack and not key.startswith(stack[-1][0]):
                 stack.pop()
-            if not stack:
-                parent = None
-                # a widest region: every wider pattern's rules, from the index
-                rules = policy.applicable(who, _rep(key))
-                state = _extend(_EMPTY, rules, folder, frozenset())
-            else:
-                parent = stack[-1][0]
+            if stack:
+                _, above, held, row = stack[-1]
                 # the parent region's rules and this pattern's own: any pattern between
                 # the two has no rule in the subject's scope (it would be a region)
                 parts: list[Any] = []
                 buckets[key].parts_for(who, parts)
-                rules = [r for part in parts for r in part.rules]
-                if len(parts) > 1:  # a rule scoped to two of the subject's roles
-                    rules = list({r.order: r for r in rules}.values())
-                state = _extend(states[parent], rules, folder, nested)
-            if key[-1] == "*":
-                stack.append((key, key[:-1]))
-            if personal and not mine:
-                mine = any(r.order in personal for r in rules)
-            states[key] = state
+                if len(parts) == 1:
+                    rules: Sequence[CompiledRule] = parts[0].rules
+                else:  # a rule scoped to two of the subject's roles
+                    rules = list({r.order: r for part in parts for r in part.rules}.values())
+                state = _extend(above, rules, folder, nested)
+            else:
+                # a widest region: every wider pattern's rules, from the index
+                rules = policy.applicable(who, _rep(key))
+                state = _extend(_EMPTY, rules, folder, _NONE)
+                held, row = (), None
             sig = _sig(state)
-            above = owner[parent] if parent is not None else None
-            if sig == sigs[above]:
-                owner[key] = above
-                continue
-            owner[key] = key
-            lines[key] = _region_lines(state, folder)
-            sigs[key] = sig
-            order.append(key)
-            if above is not None and sigs[above]:
-                excluded.setdefault(above, []).append(key)
-        return [(key, tuple(sorted(excluded.get(key, ()))), lines[key])
-                for key in order], mine
-
-    def personal(self, rule: CompiledRule) -> bool:
-        """Whether ``rule``'s conditions read the principal (its id, roles or attributes:
-        then two agents whose roles meet the same rules may get different answers)."""
-        return rule.order in self.personal_orders
+            if sig != held:
+                if held:
+                    row[1].append(key)  # the regions come sorted: so do the exclusions
+                row = (key, [], _region_lines(state, folder, printed))
+                rows.append(row)
+            if key[-1] == "*":
+                stack.append((key[:-1], state, sig, row))
+        # whether a guard that decides a line read the principal (the guards of the rules
+        # a region meets after a forbid that always applies decide nothing)
+        mine = folder.read_principal
+        return _Rows([(key, tuple(ex) if ex else (), lines) for key, ex, lines in rows]), mine
 
     def lines(self, rules: Sequence[CompiledRule], folder: _Folder,
               key: tuple[int, ...] | None) -> tuple[tuple[_Line, ...], _Sig]:
@@ -1136,6 +1247,7 @@ class QueryIndex:
 _PRINCIPAL = 1
 _REQUEST = 2
 _COMPOUND = (ast.And, ast.Or, ast.Not)
+_CONSTANT = (ast.Literal, ast.MoneyLit)
 
 
 def _reads(e: ast.Expr) -> int:
@@ -1143,7 +1255,10 @@ def _reads(e: ast.Expr) -> int:
     if kind is ast.Path:
         return _PRINCIPAL if e.root == "principal" else _REQUEST  # type: ignore[union-attr]
     if kind is ast.Compare:
-        return _reads(e.left) | _reads(e.right)  # type: ignore[union-attr]
+        left, right = e.left, e.right  # type: ignore[union-attr]
+        if type(left) is ast.Path and type(right) in _CONSTANT:  # ``context.n > 3``
+            return _PRINCIPAL if left.root == "principal" else _REQUEST
+        return _reads(left) | _reads(right)
     if kind is ast.Literal or kind is ast.MoneyLit:
         return 0
     if kind is ast.Amount:
@@ -1195,6 +1310,8 @@ def _principal_id(principal: Any) -> str:
 def _cut(entries: Sequence[Access], limit: int | None) -> tuple[Sequence[Access], bool]:
     if limit is None or len(entries) <= limit:
         return entries, False
+    if isinstance(entries, Entries):
+        return entries.head(limit), True
     return tuple(entries[:limit]), True
 
 
@@ -1219,7 +1336,7 @@ def permissions_of(policy: CompiledPolicy, principal: str | None = None, *,
         subject = index.subject(kind, name)
         entries = index.keep(key, paused(lambda: index.permissions(subject)))
     shown, truncated = _cut(entries, limit)
-    return Permissions(name, kind, tuple(shown), len(entries), truncated)
+    return Permissions(name, kind, shown, len(entries), truncated)
 
 
 def principals_with(policy: CompiledPolicy, permission: str, *, limit: int | None = None

@@ -47,21 +47,25 @@ def _money(m: ast.MoneyLit) -> str:
     return f"{_num(m.amount)} {m.currency}"
 
 
-def _strength(e: ast.Expr) -> int:
-    if isinstance(e, ast.Or):
-        return _OR
-    if isinstance(e, ast.And):
-        return _AND
-    if isinstance(e, ast.Not):
-        return _NOT
-    if isinstance(e, (ast.Compare, ast.In)):
-        return _CMP
-    return _ATOM
+#: Binding strength per node type (any other: an atom).
+_STRENGTH: dict[type, int] = {ast.Or: _OR, ast.And: _AND, ast.Not: _NOT, ast.Compare: _CMP,
+                              ast.In: _CMP}
 
 
 def _wrap(e: ast.Expr, need: int) -> str:
     text = format_expr(e)
-    return f"({text})" if _strength(e) < need else text
+    return f"({text})" if _STRENGTH.get(type(e), _ATOM) < need else text
+
+
+def _operand(e: ast.Expr) -> str:
+    """An operand of a comparison: a path or a literal printed directly (the common
+    case, without the visitor), anything else in parentheses when it needs them."""
+    kind = type(e)
+    if kind is ast.Path:
+        return e.dotted()  # type: ignore[union-attr]
+    if kind is ast.Literal:
+        return _literal(e.value)  # type: ignore[union-attr]
+    return _wrap(e, _ATOM)
 
 
 class _ExprText(ast.ExprVisitor[str]):
@@ -86,11 +90,11 @@ class _ExprText(ast.ExprVisitor[str]):
         return f"{e.name}(" + ", ".join(self.visit(a) for a in e.args) + ")"
 
     def compare(self, e: ast.Compare) -> str:
-        return f"{_wrap(e.left, _ATOM)} {e.op} {_wrap(e.right, _ATOM)}"
+        return f"{_operand(e.left)} {e.op} {_operand(e.right)}"
 
     def in_(self, e: ast.In) -> str:
         word = "not in" if e.negated else "in"
-        return f"{_wrap(e.item, _ATOM)} {word} {_wrap(e.collection, _ATOM)}"
+        return f"{_operand(e.item)} {word} {_wrap(e.collection, _ATOM)}"
 
     def not_(self, e: ast.Not) -> str:
         return f"not {_wrap(e.expr, _NOT)}"

@@ -82,8 +82,10 @@ class Path:
         """Policy-text form: ``.name`` where the grammar's NAME allows, else ``["key"]``."""
         out = self.root
         for seg in self.segments:
-            key = json.dumps(seg, ensure_ascii=False)
-            out += f".{seg}" if _NAME.fullmatch(seg) else f"[{key}]"
+            if _NAME.fullmatch(seg):
+                out += "." + seg
+            else:
+                out += f"[{json.dumps(seg, ensure_ascii=False)}]"
         return out
 
 
