@@ -22,12 +22,14 @@ Fifty MCP tools bind ``tool_<j>`` to ``xns<j>:read``.
 Figures per size:
 
 * ``reverse index build``: what the first question after a load pays once (the rule
-  index read backwards: pattern keys sorted per scope).
+  index read backwards: pattern keys sorted per scope; the regions under ``*`` of the
+  role granting it and under ``docs:*`` of the ten shared roles, residuals printed).
 * ``permissions_of cold``: an answer with nothing cached (a fresh reverse index, built
-  before timing), for 20 agents ``xa<i>``: complete (every line with its pattern,
-  exclusions, status and rules; ``total`` exact), its residual texts not yet printed
-  (a line prints them when first read). ``cold, printed`` adds reading every line's
-  ``when`` and ``unless``: what printing or serialising the whole answer costs on top.
+  before timing), for 20 agents ``xa<i>``: complete (every line decided, with its
+  pattern, exclusions, status and rules; ``total`` exact), its ``Access`` lines not yet
+  made and its own residual texts not yet printed (both when first read). ``cold,
+  printed`` adds reading every line's ``when`` and ``unless``: what printing or
+  serialising the whole answer costs on top.
 * ``permissions_of miss``: the answer of a principal not asked before, each agent
   ``xa<i>`` once, in turn: what earlier answers worked out is shared (rules' folded
   conditions; the regions under a permit pattern, kept per the scopes that have rules
@@ -36,7 +38,8 @@ Figures per size:
   ``xns<i>:*`` part afresh).
 * ``permissions_of hit``: the same queries answered from the cache.
 * ``permissions_of admin cold``: the agent whose answer holds every rule (worst case),
-  nothing cached (``printed``: and every residual read).
+  nothing cached but what the index build worked out (``printed``: and every line and
+  residual read).
 * ``principals_with small`` (``xns<i>:read``: one agent and its role) and ``large``
   (``docs:d<i>``: every agent holds a role granting ``docs:*``, so the answer lists all
   N agents), ``miss`` (worked out: complete, its length exact; the lines of agents that

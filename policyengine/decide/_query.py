@@ -17,7 +17,11 @@ error; an error fails closed in ``authorize`` (a forbid applies, a permit does n
 state, not policy: a listed permission may still meet an exhausted budget.
 
 Answers are computed once per principal (per permission for :func:`principals_with`) and
-kept with the compiled policy in a bounded table: a reload starts afresh.
+kept with the compiled policy in a bounded table: a reload starts afresh. An answer is
+complete when returned (its length exact, every line decided); its :class:`Access` lines,
+which carry the principal's name, are made when it is first read, so an answer made of
+regions worked out before (at index build: those under ``*`` of every role granted it)
+costs no per-line work until then.
 """
 
 from __future__ import annotations
@@ -158,6 +162,44 @@ class Access:
 
 
 _set = object.__setattr__
+_new = object.__new__
+_SET_PRINCIPAL, _SET_KIND, _SET_PATTERN, _SET_EXCLUDING, _SET_STATUS, _SET_WHEN, \
+    _SET_UNLESS, _SET_RULES = (Access.__dict__[name].__set__ for name in (
+        "principal", "kind", "pattern", "excluding", "status", "_when", "_unless", "rules"))
+
+
+def _renamed(lines: Iterable[Access], name: str, kind: str) -> Iterator[Access]:
+    """``lines`` for another principal (as :meth:`Access.replace`, slot by slot)."""
+    for line in lines:
+        a = _new(Access)
+        _SET_PRINCIPAL(a, name)
+        _SET_KIND(a, kind)
+        _SET_PATTERN(a, line.pattern)
+        _SET_EXCLUDING(a, line.excluding)
+        _SET_STATUS(a, line.status)
+        _SET_WHEN(a, line._when)
+        _SET_UNLESS(a, line._unless)
+        _SET_RULES(a, line.rules)
+        yield a
+
+
+def _made(name: str, kind: str, parts: list[_Rows]) -> Iterator[Access]:
+    """The lines of ``parts`` for one principal, as :class:`Access` objects: each set
+    slot by slot, as ``Access(...)`` would, without the call of its ``__init__`` (an
+    answer read through makes thousands)."""
+    for part in parts:
+        for key, ex, region_lines in part.rows:
+            for status, when, unless, rule_ids in region_lines:
+                a = _new(Access)
+                _SET_PRINCIPAL(a, name)
+                _SET_KIND(a, kind)
+                _SET_PATTERN(a, key)
+                _SET_EXCLUDING(a, ex)
+                _SET_STATUS(a, status)
+                _SET_WHEN(a, when)
+                _SET_UNLESS(a, unless)
+                _SET_RULES(a, rule_ids)
+                yield a
 
 
 def _subject_text(kind: str, name: str) -> str:
@@ -232,7 +274,9 @@ class Entries(Sequence[Access]):
 @dataclass(frozen=True, slots=True)
 class Permissions:
     """What ``engine.permissions_of`` answers: every line of what ``principal`` may do.
-    ``total`` counts every line; ``truncated`` is True when a ``limit`` left some out."""
+    ``total`` counts every line; ``truncated`` is True when a ``limit`` left some out.
+    ``entries`` is an immutable sequence of the lines, made when first read (a tuple of
+    the first lines with a ``limit``)."""
 
     principal: str
     kind: str
@@ -1025,14 +1069,8 @@ class QueryIndex:
             # Two widest patterns are disjoint, so the regions under each form one run
             # of the sorted patterns: ordering the runs orders every line.
             found_all.sort(key=_first_pattern)
-        name, kind = subject.name, subject.kind
-
-        def lines() -> Iterator[Access]:
-            for part in found_all:
-                for key, ex, region_lines in part.rows:
-                    for status, when, unless, rule_ids in region_lines:
-                        yield Access(name, kind, key, ex, status, when, unless, rule_ids)
-        return Entries(sum([part.count for part in found_all]), lines)
+        return Entries(sum([part.count for part in found_all]),
+                       partial(_made, subject.name, subject.kind, found_all))
 
     def _work(self, subject: _Subject, folder: _Folder, ckey: tuple[str, tuple[str, ...]],
               regions: list[str], printed: bool = False) -> _Rows:
@@ -1236,7 +1274,7 @@ class QueryIndex:
                 if lines[0].principal == aid:
                     out.extend(lines)
                 else:
-                    out.extend([a.replace(aid, "agent") for a in lines])
+                    out.extend(_renamed(lines, aid, "agent"))
             out.extend(tail)
             return tuple(out)
         return Entries(total, make)
