@@ -111,14 +111,15 @@ class PlanRules:
     keeps them as ``checks``, one flat tuple ``(test, rule id, test, rule id, ...)``, so
     the rules step reads the tuple instead of each rule."""
 
-    __slots__ = ("approvals", "checks", "forbids", "limits", "permits", "permitted",
-                 "principal", "schema", "shadows", "uses_amount")
+    __slots__ = ("answer", "approvals", "checks", "forbids", "limits", "permit_checks",
+                 "permits", "permitted", "principal", "schema", "shadows", "uses_amount")
 
     def __init__(self, principal: Principal | None, forbids: tuple[CompiledRule, ...],
                  limits: tuple[CompiledRule, ...], permits: tuple[CompiledRule, ...],
                  approvals: tuple[CompiledRule, ...], uses_amount: bool,
                  shadows: tuple[CompiledRule, ...] = (),
-                 checks: tuple[Any, ...] | None = None) -> None:
+                 checks: tuple[Any, ...] | None = None,
+                 schema: ContextCheck | None = None) -> None:
         self.principal = principal
         self.forbids = forbids
         self.limits = limits
@@ -131,13 +132,33 @@ class PlanRules:
         #: The permits as ``(test or None, qid, ...)`` when there is nothing else (no
         #: forbid, limit, approval or shadow rule), else None; see :func:`checks_of`.
         self.checks = checks
+        #: The permits as ``(test or None, qid, ...)`` whatever else there is.
+        self.permit_checks: tuple[Any, ...] = (
+            checks if checks is not None else tuple(x for r in permits
+                                                    for x in (r.test, r.qid)))
         #: With ``checks``: the ids of every permit (the decision's rules when each of
         #: them applies), else None.
         self.permitted: tuple[str, ...] | None = (
             checks[1::2] if checks is not None else None)
         #: The check of the context the schemas covering this permission declare, or
         #: None (no schema: nothing to check).
-        self.schema: ContextCheck | None = None
+        self.schema = schema
+        #: What a :class:`Plan` entry of these rules holds, (permitted, test), or None.
+        self.answer = _answer(self)
+
+
+def _answer(rules: PlanRules) -> tuple[tuple[str, ...], Test | None] | None:
+    """(every permit's id, the one condition or None) when ``rules`` are permits only,
+    at most one of them conditional, with no schema, no amount and no ``principal.*``
+    to read; else None (see :class:`Plan`)."""
+    checks = rules.checks
+    if (not checks or rules.principal is not None or rules.schema is not None
+            or rules.uses_amount or rules.permitted is None):
+        return None
+    tests = [t for t in checks[::2] if t is not None]
+    if len(tests) > 1:
+        return None
+    return rules.permitted, (tests[0] if tests else None)
 
 
 class Plan:
@@ -160,15 +181,11 @@ class Plan:
     def __init__(self, rules: PlanRules) -> None:
         self.rules = rules
         self.used = False
+        answer = rules.answer
         self.permitted: tuple[str, ...] | None = None
         self.test: Test | None = None
-        checks = rules.checks
-        if (checks and rules.principal is None and rules.schema is None
-                and not rules.uses_amount):
-            tests = [t for t in checks[::2] if t is not None]
-            if len(tests) <= 1:
-                self.permitted = rules.permitted
-                self.test = tests[0] if tests else None
+        if answer is not None:
+            self.permitted, self.test = answer
 
     # What the rules say, for readers other than the pipeline (tests, tools).
     principal = property(lambda self: self.rules.principal)
@@ -196,8 +213,9 @@ class PermissionClass:
         #: principal id -> Plan. Read lock-free (a hit sets ``plan.used``); written only
         #: by :meth:`CompiledPolicy.plan`, under its lock.
         self.plans: dict[str, Plan] = {}
-        #: id of a rule part -> the PlanRules of every principal whose plan is that one
-        #: part and reads no ``principal.*`` (the parts stay alive in ``buckets``):
+        #: With a schema: id of a rule part -> the PlanRules of every principal whose
+        #: plan is that one part and reads no ``principal.*`` (the parts stay alive in
+        #: ``buckets``; without a schema the part keeps them itself, ``_Part.bare``):
         #: 10,000 agents of one role share one.
         self.shared: dict[int, PlanRules] = {}
 
@@ -232,8 +250,8 @@ class _Part:
     order and already split by effect: a plan that needs only one part uses its tuples
     as they are."""
 
-    __slots__ = ("approvals", "checks", "forbids", "limits", "permits", "reads_principal",
-                 "rules", "shadows", "uses_amount")
+    __slots__ = ("approvals", "bare", "checks", "forbids", "limits", "permits",
+                 "reads_principal", "rules", "shadows", "uses_amount")
 
     def __init__(self, rules: list[CompiledRule]) -> None:
         self.rules = tuple(rules)
@@ -251,6 +269,10 @@ class _Part:
         self.reads_principal = reads_principal(self.rules)
         self.checks = checks_of(self.forbids, self.limits, self.permits, self.approvals,
                                 self.shadows)
+        #: The PlanRules of every principal whose plan is this part alone, under a
+        #: permission class without a schema, when no condition reads ``principal.*``
+        #: (made at the first such plan; see CompiledPolicy.plan).
+        self.bare: PlanRules | None = None
 
 
 class _Bucket:
@@ -498,23 +520,26 @@ class CompiledPolicy:
         parts: list[_Part] = []
         for bucket in cls.buckets:
             bucket.parts_for(who, parts)
-        rules = None
-        if len(parts) == 1:  # one role's or one scope's rules: split at compile time
+        schema = cls.schema
+        if len(parts) != 1:
+            rules = _rules_of(who, _merged(parts), schema)
+        else:  # one role's or one scope's rules: split at compile time
             part = parts[0]
             if part.reads_principal:
                 rules = PlanRules(who, part.forbids, part.limits, part.permits,
-                                  part.approvals, part.uses_amount, part.shadows, part.checks)
-            else:
-                rules = cls.shared.get(id(part))
-                if rules is None:
-                    rules = PlanRules(None, part.forbids, part.limits, part.permits,
+                                  part.approvals, part.uses_amount, part.shadows, part.checks,
+                                  schema)
+            else:  # shared by the part's principals (a race makes two equal ones)
+                found = part.bare if schema is None else cls.shared.get(id(part))
+                if found is None:
+                    found = PlanRules(None, part.forbids, part.limits, part.permits,
                                       part.approvals, part.uses_amount, part.shadows,
-                                      part.checks)
-                    rules.schema = cls.schema
-                    cls.shared[id(part)] = rules  # a race makes two equal ones: harmless
-        else:
-            rules = _rules_of(who, _merged(parts))
-        rules.schema = cls.schema
+                                      part.checks, schema)
+                    if schema is None:
+                        part.bare = found
+                    else:
+                        cls.shared[id(part)] = found
+                rules = found
         plan = Plan(rules)
         with self._lock:
             cached = cls.plans.get(principal_id)
@@ -590,7 +615,8 @@ def _merged(parts: list[_Part]) -> tuple[CompiledRule, ...]:
     return tuple(found[k] for k in sorted(found))
 
 
-def _rules_of(who: Principal, rules: tuple[CompiledRule, ...]) -> PlanRules:
+def _rules_of(who: Principal, rules: tuple[CompiledRule, ...],
+              schema: ContextCheck | None) -> PlanRules:
     """The plan rules of several parts' rules (merged in declaration order)."""
     forbids: list[CompiledRule] = []
     limits: list[CompiledRule] = []
@@ -613,7 +639,7 @@ def _rules_of(who: Principal, rules: tuple[CompiledRule, ...]) -> PlanRules:
     fs, ls, ps, aps, ss = (tuple(forbids), tuple(limits), tuple(permits),
                            tuple(approvals), tuple(shadows))
     return PlanRules(who if reads_principal(rules) else None, fs, ls, ps, aps, uses_amount, ss,
-                     checks_of(fs, ls, ps, aps, ss))
+                     checks_of(fs, ls, ps, aps, ss), schema)
 
 
 # ---- compile -------------------------------------------------------------------------------

@@ -354,8 +354,7 @@ def rule_facts(plan: PlanRules, principal: str, permission: str, context: dict[s
         return ("denied", code, f"{permission} {why} {', '.join(rules)}", rules, None,
                 tuple(diags), ())
 
-    permitted = tuple(r.qid for r in plan.permits
-                      if _run(r, context, plan, req, diags, False) is True)
+    permitted = _applying(plan.permit_checks, context, plan.principal, req, diags)
     if not permitted:
         return ("denied", "no_permit", f"no rule permits {permission} for {principal}", (),
                 None, tuple(diags), ())
@@ -380,8 +379,29 @@ def rule_facts(plan: PlanRules, principal: str, permission: str, context: dict[s
         return ("pending_approval", "approval_required",
                 f"{permission} needs approval: {', '.join(approval_rules)}",
                 tuple(approval_rules), obligations, tuple(diags), permitted)
-    return ("allowed", "permitted", f"permitted by {', '.join(permitted)}", permitted,
-            obligations, tuple(diags), permitted)
+    return ("allowed", "permitted", None, permitted, obligations, tuple(diags), permitted)
+
+
+def _applying(checks: tuple[Any, ...], context: dict[str, Any], who: Any,
+              req: RequestState | None, diags: list[Diagnostic]) -> tuple[str, ...]:
+    """The ids of the permits (flat ``(test, qid, ...)``) that apply, in order; a
+    condition that errors does not apply and leaves a diagnostic in ``diags``."""
+    if len(checks) == 2:  # one permit, the common case
+        test, qid = checks
+        try:
+            return (qid,) if test is None or test(context, who, req) is True else ()
+        except Exception as exc:
+            diags.append(_skipped(exc, qid))
+            return ()
+    found: list[str] = []
+    for i in range(0, len(checks), 2):
+        test, qid = checks[i], checks[i + 1]
+        try:
+            if test is None or test(context, who, req) is True:
+                found.append(qid)
+        except Exception as exc:
+            diags.append(_skipped(exc, qid))
+    return tuple(found)
 
 
 def entry_facts(plan: Plan, principal: str, permission: str, context: dict[str, Any],
@@ -416,18 +436,9 @@ def _permits_only(checks: tuple[Any, ...], who: Any, principal: str, permission:
     facts, read from the flat tuple instead of the rules (a permit whose condition errors
     does not apply and leaves a diagnostic)."""
     diags: list[Diagnostic] = []
-    found: list[str] = []
-    for i in range(0, len(checks), 2):
-        test, qid = checks[i], checks[i + 1]
-        try:
-            if test is None or test(context, who, req) is True:
-                found.append(qid)
-        except Exception as exc:
-            diags.append(_skipped(exc, qid))
-    if found:
-        permitted = tuple(found)
-        return ("allowed", "permitted", f"permitted by {', '.join(permitted)}", permitted,
-                None, tuple(diags), permitted)
+    permitted = _applying(checks, context, who, req, diags)
+    if permitted:
+        return ("allowed", "permitted", None, permitted, None, tuple(diags), permitted)
     return ("denied", "no_permit", f"no rule permits {permission} for {principal}", (), None,
             tuple(diags), ())
 
