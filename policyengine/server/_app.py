@@ -59,6 +59,8 @@ class ServiceConfig:
     issuer: str = "policyengine"
     token_ttl: int = 900
     max_body_bytes: int = 1_048_576
+    #: A request's line and headers together (the service's own protocol: 431 beyond).
+    max_header_bytes: int = 65_536
     max_inflated_bytes: int = 8_388_608
     body_timeout: float = 10.0
     prefixes: Mapping[str, str] = field(default_factory=dict)

@@ -16,7 +16,9 @@ close`` and HTTP/1.0, ``Expect: 100-continue``, chunked request bodies, ``HEAD``
 answered without a body, a malformed request answered 400 and closed, a body still
 arriving after ``body_timeout`` seconds answered 408 and closed. A body over the limit
 is not kept: its bytes are counted and dropped, and the request is refused 413 once
-complete (or at once when its ``Content-Length`` says so). Upgrades (WebSocket, h2c)
+complete (or at once when its ``Content-Length`` says so). A request line and headers
+over ``max_header_bytes`` (64 KiB) are not kept either: 431 and closed, so a client
+cannot grow a connection's memory before its body starts. Upgrades (WebSocket, h2c)
 are not offered: such a request is answered as plain HTTP. The access log's client is
 the peer address, or, from a trusted proxy (uvicorn's ``forwarded_allow_ips``), the
 address ``X-Forwarded-For`` names, as uvicorn's proxy headers middleware reads it.
@@ -42,8 +44,8 @@ _REASONS = {100: "Continue", 200: "OK", 201: "Created", 202: "Accepted", 204: "N
             400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
             410: "Gone", 413: "Payload Too Large", 415: "Unsupported Media Type",
-            429: "Too Many Requests", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+            429: "Too Many Requests", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 503: "Service Unavailable"}
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason.encode())
                  for code, reason in _REASONS.items()}
 _BAD_TEXT = b"Invalid HTTP request received."
@@ -91,6 +93,7 @@ class ServiceProtocol(asyncio.Protocol):
         self.loop = _loop or asyncio.get_event_loop()
         self.state = server_state
         self.limit = service.config.max_body_bytes
+        self.head_limit = service.config.max_header_bytes
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer: Any = None
@@ -107,6 +110,7 @@ class ServiceProtocol(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.parts: list[bytes] = []
         self.size = 0
+        self.head_size = 0  # bytes of the request line's URL and the headers so far
         self.started = 0.0
 
     # ------------------------------------------------------------------ connection
@@ -212,12 +216,38 @@ class ServiceProtocol(asyncio.Protocol):
         self.headers = []
         self.parts = []
         self.size = 0
+        self.head_size = 0
 
     def on_url(self, url: bytes) -> None:
+        if self.closing:
+            return
+        self.head_size += len(url)
+        if self.head_size > self.head_limit:
+            self._head_too_large()
+            return
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.closing:
+            return
+        self.head_size += len(name) + len(value) + 4  # ": " and the line's end
+        if self.head_size > self.head_limit:
+            self._head_too_large()
+            return
         self.headers.append((name.lower(), value))
+
+    def _head_too_large(self) -> None:
+        """431 at once, then close: neither the rest of the headers nor a body is
+        read. No route is looked for (the URL may be cut short), so nothing else can
+        be answered first."""
+        self.headers = []
+        service, method = self.service, self._method()
+        reply = service.refused(None, _RefusalError(
+            431, "headers_too_large",
+            f"a request's line and headers are limited to {self.head_limit} bytes"))
+        self._write(reply, False, head=method == "HEAD")
+        service.answered(None, reply, self.started, method, "", self._client())
+        self._close()
 
     def on_headers_complete(self) -> None:
         if self.closing:

@@ -194,6 +194,35 @@ def test_bodies_over_the_limit_are_refused_at_once(port: int) -> None:
         c.close()
 
 
+def test_a_request_line_and_headers_over_the_limit_are_431_and_closed(port: int) -> None:
+    """64 KiB of URL and headers at most: a client cannot grow a connection's memory
+    with endless headers (or one endless header, or URL) before a body starts; just
+    under the limit is answered as usual."""
+    filler = "x" * 1000
+    for what, raw in (
+        ("many headers", request("POST", "/v1/reservations", create("h1"), headers=[
+            ("content-type", "application/json"),
+            *((f"x-fill-{i}", filler) for i in range(70))])),
+        ("one header", request("POST", "/v1/reservations", create("h2"), headers=[
+            ("content-type", "application/json"), ("x-fill", "y" * 70_000)])),
+        ("a URL", request("GET", "/v1/balances?tenant=acme&" + "q" * 70_000)),
+    ):
+        c = Conn(port)
+        c.send(raw)
+        status, headers, body = c.answer()
+        assert status == 431 and headers[b"connection"] == b"close", what
+        assert json.loads(body)["error"]["code"] == "headers_too_large", what
+        assert c.closed(), what
+        c.close()
+    c = Conn(port)
+    c.send(request("POST", "/v1/reservations", create("h3"), headers=[
+        ("content-type", "application/json"),
+        *((f"x-fill-{i}", filler) for i in range(60))]))
+    status, _, body = c.answer()
+    assert status == 200 and json.loads(body)["decision"] == "ALLOW"
+    c.close()
+
+
 def test_a_body_too_slow_is_408(port: int) -> None:
     c = Conn(port)
     body = create("slow")
