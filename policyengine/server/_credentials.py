@@ -163,6 +163,10 @@ class Credentials:
         # Verified admin headers and ingest keys, by SHA-256 of the presented secret, for
         # a minute: a console polling approvals does not pay scrypt on every call.
         self._recent: dict[bytes, tuple[str, float]] = {}
+        # Secrets just refused, by SHA-256, for a minute: a client retrying a stale or
+        # wrong key in a loop costs one hash a request, not a scrypt check per entry
+        # (which an attacker could otherwise ask for at will: 15-40 ms of CPU each).
+        self._refused: dict[bytes, float] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -233,9 +237,15 @@ class Credentials:
 
     def check_client(self, client_id: str, secret: str) -> AgentCredential | None:
         """The agent whose client credentials these are, or None (same work either way)."""
+        presented = f"client\0{client_id}\0{secret}".encode("utf-8", "surrogatepass")
+        if self._refused_lately(presented):
+            return None
         entry = self._agents.get(client_id)
         ok = verify_secret(secret, entry.secret_hash if entry is not None else _DUMMY)
-        return entry if ok and entry is not None else None
+        if ok and entry is not None:
+            return entry
+        self._refuse(presented)
+        return None
 
     def _recall(self, presented: bytes) -> str | None:
         digest = hashlib.sha256(presented).digest()
@@ -251,16 +261,30 @@ class Credentials:
                 self._recent.clear()
             self._recent[digest] = (who, time.monotonic() + 60.0)
 
+    def _refused_lately(self, presented: bytes) -> bool:
+        until = self._refused.get(hashlib.sha256(presented).digest())
+        return until is not None and until > time.monotonic()
+
+    def _refuse(self, presented: bytes) -> None:
+        digest = hashlib.sha256(presented).digest()
+        with self._lock:
+            if len(self._refused) > 4096:
+                self._refused.clear()
+            self._refused[digest] = time.monotonic() + 60.0
+
     def check_admin(self, name: str, secret: str) -> bool:
         """True when ``name``/``secret`` is an admin credential."""
         presented = f"admin\0{name}\0{secret}".encode("utf-8", "surrogatepass")
         if self._recall(presented) == name:
             return True
+        if self._refused_lately(presented):
+            return False
         stored = self._admins.get(name)
         ok = verify_secret(secret, stored if stored is not None else _DUMMY)
         if ok and stored is not None:
             self._remember(presented, name)
             return True
+        self._refuse(presented)
         return False
 
     def check_ingest_key(self, key: str) -> str | None:
@@ -269,12 +293,16 @@ class Credentials:
         hit = self._recall(presented)
         if hit is not None:
             return hit
+        if self._refused_lately(presented):
+            return None
         found = None
         for entry in self._ingest:  # every entry is checked: no early exit on a match
             if verify_secret(key, entry.ingest_key_hash or _DUMMY) and found is None:
                 found = entry.agent
         if found is not None:
             self._remember(presented, found)
+        else:
+            self._refuse(presented)
         return found
 
     def check_api_key(self, key: str) -> ApiKey | None:
@@ -283,12 +311,16 @@ class Credentials:
         hit = self._recall(presented)
         if hit is not None:
             return next((k for k in self._api_keys if k.name == hit), None)
+        if self._refused_lately(presented):
+            return None
         found = None
         for entry in self._api_keys:  # every entry: no early exit on a match
             if verify_secret(key, entry.key_hash) and found is None:
                 found = entry
         if found is not None:
             self._remember(presented, found.name)
+        else:
+            self._refuse(presented)
         return found
 
     @property
@@ -301,12 +333,16 @@ class Credentials:
         hit = self._recall(presented)
         if hit is not None:
             return hit
+        if self._refused_lately(presented):
+            return None
         found = None
         for name, stored in self._authzen.items():  # every entry: no early exit
             if verify_secret(key, stored) and found is None:
                 found = name
         if found is not None:
             self._remember(presented, found)
+        else:
+            self._refuse(presented)
         return found
 
     def check_cycles_key(self, key: str) -> CyclesKey | None:
@@ -317,12 +353,16 @@ class Credentials:
         hit = self._recall(presented)
         if hit is not None:
             return self._cycles_by_name.get(hit)
+        if self._refused_lately(presented):
+            return None
         found = None
         for entry in self._cycles or (CyclesKey("", _DUMMY, ""),):
             if verify_secret(key, entry.key_hash) and found is None and entry.name:
                 found = entry
         if found is not None:
             self._remember(presented, found.name)
+        else:
+            self._refuse(presented)
         return found
 
     @property
