@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from decimal import Decimal
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -145,6 +146,18 @@ class Obligations:
     __hash__ = None  # type: ignore[assignment]
 
 
+_MADE: list[Callable[[Any], BudgetUsage]] = []  # budgets.ledger._budget_usage, once read
+
+
+def _budget_usage(t: tuple[Any, ...]) -> BudgetUsage:
+    """The :class:`BudgetUsage` of its tuple (imported when first needed: this module
+    imports nothing from the engine when loaded)."""
+    if not _MADE:
+        from policyengine.budgets.ledger import _budget_usage as made
+        _MADE.append(made)
+    return _MADE[0](t)
+
+
 class Decision:
     """The answer to ``engine.authorize``.
 
@@ -189,7 +202,7 @@ class Decision:
         approval_id: str | None = None,
         acting_for: str | None = None,
         chain: tuple[str, ...] | None = None,
-        budget: BudgetUsage | None = None,
+        budget: BudgetUsage | tuple[Any, ...] | None = None,
         shadow: tuple[ShadowOutcome, ...] = (),
         rate_limit: RateLimitUsage | None = None,
     ) -> None:
@@ -234,8 +247,17 @@ class Decision:
     #: Under a delegation grant: whom the principal acts for, and the delegation chain.
     acting_for: str | None = property(attrgetter("_acting_for"))  # type: ignore[assignment]
     chain: tuple[str, ...] | None = property(attrgetter("_chain"))  # type: ignore[assignment]
-    #: The refusing budget (denied) or the tightest covering budget (otherwise).
-    budget: BudgetUsage | None = property(attrgetter("_budget"))  # type: ignore[assignment]
+
+    @property
+    def budget(self) -> BudgetUsage | None:
+        """The refusing budget (denied) or the tightest covering budget (otherwise). A
+        budget-checked decision may hold the tuple it is made of (``BudgetUsage._t``),
+        made into the :class:`BudgetUsage` here when first read."""
+        budget = self._budget
+        if isinstance(budget, tuple):
+            budget = self._budget = _budget_usage(budget)
+        return budget
+
     #: What the shadow statements (``mode warn`` / ``mode log``) covering the request
     #: would have done, in declaration order (rules, then budgets); empty without any.
     shadow: tuple[ShadowOutcome, ...] = property(  # type: ignore[assignment]
@@ -290,7 +312,7 @@ class Decision:
             "diagnostics": [d.to_wire() for d in self._diagnostics],
         }
         if self._budget is not None:
-            wire["budget"] = self._budget.to_wire()
+            wire["budget"] = self.budget.to_wire()  # type: ignore[union-attr]
         if self._shadow:
             warned = [s.to_wire() for s in self._shadow if s.mode == "warn"]
             if warned:  # ``mode log`` outcomes go to the decision log only

@@ -115,6 +115,8 @@ _MAX_NAME = 256
 #: what is held (commit) or nothing (record) on the budgets a race keeps taking.
 _CAP_TRIES = 4
 _MAX_MATCH_CACHE = 10_000
+_NO_TEXT: tuple[str | None, int] = (None, 0)  # no amount text asked yet (admission_text)
+_NOT_SEEN: tuple[int, float, int, int] = (-1, float("-inf"), 0, 0)  # no bucket read yet
 _NON_MONEY = NON_CURRENCY_UNITS
 #: Subjects whose bucket is a scope path (:func:`~policyengine.budgets.spec.scope_path`).
 _PATH_LEVELS = frozenset({"workspace", "app", "workflow", "toolset"})
@@ -670,8 +672,6 @@ class BudgetUsage:
 _set_t = BudgetUsage.__dict__["_t"].__set__  # the slot's own setter (__setattr__ refuses)
 
 
-_new_usage = object.__new__
-
 
 def _budget_usage(t: tuple[str, str, str, float | None, int, int, int, int, int]
                   ) -> BudgetUsage:
@@ -860,10 +860,14 @@ class Ledger:
         #: :meth:`admission` took as it is; held, so the object's id is not reused.
         self._last_amount: tuple[Any, str | None, Decimal, int] = (None, None, _ZERO_D, 0)
         #: (permission, principal) -> what :meth:`admission_of` reads (``_lean_entry``).
-        self._lean: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._lean: dict[tuple[str, str], list[Any]] = {}
         #: (spent, reserved) of one calendar bucket: the store's own lean read if it has one
         self._read_one: Callable[[Bucket, float], tuple[int, int]] = getattr(
             self.store, "usage_one", self._read_one_usage)
+        #: (writes, due, spent, reserved) of one calendar bucket, where the store keeps a
+        #: ``writes`` counter that every change moves (``MemoryStore``), else None.
+        self._usage_seen: Callable[[Bucket, float], tuple[int, float, int, int]] | None = (
+            getattr(self.store, "usage_seen", None))
         #: The shadow budgets (``mode warn`` / ``mode log``): every reserve, record and
         #: commit also charges their own buckets, never guarded (they refuse nothing), so
         #: they hold what would have been spent; None without any.
@@ -1049,6 +1053,21 @@ class Ledger:
         (the same answers and errors): the steady state of the common case -- one
         calendar budget counting the amount in its own unit, asked again with the same
         parsed amount -- reads one bucket and nothing else."""
+        code, usage = self.admission_parts(principal, permission, amount, unit)
+        if type(usage) is tuple:
+            return code, _budget_usage(usage)
+        return code, usage
+
+    def admission_parts(self, principal: str, permission: str, amount: object,
+                        unit: str | None, text: str | None = None
+                        ) -> tuple[str | None, Any]:
+        """:meth:`admission_of` as a decision asks it: the usage may come as the tuple a
+        :class:`BudgetUsage` is made of (``BudgetUsage._t``), which ``Decision.budget``
+        turns into one when first read (most decisions are never read that far).
+
+        ``text``: the string ``amount`` was parsed from, with ``unit`` as its currency
+        (``Decimal(text)``, exact in ``unit``); remembered with the lean entry, so that
+        :meth:`admission_text` answers the same text again without the parsed amount."""
         now = self.clock()
         lean = self._lean.get((permission, principal))
         if lean is None or not lean[0] <= now < lean[1] or lean[2] != unit:
@@ -1056,31 +1075,70 @@ class Ledger:
         last = self._last_amount
         if (lean is not None and last[0] is amount and amount is not None
                 and unit is not None and last[1] == lean[3] and last[3] <= MAX_QUANTA):
-            _, _, _, _, bucket, bid, subject, bunit, end, scale, limit = lean
             q = last[3]
-            spent, reserved = self._read_one(bucket, now)
+            if text is not None and lean[6][0] != text:
+                lean[6] = (text, q)  # one slot, replaced whole: a reader sees both or neither
+            spent, reserved = self._read_one(lean[4], now)
+            bid, subject, bunit, end, scale, limit = lean[5]
             room = limit - spent - reserved
-            usage = _new_usage(BudgetUsage)
-            _set_t(usage, (bid, subject, bunit, end, scale, limit, spent, reserved, q))
             return ("debt_outstanding" if spent > limit else
-                    "budget_exceeded" if q > room or room <= 0 else None), usage
+                    "budget_exceeded" if q > room or room <= 0 else None), (
+                        bid, subject, bunit, end, scale, limit, spent, reserved, q)
         return self.admission(principal, permission, amount, unit)
 
+    def admission_text(self, principal: str, permission: str, text: str, unit: str
+                       ) -> tuple[str | None, Any] | None:
+        """:meth:`admission_parts` of the amount written ``text`` in ``unit``, answered
+        when the lean entry of (``permission``, ``principal``) is current and was last
+        asked with this same text and unit (the steady state of a caller asking with
+        the same amount): no parsed amount, one bucket read. Else None (ask
+        :meth:`admission_parts`).
+
+        On a store with ``usage_seen`` (``MemoryStore``) the bucket is read under the
+        store's lock only when the store changed since this entry last read it (its
+        ``writes`` counter moved) or housekeeping is due: otherwise the (spent, reserved)
+        read then are still the bucket's, so a reserve, commit or expiry is seen by the
+        very next check."""
+        lean = self._lean.get((permission, principal))
+        if lean is None:
+            return None
+        now = self.clock()
+        seen = lean[6]
+        if not (seen[0] == text and lean[2] == unit and lean[0] <= now < lean[1]):
+            return None
+        q = seen[1]
+        snap = lean[7]  # (writes, due, spent, reserved); due -inf: none read yet
+        if now < snap[1] and snap[0] == self.store.writes:  # type: ignore[attr-defined]
+            spent, reserved = snap[2], snap[3]
+        elif self._usage_seen is not None:
+            snap = lean[7] = self._usage_seen(lean[4], now)
+            spent, reserved = snap[2], snap[3]
+        else:
+            spent, reserved = self._read_one(lean[4], now)
+        bid, subject, bunit, end, scale, limit = lean[5]
+        room = limit - spent - reserved
+        return ("debt_outstanding" if spent > limit else
+                "budget_exceeded" if q > room or room <= 0 else None), (
+                    bid, subject, bunit, end, scale, limit, spent, reserved, q)
+
     def _lean_entry(self, principal: str, permission: str, unit: str | None, now: float
-                    ) -> tuple[Any, ...] | None:
+                    ) -> list[Any] | None:
         """What :meth:`admission_of` reads of the cached targets of one request when
         they are one calendar budget counting the amount in its own unit: (window start
-        and end as floats, the request's unit, the targets' unit, bucket, budget id,
-        subject, budget unit, window end, scale, limit), kept per (permission,
-        principal) for the last unit asked; else None (:meth:`admission` answers)."""
+        and end as floats, the request's unit, the targets' unit, bucket, and the head of
+        a :class:`BudgetUsage` tuple: budget id, subject, budget unit, window end, scale,
+        limit; then the amount text last asked and its quanta, and what
+        :meth:`admission_text` last read of the bucket), kept per (permission,
+        principal) for the last unit asked; else None (:meth:`admission` answers). A
+        list: its last two slots are replaced whole (each one tuple) as requests go."""
         found = self._targets_cache.get((permission, unit, principal, None, None, 0))  # type: ignore[arg-type]
         if found is None or not found[1] <= now < found[2] or len(found[3]) != 1:
             return None
         b, mode, subject, _start, end, bucket = found[3][0]
         if mode != _SAME or bucket is None:
             return None
-        lean = (float(found[1]), float(found[2]), unit, found[0], bucket, b.id, subject, b.unit,
-                end, b.scale, b.limit)
+        lean = [float(found[1]), float(found[2]), unit, found[0], bucket,
+                (b.id, subject, b.unit, end, b.scale, b.limit), _NO_TEXT, _NOT_SEEN]
         if len(self._lean) >= _MAX_MATCH_CACHE:
             self._lean.clear()
         self._lean[(permission, principal)] = lean

@@ -137,6 +137,10 @@ class MemoryStore:
         self._listed_count = 0
         self._compact_due = _COMPACT_AT
         self._due = _INF  # earliest time any housekeeping is due
+        #: Moved (under the lock) by every write and every housekeeping pass, before
+        #: anything changes: a bucket read with this value (``usage_seen``) still holds
+        #: while it has not moved and housekeeping is not due.
+        self.writes = 0
         self._rates = MemoryRates()  # rate limits' GCRA state
 
     # -- reads -------------------------------------------------------------------------
@@ -168,6 +172,22 @@ class MemoryStore:
                 self._sweep(now)
             cell = self._cells.get(bucket)
             return (cell[0], cell[1]) if cell is not None else (0, 0)
+        finally:
+            lock.release()
+
+    def usage_seen(self, bucket: Bucket, now: float) -> tuple[int, float, int, int]:
+        """:meth:`usage_one` with what it still holds for: (writes, due, spent,
+        reserved). Until :attr:`writes` moves or ``due`` comes, the bucket's spent and
+        reserved are these (nothing else changes a bucket), so a read-only check may
+        keep them rather than take the lock again."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if now >= self._due:
+                self._sweep(now)
+            cell = self._cells.get(bucket)
+            return ((self.writes, self._due, cell[0], cell[1]) if cell is not None
+                    else (self.writes, self._due, 0, 0))
         finally:
             lock.release()
 
@@ -219,6 +239,7 @@ class MemoryStore:
     def apply(self, tx: Transaction, now: float) -> Outcome:
         guards, rid, created, finalize, extend_to, spends, idem = tx
         with self._lock:
+            self.writes += 1  # first: a bucket read before this no longer holds
             if now >= self._due:
                 self._sweep(now)
             if idem is not None:
@@ -440,6 +461,7 @@ class MemoryStore:
             self._due = when
 
     def _sweep(self, now: float) -> None:
+        self.writes += 1  # expiries release holds; old buckets go
         records, holds = self._records, self._holds
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:

@@ -113,8 +113,9 @@ class Pipeline:
     new pipeline when either is replaced, because a pipeline keeps verified grants.
     """
 
-    __slots__ = ("_held", "_scope_fields", "approvals", "clock", "ledger", "limiter", "policy",
-                 "revocations", "shadow_ledger", "shadow_limiter", "verify")
+    __slots__ = ("_held", "_lean_budgets", "_scope_fields", "approvals", "clock", "ledger",
+                 "limiter", "policy", "revocations", "shadow_ledger", "shadow_limiter",
+                 "verify")
 
     def __init__(self, policy: CompiledPolicy, ledger: Any, approvals: Any, verify: Verify,
                  clock: Callable[[], float] | None, limiter: Any = None,
@@ -128,6 +129,10 @@ class Pipeline:
         self.clock = clock
         self.revocations = revocations
         self._scope_fields = ledger.scope_fields  # fixed per ledger (and policy)
+        #: The ledger answers an amount's text again (``Ledger.admission_text``), and no
+        #: budget reads a scope field: the budgets step's steady state, tried inline.
+        self._lean_budgets = (not self._scope_fields
+                              and getattr(ledger, "admission_text", None) is not None)
         #: Per token: (grant, its ``grant.*`` view, lo, hi, ids, permissions it covers).
         #: The view (read-only, like NOT_DELEGATED) is made once per verified grant. A
         #: request under a kept grant skips verification but still checks the clock is
@@ -260,13 +265,29 @@ class Pipeline:
                 shadow += self._shadow_budgets(principal, permission, context, req,
                                                acting_for)
             if policy.budgets and policy.budgeted(permission):
-                refused, budget = self._budgets(principal, permission, context, req,
-                                                acting_for, facts)
+                found = None
+                if req is None and acting_for is None and self._lean_budgets:
+                    # the steady state: the same amount text as this pair's last check
+                    get = dict.get  # a dict subclass's own get() is not called
+                    text, currency = get(context, "amount"), get(context, "currency")
+                    if (type(text) is str and type(currency) is str
+                            and get(context, "tenant") is None):
+                        try:
+                            found = self.ledger.admission_text(principal, permission, text,
+                                                               currency)
+                        except Exception:  # asked again the full way, which denies
+                            found = None
+                if found is not None and found[0] is None:
+                    refused, budget = None, found[1]
+                else:
+                    refused, budget = self._budgets(principal, permission, context, req,
+                                                    acting_for, facts)
                 if refused is not None:
                     facts = refused
                     status = "denied"
                 if trace is not None:
-                    trace.step("budgets", f"{facts[1]}: {budget.budget}" if budget is not None
+                    trace.step("budgets", f"{facts[1]}: {_budget_id(budget)}"
+                               if budget is not None
                                else "ok: no budget counts this request")
 
             # -- 5. a tool call's redaction, then the approval
@@ -432,18 +453,25 @@ class Pipeline:
         reserved or recorded through ``engine.budgets``). Returns (denied facts or None,
         the refusing or tightest budget)."""
         try:
-            money = None
+            money = found = text = None
             get = dict.get  # a dict subclass's own get() is not called
             if (req is None and acting_for is None and not self._scope_fields
                     and get(context, "tenant") is None):  # the common case, leaner
                 raw, currency = get(context, "amount"), get(context, "currency")
-                money = (_PARSED.get((raw, currency)) if type(raw) is str
-                         and type(currency) is str else None)  # parsed before, mostly
-                if money is None:
+                if type(raw) is str and type(currency) is str:
+                    found = self.ledger.admission_text(principal, permission, raw,
+                                                       currency)  # the text seen before
+                    if found is None:
+                        money = _PARSED.get((raw, currency))  # parsed before, mostly
+                        text = raw  # what money is the parse of, with currency
+                if found is None and money is None:
                     money = read_money(context, self.policy.default_currency)
-            if money is not None:
-                code, usage = self.ledger.admission_of(principal, permission, money[0],
-                                                       money[1])
+            if found is not None:
+                code, usage = found
+            elif money is not None:
+                code, usage = self.ledger.admission_parts(
+                    principal, permission, money[0], money[1],
+                    text if text is not None and money[1] == currency else None)
             else:
                 code, usage = _admission(self.ledger, principal, permission, context, req,
                                          acting_for, self.policy.default_currency)
@@ -454,7 +482,7 @@ class Pipeline:
             return _overruled(facts, code, f"budget check failed: {message}"), None
         if code is None:
             return None, usage
-        budget_id = usage.budget if usage is not None else "?"
+        budget_id = _budget_id(usage) if usage is not None else "?"
         return ("denied", code,
                 f"{permission} would exceed budget {budget_id}", (budget_id,), None,
                 facts[5], ()), usage
@@ -479,7 +507,7 @@ class Pipeline:
         if code is None:
             return ()
         if usage is not None:
-            ids = [usage.budget]
+            ids = [_budget_id(usage)]
         else:  # an error: every shadow budget covering the request would have denied
             ids = [b.id for b in ledger.specs
                    if any(_matches(p, permission) for p in b.patterns)]
@@ -597,6 +625,12 @@ def _matches(pattern: str, permission: str) -> bool:
     return permission_matches(pattern, permission)
 
 
+def _budget_id(usage: Any) -> str:
+    """The budget id of what ``Ledger.admission_parts`` answered: a ``BudgetUsage`` or
+    the tuple it is made of."""
+    return usage[0] if type(usage) is tuple else usage.budget  # type: ignore[no-any-return]
+
+
 def _admission(ledger: Any, principal: str, permission: str, context: dict[str, Any],
                req: RequestState | None, acting_for: str | None, default: str | None
                ) -> tuple[str | None, Any]:
@@ -618,8 +652,8 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
         unit = "tokens" if amount is not None else None
     fields = ledger.scope_fields
     if not fields and acting_for is None and tenant is None:  # the common case, leaner
-        found: tuple[str | None, Any] = ledger.admission_of(principal, permission, amount,
-                                                            unit)
+        found: tuple[str | None, Any] = ledger.admission_parts(principal, permission, amount,
+                                                               unit)
         return found
     scope = None
     if fields:  # budgets per workspace, per context.run_id ...: string fields only

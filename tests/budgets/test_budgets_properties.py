@@ -462,3 +462,114 @@ def test_lean_admission_same_amount_object_under_another_unit() -> None:
         code, usage = ledger.admission_of("a1", "pay:send", amount, unit)
         assert usage is not None and check.usage is not None
         assert (code, usage.to_wire()) == (check.code, check.usage.to_wire()), unit
+
+
+def _lean_text_check(ledger: Ledger, parsed: dict[str, Decimal], principal: str,
+                     text: str, unit: str) -> Any:
+    """What the budgets step of ``authorize`` asks for an amount written ``text``: the
+    steady state (``admission_text``) first, else the parsed amount (the same object
+    for the same text, as the request parser keeps it) with its text."""
+    found = ledger.admission_text(principal, "pay:send", text, unit)
+    if found is None:
+        amount = parsed.setdefault(text, Decimal(text))
+        found = ledger.admission_parts(principal, "pay:send", amount, unit, text)
+    code, usage = found
+    if type(usage) is tuple:
+        from policyengine.budgets.ledger import _budget_usage
+        usage = _budget_usage(usage)
+    return code, None if usage is None else usage.to_wire()
+
+
+@given(steps=st.lists(st.one_of(
+    st.tuples(st.just("ask"), st.sampled_from(["a1", "a2"]),
+              st.sampled_from(["5.00", "30", "30.00", "60.5", "100"]),
+              st.sampled_from(["EUR", "EUR", "USD"])),
+    st.tuples(st.just("hold"), st.sampled_from(["a1", "a2"]),
+              st.sampled_from([1, 20, 45, 70]), st.sampled_from([30, 3600])),
+    st.tuples(st.just("spend"), st.sampled_from(["a1", "a2"]),
+              st.sampled_from([1, 20, 45, 70]), st.just(0)),
+    st.tuples(st.just("commit"), st.just(""), st.sampled_from([0, 10, 60]), st.just(0)),
+    st.tuples(st.just("release"), st.just(""), st.just(0), st.just(0)),
+    st.tuples(st.just("wait"), st.just(""), st.sampled_from([1, 31, 600, 86400]),
+              st.just(0))), min_size=1, max_size=30))
+@example(steps=[("ask", "a1", "30", "EUR"), ("ask", "a1", "30", "EUR"),
+                ("hold", "a1", 70, 30), ("ask", "a1", "30", "EUR"),
+                ("wait", "", 31, 0), ("ask", "a1", "30", "EUR"),
+                ("spend", "a1", 70, 0), ("ask", "a1", "30", "EUR")])
+@settings(max_examples=80, deadline=None)
+def test_the_budget_steps_steady_state_answers_as_admit(
+        steps: list[tuple[str, str, int | str, int | str]]) -> None:
+    """The budgets step's steady state (the same amount text asked again: its quanta and
+    the bucket's read kept with the lean entry, read again only once the store changed
+    or housekeeping is due) answers as admit after every hold, spend, commit, release,
+    expiry and new window, on the very next check."""
+    from policyengine.money import StaticRates
+    clock = Clock(1_767_225_600.0)
+    ledger = Ledger(ONE_BUDGET, MemoryStore(), clock=clock,
+                    rates=StaticRates("EUR", {"USD": "0.92"}))
+    parsed: dict[str, Decimal] = {}
+    held: list[str] = []
+    for step, agent, value, extra in steps:
+        try:
+            if step == "hold":
+                held.append(ledger.reserve(agent, "pay:send", value, "EUR",
+                                           ttl=float(extra)).id)
+            elif step == "spend":
+                ledger.record(agent, "pay:send", value, "EUR",
+                              overage="allow_with_overdraft")
+            elif step == "commit" and held:
+                ledger.commit(held.pop(0), value, "EUR", overage="allow_with_overdraft")
+            elif step == "release" and held:
+                ledger.release(held.pop())
+            elif step == "wait":
+                clock.t += float(value)  # type: ignore[arg-type]
+        except BudgetError:
+            pass
+        if step != "ask":
+            continue
+        assert type(value) is str and type(extra) is str
+        for _ in range(3):  # the steady state from the second time on
+            check = ledger.admit(agent, "pay:send", Decimal(value), extra)
+            want = (check.code, None if check.usage is None else check.usage.to_wire())
+            assert _lean_text_check(ledger, parsed, agent, value, extra) == want, step
+
+
+def test_the_budget_steps_steady_state_reads_the_store_only_after_a_change() -> None:
+    """Asked again with nothing changed, the steady state does not take the store's
+    lock; any write (here a reservation of another agent) makes the next check read."""
+    store = MemoryStore()
+    reads: list[int] = []
+    usage_seen = store.usage_seen
+
+    def counted(bucket: Any, now: float) -> tuple[int, float, int, int]:
+        reads.append(1)
+        return usage_seen(bucket, now)
+
+    store.usage_seen = counted  # type: ignore[method-assign]
+    ledger = Ledger(ONE_BUDGET, store, clock=Clock(1_767_225_600.0))
+    parsed: dict[str, Decimal] = {}
+    for _ in range(5):
+        assert _lean_text_check(ledger, parsed, "a1", "5", "EUR")[0] is None
+    assert len(reads) == 1
+    ledger.reserve("a2", "pay:send", 1, "EUR")
+    assert _lean_text_check(ledger, parsed, "a1", "5", "EUR")[0] is None
+    assert len(reads) == 2
+
+
+def test_the_budget_steps_steady_state_sees_housekeeping_done_for_another_read() -> None:
+    """An expired hold released by housekeeping that another read ran is seen by the
+    next check even when that check's clock is behind (a clock stepped back, or a
+    thread that read the time earlier): housekeeping moves the store's counter too."""
+    clock = Clock(1_767_225_600.0)
+    ledger = Ledger(ONE_BUDGET, MemoryStore(), clock=clock)
+    parsed: dict[str, Decimal] = {}
+    ledger.reserve("a1", "pay:send", 70, "EUR", ttl=30)
+    for _ in range(3):
+        assert _lean_text_check(ledger, parsed, "a1", "40", "EUR")[0] == "budget_exceeded"
+    clock.t += 31
+    assert _lean_text_check(ledger, parsed, "a2", "40", "EUR")[0] is None  # sweeps
+    clock.t -= 31
+    check = ledger.admit("a1", "pay:send", Decimal("40"), "EUR")
+    assert check.code is None  # the hold is gone for good
+    assert _lean_text_check(ledger, parsed, "a1", "40", "EUR") == (
+        None, check.usage.to_wire() if check.usage is not None else None)

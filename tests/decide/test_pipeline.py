@@ -402,3 +402,47 @@ def test_explain_reports_a_granted_approval_without_using_it() -> None:
     again = eng.authorize("bot", "docs:delete", {"doc": "d1"}, approval_id=pending.approval_id)
     assert key(used.decision) == key(again) and again.status == "pending_approval"
     assert [d.code for d in used.decision.diagnostics] == ["approval_used"]
+
+
+# ---- the budgets step's steady state sees every change at once (issue 10, item 8) -------
+
+ONE_DAILY = """namespace shop
+currency EUR
+role buyer: payments:*
+agent "bot": buyer
+budget daily: payments:* limit 100 EUR per day per agent
+"""
+
+
+def test_a_budget_check_under_the_same_amount_sees_each_change_on_the_next_call() -> None:
+    """The budgets step keeps, per (permission, principal), the amount text last asked
+    and the bucket's read; a hold, a spend, a commit, a release or a hold's expiry is
+    seen by the very next authorize all the same."""
+    clock = Clock(NOW)
+    eng = Engine.from_source(ONE_DAILY, clock=clock)
+    ctx = {"amount": "30.00", "currency": "EUR"}
+
+    def ask() -> tuple[str, Decimal, Decimal]:
+        d = eng.authorize("bot", "payments:pay", ctx)
+        assert d.budget is not None and d.budget is d.budget
+        return d.code, d.budget.spent, d.budget.reserved
+
+    for _ in range(3):  # the steady state
+        assert ask() == ("permitted", Decimal("0.00"), Decimal("0.00"))
+    held = eng.budgets.reserve("bot", "payments:pay", "50", "EUR", ttl=60)
+    assert ask() == ("permitted", Decimal("0.00"), Decimal("50.00"))
+    eng.budgets.record("bot", "payments:pay", "30", "EUR")
+    assert ask() == ("budget_exceeded", Decimal("30.00"), Decimal("50.00"))
+    eng.budgets.release(held.id)
+    assert ask() == ("permitted", Decimal("30.00"), Decimal("0.00"))
+    held = eng.budgets.reserve("bot", "payments:pay", "45", "EUR", ttl=60)
+    assert ask() == ("budget_exceeded", Decimal("30.00"), Decimal("45.00"))
+    clock.t += 60  # the hold lapses: no write, housekeeping is due
+    assert ask() == ("permitted", Decimal("30.00"), Decimal("0.00"))
+    held = eng.budgets.reserve("bot", "payments:pay", "40", "EUR", ttl=60)
+    eng.budgets.commit(held.id, "40", "EUR")
+    assert ask() == ("permitted", Decimal("70.00"), Decimal("0.00"))  # room 30: fits
+    eng.budgets.record("bot", "payments:pay", "0.01", "EUR")
+    assert ask() == ("budget_exceeded", Decimal("70.01"), Decimal("0.00"))
+    clock.t += 86400  # a new window
+    assert ask() == ("permitted", Decimal("0.00"), Decimal("0.00"))
