@@ -102,6 +102,7 @@ _HELD_KEPT = 4096
 #: Permissions per kept grant known to be covered by it.
 _COVERED_KEPT = 256
 _NEVER = (float("inf"), float("-inf"), ())  # recheck terms no clock satisfies
+_time = time.time
 
 
 class Pipeline:
@@ -113,9 +114,9 @@ class Pipeline:
     new pipeline when either is replaced, because a pipeline keeps verified grants.
     """
 
-    __slots__ = ("_held", "_lean_budgets", "_scope_fields", "approvals", "clock", "ledger",
-                 "limiter", "policy", "revocations", "shadow_ledger", "shadow_limiter",
-                 "verify")
+    __slots__ = ("_counted", "_held", "_lean_budgets", "_scope_fields", "approvals", "clock",
+                 "ledger", "limiter", "policy", "revocations", "shadow_ledger",
+                 "shadow_limiter", "verify")
 
     def __init__(self, policy: CompiledPolicy, ledger: Any, approvals: Any, verify: Verify,
                  clock: Callable[[], float] | None, limiter: Any = None,
@@ -133,13 +134,19 @@ class Pipeline:
         #: budget reads a scope field: the budgets step's steady state, tried inline.
         self._lean_budgets = (not self._scope_fields
                               and getattr(ledger, "admission_text", None) is not None)
-        #: Per token: (grant, its ``grant.*`` view, lo, hi, ids, permissions it covers).
-        #: The view (read-only, like NOT_DELEGATED) is made once per verified grant. A
-        #: request under a kept grant skips verification but still checks the clock is
-        #: in [lo, hi) and asks ``revocations`` about ``ids`` (``tokens.grants.
-        #: recheck_terms``); any doubt goes the full way (``verify`` again).
-        self._held: dict[str, tuple[Any, dict[str, Any], float, float, tuple[str, ...],
-                                    set[str]]] = {}
+        #: Per token: [lo, hi, subject, permissions it covers, ids, acting_for, chain,
+        #: its ``grant.*`` view, grant, revocations seen]. The view (read-only, like
+        #: NOT_DELEGATED) is made once per verified grant. A request under a kept grant
+        #: skips verification but still checks the clock is in [lo, hi) and that
+        #: ``revocations`` knows none of ``ids`` (``tokens.grants.recheck_terms``); any
+        #: doubt goes the full way (``verify`` again). "Revocations seen": the
+        #: store's ``changes`` count when it last knew none of ``ids``, for a store
+        #: that counts its revocations (``MemoryRevocationStore``): while the count
+        #: stands, nothing was revoked since, so the store is not asked again (a
+        #: revocation stops the token on the very next request all the same); else None.
+        self._held: dict[str, list[Any]] = {}
+        #: ``revocations`` counts its revocations and answers ``any_revoked`` from them.
+        self._counted = _counts_revocations(revocations)
         #: The shadow budgets over the same store, asked read-only here (``engine.budgets``
         #: charges them beside the enforced ones); None without any.
         self.shadow_ledger: Any = None
@@ -210,20 +217,17 @@ class Pipeline:
         if token is not None and trace is None and type(token) is str:
             held = self._held.get(token)
             if held is not None:  # verified before: the clock and revocations, every time
-                t = time.time() if now is None else now
-                if (held[2] <= t < held[3] and permission in held[5]
-                        and held[0].subject == principal):
-                    try:
-                        if self.revocations.any_revoked(held[4]):
-                            held = None  # verify again: it says so (code revoked)
-                    except Exception:  # the store cannot tell: verify again (its error)
-                        held = None
-                else:
-                    held = None
+                t = _time() if now is None else now
+                if not (held[0] <= t < held[1] and held[2] == principal
+                        and permission in held[3]
+                        and (((seen := held[9]) is not None
+                              and seen == self.revocations.changes)
+                             or self._unrevoked(held))):
+                    held = None  # verify again: it says why (revoked, expired ...)
         if held is not None:
-            acting_for, chain = held[0].acting_for, held[0].chain
+            acting_for, chain = held[5], held[6]
             if req is not None:  # the rules read grant.* (or the amount)
-                req.grant = held[1]
+                req.grant = held[7]
         elif token is not None:
             grant, req = self._grant(policy, token, principal, permission, context, req, now)
             if type(grant) is tuple:  # (code, diagnostic, message, grant or None)
@@ -389,7 +393,7 @@ class Pipeline:
         while the verifier returns the same grant object; at most :data:`_HELD_KEPT`
         tokens. ``grant`` was just verified for this request and covers ``permission``."""
         found = self._held.get(grant.token)
-        if found is None or found[0] is not grant:
+        if found is None or found[8] is not grant:
             from policyengine.tokens.grants import recheck_terms
             view = {"delegated": True, "acting_for": grant.acting_for,
                     "depth": grant.depth, "chain": list(grant.chain),
@@ -397,7 +401,9 @@ class Pipeline:
             terms = recheck_terms(grant) if self.revocations is not None else None
             if terms is None or grant.capped:  # verified (and its cap checked) every time
                 terms = _NEVER
-            found = (grant, view, *terms, set())
+            lo, hi, ids = terms
+            found = [lo, hi, grant.subject, set(), ids, grant.acting_for, tuple(grant.chain),
+                     view, grant, None]
             held = self._held
             if len(held) >= _HELD_KEPT:
                 try:  # the oldest goes
@@ -405,10 +411,25 @@ class Pipeline:
                 except (KeyError, RuntimeError, StopIteration):  # a concurrent change
                     held.clear()
             held[grant.token] = found
-        covered = found[5]
+        covered = found[3]
         if len(covered) < _COVERED_KEPT:
             covered.add(permission)
-        return found[1]
+        return found[7]  # type: ignore[no-any-return]
+
+    def _unrevoked(self, held: list[Any]) -> bool:
+        """True when ``revocations`` knows none of a kept grant's ids (and, for a store
+        that counts its revocations, the count it had then is kept with the grant:
+        read before asking, so a revocation made meanwhile is asked about next time).
+        False when it knows one, or cannot tell: the token is verified again."""
+        revocations = self.revocations
+        try:
+            count = revocations.changes if self._counted else None
+            if revocations.any_revoked(held[4]):
+                return False
+        except Exception:  # the store cannot tell: verify again (its error)
+            return False
+        held[9] = count
+        return True
 
     def _grant_or_refusal(self, policy: CompiledPolicy, token: Any, principal: str,
                           permission: str, now: float | None) -> Any:
@@ -623,6 +644,17 @@ class Pipeline:
 def _matches(pattern: str, permission: str) -> bool:
     from policyengine.permissions import permission_matches
     return permission_matches(pattern, permission)
+
+
+def _counts_revocations(revocations: Any) -> bool:
+    """True for the in-memory revocation stores (exactly those classes: a subclass may
+    answer otherwise): they move ``changes`` on every revocation, after the id is in,
+    so a grant found unrevoked at one count is unrevoked while the count stands."""
+    from policyengine.tokens.revocation import (
+        JsonFileRevocationStore,
+        MemoryRevocationStore,
+    )
+    return type(revocations) in (MemoryRevocationStore, JsonFileRevocationStore)
 
 
 def _budget_id(usage: Any) -> str:

@@ -41,9 +41,14 @@ class MemoryRevocationStore:
 
     def __init__(self, identifiers: Iterable[str] = ()) -> None:
         self._ids: set[str] = {_check_id(i) for i in identifiers}
+        #: Revocations made so far: moved by every ``revoke``, after the id is in. A
+        #: caller that found ids unrevoked at one count knows they still are while it
+        #: stands (the decision pipeline keeps it with a verified grant).
+        self.changes = 0
 
     def revoke(self, identifier: str) -> None:
         self._ids.add(_check_id(identifier))
+        self.changes += 1
 
     def is_revoked(self, identifier: str) -> bool:
         return identifier in self._ids

@@ -233,3 +233,83 @@ def test_recheck_terms_refuse_a_grant_whose_caps_were_converted() -> None:
                                  max_amount=("50", "USD"), rates=rates)
     assert grant_terms(tokens.verify(KEYS, same)) is not None
     assert grant_terms(tokens.verify(KEYS, converted, rates=rates)) is None
+
+
+# ---- a counting revocation store is asked again only after a revocation ---------------
+
+def _counting_engine(store: tokens.MemoryRevocationStore) -> tuple[Engine, str, list[int]]:
+    """An engine over ``store`` whose ``any_revoked`` calls are counted (on the instance:
+    the store's class is unchanged), and a token it has allowed a few times."""
+    keys = tokens.KeySet.generate()
+    asked: list[int] = []
+    any_revoked = store.any_revoked
+
+    def counted(identifiers: object) -> bool:
+        asked.append(1)
+        return any_revoked(identifiers)  # type: ignore[arg-type]
+
+    store.any_revoked = counted  # type: ignore[method-assign]
+    engine = Engine.from_source(POLICY, keys=keys, revocations=store)
+    token = mint(keys, ["pay:*"])
+    for _ in range(3):
+        assert engine.authorize("bot", "pay:send", token=token).allowed
+    return engine, token, asked
+
+
+def test_a_kept_grant_asks_a_counting_store_again_only_after_a_revocation(
+        tmp_path: Path) -> None:
+    for store in (tokens.MemoryRevocationStore(),
+                  tokens.JsonFileRevocationStore(tmp_path / "revoked.json")):
+        engine, token, asked = _counting_engine(store)
+        seen = len(asked)
+        assert engine.authorize("bot", "pay:send", token=token).allowed
+        assert len(asked) == seen  # nothing revoked since: the count stands
+        store.revoke("some-other-grant")
+        assert engine.authorize("bot", "pay:send", token=token).allowed
+        assert len(asked) == seen + 1
+        tokens.revoke(store, engine.verify_token(token).jti)  # the store's own revoke
+        decision = engine.authorize("bot", "pay:send", token=token)
+        assert (decision.code, decision.diagnostics[0].code) == ("invalid_token", "revoked")
+
+
+def test_a_subclass_answering_otherwise_is_asked_every_time() -> None:
+    """A store whose class is not exactly one of the in-memory ones may answer from
+    elsewhere: its ``any_revoked`` is asked on every request under a kept grant."""
+    class Elsewhere(tokens.MemoryRevocationStore):
+        revoked = False
+
+        def any_revoked(self, identifiers: object) -> bool:
+            return self.revoked
+
+    store = Elsewhere()
+    keys = tokens.KeySet.generate()
+    engine = Engine.from_source(POLICY, keys=keys, revocations=store)
+    token = mint(keys, ["pay:*"])
+    for _ in range(3):
+        assert engine.authorize("bot", "pay:send", token=token).allowed
+    store.revoked = True  # no revoke(): the count does not move
+    assert engine.authorize("bot", "pay:send", token=token).code == "invalid_token"
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.sampled_from(["ask", "ask", "other", "leaf", "root"]),
+                      min_size=1, max_size=12))
+def test_a_kept_token_stops_on_the_request_after_its_revocation(steps: list[str]) -> None:
+    """Revocations of other ids, of the token's own jti or of its root grant, in any
+    order with requests: a request is allowed exactly while none of its chain's ids is
+    revoked, the very next request after a revocation included."""
+    keys = tokens.KeySet.generate()
+    store = tokens.MemoryRevocationStore()
+    engine = Engine.from_source(POLICY + 'agent "sub": r\n', keys=keys, revocations=store)
+    root = mint(keys, ["pay:*"])
+    child = tokens.attenuate(keys, root, agent="sub", permissions=["pay:send"])
+    ids = {"leaf": engine.verify_token(child).jti, "root": engine.verify_token(root).grant_id}
+    revoked = False
+    for i, step in enumerate(steps):
+        if step == "other":
+            store.revoke(f"unrelated-{i}")
+        elif step in ids:
+            store.revoke(ids[step])
+            revoked = True
+        decision = engine.authorize("sub", "pay:send", token=child)
+        assert decision.allowed is not revoked, (steps, i)
