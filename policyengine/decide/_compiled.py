@@ -516,6 +516,12 @@ class CompiledPolicy:
         if plan is not None:
             plan.used = True
             return plan
+        return self.resolve(cls, principal_id)
+
+    def resolve(self, cls: PermissionClass, principal_id: str) -> Plan:
+        """The plan of ``principal_id`` under ``cls``, resolved now from the rule index
+        and cached (:meth:`plan` after a miss; the pipeline calls it directly when it
+        found the class and no plan)."""
         who = self.principal(principal_id)
         parts: list[_Part] = []
         for bucket in cls.buckets:

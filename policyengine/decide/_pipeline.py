@@ -187,10 +187,15 @@ class Pipeline:
         cls = policy.classes.get(permission)
         plan = cls.plans.get(principal) if cls is not None else None
         if plan is None:
-            problem = request_problem(principal, permission, context)
-            if problem is not None:
-                return _invalid(principal, permission, problem, trace)
-            plan = policy.plan(principal, permission)
+            if cls is not None and principal and len(principal) <= 256:
+                # the permission has a class, so it was found valid when the class was
+                # (the context is checked above): request_problem would say None
+                plan = policy.resolve(cls, principal)
+            else:
+                problem = request_problem(principal, permission, context)
+                if problem is not None:
+                    return _invalid(principal, permission, problem, trace)
+                plan = policy.plan(principal, permission)
         else:
             plan.used = True  # the plan cache's reference bit (CLOCK eviction)
         # Permits only, at most one conditional, no schema, no amount: decided from the

@@ -228,3 +228,19 @@ def test_a_reload_answers_with_the_new_rules_for_pairs_asked_before(tmp_path: Pa
     engine.reload()
     assert engine.authorize("a", "docs:read").code == "forbidden"
     assert engine.authorize("a", "docs:write").allowed
+
+
+def test_a_miss_under_a_known_permission_still_checks_the_principal() -> None:
+    """Once a permission has its class, a plan miss skips checking the permission again
+    (only valid ones get a class) but not the principal: an empty or over-long id is
+    still invalid_request, 256 characters still decided by the rules."""
+    engine = Engine.from_source('namespace t\nrole r: docs:*\nagent "a0": r\n'
+                                "permit p: docs:* for role r\n")
+    assert engine.authorize("a0", "docs:read").allowed  # the class of docs:read exists
+    for principal in ("", "x" * 257):
+        d = engine.authorize(principal, "docs:read")
+        assert (d.status, d.code) == ("denied", "invalid_request"), principal
+    d = engine.authorize("x" * 256, "docs:read")
+    assert (d.status, d.code) == ("denied", "no_permit")
+    d = engine.authorize("a0", "docs:read", ["not", "an", "object"])  # type: ignore[arg-type]
+    assert d.code == "invalid_request"
