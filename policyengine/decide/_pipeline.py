@@ -407,8 +407,10 @@ class Pipeline:
             if terms is None or grant.capped:  # verified (and its cap checked) every time
                 terms = _NEVER
             lo, hi, ids = terms
-            found = [lo, hi, grant.subject, set(), ids, grant.acting_for, tuple(grant.chain),
-                     view, grant, None]
+            # the bounds as floats: a clock's float compares faster with a float than with
+            # an int, and a POSIX second is exact either way
+            found = [float(lo), float(hi), grant.subject, set(), ids, grant.acting_for,
+                     tuple(grant.chain), view, grant, None]
             held = self._held
             if len(held) >= _HELD_KEPT:
                 try:  # the oldest goes

@@ -313,3 +313,31 @@ def test_a_kept_token_stops_on_the_request_after_its_revocation(steps: list[str]
             revoked = True
         decision = engine.authorize("sub", "pay:send", token=child)
         assert decision.allowed is not revoked, (steps, i)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ttl=st.integers(61, 7200),
+       offsets=st.lists(st.one_of(st.integers(-200, 7400),
+                                  st.floats(-200, 7400, allow_nan=False)), max_size=6),
+       edge=st.sampled_from([-1.0, -0.5, -1e-6, 0.0, 1e-6, 0.5]))
+def test_a_kept_grant_is_accepted_exactly_while_verify_accepts(
+        ttl: int, offsets: list[float], edge: float) -> None:
+    """A request under a kept grant, at any time (whole or fractional seconds, at and
+    around the window's edges with the default leeway), is allowed exactly when
+    ``verify`` accepts the token at that time."""
+    from conftest import Clock
+    now = 1_767_225_600
+    clock = Clock(float(now))
+    keys = tokens.KeySet.generate()
+    engine = Engine.from_source(POLICY, keys=keys, clock=clock)
+    token = tokens.mint(keys, issuer=ISSUER, acting_for="owner", agent="bot",
+                        permissions=["pay:*"], ttl=ttl, now=now)
+    assert engine.authorize("bot", "pay:send", token=token).allowed  # now kept
+    for t in (*(now + o for o in offsets), now - 60 + edge, now + ttl + 60 + edge):
+        clock.t = t
+        try:
+            tokens.verify(keys, token, now=t, issuer=ISSUER)
+            accepted = True
+        except tokens.TokenError:
+            accepted = False
+        assert engine.authorize("bot", "pay:send", token=token).allowed is accepted, t
