@@ -17,7 +17,13 @@ of ``xns<i>:delete`` with a condition, a permit of ``xns<i>:admin:*`` for the ro
 a condition, an approval of ``xns<i>:pay`` with a condition, a forbid of ``docs:d<i>``
 for one shared role with a condition (so every agent meets N/40 rules under ``docs:*``).
 Agent ``admin`` holds a role granting ``*``: every rule of the policy is in its answer.
-Fifty MCP tools bind ``tool_<j>`` to ``xns<j>:read``.
+Fifty MCP tools bind ``tool_<j>`` to ``xns<j>:read``. Besides (``shapes.policy``, 113
+rules): agent ``admin2`` holds the role granting ``*`` and a role ``ops`` with two
+conditional rules of its own under it (a permit and a forbid); agent ``multi`` holds 50
+roles ``xr<i>`` and ``shared0``; ``hot:pay`` is decided by 110 conditional rules (a permit
+of ``hot:*`` per shared role, a permit per role of 50 ``xr<i>``, 50 unscoped forbids), and
+``hot:mine`` by a permit whose condition reads the principal (``context.owner ==
+principal.id``), so every holder's lines are its own.
 
 Figures per size:
 
@@ -40,6 +46,15 @@ Figures per size:
 * ``permissions_of admin cold``: the agent whose answer holds every rule (worst case),
   nothing cached but what the index build worked out (``printed``: and every line and
   residual read).
+* ``permissions_of admin2 cold``: the second superuser, whose other role has rules
+  under ``*``: its answer is the ``*`` regions of the index build with the ``ops`` rules
+  laid over them (only the regions under the patterns they name worked out again).
+* ``permissions_of multi (51 roles) cold``: an agent holding many roles, nothing cached
+  but what the index build worked out.
+* ``filter_tools (50 tools) cold``: 50 MCP tool descriptors for one agent, a fresh
+  reverse index (every binding looked up, every bound permission's lines worked out).
+* ``principals_with hot:pay cold`` and ``hot:mine cold``: a fresh reverse index; the
+  permission many conditional rules decide, and the one whose rule reads the principal.
 * ``principals_with small`` (``xns<i>:read``: one agent and its role) and ``large``
   (``docs:d<i>``: every agent holds a role granting ``docs:*``, so the answer lists all
   N agents), ``miss`` (worked out: complete, its length exact; the lines of agents that
@@ -68,6 +83,8 @@ from policyengine.decide._query import QueryIndex, index_of, paused
 RULES_PER_FILE = 1_000  # policy files are limited to 1 MiB
 SHARED = 10
 TOOLS = 50
+MANY_ROLES = 50
+HOT = 50
 
 
 def sources(n: int) -> dict[str, str]:
@@ -92,6 +109,23 @@ def sources(n: int) -> dict[str, str]:
                 lines.append(f"forbid xg{i}: docs:d{i} for role shared{(i // 4) % SHARED} "
                              "when context.level > 5")
         out[f"q{f:02d}.policy"] = "\n".join(lines) + "\n"
+    step = max(1, n // MANY_ROLES)
+    out["shapes.policy"] = "\n".join([
+        "namespace qshapes",
+        # a second superuser whose other role has rules of its own under ``*``
+        "role ops: ops:*", 'agent "admin2": superuser, ops',
+        "permit op1: xns1:admin:x for role ops when context.level > 1",
+        "forbid of1: xns2:delete for role ops when context.level > 2",
+        # an agent holding many roles
+        'agent "multi": ' + ", ".join([f"xr{i}" for i in range(0, n, step)] + ["shared0"]),
+        # one permission many conditional rules decide, for many roles' holders
+        *(f"permit hs{k}: hot:* for role shared{k} when context.level > {k}"
+          for k in range(SHARED)),
+        *(f"permit hp{j}: hot:pay for role xr{j * step} when context.level > {j % 5}"
+          for j in range(HOT)),
+        *(f"forbid hf{j}: hot:pay when context.risk > {j + 10}" for j in range(HOT)),
+        # a permission whose rule reads the principal: each holder's lines are its own
+        "permit hm: hot:mine for role shared0 when context.owner == principal.id"]) + "\n"
     return out
 
 
@@ -148,6 +182,30 @@ def run_size(n: int, rounds: int, rows: list[list[str]]) -> None:
         engine.permissions_of("admin").total, 1)
     row("permissions_of admin cold, printed", [cold("admin", True) for _ in range(3)],
         engine.permissions_of("admin").total, 1)
+    row("permissions_of admin2 cold", [cold("admin2") for _ in range(3)],
+        engine.permissions_of("admin2").total, 1)
+    row("permissions_of admin2 cold, printed", [cold("admin2", True) for _ in range(3)],
+        engine.permissions_of("admin2").total, 1)
+    row(f"permissions_of multi ({MANY_ROLES + 1} roles) cold",
+        [cold("multi") for _ in range(3)], engine.permissions_of("multi").total, 1)
+    tools = [{"name": f"tool_{j}"} for j in range(TOOLS)]
+
+    def fresh(work: Callable[[QueryIndex], Any]) -> Callable[[], Any]:
+        """``work`` on a reverse index built before timing (nothing cached)."""
+        index = paused(lambda: QueryIndex(policy))
+
+        def run() -> Any:
+            policy.query_index = index
+            return paused(lambda: work(index))
+        return run
+
+    row(f"filter_tools ({TOOLS} tools) cold",
+        [fresh(lambda _, a=a: engine.filter_tools(a, tools)) for a in agents[:5]], TOOLS, 1)
+    for q in ("hot:pay", "hot:mine"):
+        row(f"principals_with {q} cold", [fresh(lambda i, q=q: i.principals(q))
+                                          for _ in range(3)],
+            engine.principals_with(q).total, 1)
+    policy.query_index = index
     small = [f"xns{i}:read" for i in range(0, n, max(1, n // 100))]
     large = [f"docs:d{i}" for i in range(3, n, max(4, n // 20))]
     for label, perms in (("small", small), ("large", large)):
@@ -162,7 +220,6 @@ def run_size(n: int, rounds: int, rows: list[list[str]]) -> None:
         row(f"principals_with {label} hit", [lambda q=q: engine.principals_with(q)
                                              for q in perms], size, rounds * 20,
             warm=True)
-    tools = [{"name": f"tool_{j}"} for j in range(TOOLS)]
     row("filter_tools (50 tools) hit", [lambda a=a: engine.filter_tools(a, tools)
                                         for a in agents], TOOLS, rounds * 4, warm=True)
 

@@ -825,13 +825,18 @@ class _Rows:
 
     __slots__ = ("count", "rows")
 
-    def __init__(self, rows: list[tuple[str, tuple[str, ...], tuple[_Line, ...]]]) -> None:
+    def __init__(self, rows: list[tuple[str, tuple[str, ...], tuple[_Line, ...]]],
+                 count: int | None = None) -> None:
         self.rows = rows
-        self.count = sum([len(row[2]) for row in rows])
+        self.count = sum([len(row[2]) for row in rows]) if count is None else count
 
 
 def _first_pattern(rows: _Rows) -> str:
     return rows.rows[0][0]
+
+
+def _first_pattern_of_row(row: tuple[str, tuple[str, ...], tuple[_Line, ...]]) -> str:
+    return row[0]
 
 
 class QueryIndex:
@@ -1062,6 +1067,8 @@ class QueryIndex:
             ckey = (widest, self._scopes(subject, widest))
             found = self._subtrees.get(ckey)
             if found is None:
+                found = self._overlaid(subject, folder, ckey)
+            if found is None:
                 found = self._work(subject, folder, ckey, self.regions(subject, inside))
             if found.rows:
                 found_all.append(found)
@@ -1076,10 +1083,128 @@ class QueryIndex:
               regions: list[str], printed: bool = False) -> _Rows:
         found, mine = self._subtree(subject, folder, regions, printed)
         if not mine:
-            if len(self._subtrees) >= ANSWER_CACHE_SIZE:
-                self._subtrees.clear()
-            self._subtrees[ckey] = found
+            self._share(ckey, found)
         return found
+
+    def _share(self, ckey: tuple[str, tuple[str, ...]], found: _Rows) -> None:
+        if len(self._subtrees) >= ANSWER_CACHE_SIZE:
+            self._subtrees.clear()
+        self._subtrees[ckey] = found
+
+    def _scope_keys(self, labels: Iterable[str], widest: str) -> list[str] | None:
+        """The pattern keys at which the scopes ``labels`` (``role NAME``, ``agent ID``)
+        have rules under ``widest``; None when one of them has a rule at ``widest`` or
+        a wider pattern (then every region under ``widest`` may change)."""
+        found: list[str] = []
+        above = [b for b in (self.buckets.get(a) for a in (widest, *_ancestors(widest)))
+                 if b is not None]
+        for label in labels:
+            kind, _, name = label.partition(" ")
+            if kind == "role":
+                keys = self.role_keys.get(name, ())
+                if any(name in b.by_role for b in above):
+                    return None
+            else:
+                keys = self.agent_keys.get(name, ())
+                if any(name in b.by_agent for b in above):
+                    return None
+            if widest == "*":
+                found.extend(keys)
+            elif widest.endswith(":*"):
+                found.extend(keys[bisect_left(keys, widest[:-1]):
+                                  bisect_left(keys, widest[:-2] + ";")])
+        return found
+
+    def _overlaid(self, subject: _Subject, folder: _Folder,
+                  ckey: tuple[str, tuple[str, ...]]) -> _Rows | None:
+        """The regions under ``ckey``'s widest pattern for ``subject``, made from those
+        already worked out for fewer of its scopes there (``base``: none of them, or one,
+        such as a role granting ``*`` whose regions the index build worked out) with the
+        rules of its other scopes laid over them; None when no such regions are kept, or
+        when another scope has a rule at or above the widest pattern.
+
+        The rules the other scopes add sit at a few pattern keys (``extra``). A region no
+        such key matches is decided by the same rules as in ``base``, and so is listed
+        (or not) as there, with the same lines: only the regions under each widest extra
+        key (a *root*) are worked out again, starting from what holds just above the root
+        (the rules of the patterns wider than it), and spliced in place of the base rows
+        under that root. The row whose lines hold just above a root is the only row
+        outside the root that excludes patterns under it: its exclusions there are
+        replaced too. Answers a principal holding ``*`` and a role with rules of its own
+        in microseconds instead of working out every region (about 5 µs each)."""
+        widest, scopes = ckey
+        choice: tuple[_Rows, list[str]] | None = None
+        for label in ((), *((s,) for s in scopes)):
+            base = self._subtrees.get((widest, label))
+            if base is None:
+                continue
+            extra = self._scope_keys([s for s in scopes if s not in label], widest)
+            if extra is not None and (choice is None or len(extra) < len(choice[1])):
+                choice = (base, extra)
+        if choice is None:
+            return None
+        base, extra = choice
+        roots: list[str] = []
+        for key in sorted(set(extra)):
+            if roots:
+                last = roots[-1]
+                if key == last or (last[-1] == "*" and key.startswith(last[:-1])):
+                    continue  # under the previous root
+            roots.append(key)
+        old = base.rows
+        rows = list(old)
+        runs: list[tuple[int, int, list[tuple[str, tuple[str, ...], tuple[_Line, ...]]]]] = []
+        count = base.count
+        who = subject.principal
+        mine = False
+        for root in roots:
+            if root[-1] == "*":
+                lo, hi = root[:-1], root[:-2] + ";"
+            else:
+                lo, hi = root, root + "\0"
+            begin = bisect_left(old, lo, key=_first_pattern_of_row)
+            end = bisect_left(old, hi, key=_first_pattern_of_row)
+            # what holds just above the root: the rules of the wider patterns, and the
+            # listed row whose lines those are (the nearest wider listed pattern)
+            folder.read_principal = False
+            wider = _ancestors(root)
+            state = _extend(_EMPTY, self.policy.applicable(who, _rep(wider[0])), folder,
+                            _NONE)
+            held = _sig(state)
+            mine = mine or folder.read_principal
+            h = -1
+            for a in wider:
+                i = bisect_left(old, a, key=_first_pattern_of_row)
+                if i < len(old) and old[i][0] == a:
+                    h = i
+                    break
+                if a == widest:
+                    break
+            if held and h < 0:
+                return None  # not as expected: work every region out instead
+            above: list[str] = []
+            found, personal = self._subtree(subject, folder, self.regions(subject, [root]),
+                                            start=(held, (root, above, ())))
+            mine = mine or personal
+            if h >= 0:
+                hkey, ex, lines = rows[h]
+                i = bisect_left(ex, lo)
+                j = bisect_left(ex, hi)
+                if above or i < j:
+                    rows[h] = (hkey, (*ex[:i], *above, *ex[j:]), lines)
+            count += found.count - sum([len(row[2]) for row in old[begin:end]])
+            runs.append((begin, end, found.rows))
+        out: list[tuple[str, tuple[str, ...], tuple[_Line, ...]]] = []
+        at = 0
+        for begin, end, new in runs:
+            out.extend(rows[at:begin])
+            out.extend(new)
+            at = end
+        out.extend(rows[at:])
+        made = _Rows(out, count)
+        if not mine:
+            self._share(ckey, made)
+        return made
 
     def _prepare(self) -> None:
         """Work out now the regions that cost the most at a question or that several
@@ -1117,10 +1242,12 @@ class QueryIndex:
                 self._work(subject, folder, ckey, regions, printed=True)
 
     def _subtree(self, subject: _Subject, folder: _Folder, regions: list[str],
-                 printed: bool = False) -> tuple[_Rows, bool]:
+                 printed: bool = False, start: tuple[_Sig, Any] | None = None
+                 ) -> tuple[_Rows, bool]:
         """The lines of ``regions`` (under one widest pattern: see :meth:`regions`), and
         whether a rule involved reads the principal (``printed``: the residuals printed
-        now, else when first read)."""
+        now, else when first read). ``start``: what holds just above the first region
+        and the row whose lines those are (see :meth:`_overlaid`), else nothing."""
         policy = self.policy
         who = subject.principal
         nested = self.nested
@@ -1152,7 +1279,7 @@ class QueryIndex:
                 # a widest region: every wider pattern's rules, from the index
                 rules = policy.applicable(who, _rep(key))
                 state = _extend(_EMPTY, rules, folder, _NONE)
-                held, row = (), None
+                held, row = start if start is not None else ((), None)
             sig = _sig(state)
             if sig != held:
                 if held:
