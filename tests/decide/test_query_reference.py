@@ -179,3 +179,51 @@ def test_a_star_holder_shares_the_regions_worked_out_at_index_build() -> None:
     assert len(index._subtrees) == 1
     index.permissions(index.subject("agent", "a5"))
     assert ("*", ("role r1", "role root")) in index._subtrees
+
+
+MANY = [f"m{k}" for k in range(6)]
+CONCRETE = ["x:a", "x:b", "x:c:d", "x:c:e", "y:a", "z", "w:q"]
+
+
+@st.composite
+def many_roles(draw: Any) -> str:
+    """Agents holding four to six roles of six, each role granting a pattern and scoping
+    rules of its own (so the scopes of an agent's pattern are read off the few pattern
+    keys there, and principals_with meets agents holding several of a rule's roles)."""
+    grants = [f"role {m}: {draw(st.sampled_from(PATTERNS[1:]))}" for m in MANY]
+    agents = []
+    for i in range(draw(st.integers(2, 6))):
+        held = draw(st.lists(st.sampled_from(MANY), min_size=4, max_size=6, unique=True))
+        agents.append(f'agent "b{i}": {", ".join(held)}')
+    scopes = ["", *(f" for role {m}" for m in MANY), f" for role {MANY[0]}, role {MANY[1]}"]
+    body = []
+    for n in range(draw(st.integers(1, 10))):
+        kind = draw(st.sampled_from(["permit", "forbid", "approval"]))
+        pat = draw(st.sampled_from(PATTERNS))
+        cond = draw(st.sampled_from(["", " when context.n > 1", " unless context.flag",
+                                     ' when principal.id == "b1"']))
+        body.append(f"{kind} k{n}: {pat}{draw(st.sampled_from(scopes))}{cond}")
+    return "\n".join(["currency EUR", *grants, *agents, *body])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(many_roles())
+def test_agents_holding_many_roles_equal_the_reference(source: str) -> None:
+    """Each agent's answer equals the reference (agents with the same roles share what
+    they can), and principals_with lists for each agent what its own answer says of
+    the permission."""
+    engine = pe.Engine.from_source(source)
+    agents = [aid for aid in engine.policy.principals]
+    for aid in agents:
+        want = _reference(engine, "agent", aid)
+        assert _fields(engine.permissions_of(aid)) == want, (aid, source)
+    fresh = pe.Engine.from_source(source)  # principals_with asked first
+    for permission in CONCRETE:
+        who = fresh.principals_with(permission)
+        for aid in agents:
+            mine = [(a.status, a.when, a.unless) for a in who.entries
+                    if a.kind == "agent" and a.principal == aid]
+            theirs = [(a.status, a.when, a.unless)
+                      for a in engine.permissions_of(aid).lookup(permission)]
+            assert sorted(mine, key=str) == sorted(theirs, key=str), (permission, aid,
+                                                                      source)
