@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from decimal import Decimal
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from policyengine.budgets.ledger import BudgetUsage
@@ -30,6 +30,7 @@ __all__ = [
     "Diagnostic",
     "NotAuthorized",
     "Obligations",
+    "RuleIds",
     "ShadowOutcome",
     "ToolDecision",
     "ToolDenied",
@@ -37,6 +38,18 @@ __all__ = [
 ]
 
 Status = Literal["allowed", "denied", "pending_approval"]
+
+
+class RuleIds(Protocol):
+    """What a decision may hold in place of its rule ids until they are read: a cached
+    plan entry (``decide._compiled.Plan``), whose ``permitted`` ids are the rules of
+    a decision every one of its permits allowed. With many principals active, their
+    entries and rule-id tuples are spread over memory; a decision that held the tuple
+    would touch it (a reference count) on every request, one CPU cache line more, and
+    most callers never read ``rules``."""
+
+    @property
+    def permitted(self) -> tuple[str, ...] | None: ...
 
 # Decision ids: a random per-process prefix plus a counter. ``next()`` on an
 # ``itertools.count`` is atomic under the GIL, and this costs ~100 ns, unlike uuid4.
@@ -194,7 +207,7 @@ class Decision:
         status: Status,
         code: str,
         reason: str | None,
-        rules: tuple[str, ...] = (),
+        rules: tuple[str, ...] | RuleIds = (),
         obligations: Obligations | None = None,
         diagnostics: tuple[Diagnostic, ...] = (),
         principal: str | None = None,
@@ -209,7 +222,7 @@ class Decision:
         self._status = status
         self._code = code
         self._reason = reason
-        self._rules = rules
+        self._rules: tuple[str, ...] | RuleIds = rules
         self._obligations = obligations
         self._diagnostics = diagnostics
         self._principal = principal
@@ -232,10 +245,18 @@ class Decision:
         here, when first read (most decisions are never read that far)."""
         reason = self._reason
         if reason is None:
-            reason = self._reason = "permitted by " + ", ".join(self._rules)
+            reason = self._reason = "permitted by " + ", ".join(self.rules)
         return reason
 
-    rules: tuple[str, ...] = property(attrgetter("_rules"))  # type: ignore[assignment]
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """The qualified ids of the rules that decided. A cached plan's allowed decision
+        holds the plan entry instead (:class:`RuleIds`), read here when first asked."""
+        rules = self._rules
+        if type(rules) is not tuple:
+            rules = self._rules = rules.permitted or ()  # type: ignore[union-attr]
+        return rules
+
     obligations: Obligations | None = property(  # type: ignore[assignment]
         attrgetter("_obligations"))
     diagnostics: tuple[Diagnostic, ...] = property(  # type: ignore[assignment]
@@ -306,7 +327,7 @@ class Decision:
             "approvalId": self._approval_id,
             "actingFor": self._acting_for,
             "chain": list(self._chain) if self._chain is not None else None,
-            "rules": list(self._rules),
+            "rules": list(self.rules),
             "obligations": (self._obligations.to_wire() if self._obligations is not None
                             else None),
             "diagnostics": [d.to_wire() for d in self._diagnostics],
@@ -323,7 +344,12 @@ class Decision:
 
     def __repr__(self) -> str:
         return (f"Decision(status={self._status!r}, code={self._code!r}, "
-                f"rules={self._rules!r}, reason={self.reason!r})")
+                f"rules={self.rules!r}, reason={self.reason!r})")
+
+    def __getstate__(self) -> tuple[None, dict[str, Any]]:
+        """Pickled with its rule ids, never the plan entry they may still be held in."""
+        self.rules  # noqa: B018 - read once: the ids replace the entry
+        return None, {name: getattr(self, name) for name in self.__slots__}
 
 
 class ToolDecision:

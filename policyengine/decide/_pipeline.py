@@ -47,6 +47,7 @@ from policyengine.decide._evaluator import (
     read_money,
     request_problem,
     rule_facts,
+    rule_ids,
     rule_table,
     shadow_rules,
 )
@@ -335,7 +336,7 @@ class Pipeline:
                     refusal = self._use_approval(approval_id, principal, permission, context,
                                                  call, acting_for, now, trace is None)
                     if refusal is None:
-                        permitted = facts[6]
+                        permitted = rule_ids(facts[6])
                         facts = ("allowed", "permitted", f"permitted by {', '.join(permitted)}",
                                  permitted, facts[4], facts[5], permitted)
                         status = "allowed"
@@ -354,7 +355,7 @@ class Pipeline:
                         facts = recorded_or_refusal  # type: ignore[assignment]
                         status, budget = "denied", None
                 if trace is not None and status == "pending_approval":
-                    trace.step("approval", f"needs approval: {', '.join(facts[3])}")
+                    trace.step("approval", f"needs approval: {', '.join(rule_ids(facts[3]))}")
         # -- the one Decision
         status, code, reason, rules, obligations, diagnostics, _ = facts
         if trace is not None and shadow:
@@ -636,9 +637,10 @@ class Pipeline:
             digest = request_digest(principal, permission, context, call, acting_for)
         except UnboundRequestError as exc:
             return _overruled(facts, "approval_unbindable", exc.message)
-        expires, uses = policy.approval_terms(facts[3])
+        rules = rule_ids(facts[3])
+        expires, uses = policy.approval_terms(rules)
         created = time.time() if now is None else now
-        item = Approval(new_approval_id(), principal, permission, digest, facts[3],
+        item = Approval(new_approval_id(), principal, permission, digest, rules,
                         "pending", created, created + expires, uses)
         try:
             self.approvals.add(item)

@@ -12,6 +12,7 @@ each run with the principal itself.
 
 from __future__ import annotations
 
+import pickle
 from decimal import Decimal
 from typing import Any
 
@@ -199,3 +200,20 @@ def test_an_entry_with_a_condition_that_fails_or_errors_keeps_the_other_permits(
     assert d.code == "no_permit" and d.diagnostics[0].rule == "t.ask"
     assert d.reason == "no rule permits mail:send for a"
 
+
+
+def test_a_decision_decided_from_the_entry_reads_its_rule_ids_when_asked() -> None:
+    engine = Engine.from_source(
+        'namespace t\nrole r: docs:*\nrole s: docs:*\nagent "a": r, s\n'
+        "permit lvl: docs:* for role r when context.level > 1\n")
+    first = engine.authorize("a", "docs:read", {"level": 2})
+    engine.policy.forget_plans()  # the entry it came from is gone; its ids are not
+    assert first.rules == ("role:r", "role:s", "t.lvl")
+    d = engine.authorize("a", "docs:read", {"level": 2})
+    assert d.to_wire()["rules"] == ["role:r", "role:s", "t.lvl"]
+    assert "rules=('role:r', 'role:s', 't.lvl')" in repr(engine.authorize(
+        "a", "docs:read", {"level": 2}))
+    copied = pickle.loads(pickle.dumps(engine.authorize("a", "docs:read", {"level": 2})))
+    assert (copied.status, copied.rules, copied.reason) == (
+        "allowed", ("role:r", "role:s", "t.lvl"), "permitted by role:r, role:s, t.lvl")
+    assert engine.authorize("a", "docs:read", {"level": 0}).rules == ("role:r", "role:s")
