@@ -268,7 +268,13 @@ def _cmd_test(args: argparse.Namespace) -> int:
     import re
 
     from policyengine.conformance import Report, run_fixture
-    from policyengine.testing import Coverage, is_test_file, junit_xml, run_test_file
+    from policyengine.testing import (
+        Coverage,
+        add_untested_policies,
+        is_test_file,
+        junit_xml,
+        run_test_file,
+    )
     run = None
     if args.run is not None:
         try:
@@ -279,6 +285,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
         raise UsageError("--min-coverage: a percentage from 0 to 100")
     tests: list[Path] = []
     fixtures: list[Path] = []
+    policy_files: list[Path] = []  # every policy file under a directory: coverage counts it
     for raw in args.paths:
         p = Path(raw)
         if not p.exists():
@@ -294,6 +301,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
             return 1
         for f in found:
             (tests if is_test_file(f) else fixtures).append(f)
+        if p.is_dir():
+            policy_files.extend(sorted(p.rglob("*.policy")))
     want_coverage = args.coverage or args.coverage_json or args.min_coverage is not None
     coverage = Coverage() if want_coverage else None
     report = Report()
@@ -302,6 +311,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
     for f in fixtures:
         report.results.extend(r for r in run_fixture(f)
                               if run is None or r.case == "<load>" or run.search(r.case))
+    if coverage is not None:
+        report.results.extend(add_untested_policies(coverage, policy_files))
     for r in report.results:
         if not r.passed:
             print(f"FAIL {r.fixture} :: {r.case}: {r.message}")

@@ -334,6 +334,10 @@ def _run_policy_test(fixture: dict[str, Any], case: dict[str, Any], base: Path
         return f"expected error {expect['error']}, the test file loaded"
     coverage = Coverage()
     results = run_tests(data, _engine(fixture, case, base), "case", None, coverage)
+    if "untested" in case:  # policy files beside the tested ones that no test loads
+        from policyengine.engine import Engine
+        coverage.add_unexercised(Engine.from_sources(case["untested"],
+                                                     base_dir=str(base)).policy)
     got = {r.case: r.passed for r in results}
     out = []
     if got != expect["results"]:

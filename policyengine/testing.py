@@ -27,8 +27,8 @@ from xml.etree import ElementTree
 from policyengine.conformance import CaseResult, parse_now
 from policyengine.errors import PolicyEngineError
 
-__all__ = ["TEST_SUFFIX", "Coverage", "TestFileError", "checked_test_data", "is_test_file",
-           "junit_xml", "run_test_file", "run_tests"]
+__all__ = ["TEST_SUFFIX", "Coverage", "TestFileError", "add_untested_policies",
+           "checked_test_data", "is_test_file", "junit_xml", "run_test_file", "run_tests"]
 
 #: The file name ending that makes a JSON file a policy test file (not a fixture).
 TEST_SUFFIX = ".test.json"
@@ -188,6 +188,29 @@ class Coverage:
             elif (wire.get("status") in ("allowed", "pending_approval")
                   or wire.get("reasonCode") in ("forbidden", "limit_exceeded", "no_permit")):
                 entry.note("within")
+
+    # -- policy files no test loads
+    def files(self) -> set[str]:
+        """The policy files (as the report names them) with at least one item."""
+        return {key[0] for table in (self.rules, self.branches, self.amounts)
+                for key in table}
+
+    def add_unexercised(self, policy: Any, files: Iterable[str] | None = None) -> None:
+        """Count the rules, branches and amount checks of ``policy`` (a compiled policy,
+        instrumented here and not used for decisions afterwards) as never exercised,
+        where no test has counted them yet: a policy file under the tested path that no
+        test file loads is uncovered, not absent from the total. With ``files``, only
+        the items of those files are added (the others were loaded only so that these
+        compile)."""
+        from policyengine.decide._compiled import instrument_rules
+        scratch = Coverage()
+        instrument_rules(policy, scratch.sink())
+        wanted = None if files is None else {_display(f) for f in files}
+        for mine, theirs in ((self.rules, scratch.rules), (self.branches, scratch.branches),
+                             (self.amounts, scratch.amounts)):
+            for key, entry in theirs.items():
+                if wanted is None or key[0] in wanted:
+                    mine.setdefault(key, entry)
 
     # -- the report
     def items(self) -> tuple[int, int]:
@@ -438,6 +461,37 @@ def run_tests(data: dict[str, Any], engine: Any, name: str,
         load_time = 0.0
         results.append(CaseResult(name, label, msg is None, msg or "", elapsed))
     return results
+
+
+def add_untested_policies(coverage: Coverage, policy_files: Iterable[Path]
+                          ) -> list[CaseResult]:
+    """Count every policy file of ``policy_files`` that no test loaded as never exercised
+    (:meth:`Coverage.add_unexercised`), so that an untested file lowers the total
+    instead of vanishing from it. A file is compiled alone, or, when it does not compile
+    alone (it names roles or settings of its neighbours), with every policy file of its
+    directory, as a test file beside it would load it. One that compiles neither way
+    cannot be counted: it is reported as a failure (``<coverage>``), never skipped."""
+    from policyengine.engine import Engine
+    from policyengine.lang._source import PolicyError
+    failures = []
+    seen = coverage.files()
+    for path in policy_files:
+        if _display(str(path)) in seen:
+            continue
+        try:
+            engine = Engine.from_path(str(path))
+        except PolicyError:
+            try:
+                engine = Engine.from_path(str(path.parent))
+            except PolicyError as err:
+                failures.append(CaseResult(
+                    str(path), "<coverage>", False,
+                    "no test loads this policy and it does not load, so its rules cannot "
+                    f"be counted:\n{err.render()}"))
+                continue
+        coverage.add_unexercised(engine.policy, [str(path)])
+        seen = coverage.files()
+    return failures
 
 
 def junit_xml(results: Sequence[CaseResult]) -> str:

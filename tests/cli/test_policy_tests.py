@@ -41,10 +41,18 @@ BUY_OK = {"name": "buys", "principal": "bot", "permission": "shop:buy",
           "expect": {"status": "allowed"}}
 
 
-def test_shipped_example_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["test", str(ROOT / "policies"), "--min-coverage", "90"]) == 0
+def test_shipped_example_tests_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                   ) -> None:
+    cov = tmp_path / "cov.json"
+    assert main(["test", str(ROOT / "policies"), "--min-coverage", "90",
+                 "--coverage-json", str(cov)]) == 0
     out = capsys.readouterr().out
     assert " 0 failed" in out and "coverage:" in out
+    # every shipped policy file with rules is exercised by its own tests
+    files = json.loads(cov.read_text())["files"]
+    shipped = sorted(p.name for p in (ROOT / "policies").rglob("*.policy"))
+    assert sorted(Path(f["file"]).name for f in files) == shipped
+    assert all(f["covered"] * 10 >= f["total"] * 9 for f in files), files
 
 
 def test_partial_expectation_compares_only_the_keys_given(
@@ -254,3 +262,58 @@ def test_a_json_file_that_is_no_object_fails_to_load(
     assert main(["test", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "table.json :: <load>: a fixture is a JSON object" in out
+
+
+def _tested_and_untested(root: Path) -> None:
+    """``a/`` fully covered by its test file, ``b/`` a policy no test loads, ``c/`` two
+    files of which one only compiles with its neighbour (it names the neighbour's role)."""
+    (root / "a").mkdir()
+    (root / "a" / "a.policy").write_text(
+        'role r: docs:*\nagent "bot": r\nforbid f: docs:write when context.level > 2\n')
+    (root / "a" / "a.test.json").write_text(json.dumps({"tests": [
+        {"name": "high", "principal": "bot", "permission": "docs:write",
+         "context": {"level": 3}, "expect": {"status": "denied"}},
+        {"name": "low", "principal": "bot", "permission": "docs:write",
+         "context": {"level": 1}, "expect": {"status": "allowed"}}]}))
+    (root / "b").mkdir()
+    (root / "b" / "b.policy").write_text(
+        'role s: pay:*\nagent "payer": s\nforbid g: pay:send when context.country == "KP"\n')
+
+
+def test_a_policy_file_no_test_loads_counts_as_never_exercised(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _tested_and_untested(tmp_path)
+    assert main(["test", str(tmp_path / "a"), "--min-coverage", "90"]) == 0
+    assert "coverage: 3/3 (100.0%)" in capsys.readouterr().out
+    # b's forbid (1 rule, 1 atom: 3 items) was never run: 3 of 6, and the run fails
+    assert main(["test", str(tmp_path), "--min-coverage", "90"]) == 1
+    out = capsys.readouterr().out
+    assert "2 passed, 0 failed" in out
+    assert "b.policy: 0/3 (0.0%)" in out
+    assert "!!    3:1   forbid default.g  [never run]  -- never held" in out
+    assert "coverage: 3/6 (50.0%)" in out and "below --min-coverage 90%" in out
+    data_path = tmp_path / "cov.json"
+    assert main(["test", str(tmp_path), "--coverage-json", str(data_path)]) == 0
+    data = json.loads(data_path.read_text())
+    assert (data["covered"], data["total"]) == (3, 6)
+    [b] = [f for f in data["files"] if f["file"].endswith("b.policy")]
+    assert [(i["kind"], i["line"], i["missing"]) for i in b["items"]] == [
+        ("rule", 3, ["held"]), ("branch", 3, ["true", "false"])]
+
+
+def test_an_untested_file_compiles_with_its_neighbours_or_fails_the_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _tested_and_untested(tmp_path)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "roles.policy").write_text('role clerk: refund:*\nagent "k": clerk\n')
+    (tmp_path / "c" / "rules.policy").write_text(
+        "permit small: refund:send for role clerk when context.n < 3\n")
+    assert main(["test", str(tmp_path), "--coverage"]) == 0
+    out = capsys.readouterr().out
+    assert "rules.policy: 0/3 (0.0%)" in out and "coverage: 3/9 (33.3%)" in out
+    (tmp_path / "c" / "broken.policy").write_text("permit oops: \n")
+    assert main(["test", str(tmp_path), "--coverage"]) == 1
+    out = capsys.readouterr().out
+    assert "broken.policy :: <coverage>: no test loads this policy and it does not load" in out
+    # without coverage nothing is counted, so nothing needs to compile
+    assert main(["test", str(tmp_path)]) == 0
