@@ -58,7 +58,7 @@ from policyengine.server._budgetwire import (
 )
 
 if TYPE_CHECKING:
-    from policyengine.server._app import PolicyService, _Reply, _Request, _Route
+    from policyengine.server._app import PolicyService, Reply, Request, Route
     from policyengine.server._credentials import ApiKey
 
 __all__ = ["CU_PER_USD", "MAX_RUNS", "PERMISSION", "RESERVE_TTL", "ActguardWire"]
@@ -88,7 +88,7 @@ def _cu(usd: Decimal, rounding: str = ROUND_CEILING) -> int:
 
 
 class _RefusedError(Exception):
-    def __init__(self, reply: _Reply) -> None:
+    def __init__(self, reply: Reply) -> None:
         super().__init__(reply.status)
         self.reply = reply
 
@@ -106,8 +106,8 @@ class ActguardWire:
         # expired: the late debit goes to the same run's buckets). Bounded, per process.
         self._scopes: OrderedDict[str, dict[str, str]] = OrderedDict()
 
-    def routes(self) -> list[_Route]:
-        from policyengine.server._app import _Route
+    def routes(self) -> list[Route]:
+        from policyengine.server._app import Route
         p = self.prefix
 
         def wrap(handler: Any) -> Any:
@@ -115,22 +115,22 @@ class ActguardWire:
                                    lambda code, msg: m.ActguardError(error=msg, code=code))
 
         return [
-            _Route("actguard_tariff", "GET", f"{p}/api/v1/cu-tariff", wrap(self.tariff),
+            Route("actguard_tariff", "GET", f"{p}/api/v1/cu-tariff", wrap(self.tariff),
                    None, m.ActguardTariff, "actguard: the policy's LLM prices in cost units"),
-            _Route("actguard_reserve", "POST", f"{p}/api/v1/reserve", wrap(self.reserve),
+            Route("actguard_reserve", "POST", f"{p}/api/v1/reserve", wrap(self.reserve),
                    m.ActguardReserveRequest, m.ActguardReserveResponse,
                    "actguard: hold a run's budget (409 over budget, 402 in debt)",
                    "apikey_bearer"),
-            _Route("actguard_settle", "POST", f"{p}/api/v1/settle", wrap(self.settle),
+            Route("actguard_settle", "POST", f"{p}/api/v1/settle", wrap(self.settle),
                    m.ActguardSettleRequest, m.ActguardSettleResponse,
                    "actguard: record a run's usage, priced by the policy", "apikey_bearer"),
-            _Route("actguard_events", "POST", f"{p}/api/v1/events", wrap(self.ingest),
+            Route("actguard_events", "POST", f"{p}/api/v1/events", wrap(self.ingest),
                    m.ActguardEvents, m.EventAccepted, "actguard: a batch of event envelopes",
                    "apikey_bearer"),
         ]
 
     # ------------------------------------------------------------------ helpers
-    def _key(self, req: _Request) -> ApiKey:
+    def _key(self, req: Request) -> ApiKey:
         raw = req.headers.get(b"authorization")
         scheme, _, value = (raw or b"").partition(b" ")
         return api_key(self.service, value if scheme.lower() == b"bearer" else None)
@@ -140,7 +140,7 @@ class ActguardWire:
         """The 409 (over budget) or 402 (in debt) body, from the refusing budget's state
         (``usage``: the wire form of docs/budgets.md; amounts in cost units only when
         that budget counts dollars)."""
-        from policyengine.server._app import _Reply
+        from policyengine.server._app import Reply
         self.service.metrics.error(code)
         amounts = usd_amounts(usage) or dict.fromkeys(
             ("limit", "spent", "reserved", "debt", "attempted", "remaining"), Decimal(0))
@@ -155,7 +155,7 @@ class ActguardWire:
                 error=message, code=code, user_id=user_id, tokens_used=tokens,
                 cost_used=_cu(amounts["spent"] + amounts["reserved"]),
                 cost_limit=_cu(amounts["limit"], ROUND_FLOOR)))
-        return _RefusedError(_Reply(status, body))
+        return _RefusedError(Reply(status, body))
 
     def _decide(self, key: ApiKey, r: m.ActguardReserveRequest, scope: dict[str, str],
                 usd: Decimal | None) -> None:
@@ -176,18 +176,18 @@ class ActguardWire:
                              402 if d.code == "debt_outstanding" else 409)
 
     # ------------------------------------------------------------------ endpoints
-    def tariff(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _RefusalError, _Reply
+    def tariff(self, req: Request) -> Reply:
+        from policyengine.server._app import RefusalError, Reply
         tariff = _tariff_of(self.service)
         if tariff is None:
-            raise _RefusalError(404, "no_price_table", "the policy has no LLM price table "
+            raise RefusalError(404, "no_price_table", "the policy has no LLM price table "
                                 "in dollars")
-        return _Reply(200, _TARIFF_OUT.dump_json(tariff, exclude_none=True))
+        return Reply(200, _TARIFF_OUT.dump_json(tariff, exclude_none=True))
 
-    def reserve(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+    def reserve(self, req: Request) -> Reply:
+        from policyengine.server._app import RefusalError, Reply, json_body, validate
         key = self._key(req)
-        r = _validate(_RESERVE_IN, _json_body(req))
+        r = validate(_RESERVE_IN, json_body(req))
         usd = None if r.cost_limit is None else Decimal(r.cost_limit) / CU_PER_USD
         scope = {k: v for k, v in (("run_id", r.run_id), ("user_id", r.user_id),
                                    ("plan_key", r.plan_key)) if v}
@@ -210,12 +210,12 @@ class ActguardWire:
             return self._exceeded("run_reused", "this run id was reserved with other "
                                   "arguments: use a new run id", None, r.user_id).reply
         except BudgetError as exc:
-            raise _RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
+            raise RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
                                 exc.message) from None
         try:
             status = ledger.get(rsv.id).status
         except BudgetError as exc:
-            raise _RefusalError(503, exc.code, exc.message) from None
+            raise RefusalError(503, exc.code, exc.message) from None
         if status != "active":  # a replay of a run that has settled
             return self._exceeded("run_reused", "this run id has already run: use a new "
                                   "run id", None, r.user_id).reply
@@ -235,12 +235,12 @@ class ActguardWire:
             reserve_id=rsv.id, cost_limit=cost_limit, tariff_version=_tariff_version(
                 self.service), estimated_usd_micros=int(
                 (rsv.amount / 100).to_integral_value(ROUND_CEILING)))
-        return _Reply(200, _RESERVE_OUT.dump_json(out), key.agent, "allowed")
+        return Reply(200, _RESERVE_OUT.dump_json(out), key.agent, "allowed")
 
-    def settle(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+    def settle(self, req: Request) -> Reply:
+        from policyengine.server._app import RefusalError, Reply, json_body, validate
         key = self._key(req)
-        s = _validate(_SETTLE_IN, _json_body(req))
+        s = validate(_SETTLE_IN, json_body(req))
         ledger = self.service.engine.budgets
         try:
             rsv = ledger.get(s.reserve_id)
@@ -248,7 +248,7 @@ class ActguardWire:
             rsv = None
         if rsv is None or rsv.principal != key.agent or rsv.permission != PERMISSION or (
                 rsv.tenant != key.tenant):
-            raise _RefusalError(404, "unknown_reservation", "no such reservation")
+            raise RefusalError(404, "unknown_reservation", "no such reservation")
         usd, priced = self._price(s)
         charge = microcents(usd) if priced else max(microcents(usd), int(rsv.amount))
         try:
@@ -264,17 +264,17 @@ class ActguardWire:
             return self._exceeded("already_settled", "this reservation was settled with "
                                   "another usage", None, rsv.acting_for).reply
         except BudgetError as exc:
-            raise _RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
+            raise RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
                                 exc.message) from None
         if not priced:
-            raise _RefusalError(422, "unpriced_model", "a usage names a model the policy's "
+            raise RefusalError(422, "unpriced_model", "a usage names a model the policy's "
                                 "price table does not price: the run was charged its whole "
                                 "reservation")
         out = m.ActguardSettleResponse(
             reserve_id=done.id, cost_used=_cu(usd), usd_micros=int(
                 (usd * 10**6).to_integral_value(ROUND_CEILING)),
             charged=(done.committed_amount or Decimal(0)) / PER_USD)
-        return _Reply(200, _SETTLE_OUT.dump_json(out), key.agent, "allowed")
+        return Reply(200, _SETTLE_OUT.dump_json(out), key.agent, "allowed")
 
     def _price(self, s: m.ActguardSettleRequest) -> tuple[Decimal, bool]:
         """The run's cost in dollars, and whether every usage was priced."""
@@ -317,10 +317,10 @@ class ActguardWire:
                              acting_for=rsv.acting_for, tenant=rsv.tenant,
                              overage="allow_with_overdraft", scope=self._scopes.get(rsv.id))
 
-    def ingest(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _json_body, _Reply, _validate
+    def ingest(self, req: Request) -> Reply:
+        from policyengine.server._app import Reply, json_body, validate
         key = self._key(req)
-        batch = _validate(_EVENTS_IN, _json_body(req))
+        batch = validate(_EVENTS_IN, json_body(req))
         for event in batch.events:
             self.events.append((key.agent, event))
         self.service.record_events("actguard", key.agent,
@@ -328,7 +328,7 @@ class ActguardWire:
                                     for e in batch.events])
         self.service.metrics.ingest("actguard_events", "identity", len(batch.events))
         out = _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=len(batch.events)))
-        return _Reply(202, out, key.agent)
+        return Reply(202, out, key.agent)
 
 
 def _covers(ledger: pe.budgets.Ledger, budget_id: str) -> bool:

@@ -53,7 +53,7 @@ from policyengine.server._budgetwire import (
 )
 
 if TYPE_CHECKING:
-    from policyengine.server._app import PolicyService, _Reply, _Request, _Route
+    from policyengine.server._app import PolicyService, Reply, Request, Route
     from policyengine.server._credentials import ApiKey
 
 __all__ = ["MAX_SESSIONS", "PERMISSION", "AgentLedgerWire"]
@@ -124,8 +124,8 @@ class AgentLedgerWire:
         self.events: deque[tuple[str, str, m.LedgerEvent]] = deque(
             maxlen=service.config.event_log_size)
 
-    def routes(self) -> list[_Route]:
-        from policyengine.server._app import _Route
+    def routes(self) -> list[Route]:
+        from policyengine.server._app import Route
         p = self.prefix
 
         def wrap(handler: Any) -> Any:
@@ -133,29 +133,29 @@ class AgentLedgerWire:
                                    lambda code, msg: m.LedgerError(error=msg, code=code))
 
         return [
-            _Route("ledger_session", "POST", f"{p}/v1/sessions", wrap(self.start),
+            Route("ledger_session", "POST", f"{p}/v1/sessions", wrap(self.start),
                    m.LedgerSessionRequest, m.LedgerSession, "agent-ledger: start a session",
                    "apikey_header"),
-            _Route("ledger_session_end", "POST", f"{p}/v1/sessions/{{sessionId}}/end",
+            Route("ledger_session_end", "POST", f"{p}/v1/sessions/{{sessionId}}/end",
                    wrap(self.end), m.LedgerSessionEnd, m.LedgerSession,
                    "agent-ledger: end a session", "apikey_header"),
-            _Route("ledger_events", "POST", f"{p}/v1/events", wrap(self.ingest),
+            Route("ledger_events", "POST", f"{p}/v1/events", wrap(self.ingest),
                    m.LedgerEvents, m.LedgerEventsAccepted,
                    "agent-ledger: a batch of events; LLM calls priced into the budgets "
                    "(429 guardrail)", "apikey_header"),
         ]
 
     # ------------------------------------------------------------------ helpers
-    def _key(self, req: _Request) -> ApiKey:
+    def _key(self, req: Request) -> ApiKey:
         return api_key(self.service, req.headers.get(b"x-api-key"))
 
     def _stored(self, call: Any) -> Any:
         """A call to the budget store; a fault is 503 with its code (fail closed)."""
-        from policyengine.server._app import _RefusalError
+        from policyengine.server._app import RefusalError
         try:
             return call()
         except BudgetError as exc:
-            raise _RefusalError(503, exc.code, exc.message) from None
+            raise RefusalError(503, exc.code, exc.message) from None
 
     def _keep(self, s: _Session) -> None:
         self.sessions[s.id] = s
@@ -165,7 +165,7 @@ class AgentLedgerWire:
     def _session(self, key: ApiKey, session_id: str) -> _Session:
         """The session, as the budget store knows it (started and maybe ended by any
         worker), if it is this key's; else 404."""
-        from policyengine.server._app import _RefusalError
+        from policyengine.server._app import RefusalError
         ledger = self.service.engine.budgets
         s = self.sessions.get(session_id)
         if s is None and len(session_id) == 28 and session_id.startswith("ses_") and (
@@ -175,7 +175,7 @@ class AgentLedgerWire:
                 s = _Session.from_record(session_id, text)
                 self._keep(s)
         if s is None or s.key != key.name:  # another key's session: not found
-            raise _RefusalError(404, "unknown_session", "no such session")
+            raise RefusalError(404, "unknown_session", "no such session")
         if s.status == "active":  # it may have ended on another worker
             end = self._stored(lambda: ledger.recall(_END + session_id))
             if end is not None:
@@ -183,12 +183,12 @@ class AgentLedgerWire:
         return s
 
     # ------------------------------------------------------------------ endpoints
-    def start(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+    def start(self, req: Request) -> Reply:
+        from policyengine.server._app import RefusalError, Reply, json_body, validate
         key = self._key(req)
-        r = _validate(_SESSION_IN, _json_body(req))
+        r = validate(_SESSION_IN, json_body(req))
         if r.agentName != key.agent:
-            raise _RefusalError(403, "agent_mismatch", "this API key is not for that agent")
+            raise RefusalError(403, "agent_mismatch", "this API key is not for that agent")
         s = _Session("ses_" + os.urandom(12).hex(), key.name, key.agent, key.tenant,
                      time.time())
         ledger = self.service.engine.budgets
@@ -196,12 +196,12 @@ class AgentLedgerWire:
         self._keep(s)
         self.service.record_events("agent-ledger", key.agent,
                                    [("session.start", s.wire().model_dump(mode="json"))])
-        return _Reply(201, _SESSION_OUT.dump_json(s.wire()), key.agent)
+        return Reply(201, _SESSION_OUT.dump_json(s.wire()), key.agent)
 
-    def end(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+    def end(self, req: Request) -> Reply:
+        from policyengine.server._app import RefusalError, Reply, json_body, validate
         key = self._key(req)
-        r = _validate(_END_IN, _json_body(req))
+        r = validate(_END_IN, json_body(req))
         s = self._session(key, req.params[0])
         if s.status == "active":
             # Written once: the first end, from whichever worker, is the session's end.
@@ -215,21 +215,21 @@ class AgentLedgerWire:
             first = False
         if not first:
             if s.status == r.status:  # the same end, again: the first answer stands
-                return _Reply(200, _SESSION_OUT.dump_json(s.wire()), key.agent)
-            raise _RefusalError(409, "session_ended", "the session has already ended")
+                return Reply(200, _SESSION_OUT.dump_json(s.wire()), key.agent)
+            raise RefusalError(409, "session_ended", "the session has already ended")
         log = self.service.engine.decision_log
         if log is not None:  # the session has ended: logged, never refused after it
             log.ingest("agent-ledger", "session.end", s.wire().model_dump(mode="json"),
                        principal=key.agent)
-        return _Reply(200, _SESSION_OUT.dump_json(s.wire()), key.agent)
+        return Reply(200, _SESSION_OUT.dump_json(s.wire()), key.agent)
 
-    def ingest(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+    def ingest(self, req: Request) -> Reply:
+        from policyengine.server._app import RefusalError, Reply, json_body, validate
         key = self._key(req)
-        batch = _validate(_EVENTS_IN, _json_body(req))
+        batch = validate(_EVENTS_IN, json_body(req))
         s = self._session(key, batch.sessionId)
         if s.status != "active":
-            raise _RefusalError(409, "session_ended", "the session has ended: start another")
+            raise RefusalError(409, "session_ended", "the session has ended: start another")
         calls, total = self._price(batch.events)
         if calls:
             refused = self._spend(s, calls, total)
@@ -247,38 +247,38 @@ class AgentLedgerWire:
                            principal=s.agent)
         self.service.metrics.ingest("ledger_events", "identity", len(batch.events))
         out = m.LedgerEventsAccepted(accepted=len(batch.events), costUsd=total)
-        return _Reply(200, _ACCEPTED_OUT.dump_json(out), s.agent, "allowed" if calls else None)
+        return Reply(200, _ACCEPTED_OUT.dump_json(out), s.agent, "allowed" if calls else None)
 
     def _price(self, events: list[m.LedgerEvent]) -> tuple[list[LLMUsage], Decimal]:
         """The batch's LLM calls as usages, and what they cost in dollars (exact).
         ``tokensIn`` are priced as input, ``tokensCached`` (when sent) as cached input."""
-        from policyengine.server._app import _RefusalError
+        from policyengine.server._app import RefusalError
         calls: list[LLMUsage] = []
         total = Decimal(0)
         for i, e in enumerate(events):
             if e.type != "llm_call":
                 continue
             if not e.provider or not e.model:
-                raise _RefusalError(400, "invalid_request", f"events.{i}: an llm_call needs "
+                raise RefusalError(400, "invalid_request", f"events.{i}: an llm_call needs "
                                     "provider and model to be priced")
             try:
                 usage = LLMUsage(e.provider, e.model, e.tokensIn or 0, e.tokensCached or 0,
                                  e.tokensOut or 0)
                 cost = llm_price(self.service.engine, usage)
             except BudgetError as exc:
-                raise _RefusalError(400, exc.code, f"events.{i}: {exc.message}") from None
+                raise RefusalError(400, exc.code, f"events.{i}: {exc.message}") from None
             if cost is None:
-                raise _RefusalError(422, "unpriced_model", f"events.{i}: the policy's price "
+                raise RefusalError(422, "unpriced_model", f"events.{i}: the policy's price "
                                     f"table has no dollar price for {e.provider}/{e.model}")
             calls.append(usage)
             total += cost
         return calls, total
 
-    def _spend(self, s: _Session, calls: list[LLMUsage], total: Decimal) -> _Reply | None:
+    def _spend(self, s: _Session, calls: list[LLMUsage], total: Decimal) -> Reply | None:
         """Ask the policy for the batch, then charge every call to every covering budget
         (money priced, tokens counted) all at once: one ``record`` for one call, else
         one hold per call, committed once all fit (released if one does not)."""
-        from policyengine.server._app import _RefusalError
+        from policyengine.server._app import RefusalError
         engine = self.service.engine
         scope = {"session": s.id, "agent_name": s.agent}
         context: dict[str, Any] = {**scope, "calls": len(calls)}
@@ -289,7 +289,7 @@ class AgentLedgerWire:
         if d is not None:
             if d.code in ("budget_exceeded", "debt_outstanding") and d.budget is not None:
                 return self._guardrail(s, d.code, d.reason, d.budget.to_wire())
-            raise _RefusalError(403, d.code if d.status == "denied" else "approval_required",
+            raise RefusalError(403, d.code if d.status == "denied" else "approval_required",
                                 d.reason)
         ledger = engine.budgets
         held: list[Reservation] = []
@@ -307,7 +307,7 @@ class AgentLedgerWire:
         except BudgetExceeded as exc:
             return self._guardrail(s, exc.code, exc.message, exc.details)
         except BudgetError as exc:
-            raise _RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
+            raise RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
                                 exc.message) from None
         finally:
             for rsv in held:  # a later call did not fit: the batch counts for nothing
@@ -316,11 +316,11 @@ class AgentLedgerWire:
         return None
 
     def _guardrail(self, s: _Session, code: str, message: str,
-                   usage: dict[str, Any]) -> _Reply:
+                   usage: dict[str, Any]) -> Reply:
         """The 429 the SDK raises as ``BudgetGuardrailError``: the refusing budget's
         amounts, in dollars when it counts dollars (else in its own unit, named by
         ``currency``)."""
-        from policyengine.server._app import _Reply
+        from policyengine.server._app import Reply
         self.service.metrics.error(code)
         amounts = usd_amounts(usage) or {k: Decimal(usage[k]) for k in (
             "limit", "spent", "reserved", "attempted", "projected", "remaining")}
@@ -331,4 +331,4 @@ class AgentLedgerWire:
             remainingBudgetUsd=amounts["remaining"], budget=usage["budget"],
             currency=USD if usd_amounts(usage) is not None else usage["currency"],
             windowEnd=usage.get("windowEnd")))
-        return _Reply(429, _GUARDRAIL_OUT.dump_json(out), s.agent, "denied")
+        return Reply(429, _GUARDRAIL_OUT.dump_json(out), s.agent, "denied")

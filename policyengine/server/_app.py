@@ -69,7 +69,7 @@ class ServiceConfig:
     event_log_size: int = 10_000
 
 
-class _RefusalError(Exception):
+class RefusalError(Exception):
     """A request the service refuses: status, stable code, message (no request data)."""
 
     def __init__(self, status: int, code: str, message: str,
@@ -78,7 +78,7 @@ class _RefusalError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
-class _Request:
+class Request:
     __slots__ = ("body", "headers", "params", "query")
 
     def __init__(self, headers: dict[bytes, bytes], body: bytes, params: tuple[str, ...],
@@ -86,7 +86,7 @@ class _Request:
         self.headers, self.body, self.params, self.query = headers, body, params, query
 
 
-class _Reply:
+class Reply:
     __slots__ = ("body", "content_type", "decision", "headers", "principal", "status")
 
     def __init__(self, status: int, body: bytes, principal: str | None = None,
@@ -96,11 +96,11 @@ class _Reply:
         self.content_type, self.headers = content_type, headers
 
 
-Handler = Callable[[_Request], _Reply]
+Handler = Callable[[Request], Reply]
 
 
 @dataclass(frozen=True)
-class _Route:
+class Route:
     name: str
     method: str
     path: str  # with {param} placeholders
@@ -166,21 +166,21 @@ def _error_body(code: str, message: str) -> bytes:
     return _ERROR.dump_json(m.ErrorResponse(error=m.ErrorDetail(code=code, message=message)))
 
 
-def _validate(adapter: TypeAdapter[Any], data: Any) -> Any:
+def validate(adapter: TypeAdapter[Any], data: Any) -> Any:
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:
-        raise _RefusalError(400, "invalid_request", m.validation_message(exc)) from None
+        raise RefusalError(400, "invalid_request", m.validation_message(exc)) from None
 
 
-def _json_body(req: _Request) -> Any:
+def json_body(req: Request) -> Any:
     ctype = req.headers.get(b"content-type", b"application/json")
     if not ctype.split(b";", 1)[0].strip().lower().endswith(b"json"):
-        raise _RefusalError(415, "unsupported_media_type", "the body must be application/json")
+        raise RefusalError(415, "unsupported_media_type", "the body must be application/json")
     try:
         return loads(req.body)
     except MalformedJsonError as exc:
-        raise _RefusalError(400, exc.code, exc.message) from None
+        raise RefusalError(400, exc.code, exc.message) from None
 
 
 def _claim(token: str, name: str) -> Any:
@@ -244,12 +244,12 @@ def _host_with_port(host: str | None, headers: Mapping[str, Any] | None) -> str 
     return host
 
 
-def _shared_paths(routes: list[_Route]) -> list[_Route]:
+def _shared_paths(routes: list[Route]) -> list[Route]:
     """The routes to dispatch: two wires on one method and path are refused, except a
     route that ``claims`` requests carrying its header (the Cycles ``POST /v1/events``
     with ``X-Cycles-API-Key``) beside one that does not (agent-ledger's, ``x-api-key``):
     the header picks the wire."""
-    by_key: dict[tuple[str, str], _Route] = {}
+    by_key: dict[tuple[str, str], Route] = {}
     for r in routes:
         other = by_key.get((r.method, r.path))
         if other is None:
@@ -263,13 +263,13 @@ def _shared_paths(routes: list[_Route]) -> list[_Route]:
     return list(by_key.values())
 
 
-def _dispatch(claim: _Route, rest: _Route) -> _Route:
+def _dispatch(claim: Route, rest: Route) -> Route:
     header = claim.claims or b""
 
-    def handler(req: _Request) -> _Reply:
+    def handler(req: Request) -> Reply:
         return (claim if header in req.headers else rest).handler(req)
 
-    return _Route(f"{rest.name}|{claim.name}", rest.method, rest.path, handler, rest.request,
+    return Route(f"{rest.name}|{claim.name}", rest.method, rest.path, handler, rest.request,
                   rest.response, rest.summary, rest.security, rest.content_type,
                   rest.error_body)
 
@@ -320,8 +320,8 @@ class PolicyService:
         self._background: list[asyncio.Task[None]] = []
         self._reload_lock: asyncio.Lock | None = None
         self.routes = self._routes()
-        self._exact: dict[str, dict[str, _Route]] = {}
-        self._param: list[tuple[list[str], dict[str, _Route]]] = []
+        self._exact: dict[str, dict[str, Route]] = {}
+        self._param: list[tuple[list[str], dict[str, Route]]] = []
         for r in _shared_paths(self.routes):
             if "{" in r.path:
                 parts = r.path.split("/")
@@ -336,7 +336,7 @@ class PolicyService:
         # against those of its own length, each as its fixed segments (index, text) and
         # the indexes of its parameters.
         self._param_by_length: dict[int, list[tuple[tuple[tuple[int, str], ...],
-                                                    tuple[int, ...], dict[str, _Route]]]] = {}
+                                                    tuple[int, ...], dict[str, Route]]]] = {}
         for pattern, slot in self._param:
             fixed = tuple((i, p) for i, p in enumerate(pattern) if not p.startswith("{"))
             holes = tuple(i for i, p in enumerate(pattern) if p.startswith("{"))
@@ -346,7 +346,7 @@ class PolicyService:
         self._openapi_bytes = json.dumps(self.openapi).encode()
 
     # ------------------------------------------------------------------ routing
-    def _routes(self) -> list[_Route]:
+    def _routes(self) -> list[Route]:
         t = self.config.prefixes.get("tracengent", "").rstrip("/")
         a = self.config.prefixes.get("authzen", "").rstrip("/")
         from policyengine.server._actguard import ActguardWire
@@ -360,51 +360,51 @@ class PolicyService:
             self, self.config.prefixes.get("agent-ledger", "").rstrip("/"))
         self.cycles = CyclesWire(self, c)
         return [
-            _Route("token", "POST", f"{t}/v1/oauth/token", self._token, m.TokenRequest,
+            Route("token", "POST", f"{t}/v1/oauth/token", self._token, m.TokenRequest,
                    m.TokenResponse, "OAuth 2.0 client credentials: an agent access token",
                    content_type="application/x-www-form-urlencoded"),
-            _Route("authorize", "POST", f"{t}/v1/authorize", self._authorize,
+            Route("authorize", "POST", f"{t}/v1/authorize", self._authorize,
                    m.AuthorizeRequest, m.AuthorizeResponse,
                    "May the calling agent exercise this permission?", "agent"),
-            _Route("tool_authorize", "POST", f"{t}/v1/tool-authorize", self._tool_authorize,
+            Route("tool_authorize", "POST", f"{t}/v1/tool-authorize", self._tool_authorize,
                    m.ToolAuthorizeRequest, m.ToolAuthorizeResponse,
                    "May this HTTP request, MCP call or function call leave?", "agent"),
-            _Route("approval", "GET", f"{t}/v1/approvals/{{approvalId}}", self._approval,
+            Route("approval", "GET", f"{t}/v1/approvals/{{approvalId}}", self._approval,
                    None, m.ApprovalResponse, "The state of one of the agent's approvals",
                    "agent"),
-            _Route("attenuate", "POST", f"{t}/v1/delegations/{{grantId}}/attenuate",
+            Route("attenuate", "POST", f"{t}/v1/delegations/{{grantId}}/attenuate",
                    self._attenuate, m.AttenuateRequest, m.AttenuateResponse,
                    "A narrower child token from the bearer's delegation token", "delegated"),
-            _Route("ingest_events", "POST", f"{t}/v1/ingest/events", self._ingest_events,
+            Route("ingest_events", "POST", f"{t}/v1/ingest/events", self._ingest_events,
                    None, m.EventAccepted, "A batch (JSON array) of agent events, "
                    "optionally gzip", "agent"),
-            _Route("ingest_traces", "POST", f"{t}/v1/ingest/traces", self._ingest_trace,
+            Route("ingest_traces", "POST", f"{t}/v1/ingest/traces", self._ingest_trace,
                    m.TraceClose, m.EventAccepted, "A trace closed", "agent"),
-            _Route("admin_approvals", "GET", f"{t}/v1/admin/approvals", self._admin_list,
+            Route("admin_approvals", "GET", f"{t}/v1/admin/approvals", self._admin_list,
                    None, m.ApprovalsResponse, "Approvals (?status=pending)", "admin"),
-            _Route("admin_approve", "POST", f"{t}/v1/admin/approvals/{{approvalId}}/approve",
+            Route("admin_approve", "POST", f"{t}/v1/admin/approvals/{{approvalId}}/approve",
                    self._admin_approve, m.ApprovalDecisionRequest, m.ApprovalResponse,
                    "Approve a pending approval", "admin"),
-            _Route("admin_reject", "POST", f"{t}/v1/admin/approvals/{{approvalId}}/reject",
+            Route("admin_reject", "POST", f"{t}/v1/admin/approvals/{{approvalId}}/reject",
                    self._admin_reject, m.ApprovalDecisionRequest, m.ApprovalResponse,
                    "Reject a pending approval", "admin"),
             *self.authzen.routes(),
             *self.actguard.routes(),
             *self.agent_ledger.routes(),
             *self.cycles.routes(),
-            _Route("healthz", "GET", "/healthz", self._healthz, None, m.HealthResponse,
+            Route("healthz", "GET", "/healthz", self._healthz, None, m.HealthResponse,
                    "Liveness"),
-            _Route("readyz", "GET", "/readyz", self._readyz, None, m.HealthResponse,
+            Route("readyz", "GET", "/readyz", self._readyz, None, m.HealthResponse,
                    "Readiness: a policy is loaded and the service is not draining"),
-            _Route("metrics", "GET", "/metrics", self._metrics, None, None,
+            Route("metrics", "GET", "/metrics", self._metrics, None, None,
                    "Prometheus metrics"),
-            _Route("openapi", "GET", "/openapi.json", self._openapi, None, None,
+            Route("openapi", "GET", "/openapi.json", self._openapi, None, None,
                    "This document"),
-            _Route("jwks", "GET", "/.well-known/jwks.json", self._jwks, None, None,
+            Route("jwks", "GET", "/.well-known/jwks.json", self._jwks, None, None,
                    "Public keys of access and delegation tokens"),
         ]
 
-    def _match(self, path: str) -> tuple[dict[str, _Route] | None, tuple[str, ...]]:
+    def _match(self, path: str) -> tuple[dict[str, Route] | None, tuple[str, ...]]:
         found = self._exact.get(path)
         if found is not None:
             return found, ()
@@ -429,14 +429,14 @@ class PolicyService:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        route: _Route | None = None
+        route: Route | None = None
         try:
             route, params = self.route_of(scope["method"], scope["path"])
             headers = self.headers_of(scope["headers"])
             body = await self._read_body(receive, headers)
             if body is None:
                 return  # the client went away
-            reply = route.handler(_Request(headers, body, params, scope["query_string"]))
+            reply = route.handler(Request(headers, body, params, scope["query_string"]))
         except Exception as exc:  # refused, or failed: see refused()
             reply = self.refused(route, exc)
         await send({"type": "http.response.start", "status": reply.status,
@@ -447,15 +447,15 @@ class PolicyService:
 
     # The steps of a request, shared by the ASGI entry point above and the service's own
     # HTTP/1.1 protocol (:mod:`._http`), which runs them without the ASGI messages.
-    def route_of(self, method: str, path: str) -> tuple[_Route, tuple[str, ...]]:
+    def route_of(self, method: str, path: str) -> tuple[Route, tuple[str, ...]]:
         """The route answering ``method`` on ``path`` and its path parameters, or a
         refusal (404, 405 with ``allow``)."""
         slot, params = self._match(path)
         if slot is None:
-            raise _RefusalError(404, "not_found", "no such endpoint")
+            raise RefusalError(404, "not_found", "no such endpoint")
         route = slot.get(method)
         if route is None:
-            raise _RefusalError(405, "method_not_allowed", "method not allowed here",
+            raise RefusalError(405, "method_not_allowed", "method not allowed here",
                                 ((b"allow", ", ".join(sorted(slot)).encode()),))
         return route, params
 
@@ -471,22 +471,22 @@ class PolicyService:
             seen: set[bytes] = set()
             for k, _ in raw_headers:
                 if k in seen and k in _SINGLE_HEADERS:
-                    raise _RefusalError(400, "ambiguous_header", f"duplicate {k.decode()} header")
+                    raise RefusalError(400, "ambiguous_header", f"duplicate {k.decode()} header")
                 seen.add(k)
         return headers
 
-    def refused(self, route: _Route | None, exc: Exception) -> _Reply:
-        """The answer to a request refused (:class:`_RefusalError`) or failed (any other
+    def refused(self, route: Route | None, exc: Exception) -> Reply:
+        """The answer to a request refused (:class:`RefusalError`) or failed (any other
         exception: logged, a deny-shaped 500, never a traceback in a body), in the
         route's wire's error envelope."""
         extra: tuple[tuple[bytes, bytes], ...] = ()
-        if isinstance(exc, _RefusalError):
+        if isinstance(exc, RefusalError):
             self.metrics.error(exc.code)
             if route is None or route.error_body is None:
                 body = _error_body(exc.code, exc.message)
             else:
                 body, extra = route.error_body(exc.status, exc.code, exc.message)
-            return _Reply(exc.status, body, headers=(*exc.headers, *extra))
+            return Reply(exc.status, body, headers=(*exc.headers, *extra))
         log.error("internal error on %s", "unknown" if route is None else route.name,
                   exc_info=exc)
         self.metrics.error("internal_error")
@@ -494,14 +494,14 @@ class PolicyService:
             body = _error_body("internal_error", "internal error")
         else:
             body, extra = route.error_body(500, "internal_error", "internal error")
-        return _Reply(500, body, headers=extra)
+        return Reply(500, body, headers=extra)
 
-    def reply_headers(self, reply: _Reply) -> list[tuple[bytes, bytes]]:
+    def reply_headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:
         return [(b"content-type", reply.content_type),
                 (b"content-length", b"%d" % len(reply.body)),
                 (b"x-policy-revision", self._revision_header), *reply.headers]
 
-    def answered(self, route: _Route | None, reply: _Reply, start: float, method: str,
+    def answered(self, route: Route | None, reply: Reply, start: float, method: str,
                  path: str, client: Any) -> None:
         """Metrics and the access log line of an answered request."""
         elapsed = time.perf_counter() - start
@@ -519,14 +519,14 @@ class PolicyService:
         limit = self.config.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise _RefusalError(413, "body_too_large", f"bodies are limited to {limit} bytes")
+            raise RefusalError(413, "body_too_large", f"bodies are limited to {limit} bytes")
         msg = await receive()
         if msg["type"] == "http.disconnect":
             return None
         body: bytes = msg.get("body", b"")
         if not msg.get("more_body"):
             if len(body) > limit:
-                raise _RefusalError(413, "body_too_large", f"bodies are limited to {limit} bytes")
+                raise RefusalError(413, "body_too_large", f"bodies are limited to {limit} bytes")
             return body
         chunks = [body]
         size = len(body)
@@ -540,7 +540,7 @@ class PolicyService:
                 part = nxt.get("body", b"")
                 size += len(part)
                 if size > limit:
-                    raise _RefusalError(413, "body_too_large",
+                    raise RefusalError(413, "body_too_large",
                                         f"bodies are limited to {limit} bytes")
                 chunks.append(part)
                 if not nxt.get("more_body"):
@@ -549,7 +549,7 @@ class PolicyService:
         try:
             complete = await asyncio.wait_for(rest(), self.config.body_timeout)
         except asyncio.TimeoutError:
-            raise _RefusalError(408, "request_timeout",
+            raise RefusalError(408, "request_timeout",
                                 "the body took too long to arrive") from None
         return b"".join(chunks) if complete else None
 
@@ -640,7 +640,7 @@ class PolicyService:
         return True
 
     # ------------------------------------------------------------------ identity
-    def _bearer(self, req: _Request) -> str | None:
+    def _bearer(self, req: Request) -> str | None:
         raw = req.headers.get(b"authorization")
         if raw is None:
             return None
@@ -652,7 +652,7 @@ class PolicyService:
         except UnicodeDecodeError:
             return None
 
-    def _agent(self, req: _Request) -> tuple[str, str | None]:
+    def _agent(self, req: Request) -> tuple[str, str | None]:
         """(principal, delegation token or None) for the caller, or 401."""
         token = self._bearer(req)
         if token is not None:
@@ -674,10 +674,10 @@ class PolicyService:
                 agent = self.credentials.check_ingest_key(key.decode("utf-8", "replace"))
                 if agent is not None:
                     return agent, None
-        raise _RefusalError(401, "unauthorized", "a valid bearer token is required",
+        raise RefusalError(401, "unauthorized", "a valid bearer token is required",
                        ((b"www-authenticate", b'Bearer realm="policyengine"'),))
 
-    def _admin(self, req: _Request) -> str:
+    def _admin(self, req: Request) -> str:
         challenge = ((b"www-authenticate", b'Basic realm="policyengine-admin"'),)
         raw = req.headers.get(b"authorization", b"")
         scheme, _, value = raw.partition(b" ")
@@ -689,14 +689,14 @@ class PolicyService:
                 name, sep, secret = "", "", ""
             if sep and self.credentials.check_admin(name, secret):
                 return name
-        raise _RefusalError(401, "unauthorized", "admin credentials required", challenge)
+        raise RefusalError(401, "unauthorized", "admin credentials required", challenge)
 
     # ------------------------------------------------------------------ tracengent wire
-    def _token(self, req: _Request) -> _Reply:
-        def oauth_error(status: int, error: str, description: str) -> _Reply:
+    def _token(self, req: Request) -> Reply:
+        def oauth_error(status: int, error: str, description: str) -> Reply:
             self.metrics.error(error)
             body = json.dumps({"error": error, "error_description": description}).encode()
-            return _Reply(status, body, headers=((b"cache-control", b"no-store"),))
+            return Reply(status, body, headers=((b"cache-control", b"no-store"),))
 
         ctype = req.headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
         if ctype != b"application/x-www-form-urlencoded":
@@ -725,22 +725,22 @@ class PolicyService:
         token = self.access.issue(agent.agent, agent.client_id, agent.permissions)
         body = _TOKEN_OUT.dump_json(m.TokenResponse(access_token=token,
                                                     expires_in=self.access.ttl))
-        return _Reply(200, body, agent.agent, headers=((b"cache-control", b"no-store"),))
+        return Reply(200, body, agent.agent, headers=((b"cache-control", b"no-store"),))
 
-    def _authorize(self, req: _Request) -> _Reply:
+    def _authorize(self, req: Request) -> Reply:
         principal, token = self._agent(req)
-        request = _validate(_AUTHORIZE_IN, _json_body(req))
+        request = validate(_AUTHORIZE_IN, json_body(req))
         d = self.engine.authorize(principal, request.permission, request.context, token=token)
         self.metrics.decision("tracengent", d.status)
         # Validating the engine's wire dict (money as decimal strings) into the response
         # model is cheaper than model_construct, and checks the shape we promise.
         out = _AUTHORIZE_OUT.validate_python(d.to_wire())
-        return _Reply(200, _AUTHORIZE_OUT.dump_json(out, exclude=_absent(out)), principal,
+        return Reply(200, _AUTHORIZE_OUT.dump_json(out, exclude=_absent(out)), principal,
                       d.status)
 
-    def _tool_authorize(self, req: _Request) -> _Reply:
+    def _tool_authorize(self, req: Request) -> Reply:
         principal, token = self._agent(req)
-        r = _validate(_TOOL_IN, _json_body(req))
+        r = validate(_TOOL_IN, json_body(req))
         td = self.engine.tool_authorize(
             principal, transport=r.transport, method=r.method,
             host=_host_with_port(r.host, r.headers) if r.transport == "http" else r.host,
@@ -763,7 +763,7 @@ class PolicyService:
         wire = td.to_wire()
         wire["redactions"] = redactions
         out = _TOOL_OUT.validate_python(wire)
-        return _Reply(200, _TOOL_OUT.dump_json(out, exclude=_absent(out)), principal,
+        return Reply(200, _TOOL_OUT.dump_json(out, exclude=_absent(out)), principal,
                       td.status)
 
     def _approval_out(self, item: pe.Approval) -> m.ApprovalResponse:
@@ -773,64 +773,64 @@ class PolicyService:
             createdAt=item.created_at, decidedAt=item.decided_at, decidedBy=item.decided_by,
             note=item.note)
 
-    def _approval(self, req: _Request) -> _Reply:
+    def _approval(self, req: Request) -> Reply:
         principal, _ = self._agent(req)
         try:
             item = self.engine.approvals.get(req.params[0])
         except pe.ApprovalError:
             item = None
         if item is None or item.principal != principal:  # another agent's: not found
-            raise _RefusalError(404, "unknown_approval", "no such approval")
-        return _Reply(200, _APPROVAL_OUT.dump_json(self._approval_out(item)), principal)
+            raise RefusalError(404, "unknown_approval", "no such approval")
+        return Reply(200, _APPROVAL_OUT.dump_json(self._approval_out(item)), principal)
 
-    def _admin_list(self, req: _Request) -> _Reply:
+    def _admin_list(self, req: Request) -> Reply:
         admin = self._admin(req)
         status = dict(parse_qsl(req.query.decode("latin-1"))).get("status")
         if status is not None and status not in ("pending", "approved", "rejected"):
-            raise _RefusalError(400, "invalid_request", "status is pending, approved or rejected")
+            raise RefusalError(400, "invalid_request", "status is pending, approved or rejected")
         items = [self._approval_out(i) for i in self.engine.approvals.list(status)]
-        return _Reply(200, _APPROVALS_OUT.dump_json(m.ApprovalsResponse(items=items)), admin)
+        return Reply(200, _APPROVALS_OUT.dump_json(m.ApprovalsResponse(items=items)), admin)
 
-    def _admin_decide(self, req: _Request, approve: bool) -> _Reply:
+    def _admin_decide(self, req: Request, approve: bool) -> Reply:
         admin = self._admin(req)
         note = None
         if req.body:
-            note = _validate(_APPROVAL_DECISION_IN, _json_body(req)).note
+            note = validate(_APPROVAL_DECISION_IN, json_body(req)).note
         store = self.engine.approvals
         try:
             item = (store.approve if approve else store.reject)(req.params[0], by=admin,
                                                                 note=note)
         except pe.ApprovalError as exc:
             if exc.code == "unknown_approval":
-                raise _RefusalError(404, exc.code, "no such approval") from None
-            raise _RefusalError(409, exc.code, exc.message) from None
+                raise RefusalError(404, exc.code, "no such approval") from None
+            raise RefusalError(409, exc.code, exc.message) from None
         log.info("approval %s %s by %s", item.id, item.status, admin)
-        return _Reply(200, _APPROVAL_OUT.dump_json(self._approval_out(item)), admin)
+        return Reply(200, _APPROVAL_OUT.dump_json(self._approval_out(item)), admin)
 
-    def _admin_approve(self, req: _Request) -> _Reply:
+    def _admin_approve(self, req: Request) -> Reply:
         return self._admin_decide(req, True)
 
-    def _admin_reject(self, req: _Request) -> _Reply:
+    def _admin_reject(self, req: Request) -> Reply:
         return self._admin_decide(req, False)
 
-    def _attenuate(self, req: _Request) -> _Reply:
+    def _attenuate(self, req: Request) -> Reply:
         token = self._bearer(req)
         if token is None or token_typ(token) != pe.tokens.TYP:
-            raise _RefusalError(401, "unauthorized", "the parent delegation token is the bearer")
+            raise RefusalError(401, "unauthorized", "the parent delegation token is the bearer")
         try:
             parent = self.engine.verify_token(token)
         except pe.TokenError as exc:
-            raise _RefusalError(401, "invalid_token",
+            raise RefusalError(401, "invalid_token",
                                 f"parent token rejected: {exc.code}") from None
         if parent.grant_id != req.params[0]:
-            raise _RefusalError(403, "grant_mismatch", "the bearer token is not this grant")
-        r = _validate(_ATTENUATE_IN, _json_body(req))
+            raise RefusalError(403, "grant_mismatch", "the bearer token is not this grant")
+        r = validate(_ATTENUATE_IN, json_body(req))
         max_amount = None
         if r.maxAmount is not None:
             currency = (parent.max_amount.currency if parent.max_amount is not None
                         else self.engine.policy.default_currency)
             if currency is None:
-                raise _RefusalError(400, "currency_required", "maxAmount has no currency on this "
+                raise RefusalError(400, "currency_required", "maxAmount has no currency on this "
                                "wire: the grant has no cap and the policy no currency")
             max_amount = (format(r.maxAmount, "f"), currency)
         try:
@@ -840,9 +840,9 @@ class PolicyService:
                 rates=self.engine.policy.delegation_rates, revocations=self.engine.revocations)
             grant = self.engine.verify_token(child)
         except pe.AttenuationError as exc:
-            raise _RefusalError(403, exc.code, exc.message) from None
+            raise RefusalError(403, exc.code, exc.message) from None
         except (pe.TokenError, pe.MoneyError) as exc:
-            raise _RefusalError(400, exc.code, exc.message) from None
+            raise RefusalError(400, exc.code, exc.message) from None
         expires_in = max(0, int(grant.expires_at - time.time()))
         out = m.AttenuateResponse(token=m.AttenuatedToken(
             accessToken=child, expiresIn=expires_in, jti=grant.jti, grantId=grant.grant_id))
@@ -855,25 +855,25 @@ class PolicyService:
                 "parent": {"grant_id": parent.grant_id, "jti": parent.jti}})
         log.info("grant %s attenuated to %s for %s", parent.grant_id, grant.grant_id,
                  r.grantedToAgentId)
-        return _Reply(200, _ATTENUATE_OUT.dump_json(out), parent.subject)
+        return Reply(200, _ATTENUATE_OUT.dump_json(out), parent.subject)
 
-    def _inflate(self, req: _Request) -> bytes:
+    def _inflate(self, req: Request) -> bytes:
         encoding = req.headers.get(b"content-encoding", b"identity").strip().lower()
         if encoding == b"identity":
             return req.body
         if encoding != b"gzip":
-            raise _RefusalError(415, "unsupported_encoding", "bodies are identity or gzip")
+            raise RefusalError(415, "unsupported_encoding", "bodies are identity or gzip")
         limit = self.config.max_inflated_bytes
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         try:
             out = inflater.decompress(req.body, limit + 1)
         except zlib.error:
-            raise _RefusalError(400, "malformed_gzip", "the gzip body does not inflate") from None
+            raise RefusalError(400, "malformed_gzip", "the gzip body does not inflate") from None
         if len(out) > limit or inflater.unconsumed_tail:
-            raise _RefusalError(413, "body_too_large", f"inflated bodies are limited to {limit} "
+            raise RefusalError(413, "body_too_large", f"inflated bodies are limited to {limit} "
                            "bytes")
         if not inflater.eof or inflater.unused_data:
-            raise _RefusalError(400, "malformed_gzip", "the gzip body is truncated or has "
+            raise RefusalError(400, "malformed_gzip", "the gzip body is truncated or has "
                            "trailing data")
         return out
 
@@ -893,60 +893,60 @@ class PolicyService:
             taken = log.ingest(source, kind if kind in kinds else "custom", event,
                                principal=principal) and taken
         if not taken:
-            raise _RefusalError(503, "decision_log_unavailable",
+            raise RefusalError(503, "decision_log_unavailable",
                                 "the decision log cannot record these events now; retry")
 
-    def _ingest_events(self, req: _Request) -> _Reply:
+    def _ingest_events(self, req: Request) -> Reply:
         principal, _ = self._agent(req)
         encoding = "gzip" if b"content-encoding" in req.headers else "identity"
         req.body = self._inflate(req)
-        events = _validate(_EVENTS_IN, _json_body(req))
+        events = validate(_EVENTS_IN, json_body(req))
         for event in events:
             self.events.append((principal, event))
         self.record_events("tracengent", principal,
                            [(e.type, e.model_dump(mode="json")) for e in events])
         self.metrics.ingest("events", encoding, len(events))
         out = _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=len(events)))
-        return _Reply(202, out, principal)
+        return Reply(202, out, principal)
 
-    def _ingest_trace(self, req: _Request) -> _Reply:
+    def _ingest_trace(self, req: Request) -> Reply:
         principal, _ = self._agent(req)
-        trace = _validate(_TRACE_IN, _json_body(req))
+        trace = validate(_TRACE_IN, json_body(req))
         self.traces.append((principal, trace))
         self.record_events("tracengent", principal,
                            [("trace.close", trace.model_dump(mode="json"))])
         self.metrics.ingest("traces", "identity", 1)
-        return _Reply(202, _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=1)), principal)
+        return Reply(202, _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=1)), principal)
 
     # ------------------------------------------------------------------ operations
-    def _healthz(self, req: _Request) -> _Reply:
-        return _Reply(200, _HEALTH_OUT.dump_json(m.HealthResponse(status="ok",
+    def _healthz(self, req: Request) -> Reply:
+        return Reply(200, _HEALTH_OUT.dump_json(m.HealthResponse(status="ok",
                                                                  revision=self.revision)))
 
-    def _readyz(self, req: _Request) -> _Reply:
+    def _readyz(self, req: Request) -> Reply:
         ready = not self._draining
         out = m.HealthResponse(status="ok" if ready else "unavailable",
                                revision=self.revision, reloadError=self.reload_error)
-        return _Reply(200 if ready else 503, _HEALTH_OUT.dump_json(out))
+        return Reply(200 if ready else 503, _HEALTH_OUT.dump_json(out))
 
-    def _metrics(self, req: _Request) -> _Reply:
+    def _metrics(self, req: Request) -> Reply:
         text = self.metrics.render(self.revision)
         log = self.engine.decision_log
         if log is not None:
             text += "# TYPE policyengine_decision_log_records gauge\n" + "".join(
                 f'policyengine_decision_log_records{{state="{k}"}} {v}\n'
                 for k, v in log.stats().items())
-        return _Reply(200, text.encode(),
+        return Reply(200, text.encode(),
                       content_type=b"text/plain; version=0.0.4; charset=utf-8")
 
-    def _openapi(self, req: _Request) -> _Reply:
-        return _Reply(200, self._openapi_bytes)
+    def _openapi(self, req: Request) -> Reply:
+        return Reply(200, self._openapi_bytes)
 
-    def _jwks(self, req: _Request) -> _Reply:
+    def _jwks(self, req: Request) -> Reply:
         keys = self.access.keys
         if any(k.alg == "HS256" for k in keys):
-            return _Reply(200, b'{"keys":[]}')
-        return _Reply(200, json.dumps(keys.public_jwks()).encode())
+            return Reply(200, b'{"keys":[]}')
+        return Reply(200, json.dumps(keys.public_jwks()).encode())
 
 
 def create_app(engine: pe.Engine, *, credentials: Credentials | str | None = None,

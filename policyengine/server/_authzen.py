@@ -45,7 +45,7 @@ from policyengine.permissions import is_valid_permission
 from policyengine.server import _models as m
 
 if TYPE_CHECKING:
-    from policyengine.server._app import PolicyService, _Reply, _Request, _Route
+    from policyengine.server._app import PolicyService, Reply, Request, Route
 
 __all__ = ["AuthzenWire", "evaluate", "evaluate_batch", "logged_search",
            "run_authzen_case", "run_logged_search", "search", "search_record"]
@@ -84,28 +84,28 @@ class AuthzenWire:
         self.service = service
         self.prefix = prefix
 
-    def routes(self) -> list[_Route]:
-        from policyengine.server._app import _Route
+    def routes(self) -> list[Route]:
+        from policyengine.server._app import Route
         p = self.prefix
         guarded = "authzen" if self.service.credentials.has_authzen_clients else None
         return [
-            _Route("authzen_configuration", "GET", f"{p}/.well-known/authzen-configuration",
+            Route("authzen_configuration", "GET", f"{p}/.well-known/authzen-configuration",
                    self.configuration, None, m.AuthzenConfiguration,
                    "AuthZEN PDP metadata"),
-            _Route("authzen_evaluation", "POST", f"{p}/access/v1/evaluation", self.evaluation,
+            Route("authzen_evaluation", "POST", f"{p}/access/v1/evaluation", self.evaluation,
                    m.AccessEvaluation, m.AccessEvaluationResponse,
                    "AuthZEN access evaluation", guarded),
-            _Route("authzen_evaluations", "POST", f"{p}/access/v1/evaluations",
+            Route("authzen_evaluations", "POST", f"{p}/access/v1/evaluations",
                    self.evaluations, m.AccessEvaluations, m.AccessEvaluationsResponse,
                    "AuthZEN batch access evaluations", guarded),
-            *(_Route(f"authzen_search_{kind}", "POST", f"{p}{path}", self._searcher(kind),
+            *(Route(f"authzen_search_{kind}", "POST", f"{p}{path}", self._searcher(kind),
                      _SEARCH_MODELS[kind][0], _SEARCH_MODELS[kind][1], summary, guarded)
               for kind, (_, _, path, summary) in _SEARCH.items()),
         ]
 
     # ------------------------------------------------------------------ endpoints
-    def configuration(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _Reply
+    def configuration(self, req: Request) -> Reply:
+        from policyengine.server._app import Reply
         base = self._base_url(req)
         out = m.AuthzenConfiguration(
             policy_decision_point=base,
@@ -114,16 +114,16 @@ class AuthzenWire:
             search_subject_endpoint=f"{base}{self.prefix}{_SEARCH['subject'][2]}",
             search_resource_endpoint=f"{base}{self.prefix}{_SEARCH['resource'][2]}",
             search_action_endpoint=f"{base}{self.prefix}{_SEARCH['action'][2]}")
-        return _Reply(200, _CONFIG_OUT.dump_json(out))
+        return Reply(200, _CONFIG_OUT.dump_json(out))
 
-    def _base_url(self, req: _Request) -> str:
+    def _base_url(self, req: Request) -> str:
         host = req.headers.get(b"host", b"localhost").decode("latin-1")
         safe = all(c.isalnum() or c in ".-:[]" for c in host) and host
         return f"http://{host if safe else 'localhost'}"
 
-    def _pep(self, req: _Request) -> str | None:
+    def _pep(self, req: Request) -> str | None:
         """The AuthZEN client asking, when clients are configured (else None: open)."""
-        from policyengine.server._app import _RefusalError
+        from policyengine.server._app import RefusalError
         credentials = self.service.credentials
         if not credentials.has_authzen_clients:
             return None
@@ -132,59 +132,59 @@ class AuthzenWire:
             raw = raw[7:].strip()
         name = credentials.check_authzen_client(raw) if raw else None
         if name is None:
-            raise _RefusalError(401, "unauthorized", "an AuthZEN client key is required",
+            raise RefusalError(401, "unauthorized", "an AuthZEN client key is required",
                                 ((b"www-authenticate", b'Bearer realm="authzen"'),))
         return name
 
-    def evaluation(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+    def evaluation(self, req: Request) -> Reply:
+        from policyengine.server._app import RefusalError, Reply, json_body, validate
         self._pep(req)
-        data = _json_body(req)
-        r = _validate(_ONE_IN, data)
+        data = json_body(req)
+        r = validate(_ONE_IN, data)
         try:
             out = _ONE_OUT.validate_python(evaluate(self.service.engine, data, self._count))
         except _ItemError as exc:
-            raise _RefusalError(400, "invalid_request", exc.message) from None
-        return _Reply(200, _ONE_OUT.dump_json(out), r.subject.id,
+            raise RefusalError(400, "invalid_request", exc.message) from None
+        return Reply(200, _ONE_OUT.dump_json(out), r.subject.id,
                       "allowed" if out.decision else "denied")
 
-    def evaluations(self, req: _Request) -> _Reply:
-        from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+    def evaluations(self, req: Request) -> Reply:
+        from policyengine.server._app import RefusalError, Reply, json_body, validate
         self._pep(req)
-        data = _json_body(req)
-        _validate(_MANY_IN, data)
+        data = json_body(req)
+        validate(_MANY_IN, data)
         try:
             out = evaluate_batch(self.service.engine, data, self._count)
         except _ItemError as exc:
-            raise _RefusalError(400, "invalid_request", exc.message) from None
+            raise RefusalError(400, "invalid_request", exc.message) from None
         if "evaluations" not in out:  # no list: answered as one evaluation
             one = _ONE_OUT.validate_python(out)
-            return _Reply(200, _ONE_OUT.dump_json(one), None,
+            return Reply(200, _ONE_OUT.dump_json(one), None,
                           "allowed" if one.decision else "denied")
         many = _MANY_OUT.validate_python(out)
-        return _Reply(200, _MANY_OUT.dump_json(many), None,
+        return Reply(200, _MANY_OUT.dump_json(many), None,
                       f"batch:{len(many.evaluations)}")
 
-    def _searcher(self, kind: str) -> Callable[[_Request], _Reply]:
-        def handler(req: _Request) -> _Reply:
-            from policyengine.server._app import _json_body, _RefusalError, _Reply, _validate
+    def _searcher(self, kind: str) -> Callable[[Request], Reply]:
+        def handler(req: Request) -> Reply:
+            from policyengine.server._app import RefusalError, Reply, json_body, validate
             client = self._pep(req)
-            data = _json_body(req)
+            data = json_body(req)
             adapter_in, adapter_out = _SEARCH[kind][0], _SEARCH[kind][1]
-            _validate(adapter_in, data)
+            validate(adapter_in, data)
             engine = self.service.engine
             try:
                 answer, recorded = logged_search(engine, kind, data, client)
             except _ItemError as exc:
-                raise _RefusalError(400, "invalid_request", exc.message) from None
+                raise RefusalError(400, "invalid_request", exc.message) from None
             log = engine.decision_log
             if not recorded and log is not None and log.overflow == "deny":
-                raise _RefusalError(503, "decision_log_unavailable",
+                raise RefusalError(503, "decision_log_unavailable",
                                     "the decision log cannot record this search now; "
                                     "retry")
             out = adapter_out.validate_python(answer)
             subject = data["subject"].get("id") if kind != "subject" else None
-            return _Reply(200, adapter_out.dump_json(out, exclude_none=True), subject,
+            return Reply(200, adapter_out.dump_json(out, exclude_none=True), subject,
                           f"search:{len(out.results)}")
         return handler
 

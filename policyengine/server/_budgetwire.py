@@ -17,7 +17,7 @@ import policyengine as pe
 from policyengine.budgets import BudgetInputError, IdempotencyMismatch, LLMUsage
 
 if TYPE_CHECKING:
-    from policyengine.server._app import PolicyService, _Reply, _Request
+    from policyengine.server._app import PolicyService, Reply, Request
     from policyengine.server._credentials import ApiKey
 
 __all__ = ["MICRO", "PER_USD", "USD", "api_key", "at_cent", "exact_or_cent", "llm_price",
@@ -96,18 +96,18 @@ def usd_amounts(usage: Mapping[str, Any] | None) -> dict[str, Decimal] | None:
             if k in usage}
 
 
-def render_refusals(service: PolicyService, handler: Callable[[_Request], _Reply],
-                    body: Callable[[str, str], BaseModel]) -> Callable[[_Request], _Reply]:
+def render_refusals(service: PolicyService, handler: Callable[[Request], Reply],
+                    body: Callable[[str, str], BaseModel]) -> Callable[[Request], Reply]:
     """``handler`` with every refusal answered as ``body(code, message)`` of this wire."""
-    from policyengine.server._app import _RefusalError, _Reply
+    from policyengine.server._app import RefusalError, Reply
 
-    def run(req: _Request) -> _Reply:
+    def run(req: Request) -> Reply:
         try:
             return handler(req)
-        except _RefusalError as exc:
+        except RefusalError as exc:
             service.metrics.error(exc.code)
             out = body(exc.code, exc.message)
-            return _Reply(exc.status, TypeAdapter(type(out)).dump_json(out),
+            return Reply(exc.status, TypeAdapter(type(out)).dump_json(out),
                           headers=exc.headers)
 
     return run
@@ -115,7 +115,7 @@ def render_refusals(service: PolicyService, handler: Callable[[_Request], _Reply
 
 def api_key(service: PolicyService, raw: bytes | None) -> ApiKey:
     """The :class:`ApiKey` presented, or 401."""
-    from policyengine.server._app import _RefusalError
+    from policyengine.server._app import RefusalError
 
     if raw is not None and 0 < len(raw) <= 1024:
         try:
@@ -125,7 +125,7 @@ def api_key(service: PolicyService, raw: bytes | None) -> ApiKey:
         found = service.credentials.check_api_key(key) if key else None
         if found is not None:
             return found
-    raise _RefusalError(401, "unauthorized", "a valid API key is required")
+    raise RefusalError(401, "unauthorized", "a valid API key is required")
 
 
 def llm_price(engine: pe.Engine, usage: LLMUsage) -> Decimal | None:

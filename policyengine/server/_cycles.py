@@ -40,7 +40,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from policyengine import budgets as pb
 from policyengine.server import _cycles_models as cm
 from policyengine.server import _models as m
-from policyengine.server._app import _Reply
+from policyengine.server._app import Reply
 from policyengine.server._credentials import CyclesKey
 from policyengine.server._cycles_fast import (
     FastAction,
@@ -53,7 +53,7 @@ from policyengine.server._cycles_fast import (
 from policyengine.server._wirejson import MalformedJsonError, loads
 
 if TYPE_CHECKING:
-    from policyengine.server._app import PolicyService, _Request, _Route
+    from policyengine.server._app import PolicyService, Request, Route
 
 __all__ = ["CyclesWire", "cycles_error_body"]
 
@@ -290,15 +290,15 @@ class CyclesWire:
         # Reservations this worker made: id -> tenant.
         self.owners: OrderedDict[str, str] = OrderedDict()
 
-    def routes(self) -> list[_Route]:
-        from policyengine.server._app import _Route
+    def routes(self) -> list[Route]:
+        from policyengine.server._app import Route
         p = self.prefix
         err = _refusal
 
-        def route(name: str, method: str, path: str, handler: Callable[[_Request], _Reply],
+        def route(name: str, method: str, path: str, handler: Callable[[Request], Reply],
                   request: type[BaseModel] | None, response: type[BaseModel] | None,
-                  summary: str, security: str | None = "cycles") -> _Route:
-            return _Route(name, method, f"{p}{path}", self._guarded(handler), request,
+                  summary: str, security: str | None = "cycles") -> Route:
+            return Route(name, method, f"{p}{path}", self._guarded(handler), request,
                           response, summary, security, error_body=err,
                           claims=b"x-cycles-api-key" if name == "cycles_event" else None)
 
@@ -330,27 +330,27 @@ class CyclesWire:
         ]
 
     # ------------------------------------------------------------------ plumbing
-    def _guarded(self, handler: Callable[[_Request], _Reply]) -> Callable[[_Request], _Reply]:
-        def run(req: _Request) -> _Reply:
+    def _guarded(self, handler: Callable[[Request], Reply]) -> Callable[[Request], Reply]:
+        def run(req: Request) -> Reply:
             rid = _request_id()
             try:
                 reply = handler(req)
             except _CyclesRefusalError as exc:
                 self.service.metrics.error(exc.code)
-                reply = _Reply(exc.status, cycles_error_body(
+                reply = Reply(exc.status, cycles_error_body(
                     exc.status, exc.code, exc.message, exc.details, rid), headers=exc.headers)
             except pb.BudgetError as exc:
                 status, code = _CODES.get(exc.code, (400, "INVALID_REQUEST"))
                 self.service.metrics.error(exc.code)
                 details = {"code": exc.code} if code in ("INVALID_REQUEST",
                                                          "INTERNAL_ERROR") else None
-                reply = _Reply(status, cycles_error_body(status, code, exc.message, details,
+                reply = Reply(status, cycles_error_body(status, code, exc.message, details,
                                                          rid))
             reply.headers = (*reply.headers, (b"x-request-id", rid.encode()))
             return reply
         return run
 
-    def _key(self, req: _Request) -> CyclesKey:
+    def _key(self, req: Request) -> CyclesKey:
         raw = req.headers.get(b"x-cycles-api-key")
         if raw:
             try:
@@ -362,7 +362,7 @@ class CyclesWire:
                 return found
         raise _CyclesRefusalError(401, "UNAUTHORIZED", "a valid X-Cycles-API-Key is required")
 
-    def _body(self, req: _Request, adapter: TypeAdapter[Any],
+    def _body(self, req: Request, adapter: TypeAdapter[Any],
               fast: Callable[[bytes], Any] | None = None) -> Any:
         """The validated body: ``fast`` (:mod:`._cycles_fast`) reads the endpoint's common
         shape; anything else, refusals included, goes through the strict decoder and the
@@ -381,7 +381,7 @@ class CyclesWire:
         return body
 
     @staticmethod
-    def _model(req: _Request, adapter: TypeAdapter[Any]) -> Any:
+    def _model(req: Request, adapter: TypeAdapter[Any]) -> Any:
         try:
             data = loads(req.body)
         except MalformedJsonError as exc:
@@ -392,11 +392,11 @@ class CyclesWire:
         except ValidationError as exc:
             raise _CyclesRefusalError(400, "INVALID_REQUEST", m.validation_message(exc)) from None
 
-    def _reply(self, status: int, body: bytes, tenant: str) -> _Reply:
-        return _Reply(status, body, tenant, headers=((b"x-cycles-tenant", tenant.encode()),))
+    def _reply(self, status: int, body: bytes, tenant: str) -> Reply:
+        return Reply(status, body, tenant, headers=((b"x-cycles-tenant", tenant.encode()),))
 
-    def _idempotent(self, req: _Request, adapter: TypeAdapter[Any], endpoint: str,
-                    run: _Operation, fast: Callable[[bytes], Any] | None = None) -> _Reply:
+    def _idempotent(self, req: Request, adapter: TypeAdapter[Any], endpoint: str,
+                    run: _Operation, fast: Callable[[bytes], Any] | None = None) -> Reply:
         """Validate, then answer a replay from the cache or run the operation once."""
         key = self._key(req)
         body = self._body(req, adapter, fast)
@@ -535,7 +535,7 @@ class CyclesWire:
         return round(t * 1000)
 
     # ------------------------------------------------------------------ endpoints
-    def create(self, req: _Request) -> _Reply:
+    def create(self, req: Request) -> Reply:
         return self._idempotent(req, _CREATE_IN, "reservations", self._create, create_body)
 
     def _create(self, key: CyclesKey, body: _CreateIn,
@@ -599,7 +599,7 @@ class CyclesWire:
             reserved=cm.AmountOut(unit=body.estimate.unit, amount=body.estimate.amount))
         return 200, _dump(_CREATE_OUT, out)
 
-    def commit(self, req: _Request) -> _Reply:
+    def commit(self, req: Request) -> Reply:
         return self._idempotent(req, _COMMIT_IN, "commit", self._commit, commit_body)
 
     def _commit(self, key: CyclesKey, body: _CommitIn,
@@ -628,7 +628,7 @@ class CyclesWire:
             out["released"] = {"unit": unit_out, "amount": reserved - charged}
         return 200, orjson.dumps(out)
 
-    def release(self, req: _Request) -> _Reply:
+    def release(self, req: Request) -> Reply:
         return self._idempotent(req, _RELEASE_IN, "release", self._release)
 
     def _release(self, key: CyclesKey, body: cm.ReleaseRequest,
@@ -641,7 +641,7 @@ class CyclesWire:
             raise _CyclesRefusalError(500, "INTERNAL_ERROR", "the release has no amount")
         return 200, _dump(_RELEASE_OUT, cm.ReleaseResponse(released=released))
 
-    def extend(self, req: _Request) -> _Reply:
+    def extend(self, req: Request) -> Reply:
         return self._idempotent(req, _EXTEND_IN, "extend", self._extend)
 
     def _extend(self, key: CyclesKey, body: cm.ExtendRequest,
@@ -656,7 +656,7 @@ class CyclesWire:
                                 remaining_ttl_ms=max(0, self._ms(done.expires_at - now)))
         return 200, _dump(_EXTEND_OUT, out)
 
-    def decide(self, req: _Request) -> _Reply:
+    def decide(self, req: Request) -> Reply:
         return self._idempotent(req, _DECIDE_IN, "decide", self._decide)
 
     def _decide(self, key: CyclesKey, body: cm.DecisionRequest,
@@ -677,7 +677,7 @@ class CyclesWire:
             reason_code=None if code is None else _CODES[code][1], affected_scopes=scopes)
         return 200, _dump(_DECIDE_OUT, out)
 
-    def event(self, req: _Request) -> _Reply:
+    def event(self, req: Request) -> Reply:
         return self._idempotent(req, _EVENT_IN, "events", self._event)
 
     def _event(self, key: CyclesKey, body: cm.EventCreateRequest,
@@ -702,7 +702,7 @@ class CyclesWire:
                                                            body.actual.amount))
         return 201, _dump(_EVENT_OUT, out)
 
-    def get(self, req: _Request) -> _Reply:
+    def get(self, req: Request) -> Reply:
         key = self._key(req)
         r = self._owned(key, req.params[0])
         return self._reply(200, _dump(_DETAIL_OUT, self._detail(r)), key.tenant)
@@ -747,7 +747,7 @@ class CyclesWire:
             created_at_ms=self._ms(r.created_at), expires_at_ms=self._ms(r.expires_at),
             scope_path="/".join(scopes), affected_scopes=scopes)
 
-    def list_reservations(self, req: _Request) -> _Reply:
+    def list_reservations(self, req: Request) -> Reply:
         """``GET /v1/reservations``: the tenant's reservations made over this wire, oldest
         first, filtered by status, idempotency key, subject level and time range, in
         pages (``limit`` 1 to 200, default 50; ``next_cursor`` / ``has_more``)."""
@@ -820,7 +820,7 @@ class CyclesWire:
             has_more=page.cursor is not None, next_cursor=page.cursor)
         return self._reply(200, _dump(_LIST_OUT, out), key.tenant)
 
-    def balances(self, req: _Request) -> _Reply:
+    def balances(self, req: Request) -> Reply:
         key = self._key(req)
         query = self._query(req, {*_LEVELS, "include_children", "limit", "cursor"})
         if not any(level in query for level in _LEVELS):
@@ -866,14 +866,14 @@ class CyclesWire:
             reserved=amt(reserved), spent=amt(spent), allocated=amt(limit), debt=amt(debt),
             overdraft_limit=amt(overdraft), is_over_limit=debt > overdraft)
 
-    def readiness(self, req: _Request) -> _Reply:
+    def readiness(self, req: Request) -> Reply:
         ready = not self.service.draining
-        return _Reply(200 if ready else 503,
+        return Reply(200 if ready else 503,
                       b'{"status":"UP"}' if ready else b'{"status":"OUT_OF_SERVICE"}')
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def _query(req: _Request, allowed: set[str]) -> dict[str, str]:
+    def _query(req: Request, allowed: set[str]) -> dict[str, str]:
         try:
             pairs = parse_qsl(req.query.decode("utf-8"), keep_blank_values=True,
                               strict_parsing=bool(req.query), max_num_fields=32)

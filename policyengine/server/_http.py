@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from policyengine.server._app import PolicyService, _RefusalError, _Request, _Route
+from policyengine.server._app import PolicyService, RefusalError, Request, Route
 
 if TYPE_CHECKING:
     from uvicorn.config import Config
@@ -189,20 +189,20 @@ class ServiceProtocol(asyncio.Protocol):
         """The body did not arrive within ``body_timeout``: 408, then close."""
         self.body_timer = None
         if self.in_message and not self.closing:
-            self._refuse_now(_RefusalError(408, "request_timeout",
+            self._refuse_now(RefusalError(408, "request_timeout",
                                            "the body took too long to arrive"))
 
-    def _refuse_now(self, refusal: _RefusalError) -> None:
+    def _refuse_now(self, refusal: RefusalError) -> None:
         """Answer the request being read with ``refusal`` (or the refusal its route or
         headers earn first, as the ASGI entry point orders them) and close."""
         service = self.service
         method, path = self._method(), self._path()
-        route: _Route | None = None
+        route: Route | None = None
         try:
             route = service.route_of(method, path)[0]
             service.headers_of(self.headers)
             raise refusal
-        except _RefusalError as exc:
+        except RefusalError as exc:
             reply = service.refused(route, exc)
         self._write(reply, False, head=method == "HEAD")
         service.answered(route, reply, self.started, method, path, self._client())
@@ -242,7 +242,7 @@ class ServiceProtocol(asyncio.Protocol):
         be answered first."""
         self.headers = []
         service, method = self.service, self._method()
-        reply = service.refused(None, _RefusalError(
+        reply = service.refused(None, RefusalError(
             431, "headers_too_large",
             f"a request's line and headers are limited to {self.head_limit} bytes"))
         self._write(reply, False, head=method == "HEAD")
@@ -275,7 +275,7 @@ class ServiceProtocol(asyncio.Protocol):
         """413 at once (after the refusals that come first: no such route, an ambiguous
         header), then close: the rest of the body is never read."""
         self.parts = []
-        self._refuse_now(_RefusalError(413, "body_too_large",
+        self._refuse_now(RefusalError(413, "body_too_large",
                                        f"bodies are limited to {self.limit} bytes"))
 
     def on_message_complete(self) -> None:
@@ -289,7 +289,7 @@ class ServiceProtocol(asyncio.Protocol):
         keep_alive = parser.should_keep_alive()
         method = parser.get_method().decode("ascii", "replace")
         service = self.service
-        route: _Route | None = None
+        route: Route | None = None
         path = ""
         try:
             url = httptools.parse_url(self.url)
@@ -302,7 +302,7 @@ class ServiceProtocol(asyncio.Protocol):
             headers = service.headers_of(self.headers)
             parts = self.parts
             body = parts[0] if len(parts) == 1 else b"".join(parts)
-            reply = route.handler(_Request(headers, body, params, url.query or b""))
+            reply = route.handler(Request(headers, body, params, url.query or b""))
         except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
             self._close_with(_BAD_REQUEST)
             return
