@@ -17,10 +17,11 @@ of ``xns<i>:delete`` with a condition, a permit of ``xns<i>:admin:*`` for the ro
 a condition, an approval of ``xns<i>:pay`` with a condition, a forbid of ``docs:d<i>``
 for one shared role with a condition (so every agent meets N/40 rules under ``docs:*``).
 Agent ``admin`` holds a role granting ``*``: every rule of the policy is in its answer.
-Fifty MCP tools bind ``tool_<j>`` to ``xns<j>:read``. Besides (``shapes.policy``, 113
+Fifty MCP tools bind ``tool_<j>`` to ``xns<j>:read``. Besides (``shapes.policy``, 163
 rules): agent ``admin2`` holds the role granting ``*`` and a role ``ops`` with two
 conditional rules of its own under it (a permit and a forbid); agent ``multi`` holds 50
-roles ``xr<i>`` and ``shared0``; ``hot:pay`` is decided by 110 conditional rules (a permit
+roles ``mr<j>`` (each granting ``mns<j>:*``, with a conditional forbid of its own) and
+``shared0``; ``hot:pay`` is decided by 110 conditional rules (a permit
 of ``hot:*`` per shared role, a permit per role of 50 ``xr<i>``, 50 unscoped forbids), and
 ``hot:mine`` by a permit whose condition reads the principal (``context.owner ==
 principal.id``), so every holder's lines are its own.
@@ -116,8 +117,11 @@ def sources(n: int) -> dict[str, str]:
         "role ops: ops:*", 'agent "admin2": superuser, ops',
         "permit op1: xns1:admin:x for role ops when context.level > 1",
         "forbid of1: xns2:delete for role ops when context.level > 2",
-        # an agent holding many roles
-        'agent "multi": ' + ", ".join([f"xr{i}" for i in range(0, n, step)] + ["shared0"]),
+        # an agent holding many roles, each with a conditional rule of its own
+        *(f"role mr{j}: mns{j}:*" for j in range(MANY_ROLES)),
+        *(f"forbid mf{j}: mns{j}:delete for role mr{j} when context.level > 2"
+          for j in range(MANY_ROLES)),
+        'agent "multi": ' + ", ".join([f"mr{j}" for j in range(MANY_ROLES)] + ["shared0"]),
         # one permission many conditional rules decide, for many roles' holders
         *(f"permit hs{k}: hot:* for role shared{k} when context.level > {k}"
           for k in range(SHARED)),

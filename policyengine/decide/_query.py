@@ -839,6 +839,28 @@ def _first_pattern_of_row(row: tuple[str, tuple[str, ...], tuple[_Line, ...]]) -
     return row[0]
 
 
+def _parts_of(bucket: Any, who: Principal) -> list[Any]:
+    """The parts of ``bucket`` that apply to ``who`` (as ``parts_for``, in another
+    order when a role's: the rules are put in declaration order after), going through
+    the bucket's roles instead of the principal's when it has fewer (an agent holding 50
+    roles meets buckets of one role)."""
+    parts: list[Any] = []
+    if bucket.unscoped is not None:
+        parts.append(bucket.unscoped)
+    if bucket.by_agent:
+        mine = bucket.by_agent.get(who.id)
+        if mine is not None:
+            parts.append(mine)
+    by_role = bucket.by_role
+    if by_role:
+        roles = who.roles
+        if len(by_role) < len(roles):
+            parts.extend([part for role, part in by_role.items() if role in roles])
+        else:
+            parts.extend([by_role[role] for role in roles if role in by_role])
+    return parts
+
+
 class QueryIndex:
     """The compiled policy's rule index, read backwards; built on first query.
 
@@ -1007,19 +1029,36 @@ class QueryIndex:
         sorted order, which puts every pattern after the wider ones (``a:*`` before
         ``a:b``: ``*`` sorts before every character a permission may hold)."""
         found = set(tops)
-        lists = self._lists(subject)
+        lists: list[list[str]] | None = None
+        every = self.keys
         for top in list(found):
             if top == "*":
-                for keys in lists:
+                for keys in lists or self._lists(subject):
                     found.update(keys)
                 continue
             if not top.endswith(":*"):
                 continue
             stem = top[:-1]
             end = top[:-2] + ";"  # the first string after every one starting with stem
+            lo, hi = bisect_left(every, stem), bisect_left(every, end)
+            if hi - lo <= 2 or hi - lo < len(subject.principal.roles):
+                # fewer pattern keys under ``top`` than scopes (an agent holding 50
+                # roles): those keys are read, not every scope's list
+                found.update([k for k in every[lo:hi] if self._in_scope(subject, k)])
+                continue
+            if lists is None:
+                lists = self._lists(subject)
             for keys in lists:
                 found.update(keys[bisect_left(keys, stem):bisect_left(keys, end)])
         return sorted(found)
+
+    def _in_scope(self, subject: _Subject, key: str) -> bool:
+        """Whether the pattern ``key`` holds a rule of the subject's scopes."""
+        b = self.buckets[key]
+        who = subject.principal
+        return b.unscoped is not None or bool(
+            b.by_role and not who.roles.isdisjoint(b.by_role)) or bool(
+            subject.kind == "agent" and b.by_agent and who.id in b.by_agent)
 
     def _scopes(self, subject: _Subject, top: str) -> tuple[str, ...]:
         """The subject's scopes (its roles, itself) with a rule at, under or above the
@@ -1291,8 +1330,7 @@ class QueryIndex:
                 _, above, held, row = stack[-1]
                 # the parent region's rules and this pattern's own: any pattern between
                 # the two has no rule in the subject's scope (it would be a region)
-                parts: list[Any] = []
-                buckets[key].parts_for(who, parts)
+                parts = _parts_of(buckets[key], who)
                 if len(parts) == 1:
                     rules: Sequence[CompiledRule] = parts[0].rules
                 else:  # a rule scoped to two of the subject's roles
@@ -1386,6 +1424,46 @@ class QueryIndex:
         groups.extend(found.values())
         return groups
 
+    def _sharing(self, permission: str, every: Sequence[CompiledRule]
+                 ) -> Callable[[_Subject], tuple[Access, ...]]:
+        """:meth:`access` for ``permission`` (``every``: its candidate rules, none of
+        which reads the principal), for many subjects in turn: the unscoped rules are
+        folded into a state once, and each subject's lines are that state with the rules
+        of its roles and its own laid over it (a permission fifty unscoped forbids decide,
+        asked for 120 groups of agents and roles: each group's rules are not gone
+        through again)."""
+        unscoped = [r for r in every if not r.roles and not r.agents]
+        by_role: dict[str, list[CompiledRule]] = {}
+        by_agent: dict[str, list[CompiledRule]] = {}
+        for r in every:
+            for role in r.roles:
+                by_role.setdefault(role, []).append(r)
+            for aid in r.agents:
+                by_agent.setdefault(aid, []).append(r)
+        base: list[_State] = []
+
+        def access(subject: _Subject) -> tuple[Access, ...]:
+            folder = _Folder(subject, self)
+            if not base:
+                base.append(_extend(_EMPTY, unscoped, folder, _NONE))
+            state = base[0]
+            who = subject.principal
+            found: dict[int, CompiledRule] = {}
+            for role in who.roles:
+                mine = by_role.get(role)
+                if mine is not None:
+                    for r in mine:
+                        found[r.order] = r
+            if subject.kind == "agent":
+                for r in by_agent.get(who.id, ()):
+                    found[r.order] = r
+            if found:
+                state = _extend(state, [found[k] for k in sorted(found)], folder, _NONE)
+            name, kind = subject.name, subject.kind
+            return tuple([Access(name, kind, permission, (), s, w, u, ids)
+                          for s, w, u, ids in _region_lines(state, folder)])
+        return access
+
     def principals(self, permission: str) -> Entries:
         """The lines of ``principals_with(permission)``: complete (the length is exact,
         every principal's lines are decided); the lines of agents that share them are
@@ -1414,10 +1492,12 @@ class QueryIndex:
             named.update(r.agents)
             personal = personal or self.personal(r)
         alone = agents if personal else agents & named
+        look = partial(self.access, permission=permission) if personal else \
+            self._sharing(permission, every)
         # per agent worked out alone, and per group of agents sharing lines: their lines
         # (for the first agent of the group) and the agents
         parts: list[tuple[tuple[Access, ...], list[str]]] = [
-            (self.access(self.subject("agent", aid), permission), [aid]) for aid in alone]
+            (look(self.subject("agent", aid)), [aid]) for aid in alone]
         if not personal:
             rest = agents - alone if alone else agents
             # with no agent named and no unscoped permit, the agents are the holders of
@@ -1425,13 +1505,13 @@ class QueryIndex:
             # the holders of every role the rules name
             holding = agents if not (everyone or named) and scoped == roles else None
             for ids in self._groups_by_roles(rest, scoped, holding):
-                parts.append((self.access(self.subject("agent", ids[0]), permission), ids))
+                parts.append((look(self.subject("agent", ids[0])), ids))
         parts = [part for part in parts if part[0]]
         tail: list[Access] = []
         for role in sorted(roles):
-            tail.extend(self.access(self.subject("role", role), permission))
+            tail.extend(look(self.subject("role", role)))
         if everyone:
-            tail.extend(self.access(self.subject("anyone", "*"), permission))
+            tail.extend(look(self.subject("anyone", "*")))
         total = sum(len(lines) * len(ids) for lines, ids in parts) + len(tail)
 
         def make() -> tuple[Access, ...]:

@@ -227,3 +227,11 @@ def test_agents_holding_many_roles_equal_the_reference(source: str) -> None:
                       for a in engine.permissions_of(aid).lookup(permission)]
             assert sorted(mine, key=str) == sorted(theirs, key=str), (permission, aid,
                                                                       source)
+        for role in MANY:
+            lines = [(a.status, a.when, a.unless) for a in who.entries
+                     if a.kind == "role" and a.principal == role]
+            own = engine.permissions_of(role=role).lookup(permission)
+            if any(role in r.roles and r.effect == "permit" and r.mode == "enforce"
+                   for r in engine.policy.candidates(permission)):  # a permit of its own
+                assert sorted(lines, key=str) == sorted(
+                    [(a.status, a.when, a.unless) for a in own], key=str), (permission, role)
