@@ -47,8 +47,8 @@ def main() -> None:
         return run
 
     def new_leaf_known_parents() -> object:
-        keys._verified.clear()
-        keys._hops.pop(leaf, None)
+        keys.verify_cache.clear()
+        keys.hop_cache.pop(leaf, None)
         return verify(keys, leaf, now=NOW, revocations=store)
 
     rows = [

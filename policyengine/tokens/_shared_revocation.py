@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from policyengine.tokens.errors import TokenError
-from policyengine.tokens.revocation import _check_id
+from policyengine.tokens.revocation import check_id
 
 __all__ = ["PostgresRevocationStore", "RedisRevocationStore", "revocations_from_url"]
 
@@ -99,7 +99,7 @@ class _CachedRevocations:
         return identifier in self._current()
 
     def revoke(self, identifier: str) -> None:
-        identifier = _check_id(identifier)
+        identifier = check_id(identifier)
         self._server_add(identifier)
         with self._lock:
             self._ids = self._ids | {identifier}

@@ -322,7 +322,7 @@ def _check_header(header: dict[str, Any], keys: KeySet) -> Key:
 
 def load_hop(keys: KeySet, token: str) -> Hop:
     """Parse, check the header and signature of, and validate one token (cached)."""
-    hop: Hop | None = keys._hops.get(token)
+    hop: Hop | None = keys.hop_cache.get(token)
     if hop is not None:
         return hop
     parsed = split(token)
@@ -334,7 +334,7 @@ def load_hop(keys: KeySet, token: str) -> Hop:
         # A key speaks only for its own issuer: issuer B's key cannot vouch for A.
         raise _fail("issuer_key_mismatch", f"the token names issuer {hop.issuer!r} but is "
                     f"signed with key {key.kid!r} of issuer {key.issuer!r}")
-    _cache_put(keys._hops, token, hop)
+    _cache_put(keys.hop_cache, token, hop)
     return hop
 
 
@@ -463,14 +463,14 @@ def verify(
         raise _fail("invalid_option", f"leeway must be between 0 and {MAX_LEEWAY} seconds")
     cache_key = (token, issuer, audience, leeway, max_depth, max_ttl, child_max_ttl)
     try:
-        entry = keys._verified.get(cache_key)
+        entry = keys.verify_cache.get(cache_key)
     except TypeError:  # unhashable option: fall through to the full (failing) path
         entry = None
     if entry is None:
         entry = _verify_uncached(keys, token, now, issuer, audience, rates, max_depth, max_ttl,
                                  child_max_ttl)
         if entry[5]:
-            _cache_put(keys._verified, cache_key, entry)
+            _cache_put(keys.verify_cache, cache_key, entry)
     grant, nbf, exp, iat, ids, _ = entry
     t = time.time() if now is None else now
     if t >= exp + leeway:

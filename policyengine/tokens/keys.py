@@ -306,19 +306,21 @@ class KeySet:
         self._active = active
         #: Algorithms any key here accepts: the per-set allowlist checked before the kid.
         self.algorithms = frozenset(k.alg for k in self._keys.values())
-        # Per-key-set caches used by ``verify`` (a changed key set never reuses them).
-        self._verified: dict[Any, Any] = {}
-        self._hops: dict[str, Any] = {}
+        # Per-key-set caches that ``verify`` (tokens/grants.py) reads and fills: a changed
+        # key set never reuses them. Not API: public names only because another module of
+        # this package reads them on the hot path (an attribute, no accessor call).
+        self.verify_cache: dict[Any, Any] = {}
+        self.hop_cache: dict[str, Any] = {}
 
     @property
     def cached_verifications(self) -> int:
         """Verification results cached now (read-only; bounded, see docs/delegation.md)."""
-        return len(self._verified)
+        return len(self.verify_cache)
 
     def clear_cache(self) -> None:
         """Forget cached verifications (benchmarks; memory pressure)."""
-        self._verified.clear()
-        self._hops.clear()
+        self.verify_cache.clear()
+        self.hop_cache.clear()
 
     # -- construction -------------------------------------------------------------
     def for_issuer(self, issuer: str | None) -> KeySet:

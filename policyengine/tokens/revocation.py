@@ -30,7 +30,8 @@ class RevocationStore(Protocol):
     def any_revoked(self, identifiers: Iterable[str]) -> bool: ...
 
 
-def _check_id(identifier: object) -> str:
+def check_id(identifier: object) -> str:
+    """The one check of a revocation id, shared by every store of this package (not API)."""
     if type(identifier) is not str or not identifier or len(identifier) > 256:
         raise TokenError("invalid_claim", "a revocation id is a non-empty grant_id or jti")
     return identifier
@@ -40,14 +41,14 @@ class MemoryRevocationStore:
     """Revocations in a set: O(1) per id. Not shared between processes."""
 
     def __init__(self, identifiers: Iterable[str] = ()) -> None:
-        self._ids: set[str] = {_check_id(i) for i in identifiers}
+        self._ids: set[str] = {check_id(i) for i in identifiers}
         #: Revocations made so far: moved by every ``revoke``, after the id is in. A
         #: caller that found ids unrevoked at one count knows they still are while it
         #: stands (the decision pipeline keeps it with a verified grant).
         self.changes = 0
 
     def revoke(self, identifier: str) -> None:
-        self._ids.add(_check_id(identifier))
+        self._ids.add(check_id(identifier))
         self.changes += 1
 
     def is_revoked(self, identifier: str) -> bool:
@@ -95,4 +96,4 @@ def revoke(store: RevocationStore, identifier: str) -> None:
 
     Every token whose chain contains that id stops verifying (code ``revoked``).
     """
-    store.revoke(_check_id(identifier))
+    store.revoke(check_id(identifier))
