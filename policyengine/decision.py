@@ -122,9 +122,15 @@ class ShadowOutcome(NamedTuple):
 
 
 class Obligations:
-    """What an allowed caller must honour. Money values are in ``currency``."""
+    """What an allowed caller must honour. Money values are in ``currency``.
 
-    __slots__ = ("currency", "max_amount", "redact_fields", "require_approval_over")
+    Read-only, like the :class:`Decision` it rides on: the decision log records it after
+    ``authorize`` returns (on its own thread), so a caller that could change it would
+    have the log record values the engine never decided. Each field is a C-level getter
+    over a private slot: built and read as cheaply as plain slots.
+    """
+
+    __slots__ = ("_currency", "_max_amount", "_redact_fields", "_require_approval_over")
 
     def __init__(
         self,
@@ -133,21 +139,28 @@ class Obligations:
         redact_fields: tuple[str, ...] = (),
         currency: str | None = None,
     ) -> None:
-        self.max_amount = max_amount
-        self.require_approval_over = require_approval_over
-        self.redact_fields = redact_fields
-        self.currency = currency
+        self._max_amount = max_amount
+        self._require_approval_over = require_approval_over
+        self._redact_fields = redact_fields
+        self._currency = currency
+
+    max_amount: Decimal | None = property(attrgetter("_max_amount"))  # type: ignore[assignment]
+    require_approval_over: Decimal | None = property(  # type: ignore[assignment]
+        attrgetter("_require_approval_over"))
+    redact_fields: tuple[str, ...] = property(  # type: ignore[assignment]
+        attrgetter("_redact_fields"))
+    currency: str | None = property(attrgetter("_currency"))  # type: ignore[assignment]
 
     def is_empty(self) -> bool:
-        return (self.max_amount is None and self.require_approval_over is None
-                and not self.redact_fields)
+        return (self._max_amount is None and self._require_approval_over is None
+                and not self._redact_fields)
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            "maxAmount": _money_str(self.max_amount),
-            "requireApprovalOver": _money_str(self.require_approval_over),
-            "redactFields": list(self.redact_fields),
-            "currency": self.currency,
+            "maxAmount": _money_str(self._max_amount),
+            "requireApprovalOver": _money_str(self._require_approval_over),
+            "redactFields": list(self._redact_fields),
+            "currency": self._currency,
         }
 
     def __repr__(self) -> str:

@@ -4,11 +4,14 @@ decision and operation, what it never holds, and the file sink."""
 from __future__ import annotations
 
 import json
+import threading
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import policyengine as pe
 from policyengine.audit import (
@@ -274,3 +277,50 @@ budget usd: llm:* limit 1 USD per day
             ("default.tok", 3_000), ("default.usd", Decimal("0.02"))]
     assert with_log.close()
     assert [x["status"] for x in records if x["kind"] == "budget.reserve"] == ["ok"]
+
+
+def test_the_log_records_the_obligations_decided_not_a_later_change() -> None:
+    """The record is written on the log's thread after ``authorize`` returns: a caller
+    that could change the decision's obligations meanwhile would have the hash-chained
+    log record a cap the engine never decided. The sink is held until after the try."""
+    entered, gate = threading.Event(), threading.Event()
+    records: list[dict[str, Any]] = []
+
+    def slow(record: dict[str, Any]) -> None:
+        entered.set()
+        gate.wait(10)
+        records.append(record)
+
+    engine = pe.Engine.from_source(POLICY, decision_log=DecisionLog(CallbackSink(slow)))
+    assert entered.wait(10)  # the log's thread is held inside the sink
+    d = engine.authorize("bot", "payments:pay", {"amount": "20", "currency": "EUR"})
+    ob = d.obligations
+    assert ob is not None
+    for name, value in (("max_amount", Decimal("999999")),
+                        ("require_approval_over", Decimal("999999")),
+                        ("redact_fields", ()), ("currency", "USD")):
+        with pytest.raises(AttributeError):
+            setattr(ob, name, value)
+    with pytest.raises(AttributeError):
+        ob.extra = 1  # type: ignore[attr-defined]
+    gate.set()
+    assert engine.close()
+    (r,) = kinds(records, "authorize")
+    # the policy's own figures (limit cap 500 EUR, approval over 300 EUR)
+    assert r["result"]["obligations"] == {"maxAmount": "500.00",
+                                          "requireApprovalOver": "300.00",
+                                          "redactFields": [], "currency": "EUR"}
+    assert (ob.max_amount, ob.require_approval_over, ob.currency) == (
+        Decimal("500.00"), Decimal("300.00"), "EUR")
+
+
+@given(st.sampled_from(["max_amount", "require_approval_over", "redact_fields",
+                        "currency"]),
+       st.one_of(st.none(), st.decimals(allow_nan=False), st.text(max_size=5)))
+def test_obligations_refuse_every_change(name: str, value: object) -> None:
+    ob = pe.Obligations(Decimal("5.00"), Decimal("1.00"), ("$.a",), "EUR")
+    before = ob.to_wire()
+    with pytest.raises(AttributeError):
+        setattr(ob, name, value)
+    assert ob.to_wire() == before == {"maxAmount": "5.00", "requireApprovalOver": "1.00",
+                                      "redactFields": ["$.a"], "currency": "EUR"}
