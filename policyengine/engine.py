@@ -22,6 +22,7 @@ from policyengine.decide._compiled import CompileCache, CompiledPolicy, compile_
 from policyengine.decide._evaluator import Explanation
 from policyengine.decide._pipeline import Pipeline, Trace
 from policyengine.decision import ApprovalRequired, Decision, NotAuthorized, ToolDecision
+from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.lang._checker import CheckCache, check
 from policyengine.lang._parser import ParseCache, parse_many
@@ -34,13 +35,61 @@ if TYPE_CHECKING:
 
 perf_counter_ns = time.perf_counter_ns
 
-__all__ = ["Engine", "load_policy"]
+__all__ = ["Engine", "EngineOptionError", "load_policy"]
 
 PolicyFiles = list[tuple[str, "str | bytes"]]
 #: Statements ``_config_warnings`` looks into (those that may redact with ``hash``).
 _REDACTING = frozenset({ast.HttpTool, ast.NamedTool, ast.LogRedact})
 #: ``tools._egress.tool_authorize``, imported on the first tool call.
 _tool_authorize: Callable[..., ToolDecision] | None = None
+
+
+class EngineOptionError(PolicyEngineError, TypeError):
+    """An :class:`Engine` option of the wrong kind (``keys`` that is not a ``KeySet``, a
+    ``clock`` that is not a callable returning seconds, ...), code ``invalid_option``.
+
+    Raised when the engine is built (or the option replaced), never on a request: the
+    decision path reads these options on every request and does not check them again,
+    so an option it could not use would fail every request instead of denying one.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_option", message)
+
+
+def _checked_keys(keys: Any) -> Any:
+    """``keys`` if it is None or a ``KeySet`` (the verifier reads its private cache)."""
+    if keys is None:
+        return None
+    from policyengine.tokens import KeySet
+    if not isinstance(keys, KeySet):
+        raise EngineOptionError(f"keys must be a policyengine.tokens.KeySet or None, not "
+                                f"{type(keys).__name__}")
+    return keys
+
+
+def _checked_revocations(revocations: Any) -> Any:
+    """``revocations`` if it has the ``RevocationStore`` methods every token check calls."""
+    from policyengine.tokens import RevocationStore
+    if not isinstance(revocations, RevocationStore):
+        raise EngineOptionError("revocations must be a RevocationStore (revoke, is_revoked, "
+                                f"any_revoked) or its URL, not {type(revocations).__name__}")
+    return revocations
+
+
+def _checked_clock(clock: Any) -> Callable[[], float] | None:
+    """``clock`` if it is None or a callable returning POSIX seconds as an int or float
+    (asked once here; every time-dependent answer reads it)."""
+    if clock is None:
+        return None
+    if not callable(clock):
+        raise EngineOptionError(f"clock must be a callable returning POSIX seconds, not "
+                                f"{type(clock).__name__}")
+    now = clock()
+    if type(now) is bool or not isinstance(now, (int, float)):
+        raise EngineOptionError(f"clock() must return POSIX seconds as an int or float, "
+                                f"not {type(now).__name__}")
+    return clock  # type: ignore[no-any-return]
 
 
 def read_paths(paths: Iterable[str | os.PathLike[str]]) -> PolicyFiles:
@@ -210,6 +259,9 @@ class Engine:
     * ``decision_log``: a :class:`~policyengine.audit.DecisionLog` (or a sink URL for
       one) that records every decision and operation (docs/decision-log.md). Default:
       none. :meth:`close` flushes and closes it.
+
+    ``keys``, ``clock``, ``revocations`` and ``decision_log`` of the wrong kind raise
+    :class:`EngineOptionError` (``invalid_option``) here, not on every request.
     """
 
     def __init__(self, files: PolicyFiles, *, paths: tuple[str, ...] = (),
@@ -222,20 +274,20 @@ class Engine:
         self._files = files
         self._base_dir = base_dir
         self._rates_override = rates
-        self._clock = clock
+        self._clock = clock = _checked_clock(clock)
         if isinstance(approvals, str):  # a URL: memory:, postgresql://, redis://
             from policyengine.decide import approvals_from_url
             approvals = approvals_from_url(approvals)
         self.approvals: ApprovalStore = (
             approvals or MemoryApprovalStore(clock or time.time))  # type: ignore[assignment]
-        self._keys = keys
+        self._keys = _checked_keys(keys)
         if revocations is None:
             from policyengine.tokens import MemoryRevocationStore
             revocations = MemoryRevocationStore()
         elif isinstance(revocations, str):  # a URL: memory:, postgresql://, redis://
             from policyengine.tokens import revocations_from_url
             revocations = revocations_from_url(revocations)
-        self._revocations = revocations
+        self._revocations = _checked_revocations(revocations)
         self._verify_options: tuple[Any, ...] | None = None
         self.hmac_key = hmac_key
         if isinstance(budget_store, str):  # a URL: memory:, sqlite:///, postgresql://, redis://
@@ -274,7 +326,7 @@ class Engine:
 
     @keys.setter
     def keys(self, keys: Any) -> None:
-        self._keys = keys
+        self._keys = _checked_keys(keys)
         self._renew_pipeline()
 
     @property
@@ -285,7 +337,7 @@ class Engine:
 
     @revocations.setter
     def revocations(self, revocations: Any) -> None:
-        self._revocations = revocations
+        self._revocations = _checked_revocations(revocations)
         self._renew_pipeline()
 
     def _attach_log(self, decision_log: Any) -> None:
@@ -294,7 +346,8 @@ class Engine:
         if isinstance(decision_log, str):  # a sink URL: file path, stdout:, http(s)://
             decision_log = DecisionLog(decision_log)
         if not isinstance(decision_log, DecisionLog):
-            raise TypeError("decision_log must be a DecisionLog or a sink URL")
+            raise EngineOptionError("decision_log must be a DecisionLog or a sink URL, not "
+                                    f"{type(decision_log).__name__}")
         if decision_log.keys is None:  # checkpoints are signed with the engine's keys
             decision_log.keys = self.keys
         self.decision_log = decision_log

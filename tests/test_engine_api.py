@@ -227,3 +227,80 @@ def test_decision_ids_are_lazy_and_unique(make_engine) -> None:  # type: ignore[
         t.join()
     ids.append(first)
     assert len(set(ids)) == len(ids) == 8001
+
+
+# ---- options of the wrong kind: refused when the engine is built, never per request ----
+
+TOKEN_POLICY = 'role r: docs:*\nagent "bot": r\n'
+BAD_KEYS = [{"keys": []}, "keys.json", 42, [], b"secret", object()]
+
+
+def _token() -> str:
+    from policyengine import tokens
+    keys = tokens.KeySet.generate()
+    return tokens.mint(keys, issuer="https://auth.example", acting_for="alice",
+                       agent="bot", permissions=["docs:*"], ttl=600)
+
+
+@pytest.mark.parametrize("keys", BAD_KEYS, ids=lambda k: type(k).__name__)
+def test_keys_of_the_wrong_kind_are_refused_at_construction(keys: object) -> None:
+    from policyengine import PolicyEngineError
+    from policyengine.engine import EngineOptionError
+    with pytest.raises(EngineOptionError) as info:
+        Engine.from_source(TOKEN_POLICY, keys=keys)
+    assert isinstance(info.value, PolicyEngineError) and isinstance(info.value, TypeError)
+    assert info.value.code == "invalid_option" and "KeySet" in info.value.message
+    # replacing the keys of a running engine is refused the same way, and changes nothing
+    engine = Engine.from_source(TOKEN_POLICY)
+    with pytest.raises(EngineOptionError):
+        engine.keys = keys
+    assert engine.keys is None
+    token = _token()
+    for decide in (engine.authorize, engine.explain):
+        d = decide("bot", "docs:read", {}, token=token)
+        d = getattr(d, "decision", d)
+        assert (d.status, d.code, d.diagnostics[0].code) == ("denied", "invalid_token",
+                                                              "no_keys")
+    with pytest.raises(NotAuthorized):
+        engine.ensure_authorized("bot", "docs:read", {}, token=token)
+
+
+@pytest.mark.parametrize("clock", ["x", 1700000000, 1.5, None.__class__, lambda: "now",
+                                   lambda: True, lambda: None])
+def test_a_clock_of_the_wrong_kind_is_refused_at_construction(clock: object) -> None:
+    from policyengine.engine import EngineOptionError
+    with pytest.raises(EngineOptionError) as info:
+        Engine.from_source(TOKEN_POLICY, clock=clock)
+    assert info.value.code == "invalid_option" and "clock" in info.value.message
+
+
+def test_a_usable_clock_and_keys_are_taken() -> None:
+    from policyengine import tokens
+    keys = tokens.KeySet.generate()
+    engine = Engine.from_source(TOKEN_POLICY, keys=keys, clock=lambda: 1_700_000_000)
+    token = tokens.mint(keys, issuer="https://auth.example", acting_for="alice",
+                        agent="bot", permissions=["docs:*"], ttl=600, now=1_700_000_000)
+    assert engine.authorize("bot", "docs:read", token=token).allowed
+    assert Engine.from_source(TOKEN_POLICY, clock=lambda: 1.5).authorize("bot",
+                                                                         "docs:x").allowed
+
+
+@pytest.mark.parametrize("store", [{"revoked": []}, ["grant-1"], 7, object()],
+                         ids=lambda s: type(s).__name__)
+def test_a_revocation_store_of_the_wrong_kind_is_refused(store: object) -> None:
+    from policyengine.engine import EngineOptionError
+    with pytest.raises(EngineOptionError) as info:
+        Engine.from_source(TOKEN_POLICY, revocations=store)
+    assert info.value.code == "invalid_option"
+    engine = Engine.from_source(TOKEN_POLICY)
+    before = engine.revocations
+    with pytest.raises(EngineOptionError):
+        engine.revocations = store
+    assert engine.revocations is before
+
+
+def test_a_decision_log_of_the_wrong_kind_is_a_coded_error() -> None:
+    from policyengine.engine import EngineOptionError
+    with pytest.raises(EngineOptionError) as info:
+        Engine.from_source(TOKEN_POLICY, decision_log=42)
+    assert info.value.code == "invalid_option"
