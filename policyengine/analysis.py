@@ -46,7 +46,7 @@ from policyengine.permissions import permission_matches, subsumes
 from policyengine.tokens.grants import MAX_DEPTH
 
 __all__ = ["CHANGE_KINDS", "SEVERITIES", "Analysis", "DecisionChange", "Diff", "Finding",
-           "analyze", "diff"]
+           "analyze", "diff", "fit_schemas"]
 
 #: Finding severities, weakest first (``--fail-on`` takes one of them).
 SEVERITIES = ("info", "warning", "error")
@@ -702,6 +702,60 @@ def _request(principal: str, permission: str, context: dict[str, Any]) -> dict[s
     return {"principal": principal, "permission": permission, "context": context}
 
 
+# ---- counterexamples that fit the declared context ------------------------------------
+
+def _schemas_of(policy: CompiledPolicy, permission: str) -> list[ast.SchemaDecl]:
+    """The schemas whose patterns cover ``permission`` (the request must fit each)."""
+    return [st for f in policy.files for st in f.statements
+            if isinstance(st, ast.SchemaDecl)
+            and any(permission_matches(p, permission) for p in st.patterns)]
+
+
+def _sample(t: ast.SchemaType, currency: str | None) -> Any:
+    """A value of a declared type (docs/language.md, "Context schemas")."""
+    if t.kind == "enum":
+        return t.values[0] if t.values else MISSING
+    if t.kind == "list":
+        return []
+    if t.kind == "{}":
+        return _filled({}, t.fields, currency)
+    return {"string": "analysis", "int": 0, "decimal": 0, "money": "0",
+            "bool": False}.get(t.kind, MISSING)
+
+
+def _filled(ctx: dict[str, Any], fields: Sequence[ast.SchemaField], currency: str | None
+            ) -> dict[str, Any]:
+    """``ctx`` with each required field it lacks given a value of its declared type
+    (records filled in below), so that a witness the rules decide is also a request the
+    schema lets through. Values already there are kept: the rules' witnesses are what is
+    being shown; the engine's own run then says whether the whole request fits."""
+    out = dict(ctx)
+    for f in fields:
+        have = out.get(f.name, MISSING)
+        if have is MISSING:
+            if f.optional:
+                continue
+            value = (currency if f.name == "currency" and f.type.kind == "string"
+                     and currency is not None else _sample(f.type, currency))
+            if value is not MISSING:
+                out[f.name] = value
+        elif f.type.kind == "{}" and isinstance(have, dict):
+            out[f.name] = _filled(have, f.type.fields, currency)
+    return out
+
+
+def fit_schemas(policy: CompiledPolicy, permission: str, ctx: dict[str, Any],
+                currency: str | None = None) -> dict[str, Any]:
+    """``ctx`` completed for the schemas covering ``permission``: each required field it
+    lacks, at any depth, gets a value of its type (``currency``, else the policy's
+    default currency, for a ``currency: string``). A request without them would be
+    refused (``invalid_request``) before any rule decides, so a counterexample must carry
+    them."""
+    for schema in _schemas_of(policy, permission):
+        ctx = _filled(ctx, schema.fields, currency or policy.default_currency)
+    return ctx
+
+
 # ---- analyze ----------------------------------------------------------------------------
 
 class _Analyzer:
@@ -850,16 +904,15 @@ class _Analyzer:
                     denying = [r.qid for r in deniers if _applies(table.get(r.qid))]
                     if denying:
                         fired.update(dict.fromkeys(denying))
-                        if denied_example is None and self._verify_denied(
-                                rule, pid, perm, ctx):
-                            denied_example = _request(pid, perm, ctx)
+                        if denied_example is None:
+                            denied_example = self._verified(rule, pid, perm, ctx, "denied")
                         continue
                     asking = [r.qid for r in approvals if _applies(table.get(r.qid))]
                     if asking:
                         approved.update(dict.fromkeys(asking))
-                        if pending_example is None and self._verify_pending(
-                                rule, pid, perm, ctx):
-                            pending_example = _request(pid, perm, ctx)
+                        if pending_example is None:
+                            pending_example = self._verified(rule, pid, perm, ctx,
+                                                             "pending_approval")
                         continue
                     return  # this rule decides this request: it is effective
         if not applied:
@@ -892,22 +945,24 @@ class _Analyzer:
         self.requests += 1
         return self.engine.explain(pid, perm, ctx)
 
-    def _verify_denied(self, rule: CompiledRule, pid: str, perm: str,
-                       ctx: dict[str, Any]) -> bool:
+    def _verified(self, rule: CompiledRule, pid: str, perm: str, ctx: dict[str, Any],
+                  status: str) -> dict[str, Any] | None:
+        """The request ``pid`` asking ``perm`` with ``ctx`` (completed for the schemas
+        covering ``perm``), when the engine's own run decides it with ``status`` and
+        ``rule`` applying cleanly in it (for a denial, not one of a malformed request or
+        of no permit at all); else None. Requests that need a delegation token are never
+        returned (the analysis mints none)."""
         if GRANT in ctx:
-            return False
+            return None
+        ctx = fit_schemas(self.policy, perm, ctx,
+                          rule.money.base if rule.money is not None else None)
         x = self._explain(pid, perm, ctx)
         entry = next((e for e in x.rules if e["rule"] == rule.qid), None)
-        return bool(x.decision.status == "denied" and _applies_cleanly(entry)
-                    and x.decision.code not in ("invalid_request", "no_permit"))
-
-    def _verify_pending(self, rule: CompiledRule, pid: str, perm: str,
-                        ctx: dict[str, Any]) -> bool:
-        if GRANT in ctx:
-            return False
-        x = self._explain(pid, perm, ctx)
-        entry = next((e for e in x.rules if e["rule"] == rule.qid), None)
-        return bool(x.decision.status == "pending_approval" and _applies_cleanly(entry))
+        if x.decision.status != status or not _applies_cleanly(entry):
+            return None
+        if status == "denied" and x.decision.code in ("invalid_request", "no_permit"):
+            return None
+        return _request(pid, perm, ctx)
 
     # -- W304: duplicates
     def duplicates(self) -> None:
@@ -944,14 +999,8 @@ class _Analyzer:
                 fieldname = subject_field(spec.subject)
                 for pid in self.in_scope(rule)[:16]:
                     for perm in permission_representatives(rule.patterns, self.vocabulary)[:16]:
-                        ctx: dict[str, Any] = {"amount": str(over), "currency": base}
-                        if fieldname:
-                            ctx[fieldname] = "analysis"
-                        x = self._explain(pid, perm, ctx)
-                        entry = next((e for e in x.rules if e["rule"] == rule.qid), None)
-                        if x.decision.code == "budget_exceeded" and entry is not None \
-                                and entry.get("result") == "does not apply":
-                            example = _request(pid, perm, ctx)
+                        example = self._over_budget(rule, pid, perm, over, base, fieldname)
+                        if example is not None:
                             break
                     if example is not None:
                         break
@@ -960,6 +1009,39 @@ class _Analyzer:
                          f"but budget '{spec.id}' lets through at most {room} {base} per "
                          f"{spec.window}: the budget refuses every amount between them",
                          [spec.id], example)
+
+
+    def _over_budget(self, rule: CompiledRule, pid: str, perm: str, over: Decimal,
+                     base: str, fieldname: str | None) -> dict[str, Any] | None:
+        """A request of ``over`` (within the limit ``rule``, above the budget) that the
+        budget refuses: the other rules on ``perm`` must let it through to the budget, so
+        their context regions are searched (each region's witness, the amount fixed), a
+        region being tried with the engine only when no forbid, limit or approval of the
+        rule table applies in it. At most ``self.max`` regions and 64 runs."""
+        rules = [r for r in self.index.overlapping([perm]) if r.mode == "enforce"
+                 and any(permission_matches(p, perm) for p in r.patterns)]
+        space, _ = _space([self.infos[r.qid] for r in rules])
+        space.currency, space.amounts = None, [MISSING]  # the amount is fixed: ``over``
+        contexts, _ = space.contexts(self.max, seed=len(rule.qid))
+        runs = 0
+        for found in contexts:
+            ctx = {**found, "amount": str(over), "currency": base}
+            if fieldname:
+                ctx.setdefault(fieldname, "analysis")
+            self.requests += 1
+            table = _table(self.policy, pid, perm, ctx, rules)
+            if any(_applies(table.get(r.qid)) for r in rules if r.effect != "permit"):
+                continue
+            ctx = fit_schemas(self.policy, perm, ctx, base)
+            x = self._explain(pid, perm, ctx)
+            entry = next((e for e in x.rules if e["rule"] == rule.qid), None)
+            if x.decision.code == "budget_exceeded" and entry is not None \
+                    and entry.get("result") == "does not apply":
+                return _request(pid, perm, ctx)
+            runs += 1
+            if runs >= 64:
+                break
+        return None
 
 
 def analyze(engine: Engine, *, max_requests: int = MAX_REQUESTS) -> Analysis:

@@ -189,6 +189,77 @@ def test_limit_above_a_budget() -> None:
     assert codes(within) == []
 
 
+def test_counterexamples_carry_the_context_a_schema_requires() -> None:
+    # Without the required fields every request is refused (invalid_request) before a rule
+    # decides: the witnesses of the rules alone would never verify.
+    schema = ('schema docs:*, shop:* { count: int, kind: enum("x", "y"), '
+              'owner: { id: string, tier?: enum("a") }, currency: string, '
+              "tags?: list[string] }\n")
+    engine = Engine.from_source(
+        "currency EUR\n" + BASE + "permit p: docs:read\nforbid f: docs:read\n"
+        "permit buy: shop:buy when amount > 100 EUR\napproval ask: shop:* over 50 EUR\n"
+        + schema)
+    w302, w305 = only(engine, "W302"), only(engine, "W305")
+    d = replay(engine, w302)
+    assert (d.status, d.code, d.rules) == ("denied", "forbidden", ("default.f",))
+    d = replay(engine, w305)
+    assert (d.status, d.code) == ("pending_approval", "approval_required")
+    ctx = w302.counterexample["context"]  # type: ignore[index]
+    assert type(ctx["count"]) is int and ctx["kind"] in ("x", "y")
+    assert isinstance(ctx["owner"]["id"], str) and "tier" not in ctx["owner"]
+    assert "tags" not in ctx and ctx["currency"] == "EUR"
+    assert engine.authorize("bot", "docs:read", {}).code == "invalid_request"
+
+
+def test_limit_above_a_budget_past_rules_that_deny_some_contexts() -> None:
+    # x never holds but fails closed (denies) without context.a; y denies one kind: the
+    # counterexample must carry a context the other rules let through to the budget.
+    engine = Engine.from_source(
+        "currency EUR\n" + BASE + "limit cap: pay:send amount <= 1000 EUR\n"
+        "budget daily: pay:* limit 500 EUR per day\n"
+        "forbid x: pay:* when context.a > 5 and context.a < 3\n"
+        'forbid y: pay:send when context.kind != "ok"\n')
+    f = only(engine, "W306")
+    d = replay(engine, f)
+    assert (d.status, d.code) == ("denied", "budget_exceeded")
+    ctx = f.counterexample["context"]  # type: ignore[index]
+    assert Decimal(ctx["amount"]) == Decimal("500.01") and ctx["kind"] == "ok"
+
+
+schema_types = st.recursive(
+    st.sampled_from(["string", "int", "decimal", "money", "bool", 'enum("u", "v")',
+                     "list[int]"]),
+    lambda inner: st.lists(st.tuples(st.sampled_from("pqr"), st.booleans(), inner),
+                           min_size=1, max_size=3, unique_by=lambda f: f[0]).map(
+        lambda fs: "{ " + ", ".join(f"{n}{'?' if o else ''}: {t}" for n, o, t in fs)
+        + " }"), max_leaves=4)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from("abcdefg"), st.booleans(), schema_types),
+                max_size=5, unique_by=lambda f: f[0]), st.booleans())
+def test_counterexamples_fit_any_schema(fields: list[tuple[str, bool, str]],
+                                        n_optional: bool) -> None:
+    decl = ", ".join([f"{n}{'?' if o else ''}: {t}" for n, o, t in fields]
+                     + [f"n{'?' if n_optional else ''}: int"])
+    engine = Engine.from_source(
+        "currency EUR\n" + BASE + "permit p: docs:read\nforbid f: docs:read when "
+        "context.n >= 0 or context.n < 0\npermit q: docs:write\napproval ok: docs:write\n"
+        "limit cap: pay:send amount <= 1000 EUR\nbudget daily: pay:* limit 500 EUR per day\n"
+        f"schema docs:*, pay:* {{ {decl} }}\n")
+    found = {f.code: f for f in analyze(engine).findings}
+    assert set(found) == {"W302", "W305", "W306"}
+    for code, want in (("W302", ("denied", None)),
+                       ("W305", ("pending_approval", "approval_required")),
+                       ("W306", ("denied", "budget_exceeded"))):
+        d = replay(engine, found[code])
+        why = (code, found[code].counterexample, d.reason)
+        assert d.status == want[0] and d.code not in ("invalid_request", "no_permit"), why
+        assert want[1] is None or d.code == want[1], why
+        # W302: denied by its forbid, cleanly or failing closed (n may be left out)
+        assert code != "W302" or d.rules == ("default.f",), why
+
+
 # ---- the vocabulary -------------------------------------------------------------------
 
 def test_permission_representatives_cover_each_class_once() -> None:
