@@ -103,9 +103,11 @@ _FINISH_STMT = b"policyengine_budget_finish"
 _DECLINE = "PEB01"  # SQLSTATE of the one-statement commit declining (rolled back)
 _USAGE_STMT = b"policyengine_budget_usage"
 _RATE_STMT = b"policyengine_budget_rate_admit"
+_HOUSEKEEP_STMT = b"policyengine_budget_housekeep"
 _BUCKET_LIFETIME = 32 * 86400
 # libpq's codes (its ABI; psycopg's pq enums have these values), compared as plain ints
-# on every call: PGRES_TUPLES_OK, PQTRANS_IDLE, CONNECTION_OK.
+# on every call: PGRES_COMMAND_OK, PGRES_TUPLES_OK, PQTRANS_IDLE, CONNECTION_OK.
+_COMMAND_OK = 1
 _TUPLES_OK = 2
 _IDLE = 0
 _CONNECTION_OK = 0
@@ -680,18 +682,29 @@ CREATE TABLE IF NOT EXISTS {s}.budget_rates (
     key text PRIMARY KEY, tat_us bigint NOT NULL, tat_frac bigint NOT NULL)
 """
 
+# Forgetting what nobody can ask about any more, prepared on every connection and run in
+# a transaction that _HOUSEKEEP_BEGIN opens. Each delete has an index on the expiry it
+# deletes by (budget_rates excepted, see _EXPIRY_INDEXES), but without statistics (a
+# table never ANALYZEd: autovacuum off, or not yet run) the planner prices a scan of the
+# whole table below it, and reads every reservation kept for ``retention`` each time
+# (7 ms at 20,000 rows, every 512 writes of each process): sequential scans are priced
+# out for this transaction. JIT is off as well: pricing them out makes the plan's cost
+# (budget_rates is still scanned) large enough to compile it, which takes longer than
+# the deletes. $1 events before, $2 finished before, $3 now, $4 buckets before,
+# $5 rate keys at rest before.
 _HOUSEKEEP = """
-WITH events AS (DELETE FROM {s}.budget_events WHERE at < %(events)s),
-finished AS (DELETE FROM {s}.budget_reservations WHERE finished_at < %(finished)s),
+WITH events AS (DELETE FROM {s}.budget_events WHERE at < $1::float8),
+finished AS (DELETE FROM {s}.budget_reservations WHERE finished_at < $2::float8),
 abandoned AS (DELETE FROM {s}.budget_reservations r WHERE r.status = 'active'
-    AND r.expires_at < %(finished)s
+    AND r.expires_at < $2::float8
     AND NOT r.held AND NOT EXISTS (SELECT 1 FROM {s}.budget_holds h WHERE h.rid = r.id)),
-idempotency AS (DELETE FROM {s}.budget_idempotency WHERE expires_at <= %(now)s),
-buckets AS (DELETE FROM {s}.budget_buckets WHERE win > 0 AND win < %(buckets)s
+idempotency AS (DELETE FROM {s}.budget_idempotency WHERE expires_at <= $3::float8),
+buckets AS (DELETE FROM {s}.budget_buckets WHERE win > 0 AND win < $4::bigint
     AND reserved = 0),
-rates AS (DELETE FROM {s}.budget_rates WHERE tat_us < %(rates)s)
+rates AS (DELETE FROM {s}.budget_rates WHERE tat_us < $5::bigint)
 SELECT 1
 """
+_HOUSEKEEP_BEGIN = b"BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL jit = off"
 
 
 def _unavailable(exc: BaseException) -> BudgetStoreError:
@@ -805,11 +818,11 @@ class PostgresStore:
             (_RATE_STMT, f"SELECT {s}.budget_rate_admit($1::jsonb, $2::bigint, $3::bigint, "
                          "$4::boolean)::text".encode()),
             (_FINISH_STMT, _FINISH.format(s=s).encode()),
+            (_HOUSEKEEP_STMT, _HOUSEKEEP.format(s=s).encode()),
         )
         self._skew_param = None if max_clock_skew is None else repr(float(max_clock_skew)
                                                                     ).encode()
         self._sync_param = b"t" if durability == "spend" else b"f"
-        self._housekeep_sql = _HOUSEKEEP.format(s=s)
         # The connections of this process: idle ones, and how many are open.
         self._idle: deque[Connection[Any]] = deque()
         self._open = 0
@@ -1225,24 +1238,43 @@ class PostgresStore:
         return value == b"1"
 
     def _housekeep(self, now: float) -> None:
-        # Forgetting what nobody can ask about any more; correctness never waits for it.
+        """Forget what nobody can ask about any more (``_HOUSEKEEP``): three round trips
+        on a connection of the pool; correctness never waits for it, so a failure is
+        ignored (the next one will do; the operation itself reports any real fault)."""
         try:
-            with self._connection() as conn:
-                conn.execute(self._housekeep_sql, self._housekeep_params(now))
+            conn = self._checkout()
         except BudgetStoreError:
-            pass  # the next one will do; the operation itself reports any real fault
+            return
+        try:
+            pgconn = conn.pgconn
+            done = (
+                pgconn.exec_(_HOUSEKEEP_BEGIN).status == _COMMAND_OK
+                and pgconn.exec_prepared(_HOUSEKEEP_STMT, self._housekeep_params(now)
+                                         ).status == _TUPLES_OK
+                and pgconn.exec_(b"COMMIT").status == _COMMAND_OK
+            )
+        except BaseException as exc:
+            self._discard(conn)  # closing it rolls back what it began
+            if isinstance(exc, self._psycopg_error):
+                return
+            raise
+        if done:
+            self._checkin(conn)
+        else:
+            self._discard(conn)
 
-    def _housekeep_params(self, now: float) -> dict[str, float | int]:
-        # Each the type of its column, so the comparison is an index condition (a
-        # float compared with the bigint ``win`` would cast every row's instead).
-        return {
-            "events": now - MAX_ROLLING_SECONDS - 60,
-            "finished": now - self.retention,
-            "now": now,
-            "buckets": int(now) - _BUCKET_LIFETIME,
+    def _housekeep_params(self, now: float) -> list[bytes]:
+        """``_HOUSEKEEP``'s parameters, each as text of its column's type (so each
+        comparison is an index condition: a float compared with the bigint ``win`` would
+        cast every row's instead)."""
+        return [
+            repr(float(now - MAX_ROLLING_SECONDS - 60)).encode(),
+            repr(float(now - self.retention)).encode(),
+            repr(float(now)).encode(),
+            str(int(now) - _BUCKET_LIFETIME).encode(),
             # rate-limit keys at rest for a minute (their TAT passed)
-            "rates": int((now - 60) * 1_000_000),
-        }
+            str(int((now - 60) * 1_000_000)).encode(),
+        ]
 
 
 def _skewed(now: float, server: float, bound: float | None) -> BudgetStoreError:
