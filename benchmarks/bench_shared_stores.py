@@ -1,6 +1,7 @@
 """Reserve + commit pairs per second on the shared stores, beside their databases' floors.
 
     python benchmarks/bench_shared_stores.py [--seconds S] [--procs 1,4] [--only NAME]
+                                             [--breakdown]
 
 For each store (``RedisStore``; ``PostgresStore`` with ``synchronous_commit`` off, the
 default ``durability="process"``, and on, ``"full"``), with 1 and 4 processes (each its
@@ -16,6 +17,13 @@ durability, measured in the same run with the same processes and keys:
 * PostgreSQL: one conditional ``UPDATE ... SET v = v + n WHERE k = $1 AND v + n <= lim
   RETURNING v`` per operation (autocommit, prepared, run through libpq's blocking call
   as the store does), two per pair, with ``synchronous_commit`` off and on.
+
+``--breakdown`` (PostgreSQL) adds a row under each store row: the store's own two
+statements per pair (the one-statement reserve and commit, with the parameters the
+store sent for them, a fresh reservation id each time) replayed through libpq with no
+ledger above them, beside the same floor. Its server CPU is what the store's SQL costs
+the database; the store row's CPU beyond it is the ledger's and the store's Python, and
+what that Python's cache footprint adds to the server's share.
 
 The last columns are CPU per operation, client + server, of the store and of the floor
 (PostgreSQL, when the server runs on this machine: the workers' and their backends'
@@ -103,6 +111,70 @@ def _store_worker(kind: str, name: str, hot: bool, seconds: float, seed: int) ->
         commit_lat.append(t2 - t1)
         pairs += 1
     own, server = _cpu_ns("self") - own0, _backend_cpu(backend, backend0)
+    store.close()
+    return pairs, reserve_lat, commit_lat, own, server
+
+
+def _sql_worker(kind: str, name: str, hot: bool, seconds: float, seed: int) -> Result:
+    """The store's SQL alone: each agent's reserve and commit are made once through the
+    ledger, their statements and parameters kept, then replayed on the store's own
+    connection (a fresh id, the time and the expiry renewed), so the client does only
+    what the driver does."""
+    store = PostgresStore(POSTGRES, schema=name,
+                          durability="full" if kind == "postgres-sync" else "process")
+    ledger = Ledger(HOT if hot else SPREAD, store)
+    sent: list[tuple[bytes, list[bytes | None]]] = []
+    real = store._exec
+
+    def spy(stmt: bytes, params: list[bytes | None], decline: str = "") -> bytes | None:
+        sent.append((stmt, list(params)))
+        return real(stmt, params, decline)
+
+    store._exec = spy  # type: ignore[method-assign]
+    pairs_sent = []
+    for agent in AGENTS[:1] if hot else AGENTS:
+        sent.clear()
+        r = ledger.reserve(agent, "payments:x", "10.00", "EUR")
+        ledger.commit(r.id, "9.50")
+        if [s for s, _ in sent] != [b"policyengine_budget_reserve",
+                                    b"policyengine_budget_finish"]:
+            raise SystemExit(f"the store did not take its one-statement paths: {sent}")
+        pairs_sent.append((r.id.encode(), sent[0][1], sent[1][1]))
+    store._exec = real  # type: ignore[method-assign]
+    conn = store._checkout()
+    pgconn = conn.pgconn
+    backend = conn.info.backend_pid
+    reserve_lat: list[float] = []
+    commit_lat: list[float] = []
+    clock = time.perf_counter
+    now = store.clock
+    pairs, i = 0, seed
+    prefix = f"rsv_{os.getpid():08x}".encode()
+    own0, backend0 = _cpu_ns("self"), _cpu_ns(backend)
+    deadline = clock() + seconds
+    while True:
+        t0 = clock()
+        if t0 >= deadline:
+            break
+        old, rp, fp = pairs_sent[i % len(pairs_sent)]
+        i += 1
+        new = b"%s%016x" % (prefix, i)
+        at = now()
+        rp = [None if p is None else p.replace(old, new) for p in rp]
+        rp[8], rp[9] = repr(at + 60).encode(), repr(at).encode()
+        if pgconn.exec_prepared(b"policyengine_budget_reserve", rp).get_value(0, 0) != b"1":
+            raise SystemExit("the replayed reserve declined")
+        t1 = clock()
+        fp = [None if p is None else p.replace(old, new) for p in fp]
+        fp[7] = repr(now()).encode()
+        if pgconn.exec_prepared(b"policyengine_budget_finish", fp).get_value(0, 0) != b"1":
+            raise SystemExit("the replayed commit declined")
+        t2 = clock()
+        reserve_lat.append(t1 - t0)
+        commit_lat.append(t2 - t1)
+        pairs += 1
+    own, server = _cpu_ns("self") - own0, _backend_cpu(backend, backend0)
+    store._checkin(conn)
     store.close()
     return pairs, reserve_lat, commit_lat, own, server
 
@@ -250,6 +322,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--procs", default="1,4")
     parser.add_argument("--only", choices=["redis", "postgres", "postgres-sync"])
+    parser.add_argument("--breakdown", action="store_true",
+                        help="PostgreSQL: also the store's SQL replayed without the ledger")
     args = parser.parse_args()
     kinds = [args.only] if args.only else ["redis", "postgres", "postgres-sync"]
     labels = {"redis": "RedisStore", "postgres": "PostgresStore sync_commit=off",
@@ -267,17 +341,24 @@ def main() -> None:
                         _store_worker, procs, kind, name, hot, args.seconds)
                     floor, (fpairs, f1, f2, fown, fsrv) = _run(
                         _floor_worker, procs, kind, name, hot, args.seconds)
-                    cpu, fcpu = _per_op(own, srv, pairs), _per_op(fown, fsrv, fpairs)
-                    print(
-                        f"{labels[kind]:32} {procs:>5} {'1 hot' if hot else '100':>7} "
-                        f"{rate:>8,.0f} {floor:>8,.0f} {floor / rate:>11.2f} "
-                        f"{_pct(res_lat, .5):>9.2f}/{_pct(res_lat, .99):<9.2f} "
-                        f"{_pct(com_lat, .5):>8.2f}/{_pct(com_lat, .99):<9.2f} "
-                        f"{_pct(f1 + f2, .5):>9.2f}/{_pct(f1 + f2, .99):<9.2f} "
-                        f"{_cpu_text(cpu):>24} {_cpu_text(fcpu):>13} "
-                        f"{_ratio(cpu, fcpu):>9}",
-                        flush=True,
-                    )
+                    rows = [(labels[kind], rate, pairs, res_lat, com_lat, own, srv)]
+                    if args.breakdown and kind != "redis":
+                        srate, (spairs, s1, s2, sown, ssrv) = _run(
+                            _sql_worker, procs, kind, name, hot, args.seconds)
+                        rows.append(("  its SQL alone", srate, spairs, s1, s2, sown, ssrv))
+                    fcpu = _per_op(fown, fsrv, fpairs)
+                    for label, rate, pairs, res_lat, com_lat, own, srv in rows:
+                        cpu = _per_op(own, srv, pairs)
+                        print(
+                            f"{label:32} {procs:>5} {'1 hot' if hot else '100':>7} "
+                            f"{rate:>8,.0f} {floor:>8,.0f} {floor / rate:>11.2f} "
+                            f"{_pct(res_lat, .5):>9.2f}/{_pct(res_lat, .99):<9.2f} "
+                            f"{_pct(com_lat, .5):>8.2f}/{_pct(com_lat, .99):<9.2f} "
+                            f"{_pct(f1 + f2, .5):>9.2f}/{_pct(f1 + f2, .99):<9.2f} "
+                            f"{_cpu_text(cpu):>24} {_cpu_text(fcpu):>13} "
+                            f"{_ratio(cpu, fcpu):>9}",
+                            flush=True,
+                        )
         finally:
             _teardown(kind, name)
 
