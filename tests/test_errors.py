@@ -47,6 +47,7 @@ CODE = re.compile(r"^(?:[EW]\d{3}|[a-z][a-z0-9]*(?:_[a-z0-9]+)*)$")
 # Functions whose parameter named ``code`` is a currency code, not an error code.
 CURRENCY_CODE_FUNCTIONS = frozenset({
     "_currency_code", "_currency_known", "_lookup", "_trusted", "_unknown", "decimal_places",
+    "trusted_money",
     "get_currency", "is_currency", "spec_of", "AmountSpec", "Currency",
 })
 
@@ -73,13 +74,20 @@ def _modules() -> Iterator[object]:
             yield importlib.import_module(info.name)
 
 
+# Exceptions that never reach users: the service turns a refusal (HTTP status, code,
+# message) into its error reply inside server/. A public name only because the service's
+# wire modules share it (no private name crosses a module, tests/test_layers.py).
+INTERNAL_EXCEPTIONS = frozenset({"policyengine.server._app.RefusalError"})
+
+
 def _package_exceptions() -> list[type[BaseException]]:
     found: dict[str, type[BaseException]] = {}
     for module in _modules():
         for name, obj in vars(module).items():
             if (inspect.isclass(obj) and issubclass(obj, BaseException)
                     and obj.__module__ == module.__name__  # type: ignore[attr-defined]
-                    and not name.startswith("_")):
+                    and not name.startswith("_")
+                    and f"{obj.__module__}.{name}" not in INTERNAL_EXCEPTIONS):
                 found[f"{obj.__module__}.{name}"] = obj
     return [found[k] for k in sorted(found)]
 

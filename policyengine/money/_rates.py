@@ -56,6 +56,7 @@ from policyengine.money._money import (
     MoneyError,
     parse_spec,
     spec_of,
+    trusted_money,
 )
 
 __all__ = [
@@ -470,7 +471,7 @@ def convert(
         )
     if not value and value.is_signed():
         value = value.copy_abs()
-    return Money._trusted(value, target)
+    return trusted_money(value, target)
 
 
 def fits(spend: Money, cap: Money, rates: RateSource | None, *, now: float | None = None) -> bool:
