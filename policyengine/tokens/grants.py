@@ -457,7 +457,9 @@ def verify(
     its parent).
 
     Repeat calls for the same token string and options hit a cache that still compares
-    the clock with nbf/exp/iat and asks ``revocations`` about every hop each time.
+    the clock with nbf/exp/iat and asks ``revocations`` about every hop each time. A store
+    that fails to answer refuses the token: ``revocation_unavailable`` (whatever it
+    raised), never a "not revoked" nor an error of another kind.
     """
     if type(leeway) not in (int, float) or not 0 <= leeway <= MAX_LEEWAY:
         raise _fail("invalid_option", f"leeway must be between 0 and {MAX_LEEWAY} seconds")
@@ -482,8 +484,16 @@ def verify(
     if iat > t + leeway:
         raise _fail("issued_in_future", f"claim iat: the token claims to be issued at "
                     f"{_iso(iat)}, after now ({_iso(t)})")
-    if revocations is not None and revocations.any_revoked(ids):
-        raise _fail("revoked", "the token or one of its ancestors has been revoked")
+    if revocations is not None:
+        try:
+            revoked = revocations.any_revoked(ids)
+        except TokenError:  # the shared stores' own ``revocation_unavailable``
+            raise
+        except Exception as exc:  # a custom store's fault: refuse, never "not revoked"
+            raise _fail("revocation_unavailable", f"the revocation store failed "
+                        f"({type(exc).__name__}: {exc})") from exc
+        if revoked:
+            raise _fail("revoked", "the token or one of its ancestors has been revoked")
     return grant
 
 

@@ -306,6 +306,47 @@ def test_delegated_session_and_attenuation(service: Running, client: TracengentC
     assert not child.authorize("flights:search", {"country": "FR"}).allowed
 
 
+class _DownRevocations:
+    """A custom revocation store whose server is gone: it raises what a client library
+    raises, not a TokenError."""
+
+    def revoke(self, identifier: str) -> None:
+        raise RuntimeError("connection reset by peer")
+
+    def is_revoked(self, identifier: str) -> bool:
+        raise RuntimeError("connection reset by peer")
+
+    def any_revoked(self, identifiers: object) -> bool:
+        raise RuntimeError("connection reset by peer")
+
+
+def test_a_failing_revocation_store_denies_on_the_wire(service: Running,
+                                                       client: TracengentClient) -> None:
+    """The service's authorize and attenuate answer a denial (a 4xx for attenuate), not
+    an internal error, while the revocation store cannot answer."""
+    root = pe.tokens.mint(service.app.engine.keys, issuer="https://auth.example",
+                          acting_for="besar", agent="travel-agent",
+                          permissions=["flights:*"], ttl=600)
+    session = client.begin_delegated_task(root)
+    assert session.authorize("flights:book", {"country": "FR"}).allowed
+    engine = service.app.engine
+    before = engine.revocations
+    engine.revocations = _DownRevocations()
+    try:
+        d = session.authorize("flights:book", {"country": "FR"})
+        # the service's own denial (a decision id), not the SDK's fail-closed one
+        assert not d.allowed and d.status == "denied" and d.decision_id
+        assert "revocation_unavailable" in d.reason
+        r = httpx.post(f"{service.url}/v1/delegations/{session.grant_id}/attenuate",
+                       json={"grantedToAgentId": "hotel-agent",
+                             "permissions": ["flights:search"]},
+                       headers={"Authorization": f"Bearer {root}"})
+        assert r.status_code == 401 and "revocation_unavailable" in r.text
+    finally:
+        engine.revocations = before
+    assert session.authorize("flights:book", {"country": "FR"}).allowed
+
+
 # ---------------------------------------------------------------- telemetry
 def test_events_and_traces_are_ingested_gzip_included(service: Running) -> None:
     before = len(service.app.events)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policyengine import tokens
+from policyengine.decision import NotAuthorized
 from policyengine.engine import Engine
 from policyengine.money import StaticRates
 from policyengine.tokens.grants import recheck_terms as grant_terms
@@ -155,6 +157,67 @@ def test_a_revocation_store_that_cannot_answer_denies_a_kept_token() -> None:
     decision = engine.authorize("bot", "pay:send", token=token)
     assert decision.code == "invalid_token"
     assert decision.diagnostics[0].code == "revocation_unavailable"
+    store.down = False
+    assert engine.authorize("bot", "pay:send", token=token).allowed
+
+
+class BrokenRevocations:
+    """A custom store (no subclass of the memory stores) whose server is gone: every
+    question raises what its client library raises, not a TokenError."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.ids: set[str] = set()
+
+    def revoke(self, identifier: str) -> None:
+        self.ids.add(identifier)
+
+    def is_revoked(self, identifier: str) -> bool:
+        return self.any_revoked([identifier])
+
+    def any_revoked(self, identifiers: object) -> bool:
+        if self.down:
+            raise RuntimeError("connection reset by peer")
+        return not self.ids.isdisjoint(identifiers)  # type: ignore[arg-type]
+
+
+def _unavailable(decision: object) -> None:
+    d = getattr(decision, "decision", decision)
+    assert (d.status, d.code) == ("denied", "invalid_token")  # type: ignore[attr-defined]
+    assert d.diagnostics[0].code == "revocation_unavailable"  # type: ignore[attr-defined]
+    assert "RuntimeError" in d.reason  # type: ignore[attr-defined]
+
+
+@given(st.booleans(), st.sampled_from(["authorize", "explain", "tool_authorize",
+                                       "explain_tool"]))
+@settings(max_examples=20, deadline=None)
+def test_a_custom_revocation_store_that_raises_denies(kept: bool, how: str) -> None:
+    """Fail closed, as a failing budget or approval store does: a denial with a code,
+    never an exception out of the request, whether the token was verified before (kept)
+    or not; the same token is allowed again once the store answers."""
+    store = BrokenRevocations()
+    engine = Engine.from_source(POLICY + 'tool pay: mcp "pay" -> pay:send\n', keys=KEYS,
+                                revocations=store)
+    token = mint(KEYS, ["pay:*"])
+    if kept:
+        assert engine.authorize("bot", "pay:send", token=token).allowed
+    store.down = True
+    if how in ("authorize", "explain"):
+        decision = getattr(engine, how)("bot", "pay:send", token=token)
+    else:
+        decision = getattr(engine, how)("bot", transport="mcp", tool_name="pay",
+                                        body={}, token=token)
+    _unavailable(decision)
+    with pytest.raises(NotAuthorized) as info:
+        engine.ensure_authorized("bot", "pay:send", token=token)
+    assert info.value.code == "invalid_token"
+    with pytest.raises(tokens.TokenError) as raised:
+        engine.verify_token(token)
+    assert raised.value.code == "revocation_unavailable"
+    with pytest.raises(tokens.TokenError) as raised:
+        tokens.attenuate(KEYS, token, agent="sub", permissions=["pay:send"],
+                         revocations=store)
+    assert raised.value.code == "revocation_unavailable"
     store.down = False
     assert engine.authorize("bot", "pay:send", token=token).allowed
 
