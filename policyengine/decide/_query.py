@@ -839,6 +839,11 @@ def _first_pattern_of_row(row: tuple[str, tuple[str, ...], tuple[_Line, ...]]) -
     return row[0]
 
 
+#: Up to this many roles, a principal's scopes are looked up role by role (cheaper than
+#: reading the pattern keys around a permit pattern).
+_FEW_ROLES = 4
+
+
 def _parts_of(bucket: Any, who: Principal) -> list[Any]:
     """The parts of ``bucket`` that apply to ``who`` (as ``parts_for``, in another
     order when a role's: the rules are put in declaration order after), going through
@@ -1040,11 +1045,14 @@ class QueryIndex:
                 continue
             stem = top[:-1]
             end = top[:-2] + ";"  # the first string after every one starting with stem
-            lo, hi = bisect_left(every, stem), bisect_left(every, end)
-            if hi - lo <= 2 or hi - lo < len(subject.principal.roles):
+            if len(subject.principal.roles) > _FEW_ROLES and (
+                    bisect_left(every, end) - bisect_left(every, stem)
+                    < len(subject.principal.roles)):
                 # fewer pattern keys under ``top`` than scopes (an agent holding 50
                 # roles): those keys are read, not every scope's list
-                found.update([k for k in every[lo:hi] if self._in_scope(subject, k)])
+                found.update([k for k in every[bisect_left(every, stem):
+                                               bisect_left(every, end)]
+                              if self._in_scope(subject, k)])
                 continue
             if lists is None:
                 lists = self._lists(subject)
@@ -1068,15 +1076,19 @@ class QueryIndex:
         stem = "" if top == "*" else top[:-1] if top.endswith(":*") else None
         buckets = self.buckets
         wider = [buckets[a] for a in _ancestors(top) if a in buckets]
-        if stem != "":
+        if stem != "" and len(who.roles) > _FEW_ROLES:
             # Few pattern keys at or under ``top`` and many roles (an agent holding 50):
             # the scopes are read off those keys' rules, not looked up role by role
             if stem is None:
                 under = [top] if top in buckets else []
+                few = len(wider) + len(under) < len(who.roles)
             else:
                 every = self.keys
-                under = every[bisect_left(every, stem):bisect_left(every, top[:-2] + ";")]
-            if len(wider) + len(under) < len(who.roles):
+                lo = bisect_left(every, stem)
+                hi = bisect_left(every, top[:-2] + ";")
+                few = len(wider) + hi - lo < len(who.roles)
+                under = every[lo:hi] if few else []
+            if few:
                 roles: set[str] = set()
                 mine = False
                 for b in chain(wider, [buckets[k] for k in under]):
@@ -1287,8 +1299,9 @@ class QueryIndex:
             subjects.append(self.subject("anyone", "*"))
         # the holders of each role, made now (principals_with reads them too): no more
         # than counting them
-        held = {r: len(ids) for r, ids in self.holders.items()}
-        shared = sorted((r for r, n in held.items() if n > 1), key=lambda r: (-held[r], r))
+        held = self.holders
+        shared = sorted([r for r, ids in held.items() if len(ids) > 1],
+                        key=lambda r: (-len(held[r]), r))
         subjects.extend(self.subject("role", r) for r in shared)
         for subject in subjects:
             folder = _Folder(subject, self)
@@ -1323,6 +1336,7 @@ class QueryIndex:
         # A region whose lines are made of the same as those that hold for the region
         # around it is not listed apart.
         stack: list[tuple[str, _State, _Sig, Any]] = []
+        many = len(who.roles) > _FEW_ROLES
         for key in regions:
             while stack and not key.startswith(stack[-1][0]):
                 stack.pop()
@@ -1330,7 +1344,11 @@ class QueryIndex:
                 _, above, held, row = stack[-1]
                 # the parent region's rules and this pattern's own: any pattern between
                 # the two has no rule in the subject's scope (it would be a region)
-                parts = _parts_of(buckets[key], who)
+                if many:
+                    parts = _parts_of(buckets[key], who)
+                else:
+                    parts = []
+                    buckets[key].parts_for(who, parts)
                 if len(parts) == 1:
                     rules: Sequence[CompiledRule] = parts[0].rules
                 else:  # a rule scoped to two of the subject's roles
