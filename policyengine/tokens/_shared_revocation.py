@@ -4,8 +4,19 @@
 ``any_revoked`` is on the hot path of every token check, so it answers from a set held
 in memory, like :class:`~policyengine.tokens.MemoryRevocationStore`. The set is brought
 up to date from the server at most every ``refresh`` seconds (default 1), inside the
-first check after that time: one cheap round trip asking whether anything changed
-(revocations are only ever added, so a count tells), and a full reload only when it did.
+first check after that time: one cheap round trip reading the dataset's version, and a
+full reload only when it changed.
+
+The version is not the number of revocations: a count comes back to a value a host has
+seen when the dataset is lost or rolled back and then written again (a Redis restart
+without persistence or from an older snapshot, a database restored from a backup), and
+that host would never load the new revocations. It is (epoch, counter, change, count):
+a random id of the dataset made when its version record is created, a counter and a
+random id of the last change, both moved by every ``revoke`` in the same atomic step that
+adds the id (one Lua script; one SQL statement), and the number of ids (which also sees
+writers that predate the version record). Any change, the loss of the dataset included,
+gives a pair the host has never seen, so it reloads within ``refresh`` seconds; a host
+keeps every id it ever loaded (revocations are only ever added).
 
 The bound, documented in docs/deployment.md: a revocation made on one host stops the
 token on every host within ``refresh`` seconds plus a round trip. If a host cannot reach
@@ -49,7 +60,7 @@ class _CachedRevocations:
         self.max_stale = max_stale
         self._monotonic = monotonic
         self._ids: frozenset[str] = frozenset()
-        self._version: object = None  # what the server said last (a count, or more)
+        self._version: object = None  # the server's version when last loaded
         self._checked = float("-inf")  # last attempt
         self._synced = float("-inf")  # last success
         self._lock = threading.Lock()
@@ -64,6 +75,7 @@ class _CachedRevocations:
         raise NotImplementedError
 
     def _server_add(self, identifier: str) -> None:
+        """Add ``identifier`` and move the version, in one atomic step."""
         raise NotImplementedError
 
     # -- the protocol -----------------------------------------------------------------
@@ -123,6 +135,8 @@ class PostgresRevocationStore(_CachedRevocations):
         self.schema = schema
         self.connect_timeout = connect_timeout
         self._table = f'"{schema}".token_revocations'
+        #: One row (id 1): the dataset's epoch, and the counter and id of its last change.
+        self._versions = f'"{schema}".token_revocations_version'
         self._conn: Any = None
         self._pid = 0
         self._conn_lock = threading.Lock()
@@ -130,6 +144,11 @@ class PostgresRevocationStore(_CachedRevocations):
         self._execute(f"CREATE TABLE IF NOT EXISTS {self._table} (id text PRIMARY KEY, "
                       "revoked_at timestamptz NOT NULL DEFAULT clock_timestamp())", (),
                       ddl=True)
+        self._execute(f"CREATE TABLE IF NOT EXISTS {self._versions} (id int PRIMARY KEY "
+                      "CHECK (id = 1), epoch text NOT NULL, version bigint NOT NULL, "
+                      "change text NOT NULL)", (), ddl=True)
+        self._execute(f"INSERT INTO {self._versions} VALUES (1, %s, 0, %s) "
+                      "ON CONFLICT (id) DO NOTHING", (_new_id(), _new_id()))
         super().__init__(refresh, max_stale, monotonic)
 
     def _execute(self, sql: str, params: tuple[Any, ...], ddl: bool = False) -> list[Any]:
@@ -155,14 +174,23 @@ class PostgresRevocationStore(_CachedRevocations):
                 raise _unavailable(exc) from exc
 
     def _server_version(self) -> object:
-        return self._execute(f"SELECT count(*) FROM {self._table}", ())[0][0]
+        # a missing version row reads as NULLs: a version no host has loaded
+        return tuple(self._execute(
+            f"SELECT v.epoch, v.version, v.change, (SELECT count(*) FROM {self._table}) "
+            f"FROM (SELECT 1) AS one LEFT JOIN {self._versions} AS v ON v.id = 1", ())[0])
 
     def _server_ids(self) -> Iterable[str]:
         return [row[0] for row in self._execute(f"SELECT id FROM {self._table}", ())]
 
     def _server_add(self, identifier: str) -> None:
-        self._execute(f"INSERT INTO {self._table} (id) VALUES (%s) ON CONFLICT DO NOTHING",
-                      (identifier,))
+        # one statement, so one transaction: the id and the new version land together (a
+        # lost version row is made again with a new epoch)
+        self._execute(
+            f"WITH added AS (INSERT INTO {self._table} (id) VALUES (%s) "
+            f"ON CONFLICT DO NOTHING RETURNING 1) "
+            f"INSERT INTO {self._versions} AS v VALUES (1, %s, 1, %s) "
+            f"ON CONFLICT (id) DO UPDATE SET version = v.version + 1, "
+            f"change = EXCLUDED.change", (identifier, _new_id(), _new_id()))
 
     def close(self) -> None:
         with self._conn_lock:
@@ -172,9 +200,13 @@ class PostgresRevocationStore(_CachedRevocations):
 
 
 class RedisRevocationStore(_CachedRevocations):
-    """Revoked grant ids and jtis in the Redis set ``<prefix>revoked``.
+    """Revoked grant ids and jtis in the Redis set ``<prefix>revoked``, and the set's
+    version in the hash ``<prefix>revoked:version`` (``epoch``, ``version``, ``change``).
 
     Redis without persistence forgets revocations on restart: use AOF, or PostgreSQL.
+    Hosts already running keep every id they loaded and load every later revocation
+    (the version tells them, see the module's docstring); a host started after the loss
+    knows only those revoked since.
     """
 
     def __init__(self, url: str, *, prefix: str = "policyengine:tokens:",
@@ -184,9 +216,11 @@ class RedisRevocationStore(_CachedRevocations):
         self.url = url
         self.prefix = prefix
         self._key = prefix + "revoked"
+        self._version_key = prefix + "revoked:version"
         self._redis = redis.Redis.from_url(url, socket_timeout=timeout,
                                            socket_connect_timeout=timeout,
                                            decode_responses=True)
+        self._add = self._redis.register_script(_REDIS_ADD)
         super().__init__(refresh, max_stale, monotonic)
 
     def _call(self, name: str, *args: Any) -> Any:
@@ -197,17 +231,47 @@ class RedisRevocationStore(_CachedRevocations):
             raise _unavailable(exc) from exc
 
     def _server_version(self) -> object:
-        return self._call("scard", self._key)
+        import redis
+        try:  # one round trip
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hmget(self._version_key, "epoch", "version", "change")
+            pipe.scard(self._key)
+            fields, count = pipe.execute()
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return (*fields, count)
 
     def _server_ids(self) -> Iterable[str]:
         members: set[str] = self._call("smembers", self._key)
         return members
 
     def _server_add(self, identifier: str) -> None:
-        self._call("sadd", self._key, identifier)
+        import redis
+        try:
+            self._add(keys=[self._key, self._version_key],
+                      args=[identifier, _new_id(), _new_id()], client=self._redis)
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
 
     def close(self) -> None:
         self._redis.close()
+
+
+#: Add one id and move the set's version, atomically: a version hash lost with the set (or
+#: alone) is made again with a new epoch, so no host can take the new state for one it
+#: has loaded. KEYS: the set, the version hash; ARGV: the id, a new epoch, a change id.
+_REDIS_ADD = """
+redis.call('HSETNX', KEYS[2], 'epoch', ARGV[2])
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'version', 1)
+redis.call('HSET', KEYS[2], 'change', ARGV[3])
+return 1
+"""
+
+
+def _new_id() -> str:
+    """A random id of a dataset or of one change (``revoke`` only, never a check)."""
+    return os.urandom(12).hex()
 
 
 def revocations_from_url(url: str, **options: Any) -> Any:

@@ -5,11 +5,15 @@ tokens after ``max_stale`` instead of trusting its stale list."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
 import redis
 from conftest import POSTGRES_URL, REDIS_URL, require_service, unique_name
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from policyengine.engine import Engine
 from policyengine.tokens import (
@@ -46,7 +50,8 @@ def url(request: pytest.FixtureRequest) -> Iterator[str]:
     else:
         yield f"{REDIS_URL}?prefix={name}:"
         client = redis.Redis.from_url(REDIS_URL)
-        client.delete(f"{name}:revoked")
+        for key in client.scan_iter(match=f"{name}:*", count=500):
+            client.delete(key)
         client.close()
 
 
@@ -108,3 +113,163 @@ def test_revocation_urls() -> None:
         with pytest.raises(TokenError) as info:
             revocations_from_url(bad)
         assert info.value.code == "invalid_revocations"
+
+
+
+# ---- any change reaches every host within refresh: a lost or rolled-back dataset too ----
+
+class Server:
+    """The server side of a store URL, as an operator (or a failure) changes it: lose the
+    whole dataset (a Redis restart without persistence, a FLUSH, tables emptied), or
+    put back a snapshot taken earlier (a restart from an older RDB file, a database
+    restored from a backup)."""
+
+    def __init__(self, url: str) -> None:
+        query = parse_qs(urlsplit(url).query)
+        self.redis = url.startswith("redis")
+        if self.redis:
+            self.prefix = query["prefix"][0]
+            self.client = redis.Redis.from_url(REDIS_URL)
+        else:
+            self.schema = query["schema"][0]
+            self.conn = psycopg.connect(POSTGRES_URL, autocommit=True)
+            self.tables = [f'"{self.schema}".{t}' for t in
+                           ("token_revocations", "token_revocations_version")]
+
+    def _keys(self) -> list[bytes]:
+        return sorted(self.client.scan_iter(match=f"{self.prefix}*", count=500))
+
+    def lose(self) -> None:
+        if self.redis:
+            for key in self._keys():
+                self.client.delete(key)
+        else:
+            for table in self.tables:
+                self.conn.execute(f"DELETE FROM {table}")
+
+    def snapshot(self) -> Any:
+        if self.redis:
+            return {key: self.client.dump(key) for key in self._keys()}
+        return [self.conn.execute(f"SELECT * FROM {t}").fetchall() for t in self.tables]
+
+    def restore(self, snapshot: Any) -> None:
+        self.lose()
+        if self.redis:
+            for key, dumped in snapshot.items():
+                self.client.restore(key, 0, dumped)
+            return
+        for table, rows in zip(self.tables, snapshot, strict=True):
+            for row in rows:
+                marks = ", ".join(["%s"] * len(row))
+                self.conn.execute(f"INSERT INTO {table} VALUES ({marks})", row)
+
+    def ids(self) -> set[str]:
+        if self.redis:
+            return {m.decode() for m in self.client.smembers(f"{self.prefix}revoked")}
+        return {r[0] for r in self.conn.execute(f"SELECT id FROM {self.tables[0]}")}
+
+    def close(self) -> None:
+        (self.client if self.redis else self.conn).close()
+
+
+def two_hosts(url: str) -> tuple[Any, Any, Monotonic]:
+    """Two hosts (separate store objects) on one clock; refresh 1 s."""
+    clock = Monotonic()
+    return (revocations_from_url(url, refresh=1.0, max_stale=5.0, monotonic=clock),
+            revocations_from_url(url, refresh=1.0, max_stale=5.0, monotonic=clock), clock)
+
+
+def test_a_revocation_after_the_dataset_was_lost_reaches_a_running_host(url: str) -> None:
+    """Host B has seen one revocation; the server loses its data; host A revokes another
+    id, so the server holds one id again. A count cannot tell the difference: B must
+    still load the new id within ``refresh`` seconds, and keep the one it had."""
+    server = Server(url)
+    host_a, host_b, clock = two_hosts(url)
+    try:
+        host_a.revoke("grant-old")
+        clock.t += 1.0
+        assert host_b.is_revoked("grant-old")
+        server.lose()
+        host_a.revoke("grant-x")
+        assert server.ids() == {"grant-x"}
+        clock.t += 1.0
+        assert host_b.is_revoked("grant-x")  # within refresh
+        assert host_b.is_revoked("grant-old")  # never forgotten
+        assert not host_b.is_revoked("grant-other")
+    finally:
+        server.close()
+        host_a.close()
+        host_b.close()
+
+
+def test_a_revocation_after_a_rollback_reaches_a_running_host(url: str) -> None:
+    """The server is put back to an older snapshot (same dataset, fewer ids), then as
+    many revocations are made as were lost: counter and count are what B saw before."""
+    server = Server(url)
+    host_a, host_b, clock = two_hosts(url)
+    try:
+        host_a.revoke("grant-1")
+        older = server.snapshot()
+        host_a.revoke("grant-2")
+        clock.t += 1.0
+        assert host_b.is_revoked("grant-2")
+        server.restore(older)
+        host_a.revoke("grant-3")
+        assert server.ids() == {"grant-1", "grant-3"}
+        clock.t += 1.0
+        assert host_b.is_revoked("grant-3")
+    finally:
+        server.close()
+        host_a.close()
+        host_b.close()
+
+
+_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("revoke"), st.sampled_from("ab"), st.integers(0, 3)),
+    st.tuples(st.just("lose")), st.tuples(st.just("snapshot")), st.tuples(st.just("restore")),
+    st.tuples(st.just("wait"))), min_size=1, max_size=14)
+
+
+@given(steps=_STEPS)
+@example(steps=[("revoke", "a", 0), ("wait",), ("lose",), ("revoke", "a", 1)])
+@example(steps=[("revoke", "a", 0), ("snapshot",), ("revoke", "b", 1), ("wait",),
+                ("restore",), ("revoke", "a", 2)])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_every_host_knows_what_the_server_holds_within_refresh(url: str,
+                                                               steps: list[Any]) -> None:
+    """Whatever happens to the dataset between two refreshes (revocations on either host,
+    loss, rollback to a snapshot, in any order), once ``refresh`` seconds have passed
+    each host knows every id the server holds and every id it knew before, and nothing
+    that was never revoked."""
+    server = Server(url)
+    revocations_from_url(url).close()  # the tables exist
+    server.lose()  # each example starts from an empty dataset
+    host_a, host_b, clock = two_hosts(url)
+    hosts = {"a": host_a, "b": host_b}
+    known: dict[str, set[str]] = {"a": set(), "b": set()}
+    revoked: set[str] = set()
+    snapshot = server.snapshot()
+    try:
+        for step in [*steps, ("wait",)]:
+            if step[0] == "revoke":
+                hosts[step[1]].revoke(f"grant-{step[2]}")
+                known[step[1]].add(f"grant-{step[2]}")
+                revoked.add(f"grant-{step[2]}")
+            elif step[0] == "lose":
+                server.lose()
+            elif step[0] == "snapshot":
+                snapshot = server.snapshot()
+            elif step[0] == "restore":
+                server.restore(snapshot)
+            else:  # a refresh interval passes; each host is asked about every id
+                clock.t += 1.0
+                on_server = server.ids()
+                for name, host in hosts.items():
+                    knows = {f"grant-{i}" for i in range(4) if host.is_revoked(f"grant-{i}")}
+                    assert on_server <= knows and known[name] <= knows <= revoked
+                    known[name] = knows
+    finally:
+        for host in hosts.values():
+            host.close()
+        server.close()
