@@ -127,7 +127,9 @@ class DecisionChange:
     """One way the decision of one (principal, permission) differs between two versions:
     an example request, both decisions' status and reason code, rules and obligations,
     which of those parts differ (``kinds``, a subsequence of :data:`CHANGE_KINDS`), and
-    how many of the requests decided for that pair change in exactly those parts.
+    how many of the requests decided for that pair change in exactly those parts and in
+    the same direction (the same old and new status and reason code; the same statuses
+    in a status-only diff).
 
     A request with a ``tool`` key stands for a call through that tool whose context
     (given and extracted) is ``context``: what changes is the tool's redactions."""
@@ -1334,9 +1336,9 @@ def diff(old: Engine, new: Engine, *, max_requests: int = 512,
                 contexts, complete = space.contexts(max_requests, seed=pairs)
             if not complete:
                 inexact[f"{pid} on {perm}: more than {max_requests} requests; sampled"] = None
-            # per tool (None: plain authorize) and kinds of change: first example, count
-            found: dict[tuple[str | None, tuple[str, ...]],
-                        list[Any]] = {}
+            # per tool (None: plain authorize), direction and kinds of change: the first
+            # example and the count
+            found: dict[_ChangeKey, list[Any]] = {}
             for ctx in contexts:
                 requests += 1
                 da = old.explain(pid, perm, ctx).decision
@@ -1344,16 +1346,17 @@ def diff(old: Engine, new: Engine, *, max_requests: int = 512,
                 assert isinstance(da, Decision) and isinstance(db, Decision)
                 if status_only:
                     if da.status != db.status:
-                        _note(found, None, ("status",), ctx, _summary(da), _summary(db))
+                        _note(found, None, ("status",), ctx, _summary(da), _summary(db),
+                              status_only)
                     continue
                 sa, sb = _summary(da), _summary(db)
                 if sa != sb:
-                    _note(found, None, _kinds(sa, sb), ctx, sa, sb)
+                    _note(found, None, _kinds(sa, sb), ctx, sa, sb, status_only)
                 for qid, was, now in tools:  # a call through the tool: its redactions
                     ta_, tb_ = _summary(da, was), _summary(db, now)
                     if _redactions(ta_) != _redactions(tb_):
-                        _note(found, qid, _kinds(ta_, tb_), ctx, ta_, tb_)
-            for (tool, kinds), (ctx, sa, sb, count) in found.items():
+                        _note(found, qid, _kinds(ta_, tb_), ctx, ta_, tb_, status_only)
+            for (tool, kinds, _, _), (ctx, sa, sb, count) in found.items():
                 request = _request(pid, perm, ctx)
                 if tool is not None:
                     request["tool"] = tool
@@ -1368,12 +1371,23 @@ def _redactions_change(a: CompiledPolicy, b: CompiledPolicy, permission: str) ->
     return any(ta[q] != tb[q] for q in ta.keys() & tb.keys())
 
 
-def _note(found: dict[tuple[str | None, tuple[str, ...]], list[Any]], tool: str | None,
-          kinds: tuple[str, ...], ctx: dict[str, Any], old: _Summary, new: _Summary
-          ) -> None:
-    """Count one changed request under its (tool, kinds); the first is the example."""
-    entry = found.get((tool, kinds))
+#: How a diff groups the changed requests of one (principal, permission): the tool (None
+#: for plain authorize), the kinds of change, and the direction: the old and the new
+#: decision as (status, reason code), or the statuses alone for a status-only diff.
+_ChangeKey = tuple[str | None, tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+
+
+def _note(found: dict[_ChangeKey, list[Any]], tool: str | None, kinds: tuple[str, ...],
+          ctx: dict[str, Any], old: _Summary, new: _Summary, status_only: bool) -> None:
+    """Count one changed request under its tool, kinds and direction; the first is the
+    example. Grouping by direction, not by kinds alone, is what keeps a gain of access
+    from being folded into a loss that changes the same parts (a cap raised and a forbid
+    widened both change status, reason, obligations and rules): each direction a pair
+    shows is listed with an example of its own."""
+    way = ((old[0],), (new[0],)) if status_only else ((old[0], old[1]), (new[0], new[1]))
+    key = (tool, kinds, *way)
+    entry = found.get(key)
     if entry is None:
-        found[(tool, kinds)] = [ctx, old, new, 1]
+        found[key] = [ctx, old, new, 1]
     else:
         entry[3] += 1

@@ -250,11 +250,14 @@ def _run_analyze(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> s
         named |= {n.permission for e in (engine, other) if e.policy.tools is not None
                   for n in e.policy.tools.named}
         declared = set(engine.policy.principals) | set(other.policy.principals)
-        got = sorted([who, c.request["permission"], c.old[0], c.new[0],
-                      *([list(c.kinds)] if whole else []),
-                      *([c.request["tool"]] if "tool" in c.request else [])]
-                     for c in result.changes for who in (c.request["principal"], *c.alike)
-                     if who in declared and c.request["permission"] in named)
+        # one entry per direction of status and kinds (a diff lists a direction once per
+        # pair of reason codes too: those are checked on replay, not counted here)
+        entries = {json.dumps([who, c.request["permission"], c.old[0], c.new[0],
+                               *([list(c.kinds)] if whole else []),
+                               *([c.request["tool"]] if "tool" in c.request else [])])
+                   for c in result.changes for who in (c.request["principal"], *c.alike)
+                   if who in declared and c.request["permission"] in named}
+        got = sorted(json.loads(e) for e in entries)
         for c in result.changes:  # every example really changes decision as reported
             out.extend(_replay_change(engine, other, c, whole))
         if got != sorted(expect["changes"]):

@@ -5,6 +5,7 @@ really changes decision."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -404,6 +405,34 @@ def test_diff_reports_a_tool_whose_redactions_change() -> None:
     assert (both.new_obligations or {})["redactions"] == ["$.token mask"]
 
 
+def test_diff_lists_a_gain_of_access_apart_from_a_loss_that_changes_the_same_parts() -> None:
+    # The cap raised lets 300.01 - 500 EUR through where the forbid does not reach; the
+    # widened forbid denies IR: both change status, reason, obligations and rules.
+    head = 'currency EUR\nrole r: pay:*\nagent "bot": r\n'
+    old = Engine.from_source(head + "limit cap: pay:send amount <= 300 EUR\n"
+                             'forbid s: pay:send when context.country == "KP"\n')
+    new = Engine.from_source(head + "limit cap: pay:send amount <= 500 EUR\n"
+                             'forbid s: pay:send when context.country in ["KP", "IR"]\n')
+    req = {"principal": "bot", "permission": "pay:send",
+           "context": {"amount": "400", "currency": "EUR", "country": "FR"}}
+    assert observed(old, req)[:2] == ("denied", "limit_exceeded")
+    assert observed(new, req)[:2] == ("allowed", "permitted")
+    for status_only in (False, True):
+        result = diff(old, new, status_only=status_only)
+        assert result.exhaustive
+        bot = [c for c in result.changes if c.request["principal"] == "bot"]
+        for c in bot:
+            assert_replays(old, new, c) if not status_only else None
+        ways = {(c.old[0], c.new[0]) for c in bot if "status" in c.kinds}
+        assert ways == {("allowed", "denied"), ("denied", "allowed")}, status_only
+        [gain] = [c for c in bot if (c.old[0], c.new[0]) == ("denied", "allowed")]
+        ctx = gain.request["context"]
+        assert Decimal("300") < Decimal(ctx["amount"]) <= Decimal("500")
+        assert ctx.get("country") not in ("KP", "IR")
+        assert observed(new, gain.request)[0] == "allowed"
+        assert observed(old, gain.request)[:2] == ("denied", "limit_exceeded")
+
+
 def test_diff_of_equal_policies_decides_nothing() -> None:
     result = diff(Engine.from_source(OLD), Engine.from_source(OLD + "# a comment\n"))
     assert result.changes == () and result.pairs == 0 and result.exhaustive
@@ -541,8 +570,8 @@ def test_every_diff_example_changes_decision(a: list[tuple[str, str, str]],
         return frozenset(v for v in vocab if permission_matches(v, permission))
 
     if result.exhaustive:  # then every way a request tells them apart is listed
-        listed = {(cls(c.request["permission"]), c.kinds) for c in result.changes
-                  if c.request["principal"] == "bot"}
+        listed = {(cls(c.request["permission"]), c.kinds, c.old, c.new)
+                  for c in result.changes if c.request["principal"] == "bot"}
         for perm in ("pay:x", "pay:q", "z"):
             for ctx in ({}, {"a": 3, "b": 1, "c": "x", "d": "y"}, {"a": "x"},
                         {"a": 1, "amount": "2.5", "currency": "EUR"},
@@ -550,12 +579,76 @@ def test_every_diff_example_changes_decision(a: list[tuple[str, str, str]],
                 x, y = observed(old, _req(perm, ctx)), observed(new, _req(perm, ctx))
                 kinds = tuple(k for k, p, q in zip(CHANGE_KINDS, x, y, strict=True)
                               if p != q)
-                assert not kinds or (cls(perm), kinds) in listed, (perm, ctx, kinds)
+                assert not kinds or (cls(perm), kinds, x[:2], y[:2]) in listed, (
+                    perm, ctx, kinds, x[:2], y[:2])
     status = diff(old, new, max_requests=256, status_only=True)
     assert all(c.kinds == ("status",) and c.old[0] != c.new[0] for c in status.changes)
     assert {(c.request["principal"], c.request["permission"]) for c in status.changes} == {
         (c.request["principal"], c.request["permission"]) for c in result.changes
         if "status" in c.kinds}
+
+
+# Two variables (a number, a string) and the amount: small enough to decide every request
+# of the witness grid directly, with authorize, under both versions.
+two_var_atoms = st.one_of(
+    st.builds(lambda op, n: f"context.a {op} {n}", st.sampled_from(OPS),
+              st.integers(0, 4)),
+    st.builds(lambda xs: f"context.c in [{', '.join(json.dumps(x) for x in xs)}]",
+              st.lists(st.sampled_from(["x", "y"]), min_size=1, max_size=2)),
+    st.sampled_from(["has(context.a)", "has(context.c)", "amount > 4 EUR"]))
+two_var_exprs = st.recursive(two_var_atoms, lambda inner: st.one_of(
+    st.builds(lambda a, b: f"({a} and {b})", inner, inner),
+    st.builds(lambda a, b: f"({a} or {b})", inner, inner),
+    st.builds(lambda a: f"not ({a})", inner)), max_leaves=3)
+two_var_rules = st.lists(st.tuples(
+    st.sampled_from(["permit", "forbid", "approval", "limit", "approval_over"]),
+    st.sampled_from(["pay:*", "pay:x", "*"]), two_var_exprs), min_size=1, max_size=4)
+GRID_A = [None, -1, 0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5, "x", True]
+GRID_C = [None, "x", "y", "z", 1]
+GRID_AMOUNT = [None, "0", *(f"{t}{d}" for t in range(2, 8) for d in (".99", "", ".01"))]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(two_var_rules, two_var_rules)
+def test_every_direction_a_request_shows_is_listed(a: list[tuple[str, str, str]],
+                                                   b: list[tuple[str, str, str]]) -> None:
+    """Every request of the grid whose decision changes (decided directly, by authorize on
+    both versions) is represented in an exhaustive diff by a change of its principal and
+    permission class with the same direction -- old (status, reason code) -> new -- and
+    the same kinds; in a status-only diff, by one with the same old -> new status."""
+    old, new = Engine.from_source(diff_policy_text(a)), Engine.from_source(diff_policy_text(b))
+    whole = diff(old, new, max_requests=512)
+    status = diff(old, new, max_requests=512, status_only=True)
+    vocab = {p for _, p, _ in a + b}
+
+    def cls(permission: str) -> frozenset[str]:
+        return frozenset(v for v in vocab if permission_matches(v, permission))
+
+    def listed(result: Any, n: int) -> set[tuple[Any, ...]]:
+        return {(who, cls(c.request["permission"]), c.kinds, c.old[:n], c.new[:n])
+                for c in result.changes for who in (c.request["principal"], *c.alike)}
+
+    got, got_status = listed(whole, 2), listed(status, 1)
+    for c in whole.changes:
+        assert_replays(old, new, c)
+    for who in ("bot", "someone-else"):
+        for perm in ("pay:x", "pay:q", "z"):
+            for va, vc, amount in itertools.product(GRID_A, GRID_C, GRID_AMOUNT):
+                ctx: dict[str, Any] = {k: v for k, v in (("a", va), ("c", vc))
+                                       if v is not None}
+                if amount is not None:
+                    ctx.update(amount=amount, currency="EUR")
+                req = {"principal": who, "permission": perm, "context": ctx}
+                x, y = observed(old, req), observed(new, req)
+                if x == y:
+                    continue
+                kinds = tuple(k for k, p, q in zip(CHANGE_KINDS, x, y, strict=True)
+                              if p != q)
+                if whole.exhaustive:
+                    assert (who, cls(perm), kinds, x[:2], y[:2]) in got, (req, x, y)
+                if x[0] != y[0] and status.exhaustive:
+                    assert (who, cls(perm), ("status",), x[:1], y[:1]) in got_status, (
+                        req, x, y)
 
 
 def _req(permission: str, context: dict[str, Any]) -> dict[str, Any]:
