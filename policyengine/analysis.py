@@ -36,7 +36,7 @@ from decimal import Decimal
 from typing import Any
 
 from policyengine.decide._compiled import CompiledPolicy, CompiledRule, PlanRules
-from policyengine.decide._evaluator import RequestState, _amount_rule, _run, rule_entry
+from policyengine.decide._evaluator import RequestState, amount_rule, rule_entry, run_rule
 from policyengine.decide._runtime import Principal
 from policyengine.decision import Decision, Diagnostic
 from policyengine.engine import Engine
@@ -1130,13 +1130,13 @@ def _outcome(rule: CompiledRule, who: Principal, plan: PlanRules, ctx: dict[str,
         return None
     diags: list[Diagnostic] = []
     if rule.effect == "permit":
-        return _run(rule, ctx, plan, req, diags, False) is True
+        return run_rule(rule, ctx, plan, req, diags, False) is True
     if rule.kind in ("limit", "approval_over"):
-        hit, cap = _amount_rule(rule, ctx, plan, req, diags)
+        hit, cap = amount_rule(rule, ctx, plan, req, diags)
         if status_only:
             return hit is not False
         return hit, cap is not None, tuple(d.code for d in diags)
-    hit = _run(rule, ctx, plan, req, diags, True)
+    hit = run_rule(rule, ctx, plan, req, diags, True)
     if status_only:
         return hit is not False
     return hit, tuple(d.code for d in diags)

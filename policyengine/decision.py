@@ -172,14 +172,14 @@ class Obligations:
     __hash__ = None  # type: ignore[assignment]
 
 
-_MADE: list[Callable[[Any], BudgetUsage]] = []  # budgets.ledger._budget_usage, once read
+_MADE: list[Callable[[Any], BudgetUsage]] = []  # budgets.ledger.budget_usage, once read
 
 
 def _budget_usage(t: tuple[Any, ...]) -> BudgetUsage:
     """The :class:`BudgetUsage` of its tuple (imported when first needed: this module
     imports nothing from the engine when loaded)."""
     if not _MADE:
-        from policyengine.budgets.ledger import _budget_usage as made
+        from policyengine.budgets.ledger import budget_usage as made
         _MADE.append(made)
     return _MADE[0](t)
 

@@ -673,9 +673,10 @@ _set_t = BudgetUsage.__dict__["_t"].__set__  # the slot's own setter (__setattr_
 
 
 
-def _budget_usage(t: tuple[str, str, str, float | None, int, int, int, int, int]
-                  ) -> BudgetUsage:
-    """A :class:`BudgetUsage` from its tuple, without the ``__init__`` call."""
+def budget_usage(t: tuple[str, str, str, float | None, int, int, int, int, int]
+                 ) -> BudgetUsage:
+    """A :class:`BudgetUsage` from its tuple, without the ``__init__`` call (not API: a
+    name without ``_`` because decision.py builds a decision's usage with it too)."""
     usage = object.__new__(BudgetUsage)
     _set_t(usage, t)
     return usage
@@ -1012,8 +1013,8 @@ class Ledger:
             room = limit - spent - reserved
             code = ("debt_outstanding" if spent > limit else
                     "budget_exceeded" if q > room or room <= 0 else None)
-            return code, _budget_usage((b.id, subject, b.unit, end, b.scale, limit, spent,
-                                        reserved, q))
+            return code, budget_usage((b.id, subject, b.unit, end, b.scale, limit, spent,
+                                       reserved, q))
         amounts: list[int] = []
         buckets: list[Bucket] = []
         for b, mode, subject, _start, _end, bucket in targets:
@@ -1043,9 +1044,9 @@ class Ledger:
                     best, index = ratio, i
         b, _mode, subject, _start, end, bucket = targets[index]
         use = usages[index]
-        return code, _budget_usage((b.id, subject, b.unit, None if bucket is None else end,
-                                    b.scale, b.limit, use.spent, use.reserved,
-                                    amounts[index]))
+        return code, budget_usage((b.id, subject, b.unit, None if bucket is None else end,
+                                   b.scale, b.limit, use.spent, use.reserved,
+                                   amounts[index]))
 
     def admission_of(self, principal: str, permission: str, amount: object,
                      unit: str | None) -> tuple[str | None, BudgetUsage | None]:
@@ -1055,7 +1056,7 @@ class Ledger:
         parsed amount -- reads one bucket and nothing else."""
         code, usage = self.admission_parts(principal, permission, amount, unit)
         if type(usage) is tuple:
-            return code, _budget_usage(usage)
+            return code, budget_usage(usage)
         return code, usage
 
     def admission_parts(self, principal: str, permission: str, amount: object,

@@ -50,9 +50,9 @@ from policyengine.money._money import (
 from policyengine.money._rates import RateError
 from policyengine.permissions import InvalidPermission, validate_permission
 
-__all__ = ["Explanation", "RequestState", "RuleFacts", "entry_facts", "invalid", "read_money",
-           "request_problem", "rule_entry", "rule_facts", "rule_ids", "rule_table",
-           "shadow_rules"]
+__all__ = ["PARSED", "Explanation", "RequestState", "RuleFacts", "amount_rule", "entry_facts",
+           "invalid", "read_money", "request_problem", "rule_entry", "rule_facts", "rule_ids",
+           "rule_table", "run_rule", "shadow_rules"]
 
 _EMPTY: dict[str, Any] = {}
 #: The grant view of a request made without a delegation token.
@@ -131,7 +131,7 @@ def read_money(context: dict[str, Any], default: str | None) -> tuple[Decimal, s
         return None
     currency = get(context, "currency")
     if type(raw) is str and type(currency) is str:  # on the wire: parsed before, mostly
-        found = _PARSED.get((raw, currency))
+        found = PARSED.get((raw, currency))
         if found is not None:
             return found
     try:
@@ -166,7 +166,7 @@ def parse_request_money(context: dict[str, Any], default: str | None
     # amounts on the wire: the same few strings again and again
     if type(raw) is str and len(raw) <= MAX_TEXT_LENGTH:
         key = (raw, currency)
-        found = _PARSED.get(key)
+        found = PARSED.get(key)
         if found is not None:
             return found
     try:
@@ -177,15 +177,15 @@ def parse_request_money(context: dict[str, Any], default: str | None
                             ) from None
         raise EvalError(exc.code, exc.message) from None
     if type(raw) is str and len(raw) <= MAX_TEXT_LENGTH:
-        if len(_PARSED) >= _PARSED_KEPT:
-            _PARSED.clear()  # a few thousand small tuples, parsed again on next use
-        _PARSED[key] = parsed
+        if len(PARSED) >= _PARSED_KEPT:
+            PARSED.clear()  # a few thousand small tuples, parsed again on next use
+        PARSED[key] = parsed
     return parsed
 
 
 #: Amount strings parsed (with their currency): (text, currency) -> (Decimal, currency).
 #: Only amounts that parsed are kept; the values are immutable.
-_PARSED: dict[tuple[str, str], tuple[Decimal, str]] = {}
+PARSED: dict[tuple[str, str], tuple[Decimal, str]] = {}
 _PARSED_KEPT = 4096
 
 
@@ -254,8 +254,9 @@ def invalid(principal: Any, permission: Any, message: str) -> Decision:
     return Decision.denial("invalid_request", message, principal, permission)
 
 
-def _run(rule: CompiledRule, ctx: dict[str, Any], plan: PlanRules, req: RequestState | None,
-         diags: list[Diagnostic], fail_closed: bool) -> bool | None:
+def run_rule(rule: CompiledRule, ctx: dict[str, Any], plan: PlanRules,
+             req: RequestState | None, diags: list[Diagnostic], fail_closed: bool
+             ) -> bool | None:
     """Does ``rule`` apply? True, False, or None when its condition errored.
 
     The caller applies fail closed: an erroring forbid or approval applies, an erroring
@@ -273,10 +274,10 @@ def _run(rule: CompiledRule, ctx: dict[str, Any], plan: PlanRules, req: RequestS
         return None
 
 
-def _amount_rule(rule: CompiledRule, ctx: dict[str, Any], plan: PlanRules, req: RequestState,
-                 diags: list[Diagnostic]) -> tuple[bool | None, Decimal | None]:
+def amount_rule(rule: CompiledRule, ctx: dict[str, Any], plan: PlanRules, req: RequestState,
+                diags: list[Diagnostic]) -> tuple[bool | None, Decimal | None]:
     """A ``limit`` or ``approval ... over``: (applies or None on error, cap if it does not)."""
-    guard = _run(rule, ctx, plan, req, diags, True)
+    guard = run_rule(rule, ctx, plan, req, diags, True)
     if guard is not True:
         return guard, None
     try:
@@ -349,13 +350,13 @@ def rule_facts(plan: PlanRules, principal: str, permission: str, context: dict[s
     applied: list[str] = []  # declaration order, forbids before limits
     forbidden = limited = False
     for rule in plan.forbids:
-        hit = _run(rule, context, plan, req, diags, True)
+        hit = run_rule(rule, context, plan, req, diags, True)
         if hit is not False:
             applied.append(rule.qid)
             forbidden = forbidden or hit is True
     max_amount: tuple[Decimal, FileMoney] | None = None
     for rule in plan.limits:
-        hit, cap = _amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
+        hit, cap = amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
         if hit is not False:
             applied.append(rule.qid)
             limited = limited or hit is True
@@ -381,12 +382,12 @@ def rule_facts(plan: PlanRules, principal: str, permission: str, context: dict[s
     approval_over: tuple[Decimal, FileMoney] | None = None
     for rule in plan.approvals:
         if rule.kind == "approval_over":
-            hit, threshold = _amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
+            hit, threshold = amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
             if hit is False and threshold is not None:
                 approval_over = _tightest(approval_over, threshold,
                                           rule.money)  # type: ignore[arg-type]
         else:
-            hit = _run(rule, context, plan, req, diags, True)
+            hit = run_rule(rule, context, plan, req, diags, True)
         if hit is not False:
             approval_rules.append(rule.qid)
 
@@ -465,7 +466,7 @@ def _permits_only(checks: tuple[Any, ...], who: Any, principal: str, permission:
 
 
 def _skipped(exc: Exception, qid: str) -> Diagnostic:
-    """The diagnostic of a permit whose condition raised (as :func:`_run` records it)."""
+    """The diagnostic of a permit whose condition raised (as :func:`run_rule` records it)."""
     err = _error(exc)
     return Diagnostic(err.code, err.message, qid, "skipped")
 
@@ -482,9 +483,9 @@ def shadow_rules(plan: PlanRules, context: dict[str, Any], req: RequestState | N
     for rule in plan.shadows:
         del diags[:]
         if rule.kind in ("limit", "approval_over"):
-            hit, _ = _amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
+            hit, _ = amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
         else:
-            hit = _run(rule, context, plan, req, diags, rule.effect != "permit")
+            hit = run_rule(rule, context, plan, req, diags, rule.effect != "permit")
             if rule.effect == "permit" and hit is not True:
                 continue
         if hit is False:

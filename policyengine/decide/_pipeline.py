@@ -40,7 +40,7 @@ from policyengine.decide._approvals import (
 )
 from policyengine.decide._compiled import CompiledPolicy, EvalError
 from policyengine.decide._evaluator import (
-    _PARSED,
+    PARSED,
     RequestState,
     RuleFacts,
     entry_facts,
@@ -491,7 +491,7 @@ class Pipeline:
                     found = self.ledger.admission_text(principal, permission, raw,
                                                        currency)  # the text seen before
                     if found is None:
-                        money = _PARSED.get((raw, currency))  # parsed before, mostly
+                        money = PARSED.get((raw, currency))  # parsed before, mostly
                         text = raw  # what money is the parse of, with currency
                 if found is None and money is None:
                     money = read_money(context, self.policy.default_currency)

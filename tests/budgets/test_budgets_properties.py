@@ -475,8 +475,8 @@ def _lean_text_check(ledger: Ledger, parsed: dict[str, Decimal], principal: str,
         found = ledger.admission_parts(principal, "pay:send", amount, unit, text)
     code, usage = found
     if type(usage) is tuple:
-        from policyengine.budgets.ledger import _budget_usage
-        usage = _budget_usage(usage)
+        from policyengine.budgets.ledger import budget_usage
+        usage = budget_usage(usage)
     return code, None if usage is None else usage.to_wire()
 
 
