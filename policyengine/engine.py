@@ -478,6 +478,14 @@ class Engine:
     def policy(self) -> CompiledPolicy:
         return self._policy
 
+    @property
+    def pipeline(self) -> Pipeline:
+        """The decision pipeline in use now (read-only; replaced whole on reload and when
+        the keys or revocations change). For the package's own callers that decide
+        without the facade's side effects (replay, the service's AuthZEN searches): not
+        API, it may change. The facade's own methods read the attribute directly."""
+        return self._pipeline
+
     def _now(self) -> float | None:
         """The injected clock's time, or None to let each component read the real one."""
         return self._clock() if self._clock is not None else None

@@ -210,7 +210,7 @@ def replay(paths: Iterable[str], engine: Any, clock: _Clock | None = None) -> Re
     record at its own time) and compare. Dry: no approval is registered; the engine
     should have no decision log and a budget store nothing else uses."""
     report = ReplayReport()
-    pipeline = engine._pipeline
+    pipeline = engine.pipeline
     for name, number, record in _records(paths, report):
         if record.get("kind") not in _DECISION_KINDS:
             continue  # operations, events, log.* records: nothing was decided

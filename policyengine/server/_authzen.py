@@ -410,7 +410,7 @@ def _allowed(engine: pe.Engine, principal: str, permission: str,
     """Would an evaluation of this be true? The decision pipeline's own run, without
     its side effects: a pending approval registers nothing, the decision log takes no
     record (a search is not an access)."""
-    run = engine._pipeline.run
+    run = engine.pipeline.run
     return run(principal, permission, ctx, None, None, False).status == "allowed"
 
 
