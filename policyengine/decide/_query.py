@@ -1060,6 +1060,21 @@ class QueryIndex:
                 found.update(keys[bisect_left(keys, stem):bisect_left(keys, end)])
         return sorted(found)
 
+    def _applicable(self, who: Principal, key: str) -> list[CompiledRule]:
+        """``policy.applicable(who, key)`` for a region's pattern: the rules of ``key``
+        and every wider pattern in ``who``'s scopes, in declaration order, each bucket's
+        roles gone through instead of the principal's when it has fewer (see
+        :func:`_parts_of`)."""
+        buckets = self.buckets
+        found: dict[int, CompiledRule] = {}
+        for pattern in (key, *_ancestors(key)):
+            b = buckets.get(pattern)
+            if b is not None:
+                for part in _parts_of(b, who):
+                    for r in part.rules:
+                        found[r.order] = r
+        return [found[k] for k in sorted(found)]
+
     def _in_scope(self, subject: _Subject, key: str) -> bool:
         """Whether the pattern ``key`` holds a rule of the subject's scopes."""
         b = self.buckets[key]
@@ -1356,7 +1371,8 @@ class QueryIndex:
                 state = _extend(above, rules, folder, nested)
             else:
                 # a widest region: every wider pattern's rules, from the index
-                rules = policy.applicable(who, _rep(key))
+                rules = self._applicable(who, key) if many else policy.applicable(
+                    who, _rep(key))
                 state = _extend(_EMPTY, rules, folder, _NONE)
                 held, row = start if start is not None else ((), None)
             sig = _sig(state)
