@@ -89,3 +89,125 @@ def test_a_leaf_importing_the_engine_is_caught(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from policyengine.engine import Engine\n", "utf-8")
     assert [(n, _layer(n)) for n, _ in _imports(probe)] == [("policyengine.engine", 4)]
+
+
+# -- no private name crosses a module --------------------------------------------------
+# A name starting with ``_`` is its module's own (docs/architecture.md). What another
+# module needs is a public name, in a private module (``_x.py``, the package's own) when
+# users should not import it. Checked mechanically:
+#   * ``from policyengine.m import _name`` in another module (``_name`` not a submodule);
+#   * ``m._name`` where ``m`` is a policyengine module imported here;
+#   * ``obj._name`` (``self`` included) where no class or object of this module defines
+#     the attribute ``_name`` but one in another module does. Types are not inferred: an
+#     attribute name defined both here and elsewhere passes.
+# Private names of other libraries (a socket inside a client) and the namedtuple API
+# (``_fields``, ``_make``, ``_replace``, ``_asdict``) are not this rule's business.
+
+NAMEDTUPLE_API = frozenset({"_asdict", "_field_defaults", "_fields", "_make", "_replace"})
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _is_module(name: str) -> bool:
+    base = PACKAGE.parent / name.replace(".", "/")
+    return base.with_suffix(".py").exists() or base.is_dir()
+
+
+def _defined_attributes(tree: ast.AST) -> set[str]:
+    """Private attribute names a module defines: assigned to an attribute, or named in a
+    class body (methods, class attributes, ``__slots__`` entries)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.ClassDef):
+            for stmt in node.body:
+                if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    names.add(stmt.name)
+                elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                    names.add(stmt.target.id)
+                elif isinstance(stmt, ast.Assign):
+                    targets = [t.id for t in stmt.targets if isinstance(t, ast.Name)]
+                    names.update(targets)
+                    if "__slots__" in targets:
+                        names.update(c.value for c in ast.walk(stmt.value)
+                                     if isinstance(c, ast.Constant) and isinstance(c.value, str))
+    return {n for n in names if _private(n)}
+
+
+def _attribute_owners() -> dict[str, set[str]]:
+    owners: dict[str, set[str]] = {}
+    for path in MODULES:
+        for name in _defined_attributes(ast.parse(path.read_text("utf-8"))):
+            owners.setdefault(name, set()).add(_module_name(path))
+    return owners
+
+
+OWNERS = _attribute_owners()
+
+
+def _crossings(path: Path, module: str) -> list[str]:
+    """Every use in ``path`` (module ``module``) of a private name of another module."""
+    tree = ast.parse(path.read_text("utf-8"))
+    found: list[str] = []
+    modules: dict[str, str] = {}  # local name -> the policyengine module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("policyengine"):
+                    local = alias.asname or alias.name.split(".")[0]
+                    modules[local] = alias.name if alias.asname else local
+        elif isinstance(node, ast.ImportFrom) and node.module \
+                and node.module.startswith("policyengine"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                if _is_module(full):
+                    modules[alias.asname or alias.name] = full
+                elif _private(alias.name) and node.module != module:
+                    found.append(f"line {node.lineno}: from {node.module} import {alias.name}")
+    own = _defined_attributes(tree)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not _private(node.attr):
+            continue
+        value = node.value
+        if isinstance(value, ast.Name) and value.id in modules:
+            target = modules[value.id]
+            if target != module and not _is_module(f"{target}.{node.attr}"):
+                found.append(f"line {node.lineno}: {value.id}.{node.attr} ({target})")
+        elif node.attr not in own and node.attr not in NAMEDTUPLE_API \
+                and node.attr in OWNERS:
+            found.append(f"line {node.lineno}: {ast.unparse(value)}.{node.attr} (defined in "
+                         f"{', '.join(sorted(OWNERS[node.attr]))})")
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: _module_name(p))
+def test_no_private_name_crosses_a_module(path: Path) -> None:
+    crossings = _crossings(path, _module_name(path))
+    assert not crossings, (f"{_module_name(path)} uses private names of other modules: "
+                           f"{crossings} (give the name no leading _ in its module, in a "
+                           "private module if users should not import it)")
+
+
+def test_a_private_name_crossing_a_module_is_caught(tmp_path: Path) -> None:
+    """The check itself: each kind of crossing is reported, the module's own uses and
+    the public names of private modules are not."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import policyengine.decide._evaluator as evaluator\n"
+        "from policyengine.decide import _evaluator\n"
+        "from policyengine.decide._evaluator import _PARSED_KEPT, run_rule\n"
+        "from policyengine.engine import Engine\n"
+        "class Own:\n"
+        "    __slots__ = ('_mine',)\n"
+        "def f(engine: Engine, own: Own, rows: tuple[int, int]) -> object:\n"
+        "    own._mine = rows._fields\n"
+        "    return (evaluator._PARSED_KEPT, _evaluator.run_rule, engine._pipeline,\n"
+        "            own._mine, run_rule)\n", "utf-8")
+    assert _crossings(probe, "policyengine.probe") == [
+        "line 3: from policyengine.decide._evaluator import _PARSED_KEPT",
+        "line 9: evaluator._PARSED_KEPT (policyengine.decide._evaluator)",
+        "line 9: engine._pipeline (defined in policyengine.engine)",
+    ]
