@@ -20,8 +20,9 @@ Answers are computed once per principal (per permission for :func:`principals_wi
 kept with the compiled policy in a bounded table: a reload starts afresh. An answer is
 complete when returned (its length exact, every line decided); its :class:`Access` lines,
 which carry the principal's name, are made when it is first read, so an answer made of
-regions worked out before (at index build: those under ``*`` of every role granted it)
-costs no per-line work until then.
+regions worked out before (at index build: those under ``*`` of every role granted it;
+for a principal with other scopes there, those regions with its other rules laid over
+them) costs no per-line work until then.
 """
 
 from __future__ import annotations
@@ -1301,7 +1302,9 @@ class QueryIndex:
         held first; within two regions per pattern key of the policy in all, with their
         residuals printed. What a role's regions hold is kept for every principal whose
         scopes have the same rules there (see :meth:`permissions`): an agent holding a
-        role granting ``*`` and no other role with rules gets its answer from them."""
+        role granting ``*`` and no other role with rules gets its answer from them, and
+        one with other roles (or rules of its own) under ``*`` from them with those rules
+        laid over (see :meth:`_overlaid`)."""
         budget = 2 * len(self.keys)
         subjects: list[_Subject] = []
         every = self.buckets.get("*")
