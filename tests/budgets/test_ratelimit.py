@@ -13,12 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import POSTGRES_URL, REDIS_URL, STORE_KINDS, SharedStores, open_store
+from conftest import POSTGRES_URL, REDIS_URL, STORE_KINDS, Clock, SharedStores, open_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policyengine import Engine
-from policyengine.budgets import BudgetInputError, BudgetStoreError, PostgresStore, RedisStore
+from policyengine.budgets import (
+    BudgetInputError,
+    BudgetStoreError,
+    MemoryStore,
+    PostgresStore,
+    RedisStore,
+)
 from policyengine.budgets.ratelimit import (
     MAX_BURST,
     PERIODS,
@@ -268,8 +274,7 @@ SMALL = {"amount": "5", "currency": "EUR"}
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_only_calls_that_may_go_ahead_take_a_token(kind: str, tmp_path: Path,
                                                    shared_stores: SharedStores) -> None:
-    now = [T0 / 1e6]
-    engine = Engine.from_sources({"p.policy": POLICY}, clock=lambda: now[0],
+    engine = Engine.from_sources({"p.policy": POLICY}, clock=Clock(T0 / 1e6),
                                  budget_store=open_store(kind, tmp_path, shared_stores))
     # A pending approval is not a call made: no token.
     for _ in range(3):
@@ -295,12 +300,11 @@ def test_only_calls_that_may_go_ahead_take_a_token(kind: str, tmp_path: Path,
 
 
 def test_a_store_fault_denies_with_its_code() -> None:
-    class Broken:
+    class Broken(MemoryStore):
         def rate_admit(self, *args: object) -> object:
             raise BudgetStoreError("store_unavailable", "down")
 
-    engine = Engine.from_sources({"p.policy": POLICY})
-    engine._pipeline.limiter.store = Broken()
+    engine = Engine.from_sources({"p.policy": POLICY}, budget_store=Broken())
     decision = engine.authorize("bot", "payments:x", SMALL)
     assert (decision.status, decision.code) == ("denied", "store_unavailable")
 
@@ -417,12 +421,11 @@ def test_a_tool_call_over_the_rate_is_outcome_rate_limited() -> None:
 @pytest.mark.parametrize("kind", ["memory", "redis"])
 def test_shadow_rate_limits_count_and_report_but_never_refuse(
         kind: str, tmp_path: Path, shared_stores: SharedStores) -> None:
-    now = [T0 / 1e6]
     engine = Engine.from_sources({"s.policy": (
         "permit p: tools:*\nforbid f: tools:x when context.no == true\n"
         "ratelimit trial: tools:* 1 per hour burst 1 mode warn\n"
         "ratelimit quiet: tools:x 2 per hour burst 2 mode log\n"
-        "ratelimit real: tools:x 3 per hour burst 3\n")}, clock=lambda: now[0],
+        "ratelimit real: tools:x 3 per hour burst 3\n")}, clock=Clock(T0 / 1e6),
         budget_store=open_store(kind, tmp_path, shared_stores))
 
     def shadow(context: dict[str, Any] | None = None) -> tuple[str, list[tuple[str, str]]]:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import Clock
 
 from policyengine.server import Credentials, hash_secret
 from policyengine.server import _credentials as creds_module
@@ -30,10 +31,10 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    now = [1000.0]
-    monkeypatch.setattr(creds_module.time, "monotonic", lambda: now[0])
-    return now
+def monotonic(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The shared clock as the monotonic time the credentials' refusal memory reads."""
+    monkeypatch.setattr(creds_module.time, "monotonic", clock)
+    return clock
 
 
 def _credentials() -> Credentials:
@@ -60,7 +61,7 @@ CHECKS: dict[str, Callable[[Credentials, str], Any]] = {
 
 @pytest.mark.parametrize("kind", sorted(CHECKS))
 def test_a_refused_secret_is_refused_again_without_a_check_for_a_minute(
-        kind: str, checks: list[str], clock: list[float]) -> None:
+        kind: str, checks: list[str], monotonic: Clock) -> None:
     check, creds = CHECKS[kind], _credentials()
     assert check(creds, "wrong") is None
     first = len(checks)
@@ -68,14 +69,14 @@ def test_a_refused_secret_is_refused_again_without_a_check_for_a_minute(
     for _ in range(5):
         assert check(creds, "wrong") is None
     assert len(checks) == first  # ... and not again within the minute
-    clock[0] += 61.0
+    monotonic.t += 61.0
     assert check(creds, "wrong") is None
     assert len(checks) == 2 * first  # a minute on, checked afresh
 
 
 @pytest.mark.parametrize("kind", sorted(CHECKS))
 def test_a_refusal_never_refuses_the_right_secret(kind: str, checks: list[str],
-                                                  clock: list[float]) -> None:
+                                                  monotonic: Clock) -> None:
     check, creds = CHECKS[kind], _credentials()
     for wrong in ("wrong", "righ", "right ", "RIGHT"):
         assert check(creds, wrong) is None

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import runcycles
+from conftest import Clock
 from runcycles import (
     Action,
     Amount,
@@ -50,16 +51,6 @@ HERE = Path(__file__).parent
 KEYS = {"acme": "cycles-key-acme", "globex": "cycles-key-globex"}
 
 
-class Clock:
-    """The service's clock: real time plus an offset a test may move forward."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 class Live:
     def __init__(self, url: str, clock: Clock, app: PolicyService) -> None:
         self.url, self.clock, self.app = url, clock, app
@@ -73,7 +64,7 @@ def cycles_credentials() -> Credentials:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     os.environ.setdefault("CYCLES_JOURNAL_DIR", str(tmp_path_factory.mktemp("journal")))
-    clock = Clock()
+    clock = Clock(time.time())  # the service's clock: now, moved forward by the tests
     engine = pe.Engine.from_path(str(HERE / "cycles"), clock=clock)
     app = create_app(engine, credentials=cycles_credentials(),
                      config=ServiceConfig(access_log=False))
@@ -202,7 +193,7 @@ def test_a_commit_after_expiry_falls_back_to_an_event(live: Live) -> None:
         @cycles(estimate=50, actual=40, unit="TOKENS", action_kind="llm.completion",
                 action_name="gpt-4o", ttl_ms=60_000, client=client)
         def outlives_its_lease() -> str:
-            live.clock.offset += 120  # the lease (and any grace) is over on the server
+            live.clock.t += 120  # the lease (and any grace) is over on the server
             return "late"
 
         assert outlives_its_lease() == "late"
@@ -379,7 +370,7 @@ def test_errors_use_the_protocol_envelope_codes_and_statuses(live: Live) -> None
             assert response.headers["x-request-id"] == error_of(response).request_id
 
         rid = http.post("/v1/reservations", json=create_body(who)).json()["reservation_id"]
-        live.clock.offset += 61  # the 60 s lease is over, its 5 s grace period is not
+        live.clock.t += 61  # the 60 s lease is over, its 5 s grace period is not
         ext = http.post(f"/v1/reservations/{rid}/extend",
                         json={"idempotency_key": uuid.uuid4().hex, "extend_by_ms": 1000})
         assert ext.status_code == 410 and error_of(ext).error == "RESERVATION_EXPIRED"
@@ -387,7 +378,7 @@ def test_errors_use_the_protocol_envelope_codes_and_statuses(live: Live) -> None
             "idempotency_key": uuid.uuid4().hex, "actual": {"unit": "TOKENS", "amount": 1}})
         assert graced.status_code == 200
         rid = http.post("/v1/reservations", json=create_body(who)).json()["reservation_id"]
-        live.clock.offset += 66  # past the lease and the grace period
+        live.clock.t += 66  # past the lease and the grace period
         late = http.post(f"/v1/reservations/{rid}/commit", json={
             "idempotency_key": uuid.uuid4().hex, "actual": {"unit": "TOKENS", "amount": 1}})
         assert late.status_code == 410 and error_of(late).error == "RESERVATION_EXPIRED"
