@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,6 +103,23 @@ DAILY = BudgetSpec("t.daily", ("payments:*",), Decimal(100), "EUR", "day")
 
 # -- database services -------------------------------------------------------------------
 
+@contextmanager
+def own_connection(store: PostgresStore | SQLiteStore) -> Iterator[Any]:
+    """A connection of the test's own to the database ``store`` uses (autocommit): its
+    rows read and written as any client would, not through the store's own connection."""
+    if isinstance(store, PostgresStore):
+        import psycopg
+        with psycopg.connect(store.url, autocommit=True) as conn:
+            yield conn
+        return
+    import sqlite3
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 POSTGRES_URL = os.environ.get("POLICYENGINE_TEST_POSTGRES",
                               "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("POLICYENGINE_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -164,7 +183,7 @@ class SharedStores:
             return self.redis()
         for store in self.opened:
             if isinstance(store, PostgresStore):
-                with store._connection() as conn:
+                with own_connection(store) as conn:
                     for table in ("buckets", "holds", "events", "reservations",
                                   "idempotency"):  # DELETE: quicker than TRUNCATE when small
                         conn.execute(f'DELETE FROM "{store.schema}".budget_{table}')

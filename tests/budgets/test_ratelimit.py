@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import POSTGRES_URL, REDIS_URL, STORE_KINDS, Clock, SharedStores, open_store
+from conftest import (
+    POSTGRES_URL,
+    REDIS_URL,
+    STORE_KINDS,
+    Clock,
+    SharedStores,
+    open_store,
+    own_connection,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -86,7 +94,7 @@ def test_admissions_match_the_exact_reference_on_random_arrivals(
         store = (open_store(kind, tmp_path / str(len(stores)), shared_stores)
                  if kind != "postgres" or not stores else stores[0])
         if kind == "postgres":
-            with store._connection() as conn:
+            with own_connection(store) as conn:
                 conn.execute(f'DELETE FROM "{store.schema}".budget_rates')
         stores.append(store)
         (tmp_path / str(len(stores))).mkdir(exist_ok=True)
@@ -369,11 +377,9 @@ def test_keys_at_rest_are_forgotten(kind: str, tmp_path: Path,
         assert store.rate_admit((RateKey(f"k{i}", 1, 1_000_000, 1),), T0, True).ok
     # the 512th write sweeps: every key above has been at rest for over a minute
     assert store.rate_admit((RateKey("last", 1, 1_000_000, 1),), T0 + 120_000_000, True).ok
-    if kind == "sqlite":
-        rows = store._conn().execute("SELECT key FROM budget_rates").fetchall()
-    else:
-        with store._connection() as conn:
-            rows = conn.execute(f'SELECT key FROM "{store.schema}".budget_rates').fetchall()
+    table = "budget_rates" if kind == "sqlite" else f'"{store.schema}".budget_rates'
+    with own_connection(store) as conn:
+        rows = conn.execute(f"SELECT key FROM {table}").fetchall()
     assert [r[0] for r in rows] == ["last"]
     # forgetting them changed nothing: each admits as from rest
     assert store.rate_admit((RateKey("k0", 1, 1_000_000, 1),), T0 + 120_000_000, True).ok
@@ -384,14 +390,16 @@ def _put_tat(store: Any, key: str, tat_us: int, frac: int) -> None:
     if hasattr(store, "_rates"):
         store._rates._tats[key] = (tat_us, frac)
     elif hasattr(store, "schema"):
-        with store._connection() as conn:
+        with own_connection(store) as conn:
             conn.execute(f'INSERT INTO "{store.schema}".budget_rates VALUES (%s, %s, %s)',
                          (key, tat_us, frac))
     elif hasattr(store, "prefix"):
-        store._redis.set(store.prefix + "q:" + key, f"{tat_us} {frac}", px=600_000)
+        import redis
+        redis.Redis.from_url(REDIS_URL).set(store.prefix + "q:" + key, f"{tat_us} {frac}",
+                                            px=600_000)
     else:
-        conn = store._conn()
-        conn.execute("INSERT INTO budget_rates VALUES (?, ?, ?)", (key, tat_us, frac))
+        with own_connection(store) as conn:
+            conn.execute("INSERT INTO budget_rates VALUES (?, ?, ?)", (key, tat_us, frac))
 
 
 @pytest.mark.parametrize("kind", STORE_KINDS)

@@ -25,6 +25,12 @@ def _client() -> redis.Redis:
     return redis.Redis.from_url(REDIS_URL, decode_responses=True)
 
 
+def _bucket_key(prefix: str, budget: str, subject: str, window: int) -> str:
+    """A bucket's key as the layout documents it: ``b:<len>:<budget><subject>:<window>``,
+    the budget id's length in UTF-8 bytes first."""
+    return f"{prefix}b:{len(budget.encode())}:{budget}{subject}:{window}"
+
+
 def test_a_prefix_of_the_layout_before_is_refused_and_left_as_it_is(
         shared_stores: SharedStores) -> None:
     assert LAYOUT_VERSION == 3
@@ -77,7 +83,8 @@ def test_a_hold_due_in_nows_own_millisecond_counts_until_its_exact_expiry(
     ledger, clock = make_ledger(store, DAILY)
     clock.t = BUDGET_NOW + 0.0002
     r = ledger.reserve("bot", "payments:x", "60", "EUR", ttl=10)
-    score = store._redis.zscore(store.prefix + "x", r.id)
+    client = _client()
+    score = client.zscore(store.prefix + "x", r.id)
     clock.t = r.expires_at - 0.0001  # the same millisecond, before the expiry
     assert math.floor(clock.t * 1000) == score
     ledger.record("bot", "payments:x", "1", "EUR")  # a write: the expiry set is read
@@ -89,7 +96,7 @@ def test_a_hold_due_in_nows_own_millisecond_counts_until_its_exact_expiry(
     ledger.record("bot", "payments:x", "1", "EUR")
     (balance,) = ledger.balances("bot")
     assert (balance.spent, balance.reserved) == (Decimal(2), Decimal(0))
-    assert store._redis.zscore(store.prefix + "x", r.id) is None
+    assert client.zscore(store.prefix + "x", r.id) is None
 
 
 def test_buckets_expire_32_days_after_their_window_starts(
@@ -101,11 +108,12 @@ def test_buckets_expire_32_days_after_their_window_starts(
     start = r.lines[0].window_start
     assert start is not None
     expected = start + 32 * 86400 - clock.t
-    held = store._bkey(DAILY.id, "bot", int(start))
+    held = _bucket_key(store.prefix, DAILY.id, "bot", int(start))
     assert expected - 5 <= client.ttl(held) <= expected + 1
     ledger.release(r.id)
     ledger.record("ann", "payments:x", "5", "EUR")  # a bucket a spend makes
-    assert expected - 5 <= client.ttl(store._bkey(DAILY.id, "ann", int(start))) <= expected + 1
+    made = _bucket_key(store.prefix, DAILY.id, "ann", int(start))
+    assert expected - 5 <= client.ttl(made) <= expected + 1
     # A later write that finds the bucket's field at what it added (here reserved was
     # back at 0) leaves the expiry where it was.
     client.expire(held, 1000)
