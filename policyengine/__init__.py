@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr_
         ToolDecision,
         ToolDenied,
     )
-    from policyengine.engine import Engine
+    from policyengine.engine import Engine, QueryError
     from policyengine.lang import PolicyError, Problem, format_source, parse
     from policyengine.money import (
         CallableRates,
@@ -106,6 +106,7 @@ __all__ = [
     "PolicyError",
     "Principals",
     "Problem",
+    "QueryError",
     "RateError",
     "RateSource",
     "ShadowOutcome",
@@ -168,6 +169,7 @@ _EXPORTS: dict[str, str] = {
     "permission_matches": "policyengine.permissions",
     "PolicyError": "policyengine.lang",
     "Problem": "policyengine.lang",
+    "QueryError": "policyengine.engine",
     "RateError": "policyengine.money",
     "RateSource": "policyengine.money",
     "redact": "policyengine.tools",

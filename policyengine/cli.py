@@ -235,7 +235,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(err.render(), file=sys.stderr)
         return 1
     except BudgetError as exc:
-        print(f"error: budget store: {exc.code}: {exc}", file=sys.stderr)
+        print(f"error: budget store: {exc}", file=sys.stderr)  # str(exc) is "code: message"
         return 2
     except (ValueError, OSError) as exc:
         print(f"error: bad request: {exc}", file=sys.stderr)

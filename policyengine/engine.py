@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 perf_counter_ns = time.perf_counter_ns
 
-__all__ = ["Engine", "EngineOptionError", "load_policy"]
+__all__ = ["Engine", "EngineOptionError", "QueryError", "load_policy"]
 
 PolicyFiles = list[tuple[str, "str | bytes"]]
 #: Statements ``_config_warnings`` looks into (those that may redact with ``hash``).
@@ -77,6 +77,19 @@ def _checked_revocations(revocations: Any) -> Any:
     return revocations
 
 
+def _checked_budget_store(store: Any) -> Any:
+    """``store`` if it is None or has the ``BudgetStore`` methods a ledger calls: anything
+    else would deny every budgeted request ``budget_unavailable``."""
+    if store is None:
+        return None
+    from policyengine.budgets.urls import missing_store_methods
+    if missing_store_methods(store):
+        raise EngineOptionError("budget_store must be a BudgetStore (usage, apply, "
+                                "get_reservation, get_idempotency, list_reservations, close) "
+                                f"or its URL, not {type(store).__name__}")
+    return store
+
+
 def _checked_clock(clock: Any) -> Callable[[], float] | None:
     """``clock`` if it is None or a callable returning POSIX seconds as an int or float
     (asked once here; every time-dependent answer reads it)."""
@@ -90,6 +103,33 @@ def _checked_clock(clock: Any) -> Callable[[], float] | None:
         raise EngineOptionError(f"clock() must return POSIX seconds as an int or float, "
                                 f"not {type(now).__name__}")
     return clock  # type: ignore[no-any-return]
+
+
+class QueryError(PolicyEngineError, TypeError, ValueError):
+    """A reverse query (``permissions_of``, ``principals_with``, ``filter_tools``) given
+    an argument it cannot take: ``invalid_principal`` (a principal id or role name that
+    is not a string of 1 to 256 characters) or ``invalid_argument`` (a bad ``limit``,
+    ``transport`` or ``tools``; both or neither of a principal and ``role=``). Also a
+    ``TypeError`` and a ``ValueError``, which these calls raised before."""
+
+
+#: Longest principal id or role name a reverse query takes (as ``authorize`` does).
+_MAX_PRINCIPAL = 256
+
+
+def _query_name(value: object, what: str) -> str:
+    if type(value) is not str or not 1 <= len(value) <= _MAX_PRINCIPAL:
+        shown = (f"{type(value).__name__}" if type(value) is not str
+                 else "an empty string" if not value else f"{len(value)} characters")
+        raise QueryError("invalid_principal", f"{what} must be a string of 1 to "
+                         f"{_MAX_PRINCIPAL} characters, not {shown}")
+    return value
+
+
+def _query_limit(limit: object) -> None:
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise QueryError("invalid_argument",
+                         f"limit must be a whole number >= 0 or None, not {limit!r}")
 
 
 def read_paths(paths: Iterable[str | os.PathLike[str]]) -> PolicyFiles:
@@ -260,7 +300,8 @@ class Engine:
       one) that records every decision and operation (docs/decision-log.md). Default:
       none. :meth:`close` flushes and closes it.
 
-    ``keys``, ``clock``, ``revocations`` and ``decision_log`` of the wrong kind raise
+    ``keys``, ``clock``, ``revocations``, ``budget_store`` and ``decision_log`` of the
+    wrong kind raise
     :class:`EngineOptionError` (``invalid_option``) here, not on every request.
     """
 
@@ -293,7 +334,7 @@ class Engine:
         if isinstance(budget_store, str):  # a URL: memory:, sqlite:///, postgresql://, redis://
             from policyengine.budgets import store_from_url
             budget_store = store_from_url(budget_store)
-        self._budget_store = budget_store
+        self._budget_store = _checked_budget_store(budget_store)
         self._load_cache = LoadCache()  # what reload() can reuse
         self.decision_log: DecisionLog | None = None
         self._log_view: Any = None
@@ -674,6 +715,13 @@ class Engine:
         policy text. Complete unless ``limit`` is given (then ``truncated`` says whether
         lines were left out). See docs/queries.md."""
         from policyengine.decide._query import permissions_of
+        _query_limit(limit)
+        if (principal is None) == (role is None):
+            raise QueryError("invalid_argument", "give exactly one of a principal or role=")
+        if principal is not None:
+            _query_name(principal, "principal")
+        else:
+            _query_name(role, "role")
         return permissions_of(self._policy, principal, role=role, limit=limit)
 
     def principals_with(self, permission: str, *, limit: int | None = None) -> Principals:
@@ -681,6 +729,7 @@ class Engine:
         ``anyone`` when an unscoped permit grants it to principals the policy does not
         declare; each with its status and residual conditions. See docs/queries.md."""
         from policyengine.decide._query import principals_with
+        _query_limit(limit)
         return principals_with(self._policy, permission, limit=limit)
 
     def filter_tools(self, principal: str, tools: Iterable[Any], *,
@@ -689,7 +738,21 @@ class Engine:
         names) that ``principal`` may call through ``transport`` (``mcp`` or
         ``function``), for a ``tools/list`` answer. See docs/queries.md."""
         from policyengine.decide._query import filter_tools
-        return filter_tools(self._policy, principal, tools, transport=transport)
+        _query_name(principal, "principal")
+        if transport not in ("mcp", "function"):
+            raise QueryError("invalid_argument",
+                             f"transport must be 'mcp' or 'function', not {transport!r}")
+        if isinstance(tools, (str, bytes, Mapping)):  # iterable, but not as a list of tools
+            raise QueryError("invalid_argument", "tools must be a list of tools (MCP "
+                             "descriptors, objects with .name, or names), not a "
+                             f"{type(tools).__name__} (for a tools/list result, pass its "
+                             "'tools')")
+        try:
+            each = iter(tools)
+        except TypeError:
+            raise QueryError("invalid_argument", "tools must be a list of tools, not "
+                             f"{type(tools).__name__}") from None
+        return filter_tools(self._policy, principal, each, transport=transport)
 
     # ---- explain ----
     def explain(self, principal: str, permission: str,

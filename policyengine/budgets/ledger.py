@@ -67,6 +67,7 @@ from policyengine.budgets.store import (
     Usage,
     listing_key,
 )
+from policyengine.budgets.urls import as_budget_store
 from policyengine.budgets.windows import Window
 from policyengine.money._money import (
     MAX_AMOUNT,
@@ -789,7 +790,8 @@ def _count_modes(matched: Sequence[_Budget], unit: str | None, *, keep_unmatched
 class Ledger:
     """Budgets over a store: ``Ledger(specs, store=None, rates=None, clock=None)``.
 
-    ``store`` defaults to a new :class:`MemoryStore`; ``rates`` converts spends in one
+    ``store`` defaults to a new :class:`MemoryStore` (a store URL opens one, as
+    :func:`~policyengine.budgets.store_from_url` does); ``rates`` converts spends in one
     currency against budgets in another (``budget_rates``: per budget id, the rates of
     the file that declares it); ``clock`` returns POSIX seconds and defaults to the
     store's ``clock`` when it has one (shared stores: the server's time, see
@@ -808,7 +810,7 @@ class Ledger:
     def __init__(
         self,
         specs: Iterable[BudgetSpec],
-        store: BudgetStore | None = None,
+        store: BudgetStore | str | None = None,
         rates: RateSource | None = None,
         clock: Callable[[], float] | None = None,
         *,
@@ -837,7 +839,10 @@ class Ledger:
         #: Request fields (besides ``tenant``) the budgets' subjects read, in order.
         self._fields: tuple[str, ...] = tuple(sorted(fields))
         self._field_set = frozenset(fields)
-        self.store: BudgetStore = store if store is not None else MemoryStore()
+        # A URL is opened as Engine opens one; anything else that is not a store is
+        # refused now, not on the first spend.
+        opened = as_budget_store(store, "Ledger store")
+        self.store: BudgetStore = opened if opened is not None else MemoryStore()
         self.rates = rates
         # A budget converts with the rates of the policy file that declares it; ``rates``
         # serves budgets not named here.

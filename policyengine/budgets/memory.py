@@ -32,6 +32,7 @@ import threading
 from collections import deque
 from typing import Any
 
+from policyengine.budgets._options import check_store_options
 from policyengine.budgets.ratelimit import MemoryRates, RateKey, RateOutcome, now_micros
 from policyengine.budgets.store import (
     ACTIVE,
@@ -107,6 +108,7 @@ class MemoryStore:
     """
 
     def __init__(self, *, retention: float = 86400.0) -> None:
+        check_store_options("MemoryStore", retention=retention)
         self.retention = retention
         self._lock = threading.Lock()
         self._cells: dict[_Key, _Cell] = {}

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -62,6 +61,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Literal
 
+from policyengine.budgets._options import check_store_options
 from policyengine.budgets.clock import ServerClock
 from policyengine.budgets.errors import BudgetStoreError
 from policyengine.budgets.ratelimit import RateKey, RateOutcome
@@ -89,13 +89,11 @@ if TYPE_CHECKING:
 __all__ = ["LAYOUT_VERSION", "PostgresStore"]
 
 Durability = Literal["process", "spend", "full"]
-_DURABILITY = ("process", "spend", "full")
 
 #: Version of the tables and functions below, kept in ``<schema>.budget_layout``.
 LAYOUT_VERSION = 4
 #: The layout before, which opening migrates (it lacks only _EXPIRY_INDEXES).
 _MIGRATES_FROM = 3
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 _SWEEP_EVERY = 512
 _APPLY_STMT = b"policyengine_budget_apply"
 _RESERVE_STMT = b"policyengine_budget_reserve"
@@ -789,10 +787,9 @@ class PostgresStore:
         connect_timeout: float = 5.0,
         host_clock: Callable[[], float] = time.time,
     ) -> None:
-        if durability not in _DURABILITY:
-            raise ValueError(f"durability must be one of {_DURABILITY}, not {durability!r}")
-        if not _SCHEMA_NAME.match(schema):
-            raise ValueError(f"schema must be a lower-case SQL name, not {schema!r}")
+        check_store_options("PostgresStore", durability=durability, schema=schema,
+                            pool_size=pool_size, max_clock_skew=max_clock_skew,
+                            retention=retention, connect_timeout=connect_timeout)
         try:
             import psycopg  # fail here, with the extra to install
         except ImportError as exc:  # pragma: no cover - the extra is part of dev

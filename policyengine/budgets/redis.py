@@ -63,6 +63,7 @@ from typing import Any
 
 import orjson
 
+from policyengine.budgets._options import check_store_options
 from policyengine.budgets.clock import ServerClock
 from policyengine.budgets.errors import BudgetStoreError
 from policyengine.budgets.ratelimit import RateKey, RateOutcome
@@ -458,8 +459,8 @@ class RedisStore:
             raise BudgetStoreError(
                 "store_unavailable", "RedisStore needs redis: pip install 'policyengine[redis]'"
             ) from exc
-        if not prefix:
-            raise ValueError("prefix must not be empty")
+        check_store_options("RedisStore", prefix=prefix, max_clock_skew=max_clock_skew,
+                            retention=retention, pool_size=pool_size, timeout=timeout)
         self.url = url
         self.prefix = prefix
         self.max_clock_skew = max_clock_skew

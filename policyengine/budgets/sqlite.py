@@ -44,6 +44,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal, TypeVar
 
+from policyengine.budgets._options import check_store_options
 from policyengine.budgets.errors import BudgetStoreError
 from policyengine.budgets.ratelimit import RateKey, RateOutcome, gcra_all, now_micros
 from policyengine.budgets.spec import MAX_ROLLING_SECONDS
@@ -67,7 +68,6 @@ from policyengine.budgets.store import (
 __all__ = ["SQLiteStore"]
 
 Durability = Literal["process", "spend", "full"]
-_DURABILITY = ("process", "spend", "full")
 
 #: ``PRAGMA user_version`` of the layout below; a file with another layout is refused.
 SCHEMA_VERSION = 3
@@ -175,8 +175,8 @@ class SQLiteStore:
         busy_timeout: float = 30.0,
         retention: float = 86400.0,
     ) -> None:
-        if durability not in _DURABILITY:
-            raise ValueError("durability must be 'process', 'spend' or 'full'")
+        check_store_options("SQLiteStore", durability=durability, busy_timeout=busy_timeout,
+                            retention=retention)
         self.path = os.fspath(path)
         self.durability = durability
         self.busy_timeout = busy_timeout

@@ -12,7 +12,9 @@ driver: ``durability``, ``busy_timeout`` and ``retention`` (SQLite); ``schema``,
 ``durability``, ``pool_size``, ``max_clock_skew`` and ``retention`` (PostgreSQL);
 ``prefix``, ``max_clock_skew``, ``pool_size`` and ``retention`` (Redis). Other query
 parameters (``sslmode=require``...) are the driver's. Keyword arguments override the
-URL's.
+URL's. A bad option is refused here, before any connection, with ``invalid_store_url``
+(see :mod:`policyengine.budgets._options`), and so is a value given where a store is
+taken that is neither a store nor a URL (:func:`as_budget_store`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from policyengine.budgets._options import check_store_options
 from policyengine.budgets.errors import BudgetInputError
 from policyengine.budgets.store import BudgetStore
+from policyengine.errors import PolicyEngineError
 
-__all__ = ["store_from_url"]
+__all__ = ["as_budget_store", "missing_store_methods", "store_from_url"]
 
 _FLOAT = {"busy_timeout", "retention", "max_clock_skew"}
 _INT = {"pool_size"}
@@ -33,19 +37,39 @@ _OPTIONS = {
     "redis": {"prefix", "max_clock_skew", "pool_size", "retention"},
     "memory": {"retention"},
 }
+#: What a ``Ledger`` calls on its store (the :class:`BudgetStore` protocol).
+_STORE_METHODS = ("usage", "apply", "get_reservation", "get_idempotency",
+                  "list_reservations", "close")
+_SCHEMES = "memory:, sqlite:///path, postgresql://... or redis://..."
+
+
+def _shown(url: str) -> str:
+    """``url`` as the user wrote it, with any password masked."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:  # not even a URL: show its scheme only (it may hold a secret)
+        return url.split(":", 1)[0] + ":..."
 
 
 def _bad(url: str, why: str) -> BudgetInputError:
-    shown = urlsplit(url)._replace(netloc=urlsplit(url).hostname or "").geturl()  # no password
-    return BudgetInputError("invalid_store_url", f"budget store URL {shown!r}: {why}")
+    return BudgetInputError("invalid_store_url", f"budget store URL {_shown(url)!r}: {why}")
 
 
 def _split_options(url: str, kind: str) -> tuple[str, dict[str, Any]]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise _bad(url, str(exc)) from None
     mine: dict[str, Any] = {}
     rest: list[tuple[str, str]] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in _OPTIONS[kind]:
+            if name in mine:
+                raise _bad(url, f"option {name} given twice")
             try:
                 if name in _INT:
                     mine[name] = int(value)
@@ -63,27 +87,63 @@ def _split_options(url: str, kind: str) -> tuple[str, dict[str, Any]]:
 def store_from_url(url: str, **options: Any) -> BudgetStore:
     """The budget store ``url`` names (see the module docstring); ``options`` are passed
     to its constructor. Raises ``BudgetInputError`` ``invalid_store_url`` for a URL it
-    cannot read, and what the store raises when it cannot open."""
+    cannot read or a bad option (in the URL or in ``options``), and what the store
+    raises when it cannot open (``store_unavailable``, ``store_incompatible``)."""
     if type(url) is not str:
         raise BudgetInputError("invalid_store_url", "a budget store URL must be a string")
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme == "memory":
+    kind = {"memory": "memory", "sqlite": "sqlite", "postgresql": "postgresql",
+            "postgres": "postgresql", "redis": "redis", "rediss": "redis",
+            "unix": "redis"}.get(scheme)
+    if kind is None:
+        raise _bad(url, f"use {_SCHEMES}")
+    plain, mine = _split_options(url, kind)
+    mine.update(options)
+    check_store_options(f"budget store URL {_shown(url)!r}", **mine)
+    try:
+        return _open(url, kind, plain, mine)
+    except PolicyEngineError:
+        raise
+    except ValueError as exc:  # the driver cannot read the URL (a port that is no number)
+        raise _bad(url, str(exc)) from None
+
+
+def _open(url: str, kind: str, plain: str, options: dict[str, Any]) -> BudgetStore:
+    if kind == "memory":
         from policyengine.budgets.memory import MemoryStore
-        _, mine = _split_options(url, "memory")
-        return MemoryStore(**{**mine, **options})
-    if scheme == "sqlite":
+        return MemoryStore(**options)
+    if kind == "sqlite":
         from policyengine.budgets.sqlite import SQLiteStore
-        _, mine = _split_options(url, "sqlite")
         path = url.split("?", 1)[0]
         if not path.startswith("sqlite:///") or len(path) == len("sqlite:///"):
             raise _bad(url, "write sqlite:///relative/path or sqlite:////absolute/path")
-        return SQLiteStore(path[len("sqlite:///"):], **{**mine, **options})
-    if scheme in ("postgresql", "postgres"):
+        return SQLiteStore(path[len("sqlite:///"):], **options)
+    if kind == "postgresql":
         from policyengine.budgets.postgres import PostgresStore
-        plain, mine = _split_options(url, "postgresql")
-        return PostgresStore(plain.rstrip("?"), **{**mine, **options})
-    if scheme in ("redis", "rediss", "unix"):
-        from policyengine.budgets.redis import RedisStore
-        plain, mine = _split_options(url, "redis")
-        return RedisStore(plain.rstrip("?"), **{**mine, **options})
-    raise _bad(url, "use memory:, sqlite:///path, postgresql://... or redis://...")
+        return PostgresStore(plain.rstrip("?"), **options)
+    from policyengine.budgets.redis import RedisStore
+    return RedisStore(plain.rstrip("?"), **options)
+
+
+def missing_store_methods(store: object) -> list[str]:
+    """The :class:`BudgetStore` methods ``store`` lacks (empty: it is usable as one)."""
+    return [m for m in _STORE_METHODS if not callable(getattr(store, m, None))]
+
+
+def as_budget_store(store: object, where: str = "budget_store") -> BudgetStore | None:
+    """``store`` as a budget store: a URL opened (:func:`store_from_url`), a store as it
+    is, None as None. Anything else is refused here, at construction, with
+    ``invalid_store_url``: taken as it is, it would fail on the first budgeted request
+    (denied ``budget_unavailable``) and on every one after."""
+    if store is None:
+        return None
+    if isinstance(store, str):
+        return store_from_url(store)
+    missing = missing_store_methods(store)
+    if missing:
+        lacks = "" if len(missing) == len(_STORE_METHODS) else \
+            f" (it has no {', '.join(missing)})"
+        raise BudgetInputError(
+            "invalid_store_url", f"{where} must be a BudgetStore or a store URL "
+            f"({_SCHEMES}), not {type(store).__name__}{lacks}")
+    return store  # type: ignore[return-value]

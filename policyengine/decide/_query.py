@@ -203,9 +203,10 @@ def _made(name: str, kind: str, parts: list[_Rows]) -> Iterator[Access]:
                 yield a
 
 
-def _subject_text(kind: str, name: str) -> str:
+def _subject_text(kind: str, name: str, declared: bool = True) -> str:
     if kind == "agent":
-        return f"agent {_quote(name)}"
+        # An id no agent statement declares holds no role: only rules for anyone apply.
+        return f"agent {_quote(name)}" if declared else f"undeclared principal {_quote(name)}"
     if kind == "role":
         return f"role {name}"
     return "anyone else"
@@ -284,6 +285,8 @@ class Permissions:
     entries: Sequence[Access]
     total: int
     truncated: bool
+    #: False for a principal id no agent statement declares (its text says so).
+    declared: bool = True
 
     def lookup(self, permission: str) -> tuple[Access, ...]:
         """The lines that speak for ``permission`` (an allowed line, a pending one, both
@@ -296,7 +299,7 @@ class Permissions:
                 "truncated": self.truncated}
 
     def __str__(self) -> str:
-        head = f"{_subject_text(self.kind, self.principal)}: {self.total} " + (
+        head = f"{_subject_text(self.kind, self.principal, self.declared)}: {self.total} " + (
             "entry" if self.total == 1 else "entries")
         if self.truncated:
             head += f" (truncated to {len(self.entries)})"
@@ -359,6 +362,8 @@ class FilteredTools:
     transport: str
     kept: tuple[Any, ...]
     tools: tuple[ToolAccess, ...]
+    #: False for a principal id no agent statement declares (its text says so).
+    declared: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {"principal": self.principal, "transport": self.transport,
@@ -366,17 +371,19 @@ class FilteredTools:
                 "tools": [t.to_dict() for t in self.tools]}
 
     def __str__(self) -> str:
-        lines = [f"{_subject_text('agent', self.principal)}: {len(self.kept)} of "
-                 f"{len(self.tools)} tools callable"]
-        for t in self.tools:
+        lines = [f"{_subject_text('agent', self.principal, self.declared)}: "
+                 f"{len(self.kept)} of {len(self.tools)} tools callable"]
+        for i, t in enumerate(self.tools):
+            # A tool given without a usable name is shown by its place in the list.
+            name = t.name if t.name else f"tool #{i} (no name)"
             if t.permission is None:
-                lines.append(f"  {t.name}: dropped (no {self.transport} tool binds it)")
+                lines.append(f"  {name}: dropped (no {self.transport} tool binds it)")
             elif not t.access:
-                lines.append(f"  {t.name} -> {t.permission}: dropped")
+                lines.append(f"  {name} -> {t.permission}: dropped")
             else:
                 for a in t.access:
                     cond = str(a)[len(a.status) + 1 + len(a.pattern):]
-                    lines.append(f"  {t.name} -> {t.permission}: {a.status}{cond}")
+                    lines.append(f"  {name} -> {t.permission}: {a.status}{cond}")
         return "\n".join(lines)
 
 
@@ -1659,7 +1666,8 @@ def permissions_of(policy: CompiledPolicy, principal: str | None = None, *,
         subject = index.subject(kind, name)
         entries = index.keep(key, paused(lambda: index.permissions(subject)))
     shown, truncated = _cut(entries, limit)
-    return Permissions(name, kind, shown, len(entries), truncated)
+    return Permissions(name, kind, shown, len(entries), truncated,
+                       kind != "agent" or name in policy.principals)
 
 
 def principals_with(policy: CompiledPolicy, permission: str, *, limit: int | None = None
@@ -1726,5 +1734,6 @@ def filter_tools(policy: CompiledPolicy, principal: str, tools: Iterable[Any], *
         out.append(ToolAccess(tool_name, binding.qid, binding.permission, lines))
         if lines:
             kept.append(tool)
-    return FilteredTools(name, transport, tuple(kept), tuple(out))
+    return FilteredTools(name, transport, tuple(kept), tuple(out),
+                         name in policy.principals)
 

@@ -89,10 +89,29 @@ def _keys(args: argparse.Namespace) -> KeySet:
                                    issuer=getattr(args, "key_issuer", None))
 
 
+#: ``--revocations`` values read as a store URL (as ``serve --revocations`` takes them);
+#: anything else without ``://`` is a JSON file path, as before.
+_STORE_SCHEMES = ("memory", "postgresql", "postgres", "redis", "rediss")
+
+
+def _revocations(args: argparse.Namespace) -> Any:
+    """``--revocations``: a revocation store URL (``memory:``, ``postgresql://...``,
+    ``redis://...``, with ``?schema=`` / ``?prefix=``) or a JSON file path. The store is
+    closed when the command ends (``args.opened``)."""
+    value: str = args.revocations
+    scheme = value.split(":", 1)[0].lower() if ":" in value else ""
+    if scheme not in _STORE_SCHEMES and "://" not in value:
+        return JsonFileRevocationStore(value)
+    from policyengine.tokens import revocations_from_url
+    store = revocations_from_url(value)  # an unknown scheme: invalid_revocations
+    getattr(args, "opened", []).append(store)
+    return store
+
+
 def _extras(args: argparse.Namespace) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if getattr(args, "revocations", None):
-        extra["revocations"] = JsonFileRevocationStore(args.revocations)
+        extra["revocations"] = _revocations(args)
     if getattr(args, "rates", None):
         extra["rates"] = JsonFileRates(args.rates)
     if getattr(args, "now", None) is not None:
@@ -145,12 +164,16 @@ def _verify(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _revoke(args: argparse.Namespace) -> dict[str, Any]:
-    revoke(JsonFileRevocationStore(args.revocations), args.id)
+    revoke(_revocations(args), args.id)
     return {"revoked": args.id}
 
 
 def _jwks(args: argparse.Namespace) -> dict[str, Any]:
     return _keys(args).public_jwks()
+
+
+_REVOCATIONS_HELP = ('a store URL as serve takes it (postgresql://...?schema=..., '
+                     'redis://...?prefix=..., memory:) or a JSON file {"revoked": [...]}')
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -196,7 +219,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--token", required=True, help="parent token, or - for stdin")
     p.add_argument("--ttl", default=None, help="default: the parent's expiry")
     p.add_argument("--max-depth", type=int, default=None)
-    p.add_argument("--revocations", default=None, help='JSON {"revoked": [...]}')
+    p.add_argument("--revocations", default=None, help=_REVOCATIONS_HELP)
     p.add_argument("--rates", default=None, help="rates JSON for cross-currency amounts")
 
     p = command("verify", "verify a token and print its grant")
@@ -206,14 +229,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--leeway", type=float, default=60)
     p.add_argument("--max-depth", type=int, default=None)
     p.add_argument("--max-ttl", default=None)
-    p.add_argument("--revocations", default=None)
+    p.add_argument("--revocations", default=None, help=_REVOCATIONS_HELP)
     p.add_argument("--rates", default=None)
     p.add_argument("--now", type=float, default=None)
 
     p = command("revoke", "revoke a grant_id or jti (and every token derived from it)",
                 keys=False)
     p.add_argument("id", help="grant_id or jti")
-    p.add_argument("--revocations", required=True, help="JSON file, created if missing")
+    p.add_argument("--revocations", required=True,
+                   help=_REVOCATIONS_HELP + " (a file is created if missing)")
 
     command("jwks", "print the public JWKS to publish for verifiers")
     parser.set_defaults(handler=run)
@@ -228,6 +252,8 @@ _COMMANDS = {
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``token`` command; 0 on success, 1 on any error (code on stderr)."""
+    opened: list[Any] = []
+    args.opened = opened
     try:
         result = _COMMANDS[args.token_command](args)
     except (TokenError, MoneyError, RateError) as exc:
@@ -238,6 +264,11 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: io_error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        for store in opened:  # connections to a shared revocation store
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()
     print(json.dumps(result, indent=2))
     return 0
 

@@ -30,6 +30,7 @@ revoked". ``revoke`` writes to the server before it returns (and fails with
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import threading
@@ -45,6 +46,31 @@ __all__ = ["PostgresRevocationStore", "RedisRevocationStore", "revocations_from_
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 
 
+#: Longest time option (ten years, as for budget stores): beyond, a value is a typo.
+_MAX_SECONDS = 315_360_000
+
+
+def _check_times(positive: bool = False, **values: object) -> None:
+    """Refuse a time option that is not a number of seconds from 0 (above 0 with
+    ``positive``) to ten years: a NaN ``refresh`` or ``max_stale`` compares false
+    everywhere, an infinite ``max_stale`` trusts a stale list forever (never fails
+    closed)."""
+    for name, value in values.items():
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                or not math.isfinite(value) or value < 0 or (positive and value == 0)
+                or value > _MAX_SECONDS):
+            raise TokenError("invalid_revocations", f"{name}={value!r}: must be a number "
+                             f"of seconds {'above' if positive else 'from'} 0 "
+                             f"{'at most' if positive else 'to'} {_MAX_SECONDS:,}")
+
+
+def _check_refresh(refresh: float, max_stale: float) -> None:
+    _check_times(refresh=refresh, max_stale=max_stale)
+    if not refresh <= max_stale:
+        raise TokenError("invalid_revocations",
+                         f"refresh ({refresh}) must not exceed max_stale ({max_stale})")
+
+
 def _unavailable(exc: BaseException) -> TokenError:
     return TokenError("revocation_unavailable", f"the revocation store failed: {exc}")
 
@@ -54,8 +80,7 @@ class _CachedRevocations:
 
     def __init__(self, refresh: float, max_stale: float,
                  monotonic: Callable[[], float]) -> None:
-        if not 0 <= refresh <= max_stale:
-            raise ValueError("need 0 <= refresh <= max_stale")
+        _check_refresh(refresh, max_stale)
         self.refresh = refresh
         self.max_stale = max_stale
         self._monotonic = monotonic
@@ -129,8 +154,11 @@ class PostgresRevocationStore(_CachedRevocations):
     def __init__(self, url: str, *, schema: str = "policyengine", refresh: float = 1.0,
                  max_stale: float = 5.0, connect_timeout: float = 5.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        if not _SCHEMA_NAME.match(schema):
-            raise ValueError(f"schema must be a lower-case SQL name, not {schema!r}")
+        if type(schema) is not str or not _SCHEMA_NAME.match(schema):
+            raise TokenError("invalid_revocations", f"schema={schema!r}: must be a lower-case "
+                             "SQL name (a-z, 0-9, _; at most 63 characters)")
+        _check_times(connect_timeout=connect_timeout, positive=True)
+        _check_refresh(refresh, max_stale)  # before the schema is created
         self.url = url
         self.schema = schema
         self.connect_timeout = connect_timeout
@@ -213,6 +241,9 @@ class RedisRevocationStore(_CachedRevocations):
                  refresh: float = 1.0, max_stale: float = 5.0, timeout: float = 5.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         import redis
+        if type(prefix) is not str or not prefix:
+            raise TokenError("invalid_revocations", "prefix must be a non-empty string")
+        _check_times(timeout=timeout, positive=True)
         self.url = url
         self.prefix = prefix
         self._key = prefix + "revoked"
@@ -276,7 +307,8 @@ def _new_id() -> str:
 
 def revocations_from_url(url: str, **options: Any) -> Any:
     """The revocation store ``url`` names: ``memory:``, ``postgresql://...?schema=...``
-    or ``redis://...?prefix=...`` (``refresh`` and ``max_stale`` ride in the query too)."""
+    or ``redis://...?prefix=...`` (``refresh`` and ``max_stale`` ride in the query too).
+    A URL or option it cannot use raises ``TokenError`` ``invalid_revocations``."""
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     from policyengine.tokens.revocation import MemoryRevocationStore
@@ -286,10 +318,15 @@ def revocations_from_url(url: str, **options: Any) -> Any:
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
         raise TokenError("invalid_revocations",
                          "a revocation store URL is memory:, postgresql://... or redis://...")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise TokenError("invalid_revocations", f"revocation store URL: {exc}") from None
     mine: dict[str, Any] = {}
     rest = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in mine:
+            raise TokenError("invalid_revocations", f"option {name} given twice")
         if name in ("refresh", "max_stale"):
             try:
                 mine[name] = float(value)
@@ -300,6 +337,10 @@ def revocations_from_url(url: str, **options: Any) -> Any:
         else:
             rest.append((name, value))
     plain = urlunsplit(parts._replace(query=urlencode(rest)))
-    if scheme.startswith("postgres"):
-        return PostgresRevocationStore(plain, **{**mine, **options})
-    return RedisRevocationStore(plain, **{**mine, **options})
+    store = PostgresRevocationStore if scheme.startswith("postgres") else RedisRevocationStore
+    try:
+        return store(plain, **{**mine, **options})
+    except TokenError:
+        raise
+    except ValueError as exc:  # the driver cannot read the URL (a port that is no number)
+        raise TokenError("invalid_revocations", f"revocation store URL: {exc}") from None

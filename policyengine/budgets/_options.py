@@ -1,0 +1,66 @@
+"""The checks of a budget store's options, shared by every store and by store URLs.
+
+A bad option must fail where the store is opened, with ``invalid_store_url``, and never
+later: a ``pool_size`` of 0 would make every request wait for a connection and fail
+``store_unavailable``; a ``max_clock_skew`` of NaN would compare false and silently turn
+the skew guard off. Checked once per store, at construction (never on a request).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from policyengine.budgets.errors import BudgetInputError
+
+__all__ = ["DURABILITIES", "SCHEMA_NAME", "check_store_options"]
+
+DURABILITIES = ("process", "spend", "full")
+#: A lower-case SQL name PostgreSQL takes without quoting rules to worry about.
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
+#: A pool larger than this is a typo, not a deployment (each is a server connection).
+MAX_POOL_SIZE = 1024
+#: Longest time option (ten years): beyond, a value is a typo, and a store's arithmetic
+#: on it can fail on every call (Redis refuses a retention of 1e300 seconds).
+MAX_SECONDS = 315_360_000
+
+
+def _seconds(value: object, *, none: bool = False, zero: bool = True) -> bool:
+    """A finite number of seconds from 0 (above 0 without ``zero``; None with ``none``)
+    to :data:`MAX_SECONDS`."""
+    if value is None:
+        return none
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and (value > 0 or (zero and value == 0))
+            and value <= MAX_SECONDS)
+
+
+_SECONDS = f"must be a number of seconds from 0 to {MAX_SECONDS:,}"
+_POSITIVE = f"must be a number of seconds above 0, at most {MAX_SECONDS:,}"
+#: Per option: whether a value is good, and what a good one is.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "durability": (lambda v: v in DURABILITIES, "must be one of " + ", ".join(DURABILITIES)),
+    "schema": (lambda v: type(v) is str and SCHEMA_NAME.match(v) is not None,
+               "must be a lower-case SQL name (a-z, 0-9, _; at most 63 characters)"),
+    "prefix": (lambda v: type(v) is str and v != "", "must be a non-empty string"),
+    "pool_size": (lambda v: type(v) is int and 1 <= v <= MAX_POOL_SIZE,
+                  f"must be a whole number from 1 to {MAX_POOL_SIZE}"),
+    # 0 would refuse every call (no two clocks agree to the microsecond).
+    "max_clock_skew": (lambda v: _seconds(v, none=True, zero=False), _POSITIVE + ", or none"),
+    "retention": (_seconds, _SECONDS),
+    "busy_timeout": (_seconds, _SECONDS),
+    "connect_timeout": (lambda v: _seconds(v, zero=False), _POSITIVE),
+    "timeout": (lambda v: _seconds(v, zero=False), _POSITIVE),
+}
+
+
+def check_store_options(where: str = "budget store", **options: Any) -> None:
+    """Raise ``BudgetInputError`` ``invalid_store_url`` for the first bad option;
+    ``where`` starts the message (the store, or the URL the options came from)."""
+    for name, value in options.items():
+        rule = _RULES.get(name)
+        if rule is not None and not rule[0](value):
+            raise BudgetInputError("invalid_store_url",
+                                   f"{where}: option {name}={value!r} {rule[1]}")
