@@ -63,8 +63,9 @@ class PostgresApprovalStore:
 
     def __init__(self, url: str, *, schema: str = "policyengine",
                  connect_timeout: float = 5.0) -> None:
-        if not _SCHEMA_NAME.match(schema):
-            raise ValueError(f"schema must be a lower-case SQL name, not {schema!r}")
+        if type(schema) is not str or not _SCHEMA_NAME.match(schema):
+            raise ApprovalError("approval_store_error", f"schema={schema!r}: must be a "
+                                "lower-case SQL name (a-z, 0-9, _; at most 63 characters)")
         self.url = url
         self.schema = schema
         self.connect_timeout = connect_timeout
@@ -256,6 +257,8 @@ class RedisApprovalStore:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
+        if type(prefix) is not str or not prefix:
+            raise ApprovalError("approval_store_error", "prefix must be a non-empty string")
         self.url = url
         self.prefix = prefix
         self.keep_expired = keep_expired
@@ -358,7 +361,8 @@ class RedisApprovalStore:
 def approvals_from_url(url: str, **options: Any) -> Any:
     """The approval store ``url`` names: ``memory:``, ``postgresql://...?schema=...`` or
     ``redis://...?prefix=...``. Raises ``ApprovalError("approval_store_error")`` for
-    another URL."""
+    another URL, or a bad option (a ``schema`` that is no lower-case SQL name, an empty
+    ``prefix``, an option given twice)."""
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     from policyengine.decide._approvals import MemoryApprovalStore
@@ -368,11 +372,20 @@ def approvals_from_url(url: str, **options: Any) -> Any:
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
         raise ApprovalError("approval_store_error", "an approval store URL is memory:, "
                             "postgresql://... or redis://...")
-    parts = urlsplit(url)
-    mine = {k: v for k, v in parse_qsl(parts.query) if k in ("schema", "prefix")}
-    rest = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            if k not in ("schema", "prefix")]
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ApprovalError("approval_store_error", f"approval store URL: {exc}") from None
+    pairs = parse_qsl(parts.query, keep_blank_values=True)  # ?prefix= is refused, not lost
+    mine = {k: v for k, v in pairs if k in ("schema", "prefix")}
+    if len(mine) != sum(1 for k, _ in pairs if k in ("schema", "prefix")):
+        raise ApprovalError("approval_store_error", "an option is given twice")
+    rest = [(k, v) for k, v in pairs if k not in ("schema", "prefix")]
     plain = urlunsplit(parts._replace(query=urlencode(rest)))
-    if scheme.startswith("postgres"):
-        return PostgresApprovalStore(plain, **{**mine, **options})
-    return RedisApprovalStore(plain, **{**mine, **options})
+    store = PostgresApprovalStore if scheme.startswith("postgres") else RedisApprovalStore
+    try:
+        return store(plain, **{**mine, **options})
+    except ApprovalError:
+        raise
+    except ValueError as exc:  # the driver cannot read the URL (a port that is no number)
+        raise ApprovalError("approval_store_error", f"approval store URL: {exc}") from None
