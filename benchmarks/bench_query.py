@@ -17,14 +17,16 @@ of ``xns<i>:delete`` with a condition, a permit of ``xns<i>:admin:*`` for the ro
 a condition, an approval of ``xns<i>:pay`` with a condition, a forbid of ``docs:d<i>``
 for one shared role with a condition (so every agent meets N/40 rules under ``docs:*``).
 Agent ``admin`` holds a role granting ``*``: every rule of the policy is in its answer.
-Fifty MCP tools bind ``tool_<j>`` to ``xns<j>:read``. Besides (``shapes.policy``, 163
+Fifty MCP tools bind ``tool_<j>`` to ``xns<j>:read``. Besides (``shapes.policy``, 164
 rules): agent ``admin2`` holds the role granting ``*`` and a role ``ops`` with two
 conditional rules of its own under it (a permit and a forbid); agent ``multi`` holds 50
 roles ``mr<j>`` (each granting ``mns<j>:*``, with a conditional forbid of its own) and
 ``shared0``; ``hot:pay`` is decided by 110 conditional rules (a permit
 of ``hot:*`` per shared role, a permit per role of 50 ``xr<i>``, 50 unscoped forbids), and
-``hot:mine`` by a permit whose condition reads the principal (``context.owner ==
-principal.id``), so every holder's lines are its own.
+``hot:mine`` by a permit whose condition writes the principal's id into its residual
+(``context.owner == principal.id``: agents with the same roles share the lines worked
+out, each printed with its own id), ``hot:vip`` by a forbid deciding on the principal
+alone (``principal.id == "xa1"``), so every agent's lines are worked out on their own.
 
 Figures per size:
 
@@ -54,8 +56,9 @@ Figures per size:
   but what the index build worked out.
 * ``filter_tools (50 tools) cold``: 50 MCP tool descriptors for one agent, a fresh
   reverse index (every binding looked up, every bound permission's lines worked out).
-* ``principals_with hot:pay cold`` and ``hot:mine cold``: a fresh reverse index; the
-  permission many conditional rules decide, and the one whose rule reads the principal.
+* ``principals_with hot:pay cold``, ``hot:mine cold`` and ``hot:vip cold``: a fresh
+  reverse index; the permission many conditional rules decide, and those whose rule
+  reads the principal.
 * ``principals_with small`` (``xns<i>:read``: one agent and its role) and ``large``
   (``docs:d<i>``: every agent holds a role granting ``docs:*``, so the answer lists all
   N agents), ``miss`` (worked out: complete, its length exact; the lines of agents that
@@ -128,8 +131,10 @@ def sources(n: int) -> dict[str, str]:
         *(f"permit hp{j}: hot:pay for role xr{j * step} when context.level > {j % 5}"
           for j in range(HOT)),
         *(f"forbid hf{j}: hot:pay when context.risk > {j + 10}" for j in range(HOT)),
-        # a permission whose rule reads the principal: each holder's lines are its own
-        "permit hm: hot:mine for role shared0 when context.owner == principal.id"]) + "\n"
+        # a permission whose rule writes the principal's id into its residual
+        "permit hm: hot:mine for role shared0 when context.owner == principal.id",
+        # and one whose rule decides on the principal alone: each agent's lines its own
+        'forbid hv: hot:vip for role shared1 when principal.id == "xa1"']) + "\n"
     return out
 
 
@@ -205,7 +210,7 @@ def run_size(n: int, rounds: int, rows: list[list[str]]) -> None:
 
     row(f"filter_tools ({TOOLS} tools) cold",
         [fresh(lambda _, a=a: engine.filter_tools(a, tools)) for a in agents[:5]], TOOLS, 1)
-    for q in ("hot:pay", "hot:mine"):
+    for q in ("hot:pay", "hot:mine", "hot:vip"):
         row(f"principals_with {q} cold", [fresh(lambda i, q=q: i.principals(q))
                                           for _ in range(3)],
             engine.principals_with(q).total, 1)

@@ -917,6 +917,9 @@ class QueryIndex:
         #: Per rule with conditions (by order), whether they read the principal (its id,
         #: roles or attributes): found when a query first meets the rule.
         self._personal: dict[int, bool] = {}
+        #: Per rule reading the principal (by order), whether only to write its values
+        #: into a residual (see written_in).
+        self._written_in: dict[int, bool] = {}
         #: Guards (folded conditions) of the rules that do not read the principal, as
         #: queries fold them (a plain one, see _plain_guard, when the rule is classified).
         self.guards: dict[int, Folded] = {}
@@ -1468,10 +1471,33 @@ class QueryIndex:
         groups.extend(found.values())
         return groups
 
+    def written_in(self, rule: CompiledRule) -> bool:
+        """Whether ``rule`` reads the principal only to write its values into a residual:
+        every part of its conditions (below ``and``, ``or``, ``not``) that reads the
+        principal also reads the request, so folding it for any agent leaves the same
+        residual with that agent's id or attributes written in (or the path, when an
+        attribute is missing), never true or false. Found once per rule."""
+        found = self._written_in.get(rule.order)
+        if found is None:
+            found = self._written_in[rule.order] = all(
+                _writes_in(c.expr) for c in rule.conditions)
+        return found
+
+    def _written(self, lines: Sequence[Access], aid: str) -> Iterator[Access]:
+        """``lines`` (worked out for another agent with the same roles, see
+        :meth:`written_in`) for the agent ``aid``: the same lines, their residuals printed
+        with its own values when read."""
+        folder = _Folder(self.subject("agent", aid), self)
+        for line in lines:
+            yield Access(aid, "agent", line.pattern, line.excluding, line.status,
+                         _rewritten(line._when, folder), _rewritten(line._unless, folder),
+                         line.rules)
+
     def _sharing(self, permission: str, every: Sequence[CompiledRule]
                  ) -> Callable[[_Subject], tuple[Access, ...]]:
         """:meth:`access` for ``permission`` (``every``: its candidate rules, none of
-        which reads the principal), for many subjects in turn: the unscoped rules are
+        which reads the principal but to write its values in: see :meth:`written_in`),
+        for many subjects in turn: the unscoped rules are
         folded into a state once, and each subject's lines are that state with the rules
         of its roles and its own laid over it (a permission fifty unscoped forbids decide,
         asked for 120 groups of agents and roles: each group's rules are not gone
@@ -1531,10 +1557,19 @@ class QueryIndex:
         scoped: set[str] = set()
         named: set[str] = set()
         personal = False
+        # whether every rule that reads the principal only writes its values into a
+        # residual (``context.owner == principal.id``): then agents whose roles meet the
+        # same rules get lines of the same shape, each with its own values written in
+        written = True
         for r in every:
             scoped.update(r.roles)
             named.update(r.agents)
-            personal = personal or self.personal(r)
+            if self.personal(r):
+                personal = True
+                written = written and self.written_in(r)
+        templated = personal and written
+        if templated:
+            personal = False
         alone = agents if personal else agents & named
         look = partial(self.access, permission=permission) if personal else \
             self._sharing(permission, every)
@@ -1565,6 +1600,8 @@ class QueryIndex:
                 lines = lines_of[aid]
                 if lines[0].principal == aid:
                     out.extend(lines)
+                elif templated:
+                    out.extend(self._written(lines, aid))
                 else:
                     out.extend(_renamed(lines, aid, "agent"))
             out.extend(tail)
@@ -1597,6 +1634,26 @@ def _reads(e: ast.Expr) -> int:
     for c in ast.children(e):
         out |= _reads(c)
     return out
+
+
+def _writes_in(e: ast.Expr) -> bool:
+    """Whether every part of ``e`` below ``and``, ``or`` and ``not`` that reads the
+    principal reads the request too (so it folds to a residual for every agent)."""
+    kind = type(e)
+    if kind is ast.And or kind is ast.Or:
+        return all(_writes_in(i) for i in e.items)  # type: ignore[union-attr]
+    if kind is ast.Not:
+        return _writes_in(e.expr)  # type: ignore[union-attr]
+    read = _reads(e)
+    return not read & _PRINCIPAL or bool(read & _REQUEST)
+
+
+def _rewritten(text: str | _Text | None, folder: _Folder) -> str | _Text | None:
+    """A residual's text printed with ``folder``'s principal (see
+    QueryIndex._written)."""
+    if isinstance(text, _Text):
+        return _Text(folder, text.first, text.second)
+    return text
 
 
 def paused(work: Callable[[], _T]) -> _T:

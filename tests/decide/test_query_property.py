@@ -153,6 +153,33 @@ def test_principals_with_lists_each_agent_as_permissions_of_does(source: str) ->
             assert sorted(mine, key=str) == sorted(theirs, key=str), (permission, aid)
 
 
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policies(MIXED), st.lists(contexts, min_size=1, max_size=2))
+def test_principals_with_writes_each_agents_own_values_in(source: str,
+                                                          ctxs: list[dict[str, Any]]
+                                                          ) -> None:
+    """When the rules read the principal only to write its id or attributes into a
+    residual, agents with the same roles share one worked-out answer: each agent's
+    lines still print its own values (a2 and a4 hold the same role, a4 has no tier), as
+    its own permissions_of answer does, and decide as authorize does."""
+    engine = pe.Engine.from_source(source)
+    residuals = _Residuals()
+    for permission in PERMISSIONS:
+        who = engine.principals_with(permission)
+        assert who.total == len(who.entries)
+        for aid in AGENTS:
+            mine = [a for a in who.entries if a.kind == "agent" and a.principal == aid]
+            theirs = engine.permissions_of(aid).lookup(permission)
+            assert sorted([(a.status, a.when, a.unless) for a in mine], key=str) == sorted(
+                [(a.status, a.when, a.unless) for a in theirs], key=str), (permission, aid,
+                                                                          source)
+            for ctx in ctxs:
+                found = {a.status for a in mine if residuals.holds(aid, a, ctx)}
+                want = engine.authorize(aid, permission, ctx).status
+                assert (found.pop() if found else "denied") == want, (permission, aid,
+                                                                       ctx, source)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policies(), contexts)
 def test_anyone_line_speaks_for_undeclared_principals(source: str, ctx: dict[str, Any]
