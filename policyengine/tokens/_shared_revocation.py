@@ -234,7 +234,8 @@ class RedisRevocationStore(_CachedRevocations):
     Redis without persistence forgets revocations on restart: use AOF, or PostgreSQL.
     Hosts already running keep every id they loaded and load every later revocation
     (the version tells them, see the module's docstring); a host started after the loss
-    knows only those revoked since.
+    knows only those revoked since. ``revoke`` runs one script over both keys: a Redis
+    cluster needs the prefix to be one hash slot (e.g. ``{revocations}:``).
     """
 
     def __init__(self, url: str, *, prefix: str = "policyengine:tokens:",
