@@ -14,15 +14,19 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 import policyengine as pe
 from policyengine.server import Credentials, CyclesKey, ServiceConfig, create_app, hash_secret
 from policyengine.server import _cycles as cy
 from policyengine.server._cycles_fast import commit_body, create_body
+from policyengine.server._cycles_models import CommitRequest, ReservationCreateRequest
 from policyengine.server._wirejson import MalformedJsonError, loads
 
 I64 = 9_223_372_036_854_775_807
+# The models' own reading of a body, as the general path validates it.
+CREATE_IN = TypeAdapter(ReservationCreateRequest)
+COMMIT_IN = TypeAdapter(CommitRequest)
 
 
 def _general(raw: bytes, adapter: Any) -> Any:
@@ -147,13 +151,13 @@ def _texts(doc: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[bytes]:
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_texts(_create()))
 def test_a_create_body_the_fast_reader_accepts_is_the_models_reading(raw: bytes) -> None:
-    _same(raw, create_body, cy._CREATE_IN)
+    _same(raw, create_body, CREATE_IN)
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_texts(_commit()))
 def test_a_commit_body_the_fast_reader_accepts_is_the_models_reading(raw: bytes) -> None:
-    _same(raw, commit_body, cy._COMMIT_IN)
+    _same(raw, commit_body, COMMIT_IN)
 
 
 _NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.:/ é", min_size=1,
@@ -191,20 +195,20 @@ def _one_leaf_off(draw: st.DrawFn, doc: st.SearchStrategy[dict[str, Any]]) -> di
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_texts(_COMMON_CREATE | _one_leaf_off(_COMMON_CREATE)))
 def test_near_misses_of_the_common_create_shape(raw: bytes) -> None:
-    _same(raw, create_body, cy._CREATE_IN)
+    _same(raw, create_body, CREATE_IN)
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_texts(_COMMON_COMMIT | _one_leaf_off(_COMMON_COMMIT)))
 def test_near_misses_of_the_common_commit_shape(raw: bytes) -> None:
-    _same(raw, commit_body, cy._COMMIT_IN)
+    _same(raw, commit_body, COMMIT_IN)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64) | st.text(max_size=64).map(lambda t: t.encode()))
 def test_any_bytes_at_all(raw: bytes) -> None:
-    _same(raw, create_body, cy._CREATE_IN)
-    _same(raw, commit_body, cy._COMMIT_IN)
+    _same(raw, create_body, CREATE_IN)
+    _same(raw, commit_body, COMMIT_IN)
 
 
 @settings(max_examples=300, deadline=None)
@@ -215,10 +219,10 @@ def test_the_common_shape_takes_the_fast_path(data: dict[str, Any]) -> None:
     raw = json.dumps(data, ensure_ascii=False).encode()
     accepted = create_body(raw)
     assert accepted is not None
-    assert _fields(accepted) == _fields(cy._CREATE_IN.validate_python(loads(raw)))
+    assert _fields(accepted) == _fields(CREATE_IN.validate_python(loads(raw)))
     commit = json.dumps({"idempotency_key": data["idempotency_key"],
                          "actual": data["estimate"]}, ensure_ascii=False).encode()
-    assert _fields(commit_body(commit)) == _fields(cy._COMMIT_IN.validate_python(
+    assert _fields(commit_body(commit)) == _fields(COMMIT_IN.validate_python(
         loads(commit)))
 
 
