@@ -26,7 +26,7 @@ of ``hot:*`` per shared role, a permit per role of 50 ``xr<i>``, 50 unscoped for
 ``hot:mine`` by a permit whose condition writes the principal's id into its residual
 (``context.owner == principal.id``: agents with the same roles share the lines worked
 out, each printed with its own id), ``hot:vip`` by a forbid deciding on the principal
-alone (``principal.id == "xa1"``), so every agent's lines are worked out on their own.
+alone (``principal.id == "xa5"``), so every agent's lines are worked out on their own.
 
 Figures per size:
 
@@ -134,7 +134,7 @@ def sources(n: int) -> dict[str, str]:
         # a permission whose rule writes the principal's id into its residual
         "permit hm: hot:mine for role shared0 when context.owner == principal.id",
         # and one whose rule decides on the principal alone: each agent's lines its own
-        'forbid hv: hot:vip for role shared1 when principal.id == "xa1"']) + "\n"
+        'forbid hv: hot:vip for role shared5 when principal.id == "xa5"']) + "\n"
     return out
 
 
