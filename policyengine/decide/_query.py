@@ -933,6 +933,9 @@ class QueryIndex:
         #: Texts of the guards of the rules that do not read the principal.
         self.texts: dict[int, str] = {}
         self._holders: dict[str, list[str]] | None = None
+        #: Per attribute name: each declared agent's value class, and the agents by class.
+        self._attribute_of: dict[str, dict[str, Any]] = {}
+        self._attribute_classes: dict[str, list[frozenset[str]]] = {}
         self._answers: dict[tuple[str, ...], Any] = {}
         self._order: deque[tuple[str, ...]] = deque()
         self._lock = threading.Lock()
@@ -950,6 +953,28 @@ class QueryIndex:
                 for r in p.roles:
                     held[r].append(aid)
             found = self._holders = dict(held)
+        return found
+
+    def attribute_class_of(self, name: str) -> dict[str, Any]:
+        """Per declared agent having attribute ``name``, its value class (see
+        :func:`_value_class`); made on first use."""
+        found = self._attribute_of.get(name)
+        if found is None:
+            found = self._attribute_of[name] = {
+                aid: _value_class(p.attributes[name], aid)
+                for aid, p in self.policy.principals.items()
+                if p.attributes and name in p.attributes}
+        return found
+
+    def attribute_classes(self, name: str) -> list[frozenset[str]]:
+        """The declared agents having attribute ``name``, by value class (agents
+        lacking it are in none); made on first use."""
+        found = self._attribute_classes.get(name)
+        if found is None:
+            by_class: defaultdict[Any, set[str]] = defaultdict(set)
+            for aid, c in self.attribute_class_of(name).items():
+                by_class[c].add(aid)
+            found = self._attribute_classes[name] = [frozenset(v) for v in by_class.values()]
         return found
 
     def personal(self, rule: CompiledRule) -> bool:
@@ -1493,7 +1518,8 @@ class QueryIndex:
                          _rewritten(line._when, folder), _rewritten(line._unless, folder),
                          line.rules)
 
-    def _sharing(self, permission: str, every: Sequence[CompiledRule]
+    def _sharing(self, permission: str, every: Sequence[CompiledRule],
+                 classify: Callable[[Principal], Any] | None = None
                  ) -> Callable[[_Subject], tuple[Access, ...]]:
         """:meth:`access` for ``permission`` (``every``: its candidate rules, none of
         which reads the principal but to write its values in: see :meth:`written_in`),
@@ -1501,7 +1527,9 @@ class QueryIndex:
         folded into a state once, and each subject's lines are that state with the rules
         of its roles and its own laid over it (a permission fifty unscoped forbids decide,
         asked for 120 groups of agents and roles: each group's rules are not gone
-        through again)."""
+        through again). With ``classify`` (some rule decides on the principal: see
+        :func:`_classifier`), that state is folded once per value class of the agents
+        and once per role or ``anyone``, since it may differ between them."""
         unscoped = [r for r in every if not r.roles and not r.agents]
         by_role: dict[str, list[CompiledRule]] = {}
         by_agent: dict[str, list[CompiledRule]] = {}
@@ -1510,14 +1538,21 @@ class QueryIndex:
                 by_role.setdefault(role, []).append(r)
             for aid in r.agents:
                 by_agent.setdefault(aid, []).append(r)
-        base: list[_State] = []
+        base: dict[Any, _State] = {}
 
         def access(subject: _Subject) -> tuple[Access, ...]:
             folder = _Folder(subject, self)
-            if not base:
-                base.append(_extend(_EMPTY, unscoped, folder, _NONE))
-            state = base[0]
             who = subject.principal
+            if classify is None:
+                bkey: Any = None
+            elif subject.kind == "agent":
+                bkey = ("agent", classify(who))
+            else:
+                bkey = (subject.kind, subject.name)
+            if bkey in base:
+                state = base[bkey]
+            else:
+                state = base[bkey] = _extend(_EMPTY, unscoped, folder, _NONE)
             found: dict[int, CompiledRule] = {}
             for role in who.roles:
                 mine = by_role.get(role)
@@ -1561,18 +1596,30 @@ class QueryIndex:
         # residual (``context.owner == principal.id``): then agents whose roles meet the
         # same rules get lines of the same shape, each with its own values written in
         written = True
+        deciding: list[CompiledRule] = []
         for r in every:
             scoped.update(r.roles)
             named.update(r.agents)
             if self.personal(r):
                 personal = True
-                written = written and self.written_in(r)
+                if not self.written_in(r):
+                    written = False
+                    deciding.append(r)
         templated = personal and written
+        classify: _Classes | None = None
         if templated:
             personal = False
+        elif personal:
+            # some rule decides on the principal (``principal.attributes.tier ==
+            # "vip"``): agents with the same roles and the same values of what those
+            # rules read fold alike, each group worked out once
+            classify = _classifier(deciding)
+            if classify is not None:
+                personal = False
+                templated = True  # the lines of the rules that write values in
         alone = agents if personal else agents & named
         look = partial(self.access, permission=permission) if personal else \
-            self._sharing(permission, every)
+            self._sharing(permission, every, classify.of if classify is not None else None)
         # per agent worked out alone, and per group of agents sharing lines: their lines
         # (for the first agent of the group) and the agents
         parts: list[tuple[tuple[Access, ...], list[str]]] = [
@@ -1583,7 +1630,10 @@ class QueryIndex:
             # the roles the permits name: when the rules name no other role, those are
             # the holders of every role the rules name
             holding = agents if not (everyone or named) and scoped == roles else None
-            for ids in self._groups_by_roles(rest, scoped, holding):
+            groups = self._groups_by_roles(rest, scoped, holding)
+            if classify is not None:
+                groups = classify.split(groups, self)
+            for ids in groups:
                 parts.append((look(self.subject("agent", ids[0])), ids))
         parts = [part for part in parts if part[0]]
         tail: list[Access] = []
@@ -1646,6 +1696,183 @@ def _writes_in(e: ast.Expr) -> bool:
         return _writes_in(e.expr)  # type: ignore[union-attr]
     read = _reads(e)
     return not read & _PRINCIPAL or bool(read & _REQUEST)
+
+
+class _Reads:
+    """What the parts of some rules' conditions that read the principal but not the
+    request read of it (those parts fold to true, false or an error, alike for agents
+    whose values there are alike)."""
+
+    __slots__ = ("all_attributes", "attributes", "exact", "ids", "roles")
+
+    def __init__(self) -> None:
+        self.ids: set[Any] = set()  # literals principal.id is compared with (== != in)
+        self.attributes: set[str] = set()
+        self.all_attributes = False
+        self.roles = False
+        self.exact = False  # principal.id read otherwise: each agent its own class
+
+    def leaf(self, e: ast.Expr) -> None:
+        kind = type(e)
+        if kind is ast.And or kind is ast.Or:
+            for i in e.items:  # type: ignore[union-attr]
+                self.leaf(i)
+            return
+        if kind is ast.Not:
+            self.leaf(e.expr)  # type: ignore[union-attr]
+            return
+        read = _reads(e)
+        if read & _PRINCIPAL and not read & _REQUEST:  # folded to a value
+            self.walk(e)
+
+    def walk(self, e: ast.Expr) -> None:
+        kind = type(e)
+        if kind is ast.Compare and e.op in ("==", "!="):  # type: ignore[union-attr]
+            left, right = e.left, e.right  # type: ignore[union-attr]
+            if _is_id(left) and type(right) is ast.Literal:
+                self.ids.add(right.value)
+                return
+            if _is_id(right) and type(left) is ast.Literal:
+                self.ids.add(left.value)
+                return
+        elif (kind is ast.In and _is_id(e.item)  # type: ignore[union-attr]
+              and type(e.collection) is ast.ListExpr  # type: ignore[union-attr]
+              and all(type(i) is ast.Literal
+                      for i in e.collection.items)):  # type: ignore[union-attr]
+            self.ids.update(i.value for i in e.collection.items)  # type: ignore
+            return
+        elif kind is ast.Path:
+            if e.root == "principal":  # type: ignore[union-attr]
+                segments = e.segments  # type: ignore[union-attr]
+                head = segments[0] if segments else ""
+                if head == "roles":
+                    self.roles = True
+                elif head == "attributes":
+                    if len(segments) > 1:
+                        self.attributes.add(segments[1])
+                    else:
+                        self.all_attributes = True
+                else:
+                    self.exact = True
+            return
+        for c in ast.children(e):
+            self.walk(c)
+
+
+def _is_id(e: ast.Expr) -> bool:
+    return (type(e) is ast.Path and e.root == "principal"
+            and e.segments == ("id",))
+
+
+#: An attribute a principal does not have (one value class: it fails to evaluate alike).
+_ABSENT = ("absent",)
+#: An id equal to none of the literals it is compared with.
+_OTHER_ID = ("other",)
+
+
+def _value_class(value: Any, aid: str) -> Any:
+    """Agents whose values have the same class fold alike: the same type and value
+    (a decimal by its digits, ``1`` and ``True`` apart), absent alike; a value of any
+    other type is its agent's own class."""
+    if value is _MISSING:
+        return _ABSENT
+    kind = type(value)
+    if kind is str or kind is int or kind is bool:
+        return (kind.__name__, value)
+    if kind is Decimal:
+        return ("Decimal", str(value))
+    return ("agent", aid)
+
+
+class _Classes:
+    """The value classes of agents for some rules deciding on the principal (see
+    :class:`_Reads`): agents of one class with the same roles get the same lines (the
+    values the rules write into residuals aside)."""
+
+    __slots__ = ("attributes", "every_attribute", "ids", "roles")
+
+    def __init__(self, reads: _Reads) -> None:
+        self.ids = frozenset(v for v in reads.ids if type(v) is str)
+        self.attributes = sorted(reads.attributes)
+        self.every_attribute = reads.all_attributes
+        self.roles = reads.roles
+
+    def of(self, who: Principal) -> Any:
+        """The class of one agent (also what the unscoped state is kept under)."""
+        attrs = who.attributes
+        aid = who.id
+        if self.every_attribute:
+            values: Any = tuple(sorted((k, _value_class(v, aid)) for k, v in attrs.items()))
+        else:
+            values = tuple([_value_class(attrs.get(n, _MISSING), aid)
+                            for n in self.attributes])
+        return (aid if aid in self.ids else _OTHER_ID, who.roles if self.roles else None,
+                values)
+
+    def split(self, groups: list[list[str]], index: QueryIndex) -> list[list[str]]:
+        """``groups`` (of agents with the same roles) split by class: with set
+        operations (the agents an id literal names, then each attribute's classes, found
+        once per attribute for every agent), one by one only when the rules read the
+        roles or every attribute (10,000 agents: about 0.1 ms instead of 9)."""
+        declared = index.policy.principals
+        if self.roles or self.every_attribute:
+            out: list[list[str]] = []
+            for ids in groups:
+                found: dict[Any, list[str]] = {}
+                for aid in ids:
+                    found.setdefault(self.of(declared[aid]), []).append(aid)
+                out.extend(found.values())
+            return out
+        parts: list[set[str]] = []
+        named = self.ids
+        for ids in groups:
+            rest = set(ids)
+            if named:
+                alone = rest & named
+                if alone:
+                    rest -= alone
+                    parts.extend({aid} for aid in alone)
+            if rest:
+                parts.append(rest)
+        for name in self.attributes:
+            classes = index.attribute_classes(name)
+            if not classes:
+                continue  # no agent has it: absent alike
+            split: list[set[str]] = []
+            for part in parts:
+                if len(part) == 1:
+                    split.append(part)
+                    continue
+                if len(classes) <= len(part) // 4:
+                    rest = part
+                    for members in classes:
+                        inside = rest & members
+                        if inside:
+                            split.append(inside)
+                            rest = rest - inside
+                            if not rest:
+                                break
+                    if rest:
+                        split.append(rest)  # absent
+                else:
+                    by_value = index.attribute_class_of(name)
+                    found_sets: dict[Any, set[str]] = {}
+                    for aid in part:
+                        found_sets.setdefault(by_value.get(aid, _ABSENT), set()).add(aid)
+                    split.extend(found_sets.values())
+            parts = split
+        return [list(part) for part in parts]
+
+
+def _classifier(rules: Sequence[CompiledRule]) -> _Classes | None:
+    """The value classes of agents for ``rules`` (those deciding on the principal).
+    None when the rules read the id otherwise than against literals (each agent is
+    then worked out alone)."""
+    reads = _Reads()
+    for r in rules:
+        for c in r.conditions:
+            reads.leaf(c.expr)
+    return None if reads.exact else _Classes(reads)
 
 
 def _rewritten(text: str | _Text | None, folder: _Folder) -> str | _Text | None:
