@@ -825,6 +825,8 @@ def _ancestors(pattern: str) -> list[str]:
 
 
 _NONE: frozenset[int] = frozenset()
+#: A role held by no more agents than this is "few-held" (see QueryIndex._several).
+_FEW = 64
 
 
 class _Rows:
@@ -1466,27 +1468,28 @@ class QueryIndex:
         held = [holders[r] for r in scoped if r in holders]
         if union is None:
             union = set().union(*held)
+        within = union is agents or union <= agents
         groups: list[Collection[str]]
-        if len(union) == sum(map(len, held)) and union <= agents:
+        extra = sum(map(len, held)) - len(union)  # roles held beyond the first
+        if not extra and within:
             groups = [ids for ids in held if ids]
             if len(union) < len(agents):
                 groups.append(agents - union)
             return groups
-        seen: set[str] = set()
-        several: set[str] = set()
-        for ids in held:
-            several.update(seen.intersection(ids))
-            seen.update(ids)
+        several = self._several(held, frozenset(scoped), extra)
         several.intersection_update(agents)
         groups = []
         for ids in held:
-            only = agents.intersection(ids)  # holding this role alone of ``scoped``
-            only.difference_update(several)
+            # holding this role alone of ``scoped``
+            only: AbstractSet[str] = ids if within else agents.intersection(ids)
+            if several and not several.isdisjoint(only):
+                only = only - several
             if only:
                 groups.append(only)
-        rest = agents - seen
-        if rest:
-            groups.append(rest)
+        if len(union) < len(agents):
+            rest = agents - union
+            if rest:
+                groups.append(rest)
         keep = frozenset(scoped).intersection
         declared = self.policy.principals
         found: dict[frozenset[str], list[str]] = {}
@@ -1499,6 +1502,34 @@ class QueryIndex:
                 group.append(aid)
         groups.extend(found.values())
         return groups
+
+    def _several(self, held: list[frozenset[str]], scoped: frozenset[str], extra: int
+                 ) -> set[str]:
+        """The agents holding two or more of the roles ``scoped`` (``held``: their
+        holders; ``extra``: how many roles they hold beyond the first, all told). The
+        holders of the few-held roles are looked at one by one; when the roles they hold
+        beyond the first make up ``extra``, no other agent holds two, and the widely held
+        roles are not gone through (120 roles of 10,000 agents, 50 of them holding two:
+        about 0.1 ms instead of 1); else found with set operations over every holder."""
+        declared = self.policy.principals
+        several: set[str] = set()
+        counted = 0
+        for ids in held:
+            if len(ids) <= _FEW:
+                for aid in ids:
+                    if aid not in several:
+                        k = len(scoped.intersection(declared[aid].roles))
+                        if k > 1:
+                            several.add(aid)
+                            counted += k - 1
+        if counted == extra:
+            return several
+        seen: set[str] = set()
+        several = set()
+        for ids in held:
+            several.update(seen.intersection(ids))
+            seen.update(ids)
+        return several
 
     def written_in(self, rule: CompiledRule) -> bool:
         """Whether ``rule`` reads the principal only to write its values into a residual:

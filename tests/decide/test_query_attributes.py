@@ -13,11 +13,13 @@ as authorize does for it.
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import patch
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import policyengine as pe
+from policyengine.decide import _query
 
 PERMISSIONS = ["x:a", "x:b", "y:a", "z"]
 PATTERNS = ["*", "x:*", "x:a", "y:*", "z"]
@@ -97,16 +99,20 @@ def _decides(head: str, engines: dict[Any, pe.Engine], aid: str, line: pe.Access
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(policies(), st.lists(contexts, min_size=1, max_size=2))
+@given(policies(), st.lists(contexts, min_size=1, max_size=2), st.sampled_from([0, 1, 3, 64]))
 def test_grouped_agents_get_their_own_answers(drawn: tuple[str, str],
-                                              ctxs: list[dict[str, Any]]) -> None:
+                                              ctxs: list[dict[str, Any]], few: int) -> None:
+    """``few``: up to how many holders a role counts as few-held, so that the agents
+    holding two roles are found from the few-held roles' holders or, failing that, from
+    every holder (both ways are met)."""
     source, head = drawn
     fresh = pe.Engine.from_source(source)  # principals_with asked before anything else
     engine = pe.Engine.from_source(source)
     engines: dict[Any, pe.Engine] = {}
     ids = list(engine.policy.principals)
     for permission in PERMISSIONS:
-        who = fresh.principals_with(permission)
+        with patch.object(_query, "_FEW", few):
+            who = fresh.principals_with(permission)
         assert who.total == len(who.entries) and not who.truncated
         for aid in ids:
             mine = [a for a in who.entries if a.kind == "agent" and a.principal == aid]
