@@ -936,6 +936,8 @@ class QueryIndex:
         #: Texts of the guards of the rules that do not read the principal.
         self.texts: dict[int, str] = {}
         self._holders: dict[str, frozenset[str]] | None = None
+        #: The declared agents' ids, sorted (made when first needed: see _ordered).
+        self._sorted_agents: list[str] | None = None
         #: Per attribute name: each declared agent's value class, and the agents by class.
         self._attribute_of: dict[str, dict[str, Any]] = {}
         self._attribute_classes: dict[str, list[frozenset[str]]] = {}
@@ -1486,7 +1488,7 @@ class QueryIndex:
                 only = only - several
             if only:
                 groups.append(only)
-        if len(union) < len(agents):
+        if not within or len(union) < len(agents):  # some hold none of the roles
             rest = agents - union
             if rest:
                 groups.append(rest)
@@ -1530,6 +1532,20 @@ class QueryIndex:
             several.update(seen.intersection(ids))
             seen.update(ids)
         return several
+
+    def _ordered(self, ids: dict[str, Any]) -> Iterable[str]:
+        """``ids`` (agents) sorted: a large part of every agent is read off the
+        agents sorted once (its groups come in set order: sorting 10,000 ids in that
+        order cost about 1 ms more than reading them off)."""
+        declared = self.policy.principals
+        if len(ids) * 8 < len(declared):
+            return sorted(ids)
+        found = self._sorted_agents
+        if found is None or len(found) != len(declared):
+            found = self._sorted_agents = sorted(declared)
+        out = [aid for aid in found if aid in ids]
+        # a rule may name an agent the policy does not declare
+        return out if len(out) == len(ids) else sorted(ids)
 
     def written_in(self, rule: CompiledRule) -> bool:
         """Whether ``rule`` reads the principal only to write its values into a residual:
@@ -1681,7 +1697,7 @@ class QueryIndex:
         def make() -> tuple[Access, ...]:
             lines_of = {aid: lines for lines, ids in parts for aid in ids}
             out: list[Access] = []
-            for aid in sorted(lines_of):
+            for aid in self._ordered(lines_of):
                 lines = lines_of[aid]
                 if lines[0].principal == aid:
                     out.extend(lines)

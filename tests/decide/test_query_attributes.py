@@ -154,3 +154,17 @@ def test_agents_are_grouped_by_the_values_the_rules_read() -> None:
     assert allowed == ["d2"]
     for i in range(len(tiers)):
         assert engine.authorize(f"d{i}", "x:a", {}).allowed == (f"d{i}" in allowed)
+
+
+def test_an_agent_holding_none_of_the_roles_is_listed_beside_a_named_one() -> None:
+    """An unscoped permit lets every agent in; one agent is also named by a rule (so
+    worked out alone): a1, holding none of the roles with rules there, is still listed,
+    as permissions_of and authorize say."""
+    engine = pe.Engine.from_source("\n".join([
+        "currency EUR", "role r1: x:*", "role r2: *", 'agent "a1": r1', 'agent "a2": r2',
+        'agent "a3": r1, r2', 'agent "a4": r2', "permit p0: *", 'permit p1: * for agent "a2"']))
+    who = engine.principals_with("y:a")
+    assert sorted(a.principal for a in who.entries if a.kind == "agent") == [
+        "a1", "a2", "a3", "a4"]
+    assert who.total == len(who.entries) == 6
+    assert all(engine.authorize(aid, "y:a", {}).allowed for aid in ("a1", "a2", "a3", "a4"))
