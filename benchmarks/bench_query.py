@@ -26,7 +26,8 @@ of ``hot:*`` per shared role, a permit per role of 50 ``xr<i>``, 50 unscoped for
 ``hot:mine`` by a permit whose condition writes the principal's id into its residual
 (``context.owner == principal.id``: agents with the same roles share the lines worked
 out, each printed with its own id), ``hot:vip`` by a forbid deciding on the principal
-alone (``principal.id == "xa5"``), so every agent's lines are worked out on their own.
+alone (``principal.id == "xa5"``): agents are grouped by their roles and whether their id
+is that literal, each group worked out once.
 
 Figures per size:
 
