@@ -41,15 +41,14 @@ Status = Literal["allowed", "denied", "pending_approval"]
 
 
 class RuleIds(Protocol):
-    """What a decision may hold in place of its rule ids until they are read: a cached
-    plan entry (``decide._compiled.Plan``), whose ``permitted`` ids are the rules of
-    a decision every one of its permits allowed. With many principals active, their
-    entries and rule-id tuples are spread over memory; a decision that held the tuple
-    would touch it (a reference count) on every request, one CPU cache line more, and
-    most callers never read ``rules``."""
+    """What a decision may hold in place of its rule ids until they are read: a shared
+    plan-cache entry (``decide._compiled.Entry``), which resolves the ids of a
+    principal's rules again when asked. With many principals active, their rule-id
+    tuples are spread over memory; a decision that held one would touch it (a reference
+    count) on every request, a CPU cache miss, and most callers never read ``rules``."""
 
-    @property
-    def permitted(self) -> tuple[str, ...] | None: ...
+    def rule_ids(self, principal: str) -> tuple[str, ...]: ...
+
 
 # Decision ids: a random per-process prefix plus a counter. ``next()`` on an
 # ``itertools.count`` is atomic under the GIL, and this costs ~100 ns, unlike uuid4.
@@ -263,11 +262,13 @@ class Decision:
 
     @property
     def rules(self) -> tuple[str, ...]:
-        """The qualified ids of the rules that decided. A cached plan's allowed decision
-        holds the plan entry instead (:class:`RuleIds`), read here when first asked."""
+        """The qualified ids of the rules that decided. An allowed decision made from a
+        shared plan-cache entry holds the entry instead (:class:`RuleIds`): the ids are
+        resolved here when first asked."""
         rules = self._rules
         if type(rules) is not tuple:
-            rules = self._rules = rules.permitted or ()  # type: ignore[union-attr]
+            rules = self._rules = rules.rule_ids(  # type: ignore[union-attr]
+                self._principal or "")
         return rules
 
     obligations: Obligations | None = property(  # type: ignore[assignment]
@@ -360,7 +361,7 @@ class Decision:
                 f"rules={self.rules!r}, reason={self.reason!r})")
 
     def __getstate__(self) -> tuple[None, dict[str, Any]]:
-        """Pickled with its rule ids, never the plan entry they may still be held in."""
+        """Pickled with its rule ids, never the plan-cache entry they may be held in."""
         self.rules  # noqa: B018 - read once: the ids replace the entry
         return None, {name: getattr(self, name) for name in self.__slots__}
 

@@ -36,7 +36,7 @@ from policyengine.lang._codegen import ConditionCodegen, Recorder
 from policyengine.permissions import validate_permission
 
 __all__ = ["PLAN_CACHE_SIZE", "CompileCache", "CompiledPolicy", "CompiledRule", "CoverageSink",
-           "EvalError", "FileMoney", "Plan", "PlanRules", "Principal", "compile_policy",
+           "Entry", "EvalError", "FileMoney", "Plan", "PlanRules", "Principal", "compile_policy",
            "instrument_rules", "money_literals"]
 
 #: Plans kept in the plan cache, at least (twice the policy's declared agents when that is
@@ -111,8 +111,9 @@ class PlanRules:
     keeps them as ``checks``, one flat tuple ``(test, rule id, test, rule id, ...)``, so
     the rules step reads the tuple instead of each rule."""
 
-    __slots__ = ("answer", "approvals", "checks", "forbids", "limits", "permit_checks",
-                 "permits", "permitted", "principal", "schema", "shadows", "uses_amount")
+    __slots__ = ("answer", "approvals", "checks", "entry_key", "forbids", "limits",
+                 "permit_checks", "permits", "permitted", "principal", "schema", "shadows",
+                 "uses_amount")
 
     def __init__(self, principal: Principal | None, forbids: tuple[CompiledRule, ...],
                  limits: tuple[CompiledRule, ...], permits: tuple[CompiledRule, ...],
@@ -143,14 +144,18 @@ class PlanRules:
         #: The check of the context the schemas covering this permission declare, or
         #: None (no schema: nothing to check).
         self.schema = schema
-        #: What a :class:`Plan` entry of these rules holds, (permitted, test), or None.
+        #: What an :class:`Entry` of these rules decides from, (permitted, test,
+        #: unconditional permits beside it), or None (see :func:`_answer`).
         self.answer = _answer(self)
+        #: The key of that entry in its class's ``entries``: (test, unconditional).
+        self.entry_key = None if self.answer is None else self.answer[1:]
 
 
-def _answer(rules: PlanRules) -> tuple[tuple[str, ...], Test | None] | None:
-    """(every permit's id, the one condition or None) when ``rules`` are permits only,
-    at most one of them conditional, with no schema, no amount and no ``principal.*``
-    to read; else None (see :class:`Plan`)."""
+def _answer(rules: PlanRules) -> tuple[tuple[str, ...], Test | None, bool] | None:
+    """(every permit's id, the one condition or None, whether a permit is unconditional
+    beside that condition) when ``rules`` are permits only, at most one of them
+    conditional, with no schema, no amount and no ``principal.*`` to read; else None
+    (see :class:`Plan` and :class:`Entry`)."""
     checks = rules.checks
     if (not checks or rules.principal is not None or rules.schema is not None
             or rules.uses_amount or rules.permitted is None):
@@ -158,23 +163,21 @@ def _answer(rules: PlanRules) -> tuple[tuple[str, ...], Test | None] | None:
     tests = [t for t in checks[::2] if t is not None]
     if len(tests) > 1:
         return None
-    return rules.permitted, (tests[0] if tests else None)
+    if not tests:
+        return rules.permitted, None, False
+    return rules.permitted, tests[0], len(checks) > 2
 
 
 class Plan:
     """One entry of the plan cache: a principal's :class:`PlanRules` under a permission
     class, and the cache's reference bit ``used`` (set on every hit, cleared when the
-    eviction hand passes; see :meth:`CompiledPolicy.plan`).
+    eviction hand passes; see :meth:`CompiledPolicy.plan`). The plans whose rules decide
+    from an :class:`Entry` are cached as that entry instead (the pipeline never gets a
+    Plan that could have been one).
 
-    Small on purpose (four slots, 48 bytes). With many principals active their
-    plans are spread over memory, and what a decision reads per principal is what it
-    costs beyond a decision of a few hot principals. When the rules are permits and
-    nothing else, at most one of them conditional, and there is no schema, no amount and
-    no ``principal.*`` to read (a role grant, perhaps with one conditional permit: the
-    common case), the entry holds ``permitted``, the rule ids of the decision when every
-    permit applies, and ``test``, the one condition (None: none); the pipeline decides
-    from the entry alone unless that condition does not hold. Otherwise ``permitted`` is
-    None and the pipeline runs ``rules``."""
+    ``permitted`` and ``test`` are what such an entry decides from (the ids of the
+    rules when every permit applies, and the one condition, None: none), read by
+    :meth:`CompiledPolicy.plan`'s callers; None when the rules are more than that."""
 
     __slots__ = ("permitted", "rules", "test", "used")
 
@@ -185,7 +188,7 @@ class Plan:
         self.permitted: tuple[str, ...] | None = None
         self.test: Test | None = None
         if answer is not None:
-            self.permitted, self.test = answer
+            self.permitted, self.test = answer[0], answer[1]
 
     # What the rules say, for readers other than the pipeline (tests, tools).
     principal = property(lambda self: self.rules.principal)
@@ -198,6 +201,54 @@ class Plan:
     schema = property(lambda self: self.rules.schema)
 
 
+class Entry:
+    """A plan-cache entry shared by every principal whose plan under one permission class
+    is permits only, at most one of them conditional (``test``; None: none), with no
+    schema, no amount and no ``principal.*`` to read (a role grant, perhaps with one
+    conditional permit: the common case). The pipeline decides from the entry alone.
+
+    Why shared: with many principals active, what a decision reads per principal is what
+    it costs beyond a decision of a few hot principals (each object of its own is a CPU
+    cache miss). An entry is one of a handful per class, always in cache, so a hit reads
+    only the cache's own dict (its slot, its key). What differs per principal, the ids
+    of the rules, is resolved again when a decision's ``rules`` is first read (see
+    :meth:`rule_ids`): the decision holds the entry, not the ids.
+
+    The reference bit of CLOCK eviction is which of two twins the cache holds: ``used``
+    is False for one and True for the other, ``twin`` is the other one (a first hit
+    stores the used twin, the eviction hand the unused one). ``fallback`` is what a
+    decision holds when ``test`` does not hold and the unconditional permits apply (an
+    entry of the same class whose ``rule_ids`` are theirs), or None when there are none
+    (then no permit applies)."""
+
+    __slots__ = ("cls", "fallback", "only_unconditional", "policy", "test", "twin", "used")
+
+    def __init__(self, policy: CompiledPolicy, cls: PermissionClass, test: Test | None,
+                 used: bool, only_unconditional: bool = False) -> None:
+        self.policy = policy
+        self.cls = cls
+        self.test = test
+        self.used = used
+        self.only_unconditional = only_unconditional
+        self.fallback: Entry | None = None
+        self.twin: Entry = self
+
+    def rule_ids(self, principal: str) -> tuple[str, ...]:
+        """The ids of the rules of ``principal``'s decision (every permit of its plan,
+        or only the unconditional ones): resolved from the rule index, as when the
+        entry was made (the policy's index and principals do not change)."""
+        rules = self.policy.plan_rules(self.cls, principal)
+        if not self.only_unconditional:
+            return rules.permitted or ()
+        checks = rules.checks or ()
+        return tuple(checks[i + 1] for i in range(0, len(checks), 2) if checks[i] is None)
+
+    def conditional_id(self, principal: str) -> str:
+        """The id of ``principal``'s one conditional permit (``test``)."""
+        checks = self.policy.plan_rules(self.cls, principal).checks or ()
+        return checks[checks.index(self.test) + 1]  # type: ignore[no-any-return]
+
+
 class PermissionClass:
     """What every permission matched by the same rule buckets (and the same ``schema``
     declarations) shares: the buckets, the combined context check, and the plans of the
@@ -205,14 +256,17 @@ class PermissionClass:
     cache grows with principals x classes (a few per policy), not with principals x
     permissions."""
 
-    __slots__ = ("buckets", "plans", "schema", "shared")
+    __slots__ = ("buckets", "entries", "plans", "schema", "shared")
 
     def __init__(self, buckets: tuple[_Bucket, ...], schema: ContextCheck | None) -> None:
         self.buckets = buckets
         self.schema = schema
-        #: principal id -> Plan. Read lock-free (a hit sets ``plan.used``); written only
-        #: by :meth:`CompiledPolicy.plan`, under its lock.
-        self.plans: dict[str, Plan] = {}
+        #: principal id -> Plan or shared Entry. Read lock-free (a hit sets
+        #: ``plan.used``, or stores an entry's used twin); written only by
+        #: :class:`CompiledPolicy`, under its lock.
+        self.plans: dict[str, Plan | Entry] = {}
+        #: (test, any unconditional permit) -> the unused twin of that shared Entry.
+        self.entries: dict[tuple[Test | None, bool], Entry] = {}
         #: With a schema: id of a rule part -> the PlanRules of every principal whose
         #: plan is that one part and reads no ``principal.*`` (the parts stay alive in
         #: ``buckets``; without a schema the part keeps them itself, ``_Part.bare``):
@@ -250,7 +304,7 @@ class _Part:
     order and already split by effect: a plan that needs only one part uses its tuples
     as they are."""
 
-    __slots__ = ("approvals", "bare", "checks", "forbids", "limits", "permits",
+    __slots__ = ("approvals", "bare", "checks", "entry_key", "forbids", "limits", "permits",
                  "reads_principal", "rules", "shadows", "uses_amount")
 
     def __init__(self, rules: list[CompiledRule]) -> None:
@@ -273,6 +327,9 @@ class _Part:
         #: permission class without a schema, when no condition reads ``principal.*``
         #: (made at the first such plan; see CompiledPolicy.plan).
         self.bare: PlanRules | None = None
+        #: The ``entry_key`` of ``bare`` (made, without ``bare``, at the first plan of
+        #: this part alone under a class without a schema), or None: unknown yet.
+        self.entry_key: tuple[tuple[Test | None, bool] | None] | None = None
 
 
 class _Bucket:
@@ -501,7 +558,17 @@ class CompiledPolicy:
         return found
 
     def plan(self, principal_id: str, permission: str) -> Plan:
-        """The plan of ``(principal_id, permission)``, from the cache or resolved now.
+        """The plan of ``(principal_id, permission)``, for readers (tests, tools): the
+        cached Plan, or one made now of the same rules when the cache holds a shared
+        :class:`Entry` for it (see :meth:`lookup`)."""
+        found = self.lookup(principal_id, permission)
+        if type(found) is Plan:
+            return found
+        return Plan(self.plan_rules(self.permission_class(permission), principal_id))
+
+    def lookup(self, principal_id: str, permission: str) -> Plan | Entry:
+        """What the plan cache holds for ``(principal_id, permission)``, resolved now on
+        a miss (the pipeline's view of :meth:`plan`).
 
         Plans are kept per :class:`PermissionClass` and principal. The cache keeps at
         most :data:`PLAN_CACHE_SIZE` plans (or twice the declared agents, when more), so
@@ -510,54 +577,127 @@ class CompiledPolicy:
         walks the plans in the order they were added, gives a plan that was used since
         the hand last passed one more round, and evicts the first one that was not.
         Plans in use stay; nothing is ever dropped wholesale.
+
+        A plan added while the cache has room enters with its reference bit set (no
+        eviction has read a bit yet; the hand clears them on its first round), so the
+        hits of a cache that never fills set nothing: for a shared entry that is a store
+        under the lock saved, per principal. Once full, a new plan enters unused and
+        its first hit sets the bit.
         """
         cls = self.permission_class(permission)
-        plan = cls.plans.get(principal_id)
-        if plan is not None:
-            plan.used = True
-            return plan
+        found = cls.plans.get(principal_id)
+        if found is not None:
+            if not found.used:
+                self.touch(cls, principal_id, found)
+            return found
         return self.resolve(cls, principal_id)
 
-    def resolve(self, cls: PermissionClass, principal_id: str) -> Plan:
-        """The plan of ``principal_id`` under ``cls``, resolved now from the rule index
-        and cached (:meth:`plan` after a miss; the pipeline calls it directly when it
-        found the class and no plan)."""
+    def touch(self, cls: PermissionClass, principal_id: str, found: Plan | Entry) -> None:
+        """Set the reference bit of a cached plan found unused (a hit): a Plan's own
+        bit, or an entry's used twin stored in its place."""
+        if type(found) is Plan:
+            found.used = True
+            return
+        with self._lock:  # not where eviction just took it from
+            if cls.plans.get(principal_id) is found:
+                cls.plans[principal_id] = found.twin  # type: ignore[union-attr]
+
+    def _plan_parts(self, cls: PermissionClass, principal_id: str
+                    ) -> tuple[Principal, list[_Part]]:
+        """The principal, and the parts of the rule index its plan under ``cls`` is
+        made of (the unscoped rules, its own, its roles')."""
         who = self.principal(principal_id)
         parts: list[_Part] = []
         for bucket in cls.buckets:
             bucket.parts_for(who, parts)
+        return who, parts
+
+    def plan_rules(self, cls: PermissionClass, principal_id: str) -> PlanRules:
+        """The rules of ``principal_id``'s plan under ``cls``, from the rule index
+        (the parts of one scope are shared, not rebuilt; nothing is cached here)."""
+        who, parts = self._plan_parts(cls, principal_id)
+        return self._rules_from(cls, who, parts)
+
+    def _rules_from(self, cls: PermissionClass, who: Principal,
+                    parts: list[_Part]) -> PlanRules:
         schema = cls.schema
         if len(parts) != 1:
-            rules = _rules_of(who, _merged(parts), schema)
-        else:  # one role's or one scope's rules: split at compile time
+            return _rules_of(who, _merged(parts), schema)
+        part = parts[0]  # one role's or one scope's rules: split at compile time
+        if part.reads_principal:
+            return PlanRules(who, part.forbids, part.limits, part.permits, part.approvals,
+                             part.uses_amount, part.shadows, part.checks, schema)
+        # shared by the part's principals (a race makes two equal ones)
+        found = part.bare if schema is None else cls.shared.get(id(part))
+        if found is None:
+            found = PlanRules(None, part.forbids, part.limits, part.permits,
+                              part.approvals, part.uses_amount, part.shadows, part.checks,
+                              schema)
+            if schema is None:
+                part.bare = found
+            else:
+                cls.shared[id(part)] = found
+        return found
+
+    def _entry(self, cls: PermissionClass, key: tuple[Test | None, bool]) -> Entry:
+        """Make the shared :class:`Entry` of ``key`` (its unused twin) in ``cls``: the
+        entry of the rules whose ``entry_key`` it is. Called under ``_lock``."""
+        test, unconditional = key
+        found = Entry(self, cls, test, False)
+        found.twin = Entry(self, cls, test, True)
+        found.twin.twin = found
+        if unconditional:
+            found.fallback = found.twin.fallback = Entry(self, cls, None, True, True)
+        cls.entries[key] = found
+        return found
+
+    def resolve(self, cls: PermissionClass, principal_id: str) -> Plan | Entry:
+        """What to cache for ``principal_id`` under ``cls``, resolved now from the rule
+        index and cached (:meth:`lookup` after a miss; the pipeline calls it directly
+        when it found the class and no plan)."""
+        who, parts = self._plan_parts(cls, principal_id)
+        rules: PlanRules | None = None
+        if len(parts) == 1 and cls.schema is None and not parts[0].reads_principal:
+            # one part alone: its entry is known without making its PlanRules
             part = parts[0]
-            if part.reads_principal:
-                rules = PlanRules(who, part.forbids, part.limits, part.permits,
-                                  part.approvals, part.uses_amount, part.shadows, part.checks,
-                                  schema)
-            else:  # shared by the part's principals (a race makes two equal ones)
-                found = part.bare if schema is None else cls.shared.get(id(part))
-                if found is None:
-                    found = PlanRules(None, part.forbids, part.limits, part.permits,
-                                      part.approvals, part.uses_amount, part.shadows,
-                                      part.checks, schema)
-                    if schema is None:
-                        part.bare = found
-                    else:
-                        cls.shared[id(part)] = found
-                rules = found
-        plan = Plan(rules)
+            known = part.entry_key
+            if known is None:
+                known = part.entry_key = (_part_entry_key(part),)
+            key = known[0]
+        else:
+            key = None
+        if key is None:
+            rules = self._rules_from(cls, who, parts)
+            key = rules.entry_key  # None: more than an entry holds
         with self._lock:
             cached = cls.plans.get(principal_id)
             if cached is not None:  # another thread resolved it first
                 return cached
-            if self._plan_count >= self._plan_bound:
-                self._evict_one()
-            else:
+            found = None
+            if key is not None:
+                found = cls.entries.get(key)
+                if found is None:
+                    found = self._entry(cls, key)
+            room = self._plan_count < self._plan_bound
+            if room:  # no eviction reads the bit yet, so it enters set (see lookup)
                 self._plan_count += 1
+            else:
+                self._evict_one()
+            plan: Plan | Entry
+            if found is not None:
+                plan = found.twin if room else found
+            else:
+                plan = Plan(rules)  # type: ignore[arg-type]
+                plan.used = room
             cls.plans[principal_id] = plan
             self._clock_hand.append((cls, principal_id))
         return plan
+
+    def is_cached(self, principal_id: str, permission: str) -> bool:
+        """Does the plan cache hold ``(principal_id, permission)`` now (for monitoring,
+        and for the eviction tests)?"""
+        cls = self.classes.get(permission)
+        return cls is not None and principal_id in cls.plans
 
     def forget_plans(self) -> None:
         """Empty the plan cache and make every rule part read its rules' tests again
@@ -578,14 +718,33 @@ class CompiledPolicy:
         hand = self._clock_hand
         for _ in range(_SECOND_CHANCES):
             key = hand.popleft()
-            plan = key[0].plans[key[1]]
+            plans = key[0].plans
+            plan = plans[key[1]]
             if not plan.used:
-                del key[0].plans[key[1]]
+                del plans[key[1]]
                 return
-            plan.used = False
+            if type(plan) is Plan:
+                plan.used = False
+            else:
+                plans[key[1]] = plan.twin  # type: ignore[union-attr]
             hand.append(key)
         cls, principal_id = hand.popleft()
         del cls.plans[principal_id]
+
+
+def _part_entry_key(part: _Part) -> tuple[Test | None, bool] | None:
+    """The ``entry_key`` the shared plan rules of ``part`` alone would have (under a
+    class without a schema; no condition reads ``principal.*``): the same answer as
+    :func:`_answer`, read from the part without making them."""
+    checks = part.checks
+    if not checks or part.uses_amount:
+        return None
+    tests = [t for t in checks[::2] if t is not None]
+    if len(tests) > 1:
+        return None
+    if not tests:
+        return None, False
+    return tests[0], len(checks) > 2
 
 
 #: How many recently used plans one eviction may pass over before it evicts regardless.

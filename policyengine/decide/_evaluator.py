@@ -27,9 +27,9 @@ from typing import Any
 from policyengine.decide._compiled import (
     CompiledPolicy,
     CompiledRule,
+    Entry,
     EvalError,
     FileMoney,
-    Plan,
     PlanRules,
 )
 from policyengine.decision import (
@@ -323,18 +323,19 @@ def _obligations(max_amount: tuple[Decimal, FileMoney] | None,
 #: the status is ``pending_approval`` (an approval granted turns it into ``allowed``).
 #: ``reason`` may be None when the status is ``allowed``: the decision spells it
 #: (``permitted by`` its rules) when first read. ``rules`` and ``permitted`` may be the
-#: cached plan entry whose ``permitted`` ids they are (:func:`entry_facts`): the
-#: decision reads them when asked (:class:`~policyengine.decision.RuleIds`); a step
-#: that reads them itself calls :func:`rule_ids`.
+#: shared plan-cache entry that resolves them (:func:`entry_facts`): the decision reads
+#: them when asked (:class:`~policyengine.decision.RuleIds`); a step that reads them
+#: itself calls :func:`rule_ids`.
 RuleFacts = tuple[str, str, str | None, "tuple[str, ...] | RuleIds", "Obligations | None",
                   tuple[Diagnostic, ...], "tuple[str, ...] | RuleIds"]
 
 
-def rule_ids(rules: tuple[str, ...] | RuleIds) -> tuple[str, ...]:
-    """The rule ids of a :data:`RuleFacts` ``rules`` or ``permitted``."""
+def rule_ids(rules: tuple[str, ...] | RuleIds, principal: str) -> tuple[str, ...]:
+    """The rule ids of a :data:`RuleFacts` ``rules`` or ``permitted`` of ``principal``'s
+    request."""
     if type(rules) is tuple:
         return rules
-    return rules.permitted or ()  # type: ignore[union-attr]
+    return rules.rule_ids(principal)  # type: ignore[union-attr]
 
 
 def rule_facts(plan: PlanRules, principal: str, permission: str, context: dict[str, Any],
@@ -423,31 +424,29 @@ def _applying(checks: tuple[Any, ...], context: dict[str, Any], who: Any,
     return tuple(found)
 
 
-def entry_facts(plan: Plan, principal: str, permission: str, context: dict[str, Any],
+def entry_facts(entry: Entry, principal: str, permission: str, context: dict[str, Any],
                 req: RequestState | None) -> RuleFacts:
-    """:func:`rule_facts` of a cached plan that decides from its entry (``plan.permitted``
-    is set: permits only, at most one of them conditional, ``plan.test``, which reads no
-    ``principal.*``). Every permit applying, the answer is the entry's own, its reason
-    left for the decision to spell (``permitted by`` the rules, when first read); else
-    the unconditional permits apply, and a condition that errors leaves a diagnostic.
+    """:func:`rule_facts` of a plan that decides from its shared cache entry (permits
+    only, at most one of them conditional, ``entry.test``, which reads no
+    ``principal.*``). Every permit applying, the rules are the entry itself, which the
+    decision asks for their ids when first read (its reason too, ``permitted by`` them);
+    else the unconditional permits apply (``entry.fallback``, None: there are none), and
+    a condition that errors leaves a diagnostic (the one path that resolves an id here).
 
-    Every permit applying, the rules are ``plan`` itself, whose ``permitted`` the
-    decision reads when asked: the entry is read here anyway, and its rule-id tuple is
-    not touched (with many principals active, that is one CPU cache miss fewer)."""
-    test = plan.test
+    Nothing of the principal's own is read: with many principals active, that is a CPU
+    cache miss or two fewer per decision."""
+    test = entry.test
     if test is None:
-        return ("allowed", "permitted", None, plan, None, (), plan)
+        return ("allowed", "permitted", None, entry, None, (), entry)
     try:
         if test(context, None, req) is True:
-            return ("allowed", "permitted", None, plan, None, (), plan)
+            return ("allowed", "permitted", None, entry, None, (), entry)
         diags: tuple[Diagnostic, ...] = ()
     except Exception as exc:
-        checks = plan.rules.checks or ()
-        diags = (_skipped(exc, checks[checks.index(test) + 1]),)
-    checks = plan.rules.checks or ()
-    found = tuple(checks[i + 1] for i in range(0, len(checks), 2) if checks[i] is None)
-    if found:
-        return ("allowed", "permitted", None, found, None, diags, found)
+        diags = (_skipped(exc, entry.conditional_id(principal)),)
+    fallback = entry.fallback
+    if fallback is not None:
+        return ("allowed", "permitted", None, fallback, None, diags, fallback)
     return ("denied", "no_permit", f"no rule permits {permission} for {principal}", (), None,
             diags, ())
 

@@ -38,7 +38,7 @@ from policyengine.decide._approvals import (
     new_approval_id,
     request_digest,
 )
-from policyengine.decide._compiled import CompiledPolicy, EvalError
+from policyengine.decide._compiled import CompiledPolicy, Entry, EvalError
 from policyengine.decide._evaluator import (
     PARSED,
     RequestState,
@@ -186,7 +186,7 @@ class Pipeline:
             return _invalid(principal, permission, "approval_id must be a string, not "
                             f"{type(approval_id).__name__}", trace)
         cls = policy.classes.get(permission)
-        plan = cls.plans.get(principal) if cls is not None else None
+        plan: Any = cls.plans.get(principal) if cls is not None else None  # Plan | Entry
         if plan is None:
             if cls is not None and principal and len(principal) <= 256:
                 # the permission has a class, so it was found valid when the class was
@@ -196,12 +196,12 @@ class Pipeline:
                 problem = request_problem(principal, permission, context)
                 if problem is not None:
                     return _invalid(principal, permission, problem, trace)
-                plan = policy.plan(principal, permission)
-        else:
-            plan.used = True  # the plan cache's reference bit (CLOCK eviction)
+                plan = policy.lookup(principal, permission)
+        elif not plan.used:  # the plan cache's reference bit (CLOCK eviction)
+            policy.touch(cls, principal, plan)  # type: ignore[arg-type]
         # Permits only, at most one conditional, no schema, no amount: decided from the
-        # plan entry, without reading its rules (see Plan).
-        entry = plan.permitted is not None
+        # shared entry, reading nothing of the principal's own (see Entry).
+        entry = type(plan) is Entry
         if not entry:
             schema = plan.rules.schema
             if schema is not None:  # a schema declares this permission's context
@@ -336,7 +336,7 @@ class Pipeline:
                     refusal = self._use_approval(approval_id, principal, permission, context,
                                                  call, acting_for, now, trace is None)
                     if refusal is None:
-                        permitted = rule_ids(facts[6])
+                        permitted = rule_ids(facts[6], principal)
                         facts = ("allowed", "permitted", f"permitted by {', '.join(permitted)}",
                                  permitted, facts[4], facts[5], permitted)
                         status = "allowed"
@@ -355,7 +355,8 @@ class Pipeline:
                         facts = recorded_or_refusal  # type: ignore[assignment]
                         status, budget = "denied", None
                 if trace is not None and status == "pending_approval":
-                    trace.step("approval", f"needs approval: {', '.join(rule_ids(facts[3]))}")
+                    asking = ", ".join(rule_ids(facts[3], principal))
+                    trace.step("approval", f"needs approval: {asking}")
         # -- the one Decision
         status, code, reason, rules, obligations, diagnostics, _ = facts
         if trace is not None and shadow:
@@ -637,7 +638,7 @@ class Pipeline:
             digest = request_digest(principal, permission, context, call, acting_for)
         except UnboundRequestError as exc:
             return _overruled(facts, "approval_unbindable", exc.message)
-        rules = rule_ids(facts[3])
+        rules = rule_ids(facts[3], principal)
         expires, uses = policy.approval_terms(rules)
         created = time.time() if now is None else now
         item = Approval(new_approval_id(), principal, permission, digest, rules,

@@ -13,10 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policyengine import Engine
+from policyengine.decide import _compiled
 from policyengine.decide._compiled import PLAN_CACHE_SIZE
 from policyengine.permissions import permission_matches
 
@@ -143,6 +145,28 @@ def test_a_miss_needs_only_the_rules_of_the_principal() -> None:
     assert not engine.authorize("nobody", "docs:write").allowed
 
 
+def test_a_shared_entry_keeps_a_reference_bit_per_principal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Principals of one role share one cache entry, yet each keeps its own reference
+    bit (the entry or its twin): past the bound, the hand evicts the principals not
+    asked since it last passed, never one that was, whoever shares its entry."""
+    monkeypatch.setattr(_compiled, "PLAN_CACHE_SIZE", 8)
+    agents = [f"a{i}" for i in range(3)]
+    engine = Engine.from_source('namespace t\nrole r: docs:*\nforbid f: docs:x\n' + "".join(
+        f'agent "{a}": r\n' for a in agents))
+    policy = engine.policy
+    assert all(engine.authorize(a, "docs:read").allowed for a in agents)  # room: used
+    for i in range(60):  # strangers past the bound; a0 asked all along, a1 and a2 not
+        assert engine.authorize(f"u{i}", "docs:read").code == "no_permit"
+        if i >= 16:  # after the hand's first round (everything entered used)
+            assert policy.is_cached("a0", "docs:read")
+        assert engine.authorize("a0", "docs:read").allowed
+        assert policy.cached_plans <= 8
+    assert not policy.is_cached("a1", "docs:read") and not policy.is_cached("a2", "docs:read")
+    assert engine.authorize("a1", "docs:read").rules == ("role:r",)  # resolved again
+    assert engine.authorize("a2", "docs:x").code == "forbidden"
+
+
 def test_plans_in_use_survive_more_pairs_than_the_cache_holds() -> None:
     """Past the bound, one plan is evicted per new one and the plans in use stay: the
     cache never empties, decisions stay right, and a hot pair keeps hitting its plan."""
@@ -150,7 +174,6 @@ def test_plans_in_use_survive_more_pairs_than_the_cache_holds() -> None:
         'namespace t\nrole reader: docs:*\nagent "hot": reader\nagent "warm": reader\n'
         "forbid secret: docs:secret\n")
     policy = engine.policy
-    hot = policy.plan("hot", "docs:read")
     assert engine.authorize("hot", "docs:read").allowed
     total = PLAN_CACHE_SIZE + PLAN_CACHE_SIZE // 2
     for i in range(total):
@@ -161,7 +184,8 @@ def test_plans_in_use_survive_more_pairs_than_the_cache_holds() -> None:
             assert engine.authorize("warm", "docs:secret").code == "forbidden"
         assert policy.cached_plans <= PLAN_CACHE_SIZE
     assert policy.cached_plans == PLAN_CACHE_SIZE  # evicted one by one, never cleared
-    assert policy.plan("hot", "docs:read") is hot  # still the cached plan: a hit
+    assert policy.is_cached("hot", "docs:read")  # still cached: a hit
+    assert not policy.is_cached("u0", "docs:read")
     # evicted pairs are resolved again, with the same answers
     assert engine.authorize("u0", "docs:read").code == "no_permit"
     assert engine.authorize("warm", "docs:secret").code == "forbidden"
