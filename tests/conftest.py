@@ -154,6 +154,27 @@ def unique_name(kind: str) -> str:
     return f"pe_test_{kind}_{os.getpid()}_{secrets.token_hex(4)}"
 
 
+def drop_namespace(kind: str, base: str) -> None:
+    """Drop every PostgreSQL schema (``kind="postgres"``) or Redis key (``"redis"``) whose
+    name starts with ``base``: the teardown of tests that open stores by URL themselves.
+    Any other kind keeps nothing outside the test's own files."""
+    if kind == "postgres":
+        import psycopg
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            rows = conn.execute("SELECT nspname FROM pg_namespace").fetchall()
+            for name in [r[0] for r in rows if r[0].startswith(base)]:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    elif kind == "redis":
+        import redis
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            keys = list(client.scan_iter(match=base + "*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
+
 class SharedStores:
     """Opens PostgreSQL / Redis stores in a namespace of their own, and drops them all."""
 

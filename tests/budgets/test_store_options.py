@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import psycopg
 import pytest
-import redis
-from conftest import DAILY, POSTGRES_URL, REDIS_URL, require_service, unique_name
+from conftest import DAILY, POSTGRES_URL, REDIS_URL, drop_namespace, require_service, unique_name
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -187,18 +185,7 @@ def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
     """This test's schema / key prefix base; every schema and key under it is dropped."""
     base = unique_name("opt")
     yield base
-    kind = request.node.callspec.params["kind"]
-    if kind == "postgres":
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            rows = conn.execute("SELECT nspname FROM pg_namespace").fetchall()
-            for name in [r[0] for r in rows if r[0].startswith(base)]:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    elif kind == "redis":
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=base + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+    drop_namespace(request.node.callspec.params["kind"], base)
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres", "redis"])

@@ -7,10 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from urllib.parse import quote
 
-import psycopg
 import pytest
-import redis
-from conftest import POSTGRES_URL, REDIS_URL, require_service, unique_name
+from conftest import POSTGRES_URL, REDIS_URL, drop_namespace, require_service, unique_name
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,17 +37,7 @@ def test_a_bad_approval_url_is_refused_with_its_code(url: str, why: str) -> None
 def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
     base = unique_name("apropt")
     yield base
-    if request.node.callspec.params["kind"] == "postgres":
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            rows = conn.execute("SELECT nspname FROM pg_namespace").fetchall()
-            for name in [r[0] for r in rows if r[0].startswith(base)]:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    else:
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=base + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+    drop_namespace(request.node.callspec.params["kind"], base)
 
 
 @pytest.mark.parametrize("kind", ["postgres", "redis"])

@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import psycopg
 import pytest
-import redis
-from conftest import POSTGRES_URL, REDIS_URL, require_service, unique_name
+from conftest import POSTGRES_URL, REDIS_URL, drop_namespace, require_service, unique_name
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,21 +33,6 @@ NO_PG = "postgresql://u:s3cret@127.0.0.1:1/db"
 NO_REDIS = "redis://127.0.0.1:1/0"
 
 
-def _drop(kind: str, base: str) -> None:
-    """Drop every schema / key under ``base``."""
-    if kind == "postgres":
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            rows = conn.execute("SELECT nspname FROM pg_namespace").fetchall()
-            for name in [r[0] for r in rows if r[0].startswith(base)]:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    else:
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=base + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
-
-
 @pytest.fixture(params=["postgres", "redis"])
 def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A revocation store URL in a namespace of its own, dropped afterwards."""
@@ -57,7 +40,7 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
     base = unique_name("revcli")
     yield (f"{POSTGRES_URL}?schema={base}" if request.param == "postgres"
            else f"{REDIS_URL}?prefix={base}:")
-    _drop(request.param, base)
+    drop_namespace(request.param, base)
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -146,7 +129,7 @@ _NUMBERS = st.one_of(
 def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
     base = unique_name("revopt")
     yield base
-    _drop(request.node.callspec.params["kind"], base)
+    drop_namespace(request.node.callspec.params["kind"], base)
 
 
 @pytest.mark.parametrize("kind", ["postgres", "redis"])
