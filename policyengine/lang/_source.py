@@ -103,6 +103,9 @@ class PolicyError(PolicyEngineError):
         return self.render()
 
     def render(self) -> str:
-        body = "\n\n".join(p.render() for p in self.problems)
+        # Errors first (each group in source order), so the report -- and ``str(err)``,
+        # ``code: report`` -- opens with the problem whose code ``err.code`` is.
+        others = (p for p in self.problems if p.severity != "error")
+        body = "\n\n".join(p.render() for p in (*self.errors, *others))
         n = len(self.errors)
         return f"{body}\n\n{n} error{'s' if n != 1 else ''}" if n > 1 else body

@@ -180,3 +180,22 @@ def test_example_policies_check_clean() -> None:
     assert len(files) >= 3
     errors = [p for p in problems_of(*files) if p.severity == "error"]
     assert errors == []
+
+
+def test_the_error_message_opens_with_the_error_its_code_names() -> None:
+    """A warning earlier in the file than the first error does not lead ``str(err)``:
+    ``code: report`` reads as the error it is, and the warning still follows."""
+    from policyengine import Engine, PolicyError
+
+    text = ("namespace docs\n"
+            "role unused: docs:read\n"          # W202, line 2
+            "permit a: docs:read\n"
+            "permit a: docs:write\n")           # E101, line 4
+    with pytest.raises(PolicyError) as info:
+        Engine.from_source(text)
+    err = info.value
+    assert [p.code for p in err.problems] == ["W202", "E101"]  # source order kept here
+    assert err.code == "E101"
+    assert str(err).startswith("E101: inline.policy:4:1: error[E101]: ")
+    assert "warning[W202]" in str(err)
+    assert str(err).index("error[E101]") < str(err).index("warning[W202]")
