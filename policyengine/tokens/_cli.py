@@ -164,6 +164,10 @@ def _verify(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _revoke(args: argparse.Namespace) -> dict[str, Any]:
+    if args.revocations.split("?", 1)[0].lower() == "memory:":
+        # A memory store dies with this command: the revocation would be lost unseen.
+        raise TokenError("invalid_revocations", "memory: lasts only as long as this "
+                         "command; revoke into a shared store URL or a JSON file")
     revoke(_revocations(args), args.id)
     return {"revoked": args.id}
 

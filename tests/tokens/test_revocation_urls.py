@@ -158,3 +158,12 @@ def test_any_option_value_opens_or_gives_the_code(kind: str, namespace: str,
         assert store.is_revoked("g-1") and not store.is_revoked("g-2")
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("url", ["memory:", "MEMORY:", "memory:?refresh=1"])
+def test_token_revoke_refuses_a_memory_store_it_would_lose(
+    url: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A one-shot ``token revoke`` into ``memory:`` would report success and forget it."""
+    code, out, err = _cli(capsys, "token", "revoke", "g-1", "--revocations", url)
+    assert (code, out) == (1, "") and err.startswith("error: invalid_revocations: "), err
