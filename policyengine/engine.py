@@ -90,6 +90,42 @@ def _checked_budget_store(store: Any) -> Any:
     return store
 
 
+#: The operations the pipeline and the approval API call on an approval store.
+_APPROVAL_METHODS = ("add", "get", "list", "approve", "reject", "consume")
+
+
+def _checked_approvals(approvals: Any) -> Any:
+    """``approvals`` if it has every ``ApprovalStore`` operation (else each approval rule
+    would deny ``approval_store_error`` on every request)."""
+    missing = [m for m in _APPROVAL_METHODS if not callable(getattr(approvals, m, None))]
+    if missing:
+        raise EngineOptionError("approvals must be an ApprovalStore (add, get, list, "
+                                "approve, reject, consume) or its URL, not "
+                                f"{type(approvals).__name__}")
+    return approvals
+
+
+def _checked_rates(rates: Any) -> Any:
+    """``rates`` if it is None or a ``RateSource`` (has ``rate``): anything else would
+    deny every converted request ``no_rate``."""
+    if rates is None:
+        return None
+    from policyengine.money import RateSource
+    if not isinstance(rates, RateSource):
+        raise EngineOptionError(f"rates must be a RateSource (rate(from, to, now)), not "
+                                f"{type(rates).__name__}")
+    return rates
+
+
+def _checked_hmac_key(key: Any) -> bytes | None:
+    """``key`` if it is None or bytes of at least 16 (``check_hmac_key``): with a short
+    key every ``hash`` redaction would fail and its tool calls be denied."""
+    if key is None:
+        return None
+    from policyengine.tools import check_hmac_key
+    return check_hmac_key(key)  # RedactionError invalid_hash_key
+
+
 def _checked_clock(clock: Any) -> Callable[[], float] | None:
     """``clock`` if it is None or a callable returning POSIX seconds as an int or float
     (asked once here; every time-dependent answer reads it)."""
@@ -314,13 +350,13 @@ class Engine:
         self._paths = paths
         self._files = files
         self._base_dir = base_dir
-        self._rates_override = rates
+        self._rates_override = _checked_rates(rates)
         self._clock = clock = _checked_clock(clock)
         if isinstance(approvals, str):  # a URL: memory:, postgresql://, redis://
             from policyengine.decide import approvals_from_url
             approvals = approvals_from_url(approvals)
-        self.approvals: ApprovalStore = (
-            approvals or MemoryApprovalStore(clock or time.time))  # type: ignore[assignment]
+        self.approvals: ApprovalStore = _checked_approvals(
+            approvals if approvals is not None else MemoryApprovalStore(clock or time.time))
         self._keys = _checked_keys(keys)
         if revocations is None:
             from policyengine.tokens import MemoryRevocationStore
@@ -330,7 +366,7 @@ class Engine:
             revocations = revocations_from_url(revocations)
         self._revocations = _checked_revocations(revocations)
         self._verify_options: tuple[Any, ...] | None = None
-        self.hmac_key = hmac_key
+        self.hmac_key = _checked_hmac_key(hmac_key)
         if isinstance(budget_store, str):  # a URL: memory:, sqlite:///, postgresql://, redis://
             from policyengine.budgets import store_from_url
             budget_store = store_from_url(budget_store)

@@ -304,3 +304,60 @@ def test_a_decision_log_of_the_wrong_kind_is_a_coded_error() -> None:
     with pytest.raises(EngineOptionError) as info:
         Engine.from_source(TOKEN_POLICY, decision_log=42)
     assert info.value.code == "invalid_option"
+
+
+APPROVAL_POLICY = '''namespace docs
+agent "bot"
+approval ap: docs:read
+permit p: docs:read
+'''
+
+
+@pytest.mark.parametrize("store", [5, "", object(), {"add": 1}, ["approvals"]],
+                         ids=lambda s: type(s).__name__)
+def test_an_approval_store_of_the_wrong_kind_is_refused(store: object) -> None:
+    """Before, ``approvals=5`` was taken and every approval rule then denied
+    ``approval_store_error``; an empty string is no URL either."""
+    from policyengine.engine import EngineOptionError
+    from policyengine.errors import PolicyEngineError
+    with pytest.raises(PolicyEngineError) as info:
+        Engine.from_source(APPROVAL_POLICY, approvals=store)
+    if not isinstance(store, str):
+        assert isinstance(info.value, EngineOptionError)
+        assert info.value.code == "invalid_option" and "ApprovalStore" in info.value.message
+
+
+def test_a_usable_approval_store_is_taken_even_when_empty() -> None:
+    """A store with no records (which may be falsy) is the caller's, not replaced."""
+    from policyengine.decide import MemoryApprovalStore
+
+    class Empty(MemoryApprovalStore):
+        def __len__(self) -> int:
+            return 0
+
+    store = Empty(lambda: 1_700_000_000.0)
+    engine = Engine.from_source(APPROVAL_POLICY, approvals=store)
+    assert engine.approvals is store
+    d = engine.authorize("bot", "docs:read", {})
+    assert d.status == "pending_approval" and store.list()
+
+
+@pytest.mark.parametrize("rates", [5, "fx.json", {"EUR": {"USD": "1.1"}}, object()],
+                         ids=lambda r: type(r).__name__)
+def test_rates_of_the_wrong_kind_are_refused(rates: object) -> None:
+    from policyengine.engine import EngineOptionError
+    with pytest.raises(EngineOptionError) as info:
+        Engine.from_source(APPROVAL_POLICY, rates=rates)
+    assert info.value.code == "invalid_option" and "RateSource" in info.value.message
+
+
+@pytest.mark.parametrize("key", [b"short", "a string of 16+ chars", 5, bytearray(3)],
+                         ids=repr)
+def test_a_short_or_non_bytes_hmac_key_is_refused(key: object) -> None:
+    """docs/tools.md: an HMAC key is bytes of at least 16; the engine checks it when
+    built instead of failing every ``hash`` redaction later."""
+    from policyengine.tools import RedactionError
+    with pytest.raises(RedactionError) as info:
+        Engine.from_source(APPROVAL_POLICY, hmac_key=key)
+    assert info.value.code == "invalid_hash_key"
+    assert Engine.from_source(APPROVAL_POLICY, hmac_key=b"k" * 16).hmac_key == b"k" * 16
