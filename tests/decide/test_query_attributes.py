@@ -168,3 +168,59 @@ def test_an_agent_holding_none_of_the_roles_is_listed_beside_a_named_one() -> No
         "a1", "a2", "a3", "a4"]
     assert who.total == len(who.entries) == 6
     assert all(engine.authorize(aid, "y:a", {}).allowed for aid in ("a1", "a2", "a3", "a4"))
+
+
+REQUEST_ONLY = ["context.n > 1", "context.flag", "amount > 200 EUR", 'context.s == "u"']
+
+
+@st.composite
+def role_named_agents(draw: Any) -> str:
+    """A policy whose conditions read only the request, with agents some of whom are
+    named like a role (``agent "r1": r1``) and some holding one role alone."""
+    lines = ["currency EUR", *(f"role r{k}: {draw(st.sampled_from(PATTERNS))}"
+                               for k in (1, 2, 3))]
+    ids = draw(st.lists(st.sampled_from(["r1", "r2", "r3", "c0", "c1", "c2", "c3", "c4"]),
+                        min_size=2, max_size=8, unique=True))
+    for aid in ids:
+        lines.append(f'agent "{aid}": {draw(st.sampled_from(["r1", "r2", "r1, r2", "r3"]))}')
+    for n in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["permit", "permit", "forbid", "approval"]))
+        conds = "".join(f" {k} {c}" for k, c in draw(st.lists(st.tuples(
+            st.sampled_from(["when", "unless"]), st.sampled_from(REQUEST_ONLY)),
+            max_size=2)))
+        lines.append(f"{kind} k{n}: {draw(st.sampled_from(PATTERNS))}"
+                     f"{draw(st.sampled_from(SCOPES))}{conds}")
+    return "\n".join(lines)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(role_named_agents(), st.sampled_from([0, 1, 64]))
+def test_agents_holding_one_role_get_its_lines_under_their_own_names(
+        source: str, few: int) -> None:
+    """No rule reads the principal: an agent holding one role of those the rules name
+    gets that role's lines, listed as the agent's (also when its id is a role's name),
+    the same lines (status, residuals, rules) as worked out for it alone, and each
+    role's own lines listed once as the role's. ``few`` as above."""
+    fresh = pe.Engine.from_source(source)
+    engine = pe.Engine.from_source(source)
+    # each agent's lines for the permission worked out for it alone
+    index = _query.QueryIndex(engine.policy, prepare=False)
+    for permission in PERMISSIONS:
+        with patch.object(_query, "_FEW", few):
+            who = fresh.principals_with(permission)
+        assert who.total == len(who.entries) and not who.truncated
+        for aid in engine.policy.principals:
+            mine = [(a.status, a.when, a.unless, a.rules)
+                    for a in who.entries if a.kind == "agent" and a.principal == aid]
+            theirs = [(a.status, a.when, a.unless, a.rules)
+                      for a in index.access(index.subject("agent", aid), permission)]
+            assert sorted(mine, key=str) == sorted(theirs, key=str), (permission, aid,
+                                                                      source)
+        for role in ("r1", "r2", "r3"):
+            mine = [(a.status, a.when, a.unless, a.rules) for a in who.entries
+                    if a.kind == "role" and a.principal == role]
+            theirs = [(a.status, a.when, a.unless, a.rules)
+                      for a in index.access(index.subject("role", role), permission)]
+            if mine:
+                assert sorted(mine, key=str) == sorted(theirs, key=str), (permission, role,
+                                                                          source)
