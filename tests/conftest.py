@@ -175,6 +175,16 @@ def drop_namespace(kind: str, base: str) -> None:
             client.close()
 
 
+@pytest.fixture
+def store_namespace(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A schema / key-prefix base of this test's own, for a test parametrised by ``kind``
+    (``memory``, ``sqlite``, ``postgres``, ``redis``) that opens stores by URL under it:
+    every schema and key under the base is dropped afterwards."""
+    base = unique_name("ns")
+    yield base
+    drop_namespace(request.node.callspec.params["kind"], base)
+
+
 class SharedStores:
     """Opens PostgreSQL / Redis stores in a namespace of their own, and drops them all."""
 

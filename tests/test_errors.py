@@ -76,8 +76,11 @@ def _modules() -> Iterator[object]:
 
 # Exceptions that never reach users: the service turns a refusal (HTTP status, code,
 # message) into its error reply inside server/. A public name only because the service's
-# wire modules share it (no private name crosses a module, tests/test_layers.py).
-INTERNAL_EXCEPTIONS = frozenset({"policyengine.server._app.RefusalError"})
+# wire modules share it (no private name crosses a module, tests/test_layers.py). A store
+# URL the budget, approval and revocation stores cannot read is raised again under each
+# store's own code (invalid_store_url, approval_store_error, invalid_revocations).
+INTERNAL_EXCEPTIONS = frozenset({"policyengine.server._app.RefusalError",
+                                 "policyengine._storeurl.StoreUrlError"})
 
 
 def _package_exceptions() -> list[type[BaseException]]:

@@ -20,8 +20,9 @@ taken that is neither a store nor a URL (:func:`as_budget_store`).
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
+from policyengine._storeurl import StoreUrlError, scheme_of, split_store_url
 from policyengine.budgets._options import check_store_options
 from policyengine.budgets.errors import BudgetInputError
 from policyengine.budgets.store import BudgetStore
@@ -59,29 +60,17 @@ def _bad(url: str, why: str) -> BudgetInputError:
     return BudgetInputError("invalid_store_url", f"budget store URL {_shown(url)!r}: {why}")
 
 
+def _float_or_none(value: str) -> float | None:
+    return None if value.lower() == "none" else float(value)
+
+
 def _split_options(url: str, kind: str) -> tuple[str, dict[str, Any]]:
+    own = {name: int if name in _INT else _float_or_none if name in _FLOAT else str
+           for name in _OPTIONS[kind]}
     try:
-        parts = urlsplit(url)
-    except ValueError as exc:
+        return split_store_url(url, own)
+    except StoreUrlError as exc:
         raise _bad(url, str(exc)) from None
-    mine: dict[str, Any] = {}
-    rest: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in _OPTIONS[kind]:
-            if name in mine:
-                raise _bad(url, f"option {name} given twice")
-            try:
-                if name in _INT:
-                    mine[name] = int(value)
-                elif name in _FLOAT:
-                    mine[name] = None if value.lower() == "none" else float(value)
-                else:
-                    mine[name] = value
-            except ValueError:
-                raise _bad(url, f"option {name}={value!r} is not a number") from None
-        else:
-            rest.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(rest))), mine
 
 
 def store_from_url(url: str, **options: Any) -> BudgetStore:
@@ -91,7 +80,7 @@ def store_from_url(url: str, **options: Any) -> BudgetStore:
     raises when it cannot open (``store_unavailable``, ``store_incompatible``)."""
     if type(url) is not str:
         raise BudgetInputError("invalid_store_url", "a budget store URL must be a string")
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    scheme = scheme_of(url)
     kind = {"memory": "memory", "sqlite": "sqlite", "postgresql": "postgresql",
             "postgres": "postgresql", "redis": "redis", "rediss": "redis",
             "unix": "redis"}.get(scheme)

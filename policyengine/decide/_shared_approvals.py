@@ -363,25 +363,18 @@ def approvals_from_url(url: str, **options: Any) -> Any:
     ``redis://...?prefix=...``. Raises ``ApprovalError("approval_store_error")`` for
     another URL, or a bad option (a ``schema`` that is no lower-case SQL name, an empty
     ``prefix``, an option given twice)."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
+    from policyengine._storeurl import StoreUrlError, scheme_of, split_store_url
     from policyengine.decide._approvals import MemoryApprovalStore
-    scheme = url.split(":", 1)[0].lower() if isinstance(url, str) and ":" in url else ""
+    scheme = scheme_of(url)
     if scheme == "memory":
         return MemoryApprovalStore()
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
         raise ApprovalError("approval_store_error", "an approval store URL is memory:, "
                             "postgresql://... or redis://...")
     try:
-        parts = urlsplit(url)
-    except ValueError as exc:
+        plain, mine = split_store_url(url, {"schema": str, "prefix": str})
+    except StoreUrlError as exc:
         raise ApprovalError("approval_store_error", f"approval store URL: {exc}") from None
-    pairs = parse_qsl(parts.query, keep_blank_values=True)  # ?prefix= is refused, not lost
-    mine = {k: v for k, v in pairs if k in ("schema", "prefix")}
-    if len(mine) != sum(1 for k, _ in pairs if k in ("schema", "prefix")):
-        raise ApprovalError("approval_store_error", "an option is given twice")
-    rest = [(k, v) for k, v in pairs if k not in ("schema", "prefix")]
-    plain = urlunsplit(parts._replace(query=urlencode(rest)))
     store = PostgresApprovalStore if scheme.startswith("postgres") else RedisApprovalStore
     try:
         return store(plain, **{**mine, **options})

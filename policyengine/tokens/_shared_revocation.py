@@ -310,34 +310,19 @@ def revocations_from_url(url: str, **options: Any) -> Any:
     """The revocation store ``url`` names: ``memory:``, ``postgresql://...?schema=...``
     or ``redis://...?prefix=...`` (``refresh`` and ``max_stale`` ride in the query too).
     A URL or option it cannot use raises ``TokenError`` ``invalid_revocations``."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
+    from policyengine._storeurl import StoreUrlError, scheme_of, split_store_url
     from policyengine.tokens.revocation import MemoryRevocationStore
-    scheme = url.split(":", 1)[0].lower() if isinstance(url, str) and ":" in url else ""
+    scheme = scheme_of(url)
     if scheme == "memory":
         return MemoryRevocationStore()
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
         raise TokenError("invalid_revocations",
                          "a revocation store URL is memory:, postgresql://... or redis://...")
     try:
-        parts = urlsplit(url)
-    except ValueError as exc:
+        plain, mine = split_store_url(url, {"refresh": float, "max_stale": float,
+                                            "schema": str, "prefix": str})
+    except StoreUrlError as exc:
         raise TokenError("invalid_revocations", f"revocation store URL: {exc}") from None
-    mine: dict[str, Any] = {}
-    rest = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in mine:
-            raise TokenError("invalid_revocations", f"option {name} given twice")
-        if name in ("refresh", "max_stale"):
-            try:
-                mine[name] = float(value)
-            except ValueError:
-                raise TokenError("invalid_revocations", f"{name} must be a number") from None
-        elif name in ("schema", "prefix"):
-            mine[name] = value
-        else:
-            rest.append((name, value))
-    plain = urlunsplit(parts._replace(query=urlencode(rest)))
     store = PostgresRevocationStore if scheme.startswith("postgres") else RedisRevocationStore
     try:
         return store(plain, **{**mine, **options})

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import DAILY, POSTGRES_URL, REDIS_URL, drop_namespace, require_service, unique_name
+from conftest import DAILY, POSTGRES_URL, REDIS_URL, require_service
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -180,27 +179,19 @@ def _options(kind: str, base: str) -> st.SearchStrategy[dict[str, str]]:
     return st.fixed_dictionaries({}, optional=values)
 
 
-@pytest.fixture
-def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
-    """This test's schema / key prefix base; every schema and key under it is dropped."""
-    base = unique_name("opt")
-    yield base
-    drop_namespace(request.node.callspec.params["kind"], base)
-
-
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres", "redis"])
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
-def test_any_option_value_opens_or_gives_the_code(kind: str, namespace: str,
+def test_any_option_value_opens_or_gives_the_code(kind: str, store_namespace: str,
                                                   tmp_path: Path, data: st.DataObject) -> None:
     if kind in ("postgres", "redis"):
         require_service(kind)
-    options = data.draw(_options(kind, namespace))
+    options = data.draw(_options(kind, store_namespace))
     if kind == "postgres":
-        options.setdefault("schema", namespace)
+        options.setdefault("schema", store_namespace)
     elif kind == "redis":
-        options.setdefault("prefix", namespace + ":")
+        options.setdefault("prefix", store_namespace + ":")
     base = {"memory": "memory:", "sqlite": f"sqlite:///{tmp_path / 'opt.db'}",
             "postgres": POSTGRES_URL, "redis": REDIS_URL}[kind]
     query = "&".join(f"{k}={quote(v, safe='')}" for k, v in options.items())

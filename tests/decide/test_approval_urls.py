@@ -4,11 +4,10 @@ driver cannot read is ``ApprovalError`` ``approval_store_error``, never a bare V
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-from conftest import POSTGRES_URL, REDIS_URL, drop_namespace, require_service, unique_name
+from conftest import POSTGRES_URL, REDIS_URL, require_service
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,23 +32,16 @@ def test_a_bad_approval_url_is_refused_with_its_code(url: str, why: str) -> None
     assert "s3cret" not in str(info.value)
 
 
-@pytest.fixture
-def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
-    base = unique_name("apropt")
-    yield base
-    drop_namespace(request.node.callspec.params["kind"], base)
-
-
 @pytest.mark.parametrize("kind", ["postgres", "redis"])
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
-def test_any_option_value_opens_or_gives_the_code(kind: str, namespace: str,
+def test_any_option_value_opens_or_gives_the_code(kind: str, store_namespace: str,
                                                   data: st.DataObject) -> None:
     require_service(kind)
     name = "schema" if kind == "postgres" else "prefix"
     bad = ["", "Bad-Name", "1abc", "a" * 64] if kind == "postgres" else [""]
-    value = data.draw(st.one_of(st.text(max_size=5).map(lambda t: namespace + t),
+    value = data.draw(st.one_of(st.text(max_size=5).map(lambda t: store_namespace + t),
                                 st.sampled_from(bad)))
     url = f"{POSTGRES_URL if kind == 'postgres' else REDIS_URL}?{name}={quote(value, safe='')}"
     try:

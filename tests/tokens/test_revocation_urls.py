@@ -125,27 +125,20 @@ _NUMBERS = st.one_of(
 )
 
 
-@pytest.fixture
-def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
-    base = unique_name("revopt")
-    yield base
-    drop_namespace(request.node.callspec.params["kind"], base)
-
-
 @pytest.mark.parametrize("kind", ["postgres", "redis"])
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
-def test_any_option_value_opens_or_gives_the_code(kind: str, namespace: str,
+def test_any_option_value_opens_or_gives_the_code(kind: str, store_namespace: str,
                                                   data: st.DataObject) -> None:
     require_service(kind)
     name = "schema" if kind == "postgres" else "prefix"
     bad = ["", "Bad-Name", "1abc", "a" * 64] if kind == "postgres" else [""]
     options = data.draw(st.fixed_dictionaries({}, optional={
         "refresh": _NUMBERS, "max_stale": _NUMBERS,
-        name: st.one_of(st.text(max_size=5).map(lambda t: namespace + t),
+        name: st.one_of(st.text(max_size=5).map(lambda t: store_namespace + t),
                         st.sampled_from(bad))}))
-    options.setdefault(name, namespace)
+    options.setdefault(name, store_namespace)
     query = "&".join(f"{k}={quote(v, safe='')}" for k, v in options.items())
     url = f"{POSTGRES_URL if kind == 'postgres' else REDIS_URL}?{query}"
     try:
