@@ -78,16 +78,12 @@ def _checked_revocations(revocations: Any) -> Any:
 
 
 def _checked_budget_store(store: Any) -> Any:
-    """``store`` if it is None or has the ``BudgetStore`` methods a ledger calls: anything
-    else would deny every budgeted request ``budget_unavailable``."""
-    if store is None:
-        return None
-    from policyengine.budgets.urls import missing_store_methods
-    if missing_store_methods(store):
-        raise EngineOptionError("budget_store must be a BudgetStore (usage, apply, "
-                                "get_reservation, get_idempotency, list_reservations, close) "
-                                f"or its URL, not {type(store).__name__}")
-    return store
+    """``store`` opened if it is a URL, as it is if it is None or has the ``BudgetStore``
+    methods a ledger calls: anything else would deny every budgeted request
+    ``budget_unavailable``. The check is the budgets' own (``as_budget_store``, also
+    the ``Ledger``'s); only the code is the engine's."""
+    from policyengine.budgets.urls import as_budget_store
+    return as_budget_store(store, "budget_store", refuse=EngineOptionError)
 
 
 #: The operations the pipeline and the approval API call on an approval store.
@@ -367,9 +363,7 @@ class Engine:
         self._revocations = _checked_revocations(revocations)
         self._verify_options: tuple[Any, ...] | None = None
         self.hmac_key = _checked_hmac_key(hmac_key)
-        if isinstance(budget_store, str):  # a URL: memory:, sqlite:///, postgresql://, redis://
-            from policyengine.budgets import store_from_url
-            budget_store = store_from_url(budget_store)
+        # a URL (memory:, sqlite:///, postgresql://, redis://) is opened here
         self._budget_store = _checked_budget_store(budget_store)
         self._load_cache = LoadCache()  # what reload() can reuse
         self.decision_log: DecisionLog | None = None

@@ -19,6 +19,7 @@ taken that is neither a store nor a URL (:func:`as_budget_store`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,9 +39,10 @@ _OPTIONS = {
     "redis": {"prefix", "max_clock_skew", "pool_size", "retention"},
     "memory": {"retention"},
 }
-#: What a ``Ledger`` calls on its store (the :class:`BudgetStore` protocol).
-_STORE_METHODS = ("usage", "apply", "get_reservation", "get_idempotency",
-                  "list_reservations", "close")
+#: What a ``Ledger`` calls on its store: the :class:`BudgetStore` protocol's methods, read
+#: from the protocol so that a method added there is checked here too.
+_STORE_METHODS = tuple(name for name, member in vars(BudgetStore).items()
+                       if not name.startswith("_") and callable(member))
 _SCHEMES = "memory:, sqlite:///path, postgresql://... or redis://..."
 
 
@@ -119,11 +121,23 @@ def missing_store_methods(store: object) -> list[str]:
     return [m for m in _STORE_METHODS if not callable(getattr(store, m, None))]
 
 
-def as_budget_store(store: object, where: str = "budget_store") -> BudgetStore | None:
+def _invalid_store_url(message: str) -> PolicyEngineError:
+    return BudgetInputError("invalid_store_url", message)
+
+
+def as_budget_store(store: object, where: str = "budget_store", *,
+                    refuse: Callable[[str], PolicyEngineError] = _invalid_store_url
+                    ) -> BudgetStore | None:
     """``store`` as a budget store: a URL opened (:func:`store_from_url`), a store as it
-    is, None as None. Anything else is refused here, at construction, with
-    ``invalid_store_url``: taken as it is, it would fail on the first budgeted request
-    (denied ``budget_unavailable``) and on every one after."""
+    is, None as None. Anything else is refused here, at construction: taken as it is, it
+    would fail on the first budgeted request (denied ``budget_unavailable``) and on every
+    one after.
+
+    This is the one check of the :class:`BudgetStore` protocol; each caller keeps its own
+    error code by choosing the exception: ``refuse(message)`` is raised (default:
+    ``BudgetInputError`` ``invalid_store_url``, a ``Ledger``'s; an ``Engine`` passes its
+    ``EngineOptionError``, ``invalid_option``). A URL the stores cannot open is
+    ``invalid_store_url`` for every caller, from :func:`store_from_url`."""
     if store is None:
         return None
     if isinstance(store, str):
@@ -132,7 +146,6 @@ def as_budget_store(store: object, where: str = "budget_store") -> BudgetStore |
     if missing:
         lacks = "" if len(missing) == len(_STORE_METHODS) else \
             f" (it has no {', '.join(missing)})"
-        raise BudgetInputError(
-            "invalid_store_url", f"{where} must be a BudgetStore or a store URL "
-            f"({_SCHEMES}), not {type(store).__name__}{lacks}")
+        raise refuse(f"{where} must be a BudgetStore ({', '.join(_STORE_METHODS)}) or a "
+                     f"store URL ({_SCHEMES}), not {type(store).__name__}{lacks}")
     return store  # type: ignore[return-value]

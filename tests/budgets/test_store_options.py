@@ -131,6 +131,53 @@ def test_a_ledger_and_an_engine_refuse_what_is_no_store(store: object) -> None:
                               else "invalid_option")
 
 
+# The BudgetStore protocol's methods, as a Ledger calls them (store.py).
+PROTOCOL = ("usage", "get_reservation", "get_idempotency", "list_reservations", "apply",
+            "close")
+
+
+def _store_without(missing: frozenset[str], not_callable: frozenset[str]) -> object:
+    """A store passing each protocol method to a MemoryStore, less those in ``missing``
+    and with those in ``not_callable`` plain values: nearly, but not, a store."""
+    inner = MemoryStore()
+    members: dict[str, Any] = {
+        name: (lambda self, *args, _name=name: getattr(inner, _name)(*args))
+        for name in PROTOCOL if name not in missing}
+    members.update(dict.fromkeys(not_callable, "not a method"))
+    return type("NearlyAStore", (), members)()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sets(st.sampled_from(PROTOCOL), min_size=1).flatmap(
+    lambda lacking: st.tuples(st.just(frozenset(lacking)),
+                              st.sets(st.sampled_from(sorted(lacking))).map(frozenset))))
+def test_a_store_lacking_a_protocol_method_is_refused_by_both(
+        lacking: tuple[frozenset[str], frozenset[str]]) -> None:
+    """One check of the protocol, two codes: the Ledger's ``invalid_store_url`` and the
+    Engine's ``invalid_option``; each message names what is lacking."""
+    from policyengine.engine import EngineOptionError
+    gone, plain = lacking
+    store = _store_without(gone - plain, plain)
+    with pytest.raises(BudgetInputError) as info:
+        Ledger([DAILY], store)  # type: ignore[arg-type]
+    assert info.value.code == "invalid_store_url"
+    with pytest.raises(EngineOptionError) as err:
+        Engine.from_source("budget d: payments:* limit 10 EUR per day\n", budget_store=store)
+    assert err.value.code == "invalid_option"
+    for message in (info.value.message, err.value.message):
+        assert "must be a BudgetStore" in message
+        if len(gone) < len(PROTOCOL):
+            assert f"it has no {', '.join(m for m in PROTOCOL if m in gone)})" in message
+
+
+def test_a_store_with_every_protocol_method_is_taken_by_both() -> None:
+    store = _store_without(frozenset(), frozenset())
+    assert Ledger([DAILY], store).store is store  # type: ignore[arg-type]
+    engine = Engine.from_source("budget d: payments:* limit 10 EUR per day\n",
+                                budget_store=store)
+    assert engine.budgets.store is store
+
+
 def test_the_cli_prints_a_store_code_once(tmp_path: Path) -> None:
     policy = tmp_path / "p.policy"
     policy.write_text('role r: docs:*\nagent "bot": r\n')
