@@ -90,6 +90,15 @@ def _checked_budget_store(store: Any) -> Any:
 _APPROVAL_METHODS = ("add", "get", "list", "approve", "reject", "consume")
 
 
+def _opened_approvals(approvals: Any) -> Any:
+    """``approvals`` opened if it is a URL (``memory:``, ``postgresql://``, ``redis://``),
+    then checked (:func:`_checked_approvals`): at construction and on replacement alike."""
+    if isinstance(approvals, str):
+        from policyengine.decide import approvals_from_url
+        approvals = approvals_from_url(approvals)
+    return _checked_approvals(approvals)
+
+
 def _checked_approvals(approvals: Any) -> Any:
     """``approvals`` if it has every ``ApprovalStore`` operation (else each approval rule
     would deny ``approval_store_error`` on every request)."""
@@ -332,9 +341,10 @@ class Engine:
       one) that records every decision and operation (docs/decision-log.md). Default:
       none. :meth:`close` flushes and closes it.
 
-    ``keys``, ``clock``, ``revocations``, ``budget_store`` and ``decision_log`` of the
-    wrong kind raise
-    :class:`EngineOptionError` (``invalid_option``) here, not on every request.
+    ``keys``, ``clock``, ``revocations``, ``budget_store``, ``approvals``, ``rates`` and
+    ``decision_log`` of the wrong kind raise :class:`EngineOptionError`
+    (``invalid_option``) here, not on every request; so do ``keys``, ``revocations`` and
+    ``approvals`` of the wrong kind assigned later (``engine.approvals = store``).
     """
 
     def __init__(self, files: PolicyFiles, *, paths: tuple[str, ...] = (),
@@ -348,10 +358,7 @@ class Engine:
         self._base_dir = base_dir
         self._rates_override = _checked_rates(rates)
         self._clock = clock = _checked_clock(clock)
-        if isinstance(approvals, str):  # a URL: memory:, postgresql://, redis://
-            from policyengine.decide import approvals_from_url
-            approvals = approvals_from_url(approvals)
-        self.approvals: ApprovalStore = _checked_approvals(
+        self._approvals: ApprovalStore = _opened_approvals(
             approvals if approvals is not None else MemoryApprovalStore(clock or time.time))
         self._keys = _checked_keys(keys)
         if revocations is None:
@@ -379,7 +386,7 @@ class Engine:
                                             self._limiter(self._policy))
 
     def _new_pipeline(self, policy: CompiledPolicy, ledger: Any, limiter: Any) -> Pipeline:
-        return Pipeline(policy, ledger, self.approvals, self._verify, self._clock, limiter,
+        return Pipeline(policy, ledger, self._approvals, self._verify, self._clock, limiter,
                         self._revocations)
 
     def _renew_pipeline(self) -> None:
@@ -411,6 +418,25 @@ class Engine:
         self._revocations = _checked_revocations(revocations)
         self._renew_pipeline()
 
+    @property
+    def approvals(self) -> ApprovalStore:
+        """The :class:`~policyengine.ApprovalStore` of pending approvals (with a decision
+        log, wrapped so that each operation is recorded). Replacing it (a store or its
+        URL) is checked as at construction and takes effect on the next request; with a
+        decision log the new store is recorded as the old one was."""
+        return self._approvals
+
+    @approvals.setter
+    def approvals(self, approvals: ApprovalStore | str) -> None:
+        if approvals is self._approvals:  # already this engine's (wrapped when logged)
+            return
+        store = _opened_approvals(approvals)
+        if self.decision_log is not None:
+            from policyengine.audit._ops import LoggedApprovals
+            store = LoggedApprovals(store, self.decision_log, self._current_view)
+        self._approvals = store
+        self._renew_pipeline()
+
     def _attach_log(self, decision_log: Any) -> None:
         from policyengine.audit import DecisionLog
         from policyengine.audit._ops import LoggedApprovals
@@ -422,7 +448,7 @@ class Engine:
         if decision_log.keys is None:  # checkpoints are signed with the engine's keys
             decision_log.keys = self.keys
         self.decision_log = decision_log
-        self.approvals = LoggedApprovals(self.approvals, decision_log, self._current_view)
+        self._approvals = LoggedApprovals(self._approvals, decision_log, self._current_view)
 
     def _current_view(self) -> Any:
         return self._log_view

@@ -7,6 +7,7 @@ import re
 import threading
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -340,6 +341,67 @@ def test_a_usable_approval_store_is_taken_even_when_empty() -> None:
     assert engine.approvals is store
     d = engine.authorize("bot", "docs:read", {})
     assert d.status == "pending_approval" and store.list()
+
+
+@pytest.mark.parametrize("store", [5, None, object(), {"add": 1}, ["approvals"]],
+                         ids=lambda s: type(s).__name__)
+def test_replacing_the_approval_store_with_the_wrong_kind_is_refused(store: object) -> None:
+    """``engine.approvals = x`` is checked as at construction (as ``keys`` and
+    ``revocations`` are): before, it was a plain attribute that took anything."""
+    from policyengine.engine import EngineOptionError
+    engine = Engine.from_source(APPROVAL_POLICY)
+    before = engine.approvals
+    with pytest.raises(EngineOptionError) as info:
+        engine.approvals = store  # type: ignore[assignment]
+    assert info.value.code == "invalid_option" and "ApprovalStore" in info.value.message
+    assert engine.approvals is before
+    assert engine.authorize("bot", "docs:read", {}).status == "pending_approval"
+    assert len(before.list()) == 1
+
+
+@pytest.mark.parametrize("url", [False, True], ids=["store", "url"])
+def test_a_replaced_approval_store_is_the_one_decisions_use(url: bool) -> None:
+    from policyengine.decide import MemoryApprovalStore
+    engine = Engine.from_source(APPROVAL_POLICY)
+    old = engine.approvals
+    first = engine.authorize("bot", "docs:read", {})
+    if url:
+        engine.approvals = "memory:"
+        new = engine.approvals
+        assert isinstance(new, MemoryApprovalStore) and new is not old
+    else:
+        new = MemoryApprovalStore()
+        engine.approvals = new
+        assert engine.approvals is new
+    d = engine.authorize("bot", "docs:read", {})
+    assert d.status == "pending_approval"
+    assert [a.id for a in new.list()] == [d.approval_id]
+    assert [a.id for a in old.list()] == [first.approval_id]
+    new.approve(d.approval_id, by="carol")
+    assert engine.authorize("bot", "docs:read", {}, approval_id=d.approval_id).allowed
+    # the old store's approval, granted there, no longer unlocks anything here
+    old.approve(first.approval_id, by="carol")
+    denied = engine.authorize("bot", "docs:read", {}, approval_id=first.approval_id)
+    assert not denied.allowed
+
+
+def test_a_replaced_approval_store_is_still_logged() -> None:
+    """With a decision log, approval operations on the new store are recorded as they
+    were on the old; assigning the engine's own store back does not log twice."""
+    from policyengine.audit import CallbackSink, DecisionLog
+    from policyengine.decide import MemoryApprovalStore
+    records: list[dict[str, Any]] = []
+    engine = Engine.from_source(APPROVAL_POLICY,
+                                decision_log=DecisionLog(CallbackSink(records.append)))
+    new = MemoryApprovalStore()
+    engine.approvals = new
+    engine.approvals = engine.approvals
+    d = engine.authorize("bot", "docs:read", {})
+    engine.approvals.approve(d.approval_id, by="carol")
+    engine.close()
+    assert [a.id for a in new.list()] == [d.approval_id]
+    assert [r["kind"] for r in records if r["kind"].startswith("approval.")] == [
+        "approval.request", "approval.approve"]
 
 
 @pytest.mark.parametrize("rates", [5, "fx.json", {"EUR": {"USD": "1.1"}}, object()],
