@@ -992,15 +992,33 @@ class PostgresStore:
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
                 found = conn.execute(
                     "SELECT c.relname FROM pg_class c JOIN pg_namespace n "
-                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r' "
+                    "ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                    "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
                     "AND c.relname LIKE 'budget%%'", (self.schema,),
                 ).fetchall()
                 names = {row[0] for row in found}
                 version: int | None = None
                 if "budget_layout" in names:
-                    row = conn.execute(f"SELECT max(version) FROM {s}.budget_layout"
-                                       ).fetchone()
-                    version = row[0] if row is not None else None
+                    # A layout table without our columns or without its row (made by
+                    # something else, or cut short by hand) is a layout we cannot read:
+                    # refused as one, never re-created over or queried into a raw error.
+                    columns = {row[0] for row in conn.execute(
+                        "SELECT column_name FROM information_schema.columns "
+                        "WHERE table_schema = %s AND table_name = 'budget_layout'",
+                        (self.schema,)).fetchall()}
+                    row = None
+                    if {"version", "code"} <= columns:
+                        row = conn.execute(f"SELECT max(version) FROM {s}.budget_layout"
+                                           ).fetchone()
+                    if row is None or row[0] is None:
+                        raise BudgetStoreError(
+                            "store_incompatible",
+                            f"schema {self.schema!r} holds a budget_layout table this "
+                            "policyengine does not recognise (no version recorded in "
+                            "it): use another schema, or drop that table if nothing "
+                            "else uses it",
+                        )
+                    version = row[0]
                 elif names:
                     version = 0  # budget tables without a layout: not ours to read
                 if version == _MIGRATES_FROM:

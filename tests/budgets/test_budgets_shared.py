@@ -350,6 +350,39 @@ def test_postgres_refuses_another_layout_and_keeps_its_data(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("ddl", [
+    "CREATE TABLE {s}.budget_layout (version int, code text)",  # its row missing
+    "CREATE TABLE {s}.budget_layout (v int)",  # another table of that name
+    "CREATE TABLE {s}.budget_layout (version int, code text); "
+    "INSERT INTO {s}.budget_layout VALUES (NULL, '')",
+    "CREATE VIEW {s}.budget_layout AS SELECT 1 AS v",
+])
+def test_postgres_refuses_a_layout_table_it_cannot_read(ddl: str) -> None:
+    """A ``budget_layout`` without a version in it is a layout this policyengine does
+    not know: ``store_incompatible`` (as for version 99), not a raw database error from
+    creating the table again or reading a column that is not there; nothing is changed."""
+    require_service("postgres")
+    schema = unique_name("pg")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        for statement in ddl.format(s=f'"{schema}"').split(";"):
+            conn.execute(statement)
+    try:
+        with pytest.raises(BudgetStoreError) as info:
+            PostgresStore(POSTGRES_URL, schema=schema)
+        assert info.value.code == "store_incompatible"
+        assert "budget_layout" in str(info.value)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            tables = conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n "
+                                  "ON n.oid = c.relnamespace WHERE n.nspname = %s",
+                                  (schema,)).fetchone()
+        assert tables == (1,)  # nothing made beside the layout table found there
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.mark.postgres
 def test_postgres_forgets_what_nobody_can_ask_about(shared_stores: SharedStores) -> None:
     """Housekeeping (every 512 writes) drops reservations finished longer than the
     retention ago and buckets of windows long gone, and keeps the rest."""
