@@ -461,6 +461,12 @@ class RedisStore:
             ) from exc
         check_store_options("RedisStore", prefix=prefix, max_clock_skew=max_clock_skew,
                             retention=retention, pool_size=pool_size, timeout=timeout)
+        from policyengine._storeurl import StoreUrlError, check_redis_url
+        from policyengine.budgets.urls import _bad
+        try:
+            check_redis_url(url)
+        except StoreUrlError as exc:
+            raise _bad(url, str(exc)) from None
         self.url = url
         self.prefix = prefix
         self.max_clock_skew = max_clock_skew

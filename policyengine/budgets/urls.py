@@ -11,7 +11,10 @@ Store options go in the query string and are removed before the URL reaches the
 driver: ``durability``, ``busy_timeout`` and ``retention`` (SQLite); ``schema``,
 ``durability``, ``pool_size``, ``max_clock_skew`` and ``retention`` (PostgreSQL);
 ``prefix``, ``max_clock_skew``, ``pool_size`` and ``retention`` (Redis). Other query
-parameters (``sslmode=require``...) are the driver's. Keyword arguments override the
+parameters are the driver's: libpq's for PostgreSQL (``sslmode=require``...), and for
+Redis only the redis-py options listed in :func:`policyengine._storeurl.check_redis_url`
+(``db``, timeouts, TLS files...); any other is refused, as is anything after ``memory:``
+or a query SQLite does not read. Keyword arguments override the
 URL's. A bad option is refused here, before any connection, with ``invalid_store_url``
 (see :mod:`policyengine.budgets._options`), and so is a value given where a store is
 taken that is neither a store nor a URL (:func:`as_budget_store`).
@@ -23,7 +26,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from policyengine._storeurl import StoreUrlError, scheme_of, split_store_url
+from policyengine._storeurl import (
+    StoreUrlError,
+    check_memory_url,
+    scheme_of,
+    split_store_url,
+)
 from policyengine.budgets._options import check_store_options
 from policyengine.budgets.errors import BudgetInputError
 from policyengine.budgets.store import BudgetStore
@@ -89,6 +97,14 @@ def store_from_url(url: str, **options: Any) -> BudgetStore:
     if kind is None:
         raise _bad(url, f"use {_SCHEMES}")
     plain, mine = _split_options(url, kind)
+    try:
+        if kind == "memory":
+            check_memory_url(plain)
+        elif kind == "sqlite" and urlsplit(plain).query:
+            raise StoreUrlError(f"unknown option(s) {urlsplit(plain).query!r} (SQLite "
+                                f"reads {', '.join(sorted(_OPTIONS['sqlite']))})")
+    except StoreUrlError as exc:
+        raise _bad(url, str(exc)) from None
     mine.update(options)
     check_store_options(f"budget store URL {_shown(url)!r}", **mine)
     try:

@@ -259,6 +259,12 @@ class RedisApprovalStore:
         from redis.retry import Retry
         if type(prefix) is not str or not prefix:
             raise ApprovalError("approval_store_error", "prefix must be a non-empty string")
+        from policyengine._storeurl import StoreUrlError, check_redis_url
+        try:
+            check_redis_url(url)
+        except StoreUrlError as exc:
+            raise ApprovalError("approval_store_error", f"approval store URL: {exc}"
+                                ) from None
         self.url = url
         self.prefix = prefix
         self.keep_expired = keep_expired
@@ -278,7 +284,9 @@ class RedisApprovalStore:
         import redis
         try:
             result: list[Any] = json.loads(script(keys=keys, args=args))
-        except redis.RedisError as exc:
+        except (redis.RedisError, OSError, TypeError, ValueError) as exc:
+            # any fault of the client or a reply it cannot read: the store's code, never a
+            # raw exception (the engine then honours no approval)
             raise _store_error(exc) from exc
         return result
 
@@ -286,7 +294,7 @@ class RedisApprovalStore:
         import redis
         try:
             return getattr(self._redis, name)(*args)
-        except redis.RedisError as exc:
+        except (redis.RedisError, OSError, TypeError, ValueError) as exc:
             raise _store_error(exc) from exc
 
     def _server_now(self) -> float:
@@ -363,10 +371,20 @@ def approvals_from_url(url: str, **options: Any) -> Any:
     ``redis://...?prefix=...``. Raises ``ApprovalError("approval_store_error")`` for
     another URL, or a bad option (a ``schema`` that is no lower-case SQL name, an empty
     ``prefix``, an option given twice)."""
-    from policyengine._storeurl import StoreUrlError, scheme_of, split_store_url
+    from policyengine._storeurl import (
+        StoreUrlError,
+        check_memory_url,
+        scheme_of,
+        split_store_url,
+    )
     from policyengine.decide._approvals import MemoryApprovalStore
     scheme = scheme_of(url)
     if scheme == "memory":
+        try:
+            check_memory_url(url)
+        except StoreUrlError as exc:
+            raise ApprovalError("approval_store_error", f"approval store URL: {exc}"
+                                ) from None
         return MemoryApprovalStore()
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
         raise ApprovalError("approval_store_error", "an approval store URL is memory:, "

@@ -245,6 +245,12 @@ class RedisRevocationStore(_CachedRevocations):
         if type(prefix) is not str or not prefix:
             raise TokenError("invalid_revocations", "prefix must be a non-empty string")
         _check_times(timeout=timeout, positive=True)
+        from policyengine._storeurl import StoreUrlError, check_redis_url
+        try:
+            check_redis_url(url)
+        except StoreUrlError as exc:
+            raise TokenError("invalid_revocations", f"revocation store URL: {exc}"
+                             ) from None
         self.url = url
         self.prefix = prefix
         self._key = prefix + "revoked"
@@ -259,7 +265,7 @@ class RedisRevocationStore(_CachedRevocations):
         import redis
         try:
             return getattr(self._redis, name)(*args)
-        except redis.RedisError as exc:
+        except (redis.RedisError, OSError, TypeError, ValueError) as exc:
             raise _unavailable(exc) from exc
 
     def _server_version(self) -> object:
@@ -269,7 +275,7 @@ class RedisRevocationStore(_CachedRevocations):
             pipe.hmget(self._version_key, "epoch", "version", "change")
             pipe.scard(self._key)
             fields, count = pipe.execute()
-        except redis.RedisError as exc:
+        except (redis.RedisError, OSError, TypeError, ValueError) as exc:
             raise _unavailable(exc) from exc
         return (*fields, count)
 
@@ -282,7 +288,7 @@ class RedisRevocationStore(_CachedRevocations):
         try:
             self._add(keys=[self._key, self._version_key],
                       args=[identifier, _new_id(), _new_id()], client=self._redis)
-        except redis.RedisError as exc:
+        except (redis.RedisError, OSError, TypeError, ValueError) as exc:
             raise _unavailable(exc) from exc
 
     def close(self) -> None:
@@ -310,10 +316,20 @@ def revocations_from_url(url: str, **options: Any) -> Any:
     """The revocation store ``url`` names: ``memory:``, ``postgresql://...?schema=...``
     or ``redis://...?prefix=...`` (``refresh`` and ``max_stale`` ride in the query too).
     A URL or option it cannot use raises ``TokenError`` ``invalid_revocations``."""
-    from policyengine._storeurl import StoreUrlError, scheme_of, split_store_url
+    from policyengine._storeurl import (
+        StoreUrlError,
+        check_memory_url,
+        scheme_of,
+        split_store_url,
+    )
     from policyengine.tokens.revocation import MemoryRevocationStore
     scheme = scheme_of(url)
     if scheme == "memory":
+        try:
+            check_memory_url(url)
+        except StoreUrlError as exc:
+            raise TokenError("invalid_revocations", f"revocation store URL: {exc}"
+                             ) from None
         return MemoryRevocationStore()
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
         raise TokenError("invalid_revocations",
