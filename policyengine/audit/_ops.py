@@ -100,11 +100,13 @@ class LoggedApprovals:
     def _log(self, op: str, fields: dict[str, Any]) -> None:
         self._audit.event(f"approval.{op}", fields, self._audit_view())
 
-    def add(self, approval: Any) -> None:
-        self._store.add(approval)
+    def add(self, approval: Any) -> Any:
+        stored = self._store.add(approval)  # a store on its own clock: its own times
+        shown = stored if callable(getattr(stored, "to_wire", None)) else approval
         self._log("request", {"principal": approval.principal,
                               "permission": approval.permission,
-                              "approval": approval.to_wire()})
+                              "approval": shown.to_wire()})
+        return stored
 
     def get(self, approval_id: str) -> Any:
         return self._store.get(approval_id)

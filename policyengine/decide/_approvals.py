@@ -201,7 +201,9 @@ class ApprovalStore(Protocol):
     """Where approvals live. Six operations; each must be atomic on its own record.
 
     * ``add(approval)``: store a new record (the engine made its id, digest, expiry and
-      uses). An id already present raises ``ApprovalError("duplicate_approval")``.
+      uses). An id already present raises ``ApprovalError("duplicate_approval")``. A
+      store on its own clock returns the record as stored (its times its own); None
+      means stored as given.
     * ``get(id)``: the record as seen now (see :meth:`Approval.at`); unknown id raises
       ``ApprovalError("unknown_approval")``.
     * ``list(status=None)``: records as seen now, optionally only those with ``status``.
@@ -220,11 +222,15 @@ class ApprovalStore(Protocol):
       Two concurrent consumes of a one-use approval: exactly one succeeds.
 
     "Now" for ``get``, ``list``, ``approve`` and ``reject`` is the store's own clock;
-    ``consume`` gets the engine's time of the decision. A store fault raises; the engine
+    ``consume`` gets the engine's time of the decision. A store shared by hosts whose
+    clocks may disagree decides by its own clock instead, in ``add`` (created now, lasting
+    ``expires_at - created_at``) and ``consume`` alike, and says so with a true
+    ``own_clock`` attribute (the shared PostgreSQL and Redis stores do): then no host's
+    clock decides whether an approval may still be used. A store fault raises; the engine
     then does not honour the approval (fail closed).
     """
 
-    def add(self, approval: Approval) -> None: ...
+    def add(self, approval: Approval) -> Approval | None: ...
     def get(self, approval_id: str) -> Approval: ...
     def list(self, status: str | None = None) -> list[Approval]: ...
     def approve(self, approval_id: str, by: str | None = None,

@@ -619,8 +619,9 @@ class Pipeline:
         try:
             if consume:
                 self.approvals.consume(approval_id, digest, at)
-            else:
-                _would_consume(self.approvals.get(approval_id), approval_id, digest, at)
+            else:  # a store on its own clock: the status as get() saw it decides
+                _would_consume(self.approvals.get(approval_id), approval_id, digest,
+                               None if getattr(self.approvals, "own_clock", False) else at)
         except ApprovalError as exc:
             return refused(exc.code, exc.message)
         except Exception as exc:  # a store fault is never an allow
@@ -706,12 +707,16 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
     return result
 
 
-def _would_consume(item: Approval, approval_id: str, digest: str, now: float) -> None:
-    """Raise the ``ApprovalError`` that ``consume`` would, without using the approval."""
+def _would_consume(item: Approval, approval_id: str, digest: str, now: float | None
+                   ) -> None:
+    """Raise the ``ApprovalError`` that ``consume`` would, without using the approval.
+    ``now`` None: ``item`` is already as its store sees it now (a store on its own
+    clock, whose ``consume`` ignores the engine's time)."""
     if not hmac.compare_digest(item.digest.encode("ascii"), digest.encode("ascii")):
         raise ApprovalError("approval_mismatch",
                             "the approval was granted for a different request")
-    item = item.at(now)
+    if now is not None:
+        item = item.at(now)
     if item.status != "approved" or item.uses_left < 1:
         code = {"expired": "approval_expired", "pending": "approval_pending",
                 "rejected": "approval_rejected"}.get(item.status, "approval_used")

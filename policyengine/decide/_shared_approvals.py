@@ -2,15 +2,21 @@
 
 An approval granted through one host unlocks the request on another, and a one-use
 approval is used once in all: ``consume`` is one atomic step on the server (a
-transaction holding the row lock in PostgreSQL, a Lua script in Redis). "Now" for
-``get``, ``list``, ``approve`` and ``reject`` is the server's clock
-(``clock_timestamp()``, ``TIME``), so hosts whose clocks disagree still agree on expiry;
-``consume`` uses the time of the decision, as the protocol says.
+transaction holding the row lock in PostgreSQL, a Lua script in Redis).
+
+Which clock decides: the server's (``clock_timestamp()``, ``TIME``), in every operation.
+``add`` stores the request as created at the server's time, expiring after the duration
+the engine gave it (``expires_at - created_at``), and ``consume`` ignores the time the
+engine passes: a host whose clock runs ahead or behind can neither use an approval the
+others see expired nor record a request nobody could approve (``own_clock`` says so to
+the engine, whose explain then takes the status ``get`` read).
 
 Digests are compared in constant time: in Python after ``SELECT ... FOR UPDATE``
 (PostgreSQL), and in the script as SHA-1 digests of both sides (Redis), so the time taken
 says nothing about how much of a guess matched. A store fault raises
-``ApprovalError("approval_store_error")``; the engine never honours an approval then.
+``ApprovalError("approval_store_error")`` whose message names the driver's exception type
+only (the backend's address stays in ``__cause__``: the message reaches agents and
+admins); the engine never honours an approval then.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from policyengine.decide._approvals import Approval, ApprovalError
@@ -34,7 +41,10 @@ _COLUMNS = ("id, principal, permission, digest, rules, status, created_at, expir
 
 
 def _store_error(exc: BaseException) -> ApprovalError:
-    return ApprovalError("approval_store_error", f"the approval store failed: {exc}")
+    """The fault as ``approval_store_error``. The driver's text names the server's host
+    and port, so it is left to ``__cause__`` (logs), never put in the message."""
+    return ApprovalError("approval_store_error",
+                         f"the approval store failed ({type(exc).__name__})")
 
 
 def _from_row(row: tuple[Any, ...] | list[Any]) -> Approval:
@@ -43,23 +53,39 @@ def _from_row(row: tuple[Any, ...] | list[Any]) -> Approval:
                     None if row[9] is None else float(row[9]), row[10], row[11])
 
 
-def _refusal(item: Approval, approval_id: str) -> ApprovalError:
-    """The error ``approve`` / ``reject`` raise for a record that is not pending (as seen
-    now)."""
-    if item.status == "expired":
+def _refusal(status: str, approval_id: str) -> ApprovalError:
+    """The error ``approve`` / ``reject`` raise for a record whose status (as seen now) is
+    not pending: the same words as the in-memory store's, from either shared store."""
+    if status == "expired":
         return ApprovalError("approval_expired", f"approval {approval_id} has expired")
-    return ApprovalError("approval_final", f"approval {approval_id} is already {item.status}")
+    return ApprovalError("approval_final", f"approval {approval_id} is already {status}")
 
 
-def _consume_refusal(item: Approval, approval_id: str) -> ApprovalError:
-    code = {"expired": "approval_expired", "pending": "approval_pending",
-            "rejected": "approval_rejected"}.get(item.status, "approval_used")
-    return ApprovalError(code, f"approval {approval_id} is {item.status}")
+#: The status a consume refusal reports, by its code (the in-memory store's words).
+_CONSUME_STATUS = {"approval_expired": "expired", "approval_pending": "pending",
+                   "approval_rejected": "rejected", "approval_used": "used"}
+
+
+def _consume_refusal(code: str, approval_id: str) -> ApprovalError:
+    """The error ``consume`` raises for ``code``: the same words from every store."""
+    if code == "unknown_approval":
+        return ApprovalError(code, "no such approval")
+    if code == "approval_mismatch":
+        return ApprovalError(code, "the approval was granted for a different request")
+    return ApprovalError(code, f"approval {approval_id} is {_CONSUME_STATUS[code]}")
+
+
+def _consume_code(status: str) -> str:
+    return {"expired": "approval_expired", "pending": "approval_pending",
+            "rejected": "approval_rejected"}.get(status, "approval_used")
 
 
 class PostgresApprovalStore:
     """Approvals in ``<schema>.approvals`` (created if missing), one connection per
-    process and thread."""
+    process and thread. Every time is the server's ``clock_timestamp()``."""
+
+    #: The store reads "now" from its own clock in every operation (see the module).
+    own_clock = True
 
     def __init__(self, url: str, *, schema: str = "policyengine",
                  connect_timeout: float = 5.0) -> None:
@@ -105,15 +131,20 @@ class PostgresApprovalStore:
         return float(conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8"
                                   ).fetchone()[0])
 
-    def add(self, approval: Approval) -> None:
+    def add(self, approval: Approval) -> Approval:
+        """Store ``approval`` as created now by the server's clock, expiring after the
+        duration the engine gave it; returns the record as stored."""
         a = approval
         with self._conn() as conn:
-            conn.execute(
-                f"INSERT INTO {self._table} ({_COLUMNS}) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            created, expires = conn.execute(
+                f"INSERT INTO {self._table} ({_COLUMNS}) SELECT "
+                "%s, %s, %s, %s, %s, %s, s.now, s.now + %s, %s, %s, %s, %s FROM "
+                "(SELECT extract(epoch FROM clock_timestamp())::float8 AS now) s "
+                "RETURNING created_at, expires_at",
                 (a.id, a.principal, a.permission, a.digest, json.dumps(list(a.rules)),
-                 a.status, a.created_at, a.expires_at, a.uses_left, a.decided_at,
-                 a.decided_by, a.note))
+                 a.status, float(a.expires_at - a.created_at), a.uses_left, a.decided_at,
+                 a.decided_by, a.note)).fetchone()
+        return replace(a, created_at=float(created), expires_at=float(expires))
 
     def _row(self, conn: Any, approval_id: str, lock: bool = False) -> Approval:
         if type(approval_id) is not str:
@@ -143,7 +174,7 @@ class PostgresApprovalStore:
             item = self._row(conn, approval_id, lock=True)
             now = self._now(conn)
             if item.at(now).status != "pending":
-                raise _refusal(item.at(now), approval_id)
+                raise _refusal(item.at(now).status, approval_id)
             conn.execute(f"UPDATE {self._table} SET status = %s, decided_at = %s, "
                          "decided_by = %s, note = %s WHERE id = %s",
                          (status, now, by, note, approval_id))
@@ -160,14 +191,15 @@ class PostgresApprovalStore:
         return self._decide(approval_id, "rejected", by, note)
 
     def consume(self, approval_id: str, digest: str, now: float) -> Approval:
+        """Use one use, deciding expiry by the server's clock read under the row lock
+        (``now``, the engine's time, is not used: see the module)."""
         with self._conn() as conn, conn.transaction():
             item = self._row(conn, approval_id, lock=True)
             if not hmac.compare_digest(item.digest.encode(), str(digest).encode()):
-                raise ApprovalError("approval_mismatch",
-                                    "the approval was granted for a different request")
-            seen = item.at(now)
+                raise _consume_refusal("approval_mismatch", approval_id)
+            seen = item.at(self._now(conn))
             if seen.status != "approved" or seen.uses_left < 1:
-                raise _consume_refusal(seen, approval_id)
+                raise _consume_refusal(_consume_code(seen.status), approval_id)
             left = item.uses_left - 1
             status = "approved" if left else "used"
             conn.execute(f"UPDATE {self._table} SET uses_left = %s, status = %s WHERE id = %s",
@@ -200,14 +232,17 @@ _ADD = _LUA_READ + """
 local k = KEYS[1]
 if redis.call('EXISTS', k) == 1 then return cjson.encode({'error', 'duplicate_approval'}) end
 local a = cjson.decode(ARGV[1])
+-- Created now by the server's clock; a[7] is how long it lasts.
+local created = string.format('%.6f', server)
+local expires = string.format('%.6f', server + tonumber(a[7]))
 redis.call('HSET', k, 'id', a[1], 'principal', a[2], 'permission', a[3], 'digest', a[4],
-           'rules', a[5], 'status', a[6], 'created_at', a[7], 'expires_at', a[8],
-           'uses_left', a[9])
-local keep = math.ceil(tonumber(a[8]) - server + tonumber(ARGV[2]))
+           'rules', a[5], 'status', a[6], 'created_at', created, 'expires_at', expires,
+           'uses_left', a[8])
+local keep = math.ceil(tonumber(a[7]) + tonumber(ARGV[2]))
 if keep < 1 then keep = 1 end
 redis.call('EXPIRE', k, keep)
 redis.call('SADD', KEYS[2], a[1])
-return cjson.encode({'ok'})
+return cjson.encode({'ok', created, expires})
 """
 _DECIDE = _LUA_READ + """
 local k = KEYS[1]
@@ -233,7 +268,7 @@ if redis.sha1hex(f[4]) ~= redis.sha1hex(ARGV[1]) then
   return cjson.encode({'error', 'approval_mismatch'})
 end
 local status = f[6]
-if (status == 'pending' or status == 'approved') and tonumber(ARGV[2]) >= tonumber(f[8]) then
+if (status == 'pending' or status == 'approved') and server >= tonumber(f[8]) then
   return cjson.encode({'error', 'approval_expired'})
 end
 if status == 'pending' then return cjson.encode({'error', 'approval_pending'}) end
@@ -250,7 +285,11 @@ return cjson.encode({'ok'})
 class RedisApprovalStore:
     """Approvals in Redis under ``prefix``. A record is kept until ``keep_expired``
     seconds after it expires. Redis without persistence forgets approvals on restart:
-    pending ones must then be asked for again (never an allow)."""
+    pending ones must then be asked for again (never an allow). Every time is the
+    server's ``TIME``, read inside the script."""
+
+    #: The store reads "now" from its own clock in every operation (see the module).
+    own_clock = True
 
     def __init__(self, url: str, *, prefix: str = "policyengine:approvals:",
                  keep_expired: float = 86400.0, timeout: float = 5.0) -> None:
@@ -307,13 +346,16 @@ class RedisApprovalStore:
             raise ApprovalError("unknown_approval", "no such approval")
         return _from_row(values)
 
-    def add(self, approval: Approval) -> None:
+    def add(self, approval: Approval) -> Approval:
+        """Store ``approval`` as created now by the server's clock, expiring after the
+        duration the engine gave it; returns the record as stored."""
         a = approval
         result = self._run(self._add, [self._key(a.id), self.prefix + "ids"], [json.dumps([
             a.id, a.principal, a.permission, a.digest, json.dumps(list(a.rules)), a.status,
-            repr(a.created_at), repr(a.expires_at), a.uses_left]), repr(self.keep_expired)])
+            repr(float(a.expires_at - a.created_at)), a.uses_left]), repr(self.keep_expired)])
         if result[0] != "ok":
             raise ApprovalError(result[1], f"approval {a.id} exists")
+        return replace(a, created_at=float(result[1]), expires_at=float(result[2]))
 
     def get(self, approval_id: str) -> Approval:
         return self._read(approval_id).at(self._server_now())
@@ -342,10 +384,10 @@ class RedisApprovalStore:
                            [status, "" if by is None else "=" + by,
                             "" if note is None else "=" + note])
         if result[0] != "ok":
-            code = result[1]
-            message = (f"approval {approval_id} is already {result[2]}"
-                       if code == "approval_final" else f"approval {approval_id}: {code}")
-            raise ApprovalError(code, message)
+            if result[1] == "unknown_approval":
+                raise ApprovalError("unknown_approval", "no such approval")
+            raise _refusal("expired" if result[1] == "approval_expired" else result[2],
+                           approval_id)
         return self._read(approval_id)
 
     def approve(self, approval_id: str, by: str | None = None, note: str | None = None
@@ -357,9 +399,11 @@ class RedisApprovalStore:
         return self._decide(approval_id, "rejected", by, note)
 
     def consume(self, approval_id: str, digest: str, now: float) -> Approval:
-        result = self._run(self._consume, [self._key(approval_id)], [str(digest), repr(now)])
+        """Use one use, deciding expiry by the server's ``TIME`` inside the script
+        (``now``, the engine's time, is not used: see the module)."""
+        result = self._run(self._consume, [self._key(approval_id)], [str(digest)])
         if result[0] != "ok":
-            raise ApprovalError(result[1], f"approval {approval_id} not honoured: {result[1]}")
+            raise _consume_refusal(result[1], approval_id)
         return self._read(approval_id)
 
     def close(self) -> None:

@@ -13,9 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from conftest import POSTGRES_URL, REDIS_URL, require_service, unique_name
+from conftest import POSTGRES_URL, REDIS_URL, drop_namespace, require_service, unique_name
 
 from policyengine import Approval, ApprovalError, MemoryApprovalStore
+from policyengine.audit import CallbackSink, DecisionLog
 from policyengine.decide import PostgresApprovalStore, RedisApprovalStore, approvals_from_url
 from policyengine.engine import Engine
 
@@ -89,8 +90,6 @@ def test_the_store_contract(opener: Opener) -> None:
     assert approved.decided_at is not None and abs(approved.decided_at - time.time()) < 5
     assert code_of(lambda: store.approve("apr_a")) == "approval_final"
     assert code_of(lambda: store.reject("apr_a")) == "approval_final"
-    assert code_of(lambda: store.consume("apr_a", "d" * 64, time.time() + 601)) == \
-        "approval_expired"
     used = store.consume("apr_a", "d" * 64, time.time())
     assert (used.status, used.uses_left) == ("used", 0)
     assert code_of(lambda: store.consume("apr_a", "d" * 64, time.time())) == "approval_used"
@@ -107,6 +106,57 @@ def test_the_store_contract(opener: Opener) -> None:
     assert {i.id: i.status for i in store.list()} == {
         "apr_a": "used", "apr_r": "rejected", "apr_old": "expired", "apr_two": "approved"}
     assert [i.id for i in store.list("expired")] == ["apr_old"]
+    store.add(record("apr_brief", expires_in=0.5))
+    store.approve("apr_brief")
+    time.sleep(0.6)
+    assert code_of(lambda: store.consume("apr_brief", "d" * 64, time.time())) == \
+        "approval_expired"
+
+
+def refusals(store: Any) -> list[tuple[str, str]]:
+    """(code, message) of every kind of refusal, each id made unique to ``store``."""
+    out: list[tuple[str, str]] = []
+
+    def refused(call: Callable[[], object]) -> None:
+        with pytest.raises(ApprovalError) as info:
+            call()
+        out.append((info.value.code, info.value.message))
+
+    now = time.time
+    for name in ("final", "rejected", "used", "pending", "brief"):
+        store.add(record("apr_" + name, expires_in=0.5 if name == "brief" else 600))
+    store.add(record("apr_old", expires_in=-1))
+    refused(lambda: store.get("apr_nope"))
+    refused(lambda: store.approve("apr_nope"))
+    refused(lambda: store.consume("apr_nope", "d" * 64, now()))
+    refused(lambda: store.approve("apr_old"))
+    refused(lambda: store.reject("apr_old"))
+    store.approve("apr_final")
+    refused(lambda: store.approve("apr_final"))
+    refused(lambda: store.reject("apr_final"))
+    refused(lambda: store.consume("apr_final", "e" * 64, now()))
+    refused(lambda: store.consume("apr_pending", "d" * 64, now()))
+    store.reject("apr_rejected")
+    refused(lambda: store.consume("apr_rejected", "d" * 64, now()))
+    refused(lambda: store.approve("apr_rejected"))
+    store.approve("apr_used")
+    store.consume("apr_used", "d" * 64, now())
+    refused(lambda: store.consume("apr_used", "d" * 64, now()))
+    refused(lambda: store.approve("apr_used"))
+    store.approve("apr_brief")
+    time.sleep(0.6)
+    refused(lambda: store.consume("apr_brief", "d" * 64, now()))
+    refused(lambda: store.approve("apr_pending_gone"))
+    return out
+
+
+def test_every_store_words_a_refusal_the_same(opener: Opener) -> None:
+    """Messages never repeat the code ("approval_expired: approval apr_...:
+    approval_expired"): each reads as the in-memory store's."""
+    expected = refusals(MemoryApprovalStore())
+    assert expected[3] == ("approval_expired", "approval apr_old has expired")
+    assert refusals(opener()) == expected
+    assert not any(code in message for code, message in expected)
 
 
 def test_an_approval_granted_on_one_host_unlocks_the_request_on_another_once(
@@ -172,3 +222,75 @@ def test_an_unreachable_approval_store_is_never_an_allow(kind: str) -> None:
 def test_approval_store_urls() -> None:
     assert isinstance(approvals_from_url("memory:"), MemoryApprovalStore)
     assert code_of(lambda: approvals_from_url("mysql://x/y")) == "approval_store_error"
+
+
+SKEWED = """namespace t
+role r: docs:*
+agent "bot": r
+approval del: docs:delete expires 2s
+"""
+HOUR = 3600.0
+
+
+def shifted(offset: float) -> Callable[[], float]:
+    """A host clock ``offset`` seconds away from the real one (the store server's)."""
+    return lambda: time.time() + offset
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_the_store_clock_decides_for_a_host_ahead_and_one_behind(kind: str) -> None:
+    """Issue 14: hosts an hour ahead and an hour behind share one approval store. Which
+    host records, approves, uses or reads an approval changes nothing: creation, expiry
+    and use are all decided by the store server's clock."""
+    require_service(kind)
+    name = unique_name("aprclock")
+    url = (f"{POSTGRES_URL}?schema={name}" if kind == "postgres"
+           else f"{REDIS_URL}?prefix={name}:")
+    ahead = Engine.from_source(SKEWED, name="t.policy", approvals=url, clock=shifted(HOUR))
+    records: list[dict[str, Any]] = []
+    behind = Engine.from_source(SKEWED, name="t.policy", approvals=url,
+                                clock=shifted(-HOUR),
+                                decision_log=DecisionLog(CallbackSink(records.append)))
+    admin = approvals_from_url(url)
+    try:
+        for asker, user in ((behind, ahead), (ahead, behind)):
+            first = asker.authorize("bot", "docs:delete", {"doc": "1"})
+            assert first.status == "pending_approval" and first.approval_id
+            stored = admin.get(first.approval_id)
+            # created by the store's clock, lasting the rule's 2 s, whoever asked
+            assert abs(stored.created_at - time.time()) < 1
+            assert stored.expires_at - stored.created_at == pytest.approx(2, abs=1e-3)
+            if asker is behind:  # its decision log records the times the store chose
+                behind.decision_log.flush()  # type: ignore[union-attr]
+                logged = [r["approval"] for r in records if r["kind"] == "approval.request"]
+                assert (logged[-1]["createdAt"], logged[-1]["expiresAt"]) == (
+                    stored.created_at, stored.expires_at)
+            assert admin.approve(first.approval_id).status == "approved"  # not expired
+            seen = user.explain("bot", "docs:delete", {"doc": "1"},
+                                approval_id=first.approval_id).decision
+            assert seen.status == "allowed"  # explain agrees with the store's clock
+            used = user.authorize("bot", "docs:delete", {"doc": "1"},
+                                  approval_id=first.approval_id)
+            assert used.status == "allowed"
+            late = asker.authorize("bot", "docs:delete", {"doc": "2"})
+            unanswered = asker.authorize("bot", "docs:delete", {"doc": "3"})
+            assert late.approval_id and unanswered.approval_id
+            admin.approve(late.approval_id)
+            time.sleep(2.2)  # past both expiries by the store's clock
+            assert admin.get(late.approval_id).status == "expired"
+            for host in (ahead, behind):
+                decision = host.authorize("bot", "docs:delete", {"doc": "2"},
+                                          approval_id=late.approval_id)
+                assert decision.status == "pending_approval"
+                assert decision.diagnostics[0].code == "approval_expired"
+                seen = host.explain("bot", "docs:delete", {"doc": "2"},
+                                    approval_id=late.approval_id).decision
+                assert seen.diagnostics[0].code == "approval_expired"
+            with pytest.raises(ApprovalError) as info:
+                admin.approve(unanswered.approval_id)
+            assert info.value.code == "approval_expired"
+    finally:
+        for engine in (ahead, behind):
+            engine.approvals.close()  # type: ignore[attr-defined]
+        admin.close()
+        drop_namespace(kind, name)
