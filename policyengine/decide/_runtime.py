@@ -8,8 +8,10 @@ The code generator (:mod:`policyengine.lang._codegen`) writes calls to the names
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
+from types import CodeType, FunctionType
 from typing import Any
 
 from policyengine._glob import Glob
@@ -361,15 +363,66 @@ RUNTIME: dict[str, Any] = {
 
 #: Distinct condition shapes compiled by one ``compile()`` call.
 CHUNK = 1024
-#: Shapes whose factory is kept between calls (a reload, explain's clauses); past it the
+#: Shapes whose template is kept between calls (a reload, explain's clauses); past it the
 #: table starts again empty (it only saves compile time, never changes a result).
 SHAPE_CACHE_SIZE = 4096
-_factories: dict[tuple[str, tuple[str, ...]], Callable[..., Test]] = {}
+_templates: dict[tuple[str, tuple[str, ...]], _Template] = {}
 #: Tests kept by (shape, constants) between calls, so that rules alike in every file and
 #: every policy loaded share one; past it the table starts again empty (sharing only
 #: saves memory and CPU caches, never changes a result).
 TESTS_KEPT = 16384
 _tests: dict[tuple[Any, ...], Test] = {}
+
+#: What a constant's name becomes in a shape's compiled source: a string no policy can
+#: write (a NUL, then the constant's position), replaced in the code object's constants
+#: by the rule's own value.
+_PLACEHOLDER = "\x00{}"
+_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\()?")
+# (index in co_consts, the constant's position or -1, the slots of a nested code object)
+_Slots = tuple[tuple[int, int, Any], ...]
+
+
+class _Template:
+    """One condition shape compiled once: its code, with a placeholder where each of its
+    constants goes, and where in ``co_consts`` (of the code or of a lambda nested in it,
+    coverage's) each placeholder is."""
+
+    __slots__ = ("code", "namespace", "slots")
+
+    def __init__(self, code: CodeType, namespace: dict[str, Any], count: int) -> None:
+        self.code = code
+        self.namespace = namespace
+        places = {_PLACEHOLDER.format(i): i for i in range(count)}
+        self.slots = _slots(code, places)
+
+    def make(self, values: tuple[Any, ...]) -> Test:
+        """A rule's test: the shape's code with the rule's constants in place."""
+        code = _fill(self.code, self.slots, values)
+        return FunctionType(code, self.namespace)
+
+
+def _slots(code: CodeType, places: dict[str, int]) -> _Slots:
+    out: list[tuple[int, int, Any]] = []
+    for i, k in enumerate(code.co_consts):
+        if type(k) is str and k in places:
+            out.append((i, places[k], None))
+        elif type(k) is CodeType:
+            nested = _slots(k, places)
+            if nested:
+                out.append((i, -1, nested))
+        elif (type(k) is tuple or type(k) is frozenset) and any(
+                type(item) is str and item in places for item in k):
+            # the compiler folded a display of constants into one: a placeholder inside
+            # would never be replaced (the code generator writes no such display)
+            raise AssertionError("a condition's constant was folded into another")
+    return tuple(out)
+
+
+def _fill(code: CodeType, slots: _Slots, values: tuple[Any, ...]) -> CodeType:
+    consts = list(code.co_consts)
+    for i, k, nested in slots:
+        consts[i] = values[k] if nested is None else _fill(consts[i], nested, values)
+    return code.replace(co_consts=tuple(consts))
 
 
 def build_many(tests: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[Test, ...]:
@@ -378,47 +431,66 @@ def build_many(tests: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[Test, ..
     The code generator writes no literal into a source, only the names of its constants
     (``_k0``, ``_k1``...), so the thousands of rules of a large policy have a handful of
     distinct sources (``context.level > K`` is one, whatever K is). Each distinct
-    source is compiled once, as a factory ``def _f(_k0, _k1): return lambda c, p, r:
-    SOURCE`` (one ``compile()`` per :data:`CHUNK` new sources); a rule's test is its
-    factory called with the rule's own constants, which the lambda reads from its
-    closure. The factories' module globals are the runtime helpers only.
+    source is compiled once (one ``compile()`` per :data:`CHUNK` new sources) as
+    ``def _t(c, p, r): return SOURCE`` with each constant's name turned into a
+    placeholder string; a rule's test is a function of that code with the placeholders
+    in its ``co_consts`` replaced by the rule's own values. The rule's literals are then
+    constants of its code (``LOAD_CONST``), where a closure over them (a factory's
+    lambda) read each through a cell and copied the cells into every call's frame,
+    about 5% of a condition's cost. The functions' globals are the runtime helpers only.
     """
     keys = [(src, tuple(consts)) for src, consts in tests]
-    made: dict[tuple[str, tuple[str, ...]], Callable[..., Test]] = {}
+    made: dict[tuple[str, tuple[str, ...]], _Template] = {}
     for key in keys:
         if key not in made:
-            found = _factories.get(key)
+            found = _templates.get(key)
             if found is not None:
                 made[key] = found
     missing = [k for k in dict.fromkeys(keys) if k not in made]
     for start in range(0, len(missing), CHUNK):
         chunk = missing[start:start + CHUNK]
-        body = "".join(
-            f"def _f{i}({', '.join(names)}):\n    return lambda c, p, r: {src}\n"
-            for i, (src, names) in enumerate(chunk))
+        body = "".join(f"def _t{i}(c, p, r):\n    return {_placeheld(src, names)}\n"
+                       for i, (src, names) in enumerate(chunk))
         namespace: dict[str, Any] = dict(RUNTIME)
         exec(compile(body, "<policy conditions>", "exec"), namespace)  # checked AST only
-        if len(_factories) + len(chunk) > SHAPE_CACHE_SIZE:
-            _factories.clear()
+        if len(_templates) + len(chunk) > SHAPE_CACHE_SIZE:
+            _templates.clear()
         for i, key in enumerate(chunk):
-            made[key] = _factories[key] = namespace[f"_f{i}"]
-    # Rules whose source and constants are the same get the same test (one closure):
+            made[key] = _templates[key] = _Template(
+                namespace.pop(f"_t{i}").__code__, namespace, len(key[1]))
+    # Rules whose source and constants are the same get the same test (one function):
     # 100,000 rules ``context.level > i % 7`` hold seven, so deciding for many principals
-    # touches a few hot closures instead of one per rule.
+    # touches a few hot functions instead of one per rule.
     out: list[Test] = []
     for key, (_, consts) in zip(keys, tests, strict=True):
         values = tuple(consts.values())
         same = _constants_key(values)
         if same is None:
-            out.append(made[key](*values))
+            out.append(made[key].make(values))
             continue
         test = _tests.get((key, same))
         if test is None:
             if len(_tests) >= TESTS_KEPT:
                 _tests.clear()
-            test = _tests[key, same] = made[key](*values)
+            test = _tests[key, same] = made[key].make(values)
         out.append(test)
     return tuple(out)
+
+
+def _placeheld(src: str, names: tuple[str, ...]) -> str:
+    """``src`` with each constant's name (an identifier: the source holds no string
+    literal) written as the literal of its placeholder. A constant that is called
+    (coverage's recorders) is called through ``.__call__``: a call of a literal is a
+    ``SyntaxWarning`` (an error under ``-W error``)."""
+    position = {name: i for i, name in enumerate(names)}
+
+    def swap(m: re.Match[str]) -> str:
+        i = position.get(m.group(1))
+        if i is None:
+            return m.group()
+        return repr(_PLACEHOLDER.format(i)) + (".__call__(" if m.group(2) else "")
+
+    return _NAME.sub(swap, src)
 
 
 def _constants_key(values: tuple[Any, ...]) -> tuple[Any, ...] | None:

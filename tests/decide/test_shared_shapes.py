@@ -1,5 +1,5 @@
-"""Rules that differ only in their literals share one compiled condition source (a factory
-called with each rule's constants): every rule must still decide with its own literals,
+"""Rules that differ only in their literals share one compiled condition source (its code,
+with each rule's constants put in): every rule must still decide with its own literals,
 however many rules share the shape and in whichever order they were compiled."""
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def test_rules_of_one_shape_share_compiled_code() -> None:
     rules = {r.qid: r for r in Engine.from_source(text).policy.rules}
     one, two, three = (rules[f"default.{n}"].test for n in ("f1", "f2", "f3"))
     assert one is not None and two is not None and three is not None
-    assert one.__code__ is two.__code__  # one compiled source for both
-    assert one.__code__ is not three.__code__  # another operator: another source
+    # one compiled source for both, each with its own literal among its code's constants
+    assert one.__code__.co_code == two.__code__.co_code
+    assert 3 in one.__code__.co_consts and 9 in two.__code__.co_consts
+    assert one.__code__.co_code != three.__code__.co_code  # another operator
     bot = Engine.from_source(text)
     assert bot.authorize("bot", "a:one", {"level": 5}).allowed is False
     assert bot.authorize("bot", "a:two", {"level": 5}).allowed is True
