@@ -12,6 +12,8 @@ as authorize does for it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from unittest.mock import patch
 
@@ -20,6 +22,17 @@ from hypothesis import strategies as st
 
 import policyengine as pe
 from policyengine.decide import _query
+from policyengine.decide._query import index as query_index
+from policyengine.decide._query import principals as query_principals
+
+
+@contextmanager
+def _few(few: int) -> Iterator[None]:
+    """Up to ``few`` holders, a role counts as few-held (``FEW``, read by the index and
+    by principals_with)."""
+    with patch.object(query_index, "FEW", few), patch.object(query_principals, "FEW", few):
+        yield
+
 
 PERMISSIONS = ["x:a", "x:b", "y:a", "z"]
 PATTERNS = ["*", "x:*", "x:a", "y:*", "z"]
@@ -111,7 +124,7 @@ def test_grouped_agents_get_their_own_answers(drawn: tuple[str, str],
     engines: dict[Any, pe.Engine] = {}
     ids = list(engine.policy.principals)
     for permission in PERMISSIONS:
-        with patch.object(_query, "_FEW", few):
+        with _few(few):
             who = fresh.principals_with(permission)
         assert who.total == len(who.entries) and not who.truncated
         for aid in ids:
@@ -206,7 +219,7 @@ def test_agents_holding_one_role_get_its_lines_under_their_own_names(
     # each agent's lines for the permission worked out for it alone
     index = _query.QueryIndex(engine.policy, prepare=False)
     for permission in PERMISSIONS:
-        with patch.object(_query, "_FEW", few):
+        with _few(few):
             who = fresh.principals_with(permission)
         assert who.total == len(who.entries) and not who.truncated
         for aid in engine.policy.principals:

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import policyengine as pe
-from policyengine.decide._query import QueryIndex, _Folder
+from policyengine.decide._query import QueryIndex
+from policyengine.decide._query.folding import Folder
 
 PATTERNS = ["*", "x:*", "x:c:*", "x:a", "x:c:d", "y:*", "y:a", "z"]
 CONDITIONS = [
@@ -74,7 +75,7 @@ def _reference(engine: pe.Engine, kind: str, name: str) -> list[tuple[Any, ...]]
     index = QueryIndex(policy, prepare=False)  # used only for its subject and folding
     subject = index.subject(kind, name)
     who = subject.principal
-    folder = _Folder(subject, index)
+    folder = Folder(subject, index)
     mine = [r for r in policy.rules if r.mode == "enforce" and (
         (not r.roles and not r.agents) or not r.roles.isdisjoint(who.roles)
         or (kind == "agent" and who.id in r.agents))]
