@@ -157,7 +157,10 @@ def unique_name(kind: str) -> str:
 def drop_namespace(kind: str, base: str) -> None:
     """Drop every PostgreSQL schema (``kind="postgres"``) or Redis key (``"redis"``) whose
     name starts with ``base``: the teardown of tests that open stores by URL themselves.
-    Any other kind keeps nothing outside the test's own files."""
+    Any other kind keeps nothing outside the test's own files. An unreachable service
+    skips (fails with ``CI=true``) as :func:`require_service` does, never an error."""
+    if kind in ("postgres", "redis"):
+        require_service(kind)
     if kind == "postgres":
         import psycopg
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
@@ -179,10 +182,15 @@ def drop_namespace(kind: str, base: str) -> None:
 def store_namespace(request: pytest.FixtureRequest) -> Iterator[str]:
     """A schema / key-prefix base of this test's own, for a test parametrised by ``kind``
     (``memory``, ``sqlite``, ``postgres``, ``redis``) that opens stores by URL under it:
-    every schema and key under the base is dropped afterwards."""
+    every schema and key under the base is dropped afterwards. A PostgreSQL / Redis kind
+    whose service is unreachable skips (fails with ``CI=true``) before the test runs, so
+    the teardown never connects to a service that is not there."""
+    kind = request.node.callspec.params["kind"]
+    if kind in ("postgres", "redis"):
+        require_service(kind)
     base = unique_name("ns")
     yield base
-    drop_namespace(request.node.callspec.params["kind"], base)
+    drop_namespace(kind, base)
 
 
 class SharedStores:
