@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, TypeGuard, cast
 
 from policyengine.budgets.errors import (
     BudgetError,
@@ -720,14 +720,25 @@ def _name(value: object, what: str, optional: bool = False) -> str | None:
             "invalid_subject", f"{what} must be a non-empty string of at most {_MAX_NAME} chars"
         )
     if not _is_text(value):
-        raise BudgetInputError("invalid_subject", f"{what} is not valid Unicode text "
-                               "(it holds a lone surrogate)")
+        raise BudgetInputError("invalid_subject", f"{what} is not text every store keeps "
+                               "(it holds a NUL character or a lone surrogate)")
     return value
 
 
 def _is_text(value: str) -> bool:
-    """Can ``value`` be stored as UTF-8? (A lone surrogate cannot: every store would
-    raise UnicodeEncodeError.) ``isascii`` is O(1), so ASCII names cost nothing."""
+    """Can every store keep ``value``? A lone surrogate cannot be UTF-8 (every store would
+    raise UnicodeEncodeError), and PostgreSQL keeps no NUL character in text or JSON
+    (memory, SQLite and Redis would): refused here as bad input on every store, where
+    PostgreSQL alone would fail it as an outage. ``isascii`` is O(1), so an ASCII name
+    costs one scan for NUL."""
+    if value.isascii():
+        return "\0" not in value
+    return "\0" not in value and _is_utf8(value)
+
+
+def _is_utf8(value: str) -> bool:
+    """Can ``value`` be written as UTF-8 (no lone surrogate)? Enough for a note: stores
+    keep it as escaped JSON text, where a NUL character is ``\\u0000`` on every store."""
     if value.isascii():
         return True
     try:
@@ -735,6 +746,13 @@ def _is_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _is_id(value: object) -> TypeGuard[str]:
+    """Could ``value`` be a reservation id? Ids are ASCII without NUL, so no other is
+    stored, and looking one up would fail on some stores (a lone surrogate cannot be
+    encoded, PostgreSQL takes no NUL) where it is simply unknown."""
+    return type(value) is str and value.isascii() and "\0" not in value
 
 
 def _ttl(ttl: object) -> float:
@@ -1226,7 +1244,7 @@ class Ledger:
         """
         over = None if overage is None else self._overage(overage)
         if note is not None and (type(note) is not str or len(note) > MAX_NOTE
-                                 or not _is_text(note)):
+                                 or not _is_utf8(note)):
             raise BudgetInputError("invalid_note", f"note must be text of at most {MAX_NOTE} "
                                    "characters")
         ttl_s = float(ttl) if type(ttl) is int and MIN_TTL <= ttl <= MAX_TTL else _ttl(ttl)
@@ -1628,7 +1646,7 @@ class Ledger:
 
     def get(self, reservation_id: str) -> Reservation:
         """The current state of a reservation; raises ``unknown_reservation``."""
-        rec = self.store.get_reservation(reservation_id) if type(reservation_id) is str else None
+        rec = self.store.get_reservation(reservation_id) if _is_id(reservation_id) else None
         if rec is None:
             raise _unknown(reservation_id)
         return self._view(rec, self.clock())
@@ -1705,7 +1723,7 @@ class Ledger:
         k = _key(key)
         if k is None:
             raise BudgetInputError("invalid_idempotency_key", "a key is required")
-        if type(text) is not str or len(text) > MAX_NOTE or not _is_text(text):
+        if type(text) is not str or len(text) > MAX_NOTE or not _is_utf8(text):
             raise BudgetInputError("invalid_note", f"text must be a string of at most "
                                    f"{MAX_NOTE} characters")
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (
@@ -1828,7 +1846,7 @@ class Ledger:
         for name in self._fields:
             value = scope.get(name)
             if value is not None and (type(value) is not str or not value.isascii()
-                                      or not 0 < len(value) <= _MAX_NAME):
+                                      or not 0 < len(value) <= _MAX_NAME or "\0" in value):
                 _name(value, f"scope[{name!r}]")
             out.append(value)
         return tuple(out)
@@ -2035,7 +2053,7 @@ class Ledger:
             if found is not None and found[1] <= now < found[2]:
                 return found
         if (type(principal) is not str or not principal or len(principal) > _MAX_NAME
-                or not principal.isascii()):
+                or not principal.isascii() or "\0" in principal):
             _name(principal, "principal")
         if acting_for is not None:
             _name(acting_for, "acting_for")
@@ -2237,8 +2255,8 @@ class Ledger:
 
     def _active(self, reservation_id: object, now: float, lenient: bool) -> ReservationRecord:
         """The live reservation, or the error its state calls for (lenient: final ok)."""
-        if type(reservation_id) is not str or not reservation_id.isascii():
-            raise _unknown(reservation_id)  # ids are ASCII: nothing else can be stored
+        if not _is_id(reservation_id):
+            raise _unknown(reservation_id)
         if self._live is not None:
             # A shared store's local view, possibly stale: the store re-checks the
             # reservation (and first the idempotency key) inside the write, so this
