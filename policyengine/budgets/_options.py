@@ -12,10 +12,11 @@ import math
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from policyengine.budgets.errors import BudgetInputError
 
-__all__ = ["DURABILITIES", "SCHEMA_NAME", "check_store_options"]
+__all__ = ["DURABILITIES", "SCHEMA_NAME", "check_store_options", "shown_url", "store_url_error"]
 
 DURABILITIES = ("process", "spend", "full")
 #: A lower-case SQL name PostgreSQL takes without quoting rules to worry about.
@@ -64,3 +65,20 @@ def check_store_options(where: str = "budget store", **options: Any) -> None:
         if rule is not None and not rule[0](value):
             raise BudgetInputError("invalid_store_url",
                                    f"{where}: option {name}={value!r} {rule[1]}")
+
+
+def shown_url(url: str) -> str:
+    """``url`` as the user wrote it, with any password masked."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:  # not even a URL: show its scheme only (it may hold a secret)
+        return url.split(":", 1)[0] + ":..."
+
+
+def store_url_error(url: str, why: str) -> BudgetInputError:
+    """``invalid_store_url`` for the budget store URL ``url`` (its password masked)."""
+    return BudgetInputError("invalid_store_url", f"budget store URL {shown_url(url)!r}: {why}")

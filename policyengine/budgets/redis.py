@@ -462,11 +462,11 @@ class RedisStore:
         check_store_options("RedisStore", prefix=prefix, max_clock_skew=max_clock_skew,
                             retention=retention, pool_size=pool_size, timeout=timeout)
         from policyengine._storeurl import StoreUrlError, check_redis_url
-        from policyengine.budgets.urls import _bad
+        from policyengine.budgets._options import store_url_error
         try:
             check_redis_url(url)
         except StoreUrlError as exc:
-            raise _bad(url, str(exc)) from None
+            raise store_url_error(url, str(exc)) from None
         self.url = url
         self.prefix = prefix
         self.max_clock_skew = max_clock_skew

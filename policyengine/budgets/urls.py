@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from policyengine._storeurl import (
     StoreUrlError,
@@ -32,7 +32,7 @@ from policyengine._storeurl import (
     scheme_of,
     split_store_url,
 )
-from policyengine.budgets._options import check_store_options
+from policyengine.budgets._options import check_store_options, shown_url, store_url_error
 from policyengine.budgets.errors import BudgetInputError
 from policyengine.budgets.store import BudgetStore
 from policyengine.errors import PolicyEngineError
@@ -54,22 +54,6 @@ _STORE_METHODS = tuple(name for name, member in vars(BudgetStore).items()
 _SCHEMES = "memory:, sqlite:///path, postgresql://... or redis://..."
 
 
-def _shown(url: str) -> str:
-    """``url`` as the user wrote it, with any password masked."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-    except ValueError:  # not even a URL: show its scheme only (it may hold a secret)
-        return url.split(":", 1)[0] + ":..."
-
-
-def _bad(url: str, why: str) -> BudgetInputError:
-    return BudgetInputError("invalid_store_url", f"budget store URL {_shown(url)!r}: {why}")
-
-
 def _float_or_none(value: str) -> float | None:
     return None if value.lower() == "none" else float(value)
 
@@ -80,7 +64,7 @@ def _split_options(url: str, kind: str) -> tuple[str, dict[str, Any]]:
     try:
         return split_store_url(url, own)
     except StoreUrlError as exc:
-        raise _bad(url, str(exc)) from None
+        raise store_url_error(url, str(exc)) from None
 
 
 def store_from_url(url: str, **options: Any) -> BudgetStore:
@@ -95,7 +79,7 @@ def store_from_url(url: str, **options: Any) -> BudgetStore:
             "postgres": "postgresql", "redis": "redis", "rediss": "redis",
             "unix": "redis"}.get(scheme)
     if kind is None:
-        raise _bad(url, f"use {_SCHEMES}")
+        raise store_url_error(url, f"use {_SCHEMES}")
     plain, mine = _split_options(url, kind)
     try:
         if kind == "memory":
@@ -104,15 +88,15 @@ def store_from_url(url: str, **options: Any) -> BudgetStore:
             raise StoreUrlError(f"unknown option(s) {urlsplit(plain).query!r} (SQLite "
                                 f"reads {', '.join(sorted(_OPTIONS['sqlite']))})")
     except StoreUrlError as exc:
-        raise _bad(url, str(exc)) from None
+        raise store_url_error(url, str(exc)) from None
     mine.update(options)
-    check_store_options(f"budget store URL {_shown(url)!r}", **mine)
+    check_store_options(f"budget store URL {shown_url(url)!r}", **mine)
     try:
         return _open(url, kind, plain, mine)
     except PolicyEngineError:
         raise
     except ValueError as exc:  # the driver cannot read the URL (a port that is no number)
-        raise _bad(url, str(exc)) from None
+        raise store_url_error(url, str(exc)) from None
 
 
 def _open(url: str, kind: str, plain: str, options: dict[str, Any]) -> BudgetStore:
@@ -123,7 +107,7 @@ def _open(url: str, kind: str, plain: str, options: dict[str, Any]) -> BudgetSto
         from policyengine.budgets.sqlite import SQLiteStore
         path = url.split("?", 1)[0]
         if not path.startswith("sqlite:///") or len(path) == len("sqlite:///"):
-            raise _bad(url, "write sqlite:///relative/path or sqlite:////absolute/path")
+            raise store_url_error(url, "write sqlite:///relative/path or sqlite:////absolute/path")
         return SQLiteStore(path[len("sqlite:///"):], **options)
     if kind == "postgresql":
         from policyengine.budgets.postgres import PostgresStore
