@@ -820,7 +820,19 @@ class Engine:
         trace = Trace()
         decision = self._pipeline.run(principal, permission, context, token, approval_id,
                                       False, None, trace)
-        return Explanation(decision, trace.rules, trace.steps)
+        return Explanation(self._log_check(decision, trace), trace.rules, trace.steps)
+
+    def _log_check(self, decision: Any, trace: Trace) -> Any:
+        """The last step of a traced run, as :meth:`authorize` ends with the decision
+        log: what the log would answer (a denial when it would refuse the decision),
+        recording nothing -- explain is not a decision."""
+        log = self.decision_log
+        if log is None:
+            return decision
+        checked = log.check(decision)
+        if checked is not decision:
+            trace.step("log", f"denied ({checked.code}): {checked.reason}")
+        return checked
 
     def explain_tool(self, principal: str, *, transport: str, method: str | None = None,
                      host: str | None = None, path: str | None = None,
@@ -835,4 +847,4 @@ class Engine:
         decision = self._tool(principal, trace, transport, method, host, path, query,
                               headers, body, tool_name, function_name, token, context,
                               approval_id, scheme, wire)
-        return Explanation(decision, trace.rules, trace.steps)
+        return Explanation(self._log_check(decision, trace), trace.rules, trace.steps)

@@ -206,6 +206,19 @@ class DecisionLog:
             return decision
         return self._overflowing(item)
 
+    def check(self, decision: Decision | ToolDecision) -> Decision | ToolDecision:
+        """What :meth:`decision` would return for ``decision`` now, recording and
+        counting nothing: for a dry run (``explain``), so that it is denied exactly when
+        the log would refuse the real one. Under ``block`` with the queue full it waits
+        for room as a caller would (up to ``block_timeout``), taking none."""
+        if self._open and len(self._queue) < self._capacity:
+            return decision
+        if self._closed or self.overflow == "deny":
+            return self._denial(decision)
+        if self.overflow == "drop" or self._wait_for_room(None, self._block_timeout):
+            return decision
+        return self._denial(decision)
+
     def event(self, kind: str, fields: Mapping[str, Any], view: LogView | None = None
               ) -> bool:
         """Record an operation (``budget.reserve``, ``approval.approve``,
@@ -263,11 +276,14 @@ class DecisionLog:
             self._dropped_unreported += n
         return False
 
-    def _wait_for_room(self, item: tuple[Any, ...], timeout: float | None) -> bool:
+    def _wait_for_room(self, item: tuple[Any, ...] | None, timeout: float | None) -> bool:
+        """Wait until ``item`` fits and append it; True when it did. ``item`` None (a dry
+        run's :meth:`check`): only wait, uncounted."""
         deadline = None if timeout is None else time.monotonic() + timeout
         q = self._queue
         with self._room:
-            self._blocked += 1
+            if item is not None:
+                self._blocked += 1
             self._waiting += 1
             try:
                 while len(q) >= self._capacity or (not self._open and not self._closed
@@ -281,14 +297,15 @@ class DecisionLog:
                     self._room.wait(0.05 if left is None else min(left, 0.05))
                 if self._closed:
                     return False
-                q.append(item)
-                self._wake.set()
+                if item is not None:
+                    q.append(item)
+                    self._wake.set()
                 return True
             finally:
                 self._waiting -= 1
 
-    def _deny(self, decision: Any, item: tuple[Any, ...], record: bool
-              ) -> Decision | ToolDecision:
+    def _denial(self, decision: Any) -> Decision | ToolDecision:
+        """The ``decision_log_unavailable`` denial given in place of ``decision``."""
         tool = decision if isinstance(decision, ToolDecision) else None
         d = tool.decision if tool is not None else decision
         reason = "the decision log cannot record this decision (its sink is failing or " \
@@ -296,9 +313,12 @@ class DecisionLog:
                  "the decision log is closed: denied"
         denial = Decision.denial("decision_log_unavailable", reason, d.principal,
                                  d.permission, None, d.acting_for, d.chain)
-        out: Decision | ToolDecision = (ToolDecision(denial, "policy_deny", None, (),
-                                                     tool.tool) if tool is not None
-                                        else denial)
+        return (ToolDecision(denial, "policy_deny", None, (), tool.tool) if tool is not None
+                else denial)
+
+    def _deny(self, decision: Any, item: tuple[Any, ...], record: bool
+              ) -> Decision | ToolDecision:
+        out = self._denial(decision)
         out.decision_id  # noqa: B018
         recorded = False
         if record and not self._closed and len(self._queue) < self._capacity:

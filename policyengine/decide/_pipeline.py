@@ -169,9 +169,15 @@ class Pipeline:
             trace: Trace | None = None) -> Decision:
         """Decide one request. Never raises for request data.
 
-        ``register``: record a pending decision as an approval request (``explain``
-        does not). ``tool``: the body to redact. ``trace``: record each step.
+        ``register``: False for a dry run (replay, a search; ``explain`` is one too, as
+        is any run with a ``trace``): every step is asked the same question and decides
+        the same way, but nothing changes -- no rate-limit call is taken, no approval is
+        used, and a pending decision records no approval request (its binding is still
+        made and the approval store still asked, so a request nobody could approve is
+        denied on a dry run too). ``tool``: the body to redact. ``trace``: record each
+        step.
         """
+        dry = not register or trace is not None
         policy = self.policy
         # -- 1. validate: the request is read once, here.
         if type(principal) is not str or type(permission) is not str:
@@ -316,7 +322,7 @@ class Pipeline:
                     status == "pending_approval" and approval_id is not None))
                     and limiter.covering(permission)):
                 refused, rate = self._rate_limits(principal, permission, context, acting_for,
-                                                  facts, register and trace is None)
+                                                  facts, not dry)
                 if refused is not None:
                     facts = refused
                     status, budget = "denied", None
@@ -328,13 +334,13 @@ class Pipeline:
                     status == "pending_approval" and approval_id is not None))
                     and shadow_limiter.covering(permission)):
                 shadow += self._shadow_rate_limits(principal, permission, context,
-                                                   acting_for, register and trace is None)
+                                                   acting_for, not dry)
             if status == "pending_approval":
                 call = (tool.binding() if tool is not None and tool.binding is not None
                         else None)
                 if approval_id is not None:
                     refusal = self._use_approval(approval_id, principal, permission, context,
-                                                 call, acting_for, now, trace is None)
+                                                 call, acting_for, now, not dry)
                     if refusal is None:
                         permitted = rule_ids(facts[6], principal)
                         facts = ("allowed", "permitted", f"permitted by {', '.join(permitted)}",
@@ -346,17 +352,22 @@ class Pipeline:
                         trace.step("approval", f"{approval_id}: " + (
                             "approved for this request" if refusal is None
                             else f"not honoured ({refusal.code})"))
-                if status == "pending_approval" and register:
+                if status == "pending_approval":  # recorded, or (dry) could be
                     recorded_or_refusal = self._record_approval(
-                        policy, principal, permission, context, call, acting_for, facts, now)
+                        policy, principal, permission, context, call, acting_for, facts, now,
+                        dry)
                     if type(recorded_or_refusal) is str:
-                        recorded = recorded_or_refusal
+                        recorded = recorded_or_refusal or None
                     else:
                         facts = recorded_or_refusal  # type: ignore[assignment]
                         status, budget = "denied", None
-                if trace is not None and status == "pending_approval":
+                if trace is None:
+                    pass
+                elif status == "pending_approval":
                     asking = ", ".join(rule_ids(facts[3], principal))
                     trace.step("approval", f"needs approval: {asking}")
+                elif facts[1] in ("approval_unbindable", "approval_store_error"):
+                    trace.step("approval", f"denied ({facts[1]}): {facts[2]}")
         # -- the one Decision
         status, code, reason, rules, obligations, diagnostics, _ = facts
         if trace is not None and shadow:
@@ -375,7 +386,7 @@ class Pipeline:
         ``binding()`` is what an approval of the call binds to."""
         call = ToolCall(body, redaction_rules, hmac_key, binding)
         decision = self.run(principal, permission, context, token, approval_id,
-                            trace is None, call, trace)
+                            True, call, trace)
         if decision.status == "denied":
             return decision, None, ()
         return decision, call.redacted, call.redactions
@@ -631,10 +642,14 @@ class Pipeline:
 
     def _record_approval(self, policy: CompiledPolicy, principal: str, permission: str,
                          context: dict[str, Any], call: dict[str, Any] | None,
-                         acting_for: str | None, facts: RuleFacts, now: float | None
-                         ) -> str | RuleFacts:
+                         acting_for: str | None, facts: RuleFacts, now: float | None,
+                         dry: bool = False) -> str | RuleFacts:
         """Record a pending request as an approval bound to it: the new id, or the denied
-        facts when it cannot be bound or the store fails (nobody could ever use it)."""
+        facts when it cannot be bound or the store fails (nobody could ever use it).
+
+        ``dry``: everything but the record -- the binding is made and the store is asked
+        for the new id (``get``, which must answer ``unknown_approval``), so a dry run
+        denies exactly when the real one would; "" when the record could be made."""
         try:
             digest = request_digest(principal, permission, context, call, acting_for)
         except UnboundRequestError as exc:
@@ -645,11 +660,14 @@ class Pipeline:
         item = Approval(new_approval_id(), principal, permission, digest, rules,
                         "pending", created, created + expires, uses)
         try:
-            self.approvals.add(item)
+            if dry:
+                _would_add(self.approvals, item.id)
+            else:
+                self.approvals.add(item)
         except Exception as exc:  # a store fault: no approval can be asked for
             return _overruled(facts, "approval_store_error",
                               f"cannot record the approval: {type(exc).__name__}")
-        return item.id
+        return "" if dry else item.id
 
 
 def _matches(pattern: str, permission: str) -> bool:
@@ -705,6 +723,19 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
                                                       acting_for=acting_for, tenant=tenant,
                                                       scope=scope)
     return result
+
+
+def _would_add(store: Any, approval_id: str) -> None:
+    """Raise when ``store.add`` of a new record with ``approval_id`` would fail (for a
+    dry run): the store is asked for that fresh id, and anything but "no such approval"
+    -- a fault, or a record already there (``add`` would refuse a duplicate) -- raises."""
+    try:
+        store.get(approval_id)
+    except ApprovalError as exc:
+        if exc.code == "unknown_approval":
+            return
+        raise
+    raise ApprovalError("duplicate_approval", f"approval {approval_id} exists")
 
 
 def _would_consume(item: Approval, approval_id: str, digest: str, now: float | None

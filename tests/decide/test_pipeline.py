@@ -8,6 +8,8 @@ Expected answers come from docs/semantics.md and docs/budgets.md, not from engin
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policyengine import tokens
+from policyengine.audit import DecisionLog
+from policyengine.decide import MemoryApprovalStore
 from policyengine.decision import Decision
 from policyengine.engine import Engine
 from policyengine.lang import PolicyError
@@ -46,6 +50,7 @@ tool pay: function "pay_out" -> payments:transfer {
   amount = $.amount, currency = $.currency
   redact $.card mask
 }
+tool rm: function "delete_doc" -> docs:delete { doc = $.doc }
 """
 
 
@@ -84,11 +89,58 @@ def shop() -> tuple[Engine, str]:
     return eng, pending.approval_id
 
 
+class DownApprovals:
+    """An approval store whose every operation fails, as one that cannot be reached."""
+
+    def _down(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("the approval store is unreachable")
+
+    add = get = list = approve = reject = consume = _down
+
+
+class FailingSink:
+    """A decision-log sink that cannot write."""
+
+    def write(self, lines: Any) -> None:
+        raise OSError("disk full")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def engines(shop: tuple[Engine, str]) -> Iterator[dict[str, Engine]]:
+    """The shop engine, and engines whose approval store is down, whose decision log
+    (overflow ``deny``) has a failing sink, and whose log is closed: the services a run
+    asks besides the rules, each failing."""
+    down = make_engine(approvals=DownApprovals())
+    failing = make_engine(decision_log=DecisionLog(FailingSink(), overflow="deny",
+                                                   retry_backoff=0.01))
+    closed = make_engine(decision_log=DecisionLog(FailingSink(), overflow="drop"))
+    closed.close(timeout=1.0)
+    for _ in range(500):  # until the log has seen its sink fail
+        if failing.authorize("bot", "docs:read").code == "decision_log_unavailable":
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("the failing log never refused a decision")
+    for eng in (down, failing):
+        for amount in ("33.33", "33.33", "33.34"):
+            eng.budgets.record("spent", "payments:pay", amount, "EUR")
+    yield {"shop": shop[0], "approvals-down": down, "log-failing": failing,
+           "log-closed": closed}
+    failing.close(timeout=1.0)
+
+
 def key(decision: Decision) -> tuple[Any, ...]:
     wire = decision.to_wire()
     return (wire["status"], wire["reasonCode"], wire["rules"], wire["obligations"],
-            wire.get("budget"), wire["actingFor"], wire["chain"])
+            wire.get("budget"), wire["actingFor"], wire["chain"],
+            [(d["code"], d["effect"]) for d in wire["diagnostics"]])
 
+
+#: Values a request may hold that no approval can be bound to.
+UNBINDABLE = [{1, 2}, frozenset({"a"}), object(), ({"x": [1, {"y": b"z"}]}, {3})]
 
 amounts = st.sampled_from([None, "0", 0, False, 0.0, "10", "50", "101", "350", "600",
                            "1e2", "-5", [1], {"v": 1}, "10.001"])
@@ -99,51 +151,101 @@ contexts = st.fixed_dictionaries({}, optional={
     "country": st.sampled_from(["FR", "KP", 3]),
     "tokens": st.sampled_from([1, 500, 2000, "-3", None]),
     "doc": st.sampled_from(["d1", "d2"]),
+    "tags": st.sampled_from([["a"], *UNBINDABLE]),
 })
+#: Token names, the usable ones drawn more often (a request denied for its token never
+#: reaches the later steps).
+token_names = st.sampled_from(["none", "none", "valid", "capped", *sorted(TOKENS)])
 
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(principal=st.sampled_from(["bot", "spent", "ghost", "", 5]),
+@given(principal=st.sampled_from(["bot", "bot", "spent", "ghost", "", 5]),
        permission=st.sampled_from(["payments:pay", "payments:transfer", "docs:delete",
-                                   "docs:read", "llm:chat", "bad perm", None]),
+                                   "docs:delete", "docs:read", "llm:chat", "bad perm",
+                                   None]),
        context=st.one_of(st.none(), contexts, st.just([1])),
-       token=st.sampled_from(sorted(TOKENS)),
+       token=token_names,
        approval=st.sampled_from(["none", "granted", "unknown", "list"]))
-def test_explain_decides_exactly_as_authorize(shop: tuple[Engine, str], principal: Any,
+def test_explain_decides_exactly_as_authorize(shop: tuple[Engine, str],
+                                              engines: dict[str, Engine], principal: Any,
                                               permission: Any, context: Any, token: str,
                                               approval: str) -> None:
-    eng, granted = shop
+    """Whatever the request (tokens valid, foreign, for another agent, malformed; open
+    and exhausted budgets; approvals granted, unknown, malformed; values no approval can
+    be bound to) and whichever service fails (the approval store, the decision log),
+    explain reaches the decision authorize does."""
+    granted = shop[1]
     approval_id = {"none": None, "granted": granted, "unknown": "apr_nope",
                    "list": [granted]}[approval]
     kwargs = {"token": TOKENS[token], "approval_id": approval_id}
-    explained = eng.explain(principal, permission, context, **kwargs)
-    decided = eng.authorize(principal, permission, context, **kwargs)
-    assert key(explained.decision) == key(decided)
-    assert explained.steps and explained.steps[0]["step"] == "validate"
-    json.dumps(explained.to_dict())
+    for kind, eng in engines.items():
+        explained = eng.explain(principal, permission, context, **kwargs)
+        decided = eng.authorize(principal, permission, context, **kwargs)
+        assert key(explained.decision) == key(decided), kind
+        assert explained.steps and explained.steps[0]["step"] == "validate"
+        json.dumps(explained.to_dict())
 
 
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(principal=st.sampled_from(["bot", "spent", 7]),
-       name=st.sampled_from(["pay_out", "unbound"]),
+       name=st.sampled_from(["pay_out", "delete_doc", "unbound"]),
        body=st.one_of(st.none(), st.fixed_dictionaries({}, optional={
-           "amount": amounts, "currency": currencies,
-           "card": st.sampled_from(["4111111111111111", 5])})),
-       token=st.sampled_from(sorted(TOKENS)),
+           "amount": amounts, "currency": currencies, "doc": st.sampled_from(["d1", "d2"]),
+           "card": st.sampled_from(["4111111111111111", 5]),
+           "tags": st.sampled_from([["a"], {1, 2}])})),
+       token=token_names,
        context=st.one_of(st.none(), contexts))
 def test_explain_tool_decides_exactly_as_tool_authorize(
-        shop: tuple[Engine, str], principal: Any, name: str, body: Any, token: str,
+        engines: dict[str, Engine], principal: Any, name: str, body: Any, token: str,
         context: Any) -> None:
-    eng, _ = shop
     call = {"transport": "function", "function_name": name, "body": body,
             "token": TOKENS[token], "context": context}
-    explained = eng.explain_tool(principal, **call)
-    decided = eng.tool_authorize(principal, **call)
-    assert key(explained.decision.decision) == key(decided.decision)
-    assert explained.decision.outcome == decided.outcome
-    assert explained.decision.body == decided.body
+    for kind, eng in engines.items():
+        explained = eng.explain_tool(principal, **call)
+        decided = eng.tool_authorize(principal, **call)
+        assert key(explained.decision.decision) == key(decided.decision), kind
+        assert explained.decision.outcome == decided.outcome
+        assert explained.decision.body == decided.body
+
+
+@pytest.mark.parametrize(("kind", "permission", "context", "code"), [
+    ("shop", "docs:delete", {"doc": "d3", "tags": {1, 2}}, "approval_unbindable"),
+    ("approvals-down", "docs:delete", {"doc": "d3"}, "approval_store_error"),
+    ("log-failing", "docs:read", {"doc": "d3"}, "decision_log_unavailable"),
+    ("log-closed", "docs:read", {"doc": "d3"}, "decision_log_unavailable"),
+])
+def test_explain_denies_and_says_why_when_a_service_would_refuse(
+        engines: dict[str, Engine], kind: str, permission: str, context: dict[str, Any],
+        code: str) -> None:
+    """A request nobody could approve, an approval store that cannot record the
+    request, a decision log that would refuse the decision: denied by authorize, so by
+    explain too, and explain names the step."""
+    eng = engines[kind]
+    decided = eng.authorize("bot", permission, context)
+    explained = eng.explain("bot", permission, context)
+    assert (decided.status, decided.code) == ("denied", code)
+    assert key(explained.decision) == key(decided)
+    assert any(code in s["result"] for s in explained.steps)
+    assert explained.decision.approval_id is None
+
+
+def test_a_dry_run_records_no_approval_but_asks_the_store() -> None:
+    """explain of a pending request asks the approval store (so a store that is down
+    denies) but records nothing in it."""
+    asked: list[str] = []
+
+    class Counting(MemoryApprovalStore):
+        def get(self, approval_id: str) -> Any:
+            asked.append(approval_id)
+            return super().get(approval_id)
+
+    store = Counting()
+    eng = make_engine(approvals=store)
+    explained = eng.explain("bot", "docs:delete", {"doc": "d3"})
+    assert explained.decision.status == "pending_approval"
+    assert len(asked) == 1 and store.list() == []
 
 
 def test_explain_reports_what_authorize_denies(shop: tuple[Engine, str]) -> None:
