@@ -236,7 +236,8 @@ class Reservation:
     """A reservation (or a recorded spend) as the ledger returned it.
 
     ``status`` is ``active``, ``committed``, ``released`` or ``expired`` (as of the call
-    that returned it). ``lines`` holds one :class:`ReservationLine` per budget charged.
+    that returned it; a replayed idempotency key returns the first call's result, so
+    its status as of that call). ``lines`` holds one :class:`ReservationLine` per budget charged.
     """
 
     __slots__ = ("_hidden", "_meta", "_record", "status")
@@ -2280,7 +2281,11 @@ class Ledger:
                 f"idempotency key {key.split(':', 1)[1]!r} was used for a different "
                 f"{key.split(':', 1)[0]}: use a new key for a new request"
             )
-        return self._view(found.result, now)
+        # The original result exactly as first returned, on every store and host: the
+        # status it was stored with (a reserve or extend stores only a live
+        # reservation), never "expired" because its lease has ended since, nor the
+        # state now (get and reservation_for give that).
+        return self._view(found.result, -_INF)
 
     def _failed(
         self,

@@ -244,6 +244,37 @@ def test_concurrent_replays_of_one_key_reserve_once(store: object) -> None:
     assert ledger.balances("bot")[0].reserved == 30
 
 
+def test_a_replay_returns_the_original_result_whatever_happened_since(store: object) -> None:
+    """A replayed key returns the result exactly as first returned: a reserve's and an
+    extend's ``active``, not ``expired`` once the lease has ended nor ``committed`` once
+    committed (get gives the state now), on every store."""
+    ledger, clock = make(store, DAILY)
+    r = ledger.reserve("bot", "payments:x", "10", "EUR", ttl=5, idempotency_key="r")
+    moved = ledger.extend(r.id, 10, idempotency_key="e")
+    done = ledger.commit(r.id, "7", idempotency_key="c")
+    spent = ledger.record("bot", "payments:x", "2", "EUR", idempotency_key="s")
+    other = ledger.reserve("bot", "payments:x", "1", "EUR", ttl=5, idempotency_key="o")
+    gone = ledger.release(other.id, idempotency_key="g")
+    firsts = [(r, lambda: ledger.reserve("bot", "payments:x", "10", "EUR", ttl=5,
+                                         idempotency_key="r")),
+              (moved, lambda: ledger.extend(r.id, 10, idempotency_key="e")),
+              (done, lambda: ledger.commit(r.id, "7", idempotency_key="c")),
+              (spent, lambda: ledger.record("bot", "payments:x", "2", "EUR",
+                                            idempotency_key="s")),
+              (gone, lambda: ledger.release(other.id, idempotency_key="g"))]
+    for later in (0.0, 30.0, 3600.0):  # before the lease ends, after, much after
+        clock.t = NOW + later
+        for first, replay in firsts:
+            again = replay()
+            assert (again.id, again.status) == (first.id, first.status)
+            assert again.to_wire() == first.to_wire()
+        assert ledger.get(r.id).status == "committed"
+        assert ledger.reservation_for("r").status == "committed"  # as it is now
+    assert (r.status, moved.status, done.status) == ("active", "active", "committed")
+    (balance,) = ledger.balances("bot")
+    assert (balance.spent, balance.reserved) == (Decimal(9), Decimal(0))  # once each
+
+
 def test_extend_moves_expiry_and_keeps_the_hold(store: object) -> None:
     ledger, clock = make(store, DAILY)
     r = ledger.reserve("bot", "payments:x", "60", "EUR", ttl=10)

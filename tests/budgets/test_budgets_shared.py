@@ -803,6 +803,37 @@ def test_a_replayed_idempotency_key_returns_the_original_on_any_host(
     assert (balance.spent, balance.reserved) == (Decimal(25), Decimal(0))  # once
 
 
+@pytest.mark.parametrize("kind", [*SHARED, "sqlite"])
+def test_a_replay_after_the_lease_ends_is_the_original_on_any_host(
+    kind: str, shared_stores: SharedStores, tmp_path: Path,
+) -> None:
+    """Two hosts on one store: a reserve committed on one and replayed on the other
+    after its lease ended returns what the first call did (``active``, the same wire),
+    not ``expired``; both read it ``committed``."""
+    first: PostgresStore | RedisStore | SQLiteStore
+    if kind == "sqlite":  # two processes' stores on one file
+        first, other = (SQLiteStore(tmp_path / "ledger.db"),
+                        SQLiteStore(tmp_path / "ledger.db"))
+    else:
+        first = _open(shared_stores, kind)
+        other = (shared_stores.postgres(schema=first.schema)
+                 if isinstance(first, PostgresStore)
+                 else shared_stores.redis(prefix=first.prefix))
+    host_a, clock = make_ledger(first, DAILY)
+    host_b, _ = make_ledger(other, DAILY, clock=clock)
+    r = host_a.reserve("bot", "payments:x", "10", "EUR", ttl=1, idempotency_key="k1")
+    host_a.commit(r.id, "7")
+    for later in (0.5, 1.3, 600.0):
+        clock.t = BUDGET_NOW + later
+        for host in (host_b, host_a):
+            again = host.reserve("bot", "payments:x", "10", "EUR", ttl=1,
+                                 idempotency_key="k1")
+            assert again.status == "active" and again.to_wire() == r.to_wire()
+            assert host.get(r.id).status == "committed"
+    (balance,) = host_b.balances("bot")
+    assert (balance.spent, balance.reserved) == (Decimal(7), Decimal(0))
+
+
 @pytest.mark.parametrize(("flag", "code"), [("--budget-store", "invalid_store_url"),
                                             ("--approvals", "approval_store_error"),
                                             ("--revocations", "invalid_revocations")])
