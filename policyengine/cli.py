@@ -87,6 +87,20 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     store = getattr(args, "budget_store", None)
     if store is not None:
         options["budget_store"] = store
+    # The shared stores a decision reads, by URL as serve takes them: the stores are
+    # opened here (a bad URL or option fails before the policy loads) and closed when
+    # the command ends (``args.opened``).
+    opened: list[Any] = getattr(args, "opened", [])
+    if getattr(args, "revocations", None) is not None:
+        from policyengine.tokens._cli import open_revocations
+        options["revocations"] = open_revocations(args.revocations)
+        opened.append(options["revocations"])
+    if getattr(args, "approvals", None) is not None:
+        from policyengine.decide import MemoryApprovalStore, approvals_from_url
+        approvals = approvals_from_url(args.approvals)
+        if not isinstance(approvals, MemoryApprovalStore):  # memory: the engine's own,
+            options["approvals"] = approvals  # which reads --now's clock
+            opened.append(approvals)
     return options
 
 
@@ -224,10 +238,29 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    args.opened = []
+    try:
+        return _eval(args)
+    finally:
+        for store in args.opened:  # connections to shared revocation / approval stores
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()
+
+
+def _eval(args: argparse.Namespace) -> int:
     from policyengine.budgets import BudgetError
+    from policyengine.decide import ApprovalError
+    from policyengine.tokens import TokenError
     try:
         req = _request(args)
         engine = _load(args.paths, **_engine_options(args))
+    except TokenError as exc:  # invalid_revocations, as token verify --revocations
+        print(f"error: revocations: {exc}", file=sys.stderr)
+        return 2
+    except ApprovalError as exc:  # approval_store_error, as serve --approvals
+        print(f"error: approvals: {exc}", file=sys.stderr)
+        return 2
     except UsageError as exc:
         print(f"policyengine {args.command}: error: {exc.message}", file=sys.stderr)
         return 2
@@ -520,6 +553,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--store", "--budget-store", dest="budget_store", metavar="URL",
                        help="decide against this budget store: memory: (default), "
                        "sqlite:///path, postgresql://..., redis://...")
+        p.add_argument("--revocations", metavar="URL",
+                       help="revoked tokens for --token: a store URL as serve takes it "
+                       "(postgresql://...?schema=..., redis://...?prefix=..., memory:) or "
+                       'a JSON file {"revoked": [...]}, as token revoke writes them')
+        p.add_argument("--approvals", metavar="URL",
+                       help="approvals for an approval_id: memory: (default), "
+                       "postgresql://...?schema=..., redis://...?prefix=..., as serve "
+                       "takes them")
         p.add_argument("--keys", metavar="FILE",
                        help="verification keys for --token: a key set / JWKS (.json; a "
                        "JWK's iss binds it to an issuer) or a PEM file")

@@ -94,17 +94,25 @@ def _keys(args: argparse.Namespace) -> KeySet:
 _STORE_SCHEMES = ("memory", "postgresql", "postgres", "redis", "rediss")
 
 
-def _revocations(args: argparse.Namespace) -> Any:
-    """``--revocations``: a revocation store URL (``memory:``, ``postgresql://...``,
-    ``redis://...``, with ``?schema=`` / ``?prefix=``) or a JSON file path. The store is
-    closed when the command ends (``args.opened``)."""
-    value: str = args.revocations
+def open_revocations(value: str) -> Any:
+    """A ``--revocations`` value opened: a revocation store URL (``memory:``,
+    ``postgresql://...``, ``redis://...``, with ``?schema=`` / ``?prefix=``) or a JSON
+    file path. One reading for every command taking the option (``token verify``,
+    ``attenuate``, ``revoke``, ``eval``, ``explain``): a bad URL or option is
+    ``invalid_revocations`` before any connection, never a file named after it."""
     scheme = value.split(":", 1)[0].lower() if ":" in value else ""
     if scheme not in _STORE_SCHEMES and "://" not in value:
         return JsonFileRevocationStore(value)
     from policyengine.tokens import revocations_from_url
-    store = revocations_from_url(value)  # an unknown scheme: invalid_revocations
-    getattr(args, "opened", []).append(store)
+    return revocations_from_url(value)  # an unknown scheme: invalid_revocations
+
+
+def _revocations(args: argparse.Namespace) -> Any:
+    """``--revocations`` opened (:func:`open_revocations`); a store is closed when the
+    command ends (``args.opened``)."""
+    store = open_revocations(args.revocations)
+    if not isinstance(store, JsonFileRevocationStore):
+        getattr(args, "opened", []).append(store)
     return store
 
 
@@ -176,7 +184,7 @@ def _jwks(args: argparse.Namespace) -> dict[str, Any]:
     return _keys(args).public_jwks()
 
 
-_REVOCATIONS_HELP = ('a store URL as serve takes it (postgresql://...?schema=..., '
+REVOCATIONS_HELP = ('a store URL as serve takes it (postgresql://...?schema=..., '
                      'redis://...?prefix=..., memory:) or a JSON file {"revoked": [...]}')
 
 
@@ -223,7 +231,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--token", required=True, help="parent token, or - for stdin")
     p.add_argument("--ttl", default=None, help="default: the parent's expiry")
     p.add_argument("--max-depth", type=int, default=None)
-    p.add_argument("--revocations", default=None, help=_REVOCATIONS_HELP)
+    p.add_argument("--revocations", default=None, help=REVOCATIONS_HELP)
     p.add_argument("--rates", default=None, help="rates JSON for cross-currency amounts")
 
     p = command("verify", "verify a token and print its grant")
@@ -233,7 +241,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--leeway", type=float, default=60)
     p.add_argument("--max-depth", type=int, default=None)
     p.add_argument("--max-ttl", default=None)
-    p.add_argument("--revocations", default=None, help=_REVOCATIONS_HELP)
+    p.add_argument("--revocations", default=None, help=REVOCATIONS_HELP)
     p.add_argument("--rates", default=None)
     p.add_argument("--now", type=float, default=None)
 
@@ -241,7 +249,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                 keys=False)
     p.add_argument("id", help="grant_id or jti")
     p.add_argument("--revocations", required=True,
-                   help=_REVOCATIONS_HELP + " (a file is created if missing)")
+                   help=REVOCATIONS_HELP + " (a file is created if missing)")
 
     command("jwks", "print the public JWKS to publish for verifiers")
     parser.set_defaults(handler=run)
