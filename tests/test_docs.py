@@ -109,3 +109,38 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci_lines = (REPO / ".ci" / "run").read_text("utf-8").splitlines()
     assert commands[0] in ci_lines, (commands[0], ci_lines)
     assert "Run the whole test suite" in readme
+
+
+def _architecture_tree() -> set[str]:
+    """The modules docs/architecture.md's tree lists, as paths under policyengine/ (a
+    folder line opens its folder; names sit before the two spaces that start the
+    description; deeply indented lines continue a description)."""
+    text = (REPO / "docs" / "architecture.md").read_text("utf-8")
+    start = text.index("```\npolicyengine/") + 4
+    listed: set[str] = set()
+    folders: list[tuple[int, str]] = []
+    for line in text[start:text.index("```", start)].splitlines()[1:]:
+        indent = len(line) - len(line.lstrip(" "))
+        if not line.strip() or indent >= 16:
+            continue
+        names = re.split(r"\s{2,}", line.strip())[0]
+        while folders and folders[-1][0] >= indent:
+            folders.pop()
+        if names.endswith("/"):
+            folders.append((indent, names))
+            continue
+        prefix = "".join(name for _, name in folders)
+        listed.update(prefix + n for n in re.findall(r"[\w.]+\.py", names))
+    return listed
+
+
+def test_the_architecture_tree_lists_every_module() -> None:
+    """Every module of the package is in docs/architecture.md's tree, in its folder, and
+    the tree names none that is gone (a subpackage's ``__init__.py`` is described once,
+    below the tree)."""
+    package = REPO / "policyengine"
+    modules = {str(p.relative_to(package)) for p in package.rglob("*.py")}
+    listed = _architecture_tree()
+    unlisted = {m for m in modules - listed if not m.endswith("/__init__.py")}
+    assert not unlisted, f"not in docs/architecture.md: {sorted(unlisted)}"
+    assert not listed - modules, f"no such module: {sorted(listed - modules)}"
