@@ -773,10 +773,30 @@ class PolicyService:
             createdAt=item.created_at, decidedAt=item.decided_at, decidedBy=item.decided_by,
             note=item.note)
 
+    @staticmethod
+    def _from_approvals(call: Callable[[], Any]) -> Any:
+        """``call()``, one operation of the approval store. An outage (the store's
+        ``approval_store_error``, or anything else a custom store raises) is 503
+        ``approval_store_error`` with a fixed message: the caller retries, is never told
+        the approval is unknown or the request wrong, and never sees the backend's
+        address (logged here, with the cause). A refusal (any other ``ApprovalError``
+        code) goes to the route."""
+        try:
+            return call()
+        except pe.ApprovalError as exc:
+            if exc.code != "approval_store_error":
+                raise
+            log.warning("approval store unavailable: %s", exc.message, exc_info=exc)
+        except Exception as exc:  # not the store's own code: may be a bug, say it louder
+            log.error("approval store failed", exc_info=exc)
+        raise RefusalError(503, "approval_store_error",
+                           "the approval store is unavailable; retry")
+
     def _approval(self, req: Request) -> Reply:
         principal, _ = self._agent(req)
+        approvals = self.engine.approvals
         try:
-            item = self.engine.approvals.get(req.params[0])
+            item = self._from_approvals(lambda: approvals.get(req.params[0]))
         except pe.ApprovalError:
             item = None
         if item is None or item.principal != principal:  # another agent's: not found
@@ -788,7 +808,9 @@ class PolicyService:
         status = dict(parse_qsl(req.query.decode("latin-1"))).get("status")
         if status is not None and status not in ("pending", "approved", "rejected"):
             raise RefusalError(400, "invalid_request", "status is pending, approved or rejected")
-        items = [self._approval_out(i) for i in self.engine.approvals.list(status)]
+        approvals = self.engine.approvals
+        found = self._from_approvals(lambda: approvals.list(status))
+        items = [self._approval_out(i) for i in found]
         return Reply(200, _APPROVALS_OUT.dump_json(m.ApprovalsResponse(items=items)), admin)
 
     def _admin_decide(self, req: Request, approve: bool) -> Reply:
@@ -796,10 +818,9 @@ class PolicyService:
         note = None
         if req.body:
             note = validate(_APPROVAL_DECISION_IN, json_body(req)).note
-        store = self.engine.approvals
+        decide = self.engine.approvals.approve if approve else self.engine.approvals.reject
         try:
-            item = (store.approve if approve else store.reject)(req.params[0], by=admin,
-                                                                note=note)
+            item = self._from_approvals(lambda: decide(req.params[0], by=admin, note=note))
         except pe.ApprovalError as exc:
             if exc.code == "unknown_approval":
                 raise RefusalError(404, exc.code, "no such approval") from None

@@ -260,14 +260,18 @@ def test_an_engine_or_store_fault_is_a_deny_shaped_500(
         auth = {"Authorization": f"Bearer {token(url)}"}
         for r in (httpx.post(f"{url}/v1/authorize", json={"permission": "flights:book"},
                              headers=auth),
-                  httpx.get(f"{url}/v1/approvals/apr_1", headers=auth),
                   httpx.post(f"{url}/access/v1/evaluation", json={
                       "subject": {"type": "agent", "id": "travel-agent"},
                       "action": {"name": "book"}, "resource": {"type": "flights", "id": "1"}})):
             assert r.status_code == 500
             assert r.json() == {"allowed": False, "status": "denied", "error": {
                 "code": "internal_error", "message": "internal error"}}
+        # the approval store's fault is an outage the agent retries (503), not a 500
+        r = httpx.get(f"{url}/v1/approvals/apr_1", headers=auth)
+        assert r.status_code == 503 and "hunter2" not in r.text
+        assert r.json()["error"]["code"] == "approval_store_error"
     assert any("internal error" in rec.getMessage() for rec in caplog.records)
+    assert any("approval store failed" in rec.getMessage() for rec in caplog.records)
 
 
 @pytest.mark.redis
