@@ -28,12 +28,15 @@ __all__ = [
     "ApprovalRequired",
     "Decision",
     "Diagnostic",
+    "FrozenDict",
+    "FrozenList",
     "NotAuthorized",
     "Obligations",
     "RuleIds",
     "ShadowOutcome",
     "ToolDecision",
     "ToolDenied",
+    "frozen",
     "new_id",
 ]
 
@@ -71,27 +74,160 @@ class Diagnostic:
     ``code`` is stable (``missing_attribute``, ``type_error``, ``unknown_currency`` ...),
     ``rule`` is the qualified id of the rule whose condition failed, or None for the
     request itself, and ``effect`` says what fail-closed did with it.
+
+    Read-only, like the :class:`Decision` it rides on (the decision log records it after
+    the call returned, on its own thread): each field is a C-level getter over a
+    private slot.
     """
 
-    __slots__ = ("code", "effect", "message", "rule")
+    __slots__ = ("_code", "_effect", "_message", "_rule")
 
     def __init__(self, code: str, message: str, rule: str | None = None, effect: str = "") -> None:
-        self.code = code
-        self.message = message
-        self.rule = rule
-        self.effect = effect
+        self._code = code
+        self._message = message
+        self._rule = rule
+        self._effect = effect
+
+    code: str = property(attrgetter("_code"))  # type: ignore[assignment]
+    message: str = property(attrgetter("_message"))  # type: ignore[assignment]
+    rule: str | None = property(attrgetter("_rule"))  # type: ignore[assignment]
+    effect: str = property(attrgetter("_effect"))  # type: ignore[assignment]
 
     def to_wire(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "rule": self.rule,
-                "effect": self.effect}
+        return {"code": self._code, "message": self._message, "rule": self._rule,
+                "effect": self._effect}
 
     def __repr__(self) -> str:
-        return f"Diagnostic({self.code!r}, {self.message!r}, rule={self.rule!r})"
+        return f"Diagnostic({self._code!r}, {self._message!r}, rule={self._rule!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Diagnostic) and self.to_wire() == other.to_wire()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _read_only(self: Any, *args: Any, **kwargs: Any) -> Any:
+    raise TypeError(f"a {type(self).__name__} is read-only: it belongs to a decision")
+
+
+class FrozenDict(dict):  # type: ignore[type-arg]
+    """A ``dict`` that refuses every change: what a :class:`ToolDecision` holds (its
+    body's objects, its redactions), so the decision log records, on its own thread
+    after the call returned, exactly what was decided, and a caller's later change to
+    its own input cannot reach it. Reads, ``json.dumps``, equality, ``copy`` and
+    pickling work as for a ``dict``; ``dict(d)`` or ``d.copy()`` is a plain, mutable
+    copy."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
+    __ior__ = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (dict(self),)
+
+
+class FrozenList(list):  # type: ignore[type-arg]
+    """A ``list`` that refuses every change (see :class:`FrozenDict`)."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = _read_only
+    sort = reverse = __iadd__ = __imul__ = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (list(self),)
+
+
+_set_item = dict.__setitem__
+_set_index = list.__setitem__
+
+
+def frozen(value: Any) -> Any:
+    """``value`` with every dict, list and tuple in it copied into a :class:`FrozenDict`
+    or :class:`FrozenList` (a tuple becomes one too), sharing nothing mutable with it;
+    other values (strings, numbers, bytes ...) are kept, and so is a container already
+    frozen. A typical tool-call body costs a microsecond or two (one frozen copy per
+    container); any depth, and a cycle, are frozen too (without recursion, the second
+    way)."""
+    try:
+        return _frozen_nested(value)
+    except RecursionError:  # very deep, or a cycle: the same, without recursion
+        return _frozen_flat(value)
+
+
+#: Values kept as they are, never looked into: a container holding only these is frozen
+#: by one copy, its values checked in C (``set.issuperset`` over ``map(type, ...)``).
+_KEPT = frozenset({str, int, float, bool, type(None), Decimal, bytes})
+
+
+def _frozen_nested(value: Any) -> Any:
+    out = _frozen_one(value)
+    if out is value:
+        return out
+    if type(out) is FrozenDict:
+        if _KEPT.issuperset(map(type, out.values())):
+            return out
+        for key, item in out.items():
+            kind = type(item)
+            if kind is str or kind is int or kind is FrozenDict or kind is FrozenList:
+                continue
+            copy = _frozen_nested(item)
+            if copy is not item:
+                _set_item(out, key, copy)
+    elif not _KEPT.issuperset(map(type, out)):
+        for index, item in enumerate(out):
+            kind = type(item)
+            if kind is str or kind is int or kind is FrozenDict or kind is FrozenList:
+                continue
+            copy = _frozen_nested(item)
+            if copy is not item:
+                _set_index(out, index, copy)
+    return out
+
+
+def _frozen_flat(value: Any) -> Any:
+    """:func:`frozen` with a stack of its own: an object met twice is copied once (a
+    cycle stays a cycle)."""
+    root = _frozen_one(value)
+    if root is value:
+        return root
+    copies = {id(value): root}
+    stack = [root]
+    push, pop = stack.append, stack.pop
+    while stack:
+        container = pop()
+        pairs = (container.items() if type(container) is FrozenDict
+                 else enumerate(container))
+        put = _set_item if type(container) is FrozenDict else _set_index
+        for key, item in pairs:
+            kind = type(item)
+            if kind is str or kind is int or kind is FrozenDict or kind is FrozenList:
+                continue
+            copy = copies.get(id(item))
+            if copy is None:
+                copy = _frozen_one(item)
+                if copy is item:
+                    continue
+                copies[id(item)] = copy
+                push(copy)
+            put(container, key, copy)
+    return root
+
+
+def _frozen_one(value: Any) -> Any:
+    """A shallow frozen copy of one container (its items still to be frozen), or the
+    value itself when it is not a dict, list or tuple (or already frozen)."""
+    kind = type(value)
+    if kind is dict:
+        return FrozenDict(value)
+    if kind is list or kind is tuple:
+        return FrozenList(value)
+    if kind is FrozenDict or kind is FrozenList:
+        return value
+    if isinstance(value, dict):
+        return FrozenDict(value)
+    if isinstance(value, (list, tuple)):
+        return FrozenList(value)
+    return value
 
 
 class ShadowOutcome(NamedTuple):
@@ -366,6 +502,37 @@ class Decision:
         return None, {name: getattr(self, name) for name in self.__slots__}
 
 
+#: Redactions made read-only here: ``tools.redact`` makes them so already (and shares
+#: one per (field, strategy)); others are kept, a bounded few, for the next decision.
+_REDACTIONS: dict[tuple[Any, ...], FrozenDict] = {}
+_FROZEN_ONLY = frozenset({FrozenDict})
+
+
+def _frozen_redactions(redactions: Any) -> tuple[FrozenDict, ...]:
+    """Each ``{"field", "strategy"}`` as a :class:`FrozenDict`, the same one for the
+    same pair."""
+    if type(redactions) is tuple and _FROZEN_ONLY.issuperset(map(type, redactions)):
+        return redactions
+    out = []
+    kept = _REDACTIONS
+    for r in redactions:
+        if type(r) is FrozenDict:
+            out.append(r)
+            continue
+        key: tuple[Any, ...] | None
+        try:
+            key = tuple(r.items())
+            found = kept.get(key)
+        except (TypeError, AttributeError):  # not a mapping of hashable values: not kept
+            key, found = None, None
+        if found is None:
+            found = FrozenDict(r)
+            if key is not None and len(kept) < 4096:
+                kept[key] = found
+        out.append(found)
+    return tuple(out)
+
+
 class ToolDecision:
     """The answer to ``engine.tool_authorize``: a :class:`Decision` plus egress facts.
 
@@ -373,6 +540,12 @@ class ToolDecision:
     ``route_deny``, ``pending_approval``, ``invalid_request``, ``budget_deny``,
     ``rate_limited``.
     ``body`` is a redacted copy of the request body; the caller's object is untouched.
+
+    Read-only, as a :class:`Decision`: ``body`` is frozen when the decision is built
+    (:func:`frozen`: its dicts and lists are :class:`FrozenDict` / :class:`FrozenList`
+    copies, sharing nothing mutable with the caller's input, so a later change to that
+    input does not change the decision or what the log records of it), and each of
+    ``redactions`` is a :class:`FrozenDict`.
     """
 
     __slots__ = ("_body", "_decision", "_outcome", "_redactions", "_tool")
@@ -387,8 +560,8 @@ class ToolDecision:
     ) -> None:
         self._decision = decision
         self._outcome = outcome
-        self._body = body
-        self._redactions = redactions
+        self._body = body if body is None or type(body) is str else frozen(body)
+        self._redactions = _frozen_redactions(redactions) if redactions else ()
         self._tool = tool
 
     decision: Decision = property(attrgetter("_decision"))  # type: ignore[assignment]

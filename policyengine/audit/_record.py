@@ -203,7 +203,7 @@ def scrub(value: Any, path: str, masked: list[str], depth: int = 0) -> Any:
                 out = dict(value)
             out[k] = new
         return value if out is None else out
-    if kind is list or kind is tuple:
+    if kind is list or kind is tuple or isinstance(value, (list, tuple)):  # and FrozenList
         items: list[Any] | None = None
         for i, v in enumerate(value):
             vk = type(v)

@@ -33,7 +33,8 @@ def _key_segment(key: object) -> str:
 
 
 def _diff(original: Any, redacted: Any, path: str, out: list[tuple[str, str]]) -> None:
-    if type(original) is dict and type(redacted) is dict:
+    # isinstance: the decision's copy is read-only (FrozenDict, FrozenList)
+    if isinstance(original, dict) and isinstance(redacted, dict):
         if not set(redacted) <= set(original):
             raise _InexpressibleError
         for key, value in original.items():
@@ -46,7 +47,7 @@ def _diff(original: Any, redacted: Any, path: str, out: list[tuple[str, str]]) -
             else:
                 _diff(value, redacted[key], where, out)
         return
-    if type(original) is list and type(redacted) is list:
+    if isinstance(original, list) and isinstance(redacted, list):
         if len(original) != len(redacted):
             raise _InexpressibleError
         for i, (a, b) in enumerate(zip(original, redacted, strict=True)):

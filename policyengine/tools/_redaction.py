@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, Literal
 
+from policyengine.decision import FrozenDict
 from policyengine.errors import PolicyEngineError
 
 __all__ = [
@@ -506,6 +507,20 @@ class RedactionResult:
         return not self.diagnostics
 
 
+#: The ``{"field", "strategy"}`` records made so far, read-only and shared: a rule set
+#: names the same few pairs on every call, and a tool decision holds them as they are.
+_RECORDS: dict[tuple[str, str], FrozenDict] = {}
+
+
+def _record(path: str, strategy: str) -> FrozenDict:
+    found = _RECORDS.get((path, strategy))
+    if found is None:
+        found = FrozenDict(field=path, strategy=strategy)
+        if len(_RECORDS) < 4096:
+            _RECORDS[(path, strategy)] = found
+    return found
+
+
 def check_hmac_key(key: object) -> bytes:
     """Validate an HMAC key for ``hash``: ``bytes`` of at least 16 bytes.
 
@@ -649,7 +664,7 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
         rules = list(rules)
     key, key_problem = _checked_key(hmac_key)
     out, applied, diagnostics = _apply(rules, key, key_problem, body)
-    return RedactionResult(out, [{"field": f, "strategy": s} for f, s in applied], diagnostics)
+    return RedactionResult(out, [_record(f, s) for f, s in applied], diagnostics)
 
 
 def _checked_key(hmac_key: bytes | None) -> tuple[bytes | None, RedactionDiagnostic | None]:
@@ -680,7 +695,7 @@ class RedactionPlan:
 
     def __call__(self, body: Any) -> RedactionResult:
         out, applied, diagnostics = self.apply(body)
-        return RedactionResult(out, [{"field": f, "strategy": s} for f, s in applied],
+        return RedactionResult(out, [_record(f, s) for f, s in applied],
                                diagnostics)
 
     def apply(self, body: Any) -> tuple[Any, list[Applied], list[RedactionDiagnostic]]:

@@ -105,6 +105,26 @@ def test_a_tool_record_holds_the_redacted_body_and_never_headers() -> None:
     assert "Bearer secret" not in json.dumps(records)
 
 
+def test_a_tool_body_is_recorded_as_decided_and_its_tokens_masked() -> None:
+    """The record's body is the decision's (read-only) copy: a token in a list in it is
+    still masked, and what the caller does to its own body afterwards is not recorded."""
+    keys = pe.KeySet.generate(issuer="https://auth.example")
+    engine, records = logged()
+    token = pe.tokens.mint(keys, issuer="https://auth.example", acting_for="besar",
+                           agent="bot", permissions=["payments:*"], ttl=600)
+    body = {"iban": "FR7630006000011234567890189", "amount": "10", "currency": "EUR",
+            "notes": [{"say": "hi"}, [token]]}
+    t = engine.tool_authorize("bot", transport="mcp", toolName="pay", body=body)
+    body["notes"][0]["say"] = "changed"
+    body["notes"].append("later")
+    engine.close()
+    (r,) = kinds(records, "tool_authorize")
+    assert t.allowed and r["input"]["body"]["notes"][0] == {"say": "hi"}
+    assert len(r["input"]["body"]["notes"]) == 2
+    assert token not in json.dumps(records)
+    assert r["masked"] == ["$.body.notes[1][0]"]
+
+
 def test_credentials_and_tokens_never_reach_the_log() -> None:
     keys = pe.KeySet.generate(issuer="https://auth.example")
     engine, records = logged(keys=keys)

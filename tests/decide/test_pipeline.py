@@ -7,9 +7,11 @@ Expected answers come from docs/semantics.md and docs/budgets.md, not from engin
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -275,6 +277,98 @@ def test_a_decision_cannot_be_changed(shop: tuple[Engine, str]) -> None:
                             body={"amount": "10", "currency": "EUR", "card": "4111"})
     with pytest.raises(AttributeError):
         td.body = None  # type: ignore[misc]
+
+
+def test_a_diagnostic_cannot_be_changed(shop: tuple[Engine, str]) -> None:
+    eng, _ = shop
+    d = eng.authorize("bot", "payments:pay", {"amount": "x", "currency": "EUR"})
+    wire = d.to_wire()
+    assert d.diagnostics
+    for name in ("code", "message", "rule", "effect"):
+        with pytest.raises(AttributeError):
+            setattr(d.diagnostics[0], name, "z")
+    assert d.to_wire() == wire
+    copied = pickle.loads(pickle.dumps(d.diagnostics[0]))
+    assert copied == d.diagnostics[0] and copied.code == d.diagnostics[0].code
+
+
+def test_a_tool_decisions_redactions_and_body_cannot_be_changed(
+        shop: tuple[Engine, str]) -> None:
+    eng, _ = shop
+    body = {"amount": "10", "currency": "EUR", "card": "4111111111111111",
+            "items": [{"sku": "a", "tags": ["x"]}], "meta": {"k": {"v": 1}}}
+    td = eng.tool_authorize("bot", transport="function", function_name="pay_out",
+                            body=body)
+    assert td.allowed and td.redactions and td.body["card"] == "***REDACTED***"
+    wire, seen = td.to_wire(), copy.deepcopy(td.body)
+    changes: list[Callable[[], Any]] = [
+        lambda: td.redactions[0].__setitem__("strategy", "none"),
+        lambda: td.redactions[0].update(field="$"),
+        lambda: td.redactions[0].pop("field"),
+        lambda: td.body.__setitem__("card", "LEAK"),
+        lambda: td.body.__delitem__("card"),
+        lambda: td.body.update(card="LEAK"),
+        lambda: td.body.setdefault("new", 1),
+        lambda: td.body.clear(),
+        lambda: td.body["meta"]["k"].__setitem__("v", 2),
+        lambda: td.body["items"].append(1),
+        lambda: td.body["items"][0]["tags"].__setitem__(0, "y"),
+        lambda: td.body["items"].sort(),
+        lambda: td.body["items"].__iadd__([1]),
+    ]
+    for change in changes:
+        with pytest.raises(TypeError):
+            change()
+    assert td.to_wire() == wire and td.body == seen
+    # still a dict (and lists) to every reader: JSON, copies, pickles, equality
+    assert isinstance(td.body, dict) and isinstance(td.body["items"], list)
+    assert json.loads(json.dumps(td.body)) == seen
+    assert copy.deepcopy(td.body) == seen == pickle.loads(pickle.dumps(td.body))
+    assert dict(td.redactions[0]) == {"field": "$.card", "strategy": "mask"}
+    plain = td.body.copy()
+    plain["card"] = "mine"  # a copy is the caller's own
+    assert td.body["card"] == "***REDACTED***"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+    lambda inner: (st.lists(inner, max_size=3)
+                   | st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+    max_leaves=12)
+
+
+def _scramble(value: Any) -> None:
+    """Change every dict and list inside ``value`` in place."""
+    if isinstance(value, dict):
+        for item in list(value.values()):
+            _scramble(item)
+        value["scrambled"] = True
+        for k in list(value)[:1]:
+            value[k] = "changed"
+    elif isinstance(value, list):
+        for item in list(value):
+            _scramble(item)
+        value.append("scrambled")
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(extra=json_values, name=st.sampled_from(["pay_out", "delete_doc"]),
+       card=st.one_of(st.just("4111111111111111"), json_values))
+def test_changing_the_callers_input_later_does_not_change_the_decision(
+        shop: tuple[Engine, str], extra: Any, name: str, card: Any) -> None:
+    """The decision holds a frozen copy of the body (redacted or not: ``delete_doc``
+    redacts nothing): a change the caller makes to its own body afterwards, at any
+    depth, does not reach the decision nor what it says on the wire."""
+    eng, _ = shop
+    body = {"amount": "10", "currency": "EUR", "doc": "d9", "card": card, "extra": extra}
+    td = eng.tool_authorize("bot", transport="function", function_name=name, body=body)
+    assert td.status != "denied", td.to_wire()
+    wire, seen = td.to_wire(), copy.deepcopy(td.body)
+    assert seen["extra"] == extra
+    _scramble(body)
+    assert td.to_wire() == wire and td.body == seen
+    assert json.dumps(td.body) == json.dumps(seen)
 
 
 def test_budget_is_typed_and_its_wire_shape_is_unchanged(shop: tuple[Engine, str]) -> None:
