@@ -151,10 +151,18 @@ def _unit_scale(unit: str) -> tuple[int, Decimal]:
 _amount_units: dict[str, tuple[AmountSpec, Decimal]] = {}
 
 
-def _new_id() -> str:
-    """A fresh reservation id: 96 random bits from the OS, so it stays unique across
-    ``fork`` and cannot be guessed from another id."""
-    return "rsv_" + os.urandom(12).hex()
+def _new_id(now: float) -> str:
+    """A fresh reservation id: the time it is made (``now``, the ledger's clock) in whole
+    milliseconds as 12 hex digits, then 96 random bits from the OS.
+
+    The random bits keep it unique across ``fork`` and unguessable from another id. The
+    time in front makes ids sort by creation, so a store's index on them takes each new
+    one at its right edge, in pages already cached, where wholly random ids land each in
+    a random leaf of an index that holds every reservation kept for ``retention``: the
+    primary key of PostgreSQL's reservations, and SQLite's reservations table itself
+    (clustered on its id). Nothing reads the time back: the record carries
+    ``created_at``."""
+    return f"rsv_{max(0, int(now * 1000)):012x}{os.urandom(12).hex()}"
 
 
 def _iso(t: float | None) -> str | None:
@@ -1261,7 +1269,7 @@ class Ledger:
             held += self._shadow_lines(principal, permission, spend, currency, acting_for,
                                        tenant, now, scope)
         record = _new(ReservationRecord, (
-            _new_id(), ACTIVE, principal, permission, unit, str(value), acting_for, tenant,
+            _new_id(now), ACTIVE, principal, permission, unit, str(value), acting_for, tenant,
             now, now + ttl_s + grace_s, held, None, None, None, None,
             grace_s, priced, False, over, note,
         ))
@@ -1320,7 +1328,7 @@ class Ledger:
             principal, permission, _spend(amount, usage), currency, acting_for, tenant, now,
             scope))
         record = ReservationRecord(
-            _new_id(), COMMITTED, principal, permission, unit,
+            _new_id(now), COMMITTED, principal, permission, unit,
             str(value), acting_for, tenant, now, now, tuple(lines) + shadow,
             tuple(line.amount for line in lines) + tuple(ln.amount for ln in shadow),
             str(value), unit, now, 0.0, priced,

@@ -25,11 +25,13 @@ the held ones), so a reserve inserts one row and a commit updates it; one holdin
 several has one row per hold in ``budget_holds``, indexed by bucket and expiry. Rolling
 spend as events; idempotency records. What housekeeping deletes (reservations finished
 or abandoned, events, idempotency records, old buckets) it finds by an index on its
-expiry (layout 4; opening a layout 3 schema adds them). A transaction that locks a
-bucket whose ``sweep_at`` has passed first gives back the holds that expired on it; a
-read subtracts them instead. So expiry is exact with no sweeper process, and a
-reservation with fewer holds than it was created with was expired by a host whose clock
-is ahead (it is then treated as expired,
+expiry (layout 4; opening a layout 3 schema adds them). Reservation ids begin with
+their creation time (the ledger's ``_new_id``), so the primary key takes each new one at
+its right edge rather than in a random leaf of an index holding every reservation kept
+for ``retention``. A transaction that locks a bucket whose ``sweep_at`` has passed
+first gives back the holds that expired on it; a read subtracts them instead. So
+expiry is exact with no sweeper process, and a reservation with fewer holds than it was
+created with was expired by a host whose clock is ahead (it is then treated as expired,
 never held twice or given back twice).
 
 Time: see :mod:`policyengine.budgets.clock`. The ledger's clock defaults to

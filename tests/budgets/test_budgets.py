@@ -121,6 +121,26 @@ def test_windows_are_contiguous_across_a_year_in_paris() -> None:
 # -- ledger ------------------------------------------------------------------------------
 
 
+def test_reservation_ids_sort_by_creation_and_stay_unguessable(store: object) -> None:
+    """An id begins with the ledger's time in milliseconds (12 hex digits), so ids sort by
+    creation and a store's index on them takes each new one at its right edge; 96 random
+    bits follow, so ids made in one millisecond, or by two processes, still differ and
+    none can be guessed from another."""
+    ledger, clock = make(store, DAILY)
+    steps = (0.0, 0.0, 0.0004, 0.001, 2.5, 3600.0)
+    ids = []
+    for step in steps:
+        clock.t = NOW + step
+        ids.append(ledger.reserve("bot", "payments:refund", "1", "EUR").id)
+    clock.t = NOW + 7200
+    ids.append(ledger.record("bot", "payments:refund", "1", "EUR").id)
+    times = [*steps, 7200.0]
+    assert [i[4:16] for i in ids] == [f"{int((NOW + s) * 1000):012x}" for s in times]
+    assert all(len(i) == 40 and int(i[4:], 16) >= 0 for i in ids)
+    assert len({i[16:] for i in ids}) == len(ids)  # the random part never repeats
+    assert max(ids[:3]) < ids[3] < ids[4] < ids[5] < ids[6]  # the first three: one ms
+
+
 def test_reservation_reports_what_it_holds(store: object) -> None:
     rates = StaticRates("EUR", {"USD": "0.92"})
     ledger, _ = make(store, DAILY, rates=rates)
