@@ -27,6 +27,7 @@ from policyengine.lang import ast
 from policyengine.lang._checker import CheckCache, check
 from policyengine.lang._parser import ParseCache, parse_many
 from policyengine.lang._source import PolicyError, Problem, SourceSet
+from policyengine.permissions import MAX_PRINCIPAL_ID
 
 if TYPE_CHECKING:
     from policyengine.audit import DecisionLog
@@ -155,7 +156,7 @@ class QueryError(PolicyEngineError, TypeError, ValueError):
 
 
 #: Longest principal id or role name a reverse query takes (as ``authorize`` does).
-_MAX_PRINCIPAL = 256
+_MAX_PRINCIPAL = MAX_PRINCIPAL_ID
 
 
 def _query_name(value: object, what: str) -> str:

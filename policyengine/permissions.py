@@ -34,6 +34,10 @@ _PATTERN_RE = re.compile(rf"\*|{_SEGMENT}(?::{_SEGMENT})*(?::\*)?")
 
 #: Longest permission or pattern accepted anywhere (requests, policies, tokens).
 MAX_PERMISSION_LENGTH = 256
+#: Longest principal id a request may name (1 to this many characters): ``authorize``
+#: refuses a longer one as ``invalid_request``, so the checker refuses an ``agent`` whose
+#: id no request could carry (E117), and the reverse queries take the same bound.
+MAX_PRINCIPAL_ID = 256
 
 
 class InvalidPermission(PolicyEngineError, ValueError):  # noqa: N818 - reads as a verdict

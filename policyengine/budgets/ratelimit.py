@@ -135,7 +135,7 @@ def gcra_all(keys: Iterable[RateKey], state: Any, now_us: int
 
 
 #: A problem found by :func:`rate_limit_problems`: (field, message); the field is one of
-#: ``patterns``, ``count``, ``per``, ``burst``, ``subject``.
+#: ``id``, ``patterns``, ``count``, ``per``, ``burst``, ``subject``.
 RateLimitProblem = tuple[str, str]
 
 
@@ -145,11 +145,16 @@ def _is_field(name: str) -> bool:
 
 
 def rate_limit_problems(patterns: object, count: object, per: object, burst: object = None,
-                        subject: object = "agent") -> list[RateLimitProblem]:
+                        subject: object = "agent", limit_id: object = None
+                        ) -> list[RateLimitProblem]:
     """Everything wrong with a rate limit's fields, as ``(field, message)`` pairs: the
     one place its bounds live (:class:`RateLimitSpec` raises the first, the policy
     checker reports each at the statement)."""
     out: list[RateLimitProblem] = []
+    if limit_id is not None and (type(limit_id) is not str
+                                 or not 0 < len(limit_id) <= _MAX_NAME):
+        out.append(("id", f"the rate limit id (namespace.id) must be 1 to {_MAX_NAME} "
+                          f"characters, not {len(str(limit_id))}"))
     pats: tuple[object, ...] = ()
     if isinstance(patterns, Iterable) and not isinstance(patterns, (str, bytes)):
         pats = tuple(patterns)

@@ -204,14 +204,19 @@ def _decimal(value: object, what: str) -> Decimal | str:
 
 
 #: A problem found by :func:`budget_problems`: (field, message). The field is one of
-#: ``patterns``, ``unit``, ``limit``, ``overdraft_limit``, ``window``, ``subject``, ``tz``.
+#: ``id``, ``patterns``, ``unit``, ``limit``, ``overdraft_limit``, ``window``, ``subject``,
+#: ``tz``, ``caps``.
 BudgetProblem = tuple[str, str]
+
+
+#: The longest budget id (a policy's ``namespace.id``): it names buckets in every store.
+MAX_BUDGET_ID = 256
 
 
 def budget_problems(patterns: object, limit: object, unit: object, window: object,
                     rolling_seconds: object = None, subject: object = "agent",
                     tz: object = "UTC", overdraft_limit: object = Decimal(0),
-                    caps: object = ()) -> list[BudgetProblem]:
+                    caps: object = (), budget_id: object = None) -> list[BudgetProblem]:
     """Everything wrong with a budget's fields, as ``(field, message)`` pairs.
 
     The one place the limits of a budget live (units, amounts and their decimals, the
@@ -220,6 +225,10 @@ def budget_problems(patterns: object, limit: object, unit: object, window: objec
     at the ``budget`` statement's position.
     """
     out: list[BudgetProblem] = []
+    if budget_id is not None and (type(budget_id) is not str
+                                  or not 0 < len(budget_id) <= MAX_BUDGET_ID):
+        out.append(("id", f"the budget id (namespace.id) must be 1 to {MAX_BUDGET_ID} "
+                          f"characters, not {len(str(budget_id))}"))
     pats: tuple[object, ...] = ()
     if isinstance(patterns, Iterable) and not isinstance(patterns, (str, bytes)):
         pats = tuple(patterns)
@@ -313,7 +322,7 @@ class BudgetSpec:
     caps: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
-        if type(self.id) is not str or not self.id or len(self.id) > 256:
+        if type(self.id) is not str or not self.id or len(self.id) > MAX_BUDGET_ID:
             raise _bad(f"budget id must be a non-empty string, got {self.id!r}")
         problems = budget_problems(self.patterns, self.limit, self.unit, self.window,
                                    self.rolling_seconds, self.subject, self.tz,

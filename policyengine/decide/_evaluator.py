@@ -48,7 +48,7 @@ from policyengine.money._money import (
     parse_amount,
 )
 from policyengine.money._rates import RateError
-from policyengine.permissions import InvalidPermission, validate_permission
+from policyengine.permissions import MAX_PRINCIPAL_ID, InvalidPermission, validate_permission
 
 __all__ = ["PARSED", "Explanation", "RequestState", "RuleFacts", "amount_rule", "entry_facts",
            "invalid", "read_money", "request_problem", "rule_entry", "rule_facts", "rule_ids",
@@ -240,8 +240,8 @@ def request_problem(principal: Any, permission: Any, context: Any) -> str | None
         return "principal and permission must be strings"
     if context is not None and not isinstance(context, dict):
         return f"context must be an object, not {type(context).__name__}"
-    if not principal or len(principal) > 256:
-        return "principal id must be 1 to 256 characters"
+    if not principal or len(principal) > MAX_PRINCIPAL_ID:
+        return f"principal id must be 1 to {MAX_PRINCIPAL_ID} characters"
     try:
         validate_permission(permission)
     except InvalidPermission as exc:

@@ -19,7 +19,7 @@ from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.lang._schema import check_schemas
 from policyengine.lang._source import Problem, SourceSet
-from policyengine.permissions import is_valid_pattern, subsumes
+from policyengine.permissions import MAX_PRINCIPAL_ID, is_valid_pattern, subsumes
 
 if TYPE_CHECKING:
     from policyengine.budgets.pricing import ModelPrice
@@ -286,6 +286,13 @@ class _FileCheck(ast.StatementVisitor[None]):
         _check_patterns(self.ctx, st.patterns, st.span)
 
     def agent(self, st: ast.AgentDecl) -> None:
+        if not 1 <= len(st.id) <= MAX_PRINCIPAL_ID:
+            self.ctx.tag = (3, 2)
+            self.ctx.error("E117", f"an agent id is 1 to {MAX_PRINCIPAL_ID} characters, as "
+                           f"a request's principal (this one has {len(st.id)}): every "
+                           "request from it would be invalid_request",
+                           st.id_span if st.id_span is not ast.NOSPAN else st.span,
+                           "shorten the id")
         facts = self.facts
         facts.agents.add(st.id)
         facts.held.update(st.roles)
@@ -360,11 +367,11 @@ class _FileCheck(ast.StatementVisitor[None]):
 
     def budget(self, st: ast.BudgetDecl) -> None:
         self.ctx.tag = (3, 2)
-        _check_budget(self.ctx, st)
+        _check_budget(self.ctx, st, self.f.namespace)
 
     def ratelimit(self, st: ast.RateLimitDecl) -> None:
         self.ctx.tag = (3, 2)
-        _check_rate_limit(self.ctx, st)
+        _check_rate_limit(self.ctx, st, self.f.namespace)
 
     def price(self, st: ast.PriceDecl) -> None:
         self.ctx.tag = (3, 2)
@@ -707,14 +714,14 @@ class _TypeOf(ast.ExprVisitor[str]):
 _BUDGET_CODES = {"window": "E125", "tz": "E124"}
 
 
-def _check_rate_limit(ctx: _Ctx, st: ast.RateLimitDecl) -> None:
+def _check_rate_limit(ctx: _Ctx, st: ast.RateLimitDecl, namespace: str) -> None:
     """Patterns here; the bounds of a rate limit are the budgets leaf's own
     (:func:`policyengine.budgets.ratelimit.rate_limit_problems`), reported at the value
     they concern (the count, the burst) or else at the statement."""
     from policyengine.budgets.ratelimit import rate_limit_problems
     _check_patterns(ctx, st.patterns, st.span)
     for what, message in rate_limit_problems(st.patterns, st.count, st.per, st.burst,
-                                             st.subject):
+                                             st.subject, f"{namespace}.{st.id}"):
         if what == "patterns":
             continue  # reported by _check_patterns, with the pattern
         span = st.count_span if what == "count" else st.burst_span if what == "burst" else None
@@ -724,22 +731,28 @@ def _check_rate_limit(ctx: _Ctx, st: ast.RateLimitDecl) -> None:
                   "for example: ratelimit search: tools:search 10 per second burst 20")
 
 
-def _check_budget(ctx: _Ctx, st: ast.BudgetDecl) -> None:
+def _at(span: ast.Span | None, statement: ast.Span) -> ast.Span:
+    """``span`` when the parser knew it, else the statement's."""
+    return statement if span is None or span is ast.NOSPAN else span
+
+
+def _check_budget(ctx: _Ctx, st: ast.BudgetDecl, namespace: str) -> None:
     """Patterns here; every other limit of a budget is the budgets leaf's own
-    (:func:`policyengine.budgets.spec.budget_problems`), reported at the statement."""
+    (:func:`policyengine.budgets.spec.budget_problems`), reported at the value it
+    concerns (the limit, the unit, the window, the overdraft, the zone, the caps)."""
     from policyengine.budgets.spec import budget_problems
     _check_patterns(ctx, st.patterns, st.span)
     overdraft = st.overdraft if st.overdraft is not None else Decimal(0)
     for what, message in budget_problems(st.patterns, st.limit, st.unit, st.window,
                                          st.rolling_seconds, st.subject, st.tz or "UTC",
-                                         overdraft, st.caps):
+                                         overdraft, st.caps, f"{namespace}.{st.id}"):
         if what == "patterns":
             continue  # reported by _check_patterns, with the pattern
         hint = ("a currency code, USD_MICROCENTS, or tokens, calls, credits, risk_points"
                 if what == "unit"
                 else "use an IANA zone name such as Europe/Paris" if what == "tz" else None)
-        ctx.error(_BUDGET_CODES.get(what, "E123"), f"budget {st.id}: {message}", st.span,
-                  hint)
+        ctx.error(_BUDGET_CODES.get(what, "E123"), f"budget {st.id}: {message}",
+                  _at(dict(st.value_spans).get(what), st.span), hint)
 
 
 def _check_price(ctx: _Ctx, st: ast.PriceDecl) -> None:
@@ -759,7 +772,8 @@ def _check_price(ctx: _Ctx, st: ast.PriceDecl) -> None:
         try:
             price_of(st)
         except BudgetInputError as exc:
-            ctx.error("E141", f"price {st.provider}/{st.model}: {exc.message}", st.span)
+            ctx.error("E141", f"price {st.provider}/{st.model}: {exc.message}",
+                      _at(st.per_span if exc.message.startswith("per ") else None, st.span))
 
 
 def price_of(st: ast.PriceDecl) -> ModelPrice:
@@ -893,6 +907,8 @@ def _check_approval_terms(ctx: _Ctx, st: ast.Rule | ast.ApprovalOverDecl,
                   "does", terms.span, "drop the option, or make the rule an 'approval'")
         return
     if terms.expires is not None and not 1 <= terms.expires <= MAX_APPROVAL_EXPIRES:
-        ctx.error("E125", "an approval expires between 1s and 30d", terms.span)
+        ctx.error("E125", "an approval expires between 1s and 30d",
+                  _at(terms.expires_span, terms.span))
     if terms.uses is not None and not 1 <= terms.uses <= MAX_APPROVAL_USES:
-        ctx.error("E140", f"'uses' must be between 1 and {MAX_APPROVAL_USES}", terms.span)
+        ctx.error("E140", f"'uses' must be between 1 and {MAX_APPROVAL_USES}",
+                  _at(terms.uses_span, terms.span))

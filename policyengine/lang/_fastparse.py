@@ -395,7 +395,8 @@ def _statement(r: _Reader) -> ast.Statement:
         patterns, end = r.patterns()
         return ast.RoleDecl(name, patterns, r.span(start, end))
     if head == "agent" and r.keyword("agent") is not None:
-        agent_id, _, end = r.string()
+        agent_id, id_start, end = r.string()
+        id_span = r.span(id_start, end)
         roles: list[str] = []
         spans: list[ast.Span] = []
         if r.maybe_punct(":"):
@@ -408,7 +409,8 @@ def _statement(r: _Reader) -> ast.Statement:
         attrs: tuple[tuple[str, ast.Literal], ...] = ()
         if r.peek_char() == "{":
             attrs, end = r.attributes()
-        return ast.AgentDecl(agent_id, tuple(roles), attrs, r.span(start, end), tuple(spans))
+        return ast.AgentDecl(agent_id, tuple(roles), attrs, r.span(start, end), tuple(spans),
+                             id_span)
     if head == "resource" and r.keyword("resource") is not None:
         rtype, _, _ = r.word(_ID)
         ident, _, end = r.string()

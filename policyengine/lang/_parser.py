@@ -554,6 +554,7 @@ class _Build:
         if not expires_opts and not uses_opts:
             return None
         expires = expires_text = uses = None
+        expires_span = uses_span = ast.NOSPAN
         if len(expires_opts) > 1:
             raise _LiteralError(_Parts(expires_opts[1].children).token("DURATION"),
                                 "'expires' is given twice")
@@ -562,12 +563,15 @@ class _Build:
                                 "'uses' is given twice")
         if expires_opts:
             tok = _Parts(expires_opts[0].children).token("DURATION")
-            expires, expires_text = self.duration(tok), str(tok)
+            expires, expires_text, expires_span = self.duration(tok), str(tok), self.span(tok)
         if uses_opts:
-            count = str(_Parts(uses_opts[0].children).token("INT"))
+            count_tok = _Parts(uses_opts[0].children).token("INT")
+            count = str(count_tok)
             uses = int(count) if len(count) < 10 else 10**9
+            uses_span = self.span(count_tok)
         first = min(expires_opts + uses_opts, key=lambda t: (t.meta.line, t.meta.column))
-        return ast.ApprovalTerms(expires, expires_text, uses, self.span(first))
+        return ast.ApprovalTerms(expires, expires_text, uses, self.span(first), expires_span,
+                                 uses_span)
 
     @staticmethod
     def mode(p: _Parts) -> str:
@@ -640,8 +644,9 @@ class _Build:
         names = p.maybe_tree("name_list")
         roles = tuple(str(x) for x in names.children) if names is not None else ()
         role_spans = tuple(self.span(x) for x in names.children) if names is not None else ()
-        return ast.AgentDecl(self.string(p.token("STRING")), roles, self.attributes(p), sp,
-                             role_spans)
+        ident = p.token("STRING")
+        return ast.AgentDecl(self.string(ident), roles, self.attributes(p), sp, role_spans,
+                             self.span(ident))
 
     def resource_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         return ast.ResourceDecl(str(p.token("ID")), self.string(p.token("STRING")),
@@ -682,26 +687,38 @@ class _Build:
     def budget_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         tz = None
         overdraft = None
+        spans: dict[str, ast.Span] = {}
         for opt in p.all_trees("budget_tz"):
-            tz = self.string(_Parts(opt.children).token("STRING"))
+            tok = _Parts(opt.children).token("STRING")
+            tz, spans["tz"] = self.string(tok), self.span(tok)
+        cap_opts = p.all_trees("budget_cap")
         caps = tuple((str(_Parts(opt.children).token("CAP_NAME")),
                       int(str(_Parts(opt.children).token("INT"))))
-                     for opt in p.all_trees("budget_cap"))
+                     for opt in cap_opts)
+        if cap_opts:
+            spans["caps"] = self.span(cap_opts[0])
         for opt in p.all_trees("budget_overdraft"):
-            overdraft = self.decimal(_Parts(opt.children).token("NUMBER"))
+            tok = _Parts(opt.children).token("NUMBER")
+            overdraft, spans["overdraft_limit"] = self.decimal(tok), self.span(tok)
         subject = p.maybe_token("SUBJECT") or p.maybe_token("FIELD_SUBJECT")
+        if subject is not None:
+            spans["subject"] = self.span(subject)
         ident, pats = str(p.token("ID")), self.patterns(p.tree("pattern_list"))
-        limit, unit = self.decimal(p.token("NUMBER")), str(p.token("UNIT"))
+        limit_tok, unit_tok = p.token("NUMBER"), p.token("UNIT")
+        limit, unit = self.decimal(limit_tok), str(unit_tok)
+        spans["limit"], spans["unit"] = self.span(limit_tok), self.span(unit_tok)
         rolling = p.maybe_tree("rolling_window")
         if rolling is not None:
             tok = _Parts(rolling.children).token("DURATION")
             window, seconds, text = "rolling", self.duration(tok), str(tok)
         else:
-            window = str(_Parts(p.tree("window").children).token("WINDOW_UNIT"))
+            tok = _Parts(p.tree("window").children).token("WINDOW_UNIT")
+            window = str(tok)
             seconds, text = None, None
+        spans["window"] = self.span(tok)
         return ast.BudgetDecl(ident, pats, limit, unit, window, seconds, text,
                               str(subject) if subject is not None else "agent", (), tz,
-                              overdraft, sp, caps, self.mode(p))
+                              overdraft, sp, caps, self.mode(p), tuple(spans.items()))
 
     def ratelimit_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         burst = p.maybe_tree("rate_burst")
@@ -722,10 +739,12 @@ class _Build:
             parts = _Parts(item.children)
             items.append((str(parts.token("PRICE_KIND")), self.decimal(parts.token("NUMBER")),
                           str(parts.token("CODE"))))
-        per_text = str(p.token("PRICE_PER"))
+        per_tok = p.token("PRICE_PER")
+        per_text = str(per_tok)
         factor = {"K": 1000, "M": 1_000_000}.get(per_text[-1], 1)
         per = int(per_text.rstrip("KM")) * factor
-        return ast.PriceDecl(provider, model, tuple(items), per, per_text, sp)
+        return ast.PriceDecl(provider, model, tuple(items), per, per_text, sp,
+                             self.span(per_tok))
 
     def http_tool(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         hosts = tuple(self.string(x) for x in p.all_tokens("STRING"))

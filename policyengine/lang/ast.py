@@ -209,6 +209,7 @@ class AgentDecl:
     attributes: tuple[tuple[str, Literal], ...] = ()
     span: Span = _span()
     role_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
+    id_span: Span = _span()  # the quoted id (the checker's caret for a bad one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +245,8 @@ class ApprovalTerms:
     expires_text: str | None = None
     uses: int | None = None
     span: Span = _span()
+    expires_span: Span = _span()  # where the duration and the count are (the carets)
+    uses_span: Span = _span()
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +307,10 @@ class BudgetDecl:
     span: Span = _span()
     caps: tuple[tuple[str, int], ...] = ()  # (max_tokens|max_steps_remaining|cooldown_ms, n)
     mode: str = "enforce"
+    #: Where each value is, by the field names of ``budget_problems`` (``limit``,
+    #: ``unit``, ``window``, ``overdraft_limit``, ``tz``, ``caps``, ``subject``): the
+    #: checker's caret for a problem with it.
+    value_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +339,7 @@ class PriceDecl:
     per: int  # tokens the prices are for
     per_text: str  # as written: 1M, 1K, 1000
     span: Span = _span()
+    per_span: Span = _span()  # where the token count is (the checker's caret)
 
 
 @dataclass(frozen=True, slots=True)

@@ -562,16 +562,17 @@ def test_a_rate_source_that_fails_denies(tmp_path: Any) -> None:
 
 # ---- the budgets leaf owns its limits; the checker reports them (issue 10, item 5) -----
 
-@pytest.mark.parametrize(("statement", "code"), [
-    ("budget b: pay:* limit 10 EUR per rolling 60d per agent", "E125"),  # leaf: at most 31 days
-    ("budget b: pay:* limit 10.001 USD per day per agent", "E123"),  # more decimals than USD
-    ("budget b: pay:* limit 1000000000000000 credits per day per agent", "E123"),  # > quanta
-    ("budget b: pay:* limit 1.5 calls per day per agent", "E123"),
+@pytest.mark.parametrize(("statement", "code", "value"), [
+    ("budget b: pay:* limit 10 EUR per rolling 60d per agent", "E125", "60d"),  # at most 31d
+    ("budget b: pay:* limit 10.001 USD per day per agent", "E123", "10.001"),  # USD decimals
+    ("budget b: pay:* limit 1000000000000000 credits per day per agent", "E123", "1000"),
+    ("budget b: pay:* limit 1.5 calls per day per agent", "E123", "1.5"),
 ])
-def test_check_and_load_agree_on_budget_limits(statement: str, code: str) -> None:
+def test_check_and_load_agree_on_budget_limits(statement: str, code: str, value: str) -> None:
     from conftest import codes_of
     text = f"role r: pay:*\nagent \"bot\": r\n{statement}\n"
-    assert codes_of(("t.policy", text)) == [(code, 3, 1)]
+    # reported at the value it concerns (the caret under it)
+    assert codes_of(("t.policy", text)) == [(code, 3, statement.index(value) + 1)]
     with pytest.raises(PolicyError) as info:  # the engine refuses it the same way
         Engine.from_source(text, name="t.policy")
     assert [(p.code, p.line) for p in info.value.problems] == [(code, 3)]

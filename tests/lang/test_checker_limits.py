@@ -1,0 +1,81 @@
+"""The checker reports every request-time limit a leaf owns, with the caret on the value
+(issue 10 item 5): a budget's window, limit, unit, overdraft, zone and caps; a price's
+token count; an approval's ``expires`` and ``uses``; an agent id longer than a request's
+principal may be; a budget or rate limit id (``namespace.id``) longer than a store
+takes. What passes ``check`` loads and is decided on."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import codes_of
+
+from policyengine.engine import Engine
+
+HEAD = "namespace t\ncurrency EUR\n"
+
+
+def _at(line: str, needle: str) -> int:
+    """1-based column of ``needle`` in ``line``."""
+    return line.index(needle) + 1
+
+
+@pytest.mark.parametrize(("line", "code", "needle"), [
+    ("budget b: payments:* limit 100 EUR per rolling 60d per agent", "E125", "60d"),
+    ("budget c: payments:* limit 100 credits per day per agent overdraft 0.0000001",
+     "E123", "0.0000001"),
+    ("budget d: payments:* limit 0 EUR per day", "E123", "0 EUR"),
+    ("budget e: payments:* limit 1.5 calls per day", "E123", "1.5"),
+    ('budget g: payments:* limit 10 EUR per day tz "Mars/Base"', "E124", '"Mars/Base"'),
+    ('price "o" "m": input 1 EUR, output 1 EUR per 0 tokens', "E141", "0 tokens"),
+    ("approval a: payments:* expires 40d", "E125", "40d"),
+    ("approval a: payments:* uses 5000", "E140", "5000"),
+    ("approval a: payments:* expires 40d uses 5000", "E140", "5000"),
+    ("approval a: payments:* expires 1h uses 0", "E140", "0"),
+    ("approval a: payments:* over 10 EUR expires 31d", "E125", "31d"),
+    ('role r: x:y\nagent "' + "a" * 257 + '": r', "E117", '"'),
+    ('role r: x:y\nagent "": r', "E117", '"'),
+    ("ratelimit r: payments:* 10 per second burst 2000000", "E142", "2000000"),
+])
+def test_a_bad_value_is_reported_at_the_value(line: str, code: str, needle: str) -> None:
+    found = codes_of(("t.policy", HEAD + line + "\n"))
+    last = line.splitlines()[-1]
+    row = 2 + len(line.splitlines())
+    assert (code, row, _at(last, needle)) in found, found
+
+
+def test_an_agent_id_as_long_as_a_principal_may_be_is_fine() -> None:
+    name = "a" * 256
+    engine = Engine.from_source(HEAD + f'permit p: payments:*\nagent "{name}"\n')
+    assert engine.authorize(name, "payments:pay", {}).allowed
+    found = codes_of(("t.policy", HEAD + f'permit p: payments:*\nagent "{name}x"\n'))
+    assert [c for c, _, _ in found] == ["E117"]
+
+
+@pytest.mark.parametrize("statement", [
+    "budget {id}: payments:* limit 100 EUR per day",
+    "ratelimit {id}: payments:* 10 per second",
+])
+def test_an_id_too_long_for_a_store_is_a_problem_not_a_crash(statement: str) -> None:
+    """``namespace.id`` names a budget's buckets in every store (at most 256
+    characters): one longer is reported where it is declared, not raised as a bare
+    budget error when the policy loads."""
+    code = "E123" if statement.startswith("budget") else "E142"
+    fits = "b" * (256 - len("t."))
+    assert codes_of(("t.policy", HEAD + statement.format(id=fits) + "\n")) == []
+    found = codes_of(("t.policy", HEAD + statement.format(id=fits + "b") + "\n"))
+    assert [(c, line) for c, line, _ in found] == [(code, 3)]
+    long_ns = "namespace " + "n" * 250 + "\ncurrency EUR\n" + statement.format(id="abcdefgh")
+    assert [c for c, _, _ in codes_of(("t.policy", long_ns + "\n"))] == [code]
+
+
+def test_what_passes_check_is_decided_on() -> None:
+    """The audit's policy: with the agent's id at the bound it loads and decides; the
+    problems above are the only ones reported."""
+    name = "x" * 256
+    src = (HEAD + "role payer: payments:*\n" + f'agent "{name}": payer\n'
+           "budget daily: payments:* limit 100 EUR per day per agent\n"
+           "ratelimit rl: payments:* 10 per second\n")
+    assert codes_of(("t.policy", src)) == []
+    d = Engine.from_source(src).authorize(name, "payments:pay",
+                                          {"amount": "10", "currency": "EUR"})
+    assert d.allowed, d.reason
