@@ -541,11 +541,12 @@ class ToolDecision:
     ``rate_limited``.
     ``body`` is a redacted copy of the request body; the caller's object is untouched.
 
-    Read-only, as a :class:`Decision`: ``body`` is frozen when the decision is built
-    (:func:`frozen`: its dicts and lists are :class:`FrozenDict` / :class:`FrozenList`
-    copies, sharing nothing mutable with the caller's input, so a later change to that
-    input does not change the decision or what the log records of it), and each of
-    ``redactions`` is a :class:`FrozenDict`.
+    Read-only, as a :class:`Decision`: each of ``redactions`` is a :class:`FrozenDict`.
+    ``body`` is the redaction's copy-on-write result: the containers on the way to a
+    redacted value are new, the rest are the caller's own objects, shared (treat it as
+    read-only). It is not frozen here because a full copy of every body costs about a
+    fifth of a ``tool_authorize``; the decision log, which records the body on its own
+    thread after the call returned, takes a :func:`frozen` copy of it instead.
     """
 
     __slots__ = ("_body", "_decision", "_outcome", "_redactions", "_tool")
@@ -560,7 +561,7 @@ class ToolDecision:
     ) -> None:
         self._decision = decision
         self._outcome = outcome
-        self._body = body if body is None or type(body) is str else frozen(body)
+        self._body = body
         self._redactions = _frozen_redactions(redactions) if redactions else ()
         self._tool = tool
 

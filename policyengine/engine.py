@@ -21,7 +21,13 @@ from policyengine.decide._approvals import ApprovalStore, MemoryApprovalStore
 from policyengine.decide._compiled import CompileCache, CompiledPolicy, compile_policy
 from policyengine.decide._evaluator import Explanation
 from policyengine.decide._pipeline import Pipeline, Trace
-from policyengine.decision import ApprovalRequired, Decision, NotAuthorized, ToolDecision
+from policyengine.decision import (
+    ApprovalRequired,
+    Decision,
+    NotAuthorized,
+    ToolDecision,
+    frozen,
+)
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.lang._checker import CheckCache, check
@@ -727,15 +733,17 @@ class Engine:
         result = self._tool(principal, None, transport, method, host, path, query, headers,
                             body, tool_name, function_name, token, context, approval_id,
                             scheme, wire)
-        # The body logged is the redacted copy the decision holds (None when denied);
-        # headers are never logged (they carry credentials).
+        # The body logged is a frozen copy of the redacted body the decision holds (None
+        # when denied): the log records it on its own thread after this returns, and the
+        # decision's body shares the caller's unredacted objects, which the caller may
+        # change by then. Headers are never logged (they carry credentials).
         inp = {"principal": principal, "transport": transport, "method": method,
                "host": host, "path": path,
                "tool_name": tool_name or wire.get("toolName"),
                "function_name": function_name or wire.get("functionName"),
                "query": dict(query) if isinstance(query, Mapping) else None,
                "context": dict(context) if type(context) is dict else context,
-               "body": result.body}
+               "body": frozen(result.body)}
         return log.decision("tool_authorize", result, inp, token, self._log_view,
                             started)  # type: ignore[return-value]
 

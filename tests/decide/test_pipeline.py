@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from policyengine import tokens
 from policyengine.audit import DecisionLog
 from policyengine.decide import MemoryApprovalStore
-from policyengine.decision import Decision
+from policyengine.decision import Decision, frozen
 from policyengine.engine import Engine
 from policyengine.lang import PolicyError
 from policyengine.money import CallableRates, JsonFileRates, StaticRates
@@ -292,42 +292,31 @@ def test_a_diagnostic_cannot_be_changed(shop: tuple[Engine, str]) -> None:
     assert copied == d.diagnostics[0] and copied.code == d.diagnostics[0].code
 
 
-def test_a_tool_decisions_redactions_and_body_cannot_be_changed(
-        shop: tuple[Engine, str]) -> None:
+def test_a_tool_decisions_redactions_cannot_be_changed(shop: tuple[Engine, str]) -> None:
+    """Its redactions are read-only records and its fields cannot be assigned; its body
+    is the redaction's copy-on-write result (not frozen: docs/tools.md)."""
     eng, _ = shop
     body = {"amount": "10", "currency": "EUR", "card": "4111111111111111",
             "items": [{"sku": "a", "tags": ["x"]}], "meta": {"k": {"v": 1}}}
     td = eng.tool_authorize("bot", transport="function", function_name="pay_out",
                             body=body)
     assert td.allowed and td.redactions and td.body["card"] == "***REDACTED***"
-    wire, seen = td.to_wire(), copy.deepcopy(td.body)
+    wire = td.to_wire()
     changes: list[Callable[[], Any]] = [
         lambda: td.redactions[0].__setitem__("strategy", "none"),
         lambda: td.redactions[0].update(field="$"),
         lambda: td.redactions[0].pop("field"),
-        lambda: td.body.__setitem__("card", "LEAK"),
-        lambda: td.body.__delitem__("card"),
-        lambda: td.body.update(card="LEAK"),
-        lambda: td.body.setdefault("new", 1),
-        lambda: td.body.clear(),
-        lambda: td.body["meta"]["k"].__setitem__("v", 2),
-        lambda: td.body["items"].append(1),
-        lambda: td.body["items"][0]["tags"].__setitem__(0, "y"),
-        lambda: td.body["items"].sort(),
-        lambda: td.body["items"].__iadd__([1]),
+        lambda: setattr(td, "body", {}),
+        lambda: setattr(td, "redactions", ()),
     ]
     for change in changes:
-        with pytest.raises(TypeError):
+        with pytest.raises((TypeError, AttributeError)):
             change()
-    assert td.to_wire() == wire and td.body == seen
-    # still a dict (and lists) to every reader: JSON, copies, pickles, equality
-    assert isinstance(td.body, dict) and isinstance(td.body["items"], list)
-    assert json.loads(json.dumps(td.body)) == seen
-    assert copy.deepcopy(td.body) == seen == pickle.loads(pickle.dumps(td.body))
+    assert td.to_wire() == wire
     assert dict(td.redactions[0]) == {"field": "$.card", "strategy": "mask"}
-    plain = td.body.copy()
-    plain["card"] = "mine"  # a copy is the caller's own
-    assert td.body["card"] == "***REDACTED***"
+    assert body["card"] == "4111111111111111"  # the caller's body is never changed
+    # the parts no redaction touched are the caller's objects (copy-on-write)
+    assert td.body["items"] is body["items"] and td.body is not body
 
 
 json_values = st.recursive(
@@ -351,24 +340,19 @@ def _scramble(value: Any) -> None:
         value.append("scrambled")
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(extra=json_values, name=st.sampled_from(["pay_out", "delete_doc"]),
-       card=st.one_of(st.just("4111111111111111"), json_values))
-def test_changing_the_callers_input_later_does_not_change_the_decision(
-        shop: tuple[Engine, str], extra: Any, name: str, card: Any) -> None:
-    """The decision holds a frozen copy of the body (redacted or not: ``delete_doc``
-    redacts nothing): a change the caller makes to its own body afterwards, at any
-    depth, does not reach the decision nor what it says on the wire."""
-    eng, _ = shop
-    body = {"amount": "10", "currency": "EUR", "doc": "d9", "card": card, "extra": extra}
-    td = eng.tool_authorize("bot", transport="function", function_name=name, body=body)
-    assert td.status != "denied", td.to_wire()
-    wire, seen = td.to_wire(), copy.deepcopy(td.body)
-    assert seen["extra"] == extra
+@settings(max_examples=150, deadline=None)
+@given(body=json_values)
+def test_a_frozen_copy_shares_nothing_with_what_it_copies(body: Any) -> None:
+    """What the decision log records of a tool call's body (``frozen``): an equal,
+    read-only copy that a change to the original, at any depth, does not reach."""
+    seen = copy.deepcopy(body)
+    kept = frozen(body)
+    assert kept == seen and json.dumps(kept) == json.dumps(seen)
+    if isinstance(body, (dict, list)):
+        with pytest.raises(TypeError):
+            kept.clear()
     _scramble(body)
-    assert td.to_wire() == wire and td.body == seen
-    assert json.dumps(td.body) == json.dumps(seen)
+    assert kept == seen
 
 
 def test_budget_is_typed_and_its_wire_shape_is_unchanged(shop: tuple[Engine, str]) -> None:
