@@ -42,7 +42,7 @@ from policyengine.decide._query.folding import Subject
 from policyengine.decide._query.index import paused
 from policyengine.decide._query.permissions import PermissionQueries
 from policyengine.decide._query.principals import PrincipalQueries
-from policyengine.permissions import validate_permission
+from policyengine.permissions import MAX_PRINCIPAL_ID, validate_permission
 
 if TYPE_CHECKING:
     from policyengine.decide._compiled import CompiledPolicy
@@ -81,8 +81,8 @@ def _check_limit(limit: int | None) -> None:
 def _principal_id(principal: Any) -> str:
     if type(principal) is not str:
         raise TypeError(f"principal must be a string, not {type(principal).__name__}")
-    if not principal or len(principal) > 256:
-        raise ValueError("principal id must be 1 to 256 characters")
+    if not principal or len(principal) > MAX_PRINCIPAL_ID:
+        raise ValueError(f"principal id must be 1 to {MAX_PRINCIPAL_ID} characters")
     return principal
 
 
