@@ -122,7 +122,7 @@ def _rate_stores(tmp: str) -> list[tuple[str, Any, Callable[[], None]]]:
     try:
         from policyengine.budgets import RedisStore
         rd = RedisStore(os.environ.get("POLICYENGINE_BENCH_REDIS", "redis://127.0.0.1:6379/0"),
-                        prefix=name + ":", timeout=3)
+                        prefix=name + ":", timeout=3, create=True)
         found.append(("RedisStore", rd, rd.drop))
     except Exception as exc:
         print(f"(RedisStore skipped: {type(exc).__name__})")

@@ -155,6 +155,11 @@ def main() -> None:
               f"{'generator share':>15} {'CPU-bound pairs/s':>17}")
         for row, workers in enumerate(int(w) for w in args.workers.split(",")):
             store = args.store or f"sqlite:///{tmp}/ledger-{row}.db"
+            if store.split(":", 1)[0] in ("redis", "rediss", "unix"):
+                # A Redis prefix is created once, as an operator does (policyengine store
+                # init); the workers open it without create.
+                subprocess.run([sys.executable, "-m", "policyengine", "store", "init", store],
+                               check=True, stdout=subprocess.DEVNULL)
             if workers > 1 and store.startswith("memory:"):
                 print(f"{workers:>7} memory: is per process; {workers} workers would not "
                       "share one budget (skipped)")

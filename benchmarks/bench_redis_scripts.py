@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--window", type=int, default=32)
     args = ap.parse_args()
-    store = RedisStore(args.url, prefix=f"bench-scripts-{secrets.token_hex(4)}:")
+    store = RedisStore(args.url, prefix=f"bench-scripts-{secrets.token_hex(4)}:",
+                       create=True)
     client: Any = store._redis
     pid = int(client.info("server")["process_id"])
     local = os.path.exists(f"/proc/{pid}/schedstat") and "127.0.0.1" in args.url

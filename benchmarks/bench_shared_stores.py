@@ -290,7 +290,7 @@ def _pct(values: list[float], q: float) -> float:
 def _setup(kind: str) -> str:
     name = f"pe_bench_{os.getpid()}_{secrets.token_hex(3)}"
     if kind == "redis":
-        RedisStore(REDIS, prefix=name + ":").close()
+        RedisStore(REDIS, prefix=name + ":", create=True).close()
         return name + ":"
     import psycopg
     PostgresStore(POSTGRES, schema=name).close()

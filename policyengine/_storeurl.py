@@ -48,7 +48,8 @@ def split_store_url(url: str, own: Mapping[str, Callable[[str], Any]]
         try:
             mine[name] = convert(value)
         except ValueError:
-            raise StoreUrlError(f"option {name}={value!r} is not a number") from None
+            raise StoreUrlError(f"option {name}={value!r} is not a value it takes"
+                                ) from None
     return urlunsplit(parts._replace(query=urlencode(rest))), mine
 
 

@@ -513,6 +513,48 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_store_init(args: argparse.Namespace) -> int:
+    """Create a shared store's dataset, once: the explicit act a Redis store asks for on
+    first use and after it lost its data (its stores never make one on their own, or a
+    restart without persistence would grant budgets afresh and forget revocations).
+    Opening a PostgreSQL or SQLite store makes its tables; on a dataset that exists it
+    changes nothing."""
+    from policyengine._storeurl import scheme_of
+    url: str = args.url
+    redis = scheme_of(url) in ("redis", "rediss", "unix")
+    what = "revocation" if args.revocations else "budget"
+    if scheme_of(url) == "memory":
+        raise UsageError("memory: holds nothing beyond one process: nothing to create")
+    try:
+        if args.revocations:
+            from policyengine.tokens import revocations_from_url
+            opener: Any = revocations_from_url
+        else:
+            from policyengine.budgets import store_from_url
+            opener = store_from_url
+        existed = True
+        if redis:
+            try:
+                store = opener(url)
+            except PolicyEngineError as exc:
+                if exc.code not in ("store_uninitialized", "revocations_uninitialized"):
+                    raise
+                existed = False
+                store = opener(url, create=True)
+        else:
+            store = opener(url)
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+    except PolicyEngineError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"{what} store ready: "
+          + ("a new empty dataset was created" if not existed else
+             "its dataset exists, nothing changed" if redis else "its tables exist"))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from policyengine import __version__
     parser = argparse.ArgumentParser(prog="policyengine",
@@ -572,6 +614,17 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--now", metavar="TIME",
                        help="decide at this time: RFC 3339 or POSIX seconds")
         p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("store", help="shared stores: create a dataset (store init URL)")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    p = store_sub.add_parser(
+        "init", help="create the store's dataset if it has none (a Redis prefix's first "
+        "use, or after Redis lost it: accepting that loss); never replaces one")
+    p.add_argument("url", metavar="URL", help="the store URL the hosts use "
+                   "(redis://..., postgresql://..., sqlite:///...)")
+    p.add_argument("--revocations", action="store_true",
+                   help="a revocation store URL (default: a budget store)")
+    p.set_defaults(func=_cmd_store_init)
 
     p = sub.add_parser("test", help="run policy tests (*.test.json, docs/testing.md) and "
                        "conformance fixtures (other *.json)")

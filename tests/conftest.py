@@ -210,6 +210,7 @@ class SharedStores:
     def redis(self, prefix: str | None = None, **options: object) -> RedisStore:
         require_service("redis")
         options.setdefault("max_clock_skew", None)
+        options.setdefault("create", True)  # a prefix of the test's own: made here
         store = RedisStore(REDIS_URL, prefix=prefix or unique_name("redis") + ":",
                            **options)  # type: ignore[arg-type]
         self.opened.append(store)

@@ -46,6 +46,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "schema": (lambda v: type(v) is str and SCHEMA_NAME.match(v) is not None,
                "must be a lower-case SQL name (a-z, 0-9, _; at most 63 characters)"),
     "prefix": (lambda v: type(v) is str and v != "", "must be a non-empty string"),
+    "create": (lambda v: type(v) is bool, "must be true or false"),
     "pool_size": (lambda v: type(v) is int and 1 <= v <= MAX_POOL_SIZE,
                   f"must be a whole number from 1 to {MAX_POOL_SIZE}"),
     # 0 would refuse every call (no two clocks agree to the microsecond).

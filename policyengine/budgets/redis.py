@@ -44,8 +44,14 @@ or a short text whose first letter says why not.
 
 A lost dataset is refused, not silently restarted: each store remembers the layout id it
 opened; when the server restarts without persistence (or the keys are flushed) the id
-is gone and every call fails with ``store_unavailable`` instead of granting budgets
-afresh. :meth:`RedisStore.reinitialize` accepts the loss (see docs/deployment.md).
+is gone and every call fails with ``store_unavailable`` (``dataset_lost``) instead of
+granting budgets afresh. Nor does a store opened afterwards start one: a prefix without
+a ``layout`` key is refused with ``store_uninitialized`` unless the store is opened with
+``create=True`` (``?create=true``, ``policyengine store init URL``), an operator's act,
+for a lost dataset as for a first one. A running store whose call finds another dataset
+of its layout version in place of the one it opened (an operator created it after the
+loss) adopts it and runs the call there: it never made one itself, so the new dataset
+is the operator's choice (see docs/deployment.md).
 
 Key names are made by the store and the scripts, not declared to Redis, so this store
 needs a standalone Redis (or a cluster where the prefix is one hash slot, e.g.
@@ -438,8 +444,11 @@ class RedisStore:
     ``retention``: seconds finished reservations are kept. ``pool_size``: most
     connections per process for the budget scripts, and as many for the other calls.
     Raises ``BudgetStoreError`` ``store_unavailable`` when the
-    server cannot be reached and ``store_incompatible`` when the prefix holds another
-    layout.
+    server cannot be reached, ``store_incompatible`` when the prefix holds another
+    layout, and ``store_uninitialized`` when it holds none: ``create=True`` makes it
+    then (a first use, a test; after a restart without persistence, the operator's
+    decision to accept the loss). Workers sharing a deployment's URL should not carry
+    ``create``: one restarted after a loss would grant every budget afresh.
     """
 
     def __init__(
@@ -452,6 +461,7 @@ class RedisStore:
         pool_size: int = 16,
         timeout: float = 5.0,
         host_clock: Callable[[], float] = time.time,
+        create: bool = False,
     ) -> None:
         try:
             import redis
@@ -460,7 +470,8 @@ class RedisStore:
                 "store_unavailable", "RedisStore needs redis: pip install 'policyengine[redis]'"
             ) from exc
         check_store_options("RedisStore", prefix=prefix, max_clock_skew=max_clock_skew,
-                            retention=retention, pool_size=pool_size, timeout=timeout)
+                            retention=retention, pool_size=pool_size, timeout=timeout,
+                            create=create)
         from policyengine._storeurl import StoreUrlError, check_redis_url
         from policyengine.budgets._options import store_url_error
         try:
@@ -492,20 +503,34 @@ class RedisStore:
         self._rate_script = self._redis.register_script(_RATE)
         self._eval = _Eval(url, pool_size, timeout, self._redis.script_load)
         self._packed: dict[str, tuple[str, bytes, bytes]] = {}
-        self._layout = self._open_layout()
         self._recent = RecentReservations()
+        self._layout = self._open_layout(create)
         self.clock = ServerClock(self.server_time, host=host_clock)
         """Host time corrected to the server's: the ledger's default clock."""
 
-    def _open_layout(self) -> str:
+    def _open_layout(self, create: bool) -> str:
+        """The dataset's layout id, checked; made first (``SET NX``: never over another
+        host's) only with ``create``."""
         import redis
         key = self.prefix + "layout"
         fresh = f"{LAYOUT_VERSION}:{secrets.token_hex(8)}"
         try:
-            self._redis.set(key, fresh, nx=True)
+            if create:
+                self._redis.set(key, fresh, nx=True)
             found = self._redis.get(key)
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
+        if found is None:
+            raise BudgetStoreError(
+                "store_uninitialized",
+                f"redis prefix {self.prefix!r} holds no budget dataset. On first use, "
+                "create it once: policyengine store init URL (or open the store with "
+                "create=True). If it held one, the server lost it (a restart without "
+                "persistence, a flush) with every spend recorded there: create a new "
+                "one the same way only once you accept that loss; until then every host "
+                "refuses budgeted calls rather than grant them afresh",
+                {"reason": "no_dataset", "prefix": self.prefix},
+            )
         if not isinstance(found, str) or found.split(":", 1)[0] != str(LAYOUT_VERSION):
             raise BudgetStoreError(
                 "store_incompatible",
@@ -520,9 +545,23 @@ class RedisStore:
 
     def reinitialize(self) -> None:
         """Accept that the server lost this dataset (a restart without persistence, a
-        flush): start an empty one, or adopt the one another host started. Until this
-        is called, such a store refuses every call with ``store_unavailable``."""
-        self._layout = self._open_layout()
+        flush): start an empty one, or adopt the one another host (or ``policyengine
+        store init``) started. Until a new dataset exists, every store on the prefix
+        refuses every call with ``store_unavailable`` (``dataset_lost``); once one
+        does, running stores adopt it at their next call (see the module docstring)."""
+        self._layout = self._open_layout(True)
+        self._recent = RecentReservations()
+
+    def _adopt(self, found: str) -> bool:
+        """Take ``found``, the layout a script saw in place of the one this store opened,
+        as this store's dataset when it is one of this layout version: made after the
+        loss by an operator (``create``, ``reinitialize``, ``store init``), since no store
+        makes one otherwise. False (refuse the call) when the dataset is simply gone."""
+        if not found.startswith(f"{LAYOUT_VERSION}:") or found == self._layout:
+            return False
+        self._layout = found
+        self._recent = RecentReservations()  # reservations of the lost dataset are gone
+        return True
 
     def server_time(self) -> float:
         """The server's clock (``TIME``), POSIX seconds."""
@@ -571,7 +610,11 @@ class RedisStore:
         else:
             (a,) = args
             tail = fixed[2] % (len(at), at, len(ms), ms, len(a), a)
-        return self._eval.call(script, fixed[1] + tail)
+        text = self._eval.call(script, fixed[1] + tail)
+        if (text is not None and text[:1] == b"L"
+                and self._adopt(text[1:].decode("utf-8", "replace"))):
+            return self._run(script, now, args)  # refused before it did anything
+        return text
 
     def _bkey(self, budget: str, subject: str, window: int) -> str:
         """A bucket's key: ``b:<len>:<budget><subject>:<window>`` (the budget id's
@@ -674,7 +717,9 @@ class RedisStore:
             f"the budget data under redis prefix {self.prefix!r} is gone (found layout "
             f"{found!r}, opened {self._layout!r}): the server restarted without "
             "persistence or was flushed. Spend recorded there is lost; refusing rather than "
-            "granting budgets afresh until an operator calls reinitialize()",
+            "granting budgets afresh until an operator accepts the loss and creates a new "
+            "dataset (policyengine store init URL, or reinitialize()); every store on "
+            "the prefix then uses it from its next call",
             {"reason": "dataset_lost"},
         )
 
@@ -768,6 +813,9 @@ class RedisStore:
             args += (key, str(count), str(period_us), str(burst))
         try:
             refused, wait, now = self._rate_script(args=args)
+            if refused == -2 and self._adopt(str(self._redis.get(self.prefix + "layout"))):
+                args[1] = self._layout  # refused before it did anything: run it there
+                refused, wait, now = self._rate_script(args=args)
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
         if refused == -1:

@@ -10,7 +10,8 @@
 Store options go in the query string and are removed before the URL reaches the
 driver: ``durability``, ``busy_timeout`` and ``retention`` (SQLite); ``schema``,
 ``durability``, ``pool_size``, ``max_clock_skew`` and ``retention`` (PostgreSQL);
-``prefix``, ``max_clock_skew``, ``pool_size`` and ``retention`` (Redis). Other query
+``prefix``, ``max_clock_skew``, ``pool_size``, ``retention`` and ``create`` (Redis:
+``create=true`` makes the dataset where the prefix holds none; see :class:`RedisStore`). Other query
 parameters are the driver's: libpq's for PostgreSQL (``sslmode=require``...), and for
 Redis only the redis-py options listed in :func:`policyengine._storeurl.check_redis_url`
 (``db``, timeouts, TLS files...); any other is refused, as is anything after ``memory:``
@@ -44,7 +45,7 @@ _INT = {"pool_size"}
 _OPTIONS = {
     "sqlite": {"durability", "busy_timeout", "retention"},
     "postgresql": {"schema", "durability", "pool_size", "max_clock_skew", "retention"},
-    "redis": {"prefix", "max_clock_skew", "pool_size", "retention"},
+    "redis": {"prefix", "max_clock_skew", "pool_size", "retention", "create"},
     "memory": {"retention"},
 }
 #: What a ``Ledger`` calls on its store: the :class:`BudgetStore` protocol's methods, read
@@ -58,9 +59,15 @@ def _float_or_none(value: str) -> float | None:
     return None if value.lower() == "none" else float(value)
 
 
+def _flag(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(value)
+    return value.lower() in ("true", "1", "yes")
+
+
 def _split_options(url: str, kind: str) -> tuple[str, dict[str, Any]]:
-    own = {name: int if name in _INT else _float_or_none if name in _FLOAT else str
-           for name in _OPTIONS[kind]}
+    own = {name: int if name in _INT else _float_or_none if name in _FLOAT
+           else _flag if name == "create" else str for name in _OPTIONS[kind]}
     try:
         return split_store_url(url, own)
     except StoreUrlError as exc:

@@ -103,6 +103,10 @@ class _CachedRevocations:
         """Add ``identifier`` and move the version, in one atomic step."""
         raise NotImplementedError
 
+    def _server_restore(self, identifiers: frozenset[str]) -> None:
+        """Write back ids this host holds and the server lacks (its dataset was lost or
+        rolled back); a store whose server cannot lose them does nothing."""
+
     # -- the protocol -----------------------------------------------------------------
 
     def _sync(self) -> None:
@@ -112,8 +116,12 @@ class _CachedRevocations:
             version = self._server_version()
             if version != self._version:
                 ids = frozenset(self._server_ids())
+                missing = self._ids - ids
                 self._ids = ids | self._ids  # never forget one (only ever added)
                 self._version = version
+                if missing:  # the server lost them: give them back (best effort)
+                    with contextlib.suppress(TokenError):
+                        self._server_restore(missing)
             self._synced = now
 
     def _current(self) -> frozenset[str]:
@@ -231,17 +239,27 @@ class RedisRevocationStore(_CachedRevocations):
     """Revoked grant ids and jtis in the Redis set ``<prefix>revoked``, and the set's
     version in the hash ``<prefix>revoked:version`` (``epoch``, ``version``, ``change``).
 
-    Redis without persistence forgets revocations on restart: use AOF, or PostgreSQL.
-    Hosts already running keep every id they loaded and load every later revocation
-    (the version tells them, see the module's docstring); a host started after the loss
-    knows only those revoked since. ``revoke`` runs one script over both keys: a Redis
-    cluster needs the prefix to be one hash slot (e.g. ``{revocations}:``).
+    Redis without persistence forgets revocations on restart (use AOF, or PostgreSQL),
+    and a host that started afresh would then accept every token revoked before it. So
+    the version hash marks the dataset: a store is opened only where it exists (or
+    where the set does, written before the hash was), else ``revocations_uninitialized``
+    unless ``create=True`` (``policyengine store init --revocations URL``, an operator's
+    act); and ``revoke`` refuses to run where it is gone (``revocation_unavailable``),
+    never making a new one. Hosts already running keep every id they loaded and answer
+    from them; once an operator has made a new dataset, each writes back at its next
+    refresh the ids the server lacks, and loads every later revocation. ``revoke`` runs
+    one script over both keys: a Redis cluster needs the prefix to be one hash slot
+    (e.g. ``{revocations}:``).
     """
 
     def __init__(self, url: str, *, prefix: str = "policyengine:tokens:",
                  refresh: float = 1.0, max_stale: float = 5.0, timeout: float = 5.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 create: bool = False) -> None:
         import redis
+        if type(create) is not bool:
+            raise TokenError("invalid_revocations", f"create={create!r}: must be true or "
+                             "false")
         if type(prefix) is not str or not prefix:
             raise TokenError("invalid_revocations", "prefix must be a non-empty string")
         _check_times(timeout=timeout, positive=True)
@@ -259,6 +277,22 @@ class RedisRevocationStore(_CachedRevocations):
                                            socket_connect_timeout=timeout,
                                            decode_responses=True)
         self._add = self._redis.register_script(_REDIS_ADD)
+        _check_refresh(refresh, max_stale)  # before anything is written
+        try:
+            opened = self._redis.register_script(_REDIS_OPEN)(
+                keys=[self._key, self._version_key],
+                args=["1" if create else "0", _new_id(), _new_id()])
+        except (redis.RedisError, OSError, TypeError, ValueError) as exc:
+            raise _unavailable(exc) from exc
+        if not opened:
+            raise TokenError(
+                "revocations_uninitialized",
+                f"redis prefix {prefix!r} holds no revocations. On first use, create them "
+                "once: policyengine store init --revocations URL (or open the store with "
+                "create=True). If it held some, the server lost them (a restart without "
+                "persistence, a flush): a host started now would accept every token "
+                "revoked before; create a new dataset the same way only once you accept "
+                "that (hosts still running write back the ids they hold)")
         super().__init__(refresh, max_stale, monotonic)
 
     def _call(self, name: str, *args: Any) -> Any:
@@ -284,10 +318,27 @@ class RedisRevocationStore(_CachedRevocations):
         return members
 
     def _server_add(self, identifier: str) -> None:
+        if not self._write([identifier]):
+            raise TokenError(
+                "revocation_unavailable",
+                f"the revocations under redis prefix {self.prefix!r} are gone (a restart "
+                "without persistence, a flush): not revoked. Refusing to start a new "
+                "dataset on its own; an operator makes one (policyengine store init "
+                "--revocations URL) once the loss is accepted, then revoke again")
+
+    def _server_restore(self, identifiers: frozenset[str]) -> None:
+        ids = sorted(identifiers)
+        for i in range(0, len(ids), 1000):
+            if not self._write(ids[i:i + 1000]):
+                return  # no dataset to write into: only an operator makes one
+
+    def _write(self, identifiers: list[str]) -> bool:
+        """Add ``identifiers`` and move the version in one script; False, writing
+        nothing, when the dataset's version hash is gone."""
         import redis
         try:
-            self._add(keys=[self._key, self._version_key],
-                      args=[identifier, _new_id(), _new_id()], client=self._redis)
+            return bool(self._add(keys=[self._key, self._version_key],
+                                  args=[_new_id(), *identifiers], client=self._redis))
         except (redis.RedisError, OSError, TypeError, ValueError) as exc:
             raise _unavailable(exc) from exc
 
@@ -295,16 +346,34 @@ class RedisRevocationStore(_CachedRevocations):
         self._redis.close()
 
 
-#: Add one id and move the set's version, atomically: a version hash lost with the set (or
-#: alone) is made again with a new epoch, so no host can take the new state for one it
-#: has loaded. KEYS: the set, the version hash; ARGV: the id, a new epoch, a change id.
+#: Add ids and move the set's version, atomically; nothing when the version hash is gone
+#: (the dataset was lost: only an operator makes a new one, :data:`_REDIS_OPEN`).
+#: KEYS: the set, the version hash; ARGV: a change id, then the ids.
 _REDIS_ADD = """
-redis.call('HSETNX', KEYS[2], 'epoch', ARGV[2])
-redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('HEXISTS', KEYS[2], 'epoch') == 0 then return 0 end
+redis.call('SADD', KEYS[1], unpack(ARGV, 2))
 redis.call('HINCRBY', KEYS[2], 'version', 1)
-redis.call('HSET', KEYS[2], 'change', ARGV[3])
+redis.call('HSET', KEYS[2], 'change', ARGV[1])
 return 1
 """
+
+#: Open the dataset: 1 when its version hash exists, or is made now (ARGV[1] '1': create;
+#: or the set exists, written by a version before the hash), with a new epoch ARGV[2]
+#: and change id ARGV[3]; 0 when there is none. KEYS: the set, the version hash.
+_REDIS_OPEN = """
+if redis.call('HEXISTS', KEYS[2], 'epoch') == 1 then return 1 end
+if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSETNX', KEYS[2], 'epoch', ARGV[2])
+redis.call('HSETNX', KEYS[2], 'version', 0)
+redis.call('HSETNX', KEYS[2], 'change', ARGV[3])
+return 1
+"""
+
+
+def _flag(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(value)
+    return value.lower() in ("true", "1", "yes")
 
 
 def _new_id() -> str:
@@ -314,7 +383,8 @@ def _new_id() -> str:
 
 def revocations_from_url(url: str, **options: Any) -> Any:
     """The revocation store ``url`` names: ``memory:``, ``postgresql://...?schema=...``
-    or ``redis://...?prefix=...`` (``refresh`` and ``max_stale`` ride in the query too).
+    or ``redis://...?prefix=...`` (``refresh``, ``max_stale`` and ``create`` ride in the
+    query too; ``create`` matters to Redis alone: PostgreSQL's tables are always made).
     A URL or option it cannot use raises ``TokenError`` ``invalid_revocations``."""
     from policyengine._storeurl import (
         StoreUrlError,
@@ -336,12 +406,16 @@ def revocations_from_url(url: str, **options: Any) -> Any:
                          "a revocation store URL is memory:, postgresql://... or redis://...")
     try:
         plain, mine = split_store_url(url, {"refresh": float, "max_stale": float,
-                                            "schema": str, "prefix": str})
+                                            "schema": str, "prefix": str,
+                                            "create": _flag})
     except StoreUrlError as exc:
         raise TokenError("invalid_revocations", f"revocation store URL: {exc}") from None
     store = PostgresRevocationStore if scheme.startswith("postgres") else RedisRevocationStore
+    chosen = {**mine, **options}
+    if store is PostgresRevocationStore and chosen.pop("create", False) not in (True, False):
+        raise TokenError("invalid_revocations", "create must be true or false")
     try:
-        return store(plain, **{**mine, **options})
+        return store(plain, **chosen)
     except TokenError:
         raise
     except ValueError as exc:  # the driver cannot read the URL (a port that is no number)

@@ -94,7 +94,7 @@ def test_postgres_and_redis_urls_carry_store_options(shared_stores: SharedStores
     assert (pg.schema, pg.durability, pg.max_clock_skew) == (schema, "spend", None)
     assert "connect_timeout=3" in pg.url and "schema" not in pg.url  # the driver's stays
     prefix = unique_name("redis") + ":"
-    rd = store_from_url(f"{REDIS_URL}?prefix={prefix}&max_clock_skew=0.5")
+    rd = store_from_url(f"{REDIS_URL}?prefix={prefix}&max_clock_skew=0.5&create=true")
     shared_stores.opened.append(rd)  # type: ignore[arg-type]
     assert isinstance(rd, RedisStore)
     assert (rd.prefix, rd.max_clock_skew) == (prefix, 0.5)

@@ -38,8 +38,10 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A revocation store URL in a namespace of its own, dropped afterwards."""
     require_service(request.param)
     base = unique_name("revcli")
-    yield (f"{POSTGRES_URL}?schema={base}" if request.param == "postgres"
+    url = (f"{POSTGRES_URL}?schema={base}" if request.param == "postgres"
            else f"{REDIS_URL}?prefix={base}:")
+    revocations_from_url(url, create=True).close()  # a first use: its dataset made
+    yield url
     drop_namespace(request.param, base)
 
 
@@ -139,6 +141,7 @@ def test_any_option_value_opens_or_gives_the_code(kind: str, store_namespace: st
         name: st.one_of(st.text(max_size=5).map(lambda t: store_namespace + t),
                         st.sampled_from(bad))}))
     options.setdefault(name, store_namespace)
+    options["create"] = "true"  # a Redis prefix of the test's own: made here
     query = "&".join(f"{k}={quote(v, safe='')}" for k, v in options.items())
     url = f"{POSTGRES_URL if kind == 'postgres' else REDIS_URL}?{query}"
     try:

@@ -48,7 +48,9 @@ def url(request: pytest.FixtureRequest) -> Iterator[str]:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     else:
-        yield f"{REDIS_URL}?prefix={name}:"
+        url = f"{REDIS_URL}?prefix={name}:"
+        revocations_from_url(url, create=True).close()  # a first use: its dataset made
+        yield url
         client = redis.Redis.from_url(REDIS_URL)
         for key in client.scan_iter(match=f"{name}:*", count=500):
             client.delete(key)
@@ -125,6 +127,7 @@ class Server:
     restored from a backup)."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         query = parse_qs(urlsplit(url).query)
         self.redis = url.startswith("redis")
         if self.redis:
@@ -163,6 +166,12 @@ class Server:
                 marks = ", ".join(["%s"] * len(row))
                 self.conn.execute(f"INSERT INTO {table} VALUES ({marks})", row)
 
+    def init(self) -> None:
+        """What an operator does once a Redis dataset is gone (policyengine store init
+        --revocations): make a new one where there is none. PostgreSQL needs nothing."""
+        if self.redis:
+            revocations_from_url(self.url, create=True).close()
+
     def ids(self) -> set[str]:
         if self.redis:
             return {m.decode() for m in self.client.smembers(f"{self.prefix}revoked")}
@@ -182,7 +191,12 @@ def two_hosts(url: str) -> tuple[Any, Any, Monotonic]:
 def test_a_revocation_after_the_dataset_was_lost_reaches_a_running_host(url: str) -> None:
     """Host B has seen one revocation; the server loses its data; host A revokes another
     id, so the server holds one id again. A count cannot tell the difference: B must
-    still load the new id within ``refresh`` seconds, and keep the one it had."""
+    still load the new id within ``refresh`` seconds, and keep the one it had.
+
+    Redis: until an operator makes a new dataset, nothing starts one on its own (a host
+    started then would accept the token revoked before): ``revoke`` is refused and a new
+    host does not open; the running hosts answer from what they hold. Once it is made,
+    B writes back the id the server lost, so a host started afterwards knows it too."""
     server = Server(url)
     host_a, host_b, clock = two_hosts(url)
     try:
@@ -190,12 +204,30 @@ def test_a_revocation_after_the_dataset_was_lost_reaches_a_running_host(url: str
         clock.t += 1.0
         assert host_b.is_revoked("grant-old")
         server.lose()
+        if server.redis:
+            with pytest.raises(TokenError) as info:
+                host_a.revoke("grant-x")
+            assert info.value.code == "revocation_unavailable"
+            with pytest.raises(TokenError) as info:
+                revocations_from_url(url)
+            assert info.value.code == "revocations_uninitialized"
+            clock.t += 1.0
+            assert host_b.is_revoked("grant-old") and host_a.is_revoked("grant-old")
+            assert server.ids() == set()  # nothing made by the running hosts
+            server.init()
         host_a.revoke("grant-x")
         assert server.ids() == {"grant-x"}
         clock.t += 1.0
         assert host_b.is_revoked("grant-x")  # within refresh
         assert host_b.is_revoked("grant-old")  # never forgotten
         assert not host_b.is_revoked("grant-other")
+        if server.redis:
+            assert server.ids() == {"grant-x", "grant-old"}  # written back
+            late = revocations_from_url(url)
+            try:
+                assert late.is_revoked("grant-old")
+            finally:
+                late.close()
     finally:
         server.close()
         host_a.close()
@@ -245,6 +277,7 @@ def test_every_host_knows_what_the_server_holds_within_refresh(url: str,
     server = Server(url)
     revocations_from_url(url).close()  # the tables exist
     server.lose()  # each example starts from an empty dataset
+    server.init()
     host_a, host_b, clock = two_hosts(url)
     hosts = {"a": host_a, "b": host_b}
     known: dict[str, set[str]] = {"a": set(), "b": set()}
@@ -258,10 +291,14 @@ def test_every_host_knows_what_the_server_holds_within_refresh(url: str,
                 revoked.add(f"grant-{step[2]}")
             elif step[0] == "lose":
                 server.lose()
+                server.init()  # Redis: an operator makes a new dataset
             elif step[0] == "snapshot":
                 snapshot = server.snapshot()
             elif step[0] == "restore":
                 server.restore(snapshot)
+                if server.redis and not server.client.exists(f"{server.prefix}revoked:"
+                                                              "version"):
+                    server.init()
             else:  # a refresh interval passes; each host is asked about every id
                 clock.t += 1.0
                 on_server = server.ids()
