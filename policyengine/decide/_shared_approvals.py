@@ -107,6 +107,17 @@ class PostgresApprovalStore:
                 "rules text NOT NULL, status text NOT NULL, created_at float8 NOT NULL, "
                 "expires_at float8 NOT NULL, uses_left integer NOT NULL, decided_at float8, "
                 "decided_by text, note text)")
+            # A table of that name made by something else is refused here, not found out
+            # by the first request (every decision then denied approval_store_error).
+            found = {row[0] for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = 'approvals'", (schema,))}
+            lacking = [c for c in _COLUMNS.split(", ") if c not in found]
+            if lacking:
+                raise ApprovalError(
+                    "approval_store_incompatible",
+                    f"schema {schema!r} holds an approvals table this policyengine does "
+                    f"not recognise (no {', '.join(lacking)}): use another schema")
 
     @contextmanager
     def _conn(self) -> Iterator[Any]:

@@ -44,6 +44,11 @@ from policyengine.tokens.revocation import check_id
 __all__ = ["PostgresRevocationStore", "RedisRevocationStore", "revocations_from_url"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
+#: The PostgreSQL columns this store reads and writes, by table.
+_PG_COLUMNS = (("token_revocations", "id"), ("token_revocations", "revoked_at"),
+               ("token_revocations_version", "id"), ("token_revocations_version", "epoch"),
+               ("token_revocations_version", "version"),
+               ("token_revocations_version", "change"))
 
 
 #: Longest time option (ten years, as for budget stores): beyond, a value is a typo.
@@ -183,6 +188,18 @@ class PostgresRevocationStore(_CachedRevocations):
         self._execute(f"CREATE TABLE IF NOT EXISTS {self._versions} (id int PRIMARY KEY "
                       "CHECK (id = 1), epoch text NOT NULL, version bigint NOT NULL, "
                       "change text NOT NULL)", (), ddl=True)
+        # Tables of those names made by something else are refused by name, not met as a
+        # database error at the first refresh.
+        found = {(row[0], row[1]) for row in self._execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE "
+            "table_schema = %s AND table_name IN ('token_revocations', "
+            "'token_revocations_version')", (schema,))}
+        lacking = [f"{t}.{c}" for t, c in _PG_COLUMNS if (t, c) not in found]
+        if lacking:
+            raise TokenError("revocations_incompatible",
+                             f"schema {schema!r} holds revocation tables this policyengine "
+                             f"does not recognise (no {', '.join(lacking)}): use another "
+                             "schema")
         self._execute(f"INSERT INTO {self._versions} VALUES (1, %s, 0, %s) "
                       "ON CONFLICT (id) DO NOTHING", (_new_id(), _new_id()))
         super().__init__(refresh, max_stale, monotonic)

@@ -892,3 +892,37 @@ def test_a_keyed_commit_of_a_reservation_made_here_reads_nothing_before_its_writ
     assert final.value.code == "reservation_final"
     balance = there.balances("bot")[0]
     assert (balance.spent, balance.reserved) == (Decimal(7), Decimal(0))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("ddl", "kind"), [
+    ("CREATE TABLE {s}.approvals (x int)", "approvals"),
+    ("CREATE VIEW {s}.approvals AS SELECT 1 AS id", "approvals"),
+    ("CREATE TABLE {s}.token_revocations (x int)", "revocations"),
+    ("CREATE TABLE {s}.token_revocations_version (x int)", "revocations"),
+])
+def test_postgres_approval_and_revocation_stores_refuse_a_table_they_cannot_read(
+    ddl: str, kind: str,
+) -> None:
+    """A table of the store's name made by something else is refused when the store is
+    opened, with a code that says so: before, the approval store opened and failed every
+    request afterwards, the revocation store failed with a raw database error."""
+    from policyengine.decide import ApprovalError, PostgresApprovalStore
+    from policyengine.tokens import PostgresRevocationStore, TokenError
+    require_service("postgres")
+    schema = unique_name("pg")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(ddl.format(s=f'"{schema}"'))
+    try:
+        if kind == "approvals":
+            with pytest.raises(ApprovalError) as info:
+                PostgresApprovalStore(POSTGRES_URL, schema=schema)
+            assert info.value.code == "approval_store_incompatible", str(info.value)
+        else:
+            with pytest.raises(TokenError) as rinfo:
+                PostgresRevocationStore(POSTGRES_URL, schema=schema)
+            assert rinfo.value.code == "revocations_incompatible", str(rinfo.value)
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
