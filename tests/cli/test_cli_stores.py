@@ -15,7 +15,7 @@ from conftest import POSTGRES_URL, REDIS_URL, drop_namespace, require_service, u
 
 from policyengine.cli import main
 from policyengine.decide import approvals_from_url
-from policyengine.tokens import KeySet, mint
+from policyengine.tokens import KeySet, mint, revocations_from_url
 
 POLICY = """namespace shop
 currency EUR
@@ -52,7 +52,10 @@ def revocations(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         return
     require_service(kind)
     base = unique_name("clirev")
-    yield f"{POSTGRES_URL}?schema={base}" if kind == "postgres" else f"{REDIS_URL}?prefix={base}:"
+    url = f"{POSTGRES_URL}?schema={base}" if kind == "postgres" else f"{REDIS_URL}?prefix={base}:"
+    if kind == "redis":  # a Redis prefix's first use: its dataset made once (store init)
+        revocations_from_url(url, create=True).close()
+    yield url
     drop_namespace(kind, base)
 
 
