@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
@@ -163,24 +163,22 @@ def _frozen_nested(value: Any) -> Any:
     out = _frozen_one(value)
     if out is value:
         return out
+    values: Iterable[Any]
+    pairs: Iterable[tuple[Any, Any]]
+    put: Callable[[Any, Any, Any], None]
     if type(out) is FrozenDict:
-        if _KEPT.issuperset(map(type, out.values())):
-            return out
-        for key, item in out.items():
-            kind = type(item)
-            if kind is str or kind is int or kind is FrozenDict or kind is FrozenList:
-                continue
-            copy = _frozen_nested(item)
-            if copy is not item:
-                _set_item(out, key, copy)
-    elif not _KEPT.issuperset(map(type, out)):
-        for index, item in enumerate(out):
-            kind = type(item)
-            if kind is str or kind is int or kind is FrozenDict or kind is FrozenList:
-                continue
-            copy = _frozen_nested(item)
-            if copy is not item:
-                _set_index(out, index, copy)
+        values, pairs, put = out.values(), out.items(), _set_item
+    else:
+        values, pairs, put = out, enumerate(out), _set_index
+    if _KEPT.issuperset(map(type, values)):
+        return out
+    for key, item in pairs:  # replaces values in place: the size never changes
+        kind = type(item)
+        if kind is str or kind is int or kind is FrozenDict or kind is FrozenList:
+            continue
+        copy = _frozen_nested(item)
+        if copy is not item:
+            put(out, key, copy)
     return out
 
 
