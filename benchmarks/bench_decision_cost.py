@@ -45,9 +45,10 @@ Method: every figure is the median of per-call averages over batches of consecut
 thread (``time.thread_time_ns``), so that other processes on a busy machine are not
 counted (they still disturb caches: compare ratios of one run, not absolute figures).
 ``floor``, ``condition``, ``plain`` and ``budget`` call a ``functools.partial``
-round-robin; ``hit``, ``miss`` and ``active`` iterate a list of requests in one loop, so
-the loop costs the same in all three; ``token`` and its plain request share one loop,
-batches of each in turn.
+round-robin; each ratio's two sides (condition and floor, budget and plain, token and
+its plain request) share one loop, batches of each in turn, so that the machine's drift
+weighs on both alike; ``hit``, ``miss`` and ``active`` iterate a list of requests in
+one loop, so the loop costs the same in all three.
 """
 
 from __future__ import annotations
@@ -133,21 +134,27 @@ def stream_p50_ns(authorize: Callable[..., Any], batches: Iterator[Batch],
     return statistics.median(samples)
 
 
-def calls_p50_ns(calls: list[Callable[[], Any]], cfg: Settings) -> float:
-    """p50 over batches of 100 calls of one callable, round-robin over ``calls``."""
+def paired_p50_ns(first: list[Callable[[], Any]], second: list[Callable[[], Any]],
+                  cfg: Settings) -> tuple[float, float]:
+    """p50 per call of ``first`` and of ``second`` (each round-robin over its callables),
+    their batches of 100 calls taken in turn in one loop, so that a drift of the machine
+    weighs on both sides of a ratio alike (measured apart, two medians drifted more than
+    the goals' margins on a noisy machine)."""
     deadline = time.thread_time() + cfg.warmup_s
     while time.thread_time() < deadline:
-        for fn in calls:
+        for fn in (*first, *second):
             fn()
-    samples: list[float] = []
+    a: list[float] = []
+    b: list[float] = []
     deadline = time.thread_time() + cfg.budget_s
-    while time.thread_time() < deadline or len(samples) < cfg.min_samples:
-        for fn in calls:
-            t0 = time.thread_time_ns()
-            for _ in repeat(None, 100):
-                fn()
-            samples.append((time.thread_time_ns() - t0) / 100)
-    return statistics.median(samples)
+    while time.thread_time() < deadline or len(a) < cfg.min_samples:
+        for calls, samples in ((first, a), (second, b)):
+            for fn in calls:
+                t0 = time.thread_time_ns()
+                for _ in repeat(None, 100):
+                    fn()
+                samples.append((time.thread_time_ns() - t0) / 100)
+    return statistics.median(a), statistics.median(b)
 
 
 def token_ratio(authorize: Callable[..., Any], token: str, cfg: Settings) -> float:
@@ -236,7 +243,7 @@ def run_size(n: int, cfg: Settings, max_miss_us: float) -> list[str]:
     assert authorize("payer", "pay:view", PAY_CONTEXT, token=token).allowed
 
     floor_table = {("a1", "docs:read"): 1}
-    floor = calls_p50_ns([call(floor_table.get, ("a1", "docs:read"))], cfg) / 1000
+    floor_call = call(floor_table.get, ("a1", "docs:read"))
 
     # hit, miss: the same loop over requests
     budget = cfg.budget_s
@@ -254,11 +261,12 @@ def run_size(n: int, cfg: Settings, max_miss_us: float) -> list[str]:
     conditional = [r for r in engine.policy.rules if r.test is not None]
     picked = [*conditional[::max(1, len(conditional) // 64)][:64], conditional[-1]]
     principal = engine.policy.principals["a1"]
-    cond = calls_p50_ns([call(r.test, CONTEXT, principal, None) for r in picked],
-                        cfg) / 1000
+    cond, floor = (t / 1000 for t in paired_p50_ns(
+        [call(r.test, CONTEXT, principal, None) for r in picked], [floor_call], cfg))
 
-    plain = calls_p50_ns([call(authorize, "payer", "pay:view", PAY_CONTEXT)], cfg) / 1000
-    budgeted = calls_p50_ns([call(authorize, "payer", "pay:send", PAY_CONTEXT)], cfg) / 1000
+    budgeted, plain = (t / 1000 for t in paired_p50_ns(
+        [call(authorize, "payer", "pay:send", PAY_CONTEXT)],
+        [call(authorize, "payer", "pay:view", PAY_CONTEXT)], cfg))
     tokened = token_ratio(authorize, token, cfg)
 
     return [
