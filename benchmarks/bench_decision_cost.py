@@ -48,7 +48,9 @@ counted (they still disturb caches: compare ratios of one run, not absolute figu
 round-robin; each ratio's two sides (condition and floor, budget and plain, token and
 its plain request) share one loop, batches of each in turn, so that the machine's drift
 weighs on both alike; ``hit``, ``miss`` and ``active`` iterate a list of requests in
-one loop, so the loop costs the same in all three.
+one loop, so the loop costs the same in all three, and ``hit`` and the two ``active``
+sets are timed together, in blocks of six batches of each in turn, each block's first
+batch left out (it pays for the CPU caches the block before filled).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ from policyengine.tokens import KeySet, mint
 ISSUER = "https://auth.example"
 ACTIVE_PAIRS = 100_000  # more than 65,536 pairs (the cache keeps more plans: see above)
 ACTIVE_WITHIN = 50_000  # fewer
+BLOCK = 6  # batches per stream in turn when hit and active are timed together
 RULES_PER_FILE = 1_000  # policy files are limited to 1 MiB
 CONTEXT = {"level": 9}
 PAY_CONTEXT = {"amount": "5.00", "currency": "USD"}
@@ -198,21 +201,40 @@ def active_pair(n: int, k: int) -> tuple[str, str]:
     return f"a{k % n}", f"docs:v{k // n}"
 
 
-def active_p50_ns(authorize: Callable[..., Any], n: int, pairs: int, budget_s: float
-                  ) -> float:
-    """Per call, ``pairs`` distinct pairs asked in uniformly random order, after each was
-    asked once (and a random round to reach the cache's steady state)."""
+def active_and_hit_p50_ns(authorize: Callable[..., Any], n: int, budget_s: float
+                          ) -> tuple[float, float, float]:
+    """p50 per call of ``hit``, of ``active/50k`` and of ``active`` (the two active sets
+    asked in uniformly random order, after each pair was asked once and a random round
+    reached the cache's steady state), timed in one loop: blocks of ``BLOCK`` batches of
+    each in turn, the first batch of every block left out (it pays for the CPU caches the
+    previous block filled with other entries: a hit right after 100 active requests is
+    not what a hit is). Timed apart, a hit median that ran fast for a while moved the
+    ratio past its goal's margin on a noisy machine."""
     rng = random.Random(7)
-    for k in range(pairs):
+    for k in range(ACTIVE_PAIRS):
         authorize(*active_pair(n, k), CONTEXT)
-    for _ in range(pairs):
-        authorize(*active_pair(n, rng.randrange(pairs)), CONTEXT)
+    for _ in range(ACTIVE_PAIRS):
+        authorize(*active_pair(n, rng.randrange(ACTIVE_PAIRS)), CONTEXT)
 
-    def batches() -> Iterator[Batch]:
+    def active(pairs: int) -> Iterator[Batch]:
         while True:
             yield [active_pair(n, rng.randrange(pairs)) for _ in range(100)]
 
-    return stream_p50_ns(authorize, batches(), budget_s, 50)
+    streams = (hot_batches(n, 100), active(ACTIVE_WITHIN), active(ACTIVE_PAIRS))
+    samples: tuple[list[float], ...] = ([], [], [])
+    ctx = CONTEXT
+    deadline = time.thread_time() + 3 * budget_s
+    while time.thread_time() < deadline or len(samples[0]) < 50:
+        for stream, kept in zip(streams, samples, strict=True):
+            for i in range(BLOCK):
+                batch = next(stream)
+                t0 = time.thread_time_ns()
+                for principal, permission in batch:
+                    authorize(principal, permission, ctx)
+                if i:
+                    kept.append((time.thread_time_ns() - t0) / len(batch))
+    hit, within, beyond = (statistics.median(kept) for kept in samples)
+    return hit, within, beyond
 
 
 def batch_size(authorize: Callable[..., Any], batches: Iterator[Batch]) -> int:
@@ -245,18 +267,18 @@ def run_size(n: int, cfg: Settings, max_miss_us: float) -> list[str]:
     floor_table = {("a1", "docs:read"): 1}
     floor_call = call(floor_table.get, ("a1", "docs:read"))
 
-    # hit, miss: the same loop over requests
+    # miss, then hit and active: the same loop over requests
     budget = cfg.budget_s
-    hit = stream_p50_ns(authorize, hot_batches(n, 100), budget, 20) / 1000
     fresh = fresh_batches(n, 10)
     size = batch_size(authorize, fresh)
     miss = stream_p50_ns(authorize, fresh_batches(n, size, 10), budget, 3) / 1000
 
     active = within = "-"
     if miss <= max_miss_us:
-        inside = active_p50_ns(authorize, n, ACTIVE_WITHIN, budget) / 1000
-        beyond = active_p50_ns(authorize, n, ACTIVE_PAIRS, budget) / 1000
+        hit, inside, beyond = (t / 1000 for t in active_and_hit_p50_ns(authorize, n, budget))
         active, within = f"{beyond / hit:.2f}x", f"{beyond / inside:.2f}x"
+    else:
+        hit = stream_p50_ns(authorize, hot_batches(n, 100), budget, 20) / 1000
 
     conditional = [r for r in engine.policy.rules if r.test is not None]
     picked = [*conditional[::max(1, len(conditional) // 64)][:64], conditional[-1]]
