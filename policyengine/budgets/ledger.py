@@ -94,6 +94,7 @@ __all__ = [
     "Reservation",
     "ReservationLine",
     "ReservationPage",
+    "is_store_text",
 ]
 
 Overage = Literal["reject", "allow_if_available", "allow_with_overdraft"]
@@ -728,18 +729,18 @@ def _name(value: object, what: str, optional: bool = False) -> str | None:
         raise BudgetInputError(
             "invalid_subject", f"{what} must be a non-empty string of at most {_MAX_NAME} chars"
         )
-    if not _is_text(value):
+    if not is_store_text(value):
         raise BudgetInputError("invalid_subject", f"{what} is not text every store keeps "
                                "(it holds a NUL character or a lone surrogate)")
     return value
 
 
-def _is_text(value: str) -> bool:
+def is_store_text(value: str) -> bool:
     """Can every store keep ``value``? A lone surrogate cannot be UTF-8 (every store would
     raise UnicodeEncodeError), and PostgreSQL keeps no NUL character in text or JSON
     (memory, SQLite and Redis would): refused here as bad input on every store, where
     PostgreSQL alone would fail it as an outage. ``isascii`` is O(1), so an ASCII name
-    costs one scan for NUL."""
+    costs one scan for NUL. The policy checker asks it of an ``agent`` id (E118)."""
     if value.isascii():
         return "\0" not in value
     return "\0" not in value and _is_utf8(value)
@@ -778,7 +779,7 @@ def _ttl(ttl: object) -> float:
 def _key(key: object) -> str | None:
     if key is None:
         return None
-    if type(key) is not str or not key or len(key) > _MAX_NAME or not _is_text(key):
+    if type(key) is not str or not key or len(key) > _MAX_NAME or not is_store_text(key):
         raise BudgetInputError(
             "invalid_idempotency_key",
             f"idempotency_key must be a non-empty string of at most {_MAX_NAME} chars "

@@ -293,6 +293,16 @@ class _FileCheck(ast.StatementVisitor[None]):
                            "request from it would be invalid_request",
                            st.id_span if st.id_span is not ast.NOSPAN else st.span,
                            "shorten the id")
+        elif not st.id.isascii() or "\0" in st.id:
+            from policyengine.budgets.ledger import is_store_text
+            if not is_store_text(st.id):
+                self.ctx.tag = (3, 2)
+                self.ctx.error("E118", "an agent id with a NUL character or a lone "
+                               "surrogate (a \\u0000 or \\ud800 escape) is not text every "
+                               "store keeps: every request from it that a budget counts "
+                               "would be refused invalid_subject",
+                               st.id_span if st.id_span is not ast.NOSPAN else st.span,
+                               "drop the escape")
         facts = self.facts
         facts.agents.add(st.id)
         facts.held.update(st.roles)

@@ -2,12 +2,17 @@
 (issue 10 item 5): a budget's window, limit, unit, overdraft, zone and caps; a price's
 token count; an approval's ``expires`` and ``uses``; an agent id longer than a request's
 principal may be; a budget or rate limit id (``namespace.id``) longer than a store
-takes. What passes ``check`` loads and is decided on."""
+takes; an agent id holding text no store keeps (a NUL character, a lone surrogate). What
+passes ``check`` loads and is decided on."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import codes_of
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policyengine.engine import Engine
 
@@ -34,6 +39,8 @@ def _at(line: str, needle: str) -> int:
     ("approval a: payments:* over 10 EUR expires 31d", "E125", "31d"),
     ('role r: x:y\nagent "' + "a" * 257 + '": r', "E117", '"'),
     ('role r: x:y\nagent "": r', "E117", '"'),
+    ('role r: x:y\nagent "bot\\u0000": r', "E118", '"'),
+    ('role r: x:y\nagent "bot\\udc00x": r', "E118", '"'),
     ("ratelimit r: payments:* 10 per second burst 2000000", "E142", "2000000"),
 ])
 def test_a_bad_value_is_reported_at_the_value(line: str, code: str, needle: str) -> None:
@@ -79,3 +86,28 @@ def test_what_passes_check_is_decided_on() -> None:
     d = Engine.from_source(src).authorize(name, "payments:pay",
                                           {"amount": "10", "currency": "EUR"})
     assert d.allowed, d.reason
+
+
+#: Agent ids as a policy writes them (``json.dumps`` escapes NUL and lone surrogates as
+#: ``\\u`` escapes, which the language takes): mostly plain text, now and then one of
+#: the characters no store keeps.
+_IDS = st.text(st.one_of(st.sampled_from("ab-_.@é€\0\ud800\udfff"),
+                         st.characters(codec="utf-8")), min_size=1, max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_IDS)
+def test_an_agent_id_passes_check_exactly_when_a_budget_can_count_its_requests(
+        agent_id: str) -> None:
+    """E118 is reported for exactly the ids the budget stores refuse (invalid_subject):
+    an id that passes ``check`` is decided on by a policy with a budget per agent."""
+    line = f"agent {json.dumps(agent_id)}: r"
+    found = codes_of(("t.policy", HEAD + "role r: payments:*\n" + line + "\n"))
+    engine = Engine.from_source(HEAD + "permit p: payments:*\n"
+                                "budget d: payments:* limit 100 EUR per day per agent\n")
+    d = engine.authorize(agent_id, "payments:pay", {"amount": "1", "currency": "EUR"})
+    if found:
+        assert found == [("E118", 4, _at(line, '"'))], found
+        assert not d.allowed and d.code == "invalid_subject", d.reason
+    else:
+        assert d.allowed, d.reason
