@@ -404,3 +404,25 @@ def test_a_kept_grant_is_accepted_exactly_while_verify_accepts(
         except tokens.TokenError:
             accepted = False
         assert engine.authorize("bot", "pay:send", token=token).allowed is accepted, t
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_a_token_altered_before_its_signature_is_verified_itself(
+        data: st.DataObject) -> None:
+    """A token that differs from a kept one anywhere before the end of its signature -- a
+    payload or header altered, the signature kept -- is verified as itself (and refused),
+    never served the kept grant; and the kept token, as a new string equal to it (as
+    read from a request), still is."""
+    engine = Engine.from_source(POLICY, keys=KEYS)
+    token = mint(KEYS, ["pay:*"])
+    assert engine.authorize("bot", "pay:send", token=token).allowed  # kept now
+    at = data.draw(st.integers(0, len(token) - 25), label="position")
+    replacement = data.draw(st.sampled_from("AQgw-_.x"), label="character")
+    forged = token[:at] + replacement + token[at + 1:]
+    if forged == token:
+        return
+    decision = engine.authorize("bot", "pay:send", token=forged)
+    assert not decision.allowed
+    assert decision.code == "invalid_token"
+    assert engine.authorize("bot", "pay:send", token="".join(list(token))).allowed
