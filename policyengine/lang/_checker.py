@@ -727,17 +727,15 @@ _BUDGET_CODES = {"window": "E125", "tz": "E124"}
 def _check_rate_limit(ctx: _Ctx, st: ast.RateLimitDecl, namespace: str) -> None:
     """Patterns here; the bounds of a rate limit are the budgets leaf's own
     (:func:`policyengine.budgets.ratelimit.rate_limit_problems`), reported at the value
-    they concern (the count, the burst) or else at the statement."""
+    they concern (the id, the count, the burst) or else at the statement."""
     from policyengine.budgets.ratelimit import rate_limit_problems
     _check_patterns(ctx, st.patterns, st.span)
     for what, message in rate_limit_problems(st.patterns, st.count, st.per, st.burst,
                                              st.subject, f"{namespace}.{st.id}"):
         if what == "patterns":
             continue  # reported by _check_patterns, with the pattern
-        span = st.count_span if what == "count" else st.burst_span if what == "burst" else None
-        if span is None or span is ast.NOSPAN:
-            span = st.span
-        ctx.error("E142", f"ratelimit {st.id}: {message}", span,
+        span = {"count": st.count_span, "burst": st.burst_span, "id": st.id_span}.get(what)
+        ctx.error("E142", f"ratelimit {st.id}: {message}", _at(span, st.span),
                   "for example: ratelimit search: tools:search 10 per second burst 20")
 
 
@@ -749,7 +747,8 @@ def _at(span: ast.Span | None, statement: ast.Span) -> ast.Span:
 def _check_budget(ctx: _Ctx, st: ast.BudgetDecl, namespace: str) -> None:
     """Patterns here; every other limit of a budget is the budgets leaf's own
     (:func:`policyengine.budgets.spec.budget_problems`), reported at the value it
-    concerns (the limit, the unit, the window, the overdraft, the zone, the caps)."""
+    concerns (the id, the limit, the unit, the window, the overdraft, the zone, the
+    caps)."""
     from policyengine.budgets.spec import budget_problems
     _check_patterns(ctx, st.patterns, st.span)
     overdraft = st.overdraft if st.overdraft is not None else Decimal(0)
@@ -782,8 +781,11 @@ def _check_price(ctx: _Ctx, st: ast.PriceDecl) -> None:
         try:
             price_of(st)
         except BudgetInputError as exc:
+            # the message names the value first: "provider ...", "model ...", "per ..."
+            span = {"provider": st.provider_span, "model": st.model_span,
+                    "per": st.per_span}.get(exc.message.partition(" ")[0])
             ctx.error("E141", f"price {st.provider}/{st.model}: {exc.message}",
-                      _at(st.per_span if exc.message.startswith("per ") else None, st.span))
+                      _at(span, st.span))
 
 
 def price_of(st: ast.PriceDecl) -> ModelPrice:

@@ -703,7 +703,9 @@ class _Build:
         subject = p.maybe_token("SUBJECT") or p.maybe_token("FIELD_SUBJECT")
         if subject is not None:
             spans["subject"] = self.span(subject)
-        ident, pats = str(p.token("ID")), self.patterns(p.tree("pattern_list"))
+        id_tok = p.token("ID")
+        ident, pats = str(id_tok), self.patterns(p.tree("pattern_list"))
+        spans["id"] = self.span(id_tok)
         limit_tok, unit_tok = p.token("NUMBER"), p.token("UNIT")
         limit, unit = self.decimal(limit_tok), str(unit_tok)
         spans["limit"], spans["unit"] = self.span(limit_tok), self.span(unit_tok)
@@ -724,16 +726,18 @@ class _Build:
         burst = p.maybe_tree("rate_burst")
         burst_tok = _Parts(burst.children).token("INT") if burst is not None else None
         subject = p.maybe_token("SUBJECT") or p.maybe_token("FIELD_SUBJECT")
-        count = p.token("INT")
+        count, id_tok = p.token("INT"), p.token("ID")
         return ast.RateLimitDecl(
-            str(p.token("ID")), self.patterns(p.tree("pattern_list")), int(str(count)),
+            str(id_tok), self.patterns(p.tree("pattern_list")), int(str(count)),
             str(p.token("RATE_PERIOD")),
             int(str(burst_tok)) if burst_tok is not None else None,
             str(subject) if subject is not None else "agent", sp, self.span(count),
-            self.span(burst_tok) if burst_tok is not None else ast.NOSPAN, self.mode(p))
+            self.span(burst_tok) if burst_tok is not None else ast.NOSPAN, self.mode(p),
+            self.span(id_tok))
 
     def price_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
-        provider, model = (self.string(t) for t in p.all_tokens("STRING"))
+        provider_tok, model_tok = p.all_tokens("STRING")
+        provider, model = self.string(provider_tok), self.string(model_tok)
         items = []
         for item in p.all_trees("price_item"):
             parts = _Parts(item.children)
@@ -744,7 +748,7 @@ class _Build:
         factor = {"K": 1000, "M": 1_000_000}.get(per_text[-1], 1)
         per = int(per_text.rstrip("KM")) * factor
         return ast.PriceDecl(provider, model, tuple(items), per, per_text, sp,
-                             self.span(per_tok))
+                             self.span(per_tok), self.span(provider_tok), self.span(model_tok))
 
     def http_tool(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         hosts = tuple(self.string(x) for x in p.all_tokens("STRING"))

@@ -307,9 +307,9 @@ class BudgetDecl:
     span: Span = _span()
     caps: tuple[tuple[str, int], ...] = ()  # (max_tokens|max_steps_remaining|cooldown_ms, n)
     mode: str = "enforce"
-    #: Where each value is, by the field names of ``budget_problems`` (``limit``,
-    #: ``unit``, ``window``, ``overdraft_limit``, ``tz``, ``caps``, ``subject``): the
-    #: checker's caret for a problem with it.
+    #: Where each value is, by the field names of ``budget_problems`` (``id``,
+    #: ``limit``, ``unit``, ``window``, ``overdraft_limit``, ``tz``, ``caps``,
+    #: ``subject``): the checker's caret for a problem with it.
     value_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False, repr=False)
 
 
@@ -327,6 +327,7 @@ class RateLimitDecl:
     count_span: Span = _span()  # where the count and the burst are (the checker's carets)
     burst_span: Span = _span()
     mode: str = "enforce"
+    id_span: Span = _span()  # where the id is (the caret for one too long for a store)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +341,8 @@ class PriceDecl:
     per_text: str  # as written: 1M, 1K, 1000
     span: Span = _span()
     per_span: Span = _span()  # where the token count is (the checker's caret)
+    provider_span: Span = _span()  # where the quoted provider and model are (the carets)
+    model_span: Span = _span()
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,13 @@ def _at(line: str, needle: str) -> int:
     ('role r: x:y\nagent "bot\\u0000": r', "E118", '"'),
     ('role r: x:y\nagent "bot\\udc00x": r', "E118", '"'),
     ("ratelimit r: payments:* 10 per second burst 2000000", "E142", "2000000"),
+    ("budget " + "b" * 300 + ": payments:* limit 100 EUR per day", "E123", "b" * 300),
+    ("ratelimit " + "r" * 300 + ": payments:* 10 per second", "E142", "r" * 300),
+    ('price "' + "p" * 300 + '" "m": input 1 EUR, output 1 EUR per 1M tokens', "E141",
+     '"p'),
+    ('price "" "m": input 1 EUR, output 1 EUR per 1M tokens', "E141", '""'),
+    ('price "p" "' + "m" * 300 + '": input 1 EUR, output 1 EUR per 1M tokens', "E141",
+     '"mm'),
 ])
 def test_a_bad_value_is_reported_at_the_value(line: str, code: str, needle: str) -> None:
     found = codes_of(("t.policy", HEAD + line + "\n"))
@@ -64,15 +71,16 @@ def test_an_agent_id_as_long_as_a_principal_may_be_is_fine() -> None:
 ])
 def test_an_id_too_long_for_a_store_is_a_problem_not_a_crash(statement: str) -> None:
     """``namespace.id`` names a budget's buckets in every store (at most 256
-    characters): one longer is reported where it is declared, not raised as a bare
-    budget error when the policy loads."""
+    characters): one longer is reported where it is declared, with the caret on the id,
+    not raised as a bare budget error when the policy loads."""
     code = "E123" if statement.startswith("budget") else "E142"
+    column = statement.index("{id}") + 1
     fits = "b" * (256 - len("t."))
     assert codes_of(("t.policy", HEAD + statement.format(id=fits) + "\n")) == []
     found = codes_of(("t.policy", HEAD + statement.format(id=fits + "b") + "\n"))
-    assert [(c, line) for c, line, _ in found] == [(code, 3)]
+    assert found == [(code, 3, column)]
     long_ns = "namespace " + "n" * 250 + "\ncurrency EUR\n" + statement.format(id="abcdefgh")
-    assert [c for c, _, _ in codes_of(("t.policy", long_ns + "\n"))] == [code]
+    assert codes_of(("t.policy", long_ns + "\n")) == [(code, 3, column)]
 
 
 def test_what_passes_check_is_decided_on() -> None:
