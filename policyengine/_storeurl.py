@@ -8,13 +8,14 @@ a URL alike; each caller turns :class:`StoreUrlError` into its own error code.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["StoreUrlError", "check_memory_url", "check_redis_url", "scheme_of",
-           "split_store_url"]
+__all__ = ["POSTGRES_STORE_OPTIONS", "StoreUrlError", "check_memory_url", "check_postgres_url",
+           "check_redis_url", "scheme_of", "split_store_url"]
 
 
 class StoreUrlError(ValueError):
@@ -120,6 +121,37 @@ _REDISS_OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _check_query(query: str, known: Mapping[str, Callable[[str], Any]], client: str,
+                 also: tuple[str, ...] = ()) -> set[str]:
+    """The names of ``query``'s options, each checked: one ``known`` does not hold, an
+    option given twice or a value its conversion refuses raise :class:`StoreUrlError`
+    (``client`` names whose options ``known`` are; ``also``, names a store's URL opener
+    takes out before, is offered with them to a typo)."""
+    seen: set[str] = set()
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        convert = known.get(name)
+        if convert is None and name in _REFUSED:
+            raise StoreUrlError(f"option {name!r}: {_REFUSED[name]}")
+        if convert is None and name in also:
+            raise StoreUrlError(f"option {name!r} is not one this store takes in its URL "
+                                "(another kind of store reads it; a store's class takes "
+                                "its own options as arguments, not in the URL)")
+        if convert is None:
+            near = difflib.get_close_matches(name, [*known, *also], n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise StoreUrlError(f"unknown option {name!r}{hint} (the store's own options, "
+                                f"and {client}: {', '.join(sorted(known))})")
+        if name in seen:
+            raise StoreUrlError(f"option {name} given twice")
+        seen.add(name)
+        try:
+            convert(value)
+        except ValueError:
+            raise StoreUrlError(f"option {name}={value!r} is not a value it takes"
+                                ) from None
+    return seen
+
+
 def check_redis_url(plain: str) -> None:
     """Refuse a Redis URL (the store's own options already taken out) that redis-py would
     read other than as written, or fail on only at the first command: a query option it
@@ -135,21 +167,7 @@ def check_redis_url(plain: str) -> None:
         raise StoreUrlError(str(exc)) from None
     scheme = parts.scheme.lower()
     known = {**_REDIS_OPTIONS, **(_REDISS_OPTIONS if scheme == "rediss" else {})}
-    seen: set[str] = set()
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        convert = known.get(name)
-        if convert is None:
-            names = ", ".join(sorted(known))
-            raise StoreUrlError(f"unknown option {name!r} (the store's own options, and "
-                                f"for the Redis client: {names})")
-        if name in seen:
-            raise StoreUrlError(f"option {name} given twice")
-        seen.add(name)
-        try:
-            convert(value)
-        except ValueError:
-            raise StoreUrlError(f"option {name}={value!r} is not a value it takes"
-                                ) from None
+    seen = _check_query(parts.query, known, "for the Redis client")
     if scheme == "unix":
         if not parts.path:
             raise StoreUrlError("unix:// needs the socket's path (unix:///path/to.sock)")
@@ -163,3 +181,120 @@ def check_redis_url(plain: str) -> None:
         except ValueError:
             raise StoreUrlError(f"database {path!r} is not a number (write "
                                 "redis://host:6379/0)") from None
+
+
+def _any(value: str) -> str:
+    return value
+
+
+def _exactly(*names: str) -> Callable[[str], str]:
+    """One of ``names``, spelt as libpq compares it (case and all)."""
+    def convert(value: str) -> str:
+        if value not in names:
+            raise ValueError(value)
+        return value
+    return convert
+
+
+def _digits(value: str) -> int:
+    if not value.isdigit() or len(value) > 9:
+        raise ValueError(value)
+    return int(value)
+
+
+def _ports(value: str) -> str:
+    """A port, or one per host of a list (``host=a,b&port=5432,5433``; empty: the
+    default)."""
+    for port in value.split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(value)
+    return value
+
+
+def _tls_version(value: str) -> str:
+    if value.lower() not in ("", "tlsv1", "tlsv1.1", "tlsv1.2", "tlsv1.3"):
+        raise ValueError(value)
+    return value
+
+
+_ON_OFF = _exactly("0", "1")
+#: Driver options a store never passes on, and why.
+_REFUSED = {"replication": "a replication connection runs none of the store's statements"}
+#: libpq's connection parameters (the PostgreSQL manual, "Connection Strings",
+#: "Parameter Key Words"), which a store passes on in its URL, with what each must read
+#: as where libpq takes a fixed set of values or a number. libpq refuses any other name
+#: when it parses the URL, which the stores reported as unreachable
+#: (``store_unavailable``...); a value libpq refuses (``sslmode=requried``) failed the
+#: same way, at the first connection. Left out: ``replication`` (such a connection runs
+#: none of the stores' statements) and ``connect_timeout``, which the stores take out of
+#: the URL as their own option (:data:`POSTGRES_STORE_OPTIONS`: given to the driver
+#: beside their own timeout, libpq's was overridden by it).
+_LIBPQ_OPTIONS: dict[str, Callable[[str], Any]] = {
+    **dict.fromkeys((
+        "host", "hostaddr", "dbname", "user", "password", "passfile", "require_auth",
+        "client_encoding", "options", "application_name", "fallback_application_name",
+        "sslcert", "sslkey", "sslkeylogfile", "sslpassword", "sslrootcert", "sslcrl",
+        "sslcrldir", "requirepeer", "krbsrvname", "service", "scram_client_key",
+        "scram_server_key", "oauth_issuer", "oauth_client_id", "oauth_client_secret",
+        "oauth_scope"), _any),
+    "port": _ports,
+    "channel_binding": _exactly("disable", "prefer", "require"),
+    "keepalives": _ON_OFF,
+    "keepalives_idle": _digits,
+    "keepalives_interval": _digits,
+    "keepalives_count": _digits,
+    "tcp_user_timeout": _digits,
+    "gssencmode": _exactly("disable", "prefer", "require"),
+    "sslmode": _exactly("disable", "allow", "prefer", "require", "verify-ca",
+                        "verify-full"),
+    "sslnegotiation": _exactly("postgres", "direct"),
+    "sslcompression": _ON_OFF,
+    "sslcertmode": _exactly("disable", "allow", "require"),
+    "sslsni": _ON_OFF,
+    "ssl_min_protocol_version": _tls_version,
+    "ssl_max_protocol_version": _tls_version,
+    "min_protocol_version": _exactly("3.0", "3.2", "latest"),
+    "max_protocol_version": _exactly("3.0", "3.2", "latest"),
+    "gsslib": _exactly("gssapi", "sspi"),
+    "gssdelegation": _ON_OFF,
+    "target_session_attrs": _exactly("any", "read-write", "read-only", "primary",
+                                      "standby", "prefer-standby"),
+    "load_balance_hosts": _exactly("disable", "random"),
+}
+#: The options a PostgreSQL store's URL opener takes out of the query (each kind reads
+#: some of them; the others it refuses): offered to a typo beside libpq's.
+POSTGRES_STORE_OPTIONS = ("schema", "durability", "pool_size", "max_clock_skew",
+                          "retention", "connect_timeout", "refresh", "max_stale", "create")
+
+
+def check_postgres_url(plain: str) -> None:
+    """Refuse a PostgreSQL URL (the store's own options already taken out) that libpq
+    would refuse, or read other than as written, only when the store connects: a query
+    option that is not one of libpq's connection parameters (``?bogus=1``, a typo such as
+    ``?sslmdoe=require``, or a store option of another kind, ``?prefix=``), a value
+    libpq does not take for it (``sslmode=requried``, ``keepalives=yes``), an option
+    given twice, a port that is no number, or a URL libpq's own parser refuses. Each is
+    the caller's mistake, raised as the store's bad-input code, never reported as an
+    unreachable server."""
+    try:
+        parts = urlsplit(plain)
+    except ValueError as exc:
+        raise StoreUrlError(str(exc)) from None
+    _check_query(parts.query, _LIBPQ_OPTIONS, "libpq's connection parameters",
+                 POSTGRES_STORE_OPTIONS)
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:  # the store says which extra to install
+        return
+    try:
+        read = conninfo_to_dict(plain)  # libpq's parser: the syntax, what this libpq knows
+    except ProgrammingError:
+        # libpq's words quote the URL, password and all: not repeated
+        raise StoreUrlError("libpq cannot read it (a bad %-escape, an unclosed [ of an "
+                            "IPv6 address, or an option this libpq does not know)"
+                            ) from None
+    try:
+        _ports(str(read.get("port", "")))
+    except ValueError:
+        raise StoreUrlError("a port is no number from 1 to 65535") from None

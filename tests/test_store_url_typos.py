@@ -3,7 +3,11 @@ opened, with the store's own code: budget ``invalid_store_url``, approval
 ``approval_store_error``, revocation ``invalid_revocations``. redis-py hands any query
 option it does not know to its connection class, which raised a bare ``TypeError`` at the
 first command (``redis://...?foo=1``); ``memory:?durability=full`` and ``memory:anything``
-opened a memory store, ignoring what they said; ``redis://host/notadb`` used database 0."""
+opened a memory store, ignoring what they said; ``redis://host/notadb`` used database 0.
+libpq refuses a query option it does not know when it parses the URL, which the stores
+reported as an unreachable server (``store_unavailable``, ``revocation_unavailable``,
+``approval_store_error`` "the approval store failed"), and a value it does not take
+(``sslmode=requried``) at the first connection, the same way."""
 
 from __future__ import annotations
 
@@ -35,6 +39,120 @@ OPENERS: list[tuple[str, Callable[[str], Any], type[PolicyEngineError], str]] = 
     ("approval", approvals_from_url, ApprovalError, "approval_store_error"),
     ("revocation", revocations_from_url, TokenError, "invalid_revocations"),
 ]
+
+NO_PG = "postgresql://u:s3cret@127.0.0.1:1/db"
+#: libpq's connection parameters and the options the PostgreSQL stores' URLs take.
+KNOWN_PG = {
+    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "require_auth",
+    "channel_binding", "connect_timeout", "client_encoding", "options", "application_name",
+    "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
+    "keepalives_count", "tcp_user_timeout", "replication", "gssencmode", "sslmode",
+    "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslkeylogfile", "sslpassword",
+    "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "min_protocol_version",
+    "max_protocol_version", "krbsrvname", "gsslib", "gssdelegation", "scram_client_key",
+    "scram_server_key", "service", "target_session_attrs", "load_balance_hosts",
+    "oauth_issuer", "oauth_client_id", "oauth_client_secret", "oauth_scope",
+    "schema", "durability", "pool_size", "max_clock_skew", "retention", "refresh",
+    "max_stale", "create"}
+#: What each kind's refusal of a URL says first (an outage says something else: the
+#: approval store's outage code is the same ``approval_store_error``).
+URL_REFUSAL = {"budget": "budget store URL", "approval": "approval store URL",
+               "revocation": "revocation store URL"}
+
+BAD_PG = [
+    f"{NO_PG}?bogus=1",
+    f"{NO_PG}?sslmdoe=require",  # a typo of libpq's sslmode
+    f"{NO_PG}?SSLMODE=require",  # libpq's names are case-sensitive
+    f"{NO_PG}?application-name=x",
+    f"{NO_PG}?sslmode=requried",  # a value libpq refuses only when it connects
+    f"{NO_PG}?sslmode=REQUIRE",
+    f"{NO_PG}?keepalives=yes",
+    f"{NO_PG}?keepalives_idle=-1",
+    f"{NO_PG}?target_session_attrs=writable",
+    f"{NO_PG}?gssencmode=on",
+    f"{NO_PG}?sslmode=require&sslmode=disable",
+    f"{NO_PG}?prefix=x",  # Redis's option, not PostgreSQL's
+    f"{NO_PG}?replication=database",
+    f"{NO_PG}?connect_timeout=soon",
+    f"{NO_PG}?port=5432,x",
+    "postgresql://u:s3cret@127.0.0.1:abc/db",
+    "postgresql://u:s3cret@127.0.0.1:70000/db",
+    "postgresql://u:s3cret%zz@127.0.0.1:1/db",  # libpq's own parser refuses it
+    "postgres://u:s3cret@127.0.0.1:1/db?bogus=1",
+]
+
+
+@pytest.mark.parametrize("url", BAD_PG)
+@pytest.mark.parametrize(("kind", "opener", "error", "code"), OPENERS)
+def test_a_postgres_url_option_libpq_does_not_take_is_refused(
+    url: str, kind: str, opener: Callable[[str], Any], error: type[PolicyEngineError],
+    code: str,
+) -> None:
+    """Before any connection (nothing listens on port 1), with the store's bad-input
+    code and a message about the URL, never the password."""
+    with pytest.raises(error) as info:
+        opener(url)
+    assert info.value.code == code, str(info.value)
+    assert info.value.message.startswith(URL_REFUSAL[kind]), str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.from_regex(r"[a-z_]{1,16}", fullmatch=True).filter(
+    lambda n: n not in KNOWN_PG))
+def test_any_unknown_postgres_option_gets_each_store_its_code(name: str) -> None:
+    """Property: whatever option name is neither libpq's nor one the stores read, each
+    kind of store refuses the URL with its code, before any connection."""
+    for kind, opener, error, code in OPENERS:
+        with pytest.raises(error) as info:
+            opener(f"{NO_PG}?{name}=1")
+        assert info.value.code == code
+        assert info.value.message.startswith(URL_REFUSAL[kind]), str(info.value)
+
+
+def test_a_typo_is_told_the_option_it_resembles() -> None:
+    with pytest.raises(BudgetInputError) as info:
+        store_from_url(f"{NO_PG}?sslmdoe=require")
+    assert "did you mean 'sslmode'?" in info.value.message
+    with pytest.raises(ApprovalError) as approval:
+        approvals_from_url(f"{NO_PG}?schem=x")
+    assert "did you mean 'schema'?" in approval.value.message
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["budget", "approval", "revocation"])
+def test_libpq_options_reach_the_server_and_connect_timeout_is_the_stores(
+    kind: str,
+) -> None:
+    """libpq's parameters still pass (sslmode, application_name, keepalives...), and a
+    ``connect_timeout`` in the URL is the store's (before, libpq's was overridden by the
+    store's own default of 5 s)."""
+    from conftest import POSTGRES_URL, drop_namespace, require_service, unique_name
+    require_service("postgres")  # skips (fails with CI=true) without the service
+    schema = unique_name("pgopt")
+    opener = {"budget": store_from_url, "approval": approvals_from_url,
+              "revocation": revocations_from_url}[kind]
+    url = (f"{POSTGRES_URL}?schema={schema}&sslmode=disable&application_name=pe_{kind}"
+           "&keepalives=1&keepalives_idle=30&target_session_attrs=any&connect_timeout=3")
+    try:
+        store = opener(url)
+        try:
+            assert store.connect_timeout == 3
+            if kind == "budget":
+                name = store._call("SELECT current_setting('application_name')", ())
+            elif kind == "approval":
+                with store._conn() as conn:
+                    name = conn.execute("SELECT current_setting('application_name')"
+                                        ).fetchone()[0]
+            else:
+                name = store._execute("SELECT current_setting('application_name')",
+                                      ())[0][0]
+            assert name == f"pe_{kind}"
+        finally:
+            store.close()
+    finally:
+        drop_namespace("postgres", schema)
 
 BAD_REDIS = [
     f"{NO_REDIS}?foo=1",
@@ -107,25 +225,47 @@ def test_any_unknown_redis_option_gets_each_store_its_code(name: str) -> None:
         assert info.value.code == code
 
 
-def test_an_engine_refuses_such_urls_with_the_stores_codes() -> None:
+@pytest.mark.parametrize("url", [f"{NO_REDIS}?foo=1", f"{NO_PG}?foo=1"])
+def test_an_engine_refuses_such_urls_with_the_stores_codes(url: str) -> None:
     src = 'namespace t\nrole r: docs:*\nagent "bot": r\napproval del: docs:delete\n'
     for option, code in (("budget_store", "invalid_store_url"),
                          ("approvals", "approval_store_error"),
                          ("revocations", "invalid_revocations")):
         with pytest.raises(PolicyEngineError) as info:
-            Engine.from_source(src, **{option: f"{NO_REDIS}?foo=1"})
+            Engine.from_source(src, **{option: url})
         assert info.value.code == code, (option, str(info.value))
+        assert "unknown option 'foo'" in info.value.message
 
 
-def test_cli_eval_reports_the_code_not_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("url", [f"{NO_REDIS}?foo=1", f"{NO_PG}?bogus=1"])
+def test_cli_eval_reports_the_code_not_a_traceback(tmp_path: Path, url: str) -> None:
     policy = tmp_path / "p.policy"
     policy.write_text('role r: docs:*\nagent "bot": r\n')
     out = subprocess.run(
         [sys.executable, "-m", "policyengine", "eval", str(policy), "--principal", "bot",
-         "--permission", "docs:read", "--store", f"{NO_REDIS}?foo=1"],
+         "--permission", "docs:read", "--store", url],
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 2 and "invalid_store_url" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "s3cret" not in out.stderr
+
+
+@pytest.mark.parametrize(("flag", "code"), [("--budget-store", "invalid_store_url"),
+                                            ("--approvals", "approval_store_error"),
+                                            ("--revocations", "invalid_revocations")])
+def test_serve_reports_a_bad_postgres_option_with_its_code(
+    tmp_path: Path, flag: str, code: str,
+) -> None:
+    """``serve`` prints the code and what is wrong with the URL, and exits 1: no
+    traceback, no password, no claim that the server is down."""
+    (tmp_path / "p.policy").write_text('role r: docs:*\nagent "bot": r\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "policyengine", "serve", str(tmp_path), "--port", "1",
+         flag, f"{NO_PG}?sslmdoe=require"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 1, out.stderr
+    assert f"{code}: " in out.stderr and "unknown option 'sslmdoe'" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and "s3cret" not in out.stderr
 
 

@@ -773,8 +773,13 @@ class PostgresStore:
     seconds the ``now`` of a call may differ from the server's clock before the call is
     refused with ``clock_skew`` (``None``: trust the caller's clock, for tests that set
     the time). ``retention``: seconds finished reservations and idempotency records are
-    kept. Raises ``BudgetStoreError`` ``store_unavailable`` when the server cannot be
-    reached and ``store_incompatible`` when the schema holds another layout.
+    kept. ``connect_timeout``: seconds to wait for a connection (libpq's, rounded to a
+    whole number of at least 1) or for a free one of the pool. ``url``'s query holds only
+    libpq's connection parameters (``sslmode``...; ``store_from_url`` takes the store's
+    own out first): any other, or a value libpq does not take, is refused with
+    ``invalid_store_url`` before any connection. Raises ``BudgetStoreError``
+    ``store_unavailable`` when the server cannot be reached and ``store_incompatible``
+    when the schema holds another layout.
     """
 
     def __init__(
@@ -792,6 +797,12 @@ class PostgresStore:
         check_store_options("PostgresStore", durability=durability, schema=schema,
                             pool_size=pool_size, max_clock_skew=max_clock_skew,
                             retention=retention, connect_timeout=connect_timeout)
+        from policyengine._storeurl import StoreUrlError, check_postgres_url
+        from policyengine.budgets._options import store_url_error
+        try:
+            check_postgres_url(url)
+        except StoreUrlError as exc:
+            raise store_url_error(url, str(exc)) from None
         try:
             import psycopg  # fail here, with the extra to install
         except ImportError as exc:  # pragma: no cover - the extra is part of dev

@@ -36,6 +36,8 @@ from policyengine.decide._approvals import Approval, ApprovalError
 __all__ = ["PostgresApprovalStore", "RedisApprovalStore", "approvals_from_url"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
+#: Longest time option (ten years, as for the other stores): beyond, a value is a typo.
+_MAX_SECONDS = 315_360_000
 _COLUMNS = ("id, principal, permission, digest, rules, status, created_at, expires_at, "
             "uses_left, decided_at, decided_by, note")
 
@@ -92,6 +94,17 @@ class PostgresApprovalStore:
         if type(schema) is not str or not _SCHEMA_NAME.match(schema):
             raise ApprovalError("approval_store_error", f"schema={schema!r}: must be a "
                                 "lower-case SQL name (a-z, 0-9, _; at most 63 characters)")
+        if (not isinstance(connect_timeout, (int, float)) or isinstance(connect_timeout, bool)
+                or not 0 < connect_timeout <= _MAX_SECONDS):
+            raise ApprovalError("approval_store_error", f"connect_timeout={connect_timeout!r}"
+                                f": must be a number of seconds above 0, at most "
+                                f"{_MAX_SECONDS:,}")
+        from policyengine._storeurl import StoreUrlError, check_postgres_url
+        try:
+            check_postgres_url(url)
+        except StoreUrlError as exc:
+            raise ApprovalError("approval_store_error", f"approval store URL: {exc}"
+                                ) from None
         self.url = url
         self.schema = schema
         self.connect_timeout = connect_timeout
@@ -422,10 +435,11 @@ class RedisApprovalStore:
 
 
 def approvals_from_url(url: str, **options: Any) -> Any:
-    """The approval store ``url`` names: ``memory:``, ``postgresql://...?schema=...`` or
-    ``redis://...?prefix=...``. Raises ``ApprovalError("approval_store_error")`` for
-    another URL, or a bad option (a ``schema`` that is no lower-case SQL name, an empty
-    ``prefix``, an option given twice)."""
+    """The approval store ``url`` names: ``memory:``, ``postgresql://...?schema=...``
+    (and ``connect_timeout``) or ``redis://...?prefix=...``. Raises
+    ``ApprovalError("approval_store_error")`` for another URL, or a bad option (a
+    ``schema`` that is no lower-case SQL name, an empty ``prefix``, an option given
+    twice, an option neither the store nor its driver reads)."""
     from policyengine._storeurl import (
         StoreUrlError,
         check_memory_url,
@@ -444,11 +458,16 @@ def approvals_from_url(url: str, **options: Any) -> Any:
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
         raise ApprovalError("approval_store_error", "an approval store URL is memory:, "
                             "postgresql://... or redis://...")
+    postgres = scheme.startswith("postgres")
+    # each kind takes out its own options; any other is left for the driver's check,
+    # which refuses it (``?prefix=`` on PostgreSQL is no libpq option)
+    own: dict[str, Any] = ({"schema": str, "connect_timeout": float} if postgres
+                           else {"prefix": str})
     try:
-        plain, mine = split_store_url(url, {"schema": str, "prefix": str})
+        plain, mine = split_store_url(url, own)
     except StoreUrlError as exc:
         raise ApprovalError("approval_store_error", f"approval store URL: {exc}") from None
-    store = PostgresApprovalStore if scheme.startswith("postgres") else RedisApprovalStore
+    store = PostgresApprovalStore if postgres else RedisApprovalStore
     try:
         return store(plain, **{**mine, **options})
     except ApprovalError:

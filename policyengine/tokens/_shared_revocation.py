@@ -172,6 +172,12 @@ class PostgresRevocationStore(_CachedRevocations):
                              "SQL name (a-z, 0-9, _; at most 63 characters)")
         _check_times(connect_timeout=connect_timeout, positive=True)
         _check_refresh(refresh, max_stale)  # before the schema is created
+        from policyengine._storeurl import StoreUrlError, check_postgres_url
+        try:
+            check_postgres_url(url)
+        except StoreUrlError as exc:
+            raise TokenError("invalid_revocations", f"revocation store URL: {exc}"
+                             ) from None
         self.url = url
         self.schema = schema
         self.connect_timeout = connect_timeout
@@ -400,9 +406,10 @@ def _new_id() -> str:
 
 def revocations_from_url(url: str, **options: Any) -> Any:
     """The revocation store ``url`` names: ``memory:``, ``postgresql://...?schema=...``
-    or ``redis://...?prefix=...`` (``refresh``, ``max_stale`` and ``create`` ride in the
-    query too; ``create`` matters to Redis alone: PostgreSQL's tables are always made).
-    A URL or option it cannot use raises ``TokenError`` ``invalid_revocations``."""
+    (and ``connect_timeout``) or ``redis://...?prefix=...`` (``refresh``, ``max_stale``
+    and ``create`` ride in the query too; ``create`` matters to Redis alone:
+    PostgreSQL's tables are always made). A URL or option it cannot use (one neither the
+    store nor its driver reads included) raises ``TokenError`` ``invalid_revocations``."""
     from policyengine._storeurl import (
         StoreUrlError,
         check_memory_url,
@@ -421,13 +428,17 @@ def revocations_from_url(url: str, **options: Any) -> Any:
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
         raise TokenError("invalid_revocations",
                          "a revocation store URL is memory:, postgresql://... or redis://...")
+    postgres = scheme.startswith("postgres")
+    # each kind takes out its own options; any other is left for the driver's check,
+    # which refuses it (``?prefix=`` on PostgreSQL is no libpq option)
+    own: dict[str, Any] = {"refresh": float, "max_stale": float, "create": _flag,
+                           **({"schema": str, "connect_timeout": float} if postgres
+                              else {"prefix": str})}
     try:
-        plain, mine = split_store_url(url, {"refresh": float, "max_stale": float,
-                                            "schema": str, "prefix": str,
-                                            "create": _flag})
+        plain, mine = split_store_url(url, own)
     except StoreUrlError as exc:
         raise TokenError("invalid_revocations", f"revocation store URL: {exc}") from None
-    store = PostgresRevocationStore if scheme.startswith("postgres") else RedisRevocationStore
+    store = PostgresRevocationStore if postgres else RedisRevocationStore
     chosen = {**mine, **options}
     if store is PostgresRevocationStore and chosen.pop("create", False) not in (True, False):
         raise TokenError("invalid_revocations", "create must be true or false")
