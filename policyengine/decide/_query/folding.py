@@ -89,9 +89,9 @@ class Folder:
                 return ERR
             return negated(inner)  # type: ignore[arg-type]
         if isinstance(e, ast.And):
-            return _conj([self.fold(i, rule) for i in e.items], e.items)
+            return _chain(ast.And, [self.fold(i, rule) for i in e.items], e.items)
         if isinstance(e, ast.Or):
-            return _disj([self.fold(i, rule) for i in e.items], e.items)
+            return _chain(ast.Or, [self.fold(i, rule) for i in e.items], e.items)
         if self.known(e):
             return self._evaluate(e, rule)
         # a rule that does not read the principal has nothing to write in
@@ -200,7 +200,7 @@ class Folder:
             expr = cond.expr if cond.kind == "when" else ast.Not(cond.expr)
             originals.append(expr)
             parts.append(self.fold(expr, rule))
-        out = _conj(parts, originals)
+        out = _chain(ast.And, parts, originals)
         if out is ERR:
             out = rule.effect != "permit"
         out = memo[rule.order] = over_cap(rule, out)
@@ -227,7 +227,7 @@ def over_cap(rule: CompiledRule, guard: Folded) -> Folded:
         return guard
     base = rule.money.base if rule.money is not None else None
     over = ast.Compare(">", ast.Amount(), ast.MoneyLit(rule.amount_limit, base or ""))
-    return over if guard is True else _conj([guard, over], [over, over])
+    return over if guard is True else _chain(ast.And, [guard, over], [over, over])
 
 
 def plain_guard(rule: CompiledRule, reads: Sequence[int]) -> Folded | None:
@@ -241,7 +241,7 @@ def plain_guard(rule: CompiledRule, reads: Sequence[int]) -> Folded | None:
         if read != READS_REQUEST or type(e) in COMPOUND:
             return None
         parts.append(e if cond.kind == "when" else negated(e))
-    return over_cap(rule, _conj(parts, parts))  # type: ignore[arg-type]
+    return over_cap(rule, _chain(ast.And, parts, parts))  # type: ignore[arg-type]
 
 
 #: ``not (a OP b)`` is ``a INVERSE b``: the same answer on every pair of values, and the
@@ -260,45 +260,35 @@ def negated(e: ast.Expr) -> ast.Expr:
     return ast.Not(e)
 
 
-def _conj(parts: Sequence[Folded], originals: Sequence[ast.Expr]) -> Folded:
-    """``a and b and ...`` folded left to right, as the engine evaluates it."""
+def _chain(join: type[ast.And | ast.Or], parts: Sequence[Folded],
+           originals: Sequence[ast.Expr]) -> Folded:
+    """``a and b and ...`` (``join`` is ``ast.And``) or ``a or b or ...`` (``ast.Or``)
+    folded left to right, as the engine evaluates it. A part known to be the
+    operator's identity (true for ``and``, false for ``or``) drops out, one known to be
+    the other value decides the whole; an error decides it when nothing before it is
+    left, else its original stays (it errs at run time only if what is left before it
+    lets it be reached). A residual ``and`` among the parts of an ``and`` is spliced into
+    it (a rule's guard is the ``and`` of its conditions); a residual ``or`` among the
+    parts of an ``or`` stays as written (printed in parentheses)."""
+    identity = join is ast.And
     rest: list[ast.Expr] = []
     for value, original in zip(parts, originals, strict=True):
-        if value is True:
+        if value is identity:
             continue
-        if value is False:
-            return False
+        if type(value) is bool:  # the other value
+            return value
         if value is ERR:
             if not rest:
                 return ERR
-            rest.append(original)  # errors at run time only if the rest holds
+            rest.append(original)  # errors at run time only if the rest lets it be reached
             continue
-        if isinstance(value, ast.And):
+        if identity and isinstance(value, ast.And):
             rest.extend(value.items)
         else:
             rest.append(value)  # type: ignore[arg-type]
     if not rest:
-        return True
-    return rest[0] if len(rest) == 1 else ast.And(tuple(rest))
-
-
-def _disj(parts: Sequence[Folded], originals: Sequence[ast.Expr]) -> Folded:
-    """``a or b or ...`` folded left to right."""
-    rest: list[ast.Expr] = []
-    for value, original in zip(parts, originals, strict=True):
-        if value is False:
-            continue
-        if value is True:
-            return True
-        if value is ERR:
-            if not rest:
-                return ERR
-            rest.append(original)
-            continue
-        rest.append(value)  # type: ignore[arg-type]
-    if not rest:
-        return False
-    return rest[0] if len(rest) == 1 else ast.Or(tuple(rest))
+        return identity
+    return rest[0] if len(rest) == 1 else join(tuple(rest))
 
 
 #: One status line of a region before it is given a principal and pattern:
