@@ -516,9 +516,10 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _cmd_store_init(args: argparse.Namespace) -> int:
     """Create a shared store's dataset, once: the explicit act a Redis store asks for on
     first use and after it lost its data (its stores never make one on their own, or a
-    restart without persistence would grant budgets afresh and forget revocations).
-    Opening a PostgreSQL or SQLite store makes its tables; on a dataset that exists it
-    changes nothing."""
+    restart without persistence would grant budgets afresh and forget revocations), and
+    a PostgreSQL revocation store after its tables were emptied. Opening a PostgreSQL or
+    SQLite store makes its tables on first use; on a dataset that exists it changes
+    nothing."""
     from policyengine._storeurl import scheme_of
     url: str = args.url
     redis = scheme_of(url) in ("redis", "rediss", "unix")
@@ -533,16 +534,13 @@ def _cmd_store_init(args: argparse.Namespace) -> int:
             from policyengine.budgets import store_from_url
             opener = store_from_url
         existed = True
-        if redis:
-            try:
-                store = opener(url)
-            except PolicyEngineError as exc:
-                if exc.code not in ("store_uninitialized", "revocations_uninitialized"):
-                    raise
-                existed = False
-                store = opener(url, create=True)
-        else:
+        try:
             store = opener(url)
+        except PolicyEngineError as exc:
+            if exc.code not in ("store_uninitialized", "revocations_uninitialized"):
+                raise
+            existed = False
+            store = opener(url, create=True)
         close = getattr(store, "close", None)
         if close is not None:
             close()
@@ -619,7 +617,8 @@ def _parser() -> argparse.ArgumentParser:
     store_sub = p.add_subparsers(dest="store_command", required=True)
     p = store_sub.add_parser(
         "init", help="create the store's dataset if it has none (a Redis prefix's first "
-        "use, or after Redis lost it: accepting that loss); never replaces one")
+        "use, or after Redis lost it, or PostgreSQL revocation tables emptied: accepting "
+        "that loss); never replaces one")
     p.add_argument("url", metavar="URL", help="the store URL the hosts use "
                    "(redis://..., postgresql://..., sqlite:///...)")
     p.add_argument("--revocations", action="store_true",

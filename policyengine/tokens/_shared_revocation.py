@@ -159,14 +159,31 @@ class _CachedRevocations:
 
 
 class PostgresRevocationStore(_CachedRevocations):
-    """Revoked grant ids and jtis in ``<schema>.token_revocations`` (created if missing).
+    """Revoked grant ids and jtis in ``<schema>.token_revocations``, and the dataset's
+    version in the one row of ``<schema>.token_revocations_version``.
+
+    A schema without these tables gets them, the version row with them (a first use;
+    the version table, added later, is likewise made beside a ``token_revocations`` of an
+    earlier version). Where the version table exists but its row is gone (the tables were
+    emptied: a ``TRUNCATE``, a ``DELETE`` by hand), the revocations it held are gone too,
+    and a host started now would accept every token revoked before: the store is refused
+    with ``revocations_uninitialized`` unless ``create=True`` (``policyengine store init
+    --revocations URL``, an operator's act), as a Redis prefix whose dataset is lost is;
+    ``revoke`` then refuses to run (``revocation_unavailable``) instead of making a new
+    row. Hosts already running keep every id they loaded and, once an operator has made
+    the row again, write back at their next refresh the ids the server lacks (so too
+    after a restore from an older backup).
 
     One connection per process (revocations are rare; refreshes once per ``refresh``).
     """
 
     def __init__(self, url: str, *, schema: str = "policyengine", refresh: float = 1.0,
                  max_stale: float = 5.0, connect_timeout: float = 5.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 create: bool = False) -> None:
+        if type(create) is not bool:
+            raise TokenError("invalid_revocations", f"create={create!r}: must be true or "
+                             "false")
         if type(schema) is not str or not _SCHEMA_NAME.match(schema):
             raise TokenError("invalid_revocations", f"schema={schema!r}: must be a lower-case "
                              "SQL name (a-z, 0-9, _; at most 63 characters)")
@@ -187,45 +204,79 @@ class PostgresRevocationStore(_CachedRevocations):
         self._conn: Any = None
         self._pid = 0
         self._conn_lock = threading.Lock()
-        self._execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"', (), ddl=True)
-        self._execute(f"CREATE TABLE IF NOT EXISTS {self._table} (id text PRIMARY KEY, "
-                      "revoked_at timestamptz NOT NULL DEFAULT clock_timestamp())", (),
-                      ddl=True)
-        self._execute(f"CREATE TABLE IF NOT EXISTS {self._versions} (id int PRIMARY KEY "
-                      "CHECK (id = 1), epoch text NOT NULL, version bigint NOT NULL, "
-                      "change text NOT NULL)", (), ddl=True)
-        # Tables of those names made by something else are refused by name, not met as a
-        # database error at the first refresh.
-        found = {(row[0], row[1]) for row in self._execute(
-            "SELECT table_name, column_name FROM information_schema.columns WHERE "
-            "table_schema = %s AND table_name IN ('token_revocations', "
-            "'token_revocations_version')", (schema,))}
-        lacking = [f"{t}.{c}" for t, c in _PG_COLUMNS if (t, c) not in found]
-        if lacking:
-            raise TokenError("revocations_incompatible",
-                             f"schema {schema!r} holds revocation tables this policyengine "
-                             f"does not recognise (no {', '.join(lacking)}): use another "
-                             "schema")
-        self._execute(f"INSERT INTO {self._versions} VALUES (1, %s, 0, %s) "
-                      "ON CONFLICT (id) DO NOTHING", (_new_id(), _new_id()))
+        self._open(create)
         super().__init__(refresh, max_stale, monotonic)
 
-    def _execute(self, sql: str, params: tuple[Any, ...], ddl: bool = False) -> list[Any]:
+    def _open(self, create: bool) -> None:
+        """Make the tables where missing and check them, in one transaction that
+        processes opening the schema at once take in turns (none sees another's tables
+        without their version row)."""
+        import psycopg
+        schema = self.schema
+        with self._conn_lock:
+            try:
+                conn = self._connection()
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                                 (f"policyengine.revocations.{schema}",))
+                    had_versions = conn.execute(
+                        "SELECT to_regclass(%s) IS NOT NULL", (self._versions,)
+                    ).fetchone()[0]
+                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                    conn.execute(f"CREATE TABLE IF NOT EXISTS {self._table} (id text "
+                                 "PRIMARY KEY, revoked_at timestamptz NOT NULL DEFAULT "
+                                 "clock_timestamp())")
+                    conn.execute(f"CREATE TABLE IF NOT EXISTS {self._versions} (id int "
+                                 "PRIMARY KEY CHECK (id = 1), epoch text NOT NULL, "
+                                 "version bigint NOT NULL, change text NOT NULL)")
+                    # Tables of those names made by something else are refused by name,
+                    # not met as a database error at the first refresh.
+                    found = {(row[0], row[1]) for row in conn.execute(
+                        "SELECT table_name, column_name FROM information_schema.columns "
+                        "WHERE table_schema = %s AND table_name IN ('token_revocations', "
+                        "'token_revocations_version')", (schema,))}
+                    lacking = [f"{t}.{c}" for t, c in _PG_COLUMNS if (t, c) not in found]
+                    if lacking:
+                        raise TokenError(
+                            "revocations_incompatible",
+                            f"schema {schema!r} holds revocation tables this policyengine "
+                            f"does not recognise (no {', '.join(lacking)}): use another "
+                            "schema")
+                    # The row is made with its table, or when asked to: a table that lost
+                    # it lost its revocations with it (see the class).
+                    if create or not had_versions:
+                        conn.execute(f"INSERT INTO {self._versions} VALUES (1, %s, 0, %s) "
+                                     "ON CONFLICT (id) DO NOTHING", (_new_id(), _new_id()))
+                    elif conn.execute(f"SELECT 1 FROM {self._versions} WHERE id = 1"
+                                      ).fetchone() is None:
+                        raise TokenError(
+                            "revocations_uninitialized",
+                            f"schema {schema!r} holds no revocation dataset (its "
+                            "token_revocations_version row is gone: the tables were "
+                            "emptied). A host started now would accept every token revoked "
+                            "before: create a new dataset once you accept that, with "
+                            "policyengine store init --revocations URL (or create=True); "
+                            "hosts still running write back the ids they hold")
+            except psycopg.Error as exc:
+                if self._conn is not None and self._conn.broken:
+                    self._conn = None
+                raise _unavailable(exc) from exc
+
+    def _connection(self) -> Any:
+        """This process's connection (made again after a fork or a failure); the caller
+        holds ``_conn_lock``."""
+        import psycopg
+        if self._conn is None or self._pid != os.getpid() or self._conn.closed:
+            self._conn = psycopg.connect(self.url, autocommit=True,
+                                         connect_timeout=max(1, round(self.connect_timeout)))
+            self._pid = os.getpid()
+        return self._conn
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         import psycopg
         with self._conn_lock:
             try:
-                if self._conn is None or self._pid != os.getpid() or self._conn.closed:
-                    self._conn = psycopg.connect(
-                        self.url, autocommit=True,
-                        connect_timeout=max(1, round(self.connect_timeout)))
-                    self._pid = os.getpid()
-                if ddl:  # processes creating one table at once take turns
-                    with self._conn.transaction():
-                        self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                           (f"policyengine.revocations.{self.schema}",))
-                        self._conn.execute(sql, params)
-                    return []
-                cur = self._conn.execute(sql, params)
+                cur = self._connection().execute(sql, params)
                 return cur.fetchall() if cur.description is not None else []
             except psycopg.Error as exc:
                 if self._conn is not None and self._conn.broken:
@@ -242,14 +293,28 @@ class PostgresRevocationStore(_CachedRevocations):
         return [row[0] for row in self._execute(f"SELECT id FROM {self._table}", ())]
 
     def _server_add(self, identifier: str) -> None:
-        # one statement, so one transaction: the id and the new version land together (a
-        # lost version row is made again with a new epoch)
-        self._execute(
-            f"WITH added AS (INSERT INTO {self._table} (id) VALUES (%s) "
-            f"ON CONFLICT DO NOTHING RETURNING 1) "
-            f"INSERT INTO {self._versions} AS v VALUES (1, %s, 1, %s) "
-            f"ON CONFLICT (id) DO UPDATE SET version = v.version + 1, "
-            f"change = EXCLUDED.change", (identifier, _new_id(), _new_id()))
+        if not self._write([identifier]):
+            raise TokenError(
+                "revocation_unavailable",
+                f"the revocations in schema {self.schema!r} are gone (their version row "
+                "was emptied with the tables): not revoked. Refusing to start a new "
+                "dataset on its own; an operator makes one (policyengine store init "
+                "--revocations URL) once the loss is accepted, then revoke again")
+
+    def _server_restore(self, identifiers: frozenset[str]) -> None:
+        self._write(sorted(identifiers))  # nothing without a dataset: only an operator
+
+    def _write(self, identifiers: list[str]) -> bool:
+        """Add ``identifiers`` and move the version, in one statement (so one
+        transaction: the ids and the new version land together); False, writing nothing,
+        when the version row is gone."""
+        rows = self._execute(
+            f"WITH v AS (UPDATE {self._versions} SET version = version + 1, change = %s "
+            f"WHERE id = 1 RETURNING 1), "
+            f"added AS (INSERT INTO {self._table} (id) SELECT x FROM v, unnest(%s::text[]) "
+            f"AS x ON CONFLICT DO NOTHING) SELECT count(*) FROM v",
+            (_new_id(), identifiers))
+        return bool(rows[0][0])
 
     def close(self) -> None:
         with self._conn_lock:
@@ -407,9 +472,9 @@ def _new_id() -> str:
 def revocations_from_url(url: str, **options: Any) -> Any:
     """The revocation store ``url`` names: ``memory:``, ``postgresql://...?schema=...``
     (and ``connect_timeout``) or ``redis://...?prefix=...`` (``refresh``, ``max_stale``
-    and ``create`` ride in the query too; ``create`` matters to Redis alone:
-    PostgreSQL's tables are always made). A URL or option it cannot use (one neither the
-    store nor its driver reads included) raises ``TokenError`` ``invalid_revocations``."""
+    and ``create`` ride in the query too: ``create`` makes a dataset where there is none,
+    see the stores). A URL or option it cannot use (one neither the store nor its driver
+    reads included) raises ``TokenError`` ``invalid_revocations``."""
     from policyengine._storeurl import (
         StoreUrlError,
         check_memory_url,
@@ -440,8 +505,6 @@ def revocations_from_url(url: str, **options: Any) -> Any:
         raise TokenError("invalid_revocations", f"revocation store URL: {exc}") from None
     store = PostgresRevocationStore if postgres else RedisRevocationStore
     chosen = {**mine, **options}
-    if store is PostgresRevocationStore and chosen.pop("create", False) not in (True, False):
-        raise TokenError("invalid_revocations", "create must be true or false")
     try:
         return store(plain, **chosen)
     except TokenError:

@@ -287,3 +287,42 @@ def test_the_store_clock_decides_for_a_host_ahead_and_one_behind(kind: str) -> N
             engine.approvals.close()  # type: ignore[attr-defined]
         admin.close()
         drop_namespace(kind, name)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("emptied", ["TRUNCATE {t}", "DELETE FROM {t}"])
+def test_a_postgres_approval_table_emptied_under_the_store_honours_nothing(
+    emptied: str,
+) -> None:
+    """The approval store's side of a dataset emptied under it (the revocation store
+    refuses to open on one, ``revocations_uninitialized``): approvals carry no dataset
+    marker, as in Redis, because what they lose is never an allow. A granted approval
+    whose row is gone is ``unknown_approval`` on the running host and on one started
+    afterwards (which opens: nothing it makes can grant anything), and the request is
+    pending again."""
+    require_service("postgres")
+    import psycopg
+    schema = unique_name("apr_gone")
+    url = f"{POSTGRES_URL}?schema={schema}"
+    running = approvals_from_url(url)
+    try:
+        host = Engine.from_source(POLICY, name="pay.policy", approvals=running)
+        asked = host.authorize("bot", "payments:pay", dict(BODY))
+        assert asked.status == "pending_approval" and asked.approval_id
+        running.approve(asked.approval_id, by="alice")
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(emptied.format(t=f'"{schema}".approvals'))
+        later = approvals_from_url(url)
+        try:
+            for store in (running, later):
+                assert code_of(lambda s=store: s.get(asked.approval_id)) == \
+                    "unknown_approval"
+                again = Engine.from_source(POLICY, name="pay.policy", approvals=store)
+                d = again.authorize("bot", "payments:pay", dict(BODY),
+                                    approval_id=asked.approval_id)
+                assert d.status == "pending_approval" and not d.allowed
+        finally:
+            later.close()
+    finally:
+        running.close()
+        drop_namespace("postgres", schema)

@@ -167,10 +167,14 @@ class Server:
                 self.conn.execute(f"INSERT INTO {table} VALUES ({marks})", row)
 
     def init(self) -> None:
-        """What an operator does once a Redis dataset is gone (policyengine store init
-        --revocations): make a new one where there is none. PostgreSQL needs nothing."""
+        """What an operator does once a dataset is gone (policyengine store init
+        --revocations): make a new one where there is none."""
+        revocations_from_url(self.url, create=True).close()
+
+    def has_dataset(self) -> bool:
         if self.redis:
-            revocations_from_url(self.url, create=True).close()
+            return bool(self.client.exists(f"{self.prefix}revoked:version"))
+        return self.conn.execute(f"SELECT 1 FROM {self.tables[1]}").fetchone() is not None
 
     def ids(self) -> set[str]:
         if self.redis:
@@ -193,10 +197,11 @@ def test_a_revocation_after_the_dataset_was_lost_reaches_a_running_host(url: str
     id, so the server holds one id again. A count cannot tell the difference: B must
     still load the new id within ``refresh`` seconds, and keep the one it had.
 
-    Redis: until an operator makes a new dataset, nothing starts one on its own (a host
-    started then would accept the token revoked before): ``revoke`` is refused and a new
-    host does not open; the running hosts answer from what they hold. Once it is made,
-    B writes back the id the server lost, so a host started afterwards knows it too."""
+    Until an operator makes a new dataset, nothing starts one on its own (a host started
+    then would accept the token revoked before): ``revoke`` is refused and a new host
+    does not open; the running hosts answer from what they hold. Once it is made, B
+    writes back the id the server lost, so a host started afterwards knows it too. (A
+    PostgreSQL store made its version row again, in ``revoke`` and in a new host.)"""
     server = Server(url)
     host_a, host_b, clock = two_hosts(url)
     try:
@@ -204,30 +209,28 @@ def test_a_revocation_after_the_dataset_was_lost_reaches_a_running_host(url: str
         clock.t += 1.0
         assert host_b.is_revoked("grant-old")
         server.lose()
-        if server.redis:
-            with pytest.raises(TokenError) as info:
-                host_a.revoke("grant-x")
-            assert info.value.code == "revocation_unavailable"
-            with pytest.raises(TokenError) as info:
-                revocations_from_url(url)
-            assert info.value.code == "revocations_uninitialized"
-            clock.t += 1.0
-            assert host_b.is_revoked("grant-old") and host_a.is_revoked("grant-old")
-            assert server.ids() == set()  # nothing made by the running hosts
-            server.init()
+        with pytest.raises(TokenError) as info:
+            host_a.revoke("grant-x")
+        assert info.value.code == "revocation_unavailable"
+        with pytest.raises(TokenError) as info:
+            revocations_from_url(url)
+        assert info.value.code == "revocations_uninitialized"
+        clock.t += 1.0
+        assert host_b.is_revoked("grant-old") and host_a.is_revoked("grant-old")
+        assert server.ids() == set()  # nothing made by the running hosts
+        assert not server.has_dataset()
+        server.init()
         host_a.revoke("grant-x")
-        assert server.ids() == {"grant-x"}
         clock.t += 1.0
         assert host_b.is_revoked("grant-x")  # within refresh
         assert host_b.is_revoked("grant-old")  # never forgotten
         assert not host_b.is_revoked("grant-other")
-        if server.redis:
-            assert server.ids() == {"grant-x", "grant-old"}  # written back
-            late = revocations_from_url(url)
-            try:
-                assert late.is_revoked("grant-old")
-            finally:
-                late.close()
+        assert server.ids() == {"grant-x", "grant-old"}  # written back
+        late = revocations_from_url(url)
+        try:
+            assert late.is_revoked("grant-old")
+        finally:
+            late.close()
     finally:
         server.close()
         host_a.close()
@@ -296,8 +299,7 @@ def test_every_host_knows_what_the_server_holds_within_refresh(url: str,
                 snapshot = server.snapshot()
             elif step[0] == "restore":
                 server.restore(snapshot)
-                if server.redis and not server.client.exists(f"{server.prefix}revoked:"
-                                                              "version"):
+                if not server.has_dataset():
                     server.init()
             else:  # a refresh interval passes; each host is asked about every id
                 clock.t += 1.0
@@ -310,3 +312,77 @@ def test_every_host_knows_what_the_server_holds_within_refresh(url: str,
         for host in hosts.values():
             host.close()
         server.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("emptied", ["TRUNCATE {versions}, {ids}", "TRUNCATE {versions}",
+                                     "DELETE FROM {versions}"])
+def test_a_postgres_dataset_emptied_under_the_store_is_not_made_again(
+    emptied: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Someone empties the tables under the store. Before, a host opened afterwards (and
+    the next ``revoke``) made the version row again with a new epoch and went on as if
+    on a first use: a host started then accepted every token revoked before. Now a store
+    opened on them is refused ``revocations_uninitialized`` (nothing written), ``revoke``
+    is refused, and ``policyengine store init --revocations URL`` (an operator accepting
+    the loss) makes the row; the running host then writes back what it held."""
+    require_service("postgres")
+    from policyengine.cli import main as cli_main
+    schema = unique_name("trunc")
+    url = f"{POSTGRES_URL}?schema={schema}"
+    versions = f'"{schema}".token_revocations_version'
+    ids = f'"{schema}".token_revocations'
+    clock = Monotonic()
+    running = revocations_from_url(url, monotonic=clock)  # a first use: made
+    conn = psycopg.connect(POSTGRES_URL, autocommit=True)
+    try:
+        running.revoke("grant-old")
+        conn.execute(emptied.format(versions=versions, ids=ids))
+        with pytest.raises(TokenError) as info:
+            revocations_from_url(url)
+        assert info.value.code == "revocations_uninitialized"
+        assert "store init --revocations" in info.value.message
+        with pytest.raises(TokenError) as info:
+            running.revoke("grant-new")
+        assert info.value.code == "revocation_unavailable"
+        assert conn.execute(f"SELECT count(*) FROM {versions}").fetchone() == (0,)
+        clock.t += 1.0
+        assert running.is_revoked("grant-old")  # a host never forgets one
+        assert cli_main(["store", "init", "--revocations", url]) == 0
+        assert "created" in capsys.readouterr().out
+        clock.t += 1.0
+        assert running.is_revoked("grant-old")  # refreshed: and written back
+        late = revocations_from_url(url)
+        try:
+            assert late.is_revoked("grant-old")
+        finally:
+            late.close()
+        assert cli_main(["store", "init", "--revocations", url]) == 0  # changes nothing
+        assert "tables exist" in capsys.readouterr().out
+    finally:
+        running.close()
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        conn.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_schema_of_an_earlier_version_gets_its_version_row() -> None:
+    """``token_revocations`` without the version table (written before it existed) is
+    opened, its version made beside it, and its ids kept: not a dataset that was lost."""
+    require_service("postgres")
+    schema = unique_name("early")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'CREATE TABLE "{schema}".token_revocations (id text PRIMARY KEY, '
+                     "revoked_at timestamptz NOT NULL DEFAULT clock_timestamp())")
+        conn.execute(f"INSERT INTO \"{schema}\".token_revocations (id) VALUES ('grant-1')")
+    try:
+        store = revocations_from_url(f"{POSTGRES_URL}?schema={schema}")
+        try:
+            assert store.is_revoked("grant-1")
+            store.revoke("grant-2")
+        finally:
+            store.close()
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
