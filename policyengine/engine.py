@@ -726,9 +726,17 @@ class Engine:
         """
         log = self.decision_log
         if log is None:
-            return self._tool(principal, None, transport, method, host, path, query,
-                              headers, body, tool_name, function_name, token, context,
-                              approval_id, scheme, wire)
+            tool_authorize = _tool_authorize
+            if tool_authorize is None or wire:  # first use, or the wire's spellings
+                return self._tool(principal, None, transport, method, host, path, query,
+                                  headers, body, tool_name, function_name, token, context,
+                                  approval_id, scheme, wire)
+            return tool_authorize(self._pipeline, principal, transport=transport,
+                                  method=method, host=host, path=path, query=query,
+                                  headers=headers, body=body, tool_name=tool_name,
+                                  function_name=function_name, token=token,
+                                  context=context, hmac_key=self.hmac_key,
+                                  approval_id=approval_id, scheme=scheme, trace=None)
         started = perf_counter_ns()
         result = self._tool(principal, None, transport, method, host, path, query, headers,
                             body, tool_name, function_name, token, context, approval_id,

@@ -780,22 +780,38 @@ def _redact(tool: ToolCall, facts: RuleFacts) -> RuleFacts:
     global _redact_body
     redact = _redact_body
     if redact is None:  # imported on first use: plain authorize never needs it
-        from policyengine.tools._redaction import redact as redact_body
-        redact = _redact_body = redact_body
+        from policyengine.tools._redaction import redact_records
+        redact = _redact_body = redact_records
     rules = tool.redaction_rules
-    result = redact(tool.body, rules, hmac_key=tool.hmac_key)
-    if result.diagnostics:
-        reasons = "; ".join(str(d) for d in result.diagnostics)
+    body, redactions, diagnostics = redact(tool.body, rules, tool.hmac_key)
+    if diagnostics:
+        reasons = "; ".join(str(d) for d in diagnostics)
         reason = f"cannot redact the body: {reasons}"
         return ("denied", "redaction_failed", reason, facts[3], None,
                 facts[5] + tuple(Diagnostic(d.code, str(d), None, "denied")
-                                 for d in result.diagnostics), ())
-    tool.redacted = result.body
-    tool.redactions = tuple(result.redactions)
+                                 for d in diagnostics), ())
+    tool.redacted = body
+    tool.redactions = redactions
     if not rules:
         return facts
     ob = facts[4]
     obligations = Obligations(ob.max_amount if ob else None,
                               ob.require_approval_over if ob else None,
-                              tuple(r.path for r in rules), ob.currency if ob else None)
+                              _paths(rules), ob.currency if ob else None)
     return (facts[0], facts[1], facts[2], facts[3], obligations, facts[5], facts[6])
+
+
+#: The paths of a tool's redaction rules, by the rules tuple (kept in the entry, so its
+#: id is not reused while the entry stands): the same few tuples on every call.
+_PATHS: dict[int, tuple[tuple[Any, ...], tuple[str, ...]]] = {}
+
+
+def _paths(rules: tuple[Any, ...]) -> tuple[str, ...]:
+    found = _PATHS.get(id(rules))
+    if found is not None and found[0] is rules:
+        return found[1]
+    paths = tuple(r.path for r in rules)
+    if len(_PATHS) >= 1024:
+        _PATHS.clear()
+    _PATHS[id(rules)] = (rules, paths)
+    return paths

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
@@ -77,6 +77,11 @@ class RouteBinding:
     extractors: tuple[Extractor, ...]
     order: int
     keys: KeyCaseGuard | None = None  # over the route's extractions and the redactions
+    #: ``METHOD PATTERN``, as an approval of a call it routes is bound to.
+    text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", f"{self.method} {self.pattern.text}")
 
 
 @dataclass(frozen=True)
@@ -648,7 +653,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
         params = routed.params or {}
         qid, permission = binding.qid, route.permission
         extractors, rules, keys = route.extractors, binding.redactions, route.keys
-        route_text = f"{route.method} {route.pattern.text}"
+        route_text = route.text
     else:
         name = tool_name if transport == "mcp" else function_name
         if type(name) is not str or not name:

@@ -440,6 +440,11 @@ class RedactionRule:
     strategy: str
     keep: int = 0
     compiled: JsonPath = field(init=False, repr=False, compare=False)
+    #: The read-only ``{"field", "strategy"}`` record of this rule (shared, see _record).
+    _rec: FrozenDict = field(init=False, repr=False, compare=False)
+    #: The path's steps when it is names and non-negative indexes only: where it finds
+    #: a value is then the steps themselves (else None).
+    _plain: Location | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -457,6 +462,10 @@ class RedactionRule:
         if compiled.is_root:
             raise RedactionError("invalid_jsonpath", "cannot redact the document root '$'")
         object.__setattr__(self, "compiled", compiled)
+        object.__setattr__(self, "_rec", _record(self.path, self.strategy))
+        steps = compiled._direct
+        object.__setattr__(self, "_plain", steps if steps is not None and not any(
+            type(x) is int and x < 0 for x in steps) else None)
 
     @property
     def needs_key(self) -> bool:
@@ -664,13 +673,24 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
         rules = list(rules)
     key, key_problem = _checked_key(hmac_key)
     out, applied, diagnostics = _apply(rules, key, key_problem, body)
-    return RedactionResult(out, [_record(f, s) for f, s in applied], diagnostics)
+    return RedactionResult(out, [r._rec for r in applied], diagnostics)
+
+
+def redact_records(body: Any, rules: tuple[RedactionRule, ...], hmac_key: bytes | None
+                   ) -> tuple[Any, tuple[FrozenDict, ...], list[RedactionDiagnostic]]:
+    """:func:`redact` as a tuple (body, redactions, diagnostics), the redactions already
+    a tuple of the shared read-only records: what a tool decision holds."""
+    key, key_problem = _checked_key(hmac_key)
+    out, applied, diagnostics = _apply(rules, key, key_problem, body)
+    return out, tuple([r._rec for r in applied]), diagnostics
 
 
 def _checked_key(hmac_key: bytes | None) -> tuple[bytes | None, RedactionDiagnostic | None]:
     """(the key to hash with, or the diagnostic every ``hash`` rule gets instead)."""
     if hmac_key is None:
         return None, None
+    if type(hmac_key) is bytes and len(hmac_key) >= MIN_HMAC_KEY_BYTES:
+        return hmac_key, None  # what check_hmac_key returns for it, without the call
     try:
         return check_hmac_key(hmac_key), None
     except RedactionError as exc:
@@ -694,20 +714,23 @@ class RedactionPlan:
         self.hmac_key, self._key_problem = _checked_key(hmac_key)
 
     def __call__(self, body: Any) -> RedactionResult:
-        out, applied, diagnostics = self.apply(body)
-        return RedactionResult(out, [_record(f, s) for f, s in applied],
-                               diagnostics)
+        out, applied, diagnostics = _apply(self.rules, self.hmac_key, self._key_problem,
+                                           body)
+        return RedactionResult(out, [r._rec for r in applied], diagnostics)
 
     def apply(self, body: Any) -> tuple[Any, list[Applied], list[RedactionDiagnostic]]:
         """(redacted copy, rules applied as (path, strategy), diagnostics): what
         :func:`redact` returns, as a tuple."""
-        return _apply(self.rules, self.hmac_key, self._key_problem, body)
+        out, applied, diagnostics = _apply(self.rules, self.hmac_key, self._key_problem,
+                                           body)
+        return out, [(r.path, r.strategy) for r in applied], diagnostics
 
 
 def _apply(rules: list[RedactionRule] | tuple[RedactionRule, ...], key: bytes | None,
            key_problem: RedactionDiagnostic | None, body: Any
-           ) -> tuple[Any, list[Applied], list[RedactionDiagnostic]]:
-    """The one implementation of :func:`redact` and :class:`RedactionPlan`."""
+           ) -> tuple[Any, list[RedactionRule], list[RedactionDiagnostic]]:
+    """The one implementation of :func:`redact` and :class:`RedactionPlan`: (the
+    redacted copy, the rules applied in order, diagnostics)."""
     if not rules or body is None:
         return body, [], []
     if not isinstance(body, (dict, list)):
@@ -719,17 +742,26 @@ def _apply(rules: list[RedactionRule] | tuple[RedactionRule, ...], key: bytes | 
                                        ", not a JSON object or array; returned unchanged")
         return body, [], [diag]
     ws = _Workspace(body)
-    redactions: list[Applied] = []
+    redactions: list[RedactionRule] = []
     diagnostics: list[RedactionDiagnostic] = []
     for rule in rules:
-        steps = rule.compiled._direct
         strategy = rule.strategy
-        if steps is not None:
-            # Names and indexes only (the common case): at most one location, found and
-            # replaced here without the general path's lists and sorting.
+        loc = rule._plain
+        if loc is not None:
+            # Names and non-negative indexes (the common case): the one location is the
+            # steps themselves, found and replaced here without allocating.
+            found, old = _walk(ws.root, loc)
+            if not found:
+                continue
+        elif (steps := rule.compiled._direct) is not None:
+            # Names and indexes, some negative: made absolute where found.
             hit = _locate(ws.root, steps)
             if hit is None:
                 continue
+            loc, old = hit
+        if loc is not None:
+            # At most one location: replaced here without the general path's lists and
+            # sorting.
             if strategy == "mask":
                 value: Any = MASK
             elif strategy != "remove":
@@ -737,16 +769,15 @@ def _apply(rules: list[RedactionRule] | tuple[RedactionRule, ...], key: bytes | 
                     diagnostics.append(key_problem or _no_key(rule))
                     continue
                 try:
-                    value = _new_value(rule, hit[1], key)
+                    value = _new_value(rule, old, key)
                 except Exception as exc:
                     diagnostics.append(_rule_failed(rule, exc))
                     continue
-            loc = hit[0]
             if strategy == "remove":
                 del ws.parent(loc)[loc[-1]]
             else:
                 ws.parent(loc)[loc[-1]] = value
-            redactions.append((rule.path, strategy))
+            redactions.append(rule)
             continue
         # Phase 1 (may fail): find the locations and compute the new values. Nothing
         # in the workspace changes until it succeeds, so a failing rule is a no-op.
@@ -790,7 +821,7 @@ def _apply(rules: list[RedactionRule] | tuple[RedactionRule, ...], key: bytes | 
                 for (loc, _), value in zip(hits, new_values, strict=True):
                     applied = ws.set(loc, value) or applied
         if applied:
-            redactions.append((rule.path, strategy))
+            redactions.append(rule)
     return ws.root, redactions, diagnostics
 
 
