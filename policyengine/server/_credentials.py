@@ -58,6 +58,19 @@ class CredentialsError(pe.PolicyEngineError, ValueError):
         super().__init__("invalid_credentials_file", message)
 
 
+def _store_text(where: str, value: str) -> None:
+    """Refuse an agent or tenant name no budget store keeps (a NUL character or a lone
+    surrogate, which JSON writes as a ``\\u`` escape): every request made with it that
+    a budget counts would be refused ``invalid_subject``, as the policy checker's E118
+    says of an ``agent`` id."""
+    if not value.isascii() or "\0" in value:
+        from policyengine.budgets.ledger import is_store_text
+        if not is_store_text(value):
+            raise CredentialsError(f"{where} holds a NUL character or a lone surrogate, "
+                                   "which no budget store keeps: every request it makes "
+                                   "that a budget counts would be refused invalid_subject")
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -185,7 +198,7 @@ class Credentials:
                                    "'admins', 'authzenClients', 'apiKeys' and 'cyclesKeys' "
                                    "lists")
         agents = []
-        for item in data.get("agents", []):
+        for n, item in enumerate(data.get("agents", [])):
             if not isinstance(item, dict) or not {"clientId", "secretHash", "agent"} <= set(
                     item) or set(item) - {"clientId", "secretHash", "agent", "permissions",
                                           "ingestKeyHash"}:
@@ -197,6 +210,7 @@ class Credentials:
                                        "list of permission patterns")
             if type(item["clientId"]) is not str or type(item["agent"]) is not str:
                 raise CredentialsError("clientId and agent must be strings")
+            _store_text(f"agents[{n}].agent", item["agent"])
             _parse_hash(item["secretHash"])
             if item.get("ingestKeyHash") is not None:
                 _parse_hash(item["ingestKeyHash"])
@@ -212,24 +226,28 @@ class Credentials:
                 _parse_hash(item["secretHash"])
                 table[item["name"]] = item["secretHash"]
         api_keys = []
-        for item in data.get("apiKeys", []):
+        for n, item in enumerate(data.get("apiKeys", [])):
             if not isinstance(item, dict) or not {"name", "keyHash", "agent"} <= set(
                     item) or set(item) - {"name", "keyHash", "agent", "tenant"} or any(
                     type(item.get(k, "")) is not str or not item.get(k, "x")
                     for k in ("name", "agent", "tenant")):
                 raise CredentialsError("an entry of apiKeys is {\"name\", \"keyHash\", "
                                        "\"agent\", \"tenant\"?} (non-empty strings)")
+            for field in ("agent", "tenant"):
+                if field in item:
+                    _store_text(f"apiKeys[{n}].{field}", item[field])
             _parse_hash(item["keyHash"])
             api_keys.append(ApiKey(item["name"], item["keyHash"], item["agent"],
                                    item.get("tenant")))
         cycles = []
-        for item in data.get("cyclesKeys", []):
+        for n, item in enumerate(data.get("cyclesKeys", [])):
             if not isinstance(item, dict) or set(item) != {"name", "keyHash", "tenant"} or any(
                     type(item[k]) is not str or not item[k] for k in ("name", "tenant")):
                 raise CredentialsError('an entry of cyclesKeys is {"name", "keyHash", '
                                        '"tenant"} (non-empty strings)')
             if len(item["tenant"]) > 128:
                 raise CredentialsError("a Cycles tenant has at most 128 characters")
+            _store_text(f"cyclesKeys[{n}].tenant", item["tenant"])
             _parse_hash(item["keyHash"])
             cycles.append(CyclesKey(item["name"], item["keyHash"], item["tenant"]))
         return cls(tuple(agents), named["admins"], named["authzenClients"], tuple(api_keys),
