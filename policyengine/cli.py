@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from policyengine.errors import PolicyEngineError
-from policyengine.lang._source import PolicyError, Problem
+from policyengine.lang import PolicyError, Problem
 
 __all__ = ["main"]
 
@@ -55,7 +55,7 @@ def _now(value: str | None) -> float | None:
     """``--now``: RFC 3339 (``2026-01-01T00:00:00Z``) or POSIX seconds."""
     if value is None:
         return None
-    from policyengine.conformance import parse_now
+    from policyengine._conformance import parse_now
     try:
         return float(value) if value.replace(".", "", 1).isdigit() else parse_now(value)
     except ValueError as exc:
@@ -149,7 +149,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_fmt(args: argparse.Namespace) -> int:
-    from policyengine.lang._fmt import format_source
+    from policyengine.lang import format_source
     status = 0
     targets: list[Path] = []
     for raw in args.paths:
@@ -300,7 +300,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
     (every other ``*.json``, conformance/README.md) under the given paths."""
     import re
 
-    from policyengine.conformance import Report, run_fixture
+    from policyengine._conformance import Report, run_fixture
     from policyengine.testing import (
         Coverage,
         add_untested_policies,

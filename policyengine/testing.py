@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from policyengine.conformance import CaseResult, parse_now
+from policyengine._conformance import CaseResult, parse_now
 from policyengine.errors import PolicyEngineError
 
 __all__ = ["TEST_SUFFIX", "Coverage", "TestFileError", "add_untested_policies",

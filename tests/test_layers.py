@@ -8,6 +8,7 @@ decision stage) fails here instead of growing an import cycle.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,56 @@ def test_a_private_name_crossing_a_module_is_caught(tmp_path: Path) -> None:
         "line 9: engine._pipeline",
         "line 10: getattr(..., '_policy')",
     ]
+
+
+# -- the outer layer's way below the public API ----------------------------------------
+# cli.py and _conformance.py drive the Engine and the public API; below it they use only
+# the private modules docs/architecture.md names for each (a package's entry for them:
+# its subcommand, its conformance kind's runner). The doc's list and the imports are held
+# to each other both ways, so neither can drift from the other.
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def _named_in_docs(outer: str) -> set[str]:
+    """The private modules the architecture's bullet for ``outer`` names."""
+    text = ARCHITECTURE.read_text("utf-8")
+    start = text.index(f"\n* `{outer}`: ") + 1
+    end = len(text)
+    for stop in ("\n* ", "\n\n"):
+        found = text.find(stop, start)
+        if found != -1:
+            end = min(end, found)
+    names = set()
+    for quoted in re.findall(r"`([\w.]+)`", text[start:end]):
+        module = f"policyengine.{quoted}"
+        if any(_private(part) for part in quoted.split(".")) and _is_module(module):
+            names.add(module)
+    return names
+
+
+def _private_modules_imported(path: Path) -> set[str]:
+    return {name for name, _ in _imports(path)
+            if any(_private(part) for part in name.split(".")[1:])}
+
+
+@pytest.mark.parametrize("outer", ["cli.py", "_conformance.py"])
+def test_the_outer_layer_uses_only_the_private_modules_the_docs_name(outer: str) -> None:
+    used = _private_modules_imported(PACKAGE / outer)
+    named = _named_in_docs(outer)
+    assert used == named, (f"{outer} imports private modules docs/architecture.md does not "
+                           f"name: {sorted(used - named)}; the docs name ones it does not "
+                           f"import: {sorted(named - used)}")
+
+
+def test_a_private_import_the_docs_do_not_name_is_caught(tmp_path: Path) -> None:
+    """The check itself: a private module is told apart from a private name in a public
+    module and from a public module."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("from policyengine.lang._source import PolicyError\n"
+                     "from policyengine.lang import Problem\n"
+                     "from policyengine import _json, tokens\n"
+                     "import policyengine.audit._cli\n", "utf-8")
+    assert _private_modules_imported(probe) == {
+        "policyengine.lang._source", "policyengine._json", "policyengine.audit._cli"}
+    assert "policyengine.tokens._cli" in _named_in_docs("cli.py")

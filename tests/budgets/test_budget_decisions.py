@@ -17,8 +17,8 @@ import pytest
 from conftest import Clock
 
 from policyengine import tokens
+from policyengine._conformance import run_fixture
 from policyengine.budgets import SQLiteStore
-from policyengine.conformance import run_fixture
 from policyengine.engine import Engine
 
 NOW = 1773144000  # 2026-03-10T12:00:00Z

@@ -1,7 +1,7 @@
 """Every conformance fixture (``conformance/**/*.json``) passes, one test per file.
 
 The fixtures and their format are specified in ``conformance/README.md``; this runs them
-through :func:`policyengine.conformance.run_paths`, the runner behind ``policyengine test``.
+through :func:`policyengine._conformance.run_paths`, the runner behind ``policyengine test``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from policyengine.conformance import run_paths
+from policyengine._conformance import run_paths
 
 ROOT = Path(__file__).resolve().parents[2] / "conformance"
 FIXTURES = sorted(ROOT.rglob("*.json"))

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import policyengine.engine as engine_module
-from policyengine.conformance import run_fixture
+from policyengine._conformance import run_fixture
 from policyengine.money import CallableRates, JsonFileRates, StaticRates
 
 FIXTURES = sorted((Path(__file__).resolve().parents[2] / "conformance" / "money")

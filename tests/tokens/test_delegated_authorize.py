@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policyengine import tokens
-from policyengine.conformance import run_fixture
+from policyengine._conformance import run_fixture
 from policyengine.decision import NotAuthorized
 from policyengine.engine import Engine
 from policyengine.money import StaticRates

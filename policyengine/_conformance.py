@@ -1,7 +1,8 @@
 """Run the language-neutral conformance fixtures (``conformance/**/*.json``).
 
 The format is specified in ``conformance/README.md``; this module is one implementation
-of that spec, used by ``policyengine test`` and by the test suite. A fixture pins the whole
+of that spec, used by ``policyengine test`` and by the test suite. It is the package's own
+(no API): ``policyengine test PATH`` is how users run fixtures. A fixture pins the whole
 wire decision; fields a case leaves out take the documented defaults (``rules: []``,
 ``obligations: null``, ``diagnostics: []`` ...), so a case cannot pass by saying little.
 """
@@ -203,7 +204,7 @@ def _run_approval(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> 
 
 def _run_check(fixture: dict[str, Any], case: dict[str, Any], base: Path) -> str | None:
     from policyengine.engine import load_policy
-    from policyengine.lang._source import PolicyError
+    from policyengine.lang import PolicyError
     sources = _policies(fixture, case, base)
     try:
         _, warnings = load_policy(list(sources.items()),
