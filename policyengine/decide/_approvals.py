@@ -33,11 +33,14 @@ from policyengine.errors import PolicyEngineError
 __all__ = [
     "DEFAULT_APPROVAL_EXPIRES",
     "DEFAULT_APPROVAL_USES",
+    "MAX_APPROVAL_EXPIRES",
+    "MAX_APPROVAL_USES",
     "Approval",
     "ApprovalError",
     "ApprovalStore",
     "MemoryApprovalStore",
     "UnboundRequestError",
+    "approval_terms_problems",
     "new_approval_id",
     "request_digest",
 ]
@@ -47,6 +50,22 @@ __all__ = [
 DEFAULT_APPROVAL_EXPIRES = 3600
 #: How many allowed requests one approval unlocks, unless the rule says ``uses N``.
 DEFAULT_APPROVAL_USES = 1
+#: Bounds of a rule's ``expires`` (seconds) and ``uses`` (docs/approvals.md).
+MAX_APPROVAL_EXPIRES = 30 * 86400
+MAX_APPROVAL_USES = 1000
+
+
+def approval_terms_problems(expires: int | None, uses: int | None) -> list[tuple[str, str]]:
+    """What is wrong with an approval rule's ``expires`` / ``uses``: ``(field, message)``
+    pairs, none when both are absent or in bounds (1 s to 30 days; 1 to
+    :data:`MAX_APPROVAL_USES`). The checker reports these (E125, E140)."""
+    found: list[tuple[str, str]] = []
+    if expires is not None and not 1 <= expires <= MAX_APPROVAL_EXPIRES:
+        found.append(("expires", f"an approval expires between 1s and "
+                                 f"{MAX_APPROVAL_EXPIRES // 86400}d"))
+    if uses is not None and not 1 <= uses <= MAX_APPROVAL_USES:
+        found.append(("uses", f"'uses' must be between 1 and {MAX_APPROVAL_USES}"))
+    return found
 
 #: Statuses. ``expired`` is derived: a pending or approved record read at or after its
 #: ``expires_at`` is reported as expired (stores need not write it).

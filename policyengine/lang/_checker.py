@@ -19,6 +19,7 @@ from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.lang._schema import check_schemas
 from policyengine.lang._source import Problem, SourceSet
+from policyengine.money._money import MAX_AMOUNT  # the widest amount a literal may hold
 from policyengine.permissions import MAX_PRINCIPAL_ID, is_valid_pattern, subsumes
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ NON_CURRENCY_UNITS = ("tokens", "calls", "credits", "risk_points")
 MAX_EXPR_DEPTH = 48
 #: Longest path (``context.a.b...``) a condition may read: deeper is not a policy.
 MAX_PATH_SEGMENTS = 32
-# Widest amount a policy literal may hold; keeps Decimal arithmetic bounded.
-MAX_LITERAL_AMOUNT = Decimal(10) ** 15
 
 # Types seen statically. "any" is a value only a request can tell (a context path).
 BOOL, STR, NUM, MONEY, LIST, ANY = "bool", "string", "number", "money", "list", "any"
@@ -247,7 +246,7 @@ class _FileCheck(ast.StatementVisitor[None]):
         ctx.tag = (1, 1)
         if not _currency_known(st.code):
             ctx.error("E109", f"unknown currency '{st.code}'", st.span)
-        if st.value <= 0 or st.value > MAX_LITERAL_AMOUNT:
+        if st.value <= 0 or st.value > MAX_AMOUNT:
             ctx.error("E129", f"rate for {st.code} must be positive and sane", st.span)
         prev_rate = self.file_rates.get(st.code)
         if prev_rate is not None:
@@ -271,12 +270,12 @@ class _FileCheck(ast.StatementVisitor[None]):
         ctx = self.ctx
         ctx.tag = (1, 1)
         self.facts.delegations.append(st.span)
-        if st.max_depth is not None and not 1 <= st.max_depth <= 32:
-            ctx.error("E126", "max_depth must be between 1 and 32", st.span)
-        if st.max_ttl is not None and not 1 <= st.max_ttl <= 366 * 86400:
-            ctx.error("E125", "max_ttl must be between 1s and 366d", st.span)
-        if st.child_max_ttl is not None and not 1 <= st.child_max_ttl <= 366 * 86400:
-            ctx.error("E125", "child_max_ttl must be between 1s and 366d", st.span)
+        if st.max_depth is None and st.max_ttl is None and st.child_max_ttl is None:
+            return
+        # The ceilings are the tokens leaf's own: what it refuses at mint / verify.
+        from policyengine.tokens.grants import ceiling_problems
+        for what, message in ceiling_problems(st.max_depth, st.max_ttl, st.child_max_ttl):
+            ctx.error("E126" if what == "max_depth" else "E125", message, st.span)
 
     # -- references, expressions, tools, budgets (phase 3) --
     def role(self, st: ast.RoleDecl) -> None:
@@ -504,7 +503,7 @@ def _check_money(ctx: _Ctx, m: ast.MoneyLit, uses: list[ast.Span]) -> None:
     if not _currency_known(m.currency):
         ctx.error("E109", f"unknown currency '{m.currency}'", m.span,
                   "use an active ISO 4217 code such as EUR or USD")
-    if m.amount < 0 or m.amount > MAX_LITERAL_AMOUNT:
+    if m.amount < 0 or m.amount > MAX_AMOUNT:
         ctx.error("E108", f"amount {m.amount} is out of range", m.span)
     elif _currency_known(m.currency):
         from policyengine.money._money import MONEY_CONTEXT, decimal_places
@@ -907,20 +906,18 @@ def _unreachable(ctx: _Ctx, forbids: Sequence[ast.Rule],
                 break
 
 
-#: Bounds of ``expires`` and ``uses`` on an approval rule (docs/approvals.md).
-MAX_APPROVAL_EXPIRES = 30 * 86400
-MAX_APPROVAL_USES = 1000
-
-
 def _check_approval_terms(ctx: _Ctx, st: ast.Rule | ast.ApprovalOverDecl,
                           terms: ast.ApprovalTerms) -> None:
     if st.effect != "approval":
         ctx.error("E140", f"'{st.effect}' takes no 'expires' or 'uses'; only an approval "
                   "does", terms.span, "drop the option, or make the rule an 'approval'")
         return
-    if terms.expires is not None and not 1 <= terms.expires <= MAX_APPROVAL_EXPIRES:
-        ctx.error("E125", "an approval expires between 1s and 30d",
-                  _at(terms.expires_span, terms.span))
-    if terms.uses is not None and not 1 <= terms.uses <= MAX_APPROVAL_USES:
-        ctx.error("E140", f"'uses' must be between 1 and {MAX_APPROVAL_USES}",
-                  _at(terms.uses_span, terms.span))
+    if terms.expires is None and terms.uses is None:
+        return
+    # The bounds are the approvals leaf's own.
+    from policyengine.decide._approvals import approval_terms_problems
+    for what, message in approval_terms_problems(terms.expires, terms.uses):
+        if what == "expires":
+            ctx.error("E125", message, _at(terms.expires_span, terms.span))
+        else:
+            ctx.error("E140", message, _at(terms.uses_span, terms.span))

@@ -119,3 +119,101 @@ def test_an_agent_id_passes_check_exactly_when_a_budget_can_count_its_requests(
         assert not d.allowed and d.code == "invalid_subject", d.reason
     else:
         assert d.allowed, d.reason
+
+
+# -- a delegation block: the tokens leaf's ceilings ------------------------------------
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_KEYS = None
+
+
+def _keys() -> object:
+    global _KEYS
+    if _KEYS is None:
+        from policyengine.tokens import KeySet
+        _KEYS = KeySet.generate()
+    return _KEYS
+
+
+def _leaf_refuses(max_depth: int | None, max_ttl: int | None,
+                  child_max_ttl: int | None) -> set[str]:
+    """The settings the tokens leaf refuses: ``mint`` with the block's ``max_depth``,
+    ``verify`` with the block's ceilings (``invalid_option``)."""
+    from policyengine.tokens import TokenError, mint, verify
+    refused = set()
+    try:
+        tok = mint(_keys(), issuer="i", acting_for="u", agent="a", permissions=["p:*"],  # type: ignore[arg-type]
+                   ttl=1, max_depth=0 if max_depth is None else max_depth, now=1000)
+    except TokenError as exc:
+        assert exc.code == "invalid_claim", exc
+        refused.add("max_depth")
+        tok = mint(_keys(), issuer="i", acting_for="u", agent="a", permissions=["p:*"],  # type: ignore[arg-type]
+                   ttl=1, max_depth=0, now=1000)
+    for name, value in (("max_depth", max_depth), ("max_ttl", max_ttl),
+                        ("child_max_ttl", child_max_ttl)):
+        try:
+            verify(_keys(), tok, now=1000, **{name: value})  # type: ignore[arg-type]
+        except TokenError as exc:
+            assert exc.code == "invalid_option", exc
+            refused.add(name)
+    return refused
+
+
+_DURATIONS = st.one_of(st.none(), st.tuples(st.integers(0, 400), st.sampled_from("smhd")))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.none(), st.integers(0, 40), st.just(10**9)), _DURATIONS, _DURATIONS)
+def test_check_accepts_a_delegation_block_exactly_when_the_tokens_leaf_does(
+        max_depth: int | None, max_ttl: tuple[int, str] | None,
+        child_max_ttl: tuple[int, str] | None) -> None:
+    """``delegation { max_depth N max_ttl D child_max_ttl D }`` passes ``check`` exactly
+    when ``mint`` takes that ``max_depth`` and ``verify`` takes those ceilings; each value
+    the leaf refuses is one problem (E126 for the depth, E125 for a ttl)."""
+    settings_ = [(name, value) for name, value in (
+        ("max_depth", None if max_depth is None else str(max_depth)),
+        ("max_ttl", None if max_ttl is None else f"{max_ttl[0]}{max_ttl[1]}"),
+        ("child_max_ttl", None if child_max_ttl is None
+         else f"{child_max_ttl[0]}{child_max_ttl[1]}")) if value is not None]
+    src = "delegation { " + " ".join(f"{n} {v}" for n, v in settings_) + " }\n"
+    found = sorted(c for c, _, _ in codes_of(("t.policy", src)))
+
+    def seconds(d: tuple[int, str] | None) -> int | None:
+        return None if d is None else d[0] * _UNIT[d[1]]
+
+    refused = _leaf_refuses(max_depth, seconds(max_ttl), seconds(child_max_ttl))
+    expected = sorted("E126" if name == "max_depth" else "E125" for name in refused)
+    assert found == expected, (src, found, refused)
+
+
+def test_a_delegation_block_the_leaf_takes_is_decided_on() -> None:
+    """The audit's cases: ``max_depth 20`` passed ``check`` while ``mint`` refused it;
+    ``max_depth 0`` (root tokens only) is what the leaf takes and now passes too, and an
+    engine with it accepts a root token and refuses a child."""
+    from policyengine.tokens import KeySet, attenuate, mint
+    assert [c for c, _, _ in codes_of(("t.policy", "delegation { max_depth 20 }\n"))] == [
+        "E126"]
+    assert codes_of(("t.policy", "delegation { max_depth 0 max_ttl 366d }\n")) == []
+    keys = KeySet.generate()
+    engine = Engine.from_source(HEAD + "permit p: payments:*\ndelegation { max_depth 0 }\n",
+                                keys=keys, clock=lambda: 1000.0)
+    root = mint(keys, issuer="i", acting_for="u", agent="a", permissions=["payments:*"],
+                ttl=3600, max_depth=1, now=1000)
+    assert engine.authorize("a", "payments:pay", token=root).allowed
+    child = attenuate(keys, root, agent="b", permissions=["payments:*"], now=1000)
+    d = engine.authorize("b", "payments:pay", token=child)
+    assert not d.allowed and d.code == "invalid_token" and "depth_exceeded" in d.reason
+
+
+def test_the_literal_and_approval_bounds_are_the_leaves_own() -> None:
+    """The checker holds no copy: the widest literal is money's ``MAX_AMOUNT``, the
+    approval bounds the approvals leaf's."""
+    from policyengine.decide._approvals import MAX_APPROVAL_EXPIRES, MAX_APPROVAL_USES
+    from policyengine.money import MAX_AMOUNT
+    at = HEAD + "limit c: payments:* amount <= {} EUR\n"
+    assert codes_of(("t.policy", at.format(MAX_AMOUNT))) == []
+    assert [c for c, _, _ in codes_of(("t.policy", at.format(MAX_AMOUNT + 1)))] != []
+    ok = HEAD + f"approval a: payments:* expires {MAX_APPROVAL_EXPIRES}s uses {MAX_APPROVAL_USES}\n"
+    assert codes_of(("t.policy", ok)) == []
+    bad = (HEAD + f"approval a: payments:* expires {MAX_APPROVAL_EXPIRES + 1}s "
+           f"uses {MAX_APPROVAL_USES + 1}\n")
+    assert [c for c, _, _ in codes_of(("t.policy", bad))] == ["E125", "E140"]
