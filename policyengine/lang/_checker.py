@@ -504,7 +504,8 @@ def _check_money(ctx: _Ctx, m: ast.MoneyLit, uses: list[ast.Span]) -> None:
         ctx.error("E109", f"unknown currency '{m.currency}'", m.span,
                   "use an active ISO 4217 code such as EUR or USD")
     if m.amount < 0 or m.amount > MAX_AMOUNT:
-        ctx.error("E108", f"amount {m.amount} is out of range", m.span)
+        ctx.error("E135", f"amount {m.amount} {m.currency} is out of range: money is at "
+                  f"most {MAX_AMOUNT}", m.span)
     elif _currency_known(m.currency):
         from policyengine.money._money import MONEY_CONTEXT, decimal_places
         places = decimal_places(m.currency)

@@ -217,3 +217,15 @@ def test_the_literal_and_approval_bounds_are_the_leaves_own() -> None:
     bad = (HEAD + f"approval a: payments:* expires {MAX_APPROVAL_EXPIRES + 1}s "
            f"uses {MAX_APPROVAL_USES + 1}\n")
     assert [c for c, _, _ in codes_of(("t.policy", bad))] == ["E125", "E140"]
+
+
+@pytest.mark.parametrize("line", [
+    "limit c: payments:* amount <= 1000000000000001 EUR",
+    "approval a: payments:* over 1000000000000001 EUR",
+    "permit p: payments:* when amount < 1000000000000001 EUR",
+])
+def test_a_money_literal_out_of_range_is_e135_not_a_type_mismatch(line: str) -> None:
+    """E108 is a type mismatch; an amount above money's MAX_AMOUNT has its own code,
+    with the caret on the literal."""
+    found = codes_of(("t.policy", HEAD + line + "\n"))
+    assert found == [("E135", 3, _at(line, "1000000000000001"))], found
