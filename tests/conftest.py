@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -176,6 +179,94 @@ def drop_namespace(kind: str, base: str) -> None:
                 client.delete(*keys)
         finally:
             client.close()
+
+
+CLOSED_PORT_POSTGRES = "postgresql://postgres@127.0.0.1:1/test"  # nothing listens on 1
+
+
+@contextmanager
+def unreachable_postgres_approvals() -> Iterator[Any]:
+    """A PostgreSQL approval store opened as any user opens one (its table made in a
+    schema of its own), whose server then goes away: its connection closed, its ``url``
+    pointed at a closed port. The schema is dropped afterwards."""
+    from policyengine.decide import PostgresApprovalStore
+    require_service("postgres")
+    schema = unique_name("apr_down")
+    store = PostgresApprovalStore(POSTGRES_URL, schema=schema, connect_timeout=1)
+    try:
+        store.close()
+        store.url = CLOSED_PORT_POSTGRES
+        yield store
+    finally:
+        drop_namespace("postgres", schema)
+
+
+class Relay:
+    """A TCP relay in front of a service: a store opened on :meth:`url` talks to the
+    service through it until :meth:`cut`, when the server goes away for the store as in
+    an outage (its connections dropped, new ones refused)."""
+
+    def __init__(self, service_url: str) -> None:
+        parts = urlsplit(service_url)
+        self._service = (parts.hostname or "127.0.0.1", parts.port or 0)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._cut = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, url: str) -> str:
+        """``url`` (of the service) with its host and port made the relay's."""
+        parts = urlsplit(url)
+        user = parts.netloc.rpartition("@")[0]
+        return urlunsplit(parts._replace(
+            netloc=(user + "@" if user else "") + f"127.0.0.1:{self.port}"))
+
+    def _accept(self) -> None:
+        while not self._cut:
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self._service, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._cut:
+                    client.close()
+                    server.close()
+                    return
+                self._open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """The server goes away: every connection through the relay is dropped and the
+        relay's port refuses new ones."""
+        with self._lock:
+            self._cut = True
+            self._listener.close()
+            for end in self._open:
+                with suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
 
 
 @pytest.fixture

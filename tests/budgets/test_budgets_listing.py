@@ -297,7 +297,8 @@ def test_the_memory_index_stays_bounded_by_what_the_store_keeps() -> None:
     for _ in range(3000):
         ledger.release(ledger.reserve("bot", "payments:x", "0.01", "EUR", tenant="t").id)
         clock.t += 0.5
-    kept = len(store._records)
+    kept = len(_all(ledger, tenant="t"))
+    assert kept < 10
+    # The index's bound is a private mechanism: nothing public shows its size.
     listed = sum(len(v) for v in store._listed.values())
-    assert kept < 10 and listed <= 1024 + 2 * kept
-    assert len(_all(ledger, tenant="t")) == kept
+    assert listed <= 1024 + 2 * kept

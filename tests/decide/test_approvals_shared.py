@@ -8,14 +8,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
-from conftest import POSTGRES_URL, REDIS_URL, drop_namespace, require_service, unique_name
+from conftest import (
+    POSTGRES_URL,
+    REDIS_URL,
+    drop_namespace,
+    require_service,
+    unique_name,
+    unreachable_postgres_approvals,
+)
 
 from policyengine import Approval, ApprovalError, MemoryApprovalStore
 from policyengine.audit import CallbackSink, DecisionLog
-from policyengine.decide import PostgresApprovalStore, RedisApprovalStore, approvals_from_url
+from policyengine.decide import RedisApprovalStore, approvals_from_url
 from policyengine.engine import Engine
 
 POLICY = """namespace pay
@@ -197,19 +205,17 @@ def test_racing_hosts_consume_a_one_use_approval_once(opener: Opener) -> None:
 
 @pytest.mark.parametrize("kind", ["postgres", "redis"])
 def test_an_unreachable_approval_store_is_never_an_allow(kind: str) -> None:
-    require_service(kind)
-    store: Any = (PostgresApprovalStore.__new__(PostgresApprovalStore) if kind == "postgres"
-                  else RedisApprovalStore("redis://127.0.0.1:1/0", timeout=1))
-    if kind == "postgres":  # skip creating the table: the server is not there
-        store.url, store.schema, store.connect_timeout = (
-            "postgresql://postgres@127.0.0.1:1/test", "x", 1.0)
-        store._table, store._local = '"x".approvals', threading.local()
-    engine = Engine.from_source(POLICY, name="pay.policy", approvals=store)
-    d = engine.authorize("bot", "payments:transfer", dict(BODY))
-    assert (d.status, d.code, d.approval_id) == ("denied", "approval_store_error", None)
-    d = engine.authorize("bot", "payments:transfer", dict(BODY), approval_id="apr_" + "0" * 32)
-    assert d.status == "pending_approval" or not d.allowed
-    assert code_of(lambda: store.get("apr_x")) == "approval_store_error"
+    with ExitStack() as stack:
+        store: Any = (stack.enter_context(unreachable_postgres_approvals())
+                      if kind == "postgres"
+                      else RedisApprovalStore("redis://127.0.0.1:1/0", timeout=1))
+        engine = Engine.from_source(POLICY, name="pay.policy", approvals=store)
+        d = engine.authorize("bot", "payments:transfer", dict(BODY))
+        assert (d.status, d.code, d.approval_id) == ("denied", "approval_store_error", None)
+        d = engine.authorize("bot", "payments:transfer", dict(BODY),
+                             approval_id="apr_" + "0" * 32)
+        assert d.status == "pending_approval" or not d.allowed
+        assert code_of(lambda: store.get("apr_x")) == "approval_store_error"
 
 
 def test_approval_store_urls() -> None:

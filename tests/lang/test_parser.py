@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from conftest import ast_key
@@ -395,42 +400,65 @@ def test_keyword_terminals_are_the_grammars_word_terminals() -> None:
     assert words | mixed == KEYWORD_TERMINALS
 
 
-def test_parser_tables_are_cached_only_in_a_private_folder(tmp_path, monkeypatch) -> None:
-    import os
+# What a process's parse() gives: the statements of a policy, and the problems of a
+# keyword glued to a word (the lexer's boundary check, which a cached parser must keep).
+PARSE_IN_A_NEW_PROCESS = """
+import json, policyengine as pe
+ok = pe.parse("permit p: a:b when context.x == 1\\nrole r: a:*\\n")
+try:
+    pe.parse("permit p: a:b whenx context.x == 1")
+    glued = None
+except pe.PolicyError as err:
+    glued = [(p.code, p.line, p.column) for p in err.problems]
+print(json.dumps({"statements": [type(s).__name__ for s in ok.statements],
+                  "glued": glued}))
+"""
 
-    from policyengine.lang import _parser
-    from policyengine.lang._parser import _cache_file, _grammar_text, build_lark
 
-    grammar = _grammar_text()
-    monkeypatch.delenv("POLICYENGINE_NO_CACHE", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    path = _cache_file(grammar)
-    assert path is not None and path.startswith(str(tmp_path / "policyengine"))
+def _parse_in_a_new_process(cache_home: Path, no_cache: bool = False) -> object:
+    """``pe.parse`` in a fresh process (the parser is built, or loaded from the cache,
+    once per process) with ``XDG_CACHE_HOME`` at ``cache_home``."""
+    env = {k: v for k, v in os.environ.items() if k != "POLICYENGINE_NO_CACHE"}
+    env["XDG_CACHE_HOME"] = str(cache_home)
+    if no_cache:
+        env["POLICYENGINE_NO_CACHE"] = "1"
+    done = subprocess.run([sys.executable, "-c", PARSE_IN_A_NEW_PROCESS], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _cached(cache_home: Path) -> list[Path]:
+    return sorted((cache_home / "policyengine").glob("*"))
+
+
+def test_parser_tables_are_cached_only_in_a_private_folder(tmp_path: Path) -> None:
+    uncached = _parse_in_a_new_process(tmp_path / "none", no_cache=True)
+    assert uncached == {"statements": ["Rule", "RoleDecl"], "glued": [["E002", 1, 15]]}
+    assert not (tmp_path / "none" / "policyengine").exists()  # POLICYENGINE_NO_CACHE=1
+    assert _parse_in_a_new_process(tmp_path) == uncached  # builds the tables, keeps them
+    (cache,) = _cached(tmp_path)
+    assert cache.stat().st_size > 0
     assert os.stat(tmp_path / "policyengine").st_mode & 0o077 == 0
-    build_lark(path)
-    assert os.path.getsize(path) > 0
-    loaded = build_lark(path)  # from the cache: parses the same
-    text = "permit p: a:b when context.x == 1"
-    _parser._current.text = text  # what the keyword-boundary check reads
-    tree = loaded.parse(text, start="start")
-    assert tree.children[0].data == "rule_decl"
+    written = cache.stat().st_mtime_ns
+    assert _parse_in_a_new_process(tmp_path) == uncached  # loads them: parses the same
+    assert cache.stat().st_mtime_ns == written
     # A folder others can write to is never used (the cache is a pickle).
+    cache.unlink()
     os.chmod(tmp_path / "policyengine", 0o777)
-    assert _cache_file(grammar) is None
-    os.chmod(tmp_path / "policyengine", 0o700)
-    monkeypatch.setenv("POLICYENGINE_NO_CACHE", "1")
-    assert _cache_file(grammar) is None
+    try:
+        assert _parse_in_a_new_process(tmp_path) == uncached
+        assert _cached(tmp_path) == []
+    finally:
+        os.chmod(tmp_path / "policyengine", 0o700)
 
 
-def test_a_corrupt_parser_cache_is_rebuilt(tmp_path) -> None:
-    from policyengine.lang import _parser
-    from policyengine.lang._parser import build_lark
-
-    _parser._current.text = "role r: a:*"
-    path = tmp_path / "grammar.lark"
-    path.write_bytes(b"not a cache\n\x80\x04garbage")
-    parser = build_lark(str(path))
-    assert parser.parse("role r: a:*", start="start").children[0].data == "role_decl"
+def test_a_corrupt_parser_cache_is_rebuilt(tmp_path: Path) -> None:
+    expected = _parse_in_a_new_process(tmp_path)
+    (cache,) = _cached(tmp_path)
+    cache.write_bytes(b"not a cache\n\x80\x04garbage")
+    assert _parse_in_a_new_process(tmp_path) == expected
+    assert b"garbage" not in cache.read_bytes() and cache.stat().st_size > 100
 
 
 @pytest.mark.parametrize("subject", ["workspace", "app", "workflow", "toolset",

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from conftest import unreachable_postgres_approvals
 
 import policyengine as pe
-from policyengine.decide import PostgresApprovalStore, RedisApprovalStore
+from policyengine.decide import RedisApprovalStore
 from policyengine.server import Credentials, create_app
 
 from .service_harness import ADMIN, SECRETS
@@ -39,17 +40,16 @@ class _FailingStore:
     add = get = list = approve = reject = consume = _down
 
 
-def _down_store(kind: str) -> Any:
+@pytest.fixture
+def down_store(kind: str) -> Iterator[Any]:
     """An approval store whose server cannot be reached (nothing listens on port 1)."""
     if kind == "redis":
-        return RedisApprovalStore("redis://127.0.0.1:1/0", timeout=1)
-    if kind == "postgres":  # built without its table: the server is not there
-        store: Any = PostgresApprovalStore.__new__(PostgresApprovalStore)
-        store.url, store.schema, store.connect_timeout = (
-            "postgresql://postgres@127.0.0.1:1/test", "x", 1.0)
-        store._table, store._local = '"x".approvals', threading.local()
-        return store
-    return _FailingStore()
+        yield RedisApprovalStore("redis://127.0.0.1:1/0", timeout=1)
+    elif kind == "postgres":  # opened on the server, which then goes away
+        with unreachable_postgres_approvals() as store:
+            yield store
+    else:
+        yield _FailingStore()
 
 
 async def _answers(app: Any) -> dict[str, httpx.Response]:
@@ -79,8 +79,8 @@ async def _answers(app: Any) -> dict[str, httpx.Response]:
 
 @pytest.mark.parametrize("kind", ["redis", "postgres", "custom"])
 def test_an_approval_store_outage_is_503_on_every_approval_route(
-        kind: str, credentials: Credentials) -> None:
-    engine = pe.Engine.from_source(POLICY, name="t.policy", approvals=_down_store(kind))
+        kind: str, down_store: Any, credentials: Credentials) -> None:
+    engine = pe.Engine.from_source(POLICY, name="t.policy", approvals=down_store)
     answers = asyncio.run(_answers(create_app(engine, credentials=credentials)))
     for route in ("agent_get", "list", "list_pending", "approve", "reject"):
         r = answers[route]
