@@ -284,8 +284,24 @@ def collected_codes() -> dict[str, set[str]]:
     return {code: places for code, places in found.items() if CODE.match(code)}
 
 
+def _cell_codes(cell: str) -> list[str]:
+    """The codes a first cell lists: one (``E001``, `` `expired` ``) or several
+    (`` `a`, `b` ``); none for a row describing codes listed elsewhere
+    (``*evaluation code*``)."""
+    m = re.fullmatch(r"`?([A-Za-z0-9_]+)`?", cell)
+    if m:
+        return [m.group(1)]
+    codes = re.findall(r"`([A-Za-z0-9_]+)`", cell)
+    rest = re.sub(r"`[A-Za-z0-9_]+`", "", cell)
+    if codes and re.fullmatch(r"[\s,]*(?:(?:and|or)[\s,]*)?", rest):
+        return codes
+    assert not codes, f"docs/errors.md: a first cell this check cannot read: {cell!r}"
+    return []
+
+
 def documented_codes() -> list[str]:
-    """The first cell of every row of the tables of docs/errors.md headed ``| code |``."""
+    """The codes in the first cell of every row of the tables of docs/errors.md headed
+    ``| code |``, a cell listing several giving each."""
     out = []
     in_code_table = False
     for line in ERRORS_DOC.read_text("utf-8").splitlines():
@@ -296,10 +312,16 @@ def documented_codes() -> list[str]:
         if first == "code":
             in_code_table = True
         elif in_code_table and not set(first) <= set("- "):
-            m = re.fullmatch(r"`?([A-Za-z0-9_]+)`?", first)
-            if m:  # (an "*evaluation code*" row describes codes listed elsewhere)
-                out.append(m.group(1))
+            out.extend(_cell_codes(first))
     return out
+
+
+def test_documented_codes_reads_every_kind_of_first_cell() -> None:
+    assert _cell_codes("E001") == ["E001"]
+    assert _cell_codes("`expired`") == ["expired"]
+    assert _cell_codes("`a_b`, `c`, `d`") == ["a_b", "c", "d"]
+    assert _cell_codes("`a`, `b` and `c`") == ["a", "b", "c"]
+    assert _cell_codes("*evaluation code*") == []
 
 
 def test_collector_finds_codes_of_every_kind() -> None:
