@@ -61,7 +61,7 @@ def test_a_folded_chain_evaluates_as_the_chain(join: type[ast.And | ast.Or],
     if left and left[0] is ERR:
         assert folded is ERR
         return
-    if decides in left:
+    if decides in left and ERR not in left[:left.index(decides)]:
         assert folded is decides
         return
     for combo in product([True, False], repeat=len(NAMES)):
@@ -91,3 +91,26 @@ def test_an_and_splices_a_residual_and_an_or_keeps_a_residual_or() -> None:
     assert _chain(ast.And, [True, ERR], none) is ERR
     assert _chain(ast.Or, [False, ERR], none) is ERR
     assert _chain(ast.Or, [b, ERR], [a, _path("error")]) == ast.Or((b, _path("error")))
+    # a known value after a known error decides nothing: the error comes first
+    err = _path("error")
+    assert _chain(ast.And, [b, ERR, False], [a, err, a]) == ast.And((b, err))
+    assert _chain(ast.Or, [b, ERR, True], [a, err, a]) == ast.Or((b, err))
+    assert _chain(ast.And, [b, ERR, c], [a, err, c]) == ast.And((b, err))
+
+
+def test_a_forbid_erring_before_a_known_false_still_applies_in_the_answer() -> None:
+    """``context.urgent and <an attribute bot lacks> and <false for bot>``: an urgent
+    request errs on the missing attribute and authorize fails closed (the forbid
+    applies). The answer used to fold the forbid to never applying (the known false
+    decided the whole) and list pay:* as allowed without condition."""
+    from policyengine.engine import Engine
+    engine = Engine.from_source(
+        'role payer: pay:*\nagent "bot": payer { tier = "silver" }\n'
+        "forbid f: pay:* when context.urgent and principal.attributes.level > 3 "
+        'and principal.attributes.tier == "gold"\n', name="t.policy")
+    urgent = engine.authorize("bot", "pay:send", {"urgent": True})
+    assert not urgent.allowed and urgent.code == "missing_attribute"
+    assert engine.authorize("bot", "pay:send", {"urgent": False}).allowed
+    (line,) = engine.permissions_of("bot").entries
+    assert (line.status, line.when) == ("allowed", None)
+    assert line.unless == "context.urgent and principal.attributes.level > 3", line

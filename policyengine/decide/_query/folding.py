@@ -267,9 +267,12 @@ def _chain(join: type[ast.And | ast.Or], parts: Sequence[Folded],
     operator's identity (true for ``and``, false for ``or``) drops out, one known to be
     the other value decides the whole; an error decides it when nothing before it is
     left, else its original stays (it errs at run time only if what is left before it
-    lets it be reached). A residual ``and`` among the parts of an ``and`` is spliced into
-    it (a rule's guard is the ``and`` of its conditions); a residual ``or`` among the
-    parts of an ``or`` stays as written (printed in parentheses)."""
+    lets it be reached) and ends the chain: whatever follows is reached only through
+    it, so a known value after it decides nothing (``a and <error> and false`` errs when
+    ``a`` holds; folding it to false would answer a forbid "never applies" where
+    ``authorize`` fails closed). A residual ``and`` among the parts of an ``and`` is
+    spliced into it (a rule's guard is the ``and`` of its conditions); a residual ``or``
+    among the parts of an ``or`` stays as written (printed in parentheses)."""
     identity = join is ast.And
     rest: list[ast.Expr] = []
     for value, original in zip(parts, originals, strict=True):
@@ -281,7 +284,7 @@ def _chain(join: type[ast.And | ast.Or], parts: Sequence[Folded],
             if not rest:
                 return ERR
             rest.append(original)  # errors at run time only if the rest lets it be reached
-            continue
+            break  # and what follows is reached only past the error: it decides nothing
         if identity and isinstance(value, ast.And):
             rest.extend(value.items)
         else:
