@@ -54,7 +54,9 @@ def make_engine() -> Callable[..., Engine]:
 
 
 class Clock:
-    """An injectable clock: call it for the time, set ``t`` to move it."""
+    """An injectable clock: call it for the time, set ``t`` to move it. The one kind of
+    test clock: the ``clock`` fixture is one; ``Clock(t)`` is one at a test's own time
+    (a file's ``NOW``, a hypothesis example, which cannot take a fixture)."""
 
     def __init__(self, t: float) -> None:
         self.t = t

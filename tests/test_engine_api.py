@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Clock
 
 from policyengine.decision import ApprovalRequired, NotAuthorized
 from policyengine.engine import Engine
@@ -336,7 +337,7 @@ def test_a_usable_approval_store_is_taken_even_when_empty() -> None:
         def __len__(self) -> int:
             return 0
 
-    store = Empty(lambda: 1_700_000_000.0)
+    store = Empty(Clock(1_700_000_000.0))
     engine = Engine.from_source(APPROVAL_POLICY, approvals=store)
     assert engine.approvals is store
     d = engine.authorize("bot", "docs:read", {})

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Clock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -109,7 +110,7 @@ def test_each_record_is_decided_at_its_own_time(tmp_path: Path) -> None:
     policy = write(tmp_path / "p.policy", "budget hourly: llm:* limit 10 EUR per hour\n")
     log = tmp_path / "d.jsonl"
     logged(policy, log, [("bot", "llm:call", {"amount": "5", "currency": "EUR"})],
-           clock=lambda: T0)
+           clock=Clock(T0))
     clock = new_clock()
     replay([str(log)], Engine.from_path(policy, clock=clock), clock)
     record = next(json.loads(x) for x in log.read_text().splitlines()
@@ -241,7 +242,7 @@ def test_rate_limited_records_are_not_replayed_and_replay_counts_no_call(
         tmp_path: Path) -> None:
     policy = write(tmp_path / "p.policy", "ratelimit slow: payments:* 1 per minute\n")
     decided = logged(policy, tmp_path / "d.jsonl", [refund("1"), refund("2"), refund("3")],
-                     clock=lambda: T0)
+                     clock=Clock(T0))
     assert [d.code for d in decided] == ["permitted", "rate_limited", "rate_limited"]
     report = replayed(tmp_path / "d.jsonl", policy)
     assert [s.reason for s in report.skipped] == ["rate_limit", "rate_limit"]

@@ -64,7 +64,7 @@ def _check_final(ledger: Ledger, spent: Decimal, calls: int) -> None:
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_eight_threads_never_overspend(kind: str, tmp_path: Path) -> None:
     store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "l.db")
-    ledger = Ledger(SPECS, store, clock=lambda: NOW)
+    ledger = Ledger(SPECS, store, clock=Clock(NOW))
     results: list[tuple[Decimal, int]] = []
     lock = threading.Lock()
     # A watcher samples balances while the race runs: admitted never exceeds the limit.
@@ -96,7 +96,7 @@ def test_eight_threads_never_overspend(kind: str, tmp_path: Path) -> None:
 
 
 def _process_worker(path: str, seed: int, queue: mp.Queue) -> None:  # type: ignore[type-arg]
-    ledger = Ledger(SPECS, SQLiteStore(path), clock=lambda: NOW)
+    ledger = Ledger(SPECS, SQLiteStore(path), clock=Clock(NOW))
     queue.put(_race(ledger, seed, 120))
 
 
@@ -112,14 +112,14 @@ def test_four_processes_on_one_sqlite_file(tmp_path: Path) -> None:
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    ledger = Ledger(SPECS, SQLiteStore(path), clock=lambda: NOW)
+    ledger = Ledger(SPECS, SQLiteStore(path), clock=Clock(NOW))
     _check_final(ledger, sum((r[0] for r in results), Decimal(0)), sum(r[1] for r in results))
 
 
 def _killed_worker(path: str, log: str, durability: str) -> None:
     big = [BudgetSpec("k.money", ("payments:*",), Decimal(10**9), "EUR", "day")]
     ledger = Ledger(big, SQLiteStore(path, durability=durability),  # type: ignore[arg-type]
-                    clock=lambda: NOW)
+                    clock=Clock(NOW))
     with open(log, "a", buffering=1) as out:
         i = 0
         while True:

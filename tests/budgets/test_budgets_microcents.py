@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from conftest import STORE_KINDS, SharedStores
+from conftest import STORE_KINDS, Clock, SharedStores
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,7 +47,7 @@ def test_microcents_are_exact_and_never_over(
         store = MemoryStore() if kind == "memory" else SQLiteStore(":memory:")
     else:
         store = shared_stores.fresh(kind)
-    ledger = Ledger(SPECS, store, clock=lambda: START)  # type: ignore[arg-type]
+    ledger = Ledger(SPECS, store, clock=Clock(START))  # type: ignore[arg-type]
     cents = micro = 0  # the model: what each budget has spent
     for permission, amount, unit in ops:
         if unit == "USD":
@@ -79,7 +79,7 @@ def test_microcents_are_exact_and_never_over(
 
 
 def test_commit_in_another_unit_of_the_same_currency_is_exact_or_refused() -> None:
-    ledger = Ledger(SPECS, clock=lambda: START)
+    ledger = Ledger(SPECS, clock=Clock(START))
     r = ledger.reserve("bot", "a:x", "0.50", "USD")
     with pytest.raises(BudgetInputError) as err:
         ledger.commit(r.id, 12_345, "USD_MICROCENTS")
@@ -91,11 +91,11 @@ def test_commit_in_another_unit_of_the_same_currency_is_exact_or_refused() -> No
 def test_across_currencies_the_rounding_is_up_and_the_reservation_rate_is_kept() -> None:
     rates = StaticRates("EUR", {"USD": Decimal("0.9")})  # 1 USD = 0.9 EUR
     spec = BudgetSpec("m.eur", ("a:*",), Decimal(10), "EUR", "day")
-    ledger = Ledger([spec], rates=rates, clock=lambda: START)
+    ledger = Ledger([spec], rates=rates, clock=Clock(START))
     r = ledger.reserve("bot", "a:x", 1, "USD_MICROCENTS")  # 0.000000009 EUR: one cent
     assert r.lines[0].amount == Decimal("0.01") and r.lines[0].rate == Decimal("0.9")
     micro = BudgetSpec("m.m", ("a:*",), Decimal(10**9), "USD_MICROCENTS", "day")
-    ledger = Ledger([micro], rates=rates, clock=lambda: START)
+    ledger = Ledger([micro], rates=rates, clock=Clock(START))
     r = ledger.reserve("bot", "a:x", "0.01", "EUR")  # 0.0111... USD
     assert r.lines[0].amount == Decimal(1_111_112)
     done = ledger.commit(r.id, "0.01")  # in the reservation's unit: its recorded rate

@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import ROUND_CEILING, Decimal
 
 import pytest
-from conftest import STORE_KINDS, SharedStores
+from conftest import STORE_KINDS, Clock, SharedStores
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -70,7 +70,7 @@ def test_a_usage_debits_money_and_tokens_at_once(
         store = MemoryStore() if kind == "memory" else SQLiteStore(":memory:")
     else:
         store = shared_stores.fresh(kind)
-    ledger = Ledger(SPECS, store, clock=lambda: START, prices=TABLE)  # type: ignore[arg-type]
+    ledger = Ledger(SPECS, store, clock=Clock(START), prices=TABLE)  # type: ignore[arg-type]
     spent_micro = spent_tokens = spent_cents = 0
     for (m1, i1, c1, o1), (_m2, i2, c2, o2), commit in ops:
         price = GPT if m1 == "gpt-4o" else CHEAP
@@ -130,7 +130,7 @@ def test_bad_prices_and_usages() -> None:
         with pytest.raises(BudgetInputError) as err:
             LLMUsage("openai", "gpt-4o", input_tokens=tokens)  # type: ignore[arg-type]
         assert err.value.code == "invalid_amount"
-    ledger = Ledger(SPECS, clock=lambda: START)  # no price table
+    ledger = Ledger(SPECS, clock=Clock(START))  # no price table
     with pytest.raises(BudgetInputError) as err:
         ledger.reserve("bot", "llm:x", usage=LLMUsage("openai", "gpt-4o", 1))
     assert err.value.code == "unpriced_model"

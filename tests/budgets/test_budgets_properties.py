@@ -31,9 +31,17 @@ class Res:
 
 class Model:
     def __init__(self) -> None:
-        self.now = START
+        self.clock = Clock(START)  # the ledger's clock: the model moves it
         self.spent: dict[int, int] = {}
         self.res: list[Res] = []
+
+    @property
+    def now(self) -> float:
+        return self.clock.t
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.clock.t = value
 
     def window(self) -> int:
         return int(self.now // 3600 * 3600)
@@ -115,7 +123,7 @@ def test_ledger_matches_model(
         store = MemoryStore() if kind == "memory" else SQLiteStore(":memory:")
     else:
         store = shared_stores.fresh(kind)
-    ledger = Ledger([SPEC], store, clock=lambda: model.now)  # type: ignore[arg-type]
+    ledger = Ledger([SPEC], store, clock=model.clock)  # type: ignore[arg-type]
     for op in sequence:
         name = op[0]
         if name == "advance":
@@ -196,10 +204,18 @@ class ManyModel:
     """Per agent: money per hour (limit 100) and calls per minute (limit 3)."""
 
     def __init__(self) -> None:
-        self.now = START
+        self.clock = Clock(START)  # the ledger's clock: the model moves it
         self.money: dict[tuple[str, int], int] = {}
         self.calls: dict[tuple[str, int], int] = {}
         self.holds: list[Hold] = []
+
+    @property
+    def now(self) -> float:
+        return self.clock.t
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.clock.t = value
 
     def hour(self) -> int:
         return int(self.now // 3600 * 3600)
@@ -265,7 +281,7 @@ def test_agents_and_windows_match_model(
         for suffix in ("", "-wal", "-shm"):  # a fresh file per example
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         store = SQLiteStore(path, durability="spend")
-    ledger = Ledger([MONEY, CALLS], store, clock=lambda: model.now)  # type: ignore[arg-type]
+    ledger = Ledger([MONEY, CALLS], store, clock=model.clock)  # type: ignore[arg-type]
     for op in sequence:
         name = op[0]
         if name == "advance":

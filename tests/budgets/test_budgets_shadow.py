@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BUDGET_NOW, STORE_KINDS, SharedStores, open_store
+from conftest import BUDGET_NOW, STORE_KINDS, Clock, SharedStores, open_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +21,7 @@ TRIAL = BudgetSpec("t.trial", ("llm:*",), Decimal(50), "EUR", "day")
 
 def _ledgers(store: Any) -> tuple[Ledger, Ledger]:
     """The ledger holding REAL enforced and TRIAL shadow, and one reading TRIAL alone."""
-    clock = lambda: BUDGET_NOW  # noqa: E731
+    clock = Clock(BUDGET_NOW)
     return (Ledger([REAL], store, clock=clock, shadow=[TRIAL]),
             Ledger([TRIAL], store, clock=clock))
 
@@ -81,9 +81,9 @@ def test_capped_spend_charges_the_shadow_budget_in_full(store: Any) -> None:
 
 def test_a_shadow_budget_that_cannot_count_the_spend_is_skipped(store: Any) -> None:
     calls = BudgetSpec("t.tokens", ("llm:*",), Decimal(10), "tokens", "day")
-    ledger = Ledger([REAL], store, clock=lambda: BUDGET_NOW, shadow=[calls])
+    ledger = Ledger([REAL], store, clock=Clock(BUDGET_NOW), shadow=[calls])
     ledger.record("bot", "llm:call", "20", "EUR")  # an enforced tokens budget would refuse
-    (b,) = Ledger([calls], store, clock=lambda: BUDGET_NOW).balances("bot")
+    (b,) = Ledger([calls], store, clock=Clock(BUDGET_NOW)).balances("bot")
     assert (b.spent, b.reserved) == (0, 0)
     assert _held(ledger, "bot") == (Decimal(20), Decimal(0))
 
@@ -101,7 +101,7 @@ def test_shadow_never_changes_enforced_answers_and_holds_the_spend(
         kind: str, tmp_path: Path, shared_stores: SharedStores) -> None:
     plain_store: Any = open_store(kind, _mkdir(tmp_path / "a"), shared_stores)
     both_store: Any = open_store(kind, _mkdir(tmp_path / "b"), shared_stores)
-    clock = lambda: BUDGET_NOW  # noqa: E731
+    clock = Clock(BUDGET_NOW)
     plain = Ledger([REAL], plain_store, clock=clock)
     both = Ledger([REAL], both_store, clock=clock, shadow=[TRIAL])
     trial = Ledger([TRIAL], both_store, clock=clock)

@@ -642,7 +642,7 @@ def test_an_engine_denies_when_its_shared_store_fails(
     engine = Engine.from_source(
         'namespace t\nrole payer: payments:*\nagent "bot": payer\n'
         "budget daily: payments:* limit 100 EUR per day per agent\n",
-        budget_store=store, clock=lambda: BUDGET_NOW,
+        budget_store=store, clock=Clock(BUDGET_NOW),
     )
     ctx = {"amount": "5", "currency": "EUR"}
     assert engine.authorize("bot", "payments:x", ctx).allowed
@@ -771,7 +771,7 @@ def test_a_hold_released_by_a_clock_ahead_is_expired_for_a_clock_behind(
     other = _open(shared_stores, kind, **({"schema": name} if kind == "postgres"
                                           else {"prefix": name}))
     behind, _ = make_ledger(store, DAILY)
-    ahead = Ledger([DAILY], other, clock=lambda: BUDGET_NOW + 30)
+    ahead = Ledger([DAILY], other, clock=Clock(BUDGET_NOW + 30))
     r = behind.reserve("bot", "payments:x", "40", "EUR", ttl=20)
     ahead.record("bot", "payments:x", "1", "EUR")  # a write at +30 s gives the hold back
     for op in (lambda: behind.commit(r.id, "40"), lambda: behind.extend(r.id, 60),

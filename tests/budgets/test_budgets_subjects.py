@@ -10,7 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import STORE_KINDS, SharedStores, open_store
+from conftest import STORE_KINDS, Clock, SharedStores, open_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -74,7 +74,7 @@ def test_every_level_is_debited_at_once_and_never_over(
         store = MemoryStore() if kind == "memory" else SQLiteStore(":memory:")
     else:
         store = shared_stores.fresh(kind)
-    ledger = Ledger(SPECS, store, clock=lambda: START)  # type: ignore[arg-type]
+    ledger = Ledger(SPECS, store, clock=Clock(START))  # type: ignore[arg-type]
     model = Model()
     live: list[str] = []
     for op in sequence:
@@ -139,7 +139,7 @@ def test_a_run_budget_from_the_policy_caps_each_run(
         "namespace r\npermit chat: llm:*\n"
         "budget run: llm:* limit 3 EUR per day per context.run_id\n"
         "budget user: llm:* limit 5 EUR per day per context.user\n")},
-        budget_store=store, clock=lambda: START)
+        budget_store=store, clock=Clock(START))
     ledger = engine.budgets
     assert ledger is not None and ledger.scope_fields == {"run_id", "user"}
     ledger.record("bot", "llm:chat", "3", "EUR", scope={"run_id": "r1", "user": "ann"})
@@ -188,7 +188,7 @@ def test_caps_are_validated_and_merged() -> None:
         BudgetSpec("c.a", ("a:*",), Decimal(9), "EUR", "day", caps=(("max_tokens", 50),)),
         BudgetSpec("c.b", ("a:*",), Decimal(9), "EUR", "day",
                    caps=(("max_tokens", 20), ("max_steps_remaining", 3)))],
-        clock=lambda: START)
+        clock=Clock(START))
     r = ledger.reserve("bot", "a:x", "1", "EUR")
     assert ledger.caps_of(r) == {"max_tokens": 20, "max_steps_remaining": 3}
     assert ledger.check("bot", "a:x", "1", "EUR").caps == ledger.caps_of(["c.a", "c.b"])

@@ -155,7 +155,7 @@ def test_the_shared_store_clock_decides(kind: str, shared_stores: SharedStores) 
     # A host whose clock runs an hour ahead or behind changes nothing: its time is not
     # asked. Given explicitly, a time that far off is refused.
     spec = RateLimitSpec("x", ("tools:*",), 1, "hour", 1)
-    ahead = RateLimiter([spec], store, clock=lambda: server_us / 1e6 + 3600)
+    ahead = RateLimiter([spec], store, clock=Clock(server_us / 1e6 + 3600))
     with pytest.raises(BudgetStoreError) as err:
         ahead.admit("bot", "tools:a")
     assert err.value.code == "clock_skew"

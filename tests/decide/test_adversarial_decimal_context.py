@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Clock
 
 from policyengine.budgets import MemoryStore, SQLiteStore
 from policyengine.engine import Engine
@@ -50,7 +51,7 @@ def workload(tmp_path: Path, tag: str) -> list[Any]:
     """Everything money touches, reduced to comparable results."""
     out: list[Any] = []
     for store in (MemoryStore(), SQLiteStore(tmp_path / f"{tag}.db")):
-        engine = Engine.from_source(POLICY, budget_store=store, clock=lambda: NOW)
+        engine = Engine.from_source(POLICY, budget_store=store, clock=Clock(NOW))
         for amount, currency in AMOUNTS:
             d = engine.authorize("bot", "shop:pay", {"amount": amount, "currency": currency})
             wire = d.to_wire()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import codes_of
+from conftest import Clock, codes_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,7 +44,7 @@ def keys() -> KeySet:
 
 @pytest.fixture
 def engine(keys: KeySet) -> Engine:
-    return Engine.from_source(POLICY, name="d.policy", keys=keys, clock=lambda: NOW)
+    return Engine.from_source(POLICY, name="d.policy", keys=keys, clock=Clock(NOW))
 
 
 def root(keys: KeySet, acting_for: str = "besar", agent: str = "lead", ttl: int = 3600,
@@ -83,7 +83,7 @@ class TestGrantInConditions:
 
     def test_a_permit_on_the_grant_needs_one(self, keys: KeySet) -> None:
         eng = Engine.from_source('agent "bot"\npermit p: docs:read when grant.issuer == "'
-                                 + ISS + '"\n', keys=keys, clock=lambda: NOW)
+                                 + ISS + '"\n', keys=keys, clock=Clock(NOW))
         tok = root(keys, agent="bot")
         assert eng.authorize("bot", "docs:read", token=tok).allowed
         d = eng.authorize("bot", "docs:read")  # no grant: the permit cannot apply
@@ -94,7 +94,7 @@ class TestGrantInConditions:
                                                                  ) -> None:
         eng = Engine.from_source('role r: a:*\nagent "bot": r\n'
                                  "forbid f: a:* when grant.depth > 0\n", keys=keys,
-                                 clock=lambda: NOW)
+                                 clock=Clock(NOW))
         d = eng.authorize("bot", "a:x")
         assert (d.status, d.code) == ("denied", "missing_attribute")
         assert eng.authorize("bot", "a:x", token=mint(
@@ -106,7 +106,7 @@ class TestGrantInConditions:
     def test_a_forbid_on_depth_never_lets_a_deeper_chain_in(self, keys: KeySet, depth: int,
                                                             delegated: bool) -> None:
         eng = Engine.from_source(POLICY + 'agent "a1": worker\nagent "a2": worker\n',
-                                 name="d.policy", keys=keys, clock=lambda: NOW)
+                                 name="d.policy", keys=keys, clock=Clock(NOW))
         agents = ["lead", "a1", "a2", "sub"][: depth + 1]
         tok = root(keys, agent=agents[0])
         for agent in agents[1:]:
@@ -158,7 +158,7 @@ class TestChildMaxTtl:
 
     def test_without_child_max_ttl_children_share_max_ttl(self, keys: KeySet) -> None:
         eng = Engine.from_source(POLICY.replace("  child_max_ttl 10m\n", ""),
-                                 name="d.policy", keys=keys, clock=lambda: NOW)
+                                 name="d.policy", keys=keys, clock=Clock(NOW))
         tok = root(keys, ttl=3600)
         assert eng.authorize("sub", "payments:pay", token=child(keys, tok, "sub", 3600)
                              ).allowed

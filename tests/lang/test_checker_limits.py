@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import codes_of
+from conftest import Clock, codes_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -195,7 +195,7 @@ def test_a_delegation_block_the_leaf_takes_is_decided_on() -> None:
     assert codes_of(("t.policy", "delegation { max_depth 0 max_ttl 366d }\n")) == []
     keys = KeySet.generate()
     engine = Engine.from_source(HEAD + "permit p: payments:*\ndelegation { max_depth 0 }\n",
-                                keys=keys, clock=lambda: 1000.0)
+                                keys=keys, clock=Clock(1000.0))
     root = mint(keys, issuer="i", acting_for="u", agent="a", permissions=["payments:*"],
                 ttl=3600, max_depth=1, now=1000)
     assert engine.authorize("a", "payments:pay", token=root).allowed

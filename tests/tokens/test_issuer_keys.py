@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from conftest import Clock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,7 +69,7 @@ class TestOneIssuersKeySignsForAnother:
         both = key_a.merge(key_b)
         engine = Engine.from_source(
             'role r: payments:*\nagent "bot": r\ndelegation {\n  issuer "' + A + '"\n}\n',
-            keys=both, clock=lambda: NOW)
+            keys=both, clock=Clock(NOW))
         good = engine.authorize("bot", "payments:pay", {}, token=root(key_a))
         assert good.allowed and good.acting_for == "besar"
         forged = root(unbound_signer(key_b), issuer=A)

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 import pytest
 import redis
-from conftest import POSTGRES_URL, REDIS_URL, Relay, require_service, unique_name
+from conftest import POSTGRES_URL, REDIS_URL, Clock, Relay, require_service, unique_name
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -26,14 +26,6 @@ from policyengine.tokens import (
 )
 
 ISSUER = "https://auth.example"
-
-
-class Monotonic:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture(params=["postgres", "redis"])
@@ -56,7 +48,7 @@ def url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def test_a_revocation_on_one_host_stops_the_token_on_another_within_refresh(url: str) -> None:
-    clock_a, clock_b = Monotonic(), Monotonic()
+    clock_a, clock_b = Clock(1000.0), Clock(1000.0)
     host_a = revocations_from_url(url, refresh=1.0, monotonic=clock_a)
     host_b = revocations_from_url(url, refresh=1.0, monotonic=clock_b)
     keys = KeySet.generate()
@@ -78,7 +70,7 @@ def test_a_revocation_on_one_host_stops_the_token_on_another_within_refresh(url:
 
 
 def test_a_host_that_cannot_refresh_refuses_tokens_after_max_stale(url: str) -> None:
-    clock = Monotonic()
+    clock = Clock(1000.0)
     relay = Relay(url)
     store = revocations_from_url(relay.url(url), refresh=1.0, max_stale=5.0,
                                  monotonic=clock)
@@ -179,9 +171,9 @@ class Server:
         (self.client if self.redis else self.conn).close()
 
 
-def two_hosts(url: str) -> tuple[Any, Any, Monotonic]:
+def two_hosts(url: str) -> tuple[Any, Any, Clock]:
     """Two hosts (separate store objects) on one clock; refresh 1 s."""
-    clock = Monotonic()
+    clock = Clock(1000.0)
     return (revocations_from_url(url, refresh=1.0, max_stale=5.0, monotonic=clock),
             revocations_from_url(url, refresh=1.0, max_stale=5.0, monotonic=clock), clock)
 
@@ -326,7 +318,7 @@ def test_a_postgres_dataset_emptied_under_the_store_is_not_made_again(
     url = f"{POSTGRES_URL}?schema={schema}"
     versions = f'"{schema}".token_revocations_version'
     ids = f'"{schema}".token_revocations'
-    clock = Monotonic()
+    clock = Clock(1000.0)
     running = revocations_from_url(url, monotonic=clock)  # a first use: made
     conn = psycopg.connect(POSTGRES_URL, autocommit=True)
     try:
