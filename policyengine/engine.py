@@ -17,7 +17,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from policyengine.decide._approvals import ApprovalStore, MemoryApprovalStore
+from policyengine.decide._approvals import (
+    ApprovalStore,
+    MemoryApprovalStore,
+    as_approval_store,
+)
 from policyengine.decide._compiled import CompileCache, CompiledPolicy, compile_policy
 from policyengine.decide._evaluator import Explanation
 from policyengine.decide._pipeline import Pipeline, Trace
@@ -93,10 +97,6 @@ def _checked_budget_store(store: Any) -> Any:
     return as_budget_store(store, "budget_store", refuse=EngineOptionError)
 
 
-#: The operations the pipeline and the approval API call on an approval store.
-_APPROVAL_METHODS = ("add", "get", "list", "approve", "reject", "consume")
-
-
 def _opened_approvals(approvals: Any) -> Any:
     """``approvals`` opened if it is a URL (``memory:``, ``postgresql://``, ``redis://``),
     then checked (:func:`_checked_approvals`): at construction and on replacement alike."""
@@ -107,14 +107,10 @@ def _opened_approvals(approvals: Any) -> Any:
 
 
 def _checked_approvals(approvals: Any) -> Any:
-    """``approvals`` if it has every ``ApprovalStore`` operation (else each approval rule
-    would deny ``approval_store_error`` on every request)."""
-    missing = [m for m in _APPROVAL_METHODS if not callable(getattr(approvals, m, None))]
-    if missing:
-        raise EngineOptionError("approvals must be an ApprovalStore (add, get, list, "
-                                "approve, reject, consume) or its URL, not "
-                                f"{type(approvals).__name__}")
-    return approvals
+    """``approvals`` if it keeps the ``ApprovalStore`` protocol (else each approval rule
+    would deny ``approval_store_error`` on every request). The check is the protocol's
+    own (``as_approval_store``); only the code is the engine's."""
+    return as_approval_store(approvals, "approvals", refuse=EngineOptionError)
 
 
 def _checked_rates(rates: Any) -> Any:

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from conftest import Clock
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policyengine.decision import ApprovalRequired, NotAuthorized
 from policyengine.engine import Engine
@@ -424,3 +426,107 @@ def test_a_short_or_non_bytes_hmac_key_is_refused(key: object) -> None:
         Engine.from_source(APPROVAL_POLICY, hmac_key=key)
     assert info.value.code == "invalid_hash_key"
     assert Engine.from_source(APPROVAL_POLICY, hmac_key=b"k" * 16).hmac_key == b"k" * 16
+
+
+# ---- one check of the ApprovalStore protocol ----------------------------------------------
+
+#: The ApprovalStore protocol's methods, as the pipeline and the approval API call them.
+APPROVAL_PROTOCOL = ("add", "get", "list", "approve", "reject", "consume")
+
+
+def _approvals_like(missing: frozenset[str] = frozenset(),
+                    not_callable: frozenset[str] = frozenset(), clock: Any = None,
+                    **attributes: Any) -> Any:
+    """A store passing each protocol method to a MemoryApprovalStore (on ``clock``), less
+    those in ``missing``, those in ``not_callable`` plain values, with ``attributes`` on
+    its class: no ApprovalStore subclass, only its shape."""
+    from policyengine.decide import MemoryApprovalStore
+    inner = MemoryApprovalStore(clock or Clock(1_700_000_000.0))
+    members: dict[str, Any] = {
+        name: (lambda self, *args, _name=name, **kwargs: getattr(inner, _name)(*args,
+                                                                             **kwargs))
+        for name in APPROVAL_PROTOCOL if name not in missing}
+    members.update(dict.fromkeys(not_callable, "not a method"))
+    members.update(attributes)
+    return type("NearlyApprovals", (), members)()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sets(st.sampled_from(APPROVAL_PROTOCOL), min_size=1).flatmap(
+    lambda lacking: st.tuples(st.just(frozenset(lacking)),
+                              st.sets(st.sampled_from(sorted(lacking))).map(frozenset))))
+def test_an_approval_store_lacking_a_protocol_method_is_refused(
+        lacking: tuple[frozenset[str], frozenset[str]]) -> None:
+    """The engine's check is the protocol's (``as_approval_store``, the methods read from
+    ``ApprovalStore``): ``invalid_option``, at construction and on replacement, naming
+    what is lacking."""
+    from policyengine.engine import EngineOptionError
+    gone, plain = lacking
+    store = _approvals_like(gone - plain, plain)
+    engine = Engine.from_source(APPROVAL_POLICY)
+    for attempt in (lambda: Engine.from_source(APPROVAL_POLICY, approvals=store),
+                    lambda: setattr(engine, "approvals", store)):
+        with pytest.raises(EngineOptionError) as info:
+            attempt()
+        assert info.value.code == "invalid_option"
+        assert "must be an ApprovalStore" in info.value.message
+        if len(gone) < len(APPROVAL_PROTOCOL):
+            lacks = ", ".join(m for m in APPROVAL_PROTOCOL if m in gone)
+            assert f"(it has no {lacks})" in info.value.message
+
+
+def test_own_clock_is_an_attribute_of_the_protocol() -> None:
+    """Declared on ``ApprovalStore`` with its default, and inherited by the built-in
+    stores, which are its subclasses; the methods checked are the protocol's."""
+    from policyengine.decide import (
+        ApprovalStore,
+        MemoryApprovalStore,
+        PostgresApprovalStore,
+        RedisApprovalStore,
+    )
+    from policyengine.decide._approvals import APPROVAL_METHODS
+    assert ApprovalStore.own_clock is False
+    assert ApprovalStore.__annotations__["own_clock"] == "bool"
+    assert MemoryApprovalStore.own_clock is False
+    assert PostgresApprovalStore.own_clock is True and RedisApprovalStore.own_clock is True
+    for store in (MemoryApprovalStore, PostgresApprovalStore, RedisApprovalStore):
+        assert ApprovalStore in store.__mro__
+    assert APPROVAL_METHODS == APPROVAL_PROTOCOL
+
+
+@pytest.mark.parametrize("value", ["no", "false", 1, 0, None, lambda self: False],
+                         ids=["no", "false", "1", "0", "None", "method"])
+def test_an_own_clock_that_is_no_bool_is_refused(value: Any) -> None:
+    """Before, the pipeline read it with ``getattr(store, "own_clock", False)`` on every
+    explain: ``"no"`` or a method read as true (the engine's clock then ignored)."""
+    from policyengine.engine import EngineOptionError
+    with pytest.raises(EngineOptionError) as info:
+        Engine.from_source(APPROVAL_POLICY, approvals=_approvals_like(own_clock=value))
+    assert info.value.code == "invalid_option" and "own_clock" in info.value.message
+
+
+@pytest.mark.parametrize("own_clock", [True, False, None], ids=["own", "engine", "undeclared"])
+def test_own_clock_is_read_once_and_decides_which_clock_explain_uses(
+        own_clock: bool | None) -> None:
+    """The store's clock says the approval is live, the engine's (an hour later) that it
+    expired: explain takes the store's status only from a store on its own clock; a store
+    that declares none is on the engine's (the protocol's default). The attribute is read
+    when the engine is built, not per request."""
+    reads = []
+
+    def read(self: Any) -> Any:
+        reads.append(1)
+        return own_clock
+
+    start = 1_700_000_000.0
+    attributes = {} if own_clock is None else {"own_clock": property(read)}
+    store = _approvals_like(clock=Clock(start), **attributes)
+    asked = Engine.from_source(APPROVAL_POLICY, approvals=store,
+                               clock=Clock(start)).authorize("bot", "docs:read", {})
+    store.approve(asked.approval_id, by="carol")
+    later = Engine.from_source(APPROVAL_POLICY, approvals=store, clock=Clock(start + 7200))
+    built = len(reads)
+    for _ in range(3):
+        d = later.explain("bot", "docs:read", {}, approval_id=asked.approval_id).decision
+        assert d.allowed is (own_clock is True), d.reason
+    assert len(reads) == built  # none per request

@@ -41,7 +41,9 @@ __all__ = [
     "MemoryApprovalStore",
     "UnboundRequestError",
     "approval_terms_problems",
+    "as_approval_store",
     "new_approval_id",
+    "own_clock_of",
     "request_digest",
 ]
 
@@ -247,7 +249,15 @@ class ApprovalStore(Protocol):
     ``own_clock`` attribute (the shared PostgreSQL and Redis stores do): then no host's
     clock decides whether an approval may still be used. A store fault raises; the engine
     then does not honour the approval (fail closed).
+
+    A store may subclass ``ApprovalStore`` (the built-in ones do) and so inherit
+    ``own_clock``'s default; one that only has the methods is taken alike, as on the
+    engine's clock (:func:`own_clock_of`). :func:`as_approval_store` is the one check of
+    this protocol.
     """
+
+    #: The store decides every expiry by its own clock (see above); False: the engine's.
+    own_clock: bool = False
 
     def add(self, approval: Approval) -> Approval | None: ...
     def get(self, approval_id: str) -> Approval: ...
@@ -259,7 +269,46 @@ class ApprovalStore(Protocol):
     def consume(self, approval_id: str, digest: str, now: float) -> Approval: ...
 
 
-class MemoryApprovalStore:
+#: The operations the pipeline and the approval API call on a store: the protocol's
+#: methods, read from it so that one added there is checked too.
+APPROVAL_METHODS = tuple(name for name, member in vars(ApprovalStore).items()
+                         if not name.startswith("_") and callable(member))
+#: The protocol's attributes, each with the default a store that declares none reads as.
+_APPROVAL_ATTRIBUTES: dict[str, Any] = {name: getattr(ApprovalStore, name)
+                                        for name in ApprovalStore.__annotations__}
+
+
+def own_clock_of(store: object) -> bool:
+    """``store``'s :attr:`ApprovalStore.own_clock`, or the protocol's default where the
+    store declares none (a store checked by :func:`as_approval_store` has a bool there).
+    Read once where a pipeline is built, never per request."""
+    value: bool = getattr(store, "own_clock", ApprovalStore.own_clock)
+    return value is True
+
+
+def as_approval_store(store: object, where: str = "approvals", *,
+                      refuse: Callable[[str], PolicyEngineError]) -> ApprovalStore:
+    """``store`` if it keeps the :class:`ApprovalStore` protocol: every method of it
+    callable, and each attribute it declares of the protocol's type (an ``own_clock``
+    of ``"no"`` or a method would read as true). Else ``refuse(message)`` is raised:
+    the caller chooses its error (an ``Engine``, ``invalid_option``), as
+    ``as_budget_store`` does for budget stores. Taken as it is, a store lacking one
+    would deny ``approval_store_error`` on every request an approval rule covers."""
+    missing = [m for m in APPROVAL_METHODS if not callable(getattr(store, m, None))]
+    if missing:
+        lacks = "" if len(missing) == len(APPROVAL_METHODS) else \
+            f" (it has no {', '.join(missing)})"
+        raise refuse(f"{where} must be an ApprovalStore ({', '.join(APPROVAL_METHODS)}) "
+                     f"or its URL, not {type(store).__name__}{lacks}")
+    for name, default in _APPROVAL_ATTRIBUTES.items():
+        value = getattr(store, name, default)
+        if type(value) is not type(default):
+            raise refuse(f"{where}: {type(store).__name__}.{name} must be True or False "
+                         f"(left out, it is {default!r}), not {value!r}")
+    return store  # type: ignore[return-value]
+
+
+class MemoryApprovalStore(ApprovalStore):
     """Thread-safe in-memory approvals (lost on restart; plug in a durable store).
 
     Records expired for longer than ``keep_expired`` seconds are dropped as new ones are

@@ -36,6 +36,7 @@ from policyengine.decide._approvals import (
     ApprovalError,
     UnboundRequestError,
     new_approval_id,
+    own_clock_of,
     request_digest,
 )
 from policyengine.decide._compiled import CompiledPolicy, Entry, EvalError
@@ -115,9 +116,9 @@ class Pipeline:
     new pipeline when either is replaced, because a pipeline keeps verified grants.
     """
 
-    __slots__ = ("_counted", "_held", "_lean_budgets", "_scope_fields", "approvals", "clock",
-                 "ledger", "limiter", "policy", "revocations", "shadow_ledger",
-                 "shadow_limiter", "verify")
+    __slots__ = ("_approvals_own_clock", "_counted", "_held", "_lean_budgets",
+                 "_scope_fields", "approvals", "clock", "ledger", "limiter", "policy",
+                 "revocations", "shadow_ledger", "shadow_limiter", "verify")
 
     def __init__(self, policy: CompiledPolicy, ledger: Any, approvals: Any, verify: Verify,
                  clock: Callable[[], float] | None, limiter: Any = None,
@@ -127,6 +128,8 @@ class Pipeline:
         self.limiter = limiter
         self.ledger = ledger
         self.approvals = approvals
+        #: ``ApprovalStore.own_clock`` (its default where the store declares none).
+        self._approvals_own_clock = own_clock_of(approvals)
         self.verify = verify
         self.clock = clock
         self.revocations = revocations
@@ -632,7 +635,7 @@ class Pipeline:
                 self.approvals.consume(approval_id, digest, at)
             else:  # a store on its own clock: the status as get() saw it decides
                 _would_consume(self.approvals.get(approval_id), approval_id, digest,
-                               None if getattr(self.approvals, "own_clock", False) else at)
+                               None if self._approvals_own_clock else at)
         except ApprovalError as exc:
             return refused(exc.code, exc.message)
         except Exception as exc:  # a store fault is never an allow

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from policyengine.decide._approvals import Approval, ApprovalError
+from policyengine.decide._approvals import Approval, ApprovalError, ApprovalStore
 
 __all__ = ["PostgresApprovalStore", "RedisApprovalStore", "approvals_from_url"]
 
@@ -82,7 +82,7 @@ def _consume_code(status: str) -> str:
             "rejected": "approval_rejected"}.get(status, "approval_used")
 
 
-class PostgresApprovalStore:
+class PostgresApprovalStore(ApprovalStore):
     """Approvals in ``<schema>.approvals`` (created if missing), one connection per
     process and thread. Every time is the server's ``clock_timestamp()``."""
 
@@ -306,7 +306,7 @@ return cjson.encode({'ok'})
 """
 
 
-class RedisApprovalStore:
+class RedisApprovalStore(ApprovalStore):
     """Approvals in Redis under ``prefix``. A record is kept until ``keep_expired``
     seconds after it expires. Redis without persistence forgets approvals on restart:
     pending ones must then be asked for again (never an allow). Every time is the
