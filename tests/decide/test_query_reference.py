@@ -162,7 +162,9 @@ def test_answers_equal_the_reference(source: str, order: list[str]) -> None:
 def test_a_star_holder_shares_the_regions_worked_out_at_index_build() -> None:
     """The index build works out the regions under ``*`` of a role granting it; an agent
     holding that role and no other role with rules there answers from them, its lines
-    made when read; an agent holding a second role with rules there gets its own."""
+    made when read; an agent holding a second role with rules there gets its own. The
+    sharing is a private mechanism (nothing public shows it): the test reaches in on
+    purpose; the answers themselves are checked against the reference above."""
     engine = pe.Engine.from_source("\n".join([
         "currency EUR", "role root: *", "role r1: x:*", "role r2: w:*", 'agent "a3": root',
         'agent "a5": root, r1', "forbid f1: x:a when context.n > 1",
