@@ -489,6 +489,27 @@ class _Parts:
         return self.trees.get(name, [])
 
 
+def _token(t: Tree[Any], kind: str) -> Token:
+    """The token of type ``kind`` among ``t``'s children (:meth:`_Parts.token` for a node
+    with one token wanted: a literal, an operator)."""
+    for c in t.children:
+        if isinstance(c, Token) and c.type == kind:
+            return c
+    raise KeyError(kind)  # pragma: no cover - the grammar gives no other shape
+
+
+def _subtrees(t: Tree[Any], count: int) -> list[Tree[Any]]:
+    """The subtrees of ``t`` in source order, which the grammar says are ``count``: the
+    operands of an operator (``operand CMP_OP operand``: the left one first), or the one
+    statement of ``start``. Operands are one rule whatever their kind, so they have no
+    name to be found by; their order is their meaning. The node's tokens are found by
+    name (:class:`_Parts`), never counted in."""
+    found = [c for c in t.children if isinstance(c, Tree)]
+    if len(found) != count:  # pragma: no cover - the grammar gives no other shape
+        raise AssertionError(f"{t.data}: {len(found)} subtrees, expected {count}")
+    return found
+
+
 class _Build:
     """Turns one statement's Lark tree into AST nodes (line numbers offset to the file).
 
@@ -773,14 +794,14 @@ class _Build:
 
     def delegation_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         values: dict[str, Any] = {}
-        for kind in ("max_depth", "max_ttl", "child_max_ttl", "issuer", "audience"):
+        for kind, terminal in _DELEGATION_ITEMS.items():
             found = p.all_trees(kind)
             if len(found) > 1:
-                raise _LiteralError(found[1].children[0],  # type: ignore[arg-type]
+                raise _LiteralError(_Parts(found[1].children).token(terminal),
                                     f"'{kind}' is set twice in this delegation block")
             if not found:
                 continue
-            tok = found[0].children[0]
+            tok = _Parts(found[0].children).token(terminal)
             if kind == "max_depth":
                 values["max_depth"] = int(str(tok)) if len(str(tok)) < 10 else 10**9
             elif kind in ("max_ttl", "child_max_ttl"):
@@ -868,9 +889,9 @@ class _Build:
     def literal(self, t: Tree[Any]) -> ast.Literal:
         sp = self.span(t)
         if t.data == "string":
-            return ast.Literal(self.string(t.children[0]), sp)
+            return ast.Literal(self.string(_token(t, "STRING")), sp)
         if t.data == "number":
-            return ast.Literal(self.number(t.children[0]), sp)
+            return ast.Literal(self.number(_token(t, "NUMBER")), sp)
         return ast.Literal(t.data == "true", sp)
 
     def expr(self, t: Any) -> ast.Expr:
@@ -899,16 +920,17 @@ class _Build:
                             self.span(t))
 
     def compare(self, t: Tree[Any]) -> ast.Expr:
-        left, op, right = t.children  # operand CMP_OP operand
-        return ast.Compare(str(op), self.expr(left), self.expr(right), self.span(t))
+        left, right = _subtrees(t, 2)  # operand CMP_OP operand
+        return ast.Compare(str(_token(t, "CMP_OP")), self.expr(left),
+                           self.expr(right), self.span(t))
 
     def in_(self, t: Tree[Any]) -> ast.Expr:
-        item, collection = t.children  # operand "in" operand
+        item, collection = _subtrees(t, 2)  # operand "in" operand
         return ast.In(self.expr(item), self.expr(collection), t.data == "not_in",
                       self.span(t))
 
     def not_(self, t: Tree[Any]) -> ast.Expr:
-        (inner,) = t.children
+        (inner,) = _subtrees(t, 1)  # "not" not_expr
         return ast.Not(self.expr(inner), self.span(t))
 
     def and_expr(self, t: Tree[Any]) -> ast.Expr:
@@ -936,6 +958,10 @@ _EXPRESSIONS: dict[str, Callable[[_Build, Any], ast.Expr]] = {
     "compare": _Build.compare, "in_": _Build.in_, "not_in": _Build.in_,
     "not_": _Build.not_, "and_expr": _Build.and_expr, "or_expr": _Build.or_expr,
 }
+#: A delegation block's settings: the alias of each ``delegation_item`` and the terminal
+#: that holds its value.
+_DELEGATION_ITEMS = {"max_depth": "INT", "max_ttl": "DURATION", "child_max_ttl": "DURATION",
+                     "issuer": "STRING", "audience": "STRING"}
 #: Tool items by rule name (the grammar's ``?tool_item``).
 _TOOL_ITEMS = ("route", "deny_route", "redact", "extraction")
 
@@ -974,7 +1000,8 @@ def _parse_statement(chunk: str, start_line: int, name: str, sources: SourceSet
     try:
         _current.text = chunk
         tree = _lark().parse(chunk, start="start")
-        return _Build(name, off).statement(tree.children[0]), []  # type: ignore[arg-type]
+        (statement,) = _subtrees(tree, 1)  # start: statement
+        return _Build(name, off).statement(statement), []
     except UnexpectedCharacters as exc:
         line, col = exc.line + off, exc.column
         src_line = chunk.splitlines()[exc.line - 1] if exc.line else ""

@@ -517,3 +517,24 @@ def test_budget_caps_parse_and_format() -> None:
     assert isinstance(st_, ast.BudgetDecl)
     assert st_.caps == (("max_tokens", 400), ("cooldown_ms", 50))
     assert format_source(text) == text
+
+
+def test_the_builder_takes_no_child_by_position() -> None:
+    """Issue 10 item 4: the tree-to-AST builder finds a node's parts by name (terminal
+    type, rule or alias: ``_Parts``), or, for an operator's operands, as its subtrees in
+    source order (``_subtrees``, which checks the count). No ``x.children[i]`` and no
+    ``a, b = x.children``: such code reads a token where a new optional part shifts it."""
+    import ast as pyast
+    from pathlib import Path
+
+    import policyengine.lang._parser as parser_module
+    tree = pyast.parse(Path(parser_module.__file__).read_text("utf-8"))
+
+    def children(node: pyast.AST) -> bool:
+        return isinstance(node, pyast.Attribute) and node.attr == "children"
+
+    found = [f"line {n.lineno}" for n in pyast.walk(tree)
+             if (isinstance(n, pyast.Subscript) and children(n.value))
+             or (isinstance(n, pyast.Assign) and children(n.value)
+                 and isinstance(n.targets[0], (pyast.Tuple, pyast.List)))]
+    assert not found, found
