@@ -501,10 +501,11 @@ class Engine:
             return LoggedLedger(policy.budgets, self._budget_store, clock=self._clock,
                                 budget_rates=policy.budget_rates, log=self.decision_log,
                                 view=self._current_view, prices=policy.prices,
-                                shadow=policy.shadow_budgets)
+                                shadow=policy.shadow_budgets,
+                                default_currency=policy.default_currency)
         return Ledger(policy.budgets, self._budget_store, clock=self._clock,
                       budget_rates=policy.budget_rates, prices=policy.prices,
-                      shadow=policy.shadow_budgets)
+                      shadow=policy.shadow_budgets, default_currency=policy.default_currency)
 
     def _limiter(self, policy: CompiledPolicy) -> Any:
         """The policy's rate limits over the budget store (its state, like spend,

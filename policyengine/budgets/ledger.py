@@ -76,6 +76,8 @@ from policyengine.money._money import (
     AmountSpec,
     Money,
     MoneyError,
+    amount_unit,
+    is_currency,
     parse_amount,
     parse_spec,
     spec_of,
@@ -823,7 +825,11 @@ class Ledger:
     currency against budgets in another (``budget_rates``: per budget id, the rates of
     the file that declares it); ``clock`` returns POSIX seconds and defaults to the
     store's ``clock`` when it has one (shared stores: the server's time, see
-    :mod:`policyengine.budgets.clock`), else ``time.time``.
+    :mod:`policyengine.budgets.clock`), else ``time.time``. ``default_currency``: the
+    currency of an amount given without a unit where money may count it (the policy
+    set's ``default_currency``: ``engine.budgets`` has it); without one such an amount
+    is ``missing_currency``, as in a request (docs/semantics.md, "Amounts and
+    currencies").
 
     >>> from decimal import Decimal
     >>> spec = BudgetSpec("default.daily", ("payments:*",), Decimal(100), "EUR", "day")
@@ -845,8 +851,17 @@ class Ledger:
         budget_rates: Mapping[str, RateSource | None] | None = None,
         prices: PriceTable | None = None,
         shadow: Iterable[BudgetSpec] = (),
+        default_currency: str | None = None,
     ) -> None:
         self.specs: tuple[BudgetSpec, ...] = tuple(specs)
+        if default_currency is not None:
+            if type(default_currency) is not str or not is_currency(default_currency):
+                raise BudgetInputError("unknown_unit", "default_currency must be an ISO "
+                                       "4217 currency code (EUR, USD, ...)")
+            default_currency = canonical_unit(default_currency)[0]
+        #: The unit of an amount given without one where money may count it (the policy
+        #: set's ``default_currency``); None: such an amount is ``missing_currency``.
+        self.default_currency: str | None = default_currency
         #: The LLM price table (``price`` statements) that ``usage=`` spends are priced with.
         self.prices = prices
         self._budgets = tuple(_Budget(s) for s in self.specs)
@@ -910,7 +925,8 @@ class Ledger:
         shadow_specs = tuple(shadow)
         if shadow_specs:
             self._shadow = Ledger(shadow_specs, self.store, rates, self.clock,
-                                  budget_rates=budget_rates, prices=prices)
+                                  budget_rates=budget_rates, prices=prices,
+                                  default_currency=default_currency)
             self._hidden = frozenset(s.id for s in shadow_specs)
             if self._hidden & self._by_id.keys():
                 raise BudgetInputError("invalid_budget", "budget ids must be unique")
@@ -975,8 +991,8 @@ class Ledger:
             amount = _spend(amount, usage)
         elif amount is None:
             amount, unit = 0, None
-        elif unit is None:
-            raise BudgetInputError("unit_required", "an amount needs its unit (currency)")
+        elif unit is None:  # a request's amount: money
+            unit = self._unit_of(None, permission)
         now = self.clock()
         _unit, _value, lines, budgets, buckets, _p = self._plan(
             principal, permission, amount, unit, acting_for, tenant, now, False, scope
@@ -1011,8 +1027,8 @@ class Ledger:
         its result: what ``authorize`` asks on every budgeted request."""
         if amount is None:
             amount, unit = 0, None
-        elif unit is None:
-            raise BudgetInputError("unit_required", "an amount needs its unit (currency)")
+        elif unit is None:  # a request's amount: money
+            unit = self._unit_of(None, permission)
         now = self.clock()
         found = None
         if (scope is None and type(principal) is str and type(permission) is str
@@ -1267,8 +1283,8 @@ class Ledger:
         )
         held = tuple(lines)
         if self._shadow is not None:
-            held += self._shadow_lines(principal, permission, spend, currency, acting_for,
-                                       tenant, now, scope)
+            held += self._shadow_lines(principal, permission, spend, currency, unit, priced,
+                                       acting_for, tenant, now, scope)
         record = _new(ReservationRecord, (
             _new_id(now), ACTIVE, principal, permission, unit, str(value), acting_for, tenant,
             now, now + ttl_s + grace_s, held, None, None, None, None,
@@ -1326,8 +1342,8 @@ class Ledger:
             True, scope
         )
         shadow = (() if self._shadow is None else self._shadow_lines(
-            principal, permission, _spend(amount, usage), currency, acting_for, tenant, now,
-            scope))
+            principal, permission, _spend(amount, usage), currency, unit, priced, acting_for,
+            tenant, now, scope))
         record = ReservationRecord(
             _new_id(now), COMMITTED, principal, permission, unit,
             str(value), acting_for, tenant, now, now, tuple(lines) + shadow,
@@ -1862,13 +1878,17 @@ class Ledger:
         return tuple(out)
 
     def _shadow_lines(self, principal: str, permission: str, amount: object,
-                      currency: str | None, acting_for: str | None, tenant: str | None,
-                      now: float, scope: Mapping[str, str | None] | None
-                      ) -> tuple[Line, ...]:
+                      currency: str | None, unit: str | None, priced: str | None,
+                      acting_for: str | None, tenant: str | None, now: float,
+                      scope: Mapping[str, str | None] | None) -> tuple[Line, ...]:
         """What this spend charges to each shadow budget covering it, as an enforced
         budget of the same definition would be charged; none for a shadow budget that
-        could not count it (its own check at ``authorize`` reports that error)."""
+        could not count it (its own check at ``authorize`` reports that error).
+        ``unit``: the spend's unit as the enforced budgets read it (one spend, one unit;
+        the shadow ledger reads ``currency`` itself only when they read none)."""
         assert self._shadow is not None
+        if priced is None and unit is not None:
+            currency = unit
         try:
             lines = self._shadow._plan(principal, permission, amount, currency, acting_for,
                                        tenant, now, True, scope)[2]
@@ -2113,14 +2133,9 @@ class Ledger:
         matched = self._match(permission)
         unit: str | None
         if currency is None:
-            units = {b.unit for b in matched if not b.calls}
-            if len(units) > 1:
-                raise BudgetInputError(
-                    "unit_required",
-                    f"{permission} is covered by budgets in {', '.join(sorted(units))}: "
-                    "say which unit the amount is in",
-                )
-            unit = units.pop() if units else None
+            spending = [b for b in matched if not b.calls]
+            unit = self._unit_of(None if any(b.money for b in spending)
+                                 else {b.unit for b in spending}, permission)
         else:
             unit = canonical_unit(currency)[0]
         modes, accepted, unmatched = _count_modes(matched, unit, keep_unmatched=False,
@@ -2165,6 +2180,17 @@ class Ledger:
         if isinstance(result, str):
             raise BudgetInputError("unit_mismatch", result)
         return result
+
+    def _unit_of(self, non_money: set[str] | None, permission: object) -> str | None:
+        """The unit of an amount given without one (``amount_unit``, the rule a request's
+        amount follows too): the default currency where money may count it (``non_money``
+        None), else the one unit of ``non_money``; refusals as :class:`BudgetInputError`."""
+        try:
+            unit = amount_unit(None, self.default_currency, non_money)
+        except MoneyError as exc:
+            raise BudgetInputError(exc.code, f"{str(permission)[:200]}: {exc.message}"
+                                   ) from None
+        return cast("str | None", unit)
 
     def _convert(self, value: Decimal, unit: str, b: _Budget, now: float,
                  priced: bool = False) -> tuple[int, str | None]:

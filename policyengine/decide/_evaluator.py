@@ -44,6 +44,7 @@ from policyengine.money._money import (
     MAX_AMOUNT,
     MAX_TEXT_LENGTH,
     MoneyError,
+    amount_unit,
     decimal_places,
     parse_amount,
 )
@@ -148,18 +149,20 @@ _INVALID_AMOUNT_CODES = frozenset({
 
 def parse_request_money(context: dict[str, Any], default: str | None
                         ) -> tuple[Decimal, str] | None:
-    """``context.amount`` and its currency (``context.currency``, else ``default``), parsed
+    """``context.amount`` and its currency (``context.currency``, else ``default``: the
+    rule :func:`~policyengine.money._money.amount_unit` keeps, the ledger's too), parsed
     strictly; None without an amount. Raises :class:`EvalError` with a code."""
     # dict.get, not context.get: a dict subclass's own get() is not called
     raw = dict.get(context, "amount")
     if raw is None:
         return None
     currency = dict.get(context, "currency")
-    if currency is None:
-        currency = default
-        if currency is None:
-            raise EvalError("missing_currency", "the request has an amount but no "
-                            "context.currency, and the policy sets no default_currency")
+    if currency is None:  # the one default-currency rule (docs/semantics.md)
+        try:
+            currency = amount_unit(None, default)
+        except MoneyError as exc:
+            raise EvalError(exc.code, "the request has an amount but no context.currency, "
+                            "and the policy sets no default_currency") from None
     if type(currency) is not str:
         raise EvalError("unknown_currency", "context.currency must be a currency code "
                         f"(a string), not {type(currency).__name__}")

@@ -158,7 +158,8 @@ class Pipeline:
             from policyengine.budgets import Ledger
             self.shadow_ledger = Ledger(policy.shadow_budgets, ledger.store,
                                         clock=ledger.clock, budget_rates=policy.budget_rates,
-                                        prices=policy.prices)
+                                        prices=policy.prices,
+                                        default_currency=policy.default_currency)
         #: The shadow rate limits over the same store: they count the calls that go
         #: ahead, on keys of their own, and never refuse one (None without any).
         self.shadow_limiter: Any = None

@@ -30,6 +30,7 @@ This module is a leaf: it imports nothing from the engine.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from decimal import (
     ROUND_CEILING,
@@ -56,6 +57,7 @@ __all__ = [
     "Currency",
     "Money",
     "MoneyError",
+    "amount_unit",
     "decimal_places",
     "get_currency",
     "is_currency",
@@ -194,6 +196,36 @@ def is_currency(code: str) -> bool:
 def decimal_places(code: str) -> int:
     """Decimal places allowed for a currency or unit: JPY 0, USD 2, BHD 3, credits 6."""
     return spec_of(code).scale
+
+
+def amount_unit(given: object, default: str | None,
+                non_money: AbstractSet[str] | None = None) -> object:
+    """The unit an amount is in: the one rule every caller follows (``docs/semantics.md``,
+    "Amounts and currencies"); the request pipeline and the ledger both ask it.
+
+    ``given`` (``context.currency``; a ledger call's ``currency`` argument) when it is
+    not None. Else, for an amount that may be money -- a request's ``context.amount``
+    always, a ledger spend unless ``non_money`` is given -- ``default`` (the policy
+    set's one ``default_currency``), and without one :class:`MoneyError`
+    ``missing_currency``. Else, a ledger spend on a permission that no money budget
+    covers (``non_money``: the units of its covering non-``calls`` budgets): the one
+    unit there is, None when there is none (only ``calls`` budgets, or none, cover it),
+    ``unit_required`` for several. Nothing is validated here: the unit is read where
+    the amount is parsed.
+    """
+    if given is not None:
+        return given
+    if non_money is None:
+        if default is None:
+            raise MoneyError("missing_currency", "an amount without a currency, and the "
+                             "policy sets no default_currency")
+        return default
+    if len(non_money) > 1:
+        raise MoneyError("unit_required", "an amount without a unit, and the budgets "
+                         f"covering it count {', '.join(sorted(non_money))}: say which")
+    for unit in non_money:
+        return unit
+    return None
 
 
 # --------------------------------------------------------------------------- parsing
