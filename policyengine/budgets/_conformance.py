@@ -27,8 +27,9 @@ the text kept, or null}``. Argument keys are
 camelCase (``idempotencyKey``,
 ``actingFor``); ``usage`` (reserve, record, check, admit, commit) is an LLM usage
 ``{"provider", "model", "inputTokens", "cachedInputTokens", "outputTokens"}`` priced by
-the policy's price table; ``scope`` is an object of request fields (``{"workspace": "w1",
-"run_id": "r1"}``) for budgets per hierarchy level or per ``context.NAME``; ``as`` names
+the policy's price table (anything but an object is passed as it is, to be refused);
+``scope`` is an object of request fields (``{"workspace": "w1", "run_id": "r1"}``) for
+budgets per hierarchy level or per ``context.NAME``; ``as`` names
 the returned reservation and ``reservation`` refers to a
 name (or is taken as a literal id).
 
@@ -219,7 +220,7 @@ def _run_step(
         kwargs["usage"] = {_ARG_NAMES.get(k, k): v for k, v in kwargs["usage"].items()}
     result: Any
     try:
-        if "usage" in kwargs:
+        if isinstance(kwargs.get("usage"), Mapping):  # else as it is (a refusal)
             kwargs["usage"] = LLMUsage(**kwargs["usage"])
         if op == "price":
             if ledger.prices is None:

@@ -1414,6 +1414,8 @@ class Ledger:
         """
         if overage is not None and overage != "reject":
             self._overage(overage)
+        if usage is not None:
+            _check_usage(usage)
         key = None if idempotency_key is None else _key(idempotency_key)
         now = self.clock()
         rec = self._active(reservation_id, now, idempotency_key is not None)
@@ -2374,13 +2376,24 @@ def _invalid_amount(exc: MoneyError) -> BudgetInputError:
 
 
 def _spend(amount: object, usage: LLMUsage | None) -> object:
-    """What is spent: ``amount``, or ``usage`` (a priced LLM usage), never both."""
+    """What is spent: ``amount``, or ``usage`` (a priced LLM usage), never both; a
+    ``usage`` that is not an :class:`LLMUsage` is refused (``invalid_amount``, reason
+    ``invalid_usage``), never read as an amount."""
     if usage is None:
         return amount
+    _check_usage(usage)
     if amount is not None:
         raise BudgetInputError("invalid_amount", "give an amount or usage=, not both",
                                {"reason": "amount_and_usage"})
     return usage
+
+
+def _check_usage(usage: object) -> None:
+    """Refuse a ``usage=`` that is not an :class:`LLMUsage` (it is never an amount)."""
+    if type(usage) is not LLMUsage:
+        raise BudgetInputError("invalid_amount", "usage must be an LLMUsage(provider, model, "
+                               f"input_tokens, ...), not {type(usage).__name__}",
+                               {"reason": "invalid_usage"})
 
 
 def _grace(grace: object) -> float:

@@ -1,7 +1,8 @@
 """The one rule for an amount given without a unit (docs/semantics.md, "Amounts and
 currencies"): a request's ``context.amount`` and ``engine.budgets.check`` / ``reserve`` /
 ``record`` / ``admit`` read it alike -- the policy's ``default_currency`` where a money
-budget covers the permission, ``missing_currency`` without one."""
+budget covers the permission, ``missing_currency`` without one -- and a ``usage=`` that
+is not an :class:`LLMUsage` is refused, never spent as an amount."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import policyengine as pe
-from policyengine.budgets import BudgetError, BudgetSpec, Ledger
+from policyengine.budgets import BudgetError, BudgetSpec, Ledger, LLMUsage
 from policyengine.money import MoneyError
 from policyengine.money._money import amount_unit
 
@@ -183,3 +184,30 @@ def test_a_shadow_budget_is_charged_in_the_spends_unit() -> None:
     assert (shadow.spent, shadow.reserved) == (Decimal(0), Decimal(0))
     (real_b,) = ledger.balances("bot")
     assert (real_b.spent, real_b.reserved) == (Decimal("4.50"), Decimal("6.30"))
+
+
+@pytest.mark.parametrize("usage", [5, "5", Decimal(5), {"provider": "openai"}, None])
+def test_usage_must_be_an_llm_usage(usage: object) -> None:
+    """``usage=5`` was spent as the amount 5.00; every operation now refuses it."""
+    engine = _engine("USD")
+    ledger = engine.budgets
+    held = ledger.reserve("bot", "pay:x", "1", "EUR")
+    if usage is None:  # the control: no usage at all is an amount spend
+        assert ledger.reserve("bot", "pay:x", "1", "EUR", usage=None).lines
+        return
+    for call in (lambda: ledger.reserve("bot", "pay:x", usage=usage),
+                 lambda: ledger.record("bot", "pay:x", usage=usage),
+                 lambda: ledger.check("bot", "pay:x", usage=usage),
+                 lambda: ledger.admit("bot", "pay:x", usage=usage),
+                 lambda: ledger.commit(held.id, usage=usage)):
+        with pytest.raises(BudgetError) as exc:
+            call()
+        assert exc.value.code == "invalid_amount"
+        assert exc.value.details == {"reason": "invalid_usage"}
+    (b,) = ledger.balances("bot")
+    assert (b.spent, b.reserved) == (Decimal(0), Decimal("1.00"))
+    assert ledger.get(held.id).status == "active"
+    # a real usage still goes through to pricing (this policy has no price table)
+    with pytest.raises(BudgetError) as exc:
+        ledger.reserve("bot", "pay:x", usage=LLMUsage("openai", "gpt-4o", 10))
+    assert exc.value.code == "unpriced_model"
