@@ -389,9 +389,11 @@ class _FileCheck(ast.StatementVisitor[None]):
 
     def http_tool(self, st: ast.HttpTool) -> None:
         self.ctx.tag = (3, 2)
-        _check_tool(self.ctx, st)
+        _check_http_tool(self.ctx, st)
 
-    named_tool = http_tool
+    def named_tool(self, st: ast.NamedTool) -> None:
+        self.ctx.tag = (3, 2)
+        _check_named_tool(self.ctx, st)
 
     def schema(self, st: ast.SchemaDecl) -> None:
         """Checked with the rules it covers, in every file: see :func:`check_schemas`."""
@@ -532,14 +534,26 @@ def _foreign_without_rate(f: ast.PolicyFile, base: str, rated: set[str]) -> list
             walk(child)
 
     for st in f.statements:
-        if isinstance(st, ast.LimitDecl):
-            walk(st.cap)
-        elif isinstance(st, ast.ApprovalOverDecl):
-            walk(st.threshold)
-        if isinstance(st, (ast.Rule, ast.LimitDecl, ast.ApprovalOverDecl)):
-            for c in st.conditions:
-                walk(c.expr)
+        for e in _MONEY_EXPRS.visit_statement(st, ()):
+            walk(e)
     return out
+
+
+class _MoneyExprs(ast.StatementVisitor[tuple[ast.Expr, ...]]):
+    """The expressions of a statement that may hold an amount, in source order: a
+    limit's cap, an approval's threshold, the conditions of every kind of rule."""
+
+    def rule(self, st: ast.Rule) -> tuple[ast.Expr, ...]:
+        return tuple(c.expr for c in st.conditions)
+
+    def limit(self, st: ast.LimitDecl) -> tuple[ast.Expr, ...]:
+        return (st.cap, *(c.expr for c in st.conditions))
+
+    def approval_over(self, st: ast.ApprovalOverDecl) -> tuple[ast.Expr, ...]:
+        return (st.threshold, *(c.expr for c in st.conditions))
+
+
+_MONEY_EXPRS = _MoneyExprs()
 
 
 def _literal_type(v: object) -> str:
@@ -838,47 +852,70 @@ def check_redact(ctx: _Ctx, item: ast.Redact | ast.LogRedact) -> None:
             ctx.error("E120", _reason(exc), item.span, "redact $.card partial 4")
 
 
-def _check_tool(ctx: _Ctx, st: ast.HttpTool | ast.NamedTool) -> None:
+def _check_http_tool(ctx: _Ctx, st: ast.HttpTool) -> None:
+    for host in st.hosts:
+        _check_host(ctx, host, st.span)
+    _ToolItemCheck(ctx, http=True).check(st.items)
+
+
+def _check_named_tool(ctx: _Ctx, st: ast.NamedTool) -> None:
+    from policyengine.tools._patterns import NamePattern
     try:
-        from policyengine.tools._patterns import NamePattern, RoutePattern
-        from policyengine.tools._redaction import JsonPath
-    except ImportError:  # pragma: no cover
-        return
-    if isinstance(st, ast.HttpTool):
-        for host in st.hosts:
-            _check_host(ctx, host, st.span)
-    else:
-        try:
-            NamePattern.compile(st.name)
-        except ValueError as exc:
-            ctx.error("E128", f"invalid tool name pattern '{st.name}': {_reason(exc)}", st.span)
-        _check_patterns(ctx, [st.permission], st.span)
-    names: set[str] = set()
-    for item in st.items:
-        if isinstance(item, (ast.Route, ast.DenyRoute)):
-            try:
-                RoutePattern.compile(item.path)
-            except ValueError as exc:
-                ctx.error("E122", f"invalid route '{item.path}': {_reason(exc)}", item.span)
-            if isinstance(item, ast.Route):
-                _check_patterns(ctx, [item.permission], item.span)
-                if "*" in item.permission:
-                    ctx.error("E115", "a route binds one permission, not a pattern",
-                              item.span)
-                for ex in item.extractions:
-                    _check_extraction(ctx, ex, JsonPath)
-        elif isinstance(item, ast.Redact):
-            check_redact(ctx, item)
-        elif isinstance(item, ast.Extraction):
-            if isinstance(st, ast.HttpTool):
-                ctx.error("E128", "put extractions of an http tool on its route",
-                          item.span, 'POST "/path" -> ns:act { amount = $.amount }')
-            if item.name in names:
-                ctx.error("E128", f"'{item.name}' is extracted twice", item.span)
-            names.add(item.name)
-            _check_extraction(ctx, item, JsonPath)
-    if isinstance(st, ast.NamedTool) and "*" in st.permission:
+        NamePattern.compile(st.name)
+    except ValueError as exc:
+        ctx.error("E128", f"invalid tool name pattern '{st.name}': {_reason(exc)}", st.span)
+    _check_patterns(ctx, [st.permission], st.span)
+    _ToolItemCheck(ctx, http=False).check(st.items)
+    if "*" in st.permission:
         ctx.error("E115", "a tool binds one permission, not a pattern", st.span)
+
+
+class _ToolItemCheck(ast.ToolItemVisitor[None]):
+    """The items of one tool's block, one method per kind (``http``: the tool is an
+    ``http`` one, whose extractions belong on its routes)."""
+
+    def __init__(self, ctx: _Ctx, http: bool) -> None:
+        self.ctx = ctx
+        self.http = http
+        self.names: set[str] = set()
+
+    def check(self, items: Iterable[ast.ToolItem]) -> None:
+        for item in items:
+            self.visit_item(item)
+
+    def _path(self, item: ast.Route | ast.DenyRoute) -> None:
+        from policyengine.tools._patterns import RoutePattern
+        try:
+            RoutePattern.compile(item.path)
+        except ValueError as exc:
+            self.ctx.error("E122", f"invalid route '{item.path}': {_reason(exc)}", item.span)
+
+    def route(self, item: ast.Route) -> None:
+        from policyengine.tools._redaction import JsonPath
+        ctx = self.ctx
+        self._path(item)
+        _check_patterns(ctx, [item.permission], item.span)
+        if "*" in item.permission:
+            ctx.error("E115", "a route binds one permission, not a pattern", item.span)
+        for ex in item.extractions:
+            _check_extraction(ctx, ex, JsonPath)
+
+    def deny_route(self, item: ast.DenyRoute) -> None:
+        self._path(item)
+
+    def redact(self, item: ast.Redact) -> None:
+        check_redact(self.ctx, item)
+
+    def extraction(self, item: ast.Extraction) -> None:
+        from policyengine.tools._redaction import JsonPath
+        ctx = self.ctx
+        if self.http:
+            ctx.error("E128", "put extractions of an http tool on its route",
+                      item.span, 'POST "/path" -> ns:act { amount = $.amount }')
+        if item.name in self.names:
+            ctx.error("E128", f"'{item.name}' is extracted twice", item.span)
+        self.names.add(item.name)
+        _check_extraction(ctx, item, JsonPath)
 
 
 def _check_extraction(ctx: _Ctx, ex: ast.Extraction, json_path: type) -> None:

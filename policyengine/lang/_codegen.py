@@ -48,6 +48,20 @@ def _fast_type(e: ast.Expr, op: str) -> str | None:
     return None
 
 
+class _LiteralValue(ast.ExprVisitor[Any]):
+    """The value of a list literal's item: a literal's own, money in the file's base
+    currency."""
+
+    def __init__(self, to_base: Callable[[ast.MoneyLit], Decimal]) -> None:
+        self.to_base = to_base
+
+    def literal(self, e: ast.Literal) -> Any:
+        return e.value
+
+    def money(self, e: ast.MoneyLit) -> Any:
+        return self.to_base(e)
+
+
 class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
     """Builds the source of one rule's test and its constants."""
 
@@ -66,6 +80,8 @@ class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
         self.locals = 0
         self.file_money = money
         self.to_base = to_base
+        #: A list's items as values (made on first use: few conditions have lists).
+        self.values: _LiteralValue | None = None
 
     def local(self) -> str:
         """A fresh local name of the test (``_v0``...), for a value checked then used."""
@@ -183,13 +199,13 @@ class ConditionCodegen(ast.ExprVisitor[tuple[str, bool]]):
         return f"_{e.name}({args})", True
 
     def _literal_value(self, e: ast.Expr) -> Any:
-        if isinstance(e, ast.Literal):
-            return e.value
-        if isinstance(e, ast.MoneyLit):
-            return self.to_base(e)
-        # Non-literal list items: evaluate through a tiny closure at request time would
-        # cost more than it is worth; the checker restricts lists to literals.
-        raise AssertionError("lists hold literals")  # pragma: no cover
+        # Non-literal list items (evaluated through a tiny closure at request time) would
+        # cost more than they are worth; the checker restricts lists to literals, and
+        # any other node is a TypeError of the visitor.
+        values = self.values
+        if values is None:
+            values = self.values = _LiteralValue(self.to_base)
+        return values.visit(e)
 
     def conditions(self, conds: Sequence[ast.Condition]) -> str:
         parts = []

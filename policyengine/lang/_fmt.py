@@ -146,18 +146,27 @@ def _jsonpath(p: str) -> str:
     return p if simple else _str(p)
 
 
-def _tool_item(item: ast.ToolItem) -> str:
-    if isinstance(item, ast.Route):
+class _ToolItemText(ast.ToolItemVisitor[str]):
+    """One item of a tool's block, as one line."""
+
+    def route(self, item: ast.Route) -> str:
         text = f"{item.method} {_str(item.path)} -> {item.permission}"
         if item.extractions:
             text += " { " + ", ".join(_extraction(x) for x in item.extractions) + " }"
         return text
-    if isinstance(item, ast.DenyRoute):
+
+    def deny_route(self, item: ast.DenyRoute) -> str:
         return "deny " + (f"{item.method} " if item.method else "") + _str(item.path)
-    if isinstance(item, ast.Redact):
+
+    def redact(self, item: ast.Redact) -> str:
         keep = f" {item.keep}" if item.keep is not None else ""
         return f"redact {_jsonpath(item.path)} {item.strategy}{keep}"
-    return _extraction(item)
+
+    def extraction(self, item: ast.Extraction) -> str:
+        return _extraction(item)
+
+
+_TOOL_ITEM = _ToolItemText()
 
 
 class _StatementHead(ast.StatementVisitor[str]):
@@ -277,16 +286,23 @@ def _schema_field(f: ast.SchemaField) -> str:
     return f"{f.name}{'?' if f.optional else ''}: {_schema_type(f.type)}"
 
 
-def _block_items(st: ast.Statement) -> list[tuple[str, ast.Span]] | None:
-    if isinstance(st, ast.SchemaDecl):
+class _BlockItems(ast.StatementVisitor["list[tuple[str, ast.Span]] | None"]):
+    """The items of a statement written as a block (``{ ... }``), each with its span;
+    a statement without a block has no method (None)."""
+
+    def schema(self, st: ast.SchemaDecl) -> list[tuple[str, ast.Span]]:
         return [(_schema_field(f), f.span) for f in st.fields]
-    if isinstance(st, ast.HttpTool):
-        return [(_tool_item(i), i.span) for i in st.items]
-    if isinstance(st, ast.NamedTool):
-        return [(_tool_item(i), i.span) for i in st.items] if st.items else None
-    if isinstance(st, ast.EgressDecl):
+
+    def http_tool(self, st: ast.HttpTool) -> list[tuple[str, ast.Span]]:
+        return [(_TOOL_ITEM.visit_item(i), i.span) for i in st.items]
+
+    def named_tool(self, st: ast.NamedTool) -> list[tuple[str, ast.Span]] | None:
+        return [(_TOOL_ITEM.visit_item(i), i.span) for i in st.items] if st.items else None
+
+    def egress(self, st: ast.EgressDecl) -> list[tuple[str, ast.Span]]:
         return [(f"{verb} {_str(host)}", st.span) for verb, host in st.items]
-    if isinstance(st, ast.DelegationDecl):
+
+    def delegation(self, st: ast.DelegationDecl) -> list[tuple[str, ast.Span]]:
         items = []
         if st.max_depth is not None:
             items.append((f"max_depth {st.max_depth}", st.span))
@@ -299,7 +315,9 @@ def _block_items(st: ast.Statement) -> list[tuple[str, ast.Span]] | None:
         if st.audience is not None:
             items.append((f"audience {_str(st.audience)}", st.span))
         return items
-    return None
+
+
+_BLOCK_ITEMS = _BlockItems()
 
 
 def format_file(pf: ast.PolicyFile) -> str:
@@ -337,7 +355,7 @@ def format_file(pf: ast.PolicyFile) -> str:
         if out and start - gap_from > 1 and out[-1] != "":
             out.append("")
         head = _statement_head(st)
-        items = _block_items(st)
+        items = _BLOCK_ITEMS.visit_statement(st, None)
         if items is None:
             # One-line statement: comments on its first line trail it; comments on
             # later lines of a multi-line source statement move above it.

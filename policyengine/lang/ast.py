@@ -24,7 +24,7 @@ __all__ = [
     "RateDecl", "RateLimitDecl",
     "RatesDecl", "Redact", "ResourceDecl", "RoleDecl", "Route", "Rule", "SchemaDecl", "SchemaField",
     "SchemaType", "ScopeItem", "Span", "Statement", "TzDecl", "Comment", "ExprVisitor",
-    "StatementVisitor", "children",
+    "StatementVisitor", "ToolItemVisitor", "children",
 ]
 
 
@@ -518,6 +518,9 @@ _STATEMENT_METHODS: dict[type, str] = {
     PriceDecl: "price",
     RateLimitDecl: "ratelimit",
 }
+_TOOL_ITEM_METHODS: dict[type, str] = {
+    Route: "route", DenyRoute: "deny_route", Redact: "redact", Extraction: "extraction",
+}
 
 
 def _dispatch_table(cls: type, methods: dict[type, str]) -> dict[type, Callable[..., Any]]:
@@ -579,6 +582,30 @@ class StatementVisitor(Generic[T]):
         if method is None:
             return default
         result: T = method(self, st)
+        return result
+
+
+class ToolItemVisitor(Generic[T]):
+    """Dispatch on the node type of an item of a tool's block to the method named for it
+    (``route``, ``deny_route``, ``redact``, ``extraction``). A subclass defines the ones it
+    meets; :meth:`visit_item` raises ``TypeError`` for any other node."""
+
+    _item_table: dict[type, Callable[..., Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._item_table = _dispatch_table(cls, _TOOL_ITEM_METHODS)
+
+    @classmethod
+    def handled_item_kinds(cls) -> frozenset[type]:
+        """The tool item node types this visitor has a method for."""
+        return frozenset(cls._item_table)
+
+    def visit_item(self, item: ToolItem) -> T:
+        method = self._item_table.get(type(item))
+        if method is None:
+            raise TypeError(f"{type(self).__name__} does not handle {type(item).__name__}")
+        result: T = method(self, item)
         return result
 
 

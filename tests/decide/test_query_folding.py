@@ -114,3 +114,13 @@ def test_a_forbid_erring_before_a_known_false_still_applies_in_the_answer() -> N
     (line,) = engine.permissions_of("bot").entries
     assert (line.status, line.when) == ("allowed", None)
     assert line.unless == "context.urgent and principal.attributes.level > 3", line
+
+
+def test_folding_is_a_visit_of_every_expression_kind() -> None:
+    """The folder dispatches by node type (lang/ast.py's ExprVisitor), as the checker,
+    code generator and formatter do: every expression kind has a method."""
+    import typing
+
+    from policyengine.decide._query.folding import Folder
+    assert issubclass(Folder, ast.ExprVisitor)
+    assert Folder.handled_kinds() == set(typing.get_args(ast.Expr))

@@ -59,3 +59,62 @@ def test_the_parser_builds_every_rule_of_the_grammar_by_name() -> None:
     assert set(_TOOL_ITEMS) <= names
     # No anonymous terminal names reach error messages.
     assert not [t.name for t in parser.terminals if t.name.startswith("__ANON")]
+
+
+# -- tool items and blocks: one dispatch, no isinstance chain ---------------------------
+TOOL_ITEM_KINDS = set(typing.get_args(ast.ToolItem))
+
+
+def test_every_tool_item_kind_is_checked_and_formatted() -> None:
+    from policyengine.lang._checker import _ToolItemCheck
+    from policyengine.lang._fmt import _ToolItemText
+    assert _ToolItemCheck.handled_item_kinds() == TOOL_ITEM_KINDS
+    assert _ToolItemText.handled_item_kinds() == TOOL_ITEM_KINDS
+
+
+def test_a_tool_item_a_visitor_does_not_know_is_a_type_error() -> None:
+    class OnlyRoutes(ast.ToolItemVisitor[str]):
+        def route(self, item: ast.Route) -> str:
+            return item.path
+
+    assert OnlyRoutes().visit_item(ast.Route("GET", "/a", "ns:a")) == "/a"
+    with pytest.raises(TypeError, match="Redact"):
+        OnlyRoutes().visit_item(ast.Redact("$.a", "remove"))
+
+
+def test_the_formatter_writes_a_block_for_exactly_the_block_statements() -> None:
+    from policyengine.lang._fmt import _BlockItems
+    assert _BlockItems.handled_kinds() == {ast.SchemaDecl, ast.HttpTool, ast.NamedTool,
+                                           ast.EgressDecl, ast.DelegationDecl}
+
+
+#: Node kinds dispatched by a visitor: no module of the language tests them one by one.
+_DISPATCHED = {t.__name__ for t in TOOL_ITEM_KINDS | STATEMENT_KINDS}
+
+
+@pytest.mark.parametrize("module", ["_checker", "_fmt", "_codegen"])
+def test_no_isinstance_chain_over_tool_items_or_statements(module: str) -> None:
+    """Issue 10 item 4: the checker, the formatter and the code generator dispatch tool
+    items and statements by node type (the visitors of ``lang/ast.py``); no function
+    tells two kinds apart with ``isinstance(x, ast.Route)`` and the like (one kind
+    tested as a filter is not a dispatch)."""
+    import ast as pyast
+    import importlib
+    from pathlib import Path
+
+    path = Path(importlib.import_module(f"policyengine.lang.{module}").__file__ or "")
+    found = []
+    for fn in pyast.walk(pyast.parse(path.read_text("utf-8"))):
+        if not isinstance(fn, (pyast.FunctionDef, pyast.AsyncFunctionDef)):
+            continue
+        kinds = set()
+        for node in pyast.walk(fn):
+            if isinstance(node, pyast.Call) and isinstance(node.func, pyast.Name) \
+                    and node.func.id == "isinstance" and len(node.args) == 2:
+                tested = node.args[1]
+                names = tested.elts if isinstance(tested, pyast.Tuple) else [tested]
+                kinds |= {n.attr for n in names
+                          if isinstance(n, pyast.Attribute) and n.attr in _DISPATCHED}
+        if len(kinds) > 1:
+            found.append(f"{fn.name} (line {fn.lineno}): {sorted(kinds)}")
+    assert not found, found

@@ -46,10 +46,12 @@ class Subject:
     attrs_known: bool
 
 
-class Folder:
+class Folder(ast.ExprVisitor[Folded]):
     """Folds rule conditions for one subject, memoised by rule: with the index for the
     rules whose conditions do not read the principal (they fold alike for everyone),
-    with this folder for the others."""
+    with this folder for the others. Folding is a visit of the condition (one method per
+    node kind: ``not``, ``and``, ``or`` and a boolean literal fold, every other node is
+    evaluated when the policy knows it, else left as a residual), for :attr:`rule`."""
 
     def __init__(self, subject: Subject, index: IndexCore) -> None:
         self.subject = subject
@@ -59,6 +61,8 @@ class Folder:
         self.substitute = True
         #: Set when a guard asked for reads the principal.
         self.read_principal = False
+        #: The rule whose conditions are being folded (its file's money).
+        self.rule: CompiledRule | None = None
 
     def known(self, e: ast.Expr) -> bool:
         if isinstance(e, ast.Path):
@@ -78,24 +82,34 @@ class Folder:
                     and self.subject.attrs_known)
         return all(self.known(c) for c in ast.children(e))
 
-    def fold(self, e: ast.Expr, rule: CompiledRule) -> Folded:
-        if isinstance(e, ast.Literal) and isinstance(e.value, bool):
-            return e.value
-        if isinstance(e, ast.Not):
-            inner = self.fold(e.expr, rule)
-            if isinstance(inner, bool):
-                return not inner
-            if inner is ERR:
-                return ERR
-            return negated(inner)  # type: ignore[arg-type]
-        if isinstance(e, ast.And):
-            return _chain(ast.And, [self.fold(i, rule) for i in e.items], e.items)
-        if isinstance(e, ast.Or):
-            return _chain(ast.Or, [self.fold(i, rule) for i in e.items], e.items)
+    def literal(self, e: ast.Literal) -> Folded:
+        value = e.value
+        return value if isinstance(value, bool) else self.leaf(e)
+
+    def not_(self, e: ast.Not) -> Folded:
+        inner = self.visit(e.expr)
+        if isinstance(inner, bool):
+            return not inner
+        if inner is ERR:
+            return ERR
+        return negated(inner)  # type: ignore[arg-type]
+
+    def and_(self, e: ast.And) -> Folded:
+        return _chain(ast.And, [self.visit(i) for i in e.items], e.items)
+
+    def or_(self, e: ast.Or) -> Folded:
+        return _chain(ast.Or, [self.visit(i) for i in e.items], e.items)
+
+    def leaf(self, e: ast.Expr) -> Folded:
+        """A node that is no ``and``, ``or`` or ``not``: its value when the policy knows
+        it, else a residual."""
         if self.known(e):
-            return self._evaluate(e, rule)
+            assert self.rule is not None
+            return self._evaluate(e, self.rule)
         # a rule that does not read the principal has nothing to write in
         return self._substitute(e) if self.substitute else e
+
+    money = amount = path = call = list = compare = in_ = leaf
 
     def _substitute(self, e: ast.Expr) -> ast.Expr:
         """``e`` with what the policy knows of the principal written in: its id and the
@@ -194,12 +208,13 @@ class Folder:
                 return found
         memo = self.rules if personal else index.guards
         self.substitute = personal
+        self.rule = rule
         parts: list[Folded] = []
         originals: list[ast.Expr] = []
         for cond in rule.conditions:
             expr = cond.expr if cond.kind == "when" else ast.Not(cond.expr)
             originals.append(expr)
-            parts.append(self.fold(expr, rule))
+            parts.append(self.visit(expr))
         out = _chain(ast.And, parts, originals)
         if out is ERR:
             out = rule.effect != "permit"
