@@ -50,3 +50,17 @@ def test_unknown_name_is_an_attribute_error() -> None:
 def test_the_command_line_loads_no_service_or_token_dependency_to_check() -> None:
     loaded = _loaded_after("from policyengine.cli import _parser\n_parser()")
     assert loaded <= {"lark"}, loaded
+
+
+def test_checking_a_delegation_block_loads_no_signature_library() -> None:
+    """The checker asks the tokens leaf for a delegation block's bounds
+    (``tokens._ceilings``) without loading PyJWT or cryptography: ``policyengine check``
+    of a policy with a ``delegation`` block pays for neither."""
+    loaded = _loaded_after(
+        "from policyengine.cli import main\n"
+        "import tempfile, pathlib\n"
+        "d = pathlib.Path(tempfile.mkdtemp())\n"
+        "(d / 'p.policy').write_text('role r: a:*\\nagent \"b\": r\\n'\n"
+        "    'delegation { max_depth 9  max_ttl 1h  issuer \"https://i.example\" }\\n')\n"
+        "assert main(['check', str(d)]) == 1  # E126: max_depth 9 is over 8\n")
+    assert "jwt" not in loaded and "cryptography" not in loaded, loaded

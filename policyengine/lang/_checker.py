@@ -273,7 +273,7 @@ class _FileCheck(ast.StatementVisitor[None]):
         if st.max_depth is None and st.max_ttl is None and st.child_max_ttl is None:
             return
         # The ceilings are the tokens leaf's own: what it refuses at mint / verify.
-        from policyengine.tokens.grants import ceiling_problems
+        from policyengine.tokens._ceilings import ceiling_problems
         for what, message in ceiling_problems(st.max_depth, st.max_ttl, st.child_max_ttl):
             ctx.error("E126" if what == "max_depth" else "E125", message, st.span)
 

@@ -21,6 +21,7 @@ from typing import Any
 from policyengine.money._money import Money, MoneyError
 from policyengine.money._rates import RateError, RateSource, convert
 from policyengine.permissions import is_valid_pattern, permission_matches, subsumes
+from policyengine.tokens._ceilings import MAX_DEPTH, MAX_POLICY_TTL, ceiling_problems
 from policyengine.tokens._jws import b64encode, encode_json, split
 from policyengine.tokens.errors import AttenuationError, TokenError
 from policyengine.tokens.keys import Key, KeySet
@@ -43,11 +44,6 @@ __all__ = [
 
 #: The ``typ`` header every delegation token carries (RFC 8725 section 3.11).
 TYP = "delegation+jwt"
-#: Hard ceiling on ``max_depth`` (attenuation hops below the root token).
-MAX_DEPTH = 8
-#: Longest ``max_ttl`` / ``child_max_ttl`` a policy may set as a ceiling, in seconds
-#: (366 days): a longer ceiling bounds nothing a delegation should live.
-MAX_POLICY_TTL = 366 * 86400
 #: Largest clock-skew allowance ``verify`` accepts, in seconds.
 MAX_LEEWAY = 60
 #: The clock-skew allowance ``verify`` applies when given none, in seconds.
@@ -503,26 +499,6 @@ def verify(
 
 
 _Entry = tuple[Grant, int, int, int, tuple[str, ...], bool]
-
-
-def ceiling_problems(max_depth: object = None, max_ttl: object = None,
-                     child_max_ttl: object = None) -> list[tuple[str, str]]:
-    """What is wrong with the policy ceilings :func:`verify` takes (a ``delegation``
-    block's ``max_depth``, ``max_ttl``, ``child_max_ttl``): ``(field, message)`` pairs,
-    none when they are fine. ``max_depth`` is 0..:data:`MAX_DEPTH` (what a token's own
-    ``max_depth`` claim may hold, so :func:`mint` takes it too); a ttl is 1 s to
-    :data:`MAX_POLICY_TTL`. The checker reports these (E126, E125); ``verify`` refuses
-    them (``invalid_option``)."""
-    found: list[tuple[str, str]] = []
-    if max_depth is not None and (type(max_depth) is not int
-                                  or not 0 <= max_depth <= MAX_DEPTH):
-        found.append(("max_depth", f"max_depth must be between 0 and {MAX_DEPTH}"))
-    for name, value in (("max_ttl", max_ttl), ("child_max_ttl", child_max_ttl)):
-        if value is not None and not (isinstance(value, (int, float))
-                                      and type(value) is not bool
-                                      and 1 <= value <= MAX_POLICY_TTL):
-            found.append((name, f"{name} must be between 1s and {MAX_POLICY_TTL // 86400}d"))
-    return found
 
 
 def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | None,
