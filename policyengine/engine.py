@@ -390,7 +390,7 @@ class Engine:
 
     def _new_pipeline(self, policy: CompiledPolicy, ledger: Any, limiter: Any) -> Pipeline:
         return Pipeline(policy, ledger, self._approvals, self._verify, self._clock, limiter,
-                        self._revocations)
+                        self._revocations, self.decision_log)
 
     def _renew_pipeline(self) -> None:
         """The same policy, ledger and rate limits in a new pipeline: nothing it kept
@@ -844,7 +844,7 @@ class Engine:
         if log is None:
             return decision
         checked = log.check(decision)
-        if checked is not decision:
+        if checked is not decision and decision.code != "decision_log_unavailable":
             trace.step("log", f"denied ({checked.code}): {checked.reason}")
         return checked
 

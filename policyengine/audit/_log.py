@@ -211,13 +211,30 @@ class DecisionLog:
         counting nothing: for a dry run (``explain``), so that it is denied exactly when
         the log would refuse the real one. Under ``block`` with the queue full it waits
         for room as a caller would (up to ``block_timeout``), taking none."""
+        return decision if self.refusal() is None else self._denial(decision)
+
+    def refusal(self) -> str | None:
+        """None when :meth:`decision` would take a decision now; else why it would refuse
+        it (the reason of its ``decision_log_unavailable`` denial). Records and counts
+        nothing; under ``block`` with the queue full it waits for room as a caller would
+        (up to ``block_timeout``), taking none. The engine's pipeline asks this before a
+        run takes anything (a rate-limit call, an approval's use, a new approval
+        request), so a decision the log refuses has taken nothing. A log that fails
+        between this answer and :meth:`decision` still refuses the decision then (fail
+        closed), after the run took what it took."""
         if self._open and len(self._queue) < self._capacity:
-            return decision
+            return None
         if self._closed or self.overflow == "deny":
-            return self._denial(decision)
+            return self._refusal_reason()
         if self.overflow == "drop" or self._wait_for_room(None, self._block_timeout):
-            return decision
-        return self._denial(decision)
+            return None
+        return self._refusal_reason()
+
+    def _refusal_reason(self) -> str:
+        if self._closed:
+            return "the decision log is closed: denied"
+        return ("the decision log cannot record this decision (its sink is failing or "
+                "full): denied, as the log's 'deny' policy says")
 
     def event(self, kind: str, fields: Mapping[str, Any], view: LogView | None = None
               ) -> bool:
@@ -308,11 +325,11 @@ class DecisionLog:
         """The ``decision_log_unavailable`` denial given in place of ``decision``."""
         tool = decision if isinstance(decision, ToolDecision) else None
         d = tool.decision if tool is not None else decision
-        reason = "the decision log cannot record this decision (its sink is failing or " \
-                 "full): denied, as the log's 'deny' policy says" if not self._closed else \
-                 "the decision log is closed: denied"
-        denial = Decision.denial("decision_log_unavailable", reason, d.principal,
-                                 d.permission, None, d.acting_for, d.chain)
+        if d.code == "decision_log_unavailable" and d.status == "denied":
+            kept: Decision | ToolDecision = decision  # the pipeline's own refusal
+            return kept
+        denial = Decision.denial("decision_log_unavailable", self._refusal_reason(),
+                                 d.principal, d.permission, None, d.acting_for, d.chain)
         return (ToolDecision(denial, "policy_deny", None, (), tool.tool) if tool is not None
                 else denial)
 

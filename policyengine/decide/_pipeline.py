@@ -11,10 +11,15 @@ then goes through explicit steps, each returning facts:
    its ``max_amount`` respected;
 3. **rules** -- forbids, limits, permits, approvals (:func:`rule_facts`);
 4. **budgets** -- every budget covering the permission (``Ledger.admit``; read-only);
+   then a tool call's body is redacted (and, with a ``redaction_check``, denied
+   ``redaction_unsupported`` when the caller cannot apply the redactions itself);
+   then the decision log, if any, is asked whether it would take the decision
+   (``DecisionLog.refusal``): a refusal is ``decision_log_unavailable`` here, before
+   the steps below take anything;
 5. **rate limits** -- a call that may go ahead now (allowed, or presenting an approval)
    takes one call of every rate limit covering it, atomically, or is ``rate_limited``;
 6. **approval** -- an approval granted for this request turns ``pending_approval`` into
-   ``allowed``; a tool call's body is redacted; a new pending decision is recorded;
+   ``allowed``; a new pending decision is recorded;
 
 and the last step builds the one :class:`Decision`, which nothing changes afterwards.
 ``explain`` is the same run with a :class:`Trace`: it records what each step found and
@@ -117,13 +122,17 @@ class Pipeline:
     """
 
     __slots__ = ("_approvals_own_clock", "_counted", "_held", "_lean_budgets",
-                 "_scope_fields", "approvals", "clock", "ledger", "limiter", "policy",
+                 "_scope_fields", "approvals", "clock", "ledger", "limiter", "log", "policy",
                  "revocations", "shadow_ledger", "shadow_limiter", "verify")
 
     def __init__(self, policy: CompiledPolicy, ledger: Any, approvals: Any, verify: Verify,
                  clock: Callable[[], float] | None, limiter: Any = None,
-                 revocations: Any = None) -> None:
+                 revocations: Any = None, log: Any = None) -> None:
         self.policy = policy
+        #: The engine's decision log (``audit.DecisionLog``), or None: asked before a run
+        #: takes anything (``refusal()``), so a decision it would refuse is refused
+        #: before a rate-limit call, an approval's use or a new approval request.
+        self.log = log
         #: The policy's rate limits (a ``RateLimiter`` over the budget store), or None.
         self.limiter = limiter
         self.ledger = ledger
@@ -317,6 +326,21 @@ class Pipeline:
                     status, budget = "denied", None
                 if trace is not None:
                     trace.step("redaction", f"{facts[1]}: {len(tool.redactions)} field(s)")
+
+            # -- the decision log: a decision the log would refuse is refused here,
+            # before the steps that take something (a rate-limit call, an approval's
+            # use, a new approval request); a run that takes nothing is refused, if at
+            # all, where the log is handed the decision (the same denial)
+            log = self.log
+            if log is not None and status != "denied" and (
+                    status == "pending_approval" or self.limiter is not None
+                    or self.shadow_limiter is not None):
+                refusal = log.refusal()
+                if refusal is not None:
+                    if trace is not None:
+                        trace.step("log", f"denied (decision_log_unavailable): {refusal}")
+                    return Decision.denial("decision_log_unavailable", refusal, principal,
+                                           permission, None, acting_for, chain)
 
             # -- 5. rate limits: only a call that may go ahead now is counted (after the
             # read-only budget check: a call refused by a budget takes no rate token, and
