@@ -714,12 +714,20 @@ class Engine:
                        tool_name: str | None = None, function_name: str | None = None,
                        token: str | None = None, context: dict[str, Any] | None = None,
                        approval_id: str | None = None, scheme: str | None = None,
+                       redaction_check: Callable[[Any, Any], Any] | None = None,
                        **wire: Any) -> ToolDecision:
         """May this outbound tool call leave, and with which fields redacted?
 
         Takes the ``/v1/tool-authorize`` request fields (``toolName`` / ``functionName``
         are accepted as spelled on the wire). Never raises for request data; see
         docs/tools.md. ``result.body`` is a redacted copy; ``body`` is never mutated.
+
+        ``redaction_check``: for a caller that applies the redactions itself (the
+        service, for an SDK): ``redaction_check(body, redacted)`` is called when the copy
+        that would leave differs from ``body`` as given, and answers None when the
+        caller cannot make that change; the call is then denied
+        ``redaction_unsupported`` by the run's redaction step, before any rate-limit
+        call, approval use or approval request (docs/tools.md).
         """
         log = self.decision_log
         if log is None:
@@ -727,17 +735,18 @@ class Engine:
             if tool_authorize is None or wire:  # first use, or the wire's spellings
                 return self._tool(principal, None, transport, method, host, path, query,
                                   headers, body, tool_name, function_name, token, context,
-                                  approval_id, scheme, wire)
+                                  approval_id, scheme, wire, redaction_check)
             return tool_authorize(self._pipeline, principal, transport=transport,
                                   method=method, host=host, path=path, query=query,
                                   headers=headers, body=body, tool_name=tool_name,
                                   function_name=function_name, token=token,
                                   context=context, hmac_key=self.hmac_key,
-                                  approval_id=approval_id, scheme=scheme, trace=None)
+                                  approval_id=approval_id, scheme=scheme, trace=None,
+                                  redaction_check=redaction_check)
         started = perf_counter_ns()
         result = self._tool(principal, None, transport, method, host, path, query, headers,
                             body, tool_name, function_name, token, context, approval_id,
-                            scheme, wire)
+                            scheme, wire, redaction_check)
         # The body logged is a frozen copy of the redacted body the decision holds (None
         # when denied): the log records it on its own thread after this returns, and the
         # decision's body shares the caller's unredacted objects, which the caller may
@@ -755,7 +764,8 @@ class Engine:
     def _tool(self, principal: Any, trace: Trace | None, transport: Any, method: Any,
               host: Any, path: Any, query: Any, headers: Any, body: Any, tool_name: Any,
               function_name: Any, token: Any, context: Any, approval_id: Any, scheme: Any,
-              wire: dict[str, Any]) -> ToolDecision:
+              wire: dict[str, Any], redaction_check: Callable[[Any, Any], Any] | None = None
+              ) -> ToolDecision:
         global _tool_authorize
         tool_authorize = _tool_authorize
         if tool_authorize is None:  # imported on first use: authorize never needs it
@@ -774,7 +784,8 @@ class Engine:
                               host=host, path=path, query=query, headers=headers, body=body,
                               tool_name=tool_name, function_name=function_name, token=token,
                               context=context, hmac_key=self.hmac_key,
-                              approval_id=approval_id, scheme=scheme, trace=trace)
+                              approval_id=approval_id, scheme=scheme, trace=trace,
+                              redaction_check=redaction_check)
 
     # ---- reverse queries ----
     def permissions_of(self, principal: str | None = None, *, role: str | None = None,
@@ -855,10 +866,11 @@ class Engine:
                      tool_name: str | None = None, function_name: str | None = None,
                      token: str | None = None, context: dict[str, Any] | None = None,
                      approval_id: str | None = None, scheme: str | None = None,
+                     redaction_check: Callable[[Any, Any], Any] | None = None,
                      **wire: Any) -> Explanation:
         """:meth:`tool_authorize` traced, like :meth:`explain`."""
         trace = Trace()
         decision = self._tool(principal, trace, transport, method, host, path, query,
                               headers, body, tool_name, function_name, token, context,
-                              approval_id, scheme, wire)
+                              approval_id, scheme, wire, redaction_check)
         return Explanation(self._log_check(decision, trace), trace.rules, trace.steps)

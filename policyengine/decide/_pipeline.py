@@ -85,11 +85,13 @@ class ToolCall:
     before a pending approval is recorded, so no approval waits for a call that could
     never be sent). The run fills in ``redacted`` and ``redactions``."""
 
-    __slots__ = ("binding", "body", "hmac_key", "redacted", "redaction_rules", "redactions")
+    __slots__ = ("binding", "body", "check", "hmac_key", "redacted", "redaction_rules",
+                 "redactions", "sent")
 
     def __init__(self, body: Any, redaction_rules: tuple[Any, ...],
                  hmac_key: bytes | None,
-                 binding: Callable[[], dict[str, Any]] | None = None) -> None:
+                 binding: Callable[[], dict[str, Any]] | None = None,
+                 check: Callable[[Any, Any], Any] | None = None, sent: Any = None) -> None:
         #: What an approval of this call is bound to besides the request (tool, route,
         #: the call as sent; see ``tools._egress``): made only when an approval is used
         #: or recorded, never for a call that needs none.
@@ -99,6 +101,12 @@ class ToolCall:
         self.hmac_key = hmac_key
         self.redacted: Any = None
         self.redactions: tuple[dict[str, str], ...] = ()
+        #: For a caller that applies the redactions itself (the service, for an SDK):
+        #: ``check(sent, redacted)`` answers None when it cannot turn the body as it
+        #: was given (``sent``) into the redacted copy; the call is then denied
+        #: ``redaction_unsupported`` in the redaction step, before anything is taken.
+        self.check = check
+        self.sent = sent
 
 
 Verify = Callable[[str, CompiledPolicy, "float | None"], Any]
@@ -408,11 +416,13 @@ class Pipeline:
     def run_tool(self, principal: str, permission: str, context: dict[str, Any],
                  token: Any, approval_id: Any, body: Any, redaction_rules: tuple[Any, ...],
                  hmac_key: bytes | None, binding: Callable[[], dict[str, Any]],
-                 trace: Trace | None) -> tuple[Decision, Any, tuple[dict[str, str], ...]]:
+                 trace: Trace | None, check: Callable[[Any, Any], Any] | None = None,
+                 sent: Any = None) -> tuple[Decision, Any, tuple[dict[str, str], ...]]:
         """:meth:`run` for a routed tool call: (decision, redacted body, redactions).
         The body is redacted only when the call may leave (or wait for approval);
-        ``binding()`` is what an approval of the call binds to."""
-        call = ToolCall(body, redaction_rules, hmac_key, binding)
+        ``binding()`` is what an approval of the call binds to; ``check`` and ``sent``:
+        see :class:`ToolCall`."""
+        call = ToolCall(body, redaction_rules, hmac_key, binding, check, sent)
         decision = self.run(principal, permission, context, token, approval_id,
                             True, call, trace)
         if decision.status == "denied":
@@ -820,6 +830,12 @@ def _redact(tool: ToolCall, facts: RuleFacts) -> RuleFacts:
                                  for d in diagnostics), ())
     tool.redacted = body
     tool.redactions = redactions
+    check = tool.check
+    if (check is not None and rules and body != tool.sent
+            and check(tool.sent, body) is None):
+        return _overruled(facts, "redaction_unsupported", "the policy redacts this body "
+                          "in a way the caller cannot apply itself (a hash, a partial "
+                          "mask, or a field its paths cannot name)")
     if not rules:
         return facts
     ob = facts[4]

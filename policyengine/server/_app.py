@@ -741,27 +741,28 @@ class PolicyService:
     def _tool_authorize(self, req: Request) -> Reply:
         principal, token = self._agent(req)
         r = validate(_TOOL_IN, json_body(req))
+        # The SDK applies the redactions itself: the engine's run asks, in its redaction
+        # step, whether the changes can be told as concrete paths (client_redactions),
+        # and denies redaction_unsupported there, before any rate-limit call or approval
+        # is taken; the decision logged is the one answered. The list is kept here.
+        concrete: list[list[dict[str, str]]] = []
+
+        def check(sent: Any, redacted: Any) -> list[dict[str, str]] | None:
+            found = client_redactions(sent, redacted)
+            if found is not None:
+                concrete.append(found)
+            return found
+
         td = self.engine.tool_authorize(
             principal, transport=r.transport, method=r.method,
             host=_host_with_port(r.host, r.headers) if r.transport == "http" else r.host,
             path=r.path,
             query=r.query, headers=r.headers, body=r.body, tool_name=r.toolName,
             function_name=r.functionName, token=token, context=r.context,
-            approval_id=r.approvalId)
-        redactions: list[dict[str, str]] = []
-        if td.allowed and r.body is not None and td.body != r.body:
-            concrete = client_redactions(r.body, td.body)
-            if concrete is None:
-                denial = pe.Decision.denial(
-                    "redaction_unsupported", "the policy redacts this body in a way the "
-                    "client cannot apply (hash, partial, or a field its paths cannot name)",
-                    principal, td.permission)
-                td = pe.ToolDecision(denial, "policy_deny", tool=td.tool)
-            else:
-                redactions = concrete
+            approval_id=r.approvalId, redaction_check=check)
         self.metrics.decision("tracengent_tool", td.status)
         wire = td.to_wire()
-        wire["redactions"] = redactions
+        wire["redactions"] = concrete[-1] if td.allowed and concrete else []
         out = _TOOL_OUT.validate_python(wire)
         return Reply(200, _TOOL_OUT.dump_json(out, exclude=_absent(out)), principal,
                       td.status)

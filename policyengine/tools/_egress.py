@@ -575,8 +575,8 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
                    host: Any = None, path: Any = None, query: Any = None, headers: Any = None,
                    body: Any = None, tool_name: Any = None, function_name: Any = None,
                    token: Any = None, context: Any = None, hmac_key: bytes | None = None,
-                   approval_id: Any = None, scheme: Any = None, trace: Any = None
-                   ) -> ToolDecision:
+                   approval_id: Any = None, scheme: Any = None, trace: Any = None,
+                   redaction_check: Any = None) -> ToolDecision:
     """Decide one tool call. Never raises for request data.
 
     ``pipeline`` is the engine's decision pipeline
@@ -584,6 +584,8 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
     here, then the bound permission and the extracted context go through the same run as
     ``authorize`` (grant, rules, budgets, approval), which also redacts the body before
     it records a pending approval. ``trace`` (explain) records the steps.
+    ``redaction_check``: see ``Engine.tool_authorize`` (the run's redaction step asks it
+    with the body as given here).
     """
     tools: CompiledTools = pipeline.policy.tools
 
@@ -695,5 +697,6 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
                              tool_name, function_name, scheme)
 
     decision, redacted, redactions = pipeline.run_tool(
-        principal, permission, ctx, token, approval_id, body, rules, hmac_key, call, trace)
+        principal, permission, ctx, token, approval_id, body, rules, hmac_key, call, trace,
+        redaction_check, raw_body)
     return ToolDecision(decision, _outcome(decision), redacted, redactions, qid)
