@@ -429,6 +429,32 @@ class Pipeline:
             return decision, None, ()
         return decision, call.redacted, call.redactions
 
+    def run_unbound(self, principal: str, token: Any, code: str, reason: str,
+                    trace: Trace | None) -> Decision:
+        """The decision on a tool call no route governs (``egress_allow``: no permission,
+        so no rules, budgets, rate limits or approvals): allowed with ``code`` and
+        ``reason``, unless it carries a delegation token that does not verify or was
+        issued to another principal (the grant step, as in :meth:`run`; with no
+        permission there is nothing for the grant to cover)."""
+        acting_for = chain = None
+        if token is not None:
+            policy = self.policy
+            now = self.clock() if self.clock is not None else None
+            found = self._grant_or_refusal(policy, token, principal, None, now)
+            if type(found) is tuple:  # (code, diagnostic, message, grant or None)
+                refused, diag, message, grant = found
+                if grant is not None:
+                    acting_for, chain = grant.acting_for, tuple(grant.chain)
+                if trace is not None:
+                    trace.step("grant", f"denied ({refused}): {message}")
+                return Decision.denial(refused, message, principal, None, diag,
+                                       acting_for, chain)
+            acting_for, chain = found.acting_for, tuple(found.chain)
+            if trace is not None:
+                trace.step("grant", f"ok: acting for {acting_for}")
+        return Decision("allowed", code, reason, (), None, (), principal, None, None,
+                        acting_for, chain)
+
     # ---- steps -------------------------------------------------------------------------
 
     def _grant(self, policy: CompiledPolicy, token: Any, principal: str, permission: str,
@@ -490,7 +516,7 @@ class Pipeline:
         return True
 
     def _grant_or_refusal(self, policy: CompiledPolicy, token: Any, principal: str,
-                          permission: str, now: float | None) -> Any:
+                          permission: str | None, now: float | None) -> Any:
         if type(token) is not str:
             return ("invalid_token", "malformed", "the delegation token must be a string",
                     None)
@@ -501,7 +527,7 @@ class Pipeline:
         if grant.subject != principal:
             return ("invalid_token", "subject_mismatch",
                     f"the token was issued to {grant.subject!r}, not {principal!r}", grant)
-        if not grant.covers(permission):
+        if permission is not None and not grant.covers(permission):
             return ("not_delegated", "not_delegated",
                     f"{permission} is not delegated by every hop of the grant", grant)
         return grant

@@ -644,9 +644,11 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
         if routed.outcome == "egress_allow":  # no route reads the body: passed on as given
             if trace is not None:
                 trace.step("route", f"egress_allow ({routed.code}): {routed.reason}")
-            allowed = Decision("allowed", routed.code, routed.reason, (), None, (),
-                               principal, None)
-            return ToolDecision(allowed, "egress_allow", body, (), None)
+            decided = pipeline.run_unbound(principal, token, routed.code, routed.reason,
+                                           trace)
+            if decided.status != "allowed":
+                return ToolDecision(decided, _outcome(decided), None, (), None)
+            return ToolDecision(decided, "egress_allow", body, (), None)
         if routed.outcome is not None:
             return reject(routed.outcome, routed.code, routed.reason, diag=routed.diag,
                           tool=routed.tool)
