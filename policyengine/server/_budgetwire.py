@@ -75,12 +75,27 @@ def authorize_spend(engine: pe.Engine, principal: str, permission: str,
     amount with a fraction of a cent is asked rounded **up**, so rules and limits see no
     less than the spend. A budget refusal of that rounded amount is not final (the
     exact amount may still fit): None is returned then too, and the atomic ledger call
-    that follows decides on the exact amount (and is the one that refuses)."""
+    that follows decides on the exact amount (and is the one that refuses). The decision
+    log then records that the wire set the decision's refusal aside: a record of kind
+    ``authorize.override`` (reason code ``sub_cent_amount``) naming the decision, the
+    amount asked and the exact amount, before the ledger's own ``budget.*`` record."""
     if usd is not None:
-        context = {**context, "amount": at_cent(usd), "currency": USD}
+        asked = at_cent(usd)
+        context = {**context, "amount": asked, "currency": USD}
     d = engine.authorize(principal, permission, context)
-    if d.allowed or (d.code == "budget_exceeded" and usd is not None
-                     and at_cent(usd) != usd):
+    if d.allowed:
+        return None
+    if d.code == "budget_exceeded" and usd is not None and asked != usd:
+        log = engine.decision_log
+        if log is not None:
+            code = "sub_cent_amount"
+            log.event("authorize.override", {
+                "principal": d.principal, "permission": d.permission,
+                "acting_for": d.acting_for, "overrides": d.decision_id,
+                "reason_code": code,
+                "reason": f"the budget refusal was of {asked} USD, the spend rounded up to "
+                          f"the cent; the exact {usd} USD goes to the ledger, which decides",
+                "operation": {"amount": str(usd), "asked": str(asked), "unit": USD}})
         return None
     return d
 

@@ -1,17 +1,29 @@
 """What the service answers is what its decision log records, and a call it refuses
 takes nothing: a redaction the SDK cannot apply is refused by the engine's own run
-(before any rate-limit call or approval)."""
+(before any rate-limit call or approval), and a budget wire that sets a sub-cent
+refusal aside says so in the log."""
 
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 from typing import Any
 
 import httpx
+from agent_ledger_sdk import AgentLedgerClient, run_session
 
 import policyengine as pe
 from policyengine.audit import CallbackSink, DecisionLog
-from policyengine.server import AgentCredential, Credentials, create_app, hash_secret
+from policyengine.server import (
+    AgentCredential,
+    Credentials,
+    ServiceConfig,
+    create_app,
+    hash_secret,
+)
+
+from .budget_harness import POLICY, PRICES, Live, credentials
+from .service_harness import serving
 
 TOOLS = """namespace t
 role r: payments:*
@@ -88,3 +100,34 @@ def test_redactions_the_sdk_can_apply_are_sent_as_concrete_paths() -> None:
         {"transport": "mcp", "toolName": "pay", "body": {"card": "4111", "n": 1}}])
     assert (out["status"], out["redactions"]) == (
         "allowed", [{"field": "$.card", "strategy": "mask"}])
+
+
+def test_a_sub_cent_refusal_set_aside_by_the_wire_is_in_the_log() -> None:
+    # $0.005 left; a gpt-4o-mini call of 1000 + 1000 tokens costs $0.00075: asked of
+    # the policy rounded up to $0.01 (refused), then charged exactly by the ledger.
+    records: list[dict[str, Any]] = []
+    engine = pe.Engine.from_source(
+        POLICY + PRICES + "budget daily: llm:* limit 500000 USD_MICROCENTS per day "
+        "per agent\n", decision_log=DecisionLog(CallbackSink(records.append)))
+    app = create_app(engine, credentials=credentials(), config=ServiceConfig(
+        access_log=False, prefixes={"agent-ledger": "/ledger"}))
+    with serving(app) as port, AgentLedgerClient(
+            "ledger-key", base_url=f"{Live(app, engine, port).url}/ledger") as lg, \
+            run_session(lg, "ledger-agent") as (sid, steps):
+        lg.log_llm_call(sid, {"stepIndex": steps.next(), "provider": "openai",
+                              "model": "gpt-4o-mini", "prompt": "p", "response": "r",
+                              "tokensIn": 1000, "tokensOut": 1000, "latencyMs": 1})
+    (b,) = engine.budgets.balances("ledger-agent")
+    assert b.spent == Decimal(75_000)  # charged exactly
+    denied = logged(engine, records, "authorize")
+    (d,) = denied.values()
+    assert d["result"]["reason_code"] == "budget_exceeded"
+    kinds = [r["kind"] for r in records]
+    at = kinds.index("authorize")
+    override = records[at + 1]
+    assert override["kind"] == "authorize.override"
+    assert override["overrides"] == d["decision_id"]
+    assert override["reason_code"] == "sub_cent_amount"
+    assert override["operation"] == {"amount": "0.00075", "asked": "0.01", "unit": "USD"}
+    assert kinds[at + 2] == "budget.record" and records[at + 2]["status"] == "ok"
+    engine.close()
