@@ -335,28 +335,25 @@ class Pipeline:
                 if trace is not None:
                     trace.step("redaction", f"{facts[1]}: {len(tool.redactions)} field(s)")
 
-            # -- the decision log: a decision the log would refuse is refused here,
-            # before the steps that take something (a rate-limit call, an approval's
-            # use, a new approval request); a run that takes nothing is refused, if at
-            # all, where the log is handed the decision (the same denial)
-            log = self.log
-            if log is not None and status != "denied" and (
-                    status == "pending_approval" or self.limiter is not None
-                    or self.shadow_limiter is not None):
-                refusal = log.refusal()
-                if refusal is not None:
-                    if trace is not None:
-                        trace.step("log", f"denied (decision_log_unavailable): {refusal}")
-                    return Decision.denial("decision_log_unavailable", refusal, principal,
-                                           permission, None, acting_for, chain)
-
             # -- 5. rate limits: only a call that may go ahead now is counted (after the
             # read-only budget check: a call refused by a budget takes no rate token, and
             # a rate-limited call reserves or spends nothing)
+            # The decision log, if any, is asked first in each step below that takes
+            # something (a rate-limit call, an approval's use, a new approval request):
+            # a decision it would refuse is refused before anything is taken. A run that
+            # takes nothing is refused, if at all, where the log is handed the decision
+            # (the same denial). Asked once per run.
+            asked = False
             limiter = self.limiter
             if (limiter is not None and (status == "allowed" or (
                     status == "pending_approval" and approval_id is not None))
                     and limiter.covering(permission)):
+                asked = True
+                if self.log is not None:
+                    refusal_ = self._log_refusal(principal, permission, acting_for, chain,
+                                                 trace)
+                    if refusal_ is not None:
+                        return refusal_
                 refused, rate = self._rate_limits(principal, permission, context, acting_for,
                                                   facts, not dry)
                 if refused is not None:
@@ -369,9 +366,20 @@ class Pipeline:
             if (shadow_limiter is not None and (status == "allowed" or (
                     status == "pending_approval" and approval_id is not None))
                     and shadow_limiter.covering(permission)):
+                if not asked and self.log is not None:
+                    asked = True
+                    refusal_ = self._log_refusal(principal, permission, acting_for, chain,
+                                                 trace)
+                    if refusal_ is not None:
+                        return refusal_
                 shadow += self._shadow_rate_limits(principal, permission, context,
                                                    acting_for, not dry)
             if status == "pending_approval":
+                if not asked and self.log is not None:
+                    refusal_ = self._log_refusal(principal, permission, acting_for, chain,
+                                                 trace)
+                    if refusal_ is not None:
+                        return refusal_
                 call = (tool.binding() if tool is not None and tool.binding is not None
                         else None)
                 if approval_id is not None:
@@ -456,6 +464,19 @@ class Pipeline:
                         acting_for, chain)
 
     # ---- steps -------------------------------------------------------------------------
+
+    def _log_refusal(self, principal: str, permission: str, acting_for: str | None,
+                     chain: tuple[str, ...] | None, trace: Trace | None) -> Decision | None:
+        """The ``decision_log_unavailable`` denial when the decision log would refuse
+        this decision now (``DecisionLog.refusal``), else None. Records nothing."""
+        refusal = self.log.refusal()
+        if refusal is None:
+            return None
+        if trace is not None:
+            trace.step("log", f"denied (decision_log_unavailable): {refusal}")
+        return Decision.denial("decision_log_unavailable", refusal, principal, permission,
+                               None, acting_for, chain)
+
 
     def _grant(self, policy: CompiledPolicy, token: Any, principal: str, permission: str,
                context: dict[str, Any], req: RequestState | None, now: float | None
