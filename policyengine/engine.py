@@ -732,7 +732,8 @@ class Engine:
         log = self.decision_log
         if log is None:
             tool_authorize = _tool_authorize
-            if tool_authorize is None or wire:  # first use, or the wire's spellings
+            if tool_authorize is None or wire or redaction_check is not None:
+                # first use, the wire's spellings, or a caller's redaction check
                 return self._tool(principal, None, transport, method, host, path, query,
                                   headers, body, tool_name, function_name, token, context,
                                   approval_id, scheme, wire, redaction_check)
@@ -741,8 +742,7 @@ class Engine:
                                   headers=headers, body=body, tool_name=tool_name,
                                   function_name=function_name, token=token,
                                   context=context, hmac_key=self.hmac_key,
-                                  approval_id=approval_id, scheme=scheme, trace=None,
-                                  redaction_check=redaction_check)
+                                  approval_id=approval_id, scheme=scheme, trace=None)
         started = perf_counter_ns()
         result = self._tool(principal, None, transport, method, host, path, query, headers,
                             body, tool_name, function_name, token, context, approval_id,

@@ -85,13 +85,19 @@ class ToolCall:
     before a pending approval is recorded, so no approval waits for a call that could
     never be sent). The run fills in ``redacted`` and ``redactions``."""
 
-    __slots__ = ("binding", "body", "check", "hmac_key", "redacted", "redaction_rules",
-                 "redactions", "sent")
+    __slots__ = ("binding", "body", "hmac_key", "redacted", "redaction_rules", "redactions")
+
+    #: For a caller that applies the redactions itself (the service, for an SDK; see
+    #: :class:`CheckedToolCall`): ``check(sent, redacted)`` answers None when it cannot
+    #: turn the body as it was given (``sent``) into the redacted copy; the call is then
+    #: denied ``redaction_unsupported`` in the redaction step, before anything is taken.
+    #: None here (class attributes: a plain call stores nothing more).
+    check: Callable[[Any, Any], Any] | None = None
+    sent: Any = None
 
     def __init__(self, body: Any, redaction_rules: tuple[Any, ...],
                  hmac_key: bytes | None,
-                 binding: Callable[[], dict[str, Any]] | None = None,
-                 check: Callable[[Any, Any], Any] | None = None, sent: Any = None) -> None:
+                 binding: Callable[[], dict[str, Any]] | None = None) -> None:
         #: What an approval of this call is bound to besides the request (tool, route,
         #: the call as sent; see ``tools._egress``): made only when an approval is used
         #: or recorded, never for a call that needs none.
@@ -101,10 +107,17 @@ class ToolCall:
         self.hmac_key = hmac_key
         self.redacted: Any = None
         self.redactions: tuple[dict[str, str], ...] = ()
-        #: For a caller that applies the redactions itself (the service, for an SDK):
-        #: ``check(sent, redacted)`` answers None when it cannot turn the body as it
-        #: was given (``sent``) into the redacted copy; the call is then denied
-        #: ``redaction_unsupported`` in the redaction step, before anything is taken.
+
+
+class CheckedToolCall(ToolCall):
+    """A :class:`ToolCall` with a ``check`` of the redactions and the body as ``sent``."""
+
+    __slots__ = ("check", "sent")
+
+    def __init__(self, body: Any, redaction_rules: tuple[Any, ...],
+                 hmac_key: bytes | None, binding: Callable[[], dict[str, Any]] | None,
+                 check: Callable[[Any, Any], Any], sent: Any) -> None:
+        super().__init__(body, redaction_rules, hmac_key, binding)
         self.check = check
         self.sent = sent
 
@@ -430,7 +443,8 @@ class Pipeline:
         The body is redacted only when the call may leave (or wait for approval);
         ``binding()`` is what an approval of the call binds to; ``check`` and ``sent``:
         see :class:`ToolCall`."""
-        call = ToolCall(body, redaction_rules, hmac_key, binding, check, sent)
+        call = (ToolCall(body, redaction_rules, hmac_key, binding) if check is None
+                else CheckedToolCall(body, redaction_rules, hmac_key, binding, check, sent))
         decision = self.run(principal, permission, context, token, approval_id,
                             True, call, trace)
         if decision.status == "denied":
