@@ -157,13 +157,16 @@ def test_spill_keeps_deciding_and_ships_the_spill_in_order(mode: str, tmp_path: 
 
 
 def test_a_spill_left_by_a_previous_run_is_shipped_first(tmp_path: Path) -> None:
+    others = {t for t in threading.enumerate() if t.name.startswith("decision-log-")}
     engine, log, sink = make("spill", "fail", tmp_path)
     first = [engine.authorize("bot", "docs:read").decision_id for _ in range(50)]
     until(lambda: log.stats()["spilled"] > 0, "records to spill")
     assert not log.close(timeout=0.5)              # the sink never came back
     assert log.stats()["undelivered"] == 0         # ... but everything is in the spill
     # ... and the log's threads stop: nothing keeps knocking at the dead sink.
-    until(lambda: not any(t.name.startswith("decision-log-") for t in threading.enumerate()),
+    # (this log's: another test's log left open is not this one's to stop)
+    until(lambda: not any(t.name.startswith("decision-log-") and t not in others
+                          for t in threading.enumerate()),
           "the log's threads to stop")
     spilled = log.stats()["spilled"]
     again = GateSink("fail")

@@ -291,6 +291,7 @@ def test_the_store_clock_decides_for_a_host_ahead_and_one_behind(kind: str) -> N
     finally:
         for engine in (ahead, behind):
             engine.approvals.close()  # type: ignore[attr-defined]
+        behind.close()  # its decision log's threads stop
         admin.close()
         drop_namespace(kind, name)
 
