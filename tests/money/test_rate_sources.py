@@ -3,14 +3,16 @@ run once per kind of rate source.
 
 The policies' ``rate`` lines and ``rates`` tables compile to one :class:`StaticRates` per
 file; here each is swapped for the same table as a :class:`JsonFileRates` (written to a
-file) or a :class:`CallableRates` (a function), and every money fixture must still pass
-with exactly the same expected decisions.
+file), a :class:`CallableRates` (a function) or a user's own class with only the
+protocol's ``rate``, and every money fixture must still pass with exactly the same
+expected decisions.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,19 @@ def _as_callable(rates: StaticRates) -> CallableRates:
                                                       else now))
 
 
-@pytest.mark.parametrize("kind", ["static", "json", "callable"])
+class _OwnRates:
+    """A user's own source: a plain class with only the protocol's ``rate`` (no
+    ``rate_fraction``, no base class of the package), answering from the table."""
+
+    def __init__(self, rates: StaticRates) -> None:
+        self._rates = rates
+
+    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Decimal:
+        rates = self._rates
+        return rates.rate(from_code, to_code, rates.as_of if now is None else now)
+
+
+@pytest.mark.parametrize("kind", ["static", "json", "callable", "own"])
 def test_money_conformance_with_every_kind_of_rate_source(
         kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     built = engine_module.build_rates
@@ -56,6 +70,8 @@ def test_money_conformance_with_every_kind_of_rate_source(
                 out[name] = _as_json_file(rates, tmp_path)
             elif kind == "callable":
                 out[name] = _as_callable(rates)
+            elif kind == "own":
+                out[name] = _OwnRates(rates)
             swapped.append(out[name])
         return out
 
@@ -63,6 +79,7 @@ def test_money_conformance_with_every_kind_of_rate_source(
     failures = [f"{Path(r.fixture).name} :: {r.case}: {r.message}"
                 for path in FIXTURES for r in run_fixture(path) if not r.passed]
     assert not failures, "\n".join(failures)
-    expected = {"static": StaticRates, "json": JsonFileRates, "callable": CallableRates}[kind]
+    expected = {"static": StaticRates, "json": JsonFileRates, "callable": CallableRates,
+                "own": _OwnRates}[kind]
     assert swapped and all(type(r) is expected for r in swapped)
     assert len(FIXTURES) >= 9
