@@ -133,6 +133,20 @@ _NEVER = (float("inf"), float("-inf"), ())  # recheck terms no clock satisfies
 _time = time.time
 
 
+
+def _grant_refused(refusal: tuple[Any, ...], principal: str, permission: str | None,
+                   trace: Trace | None) -> Decision:
+    """The denial of a request whose delegation token the grant step refused:
+    ``refusal`` is (code, diagnostic, message, grant or None), the grant when the token
+    verified but does not cover the request (its acting_for and chain are reported)."""
+    code, diag, message, grant = refusal
+    acting_for = chain = None
+    if grant is not None:
+        acting_for, chain = grant.acting_for, tuple(grant.chain)
+    if trace is not None:
+        trace.step("grant", f"denied ({code}): {message}")
+    return Decision.denial(code, message, principal, permission, diag, acting_for, chain)
+
 class Pipeline:
     """One compiled policy with the services a decision needs (ledger, approvals, token
     verification, clock). Immutable: ``Engine.reload`` builds a new pipeline and swaps
@@ -277,13 +291,7 @@ class Pipeline:
         elif token is not None:
             grant, req = self._grant(policy, token, principal, permission, context, req, now)
             if type(grant) is tuple:  # (code, diagnostic, message, grant or None)
-                code, diag, message, found = grant
-                if found is not None:
-                    acting_for, chain = found.acting_for, tuple(found.chain)
-                if trace is not None:
-                    trace.step("grant", f"denied ({code}): {message}")
-                return Decision.denial(code, message, principal, permission, diag,
-                                       acting_for, chain)
+                return _grant_refused(grant, principal, permission, trace)
             acting_for, chain = grant.acting_for, tuple(grant.chain)
             view = self._grant_view(grant, permission)
             if req is None and (uses_amount or trace is not None):
@@ -464,13 +472,7 @@ class Pipeline:
             now = self.clock() if self.clock is not None else None
             found = self._grant_or_refusal(policy, token, principal, None, now)
             if type(found) is tuple:  # (code, diagnostic, message, grant or None)
-                refused, diag, message, grant = found
-                if grant is not None:
-                    acting_for, chain = grant.acting_for, tuple(grant.chain)
-                if trace is not None:
-                    trace.step("grant", f"denied ({refused}): {message}")
-                return Decision.denial(refused, message, principal, None, diag,
-                                       acting_for, chain)
+                return _grant_refused(found, principal, None, trace)
             acting_for, chain = found.acting_for, tuple(found.chain)
             if trace is not None:
                 trace.step("grant", f"ok: acting for {acting_for}")

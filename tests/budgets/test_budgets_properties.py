@@ -29,11 +29,11 @@ class Res:
     status: str = "active"
 
 
-class Model:
+class ClockedModel:
+    """A model whose ``now`` is the ledger's clock: moving one moves the other."""
+
     def __init__(self) -> None:
-        self.clock = Clock(START)  # the ledger's clock: the model moves it
-        self.spent: dict[int, int] = {}
-        self.res: list[Res] = []
+        self.clock = Clock(START)
 
     @property
     def now(self) -> float:
@@ -42,6 +42,13 @@ class Model:
     @now.setter
     def now(self, value: float) -> None:
         self.clock.t = value
+
+
+class Model(ClockedModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.spent: dict[int, int] = {}
+        self.res: list[Res] = []
 
     def window(self) -> int:
         return int(self.now // 3600 * 3600)
@@ -200,22 +207,14 @@ class Hold:
     status: str = "active"
 
 
-class ManyModel:
+class ManyModel(ClockedModel):
     """Per agent: money per hour (limit 100) and calls per minute (limit 3)."""
 
     def __init__(self) -> None:
-        self.clock = Clock(START)  # the ledger's clock: the model moves it
+        super().__init__()
         self.money: dict[tuple[str, int], int] = {}
         self.calls: dict[tuple[str, int], int] = {}
         self.holds: list[Hold] = []
-
-    @property
-    def now(self) -> float:
-        return self.clock.t
-
-    @now.setter
-    def now(self, value: float) -> None:
-        self.clock.t = value
 
     def hour(self) -> int:
         return int(self.now // 3600 * 3600)
