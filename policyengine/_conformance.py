@@ -487,6 +487,7 @@ def run_fixture(path: Path) -> list[CaseResult]:
                 msg = _run_replay(fixture, case, base)
             elif kind == "budget":
                 from policyengine.budgets._conformance import run_budget_case
+
                 def ledger(clock: Callable[[], float], c: dict[str, Any] = case) -> Any:
                     return _engine(fixture, c, base, clock)  # authorize steps need it
 

@@ -1012,7 +1012,6 @@ class _Analyzer:
                          f"{spec.window}: the budget refuses every amount between them",
                          [spec.id], example)
 
-
     def _over_budget(self, rule: CompiledRule, pid: str, perm: str, over: Decimal,
                      base: str, fieldname: str | None) -> dict[str, Any] | None:
         """A request of ``over`` (within the limit ``rule``, above the budget) that the

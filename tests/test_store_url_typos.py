@@ -154,6 +154,7 @@ def test_libpq_options_reach_the_server_and_connect_timeout_is_the_stores(
     finally:
         drop_namespace("postgres", schema)
 
+
 BAD_REDIS = [
     f"{NO_REDIS}?foo=1",
     f"{NO_REDIS}?Prefix=x",  # options are case-sensitive: not the store's prefix

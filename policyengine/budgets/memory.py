@@ -147,13 +147,13 @@ class MemoryStore:
 
     # -- reads -------------------------------------------------------------------------
 
-
     @property
     def bucket_count(self) -> int:
         """Calendar-window buckets held now (read-only; for monitoring memory): buckets
         of windows that started over 32 days ago are dropped as writes go on, so this
         stays bounded however long the store runs."""
         return len(self._cells)
+
     def usage(self, buckets: tuple[Bucket, ...], now: float) -> tuple[Usage, ...]:
         with self._lock:
             if now >= self._due:

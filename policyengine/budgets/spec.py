@@ -102,6 +102,8 @@ def scope_path(level: str, principal: str | None, values: Mapping[str, str | Non
         if name == level:
             break
     return "/".join(parts)
+
+
 #: Caps a budget may declare (Cycles' ``Caps``; a decision with caps is
 #: ``ALLOW_WITH_CAPS``).
 CAPS = frozenset({"max_tokens", "max_steps_remaining", "cooldown_ms"})

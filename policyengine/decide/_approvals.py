@@ -69,6 +69,7 @@ def approval_terms_problems(expires: int | None, uses: int | None) -> list[tuple
         found.append(("uses", f"'uses' must be between 1 and {MAX_APPROVAL_USES}"))
     return found
 
+
 #: Statuses. ``expired`` is derived: a pending or approved record read at or after its
 #: ``expires_at`` is reported as expired (stores need not write it).
 STATUSES = ("pending", "approved", "rejected", "used", "expired")

@@ -133,7 +133,6 @@ _NEVER = (float("inf"), float("-inf"), ())  # recheck terms no clock satisfies
 _time = time.time
 
 
-
 def _grant_refused(refusal: tuple[Any, ...], principal: str, permission: str | None,
                    trace: Trace | None) -> Decision:
     """The denial of a request whose delegation token the grant step refused:
@@ -146,6 +145,7 @@ def _grant_refused(refusal: tuple[Any, ...], principal: str, permission: str | N
     if trace is not None:
         trace.step("grant", f"denied ({code}): {message}")
     return Decision.denial(code, message, principal, permission, diag, acting_for, chain)
+
 
 class Pipeline:
     """One compiled policy with the services a decision needs (ledger, approvals, token
@@ -371,10 +371,10 @@ class Pipeline:
                     and limiter.covering(permission)):
                 asked = True
                 if self.log is not None:
-                    refusal_ = self._log_refusal(principal, permission, acting_for, chain,
+                    by_log = self._log_refusal(principal, permission, acting_for, chain,
                                                  trace)
-                    if refusal_ is not None:
-                        return refusal_
+                    if by_log is not None:
+                        return by_log
                 refused, rate = self._rate_limits(principal, permission, context, acting_for,
                                                   facts, not dry)
                 if refused is not None:
@@ -389,18 +389,18 @@ class Pipeline:
                     and shadow_limiter.covering(permission)):
                 if not asked and self.log is not None:
                     asked = True
-                    refusal_ = self._log_refusal(principal, permission, acting_for, chain,
+                    by_log = self._log_refusal(principal, permission, acting_for, chain,
                                                  trace)
-                    if refusal_ is not None:
-                        return refusal_
+                    if by_log is not None:
+                        return by_log
                 shadow += self._shadow_rate_limits(principal, permission, context,
                                                    acting_for, not dry)
             if status == "pending_approval":
                 if not asked and self.log is not None:
-                    refusal_ = self._log_refusal(principal, permission, acting_for, chain,
+                    by_log = self._log_refusal(principal, permission, acting_for, chain,
                                                  trace)
-                    if refusal_ is not None:
-                        return refusal_
+                    if by_log is not None:
+                        return by_log
                 call = (tool.binding() if tool is not None and tool.binding is not None
                         else None)
                 if approval_id is not None:
@@ -492,7 +492,6 @@ class Pipeline:
             trace.step("log", f"denied (decision_log_unavailable): {refusal}")
         return Decision.denial("decision_log_unavailable", refusal, principal, permission,
                                None, acting_for, chain)
-
 
     def _grant(self, policy: CompiledPolicy, token: Any, principal: str, permission: str,
                context: dict[str, Any], req: RequestState | None, now: float | None
@@ -656,6 +655,7 @@ class Pipeline:
         modes = self.policy.shadow_modes
         return tuple(ShadowOutcome(i, "budget", modes.get(i, "log"), "denied", code)
                      for i in ids)
+
     def _ask_rates(self, limiter: Any, principal: str, permission: str,
                    context: dict[str, Any], acting_for: str | None, consume: bool,
                    each: bool = False) -> Any:

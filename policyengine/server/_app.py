@@ -136,6 +136,8 @@ def _absent(out: Any) -> set[str] | None:
     """The optional keys ``out`` leaves out (those that are None)."""
     gone = {k for k in _OPTIONAL_KEYS if getattr(out, k) is None}
     return gone or None
+
+
 _TOOL_IN = _adapter(m.ToolAuthorizeRequest)
 _TOOL_OUT = _adapter(m.ToolAuthorizeResponse)
 _TOKEN_IN = _adapter(m.TokenRequest)

@@ -694,6 +694,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
         return reject("invalid_request", "invalid_request",
                       f"cannot extract context: {exc.message}", permission,
                       diag="extraction_failed", tool=qid)
+
     def call() -> dict[str, Any]:  # only when an approval is used or recorded
         return _call_binding(transport, qid, route_text, method, host, path, query, body,
                              tool_name, function_name, scheme)

@@ -324,7 +324,6 @@ def test_an_unusable_subject_value_denies() -> None:
     assert engine.authorize("bot", "tools:a", {"run_id": 5}).allowed  # not a string: ""
 
 
-
 def test_the_authorize_wire_keeps_the_retry_after() -> None:
     from pydantic import TypeAdapter
 

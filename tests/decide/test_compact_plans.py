@@ -214,7 +214,6 @@ def test_an_entry_with_a_condition_that_fails_or_errors_keeps_the_other_permits(
     assert d.reason == "no rule permits mail:send for a"
 
 
-
 def test_a_decision_decided_from_the_entry_reads_its_rule_ids_when_asked() -> None:
     engine = Engine.from_source(
         'namespace t\nrole r: docs:*\nrole s: docs:*\nagent "a": r, s\n'

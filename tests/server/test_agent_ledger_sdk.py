@@ -95,7 +95,6 @@ def test_malformed_batches_are_400(svc: Live) -> None:
         assert isinstance(r.json()["error"], str) and r.json()["code"]
 
 
-
 # ---------------------------------------------------------------- priced by the policy
 def call(step: int, tokens_in: int = 1000, tokens_out: int = 500,
          model: str = "gpt-4o") -> dict[str, object]:

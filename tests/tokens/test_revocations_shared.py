@@ -103,7 +103,6 @@ def test_revocation_urls() -> None:
         assert info.value.code == "invalid_revocations"
 
 
-
 # ---- any change reaches every host within refresh: a lost or rolled-back dataset too ----
 
 class Server:

@@ -94,7 +94,6 @@ def _cut(entries: Sequence[Access], limit: int | None) -> tuple[Sequence[Access]
     return tuple(entries[:limit]), True
 
 
-
 def permissions_of(policy: CompiledPolicy, principal: str | None = None, *,
                    role: str | None = None, limit: int | None = None) -> Permissions:
     """Every permission pattern ``principal`` (or a holder of only ``role``) may exercise,

@@ -103,7 +103,6 @@ def _is_id(e: ast.Expr) -> bool:
             and e.segments == ("id",))
 
 
-
 class _Classes:
     """The value classes of agents for some rules deciding on the principal (see
     :class:`_Reads`): agents of one class with the same roles get the same lines (the
