@@ -42,7 +42,7 @@ from policyengine.decision import Decision, Diagnostic
 from policyengine.engine import Engine
 from policyengine.lang import ast
 from policyengine.lang._fmt import format_expr
-from policyengine.permissions import permission_matches, subsumes
+from policyengine.permissions import matches, pattern_subsumes
 from policyengine.tokens.grants import MAX_DEPTH
 
 __all__ = ["CHANGE_KINDS", "SEVERITIES", "Analysis", "DecisionChange", "Diff", "Finding",
@@ -484,7 +484,7 @@ def permission_representatives(targets: Sequence[str], vocabulary: Iterable[str]
     candidates += sorted(p[:-1] + fresh for p in vocab if p.endswith(":*"))
     if "*" in vocab:
         candidates.append(fresh)
-    return [c for c in candidates if any(permission_matches(t, c) for t in targets)]
+    return [c for c in candidates if any(matches(t, c) for t in targets)]
 
 
 def _overlap(a: str, b: str) -> bool:
@@ -494,8 +494,8 @@ def _overlap(a: str, b: str) -> bool:
     if a.endswith(":*") and b.endswith(":*"):
         return a.startswith(b[:-1]) or b.startswith(a[:-1])
     if a.endswith(":*"):
-        return permission_matches(a, b)
-    return b.endswith(":*") and permission_matches(b, a)
+        return matches(a, b)
+    return b.endswith(":*") and matches(b, a)
 
 
 def _patterns_overlap(xs: Sequence[str], ys: Sequence[str]) -> bool:
@@ -680,7 +680,7 @@ def _table(policy: CompiledPolicy, principal: str, permission: str,
         req.grant = grant
     who = policy.principal(principal)
     return {r.qid: rule_entry(r, who, who, context, req) for r in rules
-            if any(permission_matches(p, permission) for p in r.patterns)}
+            if any(matches(p, permission) for p in r.patterns)}
 
 
 def _holds(entry: dict[str, Any] | None) -> bool:
@@ -710,7 +710,7 @@ def _schemas_of(policy: CompiledPolicy, permission: str) -> list[ast.SchemaDecl]
     """The schemas whose patterns cover ``permission`` (the request must fit each)."""
     return [st for f in policy.files for st in f.statements
             if isinstance(st, ast.SchemaDecl)
-            and any(permission_matches(p, permission) for p in st.patterns)]
+            and any(matches(p, permission) for p in st.patterns)]
 
 
 def _sample(t: ast.SchemaType, currency: str | None) -> Any:
@@ -881,7 +881,7 @@ class _Analyzer:
         reps = permission_representatives(rule.patterns, vocab)
         # Cheap exact test first: a permission no overriding rule names is decided by
         # this rule alone (its conditions can hold: it is satisfiable).
-        if any(not any(permission_matches(p, perm) for r in deniers + approvals
+        if any(not any(matches(p, perm) for r in deniers + approvals
                        for p in r.patterns) for perm in reps):
             return
         involved = [rule, *deniers, *approvals]
@@ -994,7 +994,8 @@ class _Analyzer:
                 room = spec.limit + spec.overdraft_limit
                 if spec.unit != base or rule.amount_limit <= room:
                     continue
-                if not all(any(subsumes(p, b) for b in spec.patterns) for p in rule.patterns):
+                if not all(any(pattern_subsumes(p, b) for b in spec.patterns)
+                           for p in rule.patterns):
                     continue
                 over = room + _quantum(base)
                 example = None
@@ -1020,7 +1021,7 @@ class _Analyzer:
         region being tried with the engine only when no forbid, limit or approval of the
         rule table applies in it. At most ``self.max`` regions and 64 runs."""
         rules = [r for r in self.index.overlapping([perm]) if r.mode == "enforce"
-                 and any(permission_matches(p, perm) for p in r.patterns)]
+                 and any(matches(p, perm) for p in r.patterns)]
         space, _ = _space([self.infos[r.qid] for r in rules])
         space.currency, space.amounts = None, [MISSING]  # the amount is fixed: ``over``
         contexts, _ = space.contexts(self.max, seed=len(rule.qid))
@@ -1292,7 +1293,7 @@ def diff(old: Engine, new: Engine, *, max_requests: int = 512,
         ra, rb = a.candidates(perm), b.candidates(perm)
         same_rules = same_settings and [_rule_key(r) for r in ra] == [_rule_key(r) for r in rb]
         budgets = [s for pol in (a, b) for s in pol.budgets
-                   if any(permission_matches(p, perm) for p in s.patterns)]
+                   if any(matches(p, perm) for p in s.patterns)]
         extra = [s.limit + s.overdraft_limit for s in budgets]
         space, outside = _space([info(r) for r in (*ra, *rb)], extra)
         if space.currency is None and budgets:
@@ -1311,7 +1312,7 @@ def diff(old: Engine, new: Engine, *, max_requests: int = 512,
         # Without budgets or schemas on the permission, only the rules read the context:
         # their groups of shared variables are independent and are enumerated apart.
         decompose = not budgets and not any(
-            any(permission_matches(p, perm) for p in pats) for pats in schemas)
+            any(matches(p, perm) for p in pats) for pats in schemas)
         classes: dict[Any, list[str]] = {}
         for pid in principals:
             if same_rules and not tools and _principal_key(a, pid) == _principal_key(b, pid):

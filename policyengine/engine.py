@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import inspect
 import os
 import threading
 import time
@@ -147,6 +148,46 @@ def _checked_clock(clock: Any) -> Callable[[], float] | None:
         raise EngineOptionError(f"clock() must return POSIX seconds as an int or float, "
                                 f"not {type(now).__name__}")
     return clock  # type: ignore[no-any-return]
+
+
+def _checked_path(path: Any) -> str:
+    if isinstance(path, (str, os.PathLike)):
+        name = os.fspath(path)
+        if isinstance(name, str):
+            return name
+    raise EngineOptionError(f"a policy path must be a str or os.PathLike, not "
+                            f"{type(path).__name__}")
+
+
+def _checked_files(files: Any) -> PolicyFiles:
+    """``files`` if it is a list of ``(name, text)`` pairs with string names (the text is
+    the parser's to judge)."""
+    if not isinstance(files, list) or not all(
+            isinstance(f, tuple) and len(f) == 2 and isinstance(f[0], str) for f in files):
+        raise EngineOptionError("policy files are (name, text) pairs with a string name; "
+                                f"got {_shape(files)}")
+    return files
+
+
+def _shape(files: Any) -> str:
+    if not isinstance(files, list):
+        return type(files).__name__
+    bad = next(f for f in files if not (isinstance(f, tuple) and len(f) == 2
+                                        and isinstance(f[0], str)))
+    if isinstance(bad, tuple) and len(bad) == 2:
+        return f"a name of type {type(bad[0]).__name__}"
+    return f"an item of type {type(bad).__name__}"
+
+
+def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
+    for name in options:
+        if name not in _OPTIONS:
+            import difflib
+            close = difflib.get_close_matches(name, _OPTIONS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise EngineOptionError(f"unknown option {name[:100]!r}{hint}; the options are "
+                                    f"{', '.join(_OPTIONS)}")
+    return options
 
 
 class QueryError(PolicyEngineError, TypeError, ValueError):
@@ -357,7 +398,7 @@ class Engine:
                  hmac_key: bytes | None = None, base_dir: str | None = None,
                  decision_log: Any = None) -> None:
         self._paths = paths
-        self._files = files
+        self._files = _checked_files(files)
         self._base_dir = base_dir
         self._rates_override = _checked_rates(rates)
         self._clock = clock = _checked_clock(clock)
@@ -466,22 +507,33 @@ class Engine:
     # ---- construction ----
     @classmethod
     def from_path(cls, *paths: str | os.PathLike[str], **options: Any) -> Engine:
-        """Load every ``.policy`` file under the given files and directories."""
+        """Load every ``.policy`` file under the given files and directories.
+
+        No path, a path that is not a ``str`` or ``os.PathLike``, or an unknown option
+        raises :class:`EngineOptionError`; a path that holds no policy, ``PolicyError``
+        (E010).
+        """
         if not paths:
-            raise TypeError("from_path() needs at least one path")
-        names = tuple(os.fspath(p) for p in paths)
-        return cls(read_paths(names), paths=names, **options)
+            raise EngineOptionError("from_path() needs at least one path")
+        names = tuple(_checked_path(p) for p in paths)
+        return cls(read_paths(names), paths=names, **_checked_options(options))
 
     @classmethod
     def from_source(cls, text: str | bytes, name: str = "inline.policy", **options: Any
                     ) -> Engine:
-        """Compile policy text held in memory."""
-        return cls([(name, text)], **options)
+        """Compile policy text held in memory (``name`` is the file name problems and
+        decisions show)."""
+        if not isinstance(name, str):
+            raise EngineOptionError(f"name must be a string, not {type(name).__name__}")
+        return cls(_checked_files([(name, text)]), **_checked_options(options))
 
     @classmethod
     def from_sources(cls, sources: Mapping[str, str | bytes], **options: Any) -> Engine:
         """Compile several named texts as one policy set."""
-        return cls(list(sources.items()), **options)
+        if not isinstance(sources, Mapping):
+            raise EngineOptionError("sources must be a mapping of file name -> policy text, "
+                                    f"not {type(sources).__name__}")
+        return cls(_checked_files(list(sources.items())), **_checked_options(options))
 
     def _build(self, files: PolicyFiles) -> tuple[CompiledPolicy, tuple[Problem, ...]]:
         # Relative paths in a file (``rates "fx.json"``) resolve against base_dir when
@@ -874,3 +926,9 @@ class Engine:
                               headers, body, tool_name, function_name, token, context,
                               approval_id, scheme, wire, redaction_check)
         return Explanation(self._log_check(decision, trace), trace.rules, trace.steps)
+
+
+#: The keyword options ``from_path``, ``from_source`` and ``from_sources`` take: the
+#: constructor's, but ``files`` and ``paths`` (which they make).
+_OPTIONS = tuple(name for name in inspect.signature(Engine.__init__).parameters
+                 if name not in ("self", "files", "paths"))

@@ -48,16 +48,17 @@ def permission_matches(pattern: str, permission: str) -> bool:
     """Return True when ``pattern`` grants ``permission``, exactly as the agent SDKs do.
 
     A pattern matches when it is ``*``, equal to the permission, or ends in ``:*`` and
-    the permission starts with the pattern minus its final ``*``.
+    the permission starts with the pattern minus its final ``*``. Both must be strings:
+    anything else raises :class:`InvalidPermission` (``invalid_permission``).
 
     >>> permission_matches("flights:*", "flights:book")
     True
     >>> permission_matches("flights:*", "flightsx:book")
     False
     """
-    if pattern == "*" or pattern == permission:
-        return True
-    return pattern.endswith(":*") and permission.startswith(pattern[:-1])
+    if not isinstance(pattern, str) or not isinstance(permission, str):
+        raise _not_strings(pattern=pattern, permission=permission)
+    return matches(pattern, permission)
 
 
 def subsumes(narrow: str, wide: str) -> bool:
@@ -65,12 +66,34 @@ def subsumes(narrow: str, wide: str) -> bool:
 
     That is: every permission ``narrow`` matches, ``wide`` matches too. This is the
     relation attenuation checks (a child's pattern must be subsumed by a parent's).
+    Both must be strings: anything else raises :class:`InvalidPermission`.
 
     >>> subsumes("flights:intl:*", "flights:*")
     True
     >>> subsumes("flights:*", "flights:book")
     False
     """
+    if not isinstance(narrow, str) or not isinstance(wide, str):
+        raise _not_strings(narrow=narrow, wide=wide)
+    return pattern_subsumes(narrow, wide)
+
+
+def _not_strings(**values: object) -> InvalidPermission:
+    name, value = next((n, v) for n, v in values.items() if not isinstance(v, str))
+    return InvalidPermission("invalid_permission",
+                             f"{name} must be a string, not {type(value).__name__}")
+
+
+def matches(pattern: str, permission: str) -> bool:
+    """:func:`permission_matches` without the type check, for strings the package has
+    already checked (the decision path calls it for every rule and budget)."""
+    if pattern == "*" or pattern == permission:
+        return True
+    return pattern.endswith(":*") and permission.startswith(pattern[:-1])
+
+
+def pattern_subsumes(narrow: str, wide: str) -> bool:
+    """:func:`subsumes` without the type check, for patterns already checked."""
     if wide == "*":
         return True
     if narrow == "*":
@@ -80,7 +103,7 @@ def subsumes(narrow: str, wide: str) -> bool:
         # prefix pattern can cover an infinite set like that.
         return wide.endswith(":*") and narrow[:-1].startswith(wide[:-1])
     # ``narrow`` matches exactly one string: itself.
-    return permission_matches(wide, narrow)
+    return matches(wide, narrow)
 
 
 def is_valid_permission(permission: object) -> bool:

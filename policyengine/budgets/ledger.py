@@ -83,7 +83,7 @@ from policyengine.money._money import (
     spec_of,
 )
 from policyengine.money._rates import RateError, RateSource, convert
-from policyengine.permissions import InvalidPermission, permission_matches, validate_permission
+from policyengine.permissions import InvalidPermission, matches, validate_permission
 
 __all__ = [
     "MAX_TTL",
@@ -1934,7 +1934,7 @@ class Ledger:
                 raise BudgetInputError("invalid_permission", exc.message) from None
             found = tuple(
                 b for b in self._budgets
-                if any(permission_matches(p, permission) for p in b.spec.patterns)
+                if any(matches(p, permission) for p in b.spec.patterns)
             )
             if len(self._matches) >= _MAX_MATCH_CACHE:
                 self._matches.clear()

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 from policyengine.budgets.errors import BudgetInputError, BudgetStoreError
 from policyengine.budgets.spec import SUBJECTS, scope_path, subject_field
-from policyengine.permissions import is_valid_pattern, permission_matches
+from policyengine.permissions import is_valid_pattern, matches
 
 __all__ = [
     "MAX_BURST",
@@ -209,7 +209,7 @@ class RateLimitSpec:
         return PERIODS[self.per]
 
     def covers(self, permission: str) -> bool:
-        return any(permission_matches(p, permission) for p in self.patterns)
+        return any(matches(p, permission) for p in self.patterns)
 
 
 class RateLimitUsage:

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from policyengine.budgets.errors import BudgetInputError
-from policyengine.budgets.windows import WINDOWS
+from policyengine.budgets.windows import MAX_ROLLING_SECONDS, window_problems
 from policyengine.money._money import (
     MONEY_CONTEXT,
     UNITS,
@@ -23,7 +22,7 @@ from policyengine.money._money import (
     decimal_places,
     get_currency,
 )
-from policyengine.permissions import is_valid_pattern, permission_matches
+from policyengine.permissions import is_valid_pattern, matches
 
 __all__ = [
     "MAX_QUANTA",
@@ -107,8 +106,6 @@ def scope_path(level: str, principal: str | None, values: Mapping[str, str | Non
 #: Caps a budget may declare (Cycles' ``Caps``; a decision with caps is
 #: ``ALLOW_WITH_CAPS``).
 CAPS = frozenset({"max_tokens", "max_steps_remaining", "cooldown_ms"})
-#: Longest rolling window (31 days); stores may forget rolling spend older than this.
-MAX_ROLLING_SECONDS = 31 * 86400
 #: Largest amount, limit or overdraft in quanta. Guarded sums stay below 2 * 10**18,
 #: under 2**63, so an SQL INTEGER column can never overflow.
 MAX_QUANTA = 10**18
@@ -259,16 +256,10 @@ def budget_problems(patterns: object, limit: object, unit: object, window: objec
         elif scaled > MAX_QUANTA:
             most = _dec_str(Decimal(MAX_QUANTA).scaleb(-scale, MONEY_CONTEXT))
             out.append((name, f"{name} {value} is too large (at most {most} {code})"))
-    if window not in WINDOWS:
-        out.append(("window", f"window must be one of {', '.join(sorted(WINDOWS))}"))
-    elif window == "rolling":
-        if type(rolling_seconds) is not int or not 1 <= rolling_seconds <= MAX_ROLLING_SECONDS:
-            out.append(("window", "a rolling window lasts between 1s and "
-                                  f"{MAX_ROLLING_SECONDS // 86400}d"))
-    elif rolling_seconds is not None:
-        out.append(("window", "rolling_seconds is only for window='rolling'"))
-    if subject not in SUBJECTS and not (
-            type(subject) is str and subject.startswith("context.") and _is_field(subject[8:])):
+    of_window = window_problems(window, rolling_seconds, tz)
+    out += [p for p in of_window if p[0] == "window"]
+    if type(subject) is not str or (subject not in SUBJECTS and not (
+            subject.startswith("context.") and _is_field(subject[8:]))):
         out.append(("subject", f"subject must be one of {', '.join(sorted(SUBJECTS))}, or "
                                "context.NAME (a request field)"))
     pairs: tuple[object, ...] = caps if isinstance(caps, tuple) else (None,)
@@ -280,13 +271,7 @@ def budget_problems(patterns: object, limit: object, unit: object, window: objec
                             f"{', '.join(sorted(CAPS))}"))
     elif len(set(names)) != len(names):
         out.append(("caps", "each cap is given once"))
-    if type(tz) is not str or not tz:
-        out.append(("tz", "tz must be an IANA zone name such as 'Europe/Paris'"))
-    elif tz != "UTC":
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            out.append(("tz", f"unknown time zone {tz!r}"))
+    out += [p for p in of_window if p[0] == "tz"]
     return out
 
 
@@ -339,4 +324,4 @@ class BudgetSpec:
 
     def covers(self, permission: str) -> bool:
         """True when one of the budget's patterns matches ``permission``."""
-        return any(permission_matches(p, permission) for p in self.patterns)
+        return any(matches(p, permission) for p in self.patterns)

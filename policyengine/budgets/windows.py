@@ -18,13 +18,41 @@ from __future__ import annotations
 
 import math
 from datetime import date, datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["CALENDAR_WINDOWS", "WINDOWS", "Window"]
+from policyengine.budgets.errors import BudgetInputError
+
+__all__ = ["CALENDAR_WINDOWS", "MAX_ROLLING_SECONDS", "WINDOWS", "Window", "window_problems"]
 
 CALENDAR_WINDOWS = frozenset({"minute", "hour", "day", "week", "month"})
 WINDOWS = CALENDAR_WINDOWS | {"rolling"}
 _FIXED = {"minute": 60, "hour": 3600}
+#: Longest rolling window (31 days); stores may forget rolling spend older than this.
+MAX_ROLLING_SECONDS = 31 * 86400
+
+
+def window_problems(kind: object, rolling_seconds: object = None,
+                    tz: object = "UTC") -> list[tuple[str, str]]:
+    """Everything wrong with a window, as ``(field, message)`` pairs (field ``window`` or
+    ``tz``): the budgets leaf's rule, which :class:`Window` and ``budget_problems`` (so
+    :class:`~policyengine.budgets.BudgetSpec` and the policy checker) apply."""
+    out: list[tuple[str, str]] = []
+    if type(kind) is not str or kind not in WINDOWS:
+        out.append(("window", f"window must be one of {', '.join(sorted(WINDOWS))}"))
+    elif kind == "rolling":
+        if type(rolling_seconds) is not int or not 1 <= rolling_seconds <= MAX_ROLLING_SECONDS:
+            out.append(("window", "a rolling window lasts between 1s and "
+                                  f"{MAX_ROLLING_SECONDS // 86400}d"))
+    elif rolling_seconds is not None:
+        out.append(("window", "rolling_seconds is only for window='rolling'"))
+    if type(tz) is not str or not tz:
+        out.append(("tz", "tz must be an IANA zone name such as 'Europe/Paris'"))
+    elif tz != "UTC":
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long
+            out.append(("tz", f"unknown time zone {tz[:100]!r}"))
+    return out
 
 
 class Window:
@@ -39,8 +67,9 @@ class Window:
     __slots__ = ("_cache", "kind", "rolling_seconds", "tz", "zone")
 
     def __init__(self, kind: str, rolling_seconds: int | None, tz: str = "UTC") -> None:
-        if kind not in WINDOWS:
-            raise ValueError(f"unknown window {kind!r}")
+        problems = window_problems(kind, rolling_seconds, tz)
+        if problems:  # (once per budget, when a ledger is built: never on a spend)
+            raise BudgetInputError("invalid_budget", problems[0][1])
         self.kind = kind
         self.rolling_seconds = rolling_seconds if kind == "rolling" else None
         self.tz = tz

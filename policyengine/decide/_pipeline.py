@@ -772,8 +772,8 @@ class Pipeline:
 
 
 def _matches(pattern: str, permission: str) -> bool:
-    from policyengine.permissions import permission_matches
-    return permission_matches(pattern, permission)
+    from policyengine.permissions import matches
+    return matches(pattern, permission)
 
 
 def _counts_revocations(revocations: Any) -> bool:

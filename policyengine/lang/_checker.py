@@ -20,7 +20,7 @@ from policyengine.lang import ast
 from policyengine.lang._schema import check_schemas
 from policyengine.lang._source import Problem, SourceSet
 from policyengine.money._money import MAX_AMOUNT  # the widest amount a literal may hold
-from policyengine.permissions import MAX_PRINCIPAL_ID, is_valid_pattern, subsumes
+from policyengine.permissions import MAX_PRINCIPAL_ID, is_valid_pattern, pattern_subsumes
 
 if TYPE_CHECKING:
     from policyengine.budgets.pricing import ModelPrice
@@ -937,7 +937,7 @@ def _unreachable(ctx: _Ctx, forbids: Sequence[ast.Rule],
     for st in grants:
         for fb in forbids:
             scope_ok = not fb.scope or (st.scope and set(st.scope) <= set(fb.scope))
-            if scope_ok and all(any(subsumes(p, q) for q in fb.patterns)
+            if scope_ok and all(any(pattern_subsumes(p, q) for q in fb.patterns)
                                 for p in st.patterns):
                 ctx.warn("W201", f"rule '{st.id}' is unreachable: forbid '{fb.id}' "
                          "always overrides it", st.span)

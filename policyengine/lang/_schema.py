@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from policyengine.lang import ast
-from policyengine.permissions import is_valid_pattern, subsumes
+from policyengine.permissions import is_valid_pattern, pattern_subsumes
 
 __all__ = ["SCALAR_TYPES", "check_schemas"]
 
@@ -360,7 +360,7 @@ def covering_schemas(patterns: Sequence[str], schemas: Sequence[ast.SchemaDecl]
     for p in patterns:
         if not is_valid_pattern(p):
             return []
-        here = [s for s in schemas if any(subsumes(p, w) for w in s.patterns
+        here = [s for s in schemas if any(pattern_subsumes(p, w) for w in s.patterns
                                           if is_valid_pattern(w))]
         if not here:
             return []

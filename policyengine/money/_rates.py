@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import stat
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
@@ -47,6 +46,7 @@ from decimal import (
 from typing import Final, Literal, Protocol, runtime_checkable
 
 from policyengine import _json as strict_json
+from policyengine._files import UnreadableFileError, read_regular_file, shown_path
 from policyengine.errors import PolicyEngineError
 from policyengine.money._money import (
     MAX_AMOUNT,
@@ -235,6 +235,9 @@ class StaticRates:
     @classmethod
     def from_json(cls, text: str | bytes, *, max_age: float | None = None) -> StaticRates:
         """Build from the JSON rates document (the format :class:`JsonFileRates` reads)."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise RateError("invalid_rate_table", "a rates document is JSON text (str or "
+                            f"bytes), not {type(text).__name__}")
         base, rates, as_of = _parse_document(text)
         return cls(base, rates, as_of=as_of, max_age=max_age)
 
@@ -337,33 +340,13 @@ MAX_RATES_FILE_BYTES = 1 << 20
 
 
 def _read_rates_file(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of a regular file of at most :data:`MAX_RATES_FILE_BYTES`.
-
-    Opened without blocking and checked before reading, so a name that is a device
-    (``/dev/zero``), a FIFO or a directory is an error at once rather than a read
-    without end; a name no file can have (a NUL, a lone surrogate) is an error too.
-    """
-    shown = repr(os.fspath(path))[:200]
+    """The bytes of a regular file of at most :data:`MAX_RATES_FILE_BYTES`
+    (:func:`~policyengine._files.read_regular_file`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except (OSError, ValueError) as exc:  # ValueError: NUL byte, unencodable name
-        reason = exc.strerror if isinstance(exc, OSError) else "not a valid file name"
-        raise RateError("invalid_rate_table", f"cannot read rates file {shown}: {reason}"
-                        ) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise RateError("invalid_rate_table", f"rates file {shown} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read(MAX_RATES_FILE_BYTES + 1)
-    except OSError as exc:
-        raise RateError("invalid_rate_table", f"cannot read rates file {shown}: {exc.strerror}"
-                        ) from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_RATES_FILE_BYTES:
+        return read_regular_file(path, MAX_RATES_FILE_BYTES)
+    except UnreadableFileError as exc:
         raise RateError("invalid_rate_table",
-                        f"rates file {shown} is larger than {MAX_RATES_FILE_BYTES} bytes")
-    return data
+                        f"cannot read rates file {shown_path(path)}: {exc}") from None
 
 
 class JsonFileRates(StaticRates):
@@ -431,15 +414,20 @@ def convert(
     conversion returns ``money`` unchanged and needs no rates.
 
     Raises :class:`RateError` (``no_rate``, ``stale_rate``, ``invalid_rate``,
-    ``unknown_currency``, ``unit_mismatch``) or :class:`MoneyError` (``amount_too_large``
-    when the converted amount exceeds the maximum).
+    ``unknown_currency``, ``unit_mismatch``; ``invalid_argument`` for ``money`` that is no
+    :class:`Money`, ``rates`` that is no rate source or a bad ``rounding``) or
+    :class:`MoneyError` (``amount_too_large`` when the converted amount exceeds the
+    maximum).
     """
     try:
         spec = spec_of(to_code)
     except MoneyError as exc:
         raise RateError("unknown_currency", exc.message) from exc
     target = spec.code
-    source = money.currency
+    try:
+        source = money.currency
+    except AttributeError:  # (a try costs nothing until it catches: no check per call)
+        raise _not_money("money", money) from None
     if target == source:
         return money
     if spec.is_unit or source in UNITS:
@@ -456,7 +444,13 @@ def convert(
     if fraction is not None:
         numerator, denominator = fraction(source, target, now)
     else:
-        numerator = _to_rate(rates.rate(source, target, now), f"{source}->{target}")
+        try:
+            lookup = rates.rate
+        except AttributeError:
+            raise RateError("invalid_argument", "rates must be a RateSource (with "
+                            f"rate(from, to, now)) or None, not {type(rates).__name__}"
+                            ) from None
+        numerator = _to_rate(lookup(source, target, now), f"{source}->{target}")
         denominator = _ONE
     try:
         value = _EXACT.multiply(money.amount, numerator)
@@ -483,4 +477,10 @@ def fits(spend: Money, cap: Money, rates: RateSource | None, *, now: float | Non
     >>> fits(Money.parse("100.01", "USD"), Money.parse("92", "EUR"), rates)
     False
     """
+    if not isinstance(cap, Money):
+        raise _not_money("cap", cap)
     return convert(spend, cap.currency, rates, now=now, rounding="up").amount <= cap.amount
+
+
+def _not_money(name: str, value: object) -> RateError:
+    return RateError("invalid_argument", f"{name} must be a Money, not {type(value).__name__}")

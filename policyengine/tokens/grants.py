@@ -20,7 +20,7 @@ from typing import Any
 
 from policyengine.money._money import Money, MoneyError
 from policyengine.money._rates import RateError, RateSource, convert
-from policyengine.permissions import is_valid_pattern, permission_matches, subsumes
+from policyengine.permissions import is_valid_pattern, matches, pattern_subsumes
 from policyengine.tokens._ceilings import MAX_DEPTH, MAX_POLICY_TTL, ceiling_problems
 from policyengine.tokens._jws import b64encode, encode_json, split
 from policyengine.tokens.errors import AttenuationError, TokenError
@@ -130,7 +130,7 @@ class Grant:
             if known is not None:
                 return known
         answer = all(
-            any(permission_matches(p, permission) for p in hop.permissions) for hop in self.hops
+            any(matches(p, permission) for p in hop.permissions) for hop in self.hops
         )
         if cacheable and len(self._covered) < _COVERS_KEPT:
             self._covered[permission] = answer
@@ -378,7 +378,7 @@ def _check_link(parent: Hop, parent_token: str, child: Hop, rates: RateSource | 
     if parent.audience is not None and child.audience != parent.audience:
         raise AttenuationError("audience_changed", "a child keeps its parent's audience")
     for p in child.permissions:
-        if not any(subsumes(p, q) for q in parent.permissions):
+        if not any(pattern_subsumes(p, q) for q in parent.permissions):
             raise AttenuationError(
                 "permission_widened", f"permission {p!r} is not covered by the parent's"
             )

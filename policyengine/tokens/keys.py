@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import Algorithm, ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from policyengine._files import UnreadableFileError, read_regular_file, shown_path
 from policyengine.tokens._jws import b64decode, b64encode
 from policyengine.tokens.errors import TokenError
 
@@ -34,6 +35,8 @@ __all__ = ["ALGORITHMS", "Key", "KeySet", "MIN_HMAC_SECRET", "MIN_RSA_BITS"]
 ALGORITHMS = ("EdDSA", "ES256", "RS256", "HS256")
 MIN_RSA_BITS = 2048
 MIN_HMAC_SECRET = 32
+#: Largest key file :meth:`KeySet.from_file` reads (a JWKS of many keys is a few kB).
+MAX_KEY_FILE_BYTES = 1 << 20
 
 _SIGNERS: dict[str, Algorithm] = {
     "EdDSA": OKPAlgorithm(),
@@ -406,8 +409,16 @@ class KeySet:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, allow_hmac: bool = False,
                   issuer: str | None = None) -> KeySet:
-        """Load a JWKS (``.json``) or PEM file."""
-        raw = Path(path).read_bytes()
+        """Load a JWKS (``.json``) or PEM file.
+
+        A file that cannot be read (missing, not a regular file, over 1 MiB, a name that
+        is no path) raises :class:`TokenError` ``invalid_key``, as one that holds no key.
+        """
+        try:
+            raw = read_regular_file(path, MAX_KEY_FILE_BYTES)
+        except UnreadableFileError as exc:
+            raise TokenError("invalid_key",
+                             f"cannot read key file {shown_path(path)}: {exc}") from None
         if raw.lstrip().startswith(b"{"):
             return cls.load_jwks(raw, allow_hmac=allow_hmac, issuer=issuer)
         return cls.load_pem(raw, issuer=issuer)

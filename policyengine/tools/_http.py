@@ -48,6 +48,7 @@ from policyengine.decision import (
     ToolDecision,
     ToolDenied,
 )
+from policyengine.errors import PolicyEngineError
 
 __all__ = [
     "CONTEXT_EXTENSION",
@@ -55,6 +56,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "TOKEN_EXTENSION",
     "AsyncGovernedTransport",
+    "ClientOptionError",
     "GovernedTransport",
     "ToolAuthorizer",
     "async_governed_client",
@@ -220,17 +222,44 @@ def _retargeted(request: httpx.Request) -> ToolDenied | None:
     return None
 
 
+class ClientOptionError(PolicyEngineError, TypeError):
+    """A governed client or transport given an option of the wrong kind (an ``engine``
+    without ``tool_authorize``, a ``principal`` or ``token`` that is not a string, a
+    ``context`` that is not a dict, a ``max_body_bytes`` that is not a positive whole
+    number, an httpx option that would route around the transport): code
+    ``invalid_option``, raised when the client is made. Also a ``TypeError``, which these
+    calls raised before."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_option", message)
+
+
+def _checked_options(engine: object, principal: object, token: object,
+                     max_body_bytes: object, context: object) -> None:
+    if not callable(getattr(engine, "tool_authorize", None)):
+        raise ClientOptionError("engine must have a tool_authorize method (an Engine), not "
+                                f"{type(engine).__name__}")
+    if not isinstance(principal, str):
+        raise ClientOptionError(f"principal must be a string, not {type(principal).__name__}")
+    if token is not None and not isinstance(token, str):
+        raise ClientOptionError(f"token must be a string or None, not {type(token).__name__}")
+    if type(max_body_bytes) is not int or max_body_bytes < 1:
+        raise ClientOptionError(f"max_body_bytes must be a whole number of bytes >= 1, not "
+                                f"{max_body_bytes!r}"[:200])
+    if context is not None and not isinstance(context, dict):
+        raise ClientOptionError(f"context must be a dict or None, not {type(context).__name__}")
+
+
 class _Governed:
     """State and decision logic shared by the sync and async transports."""
 
     def __init__(self, engine: ToolAuthorizer, principal: str, token: str | None,
                  max_body_bytes: int, context: dict[str, Any] | None) -> None:
+        _checked_options(engine, principal, token, max_body_bytes, context)
         self._engine = engine
         self._principal = principal
         self._token = token
         self._max = max_body_bytes
-        if context is not None and not isinstance(context, dict):
-            raise TypeError("context must be a dict")
         self._context = dict(context) if context else None
 
     def _collect(self, chunks: Iterable[bytes]) -> bytes:
@@ -323,8 +352,8 @@ def _check_kwargs(kwargs: dict[str, Any]) -> None:
     # Each of these would route some requests around the governed transport.
     for name in ("transport", "mounts", "proxy", "proxies", "app"):
         if name in kwargs:
-            raise TypeError(f"governed clients do not accept {name}=; pass inner= to "
-                            "wrap another transport")
+            raise ClientOptionError(f"governed clients do not accept {name}=; pass inner= "
+                                    "to wrap another transport")
 
 
 def governed_client(engine: ToolAuthorizer, principal: str, *, token: str | None = None,

@@ -10,7 +10,7 @@ from itertools import islice
 from typing import Any
 
 from policyengine.decide._query.folding import Folder, Rows, Text
-from policyengine.permissions import permission_matches
+from policyengine.permissions import matches
 
 __all__ = ["STATUSES", "Access", "Entries", "FilteredTools", "Permissions", "Principals",
            "ToolAccess", "made", "renamed", "written"]
@@ -99,8 +99,8 @@ class Access:
     def covers(self, permission: str) -> bool:
         """Whether this line speaks for ``permission``: its pattern matches it and none of
         the narrower patterns it excludes does."""
-        return permission_matches(self.pattern, permission) and not any(
-            permission_matches(x, permission) for x in self.excluding)
+        return matches(self.pattern, permission) and not any(
+            matches(x, permission) for x in self.excluding)
 
     @property
     def unconditional(self) -> bool:

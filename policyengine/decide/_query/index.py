@@ -33,7 +33,7 @@ from policyengine.decide._query.folding import (
     value_class,
 )
 from policyengine.decide._runtime import Principal
-from policyengine.permissions import permission_matches
+from policyengine.permissions import matches
 
 if TYPE_CHECKING:
     from policyengine.decide._compiled import CompiledPolicy, CompiledRule
@@ -91,7 +91,7 @@ class IndexCore:
         #: them twice.
         self.nested = frozenset(
             r.order for r in [r for r in policy.rules if len(r.patterns) > 1] if any(
-                p != q and permission_matches(p, q) for p in r.patterns for q in r.patterns))
+                p != q and matches(p, q) for p in r.patterns for q in r.patterns))
         #: Per rule with conditions (by order), whether they read the principal (its id,
         #: roles or attributes): found when a query first meets the rule.
         self._personal: dict[int, bool] = {}
