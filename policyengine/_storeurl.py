@@ -22,6 +22,11 @@ class StoreUrlError(ValueError):
     """Why a store URL cannot be read (the caller raises it again under its own code)."""
 
 
+def _check_string(url: object) -> None:
+    if not isinstance(url, str):
+        raise StoreUrlError(f"a store URL is a string, not {type(url).__name__}")
+
+
 def scheme_of(url: object) -> str:
     """The lower-cased scheme of ``url`` (``""`` for a non-string or no scheme)."""
     return url.split(":", 1)[0].lower() if isinstance(url, str) and ":" in url else ""
@@ -159,7 +164,11 @@ def check_redis_url(plain: str) -> None:
     option cannot take, an option given twice, a database that is no number
     (``redis://host/notadb`` silently meant database 0), or a database given both in the
     path and as ``?db=``. ``unix://`` takes the socket's path and ``?db=``; the TLS
-    options are ``rediss://``'s alone."""
+    options are ``rediss://``'s alone. A URL of another scheme (or no string at all) is
+    refused too."""
+    _check_string(plain)
+    if scheme_of(plain) not in ("redis", "rediss", "unix"):
+        raise StoreUrlError("a Redis URL starts with redis://, rediss:// or unix://")
     try:
         parts = urlsplit(plain)
         parts.port  # noqa: B018 - read for its ValueError (a port that is no number)
@@ -276,6 +285,7 @@ def check_postgres_url(plain: str) -> None:
     given twice, a port that is no number, or a URL libpq's own parser refuses. Each is
     the caller's mistake, raised as the store's bad-input code, never reported as an
     unreachable server."""
+    _check_string(plain)
     try:
         parts = urlsplit(plain)
     except ValueError as exc:

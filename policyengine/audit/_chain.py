@@ -183,12 +183,19 @@ class VerifyReport:
 
 
 def _lines(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[str, int, bytes]]:
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, Iterable):
+        raise LogVerifyError("log_unreadable", "paths must be a list of log file paths, "
+                             f"not {type(paths).__name__}")
     for path in paths:
+        if not isinstance(path, (str, os.PathLike)):
+            raise LogVerifyError("log_unreadable", "a log file path is a str or "
+                                 f"os.PathLike, not {type(path).__name__}")
         name = os.fspath(path)
         try:
             handle = open(name, "rb")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise LogVerifyError("log_unreadable", f"cannot read {name}: {exc}") from None
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+            raise LogVerifyError("log_unreadable", f"cannot read {str(name)[:200]}: {exc}"
+                                 ) from None
         with handle:
             for number, raw in enumerate(handle, 1):
                 yield name, number, raw

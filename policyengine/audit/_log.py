@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import queue
 import threading
@@ -71,6 +72,36 @@ def _close_all() -> None:  # records still queued at exit are written, not lost
             log.close(timeout=5.0)
 
 
+def _seconds(value: object) -> bool:
+    return type(value) in (int, float) and 0 <= value < math.inf  # type: ignore[operator]
+
+
+def _check_options(block_timeout: object, stall_after: object, retry_backoff: object,
+                   max_retry_backoff: object, spill_path: object, keys: object,
+                   clock_ns: object) -> None:
+    """Refuse an option of the wrong kind when the log is made: its threads would fail
+    on it later, with nothing to report to."""
+    for name, value in (("stall_after", stall_after), ("retry_backoff", retry_backoff),
+                        ("max_retry_backoff", max_retry_backoff)):
+        if not _seconds(value):
+            raise DecisionLogError("invalid_log_config", f"{name} must be a number of "
+                                   "seconds >= 0")
+    if block_timeout is not None and not _seconds(block_timeout):
+        raise DecisionLogError("invalid_log_config", "block_timeout must be None or a "
+                               "number of seconds >= 0")
+    if spill_path is not None and not isinstance(spill_path, (str, os.PathLike)):
+        raise DecisionLogError("invalid_log_config", "spill_path must be a path, not "
+                               f"{type(spill_path).__name__}")
+    if not callable(clock_ns):
+        raise DecisionLogError("invalid_log_config", "clock_ns must be a callable returning "
+                               "nanoseconds")
+    if keys is not None:
+        from policyengine.tokens.keys import KeySet
+        if not isinstance(keys, KeySet):
+            raise DecisionLogError("invalid_log_config", "keys must be a KeySet or None, "
+                                   f"not {type(keys).__name__}")
+
+
 class DecisionLog:
     """A decision log over one sink.
 
@@ -95,15 +126,21 @@ class DecisionLog:
                  stall_after: float = 1.0, checkpoint_every: int = 10_000,
                  keys: Any = None, retry_backoff: float = 0.05, max_retry_backoff: float = 2.0,
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
-        if overflow not in OVERFLOW_POLICIES:
+        if not isinstance(overflow, str) or overflow not in OVERFLOW_POLICIES:
             raise DecisionLogError("invalid_log_config", f"overflow must be one of "
-                                   f"{', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
+                                   f"{', '.join(OVERFLOW_POLICIES)}, not {overflow!r}"[:300])
         for name, value in (("capacity", capacity), ("batch_size", batch_size),
-                            ("checkpoint_every", checkpoint_every)):
+                            ("checkpoint_every", checkpoint_every),
+                            ("spill_max_bytes", spill_max_bytes)):
             if type(value) is not int or value < 1:
                 raise DecisionLogError("invalid_log_config", f"{name} must be an int >= 1")
+        _check_options(block_timeout, stall_after, retry_backoff, max_retry_backoff,
+                       spill_path, keys, clock_ns)
         if isinstance(sink, str):
             sink = sink_from_url(sink)
+        elif not all(callable(getattr(sink, m, None)) for m in ("write", "close")):
+            raise DecisionLogError("invalid_log_config", "sink must be a Sink (write(lines), "
+                                   f"close()) or a sink URL, not {type(sink).__name__}")
         self.sink = sink
         #: The policy in force (revision, ``log redact`` rules): the engine sets it on
         #: load and reload; records offered without their own view use it.

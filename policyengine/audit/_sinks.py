@@ -56,16 +56,25 @@ class JsonlFileSink:
 
     def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = 100 * 2**20,
                  keep: int = 0, fsync: bool = False) -> None:
-        if max_bytes < 1024:
-            raise DecisionLogError("invalid_log_config", "max_bytes must be >= 1024")
-        if keep < 0:
-            raise DecisionLogError("invalid_log_config", "keep must be >= 0")
+        if type(max_bytes) is not int or max_bytes < 1024:
+            raise DecisionLogError("invalid_log_config", "max_bytes must be a whole number "
+                                   ">= 1024")
+        if type(keep) is not int or keep < 0:
+            raise DecisionLogError("invalid_log_config", "keep must be a whole number >= 0")
+        if not isinstance(path, (str, os.PathLike)):
+            raise DecisionLogError("invalid_log_config", "a decision log file is a str or "
+                                   f"os.PathLike path, not {type(path).__name__}")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.keep = keep
         self.fsync = fsync
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[bytes] = open(self.path, "ab")  # noqa: SIM115 - kept open
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: IO[bytes] = open(self.path, "ab")  # noqa: SIM115 - kept open
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise DecisionLogError("invalid_log_config", "cannot open the decision log file "
+                                   f"{str(path)[:200]!r}: {reason}") from None
         self._size = self._file.tell()
 
     def resume(self) -> tuple[int, str] | None:
@@ -187,7 +196,7 @@ class HttpSink:
                  max_backoff: float = 5.0, gzip: bool = True, client: Any = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         import httpx
-        if not url.startswith(("http://", "https://")):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise DecisionLogError("invalid_log_config", "an http sink needs an http(s) URL")
         self.url = url
         self._headers = {"content-type": "application/x-ndjson", **(headers or {})}
@@ -232,6 +241,9 @@ class HttpSink:
 def sink_from_url(url: str, **options: Any) -> Sink:
     """``file:///var/log/pe/decisions.jsonl`` (or a plain path), ``stdout:``,
     ``http://...`` / ``https://...``; ``options`` go to the sink's constructor."""
+    if not isinstance(url, str):
+        raise DecisionLogError("invalid_log_config", "a decision log sink URL is a string, "
+                               f"not {type(url).__name__}")
     if url in ("stdout:", "-"):
         return StdoutSink()
     if url.startswith(("http://", "https://")):

@@ -70,6 +70,8 @@ def check_store_options(where: str = "budget store", **options: Any) -> None:
 
 def shown_url(url: str) -> str:
     """``url`` as the user wrote it, with any password masked."""
+    if not isinstance(url, str):
+        return f"<{type(url).__name__}>"
     try:
         parts = urlsplit(url)
         if parts.password is None:

@@ -853,6 +853,11 @@ class Ledger:
         shadow: Iterable[BudgetSpec] = (),
         default_currency: str | None = None,
     ) -> None:
+        specs = tuple(specs) if isinstance(specs, Iterable) and not isinstance(
+            specs, (str, bytes)) else (None,)
+        if not all(isinstance(s, BudgetSpec) for s in specs):
+            raise BudgetInputError("invalid_budget", "a Ledger's budgets are BudgetSpec "
+                                   "objects")
         self.specs: tuple[BudgetSpec, ...] = tuple(specs)
         if default_currency is not None:
             if type(default_currency) is not str or not is_currency(default_currency):

@@ -139,6 +139,8 @@ class PriceTable:
     __slots__ = ("_by_key", "entries")
 
     def __init__(self, prices: Iterable[ModelPrice]) -> None:
+        if isinstance(prices, (str, bytes)) or not isinstance(prices, Iterable):
+            raise _bad(f"a price table holds ModelPrice entries, not {type(prices).__name__}")
         self.entries: tuple[ModelPrice, ...] = tuple(prices)
         self._by_key: dict[tuple[str, str], ModelPrice] = {}
         for p in self.entries:

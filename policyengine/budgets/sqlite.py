@@ -45,7 +45,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal, TypeVar
 
 from policyengine.budgets._options import check_store_options
-from policyengine.budgets.errors import BudgetStoreError
+from policyengine.budgets.errors import BudgetInputError, BudgetStoreError
 from policyengine.budgets.ratelimit import RateKey, RateOutcome, gcra_all, now_micros
 from policyengine.budgets.spec import MAX_ROLLING_SECONDS
 from policyengine.budgets.store import (
@@ -177,7 +177,12 @@ class SQLiteStore:
     ) -> None:
         check_store_options("SQLiteStore", durability=durability, busy_timeout=busy_timeout,
                             retention=retention)
-        self.path = os.fspath(path)
+        name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+        if not isinstance(name, str) or not name or "\x00" in name:
+            raise BudgetInputError("invalid_store_url", "SQLiteStore: the database is a "
+                                   "non-empty path (or ':memory:') without a NUL character, "
+                                   f"not {_shown(path)}")
+        self.path = name
         self.durability = durability
         self.busy_timeout = busy_timeout
         self.retention = retention
@@ -607,3 +612,7 @@ def _abort(conn: sqlite3.Connection, exc: BaseException) -> None:
         conn.execute("ROLLBACK")
     if isinstance(exc, sqlite3.Error):
         raise _unavailable(exc) from exc
+
+
+def _shown(path: object) -> str:
+    return repr(path)[:100] if isinstance(path, (str, os.PathLike)) else type(path).__name__

@@ -193,6 +193,9 @@ def _lark() -> Lark:
 def parse(text: str | bytes, name: str = "<policy>") -> ast.PolicyFile:
     """Parse one policy file. Raises :class:`PolicyError` listing every syntax error."""
     sources = SourceSet()
+    if not isinstance(name, str):
+        raise PolicyError([sources.problem("E008", f"the file name must be a string, not "
+                                           f"{type(name).__name__}", "<policy>", 1, 1)])
     result, problems = _parse_file(text, name, sources)
     if problems:
         raise PolicyError(problems)

@@ -469,6 +469,8 @@ def verify(
         entry = keys.verify_cache.get(cache_key)
     except TypeError:  # unhashable option: fall through to the full (failing) path
         entry = None
+    except AttributeError:  # (a try costs nothing until it catches: no check per call)
+        raise _not_keys(keys) from None
     if entry is None:
         entry = _verify_uncached(keys, token, now, issuer, audience, rates, max_depth, max_ttl,
                                  child_max_ttl)
@@ -614,6 +616,10 @@ def _seconds(value: object, what: str) -> int:
     raise _fail("invalid_option", f"{what} must be a positive number of seconds")
 
 
+def _not_keys(keys: object) -> TokenError:
+    return _fail("invalid_option", f"keys must be a KeySet, not {type(keys).__name__}")
+
+
 def _now(now: float | None) -> int:
     t = time.time() if now is None else now
     if type(t) not in (int, float) or not 0 <= t <= _MAX_TIME:
@@ -691,7 +697,12 @@ def mint(
     >>> verify(keys, tok).chain
     ('besar', 'travel-agent')
     """
+    if not isinstance(keys, KeySet):
+        raise _not_keys(keys)
     iat = _now(now)
+    if not_before is not None and (type(not_before) is not int
+                                   or not 0 <= not_before <= _MAX_TIME):
+        raise _fail("invalid_time_claim", "not_before must be whole POSIX seconds")
     nbf = iat if not_before is None else not_before
     claims: dict[str, Any] = {
         "iss": issuer, "sub": agent, "iat": iat, "nbf": nbf,
@@ -735,6 +746,10 @@ def attenuate(
     ``expiry_widened``, ``depth_exceeded``, ``max_depth_raised``, ``chain_cycle``, ...).
     The parent itself must verify now (same keys, not revoked).
     """
+    if not isinstance(keys, KeySet):
+        raise _not_keys(keys)
+    if not isinstance(parent_token, str):
+        raise _fail("malformed", f"a token is a string, not {type(parent_token).__name__}")
     parent_grant = verify(keys, parent_token, now=now, audience=_aud_of(keys, parent_token),
                           rates=rates, revocations=revocations)
     parent = parent_grant.hops[-1]

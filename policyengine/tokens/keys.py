@@ -74,8 +74,8 @@ class Key:
 
     def __init__(self, alg: str, public: Any, private: Any = None, kid: str | None = None,
                  issuer: str | None = None):
-        if alg not in _SIGNERS:
-            raise TokenError("unsupported_key", f"unsupported algorithm {alg!r}")
+        if type(alg) is not str or alg not in _SIGNERS:
+            raise TokenError("unsupported_key", f"unsupported algorithm {alg!r}"[:200])
         self.alg = alg
         self.public = public
         self.private = private
@@ -292,6 +292,11 @@ class KeySet:
 
     def __init__(self, keys: Iterable[Key] = (), *, active: str | None = None) -> None:
         self._keys: dict[str, Key] = {}
+        keys = tuple(keys) if isinstance(keys, Iterable) and not isinstance(
+            keys, (str, bytes)) else (None,)
+        if not all(isinstance(k, Key) for k in keys):
+            raise TokenError("invalid_key", "a KeySet is made of Key objects (read a file "
+                             "with KeySet.from_file, a JWKS with load_jwks)")
         for key in keys:
             if key.kid in self._keys:
                 raise TokenError("duplicate_kid", f"two keys share kid {key.kid!r}")
@@ -304,8 +309,9 @@ class KeySet:
                              "keys of the set do: give every key its issuer")
         if active is None:
             active = next((k.kid for k in self._keys.values() if k.can_sign), None)
-        elif active not in self._keys or not self._keys[active].can_sign:
-            raise TokenError("no_signing_key", f"no private key with kid {active!r}")
+        elif type(active) is not str or active not in self._keys \
+                or not self._keys[active].can_sign:
+            raise TokenError("no_signing_key", f"no private key with kid {active!r}"[:200])
         self._active = active
         #: Algorithms any key here accepts: the per-set allowlist checked before the kid.
         self.algorithms = frozenset(k.alg for k in self._keys.values())

@@ -41,6 +41,9 @@ class MemoryRevocationStore:
     """Revocations in a set: O(1) per id. Not shared between processes."""
 
     def __init__(self, identifiers: Iterable[str] = ()) -> None:
+        if isinstance(identifiers, (str, bytes)) or not isinstance(identifiers, Iterable):
+            raise TokenError("invalid_revocations", "the revoked ids are a list of strings, "
+                             f"not {type(identifiers).__name__}")
         self._ids: set[str] = {check_id(i) for i in identifiers}
         #: Revocations made so far: moved by every ``revoke``, after the id is in. A
         #: caller that found ids unrevoked at one count knows they still are while it
@@ -68,12 +71,21 @@ class JsonFileRevocationStore(MemoryRevocationStore):
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TokenError("invalid_revocations", "a revocation file is a str or "
+                             f"os.PathLike path, not {type(path).__name__}")
         self.path = Path(path)
         ids: list[str] = []
-        if self.path.exists():
+        try:
+            text = self.path.read_text(encoding="utf-8") if self.path.exists() else None
+        except (OSError, ValueError) as exc:  # a directory, too long, a NUL, not UTF-8
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise TokenError("invalid_revocations", "cannot read revocation file "
+                             f"{str(path)[:200]!r}: {reason}") from None
+        if text is not None:
             try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-            except ValueError as exc:
+                data = json.loads(text)
+            except (ValueError, RecursionError) as exc:
                 raise TokenError("invalid_revocations", f"{self.path}: {exc}") from None
             if not isinstance(data, dict) or not isinstance(data.get("revoked"), list):
                 raise TokenError(
@@ -96,4 +108,9 @@ def revoke(store: RevocationStore, identifier: str) -> None:
 
     Every token whose chain contains that id stops verifying (code ``revoked``).
     """
-    store.revoke(check_id(identifier))
+    try:
+        revoke_in = store.revoke
+    except AttributeError:
+        raise TokenError("invalid_option", "store must be a RevocationStore (with revoke), "
+                         f"not {type(store).__name__}") from None
+    revoke_in(check_id(identifier))

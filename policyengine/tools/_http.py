@@ -225,7 +225,8 @@ def _retargeted(request: httpx.Request) -> ToolDenied | None:
 class ClientOptionError(PolicyEngineError, TypeError):
     """A governed client or transport given an option of the wrong kind (an ``engine``
     without ``tool_authorize``, a ``principal`` or ``token`` that is not a string, a
-    ``context`` that is not a dict, a ``max_body_bytes`` that is not a positive whole
+    ``context`` that is not a dict, an ``inner`` that is no httpx transport of its kind,
+    a ``max_body_bytes`` that is not a positive whole
     number, an httpx option that would route around the transport): code
     ``invalid_option``, raised when the client is made. Also a ``TypeError``, which these
     calls raised before."""
@@ -298,6 +299,9 @@ class GovernedTransport(_Governed, httpx.BaseTransport):
                  max_body_bytes: int = MAX_BODY_BYTES,
                  context: dict[str, Any] | None = None) -> None:
         super().__init__(engine, principal, token, max_body_bytes, context)
+        if inner is not None and not isinstance(inner, httpx.BaseTransport):
+            raise ClientOptionError("inner must be an httpx.BaseTransport, not "
+                                    f"{type(inner).__name__}")
         self._inner = inner if inner is not None else httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -325,6 +329,9 @@ class AsyncGovernedTransport(_Governed, httpx.AsyncBaseTransport):
                  max_body_bytes: int = MAX_BODY_BYTES,
                  context: dict[str, Any] | None = None) -> None:
         super().__init__(engine, principal, token, max_body_bytes, context)
+        if inner is not None and not isinstance(inner, httpx.AsyncBaseTransport):
+            raise ClientOptionError("inner must be an httpx.AsyncBaseTransport, not "
+                                    f"{type(inner).__name__}")
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -306,8 +306,11 @@ def fold_path(path: str) -> str:
     >>> fold_path("/V1/Caf%C3%89")
     '/v1/caf%C3%A9'
     """
-    if "%" not in path:
-        return path.lower()
+    try:  # (a try costs nothing until it catches: no check per call)
+        if "%" not in path:
+            return path.lower()
+    except (TypeError, AttributeError):
+        raise _not_a_path(path) from None
     out: list[str] = []
     pos = 0
     for m in _ESCAPE_RUN.finditer(path):
@@ -321,7 +324,14 @@ def fold_path(path: str) -> str:
 
 def split_path(path: str) -> tuple[str, ...]:
     """Segments of a *normalised* path: ``/`` -> ``()``, ``/a/`` -> ``("a", "")``."""
-    return () if path == "/" else tuple(path[1:].split("/"))
+    try:
+        return () if path == "/" else tuple(path[1:].split("/"))
+    except (TypeError, AttributeError):
+        raise _not_a_path(path) from None
+
+
+def _not_a_path(path: object) -> ToolRequestError:
+    return ToolRequestError("invalid_path", f"a path is a string, not {type(path).__name__}")
 
 
 # --------------------------------------------------------------------------- patterns
@@ -544,6 +554,8 @@ class NamePattern:
     __slots__ = ("_kind", "_prefix", "text")
 
     def __init__(self, text: str) -> None:
+        if not isinstance(text, str):
+            raise ToolPatternError(f"a name pattern is a string, not {type(text).__name__}")
         self.text = text
         if "*" not in text and "?" not in text:
             self._kind = "exact"

@@ -447,7 +447,7 @@ class RedactionRule:
     _plain: Location | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
+        if type(self.strategy) is not str or self.strategy not in STRATEGIES:
             raise RedactionError("invalid_rule", f"unknown redaction strategy "
                                  f"{self.strategy!r}; use one of {sorted(STRATEGIES)}")
         if isinstance(self.keep, bool) or not isinstance(self.keep, int):
@@ -669,8 +669,10 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
     >>> r.body, r.redactions
     ({'card': '***REDACTED***', 'n': 1}, [{'field': '$.card', 'strategy': 'mask'}])
     """
-    if not isinstance(rules, (list, tuple)):
-        rules = list(rules)
+    rules = tuple(rules) if isinstance(rules, Iterable) and not isinstance(
+        rules, (str, bytes)) else (None,)
+    if not all(isinstance(r, RedactionRule) for r in rules):
+        raise RedactionError("invalid_rule", "rules must be a list of RedactionRule")
     key, key_problem = _checked_key(hmac_key)
     out, applied, diagnostics = _apply(rules, key, key_problem, body)
     return RedactionResult(out, [r._rec for r in applied], diagnostics)
