@@ -359,3 +359,14 @@ def test_hostile_values_raise_only_package_errors(name: str, tmp_path: Path,
             except Exception as exc:
                 wrong.append(f"{short}(...).close(): {type(exc).__name__}: {str(exc)[:100]}")
     assert not wrong, "\n".join(wrong[:10])
+
+
+def test_log_verify_with_an_unreadable_key_file_prints_the_key_code(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``log verify --keys`` prints the documented ``invalid_key`` (it printed
+    ``invalid_keys``, a code no page lists, and a missing file was an OSError)."""
+    from policyengine.cli import main
+    log = _write(tmp_path, b"", "decisions.jsonl")
+    assert main(["log", "verify", "--keys", str(tmp_path / "missing.json"), str(log)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid_key: cannot read key file "), err

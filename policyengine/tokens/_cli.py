@@ -273,8 +273,9 @@ def run(args: argparse.Namespace) -> int:
         message = getattr(exc, "message", str(exc))
         print(f"error: {code}: {message}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"error: io_error: {exc}", file=sys.stderr)
+    except OSError as exc:  # writing a key or revocation file
+        code = "io_error"
+        print(f"error: {code}: {exc}", file=sys.stderr)
         return 1
     finally:
         for store in opened:  # connections to a shared revocation store
