@@ -258,7 +258,7 @@ def _eval(args: argparse.Namespace) -> int:
     except TokenError as exc:  # invalid_revocations, as token verify --revocations
         print(f"error: revocations: {exc}", file=sys.stderr)
         return 2
-    except ApprovalError as exc:  # approval_store_error, as serve --approvals
+    except ApprovalError as exc:  # invalid_approval_store, as serve --approvals
         print(f"error: approvals: {exc}", file=sys.stderr)
         return 2
     except UsageError as exc:

@@ -78,7 +78,7 @@ def _modules() -> Iterator[object]:
 # message) into its error reply inside server/. A public name only because the service's
 # wire modules share it (no private name crosses a module, tests/test_layers.py). A store
 # URL the budget, approval and revocation stores cannot read is raised again under each
-# store's own code (invalid_store_url, approval_store_error, invalid_revocations); a file
+# store's own code (invalid_store_url, invalid_approval_store, invalid_revocations); a file
 # that cannot be read, under the reader's (invalid_rate_table, invalid_key).
 INTERNAL_EXCEPTIONS = frozenset({"policyengine.server._app.RefusalError",
                                  "policyengine._storeurl.StoreUrlError",

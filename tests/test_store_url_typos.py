@@ -1,6 +1,6 @@
 """A store URL with an option no part of the store reads is refused where the store is
 opened, with the store's own code: budget ``invalid_store_url``, approval
-``approval_store_error``, revocation ``invalid_revocations``. redis-py hands any query
+``invalid_approval_store``, revocation ``invalid_revocations``. redis-py hands any query
 option it does not know to its connection class, which raised a bare ``TypeError`` at the
 first command (``redis://...?foo=1``); ``memory:?durability=full`` and ``memory:anything``
 opened a memory store, ignoring what they said; ``redis://host/notadb`` used database 0.
@@ -36,7 +36,7 @@ KNOWN_REDIS = {"db", "socket_timeout", "socket_connect_timeout", "socket_keepali
 
 OPENERS: list[tuple[str, Callable[[str], Any], type[PolicyEngineError], str]] = [
     ("budget", store_from_url, BudgetInputError, "invalid_store_url"),
-    ("approval", approvals_from_url, ApprovalError, "approval_store_error"),
+    ("approval", approvals_from_url, ApprovalError, "invalid_approval_store"),
     ("revocation", revocations_from_url, TokenError, "invalid_revocations"),
 ]
 
@@ -55,8 +55,7 @@ KNOWN_PG = {
     "oauth_issuer", "oauth_client_id", "oauth_client_secret", "oauth_scope",
     "schema", "durability", "pool_size", "max_clock_skew", "retention", "refresh",
     "max_stale", "create"}
-#: What each kind's refusal of a URL says first (an outage says something else: the
-#: approval store's outage code is the same ``approval_store_error``).
+#: What each kind's refusal of a URL says first (an outage has its own code and words).
 URL_REFUSAL = {"budget": "budget store URL", "approval": "approval store URL",
                "revocation": "revocation store URL"}
 
@@ -224,7 +223,7 @@ def test_any_unknown_redis_option_gets_each_store_its_code(name: str) -> None:
 def test_an_engine_refuses_such_urls_with_the_stores_codes(url: str) -> None:
     src = 'namespace t\nrole r: docs:*\nagent "bot": r\napproval del: docs:delete\n'
     for option, code in (("budget_store", "invalid_store_url"),
-                         ("approvals", "approval_store_error"),
+                         ("approvals", "invalid_approval_store"),
                          ("revocations", "invalid_revocations")):
         with pytest.raises(PolicyEngineError) as info:
             Engine.from_source(src, **{option: url})
@@ -246,7 +245,7 @@ def test_cli_eval_reports_the_code_not_a_traceback(tmp_path: Path, url: str) -> 
 
 
 @pytest.mark.parametrize(("flag", "code"), [("--budget-store", "invalid_store_url"),
-                                            ("--approvals", "approval_store_error"),
+                                            ("--approvals", "invalid_approval_store"),
                                             ("--revocations", "invalid_revocations")])
 def test_serve_reports_a_bad_postgres_option_with_its_code(
     tmp_path: Path, flag: str, code: str,

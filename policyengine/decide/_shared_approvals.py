@@ -92,18 +92,18 @@ class PostgresApprovalStore(ApprovalStore):
     def __init__(self, url: str, *, schema: str = "policyengine",
                  connect_timeout: float = 5.0) -> None:
         if type(schema) is not str or not _SCHEMA_NAME.match(schema):
-            raise ApprovalError("approval_store_error", f"schema={schema!r}: must be a "
+            raise ApprovalError("invalid_approval_store", f"schema={schema!r}: must be a "
                                 "lower-case SQL name (a-z, 0-9, _; at most 63 characters)")
         if (not isinstance(connect_timeout, (int, float)) or isinstance(connect_timeout, bool)
                 or not 0 < connect_timeout <= _MAX_SECONDS):
-            raise ApprovalError("approval_store_error", f"connect_timeout={connect_timeout!r}"
-                                f": must be a number of seconds above 0, at most "
-                                f"{_MAX_SECONDS:,}")
+            raise ApprovalError("invalid_approval_store",
+                                f"connect_timeout={connect_timeout!r}: must be a number "
+                                f"of seconds above 0, at most {_MAX_SECONDS:,}")
         from policyengine._storeurl import StoreUrlError, check_postgres_url
         try:
             check_postgres_url(url)
         except StoreUrlError as exc:
-            raise ApprovalError("approval_store_error", f"approval store URL: {exc}"
+            raise ApprovalError("invalid_approval_store", f"approval store URL: {exc}"
                                 ) from None
         self.url = url
         self.schema = schema
@@ -321,12 +321,13 @@ class RedisApprovalStore(ApprovalStore):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
         if type(prefix) is not str or not prefix:
-            raise ApprovalError("approval_store_error", "prefix must be a non-empty string")
+            raise ApprovalError("invalid_approval_store",
+                                "prefix must be a non-empty string")
         from policyengine._storeurl import StoreUrlError, check_redis_url
         try:
             check_redis_url(url)
         except StoreUrlError as exc:
-            raise ApprovalError("approval_store_error", f"approval store URL: {exc}"
+            raise ApprovalError("invalid_approval_store", f"approval store URL: {exc}"
                                 ) from None
         self.url = url
         self.prefix = prefix
@@ -437,7 +438,7 @@ class RedisApprovalStore(ApprovalStore):
 def approvals_from_url(url: str, **options: Any) -> Any:
     """The approval store ``url`` names: ``memory:``, ``postgresql://...?schema=...``
     (and ``connect_timeout``) or ``redis://...?prefix=...``. Raises
-    ``ApprovalError("approval_store_error")`` for another URL, or a bad option (a
+    ``ApprovalError("invalid_approval_store")`` for another URL, or a bad option (a
     ``schema`` that is no lower-case SQL name, an empty ``prefix``, an option given
     twice, an option neither the store nor its driver reads)."""
     from policyengine._storeurl import (
@@ -452,11 +453,11 @@ def approvals_from_url(url: str, **options: Any) -> Any:
         try:
             check_memory_url(url)
         except StoreUrlError as exc:
-            raise ApprovalError("approval_store_error", f"approval store URL: {exc}"
+            raise ApprovalError("invalid_approval_store", f"approval store URL: {exc}"
                                 ) from None
         return MemoryApprovalStore()
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
-        raise ApprovalError("approval_store_error", "an approval store URL is memory:, "
+        raise ApprovalError("invalid_approval_store", "an approval store URL is memory:, "
                             "postgresql://... or redis://...")
     postgres = scheme.startswith("postgres")
     # each kind takes out its own options; any other is left for the driver's check,
@@ -466,11 +467,11 @@ def approvals_from_url(url: str, **options: Any) -> Any:
     try:
         plain, mine = split_store_url(url, own)
     except StoreUrlError as exc:
-        raise ApprovalError("approval_store_error", f"approval store URL: {exc}") from None
+        raise ApprovalError("invalid_approval_store", f"approval store URL: {exc}") from None
     store = PostgresApprovalStore if postgres else RedisApprovalStore
     try:
         return store(plain, **{**mine, **options})
     except ApprovalError:
         raise
     except ValueError as exc:  # the driver cannot read the URL (a port that is no number)
-        raise ApprovalError("approval_store_error", f"approval store URL: {exc}") from None
+        raise ApprovalError("invalid_approval_store", f"approval store URL: {exc}") from None

@@ -837,7 +837,7 @@ def test_a_replay_after_the_lease_ends_is_the_original_on_any_host(
 
 
 @pytest.mark.parametrize(("flag", "code"), [("--budget-store", "invalid_store_url"),
-                                            ("--approvals", "approval_store_error"),
+                                            ("--approvals", "invalid_approval_store"),
                                             ("--revocations", "invalid_revocations")])
 def test_serve_takes_shared_state_urls_and_refuses_bad_ones(
     flag: str, code: str, tmp_path: Path

@@ -137,11 +137,11 @@ def test_an_approval_granted_on_a_store_is_honoured_by_eval(
     ("--revocations", f"{NO_REDIS}?prefix=", "invalid_revocations"),
     ("--revocations", f"{NO_PG}?schema=Bad-Name", "invalid_revocations"),
     ("--revocations", "memory:?bogus=1", "invalid_revocations"),
-    ("--approvals", "sqlite:///a.db", "approval_store_error"),
-    ("--approvals", f"{NO_PG}?schema=Bad-Name", "approval_store_error"),
-    ("--approvals", f"{NO_REDIS}?prefix=", "approval_store_error"),
-    ("--approvals", "memory:?bogus=1", "approval_store_error"),
-    ("--approvals", "revoked.json", "approval_store_error"),
+    ("--approvals", "sqlite:///a.db", "invalid_approval_store"),
+    ("--approvals", f"{NO_PG}?schema=Bad-Name", "invalid_approval_store"),
+    ("--approvals", f"{NO_REDIS}?prefix=", "invalid_approval_store"),
+    ("--approvals", "memory:?bogus=1", "invalid_approval_store"),
+    ("--approvals", "revoked.json", "invalid_approval_store"),
 ])
 @pytest.mark.parametrize("command", ["eval", "explain"])
 def test_a_bad_store_url_is_refused_with_its_code(

@@ -220,7 +220,7 @@ def test_an_unreachable_approval_store_is_never_an_allow(kind: str) -> None:
 
 def test_approval_store_urls() -> None:
     assert isinstance(approvals_from_url("memory:"), MemoryApprovalStore)
-    assert code_of(lambda: approvals_from_url("mysql://x/y")) == "approval_store_error"
+    assert code_of(lambda: approvals_from_url("mysql://x/y")) == "invalid_approval_store"
 
 
 SKEWED = """namespace t
