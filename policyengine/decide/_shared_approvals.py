@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
 import re
 import threading
@@ -82,6 +83,18 @@ def _consume_code(status: str) -> str:
             "rejected": "approval_rejected"}.get(status, "approval_used")
 
 
+def _check_seconds(name: str, value: object, *, positive: bool) -> None:
+    """Refuse a time option that is no finite number of seconds from 0 (above 0 with
+    ``positive``) to :data:`_MAX_SECONDS` (``invalid_approval_store``)."""
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not math.isfinite(value) or value < 0 or (positive and value == 0)
+            or value > _MAX_SECONDS):
+        raise ApprovalError("invalid_approval_store",
+                            f"{name}={value!r}: must be a number of seconds "
+                            f"{'above 0, at most' if positive else 'from 0 to'} "
+                            f"{_MAX_SECONDS:,}")
+
+
 class PostgresApprovalStore(ApprovalStore):
     """Approvals in ``<schema>.approvals`` (created if missing), one connection per
     process and thread. Every time is the server's ``clock_timestamp()``."""
@@ -94,11 +107,7 @@ class PostgresApprovalStore(ApprovalStore):
         if type(schema) is not str or not _SCHEMA_NAME.match(schema):
             raise ApprovalError("invalid_approval_store", f"schema={schema!r}: must be a "
                                 "lower-case SQL name (a-z, 0-9, _; at most 63 characters)")
-        if (not isinstance(connect_timeout, (int, float)) or isinstance(connect_timeout, bool)
-                or not 0 < connect_timeout <= _MAX_SECONDS):
-            raise ApprovalError("invalid_approval_store",
-                                f"connect_timeout={connect_timeout!r}: must be a number "
-                                f"of seconds above 0, at most {_MAX_SECONDS:,}")
+        _check_seconds("connect_timeout", connect_timeout, positive=True)
         from policyengine._storeurl import StoreUrlError, check_postgres_url
         try:
             check_postgres_url(url)
@@ -323,6 +332,10 @@ class RedisApprovalStore(ApprovalStore):
         if type(prefix) is not str or not prefix:
             raise ApprovalError("invalid_approval_store",
                                 "prefix must be a non-empty string")
+        # checked here, not found out later: a bad keep_expired failed every add (the
+        # script's EXPIRE refused it), a bad timeout the first command
+        _check_seconds("keep_expired", keep_expired, positive=False)
+        _check_seconds("timeout", timeout, positive=True)
         from policyengine._storeurl import StoreUrlError, check_redis_url
         try:
             check_redis_url(url)
@@ -437,10 +450,12 @@ class RedisApprovalStore(ApprovalStore):
 
 def approvals_from_url(url: str, **options: Any) -> Any:
     """The approval store ``url`` names: ``memory:``, ``postgresql://...?schema=...``
-    (and ``connect_timeout``) or ``redis://...?prefix=...``. Raises
+    (and ``connect_timeout``) or ``redis://...?prefix=...`` (and ``keep_expired``,
+    ``timeout``): the constructor's options, in the query. Raises
     ``ApprovalError("invalid_approval_store")`` for another URL, or a bad option (a
-    ``schema`` that is no lower-case SQL name, an empty ``prefix``, an option given
-    twice, an option neither the store nor its driver reads)."""
+    ``schema`` that is no lower-case SQL name, an empty ``prefix``, a time that is no
+    number of seconds up to ten years, an option given twice, an option neither the
+    store nor its driver reads)."""
     from policyengine._storeurl import (
         StoreUrlError,
         check_memory_url,
@@ -463,7 +478,7 @@ def approvals_from_url(url: str, **options: Any) -> Any:
     # each kind takes out its own options; any other is left for the driver's check,
     # which refuses it (``?prefix=`` on PostgreSQL is no libpq option)
     own: dict[str, Any] = ({"schema": str, "connect_timeout": float} if postgres
-                           else {"prefix": str})
+                           else {"prefix": str, "keep_expired": float, "timeout": float})
     try:
         plain, mine = split_store_url(url, own)
     except StoreUrlError as exc:

@@ -471,10 +471,11 @@ def _new_id() -> str:
 
 def revocations_from_url(url: str, **options: Any) -> Any:
     """The revocation store ``url`` names: ``memory:``, ``postgresql://...?schema=...``
-    (and ``connect_timeout``) or ``redis://...?prefix=...`` (``refresh``, ``max_stale``
-    and ``create`` ride in the query too: ``create`` makes a dataset where there is none,
-    see the stores). A URL or option it cannot use (one neither the store nor its driver
-    reads included) raises ``TokenError`` ``invalid_revocations``."""
+    (and ``connect_timeout``) or ``redis://...?prefix=...`` (and ``timeout``;
+    ``refresh``, ``max_stale`` and ``create`` ride in the query too: ``create`` makes a
+    dataset where there is none, see the stores). A URL or option it cannot use (one
+    neither the store nor its driver reads included) raises ``TokenError``
+    ``invalid_revocations``."""
     from policyengine._storeurl import (
         StoreUrlError,
         check_memory_url,
@@ -498,7 +499,7 @@ def revocations_from_url(url: str, **options: Any) -> Any:
     # which refuses it (``?prefix=`` on PostgreSQL is no libpq option)
     own: dict[str, Any] = {"refresh": float, "max_stale": float, "create": _flag,
                            **({"schema": str, "connect_timeout": float} if postgres
-                              else {"prefix": str})}
+                              else {"prefix": str, "timeout": float})}
     try:
         plain, mine = split_store_url(url, own)
     except StoreUrlError as exc:
