@@ -27,15 +27,16 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from policyengine.decide._approvals import Approval, ApprovalError, ApprovalStore
 
 __all__ = ["PostgresApprovalStore", "RedisApprovalStore", "approvals_from_url"]
 
+_T = TypeVar("_T")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 #: Longest time option (ten years, as for the other stores): beyond, a value is a typo.
 _MAX_SECONDS = 315_360_000
@@ -95,6 +96,16 @@ def _check_seconds(name: str, value: object, *, positive: bool) -> None:
                             f"{_MAX_SECONDS:,}")
 
 
+def _url_read(read: Callable[..., _T], *args: Any) -> _T:
+    """``read(*args)``, one of ``_storeurl``'s checks or readers of a store URL, its
+    refusal (``StoreUrlError``) raised as this store's ``invalid_approval_store``."""
+    from policyengine._storeurl import StoreUrlError
+    try:
+        return read(*args)
+    except StoreUrlError as exc:
+        raise ApprovalError("invalid_approval_store", f"approval store URL: {exc}") from None
+
+
 class PostgresApprovalStore(ApprovalStore):
     """Approvals in ``<schema>.approvals`` (created if missing), one connection per
     process and thread. Every time is the server's ``clock_timestamp()``."""
@@ -108,12 +119,8 @@ class PostgresApprovalStore(ApprovalStore):
             raise ApprovalError("invalid_approval_store", f"schema={schema!r}: must be a "
                                 "lower-case SQL name (a-z, 0-9, _; at most 63 characters)")
         _check_seconds("connect_timeout", connect_timeout, positive=True)
-        from policyengine._storeurl import StoreUrlError, check_postgres_url
-        try:
-            check_postgres_url(url)
-        except StoreUrlError as exc:
-            raise ApprovalError("invalid_approval_store", f"approval store URL: {exc}"
-                                ) from None
+        from policyengine._storeurl import check_postgres_url
+        _url_read(check_postgres_url, url)
         self.url = url
         self.schema = schema
         self.connect_timeout = connect_timeout
@@ -336,12 +343,8 @@ class RedisApprovalStore(ApprovalStore):
         # script's EXPIRE refused it), a bad timeout the first command
         _check_seconds("keep_expired", keep_expired, positive=False)
         _check_seconds("timeout", timeout, positive=True)
-        from policyengine._storeurl import StoreUrlError, check_redis_url
-        try:
-            check_redis_url(url)
-        except StoreUrlError as exc:
-            raise ApprovalError("invalid_approval_store", f"approval store URL: {exc}"
-                                ) from None
+        from policyengine._storeurl import check_redis_url
+        _url_read(check_redis_url, url)
         self.url = url
         self.prefix = prefix
         self.keep_expired = keep_expired
@@ -456,20 +459,11 @@ def approvals_from_url(url: str, **options: Any) -> Any:
     ``schema`` that is no lower-case SQL name, an empty ``prefix``, a time that is no
     number of seconds up to ten years, an option given twice, an option neither the
     store nor its driver reads)."""
-    from policyengine._storeurl import (
-        StoreUrlError,
-        check_memory_url,
-        scheme_of,
-        split_store_url,
-    )
+    from policyengine._storeurl import check_memory_url, scheme_of, split_store_url
     from policyengine.decide._approvals import MemoryApprovalStore
     scheme = scheme_of(url)
     if scheme == "memory":
-        try:
-            check_memory_url(url)
-        except StoreUrlError as exc:
-            raise ApprovalError("invalid_approval_store", f"approval store URL: {exc}"
-                                ) from None
+        _url_read(check_memory_url, url)
         return MemoryApprovalStore()
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
         raise ApprovalError("invalid_approval_store", "an approval store URL is memory:, "
@@ -479,10 +473,7 @@ def approvals_from_url(url: str, **options: Any) -> Any:
     # which refuses it (``?prefix=`` on PostgreSQL is no libpq option)
     own: dict[str, Any] = ({"schema": str, "connect_timeout": float} if postgres
                            else {"prefix": str, "keep_expired": float, "timeout": float})
-    try:
-        plain, mine = split_store_url(url, own)
-    except StoreUrlError as exc:
-        raise ApprovalError("invalid_approval_store", f"approval store URL: {exc}") from None
+    plain, mine = _url_read(split_store_url, url, own)
     store = PostgresApprovalStore if postgres else RedisApprovalStore
     try:
         return store(plain, **{**mine, **options})
