@@ -69,16 +69,31 @@ def check_memory_url(plain: str) -> None:
                             "with only the options the store reads)")
 
 
+#: Longest time option of any store (ten years): beyond, a value is a typo, and a store's
+#: arithmetic on it can fail on every call (Redis refuses a retention of 1e300 seconds).
+MAX_SECONDS = 315_360_000
+
+
+def seconds_ok(value: object, *, positive: bool = False) -> bool:
+    """A time option every store takes: a finite number of seconds from 0 (above 0 with
+    ``positive``) to :data:`MAX_SECONDS` (a NaN compares false everywhere, an infinity
+    bounds nothing). Each store refuses any other with its own code."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and (value > 0 or (not positive and value == 0))
+            and value <= MAX_SECONDS)
+
+
 def _positive(kind: type) -> Callable[[str], Any]:
     def convert(value: str) -> Any:
         number = kind(value)
-        if not math.isfinite(number) or number <= 0 or number > 315_360_000:
+        if not seconds_ok(number, positive=True):
             raise ValueError(value)
         return number
     return convert
 
 
-def _flag(value: str) -> bool:
+def flag(value: str) -> bool:
+    """A yes/no option of a store URL (``true``/``false``, ``yes``/``no``, ``1``/``0``)."""
     if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
         raise ValueError(value)
     return value.lower() in ("true", "yes", "1")
@@ -112,13 +127,13 @@ _REDIS_OPTIONS: dict[str, Callable[[str], Any]] = {
     "db": _nonnegative_int,
     "socket_timeout": _positive(float),
     "socket_connect_timeout": _positive(float),
-    "socket_keepalive": _flag,
+    "socket_keepalive": flag,
     "health_check_interval": _positive(int),
     "client_name": _text,
 }
 _REDISS_OPTIONS: dict[str, Callable[[str], Any]] = {
     "ssl_cert_reqs": _choice("none", "optional", "required"),
-    "ssl_check_hostname": _flag,
+    "ssl_check_hostname": flag,
     "ssl_ca_certs": _text,
     "ssl_ca_path": _text,
     "ssl_certfile": _text,

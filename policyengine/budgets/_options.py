@@ -8,12 +8,12 @@ the skew guard off. Checked once per store, at construction (never on a request)
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from policyengine._storeurl import MAX_SECONDS, seconds_ok
 from policyengine.budgets.errors import BudgetInputError
 
 __all__ = ["DURABILITIES", "SCHEMA_NAME", "check_store_options", "shown_url", "store_url_error"]
@@ -23,19 +23,12 @@ DURABILITIES = ("process", "spend", "full")
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 #: A pool larger than this is a typo, not a deployment (each is a server connection).
 MAX_POOL_SIZE = 1024
-#: Longest time option (ten years): beyond, a value is a typo, and a store's arithmetic
-#: on it can fail on every call (Redis refuses a retention of 1e300 seconds).
-MAX_SECONDS = 315_360_000
-
-
 def _seconds(value: object, *, none: bool = False, zero: bool = True) -> bool:
     """A finite number of seconds from 0 (above 0 without ``zero``; None with ``none``)
-    to :data:`MAX_SECONDS`."""
+    to :data:`MAX_SECONDS` (``_storeurl.seconds_ok``)."""
     if value is None:
         return none
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and (value > 0 or (zero and value == 0))
-            and value <= MAX_SECONDS)
+    return seconds_ok(value, positive=not zero)
 
 
 _SECONDS = f"must be a number of seconds from 0 to {MAX_SECONDS:,}"

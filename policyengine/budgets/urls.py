@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from policyengine._storeurl import (
     StoreUrlError,
     check_memory_url,
+    flag,
     scheme_of,
     split_store_url,
 )
@@ -62,15 +63,9 @@ def _float_or_none(value: str) -> float | None:
     return None if value.lower() == "none" else float(value)
 
 
-def _flag(value: str) -> bool:
-    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError(value)
-    return value.lower() in ("true", "1", "yes")
-
-
 def _split_options(url: str, kind: str) -> tuple[str, dict[str, Any]]:
     own = {name: int if name in _INT else _float_or_none if name in _FLOAT
-           else _flag if name == "create" else str for name in _OPTIONS[kind]}
+           else flag if name == "create" else str for name in _OPTIONS[kind]}
     try:
         return split_store_url(url, own)
     except StoreUrlError as exc:

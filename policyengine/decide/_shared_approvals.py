@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import math
 import os
 import re
 import threading
@@ -38,8 +37,6 @@ __all__ = ["PostgresApprovalStore", "RedisApprovalStore", "approvals_from_url"]
 
 _T = TypeVar("_T")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
-#: Longest time option (ten years, as for the other stores): beyond, a value is a typo.
-_MAX_SECONDS = 315_360_000
 _COLUMNS = ("id, principal, permission, digest, rules, status, created_at, expires_at, "
             "uses_left, decided_at, decided_by, note")
 
@@ -85,15 +82,14 @@ def _consume_code(status: str) -> str:
 
 
 def _check_seconds(name: str, value: object, *, positive: bool) -> None:
-    """Refuse a time option that is no finite number of seconds from 0 (above 0 with
-    ``positive``) to :data:`_MAX_SECONDS` (``invalid_approval_store``)."""
-    if (not isinstance(value, (int, float)) or isinstance(value, bool)
-            or not math.isfinite(value) or value < 0 or (positive and value == 0)
-            or value > _MAX_SECONDS):
+    """Refuse a time option no store takes (``_storeurl.seconds_ok``) with
+    ``invalid_approval_store``."""
+    from policyengine._storeurl import MAX_SECONDS, seconds_ok
+    if not seconds_ok(value, positive=positive):
         raise ApprovalError("invalid_approval_store",
                             f"{name}={value!r}: must be a number of seconds "
                             f"{'above 0, at most' if positive else 'from 0 to'} "
-                            f"{_MAX_SECONDS:,}")
+                            f"{MAX_SECONDS:,}")
 
 
 def _url_read(read: Callable[..., _T], *args: Any) -> _T:

@@ -30,7 +30,6 @@ revoked". ``revoke`` writes to the server before it returns (and fails with
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import threading
@@ -51,8 +50,6 @@ _PG_COLUMNS = (("token_revocations", "id"), ("token_revocations", "revoked_at"),
                ("token_revocations_version", "change"))
 
 
-#: Longest time option (ten years, as for budget stores): beyond, a value is a typo.
-_MAX_SECONDS = 315_360_000
 
 
 def _check_times(positive: bool = False, **values: object) -> None:
@@ -60,13 +57,12 @@ def _check_times(positive: bool = False, **values: object) -> None:
     ``positive``) to ten years: a NaN ``refresh`` or ``max_stale`` compares false
     everywhere, an infinite ``max_stale`` trusts a stale list forever (never fails
     closed)."""
+    from policyengine._storeurl import MAX_SECONDS, seconds_ok
     for name, value in values.items():
-        if (not isinstance(value, (int, float)) or isinstance(value, bool)
-                or not math.isfinite(value) or value < 0 or (positive and value == 0)
-                or value > _MAX_SECONDS):
+        if not seconds_ok(value, positive=positive):
             raise TokenError("invalid_revocations", f"{name}={value!r}: must be a number "
                              f"of seconds {'above' if positive else 'from'} 0 "
-                             f"{'at most' if positive else 'to'} {_MAX_SECONDS:,}")
+                             f"{'at most' if positive else 'to'} {MAX_SECONDS:,}")
 
 
 def _check_refresh(refresh: float, max_stale: float) -> None:
@@ -458,12 +454,6 @@ return 1
 """
 
 
-def _flag(value: str) -> bool:
-    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError(value)
-    return value.lower() in ("true", "1", "yes")
-
-
 def _new_id() -> str:
     """A random id of a dataset or of one change (``revoke`` only, never a check)."""
     return os.urandom(12).hex()
@@ -479,6 +469,7 @@ def revocations_from_url(url: str, **options: Any) -> Any:
     from policyengine._storeurl import (
         StoreUrlError,
         check_memory_url,
+        flag,
         scheme_of,
         split_store_url,
     )
@@ -497,7 +488,7 @@ def revocations_from_url(url: str, **options: Any) -> Any:
     postgres = scheme.startswith("postgres")
     # each kind takes out its own options; any other is left for the driver's check,
     # which refuses it (``?prefix=`` on PostgreSQL is no libpq option)
-    own: dict[str, Any] = {"refresh": float, "max_stale": float, "create": _flag,
+    own: dict[str, Any] = {"refresh": float, "max_stale": float, "create": flag,
                            **({"schema": str, "connect_timeout": float} if postgres
                               else {"prefix": str, "timeout": float})}
     try:
