@@ -356,25 +356,28 @@ class Pipeline:
                 if trace is not None:
                     trace.step("redaction", f"{facts[1]}: {len(tool.redactions)} field(s)")
 
+            # The decision log, if any, is asked once before the steps below take
+            # anything (a rate-limit call, an approval's use, a new approval request):
+            # a decision it would refuse is refused before anything is taken. A run that
+            # takes nothing is refused, if at all, where the log is handed the decision
+            # (the same denial).
+            limiter = self.limiter
+            shadow_limiter = self.shadow_limiter
+            if self.log is not None and (status == "pending_approval" or (
+                    status == "allowed" and (
+                        (limiter is not None and limiter.covering(permission))
+                        or (shadow_limiter is not None
+                            and shadow_limiter.covering(permission))))):
+                by_log = self._log_refusal(principal, permission, acting_for, chain, trace)
+                if by_log is not None:
+                    return by_log
+
             # -- 5. rate limits: only a call that may go ahead now is counted (after the
             # read-only budget check: a call refused by a budget takes no rate token, and
             # a rate-limited call reserves or spends nothing)
-            # The decision log, if any, is asked first in each step below that takes
-            # something (a rate-limit call, an approval's use, a new approval request):
-            # a decision it would refuse is refused before anything is taken. A run that
-            # takes nothing is refused, if at all, where the log is handed the decision
-            # (the same denial). Asked once per run.
-            asked = False
-            limiter = self.limiter
             if (limiter is not None and (status == "allowed" or (
                     status == "pending_approval" and approval_id is not None))
                     and limiter.covering(permission)):
-                asked = True
-                if self.log is not None:
-                    by_log = self._log_refusal(principal, permission, acting_for, chain,
-                                                 trace)
-                    if by_log is not None:
-                        return by_log
                 refused, rate = self._rate_limits(principal, permission, context, acting_for,
                                                   facts, not dry)
                 if refused is not None:
@@ -383,24 +386,12 @@ class Pipeline:
                 if trace is not None:
                     trace.step("ratelimit", "ok: within every rate limit" if refused is None
                                else f"{facts[1]}: {facts[2]}")
-            shadow_limiter = self.shadow_limiter
             if (shadow_limiter is not None and (status == "allowed" or (
                     status == "pending_approval" and approval_id is not None))
                     and shadow_limiter.covering(permission)):
-                if not asked and self.log is not None:
-                    asked = True
-                    by_log = self._log_refusal(principal, permission, acting_for, chain,
-                                                 trace)
-                    if by_log is not None:
-                        return by_log
                 shadow += self._shadow_rate_limits(principal, permission, context,
                                                    acting_for, not dry)
             if status == "pending_approval":
-                if not asked and self.log is not None:
-                    by_log = self._log_refusal(principal, permission, acting_for, chain,
-                                                 trace)
-                    if by_log is not None:
-                        return by_log
                 call = (tool.binding() if tool is not None and tool.binding is not None
                         else None)
                 if approval_id is not None:
