@@ -92,9 +92,8 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     # the command ends (``args.opened``).
     opened: list[Any] = getattr(args, "opened", [])
     if getattr(args, "revocations", None) is not None:
-        from policyengine.tokens._cli import open_revocations
-        options["revocations"] = open_revocations(args.revocations)
-        opened.append(options["revocations"])
+        from policyengine.tokens._cli import opened_revocations
+        options["revocations"] = opened_revocations(args)
     if getattr(args, "approvals", None) is not None:
         from policyengine.decide import MemoryApprovalStore, approvals_from_url
         approvals = approvals_from_url(args.approvals)

@@ -198,16 +198,14 @@ class QueryError(PolicyEngineError, TypeError, ValueError):
     ``TypeError`` and a ``ValueError``, which these calls raised before."""
 
 
-#: Longest principal id or role name a reverse query takes (as ``authorize`` does).
-_MAX_PRINCIPAL = MAX_PRINCIPAL_ID
 
 
 def _query_name(value: object, what: str) -> str:
-    if type(value) is not str or not 1 <= len(value) <= _MAX_PRINCIPAL:
+    if type(value) is not str or not 1 <= len(value) <= MAX_PRINCIPAL_ID:
         shown = (f"{type(value).__name__}" if type(value) is not str
                  else "an empty string" if not value else f"{len(value)} characters")
         raise QueryError("invalid_principal", f"{what} must be a string of 1 to "
-                         f"{_MAX_PRINCIPAL} characters, not {shown}")
+                         f"{MAX_PRINCIPAL_ID} characters, not {shown}")
     return value
 
 

@@ -1342,13 +1342,13 @@ class Ledger:
         over = self._overage(overage)
         key = _key(idempotency_key)
         now = self.clock()
+        spend = _spend(amount, usage)
         unit, value, lines, budgets, buckets, priced = self._plan(
-            principal, permission, _spend(amount, usage), currency, acting_for, tenant, now,
-            True, scope
+            principal, permission, spend, currency, acting_for, tenant, now, True, scope
         )
         shadow = (() if self._shadow is None else self._shadow_lines(
-            principal, permission, _spend(amount, usage), currency, unit, priced, acting_for,
-            tenant, now, scope))
+            principal, permission, spend, currency, unit, priced, acting_for, tenant, now,
+            scope))
         record = ReservationRecord(
             _new_id(now), COMMITTED, principal, permission, unit,
             str(value), acting_for, tenant, now, now, tuple(lines) + shadow,

@@ -290,7 +290,7 @@ class _FileCheck(ast.StatementVisitor[None]):
             self.ctx.error("E117", f"an agent id is 1 to {MAX_PRINCIPAL_ID} characters, as "
                            f"a request's principal (this one has {len(st.id)}): every "
                            "request from it would be invalid_request",
-                           st.id_span if st.id_span is not ast.NOSPAN else st.span,
+                           _at(st.id_span, st.span),
                            "shorten the id")
         elif not st.id.isascii() or "\0" in st.id:
             from policyengine.budgets.ledger import is_store_text
@@ -300,7 +300,7 @@ class _FileCheck(ast.StatementVisitor[None]):
                                "surrogate (a \\u0000 or \\ud800 escape) is not text every "
                                "store keeps: every request from it that a budget counts "
                                "would be refused invalid_subject",
-                               st.id_span if st.id_span is not ast.NOSPAN else st.span,
+                               _at(st.id_span, st.span),
                                "drop the escape")
         facts = self.facts
         facts.agents.add(st.id)

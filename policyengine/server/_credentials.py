@@ -59,23 +59,19 @@ class CredentialsError(pe.PolicyEngineError, ValueError):
         super().__init__("invalid_credentials_file", message)
 
 
-#: The longest agent or tenant name: an agent id is 1 to ``MAX_PRINCIPAL_ID`` characters
-#: (the checker's E117; a longer principal makes every request ``invalid_request``), and
-#: a budget keeps a tenant of at most as many (a longer one is ``invalid_subject``).
-_MAX_NAME = MAX_PRINCIPAL_ID
-
-
 def _store_text(where: str, value: str) -> None:
-    """Refuse an agent or tenant name no request can use: longer than ``_MAX_NAME``
-    characters (an agent empty too), or no budget store keeps it (a NUL character or a
-    lone surrogate, which JSON writes as a ``\\u`` escape): every request made with it
-    that a budget counts would be refused ``invalid_subject``, as the policy checker's
-    E118 says of an ``agent`` id."""
-    if not value or len(value) > _MAX_NAME:
+    """Refuse an agent or tenant name no request can use: empty or longer than
+    ``MAX_PRINCIPAL_ID`` characters (a longer agent makes every request
+    ``invalid_request``, as the checker's E117 says; a budget keeps a tenant of at most
+    as many), or no budget store keeps it (a NUL character or a lone surrogate, which
+    JSON writes as a ``\\u`` escape): every request made with it that a budget counts
+    would be refused ``invalid_subject``, as the policy checker's E118 says of an
+    ``agent`` id."""
+    if not value or len(value) > MAX_PRINCIPAL_ID:
         raise CredentialsError(f"{where} has {len(value)} characters: an agent or tenant "
-                               f"name has 1 to {_MAX_NAME} (a longer agent id makes every "
-                               "request it makes invalid_request, as the checker's E117 "
-                               "says)")
+                               f"name has 1 to {MAX_PRINCIPAL_ID} (a longer agent id makes "
+                               "every request it makes invalid_request, as the checker's "
+                               "E117 says)")
     if not value.isascii() or "\0" in value:
         from policyengine.budgets.ledger import is_store_text
         if not is_store_text(value):

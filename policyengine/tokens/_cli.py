@@ -107,19 +107,18 @@ def open_revocations(value: str) -> Any:
     return revocations_from_url(value)  # an unknown scheme: invalid_revocations
 
 
-def _revocations(args: argparse.Namespace) -> Any:
+def opened_revocations(args: argparse.Namespace) -> Any:
     """``--revocations`` opened (:func:`open_revocations`); a store is closed when the
     command ends (``args.opened``)."""
     store = open_revocations(args.revocations)
-    if not isinstance(store, JsonFileRevocationStore):
-        getattr(args, "opened", []).append(store)
+    getattr(args, "opened", []).append(store)
     return store
 
 
 def _extras(args: argparse.Namespace) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if getattr(args, "revocations", None):
-        extra["revocations"] = _revocations(args)
+        extra["revocations"] = opened_revocations(args)
     if getattr(args, "rates", None):
         extra["rates"] = JsonFileRates(args.rates)
     if getattr(args, "now", None) is not None:
@@ -176,7 +175,7 @@ def _revoke(args: argparse.Namespace) -> dict[str, Any]:
         # A memory store dies with this command: the revocation would be lost unseen.
         raise TokenError("invalid_revocations", "memory: lasts only as long as this "
                          "command; revoke into a shared store URL or a JSON file")
-    revoke(_revocations(args), args.id)
+    revoke(opened_revocations(args), args.id)
     return {"revoked": args.id}
 
 

@@ -699,12 +699,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
         return _call_binding(transport, qid, route_text, method, host, path, query, body,
                              tool_name, function_name, scheme)
 
-    if redaction_check is None:
-        decision, redacted, redactions = pipeline.run_tool(
-            principal, permission, ctx, token, approval_id, body, rules, hmac_key, call,
-            trace)
-    else:
-        decision, redacted, redactions = pipeline.run_tool(
-            principal, permission, ctx, token, approval_id, body, rules, hmac_key, call,
-            trace, redaction_check, raw_body)
+    decision, redacted, redactions = pipeline.run_tool(
+        principal, permission, ctx, token, approval_id, body, rules, hmac_key, call, trace,
+        redaction_check, raw_body)
     return ToolDecision(decision, _outcome(decision), redacted, redactions, qid)
