@@ -206,18 +206,18 @@ def unreachable_postgres_approvals() -> Iterator[Any]:
 class Relay:
     """A TCP relay in front of a service: a store opened on :meth:`url` talks to the
     service through it until :meth:`cut`, when the server goes away for the store as in
-    an outage (its connections dropped, new ones refused)."""
+    an outage (its connections dropped, new ones refused), and again after
+    :meth:`restore`, when it is back on the same address."""
 
     def __init__(self, service_url: str) -> None:
         parts = urlsplit(service_url)
         self._service = (parts.hostname or "127.0.0.1", parts.port or 0)
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
         self.port: int = self._listener.getsockname()[1]
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
         self._cut = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._listen()
 
     def url(self, url: str) -> str:
         """``url`` (of the service) with its host and port made the relay's."""
@@ -226,10 +226,14 @@ class Relay:
         return urlunsplit(parts._replace(
             netloc=(user + "@" if user else "") + f"127.0.0.1:{self.port}"))
 
-    def _accept(self) -> None:
-        while not self._cut:
+    def _listen(self) -> None:
+        self._listener.settimeout(0.05)
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:  # until ``listener`` is closed (a cut)
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -240,7 +244,7 @@ class Relay:
                 client.close()
                 continue
             with self._lock:
-                if self._cut:
+                if listener is not self._listener or self._cut:  # cut meanwhile
                     client.close()
                     server.close()
                     return
@@ -269,6 +273,15 @@ class Relay:
                 with suppress(OSError):
                     end.shutdown(socket.SHUT_RDWR)
                 end.close()
+            self._open = []
+
+    def restore(self) -> None:
+        """The server is back after a :meth:`cut`: the relay's port accepts again (the
+        connections the cut dropped stay dropped)."""
+        with self._lock:
+            self._listener = socket.create_server(("127.0.0.1", self.port))
+            self._cut = False
+        self._listen()
 
 
 @pytest.fixture
