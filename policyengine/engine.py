@@ -893,18 +893,22 @@ class Engine:
         rule, which rules could decide and why. Its decision is the one ``authorize``
         gives (except that a pending decision records no approval request)."""
         trace = Trace()
+        started = perf_counter_ns()
         decision = self._pipeline.run(principal, permission, context, token, approval_id,
                                       False, None, trace)
-        return Explanation(self._log_check(decision, trace), trace.rules, trace.steps)
+        return Explanation(self._log_check(decision, trace, started), trace.rules,
+                           trace.steps)
 
-    def _log_check(self, decision: Any, trace: Trace) -> Any:
+    def _log_check(self, decision: Any, trace: Trace, started: int) -> Any:
         """The last step of a traced run, as :meth:`authorize` ends with the decision
         log: what the log would answer (a denial when it would refuse the decision),
-        recording nothing -- explain is not a decision."""
+        recording nothing -- explain is not a decision. ``started``: when the run began
+        (``perf_counter_ns``), as ``authorize`` hands it to the log: the run waits for
+        the log no longer in all than ``authorize`` would."""
         log = self.decision_log
         if log is None:
             return decision
-        checked = log.check(decision)
+        checked = log.check(decision, started)
         if checked is not decision and decision.code != "decision_log_unavailable":
             trace.step("log", f"denied ({checked.code}): {checked.reason}")
         return checked
@@ -920,10 +924,12 @@ class Engine:
                      **wire: Any) -> Explanation:
         """:meth:`tool_authorize` traced, like :meth:`explain`."""
         trace = Trace()
+        started = perf_counter_ns()
         decision = self._tool(principal, trace, transport, method, host, path, query,
                               headers, body, tool_name, function_name, token, context,
                               approval_id, scheme, wire, redaction_check)
-        return Explanation(self._log_check(decision, trace), trace.rules, trace.steps)
+        return Explanation(self._log_check(decision, trace, started), trace.rules,
+                           trace.steps)
 
 
 #: The keyword options ``from_path``, ``from_source`` and ``from_sources`` take: the

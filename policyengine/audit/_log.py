@@ -8,7 +8,9 @@ full or the sink is failing, the configured ``overflow`` policy decides, and not
 ever lost without being counted (docs/decision-log.md, "Never silent"):
 
 * ``block``: the caller waits for room (backpressure); with ``block_timeout`` a caller
-  that waited that long gets a denial instead (fail closed);
+  that waited that long gets a denial instead (fail closed): that long in all for one
+  decision, the wait of :meth:`DecisionLog.refusal` counting toward the wait of
+  :meth:`DecisionLog.decision` that follows it;
 * ``spill``: batches the sink cannot take go to a local spill file, shipped (in order)
   once the sink is back; callers wait only if even the spill cannot keep up;
 * ``deny``: no decision without a record: while the queue is full or the sink failing or
@@ -113,10 +115,11 @@ class DecisionLog:
     ``spill``, ``deny`` or ``drop``. ``capacity``: records the queue holds.
     ``batch_size``: records per sink write. ``spill_path``: the spill file (default:
     beside a file sink; ``spill`` needs one), also where :meth:`close` leaves what the
-    sink did not take in time. ``block_timeout``: how long a caller may wait for room
-    (None: as long as it takes). ``stall_after``: seconds a sink write may take before
-    it counts as stalled. ``checkpoint_every``: records between signed checkpoints. ``keys``: the
-    ``KeySet`` that signs checkpoints (an engine gives its own when this is None).
+    sink did not take in time. ``block_timeout``: how long a caller may wait for room,
+    in all for one decision (None: as long as it takes). ``stall_after``: seconds a
+    sink write may take before it counts as stalled. ``checkpoint_every``: records
+    between signed checkpoints. ``keys``: the ``KeySet`` that signs checkpoints (an
+    engine gives its own when this is None).
     """
 
     def __init__(self, sink: Sink | str, *, overflow: Overflow = "block",
@@ -162,6 +165,11 @@ class DecisionLog:
         self._lock = threading.Lock()               # counters of the slow paths
         self._room = threading.Condition(self._lock)  # callers waiting for room
         self._waiting = 0
+        #: Per thread, the last wait of :meth:`refusal`: (``perf_counter_ns`` when it
+        #: began, nanoseconds waited). The decision handed over next on that thread (one
+        #: that started before the wait began) waits only what is left of
+        #: ``block_timeout`` (:meth:`_left`): one decision waits that long in all.
+        self._waited = threading.local()
         self._progress = threading.Condition()
         self._busy = False
         # Counters (docs/decision-log.md, "Metrics").
@@ -241,14 +249,21 @@ class DecisionLog:
             if self._idle:
                 self._wake.set()
             return decision
-        return self._overflowing(item)
+        return self._overflowing(item, started_ns)
 
-    def check(self, decision: Decision | ToolDecision) -> Decision | ToolDecision:
+    def check(self, decision: Decision | ToolDecision, started_ns: int | None = None
+              ) -> Decision | ToolDecision:
         """What :meth:`decision` would return for ``decision`` now, recording and
         counting nothing: for a dry run (``explain``), so that it is denied exactly when
         the log would refuse the real one. Under ``block`` with the queue full it waits
-        for room as a caller would (up to ``block_timeout``), taking none."""
-        return decision if self.refusal() is None else self._denial(decision)
+        for room as a caller would (up to ``block_timeout``; with ``started_ns``, what
+        :meth:`decision` would pass, less what :meth:`refusal` already waited for this
+        run), taking none."""
+        if self._open and len(self._queue) < self._capacity:
+            return decision
+        refused = self._refused(self._block_timeout if started_ns is None
+                               else self._left(started_ns))
+        return decision if refused is None else self._denial(decision)
 
     def refusal(self) -> str | None:
         """None when :meth:`decision` would take a decision now; else why it would refuse
@@ -258,14 +273,33 @@ class DecisionLog:
         run takes anything (a rate-limit call, an approval's use, a new approval
         request), so a decision the log refuses has taken nothing. A log that fails
         between this answer and :meth:`decision` still refuses the decision then (fail
-        closed), after the run took what it took."""
+        closed), after the run took what it took. The time waited here counts toward
+        ``block_timeout`` for the :meth:`decision` that follows on this thread: one
+        decision waits at most ``block_timeout`` in all."""
         if self._open and len(self._queue) < self._capacity:
             return None
+        began = time.perf_counter_ns()
+        refused = self._refused(self._block_timeout)
+        self._waited.last = (began, time.perf_counter_ns() - began)
+        return refused
+
+    def _refused(self, timeout: float | None) -> str | None:
+        """:meth:`refusal` with the queue full or the log not open, waiting (under
+        ``block``) up to ``timeout`` for room."""
         if self._closed or self.overflow == "deny":
             return self._refusal_reason()
-        if self.overflow == "drop" or self._wait_for_room(None, self._block_timeout):
+        if self.overflow == "drop" or self._wait_for_room(None, timeout):
             return None
         return self._refusal_reason()
+
+    def _left(self, started_ns: int) -> float | None:
+        """What is left of ``block_timeout`` for the decision started at ``started_ns``
+        (``perf_counter_ns``): less what :meth:`refusal` waited on this thread since."""
+        timeout = self._block_timeout
+        last: tuple[int, int] | None = getattr(self._waited, "last", None)
+        if timeout is None or last is None or last[0] < started_ns:
+            return timeout
+        return max(0.0, timeout - last[1] / 1e9)
 
     def _refusal_reason(self) -> str:
         if self._closed:
@@ -309,7 +343,8 @@ class DecisionLog:
                                     "principal": principal, "event": dict(event)}, view)
 
     # ------------------------------------------------------------------ slow paths
-    def _overflowing(self, item: tuple[Any, ...]) -> Decision | ToolDecision:
+    def _overflowing(self, item: tuple[Any, ...], started_ns: int
+                     ) -> Decision | ToolDecision:
         decision = item[4]
         if self._closed:
             return self._deny(decision, item, record=False)
@@ -319,8 +354,7 @@ class DecisionLog:
             return decision  # type: ignore[no-any-return]
         if policy == "deny":
             return self._deny(decision, item, record=True)
-        timeout = self._block_timeout
-        if self._wait_for_room(item, timeout):
+        if self._wait_for_room(item, self._left(started_ns)):
             return decision  # type: ignore[no-any-return]
         return self._deny(decision, item, record=False)
 
