@@ -19,7 +19,8 @@ from policyengine.budgets.errors import BudgetInputError
 from policyengine.budgets.spec import MAX_QUANTA, MICRO_SUFFIX, canonical_unit, money_unit
 from policyengine.money._money import MONEY_CONTEXT
 
-__all__ = ["MAX_TOKENS", "LLMUsage", "ModelPrice", "Price", "PriceTable"]
+__all__ = ["MAX_TOKENS", "LLMUsage", "ModelPrice", "Price", "PriceProblem", "PriceTable",
+           "price_problem"]
 
 #: Most tokens one usage may report per kind (a bound, not a policy).
 MAX_TOKENS = 10**12
@@ -31,6 +32,46 @@ _MAX_PRICE = Decimal(10**9)
 
 def _bad(message: str) -> BudgetInputError:
     return BudgetInputError("invalid_price", message)
+
+
+#: A problem found by :func:`price_problem`: (field, error); the field is one of
+#: ``provider``, ``model``, ``currency``, ``per``, ``input``, ``cached_input``, ``output``.
+PriceProblem = tuple[str, BudgetInputError]
+
+
+def price_problem(provider: object, model: object, currency: object, input: object,
+                  cached_input: object, output: object, per: object) -> PriceProblem | None:
+    """The first thing wrong with a price's fields, or None: the one place the limits of
+    a price live (:class:`ModelPrice` raises the error; the policy checker reports it as
+    E141 with the caret on the field's value)."""
+    for what, name in (("provider", provider), ("model", model)):
+        if type(name) is not str or not name or len(name) > _MAX_NAME:
+            return what, _bad(f"{what} must be a non-empty string of at most {_MAX_NAME} chars")
+    try:
+        code = canonical_unit(currency)[0]
+    except BudgetInputError as exc:
+        return "currency", exc
+    if money_unit(code) is None or code.endswith(MICRO_SUFFIX):
+        return "currency", _bad(f"prices are in a currency, not {currency!r}")
+    try:
+        canonical_unit(code + MICRO_SUFFIX)  # spends are counted in its microcents
+    except BudgetInputError:
+        return "currency", _bad(f"prices are in a currency with cents (USD, EUR, ...), "
+                                f"not {code}")
+    if type(per) is not int or not 1 <= per <= 10**9:
+        return "per", _bad("per must be a whole number of tokens from 1 to 10^9")
+    for what, value in (("input", input), ("cached_input", cached_input), ("output", output)):
+        if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
+            return what, _bad(f"{what} must be a Decimal, int or decimal string")
+        try:
+            price = Decimal(value)
+        except ArithmeticError:
+            return what, _bad(f"{what} {value!r} is not a number")
+        if not price.is_finite() or price < 0 or price > _MAX_PRICE:
+            return what, _bad(f"{what} must be a finite price from 0 to 10^9")
+        if price.as_tuple().exponent < -12:  # type: ignore[operator]
+            return what, _bad(f"{what} {value} has more than 12 decimals")
+    return None
 
 
 @dataclass(frozen=True)
@@ -49,33 +90,13 @@ class ModelPrice:
     per: int = 1_000_000
 
     def __post_init__(self) -> None:
-        for what, name in (("provider", self.provider), ("model", self.model)):
-            if type(name) is not str or not name or len(name) > _MAX_NAME:
-                raise _bad(f"{what} must be a non-empty string of at most {_MAX_NAME} chars")
-        code = canonical_unit(self.currency)[0]
-        if money_unit(code) is None or code.endswith(MICRO_SUFFIX):
-            raise _bad(f"prices are in a currency, not {self.currency!r}")
-        try:
-            canonical_unit(code + MICRO_SUFFIX)  # spends are counted in its microcents
-        except BudgetInputError:
-            raise _bad(f"prices are in a currency with cents (USD, EUR, ...), not {code}"
-                       ) from None
-        object.__setattr__(self, "currency", code)
-        if type(self.per) is not int or not 1 <= self.per <= 10**9:
-            raise _bad("per must be a whole number of tokens from 1 to 10^9")
+        found = price_problem(self.provider, self.model, self.currency, self.input,
+                              self.cached_input, self.output, self.per)
+        if found is not None:
+            raise found[1]
+        object.__setattr__(self, "currency", canonical_unit(self.currency)[0])
         for what in ("input", "cached_input", "output"):
-            value = getattr(self, what)
-            if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
-                raise _bad(f"{what} must be a Decimal, int or decimal string")
-            try:
-                price = Decimal(value)
-            except ArithmeticError:
-                raise _bad(f"{what} {value!r} is not a number") from None
-            if not price.is_finite() or price < 0 or price > _MAX_PRICE:
-                raise _bad(f"{what} must be a finite price from 0 to 10^9")
-            if price.as_tuple().exponent < -12:  # type: ignore[operator]
-                raise _bad(f"{what} {value} has more than 12 decimals")
-            object.__setattr__(self, what, price)
+            object.__setattr__(self, what, Decimal(getattr(self, what)))
 
     def cost(self, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> Decimal:
         """The exact cost of these tokens in ``currency`` (``input_tokens`` excludes the

@@ -180,8 +180,8 @@ class _FileFacts:
     defaults: list[tuple[str, ast.Span]] = field(default_factory=list)
     forbids: list[ast.Rule] = field(default_factory=list)  # unconditional
     grants: list[ast.Rule | ast.ApprovalOverDecl] = field(default_factory=list)
-    #: (provider, model) of every ``price`` statement, in order: priced once per set.
-    prices: list[tuple[tuple[str, str], ast.Span]] = field(default_factory=list)
+    #: every ``price`` statement, in order: a provider and model is priced once per set.
+    prices: list[ast.PriceDecl] = field(default_factory=list)
 
 
 class _FileCheck(ast.StatementVisitor[None]):
@@ -385,7 +385,7 @@ class _FileCheck(ast.StatementVisitor[None]):
     def price(self, st: ast.PriceDecl) -> None:
         self.ctx.tag = (3, 2)
         _check_price(self.ctx, st)
-        self.facts.prices.append(((st.provider, st.model), st.span))
+        self.facts.prices.append(st)
 
     def http_tool(self, st: ast.HttpTool) -> None:
         self.ctx.tag = (3, 2)
@@ -424,12 +424,13 @@ def _across(facts: Sequence[_FileFacts], sources: SourceSet) -> list[tuple[Tag, 
     prices: dict[tuple[str, str], ast.Span] = {}
     for x in facts:
         ctx.tag = (3, 2)
-        for key, span in x.prices:
+        for price in x.prices:
+            key = (price.provider, price.model)
             if key in prices:
                 ctx.error("E141", f"{key[0]}/{key[1]} is already priced at {prices[key]}",
-                          span)
+                          _at(price.provider_span, price.span))
             else:
-                prices[key] = span
+                prices[key] = price.span
         if len(x.first_roles) == len(x.roles) and roles.keys().isdisjoint(x.first_roles):
             roles.update(x.first_roles)  # no duplicate: the common case, at C speed
         else:
@@ -780,37 +781,48 @@ def _check_budget(ctx: _Ctx, st: ast.BudgetDecl, namespace: str) -> None:
 
 def _check_price(ctx: _Ctx, st: ast.PriceDecl) -> None:
     """Input and output given once each, in one currency with cents; the budgets leaf
-    checks the amounts. (One price per provider and model: :func:`_across`.)"""
-    from policyengine.budgets import BudgetInputError
+    (:func:`policyengine.budgets.pricing.price_problem`) checks the names, the currency,
+    the count and the amounts, reported at the value it names. (One price per provider
+    and model: :func:`_across`.)"""
+    from policyengine.budgets.pricing import price_problem
     kinds = [kind for kind, _, _ in st.items]
-    codes = {code for _, _, code in st.items}
+    codes = [code for _, _, code in st.items]
+    spans = st.item_spans or tuple((ast.NOSPAN,) * 3 for _ in st.items)  # a built node
     if len(kinds) != len(set(kinds)):
-        ctx.error("E141", "each of input, cached_input and output is priced once", st.span)
+        again = next(i for i, kind in enumerate(kinds) if kind in kinds[:i])
+        ctx.error("E141", "each of input, cached_input and output is priced once",
+                  _at(spans[again][0], st.span))
     elif "input" not in kinds or "output" not in kinds:
         ctx.error("E141", "a price gives input and output (cached_input defaults to input)",
                   st.span)
-    elif len(codes) != 1:
-        ctx.error("E141", "the prices of one model are in one currency", st.span)
+    elif len(set(codes)) != 1:
+        other = next(i for i, code in enumerate(codes) if code != codes[0])
+        ctx.error("E141", "the prices of one model are in one currency",
+                  _at(spans[other][2], st.span))
     else:
-        try:
-            price_of(st)
-        except BudgetInputError as exc:
-            # the message names the value first: "provider ...", "model ...", "per ..."
-            span = {"provider": st.provider_span, "model": st.model_span,
-                    "per": st.per_span}.get(exc.message.partition(" ")[0])
+        found = price_problem(*_price_fields(st))
+        if found is not None:
+            what, exc = found
+            at = {"provider": st.provider_span, "model": st.model_span, "per": st.per_span}
+            at.update((kind, amount)
+                      for (kind, _, _), (_, amount, _) in zip(st.items, spans, strict=True))
+            at["currency"] = spans[0][2]  # every item's (one currency, checked above)
             ctx.error("E141", f"price {st.provider}/{st.model}: {exc.message}",
-                      _at(span, st.span))
+                      _at(at.get(what), st.span))
+
+
+def _price_fields(st: ast.PriceDecl) -> tuple[str, str, str, Decimal, Decimal, Decimal, int]:
+    """A checked ``price`` statement's fields, in :class:`ModelPrice`'s order (cached
+    input defaults to the input price: never cheaper than declared)."""
+    by_kind = {kind: amount for kind, amount, _ in st.items}
+    return (st.provider, st.model, st.items[0][2], by_kind["input"],
+            by_kind.get("cached_input", by_kind["input"]), by_kind["output"], st.per)
 
 
 def price_of(st: ast.PriceDecl) -> ModelPrice:
-    """The ``ModelPrice`` of a checked ``price`` statement (cached input defaults to the
-    input price: never cheaper than declared)."""
+    """The ``ModelPrice`` of a checked ``price`` statement."""
     from policyengine.budgets.pricing import ModelPrice
-    by_kind = {kind: amount for kind, amount, _ in st.items}
-    code = st.items[0][2]
-    return ModelPrice(st.provider, st.model, code, by_kind["input"],
-                       by_kind.get("cached_input", by_kind["input"]), by_kind["output"],
-                       st.per)
+    return ModelPrice(*_price_fields(st))
 
 
 def _check_host(ctx: _Ctx, host: str, span: ast.Span, deny: bool = False) -> None:

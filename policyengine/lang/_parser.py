@@ -762,17 +762,20 @@ class _Build:
     def price_decl(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         provider_tok, model_tok = p.all_tokens("STRING")
         provider, model = self.string(provider_tok), self.string(model_tok)
-        items = []
+        items, spans = [], []
         for item in p.all_trees("price_item"):
             parts = _Parts(item.children)
-            items.append((str(parts.token("PRICE_KIND")), self.decimal(parts.token("NUMBER")),
-                          str(parts.token("CODE"))))
+            kind, number, code = (parts.token("PRICE_KIND"), parts.token("NUMBER"),
+                                  parts.token("CODE"))
+            items.append((str(kind), self.decimal(number), str(code)))
+            spans.append((self.span(kind), self.span(number), self.span(code)))
         per_tok = p.token("PRICE_PER")
         per_text = str(per_tok)
         factor = {"K": 1000, "M": 1_000_000}.get(per_text[-1], 1)
         per = int(per_text.rstrip("KM")) * factor
         return ast.PriceDecl(provider, model, tuple(items), per, per_text, sp,
-                             self.span(per_tok), self.span(provider_tok), self.span(model_tok))
+                             self.span(per_tok), self.span(provider_tok), self.span(model_tok),
+                             tuple(spans))
 
     def http_tool(self, p: _Parts, sp: ast.Span) -> ast.Statement:
         hosts = tuple(self.string(x) for x in p.all_tokens("STRING"))

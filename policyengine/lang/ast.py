@@ -343,6 +343,9 @@ class PriceDecl:
     per_span: Span = _span()  # where the token count is (the checker's caret)
     provider_span: Span = _span()  # where the quoted provider and model are (the carets)
     model_span: Span = _span()
+    #: where each item's kind, amount and currency are, in the order of ``items``
+    item_spans: tuple[tuple[Span, Span, Span], ...] = field(default=(), compare=False,
+                                                           repr=False)
 
 
 @dataclass(frozen=True, slots=True)
