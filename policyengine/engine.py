@@ -523,7 +523,7 @@ class Engine:
         decisions show)."""
         if not isinstance(name, str):
             raise EngineOptionError(f"name must be a string, not {type(name).__name__}")
-        return cls(_checked_files([(name, text)]), **_checked_options(options))
+        return cls([(name, text)], **_checked_options(options))  # __init__ checks files
 
     @classmethod
     def from_sources(cls, sources: Mapping[str, str | bytes], **options: Any) -> Engine:
@@ -531,7 +531,7 @@ class Engine:
         if not isinstance(sources, Mapping):
             raise EngineOptionError("sources must be a mapping of file name -> policy text, "
                                     f"not {type(sources).__name__}")
-        return cls(_checked_files(list(sources.items())), **_checked_options(options))
+        return cls(list(sources.items()), **_checked_options(options))  # __init__ checks files
 
     def _build(self, files: PolicyFiles) -> tuple[CompiledPolicy, tuple[Problem, ...]]:
         # Relative paths in a file (``rates "fx.json"``) resolve against base_dir when
