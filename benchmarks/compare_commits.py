@@ -14,6 +14,9 @@ answer exactly the same requests, timed the same way:
 * ``authorize base`` / ``authorize +10,000``: the six base requests of
   ``bench_authorize.py`` without and with 10,000 extra rules, roles and agents;
 * ``authorize converted``: its three USD refunds against EUR limit and approval rules;
+* ``budget`` / ``budget converted``: ``authorize`` of the budgeted payment of
+  ``bench_decision_cost.py`` (a USD budget, MemoryStore) with its amount in USD, and in
+  EUR (converted at the policy's ``rate EUR 1.08``);
 * ``tool_authorize http``: the POST /v1/refunds call of ``bench_tool_authorize.py``
   (extraction, a limit, an approval threshold, three redactions);
 * ``reserve+commit``: one ``Ledger.reserve`` + ``commit`` pair on a MemoryStore over
@@ -40,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_BASE = "57552d9"  # the commit before the decision-pipeline work
 SCENARIOS = ("authorize base", "authorize +10,000", "authorize converted",
-             "tool_authorize http", "reserve+commit")
+             "budget", "budget converted", "tool_authorize http", "reserve+commit")
 TARGET_RATIO = 1.10
 
 
@@ -76,6 +79,13 @@ def _worker(tree: str, quick: bool, scenarios: list[str]) -> dict[str, float]:
         out["authorize +10,000"] = measure(authorize_calls(big, ba.BASE_REQUESTS),
                                            cfg).p50_us
         del big
+    if "budget" in scenarios or "budget converted" in scenarios:
+        import bench_decision_cost as bd
+        paying = pe.Engine.from_sources(bd.sources(0))
+        for name, context in (("budget", bd.PAY_CONTEXT), ("budget converted", bd.FX_CONTEXT)):
+            if name in scenarios:
+                out[name] = measure([call(paying.authorize, "payer", "pay:send", context)],
+                                    cfg).p50_us
     if "tool_authorize http" in scenarios:
         tools = pe.Engine.from_source(bt.POLICY, hmac_key=bt.HMAC_KEY)
         case = bt.CASES[0]

@@ -81,8 +81,16 @@ from policyengine.money._money import (
     parse_amount,
     parse_spec,
     spec_of,
+    trusted_money,
 )
-from policyengine.money._rates import RateError, RateSource, convert
+from policyengine.money._rates import (
+    JsonFileRates,
+    RateError,
+    RateSource,
+    StaticRates,
+    convert,
+    converted_amount,
+)
 from policyengine.permissions import InvalidPermission, matches, validate_permission
 
 __all__ = [
@@ -119,6 +127,8 @@ _MAX_NAME = 256
 #: what is held (commit) or nothing (record) on the budgets a race keeps taking.
 _CAP_TRIES = 4
 _MAX_MATCH_CACHE = 10_000
+#: Rate sources whose ``rate()`` is a function of the fraction ``rate_fraction`` gives.
+_TABLES = (StaticRates, JsonFileRates)
 _NO_TEXT: tuple[str | None, int] = (None, 0)  # no amount text asked yet (admission_text)
 _NOT_SEEN: tuple[int, float, int, int] = (-1, float("-inf"), 0, 0)  # no bucket read yet
 _NON_MONEY = NON_CURRENCY_UNITS
@@ -790,6 +800,13 @@ def _key(key: object) -> str | None:
     return key
 
 
+def _valid_money(value: Decimal, unit: str) -> Money:
+    """``Money(value, unit)``: the same checks and errors, without the dataclass's
+    ``__init__``."""
+    spec = spec_of(unit)
+    return trusted_money(parse_spec(value, spec, True, False, False), spec.code)
+
+
 def _count_modes(matched: Sequence[_Budget], unit: str | None, *, keep_unmatched: bool,
                  tokens: bool = False) -> tuple[list[tuple[_Budget, int]], int, int]:
     """How a spend in ``unit`` counts against each covering budget: calls, same unit or
@@ -915,6 +932,10 @@ class Ledger:
         self._last_amount: tuple[Any, str | None, Decimal, int] = (None, None, _ZERO_D, 0)
         #: (permission, principal) -> what :meth:`admission_of` reads (``_lean_entry``).
         self._lean: dict[tuple[str, str], list[Any]] = {}
+        #: (budget id, unit, amount) -> (rate source, numerator, denominator, quanta, rate
+        #: text or None) of its last conversion (``_convert_at``).
+        self._fx: dict[tuple[str, str, Decimal], tuple[Any, Decimal, Decimal, int,
+                                                       str | None]] = {}
         #: (spent, reserved) of one calendar bucket: the store's own lean read if it has one
         self._read_one: Callable[[Bucket, float], tuple[int, int]] = getattr(
             self.store, "usage_one", self._read_one_usage)
@@ -1130,7 +1151,8 @@ class Ledger:
         last = self._last_amount
         if (lean is not None and last[0] is amount and amount is not None
                 and unit is not None and last[1] == lean[3] and last[3] <= MAX_QUANTA):
-            q = last[3]
+            into = lean[8]
+            q = last[3] if into is None else self._convert(last[2], lean[3], into, now)[0]
             if text is not None and lean[6][0] != text:
                 lean[6] = (text, q)  # one slot, replaced whole: a reader sees both or neither
             spent, reserved = self._read_one(lean[4], now)
@@ -1179,21 +1201,35 @@ class Ledger:
     def _lean_entry(self, principal: str, permission: str, unit: str | None, now: float
                     ) -> list[Any] | None:
         """What :meth:`admission_of` reads of the cached targets of one request when
-        they are one calendar budget counting the amount in its own unit: (window start
-        and end as floats, the request's unit, the targets' unit, bucket, and the head of
-        a :class:`BudgetUsage` tuple: budget id, subject, budget unit, window end, scale,
-        limit; then the amount text last asked and its quanta, and what
-        :meth:`admission_text` last read of the bucket), kept per (permission,
-        principal) for the last unit asked; else None (:meth:`admission` answers). A
-        list: its last two slots are replaced whole (each one tuple) as requests go."""
+        they are one calendar budget counting the amount in its own unit, or converting
+        it with a rate table that cannot change or go stale: (window start and end as
+        floats, the request's unit, the targets' unit, bucket, and the head of a
+        :class:`BudgetUsage` tuple: budget id, subject, budget unit, window end, scale,
+        limit; then the amount text last asked and its quanta, what
+        :meth:`admission_text` last read of the bucket, and the budget the amount is
+        converted into, or None), kept per (permission, principal) for the last unit
+        asked; else None (:meth:`admission` answers). A list: its slots 6 and 7 are
+        replaced whole (each one tuple) as requests go.
+
+        A converted amount's quanta are kept with its text only when its budget's rates
+        are a :class:`StaticRates` (or :class:`JsonFileRates`) without ``max_age``: an
+        immutable table that never goes stale, so the same text converts to the same
+        quanta for as long as the entry lives. Any other source is asked on every
+        request (:meth:`_convert`)."""
         found = self._targets_cache.get((permission, unit, principal, None, None, 0))  # type: ignore[arg-type]
         if found is None or not found[1] <= now < found[2] or len(found[3]) != 1:
             return None
         b, mode, subject, _start, end, bucket = found[3][0]
-        if mode != _SAME or bucket is None:
+        if bucket is None:
             return None
+        into = None
+        if mode != _SAME:
+            rates = self._rates_of[b.id]
+            if mode != _CONVERT or type(rates) not in _TABLES or rates.max_age is not None:  # type: ignore[union-attr]
+                return None
+            into = b
         lean = [float(found[1]), float(found[2]), unit, found[0], bucket,
-                (b.id, subject, b.unit, end, b.scale, b.limit), _NO_TEXT, _NOT_SEEN]
+                (b.id, subject, b.unit, end, b.scale, b.limit), _NO_TEXT, _NOT_SEEN, into]
         if len(self._lean) >= _MAX_MATCH_CACHE:
             self._lean.clear()
         self._lean[(permission, principal)] = lean
@@ -2209,18 +2245,60 @@ class Ledger:
         else:
             rates = self._rates_of[b.id]
             try:
-                converted = convert(Money(value, unit), b.unit, rates, now=now, rounding="up")
-                rate = format(rates.rate(unit, b.unit, now), "f")  # type: ignore[union-attr]
+                fraction = getattr(rates, "rate_fraction", None)
+                if fraction is not None and type(value) is Decimal and value:
+                    q, rate = self._convert_at(value, unit, b, rates, fraction, now)
+                else:
+                    converted = convert(Money(value, unit), b.unit, rates, now=now,
+                                        rounding="up")
+                    rate = format(rates.rate(unit, b.unit, now), "f")  # type: ignore[union-attr]
+                    q = int(converted.amount.scaleb(b.scale, MONEY_CONTEXT))
             except RateError as exc:
                 raise BudgetInputError(exc.code, f"cannot convert {unit} to {b.unit} for "
                                        f"budget {b.id}: {exc.message}") from None
             except MoneyError as exc:
                 raise BudgetInputError("invalid_amount", exc.message,
                                        {"reason": exc.code}) from None
-            q = int(converted.amount.scaleb(b.scale, MONEY_CONTEXT))
         if q > MAX_QUANTA:
             raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",
                                    {"reason": "amount_too_large"})
+        return q, rate
+
+    def _convert_at(self, value: Decimal, unit: str, b: _Budget, rates: Any,
+                    fraction: Callable[[str, str, float], tuple[Decimal, Decimal]],
+                    now: float) -> tuple[int, str]:
+        """:meth:`_convert` of a nonzero ``value`` with a source that has ``rate_fraction``:
+        the same answers and errors, in the same order, as ``convert(Money(value, unit),
+        b.unit, rates, now=now, rounding="up")`` then ``format(rates.rate(unit, b.unit,
+        now), "f")``, the source asked for its fraction once per call (its age, its current
+        rates). What a conversion gave is kept per (budget, unit, amount) with the source
+        and the very fraction objects it used (``_fx``): asked again while the source
+        answers with those same objects (a :class:`StaticRates` table's), the kept quanta
+        are the answer -- the product, division and rounding, and the amount's validation
+        (``Money``), were done for an equal amount, and depend on its value only (a zero is
+        never kept: its exponent is checked). Any other fraction (new rates, a source
+        making new objects) converts again and replaces what was kept."""
+        key = (b.id, unit, value)
+        kept = self._fx.get(key)
+        if kept is None or kept[0] is not rates:
+            kept = None
+            money = _valid_money(value, unit)  # before the rates, as convert's caller
+        numerator, denominator = fraction(unit, b.unit, now)
+        if kept is not None:
+            if kept[1] is numerator and kept[2] is denominator:
+                q, rate = kept[3], kept[4]
+                if rate is None:  # a source of its own: rate() is its to answer
+                    rate = format(rates.rate(unit, b.unit, now), "f")
+                return q, rate
+            money = _valid_money(value, unit)  # new rates: valid, as it was before
+        amount = converted_amount(money, spec_of(b.unit), numerator, denominator, True)
+        q = int(amount.scaleb(b.scale, MONEY_CONTEXT))
+        rate = format(rates.rate(unit, b.unit, now), "f")
+        if len(self._fx) >= _MAX_MATCH_CACHE:
+            self._fx.clear()
+        # A table's rate() is its fraction (rounded when a cross rate): kept with it.
+        self._fx[key] = (rates, numerator, denominator, q,
+                         rate if type(rates) in _TABLES else None)
         return q, rate
 
     def _convert_units(self, value: Decimal, unit: str, b: _Budget, now: float,

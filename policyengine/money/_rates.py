@@ -452,20 +452,32 @@ def convert(
                             ) from None
         numerator = _to_rate(lookup(source, target, now), f"{source}->{target}")
         denominator = _ONE
+    return trusted_money(converted_amount(money, spec, numerator, denominator, context is _UP),
+                         target)
+
+
+def converted_amount(money: Money, spec: AmountSpec, numerator: Decimal, denominator: Decimal,
+                     up: bool) -> Decimal:
+    """The arithmetic of :func:`convert`: ``money.amount * numerator / denominator`` rounded
+    up (``up``) or down to ``spec``'s minor unit, with its errors. ``money`` is valid, in
+    another currency than ``spec`` (a public name of this private module, not API: the
+    ledger converts at a rate it has already asked for)."""
+    context = _UP if up else _DOWN
     try:
         value = _EXACT.multiply(money.amount, numerator)
         if denominator is not _ONE:  # identity: the table's base rate is this object
             value = context.divide(value, denominator)
         value = value.quantize(spec.quantum, context=context)
     except DecimalException as exc:  # unreachable for validated inputs; fail closed
-        raise RateError("invalid_rate", f"cannot convert {money} to {target}: {exc!r}") from exc
+        raise RateError("invalid_rate",
+                        f"cannot convert {money} to {spec.code}: {exc!r}") from exc
     if value > MAX_AMOUNT or value < _MIN_AMOUNT:
         raise MoneyError(
-            "amount_too_large", f"{money} is {value} {target}, beyond the maximum of 10**15"
+            "amount_too_large", f"{money} is {value} {spec.code}, beyond the maximum of 10**15"
         )
     if not value and value.is_signed():
         value = value.copy_abs()
-    return trusted_money(value, target)
+    return value
 
 
 def fits(spend: Money, cap: Money, rates: RateSource | None, *, now: float | None = None) -> bool:

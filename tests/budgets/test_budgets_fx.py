@@ -1,0 +1,319 @@
+"""A spend converted into a budget's currency: what the ledger keeps of a conversion
+(per budget, amount and the rate objects it used) answers exactly as converting again.
+
+The reference is the conversion itself, ``convert(Money(amount, unit), budget_unit,
+rates, rounding="up")`` and ``rates.rate(unit, budget_unit)`` for the recorded rate, and
+an engine whose rate source gives new objects on every call (so nothing kept is reused).
+Rates change between calls (a source whose table is replaced, a rate withdrawn), and a
+table goes stale as the clock moves.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, localcontext
+from typing import Any
+
+import pytest
+from conftest import Clock
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import policyengine as pe
+from policyengine.budgets import BudgetError, BudgetSpec, Ledger, MemoryStore
+from policyengine.money import Money, MoneyError, RateError, StaticRates, convert
+
+NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+ONE = Decimal(1)
+CODES = ("EUR", "USD", "GBP", "JPY", "BHD")
+PLACES = {"EUR": 2, "USD": 2, "GBP": 2, "JPY": 0, "BHD": 3}
+
+
+class LiveRates:
+    """A rate source whose table changes between calls, as a live feed's does. Like a
+    ``StaticRates``, ``rate_fraction`` answers with the table's own ``Decimal`` objects
+    (what the ledger keeps a conversion with); ``fresh=True`` answers with new objects
+    every time (nothing kept is ever reused: the reference)."""
+
+    def __init__(self, base: str, table: dict[str, Decimal], fresh: bool = False) -> None:
+        self.base = base
+        self.table = {base: ONE, **table}
+        self.fresh = fresh
+        self.asked = 0
+
+    def rate_fraction(self, from_code: str, to_code: str, now: float | None = None
+                      ) -> tuple[Decimal, Decimal]:
+        self.asked += 1
+        try:
+            n, d = self.table[from_code], self.table[to_code]
+        except KeyError:
+            raise RateError("no_rate", f"no rate for {from_code}->{to_code}") from None
+        return (n.copy_abs(), d.copy_abs()) if self.fresh else (n, d)
+
+    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Decimal:
+        n, d = self.rate_fraction(from_code, to_code, now)
+        with localcontext() as ctx:
+            ctx.prec = 34
+            return n / d
+
+
+def reference(source: Any, text: str, unit: str, budget_unit: str, now: float
+              ) -> tuple[Any, ...]:
+    """What the ledger charges for ``text`` ``unit`` on a ``budget_unit`` budget: the
+    conversion done afresh (as the ledger did before it kept any), or the error code."""
+    try:
+        money = Money.parse(text, unit)
+        if unit == budget_unit:
+            return ("ok", money.amount, None)
+        got = convert(money, budget_unit, source, now=now, rounding="up")
+        return ("ok", got.amount, format(source.rate(unit, budget_unit, now), "f"))
+    except RateError as exc:
+        return ("error", exc.code)
+    except MoneyError as exc:
+        return ("error", "invalid_amount" if exc.code != "unknown_currency" else exc.code)
+
+
+rates = st.builds(lambda n, k: Decimal(n).scaleb(-k), st.integers(1, 10**8),
+                  st.integers(0, 10))
+
+
+@st.composite
+def amounts(draw: st.DrawFn) -> tuple[str, str]:
+    unit = draw(st.sampled_from(CODES))
+    value = Decimal(draw(st.integers(0, 10**7))).scaleb(-PLACES[unit])
+    return format(value, "f"), unit
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+    """Steps over a few amounts (each asked again and again, in between the rates
+    change) and a few rate objects: ask an amount (and again at once, from the caches),
+    give a currency a rate object (new, or one used before), withdraw its rate."""
+    asked = draw(st.lists(amounts(), min_size=1, max_size=3))
+    pool = draw(st.lists(rates, min_size=1, max_size=3))
+    step = st.one_of(
+        st.tuples(st.just("ask"), st.sampled_from(asked), st.integers(0, 2)),
+        st.tuples(st.just("set"), st.sampled_from(CODES), st.sampled_from(pool)),
+        st.tuples(st.just("drop"), st.sampled_from(CODES)),
+    )
+    return draw(st.lists(step, min_size=1, max_size=25))
+
+
+def run_step(source: LiveRates, step: tuple[Any, ...]) -> None:
+    """A ``set`` or ``drop`` step on ``source``'s table (never its base)."""
+    code = step[1]
+    if code == source.base:
+        return
+    if step[0] == "set":
+        source.table[code] = step[2]
+    else:
+        source.table.pop(code, None)
+
+
+@given(budget_unit=st.sampled_from(CODES), base=st.sampled_from(CODES),
+       table=st.fixed_dictionaries({c: rates for c in CODES}), plan=plans())
+@settings(max_examples=150, deadline=None)
+def test_converted_spends_equal_converting_again(budget_unit: str, base: str,
+                                                  table: dict[str, Decimal],
+                                                  plan: list[tuple[Any, ...]]) -> None:
+    """Admission (the decision's budget check) and a reservation's line charge what the
+    conversion gives when done again, and record the source's rate, whatever the rates
+    did between calls: replaced by new objects, back to an object used before, or
+    withdrawn; an error where converting again fails."""
+    source = LiveRates(base, {c: r for c, r in table.items() if c != base})
+    limit = Decimal(50_000)
+    ledger = Ledger([BudgetSpec("t.spend", ("pay:*",), limit, budget_unit, "day")],
+                    MemoryStore(), clock=Clock(NOW), rates=source)
+    for step in plan:
+        if step[0] != "ask":
+            run_step(source, step)
+            continue
+        (text, unit), again = step[1], step[2]
+        want = reference(source, text, unit, budget_unit, NOW)
+        for _ in range(1 + again):
+            try:
+                code, usage = ledger.admission("a", "pay:send", text, unit)
+                got: tuple[Any, ...] = ("ok", usage.attempted if usage else None, code)
+            except BudgetError as exc:
+                got = ("error", exc.code)
+            if want[0] == "ok":
+                expected_code = None if want[1] <= limit else "budget_exceeded"
+                assert got == ("ok", want[1], expected_code), (text, unit, source.table)
+            else:
+                assert got == want, (text, unit, source.table)
+            if want[0] == "ok" and want[1] <= limit:
+                r = ledger.reserve("a", "pay:send", text, unit)
+                line = r.lines[0]
+                rate = None if line.rate is None else format(line.rate, "f")
+                assert (line.amount, rate) == (want[1], want[2])
+                ledger.release(r.id)
+
+
+POLICY = """\
+namespace t
+currency EUR
+role payer: pay:*
+agent "payer": payer
+budget spend: pay:send limit 20000 {unit} per day per agent
+"""
+
+
+@given(budget_unit=st.sampled_from(CODES), table=st.fixed_dictionaries(
+    {c: rates for c in CODES if c != "EUR"}), plan=plans())
+@settings(max_examples=100, deadline=None)
+def test_decisions_equal_an_engine_that_keeps_nothing(budget_unit: str,
+                                                       table: dict[str, Decimal],
+                                                       plan: list[tuple[Any, ...]]) -> None:
+    """``authorize`` of amounts in any currency against a budget in another gives the
+    same decision (allowed, reason, budget usage) as an engine whose rate source makes
+    new objects on every call, and charges what converting again gives, while the rates
+    change between calls."""
+    kept = LiveRates("EUR", dict(table))
+    fresh = LiveRates("EUR", {}, fresh=True)
+    fresh.table = kept.table  # the same table, new objects
+    engines = [pe.Engine.from_sources({"t.policy": POLICY.format(unit=budget_unit)},
+                                      rates=source, clock=Clock(NOW))
+               for source in (kept, fresh)]
+    for step in plan:
+        if step[0] != "ask":
+            run_step(kept, step)
+            continue
+        (text, unit), again = step[1], step[2]
+        context = {"amount": text, "currency": unit}
+        for _ in range(1 + again):
+            want = reference(kept, text, unit, budget_unit, NOW)
+            a, b = (engine.authorize("payer", "pay:send", context) for engine in engines)
+            wires = [d.to_wire() for d in (a, b)]
+            for wire in wires:
+                del wire["decisionId"]
+            assert wires[0] == wires[1], (text, unit, kept.table)
+            if want[0] == "ok" and unit != budget_unit:
+                assert a.budget is not None and a.budget.attempted == want[1]
+                assert a.allowed == (want[1] <= 20000)
+            elif want[0] == "error":
+                assert not a.allowed and a.code == want[1], (a.to_wire(), want)
+
+
+def test_a_kept_conversion_goes_stale_with_its_table() -> None:
+    """A table with ``max_age`` is asked on every conversion: kept quanta never outlive
+    the rates' age (the same amount asked again past ``max_age`` is ``stale_rate``)."""
+    clock = Clock(NOW)
+    table = StaticRates("EUR", {"USD": "0.92"}, as_of=NOW, max_age=60)
+    ledger = Ledger([BudgetSpec("t.spend", ("pay:*",), Decimal(100), "EUR", "day")],
+                    MemoryStore(), clock=clock, rates=table)
+    for _ in range(2):
+        code, usage = ledger.admission("a", "pay:send", "10", "USD")
+        assert code is None and usage is not None and usage.attempted == Decimal("9.20")
+    clock.t = NOW + 61
+    with pytest.raises(BudgetError) as caught:
+        ledger.admission("a", "pay:send", "10", "USD")
+    assert caught.value.code == "stale_rate"
+
+
+def test_the_source_is_asked_once_per_conversion() -> None:
+    """Kept or not, every conversion asks the source for its current fraction once (its
+    age, its rates): nothing is answered from what was kept without asking."""
+    source = LiveRates("EUR", {"USD": Decimal("0.92")})
+    ledger = Ledger([BudgetSpec("t.spend", ("pay:*",), Decimal(100), "EUR", "day")],
+                    MemoryStore(), clock=Clock(NOW), rates=source)
+    for n in range(1, 4):
+        ledger.admission("a", "pay:send", "10", "USD")
+        assert source.asked == 2 * n  # rate_fraction, and rate() (a source of its own)
+
+
+def test_a_zero_or_a_new_rate_is_converted_again() -> None:
+    """What was kept for an amount is not what a changed rate gives: 10 USD at 0.92 then
+    at 0.5 (a new object), and back at the first object."""
+    first, second = Decimal("0.92"), Decimal("0.5")
+    source = LiveRates("EUR", {"USD": first})
+    ledger = Ledger([BudgetSpec("t.spend", ("pay:*",), Decimal(100), "EUR", "day")],
+                    MemoryStore(), clock=Clock(NOW), rates=source)
+    seen = []
+    for rate in (first, second, first, second):
+        source.table["USD"] = rate
+        _code, usage = ledger.admission("a", "pay:send", "10", "USD")
+        assert usage is not None
+        seen.append(usage.attempted)
+    assert seen == [Decimal("9.20"), Decimal("5.00"), Decimal("9.20"), Decimal("5.00")]
+    _code, usage = ledger.admission("a", "pay:send", "0", "USD")
+    assert usage is not None and usage.attempted == 0
+
+
+@given(budget_unit=st.sampled_from(CODES), base=st.sampled_from(CODES),
+       table=st.fixed_dictionaries({c: rates for c in CODES}),
+       asked=st.lists(amounts(), min_size=1, max_size=4))
+@settings(max_examples=100, deadline=None)
+def test_a_tables_kept_conversions_and_rates(budget_unit: str, base: str,
+                                             table: dict[str, Decimal],
+                                             asked: list[tuple[str, str]]) -> None:
+    """With a :class:`StaticRates` table (the rates a policy's ``rate`` lines make), each
+    amount asked twice charges what converting again gives and records the table's
+    ``rate()``, the cross rate (through the base, to 34 digits) included."""
+    source = StaticRates(base, {c: r for c, r in table.items() if c != base})
+    limit = Decimal(50_000)
+    ledger = Ledger([BudgetSpec("t.spend", ("pay:*",), limit, budget_unit, "day")],
+                    MemoryStore(), clock=Clock(NOW), rates=source)
+    for text, unit in asked * 2:
+        want = reference(source, text, unit, budget_unit, NOW)
+        if want[0] == "error":  # beyond the maximum once converted
+            with pytest.raises(BudgetError) as caught:
+                ledger.admission("a", "pay:send", text, unit)
+            assert caught.value.code == want[1]
+            continue
+        code, usage = ledger.admission("a", "pay:send", text, unit)
+        assert usage is not None and usage.attempted == want[1]
+        assert code == (None if want[1] <= limit else "budget_exceeded")
+        if code is None:
+            r = ledger.reserve("a", "pay:send", text, unit)
+            line = r.lines[0]
+            rate = None if line.rate is None else format(line.rate, "f")
+            assert (line.amount, rate) == (want[1], want[2])
+            ledger.release(r.id)
+
+
+RATES_POLICY = """\
+namespace t
+currency EUR
+{rates}
+role payer: pay:*
+agent "payer": payer
+budget spend: pay:send limit 20000 {unit} per day per agent
+"""
+
+
+@given(budget_unit=st.sampled_from(CODES), table=st.fixed_dictionaries(
+    {c: rates for c in CODES if c != "EUR"}), asked=st.lists(amounts(), min_size=1,
+                                                             max_size=4))
+@settings(max_examples=60, deadline=None)
+def test_decisions_with_a_policys_rates(budget_unit: str, table: dict[str, Decimal],
+                                        asked: list[tuple[str, str]]) -> None:
+    """With the policy's own ``rate`` lines (a table that never changes or goes stale,
+    whose converted amounts are kept with their text), every amount asked again and again
+    is charged what converting it gives, and allowed exactly when that fits."""
+    lines = "\n".join(f"rate {c} {format(r, 'f')}" for c, r in table.items())
+    engine = pe.Engine.from_sources(
+        {"t.policy": RATES_POLICY.format(rates=lines, unit=budget_unit)}, clock=Clock(NOW))
+    source = StaticRates("EUR", table)
+    for text, unit in asked * 3:
+        want = reference(source, text, unit, budget_unit, NOW)
+        d = engine.authorize("payer", "pay:send", {"amount": text, "currency": unit})
+        if want[0] == "error":  # beyond the maximum once converted
+            assert not d.allowed and d.code == want[1], (d.to_wire(), want)
+            continue
+        assert d.budget is not None and d.budget.attempted == want[1], (text, unit)
+        assert d.allowed == (want[1] <= 20000)
+
+
+def test_a_decision_goes_stale_with_its_table() -> None:
+    """Rates with ``max_age`` are asked on every decision: the same amount, allowed
+    again and again, is denied ``stale_rate`` once the table is older than ``max_age``."""
+    clock = Clock(NOW)
+    table = StaticRates("EUR", {"USD": "0.92"}, as_of=NOW, max_age=60)
+    engine = pe.Engine.from_sources(
+        {"t.policy": POLICY.format(unit="EUR")}, rates=table, clock=clock)
+    context = {"amount": "10", "currency": "USD"}
+    for _ in range(3):
+        d = engine.authorize("payer", "pay:send", context)
+        assert d.allowed and d.budget is not None and d.budget.attempted == Decimal("9.20")
+    clock.t = NOW + 61
+    d = engine.authorize("payer", "pay:send", context)
+    assert not d.allowed and d.code == "stale_rate"
