@@ -11,11 +11,13 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = ["POSTGRES_STORE_OPTIONS", "StoreUrlError", "check_memory_url", "check_postgres_url",
-           "check_redis_url", "scheme_of", "split_store_url"]
+           "check_redis_url", "open_shared_store", "scheme_of", "split_store_url"]
+
+_T = TypeVar("_T")
 
 
 class StoreUrlError(ValueError):
@@ -57,6 +59,41 @@ def split_store_url(url: str, own: Mapping[str, Callable[[str], Any]]
             raise StoreUrlError(f"option {name}={value!r} is not a value it takes"
                                 ) from None
     return urlunsplit(parts._replace(query=urlencode(rest))), mine
+
+
+def open_shared_store(url: str, options: Mapping[str, Any], *, what: str,
+                      refuse: Callable[[str], Exception], memory: Callable[[], _T],
+                      postgres: Callable[..., _T], redis: Callable[..., _T],
+                      own: Callable[[bool], Mapping[str, Callable[[str], Any]]]) -> _T:
+    """The store ``url`` names, as the approval and revocation stores open theirs:
+    ``memory()`` for ``memory:`` (nothing after it), ``postgres(plain, **options)`` for
+    ``postgresql://`` / ``postgres://``, ``redis(plain, **options)`` for ``redis://`` /
+    ``rediss://``: the options ``own(is_postgres)`` maps are taken out of the query and
+    converted (:func:`split_store_url`), ``options`` (keyword arguments) over them.
+
+    Each kind takes out its own options; any other is left for the driver's check, which
+    refuses it (``?prefix=`` on PostgreSQL is no libpq option). A URL or option that
+    cannot be read, another scheme, or a ``ValueError`` of the store's constructor (the
+    driver cannot read the URL: a port that is no number) raises ``refuse(message)``,
+    the store's own code; ``what`` names the store in the message (``"approval
+    store"``). The store's own errors pass through as they are."""
+    from policyengine.errors import PolicyEngineError
+    scheme = scheme_of(url)
+    try:
+        if scheme == "memory":
+            check_memory_url(url)
+            return memory()
+        if scheme not in ("postgresql", "postgres", "redis", "rediss"):
+            article = "an" if what[:1] in "aeiou" else "a"
+            raise refuse(f"{article} {what} URL is memory:, postgresql://... or "
+                         "redis://...")
+        is_postgres = scheme.startswith("postgres")
+        plain, mine = split_store_url(url, own(is_postgres))
+        return (postgres if is_postgres else redis)(plain, **{**mine, **options})
+    except PolicyEngineError:
+        raise
+    except ValueError as exc:  # StoreUrlError, or the driver's
+        raise refuse(f"{what} URL: {exc}") from None
 
 
 def check_memory_url(plain: str) -> None:

@@ -207,7 +207,9 @@ class Relay:
     """A TCP relay in front of a service: a store opened on :meth:`url` talks to the
     service through it until :meth:`cut`, when the server goes away for the store as in
     an outage (its connections dropped, new ones refused), and again after
-    :meth:`restore`, when it is back on the same address."""
+    :meth:`restore`, when it is back on the same address; or until :meth:`stall`, when
+    it stops answering (connections stay open, and new ones are taken, but nothing gets
+    through: a network partition, a server hung)."""
 
     def __init__(self, service_url: str) -> None:
         parts = urlsplit(service_url)
@@ -217,6 +219,7 @@ class Relay:
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
         self._cut = False
+        self._stalled = threading.Event()
         self._listen()
 
     def url(self, url: str) -> str:
@@ -252,16 +255,21 @@ class Relay:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if not self._stalled.is_set():  # stalled: what comes in is dropped
+                    sink.sendall(data)
         except OSError:
             pass
         for end in (source, sink):
             with suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
+
+    def stall(self) -> None:
+        """The server stops answering: bytes either way are no longer passed on, and
+        every connection stays open (a client waits until its own timeout)."""
+        self._stalled.set()
 
     def cut(self) -> None:
         """The server goes away: every connection through the relay is dropped and the

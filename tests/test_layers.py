@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "policyengine"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaf", ("policyengine.errors", "policyengine.decision", "policyengine.permissions",
               "policyengine._json", "policyengine._glob", "policyengine._lazy",
-              "policyengine._storeurl", "policyengine._files",
+              "policyengine._storeurl", "policyengine._pgtables", "policyengine._files",
               "policyengine.money",
               "policyengine.budgets", "policyengine.tokens", "policyengine.audit",
               "policyengine.tools._patterns",

@@ -184,3 +184,46 @@ def test_a_lost_approval_is_never_honoured(prefix: str) -> None:
         assert store.list() == []
     finally:
         store.close()
+
+
+def test_a_rate_limit_admission_is_one_script_call(prefix: str) -> None:
+    """The rate-limit script answers the layout it found with its refusal: an admission
+    sends the script alone (once more after taking up an operator's new dataset), never
+    a second command to read the layout, which could see another one than the script."""
+    store = RedisStore(REDIS_URL, prefix=prefix, create=True, max_clock_skew=None)
+    sent: list[str] = []
+    send = store._redis.execute_command
+
+    def counted(*args: object, **options: object) -> object:
+        sent.append(str(args[0]))
+        return send(*args, **options)
+
+    store._redis.execute_command = counted  # type: ignore[method-assign]
+    keys = (RateKey("k", 5, 1_000_000, 5),)
+    try:
+        assert store.rate_admit(keys, None).ok and sent == ["EVALSHA"]
+        first = _layout(prefix)
+        _lose(prefix)
+        sent.clear()
+        with pytest.raises(BudgetStoreError) as info:
+            store.rate_admit(keys, None)
+        assert info.value.details == {"reason": "dataset_lost"}
+        assert f"found layout '', opened {first!r}" in info.value.message
+        assert sent == ["EVALSHA"]
+        other = RedisStore(REDIS_URL, prefix=prefix, create=True)  # the operator's act
+        other.close()
+        second = _layout(prefix)
+        sent.clear()
+        assert store.rate_admit(keys, None).ok
+        assert sent == ["EVALSHA", "EVALSHA"]  # refused, the new dataset taken up, run
+        assert store.rate_admit(keys, None).ok and sent == ["EVALSHA"] * 3
+        _lose(prefix)
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.set(prefix + "layout", "2:" + "0" * 16)  # a layout of another version
+        sent.clear()
+        with pytest.raises(BudgetStoreError) as info:
+            store.rate_admit(keys, None)
+        assert f"found layout '2:{'0' * 16}', opened {second!r}" in info.value.message
+        assert sent == ["EVALSHA"]
+    finally:
+        store.close()

@@ -280,3 +280,58 @@ def test_a_client_fault_of_the_approval_store_is_its_code() -> None:
     with pytest.raises(ApprovalError) as info:
         store.approve("apr_" + "0" * 32)
     assert info.value.code == "approval_store_error"
+
+
+# -- the approval and revocation stores open their URLs alike -----------------------------
+
+SHARED_OPENERS = [
+    ("approval", approvals_from_url, ApprovalError, "invalid_approval_store",
+     "an approval store URL"),
+    ("revocation", revocations_from_url, TokenError, "invalid_revocations",
+     "a revocation store URL"),
+]
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("mysql://u:s3cret@x/y", "{a} is memory:, postgresql://... or redis://..."),
+    (42, "{a} is memory:, postgresql://... or redis://..."),
+    ("", "{a} is memory:, postgresql://... or redis://..."),
+    ("unix:///tmp/redis.sock", "{a} is memory:, postgresql://... or redis://..."),
+    ("memory:x", "{kind} store URL: memory: takes no 'x'"),
+    ("MEMORY:?prefix=p:", "{kind} store URL: memory: takes no 'prefix=p:'"),
+    (f"{NO_REDIS}?prefix=a:&prefix=b:", "{kind} store URL: option prefix given twice"),
+    (f"{NO_REDIS}?timeout=soon", "{kind} store URL: option timeout='soon' is not a value"),
+    (f"{NO_PG}?connect_timeout=1&connect_timeout=2",
+     "{kind} store URL: option connect_timeout given twice"),
+    ("redis://:s3cret@127.0.0.1:port/0", "{kind} store URL: "),
+    (f"{NO_REDIS}?schema=x", "{kind} store URL: unknown option 'schema'"),
+    (f"{NO_PG}?schema=Bad-Name", "schema='Bad-Name': must be a lower-case SQL name"),
+    (f"{NO_REDIS}?prefix=p:&timeout=0", "timeout=0.0: must be a number of seconds above 0"),
+])
+@pytest.mark.parametrize(("kind", "opener", "error", "code", "a"), SHARED_OPENERS)
+def test_the_approval_and_revocation_urls_are_read_alike(
+    url: object, says: str, kind: str, opener: Callable[[object], Any],
+    error: type[PolicyEngineError], code: str, a: str,
+) -> None:
+    """One reading of a shared store's URL for both kinds: the same refusals, each
+    with its store's code and name (a store's own refusal of an option as it is, without
+    the URL's words), before any connection and never with the password."""
+    with pytest.raises(error) as info:
+        opener(url)
+    assert info.value.code == code, str(info.value)
+    assert info.value.message.startswith(says.format(a=a, kind=kind)), str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(("kind", "opener", "error", "code", "a"), SHARED_OPENERS)
+def test_a_keyword_overrides_the_shared_store_urls_option(
+    kind: str, opener: Callable[..., Any], error: type[PolicyEngineError], code: str,
+    a: str,
+) -> None:
+    """A keyword argument is taken over the URL's option (here a bad one over a good
+    one, so the store refuses it before connecting) and passes to the memory store's
+    check of its URL untouched."""
+    with pytest.raises(error) as info:
+        opener(f"{NO_REDIS}?prefix=p:&timeout=2", timeout=-1)
+    assert info.value.code == code and "timeout=-1" in info.value.message
+    assert type(opener("memory:")).__name__.startswith("Memory")

@@ -63,6 +63,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Literal
 
+from policyengine._pgtables import missing_columns
 from policyengine.budgets._options import check_store_options
 from policyengine.budgets.clock import ServerClock
 from policyengine.budgets.errors import BudgetStoreError
@@ -1015,12 +1016,9 @@ class PostgresStore:
                     # A layout table without our columns or without its row (made by
                     # something else, or cut short by hand) is a layout we cannot read:
                     # refused as one, never re-created over or queried into a raw error.
-                    columns = {row[0] for row in conn.execute(
-                        "SELECT column_name FROM information_schema.columns "
-                        "WHERE table_schema = %s AND table_name = 'budget_layout'",
-                        (self.schema,)).fetchall()}
                     row = None
-                    if {"version", "code"} <= columns:
+                    if not missing_columns(conn, self.schema, (("budget_layout", "version"),
+                                                               ("budget_layout", "code"))):
                         row = conn.execute(f"SELECT max(version) FROM {s}.budget_layout"
                                            ).fetchone()
                     if row is None or row[0] is None:

@@ -443,6 +443,9 @@ class RedisStore:
     ``clock_skew`` (``None``: trust the caller's clock, for tests that set the time).
     ``retention``: seconds finished reservations are kept. ``pool_size``: most
     connections per process for the budget scripts, and as many for the other calls.
+    ``timeout``: seconds to wait for a connection and for each reply (``?timeout=`` in
+    its URL): a server that stops answering fails the call with ``store_unavailable``
+    after it (a budgeted request is denied, never allowed).
     Raises ``BudgetStoreError`` ``store_unavailable`` when the
     server cannot be reached, ``store_incompatible`` when the prefix holds another
     layout, and ``store_uninitialized`` when it holds none: ``create=True`` makes it
@@ -482,6 +485,7 @@ class RedisStore:
         self.prefix = prefix
         self.max_clock_skew = max_clock_skew
         self.retention = retention
+        self.timeout = timeout
         self._skew = "" if max_clock_skew is None else repr(float(max_clock_skew))
         self._retention_s = float(retention)
         self._retention = repr(self._retention_s)
@@ -813,7 +817,7 @@ class RedisStore:
             args += (key, str(count), str(period_us), str(burst))
         try:
             refused, wait, now = self._rate_script(args=args)
-            if refused == -2 and self._adopt(str(self._redis.get(self.prefix + "layout"))):
+            if refused == -2 and self._adopt(str(wait)):
                 args[1] = self._layout  # refused before it did anything: run it there
                 refused, wait, now = self._rate_script(args=args)
         except redis.RedisError as exc:
@@ -821,8 +825,8 @@ class RedisStore:
         if refused == -1:
             raise self._refused(b"C%.6f" % (wait / 1e6),
                                 now_us / 1e6)  # type: ignore[operator]
-        if refused == -2:
-            raise self._refused(b"L(not the one opened)", 0.0)
+        if refused == -2:  # the layout the script found, in place of a wait
+            raise self._refused(b"L" + str(wait).encode("utf-8", "replace"), 0.0)
         if refused == 0:
             return RateOutcome(True, -1, 0, int(now))
         return RateOutcome(False, int(refused) - 1, int(wait), int(now))
@@ -867,11 +871,14 @@ class RedisStore:
 # Rate limits: ARGV[1] prefix, ARGV[2] layout id, ARGV[3] now_us ('' for the server's
 # TIME), ARGV[4] max skew in us ('' for none), ARGV[5] '1' to count the call, then per key
 # (sorted) key, count, period_us, burst. Returns {refused index (1-based; 0 admitted),
-# retry_after_us, now_us}, {-1, server_us, 0} for a skewed caller, {-2, 0, 0} for a lost
-# dataset. Every value stays below 2**53 (exact in Lua's doubles).
+# retry_after_us, now_us}, {-1, server_us, 0} for a skewed caller, {-2, layout found
+# ('' for none), 0} when the dataset is not the one opened (the store adopts the layout
+# found if an operator made it, and runs the script once more: no other command). Every
+# number stays below 2**53 (exact in Lua's doubles).
 _RATE = r"""
 local P = ARGV[1]
-if redis.call('GET', P .. 'layout') ~= ARGV[2] then return {-2, 0, 0} end
+local layout = redis.call('GET', P .. 'layout')
+if layout ~= ARGV[2] then return {-2, layout or '', 0} end
 local t = redis.call('TIME')
 local server = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = server

@@ -10,17 +10,18 @@
 Store options go in the query string and are removed before the URL reaches the
 driver: ``durability``, ``busy_timeout`` and ``retention`` (SQLite); ``schema``,
 ``durability``, ``pool_size``, ``max_clock_skew``, ``retention`` and ``connect_timeout``
-(PostgreSQL); ``prefix``, ``max_clock_skew``, ``pool_size``, ``retention`` and
-``create`` (Redis: ``create=true`` makes the dataset where the prefix holds none; see
-:class:`RedisStore`). Other query parameters are the driver's: for PostgreSQL only
-libpq's connection parameters (``sslmode=require``, ``application_name``...; see
+(PostgreSQL); ``prefix``, ``max_clock_skew``, ``pool_size``, ``retention``,
+``timeout`` (seconds a connection or a reply is waited for) and ``create`` (Redis:
+``create=true`` makes the dataset where the prefix holds none; see :class:`RedisStore`).
+Other query parameters are the driver's: for PostgreSQL only libpq's connection
+parameters (``sslmode=require``, ``application_name``...; see
 :func:`policyengine._storeurl.check_postgres_url`), and for Redis only the redis-py
 options listed in :func:`policyengine._storeurl.check_redis_url` (``db``, timeouts, TLS
 files...); any other is refused, as is anything after ``memory:`` or a query SQLite
-does not read. Keyword arguments override the
-URL's. A bad option is refused here, before any connection, with ``invalid_store_url``
-(see :mod:`policyengine.budgets._options`), and so is a value given where a store is
-taken that is neither a store nor a URL (:func:`as_budget_store`).
+does not read. Keyword arguments override the URL's. A bad option is refused here,
+before any connection, with ``invalid_store_url`` (see
+:mod:`policyengine.budgets._options`), and so is a value given where a store is taken
+that is neither a store nor a URL (:func:`as_budget_store`).
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ from policyengine.errors import PolicyEngineError
 
 __all__ = ["as_budget_store", "missing_store_methods", "store_from_url"]
 
-_FLOAT = {"busy_timeout", "retention", "max_clock_skew", "connect_timeout"}
+_FLOAT = {"busy_timeout", "retention", "max_clock_skew", "connect_timeout", "timeout"}
 _INT = {"pool_size"}
 _OPTIONS = {
     "sqlite": {"durability", "busy_timeout", "retention"},
     "postgresql": {"schema", "durability", "pool_size", "max_clock_skew", "retention",
                    "connect_timeout"},
-    "redis": {"prefix", "max_clock_skew", "pool_size", "retention", "create"},
+    "redis": {"prefix", "max_clock_skew", "pool_size", "retention", "create", "timeout"},
     "memory": {"retention"},
 }
 #: What a ``Ledger`` calls on its store: the :class:`BudgetStore` protocol's methods, read

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from policyengine._pgtables import missing_columns
 from policyengine.decide._approvals import Approval, ApprovalError, ApprovalStore
 
 __all__ = ["PostgresApprovalStore", "RedisApprovalStore", "approvals_from_url"]
@@ -134,10 +135,8 @@ class PostgresApprovalStore(ApprovalStore):
                 "decided_by text, note text)")
             # A table of that name made by something else is refused here, not found out
             # by the first request (every decision then denied approval_store_error).
-            found = {row[0] for row in conn.execute(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_schema = %s AND table_name = 'approvals'", (schema,))}
-            lacking = [c for c in _COLUMNS.split(", ") if c not in found]
+            lacking = [column for _, column in missing_columns(
+                conn, schema, [("approvals", c) for c in _COLUMNS.split(", ")])]
             if lacking:
                 raise ApprovalError(
                     "approval_store_incompatible",
@@ -455,25 +454,11 @@ def approvals_from_url(url: str, **options: Any) -> Any:
     ``schema`` that is no lower-case SQL name, an empty ``prefix``, a time that is no
     number of seconds up to ten years, an option given twice, an option neither the
     store nor its driver reads)."""
-    from policyengine._storeurl import check_memory_url, scheme_of, split_store_url
+    from policyengine._storeurl import open_shared_store
     from policyengine.decide._approvals import MemoryApprovalStore
-    scheme = scheme_of(url)
-    if scheme == "memory":
-        _url_read(check_memory_url, url)
-        return MemoryApprovalStore()
-    if scheme not in ("postgresql", "postgres", "redis", "rediss"):
-        raise ApprovalError("invalid_approval_store", "an approval store URL is memory:, "
-                            "postgresql://... or redis://...")
-    postgres = scheme.startswith("postgres")
-    # each kind takes out its own options; any other is left for the driver's check,
-    # which refuses it (``?prefix=`` on PostgreSQL is no libpq option)
-    own: dict[str, Any] = ({"schema": str, "connect_timeout": float} if postgres
-                           else {"prefix": str, "keep_expired": float, "timeout": float})
-    plain, mine = _url_read(split_store_url, url, own)
-    store = PostgresApprovalStore if postgres else RedisApprovalStore
-    try:
-        return store(plain, **{**mine, **options})
-    except ApprovalError:
-        raise
-    except ValueError as exc:  # the driver cannot read the URL (a port that is no number)
-        raise ApprovalError("invalid_approval_store", f"approval store URL: {exc}") from None
+    return open_shared_store(
+        url, options, what="approval store", memory=MemoryApprovalStore,
+        postgres=PostgresApprovalStore, redis=RedisApprovalStore,
+        refuse=lambda message: ApprovalError("invalid_approval_store", message),
+        own=lambda postgres: ({"schema": str, "connect_timeout": float} if postgres
+                              else {"prefix": str, "keep_expired": float, "timeout": float}))

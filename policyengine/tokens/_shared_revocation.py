@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from policyengine._pgtables import missing_columns
 from policyengine.tokens.errors import TokenError
 from policyengine.tokens.revocation import check_id
 
@@ -227,11 +228,8 @@ class PostgresRevocationStore(_CachedRevocations):
                                  "version bigint NOT NULL, change text NOT NULL)")
                     # Tables of those names made by something else are refused by name,
                     # not met as a database error at the first refresh.
-                    found = {(row[0], row[1]) for row in conn.execute(
-                        "SELECT table_name, column_name FROM information_schema.columns "
-                        "WHERE table_schema = %s AND table_name IN ('token_revocations', "
-                        "'token_revocations_version')", (schema,))}
-                    lacking = [f"{t}.{c}" for t, c in _PG_COLUMNS if (t, c) not in found]
+                    lacking = [f"{t}.{c}" for t, c in missing_columns(conn, schema,
+                                                                       _PG_COLUMNS)]
                     if lacking:
                         raise TokenError(
                             "revocations_incompatible",
@@ -466,40 +464,12 @@ def revocations_from_url(url: str, **options: Any) -> Any:
     dataset where there is none, see the stores). A URL or option it cannot use (one
     neither the store nor its driver reads included) raises ``TokenError``
     ``invalid_revocations``."""
-    from policyengine._storeurl import (
-        StoreUrlError,
-        check_memory_url,
-        flag,
-        scheme_of,
-        split_store_url,
-    )
+    from policyengine._storeurl import flag, open_shared_store
     from policyengine.tokens.revocation import MemoryRevocationStore
-    scheme = scheme_of(url)
-    if scheme == "memory":
-        try:
-            check_memory_url(url)
-        except StoreUrlError as exc:
-            raise TokenError("invalid_revocations", f"revocation store URL: {exc}"
-                             ) from None
-        return MemoryRevocationStore()
-    if scheme not in ("postgresql", "postgres", "redis", "rediss"):
-        raise TokenError("invalid_revocations",
-                         "a revocation store URL is memory:, postgresql://... or redis://...")
-    postgres = scheme.startswith("postgres")
-    # each kind takes out its own options; any other is left for the driver's check,
-    # which refuses it (``?prefix=`` on PostgreSQL is no libpq option)
-    own: dict[str, Any] = {"refresh": float, "max_stale": float, "create": flag,
-                           **({"schema": str, "connect_timeout": float} if postgres
-                              else {"prefix": str, "timeout": float})}
-    try:
-        plain, mine = split_store_url(url, own)
-    except StoreUrlError as exc:
-        raise TokenError("invalid_revocations", f"revocation store URL: {exc}") from None
-    store = PostgresRevocationStore if postgres else RedisRevocationStore
-    chosen = {**mine, **options}
-    try:
-        return store(plain, **chosen)
-    except TokenError:
-        raise
-    except ValueError as exc:  # the driver cannot read the URL (a port that is no number)
-        raise TokenError("invalid_revocations", f"revocation store URL: {exc}") from None
+    return open_shared_store(
+        url, options, what="revocation store", memory=MemoryRevocationStore,
+        postgres=PostgresRevocationStore, redis=RedisRevocationStore,
+        refuse=lambda message: TokenError("invalid_revocations", message),
+        own=lambda postgres: {"refresh": float, "max_stale": float, "create": flag,
+                              **({"schema": str, "connect_timeout": float} if postgres
+                                 else {"prefix": str, "timeout": float})})

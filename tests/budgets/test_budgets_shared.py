@@ -928,3 +928,70 @@ def test_postgres_approval_and_revocation_stores_refuse_a_table_they_cannot_read
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.mark.postgres
+def test_missing_columns_names_what_a_schema_lacks_in_order() -> None:
+    """The one query the PostgreSQL stores check their tables with: the pairs asked for
+    that the schema lacks, in the order asked, a view's columns counted as a table's and
+    another schema's never."""
+    from policyengine._pgtables import missing_columns
+    require_service("postgres")
+    schema, other = unique_name("pg"), unique_name("pg")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        try:
+            for name in (schema, other):
+                conn.execute(f'CREATE SCHEMA "{name}"')
+            conn.execute(f'CREATE TABLE "{schema}".t (a int, b int)')
+            conn.execute(f'CREATE VIEW "{schema}".v AS SELECT 1 AS a')
+            conn.execute(f'CREATE TABLE "{other}".t (c int)')
+            conn.execute(f'CREATE TABLE "{other}".v (b int)')
+            wanted = [("t", "b"), ("t", "c"), ("v", "a"), ("v", "b"), ("gone", "x"),
+                      ("t", "a")]
+            assert missing_columns(conn, schema, wanted) == [
+                ("t", "c"), ("v", "b"), ("gone", "x")]
+            assert missing_columns(conn, schema, iter([("t", "a"), ("v", "a")])) == []
+            assert missing_columns(conn, other, [("t", "c"), ("t", "a")]) == [("t", "a")]
+        finally:
+            for name in (schema, other):
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("kind", "table", "column", "words"), [
+    ("budget", "budget_layout", "code", "holds a budget_layout table"),
+    ("approvals", "approvals", "note", "not recognise (no note)"),
+    ("approvals", "approvals", "status", "not recognise (no status)"),
+    ("revocations", "token_revocations_version", "change",
+     "not recognise (no token_revocations_version.change)"),
+    ("revocations", "token_revocations", "revoked_at",
+     "not recognise (no token_revocations.revoked_at)"),
+])
+def test_postgres_stores_refuse_their_table_without_a_column(
+    kind: str, table: str, column: str, words: str,
+) -> None:
+    """A store's own table that lost one of its columns is refused when the store is
+    opened again, each store with its own code, naming what is missing."""
+    from policyengine.decide import ApprovalError, PostgresApprovalStore
+    from policyengine.tokens import PostgresRevocationStore, TokenError
+    require_service("postgres")
+    schema = unique_name("pg")
+    opens: dict[str, Any] = {
+        "budget": lambda: PostgresStore(POSTGRES_URL, schema=schema),
+        "approvals": lambda: PostgresApprovalStore(POSTGRES_URL, schema=schema),
+        "revocations": lambda: PostgresRevocationStore(POSTGRES_URL, schema=schema),
+    }
+    code, error = {"budget": ("store_incompatible", BudgetStoreError),
+                   "approvals": ("approval_store_incompatible", ApprovalError),
+                   "revocations": ("revocations_incompatible", TokenError)}[kind]
+    try:
+        opens[kind]().close()  # made as the store makes it
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'ALTER TABLE "{schema}".{table} DROP COLUMN {column} CASCADE')
+        with pytest.raises(error) as info:
+            opens[kind]()
+        assert info.value.code == code, str(info.value)
+        assert words in info.value.message
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
