@@ -52,3 +52,44 @@ def test_round_trips_what_json_dumps_writes(value: object) -> None:
     import json
     assert strict_json.loads(json.dumps(value)) == value
     assert strict_json.loads(json.dumps(value).encode("utf-8")) == value
+
+
+@pytest.mark.parametrize("text", [
+    "1e99999999999", "-1e99999999999", "1e-99999999999", "0e-99999999999",
+    "0E+99999999999", '{"x": [1.5e4301]}', "1e-4301", "0." + "0" * 4300 + "1",
+    "1" + "0" * 4301 + ".5",
+])
+def test_decimal_mode_refuses_an_exponent_beyond_the_bound(text: str) -> None:
+    with pytest.raises(strict_json.AmbiguousJsonError) as err:
+        strict_json.loads(text, decimal=True)
+    assert err.value.code == "number_too_long"
+    assert len(err.value.message) < 200
+
+
+@pytest.mark.parametrize("text", ["1e4300", "-9.99e4300", "1e-4300", "0e4300", "1e400",
+                                  "1" + "0" * 4300 + ".5"])
+def test_decimal_mode_reads_exponents_up_to_the_bound(text: str) -> None:
+    assert strict_json.loads(text, decimal=True) == Decimal(text)
+
+
+def test_float_mode_is_as_before() -> None:
+    with pytest.raises(strict_json.AmbiguousJsonError) as err:
+        strict_json.loads("1e99999999999")
+    assert err.value.code == "non_finite_number"
+    assert strict_json.loads("1e-99999999999") == 0.0
+
+
+@given(st.integers(0, 1), st.integers(0, 10**30), st.integers(0, 10**30),
+       st.integers(-10**13, 10**13) | st.integers(-4400, 4400))
+def test_decimal_mode_reads_a_number_exactly_or_refuses_it_by_its_exponent(
+        sign: int, whole: int, fraction: int, exp: int) -> None:
+    text = f"{'-' if sign else ''}{whole}.{fraction}e{exp}"
+    value = Decimal(text)
+    if -strict_json.MAX_EXPONENT <= value.adjusted() <= strict_json.MAX_EXPONENT:
+        assert strict_json.loads(text, decimal=True) == value
+        assert strict_json.decimal_text(value) == format(value, "f")
+    else:
+        with pytest.raises(strict_json.AmbiguousJsonError):
+            strict_json.loads(text, decimal=True)
+        assert strict_json.decimal_text(value) == str(value)  # never the plain digits
+    assert Decimal(strict_json.decimal_text(value)) == value

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import orjson
 
+from policyengine._json import decimal_text
 from policyengine.audit.errors import LogVerifyError
 
 __all__ = [
@@ -49,7 +50,7 @@ _OPTS: Final = orjson.OPT_NON_STR_KEYS
 
 def _default(value: object) -> object:
     if isinstance(value, Decimal):
-        return format(value, "f")
+        return decimal_text(value)  # plain; scientific beyond 10**+-4300 (bounded)
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
     if isinstance(value, (bytes, bytearray)):
@@ -66,7 +67,12 @@ def _safe(value: Any, depth: int = 0) -> Any:
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
-        return value if -(2**63) <= value < 2**64 else str(value)
+        if -(2**63) <= value < 2**64:
+            return value
+        try:
+            return str(value)
+        except ValueError:  # over the interpreter's digit limit for str()
+            return f"<int of {value.bit_length()} bits>"
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) \
             else str(value)

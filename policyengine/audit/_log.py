@@ -185,6 +185,7 @@ class DecisionLog:
         self._sink_errors = 0
         self._stalls = 0
         self._checkpoints = 0
+        self._record_errors = 0
         self._failing = False
         self._stalled = False
         self._write_started = 0.0
@@ -442,9 +443,16 @@ class DecisionLog:
             if self._waiting:
                 with self._room:
                     self._room.notify_all()
+            lines: list[bytes] = []
             try:
                 lines = self._encode(items)
                 self._hand_over(lines)
+            except Exception:  # a fault outside any one record: counted, the writer lives on
+                if lines:  # not handed over (the spill failed): kept for close(), counted
+                    with self._rescue_lock:
+                        self._rescued.extend(lines)
+                else:
+                    self._drop(n)
             finally:
                 self._busy = False
         self._finish()
@@ -460,6 +468,8 @@ class DecisionLog:
         produced = 0
         append = lines.append
         for item in items:
+            seq += 1
+            record: dict[str, Any] = {}
             try:
                 if item[0] == _DECISION:
                     _, kind, ts, latency, decision, inp, token, view = item
@@ -467,14 +477,13 @@ class DecisionLog:
                 else:
                     _, kind, ts, fields, view = item
                     record = event_record(kind, ts, fields, view)
-            except Exception as exc:  # never lose a record to a bug: keep what is safe
-                record = {"schema": "policyengine.decision-log/1", "kind": str(item[1]),
-                          "timestamp": None, "record_error": type(exc).__name__}
-            seq += 1
-            record["seq"] = seq
-            record["dropped"] = dropped
-            record["prev"] = prev
-            line, prev = seal(encode(record))
+                record["seq"] = seq
+                record["dropped"] = dropped
+                record["prev"] = prev
+                encoded = encode(record)
+            except Exception as exc:  # never lose a record, nor the writer, to one record
+                encoded = encode(self._record_error(item, record, exc, seq, dropped, prev))
+            line, prev = seal(encoded)
             append(line)
             dropped = 0
             produced += 1
@@ -486,6 +495,21 @@ class DecisionLog:
         self._seq, self._prev, self._since_checkpoint = seq, prev, since
         self._produced += produced
         return lines
+
+    def _record_error(self, item: tuple[Any, ...], record: dict[str, Any],
+                      exc: Exception, seq: int, dropped: int, prev: str) -> dict[str, Any]:
+        """What stands in the chain for a record that could not be built or encoded: its
+        kind, time and decision id (when it got that far) and the exception's name;
+        counted in ``record_errors``."""
+        with self._lock:
+            self._record_errors += 1
+        out: dict[str, Any] = {"schema": "policyengine.decision-log/1",
+                               "kind": str(item[1])[:64], "timestamp": None}
+        for name in ("timestamp", "decision_id"):
+            if type(record.get(name)) is str:
+                out[name] = record[name][:64]
+        out.update(record_error=type(exc).__name__, seq=seq, dropped=dropped, prev=prev)
+        return out
 
     def _chain(self, record: dict[str, Any], dropped: int = 0) -> bytes:
         self._seq += 1
@@ -729,8 +753,9 @@ class DecisionLog:
         the log, ``written`` lines delivered to the sink, ``spilled`` and
         ``spill_pending``, ``dropped``, ``denied`` (decisions the log turned into
         denials) and ``unrecorded_denials``, ``blocked`` waits, ``sink_errors``,
-        ``stalls``, ``checkpoints``, ``queue_depth``, ``undelivered`` (produced, not yet
-        delivered nor spilled)."""
+        ``stalls``, ``checkpoints``, ``record_errors`` (records that could not be built
+        or encoded: a placeholder with ``record_error`` stands in the chain),
+        ``queue_depth``, ``undelivered`` (produced, not yet delivered nor spilled)."""
         with self._lock:
             spill_pending = self._spill_lines
             undelivered = self._produced - (self._written - (self._spilled - spill_pending)) \
@@ -741,7 +766,8 @@ class DecisionLog:
                 "dropped": self._dropped, "denied": self._denied,
                 "unrecorded_denials": self._unrecorded_denials, "blocked": self._blocked,
                 "sink_errors": self._sink_errors, "stalls": self._stalls,
-                "checkpoints": self._checkpoints, "queue_depth": len(self._queue),
+                "checkpoints": self._checkpoints, "record_errors": self._record_errors,
+                "queue_depth": len(self._queue),
                 "undelivered": max(0, undelivered), "seq": self._seq,
             }
 

@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 import policyengine as pe
+from policyengine.money import MAX_TEXT_LENGTH
 from policyengine.server import _models as m
 from policyengine.server._access import ACCESS_TYP, AccessTokens, token_typ
 from policyengine.server._credentials import Credentials
@@ -856,6 +857,12 @@ class PolicyService:
             if currency is None:
                 raise RefusalError(400, "currency_required", "maxAmount has no currency on this "
                                "wire: the grant has no cap and the policy no currency")
+            # Its plain text is at least |exponent| characters: refused as over-long, as
+            # Money refuses it, before format() would write out 1e99999999999.
+            if abs(r.maxAmount.adjusted()) >= MAX_TEXT_LENGTH:
+                raise RefusalError(400, "invalid_amount", f"max_amount: amount "
+                                   f"{str(r.maxAmount)[:40]} is longer than "
+                                   f"{MAX_TEXT_LENGTH} characters")
             max_amount = (format(r.maxAmount, "f"), currency)
         try:
             child = pe.tokens.attenuate(

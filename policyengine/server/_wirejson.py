@@ -64,7 +64,11 @@ def loads(data: bytes) -> Any:
 def decimal_number(value: Decimal) -> int | float | str:
     """A ``Decimal`` as the JSON number with the same value: an ``int`` when integral; a
     ``float`` only when its shortest text reads back as exactly ``value``; otherwise the
-    digits as a string (more precision than any money amount has)."""
+    digits as a string (more precision than any money amount has). A value whose adjusted
+    exponent is beyond ``MAX_EXPONENT`` (never an amount the engine gives; no request
+    holds one) is its scientific text: its plain digits would take gigabytes."""
+    if not -strict_json.MAX_EXPONENT <= value.adjusted() <= strict_json.MAX_EXPONENT:
+        return str(value)
     if value == value.to_integral_value():
         return int(value)
     as_float = float(value)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, Literal
 
+from policyengine._json import decimal_text
 from policyengine.decision import FrozenDict
 from policyengine.errors import PolicyEngineError
 
@@ -545,7 +546,7 @@ def check_hmac_key(key: object) -> bytes:
 def _json_default(value: object) -> object:
     # Decimals (from a parser using parse_float=Decimal) hash as their exact text.
     if isinstance(value, Decimal):
-        return format(value, "f")
+        return decimal_text(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
@@ -554,7 +555,7 @@ def _value_bytes(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass")
     if isinstance(value, Decimal):
-        return format(value, "f").encode("ascii")
+        return decimal_text(value).encode("ascii")
     return _canonical_json(value).encode("utf-8", "surrogatepass")
 
 
@@ -567,7 +568,7 @@ def _text_form(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, Decimal):
-        return format(value, "f")
+        return decimal_text(value)
     return _canonical_json(value)
 
 

@@ -124,6 +124,24 @@ def test_hash_is_stable_keyed_and_type_aware() -> None:
         {"v": "**50"}
 
 
+def test_a_decimal_with_a_huge_exponent_is_hashed_by_its_scientific_text() -> None:
+    # its plain text would be 100 GB: scientific beyond an exponent of +-4300
+    huge = Decimal("1e99999999999")
+    body = redact({"v": huge, "w": [huge], "p": Decimal("-1e99999999999"),
+                   "s": Decimal("1e-4301")}, [
+        RedactionRule("$.v", "hash"), RedactionRule("$.w", "sha256"),
+        RedactionRule("$.p", "partial", keep=3), RedactionRule("$.s", "sha256")],
+        hmac_key=KEY).body
+    assert body["v"] == "hmac-sha256:" + hmac.new(KEY, b"1E+99999999999",
+                                                  hashlib.sha256).hexdigest()
+    assert body["w"] == "sha256:" + hashlib.sha256(b'["1E+99999999999"]').hexdigest()
+    assert body["p"] == "*" * 12 + "999"
+    assert body["s"] == "sha256:" + hashlib.sha256(b"1E-4301").hexdigest()
+    within = redact({"v": Decimal("1e-4300")}, [RedactionRule("$.v", "sha256")]).body
+    assert within["v"] == "sha256:" + hashlib.sha256(
+        format(Decimal("1e-4300"), "f").encode()).hexdigest()
+
+
 def test_partial_short_values_are_fully_masked() -> None:
     assert redact({"v": "123"}, [RedactionRule("$.v", "partial", keep=4)]).body == {"v": "***"}
     assert redact({"v": None}, [RedactionRule("$.v", "partial", keep=4)]).body == {"v": "****"}
