@@ -165,15 +165,22 @@ def test_the_shared_store_clock_decides(kind: str, shared_stores: SharedStores) 
     assert refused is not None and 3_590_000_000 < refused.retry_after_us <= 3_600_000_000
 
 
-def _hammer(kind: str, name: str, seconds: float, threads: int, out: Any) -> None:
+def _hammer(kind: str, name: str, seconds: float, threads: int, out: Any,
+            start: Any) -> None:
+    import os, time as _t; _t.sleep(2 * (os.getpid() % 2))
     store: Any = (PostgresStore(POSTGRES_URL, schema=name) if kind == "postgres"
                   else RedisStore(REDIS_URL, prefix=name, create=True))
     key = (RateKey("hot", 200, 1_000_000, 20),)  # 200 per second, burst 20
     admitted: list[int] = []
     lock = threading.Lock()
+    # Every process starts together (a slow spawn on a loaded machine would otherwise
+    # leave a gap in which nobody asks, and nothing can be admitted), and all stop at
+    # the same server time.
+    store.server_time()
+    start.wait(60)
+    stop = store.server_time() + seconds
 
     def work() -> None:
-        stop = store.server_time() + seconds
         mine = []
         while True:
             got = store.rate_admit(key, None, True)
@@ -200,7 +207,9 @@ def test_processes_and_threads_never_pass_burst_plus_rate_times_elapsed(
     name = store.schema if kind == "postgres" else store.prefix
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_hammer, args=(kind, name, 0.5, 4, out)) for _ in range(2)]
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_hammer, args=(kind, name, 0.5, 4, out, start))
+             for _ in range(2)]
     for p in procs:
         p.start()
     times = sorted(t for _ in procs for t in out.get(timeout=60))
