@@ -167,7 +167,6 @@ def test_the_shared_store_clock_decides(kind: str, shared_stores: SharedStores) 
 
 def _hammer(kind: str, name: str, seconds: float, threads: int, out: Any,
             start: Any) -> None:
-    import os, time as _t; _t.sleep(2 * (os.getpid() % 2))
     store: Any = (PostgresStore(POSTGRES_URL, schema=name) if kind == "postgres"
                   else RedisStore(REDIS_URL, prefix=name, create=True))
     key = (RateKey("hot", 200, 1_000_000, 20),)  # 200 per second, burst 20
