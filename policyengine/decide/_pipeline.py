@@ -58,6 +58,7 @@ from policyengine.decide._evaluator import (
     shadow_rules,
 )
 from policyengine.decision import Decision, Diagnostic, Obligations, ShadowOutcome
+from policyengine.errors import PolicyEngineError
 from policyengine.money._money import Money, MoneyError
 from policyengine.tokens.errors import TokenError
 
@@ -757,8 +758,12 @@ class Pipeline:
             else:
                 self.approvals.add(item)
         except Exception as exc:  # a store fault: no approval can be asked for
+            # Named by its code (a shared store's own outage) or the driver's exception
+            # type; never its message, which may carry the store's address.
+            what = (f"the approval store answered {exc.code}"
+                    if isinstance(exc, PolicyEngineError) else type(exc).__name__)
             return _overruled(facts, "approval_store_error",
-                              f"cannot record the approval: {type(exc).__name__}")
+                              f"cannot record the approval: {what}")
         return "" if dry else item.id
 
 

@@ -297,6 +297,8 @@ class TestSingleUse:
         eng = engine(clock, approvals=Full(clock))
         d = eng.authorize("bot", "payments:transfer", dict(BODY))
         assert (d.status, d.code, d.approval_id) == ("denied", "approval_store_error", None)
+        # the driver's exception type, never its message (which may name the store)
+        assert d.reason == "cannot record the approval: OSError", d.reason
 
 
 class TestExpiry:

@@ -212,6 +212,8 @@ def test_an_unreachable_approval_store_is_never_an_allow(kind: str) -> None:
         engine = Engine.from_source(POLICY, name="pay.policy", approvals=store)
         d = engine.authorize("bot", "payments:transfer", dict(BODY))
         assert (d.status, d.code, d.approval_id) == ("denied", "approval_store_error", None)
+        assert d.reason == ("cannot record the approval: the approval store answered "
+                            "approval_store_error"), d.reason
         d = engine.authorize("bot", "payments:transfer", dict(BODY),
                              approval_id="apr_" + "0" * 32)
         assert d.status == "pending_approval" or not d.allowed
