@@ -25,8 +25,10 @@ __all__ = [
     "RoutePattern",
     "ToolPatternError",
     "ToolRequestError",
+    "ODD_CASES",
     "normalize_host",
     "normalize_method",
+    "fold_case",
     "fold_path",
     "host_without_port",
     "normalize_path",
@@ -172,6 +174,37 @@ def normalize_host(host: str) -> str:
     return f"{canon}:{_normalize_port(port, host)}"
 
 
+# ------------------------------------------------------------------------- case fold
+
+#: Letters a server that compares text case-insensitively takes for another one, under
+#: that one: char-by-char upper then lower case mapping (Java's
+#: ``String.equalsIgnoreCase``, .NET's ``ToUpperInvariant``) reads U+0130 (I with dot
+#: above) and U+0131 (dotless i) as ``i``, U+212A (Kelvin sign) as ``k``, U+017F (long
+#: s) as ``s`` and U+212B (Angstrom sign) as U+00E5. :func:`fold_case` folds by this
+#: table (Unicode case folding alone keeps U+0131 apart and makes U+0130 two
+#: characters), and the key guard spells names with it (``tools._redaction``).
+ODD_CASES: Final = {"i": "\u0130\u0131", "k": "\u212a", "s": "\u017f", "\u00e5": "\u212b"}
+_TO_LETTER: Final = str.maketrans({odd: letter for letter, odds in ODD_CASES.items()
+                                   for odd in odds})
+
+
+def fold_case(text: str) -> str:
+    """``text`` case-folded so that two texts fold alike whenever a server comparing them
+    case-insensitively could take one for the other: Unicode case folding
+    (``str.casefold``: ``ß`` is ``ss``) after the letters of :data:`ODD_CASES`, so also
+    wherever Java's ``equalsIgnoreCase`` (upper, then lower case, char by char) or an
+    upper- or lower-case mapping makes them equal (``adm\u0131n``, ``ADM\u0130N`` and
+    ``admin`` fold alike). Only deny routes and the key guard use it: folding more
+    denies or refuses more, never allows more.
+
+    >>> fold_case("ADM\u0130N"), fold_case("Stra\u00dfe")
+    ('admin', 'strasse')
+    """
+    if text.isascii():
+        return text.lower()
+    return text.translate(_TO_LETTER).casefold()
+
+
 # ------------------------------------------------------------------------------ path
 
 _HEX: Final = "0123456789ABCDEFabcdef"
@@ -298,13 +331,20 @@ def _encode_path_char(c: str) -> str:
         f"%{b:02X}" for b in c.encode("utf-8"))
 
 
-def fold_path(path: str) -> str:
-    """A *normalised* path with letters case-folded (Unicode case folding, also inside
-    percent-encoded UTF-8): how a server that routes case-insensitively reads it. Deny
-    routes match on this form, so ``/V1/Accounts`` cannot escape ``deny "/v1/accounts"``.
+#: ``i`` and the combining dot above (U+0307, UTF-8 CC 87) after it, in a folded path.
+_DOTTED_I: Final = re.compile(r"i(?:%CC%87)+")
 
-    >>> fold_path("/V1/Caf%C3%89")
-    '/v1/caf%C3%A9'
+
+def fold_path(path: str) -> str:
+    """A *normalised* path with letters case-folded by :func:`fold_case` (also inside
+    percent-encoded UTF-8): how a server that routes case-insensitively reads it. Deny
+    routes match on this form, so ``/V1/Accounts`` cannot escape ``deny "/v1/accounts"``,
+    nor ``/adm%C4%B1n`` (a dotless i, U+0131) ``deny "/admin"``. An ``i`` followed by
+    U+0307 (combining dot above) folds to ``i`` too: Unicode case folding reads U+0130 (I
+    with dot above) as that pair.
+
+    >>> fold_path("/V1/Caf%C3%89/adm%C4%B1n")
+    '/v1/caf%C3%A9/admin'
     """
     try:  # (a try costs nothing until it catches: no check per call)
         if "%" not in path:
@@ -316,10 +356,11 @@ def fold_path(path: str) -> str:
     for m in _ESCAPE_RUN.finditer(path):
         out.append(path[pos:m.start()].lower())
         text = bytes.fromhex(m.group().replace("%", "")).decode("utf-8", "replace")
-        out.append("".join(_encode_path_char(c) for c in text.casefold()))
+        out.append("".join(_encode_path_char(c) for c in fold_case(text)))
         pos = m.end()
     out.append(path[pos:].lower())
-    return "".join(out)
+    folded = "".join(out)
+    return _DOTTED_I.sub("i", folded) if "i%CC%87" in folded else folded
 
 
 def split_path(path: str) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ This module is a leaf: it imports nothing from the engine.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import hmac
 import json
@@ -37,6 +38,7 @@ from typing import Any, Final, Literal
 from policyengine._json import decimal_text
 from policyengine.decision import FrozenDict
 from policyengine.errors import PolicyEngineError
+from policyengine.tools._patterns import ODD_CASES, fold_case
 
 __all__ = [
     "MASK",
@@ -831,28 +833,43 @@ def _apply(rules: list[RedactionRule] | tuple[RedactionRule, ...], key: bytes | 
 # ------------------------------------------------------------------ key case guard
 
 def fold_key(key: str) -> str:
-    """A JSON key as servers that match keys case-insensitively compare it: simple case
-    folding both ways (U+017F long s and ``s``, U+212A Kelvin sign and ``k``, U+0130 and
-    ``i`` fold alike), so two keys that any such server could confuse fold equal."""
-    if key.isascii():
-        return key.lower()
-    if "\u0130" in key:
-        key = key.replace("\u0130", "i")
-    return key.upper().lower()
+    """A JSON key as servers that match keys case-insensitively compare it
+    (:func:`~policyengine.tools._patterns.fold_case`: U+017F long s and ``s``, U+212A
+    Kelvin sign and ``k``, U+0130 and U+0131 and ``i`` fold alike), so two keys that any
+    such server could confuse fold equal."""
+    return fold_case(key)
 
 
-#: Characters case-insensitive servers take for another letter (char-by-char upper or
-#: lower case mapping, as Java's ``equalsIgnoreCase`` and .NET's ``OrdinalIgnoreCase``).
-_ODD_CASES: Final = {"s": "\u017f", "k": "\u212a", "i": "\u0130\u0131",
-                     "a": "", "\u00e5": "\u212b"}
 #: Most spellings kept per name; a longer name is checked by folding the keys instead.
 MAX_KEY_VARIANTS: Final = 4096
 
 
 def _char_cases(c: str) -> str:
-    low = c.lower() if len(c.lower()) == 1 else c
-    up = c.upper() if len(c.upper()) == 1 else c
-    return "".join(dict.fromkeys(c + low + up + _ODD_CASES.get(low, "")))
+    """``c`` and every other character that folds like it (:func:`fold_key`): what a
+    case-insensitive server takes for ``c``. ASCII from :data:`ODD_CASES`; others from
+    :func:`_folded_from` (``\u03c3`` is also ``\u03a3`` and ``\u03c2``)."""
+    if c.isascii():
+        return "".join(dict.fromkeys(c + c.lower() + c.upper() + ODD_CASES.get(c.lower(), "")))
+    folded = fold_key(c)
+    return "".join(dict.fromkeys(c + (folded if len(folded) == 1 else "")
+                                 + _folded_from().get(folded, "")))
+
+
+#: Above this code point no character has a case (the tests check every code point).
+_LAST_CASED: Final = 0x1FFFF
+
+
+@functools.cache
+def _folded_from() -> dict[str, str]:
+    """The characters :func:`fold_key` changes, by what it makes of them: made once,
+    the first time a name holds a non-ASCII character (about 0.1 s)."""
+    found: dict[str, str] = {}
+    for cp in range(_LAST_CASED + 1):
+        c = chr(cp)
+        folded = fold_key(c)
+        if folded != c:
+            found[folded] = found.get(folded, "") + c
+    return found
 
 
 def _variants(name: str) -> frozenset[str] | None:
