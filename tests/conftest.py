@@ -7,6 +7,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -51,6 +52,17 @@ def make_engine() -> Callable[..., Engine]:
         return Engine.from_source(text, name="t.policy", **options)
 
     return make
+
+
+def until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Wait, polling, for ``check()`` to hold (for what another thread does); fail the
+    test saying ``what`` after ``timeout`` seconds (generous: the suite shares two
+    cores)."""
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
 
 
 class Clock:

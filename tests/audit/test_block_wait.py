@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+from conftest import until
 
 import policyengine as pe
 from policyengine.audit import DecisionLog
@@ -31,14 +32,6 @@ tool pay: mcp "pay" -> a:rl
 """
 CAPACITY = 4
 DEADLINE = 20.0
-
-
-def until(check: Callable[[], bool], what: str) -> None:
-    end = time.monotonic() + DEADLINE
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 class GatedSink:

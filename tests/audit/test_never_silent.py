@@ -9,26 +9,18 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import until
 
 import policyengine as pe
 from policyengine.audit import DecisionLog, verify_files
 
 POLICY = 'role r: docs:*\nagent "bot": r\n'
 DEADLINE = 20.0
-
-
-def until(check: Callable[[], bool], what: str) -> None:
-    end = time.monotonic() + DEADLINE
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 class GateSink:
