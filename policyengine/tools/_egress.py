@@ -171,7 +171,8 @@ class CompiledTools:
                            f"no tool is bound to {sch}://{h}")
         if any(b.denies for b in bindings):
             # Deny routes match what any upstream could take the path for: letters in
-            # any case (servers that route case-insensitively), with or without a
+            # any case (servers that route case-insensitively), each segment without its
+            # trailing dots and spaces (Windows path normalisation), with or without a
             # trailing '/'.
             folded = fold_path(p)
             forms = (folded, folded[:-1]) if len(folded) > 1 and folded[-1] == "/" else (

@@ -229,8 +229,10 @@ def normalize_path(path: str) -> str:
       ``;``, ``:``, ``@``) is decoded (``%7E`` -> ``~``, ``%3A`` -> ``:``, ``%40`` ->
       ``@``); other escapes are upper-cased (``%3f`` -> ``%3F``); characters outside
       RFC 3986 ``pchar`` (space, non-ASCII ...) are percent-encoded as UTF-8;
-    * ``path_traversal``: a ``.`` or ``..`` segment (also when percent-encoded), an encoded
-      ``/`` (``%2F``) or ``\\`` (``%5C``), a raw backslash;
+    * ``path_traversal``: a ``.`` or ``..`` segment (also when percent-encoded), a segment
+      of only dots and spaces (``...``, ``.%20``, ``%20``: Windows trims them to one of
+      those or to nothing), an encoded ``/`` (``%2F``) or ``\\`` (``%5C``), a raw
+      backslash;
     * ``ambiguous_path``: double encoding (``%25`` before two hex digits), percent-encoded
       bytes that are not UTF-8 (an overlong ``%C0%AE``);
     * ``invalid_path``: an empty segment (``//``, except a trailing ``/``), ``;`` (raw or
@@ -294,10 +296,17 @@ def normalize_path(path: str) -> str:
                         "hex digits): decoded twice it is another path")
     segments = result[1:].split("/")
     for k, seg in enumerate(segments):
-        if seg in (".", ".."):
-            raise _bad_path("path_traversal", path, "'.' and '..' segments are not accepted")
-        if not seg and k != len(segments) - 1:
-            raise _bad_path("invalid_path", path, "empty segment ('//')")
+        if not seg:
+            if k != len(segments) - 1:
+                raise _bad_path("invalid_path", path, "empty segment ('//')")
+        elif seg[0] in ".%" and not seg.replace("%20", "").strip("."):
+            if seg in (".", ".."):
+                raise _bad_path("path_traversal", path,
+                                "'.' and '..' segments are not accepted")
+            # Windows path normalisation trims a segment's trailing dots and spaces:
+            # '...', '. ', ' ' are '..', '.' or an empty segment to it.
+            raise _bad_path("path_traversal", path, "a segment of only dots and spaces "
+                            "is '.', '..' or empty to Windows path normalisation")
     return result
 
 
@@ -333,22 +342,34 @@ def _encode_path_char(c: str) -> str:
 
 #: ``i`` and the combining dot above (U+0307, UTF-8 CC 87) after it, in a folded path.
 _DOTTED_I: Final = re.compile(r"i(?:%CC%87)+")
+#: The dots and spaces (``%20`` once normalised) that end a segment of a normalised path.
+_TRAILING_DOTS_SPACES: Final = re.compile(r"(?:\.|%20)+(?=/|\Z)")
+
+
+def _trim_segments(path: str) -> str:
+    """``path`` with each segment's trailing dots and spaces removed, as Windows path
+    normalisation (Win32 path APIs: IIS, any upstream serving through them) removes
+    them: ``/admin. /x.`` -> ``/admin/x``."""
+    if path.endswith((".", "%20")) or "./" in path or "%20/" in path:
+        return _TRAILING_DOTS_SPACES.sub("", path)
+    return path
 
 
 def fold_path(path: str) -> str:
     """A *normalised* path with letters case-folded by :func:`fold_case` (also inside
-    percent-encoded UTF-8): how a server that routes case-insensitively reads it. Deny
-    routes match on this form, so ``/V1/Accounts`` cannot escape ``deny "/v1/accounts"``,
-    nor ``/adm%C4%B1n`` (a dotless i, U+0131) ``deny "/admin"``. An ``i`` followed by
-    U+0307 (combining dot above) folds to ``i`` too: Unicode case folding reads U+0130 (I
-    with dot above) as that pair.
+    percent-encoded UTF-8) and each segment's trailing dots and spaces (``%20``) removed:
+    how a server that routes case-insensitively, or through Windows path normalisation,
+    reads it. Deny routes match on this form, so ``/V1/Accounts`` cannot escape
+    ``deny "/v1/accounts"``, nor ``/adm%C4%B1n`` (a dotless i, U+0131) or ``/admin.%20``
+    ``deny "/admin"``. An ``i`` followed by U+0307 (combining dot above) folds to ``i``
+    too: Unicode case folding reads U+0130 (I with dot above) as that pair.
 
-    >>> fold_path("/V1/Caf%C3%89/adm%C4%B1n")
+    >>> fold_path("/V1/Caf%C3%89/adm%C4%B1n.%20")
     '/v1/caf%C3%A9/admin'
     """
     try:  # (a try costs nothing until it catches: no check per call)
         if "%" not in path:
-            return path.lower()
+            return _trim_segments(path.lower())
     except (TypeError, AttributeError):
         raise _not_a_path(path) from None
     out: list[str] = []
@@ -360,7 +381,7 @@ def fold_path(path: str) -> str:
         pos = m.end()
     out.append(path[pos:].lower())
     folded = "".join(out)
-    return _DOTTED_I.sub("i", folded) if "i%CC%87" in folded else folded
+    return _trim_segments(_DOTTED_I.sub("i", folded) if "i%CC%87" in folded else folded)
 
 
 def split_path(path: str) -> tuple[str, ...]:
