@@ -500,35 +500,18 @@ class Decision:
         return None, {name: getattr(self, name) for name in self.__slots__}
 
 
-#: Redactions made read-only here: ``tools.redact`` makes them so already (and shares
-#: one per (field, strategy)); others are kept, a bounded few, for the next decision.
-_REDACTIONS: dict[tuple[Any, ...], FrozenDict] = {}
+#: The type of a tuple of redactions that are already read-only (``tools.redact``
+#: makes them so, and shares one per (field, strategy)).
 _FROZEN_ONLY = frozenset({FrozenDict})
 
 
 def _frozen_redactions(redactions: Any) -> tuple[FrozenDict, ...]:
     """Each ``{"field", "strategy"}`` as a :class:`FrozenDict`, the same one for the
-    same pair."""
+    same pair (from the one bounded cache of records, ``tools._redaction``)."""
     if type(redactions) is tuple and _FROZEN_ONLY.issuperset(map(type, redactions)):
         return redactions
-    out = []
-    kept = _REDACTIONS
-    for r in redactions:
-        if type(r) is FrozenDict:
-            out.append(r)
-            continue
-        key: tuple[Any, ...] | None
-        try:
-            key = tuple(r.items())
-            found = kept.get(key)
-        except (TypeError, AttributeError):  # not a mapping of hashable values: not kept
-            key, found = None, None
-        if found is None:
-            found = FrozenDict(r)
-            if key is not None and len(kept) < 4096:
-                kept[key] = found
-        out.append(found)
-    return tuple(out)
+    from policyengine.tools._redaction import frozen_record  # not on the path above
+    return tuple([r if type(r) is FrozenDict else frozen_record(r) for r in redactions])
 
 
 class ToolDecision:

@@ -377,6 +377,8 @@ class Engine:
       token. Default: an empty ``MemoryRevocationStore``.
     * ``hmac_key``: the secret (bytes, at least 16) for ``hash`` redactions. Without it
       calls through a tool with a ``hash`` redaction are denied (warning W204 at load).
+      Checked here, once (``RedactionError``, ``invalid_hash_key``): no tool call checks
+      it again, and ``engine.hmac_key`` is read-only.
     * ``base_dir``: where relative paths in policy text (``rates "fx.json"``) resolve
       for sources held in memory. Default: each file's own directory.
     * ``decision_log``: a :class:`~policyengine.audit.DecisionLog` (or a sink URL for
@@ -411,7 +413,7 @@ class Engine:
             revocations = revocations_from_url(revocations)
         self._revocations = _checked_revocations(revocations)
         self._verify_options: tuple[Any, ...] | None = None
-        self.hmac_key = _checked_hmac_key(hmac_key)
+        self._hmac_key = _checked_hmac_key(hmac_key)
         # a URL (memory:, sqlite:///, postgresql://, redis://) is opened here
         self._budget_store = _checked_budget_store(budget_store)
         self._load_cache = LoadCache()  # what reload() can reuse
@@ -429,7 +431,7 @@ class Engine:
 
     def _new_pipeline(self, policy: CompiledPolicy, ledger: Any, limiter: Any) -> Pipeline:
         return Pipeline(policy, ledger, self._approvals, self._verify, self._clock, limiter,
-                        self._revocations, self.decision_log)
+                        self._revocations, self.decision_log, self._hmac_key)
 
     def _renew_pipeline(self) -> None:
         """The same policy, ledger and rate limits in a new pipeline: nothing it kept
@@ -437,6 +439,12 @@ class Engine:
         if hasattr(self, "_pipeline"):
             self._pipeline = self._new_pipeline(self._policy, self.budgets,
                                                 self._pipeline.limiter)
+
+    @property
+    def hmac_key(self) -> bytes | None:
+        """The secret of ``hash`` redactions (None without one): checked when the engine
+        was built, and read-only (tool calls do not check it again)."""
+        return self._hmac_key
 
     @property
     def keys(self) -> Any:
@@ -780,23 +788,12 @@ class Engine:
         call, approval use or approval request (docs/tools.md).
         """
         log = self.decision_log
-        if log is None:
-            tool_authorize = _tool_authorize
-            if tool_authorize is None or wire or redaction_check is not None:
-                # first use, the wire's spellings, or a caller's redaction check
-                return self._tool(principal, None, transport, method, host, path, query,
-                                  headers, body, tool_name, function_name, token, context,
-                                  approval_id, scheme, wire, redaction_check)
-            return tool_authorize(self._pipeline, principal, transport=transport,
-                                  method=method, host=host, path=path, query=query,
-                                  headers=headers, body=body, tool_name=tool_name,
-                                  function_name=function_name, token=token,
-                                  context=context, hmac_key=self.hmac_key,
-                                  approval_id=approval_id, scheme=scheme, trace=None)
-        started = perf_counter_ns()
+        started = 0 if log is None else perf_counter_ns()
         result = self._tool(principal, None, transport, method, host, path, query, headers,
                             body, tool_name, function_name, token, context, approval_id,
                             scheme, wire, redaction_check)
+        if log is None:
+            return result
         # The body logged is a frozen copy of the redacted body the decision holds (None
         # when denied): the log records it on its own thread after this returns, and the
         # decision's body shares the caller's unredacted objects, which the caller may
@@ -816,6 +813,9 @@ class Engine:
               function_name: Any, token: Any, context: Any, approval_id: Any, scheme: Any,
               wire: dict[str, Any], redaction_check: Callable[[Any, Any], Any] | None = None
               ) -> ToolDecision:
+        """The one path of :meth:`tool_authorize` and :meth:`explain_tool` (``trace``):
+        the wire's spellings read, then ``tools._egress.tool_authorize`` on the pipeline
+        in use (its ``hmac_key`` the engine's, checked when built)."""
         global _tool_authorize
         tool_authorize = _tool_authorize
         if tool_authorize is None:  # imported on first use: authorize never needs it
@@ -833,9 +833,8 @@ class Engine:
         return tool_authorize(pipeline, principal, transport=transport, method=method,
                               host=host, path=path, query=query, headers=headers, body=body,
                               tool_name=tool_name, function_name=function_name, token=token,
-                              context=context, hmac_key=self.hmac_key,
-                              approval_id=approval_id, scheme=scheme, trace=trace,
-                              redaction_check=redaction_check)
+                              context=context, approval_id=approval_id, scheme=scheme,
+                              trace=trace, redaction_check=redaction_check)
 
     # ---- reverse queries ----
     def permissions_of(self, principal: str | None = None, *, role: str | None = None,

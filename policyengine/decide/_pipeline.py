@@ -86,41 +86,30 @@ class ToolCall:
     before a pending approval is recorded, so no approval waits for a call that could
     never be sent). The run fills in ``redacted`` and ``redactions``."""
 
-    __slots__ = ("binding", "body", "hmac_key", "redacted", "redaction_rules", "redactions")
-
-    #: For a caller that applies the redactions itself (the service, for an SDK; see
-    #: :class:`CheckedToolCall`): ``check(sent, redacted)`` answers None when it cannot
-    #: turn the body as it was given (``sent``) into the redacted copy; the call is then
-    #: denied ``redaction_unsupported`` in the redaction step, before anything is taken.
-    #: None here (class attributes: a plain call stores nothing more).
-    check: Callable[[Any, Any], Any] | None = None
-    sent: Any = None
+    __slots__ = ("binding", "body", "check", "redact_fields", "redacted", "redaction_rules",
+                 "redactions", "sent")
 
     def __init__(self, body: Any, redaction_rules: tuple[Any, ...],
-                 hmac_key: bytes | None,
-                 binding: Callable[[], dict[str, Any]] | None = None) -> None:
+                 redact_fields: tuple[str, ...],
+                 binding: Callable[[], dict[str, Any]] | None = None,
+                 check: Callable[[Any, Any], Any] | None = None, sent: Any = None) -> None:
         #: What an approval of this call is bound to besides the request (tool, route,
         #: the call as sent; see ``tools._egress``): made only when an approval is used
         #: or recorded, never for a call that needs none.
         self.binding = binding
         self.body = body
         self.redaction_rules = redaction_rules
-        self.hmac_key = hmac_key
-        self.redacted: Any = None
-        self.redactions: tuple[dict[str, str], ...] = ()
-
-
-class CheckedToolCall(ToolCall):
-    """A :class:`ToolCall` with a ``check`` of the redactions and the body as ``sent``."""
-
-    __slots__ = ("check", "sent")
-
-    def __init__(self, body: Any, redaction_rules: tuple[Any, ...],
-                 hmac_key: bytes | None, binding: Callable[[], dict[str, Any]] | None,
-                 check: Callable[[Any, Any], Any], sent: Any) -> None:
-        super().__init__(body, redaction_rules, hmac_key, binding)
+        #: The rules' paths, made with the rules (the obligations' ``redactFields``).
+        self.redact_fields = redact_fields
+        #: For a caller that applies the redactions itself (the service, for an SDK):
+        #: ``check(sent, redacted)`` answers None when it cannot turn the body as it was
+        #: given (``sent``) into the redacted copy; the call is then denied
+        #: ``redaction_unsupported`` in the redaction step, before anything is taken.
+        #: None for any other caller.
         self.check = check
         self.sent = sent
+        self.redacted: Any = None
+        self.redactions: tuple[dict[str, str], ...] = ()
 
 
 Verify = Callable[[str, CompiledPolicy, "float | None"], Any]
@@ -158,13 +147,17 @@ class Pipeline:
     """
 
     __slots__ = ("_approvals_own_clock", "_counted", "_held", "_lean_budgets",
-                 "_scope_fields", "approvals", "clock", "ledger", "limiter", "log", "policy",
-                 "revocations", "shadow_ledger", "shadow_limiter", "verify")
+                 "_scope_fields", "approvals", "clock", "hmac_key", "ledger", "limiter",
+                 "log", "policy", "revocations", "shadow_ledger", "shadow_limiter", "verify")
 
     def __init__(self, policy: CompiledPolicy, ledger: Any, approvals: Any, verify: Verify,
                  clock: Callable[[], float] | None, limiter: Any = None,
-                 revocations: Any = None, log: Any = None) -> None:
+                 revocations: Any = None, log: Any = None,
+                 hmac_key: bytes | None = None) -> None:
         self.policy = policy
+        #: The secret of ``hash`` redactions, checked once by whoever builds the
+        #: pipeline (``Engine``: ``check_hmac_key``); no tool call checks it again.
+        self.hmac_key = hmac_key
         #: The engine's decision log (``audit.DecisionLog``), or None: asked before a run
         #: takes anything (``refusal()``), so a decision it would refuse is refused
         #: before a rate-limit call, an approval's use or a new approval request.
@@ -351,7 +344,7 @@ class Pipeline:
 
             # -- 5. a tool call's redaction, then the approval
             if tool is not None and status != "denied":
-                facts = _redact(tool, facts)
+                facts = _redact(tool, facts, self.hmac_key)
                 if facts[0] == "denied":
                     status, budget = "denied", None
                 if trace is not None:
@@ -436,15 +429,15 @@ class Pipeline:
 
     def run_tool(self, principal: str, permission: str, context: dict[str, Any],
                  token: Any, approval_id: Any, body: Any, redaction_rules: tuple[Any, ...],
-                 hmac_key: bytes | None, binding: Callable[[], dict[str, Any]],
+                 redact_fields: tuple[str, ...], binding: Callable[[], dict[str, Any]],
                  trace: Trace | None, check: Callable[[Any, Any], Any] | None = None,
                  sent: Any = None) -> tuple[Decision, Any, tuple[dict[str, str], ...]]:
         """:meth:`run` for a routed tool call: (decision, redacted body, redactions).
-        The body is redacted only when the call may leave (or wait for approval);
+        The body is redacted only when the call may leave (or wait for approval), with
+        the pipeline's ``hmac_key``; ``redact_fields``: the rules' paths;
         ``binding()`` is what an approval of the call binds to; ``check`` and ``sent``:
         see :class:`ToolCall`."""
-        call = (ToolCall(body, redaction_rules, hmac_key, binding) if check is None
-                else CheckedToolCall(body, redaction_rules, hmac_key, binding, check, sent))
+        call = ToolCall(body, redaction_rules, redact_fields, binding, check, sent)
         decision = self.run(principal, permission, context, token, approval_id,
                             True, call, trace)
         if decision.status == "denied":
@@ -872,15 +865,16 @@ def _fault(exc: Exception, default: str) -> tuple[str, str]:
             message if type(message) is str else f"{type(exc).__name__}: {exc}")
 
 
-def _redact(tool: ToolCall, facts: RuleFacts) -> RuleFacts:
-    """Redact a copy of the body; a field that might leave unredacted denies."""
+def _redact(tool: ToolCall, facts: RuleFacts, hmac_key: bytes | None) -> RuleFacts:
+    """Redact a copy of the body; a field that might leave unredacted denies.
+    ``hmac_key`` was checked when the engine was built: it is not checked again here."""
     global _redact_body
     redact = _redact_body
     if redact is None:  # imported on first use: plain authorize never needs it
         from policyengine.tools._redaction import redact_records
         redact = _redact_body = redact_records
     rules = tool.redaction_rules
-    body, redactions, diagnostics = redact(tool.body, rules, tool.hmac_key)
+    body, redactions, diagnostics = redact(tool.body, rules, hmac_key)
     if diagnostics:
         reasons = "; ".join(str(d) for d in diagnostics)
         reason = f"cannot redact the body: {reasons}"
@@ -900,21 +894,5 @@ def _redact(tool: ToolCall, facts: RuleFacts) -> RuleFacts:
     ob = facts[4]
     obligations = Obligations(ob.max_amount if ob else None,
                               ob.require_approval_over if ob else None,
-                              _paths(rules), ob.currency if ob else None)
+                              tool.redact_fields, ob.currency if ob else None)
     return (facts[0], facts[1], facts[2], facts[3], obligations, facts[5], facts[6])
-
-
-#: The paths of a tool's redaction rules, by the rules tuple (kept in the entry, so its
-#: id is not reused while the entry stands): the same few tuples on every call.
-_PATHS: dict[int, tuple[tuple[Any, ...], tuple[str, ...]]] = {}
-
-
-def _paths(rules: tuple[Any, ...]) -> tuple[str, ...]:
-    found = _PATHS.get(id(rules))
-    if found is not None and found[0] is rules:
-        return found[1]
-    paths = tuple(r.path for r in rules)
-    if len(_PATHS) >= 1024:
-        _PATHS.clear()
-    _PATHS[id(rules)] = (rules, paths)
-    return paths

@@ -97,6 +97,11 @@ class HttpBinding:
     routes: tuple[RouteBinding, ...]
     denies: tuple[DenyBinding, ...]
     redactions: tuple[RedactionRule, ...]
+    #: The redactions' paths (a redacted call's ``redactFields``), made once here.
+    redact_fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "redact_fields", tuple(r.path for r in self.redactions))
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,11 @@ class NamedBinding:
     extractors: tuple[Extractor, ...]
     redactions: tuple[RedactionRule, ...]
     keys: KeyCaseGuard | None = None
+    #: The redactions' paths (a redacted call's ``redactFields``), made once here.
+    redact_fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "redact_fields", tuple(r.path for r in self.redactions))
 
 
 @dataclass(frozen=True)
@@ -575,16 +585,17 @@ def _outcome(decision: Decision) -> str:
 def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any = None,
                    host: Any = None, path: Any = None, query: Any = None, headers: Any = None,
                    body: Any = None, tool_name: Any = None, function_name: Any = None,
-                   token: Any = None, context: Any = None, hmac_key: bytes | None = None,
-                   approval_id: Any = None, scheme: Any = None, trace: Any = None,
+                   token: Any = None, context: Any = None, approval_id: Any = None,
+                   scheme: Any = None, trace: Any = None,
                    redaction_check: Any = None) -> ToolDecision:
     """Decide one tool call. Never raises for request data.
 
     ``pipeline`` is the engine's decision pipeline
     (:class:`~policyengine.decide._pipeline.Pipeline`): the call is normalised and routed
     here, then the bound permission and the extracted context go through the same run as
-    ``authorize`` (grant, rules, budgets, approval), which also redacts the body before
-    it records a pending approval. ``trace`` (explain) records the steps.
+    ``authorize`` (grant, rules, budgets, approval), which also redacts the body (with
+    the pipeline's ``hmac_key``) before it records a pending approval. ``trace``
+    (explain) records the steps.
     ``redaction_check``: see ``Engine.tool_authorize`` (the run's redaction step asks it
     with the body as given here).
     """
@@ -658,6 +669,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
         params = routed.params or {}
         qid, permission = binding.qid, route.permission
         extractors, rules, keys = route.extractors, binding.redactions, route.keys
+        fields = binding.redact_fields
         route_text = route.text
     else:
         name = tool_name if transport == "mcp" else function_name
@@ -671,6 +683,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
                           f"no {transport} tool binds {name!r}")
         qid, permission = named.qid, named.permission
         extractors, rules, keys = named.extractors, named.redactions, named.keys
+        fields = named.redact_fields
         route_text = named.name.text
 
     if not readable and (rules or any(ex.kind == "body" for ex in extractors)):
@@ -701,6 +714,6 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
                              tool_name, function_name, scheme)
 
     decision, redacted, redactions = pipeline.run_tool(
-        principal, permission, ctx, token, approval_id, body, rules, hmac_key, call, trace,
+        principal, permission, ctx, token, approval_id, body, rules, fields, call, trace,
         redaction_check, raw_body)
     return ToolDecision(decision, _outcome(decision), redacted, redactions, qid)

@@ -53,6 +53,7 @@ __all__ = [
     "KeyCaseGuard",
     "check_hmac_key",
     "fold_key",
+    "frozen_record",
     "redact",
 ]
 
@@ -443,7 +444,7 @@ class RedactionRule:
     strategy: str
     keep: int = 0
     compiled: JsonPath = field(init=False, repr=False, compare=False)
-    #: The read-only ``{"field", "strategy"}`` record of this rule (shared, see _record).
+    #: The read-only ``{"field", "strategy"}`` record of this rule (shared: frozen_record).
     _rec: FrozenDict = field(init=False, repr=False, compare=False)
     #: The path's steps when it is names and non-negative indexes only: where it finds
     #: a value is then the steps themselves (else None).
@@ -465,7 +466,8 @@ class RedactionRule:
         if compiled.is_root:
             raise RedactionError("invalid_jsonpath", "cannot redact the document root '$'")
         object.__setattr__(self, "compiled", compiled)
-        object.__setattr__(self, "_rec", _record(self.path, self.strategy))
+        object.__setattr__(self, "_rec", frozen_record({"field": self.path,
+                                                        "strategy": self.strategy}))
         steps = compiled._direct
         object.__setattr__(self, "_plain", steps if steps is not None and not any(
             type(x) is int and x < 0 for x in steps) else None)
@@ -519,17 +521,32 @@ class RedactionResult:
         return not self.diagnostics
 
 
-#: The ``{"field", "strategy"}`` records made so far, read-only and shared: a rule set
-#: names the same few pairs on every call, and a tool decision holds them as they are.
-_RECORDS: dict[tuple[str, str], FrozenDict] = {}
+#: Most records :func:`frozen_record` keeps; past that, a new one is made and not kept.
+MAX_RECORDS: Final = 4096
+#: The one cache of ``{"field", "strategy"}`` records, read-only and shared, by their
+#: items: the records of the rules (a rule set names the same few pairs on every call,
+#: and a tool decision holds them as they are) and those a ``ToolDecision`` is given
+#: as plain mappings. Only string keys and values are kept, so two records whose items
+#: are equal but of other types (``1`` and ``True``) never share one.
+_RECORDS: dict[tuple[tuple[str, str], ...], FrozenDict] = {}
 
 
-def _record(path: str, strategy: str) -> FrozenDict:
-    found = _RECORDS.get((path, strategy))
+def frozen_record(record: Any) -> FrozenDict:
+    """``record`` (a mapping, such as ``{"field": "$.card", "strategy": "mask"}``) as a
+    read-only :class:`~policyengine.decision.FrozenDict`: the same object for the same
+    string items, from one cache of at most :data:`MAX_RECORDS`."""
+    try:
+        key = tuple(record.items())
+        kept = all(type(k) is str and type(v) is str for k, v in key)
+    except (TypeError, AttributeError, ValueError):  # not a mapping
+        kept = False
+    if not kept:  # frozen as given, not kept
+        return FrozenDict(record)
+    found = _RECORDS.get(key)
     if found is None:
-        found = FrozenDict(field=path, strategy=strategy)
-        if len(_RECORDS) < 4096:
-            _RECORDS[(path, strategy)] = found
+        found = FrozenDict(record)
+        if len(_RECORDS) < MAX_RECORDS:
+            _RECORDS[key] = found
     return found
 
 
@@ -684,9 +701,11 @@ def redact(body: Any, rules: Iterable[RedactionRule], *,
 def redact_records(body: Any, rules: tuple[RedactionRule, ...], hmac_key: bytes | None
                    ) -> tuple[Any, tuple[FrozenDict, ...], list[RedactionDiagnostic]]:
     """:func:`redact` as a tuple (body, redactions, diagnostics), the redactions already
-    a tuple of the shared read-only records: what a tool decision holds."""
-    key, key_problem = _checked_key(hmac_key)
-    out, applied, diagnostics = _apply(rules, key, key_problem, body)
+    a tuple of the shared read-only records: what a tool decision holds.
+
+    ``hmac_key`` is None or a key :func:`check_hmac_key` returned, checked once when
+    its owner was built (the engine): it is not checked again on each call."""
+    out, applied, diagnostics = _apply(rules, hmac_key, None, body)
     return out, tuple([r._rec for r in applied]), diagnostics
 
 
