@@ -163,6 +163,7 @@ class DecisionLog:
         self._open = True   # False: closed, or (deny) the sink is failing or stalled
         self._closed = False
         self._lock = threading.Lock()               # counters of the slow paths
+        self._stall_lock = threading.Lock()         # a write's end against the stall mark
         self._room = threading.Condition(self._lock)  # callers waiting for room
         self._waiting = 0
         #: Per thread, the last wait of :meth:`refusal`: (``perf_counter_ns`` when it
@@ -563,9 +564,14 @@ class DecisionLog:
         """A sink write that has taken longer than ``stall_after`` is a stall."""
         started = self._write_started
         if started and not self._stalled and time.monotonic() - started > self._stall_after:
-            self._stalls += 1
-            self._stalled = True
-            self._set_open()
+            with self._stall_lock:
+                # The write may have ended since it was read: only that same write,
+                # still running, is a stall (its end clears the mark under this lock).
+                if self._write_started != started or self._stalled:
+                    return
+                self._stalls += 1
+                self._stalled = True
+                self._set_open()
 
     def _spill(self, lines: list[bytes]) -> bool:
         data = b"".join(lines)
@@ -656,10 +662,11 @@ class DecisionLog:
                 time.sleep(delay)
                 delay = min(delay * 2, most)
                 continue
-            self._write_started = 0.0
-            if self._failing or self._stalled:
-                self._failing = self._stalled = False
-                self._set_open()
+            with self._stall_lock:
+                self._write_started = 0.0
+                if self._failing or self._stalled:
+                    self._failing = self._stalled = False
+                    self._set_open()
             with self._progress:
                 self._written += len(lines)
                 self._progress.notify_all()
