@@ -2,7 +2,11 @@
 raised by the ``ensure_*`` helpers and the governed HTTP client.
 
 Decisions are built on the hot path, so they are plain ``__slots__`` classes (no pydantic
-validation) and expensive parts such as the decision id are made only when read.
+validation) and expensive parts such as the decision id are made only when read. Each
+answer class refuses every assignment and deletion once built (``AttributeError``, as a
+frozen dataclass): the engine fills a writable twin of the same slots
+(``_DecisionSlots`` ...) and turns it into the answer class by one ``__class__``
+assignment, so building one costs what a plain slots class costs.
 ``to_wire()`` gives the camelCase shape of the ``/v1/authorize`` and
 ``/v1/tool-authorize`` responses of the agent SDKs this engine serves.
 
@@ -16,7 +20,7 @@ import os
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from policyengine.budgets.ledger import BudgetUsage
@@ -68,7 +72,88 @@ def _money_str(value: Decimal | None) -> str | None:
     return None if value is None else format(value, "f")
 
 
-class Diagnostic:
+def _refuse_set(self: Any, name: str, value: Any) -> None:
+    raise AttributeError(f"a {type(self).__name__} is read-only: cannot set {name!r}")
+
+
+def _refuse_delete(self: Any, name: str) -> None:
+    raise AttributeError(f"a {type(self).__name__} is read-only: cannot delete {name!r}")
+
+
+_T = TypeVar("_T")
+
+
+class ReadOnly:
+    """What makes an answer class refuse every change once built: ``__setattr__`` and
+    ``__delattr__`` raise ``AttributeError`` for every name, public or ``_``-prefixed.
+
+    An answer class is ``class X(_XSlots, ReadOnly)`` with ``__slots__ = ()``: its
+    fields live in ``_XSlots``, a plain (writable) slots class with the same layout.
+    The engine builds an ``_XSlots``, fills its slots (plain slot stores, which CPython
+    specialises) and sets its ``__class__`` to ``X`` (see :func:`build_decision`); from
+    then on nothing can be assigned. A field made on first read (the decision id ...) is
+    written through its slot's own setter (``_XSlots.__dict__[name].__set__``).
+
+    Not API (a name without ``_`` because explain's ``Explanation`` is one too)."""
+
+    __slots__ = ()
+    __setattr__ = _refuse_set
+    __delattr__ = _refuse_delete
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copied and pickled as its class and the values of its slots."""
+        slots = _slots_of(type(self)).__slots__
+        return _filled, (type(self), tuple(getattr(self, name) for name in slots))
+
+
+def _slots_of(cls: type) -> Any:
+    """The writable twin of an answer class (or of a subclass of one): the first class
+    of its MRO that is not read-only."""
+    return next(c for c in cls.__mro__ if not issubclass(c, ReadOnly))
+
+
+def _filled(cls: type[_T], values: tuple[Any, ...]) -> _T:
+    """An answer of class ``cls`` with ``values`` in its slots, in their order (each
+    written by its slot's own setter): unpickling, and a subclass's ``__new__``. The
+    engine's builders take the faster way (:func:`build_decision`)."""
+    made = object.__new__(cls)
+    slots = _slots_of(cls)
+    for name, value in zip(slots.__slots__, values, strict=True):
+        slots.__dict__[name].__set__(made, value)
+    return made
+
+
+def _as(cls: type[_T], made: Any) -> _T:
+    """``made``, just built as an answer class, as an instance of ``cls``: ``made``
+    itself, unless ``cls`` is a subclass (the same values, in a ``cls``)."""
+    if type(made) is cls:
+        return made
+    slots = _slots_of(type(made)).__slots__
+    return _filled(cls, tuple(getattr(made, name) for name in slots))
+
+
+class _DiagnosticSlots:
+    __slots__ = ("_code", "_effect", "_message", "_rule")
+    _code: str
+    _effect: str
+    _message: str
+    _rule: str | None
+
+
+def build_diagnostic(code: str, message: str, rule: str | None = None,
+                     effect: str = "") -> Diagnostic:
+    """A :class:`Diagnostic`, built as the engine builds one (not API:
+    ``Diagnostic(...)`` calls this; see :func:`build_decision`)."""
+    d = _DiagnosticSlots()
+    d._code = code
+    d._message = message
+    d._rule = rule
+    d._effect = effect
+    d.__class__ = Diagnostic
+    return d  # type: ignore[return-value]
+
+
+class Diagnostic(_DiagnosticSlots, ReadOnly):
     """An evaluation problem noted while deciding (never silently dropped).
 
     ``code`` is stable (``missing_attribute``, ``type_error``, ``unknown_currency`` ...),
@@ -77,16 +162,14 @@ class Diagnostic:
 
     Read-only, like the :class:`Decision` it rides on (the decision log records it after
     the call returned, on its own thread): each field is a C-level getter over a
-    private slot.
+    private slot, and every assignment or deletion raises ``AttributeError``.
     """
 
-    __slots__ = ("_code", "_effect", "_message", "_rule")
+    __slots__ = ()
 
-    def __init__(self, code: str, message: str, rule: str | None = None, effect: str = "") -> None:
-        self._code = code
-        self._message = message
-        self._rule = rule
-        self._effect = effect
+    def __new__(cls, code: str, message: str, rule: str | None = None, effect: str = ""
+                ) -> Diagnostic:
+        return _as(cls, build_diagnostic(code, message, rule, effect))
 
     code: str = property(attrgetter("_code"))  # type: ignore[assignment]
     message: str = property(attrgetter("_message"))  # type: ignore[assignment]
@@ -146,45 +229,8 @@ def frozen(value: Any) -> Any:
     or :class:`FrozenList` (a tuple becomes one too), sharing nothing mutable with it;
     other values (strings, numbers, bytes ...) are kept, and so is a container already
     frozen. A typical tool-call body costs a microsecond or two (one frozen copy per
-    container); any depth, and a cycle, are frozen too (without recursion, the second
-    way)."""
-    try:
-        return _frozen_nested(value)
-    except RecursionError:  # very deep, or a cycle: the same, without recursion
-        return _frozen_flat(value)
-
-
-#: Values kept as they are, never looked into: a container holding only these is frozen
-#: by one copy, its values checked in C (``set.issuperset`` over ``map(type, ...)``).
-_KEPT = frozenset({str, int, float, bool, type(None), Decimal, bytes})
-
-
-def _frozen_nested(value: Any) -> Any:
-    out = _frozen_one(value)
-    if out is value:
-        return out
-    values: Iterable[Any]
-    pairs: Iterable[tuple[Any, Any]]
-    put: Callable[[Any, Any, Any], None]
-    if type(out) is FrozenDict:
-        values, pairs, put = out.values(), out.items(), _set_item
-    else:
-        values, pairs, put = out, enumerate(out), _set_index
-    if _KEPT.issuperset(map(type, values)):
-        return out
-    for key, item in pairs:  # replaces values in place: the size never changes
-        kind = type(item)
-        if kind is str or kind is int or kind is FrozenDict or kind is FrozenList:
-            continue
-        copy = _frozen_nested(item)
-        if copy is not item:
-            put(out, key, copy)
-    return out
-
-
-def _frozen_flat(value: Any) -> Any:
-    """:func:`frozen` with a stack of its own: an object met twice is copied once (a
-    cycle stays a cycle)."""
+    container). Without recursion, so any depth is frozen; an object met twice is
+    copied once (a cycle stays a cycle, a shared part stays shared)."""
     root = _frozen_one(value)
     if root is value:
         return root
@@ -193,10 +239,13 @@ def _frozen_flat(value: Any) -> Any:
     push, pop = stack.append, stack.pop
     while stack:
         container = pop()
-        pairs = (container.items() if type(container) is FrozenDict
-                 else enumerate(container))
-        put = _set_item if type(container) is FrozenDict else _set_index
-        for key, item in pairs:
+        pairs: Iterable[tuple[Any, Any]]
+        put: Callable[[Any, Any, Any], None]
+        if type(container) is FrozenDict:
+            pairs, put = container.items(), _set_item
+        else:
+            pairs, put = enumerate(container), _set_index
+        for key, item in pairs:  # replaces values in place: the size never changes
             kind = type(item)
             if kind is str or kind is int or kind is FrozenDict or kind is FrozenList:
                 continue
@@ -254,28 +303,50 @@ class ShadowOutcome(NamedTuple):
                 "code": self.code}
 
 
-class Obligations:
+class _ObligationsSlots:
+    __slots__ = ("_currency", "_max_amount", "_redact_fields", "_require_approval_over")
+    _currency: str | None
+    _max_amount: Decimal | None
+    _redact_fields: tuple[str, ...]
+    _require_approval_over: Decimal | None
+
+
+def build_obligations(max_amount: Decimal | None = None,
+                      require_approval_over: Decimal | None = None,
+                      redact_fields: tuple[str, ...] = (), currency: str | None = None
+                      ) -> Obligations:
+    """:class:`Obligations`, built as the engine builds them (not API:
+    ``Obligations(...)`` calls this; see :func:`build_decision`)."""
+    ob = _ObligationsSlots()
+    ob._max_amount = max_amount
+    ob._require_approval_over = require_approval_over
+    ob._redact_fields = redact_fields
+    ob._currency = currency
+    ob.__class__ = Obligations
+    return ob  # type: ignore[return-value]
+
+
+class Obligations(_ObligationsSlots, ReadOnly):
     """What an allowed caller must honour. Money values are in ``currency``.
 
     Read-only, like the :class:`Decision` it rides on: the decision log records it after
     ``authorize`` returns (on its own thread), so a caller that could change it would
     have the log record values the engine never decided. Each field is a C-level getter
-    over a private slot: built and read as cheaply as plain slots.
+    over a private slot (built and read as cheaply as plain slots), and every assignment
+    or deletion raises ``AttributeError``.
     """
 
-    __slots__ = ("_currency", "_max_amount", "_redact_fields", "_require_approval_over")
+    __slots__ = ()
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         max_amount: Decimal | None = None,
         require_approval_over: Decimal | None = None,
         redact_fields: tuple[str, ...] = (),
         currency: str | None = None,
-    ) -> None:
-        self._max_amount = max_amount
-        self._require_approval_over = require_approval_over
-        self._redact_fields = redact_fields
-        self._currency = currency
+    ) -> Obligations:
+        return _as(cls, build_obligations(max_amount, require_approval_over,
+                                          redact_fields, currency))
 
     max_amount: Decimal | None = property(attrgetter("_max_amount"))  # type: ignore[assignment]
     require_approval_over: Decimal | None = property(  # type: ignore[assignment]
@@ -317,19 +388,7 @@ def _budget_usage(t: tuple[Any, ...]) -> BudgetUsage:
     return _MADE[0](t)
 
 
-class Decision:
-    """The answer to ``engine.authorize``.
-
-    ``status`` is ``allowed``, ``denied`` or ``pending_approval``; ``code`` is a stable
-    reason code (``permitted``, ``forbidden``, ``approval_required``, ``no_permit``,
-    ``invalid_request``, ``budget_exceeded``, ``token_*`` ...), ``reason`` the human
-    sentence, ``rules`` the qualified ids of the rules that decided.
-
-    A decision is built once, by the last step of the decision pipeline, and never
-    changed afterwards: every field is read-only (the decision id is made on first read,
-    and so is the reason of a decision built without one: ``permitted by`` its rules).
-    """
-
+class _DecisionSlots:
     __slots__ = (
         "_acting_for",
         "_approval_id",
@@ -347,9 +406,90 @@ class Decision:
         "_shadow",
         "_status",
     )
+    _acting_for: str | None
+    _approval_id: str | None
+    _budget: BudgetUsage | tuple[Any, ...] | None
+    _chain: tuple[str, ...] | None
+    _code: str
+    _decision_id: str | None
+    _diagnostics: tuple[Diagnostic, ...]
+    _obligations: Obligations | None
+    _permission: str | None
+    _principal: str | None
+    _rate_limit: RateLimitUsage | None
+    _reason: str | None
+    _rules: tuple[str, ...] | RuleIds
+    _shadow: tuple[ShadowOutcome, ...]
+    _status: Status
 
-    def __init__(
-        self,
+
+def build_decision(
+    status: Status,
+    code: str,
+    reason: str | None,
+    rules: tuple[str, ...] | RuleIds = (),
+    obligations: Obligations | None = None,
+    diagnostics: tuple[Diagnostic, ...] = (),
+    principal: str | None = None,
+    permission: str | None = None,
+    approval_id: str | None = None,
+    acting_for: str | None = None,
+    chain: tuple[str, ...] | None = None,
+    budget: BudgetUsage | tuple[Any, ...] | None = None,
+    shadow: tuple[ShadowOutcome, ...] = (),
+    rate_limit: RateLimitUsage | None = None,
+) -> Decision:
+    """A :class:`Decision`, built as the decision pipeline builds one on every request
+    (not API: ``Decision(...)`` takes the same arguments and calls this). Its slots are
+    filled in a writable ``_DecisionSlots`` and the finished object becomes a
+    ``Decision``, read-only from then on: no ``__setattr__`` call per field."""
+    d = _DecisionSlots()
+    d._status = status
+    d._code = code
+    d._reason = reason
+    d._rules = rules
+    d._obligations = obligations
+    d._diagnostics = diagnostics
+    d._principal = principal
+    d._permission = permission
+    d._approval_id = approval_id
+    d._acting_for = acting_for
+    d._chain = chain
+    d._budget = budget
+    d._shadow = shadow
+    d._rate_limit = rate_limit
+    d._decision_id = None
+    d.__class__ = Decision
+    return d  # type: ignore[return-value]
+
+
+# The setters of the fields made on first read (a Decision's ``__setattr__`` refuses).
+_set_reason = _DecisionSlots.__dict__["_reason"].__set__
+_set_rules = _DecisionSlots.__dict__["_rules"].__set__
+_set_budget = _DecisionSlots.__dict__["_budget"].__set__
+_set_decision_id = _DecisionSlots.__dict__["_decision_id"].__set__
+
+
+class Decision(_DecisionSlots, ReadOnly):
+    """The answer to ``engine.authorize``.
+
+    ``status`` is ``allowed``, ``denied`` or ``pending_approval``; ``code`` is a stable
+    reason code (``permitted``, ``forbidden``, ``approval_required``, ``no_permit``,
+    ``invalid_request``, ``budget_exceeded``, ``token_*`` ...), ``reason`` the human
+    sentence, ``rules`` the qualified ids of the rules that decided.
+
+    A decision is built once, by the last step of the decision pipeline, and never
+    changed afterwards: every field is read-only, and assigning or deleting any
+    attribute (``_``-prefixed ones too) raises ``AttributeError``. The decision id is
+    made on first read, and so is the reason of a decision built without one
+    (``permitted by`` its rules): written once, by the engine, through the slot's own
+    setter.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
         status: Status,
         code: str,
         reason: str | None,
@@ -364,22 +504,10 @@ class Decision:
         budget: BudgetUsage | tuple[Any, ...] | None = None,
         shadow: tuple[ShadowOutcome, ...] = (),
         rate_limit: RateLimitUsage | None = None,
-    ) -> None:
-        self._status = status
-        self._code = code
-        self._reason = reason
-        self._rules: tuple[str, ...] | RuleIds = rules
-        self._obligations = obligations
-        self._diagnostics = diagnostics
-        self._principal = principal
-        self._permission = permission
-        self._approval_id = approval_id
-        self._acting_for = acting_for
-        self._chain = chain
-        self._budget = budget
-        self._shadow = shadow
-        self._rate_limit = rate_limit
-        self._decision_id: str | None = None
+    ) -> Decision:
+        return _as(cls, build_decision(status, code, reason, rules, obligations,
+                                       diagnostics, principal, permission, approval_id,
+                                       acting_for, chain, budget, shadow, rate_limit))
 
     # Read-only views (``operator.attrgetter`` is a C-level getter, as cheap as a slot).
     status: Status = property(attrgetter("_status"))  # type: ignore[assignment]
@@ -391,7 +519,8 @@ class Decision:
         here, when first read (most decisions are never read that far)."""
         reason = self._reason
         if reason is None:
-            reason = self._reason = "permitted by " + ", ".join(self.rules)
+            reason = "permitted by " + ", ".join(self.rules)
+            _set_reason(self, reason)
         return reason
 
     @property
@@ -401,8 +530,8 @@ class Decision:
         resolved here when first asked."""
         rules = self._rules
         if type(rules) is not tuple:
-            rules = self._rules = rules.rule_ids(  # type: ignore[union-attr]
-                self._principal or "")
+            rules = rules.rule_ids(self._principal or "")  # type: ignore[union-attr]
+            _set_rules(self, rules)
         return rules
 
     obligations: Obligations | None = property(  # type: ignore[assignment]
@@ -424,7 +553,8 @@ class Decision:
         made into the :class:`BudgetUsage` here when first read."""
         budget = self._budget
         if isinstance(budget, tuple):
-            budget = self._budget = _budget_usage(budget)
+            budget = _budget_usage(budget)
+            _set_budget(self, budget)
         return budget
 
     #: What the shadow statements (``mode warn`` / ``mode log``) covering the request
@@ -447,9 +577,11 @@ class Decision:
     @property
     def decision_id(self) -> str:
         """Made on first read: most decisions are never logged by id."""
-        if self._decision_id is None:
-            self._decision_id = new_id("dec")
-        return self._decision_id
+        made = self._decision_id
+        if made is None:
+            made = new_id("dec")
+            _set_decision_id(self, made)
+        return made
 
     @classmethod
     def denial(cls, code: str, reason: str, principal: Any, permission: Any,
@@ -458,11 +590,11 @@ class Decision:
         """A denial decided before any rule ran (malformed request, token, egress): one
         diagnostic (code ``diagnostic`` or ``code``) says why. Non-string principals and
         permissions are not echoed back."""
-        return cls("denied", code, reason,
-                   diagnostics=(Diagnostic(diagnostic or code, reason, None, "denied"),),
-                   principal=principal if type(principal) is str else None,
-                   permission=permission if type(permission) is str else None,
-                   acting_for=acting_for, chain=chain)
+        return _as(cls, build_decision(
+            "denied", code, reason, (), None,
+            (build_diagnostic(diagnostic or code, reason, None, "denied"),),
+            principal if type(principal) is str else None,
+            permission if type(permission) is str else None, None, acting_for, chain))
 
     def to_wire(self) -> dict[str, Any]:
         """The ``POST /v1/authorize`` response shape (camelCase)."""
@@ -494,10 +626,10 @@ class Decision:
         return (f"Decision(status={self._status!r}, code={self._code!r}, "
                 f"rules={self.rules!r}, reason={self.reason!r})")
 
-    def __getstate__(self) -> tuple[None, dict[str, Any]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         """Pickled with its rule ids, never the plan-cache entry they may be held in."""
         self.rules  # noqa: B018 - read once: the ids replace the entry
-        return None, {name: getattr(self, name) for name in self.__slots__}
+        return super().__reduce__()
 
 
 #: The type of a tuple of redactions that are already read-only (``tools.redact``
@@ -514,7 +646,32 @@ def _frozen_redactions(redactions: Any) -> tuple[FrozenDict, ...]:
     return tuple([r if type(r) is FrozenDict else frozen_record(r) for r in redactions])
 
 
-class ToolDecision:
+class _ToolDecisionSlots:
+    __slots__ = ("_body", "_decision", "_outcome", "_redactions", "_tool")
+    _body: Any
+    _decision: Decision
+    _outcome: str
+    _redactions: tuple[FrozenDict, ...]
+    _tool: str | None
+
+
+def build_tool_decision(decision: Decision, outcome: str, body: Any = None,
+                        redactions: tuple[dict[str, str], ...] = (),
+                        tool: str | None = None) -> ToolDecision:
+    """A :class:`ToolDecision`, built as the tool stage builds one (not API:
+    ``ToolDecision(...)`` takes the same arguments and calls this; see
+    :func:`build_decision`)."""
+    td = _ToolDecisionSlots()
+    td._decision = decision
+    td._outcome = outcome
+    td._body = body
+    td._redactions = _frozen_redactions(redactions) if redactions else ()
+    td._tool = tool
+    td.__class__ = ToolDecision
+    return td  # type: ignore[return-value]
+
+
+class ToolDecision(_ToolDecisionSlots, ReadOnly):
     """The answer to ``engine.tool_authorize``: a :class:`Decision` plus egress facts.
 
     ``outcome`` is one of ``policy_allow``, ``policy_deny``, ``egress_deny``,
@@ -522,7 +679,8 @@ class ToolDecision:
     ``rate_limited``.
     ``body`` is a redacted copy of the request body; the caller's object is untouched.
 
-    Read-only, as a :class:`Decision`: each of ``redactions`` is a :class:`FrozenDict`.
+    Read-only, as a :class:`Decision` (assigning or deleting any attribute raises
+    ``AttributeError``): each of ``redactions`` is a :class:`FrozenDict`.
     ``body`` is the redaction's copy-on-write result: the containers on the way to a
     redacted value are new, the rest are the caller's own objects, shared (treat it as
     read-only). It is not frozen here because a full copy of every body costs about a
@@ -530,21 +688,17 @@ class ToolDecision:
     thread after the call returned, takes a :func:`frozen` copy of it instead.
     """
 
-    __slots__ = ("_body", "_decision", "_outcome", "_redactions", "_tool")
+    __slots__ = ()
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         decision: Decision,
         outcome: str,
         body: Any = None,
         redactions: tuple[dict[str, str], ...] = (),
         tool: str | None = None,
-    ) -> None:
-        self._decision = decision
-        self._outcome = outcome
-        self._body = body
-        self._redactions = _frozen_redactions(redactions) if redactions else ()
-        self._tool = tool
+    ) -> ToolDecision:
+        return _as(cls, build_tool_decision(decision, outcome, body, redactions, tool))
 
     decision: Decision = property(attrgetter("_decision"))  # type: ignore[assignment]
     outcome: str = property(attrgetter("_outcome"))  # type: ignore[assignment]

@@ -203,6 +203,7 @@ NOT_USER_INPUT = {
     "build_tool_request": "reads an httpx.Request inside the governed transport",
     "FrozenList": "a decision's read-only list",
     "ToolDecision": "the engine's answer to a tool call",
+    "Explanation": "the engine's answer to explain (a decision and what its run traced)",
     "LogView": "what the engine tells its decision log about the policy in force",
     "HostPattern": "a compiled form: HostPattern.compile checks the text",
     "RoutePattern": "a compiled form: RoutePattern.compile checks the text",

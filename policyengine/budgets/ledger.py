@@ -598,6 +598,13 @@ class BudgetUsage:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"BudgetUsage is immutable (cannot set {name})")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"BudgetUsage is immutable (cannot delete {name})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copied and pickled as its tuple (unpickling by ``__setattr__`` is refused)."""
+        return budget_usage, (self._t,)
+
     @property
     def budget(self) -> str:
         """The budget's qualified id."""

@@ -236,6 +236,15 @@ class RateLimitUsage:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"RateLimitUsage is immutable (cannot set {name!r})")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"RateLimitUsage is immutable (cannot delete {name!r})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copied and pickled as its constructor's arguments (unpickling by
+        ``__setattr__`` is refused)."""
+        return RateLimitUsage, (self.id, self.subject, self.count, self.per, self.burst,
+                                self.retry_after_us)
+
     @property
     def retry_after(self) -> float:
         return self.retry_after_us / 1e6

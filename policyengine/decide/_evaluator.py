@@ -14,6 +14,7 @@ it calls the plan's generated closures and returns the facts the last step build
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import (
     ROUND_CEILING,
     Context,
@@ -22,6 +23,7 @@ from decimal import (
     InvalidOperation,
     Overflow,
 )
+from operator import attrgetter
 from typing import Any
 
 from policyengine.decide._compiled import (
@@ -35,10 +37,16 @@ from policyengine.decide._compiled import (
 from policyengine.decision import (
     Decision,
     Diagnostic,
+    FrozenDict,
+    FrozenList,
     Obligations,
+    ReadOnly,
     RuleIds,
     ShadowOutcome,
     ToolDecision,
+    build_diagnostic,
+    build_obligations,
+    frozen,
 )
 from policyengine.money._money import (
     MAX_AMOUNT,
@@ -272,8 +280,8 @@ def run_rule(rule: CompiledRule, ctx: dict[str, Any], plan: PlanRules,
         return test(ctx, plan.principal, req) is True
     except Exception as exc:
         err = _error(exc)
-        diags.append(Diagnostic(err.code, err.message, rule.qid,
-                                "applied (fail closed)" if fail_closed else "skipped"))
+        diags.append(build_diagnostic(err.code, err.message, rule.qid,
+                                      "applied (fail closed)" if fail_closed else "skipped"))
         return None
 
 
@@ -286,7 +294,8 @@ def amount_rule(rule: CompiledRule, ctx: dict[str, Any], plan: PlanRules, req: R
     try:
         amount = req.amount(rule.money)  # type: ignore[arg-type]
     except EvalError as err:
-        diags.append(Diagnostic(err.code, err.message, rule.qid, "applied (fail closed)"))
+        diags.append(build_diagnostic(err.code, err.message, rule.qid,
+                                      "applied (fail closed)"))
         return None, None
     if amount > rule.amount_limit:  # type: ignore[operator]
         return True, None
@@ -317,8 +326,8 @@ def _obligations(max_amount: tuple[Decimal, FileMoney] | None,
     over = approval_over
     if over is not None and max_amount is not None and over[1].base != currency:
         over = None  # reported in one currency; see docs/money.md
-    return Obligations(max_amount[0] if max_amount else None,
-                       over[0] if over else None, (), currency)
+    return build_obligations(max_amount[0] if max_amount else None,
+                             over[0] if over else None, (), currency)
 
 
 #: What the rules step found: (status, code, reason, rules, obligations, diagnostics,
@@ -470,7 +479,7 @@ def _permits_only(checks: tuple[Any, ...], who: Any, principal: str, permission:
 def _skipped(exc: Exception, qid: str) -> Diagnostic:
     """The diagnostic of a permit whose condition raised (as :func:`run_rule` records it)."""
     err = _error(exc)
-    return Diagnostic(err.code, err.message, qid, "skipped")
+    return build_diagnostic(err.code, err.message, qid, "skipped")
 
 
 def shadow_rules(plan: PlanRules, context: dict[str, Any], req: RequestState | None
@@ -507,21 +516,51 @@ def shadow_rules(plan: PlanRules, context: dict[str, Any], req: RequestState | N
 
 # ---- explain ---------------------------------------------------------------------------------
 
-class Explanation:
+class _ExplanationSlots:
+    __slots__ = ("_decision", "_rules", "_steps")
+
+
+_FROZEN_DICT = frozenset({FrozenDict})
+_set_decision = _ExplanationSlots.__dict__["_decision"].__set__
+_set_rules = _ExplanationSlots.__dict__["_rules"].__set__
+_set_steps = _ExplanationSlots.__dict__["_steps"].__set__
+
+
+class Explanation(_ExplanationSlots, ReadOnly):
     """One decision run with tracing on: the decision (exactly what ``authorize`` or
     ``tool_authorize`` answers for the same request), what each pipeline step found, and
-    what each rule that could decide the request did."""
+    what each rule that could decide the request did.
 
-    __slots__ = ("decision", "rules", "steps")
+    Read-only, like the decision it holds: assigning or deleting any attribute raises
+    ``AttributeError``; ``steps`` is a tuple of read-only dicts (:class:`FrozenDict`)
+    and ``rules`` a read-only list of them (:class:`FrozenList`: a change raises
+    ``TypeError``). A trace's rows are made read-only (and kept as they are); lists and
+    dicts given here are copied (:func:`~policyengine.decision.frozen`)."""
 
-    def __init__(self, decision: Decision | ToolDecision, rules: list[dict[str, Any]],
-                 steps: list[dict[str, str]]) -> None:
-        self.decision = decision
-        self.rules = rules
-        self.steps = steps
+    __slots__ = ()
+
+    def __new__(cls, decision: Decision | ToolDecision, rules: Iterable[dict[str, Any]],
+                steps: Iterable[dict[str, str]]) -> Explanation:
+        steps = tuple(steps)
+        if not _FROZEN_DICT.issuperset(map(type, steps)):
+            steps = tuple(frozen(list(steps)))
+        made = object.__new__(cls)
+        _set_decision(made, decision)
+        _set_rules(made, frozen(rules if isinstance(rules, list) else list(rules)))
+        _set_steps(made, steps)
+        return made
+
+    decision: Decision | ToolDecision = property(  # type: ignore[assignment]
+        attrgetter("_decision"))
+    #: Rule by rule (in declaration order): ``rule``, ``effect``, ``kind``, ``mode`` (a
+    #: shadow rule), ``conditions`` (``kind``, ``text``, ``result`` each) and ``result``.
+    rules: list[dict[str, Any]] = property(attrgetter("_rules"))  # type: ignore[assignment]
+    #: Step by step: ``{"step": name, "result": what it found}``, in the order run.
+    steps: tuple[dict[str, str], ...] = property(  # type: ignore[assignment]
+        attrgetter("_steps"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"decision": self.decision.to_wire(), "steps": self.steps,
+        return {"decision": self.decision.to_wire(), "steps": list(self.steps),
                 "rules": self.rules}
 
     def __str__(self) -> str:
@@ -540,23 +579,33 @@ class Explanation:
 def rule_table(policy: CompiledPolicy, principal: str, permission: str,
                context: dict[str, Any], req: RequestState) -> list[dict[str, Any]]:
     """Rule by rule, for explain: every rule naming ``permission``, whether it is in the
-    principal's scope, and what each of its conditions gave."""
+    principal's scope, and what each of its conditions gave. Read-only (a
+    :class:`FrozenList` of :func:`rule_entry` rows), as an :class:`Explanation` holds
+    it."""
     who = policy.principal(principal)
-    return [rule_entry(rule, who, who, context, req)
-            for rule in policy.candidates(permission)]
+    return FrozenList([rule_entry(rule, who, who, context, req)
+                       for rule in policy.candidates(permission)])
+
+
+# A row is built read-only from the start (no copy): filled, while it is new and no one
+# else holds it, by the plain dict / list methods its class refuses.
+_put = dict.__setitem__
+_add = list.append
 
 
 def rule_entry(rule: CompiledRule, who: Any, view: Any, context: dict[str, Any],
                req: RequestState) -> dict[str, Any]:
     """One row of :func:`rule_table`: ``who`` is the principal (for the scope), ``view``
     what conditions read as ``principal`` (the declared principal, or one with no roles
-    and no attributes: ``CompiledPolicy.principal``)."""
-    entry: dict[str, Any] = {"rule": rule.qid, "effect": rule.effect, "kind": rule.kind,
-                             "conditions": []}
+    and no attributes: ``CompiledPolicy.principal``). Read-only: a :class:`FrozenDict`
+    whose ``conditions`` is a :class:`FrozenList` of them."""
+    conditions = FrozenList()
+    entry = FrozenDict(rule=rule.qid, effect=rule.effect, kind=rule.kind,
+                       conditions=conditions)
     if rule.mode != "enforce":  # a shadow rule: reported, never decisive
-        entry["mode"] = rule.mode
+        _put(entry, "mode", rule.mode)
     if not rule.scoped_to(who):
-        entry["result"] = "not in scope (principal has none of its roles/agents)"
+        _put(entry, "result", "not in scope (principal has none of its roles/agents)")
         return entry
     all_ok = True
     for kind, text, test in rule.clauses:
@@ -569,17 +618,17 @@ def rule_entry(rule: CompiledRule, who: Any, view: Any, context: dict[str, Any],
             holds = rule.effect != "permit"
             result = f"error {err.code}: {err.message}"
         all_ok = all_ok and holds
-        entry["conditions"].append({"kind": kind, "text": text, "result": result})
+        _add(conditions, FrozenDict(kind=kind, text=text, result=result))
     if rule.amount_limit is not None:
         try:
             amount = req.amount(rule.money)  # type: ignore[arg-type]
             over = amount > rule.amount_limit
-            entry["conditions"].append({
-                "kind": "amount", "text": f"{amount} vs {rule.amount_limit}",
-                "result": "over" if over else "within"})
+            _add(conditions, FrozenDict(kind="amount",
+                                        text=f"{amount} vs {rule.amount_limit}",
+                                        result="over" if over else "within"))
             all_ok = all_ok and over
         except EvalError as err:
-            entry["conditions"].append({"kind": "amount", "text": "amount",
-                                        "result": f"error {err.code}: {err.message}"})
-    entry["result"] = "applies" if all_ok else "does not apply"
+            _add(conditions, FrozenDict(kind="amount", text="amount",
+                                        result=f"error {err.code}: {err.message}"))
+    _put(entry, "result", "applies" if all_ok else "does not apply")
     return entry

@@ -57,7 +57,15 @@ from policyengine.decide._evaluator import (
     rule_table,
     shadow_rules,
 )
-from policyengine.decision import Decision, Diagnostic, Obligations, ShadowOutcome
+from policyengine.decision import (
+    Decision,
+    Diagnostic,
+    FrozenDict,
+    ShadowOutcome,
+    build_decision,
+    build_diagnostic,
+    build_obligations,
+)
 from policyengine.errors import PolicyEngineError
 from policyengine.money._money import Money, MoneyError
 from policyengine.tokens.errors import TokenError
@@ -69,7 +77,8 @@ _redact_body: Callable[..., Any] | None = None
 
 
 class Trace:
-    """What explain records: per step a short result, and the rule-by-rule table."""
+    """What explain records: per step a short result, and the rule-by-rule table, each
+    row read-only already (what the :class:`Explanation` holds)."""
 
     __slots__ = ("rules", "steps")
 
@@ -78,7 +87,7 @@ class Trace:
         self.rules: list[dict[str, Any]] = []
 
     def step(self, name: str, result: str) -> None:
-        self.steps.append({"step": name, "result": result})
+        self.steps.append(FrozenDict(step=name, result=result))
 
 
 class ToolCall:
@@ -423,9 +432,9 @@ class Pipeline:
         if trace is not None and shadow:
             trace.step("shadow", ", ".join(f"{s.id} would be {s.status} ({s.code})"
                                            for s in shadow))
-        return Decision(status, code, reason, rules, obligations,  # type: ignore[arg-type]
-                        diagnostics, principal, permission, recorded, acting_for, chain,
-                        budget, shadow, rate)
+        return build_decision(status, code, reason, rules,  # type: ignore[arg-type]
+                              obligations, diagnostics, principal, permission, recorded,
+                              acting_for, chain, budget, shadow, rate)
 
     def run_tool(self, principal: str, permission: str, context: dict[str, Any],
                  token: Any, approval_id: Any, body: Any, redaction_rules: tuple[Any, ...],
@@ -461,8 +470,8 @@ class Pipeline:
             acting_for, chain = found.acting_for, tuple(found.chain)
             if trace is not None:
                 trace.step("grant", f"ok: acting for {acting_for}")
-        return Decision("allowed", code, reason, (), None, (), principal, None, None,
-                        acting_for, chain)
+        return build_decision("allowed", code, reason, (), None, (), principal, None, None,
+                              acting_for, chain)
 
     # ---- steps -------------------------------------------------------------------------
 
@@ -703,8 +712,8 @@ class Pipeline:
         None if it counts, else a diagnostic saying why not. ``consume=False`` (explain)
         answers the same without using it up."""
         def refused(code: str, message: str) -> Diagnostic:
-            return Diagnostic(code, f"approval not honoured: {message}", None,
-                              "pending_approval")
+            return build_diagnostic(code, f"approval not honoured: {message}", None,
+                                    "pending_approval")
 
         if not 0 < len(approval_id) <= 128:
             return refused("unknown_approval", "approval_id must be an approval's id")
@@ -853,7 +862,7 @@ def _invalid(principal: Any, permission: Any, message: str, trace: Trace | None)
 def _overruled(facts: RuleFacts, code: str, reason: str) -> RuleFacts:
     """A later step's denial: the rules that decided so far stay, one diagnostic more."""
     return ("denied", code, reason, facts[3], None,
-            facts[5] + (Diagnostic(code, reason, None, "denied"),), ())
+            facts[5] + (build_diagnostic(code, reason, None, "denied"),), ())
 
 
 def _fault(exc: Exception, default: str) -> tuple[str, str]:
@@ -879,7 +888,7 @@ def _redact(tool: ToolCall, facts: RuleFacts, hmac_key: bytes | None) -> RuleFac
         reasons = "; ".join(str(d) for d in diagnostics)
         reason = f"cannot redact the body: {reasons}"
         return ("denied", "redaction_failed", reason, facts[3], None,
-                facts[5] + tuple(Diagnostic(d.code, str(d), None, "denied")
+                facts[5] + tuple(build_diagnostic(d.code, str(d), None, "denied")
                                  for d in diagnostics), ())
     tool.redacted = body
     tool.redactions = redactions
@@ -892,7 +901,7 @@ def _redact(tool: ToolCall, facts: RuleFacts, hmac_key: bytes | None) -> RuleFac
     if not rules:
         return facts
     ob = facts[4]
-    obligations = Obligations(ob.max_amount if ob else None,
-                              ob.require_approval_over if ob else None,
-                              tool.redact_fields, ob.currency if ob else None)
+    obligations = build_obligations(ob.max_amount if ob else None,
+                                    ob.require_approval_over if ob else None,
+                                    tool.redact_fields, ob.currency if ob else None)
     return (facts[0], facts[1], facts[2], facts[3], obligations, facts[5], facts[6])

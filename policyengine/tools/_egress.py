@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from policyengine import _json as strict_json
-from policyengine.decision import Decision, ToolDecision
+from policyengine.decision import Decision, ToolDecision, build_tool_decision
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.money._money import MONEY_CONTEXT, MoneyError, decimal_places
@@ -605,8 +605,9 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
                diag: str | None = None, tool: str | None = None) -> ToolDecision:
         if trace is not None:
             trace.step("route", f"{outcome} ({code}): {reason}")
-        return ToolDecision(Decision.denial(code, reason, principal, permission, diag),
-                            outcome, None, (), tool)
+        return build_tool_decision(
+            Decision.denial(code, reason, principal, permission, diag), outcome, None, (),
+            tool)
 
     if type(principal) is not str:
         return reject("invalid_request", "invalid_request", "principal must be a string")
@@ -659,8 +660,8 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
             decided = pipeline.run_unbound(principal, token, routed.code, routed.reason,
                                            trace)
             if decided.status != "allowed":
-                return ToolDecision(decided, _outcome(decided), None, (), None)
-            return ToolDecision(decided, "egress_allow", body, (), None)
+                return build_tool_decision(decided, _outcome(decided), None, (), None)
+            return build_tool_decision(decided, "egress_allow", body, (), None)
         if routed.outcome is not None:
             return reject(routed.outcome, routed.code, routed.reason, diag=routed.diag,
                           tool=routed.tool)
@@ -716,4 +717,4 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
     decision, redacted, redactions = pipeline.run_tool(
         principal, permission, ctx, token, approval_id, body, rules, fields, call, trace,
         redaction_check, raw_body)
-    return ToolDecision(decision, _outcome(decision), redacted, redactions, qid)
+    return build_tool_decision(decision, _outcome(decision), redacted, redactions, qid)
