@@ -346,10 +346,18 @@ _DOTTED_I: Final = re.compile(r"i(?:%CC%87)+")
 _TRAILING_DOTS_SPACES: Final = re.compile(r"(?:\.|%20)+(?=/|\Z)")
 
 
+#: The same with ``::$data`` (an NTFS default data stream, case-folded) in the run.
+_TRAILING_STREAM: Final = re.compile(r"(?:\.|%20|::\$data)+(?=/|\Z)")
+
+
 def _trim_segments(path: str) -> str:
     """``path`` with each segment's trailing dots and spaces removed, as Windows path
     normalisation (Win32 path APIs: IIS, any upstream serving through them) removes
-    them: ``/admin. /x.`` -> ``/admin/x``."""
+    them: ``/admin. /x.`` -> ``/admin/x``; and a ``::$data`` suffix (the unnamed default
+    data stream of an NTFS file, the file itself) removed with them, before or after
+    them: ``/admin::$data.`` -> ``/admin``. ``path`` is case-folded already."""
+    if "::$data" in path:
+        return _TRAILING_STREAM.sub("", path)
     if path.endswith((".", "%20")) or "./" in path or "%20/" in path:
         return _TRAILING_DOTS_SPACES.sub("", path)
     return path
@@ -362,10 +370,15 @@ def fold_path(path: str) -> str:
     reads it. Deny routes match on this form, so ``/V1/Accounts`` cannot escape
     ``deny "/v1/accounts"``, nor ``/adm%C4%B1n`` (a dotless i, U+0131) or ``/admin.%20``
     ``deny "/admin"``. An ``i`` followed by U+0307 (combining dot above) folds to ``i``
-    too: Unicode case folding reads U+0130 (I with dot above) as that pair.
+    too: Unicode case folding reads U+0130 (I with dot above) as that pair. A segment's
+    ``::$data`` suffix (any case, ``%3A%3A%24DATA`` too once normalised) is removed with
+    its trailing dots and spaces: on NTFS ``name::$DATA`` names the unnamed default data
+    stream of ``name``, i.e. the file itself, so ``/admin::$DATA`` cannot escape
+    ``deny "/admin"``. Other ``:`` suffixes stay (``/v1/items:search`` is not
+    ``/v1/items``).
 
-    >>> fold_path("/V1/Caf%C3%89/adm%C4%B1n.%20")
-    '/v1/caf%C3%A9/admin'
+    >>> fold_path("/V1/Caf%C3%89/adm%C4%B1n.%20"), fold_path("/Admin::$DATA/x:Search")
+    ('/v1/caf%C3%A9/admin', '/admin/x:search')
     """
     try:  # (a try costs nothing until it catches: no check per call)
         if "%" not in path:
