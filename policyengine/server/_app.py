@@ -680,6 +680,28 @@ class PolicyService:
         raise RefusalError(401, "unauthorized", "a valid bearer token is required",
                        ((b"www-authenticate", b'Bearer realm="policyengine"'),))
 
+    def _caller(self, req: Request) -> str:
+        """The calling agent on a route that hands no token to the engine (approval
+        polls, telemetry). :meth:`_agent` only reads a delegation grant's ``sub`` and
+        leaves its verification to the engine's decision; here nothing else would verify
+        it, so it is verified now: an unsigned, expired or revoked grant is 401, never
+        the agent it names."""
+        principal, token = self._agent(req)
+        if token is None:
+            return principal
+        try:
+            grant = self.engine.verify_token(token)
+        except pe.TokenError as exc:
+            if exc.code == "revocation_unavailable":
+                log.warning("revocation store unavailable: %s", exc.message)
+                raise RefusalError(503, "revocation_unavailable", "the revocation store is "
+                                   "unavailable; retry") from None
+            grant = None
+        if grant is None or grant.subject != principal:
+            raise RefusalError(401, "unauthorized", "a valid bearer token is required",
+                               ((b"www-authenticate", b'Bearer realm="policyengine"'),))
+        return principal
+
     def _admin(self, req: Request) -> str:
         challenge = ((b"www-authenticate", b'Basic realm="policyengine-admin"'),)
         raw = req.headers.get(b"authorization", b"")
@@ -797,7 +819,7 @@ class PolicyService:
                            "the approval store is unavailable; retry")
 
     def _approval(self, req: Request) -> Reply:
-        principal, _ = self._agent(req)
+        principal = self._caller(req)
         approvals = self.engine.approvals
         try:
             item = self._from_approvals(lambda: approvals.get(req.params[0]))
@@ -928,7 +950,7 @@ class PolicyService:
                                 "the decision log cannot record these events now; retry")
 
     def _ingest_events(self, req: Request) -> Reply:
-        principal, _ = self._agent(req)
+        principal = self._caller(req)
         encoding = "gzip" if b"content-encoding" in req.headers else "identity"
         req.body = self._inflate(req)
         events = validate(_EVENTS_IN, json_body(req))
@@ -941,7 +963,7 @@ class PolicyService:
         return Reply(202, out, principal)
 
     def _ingest_trace(self, req: Request) -> Reply:
-        principal, _ = self._agent(req)
+        principal = self._caller(req)
         trace = validate(_TRACE_IN, json_body(req))
         self.traces.append((principal, trace))
         self.record_events("tracengent", principal,
