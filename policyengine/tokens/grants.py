@@ -478,15 +478,15 @@ def verify(
             _cache_put(keys.verify_cache, cache_key, entry)
     grant, nbf, exp, iat, ids, _ = entry
     t = time.time() if now is None else now
-    if t >= exp + leeway:
-        raise _fail("expired", f"claim exp: the token (or a hop of its chain) expired at "
-                    f"{_iso(exp)}; it is now {_iso(t)}")
-    if t < nbf - leeway:
-        raise _fail("not_yet_valid", f"claim nbf: the token is not valid before {_iso(nbf)}; "
-                    f"it is now {_iso(t)}")
-    if iat > t + leeway:
-        raise _fail("issued_in_future", f"claim iat: the token claims to be issued at "
-                    f"{_iso(iat)}, after now ({_iso(t)})")
+    # One test written so that NaN fails it (NaN compares false with every bound: as
+    # three "refuse if" tests, an expired token passed); a ``now`` the uncached path
+    # would refuse (NaN, a string) is refused by _outside the same way on a cache hit.
+    try:  # (a try costs nothing until it catches)
+        inside = nbf - leeway <= t < exp + leeway and iat <= t + leeway
+    except TypeError:
+        inside = False
+    if not inside:
+        raise _outside(now, t, nbf, exp, iat, leeway)
     if revocations is not None:
         try:
             revoked = revocations.any_revoked(ids)
@@ -503,6 +503,22 @@ def verify(
 _Entry = tuple[Grant, int, int, int, tuple[str, ...], bool]
 
 
+def _outside(now: object, t: float, nbf: int, exp: int, iat: int, leeway: float
+             ) -> TokenError:
+    """Why ``t`` is outside a chain's window [nbf, exp) (with ``leeway``; iat <= t too),
+    or that ``now`` is no clock at all."""
+    if now is not None and not _posix_seconds(now):
+        return _bad_now(now)
+    if t >= exp + leeway:
+        return _fail("expired", f"claim exp: the token (or a hop of its chain) expired at "
+                     f"{_iso(exp)}; it is now {_iso(t)}")
+    if t < nbf - leeway:
+        return _fail("not_yet_valid", f"claim nbf: the token is not valid before "
+                     f"{_iso(nbf)}; it is now {_iso(t)}")
+    return _fail("issued_in_future", f"claim iat: the token claims to be issued at "
+                 f"{_iso(iat)}, after now ({_iso(t)})")
+
+
 def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | None,
                      audience: str | None, rates: RateSource | None, max_depth: int | None,
                      max_ttl: float | None, child_max_ttl: float | None = None) -> _Entry:
@@ -510,6 +526,8 @@ def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | 
         bad = ceiling_problems(max_depth, max_ttl, child_max_ttl)
         if bad:
             raise _fail("invalid_option", bad[0][1])
+    if now is not None and not _posix_seconds(now):
+        raise _bad_now(now)
     if type(token) is not str:
         raise _fail("malformed", "token must be a string")
     hops = [_load_at(keys, token, 0)]
@@ -620,10 +638,26 @@ def _not_keys(keys: object) -> TokenError:
     return _fail("invalid_option", f"keys must be a KeySet, not {type(keys).__name__}")
 
 
+def _posix_seconds(now: object) -> bool:
+    """Is ``now`` POSIX seconds: an int or float (a subclass too, as an engine's clock
+    may return; not a bool) in [0, :data:`_MAX_TIME`]? NaN is not."""
+    return (isinstance(now, (int, float)) and type(now) is not bool
+            and 0 <= now <= _MAX_TIME)
+
+
+def _bad_now(now: object) -> TokenError:
+    # (the repr of a huge int raises: an int is shown by kind only)
+    shown = repr(float(now)) if isinstance(now, float) else (
+        "an int out of range" if isinstance(now, int) and type(now) is not bool
+        else f"a {type(now).__name__}")
+    return _fail("invalid_option", f"now must be POSIX seconds in [0, {_MAX_TIME}] "
+                 f"(an int or float), got {shown}")
+
+
 def _now(now: float | None) -> int:
     t = time.time() if now is None else now
-    if type(t) not in (int, float) or not 0 <= t <= _MAX_TIME:
-        raise _fail("invalid_option", "now must be POSIX seconds")
+    if not _posix_seconds(t):
+        raise _bad_now(t)
     return int(t)
 
 
