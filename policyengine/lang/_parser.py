@@ -439,8 +439,14 @@ def _parse_whole(text: str, name: str, chunks: list[tuple[int, str]]
             return None
         build = _Build(name, 0)
         out = []
-        for (start_line, _), st in zip(chunks, trees, strict=True):
-            if getattr(getattr(st, "meta", None), "line", None) != start_line:
+        for (start_line, chunk), st in zip(chunks, trees, strict=True):
+            meta = getattr(st, "meta", None)
+            # Each statement must lie within its chunk: start on its first line and end
+            # by its last. A reading that carries a statement over into the next chunk's
+            # lines (an unindented continuation line, then a statement later on that
+            # line) is not the language's, even when the counts and start lines agree.
+            if getattr(meta, "line", None) != start_line or \
+                    getattr(meta, "end_line", start_line) > start_line + chunk.count("\n"):
                 return None
             out.append(build.statement(st))  # type: ignore[arg-type]
         return out

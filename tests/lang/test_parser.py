@@ -360,6 +360,24 @@ def test_indented_lines_continue_a_statement() -> None:
     assert [c.kind for c in pf.statements[0].conditions] == ["when", "unless"]
 
 
+@pytest.mark.parametrize(("text", "errors"), [
+    # The unindented line starts a statement, so `or` ends the first one too early; a
+    # whole-file reading that carried the condition over and found `forbid c` later on
+    # that line accepted the file.
+    ("permit a: x:y when context.a == 1 or\ncontext.b == 2 forbid c: x:y\n",
+     [("E003", 1, 37), ("E005", 2, 1)]),
+    ('agent "a" {\nk = 1 } permit b: x:y\n', [("E003", 1, 12), ("E005", 2, 1)]),
+    ("role \nr: pay:*agent \"bot\": r\n", [("E003", 1, 5), ("E005", 2, 1)]),
+])
+def test_an_unindented_line_starts_a_statement_whatever_follows_on_it(
+        text: str, errors: list[tuple[str, int, int]]) -> None:
+    for source in (text, text + "bogus\n"):  # the same reading with another error around
+        with pytest.raises(PolicyError) as info:
+            parse(source)
+        found = [(p.code, p.line, p.column) for p in info.value.errors]
+        assert found[:len(errors)] == errors, source
+
+
 def test_bom_and_crlf_are_accepted() -> None:
     pf = parse("\ufeffrole r: a:b\r\nagent \"x\": r\r\n".encode())
     assert ast_key(pf.statements) == ast_key(
