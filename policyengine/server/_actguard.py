@@ -16,8 +16,9 @@ The mapping onto the engine:
   nothing, idempotent on the run id); without ``cost_limit`` it holds nothing and
   answers the room left as the run's ``cost_limit``, which the SDK adopts;
 * the settlement prices each LLM usage with the policy's price table and each custom
-  cost at ``cu_per_usd``, and commits that amount (overage within the budgets' overdraft
-  only); a usage the policy cannot price is charged the whole reservation;
+  cost at ``cu_per_usd``, and commits that amount (overage within the budgets' overdraft;
+  past it, each budget is charged what it has left and the answer is 409); a usage the
+  policy cannot price is charged the whole reservation;
 * refusals: a budget that cannot hold the run is **409** (``BudgetExceededError``), a
   budget in debt is **402** (``ActGuardPaymentRequired``), any other denial is 409 too
   (the SDK only stops on 402 and 409: every other status it swallows and runs
@@ -40,6 +41,7 @@ from policyengine.budgets import (
     BudgetExceeded,
     IdempotencyMismatch,
     LLMUsage,
+    Overage,
     Reservation,
     ReservationError,
 )
@@ -254,10 +256,14 @@ class ActguardWire:
         try:
             done = exact_or_cent(lambda a: self._commit(rsv, a, s.reserve_id), charge)
         except BudgetExceeded as exc:
-            # Over the budgets even with their overdraft: the hold is charged whole (the
-            # spend happened; never less than what was admitted) and the SDK told.
+            # Over the budgets even with their overdraft: the spend happened, so each
+            # budget is charged what it has left (its hold included: never less than was
+            # admitted; ALLOW_IF_AVAILABLE) and the SDK told. Charging the hold alone
+            # would leave a run that held nothing (no cost_limit) uncharged, and the
+            # budget never full: every later run admitted again.
             with contextlib.suppress(BudgetError):
-                self._commit(rsv, int(rsv.amount), s.reserve_id + ":cap")
+                exact_or_cent(lambda a: self._commit(rsv, a, s.reserve_id + ":cap",
+                                                     "allow_if_available"), charge)
             return self._exceeded(exc.code, exc.message, exc.details, rsv.acting_for,
                                   tokens=s.input_tokens + s.output_tokens).reply
         except IdempotencyMismatch:
@@ -296,13 +302,13 @@ class ActguardWire:
                 total += cost
         return total, priced
 
-    def _commit(self, rsv: Reservation, micro: int, key: str) -> Reservation:
+    def _commit(self, rsv: Reservation, micro: int, key: str,
+                overage: Overage = "allow_with_overdraft") -> Reservation:
         """Spend ``micro`` microcents of the run's reservation."""
         ledger = self.service.engine.budgets
         try:
             return ledger.commit(rsv.id, micro, MICRO,
-                                 idempotency_key=f"actguard-settle:{key}",
-                                 overage="allow_with_overdraft")
+                                 idempotency_key=f"actguard-settle:{key}", overage=overage)
         except ReservationError as exc:
             if exc.code == "reservation_final":  # a settle retried: its first answer stands
                 done = ledger.get(rsv.id)
@@ -315,7 +321,7 @@ class ActguardWire:
         return ledger.record(rsv.principal, PERMISSION, micro, MICRO,
                              idempotency_key=f"actguard-late:{key}",
                              acting_for=rsv.acting_for, tenant=rsv.tenant,
-                             overage="allow_with_overdraft", scope=self._scopes.get(rsv.id))
+                             overage=overage, scope=self._scopes.get(rsv.id))
 
     def ingest(self, req: Request) -> Reply:
         from policyengine.server._app import Reply, json_body, validate

@@ -164,7 +164,8 @@ def test_settle_records_custom_costs_and_is_409_past_the_overdraft(svc: Live) ->
     changed = {**body, "usage_breakdown": [{"type": "custom_cost", "name": "s", "cost_cu": 1}]}
     r2 = httpx.post(f"{url}/settle", json=changed, headers=auth)
     assert r2.status_code == 409 and r2.json()["code"] == "already_settled"
-    # The next run spends $2 more: $3.24 is past $2 + $1 overdraft. Its hold is charged.
+    # The next run spends $2 more: $3.24 is past $2 + $1 overdraft. The budget is charged
+    # what it has left ($0.76, its hold of $0.50 included): it is full.
     rid = httpx.post(f"{url}/reserve", json={"run_id": "s2", "cost_limit": 500},
                      headers=auth).json()["reserve_id"]
     body["reserve_id"] = rid
@@ -172,7 +173,34 @@ def test_settle_records_custom_costs_and_is_409_past_the_overdraft(svc: Live) ->
     r = httpx.post(f"{url}/settle", json=body, headers=auth)
     assert r.status_code == 409 and r.json()["code"] == "overdraft_limit_exceeded"
     assert r.json()["cost_limit"] == 2000
-    assert reserved(svc) == (Decimal("1.74"), Decimal("0.00"))
+    assert reserved(svc) == (Decimal("2.00"), Decimal("0.00"))
+
+
+def test_a_run_that_held_nothing_and_overspent_fills_the_budget() -> None:
+    """A run without ``cost_limit`` holds nothing; one whose usage the budgets cannot
+    take even with their overdraft is charged what they have left, so the budget is full
+    and the next run is refused (charging its empty hold left every such run free)."""
+    m1 = 'price "acme" "m1": input 1 USD, output 1 USD per 1M tokens\n'
+    with live("budget d: llm:* limit 1 USD per day per agent\n" + m1) as svc:
+        c = client(svc)
+        try:
+            with c.run(run_id="first"), c.budget_guard():
+                record_usage(provider="acme", provider_model_id="m1",
+                             input_tokens=900_000, output_tokens=0)
+            (b,) = svc.engine.budgets.balances("ag-agent")
+            assert (b.spent, b.remaining) == (Decimal("0.90"), Decimal("0.10"))
+            with pytest.raises(BudgetExceededError), c.run(run_id="second"), \
+                    c.budget_guard():
+                record_usage(provider="acme", provider_model_id="m1",
+                             input_tokens=900_000, output_tokens=0)
+            (b,) = svc.engine.budgets.balances("ag-agent")
+            assert (b.spent, b.reserved, b.remaining) == (Decimal("1.00"), 0, 0)
+            with pytest.raises(BudgetExceededError) as err, c.run(run_id="third"), \
+                    c.budget_guard():
+                pytest.fail("a full budget admits no run")
+            assert err.value.cost_used == 1000
+        finally:
+            c.close()
 
 
 def test_settle_of_another_agents_reservation_is_404(svc: Live) -> None:
