@@ -67,8 +67,22 @@ class AccessTokens:
         self._verified: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
-    def issue(self, agent: str, client_id: str, permissions: Sequence[str]) -> str:
+    def _signing_key(self) -> pe.tokens.Key:
+        """The active key, or, when it belongs to another issuer, a signing key of this
+        service's issuer: a key never signs for an issuer it does not belong to (as
+        ``tokens.mint`` picks one)."""
         key = self.keys.active_key
+        if key.issuer is None or key.issuer == self.issuer:
+            return key
+        own = next((k for k in self.keys if k.issuer == self.issuer and k.can_sign), None)
+        if own is None:
+            raise pe.TokenError("issuer_key_mismatch", f"no signing key of issuer "
+                                f"{self.issuer!r} for access tokens (the active key "
+                                f"{key.kid!r} belongs to {key.issuer!r})")
+        return own
+
+    def issue(self, agent: str, client_id: str, permissions: Sequence[str]) -> str:
+        key = self._signing_key()
         now = int(self._clock())
         header = {"alg": key.alg, "kid": key.kid, "typ": ACCESS_TYP}
         claims = {"iss": self.issuer, "sub": agent, "client_id": client_id, "iat": now,
@@ -114,7 +128,10 @@ class AccessTokens:
             if header["typ"] != ACCESS_TYP or type(header["kid"]) is not str:
                 return None
             key = self.keys.get(header["kid"])
-            if key is None or header["alg"] != key.alg:
+            # A key bound to another issuer (a trusted identity provider's, kept to
+            # verify its delegation grants) never vouches for this service's tokens.
+            if key is None or header["alg"] != key.alg or key.issuer not in (None,
+                                                                             self.issuer):
                 return None
             if not key.verify(f"{parts[0]}.{parts[1]}".encode("ascii"), _unb64(parts[2])):
                 return None
