@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["POSTGRES_STORE_OPTIONS", "StoreUrlError", "check_memory_url", "check_postgres_url",
-           "check_redis_url", "open_shared_store", "scheme_of", "split_store_url"]
+__all__ = ["POSTGRES_STORE_OPTIONS", "REDIS_TIMEOUT", "StoreUrlError", "check_memory_url",
+           "check_postgres_url", "check_redis_url", "open_shared_store", "scheme_of",
+           "split_store_url"]
 
 _T = TypeVar("_T")
 
@@ -156,6 +157,22 @@ def _text(value: str) -> str:
     return value
 
 
+class _DefaultSeconds(float):
+    """A Redis store's default ``timeout``: a float like any, told apart (``is``) from
+    one the caller gave."""
+
+    __slots__ = ()
+
+
+#: The Redis stores' default ``timeout`` (5 s), the default of their constructors: a
+#: store takes ``timeout is not REDIS_TIMEOUT`` as "a timeout was given" (in its URL's
+#: ``?timeout=`` or as the argument), which a URL's ``socket_timeout`` or
+#: ``socket_connect_timeout`` may not be given beside (:func:`check_redis_url`).
+REDIS_TIMEOUT: float = _DefaultSeconds(5.0)
+#: redis-py's URL options for the waits a Redis store's own ``timeout`` sets.
+_REDIS_WAITS = ("socket_connect_timeout", "socket_timeout")
+
+
 #: The redis-py URL options a store passes on (to ``redis.Redis.from_url``), with what
 #: each must read as. redis-py hands any other query option to its connection class as a
 #: keyword argument, which fails with a ``TypeError`` at the first command, not at
@@ -209,7 +226,7 @@ def _check_query(query: str, known: Mapping[str, Callable[[str], Any]], client: 
     return seen
 
 
-def check_redis_url(plain: str) -> None:
+def check_redis_url(plain: str, *, timeout_given: bool = False) -> None:
     """Refuse a Redis URL (the store's own options already taken out) that redis-py would
     read other than as written, or fail on only at the first command: a query option it
     does not know (``?foo=1``: a ``TypeError`` from its connection class), a value that
@@ -217,7 +234,10 @@ def check_redis_url(plain: str) -> None:
     (``redis://host/notadb`` silently meant database 0), or a database given both in the
     path and as ``?db=``. ``unix://`` takes the socket's path and ``?db=``; the TLS
     options are ``rediss://``'s alone. A URL of another scheme (or no string at all) is
-    refused too."""
+    refused too. With ``timeout_given`` (the store's own ``timeout`` was given, in its
+    URL or as an argument), ``socket_timeout`` and ``socket_connect_timeout`` are
+    refused: the store's timeout sets both waits, and redis-py lets the URL's win over
+    it without a word."""
     _check_string(plain)
     if scheme_of(plain) not in ("redis", "rediss", "unix"):
         raise StoreUrlError("a Redis URL starts with redis://, rediss:// or unix://")
@@ -229,6 +249,12 @@ def check_redis_url(plain: str) -> None:
     scheme = parts.scheme.lower()
     known = {**_REDIS_OPTIONS, **(_REDISS_OPTIONS if scheme == "rediss" else {})}
     seen = _check_query(parts.query, known, "for the Redis client")
+    both = [name for name in _REDIS_WAITS if name in seen]
+    if timeout_given and both:
+        raise StoreUrlError(f"option {both[0]} is given beside the store's timeout, which "
+                            "sets the same wait: give timeout alone (it sets "
+                            "socket_timeout and socket_connect_timeout), or "
+                            f"{' and '.join(both)} without it")
     if scheme == "unix":
         if not parts.path:
             raise StoreUrlError("unix:// needs the socket's path (unix:///path/to.sock)")

@@ -335,3 +335,79 @@ def test_a_keyword_overrides_the_shared_store_urls_option(
         opener(f"{NO_REDIS}?prefix=p:&timeout=2", timeout=-1)
     assert info.value.code == code and "timeout=-1" in info.value.message
     assert type(opener("memory:")).__name__.startswith("Memory")
+
+
+# -- redis-py's waits beside a Redis store's own timeout ----------------------------------
+# A Redis store's ``timeout`` (``?timeout=`` or the argument) sets redis-py's
+# ``socket_timeout`` and ``socket_connect_timeout``; redis-py lets the URL's own win over
+# what the store passes, so ``?timeout=1&socket_timeout=30`` waited 30 s for each reply
+# without a word. Both given is refused with the store's code; either alone is read as
+# written.
+
+#: (URL, keyword arguments): redis-py's wait and the store's timeout, both given.
+BOTH_WAITS = [
+    (f"{NO_REDIS}?timeout=1&socket_timeout=30", {}),
+    (f"{NO_REDIS}?socket_connect_timeout=30&timeout=1", {}),
+    (f"{NO_REDIS}?socket_timeout=30", {"timeout": 1}),
+    # the default's value, given: given all the same
+    (f"{NO_REDIS}?socket_timeout=30&socket_connect_timeout=3", {"timeout": 5.0}),
+]
+
+
+@pytest.mark.parametrize(("url", "kwargs"), BOTH_WAITS)
+@pytest.mark.parametrize(("kind", "opener", "error", "code"), OPENERS)
+def test_a_redis_wait_beside_the_stores_timeout_is_refused(
+    url: str, kwargs: dict[str, Any], kind: str, opener: Callable[..., Any],
+    error: type[PolicyEngineError], code: str,
+) -> None:
+    with pytest.raises(error) as info:
+        opener(url, **kwargs)
+    assert info.value.code == code, str(info.value)
+    assert "beside the store's timeout" in info.value.message, str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+def _redis_stores() -> list[tuple[type, type[PolicyEngineError], str]]:
+    from policyengine.budgets import RedisStore
+    from policyengine.decide import RedisApprovalStore
+    from policyengine.tokens._shared_revocation import RedisRevocationStore
+    return [(RedisStore, BudgetInputError, "invalid_store_url"),
+            (RedisApprovalStore, ApprovalError, "invalid_approval_store"),
+            (RedisRevocationStore, TokenError, "invalid_revocations")]
+
+
+@pytest.mark.parametrize("wait", ["socket_timeout", "socket_connect_timeout"])
+@pytest.mark.parametrize(("store", "error", "code"), _redis_stores(),
+                         ids=lambda v: getattr(v, "__name__", str(v)))
+def test_a_redis_stores_constructor_refuses_a_wait_beside_its_timeout(
+    wait: str, store: type, error: type[PolicyEngineError], code: str,
+) -> None:
+    with pytest.raises(error) as info:
+        store(f"{NO_REDIS}?{wait}=30", timeout=1)
+    assert info.value.code == code, str(info.value)
+    assert f"option {wait} is given beside the store's timeout" in info.value.message
+
+
+@pytest.mark.parametrize(("kind", "opener", "error", "code"), OPENERS)
+def test_a_redis_wait_or_the_stores_timeout_alone_is_read_as_written(
+    kind: str, opener: Callable[..., Any], error: type[PolicyEngineError], code: str,
+) -> None:
+    """``socket_timeout`` alone sets the wait for a reply (the store's default 5 s the
+    connection's); ``timeout`` alone sets both. Opened on a live server, each store's
+    client holds those waits."""
+    from conftest import REDIS_URL, drop_namespace, require_service, unique_name
+    require_service("redis")
+    base = unique_name("waits")
+    create = "" if kind == "approval" else "&create=true"
+    try:
+        for query, waits in (("socket_timeout=30", (30.0, 5.0)),
+                             ("socket_connect_timeout=3", (5.0, 3.0)),
+                             ("timeout=2", (2.0, 2.0))):
+            store = opener(f"{REDIS_URL}?prefix={base}:{kind}:{create}&{query}")
+            try:
+                kw = store._redis.connection_pool.connection_kwargs
+                assert (kw["socket_timeout"], kw["socket_connect_timeout"]) == waits, query
+            finally:
+                store.close()
+    finally:
+        drop_namespace("redis", base)

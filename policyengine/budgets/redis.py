@@ -69,6 +69,7 @@ from typing import Any
 
 import orjson
 
+from policyengine._storeurl import REDIS_TIMEOUT
 from policyengine.budgets._options import check_store_options
 from policyengine.budgets.clock import ServerClock
 from policyengine.budgets.errors import BudgetStoreError
@@ -444,8 +445,10 @@ class RedisStore:
     ``retention``: seconds finished reservations are kept. ``pool_size``: most
     connections per process for the budget scripts, and as many for the other calls.
     ``timeout``: seconds to wait for a connection and for each reply (``?timeout=`` in
-    its URL): a server that stops answering fails the call with ``store_unavailable``
-    after it (a budgeted request is denied, never allowed).
+    its URL; default 5): a server that stops answering fails the call with
+    ``store_unavailable`` after it (a budgeted request is denied, never allowed). A URL
+    that gives redis-py's ``socket_timeout`` or ``socket_connect_timeout`` beside a
+    given ``timeout`` is refused (``invalid_store_url``); alone, each sets its wait.
     Raises ``BudgetStoreError`` ``store_unavailable`` when the
     server cannot be reached, ``store_incompatible`` when the prefix holds another
     layout, and ``store_uninitialized`` when it holds none: ``create=True`` makes it
@@ -462,7 +465,7 @@ class RedisStore:
         max_clock_skew: float | None = 2.0,
         retention: float = 86400.0,
         pool_size: int = 16,
-        timeout: float = 5.0,
+        timeout: float = REDIS_TIMEOUT,
         host_clock: Callable[[], float] = time.time,
         create: bool = False,
     ) -> None:
@@ -478,7 +481,7 @@ class RedisStore:
         from policyengine._storeurl import StoreUrlError, check_redis_url
         from policyengine.budgets._options import store_url_error
         try:
-            check_redis_url(url)
+            check_redis_url(url, timeout_given=timeout is not REDIS_TIMEOUT)
         except StoreUrlError as exc:
             raise store_url_error(url, str(exc)) from None
         self.url = url

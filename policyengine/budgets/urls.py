@@ -17,9 +17,10 @@ Other query parameters are the driver's: for PostgreSQL only libpq's connection
 parameters (``sslmode=require``, ``application_name``...; see
 :func:`policyengine._storeurl.check_postgres_url`), and for Redis only the redis-py
 options listed in :func:`policyengine._storeurl.check_redis_url` (``db``, timeouts, TLS
-files...); any other is refused, as is anything after ``memory:`` or a query SQLite
-does not read. Keyword arguments override the URL's. A bad option is refused here,
-before any connection, with ``invalid_store_url`` (see
+files...; ``socket_timeout`` and ``socket_connect_timeout`` only without the store's own
+``timeout``, which sets both); any other is refused, as is anything after
+``memory:`` or a query SQLite does not read. Keyword arguments override the URL's. A
+bad option is refused here, before any connection, with ``invalid_store_url`` (see
 :mod:`policyengine.budgets._options`), and so is a value given where a store is taken
 that is neither a store nor a URL (:func:`as_budget_store`).
 """

@@ -32,6 +32,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from policyengine._pgtables import missing_columns
+from policyengine._storeurl import REDIS_TIMEOUT
 from policyengine.decide._approvals import Approval, ApprovalError, ApprovalStore
 
 __all__ = ["PostgresApprovalStore", "RedisApprovalStore", "approvals_from_url"]
@@ -327,7 +328,7 @@ class RedisApprovalStore(ApprovalStore):
     own_clock = True
 
     def __init__(self, url: str, *, prefix: str = "policyengine:approvals:",
-                 keep_expired: float = 86400.0, timeout: float = 5.0) -> None:
+                 keep_expired: float = 86400.0, timeout: float = REDIS_TIMEOUT) -> None:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -339,7 +340,8 @@ class RedisApprovalStore(ApprovalStore):
         _check_seconds("keep_expired", keep_expired, positive=False)
         _check_seconds("timeout", timeout, positive=True)
         from policyengine._storeurl import check_redis_url
-        _url_read(check_redis_url, url)
+        _url_read(lambda u: check_redis_url(u, timeout_given=timeout is not REDIS_TIMEOUT),
+                  url)
         self.url = url
         self.prefix = prefix
         self.keep_expired = keep_expired

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from policyengine._pgtables import missing_columns
+from policyengine._storeurl import REDIS_TIMEOUT
 from policyengine.tokens.errors import TokenError
 from policyengine.tokens.revocation import check_id
 
@@ -335,7 +336,8 @@ class RedisRevocationStore(_CachedRevocations):
     """
 
     def __init__(self, url: str, *, prefix: str = "policyengine:tokens:",
-                 refresh: float = 1.0, max_stale: float = 5.0, timeout: float = 5.0,
+                 refresh: float = 1.0, max_stale: float = 5.0,
+                 timeout: float = REDIS_TIMEOUT,
                  monotonic: Callable[[], float] = time.monotonic,
                  create: bool = False) -> None:
         import redis
@@ -347,7 +349,7 @@ class RedisRevocationStore(_CachedRevocations):
         _check_times(timeout=timeout, positive=True)
         from policyengine._storeurl import StoreUrlError, check_redis_url
         try:
-            check_redis_url(url)
+            check_redis_url(url, timeout_given=timeout is not REDIS_TIMEOUT)
         except StoreUrlError as exc:
             raise TokenError("invalid_revocations", f"revocation store URL: {exc}"
                              ) from None
