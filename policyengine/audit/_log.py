@@ -10,7 +10,9 @@ ever lost without being counted (docs/decision-log.md, "Never silent"):
 * ``block``: the caller waits for room (backpressure); with ``block_timeout`` a caller
   that waited that long gets a denial instead (fail closed): that long in all for one
   decision, the wait of :meth:`DecisionLog.refusal` counting toward the wait of
-  :meth:`DecisionLog.decision` that follows it;
+  :meth:`DecisionLog.decision` that follows it, and for everything a thread does inside
+  :meth:`DecisionLog.one_wait` (an AuthZEN search: a run per candidate, then its
+  record); each such caller that waited counts once in ``stats()["blocked"]``;
 * ``spill``: batches the sink cannot take go to a local spill file, shipped (in order)
   once the sink is back; callers wait only if even the spill cannot keep up;
 * ``deny``: no decision without a record: while the queue is full or the sink failing or
@@ -31,7 +33,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -166,10 +168,13 @@ class DecisionLog:
         self._stall_lock = threading.Lock()         # a write's end against the stall mark
         self._room = threading.Condition(self._lock)  # callers waiting for room
         self._waiting = 0
-        #: Per thread, the last wait of :meth:`refusal`: (``perf_counter_ns`` when it
-        #: began, nanoseconds waited). The decision handed over next on that thread (one
-        #: that started before the wait began) waits only what is left of
+        #: Per thread: ``last``, the last wait of :meth:`refusal` (``perf_counter_ns``
+        #: when it began, nanoseconds waited); the decision handed over next on that
+        #: thread (one that started before the wait began) waits only what is left of
         #: ``block_timeout`` (:meth:`_left`): one decision waits that long in all.
+        #: ``scope``, inside :meth:`one_wait`: (``perf_counter_ns`` when it began, the
+        #: ``time.monotonic()`` deadline of every wait in it, or None). ``counted``:
+        #: ``perf_counter_ns`` of the last wait counted in ``blocked`` (:meth:`_first`).
         self._waited = threading.local()
         self._progress = threading.Condition()
         self._busy = False
@@ -255,53 +260,101 @@ class DecisionLog:
 
     def check(self, decision: Decision | ToolDecision, started_ns: int | None = None
               ) -> Decision | ToolDecision:
-        """What :meth:`decision` would return for ``decision`` now, recording and
-        counting nothing: for a dry run (``explain``), so that it is denied exactly when
-        the log would refuse the real one. Under ``block`` with the queue full it waits
-        for room as a caller would (up to ``block_timeout``; with ``started_ns``, what
-        :meth:`decision` would pass, less what :meth:`refusal` already waited for this
-        run), taking none."""
+        """What :meth:`decision` would return for ``decision`` now, recording nothing
+        (a denial it gives is not counted in ``denied``): for a dry run (``explain``), so
+        that it is denied exactly when the log would refuse the real one. Under
+        ``block`` with the queue full it waits for room as a caller would (up to
+        ``block_timeout``; with ``started_ns``, what :meth:`decision` would pass, less
+        what :meth:`refusal` already waited for this run), taking none; the wait counts
+        in ``blocked`` unless this run's question already did."""
         if self._open and len(self._queue) < self._capacity:
             return decision
-        refused = self._refused(self._block_timeout if started_ns is None
-                               else self._left(started_ns))
+        refused = self._refused(
+            self._capped(self._block_timeout) if started_ns is None
+            else self._left(started_ns), started_ns)
         return decision if refused is None else self._denial(decision)
 
     def refusal(self) -> str | None:
         """None when :meth:`decision` would take a decision now; else why it would refuse
-        it (the reason of its ``decision_log_unavailable`` denial). Records and counts
-        nothing; under ``block`` with the queue full it waits for room as a caller would
-        (up to ``block_timeout``), taking none. The engine's pipeline asks this before a
-        run takes anything (a rate-limit call, an approval's use, a new approval
-        request), so a decision the log refuses has taken nothing. A log that fails
-        between this answer and :meth:`decision` still refuses the decision then (fail
-        closed), after the run took what it took. The time waited here counts toward
-        ``block_timeout`` for the :meth:`decision` that follows on this thread: one
-        decision waits at most ``block_timeout`` in all."""
+        it (the reason of its ``decision_log_unavailable`` denial). Records nothing;
+        under ``block`` with the queue full it waits for room as a caller would (up to
+        ``block_timeout``, or what is left of it inside :meth:`one_wait`), taking none,
+        and the wait counts in ``blocked`` (once for the decision it is asked for). The
+        engine's pipeline asks this before a run takes anything (a rate-limit call, an
+        approval's use, a new approval request), so a decision the log refuses has
+        taken nothing. A log that fails between this answer and :meth:`decision` still
+        refuses the decision then (fail closed), after the run took what it took. The
+        time waited here counts toward ``block_timeout`` for the :meth:`decision` that
+        follows on this thread: one decision waits at most ``block_timeout`` in all."""
         if self._open and len(self._queue) < self._capacity:
             return None
         began = time.perf_counter_ns()
-        refused = self._refused(self._block_timeout)
+        refused = self._refused(self._capped(self._block_timeout), None)
         self._waited.last = (began, time.perf_counter_ns() - began)
         return refused
 
-    def _refused(self, timeout: float | None) -> str | None:
+    def _refused(self, timeout: float | None, since_ns: int | None) -> str | None:
         """:meth:`refusal` with the queue full or the log not open, waiting (under
-        ``block``) up to ``timeout`` for room."""
+        ``block``) up to ``timeout`` for room; ``since_ns``: when the caller began, as
+        :meth:`_first` takes it."""
         if self._closed or self.overflow == "deny":
             return self._refusal_reason()
-        if self.overflow == "drop" or self._wait_for_room(None, timeout):
+        if self.overflow == "drop" or self._wait_for_room(None, timeout, since_ns):
             return None
         return self._refusal_reason()
 
     def _left(self, started_ns: int) -> float | None:
         """What is left of ``block_timeout`` for the decision started at ``started_ns``
-        (``perf_counter_ns``): less what :meth:`refusal` waited on this thread since."""
+        (``perf_counter_ns``): less what :meth:`refusal` waited on this thread since,
+        and no more than what is left inside :meth:`one_wait`."""
         timeout = self._block_timeout
         last: tuple[int, int] | None = getattr(self._waited, "last", None)
         if timeout is None or last is None or last[0] < started_ns:
+            return self._capped(timeout)
+        return self._capped(max(0.0, timeout - last[1] / 1e9))
+
+    @contextlib.contextmanager
+    def one_wait(self) -> Iterator[None]:
+        """Inside it, every wait of this thread for room (each run's question, a dry
+        run's check, a hand-over, an event under ``block`` or ``spill``) shares one
+        ``block_timeout``, counted from when it was entered: a request that runs many
+        decisions (an AuthZEN search, one run per candidate and then its record) waits
+        at most that long in all, as one decision does, and counts once in
+        ``blocked``. Entered again inside itself, the outer one holds."""
+        w = self._waited
+        if getattr(w, "scope", None) is not None:
+            yield
+            return
+        timeout = self._block_timeout
+        w.scope = (time.perf_counter_ns(),
+                   None if timeout is None else time.monotonic() + timeout)
+        try:
+            yield
+        finally:
+            w.scope = None
+
+    def _capped(self, timeout: float | None) -> float | None:
+        """``timeout``, no more than what is left of this thread's :meth:`one_wait`."""
+        scope: tuple[int, float | None] | None = getattr(self._waited, "scope", None)
+        if scope is None or scope[1] is None:
             return timeout
-        return max(0.0, timeout - last[1] / 1e9)
+        left = max(0.0, scope[1] - time.monotonic())
+        return left if timeout is None else min(timeout, left)
+
+    def _first(self, since_ns: int | None) -> bool:
+        """Whether a wait beginning now is the first of its caller (then it is counted
+        in ``blocked``, and marked): a caller is one call (``since_ns`` None), one
+        decision from the question before its run to its hand-over (``since_ns``: when
+        the run began, ``perf_counter_ns``), or everything inside :meth:`one_wait`."""
+        w = self._waited
+        scope: tuple[int, float | None] | None = getattr(w, "scope", None)
+        if scope is not None:
+            since_ns = scope[0]
+        counted: int | None = getattr(w, "counted", None)
+        if since_ns is not None and counted is not None and counted >= since_ns:
+            return False
+        w.counted = time.perf_counter_ns()
+        return True
 
     def _refusal_reason(self) -> str:
         if self._closed:
@@ -322,8 +375,9 @@ class DecisionLog:
             if self._idle:
                 self._wake.set()
             return True
-        return self._wait_for_room(item, self._block_timeout if self.overflow != "deny"
-                                   else self._stall_after) or self._drop(1)
+        return self._wait_for_room(item, self._capped(self._block_timeout)
+                                   if self.overflow != "deny" else self._stall_after,
+                                   None) or self._drop(1)
 
     def ingest(self, source: str, kind: str, event: Mapping[str, Any], *,
                principal: str | None = None, view: LogView | None = None) -> bool:
@@ -356,7 +410,7 @@ class DecisionLog:
             return decision  # type: ignore[no-any-return]
         if policy == "deny":
             return self._deny(decision, item, record=True)
-        if self._wait_for_room(item, self._left(started_ns)):
+        if self._wait_for_room(item, self._left(started_ns), started_ns):
             return decision  # type: ignore[no-any-return]
         return self._deny(decision, item, record=False)
 
@@ -366,13 +420,16 @@ class DecisionLog:
             self._dropped_unreported += n
         return False
 
-    def _wait_for_room(self, item: tuple[Any, ...] | None, timeout: float | None) -> bool:
-        """Wait until ``item`` fits and append it; True when it did. ``item`` None (a dry
-        run's :meth:`check`): only wait, uncounted."""
+    def _wait_for_room(self, item: tuple[Any, ...] | None, timeout: float | None,
+                       since_ns: int | None) -> bool:
+        """Wait until ``item`` fits and append it; True when it did. ``item`` None (the
+        question of :meth:`refusal`, a dry run's :meth:`check`): only wait. Counted in
+        ``blocked`` when it is its caller's first wait (:meth:`_first` of ``since_ns``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        first = self._first(since_ns)
         q = self._queue
         with self._room:
-            if item is not None:
+            if first:
                 self._blocked += 1
             self._waiting += 1
             try:
@@ -759,7 +816,9 @@ class DecisionLog:
         """Counters (docs/decision-log.md, "Metrics"): ``taken`` records accepted into
         the log, ``written`` lines delivered to the sink, ``spilled`` and
         ``spill_pending``, ``dropped``, ``denied`` (decisions the log turned into
-        denials) and ``unrecorded_denials``, ``blocked`` waits, ``sink_errors``,
+        denials) and ``unrecorded_denials``, ``blocked`` (callers that waited for room,
+        each once: a call, a decision from its question to its hand-over, a
+        :meth:`one_wait`), ``sink_errors``,
         ``stalls``, ``checkpoints``, ``record_errors`` (records that could not be built
         or encoded: a placeholder with ``record_error`` stands in the chain),
         ``queue_depth``, ``undelivered`` (produced, not yet delivered nor spilled)."""

@@ -26,12 +26,16 @@ remaining candidate's conditions are decided by the same pipeline as an evaluati
 without side effects (no approval is registered, no candidate's decision is logged).
 Answers are complete; a page is cut only with a ``page`` object whose ``next_token``
 says so (docs/service.md, "AuthZEN search"). Each answer the service gives is one
-decision-log record of kind ``search.<kind>`` (docs/decision-log.md).
+decision-log record of kind ``search.<kind>`` (docs/decision-log.md). Under the log's
+``block`` policy a search waits for the log at most ``block_timeout`` in all, its
+candidates' runs and its record together (``DecisionLog.one_wait``), as one decision
+does.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import time
@@ -363,15 +367,19 @@ def logged_search(engine: pe.Engine, kind: str, data: dict[str, Any],
     conformance fixtures (``decision_log`` cases with ``op: search.<kind>``) both take
     this path, so the fixtures pin the records the service writes. Returns the answer
     and whether a record was written (True when the engine has no log: nothing was
-    asked of it); what to do when it was not is the caller's (the log's ``overflow``)."""
+    asked of it); what to do when it was not is the caller's (the log's ``overflow``).
+    The candidates' runs and the record wait for the log at most ``block_timeout`` in
+    all (``DecisionLog.one_wait``)."""
     log = engine.decision_log
-    view = log.view if log is not None else None  # the revision searched under
-    started = time.perf_counter_ns()
-    answer = search(engine, kind, data)
     if log is None:
-        return answer, True
-    fields = search_record(kind, data, answer, client, time.perf_counter_ns() - started)
-    return answer, log.event(f"search.{kind}", fields, view)
+        return search(engine, kind, data), True
+    view = log.view  # the revision searched under
+    with log.one_wait():
+        started = time.perf_counter_ns()
+        answer = search(engine, kind, data)
+        fields = search_record(kind, data, answer, client,
+                               time.perf_counter_ns() - started)
+        return answer, log.event(f"search.{kind}", fields, view)
 
 
 def search_record(kind: str, data: dict[str, Any], answer: dict[str, Any],
@@ -553,7 +561,15 @@ def search(engine: pe.Engine, kind: str, data: dict[str, Any]) -> dict[str, Any]
     """One AuthZEN search (``kind`` subject, resource or action; ``data`` a body already
     validated as its request model): every entity an evaluation would allow, paged as
     the request's ``page`` asks; the response as a dict of the response model's shape.
-    A type or action that is no permission of the policy answers no results."""
+    A type or action that is no permission of the policy answers no results. Under the
+    decision log's ``block`` policy the candidates' runs wait for it at most
+    ``block_timeout`` in all (``DecisionLog.one_wait``), not that long each."""
+    log = engine.decision_log
+    with log.one_wait() if log is not None else contextlib.nullcontext():
+        return _search(engine, kind, data)
+
+
+def _search(engine: pe.Engine, kind: str, data: dict[str, Any]) -> dict[str, Any]:
     ctx = _base_context(data.get("context"))
     found: Iterable[dict[str, Any]]
     if kind == "action":

@@ -98,11 +98,12 @@ def _close_logs() -> Iterator[None]:
         engine.close(timeout=5)
 
 
-def make(timeout: float) -> tuple[pe.Engine, DecisionLog, GatedSink, HookStore]:
+def make(timeout: float, policy: str = POLICY
+         ) -> tuple[pe.Engine, DecisionLog, GatedSink, HookStore]:
     sink, store = GatedSink(), HookStore()
     log = DecisionLog(sink, overflow="block", capacity=CAPACITY, batch_size=1,
                       block_timeout=timeout)
-    engine = pe.Engine.from_source(POLICY, decision_log=log, budget_store=store)
+    engine = pe.Engine.from_source(policy, decision_log=log, budget_store=store)
     OPENED.append(engine)
     fill(log, sink)
     return engine, log, sink, store
@@ -181,21 +182,19 @@ def test_room_within_the_rest_allows_the_decision(ask: str) -> None:
     store.hook = lambda: fill(log, sink)
     later = threading.Timer(0.6 * t, sink.let_one)
     later.start()
-    if ask == "authorize":  # the hand-over's wait is counted as blocked: let one more
-        again = threading.Thread(target=lambda: (
-            until(lambda: log.stats()["blocked"] == 1, "the hand-over to wait"),
-            sink.let_one()))
-    else:  # explain's wait counts nothing: it is waiting once the hook has refilled
-        again = threading.Thread(target=lambda: (
-            until(lambda: sink.let == 1 and store.hook is None, "the refill"),
-            sink.let_one()))
-        hook = store.hook
+    # the hook refills once; the next wait is the hand-over's (the question's ended
+    # before the run went on to the hook): let one more through while it waits
+    hook = store.hook
 
-        def refill_once() -> None:
-            hook()
-            store.hook = None
+    def refill_once() -> None:
+        assert hook is not None
+        hook()
+        store.hook = None
 
-        store.hook = refill_once
+    store.hook = refill_once
+    again = threading.Thread(target=lambda: (
+        until(lambda: store.hook is None and log._waiting == 1, "the hand-over to wait"),
+        sink.let_one()))
     again.start()
     try:
         d, took = timed(lambda: ASKS[ask](engine))
@@ -212,3 +211,105 @@ def test_room_within_the_rest_allows_the_decision(ask: str) -> None:
     assert len(recorded) == (1 if ask == "authorize" else 0)
     if ask == "authorize":
         assert d.decision_id.encode() in recorded[0]
+
+
+# -- blocked: each caller that waited, once ------------------------------------------------
+# ``stats()["blocked"]`` says how many callers waited for room. The question asked before
+# a run (``refusal()``) waits too, and was not counted: a decision refused there, an
+# explain, or a refusal() asked alone waited ``block_timeout`` and counted nothing. Now
+# each waiting caller counts once: a decision whose question and hand-over both wait is
+# one caller, as is a search (below).
+
+
+@pytest.mark.parametrize("ask", ASKS)
+def test_a_decision_that_waited_counts_once_in_blocked(ask: str) -> None:
+    engine, log, _, _ = make(0.3)
+    before = log.stats()["blocked"]
+    d = ASKS[ask](engine)
+    assert d.code == "decision_log_unavailable"
+    assert log.stats()["blocked"] - before == 1
+    d = ASKS[ask](engine)  # another caller
+    assert log.stats()["blocked"] - before == 2
+
+
+def test_a_refusal_that_waited_is_counted() -> None:
+    _, log, _, _ = make(0.3)
+    before = log.stats()["blocked"]
+    refused, took = timed(log.refusal)
+    assert refused is not None and took >= 0.3 * 0.95
+    assert log.stats()["blocked"] - before == 1
+
+
+def test_a_decision_that_found_room_counts_nothing() -> None:
+    engine, log, sink, _ = make(0.3)
+    sink.opened.set()
+    until(lambda: log.stats()["queue_depth"] == 0, "an empty queue")
+    before = log.stats()["blocked"]
+    assert engine.authorize("bot", "a:rl").allowed
+    assert log.refusal() is None
+    assert log.stats()["blocked"] == before
+
+
+# -- AuthZEN search: block_timeout once per request ---------------------------------------
+# A search runs the pipeline once per candidate; each run asks the log (refusal()) before
+# it would take a rate-limit call. Under ``block`` with the queue full, each waited
+# ``block_timeout``, and the search's record waited once more: five candidates' worth of
+# waiting for four candidates. Now the whole request waits ``block_timeout`` at most,
+# and counts once in ``blocked``.
+
+SEARCH_POLICY = """namespace t
+role r: doc:read, doc:edit, doc:share, doc:print
+agent "b1": r
+agent "b2": r
+agent "b3": r
+agent "b4": r
+resource doc "d1" { owner = "b1" }
+resource doc "d2" { owner = "b1" }
+resource doc "d3" { owner = "b1" }
+resource doc "d4" { owner = "b1" }
+ratelimit rl: doc:* 1 per hour
+"""
+SEARCHES: dict[str, dict[str, Any]] = {
+    "subject": {"subject": {"type": "agent"}, "action": {"name": "read"},
+                "resource": {"type": "doc", "id": "d1"}},
+    "resource": {"subject": {"type": "agent", "id": "b1"}, "action": {"name": "read"},
+                 "resource": {"type": "doc"}},
+    "action": {"subject": {"type": "agent", "id": "b1"},
+               "resource": {"type": "doc", "id": "d1"}},
+}
+
+
+@pytest.mark.parametrize("kind", SEARCHES)
+def test_a_search_waits_one_block_timeout_in_all(kind: str) -> None:
+    from policyengine.server._authzen import logged_search, search
+    t = 0.6
+    engine, log, sink, _ = make(t, SEARCH_POLICY)
+    before = log.stats()["blocked"]
+    (answer, recorded), took = timed(lambda: logged_search(engine, kind, SEARCHES[kind],
+                                                           None))
+    # four candidates and the record: about t in all (before: 5 t)
+    assert t * 0.95 <= took < t * 1.5, took
+    assert answer["results"] == [] and not recorded  # every run refused: fail closed
+    assert log.stats()["blocked"] - before == 1
+    # the search alone (no record) too
+    answer, took = timed(lambda: search(engine, kind, SEARCHES[kind]))
+    assert t * 0.95 <= took < t * 1.5, took
+    assert log.stats()["blocked"] - before == 2
+    # with room, the same search lists all four
+    sink.opened.set()
+    until(lambda: log.stats()["queue_depth"] == 0, "an empty queue")
+    assert len(search(engine, kind, SEARCHES[kind])["results"]) == 4
+
+
+def test_one_wait_leaves_the_rest_to_a_later_wait_and_nests() -> None:
+    t = 0.6
+    _, log, _, _ = make(t)
+    with log.one_wait():
+        first, took_first = timed(log.refusal)
+        with log.one_wait():  # the outer one holds: nothing left
+            second, took_second = timed(log.refusal)
+    assert first is not None and second is not None
+    assert t * 0.95 <= took_first < t * 1.5 and took_second < t * 0.25
+    # outside it, a wait has its own block_timeout again
+    third, took_third = timed(log.refusal)
+    assert third is not None and took_third >= t * 0.95
