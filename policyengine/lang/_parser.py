@@ -1016,7 +1016,7 @@ def _parse_statement(chunk: str, start_line: int, name: str, sources: SourceSet
         return _Build(name, off).statement(statement), []
     except UnexpectedCharacters as exc:
         line, col = exc.line + off, exc.column
-        src_line = chunk.splitlines()[exc.line - 1] if exc.line else ""
+        src_line = chunk.split("\n")[exc.line - 1] if exc.line else ""  # "\n" only, as Lark
         ch = src_line[exc.column - 1:exc.column]
         return None, [sources.problem("E001", f"unexpected character {ch!r}", name, line, col,
                                       _hint_for_char(ch, src_line[exc.column - 1:],

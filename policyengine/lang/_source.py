@@ -47,7 +47,7 @@ def excerpt(text_lines: Sequence[str], line: int, column: int) -> str:
     """The source line with a caret under ``column`` (both 1-based)."""
     if not 1 <= line <= len(text_lines):
         return ""
-    src = text_lines[line - 1].rstrip("\n")
+    src = text_lines[line - 1].rstrip("\r\n")
     if len(src) > 200:  # keep excerpts readable for minified or hostile input
         start = max(0, column - 80)
         src = src[start:start + 160]
@@ -73,7 +73,10 @@ class SourceSet:
                 hint: str | None = None, severity: str = "error") -> Problem:
         lines = self._lines.get(file)
         if lines is None:
-            lines = self._lines[file] = self._texts.get(file, "").splitlines()
+            # Lines end at "\n" only, as the parser counts them: str.splitlines() would
+            # also break at U+2028, U+0085, \v, \f... (legal in comments and strings)
+            # and show the wrong line under a right line number.
+            lines = self._lines[file] = self._texts.get(file, "").split("\n")
         return Problem(code, message, file, line, column, hint, severity,
                        excerpt(lines, line, column))
 

@@ -378,6 +378,27 @@ def test_an_unindented_line_starts_a_statement_whatever_follows_on_it(
         assert found[:len(errors)] == errors, source
 
 
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c"])
+def test_only_newline_ends_a_line_in_error_reports(sep: str) -> None:
+    # A Unicode line separator is an ordinary character in a comment: the report names
+    # the character at line 2 column 21 and shows line 2 under its number.
+    with pytest.raises(PolicyError) as info:
+        parse(f"permit p: a:b # c{sep} x\n  when context.a == 'v'\n")
+    (problem,) = info.value.errors
+    assert (problem.code, problem.line, problem.column) == ("E001", 2, 21)
+    assert problem.message == "unexpected character \"'\""
+    assert problem.hint == 'strings use double quotes: "text"'
+    assert problem.excerpt.splitlines()[0] == "   2 |   when context.a == 'v'"
+
+
+def test_error_excerpts_of_crlf_files_show_the_line_without_its_cr() -> None:
+    with pytest.raises(PolicyError) as info:
+        parse("role r: a:b # c\x0c x\r\nrole s: c:d\r\npermit p: a:b when context.a == 1 &&\r\n")
+    (problem,) = info.value.errors
+    assert (problem.line, problem.column) == (3, 35)
+    assert problem.excerpt.splitlines()[0] == "   3 | permit p: a:b when context.a == 1 &&"
+
+
 def test_bom_and_crlf_are_accepted() -> None:
     pf = parse("\ufeffrole r: a:b\r\nagent \"x\": r\r\n".encode())
     assert ast_key(pf.statements) == ast_key(
