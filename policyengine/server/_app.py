@@ -77,6 +77,9 @@ class RefusalError(Exception):
                  headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+        #: The route whose wire's envelope answers a refusal made before a route was
+        #: chosen (a 405), if the path has one.
+        self.route: Route | None = None
 
 
 class Request:
@@ -118,6 +121,10 @@ class Route:
     # A header (lower case) whose presence makes this route answer a method and path that
     # another wire's route answers too (see _shared_paths).
     claims: bytes | None = None
+    # On a route answering for two wires (_dispatch): the error envelope of the wire that
+    # ``claims`` picks, for refusals made before its handler runs.
+    claimed_error_body: Callable[[int, str, str], tuple[bytes, tuple[tuple[bytes, bytes], ...]]
+                                 ] | None = None
 
 
 def _adapter(model: type[BaseModel]) -> TypeAdapter[Any]:
@@ -274,7 +281,7 @@ def _dispatch(claim: Route, rest: Route) -> Route:
 
     return Route(f"{rest.name}|{claim.name}", rest.method, rest.path, handler, rest.request,
                   rest.response, rest.summary, rest.security, rest.content_type,
-                  rest.error_body)
+                  rest.error_body, header, claim.error_body)
 
 
 _early_sighup = False
@@ -441,7 +448,7 @@ class PolicyService:
                 return  # the client went away
             reply = route.handler(Request(headers, body, params, scope["query_string"]))
         except Exception as exc:  # refused, or failed: see refused()
-            reply = self.refused(route, exc)
+            reply = self.refused(route, exc, scope["headers"])
         await send({"type": "http.response.start", "status": reply.status,
                     "headers": self.reply_headers(reply)})
         await send({"type": "http.response.body", "body": reply.body})
@@ -458,8 +465,13 @@ class PolicyService:
             raise RefusalError(404, "not_found", "no such endpoint")
         route = slot.get(method)
         if route is None:
-            raise RefusalError(405, "method_not_allowed", "method not allowed here",
-                                ((b"allow", ", ".join(sorted(slot)).encode()),))
+            refusal = RefusalError(405, "method_not_allowed", "method not allowed here",
+                                   ((b"allow", ", ".join(sorted(slot)).encode()),))
+            # Answered in the path's wire's envelope (a Cycles path: the protocol's).
+            envelopes = {(r.error_body, r.claims, r.claimed_error_body) for r in slot.values()}
+            if len(envelopes) == 1:
+                refusal.route = next(iter(slot.values()))
+            raise refusal
         return route, params
 
     @staticmethod
@@ -478,25 +490,34 @@ class PolicyService:
                 seen.add(k)
         return headers
 
-    def refused(self, route: Route | None, exc: Exception) -> Reply:
+    def refused(self, route: Route | None, exc: Exception,
+                raw_headers: Iterable[tuple[bytes, bytes]] = ()) -> Reply:
         """The answer to a request refused (:class:`RefusalError`) or failed (any other
         exception: logged, a deny-shaped 500, never a traceback in a body), in the
-        route's wire's error envelope."""
+        route's wire's error envelope (``raw_headers``, the request's, pick the wire of
+        a path two wires share; a 405 takes its path's wire)."""
         extra: tuple[tuple[bytes, bytes], ...] = ()
+        envelope = route
+        if envelope is None and isinstance(exc, RefusalError):
+            envelope = exc.route
+        error_body = None if envelope is None else envelope.error_body
+        if envelope is not None and envelope.claimed_error_body is not None and any(
+                k.lower() == envelope.claims for k, _ in raw_headers):
+            error_body = envelope.claimed_error_body
         if isinstance(exc, RefusalError):
             self.metrics.error(exc.code)
-            if route is None or route.error_body is None:
+            if error_body is None:
                 body = _error_body(exc.code, exc.message)
             else:
-                body, extra = route.error_body(exc.status, exc.code, exc.message)
+                body, extra = error_body(exc.status, exc.code, exc.message)
             return Reply(exc.status, body, headers=(*exc.headers, *extra))
         log.error("internal error on %s", "unknown" if route is None else route.name,
                   exc_info=exc)
         self.metrics.error("internal_error")
-        if route is None or route.error_body is None:
+        if error_body is None:
             body = _error_body("internal_error", "internal error")
         else:
-            body, extra = route.error_body(500, "internal_error", "internal error")
+            body, extra = error_body(500, "internal_error", "internal error")
         return Reply(500, body, headers=extra)
 
     def reply_headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:

@@ -203,7 +203,7 @@ class ServiceProtocol(asyncio.Protocol):
             service.headers_of(self.headers)
             raise refusal
         except RefusalError as exc:
-            reply = service.refused(route, exc)
+            reply = service.refused(route, exc, self.headers)
         self._write(reply, False, head=method == "HEAD")
         service.answered(route, reply, self.started, method, path, self._client())
         self._close()
@@ -307,7 +307,7 @@ class ServiceProtocol(asyncio.Protocol):
             self._close_with(_BAD_REQUEST)
             return
         except Exception as exc:  # refused, or failed: the service's own answer
-            reply = service.refused(route, exc)
+            reply = service.refused(route, exc, self.headers)
         self.parts = []
         self._write(reply, keep_alive and not self.shutting, head=method == "HEAD")
         service.answered(route, reply, self.started, method, path, self._client())

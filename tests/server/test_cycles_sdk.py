@@ -539,6 +539,41 @@ def test_cycles_and_agent_ledger_share_post_v1_events_by_their_key_header(
         nobody = httpx.post(url, json={})
         assert nobody.status_code == 401 and "request_id" not in nobody.json()
 
+        # Refused before either handler runs (a body over the limit, a repeated header, a
+        # method the path has not): the Cycles request still gets the protocol's
+        # envelope, which the SDK reads (before, the service's own one, which it cannot).
+        with CyclesClient(config(Live(f"http://127.0.0.1:{port}", live.clock, app))) as client:
+            big = client.create_event({
+                "idempotency_key": "e-2", "subject": {"tenant": "acme", "agent": who},
+                "action": {"kind": "llm.completion", "name": "gpt-4o"},
+                "actual": {"unit": "TOKENS", "amount": 3},
+                "metadata": {"blob": "x" * 1_100_000}})
+        assert big.status == 413
+        read = big.get_error_response()
+        assert read is not None and read.error == "INVALID_REQUEST"
+        assert read.details == {"code": "body_too_large"}
+        assert read.request_id == big.request_id
+        twice = httpx.post(url, content=b"{}", headers=[
+            ("X-Cycles-API-Key", KEYS["acme"]), ("content-type", "application/json"),
+            ("content-type", "application/json")])
+        wrong = httpx.get(url, headers=headers())
+        for response, status, code in ((twice, 400, "ambiguous_header"),
+                                       (wrong, 405, "method_not_allowed")):
+            assert response.status_code == status
+            assert error_of(response).error == "INVALID_REQUEST"
+            assert error_of(response).details == {"code": code}
+            assert response.headers["x-request-id"] == error_of(response).request_id
+        # ... and an agent-ledger request, the service's own
+        ledger_twice = httpx.post(url, content=b"{}", headers=[
+            ("x-api-key", "ledger-key"), ("content-type", "application/json"),
+            ("content-type", "application/json")])
+        assert ledger_twice.status_code == 400
+        assert ledger_twice.json()["error"]["code"] == "ambiguous_header"
+    # A method a Cycles-only path has not: the protocol's envelope too.
+    wrong = httpx.get(f"{live.url}/v1/decide", headers=headers())
+    assert wrong.status_code == 405 and error_of(wrong).error == "INVALID_REQUEST"
+    assert wrong.headers["allow"] == "POST"
+
 
 # ---------------------------------------------------------------- the scope hierarchy
 def test_every_level_of_the_subject_is_charged_and_reported(live: Live) -> None:
