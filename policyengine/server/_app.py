@@ -927,7 +927,9 @@ class PolicyService:
                                                       "jti": grant.jti},
                 "permissions": list(r.permissions),
                 "parent": {"grant_id": parent.grant_id, "jti": parent.jti}})
-        log.info("grant %s attenuated to %s for %s", parent.grant_id, grant.grant_id,
+        # %r: the agent id is the caller's text and the grant ids a token's (any
+        # characters); a line break in one would write a line of its own in the log.
+        log.info("grant %r attenuated to %r for %r", parent.grant_id, grant.grant_id,
                  r.grantedToAgentId)
         return Reply(200, _ATTENUATE_OUT.dump_json(out), parent.subject)
 
