@@ -67,7 +67,7 @@ def _token(args: argparse.Namespace) -> str:
     if text.startswith("{"):
         try:
             doc = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting: RecursionError
             raise TokenError("malformed", "--token: neither a token nor the JSON output of "
                              "mint/attenuate") from None
         if not isinstance(doc, dict) or type(doc.get("token")) is not str:

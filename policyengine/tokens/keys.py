@@ -399,7 +399,7 @@ class KeySet:
         if isinstance(data, (str, bytes)):
             try:
                 data = json.loads(data)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # deep nesting: RecursionError
                 raise TokenError("invalid_key", f"JWKS is not JSON: {exc}") from None
         if not isinstance(data, Mapping) or not isinstance(data.get("keys"), list):
             raise TokenError("invalid_key", 'a JWKS is an object with a "keys" array')

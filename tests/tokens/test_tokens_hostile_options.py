@@ -1,9 +1,11 @@
-"""Hostile inputs around delegation tokens that are not the token itself, starting with
-the clock a caller hands ``verify``. Each must be refused with a stable code (never a
-crash), and never answered by letting an expired token through."""
+"""Hostile inputs around delegation tokens that are not the token itself: the clock a
+caller hands ``verify``, and the JSON a command line or a key file is given. Each must be
+refused with a stable code (never a crash), and never answered by letting an expired
+token through."""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -83,3 +85,32 @@ def test_cli_verify_now_nan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert cli_main(["token", "verify", "--keys", str(path), "--token", EXPIRED,
                      "--now", "nan"]) == 1
     assert capsys.readouterr().err.startswith("error: invalid_option: now must be")
+
+
+# --------------------------------------------------------------------------- JSON
+DEEP = '{"token": ' + "[" * 100_000
+
+
+def test_cli_token_of_deeply_nested_json_is_malformed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "keys.json"
+    KEYS.save(path)
+    assert cli_main(["token", "verify", "--keys", str(path), "--token", DEEP]) == 1
+    assert capsys.readouterr().err.startswith("error: malformed: --token:")
+    monkeypatch.setattr("sys.stdin", io.StringIO(DEEP))
+    assert cli_main(["token", "verify", "--keys", str(path), "--token", "-"]) == 1
+    assert capsys.readouterr().err.startswith("error: malformed: --token:")
+
+
+@pytest.mark.parametrize("text", [DEEP, '{"keys": ' + "[" * 100_000,
+                                  '{"keys": [' + '{"a":' * 100_000])
+def test_a_deeply_nested_jwks_is_an_invalid_key(text: str, tmp_path: Path) -> None:
+    with pytest.raises(TokenError) as info:
+        KeySet.load_jwks(text)
+    assert info.value.code == "invalid_key"
+    path = tmp_path / "keys.json"
+    path.write_text(text)
+    with pytest.raises(TokenError) as info:
+        KeySet.from_file(path)
+    assert info.value.code == "invalid_key"
