@@ -83,7 +83,8 @@ class Hop:
     expires_at: int
     depth: int
     max_depth: int
-    parent: str | None
+    #: The parent's compact token: a bearer credential, so never in the repr.
+    parent: str | None = field(repr=False)
     parent_hash: str | None
 
 
@@ -94,9 +95,12 @@ class Grant:
     ``max_amount`` is the tightest cap, in the leaf's currency (attenuation guarantees
     the leaf's cap is <= every ancestor's). ``expires_at`` / ``not_before`` are the leaf's
     (inside every ancestor's window). ``chain`` runs root principal -> ... -> ``subject``.
+    The repr leaves out ``token`` and each hop's ``parent``: whoever holds one acts under
+    it, and a repr ends up in logs and tracebacks.
     """
 
-    token: str
+    #: The verified token: a bearer credential, so never in the repr.
+    token: str = field(repr=False)
     grant_id: str
     jti: str
     issuer: str

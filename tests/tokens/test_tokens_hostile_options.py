@@ -1,7 +1,7 @@
 """Hostile inputs around delegation tokens that are not the token itself: the clock a
-caller hands ``verify``, and the JSON a command line or a key file is given. Each must be
-refused with a stable code (never a crash), and never answered by letting an expired
-token through."""
+caller hands ``verify``, the JSON a command line or a key file is given, and what a
+grant's ``repr`` shows. Each must be refused with a stable code (never a crash), and
+never answered by letting an expired token through; a repr never shows a token."""
 
 from __future__ import annotations
 
@@ -114,3 +114,16 @@ def test_a_deeply_nested_jwks_is_an_invalid_key(text: str, tmp_path: Path) -> No
     with pytest.raises(TokenError) as info:
         KeySet.from_file(path)
     assert info.value.code == "invalid_key"
+
+
+# --------------------------------------------------------------------------- repr
+def test_a_grant_repr_holds_no_bearer_token() -> None:
+    child = attenuate(KEYS, LIVE, agent="hotel-agent", permissions=["flights:book"],
+                      now=NOW)
+    grant = verify(KEYS, child, now=NOW)
+    assert grant.token == child and grant.hops[1].parent == LIVE  # still there
+    for shown in (repr(grant), str(grant), repr(grant.hops), f"{grant!s}"):
+        assert child not in shown and LIVE not in shown
+        assert "eyJ" not in shown  # no compact JWS of any hop (they start {"alg"...)
+    assert "grant_id=" in repr(grant) and "chain=('besar', 'travel-agent', 'hotel-agent')" \
+        in repr(grant)
