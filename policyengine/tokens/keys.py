@@ -12,9 +12,11 @@ every key or none (a set of unbound keys is one issuer's).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -464,9 +466,23 @@ class KeySet:
             data = self.to_pem(private=private)
         else:
             data = (json.dumps(self.to_jwks(private=private), indent=2) + "\n").encode()
-        target.write_bytes(data)
-        if private:
-            target.chmod(0o600)
+        if not private:
+            target.write_bytes(data)
+            return
+        # Private keys go to a new file made 0600 (mkstemp), then moved over the target:
+        # they are never readable by others, not even between a write and a chmod (a
+        # file opened then stays readable through its descriptor), and a reader that
+        # opened the file before sees its old inode, never the new keys.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                   suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     # -- rotation -----------------------------------------------------------------
     def rotate(self, alg: str | None = None) -> KeySet:

@@ -1,12 +1,16 @@
 """Hostile inputs around delegation tokens that are not the token itself: the clock a
-caller hands ``verify``, the JSON a command line or a key file is given, and what a
-grant's ``repr`` shows. Each must be refused with a stable code (never a crash), and
-never answered by letting an expired token through; a repr never shows a token."""
+caller hands ``verify``, the JSON a command line or a key file is given, what a grant's
+``repr`` shows, and how a key file is written. Each must be refused with a stable code
+(never a crash), and never answered by letting an expired token through; a repr never
+shows a token, and private keys are never readable by others, not even for a moment."""
 
 from __future__ import annotations
 
 import io
 import math
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -127,3 +131,59 @@ def test_a_grant_repr_holds_no_bearer_token() -> None:
         assert "eyJ" not in shown  # no compact JWS of any hop (they start {"alg"...)
     assert "grant_id=" in repr(grant) and "chain=('besar', 'travel-agent', 'hotel-agent')" \
         in repr(grant)
+
+
+# --------------------------------------------------------------------------- key files
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("name", ["keys.json", "key.pem"])
+def test_private_keys_are_never_written_to_a_readable_file(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask_022: None) -> None:
+    # No chmod after the write: the file must be 0600 while the secret goes in (a
+    # file opened while it was 0644 stays readable through its descriptor).
+    monkeypatch.setattr(Path, "chmod", lambda self, mode: None)
+    monkeypatch.setattr(os, "chmod", lambda *a, **kw: None)
+    path = tmp_path / name
+    KEYS.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert KeySet.from_file(path).active_kid == KEYS.active_kid
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary left
+
+
+def test_a_reader_of_the_old_key_file_never_sees_the_new_keys(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text("{}")
+    path.chmod(0o644)
+    with path.open() as before:  # opened while readable by others
+        KEYS.save(path)
+        assert before.read() == "{}"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert KeySet.from_file(path).active_kid == KEYS.active_kid
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_temporary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text("{}")
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError):
+        KEYS.save(path)
+    assert path.read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["keys.json"]
+
+
+def test_public_keys_keep_the_umask(tmp_path: Path, umask_022: None) -> None:
+    path = tmp_path / "public.json"
+    KEYS.save(path, private=False)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
