@@ -51,9 +51,11 @@ STATEMENT_KEYWORDS = (
     "ratelimit",
 )
 # Words that may begin a statement only in this shape; elsewhere (indented) they continue
-# the previous statement (``budget x: ... \n    limit 5 EUR per day``).
+# the previous statement (``budget x: ... \n    limit 5 EUR per day``). ``tz`` is not
+# here: ``tz "Zone"`` is also a budget's option, so an indented one continues the budget
+# above it (as the grammar reads it) instead of becoming the zone of the whole file.
 _STATEMENT_START = re.compile(
-    r"[ \t]*(?:namespace|currency|default_currency|rates?|tz|role|agent[ \t]+\"|egress|delegation"
+    r"[ \t]*(?:namespace|currency|default_currency|rates?|role|agent[ \t]+\"|egress|delegation"
     r"|resource[ \t]+[A-Za-z_][A-Za-z0-9_\-]*[ \t]+\""
     r"|log[ \t]+redact"
     r"|schema"

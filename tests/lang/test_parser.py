@@ -399,6 +399,20 @@ def test_error_excerpts_of_crlf_files_show_the_line_without_its_cr() -> None:
     assert problem.excerpt.splitlines()[0] == "   3 | permit p: a:b when context.a == 1 &&"
 
 
+def test_an_indented_tz_line_is_the_budgets_not_the_files() -> None:
+    pf = parse('budget b: llm:* limit 5 EUR per day\n  tz "America/New_York"\n'
+               'budget c: x:* limit 5 EUR per day\n')
+    b, c = pf.statements
+    assert isinstance(b, ast.BudgetDecl) and isinstance(c, ast.BudgetDecl)
+    assert (b.tz, c.tz) == ("America/New_York", None)
+    assert not any(isinstance(st, ast.TzDecl) for st in pf.statements)
+    with pytest.raises(PolicyError) as info:  # no tz option there: not the file's zone
+        parse('role r: a:b\n  tz "UTC"\n')
+    assert [(p.code, p.line, p.column) for p in info.value.errors] == [("E002", 2, 3)]
+    assert [type(st) for st in parse('tz "UTC"\nrole r: a:b\n').statements] == [
+        ast.TzDecl, ast.RoleDecl]
+
+
 def test_bom_and_crlf_are_accepted() -> None:
     pf = parse("\ufeffrole r: a:b\r\nagent \"x\": r\r\n".encode())
     assert ast_key(pf.statements) == ast_key(
