@@ -58,6 +58,7 @@ from policyengine.server._budgetwire import (
     render_refusals,
     usd_amounts,
 )
+from policyengine.server._faults import public_reason
 
 if TYPE_CHECKING:
     from policyengine.server._app import PolicyService, Reply, Request, Route
@@ -174,7 +175,8 @@ class ActguardWire:
         if d.status == "pending_approval":
             raise self._exceeded("approval_required", "the policy wants an approval for this "
                                  "run, which the actguard wire cannot wait for", usage, r.user_id)
-        raise self._exceeded(d.code, d.reason, usage, r.user_id,
+        reason = public_reason(d.code, d.reason, [x.code for x in d.diagnostics])
+        raise self._exceeded(d.code, reason, usage, r.user_id,
                              402 if d.code == "debt_outstanding" else 409)
 
     # ------------------------------------------------------------------ endpoints

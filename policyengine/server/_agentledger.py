@@ -51,6 +51,7 @@ from policyengine.server._budgetwire import (
     render_refusals,
     usd_amounts,
 )
+from policyengine.server._faults import public_reason
 
 if TYPE_CHECKING:
     from policyengine.server._app import PolicyService, Reply, Request, Route
@@ -290,7 +291,7 @@ class AgentLedgerWire:
             if d.code in ("budget_exceeded", "debt_outstanding") and d.budget is not None:
                 return self._guardrail(s, d.code, d.reason, d.budget.to_wire())
             raise RefusalError(403, d.code if d.status == "denied" else "approval_required",
-                                d.reason)
+                               public_reason(d.code, d.reason, [x.code for x in d.diagnostics]))
         ledger = engine.budgets
         held: list[Reservation] = []
         try:

@@ -38,6 +38,7 @@ from policyengine.money import MAX_TEXT_LENGTH
 from policyengine.server import _models as m
 from policyengine.server._access import ACCESS_TYP, AccessTokens, token_typ
 from policyengine.server._credentials import Credentials
+from policyengine.server._faults import public_decision, public_message
 from policyengine.server._metrics import Metrics
 from policyengine.server._redactions import client_redactions
 from policyengine.server._wirejson import MalformedJsonError, loads
@@ -506,10 +507,11 @@ class PolicyService:
             error_body = envelope.claimed_error_body
         if isinstance(exc, RefusalError):
             self.metrics.error(exc.code)
+            message = public_message(exc.code, exc.message)
             if error_body is None:
-                body = _error_body(exc.code, exc.message)
+                body = _error_body(exc.code, message)
             else:
-                body, extra = error_body(exc.status, exc.code, exc.message)
+                body, extra = error_body(exc.status, exc.code, message)
             return Reply(exc.status, body, headers=(*exc.headers, *extra))
         log.error("internal error on %s", "unknown" if route is None else route.name,
                   exc_info=exc)
@@ -780,7 +782,7 @@ class PolicyService:
         self.metrics.decision("tracengent", d.status)
         # Validating the engine's wire dict (money as decimal strings) into the response
         # model is cheaper than model_construct, and checks the shape we promise.
-        out = _AUTHORIZE_OUT.validate_python(d.to_wire())
+        out = _AUTHORIZE_OUT.validate_python(public_decision(d.to_wire()))
         return Reply(200, _AUTHORIZE_OUT.dump_json(out, exclude=_absent(out)), principal,
                       d.status)
 
@@ -807,7 +809,7 @@ class PolicyService:
             function_name=r.functionName, token=token, context=r.context,
             approval_id=r.approvalId, redaction_check=check)
         self.metrics.decision("tracengent_tool", td.status)
-        wire = td.to_wire()
+        wire = public_decision(td.to_wire())
         wire["redactions"] = concrete[-1] if td.allowed and concrete else []
         out = _TOOL_OUT.validate_python(wire)
         return Reply(200, _TOOL_OUT.dump_json(out, exclude=_absent(out)), principal,

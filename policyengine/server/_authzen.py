@@ -47,6 +47,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 import policyengine as pe
 from policyengine.permissions import is_valid_permission
 from policyengine.server import _models as m
+from policyengine.server._faults import public_reason
 
 if TYPE_CHECKING:
     from policyengine.server._app import PolicyService, Reply, Request, Route
@@ -236,7 +237,8 @@ def _decide(engine: pe.Engine, subject: dict[str, Any], action: dict[str, Any],
     if count is not None:
         count(d.status)
     answer: dict[str, Any] = {"id": d.decision_id, "status": d.status, "reasonCode": d.code,
-                              "reason_admin": {"en": d.reason}}
+                              "reason_admin": {"en": public_reason(
+                                  d.code, d.reason, [x.code for x in d.diagnostics])}}
     if d.shadow:
         warned = [s.to_wire() for s in d.shadow if s.mode == "warn"]
         if warned:  # mode warn outcomes reach the caller; mode log ones only the log

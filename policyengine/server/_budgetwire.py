@@ -15,6 +15,7 @@ from pydantic import BaseModel, TypeAdapter
 
 import policyengine as pe
 from policyengine.budgets import BudgetInputError, IdempotencyMismatch, LLMUsage
+from policyengine.server._faults import public_message
 
 if TYPE_CHECKING:
     from policyengine.server._app import PolicyService, Reply, Request
@@ -121,7 +122,7 @@ def render_refusals(service: PolicyService, handler: Callable[[Request], Reply],
             return handler(req)
         except RefusalError as exc:
             service.metrics.error(exc.code)
-            out = body(exc.code, exc.message)
+            out = body(exc.code, public_message(exc.code, exc.message))
             return Reply(exc.status, TypeAdapter(type(out)).dump_json(out),
                           headers=exc.headers)
 

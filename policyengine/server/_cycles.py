@@ -50,6 +50,7 @@ from policyengine.server._cycles_fast import (
     commit_body,
     create_body,
 )
+from policyengine.server._faults import public_message
 from policyengine.server._wirejson import MalformedJsonError, loads
 
 if TYPE_CHECKING:
@@ -344,8 +345,8 @@ class CyclesWire:
                 self.service.metrics.error(exc.code)
                 details = {"code": exc.code} if code in ("INVALID_REQUEST",
                                                          "INTERNAL_ERROR") else None
-                reply = Reply(status, cycles_error_body(status, code, exc.message, details,
-                                                         rid))
+                reply = Reply(status, cycles_error_body(
+                    status, code, public_message(exc.code, exc.message), details, rid))
             reply.headers = (*reply.headers, (b"x-request-id", rid.encode()))
             return reply
         return run

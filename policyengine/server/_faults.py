@@ -1,0 +1,71 @@
+"""What a client is told of a store fault: its code and a fixed message.
+
+A budget, rate-limit or revocation store that cannot answer fails with its driver's
+text (``Error 111 connecting to 10.0.0.7:6379``, ``connection to server at "db"
+(10.1.2.3), port 5432 failed``, a SQLite file's path). The engine keeps that text in
+the decision's reason and the decision log, which is where it belongs; a wire answer
+carries the code and a fixed message instead, as the approval routes do, and the text
+goes to the service's log. Every wire's refusal renderer and decision answer passes
+through here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["FAULT_MESSAGES", "public_decision", "public_message", "public_reason"]
+
+log = logging.getLogger("policyengine.server")
+
+#: Codes of a store that could not answer -> what a client is told of it.
+FAULT_MESSAGES = {
+    "store_unavailable": "a budget or rate-limit store is unavailable; retry",
+    "budget_unavailable": "the budget store is unavailable; retry",
+    "store_incompatible": "the budget store cannot be used by this service",
+    "revocation_unavailable": "the revocation store is unavailable; retry",
+}
+
+
+def _fixed(code: str) -> str:
+    return f"{code}: {FAULT_MESSAGES[code]}"
+
+
+def public_message(code: str, message: str) -> str:
+    """``message`` of a refusal with ``code``, or, for a store fault, the fixed message
+    (the store's own text logged)."""
+    if code not in FAULT_MESSAGES:
+        return message
+    log.warning("store fault answered as %s: %s", code, message)
+    return _fixed(code)
+
+
+def public_reason(code: str, reason: str, diagnostic_codes: Iterable[str]) -> str:
+    """A decision's reason for a client: the fixed message of its store fault when its
+    code or one of its diagnostics' is one (a token refused because the revocation store
+    failed is ``invalid_token`` with a ``revocation_unavailable`` diagnostic)."""
+    fault = code if code in FAULT_MESSAGES else next(
+        (c for c in diagnostic_codes if c in FAULT_MESSAGES), None)
+    if fault is None:
+        return reason
+    log.warning("store fault answered as %s: %s", fault, reason)
+    return _fixed(fault)
+
+
+def public_decision(wire: dict[str, Any]) -> dict[str, Any]:
+    """A decision's wire dict (``Decision.to_wire()``) with store faults told as
+    :func:`public_reason` tells them, in its reason and its diagnostics' messages."""
+    diagnostics = wire.get("diagnostics")
+    code = wire.get("reasonCode")
+    if code not in FAULT_MESSAGES and not diagnostics:  # the common case: nothing to do
+        return wire
+    codes = [d.get("code") for d in diagnostics or ()]
+    reason = public_reason(code or "", wire.get("reason") or "",
+                           [c for c in codes if type(c) is str])
+    if reason is not wire.get("reason"):
+        wire["reason"] = reason
+        wire["diagnostics"] = [
+            {**d, "message": _fixed(d["code"])} if d.get("code") in FAULT_MESSAGES else d
+            for d in diagnostics or ()]
+    return wire
