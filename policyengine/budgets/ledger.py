@@ -88,8 +88,10 @@ from policyengine.money._rates import (
     RateError,
     RateSource,
     StaticRates,
+    checked_rate,
     convert,
     converted_amount,
+    fraction_rate,
 )
 from policyengine.permissions import InvalidPermission, matches, validate_permission
 
@@ -940,9 +942,9 @@ class Ledger:
         #: (permission, principal) -> what :meth:`admission_of` reads (``_lean_entry``).
         self._lean: dict[tuple[str, str], list[Any]] = {}
         #: (budget id, unit, amount) -> (rate source, numerator, denominator, quanta, rate
-        #: text or None) of its last conversion (``_convert_at``).
+        #: text) of its last conversion (``_convert_at``).
         self._fx: dict[tuple[str, str, Decimal], tuple[Any, Decimal, Decimal, int,
-                                                       str | None]] = {}
+                                                       str]] = {}
         #: (spent, reserved) of one calendar bucket: the store's own lean read if it has one
         self._read_one: Callable[[Bucket, float], tuple[int, int]] = getattr(
             self.store, "usage_one", self._read_one_usage)
@@ -2255,11 +2257,20 @@ class Ledger:
                 fraction = getattr(rates, "rate_fraction", None)
                 if fraction is not None and type(value) is Decimal and value:
                     q, rate = self._convert_at(value, unit, b, rates, fraction, now)
-                else:
+                elif fraction is not None or rates is None:
                     converted = convert(Money(value, unit), b.unit, rates, now=now,
                                         rounding="up")
                     rate = format(rates.rate(unit, b.unit, now), "f")  # type: ignore[union-attr]
                     q = int(converted.amount.scaleb(b.scale, MONEY_CONTEXT))
+                else:
+                    # A source with rate() alone is asked once: the line records the
+                    # very rate its quanta were converted at (asked twice, a live
+                    # source could answer two rates).
+                    money = Money(value, unit)
+                    at, one = checked_rate(rates, unit, b.unit, now)
+                    q = int(converted_amount(money, spec_of(b.unit), at, one, True)
+                            .scaleb(b.scale, MONEY_CONTEXT))
+                    rate = format(at, "f")
             except RateError as exc:
                 raise BudgetInputError(exc.code, f"cannot convert {unit} to {b.unit} for "
                                        f"budget {b.id}: {exc.message}") from None
@@ -2293,19 +2304,16 @@ class Ledger:
         numerator, denominator = fraction(unit, b.unit, now)
         if kept is not None:
             if kept[1] is numerator and kept[2] is denominator:
-                q, rate = kept[3], kept[4]
-                if rate is None:  # a source of its own: rate() is its to answer
-                    rate = format(rates.rate(unit, b.unit, now), "f")
-                return q, rate
+                return kept[3], kept[4]
             money = _valid_money(value, unit)  # new rates: valid, as it was before
         amount = converted_amount(money, spec_of(b.unit), numerator, denominator, True)
         q = int(amount.scaleb(b.scale, MONEY_CONTEXT))
-        rate = format(rates.rate(unit, b.unit, now), "f")
+        # The rate recorded is the fraction converted with (as a table's rate() reports
+        # it), never a second answer of the source, which a live one may give otherwise.
+        rate = format(fraction_rate(numerator, denominator), "f")
         if len(self._fx) >= _MAX_MATCH_CACHE:
             self._fx.clear()
-        # A table's rate() is its fraction (rounded when a cross rate): kept with it.
-        self._fx[key] = (rates, numerator, denominator, q,
-                         rate if type(rates) in _TABLES else None)
+        self._fx[key] = (rates, numerator, denominator, q, rate)
         return q, rate
 
     def _convert_units(self, value: Decimal, unit: str, b: _Budget, now: float,

@@ -89,6 +89,16 @@ _DOWN: Final = Context(prec=100, rounding=ROUND_FLOOR, Emax=999, Emin=-999, trap
 _NEAREST: Final = Context(prec=34, rounding=ROUND_HALF_EVEN, Emax=999, Emin=-999, traps=_TRAPS)
 
 
+def fraction_rate(numerator: Decimal, denominator: Decimal) -> Decimal:
+    """The rate ``numerator / denominator`` as :meth:`StaticRates.rate` reports it: the
+    numerator itself over a denominator of 1, else the quotient to 34 significant digits
+    (a public name of this private module, not API: the ledger records the rate a
+    conversion used from the very fraction it converted with)."""
+    if denominator is _ONE or denominator == _ONE:
+        return numerator
+    return _NEAREST.divide(numerator, denominator)
+
+
 class RateError(PolicyEngineError, ValueError):
     """A conversion could not be done. ``code`` is stable (see ``docs/money.md``)."""
 
@@ -298,10 +308,7 @@ class StaticRates:
 
     def rate(self, from_code: str, to_code: str, now: float | None = None) -> Decimal:
         """How many ``to_code`` one ``from_code`` is worth (cross rates to 34 digits)."""
-        numerator, denominator = self.rate_fraction(from_code, to_code, now)
-        if denominator is _ONE:
-            return numerator
-        return _NEAREST.divide(numerator, denominator)
+        return fraction_rate(*self.rate_fraction(from_code, to_code, now))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base={self._base!r}, codes={len(self._to_base)})"
@@ -382,6 +389,13 @@ class CallableRates:
     def __init__(self, fn: Callable[[str, str, float | None], Decimal | str | int | None]) -> None:
         self._fn = fn
 
+    def rate_fraction(
+        self, from_code: str, to_code: str, now: float | None = None
+    ) -> tuple[Decimal, Decimal]:
+        """``(rate, 1)``: ``fn`` asked once (as every source of the package offers it, so
+        a conversion and the rate it reports are one answer of ``fn``, never two)."""
+        return self.rate(from_code, to_code, now), _ONE
+
     def rate(self, from_code: str, to_code: str, now: float | None = None) -> Decimal:
         """Ask ``fn`` and validate its answer."""
         if from_code == to_code:
@@ -444,16 +458,23 @@ def convert(
     if fraction is not None:
         numerator, denominator = fraction(source, target, now)
     else:
-        try:
-            lookup = rates.rate
-        except AttributeError:
-            raise RateError("invalid_argument", "rates must be a RateSource (with "
-                            f"rate(from, to, now)) or None, not {type(rates).__name__}"
-                            ) from None
-        numerator = _to_rate(lookup(source, target, now), f"{source}->{target}")
-        denominator = _ONE
+        numerator, denominator = checked_rate(rates, source, target, now)
     return trusted_money(converted_amount(money, spec, numerator, denominator, context is _UP),
                          target)
+
+
+def checked_rate(rates: object, source: str, target: str, now: float | None
+                 ) -> tuple[Decimal, Decimal]:
+    """``(rate, 1)``: a source's ``rate(source, target, now)``, asked once and validated
+    as :func:`convert` validates it, for a source without ``rate_fraction`` (a public
+    name of this private module, not API: the ledger converts at the rate it records)."""
+    try:
+        lookup = rates.rate  # type: ignore[attr-defined]
+    except AttributeError:
+        raise RateError("invalid_argument", "rates must be a RateSource (with "
+                        f"rate(from, to, now)) or None, not {type(rates).__name__}"
+                        ) from None
+    return _to_rate(lookup(source, target, now), f"{source}->{target}"), _ONE
 
 
 def converted_amount(money: Money, spec: AmountSpec, numerator: Decimal, denominator: Decimal,

@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 
 import policyengine as pe
 from policyengine.budgets import BudgetError, BudgetSpec, Ledger, MemoryStore
-from policyengine.money import Money, MoneyError, RateError, StaticRates, convert
+from policyengine.money import (
+    CallableRates,
+    Money,
+    MoneyError,
+    RateError,
+    StaticRates,
+    convert,
+)
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 ONE = Decimal(1)
@@ -217,7 +224,7 @@ def test_the_source_is_asked_once_per_conversion() -> None:
                     MemoryStore(), clock=Clock(NOW), rates=source)
     for n in range(1, 4):
         ledger.admission("a", "pay:send", "10", "USD")
-        assert source.asked == 2 * n  # rate_fraction, and rate() (a source of its own)
+        assert source.asked == n  # rate_fraction alone: the rate recorded is its answer
 
 
 def test_a_zero_or_a_new_rate_is_converted_again() -> None:
@@ -317,3 +324,64 @@ def test_a_decision_goes_stale_with_its_table() -> None:
     clock.t = NOW + 61
     d = engine.authorize("payer", "pay:send", context)
     assert not d.allowed and d.code == "stale_rate"
+
+
+class _RateOnly:
+    """A source with the protocol's ``rate`` alone (no ``rate_fraction``)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.rate = fn
+
+
+def _drifting(rates: list[str]) -> tuple[list[tuple[str, str]], Any]:
+    """A live feed: each call answers the next rate of ``rates`` (cycling), as a quote
+    that moves between two calls does; the list of calls made."""
+    calls: list[tuple[str, str]] = []
+
+    def fn(a: str, b: str, now: float | None = None) -> str:
+        calls.append((a, b))
+        return rates[(len(calls) - 1) % len(rates)]
+    return calls, fn
+
+
+@pytest.mark.parametrize("kind", ["callable", "rate_only"])
+def test_a_line_records_the_rate_its_hold_was_converted_at(kind: str) -> None:
+    """A live source is asked once per conversion, and the line's rate is that answer:
+    10 USD held at 0.95 is 9.50 EUR with rate 0.95 (asked twice, it held 9.50 at one
+    quote and recorded the next, 0.90, so a commit of the same 10 USD at the recorded
+    rate charged 9.00 of the 9.50 the spend was worth when it was held)."""
+    calls, fn = _drifting(["0.95", "0.90"])
+    source: Any = CallableRates(fn) if kind == "callable" else _RateOnly(fn)
+    ledger = Ledger([BudgetSpec("t.spend", ("pay:*",), Decimal(100), "EUR", "day")],
+                    MemoryStore(), clock=Clock(NOW), rates=source)
+    held = ledger.reserve("a", "pay:send", "10", "USD")
+    assert len(calls) == 1
+    [line] = held.lines
+    assert (line.amount, line.rate) == (Decimal("9.50"), Decimal("0.95"))
+    done = ledger.commit(held.id, "10")
+    assert [ln.committed for ln in done.lines] == [Decimal("9.50")]
+    assert len(calls) == 1  # a commit in the reservation's unit: at the recorded rate
+    # Committed in another currency: converted at the current quote, asked once too.
+    held = ledger.reserve("a", "pay:send", "10", "USD")
+    assert [(ln.amount, ln.rate) for ln in held.lines] == [(Decimal("9.00"),
+                                                            Decimal("0.90"))]
+    assert len(calls) == 2
+
+
+def test_callable_rates_offer_their_rate_as_a_fraction() -> None:
+    """Every source of the package has ``rate_fraction``: a function's is ``(rate, 1)``,
+    ``fn`` asked once; ``convert`` gives what ``rate`` does."""
+    calls, fn = _drifting(["0.92"])
+    source = CallableRates(fn)
+    assert source.rate_fraction("USD", "EUR", NOW) == (Decimal("0.92"), ONE)
+    assert len(calls) == 1
+    assert convert(Money.parse("280", "USD"), "EUR", source).amount == Decimal("257.60")
+    assert len(calls) == 2
+    assert source.rate_fraction("EUR", "EUR") == (ONE, ONE)
+    assert len(calls) == 2  # one currency: 1, fn not asked
+    with pytest.raises(RateError) as caught:
+        CallableRates(lambda a, b, now: None).rate_fraction("USD", "EUR")
+    assert caught.value.code == "no_rate"
+    with pytest.raises(RateError) as caught:
+        CallableRates(lambda a, b, now: "0").rate_fraction("USD", "EUR")
+    assert caught.value.code == "invalid_rate"
