@@ -9,7 +9,8 @@ A calendar window is the half-open interval ``[start, end)`` of POSIX seconds co
   (a DST gap at 00:00) starts the window at the transition instant.
 * ``minute`` and ``hour`` are fixed-length and aligned to the zone's UTC offset at
   ``now``; across a DST change consecutive hour windows stay contiguous, never overlap,
-  and each lasts exactly 3600 seconds.
+  and each lasts exactly 3600 seconds, except across a change by less than an hour
+  (Lord Howe Island's half hour), where the hour across it lasts 90 minutes.
 
 A rolling window has no fixed bounds: it covers the ``rolling_seconds`` before ``now``.
 """
@@ -101,10 +102,7 @@ class Window:
         local = datetime.fromtimestamp(now, zone)
         size = _FIXED.get(self.kind)
         if size is not None:
-            offset = local.utcoffset()
-            off = int(offset.total_seconds()) if offset is not None else 0
-            start = math.floor((now + off) / size) * size - off
-            return start, start + size
+            return self._fixed(now, size)
         day = local.date()
         if self.kind == "day":
             first, nxt = day, day + timedelta(days=1)
@@ -115,6 +113,43 @@ class Window:
             first = day.replace(day=1)
             nxt = date(first.year + (first.month == 12), first.month % 12 + 1, 1)
         return self._midnight(first), self._midnight(nxt)
+
+    def _offset(self, at: float) -> int:
+        offset = datetime.fromtimestamp(at, self.zone).utcoffset()
+        return int(offset.total_seconds()) if offset is not None else 0
+
+    def _fixed(self, now: float, size: int) -> tuple[int, int]:
+        """The ``minute`` / ``hour`` window containing ``now``: from the last instant at
+        or before ``now`` that is a whole ``size`` in the zone's local time *at that
+        instant*, to the next one after. An offset change by a multiple of ``size`` (a
+        one-hour DST change) keeps every boundary; one by less (Lord Howe Island's
+        half-hour DST) moves them, and the window across the change runs from the last
+        boundary before it to the first after (90 minutes), as a DST ``day`` is 23 or
+        25 hours: contiguous, never overlapping, never shorter than ``size``. Offsets
+        change at most once within a few ``size`` (DST changes are months apart), so
+        the offsets in force ``size`` either side of ``now`` are all there are."""
+        offsets = {self._offset(now - size), self._offset(now), self._offset(now + size)}
+        if len(offsets) == 1:  # the common case: one offset around now
+            off = offsets.pop()
+            first = math.floor((now + off) / size) * size - off
+            return first, first + size
+        starts: list[int] = []
+        ends: list[int] = []
+        for off in offsets:
+            at = math.floor((now + off) / size) * size - off  # last such boundary <= now
+            for _ in range(3):
+                if self._offset(at) == off:
+                    starts.append(at)
+                    break
+                at -= size
+            at = math.floor((now + off) / size) * size - off + size  # first > now
+            for _ in range(3):
+                if self._offset(at) == off:
+                    ends.append(at)
+                    break
+                at += size
+        start, end = max(starts), min(ends)
+        return start, end
 
     def _midnight(self, day: date) -> int:
         # fold=0: an ambiguous midnight is its first occurrence; a midnight inside a DST

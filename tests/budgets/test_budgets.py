@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import BUDGET_NOW, DAILY, make_ledger, ts
+from conftest import BUDGET_NOW, DAILY, Clock, make_ledger, ts
 
 from policyengine.budgets import (
     BudgetError,
@@ -95,6 +95,16 @@ def test_duplicate_budget_ids_are_refused() -> None:
         ("hour", "Europe/Paris", "2026-10-25T01:30:00Z", "2026-10-25T01:00:00Z", "2026-10-25T02:00:00Z"),  # noqa: E501
         ("hour", "Asia/Kolkata", "2026-03-10T12:00:00Z", "2026-03-10T11:30:00Z", "2026-03-10T12:30:00Z"),  # noqa: E501
         ("minute", "UTC", "2026-03-10T12:00:59Z", "2026-03-10T12:00:00Z", "2026-03-10T12:01:00Z"),
+        # Lord Howe Island's DST moves the clock by half an hour, so hour boundaries move
+        # from :00 to :30 UTC and back: the hour across the change lasts 90 minutes
+        # (it used to overlap the one before, [14:00, 15:00) then [14:30, 15:30)).
+        ("hour", "Australia/Lord_Howe", "2026-04-04T13:59:59Z", "2026-04-04T13:00:00Z", "2026-04-04T14:00:00Z"),  # noqa: E501
+        ("hour", "Australia/Lord_Howe", "2026-04-04T14:00:00Z", "2026-04-04T14:00:00Z", "2026-04-04T15:30:00Z"),  # noqa: E501
+        ("hour", "Australia/Lord_Howe", "2026-04-04T15:00:00Z", "2026-04-04T14:00:00Z", "2026-04-04T15:30:00Z"),  # noqa: E501
+        ("hour", "Australia/Lord_Howe", "2026-04-04T15:29:59Z", "2026-04-04T14:00:00Z", "2026-04-04T15:30:00Z"),  # noqa: E501
+        ("hour", "Australia/Lord_Howe", "2026-04-04T15:30:00Z", "2026-04-04T15:30:00Z", "2026-04-04T16:30:00Z"),  # noqa: E501
+        ("hour", "Australia/Lord_Howe", "2026-10-03T15:45:00Z", "2026-10-03T14:30:00Z", "2026-10-03T16:00:00Z"),  # noqa: E501
+        ("minute", "Australia/Lord_Howe", "2026-04-04T15:00:00Z", "2026-04-04T15:00:00Z", "2026-04-04T15:01:00Z"),  # noqa: E501
         # Sao Paulo 2018: DST began at midnight, so 00:00 never happened; the day starts
         # at the transition instant.
         ("day", "America/Sao_Paulo", "2018-11-04T12:00:00Z", "2018-11-04T03:00:00Z", "2018-11-05T02:00:00Z"),  # noqa: E501
@@ -116,6 +126,48 @@ def test_windows_are_contiguous_across_a_year_in_paris() -> None:
             if kind == "day":
                 assert end - start in (82800, 86400, 90000)
             start, end = nxt
+
+
+@pytest.mark.parametrize("tz", ["Australia/Lord_Howe", "Europe/Paris", "Asia/Kolkata",
+                                "America/St_Johns", "UTC"])
+@pytest.mark.parametrize("kind", ["minute", "hour"])
+def test_fixed_windows_are_contiguous_through_dst_changes(kind: str, tz: str) -> None:
+    """Around each of a year's offset changes, every window starts where the one before
+    ends, contains the instants it is asked for, and is never shorter than its size;
+    exactly its size unless the change moved its boundaries (a half-hour DST)."""
+    size = {"minute": 60, "hour": 3600}[kind]
+    zone = Window(kind, None, tz).zone
+    changes = [t for t in range(int(ts("2026-01-01T00:00:00Z")),
+                                int(ts("2027-01-01T00:00:00Z")), 900)
+               if datetime.fromtimestamp(t, zone).utcoffset()
+               != datetime.fromtimestamp(t + 900, zone).utcoffset()] or [int(NOW)]
+    for change in changes:
+        w = Window(kind, None, tz)
+        start, end = w.bounds(change - 3 * 3600)
+        while end < change + 3 * 3600:
+            for probe in (start, (start + end) / 2, end - 0.001):
+                assert Window(kind, None, tz).bounds(probe) == (start, end)
+            nxt = w.bounds(end)
+            assert nxt[0] == end and nxt[1] - nxt[0] >= size
+            start, end = nxt
+        moved = abs(datetime.fromtimestamp(change + 900, zone).utcoffset()  # type: ignore[operator]
+                    - datetime.fromtimestamp(change, zone).utcoffset()).total_seconds()
+        assert tz == "Australia/Lord_Howe" or moved % size == 0
+
+
+def test_an_hour_budget_on_lord_howe_island_gets_no_extra_window() -> None:
+    """Half an hour after DST ends on Lord Howe Island the limit spent at 14:10 UTC
+    still counts: the hour runs [14:00, 15:30) UTC (it used to restart at 15:00 as a
+    window [14:30, 15:30) overlapping the one before, a second limit within the hour)."""
+    spec = BudgetSpec("t.hourly", ("payments:*",), Decimal(10), "EUR", "hour",
+                      tz="Australia/Lord_Howe")
+    clock = Clock(ts("2026-04-04T14:10:00Z"))
+    ledger = Ledger([spec], MemoryStore(), clock=clock)
+    ledger.record("bot", "payments:send", "10", "EUR")
+    clock.t = ts("2026-04-04T15:05:00Z")  # 01:35 local, after the change
+    assert ledger.check("bot", "payments:send", "1", "EUR").code == "budget_exceeded"
+    clock.t = ts("2026-04-04T15:30:00Z")  # 02:00 local: the next hour
+    assert ledger.check("bot", "payments:send", "10", "EUR").code is None
 
 
 # -- ledger ------------------------------------------------------------------------------
