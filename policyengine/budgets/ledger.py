@@ -2343,7 +2343,9 @@ class Ledger:
                 if rates is None:
                     raise RateError("no_rate", f"no rates configured to convert {src_cur} "
                                     f"to {cur}")
-                rate = format(rates.rate(src_cur, cur, now), "f")
+                # Validated as convert validates it: a source's rate of 0 or below would
+                # charge nothing, or take spend off the budget.
+                rate = format(checked_rate(rates, src_cur, cur, now)[0], "f")
             except RateError as exc:
                 raise BudgetInputError(exc.code, f"cannot convert {unit} to {b.unit} for "
                                        f"budget {b.id}: {exc.message}") from None

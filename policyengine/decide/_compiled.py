@@ -1179,8 +1179,11 @@ def _to_base(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:
         if m.currency != fm.base:
             # Converted once, at compile time, with the table as of its own date: a
             # literal is part of the policy, not of a request.
+            from policyengine.money._rates import VALIDATING_SOURCES, valid_rate
             try:
                 rate = fm.rates.rate(m.currency, fm.base, getattr(fm.rates, "as_of", None))
+                if type(fm.rates) not in VALIDATING_SOURCES:  # a source of the caller's
+                    rate = valid_rate(rate, f"{m.currency}->{fm.base}")
             except ValueError as exc:
                 from policyengine.lang._source import PolicyError, Problem
                 raise PolicyError([Problem(

@@ -56,7 +56,7 @@ from policyengine.money._money import (
     decimal_places,
     parse_amount,
 )
-from policyengine.money._rates import RateError
+from policyengine.money._rates import VALIDATING_SOURCES, RateError, valid_rate
 from policyengine.permissions import MAX_PRINCIPAL_ID, InvalidPermission, validate_permission
 
 __all__ = ["PARSED", "Explanation", "RequestState", "RuleFacts", "amount_rule", "entry_facts",
@@ -216,7 +216,12 @@ def to_base(value: Decimal, currency: str, money: FileMoney, now: float | None) 
             quantum = _QUANTA[base] = Decimal(1).scaleb(-decimal_places(base), _CEILING)
         if money.rates is None:
             raise EvalError("no_rate", f"no rates to convert {currency} to {base}")
-        rate = money.rates.rate(currency, base, now)
+        rates = money.rates
+        rate = rates.rate(currency, base, now)
+        if type(rates) not in VALIDATING_SOURCES:
+            # A source of the caller's own: a rate of 0 or below would make any amount
+            # fit a limit, so its answer is checked as convert checks it.
+            rate = valid_rate(rate, f"{currency}->{base}")
         converted = _CEILING.multiply(value, rate).quantize(quantum, context=_CEILING)
     except (MoneyError, RateError) as exc:
         if exc.code in _INVALID_AMOUNT_CODES:
@@ -313,7 +318,10 @@ def _tightest(current: tuple[Decimal, FileMoney] | None, value: Decimal, money: 
         return (value, money) if value < cur_value else current
     for rates in (money.rates, cur_money.rates):
         try:
-            converted = _CEILING.multiply(value, rates.rate(money.base, cur_money.base))
+            rate = rates.rate(money.base, cur_money.base)
+            if type(rates) not in VALIDATING_SOURCES:
+                rate = valid_rate(rate, f"{money.base}->{cur_money.base}")
+            converted = _CEILING.multiply(value, rate)
         except Exception:
             continue
         return (value, money) if converted < cur_value else current

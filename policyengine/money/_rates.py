@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 _ONE: Final = Decimal(1)
+_ZERO: Final = Decimal(0)
 _MIN_AMOUNT: Final = -MAX_AMOUNT
 #: Rates: positive, at most 40 decimal places, at most 10**15.
 _RATE_SPEC: Final = AmountSpec("rate", 40, Decimal("1E-40"), False)
@@ -461,6 +462,23 @@ def convert(
         numerator, denominator = checked_rate(rates, source, target, now)
     return trusted_money(converted_amount(money, spec, numerator, denominator, context is _UP),
                          target)
+
+
+#: The sources of the package: each validates the rates it answers (a table when it is
+#: built, a function's answer when it is asked), so what their ``rate`` answers is a
+#: positive finite ``Decimal``. Any other source's answer is validated by its caller.
+VALIDATING_SOURCES: Final = (StaticRates, JsonFileRates, CallableRates)
+
+
+def valid_rate(value: object, what: str) -> Decimal:
+    """A rate source's answer as a rate: a positive finite ``Decimal``, int or decimal
+    string (never 0, a negative, NaN, a float), else ``RateError("invalid_rate")`` (a
+    public name of this private module, not API: the evaluator and the ledger check the
+    answer of a source that is not one of :data:`VALIDATING_SOURCES`)."""
+    if (type(value) is Decimal and value.is_finite() and _ZERO < value <= MAX_AMOUNT
+            and value.as_tuple().exponent >= -40):  # type: ignore[operator]
+        return value  # the common answer, a plain positive Decimal: as _to_rate takes it
+    return _to_rate(value, what)
 
 
 def checked_rate(rates: object, source: str, target: str, now: float | None

@@ -83,3 +83,77 @@ def test_money_conformance_with_every_kind_of_rate_source(
                 "own": _OwnRates}[kind]
     assert swapped and all(type(r) is expected for r in swapped)
     assert len(FIXTURES) >= 9
+
+
+class _Answers:
+    """A source of the caller's own answering one fixed value for every pair."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Any:
+        return self.value
+
+
+_CAPPED = """namespace fx
+currency EUR
+role payer: payments:*
+agent "bot": payer
+permit p: payments:*
+limit cap: payments:* amount <= 500 EUR
+"""
+#: What no rate may be: each made any amount fit a limit (0, a negative, a rate too
+#: small to count), or failed with an error of the arithmetic instead of invalid_rate.
+_NOT_RATES = [Decimal(0), Decimal("-0"), Decimal(-1), Decimal("-0.92"), Decimal("1E-900"),
+              Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), 0.92, True, None, "x"]
+
+
+@pytest.mark.parametrize("answer", _NOT_RATES, ids=repr)
+def test_a_limit_fails_closed_on_a_sources_answer_that_is_no_rate(answer: object) -> None:
+    """1000 USD against a 500 EUR limit: a source of the caller's own that answers 0 or
+    a negative rate used to make it 0 EUR (or less) and permit it; every answer that is
+    no positive decimal is ``invalid_rate`` and the limit denies (fail closed)."""
+    from policyengine import Engine
+    engine = Engine.from_source(_CAPPED, rates=_Answers(answer))
+    d = engine.authorize("bot", "payments:pay", {"amount": "1000", "currency": "USD"})
+    assert d.status == "denied" and d.rules == ("fx.cap",), d
+    assert [(x.code, x.rule) for x in d.diagnostics] == [("invalid_rate", "fx.cap")]
+
+
+@pytest.mark.parametrize(("answer", "allowed"), [("0.5", True), (Decimal("0.5"), True),
+                                                 (1, False), (Decimal("0.50001"), False)])
+def test_a_sources_positive_answer_is_its_rate(answer: object, allowed: bool) -> None:
+    """Decimal strings and ints are rates (as ``convert`` takes them): 1000 USD at 0.5
+    is 500 EUR, within the limit; at 0.50001 it is over."""
+    from policyengine import Engine
+    engine = Engine.from_source(_CAPPED, rates=_Answers(answer))
+    d = engine.authorize("bot", "payments:pay", {"amount": "1000", "currency": "USD"})
+    assert d.allowed is allowed, d
+
+
+@pytest.mark.parametrize("answer", _NOT_RATES, ids=repr)
+def test_a_microcent_budget_refuses_a_sources_answer_that_is_no_rate(answer: object) -> None:
+    """A spend converted into a microcent budget: a rate of 0 charged nothing, a negative
+    one recorded negative spend (taking spend off the budget), NaN raised ValueError.
+    Now each is ``invalid_rate`` and nothing is recorded."""
+    from policyengine.budgets import BudgetError, BudgetSpec, Ledger
+    ledger = Ledger([BudgetSpec("m.usd", ("x:*",), Decimal(10), "USD_MICROCENTS", "day")],
+                    rates=_Answers(answer), clock=lambda: 1_773_144_000.0)
+    with pytest.raises(BudgetError) as caught:
+        ledger.record("bot", "x:a", "100", "EUR")
+    assert caught.value.code == "invalid_rate"
+    assert [b.spent for b in ledger.balances("bot")] == [0]
+
+
+@pytest.mark.parametrize("answer", [Decimal(0), Decimal(-1), Decimal("NaN"), 0.5],
+                         ids=repr)
+def test_a_policy_literal_is_not_converted_at_an_answer_that_is_no_rate(
+        answer: object) -> None:
+    """A limit written in another currency is converted when the policy loads: at a
+    source's answer that is no rate the policy is refused (E127), as a table with such
+    a rate is, instead of a limit of 0 or below (or an arithmetic error)."""
+    from policyengine import Engine, PolicyError
+    text = _CAPPED.replace("amount <= 500 EUR", "amount <= 500 USD")
+    with pytest.raises(PolicyError) as caught:
+        Engine.from_source(text, rates=_Answers(answer))
+    assert [p.code for p in caught.value.problems] == ["E127"]
