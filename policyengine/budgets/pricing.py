@@ -20,7 +20,7 @@ from policyengine.budgets.spec import MAX_QUANTA, MICRO_SUFFIX, canonical_unit, 
 from policyengine.money._money import MONEY_CONTEXT
 
 __all__ = ["MAX_TOKENS", "LLMUsage", "ModelPrice", "Price", "PriceProblem", "PriceTable",
-           "price_problem"]
+           "price_problem", "price_problems"]
 
 #: Most tokens one usage may report per kind (a bound, not a policy).
 MAX_TOKENS = 10**12
@@ -30,48 +30,91 @@ _MAX_NAME = 256
 _MAX_PRICE = Decimal(10**9)
 
 
-def _bad(message: str) -> BudgetInputError:
-    return BudgetInputError("invalid_price", message)
+def _bad(message: str, details: dict[str, object] | None = None) -> BudgetInputError:
+    return BudgetInputError("invalid_price", message, details)
 
 
-#: A problem found by :func:`price_problem`: (field, error); the field is one of
+#: A problem found by :func:`price_problems`: (field, error); the field is one of
 #: ``provider``, ``model``, ``currency``, ``per``, ``input``, ``cached_input``, ``output``.
 PriceProblem = tuple[str, BudgetInputError]
 
 
-def price_problem(provider: object, model: object, currency: object, input: object,
-                  cached_input: object, output: object, per: object) -> PriceProblem | None:
-    """The first thing wrong with a price's fields, or None: the one place the limits of
-    a price live (:class:`ModelPrice` raises the error; the policy checker reports it as
-    E141 with the caret on the field's value)."""
+def _plain(value: str) -> bool:
+    """Is ``value`` a plain ASCII decimal (``12``, ``-3``, ``2.50``), the grammar of
+    amounts (docs/money.md)? ``Decimal()`` also takes whitespace, ``_``, exponents and
+    digits of other scripts, which no price is written with."""
+    whole, _dot, frac = value.removeprefix("-").partition(".")
+    return (value.isascii() and whole.isdigit()
+            and (not _dot or frac.isdigit()))
+
+
+def price_problems(provider: object, model: object, currency: object, input: object,
+                   cached_input: object, output: object, per: object) -> list[PriceProblem]:
+    """Everything wrong with a price's fields, at most one problem per field, in the
+    order of the fields: the one place the limits of a price live (:class:`ModelPrice`
+    raises them, the policy checker reports each as E141 with the caret on the field's
+    value)."""
+    out: list[PriceProblem] = []
     for what, name in (("provider", provider), ("model", model)):
         if type(name) is not str or not name or len(name) > _MAX_NAME:
-            return what, _bad(f"{what} must be a non-empty string of at most {_MAX_NAME} chars")
+            out.append((what, _bad(f"{what} must be a non-empty string of at most "
+                                   f"{_MAX_NAME} chars")))
     try:
         code = canonical_unit(currency)[0]
     except BudgetInputError as exc:
-        return "currency", exc
-    if money_unit(code) is None or code.endswith(MICRO_SUFFIX):
-        return "currency", _bad(f"prices are in a currency, not {currency!r}")
-    try:
-        canonical_unit(code + MICRO_SUFFIX)  # spends are counted in its microcents
-    except BudgetInputError:
-        return "currency", _bad(f"prices are in a currency with cents (USD, EUR, ...), "
-                                f"not {code}")
+        out.append(("currency", exc))
+    else:
+        if money_unit(code) is None or code.endswith(MICRO_SUFFIX):
+            out.append(("currency", _bad(f"prices are in a currency, not {currency!r}")))
+        else:
+            try:
+                canonical_unit(code + MICRO_SUFFIX)  # spends are counted in its microcents
+            except BudgetInputError:
+                out.append(("currency", _bad(f"prices are in a currency with cents (USD, "
+                                             f"EUR, ...), not {code}")))
     if type(per) is not int or not 1 <= per <= 10**9:
-        return "per", _bad("per must be a whole number of tokens from 1 to 10^9")
+        out.append(("per", _bad("per must be a whole number of tokens from 1 to 10^9")))
     for what, value in (("input", input), ("cached_input", cached_input), ("output", output)):
-        if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
-            return what, _bad(f"{what} must be a Decimal, int or decimal string")
-        try:
-            price = Decimal(value)
-        except ArithmeticError:
-            return what, _bad(f"{what} {value!r} is not a number")
-        if not price.is_finite() or price < 0 or price > _MAX_PRICE:
-            return what, _bad(f"{what} must be a finite price from 0 to 10^9")
-        if price.as_tuple().exponent < -12:  # type: ignore[operator]
-            return what, _bad(f"{what} {value} has more than 12 decimals")
+        found = _amount_problem(what, value)
+        if found is not None:
+            out.append((what, found))
+    return out
+
+
+def _amount_problem(what: str, value: object) -> BudgetInputError | None:
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
+        return _bad(f"{what} must be a Decimal, int or decimal string")
+    if isinstance(value, str) and not _plain(value):
+        return _bad(f"{what} {value[:40]!r} is not a plain decimal such as '2.50'")
+    try:
+        price = Decimal(value)
+    except ArithmeticError:  # pragma: no cover - a plain decimal always converts
+        return _bad(f"{what} {value!r} is not a number")
+    if not price.is_finite() or price < 0 or price > _MAX_PRICE:
+        return _bad(f"{what} must be a finite price from 0 to 10^9")
+    if price.as_tuple().exponent < -12:  # type: ignore[operator]
+        return _bad(f"{what} {value} has more than 12 decimals")
     return None
+
+
+def price_problem(provider: object, model: object, currency: object, input: object,
+                  cached_input: object, output: object, per: object) -> PriceProblem | None:
+    """The first of :func:`price_problems`, or None."""
+    found = price_problems(provider, model, currency, input, cached_input, output, per)
+    return found[0] if found else None
+
+
+def problems_error(found: list[PriceProblem]) -> BudgetInputError:
+    """The one error a price with ``found`` problems raises: the problem itself when
+    there is one, else ``invalid_price`` naming them all, each also in ``details``
+    (``{"problems": [{"field", "code", "message"}, ...]}``)."""
+    if len(found) == 1:
+        return found[0][1]
+    return BudgetInputError(
+        "invalid_price", f"{len(found)} problems: "
+        + "; ".join(f"{what}: {exc.message}" for what, exc in found),
+        {"problems": [{"field": what, "code": exc.code, "message": exc.message}
+                      for what, exc in found]})
 
 
 @dataclass(frozen=True)
@@ -90,10 +133,10 @@ class ModelPrice:
     per: int = 1_000_000
 
     def __post_init__(self) -> None:
-        found = price_problem(self.provider, self.model, self.currency, self.input,
-                              self.cached_input, self.output, self.per)
-        if found is not None:
-            raise found[1]
+        found = price_problems(self.provider, self.model, self.currency, self.input,
+                               self.cached_input, self.output, self.per)
+        if found:
+            raise problems_error(found)
         object.__setattr__(self, "currency", canonical_unit(self.currency)[0])
         for what in ("input", "cached_input", "output"):
             object.__setattr__(self, what, Decimal(getattr(self, what)))
@@ -164,13 +207,18 @@ class PriceTable:
             raise _bad(f"a price table holds ModelPrice entries, not {type(prices).__name__}")
         self.entries: tuple[ModelPrice, ...] = tuple(prices)
         self._by_key: dict[tuple[str, str], ModelPrice] = {}
+        if not all(isinstance(p, ModelPrice) for p in self.entries):
+            raise _bad("a price table holds ModelPrice entries")
+        twice: list[str] = []
         for p in self.entries:
-            if not isinstance(p, ModelPrice):
-                raise _bad("a price table holds ModelPrice entries")
             key = (p.provider, p.model)
             if key in self._by_key:
-                raise _bad(f"{p.provider}/{p.model} is priced twice")
+                twice.append(f"{p.provider}/{p.model}")
             self._by_key[key] = p
+        if twice:  # every one, not the first alone
+            raise _bad(f"{', '.join(dict.fromkeys(twice))} "
+                       f"{'is' if len(set(twice)) == 1 else 'are'} priced twice",
+                       {"twice": list(dict.fromkeys(twice))})
 
     def __len__(self) -> int:
         return len(self.entries)

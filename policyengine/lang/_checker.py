@@ -781,10 +781,10 @@ def _check_budget(ctx: _Ctx, st: ast.BudgetDecl, namespace: str) -> None:
 
 def _check_price(ctx: _Ctx, st: ast.PriceDecl) -> None:
     """Input and output given once each, in one currency with cents; the budgets leaf
-    (:func:`policyengine.budgets.pricing.price_problem`) checks the names, the currency,
-    the count and the amounts, reported at the value it names. (One price per provider
-    and model: :func:`_across`.)"""
-    from policyengine.budgets.pricing import price_problem
+    (:func:`policyengine.budgets.pricing.price_problems`) checks the names, the currency,
+    the count and the amounts, each problem reported at the value it names. (One price
+    per provider and model: :func:`_across`.)"""
+    from policyengine.budgets.pricing import price_problems
     kinds = [kind for kind, _, _ in st.items]
     codes = [code for _, _, code in st.items]
     spans = st.item_spans or tuple((ast.NOSPAN,) * 3 for _ in st.items)  # a built node
@@ -800,13 +800,16 @@ def _check_price(ctx: _Ctx, st: ast.PriceDecl) -> None:
         ctx.error("E141", "the prices of one model are in one currency",
                   _at(spans[other][2], st.span))
     else:
-        found = price_problem(*_price_fields(st))
-        if found is not None:
-            what, exc = found
-            at = {"provider": st.provider_span, "model": st.model_span, "per": st.per_span}
-            at.update((kind, amount)
-                      for (kind, _, _), (_, amount, _) in zip(st.items, spans, strict=True))
-            at["currency"] = spans[0][2]  # every item's (one currency, checked above)
+        found = price_problems(*_price_fields(st))
+        at = {"provider": st.provider_span, "model": st.model_span, "per": st.per_span}
+        at.update((kind, amount)
+                  for (kind, _, _), (_, amount, _) in zip(st.items, spans, strict=True))
+        at["currency"] = spans[0][2]  # every item's (one currency, checked above)
+        # Every problem, each at its value (cached_input not written is the input's:
+        # reported once, at the input).
+        for what, exc in found:
+            if what == "cached_input" and "cached_input" not in kinds:
+                continue
             ctx.error("E141", f"price {st.provider}/{st.model}: {exc.message}",
                       _at(at.get(what), st.span))
 

@@ -5,10 +5,12 @@ source as written, after other statements, across lines and after non-ASCII text
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from conftest import problems_of
 
-from policyengine.budgets import BudgetInputError, ModelPrice
+from policyengine.budgets import BudgetInputError, ModelPrice, PriceTable
 from policyengine.budgets.pricing import price_problem
 
 HEAD = "namespace t\ncurrency EUR\n"
@@ -132,3 +134,67 @@ def test_price_problem_names_the_field_model_price_refuses(
         ModelPrice(*fields)  # type: ignore[arg-type]
     assert (err.value.code, err.value.message) == (found[1].code, found[1].message)
     assert price_problem("p", "m", "usd", "1.5", 1, 2, 10) is None
+
+
+def test_every_problem_of_a_price_is_reported_each_at_its_value() -> None:
+    """A price with several bad values reports each (E141 at each value), not the first
+    alone, which left the user to find the rest one load at a time."""
+    head = HEAD + "role r: x:y\nagent \"a\": r\n"
+    statement = 'price "" "m": input -1 JPY, output 2000000000 JPY per 0 tokens'
+    found = problems_of(("t.policy", head + statement + "\n"))
+    assert [p.code for p in found] == ["E141"] * 5, [p.render() for p in found]
+    got = [(p.line, p.column, p.message) for p in found]
+    want = [(*_where(head, statement, needle), f"price /m: {message}") for needle, message in [
+        ('""', "provider must be a non-empty string of at most 256 chars"),
+        ("-1", "input must be a finite price from 0 to 10^9"),
+        ("JPY", "prices are in a currency with cents (USD, EUR, ...), not JPY"),
+        ("2000000000", "output must be a finite price from 0 to 10^9"),
+        ("0 tokens", "per must be a whole number of tokens from 1 to 10^9"),
+    ]]
+    assert sorted(got) == sorted(want)
+
+
+def test_a_cached_input_not_written_is_not_reported_as_well() -> None:
+    """cached_input defaults to the input price: a bad input is reported once, at it."""
+    head = HEAD + "role r: x:y\nagent \"a\": r\n"
+    statement = 'price "p" "m": input -1 USD, output 2 USD per 1M tokens'
+    assert _e141(head + statement + "\n") == [
+        (*_where(head, statement, "-1"), "price p/m: input must be a finite price from 0 "
+                                          "to 10^9")]
+
+
+def test_model_price_raises_every_problem_with_its_field_and_code() -> None:
+    """One problem: that error itself (as before). Several: one ``invalid_price`` naming
+    them all, each in ``details["problems"]`` with its field and code."""
+    with pytest.raises(BudgetInputError) as err:
+        ModelPrice("", "m", "XYZ", Decimal(-1), 1, 2, 0)  # type: ignore[arg-type]
+    assert err.value.code == "invalid_price"
+    assert [(p["field"], p["code"]) for p in err.value.details["problems"]] == [
+        ("provider", "invalid_price"), ("currency", "unknown_unit"), ("per", "invalid_price"),
+        ("input", "invalid_price")]
+    assert err.value.message.startswith("4 problems: provider: provider must be")
+    assert all(p["message"] in err.value.message for p in err.value.details["problems"])
+    with pytest.raises(BudgetInputError) as err:
+        ModelPrice("p", "m", "XYZ", 1, 1, 2, 10)  # type: ignore[arg-type]
+    assert err.value.code == "unknown_unit" and "problems" not in err.value.details
+
+
+@pytest.mark.parametrize("text", [" 1", "1 ", "1_000", "1e3", "\u0661", "\uff11", "+1",
+                                  ".5", "5.", "", "NaN", "1,5"])
+def test_a_price_string_follows_the_grammar_of_amounts(text: str) -> None:
+    """``Decimal()`` takes whitespace, ``_``, exponents and digits of other scripts; a
+    price string is a plain ASCII decimal, as every amount is (docs/money.md)."""
+    with pytest.raises(BudgetInputError) as err:
+        ModelPrice("p", "m", "USD", text, 1, 2, 10)  # type: ignore[arg-type]
+    assert err.value.code == "invalid_price"
+    assert price_problem("p", "m", "USD", "2.50", "0", "10", 10) is None
+
+
+def test_a_price_table_names_every_model_priced_twice() -> None:
+    a = ModelPrice("p", "a", "USD", Decimal(1), Decimal(1), Decimal(1))
+    b = ModelPrice("p", "b", "USD", Decimal(1), Decimal(1), Decimal(1))
+    with pytest.raises(BudgetInputError) as err:
+        PriceTable([a, b, a, b, a])
+    assert err.value.code == "invalid_price"
+    assert err.value.message == "p/a, p/b are priced twice"
+    assert err.value.details == {"twice": ["p/a", "p/b"]}
