@@ -6,10 +6,11 @@ verifications included), so revoking a grant invalidates all tokens attenuated f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -67,7 +68,11 @@ class MemoryRevocationStore:
 class JsonFileRevocationStore(MemoryRevocationStore):
     """A memory store persisted to ``{"revoked": [...]}`` (used by the CLI).
 
-    The file is read once at construction and rewritten atomically on each ``revoke``.
+    The file is read at construction. Each ``revoke`` takes an exclusive lock (``flock``
+    on ``<file>.lock`` beside it, where the platform has one), reads the file again,
+    adds what other writers revoked meanwhile and the new id, and rewrites it atomically:
+    two stores on one file (two ``policyengine token revoke`` at once) never lose each
+    other's revocations. Checks answer from memory (what was read, and revoked since).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -75,32 +80,65 @@ class JsonFileRevocationStore(MemoryRevocationStore):
             raise TokenError("invalid_revocations", "a revocation file is a str or "
                              f"os.PathLike path, not {type(path).__name__}")
         self.path = Path(path)
-        ids: list[str] = []
+        super().__init__(self._read())
+
+    def _read(self) -> list[str]:
+        """The ids the file holds now (none when it does not exist)."""
         try:
             text = self.path.read_text(encoding="utf-8") if self.path.exists() else None
         except (OSError, ValueError) as exc:  # a directory, too long, a NUL, not UTF-8
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise TokenError("invalid_revocations", "cannot read revocation file "
-                             f"{str(path)[:200]!r}: {reason}") from None
-        if text is not None:
-            try:
-                data = json.loads(text)
-            except (ValueError, RecursionError) as exc:
-                raise TokenError("invalid_revocations", f"{self.path}: {exc}") from None
-            if not isinstance(data, dict) or not isinstance(data.get("revoked"), list):
-                raise TokenError(
-                    "invalid_revocations", f'{self.path}: expected {{"revoked": [ids]}}'
-                )
-            ids = data["revoked"]
-        super().__init__(ids)
+                             f"{str(self.path)[:200]!r}: {reason}") from None
+        if text is None:
+            return []
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise TokenError("invalid_revocations", f"{self.path}: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("revoked"), list):
+            raise TokenError(
+                "invalid_revocations", f'{self.path}: expected {{"revoked": [ids]}}'
+            )
+        ids: list[str] = data["revoked"]
+        return ids
 
     def revoke(self, identifier: str) -> None:
-        super().revoke(identifier)
-        body = json.dumps({"revoked": sorted(self._ids)}, indent=2) + "\n"
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent or Path("."), suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(body)
-        os.replace(tmp, self.path)
+        identifier = check_id(identifier)
+        with _locked(self.path):
+            # Another store may have written since this one read: keep its ids (a
+            # rewrite from memory alone dropped them, and their tokens verified again).
+            known = {check_id(i) for i in self._read()} | self._ids | {identifier}
+            body = json.dumps({"revoked": sorted(known)}, indent=2) + "\n"
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                       suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(body)
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        self._ids = known  # every id in before the count moves (see MemoryRevocationStore)
+        self.changes += 1
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (a file never replaced, unlike ``path``)
+    while the block runs; no lock where the platform has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def revoke(store: RevocationStore, identifier: str) -> None:
