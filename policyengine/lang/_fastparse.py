@@ -41,7 +41,8 @@ _KEYWORDS = frozenset({
     "sha256", "partial", "expires", "uses", "GET", "POST", "PUT", "PATCH", "DELETE",
     "HEAD", "OPTIONS", "ANY", "workspace", "app", "workflow", "toolset", "risk_points",
     "price", "input", "cached_input", "output", "cap", "max_tokens", "max_steps_remaining",
-    "cooldown_ms", "mode", "warn", "ratelimit", "burst", "second",
+    "cooldown_ms", "mode", "warn", "ratelimit", "burst", "second", "grant", "resource",
+    "schema", "child_max_ttl",
 })
 _EFFECTS = ("permit", "forbid", "approval")
 _MAX_DEPTH = 40  # deeper expressions go to Lark (and to its limits)

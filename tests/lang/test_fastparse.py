@@ -4,13 +4,15 @@ equals the one built from Lark's parse, spans included; anything else it leaves 
 from __future__ import annotations
 
 import dataclasses
+import re
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policyengine.lang import _parser, ast
-from policyengine.lang._fastparse import read_statement
+from policyengine.lang import PolicyError, _parser, ast, parse
+from policyengine.lang._fastparse import _KEYWORDS, read_statement
 
 
 def full_key(node: object) -> object:
@@ -163,3 +165,35 @@ def test_the_common_shapes_take_the_fast_path() -> None:
                  "permit xp1: xns1:admin for role xr1 when context.level > 3",
                  "namespace extra00", "currency EUR"):
         assert read_statement(text, "f.policy", 0) is not None, text
+
+
+def _grammar_words() -> set[str]:
+    """Every word the grammar spells: its string terminals and the words of its
+    alternations (``ROOT: "context" | "principal" | "grant"``)."""
+    words = set()
+    for term in _parser._lark().terminals:
+        pattern = term.pattern
+        if pattern.type == "str":
+            words.update(re.findall(r"^[A-Za-z_]+$", pattern.value))
+        else:
+            words.update(re.findall(r"(?:\(\?:|\|)([A-Za-z_][A-Za-z0-9_]*)(?=\||\))",
+                                    pattern.value))
+    return {w for w in words if len(w) > 1}  # not DURATION's unit letters (s|m|h|d)
+
+
+def test_the_fast_reader_knows_every_word_of_the_grammar() -> None:
+    words = _grammar_words()
+    assert {"grant", "principal", "permit", "second", "input"} <= words
+    assert words <= _KEYWORDS, sorted(words - _KEYWORDS)
+
+
+def test_grant_is_a_root_not_a_function_name() -> None:
+    # Lark reads `grant` as the path root, so `grant(1)` is E002; the fast reader took it
+    # for a call, and the same text gave E106 (unknown function) instead, unless some
+    # other statement of the file sent the whole file to Lark.
+    text = "permit p: a:b when grant(1)"
+    assert read_statement(text, "f.policy", 0) is None
+    for source in (text + "\n", text + "\nbogus\n"):
+        with pytest.raises(PolicyError) as info:
+            parse(source)
+        assert (info.value.code, info.value.line, info.value.column) == ("E002", 1, 25)
