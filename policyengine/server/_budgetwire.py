@@ -79,14 +79,21 @@ def authorize_spend(engine: pe.Engine, principal: str, permission: str,
     that follows decides on the exact amount (and is the one that refuses). The decision
     log then records that the wire set the decision's refusal aside: a record of kind
     ``authorize.override`` (reason code ``sub_cent_amount``) naming the decision, the
-    amount asked and the exact amount, before the ledger's own ``budget.*`` record."""
+    amount asked and the exact amount, before the ledger's own ``budget.*`` record.
+
+    A budget refusal ends the decision before its rate-limit and approval steps: setting
+    it aside would admit the spend without them (no call counted against a rate limit,
+    no approval asked for). So when an approval or a rate limit covers the permission,
+    the refusal stands (fail closed: the last fraction of a cent of a budget may go
+    unused there)."""
     if usd is not None:
         asked = at_cent(usd)
         context = {**context, "amount": asked, "currency": USD}
     d = engine.authorize(principal, permission, context)
     if d.allowed:
         return None
-    if d.code == "budget_exceeded" and usd is not None and asked != usd:
+    if d.code == "budget_exceeded" and usd is not None and asked != usd and not (
+            _later_steps_cover(engine, permission)):
         log = engine.decision_log
         if log is not None:
             code = "sub_cent_amount"
@@ -99,6 +106,15 @@ def authorize_spend(engine: pe.Engine, principal: str, permission: str,
                 "operation": {"amount": str(usd), "asked": str(asked), "unit": USD}})
         return None
     return d
+
+
+def _later_steps_cover(engine: pe.Engine, permission: str) -> bool:
+    """Whether an enforced approval rule or rate limit covers ``permission``: the
+    decision steps a budget refusal ends before."""
+    policy = engine.policy
+    return any(r.effect == "approval" and r.mode == "enforce" and any(
+        pe.permission_matches(p, permission) for p in r.patterns) for r in policy.rules) or any(
+        pe.permission_matches(p, permission) for rl in policy.rate_limits for p in rl.patterns)
 
 
 def usd_amounts(usage: Mapping[str, Any] | None) -> dict[str, Decimal] | None:
