@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 __all__ = ["main", "parse_duration", "register", "run"]
 
-_DURATION = re.compile(r"([0-9]+)([smhd]?)")
+# At most 15 digits: int() of over 4300 raises ValueError (a traceback, not a code), and
+# no lifetime needs more (a ttl past year 9999 is refused as invalid_time_claim anyway).
+_DURATION = re.compile(r"([0-9]{1,15})([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -34,7 +36,8 @@ def parse_duration(text: str) -> int:
     """``"3600"``, ``"90s"``, ``"30m"``, ``"1h"``, ``"7d"`` -> seconds."""
     match = _DURATION.fullmatch(text.strip())
     if match is None or int(match.group(1)) <= 0:
-        raise TokenError("invalid_option", f"bad duration {text!r} (e.g. 3600, 30m, 1h, 7d)")
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise TokenError("invalid_option", f"bad duration {shown!r} (e.g. 3600, 30m, 1h, 7d)")
     return int(match.group(1)) * _UNIT[match.group(2)]
 
 

@@ -20,7 +20,12 @@ from typing import Any
 
 from policyengine.money._money import Money, MoneyError
 from policyengine.money._rates import RateError, RateSource, convert
-from policyengine.permissions import is_valid_pattern, matches, pattern_subsumes
+from policyengine.permissions import (
+    InvalidPermission,
+    is_valid_pattern,
+    matches,
+    pattern_subsumes,
+)
 from policyengine.tokens._ceilings import MAX_DEPTH, MAX_POLICY_TTL, ceiling_problems
 from policyengine.tokens._jws import b64encode, encode_json, split
 from policyengine.tokens.errors import AttenuationError, TokenError
@@ -133,6 +138,10 @@ class Grant:
             known = self._covered.get(permission)
             if known is not None:
                 return known
+        elif not isinstance(permission, str):
+            # matches("*", [..]) is True: never answer for what is no permission
+            raise InvalidPermission("invalid_permission", "permission must be a string, "
+                                    f"not {type(permission).__name__}")
         answer = all(
             any(matches(p, permission) for p in hop.permissions) for hop in self.hops
         )
@@ -148,6 +157,9 @@ class Grant:
         Raises :class:`TokenError` ``amount_unconvertible`` when a conversion is needed
         and ``rates`` is None or has no usable rate.
         """
+        if not isinstance(money, Money):
+            raise _fail("invalid_amount", f"amount_fits takes a Money, not "
+                        f"{type(money).__name__}")
         for hop in self.hops:
             cap = hop.max_amount
             if cap is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from policyengine.permissions import InvalidPermission
 from policyengine.tokens import KeySet, TokenError, attenuate, mint, verify
 from policyengine.tokens._cli import main as cli_main
 
@@ -187,3 +188,40 @@ def test_public_keys_keep_the_umask(tmp_path: Path, umask_022: None) -> None:
     path = tmp_path / "public.json"
     KEYS.save(path, private=False)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+# --------------------------------------------------------------------------- Grant API
+STAR = mint(KEYS, issuer=ISS, acting_for="besar", agent="travel-agent", permissions=["*"],
+            ttl=3600, now=NOW, max_amount=("5", "EUR"))
+
+
+@pytest.mark.parametrize("permission", [None, ["flights:book"], 7, b"flights:book"])
+def test_covers_refuses_what_is_no_permission(permission: object) -> None:
+    grant = verify(KEYS, STAR, now=NOW)
+    # "*" == "*" decided before the type was looked at: a list or None was covered
+    with pytest.raises(InvalidPermission) as info:
+        grant.covers(permission)  # type: ignore[arg-type]
+    assert info.value.code == "invalid_permission"
+    assert grant.covers("flights:book") is True
+
+
+@pytest.mark.parametrize("money", ["5 EUR", None, 5, ("5", "EUR")])
+def test_amount_fits_refuses_what_is_no_money(money: object) -> None:
+    grant = verify(KEYS, STAR, now=NOW)
+    with pytest.raises(TokenError) as info:
+        grant.amount_fits(money)  # type: ignore[arg-type]
+    assert info.value.code == "invalid_amount"
+
+
+def test_cli_duration_too_long_to_read(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "keys.json"
+    KEYS.save(path)
+    assert cli_main(["token", "mint", "--keys", str(path), "--issuer", ISS,
+                     "--acting-for", "besar", "--agent", "a", "--permission", "x:y",
+                     "--ttl", "9" * 5000]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid_option: bad duration '999") and len(err) < 200
+    assert cli_main(["token", "verify", "--keys", str(path), "--token", LIVE,
+                     "--max-ttl", "1" * 4400 + "d"]) == 1
+    assert capsys.readouterr().err.startswith("error: invalid_option: bad duration")
