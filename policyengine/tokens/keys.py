@@ -380,9 +380,9 @@ class KeySet:
     def load_pem(cls, data: bytes | str, *, kid: str | None = None,
                  password: bytes | None = None, issuer: str | None = None) -> KeySet:
         """Load one PEM key (PKCS#8 / traditional private key, or SubjectPublicKeyInfo)."""
-        raw = data.encode("ascii") if isinstance(data, str) else data
         obj: Any
-        try:
+        try:  # (PEM text is ASCII: another character is UnicodeEncodeError, a ValueError)
+            raw = data.encode("ascii") if isinstance(data, str) else data
             if b"PRIVATE KEY" in raw:
                 obj = serialization.load_pem_private_key(raw, password=password)
             else:

@@ -225,3 +225,12 @@ def test_cli_duration_too_long_to_read(tmp_path: Path,
     assert cli_main(["token", "verify", "--keys", str(path), "--token", LIVE,
                      "--max-ttl", "1" * 4400 + "d"]) == 1
     assert capsys.readouterr().err.startswith("error: invalid_option: bad duration")
+
+
+@pytest.mark.parametrize("text", ["é", KEYS.to_pem().decode("ascii").replace(
+    "-----END", "é\n-----END")])
+def test_pem_text_with_a_non_ascii_character_is_an_invalid_key(text: str) -> None:
+    with pytest.raises(TokenError) as info:
+        KeySet.load_pem(text)
+    assert info.value.code == "invalid_key"
+    assert KeySet.load_pem(KEYS.to_pem().decode("ascii")).active_kid == KEYS.active_kid
