@@ -67,6 +67,9 @@ _STATEMENT_START = re.compile(
 # comment, brackets, and runs of `not` (nesting without brackets).
 _SCAN = re.compile(r'"(?:[^"\\]|\\.)*"|"|#|[(\[{)\]}]|(?<![A-Za-z0-9_])(?:not[ \t]+){2,}')
 _UNINDENTED_WORD = re.compile(r"[A-Za-z_]")
+# The grammar's whitespace (``%ignore``): str.strip() would also drop U+3000, U+00A0, \v,
+# \x1c..., which are no whitespace of the language (E001 wherever they stand).
+_BLANK = " \t\f\r\n"
 _FIRST_WORD = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_\-]*)")
 
 _KEYWORD_TERMINALS = {
@@ -384,12 +387,12 @@ def _split(text: str, name: str, sources: SourceSet
                     "E007", f"nesting deeper than {MAX_NESTING} levels", name, lineno,
                     m.start() + 1, "simplify the expression"))
         if start_line == 0:
-            if line[:code_end].strip():
+            if line[:code_end].strip(_BLANK):
                 start_line = lineno
             else:
                 continue
         current.append(line)
-    if current and any(s.strip() for s in current):
+    if current and any(s.strip(_BLANK) for s in current):
         chunks.append((start_line, "\n".join(current)))
     if broken_lines:  # parsing a statement with a broken string would only add noise
         chunks = [(start, chunk) for start, chunk in chunks

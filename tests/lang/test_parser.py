@@ -413,6 +413,19 @@ def test_an_indented_tz_line_is_the_budgets_not_the_files() -> None:
         ast.TzDecl, ast.RoleDecl]
 
 
+@pytest.mark.parametrize("ch", ["\u3000", "\u00a0", "\x0b", "\x1c", "\u2028"])
+@pytest.mark.parametrize("where", ["first", "after"])
+def test_a_line_of_non_language_whitespace_is_e001_wherever_it_stands(ch: str,
+                                                                        where: str) -> None:
+    # Only space, tab, \f, \r and \n are whitespace; a line holding nothing but another
+    # blank-looking character used to be skipped before the first statement.
+    text = f"{ch}\nrole r: a:b\n" if where == "first" else f"role r: a:b\n{ch}\n"
+    with pytest.raises(PolicyError) as info:
+        parse(text)
+    line = 1 if where == "first" else 2
+    assert [(p.code, p.line, p.column) for p in info.value.errors] == [("E001", line, 1)]
+
+
 def test_bom_and_crlf_are_accepted() -> None:
     pf = parse("\ufeffrole r: a:b\r\nagent \"x\": r\r\n".encode())
     assert ast_key(pf.statements) == ast_key(
