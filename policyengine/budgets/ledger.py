@@ -143,6 +143,7 @@ _CALL, _SAME, _CONVERT, _ZERO, _TOKENS = 0, 1, 2, 3, 4
 _QUANTA = [Decimal(1).scaleb(-n, MONEY_CONTEXT) for n in range(19)]
 _INF = float("inf")
 _ZERO_D = Decimal(0)
+_ONE_D = Decimal(1)
 #: Builds a record tuple without the NamedTuple ``__new__`` (a Python-level call that
 #: costs twice as much); used on the hot path where every field is given in order.
 _new = tuple.__new__
@@ -2380,9 +2381,7 @@ class Ledger:
                                        line.rate if unit == rec.unit else None,
                                        rec.priced is not None)
         elif unit == rec.unit and line.rate is not None:
-            exact = MONEY_CONTEXT.multiply(value, Decimal(line.rate))
-            scaled = exact.scaleb(scale, MONEY_CONTEXT)
-            q = int(scaled.to_integral_value(ROUND_CEILING, MONEY_CONTEXT))
+            q = self._at_recorded_rate(value, unit, line, budget, scale, now)
         else:
             assert budget is not None
             q, _ = self._convert(value, unit, budget, now)  # type: ignore[arg-type]
@@ -2390,6 +2389,34 @@ class Ledger:
             raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too large",
                                    {"reason": "amount_too_large"})
         return q
+
+    def _at_recorded_rate(self, value: Decimal, unit: str | None, line: Line,
+                          budget: _Budget | None, scale: int, now: float) -> int:
+        """Quanta of a commit of ``value`` in the reservation's currency on a ``line``
+        converted at reservation time: at the rate the line recorded, rounded up.
+
+        A table's cross rate (USD -> GBP through EUR) is an exact fraction, which the
+        reservation converted at, recorded rounded to 34 digits; converting at the
+        rounded rate could come to a quantum more than the exact value (the reserved 3
+        USD at USD 2, GBP 3 EUR: 2.01 GBP against a hold of 2.00, then refused as more
+        than reserved). So while the budget's table (immutable) still gives that very
+        rate, the commit converts at its exact fraction, as the reservation did; else
+        (a stale table, other rates since) at the recorded rate."""
+        rates = None if budget is None else self._rates_of.get(budget.id)
+        if type(rates) in _TABLES and budget is not None and unit is not None:
+            try:
+                numerator, denominator = rates.rate_fraction(  # type: ignore[union-attr]
+                    unit, budget.unit, now)
+                if (denominator != _ONE_D
+                        and format(fraction_rate(numerator, denominator), "f") == line.rate):
+                    return int(converted_amount(
+                        _valid_money(value, unit), spec_of(budget.unit), numerator,
+                        denominator, True).scaleb(scale, MONEY_CONTEXT))
+            except (RateError, MoneyError):
+                pass  # the recorded rate is the reservation's, fresh or not
+        exact = MONEY_CONTEXT.multiply(value, Decimal(line.rate))  # type: ignore[arg-type]
+        scaled = exact.scaleb(scale, MONEY_CONTEXT)
+        return int(scaled.to_integral_value(ROUND_CEILING, MONEY_CONTEXT))
 
     def _active(self, reservation_id: object, now: float, lenient: bool) -> ReservationRecord:
         """The live reservation, or the error its state calls for (lenient: final ok)."""

@@ -10,12 +10,12 @@ table goes stale as the clock moves.
 
 from __future__ import annotations
 
-from decimal import Decimal, localcontext
+from decimal import ROUND_FLOOR, Decimal, localcontext
 from typing import Any
 
 import pytest
 from conftest import Clock
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import policyengine as pe
@@ -385,3 +385,29 @@ def test_callable_rates_offer_their_rate_as_a_fraction() -> None:
     with pytest.raises(RateError) as caught:
         CallableRates(lambda a, b, now: "0").rate_fraction("USD", "EUR")
     assert caught.value.code == "invalid_rate"
+
+
+@settings(max_examples=300, deadline=None)
+@example(usd=(2, 0), gbp=(3, 0), cents=300, part=100)
+@example(usd=(92, 2), gbp=(117, 2), cents=11700, part=100)
+@given(usd=st.tuples(st.integers(1, 10**4), st.integers(0, 4)),
+       gbp=st.tuples(st.integers(1, 10**4), st.integers(0, 4)),
+       cents=st.integers(1, 10**8), part=st.integers(0, 100))
+def test_a_commit_at_a_cross_rate_converts_as_the_reservation_did(
+        usd: tuple[int, int], gbp: tuple[int, int], cents: int, part: int) -> None:
+    """A commit in the reservation's currency at a table's cross rate (USD -> GBP
+    through EUR) is the exact conversion, as the reservation's hold is: the recorded
+    rate is rounded to 34 digits, and at it the reserved 3 USD (USD 2, GBP 3 EUR) came
+    to 2.01 GBP against a hold of 2.00, refused as more than reserved."""
+    table = StaticRates("EUR", {"USD": Decimal(usd[0]).scaleb(-usd[1]),
+                                "GBP": Decimal(gbp[0]).scaleb(-gbp[1])})
+    ledger = Ledger([BudgetSpec("t.gbp", ("pay:*",), Decimal(10**15), "GBP", "day")],
+                    MemoryStore(), clock=Clock(NOW), rates=table)
+    amount = Decimal(cents).scaleb(-2)
+    some = (amount * part / 100).quantize(Decimal("0.01"), ROUND_FLOOR)
+    for spent in (amount, some):
+        held = ledger.reserve("a", "pay:send", str(amount), "USD")
+        want = convert(Money(spent, "USD"), "GBP", table).amount
+        assert held.lines[0].amount == convert(Money(amount, "USD"), "GBP", table).amount
+        done = ledger.commit(held.id, str(spent))
+        assert [ln.committed for ln in done.lines] == [want]
