@@ -1180,17 +1180,25 @@ def _to_base(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:
             # Converted once, at compile time, with the table as of its own date: a
             # literal is part of the policy, not of a request.
             from policyengine.money._rates import VALIDATING_SOURCES, valid_rate
+            as_of = getattr(fm.rates, "as_of", None)
             try:
-                rate = fm.rates.rate(m.currency, fm.base, getattr(fm.rates, "as_of", None))
-                if type(fm.rates) not in VALIDATING_SOURCES:  # a source of the caller's
-                    rate = valid_rate(rate, f"{m.currency}->{fm.base}")
+                if type(fm.rates) in VALIDATING_SOURCES:
+                    # The exact fraction (a cross rate is n/d), rounded once, down: at
+                    # the 34-digit rate() a cross rate rounded down took a cent off a
+                    # limit worth a whole number of cents (3 GBP at 1/3 EUR: 0.99).
+                    numerator, denominator = fm.rates.rate_fraction(m.currency, fm.base,
+                                                                    as_of)
+                else:  # a source of the caller's own
+                    numerator = valid_rate(fm.rates.rate(m.currency, fm.base, as_of),
+                                           f"{m.currency}->{fm.base}")
+                    denominator = Decimal(1)
             except ValueError as exc:
                 from policyengine.lang._source import PolicyError, Problem
                 raise PolicyError([Problem(
                     "E127", f"cannot convert {m.amount} {m.currency} to {fm.base}: "
                     f"{getattr(exc, 'message', exc)}",
                     m.span.file, m.span.line, m.span.column)]) from None
-            value = _FLOOR.multiply(value, rate)
+            value = _FLOOR.divide(_FLOOR.multiply(value, numerator), denominator)
         return value.quantize(quantum, context=_FLOOR)
     return to_base
 

@@ -69,6 +69,7 @@ NOT_DELEGATED: dict[str, Any] = {"delegated": False}
 _CEILING = Context(prec=100, rounding=ROUND_CEILING, Emax=999, Emin=-999,
                    traps=[InvalidOperation, Overflow, DivisionByZero])
 _QUANTA: dict[str, Decimal] = {}
+_ONE = Decimal(1)
 
 
 class RequestState:
@@ -217,12 +218,20 @@ def to_base(value: Decimal, currency: str, money: FileMoney, now: float | None) 
         if money.rates is None:
             raise EvalError("no_rate", f"no rates to convert {currency} to {base}")
         rates = money.rates
-        rate = rates.rate(currency, base, now)
-        if type(rates) not in VALIDATING_SOURCES:
+        if type(rates) in VALIDATING_SOURCES:
+            # The exact fraction (a table's cross rate is n/d), divided once and rounded
+            # up, as convert does: at the 34-digit rate() a cross rate rounded up made a
+            # spend worth exactly a limit a cent over it.
+            numerator, denominator = rates.rate_fraction(currency, base, now)
+            converted = _CEILING.multiply(value, numerator)
+            if denominator != _ONE:
+                converted = _CEILING.divide(converted, denominator)
+        else:
             # A source of the caller's own: a rate of 0 or below would make any amount
             # fit a limit, so its answer is checked as convert checks it.
-            rate = valid_rate(rate, f"{currency}->{base}")
-        converted = _CEILING.multiply(value, rate).quantize(quantum, context=_CEILING)
+            rate = valid_rate(rates.rate(currency, base, now), f"{currency}->{base}")
+            converted = _CEILING.multiply(value, rate)
+        converted = converted.quantize(quantum, context=_CEILING)
     except (MoneyError, RateError) as exc:
         if exc.code in _INVALID_AMOUNT_CODES:
             raise EvalError("invalid_amount", f"{exc.message} ({exc.code})") from None

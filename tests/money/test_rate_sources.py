@@ -20,7 +20,7 @@ import pytest
 
 import policyengine.engine as engine_module
 from policyengine._conformance import run_fixture
-from policyengine.money import CallableRates, JsonFileRates, StaticRates
+from policyengine.money import CallableRates, JsonFileRates, Money, StaticRates, fits
 
 FIXTURES = sorted((Path(__file__).resolve().parents[2] / "conformance" / "money")
                   .glob("*.json"))
@@ -157,3 +157,36 @@ def test_a_policy_literal_is_not_converted_at_an_answer_that_is_no_rate(
     with pytest.raises(PolicyError) as caught:
         Engine.from_source(text, rates=_Answers(answer))
     assert [p.code for p in caught.value.problems] == ["E127"]
+
+
+#: An engine's own table in another base than the policy's (USD, policy in EUR): every
+#: conversion for the policy is a cross rate, n/d. 1 GBP = 2/3 EUR, 1 CHF = 1/3 EUR.
+_CROSS = StaticRates("USD", {"EUR": "3", "GBP": "2", "CHF": "1"})
+
+
+@pytest.mark.parametrize(("amount", "currency", "allowed"), [
+    ("3", "GBP", True), ("3.01", "GBP", False), ("2", "EUR", True), ("6", "CHF", True),
+    ("6.01", "CHF", False)])
+def test_a_request_at_a_cross_rate_converts_at_the_exact_fraction(
+        amount: str, currency: str, allowed: bool) -> None:
+    """3 GBP is exactly 2 EUR: at the 34-digit cross rate 0.66...67 it came to 2.01 EUR
+    and a limit of 2 EUR refused it, where convert() and fits() say it fits."""
+    from policyengine import Engine
+    engine = Engine.from_source(_CAPPED.replace("500 EUR", "2 EUR"), rates=_CROSS)
+    d = engine.authorize("bot", "payments:pay", {"amount": amount, "currency": currency})
+    assert d.allowed is allowed, d
+    assert fits(Money.parse(amount, currency), Money.parse("2", "EUR"), _CROSS) is allowed
+
+
+@pytest.mark.parametrize(("amount", "allowed"), [("1", True), ("1.01", False)])
+def test_a_limit_written_at_a_cross_rate_converts_at_the_exact_fraction(
+        amount: str, allowed: bool) -> None:
+    """A limit of 3 CHF is exactly 1 EUR: at the 34-digit cross rate 0.33...33 it came to
+    0.99 EUR (rounded down), refusing 1 EUR. (The file's own ``rate CHF`` line lets the
+    checker see a rate; the engine's table replaces it.)"""
+    from policyengine import Engine
+    text = _CAPPED.replace("500 EUR", "3 CHF").replace("currency EUR\n",
+                                                        "currency EUR\nrate CHF 0.5\n")
+    engine = Engine.from_source(text, rates=_CROSS)
+    d = engine.authorize("bot", "payments:pay", {"amount": amount, "currency": "EUR"})
+    assert d.allowed is allowed, d
