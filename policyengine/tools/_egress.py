@@ -41,6 +41,7 @@ from policyengine.tools._patterns import (
     normalize_method,
     normalize_path,
     normalize_scheme,
+    short_name_form,
 )
 from policyengine.tools._redaction import (
     MISSING,
@@ -182,8 +183,9 @@ class CompiledTools:
         if any(b.denies for b in bindings):
             # Deny routes match what any upstream could take the path for: letters in
             # any case (servers that route case-insensitively), each segment without its
-            # trailing dots and spaces (Windows path normalisation), with or without a
-            # trailing '/'.
+            # trailing dots and spaces and NTFS stream suffixes (Windows path
+            # normalisation), with or without a trailing '/'; and, for a path with a
+            # '~', a segment an NTFS 8.3 short name of a denied one may be spelt as.
             folded = fold_path(p)
             forms = (folded, folded[:-1]) if len(folded) > 1 and folded[-1] == "/" else (
                 folded,)
@@ -193,6 +195,10 @@ class CompiledTools:
                             d.pattern.match(f) is not None for f in forms):
                         return _Routed("route_deny", "route_denied",
                                        f"{m} {p} is denied by tool {b.qid}", tool=b.qid)
+            if "~" in folded:
+                denied = self._short_name_denial(bindings, m, p, folded, forms)
+                if denied is not None:
+                    return denied
         best: tuple[Any, ...] | None = None
         for b in bindings:
             for r in b.routes:
@@ -210,6 +216,25 @@ class CompiledTools:
         _, binding, route, params = best
         return _Routed(None, "", "", binding=binding, route=route, params=params, host=h)
 
+    @staticmethod
+    def _short_name_denial(bindings: tuple[HttpBinding, ...], m: str, p: str, folded: str,
+                           forms: tuple[str, ...]) -> _Routed | None:
+        """The deny route a path with a ``~`` reaches through an NTFS 8.3 short name of a
+        denied segment (``/ADMINI~1`` for ``deny "/administrator"``), if any. Run only
+        for such paths, after the deny routes matched nothing: the folded forms and, if
+        the path has escapes, the lower-cased ones too (:func:`short_name_form`: a letter
+        that case folding lengthens, ``ß``, keeps a short name's length there)."""
+        alt = folded if "%" not in p else short_name_form(p)
+        short = forms if alt == folded else (*forms, *_slash_forms(alt))
+        for b in bindings:
+            for d in b.denies:
+                if (d.method is None or d.method == m) and any(
+                        d.pattern.covers_short_name(f) for f in short):
+                    return _Routed("route_deny", "route_denied",
+                                   f"{m} {p} is denied by tool {b.qid} (an 8.3 short name)",
+                                   tool=b.qid)
+        return None
+
     def for_host(self, host: str, scheme: str = "https") -> tuple[HttpBinding, ...]:
         key = (host, scheme)
         found = self._host_cache.get(key)
@@ -220,6 +245,11 @@ class CompiledTools:
                 self._host_cache.clear()
             self._host_cache[key] = found
         return found
+
+
+def _slash_forms(path: str) -> tuple[str, ...]:
+    """``path`` and, if it ends with a ``/`` (not ``/`` itself), ``path`` without it."""
+    return (path, path[:-1]) if len(path) > 1 and path[-1] == "/" else (path,)
 
 
 def _extractors(items: Sequence[ast.Extraction]) -> tuple[Extractor, ...]:
