@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from policyengine.budgets.errors import BudgetInputError
-from policyengine.budgets.spec import MAX_QUANTA, MICRO_SUFFIX, canonical_unit, money_unit
+from policyengine.budgets.spec import (
+    MAX_QUANTA,
+    MICRO_SUFFIX,
+    canonical_unit,
+    money_unit,
+    plain_decimal,
+)
 from policyengine.money._money import MONEY_CONTEXT
 
 __all__ = ["MAX_TOKENS", "LLMUsage", "ModelPrice", "Price", "PriceProblem", "PriceTable",
@@ -37,15 +43,6 @@ def _bad(message: str, details: dict[str, object] | None = None) -> BudgetInputE
 #: A problem found by :func:`price_problems`: (field, error); the field is one of
 #: ``provider``, ``model``, ``currency``, ``per``, ``input``, ``cached_input``, ``output``.
 PriceProblem = tuple[str, BudgetInputError]
-
-
-def _plain(value: str) -> bool:
-    """Is ``value`` a plain ASCII decimal (``12``, ``-3``, ``2.50``), the grammar of
-    amounts (docs/money.md)? ``Decimal()`` also takes whitespace, ``_``, exponents and
-    digits of other scripts, which no price is written with."""
-    whole, _dot, frac = value.removeprefix("-").partition(".")
-    return (value.isascii() and whole.isdigit()
-            and (not _dot or frac.isdigit()))
 
 
 def price_problems(provider: object, model: object, currency: object, input: object,
@@ -84,7 +81,7 @@ def price_problems(provider: object, model: object, currency: object, input: obj
 def _amount_problem(what: str, value: object) -> BudgetInputError | None:
     if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
         return _bad(f"{what} must be a Decimal, int or decimal string")
-    if isinstance(value, str) and not _plain(value):
+    if isinstance(value, str) and not plain_decimal(value):
         return _bad(f"{what} {value[:40]!r} is not a plain decimal such as '2.50'")
     try:
         price = Decimal(value)

@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from policyengine.budgets.errors import BudgetInputError
 from policyengine.budgets.windows import MAX_ROLLING_SECONDS, window_problems
 from policyengine.money._money import (
+    MAX_EXPONENT,
     MONEY_CONTEXT,
     UNITS,
     MoneyError,
@@ -189,16 +190,32 @@ def _bad(message: str) -> BudgetInputError:
     return BudgetInputError("invalid_budget", message)
 
 
+def plain_decimal(value: str) -> bool:
+    """Is ``value`` a plain ASCII decimal (``12``, ``-3``, ``2.50``), the grammar of
+    amounts (docs/money.md)? ``Decimal()`` also takes surrounding whitespace, ``_``,
+    exponents, a ``+``, ``.5`` and digits of other scripts, which no amount is written
+    with (a budget's limits and a price's amounts are held to it)."""
+    whole, dot, frac = value.removeprefix("-").partition(".")
+    return value.isascii() and whole.isdigit() and (not dot or frac.isdigit())
+
+
 def _decimal(value: object, what: str) -> Decimal | str:
     """``value`` as a finite, non-negative Decimal, or what is wrong with it."""
     if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
         return f"{what} must be a Decimal, int or string"
+    if isinstance(value, str) and not plain_decimal(value):
+        return f"{what} {value[:40]!r} is not a plain decimal such as '100.50'"
     try:
         result = Decimal(value)
-    except InvalidOperation:
+    except InvalidOperation:  # pragma: no cover - a plain decimal always converts
         return f"{what} {value!r} is not a number"
     if not result.is_finite() or result < 0:
         return f"{what} must be a finite number >= 0"
+    # Bounded before any arithmetic: 1E+998 overflowed (decimal.Overflow, no budget
+    # error) and 1E-100000 underflowed to a whole number of quanta (accepted).
+    if result and not -MAX_EXPONENT <= result.adjusted() <= MAX_EXPONENT:
+        return (f"{what} {str(value)[:40]} is out of range (its exponent is beyond "
+                f"+-{MAX_EXPONENT})")
     return result
 
 

@@ -53,6 +53,18 @@ make = make_ledger
         {"patterns": ()},
         {"patterns": ("pay::x",)},
         {"id": ""},
+        # A limit or overdraft out of the range of amounts: 1E+998 raised decimal.Overflow
+        # (no budget error), and 1E-100000 underflowed to whole quanta and was accepted.
+        {"limit": Decimal("1E+998")},
+        {"limit": Decimal("1E+100000")},
+        {"limit": 10**1000},
+        {"limit": Decimal("1E-100000")},
+        {"limit": Decimal("1E-65")},
+        {"overdraft_limit": Decimal("1E+998")},
+        {"overdraft_limit": Decimal("1E-100000")},
+        # A string follows the grammar of amounts (docs/money.md), as a policy's does.
+        {"limit": " 10"}, {"limit": "1_0"}, {"limit": "\uff11\uff10"}, {"limit": "1e3"},
+        {"limit": "+5"}, {"limit": ".5"}, {"limit": "10."}, {"overdraft_limit": "5 "},
     ],
 )
 def test_invalid_spec_is_refused_with_a_code(kwargs: dict[str, object]) -> None:
@@ -62,6 +74,13 @@ def test_invalid_spec_is_refused_with_a_code(kwargs: dict[str, object]) -> None:
     with pytest.raises(BudgetInputError) as info:
         BudgetSpec(**base)  # type: ignore[arg-type]
     assert info.value.code == "invalid_budget"
+
+
+def test_a_limit_at_the_edges_of_the_range_is_kept_exactly() -> None:
+    for limit in ("0.01", "10000000000000000", Decimal("1E+16"), 10**16,
+                  Decimal("1." + "0" * 200)):
+        spec = BudgetSpec("x", ("a:*",), limit, "EUR", "day")  # type: ignore[arg-type]
+        assert spec.limit == Decimal(limit)
 
 
 def test_spec_normalises_units_and_amounts() -> None:
