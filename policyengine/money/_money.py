@@ -139,6 +139,9 @@ for _c in CURRENCIES.values():
 for _u, _scale in UNIT_DECIMALS.items():
     _SPECS[_u] = _SPECS[_u.upper()] = AmountSpec(_u, _scale, _quantum(_scale), True)
 _UNSCALED: Final = AmountSpec("", UNSCALED_DECIMALS, _quantum(UNSCALED_DECIMALS), False)
+#: The longest code or unit name (``risk_points``): a longer text is never upper-cased to
+#: be looked up (it was 8, so ``Risk_Points`` was unknown where ``RISK_POINTS`` was not).
+_LONGEST_CODE: Final = max(len(code) for code in _SPECS)
 
 
 def _unknown(code: object) -> MoneyError:
@@ -161,7 +164,7 @@ def spec_of(code: object) -> AmountSpec:
     """Look up a currency or unit; codes are matched case-insensitively (ASCII only)."""
     spec = _SPECS.get(code) if isinstance(code, str) else None
     if spec is None:
-        if isinstance(code, str) and code.isascii() and len(code) <= 8:
+        if isinstance(code, str) and code.isascii() and len(code) <= _LONGEST_CODE:
             spec = _SPECS.get(code.upper())
         if spec is None:
             raise _unknown(code)
@@ -188,7 +191,7 @@ def get_currency(code: str) -> Currency:
 def is_currency(code: str) -> bool:
     """True when ``code`` is an accepted ISO 4217 currency (budget units are not)."""
     spec = _SPECS.get(code) if isinstance(code, str) else None
-    if spec is None and isinstance(code, str) and code.isascii() and len(code) <= 8:
+    if spec is None and isinstance(code, str) and code.isascii() and len(code) <= _LONGEST_CODE:
         spec = _SPECS.get(code.upper())
     return spec is not None and not spec.is_unit
 

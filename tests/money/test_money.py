@@ -96,6 +96,13 @@ def test_codes_are_case_insensitive_and_canonicalised() -> None:
     assert get_currency("Usd").code == "USD"
     assert Money.parse("1", "eur").currency == "EUR"
     assert Money.parse("1", "TOKENS").currency == "tokens"
+    # Every unit in any case, the longest too (an 8-character cap on what was upper-
+    # cased made Risk_Points unknown while RISK_POINTS and risk_points were not).
+    for unit in UNITS:
+        for spelling in (unit.upper(), unit.title(), unit.swapcase().title().swapcase()):
+            assert Money.parse("1", spelling).currency == unit, spelling
+            assert decimal_places(spelling) == decimal_places(unit)
+    assert code_of(parse_amount, "1", "Risk_Pointsx") == "unknown_currency"
 
 
 def test_units_are_not_currencies_but_parse() -> None:
