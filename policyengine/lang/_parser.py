@@ -284,7 +284,11 @@ def _decode(data: str | bytes, name: str, sources: SourceSet) -> tuple[str | Non
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
-            col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+            # The column counts characters, as every other position does: the line up to
+            # the bad byte is valid UTF-8 (the first error is at exc.start).
+            line_start = data.rfind(b"\n", 0, exc.start) + 1
+            col = len(data[line_start:exc.start].decode("utf-8")) + 1
+            sources.add(name, data.decode("utf-8", "replace"))  # for the caret excerpt
             return None, [sources.problem("E008", "policy file is not valid UTF-8", name, line,
                                           col, "policy files are UTF-8 text")]
     elif isinstance(data, str):

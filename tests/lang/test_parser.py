@@ -304,6 +304,15 @@ def test_e008_invalid_utf8_position() -> None:
     assert (p.code, p.line, p.column) == ("E008", 2, len(b"permit a: ") + 1)
 
 
+def test_e008_column_counts_characters_not_bytes() -> None:
+    # "é" and "€" are 2 and 3 bytes: the bad byte is the 36th character of its line.
+    p = problem('role r: a:b\npermit p: a:b when context.a == "é€'.encode() + b'\xff"\n')
+    assert (p.code, p.line, p.column) == ("E008", 2, 36)
+    assert p.excerpt.splitlines() == [
+        '   2 | permit p: a:b when context.a == "é€\ufffd"',
+        " " * (len("   2 | ") + 35) + "^"]
+
+
 def test_e008_nul_byte_position() -> None:
     p = problem("role r: a:b\nrole q: c\x00:d")
     assert (p.code, p.line, p.column) == ("E008", 2, len("role q: c") + 1)
