@@ -75,8 +75,10 @@ class SourceSet:
         if lines is None:
             # Lines end at "\n" only, as the parser counts them: str.splitlines() would
             # also break at U+2028, U+0085, \v, \f... (legal in comments and strings)
-            # and show the wrong line under a right line number.
-            lines = self._lines[file] = self._texts.get(file, "").split("\n")
+            # and show the wrong line under a right line number. A file whose text was
+            # never added (too large, not text) has no line to show.
+            text = self._texts.get(file)
+            lines = self._lines[file] = text.split("\n") if text is not None else []
         return Problem(code, message, file, line, column, hint, severity,
                        excerpt(lines, line, column))
 

@@ -304,6 +304,14 @@ def test_e008_invalid_utf8_position() -> None:
     assert (p.code, p.line, p.column) == ("E008", 2, len(b"permit a: ") + 1)
 
 
+@pytest.mark.parametrize("source", ["x" * (MAX_SOURCE_BYTES + 1), 42])
+def test_a_file_that_cannot_be_read_has_no_excerpt(source: object) -> None:
+    p = problem(source)  # type: ignore[arg-type]
+    assert p.code in ("E006", "E008")
+    assert p.excerpt == ""
+    assert "|" not in p.render()
+
+
 def test_e008_column_counts_characters_not_bytes() -> None:
     # "é" and "€" are 2 and 3 bytes: the bad byte is the 36th character of its line.
     p = problem('role r: a:b\npermit p: a:b when context.a == "é€'.encode() + b'\xff"\n')
