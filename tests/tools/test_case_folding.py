@@ -31,6 +31,8 @@ from policyengine.tools._redaction import (
     fold_key,
 )
 
+from .spellings import outcome
+
 POLICY = """role r: x:*
 agent "bot": r
 tool up: http "api.example.com" {
@@ -43,11 +45,6 @@ tool up: http "api.example.com" {
 @pytest.fixture(scope="module")
 def engine() -> Engine:
     return Engine.from_source(POLICY)
-
-
-def outcome(engine: Engine, path: str, method: str = "GET") -> str:
-    return engine.tool_authorize("bot", transport="http", method=method,
-                                 host="api.example.com", path=path).outcome
 
 
 @pytest.mark.parametrize("path", [

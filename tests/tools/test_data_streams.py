@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from policyengine.engine import Engine
 from policyengine.tools import fold_path
 
+from .spellings import outcome, spelled
+
 POLICY = """role r: x:*
 agent "bot": r
 tool up: http "api.example.com" {
@@ -37,11 +39,6 @@ def engine() -> Engine:
     return Engine.from_source(POLICY)
 
 
-def decide(engine: Engine, path: str, method: str = "GET") -> str:
-    return engine.tool_authorize("bot", transport="http", method=method,
-                                 host="api.example.com", path=path).outcome
-
-
 @pytest.mark.parametrize("path", [
     "/admin::$DATA", "/admin::$data", "/Admin::$Data", "/admin%3A%3A%24DATA",
     "/admin%3a%3a%24data", "/admin::%24DATA", "/admin::$DATA/", "/admin::$DATA.",
@@ -50,7 +47,7 @@ def decide(engine: Engine, path: str, method: str = "GET") -> str:
 ])
 def test_the_default_data_stream_of_a_denied_path_is_denied(engine: Engine,
                                                             path: str) -> None:
-    assert decide(engine, path) == "route_deny", path
+    assert outcome(engine, path) == "route_deny", path
 
 
 @pytest.mark.parametrize("path", [
@@ -59,14 +56,14 @@ def test_the_default_data_stream_of_a_denied_path_is_denied(engine: Engine,
     "/admin::$DATA/x",
 ])
 def test_other_colon_suffixes_and_neighbours_are_allowed(engine: Engine, path: str) -> None:
-    assert decide(engine, path) == "policy_allow", path
+    assert outcome(engine, path) == "policy_allow", path
 
 
 def test_a_deny_route_with_the_stream_suffix_denies_the_file() -> None:
     engine = Engine.from_source(POLICY.replace('"/admin"', '"/admin::$DATA"'))
     for path in ("/admin", "/ADMIN", "/admin::$data", "/admin.", "/admin/"):
-        assert decide(engine, path) == "route_deny", path
-    assert decide(engine, "/admins") == "policy_allow"
+        assert outcome(engine, path) == "route_deny", path
+    assert outcome(engine, "/admins") == "policy_allow"
 
 
 def test_fold_path_drops_the_stream_suffix_only() -> None:
@@ -78,8 +75,8 @@ def test_fold_path_drops_the_stream_suffix_only() -> None:
 def test_allow_routes_stay_exact() -> None:
     engine = Engine.from_source('role r: x:*\nagent "bot": r\ntool up: http '
                                 '"api.example.com" {\n  GET "/admin" -> x:one\n}\n')
-    assert decide(engine, "/admin") == "policy_allow"
-    assert decide(engine, "/admin::$DATA") == "route_deny"  # no route, not a match
+    assert outcome(engine, "/admin") == "policy_allow"
+    assert outcome(engine, "/admin::$DATA") == "route_deny"  # no route, not a match
 
 
 # ------------------------------------------------------------ the NTFS model (reference)
@@ -104,22 +101,12 @@ _DOTS = st.lists(st.sampled_from([".", " ", "%2e", "%20"]), max_size=2).map("".j
 
 
 @st.composite
-def _spelled(draw: st.DrawFn, text: str) -> str:
-    """``text`` with some characters in another case or percent-encoded."""
-    out = []
-    for c in text:
-        form = draw(st.integers(0, 2))
-        out.append(c.swapcase() if form == 1 else f"%{ord(c):02x}" if form == 2 else c)
-    return "".join(out)
-
-
-@st.composite
 def _segment_spelling(draw: st.DrawFn, segment: str) -> str:
     """A spelling of ``segment`` NTFS takes for it: any case or encoding, trailing dots
     and spaces, maybe the default data stream suffix."""
-    out = draw(_spelled(segment)) + draw(_DOTS)
+    out = draw(spelled(segment)) + draw(_DOTS)
     if draw(st.booleans()):
-        out += draw(_spelled("::$DATA")) + draw(_DOTS)
+        out += draw(spelled("::$DATA")) + draw(_DOTS)
     return out
 
 
@@ -137,7 +124,7 @@ def test_what_ntfs_takes_for_a_denied_path_is_denied(deny: list[str],
         if data.draw(st.booleans()):
             path += "/"
     assert ntfs_key(path) == ntfs_key(route)
-    assert decide(engine, path) == "route_deny", (route, path)
+    assert outcome(engine, path) == "route_deny", (route, path)
 
 
 @settings(max_examples=200, deadline=None)
@@ -149,4 +136,4 @@ def test_what_ntfs_takes_for_another_file_is_not_denied(deny: str, other: str,
     engine = Engine.from_source(POLICY.replace('"/admin"', f'"/v1/d/{deny}"'))
     path = f"/v1/d/{other}{suffix}"
     if ntfs_key(path) != ntfs_key(f"/v1/d/{deny}"):
-        assert decide(engine, path) == "policy_allow", (deny, path)
+        assert outcome(engine, path) == "policy_allow", (deny, path)

@@ -27,6 +27,8 @@ from hypothesis import strategies as st
 from policyengine.engine import Engine
 from policyengine.tools import RoutePattern, fold_path
 
+from .spellings import outcome, spelled
+
 POLICY = """role r: x:*
 agent "bot": r
 tool up: http "api.example.com" {
@@ -46,11 +48,6 @@ def engine() -> Engine:
     return Engine.from_source(POLICY)
 
 
-def decide(engine: Engine, path: str, method: str = "GET") -> str:
-    return engine.tool_authorize("bot", transport="http", method=method,
-                                 host="api.example.com", path=path).outcome
-
-
 # ------------------------------------------------------------ directory index streams
 
 @pytest.mark.parametrize("path", [
@@ -65,7 +62,7 @@ def decide(engine: Engine, path: str, method: str = "GET") -> str:
 ])
 def test_the_index_stream_of_a_denied_directory_is_denied(engine: Engine,
                                                           path: str) -> None:
-    assert decide(engine, path) == "route_deny", path
+    assert outcome(engine, path) == "route_deny", path
 
 
 @pytest.mark.parametrize("path", [
@@ -75,15 +72,15 @@ def test_the_index_stream_of_a_denied_directory_is_denied(engine: Engine,
     "/admin:$INDEX_ALLOCATION/u",
 ])
 def test_other_streams_and_neighbours_are_allowed(engine: Engine, path: str) -> None:
-    assert decide(engine, path) == "policy_allow", path
+    assert outcome(engine, path) == "policy_allow", path
 
 
 def test_a_deny_route_with_the_index_stream_denies_the_directory() -> None:
     engine = Engine.from_source(POLICY.replace('"/admin/**"',
                                                '"/admin:$I30:$INDEX_ALLOCATION/**"'))
     for path in ("/admin", "/ADMIN/x", "/admin::$index_allocation/x", "/admin./"):
-        assert decide(engine, path) == "route_deny", path
-    assert decide(engine, "/admins") == "policy_allow"
+        assert outcome(engine, path) == "route_deny", path
+    assert outcome(engine, "/admins") == "policy_allow"
 
 
 def test_fold_path_drops_the_index_stream_suffixes_only() -> None:
@@ -97,7 +94,7 @@ def test_fold_path_drops_the_index_stream_suffixes_only() -> None:
                                   "/%20administrator", "/v1/%20keys/k"])
 def test_leading_spaces_are_kept(engine: Engine, path: str) -> None:
     """Not trimmed by Win32 or .NET path normalisation: another name, not denied."""
-    assert decide(engine, path) == "policy_allow", path
+    assert outcome(engine, path) == "policy_allow", path
     assert fold_path("/%20Admin%20./x") == "/%20admin/x"
 
 
@@ -112,7 +109,7 @@ def test_leading_spaces_are_kept(engine: Engine, path: str) -> None:
     "/v1/A_B~1/x", "/v1/A~1/x", "/v1/A1234~1/x",
 ])
 def test_a_short_name_of_a_denied_segment_is_denied(engine: Engine, path: str) -> None:
-    assert decide(engine, path) == "route_deny", path
+    assert outcome(engine, path) == "route_deny", path
 
 
 @pytest.mark.parametrize("path", [
@@ -124,21 +121,21 @@ def test_a_short_name_of_a_denied_segment_is_denied(engine: Engine, path: str) -
     "/administrator~1", "/%20ADMINI~1",
 ])
 def test_other_tilde_paths_are_allowed(engine: Engine, path: str) -> None:
-    assert decide(engine, path) == "policy_allow", path
+    assert outcome(engine, path) == "policy_allow", path
 
 
 def test_a_short_name_of_a_non_ascii_segment_is_denied() -> None:
     engine = Engine.from_source(POLICY.replace('"/v1/a+b/x"', '"/Stra%C3%9Fe"'))
     for path in ("/STRA%C3%9FE~1", "/STRASS~1", "/STRA_E~1", "/STRAXE~1", "/ST9A0C~1"):
-        assert decide(engine, path) == "route_deny", path
-    assert decide(engine, "/STRBSS~1") == "policy_allow"
+        assert outcome(engine, path) == "route_deny", path
+    assert outcome(engine, "/STRBSS~1") == "policy_allow"
 
 
 def test_allow_routes_stay_exact() -> None:
     engine = Engine.from_source('role r: x:*\nagent "bot": r\ntool up: http '
                                 '"api.example.com" {\n  GET "/administrator" -> x:one\n}\n')
-    assert decide(engine, "/administrator") == "policy_allow"
-    assert decide(engine, "/ADMINI~1") == "route_deny"  # no route, not a match
+    assert outcome(engine, "/administrator") == "policy_allow"
+    assert outcome(engine, "/ADMINI~1") == "route_deny"  # no route, not a match
     assert RoutePattern.compile("/administrator").covers_short_name("/admini~1") is False
 
 
@@ -196,16 +193,6 @@ _NAME = st.text(st.sampled_from("abcdmnXYZ019-_+ ."), min_size=1, max_size=14).f
     lambda s: s.strip(". ") != "" and s[-1] not in ". " and not s.startswith(" "))
 
 
-@st.composite
-def _spelled(draw: st.DrawFn, text: str) -> str:
-    """``text`` with some characters in another case or percent-encoded."""
-    out = []
-    for c in text:
-        form = draw(st.integers(0, 2))
-        out.append(c.swapcase() if form == 1 else f"%{ord(c):02x}" if form == 2 else c)
-    return "".join(out)
-
-
 _DOTS = st.lists(st.sampled_from([".", "%2e", "%20"]), max_size=2).map("".join)
 
 
@@ -219,17 +206,17 @@ def test_any_short_name_of_a_denied_segment_is_denied(deny: str,
     literal = deny.replace(" ", "%20")
     engine = Engine.from_source(POLICY.replace('"/v1/a+b/x"', f'"/v2/{literal}/x/**"'))
     if data is None:  # the audited case
-        assert decide(engine, "/ADMINI~1") == "route_deny"
+        assert outcome(engine, "/ADMINI~1") == "route_deny"
         return
     number = data.draw(st.integers(1, 9999999))
     hash_hex = data.draw(st.text(st.sampled_from("0123456789abcdef"), min_size=4,
                                  max_size=4))
     for short in short_names(deny, number, hash_hex):
-        spelled = data.draw(_spelled(short)) + data.draw(_DOTS)
+        segment = data.draw(spelled(short)) + data.draw(_DOTS)
         if data.draw(st.booleans()):
-            spelled += data.draw(st.sampled_from(["::$DATA", "::$index_allocation"]))
-        path = f"/v2/{spelled}/x" + data.draw(st.sampled_from(["", "/", "/y/z"]))
-        assert decide(engine, path) == "route_deny", (deny, short, path)
+            segment += data.draw(st.sampled_from(["::$DATA", "::$index_allocation"]))
+        path = f"/v2/{segment}/x" + data.draw(st.sampled_from(["", "/", "/y/z"]))
+        assert outcome(engine, path) == "route_deny", (deny, short, path)
 
 
 @settings(max_examples=200, deadline=None)
@@ -247,7 +234,7 @@ def test_a_short_name_of_another_name_is_not_denied(deny: str, other: str, numbe
     literal = deny.replace(" ", "%20")
     engine = Engine.from_source(POLICY.replace('"/v1/a+b/x"', f'"/v2/{literal}"'))
     for short in short_names(other, number, hash_hex):
-        assert decide(engine, f"/v2/{short}") == "policy_allow", (deny, short)
+        assert outcome(engine, f"/v2/{short}") == "policy_allow", (deny, short)
 
 
 @settings(max_examples=200, deadline=None)
@@ -267,7 +254,7 @@ def test_tilde_segments_that_are_not_short_names_are_allowed(segment: str) -> No
         len(base) > k and base[:k] == "abcdab"[:k]
         and all(c in "0123456789abcdef" for c in base[k:]) for k in (1, 2))))
     expected = "route_deny" if fits else "policy_allow"
-    assert decide(engine, f"/v2/{segment}") == expected, segment
+    assert outcome(engine, f"/v2/{segment}") == expected, segment
 
 
 @settings(max_examples=200, deadline=None)
@@ -281,11 +268,11 @@ def test_what_ntfs_takes_for_a_denied_directory_is_denied(deny: list[str],
     engine = Engine.from_source(POLICY.replace('"/v1/a+b/x"', f'"{route}/**"'))
     parts = []
     for s in deny:
-        out = data.draw(_spelled(s)) + data.draw(_DOTS)
+        out = data.draw(spelled(s)) + data.draw(_DOTS)
         if data.draw(st.booleans()):
-            out += data.draw(_spelled(data.draw(st.sampled_from(_STREAMS)).upper()))
+            out += data.draw(spelled(data.draw(st.sampled_from(_STREAMS)).upper()))
             out += data.draw(_DOTS)
         parts.append(out)
     path = "/v1/" + "/".join(parts) + data.draw(st.sampled_from(["", "/", "/sub"]))
     assert ntfs_key(path)[:len(deny) + 1] == ntfs_key(route)
-    assert decide(engine, path) == "route_deny", (route, path)
+    assert outcome(engine, path) == "route_deny", (route, path)

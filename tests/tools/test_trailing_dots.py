@@ -22,6 +22,8 @@ from policyengine.engine import Engine
 from policyengine.lang import PolicyError
 from policyengine.tools import ToolRequestError, fold_path, normalize_path
 
+from .spellings import http_call, spelled
+
 POLICY = """role r: x:*
 agent "bot": r
 tool up: http "api.example.com" {
@@ -37,8 +39,7 @@ def engine() -> Engine:
 
 
 def decide(engine: Engine, path: str, method: str = "GET") -> tuple[str, list[str]]:
-    d = engine.tool_authorize("bot", transport="http", method=method,
-                              host="api.example.com", path=path)
+    d = http_call(engine, path, method)
     return d.outcome, [x.code for x in d.diagnostics]
 
 
@@ -114,11 +115,7 @@ _TRAILER = st.lists(st.sampled_from([".", " ", "%2e", "%2E", "%20"]), max_size=3
 def _spelling(draw: st.DrawFn, segment: str) -> str:
     """``segment`` with some letters in another case or percent-encoded, and a run of
     trailing dots and spaces (raw or encoded) added."""
-    out = []
-    for c in segment:
-        form = draw(st.integers(0, 2))
-        out.append(c.swapcase() if form == 1 else f"%{ord(c):02x}" if form == 2 else c)
-    return "".join(out) + draw(_TRAILER)
+    return draw(spelled(segment)) + draw(_TRAILER)
 
 
 @settings(max_examples=200, deadline=None)
