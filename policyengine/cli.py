@@ -186,7 +186,8 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
                 print(f"would reformat {path}")
                 status = 1
             else:
-                path.write_text(formatted, "utf-8")
+                # Encoded before the file is opened: a failure leaves it as it was.
+                path.write_bytes(formatted.encode("utf-8"))
                 print(f"reformatted {path}")
     return status
 

@@ -9,7 +9,6 @@ every comment kept (a comment inside a one-line statement moves above it).
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 from policyengine.lang import ast
@@ -22,7 +21,7 @@ _OR, _AND, _NOT, _CMP, _ATOM = 1, 2, 3, 4, 5
 
 
 def _str(s: str) -> str:
-    return json.dumps(s, ensure_ascii=False)
+    return ast.quote(s)
 
 
 def _num(v: int | Decimal) -> str:

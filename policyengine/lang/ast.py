@@ -24,7 +24,7 @@ __all__ = [
     "RateDecl", "RateLimitDecl",
     "RatesDecl", "Redact", "ResourceDecl", "RoleDecl", "Route", "Rule", "SchemaDecl", "SchemaField",
     "SchemaType", "ScopeItem", "Span", "Statement", "TzDecl", "Comment", "ExprVisitor",
-    "StatementVisitor", "ToolItemVisitor", "children",
+    "StatementVisitor", "ToolItemVisitor", "children", "quote",
 ]
 
 
@@ -45,6 +45,17 @@ class Span:
 NOSPAN = Span("<none>", 0, 0, 0, 0)
 T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # the grammar's NAME terminal
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def quote(text: str) -> str:
+    """``text`` as a policy string literal: JSON, non-ASCII kept as it is, but a lone
+    surrogate (``"\\ud800"`` in a policy reads as one) written as its ``\\u`` escape, so
+    that the literal is UTF-8 text like the file it goes into."""
+    out = json.dumps(text, ensure_ascii=False)
+    if _SURROGATE.search(out) is None:
+        return out
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", out)
 
 
 def _span() -> Span:
@@ -85,7 +96,7 @@ class Path:
             if _NAME.fullmatch(seg):
                 out += "." + seg
             else:
-                out += f"[{json.dumps(seg, ensure_ascii=False)}]"
+                out += f"[{quote(seg)}]"
         return out
 
 

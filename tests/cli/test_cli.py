@@ -83,6 +83,26 @@ def test_fmt_check_and_rewrite(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["fmt", "--check", str(p)]) == 0
 
 
+def test_fmt_of_a_lone_surrogate_escape_rewrites_the_file(tmp_path: Path) -> None:
+    # "\ud800" is valid policy text (an escape); fmt wrote it back as the raw surrogate,
+    # which UTF-8 cannot encode: the file was truncated to nothing and fmt crashed.
+    p = tmp_path / "s.policy"
+    p.write_text('role r: a:*\nforbid f:   a:b when context.a == "\\ud800"\n', "utf-8")
+    assert main(["fmt", str(p)]) == 0
+    assert p.read_text("utf-8") == 'role r: a:*\nforbid f: a:b when context.a == "\\ud800"\n'
+    assert main(["fmt", "--check", str(p)]) == 0
+
+
+def test_fmt_never_truncates_a_file_it_cannot_write(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "s.policy"
+    p.write_text("role   r: a:*\n", "utf-8")
+    monkeypatch.setattr("policyengine.lang.format_source", lambda text, name: "role r: \ud800\n")
+    with pytest.raises(UnicodeEncodeError):
+        main(["fmt", str(p)])
+    assert p.read_text("utf-8") == "role   r: a:*\n"
+
+
 def test_fmt_broken_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = tmp_path / "bad.policy"
     p.write_text("permit p: a:b when\n")

@@ -242,3 +242,16 @@ def test_key_with_control_character_survives_fmt() -> None:
     text = 'permit p: a:b when context["a\\u001fb"] == 1\n'
     out = format_source(text)
     assert ast_key(parse(out).statements) == ast_key(parse(text).statements)
+
+
+@pytest.mark.parametrize("text", [
+    'permit p: a:b when context.a == "\\ud800"\n',
+    'permit p: a:b when context["\\udc00k"] in ["\\ud83d", "x"]\n',
+    'agent "a\\udfff": r { tag = "\\ud800" }\n',
+    'permit p: a:b when context.a == "\\ud83d\\ude00"\n',  # a pair: one character
+])
+def test_lone_surrogates_are_written_as_escapes(text: str) -> None:
+    out = format_source(text)
+    out.encode("utf-8")  # UTF-8 text, as a policy file is
+    assert ast_key(parse(out).statements) == ast_key(parse(text).statements)
+    assert format_source(out) == out
