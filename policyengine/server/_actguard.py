@@ -250,8 +250,11 @@ class ActguardWire:
             rsv = ledger.get(s.reserve_id)
         except BudgetError:
             rsv = None
+        # A run's hold is this key's agent's, of its tenant, made here (no note: a Cycles
+        # reservation carries its create request): settling another wire's reservation
+        # would end it with this wire's amount, and that wire's commit would be lost.
         if rsv is None or rsv.principal != key.agent or rsv.permission != PERMISSION or (
-                rsv.tenant != key.tenant):
+                rsv.tenant != key.tenant) or rsv.note is not None:
             raise RefusalError(404, "unknown_reservation", "no such reservation")
         usd, priced = self._price(s)
         charge = microcents(usd) if priced else max(microcents(usd), int(rsv.amount))

@@ -182,6 +182,14 @@ class Credentials:
         self._api_keys = tuple(api_keys)
         if len({k.name for k in self._api_keys}) != len(self._api_keys):
             raise CredentialsError("two apiKeys share a name")
+        # Agent principal -> the tenants its apiKeys entries bind it to (empty: named
+        # by an entry without a tenant, or by an agent credential only).
+        tenants: dict[str, set[str]] = {a.agent: set() for a in agents}
+        for k in self._api_keys:
+            tenants.setdefault(k.agent, set())
+            if k.tenant is not None:
+                tenants[k.agent].add(k.tenant)
+        self._agent_tenants = {agent: frozenset(ts) for agent, ts in tenants.items()}
         # Verified admin headers and ingest keys, by SHA-256 of the presented secret, for
         # a minute: a console polling approvals does not pay scrypt on every call.
         self._recent: dict[bytes, tuple[str, float]] = {}
@@ -349,6 +357,13 @@ class Credentials:
         else:
             self._refuse(presented)
         return found
+
+    def agent_tenants(self, agent: str) -> frozenset[str] | None:
+        """The tenants the credentials bind the principal ``agent`` to (the ``tenant`` of
+        its ``apiKeys`` entries); an empty set for an agent they name without a tenant
+        (an agent credential, an API key without one); None for an agent they never
+        name."""
+        return self._agent_tenants.get(agent)
 
     @property
     def has_api_keys(self) -> bool:

@@ -10,7 +10,12 @@ guarantees (docs/service.md, "The Cycles wire"):
 * every refusal is ``{"error", "message", "request_id"[, "details"]}`` with a protocol
   code (``BUDGET_EXCEEDED``, ``RESERVATION_EXPIRED`` ...) and the protocol's status;
 * the API key (``X-Cycles-API-Key``) is bound to one tenant (credentials
-  ``cyclesKeys``): a subject, a reservation or a balance query of another tenant is 403;
+  ``cyclesKeys``): a subject, a reservation or a balance query of another tenant is 403,
+  also a subject agent of another tenant (``tenant:<other>``, an agent the credentials
+  bind to other tenants); an agent the credentials do not name is a level under the
+  tenant, its own per tenant (:meth:`CyclesWire._agent_principal`);
+* a reservation is ended (committed, released, extended) only by this wire: another
+  wire's is 403, so that wire's own settle is never lost;
 * idempotency per (tenant, endpoint, key): a replay with the same payload answers the
   original response (same ``reservation_id``), a different payload is 409
   ``IDEMPOTENCY_MISMATCH``. The ledger keeps the key too (namespaced by tenant and
@@ -100,6 +105,7 @@ _BY_STATUS = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN",
 _PERMISSION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                               "0123456789_.-")
 _REPLAY_SIZE = 100_000
+_MAX_PRINCIPAL = 256  # the ledger's longest principal
 _DEFAULT_GRACE_MS = 5_000  # the protocol's default grace_period_ms
 _REPLAY_SECONDS = 86_400.0
 
@@ -142,6 +148,30 @@ def _note(body: _CreateIn) -> str:
         return orjson.dumps(note, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError:  # what orjson refuses (an integer past 64 bits, a lone surrogate)
         return json.dumps(note, sort_keys=True, separators=(",", ":"))
+
+
+#: A tenant name in a principal :func:`_tenant_agent` makes: no ``@`` nor ``#`` left.
+_TENANT_ESCAPES = str.maketrans({"%": "%25", "@": "%40", "#": "%23"})
+
+
+def _tenant_agent(agent: str, tenant: str) -> str:
+    """The principal of an agent that exists only on this wire, under ``tenant``:
+    ``bot@acme``. The tenant after the last ``@`` is escaped (``%``, ``@``, ``#``), so
+    two (agent, tenant) pairs never share a principal; when that is longer than a
+    principal may be, both are cut and a digest of the pair follows a ``#`` (which no
+    short form has after its last ``@``). Never ``tenant:...`` (such an agent is not
+    read as one)."""
+    where = tenant.translate(_TENANT_ESCAPES)
+    name = f"{agent}@{where}"
+    if len(name) <= _MAX_PRINCIPAL:
+        return name
+    digest = hashlib.sha256(f"{tenant}\0{agent}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{agent[:100]}@{where[:100]}#{digest[:32]}"
+
+
+def _path_value(value: str) -> str:
+    """A value as a budget's scope path writes it (``/`` and ``%`` escaped)."""
+    return value.replace("%", "%25").replace("/", "%2F")
 
 
 def _asked_of(r: pb.Reservation) -> dict[str, Any] | None:
@@ -454,9 +484,31 @@ class CyclesWire:
                 out[level] = value
         return out
 
-    @staticmethod
-    def _principal(subject: _SubjectIn, tenant: str) -> str:
-        return subject.agent if subject.agent is not None else f"tenant:{tenant}"
+    def _principal(self, subject: _SubjectIn, key: CyclesKey) -> str:
+        return (f"tenant:{key.tenant}" if subject.agent is None
+                else self._agent_principal(subject.agent, key))
+
+    def _agent_principal(self, agent: str, key: CyclesKey) -> str:
+        """The ledger principal of the subject agent ``agent`` of the key's tenant, or 403
+        for an agent of another tenant. ``tenant:<name>`` is the principal of a subject
+        without an agent: only that tenant's keys may name it. An agent the credentials
+        bind to tenants (``apiKeys`` entries' ``tenant``) is that principal, shared with
+        the other wires, for those tenants only; one they name without a tenant is shared
+        by every tenant. Any other agent exists only on this wire, as a subject level under
+        its tenant (the protocol's ``tenant:acme/agent:bot``): each tenant has its own,
+        the principal ``bot@acme`` (:func:`_tenant_agent`)."""
+        if agent.startswith("tenant:"):
+            if agent != f"tenant:{key.tenant}":
+                raise _CyclesRefusalError(403, "FORBIDDEN", "subject.agent names another "
+                                          "tenant")
+            return agent
+        tenants = self.service.credentials.agent_tenants(agent)
+        if tenants is None:
+            return _tenant_agent(agent, key.tenant)
+        if tenants and key.tenant not in tenants:
+            raise _CyclesRefusalError(403, "FORBIDDEN", "subject.agent is an agent of another "
+                                      "tenant")
+        return agent
 
     @staticmethod
     def _permission(action: _ActionIn) -> str:
@@ -510,21 +562,29 @@ class CyclesWire:
                 takes.append(self._to_wire(line.committed, proto[1]))
         return cm.AmountOut(unit=unit, amount=min(takes, default=0))  # type: ignore[arg-type]
 
-    def _owned(self, key: CyclesKey, reservation_id: str) -> pb.Reservation:
+    def _owned(self, key: CyclesKey, reservation_id: str, *,
+               ours: bool = False) -> pb.Reservation:
+        """The reservation, or 403 for another tenant's; with ``ours``, also 403 for one
+        another wire made (an actguard run's hold: only that wire settles it, else its
+        spend would be lost)."""
         r = self.ledger.get(reservation_id)
         if r.tenant != key.tenant:
             raise _CyclesRefusalError(403, "FORBIDDEN", "the reservation belongs to another "
                                       "tenant")
+        if ours and _asked_of(r) is None:
+            raise _CyclesRefusalError(403, "FORBIDDEN", "the reservation was made on another "
+                                      "wire: only that wire may commit, release or extend it")
         return r
 
     def _check_owner(self, key: CyclesKey, reservation_id: str) -> None:
-        """403 for another tenant's reservation. A reservation's tenant never changes, so
-        the tenants of the reservations this worker made are remembered (bounded) and a
-        commit of one costs no store read for the check; others are read. The overage
-        policy a commit follows is the reservation's own, kept in the ledger with it."""
+        """403 for another tenant's reservation, or one another wire made. A
+        reservation's tenant never changes, so the tenants of the reservations this
+        worker made are remembered (bounded) and a commit of one costs no store read for
+        the check; others are read. The overage policy a commit follows is the
+        reservation's own, kept in the ledger with it."""
         known = self.owners.get(reservation_id)
         if known is None:
-            self._owned(key, reservation_id)
+            self._owned(key, reservation_id, ours=True)
         elif known != key.tenant:
             raise _CyclesRefusalError(403, "FORBIDDEN", "the reservation belongs to another "
                                       "tenant")
@@ -545,7 +605,7 @@ class CyclesWire:
         unit, places = self._unit(body.estimate.unit)
         amount = self._to_ledger(body.estimate.amount, places)
         scopes = self._scopes(body.subject, key.tenant)
-        principal = self._principal(body.subject, key.tenant)
+        principal = self._principal(body.subject, key)
         permission = self._permission(body.action)
         ledger = self.ledger
         if body.dry_run:
@@ -635,7 +695,7 @@ class CyclesWire:
     def _release(self, key: CyclesKey, body: cm.ReleaseRequest,
                  ledger_key: str, params: tuple[str, ...]) -> tuple[int, bytes]:
         rid = params[0]
-        self._owned(key, rid)
+        self._check_owner(key, rid)
         done = self.ledger.release(rid, idempotency_key=ledger_key)
         released = self._amount_out(done.amount, done.unit)
         if released is None:  # pragma: no cover
@@ -665,7 +725,7 @@ class CyclesWire:
         self._tenant_of(body.subject, key)
         unit, places = self._unit(body.estimate.unit)
         scopes = self._scopes(body.subject, key.tenant)
-        check = self.ledger.check(self._principal(body.subject, key.tenant),
+        check = self.ledger.check(self._principal(body.subject, key),
                                   self._permission(body.action),
                                   self._to_ledger(body.estimate.amount, places), unit,
                                   tenant=key.tenant, scope=self._scope(body.subject))
@@ -689,7 +749,7 @@ class CyclesWire:
         # available (never refused for want of budget); ALLOW_WITH_OVERDRAFT up to the
         # overdraft limit.
         overage = _OVERAGE[body.overage_policy]
-        r = self.ledger.record(self._principal(body.subject, key.tenant),
+        r = self.ledger.record(self._principal(body.subject, key),
                                self._permission(body.action),
                                self._to_ledger(body.actual.amount, places), unit,
                                idempotency_key=ledger_key, tenant=key.tenant,
@@ -831,21 +891,30 @@ class CyclesWire:
             raise _CyclesRefusalError(403, "FORBIDDEN", "tenant is not the tenant of this API "
                                       "key")
         agent = query.get("agent")
+        principal: str | None = None
+        named: tuple[str, str] | None = None  # a scope path's agent level: as asked
+        if agent is not None:
+            principal = self._agent_principal(agent, key)
+            if principal != agent:
+                named = f"agent:{_path_value(principal)}", f"agent:{_path_value(agent)}"
         given = {level: query[level] for level in _SCOPE_LEVELS if query.get(level)}
         # The agent level's path: the levels given above it, then the agent.
         above = [f"tenant:{key.tenant}"] + [f"{lv}:{given[lv]}" for lv in _LEVELS[1:4]
                                              if lv in given]
         out = []
-        for b in self.ledger.balances(agent, tenant=key.tenant, scope=given):
+        for b in self.ledger.balances(principal, tenant=key.tenant, scope=given):
             proto = _LEDGER_UNITS.get(b.unit)
             if proto is None or b.level not in _LEVELS:
                 continue  # a unit or a subject kind the protocol cannot express
             if b.level == "tenant":
                 path = f"tenant:{key.tenant}"
             elif b.level == "agent":
-                path = "/".join([*above, f"agent:{b.subject}"])
+                path = "/".join([*above, f"agent:{agent}"])
             else:
                 path = b.subject  # the ledger's bucket of a level is its scope path
+                if named is not None:
+                    path = "/".join(named[1] if part == named[0] else part
+                                    for part in path.split("/"))
             out.append(self._balance(path, b, proto))
         return self._reply(200, _dump(_BALANCES_OUT, cm.BalanceResponse(balances=out)),
                            key.tenant)
