@@ -38,7 +38,7 @@ from policyengine.money import MAX_TEXT_LENGTH
 from policyengine.server import _models as m
 from policyengine.server._access import ACCESS_TYP, AccessTokens, token_typ
 from policyengine.server._credentials import Credentials
-from policyengine.server._faults import public_decision, public_message
+from policyengine.server._faults import FAULT_MESSAGES, public_decision, public_message
 from policyengine.server._metrics import Metrics
 from policyengine.server._redactions import client_redactions
 from policyengine.server._wirejson import MalformedJsonError, loads
@@ -175,6 +175,16 @@ _SINGLE_HEADERS = frozenset((b"authorization", b"content-type", b"content-encodi
 
 def _error_body(code: str, message: str) -> bytes:
     return _ERROR.dump_json(m.ErrorResponse(error=m.ErrorDetail(code=code, message=message)))
+
+
+def _revocation_outage(exc: pe.TokenError) -> None:
+    """Raise 503 ``revocation_unavailable`` (the store's error logged, not sent) when
+    ``exc`` is a revocation store that could not answer: that says nothing of the token,
+    so a route must not answer it as a bad token (401)."""
+    if exc.code == "revocation_unavailable":
+        log.warning("revocation store unavailable: %s", exc.message)
+        raise RefusalError(503, "revocation_unavailable",
+                           FAULT_MESSAGES["revocation_unavailable"]) from None
 
 
 def validate(adapter: TypeAdapter[Any], data: Any) -> Any:
@@ -715,10 +725,7 @@ class PolicyService:
         try:
             grant = self.engine.verify_token(token)
         except pe.TokenError as exc:
-            if exc.code == "revocation_unavailable":
-                log.warning("revocation store unavailable: %s", exc.message)
-                raise RefusalError(503, "revocation_unavailable", "the revocation store is "
-                                   "unavailable; retry") from None
+            _revocation_outage(exc)
             grant = None
         if grant is None or grant.subject != principal:
             raise RefusalError(401, "unauthorized", "a valid bearer token is required",
@@ -890,6 +897,10 @@ class PolicyService:
         try:
             parent = self.engine.verify_token(token)
         except pe.TokenError as exc:
+            # A store that cannot answer says nothing of the token: 503, to be retried
+            # (as on the routes that make no decision), never the 401 that tells the
+            # client its grant is bad.
+            _revocation_outage(exc)
             raise RefusalError(401, "invalid_token",
                                 f"parent token rejected: {exc.code}") from None
         if parent.grant_id != req.params[0]:
@@ -917,7 +928,10 @@ class PolicyService:
             grant = self.engine.verify_token(child)
         except pe.AttenuationError as exc:
             raise RefusalError(403, exc.code, exc.message) from None
-        except (pe.TokenError, pe.MoneyError) as exc:
+        except pe.TokenError as exc:
+            _revocation_outage(exc)  # the store failing between the two verifications
+            raise RefusalError(400, exc.code, exc.message) from None
+        except pe.MoneyError as exc:
             raise RefusalError(400, exc.code, exc.message) from None
         expires_in = max(0, int(grant.expires_at - time.time()))
         out = m.AttenuateResponse(token=m.AttenuatedToken(

@@ -322,7 +322,7 @@ class _DownRevocations:
 
 def test_a_failing_revocation_store_denies_on_the_wire(service: Running,
                                                        client: TracengentClient) -> None:
-    """The service's authorize and attenuate answer a denial (a 4xx for attenuate), not
+    """The service's authorize and attenuate answer a denial (a 503 for attenuate), not
     an internal error, while the revocation store cannot answer."""
     root = pe.tokens.mint(service.app.engine.keys, issuer="https://auth.example",
                           acting_for="besar", agent="travel-agent",
@@ -341,10 +341,81 @@ def test_a_failing_revocation_store_denies_on_the_wire(service: Running,
                        json={"grantedToAgentId": "hotel-agent",
                              "permissions": ["flights:search"]},
                        headers={"Authorization": f"Bearer {root}"})
-        assert r.status_code == 401 and "revocation_unavailable" in r.text
+        # 503, not 401: the grant is good, the store could not say whether it is revoked.
+        # A 401 ``invalid_token`` told the client its valid grant was bad; a 503 is the
+        # outage the routes that make no decision answer too, and is to be retried.
+        assert r.status_code == 503
+        assert r.json()["error"] == {
+            "code": "revocation_unavailable",
+            "message": "revocation_unavailable: the revocation store is unavailable; retry"}
+        assert "connection reset" not in r.text  # the store's error is logged, not sent
+        # The real SDK raises on any non-2xx: its exception carries the 503.
+        with pytest.raises(DelegationException, match=r"\(503\).*revocation_unavailable"):
+            session.attenuate_for_call("hotel-agent", ["flights:search"])
     finally:
         engine.revocations = before
     assert session.authorize("flights:book", {"country": "FR"}).allowed
+    assert session.attenuate_for_call("hotel-agent", ["flights:search"]).chain == [
+        "besar", "travel-agent", "hotel-agent"]
+
+
+class _DownAfter(_DownRevocations):
+    """A store that answers ``answers`` times, then is gone."""
+
+    def __init__(self, answers: int) -> None:
+        self.answers = answers
+
+    def any_revoked(self, identifiers: object) -> bool:
+        if self.answers > 0:
+            self.answers -= 1
+            return False
+        return super().any_revoked(identifiers)
+
+
+@pytest.mark.parametrize("answers", [1, 2])
+def test_a_store_lost_during_attenuation_is_503(service: Running, client: TracengentClient,
+                                                answers: int) -> None:
+    """The store going down after the parent's check (while the child is made, or
+    checked) is the same outage: 503, not the 400 of a token the request made badly."""
+    root = pe.tokens.mint(service.app.engine.keys, issuer="https://auth.example",
+                          acting_for="besar", agent="travel-agent",
+                          permissions=["flights:*"], ttl=600)
+    session = client.begin_delegated_task(root)
+    engine = service.app.engine
+    before = engine.revocations
+    engine.revocations = _DownAfter(answers)
+    try:
+        with pytest.raises(DelegationException, match=r"\(503\).*revocation_unavailable"):
+            session.attenuate_for_call("hotel-agent", ["flights:search"])
+    finally:
+        engine.revocations = before
+
+
+def test_a_bad_parent_stays_401_while_the_revocation_store_is_down(
+        service: Running, client: TracengentClient) -> None:
+    """Only the store's outage is 503: a parent grant that is bad in itself (signed by
+    a foreign key, expired) is still 401 ``invalid_token`` while the store is down."""
+    foreign = pe.tokens.mint(pe.KeySet.generate(), issuer="https://auth.example",
+                             acting_for="besar", agent="travel-agent",
+                             permissions=["flights:*"], ttl=600)
+    expired = pe.tokens.mint(service.app.engine.keys, issuer="https://auth.example",
+                             acting_for="besar", agent="travel-agent",
+                             permissions=["flights:*"], ttl=60, now=1_000_000_000)
+    engine = service.app.engine
+    before = engine.revocations
+    engine.revocations = _DownRevocations()
+    try:
+        for bad in (foreign, expired):
+            session = client.begin_delegated_task(bad)
+            r = httpx.post(f"{service.url}/v1/delegations/{session.grant_id}/attenuate",
+                           json={"grantedToAgentId": "hotel-agent",
+                                 "permissions": ["flights:search"]},
+                           headers={"Authorization": f"Bearer {bad}"})
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"
+            with pytest.raises(DelegationException, match=r"\(401\)"):
+                session.attenuate_for_call("hotel-agent", ["flights:search"])
+    finally:
+        engine.revocations = before
 
 
 # ---------------------------------------------------------------- telemetry
