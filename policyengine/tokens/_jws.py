@@ -18,17 +18,24 @@ from policyengine import _json as strict_json
 from policyengine.tokens.errors import TokenError
 
 __all__ = [
+    "MAX_SHOWN",
     "MAX_TOKEN_LENGTH",
     "Parsed",
     "b64decode",
     "b64encode",
     "encode_json",
     "loads_object",
+    "shown",
     "split",
 ]
 
 #: Longest compact token accepted, parents included (characters == bytes: ASCII only).
 MAX_TOKEN_LENGTH = 16384
+
+#: Most characters of an untrusted value (a header's ``kid``, ``alg``, member names) an
+#: error message quotes: a token may carry kilobytes of them, and a message is repeated
+#: in a decision's reason, the service's answers and logs.
+MAX_SHOWN = 64
 
 _B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _B64_VALUE = {c: i for i, c in enumerate(_B64_ALPHABET)}
@@ -36,6 +43,13 @@ _B64_RE = re.compile(r"[A-Za-z0-9_\-]*")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 # Unused low bits of the last character must be zero, else two strings decode alike.
 _TRAILING_MASK = {2: 0x0F, 3: 0x03}
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` cut to :data:`MAX_SHOWN` characters, ending in ``...`` when cut.
+    For a str, only its head is repr'd (a 16 KB kid is not copied whole to be cut)."""
+    text = repr(value[:MAX_SHOWN + 1] if type(value) is str else value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
 
 
 def b64encode(data: bytes) -> str:

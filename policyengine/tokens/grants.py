@@ -27,7 +27,7 @@ from policyengine.permissions import (
     pattern_subsumes,
 )
 from policyengine.tokens._ceilings import MAX_DEPTH, MAX_POLICY_TTL, ceiling_problems
-from policyengine.tokens._jws import b64encode, encode_json, split
+from policyengine.tokens._jws import b64encode, encode_json, shown, split
 from policyengine.tokens.errors import AttenuationError, TokenError
 from policyengine.tokens.keys import Key, KeySet
 from policyengine.tokens.revocation import RevocationStore
@@ -319,10 +319,13 @@ def _check_header(header: dict[str, Any], keys: KeySet) -> Key:
                 raise _fail("crit_not_supported", "no critical header extension is understood")
         extra = sorted(header.keys() - _HEADER_KEYS)
         if extra:
-            raise _fail("header_invalid", f"unexpected header member(s) {extra}")
+            # The token's own text, unverified: quoted in part (shown), never whole.
+            raise _fail("header_invalid", f"{len(extra)} unexpected header member(s): "
+                        f"{', '.join(shown(x) for x in extra[:3])}"
+                        f"{', ...' if len(extra) > 3 else ''}")
     alg = header.get("alg")
     if type(alg) is not str or alg not in keys.algorithms:
-        raise _fail("alg_not_allowed", f"alg {alg!r} is not allowed by this key set "
+        raise _fail("alg_not_allowed", f"alg {shown(alg)} is not allowed by this key set "
                     f"({sorted(keys.algorithms)})")
     if header.get("typ") != TYP:
         raise _fail("typ_invalid", f"typ must be {TYP!r}")
@@ -331,9 +334,10 @@ def _check_header(header: dict[str, Any], keys: KeySet) -> Key:
         raise _fail("header_invalid", "kid must be a string")
     key = keys.get(kid)
     if key is None:
-        raise _fail("unknown_kid", f"no verification key with kid {kid!r}")
+        raise _fail("unknown_kid", f"no verification key with kid {shown(kid)}")
     if key.alg != alg:
-        raise _fail("alg_key_mismatch", f"alg {alg!r} does not match key {kid!r} ({key.alg})")
+        raise _fail("alg_key_mismatch", f"alg {alg!r} does not match key {shown(kid)} "
+                    f"({key.alg})")
     return key
 
 
