@@ -523,6 +523,13 @@ def verify(
 _Entry = tuple[Grant, int, int, int, tuple[str, ...], bool]
 
 
+def _check_leeway(leeway: object) -> None:
+    """``invalid_option`` unless ``leeway`` is an int or float in [0, MAX_LEEWAY] (NaN
+    is not: it fails the comparison)."""
+    if type(leeway) not in (int, float) or not 0 <= leeway <= MAX_LEEWAY:  # type: ignore[operator]
+        raise _fail("invalid_option", f"leeway must be between 0 and {MAX_LEEWAY} seconds")
+
+
 def _outside(now: object, t: float, nbf: int, exp: int, iat: int, leeway: float
              ) -> TokenError:
     """Why ``t`` is outside a chain's window [nbf, exp) (with ``leeway``; iat <= t too),
@@ -635,6 +642,10 @@ def recheck_terms(grant: Grant, leeway: float = DEFAULT_LEEWAY
     None when the grant must not be kept: its verification converted a hop's cap with
     exchange rates, so its answer can change while the token does not.
     """
+    if not isinstance(grant, Grant):
+        raise _fail("invalid_option", f"grant must be a Grant (what verify returns), not "
+                    f"{type(grant).__name__}")
+    _check_leeway(leeway)
     hops = grant.hops
     if any(_converts(hops[i - 1], hops[i]) for i in range(1, len(hops))):
         return None

@@ -244,6 +244,12 @@ class Key:
         raise TokenError("unsupported_key", f"unsupported JWK kty {kty!r}")
 
 
+def _bad_option(name: str, kind: str, value: object) -> TokenError:
+    """``invalid_option``: an argument of the wrong kind (told by its type, never its
+    value: that may be anything, of any size)."""
+    return TokenError("invalid_option", f"{name} must be {kind}, not {type(value).__name__}")
+
+
 def _check_strength(alg: str, public: Any) -> None:
     if alg == "EdDSA" and not isinstance(public, ed25519.Ed25519PublicKey):
         raise TokenError("unsupported_key", "EdDSA needs an Ed25519 key")
@@ -337,6 +343,8 @@ class KeySet:
     def for_issuer(self, issuer: str | None) -> KeySet:
         """Every key bound to ``issuer`` (a set of unbound keys: all of them); verifying
         only against it is what :func:`verify` does per hop."""
+        if issuer is not None and type(issuer) is not str:
+            raise _bad_option("issuer", "a string or None", issuer)
         keys = [k for k in self._keys.values() if k.issuer is None or k.issuer == issuer]
         active = self._active if any(k.kid == self._active for k in keys) else None
         return KeySet(keys, active=active)
@@ -355,6 +363,8 @@ class KeySet:
                  rsa_bits: int = 2048, issuer: str | None = None) -> KeySet:
         """A new key set holding one fresh key (``EdDSA``, ``ES256`` or ``RS256``)."""
         obj: Any
+        if type(rsa_bits) is not int:  # (not a bool, a float nor a numeric string either)
+            raise _bad_option("rsa_bits", "an int", rsa_bits)
         if alg == "EdDSA":
             obj = ed25519.Ed25519PrivateKey.generate()
         elif alg == "ES256":
@@ -500,6 +510,8 @@ class KeySet:
         must name its issuer (``issuer=`` when loading or generating, or
         :meth:`bound_to`): otherwise any key could sign for any issuer. To add a key to
         one issuer's set, use :meth:`rotate` or build the set from its keys."""
+        if not isinstance(other, KeySet):
+            raise _bad_option("other", "a KeySet", other)
         for key in [*self._keys.values(), *other]:
             if key.issuer is None:
                 raise TokenError("unbound_key", f"key {key.kid!r} names no issuer: bind each "
@@ -508,6 +520,8 @@ class KeySet:
 
     def without(self, kid: str) -> KeySet:
         """This set minus one key (retire it once its tokens have expired)."""
+        if type(kid) is not str:
+            raise _bad_option("kid", "a string", kid)
         rest = [k for k in self._keys.values() if k.kid != kid]
         return KeySet(rest, active=self._active if self._active != kid else None)
 
@@ -528,6 +542,10 @@ class KeySet:
         return tuple(self._keys)
 
     def get(self, kid: str) -> Key | None:
+        """The key with ``kid``, or None. A ``kid`` that is no string is
+        ``invalid_option`` (a misuse, not a key that is missing)."""
+        if type(kid) is not str:
+            raise _bad_option("kid", "a string", kid)
         return self._keys.get(kid)
 
     def __iter__(self) -> Iterator[Key]:
@@ -537,7 +555,7 @@ class KeySet:
         return len(self._keys)
 
     def __contains__(self, kid: object) -> bool:
-        return kid in self._keys
+        return type(kid) is str and kid in self._keys  # (a list: False, not TypeError)
 
     def __repr__(self) -> str:
         algs = ", ".join(f"{k.kid[:8]}:{k.alg}" + (f"@{k.issuer}" if k.issuer else "")

@@ -38,6 +38,17 @@ def check_id(identifier: object) -> str:
     return identifier
 
 
+def _not_an_id() -> bool:
+    """``is_revoked`` of what is no string: a misuse, not an id that is not revoked."""
+    raise TokenError("invalid_claim", "a revocation id is a non-empty grant_id or jti")
+
+
+def _not_ids(identifiers: object) -> TokenError:
+    """``any_revoked`` of what is no iterable of ids (shared by every store, not API)."""
+    return TokenError("invalid_claim", "revocation ids are an iterable of grant_id and jti "
+                      f"strings, not {type(identifiers).__name__}")
+
+
 class MemoryRevocationStore:
     """Revocations in a set: O(1) per id. Not shared between processes."""
 
@@ -56,10 +67,13 @@ class MemoryRevocationStore:
         self.changes += 1
 
     def is_revoked(self, identifier: str) -> bool:
-        return identifier in self._ids
+        return identifier in self._ids if type(identifier) is str else _not_an_id()
 
     def any_revoked(self, identifiers: Iterable[str]) -> bool:
-        return not self._ids.isdisjoint(identifiers)
+        try:  # (on verify's path: a try costs nothing until it catches)
+            return not self._ids.isdisjoint(identifiers)
+        except TypeError:  # not iterable, or an unhashable member
+            raise _not_ids(identifiers) from None
 
     def __len__(self) -> int:
         return len(self._ids)

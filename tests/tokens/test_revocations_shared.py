@@ -69,6 +69,25 @@ def test_a_revocation_on_one_host_stops_the_token_on_another_within_refresh(url:
     assert fresh.is_revoked(grant.grant_id) and len(fresh) == 1
 
 
+def test_a_query_of_what_is_no_id_is_invalid_claim(url: str) -> None:
+    """As the memory store: a list asked about is misuse (``invalid_claim``, as
+    ``revoke`` refuses it), not a bare TypeError nor an id that is not revoked."""
+    store = revocations_from_url(url)
+    try:
+        store.revoke("g1")
+        for bad in ([1], None, 5):
+            with pytest.raises(TokenError) as info:
+                store.is_revoked(bad)  # type: ignore[arg-type]
+            assert info.value.code == "invalid_claim"
+        for bad_ids in (5, None, [["g1"]]):
+            with pytest.raises(TokenError) as info:
+                store.any_revoked(bad_ids)  # type: ignore[arg-type]
+            assert info.value.code == "invalid_claim"
+        assert store.is_revoked("g1") and store.any_revoked(["g2", "g1"])
+    finally:
+        store.close()
+
+
 def test_a_host_that_cannot_refresh_refuses_tokens_after_max_stale(url: str) -> None:
     clock = Clock(1000.0)
     relay = Relay(url)
