@@ -13,7 +13,8 @@ The mapping onto the engine:
 * every ``llm_call`` of a batch is priced with the policy's price table from
   ``provider``, ``model``, ``tokensIn``, ``tokensOut`` (and ``tokensCached`` when sent);
   the batch asks the policy for :data:`PERMISSION` with the context ``{amount, currency:
-  USD, session, agent_name, tenant, calls}``, then is recorded in one atomic
+  USD, session, agent_name, tenant, calls, tokens}`` (no amount when only ``tokens``
+  budgets cover it: :func:`_tokens_only`), then is recorded in one atomic
   ``Ledger.record`` (all of the batch or none of it);
 * a budget that cannot take the batch is **429** ``{"error", "code", "details":
   {agentName, dailyLimitUsd, spentTodayUsd, attemptedCostUsd, projectedCostUsd,
@@ -42,6 +43,8 @@ from pydantic import TypeAdapter
 
 from policyengine.audit import INGEST_KINDS
 from policyengine.budgets import BudgetError, BudgetExceeded, LLMUsage, Reservation
+from policyengine.budgets.spec import NON_CURRENCY_UNITS, canonical_unit
+from policyengine.permissions import permission_matches
 from policyengine.server import _models as m
 from policyengine.server._budgetwire import (
     USD,
@@ -112,6 +115,18 @@ class _Session:
                                startedAt=_iso(self.started),
                                endedAt=None if self.ended is None else _iso(self.ended),
                                errorMessage=self.error)
+
+
+def _tokens_only(engine: Any) -> bool:
+    """Whether :data:`PERMISSION` is covered by ``tokens`` budgets and by no budget that
+    counts money. The policy is then asked with the batch's ``tokens`` (all its calls'
+    input, cached input and output tokens) and no amount: asked in dollars, a tokens
+    budget cannot count the spend (``unit_mismatch``, every batch refused). Elsewhere it
+    is asked in dollars (money budgets count the price; a tokens budget beside them is
+    charged by the ledger's ``record``, which refuses a batch over it)."""
+    units = {canonical_unit(spec.unit)[0] for spec in engine.budgets.specs
+             if any(permission_matches(p, PERMISSION) for p in spec.patterns)}
+    return "tokens" in units and units <= NON_CURRENCY_UNITS
 
 
 class AgentLedgerWire:
@@ -282,10 +297,13 @@ class AgentLedgerWire:
         from policyengine.server._app import RefusalError
         engine = self.service.engine
         scope = {"session": s.id, "agent_name": s.agent}
-        context: dict[str, Any] = {**scope, "calls": len(calls)}
+        context: dict[str, Any] = {**scope, "calls": len(calls),
+                                   "tokens": sum(usage.tokens for usage in calls)}
         if s.tenant is not None:
             context["tenant"] = s.tenant
-        d = authorize_spend(engine, s.agent, PERMISSION, context, total)
+        # Asked in dollars, a permission only tokens budgets cover is unit_mismatch.
+        d = authorize_spend(engine, s.agent, PERMISSION, context,
+                            None if _tokens_only(engine) else total)
         self.service.metrics.decision("agent_ledger", "allowed" if d is None else d.status)
         if d is not None:
             if d.code in ("budget_exceeded", "debt_outstanding") and d.budget is not None:

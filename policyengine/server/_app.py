@@ -152,6 +152,7 @@ _TOOL_OUT = _adapter(m.ToolAuthorizeResponse)
 _TOKEN_IN = _adapter(m.TokenRequest)
 _TOKEN_OUT = _adapter(m.TokenResponse)
 _APPROVAL_OUT = _adapter(m.ApprovalResponse)
+_ADMIN_APPROVAL_OUT = _adapter(m.AdminApprovalResponse)
 _APPROVALS_OUT = _adapter(m.ApprovalsResponse)
 _APPROVAL_DECISION_IN = _adapter(m.ApprovalDecisionRequest)
 _ATTENUATE_IN = _adapter(m.AttenuateRequest)
@@ -161,9 +162,19 @@ _TRACE_IN = _adapter(m.TraceClose)
 _ACCEPTED_OUT = _adapter(m.EventAccepted)
 _HEALTH_OUT = _adapter(m.HealthResponse)
 
+#: An approval's state in the agent's words (tracengent acts on approved, denied and
+#: expired, and polls again on anything else): ``used`` (approved, every use spent) is
+#: terminal and no longer approvable, so the agent reads ``expired``, never a
+#: ``pending`` it would wait on. A status this map lacks reads as ``expired`` too.
 _APPROVAL_STATUS: dict[str, Literal["pending", "approved", "denied", "expired"]] = {
     "pending": "pending", "approved": "approved", "rejected": "denied",
-    "expired": "expired"}
+    "expired": "expired", "used": "expired"}
+#: The admin's words: the real state (``used`` included); ``rejected`` reads ``denied``.
+_ADMIN_STATUS: dict[str, Literal["pending", "approved", "denied", "expired", "used"]] = {
+    "pending": "pending", "approved": "approved", "rejected": "denied",
+    "expired": "expired", "used": "used"}
+#: What ``GET /v1/admin/approvals?status=`` filters by (the store's own words).
+_ADMIN_FILTERS = ("pending", "approved", "rejected", "used", "expired")
 
 
 #: Headers a request may carry once: a second one is refused (``ambiguous_header``), as
@@ -404,10 +415,10 @@ class PolicyService:
             Route("admin_approvals", "GET", f"{t}/v1/admin/approvals", self._admin_list,
                    None, m.ApprovalsResponse, "Approvals (?status=pending)", "admin"),
             Route("admin_approve", "POST", f"{t}/v1/admin/approvals/{{approvalId}}/approve",
-                   self._admin_approve, m.ApprovalDecisionRequest, m.ApprovalResponse,
+                   self._admin_approve, m.ApprovalDecisionRequest, m.AdminApprovalResponse,
                    "Approve a pending approval", "admin"),
             Route("admin_reject", "POST", f"{t}/v1/admin/approvals/{{approvalId}}/reject",
-                   self._admin_reject, m.ApprovalDecisionRequest, m.ApprovalResponse,
+                   self._admin_reject, m.ApprovalDecisionRequest, m.AdminApprovalResponse,
                    "Reject a pending approval", "admin"),
             *self.authzen.routes(),
             *self.actguard.routes(),
@@ -416,7 +427,8 @@ class PolicyService:
             Route("healthz", "GET", "/healthz", self._healthz, None, m.HealthResponse,
                    "Liveness"),
             Route("readyz", "GET", "/readyz", self._readyz, None, m.HealthResponse,
-                   "Readiness: a policy is loaded and the service is not draining"),
+                   "Readiness: a policy is loaded and the service is not draining "
+                   "(a failed reload's report for an admin only)"),
             Route("metrics", "GET", "/metrics", self._metrics, None, None,
                    "Prometheus metrics"),
             Route("openapi", "GET", "/openapi.json", self._openapi, None, None,
@@ -646,7 +658,8 @@ class PolicyService:
 
     async def reload(self) -> bool:
         """Re-read and recompile the policy; on error keep the last good one and report
-        the failure (``reload_error``, the readiness body, the metrics, the log)."""
+        the failure (``reload_error``, the readiness body of an admin, the metrics, the
+        log)."""
         lock = self._reload_lock or asyncio.Lock()
         async with lock:
             return await asyncio.to_thread(self.reload_now)
@@ -732,8 +745,9 @@ class PolicyService:
                                ((b"www-authenticate", b'Bearer realm="policyengine"'),))
         return principal
 
-    def _admin(self, req: Request) -> str:
-        challenge = ((b"www-authenticate", b'Basic realm="policyengine-admin"'),)
+    def _admin_name(self, req: Request) -> str | None:
+        """The admin the request's HTTP Basic credential names, or None (no credential,
+        not Basic, or a wrong one)."""
         raw = req.headers.get(b"authorization", b"")
         scheme, _, value = raw.partition(b" ")
         if scheme.lower() == b"basic" and self.credentials.has_admins:
@@ -744,7 +758,14 @@ class PolicyService:
                 name, sep, secret = "", "", ""
             if sep and self.credentials.check_admin(name, secret):
                 return name
-        raise RefusalError(401, "unauthorized", "admin credentials required", challenge)
+        return None
+
+    def _admin(self, req: Request) -> str:
+        name = self._admin_name(req)
+        if name is None:
+            challenge = ((b"www-authenticate", b'Basic realm="policyengine-admin"'),)
+            raise RefusalError(401, "unauthorized", "admin credentials required", challenge)
+        return name
 
     # ------------------------------------------------------------------ tracengent wire
     def _token(self, req: Request) -> Reply:
@@ -823,11 +844,21 @@ class PolicyService:
                       td.status)
 
     def _approval_out(self, item: pe.Approval) -> m.ApprovalResponse:
+        """The agent's view. A status of no known meaning is ``expired`` (terminal, not
+        approvable), never ``pending``: the SDK would wait on it to its deadline."""
         return m.ApprovalResponse(
-            approvalId=item.id, status=_APPROVAL_STATUS.get(item.status, "pending"),
+            approvalId=item.id, status=_APPROVAL_STATUS.get(item.status, "expired"),
             principal=item.principal, permission=item.permission, rules=list(item.rules),
             createdAt=item.created_at, decidedAt=item.decided_at, decidedBy=item.decided_by,
             note=item.note)
+
+    def _admin_out(self, item: pe.Approval) -> m.AdminApprovalResponse:
+        """The admin's view: the real state and the uses left."""
+        return m.AdminApprovalResponse(
+            approvalId=item.id, status=_ADMIN_STATUS.get(item.status, "expired"),
+            principal=item.principal, permission=item.permission, rules=list(item.rules),
+            createdAt=item.created_at, decidedAt=item.decided_at, decidedBy=item.decided_by,
+            note=item.note, usesLeft=item.uses_left)
 
     @staticmethod
     def _from_approvals(call: Callable[[], Any]) -> Any:
@@ -862,11 +893,12 @@ class PolicyService:
     def _admin_list(self, req: Request) -> Reply:
         admin = self._admin(req)
         status = dict(parse_qsl(req.query.decode("latin-1"))).get("status")
-        if status is not None and status not in ("pending", "approved", "rejected"):
-            raise RefusalError(400, "invalid_request", "status is pending, approved or rejected")
+        if status is not None and status not in _ADMIN_FILTERS:
+            raise RefusalError(400, "invalid_request",
+                               "status is pending, approved, rejected, used or expired")
         approvals = self.engine.approvals
         found = self._from_approvals(lambda: approvals.list(status))
-        items = [self._approval_out(i) for i in found]
+        items = [self._admin_out(i) for i in found]
         return Reply(200, _APPROVALS_OUT.dump_json(m.ApprovalsResponse(items=items)), admin)
 
     def _admin_decide(self, req: Request, approve: bool) -> Reply:
@@ -882,7 +914,7 @@ class PolicyService:
                 raise RefusalError(404, exc.code, "no such approval") from None
             raise RefusalError(409, exc.code, exc.message) from None
         log.info("approval %s %s by %s", item.id, item.status, admin)
-        return Reply(200, _APPROVAL_OUT.dump_json(self._approval_out(item)), admin)
+        return Reply(200, _ADMIN_APPROVAL_OUT.dump_json(self._admin_out(item)), admin)
 
     def _admin_approve(self, req: Request) -> Reply:
         return self._admin_decide(req, True)
@@ -1016,9 +1048,16 @@ class PolicyService:
                                                                  revision=self.revision)))
 
     def _readyz(self, req: Request) -> Reply:
+        """Readiness for anyone (a probe needs the status code): the status and revision.
+        A failed reload's report quotes policy files (paths and lines), so it is shown
+        only to an admin (HTTP Basic); it is in the service log too. Without a valid admin
+        credential the answer is the same, never a 401 a probe would take for unready."""
         ready = not self._draining
+        error = self.reload_error
+        if error is not None and self._admin_name(req) is None:
+            error = None
         out = m.HealthResponse(status="ok" if ready else "unavailable",
-                               revision=self.revision, reloadError=self.reload_error)
+                               revision=self.revision, reloadError=error)
         return Reply(200 if ready else 503, _HEALTH_OUT.dump_json(out))
 
     def _metrics(self, req: Request) -> Reply:

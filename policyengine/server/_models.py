@@ -41,6 +41,7 @@ __all__ = [
     "ActguardSettleRequest",
     "ActguardSettleResponse",
     "ActguardTariff",
+    "AdminApprovalResponse",
     "ApprovalDecisionRequest",
     "ApprovalResponse",
     "ApprovalsResponse",
@@ -215,7 +216,9 @@ class ToolAuthorizeResponse(AuthorizeResponse):
 
 # --------------------------------------------------------------------------- approvals
 class ApprovalResponse(_Response):
-    """``status`` in the client's words: pending, approved, denied (rejected), expired."""
+    """The agent's poll, in the words tracengent acts on: pending, approved, denied
+    (rejected), expired (also an approval whose uses are spent: ``used``, which the SDK
+    would take for still pending, is terminal and no longer approvable)."""
 
     approvalId: str  # noqa: N815
     status: Literal["pending", "approved", "denied", "expired"]
@@ -228,8 +231,16 @@ class ApprovalResponse(_Response):
     note: str | None = None
 
 
+class AdminApprovalResponse(ApprovalResponse):
+    """An approval as an admin sees it: its real state, ``used`` included (approved, and
+    every use spent), and the uses it has left."""
+
+    status: Literal["pending", "approved", "denied", "expired", "used"]  # type: ignore[assignment]
+    usesLeft: int  # noqa: N815
+
+
 class ApprovalsResponse(_Response):
-    items: list[ApprovalResponse]
+    items: list[AdminApprovalResponse]
 
 
 class ApprovalDecisionRequest(_Request):
@@ -750,6 +761,9 @@ class ActionSearchResponse(_Response):
 
 # --------------------------------------------------------------------------- operations
 class HealthResponse(_Response):
+    """``reloadError`` (a failed reload's report, which quotes policy files) only on
+    ``/readyz`` and only for an admin's credential."""
+
     status: Literal["ok", "unavailable"]
     revision: str | None = None
     reloadError: str | None = None  # noqa: N815

@@ -73,7 +73,8 @@ def openapi_document(service: PolicyService) -> dict[str, Any]:
         if r.name == "admin_approvals":
             op["parameters"] = [{"name": "status", "in": "query", "required": False,
                                  "schema": {"type": "string",
-                                            "enum": ["pending", "approved", "rejected"]}}]
+                                            "enum": ["pending", "approved", "rejected", "used",
+                                                     "expired"]}}]
         refused = cycles_error if r.error_body is not None else error
         if r.security is not None:
             scheme = {"admin": "adminBasic", "apikey_header": "apiKeyHeader",

@@ -114,6 +114,23 @@ def test_the_store_contract(opener: Opener) -> None:
         "approval_expired"
 
 
+def test_a_used_approval_reads_used_in_every_store_also_past_its_expiry(
+        opener: Opener) -> None:
+    # The decision service shows an admin this status and the agent "expired" for it
+    # (tests/server/test_tracengent_sdk.py): every store must say "used" alike.
+    store = opener()
+    store.add(record("apr_u", expires_in=1))
+    store.approve("apr_u")
+    store.consume("apr_u", "d" * 64, time.time())
+    for seen in (store, opener()):  # this host and another
+        assert (seen.get("apr_u").status, seen.get("apr_u").uses_left) == ("used", 0)
+        assert [i.id for i in seen.list("used")] == ["apr_u"]
+        assert seen.list("pending") == [] and seen.list("approved") == []
+    time.sleep(1.1)
+    assert store.get("apr_u").status == "used"  # spent, not lapsed: it stays used
+    assert [i.id for i in store.list("used")] == ["apr_u"] and store.list("expired") == []
+
+
 def refusals(store: Any) -> list[tuple[str, str]]:
     """(code, message) of every kind of refusal, each id made unique to ``store``."""
     out: list[tuple[str, str]] = []

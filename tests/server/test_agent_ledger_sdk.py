@@ -148,6 +148,67 @@ def test_tokens_and_sessions_are_budgets_too() -> None:
         lg.log_llm_call(b, call(1, 100, 100))  # 200 tokens fit
 
 
+def test_a_tokens_budget_alone_counts_the_batches_tokens() -> None:
+    # Only a tokens budget covers llm:call: the policy is asked with the batch's tokens
+    # (asked in dollars, no tokens budget can count it: every batch was refused 403
+    # unit_mismatch), and the ledger counts them; over the limit is the 429 guardrail.
+    with live("budget tokens: llm:* limit 4000 tokens per day per agent\n" + PRICES) as svc, \
+            ledger(svc) as lg, run_session(lg, "ledger-agent") as (sid, steps):
+        lg.log_llm_call(sid, call(steps.next()))  # 1500 tokens
+        lg.log_events(sid, [{**call(steps.next(), 500, 500), "type": "llm_call"},
+                            {**call(steps.next(), 400, 100), "type": "llm_call"}])
+        (b,) = svc.engine.budgets.balances("ledger-agent")
+        assert (b.unit, b.spent, b.reserved) == ("tokens", Decimal(3000), 0)
+        with pytest.raises(BudgetGuardrailError) as err:  # 1001 more is over 4000
+            lg.log_llm_call(sid, call(steps.next(), 1000, 1))
+        d = err.value.details
+        assert (d.daily_limit_usd, d.spent_today_usd, d.attempted_cost_usd) == (
+            4000, 3000, 1001)
+        assert d.remaining_budget_usd == 1000
+        with pytest.raises(BudgetGuardrailError):  # a batch over it: none of it counts
+            lg.log_events(sid, [{**call(steps.next(), 500, 0), "type": "llm_call"},
+                                {**call(steps.next(), 500, 1), "type": "llm_call"}])
+        lg.log_llm_call(sid, call(steps.next(), 600, 400))  # exactly the 1000 left
+        (b,) = svc.engine.budgets.balances("ledger-agent")
+        assert (b.spent, b.remaining) == (Decimal(4000), 0)
+        llm = [e for _, s, e in svc.app.agent_ledger.events if e.type == "llm_call"]
+        assert len(llm) == 4
+
+
+def test_with_only_a_tokens_budget_rules_see_the_tokens_and_a_dollar_rule_fails_closed(
+        ) -> None:
+    # No dollar amount is asked there: a rule on context.tokens decides, and a rule on
+    # the dollar amount cannot be read, so it refuses (missing_amount), never passes.
+    tokens = "budget tokens: llm:* limit 100000 tokens per day per agent\n"
+    rule = "forbid long: llm:call when context.tokens > 2000\n"
+    with live(tokens + rule + PRICES) as svc, ledger(svc) as lg, \
+            run_session(lg, "ledger-agent") as (sid, steps):
+        lg.log_llm_call(sid, call(steps.next()))  # 1500 tokens
+        with pytest.raises(AgentLedgerError, match="long") as err:
+            lg.log_llm_call(sid, call(steps.next(), 2000, 1))
+        assert not isinstance(err.value, BudgetGuardrailError)
+    cap = "limit cap: llm:call amount <= 1 USD\n"
+    with live(tokens + cap + PRICES) as svc, ledger(svc) as lg, \
+            run_session(lg, "ledger-agent") as (sid, steps):
+        with pytest.raises(AgentLedgerError) as err:
+            lg.log_llm_call(sid, call(steps.next()))
+        assert not isinstance(err.value, BudgetGuardrailError)
+        assert svc.engine.budgets.balances("ledger-agent")[0].spent == 0
+
+
+def test_a_money_budget_beside_a_tokens_budget_still_counts_the_cost() -> None:
+    budgets = ("budget daily: llm:* limit 1000000 USD_MICROCENTS per day per agent\n"
+               "budget tokens: llm:* limit 100000 tokens per day per agent\n")
+    with live(budgets + PRICES) as svc, ledger(svc) as lg, \
+            run_session(lg, "ledger-agent") as (sid, steps):
+        lg.log_llm_call(sid, call(steps.next()))  # $0.0075 of the $0.01
+        with pytest.raises(BudgetGuardrailError) as err:  # another $0.0075 is over
+            lg.log_llm_call(sid, call(steps.next()))
+        assert err.value.details.daily_limit_usd == 0.01
+        spent = {b.budget: b.spent for b in svc.engine.budgets.balances("ledger-agent")}
+        assert spent == {"wires.daily": Decimal(750_000), "wires.tokens": Decimal(1500)}
+
+
 def test_a_batch_is_all_or_nothing() -> None:
     budget = "budget daily: llm:* limit 1000000 USD_MICROCENTS per day per agent\n"  # 1 cent
     with live(budget + PRICES) as svc, ledger(svc) as lg:

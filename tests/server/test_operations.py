@@ -3,6 +3,7 @@ policy kept), limits, access logs without secrets, prefixes, the serve command."
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import logging
@@ -19,9 +20,9 @@ import pytest
 from tracengent import TracengentClient, TracengentOptions
 
 import policyengine as pe
-from policyengine.server import Credentials, ServiceConfig, create_app
+from policyengine.server import Credentials, ServiceConfig, create_app, hash_secret
 
-from .service_harness import SECRETS, Running, free_port, make_service, serving
+from .service_harness import ADMIN, SECRETS, Running, free_port, make_service, serving
 
 ALLOW_READ = 'role reader: docs:read\nagent "bot": reader\n'
 ALLOW_WRITE = 'role reader: docs:read, docs:write\nagent "bot": reader\n'
@@ -87,10 +88,15 @@ def policy_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def watched(policy_dir: Path) -> Iterator[Running]:
     engine = pe.Engine.from_path(str(policy_dir))
-    app = create_app(engine, paths=[str(policy_dir)],
+    admins = Credentials((), {ADMIN[0]: hash_secret(ADMIN[1])})
+    app = create_app(engine, paths=[str(policy_dir)], credentials=admins,
                      config=ServiceConfig(access_log=False, watch_interval=0.05))
     with serving(app) as port:
         yield Running(app, port)
+
+
+def basic(name: str, secret: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{secret}".encode()).decode()}
 
 
 def authzen(url: str, action: str) -> bool:
@@ -109,10 +115,20 @@ def test_file_watching_reloads_and_keeps_the_last_good_policy(watched: Running,
     second = httpx.get(f"{watched.url}/readyz").json()["revision"]
     assert second != first
     (policy_dir / "main.policy").write_text("role reader: docs:read\nagent bot: reader\n")
-    assert wait_until(lambda: httpx.get(f"{watched.url}/readyz").json()["reloadError"])
-    ready = httpx.get(f"{watched.url}/readyz")
+    admin = basic(*ADMIN)
+    assert wait_until(lambda: httpx.get(f"{watched.url}/readyz", headers=admin
+                                        ).json()["reloadError"])
+    ready = httpx.get(f"{watched.url}/readyz", headers=admin)
     assert ready.status_code == 200 and "E002" in ready.json()["reloadError"]
+    assert str(policy_dir) in ready.json()["reloadError"]  # the admin's report: the file
     assert ready.json()["revision"] == second
+    # Anyone else (a probe, a wrong or foreign credential) gets the status, the revision
+    # and nothing of the report: no path, no line of the policy, and never a 401.
+    for headers in ({}, basic(ADMIN[0], "wrong"), {"Authorization": "Bearer x.y.z"}):
+        probe = httpx.get(f"{watched.url}/readyz", headers=headers)
+        assert probe.status_code == 200
+        assert probe.json() == {"status": "ok", "revision": second, "reloadError": None}
+        assert str(policy_dir) not in probe.text and "agent bot" not in probe.text
     assert authzen(watched.url, "write")  # the last good policy still decides
     assert 'policyengine_reloads_total{result="failed"}' in httpx.get(
         f"{watched.url}/metrics").text

@@ -206,6 +206,49 @@ def test_an_agent_cannot_read_another_agents_approval(service: Running,
     assert theirs.status_code == 404
 
 
+def test_a_used_approval_ends_the_sdks_wait_and_reads_used_to_the_admin(
+        service: Running, client: TracengentClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A one-use approval, granted and then used (a tool call that presents its id): the
+    # agent's poll reads it terminal ("expired": the SDK's word for an approval that can
+    # no longer be used), never "pending" the SDK would poll to its deadline; the admin
+    # sees it "used", with no uses left.
+    body = {"amount": 420, "currency": "EUR", "iban": "DE89 3704"}
+    g = client.tools.authorize_function("transfer_funds", body)
+    approval = g.decision.approval_id
+    assert g.decision.status == "pending_approval" and approval
+    r = httpx.post(f"{service.url}/v1/admin/approvals/{approval}/approve",
+                   headers=admin_auth())
+    assert r.status_code == 200 and r.json()["status"] == "approved"
+    assert r.json()["usesLeft"] == 1
+    bearer = {"Authorization": f"Bearer {client.token_provider.get_token()}"}
+    used = httpx.post(f"{service.url}/v1/tool-authorize", headers=bearer, json={
+        "transport": "function", "functionName": "transfer_funds", "body": body,
+        "approvalId": approval})
+    assert used.json()["allowed"] is True
+    assert service.app.engine.approvals.get(approval).status == "used"
+    poll = httpx.get(f"{service.url}/v1/approvals/{approval}", headers=bearer)
+    assert poll.status_code == 200 and poll.json()["status"] == "expired"
+    import tracengent.client
+    monkeypatch.setattr(tracengent.client, "_APPROVAL_POLL_SECONDS", 0.02)
+    monkeypatch.setattr(tracengent.client, "_APPROVAL_DEADLINE_SECONDS", 3.0)
+    d = client.wait_for_approval("payments:refund", approval)
+    assert not d.allowed and d.reason == "approval timed out"  # not "approval wait ..."
+    listed = httpx.get(f"{service.url}/v1/admin/approvals?status=used", headers=admin_auth())
+    mine = [i for i in listed.json()["items"] if i["approvalId"] == approval]
+    assert [(i["status"], i["usesLeft"]) for i in mine] == [("used", 0)]
+    everything = httpx.get(f"{service.url}/v1/admin/approvals", headers=admin_auth()).json()
+    assert [i["status"] for i in everything["items"] if i["approvalId"] == approval] == [
+        "used"]
+    pending = httpx.get(f"{service.url}/v1/admin/approvals?status=pending",
+                        headers=admin_auth()).json()
+    assert approval not in [i["approvalId"] for i in pending["items"]]
+    again = httpx.post(f"{service.url}/v1/admin/approvals/{approval}/approve",
+                       headers=admin_auth())
+    assert again.status_code == 409 and again.json()["error"]["code"] == "approval_final"
+    bad = httpx.get(f"{service.url}/v1/admin/approvals?status=spent", headers=admin_auth())
+    assert bad.status_code == 400
+
+
 # ---------------------------------------------------------------- tools
 def test_governed_client_redacts_and_blocks(client: TracengentClient,
                                             upstream: Upstream) -> None:
