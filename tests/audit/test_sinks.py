@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import until
 
 import policyengine as pe
 from policyengine.audit import DecisionLog, DecisionLogError, HttpSink, StdoutSink
@@ -18,10 +19,13 @@ from policyengine.audit import DecisionLog, DecisionLogError, HttpSink, StdoutSi
 
 class Collector:
     """Answers each POST with the next status of ``script`` (then 200), keeping the
-    records of every request it answered 2xx."""
+    records of every request it answered 2xx. A request waits while ``gate`` is clear
+    (set: answered at once)."""
 
     def __init__(self, script: list[int] | None = None) -> None:
         self.script = list(script or [])
+        self.gate = threading.Event()
+        self.gate.set()
         self.records: list[dict[str, Any]] = []
         self.requests: list[dict[str, str]] = []
         outer = self
@@ -29,6 +33,7 @@ class Collector:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers["content-length"]))
+                outer.gate.wait(30)
                 outer.requests.append(dict(self.headers))
                 status = outer.script.pop(0) if outer.script else 200
                 if 200 <= status < 300:
@@ -103,24 +108,32 @@ def test_http_sink_fails_the_batch_with_a_code(script: list[int], retries: int,
 
 
 def test_a_down_collector_is_a_failing_sink_and_the_policy_applies() -> None:
+    # The log learns that the collector is down when its first write fails: a decision
+    # made before that is taken (and delivered once the collector is back); after it,
+    # decisions are denied. The collector holds that first write (log.start) until the
+    # first decision is made, so the order does not depend on the writer's timing
+    # (before, under load, log.start's 503 came first and the first decision was denied
+    # too); stall_after is long so the held write is not taken for a stall either.
     collector = Collector([503] * 1000)
+    collector.gate.clear()
     try:
         log = DecisionLog(HttpSink(collector.url, retries=0), overflow="deny",
-                          retry_backoff=0.01)
+                          retry_backoff=0.01, stall_after=60.0)
         engine = pe.Engine.from_source('role r: docs:*\nagent "bot": r', decision_log=log)
-        engine.authorize("bot", "docs:read")
-        for _ in range(2000):
-            if not log.healthy:
-                break
-            threading.Event().wait(0.005)
+        assert engine.authorize("bot", "docs:read").allowed
+        collector.gate.set()  # the held write is answered 503: the sink is failing
+        until(lambda: log.refusal() is not None, "the log to refuse decisions")
+        assert not log.healthy
         assert engine.authorize("bot", "docs:read").code == "decision_log_unavailable"
         collector.script.clear()  # the collector is back
         assert log.flush(20)
         assert engine.authorize("bot", "docs:read").allowed
         engine.close()
         assert [r["result"]["reason_code"] for r in collector.records
-                if r["kind"] == "authorize"][:2] == ["permitted", "decision_log_unavailable"]
+                if r["kind"] == "authorize"] == ["permitted", "decision_log_unavailable",
+                                                 "permitted"]
     finally:
+        collector.gate.set()
         collector.close()
 
 
