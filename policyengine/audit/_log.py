@@ -20,6 +20,10 @@ ever lost without being counted (docs/decision-log.md, "Never silent"):
   are recorded when there is room, else counted;
 * ``drop``: only when chosen: a record that does not fit is dropped, counted in
   :meth:`DecisionLog.stats` and in the ``dropped`` field of the next record written.
+
+An operation (:meth:`DecisionLog.event`) already happened and cannot be denied: under
+any policy, one that finds no room within its wait (``block_timeout``; ``stall_after``
+under ``deny``) is dropped and counted the same way.
 """
 
 from __future__ import annotations

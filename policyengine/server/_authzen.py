@@ -29,7 +29,8 @@ says so (docs/service.md, "AuthZEN search"). Each answer the service gives is on
 decision-log record of kind ``search.<kind>`` (docs/decision-log.md). Under the log's
 ``block`` policy a search waits for the log at most ``block_timeout`` in all, its
 candidates' runs and its record together (``DecisionLog.one_wait``), as one decision
-does.
+does; so does a batch of evaluations (``POST /access/v1/evaluations``), all its
+evaluations together.
 """
 
 from __future__ import annotations
@@ -262,7 +263,17 @@ def evaluate_batch(engine: pe.Engine, data: dict[str, Any],
     """``evaluations`` (a body already validated as :class:`AccessEvaluations`) with
     their semantic; without a list, a single evaluation. An item that cannot be evaluated
     is ``decision: false`` with ``context.code`` 400. Works on the validated dicts: the
-    models forbid extra fields, so they hold exactly what was checked."""
+    models forbid extra fields, so they hold exactly what was checked. Under the
+    decision log's ``block`` policy the whole request waits for the log at most
+    ``block_timeout`` in all (``DecisionLog.one_wait``), not that long per evaluation,
+    and counts once in ``blocked``."""
+    log = engine.decision_log
+    with log.one_wait() if log is not None else contextlib.nullcontext():
+        return _evaluate_batch(engine, data, count)
+
+
+def _evaluate_batch(engine: pe.Engine, data: dict[str, Any],
+                    count: Callable[[str], None] | None) -> dict[str, Any]:
     top_s, top_a, top_r = data.get("subject"), data.get("action"), data.get("resource")
     top_ctx = data.get("context")
     items = data.get("evaluations")

@@ -313,3 +313,53 @@ def test_one_wait_leaves_the_rest_to_a_later_wait_and_nests() -> None:
     # outside it, a wait has its own block_timeout again
     third, took_third = timed(log.refusal)
     assert third is not None and took_third >= t * 0.95
+
+
+# -- AuthZEN batch evaluations: block_timeout once per request -----------------------------
+# A batch (POST /access/v1/evaluations) runs one decision per evaluation. Under ``block``
+# with the queue full, each waited ``block_timeout``: four evaluations, four times as long,
+# and four callers in ``blocked``. Now the whole request waits ``block_timeout`` at most
+# (DecisionLog.one_wait), and counts once.
+
+BATCH: dict[str, Any] = {
+    "subject": {"type": "agent", "id": "bot"}, "resource": {"type": "a", "id": "r1"},
+    "evaluations": [{"action": {"name": f"x{i}"}} for i in range(4)]}
+
+
+def test_a_batch_of_evaluations_waits_one_block_timeout_in_all() -> None:
+    from policyengine.server._authzen import evaluate_batch
+    t = 0.6
+    engine, log, sink, _ = make(t)
+    before = log.stats()["blocked"]
+    out, took = timed(lambda: evaluate_batch(engine, BATCH))
+    # four evaluations: about t in all (before: 4 t)
+    assert t * 0.95 <= took < t * 1.5, took
+    assert [e["context"]["reasonCode"] for e in out["evaluations"]] == [
+        "decision_log_unavailable"] * 4  # every one refused: fail closed
+    assert log.stats()["blocked"] - before == 1
+    # a second request has its own block_timeout, and is another caller
+    _, took = timed(lambda: evaluate_batch(engine, BATCH))
+    assert t * 0.95 <= took < t * 1.5, took
+    assert log.stats()["blocked"] - before == 2
+    # with room, the same batch is allowed, each evaluation recorded
+    sink.opened.set()
+    until(lambda: log.stats()["queue_depth"] == 0, "an empty queue")
+    assert all(e["decision"] for e in evaluate_batch(engine, BATCH)["evaluations"])
+
+
+def test_the_evaluations_endpoint_waits_one_block_timeout_in_all() -> None:
+    import httpx
+
+    from policyengine.server import ServiceConfig, create_app
+    from tests.server.service_harness import serving
+    t = 0.6
+    engine, log, _, _ = make(t)
+    app = create_app(engine, config=ServiceConfig(access_log=False))
+    with serving(app) as port:
+        before = log.stats()["blocked"]
+        r, took = timed(lambda: httpx.post(
+            f"http://127.0.0.1:{port}/access/v1/evaluations", json=BATCH, timeout=30))
+    assert r.status_code == 200
+    assert [e["decision"] for e in r.json()["evaluations"]] == [False] * 4
+    assert took < t * 2.0, took  # before: 4 t and more
+    assert log.stats()["blocked"] - before == 1
