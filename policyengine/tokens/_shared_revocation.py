@@ -40,7 +40,7 @@ from typing import Any
 from policyengine._pgtables import missing_columns
 from policyengine._storeurl import REDIS_TIMEOUT
 from policyengine.tokens.errors import TokenError
-from policyengine.tokens.revocation import _not_an_id, _not_ids, check_id
+from policyengine.tokens.revocation import check_id, not_an_id, not_ids
 
 __all__ = ["PostgresRevocationStore", "RedisRevocationStore", "revocations_from_url"]
 
@@ -145,11 +145,11 @@ class _CachedRevocations:
         try:  # (a try costs nothing until it catches)
             return not current.isdisjoint(identifiers)
         except TypeError:  # not iterable, or an unhashable member
-            raise _not_ids(identifiers) from None
+            raise not_ids(identifiers) from None
 
     def is_revoked(self, identifier: str) -> bool:
         if type(identifier) is not str:
-            return _not_an_id()
+            return not_an_id()
         return identifier in self._current()
 
     def revoke(self, identifier: str) -> None:

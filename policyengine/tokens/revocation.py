@@ -38,12 +38,13 @@ def check_id(identifier: object) -> str:
     return identifier
 
 
-def _not_an_id() -> bool:
-    """``is_revoked`` of what is no string: a misuse, not an id that is not revoked."""
+def not_an_id() -> bool:
+    """``is_revoked`` of what is no string: a misuse, not an id that is not revoked
+    (shared by every store, not API)."""
     raise TokenError("invalid_claim", "a revocation id is a non-empty grant_id or jti")
 
 
-def _not_ids(identifiers: object) -> TokenError:
+def not_ids(identifiers: object) -> TokenError:
     """``any_revoked`` of what is no iterable of ids (shared by every store, not API)."""
     return TokenError("invalid_claim", "revocation ids are an iterable of grant_id and jti "
                       f"strings, not {type(identifiers).__name__}")
@@ -67,13 +68,13 @@ class MemoryRevocationStore:
         self.changes += 1
 
     def is_revoked(self, identifier: str) -> bool:
-        return identifier in self._ids if type(identifier) is str else _not_an_id()
+        return identifier in self._ids if type(identifier) is str else not_an_id()
 
     def any_revoked(self, identifiers: Iterable[str]) -> bool:
         try:  # (on verify's path: a try costs nothing until it catches)
             return not self._ids.isdisjoint(identifiers)
         except TypeError:  # not iterable, or an unhashable member
-            raise _not_ids(identifiers) from None
+            raise not_ids(identifiers) from None
 
     def __len__(self) -> int:
         return len(self._ids)
