@@ -18,12 +18,14 @@ ever lost without being counted (docs/decision-log.md, "Never silent"):
 * ``deny``: no decision without a record: while the queue is full or the sink failing or
   stalled, decisions are denied (``decision_log_unavailable``); the denials themselves
   are recorded when there is room, else counted;
-* ``drop``: only when chosen: a record that does not fit is dropped, counted in
-  :meth:`DecisionLog.stats` and in the ``dropped`` field of the next record written.
+* ``drop``: only when chosen: a record that does not fit is dropped at once (nobody
+  waits, whatever ``block_timeout`` says), counted in :meth:`DecisionLog.stats` and in
+  the ``dropped`` field of the next record written.
 
 An operation (:meth:`DecisionLog.event`) already happened and cannot be denied: under
-any policy, one that finds no room within its wait (``block_timeout``; ``stall_after``
-under ``deny``) is dropped and counted the same way.
+``block`` and ``spill`` one that finds no room within ``block_timeout`` (``stall_after``
+under ``deny``) is dropped and counted the same way; under ``drop`` it is dropped at
+once, as a decision's record is.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ class DecisionLog:
     ``batch_size``: records per sink write. ``spill_path``: the spill file (default:
     beside a file sink; ``spill`` needs one), also where :meth:`close` leaves what the
     sink did not take in time. ``block_timeout``: how long a caller may wait for room,
-    in all for one decision (None: as long as it takes). ``stall_after``: seconds a
+    in all for one decision (None: as long as it takes; never under ``drop``, which waits
+    for nothing). ``stall_after``: seconds a
     sink write may take before it counts as stalled. ``checkpoint_every``: records
     between signed checkpoints. ``keys``: the ``KeySet`` that signs checkpoints (an
     engine gives its own when this is None).
@@ -379,6 +382,8 @@ class DecisionLog:
             if self._idle:
                 self._wake.set()
             return True
+        if self.overflow == "drop":  # never waits: "drop" chose losing a record (counted)
+            return self._drop(1)     # over slowing the caller, whatever block_timeout says
         return self._wait_for_room(item, self._capped(self._block_timeout)
                                    if self.overflow != "deny" else self._stall_after,
                                    None) or self._drop(1)
@@ -843,7 +848,13 @@ class DecisionLog:
 
     @property
     def healthy(self) -> bool:
-        """False while the sink is failing or stalled."""
+        """False while the sink is failing or stalled. Under ``deny`` it is the flag the
+        log refuses decisions by (one state, not two set one after the other): never
+        healthy while the log refuses for its sink, never unhealthy while it accepts."""
+        if self.overflow == "deny":
+            is_open = self._open  # read first: close() sets _closed before clearing _open
+            if not self._closed:
+                return is_open
         return not (self._failing or self._stalled)
 
     def __enter__(self) -> DecisionLog:

@@ -1,0 +1,232 @@
+"""Two promises of the decision log's overflow policies.
+
+``drop`` never slows the caller: a record that finds the queue full is dropped at once
+and counted, an operation's as well as a decision's, whatever ``block_timeout`` says
+(None, the default, let an operation wait for ever, and with it an ``authorize`` whose
+decision asks for an approval). ``block`` still waits.
+
+Under ``deny``, ``healthy`` and the refusal are one state: the log never reports healthy
+while it refuses decisions for its sink, nor unhealthy while it takes them. The tests
+hold the thread that changes the state between the sink's flag and the log's open flag
+(a patched ``_set_open``), and look at both.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+from conftest import until
+
+import policyengine as pe
+from policyengine.audit import DecisionLog
+
+POLICY = 'role r: a:*\nagent "bot": r\napproval ap: a:appr\n'
+CAPACITY = 2
+DEADLINE = 20.0
+
+
+class GateSink:
+    """Blocks in ``write`` while ``gate`` is clear (``stall``), or raises while
+    ``failing``; keeps every line it took."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.failing = False
+        self.lines: list[bytes] = []
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        self.gate.wait()
+        if self.failing:
+            raise OSError("collector down")
+        self.lines.extend(lines)
+
+    def close(self) -> None:
+        pass
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.lines]
+
+
+OPENED: list[tuple[pe.Engine, GateSink]] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_logs() -> Iterator[None]:
+    yield
+    while OPENED:  # no log's threads outlive the test
+        engine, sink = OPENED.pop()
+        sink.gate.set()
+        sink.failing = False
+        engine.close(timeout=2)
+
+
+def make(overflow: str, **options: Any) -> tuple[pe.Engine, DecisionLog, GateSink]:
+    sink = GateSink()
+    log = DecisionLog(sink, overflow=overflow, retry_backoff=0.01,  # type: ignore[arg-type]
+                      max_retry_backoff=0.02, **options)
+    engine = pe.Engine.from_source(POLICY, decision_log=log)
+    OPENED.append((engine, sink))
+    return engine, log, sink
+
+
+def fill(log: DecisionLog) -> None:
+    """Stall the sink's writer and fill the queue: with ``batch_size=1`` the shipper holds
+    one record in the sink, its queue four, the writer one more it cannot hand over
+    (``taken`` 6, the log.start record among them); then the queue stays full."""
+    def full() -> bool:
+        while log.stats()["queue_depth"] < CAPACITY:  # room: this append cannot wait
+            log.event("fill", {})
+        stats = log.stats()
+        return stats["taken"] >= 6 and stats["queue_depth"] >= CAPACITY
+    until(full, "the queue to stay full")
+
+
+def in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_drop_drops_an_operation_at_once_with_no_block_timeout() -> None:
+    engine, log, sink = make("drop", capacity=CAPACITY, batch_size=1)
+    sink.gate.clear()
+    fill(log)
+    before = log.stats()["dropped"]
+    thread, out = in_thread(lambda: log.event("token.revoke", {"grant": {"id": "g1"}}))
+    thread.join(DEADLINE)
+    assert not thread.is_alive(), "an operation under 'drop' waited for room"
+    assert out == [False]                                 # not recorded ...
+    assert log.stats()["dropped"] == before + 1           # ... and counted
+    sink.gate.set()
+    assert engine.authorize("bot", "a:read").allowed      # its record reports the drops
+    assert log.flush(DEADLINE)
+    assert sum(r["dropped"] for r in sink.records()) == log.stats()["dropped"]
+
+
+def test_drop_never_holds_up_a_decision_that_asks_for_an_approval() -> None:
+    engine, log, sink = make("drop", capacity=CAPACITY, batch_size=1)
+    sink.gate.clear()
+    fill(log)
+    before = log.stats()["dropped"]
+    thread, out = in_thread(lambda: engine.authorize("bot", "a:appr"))
+    thread.join(DEADLINE)
+    assert not thread.is_alive(), "authorize under 'drop' waited to record approval.request"
+    (decision,) = out
+    assert decision.status == "pending_approval"
+    assert engine.approvals.get(decision.approval_id).status == "pending"  # it was asked
+    assert log.stats()["dropped"] == before + 2  # the decision and the approval.request
+
+
+def test_drop_drops_at_once_even_with_a_block_timeout() -> None:
+    _engine, log, sink = make("drop", capacity=CAPACITY, batch_size=1, block_timeout=60.0)
+    sink.gate.clear()
+    fill(log)
+    thread, out = in_thread(lambda: log.event("token.revoke", {"grant": {"id": "g1"}}))
+    thread.join(DEADLINE)  # well under block_timeout: it did not wait for it
+    assert not thread.is_alive() and out == [False]
+
+
+def test_block_still_waits_for_room() -> None:
+    _engine, log, sink = make("block", capacity=CAPACITY, batch_size=1)
+    sink.gate.clear()
+    fill(log)
+    thread, out = in_thread(lambda: log.event("token.revoke", {"grant": {"id": "g1"}}))
+    until(lambda: log.stats()["blocked"] >= 1, "the operation to wait for room")
+    assert thread.is_alive() and out == []
+    sink.gate.set()
+    thread.join(DEADLINE)
+    assert out == [True] and log.stats()["dropped"] == 0
+
+
+@pytest.fixture
+def hold(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., threading.Event]]:
+    """``hold(thread_name, when)``: the next time ``thread_name`` is about to set the log's
+    open flag with ``when(log)`` true, it stops there (the sink's flag already set) until
+    the returned event is set; ``held`` is set once it stopped."""
+    real = DecisionLog._set_open
+    armed: list[tuple[str, Callable[[DecisionLog], bool], threading.Event]] = []
+    held = threading.Event()
+    released: list[threading.Event] = []
+
+    def set_open(self: DecisionLog) -> None:
+        if armed:
+            name, when, go = armed[0]
+            if threading.current_thread().name == name and when(self):
+                armed.clear()
+                held.set()
+                go.wait(DEADLINE)
+        real(self)
+
+    def arm(name: str, when: Callable[[DecisionLog], bool]) -> threading.Event:
+        go = threading.Event()
+        held.clear()
+        released.append(go)
+        armed[:] = [(name, when, go)]
+        return go
+
+    monkeypatch.setattr(DecisionLog, "_set_open", set_open)
+    arm.held = held  # type: ignore[attr-defined]
+    yield arm
+    armed.clear()
+    for go in released:
+        go.set()
+
+
+def agree(engine: pe.Engine, log: DecisionLog) -> tuple[bool, bool]:
+    healthy = log.healthy
+    allowed = engine.authorize("bot", "a:read").allowed
+    assert healthy == allowed, (f"log.healthy is {healthy} while the log "
+                                f"{'takes' if allowed else 'refuses'} decisions")
+    return healthy, allowed
+
+
+def test_deny_healthy_and_refusing_agree_while_a_sink_fails_and_recovers(
+        hold: Callable[..., threading.Event]) -> None:
+    engine, log, sink = make("deny")
+    assert engine.authorize("bot", "a:read").allowed and log.flush(DEADLINE)
+
+    go = hold("decision-log-shipper", lambda log: log._failing)
+    sink.failing = True
+    engine.authorize("bot", "a:read")  # a write to fail
+    assert hold.held.wait(DEADLINE)    # type: ignore[attr-defined]
+    agree(engine, log)                 # between the failure's flag and the refusal
+    go.set()
+    until(lambda: not log.healthy, "the failing sink to show")
+    assert agree(engine, log) == (False, False)
+
+    go = hold("decision-log-shipper", lambda log: not log._failing)
+    sink.failing = False               # the retried batch goes through
+    assert hold.held.wait(DEADLINE)    # type: ignore[attr-defined]
+    agree(engine, log)                 # between the recovery's flag and the opening
+    go.set()
+    until(lambda: log.healthy, "the sink to recover")
+    assert agree(engine, log) == (True, True)
+
+
+def test_deny_healthy_and_refusing_agree_when_a_write_stalls(
+        hold: Callable[..., threading.Event]) -> None:
+    engine, log, sink = make("deny", stall_after=0.05)
+    assert engine.authorize("bot", "a:read").allowed and log.flush(DEADLINE)
+
+    go = hold("decision-log-writer", lambda log: log._stalled)
+    sink.gate.clear()
+    engine.authorize("bot", "a:read")  # a write that stalls
+    assert hold.held.wait(DEADLINE)    # type: ignore[attr-defined]
+    agree(engine, log)                 # between the stall's mark and the refusal
+    go.set()
+    until(lambda: not log.healthy, "the stall to show")
+    assert agree(engine, log) == (False, False)
+
+    go = hold("decision-log-shipper", lambda log: not log._stalled)
+    sink.gate.set()                    # the stalled write ends
+    assert hold.held.wait(DEADLINE)    # type: ignore[attr-defined]
+    agree(engine, log)
+    go.set()
+    until(lambda: log.healthy, "the sink to recover")
+    assert agree(engine, log) == (True, True)
