@@ -288,7 +288,8 @@ def _hop_from_claims(claims: dict[str, Any]) -> Hop:
         raise _fail("invalid_claim", f"delegated_permissions must be 1..{MAX_PERMISSIONS} patterns")
     for p in perms:
         if not is_valid_pattern(p):
-            raise _fail("invalid_permission", f"malformed permission pattern {p!r}")
+            # The token's own text: quoted in part (shown), never whole.
+            raise _fail("invalid_permission", f"malformed permission pattern {shown(p)}")
     aud = claims.get("aud")
     if aud is not None:
         aud = _name(claims, "aud")
@@ -480,7 +481,9 @@ def verify(
     Repeat calls for the same token string and options hit a cache that still compares
     the clock with nbf/exp/iat and asks ``revocations`` about every hop each time. A store
     that fails to answer refuses the token: ``revocation_unavailable`` (whatever it
-    raised), never a "not revoked" nor an error of another kind.
+    raised), never a "not revoked" nor an error of another kind. An option of the wrong
+    kind is ``invalid_option``: an ``issuer`` or ``audience`` that is no string,
+    ``revocations`` without ``any_revoked``, ``rates`` that is no ``RateSource``.
     """
     if type(leeway) not in (int, float) or not 0 <= leeway <= MAX_LEEWAY:
         raise _fail("invalid_option", f"leeway must be between 0 and {MAX_LEEWAY} seconds")
@@ -493,7 +496,7 @@ def verify(
         raise _not_keys(keys) from None
     if entry is None:
         entry = _verify_uncached(keys, token, now, issuer, audience, rates, max_depth, max_ttl,
-                                 child_max_ttl)
+                                 child_max_ttl, revocations)
         if entry[5]:
             _cache_put(keys.verify_cache, cache_key, entry)
     grant, nbf, exp, iat, ids, _ = entry
@@ -506,13 +509,15 @@ def verify(
     except TypeError:
         inside = False
     if not inside:
-        raise _outside(now, t, nbf, exp, iat, leeway)
+        raise _outside(now, t, nbf, exp, iat, leeway, revocations)
     if revocations is not None:
         try:
             revoked = revocations.any_revoked(ids)
         except TokenError:  # the shared stores' own ``revocation_unavailable``
             raise
         except Exception as exc:  # a custom store's fault: refuse, never "not revoked"
+            if not _is_store(revocations):  # no store at all: misuse (a cache hit)
+                raise _bad_store(revocations) from None
             raise _fail("revocation_unavailable", f"the revocation store failed "
                         f"({type(exc).__name__}: {exc})") from exc
         if revoked:
@@ -530,12 +535,15 @@ def _check_leeway(leeway: object) -> None:
         raise _fail("invalid_option", f"leeway must be between 0 and {MAX_LEEWAY} seconds")
 
 
-def _outside(now: object, t: float, nbf: int, exp: int, iat: int, leeway: float
-             ) -> TokenError:
+def _outside(now: object, t: float, nbf: int, exp: int, iat: int, leeway: float,
+             revocations: object = None) -> TokenError:
     """Why ``t`` is outside a chain's window [nbf, exp) (with ``leeway``; iat <= t too),
-    or that ``now`` is no clock at all."""
+    or that ``now`` is no clock at all, or ``revocations`` no store (as the uncached
+    path says first, so a cache hit says the same)."""
     if now is not None and not _posix_seconds(now):
         return _bad_now(now)
+    if revocations is not None and not _is_store(revocations):
+        return _bad_store(revocations)
     if t >= exp + leeway:
         return _fail("expired", f"claim exp: the token (or a hop of its chain) expired at "
                      f"{_iso(exp)}; it is now {_iso(t)}")
@@ -546,15 +554,49 @@ def _outside(now: object, t: float, nbf: int, exp: int, iat: int, leeway: float
                  f"{_iso(iat)}, after now ({_iso(t)})")
 
 
+def _bad_option(name: str, kind: str, value: object) -> TokenError:
+    """``invalid_option``: an argument of the wrong kind, told by its type (never its
+    value: that may be anything, of any size)."""
+    return _fail("invalid_option", f"{name} must be {kind}, not {type(value).__name__}")
+
+
+def _is_store(revocations: object) -> bool:
+    """Can ``verify`` ask ``revocations``: has it a callable ``any_revoked``? (An
+    attribute that raises on reading counts as a store, a failing one: its verify is
+    refused ``revocation_unavailable``.)"""
+    try:
+        return callable(getattr(revocations, "any_revoked", None))
+    except Exception:
+        return True
+
+
+def _bad_store(revocations: object) -> TokenError:
+    return _bad_option("revocations", "a RevocationStore (any_revoked) or None", revocations)
+
+
 def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | None,
                      audience: str | None, rates: RateSource | None, max_depth: int | None,
-                     max_ttl: float | None, child_max_ttl: float | None = None) -> _Entry:
+                     max_ttl: float | None, child_max_ttl: float | None = None,
+                     revocations: object = None) -> _Entry:
     if max_depth is not None or max_ttl is not None or child_max_ttl is not None:
         bad = ceiling_problems(max_depth, max_ttl, child_max_ttl)
         if bad:
             raise _fail("invalid_option", bad[0][1])
     if now is not None and not _posix_seconds(now):
         raise _bad_now(now)
+    # Options of the wrong kind are misuse (invalid_option), said before the token is
+    # read: compared or called later, they read as a token fault (issuer_mismatch,
+    # audience_mismatch, revocation_unavailable). Here, not on the cached path: a
+    # non-str issuer or audience never fills the cache, a bad store is told apart only
+    # once it fails (below) or the window test does (_outside).
+    if issuer is not None and type(issuer) is not str:
+        raise _bad_option("issuer", "a string or None", issuer)
+    if audience is not None and type(audience) is not str:
+        raise _bad_option("audience", "a string or None", audience)
+    if revocations is not None and not _is_store(revocations):
+        raise _bad_store(revocations)
+    if rates is not None and not isinstance(rates, RateSource):
+        raise _bad_option("rates", "a RateSource (rate(from, to, now)) or None", rates)
     if type(token) is not str:
         raise _fail("malformed", "token must be a string")
     hops = [_load_at(keys, token, 0)]

@@ -30,12 +30,24 @@ from policyengine._files import UnreadableFileError, read_regular_file, shown_pa
 from policyengine.tokens._jws import b64decode, b64encode
 from policyengine.tokens.errors import TokenError
 
-__all__ = ["ALGORITHMS", "Key", "KeySet", "MIN_HMAC_SECRET", "MIN_RSA_BITS"]
+__all__ = ["ALGORITHMS", "Key", "KeySet", "MAX_RSA_BITS", "MIN_HMAC_SECRET", "MIN_RSA_BITS",
+           "RSA_GENERATE_BITS"]
 
 #: Every algorithm this package can use. HS256 only with :meth:`KeySet.hmac` or
 #: ``allow_hmac=True``.
 ALGORITHMS = ("EdDSA", "ES256", "RS256", "HS256")
 MIN_RSA_BITS = 2048
+#: Largest RSA modulus a loaded key may have. Verifying costs about the square of the
+#: size (16384 bits: over 10x a 2048-bit key), and a JWKS or PEM may come from anyone who
+#: publishes one; 8192 still loads keys made by tools that offer that size.
+MAX_RSA_BITS = 8192
+#: Largest RSA public exponent, in bits (FIPS 186-5: e < 2**256). A 2048-bit key with a
+#: 2047-bit exponent verifies ~25x slower than one with e = 65537.
+MAX_RSA_EXPONENT_BITS = 256
+#: The sizes :meth:`KeySet.generate` makes (RFC 8725 section 3.5, NIST SP 800-57:
+#: at least 2048); any other is ``invalid_option`` (a size of a million bits would
+#: take hours to generate).
+RSA_GENERATE_BITS = (2048, 3072, 4096)
 MIN_HMAC_SECRET = 32
 #: Largest key file :meth:`KeySet.from_file` reads (a JWKS of many keys is a few kB).
 MAX_KEY_FILE_BYTES = 1 << 20
@@ -222,6 +234,9 @@ class Key:
             return cls("ES256", ecpub, ecpriv, kid)
         if kty == "RSA":
             rpub = rsa.RSAPublicNumbers(_b64_int(jwk, "e"), _b64_int(jwk, "n"))
+            # Sized before anything is built from it (recovering p and q from d costs
+            # what the modulus does): Key checks the same again.
+            _check_rsa_size(rpub.n.bit_length(), rpub.e)
             rpriv = None
             if has_d:
                 d = _b64_int(jwk, "d")
@@ -260,14 +275,25 @@ def _check_strength(alg: str, public: Any) -> None:
     if alg == "RS256":
         if not isinstance(public, rsa.RSAPublicKey):
             raise TokenError("unsupported_key", "RS256 needs an RSA key")
-        if public.key_size < MIN_RSA_BITS:
-            raise TokenError(
-                "weak_key", f"RSA key has {public.key_size} bits; at least {MIN_RSA_BITS} needed"
-            )
+        _check_rsa_size(public.key_size, public.public_numbers().e)
     if alg == "HS256" and (type(public) is not bytes or len(public) < MIN_HMAC_SECRET):
         raise TokenError(
             "weak_key", f"an HS256 secret must be at least {MIN_HMAC_SECRET} random bytes"
         )
+
+
+def _check_rsa_size(bits: int, e: int) -> None:
+    """``weak_key`` below :data:`MIN_RSA_BITS`; ``invalid_key`` above
+    :data:`MAX_RSA_BITS` or with an exponent of more than 256 bits (each verify would
+    cost what its size does)."""
+    if bits < MIN_RSA_BITS:
+        raise TokenError("weak_key", f"RSA key has {bits} bits; at least {MIN_RSA_BITS} needed")
+    if bits > MAX_RSA_BITS:
+        raise TokenError("invalid_key", f"RSA key has {bits} bits; at most {MAX_RSA_BITS} "
+                         "are accepted")
+    if e.bit_length() > MAX_RSA_EXPONENT_BITS:
+        raise TokenError("invalid_key", f"RSA public exponent has {e.bit_length()} bits; "
+                         f"at most {MAX_RSA_EXPONENT_BITS} are accepted (65537 is usual)")
 
 
 def _key_from_crypto(obj: Any, kid: str | None) -> Key:
@@ -372,6 +398,9 @@ class KeySet:
         elif alg == "RS256":
             if rsa_bits < MIN_RSA_BITS:
                 raise TokenError("weak_key", f"RSA keys need at least {MIN_RSA_BITS} bits")
+            if rsa_bits not in RSA_GENERATE_BITS:
+                raise TokenError("invalid_option", "rsa_bits must be one of "
+                                 f"{', '.join(map(str, RSA_GENERATE_BITS))}")
             obj = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
         elif alg == "HS256":
             raise TokenError("hmac_not_enabled", "use KeySet.hmac(secret, kid=...) for HS256")
