@@ -818,19 +818,27 @@ def _valid_money(value: Decimal, unit: str) -> Money:
 
 
 def _count_modes(matched: Sequence[_Budget], unit: str | None, *, keep_unmatched: bool,
-                 tokens: bool = False) -> tuple[list[tuple[_Budget, int]], int, int]:
+                 tokens: int = 0) -> tuple[list[tuple[_Budget, int]], int, int]:
     """How a spend in ``unit`` counts against each covering budget: calls, same unit or
     converted money. A budget that cannot count it is left out, or kept as ``_ZERO``.
-    Returns the modes, how many money/unit budgets count it, and how many cannot."""
+    Returns the modes, how many money/unit budgets count it, and how many cannot.
+
+    ``tokens``: ``tokens`` budgets count tokens the spend carries (``_TOKENS``): 1, a
+    priced usage's tokens (they count the spend: accepted); 2, a request's
+    ``context.tokens`` beside its amount (``admission(tokens=)``): counted, but not
+    the amount, so an amount no other budget can count is still ``unit_mismatch``."""
     spend_money = unit is not None and unit not in _NON_MONEY
     modes: list[tuple[_Budget, int]] = []
     accepted = unmatched = 0
     for b in matched:
         if b.calls and unit != "calls":
             modes.append((b, _CALL))
-        elif tokens and b.unit == "tokens":  # a priced usage: its tokens
+        elif tokens and b.unit == "tokens":  # a priced usage's or a request's tokens
             modes.append((b, _TOKENS))
-            accepted += 1
+            if tokens == 1:
+                accepted += 1
+            else:  # the amount itself is not counted here
+                unmatched += 1
         elif b.unit == unit:
             modes.append((b, _SAME))
             accepted += not b.calls
@@ -1013,25 +1021,37 @@ class Ledger:
         tenant: str | None = None,
         scope: Mapping[str, str | None] | None = None,
         usage: LLMUsage | None = None,
+        tokens: object = None,
     ) -> BudgetCheck:
         """May a request go ahead under every budget covering ``permission``? Read-only.
 
         What ``authorize`` asks. Unlike :meth:`check`, every covering budget is checked
         whatever the request carries: a ``calls`` budget counts one call (even for a zero
         amount), a budget in the request's unit (or convertible to it) counts the amount,
-        and any other covering budget -- or every non-calls budget, for a request with no
-        ``amount`` (None) -- counts nothing but still refuses when it is exhausted (no
-        room left, or debt outstanding). Raises :class:`BudgetInputError` for bad input.
+        ``tokens`` budgets count ``tokens`` (the request's ``context.tokens``) when it is
+        given, and any other covering budget -- or every non-calls budget, for a request
+        with neither -- counts nothing but still refuses when it is exhausted (no room
+        left, or debt outstanding). ``tokens`` without an amount is the amount, in
+        ``tokens``; with an amount in ``tokens`` the budget counts the larger of the two.
+        Raises :class:`BudgetInputError` for bad input.
         """
         if usage is not None:
+            if tokens is not None:
+                raise BudgetInputError("invalid_amount", "usage= carries its own tokens: "
+                                       "give no tokens= with it", {"reason": "invalid_usage"})
             amount = _spend(amount, usage)
         elif amount is None:
-            amount, unit = 0, None
+            amount, unit, tokens = (0, None, None) if tokens is None else (
+                tokens, "tokens", None)
         elif unit is None:  # a request's amount: money
             unit = self._unit_of(None, permission)
+        extra = -1
+        if tokens is not None:
+            amount, extra = self._with_tokens(amount, unit, tokens)
         now = self.clock()
         _unit, _value, lines, budgets, buckets, _p = self._plan(
-            principal, permission, amount, unit, acting_for, tenant, now, False, scope
+            principal, permission, amount, unit, acting_for, tenant, now, False, scope,
+            extra
         )
         if not lines:
             return BudgetCheck(self, [], None, -1)
@@ -1055,19 +1075,26 @@ class Ledger:
         acting_for: str | None = None,
         tenant: str | None = None,
         scope: Mapping[str, str | None] | None = None,
+        tokens: object = None,
     ) -> tuple[str | None, BudgetUsage | None]:
         """:meth:`admit` as a decision reads it: ``(code, usage)``, where ``code`` is None
         (admitted), ``budget_exceeded`` or ``debt_outstanding``, and ``usage`` is the
         refusing budget or else the tightest covering one (None when no budget covers the
-        spend). The same checks, answers and errors as :meth:`admit`, without building
+        spend). The same checks, answers and errors as :meth:`admit` (``tokens``: the
+        request's ``context.tokens``, which ``tokens`` budgets count), without building
         its result: what ``authorize`` asks on every budgeted request."""
         if amount is None:
-            amount, unit = 0, None
+            amount, unit, tokens = (0, None, None) if tokens is None else (
+                tokens, "tokens", None)
         elif unit is None:  # a request's amount: money
             unit = self._unit_of(None, permission)
+        extra = -1
+        if tokens is not None:
+            amount, extra = self._with_tokens(amount, unit, tokens)
         now = self.clock()
         found = None
-        if (scope is None and type(principal) is str and type(permission) is str
+        if (extra < 0 and scope is None and type(principal) is str
+                and type(permission) is str
                 and (unit is None or type(unit) is str)
                 and (acting_for is None or type(acting_for) is str)
                 and (tenant is None or type(tenant) is str)):  # _targets' cache, inline
@@ -1077,7 +1104,8 @@ class Ledger:
                 found = None
         if found is None:
             found = self._targets(principal, permission, unit, acting_for, tenant, now, False,
-                                  self._scope_key(scope) if scope is not None else ())
+                                  self._scope_key(scope) if scope is not None else (),
+                                  2 if extra >= 0 else 0)
         unit, _lo, _hi, targets = found
         last = self._last_amount
         if last[0] is amount and last[1] == unit:  # _amount_quanta's memo, inline
@@ -1089,7 +1117,7 @@ class Ledger:
         if len(targets) == 1:  # the common case, without the lists
             b, mode, subject, _start, end, bucket = targets[0]
             q = quanta if mode == _SAME and quanta <= MAX_QUANTA else self._charge(
-                b, mode, value, quanta, unit, now)
+                b, mode, value, quanta, unit, now, extra)
             if bucket is None:  # a rolling window ends now
                 bucket = _new(Bucket, (b.id, subject, 0, now - b.rolling))  # type: ignore[operator]
                 end = None  # type: ignore[assignment]
@@ -1103,7 +1131,7 @@ class Ledger:
         amounts: list[int] = []
         buckets: list[Bucket] = []
         for b, mode, subject, _start, _end, bucket in targets:
-            amounts.append(self._charge(b, mode, value, quanta, unit, now))
+            amounts.append(self._charge(b, mode, value, quanta, unit, now, extra))
             if bucket is None:  # a rolling window ends now
                 bucket = _new(Bucket, (b.id, subject, 0, now - b.rolling))  # type: ignore[operator]
             buckets.append(bucket)  # set just above
@@ -1251,11 +1279,14 @@ class Ledger:
         return use[0], use[1]
 
     def _charge(self, b: _Budget, mode: int, value: Decimal, quanta: int, unit: str | None,
-                now: float) -> int:
+                now: float, tokens: int = -1) -> int:
         """Quanta a spend of ``value`` ``unit`` (``quanta`` in its own unit) charges to
-        budget ``b`` counting it by ``mode`` (as :meth:`_plan` works it out)."""
+        budget ``b`` counting it by ``mode`` (as :meth:`_plan` works it out); ``tokens``:
+        the request's tokens, which a ``_TOKENS`` budget counts."""
         if mode == _CALL:
             return 1
+        if mode == _TOKENS:
+            return tokens
         if mode == _SAME:
             if quanta > MAX_QUANTA:
                 raise BudgetInputError("invalid_amount", f"amount {value} {unit} is too "
@@ -1264,6 +1295,21 @@ class Ledger:
         if mode == _ZERO:
             return 0
         return self._convert(value, unit, b, now)[0]  # type: ignore[arg-type]
+
+    def _with_tokens(self, amount: object, unit: str | None, tokens: object
+                     ) -> tuple[object, int]:
+        """A request's ``context.tokens`` beside its amount (in ``unit``, resolved): the
+        amount to ask with and the tokens that ``tokens`` budgets count (whole tokens,
+        parsed as a ``tokens`` amount is: ``invalid_amount`` else), or -1 when the amount
+        is itself in ``tokens``: the budget in that unit then counts the larger of the
+        two (each must fit), so the amount is the larger one."""
+        count = self._amount(tokens, "tokens")
+        if count > MAX_QUANTA:
+            raise BudgetInputError("invalid_amount", f"tokens {count} is too large",
+                                   {"reason": "amount_too_large"})
+        if unit != "tokens":
+            return amount, int(count)
+        return max(self._amount(amount, "tokens"), count), -1
 
     def _amount_quanta(self, amount: object, unit: str | None) -> tuple[Decimal, int]:
         """:meth:`_amount` and the amount in ``unit``'s quanta. An exact ``Decimal`` that
@@ -2023,21 +2069,26 @@ class Ledger:
         now: float,
         strict: bool = True,
         scope: object = None,
+        extra: int = -1,
     ) -> tuple[str | None, Decimal, list[Line], list[_Budget], list[Bucket], str | None]:
         """Validate a spend and work out what it charges to each covering budget.
 
         Returns the spend unit, the amount, and per covering budget its :class:`Line`,
         the budget and the :class:`Bucket` to guard, and for a priced usage the price's
         ``provider/model``. ``strict=False`` (``admit``) keeps budgets the spend's unit
-        does not count against, charged zero.
+        does not count against, charged zero. ``extra`` (``admit`` only): a request's
+        tokens beside its amount, which ``tokens`` budgets count (-1: none).
         """
         priced = None
         tokens = 0
         if type(amount) is LLMUsage:
             currency, value, tokens, priced = self._priced(amount, currency)
+        elif extra >= 0:
+            tokens = extra
         unit, _lo, _hi, targets = self._targets(
             principal, permission, currency, acting_for, tenant, now, strict,
-            self._scope_key(scope) if scope is not None else (), priced is not None
+            self._scope_key(scope) if scope is not None else (),
+            1 if priced is not None else 2 if extra >= 0 else 0
         )
         if priced is None:
             value = self._amount(amount, unit)
@@ -2106,7 +2157,7 @@ class Ledger:
         now: float,
         strict: bool = True,
         skey: tuple[str | None, ...] = (),
-        tokens: bool = False,
+        tokens: int = 0,
     ) -> _Targets:
         """Who is charged what, independent of the amount: per covering budget, how it
         counts the spend, its subject, window and bucket.
@@ -2131,7 +2182,8 @@ class Ledger:
             if skey:
                 cache_key += (skey,)  # type: ignore[assignment]
             if tokens:
-                cache_key += ("+tokens",)  # type: ignore[assignment]
+                cache_key += (("+tokens",) if tokens == 1  # type: ignore[assignment]
+                              else ("+context.tokens",))
             found = self._targets_cache.get(cache_key)
             if found is not None and found[1] <= now < found[2]:
                 return found
@@ -2169,7 +2221,7 @@ class Ledger:
         return result
 
     def _modes(
-        self, permission: str, currency: object, strict: bool = True, tokens: bool = False
+        self, permission: str, currency: object, strict: bool = True, tokens: int = 0
     ) -> tuple[str | None, tuple[tuple[_Budget, int], ...]]:
         """The spend unit and, per covering budget, how it counts (cached per pair).
 
@@ -2177,7 +2229,8 @@ class Ledger:
         a budget that cannot count the spend is kept as ``_ZERO`` instead of refused."""
         if not strict:
             return self._lenient_modes(permission, currency, tokens)
-        cache_key: tuple[Any, ...] = (permission, currency, 1) if tokens else (permission, currency)
+        cache_key: tuple[Any, ...] = ((permission, currency, int(tokens)) if tokens
+                                      else (permission, currency))
         found = self._mode_cache.get(cache_key)
         if found is not None:
             if isinstance(found, str):
@@ -2198,9 +2251,10 @@ class Ledger:
         return self._cache_modes(cache_key, permission, matched, unit, modes, refuse)
 
     def _lenient_modes(
-        self, permission: str, currency: object, tokens: bool = False
+        self, permission: str, currency: object, tokens: int = 0
     ) -> tuple[str | None, tuple[tuple[_Budget, int], ...]]:
-        cache_key = (permission, currency, 0, 1) if tokens else (permission, currency, 0)
+        cache_key = ((permission, currency, 0, int(tokens)) if tokens
+                     else (permission, currency, 0))
         found = self._mode_cache.get(cache_key)  # type: ignore[arg-type]
         if found is not None:
             if isinstance(found, str):

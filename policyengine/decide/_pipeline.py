@@ -329,10 +329,12 @@ class Pipeline:
                 found = None
                 if req is None and acting_for is None and self._lean_budgets:
                     # the steady state: the same amount text as this pair's last check
+                    # (no context.tokens: tokens budgets count those, _admission asks)
                     get = dict.get  # a dict subclass's own get() is not called
                     text, currency = get(context, "amount"), get(context, "currency")
                     if (type(text) is str and type(currency) is str
-                            and get(context, "tenant") is None):
+                            and get(context, "tenant") is None
+                            and get(context, "tokens") is None):
                         try:
                             found = self.ledger.admission_text(principal, permission, text,
                                                                currency)
@@ -591,7 +593,8 @@ class Pipeline:
             money = found = text = None
             get = dict.get  # a dict subclass's own get() is not called
             if (req is None and acting_for is None and not self._scope_fields
-                    and get(context, "tenant") is None):  # the common case, leaner
+                    and get(context, "tenant") is None
+                    and get(context, "tokens") is None):  # the common case, leaner
                 raw, currency = get(context, "amount"), get(context, "currency")
                 if type(raw) is str and type(currency) is str:
                     found = self.ledger.admission_text(principal, permission, raw,
@@ -794,8 +797,9 @@ def _budget_id(usage: Any) -> str:
 def _admission(ledger: Any, principal: str, permission: str, context: dict[str, Any],
                req: RequestState | None, acting_for: str | None, default: str | None
                ) -> tuple[str | None, Any]:
-    """``ledger.admission`` for this request: its amount (or ``context.tokens``), its
-    tenant and the scope fields the ledger's budgets read. Raises as the ledger does.
+    """``ledger.admission`` for this request: its amount and ``context.tokens`` (which
+    ``tokens`` budgets count; without an amount, the tokens are the amount), its tenant
+    and the scope fields the ledger's budgets read. Raises as the ledger does.
     ``req``: the request state if an earlier step made one (the amount is parsed once),
     else the amount is read here with ``default`` as its currency."""
     get = dict.get  # a dict subclass's own get() is not called
@@ -805,12 +809,20 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
     money = req.money() if req is not None else read_money(context, default)
     amount: Any
     unit: str | None
+    tokens = get(context, "tokens")
     if money is not None:
         amount, unit = money
     else:
-        amount = get(context, "tokens")
+        amount, tokens = tokens, None
         unit = "tokens" if amount is not None else None
     fields = ledger.scope_fields
+    if tokens is not None:  # beside an amount: every tokens budget counts them
+        scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
+                 else None)
+        counted: tuple[str | None, Any] = ledger.admission(
+            principal, permission, amount, unit, acting_for=acting_for, tenant=tenant,
+            scope=scope, tokens=tokens)
+        return counted
     if not fields and acting_for is None and tenant is None:  # the common case, leaner
         found: tuple[str | None, Any] = ledger.admission_parts(principal, permission, amount,
                                                                unit)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, TypeAdapter
 
 import policyengine as pe
 from policyengine.budgets import BudgetInputError, IdempotencyMismatch, LLMUsage
+from policyengine.budgets.spec import NON_CURRENCY_UNITS
 from policyengine.server._faults import public_message
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def authorize_spend(engine: pe.Engine, principal: str, permission: str,
     if d.allowed:
         return None
     if d.code == "budget_exceeded" and usd is not None and asked != usd and not (
-            _later_steps_cover(engine, permission)):
+            _later_steps_cover(engine, permission)) and _counts_money(d):
         log = engine.decision_log
         if log is not None:
             code = "sub_cent_amount"
@@ -106,6 +107,14 @@ def authorize_spend(engine: pe.Engine, principal: str, permission: str,
                 "operation": {"amount": str(usd), "asked": str(asked), "unit": USD}})
         return None
     return d
+
+
+def _counts_money(d: pe.Decision) -> bool:
+    """Whether the budget refusing ``d`` counts money: only such a refusal can be the
+    cent's rounding (a ``tokens`` budget refusing the request's ``context.tokens``, or
+    a ``calls`` or ``credits`` one, refuses whatever the dollar amount)."""
+    budget = d.budget
+    return budget is not None and budget.unit not in NON_CURRENCY_UNITS
 
 
 def _later_steps_cover(engine: pe.Engine, permission: str) -> bool:
