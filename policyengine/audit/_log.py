@@ -653,8 +653,16 @@ class DecisionLog:
         return True
 
     def _set_open(self) -> None:
+        """Open the log to new records, or not, by its state. Called by the writer and the
+        shipper without the lock; ``close()`` sets ``_closed`` and then clears ``_open``.
+        A close between this read of ``_closed`` and the write below would be undone (a
+        closed log taking records its stopped threads never write, uncounted), so
+        ``_closed`` is read again after the write: whichever order they run in, a closed
+        log ends closed."""
         self._open = not self._closed and not (
             self.overflow == "deny" and (self._failing or self._stalled))
+        if self._closed:
+            self._open = False
 
     def _finish(self) -> None:
         if self._since_checkpoint:

@@ -230,3 +230,35 @@ def test_deny_healthy_and_refusing_agree_when_a_write_stalls(
     go.set()
     until(lambda: log.healthy, "the sink to recover")
     assert agree(engine, log) == (True, True)
+
+
+def test_a_close_while_the_state_is_being_set_leaves_the_log_closed() -> None:
+    """``_set_open`` runs on the log's threads without the lock: a ``close()`` that sets
+    its flags after ``_set_open`` read ``_closed`` (held here: the close runs as
+    ``_set_open`` reads ``_failing``, the read after ``_closed``) must not be undone."""
+    engine, log, _ = make("deny")
+    assert engine.authorize("bot", "a:read").allowed and log.flush(DEADLINE)
+
+    class Racing(DecisionLog):
+        @property  # type: ignore[override]
+        def _failing(self) -> bool:
+            if not self._closed:  # what close() does, under its lock, then the threads end
+                self._closed = True
+                self._open = False
+            return bool(self.__dict__.get("_failing_value", False))
+
+        @_failing.setter
+        def _failing(self, value: bool) -> None:
+            self.__dict__["_failing_value"] = value
+
+    failing = log.__dict__["_failing"]
+    log.__class__ = Racing
+    log.__dict__["_failing_value"] = failing
+    try:
+        log._set_open()
+        assert log._closed and not log._open
+        assert engine.authorize("bot", "a:read").code == "decision_log_unavailable"
+    finally:
+        log.__class__ = DecisionLog
+        log._closed = False  # so that the fixture's close() stops the threads
+        log._set_open()
