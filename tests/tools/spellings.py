@@ -12,6 +12,17 @@ from policyengine.engine import Engine
 
 HOST = "api.example.com"
 
+#: One tool allowing every call but those to ``/admin``: the files that ask how the
+#: spellings of one denied path fare start from it (``.replace('"/admin"', ...)`` for
+#: another deny route).
+DENY_ADMIN = """role r: x:*
+agent "bot": r
+tool up: http "api.example.com" {
+  ANY "/**" -> x:any
+  deny "/admin"
+}
+"""
+
 
 def http_call(engine: Engine, path: str, method: str = "GET") -> ToolDecision:
     """The decision on ``method path`` to :data:`HOST` by the agent ``bot``."""

@@ -31,15 +31,9 @@ from policyengine.tools._redaction import (
     fold_key,
 )
 
-from .spellings import outcome
+from .spellings import DENY_ADMIN, outcome
 
-POLICY = """role r: x:*
-agent "bot": r
-tool up: http "api.example.com" {
-  ANY "/**" -> x:any
-  deny "/admin"
-}
-"""
+POLICY = DENY_ADMIN
 
 
 @pytest.fixture(scope="module")

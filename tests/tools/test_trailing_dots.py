@@ -22,15 +22,9 @@ from policyengine.engine import Engine
 from policyengine.lang import PolicyError
 from policyengine.tools import ToolRequestError, fold_path, normalize_path
 
-from .spellings import http_call, spelled
+from .spellings import DENY_ADMIN, http_call, spelled
 
-POLICY = """role r: x:*
-agent "bot": r
-tool up: http "api.example.com" {
-  ANY "/**" -> x:any
-  deny "/admin"
-}
-"""
+POLICY = DENY_ADMIN
 
 
 @pytest.fixture(scope="module")
