@@ -193,9 +193,7 @@ def _revocation_outage(exc: pe.TokenError) -> None:
     ``exc`` is a revocation store that could not answer: that says nothing of the token,
     so a route must not answer it as a bad token (401)."""
     if exc.code == "revocation_unavailable":
-        log.warning("revocation store unavailable: %s", exc.message)
-        raise RefusalError(503, "revocation_unavailable",
-                           FAULT_MESSAGES["revocation_unavailable"]) from None
+        raise RefusalError(503, exc.code, public_message(exc.code, exc.message)) from None
 
 
 def validate(adapter: TypeAdapter[Any], data: Any) -> Any:
@@ -876,8 +874,7 @@ class PolicyService:
             log.warning("approval store unavailable: %s", exc.message, exc_info=exc)
         except Exception as exc:  # not the store's own code: may be a bug, say it louder
             log.error("approval store failed", exc_info=exc)
-        raise RefusalError(503, "approval_store_error",
-                           "the approval store is unavailable; retry")
+        raise RefusalError(503, "approval_store_error", FAULT_MESSAGES["approval_store_error"])
 
     def _approval(self, req: Request) -> Reply:
         principal = self._caller(req)

@@ -4,9 +4,11 @@ A budget, rate-limit or revocation store that cannot answer fails with its drive
 text (``Error 111 connecting to 10.0.0.7:6379``, ``connection to server at "db"
 (10.1.2.3), port 5432 failed``, a SQLite file's path). The engine keeps that text in
 the decision's reason and the decision log, which is where it belongs; a wire answer
-carries the code and a fixed message instead, as the approval routes do, and the text
-goes to the service's log. Every wire's refusal renderer and decision answer passes
-through here.
+carries the code and a fixed message instead, and the text goes to the service's log.
+Every wire's refusal renderer and decision answer passes through here, and so do the
+routes that raise a store's outage themselves (a revocation store that cannot verify a
+grant, an approval store that cannot answer): :data:`FAULT_MESSAGES` is the one place a
+store fault's public text is written.
 """
 
 from __future__ import annotations
@@ -19,38 +21,44 @@ __all__ = ["FAULT_MESSAGES", "public_decision", "public_message", "public_reason
 
 log = logging.getLogger("policyengine.server")
 
-#: Codes of a store that could not answer -> what a client is told of it.
+#: Codes of a store that could not answer -> all a client is told of it: a refusal's
+#: message, and for the codes of :data:`_DECISION_FAULTS` a decision's reason and
+#: diagnostic message too.
 FAULT_MESSAGES = {
-    "store_unavailable": "a budget or rate-limit store is unavailable; retry",
-    "budget_unavailable": "the budget store is unavailable; retry",
-    "store_incompatible": "the budget store cannot be used by this service",
-    "revocation_unavailable": "the revocation store is unavailable; retry",
+    "store_unavailable": "store_unavailable: a budget or rate-limit store is unavailable; retry",
+    "budget_unavailable": "budget_unavailable: the budget store is unavailable; retry",
+    "store_incompatible": "store_incompatible: the budget store cannot be used by this service",
+    "revocation_unavailable": "revocation_unavailable: the revocation store is unavailable; "
+                              "retry",
+    "approval_store_error": "the approval store is unavailable; retry",
 }
 
-
-def _fixed(code: str) -> str:
-    return f"{code}: {FAULT_MESSAGES[code]}"
+#: The faults a decision is told of by the fixed message. Not ``approval_store_error``: a
+#: decision's reason for it names the driver's exception type, never the store's text
+#: (``decide._shared_approvals``), and says which step could not be recorded.
+_DECISION_FAULTS = frozenset(FAULT_MESSAGES) - {"approval_store_error"}
 
 
 def public_message(code: str, message: str) -> str:
-    """``message`` of a refusal with ``code``, or, for a store fault, the fixed message
-    (the store's own text logged)."""
-    if code not in FAULT_MESSAGES:
+    """``message`` of a refusal with ``code``, or, for a store fault, its fixed message
+    (the store's own text logged, once: a message already the fixed one is not)."""
+    fixed = FAULT_MESSAGES.get(code)
+    if fixed is None or message == fixed:
         return message
     log.warning("store fault answered as %s: %s", code, message)
-    return _fixed(code)
+    return fixed
 
 
 def public_reason(code: str, reason: str, diagnostic_codes: Iterable[str]) -> str:
     """A decision's reason for a client: the fixed message of its store fault when its
     code or one of its diagnostics' is one (a token refused because the revocation store
     failed is ``invalid_token`` with a ``revocation_unavailable`` diagnostic)."""
-    fault = code if code in FAULT_MESSAGES else next(
-        (c for c in diagnostic_codes if c in FAULT_MESSAGES), None)
+    fault = code if code in _DECISION_FAULTS else next(
+        (c for c in diagnostic_codes if c in _DECISION_FAULTS), None)
     if fault is None:
         return reason
     log.warning("store fault answered as %s: %s", fault, reason)
-    return _fixed(fault)
+    return FAULT_MESSAGES[fault]
 
 
 def public_decision(wire: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +66,7 @@ def public_decision(wire: dict[str, Any]) -> dict[str, Any]:
     :func:`public_reason` tells them, in its reason and its diagnostics' messages."""
     diagnostics = wire.get("diagnostics")
     code = wire.get("reasonCode")
-    if code not in FAULT_MESSAGES and not diagnostics:  # the common case: nothing to do
+    if code not in _DECISION_FAULTS and not diagnostics:  # the common case: nothing to do
         return wire
     codes = [d.get("code") for d in diagnostics or ()]
     reason = public_reason(code or "", wire.get("reason") or "",
@@ -66,6 +74,7 @@ def public_decision(wire: dict[str, Any]) -> dict[str, Any]:
     if reason is not wire.get("reason"):
         wire["reason"] = reason
         wire["diagnostics"] = [
-            {**d, "message": _fixed(d["code"])} if d.get("code") in FAULT_MESSAGES else d
+            {**d, "message": FAULT_MESSAGES[d["code"]]} if d.get("code") in _DECISION_FAULTS
+            else d
             for d in diagnostics or ()]
     return wire

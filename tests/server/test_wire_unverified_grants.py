@@ -125,3 +125,48 @@ def test_a_grant_that_cannot_be_checked_is_503_without_the_stores_error(
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "revocation_unavailable"
     assert "10.0.0.7" not in r.text
+
+
+class _DownAfter(_DownRevocations):
+    """A store that answers ``answers`` times, then is gone."""
+
+    def __init__(self, answers: int) -> None:
+        self.answers = answers
+
+    def any_revoked(self, identifiers: object) -> bool:
+        if self.answers > 0:
+            self.answers -= 1
+            return False
+        return super().any_revoked(identifiers)
+
+
+@pytest.mark.parametrize(("route", "answers"), [
+    ("ingest", 0), ("attenuate", 0), ("attenuate", 1), ("attenuate", 2)])
+def test_each_route_tells_a_revocation_outage_by_the_fixed_message(
+        service: Running, route: str, answers: int) -> None:
+    """Every route that verifies a grant itself (telemetry; attenuate's parent, the
+    child while it is made, and the child's own check) answers the one fixed message of
+    ``revocation_unavailable`` (``_faults.FAULT_MESSAGES``): never the store's text."""
+    grant = pe.tokens.mint(service.app.engine.keys, issuer="https://auth.example",
+                           acting_for="besar", agent="travel-agent",
+                           permissions=["flights:*"], ttl=60)
+    engine = service.app.engine
+    grant_id = engine.verify_token(grant).grant_id
+    before = engine.revocations
+    engine.revocations = _DownAfter(answers)
+    try:
+        if route == "ingest":
+            r = httpx.post(f"{service.url}/v1/ingest/traces", json=TRACE,
+                           headers={"Authorization": f"Bearer {grant}"})
+        else:
+            r = httpx.post(f"{service.url}/v1/delegations/{grant_id}/attenuate",
+                           json={"grantedToAgentId": "hotel-agent",
+                                 "permissions": ["flights:search"]},
+                           headers={"Authorization": f"Bearer {grant}"})
+    finally:
+        engine.revocations = before
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == {
+        "code": "revocation_unavailable",
+        "message": "revocation_unavailable: the revocation store is unavailable; retry"}
+    assert "10.0.0.7" not in r.text and "reset" not in r.text
