@@ -396,6 +396,7 @@ def test_a_redis_wait_or_the_stores_timeout_alone_is_read_as_written(
     connection's); ``timeout`` alone sets both. Opened on a live server, each store's
     client holds those waits."""
     from conftest import REDIS_URL, drop_namespace, require_service, unique_name
+    from redis_waits import client_waits
     require_service("redis")
     base = unique_name("waits")
     create = "" if kind == "approval" else "&create=true"
@@ -405,8 +406,7 @@ def test_a_redis_wait_or_the_stores_timeout_alone_is_read_as_written(
                              ("timeout=2", (2.0, 2.0))):
             store = opener(f"{REDIS_URL}?prefix={base}:{kind}:{create}&{query}")
             try:
-                kw = store._redis.connection_pool.connection_kwargs
-                assert (kw["socket_timeout"], kw["socket_connect_timeout"]) == waits, query
+                assert client_waits(store) == waits, query
             finally:
                 store.close()
     finally:

@@ -13,9 +13,8 @@ hold the thread that changes the state between the sink's flag and the log's ope
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,32 +23,11 @@ from conftest import until
 import policyengine as pe
 from policyengine.audit import DecisionLog
 
+from .sinks import GateSink
+
 POLICY = 'role r: a:*\nagent "bot": r\napproval ap: a:appr\n'
 CAPACITY = 2
 DEADLINE = 20.0
-
-
-class GateSink:
-    """Blocks in ``write`` while ``gate`` is clear (``stall``), or raises while
-    ``failing``; keeps every line it took."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.gate.set()
-        self.failing = False
-        self.lines: list[bytes] = []
-
-    def write(self, lines: Sequence[bytes]) -> None:
-        self.gate.wait()
-        if self.failing:
-            raise OSError("collector down")
-        self.lines.extend(lines)
-
-    def close(self) -> None:
-        pass
-
-    def records(self) -> list[dict[str, Any]]:
-        return [json.loads(x) for x in self.lines]
 
 
 OPENED: list[tuple[pe.Engine, GateSink]] = []
@@ -60,8 +38,7 @@ def _close_logs() -> Iterator[None]:
     yield
     while OPENED:  # no log's threads outlive the test
         engine, sink = OPENED.pop()
-        sink.gate.set()
-        sink.failing = False
+        sink.heal()
         engine.close(timeout=2)
 
 

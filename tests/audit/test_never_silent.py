@@ -7,9 +7,7 @@ counter with a generous deadline: they never time anything.
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,34 +17,10 @@ from conftest import until
 import policyengine as pe
 from policyengine.audit import DecisionLog, verify_files
 
+from .sinks import GateSink
+
 POLICY = 'role r: docs:*\nagent "bot": r\n'
 DEADLINE = 20.0
-
-
-class GateSink:
-    """A sink that, while ``stalled``, blocks in ``write`` and, while ``failing``,
-    raises. Keeps every line it took."""
-
-    def __init__(self, mode: str) -> None:
-        self.lines: list[bytes] = []
-        self.open = threading.Event()
-        self.mode = mode
-        self.attempts = 0
-
-    def write(self, lines: Sequence[bytes]) -> None:
-        self.attempts += 1
-        if not self.open.is_set():
-            if self.mode == "stall":
-                self.open.wait()
-            else:
-                raise OSError("collector down")
-        self.lines.extend(lines)
-
-    def close(self) -> None:
-        pass
-
-    def records(self) -> list[dict[str, Any]]:
-        return [json.loads(x) for x in self.lines]
 
 
 def make(policy: str, mode: str, tmp_path: Path, **options: Any
@@ -80,7 +54,7 @@ def test_block_makes_callers_wait_and_loses_nothing(mode: str, tmp_path: Path) -
     until(lambda: log.stats()["blocked"] > 0, "a caller to block")
     assert worker.is_alive() and len(ids) < 60   # backpressure: the caller is held
     assert log.stats()["dropped"] == 0
-    sink.open.set()
+    sink.heal()
     worker.join(DEADLINE)
     assert not worker.is_alive()
     assert engine.close()
@@ -99,7 +73,7 @@ def test_block_timeout_denies_rather_than_waits_forever(mode: str, tmp_path: Pat
     denied = [d for d in out if d.code == "decision_log_unavailable"]
     assert denied and all(d.status == "denied" for d in denied)
     assert log.stats()["unrecorded_denials"] == len(denied)
-    sink.open.set()
+    sink.heal()
     assert engine.close()
     allowed = [d.decision_id for d in out if d.allowed]
     assert decided(sink) == allowed
@@ -115,7 +89,7 @@ def test_deny_refuses_what_it_cannot_record(mode: str, tmp_path: Path) -> None:
     out += [engine.authorize("bot", "docs:read") for _ in range(40)]
     denied = [d for d in out if d.code == "decision_log_unavailable"]
     assert len(denied) >= 40                       # fail closed while the sink is down
-    sink.open.set()
+    sink.heal()
     until(lambda: log.healthy, "the sink to recover")
     after = engine.authorize("bot", "docs:read")
     assert after.allowed
@@ -139,7 +113,7 @@ def test_spill_keeps_deciding_and_ships_the_spill_in_order(mode: str, tmp_path: 
     until(lambda: log.stats()["spilled"] > 0, "records to spill")
     assert (tmp_path / "spill.jsonl").stat().st_size > 0
     assert log.stats()["dropped"] == log.stats()["denied"] == 0
-    sink.open.set()
+    sink.heal()
     assert engine.close()
     assert decided(sink) == ids
     stats = log.stats()
@@ -161,8 +135,7 @@ def test_a_spill_left_by_a_previous_run_is_shipped_first(tmp_path: Path) -> None
                           for t in threading.enumerate()),
           "the log's threads to stop")
     spilled = log.stats()["spilled"]
-    again = GateSink("fail")
-    again.open.set()
+    again = GateSink()
     log2 = DecisionLog(again, overflow="spill", spill_path=tmp_path / "spill.jsonl")
     engine2 = pe.Engine.from_source(POLICY, decision_log=log2)
     second = engine2.authorize("bot", "docs:read").decision_id
@@ -178,7 +151,7 @@ def test_drop_counts_every_dropped_record_in_stats_and_the_next_record(
     engine, log, sink = make("drop", mode, tmp_path)
     ids = [engine.authorize("bot", "docs:read").decision_id for _ in range(100)]
     assert log.stats()["dropped"] > 0
-    sink.open.set()
+    sink.heal()
     until(lambda: log.healthy and not log.stats()["queue_depth"], "the sink to drain")
     ids.append(engine.authorize("bot", "docs:read").decision_id)  # reports the drops
     assert engine.close()

@@ -6,7 +6,7 @@ for a decision nobody may act on. ``explain`` gives the same denial."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +15,8 @@ import policyengine as pe
 from policyengine.audit import DecisionLog
 from policyengine.budgets import MemoryStore
 
+from .sinks import GateSink
+
 POLICY = """namespace t
 role r: a:*
 agent "bot": r
@@ -22,20 +24,6 @@ approval ap: a:appr
 ratelimit rl: a:rl 1 per hour
 tool pay: mcp "pay" -> a:rl
 """
-
-
-class FailingSink:
-    def __init__(self) -> None:
-        self.failing = False
-        self.lines: list[bytes] = []
-
-    def write(self, lines: Sequence[bytes]) -> None:
-        if self.failing:
-            raise OSError("collector down")
-        self.lines.extend(lines)
-
-    def close(self) -> None:
-        pass
 
 
 OPENED: list[pe.Engine] = []
@@ -48,10 +36,10 @@ def _close_logs() -> Iterator[None]:
         OPENED.pop().close(timeout=1)
 
 
-def engines(overflow: str = "drop") -> tuple[pe.Engine, pe.Engine, FailingSink]:
+def engines(overflow: str = "drop") -> tuple[pe.Engine, pe.Engine, GateSink]:
     """An engine with a log and one without, on the same budget store and approvals."""
     store, approvals = MemoryStore(), pe.MemoryApprovalStore()
-    sink = FailingSink()
+    sink = GateSink()
     log = DecisionLog(sink, overflow=overflow, stall_after=0.05,  # type: ignore[arg-type]
                       retry_backoff=0.01, max_retry_backoff=0.02)
     logged = pe.Engine.from_source(POLICY, decision_log=log, budget_store=store,
@@ -61,7 +49,7 @@ def engines(overflow: str = "drop") -> tuple[pe.Engine, pe.Engine, FailingSink]:
     return logged, plain, sink
 
 
-def refuse(engine: pe.Engine, how: str, sink: FailingSink) -> None:
+def refuse(engine: pe.Engine, how: str, sink: GateSink) -> None:
     log = engine.decision_log
     assert log is not None
     if how == "closed":

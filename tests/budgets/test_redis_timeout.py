@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import REDIS_URL, Relay, drop_namespace, require_service, unique_name
+from redis_waits import client_waits
 
 from policyengine.budgets import BudgetInputError, BudgetStoreError, RedisStore, store_from_url
 from policyengine.budgets.ratelimit import RateKey
@@ -43,10 +44,8 @@ def prefix() -> Iterator[str]:
 
 def _timeouts(store: RedisStore) -> tuple[object, ...]:
     """The timeouts of the client's connections and of the budget scripts' own."""
-    client = store._redis.connection_pool.connection_kwargs
     script = store._eval._make()
-    return (client["socket_timeout"], client["socket_connect_timeout"],
-            script.socket_timeout, script.socket_connect_timeout)
+    return (*client_waits(store), script.socket_timeout, script.socket_connect_timeout)
 
 
 def test_the_url_takes_timeout(prefix: str) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from conftest import REDIS_URL, drop_namespace, require_service, unique_name
 from hypothesis import given
 from hypothesis import strategies as st
+from redis_waits import client_waits
 
 from policyengine.decide import ApprovalError, approvals_from_url
 from policyengine.decide._shared_approvals import RedisApprovalStore
@@ -27,11 +27,6 @@ from policyengine.tokens._shared_revocation import RedisRevocationStore, revocat
 NO_REDIS = "redis://127.0.0.1:1/0"
 MAX = 315_360_000
 BAD = [float("nan"), float("inf"), -1, MAX + 1, 1e300, True, "5", None]
-
-
-def _timeouts(store: Any) -> tuple[object, object]:
-    kwargs = store._redis.connection_pool.connection_kwargs
-    return kwargs["socket_timeout"], kwargs["socket_connect_timeout"]
 
 
 @pytest.mark.parametrize("value", BAD, ids=repr)
@@ -54,17 +49,17 @@ def test_an_approval_time_opens_exactly_when_it_is_seconds(keep: float, timeout:
     except ApprovalError as err:
         assert err.code == "invalid_approval_store" and not good
         return
-    assert good and store.keep_expired == keep and _timeouts(store) == (timeout, timeout)
+    assert good and store.keep_expired == keep and client_waits(store) == (timeout, timeout)
     store.close()
 
 
 def test_the_approval_url_takes_the_constructors_options() -> None:
     store = approvals_from_url(f"{NO_REDIS}?prefix=p:&keep_expired=60&timeout=2.5")
-    assert (store.prefix, store.keep_expired, _timeouts(store)) == ("p:", 60, (2.5, 2.5))
+    assert (store.prefix, store.keep_expired, client_waits(store)) == ("p:", 60, (2.5, 2.5))
     store.close()
     # a keyword argument overrides the URL's, as for the budget stores
     store = approvals_from_url(f"{NO_REDIS}?timeout=2.5", timeout=1)
-    assert _timeouts(store) == (1, 1)
+    assert client_waits(store) == (1, 1)
     store.close()
 
 
@@ -90,7 +85,7 @@ def prefix() -> Iterator[str]:
 def test_the_revocation_url_takes_timeout(prefix: str) -> None:
     store = revocations_from_url(f"{REDIS_URL}?prefix={prefix}:&timeout=2.5&create=true")
     try:
-        assert isinstance(store, RedisRevocationStore) and _timeouts(store) == (2.5, 2.5)
+        assert isinstance(store, RedisRevocationStore) and client_waits(store) == (2.5, 2.5)
         store.revoke("g-1")
         assert store.is_revoked("g-1")
     finally:
