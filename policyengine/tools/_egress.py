@@ -185,7 +185,7 @@ class CompiledTools:
             # any case (servers that route case-insensitively), each segment without its
             # trailing dots and spaces and NTFS stream suffixes (Windows path
             # normalisation), with or without a trailing '/'; and, for a path with a
-            # '~', a segment an NTFS 8.3 short name of a denied one may be spelt as.
+            # '~', a segment that may be an NTFS 8.3 short name at a literal's position.
             folded = fold_path(p)
             forms = (folded, folded[:-1]) if len(folded) > 1 and folded[-1] == "/" else (
                 folded,)
@@ -219,8 +219,9 @@ class CompiledTools:
     @staticmethod
     def _short_name_denial(bindings: tuple[HttpBinding, ...], m: str, p: str, folded: str,
                            forms: tuple[str, ...]) -> _Routed | None:
-        """The deny route a path with a ``~`` reaches through an NTFS 8.3 short name of a
-        denied segment (``/ADMINI~1`` for ``deny "/administrator"``), if any. Run only
+        """The deny route a path with a ``~`` reaches through a segment that may be an
+        NTFS 8.3 short name of a denied one (``/ADMINI~1``, ``/XYZ~1`` for ``deny
+        "/administrator"``: which long name a short one opens cannot be told), if any. Run only
         for such paths, after the deny routes matched nothing: the folded forms and, if
         the path has escapes, the lower-cased ones too (:func:`short_name_form`: a letter
         that case folding lengthens, ``ß``, keeps a short name's length there)."""

@@ -34,9 +34,8 @@ __all__ = [
     "host_without_port",
     "normalize_path",
     "normalize_scheme",
-    "may_shorten_to",
+    "is_short_name",
     "short_name_form",
-    "short_name_stem",
     "split_path",
 ]
 
@@ -346,30 +345,50 @@ def _encode_path_char(c: str) -> str:
 
 #: ``i`` and the combining dot above (U+0307, UTF-8 CC 87) after it, in a folded path.
 _DOTTED_I: Final = re.compile(r"i(?:%CC%87)+")
-#: The dots and spaces (``%20`` once normalised) that end a segment of a normalised path.
-_TRAILING_DOTS_SPACES: Final = re.compile(r"(?:\.|%20)+(?=/|\Z)")
+#: An NTFS attribute type name after its ``$`` (case-folded): ``data``,
+#: ``index_allocation``, ``index_root``, ``bitmap`` ... Any such name counts: one NTFS
+#: does not know is an error there, so taking it for the segment only denies more.
+_STREAM_TYPE: Final = re.compile(r"[a-z0-9_]+")
 
 
-#: The same with, in the run, an NTFS stream suffix that names the file or directory
-#: itself (case-folded): ``::$data`` (a file's unnamed default data stream),
-#: ``::$index_allocation`` and ``:$i30:$index_allocation`` (a directory's default
-#: index stream, named ``$I30``).
-_TRAILING_STREAM: Final = re.compile(
-    r"(?:\.|%20|::\$data|:(?:\$i30)?:\$index_allocation)+(?=/|\Z)")
+def _trim_segment(seg: str) -> str:
+    """One (case-folded) segment without its trailing dots, spaces (``%20``) and NTFS
+    stream suffixes naming an attribute of the segment itself, in any order: ``::$type``
+    (the unnamed stream of any type: ``::$data`` the file, ``::$index_allocation`` the
+    directory, ``::$index_root``, ``::$bitmap`` ... parts of it) and ``:name:$type`` of a
+    type other than ``$data`` (``:$i30:$index_allocation`` the directory, ``:$i30:$bitmap``
+    its index bitmap). ``:name`` and ``:name:$data`` stay: another, named, data stream
+    (and an API's custom method, ``items:search``). Read from the end, each step removing
+    one suffix: linear in the segment."""
+    end = len(seg)
+    while end:
+        if seg.endswith(".", 0, end):
+            end -= 1
+        elif seg.endswith("%20", 0, end):
+            end -= 3
+        else:
+            c = seg.rfind(":$", 0, end)
+            if c < 1 or _STREAM_TYPE.fullmatch(seg, c + 2, end) is None:
+                break
+            if seg[c - 1] == ":":                       # ::$type
+                end = c - 1
+                continue
+            n = seg.rfind(":", 0, c)                    # :name:$type
+            if n < 0 or seg[c + 2:end] == "data":
+                break
+            end = n
+    return seg[:end]
 
 
 def _trim_segments(path: str) -> str:
     """``path`` with each segment's trailing dots and spaces removed, as Windows path
     normalisation (Win32 path APIs: IIS, any upstream serving through them) removes
-    them: ``/admin. /x.`` -> ``/admin/x``; and an NTFS stream suffix that names the
-    segment itself removed with them, before or after them: ``::$data`` (the unnamed
-    default data stream of a file), ``::$index_allocation`` or
-    ``:$i30:$index_allocation`` (the default index stream of a directory):
-    ``/admin::$data.`` -> ``/admin``. ``path`` is case-folded already."""
-    if ":$" in path:
-        return _TRAILING_STREAM.sub("", path)
-    if path.endswith((".", "%20")) or "./" in path or "%20/" in path:
-        return _TRAILING_DOTS_SPACES.sub("", path)
+    them: ``/admin. /x.`` -> ``/admin/x``; and an NTFS stream suffix that names an
+    attribute of the segment itself removed with them, before or after them
+    (:func:`_trim_segment`): ``/admin::$data.`` -> ``/admin``. ``path`` is case-folded
+    already."""
+    if ":$" in path or path.endswith((".", "%20")) or "./" in path or "%20/" in path:
+        return "/".join([_trim_segment(seg) for seg in path.split("/")])
     return path
 
 
@@ -381,18 +400,20 @@ def fold_path(path: str) -> str:
     ``deny "/v1/accounts"``, nor ``/adm%C4%B1n`` (a dotless i, U+0131) or ``/admin.%20``
     ``deny "/admin"``. An ``i`` followed by U+0307 (combining dot above) folds to ``i``
     too: Unicode case folding reads U+0130 (I with dot above) as that pair. A segment's
-    NTFS stream suffix that names the segment itself (any case, ``%3A%3A%24DATA`` too
-    once normalised) is removed with its trailing dots and spaces: on NTFS
-    ``name::$DATA`` names the unnamed default data stream of ``name``, i.e. the file
-    itself, and ``dir::$INDEX_ALLOCATION`` or ``dir:$I30:$INDEX_ALLOCATION`` the
-    directory itself, so ``/admin::$DATA`` and ``/admin::$INDEX_ALLOCATION/x`` cannot
-    escape ``deny "/admin/**"``. Other ``:`` suffixes stay (``/v1/items:search`` is not
-    ``/v1/items``). Leading spaces stay too: no Windows normalisation removes them.
+    NTFS stream suffix that names an attribute of the segment itself (any case,
+    ``%3A%3A%24DATA`` too once normalised) is removed with its trailing dots and
+    spaces: on NTFS ``name::$DATA`` names the unnamed default data stream of ``name``,
+    i.e. the file itself, ``dir::$INDEX_ALLOCATION`` or ``dir:$I30:$INDEX_ALLOCATION``
+    the directory itself, and ``dir::$INDEX_ROOT``, ``dir:$I30:$BITMAP`` (any
+    ``::$TYPE``, any ``:NAME:$TYPE`` but ``$DATA``) parts of it, so ``/admin::$DATA``
+    and ``/admin::$INDEX_ROOT/x`` cannot escape ``deny "/admin/**"``. Other ``:``
+    suffixes stay (``/v1/items:search`` is not ``/v1/items``, ``/a:s:$DATA`` is the data
+    stream ``s``). Leading spaces stay too: no Windows normalisation removes them.
 
     >>> fold_path("/V1/Caf%C3%89/adm%C4%B1n.%20"), fold_path("/Admin::$DATA/x:Search")
     ('/v1/caf%C3%A9/admin', '/admin/x:search')
-    >>> fold_path("/Admin::$Index_Allocation/Logs:$I30:$INDEX_ALLOCATION/x")
-    '/admin/logs/x'
+    >>> fold_path("/Admin::$Index_Root/Logs:$I30:$BITMAP/x:s:$DATA")
+    '/admin/logs/x:s:$data'
     """
     try:  # (a try costs nothing until it catches: no check per call)
         if "%" not in path:
@@ -421,79 +442,33 @@ def split_path(path: str) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------- 8.3 short names
 
-#: A (percent-decoded, lower-cased) segment shaped like an NTFS 8.3 short name: a base of
-#: 1-6 characters, ``~``, a number, at most 8 characters in all, then an optional
-#: extension of 1-3 characters (``admini~1``, ``gi7eba~1.con``, ``ab~12345``).
-_SHORT_NAME: Final = re.compile(r"([^.]{1,6})~([0-9]{1,7})(?:\.[^.]{1,3})?")
-#: Long-name characters a short name cannot hold and writes as ``_``.
-_SHORT_AS_UNDERSCORE: Final = frozenset("+,;=[]")
-_HEX_LOWER: Final = frozenset("0123456789abcdef")
+#: A (percent-decoded) segment that may be an NTFS 8.3 short name: a base of 1-8
+#: characters, an optional extension of 1-3, and ``~`` then a digit in it (``admini~1``,
+#: ``gi7eba~1.con``, ``ab~12345``, ``x~1y``).
+_SHORT_NAME: Final = re.compile(r"(?=.*~[0-9])[^.]{1,8}(?:\.[^.]{1,3})?")
 
 
-def short_name_stem(segment: str) -> str:
-    """The characters an NTFS 8.3 short name of the (normalised) ``segment`` is made
-    from, in order: percent-decoded, lower-cased, without spaces and dots (short-name
-    generation drops them, leading dots included; the extension comes from after the
-    last dot, so dropping every dot keeps every base a prefix).
+def is_short_name(segment: str) -> bool:
+    """Whether the (normalised) path ``segment`` may be an NTFS 8.3 short name, which a
+    Windows upstream with short names enabled opens as the long name it was given: an
+    8.3-sized name (a base of 1-8 characters, an optional extension of 1-3, once
+    percent-decoded) with ``~`` and a digit in it. Which long name that is cannot be
+    told from the path: the number depends on what else the directory holds, the hashed
+    form (``GI7EBA~1`` for ``.gitmodules``) on a hash, the characters on the volume's
+    code page, and a short name set by hand (``SetFileShortNameW``) may be anything. So
+    deny routes take such a segment for any literal segment at its position (fail
+    closed); other segments with ``~`` are ordinary names.
 
-    >>> short_name_stem("Web.Config"), short_name_stem("my%20files")
-    ('webconfig', 'myfiles')
+    >>> is_short_name("ADMINI~1"), is_short_name("~user"), is_short_name("ADMINIS~1")
+    (True, False, False)
     """
     if "%" in segment:
         segment = unquote(segment)
-    return segment.lower().replace(" ", "").replace(".", "")
-
-
-def _short_chars_match(base: str, stem: str) -> bool:
-    """``base`` (no longer than ``stem``) is what a short name could write for the first
-    characters of ``stem``: each the same, ``_`` for a character short names cannot hold
-    (``+ , ; = [ ]``), or anything for a non-ASCII one (kept, mapped to the OEM code page
-    or written ``_``: which depends on the volume)."""
-    for b, s in zip(base, stem[:len(base)], strict=True):
-        if b != s and s.isascii() and not (b == "_" and s in _SHORT_AS_UNDERSCORE):
-            return False
-    return True
-
-
-def may_shorten_to(segment: str, stems: tuple[str, ...]) -> bool:
-    """Whether the (folded) path ``segment`` has the shape of an NTFS 8.3 short name that
-    a long name with one of ``stems`` (:func:`short_name_stem`) may have been given, so
-    that a Windows upstream with short names enabled may open that long name for it.
-
-    Fail closed, from how NTFS makes short names: the base is the first up-to-6
-    characters of the stem (``administrator`` -> ``ADMINI~1``), or, from the fifth
-    collision on (Windows 2000 and later), its first two characters (one, if the name
-    before its extension has one) and hex digits of a hash (``.gitmodules`` ->
-    ``GI7EBA~1``); the number is any; the extension is not compared. A segment with
-    ``~`` that is not so shaped (``~user``, ``a~b``, a base of 7 characters) or whose
-    base no stem starts with is not a short name of it.
-
-    >>> may_shorten_to("admini~1", ("administrator",)), may_shorten_to("~user", ("user",))
-    (True, False)
-    """
-    if "%" in segment:
-        segment = unquote(segment)
-    m = _SHORT_NAME.fullmatch(segment.lower())
-    if m is None:
-        return False
-    base, number = m.group(1), m.group(2)
-    if len(base) + 1 + len(number) > 8:
-        return False
-    n = len(base)
-    for stem in stems:
-        if not stem:
-            continue
-        if n <= len(stem) and _short_chars_match(base, stem):
-            return True
-        for k in (1, 2):
-            if (n > k and k <= len(stem) and _short_chars_match(base[:k], stem)
-                    and _HEX_LOWER.issuperset(base[k:])):
-                return True
-    return False
+    return _SHORT_NAME.fullmatch(segment) is not None
 
 
 def short_name_form(path: str) -> str:
-    """A *normalised* ``path`` as :func:`may_shorten_to` reads it besides
+    """A *normalised* ``path`` as :func:`is_short_name` reads it besides
     :func:`fold_path`: lower-cased (ASCII letters; other letters are lower-cased once
     decoded) with each segment's trailing dots, spaces and stream suffixes removed, but
     not case-folded, so a short name holding a letter that folding lengthens (``ß``)
@@ -624,7 +599,7 @@ class RoutePattern:
     __slots__ = ("_has_any", "_head", "_names", "_short", "_tail", "specificity", "text")
 
     def __init__(self, text: str, segments: list[tuple[str, str]],
-                 stems: list[tuple[str, ...]] | None = None) -> None:
+                 short: bool = False) -> None:
         self.text = text
         any_at = next((k for k, (kind, _) in enumerate(segments) if kind == _ANY), None)
         self._has_any = any_at is not None
@@ -634,14 +609,8 @@ class RoutePattern:
         else:
             self._head = tuple(segments[:any_at])
             self._tail = tuple(segments[any_at + 1:])
-        #: Deny routes only: each literal segment's short-name stems (``()`` for the
-        #: others), head and tail, for :meth:`covers_short_name`.
-        self._short: tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]] | None
-        if stems is None:
-            self._short = None
-        else:
-            cut = len(stems) if any_at is None else any_at
-            self._short = (tuple(stems[:cut]), tuple(stems[cut + 1:]))
+        #: Deny routes only: :meth:`covers_short_name` takes a short name for a literal.
+        self._short = short
         self._names = tuple(v for k, v in segments if k == _PARAM)
         literal = sum(1 for k, _ in segments if k == "lit")
         single = sum(1 for k, _ in segments if k in (_ONE, _PARAM))
@@ -658,10 +627,8 @@ class RoutePattern:
             raise ToolPatternError(f"route {text!r} must start with '/'")
         raw = () if text == "/" else tuple(text[1:].split("/"))
         segments: list[tuple[str, str]] = []
-        stems: list[tuple[str, ...]] = []
         names: set[str] = set()
         for k, seg in enumerate(raw):
-            stems.append(())
             if seg == "**":
                 if any(kind == _ANY for kind, _ in segments):
                     raise ToolPatternError(f"route {text!r}: at most one '**'")
@@ -685,17 +652,8 @@ class RoutePattern:
                     raise ToolPatternError(f"route {text!r}: {exc.message}") from None
                 if "?" in seg:
                     raise ToolPatternError(f"route {text!r}: no query in a route")
-                if fold:
-                    folded = fold_path(canon)
-                    segments.append(("lit", folded))
-                    # The stems of the folded and of the lower-cased spelling: a short
-                    # name is made from the name as stored, not as folded (U+00DF).
-                    stems[-1] = tuple(dict.fromkeys(
-                        (short_name_stem(folded),
-                         short_name_stem(short_name_form(canon)))))
-                else:
-                    segments.append(("lit", canon))
-        return cls(text, segments, stems if fold else None)
+                segments.append(("lit", fold_path(canon) if fold else canon))
+        return cls(text, segments, fold)
 
     @staticmethod
     def _match_fixed(pattern: tuple[tuple[str, str], ...], segs: tuple[str, ...],
@@ -731,11 +689,10 @@ class RoutePattern:
         return out
 
     @staticmethod
-    def _short_fixed(pattern: tuple[tuple[str, str], ...], stems: tuple[tuple[str, ...], ...],
-                     segs: tuple[str, ...]) -> bool:
-        for (kind, value), seg_stems, seg in zip(pattern, stems, segs, strict=True):
+    def _short_fixed(pattern: tuple[tuple[str, str], ...], segs: tuple[str, ...]) -> bool:
+        for (kind, value), seg in zip(pattern, segs, strict=True):
             if kind == "lit":
-                if seg != value and not ("~" in seg and may_shorten_to(seg, seg_stems)):
+                if seg != value and not ("~" in seg and is_short_name(seg)):
                     return False
             elif not seg:
                 return False
@@ -743,13 +700,12 @@ class RoutePattern:
 
     def covers_short_name(self, path: str) -> bool:
         """Deny matching of a *folded* ``path`` with a ``~`` in it: like :meth:`match`,
-        but a literal segment also matches a path segment shaped like an NTFS 8.3 short
-        name that the literal may have been given (:func:`may_shorten_to`), since a
-        Windows upstream with short names enabled opens the long name for it
-        (``/ADMINI~1`` is ``/administrator`` there). Only for patterns compiled with
-        ``fold=True`` (False for others); allow routes never match this way."""
-        short = self._short
-        if short is None:
+        but a literal segment also matches a path segment that may be an NTFS 8.3 short
+        name (:func:`is_short_name`), since a Windows upstream with short names enabled
+        opens a long name for it (``/ADMINI~1`` is ``/administrator`` there) and which
+        one cannot be told (fail closed). Only for patterns compiled with ``fold=True``
+        (False for others); allow routes never match this way."""
+        if not self._short:
             return False
         segs = split_path(path)
         head, tail = self._head, self._tail
@@ -758,9 +714,9 @@ class RoutePattern:
                 return False
         elif len(segs) != len(head):
             return False
-        if not self._short_fixed(head, short[0], segs[:len(head)]):
+        if not self._short_fixed(head, segs[:len(head)]):
             return False
-        return not tail or self._short_fixed(tail, short[1], segs[len(segs) - len(tail):])
+        return not tail or self._short_fixed(tail, segs[len(segs) - len(tail):])
 
     def __repr__(self) -> str:
         return f"RoutePattern({self.text!r})"

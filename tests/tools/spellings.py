@@ -1,5 +1,6 @@
-"""What the deny-route spelling tests share: asking one HTTP tool call of an engine, and
-spelling a text in another case or percent-encoded, as a client may send it. Each test
+"""What the deny-route spelling tests share: asking one HTTP tool call of an engine,
+spelling a text in another case or percent-encoded, as a client may send it, and the
+NTFS stream suffixes that name (an attribute of) the segment they end. Each test
 file keeps its own policy and its own model of what the upstream takes a path for
 (Java's case folding, Win32 trimming, NTFS streams and short names)."""
 
@@ -43,3 +44,33 @@ def spelled(draw: st.DrawFn, text: str) -> str:
         form = draw(st.integers(0, 2))
         out.append(c.swapcase() if form == 1 else f"%{ord(c):02x}" if form == 2 else c)
     return "".join(out)
+
+
+#: The NTFS attribute type names ([MS-FSCC] 5.1 "NTFS Streams"; a volume's ``$AttrDef``).
+#: A stream is ``name:stream-name:$TYPE``; types compare case-insensitively.
+NTFS_TYPES = ("$STANDARD_INFORMATION", "$ATTRIBUTE_LIST", "$FILE_NAME", "$OBJECT_ID",
+              "$SECURITY_DESCRIPTOR", "$VOLUME_NAME", "$VOLUME_INFORMATION", "$DATA",
+              "$INDEX_ROOT", "$INDEX_ALLOCATION", "$BITMAP", "$REPARSE_POINT",
+              "$EA_INFORMATION", "$EA", "$PROPERTY_SET", "$LOGGED_UTILITY_STREAM")
+
+
+@st.composite
+def own_stream(draw: st.DrawFn) -> str:
+    """A stream suffix (spelt by :func:`spelled`) that names an attribute of the segment
+    it ends, so a deny route of the segment must cover it: ``::$TYPE`` (the unnamed
+    stream of any type: ``::$DATA`` the file, ``::$INDEX_ALLOCATION`` the directory,
+    ``::$INDEX_ROOT`` ... parts of it) or ``:NAME:$TYPE`` of a type other than ``$DATA``
+    (``:$I30:$INDEX_ALLOCATION`` the directory, ``:$I30:$BITMAP`` its index bitmap)."""
+    kind = draw(st.sampled_from(NTFS_TYPES))
+    names = ["", "$I30", "$I30", "x"] if kind != "$DATA" else [""]
+    return draw(spelled(f":{draw(st.sampled_from(names))}:{kind}"))
+
+
+@st.composite
+def other_stream(draw: st.DrawFn) -> str:
+    """A ``:`` suffix that names another stream, or nothing NTFS knows (an API's custom
+    method): ``:NAME`` and ``:NAME:$DATA`` (a named data stream, ``:$I30`` and
+    ``:$INDEX_ALLOCATION`` too), ``:search``. A deny route of the segment does not
+    cover it."""
+    name = draw(st.sampled_from(["$I30", "$INDEX_ALLOCATION", "$BITMAP", "search", "x"]))
+    return draw(spelled(f":{name}" + draw(st.sampled_from(["", ":$DATA"]))))

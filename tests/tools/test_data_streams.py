@@ -1,17 +1,20 @@
 """NTFS default data streams for deny routes: on an NTFS upstream (IIS) ``name::$DATA``
 names the unnamed default data stream of ``name``, i.e. the file itself, so
 ``/admin::$DATA`` (any case, percent-encoded too) reaches ``/admin`` there. Deny routes
-match after removing a segment's ``::$data`` suffix (with its trailing dots and spaces,
-on the request path and on the deny route); other ``:`` suffixes stay (an API's custom
-method ``/v1/items:search`` is not ``/v1/items``); allow routes stay exact.
+match after removing a segment's ``::$data`` suffix, and any other ``::$type`` (the
+unnamed stream of another attribute type: an attribute of the file, or an error on
+NTFS), with its trailing dots and spaces, on the request path and on the deny route;
+other ``:`` suffixes stay (an API's custom method ``/v1/items:search`` is not
+``/v1/items``, ``/admin:x:$DATA`` is the data stream ``x``); allow routes stay exact.
 
 The reference here is an NTFS-style model written apart from the implementation: split
 on ``/``, percent-decode each segment, ignore ASCII case, strip trailing ``.`` and
-``' '``, drop a ``::$data`` stream suffix, strip trailing dots and spaces again.
+``' '``, drop a ``::$type`` stream suffix, strip trailing dots and spaces again.
 """
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote
 
 import pytest
@@ -44,6 +47,8 @@ def engine() -> Engine:
     "/admin%3a%3a%24data", "/admin::%24DATA", "/admin::$DATA/", "/admin::$DATA.",
     "/admin::$DATA%20", "/admin.::$DATA", "/admin. ::$DATA", "/ADMIN%2E::$DATA.%20",
     "/v1/keys::$DATA/x", "/v1/keys/k::$DATA", "/v1/items::$DATA",
+    # any other type of unnamed stream: an attribute of the file (or an error on NTFS)
+    "/admin::$DATAx", "/admin::$DAT", "/admin::$INDEX", "/admin::$EA", "/admin::$BITMAP",
 ])
 def test_the_default_data_stream_of_a_denied_path_is_denied(engine: Engine,
                                                             path: str) -> None:
@@ -52,8 +57,8 @@ def test_the_default_data_stream_of_a_denied_path_is_denied(engine: Engine,
 
 @pytest.mark.parametrize("path", [
     "/v1/items:search", "/v1/items:batchGet", "/admin:$DATA", "/admin:x:$DATA",
-    "/admin::$DATAx", "/admin::$DAT", "/admin::$INDEX", "/admins::$DATA", "/x/admin::$DATA",
-    "/admin::$DATA/x",
+    "/admin:$BITMAP", "/admin::$", "/admin::$DATA%C3%A9", "/admins::$DATA",
+    "/x/admin::$DATA", "/admin::$DATA/x",
 ])
 def test_other_colon_suffixes_and_neighbours_are_allowed(engine: Engine, path: str) -> None:
     assert outcome(engine, path) == "policy_allow", path
@@ -69,7 +74,7 @@ def test_a_deny_route_with_the_stream_suffix_denies_the_file() -> None:
 def test_fold_path_drops_the_stream_suffix_only() -> None:
     assert fold_path("/Admin::$DATA/x::$data.%20/y") == "/admin/x/y"
     assert fold_path("/v1/items:search") == "/v1/items:search"
-    assert fold_path("/a:$data/b::$datax") == "/a:$data/b::$datax"
+    assert fold_path("/a:$data/b::$datax/c:x:$data") == "/a:$data/b/c:x:$data"
 
 
 def test_allow_routes_stay_exact() -> None:
@@ -89,8 +94,9 @@ def ntfs_key(path: str) -> tuple[str, ...]:
     out = []
     for s in segments:
         name = unquote(s).lower().rstrip(". ")
-        if name.endswith("::$data"):
-            name = name[:-len("::$data")]
+        stream = re.search(r"::\$[a-z0-9_]+$", name)
+        if stream is not None:
+            name = name[:stream.start()]
         out.append(name.rstrip(". "))
     return tuple(out)
 
@@ -129,7 +135,7 @@ def test_what_ntfs_takes_for_a_denied_path_is_denied(deny: list[str],
 
 @settings(max_examples=200, deadline=None)
 @given(deny=_SEGMENT, other=_SEGMENT, suffix=st.sampled_from(
-    [":search", ":$data", "::$dat", "::$datax", ":x::$data", "::data"]))
+    [":search", ":$data", ":x:$data", ":x::$data", "::$", "::data", "::$dat%C3%A9"]))
 def test_what_ntfs_takes_for_another_file_is_not_denied(deny: str, other: str,
                                                         suffix: str) -> None:
     """A path the model keys apart from the deny route is not denied by it."""
