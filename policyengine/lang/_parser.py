@@ -63,9 +63,24 @@ _STATEMENT_START = re.compile(
     r"|(?:permit|forbid|approval|limit|budget|tool|ratelimit)[ \t]+[A-Za-z_][A-Za-z0-9_\-]*[ \t]*:)"
     r"(?![A-Za-z0-9_])"
 )
-# What the statement splitter looks at: whole strings, a lone quote (unterminated), a
-# comment, brackets, and runs of `not` (nesting without brackets).
-_SCAN = re.compile(r'"(?:[^"\\]|\\.)*"|"|#|[(\[{)\]}]|(?<![A-Za-z0-9_])(?:not[ \t]+){2,}')
+# What the statement splitter looks at: whole strings, a lone quote (unterminated), an
+# unquoted JSONPath (the grammar's JSONPATH: a `#` in it is no comment), a comment,
+# brackets, and the word `not` (a run of them nests without brackets).
+_SCAN = re.compile(r'"(?:[^"\\]|\\.)*"|"|\$[^\s,{}]*|#|[(\[{)\]}]'
+                   r'|(?<![A-Za-z0-9_\-.])not(?![A-Za-z0-9_\-])')
+# Characters that end a line for str.splitlines() and for some editors, but not for the
+# language (lines end at "\n"; a "\r" right before it is ignored). Outside strings and
+# comments they are E001 (or, for "\f", whitespace); inside a comment or a string they
+# would make text that looks like a line of its own part of the comment or the string,
+# so there they are E013, as a "\r" not followed by "\n" is anywhere.
+_NOT_A_NEWLINE = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_BREAK_NAMES = {
+    "\r": "a carriage return (U+000D) not followed by a line feed",
+    "\x0b": "a vertical tab (U+000B)", "\x0c": "a form feed (U+000C)",
+    "\x1c": "a file separator (U+001C)", "\x1d": "a group separator (U+001D)",
+    "\x1e": "a record separator (U+001E)", "\x85": "a next-line character (U+0085)",
+    "\u2028": "a line separator (U+2028)", "\u2029": "a paragraph separator (U+2029)",
+}
 _UNINDENTED_WORD = re.compile(r"[A-Za-z_]")
 # The grammar's whitespace (``%ignore``): str.strip() would also drop U+3000, U+00A0, \v,
 # \x1c..., which are no whitespace of the language (E001 wherever they stand).
@@ -89,7 +104,12 @@ _KEYWORD_TERMINALS = {
 
 _KEYWORDS = (*STATEMENT_KEYWORDS, "when", "unless", "for", "and", "or", "not", "in", "over",
              "amount", "per", "redact", "deny", "true", "false", "context", "principal")
+_BOM = "\ufeff".encode()
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Deepest expression the builder makes (one Python call per level). The checker refuses
+#: anything past ``MAX_EXPR_DEPTH`` (48) anyway; this only keeps the stack bounded, well
+#: above what the fast reader builds (40 levels of its own, each a few nodes deep).
+_MAX_BUILD_DEPTH = 200
 
 
 def _grammar_text() -> str:
@@ -285,10 +305,14 @@ def _decode(data: str | bytes, name: str, sources: SourceSet) -> tuple[str | Non
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             # The column counts characters, as every other position does: the line up to
-            # the bad byte is valid UTF-8 (the first error is at exc.start).
+            # the bad byte is valid UTF-8 (the first error is at exc.start). A leading
+            # byte order mark is no character of the text (it is dropped below).
             line_start = data.rfind(b"\n", 0, exc.start) + 1
+            if line_start == 0 and data.startswith(_BOM):
+                line_start = len(_BOM)
             col = len(data[line_start:exc.start].decode("utf-8")) + 1
-            sources.add(name, data.decode("utf-8", "replace"))  # for the caret excerpt
+            shown = data.decode("utf-8", "replace")
+            sources.add(name, shown[1:] if data.startswith(_BOM) else shown)  # the excerpt
             return None, [sources.problem("E008", "policy file is not valid UTF-8", name, line,
                                           col, "policy files are UTF-8 text")]
     elif isinstance(data, str):
@@ -351,6 +375,7 @@ def _split(text: str, name: str, sources: SourceSet
     depth = 0
     nesting_reported = False
     broken_lines: set[int] = set()
+    run = 0  # `not` words in a row, across line breaks and comments: each nests one level
     for lineno, line in enumerate(text.split("\n"), start=1):
         unindented_start = _UNINDENTED_WORD.match(line) is not None
         if unindented_start or (depth == 0 and _STATEMENT_START.match(line)):
@@ -358,14 +383,27 @@ def _split(text: str, name: str, sources: SourceSet
             # swallows one statement, not the rest of the file.
             if current:
                 chunks.append((start_line, "\n".join(current)))
-            current, start_line, depth = [], lineno, 0
+            current, start_line, depth, run = [], lineno, 0, 0
+        # A "\r" ends a line only right before "\n" (where it is dropped): anywhere else
+        # it is E013, as a line break some editors show and the language does not read.
+        cr = line.find("\r")
+        not_a_newline = cr if 0 <= cr < len(line) - 1 else -1
         # scan the line: strings, comments, nesting (a run of `not` nests too)
         code_end = len(line)
+        seen = 0  # where the text not yet scanned starts
         for m in _SCAN.finditer(line):
             tok = m.group()
             first = tok[0]
+            if run and line[seen:m.start()].strip(_BLANK):
+                run = 0  # something else stood between: that `not` chain has ended
+            seen = m.end()
             if first == '"':
                 if len(tok) > 1 and tok.endswith('"'):
+                    run = 0
+                    inside = _NOT_A_NEWLINE.search(tok)
+                    if inside is not None and (not_a_newline < 0 or
+                                               m.start() + inside.start() < not_a_newline):
+                        not_a_newline = m.start() + inside.start()
                     continue
                 broken_lines.add(lineno)
                 problems.append(sources.problem(
@@ -373,23 +411,55 @@ def _split(text: str, name: str, sources: SourceSet
                     'close the string with " on the same line'))
                 code_end = m.start()
                 break
+            if first == "$":
+                run = 0
+                sharp = _comment_in_path(tok)
+                if sharp >= 0:
+                    broken_lines.add(lineno)
+                    problems.append(sources.problem(
+                        "E012", "'#' inside an unquoted JSONPath", name, lineno,
+                        m.start() + sharp + 1,
+                        f'quote the path ("{tok}") if the name holds a \'#\', or put a '
+                        "space before a comment"))
+                continue
             if first == "#":
                 comments.append(ast.Comment(line[m.start():].rstrip(), ast.Span(
                     name, lineno, m.start() + 1, lineno, len(line) + 1)))
                 code_end = m.start()
+                inside = _NOT_A_NEWLINE.search(line, m.start())
+                if inside is not None and (not_a_newline < 0 or inside.start() < not_a_newline):
+                    not_a_newline = inside.start()
                 break
             if first in ")]}":
                 depth = max(depth - 1, 0)
+                run = 0
                 continue
-            nested = depth + 1 if first in "([{" else depth + tok.count("not")
             if first in "([{":
-                depth = nested
+                run = 0
+                depth = nested = depth + 1
+            else:  # `not`
+                run += 1
+                nested = depth + run
+                if run < 2:  # a lone `not` (also `x not in y`) nests no deeper
+                    continue
             if nested > MAX_NESTING and not nesting_reported:
                 nesting_reported = True
                 broken_lines.add(lineno)
                 problems.append(sources.problem(
                     "E007", f"nesting deeper than {MAX_NESTING} levels", name, lineno,
                     m.start() + 1, "simplify the expression"))
+        if run and line[seen:code_end].strip(_BLANK):
+            run = 0
+        if not_a_newline >= 0:
+            broken_lines.add(lineno)
+            ch = line[not_a_newline]
+            where = "" if ch == "\r" else (
+                " inside a comment" if not_a_newline >= code_end else " inside a string")
+            problems.append(sources.problem(
+                "E013", f"{_BREAK_NAMES[ch]}{where}: lines end at \\n only", name, lineno,
+                not_a_newline + 1,
+                "save the file with \\n (or \\r\\n) line endings" if ch == "\r" else
+                f"remove it, or write it as the escape \\u{ord(ch):04x} in a string"))
         if start_line == 0:
             if line[:code_end].strip(_BLANK):
                 start_line = lineno
@@ -402,6 +472,30 @@ def _split(text: str, name: str, sources: SourceSet
         chunks = [(start, chunk) for start, chunk in chunks
                   if not any(start <= b < start + chunk.count("\n") + 1 for b in broken_lines)]
     return chunks, comments, problems
+
+
+def _comment_in_path(path: str) -> int:
+    """Where a ``#`` stands in an unquoted JSONPath outside its quoted names, or -1.
+
+    The grammar reads ``$.a#b`` as one path (JSONPATH runs to a space, ``,``, ``{`` or
+    ``}``), while a reader takes ``#b`` for a comment: the path would not be the one they
+    see. ``$['a#b']`` names the key ``a#b``: its ``#`` is inside quotes.
+    """
+    quote = ""
+    escaped = False
+    for i, ch in enumerate(path):
+        if escaped:
+            escaped = False
+        elif quote:
+            if ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            return i
+    return -1
 
 
 #: Statements the fast reader may hand to Lark one by one before the whole file goes to
@@ -538,6 +632,7 @@ class _Build:
     def __init__(self, name: str, line_offset: int) -> None:
         self.name = name
         self.off = line_offset
+        self.depth = 0  # expressions being built, one inside the other
 
     def span(self, node: Any) -> ast.Span:
         if isinstance(node, Token):
@@ -921,7 +1016,19 @@ class _Build:
         build = _EXPRESSIONS.get(t.data)
         if build is None:  # pragma: no cover - the grammar has no other expression
             raise AssertionError(f"unhandled expression {t.data}")
-        return build(self, t)
+        if self.depth >= _MAX_BUILD_DEPTH:
+            # An explicit limit, at the node that crosses it, rather than Python's
+            # recursion limit at the statement: `not ( not not ( ...` nests past what
+            # the splitter counts (brackets, and runs of `not` each on its own).
+            m = t.meta
+            raise _LiteralError(Token("EXPR", "", line=m.line, column=m.column),
+                                "expression nested too deeply", "E007",
+                                "simplify the expression")
+        self.depth += 1
+        try:
+            return build(self, t)
+        finally:
+            self.depth -= 1
 
     def amount(self, t: Tree[Any]) -> ast.Expr:
         return ast.Amount(self.span(t))
@@ -988,10 +1095,15 @@ _TOOL_ITEMS = ("route", "deny_route", "redact", "extraction")
 
 
 class _LiteralError(Exception):
-    def __init__(self, tok: Token, message: str) -> None:
+    """A statement that parses but cannot be built (a literal out of range by default)."""
+
+    def __init__(self, tok: Token, message: str, code: str = "E009",
+                 hint: str | None = None) -> None:
         super().__init__(message)
         self.tok = tok
         self.message = message
+        self.code = code
+        self.hint = hint
 
 
 def _describe_expected(expected: set[str]) -> str:
@@ -1058,8 +1170,8 @@ def _parse_statement(chunk: str, start_line: int, name: str, sources: SourceSet
         return None, [_eof_problem(chunk, start_line, name, sources, set(exc.expected))]
     except _LiteralError as exc:
         tok = exc.tok
-        return None, [sources.problem("E009", exc.message, name, (tok.line or 1) + off,
-                                      tok.column or 1)]
+        return None, [sources.problem(exc.code, exc.message, name, (tok.line or 1) + off,
+                                      tok.column or 1, exc.hint)]
     except _GlueError as exc:
         tok = exc.tok
         return None, [sources.problem("E002", f"unexpected {_word_at(chunk, tok)!r}", name,
@@ -1076,11 +1188,23 @@ def _parse_statement(chunk: str, start_line: int, name: str, sources: SourceSet
 
 def _eof_problem(chunk: str, start_line: int, name: str, sources: SourceSet,
                  expected: set[str]) -> Problem:
-    lines = chunk.rstrip().split("\n")
-    line = start_line + len(lines) - 1
-    col = len(lines[-1]) + 1
-    return sources.problem("E003", "statement ends too early", name, line, col,
-                           f"expected {_describe_expected(expected)}")
+    """E003 just after the statement's last token: comments and blank lines after it
+    (``not not  # why``) are not where it ends."""
+    lines = chunk.split("\n")
+    for i in range(len(lines) - 1, -1, -1):
+        code = _code_of(lines[i]).rstrip(_BLANK)
+        if code or i == 0:
+            return sources.problem("E003", "statement ends too early", name, start_line + i,
+                                   len(code) + 1, f"expected {_describe_expected(expected)}")
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns at i == 0
+
+
+def _code_of(line: str) -> str:
+    """``line`` up to its comment, if it has one (as the splitter reads it)."""
+    for m in _SCAN.finditer(line):
+        if m.group() == "#":
+            return line[:m.start()]
+    return line
 
 
 def _word_at(chunk: str, tok: Token) -> str:
@@ -1105,4 +1229,6 @@ def _hint_for_char(ch: str, rest: str, allowed: set[str]) -> str | None:
         return "write 'not' or '!='"
     if ch == "=":
         return "compare with '=='"
+    if ch in _BREAK_NAMES:
+        return f"{_BREAK_NAMES[ch]} is no line break or space here: lines end at \\n"
     return None

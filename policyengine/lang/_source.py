@@ -43,11 +43,18 @@ class Problem:
                 "severity": self.severity}
 
 
+_VISIBLE = str.maketrans({"\r": "\u240d", "\x0b": "\u240b", "\x0c": "\u240c",
+                          "\x1c": "\u241c", "\x1d": "\u241d", "\x1e": "\u241e",
+                          "\x85": "\u2424", "\u2028": "\u2424", "\u2029": "\u2424"})
+
+
 def excerpt(text_lines: Sequence[str], line: int, column: int) -> str:
     """The source line with a caret under ``column`` (both 1-based)."""
     if not 1 <= line <= len(text_lines):
         return ""
-    src = text_lines[line - 1].rstrip("\r\n")
+    # A character a terminal or str.splitlines() would break the excerpt at (a "\r" not
+    # before "\n", U+2028...: E013) is shown as a visible symbol of one column.
+    src = text_lines[line - 1].rstrip("\r\n").translate(_VISIBLE)
     if len(src) > 200:  # keep excerpts readable for minified or hostile input
         start = max(0, column - 80)
         src = src[start:start + 160]

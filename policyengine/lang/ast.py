@@ -45,17 +45,20 @@ class Span:
 NOSPAN = Span("<none>", 0, 0, 0, 0)
 T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # the grammar's NAME terminal
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# Written as \u escapes by quote(): lone surrogates, and the line breaks of other tools
+# (json.dumps escapes the other ones, control characters, itself).
+_ESCAPED = re.compile("[\ud800-\udfff\x85\u2028\u2029]")
 
 
 def quote(text: str) -> str:
     """``text`` as a policy string literal: JSON, non-ASCII kept as it is, but a lone
     surrogate (``"\\ud800"`` in a policy reads as one) written as its ``\\u`` escape, so
-    that the literal is UTF-8 text like the file it goes into."""
+    that the literal is UTF-8 text like the file it goes into, and so is a character some
+    editors break lines at (U+0085, U+2028, U+2029: E013 when raw in a string)."""
     out = json.dumps(text, ensure_ascii=False)
-    if _SURROGATE.search(out) is None:
+    if _ESCAPED.search(out) is None:
         return out
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", out)
+    return _ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", out)
 
 
 def _span() -> Span:

@@ -397,20 +397,25 @@ def test_an_unindented_line_starts_a_statement_whatever_follows_on_it(
 
 @pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c"])
 def test_only_newline_ends_a_line_in_error_reports(sep: str) -> None:
-    # A Unicode line separator is an ordinary character in a comment: the report names
-    # the character at line 2 column 21 and shows line 2 under its number.
+    # A Unicode line separator in a comment ends no line, and is E013 there (what an
+    # editor shows after it on a line of its own would be comment). The report of the
+    # next line names the character at line 2 column 33 and shows line 2 under its number.
     with pytest.raises(PolicyError) as info:
-        parse(f"permit p: a:b # c{sep} x\n  when context.a == 'v'\n")
-    (problem,) = info.value.errors
-    assert (problem.code, problem.line, problem.column) == ("E001", 2, 21)
-    assert problem.message == "unexpected character \"'\""
-    assert problem.hint == 'strings use double quotes: "text"'
-    assert problem.excerpt.splitlines()[0] == "   2 |   when context.a == 'v'"
+        parse(f"# c{sep} x\npermit p: a:b when context.a == 'v'\n")
+    first, second = info.value.errors
+    assert (first.code, first.line, first.column) == ("E013", 1, 4)
+    assert "inside a comment" in first.message
+    assert (second.code, second.line, second.column) == ("E001", 2, 33)
+    assert second.message == "unexpected character \"'\""
+    assert second.hint == 'strings use double quotes: "text"'
+    assert second.excerpt.splitlines()[0] == "   2 | permit p: a:b when context.a == 'v'"
+    # the excerpt of line 1 shows the character as a symbol, on one line
+    assert len(first.excerpt.splitlines()) == 2
 
 
 def test_error_excerpts_of_crlf_files_show_the_line_without_its_cr() -> None:
     with pytest.raises(PolicyError) as info:
-        parse("role r: a:b # c\x0c x\r\nrole s: c:d\r\npermit p: a:b when context.a == 1 &&\r\n")
+        parse("role r: a:b\x0c # c x\r\nrole s: c:d\r\npermit p: a:b when context.a == 1 &&\r\n")
     (problem,) = info.value.errors
     assert (problem.line, problem.column) == (3, 35)
     assert problem.excerpt.splitlines()[0] == "   3 | permit p: a:b when context.a == 1 &&"
