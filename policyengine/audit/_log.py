@@ -171,6 +171,9 @@ class DecisionLog:
         self._idle = False
         self._open = True   # False: closed, or (deny) the sink is failing or stalled
         self._closed = False
+        self._stopped = False  # the writer has taken its last record (set under _lock)
+        self._close_lock = threading.Lock()  # one close() at a time
+        self._sink_closed = False
         self._lock = threading.Lock()               # counters of the slow paths
         self._stall_lock = threading.Lock()         # a write's end against the stall mark
         self._room = threading.Condition(self._lock)  # callers waiting for room
@@ -262,6 +265,8 @@ class DecisionLog:
             q.append(item)
             if self._idle:
                 self._wake.set()
+            if self._closed and self._orphaned():
+                return self._deny(decision, item, record=False)
             return decision
         return self._overflowing(item, started_ns)
 
@@ -381,6 +386,8 @@ class DecisionLog:
             q.append(item)
             if self._idle:
                 self._wake.set()
+            if self._closed and self._orphaned():
+                return self._drop(1)
             return True
         if self.overflow == "drop":  # never waits: "drop" chose losing a record (counted)
             return self._drop(1)     # over slowing the caller, whatever block_timeout says
@@ -422,6 +429,27 @@ class DecisionLog:
         if self._wait_for_room(item, self._left(started_ns), started_ns):
             return decision  # type: ignore[no-any-return]
         return self._deny(decision, item, record=False)
+
+    def _orphaned(self) -> bool:
+        """Whether a record just appended without the lock will never be written; asked
+        by a caller that found the log open, appended, and then found it closed.
+
+        The hot path appends without the lock, after reading ``_open``: a ``close()``
+        may run between that read and the append, and its writer stop on an empty queue
+        before the append lands; the record would then sit in a queue nobody reads,
+        neither written nor counted, while its caller got its decision. The writer
+        stops only under the lock, after it read ``_closed`` and then, under the lock,
+        the queue empty (:meth:`_stop`). So, under the lock: if the writer has not
+        stopped, it has yet to look at the queue and will take this record (True would
+        count it twice: written and refused); if it has, the record came after its last
+        look, and the caller must refuse it (a decision) or count it as dropped (an
+        operation). Every record in the queue then is such a one, whose caller does the
+        same: the queue is emptied, so that ``queue_depth`` holds nothing unwritable."""
+        with self._lock:
+            if not self._stopped:
+                return False
+            self._queue.clear()
+            return True
 
     def _drop(self, n: int) -> bool:
         with self._lock:
@@ -481,7 +509,7 @@ class DecisionLog:
             self._queue.append((_DECISION, item[1], item[2], item[3], out, item[5],
                                 item[6], item[7]))
             self._wake.set()
-            recorded = True
+            recorded = not (self._closed and self._orphaned())
         with self._lock:
             self._denied += 1
             if not recorded:
@@ -495,7 +523,9 @@ class DecisionLog:
         while True:
             if not q:
                 if self._closed:
-                    break
+                    if self._stop():
+                        break
+                    continue  # appended since the read above: written before stopping
                 self._idle = True
                 if not q:
                     wake.wait(0.05)
@@ -523,6 +553,17 @@ class DecisionLog:
             finally:
                 self._busy = False
         self._finish()
+
+    def _stop(self) -> bool:
+        """The writer's last look, once the log is closed: stop if the queue is empty,
+        read under the lock and after ``_closed`` (a record appended before ``close()``
+        set it is seen here); ``_stopped`` tells a caller that appended later that its
+        record will not be written (:meth:`_orphaned`)."""
+        with self._lock:
+            if self._queue:
+                return False
+            self._stopped = True
+            return True
 
     def _encode(self, items: list[tuple[Any, ...]]) -> list[bytes]:
         lines: list[bytes] = []
@@ -799,18 +840,37 @@ class DecisionLog:
     def close(self, timeout: float | None = 30.0) -> bool:
         """Write everything queued, a final checkpoint, and close the sink. True when the
         sink took everything within ``timeout``; else what it did not take is in the
-        spill file (``spill_pending``), or, without one, counted as ``undelivered``."""
-        if self._closed:
-            return True
-        self._close_by = None if timeout is None else time.monotonic() + timeout
-        with self._room:
-            self._closed = True
-            self._open = False
-            self._room.notify_all()
-        self._wake.set()
-        self._writer.join(None if timeout is None else timeout + 1.0)
-        left = None if self._close_by is None else max(0.0, self._close_by - time.monotonic())
-        self._shipper.join(None if left is None else left + 1.0)
+        spill file (``spill_pending``), or, without one, counted as ``undelivered``.
+
+        One close at a time: a second call, from any thread, waits (up to its own
+        ``timeout``) for the first to end and answers what the log's state is then
+        (False if the first has not ended). Before, it returned True at once, while
+        the first was still writing (a caller reading the sink then found records
+        missing), and two calls that both found the log open both closed the sink.
+        A call after one that timed out waits again for the log's threads, and closes
+        the sink if they have ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._close_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return False  # another close() is still at work
+        try:
+            return self._close(deadline)
+        finally:
+            self._close_lock.release()
+
+    def _close(self, deadline: float | None) -> bool:
+        if not self._closed:
+            self._close_by = deadline
+            with self._room:
+                self._closed = True
+                self._open = False
+                self._room.notify_all()
+            self._wake.set()
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic()) + 1.0
+
+        self._writer.join(left())
+        self._shipper.join(left())
         if self._shipper.is_alive():  # stuck in the sink: what waits for it goes to the spill
             while True:
                 try:
@@ -822,7 +882,8 @@ class DecisionLog:
                         self._rescued.extend(item[0])
             self._rescue()
         done = not self._writer.is_alive() and not self._shipper.is_alive()
-        if done:
+        if done and not self._sink_closed:
+            self._sink_closed = True
             with contextlib.suppress(Exception):
                 self.sink.close()
         _live.discard(self)
