@@ -190,6 +190,14 @@ class Credentials:
             if k.tenant is not None:
                 tenants[k.agent].add(k.tenant)
         self._agent_tenants = {agent: frozenset(ts) for agent, ts in tenants.items()}
+        # ``tenant:...`` principals are the Cycles wire's: a tenant's own and the agents
+        # named on that wire only (``tenant:acme/agent:bot``). An agent named so would
+        # spend (and read) such a tenant's budgets from the other wires.
+        taken = sorted(a for a in self._agent_tenants if a.startswith("tenant:"))
+        if taken:
+            raise CredentialsError(f"agent {taken[0][:64]!r}: a name starting with "
+                                   "'tenant:' is a tenant's principal on the Cycles wire, "
+                                   "never an agent's")
         # Verified admin headers and ingest keys, by SHA-256 of the presented secret, for
         # a minute: a console polling approvals does not pay scrypt on every call.
         self._recent: dict[bytes, tuple[str, float]] = {}

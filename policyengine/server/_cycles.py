@@ -10,12 +10,16 @@ guarantees (docs/service.md, "The Cycles wire"):
 * every refusal is ``{"error", "message", "request_id"[, "details"]}`` with a protocol
   code (``BUDGET_EXCEEDED``, ``RESERVATION_EXPIRED`` ...) and the protocol's status;
 * the API key (``X-Cycles-API-Key``) is bound to one tenant (credentials
-  ``cyclesKeys``): a subject, a reservation or a balance query of another tenant is 403,
-  also a subject agent of another tenant (``tenant:<other>``, an agent the credentials
-  bind to other tenants); an agent the credentials do not name is a level under the
-  tenant, its own per tenant (:meth:`CyclesWire._agent_principal`);
-* a reservation is ended (committed, released, extended) only by this wire: another
-  wire's is 403, so that wire's own settle is never lost;
+  ``cyclesKeys``): a subject or a balance query of another tenant is 403, also a
+  subject agent of another tenant (``tenant:<other>``, an agent the credentials bind to
+  other tenants); every budget a subject counts is its tenant's: an agent the
+  credentials do not name is a level under the tenant, its own per tenant
+  (:meth:`CyclesWire._agent_principal`), and so are its dimensions
+  (:meth:`CyclesWire._scope`);
+* a reservation is seen and ended (read, committed, released, extended) only by this
+  wire and its tenant: another tenant's or another wire's is the 404 of an id never
+  made (:meth:`CyclesWire._owned`), so that wire's own settle is never lost and an id
+  is no oracle;
 * idempotency per (tenant, endpoint, key): a replay with the same payload answers the
   original response (same ``reservation_id``), a different payload is 409
   ``IDEMPOTENCY_MISMATCH``. The ledger keeps the key too (namespaced by tenant and
@@ -150,23 +154,42 @@ def _note(body: _CreateIn) -> str:
         return json.dumps(note, sort_keys=True, separators=(",", ":"))
 
 
-#: A tenant name in a principal :func:`_tenant_agent` makes: no ``@`` nor ``#`` left.
-_TENANT_ESCAPES = str.maketrans({"%": "%25", "@": "%40", "#": "%23"})
+#: A name inside a principal or a dimension's bucket this wire makes (:func:`_under`):
+#: no ``/`` nor ``#`` left, so the parts read back one way only.
+_PART_ESCAPES = str.maketrans({"%": "%25", "/": "%2F", "#": "%23"})
+
+
+def _under(tenant: str, below: str | None = None) -> str:
+    """A name under ``tenant`` in the ``tenant:`` namespace, which is this wire's alone
+    (no credentials name an agent so, :class:`~._credentials.Credentials`): the tenant's
+    own principal ``tenant:acme`` (``below`` None), the principal of an agent named on
+    this wire only ``tenant:acme/agent:bot``, a dimension's bucket
+    ``tenant:acme/cost_center:cc1`` (``below`` is then ``agent:bot``, ``cost_center:cc1``,
+    its parts escaped by the caller). ``%``, ``/`` and ``#`` in the tenant are escaped, so
+    two (tenant, below) pairs never make one name. Past what the ledger keeps (256
+    characters), both parts are cut and a digest of the pair follows a ``#``, which no
+    short form holds."""
+    where = tenant.translate(_PART_ESCAPES)
+    name = f"tenant:{where}" if below is None else f"tenant:{where}/{below}"
+    if len(name) <= _MAX_PRINCIPAL:
+        return name
+    digest = hashlib.sha256(f"{tenant}\0{below or ''}".encode("utf-8", "surrogatepass")).hexdigest()
+    cut = f"tenant:{where[:100]}" if below is None else f"tenant:{where[:100]}/{below[:100]}"
+    return f"{cut}#{digest[:32]}"
 
 
 def _tenant_agent(agent: str, tenant: str) -> str:
-    """The principal of an agent that exists only on this wire, under ``tenant``:
-    ``bot@acme``. The tenant after the last ``@`` is escaped (``%``, ``@``, ``#``), so
-    two (agent, tenant) pairs never share a principal; when that is longer than a
-    principal may be, both are cut and a digest of the pair follows a ``#`` (which no
-    short form has after its last ``@``). Never ``tenant:...`` (such an agent is not
-    read as one)."""
-    where = tenant.translate(_TENANT_ESCAPES)
-    name = f"{agent}@{where}"
-    if len(name) <= _MAX_PRINCIPAL:
-        return name
-    digest = hashlib.sha256(f"{tenant}\0{agent}".encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{agent[:100]}@{where[:100]}#{digest[:32]}"
+    """The principal of an agent that exists only on this wire, under ``tenant``: its
+    scope path, ``tenant:acme/agent:bot`` (:func:`_under`). Never a principal another
+    wire or the credentials can name, and never ``tenant:acme`` itself."""
+    return _under(tenant, "agent:" + agent.translate(_PART_ESCAPES))
+
+
+def _dimension(tenant: str, name: str, value: str) -> str:
+    """The bucket of a subject's dimension ``name: value`` under ``tenant`` (``per
+    context.NAME`` budgets): ``tenant:acme/cost_center:cc1``, so two tenants' equal
+    values are two buckets (:func:`_under`)."""
+    return _under(tenant, f"{name.translate(_PART_ESCAPES)}:{value.translate(_PART_ESCAPES)}")
 
 
 def _path_value(value: str) -> str:
@@ -184,6 +207,16 @@ def _asked_of(r: pb.Reservation) -> dict[str, Any] | None:
     except ValueError:
         return None
     return asked if type(asked) is dict and asked.get("v") == _NOTE_MARK else None
+
+
+def _not_found(reservation_id: str) -> pb.ReservationError:
+    """The refusal of a reservation this key may not see: the ledger's own answer for an
+    id never made (404 ``NOT_FOUND``, the same message), so the two cannot be told
+    apart."""
+    shown = str(reservation_id)[:40]
+    return pb.ReservationError(
+        "unknown_reservation",
+        f"no reservation {shown!r} (never made, or forgotten after its retention period)")
 
 
 def _int_param(query: dict[str, str], name: str, low: int, high: int) -> int | None:
@@ -470,38 +503,47 @@ class CyclesWire:
                 out.append(f"{level}:{value}")
         return out
 
-    @staticmethod
-    def _scope(subject: _SubjectIn) -> dict[str, str]:
+    def _scope(self, subject: _SubjectIn, tenant: str) -> dict[str, str]:
         """The ledger's ``scope=``: the hierarchy levels below the tenant (``per
-        workspace`` ... ``per toolset`` budgets) and the subject's ``dimensions`` (``per
-        context.NAME`` budgets); a dimension never stands in for a level."""
-        out = dict(subject.dimensions) if subject.dimensions else {}
+        workspace`` ... ``per toolset`` budgets, whose buckets the ledger writes under the
+        tenant) and the subject's ``dimensions`` (``per context.NAME`` budgets), each
+        under the key's tenant (:func:`_dimension`): a dimension is a field of the
+        subject, and a subject is its tenant's, so two tenants' equal values never share
+        a bucket. A dimension a budget reads that the subject does not give is the
+        tenant's empty value (``tenant:acme/cost_center:``), shared by the tenant's
+        subjects without it, as a level not given is: leaving it out escapes no cap, and
+        never meets another tenant's. A dimension never stands in for a level."""
+        dims = subject.dimensions or {}
+        out = {name: _dimension(tenant, name, dims.get(name, ""))
+               for name in self.ledger.scope_fields if name not in _SCOPE_LEVELS}
         for level in _SCOPE_LEVELS:
             value = getattr(subject, level)
-            if value is None:
-                out.pop(level, None)
-            else:
+            if value is not None:
                 out[level] = value
         return out
 
     def _principal(self, subject: _SubjectIn, key: CyclesKey) -> str:
-        return (f"tenant:{key.tenant}" if subject.agent is None
+        return (_under(key.tenant) if subject.agent is None
                 else self._agent_principal(subject.agent, key))
 
     def _agent_principal(self, agent: str, key: CyclesKey) -> str:
         """The ledger principal of the subject agent ``agent`` of the key's tenant, or 403
-        for an agent of another tenant. ``tenant:<name>`` is the principal of a subject
-        without an agent: only that tenant's keys may name it. An agent the credentials
-        bind to tenants (``apiKeys`` entries' ``tenant``) is that principal, shared with
-        the other wires, for those tenants only; one they name without a tenant is shared
-        by every tenant. Any other agent exists only on this wire, as a subject level under
+        for an agent of another tenant. ``tenant:<name>`` is the tenant's own principal,
+        that of a subject without an agent: only that tenant's keys may name it, and no
+        other ``tenant:...`` name may be asked for. An agent the credentials bind to
+        tenants (``apiKeys`` entries' ``tenant``) is that principal, shared with the
+        other wires, for those tenants only; one they name without a tenant is shared by
+        every tenant. Any other agent exists only on this wire, as a subject level under
         its tenant (the protocol's ``tenant:acme/agent:bot``): each tenant has its own,
-        the principal ``bot@acme`` (:func:`_tenant_agent`)."""
+        and its principal is that scope path (:func:`_tenant_agent`), in the ``tenant:``
+        namespace no credentials may name an agent in: so it is never a real agent's
+        principal (``bot@acme`` was, for an agent of that name). Per ``acting_for``
+        budgets count this principal too (the wire acts for nobody)."""
         if agent.startswith("tenant:"):
             if agent != f"tenant:{key.tenant}":
-                raise _CyclesRefusalError(403, "FORBIDDEN", "subject.agent names another "
-                                          "tenant")
-            return agent
+                raise _CyclesRefusalError(403, "FORBIDDEN", "subject.agent may name only "
+                                          "the tenant of this API key (tenant:<tenant>)")
+            return _under(key.tenant)
         tenants = self.service.credentials.agent_tenants(agent)
         if tenants is None:
             return _tenant_agent(agent, key.tenant)
@@ -562,32 +604,29 @@ class CyclesWire:
                 takes.append(self._to_wire(line.committed, proto[1]))
         return cm.AmountOut(unit=unit, amount=min(takes, default=0))  # type: ignore[arg-type]
 
-    def _owned(self, key: CyclesKey, reservation_id: str, *,
-               ours: bool = False) -> pb.Reservation:
-        """The reservation, or 403 for another tenant's; with ``ours``, also 403 for one
-        another wire made (an actguard run's hold: only that wire settles it, else its
-        spend would be lost)."""
+    def _owned(self, key: CyclesKey, reservation_id: str) -> pb.Reservation:
+        """The reservation, if it is this key's: made on this wire (its note is this
+        wire's) for the key's tenant. Any other (another tenant's, or a hold another wire
+        made: an actguard run's, an agent-ledger batch's) does not exist for this key: 404
+        ``NOT_FOUND`` with the very answer of an id never made, so an id is no oracle of
+        another tenant's or wire's reservations, and only the wire that made a
+        reservation reads or ends it (else that wire's own settle would be lost)."""
         r = self.ledger.get(reservation_id)
-        if r.tenant != key.tenant:
-            raise _CyclesRefusalError(403, "FORBIDDEN", "the reservation belongs to another "
-                                      "tenant")
-        if ours and _asked_of(r) is None:
-            raise _CyclesRefusalError(403, "FORBIDDEN", "the reservation was made on another "
-                                      "wire: only that wire may commit, release or extend it")
+        if r.tenant != key.tenant or _asked_of(r) is None:
+            raise _not_found(reservation_id)
         return r
 
     def _check_owner(self, key: CyclesKey, reservation_id: str) -> None:
-        """403 for another tenant's reservation, or one another wire made. A
-        reservation's tenant never changes, so the tenants of the reservations this
-        worker made are remembered (bounded) and a commit of one costs no store read for
-        the check; others are read. The overage policy a commit follows is the
-        reservation's own, kept in the ledger with it."""
+        """:meth:`_owned` before a commit, release or extend. A reservation's tenant never
+        changes, so the tenants of the reservations this worker made are remembered
+        (bounded) and a commit of one costs no store read for the check; others are read.
+        The overage policy a commit follows is the reservation's own, kept in the ledger
+        with it."""
         known = self.owners.get(reservation_id)
         if known is None:
-            self._owned(key, reservation_id, ours=True)
+            self._owned(key, reservation_id)
         elif known != key.tenant:
-            raise _CyclesRefusalError(403, "FORBIDDEN", "the reservation belongs to another "
-                                      "tenant")
+            raise _not_found(reservation_id)
 
     @staticmethod
     def _ms(t: float) -> int:
@@ -611,7 +650,7 @@ class CyclesWire:
         if body.dry_run:
             reserved = cm.AmountOut(unit=body.estimate.unit, amount=body.estimate.amount)
             check = ledger.check(principal, permission, amount, unit, tenant=key.tenant,
-                                 scope=self._scope(body.subject))
+                                 scope=self._scope(body.subject, key.tenant))
             if check.allowed and not check.budgets:
                 check_code: str | None = "budget_exceeded"
             else:
@@ -628,7 +667,7 @@ class CyclesWire:
                  else body.grace_period_ms) / 1000
         r = ledger.reserve(principal, permission, amount, unit,
                            ttl=body.ttl_ms / 1000, idempotency_key=ledger_key,
-                           tenant=key.tenant, scope=self._scope(body.subject),
+                           tenant=key.tenant, scope=self._scope(body.subject, key.tenant),
                            grace=grace, overage=_OVERAGE[body.overage_policy],  # type: ignore[arg-type]
                            note=_note(body))
         if not r.holds:
@@ -728,7 +767,7 @@ class CyclesWire:
         check = self.ledger.check(self._principal(body.subject, key),
                                   self._permission(body.action),
                                   self._to_ledger(body.estimate.amount, places), unit,
-                                  tenant=key.tenant, scope=self._scope(body.subject))
+                                  tenant=key.tenant, scope=self._scope(body.subject, key.tenant))
         code = check.code if not check.allowed else (
             "budget_exceeded" if not check.budgets else None)
         caps = self._caps(check.caps) if code is None else None
@@ -753,7 +792,7 @@ class CyclesWire:
                                self._permission(body.action),
                                self._to_ledger(body.actual.amount, places), unit,
                                idempotency_key=ledger_key, tenant=key.tenant,
-                               scope=self._scope(body.subject),
+                               scope=self._scope(body.subject, key.tenant),
                                overage=overage)  # type: ignore[arg-type]
         if not r.holds:
             raise _CyclesRefusalError(409, "BUDGET_EXCEEDED", "no budget covers this subject and "
@@ -781,7 +820,7 @@ class CyclesWire:
             return (subject, action, self._scopes(subject, tenant),
                     asked.get("k"), asked.get("m"))
         kind, _, name = r.permission.partition(":")
-        subject = cm.SubjectOut(tenant=tenant, agent=None if r.principal == f"tenant:{tenant}"
+        subject = cm.SubjectOut(tenant=tenant, agent=None if r.principal == _under(tenant)
                                 else r.principal)
         scopes = [f"tenant:{tenant}"] + ([] if subject.agent is None
                                          else [f"agent:{subject.agent}"])

@@ -392,16 +392,23 @@ def test_api_keys_are_bound_to_their_tenant(live: Live) -> None:
         other = globex.post("/v1/reservations", json=create_body(who))
         assert other.status_code == 403 and error_of(other).error == "FORBIDDEN"
         rid = acme.post("/v1/reservations", json=create_body(who)).json()["reservation_id"]
-        for response in (
-                globex.get(f"/v1/reservations/{rid}"),
-                globex.post(f"/v1/reservations/{rid}/commit", json={
+        balance = globex.get("/v1/balances", params={"tenant": "acme"})
+        assert balance.status_code == 403 and error_of(balance).error == "FORBIDDEN"
+        # Another tenant's reservation does not exist for this key: the 404 of an id
+        # never made, on every reservation endpoint (the id is no oracle).
+        for call in (
+                lambda x: globex.get(f"/v1/reservations/{x}"),
+                lambda x: globex.post(f"/v1/reservations/{x}/commit", json={
                     "idempotency_key": "x", "actual": {"unit": "TOKENS", "amount": 1}}),
-                globex.post(f"/v1/reservations/{rid}/release", json={"idempotency_key": "x"}),
-                globex.post(f"/v1/reservations/{rid}/extend",
-                            json={"idempotency_key": "x", "extend_by_ms": 1000}),
-                globex.get("/v1/balances", params={"tenant": "acme"})):
-            assert response.status_code == 403, response.text
-            assert error_of(response).error == "FORBIDDEN"
+                lambda x: globex.post(f"/v1/reservations/{x}/release",
+                                      json={"idempotency_key": "x"}),
+                lambda x: globex.post(f"/v1/reservations/{x}/extend",
+                                      json={"idempotency_key": "x", "extend_by_ms": 1000})):
+            other = rid[:-1] + ("0" if rid[-1] != "0" else "1")
+            response, missing = call(rid), call(other)
+            assert response.status_code == missing.status_code == 404, response.text
+            assert error_of(response).error == "NOT_FOUND"
+            assert error_of(response).message == error_of(missing).message.replace(other, rid)
         assert acme.get(f"/v1/reservations/{rid}").json()["status"] == "ACTIVE"
         # A subject without a tenant is the key's tenant: it cannot escape tenant budgets.
         body = create_body(who)

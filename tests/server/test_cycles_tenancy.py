@@ -1,8 +1,11 @@
 """Tenants and wires on the Cycles wire, with the real runcycles (and actguard) SDKs
 against a live service: a Cycles key of one tenant never reads nor changes the budget
-state of another tenant's subject (403 ``FORBIDDEN``, the protocol's answer), and a
-reservation is ended only by the wire that made it, so no sequence of calls across
-wires loses a recorded spend."""
+state of another tenant's subject (403 ``FORBIDDEN``, the protocol's answer), whatever
+budget counts it (per agent, per ``acting_for``, per ``context.NAME`` of a subject's
+dimensions); a wire-only agent's principal is never a real agent's; and a reservation
+is seen and ended only by the wire and tenant that made it (any other key gets the 404
+of an id never made), so no sequence of calls across wires or tenants loses a recorded
+spend or learns of another's reservation."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import itertools
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -45,14 +48,18 @@ agent "globex-bot": llm
 agent "shared-bot": llm
 
 budget tokens: chat:* limit 1000000 tokens per day per agent
+budget person: person:* limit 1000000 tokens per day per acting_for
+budget cost-center: dim:* limit 1000 tokens per day per context.cost_center
 budget dollars: llm:* limit 2 USD per day per agent
 price "openai" "gpt-4o": input 2.50 USD, cached_input 1.25 USD, output 10 USD per 1M tokens
 """
 #: Cycles key of each tenant.
 CYCLES = {"acme": "cy-acme", "globex": "cy-globex"}
-#: API keys of the other wires: (agent, tenant). ``shared-bot``'s has no tenant.
+#: API keys of the other wires: (agent, tenant). ``shared-bot``'s has no tenant;
+#: ``bot@acme`` is a real agent of globex's, named as a wire-only agent ``bot`` of acme's
+#: was once kept.
 API = {"ag-acme": ("acme-bot", "acme"), "ag-globex": ("globex-bot", "globex"),
-       "ag-shared": ("shared-bot", None)}
+       "ag-shared": ("shared-bot", None), "ag-bot-at-acme": ("bot@acme", "globex")}
 _HASHES: dict[str, str] = {}
 
 
@@ -109,6 +116,22 @@ def event(subj: dict[str, str], amount: int) -> dict[str, Any]:
     return {"idempotency_key": uuid.uuid4().hex, "subject": subj,
             "action": {"kind": "chat", "name": "gpt"},
             "actual": {"unit": "TOKENS", "amount": amount}}
+
+
+def never_made(rid: str) -> str:
+    """An id of the same shape as ``rid`` that no one made."""
+    return rid[:16] + ("0" if rid[16] != "0" else "1") + rid[17:]
+
+
+def assert_not_found(call: Callable[[str], Any], rid: str) -> None:
+    """``call(rid)`` answers exactly what it answers for an id never made (404
+    ``NOT_FOUND``, the same message but for the id): the id is no oracle."""
+    other = never_made(rid)
+    got, missing = call(rid), call(other)
+    assert got.status == missing.status == 404, (got.status, got.body)
+    assert set(got.body) == set(missing.body) == {"error", "message", "request_id"}
+    assert got.body["error"] == missing.body["error"] == "NOT_FOUND"
+    assert got.body["message"] == missing.body["message"].replace(other, rid)
 
 
 def forbidden(r: Any) -> bool:
@@ -230,15 +253,17 @@ def test_another_tenants_agent_of_the_same_name_is_its_own(svc: Live) -> None:
             "balances"] if b["reserved"]["unit"] == "TOKENS"]
         assert b["reserved"]["amount"] == 900_000
         assert b["scope_path"] == f"tenant:{tenant}/agent:{agent}"
-    # acme's reservation is not globex's to commit, release, extend or read.
+    # acme's reservation does not exist for globex: not to commit, release, extend or
+    # read, and answered as an id never made.
     rid = r.body["reservation_id"]
-    for call in (lambda: globex.commit_reservation(rid, {
+    for call in (lambda x: globex.commit_reservation(x, {
                      "idempotency_key": "x", "actual": {"unit": "TOKENS", "amount": 1}}),
-                 lambda: globex.release_reservation(rid, {"idempotency_key": "x"}),
-                 lambda: globex.extend_reservation(rid, {"idempotency_key": "x",
+                 lambda x: globex.release_reservation(x, {"idempotency_key": "x"}),
+                 lambda x: globex.extend_reservation(x, {"idempotency_key": "x",
                                                          "extend_by_ms": 1000}),
-                 lambda: globex.get_reservation(rid)):
-        assert forbidden(call())
+                 globex.get_reservation):
+        assert_not_found(call, rid)
+    assert acme.get_reservation(rid).body["status"] == "ACTIVE"
 
 
 # ------------------------------------------------------------------ across wires
@@ -254,10 +279,10 @@ def dollars(svc: Live, agent: str) -> tuple[Decimal, Decimal]:
 
 def test_a_cycles_key_cannot_end_an_actguard_run_so_its_settle_is_charged(
         svc: Live) -> None:
-    """A Cycles key of the run's tenant can neither release, commit nor extend the
-    run's hold (403 FORBIDDEN): the settle charges the run's usage. Before, the release
-    was 200 and the settle then charged nothing (the SDK swallowed the failure): $0.30
-    of spend lost."""
+    """A Cycles key of the run's tenant can neither read, release, commit nor extend
+    the run's hold (404 NOT_FOUND, as an id never made): the settle charges the run's
+    usage. Before, the release was 200 and the settle then charged nothing (the SDK
+    swallowed the failure): $0.30 of spend lost; and the read showed the run's hold."""
     agent = "acme-bot"
     spent0, _ = dollars(svc, agent)
     c = actguard_client(svc, "ag-acme")
@@ -266,13 +291,16 @@ def test_a_cycles_key_cannot_end_an_actguard_run_so_its_settle_is_charged(
         with c.run(run_id=uuid.uuid4().hex), c.budget_guard(cost_limit=500) as root:
             rid = root._shared_root.reserve_id
             assert rid is not None
-            for r in (cy.release_reservation(rid, {"idempotency_key": uuid.uuid4().hex}),
-                      cy.commit_reservation(rid, {"idempotency_key": uuid.uuid4().hex,
-                                                  "actual": {"unit": "USD_MICROCENTS",
-                                                             "amount": 1}}),
-                      cy.extend_reservation(rid, {"idempotency_key": uuid.uuid4().hex,
-                                                  "extend_by_ms": 1000})):
-                assert forbidden(r), (r.status, r.body)
+            for call in (
+                    lambda x: cy.release_reservation(x, {
+                        "idempotency_key": uuid.uuid4().hex}),
+                    lambda x: cy.commit_reservation(x, {
+                        "idempotency_key": uuid.uuid4().hex,
+                        "actual": {"unit": "USD_MICROCENTS", "amount": 1}}),
+                    lambda x: cy.extend_reservation(x, {
+                        "idempotency_key": uuid.uuid4().hex, "extend_by_ms": 1000}),
+                    cy.get_reservation):
+                assert_not_found(call, rid)
             assert dollars(svc, agent) == (spent0, Decimal("0.50"))  # still held
             record_usage(provider="openai", provider_model_id="gpt-4o",
                          input_tokens=0, output_tokens=30_000)  # $0.30
@@ -308,22 +336,156 @@ def test_an_actguard_settle_cannot_end_a_cycles_reservation(svc: Live) -> None:
     assert dollars(svc, "acme-bot") == (spent0 + Decimal("0.40"), Decimal("0.00"))
 
 
-_NAMES = st.text(st.sampled_from("ab@#%/:tenant"), min_size=1, max_size=128)
+_NAMES = st.text(st.sampled_from("ab@#%/:tenant"), min_size=1, max_size=256)
+_OWNERS = st.one_of(st.tuples(_NAMES, _NAMES), _NAMES)
 
 
 @settings(max_examples=500, deadline=None)
-@given(one=st.tuples(_NAMES, _NAMES), two=st.tuples(_NAMES, _NAMES))
-def test_two_tenants_agents_never_share_a_principal(one: tuple[str, str],
-                                                    two: tuple[str, str]) -> None:
-    """The principal of an agent named only on the wire: one per (agent, tenant), of a
-    length the ledger keeps, whatever ``@``, ``#`` or ``%`` the names hold, and never a
-    tenant's own ``tenant:<name>``."""
-    from policyengine.server._cycles import _tenant_agent
-    for agent, tenant in (one, two):
-        name = _tenant_agent(agent, tenant)
-        assert 0 < len(name) <= 256
-        assert agent.startswith("tenant:") or not name.startswith("tenant:")
-    assert (_tenant_agent(*one) == _tenant_agent(*two)) == (one == two)
+@given(one=_OWNERS, two=_OWNERS)
+def test_two_tenants_agents_never_share_a_principal(one: tuple[str, str] | str,
+                                                    two: tuple[str, str] | str) -> None:
+    """The principals this wire makes: a tenant's own (``tenant:acme``) and an agent's
+    named only on the wire (``tenant:acme/agent:bot``): one per tenant and per
+    (agent, tenant), of a length the ledger keeps, whatever ``@``, ``#``, ``%`` or
+    ``/`` the names hold, and all in the ``tenant:`` namespace that no credentials may
+    name an agent in (so never a real agent's)."""
+    from policyengine.server._cycles import _tenant_agent, _under
+
+    def principal(owner: tuple[str, str] | str) -> str:
+        return _under(owner) if isinstance(owner, str) else _tenant_agent(*owner)
+
+    for owner in (one, two):
+        name = principal(owner)
+        assert 0 < len(name) <= 256 and name.startswith("tenant:")
+    assert (principal(one) == principal(two)) == (one == two)
     long = ("x" * 128, "@" * 128)
     assert len(_tenant_agent(*long)) <= 256 and _tenant_agent(*long) != _tenant_agent(
         "x" * 128, "@" * 127)
+    assert _tenant_agent("bot", "acme") == "tenant:acme/agent:bot"
+    assert _under("acme/agent:bot") != _tenant_agent("bot", "acme")
+
+
+@settings(max_examples=300, deadline=None)
+@given(one=st.tuples(_NAMES, _NAMES), two=st.tuples(_NAMES, _NAMES))
+def test_two_tenants_dimensions_never_share_a_bucket(one: tuple[str, str],
+                                                     two: tuple[str, str]) -> None:
+    """A dimension's bucket: one per (tenant, value), of a length the ledger keeps."""
+    from policyengine.server._cycles import _dimension
+    for tenant, value in (one, two):
+        assert 0 < len(_dimension(tenant, "cost_center", value)) <= 256
+    assert (_dimension(*one[:1], "cost_center", one[1]) == _dimension(
+        two[0], "cost_center", two[1])) == (one == two)
+
+
+def test_credentials_never_name_an_agent_in_the_tenant_namespace() -> None:
+    """``tenant:...`` principals are the Cycles wire's: an agent of the other wires
+    named so would spend a tenant's own budget or a wire-only agent's."""
+    from policyengine.server import AgentCredential, CredentialsError
+    h = _HASHES.get("ag-acme") or hash_secret("ag-acme")
+    for creds in (lambda: Credentials(api_keys=(ApiKey("k", h, "tenant:acme"),)),
+                  lambda: Credentials(api_keys=(ApiKey("k", h, "tenant:acme/agent:bot",
+                                                       "globex"),)),
+                  lambda: Credentials(agents=(AgentCredential("c", h, "tenant:acme",
+                                                              ("llm:*",)),))):
+        with pytest.raises(CredentialsError) as err:
+            creds()
+        assert err.value.code == "invalid_credentials_file"
+        assert "tenant:" in str(err.value)
+    Credentials(api_keys=(ApiKey("k", h, "tenants:acme"), ApiKey("j", h, "bot@acme")))
+
+
+# ------------------------------------------------------------------ every budget kind
+def reserve(svc: Live, tenant: str, subj: dict[str, Any], kind: str, amount: int) -> Any:
+    return svc.client(tenant).create_reservation({
+        "idempotency_key": uuid.uuid4().hex, "subject": subj, "ttl_ms": 60_000,
+        "action": {"kind": kind, "name": "gpt"},
+        "estimate": {"unit": "TOKENS", "amount": amount}})
+
+
+def exceeded(r: Any) -> bool:
+    if r.status != 409:
+        return False
+    assert r.body["error"] == "BUDGET_EXCEEDED", r.body
+    return True
+
+
+@pytest.mark.parametrize("dimensions", [{"cost_center": "cc1"}, None],
+                         ids=["same value", "no value"])
+def test_a_dimension_budget_is_each_tenants_own(svc: Live,
+                                                dimensions: dict[str, str] | None) -> None:
+    """``per context.cost_center`` (1000 tokens) over subjects' dimensions: acme's
+    spend of ``cc1`` consumes acme's ``cc1`` and never globex's; so does a spend
+    without the dimension (the tenant's empty value). Before, the bucket was the bare
+    value, one for both tenants: globex's 900 were refused after acme's."""
+    run = uuid.uuid4().hex[:8]
+    dims = None if dimensions is None else {k: f"{v}-{run}" for k, v in dimensions.items()}
+    ws = f"ws-{run}"  # a workspace of this test's own: the tenant budget is not the point
+
+    def subj(tenant: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"tenant": tenant, "workspace": ws}
+        return out if dims is None else {**out, "dimensions": dims}
+
+    first = reserve(svc, "acme", subj("acme"), "dim", 900)
+    assert first.status == 200, first.body
+    theirs = reserve(svc, "globex", subj("globex"), "dim", 900)
+    assert theirs.status == 200, theirs.body  # globex's own 1000
+    assert exceeded(reserve(svc, "acme", subj("acme"), "dim", 200))  # acme's own: 900 held
+    assert exceeded(reserve(svc, "globex", subj("globex"), "dim", 200))
+    # An event (a spend without a reservation) counts the same buckets.
+    for t in TENANTS:
+        r = svc.client(t).create_event({
+            "idempotency_key": uuid.uuid4().hex, "subject": subj(t),
+            "action": {"kind": "dim", "name": "gpt"}, "overage_policy": "REJECT",
+            "actual": {"unit": "TOKENS", "amount": 100}})
+        assert r.status == 201, r.body
+    for t in TENANTS:
+        assert exceeded(reserve(svc, t, subj(t), "dim", 1))
+    # The reservations as asked: the dimension as the client gave it.
+    got = svc.client("acme").get_reservation(first.body["reservation_id"]).body
+    assert got["subject"].get("dimensions") == dims
+
+
+@pytest.mark.parametrize("kind", ["chat", "person"], ids=["per agent", "per acting_for"])
+def test_a_wire_only_agent_is_never_a_real_agent_of_that_name(svc: Live, kind: str) -> None:
+    """acme's wire-only agent ``bot`` and globex's real agent ``bot@acme`` (an apiKeys
+    entry bound to globex) are two principals, for per-agent budgets and per
+    ``acting_for`` budgets (which count the agent on this wire) alike. Before, acme's
+    ``bot`` was kept as ``bot@acme``: acme's 900,000 tokens were globex's agent's, and
+    globex's own reservation was refused."""
+    acme, globex = svc.client("acme"), svc.client("globex")
+    mine = reserve(svc, "acme", {"tenant": "acme", "agent": "bot"}, kind, 900_000)
+    assert mine.status == 200, mine.body
+    theirs = reserve(svc, "globex", {"tenant": "globex", "agent": "bot@acme"}, kind, 900_000)
+    assert theirs.status == 200, theirs.body
+    assert exceeded(reserve(svc, "acme", {"tenant": "acme", "agent": "bot"}, kind, 200_000))
+    assert exceeded(reserve(svc, "globex", {"tenant": "globex", "agent": "bot@acme"}, kind,
+                            200_000))
+    if kind == "chat":  # balances show per-agent budgets: each its own 900,000
+        for client, tenant, agent in ((acme, "acme", "bot"), (globex, "globex", "bot@acme")):
+            (b,) = [b for b in client.get_balances(tenant=tenant, agent=agent).body[
+                "balances"] if b["reserved"]["unit"] == "TOKENS"]
+            assert b["reserved"]["amount"] == 900_000, b
+            assert b["scope_path"] == f"tenant:{tenant}/agent:{agent}"
+    # The real agent's own spend is its own: the ledger holds 900,000 for it, no more.
+    real = [b for b in svc.engine.budgets.balances("bot@acme", tenant="globex")
+            if b.budget == f"tenancy.{'tokens' if kind == 'chat' else 'person'}"]
+    assert [b.reserved for b in real] == [Decimal(900_000)]
+    # acme's key may not name it (bound to globex): 403, not a way round.
+    assert forbidden(reserve(svc, "acme", {"tenant": "acme", "agent": "bot@acme"}, kind, 1))
+    for r, client in ((mine, acme), (theirs, globex)):
+        client.release_reservation(r.body["reservation_id"],
+                                   {"idempotency_key": uuid.uuid4().hex})
+
+
+def test_another_wires_reservation_of_the_tenant_is_not_found(svc: Live) -> None:
+    """A reservation this tenant made on another wire (an agent-ledger batch's, an
+    actguard run's: no Cycles create request kept with it) is not the Cycles key's to
+    read, list or end: the 404 of an id never made. Before, GET showed it."""
+    r = svc.engine.budgets.record("acme-bot", "llm:call", Decimal("0.01"), "USD",
+                                  tenant="acme")
+    cy = svc.client("acme")
+    assert_not_found(cy.get_reservation, r.id)
+    assert_not_found(lambda x: cy.release_reservation(x, {
+        "idempotency_key": uuid.uuid4().hex}), r.id)
+    listed = cy.list_reservations(tenant="acme", limit="200")
+    assert r.id not in {x["reservation_id"] for x in listed.body["reservations"]}
