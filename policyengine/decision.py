@@ -19,8 +19,18 @@ import itertools
 import os
 from collections.abc import Callable, Iterable
 from decimal import Decimal
+from inspect import Parameter, signature
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Literal,
+    NamedTuple,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+)
 
 if TYPE_CHECKING:
     from policyengine.budgets.ledger import BudgetUsage
@@ -132,6 +142,32 @@ def _as(cls: type[_T], made: Any) -> _T:
     return _filled(cls, tuple(getattr(made, name) for name in slots))
 
 
+_P = ParamSpec("_P")
+
+
+def _takes(build: Callable[_P, _T]) -> Callable[[Callable[[type[_T], _T], _T]],
+                                                Callable[Concatenate[type[_T], _P], _T]]:
+    """Make an answer class's ``__new__(cls, made)`` take the parameters of its builder
+    ``build`` (:func:`build_decision` ...), written once, there: ``made`` is what
+    ``build`` made of them. Type checkers see ``build``'s parameters, and so do
+    ``inspect.signature`` and ``help()``. The engine calls ``build`` itself: its hot
+    paths never come here."""
+
+    def decorate(new: Callable[[type[_T], _T], _T]) -> Callable[Concatenate[type[_T], _P], _T]:
+        def made_by_build(cls: type[_T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+            return new(cls, build(*args, **kwargs))
+
+        built = signature(build)
+        cls = Parameter("cls", Parameter.POSITIONAL_OR_KEYWORD)
+        for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(made_by_build, name, getattr(new, name))
+        setattr(made_by_build, "__signature__",  # noqa: B010 - no such attribute to a type checker
+                built.replace(parameters=(cls, *built.parameters.values())))
+        return made_by_build
+
+    return decorate
+
+
 class _DiagnosticSlots:
     __slots__ = ("_code", "_effect", "_message", "_rule")
     _code: str
@@ -167,9 +203,9 @@ class Diagnostic(_DiagnosticSlots, ReadOnly):
 
     __slots__ = ()
 
-    def __new__(cls, code: str, message: str, rule: str | None = None, effect: str = ""
-                ) -> Diagnostic:
-        return _as(cls, build_diagnostic(code, message, rule, effect))
+    @_takes(build_diagnostic)
+    def __new__(cls, made: Diagnostic) -> Diagnostic:
+        return _as(cls, made)
 
     code: str = property(attrgetter("_code"))  # type: ignore[assignment]
     message: str = property(attrgetter("_message"))  # type: ignore[assignment]
@@ -338,15 +374,9 @@ class Obligations(_ObligationsSlots, ReadOnly):
 
     __slots__ = ()
 
-    def __new__(
-        cls,
-        max_amount: Decimal | None = None,
-        require_approval_over: Decimal | None = None,
-        redact_fields: tuple[str, ...] = (),
-        currency: str | None = None,
-    ) -> Obligations:
-        return _as(cls, build_obligations(max_amount, require_approval_over,
-                                          redact_fields, currency))
+    @_takes(build_obligations)
+    def __new__(cls, made: Obligations) -> Obligations:
+        return _as(cls, made)
 
     max_amount: Decimal | None = property(attrgetter("_max_amount"))  # type: ignore[assignment]
     require_approval_over: Decimal | None = property(  # type: ignore[assignment]
@@ -488,26 +518,9 @@ class Decision(_DecisionSlots, ReadOnly):
 
     __slots__ = ()
 
-    def __new__(
-        cls,
-        status: Status,
-        code: str,
-        reason: str | None,
-        rules: tuple[str, ...] | RuleIds = (),
-        obligations: Obligations | None = None,
-        diagnostics: tuple[Diagnostic, ...] = (),
-        principal: str | None = None,
-        permission: str | None = None,
-        approval_id: str | None = None,
-        acting_for: str | None = None,
-        chain: tuple[str, ...] | None = None,
-        budget: BudgetUsage | tuple[Any, ...] | None = None,
-        shadow: tuple[ShadowOutcome, ...] = (),
-        rate_limit: RateLimitUsage | None = None,
-    ) -> Decision:
-        return _as(cls, build_decision(status, code, reason, rules, obligations,
-                                       diagnostics, principal, permission, approval_id,
-                                       acting_for, chain, budget, shadow, rate_limit))
+    @_takes(build_decision)
+    def __new__(cls, made: Decision) -> Decision:
+        return _as(cls, made)
 
     # Read-only views (``operator.attrgetter`` is a C-level getter, as cheap as a slot).
     status: Status = property(attrgetter("_status"))  # type: ignore[assignment]
@@ -690,15 +703,9 @@ class ToolDecision(_ToolDecisionSlots, ReadOnly):
 
     __slots__ = ()
 
-    def __new__(
-        cls,
-        decision: Decision,
-        outcome: str,
-        body: Any = None,
-        redactions: tuple[dict[str, str], ...] = (),
-        tool: str | None = None,
-    ) -> ToolDecision:
-        return _as(cls, build_tool_decision(decision, outcome, body, redactions, tool))
+    @_takes(build_tool_decision)
+    def __new__(cls, made: ToolDecision) -> ToolDecision:
+        return _as(cls, made)
 
     decision: Decision = property(attrgetter("_decision"))  # type: ignore[assignment]
     outcome: str = property(attrgetter("_outcome"))  # type: ignore[assignment]

@@ -8,6 +8,7 @@ still work."""
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import pickle
 from decimal import Decimal
@@ -28,6 +29,10 @@ from policyengine.decision import (
     FrozenList,
     Obligations,
     ToolDecision,
+    build_decision,
+    build_diagnostic,
+    build_obligations,
+    build_tool_decision,
     frozen,
 )
 from policyengine.engine import Engine
@@ -190,6 +195,27 @@ def test_the_constructors_build_read_only_answers() -> None:
             with pytest.raises(AttributeError):
                 setattr(obj, name, 1)
     assert d.obligations is ob and d.diagnostics == (diag,) and td.decision is d
+
+
+@pytest.mark.parametrize(("cls", "build"), [
+    (Decision, build_decision), (ToolDecision, build_tool_decision),
+    (Obligations, build_obligations), (Diagnostic, build_diagnostic)])
+def test_a_constructor_takes_what_its_builder_takes(cls: type, build: Any) -> None:
+    """Each answer's parameters are written once, on the builder the engine calls; the
+    public constructor shows the same ones (``help()``, the tests that read
+    signatures), takes them by name as the builder does, and builds the same answer."""
+    assert inspect.signature(cls) == inspect.signature(build)
+    assert next(iter(inspect.signature(cls.__new__).parameters)) == "cls"
+    args = {Decision: {"status": "denied", "code": "forbidden", "reason": "no"},
+            ToolDecision: {"decision": build_decision("denied", "forbidden", "no"),
+                           "outcome": "policy_deny", "tool": "t"},
+            Obligations: {"currency": "EUR", "redact_fields": ("$.a",)},
+            Diagnostic: {"code": "type_error", "message": "bad", "effect": "skipped"}}[cls]
+    made, built = cls(**args), build(**args)
+    assert type(made) is cls
+    assert {**made.to_wire(), "decisionId": 0} == {**built.to_wire(), "decisionId": 0}
+    with pytest.raises(TypeError):
+        cls(**args, unknown=1)
 
 
 @pytest.mark.parametrize("kind", ["explanation", "tool explanation"])
