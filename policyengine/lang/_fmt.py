@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from policyengine.lang import ast
 from policyengine.lang._parser import parse
+from policyengine.lang._source import HIDDEN
 
 __all__ = ["format_expr", "format_file", "format_source"]
 
@@ -141,7 +142,10 @@ def _extraction(x: ast.Extraction) -> str:
 
 
 def _jsonpath(p: str) -> str:
-    simple = p.startswith("$") and not any(ch.isspace() or ch in ',{}"#' for ch in p)
+    # Quoted (where a control or format character is written as an escape) unless the
+    # path reads back as written: no space, no `,{}"#`, no character E014 refuses.
+    simple = (p.startswith("$") and not any(ch.isspace() or ch in ',{}"#' for ch in p)
+              and HIDDEN.search(p) is None)
     return p if simple else _str(p)
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import threading
+import unicodedata
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -30,7 +31,7 @@ from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, Unex
 
 from policyengine.lang import ast
 from policyengine.lang._fastparse import read_statement
-from policyengine.lang._source import PolicyError, Problem, SourceSet
+from policyengine.lang._source import HIDDEN, HIDDEN_CHARS, PolicyError, Problem, SourceSet
 
 __all__ = ["MAX_NESTING", "MAX_PROBLEMS", "MAX_SOURCE_BYTES", "STATEMENT_KEYWORDS", "ParseCache",
            "parse", "parse_many"]
@@ -72,8 +73,12 @@ _SCAN = re.compile(r'"(?:[^"\\]|\\.)*"|"|\$[^\s,{}]*|#|[(\[{)\]}]'
 # language (lines end at "\n"; a "\r" right before it is ignored). Outside strings and
 # comments they are E001 (or, for "\f", whitespace); inside a comment or a string they
 # would make text that looks like a line of its own part of the comment or the string,
-# so there they are E013, as a "\r" not followed by "\n" is anywhere.
-_NOT_A_NEWLINE = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# so there they are E013, as a "\r" not followed by "\n" is anywhere. Any other control or
+# format character (ESC, DEL, U+202E and the other bidirectional controls, U+200B...) can
+# make a comment, a string or a JSONPath show other text than it holds: E014 there.
+# Outside them every one of these is E001.
+_UNSEEN = re.compile(f"[{HIDDEN_CHARS}\u2028\u2029]")
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _BREAK_NAMES = {
     "\r": "a carriage return (U+000D) not followed by a line feed",
     "\x0b": "a vertical tab (U+000B)", "\x0c": "a form feed (U+000C)",
@@ -387,7 +392,8 @@ def _split(text: str, name: str, sources: SourceSet
         # A "\r" ends a line only right before "\n" (where it is dropped): anywhere else
         # it is E013, as a line break some editors show and the language does not read.
         cr = line.find("\r")
-        not_a_newline = cr if 0 <= cr < len(line) - 1 else -1
+        unseen = cr if 0 <= cr < len(line) - 1 else -1  # the first such character
+        where = ""  # what it stands in: "a comment", "a string", "a JSONPath"
         # scan the line: strings, comments, nesting (a run of `not` nests too)
         code_end = len(line)
         seen = 0  # where the text not yet scanned starts
@@ -400,10 +406,7 @@ def _split(text: str, name: str, sources: SourceSet
             if first == '"':
                 if len(tok) > 1 and tok.endswith('"'):
                     run = 0
-                    inside = _NOT_A_NEWLINE.search(tok)
-                    if inside is not None and (not_a_newline < 0 or
-                                               m.start() + inside.start() < not_a_newline):
-                        not_a_newline = m.start() + inside.start()
+                    unseen, where = _first_unseen(unseen, where, tok, m.start(), "a string")
                     continue
                 broken_lines.add(lineno)
                 problems.append(sources.problem(
@@ -413,6 +416,7 @@ def _split(text: str, name: str, sources: SourceSet
                 break
             if first == "$":
                 run = 0
+                unseen, where = _first_unseen(unseen, where, tok, m.start(), "a JSONPath")
                 sharp = _comment_in_path(tok)
                 if sharp >= 0:
                     broken_lines.add(lineno)
@@ -426,9 +430,8 @@ def _split(text: str, name: str, sources: SourceSet
                 comments.append(ast.Comment(line[m.start():].rstrip(), ast.Span(
                     name, lineno, m.start() + 1, lineno, len(line) + 1)))
                 code_end = m.start()
-                inside = _NOT_A_NEWLINE.search(line, m.start())
-                if inside is not None and (not_a_newline < 0 or inside.start() < not_a_newline):
-                    not_a_newline = inside.start()
+                unseen, where = _first_unseen(unseen, where, line[m.start():], m.start(),
+                                              "a comment")
                 break
             if first in ")]}":
                 depth = max(depth - 1, 0)
@@ -450,16 +453,10 @@ def _split(text: str, name: str, sources: SourceSet
                     m.start() + 1, "simplify the expression"))
         if run and line[seen:code_end].strip(_BLANK):
             run = 0
-        if not_a_newline >= 0:
+        if unseen >= 0:
             broken_lines.add(lineno)
-            ch = line[not_a_newline]
-            where = "" if ch == "\r" else (
-                " inside a comment" if not_a_newline >= code_end else " inside a string")
-            problems.append(sources.problem(
-                "E013", f"{_BREAK_NAMES[ch]}{where}: lines end at \\n only", name, lineno,
-                not_a_newline + 1,
-                "save the file with \\n (or \\r\\n) line endings" if ch == "\r" else
-                f"remove it, or write it as the escape \\u{ord(ch):04x} in a string"))
+            problems.append(_unseen_problem(line[unseen], where, name, lineno, unseen + 1,
+                                            sources))
         if start_line == 0:
             if line[:code_end].strip(_BLANK):
                 start_line = lineno
@@ -472,6 +469,51 @@ def _split(text: str, name: str, sources: SourceSet
         chunks = [(start, chunk) for start, chunk in chunks
                   if not any(start <= b < start + chunk.count("\n") + 1 for b in broken_lines)]
     return chunks, comments, problems
+
+
+def _first_unseen(found: int, where: str, text: str, offset: int, region: str
+                  ) -> tuple[int, str]:
+    """The first character of a line that :data:`_UNSEEN` holds: ``found`` (in ``where``)
+    or, if it comes earlier or there was none, the first one in ``text`` (which starts at
+    ``offset`` of the line and is a ``region``)."""
+    inside = _UNSEEN.search(text)
+    if inside is not None and (found < 0 or offset + inside.start() < found):
+        return offset + inside.start(), region
+    return found, where
+
+
+def _describe(ch: str) -> str:
+    """A control or format character named for people: ``a bidirectional control (U+202E
+    RIGHT-TO-LEFT OVERRIDE)``."""
+    code = f"U+{ord(ch):04X}"
+    if ch == "\x1b":
+        return f"an escape character ({code}, which starts terminal escape sequences)"
+    if ch == "\x7f":
+        return f"a delete character ({code})"
+    if unicodedata.category(ch) == "Cc":
+        return f"a control character ({code})"
+    kind = "a bidirectional control" if ch in _BIDI else "an invisible format character"
+    return f"{kind} ({code} {unicodedata.name(ch, '')})".replace(" )", ")")
+
+
+def _unseen_problem(ch: str, where: str, name: str, line: int, column: int,
+                    sources: SourceSet) -> Problem:
+    """E013 for a line break of other tools, E014 for another control or format character
+    inside a comment, a string or a JSONPath (``where``)."""
+    if ch in _BREAK_NAMES:
+        inside = "" if ch == "\r" else f" inside {where}"
+        return sources.problem(
+            "E013", f"{_BREAK_NAMES[ch]}{inside}: lines end at \\n only", name, line, column,
+            "save the file with \\n (or \\r\\n) line endings" if ch == "\r" else
+            f"remove it, or write it as the escape {ast.u_escape(ch)} in a string")
+    escape = ast.u_escape(ch)
+    fix = {"a string": f"remove it, or write it as the escape {escape}",
+           "a JSONPath": f"remove it, or quote the path and write it there as the escape "
+                         f"{escape}"}
+    return sources.problem(
+        "E014", f"{_describe(ch)} inside {where}: the text would not read as it shows", name,
+        line, column, fix.get(where, "remove it: a comment holds no control (but tab) or format "
+                                     "character"))
 
 
 def _comment_in_path(path: str) -> int:
@@ -1231,4 +1273,7 @@ def _hint_for_char(ch: str, rest: str, allowed: set[str]) -> str | None:
         return "compare with '=='"
     if ch in _BREAK_NAMES:
         return f"{_BREAK_NAMES[ch]} is no line break or space here: lines end at \\n"
+    if HIDDEN.match(ch):
+        return (f"{_describe(ch)} is no part of a policy outside a string, where it is "
+                f"written as the escape {ast.u_escape(ch)}")
     return None

@@ -7,12 +7,31 @@ caret under the column, and a hint. Codes are stable and listed in ``docs/errors
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from policyengine.errors import PolicyEngineError
 
-__all__ = ["PolicyError", "Problem", "SourceSet"]
+__all__ = ["HIDDEN", "HIDDEN_CHARS", "PolicyError", "Problem", "SourceSet", "visible"]
+
+#: Characters that change what a reader sees without being seen themselves ("Trojan
+#: Source", CVE-2021-42574), as a regex class body: every control character (Unicode
+#: category Cc: C0 but tab, line feed and carriage return, DEL, C1; ESC starts a terminal
+#: escape sequence) and every format character (Cf: the bidirectional controls U+061C,
+#: U+200E/U+200F, U+202A..U+202E, U+2066..U+2069, zero-width characters, the soft hyphen,
+#: tag characters...). A policy holds none inside a comment, a string or a JSONPath
+#: (E014; E013 for those of them that other tools break lines at), and no error report
+#: or ``fmt`` output prints one raw. tests/lang/test_hidden_text.py holds this list to
+#: the Unicode database.
+HIDDEN_CHARS = (
+    "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+    "\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+)
+HIDDEN = re.compile(f"[{HIDDEN_CHARS}]")
 
 
 @dataclass(frozen=True)
@@ -28,9 +47,18 @@ class Problem:
     severity: str = "error"  # "error" | "warning"
     excerpt: str = field(default="", compare=False)
 
+    def __post_init__(self) -> None:
+        # A message or hint that quotes policy text (a decoded string, a path) never
+        # carries a character that would move or hide text on a terminal.
+        for name in ("message", "hint"):
+            text = getattr(self, name)
+            if text is not None and _UNSHOWN.search(text) is not None:
+                object.__setattr__(self, name, visible(text))
+
     def render(self) -> str:
         """Compiler-style text: location, message, caret excerpt, hint."""
-        out = f"{self.file}:{self.line}:{self.column}: {self.severity}[{self.code}]: {self.message}"
+        out = (f"{visible(self.file)}:{self.line}:{self.column}: {self.severity}[{self.code}]: "
+               f"{self.message}")
         if self.excerpt:
             out += "\n" + self.excerpt
         if self.hint:
@@ -46,20 +74,31 @@ class Problem:
 _VISIBLE = str.maketrans({"\r": "\u240d", "\x0b": "\u240b", "\x0c": "\u240c",
                           "\x1c": "\u241c", "\x1d": "\u241d", "\x1e": "\u241e",
                           "\x85": "\u2424", "\u2028": "\u2424", "\u2029": "\u2424"})
+_UNSHOWN = re.compile(f"[{HIDDEN_CHARS}\r\u2028\u2029]")
+
+
+def visible(text: str) -> str:
+    """``text`` as a terminal may show it: a character a terminal or str.splitlines()
+    would break a line at (a "\r", U+2028...: E013) as a symbol of one column, any other
+    control or format character (:data:`HIDDEN`: ESC, U+202E...) as ``<U+202E>``."""
+    if _UNSHOWN.search(text) is None:
+        return text
+    return HIDDEN.sub(lambda m: f"<U+{ord(m.group()):04X}>", text.translate(_VISIBLE))
 
 
 def excerpt(text_lines: Sequence[str], line: int, column: int) -> str:
     """The source line with a caret under ``column`` (both 1-based)."""
     if not 1 <= line <= len(text_lines):
         return ""
-    # A character a terminal or str.splitlines() would break the excerpt at (a "\r" not
-    # before "\n", U+2028...: E013) is shown as a visible symbol of one column.
-    src = text_lines[line - 1].rstrip("\r\n").translate(_VISIBLE)
+    src = text_lines[line - 1].rstrip("\r\n")
     if len(src) > 200:  # keep excerpts readable for minified or hostile input
         start = max(0, column - 80)
         src = src[start:start + 160]
         column -= start
-    src = src.expandtabs(1)
+    # Shown by visible(): the caret stays under the character it points at, one that
+    # is shown as <U+202E> included (under its "<").
+    column = len(visible(src[:max(column - 1, 0)])) + 1
+    src = visible(src).expandtabs(1)
     gutter = f"{line:>4} | "
     caret = " " * (len(gutter) + max(column - 1, 0)) + "^"
     return f"{gutter}{src}\n{caret}"

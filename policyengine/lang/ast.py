@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Generic, TypeVar, Union
 
+from policyengine.lang._source import HIDDEN_CHARS
+
 __all__ = [
     "AgentDecl", "Amount", "And", "ApprovalOverDecl", "ApprovalTerms", "BudgetDecl", "Call",
     "Compare",
@@ -24,7 +26,7 @@ __all__ = [
     "RateDecl", "RateLimitDecl",
     "RatesDecl", "Redact", "ResourceDecl", "RoleDecl", "Route", "Rule", "SchemaDecl", "SchemaField",
     "SchemaType", "ScopeItem", "Span", "Statement", "TzDecl", "Comment", "ExprVisitor",
-    "StatementVisitor", "ToolItemVisitor", "children", "quote",
+    "StatementVisitor", "ToolItemVisitor", "children", "quote", "u_escape",
 ]
 
 
@@ -45,20 +47,31 @@ class Span:
 NOSPAN = Span("<none>", 0, 0, 0, 0)
 T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # the grammar's NAME terminal
-# Written as \u escapes by quote(): lone surrogates, and the line breaks of other tools
-# (json.dumps escapes the other ones, control characters, itself).
-_ESCAPED = re.compile("[\ud800-\udfff\x85\u2028\u2029]")
+# Written as \u escapes by quote(): lone surrogates, the line breaks of other tools, and
+# control and format characters (json.dumps escapes the C0 ones itself).
+_ESCAPED = re.compile(f"[\ud800-\udfff\u2028\u2029{HIDDEN_CHARS}]")
+
+
+def u_escape(ch: str) -> str:
+    """``ch`` as the policy string escape that reads as it: ``\\u202e``, or a surrogate
+    pair's two escapes for a character past U+FFFF (strings have no longer escape)."""
+    code = ord(ch)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def quote(text: str) -> str:
     """``text`` as a policy string literal: JSON, non-ASCII kept as it is, but a lone
     surrogate (``"\\ud800"`` in a policy reads as one) written as its ``\\u`` escape, so
     that the literal is UTF-8 text like the file it goes into, and so is a character some
-    editors break lines at (U+0085, U+2028, U+2029: E013 when raw in a string)."""
+    editors break lines at (U+0085, U+2028, U+2029: E013 when raw in a string) and a
+    control or format character (ESC, DEL, U+202E, U+200B...: E014 when raw)."""
     out = json.dumps(text, ensure_ascii=False)
     if _ESCAPED.search(out) is None:
         return out
-    return _ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", out)
+    return _ESCAPED.sub(lambda m: u_escape(m.group()), out)
 
 
 def _span() -> Span:
