@@ -27,7 +27,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import ROUND_CEILING, Decimal
+from decimal import (
+    ROUND_CEILING,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+)
 from typing import Any, Literal, NamedTuple, TypeGuard, cast
 
 from policyengine.budgets.errors import (
@@ -131,6 +138,9 @@ _CAP_TRIES = 4
 _MAX_MATCH_CACHE = 10_000
 #: Rate sources whose ``rate()`` is a function of the fraction ``rate_fraction`` gives.
 _TABLES = (StaticRates, JsonFileRates)
+#: Division rounding up (a spend converted at an exact fraction: its ceiling, once).
+_CEILING = Context(prec=100, rounding=ROUND_CEILING, Emax=999, Emin=-999,
+                   traps=[InvalidOperation, DivisionByZero, Overflow])
 _NO_TEXT: tuple[str | None, int] = (None, 0)  # no amount text asked yet (admission_text)
 _NOT_SEEN: tuple[int, float, int, int] = (-1, float("-inf"), 0, 0)  # no bucket read yet
 _NON_MONEY = NON_CURRENCY_UNITS
@@ -2392,20 +2402,39 @@ class Ledger:
                     f"{cur}) for budget {b.id}: spend in {b.unit}, or declare the budget "
                     f"in {cur}{MICRO_SUFFIX}", {"budget": b.id, "unit": b.unit})
             return int(exact), None
+        scaled = value.scaleb(scale - src_exp + exp, MONEY_CONTEXT)
+        rates = self._rates_of[b.id]
+        fraction: tuple[Decimal, Decimal] | None = None
         if rate is None:
-            rates = self._rates_of[b.id]
             try:
                 if rates is None:
                     raise RateError("no_rate", f"no rates configured to convert {src_cur} "
                                     f"to {cur}")
-                # Validated as convert validates it: a source's rate of 0 or below would
-                # charge nothing, or take spend off the budget.
-                rate = format(checked_rate(rates, src_cur, cur, now)[0], "f")
+                # A table's cross rate is an exact fraction: converted at it, rounded up
+                # once (at its rate(), rounded to 34 digits, a spend could come to a
+                # quantum under its exact value). Another source's answer is validated
+                # as convert validates it: a rate of 0 or below would charge nothing, or
+                # take spend off the budget.
+                fraction = (cast(StaticRates, rates).rate_fraction(src_cur, cur, now)
+                            if type(rates) in _TABLES else
+                            checked_rate(rates, src_cur, cur, now))
             except RateError as exc:
                 raise BudgetInputError(exc.code, f"cannot convert {unit} to {b.unit} for "
                                        f"budget {b.id}: {exc.message}") from None
-        exact = MONEY_CONTEXT.multiply(value.scaleb(scale - src_exp + exp, MONEY_CONTEXT),
-                                       Decimal(rate))
+            rate = format(fraction_rate(*fraction), "f")
+        elif type(rates) in _TABLES:
+            # A commit at the rate recorded: at the fraction it was recorded from while
+            # the table still gives it (as the reservation converted), else at the rate.
+            try:
+                found = cast(StaticRates, rates).rate_fraction(src_cur, cur, now)
+                if format(fraction_rate(*found), "f") == rate:
+                    fraction = found
+            except RateError:
+                pass  # the recorded rate is the reservation's, fresh or not
+        if fraction is not None:
+            exact = _CEILING.divide(MONEY_CONTEXT.multiply(scaled, fraction[0]), fraction[1])
+        else:
+            exact = MONEY_CONTEXT.multiply(scaled, Decimal(rate))
         return int(exact.to_integral_value(ROUND_CEILING, MONEY_CONTEXT)), rate
 
     def _commit_amount(

@@ -3,11 +3,13 @@ within a currency, refused when not exact, never over a limit, nothing drifts.""
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from conftest import STORE_KINDS, Clock, SharedStores
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from policyengine.budgets import (
@@ -114,3 +116,53 @@ def test_unit_names() -> None:
     with pytest.raises(BudgetInputError) as err:
         BudgetSpec("m.x", ("a:*",), Decimal("1.5"), "USD_MICROCENTS", "day")
     assert err.value.code == "invalid_budget"
+
+
+# Rates of up to 40 decimals (what a table takes), so that a cross rate's fraction has a
+# long expansion: its rate() (34 digits) then differs from the exact fraction.
+RATES = st.builds(lambda digits, places: Decimal(digits).scaleb(-places),
+                  st.integers(1, 10**16), st.integers(0, 40)).filter(
+                      lambda r: Decimal("1E-12") <= r <= 10**6)
+PAIRS = st.sampled_from([
+    ("GBP_MICROCENTS", "USD_MICROCENTS"), ("GBP", "USD_MICROCENTS"),
+    ("GBP_MICROCENTS", "USD"), ("EUR_MICROCENTS", "USD_MICROCENTS"),
+    ("EUR", "USD_MICROCENTS"), ("USD_MICROCENTS", "EUR"), ("GBP_MICROCENTS", "EUR"),
+    ("EUR_MICROCENTS", "USD")])
+
+
+@settings(max_examples=400, deadline=None)
+@given(usd=RATES, gbp=RATES, pair=PAIRS, quanta=st.integers(1, 10**12))
+@example(usd=Decimal("0." + "9" * 36), gbp=Decimal(1), pair=("EUR_MICROCENTS",
+         "USD_MICROCENTS"), quanta=1)  # rate() rounds 1/0.99..9 down to 1: 1 µ¢, not 2
+@example(usd=Decimal("0." + "9" * 36), gbp=Decimal(1), pair=("EUR", "USD_MICROCENTS"),
+         quanta=1)  # 0.01 EUR came to 1,000,000 µ¢, under its 1,000,000.00...1
+@example(usd=Decimal("0.0021"), gbp=Decimal("0.0001"), pair=("GBP_MICROCENTS",
+         "USD_MICROCENTS"), quanta=21)  # exactly 1 µ¢; rate() rounded up made it 2
+def test_microcent_conversions_charge_the_exact_ceiling(
+        usd: Decimal, gbp: Decimal, pair: tuple[str, str], quanta: int) -> None:
+    """A spend converted into or out of microcents at a table's rate (a cross rate through
+    the base included) is charged exactly the ceiling of its exact value in the budget's
+    quantum: never a quantum under it (spend would slip past the limit), never one over
+    it; a commit of the reserved amount in its unit charges exactly the hold."""
+    spend_unit, budget_unit = pair
+    rates = StaticRates("EUR", {"USD": usd, "GBP": gbp})
+    spec = BudgetSpec("m.b", ("a:*",), Decimal(10**15) if budget_unit.endswith(
+        "MICROCENTS") else Decimal(10**12), budget_unit, "day")
+    ledger = Ledger([spec], rates=rates, clock=Clock(START))
+    src_scale = 0 if spend_unit.endswith("MICROCENTS") else 2
+    amount = Decimal(quanta).scaleb(-src_scale)
+    to_base = {"EUR": Fraction(1), "USD": Fraction(usd), "GBP": Fraction(gbp)}
+    # the spend in microcents of its own currency, then in the budget's currency
+    exact = Fraction(quanta) if spend_unit.endswith("MICROCENTS") else Fraction(amount) * 10**8
+    exact = exact * to_base[spend_unit[:3]] / to_base[budget_unit[:3]]
+    per_quantum = 1 if budget_unit.endswith("MICROCENTS") else 10**6  # µ¢ in a cent
+    want = math.ceil(exact / per_quantum)
+    try:
+        r = ledger.reserve("bot", "a:x", amount, spend_unit)
+    except BudgetError as exc:  # too large for the budget's quanta: nothing to compare
+        assert exc.code in ("invalid_amount", "budget_exceeded"), exc
+        return
+    scale = 0 if budget_unit.endswith("MICROCENTS") else 2
+    assert int(r.lines[0].amount.scaleb(scale)) == want
+    done = ledger.commit(r.id, amount)
+    assert int(done.lines[0].committed.scaleb(scale)) == want
