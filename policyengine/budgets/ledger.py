@@ -976,11 +976,20 @@ class Ledger:
         #: they hold what would have been spent; None without any.
         self._shadow: Ledger | None = None
         self._hidden: frozenset[str] = frozenset()
+        #: For a ledger of shadow budgets: the ledger of the enforced budgets they sit
+        #: beside. A shadow budget answers as an enforced one of its definition would,
+        #: beside the enforced budgets: a spend one of those counts is no
+        #: ``unit_mismatch`` here (a ``tokens`` shadow budget beside a money budget
+        #: counts an amount in USD as nothing, as an enforced one would). Set by the
+        #: enforced ledger and the decision pipeline, never the other way round: a
+        #: shadow budget never changes what the enforced budgets answer.
+        self._beside: Ledger | None = None
         shadow_specs = tuple(shadow)
         if shadow_specs:
             self._shadow = Ledger(shadow_specs, self.store, rates, self.clock,
                                   budget_rates=budget_rates, prices=prices,
                                   default_currency=default_currency)
+            self._shadow._beside = self
             self._hidden = frozenset(s.id for s in shadow_specs)
             if self._hidden & self._by_id.keys():
                 raise BudgetInputError("invalid_budget", "budget ids must be unique")
@@ -2257,7 +2266,8 @@ class Ledger:
         modes, accepted, unmatched = _count_modes(matched, unit, keep_unmatched=False,
                                                   tokens=tokens)
         # A refusal is cached as its message (a fresh exception is raised each time).
-        refuse = bool(unmatched and not accepted)
+        refuse = bool(unmatched and not accepted) and not self._counted_beside(
+            permission, unit, tokens)
         return self._cache_modes(cache_key, permission, matched, unit, modes, refuse)
 
     def _lenient_modes(
@@ -2275,8 +2285,20 @@ class Ledger:
         modes, accepted, unmatched = _count_modes(matched, unit, keep_unmatched=True,
                                                   tokens=tokens)
         # An amount that no covering budget can count is refused, as by check().
-        refuse = bool(unit is not None and unmatched and not accepted)
+        refuse = bool(unit is not None and unmatched and not accepted
+                      ) and not self._counted_beside(permission, unit, tokens)
         return self._cache_modes(cache_key, permission, matched, unit, modes, refuse)
+
+    def _counted_beside(self, permission: str, unit: str | None, tokens: int) -> bool:
+        """Does an enforced budget beside this shadow ledger's (``_beside``) count a
+        spend in ``unit`` on ``permission``? Then no covering shadow budget refuses it
+        as ``unit_mismatch``: each counts what its unit counts, as an enforced budget of
+        its definition would (a shadow budget's own error stays its own outcome)."""
+        beside = self._beside
+        if beside is None or unit is None:
+            return False
+        return _count_modes(beside._match(permission), unit, keep_unmatched=False,
+                            tokens=tokens)[1] > 0
 
     def _cache_modes(
         self, cache_key: tuple[Any, ...], permission: str, matched: Sequence[_Budget],

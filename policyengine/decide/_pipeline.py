@@ -207,6 +207,8 @@ class Pipeline:
                                         clock=ledger.clock, budget_rates=policy.budget_rates,
                                         prices=policy.prices,
                                         default_currency=policy.default_currency)
+            if isinstance(ledger, Ledger):  # judged beside the enforced budgets
+                self.shadow_ledger._beside = ledger
         #: The shadow rate limits over the same store: they count the calls that go
         #: ahead, on keys of their own, and never refuse one (None without any).
         self.shadow_limiter: Any = None
