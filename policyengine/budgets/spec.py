@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from typing import cast
 
 from policyengine.budgets.errors import BudgetInputError
 from policyengine.budgets.windows import MAX_ROLLING_SECONDS, window_problems
@@ -284,10 +285,21 @@ def budget_problems(patterns: object, limit: object, unit: object, window: objec
     if any(n not in CAPS for n in names) or not all(
             isinstance(c, tuple) and type(c[1]) is int and 0 <= c[1] <= MAX_QUANTA
             for c in pairs):
-        out.append(("caps", f"caps are (name, whole number >= 0) pairs, names among "
+        out.append(("caps", f"caps are (name, whole number >= 1) pairs, names among "
                             f"{', '.join(sorted(CAPS))}"))
     elif len(set(names)) != len(names):
         out.append(("caps", "each cap is given once"))
+    else:
+        # A cap of 0 admits calls it leaves nothing to do (max_tokens 0: no output at
+        # all, which providers refuse; max_steps_remaining 0: no step), or caps nothing
+        # (cooldown_ms 0); and a client that reads 0 as "not set" would not cap the call
+        # at all. Refusing the calls is a forbid's job; capping nothing is no cap.
+        out += [(f"caps[{i}]", f"cap {name} must be at least 1, not 0 (a cap of 0 admits "
+                               "calls it leaves nothing to do, and a client that reads 0 "
+                               "as unset caps nothing): to refuse the calls write a forbid; "
+                               "to cap nothing leave the cap out")
+                for i, (name, value) in enumerate(cast("tuple[tuple[str, int], ...]", pairs))
+                if value == 0]
     out += [p for p in of_window if p[0] == "tz"]
     return out
 

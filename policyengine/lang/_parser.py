@@ -873,6 +873,8 @@ class _Build:
                      for opt in cap_opts)
         if cap_opts:
             spans["caps"] = self.span(cap_opts[0])
+        for i, opt in enumerate(cap_opts):  # each cap's value, where a problem with it is
+            spans[f"caps[{i}]"] = self.span(_Parts(opt.children).token("INT"))
         for opt in p.all_trees("budget_overdraft"):
             tok = _Parts(opt.children).token("NUMBER")
             overdraft, spans["overdraft_limit"] = self.decimal(tok), self.span(tok)

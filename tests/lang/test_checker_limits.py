@@ -229,3 +229,22 @@ def test_a_money_literal_out_of_range_is_e135_not_a_type_mismatch(line: str) -> 
     with the caret on the literal."""
     found = codes_of(("t.policy", HEAD + line + "\n"))
     assert found == [("E135", 3, _at(line, "1000000000000001"))], found
+
+
+def test_a_cap_of_zero_is_an_error_at_each_zero() -> None:
+    """``cap max_tokens 0`` admitted calls told to use no tokens (which providers refuse,
+    and which a client reading 0 as unset runs uncapped): E123 at each such value, as
+    ``BudgetSpec`` refuses it (``invalid_budget``); 1 is the least cap."""
+    from decimal import Decimal
+
+    from policyengine.budgets import BudgetInputError, BudgetSpec
+    line = ("budget f: llm:* limit 10 tokens per day cap cooldown_ms 0 cap max_tokens 1 "
+            "cap max_steps_remaining 0")
+    found = codes_of(("t.policy", HEAD + line + "\n"))
+    assert found == [("E123", 3, _at(line, "0 cap")), ("E123", 3, len(line))], found
+    assert codes_of(("t.policy", HEAD + "budget f: llm:* limit 10 tokens per day "
+                     "cap max_tokens 1 cap cooldown_ms 1\n")) == []
+    for name in ("max_tokens", "max_steps_remaining", "cooldown_ms"):
+        with pytest.raises(BudgetInputError) as err:
+            BudgetSpec("t.f", ("llm:*",), Decimal(10), "tokens", "day", caps=((name, 0),))
+        assert err.value.code == "invalid_budget" and "at least 1" in err.value.message
