@@ -820,6 +820,16 @@ def _key(key: object) -> str | None:
     return key
 
 
+def _string_tokens(tokens: str) -> BudgetInputError:
+    """A request's ``context.tokens`` given as text (``"100"``): refused, never read as
+    the number. A count of tokens is a JSON number, exact as it is (text is for money,
+    whose decimals JSON numbers would blur), and rules compare ``context.tokens`` as the
+    string it is: one field is never a number to the budgets and a string to the rules."""
+    return BudgetInputError(
+        "invalid_amount", f"tokens {tokens[:32]!r} is text: give the count of tokens as a "
+        "number (100, not \"100\")", {"reason": "tokens_not_a_number"})
+
+
 def _valid_money(value: Decimal, unit: str) -> Money:
     """``Money(value, unit)``: the same checks and errors, without the dataclass's
     ``__init__``."""
@@ -1054,6 +1064,8 @@ class Ledger:
         ``tokens``; with an amount in ``tokens`` the budget counts the larger of the two.
         Raises :class:`BudgetInputError` for bad input.
         """
+        if isinstance(tokens, str):
+            raise _string_tokens(tokens)
         if usage is not None:
             if tokens is not None:
                 raise BudgetInputError("invalid_amount", "usage= carries its own tokens: "
@@ -1102,6 +1114,8 @@ class Ledger:
         spend). The same checks, answers and errors as :meth:`admit` (``tokens``: the
         request's ``context.tokens``, which ``tokens`` budgets count), without building
         its result: what ``authorize`` asks on every budgeted request."""
+        if isinstance(tokens, str):
+            raise _string_tokens(tokens)
         if amount is None:
             amount, unit, tokens = (0, None, None) if tokens is None else (
                 tokens, "tokens", None)

@@ -812,6 +812,9 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
     amount: Any
     unit: str | None
     tokens = get(context, "tokens")
+    if isinstance(tokens, str):  # a count is a number: never read from text (docs/semantics.md)
+        raise EvalError("invalid_amount", f"context.tokens {tokens[:32]!r} is text: give the "
+                        "count of tokens as a number (100, not \"100\")", "tokens_not_a_number")
     if money is not None:
         amount, unit = money
     else:

@@ -167,3 +167,42 @@ def test_allowed_iff_every_budget_has_room_for_what_it_counts(
             and (tokens or 0) <= token_room and token_room > 0)
     d = e.authorize("bot", "llm:call", context)
     assert d.allowed == fits, (d.code, d.budget)
+
+
+class _Text(str):
+    """A str subclass: text all the same."""
+
+
+@pytest.mark.parametrize("tokens", ["100", "5", "0", _Text("5")])
+def test_tokens_as_text_are_refused_never_read_as_the_number(tokens: str) -> None:
+    """``context.tokens`` is a count, a JSON number: ``"100"`` is refused
+    (``invalid_amount``, fail closed), with an amount or without, as the rules refuse to
+    compare it with a number (``type_error``) -- the budgets never read as 100 what a rule
+    reads as text. Before, the budgets counted it as the number."""
+    e = engine()
+    for context in ({"tokens": tokens}, usd("1", tokens=tokens)):
+        d = e.authorize("bot", "llm:call", context)
+        assert (d.status, d.code) == ("denied", "invalid_amount"), context
+        assert "is text" in d.reason
+    ruled = engine(text=POLICY + "forbid big: llm:call when context.tokens > 1000\n")
+    assert ruled.authorize("bot", "llm:call", {"tokens": tokens}).code in (
+        "type_error", "invalid_amount")
+    assert ruled.authorize("bot", "llm:call", {"tokens": 5}).allowed
+    ledger = Ledger([BudgetSpec("t", ("llm:*",), Decimal(100), "tokens", "day")],
+                    MemoryStore(), clock=Clock(BUDGET_NOW))
+    for ask in (lambda: ledger.admit("bot", "llm:call", tokens=tokens),
+                lambda: ledger.admission("bot", "llm:call", tokens=tokens),
+                lambda: ledger.admit("bot", "llm:call", "1", "tokens", tokens=tokens)):
+        with pytest.raises(BudgetInputError) as err:
+            ask()
+        assert err.value.code == "invalid_amount"
+        assert err.value.details["reason"] == "tokens_not_a_number"
+    assert ledger.admit("bot", "llm:call", tokens=int(tokens)).allowed
+
+
+def test_a_shadow_tokens_budget_reports_tokens_as_text() -> None:
+    e = engine(text='role r: llm:*\nagent "bot": r\nbudget money: llm:call limit 10 USD '
+                    'per day\nbudget toks: llm:call limit 100 tokens per day mode warn\n')
+    d = e.authorize("bot", "llm:call", usd("1", tokens="5"))
+    assert (d.status, d.code) == ("denied", "invalid_amount")
+    assert [(s.id, s.code) for s in d.shadow] == [("default.toks", "invalid_amount")]
