@@ -495,7 +495,9 @@ class BudgetCheck:
 
     @property
     def caps(self) -> dict[str, int]:
-        """The Cycles caps of the covering budgets (the smallest value of each name);
+        """The Cycles caps of the covering budgets (the most restrictive value of each
+        name: the smallest ``max_tokens`` and ``max_steps_remaining``, the longest
+        ``cooldown_ms``);
         empty when none declares caps. An allowed check with caps is Cycles'
         ``ALLOW_WITH_CAPS``."""
         return self._ledger.caps_of(b.id for b, _line, _use in self._rows)
@@ -1968,8 +1970,10 @@ class Ledger:
         return out
 
     def caps_of(self, budgets: Iterable[str] | Reservation) -> dict[str, int]:
-        """The caps (``max_tokens`` ...) the given budgets declare, the smallest value of
-        each name: what a reservation on them carries (``ledger.caps_of(reservation)``)."""
+        """The caps (``max_tokens`` ...) the given budgets declare, the most restrictive
+        value of each name: the smallest ``max_tokens`` and ``max_steps_remaining``, the
+        longest ``cooldown_ms`` (a wait: the longer one is the cap). What a reservation on
+        them carries (``ledger.caps_of(reservation)``)."""
         if isinstance(budgets, Reservation):  # its shown lines' budgets, without the lines
             hidden = budgets._hidden
             ids: Iterable[str] = [line.budget for line in budgets._record.lines
@@ -1980,7 +1984,8 @@ class Ledger:
         for bid in ids:
             b = self._by_id.get(bid)
             for name, value in b.spec.caps if b is not None else ():
-                out[name] = min(value, out.get(name, value))
+                out[name] = (max if name == "cooldown_ms" else min)(
+                    value, out.get(name, value))
         return out
 
     @property

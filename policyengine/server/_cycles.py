@@ -588,7 +588,7 @@ class CyclesWire:
 
     @staticmethod
     def _caps(caps: dict[str, int]) -> cm.CapsOut | None:
-        """The budgets' caps (the smallest of each), or None: an allow with caps is
+        """The budgets' caps (the most restrictive of each), or None: an allow with caps is
         ``ALLOW_WITH_CAPS``."""
         return cm.CapsOut.model_validate(caps) if caps else None
 

@@ -193,3 +193,19 @@ def test_caps_are_validated_and_merged() -> None:
     assert ledger.caps_of(r) == {"max_tokens": 20, "max_steps_remaining": 3}
     assert ledger.check("bot", "a:x", "1", "EUR").caps == ledger.caps_of(["c.a", "c.b"])
     assert ledger.caps_of(["c.a"]) == {"max_tokens": 50}
+
+
+def test_the_longest_cooldown_is_the_cap() -> None:
+    """A cooldown is a wait: of 50 ms and 1000 ms the cap is 1000 (the smallest, as for
+    max_tokens, let the laxest budget set the pace); max_tokens stays the smallest."""
+    ledger = Ledger([
+        BudgetSpec("c.a", ("a:*",), Decimal(9), "EUR", "day",
+                   caps=(("cooldown_ms", 50), ("max_tokens", 500))),
+        BudgetSpec("c.b", ("a:*",), Decimal(9), "EUR", "day",
+                   caps=(("cooldown_ms", 1000), ("max_tokens", 900)))],
+        clock=Clock(START))
+    r = ledger.reserve("bot", "a:x", "1", "EUR")
+    assert ledger.caps_of(r) == {"cooldown_ms": 1000, "max_tokens": 500}
+    assert ledger.check("bot", "a:x", "1", "EUR").caps == {"cooldown_ms": 1000,
+                                                           "max_tokens": 500}
+    assert ledger.caps_of(["c.b", "c.a"]) == {"cooldown_ms": 1000, "max_tokens": 500}
