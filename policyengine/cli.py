@@ -7,6 +7,10 @@ failed tests or fixtures, coverage under ``--min-coverage``, unformatted files w
 decisions that a ``diff`` finds changed, or ``replay --exit-code``), 2 bad usage (a
 missing or malformed option; for ``replay``, a policy or log that cannot be read). A
 closed output pipe (``| head``) ends the command quietly.
+
+Every human-readable line goes through ``say`` (policyengine._visible): a control or
+format character from a policy string, a request, a token or a log record is shown as
+``<U+202E>``, never sent to the terminal raw. JSON output is ``json.dumps``'s (ASCII).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from policyengine._visible import say
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import PolicyError, Problem
 
@@ -134,16 +139,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
                           "warnings": [_problem_dict(p) for p in warnings]}, indent=2))
         return 1 if failed else 0
     if errors:
-        print(PolicyError([*errors, *warnings]).render(), file=sys.stderr)
+        say(PolicyError([*errors, *warnings]).render(), file=sys.stderr)
         return 1
     for w in warnings:
-        print(w.render(), file=sys.stderr)
+        say(w.render(), file=sys.stderr)
     summary = (f"{n} file{'s' if n != 1 else ''}, {len(warnings)} warning"
                f"{'s' if len(warnings) != 1 else ''}")
     if failed:
-        print(f"failed (--werror): {summary}")
+        say(f"failed (--werror): {summary}")
         return 1
-    print(f"ok: {summary}")
+    say(f"ok: {summary}")
     return 0
 
 
@@ -156,7 +161,7 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
             try:
                 sys.stdout.write(format_source(sys.stdin.read(), "<stdin>"))
             except PolicyError as err:
-                print(err.render(), file=sys.stderr)
+                say(err.render(), file=sys.stderr)
                 return 1
             continue
         p = Path(raw)
@@ -169,26 +174,26 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
             text = raw_bytes.decode("utf-8")
             formatted = format_source(text, str(path))
         except PolicyError as err:
-            print(err.render(), file=sys.stderr)
+            say(err.render(), file=sys.stderr)
             status = 1
             continue
         except UnicodeError:
-            print(f"{path}: error: not a policy file (binary or not UTF-8 text); left "
+            say(f"{path}: error: not a policy file (binary or not UTF-8 text); left "
                   "unchanged", file=sys.stderr)
             status = 1
             continue
         except OSError as exc:
-            print(f"{path}: error: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            say(f"{path}: error: cannot read: {exc.strerror or exc}", file=sys.stderr)
             status = 1
             continue
         if formatted != text:
             if args.check:
-                print(f"would reformat {path}")
+                say(f"would reformat {path}")
                 status = 1
             else:
                 # Encoded before the file is opened: a failure leaves it as it was.
                 path.write_bytes(formatted.encode("utf-8"))
-                print(f"reformatted {path}")
+                say(f"reformatted {path}")
     return status
 
 
@@ -256,22 +261,22 @@ def _eval(args: argparse.Namespace) -> int:
         req = _request(args)
         engine = _load(args.paths, **_engine_options(args))
     except TokenError as exc:  # invalid_revocations, as token verify --revocations
-        print(f"error: revocations: {exc}", file=sys.stderr)
+        say(f"error: revocations: {exc}", file=sys.stderr)
         return 2
     except ApprovalError as exc:  # invalid_approval_store, as serve --approvals
-        print(f"error: approvals: {exc}", file=sys.stderr)
+        say(f"error: approvals: {exc}", file=sys.stderr)
         return 2
     except UsageError as exc:
-        print(f"policyengine {args.command}: error: {exc.message}", file=sys.stderr)
+        say(f"policyengine {args.command}: error: {exc.message}", file=sys.stderr)
         return 2
     except PolicyError as err:
-        print(err.render(), file=sys.stderr)
+        say(err.render(), file=sys.stderr)
         return 1
     except BudgetError as exc:
-        print(f"error: budget store: {exc}", file=sys.stderr)  # str(exc) is "code: message"
+        say(f"error: budget store: {exc}", file=sys.stderr)  # str(exc) is "code: message"
         return 2
     except (ValueError, OSError) as exc:
-        print(f"error: bad request: {exc}", file=sys.stderr)
+        say(f"error: bad request: {exc}", file=sys.stderr)
         return 2
     explaining = args.command == "explain"
     if req.get("transport"):  # a tool call: the tool-authorize request fields
@@ -287,7 +292,10 @@ def _eval(args: argparse.Namespace) -> int:
         result = run(req.get("principal"), req.get("permission"), req.get("context"),
                      **kwargs)
     if explaining:
-        print(json.dumps(result.to_dict(), indent=2) if args.json else str(result))
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2))
+        else:
+            say(str(result))
         decision = result.decision
     else:
         decision = result
@@ -322,12 +330,12 @@ def _cmd_test(args: argparse.Namespace) -> int:
     for raw in args.paths:
         p = Path(raw)
         if not p.exists():
-            print(f"policyengine test: error: {p}: no such file or directory",
+            say(f"policyengine test: error: {p}: no such file or directory",
                   file=sys.stderr)
             return 2
         found = sorted(p.rglob("*.json")) if p.is_dir() else [p]
         if p.is_dir() and not found:
-            print(f"policyengine test: error: no fixtures (*.json) in {p}, nor policy tests "
+            say(f"policyengine test: error: no fixtures (*.json) in {p}, nor policy tests "
                   "(*.test.json); see conformance/README.md and docs/testing.md for the "
                   "formats",
                   file=sys.stderr)
@@ -348,10 +356,10 @@ def _cmd_test(args: argparse.Namespace) -> int:
         report.results.extend(add_untested_policies(coverage, policy_files))
     for r in report.results:
         if not r.passed:
-            print(f"FAIL {r.fixture} :: {r.case}: {r.message}")
+            say(f"FAIL {r.fixture} :: {r.case}: {r.message}")
         elif args.verbose:
-            print(f"ok   {r.fixture} :: {r.case}")
-    print(report.summary())
+            say(f"ok   {r.fixture} :: {r.case}")
+    say(report.summary())
     if args.junit:
         try:
             Path(args.junit).write_text(junit_xml(report.results), "utf-8")
@@ -359,10 +367,10 @@ def _cmd_test(args: argparse.Namespace) -> int:
             raise UsageError(f"--junit {args.junit}: cannot write: {exc}") from None
     status = 0 if report.failed == 0 and report.passed > 0 else 1
     if report.passed == 0 and report.failed == 0 and run is not None:
-        print(f"no test name matches --run {args.run!r}", file=sys.stderr)
+        say(f"no test name matches --run {args.run!r}", file=sys.stderr)
     if coverage is not None:
         if args.coverage or args.min_coverage is not None:
-            print(coverage.render())
+            say(coverage.render())
         if args.coverage_json:
             try:
                 Path(args.coverage_json).write_text(
@@ -371,7 +379,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
                 raise UsageError(f"--coverage-json {args.coverage_json}: cannot write: "
                                  f"{exc}") from None
         if args.min_coverage is not None and coverage.percent() < args.min_coverage:
-            print(f"coverage {coverage.percent():.1f}% is below --min-coverage "
+            say(f"coverage {coverage.percent():.1f}% is below --min-coverage "
                   f"{args.min_coverage:g}%")
             status = 1
     return status
@@ -392,7 +400,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     try:
         engines = [_load([p]) for p in pair] if pair else [_load(args.paths)]
     except PolicyError as err:
-        print(err.render(), file=sys.stderr)
+        say(err.render(), file=sys.stderr)
         return 1
     if pair:
         result = diff(engines[0], engines[1], status_only=args.status_only, **bound)
@@ -400,12 +408,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             print(json.dumps(result.to_dict(), indent=2))
         else:
             for change in result.changes:
-                print(change.render())
+                say(change.render())
             how = ("exhaustive" if result.exhaustive
                    else "NOT exhaustive:\n  " + "\n  ".join(result.inexact))
             changed = len({(c.request["principal"], c.request["permission"])
                            for c in result.changes})
-            print(f"{len(result.changes)} change{'s' if len(result.changes) != 1 else ''}"
+            say(f"{len(result.changes)} change{'s' if len(result.changes) != 1 else ''}"
                   f" in {changed} (principal, permission) pair"
                   f"{'s' if changed != 1 else ''} of {result.pairs} decided, "
                   f"{result.requests} requests under each version; {how}")
@@ -415,10 +423,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(json.dumps(analysis.to_dict(), indent=2))
     else:
         for f in analysis.findings:
-            print(f.render())
+            say(f.render())
         counts = {s: sum(f.severity == s for f in analysis.findings)
                   for s in ("warning", "info")}
-        print(f"{analysis.rules} rules analysed ({analysis.requests} requests decided): "
+        say(f"{analysis.rules} rules analysed ({analysis.requests} requests decided): "
               f"{counts['warning']} warnings, {counts['info']} notes")
     failing = () if args.fail_on == "none" else analysis.at_least(args.fail_on)
     return 1 if failing else 0
@@ -437,23 +445,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     try:
         engine = _load(args.policy, clock=clock)
     except PolicyError as err:
-        print(err.render(), file=sys.stderr)
+        say(err.render(), file=sys.stderr)
         return 2
     try:
         report = replay(files, engine, clock)
     except OSError as exc:
-        print(f"error: log_unreadable: {exc}", file=sys.stderr)
+        say(f"error: log_unreadable: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         for change in report.changes:
-            print(change.render())
+            say(change.render())
         for skip in report.skipped:
-            print(skip.render())
+            say(skip.render())
         for name, line in report.malformed:
-            print(f"{name}:{line}: malformed: not a JSON object")
-        print(f"{report.replayed} decisions replayed: {len(report.changes)} changed, "
+            say(f"{name}:{line}: malformed: not a JSON object")
+        say(f"{report.replayed} decisions replayed: {len(report.changes)} changed, "
               f"{report.unchanged} unchanged; {len(report.skipped)} not replayable"
               + (f"; {len(report.malformed)} malformed lines" if report.malformed else ""))
     return 1 if args.exit_code and report.changes else 0
@@ -495,7 +503,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     try:
         engine = _load(args.paths)
     except PolicyError as err:
-        print(err.render(), file=sys.stderr)
+        say(err.render(), file=sys.stderr)
         return 1
     answer: Any
     try:
@@ -509,7 +517,10 @@ def _cmd_query(args: argparse.Namespace) -> int:
             answer = engine.permissions_of(args.principal, limit=args.limit)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    print(json.dumps(answer.to_dict(), indent=2) if args.json else str(answer))
+    if args.json:
+        print(json.dumps(answer.to_dict(), indent=2))
+    else:
+        say(str(answer))
     return 0
 
 
@@ -545,9 +556,9 @@ def _cmd_store_init(args: argparse.Namespace) -> int:
         if close is not None:
             close()
     except PolicyEngineError as exc:
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        say(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
-    print(f"{what} store ready: "
+    say(f"{what} store ready: "
           + ("a new empty dataset was created" if not existed else
              "its dataset exists, nothing changed" if redis else "its tables exist"))
     return 0
@@ -720,7 +731,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = handler(args)
         sys.stdout.flush()
     except UsageError as exc:
-        print(f"policyengine {args.command}: error: {exc.message}", file=sys.stderr)
+        say(f"policyengine {args.command}: error: {exc.message}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly. Point stdout at /dev/null so

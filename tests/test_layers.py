@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaf", ("policyengine.errors", "policyengine.decision", "policyengine.permissions",
               "policyengine._json", "policyengine._glob", "policyengine._lazy",
               "policyengine._storeurl", "policyengine._pgtables", "policyengine._files",
+              "policyengine._visible",
               "policyengine.money",
               "policyengine.budgets", "policyengine.tokens", "policyengine.audit",
               "policyengine.tools._patterns",

@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any
 
+from policyengine._visible import say
+
 __all__ = ["register", "run"]
 
 
@@ -37,22 +39,22 @@ def run(args: argparse.Namespace) -> int:
         try:
             keys = KeySet.from_file(args.keys)
         except TokenError as exc:  # (a file that cannot be read too: invalid_key)
-            print(f"error: {exc}", file=sys.stderr)
+            say(f"error: {exc}", file=sys.stderr)
             return 2
     try:
         report = verify_files(args.files, keys, require_signatures=args.require_signatures)
     except LogVerifyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         for p in report.problems:
-            print(p)
+            say(str(p))
         for n in report.notes:
-            print(f"note: {n}")
+            say(f"note: {n}")
         signed = f" ({report.signed_checkpoints} signature(s) verified)" if keys else ""
         verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
-        print(f"{report.records} records, {report.checkpoints} checkpoints{signed}: "
+        say(f"{report.records} records, {report.checkpoints} checkpoints{signed}: "
               f"{verdict}")
     return 0 if report.ok else 1

@@ -1,0 +1,58 @@
+"""Text as a terminal shows it: the one place that decides which characters never reach
+a terminal raw, and how they are shown instead.
+
+:data:`HIDDEN` is the class a policy refuses inside a comment, a string or a JSONPath
+(E014, docs/errors.md); :func:`visible` shows each of them (and the line breaks of other
+tools) so it can be seen; :func:`say` prints human-readable command output through it.
+Every text (not JSON) output of the command line goes through :func:`say`: a policy's
+strings (which may hold any character as an escape, ``"\\u001b[2J"``), a request, a
+token's claims and a decision-log record are all shown, never obeyed. JSON output is
+printed as ``json.dumps`` writes it (ASCII, every such character escaped).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import TextIO
+
+__all__ = ["HIDDEN", "HIDDEN_CHARS", "say", "visible"]
+
+#: Characters that change what a reader sees without being seen themselves ("Trojan
+#: Source", CVE-2021-42574), as a regex class body: every control character (Unicode
+#: category Cc: C0 but tab, line feed and carriage return, DEL, C1; ESC starts a terminal
+#: escape sequence) and every format character (Cf: the bidirectional controls U+061C,
+#: U+200E/U+200F, U+202A..U+202E, U+2066..U+2069, zero-width characters, the soft hyphen,
+#: tag characters...). A policy holds none inside a comment, a string or a JSONPath
+#: (E014; E013 for those of them that other tools break lines at), and no error report,
+#: ``fmt`` output or other text output of the command line prints one raw.
+#: tests/lang/test_hidden_text.py holds this list to the Unicode database.
+HIDDEN_CHARS = (
+    "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+    "\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+)
+HIDDEN = re.compile(f"[{HIDDEN_CHARS}]")
+
+_VISIBLE = str.maketrans({"\r": "\u240d", "\x0b": "\u240b", "\x0c": "\u240c",
+                          "\x1c": "\u241c", "\x1d": "\u241d", "\x1e": "\u241e",
+                          "\x85": "\u2424", "\u2028": "\u2424", "\u2029": "\u2424"})
+_UNSHOWN = re.compile(f"[{HIDDEN_CHARS}\r\u2028\u2029]")
+
+
+def visible(text: str) -> str:
+    """``text`` as a terminal may show it: a character a terminal or str.splitlines()
+    would break a line at (a "\\r", U+2028...: E013) as a symbol of one column, any other
+    control or format character (:data:`HIDDEN`: ESC, U+202E...) as ``<U+202E>``. Text
+    without any is returned as it is (the same object)."""
+    if _UNSHOWN.search(text) is None:
+        return text
+    return HIDDEN.sub(lambda m: f"<U+{ord(m.group()):04X}>", text.translate(_VISIBLE))
+
+
+def say(text: str = "", *, file: TextIO | None = None) -> None:
+    """Print one piece of human-readable output (a line or several) as :func:`visible`
+    shows it: on stdout, or on ``file`` (``sys.stderr`` for an error)."""
+    print(visible(text), file=sys.stdout if file is None else file)
