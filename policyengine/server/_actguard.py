@@ -10,6 +10,7 @@ The mapping onto the engine:
 
 * the bearer is an API key (credentials ``apiKeys``), bound to the agent principal and
   optionally a tenant; ``user_id`` is the person the agent acts for (``acting_for``);
+  every id the client sends is counted under the key's tenant (:func:`_tenancy`);
 * a run asks the policy for :data:`PERMISSION` with the context ``{run_id, user_id,
   plan_key, tenant, amount, currency}`` (amount: ``cost_limit`` in dollars), then holds
   ``cost_limit`` in dollars on every covering budget (``Ledger.reserve``, all or
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections import OrderedDict, deque
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Any
@@ -52,10 +54,12 @@ from policyengine.server._budgetwire import (
     USD,
     api_key,
     authorize_spend,
+    dimension,
     exact_or_cent,
     llm_price,
     microcents,
     render_refusals,
+    tenant_fields,
     usd_amounts,
 )
 from policyengine.server._faults import public_reason
@@ -105,9 +109,10 @@ class ActguardWire:
         #: The most recent event envelopes accepted, with the agent that sent them.
         self.events: deque[tuple[str, m.ActguardEvent]] = deque(
             maxlen=service.config.event_log_size)
-        # The request fields of each live run (for a settle that arrives after its hold
-        # expired: the late debit goes to the same run's buckets). Bounded, per process.
-        self._scopes: OrderedDict[str, dict[str, str]] = OrderedDict()
+        # The ledger's request fields of each live run (for a settle that arrives after
+        # its hold expired: the late debit goes to the same run's buckets) and its user_id
+        # as sent (a 409 names it). Bounded, per process.
+        self._scopes: OrderedDict[str, tuple[dict[str, str], str | None]] = OrderedDict()
 
     def routes(self) -> list[Route]:
         from policyengine.server._app import Route
@@ -193,17 +198,18 @@ class ActguardWire:
         key = self._key(req)
         r = validate(_RESERVE_IN, json_body(req))
         usd = None if r.cost_limit is None else Decimal(r.cost_limit) / CU_PER_USD
-        scope = {k: v for k, v in (("run_id", r.run_id), ("user_id", r.user_id),
+        asked = {k: v for k, v in (("run_id", r.run_id), ("user_id", r.user_id),
                                    ("plan_key", r.plan_key)) if v}
         ledger = self.service.engine.budgets
+        scope, acting_for, run_key = _tenancy(ledger.scope_fields, key, r)
 
         def hold(amount: int) -> Reservation:
             return ledger.reserve(key.agent, PERMISSION, amount, MICRO, ttl=RESERVE_TTL,
-                                  idempotency_key=f"actguard:{key.name}:{r.run_id}",
-                                  acting_for=r.user_id, tenant=key.tenant, scope=scope)
+                                  idempotency_key=run_key, acting_for=acting_for,
+                                  tenant=key.tenant, scope=scope)
 
         try:
-            self._decide(key, r, scope, usd)
+            self._decide(key, r, asked, usd)
             rsv = exact_or_cent(hold, 0 if usd is None else microcents(usd))
         except _RefusedError as refused:
             return refused.reply
@@ -223,13 +229,13 @@ class ActguardWire:
         if status != "active":  # a replay of a run that has settled
             return self._exceeded("run_reused", "this run id has already run: use a new "
                                   "run id", None, r.user_id).reply
-        self._scopes[rsv.id] = scope
+        self._scopes[rsv.id] = (scope, r.user_id)
         while len(self._scopes) > MAX_RUNS:
             self._scopes.popitem(last=False)
         cost_limit = r.cost_limit
         if cost_limit is None:  # the room left, for the SDK's local enforcement
             room = [usd_amounts({"currency": b.unit, "remaining": b.remaining})
-                    for b in ledger.balances(key.agent, acting_for=r.user_id,
+                    for b in ledger.balances(key.agent, acting_for=acting_for,
                                              tenant=key.tenant, scope=scope)
                     if _covers(ledger, b.budget)]
             dollars = [a["remaining"] for a in room if a is not None]
@@ -256,6 +262,7 @@ class ActguardWire:
         if rsv is None or rsv.principal != key.agent or rsv.permission != PERMISSION or (
                 rsv.tenant != key.tenant) or rsv.note is not None:
             raise RefusalError(404, "unknown_reservation", "no such reservation")
+        user_id = self._scopes.get(rsv.id, (None, None))[1]
         usd, priced = self._price(s)
         charge = microcents(usd) if priced else max(microcents(usd), int(rsv.amount))
         try:
@@ -269,11 +276,11 @@ class ActguardWire:
             with contextlib.suppress(BudgetError):
                 exact_or_cent(lambda a: self._commit(rsv, a, s.reserve_id + ":cap",
                                                      "allow_if_available"), charge)
-            return self._exceeded(exc.code, exc.message, exc.details, rsv.acting_for,
+            return self._exceeded(exc.code, exc.message, exc.details, user_id,
                                   tokens=s.input_tokens + s.output_tokens).reply
         except IdempotencyMismatch:
             return self._exceeded("already_settled", "this reservation was settled with "
-                                  "another usage", None, rsv.acting_for).reply
+                                  "another usage", None, user_id).reply
         except BudgetError as exc:
             raise RefusalError(422 if isinstance(exc, ValueError) else 503, exc.code,
                                 exc.message) from None
@@ -326,7 +333,7 @@ class ActguardWire:
         return ledger.record(rsv.principal, PERMISSION, micro, MICRO,
                              idempotency_key=f"actguard-late:{key}",
                              acting_for=rsv.acting_for, tenant=rsv.tenant,
-                             overage=overage, scope=self._scopes.get(rsv.id))
+                             overage=overage, scope=self._scopes.get(rsv.id, (None, None))[0])
 
     def ingest(self, req: Request) -> Reply:
         from policyengine.server._app import Reply, json_body, validate
@@ -340,6 +347,28 @@ class ActguardWire:
         self.service.metrics.ingest("actguard_events", "identity", len(batch.events))
         out = _ACCEPTED_OUT.dump_json(m.EventAccepted(accepted=len(batch.events)))
         return Reply(202, out, key.agent)
+
+
+def _tenancy(fields: frozenset[str], key: ApiKey, r: m.ActguardReserveRequest
+             ) -> tuple[dict[str, str], str | None, str]:
+    """What a run counts against, all of it the key's tenant's (``""``: a key without
+    one): the ledger's request fields (``run_id``, ``user_id``, ``plan_key`` and any
+    other a budget reads, each ``tenant:acme/run_id:r-1``, the tenant's empty value when
+    not sent), the person acted for (``user_id`` as ``tenant:acme/user_id:alice``, or
+    None: the agent) and the run's idempotency key (a digest of the tenant, the key's
+    name and agent and the run id). Every client-chosen id is escaped under the tenant
+    (:func:`~._budgetwire.under`), so two tenants' equal ids never share a counter nor a
+    run, and no id names another namespace's principal or bucket (``tenant:acme/agent:bot``
+    sent as a user_id by globex is ``tenant:globex/user_id:tenant:acme%2Fagent:bot``). A
+    refusal (400) would not do: the SDK runs a scope whose reserve is refused with a 400
+    unreserved."""
+    tenant = key.tenant or ""
+    given = {k: v for k, v in (("run_id", r.run_id), ("user_id", r.user_id),
+                               ("plan_key", r.plan_key)) if v}
+    acting_for = None if not r.user_id else dimension(tenant, "user_id", r.user_id)
+    run = hashlib.sha256(json.dumps([key.tenant, key.name, key.agent, r.run_id],
+                                    ensure_ascii=True).encode("ascii")).hexdigest()
+    return tenant_fields(fields, tenant, given), acting_for, f"actguard:run:{run}"
 
 
 def _covers(ledger: pe.budgets.Ledger, budget_id: str) -> bool:

@@ -52,6 +52,7 @@ from policyengine.server._budgetwire import (
     authorize_spend,
     llm_price,
     render_refusals,
+    tenant_fields,
     usd_amounts,
 )
 from policyengine.server._faults import public_reason
@@ -190,7 +191,9 @@ class AgentLedgerWire:
             if text is not None:
                 s = _Session.from_record(session_id, text)
                 self._keep(s)
-        if s is None or s.key != key.name:  # another key's session: not found
+        # Another key's session (another name, or an entry of that name for another
+        # tenant or agent: names need not be unique) is not found, as an unknown id is.
+        if s is None or s.key != key.name or s.tenant != key.tenant or s.agent != key.agent:
             raise RefusalError(404, "unknown_session", "no such session")
         if s.status == "active":  # it may have ended on another worker
             end = self._stored(lambda: ledger.recall(_END + session_id))
@@ -296,8 +299,12 @@ class AgentLedgerWire:
         one hold per call, committed once all fit (released if one does not)."""
         from policyengine.server._app import RefusalError
         engine = self.service.engine
-        scope = {"session": s.id, "agent_name": s.agent}
-        context: dict[str, Any] = {**scope, "calls": len(calls),
+        asked = {"session": s.id, "agent_name": s.agent}
+        # The budgets count each request field under the session's tenant (``""``: a key
+        # without one), as every budget wire does (docs/service.md); the rules read them
+        # as they are.
+        scope = tenant_fields(engine.budgets.scope_fields, s.tenant or "", asked)
+        context: dict[str, Any] = {**asked, "calls": len(calls),
                                    "tokens": sum(usage.tokens for usage in calls)}
         if s.tenant is not None:
             context["tenant"] = s.tenant

@@ -7,7 +7,8 @@ themselves (:func:`render_refusals`) instead of the service's deny-shaped error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
 from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
     from policyengine.server._app import PolicyService, Reply, Request
     from policyengine.server._credentials import ApiKey
 
-__all__ = ["MICRO", "PER_USD", "USD", "api_key", "at_cent", "exact_or_cent", "llm_price",
-           "microcents", "render_refusals", "usd_amounts"]
+__all__ = ["MICRO", "PART_ESCAPES", "PER_USD", "SCOPE_LEVELS", "USD", "api_key", "at_cent",
+           "dimension", "exact_or_cent", "llm_price", "microcents", "render_refusals",
+           "tenant_fields", "under", "usd_amounts"]
 
 USD = "USD"
 #: The unit the wires spend in: whole microcents, 10^-8 USD (docs/budgets.md).
@@ -37,6 +39,56 @@ INEXACT = frozenset({"inexact_amount", "invalid_amount"})
 _UNITS = {"USD": Decimal(1), "USD_MICROCENTS": Decimal(10**8)}
 
 T = TypeVar("T")
+
+#: The ledger's ``scope=`` levels (``per workspace`` ...): it writes their buckets under
+#: the tenant itself, so a wire hands them over as they are.
+SCOPE_LEVELS = ("workspace", "app", "workflow", "toolset")
+#: A name inside a principal or a bucket the wires make (:func:`under`): no ``/`` nor
+#: ``#`` left, so the parts read back one way only.
+PART_ESCAPES = str.maketrans({"%": "%25", "/": "%2F", "#": "%23"})
+_MAX_PRINCIPAL = 256  # the ledger's longest principal (and scope value)
+
+
+def under(tenant: str, below: str | None = None) -> str:
+    """A name under ``tenant`` in the ``tenant:`` namespace, which is the budget wires'
+    alone (no credentials name an agent so, no delegation token names a principal so):
+    the tenant's own principal ``tenant:acme`` (``below`` None), the principal of an
+    agent named on the Cycles wire only ``tenant:acme/agent:bot``, the person an actguard
+    run acts for ``tenant:acme/user_id:alice``, a request field's bucket
+    ``tenant:acme/cost_center:cc1`` (``below`` is then ``agent:bot``, ``cost_center:cc1``,
+    its parts escaped by the caller). A key without a tenant is the empty tenant's,
+    ``tenant:/user_id:alice``, which no tenant (a non-empty name) makes. ``%``, ``/``
+    and ``#`` in the tenant are escaped, so two (tenant, below) pairs never make one
+    name. Past what the ledger keeps (256 characters), both parts are cut and a digest
+    of the pair follows a ``#``, which no short form holds."""
+    where = tenant.translate(PART_ESCAPES)
+    name = f"tenant:{where}" if below is None else f"tenant:{where}/{below}"
+    if len(name) <= _MAX_PRINCIPAL:
+        return name
+    digest = hashlib.sha256(f"{tenant}\0{below or ''}".encode("utf-8", "surrogatepass")
+                            ).hexdigest()
+    cut = f"tenant:{where[:100]}" if below is None else f"tenant:{where[:100]}/{below[:100]}"
+    return f"{cut}#{digest[:32]}"
+
+
+def dimension(tenant: str, name: str, value: str) -> str:
+    """The bucket of the request field ``name: value`` under ``tenant`` (``per
+    context.NAME`` budgets), and the principal of a client-named person
+    (``user_id``): ``tenant:acme/cost_center:cc1``, so two tenants' equal values are two
+    buckets, and no value names another namespace's (:func:`under`)."""
+    return under(tenant, f"{name.translate(PART_ESCAPES)}:{value.translate(PART_ESCAPES)}")
+
+
+def tenant_fields(fields: Iterable[str], tenant: str, given: Mapping[str, str]
+                  ) -> dict[str, str]:
+    """The ledger's ``scope=`` request fields for a spend of ``tenant`` (``""``: a key
+    without one): every field a budget reads (``fields``: ``ledger.scope_fields``) but
+    the hierarchy levels, each under the tenant (:func:`dimension`). A field the request
+    does not give is the tenant's empty value (``tenant:acme/run_id:``), shared by the
+    tenant's requests without it: leaving it out escapes no cap and never meets another
+    tenant's."""
+    return {name: dimension(tenant, name, given.get(name, ""))
+            for name in fields if name not in SCOPE_LEVELS}
 
 
 def at_cent(usd: Decimal) -> Decimal:

@@ -50,6 +50,7 @@ from policyengine import budgets as pb
 from policyengine.server import _cycles_models as cm
 from policyengine.server import _models as m
 from policyengine.server._app import Reply
+from policyengine.server._budgetwire import PART_ESCAPES, dimension, tenant_fields, under
 from policyengine.server._credentials import CyclesKey
 from policyengine.server._cycles_fast import (
     FastAction,
@@ -109,7 +110,6 @@ _BY_STATUS = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN",
 _PERMISSION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                               "0123456789_.-")
 _REPLAY_SIZE = 100_000
-_MAX_PRINCIPAL = 256  # the ledger's longest principal
 _DEFAULT_GRACE_MS = 5_000  # the protocol's default grace_period_ms
 _REPLAY_SECONDS = 86_400.0
 
@@ -154,28 +154,10 @@ def _note(body: _CreateIn) -> str:
         return json.dumps(note, sort_keys=True, separators=(",", ":"))
 
 
-#: A name inside a principal or a dimension's bucket this wire makes (:func:`_under`):
-#: no ``/`` nor ``#`` left, so the parts read back one way only.
-_PART_ESCAPES = str.maketrans({"%": "%25", "/": "%2F", "#": "%23"})
-
-
-def _under(tenant: str, below: str | None = None) -> str:
-    """A name under ``tenant`` in the ``tenant:`` namespace, which is this wire's alone
-    (no credentials name an agent so, :class:`~._credentials.Credentials`): the tenant's
-    own principal ``tenant:acme`` (``below`` None), the principal of an agent named on
-    this wire only ``tenant:acme/agent:bot``, a dimension's bucket
-    ``tenant:acme/cost_center:cc1`` (``below`` is then ``agent:bot``, ``cost_center:cc1``,
-    its parts escaped by the caller). ``%``, ``/`` and ``#`` in the tenant are escaped, so
-    two (tenant, below) pairs never make one name. Past what the ledger keeps (256
-    characters), both parts are cut and a digest of the pair follows a ``#``, which no
-    short form holds."""
-    where = tenant.translate(_PART_ESCAPES)
-    name = f"tenant:{where}" if below is None else f"tenant:{where}/{below}"
-    if len(name) <= _MAX_PRINCIPAL:
-        return name
-    digest = hashlib.sha256(f"{tenant}\0{below or ''}".encode("utf-8", "surrogatepass")).hexdigest()
-    cut = f"tenant:{where[:100]}" if below is None else f"tenant:{where[:100]}/{below[:100]}"
-    return f"{cut}#{digest[:32]}"
+#: The tenant namespace (:func:`~._budgetwire.under`), shared with the other budget wires.
+_PART_ESCAPES = PART_ESCAPES
+_under = under
+_dimension = dimension
 
 
 def _tenant_agent(agent: str, tenant: str) -> str:
@@ -183,13 +165,6 @@ def _tenant_agent(agent: str, tenant: str) -> str:
     scope path, ``tenant:acme/agent:bot`` (:func:`_under`). Never a principal another
     wire or the credentials can name, and never ``tenant:acme`` itself."""
     return _under(tenant, "agent:" + agent.translate(_PART_ESCAPES))
-
-
-def _dimension(tenant: str, name: str, value: str) -> str:
-    """The bucket of a subject's dimension ``name: value`` under ``tenant`` (``per
-    context.NAME`` budgets): ``tenant:acme/cost_center:cc1``, so two tenants' equal
-    values are two buckets (:func:`_under`)."""
-    return _under(tenant, f"{name.translate(_PART_ESCAPES)}:{value.translate(_PART_ESCAPES)}")
 
 
 def _path_value(value: str) -> str:
@@ -513,9 +488,7 @@ class CyclesWire:
         tenant's empty value (``tenant:acme/cost_center:``), shared by the tenant's
         subjects without it, as a level not given is: leaving it out escapes no cap, and
         never meets another tenant's. A dimension never stands in for a level."""
-        dims = subject.dimensions or {}
-        out = {name: _dimension(tenant, name, dims.get(name, ""))
-               for name in self.ledger.scope_fields if name not in _SCOPE_LEVELS}
+        out = tenant_fields(self.ledger.scope_fields, tenant, subject.dimensions or {})
         for level in _SCOPE_LEVELS:
             value = getattr(subject, level)
             if value is not None:

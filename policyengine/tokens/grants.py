@@ -56,6 +56,8 @@ DEFAULT_LEEWAY = 60
 MAX_PERMISSIONS = 64
 _MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z
 _MAX_NAME = 256
+#: No grant names a principal here: the budget wires' tenant-scoped ones (docs/service.md).
+_RESERVED_PREFIX = "tenant:"
 _CACHE_SIZE = 4096
 #: Permissions whose :meth:`Grant.covers` answer one grant keeps.
 _COVERS_KEPT = 256
@@ -283,6 +285,14 @@ def _hop_from_claims(claims: dict[str, Any]) -> Hop:
             "chain_mismatch",
             "delegation_chain must be [acting_for, ..., sub] with depth + 2 entries",
         )
+    for name in chain:
+        if name.startswith(_RESERVED_PREFIX):
+            # The budget wires' tenant-scoped principals (a Cycles agent
+            # ``tenant:acme/agent:bot``, an actguard user ``tenant:acme/user_id:alice``):
+            # a grant naming one would let its holder act as or for it elsewhere.
+            raise _fail("reserved_principal", f"{shown(name)} is in the 'tenant:' "
+                        "namespace, a budget wire's tenant-scoped principals: no grant "
+                        "names one")
     perms = claims["delegated_permissions"]
     if type(perms) is not list or not 1 <= len(perms) <= MAX_PERMISSIONS:
         raise _fail("invalid_claim", f"delegated_permissions must be 1..{MAX_PERMISSIONS} patterns")

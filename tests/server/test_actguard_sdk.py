@@ -240,10 +240,12 @@ def test_a_budget_per_run_caps_each_run_on_its_own() -> None:
                 pytest.fail("the scope must not run")
             assert err.value.cost_limit == 1000 and err.value.cost_used == 0
             for run_id in ("a", "b"):  # each run has its own dollar
+                # (kept under the key's tenant: this key has none, the empty tenant's)
+                bucket = f"tenant:/run_id:{run_id}"
                 with c.run(run_id=run_id), c.budget_guard(cost_limit=800):
                     lines = [(b.budget, b.subject, b.reserved) for b in
-                             svc.engine.budgets.balances(scope={"run_id": run_id})]
-                    assert lines == [("wires.per-run", run_id, Decimal("0.80"))]
+                             svc.engine.budgets.balances(scope={"run_id": bucket})]
+                    assert lines == [("wires.per-run", bucket, Decimal("0.80"))]
         finally:
             c.close()
 

@@ -135,8 +135,11 @@ def test_tokens_and_sessions_are_budgets_too() -> None:
         lg.log_llm_call(a, call(0))  # $0.0075 is a whole cent on a cent budget
         lg.log_llm_call(a, call(1))
         with pytest.raises(BudgetGuardrailError) as err:  # the session's $0.02 is spent
-            lg.log_llm_call(a, call(2))
+            lg.log_llm_call(a, call(2, 100, 100))         # (200 tokens fit the agent's)
         assert err.value.details.daily_limit_usd == 0.02
+        (bucket,) = [b.subject for b in svc.engine.budgets.balances(
+            scope={"session": f"tenant:/session:{a}"}) if b.spent]
+        assert bucket == f"tenant:/session:{a}"  # the session's, under the empty tenant
         b = lg.start_session("ledger-agent")  # a new session has its own $0.02 ...
         with pytest.raises(BudgetGuardrailError) as err:  # ... but the agent's tokens:
             lg.log_llm_call(b, call(0, 1000, 1001))      # 3000 used, 2001 more is over

@@ -489,3 +489,21 @@ def test_legacy_ingest_key_mode(service: Running) -> None:
     with TracengentClient(TracengentOptions(agent_id="travel-agent", base_url=service.url,
                                             ingest_key="wrong")) as c:
         assert not c.authorize("flights:book", {"country": "FR"}).allowed
+
+
+def test_a_grant_never_passes_to_a_budget_wires_principal(service: Running,
+                                                          client: TracengentClient) -> None:
+    """``grantedToAgentId`` is the caller's choice: a holder attenuating to a Cycles
+    agent (``tenant:acme/agent:bot``) or an actguard user (``tenant:acme/user_id:al``)
+    would then act as that principal here (its budgets' state in each decision, its
+    rate limits spent). The wire answers 400 ``reserved_principal``, which the real SDK
+    raises; a child for an ordinary agent still passes."""
+    root = pe.tokens.mint(service.app.engine.keys, issuer="https://auth.example",
+                          acting_for="besar", agent="travel-agent",
+                          permissions=["flights:*"], ttl=600)
+    session = client.begin_delegated_task(root)
+    for name in ("tenant:acme/agent:bot", "tenant:acme/user_id:al", "tenant:acme"):
+        with pytest.raises(DelegationException, match=r"\(400\).*reserved_principal"):
+            session.attenuate_for_call(name, ["flights:search"])
+    assert session.attenuate_for_call("hotel-agent", ["flights:search"]).chain == [
+        "besar", "travel-agent", "hotel-agent"]
