@@ -239,12 +239,13 @@ def test_no_text_output_prints_a_hidden_character(
                     f"forbid f: h:do when context.a == {quote(value + value)}\n", "utf-8")
     context = json.dumps({"a": value})
     out = ""
-    for argv in (["explain", str(path), "--principal", agent, "--permission", "h:do",
-                  "--context", context],
-                 ["explain", str(path), "--principal", agent + value, "--permission",
-                  value],
-                 ["query", str(path), "--permission", "h:do"],
-                 ["query", str(path), "--principal", agent],
+    # (--option=VALUE: a value may start with "-")
+    for argv in (["explain", str(path), f"--principal={agent}", "--permission=h:do",
+                  f"--context={context}"],
+                 ["explain", str(path), f"--principal={agent + value}",
+                  f"--permission={value}"],
+                 ["query", str(path), "--permission=h:do"],
+                 ["query", str(path), f"--principal={agent}"],
                  ["analyze", str(path), "--fail-on", "none"]):
         main(argv)
         printed = capsys.readouterr()
