@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.lang._schema import check_schemas
+from policyengine.lang._scripts import mixed_script
 from policyengine.lang._source import Problem, SourceSet
 from policyengine.money._money import MAX_AMOUNT  # the widest amount a literal may hold
 from policyengine.permissions import MAX_PRINCIPAL_ID, is_valid_pattern, pattern_subsumes
@@ -69,6 +70,19 @@ class _Ctx:
     def warn(self, code: str, message: str, span: ast.Span, hint: str | None = None) -> None:
         self.problems.append((self.tag, self.sources.problem(
             code, message, span.file, span.line, span.column, hint, "warning")))
+
+
+def _look_alike(ctx: _Ctx, what: str, text: str, span: ast.Span) -> None:
+    """W207: a string naming a principal or a resource whose word mixes scripts
+    (``"\\u0430dmin"``: a Cyrillic a) names another id than the one a reader sees."""
+    mixed = mixed_script(text)
+    if mixed is not None:
+        word, letters = mixed
+        where = "" if word == text else f" in the word \"{word}\""
+        ctx.warn("W207", f"{what} {ast.quote(text)} mixes scripts{where}: {letters}; it is "
+                 "not the id it looks like", span,
+                 "write each word in one script (an id wholly in one script, any script, "
+                 "is fine)")
 
 
 def _reason(exc: ValueError) -> str:
@@ -302,6 +316,8 @@ class _FileCheck(ast.StatementVisitor[None]):
                                "would be refused invalid_subject",
                                _at(st.id_span, st.span),
                                "drop the escape")
+        self.ctx.tag = (3, 2)
+        _look_alike(self.ctx, "agent id", st.id, _at(st.id_span, st.span))
         facts = self.facts
         facts.agents.add(st.id)
         facts.held.update(st.roles)
@@ -314,6 +330,8 @@ class _FileCheck(ast.StatementVisitor[None]):
             self.ctx.error("E116", f"agent '{st.id}' repeats an attribute", st.span)
 
     def resource(self, st: ast.ResourceDecl) -> None:
+        self.ctx.tag = (3, 2)
+        _look_alike(self.ctx, f"resource {st.type} id", st.ident, st.span)
         names = [n for n, _ in st.attributes]
         if len(names) != len(set(names)):
             self.ctx.tag = (3, 2)
@@ -332,6 +350,7 @@ class _FileCheck(ast.StatementVisitor[None]):
                 facts.ref_roles.add(item.name)
             else:
                 facts.ref_agents.add(item.name)
+                _look_alike(self.ctx, "agent", item.name, item.span)
         self.ctx.tag = (3, 2)
 
     def _conditions(self, st: ast.Rule | ast.LimitDecl | ast.ApprovalOverDecl) -> None:
@@ -637,6 +656,15 @@ class _TypeOf(ast.ExprVisitor[str]):
             return GRANT_FIELDS[e.segments[0]]
         return ANY
 
+    def named(self, side: ast.Expr, values: Sequence[ast.Expr]) -> None:
+        """W207 for a string a principal id (``principal.id``, ``grant.acting_for``) is
+        compared with."""
+        if isinstance(side, ast.Path) and (side.root, side.segments) in (
+                ("principal", ("id",)), ("grant", ("acting_for",))):
+            for v in values:
+                if isinstance(v, ast.Literal) and isinstance(v.value, str):
+                    _look_alike(self.ctx, "principal id", v.value, v.span)
+
     def list(self, e: ast.ListExpr) -> str:
         for item in e.items:
             if not isinstance(item, ast.Literal):
@@ -686,6 +714,8 @@ class _TypeOf(ast.ExprVisitor[str]):
     def compare(self, e: ast.Compare) -> str:
         lt = self.of(e.left)
         rt = self.of(e.right)
+        self.named(e.left, (e.right,))
+        self.named(e.right, (e.left,))
         if e.op in ("<", "<=", ">", ">="):
             for side, t in ((e.left, lt), (e.right, rt)):
                 if t not in (NUM, MONEY, ANY):
@@ -710,6 +740,8 @@ class _TypeOf(ast.ExprVisitor[str]):
     def in_(self, e: ast.In) -> str:
         it = self.of(e.item)
         ct = self.of(e.collection)
+        if isinstance(e.collection, ast.ListExpr):
+            self.named(e.item, e.collection.items)
         if ct not in (LIST, ANY):
             hint = "use contains(text, part) for substrings" if ct == STR else None
             self.ctx.error("E108", f"'in' looks into a list, not a {ct}", e.collection.span, hint)

@@ -1,0 +1,150 @@
+"""W207: a string naming a principal or a resource whose word mixes scripts.
+
+``agent "\\u0430dmin": superuser`` (a Cyrillic a among Latin letters) declares a principal
+that is not the ``admin`` a reviewer reads. Names are ASCII already (E001); ids are
+strings, where non-Latin letters are legitimate, so a word that mixes scripts is a
+warning (Unicode TS #39 "highly restrictive", approximated with the Unicode database),
+never an error: the policy loads and decides as before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policyengine import Engine, PolicyError
+from policyengine.cli import main
+from policyengine.lang import ast
+from policyengine.lang._scripts import mixed_script
+
+CYR_A = "\u0430"  # CYRILLIC SMALL LETTER A, as "a"
+ADMIN = CYR_A + "dmin"
+HEAD = "namespace n\nrole superuser: x:*\nrole r: x:read\n"
+
+
+def warnings_of(text: str) -> list[tuple[int, int, str]]:
+    """(line, column, message) of each W207 of a policy (one with errors too: a scope
+    naming an agent no statement declares is also E104)."""
+    try:
+        problems = Engine.from_source(text).warnings
+    except PolicyError as err:
+        problems = err.problems
+    return [(p.line, p.column, p.message) for p in problems if p.code == "W207"]
+
+
+def test_the_attack_is_warned_about_and_still_decided_as_written() -> None:
+    text = HEAD + f'agent "{ADMIN}": superuser\nagent "admin": r\n'
+    assert warnings_of(text) == [
+        (4, 7, f'agent id "{ADMIN}" mixes scripts: CYRILLIC SMALL LETTER A (U+0430) among '
+               "LATIN letters; it is not the id it looks like")]
+    e = Engine.from_source(text)
+    assert [w.code for w in e.warnings] == ["W207"]
+    assert e.authorize(ADMIN, "x:delete", {}).allowed  # a warning: nothing else changes
+    assert not e.authorize("admin", "x:delete", {}).allowed
+
+
+# Where a string names a principal or a resource: (statement, the string's column).
+PLACES = [
+    ('agent "{s}": r', 7),
+    ('agent "bob": r\npermit p: x:read for agent "{s}"', 28),
+    ('permit p: x:read for role r, agent "{s}"', 36),
+    ('resource doc "{s}" {{ owner = "bob" }}', 1),
+    ('forbid f: x:read when principal.id == "{s}"', 39),
+    ('forbid f: x:read when "{s}" != principal.id', 23),
+    ('forbid f: x:read when principal.id in ["bob", "{s}"]', 47),
+    ('forbid f: x:read when grant.acting_for == "{s}"', 43),
+]
+
+
+@pytest.mark.parametrize(("statement", "column"), PLACES)
+@pytest.mark.parametrize("written", ["raw", "escape"])
+def test_every_place_a_string_names_an_id(statement: str, column: int, written: str) -> None:
+    s = ADMIN if written == "raw" else "\\u0430dmin"
+    text = HEAD + 'agent "bob": r\n' * ("agent" not in statement) + statement.format(s=s)
+    found = warnings_of(text + "\n")
+    last = text.count("\n") + 1
+    assert [(line, col) for line, col, _ in found] == [(last, column)], found
+    assert "CYRILLIC SMALL LETTER A (U+0430) among LATIN letters" in found[0][2]
+
+
+@pytest.mark.parametrize("statement", [
+    'permit p: x:read when context.user == "{s}"',  # a context value: not an id
+    'permit p: x:read when principal.attributes.nick == "{s}"',
+    'agent "bob": r {{ nick = "{s}" }}',  # an attribute value
+    'permit p: x:read when principal.id == context["{s}"]',
+])
+def test_strings_that_name_no_principal_are_left_alone(statement: str) -> None:
+    assert warnings_of(HEAD + statement.format(s=ADMIN) + "\n") == []
+
+
+@pytest.mark.parametrize("ident", [
+    "admin", "бот", "Αλέξης", "山田", "山田taro", "東京タワー", "やまだ太郎", "서울Seoul",
+    "台北ㄅㄆ", "محمد", "देवनागरी", "Nguyễn", "Müller", "ŁÓDŹ", "nai\u0308ve", "ǅemal",
+    "admin-бот", "bot_Ωμέγα", "agent 7 агент", "\u02bcokina", "x\u02bcy", "\uff11\uff12\uff13",
+])
+def test_one_script_per_word_is_fine(ident: str) -> None:
+    assert mixed_script(ident) is None
+    assert warnings_of(HEAD + f"agent {ast.quote(ident)}: r\n") == []
+
+
+@pytest.mark.parametrize(("ident", "word", "letters"), [
+    (ADMIN, ADMIN, "CYRILLIC SMALL LETTER A (U+0430) among LATIN letters"),
+    ("\u0391lice", "\u0391lice", "GREEK CAPITAL LETTER ALPHA (U+0391) among LATIN letters"),
+    ("ops-p\u0430yp\u0430l", "p\u0430yp\u0430l",
+     "CYRILLIC SMALL LETTER A (U+0430) among LATIN letters"),
+    ("\u13aadmin", "\u13aadmin", "CHEROKEE LETTER GO (U+13AA) among LATIN letters"),
+    ("\u0431\u043e\u0442o", "\u0431\u043e\u0442o",
+     "LATIN SMALL LETTER O (U+006F) among CYRILLIC letters"),
+    ("山田ivan\u0430", "山田ivan\u0430", "CYRILLIC SMALL LETTER A (U+0430) among LATIN letters"),
+    ("p\u0430\u0435\u043e\u0441xyzw", "p\u0430\u0435\u043e\u0441xyzw",
+     "CYRILLIC SMALL LETTER A (U+0430), CYRILLIC SMALL LETTER IE (U+0435), CYRILLIC SMALL "
+     "LETTER O (U+043E) and 1 more among LATIN letters"),
+])
+def test_the_message_names_the_odd_letters(ident: str, word: str, letters: str) -> None:
+    assert mixed_script(ident) == (word, letters)
+    where = "" if word == ident else f' in the word "{word}"'
+    assert warnings_of(HEAD + f"agent {ast.quote(ident)}: r\n") == [
+        (4, 7, f"agent id {ast.quote(ident)} mixes scripts{where}: {letters}; it is not the "
+               "id it looks like")]
+
+
+def test_check_reports_it_and_werror_fails(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "p.policy"
+    path.write_text(f'role superuser: x:*\nagent "{ADMIN}": superuser\n', "utf-8")
+    assert main(["check", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "ok: 1 file, 1 warning" in out and "warning[W207]" in err
+    assert main(["check", str(path), "--werror"]) == 1
+
+
+LATIN = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+                min_size=1, max_size=12)
+LOOK_ALIKES = st.sampled_from("\u0430\u0435\u043e\u0440\u0441\u0445\u0443\u0456\u0391"
+                              "\u0392\u0395\u039f\u03bf\u03c1")
+
+
+@settings(max_examples=200, deadline=None)
+@given(word=LATIN, at=st.integers(0, 12), odd=LOOK_ALIKES)
+def test_a_look_alike_inside_a_latin_word_is_always_found(word: str, at: int, odd: str
+                                                         ) -> None:
+    mixed = word[:at] + odd + word[at:]
+    found = mixed_script(f"team-{mixed}.bot")
+    assert found is not None and found[0] == mixed
+
+
+# Letters of one script each: a word of any of them alone, or several such words.
+SCRIPTS = [st.characters(min_codepoint=lo, max_codepoint=hi, categories=("Ll", "Lu", "Lo"))
+           for lo, hi in ((0x41, 0x24F), (0x400, 0x4FF), (0x391, 0x3C9), (0x4E00, 0x9FFF),
+                          (0x5D0, 0x5EA), (0x627, 0x64A), (0xAC00, 0xD7A3), (0x905, 0x939))]
+ONE_SCRIPT_WORD = st.one_of(*[st.text(s, min_size=1, max_size=10) for s in SCRIPTS])
+
+
+@settings(max_examples=200, deadline=None)
+@given(words=st.lists(ONE_SCRIPT_WORD, min_size=1, max_size=4),
+       sep=st.sampled_from(["-", "_", " ", ".", "@", "/"]))
+def test_words_each_in_one_script_are_never_warned_about(words: list[str], sep: str) -> None:
+    assert mixed_script(sep.join(words)) is None
