@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import difflib
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from policyengine._visible import say
 from policyengine.errors import PolicyEngineError
@@ -38,6 +40,65 @@ class UsageError(PolicyEngineError):
 
     def __init__(self, message: str) -> None:
         super().__init__("usage_error", message)
+
+
+def _usage_line(command: str, exc: PolicyEngineError) -> str:
+    """How a usage error is printed: one line, ``policyengine CMD: error: code: message``."""
+    return f"policyengine {command}: error: {exc.code}: {exc.message}"
+
+
+_CHOICE = re.compile(r"argument (?P<name>\S+): invalid choice: (?P<value>.+?) "
+                     r"\(choose from (?P<choices>.*)\)$")
+
+
+class _Parser(argparse.ArgumentParser):
+    """The command line's parser (and every sub-command's): a usage error is one line,
+    ``policyengine CMD: error: usage_error: MESSAGE`` (exit status 2), never the usage
+    text (``--help`` prints that); a mistyped command, option or choice gets a
+    did-you-mean hint, and an unknown option is reported by the sub-command it was given
+    to."""
+
+    def _commands(self) -> dict[str, list[str]]:
+        """The dest of each sub-command set of this parser -> its command names."""
+        return {a.dest: list(a.choices or ()) for a in self._actions
+                if isinstance(a, argparse._SubParsersAction)}
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and not self._commands():  # a leaf command: it names what it was given
+            self.error(self._unknown(extras))
+        return parsed, extras
+
+    def _unknown(self, extras: list[str]) -> str:
+        word = extras[0]
+        if not word.startswith("-") or word == "-":
+            return f"unexpected argument {word!r}"
+        flag = word.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, list(self._option_string_actions), n=1)
+        return f"unknown option {flag}" + (f" (did you mean {close[0]}?)" if close else "")
+
+    def _explain(self, message: str) -> str:
+        commands = self._commands()
+        for dest, names in commands.items():
+            message = message.replace(f"arguments are required: {dest}",
+                                      f"arguments are required: a command ({', '.join(names)})")
+        found = _CHOICE.match(message)
+        if found is None:
+            return message
+        value = found["value"].strip("'\"")
+        choices = re.findall(r"'([^']*)'", found["choices"]) or found["choices"].split(", ")
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        if found["name"] in commands:
+            return f"unknown command {value!r}{hint}; commands: {', '.join(choices)}"
+        return f"argument {found['name']}: {value!r} is not one of {', '.join(choices)}{hint}"
+
+    def error(self, message: str) -> NoReturn:
+        say(f"{self.prog}: error: usage_error: {self._explain(message)}; see "
+            f"'{self.prog} --help'", file=sys.stderr)
+        sys.exit(2)
 
 
 def _hmac_key(value: str | None) -> bytes | None:
@@ -267,7 +328,7 @@ def _eval(args: argparse.Namespace) -> int:
         say(f"error: approvals: {exc}", file=sys.stderr)
         return 2
     except UsageError as exc:
-        say(f"policyengine {args.command}: error: {exc.message}", file=sys.stderr)
+        say(_usage_line(args.command, exc), file=sys.stderr)
         return 2
     except PolicyError as err:
         say(err.render(), file=sys.stderr)
@@ -330,9 +391,10 @@ def _cmd_test(args: argparse.Namespace) -> int:
     for raw in args.paths:
         p = Path(raw)
         if not p.exists():
-            say(f"policyengine test: error: {p}: no such file or directory",
-                  file=sys.stderr)
-            return 2
+            raise UsageError(f"{p}: no such file or directory")
+        if p.suffix == ".policy":  # test takes the tests, check the policy
+            raise UsageError(f"{p} is a policy file: give its tests (*.test.json) or the "
+                             "directory holding both (policyengine check reads policies)")
         found = sorted(p.rglob("*.json")) if p.is_dir() else [p]
         if p.is_dir() and not found:
             say(f"policyengine test: error: no fixtures (*.json) in {p}, nor policy tests "
@@ -392,7 +454,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.max_requests is not None and args.max_requests < 1:
         raise UsageError("--max-requests: a positive number")
     bound = {} if args.max_requests is None else {"max_requests": args.max_requests}
-    pair = args.diff if args.command == "analyze" else args.paths
+    pair = args.diff if args.command == "analyze" else [args.old, args.new]
     if args.command == "analyze" and pair and args.paths:
         raise UsageError("give either policy paths or --diff OLD NEW, not both")
     if args.command == "analyze" and not pair and not args.paths:
@@ -566,13 +628,13 @@ def _cmd_store_init(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from policyengine import __version__
-    parser = argparse.ArgumentParser(prog="policyengine",
-                                     description="Policy-as-code authorization for AI agents.")
+    parser = _Parser(prog="policyengine",
+                     description="Policy-as-code authorization for AI agents.")
     parser.add_argument("--version", action="version", version=f"policyengine {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("check", help="check policy files; compiler-style errors")
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="+", help="policy files or directories")
     p.add_argument("--format", choices=["text", "json"], default="text",
                    help="json: {ok, files, errors, warnings} on stdout")
     p.add_argument("--werror", action="store_true", help="exit 1 on warnings too")
@@ -592,13 +654,14 @@ def _parser() -> argparse.ArgumentParser:
                             "step by step and rule by rule why")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("paths", nargs="+", help="policy files or directories")
-        p.add_argument("--principal")
-        p.add_argument("--permission")
-        p.add_argument("--context", help="JSON object")
+        p.add_argument("--principal", help="who asks (an agent id)")
+        p.add_argument("--permission", help="what it asks for (payments:refund)")
+        p.add_argument("--context", help="the request's context, a JSON object")
         p.add_argument("--token", help="a delegation token")
         p.add_argument("--request", help="the request as JSON, or @file.json "
                        "(principal, permission, context; or a tool call with transport)")
-        p.add_argument("--json", action="store_true", help="explain as JSON")
+        p.add_argument("--json", action="store_true",
+                       help="explain: the explanation as JSON (eval always prints JSON)")
         p.add_argument("--exit-code", action="store_true",
                        help="exit 1 when the decision is not allowed")
         p.add_argument("--store", "--budget-store", dest="budget_store", metavar="URL",
@@ -640,7 +703,8 @@ def _parser() -> argparse.ArgumentParser:
                        "conformance fixtures (other *.json)")
     p.add_argument("paths", nargs="+", help="test files, fixtures, or directories holding "
                    "them")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="list the tests that passed too")
     p.add_argument("--run", metavar="REGEX",
                    help="run only the tests whose name this regular expression finds")
     p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML")
@@ -663,8 +727,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--diff", nargs=2, metavar=("OLD", "NEW"),
                            help="compare two versions (each a file or directory)")
         else:
-            p.add_argument("paths", nargs=2, metavar="OLD_NEW",
-                           help="the old and the new version (each a file or directory)")
+            p.add_argument("old", metavar="OLD", help="the old version (a file or directory)")
+            p.add_argument("new", metavar="NEW", help="the new version (a file or directory)")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("--fail-on", choices=["info", "warning", "error", "none"],
                        default="warning",
@@ -731,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = handler(args)
         sys.stdout.flush()
     except UsageError as exc:
-        say(f"policyengine {args.command}: error: {exc.message}", file=sys.stderr)
+        say(_usage_line(args.command, exc), file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly. Point stdout at /dev/null so

@@ -145,6 +145,12 @@ def _as(cls: type[_T], made: Any) -> _T:
 _P = ParamSpec("_P")
 
 
+def _field(slot: str, doc: str) -> Any:
+    """A read-only field over ``slot``: ``operator.attrgetter`` is a C-level getter, as
+    cheap as a slot, and ``doc`` is what ``help()`` shows for it."""
+    return property(attrgetter(slot), doc=doc)
+
+
 def _takes(build: Callable[_P, _T]) -> Callable[[Callable[[type[_T], _T], _T]],
                                                 Callable[Concatenate[type[_T], _P], _T]]:
     """Make an answer class's ``__new__(cls, made)`` take the parameters of its builder
@@ -207,10 +213,12 @@ class Diagnostic(_DiagnosticSlots, ReadOnly):
     def __new__(cls, made: Diagnostic) -> Diagnostic:
         return _as(cls, made)
 
-    code: str = property(attrgetter("_code"))  # type: ignore[assignment]
-    message: str = property(attrgetter("_message"))  # type: ignore[assignment]
-    rule: str | None = property(attrgetter("_rule"))  # type: ignore[assignment]
-    effect: str = property(attrgetter("_effect"))  # type: ignore[assignment]
+    code: str = _field(
+        "_code", "The stable code of the problem (``missing_attribute``, ``no_rate`` ...).")
+    message: str = _field("_message", "What went wrong, in words.")
+    rule: str | None = _field("_rule", "The qualified id of the rule it happened in, or None.")
+    effect: str = _field(
+        "_effect", "What it did: ``applied (fail closed)``, ``skipped`` (a permit) or ``denied``.")
 
     def to_wire(self) -> dict[str, Any]:
         return {"code": self._code, "message": self._message, "rule": self._rule,
@@ -378,12 +386,13 @@ class Obligations(_ObligationsSlots, ReadOnly):
     def __new__(cls, made: Obligations) -> Obligations:
         return _as(cls, made)
 
-    max_amount: Decimal | None = property(attrgetter("_max_amount"))  # type: ignore[assignment]
-    require_approval_over: Decimal | None = property(  # type: ignore[assignment]
-        attrgetter("_require_approval_over"))
-    redact_fields: tuple[str, ...] = property(  # type: ignore[assignment]
-        attrgetter("_redact_fields"))
-    currency: str | None = property(attrgetter("_currency"))  # type: ignore[assignment]
+    max_amount: Decimal | None = _field(
+        "_max_amount", "The cap an allowed amount must stay under (``limit``), in ``currency``.")
+    require_approval_over: Decimal | None = _field(
+        "_require_approval_over",
+        "Amounts over this need approval (``approval ... over``), in ``currency``.")
+    redact_fields: tuple[str, ...] = _field("_redact_fields", "The fields the caller must redact.")
+    currency: str | None = _field("_currency", "The currency of the money values.")
 
     def is_empty(self) -> bool:
         return (self._max_amount is None and self._require_approval_over is None
@@ -523,8 +532,9 @@ class Decision(_DecisionSlots, ReadOnly):
         return _as(cls, made)
 
     # Read-only views (``operator.attrgetter`` is a C-level getter, as cheap as a slot).
-    status: Status = property(attrgetter("_status"))  # type: ignore[assignment]
-    code: str = property(attrgetter("_code"))  # type: ignore[assignment]
+    status: Status = _field("_status", "``allowed``, ``denied`` or ``pending_approval``.")
+    code: str = _field(
+        "_code", "The stable reason code (``permitted``, ``forbidden``, ``no_permit`` ...).")
 
     @property
     def reason(self) -> str:
@@ -547,17 +557,18 @@ class Decision(_DecisionSlots, ReadOnly):
             _set_rules(self, rules)
         return rules
 
-    obligations: Obligations | None = property(  # type: ignore[assignment]
-        attrgetter("_obligations"))
-    diagnostics: tuple[Diagnostic, ...] = property(  # type: ignore[assignment]
-        attrgetter("_diagnostics"))
-    principal: str | None = property(attrgetter("_principal"))  # type: ignore[assignment]
-    permission: str | None = property(attrgetter("_permission"))  # type: ignore[assignment]
-    #: The pending approval this decision registered (``pending_approval`` only).
-    approval_id: str | None = property(attrgetter("_approval_id"))  # type: ignore[assignment]
-    #: Under a delegation grant: whom the principal acts for, and the delegation chain.
-    acting_for: str | None = property(attrgetter("_acting_for"))  # type: ignore[assignment]
-    chain: tuple[str, ...] | None = property(attrgetter("_chain"))  # type: ignore[assignment]
+    obligations: Obligations | None = _field(
+        "_obligations", "What an allowed caller must honour (:class:`Obligations`), or None.")
+    diagnostics: tuple[Diagnostic, ...] = _field(
+        "_diagnostics", "Evaluation problems met on the way (:class:`Diagnostic`).")
+    principal: str | None = _field("_principal", "The principal asked about.")
+    permission: str | None = _field("_permission", "The permission asked for.")
+    approval_id: str | None = _field(
+        "_approval_id", "The approval this decision registered (``pending_approval`` only).")
+    acting_for: str | None = _field(
+        "_acting_for", "Under a delegation grant: whom the principal acts for.")
+    chain: tuple[str, ...] | None = _field(
+        "_chain", "Under a delegation grant: the chain, ``acting_for`` first.")
 
     @property
     def budget(self) -> BudgetUsage | None:
@@ -570,21 +581,21 @@ class Decision(_DecisionSlots, ReadOnly):
             _set_budget(self, budget)
         return budget
 
-    #: What the shadow statements (``mode warn`` / ``mode log``) covering the request
-    #: would have done, in declaration order (rules, then budgets); empty without any.
-    shadow: tuple[ShadowOutcome, ...] = property(  # type: ignore[assignment]
-        attrgetter("_shadow"))
+    shadow: tuple[ShadowOutcome, ...] = _field(
+        "_shadow", "What the shadow statements (``mode warn`` / ``mode log``) would have done, "
+        "rules then budgets; empty without any.")
 
     @property
     def warnings(self) -> tuple[ShadowOutcome, ...]:
         """The ``mode warn`` outcomes of :attr:`shadow`: what the caller is told."""
         return tuple(s for s in self._shadow if s.mode == "warn")
-    #: The rate limit that refused the call (``rate_limited``: its retry-after), or None.
-    rate_limit: RateLimitUsage | None = property(  # type: ignore[assignment]
-        attrgetter("_rate_limit"))
+    rate_limit: RateLimitUsage | None = _field(
+        "_rate_limit",
+        "The rate limit that refused the call (``rate_limited``: its retry-after), or None.")
 
     @property
     def allowed(self) -> bool:
+        """True when :attr:`status` is ``allowed``."""
         return self._status == "allowed"
 
     @property
@@ -707,23 +718,37 @@ class ToolDecision(_ToolDecisionSlots, ReadOnly):
     def __new__(cls, made: ToolDecision) -> ToolDecision:
         return _as(cls, made)
 
-    decision: Decision = property(attrgetter("_decision"))  # type: ignore[assignment]
-    outcome: str = property(attrgetter("_outcome"))  # type: ignore[assignment]
-    body: Any = property(attrgetter("_body"))
-    redactions: tuple[dict[str, str], ...] = property(  # type: ignore[assignment]
-        attrgetter("_redactions"))
-    tool: str | None = property(attrgetter("_tool"))  # type: ignore[assignment]
-    allowed = property(lambda self: self._decision.status == "allowed")
-    status = property(lambda self: self._decision.status)
-    reason = property(lambda self: self._decision.reason)
-    code = property(lambda self: self._decision.code)
-    rules = property(lambda self: self._decision.rules)
-    permission = property(lambda self: self._decision.permission)
-    diagnostics = property(lambda self: self._decision.diagnostics)
-    obligations = property(lambda self: self._decision.obligations)
-    approval_id = property(lambda self: self._decision.approval_id)
-    decision_id = property(lambda self: self._decision.decision_id)
-    shadow = property(lambda self: self._decision.shadow)
+    decision: Decision = _field(
+        "_decision", "The authorize :class:`Decision` the call was decided by.")
+    outcome: str = _field(
+        "_outcome", "``policy_allow``, ``policy_deny``, ``route_deny``, ``egress_deny`` ...: why.")
+    body: Any = _field("_body", "The body to send: a redacted copy (the caller's is untouched).")
+    redactions: tuple[dict[str, str], ...] = _field(
+        "_redactions", "The redactions made: ``{field, strategy}`` each.")
+    tool: str | None = _field(
+        "_tool", "The qualified id of the tool the call was bound to, or None.")
+    allowed = property(lambda self: self._decision.status == "allowed",
+                       doc="The decision's :attr:`Decision.allowed`.")
+    status = property(lambda self: self._decision.status,
+                      doc="The decision's :attr:`Decision.status`.")
+    reason = property(lambda self: self._decision.reason,
+                      doc="The decision's :attr:`Decision.reason`.")
+    code = property(lambda self: self._decision.code,
+                    doc="The decision's :attr:`Decision.code`.")
+    rules = property(lambda self: self._decision.rules,
+                     doc="The decision's :attr:`Decision.rules`.")
+    permission = property(lambda self: self._decision.permission,
+                          doc="The decision's :attr:`Decision.permission`.")
+    diagnostics = property(lambda self: self._decision.diagnostics,
+                           doc="The decision's :attr:`Decision.diagnostics`.")
+    obligations = property(lambda self: self._decision.obligations,
+                           doc="The decision's :attr:`Decision.obligations`.")
+    approval_id = property(lambda self: self._decision.approval_id,
+                           doc="The decision's :attr:`Decision.approval_id`.")
+    decision_id = property(lambda self: self._decision.decision_id,
+                           doc="The decision's :attr:`Decision.decision_id`.")
+    shadow = property(lambda self: self._decision.shadow,
+                      doc="The decision's :attr:`Decision.shadow`.")
 
     def to_wire(self) -> dict[str, Any]:
         """The ``POST /v1/tool-authorize`` response shape (camelCase): the authorize

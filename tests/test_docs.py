@@ -144,3 +144,52 @@ def test_the_architecture_tree_lists_every_module() -> None:
     unlisted = {m for m in modules - listed if not m.endswith("/__init__.py")}
     assert not unlisted, f"not in docs/architecture.md: {sorted(unlisted)}"
     assert not listed - modules, f"no such module: {sorted(listed - modules)}"
+
+
+def _report_block(page: Path, first: str) -> str:
+    """The text of the code block of ``page`` that starts with ``first``."""
+    for _, source in blocks(page, ("",)):
+        if source.startswith(first):
+            return source
+    raise AssertionError(f"{page.name}: no block starts with {first!r}")
+
+
+def _check_output(tmp_path: Path, name: str, text: str, monkeypatch: pytest.MonkeyPatch,
+                  capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``policyengine check NAME`` prints on stderr for a file NAME holding text."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text(text, "utf-8")
+    assert main(["check", name]) == 1
+    return capsys.readouterr().err
+
+
+def test_the_schema_error_example_is_what_check_prints(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/language.md, "Context schemas": the page's schema block, and at the line the
+    report names the rule it shows, give exactly the report the page prints."""
+    page = REPO / "docs" / "language.md"
+    report = _report_block(page, "policies/pay.policy:")
+    schema = _report_block(page, "schema payments:refund, payments:charge {")
+    line = int(report.split(":")[1])
+    rule = report.splitlines()[1].split(" | ", 1)[1]
+    lines = schema.splitlines()
+    text = "\n".join(lines + [""] * (line - 1 - len(lines)) + [rule]) + "\n"
+    assert _check_output(tmp_path, "policies/pay.policy", text, monkeypatch,
+                         capsys) == report
+
+
+def test_the_readme_error_example_is_what_check_prints(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """README, "Errors people can act on": the shipped travel policy with the typo the
+    report shows prints exactly that report."""
+    block = _report_block(REPO / "README.md", "$ policyengine check policies/")
+    report = block.split("\n", 1)[1]
+    shown = report.splitlines()[1].split(" | ", 1)[1]
+    source = (REPO / "policies" / "travel" / "travel.policy").read_text("utf-8")
+    typo = source.replace(shown.replace("travell", "travel"), shown)
+    assert typo != source
+    name = "policies/travel/travel.policy"
+    assert _check_output(tmp_path, name, typo, monkeypatch, capsys) == report

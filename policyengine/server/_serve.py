@@ -20,33 +20,60 @@ import socket
 import sys
 from typing import Any
 
+from policyengine._visible import say
+
 __all__ = ["register"]
+
+USAGE = "policyengine serve: error: usage_error: "  # a usage error's line, as cli prints it
+
+
+def _number(low: int, high: int | None = None) -> Any:
+    """An argparse type: a whole number from ``low`` (to ``high``), else a usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: a whole number from {low}" + (f" to {high}" if high else ""))
+        return value
+    return parse
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the decision service (tracengent, AuthZEN)")
     p.add_argument("paths", nargs="*", help="policy files or directories")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8181)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                   "127.0.0.1)")
+    p.add_argument("--port", type=_number(0, 65535), default=8181,
+                   help="port to listen on (default 8181)")
+    p.add_argument("--workers", type=_number(1), default=1,
+                   help="processes sharing the socket (default 1)")
     p.add_argument("--credentials", help="agent and admin credentials file (JSON)")
     p.add_argument("--keys", help="JWKS file with the signing keys of access and "
                    "delegation tokens (default: a fresh key per start)")
     p.add_argument("--hmac-key-file", help="secret for 'hash' redactions")
-    p.add_argument("--issuer", default="policyengine")
+    p.add_argument("--issuer", default="policyengine",
+                   help="iss of the access tokens (default policyengine)")
     p.add_argument("--prefix", action="append", default=[], metavar="WIRE=/PATH",
                    help="mount a wire under a path prefix: tracengent=/pdp, authzen=/az, "
                    "actguard=/ag, agent-ledger=/ledger, cycles=/cycles")
-    p.add_argument("--max-body-bytes", type=int, default=1_048_576)
-    p.add_argument("--body-timeout", type=float, default=10.0)
+    p.add_argument("--max-body-bytes", type=int, default=1_048_576,
+                   help="larger request bodies get 413 (default 1 MiB)")
+    p.add_argument("--body-timeout", type=float, default=10.0,
+                   help="seconds a request body may take to arrive (default 10)")
     p.add_argument("--watch-interval", type=float, default=1.0,
                    help="seconds between policy file checks; 0 turns watching off")
-    p.add_argument("--no-access-log", action="store_true")
+    p.add_argument("--no-access-log", action="store_true",
+                   help="no JSON line per request on policyengine.server.access")
     p.add_argument("--http", default="service", choices=("service", "uvicorn"),
                    help="the HTTP/1.1 connection protocol: the service's own (default: "
                    "answers without a task or ASGI messages per request) or uvicorn's "
                    "httptools protocol over the ASGI application")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", type=str.lower,
+                   choices=("critical", "error", "warning", "info", "debug", "trace"),
+                   help="the server's log level (default info)")
     for flag, what in (("--budget-store", "budgets: memory: (default; per worker), "
                         "sqlite:///path, postgresql://..., redis://..."),
                        ("--approvals", "approvals: memory: (default; per worker), "
@@ -76,8 +103,8 @@ def _prefixes(items: list[str]) -> dict[str, str]:
         wire, sep, path = item.partition("=")
         if not sep or wire not in ("tracengent", "authzen", "actguard", "agent-ledger",
                                    "cycles") or not path.startswith("/"):
-            raise SystemExit(f"bad --prefix {item!r}: use WIRE=/path (tracengent, authzen, "
-                             "actguard, agent-ledger, cycles)")
+            raise ValueError(f"bad --prefix {item!r}: use WIRE=/path (tracengent, "
+                             "authzen, actguard, agent-ledger, cycles)")
         out[wire] = path
     return out
 
@@ -106,12 +133,12 @@ def run(args: argparse.Namespace) -> int:
         print(hash_secret(secret.rstrip("\r\n")))
         return 0
     if not args.paths:
-        print("serve: give at least one policy file or directory", file=sys.stderr)
+        say(f"{USAGE}give at least one policy file or directory", file=sys.stderr)
         return 2
     try:
         import uvicorn
     except ImportError:
-        print("serve needs the server extra: pip install 'policyengine[server]'",
+        say(f"{USAGE}serve needs the server extra: pip install 'policyengine[server]'",
               file=sys.stderr)
         return 2
     import policyengine as pe
@@ -123,21 +150,31 @@ def run(args: argparse.Namespace) -> int:
         keys = pe.KeySet.from_file(args.keys) if args.keys else pe.KeySet.generate()
         hmac_key = None
         if args.hmac_key_file:
-            with open(args.hmac_key_file, "rb") as fh:
-                hmac_key = fh.read().strip()
+            try:
+                with open(args.hmac_key_file, "rb") as fh:
+                    hmac_key = fh.read().strip()
+            except OSError as exc:
+                say(f"{USAGE}--hmac-key-file {args.hmac_key_file}: cannot read: "
+                      f"{exc.strerror or exc}", file=sys.stderr)
+                return 2
         credentials = Credentials.from_file(args.credentials) if args.credentials else None
         # The policy is checked here, once, with in-memory stores: a worker opens its own
         # connections to shared stores after the fork (a socket must never be shared by
         # two processes).
         checked = pe.Engine.from_path(*args.paths, keys=keys, hmac_key=hmac_key)
     except pe.PolicyError as err:
-        print(err.render(), file=sys.stderr)
+        say(err.render(), file=sys.stderr)
         return 1
     except (CredentialsError, pe.PolicyEngineError, OSError) as exc:
-        print(f"serve: {exc}", file=sys.stderr)
+        say(f"serve: {exc}", file=sys.stderr)
         return 1
+    try:
+        prefixes = _prefixes(args.prefix)
+    except ValueError as exc:
+        say(f"{USAGE}{exc}", file=sys.stderr)
+        return 2
     config = ServiceConfig(issuer=args.issuer, max_body_bytes=args.max_body_bytes,
-                           body_timeout=args.body_timeout, prefixes=_prefixes(args.prefix),
+                           body_timeout=args.body_timeout, prefixes=prefixes,
                            access_log=not args.no_access_log,
                            watch_interval=args.watch_interval or None)
     shared = {"budget_store": args.budget_store, "approvals": args.approvals,
@@ -166,11 +203,19 @@ def run(args: argparse.Namespace) -> int:
         try:
             app = build()
         except pe.PolicyEngineError as exc:
-            print(f"serve: {exc}", file=sys.stderr)
+            say(f"serve: {exc}", file=sys.stderr)
             return 1
         uvicorn.run(app, **uv_config)
         return 0
     return _supervise(build, uv_config, args.workers)
+
+
+def _listen_failed(host: str, port: int, exc: OSError) -> int:
+    """One line for a socket the parent cannot bind (exit status 1)."""
+    code = "listen_failed"
+    say(f"serve: {code}: cannot listen on {host}:{port}: {exc.strerror or exc}",
+          file=sys.stderr)
+    return 1
 
 
 def _supervise(build: Any, uv_config: dict[str, Any], workers: int) -> int:
@@ -181,8 +226,12 @@ def _supervise(build: Any, uv_config: dict[str, Any], workers: int) -> int:
     family = socket.AF_INET6 if ":" in uv_config["host"] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((uv_config["host"], uv_config["port"]))
-    sock.listen(2048)
+    try:
+        sock.bind((uv_config["host"], uv_config["port"]))
+        sock.listen(2048)
+    except OSError as exc:  # in use, not an address of this host ...
+        sock.close()
+        return _listen_failed(uv_config["host"], uv_config["port"], exc)
     sock.set_inheritable(True)
     children: list[int] = []
     for _ in range(workers):

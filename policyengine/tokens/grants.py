@@ -411,7 +411,8 @@ def _check_link(parent: Hop, parent_token: str, child: Hop, rates: RateSource | 
     for p in child.permissions:
         if not any(pattern_subsumes(p, q) for q in parent.permissions):
             raise AttenuationError(
-                "permission_widened", f"permission {p!r} is not covered by the parent's"
+                "permission_widened",
+                f"permission {p!r} is not covered by any of the parent's permissions",
             )
     if child.not_before < parent.not_before:
         raise AttenuationError("not_before_widened", "child nbf is before the parent's")

@@ -81,7 +81,7 @@ def test_bad_context_names_the_flag(capsys: pytest.CaptureFixture[str], policy: 
     code, out, err = run(capsys, "eval", str(policy), "--principal", "bot",
                          "--permission", "shop:buy", "--context", bad)
     assert code == 2 and out == ""
-    assert err.startswith("policyengine eval: error: --context: ")
+    assert err.startswith("policyengine eval: error: usage_error: --context: ")
     assert "Traceback" not in err
 
 
