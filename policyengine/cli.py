@@ -58,6 +58,8 @@ class _Parser(argparse.ArgumentParser):
     did-you-mean hint, and an unknown option is reported by the sub-command it was given
     to."""
 
+    _given: list[str] = []  # the arguments this parser was given
+
     def _commands(self) -> dict[str, list[str]]:
         """The dest of each sub-command set of this parser -> its command names."""
         return {a.dest: list(a.choices or ()) for a in self._actions
@@ -66,6 +68,7 @@ class _Parser(argparse.ArgumentParser):
     def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                          namespace: argparse.Namespace | None = None,
                          ) -> tuple[argparse.Namespace, list[str]]:
+        self._given = list(sys.argv[1:] if args is None else args)
         parsed, extras = super().parse_known_args(args, namespace)
         if extras and not self._commands():  # a leaf command: it names what it was given
             self.error(self._unknown(extras))
@@ -81,6 +84,11 @@ class _Parser(argparse.ArgumentParser):
 
     def _explain(self, message: str) -> str:
         commands = self._commands()
+        before = self._given[:next((i for i, w in enumerate(self._given)
+                                    if not w.startswith("-")), len(self._given))]
+        strays = [w for w in before if w.split("=", 1)[0] not in self._option_string_actions]
+        if commands and strays and "arguments are required" in message:
+            return self._unknown(strays)  # policyengine --verison: the option, not the command
         for dest, names in commands.items():
             message = message.replace(f"arguments are required: {dest}",
                                       f"arguments are required: a command ({', '.join(names)})")

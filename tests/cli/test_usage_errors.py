@@ -37,6 +37,8 @@ def policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (["chek", "p.policy"], "policyengine: error: usage_error: unknown command 'chek' (did "
      "you mean 'check'?); commands: check, fmt, eval, explain, store, test, analyze, diff, "
      "replay, query, token, log, serve; see 'policyengine --help'"),
+    (["--verison"], "policyengine: error: usage_error: unknown option --verison (did you "
+     "mean --version?); see 'policyengine --help'"),
     ([], "policyengine: error: usage_error: the following arguments are required: a "
      "command (check, fmt, eval, explain, store, test, analyze, diff, replay, query, token, "
      "log, serve); see 'policyengine --help'"),
