@@ -56,6 +56,10 @@ _REDACTING = frozenset({ast.HttpTool, ast.NamedTool, ast.LogRedact})
 _tool_authorize: Callable[..., ToolDecision] | None = None
 
 
+# How to give an engine its HMAC key, from Python or from the command line (W204, W205).
+_HMAC_HINT = ("Engine.from_path(..., hmac_key=secret_bytes); on the command line, "
+              "--hmac-key KEY (serve: --hmac-key-file FILE)")
+
 class EngineOptionError(PolicyEngineError, TypeError):
     """An :class:`Engine` option of the wrong kind (``keys`` that is not a ``KeySet``, a
     ``clock`` that is not a callable returning seconds, ...), code ``invalid_option``.
@@ -585,14 +589,14 @@ class Engine:
                             "W205", "'log redact ... hash' needs an HMAC key: until the "
                             "engine has one, the decision log erases the whole input",
                             f.name, st.span.line, st.span.column,
-                            "Engine.from_path(..., hmac_key=secret_bytes)", "warning"))
+                            _HMAC_HINT, "warning"))
                     for item in getattr(st, "items", ()):
                         if isinstance(item, ast.Redact) and item.strategy == "hash":
                             out.append(Problem(
                                 "W204", "'hash' redaction needs an HMAC key: calls through "
                                 "this tool are denied until the engine has one",
                                 f.name, item.span.line, item.span.column,
-                                "Engine.from_path(..., hmac_key=secret_bytes)", "warning"))
+                                _HMAC_HINT, "warning"))
         return tuple(out)
 
     def reload(self) -> None:

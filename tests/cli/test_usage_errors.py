@@ -113,3 +113,17 @@ def test_help_describes_every_field(cls: type) -> None:
     for name, value in vars(cls).items():
         if isinstance(value, property) and not name.startswith("_"):
             assert value.__doc__, f"{cls.__name__}.{name} has no doc"
+
+
+def test_a_missing_hmac_key_says_how_the_command_line_gives_one(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The README's first command (check policies/) warns W204 on the shipped policies:
+    the hint names the flag that silences it, not only the Python option."""
+    (tmp_path / "t.policy").write_text('tool t: mcp "x" -> a:b {\n  redact $.card hash\n}\n')
+    code, out, err = run(capsys, ["check", str(tmp_path / "t.policy")])
+    assert (code, out.strip()) == (0, "ok: 1 file, 1 warning")
+    assert "  = hint: Engine.from_path(..., hmac_key=secret_bytes); on the command line, " \
+           "--hmac-key KEY (serve: --hmac-key-file FILE)" in err
+    code, out, err = run(capsys, ["check", str(tmp_path / "t.policy"), "--hmac-key",
+                                  "a 32-byte secret, for pseudonyms"])
+    assert (code, out.strip(), err) == (0, "ok: 1 file, 0 warnings", "")
