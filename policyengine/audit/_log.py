@@ -174,6 +174,7 @@ class DecisionLog:
         self._stopped = False  # the writer has taken its last record (set under _lock)
         self._close_lock = threading.Lock()  # one close() at a time
         self._sink_closed = False
+        self._closing = threading.Event()  # set by close(): wakes a retry's backoff
         self._lock = threading.Lock()               # counters of the slow paths
         self._stall_lock = threading.Lock()         # a write's end against the stall mark
         self._room = threading.Condition(self._lock)  # callers waiting for room
@@ -234,7 +235,11 @@ class DecisionLog:
             with open(self._spill_path, "rb") as f:
                 self._spill_lines = sum(1 for _ in f)
         self._spill_size = self._spill_path.stat().st_size if self._spilling else 0
-        self._rescued: list[bytes] = []  # lines the sink did not take before close
+        # At close, lines the sink will not be asked to take, for the spill (_rescue):
+        # the shipper's batch whose write failed (older than anything spilled) and the
+        # writer's lines it never handed over (newer than anything spilled or shipped).
+        self._rescued: list[bytes] = []
+        self._kept: list[bytes] = []
         self._rescue_lock = threading.Lock()
         if resumed is not None:
             self._seq, self._prev = resumed
@@ -546,8 +551,7 @@ class DecisionLog:
                 self._hand_over(lines)
             except Exception:  # a fault outside any one record: counted, the writer lives on
                 if lines:  # not handed over (the spill failed): kept for close(), counted
-                    with self._rescue_lock:
-                        self._rescued.extend(lines)
+                    self._keep(lines)
                 else:
                     self._drop(n)
             finally:
@@ -644,6 +648,9 @@ class DecisionLog:
         return line
 
     def _hand_over(self, lines: list[bytes]) -> None:
+        if self._close_deadline_passed():
+            self._keep(lines)  # close() gave up on the sink: to the spill, by _rescue
+            return
         if self.overflow == "spill" or self._spilling:
             # Once spilling, everything goes to the spill until it is shipped: order kept.
             while True:
@@ -655,17 +662,29 @@ class DecisionLog:
                     return
                 if not spilling:
                     break  # a batch larger than the whole spill: wait for the sink
+                if self._close_deadline_passed():
+                    self._keep(lines)  # the spill full, the sink down, close() gave up
+                    return
                 time.sleep(0.01)  # the spill is full: wait for the sink (backpressure)
         while True:
-            try:
-                self._ship.put((lines, len(lines)), timeout=0.05)
-                return
-            except queue.Full:
-                self._watch()
-                if self._closed and self._close_deadline_passed():
-                    with self._rescue_lock:
-                        self._rescued.extend(lines)  # to the spill, by close()
+            with self._rescue_lock:  # against _rescue emptying the queue: order kept
+                if self._close_deadline_passed():
+                    self._kept.extend(lines)  # to the spill, by _rescue
                     return
+                try:
+                    self._ship.put_nowait((lines, len(lines)))
+                    return
+                except queue.Full:
+                    pass
+            self._watch()
+            time.sleep(0.01)
+
+    def _keep(self, lines: list[bytes]) -> None:
+        """The writer's lines the sink will not be asked to take (close() gave up on
+        it): :meth:`_rescue` puts them at the end of the spill file (without one they
+        stay counted as ``undelivered``)."""
+        with self._rescue_lock:
+            self._kept.extend(lines)
 
     def _watch(self) -> None:
         """A sink write that has taken longer than ``stall_after`` is a stall."""
@@ -714,15 +733,17 @@ class DecisionLog:
                 return
             except queue.Full:
                 if self._close_deadline_passed():
-                    return  # the shipper is stuck in the sink: close() rescues the rest
+                    return  # the shipper stops on its own once it sees the writer gone
 
     # ------------------------------------------------------------------ shipping thread
     def _run_shipper(self) -> None:
         ship = self._ship
         while True:
-            if (self._closed and self._close_deadline_passed() and ship.empty()
-                    and not self._writer.is_alive()):
-                self._rescue()  # closing, past its deadline, the writer gone: stop
+            if self._close_deadline_passed():
+                # close() gave up on the sink: no new write; the writer moves what it
+                # holds to _kept without waiting for anything (bounded), then _rescue
+                # below takes the queue and all that was kept to the spill.
+                self._writer.join()
                 break
             if self._spilling and ship.empty() and self._ship_spill():
                 continue
@@ -731,36 +752,83 @@ class DecisionLog:
             except queue.Empty:
                 continue
             if item is None:
-                while self._spilling and self._ship_spill(final=True):
+                while (self._spilling and not self._close_deadline_passed()
+                       and self._ship_spill()):
                     pass
-                self._rescue()
                 break
-            if not self._deliver(item[0]):
+            if not self._deliver(item[0]):  # False only once close() gave up
                 with self._rescue_lock:
-                    self._rescued.extend(item[0])
+                    self._rescued[:0] = item[0]  # the oldest line not delivered
+        self._rescue()
+        self._close_sink()
+
+    def _close_sink(self) -> None:
+        """Close the sink, once: by the shipper when it stops (the log is closed then),
+        or by :meth:`close` when both threads have ended."""
+        with self._lock:
+            if self._sink_closed:
+                return
+            self._sink_closed = True
+        with contextlib.suppress(Exception):
+            self.sink.close()
 
     def _rescue(self) -> None:
-        """At close, what the sink did not take goes to the front of the spill file (in
-        order, before anything spilled later): the next log on that spill ships it."""
+        """At close, what the sink did not take goes to the spill file, in order: the
+        batch the shipper failed to write and the batches waiting for it before what was
+        spilled, the writer's lines it never handed over after: the next log on that
+        spill ships them. Called by the shipper when it stops, and by close() when the
+        shipper is still in a sink write at the deadline (a write cannot be cut short):
+        the shipper then puts that batch, if the write fails, in front when it ends.
+        Under ``_rescue_lock``: the writer hands nothing to the shipper meanwhile.
+        Spilling at close is not held to ``spill_max_bytes``: the log holds at most
+        ``capacity`` records and a few batches, and dropping them would lose them."""
         with self._rescue_lock:
-            lines, self._rescued = self._rescued, []
-        if not lines or not self._has_spill:
-            return  # no spill file: they stay counted as ``undelivered``
+            before, self._rescued = self._rescued, []
+            while True:
+                try:
+                    item = self._ship.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    before.extend(item[0])
+            after, self._kept = self._kept, []
+            if not (before or after) or not self._has_spill:
+                return  # no spill file: they stay counted as ``undelivered``
+            try:
+                self._spill_rescued(before, after)
+            except OSError:  # the spill cannot be written: kept, counted undelivered
+                self._rescued[:0] = before
+                self._kept[:0] = after
+
+    def _spill_rescued(self, before: list[bytes], after: list[bytes]) -> None:
         with self._spill_lock:
-            rest = b""
-            if self._spilling:
-                with open(self._spill_path, "rb") as f:
-                    f.seek(self._spill_offset)
-                    rest = f.read()
-            tmp = self._spill_path.with_suffix(".tmp")
-            tmp.write_bytes(b"".join(lines) + rest)
-            os.replace(tmp, self._spill_path)
-            self._spill_offset = 0
-            self._spill_lines += len(lines)
-            self._spilled += len(lines)
+            if before:
+                # A spill chunk in flight is never beside a failed batch (the shipper
+                # ships the spill only with its queue empty): the offset may restart.
+                rest = b""
+                if self._spilling:
+                    with open(self._spill_path, "rb") as f:
+                        f.seek(self._spill_offset)
+                        rest = f.read()
+                tmp = self._spill_path.with_suffix(".tmp")
+                data = b"".join(before) + rest + b"".join(after)
+                tmp.write_bytes(data)
+                os.replace(tmp, self._spill_path)
+                self._spill_offset = 0
+                self._spill_size = len(data)
+            else:  # only newer lines: at the end, where a chunk in flight is not
+                data = b"".join(after)
+                with open(self._spill_path, "ab") as f:
+                    f.write(data)
+                self._spill_size += len(data)
+            n = len(before) + len(after)
+            self._spill_lines += n
+            self._spilled += n
             self._spilling = True
 
-    def _deliver(self, lines: list[bytes], give_up: bool = False) -> bool:
+    def _deliver(self, lines: list[bytes]) -> bool:
+        """Write ``lines`` to the sink, retrying with backoff; False once close() has
+        given up on the sink (the caller keeps the lines for the spill)."""
         delay, most = self._backoff
         while True:
             self._write_started = time.monotonic()
@@ -772,9 +840,8 @@ class DecisionLog:
                     self._sink_errors += 1
                 self._failing = True
                 self._set_open()
-                if give_up or (self._closed and self._close_deadline_passed()):
+                if self._pause(delay):
                     return False
-                time.sleep(delay)
                 delay = min(delay * 2, most)
                 continue
             with self._stall_lock:
@@ -787,7 +854,23 @@ class DecisionLog:
                 self._progress.notify_all()
             return True
 
-    def _ship_spill(self, final: bool = False) -> bool:
+    def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds`` between retries, or less: a close() wakes it, and it ends
+        at close()'s give-up time. True when that time has passed."""
+        end = time.monotonic() + seconds
+        while True:
+            if self._close_deadline_passed():
+                return True
+            by = self._close_by if self._closed else None
+            left = (end if by is None else min(end, by)) - time.monotonic()
+            if left <= 0:
+                return self._close_deadline_passed()
+            if self._closed:
+                time.sleep(min(left, 0.05))
+            else:
+                self._closing.wait(left)
+
+    def _ship_spill(self) -> bool:
         """Ship the oldest spilled lines; True if something was shipped."""
         with self._spill_lock:
             try:
@@ -802,17 +885,21 @@ class DecisionLog:
                 self._spill_offset = self._spill_size = 0
                 self._spilling = False
                 return False
-        if not self._deliver(chunk, give_up=final and self._close_deadline_passed()):
+        if not self._deliver(chunk):
             return False
         with self._spill_lock:
             self._spill_offset += sum(len(c) for c in chunk)
             self._spill_lines -= len(chunk)
         return True
 
+    #: When close() gives up on the sink: its deadline less a margin (the smaller of
+    #: 0.25 s and a quarter of its timeout), so that what the threads hold then reaches
+    #: the spill before close() returns. None: not closing, or no deadline.
     _close_by: float | None = None
 
     def _close_deadline_passed(self) -> bool:
-        return self._close_by is not None and time.monotonic() > self._close_by
+        by = self._close_by
+        return by is not None and time.monotonic() > by
 
     # ------------------------------------------------------------------ control
     def flush(self, timeout: float | None = None) -> bool:
@@ -842,6 +929,12 @@ class DecisionLog:
         sink took everything within ``timeout``; else what it did not take is in the
         spill file (``spill_pending``), or, without one, counted as ``undelivered``.
 
+        Returns within ``timeout``: the log's threads give up on the sink shortly
+        before it (:attr:`_close_by`), make no new sink write, move what they hold to
+        the spill and stop. Only a sink write already under way then outlives the call
+        (it cannot be cut short): its batch counts as ``undelivered`` until it ends,
+        and the shipping thread then spills it if it failed, closes the sink and stops.
+
         One close at a time: a second call, from any thread, waits (up to its own
         ``timeout``) for the first to end and answers what the log's state is then
         (False if the first has not ended). Before, it returned True at once, while
@@ -859,33 +952,26 @@ class DecisionLog:
 
     def _close(self, deadline: float | None) -> bool:
         if not self._closed:
-            self._close_by = deadline
+            if deadline is not None:
+                self._close_by = deadline - min(
+                    0.25, max(0.0, deadline - time.monotonic()) / 4)
             with self._room:
                 self._closed = True
                 self._open = False
                 self._room.notify_all()
             self._wake.set()
+            self._closing.set()
 
         def left() -> float | None:
-            return None if deadline is None else max(0.0, deadline - time.monotonic()) + 1.0
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
 
         self._writer.join(left())
         self._shipper.join(left())
-        if self._shipper.is_alive():  # stuck in the sink: what waits for it goes to the spill
-            while True:
-                try:
-                    item = self._ship.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    with self._rescue_lock:
-                        self._rescued.extend(item[0])
-            self._rescue()
+        if self._shipper.is_alive() and self._close_deadline_passed():
+            self._rescue()  # the shipper is in a sink write: what waits goes to the spill
         done = not self._writer.is_alive() and not self._shipper.is_alive()
-        if done and not self._sink_closed:
-            self._sink_closed = True
-            with contextlib.suppress(Exception):
-                self.sink.close()
+        if done:
+            self._close_sink()
         _live.discard(self)
         stats = self.stats()
         return done and stats["undelivered"] == 0 and stats["spill_pending"] == 0
