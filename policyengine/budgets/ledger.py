@@ -95,10 +95,9 @@ from policyengine.money._rates import (
     RateError,
     RateSource,
     StaticRates,
-    checked_rate,
-    convert,
     converted_amount,
     fraction_rate,
+    source_fraction,
 )
 from policyengine.permissions import InvalidPermission, matches, validate_permission
 
@@ -2360,23 +2359,17 @@ class Ledger:
         else:
             rates = self._rates_of[b.id]
             try:
-                fraction = getattr(rates, "rate_fraction", None)
-                if fraction is not None and type(value) is Decimal and value:
-                    q, rate = self._convert_at(value, unit, b, rates, fraction, now)
-                elif fraction is not None or rates is None:
-                    converted = convert(Money(value, unit), b.unit, rates, now=now,
-                                        rounding="up")
-                    rate = format(rates.rate(unit, b.unit, now), "f")  # type: ignore[union-attr]
-                    q = int(converted.amount.scaleb(b.scale, MONEY_CONTEXT))
+                if type(value) is Decimal and value:
+                    q, rate = self._convert_at(value, unit, b, rates, now)
                 else:
-                    # A source with rate() alone is asked once: the line records the
-                    # very rate its quanta were converted at (asked twice, a live
-                    # source could answer two rates).
-                    money = Money(value, unit)
-                    at, one = checked_rate(rates, unit, b.unit, now)
-                    q = int(converted_amount(money, spec_of(b.unit), at, one, True)
-                            .scaleb(b.scale, MONEY_CONTEXT))
-                    rate = format(at, "f")
+                    # The source is asked once (source_fraction, which checks a source
+                    # of the caller's own): the line records the very rate its quanta
+                    # were converted at (asked twice, a live source could answer two).
+                    money = Money(value, unit)  # before the rates, as convert's caller
+                    numerator, denominator = source_fraction(rates, unit, b.unit, now)
+                    q = int(converted_amount(money, spec_of(b.unit), numerator, denominator,
+                                             True).scaleb(b.scale, MONEY_CONTEXT))
+                    rate = format(fraction_rate(numerator, denominator), "f")
             except RateError as exc:
                 raise BudgetInputError(exc.code, f"cannot convert {unit} to {b.unit} for "
                                        f"budget {b.id}: {exc.message}") from None
@@ -2389,15 +2382,15 @@ class Ledger:
         return q, rate
 
     def _convert_at(self, value: Decimal, unit: str, b: _Budget, rates: Any,
-                    fraction: Callable[[str, str, float], tuple[Decimal, Decimal]],
                     now: float) -> tuple[int, str]:
-        """:meth:`_convert` of a nonzero ``value`` with a source that has ``rate_fraction``:
-        the same answers and errors, in the same order, as ``convert(Money(value, unit),
-        b.unit, rates, now=now, rounding="up")`` then ``format(rates.rate(unit, b.unit,
-        now), "f")``, the source asked for its fraction once per call (its age, its current
-        rates). What a conversion gave is kept per (budget, unit, amount) with the source
-        and the very fraction objects it used (``_fx``): asked again while the source
-        answers with those same objects (a :class:`StaticRates` table's), the kept quanta
+        """:meth:`_convert` of a nonzero ``value``: the same answers and errors, in the same
+        order, as ``convert(Money(value, unit), b.unit, rates, now=now, rounding="up")``,
+        the source asked for its fraction once per call (its age, its current rates:
+        :func:`source_fraction`, which checks a source of the caller's own), and the rate
+        recorded is that fraction's (``fraction_rate``). What a conversion gave is kept
+        per (budget, unit, amount) with the source and the very fraction objects it used
+        (``_fx``): asked again while the source answers with those same objects (a
+        :class:`StaticRates` table's, a source's own answer it gives again), the kept quanta
         are the answer -- the product, division and rounding, and the amount's validation
         (``Money``), were done for an equal amount, and depend on its value only (a zero is
         never kept: its exponent is checked). Any other fraction (new rates, a source
@@ -2407,7 +2400,7 @@ class Ledger:
         if kept is None or kept[0] is not rates:
             kept = None
             money = _valid_money(value, unit)  # before the rates, as convert's caller
-        numerator, denominator = fraction(unit, b.unit, now)
+        numerator, denominator = source_fraction(rates, unit, b.unit, now)
         if kept is not None:
             if kept[1] is numerator and kept[2] is denominator:
                 return kept[3], kept[4]
@@ -2448,17 +2441,12 @@ class Ledger:
         fraction: tuple[Decimal, Decimal] | None = None
         if rate is None:
             try:
-                if rates is None:
-                    raise RateError("no_rate", f"no rates configured to convert {src_cur} "
-                                    f"to {cur}")
                 # A table's cross rate is an exact fraction: converted at it, rounded up
                 # once (at its rate(), rounded to 34 digits, a spend could come to a
-                # quantum under its exact value). Another source's answer is validated
-                # as convert validates it: a rate of 0 or below would charge nothing, or
-                # take spend off the budget.
-                fraction = (cast(StaticRates, rates).rate_fraction(src_cur, cur, now)
-                            if type(rates) in _TABLES else
-                            checked_rate(rates, src_cur, cur, now))
+                # quantum under its exact value). A source of the caller's own is
+                # checked as every conversion checks it (source_fraction): a rate of 0
+                # or below would charge nothing, or take spend off the budget.
+                fraction = source_fraction(rates, src_cur, cur, now)
             except RateError as exc:
                 raise BudgetInputError(exc.code, f"cannot convert {unit} to {b.unit} for "
                                        f"budget {b.id}: {exc.message}") from None

@@ -1179,20 +1179,15 @@ def _to_base(fm: FileMoney) -> Callable[[ast.MoneyLit], Decimal]:
         if m.currency != fm.base:
             # Converted once, at compile time, with the table as of its own date: a
             # literal is part of the policy, not of a request.
-            from policyengine.money._rates import VALIDATING_SOURCES, valid_rate
-            as_of = getattr(fm.rates, "as_of", None)
+            from policyengine.money._rates import source_fraction
             try:
-                if type(fm.rates) in VALIDATING_SOURCES:
-                    # The exact fraction (a cross rate is n/d), rounded once, down: at
-                    # the 34-digit rate() a cross rate rounded down took a cent off a
-                    # limit worth a whole number of cents (3 GBP at 1/3 EUR: 0.99).
-                    numerator, denominator = fm.rates.rate_fraction(m.currency, fm.base,
-                                                                    as_of)
-                else:  # a source of the caller's own
-                    numerator = valid_rate(fm.rates.rate(m.currency, fm.base, as_of),
-                                           f"{m.currency}->{fm.base}")
-                    denominator = Decimal(1)
-            except ValueError as exc:
+                # The exact fraction (a cross rate is n/d), rounded once, down: at the
+                # 34-digit rate() a cross rate rounded down took a cent off a limit worth
+                # a whole number of cents (3 GBP at 1/3 EUR: 0.99). A source of the
+                # caller's own is checked as every conversion checks it.
+                numerator, denominator = source_fraction(
+                    fm.rates, m.currency, fm.base, getattr(fm.rates, "as_of", None))
+            except Exception as exc:  # a RateError, or a source's own as_of failing
                 from policyengine.lang._source import PolicyError, Problem
                 raise PolicyError([Problem(
                     "E127", f"cannot convert {m.amount} {m.currency} to {fm.base}: "

@@ -56,7 +56,7 @@ from policyengine.money._money import (
     decimal_places,
     parse_amount,
 )
-from policyengine.money._rates import VALIDATING_SOURCES, RateError, valid_rate
+from policyengine.money._rates import RateError, source_fraction
 from policyengine.permissions import MAX_PRINCIPAL_ID, InvalidPermission, validate_permission
 
 __all__ = ["PARSED", "Explanation", "RequestState", "RuleFacts", "amount_rule", "entry_facts",
@@ -217,20 +217,15 @@ def to_base(value: Decimal, currency: str, money: FileMoney, now: float | None) 
             quantum = _QUANTA[base] = Decimal(1).scaleb(-decimal_places(base), _CEILING)
         if money.rates is None:
             raise EvalError("no_rate", f"no rates to convert {currency} to {base}")
-        rates = money.rates
-        if type(rates) in VALIDATING_SOURCES:
-            # The exact fraction (a table's cross rate is n/d), divided once and rounded
-            # up, as convert does: at the 34-digit rate() a cross rate rounded up made a
-            # spend worth exactly a limit a cent over it.
-            numerator, denominator = rates.rate_fraction(currency, base, now)
-            converted = _CEILING.multiply(value, numerator)
-            if denominator != _ONE:
-                converted = _CEILING.divide(converted, denominator)
-        else:
-            # A source of the caller's own: a rate of 0 or below would make any amount
-            # fit a limit, so its answer is checked as convert checks it.
-            rate = valid_rate(rates.rate(currency, base, now), f"{currency}->{base}")
-            converted = _CEILING.multiply(value, rate)
+        # The exact fraction (a table's cross rate is n/d), divided once and rounded up,
+        # as convert does (at the 34-digit rate() a cross rate rounded up made a spend
+        # worth exactly a limit a cent over it); a source of the caller's own answers
+        # through the one check (source_fraction): a rate of 0 or below would make any
+        # amount fit a limit.
+        numerator, denominator = source_fraction(money.rates, currency, base, now)
+        converted = _CEILING.multiply(value, numerator)
+        if denominator != _ONE:
+            converted = _CEILING.divide(converted, denominator)
         converted = converted.quantize(quantum, context=_CEILING)
     except (MoneyError, RateError) as exc:
         if exc.code in _INVALID_AMOUNT_CODES:
@@ -327,10 +322,9 @@ def _tightest(current: tuple[Decimal, FileMoney] | None, value: Decimal, money: 
         return (value, money) if value < cur_value else current
     for rates in (money.rates, cur_money.rates):
         try:
-            rate = rates.rate(money.base, cur_money.base)
-            if type(rates) not in VALIDATING_SOURCES:
-                rate = valid_rate(rate, f"{money.base}->{cur_money.base}")
-            converted = _CEILING.multiply(value, rate)
+            numerator, denominator = source_fraction(  # two caps: both files have a base
+                rates, money.base, cur_money.base, None)  # type: ignore[arg-type]
+            converted = _CEILING.divide(_CEILING.multiply(value, numerator), denominator)
         except Exception:
             continue
         return (value, money) if converted < cur_value else current

@@ -453,46 +453,76 @@ def convert(
         context = _DOWN
     else:
         raise RateError("invalid_argument", f"rounding must be 'up' or 'down', not {rounding!r}")
-    if rates is None:
-        raise RateError("no_rate", f"no rates configured to convert {source} to {target}")
-    fraction = getattr(rates, "rate_fraction", None)
-    if fraction is not None:
-        numerator, denominator = fraction(source, target, now)
-    else:
-        numerator, denominator = checked_rate(rates, source, target, now)
+    numerator, denominator = source_fraction(rates, source, target, now)
     return trusted_money(converted_amount(money, spec, numerator, denominator, context is _UP),
                          target)
 
 
 #: The sources of the package: each validates the rates it answers (a table when it is
-#: built, a function's answer when it is asked), so what their ``rate`` answers is a
-#: positive finite ``Decimal``. Any other source's answer is validated by its caller.
+#: built, a function's answer when it is asked), so their ``rate_fraction`` answers two
+#: positive finite ``Decimal``s. Any other source's answer is checked by
+#: :func:`source_fraction`.
 VALIDATING_SOURCES: Final = (StaticRates, JsonFileRates, CallableRates)
 
 
-def valid_rate(value: object, what: str) -> Decimal:
-    """A rate source's answer as a rate: a positive finite ``Decimal``, int or decimal
-    string (never 0, a negative, NaN, a float), else ``RateError("invalid_rate")`` (a
-    public name of this private module, not API: the evaluator and the ledger check the
-    answer of a source that is not one of :data:`VALIDATING_SOURCES`)."""
+def source_fraction(rates: object, source: str, target: str, now: float | None
+                    ) -> tuple[Decimal, Decimal]:
+    """``(numerator, denominator)``, 1 ``source`` = n / d ``target``: how every conversion
+    asks a rate source for its rate, and the one place the answer of a source of the
+    caller's own is checked (a public name of this private module, not API: ``convert``,
+    the evaluator, the policy compiler and the budget ledger ask through it).
+
+    A source of the package (:data:`VALIDATING_SOURCES`, by exact type) answers its own
+    ``rate_fraction``. Any other source is asked once: its ``rate_fraction`` when it has
+    one, else ``(rate(...), 1)``; each of the two numbers must be a rate as a table's are
+    (a positive finite ``Decimal``, ``int`` or decimal string, at most 10**15 and 40
+    decimals: never 0, a negative, NaN, an infinity, a float, a bool, a huge or tiny
+    exponent), else ``RateError("invalid_rate")``. A :class:`RateError` it raises passes
+    through; any other exception is ``no_rate`` (as :class:`CallableRates` reports its
+    function's), with the exception as ``__cause__``. ``rates`` None is ``no_rate``; an
+    object without ``rate`` is ``invalid_argument``."""
+    if type(rates) in VALIDATING_SOURCES:
+        own: StaticRates | CallableRates = rates  # type: ignore[assignment]
+        return own.rate_fraction(source, target, now)
+    if rates is None:
+        raise RateError("no_rate", f"no rates configured to convert {source} to {target}")
+    what = f"{source}->{target}"
+    try:
+        fraction = getattr(rates, "rate_fraction", None)
+        if fraction is None:
+            lookup = getattr(rates, "rate", None)
+            if lookup is None:
+                raise RateError("invalid_argument", "rates must be a RateSource (with "
+                                f"rate(from, to, now)) or None, not {type(rates).__name__}")
+            return _answered(lookup(source, target, now), what), _ONE
+        answer = fraction(source, target, now)
+        if not isinstance(answer, tuple) or tuple.__len__(answer) != 2:
+            raise RateError("invalid_rate", f"rate_fraction for {what} answered "
+                            f"{type(answer).__name__}, not a (numerator, denominator) pair")
+        numerator, denominator = tuple.__getitem__(answer, 0), tuple.__getitem__(answer, 1)
+    except RateError:
+        raise
+    except Exception as exc:  # the source failed: there is no rate (fail closed)
+        raise RateError("no_rate", f"rate source failed for {what}: "
+                        f"{type(exc).__name__}") from exc
+    return _answered(numerator, what), _answered(denominator, what)
+
+
+def _answered(value: object, what: str) -> Decimal:
+    """A source's answer as a rate, else ``RateError("invalid_rate")``: the plain positive
+    ``Decimal`` itself (the common answer; a caller may compare it by identity), anything
+    else as a table's rate is read (:func:`_to_rate`); an answer whose own methods fail
+    (a subclass's ``__str__``) is ``invalid_rate`` too."""
     if (type(value) is Decimal and value.is_finite() and _ZERO < value <= MAX_AMOUNT
             and value.as_tuple().exponent >= -40):  # type: ignore[operator]
-        return value  # the common answer, a plain positive Decimal: as _to_rate takes it
-    return _to_rate(value, what)
-
-
-def checked_rate(rates: object, source: str, target: str, now: float | None
-                 ) -> tuple[Decimal, Decimal]:
-    """``(rate, 1)``: a source's ``rate(source, target, now)``, asked once and validated
-    as :func:`convert` validates it, for a source without ``rate_fraction`` (a public
-    name of this private module, not API: the ledger converts at the rate it records)."""
+        return value
     try:
-        lookup = rates.rate  # type: ignore[attr-defined]
-    except AttributeError:
-        raise RateError("invalid_argument", "rates must be a RateSource (with "
-                        f"rate(from, to, now)) or None, not {type(rates).__name__}"
-                        ) from None
-    return _to_rate(lookup(source, target, now), f"{source}->{target}"), _ONE
+        return _to_rate(value, what)
+    except RateError:
+        raise
+    except Exception as exc:
+        raise RateError("invalid_rate", f"rate for {what} is invalid: "
+                        f"{type(exc).__name__}") from None
 
 
 def converted_amount(money: Money, spec: AmountSpec, numerator: Decimal, denominator: Decimal,

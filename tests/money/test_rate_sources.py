@@ -153,10 +153,14 @@ def test_a_policy_literal_is_not_converted_at_an_answer_that_is_no_rate(
     source's answer that is no rate the policy is refused (E127), as a table with such
     a rate is, instead of a limit of 0 or below (or an arithmetic error)."""
     from policyengine import Engine, PolicyError
-    text = _CAPPED.replace("amount <= 500 EUR", "amount <= 500 USD")
+    # With a rate line for USD (else the checker's own E127, no rate, answers first):
+    # the engine's source replaces the table, and its answer is what is refused.
+    text = _CAPPED.replace("amount <= 500 EUR", "amount <= 500 USD").replace(
+        "currency EUR\n", "currency EUR\nrate USD 0.5\n")
     with pytest.raises(PolicyError) as caught:
         Engine.from_source(text, rates=_Answers(answer))
     assert [p.code for p in caught.value.problems] == ["E127"]
+    assert "cannot convert 500 USD" in caught.value.problems[0].message
 
 
 #: An engine's own table in another base than the policy's (USD, policy in EUR): every
