@@ -4,6 +4,9 @@ a terminal raw, and how they are shown instead.
 :data:`HIDDEN` is the class a policy refuses inside a comment, a string or a JSONPath
 (E014, docs/errors.md); :func:`visible` shows each of them (and the line breaks of other
 tools) so it can be seen; :func:`say` prints human-readable command output through it.
+A value printed as one field of a line (an id, a name, a path, a reason quoted from
+input) goes through :func:`one_line` as well, so that a line feed or a tab in it cannot
+fake a line, or a column, of the command's own layout.
 Every text (not JSON) output of the command line goes through :func:`say`: a policy's
 strings (which may hold any character as an escape, ``"\\u001b[2J"``), a request, a
 token's claims and a decision-log record are all shown, never obeyed. JSON output is
@@ -16,7 +19,7 @@ import re
 import sys
 from typing import TextIO
 
-__all__ = ["HIDDEN", "HIDDEN_CHARS", "say", "visible"]
+__all__ = ["HIDDEN", "HIDDEN_CHARS", "one_line", "say", "visible"]
 
 #: Characters that change what a reader sees without being seen themselves ("Trojan
 #: Source", CVE-2021-42574), as a regex class body: every control character (Unicode
@@ -50,6 +53,18 @@ def visible(text: str) -> str:
     if _UNSHOWN.search(text) is None:
         return text
     return HIDDEN.sub(lambda m: f"<U+{ord(m.group()):04X}>", text.translate(_VISIBLE))
+
+
+_ONE_LINE = str.maketrans({"\n": "\u240a", "\t": "<U+0009>"})
+
+
+def one_line(text: object) -> str:
+    """``text`` (``str()`` of any value) as one field of a line: :func:`visible`, and
+    also a line feed as a symbol of one column (U+240A, as :func:`visible` shows a
+    "\\r") and a tab as ``<U+0009>``, which :func:`visible` leaves in text of several
+    lines. For every value the command line prints inside its own layout: an agent id,
+    a test's name, a file's name, a log record's field, a reason quoting a request."""
+    return visible(str(text).translate(_ONE_LINE))
 
 
 def say(text: str = "", *, file: TextIO | None = None) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from policyengine._visible import say
+from policyengine._visible import one_line, say
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import PolicyError, Problem
 
@@ -426,9 +426,9 @@ def _cmd_test(args: argparse.Namespace) -> int:
         report.results.extend(add_untested_policies(coverage, policy_files))
     for r in report.results:
         if not r.passed:
-            say(f"FAIL {r.fixture} :: {r.case}: {r.message}")
+            say(f"FAIL {one_line(r.fixture)} :: {one_line(r.case)}: {r.message}")
         elif args.verbose:
-            say(f"ok   {r.fixture} :: {r.case}")
+            say(f"ok   {one_line(r.fixture)} :: {one_line(r.case)}")
     say(report.summary())
     if args.junit:
         try:
@@ -480,7 +480,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             for change in result.changes:
                 say(change.render())
             how = ("exhaustive" if result.exhaustive
-                   else "NOT exhaustive:\n  " + "\n  ".join(result.inexact))
+                   else "NOT exhaustive:\n  " + "\n  ".join(map(one_line, result.inexact)))
             changed = len({(c.request["principal"], c.request["permission"])
                            for c in result.changes})
             say(f"{len(result.changes)} change{'s' if len(result.changes) != 1 else ''}"
@@ -530,7 +530,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         for skip in report.skipped:
             say(skip.render())
         for name, line in report.malformed:
-            say(f"{name}:{line}: malformed: not a JSON object")
+            say(f"{one_line(name)}:{line}: malformed: not a JSON object")
         say(f"{report.replayed} decisions replayed: {len(report.changes)} changed, "
               f"{report.unchanged} unchanged; {len(report.skipped)} not replayable"
               + (f"; {len(report.malformed)} malformed lines" if report.malformed else ""))

@@ -29,6 +29,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from policyengine._visible import one_line
+
 __all__ = ["ReplayChange", "ReplayReport", "ReplaySkip", "log_set", "new_clock", "replay"]
 
 #: Reason codes of decisions that depended on a budget's balance at the time.
@@ -61,9 +63,11 @@ class ReplayChange:
                         "rules": list(self.new_rules)}}
 
     def render(self) -> str:
-        return (f"{self.file}:{self.line} {self.decision_id} (seq {self.seq}): "
-                f"{self.principal} {self.permission}: {self.old_status} ({self.old_code})"
-                f" -> {self.new_status} ({self.new_code})")
+        # Every field a record gave (anything: a log is input) is one line.
+        return (f"{one_line(self.file)}:{self.line} {one_line(self.decision_id)} (seq "
+                f"{one_line(self.seq)}): {one_line(self.principal)} "
+                f"{one_line(self.permission)}: {one_line(self.old_status)} "
+                f"({one_line(self.old_code)}) -> {self.new_status} ({self.new_code})")
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,9 @@ class ReplaySkip:
                 "detail": self.detail}
 
     def render(self) -> str:
-        return (f"{self.file}:{self.line} {self.decision_id} (seq {self.seq}): "
-                f"not_replayable: {self.reason}: {self.detail}")
+        return (f"{one_line(self.file)}:{self.line} {one_line(self.decision_id)} (seq "
+                f"{one_line(self.seq)}): not_replayable: {self.reason}: "
+                f"{one_line(self.detail)}")
 
 
 @dataclass

@@ -25,6 +25,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from policyengine._conformance import CaseResult, parse_now
+from policyengine._visible import one_line
 from policyengine.errors import PolicyEngineError
 
 __all__ = ["TEST_SUFFIX", "Coverage", "TestFileError", "add_untested_policies",
@@ -259,7 +260,7 @@ class Coverage:
         lines = []
         for f in data["files"]:
             pct = 100.0 if f["total"] == 0 else 100.0 * f["covered"] / f["total"]
-            lines.append(f"{f['file']}: {f['covered']}/{f['total']} ({pct:.1f}%)")
+            lines.append(f"{one_line(f['file'])}: {f['covered']}/{f['total']} ({pct:.1f}%)")
             for i in f["items"]:
                 counts = ", ".join(f"{k} {v}" for k, v in i["counts"].items()) or "never run"
                 mark = "  " if not i["missing"] else "!!"

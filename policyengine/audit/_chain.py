@@ -27,6 +27,7 @@ from typing import Any, Final
 import orjson
 
 from policyengine._json import decimal_text
+from policyengine._visible import one_line
 from policyengine.audit.errors import LogVerifyError
 
 __all__ = [
@@ -160,8 +161,9 @@ class Problem:
                 "message": self.message}
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" + (f" (seq {self.seq})" if self.seq else "")
-        return f"{where}: {self.code}: {self.message}"
+        where = f"{one_line(self.file)}:{self.line}" + (
+            f" (seq {one_line(self.seq)})" if self.seq else "")
+        return f"{where}: {self.code}: {one_line(self.message)}"
 
 
 @dataclass

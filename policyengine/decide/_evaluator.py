@@ -26,6 +26,7 @@ from decimal import (
 from operator import attrgetter
 from typing import Any
 
+from policyengine._visible import one_line
 from policyengine.decide._compiled import (
     CompiledPolicy,
     CompiledRule,
@@ -576,14 +577,17 @@ class Explanation(_ExplanationSlots, ReadOnly):
 
     def __str__(self) -> str:
         d = self.decision
-        lines = [f"decision: {d.status} ({d.code}): {d.reason}"]
+        # A field quoting the request (the reason names the principal, an error its
+        # value) is one line (one_line): a line feed in an id cannot fake a line here.
+        lines = [f"decision: {d.status} ({d.code}): {one_line(d.reason)}"]
         for st in self.steps:
-            lines.append(f"  step {st['step']:<9} {st['result']}")
+            lines.append(f"  step {st['step']:<9} {one_line(st['result'])}")
         for r in self.rules:
             effect = r["effect"] + (f" ({r['mode']})" if "mode" in r else "")
-            lines.append(f"  {r['rule']:<32} {effect:<9} {r['result']}")
+            lines.append(f"  {r['rule']:<32} {effect:<9} {one_line(r['result'])}")
             for c in r["conditions"]:
-                lines.append(f"      {c['kind']} {c['text']}  -> {c['result']}")
+                lines.append(f"      {c['kind']} {one_line(c['text'])}  -> "
+                             f"{one_line(c['result'])}")
         return "\n".join(lines)
 
 

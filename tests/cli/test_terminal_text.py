@@ -251,3 +251,106 @@ def test_no_text_output_prints_a_hidden_character(
         printed = capsys.readouterr()
         out += printed.out + printed.err
     assert unshown(out) == []
+
+
+# ---- a line break inside one field ---------------------------------------------------------
+# A value the output prints as one field of a line (an id, a name, a path, a reason quoting
+# a request) shows a line feed as U+240A and a tab as <U+0009>: printed raw, a line feed
+# in an agent id (written "\n" in the policy), a test's name or a log record's principal
+# faked a line of the command's own output ("ok   ..." after a FAIL, a decision line).
+
+BREAKS = "\n\t\r"
+BREAKS_SHOWN = "\u240a<U+0009>\u240d"
+
+
+def test_explain_shows_a_line_feed_in_the_principal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = policy(tmp_path, PERMIT)
+    status, out, _ = run(capsys, "explain", p, f"--principal=gh{BREAKS}x",
+                         "--permission=shop:buy")
+    assert status == 0
+    assert out.splitlines()[0] == f"decision: denied (no_permit): no rule permits shop:buy " \
+                                  f"for gh{BREAKS_SHOWN}x"
+    assert "\t" not in out
+
+
+def test_test_output_shows_a_line_feed_in_a_test_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy(tmp_path, PERMIT)
+    tests = tmp_path / "t.test.json"
+    fake = "wrong\nok   t.test.json :: fine"
+    tests.write_text(json.dumps({"policies": ["p.policy"], "tests": [
+        {"name": fake, "principal": BOT, "permission": "shop:buy",
+         "context": {"note": EVIL}, "expect": {"status": "denied"}}]}))
+    status, out, _ = run(capsys, "test", str(tests), "-v")
+    assert status == 1
+    lines = out.splitlines()
+    assert [line[:4] for line in lines[:-1]] == ["FAIL"], out
+    assert "wrong\u240aok   t.test.json :: fine" in lines[0]
+
+
+def test_replay_shows_a_line_feed_in_a_record(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A log is input: a record's principal, decision id or file name is one field."""
+    old = policy(tmp_path, "", "old.policy")
+    new = policy(tmp_path, "forbid none: shop:*\n", "new.policy")
+    log = tmp_path / "d.jsonl"
+    e = Engine.from_path(old, decision_log=DecisionLog(JsonlFileSink(str(log))))
+    assert e.authorize(BOT, "shop:buy", {}).allowed
+    e.close()
+    records = [json.loads(x) for x in log.read_text("utf-8").splitlines()]
+    for r in records:
+        if r["kind"] == "authorize":
+            r["decision_id"] += "\n3 decisions replayed: 0 changed"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records), "utf-8")
+    status, out, _ = run(capsys, "replay", str(log), "--policy", new, "--no-rotated")
+    assert status == 0
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[-1].startswith("1 decisions replayed"), out
+    assert "\u240a3 decisions replayed: 0 changed" in lines[0]
+
+
+def test_query_shows_a_line_feed_in_a_tool_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"name": "a\n  b -> shop:buy: allowed"}]))
+    status, out, _ = run(capsys, "query", policy(tmp_path), f"--principal={BOT}",
+                         f"--tools=@{tools}")
+    assert status == 0
+    assert len(out.splitlines()) == 2, out
+    assert "a\u240a  b -> shop:buy: allowed" in out
+
+
+#: Mostly line breaks and tabs, which ANY draws seldom.
+BROKEN = st.text(st.sampled_from("a-\n\t\r\x0b\x85\u2028 "), min_size=1, max_size=8)
+
+
+def _line_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str], agent: str,
+                 value: str) -> list[int]:
+    path = tmp_path / "n.policy"
+    path.write_text(f"namespace h\nrole r: h:*\nagent {quote(agent)}: r\n"
+                    f"permit p: h:do for agent {quote(agent)} when context.a == {quote(value)}\n"
+                    f"forbid f: h:do when context.a == {quote(value + value)}\n", "utf-8")
+    counts = []
+    for argv in (["explain", str(path), f"--principal={agent}", "--permission=h:do",
+                  f"--context={json.dumps({'a': value})}"],
+                 ["explain", str(path), f"--principal=_{agent}{value}", "--permission=h:do",
+                  f"--context={json.dumps({'a': agent})}"],
+                 ["query", str(path), "--permission=h:do"],
+                 ["query", str(path), f"--principal={agent}"]):
+        main(argv)
+        printed = capsys.readouterr()
+        assert printed.err == "", (argv, printed.err)
+        counts.append(len(printed.out.split("\n")))
+    return counts
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])
+@given(agent=ANY | BROKEN, value=ANY | BROKEN)
+def test_explain_and_query_print_as_many_lines_whatever_the_id(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], agent: str, value: str) -> None:
+    """Whatever an agent id or a request attribute holds (line feeds, tabs, any
+    character), explain and query print the lines they print for a plain id."""
+    assert _line_counts(tmp_path, capsys, agent, value) == _line_counts(
+        tmp_path, capsys, "bot", "v")

@@ -9,6 +9,7 @@ from dataclasses import FrozenInstanceError, dataclass
 from itertools import islice
 from typing import Any
 
+from policyengine._visible import one_line
 from policyengine.decide._query.folding import Folder, Rows, Text
 from policyengine.permissions import matches
 
@@ -283,7 +284,8 @@ class Principals:
                 "total": self.total, "truncated": self.truncated}
 
     def __str__(self) -> str:
-        head = f"{self.permission}: {self.total} " + ("entry" if self.total == 1 else "entries")
+        head = f"{one_line(self.permission)}: {self.total} " + (
+            "entry" if self.total == 1 else "entries")
         if self.truncated:
             head += f" (truncated to {len(self.entries)})"
         lines = [head]
@@ -336,7 +338,7 @@ class FilteredTools:
                  f"{len(self.kept)} of {len(self.tools)} tools callable"]
         for i, t in enumerate(self.tools):
             # A tool given without a usable name is shown by its place in the list.
-            name = t.name if t.name else f"tool #{i} (no name)"
+            name = one_line(t.name) if t.name else f"tool #{i} (no name)"
             if t.permission is None:
                 lines.append(f"  {name}: dropped (no {self.transport} tool binds it)")
             elif not t.access:
