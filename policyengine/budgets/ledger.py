@@ -493,6 +493,21 @@ class BudgetCheck:
         return _details(*self._rows[i])
 
     @property
+    def refusals(self) -> tuple[tuple[str, str], ...]:
+        """``(budget id, code)`` of every covering budget that refuses the spend, in the
+        order the check asks them (the policy's), each with the code it alone would give
+        (``debt_outstanding`` or ``budget_exceeded``); the first is ``code``'s. Empty when
+        allowed. What ``authorize`` reports of the shadow budgets (docs/budgets.md)."""
+        out = []
+        for b, line, use in self._rows:
+            room = b.limit - use.spent - use.reserved
+            if use.spent > b.limit:
+                out.append((b.id, "debt_outstanding"))
+            elif line.amount > room or room <= 0:
+                out.append((b.id, "budget_exceeded"))
+        return tuple(out)
+
+    @property
     def caps(self) -> dict[str, int]:
         """The Cycles caps of the covering budgets (the most restrictive value of each
         name: the smallest ``max_tokens`` and ``max_steps_remaining``, the longest

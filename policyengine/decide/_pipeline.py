@@ -636,24 +636,19 @@ class Pipeline:
         one that would refuse (or for an error, which would have denied), none when every
         one would admit."""
         ledger = self.shadow_ledger
+        refused: tuple[tuple[str, str], ...]
         try:
-            code, usage = _admission(ledger, principal, permission, context, req, acting_for,
-                                     None)
-        except EvalError as err:
-            code, usage = err.code, None
-        except Exception as exc:  # BudgetError, or a store fault: it would have denied
+            refused = _admission(ledger, principal, permission, context, req, acting_for,
+                                 None, each=True)[1].refusals
+        except Exception as exc:  # EvalError, BudgetError, a store fault: it would deny
             found = getattr(exc, "code", None)
-            code, usage = (found if type(found) is str else "budget_unavailable"), None
-        if code is None:
-            return ()
-        if usage is not None:
-            ids = [_budget_id(usage)]
-        else:  # an error: every shadow budget covering the request would have denied
-            ids = [b.id for b in ledger.specs
-                   if any(_matches(p, permission) for p in b.patterns)]
+            code = found if type(found) is str else "budget_unavailable"
+            # every shadow budget covering the request would have denied
+            refused = tuple((b.id, code) for b in ledger.specs
+                            if any(_matches(p, permission) for p in b.patterns))
         modes = self.policy.shadow_modes
         return tuple(ShadowOutcome(i, "budget", modes.get(i, "log"), "denied", code)
-                     for i in ids)
+                     for i, code in refused)
 
     def _ask_rates(self, limiter: Any, principal: str, permission: str,
                    context: dict[str, Any], acting_for: str | None, consume: bool,
@@ -797,13 +792,15 @@ def _budget_id(usage: Any) -> str:
 
 
 def _admission(ledger: Any, principal: str, permission: str, context: dict[str, Any],
-               req: RequestState | None, acting_for: str | None, default: str | None
-               ) -> tuple[str | None, Any]:
+               req: RequestState | None, acting_for: str | None, default: str | None,
+               each: bool = False) -> tuple[str | None, Any]:
     """``ledger.admission`` for this request: its amount and ``context.tokens`` (which
     ``tokens`` budgets count; without an amount, the tokens are the amount), its tenant
     and the scope fields the ledger's budgets read. Raises as the ledger does.
     ``req``: the request state if an earlier step made one (the amount is parsed once),
-    else the amount is read here with ``default`` as its currency."""
+    else the amount is read here with ``default`` as its currency. ``each``: the same
+    question as ``ledger.admit``, ``(code, BudgetCheck)``, whose ``refusals`` name every
+    refusing budget (the shadow budgets')."""
     get = dict.get  # a dict subclass's own get() is not called
     tenant = get(context, "tenant")
     if tenant is not None and type(tenant) is not str:
@@ -821,6 +818,12 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
         amount, tokens = tokens, None
         unit = "tokens" if amount is not None else None
     fields = ledger.scope_fields
+    if each:
+        scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
+                 else None)
+        check = ledger.admit(principal, permission, amount, unit, acting_for=acting_for,
+                             tenant=tenant, scope=scope, tokens=tokens)
+        return check.code, check
     if tokens is not None:  # beside an amount: every tokens budget counts them
         scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
                  else None)
