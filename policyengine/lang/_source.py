@@ -37,14 +37,16 @@ class Problem:
         # carries a character that would move or hide text on a terminal.
         for name in ("message", "hint"):
             text = getattr(self, name)
-            shown = text if text is None else visible(text)
+            # Only text is cleaned: a Problem built by hand with another value keeps it,
+            # as it did before (the dataclass checks no types; rendering str()s it).
+            shown = visible(text) if isinstance(text, str) else text
             if shown is not text:
                 object.__setattr__(self, name, shown)
 
     def render(self) -> str:
         """Compiler-style text: location, message, caret excerpt, hint."""
-        out = (f"{visible(self.file)}:{self.line}:{self.column}: {self.severity}[{self.code}]: "
-               f"{self.message}")
+        out = (f"{visible(str(self.file))}:{self.line}:{self.column}: "
+               f"{self.severity}[{self.code}]: {self.message}")
         if self.excerpt:
             out += "\n" + self.excerpt
         if self.hint:
@@ -61,7 +63,11 @@ def excerpt(text_lines: Sequence[str], line: int, column: int) -> str:
     """The source line with a caret under ``column`` (both 1-based)."""
     if not 1 <= line <= len(text_lines):
         return ""
-    src = text_lines[line - 1].rstrip("\r\n")
+    src = text_lines[line - 1]
+    # Lines are split at \n, so one trailing \r is the line's \r\n ending; a lone \r
+    # before it is a character E013 points at and stays to be shown (rstrip("\r\n")
+    # took every one and left the caret under nothing).
+    src = src[:-1] if src.endswith("\r") else src
     if len(src) > 200:  # keep excerpts readable for minified or hostile input
         start = max(0, column - 80)
         src = src[start:start + 160]

@@ -171,6 +171,20 @@ def test_a_cr_only_file_is_e013_on_its_first_cr() -> None:
     assert "\r" not in p.excerpt and "\u240d" in p.excerpt
 
 
+@pytest.mark.parametrize("ending", ["\r\n", "\r"])
+def test_a_lone_cr_before_a_line_ending_is_shown_under_the_caret(ending: str) -> None:
+    """The excerpt drops only the line's own ending: a lone \\r just before a \\r\\n
+    (or at the end of the file) is the character E013 points at, and the caret sits
+    under its symbol (found by hypothesis: the caret stood past the end of the line)."""
+    with pytest.raises(PolicyError) as info:
+        parse("role r: x:* \r" + ending)
+    p = info.value.errors[0]
+    assert (p.code, p.line, p.column) == ("E013", 1, 13)
+    line, caret = p.excerpt.split("\n")
+    assert line[caret.index("^")] == "\u240d"
+    assert "\r" not in p.excerpt
+
+
 BREAKS = ["\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
 
 
