@@ -43,8 +43,9 @@ class UsageError(PolicyEngineError):
 
 
 def _usage_line(command: str, exc: PolicyEngineError) -> str:
-    """How a usage error is printed: one line, ``policyengine CMD: error: code: message``."""
-    return f"policyengine {command}: error: {exc.code}: {exc.message}"
+    """How a usage error is printed: one line, ``policyengine CMD: error: code: message``
+    (:func:`one_line`: a line break in a value it names, a path, is shown)."""
+    return one_line(f"policyengine {command}: error: {exc.code}: {exc.message}")
 
 
 _CHOICE = re.compile(r"argument (?P<name>\S+): invalid choice: (?P<value>.+?) "
@@ -104,8 +105,10 @@ class _Parser(argparse.ArgumentParser):
         return f"argument {found['name']}: {value!r} is not one of {', '.join(choices)}{hint}"
 
     def error(self, message: str) -> NoReturn:
-        say(f"{self.prog}: error: usage_error: {self._explain(message)}; see "
-            f"'{self.prog} --help'", file=sys.stderr)
+        # One line, whatever argparse's message echoes of the command line (an unknown
+        # option as typed, a value): one_line shows a line feed or a tab in it.
+        say(one_line(f"{self.prog}: error: usage_error: {self._explain(message)}; see "
+                     f"'{self.prog} --help'"), file=sys.stderr)
         sys.exit(2)
 
 
@@ -247,22 +250,23 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
             status = 1
             continue
         except UnicodeError:
-            say(f"{path}: error: not a policy file (binary or not UTF-8 text); left "
-                  "unchanged", file=sys.stderr)
+            say(f"{one_line(path)}: error: not a policy file (binary or not UTF-8 text); "
+                "left unchanged", file=sys.stderr)
             status = 1
             continue
         except OSError as exc:
-            say(f"{path}: error: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            say(one_line(f"{path}: error: cannot read: {exc.strerror or exc}"),
+                file=sys.stderr)
             status = 1
             continue
         if formatted != text:
             if args.check:
-                say(f"would reformat {path}")
+                say(f"would reformat {one_line(path)}")
                 status = 1
             else:
                 # Encoded before the file is opened: a failure leaves it as it was.
                 path.write_bytes(formatted.encode("utf-8"))
-                say(f"reformatted {path}")
+                say(f"reformatted {one_line(path)}")
     return status
 
 
@@ -330,10 +334,10 @@ def _eval(args: argparse.Namespace) -> int:
         req = _request(args)
         engine = _load(args.paths, **_engine_options(args))
     except TokenError as exc:  # invalid_revocations, as token verify --revocations
-        say(f"error: revocations: {exc}", file=sys.stderr)
+        say(one_line(f"error: revocations: {exc}"), file=sys.stderr)
         return 2
     except ApprovalError as exc:  # invalid_approval_store, as serve --approvals
-        say(f"error: approvals: {exc}", file=sys.stderr)
+        say(one_line(f"error: approvals: {exc}"), file=sys.stderr)
         return 2
     except UsageError as exc:
         say(_usage_line(args.command, exc), file=sys.stderr)
@@ -342,10 +346,10 @@ def _eval(args: argparse.Namespace) -> int:
         say(err.render(), file=sys.stderr)
         return 1
     except BudgetError as exc:
-        say(f"error: budget store: {exc}", file=sys.stderr)  # str(exc) is "code: message"
+        say(one_line(f"error: budget store: {exc}"), file=sys.stderr)  # "code: message"
         return 2
     except (ValueError, OSError) as exc:
-        say(f"error: bad request: {exc}", file=sys.stderr)
+        say(one_line(f"error: bad request: {exc}"), file=sys.stderr)
         return 2
     explaining = args.command == "explain"
     if req.get("transport"):  # a tool call: the tool-authorize request fields

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from policyengine._visible import say
+from policyengine._visible import one_line, say
 
 __all__ = ["register", "run"]
 
@@ -39,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             keys = KeySet.from_file(args.keys)
         except TokenError as exc:  # (a file that cannot be read too: invalid_key)
-            say(f"error: {exc}", file=sys.stderr)
+            say(one_line(f"error: {exc}"), file=sys.stderr)
             return 2
     try:
         report = verify_files(args.files, keys, require_signatures=args.require_signatures)
     except LogVerifyError as exc:
-        say(f"error: {exc}", file=sys.stderr)
+        say(one_line(f"error: {exc}"), file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         for p in report.problems:
             say(str(p))
         for n in report.notes:
-            say(f"note: {n}")
+            say(f"note: {one_line(n)}")
         signed = f" ({report.signed_checkpoints} signature(s) verified)" if keys else ""
         verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
         say(f"{report.records} records, {report.checkpoints} checkpoints{signed}: "

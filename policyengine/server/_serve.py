@@ -20,11 +20,14 @@ import socket
 import sys
 from typing import Any
 
-from policyengine._visible import say
+from policyengine._visible import one_line, say
 
 __all__ = ["register"]
 
 USAGE = "policyengine serve: error: usage_error: "  # a usage error's line, as cli prints it
+# Each error line below is one line (one_line, the leaf's: this layer imports nothing of
+# the command line's): a line break in a path, a host or a message is shown, never a
+# second line. argparse's own errors go through the command line's parser (its error()).
 
 
 def _number(low: int, high: int | None = None) -> Any:
@@ -154,8 +157,8 @@ def run(args: argparse.Namespace) -> int:
                 with open(args.hmac_key_file, "rb") as fh:
                     hmac_key = fh.read().strip()
             except OSError as exc:
-                say(f"{USAGE}--hmac-key-file {args.hmac_key_file}: cannot read: "
-                      f"{exc.strerror or exc}", file=sys.stderr)
+                say(one_line(f"{USAGE}--hmac-key-file {args.hmac_key_file}: cannot read: "
+                             f"{exc.strerror or exc}"), file=sys.stderr)
                 return 2
         credentials = Credentials.from_file(args.credentials) if args.credentials else None
         # The policy is checked here, once, with in-memory stores: a worker opens its own
@@ -166,12 +169,12 @@ def run(args: argparse.Namespace) -> int:
         say(err.render(), file=sys.stderr)
         return 1
     except (CredentialsError, pe.PolicyEngineError, OSError) as exc:
-        say(f"serve: {exc}", file=sys.stderr)
+        say(one_line(f"serve: {exc}"), file=sys.stderr)
         return 1
     try:
         prefixes = _prefixes(args.prefix)
     except ValueError as exc:
-        say(f"{USAGE}{exc}", file=sys.stderr)
+        say(one_line(f"{USAGE}{exc}"), file=sys.stderr)
         return 2
     config = ServiceConfig(issuer=args.issuer, max_body_bytes=args.max_body_bytes,
                            body_timeout=args.body_timeout, prefixes=prefixes,
@@ -203,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             app = build()
         except pe.PolicyEngineError as exc:
-            say(f"serve: {exc}", file=sys.stderr)
+            say(one_line(f"serve: {exc}"), file=sys.stderr)
             return 1
         uvicorn.run(app, **uv_config)
         return 0
@@ -213,8 +216,8 @@ def run(args: argparse.Namespace) -> int:
 def _listen_failed(host: str, port: int, exc: OSError) -> int:
     """One line for a socket the parent cannot bind (exit status 1)."""
     code = "listen_failed"
-    say(f"serve: {code}: cannot listen on {host}:{port}: {exc.strerror or exc}",
-          file=sys.stderr)
+    say(one_line(f"serve: {code}: cannot listen on {host}:{port}: {exc.strerror or exc}"),
+        file=sys.stderr)
     return 1
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from policyengine import tokens  # grants and keys (PyJWT, cryptography) load on first use
-from policyengine._visible import say
+from policyengine._visible import one_line, say
 from policyengine.money._money import MoneyError
 from policyengine.money._rates import JsonFileRates, RateError
 from policyengine.tokens.errors import TokenError
@@ -274,11 +274,11 @@ def run(args: argparse.Namespace) -> int:
     except (TokenError, MoneyError, RateError) as exc:
         code = getattr(exc, "code", "error")
         message = getattr(exc, "message", str(exc))
-        say(f"error: {code}: {message}", file=sys.stderr)
+        say(one_line(f"error: {code}: {message}"), file=sys.stderr)
         return 1
     except OSError as exc:  # writing a key or revocation file
         code = "io_error"
-        say(f"error: {code}: {exc}", file=sys.stderr)
+        say(one_line(f"error: {code}: {exc}"), file=sys.stderr)
         return 1
     finally:
         for store in opened:  # connections to a shared revocation store

@@ -127,3 +127,28 @@ def test_a_missing_hmac_key_says_how_the_command_line_gives_one(
     code, out, err = run(capsys, ["check", str(tmp_path / "t.policy"), "--hmac-key",
                                   "a 32-byte secret, for pseudonyms"])
     assert (code, out.strip(), err) == (0, "ok: 1 file, 0 warnings", "")
+
+
+# What a mistake echoes of the command line is one line too: argparse's messages (through
+# the parser's error()), the usage errors and serve's own lines show a line feed or a tab
+# in an option, a path or a value (U+240A, <U+0009>) instead of starting a new line with
+# it: "--fo\nrmat" printed "rmat (did you mean --format?)" as a line of its own.
+@pytest.mark.parametrize(("argv", "line"), [
+    (["check", "--fo\nrmat", "p.policy"], "policyengine check: error: usage_error: unknown "
+     "option --fo\u240armat (did you mean --format?); see 'policyengine check --help'"),
+    (["check", "--a\tb=1", "p.policy"], "policyengine check: error: usage_error: unknown "
+     "option --a<U+0009>b; see 'policyengine check --help'"),
+    (["eval", "p.policy", "--request", "@r\nx.json"], "policyengine eval: error: "
+     "usage_error: --request @r\u240ax.json: cannot read: [Errno 2] No such file or "
+     "directory: 'r\\nx.json'"),
+    (["serve", "p.policy", "--hmac-key-file", "no\nfile"], "policyengine serve: error: "
+     "usage_error: --hmac-key-file no\u240afile: cannot read: No such file or directory"),
+    (["serve", "p.policy", "--credentials", "c\nx.json"], "serve: invalid_credentials_file: "
+     "cannot read credentials file c\u240ax.json: [Errno 2] No such file or directory: "
+     "'c\\nx.json'"),
+])
+def test_a_line_feed_on_the_command_line_stays_in_its_line(
+        capsys: pytest.CaptureFixture[str], policy: Path, argv: list[str], line: str) -> None:
+    code, out, err = run(capsys, argv)
+    assert out == "" and err == line + "\n", err
+    assert code in (1, 2)
