@@ -451,7 +451,9 @@ def _iso(t: float) -> str:
 
 
 def _located(exc: TokenError, where: str) -> TokenError:
-    """The same error (same class and code) with where in the chain it happened."""
+    """The same error (same class and code) with where in the chain it happened. Raise
+    it ``from exc.__cause__``: the error it wraps (the RateError of an
+    ``amount_unconvertible``, as attenuate and ``Grant.amount_fits`` keep it) stays."""
     return type(exc)(exc.code, f"{where}: {exc.message}")
 
 
@@ -463,7 +465,7 @@ def _load_at(keys: KeySet, token: str, up: int) -> Hop:
     except TokenError as exc:
         where = "the token" if up == 0 else (
             "its parent token" if up == 1 else f"its ancestor {up} levels up")
-        raise _located(exc, where) from None
+        raise _located(exc, where) from exc.__cause__
 
 
 def verify(
@@ -642,7 +644,7 @@ def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | 
                 cacheable = False
         except TokenError as exc:
             raise _located(exc, f"hop {i} (held by {hops[i].subject!r}) against its "
-                           "parent") from None
+                           "parent") from exc.__cause__
     leaf = hops[-1]
     if issuer is not None and leaf.issuer != issuer:
         raise _fail("issuer_mismatch", f"claim iss: the token was issued by {leaf.issuer!r}, "
