@@ -783,21 +783,17 @@ class CyclesWire:
     def _asked(self, r: pb.Reservation) -> tuple[cm.SubjectOut, cm.ActionOut, list[str],
                                                   str | None, dict[str, Any] | None]:
         """The subject, action, scopes, idempotency key and metadata a reservation was
-        asked with: from its note (the create request, kept in the ledger), else (one
-        not made over this wire) derived from its principal and permission."""
+        asked with, from its note (the create request, kept in the ledger). Only a
+        reservation made over this wire is shown (:meth:`_owned` for GET, ``wanted`` for
+        the listing); any other is the 404 of an id never made, here too."""
         asked = _asked_of(r)
+        if asked is None:
+            raise _not_found(r.id)
         tenant = r.tenant or ""
-        if asked is not None:
-            subject = cm.SubjectOut.model_validate({**asked["s"], "tenant": tenant})
-            action = cm.ActionOut.model_validate(asked["a"])
-            return (subject, action, self._scopes(subject, tenant),
-                    asked.get("k"), asked.get("m"))
-        kind, _, name = r.permission.partition(":")
-        subject = cm.SubjectOut(tenant=tenant, agent=None if r.principal == _under(tenant)
-                                else r.principal)
-        scopes = [f"tenant:{tenant}"] + ([] if subject.agent is None
-                                         else [f"agent:{subject.agent}"])
-        return subject, cm.ActionOut(kind=kind, name=name), scopes, None, None
+        subject = cm.SubjectOut.model_validate({**asked["s"], "tenant": tenant})
+        action = cm.ActionOut.model_validate(asked["a"])
+        return (subject, action, self._scopes(subject, tenant), asked.get("k"),
+                asked.get("m"))
 
     def _detail(self, r: pb.Reservation) -> cm.ReservationDetail:
         subject, action, scopes, idem, metadata = self._asked(r)
