@@ -19,7 +19,8 @@ import re
 import sys
 from typing import TextIO
 
-__all__ = ["HIDDEN", "HIDDEN_CHARS", "one_line", "say", "visible"]
+__all__ = ["HIDDEN", "HIDDEN_CHARS", "error_line", "one_line", "say", "say_error",
+           "visible"]
 
 #: Characters that change what a reader sees without being seen themselves ("Trojan
 #: Source", CVE-2021-42574), as a regex class body: every control character (Unicode
@@ -71,3 +72,17 @@ def say(text: str = "", *, file: TextIO | None = None) -> None:
     """Print one piece of human-readable output (a line or several) as :func:`visible`
     shows it: on stdout, or on ``file`` (``sys.stderr`` for an error)."""
     print(visible(text), file=sys.stdout if file is None else file)
+
+
+def error_line(command: str, code: str, message: str) -> str:
+    """How the command line reports an error, every command alike: one line,
+    ``policyengine COMMAND: error: CODE: MESSAGE`` (``COMMAND`` with its sub-command:
+    ``token mint``, ``log verify``), as argparse's usage errors read
+    (docs/errors.md, "Command line"). A policy file's problems are reported otherwise,
+    compiler-style (``FILE:LINE:COLUMN: error[E...]``)."""
+    return one_line(f"policyengine {command}: error: {code}: {message}")
+
+
+def say_error(command: str, code: str, message: str) -> None:
+    """Print :func:`error_line` on stderr (through :func:`say`)."""
+    say(error_line(command, code, message), file=sys.stderr)

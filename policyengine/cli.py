@@ -6,7 +6,9 @@ failed tests or fixtures, coverage under ``--min-coverage``, unformatted files w
 ``--check``, warnings with ``--werror``, analysis findings at the ``--fail-on`` level,
 decisions that a ``diff`` finds changed, or ``replay --exit-code``), 2 bad usage (a
 missing or malformed option; for ``replay``, a policy or log that cannot be read). A
-closed output pipe (``| head``) ends the command quietly.
+closed output pipe (``| head``) ends the command quietly. Every error is one line on
+stderr, ``policyengine COMMAND: error: CODE: MESSAGE`` (``_visible.error_line``; a
+policy's problems are reported compiler-style, ``FILE:LINE:COLUMN: error[CODE]``).
 
 Every human-readable line goes through ``say`` (policyengine._visible): a control or
 format character from a policy string, a request, a token or a log record is shown as
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from policyengine._visible import one_line, say
+from policyengine._visible import error_line, one_line, say, say_error
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import PolicyError, Problem
 
@@ -42,10 +44,20 @@ class UsageError(PolicyEngineError):
         super().__init__("usage_error", message)
 
 
+def _command_of(args: argparse.Namespace) -> str:
+    """The command an error line names: ``check``, or with its sub-command
+    (``token mint``, ``log verify``, ``store init``), as argparse's usage errors do."""
+    words = [args.command]
+    for dest in ("token_command", "log_command", "store_command"):
+        if getattr(args, dest, None):
+            words.append(getattr(args, dest))
+    return " ".join(words)
+
+
 def _usage_line(command: str, exc: PolicyEngineError) -> str:
     """How a usage error is printed: one line, ``policyengine CMD: error: code: message``
-    (:func:`one_line`: a line break in a value it names, a path, is shown)."""
-    return one_line(f"policyengine {command}: error: {exc.code}: {exc.message}")
+    (:func:`policyengine._visible.error_line`, every command's error line)."""
+    return error_line(command, exc.code, exc.message)
 
 
 _CHOICE = re.compile(r"argument (?P<name>\S+): invalid choice: (?P<value>.+?) "
@@ -187,7 +199,8 @@ def _load(paths: Sequence[str], **options: Any) -> Any:
 
 def _problem_dict(p: Problem) -> dict[str, Any]:
     return {"code": p.code, "severity": p.severity, "message": p.message, "file": p.file,
-            "line": p.line, "column": p.column, "hint": p.hint}
+            "line": None if p.line == 0 else p.line,
+            "column": None if p.line == 0 else p.column, "hint": p.hint}
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -334,10 +347,10 @@ def _eval(args: argparse.Namespace) -> int:
         req = _request(args)
         engine = _load(args.paths, **_engine_options(args))
     except TokenError as exc:  # invalid_revocations, as token verify --revocations
-        say(one_line(f"error: revocations: {exc}"), file=sys.stderr)
+        say_error(args.command, exc.code, f"--revocations: {exc.message}")
         return 2
     except ApprovalError as exc:  # invalid_approval_store, as serve --approvals
-        say(one_line(f"error: approvals: {exc}"), file=sys.stderr)
+        say_error(args.command, exc.code, f"--approvals: {exc.message}")
         return 2
     except UsageError as exc:
         say(_usage_line(args.command, exc), file=sys.stderr)
@@ -346,10 +359,13 @@ def _eval(args: argparse.Namespace) -> int:
         say(err.render(), file=sys.stderr)
         return 1
     except BudgetError as exc:
-        say(one_line(f"error: budget store: {exc}"), file=sys.stderr)  # "code: message"
+        say_error(args.command, exc.code, f"--store: {exc.message}")
         return 2
     except (ValueError, OSError) as exc:
-        say(one_line(f"error: bad request: {exc}"), file=sys.stderr)
+        code = exc.code if isinstance(exc, PolicyEngineError) else (
+            "io_error" if isinstance(exc, OSError) else "usage_error")
+        say_error(args.command, code, f"bad request: "
+                  f"{exc.message if isinstance(exc, PolicyEngineError) else exc}")
         return 2
     explaining = args.command == "explain"
     if req.get("transport"):  # a tool call: the tool-authorize request fields
@@ -471,10 +487,18 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise UsageError("give either policy paths or --diff OLD NEW, not both")
     if args.command == "analyze" and not pair and not args.paths:
         raise UsageError("give the policy files or directories to analyse")
-    try:
-        engines = [_load([p]) for p in pair] if pair else [_load(args.paths)]
-    except PolicyError as err:
-        say(err.render(), file=sys.stderr)
+    # Each side is loaded on its own, and every side's problems are reported (each
+    # problem names its file) before the command stops: a diff of a broken OLD and a
+    # missing NEW says both.
+    engines: list[Any] = []
+    failed: list[PolicyError] = []
+    for paths in ([[p] for p in pair] if pair else [args.paths]):
+        try:
+            engines.append(_load(paths))
+        except PolicyError as err:
+            failed.append(err)
+    if failed:
+        say("\n\n".join(err.render() for err in failed), file=sys.stderr)
         return 1
     if pair:
         result = diff(engines[0], engines[1], status_only=args.status_only, **bound)
@@ -524,7 +548,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     try:
         report = replay(files, engine, clock)
     except OSError as exc:
-        say(f"error: log_unreadable: {exc}", file=sys.stderr)
+        say_error(args.command, "log_unreadable", str(exc))
         return 2
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
@@ -630,7 +654,7 @@ def _cmd_store_init(args: argparse.Namespace) -> int:
         if close is not None:
             close()
     except PolicyEngineError as exc:
-        say(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        say_error("store init", exc.code, exc.message)
         return 1
     say(f"{what} store ready: "
           + ("a new empty dataset was created" if not existed else
@@ -807,7 +831,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = handler(args)
         sys.stdout.flush()
     except UsageError as exc:
-        say(_usage_line(args.command, exc), file=sys.stderr)
+        say(_usage_line(_command_of(args), exc), file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly. Point stdout at /dev/null so

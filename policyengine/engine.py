@@ -220,19 +220,31 @@ def _query_limit(limit: object) -> None:
 
 
 def read_paths(paths: Iterable[str | os.PathLike[str]]) -> PolicyFiles:
+    """The bytes of every ``.policy`` file the paths name. A path that does not exist,
+    a directory without a policy file and a file the operating system will not read are
+    ``PolicyError`` E010 at no position (line and column 0: the path is no place in a
+    policy)."""
     files: PolicyFiles = []
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
-            found = sorted(x for x in p.rglob("*.policy") if x.is_file())
-            if not found:
-                raise PolicyError([Problem("E010", f"no .policy files in {p}", str(p), 1, 1)])
-            files.extend((str(x), x.read_bytes()) for x in found)
-        elif p.is_file():
-            files.append((str(p), p.read_bytes()))
-        else:
-            raise PolicyError([Problem("E010", f"no such policy file or directory: {p}",
-                                       str(p), 1, 1)])
+        where = p
+        try:
+            if p.is_dir():
+                found = sorted(x for x in p.rglob("*.policy") if x.is_file())
+                if not found:
+                    raise PolicyError([Problem("E010", f"no .policy files in {p}", str(p),
+                                               0, 0)])
+                for x in found:
+                    where = x
+                    files.append((str(x), x.read_bytes()))
+            elif p.is_file():
+                files.append((str(p), p.read_bytes()))
+            else:
+                raise PolicyError([Problem("E010", f"no such policy file or directory: {p}",
+                                           str(p), 0, 0)])
+        except OSError as exc:
+            raise PolicyError([Problem("E010", f"cannot read {where}: "
+                                       f"{exc.strerror or exc}", str(where), 0, 0)]) from None
     return files
 
 
@@ -520,8 +532,8 @@ class Engine:
         """Load every ``.policy`` file under the given files and directories.
 
         No path, a path that is not a ``str`` or ``os.PathLike``, or an unknown option
-        raises :class:`EngineOptionError`; a path that holds no policy, ``PolicyError``
-        (E010).
+        raises :class:`EngineOptionError`; a path that holds no policy or cannot be
+        read, ``PolicyError`` (E010).
         """
         if not paths:
             raise EngineOptionError("from_path() needs at least one path")

@@ -370,4 +370,5 @@ def test_log_verify_with_an_unreadable_key_file_prints_the_key_code(
     log = _write(tmp_path, b"", "decisions.jsonl")
     assert main(["log", "verify", "--keys", str(tmp_path / "missing.json"), str(log)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: invalid_key: cannot read key file "), err
+    assert err.startswith("policyengine log verify: error: invalid_key: --keys: cannot read "
+                          "key file "), err

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from policyengine._visible import one_line, say
+from policyengine._visible import one_line, say, say_error
 
 __all__ = ["register", "run"]
 
@@ -22,7 +21,8 @@ def register(sub: Any) -> None:
     verbs = p.add_subparsers(dest="log_command", required=True)
     v = verbs.add_parser("verify", help="find records changed, removed, inserted or "
                          "reordered (files in order: rotated files oldest first)")
-    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("files", nargs="+", metavar="FILE",
+                   help="decision-log files (JSON Lines), oldest first")
     v.add_argument("--keys", metavar="JWKS", help="public keys that signed the checkpoints")
     v.add_argument("--require-signatures", action="store_true",
                    help="an unsigned checkpoint, or none at all, is a problem")
@@ -39,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             keys = KeySet.from_file(args.keys)
         except TokenError as exc:  # (a file that cannot be read too: invalid_key)
-            say(one_line(f"error: {exc}"), file=sys.stderr)
+            say_error("log verify", exc.code, f"--keys: {exc.message}")
             return 2
     try:
         report = verify_files(args.files, keys, require_signatures=args.require_signatures)
     except LogVerifyError as exc:
-        say(one_line(f"error: {exc}"), file=sys.stderr)
+        say_error("log verify", exc.code, exc.message)
         return 2
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

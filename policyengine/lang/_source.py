@@ -44,9 +44,12 @@ class Problem:
                 object.__setattr__(self, name, shown)
 
     def render(self) -> str:
-        """Compiler-style text: location, message, caret excerpt, hint."""
-        out = (f"{visible(str(self.file))}:{self.line}:{self.column}: "
-               f"{self.severity}[{self.code}]: {self.message}")
+        """Compiler-style text: location, message, caret excerpt, hint. A problem at no
+        position in the file (line 0: E010, a path that is missing or cannot be read)
+        shows the file's name alone."""
+        where = (f"{visible(str(self.file))}" if self.line == 0
+                 else f"{visible(str(self.file))}:{self.line}:{self.column}")
+        out = f"{where}: {self.severity}[{self.code}]: {self.message}"
         if self.excerpt:
             out += "\n" + self.excerpt
         if self.hint:
@@ -55,7 +58,8 @@ class Problem:
 
     def to_dict(self) -> dict[str, object]:
         return {"code": self.code, "message": self.message, "file": self.file,
-                "line": self.line, "column": self.column, "hint": self.hint,
+                "line": None if self.line == 0 else self.line,
+                "column": None if self.line == 0 else self.column, "hint": self.hint,
                 "severity": self.severity}
 
 

@@ -20,14 +20,23 @@ import socket
 import sys
 from typing import Any
 
-from policyengine._visible import one_line, say
+from policyengine._visible import say, say_error
 
 __all__ = ["register"]
 
-USAGE = "policyengine serve: error: usage_error: "  # a usage error's line, as cli prints it
-# Each error line below is one line (one_line, the leaf's: this layer imports nothing of
-# the command line's): a line break in a path, a host or a message is shown, never a
-# second line. argparse's own errors go through the command line's parser (its error()).
+def _usage(message: str) -> None:
+    """A usage error's line, as every command prints it (exit status 2)."""
+    say_error("serve", "usage_error", message)
+
+
+def _failed(exc: Exception) -> None:
+    """The line of an error that stops serve (exit status 1): its code, or io_error for
+    a file the operating system would not read."""
+    from policyengine.errors import PolicyEngineError
+    if isinstance(exc, PolicyEngineError):
+        say_error("serve", exc.code, exc.message)
+    else:
+        say_error("serve", "io_error", str(exc))
 
 
 def _number(low: int, high: int | None = None) -> Any:
@@ -136,13 +145,12 @@ def run(args: argparse.Namespace) -> int:
         print(hash_secret(secret.rstrip("\r\n")))
         return 0
     if not args.paths:
-        say(f"{USAGE}give at least one policy file or directory", file=sys.stderr)
+        _usage("give at least one policy file or directory")
         return 2
     try:
         import uvicorn
     except ImportError:
-        say(f"{USAGE}serve needs the server extra: pip install 'policyengine[server]'",
-              file=sys.stderr)
+        _usage("serve needs the server extra: pip install 'policyengine[server]'")
         return 2
     import policyengine as pe
     from policyengine.server import Credentials, CredentialsError, ServiceConfig, create_app
@@ -157,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
                 with open(args.hmac_key_file, "rb") as fh:
                     hmac_key = fh.read().strip()
             except OSError as exc:
-                say(one_line(f"{USAGE}--hmac-key-file {args.hmac_key_file}: cannot read: "
-                             f"{exc.strerror or exc}"), file=sys.stderr)
+                _usage(f"--hmac-key-file {args.hmac_key_file}: cannot read: "
+                       f"{exc.strerror or exc}")
                 return 2
         credentials = Credentials.from_file(args.credentials) if args.credentials else None
         # The policy is checked here, once, with in-memory stores: a worker opens its own
@@ -169,12 +177,12 @@ def run(args: argparse.Namespace) -> int:
         say(err.render(), file=sys.stderr)
         return 1
     except (CredentialsError, pe.PolicyEngineError, OSError) as exc:
-        say(one_line(f"serve: {exc}"), file=sys.stderr)
+        _failed(exc)
         return 1
     try:
         prefixes = _prefixes(args.prefix)
     except ValueError as exc:
-        say(one_line(f"{USAGE}{exc}"), file=sys.stderr)
+        _usage(str(exc))
         return 2
     config = ServiceConfig(issuer=args.issuer, max_body_bytes=args.max_body_bytes,
                            body_timeout=args.body_timeout, prefixes=prefixes,
@@ -206,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             app = build()
         except pe.PolicyEngineError as exc:
-            say(one_line(f"serve: {exc}"), file=sys.stderr)
+            _failed(exc)
             return 1
         uvicorn.run(app, **uv_config)
         return 0
@@ -215,9 +223,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _listen_failed(host: str, port: int, exc: OSError) -> int:
     """One line for a socket the parent cannot bind (exit status 1)."""
-    code = "listen_failed"
-    say(one_line(f"serve: {code}: cannot listen on {host}:{port}: {exc.strerror or exc}"),
-        file=sys.stderr)
+    say_error("serve", "listen_failed",
+              f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     return 1
 
 

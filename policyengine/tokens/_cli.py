@@ -2,7 +2,8 @@
 
 :func:`register` adds the ``token`` command to an argparse sub-parser set; the parsed
 namespace carries ``handler`` (:func:`run`). Output is JSON on stdout; an error prints
-``error: <code>: <message>`` on stderr and returns exit status 1.
+``policyengine token CMD: error: <code>: <message>`` on stderr (every command's error
+line) and returns exit status 1.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from policyengine import tokens  # grants and keys (PyJWT, cryptography) load on first use
-from policyengine._visible import one_line, say
+from policyengine._visible import say_error
 from policyengine.money._money import MoneyError
 from policyengine.money._rates import JsonFileRates, RateError
 from policyengine.tokens.errors import TokenError
@@ -210,43 +211,64 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         return p
 
     p = command("keygen", "create a key file (or --rotate in a new active key)")
-    p.add_argument("--alg", default="EdDSA", choices=["EdDSA", "ES256", "RS256"])
-    p.add_argument("--kid", default=None, help="default: RFC 7638 thumbprint")
-    p.add_argument("--rotate", action="store_true")
+    p.add_argument("--alg", default="EdDSA", choices=["EdDSA", "ES256", "RS256"],
+                   help="the new key's signing algorithm (default EdDSA)")
+    p.add_argument("--kid", default=None, help="the new key's id (default: its RFC 7638 "
+                   "thumbprint)")
+    p.add_argument("--rotate", action="store_true",
+                   help="the --keys file exists: add a new active key to it, keeping the "
+                   "old ones to verify tokens they signed")
 
     def grant_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--agent", required=True, help="holder of the new token")
         p.add_argument("--permission", action="append", help="pattern; repeat or comma-join")
         p.add_argument("--max-amount", default=None, help='"500 EUR", or 500 with --currency')
-        p.add_argument("--currency", default=None)
-        p.add_argument("--now", type=float, default=None, help="POSIX seconds (tests)")
+        p.add_argument("--currency", default=None,
+                       help="the currency of a bare --max-amount number (EUR)")
+        p.add_argument("--now", type=float, default=None,
+                       help="issue at this time, POSIX seconds (tests)")
 
     p = command("mint", "mint a root delegation token")
     grant_args(p)
-    p.add_argument("--issuer", required=True)
+    p.add_argument("--issuer", required=True,
+                   help="the token's iss, which verifiers compare with their --issuer")
     p.add_argument("--acting-for", required=True, help="the principal delegating")
     p.add_argument("--ttl", required=True, help="lifetime: 3600, 30m, 1h, 7d")
-    p.add_argument("--audience", default=None)
-    p.add_argument("--max-depth", type=int, default=3)
+    p.add_argument("--audience", default=None,
+                   help="the token's aud: only a verifier expecting it accepts the token "
+                   "(default: none)")
+    p.add_argument("--max-depth", type=int, default=3,
+                   help="how many hops of attenuation may follow (default 3)")
 
     p = command("attenuate", "derive a narrower child token")
     grant_args(p)
     p.add_argument("--token", required=True, help="parent token, or - for stdin")
-    p.add_argument("--ttl", default=None, help="default: the parent's expiry")
-    p.add_argument("--max-depth", type=int, default=None)
+    p.add_argument("--ttl", default=None, help="lifetime: 3600, 30m, 1h, 7d (default: "
+                   "the parent's expiry; never past it)")
+    p.add_argument("--max-depth", type=int, default=None,
+                   help="lower the parent's max_depth (default: the parent's)")
     p.add_argument("--revocations", default=None, help=REVOCATIONS_HELP)
     p.add_argument("--rates", default=None, help="rates JSON for cross-currency amounts")
 
     p = command("verify", "verify a token and print its grant")
     p.add_argument("--token", required=True, help="token, or - for stdin")
-    p.add_argument("--issuer", default=None)
-    p.add_argument("--audience", default=None)
-    p.add_argument("--leeway", type=float, default=60)
-    p.add_argument("--max-depth", type=int, default=None)
-    p.add_argument("--max-ttl", default=None)
+    p.add_argument("--issuer", default=None,
+                   help="the only issuer trusted (default: any the keys verify)")
+    p.add_argument("--audience", default=None,
+                   help="this verifier's audience; a token naming another, or one when "
+                   "this is not given, is refused")
+    p.add_argument("--leeway", type=float, default=60,
+                   help="seconds of clock skew allowed at nbf, exp and iat, 0 to 60 "
+                   "(default 60)")
+    p.add_argument("--max-depth", type=int, default=None,
+                   help="refuse a token more hops deep than this")
+    p.add_argument("--max-ttl", default=None,
+                   help="refuse a hop whose lifetime is longer: 3600, 30m, 1h, 7d")
     p.add_argument("--revocations", default=None, help=REVOCATIONS_HELP)
-    p.add_argument("--rates", default=None)
-    p.add_argument("--now", type=float, default=None)
+    p.add_argument("--rates", default=None,
+                   help="rates JSON for a chain whose amounts are in several currencies")
+    p.add_argument("--now", type=float, default=None,
+                   help="verify at this time, POSIX seconds (tests)")
 
     p = command("revoke", "revoke a grant_id or jti (and every token derived from it)",
                 keys=False)
@@ -272,13 +294,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = _COMMANDS[args.token_command](args)
     except (TokenError, MoneyError, RateError) as exc:
-        code = getattr(exc, "code", "error")
-        message = getattr(exc, "message", str(exc))
-        say(one_line(f"error: {code}: {message}"), file=sys.stderr)
+        say_error(f"token {args.token_command}", exc.code, exc.message)
         return 1
     except OSError as exc:  # writing a key or revocation file
-        code = "io_error"
-        say(one_line(f"error: {code}: {exc}"), file=sys.stderr)
+        say_error(f"token {args.token_command}", "io_error", str(exc))
         return 1
     finally:
         for store in opened:  # connections to a shared revocation store

@@ -187,7 +187,8 @@ def test_the_cli_prints_a_store_code_once(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 2
-    assert out.stderr.startswith("error: budget store: store_unavailable: "), out.stderr
+    assert out.stderr.startswith("policyengine eval: error: store_unavailable: --store: "), \
+        out.stderr
     assert out.stderr.count("store_unavailable") == 1, out.stderr
 
 

@@ -228,14 +228,15 @@ def test_token_errors_name_the_hop_and_the_claim(capsys: pytest.CaptureFixture[s
     code, _, err = run(capsys, "token", "verify", "--keys", str(tmp_path / "keys.json"),
                        "--token", token)
     assert code == 1
-    assert err.strip() == ("error: audience_mismatch: claim aud: the token is for audience "
-                           "'svc', and this verifier expects none (give that audience to "
-                           "verify it)")
+    assert err.strip() == ("policyengine token verify: error: audience_mismatch: claim aud: "
+                           "the token is for audience 'svc', and this verifier expects none "
+                           "(give that audience to verify it)")
     stranger = KeySet.generate()
     stranger.save(tmp_path / "stranger.json")
     code, _, err = run(capsys, "token", "verify", "--keys", str(tmp_path / "stranger.json"),
                        "--token", token)
-    assert code == 1 and err.startswith("error: unknown_kid: the token: ")
+    assert code == 1 and err.startswith(
+        "policyengine token verify: error: unknown_kid: the token: ")
 
 
 def test_closed_pipe_is_quiet(tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ def test_a_bad_store_url_is_refused_with_its_code(
                            "--permission", "shop:buy", flag, url)
     what = flag[2:]
     assert (status, out) == (2, ""), err
-    assert err.startswith(f"error: {what}: {code}: "), err
+    assert err.startswith(f"policyengine {command}: error: {code}: --{what}: "), err
     assert "s3cret" not in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shop.policy"]  # no file made
 

@@ -87,7 +87,8 @@ def test_serve_workers_on_a_port_in_use_is_one_line(
         code, out, err = run(capsys, ["serve", "p.policy", "--port", str(port),
                                       "--workers", "2", "--watch-interval", "0"])
     assert (code, out) == (1, "")
-    assert err.startswith(f"serve: listen_failed: cannot listen on 127.0.0.1:{port}: "), err
+    assert err.startswith(f"policyengine serve: error: listen_failed: cannot listen on "
+                          f"127.0.0.1:{port}: "), err
     assert len(err.splitlines()) == 1, err
 
 
@@ -100,8 +101,8 @@ def test_a_widened_attenuation_says_what_it_is_measured_against(
     code, out, err = run(capsys, ["token", "attenuate", "--keys", "keys.json", "--token",
                                   tok, "--agent", "b", "--permission", "hotels:book"])
     assert (code, out) == (1, "")
-    assert err == ("error: permission_widened: permission 'hotels:book' is not covered by "
-                   "any of the parent's permissions\n")
+    assert err == ("policyengine token attenuate: error: permission_widened: permission "
+                   "'hotels:book' is not covered by any of the parent's permissions\n")
 
 
 @pytest.mark.parametrize("cls", [pe.Decision, pe.ToolDecision, pe.Obligations,

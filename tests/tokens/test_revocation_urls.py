@@ -74,7 +74,7 @@ def test_token_revoke_and_verify_take_a_store_url(
     finally:
         other.close()
     code, _, err = _cli(capsys, *verify)
-    assert code == 1 and err.startswith("error: revoked: "), err
+    assert code == 1 and err.startswith("policyengine token verify: error: revoked: "), err
 
 
 def test_a_plain_path_is_still_a_json_file(tmp_path: Path,
@@ -100,7 +100,8 @@ def test_a_bad_revocation_url_is_refused_with_its_code(
         revocations_from_url(url)
     assert info.value.code == "invalid_revocations", str(info.value)
     code, out, err = _cli(capsys, "token", "revoke", "g-1", "--revocations", url)
-    assert (code, out) == (1, "") and err.startswith("error: invalid_revocations: "), err
+    assert (code, out) == (1, "") and err.startswith(
+        "policyengine token revoke: error: invalid_revocations: "), err
     assert "s3cret" not in err
     assert list(tmp_path.iterdir()) == []  # no file made under a URL's name
 
@@ -162,4 +163,5 @@ def test_token_revoke_refuses_a_memory_store_it_would_lose(
 ) -> None:
     """A one-shot ``token revoke`` into ``memory:`` would report success and forget it."""
     code, out, err = _cli(capsys, "token", "revoke", "g-1", "--revocations", url)
-    assert (code, out) == (1, "") and err.startswith("error: invalid_revocations: "), err
+    assert (code, out) == (1, "") and err.startswith(
+        "policyengine token revoke: error: invalid_revocations: "), err

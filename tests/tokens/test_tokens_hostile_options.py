@@ -89,7 +89,8 @@ def test_cli_verify_now_nan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     KEYS.save(path)
     assert cli_main(["token", "verify", "--keys", str(path), "--token", EXPIRED,
                      "--now", "nan"]) == 1
-    assert capsys.readouterr().err.startswith("error: invalid_option: now must be")
+    assert capsys.readouterr().err.startswith(
+        "policyengine token verify: error: invalid_option: now must be")
 
 
 # --------------------------------------------------------------------------- JSON
@@ -102,10 +103,12 @@ def test_cli_token_of_deeply_nested_json_is_malformed(
     path = tmp_path / "keys.json"
     KEYS.save(path)
     assert cli_main(["token", "verify", "--keys", str(path), "--token", DEEP]) == 1
-    assert capsys.readouterr().err.startswith("error: malformed: --token:")
+    assert capsys.readouterr().err.startswith(
+        "policyengine token verify: error: malformed: --token:")
     monkeypatch.setattr("sys.stdin", io.StringIO(DEEP))
     assert cli_main(["token", "verify", "--keys", str(path), "--token", "-"]) == 1
-    assert capsys.readouterr().err.startswith("error: malformed: --token:")
+    assert capsys.readouterr().err.startswith(
+        "policyengine token verify: error: malformed: --token:")
 
 
 @pytest.mark.parametrize("text", [DEEP, '{"keys": ' + "[" * 100_000,
@@ -221,10 +224,12 @@ def test_cli_duration_too_long_to_read(tmp_path: Path,
                      "--acting-for", "besar", "--agent", "a", "--permission", "x:y",
                      "--ttl", "9" * 5000]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: invalid_option: bad duration '999") and len(err) < 200
+    assert err.startswith(
+        "policyengine token mint: error: invalid_option: bad duration '999") and len(err) < 200
     assert cli_main(["token", "verify", "--keys", str(path), "--token", LIVE,
                      "--max-ttl", "1" * 4400 + "d"]) == 1
-    assert capsys.readouterr().err.startswith("error: invalid_option: bad duration")
+    assert capsys.readouterr().err.startswith(
+        "policyengine token verify: error: invalid_option: bad duration")
 
 
 @pytest.mark.parametrize("text", ["é", KEYS.to_pem().decode("ascii").replace(
