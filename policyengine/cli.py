@@ -263,12 +263,12 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
             status = 1
             continue
         except UnicodeError:
-            say(f"{one_line(path)}: error: not a policy file (binary or not UTF-8 text); "
-                "left unchanged", file=sys.stderr)
+            say(f"{one_line(path)}: error[E008]: not a policy file (binary or not UTF-8 "
+                "text); left unchanged", file=sys.stderr)
             status = 1
             continue
         except OSError as exc:
-            say(one_line(f"{path}: error: cannot read: {exc.strerror or exc}"),
+            say(one_line(f"{path}: error[E010]: cannot read {path}: {exc.strerror or exc}"),
                 file=sys.stderr)
             status = 1
             continue
@@ -425,10 +425,9 @@ def _cmd_test(args: argparse.Namespace) -> int:
                              "directory holding both (policyengine check reads policies)")
         found = sorted(p.rglob("*.json")) if p.is_dir() else [p]
         if p.is_dir() and not found:
-            say(f"policyengine test: error: no fixtures (*.json) in {p}, nor policy tests "
-                  "(*.test.json); see conformance/README.md and docs/testing.md for the "
-                  "formats",
-                  file=sys.stderr)
+            say_error("test", "no_tests", f"no fixtures (*.json) in {p}, nor policy tests "
+                      "(*.test.json); see conformance/README.md and docs/testing.md for "
+                      "the formats")
             return 1
         for f in found:
             (tests if is_test_file(f) else fixtures).append(f)

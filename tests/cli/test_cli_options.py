@@ -186,8 +186,8 @@ def test_fmt_on_binary_is_a_clean_error(capsys: pytest.CaptureFixture[str],
     blob.write_bytes(bytes(range(256)) * 4)
     code, out, err = run(capsys, "fmt", str(blob))
     assert code == 1 and out == ""
-    assert err.strip() == f"{blob}: error: not a policy file (binary or not UTF-8 text); " \
-        "left unchanged"
+    assert err.strip() == f"{blob}: error[E008]: not a policy file (binary or not UTF-8 " \
+        "text); left unchanged"
     assert blob.read_bytes() == bytes(range(256)) * 4
 
 
@@ -195,7 +195,8 @@ def test_test_on_a_folder_without_fixtures(capsys: pytest.CaptureFixture[str],
                                            tmp_path: Path) -> None:
     code, out, err = run(capsys, "test", str(tmp_path))
     assert code == 1 and out == ""
-    assert f"no fixtures (*.json) in {tmp_path}" in err
+    assert err.startswith(f"policyengine test: error: no_tests: no fixtures (*.json) in "
+                          f"{tmp_path}"), err
     code, _, err = run(capsys, "test", str(tmp_path / "nope"))
     assert code == 2 and "no such file" in err
 

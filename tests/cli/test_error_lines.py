@@ -104,6 +104,9 @@ def test_an_unreadable_policy_file_is_e010(capsys: pytest.CaptureFixture[str],
         code, out, err = run(capsys, ["check", target])
         assert (code, out) == (1, "")
         assert err == "p.policy: error[E010]: cannot read p.policy: Permission denied\n"
+    code, out, err = run(capsys, ["fmt", "p.policy"])
+    assert (code, out) == (1, "")
+    assert err == "p.policy: error[E010]: cannot read p.policy: Permission denied\n"
 
 
 def test_a_positioned_problem_keeps_its_position(capsys: pytest.CaptureFixture[str]) -> None:
