@@ -144,9 +144,9 @@ def test_a_missing_hmac_key_says_how_the_command_line_gives_one(
      "directory: 'r\\nx.json'"),
     (["serve", "p.policy", "--hmac-key-file", "no\nfile"], "policyengine serve: error: "
      "usage_error: --hmac-key-file no\u240afile: cannot read: No such file or directory"),
-    (["serve", "p.policy", "--credentials", "c\nx.json"], "serve: invalid_credentials_file: "
-     "cannot read credentials file c\u240ax.json: [Errno 2] No such file or directory: "
-     "'c\\nx.json'"),
+    (["serve", "p.policy", "--credentials", "c\nx.json"], "policyengine serve: error: "
+     "invalid_credentials_file: cannot read credentials file c\u240ax.json: [Errno 2] No "
+     "such file or directory: 'c\\nx.json'"),
 ])
 def test_a_line_feed_on_the_command_line_stays_in_its_line(
         capsys: pytest.CaptureFixture[str], policy: Path, argv: list[str], line: str) -> None:
