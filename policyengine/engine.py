@@ -668,23 +668,33 @@ class Engine:
     # ---- authorize ----
     def authorize(self, principal: str, permission: str,
                   context: dict[str, Any] | None = None, *, token: str | None = None,
-                  approval_id: str | None = None) -> Decision:
+                  approval_id: str | None = None, partition: str = "") -> Decision:
         """May ``principal`` exercise ``permission`` given ``context``?
 
         ``token``: a delegation token the principal acts under. ``approval_id``: an
-        approval granted for this same request. Never raises for request data: a
-        malformed request is a denied decision with code ``invalid_request``. See
-        docs/semantics.md for the rules.
+        approval granted for this same request. ``partition``: the tenant whose counters
+        the budgets and rate limits read: every bucket the request's own values name
+        (``per context.NAME``, ``per tenant``, the hierarchy levels) is that tenant's,
+        so two partitions never share one; ``""`` (the default) reads the values as
+        sent, today's buckets (docs/engine.md, "Partitions"). The rules always read the
+        context as sent. Never raises for request data: a malformed request is a denied
+        decision with code ``invalid_request``. See docs/semantics.md for the rules.
         """
         log = self.decision_log
         if log is None:
+            if partition:
+                return self._pipeline.run(principal, permission, context, token,
+                                          approval_id, True, None, None, partition)
             return self._pipeline.run(principal, permission, context, token, approval_id)
         started = perf_counter_ns()
-        decision = self._pipeline.run(principal, permission, context, token, approval_id)
+        decision = self._pipeline.run(principal, permission, context, token, approval_id,
+                                      True, None, None, partition)
         inp = {"principal": principal, "permission": permission,
                "context": dict(context) if type(context) is dict else context}
         if approval_id is not None:
             inp["approval_id"] = approval_id
+        if partition:
+            inp["partition"] = partition
         return log.decision("authorize", decision, inp, token, self._log_view,
                             started)  # type: ignore[return-value]
 
@@ -773,7 +783,7 @@ class Engine:
                           context: dict[str, Any] | None = None, **kwargs: Any) -> Decision:
         """Like :meth:`authorize`, but raise :class:`NotAuthorized` or
         :class:`ApprovalRequired` unless the decision is ``allowed``."""
-        decision = self.authorize(principal, permission, context, **kwargs)
+        decision = self.authorize(principal, permission, context, **kwargs)  # partition= too
         if decision.status == "allowed":
             return decision
         if decision.status == "pending_approval":
@@ -789,7 +799,7 @@ class Engine:
                        token: str | None = None, context: dict[str, Any] | None = None,
                        approval_id: str | None = None, scheme: str | None = None,
                        redaction_check: Callable[[Any, Any], Any] | None = None,
-                       **wire: Any) -> ToolDecision:
+                       partition: str = "", **wire: Any) -> ToolDecision:
         """May this outbound tool call leave, and with which fields redacted?
 
         Takes the ``/v1/tool-authorize`` request fields (``toolName`` / ``functionName``
@@ -802,12 +812,14 @@ class Engine:
         caller cannot make that change; the call is then denied
         ``redaction_unsupported`` by the run's redaction step, before any rate-limit
         call, approval use or approval request (docs/tools.md).
+
+        ``partition``: as for :meth:`authorize`.
         """
         log = self.decision_log
         started = 0 if log is None else perf_counter_ns()
         result = self._tool(principal, None, transport, method, host, path, query, headers,
                             body, tool_name, function_name, token, context, approval_id,
-                            scheme, wire, redaction_check)
+                            scheme, wire, redaction_check, partition)
         if log is None:
             return result
         # The body logged is a frozen copy of the redacted body the decision holds (None
@@ -821,14 +833,16 @@ class Engine:
                "query": dict(query) if isinstance(query, Mapping) else None,
                "context": dict(context) if type(context) is dict else context,
                "body": frozen(result.body)}
+        if partition:
+            inp["partition"] = partition
         return log.decision("tool_authorize", result, inp, token, self._log_view,
                             started)  # type: ignore[return-value]
 
     def _tool(self, principal: Any, trace: Trace | None, transport: Any, method: Any,
               host: Any, path: Any, query: Any, headers: Any, body: Any, tool_name: Any,
               function_name: Any, token: Any, context: Any, approval_id: Any, scheme: Any,
-              wire: dict[str, Any], redaction_check: Callable[[Any, Any], Any] | None = None
-              ) -> ToolDecision:
+              wire: dict[str, Any], redaction_check: Callable[[Any, Any], Any] | None = None,
+              partition: str = "") -> ToolDecision:
         """The one path of :meth:`tool_authorize` and :meth:`explain_tool` (``trace``):
         the wire's spellings read, then ``tools._egress.tool_authorize`` on the pipeline
         in use (its ``hmac_key`` the engine's, checked when built)."""
@@ -850,7 +864,8 @@ class Engine:
                               host=host, path=path, query=query, headers=headers, body=body,
                               tool_name=tool_name, function_name=function_name, token=token,
                               context=context, approval_id=approval_id, scheme=scheme,
-                              trace=trace, redaction_check=redaction_check)
+                              trace=trace, redaction_check=redaction_check,
+                              partition=partition)
 
     # ---- reverse queries ----
     def permissions_of(self, principal: str | None = None, *, role: str | None = None,
@@ -903,14 +918,14 @@ class Engine:
     # ---- explain ----
     def explain(self, principal: str, permission: str,
                 context: dict[str, Any] | None = None, *, token: str | None = None,
-                approval_id: str | None = None) -> Explanation:
+                approval_id: str | None = None, partition: str = "") -> Explanation:
         """The same run as :meth:`authorize`, traced: what each step found and, rule by
         rule, which rules could decide and why. Its decision is the one ``authorize``
         gives (except that a pending decision records no approval request)."""
         trace = Trace()
         started = perf_counter_ns()
         decision = self._pipeline.run(principal, permission, context, token, approval_id,
-                                      False, None, trace)
+                                      False, None, trace, partition)
         return Explanation(self._log_check(decision, trace, started), trace.rules,
                            trace.steps)
 
@@ -936,13 +951,13 @@ class Engine:
                      token: str | None = None, context: dict[str, Any] | None = None,
                      approval_id: str | None = None, scheme: str | None = None,
                      redaction_check: Callable[[Any, Any], Any] | None = None,
-                     **wire: Any) -> Explanation:
+                     partition: str = "", **wire: Any) -> Explanation:
         """:meth:`tool_authorize` traced, like :meth:`explain`."""
         trace = Trace()
         started = perf_counter_ns()
         decision = self._tool(principal, trace, transport, method, host, path, query,
                               headers, body, tool_name, function_name, token, context,
-                              approval_id, scheme, wire, redaction_check)
+                              approval_id, scheme, wire, redaction_check, partition)
         return Explanation(self._log_check(decision, trace, started), trace.rules,
                            trace.steps)
 

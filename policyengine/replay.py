@@ -229,8 +229,10 @@ def replay(paths: Iterable[str], engine: Any, clock: _Clock | None = None) -> Re
             at = _timestamp(record.get("timestamp"))
             if at is not None:
                 clock.t = at
+        partition = inp.get("partition")
         new = pipeline.run(inp.get("principal"), inp.get("permission"), inp.get("context"),
-                           None, None, register=False)
+                           None, None, register=False,
+                           partition=partition if type(partition) is str else "")
         report.replayed += 1
         old_status, old_code = result.get("status"), result.get("reason_code")
         if (new.status, new.code) == (old_status, old_code):

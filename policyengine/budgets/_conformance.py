@@ -89,8 +89,8 @@ _ALLOWED_ARGS: dict[str, frozenset[str]] = {
     "reservations": frozenset({"tenant", "status", "principal", "limit", "after"}),
     "remember": frozenset({"key", "text", "ttl"}),
     "recall": frozenset({"key"}),
-    "authorize": frozenset({"principal", "permission", "context"}),
-    "explain": frozenset({"principal", "permission", "context"}),
+    "authorize": frozenset({"principal", "permission", "context", "partition"}),
+    "explain": frozenset({"principal", "permission", "context", "partition"}),
 }
 
 
@@ -181,12 +181,14 @@ def _decide(engine: Any, step: Mapping[str, Any]) -> str | None:
     unknown = set(args) - _ALLOWED_ARGS["authorize"]
     if unknown:
         return f"unknown args {sorted(unknown)}"
+    partition = args.get("partition", "")
     if step["op"] == "explain":
         decision = engine.explain(args["principal"], args["permission"],
-                                  args.get("context")).decision.to_wire()
+                                  args.get("context"), partition=partition
+                                  ).decision.to_wire()
     else:
         decision = engine.authorize(args["principal"], args["permission"],
-                                    args.get("context")).to_wire()
+                                    args.get("context"), partition=partition).to_wire()
     want = dict(step.get("expect", {}))
     if "shadow" in want and want["shadow"] is None:  # no `mode warn` outcome: no key
         del want["shadow"]

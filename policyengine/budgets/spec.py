@@ -9,6 +9,7 @@ token, one call, or a millionth of a credit. Stores only ever see these integers
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -32,14 +33,18 @@ __all__ = [
     "CAPS",
     "HIERARCHY",
     "NON_CURRENCY_UNITS",
+    "PART_ESCAPES",
     "SUBJECTS",
     "BudgetProblem",
     "BudgetSpec",
     "budget_problems",
     "canonical_unit",
+    "dimension",
     "money_unit",
+    "partitioned",
     "scope_path",
     "subject_field",
+    "under",
     "unit_scale",
 ]
 
@@ -103,6 +108,63 @@ def scope_path(level: str, principal: str | None, values: Mapping[str, str | Non
         if name == level:
             break
     return "/".join(parts)
+
+
+#: A name inside a tenant's bucket or principal (:func:`under`): no ``/`` nor ``#`` left,
+#: so the parts read back one way only.
+PART_ESCAPES = str.maketrans({"%": "%25", "/": "%2F", "#": "%23"})
+_MAX_UNDER = 256  # the ledger's longest principal (and scope value)
+#: The hierarchy levels among request fields: their buckets are scope paths under the
+#: tenant already (:func:`scope_path`), so they are handed over as they are.
+_LEVELS = frozenset({"workspace", "app", "workflow", "toolset"})
+
+
+def under(tenant: str, below: str | None = None) -> str:
+    """A name under ``tenant`` in the ``tenant:`` namespace: the tenant's own principal
+    ``tenant:acme`` (``below`` None), a request field's bucket
+    ``tenant:acme/cost_center:cc1`` (``below`` ``cost_center:cc1``, its parts escaped
+    by the caller), the principal of an agent named on the Cycles wire only
+    ``tenant:acme/agent:bot``. ``%``, ``/`` and ``#`` in the tenant are escaped, so two
+    (tenant, below) pairs never make one name. Past what the ledger keeps (256
+    characters), both parts are cut and a digest of the pair follows a ``#``, which no
+    short form holds."""
+    where = tenant.translate(PART_ESCAPES)
+    name = f"tenant:{where}" if below is None else f"tenant:{where}/{below}"
+    if len(name) <= _MAX_UNDER:
+        return name
+    digest = hashlib.sha256(f"{tenant}\0{below or ''}".encode("utf-8", "surrogatepass")
+                            ).hexdigest()
+    cut = f"tenant:{where[:100]}" if below is None else f"tenant:{where[:100]}/{below[:100]}"
+    return f"{cut}#{digest[:32]}"
+
+
+def dimension(tenant: str, name: str, value: str) -> str:
+    """The bucket of the request field ``name: value`` under ``tenant`` (``per
+    context.NAME`` subjects): ``tenant:acme/cost_center:cc1``, so two tenants' equal
+    values are two buckets, and no value names another namespace's (:func:`under`)."""
+    return under(tenant, f"{name.translate(PART_ESCAPES)}:{value.translate(PART_ESCAPES)}")
+
+
+def partitioned(partition: str, fields: Iterable[str], given: Mapping[str, object]
+                ) -> dict[str, str | None]:
+    """The ``scope=`` request fields of a request counted in ``partition`` (a tenant,
+    non-empty): every field in ``fields`` (what the budgets or rate limits read) that
+    is a ``context.NAME`` field is ``tenant:P/NAME:VALUE`` (:func:`dimension`; a field
+    not given as a string is the partition's empty value ``tenant:P/NAME:``); a
+    hierarchy level is its value as given (None when not a string), which
+    :func:`scope_path` writes under the partition's tenant. So two partitions' equal
+    values are two buckets, and these are the very buckets the budget wires charge
+    for that tenant (docs/service.md, "Tenants on the budget wires")."""
+    out: dict[str, str | None] = {}
+    for name in fields:  # a dict subclass's own get() is not called
+        value = (dict.get(given, name) if isinstance(given, dict)
+                 else given.get(name))
+        if name in _LEVELS:
+            out[name] = value if type(value) is str else None
+        else:
+            out[name] = dimension(partition, name,
+                                  value if type(value) is str else "")
+    return out
 
 
 #: Caps a budget may declare (Cycles' ``Caps``; a decision with caps is

@@ -219,7 +219,7 @@ class Pipeline:
 
     def run(self, principal: Any, permission: Any, context: Any, token: Any = None,
             approval_id: Any = None, register: bool = True, tool: ToolCall | None = None,
-            trace: Trace | None = None) -> Decision:
+            trace: Trace | None = None, partition: str = "") -> Decision:
         """Decide one request. Never raises for request data.
 
         ``register``: False for a dry run (replay, a search; ``explain`` is one too, as
@@ -228,7 +228,8 @@ class Pipeline:
         used, and a pending decision records no approval request (its binding is still
         made and the approval store still asked, so a request nobody could approve is
         denied on a dry run too). ``tool``: the body to redact. ``trace``: record each
-        step.
+        step. ``partition``: the tenant whose counters the budgets and rate limits read
+        (:func:`_where`); ``""`` reads the request's own values, as they are.
         """
         dry = not register or trace is not None
         policy = self.policy
@@ -244,6 +245,9 @@ class Pipeline:
         if approval_id is not None and type(approval_id) is not str:
             return _invalid(principal, permission, "approval_id must be a string, not "
                             f"{type(approval_id).__name__}", trace)
+        if partition and type(partition) is not str:
+            return _invalid(principal, permission, "partition must be a string, not "
+                            f"{type(partition).__name__}", trace)
         cls = policy.classes.get(permission)
         plan: Any = cls.plans.get(principal) if cls is not None else None  # Plan | Entry
         if plan is None:
@@ -326,10 +330,11 @@ class Pipeline:
                 if req is None:
                     req = RequestState(context, policy.default_currency, now)
                 shadow += self._shadow_budgets(principal, permission, context, req,
-                                               acting_for)
+                                               acting_for, partition)
             if policy.budgets and policy.budgeted(permission):
                 found = None
-                if req is None and acting_for is None and self._lean_budgets:
+                if (req is None and acting_for is None and self._lean_budgets
+                        and not partition):
                     # the steady state: the same amount text as this pair's last check
                     # (no context.tokens: tokens budgets count those, _admission asks)
                     get = dict.get  # a dict subclass's own get() is not called
@@ -346,7 +351,7 @@ class Pipeline:
                     refused, budget = None, found[1]
                 else:
                     refused, budget = self._budgets(principal, permission, context, req,
-                                                    acting_for, facts)
+                                                    acting_for, facts, partition)
                 if refused is not None:
                     facts = refused
                     status = "denied"
@@ -386,7 +391,7 @@ class Pipeline:
                     status == "pending_approval" and approval_id is not None))
                     and limiter.covering(permission)):
                 refused, rate = self._rate_limits(principal, permission, context, acting_for,
-                                                  facts, not dry)
+                                                  facts, not dry, partition)
                 if refused is not None:
                     facts = refused
                     status, budget = "denied", None
@@ -397,7 +402,7 @@ class Pipeline:
                     status == "pending_approval" and approval_id is not None))
                     and shadow_limiter.covering(permission)):
                 shadow += self._shadow_rate_limits(principal, permission, context,
-                                                   acting_for, not dry)
+                                                   acting_for, not dry, partition)
             if status == "pending_approval":
                 call = (tool.binding() if tool is not None and tool.binding is not None
                         else None)
@@ -444,7 +449,8 @@ class Pipeline:
                  token: Any, approval_id: Any, body: Any, redaction_rules: tuple[Any, ...],
                  redact_fields: tuple[str, ...], binding: Callable[[], dict[str, Any]],
                  trace: Trace | None, check: Callable[[Any, Any], Any] | None = None,
-                 sent: Any = None) -> tuple[Decision, Any, tuple[dict[str, str], ...]]:
+                 sent: Any = None, partition: str = ""
+                 ) -> tuple[Decision, Any, tuple[dict[str, str], ...]]:
         """:meth:`run` for a routed tool call: (decision, redacted body, redactions).
         The body is redacted only when the call may leave (or wait for approval), with
         the pipeline's ``hmac_key``; ``redact_fields``: the rules' paths;
@@ -452,7 +458,7 @@ class Pipeline:
         see :class:`ToolCall`."""
         call = ToolCall(body, redaction_rules, redact_fields, binding, check, sent)
         decision = self.run(principal, permission, context, token, approval_id,
-                            True, call, trace)
+                            True, call, trace, partition)
         if decision.status == "denied":
             return decision, None, ()
         return decision, call.redacted, call.redactions
@@ -586,8 +592,8 @@ class Pipeline:
         return grant
 
     def _budgets(self, principal: str, permission: str, context: dict[str, Any],
-                 req: RequestState | None, acting_for: str | None, facts: RuleFacts
-                 ) -> tuple[RuleFacts | None, Any]:
+                 req: RequestState | None, acting_for: str | None, facts: RuleFacts,
+                 partition: str = "") -> tuple[RuleFacts | None, Any]:
         """Would this request fit every budget covering it? Read-only (spend is
         reserved or recorded through ``engine.budgets``). Returns (denied facts or None,
         the refusing or tightest budget)."""
@@ -595,7 +601,7 @@ class Pipeline:
             money = found = text = None
             get = dict.get  # a dict subclass's own get() is not called
             if (req is None and acting_for is None and not self._scope_fields
-                    and get(context, "tenant") is None
+                    and not partition and get(context, "tenant") is None
                     and get(context, "tokens") is None):  # the common case, leaner
                 raw, currency = get(context, "amount"), get(context, "currency")
                 if type(raw) is str and type(currency) is str:
@@ -614,7 +620,8 @@ class Pipeline:
                     text if text is not None and money[1] == currency else None)
             else:
                 code, usage = _admission(self.ledger, principal, permission, context, req,
-                                         acting_for, self.policy.default_currency)
+                                         acting_for, self.policy.default_currency,
+                                         partition=partition)
         except EvalError as err:
             return _overruled(facts, err.code, f"budget check failed: {err.message}"), None
         except Exception as exc:  # BudgetError, or a store fault: never an allow
@@ -628,7 +635,7 @@ class Pipeline:
                 facts[5], ()), usage
 
     def _shadow_budgets(self, principal: str, permission: str, context: dict[str, Any],
-                        req: RequestState, acting_for: str | None
+                        req: RequestState, acting_for: str | None, partition: str = ""
                         ) -> tuple[ShadowOutcome, ...]:
         """What the shadow budgets would have said: the same admission question as the
         budgets step, asked of the shadow budgets' own balances in the store (read only
@@ -639,7 +646,7 @@ class Pipeline:
         refused: tuple[tuple[str, str], ...]
         try:
             refused = _admission(ledger, principal, permission, context, req, acting_for,
-                                 None, each=True)[1].refusals
+                                 None, each=True, partition=partition)[1].refusals
         except Exception as exc:  # EvalError, BudgetError, a store fault: it would deny
             found = getattr(exc, "code", None)
             code = found if type(found) is str else "budget_unavailable"
@@ -652,29 +659,33 @@ class Pipeline:
 
     def _ask_rates(self, limiter: Any, principal: str, permission: str,
                    context: dict[str, Any], acting_for: str | None, consume: bool,
-                   each: bool = False) -> Any:
+                   each: bool = False, partition: str = "") -> Any:
         """``limiter.admit`` for this request: None or the refusing ``RateLimitUsage``
         (``each``: ``admit_each``, the refusing ones); raises what it raises."""
-        get = dict.get  # a dict subclass's own get() is not called
-        tenant = get(context, "tenant")
-        if tenant is not None and type(tenant) is not str:
-            tenant = None
         fields = limiter.scope_fields
-        scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
-                 else None)
+        tenant: Any
+        if partition:
+            tenant, scope = _where(partition, fields, context)
+        else:
+            get = dict.get  # a dict subclass's own get() is not called
+            tenant = get(context, "tenant")
+            if tenant is not None and type(tenant) is not str:
+                tenant = None
+            scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
+                     else None)
         ask = limiter.admit_each if each else limiter.admit
         return ask(principal, permission, acting_for=acting_for, tenant=tenant, scope=scope,
                    consume=consume)
 
     def _rate_limits(self, principal: str, permission: str, context: dict[str, Any],
-                     acting_for: str | None, facts: RuleFacts, consume: bool
-                     ) -> tuple[RuleFacts | None, Any]:
+                     acting_for: str | None, facts: RuleFacts, consume: bool,
+                     partition: str = "") -> tuple[RuleFacts | None, Any]:
         """Take one call of every rate limit covering the request (``consume=False``:
         only ask, for explain). Returns (denied facts or None, the refusing
         ``RateLimitUsage`` or None). A store fault or an unusable subject denies."""
         try:
             usage = self._ask_rates(self.limiter, principal, permission, context, acting_for,
-                                    consume)
+                                    consume, False, partition)
         except Exception as exc:  # BudgetError, or a store fault: never an allow
             code, message = _fault(exc, "store_unavailable")
             return _overruled(facts, code, f"rate limit check failed: {message}"), None
@@ -686,7 +697,7 @@ class Pipeline:
         return ("denied", code, reason, (usage.id,), None, facts[5], ()), usage
 
     def _shadow_rate_limits(self, principal: str, permission: str, context: dict[str, Any],
-                            acting_for: str | None, consume: bool
+                            acting_for: str | None, consume: bool, partition: str = ""
                             ) -> tuple[ShadowOutcome, ...]:
         """What the shadow rate limits would have said of a call that goes ahead: each
         counts it on its own key, as if it alone were enforced; an outcome for each that
@@ -695,7 +706,7 @@ class Pipeline:
         modes = self.policy.shadow_modes
         try:
             refusing = self._ask_rates(limiter, principal, permission, context, acting_for,
-                                       consume, each=True)
+                                       consume, True, partition)
         except Exception as exc:  # it would have denied with this code
             found = getattr(exc, "code", None)
             code = found if type(found) is str else "store_unavailable"
@@ -791,9 +802,24 @@ def _budget_id(usage: Any) -> str:
     return usage[0] if type(usage) is tuple else usage.budget  # type: ignore[no-any-return]
 
 
+def _where(partition: str, fields: Any, context: dict[str, Any]
+           ) -> tuple[str, dict[str, str | None] | None]:
+    """(tenant, scope) of a request counted in ``partition`` (a tenant, non-empty): the
+    tenant the budgets and rate limits read is the partition itself (``per tenant``; a
+    ``context.tenant`` sent is read by the rules only), and each request field they read
+    is the partition's (``tenant:P/NAME:VALUE``, hierarchy levels under the partition's
+    tenant: :func:`~policyengine.budgets.spec.partitioned`). So two partitions never share
+    a counter a request names, and the buckets are the ones the budget wires charge for
+    that tenant (docs/service.md, "Tenants on the budget wires")."""
+    if not fields:
+        return partition, None
+    from policyengine.budgets.spec import partitioned
+    return partition, partitioned(partition, fields, context)
+
+
 def _admission(ledger: Any, principal: str, permission: str, context: dict[str, Any],
                req: RequestState | None, acting_for: str | None, default: str | None,
-               each: bool = False) -> tuple[str | None, Any]:
+               each: bool = False, partition: str = "") -> tuple[str | None, Any]:
     """``ledger.admission`` for this request: its amount and ``context.tokens`` (which
     ``tokens`` budgets count; without an amount, the tokens are the amount), its tenant
     and the scope fields the ledger's budgets read. Raises as the ledger does.
@@ -803,7 +829,9 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
     refusing budget (the shadow budgets')."""
     get = dict.get  # a dict subclass's own get() is not called
     tenant = get(context, "tenant")
-    if tenant is not None and type(tenant) is not str:
+    if partition:  # the partition's tenant and fields: _where
+        tenant, scope = _where(partition, ledger.scope_fields, context)
+    elif tenant is not None and type(tenant) is not str:
         tenant = None
     money = req.money() if req is not None else read_money(context, default)
     amount: Any
@@ -819,11 +847,17 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
         unit = "tokens" if amount is not None else None
     fields = ledger.scope_fields
     if each:
-        scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
-                 else None)
+        if not partition:
+            scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
+                     else None)
         check = ledger.admit(principal, permission, amount, unit, acting_for=acting_for,
                              tenant=tenant, scope=scope, tokens=tokens)
         return check.code, check
+    if partition:
+        where: tuple[str | None, Any] = ledger.admission(
+            principal, permission, amount, unit, acting_for=acting_for, tenant=tenant,
+            scope=scope, tokens=tokens)
+        return where
     if tokens is not None:  # beside an amount: every tokens budget counts them
         scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
                  else None)

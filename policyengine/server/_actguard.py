@@ -172,7 +172,8 @@ class ActguardWire:
         context: dict[str, Any] = dict(scope)
         if key.tenant is not None:
             context["tenant"] = key.tenant
-        d = authorize_spend(self.service.engine, key.agent, PERMISSION, context, usd)
+        d = authorize_spend(self.service.engine, key.agent, PERMISSION, context, usd,
+                            key.tenant or "")
         self.service.metrics.decision("actguard", "allowed" if d is None else d.status)
         if d is None:
             return

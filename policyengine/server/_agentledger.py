@@ -310,7 +310,7 @@ class AgentLedgerWire:
             context["tenant"] = s.tenant
         # Asked in dollars, a permission only tokens budgets cover is unit_mismatch.
         d = authorize_spend(engine, s.agent, PERMISSION, context,
-                            None if _tokens_only(engine) else total)
+                            None if _tokens_only(engine) else total, s.tenant or "")
         self.service.metrics.decision("agent_ledger", "allowed" if d is None else d.status)
         if d is not None:
             if d.code in ("budget_exceeded", "debt_outstanding") and d.budget is not None:

@@ -804,7 +804,10 @@ class PolicyService:
     def _authorize(self, req: Request) -> Reply:
         principal, token = self._agent(req)
         request = validate(_AUTHORIZE_IN, json_body(req))
-        d = self.engine.authorize(principal, request.permission, request.context, token=token)
+        # The budgets and rate limits count in the agent's tenant (its credentials'),
+        # never in one the request names: the rules read the context as sent.
+        d = self.engine.authorize(principal, request.permission, request.context, token=token,
+                                  partition=self.credentials.partition_of(principal))
         self.metrics.decision("tracengent", d.status)
         # Validating the engine's wire dict (money as decimal strings) into the response
         # model is cheaper than model_construct, and checks the shape we promise.
@@ -833,7 +836,8 @@ class PolicyService:
             path=r.path,
             query=r.query, headers=r.headers, body=r.body, tool_name=r.toolName,
             function_name=r.functionName, token=token, context=r.context,
-            approval_id=r.approvalId, redaction_check=check)
+            approval_id=r.approvalId, redaction_check=check,
+            partition=self.credentials.partition_of(principal))
         self.metrics.decision("tracengent_tool", td.status)
         wire = public_decision(td.to_wire())
         wire["redactions"] = concrete[-1] if td.allowed and concrete else []

@@ -142,13 +142,19 @@ class AuthzenWire:
                                 ((b"www-authenticate", b'Bearer realm="authzen"'),))
         return name
 
+    def _partition(self, req: Request) -> str:
+        """The partition the asking client's decisions count in: its entry's tenant
+        (``""`` without one, or with the routes open), never one the request names."""
+        return self.service.credentials.authzen_partition(self._pep(req))
+
     def evaluation(self, req: Request) -> Reply:
         from policyengine.server._app import RefusalError, Reply, json_body, validate
-        self._pep(req)
+        partition = self._partition(req)
         data = json_body(req)
         r = validate(_ONE_IN, data)
         try:
-            out = _ONE_OUT.validate_python(evaluate(self.service.engine, data, self._count))
+            out = _ONE_OUT.validate_python(evaluate(self.service.engine, data, self._count,
+                                                    partition))
         except _ItemError as exc:
             raise RefusalError(400, "invalid_request", exc.message) from None
         return Reply(200, _ONE_OUT.dump_json(out), r.subject.id,
@@ -156,11 +162,11 @@ class AuthzenWire:
 
     def evaluations(self, req: Request) -> Reply:
         from policyengine.server._app import RefusalError, Reply, json_body, validate
-        self._pep(req)
+        partition = self._partition(req)
         data = json_body(req)
         validate(_MANY_IN, data)
         try:
-            out = evaluate_batch(self.service.engine, data, self._count)
+            out = evaluate_batch(self.service.engine, data, self._count, partition)
         except _ItemError as exc:
             raise RefusalError(400, "invalid_request", exc.message) from None
         if "evaluations" not in out:  # no list: answered as one evaluation
@@ -180,7 +186,9 @@ class AuthzenWire:
             validate(adapter_in, data)
             engine = self.service.engine
             try:
-                answer, recorded = logged_search(engine, kind, data, client)
+                answer, recorded = logged_search(
+                    engine, kind, data, client,
+                    self.service.credentials.authzen_partition(client))
             except _ItemError as exc:
                 raise RefusalError(400, "invalid_request", exc.message) from None
             log = engine.decision_log
@@ -231,10 +239,11 @@ def _base_context(context: dict[str, Any] | None) -> dict[str, Any]:
 
 def _decide(engine: pe.Engine, subject: dict[str, Any], action: dict[str, Any],
             resource: dict[str, Any], context: dict[str, Any] | None,
-            count: Callable[[str], None] | None) -> dict[str, Any]:
+            count: Callable[[str], None] | None, partition: str = "") -> dict[str, Any]:
     ctx = _base_context(context)
     ctx["subject"], ctx["resource"], ctx["action"] = subject, _known(engine, resource), action
-    d = engine.authorize(subject["id"], f"{resource['type']}:{action['name']}", ctx)
+    d = engine.authorize(subject["id"], f"{resource['type']}:{action['name']}", ctx,
+                         partition=partition)
     if count is not None:
         count(d.status)
     answer: dict[str, Any] = {"id": d.decision_id, "status": d.status, "reasonCode": d.code,
@@ -250,16 +259,19 @@ def _decide(engine: pe.Engine, subject: dict[str, Any], action: dict[str, Any],
 
 
 def evaluate(engine: pe.Engine, data: dict[str, Any],
-             count: Callable[[str], None] | None = None) -> dict[str, Any]:
+             count: Callable[[str], None] | None = None, partition: str = ""
+             ) -> dict[str, Any]:
     """One AuthZEN access evaluation (a body already validated as
-    :class:`AccessEvaluation`), mapped onto ``engine.authorize``; the response as a dict
-    of :class:`AccessEvaluationResponse`'s shape."""
+    :class:`AccessEvaluation`), mapped onto ``engine.authorize`` in ``partition`` (the
+    asking client's tenant); the response as a dict of
+    :class:`AccessEvaluationResponse`'s shape."""
     return _decide(engine, data["subject"], data["action"], data["resource"],
-                   data.get("context"), count)
+                   data.get("context"), count, partition)
 
 
 def evaluate_batch(engine: pe.Engine, data: dict[str, Any],
-                   count: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   count: Callable[[str], None] | None = None, partition: str = ""
+                   ) -> dict[str, Any]:
     """``evaluations`` (a body already validated as :class:`AccessEvaluations`) with
     their semantic; without a list, a single evaluation. An item that cannot be evaluated
     is ``decision: false`` with ``context.code`` 400. Works on the validated dicts: the
@@ -269,16 +281,17 @@ def evaluate_batch(engine: pe.Engine, data: dict[str, Any],
     and counts once in ``blocked``."""
     log = engine.decision_log
     with log.one_wait() if log is not None else contextlib.nullcontext():
-        return _evaluate_batch(engine, data, count)
+        return _evaluate_batch(engine, data, count, partition)
 
 
 def _evaluate_batch(engine: pe.Engine, data: dict[str, Any],
-                    count: Callable[[str], None] | None) -> dict[str, Any]:
+                    count: Callable[[str], None] | None, partition: str = ""
+                    ) -> dict[str, Any]:
     top_s, top_a, top_r = data.get("subject"), data.get("action"), data.get("resource")
     top_ctx = data.get("context")
     items = data.get("evaluations")
     if not items:
-        return _decide(engine, *_complete(top_s, top_a, top_r), top_ctx, count)
+        return _decide(engine, *_complete(top_s, top_a, top_r), top_ctx, count, partition)
     options = data.get("options") or {}
     semantic = options.get("evaluations_semantic") or "execute_all"
     stop_on = {"deny_on_first_deny": False, "permit_on_first_permit": True}.get(semantic)
@@ -289,7 +302,8 @@ def _evaluate_batch(engine: pe.Engine, data: dict[str, Any],
         try:
             s, a, res = _complete(get("subject") or top_s, get("action") or top_a,
                                   get("resource") or top_r)
-            out = _decide(engine, s, a, res, top_ctx if context is None else context, count)
+            out = _decide(engine, s, a, res, top_ctx if context is None else context, count,
+                          partition)
         except _ItemError as exc:
             out = {"decision": False, "context": {"code": 400,
                                                   "reason_admin": {"en": exc.message}}}
@@ -374,7 +388,7 @@ def _run_search_case(engine: pe.Engine, kind: str, request: dict[str, Any],
 
 # --------------------------------------------------------------------------- search
 def logged_search(engine: pe.Engine, kind: str, data: dict[str, Any],
-                  client: str | None) -> tuple[dict[str, Any], bool]:
+                  client: str | None, partition: str = "") -> tuple[dict[str, Any], bool]:
     """One search (:func:`search`) and its decision-log record (:func:`search_record`),
     written under the policy revision that was searched; the service's handler and the
     conformance fixtures (``decision_log`` cases with ``op: search.<kind>``) both take
@@ -385,11 +399,11 @@ def logged_search(engine: pe.Engine, kind: str, data: dict[str, Any],
     all (``DecisionLog.one_wait``)."""
     log = engine.decision_log
     if log is None:
-        return search(engine, kind, data), True
+        return search(engine, kind, data, partition), True
     view = log.view  # the revision searched under
     with log.one_wait():
         started = time.perf_counter_ns()
-        answer = search(engine, kind, data)
+        answer = search(engine, kind, data, partition)
         fields = search_record(kind, data, answer, client,
                                time.perf_counter_ns() - started)
         return answer, log.event(f"search.{kind}", fields, view)
@@ -427,12 +441,13 @@ def search_record(kind: str, data: dict[str, Any], answer: dict[str, Any],
 
 
 def _allowed(engine: pe.Engine, principal: str, permission: str,
-             ctx: dict[str, Any]) -> bool:
+             ctx: dict[str, Any], partition: str = "") -> bool:
     """Would an evaluation of this be true? The decision pipeline's own run, without
     its side effects: a pending approval registers nothing, the decision log takes no
     record (a search is not an access)."""
     run = engine.pipeline.run
-    return run(principal, permission, ctx, None, None, False).status == "allowed"
+    return run(principal, permission, ctx, None, None, False,
+               partition=partition).status == "allowed"
 
 
 def _action_names(engine: pe.Engine, rtype: str) -> list[str]:
@@ -517,7 +532,7 @@ def _may(lines: Iterable[Any], permission: str) -> bool:
 
 
 def _subjects(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
-              permission: str) -> list[dict[str, Any]]:
+              permission: str, partition: str = "") -> list[dict[str, Any]]:
     """The agents ``principals_with(permission)`` lists as allowed (on conditions or
     not), in the policy's declaration order, whose decision here is allowed."""
     candidates = {a.principal for a in engine.principals_with(permission).entries
@@ -529,13 +544,13 @@ def _subjects(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
         if principal not in candidates:
             continue
         ctx["subject"] = {"type": stype, "id": principal}
-        if _allowed(engine, principal, permission, dict(ctx)):
+        if _allowed(engine, principal, permission, dict(ctx), partition):
             out.append({"type": stype, "id": principal})
     return out
 
 
 def _resources(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
-               permission: str) -> list[dict[str, Any]]:
+               permission: str, partition: str = "") -> list[dict[str, Any]]:
     """Nothing unless ``permissions_of(subject)`` has an allowed line for the permission;
     then the declared resources of the type whose decision is allowed."""
     principal = data["subject"]["id"]
@@ -546,13 +561,13 @@ def _resources(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
     out = []
     for rid, attrs in engine.policy.resources.get(rtype, {}).items():
         ctx["resource"] = {"type": rtype, "id": rid, "properties": dict(attrs)}
-        if _allowed(engine, principal, permission, dict(ctx)):
+        if _allowed(engine, principal, permission, dict(ctx), partition):
             out.append({"type": rtype, "id": rid})
     return out
 
 
-def _actions(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any]
-             ) -> list[dict[str, Any]]:
+def _actions(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
+             partition: str = "") -> list[dict[str, Any]]:
     """The actions of the type's vocabulary that an allowed line of
     ``permissions_of(subject)`` covers and whose decision is allowed."""
     resource = data["resource"]
@@ -565,12 +580,13 @@ def _actions(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any]
         if not is_valid_permission(permission) or not _may(lines, permission):
             continue
         ctx["action"] = {"name": name}
-        if _allowed(engine, principal, permission, dict(ctx)):
+        if _allowed(engine, principal, permission, dict(ctx), partition):
             out.append({"name": name})
     return out
 
 
-def search(engine: pe.Engine, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+def search(engine: pe.Engine, kind: str, data: dict[str, Any], partition: str = ""
+           ) -> dict[str, Any]:
     """One AuthZEN search (``kind`` subject, resource or action; ``data`` a body already
     validated as its request model): every entity an evaluation would allow, paged as
     the request's ``page`` asks; the response as a dict of the response model's shape.
@@ -579,20 +595,21 @@ def search(engine: pe.Engine, kind: str, data: dict[str, Any]) -> dict[str, Any]
     ``block_timeout`` in all (``DecisionLog.one_wait``), not that long each."""
     log = engine.decision_log
     with log.one_wait() if log is not None else contextlib.nullcontext():
-        return _search(engine, kind, data)
+        return _search(engine, kind, data, partition)
 
 
-def _search(engine: pe.Engine, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+def _search(engine: pe.Engine, kind: str, data: dict[str, Any], partition: str = ""
+            ) -> dict[str, Any]:
     ctx = _base_context(data.get("context"))
     found: Iterable[dict[str, Any]]
     if kind == "action":
-        found = _actions(engine, data, ctx)
+        found = _actions(engine, data, ctx, partition)
     else:
         permission = f"{data['resource']['type']}:{data['action']['name']}"
         if not is_valid_permission(permission):
             found = []
         elif kind == "subject":
-            found = _subjects(engine, data, ctx, permission)
+            found = _subjects(engine, data, ctx, permission, partition)
         else:
-            found = _resources(engine, data, ctx, permission)
+            found = _resources(engine, data, ctx, permission, partition)
     return _paged(kind, data, list(found))

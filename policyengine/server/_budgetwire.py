@@ -7,7 +7,6 @@ themselves (:func:`render_refusals`) instead of the service's deny-shaped error.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,7 +15,7 @@ from pydantic import BaseModel, TypeAdapter
 
 import policyengine as pe
 from policyengine.budgets import BudgetInputError, IdempotencyMismatch, LLMUsage
-from policyengine.budgets.spec import NON_CURRENCY_UNITS
+from policyengine.budgets.spec import NON_CURRENCY_UNITS, PART_ESCAPES, dimension, under
 from policyengine.server._faults import public_message
 
 if TYPE_CHECKING:
@@ -43,40 +42,6 @@ T = TypeVar("T")
 #: The ledger's ``scope=`` levels (``per workspace`` ...): it writes their buckets under
 #: the tenant itself, so a wire hands them over as they are.
 SCOPE_LEVELS = ("workspace", "app", "workflow", "toolset")
-#: A name inside a principal or a bucket the wires make (:func:`under`): no ``/`` nor
-#: ``#`` left, so the parts read back one way only.
-PART_ESCAPES = str.maketrans({"%": "%25", "/": "%2F", "#": "%23"})
-_MAX_PRINCIPAL = 256  # the ledger's longest principal (and scope value)
-
-
-def under(tenant: str, below: str | None = None) -> str:
-    """A name under ``tenant`` in the ``tenant:`` namespace, which is the budget wires'
-    alone (no credentials name an agent so, no delegation token names a principal so):
-    the tenant's own principal ``tenant:acme`` (``below`` None), the principal of an
-    agent named on the Cycles wire only ``tenant:acme/agent:bot``, the person an actguard
-    run acts for ``tenant:acme/user_id:alice``, a request field's bucket
-    ``tenant:acme/cost_center:cc1`` (``below`` is then ``agent:bot``, ``cost_center:cc1``,
-    its parts escaped by the caller). A key without a tenant is the empty tenant's,
-    ``tenant:/user_id:alice``, which no tenant (a non-empty name) makes. ``%``, ``/``
-    and ``#`` in the tenant are escaped, so two (tenant, below) pairs never make one
-    name. Past what the ledger keeps (256 characters), both parts are cut and a digest
-    of the pair follows a ``#``, which no short form holds."""
-    where = tenant.translate(PART_ESCAPES)
-    name = f"tenant:{where}" if below is None else f"tenant:{where}/{below}"
-    if len(name) <= _MAX_PRINCIPAL:
-        return name
-    digest = hashlib.sha256(f"{tenant}\0{below or ''}".encode("utf-8", "surrogatepass")
-                            ).hexdigest()
-    cut = f"tenant:{where[:100]}" if below is None else f"tenant:{where[:100]}/{below[:100]}"
-    return f"{cut}#{digest[:32]}"
-
-
-def dimension(tenant: str, name: str, value: str) -> str:
-    """The bucket of the request field ``name: value`` under ``tenant`` (``per
-    context.NAME`` budgets), and the principal of a client-named person
-    (``user_id``): ``tenant:acme/cost_center:cc1``, so two tenants' equal values are two
-    buckets, and no value names another namespace's (:func:`under`)."""
-    return under(tenant, f"{name.translate(PART_ESCAPES)}:{value.translate(PART_ESCAPES)}")
 
 
 def tenant_fields(fields: Iterable[str], tenant: str, given: Mapping[str, str]
@@ -122,8 +87,12 @@ def exact_or_cent(call: Callable[[int], T], micro: int) -> T:
 
 
 def authorize_spend(engine: pe.Engine, principal: str, permission: str,
-                    context: dict[str, Any], usd: Decimal | None) -> pe.Decision | None:
+                    context: dict[str, Any], usd: Decimal | None, partition: str = ""
+                    ) -> pe.Decision | None:
     """The policy's decision on a spend of ``usd`` dollars, or None when it allows it.
+    ``partition``: the key's tenant (``""`` without one), whose counters the decision's
+    budget check and rate limits read (``Engine.authorize``), never one the request
+    names.
 
     The decision pipeline reads amounts in the currency's own unit (cents): a dollar
     amount with a fraction of a cent is asked rounded **up**, so rules and limits see no
@@ -142,7 +111,7 @@ def authorize_spend(engine: pe.Engine, principal: str, permission: str,
     if usd is not None:
         asked = at_cent(usd)
         context = {**context, "amount": asked, "currency": USD}
-    d = engine.authorize(principal, permission, context)
+    d = engine.authorize(principal, permission, context, partition=partition)
     if d.allowed:
         return None
     if d.code == "budget_exceeded" and usd is not None and asked != usd and not (

@@ -4,9 +4,10 @@ A credentials file is JSON::
 
     {"agents": [{"clientId": "key_travel", "secretHash": "scrypt$...",
                  "agent": "travel-agent", "permissions": ["flights:*"],
-                 "ingestKeyHash": "scrypt$..."}],
+                 "ingestKeyHash": "scrypt$...", "tenant": "acme"}],
      "admins": [{"name": "ops", "secretHash": "scrypt$..."}],
-     "authzenClients": [{"name": "todo-backend", "secretHash": "scrypt$..."}],
+     "authzenClients": [{"name": "todo-backend", "secretHash": "scrypt$...",
+                         "tenant": "acme"}],
      "apiKeys": [{"name": "ledger-prod", "keyHash": "scrypt$...", "agent": "travel-agent",
                   "tenant": "acme"}],
      "cyclesKeys": [{"name": "acme-prod", "keyHash": "scrypt$...", "tenant": "acme"}]}
@@ -22,6 +23,11 @@ open to whoever reaches the port. ``apiKeys`` are the bare API keys of the budge
 (actguard's bearer key, agent-ledger's ``x-api-key``): each binds one agent principal
 and, optionally, a tenant. ``cyclesKeys`` are the API keys of the Cycles budget wire
 (``X-Cycles-API-Key``), each bound to the one tenant it may spend for.
+An ``agents`` or ``authzenClients`` entry's optional ``tenant`` is the partition its
+decisions count in (``Engine.authorize(..., partition=)``): the budgets and rate limits
+read every value a request names under that tenant; without one, the empty partition
+(the request's values as sent: the single-tenant default). Every ``agents`` entry of
+one agent gives it the same tenant.
 """
 
 from __future__ import annotations
@@ -78,6 +84,14 @@ def _store_text(where: str, value: str) -> None:
             raise CredentialsError(f"{where} holds a NUL character or a lone surrogate, "
                                    "which no budget store keeps: every request it makes "
                                    "that a budget counts would be refused invalid_subject")
+
+
+def _tenant_text(where: str, value: object) -> None:
+    """A ``tenant`` of an ``agents`` or ``authzenClients`` entry: a non-empty string
+    every store keeps (:func:`_store_text`)."""
+    if type(value) is not str:
+        raise CredentialsError(f"{where} must be a string")
+    _store_text(where, value)
 
 
 def _b64(data: bytes) -> str:
@@ -140,6 +154,7 @@ class AgentCredential:
     agent: str
     permissions: tuple[str, ...]
     ingest_key_hash: str | None = None
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,12 +183,21 @@ class Credentials:
                  admins: Mapping[str, str] | None = None,
                  authzen_clients: Mapping[str, str] | None = None,
                  api_keys: tuple[ApiKey, ...] = (),
-                 cycles_keys: tuple[CyclesKey, ...] = ()) -> None:
+                 cycles_keys: tuple[CyclesKey, ...] = (),
+                 authzen_tenants: Mapping[str, str] | None = None) -> None:
         self._agents = {a.client_id: a for a in agents}
         if len(self._agents) != len(agents):
             raise CredentialsError("two agents share a clientId")
         self._admins = dict(admins or {})
         self._authzen = dict(authzen_clients or {})
+        self._authzen_tenants = dict(authzen_tenants or {})
+        # Agent principal -> the tenant its decisions count in (its agents entries').
+        self._decides_in: dict[str, str] = {}
+        for a in agents:
+            if self._decides_in.setdefault(a.agent, a.tenant or "") != (a.tenant or ""):
+                raise CredentialsError(f"agent {a.agent[:64]!r}: its agents entries give "
+                                       "it two tenants (an agent's decisions count in "
+                                       "one)")
         self._cycles = tuple(cycles_keys)
         if len({k.name for k in self._cycles}) != len(self._cycles):
             raise CredentialsError("two cyclesKeys share a name")
@@ -226,9 +250,9 @@ class Credentials:
         for n, item in enumerate(data.get("agents", [])):
             if not isinstance(item, dict) or not {"clientId", "secretHash", "agent"} <= set(
                     item) or set(item) - {"clientId", "secretHash", "agent", "permissions",
-                                          "ingestKeyHash"}:
+                                          "ingestKeyHash", "tenant"}:
                 raise CredentialsError("an agent needs clientId, secretHash and agent "
-                                       "(optional: permissions, ingestKeyHash)")
+                                       "(optional: permissions, ingestKeyHash, tenant)")
             perms = item.get("permissions", [])
             if not isinstance(perms, list) or not all(pe.is_valid_pattern(p) for p in perms):
                 raise CredentialsError(f"agent {item['clientId']!r}: permissions must be a "
@@ -236,20 +260,30 @@ class Credentials:
             if type(item["clientId"]) is not str or type(item["agent"]) is not str:
                 raise CredentialsError("clientId and agent must be strings")
             _store_text(f"agents[{n}].agent", item["agent"])
+            if "tenant" in item:
+                _tenant_text(f"agents[{n}].tenant", item["tenant"])
             _parse_hash(item["secretHash"])
             if item.get("ingestKeyHash") is not None:
                 _parse_hash(item["ingestKeyHash"])
             agents.append(AgentCredential(item["clientId"], item["secretHash"], item["agent"],
-                                          tuple(perms), item.get("ingestKeyHash")))
+                                          tuple(perms), item.get("ingestKeyHash"),
+                                          item.get("tenant")))
         named: dict[str, dict[str, str]] = {"admins": {}, "authzenClients": {}}
+        authzen_tenants: dict[str, str] = {}
         for kind, table in named.items():
-            for item in data.get(kind, []):
-                if not isinstance(item, dict) or set(item) != {"name", "secretHash"} or type(
+            extra = {"tenant"} if kind == "authzenClients" else set()
+            for n, item in enumerate(data.get(kind, [])):
+                if not isinstance(item, dict) or not {"name", "secretHash"} <= set(
+                        item) or set(item) - {"name", "secretHash", *extra} or type(
                         item["name"]) is not str:
                     raise CredentialsError(f"an entry of {kind} is "
-                                           "{\"name\", \"secretHash\"}")
+                                           "{\"name\", \"secretHash\""
+                                           + (", \"tenant\"?}" if extra else "}"))
                 _parse_hash(item["secretHash"])
                 table[item["name"]] = item["secretHash"]
+                if "tenant" in item:
+                    _tenant_text(f"{kind}[{n}].tenant", item["tenant"])
+                    authzen_tenants[item["name"]] = item["tenant"]
         api_keys = []
         for n, item in enumerate(data.get("apiKeys", [])):
             if not isinstance(item, dict) or not {"name", "keyHash", "agent"} <= set(
@@ -276,7 +310,7 @@ class Credentials:
             _parse_hash(item["keyHash"])
             cycles.append(CyclesKey(item["name"], item["keyHash"], item["tenant"]))
         return cls(tuple(agents), named["admins"], named["authzenClients"], tuple(api_keys),
-                   tuple(cycles))
+                   tuple(cycles), authzen_tenants)
 
     def check_client(self, client_id: str, secret: str) -> AgentCredential | None:
         """The agent whose client credentials these are, or None (same work either way)."""
@@ -372,6 +406,19 @@ class Credentials:
         (an agent credential, an API key without one); None for an agent they never
         name."""
         return self._agent_tenants.get(agent)
+
+    def partition_of(self, agent: str) -> str:
+        """The partition the decisions of the principal ``agent`` count in on the
+        tracengent wire: the ``tenant`` of its ``agents`` entries, ``""`` when they give
+        none or do not name it (the single-tenant default: the request's values as
+        sent)."""
+        return self._decides_in.get(agent, "")
+
+    def authzen_partition(self, name: str | None) -> str:
+        """The partition an AuthZEN client's evaluations and searches count in: its
+        entry's ``tenant``, ``""`` without one (or with the routes open: ``name``
+        None)."""
+        return self._authzen_tenants.get(name, "") if name is not None else ""
 
     @property
     def has_api_keys(self) -> bool:

@@ -618,7 +618,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
                    body: Any = None, tool_name: Any = None, function_name: Any = None,
                    token: Any = None, context: Any = None, approval_id: Any = None,
                    scheme: Any = None, trace: Any = None,
-                   redaction_check: Any = None) -> ToolDecision:
+                   redaction_check: Any = None, partition: str = "") -> ToolDecision:
     """Decide one tool call. Never raises for request data.
 
     ``pipeline`` is the engine's decision pipeline
@@ -628,7 +628,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
     the pipeline's ``hmac_key``) before it records a pending approval. ``trace``
     (explain) records the steps.
     ``redaction_check``: see ``Engine.tool_authorize`` (the run's redaction step asks it
-    with the body as given here).
+    with the body as given here). ``partition``: see ``Engine.authorize``.
     """
     tools: CompiledTools = pipeline.policy.tools
 
@@ -747,5 +747,5 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
 
     decision, redacted, redactions = pipeline.run_tool(
         principal, permission, ctx, token, approval_id, body, rules, fields, call, trace,
-        redaction_check, raw_body)
+        redaction_check, raw_body, partition)
     return build_tool_decision(decision, _outcome(decision), redacted, redactions, qid)

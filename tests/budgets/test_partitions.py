@@ -1,0 +1,240 @@
+"""``Engine.authorize(..., partition=)``: the tenant whose counters a decision's budget
+check and rate limits read. Every bucket the request's own values name (``per
+context.NAME``, ``per tenant``, the hierarchy levels) is the partition's, so the same
+policy and the same context under two partitions never share a counter; the empty
+partition reads the values as sent, today's buckets exactly. The rules read the context
+as sent either way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import policyengine as pe
+from policyengine.budgets.spec import dimension, partitioned, scope_path
+
+POLICY = """
+currency USD
+role r: llm:*
+agent "bot": r
+forbid banned: llm:ban when context.run_id == "banned"
+budget per-ban: llm:ban limit 1 USD per day per context.run_id
+budget per-run: llm:run limit 1 USD per day per context.run_id
+budget per-tenant: llm:team limit 1 USD per day per tenant
+budget per-ws: llm:ws limit 1 USD per day per workspace
+ratelimit run-rate: llm:run 2 per hour per context.run_id
+ratelimit tenant-rate: llm:team 2 per hour per tenant
+ratelimit ws-rate: llm:ws 2 per hour per workspace
+"""
+CTX = {"amount": "0.80", "currency": "USD", "run_id": "r-1", "tenant": "globex",
+       "workspace": "w"}
+
+
+def engine() -> pe.Engine:
+    return pe.Engine.from_source(POLICY)
+
+
+def spend(e: pe.Engine, permission: str, partition: str, context: dict[str, Any]) -> None:
+    """Record $0.80 where a budget wire of tenant ``partition`` charges it."""
+    given = {k: v for k, v in context.items() if type(v) is str}
+    if partition:
+        scope: dict[str, Any] = partitioned(partition, e.budgets.scope_fields, given)
+        tenant: str | None = partition
+    else:
+        scope = {f: given[f] for f in e.budgets.scope_fields if f in given}
+        tenant = given.get("tenant")
+    e.budgets.record("bot", permission, "0.80", "USD", tenant=tenant, scope=scope)
+
+
+@pytest.mark.parametrize("permission", ["llm:run", "llm:team", "llm:ws"])
+def test_two_partitions_keep_their_own_budgets(permission: str) -> None:
+    e = engine()
+    spend(e, permission, "acme", CTX)
+    assert e.authorize("bot", permission, CTX, partition="acme").code == "budget_exceeded"
+    assert e.authorize("bot", permission, CTX, partition="globex").allowed
+    # the empty partition reads the values as sent: acme's spend is not there either
+    assert e.authorize("bot", permission, CTX).allowed
+    spend(e, permission, "", CTX)
+    assert e.authorize("bot", permission, CTX).code == "budget_exceeded"
+    assert e.authorize("bot", permission, CTX, partition="initech").allowed
+    assert e.authorize("bot", permission, CTX, partition="acme").code == "budget_exceeded"
+
+
+@pytest.mark.parametrize("permission", ["llm:run", "llm:team", "llm:ws"])
+def test_two_partitions_keep_their_own_rate_limits(permission: str) -> None:
+    e = engine()
+    ctx = {"run_id": "r-1", "tenant": "globex", "workspace": "w"}
+    assert [e.authorize("bot", permission, ctx, partition="acme").code
+            for _ in range(3)] == ["permitted", "permitted", "rate_limited"]
+    for partition in ("initech", ""):
+        assert [e.authorize("bot", permission, ctx, partition=partition).code
+                for _ in range(3)] == ["permitted", "permitted", "rate_limited"]
+
+
+def test_a_context_tenant_never_reaches_another_partitions_counters() -> None:
+    e = engine()
+    spend(e, "llm:team", "globex", CTX)  # globex's own tenant budget is full
+    # acme's caller names globex as its tenant: its counter is still acme's own
+    assert e.authorize("bot", "llm:team", {**CTX, "tenant": "globex"},
+                       partition="acme").allowed
+    assert e.authorize("bot", "llm:team", CTX, partition="globex").code == "budget_exceeded"
+    # acme's second call (the first took one), naming globex again
+    assert e.authorize("bot", "llm:team", {"tenant": "globex"}, partition="acme").allowed
+    for _ in range(2):  # globex's own two calls are untouched
+        assert e.authorize("bot", "llm:team", {}, partition="globex").allowed
+    # the subject the decision names is the partition's
+    d = e.authorize("bot", "llm:team", {"tenant": "globex"}, partition="acme")
+    assert d.code == "rate_limited" and d.rate_limit is not None
+    assert d.rate_limit.subject == "acme"
+
+
+def test_the_subjects_are_the_budget_wires_buckets() -> None:
+    e = engine()
+    checks = {"llm:run": dimension("acme", "run_id", "r-1"), "llm:team": "acme",
+              "llm:ws": scope_path("workspace", "bot", {"tenant": "acme", "workspace": "w"})}
+    for permission, subject in checks.items():
+        d = e.authorize("bot", permission, CTX, partition="acme")
+        assert d.budget is not None and d.budget.subject == subject
+    missing = e.authorize("bot", "llm:run", {"amount": "0.10", "currency": "USD"},
+                          partition="acme")
+    assert missing.budget is not None and missing.budget.subject == "tenant:acme/run_id:"
+
+
+def test_the_empty_partition_keeps_todays_keys_exactly() -> None:
+    e = engine()
+    for permission, subject in (("llm:run", "r-1"), ("llm:team", "globex"),
+                                ("llm:ws", "tenant:globex/workspace:w")):
+        for d in (e.authorize("bot", permission, CTX),
+                  e.authorize("bot", permission, CTX, partition="")):
+            assert d.budget is not None and d.budget.subject == subject
+    ctx = {"run_id": "r-1"}
+    e.authorize("bot", "llm:run", ctx)
+    e.authorize("bot", "llm:run", ctx)
+    d = e.authorize("bot", "llm:run", ctx)
+    assert d.rate_limit is not None and d.rate_limit.subject == "r-1"
+
+
+def test_rules_read_the_context_as_sent() -> None:
+    e = engine()
+    d = e.authorize("bot", "llm:ban", {**CTX, "run_id": "banned"}, partition="acme")
+    assert (d.status, d.code) == ("denied", "forbidden")
+    d = e.authorize("bot", "llm:ban", CTX, partition="acme")
+    assert d.allowed and d.budget is not None
+    assert d.budget.subject == "tenant:acme/run_id:r-1"
+
+
+def test_explain_and_tools_take_the_partition() -> None:
+    e = engine()
+    spend(e, "llm:run", "acme", CTX)
+    assert e.explain("bot", "llm:run", CTX, partition="acme").decision.code == (
+        "budget_exceeded")
+    assert e.explain("bot", "llm:run", CTX, partition="globex").decision.allowed
+    # explain counts nothing: globex still has both calls
+    ctx = {"run_id": "r-9"}
+    for _ in range(3):
+        e.explain("bot", "llm:run", ctx, partition="globex")
+    assert e.authorize("bot", "llm:run", ctx, partition="globex").allowed
+
+
+def test_tool_authorize_counts_in_the_partition() -> None:
+    e = pe.Engine.from_source("""
+role r: tools:*
+agent "bot": r
+tool search: mcp "search" -> tools:search { run_id = $.run }
+ratelimit s: tools:search 1 per hour per context.run_id
+""")
+    call = {"transport": "mcp", "tool_name": "search", "body": {"run": "r-1"}}
+    assert e.tool_authorize("bot", partition="acme", **call).allowed  # type: ignore[arg-type]
+    assert e.tool_authorize("bot", partition="acme", **call).code == (  # type: ignore[arg-type]
+        "rate_limited")
+    assert e.tool_authorize("bot", partition="globex", **call).allowed  # type: ignore[arg-type]
+    assert e.explain_tool("bot", partition="acme", **call).decision.code == (  # type: ignore[arg-type]
+        "rate_limited")
+    assert e.tool_authorize("bot", **call).allowed  # type: ignore[arg-type]
+
+
+def test_a_partition_that_is_no_string_is_an_invalid_request() -> None:
+    e = engine()
+    d = e.authorize("bot", "llm:run", CTX, partition=7)  # type: ignore[arg-type]
+    assert (d.status, d.code) == ("denied", "invalid_request")
+    assert "partition" in d.reason
+
+
+def test_the_decision_log_records_the_partition(tmp_path: Any) -> None:
+    import json
+    path = tmp_path / "log.jsonl"
+    e = pe.Engine.from_source(POLICY, decision_log=str(path))
+    e.authorize("bot", "llm:run", CTX, partition="acme")
+    e.authorize("bot", "llm:run", CTX)
+    assert e.close()
+    inputs = [json.loads(line)["input"] for line in path.read_text().splitlines()
+              if json.loads(line).get("kind") == "authorize"]
+    assert [i.get("partition") for i in inputs] == ["acme", None]
+
+
+_names = st.text(st.characters(codec="ascii", exclude_characters="\0"), max_size=300)
+
+
+@settings(max_examples=150, deadline=None)
+@given(a=_names.filter(bool), b=_names.filter(bool),
+       va=_names.filter(bool), vb=_names.filter(bool))
+def test_partitions_never_share_a_bucket(a: str, b: str, va: str, vb: str) -> None:
+    """Two partitions (with ``/``, ``%``, ``#``, ``:`` and names past 256 characters)
+    never make one bucket of a request field, a tenant or a hierarchy level, whatever
+    values their requests carry; one partition's two values are two buckets."""
+    fields = ("run_id", "workspace")
+    pa = partitioned(a, fields, {"run_id": va, "workspace": va})
+    pb = partitioned(b, fields, {"run_id": vb, "workspace": vb})
+    if a != b:
+        assert pa["run_id"] != pb["run_id"]
+        assert scope_path("workspace", "bot", {"tenant": a, "workspace": va}) != (
+            scope_path("workspace", "bot", {"tenant": b, "workspace": vb}))
+    elif va != vb:
+        assert pa["run_id"] != pb["run_id"]
+    assert pa["workspace"] == va  # a level is its value, written under the tenant
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=_names.filter(bool).map(lambda s: s[:40]), b=_names.filter(bool).map(lambda s: s[:40]),
+       value=_names.filter(bool).map(lambda s: s[:40]))
+def test_partitions_never_share_a_counter_in_the_engine(a: str, b: str, value: str) -> None:
+    """End to end: with one partition's budget and rate limit exhausted, another
+    partition's request with the very same context is admitted."""
+    if a == b:
+        return
+    e = engine()
+    ctx = {"amount": "0.80", "currency": "USD", "run_id": value}
+    spend(e, "llm:run", a, ctx)
+    assert e.authorize("bot", "llm:run", ctx, partition=a).code == "budget_exceeded"
+    d = e.authorize("bot", "llm:run", ctx, partition=b)
+    assert d.allowed, (d.code, d.reason)
+    e.authorize("bot", "llm:run", ctx, partition=b)
+    assert e.authorize("bot", "llm:run", ctx, partition=b).code == "rate_limited"
+    assert e.authorize("bot", "llm:run", {"run_id": value}, partition=a).allowed
+
+
+def test_replay_decides_again_in_the_logged_partition(tmp_path: Any) -> None:
+    from policyengine.budgets import MemoryStore
+    from policyengine.replay import replay
+    store = MemoryStore()
+    path = tmp_path / "log.jsonl"
+    e = pe.Engine.from_source(POLICY, budget_store=store, decision_log=str(path))
+    spend(e, "llm:run", "", CTX)  # the run id as sent is full; acme's is not
+    assert e.authorize("bot", "llm:run", CTX, partition="acme").allowed
+    assert e.close()
+    report = replay([str(path)], pe.Engine.from_source(POLICY, budget_store=store))
+    assert report.replayed == 1 and report.changes == []
+
+
+def test_shadow_budgets_count_in_the_partition() -> None:
+    e = pe.Engine.from_source(POLICY + "budget shadow-run: llm:sh limit 1 USD per day "
+                              "per context.run_id mode warn\n")
+    spend(e, "llm:sh", "acme", CTX)  # the shadow line is charged beside the enforced ones
+    acme = e.authorize("bot", "llm:sh", CTX, partition="acme")
+    assert acme.allowed and [(s.id, s.code) for s in acme.shadow] == [
+        ("default.shadow-run", "budget_exceeded")]
+    assert e.authorize("bot", "llm:sh", CTX, partition="globex").shadow == ()
+    assert e.authorize("bot", "llm:sh", CTX).shadow == ()
