@@ -668,21 +668,23 @@ class Engine:
     # ---- authorize ----
     def authorize(self, principal: str, permission: str,
                   context: dict[str, Any] | None = None, *, token: str | None = None,
-                  approval_id: str | None = None, partition: str = "") -> Decision:
+                  approval_id: str | None = None, partition: str | None = None) -> Decision:
         """May ``principal`` exercise ``permission`` given ``context``?
 
         ``token``: a delegation token the principal acts under. ``approval_id``: an
         approval granted for this same request. ``partition``: the tenant whose counters
         the budgets and rate limits read: every bucket the request's own values name
         (``per context.NAME``, ``per tenant``, the hierarchy levels) is that tenant's,
-        so two partitions never share one; ``""`` (the default) reads the values as
-        sent, today's buckets (docs/engine.md, "Partitions"). The rules always read the
+        so two partitions never share one; ``""`` is the empty tenant's (a caller
+        without a tenant: ``tenant:/NAME:VALUE``, the budget wires' names for a key
+        without one); None (the default) reads the values as sent, today's buckets
+        (docs/engine.md, "Partitions"). The rules always read the
         context as sent. Never raises for request data: a malformed request is a denied
         decision with code ``invalid_request``. See docs/semantics.md for the rules.
         """
         log = self.decision_log
         if log is None:
-            if partition:
+            if partition is not None:
                 return self._pipeline.run(principal, permission, context, token,
                                           approval_id, True, None, None, partition)
             return self._pipeline.run(principal, permission, context, token, approval_id)
@@ -693,7 +695,7 @@ class Engine:
                "context": dict(context) if type(context) is dict else context}
         if approval_id is not None:
             inp["approval_id"] = approval_id
-        if partition:
+        if partition is not None:
             inp["partition"] = partition
         return log.decision("authorize", decision, inp, token, self._log_view,
                             started)  # type: ignore[return-value]
@@ -799,7 +801,7 @@ class Engine:
                        token: str | None = None, context: dict[str, Any] | None = None,
                        approval_id: str | None = None, scheme: str | None = None,
                        redaction_check: Callable[[Any, Any], Any] | None = None,
-                       partition: str = "", **wire: Any) -> ToolDecision:
+                       partition: str | None = None, **wire: Any) -> ToolDecision:
         """May this outbound tool call leave, and with which fields redacted?
 
         Takes the ``/v1/tool-authorize`` request fields (``toolName`` / ``functionName``
@@ -833,7 +835,7 @@ class Engine:
                "query": dict(query) if isinstance(query, Mapping) else None,
                "context": dict(context) if type(context) is dict else context,
                "body": frozen(result.body)}
-        if partition:
+        if partition is not None:
             inp["partition"] = partition
         return log.decision("tool_authorize", result, inp, token, self._log_view,
                             started)  # type: ignore[return-value]
@@ -842,7 +844,7 @@ class Engine:
               host: Any, path: Any, query: Any, headers: Any, body: Any, tool_name: Any,
               function_name: Any, token: Any, context: Any, approval_id: Any, scheme: Any,
               wire: dict[str, Any], redaction_check: Callable[[Any, Any], Any] | None = None,
-              partition: str = "") -> ToolDecision:
+              partition: str | None = None) -> ToolDecision:
         """The one path of :meth:`tool_authorize` and :meth:`explain_tool` (``trace``):
         the wire's spellings read, then ``tools._egress.tool_authorize`` on the pipeline
         in use (its ``hmac_key`` the engine's, checked when built)."""
@@ -918,7 +920,7 @@ class Engine:
     # ---- explain ----
     def explain(self, principal: str, permission: str,
                 context: dict[str, Any] | None = None, *, token: str | None = None,
-                approval_id: str | None = None, partition: str = "") -> Explanation:
+                approval_id: str | None = None, partition: str | None = None) -> Explanation:
         """The same run as :meth:`authorize`, traced: what each step found and, rule by
         rule, which rules could decide and why. Its decision is the one ``authorize``
         gives (except that a pending decision records no approval request)."""
@@ -951,7 +953,7 @@ class Engine:
                      token: str | None = None, context: dict[str, Any] | None = None,
                      approval_id: str | None = None, scheme: str | None = None,
                      redaction_check: Callable[[Any, Any], Any] | None = None,
-                     partition: str = "", **wire: Any) -> Explanation:
+                     partition: str | None = None, **wire: Any) -> Explanation:
         """:meth:`tool_authorize` traced, like :meth:`explain`."""
         trace = Trace()
         started = perf_counter_ns()

@@ -181,7 +181,7 @@ def _decide(engine: Any, step: Mapping[str, Any]) -> str | None:
     unknown = set(args) - _ALLOWED_ARGS["authorize"]
     if unknown:
         return f"unknown args {sorted(unknown)}"
-    partition = args.get("partition", "")
+    partition = args.get("partition")
     if step["op"] == "explain":
         decision = engine.explain(args["principal"], args["permission"],
                                   args.get("context"), partition=partition

@@ -147,11 +147,12 @@ def dimension(tenant: str, name: str, value: str) -> str:
 
 def partitioned(partition: str, fields: Iterable[str], given: Mapping[str, object]
                 ) -> dict[str, str | None]:
-    """The ``scope=`` request fields of a request counted in ``partition`` (a tenant,
-    non-empty): every field in ``fields`` (what the budgets or rate limits read) that
-    is a ``context.NAME`` field is ``tenant:P/NAME:VALUE`` (:func:`dimension`; a field
-    not given as a string is the partition's empty value ``tenant:P/NAME:``); a
-    hierarchy level is its value as given (None when not a string), which
+    """The ``scope=`` request fields of a request counted in ``partition`` (a tenant;
+    ``""`` the empty tenant, ``tenant:/NAME:VALUE``): every field in ``fields`` (what
+    the budgets or rate limits read) that is a ``context.NAME`` field is
+    ``tenant:P/NAME:VALUE`` (:func:`dimension`; a field not given as a string is the
+    partition's empty value ``tenant:P/NAME:``); a hierarchy level is its value as given
+    (None when not a string), which
     :func:`scope_path` writes under the partition's tenant. So two partitions' equal
     values are two buckets, and these are the very buckets the budget wires charge
     for that tenant (docs/service.md, "Tenants on the budget wires")."""

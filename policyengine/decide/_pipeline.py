@@ -219,7 +219,7 @@ class Pipeline:
 
     def run(self, principal: Any, permission: Any, context: Any, token: Any = None,
             approval_id: Any = None, register: bool = True, tool: ToolCall | None = None,
-            trace: Trace | None = None, partition: str = "") -> Decision:
+            trace: Trace | None = None, partition: str | None = None) -> Decision:
         """Decide one request. Never raises for request data.
 
         ``register``: False for a dry run (replay, a search; ``explain`` is one too, as
@@ -229,7 +229,8 @@ class Pipeline:
         made and the approval store still asked, so a request nobody could approve is
         denied on a dry run too). ``tool``: the body to redact. ``trace``: record each
         step. ``partition``: the tenant whose counters the budgets and rate limits read
-        (:func:`_where`); ``""`` reads the request's own values, as they are.
+        (:func:`_where`; ``""`` the empty tenant's); None reads the request's own values,
+        as they are.
         """
         dry = not register or trace is not None
         policy = self.policy
@@ -245,7 +246,7 @@ class Pipeline:
         if approval_id is not None and type(approval_id) is not str:
             return _invalid(principal, permission, "approval_id must be a string, not "
                             f"{type(approval_id).__name__}", trace)
-        if partition and type(partition) is not str:
+        if partition is not None and type(partition) is not str:
             return _invalid(principal, permission, "partition must be a string, not "
                             f"{type(partition).__name__}", trace)
         cls = policy.classes.get(permission)
@@ -334,7 +335,7 @@ class Pipeline:
             if policy.budgets and policy.budgeted(permission):
                 found = None
                 if (req is None and acting_for is None and self._lean_budgets
-                        and not partition):
+                        and partition is None):
                     # the steady state: the same amount text as this pair's last check
                     # (no context.tokens: tokens budgets count those, _admission asks)
                     get = dict.get  # a dict subclass's own get() is not called
@@ -449,7 +450,7 @@ class Pipeline:
                  token: Any, approval_id: Any, body: Any, redaction_rules: tuple[Any, ...],
                  redact_fields: tuple[str, ...], binding: Callable[[], dict[str, Any]],
                  trace: Trace | None, check: Callable[[Any, Any], Any] | None = None,
-                 sent: Any = None, partition: str = ""
+                 sent: Any = None, partition: str | None = None
                  ) -> tuple[Decision, Any, tuple[dict[str, str], ...]]:
         """:meth:`run` for a routed tool call: (decision, redacted body, redactions).
         The body is redacted only when the call may leave (or wait for approval), with
@@ -593,7 +594,7 @@ class Pipeline:
 
     def _budgets(self, principal: str, permission: str, context: dict[str, Any],
                  req: RequestState | None, acting_for: str | None, facts: RuleFacts,
-                 partition: str = "") -> tuple[RuleFacts | None, Any]:
+                 partition: str | None = None) -> tuple[RuleFacts | None, Any]:
         """Would this request fit every budget covering it? Read-only (spend is
         reserved or recorded through ``engine.budgets``). Returns (denied facts or None,
         the refusing or tightest budget)."""
@@ -601,7 +602,7 @@ class Pipeline:
             money = found = text = None
             get = dict.get  # a dict subclass's own get() is not called
             if (req is None and acting_for is None and not self._scope_fields
-                    and not partition and get(context, "tenant") is None
+                    and partition is None and get(context, "tenant") is None
                     and get(context, "tokens") is None):  # the common case, leaner
                 raw, currency = get(context, "amount"), get(context, "currency")
                 if type(raw) is str and type(currency) is str:
@@ -635,7 +636,7 @@ class Pipeline:
                 facts[5], ()), usage
 
     def _shadow_budgets(self, principal: str, permission: str, context: dict[str, Any],
-                        req: RequestState, acting_for: str | None, partition: str = ""
+                        req: RequestState, acting_for: str | None, partition: str | None = None
                         ) -> tuple[ShadowOutcome, ...]:
         """What the shadow budgets would have said: the same admission question as the
         budgets step, asked of the shadow budgets' own balances in the store (read only
@@ -659,12 +660,12 @@ class Pipeline:
 
     def _ask_rates(self, limiter: Any, principal: str, permission: str,
                    context: dict[str, Any], acting_for: str | None, consume: bool,
-                   each: bool = False, partition: str = "") -> Any:
+                   each: bool = False, partition: str | None = None) -> Any:
         """``limiter.admit`` for this request: None or the refusing ``RateLimitUsage``
         (``each``: ``admit_each``, the refusing ones); raises what it raises."""
         fields = limiter.scope_fields
         tenant: Any
-        if partition:
+        if partition is not None:
             tenant, scope = _where(partition, fields, context)
         else:
             get = dict.get  # a dict subclass's own get() is not called
@@ -679,7 +680,7 @@ class Pipeline:
 
     def _rate_limits(self, principal: str, permission: str, context: dict[str, Any],
                      acting_for: str | None, facts: RuleFacts, consume: bool,
-                     partition: str = "") -> tuple[RuleFacts | None, Any]:
+                     partition: str | None = None) -> tuple[RuleFacts | None, Any]:
         """Take one call of every rate limit covering the request (``consume=False``:
         only ask, for explain). Returns (denied facts or None, the refusing
         ``RateLimitUsage`` or None). A store fault or an unusable subject denies."""
@@ -697,7 +698,7 @@ class Pipeline:
         return ("denied", code, reason, (usage.id,), None, facts[5], ()), usage
 
     def _shadow_rate_limits(self, principal: str, permission: str, context: dict[str, Any],
-                            acting_for: str | None, consume: bool, partition: str = ""
+                            acting_for: str | None, consume: bool, partition: str | None = None
                             ) -> tuple[ShadowOutcome, ...]:
         """What the shadow rate limits would have said of a call that goes ahead: each
         counts it on its own key, as if it alone were enforced; an outcome for each that
@@ -803,23 +804,26 @@ def _budget_id(usage: Any) -> str:
 
 
 def _where(partition: str, fields: Any, context: dict[str, Any]
-           ) -> tuple[str, dict[str, str | None] | None]:
-    """(tenant, scope) of a request counted in ``partition`` (a tenant, non-empty): the
-    tenant the budgets and rate limits read is the partition itself (``per tenant``; a
-    ``context.tenant`` sent is read by the rules only), and each request field they read
-    is the partition's (``tenant:P/NAME:VALUE``, hierarchy levels under the partition's
-    tenant: :func:`~policyengine.budgets.spec.partitioned`). So two partitions never share
-    a counter a request names, and the buckets are the ones the budget wires charge for
+           ) -> tuple[str | None, dict[str, str | None] | None]:
+    """(tenant, scope) of a request counted in ``partition`` (a tenant; ``""`` the empty
+    tenant, a caller without one): the tenant the budgets and rate limits read is the
+    partition itself (``per tenant``; None for the empty tenant, as the budget wires
+    charge a key without one; a ``context.tenant`` sent is read by the rules only), and
+    each request field they read is the partition's (``tenant:P/NAME:VALUE``, the empty
+    tenant's ``tenant:/NAME:VALUE``, hierarchy levels under the partition's tenant:
+    :func:`~policyengine.budgets.spec.partitioned`). So two partitions never share a
+    counter a request names, and the buckets are the ones the budget wires charge for
     that tenant (docs/service.md, "Tenants on the budget wires")."""
+    tenant = partition or None
     if not fields:
-        return partition, None
+        return tenant, None
     from policyengine.budgets.spec import partitioned
-    return partition, partitioned(partition, fields, context)
+    return tenant, partitioned(partition, fields, context)
 
 
 def _admission(ledger: Any, principal: str, permission: str, context: dict[str, Any],
                req: RequestState | None, acting_for: str | None, default: str | None,
-               each: bool = False, partition: str = "") -> tuple[str | None, Any]:
+               each: bool = False, partition: str | None = None) -> tuple[str | None, Any]:
     """``ledger.admission`` for this request: its amount and ``context.tokens`` (which
     ``tokens`` budgets count; without an amount, the tokens are the amount), its tenant
     and the scope fields the ledger's budgets read. Raises as the ledger does.
@@ -829,7 +833,7 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
     refusing budget (the shadow budgets')."""
     get = dict.get  # a dict subclass's own get() is not called
     tenant = get(context, "tenant")
-    if partition:  # the partition's tenant and fields: _where
+    if partition is not None:  # the partition's tenant and fields: _where
         tenant, scope = _where(partition, ledger.scope_fields, context)
     elif tenant is not None and type(tenant) is not str:
         tenant = None
@@ -847,13 +851,13 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
         unit = "tokens" if amount is not None else None
     fields = ledger.scope_fields
     if each:
-        if not partition:
+        if partition is None:
             scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
                      else None)
         check = ledger.admit(principal, permission, amount, unit, acting_for=acting_for,
                              tenant=tenant, scope=scope, tokens=tokens)
         return check.code, check
-    if partition:
+    if partition is not None:
         where: tuple[str | None, Any] = ledger.admission(
             principal, permission, amount, unit, acting_for=acting_for, tenant=tenant,
             scope=scope, tokens=tokens)

@@ -25,8 +25,9 @@ and, optionally, a tenant. ``cyclesKeys`` are the API keys of the Cycles budget 
 (``X-Cycles-API-Key``), each bound to the one tenant it may spend for.
 An ``agents`` or ``authzenClients`` entry's optional ``tenant`` is the partition its
 decisions count in (``Engine.authorize(..., partition=)``): the budgets and rate limits
-read every value a request names under that tenant; without one, the empty partition
-(the request's values as sent: the single-tenant default). Every ``agents`` entry of
+read every value a request names under that tenant; without one, the empty tenant's
+partition ``""`` (``tenant:/NAME:VALUE``, as the budget wires charge a key without a
+tenant: no value a caller sends names another tenant's counter). Every ``agents`` entry of
 one agent gives it the same tenant.
 """
 
@@ -409,15 +410,15 @@ class Credentials:
 
     def partition_of(self, agent: str) -> str:
         """The partition the decisions of the principal ``agent`` count in on the
-        tracengent wire: the ``tenant`` of its ``agents`` entries, ``""`` when they give
-        none or do not name it (the single-tenant default: the request's values as
-        sent)."""
+        tracengent wire: the ``tenant`` of its ``agents`` entries, ``""`` (the empty
+        tenant's, ``tenant:/NAME:VALUE``, where the budget wires charge a key without a
+        tenant) when they give none or do not name it."""
         return self._decides_in.get(agent, "")
 
     def authzen_partition(self, name: str | None) -> str:
         """The partition an AuthZEN client's evaluations and searches count in: its
-        entry's ``tenant``, ``""`` without one (or with the routes open: ``name``
-        None)."""
+        entry's ``tenant``, ``""`` (the empty tenant's) without one (or with the routes
+        open: ``name`` None)."""
         return self._authzen_tenants.get(name, "") if name is not None else ""
 
     @property

@@ -618,7 +618,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
                    body: Any = None, tool_name: Any = None, function_name: Any = None,
                    token: Any = None, context: Any = None, approval_id: Any = None,
                    scheme: Any = None, trace: Any = None,
-                   redaction_check: Any = None, partition: str = "") -> ToolDecision:
+                   redaction_check: Any = None, partition: str | None = None) -> ToolDecision:
     """Decide one tool call. Never raises for request data.
 
     ``pipeline`` is the engine's decision pipeline

@@ -2,8 +2,9 @@
 check and rate limits read. Every bucket the request's own values name (``per
 context.NAME``, ``per tenant``, the hierarchy levels) is the partition's, so the same
 policy and the same context under two partitions never share a counter; the empty
-partition reads the values as sent, today's buckets exactly. The rules read the context
-as sent either way."""
+partition ``""`` is the empty tenant's (``tenant:/NAME:VALUE``, where the budget wires
+charge a key without a tenant); no partition (None) reads the values as sent, today's
+buckets exactly. The rules read the context as sent either way."""
 
 from __future__ import annotations
 
@@ -37,12 +38,14 @@ def engine() -> pe.Engine:
     return pe.Engine.from_source(POLICY)
 
 
-def spend(e: pe.Engine, permission: str, partition: str, context: dict[str, Any]) -> None:
-    """Record $0.80 where a budget wire of tenant ``partition`` charges it."""
+def spend(e: pe.Engine, permission: str, partition: str | None, context: dict[str, Any]
+          ) -> None:
+    """Record $0.80 where a budget wire of tenant ``partition`` charges it (``""``: a key
+    without a tenant; None: the values as sent)."""
     given = {k: v for k, v in context.items() if type(v) is str}
-    if partition:
+    if partition is not None:
         scope: dict[str, Any] = partitioned(partition, e.budgets.scope_fields, given)
-        tenant: str | None = partition
+        tenant: str | None = partition or None
     else:
         scope = {f: given[f] for f in e.budgets.scope_fields if f in given}
         tenant = given.get("tenant")
@@ -55,9 +58,9 @@ def test_two_partitions_keep_their_own_budgets(permission: str) -> None:
     spend(e, permission, "acme", CTX)
     assert e.authorize("bot", permission, CTX, partition="acme").code == "budget_exceeded"
     assert e.authorize("bot", permission, CTX, partition="globex").allowed
-    # the empty partition reads the values as sent: acme's spend is not there either
+    # no partition reads the values as sent: acme's spend is not there either
     assert e.authorize("bot", permission, CTX).allowed
-    spend(e, permission, "", CTX)
+    spend(e, permission, None, CTX)
     assert e.authorize("bot", permission, CTX).code == "budget_exceeded"
     assert e.authorize("bot", permission, CTX, partition="initech").allowed
     assert e.authorize("bot", permission, CTX, partition="acme").code == "budget_exceeded"
@@ -69,7 +72,7 @@ def test_two_partitions_keep_their_own_rate_limits(permission: str) -> None:
     ctx = {"run_id": "r-1", "tenant": "globex", "workspace": "w"}
     assert [e.authorize("bot", permission, ctx, partition="acme").code
             for _ in range(3)] == ["permitted", "permitted", "rate_limited"]
-    for partition in ("initech", ""):
+    for partition in ("initech", "", None):
         assert [e.authorize("bot", permission, ctx, partition=partition).code
                 for _ in range(3)] == ["permitted", "permitted", "rate_limited"]
 
@@ -103,12 +106,12 @@ def test_the_subjects_are_the_budget_wires_buckets() -> None:
     assert missing.budget is not None and missing.budget.subject == "tenant:acme/run_id:"
 
 
-def test_the_empty_partition_keeps_todays_keys_exactly() -> None:
+def test_no_partition_keeps_todays_keys_exactly() -> None:
     e = engine()
     for permission, subject in (("llm:run", "r-1"), ("llm:team", "globex"),
                                 ("llm:ws", "tenant:globex/workspace:w")):
         for d in (e.authorize("bot", permission, CTX),
-                  e.authorize("bot", permission, CTX, partition="")):
+                  e.authorize("bot", permission, CTX, partition=None)):
             assert d.budget is not None and d.budget.subject == subject
     ctx = {"run_id": "r-1"}
     e.authorize("bot", "llm:run", ctx)
@@ -222,7 +225,7 @@ def test_replay_decides_again_in_the_logged_partition(tmp_path: Any) -> None:
     store = MemoryStore()
     path = tmp_path / "log.jsonl"
     e = pe.Engine.from_source(POLICY, budget_store=store, decision_log=str(path))
-    spend(e, "llm:run", "", CTX)  # the run id as sent is full; acme's is not
+    spend(e, "llm:run", None, CTX)  # the run id as sent is full; acme's is not
     assert e.authorize("bot", "llm:run", CTX, partition="acme").allowed
     assert e.close()
     report = replay([str(path)], pe.Engine.from_source(POLICY, budget_store=store))
@@ -238,3 +241,48 @@ def test_shadow_budgets_count_in_the_partition() -> None:
         ("default.shadow-run", "budget_exceeded")]
     assert e.authorize("bot", "llm:sh", CTX, partition="globex").shadow == ()
     assert e.authorize("bot", "llm:sh", CTX).shadow == ()
+
+
+def test_the_empty_partition_is_the_empty_tenants() -> None:
+    """``""`` is the partition of a caller without a tenant: its buckets are the ones the
+    budget wires charge a key without a tenant (``tenant:/run_id:r-1``, no ``per tenant``
+    tenant, a level with no tenant above it), never the values as sent: a sent
+    ``context.tenant`` or a value spelling a tenant's bucket reaches nobody's counter."""
+    e = engine()
+    for permission, subject in (("llm:run", "tenant:/run_id:r-1"), ("llm:team", ""),
+                                ("llm:ws", "workspace:w")):
+        d = e.authorize("bot", permission, CTX, partition="")
+        assert d.budget is not None and d.budget.subject == subject, (permission, d.budget)
+    spend(e, "llm:run", "acme", CTX)
+    forged = {**CTX, "run_id": dimension("acme", "run_id", "r-1")}
+    assert e.authorize("bot", "llm:run", forged, partition="").allowed
+    assert e.authorize("bot", "llm:run", CTX, partition="acme").code == "budget_exceeded"
+
+
+@settings(max_examples=120, deadline=None)
+@given(tenant=st.one_of(st.just(""), _names.map(lambda s: s[:40])),
+       run=_names.map(lambda s: s[:40]), plan=st.one_of(st.none(), _names.map(lambda s: s[:40])))
+def test_a_wires_decision_reads_what_its_ledger_charges(tenant: str, run: str,
+                                                        plan: str | None) -> None:
+    """For any key tenant (``""``: none) and any client ids, the budget wires' ledger
+    names (server/_budgetwire.tenant_fields, the key's tenant or None) are the names
+    the decision of the same request reads in the key's partition: the wire's spend
+    shows in its next decision, and no other tenant's does."""
+    from policyengine.server._budgetwire import tenant_fields
+    e = pe.Engine.from_source("""
+currency USD
+role r: llm:*
+agent "bot": r
+budget per-run: llm:run limit 1 USD per day per context.run_id
+budget per-plan: llm:run limit 5 USD per day per context.plan_key
+budget per-tenant: llm:run limit 9 USD per day per tenant
+""")
+    given_ids = {"run_id": run} if plan is None else {"run_id": run, "plan_key": plan}
+    scope = tenant_fields(e.budgets.scope_fields, tenant, given_ids)
+    e.budgets.record("bot", "llm:run", "0.80", "USD", tenant=tenant or None, scope=scope)
+    ctx: dict[str, Any] = {**given_ids, "amount": "0.80", "currency": "USD"}
+    d = e.authorize("bot", "llm:run", ctx, partition=tenant)
+    assert (d.code, d.budget.budget if d.budget else None) == (
+        "budget_exceeded", "default.per-run"), d.reason
+    other = tenant + "x"
+    assert e.authorize("bot", "llm:run", ctx, partition=other).allowed

@@ -100,7 +100,7 @@ def test_two_tenants_agents_with_the_same_context_keep_their_own_rate_limits(
     ctx = {"run_id": f"r-{uuid.uuid4().hex[:8]}"}
     assert allowed(sdks["tc-acme"], "llm:call", ctx, 3) == [True, True, False]
     assert allowed(sdks["tc-globex"], "llm:call", ctx, 3) == [True, True, False]
-    # an agent without a tenant counts in the empty partition: the run id as sent
+    # an agent without a tenant counts in the empty tenant's partition, its own
     assert allowed(sdks["tc-solo"], "llm:call", ctx, 3) == [True, True, False]
 
 
