@@ -174,6 +174,13 @@ def _takes(build: Callable[_P, _T]) -> Callable[[Callable[[type[_T], _T], _T]],
     return decorate
 
 
+def _of_decision(name: str) -> Any:
+    """A tool decision's ``name`` is its decision's: one read-only property, with the
+    decision's own attribute named in ``help()``."""
+    return property(attrgetter(f"_decision.{name}"),
+                    doc=f"The decision's :attr:`Decision.{name}`.")
+
+
 class _DiagnosticSlots:
     __slots__ = ("_code", "_effect", "_message", "_rule")
     _code: str
@@ -727,28 +734,17 @@ class ToolDecision(_ToolDecisionSlots, ReadOnly):
         "_redactions", "The redactions made: ``{field, strategy}`` each.")
     tool: str | None = _field(
         "_tool", "The qualified id of the tool the call was bound to, or None.")
-    allowed = property(lambda self: self._decision.status == "allowed",
-                       doc="The decision's :attr:`Decision.allowed`.")
-    status = property(lambda self: self._decision.status,
-                      doc="The decision's :attr:`Decision.status`.")
-    reason = property(lambda self: self._decision.reason,
-                      doc="The decision's :attr:`Decision.reason`.")
-    code = property(lambda self: self._decision.code,
-                    doc="The decision's :attr:`Decision.code`.")
-    rules = property(lambda self: self._decision.rules,
-                     doc="The decision's :attr:`Decision.rules`.")
-    permission = property(lambda self: self._decision.permission,
-                          doc="The decision's :attr:`Decision.permission`.")
-    diagnostics = property(lambda self: self._decision.diagnostics,
-                           doc="The decision's :attr:`Decision.diagnostics`.")
-    obligations = property(lambda self: self._decision.obligations,
-                           doc="The decision's :attr:`Decision.obligations`.")
-    approval_id = property(lambda self: self._decision.approval_id,
-                           doc="The decision's :attr:`Decision.approval_id`.")
-    decision_id = property(lambda self: self._decision.decision_id,
-                           doc="The decision's :attr:`Decision.decision_id`.")
-    shadow = property(lambda self: self._decision.shadow,
-                      doc="The decision's :attr:`Decision.shadow`.")
+    allowed: bool = _of_decision("allowed")
+    status: Status = _of_decision("status")
+    reason: str = _of_decision("reason")
+    code: str = _of_decision("code")
+    rules: tuple[str, ...] = _of_decision("rules")
+    permission: str | None = _of_decision("permission")
+    diagnostics: tuple[Diagnostic, ...] = _of_decision("diagnostics")
+    obligations: Obligations | None = _of_decision("obligations")
+    approval_id: str | None = _of_decision("approval_id")
+    decision_id: str = _of_decision("decision_id")
+    shadow: tuple[ShadowOutcome, ...] = _of_decision("shadow")
 
     def to_wire(self) -> dict[str, Any]:
         """The ``POST /v1/tool-authorize`` response shape (camelCase): the authorize
