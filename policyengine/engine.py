@@ -668,7 +668,8 @@ class Engine:
     # ---- authorize ----
     def authorize(self, principal: str, permission: str,
                   context: dict[str, Any] | None = None, *, token: str | None = None,
-                  approval_id: str | None = None, partition: str | None = None) -> Decision:
+                  approval_id: str | None = None, partition: str | None = None,
+                  partition_agent: bool = False) -> Decision:
         """May ``principal`` exercise ``permission`` given ``context``?
 
         ``token``: a delegation token the principal acts under. ``approval_id``: an
@@ -678,25 +679,32 @@ class Engine:
         so two partitions never share one; ``""`` is the empty tenant's (a caller
         without a tenant: ``tenant:/NAME:VALUE``, the budget wires' names for a key
         without one); None (the default) reads the values as sent, today's buckets
-        (docs/engine.md, "Partitions"). The rules always read the
+        (docs/engine.md, "Partitions"). ``partition_agent``: the principal is the
+        caller's choice too (an AuthZEN subject), so ``per agent`` and ``per
+        acting_for`` count it in the partition as well, ``tenant:acme/agent:alice``
+        (needs a partition). The rules always read the
         context as sent. Never raises for request data: a malformed request is a denied
         decision with code ``invalid_request``. See docs/semantics.md for the rules.
         """
         log = self.decision_log
         if log is None:
-            if partition is not None:
+            if partition is not None or partition_agent:
                 return self._pipeline.run(principal, permission, context, token,
-                                          approval_id, True, None, None, partition)
+                                          approval_id, True, None, None, partition,
+                                          partition_agent)
             return self._pipeline.run(principal, permission, context, token, approval_id)
         started = perf_counter_ns()
         decision = self._pipeline.run(principal, permission, context, token, approval_id,
-                                      True, None, None, partition)
-        inp = {"principal": principal, "permission": permission,
-               "context": dict(context) if type(context) is dict else context}
+                                      True, None, None, partition, partition_agent)
+        inp: dict[str, Any] = {
+            "principal": principal, "permission": permission,
+            "context": dict(context) if type(context) is dict else context}
         if approval_id is not None:
             inp["approval_id"] = approval_id
         if partition is not None:
             inp["partition"] = partition
+        if partition_agent:
+            inp["partition_agent"] = True
         return log.decision("authorize", decision, inp, token, self._log_view,
                             started)  # type: ignore[return-value]
 
@@ -920,14 +928,15 @@ class Engine:
     # ---- explain ----
     def explain(self, principal: str, permission: str,
                 context: dict[str, Any] | None = None, *, token: str | None = None,
-                approval_id: str | None = None, partition: str | None = None) -> Explanation:
+                approval_id: str | None = None, partition: str | None = None,
+                partition_agent: bool = False) -> Explanation:
         """The same run as :meth:`authorize`, traced: what each step found and, rule by
         rule, which rules could decide and why. Its decision is the one ``authorize``
         gives (except that a pending decision records no approval request)."""
         trace = Trace()
         started = perf_counter_ns()
         decision = self._pipeline.run(principal, permission, context, token, approval_id,
-                                      False, None, trace, partition)
+                                      False, None, trace, partition, partition_agent)
         return Explanation(self._log_check(decision, trace, started), trace.rules,
                            trace.steps)
 

@@ -232,7 +232,9 @@ def replay(paths: Iterable[str], engine: Any, clock: _Clock | None = None) -> Re
         partition = inp.get("partition")
         new = pipeline.run(inp.get("principal"), inp.get("permission"), inp.get("context"),
                            None, None, register=False,
-                           partition=partition if type(partition) is str else None)
+                           partition=partition if type(partition) is str else None,
+                           partition_agent=inp.get("partition_agent") is True
+                           and type(partition) is str)
         report.replayed += 1
         old_status, old_code = result.get("status"), result.get("reason_code")
         if (new.status, new.code) == (old_status, old_code):

@@ -219,7 +219,8 @@ class Pipeline:
 
     def run(self, principal: Any, permission: Any, context: Any, token: Any = None,
             approval_id: Any = None, register: bool = True, tool: ToolCall | None = None,
-            trace: Trace | None = None, partition: str | None = None) -> Decision:
+            trace: Trace | None = None, partition: str | None = None,
+            partition_agent: bool = False) -> Decision:
         """Decide one request. Never raises for request data.
 
         ``register``: False for a dry run (replay, a search; ``explain`` is one too, as
@@ -230,7 +231,8 @@ class Pipeline:
         denied on a dry run too). ``tool``: the body to redact. ``trace``: record each
         step. ``partition``: the tenant whose counters the budgets and rate limits read
         (:func:`_where`; ``""`` the empty tenant's); None reads the request's own values,
-        as they are.
+        as they are. ``partition_agent``: the principal is the caller's choice (an
+        AuthZEN subject), so it too is counted in the partition (:func:`_counted`).
         """
         dry = not register or trace is not None
         policy = self.policy
@@ -249,6 +251,9 @@ class Pipeline:
         if partition is not None and type(partition) is not str:
             return _invalid(principal, permission, "partition must be a string, not "
                             f"{type(partition).__name__}", trace)
+        if partition_agent and partition is None:
+            return _invalid(principal, permission, "partition_agent needs a partition",
+                            trace)
         cls = policy.classes.get(permission)
         plan: Any = cls.plans.get(principal) if cls is not None else None  # Plan | Entry
         if plan is None:
@@ -327,10 +332,13 @@ class Pipeline:
         # -- 4. budgets
         budget = recorded = rate = None
         if status != "denied":
+            # whom the budgets and rate limits count: the principal, or in its partition
+            counted = (_counted(partition, principal) if partition_agent and partition
+                       is not None else principal)
             if self.shadow_ledger is not None and policy.shadow_budgeted(permission):
                 if req is None:
                     req = RequestState(context, policy.default_currency, now)
-                shadow += self._shadow_budgets(principal, permission, context, req,
+                shadow += self._shadow_budgets(counted, permission, context, req,
                                                acting_for, partition)
             if policy.budgets and policy.budgeted(permission):
                 found = None
@@ -344,14 +352,14 @@ class Pipeline:
                             and get(context, "tenant") is None
                             and get(context, "tokens") is None):
                         try:
-                            found = self.ledger.admission_text(principal, permission, text,
+                            found = self.ledger.admission_text(counted, permission, text,
                                                                currency)
                         except Exception:  # asked again the full way, which denies
                             found = None
                 if found is not None and found[0] is None:
                     refused, budget = None, found[1]
                 else:
-                    refused, budget = self._budgets(principal, permission, context, req,
+                    refused, budget = self._budgets(counted, permission, context, req,
                                                     acting_for, facts, partition)
                 if refused is not None:
                     facts = refused
@@ -391,7 +399,7 @@ class Pipeline:
             if (limiter is not None and (status == "allowed" or (
                     status == "pending_approval" and approval_id is not None))
                     and limiter.covering(permission)):
-                refused, rate = self._rate_limits(principal, permission, context, acting_for,
+                refused, rate = self._rate_limits(counted, permission, context, acting_for,
                                                   facts, not dry, partition)
                 if refused is not None:
                     facts = refused
@@ -402,7 +410,7 @@ class Pipeline:
             if (shadow_limiter is not None and (status == "allowed" or (
                     status == "pending_approval" and approval_id is not None))
                     and shadow_limiter.covering(permission)):
-                shadow += self._shadow_rate_limits(principal, permission, context,
+                shadow += self._shadow_rate_limits(counted, permission, context,
                                                    acting_for, not dry, partition)
             if status == "pending_approval":
                 call = (tool.binding() if tool is not None and tool.binding is not None
@@ -801,6 +809,17 @@ def _budget_id(usage: Any) -> str:
     """The budget id of what ``Ledger.admission_parts`` answered: a ``BudgetUsage`` or
     the tuple it is made of."""
     return usage[0] if type(usage) is tuple else usage.budget  # type: ignore[no-any-return]
+
+
+def _counted(partition: str, principal: str) -> str:
+    """The name a principal the caller chose (an AuthZEN subject) is counted under in
+    ``partition``: its scope path under the tenant, ``tenant:acme/agent:alice``
+    (``tenant:/agent:alice`` for the empty tenant; escaped and cut as
+    :func:`~policyengine.budgets.spec.under`), so ``per agent`` and ``per acting_for``
+    (the agent, acting for nobody) are the partition's own: two tenants' callers naming
+    one subject never share a counter, nor reach a principal the credentials bind."""
+    from policyengine.budgets.spec import PART_ESCAPES, under
+    return under(partition, "agent:" + principal.translate(PART_ESCAPES))
 
 
 def _where(partition: str, fields: Any, context: dict[str, Any]

@@ -243,7 +243,7 @@ def _decide(engine: pe.Engine, subject: dict[str, Any], action: dict[str, Any],
     ctx = _base_context(context)
     ctx["subject"], ctx["resource"], ctx["action"] = subject, _known(engine, resource), action
     d = engine.authorize(subject["id"], f"{resource['type']}:{action['name']}", ctx,
-                         partition=partition)
+                         partition=partition, partition_agent=True)
     if count is not None:
         count(d.status)
     answer: dict[str, Any] = {"id": d.decision_id, "status": d.status, "reasonCode": d.code,
@@ -263,7 +263,9 @@ def evaluate(engine: pe.Engine, data: dict[str, Any],
              ) -> dict[str, Any]:
     """One AuthZEN access evaluation (a body already validated as
     :class:`AccessEvaluation`), mapped onto ``engine.authorize`` in ``partition`` (the
-    asking client's tenant); the response as a dict of
+    asking client's tenant), the subject counted in it too (``partition_agent``: the
+    PEP chose the subject id, so its ``per agent`` and ``per acting_for`` counters are
+    the client's tenant's, ``tenant:acme/agent:alice``); the response as a dict of
     :class:`AccessEvaluationResponse`'s shape."""
     return _decide(engine, data["subject"], data["action"], data["resource"],
                    data.get("context"), count, partition)
@@ -447,7 +449,7 @@ def _allowed(engine: pe.Engine, principal: str, permission: str,
     record (a search is not an access)."""
     run = engine.pipeline.run
     return run(principal, permission, ctx, None, None, False,
-               partition=partition).status == "allowed"
+               partition=partition, partition_agent=True).status == "allowed"
 
 
 def _action_names(engine: pe.Engine, rtype: str) -> list[str]:

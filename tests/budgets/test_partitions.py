@@ -286,3 +286,65 @@ budget per-tenant: llm:run limit 9 USD per day per tenant
         "budget_exceeded", "default.per-run"), d.reason
     other = tenant + "x"
     assert e.authorize("bot", "llm:run", ctx, partition=other).allowed
+
+
+AGENT_POLICY = """
+currency USD
+role r: doc:*
+agent "alice": r
+budget per-agent: doc:pay limit 1 USD per day per agent
+budget per-person: doc:pay limit 5 USD per day per acting_for
+ratelimit agent-rate: doc:read 2 per hour per agent
+"""
+
+
+def test_partition_agent_counts_the_principal_in_the_partition(tmp_path: Any) -> None:
+    """``partition_agent``: a principal the caller chose (an AuthZEN subject) is counted
+    in the partition too: ``per agent`` and ``per acting_for`` are
+    ``tenant:acme/agent:alice``, each partition's own; the rules still read
+    ``alice``; without it the principal is one counter in every partition."""
+    import json
+    path = tmp_path / "log.jsonl"
+    e = pe.Engine.from_source(AGENT_POLICY, decision_log=str(path))
+    pay = {"amount": "0.80", "currency": "USD"}
+    d = e.authorize("alice", "doc:pay", pay, partition="acme", partition_agent=True)
+    assert d.allowed and d.budget is not None
+    assert d.budget.subject == "tenant:acme/agent:alice"
+    e.budgets.record("tenant:acme/agent:alice", "doc:pay", "0.80", "USD")
+    assert e.authorize("alice", "doc:pay", pay, partition="acme",
+                       partition_agent=True).code == "budget_exceeded"
+    for partition in ("globex", ""):
+        assert e.authorize("alice", "doc:pay", pay, partition=partition,
+                           partition_agent=True).allowed
+    assert e.authorize("alice", "doc:pay", pay, partition="acme").allowed  # alice's own
+    for partition in ("acme", "globex", ""):
+        assert [e.authorize("alice", "doc:read", {}, partition=partition,
+                            partition_agent=True).code for _ in range(3)] == [
+            "permitted", "permitted", "rate_limited"]
+    assert e.authorize("alice", "doc:read", {}, partition="acme").allowed
+    d = e.authorize("alice", "doc:read", {}, partition_agent=True)
+    assert (d.status, d.code) == ("denied", "invalid_request")
+    assert e.explain("alice", "doc:read", {}, partition="acme",
+                     partition_agent=True).decision.code == "rate_limited"
+    assert e.close()
+    logged = [json.loads(line)["input"] for line in path.read_text().splitlines()
+              if json.loads(line).get("kind") == "authorize"]
+    assert logged[0]["partition_agent"] is True and logged[0]["partition"] == "acme"
+    assert "partition_agent" not in logged[-2]
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=_names.map(lambda s: s[:60]), b=_names.map(lambda s: s[:60]),
+       sa=_names.filter(bool).map(lambda s: s[:60]), sb=_names.filter(bool).map(lambda s: s[:60]))
+def test_partitioned_agents_never_share_a_name(a: str, b: str, sa: str, sb: str) -> None:
+    """Two (partition, subject) pairs are two counted names, never a credentials
+    agent's (no credentials agent is named ``tenant:...``); in a tenant's partition the
+    name is that tenant's Cycles-only agent of the same name (one agent of the tenant's
+    that no credentials name, on both wires)."""
+    from policyengine.decide._pipeline import _counted
+    from policyengine.server._cycles import _tenant_agent
+    if (a, sa) != (b, sb):
+        assert _counted(a, sa) != _counted(b, sb)
+    assert _counted(a, sa).startswith("tenant:")
+    if a:
+        assert _counted(a, sa) == _tenant_agent(sa, a)

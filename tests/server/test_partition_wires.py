@@ -43,6 +43,9 @@ ratelimit plan-rate: llm:run 2 per hour per context.plan_key
 ratelimit tenant-rate: llm:team 2 per hour per tenant
 ratelimit doc-rate: doc:read 2 per hour per context.doc
 ratelimit doc-tenant: doc:write 2 per hour per tenant
+ratelimit doc-agent: doc:list 2 per hour per agent
+ratelimit doc-for: doc:share 2 per hour per acting_for
+ratelimit bot-agent: llm:ping 2 per hour per agent
 """
 #: tracengent client credentials: client id -> (secret, agent, tenant or None).
 AGENTS = {"tc-acme": ("s-acme", "acme-bot", "acme"),
@@ -205,3 +208,42 @@ def test_credentials_give_an_agent_one_tenant() -> None:
     assert creds.partition_of("bot") == "acme"
     assert creds.partition_of("unknown") == ""
     assert creds.authzen_partition("p") == creds.authzen_partition(None) == ""
+
+
+def _evaluate_as(svc: Live, pep: str, subject: str, permission: str) -> bool:
+    kind, action = permission.split(":")
+    r = httpx.post(f"{svc.url}/access/v1/evaluation", json={
+        "subject": {"type": "user", "id": subject}, "action": {"name": action},
+        "resource": {"type": kind, "id": "x"}},
+        headers={"Authorization": f"Bearer {PEPS[pep][0]}"})
+    assert r.status_code == 200, r.text
+    decision: bool = r.json()["decision"]
+    return decision
+
+
+@pytest.mark.parametrize("permission", ["doc:list", "doc:share"])
+def test_authzen_subjects_per_agent_are_each_clients_tenants(
+        svc: Live, permission: str) -> None:
+    """Two PEPs of two tenants evaluating the same subject id keep their own ``per
+    agent`` and ``per acting_for`` counters (the subject is the PEP's choice, so it is
+    counted in the client's tenant: ``tenant:acme/agent:alice``). Before, one counter
+    was shared: globex's first call was refused after acme's two."""
+    for pep in ("pep-acme", "pep-globex"):
+        assert [_evaluate_as(svc, pep, "alice", permission) for _ in range(3)] == [
+            True, True, False]
+    r = httpx.post(f"{svc.url}/access/v1/evaluation", json={
+        "subject": {"type": "user", "id": "alice"}, "action": {"name": permission[4:]},
+        "resource": {"type": "doc", "id": "x"}},
+        headers={"Authorization": f"Bearer {PEPS['pep-acme'][0]}"})
+    assert r.json()["context"]["rateLimit"]["subject"] == "tenant:acme/agent:alice"
+
+
+def test_an_authzen_subject_never_spends_a_credential_agents_counter(
+        svc: Live, sdks: dict[str, TracengentClient]) -> None:
+    """A PEP naming a credentials agent as its subject counts in its own tenant: the
+    tracengent agent ``acme-bot`` keeps its two calls per hour however often globex's
+    (or acme's) PEP evaluates ``acme-bot``."""
+    for pep in ("pep-globex", "pep-acme"):
+        assert [_evaluate_as(svc, pep, "acme-bot", "llm:ping") for _ in range(3)] == [
+            True, True, False]
+    assert allowed(sdks["tc-acme"], "llm:ping", {}, 3) == [True, True, False]
