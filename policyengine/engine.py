@@ -669,7 +669,7 @@ class Engine:
     def authorize(self, principal: str, permission: str,
                   context: dict[str, Any] | None = None, *, token: str | None = None,
                   approval_id: str | None = None, partition: str | None = None,
-                  partition_agent: bool = False) -> Decision:
+                  partition_agent: bool = False, acting_for: str | None = None) -> Decision:
         """May ``principal`` exercise ``permission`` given ``context``?
 
         ``token``: a delegation token the principal acts under. ``approval_id``: an
@@ -682,20 +682,26 @@ class Engine:
         (docs/engine.md, "Partitions"). ``partition_agent``: the principal is the
         caller's choice too (an AuthZEN subject), so ``per agent`` and ``per
         acting_for`` count it in the partition as well, ``tenant:acme/agent:alice``
-        (needs a partition). The rules always read the
+        (needs a partition). ``acting_for``: for a request without a token, the name
+        its ``per acting_for`` budgets and rate limits count, as the ledger's
+        ``acting_for`` (a wire that binds the person acted for itself: actguard's
+        ``user_id`` as ``tenant:acme/user_id:alice``); the rules read no grant
+        (``grant.delegated`` is false), and with a token it is ``invalid_request``.
+        The rules always read the
         context as sent. Never raises for request data: a malformed request is a denied
         decision with code ``invalid_request``. See docs/semantics.md for the rules.
         """
         log = self.decision_log
         if log is None:
-            if partition is not None or partition_agent:
+            if partition is not None or partition_agent or acting_for is not None:
                 return self._pipeline.run(principal, permission, context, token,
                                           approval_id, True, None, None, partition,
-                                          partition_agent)
+                                          partition_agent, acting_for)
             return self._pipeline.run(principal, permission, context, token, approval_id)
         started = perf_counter_ns()
         decision = self._pipeline.run(principal, permission, context, token, approval_id,
-                                      True, None, None, partition, partition_agent)
+                                      True, None, None, partition, partition_agent,
+                                      acting_for)
         inp: dict[str, Any] = {
             "principal": principal, "permission": permission,
             "context": dict(context) if type(context) is dict else context}
@@ -705,6 +711,8 @@ class Engine:
             inp["partition"] = partition
         if partition_agent:
             inp["partition_agent"] = True
+        if acting_for is not None:
+            inp["acting_for"] = acting_for
         return log.decision("authorize", decision, inp, token, self._log_view,
                             started)  # type: ignore[return-value]
 
@@ -929,14 +937,16 @@ class Engine:
     def explain(self, principal: str, permission: str,
                 context: dict[str, Any] | None = None, *, token: str | None = None,
                 approval_id: str | None = None, partition: str | None = None,
-                partition_agent: bool = False) -> Explanation:
+                partition_agent: bool = False, acting_for: str | None = None
+                ) -> Explanation:
         """The same run as :meth:`authorize`, traced: what each step found and, rule by
         rule, which rules could decide and why. Its decision is the one ``authorize``
         gives (except that a pending decision records no approval request)."""
         trace = Trace()
         started = perf_counter_ns()
         decision = self._pipeline.run(principal, permission, context, token, approval_id,
-                                      False, None, trace, partition, partition_agent)
+                                      False, None, trace, partition, partition_agent,
+                                      acting_for)
         return Explanation(self._log_check(decision, trace, started), trace.rules,
                            trace.steps)
 

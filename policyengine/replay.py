@@ -234,7 +234,8 @@ def replay(paths: Iterable[str], engine: Any, clock: _Clock | None = None) -> Re
                            None, None, register=False,
                            partition=partition if type(partition) is str else None,
                            partition_agent=inp.get("partition_agent") is True
-                           and type(partition) is str)
+                           and type(partition) is str,
+                           acting_for=inp.get("acting_for"))
         report.replayed += 1
         old_status, old_code = result.get("status"), result.get("reason_code")
         if (new.status, new.code) == (old_status, old_code):

@@ -220,7 +220,7 @@ class Pipeline:
     def run(self, principal: Any, permission: Any, context: Any, token: Any = None,
             approval_id: Any = None, register: bool = True, tool: ToolCall | None = None,
             trace: Trace | None = None, partition: str | None = None,
-            partition_agent: bool = False) -> Decision:
+            partition_agent: bool = False, acting_for: str | None = None) -> Decision:
         """Decide one request. Never raises for request data.
 
         ``register``: False for a dry run (replay, a search; ``explain`` is one too, as
@@ -233,6 +233,10 @@ class Pipeline:
         (:func:`_where`; ``""`` the empty tenant's); None reads the request's own values,
         as they are. ``partition_agent``: the principal is the caller's choice (an
         AuthZEN subject), so it too is counted in the partition (:func:`_counted`).
+        ``acting_for``: without a token, the name ``per acting_for`` budgets and rate
+        limits count (a wire that binds the person itself, as actguard's ``user_id``);
+        the rules read no grant (``grant.delegated`` stays false). With a token it is
+        ``invalid_request``: the verified grant alone says whom a token's holder acts for.
         """
         dry = not register or trace is not None
         policy = self.policy
@@ -254,6 +258,13 @@ class Pipeline:
         if partition_agent and partition is None:
             return _invalid(principal, permission, "partition_agent needs a partition",
                             trace)
+        if acting_for is not None:
+            if type(acting_for) is not str or not acting_for:
+                return _invalid(principal, permission, "acting_for must be a non-empty "
+                                "string", trace)
+            if token is not None:
+                return _invalid(principal, permission, "acting_for and a token both name "
+                                "whom the agent acts for: give one", trace)
         cls = policy.classes.get(permission)
         plan: Any = cls.plans.get(principal) if cls is not None else None  # Plan | Entry
         if plan is None:
@@ -286,8 +297,8 @@ class Pipeline:
         if trace is not None:
             trace.step("validate", "ok")
 
-        # -- 2. grant
-        acting_for = chain = None
+        # -- 2. grant (acting_for: the caller's counting name, or the grant's below)
+        chain = None
         held = None
         if token is not None and trace is None and type(token) is str:
             held = self._held.get(token)

@@ -9,7 +9,8 @@ What the SDK does (docs/service.md, "The actguard wire"): entering the root
 The mapping onto the engine:
 
 * the bearer is an API key (credentials ``apiKeys``), bound to the agent principal and
-  optionally a tenant; ``user_id`` is the person the agent acts for (``acting_for``);
+  optionally a tenant; ``user_id`` is the person the agent acts for (``acting_for``,
+  the same name in the decision and the reserve);
   every id the client sends is counted under the key's tenant (:func:`_tenancy`);
 * a run asks the policy for :data:`PERMISSION` with the context ``{run_id, user_id,
   plan_key, tenant, amount, currency}`` (amount: ``cost_limit`` in dollars), then holds
@@ -166,14 +167,16 @@ class ActguardWire:
         return _RefusedError(Reply(status, body))
 
     def _decide(self, key: ApiKey, r: m.ActguardReserveRequest, scope: dict[str, str],
-                usd: Decimal | None) -> None:
+                usd: Decimal | None, acting_for: str | None) -> None:
         """Ask the policy for the run (rules, limits, and every covering budget's room);
-        raise the refusal the SDK acts on, or return."""
+        raise the refusal the SDK acts on, or return. ``acting_for``: the name the
+        ledger charges ``per acting_for`` (:func:`_tenancy`), so the decision's budget
+        check and rate limits read the person's bucket the reserve then holds on."""
         context: dict[str, Any] = dict(scope)
         if key.tenant is not None:
             context["tenant"] = key.tenant
         d = authorize_spend(self.service.engine, key.agent, PERMISSION, context, usd,
-                            key.tenant or "")
+                            key.tenant or "", acting_for)
         self.service.metrics.decision("actguard", "allowed" if d is None else d.status)
         if d is None:
             return
@@ -210,7 +213,7 @@ class ActguardWire:
                                   tenant=key.tenant, scope=scope)
 
         try:
-            self._decide(key, r, asked, usd)
+            self._decide(key, r, asked, usd, acting_for)
             rsv = exact_or_cent(hold, 0 if usd is None else microcents(usd))
         except _RefusedError as refused:
             return refused.reply

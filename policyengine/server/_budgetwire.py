@@ -87,12 +87,14 @@ def exact_or_cent(call: Callable[[int], T], micro: int) -> T:
 
 
 def authorize_spend(engine: pe.Engine, principal: str, permission: str,
-                    context: dict[str, Any], usd: Decimal | None, partition: str = ""
-                    ) -> pe.Decision | None:
+                    context: dict[str, Any], usd: Decimal | None, partition: str = "",
+                    acting_for: str | None = None) -> pe.Decision | None:
     """The policy's decision on a spend of ``usd`` dollars, or None when it allows it.
     ``partition``: the key's tenant (``""`` without one), whose counters the decision's
     budget check and rate limits read (``Engine.authorize``), never one the request
-    names.
+    names. ``acting_for``: the name the ledger charges ``per acting_for`` for this spend
+    (actguard's ``tenant:acme/user_id:alice``), so the decision checks that bucket too;
+    None: the agent, as the ledger.
 
     The decision pipeline reads amounts in the currency's own unit (cents): a dollar
     amount with a fraction of a cent is asked rounded **up**, so rules and limits see no
@@ -111,7 +113,8 @@ def authorize_spend(engine: pe.Engine, principal: str, permission: str,
     if usd is not None:
         asked = at_cent(usd)
         context = {**context, "amount": asked, "currency": USD}
-    d = engine.authorize(principal, permission, context, partition=partition)
+    d = engine.authorize(principal, permission, context, partition=partition,
+                         acting_for=acting_for)
     if d.allowed:
         return None
     if d.code == "budget_exceeded" and usd is not None and asked != usd and not (

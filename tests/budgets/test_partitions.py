@@ -8,6 +8,7 @@ buckets exactly. The rules read the context as sent either way."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -348,3 +349,58 @@ def test_partitioned_agents_never_share_a_name(a: str, b: str, sa: str, sb: str)
     assert _counted(a, sa).startswith("tenant:")
     if a:
         assert _counted(a, sa) == _tenant_agent(sa, a)
+
+
+PERSON_POLICY = """
+currency USD
+role r: llm:*
+agent "bot": r
+budget per-person: llm:pay limit 1 USD per day per acting_for
+ratelimit person-rate: llm:read 2 per hour per acting_for
+"""
+
+
+def test_acting_for_is_the_name_per_acting_for_counts(tmp_path: Any) -> None:
+    """``acting_for`` without a token (a wire that binds the person itself, actguard's
+    ``user_id``): ``per acting_for`` budgets and rate limits count that name, the one the
+    ledger charges; without it, the agent. A token with it, an empty or non-string one:
+    ``invalid_request``. The log records it and replay decides with it."""
+    import json
+
+    from policyengine.budgets import MemoryStore
+    from policyengine.replay import replay
+    store = MemoryStore()
+    path = tmp_path / "log.jsonl"
+    e = pe.Engine.from_source(PERSON_POLICY, budget_store=store, decision_log=str(path))
+    alice, bob = "tenant:acme/user_id:alice", "tenant:acme/user_id:bob"
+    pay = {"amount": "0.30", "currency": "USD"}
+    e.budgets.record("bot", "llm:pay", "0.80", "USD", acting_for=alice)
+    d = e.authorize("bot", "llm:pay", pay, partition="acme", acting_for=alice)
+    assert (d.code, d.acting_for) == ("budget_exceeded", alice), d
+    assert d.budget is not None and d.budget.subject == alice
+    assert d.budget.spent == Decimal("0.80")
+    assert e.authorize("bot", "llm:pay", pay, partition="acme", acting_for=bob).allowed
+    d = e.authorize("bot", "llm:pay", pay, partition="acme")  # the agent's own bucket
+    assert d.allowed and d.budget is not None and d.budget.subject == "bot"
+    assert e.explain("bot", "llm:pay", pay, acting_for=alice
+                     ).decision.code == "budget_exceeded"
+    assert [e.authorize("bot", "llm:read", {}, acting_for=alice).code
+            for _ in range(3)] == ["permitted", "permitted", "rate_limited"]
+    assert e.authorize("bot", "llm:read", {}, acting_for=bob).allowed
+    for bad in ("", 7):
+        d = e.authorize("bot", "llm:pay", pay, acting_for=bad)  # type: ignore[arg-type]
+        assert (d.code, "acting_for" in d.reason) == ("invalid_request", True), d
+    d = e.authorize("bot", "llm:pay", pay, token="x.y.z", acting_for=alice)
+    assert (d.code, "acting_for" in d.reason) == ("invalid_request", True), d
+    assert e.close()
+    records = [r for r in map(json.loads, path.read_text().splitlines())
+               if r.get("kind") == "authorize"]
+    logged = [r["input"] for r in records]
+    assert logged[0]["acting_for"] == alice and logged[1]["acting_for"] == bob
+    assert "acting_for" not in logged[2]
+    e.budgets.record("bot", "llm:pay", "0.80", "USD", acting_for=bob)  # bob's now full
+    report = replay([str(path)], pe.Engine.from_source(PERSON_POLICY, budget_store=store))
+    changed = {c.decision_id: c.new_code for c in report.changes}
+    assert changed[records[1]["decision_id"]] == "budget_exceeded"  # bob's, in his bucket
+    assert records[0]["decision_id"] not in changed  # alice's: refused as before
+    assert records[2]["decision_id"] not in changed  # the agent's: allowed as before
