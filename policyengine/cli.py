@@ -64,6 +64,18 @@ _CHOICE = re.compile(r"argument (?P<name>\S+): invalid choice: (?P<value>.+?) "
                      r"\(choose from (?P<choices>.*)\)$")
 
 
+def _typed(shown: str) -> str:
+    """The value an invalid-choice message shows, as typed: argparse quotes it with
+    repr() (a line feed already ``\\n``), so it is read back, not quoted twice; a value
+    shown otherwise loses only its quotes."""
+    import ast
+    try:
+        value = ast.literal_eval(shown)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return shown.strip("'\"")
+    return value if type(value) is str else shown.strip("'\"")
+
+
 class _Parser(argparse.ArgumentParser):
     """The command line's parser (and every sub-command's): a usage error is one line,
     ``policyengine CMD: error: usage_error: MESSAGE`` (exit status 2), never the usage
@@ -108,7 +120,7 @@ class _Parser(argparse.ArgumentParser):
         found = _CHOICE.match(message)
         if found is None:
             return message
-        value = found["value"].strip("'\"")
+        value = _typed(found["value"])
         choices = re.findall(r"'([^']*)'", found["choices"]) or found["choices"].split(", ")
         close = difflib.get_close_matches(value, choices, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

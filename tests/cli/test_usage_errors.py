@@ -144,6 +144,12 @@ def test_a_missing_hmac_key_says_how_the_command_line_gives_one(
      "directory: 'r\\nx.json'"),
     (["serve", "p.policy", "--hmac-key-file", "no\nfile"], "policyengine serve: error: "
      "usage_error: --hmac-key-file no\u240afile: cannot read: No such file or directory"),
+    (["ch\neck"], "policyengine: error: usage_error: unknown command 'ch\\neck' (did you "
+     "mean 'check'?); commands: check, fmt, eval, explain, store, test, analyze, diff, "
+     "replay, query, token, log, serve; see 'policyengine --help'"),
+    (["check", "--format", "js\ton", "p.policy"], "policyengine check: error: "
+     "usage_error: argument --format: 'js\\ton' is not one of text, json (did you mean "
+     "'json'?); see 'policyengine check --help'"),
     (["serve", "p.policy", "--credentials", "c\nx.json"], "policyengine serve: error: "
      "invalid_credentials_file: cannot read credentials file c\u240ax.json: [Errno 2] No "
      "such file or directory: 'c\\nx.json'"),
