@@ -817,7 +817,8 @@ class Engine:
                        token: str | None = None, context: dict[str, Any] | None = None,
                        approval_id: str | None = None, scheme: str | None = None,
                        redaction_check: Callable[[Any, Any], Any] | None = None,
-                       partition: str | None = None, **wire: Any) -> ToolDecision:
+                       partition: str | None = None, acting_for: str | None = None,
+                       **wire: Any) -> ToolDecision:
         """May this outbound tool call leave, and with which fields redacted?
 
         Takes the ``/v1/tool-authorize`` request fields (``toolName`` / ``functionName``
@@ -831,13 +832,15 @@ class Engine:
         ``redaction_unsupported`` by the run's redaction step, before any rate-limit
         call, approval use or approval request (docs/tools.md).
 
-        ``partition``: as for :meth:`authorize`.
+        ``partition``, ``acting_for``: as for :meth:`authorize` (``acting_for``: the
+        name ``per acting_for`` counts for a call without a token; with a token, empty
+        or not a string, ``invalid_request``).
         """
         log = self.decision_log
         started = 0 if log is None else perf_counter_ns()
         result = self._tool(principal, None, transport, method, host, path, query, headers,
                             body, tool_name, function_name, token, context, approval_id,
-                            scheme, wire, redaction_check, partition)
+                            scheme, wire, redaction_check, partition, acting_for)
         if log is None:
             return result
         # The body logged is a frozen copy of the redacted body the decision holds (None
@@ -853,6 +856,8 @@ class Engine:
                "body": frozen(result.body)}
         if partition is not None:
             inp["partition"] = partition
+        if acting_for is not None:
+            inp["acting_for"] = acting_for
         return log.decision("tool_authorize", result, inp, token, self._log_view,
                             started)  # type: ignore[return-value]
 
@@ -860,7 +865,8 @@ class Engine:
               host: Any, path: Any, query: Any, headers: Any, body: Any, tool_name: Any,
               function_name: Any, token: Any, context: Any, approval_id: Any, scheme: Any,
               wire: dict[str, Any], redaction_check: Callable[[Any, Any], Any] | None = None,
-              partition: str | None = None) -> ToolDecision:
+              partition: str | None = None, acting_for: str | None = None
+              ) -> ToolDecision:
         """The one path of :meth:`tool_authorize` and :meth:`explain_tool` (``trace``):
         the wire's spellings read, then ``tools._egress.tool_authorize`` on the pipeline
         in use (its ``hmac_key`` the engine's, checked when built)."""
@@ -883,7 +889,7 @@ class Engine:
                               tool_name=tool_name, function_name=function_name, token=token,
                               context=context, approval_id=approval_id, scheme=scheme,
                               trace=trace, redaction_check=redaction_check,
-                              partition=partition)
+                              partition=partition, acting_for=acting_for)
 
     # ---- reverse queries ----
     def permissions_of(self, principal: str | None = None, *, role: str | None = None,
@@ -972,13 +978,15 @@ class Engine:
                      token: str | None = None, context: dict[str, Any] | None = None,
                      approval_id: str | None = None, scheme: str | None = None,
                      redaction_check: Callable[[Any, Any], Any] | None = None,
-                     partition: str | None = None, **wire: Any) -> Explanation:
+                     partition: str | None = None, acting_for: str | None = None,
+                     **wire: Any) -> Explanation:
         """:meth:`tool_authorize` traced, like :meth:`explain`."""
         trace = Trace()
         started = perf_counter_ns()
         decision = self._tool(principal, trace, transport, method, host, path, query,
                               headers, body, tool_name, function_name, token, context,
-                              approval_id, scheme, wire, redaction_check, partition)
+                              approval_id, scheme, wire, redaction_check, partition,
+                              acting_for)
         return Explanation(self._log_check(decision, trace, started), trace.rules,
                            trace.steps)
 

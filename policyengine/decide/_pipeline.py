@@ -259,12 +259,9 @@ class Pipeline:
             return _invalid(principal, permission, "partition_agent needs a partition",
                             trace)
         if acting_for is not None:
-            if type(acting_for) is not str or not acting_for:
-                return _invalid(principal, permission, "acting_for must be a non-empty "
-                                "string", trace)
-            if token is not None:
-                return _invalid(principal, permission, "acting_for and a token both name "
-                                "whom the agent acts for: give one", trace)
+            problem = acting_for_problem(acting_for, token)
+            if problem is not None:
+                return _invalid(principal, permission, problem, trace)
         cls = policy.classes.get(permission)
         plan: Any = cls.plans.get(principal) if cls is not None else None  # Plan | Entry
         if plan is None:
@@ -469,7 +466,8 @@ class Pipeline:
                  token: Any, approval_id: Any, body: Any, redaction_rules: tuple[Any, ...],
                  redact_fields: tuple[str, ...], binding: Callable[[], dict[str, Any]],
                  trace: Trace | None, check: Callable[[Any, Any], Any] | None = None,
-                 sent: Any = None, partition: str | None = None
+                 sent: Any = None, partition: str | None = None,
+                 acting_for: str | None = None
                  ) -> tuple[Decision, Any, tuple[dict[str, str], ...]]:
         """:meth:`run` for a routed tool call: (decision, redacted body, redactions).
         The body is redacted only when the call may leave (or wait for approval), with
@@ -478,19 +476,20 @@ class Pipeline:
         see :class:`ToolCall`."""
         call = ToolCall(body, redaction_rules, redact_fields, binding, check, sent)
         decision = self.run(principal, permission, context, token, approval_id,
-                            True, call, trace, partition)
+                            True, call, trace, partition, False, acting_for)
         if decision.status == "denied":
             return decision, None, ()
         return decision, call.redacted, call.redactions
 
     def run_unbound(self, principal: str, token: Any, code: str, reason: str,
-                    trace: Trace | None) -> Decision:
+                    trace: Trace | None, acting_for: str | None = None) -> Decision:
         """The decision on a tool call no route governs (``egress_allow``: no permission,
         so no rules, budgets, rate limits or approvals): allowed with ``code`` and
         ``reason``, unless it carries a delegation token that does not verify or was
         issued to another principal (the grant step, as in :meth:`run`; with no
-        permission there is nothing for the grant to cover)."""
-        acting_for = chain = None
+        permission there is nothing for the grant to cover). ``acting_for``: the
+        caller's counting name (checked by the caller), reported as in :meth:`run`."""
+        chain = None
         if token is not None:
             policy = self.policy
             now = self.clock() if self.clock is not None else None
@@ -939,6 +938,16 @@ def _would_consume(item: Approval, approval_id: str, digest: str, now: float | N
         code = {"expired": "approval_expired", "pending": "approval_pending",
                 "rejected": "approval_rejected"}.get(item.status, "approval_used")
         raise ApprovalError(code, f"approval {approval_id} is {item.status}")
+
+
+def acting_for_problem(acting_for: Any, token: Any) -> str | None:
+    """Why a caller's ``acting_for`` (not None) cannot be used, or None: one check for
+    ``authorize``, ``explain``, ``tool_authorize`` and ``explain_tool``."""
+    if type(acting_for) is not str or not acting_for:
+        return "acting_for must be a non-empty string"
+    if token is not None:
+        return "acting_for and a token both name whom the agent acts for: give one"
+    return None
 
 
 def _invalid(principal: Any, permission: Any, message: str, trace: Trace | None) -> Decision:

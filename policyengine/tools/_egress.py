@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from policyengine import _json as strict_json
+from policyengine.decide._pipeline import acting_for_problem
 from policyengine.decision import Decision, ToolDecision, build_tool_decision
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
@@ -618,7 +619,8 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
                    body: Any = None, tool_name: Any = None, function_name: Any = None,
                    token: Any = None, context: Any = None, approval_id: Any = None,
                    scheme: Any = None, trace: Any = None,
-                   redaction_check: Any = None, partition: str | None = None) -> ToolDecision:
+                   redaction_check: Any = None, partition: str | None = None,
+                   acting_for: Any = None) -> ToolDecision:
     """Decide one tool call. Never raises for request data.
 
     ``pipeline`` is the engine's decision pipeline
@@ -628,7 +630,9 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
     the pipeline's ``hmac_key``) before it records a pending approval. ``trace``
     (explain) records the steps.
     ``redaction_check``: see ``Engine.tool_authorize`` (the run's redaction step asks it
-    with the body as given here). ``partition``: see ``Engine.authorize``.
+    with the body as given here). ``partition``, ``acting_for``: see
+    ``Engine.authorize`` (``acting_for`` is checked first, as there, so a call no route
+    governs is refused for it too).
     """
     tools: CompiledTools = pipeline.policy.tools
 
@@ -642,6 +646,10 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
 
     if type(principal) is not str:
         return reject("invalid_request", "invalid_request", "principal must be a string")
+    if acting_for is not None:
+        problem = acting_for_problem(acting_for, token)
+        if problem is not None:
+            return reject("invalid_request", "invalid_request", problem)
     if context is not None and not isinstance(context, dict):
         return reject("invalid_request", "invalid_request", "context must be an object")
     if transport not in TRANSPORTS:
@@ -689,7 +697,7 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
             if trace is not None:
                 trace.step("route", f"egress_allow ({routed.code}): {routed.reason}")
             decided = pipeline.run_unbound(principal, token, routed.code, routed.reason,
-                                           trace)
+                                           trace, acting_for)
             if decided.status != "allowed":
                 return build_tool_decision(decided, _outcome(decided), None, (), None)
             return build_tool_decision(decided, "egress_allow", body, (), None)
@@ -747,5 +755,5 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
 
     decision, redacted, redactions = pipeline.run_tool(
         principal, permission, ctx, token, approval_id, body, rules, fields, call, trace,
-        redaction_check, raw_body, partition)
+        redaction_check, raw_body, partition, acting_for)
     return build_tool_decision(decision, _outcome(decision), redacted, redactions, qid)

@@ -404,3 +404,73 @@ def test_acting_for_is_the_name_per_acting_for_counts(tmp_path: Any) -> None:
     assert changed[records[1]["decision_id"]] == "budget_exceeded"  # bob's, in his bucket
     assert records[0]["decision_id"] not in changed  # alice's: refused as before
     assert records[2]["decision_id"] not in changed  # the agent's: allowed as before
+
+
+TOOL_PERSON_POLICY = """
+currency USD
+role r: tools:*
+agent "bot": r
+tool pay: mcp "pay" -> tools:pay { amount = $.amount, currency = $.currency }
+tool read: mcp "read" -> tools:read
+egress { allow "*.internal.example" }
+budget per-person: tools:pay limit 1 USD per day per acting_for
+ratelimit person-rate: tools:read 2 per hour per acting_for
+"""
+
+
+def test_tool_calls_take_acting_for_as_authorize(tmp_path: Any) -> None:
+    """``tool_authorize`` and ``explain_tool`` take ``acting_for`` as ``authorize``
+    does: the same per acting_for budget and rate-limit counters for the same request
+    (a tool call and an authorize share the person's bucket), the name reported and
+    logged, the same ``invalid_request`` with a token, empty or not a string (a call no
+    route governs too)."""
+    import json
+
+    path = tmp_path / "log.jsonl"
+    e = pe.Engine.from_source(TOOL_PERSON_POLICY, decision_log=str(path))
+    alice, bob = "tenant:acme/user_id:alice", "tenant:acme/user_id:bob"
+    pay = {"transport": "mcp", "tool_name": "pay",
+           "body": {"amount": "0.30", "currency": "USD"}}
+    read = {"transport": "mcp", "tool_name": "read", "body": {}}
+    e.budgets.record("bot", "tools:pay", "0.80", "USD", acting_for=alice)
+    d = e.tool_authorize("bot", acting_for=alice, **pay)  # type: ignore[arg-type]
+    assert (d.code, d.decision.acting_for) == ("budget_exceeded", alice), d
+    assert d.decision.budget is not None and d.decision.budget.subject == alice
+    asked = e.authorize("bot", "tools:pay", {"amount": "0.30", "currency": "USD"},
+                        acting_for=alice)
+    assert asked.budget is not None
+    assert (asked.code, asked.budget.subject) == (d.code, alice)
+    assert e.explain_tool("bot", acting_for=alice, **pay  # type: ignore[arg-type]
+                          ).decision.code == "budget_exceeded"
+    assert e.tool_authorize("bot", acting_for=bob, **pay).allowed  # type: ignore[arg-type]
+    d = e.tool_authorize("bot", **pay)  # type: ignore[arg-type]  # the agent's bucket
+    assert d.allowed and d.decision.budget is not None
+    assert d.decision.budget.subject == "bot"
+    # one counter per person, whether the call comes as a tool call or an authorize
+    assert e.tool_authorize("bot", acting_for=alice, **read).allowed  # type: ignore[arg-type]
+    assert e.authorize("bot", "tools:read", {}, acting_for=alice).allowed
+    d = e.tool_authorize("bot", acting_for=alice, **read)  # type: ignore[arg-type]
+    assert d.code == "rate_limited" and d.decision.rate_limit is not None
+    assert d.decision.rate_limit.subject == alice
+    assert e.explain_tool("bot", acting_for=alice, **read  # type: ignore[arg-type]
+                          ).decision.code == "rate_limited"
+    assert e.tool_authorize("bot", acting_for=bob, **read).allowed  # type: ignore[arg-type]
+    unbound = {"transport": "http", "method": "GET", "host": "a.internal.example",
+               "path": "/"}
+    d = e.tool_authorize("bot", acting_for=alice, **unbound)  # type: ignore[arg-type]
+    assert (d.outcome, d.decision.acting_for) == ("egress_allow", alice), d
+    for bad in ("", 7):
+        for call in (pay, unbound):
+            for how in (e.tool_authorize,
+                        lambda *a, **k: e.explain_tool(*a, **k).decision):
+                d = how("bot", acting_for=bad, **call)
+                assert (d.code, "acting_for" in d.reason) == ("invalid_request", True), d
+    for call in (pay, unbound):
+        d = e.tool_authorize("bot", token="x.y.z", acting_for=alice,  # type: ignore[arg-type]
+                             **call)
+        assert (d.code, "acting_for" in d.reason) == ("invalid_request", True), d
+    assert e.ensure_authorized("bot", "tools:read", {}, acting_for=bob).allowed
+    assert e.close()
+    logged = [r["input"] for r in map(json.loads, path.read_text().splitlines())
+              if r.get("kind") == "tool_authorize"]
+    assert logged[0]["acting_for"] == alice and "acting_for" not in logged[2]
