@@ -89,8 +89,10 @@ _ALLOWED_ARGS: dict[str, frozenset[str]] = {
     "reservations": frozenset({"tenant", "status", "principal", "limit", "after"}),
     "remember": frozenset({"key", "text", "ttl"}),
     "recall": frozenset({"key"}),
-    "authorize": frozenset({"principal", "permission", "context", "partition"}),
-    "explain": frozenset({"principal", "permission", "context", "partition"}),
+    "authorize": frozenset({"principal", "permission", "context", "partition",
+                            "acting_for", "token"}),
+    "explain": frozenset({"principal", "permission", "context", "partition",
+                          "acting_for", "token"}),
 }
 
 
@@ -177,18 +179,18 @@ def run_budget_case(
 def _decide(engine: Any, step: Mapping[str, Any]) -> str | None:
     if engine is None:
         return "an authorize step needs the engine (the factory returned a ledger)"
-    args: dict[str, Any] = dict(step.get("args", {}))
+    args: dict[str, Any] = {_ARG_NAMES.get(k, k): v for k, v in step.get("args", {}).items()}
     unknown = set(args) - _ALLOWED_ARGS["authorize"]
     if unknown:
         return f"unknown args {sorted(unknown)}"
-    partition = args.get("partition")
+    # absent: None, as the engine's defaults (no partition, no acting_for, no token)
+    given = {k: args.get(k) for k in ("partition", "acting_for", "token")}
     if step["op"] == "explain":
         decision = engine.explain(args["principal"], args["permission"],
-                                  args.get("context"), partition=partition
-                                  ).decision.to_wire()
+                                  args.get("context"), **given).decision.to_wire()
     else:
         decision = engine.authorize(args["principal"], args["permission"],
-                                    args.get("context"), partition=partition).to_wire()
+                                    args.get("context"), **given).to_wire()
     want = dict(step.get("expect", {}))
     if "shadow" in want and want["shadow"] is None:  # no `mode warn` outcome: no key
         del want["shadow"]
