@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.lang._schema import check_schemas
-from policyengine.lang._scripts import mixed_script
+from policyengine.lang._scripts import mixed_script, not_nfkc
 from policyengine.lang._source import Problem, SourceSet
 from policyengine.money._money import MAX_AMOUNT  # the widest amount a literal may hold
 from policyengine.permissions import MAX_PRINCIPAL_ID, is_valid_pattern, pattern_subsumes
@@ -74,7 +74,8 @@ class _Ctx:
 
 def _look_alike(ctx: _Ctx, what: str, text: str, span: ast.Span) -> None:
     """W207: a string naming a principal or a resource whose word mixes scripts
-    (``"\\u0430dmin"``: a Cyrillic a) names another id than the one a reader sees."""
+    (``"\\u0430dmin"``: a Cyrillic a) names another id than the one a reader sees; W208:
+    one NFKC normalisation changes (``"\\uff41dmin"``: a fullwidth a) likewise."""
     mixed = mixed_script(text)
     if mixed is not None:
         word, letters = mixed
@@ -83,6 +84,12 @@ def _look_alike(ctx: _Ctx, what: str, text: str, span: ast.Span) -> None:
                  "not the id it looks like", span,
                  "write each word in one script (an id wholly in one script, any script, "
                  "is fine)")
+    changed = not_nfkc(text)
+    if changed is not None:
+        first, norm = changed
+        ctx.warn("W208", f"{what} {ast.quote(text)} changes under Unicode NFKC "
+                 f"normalisation: {first}; it is not the id {ast.quote(norm)} it looks like",
+                 span, f"write {ast.quote(norm)} (its NFKC form) if that is the id meant")
 
 
 def _reason(exc: ValueError) -> str:
