@@ -35,7 +35,8 @@ __all__ = ["TEST_SUFFIX", "Coverage", "TestFileError", "add_untested_policies",
 TEST_SUFFIX = ".test.json"
 
 _FILE_KEYS = frozenset({"description", "policies", "now", "defaults", "tests"})
-_REQUEST_KEYS = frozenset({"principal", "permission", "context", "tool"})
+_REQUEST_KEYS = frozenset({"principal", "permission", "context", "tool", "partition",
+                           "acting_for"})
 _CASE_KEYS = _REQUEST_KEYS | {"name", "expect"}
 _EXPECT_KEYS = frozenset({"status", "allowed", "reasonCode", "rule", "rules", "obligations",
                           "diagnostic", "permission", "tool", "body", "shadow"})
@@ -64,6 +65,21 @@ def _unknown(keys: Iterable[str], known: frozenset[str], where: str) -> None:
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise TestFileError(f"{where}: unknown key {key!r}{hint}; known: "
                                 f"{', '.join(sorted(known))}")
+
+
+def _counting(request: dict[str, Any], where: str) -> None:
+    """A request's ``partition`` and ``acting_for``, checked as the engine checks them
+    (docs/engine.md, "Partitions"): a string (``""`` is the empty tenant's partition)
+    and a non-empty string, or null (none). A wrong one is the file's error, not a
+    decision: the test would otherwise pass on ``invalid_request`` it did not mean."""
+    partition = request.get("partition")
+    if partition is not None and type(partition) is not str:
+        raise TestFileError(f"{where}: \"partition\" must be a string (\"\" is the empty "
+                            f"tenant's) or null, not {json.dumps(partition, default=str)}")
+    acting_for = request.get("acting_for")
+    if acting_for is not None and (type(acting_for) is not str or not acting_for):
+        raise TestFileError(f"{where}: \"acting_for\" must be a non-empty string or null, "
+                            f"not {json.dumps(acting_for, default=str)}")
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
@@ -336,6 +352,7 @@ def _check_case(case: Any, i: int) -> dict[str, Any]:
     if not expect:
         raise TestFileError(f"{where} ({name}): \"expect\" gives nothing to compare")
     _unknown(expect, _EXPECT_KEYS, f"{where} ({name}): expect")
+    _counting(case, f"{where} ({name})")
     ob = expect.get("obligations")
     if isinstance(ob, dict):
         _unknown(ob, _OBLIGATION_KEYS, f"{where} ({name}): expect.obligations")
@@ -369,6 +386,7 @@ def checked_test_data(raw: Any) -> dict[str, Any]:
     data["tests"] = cases
     defaults = _object(data.get("defaults", {}), "\"defaults\"")
     _unknown(defaults, _REQUEST_KEYS, "defaults")
+    _counting(defaults, "defaults")
     return data
 
 
@@ -402,14 +420,20 @@ def _request(case: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
 def _decide(engine: Any, req: dict[str, Any]) -> dict[str, Any]:
     if "tool" in req:
         call = _object(req["tool"], "\"tool\"")
+        given = {k: req[k] for k in ("partition", "acting_for") if k in req}
+        twice = sorted(set(given) & set(call))
+        if twice:
+            raise TestFileError(f"{', '.join(twice)}: give it beside \"tool\" or in it, "
+                                "not both")
         result = engine.tool_authorize(req.get("principal"), context=req.get("context"),
-                                       **call)
+                                       **given, **call)
         wire: dict[str, Any] = result.to_wire()
         wire["body"] = result.body
         wire["shadowAll"] = [s.to_wire() for s in result.shadow]
         return wire
     decision = engine.authorize(req.get("principal"), req.get("permission"),
-                                req.get("context"))
+                                req.get("context"), partition=req.get("partition"),
+                                acting_for=req.get("acting_for"))
     out: dict[str, Any] = decision.to_wire()
     # in process, a test sees mode log outcomes too (the wire carries mode warn only)
     out["shadowAll"] = [s.to_wire() for s in decision.shadow]

@@ -317,3 +317,86 @@ def test_an_untested_file_compiles_with_its_neighbours_or_fails_the_run(
     assert "broken.policy :: <coverage>: no test loads this policy and it does not load" in out
     # without coverage nothing is counted, so nothing needs to compile
     assert main(["test", str(tmp_path)]) == 0
+
+
+COUNTED = """namespace c
+role r: shop:*
+agent "bot": r
+tool look: mcp "look" -> shop:tool
+ratelimit people: shop:look 1 per hour burst 1 per acting_for
+ratelimit tools: shop:tool 1 per hour burst 1 per acting_for
+ratelimit runs: shop:run 1 per hour burst 1 per context.run_id
+"""
+
+
+def test_a_test_may_set_the_partition_and_acting_for(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``partition`` and ``acting_for`` are request keys, passed as ``authorize`` and
+    ``tool_authorize`` take them: the file's tests share one engine, so its counters
+    count per partition and per person exactly as the engine's."""
+    (tmp_path / "c.policy").write_text(COUNTED)
+    alice, bob = "tenant:acme/user_id:alice", "tenant:acme/user_id:bob"
+    ok, limited = {"status": "allowed"}, {"reasonCode": "rate_limited"}
+    run = {"permission": "shop:run", "context": {"run_id": "r-1"}}
+    look = {"transport": "mcp", "tool_name": "look"}
+    tests = [
+        {"name": "alice", "permission": "shop:look", "acting_for": alice, "expect": ok},
+        {"name": "alice again", "permission": "shop:look", "acting_for": alice,
+         "expect": limited},
+        {"name": "bob", "permission": "shop:look", "acting_for": bob, "expect": ok},
+        {"name": "the agent", "permission": "shop:look", "expect": ok},
+        {"name": "the agent named", "permission": "shop:look", "acting_for": "bot",
+         "expect": limited},
+        {"name": "tool alice", "tool": look, "acting_for": alice, "expect": ok},
+        {"name": "tool alice again", "tool": look, "acting_for": alice,
+         "expect": limited},
+        {"name": "tool bob", "tool": look, "acting_for": bob, "expect": ok},
+        {"name": "acme", **run, "expect": ok},
+        {"name": "acme again", **run, "expect": limited},
+        {"name": "globex", **run, "partition": "globex", "expect": ok},
+        {"name": "the empty tenant", **run, "partition": "", "expect": ok},
+        {"name": "none", **run, "partition": None, "expect": ok},
+        {"name": "none again", **run, "partition": None, "expect": limited},
+    ]
+    path = tmp_path / "c.test.json"
+    path.write_text(json.dumps({"policies": ["c.policy"], "tests": tests,
+                                "defaults": {"principal": "bot", "partition": "acme"}}))
+    assert main(["test", str(path)]) == 0, capsys.readouterr().out
+    assert f"{len(tests)} passed, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("where", "key", "value", "why"), [
+    ("test", "partition", 7, '"partition" must be a string'),
+    ("test", "partition", ["acme"], '"partition" must be a string'),
+    ("defaults", "partition", False, '"partition" must be a string'),
+    ("test", "acting_for", "", '"acting_for" must be a non-empty string'),
+    ("test", "acting_for", 7, '"acting_for" must be a non-empty string'),
+    ("defaults", "acting_for", {"a": 1}, '"acting_for" must be a non-empty string'),
+])
+def test_a_wrong_partition_or_acting_for_is_the_files_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, key: str,
+        value: Any, why: str) -> None:
+    """Checked as the engine checks them, but a wrong one is the test file's error
+    (``invalid_test_file``, the file's ``<load>``), not an ``invalid_request`` decision a
+    test could expect by mistake."""
+    case = {**BUY_OK, key: value} if where == "test" else BUY_OK
+    top = {"defaults": {key: value}} if where == "defaults" else {}
+    path = _write(tmp_path, [case], **top)
+    assert main(["test", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert ":: <load>: " in out and why in out and "invalid_test_file" in out, out
+
+
+def test_a_tool_call_gets_partition_beside_or_in_tool_not_both(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.policy").write_text(COUNTED)
+    look = {"transport": "mcp", "tool_name": "look", "acting_for": "alice"}
+    path = tmp_path / "c.test.json"
+    path.write_text(json.dumps({"policies": ["c.policy"], "tests": [
+        {"name": "in tool", "principal": "bot", "tool": look,
+         "expect": {"status": "allowed"}},
+        {"name": "both", "principal": "bot", "tool": look, "acting_for": "bob",
+         "expect": {"status": "allowed"}}]}))
+    assert main(["test", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "1 passed, 1 failed" in out and 'acting_for: give it beside "tool"' in out, out
