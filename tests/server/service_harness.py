@@ -131,3 +131,35 @@ class Upstream:
         self.server.server_close()
 
 
+
+
+@dataclass
+class Recorded:
+    """A live service whose engine keeps every decision a wire asked of it."""
+
+    url: str
+    engine: pe.Engine
+    decisions: list[pe.Decision] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def recording(policy: str, credentials: Credentials, prefixes: dict[str, str]
+              ) -> Iterator[Recorded]:
+    """Serve ``policy`` with ``credentials`` on a free loopback port until the block
+    ends, recording in ``decisions`` what each wire's ``authorize`` decided (the
+    read-only budget check a wire asks before it reserves)."""
+    engine = pe.Engine.from_source(policy)
+    live = Recorded("", engine)
+    asked = engine.authorize
+
+    def recorded(*args: Any, **kwargs: Any) -> pe.Decision:
+        d = asked(*args, **kwargs)
+        live.decisions.append(d)
+        return d
+
+    engine.authorize = recorded  # type: ignore[method-assign]
+    app = create_app(engine, credentials=credentials,
+                     config=ServiceConfig(access_log=False, prefixes=prefixes))
+    with serving(app) as port:
+        live.url = f"http://127.0.0.1:{port}"
+        yield live

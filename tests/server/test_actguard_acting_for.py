@@ -15,9 +15,7 @@ from __future__ import annotations
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
 import actguard
 import httpx
@@ -25,10 +23,11 @@ import pytest
 from actguard.exceptions import BudgetExceededError
 
 import policyengine as pe
-from policyengine.server import ServiceConfig, create_app, hash_secret
+from policyengine.server import hash_secret
 from policyengine.server._credentials import Credentials
 
-from .service_harness import serving
+from .service_harness import Recorded as Live
+from .service_harness import recording
 
 POLICY = """
 namespace af
@@ -46,33 +45,13 @@ price "openai" "gpt-4o": input 2.50 USD, cached_input 1.25 USD, output 10 USD pe
 API = {"acme": ("s-acme", "acme-bot", "acme"), "solo": ("s-solo", "solo-bot", None)}
 
 
-@dataclass
-class Live:
-    url: str
-    engine: pe.Engine
-    decisions: list[pe.Decision] = field(default_factory=list)
-
-
 @pytest.fixture(scope="module")
 def svc() -> Iterator[Live]:
     creds = Credentials.from_dict({
         "apiKeys": [{"name": name, "keyHash": hash_secret(secret), "agent": agent,
                      **({"tenant": tenant} if tenant else {})}
                     for name, (secret, agent, tenant) in API.items()]})
-    engine = pe.Engine.from_source(POLICY)
-    live = Live("", engine)
-    asked = engine.authorize
-
-    def recorded(*args: Any, **kwargs: Any) -> pe.Decision:  # what each wire decided
-        d = asked(*args, **kwargs)
-        live.decisions.append(d)
-        return d
-
-    engine.authorize = recorded  # type: ignore[method-assign]
-    app = create_app(engine, credentials=creds, config=ServiceConfig(
-        access_log=False, prefixes={"actguard": "/ag"}))
-    with serving(app) as port:
-        live.url = f"http://127.0.0.1:{port}"
+    with recording(POLICY, creds, {"actguard": "/ag"}) as live:
         yield live
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -23,11 +22,11 @@ import pytest
 from agent_ledger_sdk import AgentLedgerClient, BudgetGuardrailError
 from tracengent import TracengentClient, TracengentOptions
 
-import policyengine as pe
-from policyengine.server import ServiceConfig, create_app, hash_secret
+from policyengine.server import hash_secret
 from policyengine.server._credentials import Credentials
 
-from .service_harness import serving
+from .service_harness import Recorded as Live
+from .service_harness import recording
 
 POLICY = """
 namespace tl
@@ -45,13 +44,6 @@ price "openai" "gpt-4o": input 2.50 USD, cached_input 1.25 USD, output 10 USD pe
 API = {"solo": ("s-solo", "solo-bot", None), "acme": ("s-acme", "acme-bot", "acme")}
 
 
-@dataclass
-class Live:
-    url: str
-    engine: pe.Engine
-    decisions: list[pe.Decision] = field(default_factory=list)
-
-
 @pytest.fixture(scope="module")
 def svc() -> Iterator[Live]:
     creds = Credentials.from_dict({
@@ -60,20 +52,7 @@ def svc() -> Iterator[Live]:
         "apiKeys": [{"name": name, "keyHash": hash_secret(secret), "agent": agent,
                      **({"tenant": tenant} if tenant else {})}
                     for name, (secret, agent, tenant) in API.items()]})
-    engine = pe.Engine.from_source(POLICY)
-    live = Live("", engine)
-    asked = engine.authorize
-
-    def recorded(*args: Any, **kwargs: Any) -> pe.Decision:  # what each wire decided
-        d = asked(*args, **kwargs)
-        live.decisions.append(d)
-        return d
-
-    engine.authorize = recorded  # type: ignore[method-assign]
-    app = create_app(engine, credentials=creds, config=ServiceConfig(
-        access_log=False, prefixes={"actguard": "/ag", "agent-ledger": "/ledger"}))
-    with serving(app) as port:
-        live.url = f"http://127.0.0.1:{port}"
+    with recording(POLICY, creds, {"actguard": "/ag", "agent-ledger": "/ledger"}) as live:
         yield live
 
 
