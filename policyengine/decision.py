@@ -181,6 +181,17 @@ def _of_decision(name: str) -> Any:
                     doc=f"The decision's :attr:`Decision.{name}`.")
 
 
+def acting_for_problem(acting_for: Any, token: Any) -> str | None:
+    """Why a caller's ``acting_for`` (not None) cannot be used, or None: one check for
+    ``authorize``, ``explain``, ``tool_authorize`` and ``explain_tool``. Here, below both
+    the decision pipeline and the tool layer, since each refuses a request with it
+    before anything else reads the name."""
+    if type(acting_for) is not str or not acting_for:
+        return "acting_for must be a non-empty string"
+    if token is not None:
+        return "acting_for and a token both name whom the agent acts for: give one"
+    return None
+
 class _DiagnosticSlots:
     __slots__ = ("_code", "_effect", "_message", "_rule")
     _code: str

@@ -62,6 +62,7 @@ from policyengine.decision import (
     Diagnostic,
     FrozenDict,
     ShadowOutcome,
+    acting_for_problem,
     build_decision,
     build_diagnostic,
     build_obligations,
@@ -938,16 +939,6 @@ def _would_consume(item: Approval, approval_id: str, digest: str, now: float | N
         code = {"expired": "approval_expired", "pending": "approval_pending",
                 "rejected": "approval_rejected"}.get(item.status, "approval_used")
         raise ApprovalError(code, f"approval {approval_id} is {item.status}")
-
-
-def acting_for_problem(acting_for: Any, token: Any) -> str | None:
-    """Why a caller's ``acting_for`` (not None) cannot be used, or None: one check for
-    ``authorize``, ``explain``, ``tool_authorize`` and ``explain_tool``."""
-    if type(acting_for) is not str or not acting_for:
-        return "acting_for must be a non-empty string"
-    if token is not None:
-        return "acting_for and a token both name whom the agent acts for: give one"
-    return None
 
 
 def _invalid(principal: Any, permission: Any, message: str, trace: Trace | None) -> Decision:

@@ -26,8 +26,12 @@ from decimal import Decimal
 from typing import Any, Final
 
 from policyengine import _json as strict_json
-from policyengine.decide._pipeline import acting_for_problem
-from policyengine.decision import Decision, ToolDecision, build_tool_decision
+from policyengine.decision import (
+    Decision,
+    ToolDecision,
+    acting_for_problem,
+    build_tool_decision,
+)
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.money._money import MONEY_CONTEXT, MoneyError, decimal_places
