@@ -10,7 +10,6 @@ import os
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import actguard
 import httpx
@@ -25,6 +24,7 @@ import policyengine as pe
 from policyengine.cli import main as cli
 
 from .budget_harness import CYCLES_KEY, PRICES, TRACENGENT, Live, live
+from .stores_down import DownRevocations
 
 BUDGETS = ("budget day: llm:* limit 5 USD per day per agent\n"
            "budget tokens: llm.completion:* limit 100000 tokens per day per tenant\n"
@@ -111,19 +111,12 @@ def test_a_cut_budget_store_is_told_by_code_on_every_wire(
         _clean(pep.text, relay)
 
 
-class _DownRevocations:
-    def _down(self, *args: Any) -> Any:
-        raise RuntimeError("Error 111 connecting to 10.0.0.7:6379. Connection refused.")
-
-    revoke = is_revoked = any_revoked = _down
-
-
 def test_a_failing_revocation_store_is_told_by_code(tmp_path: Path) -> None:
     with live("") as svc:
         grant = pe.tokens.mint(svc.engine.keys, issuer="https://auth.example",
                                acting_for="besar", agent="ag-agent", permissions=["llm:*"],
                                ttl=60)
-        svc.engine.revocations = _DownRevocations()
+        svc.engine.revocations = DownRevocations()
         with TracengentClient(TracengentOptions(
                 agent_id="ag-agent", base_url=svc.url, client_id=TRACENGENT[0],
                 client_secret=TRACENGENT[1])) as tc:

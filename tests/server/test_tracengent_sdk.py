@@ -25,6 +25,10 @@ from tracengent.tool_governance import ToolDeniedException, ToolPendingApprovalE
 import policyengine as pe
 
 from .service_harness import ADMIN, INGEST_KEY, SECRETS, Running, Upstream, free_port
+from .stores_down import DownAfter, DownRevocations
+
+#: What the revocation store's client raises once its server is gone.
+RESET = "connection reset by peer"
 
 
 def sdk(service: Running, client_id: str = "key_travel", secret: str | None = None,
@@ -349,20 +353,6 @@ def test_delegated_session_and_attenuation(service: Running, client: TracengentC
     assert not child.authorize("flights:search", {"country": "FR"}).allowed
 
 
-class _DownRevocations:
-    """A custom revocation store whose server is gone: it raises what a client library
-    raises, not a TokenError."""
-
-    def revoke(self, identifier: str) -> None:
-        raise RuntimeError("connection reset by peer")
-
-    def is_revoked(self, identifier: str) -> bool:
-        raise RuntimeError("connection reset by peer")
-
-    def any_revoked(self, identifiers: object) -> bool:
-        raise RuntimeError("connection reset by peer")
-
-
 def test_a_failing_revocation_store_denies_on_the_wire(service: Running,
                                                        client: TracengentClient) -> None:
     """The service's authorize and attenuate answer a denial (a 503 for attenuate), not
@@ -374,7 +364,7 @@ def test_a_failing_revocation_store_denies_on_the_wire(service: Running,
     assert session.authorize("flights:book", {"country": "FR"}).allowed
     engine = service.app.engine
     before = engine.revocations
-    engine.revocations = _DownRevocations()
+    engine.revocations = DownRevocations(RESET)
     try:
         d = session.authorize("flights:book", {"country": "FR"})
         # the service's own denial (a decision id), not the SDK's fail-closed one
@@ -402,19 +392,6 @@ def test_a_failing_revocation_store_denies_on_the_wire(service: Running,
         "besar", "travel-agent", "hotel-agent"]
 
 
-class _DownAfter(_DownRevocations):
-    """A store that answers ``answers`` times, then is gone."""
-
-    def __init__(self, answers: int) -> None:
-        self.answers = answers
-
-    def any_revoked(self, identifiers: object) -> bool:
-        if self.answers > 0:
-            self.answers -= 1
-            return False
-        return super().any_revoked(identifiers)
-
-
 @pytest.mark.parametrize("answers", [1, 2])
 def test_a_store_lost_during_attenuation_is_503(service: Running, client: TracengentClient,
                                                 answers: int) -> None:
@@ -426,7 +403,7 @@ def test_a_store_lost_during_attenuation_is_503(service: Running, client: Tracen
     session = client.begin_delegated_task(root)
     engine = service.app.engine
     before = engine.revocations
-    engine.revocations = _DownAfter(answers)
+    engine.revocations = DownAfter(answers, RESET)
     try:
         with pytest.raises(DelegationException, match=r"\(503\).*revocation_unavailable"):
             session.attenuate_for_call("hotel-agent", ["flights:search"])
@@ -446,7 +423,7 @@ def test_a_bad_parent_stays_401_while_the_revocation_store_is_down(
                              permissions=["flights:*"], ttl=60, now=1_000_000_000)
     engine = service.app.engine
     before = engine.revocations
-    engine.revocations = _DownRevocations()
+    engine.revocations = DownRevocations(RESET)
     try:
         for bad in (foreign, expired):
             session = client.begin_delegated_task(bad)

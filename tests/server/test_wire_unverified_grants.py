@@ -20,6 +20,10 @@ import policyengine as pe
 from policyengine.server import Credentials
 
 from .service_harness import SECRETS, Running, make_service, serving
+from .stores_down import DownAfter, DownRevocations
+
+#: What the revocation store's client raises: it names the server, which no answer may.
+RESET = "connection to 10.0.0.7:6379 reset"
 
 
 @pytest.fixture(scope="module")
@@ -98,17 +102,6 @@ def test_a_valid_grant_still_polls_its_agents_approval(service: Running) -> None
     assert r.status_code == 404
 
 
-class _DownRevocations:
-    def revoke(self, identifier: str) -> None:
-        raise RuntimeError("connection to 10.0.0.7:6379 reset")
-
-    def is_revoked(self, identifier: str) -> bool:
-        raise RuntimeError("connection to 10.0.0.7:6379 reset")
-
-    def any_revoked(self, identifiers: object) -> bool:
-        raise RuntimeError("connection to 10.0.0.7:6379 reset")
-
-
 def test_a_grant_that_cannot_be_checked_is_503_without_the_stores_error(
         service: Running) -> None:
     grant = pe.tokens.mint(service.app.engine.keys, issuer="https://auth.example",
@@ -116,7 +109,7 @@ def test_a_grant_that_cannot_be_checked_is_503_without_the_stores_error(
                            ttl=60)
     engine = service.app.engine
     before = engine.revocations
-    engine.revocations = _DownRevocations()
+    engine.revocations = DownRevocations(RESET)
     try:
         r = httpx.post(f"{service.url}/v1/ingest/traces", json=TRACE,
                        headers={"Authorization": f"Bearer {grant}"})
@@ -125,19 +118,6 @@ def test_a_grant_that_cannot_be_checked_is_503_without_the_stores_error(
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "revocation_unavailable"
     assert "10.0.0.7" not in r.text
-
-
-class _DownAfter(_DownRevocations):
-    """A store that answers ``answers`` times, then is gone."""
-
-    def __init__(self, answers: int) -> None:
-        self.answers = answers
-
-    def any_revoked(self, identifiers: object) -> bool:
-        if self.answers > 0:
-            self.answers -= 1
-            return False
-        return super().any_revoked(identifiers)
 
 
 @pytest.mark.parametrize(("route", "answers"), [
@@ -153,7 +133,7 @@ def test_each_route_tells_a_revocation_outage_by_the_fixed_message(
     engine = service.app.engine
     grant_id = engine.verify_token(grant).grant_id
     before = engine.revocations
-    engine.revocations = _DownAfter(answers)
+    engine.revocations = DownAfter(answers, RESET)
     try:
         if route == "ingest":
             r = httpx.post(f"{service.url}/v1/ingest/traces", json=TRACE,
