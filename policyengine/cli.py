@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from policyengine._visible import error_line, one_line, say, say_error
+from policyengine._visible import one_line, say, say_error
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import PolicyError, Problem
 
@@ -52,12 +52,6 @@ def _command_of(args: argparse.Namespace) -> str:
         if getattr(args, dest, None):
             words.append(getattr(args, dest))
     return " ".join(words)
-
-
-def _usage_line(command: str, exc: PolicyEngineError) -> str:
-    """How a usage error is printed: one line, ``policyengine CMD: error: code: message``
-    (:func:`policyengine._visible.error_line`, every command's error line)."""
-    return error_line(command, exc.code, exc.message)
 
 
 _CHOICE = re.compile(r"argument (?P<name>\S+): invalid choice: (?P<value>.+?) "
@@ -365,7 +359,7 @@ def _eval(args: argparse.Namespace) -> int:
         say_error(args.command, exc.code, f"--approvals: {exc.message}")
         return 2
     except UsageError as exc:
-        say(_usage_line(args.command, exc), file=sys.stderr)
+        say_error(args.command, exc.code, exc.message)
         return 2
     except PolicyError as err:
         say(err.render(), file=sys.stderr)
@@ -842,7 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = handler(args)
         sys.stdout.flush()
     except UsageError as exc:
-        say(_usage_line(_command_of(args), exc), file=sys.stderr)
+        say_error(_command_of(args), exc.code, exc.message)
         return 2
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly. Point stdout at /dev/null so
