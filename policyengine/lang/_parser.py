@@ -381,6 +381,9 @@ def _split(text: str, name: str, sources: SourceSet
     nesting_reported = False
     broken_lines: set[int] = set()
     run = 0  # `not` words in a row, across line breaks and comments: each nests one level
+    # Most files hold no character E013/E014 look for: then no string, JSONPath or comment
+    # is searched for one (one search of the file instead of one per string and comment).
+    unseen_in_text = _UNSEEN.search(text) is not None
     for lineno, line in enumerate(text.split("\n"), start=1):
         unindented_start = _UNINDENTED_WORD.match(line) is not None
         if unindented_start or (depth == 0 and _STATEMENT_START.match(line)):
@@ -406,7 +409,9 @@ def _split(text: str, name: str, sources: SourceSet
             if first == '"':
                 if len(tok) > 1 and tok.endswith('"'):
                     run = 0
-                    unseen, where = _first_unseen(unseen, where, tok, m.start(), "a string")
+                    if unseen_in_text:
+                        unseen, where = _first_unseen(unseen, where, tok, m.start(),
+                                                      "a string")
                     continue
                 broken_lines.add(lineno)
                 problems.append(sources.problem(
@@ -416,7 +421,9 @@ def _split(text: str, name: str, sources: SourceSet
                 break
             if first == "$":
                 run = 0
-                unseen, where = _first_unseen(unseen, where, tok, m.start(), "a JSONPath")
+                if unseen_in_text:
+                    unseen, where = _first_unseen(unseen, where, tok, m.start(),
+                                                  "a JSONPath")
                 sharp = _comment_in_path(tok)
                 if sharp >= 0:
                     broken_lines.add(lineno)
@@ -430,8 +437,9 @@ def _split(text: str, name: str, sources: SourceSet
                 comments.append(ast.Comment(line[m.start():].rstrip(), ast.Span(
                     name, lineno, m.start() + 1, lineno, len(line) + 1)))
                 code_end = m.start()
-                unseen, where = _first_unseen(unseen, where, line[m.start():], m.start(),
-                                              "a comment")
+                if unseen_in_text:
+                    unseen, where = _first_unseen(unseen, where, line[m.start():],
+                                                  m.start(), "a comment")
                 break
             if first in ")]}":
                 depth = max(depth - 1, 0)
