@@ -50,7 +50,7 @@ from policyengine import budgets as pb
 from policyengine.server import _cycles_models as cm
 from policyengine.server import _models as m
 from policyengine.server._app import Reply
-from policyengine.server._budgetwire import PART_ESCAPES, dimension, tenant_fields, under
+from policyengine.server._budgetwire import PART_ESCAPES, SCOPE_LEVELS, tenant_fields, under
 from policyengine.server._credentials import CyclesKey
 from policyengine.server._cycles_fast import (
     FastAction,
@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 __all__ = ["CyclesWire", "cycles_error_body"]
 
 _LEVELS = ("tenant", "workspace", "app", "workflow", "agent", "toolset")
-_SCOPE_LEVELS = ("workspace", "app", "workflow", "toolset")  # the ledger's scope= levels
 #: Protocol unit -> (ledger unit, decimal places the protocol's integers carry): the
 #: ledger has each protocol unit as it is (USD_MICROCENTS: integers of 10^-8 USD).
 _UNITS: dict[str, tuple[str, int]] = {
@@ -154,17 +153,12 @@ def _note(body: _CreateIn) -> str:
         return json.dumps(note, sort_keys=True, separators=(",", ":"))
 
 
-#: The tenant namespace (:func:`~._budgetwire.under`), shared with the other budget wires.
-_PART_ESCAPES = PART_ESCAPES
-_under = under
-_dimension = dimension
-
-
 def _tenant_agent(agent: str, tenant: str) -> str:
     """The principal of an agent that exists only on this wire, under ``tenant``: its
-    scope path, ``tenant:acme/agent:bot`` (:func:`_under`). Never a principal another
-    wire or the credentials can name, and never ``tenant:acme`` itself."""
-    return _under(tenant, "agent:" + agent.translate(_PART_ESCAPES))
+    scope path, ``tenant:acme/agent:bot`` (:func:`~._budgetwire.under`). Never a
+    principal another wire or the credentials can name, and never ``tenant:acme``
+    itself."""
+    return under(tenant, "agent:" + agent.translate(PART_ESCAPES))
 
 
 def _path_value(value: str) -> str:
@@ -482,21 +476,21 @@ class CyclesWire:
         """The ledger's ``scope=``: the hierarchy levels below the tenant (``per
         workspace`` ... ``per toolset`` budgets, whose buckets the ledger writes under the
         tenant) and the subject's ``dimensions`` (``per context.NAME`` budgets), each
-        under the key's tenant (:func:`_dimension`): a dimension is a field of the
-        subject, and a subject is its tenant's, so two tenants' equal values never share
+        under the key's tenant (:func:`~._budgetwire.dimension`): a dimension is a field
+        of the subject, and a subject is its tenant's, so two tenants' equal values never share
         a bucket. A dimension a budget reads that the subject does not give is the
         tenant's empty value (``tenant:acme/cost_center:``), shared by the tenant's
         subjects without it, as a level not given is: leaving it out escapes no cap, and
         never meets another tenant's. A dimension never stands in for a level."""
         out = tenant_fields(self.ledger.scope_fields, tenant, subject.dimensions or {})
-        for level in _SCOPE_LEVELS:
+        for level in SCOPE_LEVELS:
             value = getattr(subject, level)
             if value is not None:
                 out[level] = value
         return out
 
     def _principal(self, subject: _SubjectIn, key: CyclesKey) -> str:
-        return (_under(key.tenant) if subject.agent is None
+        return (under(key.tenant) if subject.agent is None
                 else self._agent_principal(subject.agent, key))
 
     def _agent_principal(self, agent: str, key: CyclesKey) -> str:
@@ -516,7 +510,7 @@ class CyclesWire:
             if agent != f"tenant:{key.tenant}":
                 raise _CyclesRefusalError(403, "FORBIDDEN", "subject.agent may name only "
                                           "the tenant of this API key (tenant:<tenant>)")
-            return _under(key.tenant)
+            return under(key.tenant)
         tenants = self.service.credentials.agent_tenants(agent)
         if tenants is None:
             return _tenant_agent(agent, key.tenant)
@@ -905,7 +899,7 @@ class CyclesWire:
             principal = self._agent_principal(agent, key)
             if principal != agent:
                 named = f"agent:{_path_value(principal)}", f"agent:{_path_value(agent)}"
-        given = {level: query[level] for level in _SCOPE_LEVELS if query.get(level)}
+        given = {level: query[level] for level in SCOPE_LEVELS if query.get(level)}
         # The agent level's path: the levels given above it, then the agent.
         above = [f"tenant:{key.tenant}"] + [f"{lv}:{given[lv]}" for lv in _LEVELS[1:4]
                                              if lv in given]

@@ -349,7 +349,8 @@ def test_two_tenants_agents_never_share_a_principal(one: tuple[str, str] | str,
     (agent, tenant), of a length the ledger keeps, whatever ``@``, ``#``, ``%`` or
     ``/`` the names hold, and all in the ``tenant:`` namespace that no credentials may
     name an agent in (so never a real agent's)."""
-    from policyengine.server._cycles import _tenant_agent, _under
+    from policyengine.server._budgetwire import under as _under
+    from policyengine.server._cycles import _tenant_agent
 
     def principal(owner: tuple[str, str] | str) -> str:
         return _under(owner) if isinstance(owner, str) else _tenant_agent(*owner)
@@ -370,7 +371,7 @@ def test_two_tenants_agents_never_share_a_principal(one: tuple[str, str] | str,
 def test_two_tenants_dimensions_never_share_a_bucket(one: tuple[str, str],
                                                      two: tuple[str, str]) -> None:
     """A dimension's bucket: one per (tenant, value), of a length the ledger keeps."""
-    from policyengine.server._cycles import _dimension
+    from policyengine.server._budgetwire import dimension as _dimension
     for tenant, value in (one, two):
         assert 0 < len(_dimension(tenant, "cost_center", value)) <= 256
     assert (_dimension(*one[:1], "cost_center", one[1]) == _dimension(
