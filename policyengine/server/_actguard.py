@@ -205,7 +205,7 @@ class ActguardWire:
         asked = {k: v for k, v in (("run_id", r.run_id), ("user_id", r.user_id),
                                    ("plan_key", r.plan_key)) if v}
         ledger = self.service.engine.budgets
-        scope, acting_for, run_key = _tenancy(ledger.scope_fields, key, r)
+        scope, acting_for, run_key = _tenancy(ledger.scope_fields, key, r, asked)
 
         def hold(amount: int) -> Reservation:
             return ledger.reserve(key.agent, PERMISSION, amount, MICRO, ttl=RESERVE_TTL,
@@ -353,22 +353,20 @@ class ActguardWire:
         return Reply(202, out, key.agent)
 
 
-def _tenancy(fields: frozenset[str], key: ApiKey, r: m.ActguardReserveRequest
-             ) -> tuple[dict[str, str], str | None, str]:
+def _tenancy(fields: frozenset[str], key: ApiKey, r: m.ActguardReserveRequest,
+             given: dict[str, str]) -> tuple[dict[str, str], str | None, str]:
     """What a run counts against, all of it the key's tenant's (``""``: a key without
-    one): the ledger's request fields (``run_id``, ``user_id``, ``plan_key`` and any
-    other a budget reads, each ``tenant:acme/run_id:r-1``, the tenant's empty value when
-    not sent), the person acted for (``user_id`` as ``tenant:acme/user_id:alice``, or
-    None: the agent) and the run's idempotency key (a digest of the tenant, the key's
-    name and agent and the run id). Every client-chosen id is escaped under the tenant
-    (:func:`~._budgetwire.under`), so two tenants' equal ids never share a counter nor a
-    run, and no id names another namespace's principal or bucket (``tenant:acme/agent:bot``
-    sent as a user_id by globex is ``tenant:globex/user_id:tenant:acme%2Fagent:bot``). A
-    refusal (400) would not do: the SDK runs a scope whose reserve is refused with a 400
-    unreserved."""
+    one): the ledger's request fields (``given``: the ``run_id``, ``user_id`` and
+    ``plan_key`` sent; and any other a budget reads, each ``tenant:acme/run_id:r-1``,
+    the tenant's empty value when not sent), the person acted for (``user_id`` as
+    ``tenant:acme/user_id:alice``, or None: the agent) and the run's idempotency key (a
+    digest of the tenant, the key's name and agent and the run id). Every client-chosen
+    id is escaped under the tenant (:func:`~._budgetwire.under`), so two tenants' equal
+    ids never share a counter nor a run, and no id names another namespace's principal
+    or bucket (``tenant:acme/agent:bot`` sent as a user_id by globex is
+    ``tenant:globex/user_id:tenant:acme%2Fagent:bot``). A refusal (400) would not do:
+    the SDK runs a scope whose reserve is refused with a 400 unreserved."""
     tenant = key.tenant or ""
-    given = {k: v for k, v in (("run_id", r.run_id), ("user_id", r.user_id),
-                               ("plan_key", r.plan_key)) if v}
     acting_for = None if not r.user_id else dimension(tenant, "user_id", r.user_id)
     run = hashlib.sha256(json.dumps([key.tenant, key.name, key.agent, r.run_id],
                                     ensure_ascii=True).encode("ascii")).hexdigest()
