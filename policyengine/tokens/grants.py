@@ -516,7 +516,7 @@ def verify(
         raise _not_keys(keys) from None
     if entry is None:
         entry = _verify_uncached(keys, token, now, issuer, audience, rates, max_depth, max_ttl,
-                                 child_max_ttl, revocations)
+                                 child_max_ttl)
         if entry[5]:
             _cache_put(keys.verify_cache, cache_key, entry)
     grant, nbf, exp, iat, ids, _ = entry
@@ -622,8 +622,7 @@ def _check_options(token: object, now: object, issuer: object, audience: object,
 
 def _verify_uncached(keys: KeySet, token: str, now: float | None, issuer: str | None,
                      audience: str | None, rates: RateSource | None, max_depth: int | None,
-                     max_ttl: float | None, child_max_ttl: float | None = None,
-                     revocations: object = None) -> _Entry:
+                     max_ttl: float | None, child_max_ttl: float | None = None) -> _Entry:
     """The full verification of ``token`` (options checked by :func:`_check_options`)."""
     hops = [_load_at(keys, token, 0)]
     tokens = [token]
