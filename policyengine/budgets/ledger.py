@@ -1080,21 +1080,15 @@ class Ledger:
         ``tokens``; with an amount in ``tokens`` the budget counts the larger of the two.
         Raises :class:`BudgetInputError` for bad input.
         """
-        if isinstance(tokens, str):
-            raise _string_tokens(tokens)
         if usage is not None:
+            if isinstance(tokens, str):
+                raise _string_tokens(tokens)
             if tokens is not None:
                 raise BudgetInputError("invalid_amount", "usage= carries its own tokens: "
                                        "give no tokens= with it", {"reason": "invalid_usage"})
-            amount = _spend(amount, usage)
-        elif amount is None:
-            amount, unit, tokens = (0, None, None) if tokens is None else (
-                tokens, "tokens", None)
-        elif unit is None:  # a request's amount: money
-            unit = self._unit_of(None, permission)
-        extra = -1
-        if tokens is not None:
-            amount, extra = self._with_tokens(amount, unit, tokens)
+            amount, extra = _spend(amount, usage), -1
+        else:
+            amount, unit, extra = self._request_amount(permission, amount, unit, tokens)
         now = self.clock()
         _unit, _value, lines, budgets, buckets, _p = self._plan(
             principal, permission, amount, unit, acting_for, tenant, now, False, scope,
@@ -1130,16 +1124,7 @@ class Ledger:
         spend). The same checks, answers and errors as :meth:`admit` (``tokens``: the
         request's ``context.tokens``, which ``tokens`` budgets count), without building
         its result: what ``authorize`` asks on every budgeted request."""
-        if isinstance(tokens, str):
-            raise _string_tokens(tokens)
-        if amount is None:
-            amount, unit, tokens = (0, None, None) if tokens is None else (
-                tokens, "tokens", None)
-        elif unit is None:  # a request's amount: money
-            unit = self._unit_of(None, permission)
-        extra = -1
-        if tokens is not None:
-            amount, extra = self._with_tokens(amount, unit, tokens)
+        amount, unit, extra = self._request_amount(permission, amount, unit, tokens)
         now = self.clock()
         found = None
         if (extra < 0 and scope is None and type(principal) is str
@@ -1344,6 +1329,26 @@ class Ledger:
         if mode == _ZERO:
             return 0
         return self._convert(value, unit, b, now)[0]  # type: ignore[arg-type]
+
+    def _request_amount(self, permission: str, amount: object, unit: str | None,
+                        tokens: object) -> tuple[object, str | None, int]:
+        """A request's amount, unit and ``context.tokens`` as :meth:`admit` and
+        :meth:`admission` ask with them: ``(amount, unit, extra)``, ``extra`` the tokens
+        that ``tokens`` budgets count beside the amount (-1: none; :meth:`_with_tokens`).
+        No amount is 0 with no unit, or the tokens in ``tokens``; an amount without a
+        unit is money (the permission's currency); tokens given as text are refused."""
+        if isinstance(tokens, str):
+            raise _string_tokens(tokens)
+        if amount is None:
+            if tokens is None:
+                return 0, None, -1
+            return tokens, "tokens", -1
+        if unit is None:  # a request's amount: money
+            unit = self._unit_of(None, permission)
+        if tokens is None:
+            return amount, unit, -1
+        amount, extra = self._with_tokens(amount, unit, tokens)
+        return amount, unit, extra
 
     def _with_tokens(self, amount: object, unit: str | None, tokens: object
                      ) -> tuple[object, int]:
