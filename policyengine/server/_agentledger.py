@@ -303,14 +303,15 @@ class AgentLedgerWire:
         # The budgets count each request field under the session's tenant (``""``: a key
         # without one), as every budget wire does (docs/service.md); the rules read them
         # as they are.
-        scope = tenant_fields(engine.budgets.scope_fields, s.tenant or "", asked)
+        tenant = s.tenant or ""
+        scope = tenant_fields(engine.budgets.scope_fields, tenant, asked)
         context: dict[str, Any] = {**asked, "calls": len(calls),
                                    "tokens": sum(usage.tokens for usage in calls)}
         if s.tenant is not None:
             context["tenant"] = s.tenant
         # Asked in dollars, a permission only tokens budgets cover is unit_mismatch.
         d = authorize_spend(engine, s.agent, PERMISSION, context,
-                            None if _tokens_only(engine) else total, s.tenant or "")
+                            None if _tokens_only(engine) else total, tenant)
         self.service.metrics.decision("agent_ledger", "allowed" if d is None else d.status)
         if d is not None:
             if d.code in ("budget_exceeded", "debt_outstanding") and d.budget is not None:

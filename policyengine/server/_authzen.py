@@ -239,7 +239,7 @@ def _base_context(context: dict[str, Any] | None) -> dict[str, Any]:
 
 def _decide(engine: pe.Engine, subject: dict[str, Any], action: dict[str, Any],
             resource: dict[str, Any], context: dict[str, Any] | None,
-            count: Callable[[str], None] | None, partition: str = "") -> dict[str, Any]:
+            count: Callable[[str], None] | None, partition: str) -> dict[str, Any]:
     ctx = _base_context(context)
     ctx["subject"], ctx["resource"], ctx["action"] = subject, _known(engine, resource), action
     d = engine.authorize(subject["id"], f"{resource['type']}:{action['name']}", ctx,
@@ -287,7 +287,7 @@ def evaluate_batch(engine: pe.Engine, data: dict[str, Any],
 
 
 def _evaluate_batch(engine: pe.Engine, data: dict[str, Any],
-                    count: Callable[[str], None] | None, partition: str = ""
+                    count: Callable[[str], None] | None, partition: str
                     ) -> dict[str, Any]:
     top_s, top_a, top_r = data.get("subject"), data.get("action"), data.get("resource")
     top_ctx = data.get("context")
@@ -443,7 +443,7 @@ def search_record(kind: str, data: dict[str, Any], answer: dict[str, Any],
 
 
 def _allowed(engine: pe.Engine, principal: str, permission: str,
-             ctx: dict[str, Any], partition: str = "") -> bool:
+             ctx: dict[str, Any], partition: str) -> bool:
     """Would an evaluation of this be true? The decision pipeline's own run, without
     its side effects: a pending approval registers nothing, the decision log takes no
     record (a search is not an access)."""
@@ -534,7 +534,7 @@ def _may(lines: Iterable[Any], permission: str) -> bool:
 
 
 def _subjects(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
-              permission: str, partition: str = "") -> list[dict[str, Any]]:
+              permission: str, partition: str) -> list[dict[str, Any]]:
     """The agents ``principals_with(permission)`` lists as allowed (on conditions or
     not), in the policy's declaration order, whose decision here is allowed."""
     candidates = {a.principal for a in engine.principals_with(permission).entries
@@ -552,7 +552,7 @@ def _subjects(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
 
 
 def _resources(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
-               permission: str, partition: str = "") -> list[dict[str, Any]]:
+               permission: str, partition: str) -> list[dict[str, Any]]:
     """Nothing unless ``permissions_of(subject)`` has an allowed line for the permission;
     then the declared resources of the type whose decision is allowed."""
     principal = data["subject"]["id"]
@@ -569,7 +569,7 @@ def _resources(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
 
 
 def _actions(engine: pe.Engine, data: dict[str, Any], ctx: dict[str, Any],
-             partition: str = "") -> list[dict[str, Any]]:
+             partition: str) -> list[dict[str, Any]]:
     """The actions of the type's vocabulary that an allowed line of
     ``permissions_of(subject)`` covers and whose decision is allowed."""
     resource = data["resource"]
@@ -600,7 +600,7 @@ def search(engine: pe.Engine, kind: str, data: dict[str, Any], partition: str = 
         return _search(engine, kind, data, partition)
 
 
-def _search(engine: pe.Engine, kind: str, data: dict[str, Any], partition: str = ""
+def _search(engine: pe.Engine, kind: str, data: dict[str, Any], partition: str
             ) -> dict[str, Any]:
     ctx = _base_context(data.get("context"))
     found: Iterable[dict[str, Any]]
