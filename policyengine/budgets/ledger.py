@@ -113,6 +113,7 @@ __all__ = [
     "ReservationLine",
     "ReservationPage",
     "is_store_text",
+    "unknown_reservation",
 ]
 
 Overage = Literal["reject", "allow_if_available", "allow_with_overdraft"]
@@ -1827,7 +1828,7 @@ class Ledger:
         """The current state of a reservation; raises ``unknown_reservation``."""
         rec = self.store.get_reservation(reservation_id) if _is_id(reservation_id) else None
         if rec is None:
-            raise _unknown(reservation_id)
+            raise unknown_reservation(reservation_id)
         return self._view(rec, self.clock())
 
     def reservations(
@@ -2553,7 +2554,7 @@ class Ledger:
     def _active(self, reservation_id: object, now: float, lenient: bool) -> ReservationRecord:
         """The live reservation, or the error its state calls for (lenient: final ok)."""
         if not _is_id(reservation_id):
-            raise _unknown(reservation_id)
+            raise unknown_reservation(reservation_id)
         if self._live is not None:
             # A shared store's local view, possibly stale: the store re-checks the
             # reservation (and first the idempotency key) inside the write, so this
@@ -2563,7 +2564,7 @@ class Ledger:
                 return live
         rec = self.store.get_reservation(reservation_id)
         if rec is None:
-            raise _unknown(reservation_id)
+            raise unknown_reservation(reservation_id)
         if not lenient and (rec.status != ACTIVE or rec.expires_at <= now):
             _raise_state(rec, now)
         return rec
@@ -2689,7 +2690,10 @@ def _subject(
     return scope_path(kind, principal, values)
 
 
-def _unknown(reservation_id: object) -> ReservationError:
+def unknown_reservation(reservation_id: object) -> ReservationError:
+    """The refusal of an id no reservation has (never made, or forgotten): the one answer
+    a wire also gives for a reservation its caller may not see, so the two cannot be
+    told apart."""
     shown = str(reservation_id)[:40]
     return ReservationError(
         "unknown_reservation",

@@ -47,6 +47,7 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from policyengine import budgets as pb
+from policyengine.budgets.ledger import unknown_reservation
 from policyengine.server import _cycles_models as cm
 from policyengine.server import _models as m
 from policyengine.server._app import Reply
@@ -176,16 +177,6 @@ def _asked_of(r: pb.Reservation) -> dict[str, Any] | None:
     except ValueError:
         return None
     return asked if type(asked) is dict and asked.get("v") == _NOTE_MARK else None
-
-
-def _not_found(reservation_id: str) -> pb.ReservationError:
-    """The refusal of a reservation this key may not see: the ledger's own answer for an
-    id never made (404 ``NOT_FOUND``, the same message), so the two cannot be told
-    apart."""
-    shown = str(reservation_id)[:40]
-    return pb.ReservationError(
-        "unknown_reservation",
-        f"no reservation {shown!r} (never made, or forgotten after its retention period)")
 
 
 def _int_param(query: dict[str, str], name: str, low: int, high: int) -> int | None:
@@ -580,7 +571,7 @@ class CyclesWire:
         reservation reads or ends it (else that wire's own settle would be lost)."""
         r = self.ledger.get(reservation_id)
         if r.tenant != key.tenant or _asked_of(r) is None:
-            raise _not_found(reservation_id)
+            raise unknown_reservation(reservation_id)
         return r
 
     def _check_owner(self, key: CyclesKey, reservation_id: str) -> None:
@@ -593,7 +584,7 @@ class CyclesWire:
         if known is None:
             self._owned(key, reservation_id)
         elif known != key.tenant:
-            raise _not_found(reservation_id)
+            raise unknown_reservation(reservation_id)
 
     @staticmethod
     def _ms(t: float) -> int:
@@ -782,7 +773,7 @@ class CyclesWire:
         the listing); any other is the 404 of an id never made, here too."""
         asked = _asked_of(r)
         if asked is None:
-            raise _not_found(r.id)
+            raise unknown_reservation(r.id)
         tenant = r.tenant or ""
         subject = cm.SubjectOut.model_validate({**asked["s"], "tenant": tenant})
         action = cm.ActionOut.model_validate(asked["a"])
