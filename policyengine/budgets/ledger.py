@@ -1008,8 +1008,8 @@ class Ledger:
         #: beside the enforced budgets: a spend one of those counts is no
         #: ``unit_mismatch`` here (a ``tokens`` shadow budget beside a money budget
         #: counts an amount in USD as nothing, as an enforced one would). Set by the
-        #: enforced ledger and the decision pipeline, never the other way round: a
-        #: shadow budget never changes what the enforced budgets answer.
+        #: enforced ledger (``shadow=``), never the other way round: a shadow budget never
+        #: changes what the enforced budgets answer.
         self._beside: Ledger | None = None
         shadow_specs = tuple(shadow)
         if shadow_specs:
@@ -1020,6 +1020,14 @@ class Ledger:
             self._hidden = frozenset(s.id for s in shadow_specs)
             if self._hidden & self._by_id.keys():
                 raise BudgetInputError("invalid_budget", "budget ids must be unique")
+
+    @property
+    def shadow_ledger(self) -> Ledger | None:
+        """The ledger of the shadow budgets (``shadow=``), judged beside this one's
+        enforced budgets, over the same store; None without any. Ask it read-only
+        (``admit``, ``admission``): this ledger's ``reserve``, ``record`` and ``commit``
+        charge it."""
+        return self._shadow
 
     # -- public operations ---------------------------------------------------------------
 

@@ -200,16 +200,10 @@ class Pipeline:
         #: ``revocations`` counts its revocations and answers ``any_revoked`` from them.
         self._counted = _counts_revocations(revocations)
         #: The shadow budgets over the same store, asked read-only here (``engine.budgets``
-        #: charges them beside the enforced ones); None without any.
-        self.shadow_ledger: Any = None
-        if policy.shadow_budgets:
-            from policyengine.budgets import Ledger
-            self.shadow_ledger = Ledger(policy.shadow_budgets, ledger.store,
-                                        clock=ledger.clock, budget_rates=policy.budget_rates,
-                                        prices=policy.prices,
-                                        default_currency=policy.default_currency)
-            if isinstance(ledger, Ledger):  # judged beside the enforced budgets
-                self.shadow_ledger._beside = ledger
+        #: charges them beside the enforced ones); None without any. The engine's ledger
+        #: is built with the policy's shadow budgets: its own shadow ledger, judged
+        #: beside the enforced budgets (``Ledger.shadow_ledger``).
+        self.shadow_ledger: Any = ledger.shadow_ledger if policy.shadow_budgets else None
         #: The shadow rate limits over the same store: they count the calls that go
         #: ahead, on keys of their own, and never refuse one (None without any).
         self.shadow_limiter: Any = None
