@@ -856,11 +856,15 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
     question as ``ledger.admit``, ``(code, BudgetCheck)``, whose ``refusals`` name every
     refusing budget (the shadow budgets')."""
     get = dict.get  # a dict subclass's own get() is not called
-    tenant = get(context, "tenant")
+    fields = ledger.scope_fields
+    tenant: Any
+    scope: dict[str, str | None] | None
     if partition is not None:  # the partition's tenant and fields: _where
-        tenant, scope = _where(partition, ledger.scope_fields, context)
-    elif tenant is not None and type(tenant) is not str:
-        tenant = None
+        tenant, scope = _where(partition, fields, context)
+    else:
+        tenant = get(context, "tenant")
+        if tenant is not None and type(tenant) is not str:
+            tenant = None
     money = req.money() if req is not None else read_money(context, default)
     amount: Any
     unit: str | None
@@ -873,36 +877,23 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
     else:
         amount, tokens = tokens, None
         unit = "tokens" if amount is not None else None
-    fields = ledger.scope_fields
+    if partition is None:
+        if (not each and tokens is None and not fields and acting_for is None
+                and tenant is None):  # the common case, leaner
+            found: tuple[str | None, Any] = ledger.admission_parts(principal, permission,
+                                                                   amount, unit)
+            return found
+        # budgets per workspace, per context.run_id ...: string fields only
+        scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
+                 else None)
     if each:
-        if partition is None:
-            scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
-                     else None)
         check = ledger.admit(principal, permission, amount, unit, acting_for=acting_for,
                              tenant=tenant, scope=scope, tokens=tokens)
         return check.code, check
-    if partition is not None:
-        where: tuple[str | None, Any] = ledger.admission(
-            principal, permission, amount, unit, acting_for=acting_for, tenant=tenant,
-            scope=scope, tokens=tokens)
-        return where
-    if tokens is not None:  # beside an amount: every tokens budget counts them
-        scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
-                 else None)
-        counted: tuple[str | None, Any] = ledger.admission(
-            principal, permission, amount, unit, acting_for=acting_for, tenant=tenant,
-            scope=scope, tokens=tokens)
-        return counted
-    if not fields and acting_for is None and tenant is None:  # the common case, leaner
-        found: tuple[str | None, Any] = ledger.admission_parts(principal, permission, amount,
-                                                               unit)
-        return found
-    scope = None
-    if fields:  # budgets per workspace, per context.run_id ...: string fields only
-        scope = {f: v for f in fields if type(v := get(context, f)) is str}
+    # tokens beside an amount: every tokens budget counts them
     result: tuple[str | None, Any] = ledger.admission(principal, permission, amount, unit,
                                                       acting_for=acting_for, tenant=tenant,
-                                                      scope=scope)
+                                                      scope=scope, tokens=tokens)
     return result
 
 
