@@ -340,6 +340,7 @@ def test_two_keys_runs_never_share_an_idempotency_key(
 
     def key_of(t: tuple[str | None, str, str]) -> str:
         k = ApiKey(t[1], "x", "agent", t[0])
-        return _tenancy(frozenset(), k, m.ActguardReserveRequest(run_id=t[2], cost_limit=None))[2]
+        r = m.ActguardReserveRequest(run_id=t[2], cost_limit=None)
+        return _tenancy(frozenset(), k, r, {"run_id": t[2]})[2]  # the fields reserve sent
 
     assert (key_of(one) == key_of(two)) == (one == two)
