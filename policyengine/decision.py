@@ -721,6 +721,12 @@ class ToolDecision(_ToolDecisionSlots, ReadOnly):
     ``rate_limited``.
     ``body`` is a redacted copy of the request body; the caller's object is untouched.
 
+    The fields of its :attr:`decision` (``allowed``, ``status``, ``code``, ``principal``,
+    ``acting_for``, ``chain``, ``budget``, ``rate_limit`` ...) are read through to it, so
+    code given either answer reads them the same way (``ensure_authorized``, a
+    ``NotAuthorized`` handler, a caller's own logging); the wire form is the decision's
+    with the tool's fields added (:meth:`to_wire`).
+
     Read-only, as a :class:`Decision` (assigning or deleting any attribute raises
     ``AttributeError``): each of ``redactions`` is a :class:`FrozenDict`.
     ``body`` is the redaction's copy-on-write result: the containers on the way to a
@@ -750,12 +756,18 @@ class ToolDecision(_ToolDecisionSlots, ReadOnly):
     reason: str = _of_decision("reason")
     code: str = _of_decision("code")
     rules: tuple[str, ...] = _of_decision("rules")
+    principal: str | None = _of_decision("principal")
     permission: str | None = _of_decision("permission")
     diagnostics: tuple[Diagnostic, ...] = _of_decision("diagnostics")
     obligations: Obligations | None = _of_decision("obligations")
     approval_id: str | None = _of_decision("approval_id")
     decision_id: str = _of_decision("decision_id")
+    acting_for: str | None = _of_decision("acting_for")
+    chain: tuple[str, ...] | None = _of_decision("chain")
+    budget: BudgetUsage | None = _of_decision("budget")
+    rate_limit: RateLimitUsage | None = _of_decision("rate_limit")
     shadow: tuple[ShadowOutcome, ...] = _of_decision("shadow")
+    warnings: tuple[ShadowOutcome, ...] = _of_decision("warnings")
 
     def to_wire(self) -> dict[str, Any]:
         """The ``POST /v1/tool-authorize`` response shape (camelCase): the authorize

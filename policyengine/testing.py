@@ -26,6 +26,7 @@ from xml.etree import ElementTree
 
 from policyengine._conformance import CaseResult, parse_now
 from policyengine._visible import one_line
+from policyengine.decision import acting_for_problem
 from policyengine.errors import PolicyEngineError
 
 __all__ = ["TEST_SUFFIX", "Coverage", "TestFileError", "add_untested_policies",
@@ -36,7 +37,7 @@ TEST_SUFFIX = ".test.json"
 
 _FILE_KEYS = frozenset({"description", "policies", "now", "defaults", "tests"})
 _REQUEST_KEYS = frozenset({"principal", "permission", "context", "tool", "partition",
-                           "acting_for"})
+                           "partition_agent", "acting_for"})
 _CASE_KEYS = _REQUEST_KEYS | {"name", "expect"}
 _EXPECT_KEYS = frozenset({"status", "allowed", "reasonCode", "rule", "rules", "obligations",
                           "diagnostic", "permission", "tool", "body", "shadow"})
@@ -68,18 +69,40 @@ def _unknown(keys: Iterable[str], known: frozenset[str], where: str) -> None:
 
 
 def _counting(request: dict[str, Any], where: str) -> None:
-    """A request's ``partition`` and ``acting_for``, checked as the engine checks them
-    (docs/engine.md, "Partitions"): a string (``""`` is the empty tenant's partition)
-    and a non-empty string, or null (none). A wrong one is the file's error, not a
-    decision: the test would otherwise pass on ``invalid_request`` it did not mean."""
+    """A request's ``partition``, ``partition_agent`` and ``acting_for``, checked as the
+    engine checks them (docs/engine.md, "Partitions"): a string (``""`` is the empty
+    tenant's partition), a boolean, and what ``acting_for`` may be without a token
+    (:func:`~policyengine.decision.acting_for_problem`, the engine's own check), each or
+    null (none). A wrong one is the file's error, not a decision: the test would
+    otherwise pass on ``invalid_request`` it did not mean."""
     partition = request.get("partition")
     if partition is not None and type(partition) is not str:
         raise TestFileError(f"{where}: \"partition\" must be a string (\"\" is the empty "
                             f"tenant's) or null, not {json.dumps(partition, default=str)}")
+    agent = request.get("partition_agent")
+    if agent is not None and type(agent) is not bool:
+        raise TestFileError(f"{where}: \"partition_agent\" must be true, false or null, "
+                            f"not {json.dumps(agent, default=str)}")
     acting_for = request.get("acting_for")
-    if acting_for is not None and (type(acting_for) is not str or not acting_for):
+    if acting_for is not None and acting_for_problem(acting_for, None) is not None:
         raise TestFileError(f"{where}: \"acting_for\" must be a non-empty string or null, "
                             f"not {json.dumps(acting_for, default=str)}")
+
+
+def _partition_agent(request: dict[str, Any], where: str) -> None:
+    """A request (its test's keys over the defaults) with ``partition_agent: true`` names
+    a partition and is an ``authorize`` request, as the engine takes it: without a
+    partition the engine answers ``invalid_request``, and ``tool_authorize`` takes no
+    ``partition_agent`` (the AuthZEN wire, which sets it, asks ``authorize``). Either is
+    the file's error, not a decision a test could expect by mistake."""
+    if request.get("partition_agent") is not True:
+        return
+    if request.get("partition") is None:
+        raise TestFileError(f"{where}: \"partition_agent\" needs a \"partition\" (the "
+                            "tenant the principal is counted in)")
+    if "tool" in request:
+        raise TestFileError(f"{where}: \"partition_agent\" is for a request with a "
+                            "\"permission\", not a \"tool\" call (tool_authorize takes none)")
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
@@ -387,6 +410,8 @@ def checked_test_data(raw: Any) -> dict[str, Any]:
     defaults = _object(data.get("defaults", {}), "\"defaults\"")
     _unknown(defaults, _REQUEST_KEYS, "defaults")
     _counting(defaults, "defaults")
+    for i, case in enumerate(cases):
+        _partition_agent(_request(case, defaults), f"tests[{i}] ({case['name']})")
     return data
 
 
@@ -433,6 +458,7 @@ def _decide(engine: Any, req: dict[str, Any]) -> dict[str, Any]:
         return wire
     decision = engine.authorize(req.get("principal"), req.get("permission"),
                                 req.get("context"), partition=req.get("partition"),
+                                partition_agent=req.get("partition_agent") is True,
                                 acting_for=req.get("acting_for"))
     out: dict[str, Any] = decision.to_wire()
     # in process, a test sees mode log outcomes too (the wire carries mode warn only)

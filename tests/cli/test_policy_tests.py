@@ -372,8 +372,13 @@ def test_a_test_may_set_the_partition_and_acting_for(
     ("test", "acting_for", "", '"acting_for" must be a non-empty string'),
     ("test", "acting_for", 7, '"acting_for" must be a non-empty string'),
     ("defaults", "acting_for", {"a": 1}, '"acting_for" must be a non-empty string'),
+    ("test", "partition_agent", "yes", '"partition_agent" must be true, false or null'),
+    ("test", "partition_agent", 1, '"partition_agent" must be true, false or null'),
+    ("defaults", "partition_agent", [], '"partition_agent" must be true, false or null'),
+    ("test", "partition_agent", True, '"partition_agent" needs a "partition"'),
+    ("defaults", "partition_agent", True, '"partition_agent" needs a "partition"'),
 ])
-def test_a_wrong_partition_or_acting_for_is_the_files_error(
+def test_a_wrong_partition_partition_agent_or_acting_for_is_the_files_error(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, key: str,
         value: Any, why: str) -> None:
     """Checked as the engine checks them, but a wrong one is the test file's error
@@ -400,3 +405,48 @@ def test_a_tool_call_gets_partition_beside_or_in_tool_not_both(
     assert main(["test", str(path)]) == 1
     out = capsys.readouterr().out
     assert "1 passed, 1 failed" in out and 'acting_for: give it beside "tool"' in out, out
+
+
+def test_a_test_may_set_partition_agent(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``partition_agent`` is passed as ``authorize`` takes it: the principal is counted
+    in the partition too (``per acting_for`` of an agent acting for nobody is the agent:
+    ``tenant:acme/agent:bot``), so each partition has its own counter beside the agent's
+    own, which ``false`` or ``null`` counts. A default ``true`` is set back by a tool
+    call's ``null`` (tool_authorize takes none)."""
+    (tmp_path / "c.policy").write_text(COUNTED)
+    ok, limited = {"status": "allowed"}, {"reasonCode": "rate_limited"}
+    look = {"permission": "shop:look"}
+    tests = [
+        {"name": "acme's bot", **look, "expect": ok},
+        {"name": "acme's bot again", **look, "expect": limited},
+        {"name": "globex's bot", **look, "partition": "globex", "expect": ok},
+        {"name": "the agent bot", **look, "partition_agent": False, "expect": ok},
+        {"name": "the agent bot again", **look, "partition_agent": None,
+         "expect": limited},
+        {"name": "the agent bot in globex", **look, "partition": "globex",
+         "partition_agent": False, "expect": limited},
+        {"name": "a tool call", "tool": {"transport": "mcp", "tool_name": "look"},
+         "partition_agent": None, "expect": ok},
+    ]
+    path = tmp_path / "c.test.json"
+    path.write_text(json.dumps({"policies": ["c.policy"], "tests": tests, "defaults": {
+        "principal": "bot", "partition": "acme", "partition_agent": True}}))
+    assert main(["test", str(path)]) == 0, capsys.readouterr().out
+    assert f"{len(tests)} passed, 0 failed" in capsys.readouterr().out
+
+
+def test_partition_agent_on_a_tool_call_is_the_files_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``tool_authorize`` takes no ``partition_agent``: a tool test with it (its own or
+    the defaults') fails to load rather than be decided without it."""
+    (tmp_path / "c.policy").write_text(COUNTED)
+    path = tmp_path / "c.test.json"
+    path.write_text(json.dumps({"policies": ["c.policy"], "tests": [
+        {"name": "tool", "tool": {"transport": "mcp", "tool_name": "look"},
+         "expect": {"status": "allowed"}}],
+        "defaults": {"principal": "bot", "partition": "acme", "partition_agent": True}}))
+    assert main(["test", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert (':: <load>: ' in out and 'tests[0] (tool): "partition_agent" is for a request '
+            'with a "permission", not a "tool" call' in out and "invalid_test_file" in out), out

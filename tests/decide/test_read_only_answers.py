@@ -28,6 +28,7 @@ from policyengine.decision import (
     FrozenDict,
     FrozenList,
     Obligations,
+    ShadowOutcome,
     ToolDecision,
     build_decision,
     build_diagnostic,
@@ -195,6 +196,49 @@ def test_the_constructors_build_read_only_answers() -> None:
             with pytest.raises(AttributeError):
                 setattr(obj, name, 1)
     assert d.obligations is ob and d.diagnostics == (diag,) and td.decision is d
+
+
+#: What a ToolDecision reads through to its decision: every public field of a Decision.
+PROXIED = ("allowed", "status", "reason", "code", "rules", "principal", "permission",
+           "diagnostics", "obligations", "approval_id", "decision_id", "acting_for", "chain",
+           "budget", "rate_limit", "shadow", "warnings")
+
+
+def test_a_tool_decision_reads_every_field_of_its_decision(answers: dict[str, Any]) -> None:
+    """Each field is its decision's own value, read-only like it: a decision built with
+    every field set to a value of its own, and one the engine built (its budget made on
+    first read through the tool decision). No public field of a Decision is left out."""
+    shadow = (ShadowOutcome("shop.w", "rule", "warn", "denied", "forbidden"),
+              ShadowOutcome("shop.l", "rule", "log", "denied", "forbidden"))
+    d = Decision("pending_approval", "approval_required", "ask", ("shop.r",),
+                 Obligations(Decimal("5"), None, (), "EUR"),
+                 (Diagnostic("type_error", "bad", "shop.r", "skipped"),), "bot", "p:x",
+                 "apr_1", "alice", ("alice", "bot"), answers["budget"], shadow,
+                 answers["rate limit"])
+    td = ToolDecision(d, "pending_approval")
+    for name in PROXIED:
+        got, want = getattr(td, name), getattr(d, name)
+        assert got == want and (got is want or name == "warnings"), name
+        assert f"Decision.{name}" in (getattr(ToolDecision, name).__doc__ or ""), name
+        with pytest.raises(AttributeError):
+            setattr(td, name, want)
+    assert (td.principal, td.acting_for, td.chain) == ("bot", "alice", ("alice", "bot"))
+    assert td.budget is answers["budget"] and td.rate_limit is answers["rate limit"]
+    assert td.warnings == shadow[:1] and td.shadow == shadow
+    assert type(td).__slots__ == () and not hasattr(td, "__dict__")
+    public = {n for n in dir(Decision) if not n.startswith("_")} - {"to_wire", "denial"}
+    assert public == set(PROXIED)
+
+    tool = _engine().tool_authorize("bot", transport="function", function_name="pay_out",
+                                    body=PAY)
+    assert isinstance(tool.budget, BudgetUsage) and tool.budget is tool.decision.budget
+    for name in PROXIED:
+        assert getattr(tool, name) == getattr(tool.decision, name), name
+    assert tool.principal == "bot" and tool.rate_limit is None
+    wire = tool.to_wire()  # the decision's wire form, its budget included, plus the tool's
+    assert {k: v for k, v in wire.items() if k not in ("outcome", "permission", "tool",
+                                                       "redactions")} == tool.decision.to_wire()
+    assert wire["budget"] == tool.budget.to_wire()
 
 
 @pytest.mark.parametrize(("cls", "build"), [
