@@ -106,6 +106,34 @@ def ast_key(node: object) -> object:
     return (type(node).__name__, node)
 
 
+# -- the command line ---------------------------------------------------------------------
+
+#: The policy a command-line test names as ``p.policy`` (the ``cli_dir`` fixture's).
+CLI_POLICY = 'role r: docs:*\nagent "bot": r\n'
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
+    """``policyengine ARGV`` in process: (exit status, stdout, stderr). argparse's own
+    errors exit (``SystemExit``) instead of returning: their status is returned too, so
+    a test compares every mistake's status and lines one way."""
+    from policyengine.cli import main
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def cli_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory of the test's own holding ``p.policy`` (:data:`CLI_POLICY`),
+    so a command line names its files as a user types them, relative."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.policy").write_text(CLI_POLICY)
+    return tmp_path
+
+
 # -- budgets -----------------------------------------------------------------------------
 
 

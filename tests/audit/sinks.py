@@ -1,11 +1,12 @@
 """What the decision-log tests share: a sink the test holds, stalled or failing, that
-keeps every line it took."""
+keeps every line it took, and a call made on a thread of its own (to see whether it
+waits)."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -39,3 +40,12 @@ class GateSink:
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self.lines]
+
+
+def in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """``call()`` started on a daemon thread: the thread, and a list that holds what the
+    call returned once it has (empty while it waits)."""
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    thread.start()
+    return thread, out

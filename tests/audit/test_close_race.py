@@ -33,6 +33,8 @@ import policyengine as pe
 from policyengine.audit import DecisionLog
 from policyengine.audit import _log as log_module
 
+from .sinks import in_thread
+
 POLICY = 'role r: docs:*\nagent "bot": r\n'
 DEADLINE = 20.0
 PLAIN = pe.Engine.from_source(POLICY)  # decides without a log: the decisions handed over
@@ -138,13 +140,6 @@ def hand_over(log: DecisionLog, n: int = 0) -> tuple[Any, Any]:
     d = PLAIN.authorize("bot", "docs:read", {"n": n})
     inp = {"principal": "bot", "permission": "docs:read", "context": {"n": n}}
     return d, log.decision("authorize", d, inp, None, None, time.perf_counter_ns())
-
-
-def in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-    thread = threading.Thread(target=lambda: out.append(call()), daemon=True)
-    thread.start()
-    return thread, out
 
 
 def joined(thread: threading.Thread, out: list[Any]) -> Any:

@@ -23,7 +23,7 @@ from conftest import until
 import policyengine as pe
 from policyengine.audit import DecisionLog
 
-from .sinks import GateSink
+from .sinks import GateSink, in_thread
 
 POLICY = 'role r: a:*\nagent "bot": r\napproval ap: a:appr\n'
 CAPACITY = 2
@@ -61,13 +61,6 @@ def fill(log: DecisionLog) -> None:
         stats = log.stats()
         return stats["taken"] >= 6 and stats["queue_depth"] >= CAPACITY
     until(full, "the queue to stay full")
-
-
-def in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-    thread = threading.Thread(target=lambda: out.append(call()), daemon=True)
-    thread.start()
-    return thread, out
 
 
 def test_drop_drops_an_operation_at_once_with_no_block_timeout() -> None:
@@ -163,47 +156,41 @@ def agree(engine: pe.Engine, log: DecisionLog) -> tuple[bool, bool]:
     return healthy, allowed
 
 
-def test_deny_healthy_and_refusing_agree_while_a_sink_fails_and_recovers(
-        hold: Callable[..., threading.Event]) -> None:
-    engine, log, sink = make("deny")
+#: How the sink goes wrong (``fails``: its writes raise; ``stalls``: a write does not
+#: return), the options that make the log notice, and which of the log's threads sets
+#: its state when the sink goes wrong and when it comes back (``heal()``).
+FAULTS: dict[str, tuple[dict[str, Any], tuple[str, Callable[[DecisionLog], bool]],
+                        tuple[str, Callable[[DecisionLog], bool]]]] = {
+    "fails": ({}, ("decision-log-shipper", lambda log: log._failing),
+              ("decision-log-shipper", lambda log: not log._failing)),
+    "stalls": ({"stall_after": 0.05}, ("decision-log-writer", lambda log: log._stalled),
+               ("decision-log-shipper", lambda log: not log._stalled)),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_deny_healthy_and_refusing_agree_while_a_sink_goes_wrong_and_recovers(
+        hold: Callable[..., threading.Event], fault: str) -> None:
+    options, (breaks_on, broken), (heals_on, healed) = FAULTS[fault]
+    engine, log, sink = make("deny", **options)
     assert engine.authorize("bot", "a:read").allowed and log.flush(DEADLINE)
 
-    go = hold("decision-log-shipper", lambda log: log._failing)
-    sink.failing = True
-    engine.authorize("bot", "a:read")  # a write to fail
+    go = hold(breaks_on, broken)
+    if fault == "fails":
+        sink.failing = True
+    else:
+        sink.gate.clear()
+    engine.authorize("bot", "a:read")  # a write that fails, or stalls
     assert hold.held.wait(DEADLINE)    # type: ignore[attr-defined]
-    agree(engine, log)                 # between the failure's flag and the refusal
+    agree(engine, log)                 # between the fault's flag and the refusal
     go.set()
-    until(lambda: not log.healthy, "the failing sink to show")
+    until(lambda: not log.healthy, f"the sink that {fault} to show")
     assert agree(engine, log) == (False, False)
 
-    go = hold("decision-log-shipper", lambda log: not log._failing)
-    sink.failing = False               # the retried batch goes through
+    go = hold(heals_on, healed)
+    sink.heal()                        # the retried batch goes through / the write ends
     assert hold.held.wait(DEADLINE)    # type: ignore[attr-defined]
     agree(engine, log)                 # between the recovery's flag and the opening
-    go.set()
-    until(lambda: log.healthy, "the sink to recover")
-    assert agree(engine, log) == (True, True)
-
-
-def test_deny_healthy_and_refusing_agree_when_a_write_stalls(
-        hold: Callable[..., threading.Event]) -> None:
-    engine, log, sink = make("deny", stall_after=0.05)
-    assert engine.authorize("bot", "a:read").allowed and log.flush(DEADLINE)
-
-    go = hold("decision-log-writer", lambda log: log._stalled)
-    sink.gate.clear()
-    engine.authorize("bot", "a:read")  # a write that stalls
-    assert hold.held.wait(DEADLINE)    # type: ignore[attr-defined]
-    agree(engine, log)                 # between the stall's mark and the refusal
-    go.set()
-    until(lambda: not log.healthy, "the stall to show")
-    assert agree(engine, log) == (False, False)
-
-    go = hold("decision-log-shipper", lambda log: not log._stalled)
-    sink.gate.set()                    # the stalled write ends
-    assert hold.held.wait(DEADLINE)    # type: ignore[attr-defined]
-    agree(engine, log)
     go.set()
     until(lambda: log.healthy, "the sink to recover")
     assert agree(engine, log) == (True, True)

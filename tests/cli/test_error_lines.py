@@ -11,29 +11,16 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
-from policyengine.cli import main
-
-POLICY = 'role r: docs:*\nagent "bot": r\n'
 BROKEN = 'role r: docs:*\nagent "bot": rr\n'
 LINE = re.compile(r"policyengine [a-z]+( [a-z]+)?: error: [a-z_]+: \S")
 
 
-def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture(autouse=True)
-def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "p.policy").write_text(POLICY)
-    (tmp_path / "bad.policy").write_text(BROKEN)
-    return tmp_path
+def here(cli_dir: Path) -> Path:
+    (cli_dir / "bad.policy").write_text(BROKEN)
+    return cli_dir
 
 
 # --------------------------------------------------------------- one format for every line
@@ -65,7 +52,7 @@ def test_every_error_line_reads_the_same(capsys: pytest.CaptureFixture[str],
                                          argv: list[str], status: int, start: str) -> None:
     if argv[0] == "serve":
         pytest.importorskip("uvicorn")
-    code, out, err = run(capsys, argv)
+    code, out, err = run_cli(capsys, argv)
     assert (code, out) == (status, ""), err
     assert err.startswith(start), err
     assert LINE.match(err) and len(err.splitlines()) == 1, err
@@ -79,10 +66,10 @@ def test_every_error_line_reads_the_same(capsys: pytest.CaptureFixture[str],
 def test_a_missing_path_has_no_fake_position(capsys: pytest.CaptureFixture[str], here: Path,
                                              path: str, message: str) -> None:
     (here / "empty").mkdir()
-    code, out, err = run(capsys, ["check", path])
+    code, out, err = run_cli(capsys, ["check", path])
     assert (code, out) == (1, "")
     assert err == f"{path}: error[E010]: {message}\n"
-    code, out, _ = run(capsys, ["check", path, "--format", "json"])
+    code, out, _ = run_cli(capsys, ["check", path, "--format", "json"])
     report = json.loads(out)
     assert code == 1 and report["errors"] == [{
         "code": "E010", "severity": "error", "message": message, "file": path,
@@ -101,16 +88,16 @@ def test_an_unreadable_policy_file_is_e010(capsys: pytest.CaptureFixture[str],
         return real(self)
     monkeypatch.setattr(Path, "read_bytes", refuse)
     for target in ("p.policy", "."):
-        code, out, err = run(capsys, ["check", target])
+        code, out, err = run_cli(capsys, ["check", target])
         assert (code, out) == (1, "")
         assert err == "p.policy: error[E010]: cannot read p.policy: Permission denied\n"
-    code, out, err = run(capsys, ["fmt", "p.policy"])
+    code, out, err = run_cli(capsys, ["fmt", "p.policy"])
     assert (code, out) == (1, "")
     assert err == "p.policy: error[E010]: cannot read p.policy: Permission denied\n"
 
 
 def test_a_positioned_problem_keeps_its_position(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, ["check", "bad.policy", "--format", "json"])
+    code, out, _ = run_cli(capsys, ["check", "bad.policy", "--format", "json"])
     first = json.loads(out)["errors"][0]
     assert code == 1 and (first["code"], first["line"], first["column"]) == ("E103", 2, 14)
 
@@ -121,7 +108,7 @@ def test_diff_reports_the_problems_of_both_versions(capsys: pytest.CaptureFixtur
                                                     command: str) -> None:
     argv = ["diff", "bad.policy", "missing/"] if command == "diff" else \
         ["analyze", "--diff", "bad.policy", "missing/"]
-    code, out, err = run(capsys, argv)
+    code, out, err = run_cli(capsys, argv)
     assert (code, out) == (1, "")
     assert "bad.policy:2:14: error[E103]: unknown role 'rr'" in err
     assert "missing: error[E010]: no such policy file or directory: missing" in err
@@ -129,6 +116,6 @@ def test_diff_reports_the_problems_of_both_versions(capsys: pytest.CaptureFixtur
 
 
 def test_diff_reports_a_second_broken_version_alone(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, ["diff", "p.policy", "bad.policy"])
+    code, out, err = run_cli(capsys, ["diff", "p.policy", "bad.policy"])
     assert (code, out) == (1, "")
     assert err.startswith("bad.policy:2:14: error[E103]")

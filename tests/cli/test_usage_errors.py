@@ -10,27 +10,14 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 import policyengine as pe
-from policyengine.cli import main
-
-POLICY = 'role r: docs:*\nagent "bot": r\n'
-
-
-def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's errors exit
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture
-def policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "p.policy").write_text(POLICY)
-    return tmp_path / "p.policy"
+def policy(cli_dir: Path) -> Path:
+    return cli_dir / "p.policy"
 
 
 @pytest.mark.parametrize(("argv", "line"), [
@@ -73,7 +60,7 @@ def policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 ])
 def test_a_usage_error_is_one_line_with_its_code(
         capsys: pytest.CaptureFixture[str], policy: Path, argv: list[str], line: str) -> None:
-    code, out, err = run(capsys, argv)
+    code, out, err = run_cli(capsys, argv)
     assert (code, out, err) == (2, "", line + "\n")
 
 
@@ -84,7 +71,7 @@ def test_serve_workers_on_a_port_in_use_is_one_line(
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        code, out, err = run(capsys, ["serve", "p.policy", "--port", str(port),
+        code, out, err = run_cli(capsys, ["serve", "p.policy", "--port", str(port),
                                       "--workers", "2", "--watch-interval", "0"])
     assert (code, out) == (1, "")
     assert err.startswith(f"policyengine serve: error: listen_failed: cannot listen on "
@@ -98,7 +85,7 @@ def test_a_widened_attenuation_says_what_it_is_measured_against(
     tok = pe.tokens.mint(keys, issuer="https://a.example", acting_for="besar", agent="a",
                          permissions=["flights:*"], ttl=600)
     keys.save("keys.json")
-    code, out, err = run(capsys, ["token", "attenuate", "--keys", "keys.json", "--token",
+    code, out, err = run_cli(capsys, ["token", "attenuate", "--keys", "keys.json", "--token",
                                   tok, "--agent", "b", "--permission", "hotels:book"])
     assert (code, out) == (1, "")
     assert err == ("policyengine token attenuate: error: permission_widened: permission "
@@ -121,11 +108,11 @@ def test_a_missing_hmac_key_says_how_the_command_line_gives_one(
     """The README's first command (check policies/) warns W204 on the shipped policies:
     the hint names the flag that silences it, not only the Python option."""
     (tmp_path / "t.policy").write_text('tool t: mcp "x" -> a:b {\n  redact $.card hash\n}\n')
-    code, out, err = run(capsys, ["check", str(tmp_path / "t.policy")])
+    code, out, err = run_cli(capsys, ["check", str(tmp_path / "t.policy")])
     assert (code, out.strip()) == (0, "ok: 1 file, 1 warning")
     assert "  = hint: Engine.from_path(..., hmac_key=secret_bytes); on the command line, " \
            "--hmac-key KEY (serve: --hmac-key-file FILE)" in err
-    code, out, err = run(capsys, ["check", str(tmp_path / "t.policy"), "--hmac-key",
+    code, out, err = run_cli(capsys, ["check", str(tmp_path / "t.policy"), "--hmac-key",
                                   "a 32-byte secret, for pseudonyms"])
     assert (code, out.strip(), err) == (0, "ok: 1 file, 0 warnings", "")
 
@@ -156,6 +143,6 @@ def test_a_missing_hmac_key_says_how_the_command_line_gives_one(
 ])
 def test_a_line_feed_on_the_command_line_stays_in_its_line(
         capsys: pytest.CaptureFixture[str], policy: Path, argv: list[str], line: str) -> None:
-    code, out, err = run(capsys, argv)
+    code, out, err = run_cli(capsys, argv)
     assert out == "" and err == line + "\n", err
     assert code in (1, 2)

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from rate_answers import CAPPED, Answers, PairAnswers
 
 from policyengine import Engine, PolicyError
 from policyengine.budgets import BudgetError, BudgetSpec, Ledger
@@ -40,46 +41,12 @@ NOW = 1_773_144_000.0
 HUGE_INT = 10**100_000  # str() of it is refused by CPython; never printed
 
 
-class Hostile:
-    """A source of the caller's own: ``rate()`` answers ``answer`` (raises it, when it is
-    an exception). With ``pair`` set it also has ``rate_fraction`` answering ``pair``,
-    and then its ``rate()`` answers a rate that lets everything through (1E-20), so a
-    path that used ``rate()`` instead of the checked pair would show it."""
-
-    def __init__(self) -> None:
-        self.answer: object = Decimal("0.92")
-
-    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Any:
-        if isinstance(self.answer, BaseException):
-            raise self.answer
-        return self.answer
-
-
-class HostilePair(Hostile):
-    def __init__(self) -> None:
-        super().__init__()
-        self.pair: object = (Decimal("0.92"), Decimal(1))
-
-    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Any:
-        return Decimal("1E-20")
-
-    def rate_fraction(self, from_code: str, to_code: str, now: float | None = None) -> Any:
-        if isinstance(self.pair, BaseException):
-            raise self.pair
-        return self.pair
-
-
-_POLICY = """namespace fx
-currency EUR
-role payer: payments:*
-agent "bot": payer
-permit p: payments:*
-"""
-_LIMIT = _POLICY + "limit cap: payments:* amount <= 500 EUR\n"
-_BUDGET = _POLICY + "budget b: payments:* limit 500 EUR per day\n"
+_LIMIT = CAPPED
+_BUDGET = CAPPED.replace("limit cap: payments:* amount <= 500 EUR",
+                         "budget b: payments:* limit 500 EUR per day")
 _USD = {"amount": "1000", "currency": "USD"}
 
-SINGLE, PAIR = Hostile(), HostilePair()
+SINGLE, PAIR = Answers(), PairAnswers()
 ENGINES = {(kind, text): Engine.from_source(text, rates=source, clock=lambda: NOW)
            for kind, source in (("rate", SINGLE), ("pair", PAIR))
            for text in (_LIMIT, _BUDGET)}
@@ -90,8 +57,7 @@ CHILD = attenuate(KEYS, PARENT, agent="b", permissions=["payments:*"],
                   max_amount=("500", "EUR"), now=NOW)
 GRANT = verify(KEYS, PARENT, now=NOW)
 # A child whose cap (1000 USD) is checked against its parent's 500 EUR when verified.
-_WIDE = Hostile()
-_WIDE.answer = Decimal("0.4")
+_WIDE = Answers(Decimal("0.4"))
 USD_CHILD = attenuate(KEYS, PARENT, agent="b", permissions=["payments:*"],
                       max_amount=("1000", "USD"), now=NOW, rates=_WIDE)
 
@@ -119,33 +85,33 @@ def _decision(d: Any) -> tuple[str, ...]:
 # Each path: the source -> ("ok", amount) / ("allowed",) / ("denied", code) /
 # ("error", code). 1000 USD is converted into EUR (the microcent path: 1000 EUR into
 # USD); what is refused has charged nothing.
-def _convert(source: Hostile) -> tuple[Any, ...]:
+def _convert(source: Answers) -> tuple[Any, ...]:
     return ("ok", convert(Money.parse("1000", "USD"), "EUR", source).amount)
 
 
-def _fits(source: Hostile) -> tuple[Any, ...]:
+def _fits(source: Answers) -> tuple[Any, ...]:
     fit = fits(Money.parse("1000", "USD"), Money.parse("500", "EUR"), source)
     return ("allowed",) if fit else ("denied", "over")
 
 
-def _limit(source: Hostile) -> tuple[Any, ...]:
-    kind = "pair" if isinstance(source, HostilePair) else "rate"
+def _limit(source: Answers) -> tuple[Any, ...]:
+    kind = "pair" if isinstance(source, PairAnswers) else "rate"
     d = ENGINES[kind, _LIMIT].authorize("bot", "payments:pay", _USD)
     return _decision(d)
 
 
-def _authorize_budget(source: Hostile) -> tuple[Any, ...]:
-    kind = "pair" if isinstance(source, HostilePair) else "rate"
+def _authorize_budget(source: Answers) -> tuple[Any, ...]:
+    kind = "pair" if isinstance(source, PairAnswers) else "rate"
     d = ENGINES[kind, _BUDGET].authorize("bot", "payments:pay", _USD)
     return _decision(d)
 
 
-def _admit(source: Hostile) -> tuple[Any, ...]:
+def _admit(source: Answers) -> tuple[Any, ...]:
     check = _ledger(source).admit("bot", "payments:pay", "1000", "USD")
     return ("allowed",) if check.allowed else ("denied", check.code)
 
 
-def _reserve(source: Hostile) -> tuple[Any, ...]:
+def _reserve(source: Answers) -> tuple[Any, ...]:
     ledger = _ledger(source)
     try:
         held = ledger.reserve("bot", "payments:pay", "1000", "USD")
@@ -156,7 +122,7 @@ def _reserve(source: Hostile) -> tuple[Any, ...]:
     return ("ok", held.lines[0].amount)
 
 
-def _commit(source: Hostile) -> tuple[Any, ...]:
+def _commit(source: Answers) -> tuple[Any, ...]:
     """A hold of 500 EUR committed as 1000 USD (converted at the source's rate now)."""
     ledger = _ledger(source)
     held = ledger.reserve("bot", "payments:pay", "500", "EUR")
@@ -168,7 +134,7 @@ def _commit(source: Hostile) -> tuple[Any, ...]:
     return ("ok", done.lines[0].committed)
 
 
-def _record_microcents(source: Hostile) -> tuple[Any, ...]:
+def _record_microcents(source: Answers) -> tuple[Any, ...]:
     """1000 EUR recorded against a budget of 500 USD counted in microcents."""
     ledger = _ledger(source, "USD_MICROCENTS", "50000000000")
     try:
@@ -179,19 +145,19 @@ def _record_microcents(source: Hostile) -> tuple[Any, ...]:
     return ("ok", done.lines[0].amount)
 
 
-def _amount_fits(source: Hostile) -> tuple[Any, ...]:
+def _amount_fits(source: Answers) -> tuple[Any, ...]:
     fit = GRANT.amount_fits(Money.parse("1000", "USD"), source, now=NOW)
     return ("allowed",) if fit else ("denied", "over")
 
 
-def _attenuate(source: Hostile) -> tuple[Any, ...]:
+def _attenuate(source: Answers) -> tuple[Any, ...]:
     """A child capped at 1000 USD under the 500 EUR parent."""
     attenuate(KEYS, PARENT, agent="b", permissions=["payments:*"],
               max_amount=("1000", "USD"), now=NOW, rates=source)  # type: ignore[arg-type]
     return ("allowed",)
 
 
-def _verify(source: Hostile) -> tuple[Any, ...]:
+def _verify(source: Answers) -> tuple[Any, ...]:
     verify(KEYS, USD_CHILD, now=NOW, rates=source)  # type: ignore[arg-type]
     return ("allowed",)
 
@@ -202,7 +168,7 @@ PATHS = {"convert": _convert, "fits": _fits, "limit": _limit,
          "amount_fits": _amount_fits, "attenuate": _attenuate, "verify": _verify}
 
 
-def outcome(path: str, source: Hostile) -> tuple[Any, ...]:
+def outcome(path: str, source: Answers) -> tuple[Any, ...]:
     try:
         return PATHS[path](source)
     except (RateError, MoneyError, BudgetError, TokenError) as exc:
@@ -276,9 +242,9 @@ def refusal_code(answer: object) -> str:
     return "invalid_rate"
 
 
-def check(path: str, source: Hostile) -> None:
+def check(path: str, source: Answers) -> None:
     """One path, one answer: the exact expectation, and never an allow at no rate."""
-    if isinstance(source, HostilePair):
+    if isinstance(source, PairAnswers):
         pair = source.pair
         if isinstance(pair, BaseException):
             rate, code = None, refusal_code(pair)
@@ -371,22 +337,17 @@ def test_a_policy_literal_is_refused_at_every_answer_that_is_no_rate() -> None:
     text = _LIMIT.replace("500 EUR", "500 USD").replace("currency EUR\n",
                                                         "currency EUR\nrate USD 0.5\n")
     for answer in NOT_RATES:
-        source = Hostile()
-        source.answer = answer
         with pytest.raises(PolicyError) as caught:
-            Engine.from_source(text, rates=source)
+            Engine.from_source(text, rates=Answers(answer))
         [problem] = caught.value.problems
         assert problem.code == "E127" and "cannot convert 500 USD" in problem.message
     for pair in NOT_PAIRS:
-        paired = HostilePair()
-        paired.pair = pair
         with pytest.raises(PolicyError) as caught:
-            Engine.from_source(text, rates=paired)
+            Engine.from_source(text, rates=PairAnswers(pair))
         [problem] = caught.value.problems
         assert problem.code == "E127" and "cannot convert 500 USD" in problem.message
-    paired = HostilePair()
-    paired.pair = (Decimal(1), Decimal(2))  # 500 USD = 250 EUR: 1000 USD is over
-    engine = Engine.from_source(text, rates=paired)
+    # 500 USD = 250 EUR: 1000 USD is over
+    engine = Engine.from_source(text, rates=PairAnswers((Decimal(1), Decimal(2))))
     assert engine.authorize("bot", "payments:pay", _USD).status == "denied"
     assert engine.authorize("bot", "payments:pay", {"amount": "500", "currency": "USD"}
                             ).allowed

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rate_answers import CAPPED, Answers
 
 import policyengine.engine as engine_module
 from policyengine._conformance import run_fixture
@@ -85,23 +86,6 @@ def test_money_conformance_with_every_kind_of_rate_source(
     assert len(FIXTURES) >= 9
 
 
-class _Answers:
-    """A source of the caller's own answering one fixed value for every pair."""
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-
-    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Any:
-        return self.value
-
-
-_CAPPED = """namespace fx
-currency EUR
-role payer: payments:*
-agent "bot": payer
-permit p: payments:*
-limit cap: payments:* amount <= 500 EUR
-"""
 #: What no rate may be: each made any amount fit a limit (0, a negative, a rate too
 #: small to count), or failed with an error of the arithmetic instead of invalid_rate.
 _NOT_RATES = [Decimal(0), Decimal("-0"), Decimal(-1), Decimal("-0.92"), Decimal("1E-900"),
@@ -114,7 +98,7 @@ def test_a_limit_fails_closed_on_a_sources_answer_that_is_no_rate(answer: object
     a negative rate used to make it 0 EUR (or less) and permit it; every answer that is
     no positive decimal is ``invalid_rate`` and the limit denies (fail closed)."""
     from policyengine import Engine
-    engine = Engine.from_source(_CAPPED, rates=_Answers(answer))
+    engine = Engine.from_source(CAPPED, rates=Answers(answer))
     d = engine.authorize("bot", "payments:pay", {"amount": "1000", "currency": "USD"})
     assert d.status == "denied" and d.rules == ("fx.cap",), d
     assert [(x.code, x.rule) for x in d.diagnostics] == [("invalid_rate", "fx.cap")]
@@ -126,7 +110,7 @@ def test_a_sources_positive_answer_is_its_rate(answer: object, allowed: bool) ->
     """Decimal strings and ints are rates (as ``convert`` takes them): 1000 USD at 0.5
     is 500 EUR, within the limit; at 0.50001 it is over."""
     from policyengine import Engine
-    engine = Engine.from_source(_CAPPED, rates=_Answers(answer))
+    engine = Engine.from_source(CAPPED, rates=Answers(answer))
     d = engine.authorize("bot", "payments:pay", {"amount": "1000", "currency": "USD"})
     assert d.allowed is allowed, d
 
@@ -138,7 +122,7 @@ def test_a_microcent_budget_refuses_a_sources_answer_that_is_no_rate(answer: obj
     Now each is ``invalid_rate`` and nothing is recorded."""
     from policyengine.budgets import BudgetError, BudgetSpec, Ledger
     ledger = Ledger([BudgetSpec("m.usd", ("x:*",), Decimal(10), "USD_MICROCENTS", "day")],
-                    rates=_Answers(answer), clock=lambda: 1_773_144_000.0)
+                    rates=Answers(answer), clock=lambda: 1_773_144_000.0)
     with pytest.raises(BudgetError) as caught:
         ledger.record("bot", "x:a", "100", "EUR")
     assert caught.value.code == "invalid_rate"
@@ -155,10 +139,10 @@ def test_a_policy_literal_is_not_converted_at_an_answer_that_is_no_rate(
     from policyengine import Engine, PolicyError
     # With a rate line for USD (else the checker's own E127, no rate, answers first):
     # the engine's source replaces the table, and its answer is what is refused.
-    text = _CAPPED.replace("amount <= 500 EUR", "amount <= 500 USD").replace(
+    text = CAPPED.replace("amount <= 500 EUR", "amount <= 500 USD").replace(
         "currency EUR\n", "currency EUR\nrate USD 0.5\n")
     with pytest.raises(PolicyError) as caught:
-        Engine.from_source(text, rates=_Answers(answer))
+        Engine.from_source(text, rates=Answers(answer))
     assert [p.code for p in caught.value.problems] == ["E127"]
     assert "cannot convert 500 USD" in caught.value.problems[0].message
 
@@ -176,7 +160,7 @@ def test_a_request_at_a_cross_rate_converts_at_the_exact_fraction(
     """3 GBP is exactly 2 EUR: at the 34-digit cross rate 0.66...67 it came to 2.01 EUR
     and a limit of 2 EUR refused it, where convert() and fits() say it fits."""
     from policyengine import Engine
-    engine = Engine.from_source(_CAPPED.replace("500 EUR", "2 EUR"), rates=_CROSS)
+    engine = Engine.from_source(CAPPED.replace("500 EUR", "2 EUR"), rates=_CROSS)
     d = engine.authorize("bot", "payments:pay", {"amount": amount, "currency": currency})
     assert d.allowed is allowed, d
     assert fits(Money.parse(amount, currency), Money.parse("2", "EUR"), _CROSS) is allowed
@@ -189,7 +173,7 @@ def test_a_limit_written_at_a_cross_rate_converts_at_the_exact_fraction(
     0.99 EUR (rounded down), refusing 1 EUR. (The file's own ``rate CHF`` line lets the
     checker see a rate; the engine's table replaces it.)"""
     from policyengine import Engine
-    text = _CAPPED.replace("500 EUR", "3 CHF").replace("currency EUR\n",
+    text = CAPPED.replace("500 EUR", "3 CHF").replace("currency EUR\n",
                                                         "currency EUR\nrate CHF 0.5\n")
     engine = Engine.from_source(text, rates=_CROSS)
     d = engine.authorize("bot", "payments:pay", {"amount": amount, "currency": "EUR"})

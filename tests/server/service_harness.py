@@ -11,7 +11,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,13 @@ import uvicorn
 
 import policyengine as pe
 from policyengine.server import (
+    ApiKey,
     Credentials,
+    CyclesKey,
     PolicyService,
     ServiceConfig,
     create_app,
+    hash_secret,
 )
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
@@ -91,6 +94,39 @@ def serving(app: Any, port: int | None = None, http: str | None = None) -> Itera
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+_HASHED: dict[str, str] = {}
+
+
+def hashed(secret: str) -> str:
+    """``hash_secret(secret)``, made once per process: the tenancy tests name the same
+    few secrets in many credentials, and each hash is a deliberately slow one."""
+    made = _HASHED.get(secret)
+    if made is None:
+        made = _HASHED[secret] = hash_secret(secret)
+    return made
+
+
+@contextlib.contextmanager
+def tenant_service(policy: str, cycles: dict[str, str],
+                   api_keys: Iterable[tuple[str, str, str, str | None]],
+                   prefixes: dict[str, str], journal: Path) -> Iterator[tuple[str, pe.Engine]]:
+    """A live service over ``policy`` for the tenancy tests, until the block ends: each
+    tenant's Cycles key is ``cycles[tenant]`` (the secret the SDK sends), each API key
+    ``(name, secret, agent, tenant)``, the wires under ``prefixes``; yields its base URL
+    and engine. The runcycles SDK's journal goes under ``journal`` unless the
+    environment names one."""
+    os.environ.setdefault("CYCLES_JOURNAL_DIR", str(journal))
+    creds = Credentials(
+        cycles_keys=tuple(CyclesKey(t, hashed(secret), t) for t, secret in cycles.items()),
+        api_keys=tuple(ApiKey(name, hashed(secret), agent, tenant)
+                       for name, secret, agent, tenant in api_keys))
+    engine = pe.Engine.from_source(policy)
+    app = create_app(engine, credentials=creds, config=ServiceConfig(
+        access_log=False, prefixes=prefixes))
+    with serving(app) as port:
+        yield f"http://127.0.0.1:{port}", engine
 
 
 def make_service(credentials: Credentials, **config: Any) -> PolicyService:

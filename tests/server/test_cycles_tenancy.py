@@ -30,13 +30,9 @@ import policyengine as pe
 from policyengine.server import (
     ApiKey,
     Credentials,
-    CyclesKey,
-    ServiceConfig,
-    create_app,
-    hash_secret,
 )
 
-from .service_harness import serving
+from .service_harness import hashed, tenant_service
 
 POLICY = """
 namespace tenancy
@@ -60,7 +56,6 @@ CYCLES = {"acme": "cy-acme", "globex": "cy-globex"}
 #: was once kept.
 API = {"ag-acme": ("acme-bot", "acme"), "ag-globex": ("globex-bot", "globex"),
        "ag-shared": ("shared-bot", None), "ag-bot-at-acme": ("bot@acme", "globex")}
-_HASHES: dict[str, str] = {}
 
 
 @dataclass
@@ -82,18 +77,10 @@ class Live:
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    os.environ.setdefault("CYCLES_JOURNAL_DIR", str(tmp_path_factory.mktemp("journal")))
-    if not _HASHES:
-        _HASHES.update({k: hash_secret(k) for k in (*CYCLES.values(), *API)})
-    creds = Credentials(
-        cycles_keys=tuple(CyclesKey(t, _HASHES[k], t) for t, k in CYCLES.items()),
-        api_keys=tuple(ApiKey(k, _HASHES[k], agent, tenant)
-                       for k, (agent, tenant) in API.items()))
-    engine = pe.Engine.from_source(POLICY)
-    app = create_app(engine, credentials=creds, config=ServiceConfig(
-        access_log=False, prefixes={"cycles": "/cy", "actguard": "/ag"}))
-    with serving(app) as port:
-        live = Live(f"http://127.0.0.1:{port}", engine)
+    keys = [(k, k, agent, tenant) for k, (agent, tenant) in API.items()]
+    with tenant_service(POLICY, CYCLES, keys, {"cycles": "/cy", "actguard": "/ag"},
+                        tmp_path_factory.mktemp("journal")) as (url, engine):
+        live = Live(url, engine)
         try:
             yield live
         finally:
@@ -382,7 +369,7 @@ def test_credentials_never_name_an_agent_in_the_tenant_namespace() -> None:
     """``tenant:...`` principals are the Cycles wire's: an agent of the other wires
     named so would spend a tenant's own budget or a wire-only agent's."""
     from policyengine.server import AgentCredential, CredentialsError
-    h = _HASHES.get("ag-acme") or hash_secret("ag-acme")
+    h = hashed("ag-acme")
     for creds in (lambda: Credentials(api_keys=(ApiKey("k", h, "tenant:acme"),)),
                   lambda: Credentials(api_keys=(ApiKey("k", h, "tenant:acme/agent:bot",
                                                        "globex"),)),

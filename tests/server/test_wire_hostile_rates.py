@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from rate_answers import Answers, PairAnswers
 
 import policyengine as pe
 from policyengine.server import Credentials, CyclesKey, ServiceConfig, create_app, hash_secret
@@ -22,30 +23,7 @@ POLICY = ("namespace w\ncurrency EUR\nrate USD 0.92\n"
 _HASH = hash_secret("k-acme")
 
 
-class Source:
-    """``rate()`` answers (or raises) ``answer``; with ``pair`` set, ``rate_fraction``
-    answers it and ``rate()`` a rate that lets everything through."""
-
-    def __init__(self, answer: object = None, pair: object = None) -> None:
-        self.answer, self.pair = answer, pair
-
-    def rate(self, from_code: str, to_code: str, now: float | None = None) -> Any:
-        if self.pair is not None:
-            return Decimal("1E-20")
-        if isinstance(self.answer, BaseException):
-            raise self.answer
-        return self.answer
-
-    def __repr__(self) -> str:
-        return f"pair{self.pair!r}" if self.pair is not None else repr(self.answer)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "rate_fraction" and self.__dict__.get("pair") is not None:
-            return lambda a, b, now=None: self.pair
-        raise AttributeError(name)
-
-
-def reserve(source: Source) -> tuple[int, dict[str, Any], dict[str, Any]]:
+def reserve(source: Answers) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """One $1 reservation on the Cycles wire, and the tenant's balances after it."""
     engine = pe.Engine.from_source(POLICY, rates=source)
     creds = Credentials(cycles_keys=(CyclesKey("acme", _HASH, "acme"),))
@@ -69,14 +47,14 @@ def reserve(source: Source) -> tuple[int, dict[str, Any], dict[str, Any]]:
 
 
 @pytest.mark.parametrize(("source", "code"), [
-    (Source(Decimal(0)), "invalid_rate"), (Source(Decimal(-1)), "invalid_rate"),
-    (Source(Decimal("NaN")), "invalid_rate"), (Source(0.92), "invalid_rate"),
-    (Source(Decimal("1e999999")), "invalid_rate"), (Source(KeyError("x")), "no_rate"),
-    (Source(pair=(Decimal(0), Decimal(1))), "invalid_rate"),
-    (Source(pair=(Decimal(1), Decimal(-1))), "invalid_rate"),
-    (Source(pair=(Decimal(1), Decimal(0))), "invalid_rate"),
+    (Answers(Decimal(0)), "invalid_rate"), (Answers(Decimal(-1)), "invalid_rate"),
+    (Answers(Decimal("NaN")), "invalid_rate"), (Answers(0.92), "invalid_rate"),
+    (Answers(Decimal("1e999999")), "invalid_rate"), (Answers(KeyError("x")), "no_rate"),
+    (PairAnswers((Decimal(0), Decimal(1))), "invalid_rate"),
+    (PairAnswers((Decimal(1), Decimal(-1))), "invalid_rate"),
+    (PairAnswers((Decimal(1), Decimal(0))), "invalid_rate"),
 ], ids=repr)
-def test_a_reservation_at_an_answer_that_is_no_rate_is_refused(source: Source,
+def test_a_reservation_at_an_answer_that_is_no_rate_is_refused(source: Answers,
                                                                code: str) -> None:
     status, body, balances = reserve(source)
     assert (status, body["error"], body["details"]["code"]) == (400, "INVALID_REQUEST",
@@ -87,6 +65,6 @@ def test_a_reservation_at_an_answer_that_is_no_rate_is_refused(source: Source,
 
 def test_a_reservation_at_a_rate_holds_it() -> None:
     """$1 at 0.92 (as a rate, and as the pair 23/25) holds 0.92 EUR."""
-    for source in (Source(Decimal("0.92")), Source(pair=(Decimal(23), Decimal(25)))):
+    for source in (Answers(Decimal("0.92")), PairAnswers((Decimal(23), Decimal(25)))):
         status, body, _balances = reserve(source)
         assert (status, body["decision"]) == (200, "ALLOW"), body

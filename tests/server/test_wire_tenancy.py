@@ -29,16 +29,14 @@ import policyengine as pe
 from policyengine.server import (
     ApiKey,
     Credentials,
-    CyclesKey,
     ServiceConfig,
     create_app,
-    hash_secret,
 )
 from policyengine.server._actguard import _tenancy
 from policyengine.server._budgetwire import dimension, tenant_fields, under
 from policyengine.server._cycles import _tenant_agent
 
-from .service_harness import serving
+from .service_harness import hashed, serving, tenant_service
 
 POLICY = """
 namespace wt
@@ -65,7 +63,6 @@ API = {"ag-acme": ("s-ag-acme", "acme-bot", "acme"),
        "lg-acme": ("s-lg-acme", "writer", "acme"),
        "lg-globex": ("s-lg-globex", "writer", "globex")}
 CYCLES = {"acme": "cy-acme", "globex": "cy-globex"}
-_HASHES: dict[str, str] = {}
 
 
 @dataclass
@@ -76,20 +73,11 @@ class Live:
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    os.environ.setdefault("CYCLES_JOURNAL_DIR", str(tmp_path_factory.mktemp("journal")))
-    if not _HASHES:
-        _HASHES.update({s: hash_secret(s) for s in (*CYCLES.values(),
-                                                     *(v[0] for v in API.values()))})
-    creds = Credentials(
-        cycles_keys=tuple(CyclesKey(t, _HASHES[k], t) for t, k in CYCLES.items()),
-        api_keys=tuple(ApiKey(name, _HASHES[secret], agent, tenant)
-                       for name, (secret, agent, tenant) in API.items()))
-    engine = pe.Engine.from_source(POLICY)
-    app = create_app(engine, credentials=creds, config=ServiceConfig(
-        access_log=False, prefixes={"cycles": "/cy", "actguard": "/ag",
-                                    "agent-ledger": "/ledger"}))
-    with serving(app) as port:
-        yield Live(f"http://127.0.0.1:{port}", engine)
+    keys = [(name, *key) for name, key in API.items()]
+    with tenant_service(POLICY, CYCLES, keys, {"cycles": "/cy", "actguard": "/ag",
+                                               "agent-ledger": "/ledger"},
+                        tmp_path_factory.mktemp("journal")) as (url, engine):
+        yield Live(url, engine)
 
 
 def ag(svc: Live, key: str) -> actguard.Client:
@@ -268,13 +256,10 @@ def test_a_key_name_bound_anew_never_takes_over_its_old_sessions() -> None:
     """Credentials replaced (a reload) with the name ``lg`` now bound to globex: the
     sessions that name started for acme are not globex's (404, as an unknown id), and
     a batch there is never charged to acme's budgets."""
-    if not _HASHES:
-        _HASHES.update({s: hash_secret(s) for s in (*CYCLES.values(),
-                                                     *(v[0] for v in API.values()))})
     secret = API["lg-acme"][0]
 
     def creds(tenant: str) -> Credentials:
-        return Credentials(api_keys=(ApiKey("lg", _HASHES[secret], "writer", tenant),))
+        return Credentials(api_keys=(ApiKey("lg", hashed(secret), "writer", tenant),))
 
     engine = pe.Engine.from_source(POLICY)
     app = create_app(engine, credentials=creds("acme"), config=ServiceConfig(

@@ -10,22 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from rate_answers import Answers
 
 from policyengine.money import Money, RateError, StaticRates
 from policyengine.tokens import AttenuationError, KeySet, TokenError, attenuate, mint, verify
 
 NOW = 1767225600.0
 GOOD = StaticRates("EUR", {"USD": "0.92"})
-
-
-class Broken:
-    """A rate source of the caller's own that fails with a given error."""
-
-    def __init__(self, exc: Exception) -> None:
-        self.exc = exc
-
-    def rate(self, from_currency: str, to_currency: str, now: float | None = None) -> Any:
-        raise self.exc
 
 
 def _chain(keys: KeySet) -> tuple[str, str]:
@@ -38,9 +29,9 @@ def _chain(keys: KeySet) -> tuple[str, str]:
 
 SOURCES = [
     pytest.param(StaticRates("EUR", {}), "no_rate", id="no-rate"),
-    pytest.param(Broken(RateError("invalid_rate", "bad")), "invalid_rate", id="rate-error"),
-    pytest.param(Broken(KeyError("boom")), "no_rate", id="other-exception"),
-    pytest.param(Broken(RateError("stale_rate", "old")), "stale_rate", id="stale"),
+    pytest.param(Answers(RateError("invalid_rate", "bad")), "invalid_rate", id="rate-error"),
+    pytest.param(Answers(KeyError("boom")), "no_rate", id="other-exception"),
+    pytest.param(Answers(RateError("stale_rate", "old")), "stale_rate", id="stale"),
 ]
 
 
