@@ -31,7 +31,7 @@ from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, Unex
 
 from policyengine.lang import ast
 from policyengine.lang._fastparse import read_statement
-from policyengine.lang._source import HIDDEN, HIDDEN_CHARS, PolicyError, Problem, SourceSet
+from policyengine.lang._source import HIDDEN, LINE_BREAKS, UNSEEN, PolicyError, Problem, SourceSet
 
 __all__ = ["MAX_NESTING", "MAX_PROBLEMS", "MAX_SOURCE_BYTES", "STATEMENT_KEYWORDS", "ParseCache",
            "parse", "parse_many"]
@@ -70,22 +70,18 @@ _STATEMENT_START = re.compile(
 _SCAN = re.compile(r'"(?:[^"\\]|\\.)*"|"|\$[^\s,{}]*|#|[(\[{)\]}]'
                    r'|(?<![A-Za-z0-9_\-.])not(?![A-Za-z0-9_\-])')
 # Characters that end a line for str.splitlines() and for some editors, but not for the
-# language (lines end at "\n"; a "\r" right before it is ignored). Outside strings and
-# comments they are E001 (or, for "\f", whitespace); inside a comment or a string they
-# would make text that looks like a line of its own part of the comment or the string,
-# so there they are E013, as a "\r" not followed by "\n" is anywhere. Any other control or
-# format character (ESC, DEL, U+202E and the other bidirectional controls, U+200B...) can
-# make a comment, a string or a JSONPath show other text than it holds: E014 there.
-# Outside them every one of these is E001.
-_UNSEEN = re.compile(f"[{HIDDEN_CHARS}\u2028\u2029]")
+# language (LINE_BREAKS; lines end at "\n", a "\r" right before it is ignored). Outside
+# strings and comments they are E001 (or, for "\f", whitespace); inside a comment or a
+# string they would make text that looks like a line of its own part of the comment or the
+# string, so there they are E013, as a "\r" not followed by "\n" is anywhere. Any other
+# control or format character (HIDDEN: ESC, DEL, U+202E and the other bidirectional
+# controls, U+200B...) can make a comment, a string or a JSONPath show other text than it
+# holds: E014 there. Outside them every one of these is E001. UNSEEN finds any of them
+# but the "\r", which the line loop looks for itself. All three are policyengine._visible's.
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-_BREAK_NAMES = {
-    "\r": "a carriage return (U+000D) not followed by a line feed",
-    "\x0b": "a vertical tab (U+000B)", "\x0c": "a form feed (U+000C)",
-    "\x1c": "a file separator (U+001C)", "\x1d": "a group separator (U+001D)",
-    "\x1e": "a record separator (U+001E)", "\x85": "a next-line character (U+0085)",
-    "\u2028": "a line separator (U+2028)", "\u2029": "a paragraph separator (U+2029)",
-}
+_BREAK_NAMES = {ch: f"a {name} (U+{ord(ch):04X})"
+                + (" not followed by a line feed" if ch == "\r" else "")
+                for ch, name in LINE_BREAKS.items()}
 _UNINDENTED_WORD = re.compile(r"[A-Za-z_]")
 # The grammar's whitespace (``%ignore``): str.strip() would also drop U+3000, U+00A0, \v,
 # \x1c..., which are no whitespace of the language (E001 wherever they stand).
@@ -383,7 +379,7 @@ def _split(text: str, name: str, sources: SourceSet
     run = 0  # `not` words in a row, across line breaks and comments: each nests one level
     # Most files hold no character E013/E014 look for: then no string, JSONPath or comment
     # is searched for one (one search of the file instead of one per string and comment).
-    unseen_in_text = _UNSEEN.search(text) is not None
+    unseen_in_text = UNSEEN.search(text) is not None
     for lineno, line in enumerate(text.split("\n"), start=1):
         unindented_start = _UNINDENTED_WORD.match(line) is not None
         if unindented_start or (depth == 0 and _STATEMENT_START.match(line)):
@@ -481,10 +477,10 @@ def _split(text: str, name: str, sources: SourceSet
 
 def _first_unseen(found: int, where: str, text: str, offset: int, region: str
                   ) -> tuple[int, str]:
-    """The first character of a line that :data:`_UNSEEN` holds: ``found`` (in ``where``)
+    """The first character of a line that :data:`UNSEEN` holds: ``found`` (in ``where``)
     or, if it comes earlier or there was none, the first one in ``text`` (which starts at
     ``offset`` of the line and is a ``region``)."""
-    inside = _UNSEEN.search(text)
+    inside = UNSEEN.search(text)
     if inside is not None and (found < 0 or offset + inside.start() < found):
         return offset + inside.start(), region
     return found, where

@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from policyengine._visible import HIDDEN, HIDDEN_CHARS, visible
+from policyengine._visible import HIDDEN, HIDDEN_CHARS, LINE_BREAKS, UNSEEN, UNSEEN_CHARS, visible
 from policyengine.errors import PolicyEngineError
 
-__all__ = ["HIDDEN", "HIDDEN_CHARS", "PolicyError", "Problem", "SourceSet", "visible"]
+__all__ = ["HIDDEN", "HIDDEN_CHARS", "LINE_BREAKS", "UNSEEN", "UNSEEN_CHARS", "PolicyError",
+           "Problem", "SourceSet", "visible"]
 
-# HIDDEN (the class E014 refuses) and visible() (how a report shows one) are the package's
-# one definition, in policyengine._visible, where every command's text output reads them.
+# HIDDEN (the class E014 refuses), LINE_BREAKS (the line breaks E013 refuses), UNSEEN (both
+# but "\r") and visible() (how a report shows one) are the package's one definition, in
+# policyengine._visible, where every command's text output reads them.
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Generic, TypeVar, Union
 
-from policyengine.lang._source import HIDDEN_CHARS
+from policyengine.lang._source import UNSEEN_CHARS
 
 __all__ = [
     "AgentDecl", "Amount", "And", "ApprovalOverDecl", "ApprovalTerms", "BudgetDecl", "Call",
@@ -49,7 +49,7 @@ T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # the grammar's NAME terminal
 # Written as \u escapes by quote(): lone surrogates, the line breaks of other tools, and
 # control and format characters (json.dumps escapes the C0 ones itself).
-_ESCAPED = re.compile(f"[\ud800-\udfff\u2028\u2029{HIDDEN_CHARS}]")
+_ESCAPED = re.compile(f"[\ud800-\udfff{UNSEEN_CHARS}]")
 
 
 def u_escape(ch: str) -> str:

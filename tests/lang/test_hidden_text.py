@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from policyengine import Engine
 from policyengine.cli import main
 from policyengine.lang import PolicyError, ast, format_source, parse
-from policyengine.lang._source import HIDDEN
+from policyengine.lang._source import HIDDEN, LINE_BREAKS, UNSEEN, visible
 
 BIDI = ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068",
         "\u2069", "\u200e", "\u200f", "\u061c"]
@@ -33,6 +33,12 @@ def errors(text: str | bytes) -> list[tuple[str, int, int]]:
     with pytest.raises(PolicyError) as info:
         parse(text, "p.policy")
     return [(p.code, p.line, p.column) for p in info.value.errors]
+
+
+def parse_error(text: str) -> PolicyError:
+    with pytest.raises(PolicyError) as info:
+        parse(text, "p.policy")
+    return info.value
 
 
 def unshown(text: str) -> list[str]:
@@ -50,6 +56,26 @@ def test_the_class_is_every_control_and_format_character_but_tab_lf_cr() -> None
     assert not want - got, sorted(f"U+{ord(c):04X}" for c in want - got)
     assert got - want <= {chr(c) for c in range(0x13439, 0x13440)}
 
+
+
+def test_the_line_breaks_are_where_splitlines_breaks_but_at_lf() -> None:
+    """LINE_BREAKS (E013) is one definition the parser, quote() and visible() all read:
+    it is every character str.splitlines() ends a line at but "\\n", and UNSEEN (what
+    the parser looks for inside comments, strings and JSONPaths, and quote() escapes)
+    is HIDDEN with those of them that are no control character, never the "\\r"."""
+    everything = [chr(c) for c in range(sys.maxunicode + 1)]
+    assert set(LINE_BREAKS) == {ch for ch in everything
+                                if len(f"a{ch}b".splitlines()) == 2} - {"\n"}
+    hidden = {ch for ch in everything if HIDDEN.match(ch)}
+    assert {ch for ch in everything if UNSEEN.match(ch)} == \
+        (hidden | set(LINE_BREAKS)) - {"\r"}
+    for ch, name in LINE_BREAKS.items():
+        shown = visible(f"a{ch}b")
+        assert len(shown) == 3 and ch not in shown  # one column, never raw
+        text = f"role r: x:*  # a{ch}b\n"  # raw in a comment: E013 on it, named
+        (problem,) = parse_error(text).errors
+        assert (problem.code, problem.column) == ("E013", text.index(ch) + 1)
+        assert problem.message.startswith(f"a {name} (U+{ord(ch):04X})")
 
 # ---- the attacks -------------------------------------------------------------------------
 
