@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
 from policyengine.lang._schema import check_schemas
-from policyengine.lang._scripts import mixed_script, not_nfkc
+from policyengine.lang._scripts import latin_look_alike, mixed_script, not_nfkc
 from policyengine.lang._source import Problem, SourceSet
 from policyengine.money._money import MAX_AMOUNT  # the widest amount a literal may hold
 from policyengine.permissions import MAX_PRINCIPAL_ID, is_valid_pattern, pattern_subsumes
@@ -75,7 +75,11 @@ class _Ctx:
 def _look_alike(ctx: _Ctx, what: str, text: str, span: ast.Span) -> None:
     """W207: a string naming a principal or a resource whose word mixes scripts
     (``"\\u0430dmin"``: a Cyrillic a) names another id than the one a reader sees; W208:
-    one NFKC normalisation changes (``"\\uff41dmin"``: a fullwidth a) likewise."""
+    one NFKC normalisation changes (``"\\uff41dmin"``: a fullwidth a) likewise; W209: one
+    with a word wholly of Cyrillic or Greek letters that look Latin (``"\\u0440\\u0430"``
+    reads "pa"). An ASCII id (nearly every one) costs one isascii() here."""
+    if text.isascii():
+        return
     mixed = mixed_script(text)
     if mixed is not None:
         word, letters = mixed
@@ -90,6 +94,14 @@ def _look_alike(ctx: _Ctx, what: str, text: str, span: ast.Span) -> None:
         ctx.warn("W208", f"{what} {ast.quote(text)} changes under Unicode NFKC "
                  f"normalisation: {first}; it is not the id {ast.quote(norm)} it looks like",
                  span, f"write {ast.quote(norm)} (its NFKC form) if that is the id meant")
+    latin = latin_look_alike(text)
+    if latin is not None:
+        word, scripts, reads = latin
+        where = "is" if word == text else f"has the word \"{word}\""
+        ctx.warn("W209", f"{what} {ast.quote(text)} {where} written wholly in {scripts} "
+                 f"letters that look Latin: it reads as {ast.quote(reads)} and is not that id",
+                 span, f"write {ast.quote(reads)} if that is the id meant; a real {scripts} "
+                 "word keeps the warning, which tells a reader it is not Latin")
 
 
 def _reason(exc: ValueError) -> str:

@@ -1,5 +1,6 @@
-r"""Look-alike letters: a word of an identifier string that mixes scripts (W207), and an
-identifier string that Unicode's NFKC normalisation changes (W208).
+r"""Look-alike letters: a word of an identifier string that mixes scripts (W207), an
+identifier string that Unicode's NFKC normalisation changes (W208), and a word wholly
+of letters of another script that look Latin (W209).
 
 ``agent "\u0430dmin": superuser``, written with a Cyrillic a (U+0430) as it is, declares
 a principal that is not ``admin``, while a reviewer reads ``admin``. Names are ASCII
@@ -17,12 +18,17 @@ with a separate combining mark (``"nai\u0308ve"`` beside the precomposed ``"na\u
 are W208: NFKC changes the string, naming the first characters it changes and what they
 become. Text in any script as it is normally typed is NFKC-stable.
 
-Not caught: a word wholly of look-alikes of another script (``"\u0430\u0441\u0435"``,
-Cyrillic "ace"). A list of Cyrillic and Greek letters that look Latin would flag it, but
-also real words spelled only with such letters (Russian ``"\u0441\u0430\u0445\u0430\u0440"``
-"sugar", read "caxap"; Greek capitals ``"\u039a\u0391\u0399"`` "and", read "KAI"), so
-telling the attack from a Russian or Greek id needs Unicode's confusables data and the
-ids a reader expects, which a policy does not have.
+A word of one script can look Latin as a whole, with no letter out of place: Cyrillic
+``"\u0440\u0430\u0443\u0440\u0430\u04cf"`` reads "paypal", Greek ``"\u039a\u0391\u0399"``
+reads "KAI" (TS #39 calls such strings whole-script confusables). A word whose every
+letter is in :data:`LOOK_ALIKES` (the Cyrillic and Greek letters drawn like a Latin one
+in common fonts, a subset of Unicode's confusables data) is W209, and the message says
+the Latin it reads as. A real Russian or Greek word spelled only with such letters is
+warned about too (``"\u0441\u0430\u0445\u0430\u0440"``, "sugar", reads "caxap"), as a
+browser shows such a domain name as punycode: whether it is meant is for a reader to
+say; a word with one letter outside the table (``"\u0431\u043e\u0442"``) is not. Other
+scripts' look-alikes (Armenian, Cherokee...) and look-alikes inside Latin (``rn`` for
+``m``, ``l`` for ``I``) are out of the table's scope.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ from __future__ import annotations
 import json
 import unicodedata
 from collections import Counter
+from collections.abc import Mapping
+from types import MappingProxyType
 
-__all__ = ["mixed_script", "not_nfkc"]
+__all__ = ["LOOK_ALIKES", "latin_look_alike", "mixed_script", "not_nfkc"]
 
 #: Scripts one word may combine (TS #39, "highly restrictive").
 _TOGETHER = (frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
@@ -66,17 +74,23 @@ def script(ch: str) -> str | None:
     return None if first in _COMMON else first
 
 
-def _words(text: str) -> list[str]:
-    words, word = [], []
-    for ch in text:
+def _word_spans(text: str) -> list[tuple[int, int]]:
+    """Where the words of ``text`` are: runs of letters, marks and digits."""
+    spans, start = [], -1
+    for at, ch in enumerate(text):
         if unicodedata.category(ch)[0] in "LMN":
-            word.append(ch)
-        elif word:
-            words.append("".join(word))
-            word = []
-    if word:
-        words.append("".join(word))
-    return words
+            if start < 0:
+                start = at
+        elif start >= 0:
+            spans.append((start, at))
+            start = -1
+    if start >= 0:
+        spans.append((start, len(text)))
+    return spans
+
+
+def _words(text: str) -> list[str]:
+    return [text[start:end] for start, end in _word_spans(text)]
 
 
 def mixed_script(text: str) -> tuple[str, str] | None:
@@ -101,6 +115,61 @@ def mixed_script(text: str) -> tuple[str, str] | None:
         more = f" and {len(odd) - 3} more" if len(odd) > 3 else ""
         return word, f"{shown}{more} among {main} letters"
     return None
+
+
+#: Cyrillic and Greek letters drawn like a Latin letter in common fonts, and the Latin
+#: letter each reads as: W209's table (a word wholly of them looks Latin). Each is one of
+#: Unicode's confusables (TS #39, confusables.txt) of a Latin letter (the palochka's
+#: prototype there is "i", but undotted it reads as the "l" given here), taken only where
+#: the glyphs are alike in a sans-serif face: not Greek small alpha, iota, upsilon, gamma,
+#: which the data pairs with a, i, u, y. Only the two scripts most often seen beside Latin;
+#: no compatibility form (the lunate sigma symbols, which NFKC makes a sigma: W208).
+LOOK_ALIKES: Mapping[str, str] = MappingProxyType({
+    # Cyrillic small letters: a c d e h i j l o p q s v w x y y
+    "\u0430": "a", "\u0441": "c", "\u0501": "d", "\u0435": "e", "\u04bb": "h",
+    "\u0456": "i", "\u0458": "j", "\u04cf": "l", "\u043e": "o", "\u0440": "p",
+    "\u051b": "q", "\u0455": "s", "\u0475": "v", "\u051d": "w", "\u0445": "x",
+    "\u0443": "y", "\u04af": "y",
+    # Cyrillic capitals: A B C E H I I J K M O P S T V W X Y Y
+    "\u0410": "A", "\u0412": "B", "\u0421": "C", "\u0415": "E", "\u041d": "H",
+    "\u0406": "I", "\u04c0": "I", "\u0408": "J", "\u041a": "K", "\u041c": "M",
+    "\u041e": "O", "\u0420": "P", "\u0405": "S", "\u0422": "T", "\u0474": "V",
+    "\u051c": "W", "\u0425": "X", "\u0423": "Y", "\u04ae": "Y",
+    # Greek capitals: A B E H I J K M N O P T X Y Z
+    "\u0391": "A", "\u0392": "B", "\u0395": "E", "\u0397": "H", "\u0399": "I",
+    "\u037f": "J", "\u039a": "K", "\u039c": "M", "\u039d": "N", "\u039f": "O",
+    "\u03a1": "P", "\u03a4": "T", "\u03a7": "X", "\u03a5": "Y", "\u0396": "Z",
+    # Greek small letters: j o p v
+    "\u03f3": "j", "\u03bf": "o", "\u03c1": "p", "\u03bd": "v",
+})
+_AS_LATIN = str.maketrans(dict(LOOK_ALIKES))
+
+
+def latin_look_alike(text: str) -> tuple[str, str, str] | None:
+    """None unless a word of ``text`` has letters and every one is in
+    :data:`LOOK_ALIKES`; else that word (the first such), its scripts as a warning says
+    them (``Cyrillic``, ``Greek``, ``Cyrillic and Greek``) and ``text`` as a reader sees
+    it: every such word in the Latin letters it looks like (``"ops-paypal"``)."""
+    if text.isascii():
+        return None
+    found = [(start, end) for start, end in _word_spans(text)
+             if _wholly_look_alike(text[start:end])]
+    if not found:
+        return None
+    start, end = found[0]
+    word = text[start:end]
+    names = sorted({unicodedata.name(ch).split(" ")[0].title()
+                    for ch in word if ch in LOOK_ALIKES})
+    reads, at = [], 0
+    for start, end in found:
+        reads += [text[at:start], text[start:end].translate(_AS_LATIN)]
+        at = end
+    return word, " and ".join(names), "".join(reads) + text[at:]
+
+
+def _wholly_look_alike(word: str) -> bool:
+    letters = [ch for ch in word if unicodedata.category(ch).startswith("L")]
+    return bool(letters) and all(ch in LOOK_ALIKES for ch in letters)
 
 
 def _joins(ch: str) -> bool:

@@ -4,7 +4,10 @@
 that is not the ``admin`` a reviewer reads. Names are ASCII already (E001); ids are
 strings, where non-Latin letters are legitimate, so a word that mixes scripts is a
 warning (Unicode TS #39 "highly restrictive", approximated with the Unicode database),
-never an error: the policy loads and decides as before.
+never an error: the policy loads and decides as before. W208 is such a string that NFKC
+changes (fullwidth, mathematical letters); W209 one with a word wholly of Cyrillic or
+Greek letters that look Latin (``"\\u0440\\u0430\\u0443\\u0440\\u0430\\u04cf"`` reads
+"paypal"), which no letter out of place gives away.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from hypothesis import strategies as st
 from policyengine import Engine, PolicyError
 from policyengine.cli import main
 from policyengine.lang import ast
-from policyengine.lang._scripts import mixed_script, not_nfkc
+from policyengine.lang._scripts import LOOK_ALIKES, latin_look_alike, mixed_script, not_nfkc
 
 CYR_A = "\u0430"  # CYRILLIC SMALL LETTER A, as "a"
 ADMIN = CYR_A + "dmin"
@@ -125,12 +128,12 @@ def test_check_reports_it_and_werror_fails(tmp_path: Path,
 
 LATIN = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"),
                 min_size=1, max_size=12)
-LOOK_ALIKES = st.sampled_from("\u0430\u0435\u043e\u0440\u0441\u0445\u0443\u0456\u0391"
+ODD_LETTERS = st.sampled_from("\u0430\u0435\u043e\u0440\u0441\u0445\u0443\u0456\u0391"
                               "\u0392\u0395\u039f\u03bf\u03c1")
 
 
 @settings(max_examples=200, deadline=None)
-@given(word=LATIN, at=st.integers(0, 12), odd=LOOK_ALIKES)
+@given(word=LATIN, at=st.integers(0, 12), odd=ODD_LETTERS)
 def test_a_look_alike_inside_a_latin_word_is_always_found(word: str, at: int, odd: str
                                                          ) -> None:
     mixed = word[:at] + odd + word[at:]
@@ -241,7 +244,7 @@ def test_the_nfkc_message_names_the_first_change(ident: str, first: str, norm: s
     "admin", "бот", "Москва", "Αλέξης", "Ελληνικά", "山田", "山田taro", "東京タワー",
     "やまだ太郎", "がぎぐ", "서울Seoul", "한국어", "台北ㄅㄆ", "محمد", "שלום", "देवनागरी",
     "Nguyễn", "Müller", "ŁÓDŹ", "admin-бот", "bot_Ωμέγα", "\u02bcokina", "ไทย",
-    # A word wholly of look-alikes of Latin letters: not caught (docs/language.md).
+    # A word wholly of look-alikes of Latin letters: one script, NFKC-stable (it is W209).
     "\u0441\u0430\u0445\u0430\u0440", "\u039a\u0391\u0399",
 ])
 def test_text_as_normally_typed_in_any_script_is_not_warned_about(ident: str) -> None:
@@ -263,6 +266,7 @@ def test_an_ascii_id_declared_or_compared_is_never_warned_about(ident: str) -> N
     text = (HEAD + f'agent "{ident}": r\npermit p: x:read for agent "{ident}" '
             f'when principal.id != "{ident}"\n')
     assert warnings_of(text) == [] and nfkc_warnings_of(text) == []
+    assert latin_warnings_of(text) == []
 
 
 #: Every character NFKC changes on its own (compatibility forms, singletons such as the
@@ -291,3 +295,146 @@ def test_not_nfkc_is_exactly_a_change_under_nfkc(ident: str) -> None:
         named = found[0].split(" normalises to ")[0]
         codes = "".join(chr(int(c, 16)) for c in re.findall(r"\(U\+([0-9A-F]+)\)", named))
         assert codes in ident and unicodedata.normalize("NFKC", codes) != codes
+
+
+# -- W209: a word wholly of Cyrillic or Greek letters that look Latin ------------------
+
+PAYPAL = "\u0440\u0430\u0443\u0440\u0430\u04cf"  # Cyrillic er a u er a palochka: "paypal"
+
+
+def latin_warnings_of(text: str) -> list[tuple[int, int, str]]:
+    """(line, column, message) of each W209 of a policy (one with errors too)."""
+    try:
+        problems = Engine.from_source(text).warnings
+    except PolicyError as err:
+        problems = err.problems
+    return [(p.line, p.column, p.message) for p in problems if p.code == "W209"]
+
+
+def test_a_cyrillic_paypal_is_warned_about_and_still_decided_as_written() -> None:
+    text = HEAD + f'agent "{PAYPAL}": superuser\nagent "paypal": r\n'
+    assert latin_warnings_of(text) == [
+        (4, 7, f'agent id "{PAYPAL}" is written wholly in Cyrillic letters that look Latin: '
+               'it reads as "paypal" and is not that id')]
+    e = Engine.from_source(text)
+    assert [(w.code, w.hint) for w in e.warnings] == [
+        ("W209", 'write "paypal" if that is the id meant; a real Cyrillic word keeps the '
+                 "warning, which tells a reader it is not Latin")]
+    assert e.authorize(PAYPAL, "x:delete", {}).allowed  # a warning: nothing else changes
+    assert not e.authorize("paypal", "x:delete", {}).allowed
+
+
+@pytest.mark.parametrize(("statement", "column"), PLACES)
+@pytest.mark.parametrize("written", ["raw", "escape"])
+def test_every_place_a_string_names_an_id_is_checked_for_latin_look_alikes(
+        statement: str, column: int, written: str) -> None:
+    s = PAYPAL if written == "raw" else "".join(f"\\u{ord(c):04x}" for c in PAYPAL)
+    text = HEAD + 'agent "bob": r\n' * ("agent" not in statement) + statement.format(s=s)
+    found = latin_warnings_of(text + "\n")
+    last = text.count("\n") + 1
+    assert [(line, col) for line, col, _ in found] == [(last, column)], found
+    assert 'Cyrillic letters that look Latin: it reads as "paypal"' in found[0][2]
+
+
+@pytest.mark.parametrize("statement", [
+    'permit p: x:read when context.user == "{s}"',  # a context value: not an id
+    'agent "bob": r {{ nick = "{s}" }}',  # an attribute value
+])
+def test_latin_look_alikes_in_strings_that_name_no_principal_are_left_alone(
+        statement: str) -> None:
+    assert latin_warnings_of(HEAD + statement.format(s=PAYPAL) + "\n") == []
+
+
+@pytest.mark.parametrize(("ident", "where", "scripts", "reads"), [
+    (PAYPAL, "is", "Cyrillic", "paypal"),
+    ("\u0441\u0430\u0445\u0430\u0440", "is", "Cyrillic", "caxap"),  # also Russian "sugar"
+    ("\u0410\u0412\u0421\u0415\u041d\u0406\u04c0\u0408\u041a\u041c\u041e\u0420\u0405\u0422"
+     "\u0474\u051c\u0425\u0423\u04ae", "is", "Cyrillic", "ABCEHIIJKMOPSTVWXYY"),
+    ("\u039a\u0391\u0399", "is", "Greek", "KAI"),
+    ("\u03c1\u03bf\u03bd", "is", "Greek", "pov"),
+    ("\u0441\u039f\u0440", "is", "Cyrillic and Greek", "cOp"),  # (W207 too: two scripts)
+    ("\u0440\u0430\u0443\u0440\u0430\u04cf2", "is", "Cyrillic", "paypal2"),  # digits: any
+    ("\u0441\u043e\u0301\u0440", "is", "Cyrillic", "co\u0301p"),  # a mark goes along
+    (f"ops-{PAYPAL}", f'has the word "{PAYPAL}"', "Cyrillic", "ops-paypal"),
+    (f"{PAYPAL} \u0431\u043e\u0442 \u0441\u0435\u0440", f'has the word "{PAYPAL}"',
+     "Cyrillic", "paypal \u0431\u043e\u0442 cep"),  # every such word reads Latin
+    ("\u0431\u043e\u0442_\u0445\u043e\u0440", 'has the word "\u0445\u043e\u0440"',
+     "Cyrillic", "\u0431\u043e\u0442_xop"),  # (the o of the first word is left)
+])
+def test_the_latin_message_names_the_word_and_how_it_reads(ident: str, where: str,
+                                                           scripts: str, reads: str) -> None:
+    found = latin_look_alike(ident)
+    assert found is not None and found[1:] == (scripts, reads)
+    assert latin_warnings_of(HEAD + f"agent {ast.quote(ident)}: r\n") == [
+        (4, 7, f"agent id {ast.quote(ident)} {where} written wholly in {scripts} letters "
+               f"that look Latin: it reads as {ast.quote(reads)} and is not that id")]
+
+
+def test_a_look_alike_word_beside_a_mixed_one_is_both_warnings_in_order() -> None:
+    ident = f"p\u0430ypal-{PAYPAL}"  # a Cyrillic a among Latin letters, then a wholly one
+    e = Engine.from_source(HEAD + f"agent {ast.quote(ident)}: r\n")
+    assert [(w.code, w.line, w.column) for w in e.warnings if w.code != "W202"] == [
+        ("W207", 4, 7), ("W209", 4, 7)]  # (W202: role superuser is held by no agent)
+
+
+@pytest.mark.parametrize("ident", [
+    "admin", "\u0431\u043e\u0442", "\u041c\u043e\u0441\u043a\u0432\u0430", "\u0391\u03bb\u03ad"
+    "\u03be\u03b7\u03c2", "\u039a\u03b1\u03b9", "\u03ba\u03b1\u03b9", "\u0441\u0430\u0445"
+    "\u0430\u0440\u043e\u043a", "\u0440\u0430\u0443\u0440\u0430l", "admin-\u0431\u043e\u0442",
+    "山田", "محمد", "\u0565\u0585", "123", "\u0441\u0431-1",
+    "\u0440\u0430\u0443\u0440\u0430\u02bc",  # a modifier letter is no look-alike: not all
+])
+def test_a_word_with_a_letter_outside_the_table_is_not_a_latin_look_alike(ident: str
+                                                                          ) -> None:
+    assert latin_look_alike(ident) is None
+    assert latin_warnings_of(HEAD + f"agent {ast.quote(ident)}: r\n") == []
+
+
+def test_the_table_is_cyrillic_and_greek_letters_each_read_as_one_latin_letter() -> None:
+    for ch, latin in LOOK_ALIKES.items():
+        name = unicodedata.name(ch)
+        assert name.split(" ")[0] in ("CYRILLIC", "GREEK") and ch.isalpha(), name
+        assert len(latin) == 1 and latin.isascii() and latin.isalpha()
+        assert ch.isupper() == latin.isupper(), name  # a capital reads as a capital
+        assert unicodedata.normalize("NFKC", ch) == ch  # W208's business otherwise
+    assert len(set(LOOK_ALIKES.values())) >= 24  # most of the alphabet can be spelled
+    # docs/language.md lists the table, so its scope is what a user reads there
+    docs = (Path(__file__).parents[2] / "docs" / "language.md").read_text("utf-8")
+    scope = docs[docs.index("warning W209"):docs.index("Out of scope")]
+    assert f"a table of {len(LOOK_ALIKES)} letters" in scope
+    listed = [span.split(" ") for span in re.findall(r"`([^`]+)`", scope)]
+    assert {ch for letters in listed if all(len(x) == 1 for x in letters) and len(letters) > 1
+            for ch in letters} == set(LOOK_ALIKES)
+
+
+def test_check_reports_w209_with_its_position_and_werror_fails(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "p.policy"
+    path.write_text(f'role superuser: x:*\nagent "{PAYPAL}": superuser\n', "utf-8")
+    assert main(["check", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "ok: 1 file, 1 warning" in out
+    assert f"p.policy:2:7: warning[W209]: agent id \"{PAYPAL}\" is written wholly" in err
+    assert main(["check", str(path), "--werror"]) == 1
+
+
+TABLE_WORD = st.text(st.sampled_from(sorted(LOOK_ALIKES)), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(word=TABLE_WORD, before=st.sampled_from(["", "ops-", "team.", "7 ", "бот_"]),
+       after=st.sampled_from(["", "-bot", "@example", " 2", ".Αλέξης"]))
+def test_any_word_built_from_the_table_is_warned_about(word: str, before: str,
+                                                        after: str) -> None:
+    ident = before + word + after
+    found = latin_look_alike(ident)
+    assert found is not None
+    assert found[0] == word and found[2] == before + word.translate(
+        {ord(k): v for k, v in LOOK_ALIKES.items()}) + after
+    assert len(latin_warnings_of(HEAD + f"agent {ast.quote(ident)}: r\n")) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(ident=st.text(st.characters(max_codepoint=0x7F), max_size=20))
+def test_ascii_is_never_a_latin_look_alike(ident: str) -> None:
+    assert latin_look_alike(ident) is None
