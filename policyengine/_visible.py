@@ -101,10 +101,12 @@ def say(text: str = "", *, file: TextIO | None = None) -> None:
 def error_line(command: str, code: str, message: str) -> str:
     """How the command line reports an error, every command alike: one line,
     ``policyengine COMMAND: error: CODE: MESSAGE`` (``COMMAND`` with its sub-command:
-    ``token mint``, ``log verify``), as argparse's usage errors read
-    (docs/errors.md, "Command line"). A policy file's problems are reported otherwise,
-    compiler-style (``FILE:LINE:COLUMN: error[E...]``)."""
-    return one_line(f"policyengine {command}: error: {code}: {message}")
+    ``token mint``, ``log verify``; ``""`` for an error of no command, a mistyped one:
+    ``policyengine: error: ...``), as argparse's usage errors read (docs/errors.md,
+    "Command line"). A policy file's problems are reported otherwise, compiler-style
+    (``FILE:LINE:COLUMN: error[E...]``)."""
+    where = f"policyengine {command}" if command else "policyengine"
+    return one_line(f"{where}: error: {code}: {message}")
 
 
 def say_error(command: str, code: str, message: str) -> None:

@@ -123,10 +123,12 @@ class _Parser(argparse.ArgumentParser):
         return f"argument {found['name']}: {value!r} is not one of {', '.join(choices)}{hint}"
 
     def error(self, message: str) -> NoReturn:
-        # One line, whatever argparse's message echoes of the command line (an unknown
-        # option as typed, a value): one_line shows a line feed or a tab in it.
-        say(one_line(f"{self.prog}: error: usage_error: {self._explain(message)}; see "
-                     f"'{self.prog} --help'"), file=sys.stderr)
+        # The error line every command prints (say_error: one line, whatever argparse's
+        # message echoes of the command line, an unknown option as typed or a value),
+        # for the command this parser is: its prog after "policyengine" ("token mint";
+        # "" for the top level's own errors, a mistyped command).
+        say_error(self.prog.partition(" ")[2], "usage_error",
+                  f"{self._explain(message)}; see '{self.prog} --help'")
         sys.exit(2)
 
 
