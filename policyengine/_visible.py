@@ -23,8 +23,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TextIO
 
+from policyengine.errors import PolicyEngineError
+
 __all__ = ["HIDDEN", "HIDDEN_CHARS", "LINE_BREAKS", "UNSEEN", "UNSEEN_CHARS", "error_line",
-           "one_line", "say", "say_error", "visible"]
+           "error_of", "one_line", "say", "say_error", "visible"]
 
 #: Characters that change what a reader sees without being seen themselves ("Trojan
 #: Source", CVE-2021-42574), as a regex class body: every control character (Unicode
@@ -107,6 +109,18 @@ def error_line(command: str, code: str, message: str) -> str:
     (``FILE:LINE:COLUMN: error[E...]``)."""
     where = f"policyengine {command}" if command else "policyengine"
     return one_line(f"{where}: error: {code}: {message}")
+
+
+def error_of(exc: BaseException) -> tuple[str, str]:
+    """The code and message of an :func:`error_line` for a failure that stops a command
+    (``eval``'s bad request, ``serve``'s unreadable file), one table for every command so
+    each names the same failure alike: a ``PolicyEngineError``'s own; ``io_error`` for a
+    file error of the operating system (``OSError``: a file that could not be read or
+    written); ``usage_error`` for any other (bad input a library refused with a
+    ``ValueError``)."""
+    if isinstance(exc, PolicyEngineError):
+        return exc.code, exc.message
+    return ("io_error" if isinstance(exc, OSError) else "usage_error"), str(exc)
 
 
 def say_error(command: str, code: str, message: str) -> None:

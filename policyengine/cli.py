@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from policyengine._visible import one_line, say, say_error
+from policyengine._visible import error_of, one_line, say, say_error
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import PolicyError, Problem
 
@@ -370,10 +370,8 @@ def _eval(args: argparse.Namespace) -> int:
         say_error(args.command, exc.code, f"--store: {exc.message}")
         return 2
     except (ValueError, OSError) as exc:
-        code = exc.code if isinstance(exc, PolicyEngineError) else (
-            "io_error" if isinstance(exc, OSError) else "usage_error")
-        say_error(args.command, code, f"bad request: "
-                  f"{exc.message if isinstance(exc, PolicyEngineError) else exc}")
+        code, message = error_of(exc)
+        say_error(args.command, code, f"bad request: {message}")
         return 2
     explaining = args.command == "explain"
     if req.get("transport"):  # a tool call: the tool-authorize request fields

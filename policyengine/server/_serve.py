@@ -20,7 +20,7 @@ import socket
 import sys
 from typing import Any
 
-from policyengine._visible import say, say_error
+from policyengine._visible import error_of, say, say_error
 
 __all__ = ["register"]
 
@@ -30,13 +30,10 @@ def _usage(message: str) -> None:
 
 
 def _failed(exc: Exception) -> None:
-    """The line of an error that stops serve (exit status 1): its code, or io_error for
-    a file the operating system would not read."""
-    from policyengine.errors import PolicyEngineError
-    if isinstance(exc, PolicyEngineError):
-        say_error("serve", exc.code, exc.message)
-    else:
-        say_error("serve", "io_error", str(exc))
+    """The line of an error that stops serve (exit status 1), coded as every command
+    codes it (:func:`policyengine._visible.error_of`: its code, or io_error for a file the
+    operating system would not read)."""
+    say_error("serve", *error_of(exc))
 
 
 def _number(low: int, high: int | None = None) -> Any:

@@ -1,6 +1,7 @@
 """Every error line of the command line reads one way,
 ``policyengine COMMAND: error: CODE: MESSAGE`` (serve's own errors read ``serve: CODE``
-beside its usage errors' ``policyengine serve: error: usage_error``); a missing or
+beside its usage errors' ``policyengine serve: error: usage_error``), and a failure that
+stops ``eval`` and ``serve`` is coded alike by both; a missing or
 unreadable policy path is E010 at no fake ``:1:1`` position; ``diff`` reports the
 problems of both versions before it stops."""
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+
+import policyengine as pe
 
 BROKEN = 'role r: docs:*\nagent "bot": rr\n'
 LINE = re.compile(r"policyengine [a-z]+( [a-z]+)?: error: [a-z_]+: \S")
@@ -56,6 +59,36 @@ def test_every_error_line_reads_the_same(capsys: pytest.CaptureFixture[str],
     assert (code, out) == (status, ""), err
     assert err.startswith(start), err
     assert LINE.match(err) and len(err.splitlines()) == 1, err
+
+
+class _RefusedError(pe.PolicyEngineError, ValueError):
+    """An error of the package that is also a ValueError (as MoneyError is)."""
+
+
+@pytest.mark.parametrize(("exc", "code", "message"), [
+    (PermissionError(13, "Permission denied", "p.policy"), "io_error",
+     "[Errno 13] Permission denied: 'p.policy'"),
+    (_RefusedError("some_code", "what was refused"), "some_code", "what was refused"),
+    (ValueError("not a value"), "usage_error", "not a value"),
+])
+def test_eval_and_serve_code_a_failure_alike(capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             exc: Exception, code: str, message: str) -> None:
+    """A failure loading the policy is coded by one table (an error of the package by
+    its own code, a file error of the operating system io_error, other bad input
+    usage_error), whichever command meets it: serve (which stops on the first two only;
+    the third is no failure it expects) as eval."""
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise exc
+    monkeypatch.setattr(pe.Engine, "from_path", fail)
+    status, out, err = run_cli(capsys, ["eval", "p.policy", "--principal", "bot",
+                                    "--permission", "docs:read"])
+    assert (status, out, err) == (
+        2, "", f"policyengine eval: error: {code}: bad request: {message}\n")
+    if isinstance(exc, (OSError, pe.PolicyEngineError)):
+        pytest.importorskip("uvicorn")
+        status, out, err = run_cli(capsys, ["serve", "p.policy"])
+        assert (status, out, err) == (1, "", f"policyengine serve: error: {code}: {message}\n")
 
 
 # ------------------------------------------------------------------- E010 at no position
