@@ -95,6 +95,15 @@ def _tenant_text(where: str, value: object) -> None:
     _store_text(where, value)
 
 
+#: The sections of named secrets (``{"name", "secretHash"}`` entries) -> the optional keys
+#: an entry of it may have beside those: what sets the sections apart is data here, read
+#: by the one loop that checks them (a new optional key is a new entry, not a branch).
+_NAMED_SECTIONS: dict[str, tuple[str, ...]] = {
+    "admins": (),
+    "authzenClients": ("tenant",),  # the partition its evaluations count in
+}
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -269,22 +278,23 @@ class Credentials:
             agents.append(AgentCredential(item["clientId"], item["secretHash"], item["agent"],
                                           tuple(perms), item.get("ingestKeyHash"),
                                           item.get("tenant")))
-        named: dict[str, dict[str, str]] = {"admins": {}, "authzenClients": {}}
-        authzen_tenants: dict[str, str] = {}
-        for kind, table in named.items():
-            extra = {"tenant"} if kind == "authzenClients" else set()
+        # admins and authzenClients: named secrets (name -> hash) and, where the section
+        # takes one, each name's tenant (name -> tenant).
+        named: dict[str, dict[str, str]] = {kind: {} for kind in _NAMED_SECTIONS}
+        tenants: dict[str, dict[str, str]] = {kind: {} for kind in _NAMED_SECTIONS}
+        for kind, optional in _NAMED_SECTIONS.items():
+            shape = ("{\"name\", \"secretHash\""
+                     + "".join(f", \"{key}\"?" for key in optional) + "}")
             for n, item in enumerate(data.get(kind, [])):
                 if not isinstance(item, dict) or not {"name", "secretHash"} <= set(
-                        item) or set(item) - {"name", "secretHash", *extra} or type(
+                        item) or set(item) - {"name", "secretHash", *optional} or type(
                         item["name"]) is not str:
-                    raise CredentialsError(f"an entry of {kind} is "
-                                           "{\"name\", \"secretHash\""
-                                           + (", \"tenant\"?}" if extra else "}"))
+                    raise CredentialsError(f"an entry of {kind} is {shape}")
                 _parse_hash(item["secretHash"])
-                table[item["name"]] = item["secretHash"]
+                named[kind][item["name"]] = item["secretHash"]
                 if "tenant" in item:
                     _tenant_text(f"{kind}[{n}].tenant", item["tenant"])
-                    authzen_tenants[item["name"]] = item["tenant"]
+                    tenants[kind][item["name"]] = item["tenant"]
         api_keys = []
         for n, item in enumerate(data.get("apiKeys", [])):
             if not isinstance(item, dict) or not {"name", "keyHash", "agent"} <= set(
@@ -311,7 +321,7 @@ class Credentials:
             _parse_hash(item["keyHash"])
             cycles.append(CyclesKey(item["name"], item["keyHash"], item["tenant"]))
         return cls(tuple(agents), named["admins"], named["authzenClients"], tuple(api_keys),
-                   tuple(cycles), authzen_tenants)
+                   tuple(cycles), tenants["authzenClients"])
 
     def check_client(self, client_id: str, secret: str) -> AgentCredential | None:
         """The agent whose client credentials these are, or None (same work either way)."""
