@@ -562,17 +562,20 @@ class CyclesWire:
                 takes.append(self._to_wire(line.committed, proto[1]))
         return cm.AmountOut(unit=unit, amount=min(takes, default=0))  # type: ignore[arg-type]
 
-    def _owned(self, key: CyclesKey, reservation_id: str) -> pb.Reservation:
-        """The reservation, if it is this key's: made on this wire (its note is this
-        wire's) for the key's tenant. Any other (another tenant's, or a hold another wire
-        made: an actguard run's, an agent-ledger batch's) does not exist for this key: 404
-        ``NOT_FOUND`` with the very answer of an id never made, so an id is no oracle of
-        another tenant's or wire's reservations, and only the wire that made a
-        reservation reads or ends it (else that wire's own settle would be lost)."""
+    def _owned(self, key: CyclesKey, reservation_id: str
+               ) -> tuple[pb.Reservation, dict[str, Any]]:
+        """The reservation, if it is this key's, and the create request its note keeps:
+        made on this wire (its note is this wire's) for the key's tenant. Any other
+        (another tenant's, or a hold another wire made: an actguard run's, an
+        agent-ledger batch's) does not exist for this key: 404 ``NOT_FOUND`` with the
+        very answer of an id never made, so an id is no oracle of another tenant's or
+        wire's reservations, and only the wire that made a reservation reads or ends it
+        (else that wire's own settle would be lost)."""
         r = self.ledger.get(reservation_id)
-        if r.tenant != key.tenant or _asked_of(r) is None:
+        asked = _asked_of(r) if r.tenant == key.tenant else None
+        if asked is None:
             raise unknown_reservation(reservation_id)
-        return r
+        return r, asked
 
     def _check_owner(self, key: CyclesKey, reservation_id: str) -> None:
         """:meth:`_owned` before a commit, release or extend. A reservation's tenant never
@@ -762,26 +765,24 @@ class CyclesWire:
 
     def get(self, req: Request) -> Reply:
         key = self._key(req)
-        r = self._owned(key, req.params[0])
-        return self._reply(200, _dump(_DETAIL_OUT, self._detail(r)), key.tenant)
+        r, asked = self._owned(key, req.params[0])
+        return self._reply(200, _dump(_DETAIL_OUT, self._detail(r, asked)), key.tenant)
 
-    def _asked(self, r: pb.Reservation) -> tuple[cm.SubjectOut, cm.ActionOut, list[str],
-                                                  str | None, dict[str, Any] | None]:
+    def _asked(self, r: pb.Reservation, asked: dict[str, Any]
+               ) -> tuple[cm.SubjectOut, cm.ActionOut, list[str], str | None,
+                          dict[str, Any] | None]:
         """The subject, action, scopes, idempotency key and metadata a reservation was
-        asked with, from its note (the create request, kept in the ledger). Only a
-        reservation made over this wire is shown (:meth:`_owned` for GET, ``wanted`` for
-        the listing); any other is the 404 of an id never made, here too."""
-        asked = _asked_of(r)
-        if asked is None:
-            raise unknown_reservation(r.id)
+        asked with, from ``asked``, the create request its note keeps (:func:`_asked_of`).
+        Only a reservation made over this wire is shown, so its note is at hand:
+        :meth:`_owned` (GET) and ``wanted`` (the listing) read it, and give it here."""
         tenant = r.tenant or ""
         subject = cm.SubjectOut.model_validate({**asked["s"], "tenant": tenant})
         action = cm.ActionOut.model_validate(asked["a"])
         return (subject, action, self._scopes(subject, tenant), asked.get("k"),
                 asked.get("m"))
 
-    def _detail(self, r: pb.Reservation) -> cm.ReservationDetail:
-        subject, action, scopes, idem, metadata = self._asked(r)
+    def _detail(self, r: pb.Reservation, asked: dict[str, Any]) -> cm.ReservationDetail:
+        subject, action, scopes, idem, metadata = self._asked(r, asked)
         reserved = self._amount_out(r.amount, r.unit) or cm.AmountOut(unit="TOKENS", amount=0)
         finalized = r.finalized_at if r.status in ("committed", "released") else None
         return cm.ReservationDetail(
@@ -792,8 +793,8 @@ class CyclesWire:
             finalized_at_ms=None if finalized is None else self._ms(finalized),
             scope_path="/".join(scopes), affected_scopes=scopes, metadata=metadata)
 
-    def _summary(self, r: pb.Reservation) -> cm.ReservationSummary:
-        subject, action, scopes, idem, _ = self._asked(r)
+    def _summary(self, r: pb.Reservation, asked: dict[str, Any]) -> cm.ReservationSummary:
+        subject, action, scopes, idem, _ = self._asked(r, asked)
         reserved = self._amount_out(r.amount, r.unit) or cm.AmountOut(unit="TOKENS", amount=0)
         return cm.ReservationSummary(
             reservation_id=r.id, status=_STATUS.get(r.status, "EXPIRED"),  # type: ignore[arg-type]
@@ -827,6 +828,7 @@ class CyclesWire:
             raise _CyclesRefusalError(400, "INVALID_REQUEST", "idempotency_key must be 1 to 256 "
                                       "characters")
         cursor = query.get("cursor")
+        notes: dict[str, dict[str, Any]] = {}  # a wanted reservation's id -> its note
 
         def wanted(r: pb.Reservation) -> bool:
             asked = _asked_of(r)
@@ -851,6 +853,7 @@ class CyclesWire:
                 at_ms = self._ms(at)
                 if (at_ms < bound) if name.endswith("from") else (at_ms > bound):
                     return False
+            notes[r.id] = asked
             return True
 
         ledger_status = None if status is None else _LEDGER_STATUS[status]
@@ -870,7 +873,7 @@ class CyclesWire:
                 raise _CyclesRefusalError(400, "INVALID_REQUEST", exc.message,
                                           {"code": exc.code}) from None
         out = cm.ReservationListResponse(
-            reservations=[self._summary(r) for r in page.reservations],
+            reservations=[self._summary(r, notes[r.id]) for r in page.reservations],
             has_more=page.cursor is not None, next_cursor=page.cursor)
         return self._reply(200, _dump(_LIST_OUT, out), key.tenant)
 
