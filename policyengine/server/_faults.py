@@ -9,6 +9,19 @@ Every wire's refusal renderer and decision answer passes through here, and so do
 routes that raise a store's outage themselves (a revocation store that cannot verify a
 grant, an approval store that cannot answer): :data:`FAULT_MESSAGES` is the one place a
 store fault's public text is written.
+
+One code is told by its fixed message in a refusal only, never in a decision:
+``approval_store_error`` (the approval routes' 503). This is on purpose. Its text is
+made safe where it is made, not here: the engine writes a decision's reason for it (or
+a ``pending_approval`` diagnostic's message) without the store's text, naming the step
+that failed and the driver's exception type or a shared store's own code ("cannot
+record the approval: ConnectionError"; the shared stores' own ``approval_store_error``
+names the type only, ``decide._shared_approvals``), and the decision log keeps the same
+words. So the fixed message would hide nothing and tell the agent less: tracengent
+shows that reason to the user (tests/server/test_tracengent_approval_outage.py), who
+learns the request was never recorded, not merely that a store was down. (A custom
+store that raises an ``ApprovalError`` of its own is told in its author's words, as for
+every approval code.)
 """
 
 from __future__ import annotations
@@ -33,9 +46,8 @@ FAULT_MESSAGES = {
     "approval_store_error": "the approval store is unavailable; retry",
 }
 
-#: The faults a decision is told of by the fixed message. Not ``approval_store_error``: a
-#: decision's reason for it names the driver's exception type, never the store's text
-#: (``decide._shared_approvals``), and says which step could not be recorded.
+#: The faults a decision is told of by the fixed message: all but ``approval_store_error``,
+#: whose reason the engine already writes without the store's text (module docstring).
 _DECISION_FAULTS = frozenset(FAULT_MESSAGES) - {"approval_store_error"}
 
 
@@ -52,7 +64,9 @@ def public_message(code: str, message: str) -> str:
 def public_reason(code: str, reason: str, diagnostic_codes: Iterable[str]) -> str:
     """A decision's reason for a client: the fixed message of its store fault when its
     code or one of its diagnostics' is one (a token refused because the revocation store
-    failed is ``invalid_token`` with a ``revocation_unavailable`` diagnostic)."""
+    failed is ``invalid_token`` with a ``revocation_unavailable`` diagnostic). A reason
+    for ``approval_store_error`` is kept as the engine wrote it: it never holds the
+    store's text, and says which step failed (module docstring)."""
     fault = code if code in _DECISION_FAULTS else next(
         (c for c in diagnostic_codes if c in _DECISION_FAULTS), None)
     if fault is None:
