@@ -501,11 +501,9 @@ class BudgetCheck:
         allowed. What ``authorize`` reports of the shadow budgets (docs/budgets.md)."""
         out = []
         for b, line, use in self._rows:
-            room = b.limit - use.spent - use.reserved
-            if use.spent > b.limit:
-                out.append((b.id, "debt_outstanding"))
-            elif line.amount > room or room <= 0:
-                out.append((b.id, "budget_exceeded"))
+            code = _refusal(b.limit, use.spent, use.reserved, line.amount)
+            if code is not None:
+                out.append((b.id, code))
         return tuple(out)
 
     @property
@@ -748,7 +746,38 @@ def _usage(budget: _Budget, line: Line, use: Usage) -> BudgetUsage:
                        None if line.rolling else line.window_end)
 
 
-def _exceeded(code: str, budget: _Budget, line: Line, use: Usage, attempted: int) -> BudgetExceeded:
+def _refusal(limit: int, spent: int, reserved: int, amount: int, exhausted: bool = True
+             ) -> str | None:
+    """The ledger's one refusal rule: the code a bucket with ``spent`` and ``reserved``
+    (quanta) under ``limit`` refuses a spend of ``amount`` quanta with, or None when it
+    takes it. Debt (``spent`` past ``limit``) refuses anything (``debt_outstanding``);
+    so does a spend the room left does not hold (``budget_exceeded``); ``exhausted``
+    (what ``authorize`` asks: :meth:`Ledger.admit` and its fast paths,
+    :attr:`BudgetCheck.refusals`) also refuses any spend, a zero one too, once no room
+    is left, while :meth:`Ledger.check`, the dry run of a reserve, takes a zero spend
+    that fits exactly, as the store's guard (``spent + reserved + add <= ceiling``)
+    does. Every read-only answer of the ledger asks this one function, so the paths
+    cannot drift apart (they were seven copies of it)."""
+    if spent > limit:
+        return "debt_outstanding"
+    room = limit - spent - reserved
+    if amount > room or (exhausted and room <= 0):
+        return "budget_exceeded"
+    return None
+
+
+def _over_code(over: str) -> str:
+    """The code a write refused by a budget's guard gives: past the overdraft under
+    ``allow_with_overdraft``, else past the limit (debt is ``debt_outstanding``,
+    whatever the overage: :meth:`Ledger._failed`)."""
+    return "overdraft_limit_exceeded" if over == "allow_with_overdraft" else "budget_exceeded"
+
+
+def _exceeded(code: str, budget: _Budget, line: Line, use: Usage, attempted: int,
+              note: str = "") -> BudgetExceeded:
+    """The refusal of ``budget`` as an error: its ``code``, the message that says why and
+    the wire's details, built once here for every refusing path (``note``: what the
+    caller adds to the message, as a commit over its hold does)."""
     d = _details(budget, line, use, attempted)
     if code == "debt_outstanding":
         msg = (
@@ -768,7 +797,7 @@ def _exceeded(code: str, budget: _Budget, line: Line, use: Usage, attempted: int
             f"not fit (limit {d['limit']}, spent {d['spent']}, reserved {d['reserved']}, "
             f"remaining {d['remaining']}); the window ends {d['windowEnd'] or 'on a rolling basis'}"
         )
-    return BudgetExceeded(code, msg, d)
+    return BudgetExceeded(code, msg + note, d)
 
 
 def _name(value: object, what: str, optional: bool = False) -> str | None:
@@ -1058,10 +1087,9 @@ class Ledger:
         usages = self.store.usage(tuple(buckets), now)
         rows = list(zip(budgets, lines, usages, strict=True))
         for i, (b, line, use) in enumerate(rows):
-            if use.spent > b.limit:
-                return BudgetCheck(self, rows, "debt_outstanding", i)
-            if use.spent + use.reserved + line.amount > b.limit:
-                return BudgetCheck(self, rows, "budget_exceeded", i)
+            code = _refusal(b.limit, use.spent, use.reserved, line.amount, False)
+            if code is not None:
+                return BudgetCheck(self, rows, code, i)
         return BudgetCheck(self, rows, None, -1)
 
     def admit(
@@ -1108,11 +1136,9 @@ class Ledger:
         usages = self.store.usage(tuple(buckets), now)
         rows = list(zip(budgets, lines, usages, strict=True))
         for i, (b, line, use) in enumerate(rows):
-            if use.spent > b.limit:
-                return BudgetCheck(self, rows, "debt_outstanding", i)
-            room = b.limit - use.spent - use.reserved
-            if line.amount > room or room <= 0:
-                return BudgetCheck(self, rows, "budget_exceeded", i)
+            code = _refusal(b.limit, use.spent, use.reserved, line.amount)
+            if code is not None:
+                return BudgetCheck(self, rows, code, i)
         return BudgetCheck(self, rows, None, -1)
 
     def admission(
@@ -1166,11 +1192,8 @@ class Ledger:
                 end = None  # type: ignore[assignment]
             spent, reserved = self.store.usage((bucket,), now)[0]
             limit = b.limit
-            room = limit - spent - reserved
-            code = ("debt_outstanding" if spent > limit else
-                    "budget_exceeded" if q > room or room <= 0 else None)
-            return code, budget_usage((b.id, subject, b.unit, end, b.scale, limit, spent,
-                                       reserved, q))
+            return _refusal(limit, spent, reserved, q), budget_usage((
+                b.id, subject, b.unit, end, b.scale, limit, spent, reserved, q))
         amounts: list[int] = []
         buckets: list[Bucket] = []
         for b, mode, subject, _start, _end, bucket in targets:
@@ -1182,13 +1205,9 @@ class Ledger:
         code = None
         index = 0
         for i, use in enumerate(usages):
-            limit = targets[i][0].limit
-            if use.spent > limit:
-                code, index = "debt_outstanding", i
-                break
-            room = limit - use.spent - use.reserved
-            if amounts[i] > room or room <= 0:
-                code, index = "budget_exceeded", i
+            code = _refusal(targets[i][0].limit, use.spent, use.reserved, amounts[i])
+            if code is not None:
+                index = i
                 break
         else:  # the tightest: least room left after this spend
             best = None
@@ -1238,10 +1257,8 @@ class Ledger:
                 lean[6] = (text, q)  # one slot, replaced whole: a reader sees both or neither
             spent, reserved = self._read_one(lean[4], now)
             bid, subject, bunit, end, scale, limit = lean[5]
-            room = limit - spent - reserved
-            return ("debt_outstanding" if spent > limit else
-                    "budget_exceeded" if q > room or room <= 0 else None), (
-                        bid, subject, bunit, end, scale, limit, spent, reserved, q)
+            return _refusal(limit, spent, reserved, q), (
+                bid, subject, bunit, end, scale, limit, spent, reserved, q)
         return self.admission(principal, permission, amount, unit)
 
     def admission_text(self, principal: str, permission: str, text: str, unit: str
@@ -1274,10 +1291,8 @@ class Ledger:
         else:
             spent, reserved = self._read_one(lean[4], now)
         bid, subject, bunit, end, scale, limit = lean[5]
-        room = limit - spent - reserved
-        return ("debt_outstanding" if spent > limit else
-                "budget_exceeded" if q > room or room <= 0 else None), (
-                    bid, subject, bunit, end, scale, limit, spent, reserved, q)
+        return _refusal(limit, spent, reserved, q), (
+            bid, subject, bunit, end, scale, limit, spent, reserved, q)
 
     def _lean_entry(self, principal: str, permission: str, unit: str | None, now: float
                     ) -> list[Any] | None:
@@ -1544,8 +1559,7 @@ class Ledger:
         )
         if outcome.ok:
             return self._view(record, now)
-        code = "overdraft_limit_exceeded" if over == "allow_with_overdraft" else "budget_exceeded"
-        return self._failed(outcome, lines, budgets, idem, now, code)
+        return self._failed(outcome, lines, budgets, idem, now, _over_code(over))
 
     def commit(
         self,
@@ -1647,13 +1661,9 @@ class Ledger:
             if over == "reject":
                 bucket = _bucket(line, budget, now)
                 use = self.store.usage((bucket,), now)[0]
-                err = _exceeded("budget_exceeded", budget, line, use, actual)
-                err.message = err.args[0] + (
-                    f"; commit {_fmt(actual, budget.scale)} exceeds the reserved "
-                    f"{_fmt(line.amount, budget.scale)} and overage is 'reject'"
-                )
-                err.args = (err.message,)
-                raise err
+                raise _exceeded("budget_exceeded", budget, line, use, actual,
+                                f"; commit {_fmt(actual, budget.scale)} exceeds the reserved "
+                                f"{_fmt(line.amount, budget.scale)} and overage is 'reject'")
             ceiling = budget.ceiling if over == "allow_with_overdraft" else budget.limit
             guards.append(Guard(_bucket(line, budget, now), actual, ceiling, None))
             guard_lines.append((line, budget))
@@ -1676,11 +1686,10 @@ class Ledger:
         )
         if outcome.ok:
             return Reservation(final, self._meta, now, self._hidden)  # _view, inlined
-        code = "overdraft_limit_exceeded" if over == "allow_with_overdraft" else "budget_exceeded"
         lines = [gl[0] for gl in guard_lines]
         budgets = [gl[1] for gl in guard_lines]
-        return self._failed(outcome, lines, budgets, idem, now, code,  # type: ignore[arg-type]
-                            [g.add for g in guards])
+        return self._failed(outcome, lines, budgets, idem, now,  # type: ignore[arg-type]
+                            _over_code(over), [g.add for g in guards])
 
     def _record_capped(self, record: ReservationRecord, lines: list[Line],
                        shadow: tuple[Line, ...], budgets: list[_Budget],

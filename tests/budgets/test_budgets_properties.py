@@ -588,3 +588,99 @@ def test_the_budget_steps_steady_state_sees_housekeeping_done_for_another_read()
     assert check.code is None  # the hold is gone for good
     assert _lean_text_check(ledger, parsed, "a1", "40", "EUR") == (
         None, check.usage.to_wire() if check.usage is not None else None)
+
+
+# ---- one refusal rule: every path that decides a refusal answers as it did ---------------
+
+RULE_SPECS = [
+    BudgetSpec("r.day", ("pay:*",), Decimal("100"), "EUR", "day", subject="agent",
+               overdraft_limit=Decimal("50")),
+    BudgetSpec("r.team", ("pay:*",), Decimal("150"), "EUR", "month", subject="tenant",
+               overdraft_limit=Decimal("50")),
+    BudgetSpec("r.calls", ("pay:send",), Decimal("4"), "calls", "day", subject="agent"),
+    BudgetSpec("r.roll", ("pay:send",), Decimal("60"), "EUR", "rolling",
+               rolling_seconds=3600, subject="agent", overdraft_limit=Decimal("50")),
+    BudgetSpec("r.toks", ("pay:*",), Decimal("10"), "tokens", "day", subject="agent"),
+]
+RULE_AMOUNTS = st.sampled_from([0, 1, 10, 20, 40, 50, 59, 60, 61, 99, 100, 101, 150])
+
+
+def _old_rule(rows: list[dict[str, Any]], exhausted: bool) -> list[tuple[str, str]]:
+    """The rule as each path wrote it before it was one function: ``check`` (the dry run
+    of a reserve) ``spent > limit`` then ``spent + reserved + attempted > limit``;
+    ``admit``, its fast paths and ``refusals`` also ``room <= 0``. Every refusing
+    budget, in order, with its code."""
+    out = []
+    for row in rows:
+        limit, spent = Decimal(row["limit"]), Decimal(row["spent"])
+        reserved, attempted = Decimal(row["reserved"]), Decimal(row["attempted"])
+        room = limit - spent - reserved
+        if spent > limit:
+            out.append((row["budget"], "debt_outstanding"))
+        elif (attempted > room or room <= 0) if exhausted else (
+                spent + reserved + attempted > limit):
+            out.append((row["budget"], "budget_exceeded"))
+    return out
+
+
+RULE_WHO = (st.sampled_from(["a1", "a2"]), st.sampled_from(["pay:send", "pay:view"]))
+RULE_TENANT = st.sampled_from([None, "acme"])
+
+
+@given(steps=st.lists(st.one_of(
+    st.tuples(st.sampled_from(["ask", "hold"]), *RULE_WHO, RULE_AMOUNTS, RULE_TENANT),
+    # spent past a limit (debt, up to its overdraft) as often as not
+    st.tuples(st.just("spend"), *RULE_WHO, st.sampled_from([20, 50, 60, 100, 101, 150]),
+              RULE_TENANT),
+    st.tuples(st.just("wait"), st.just(""), st.just(""), st.sampled_from([1, 10, 61]),
+              st.just(None))), min_size=1, max_size=25))
+@example(steps=[("spend", "a1", "pay:send", 100, None), ("ask", "a1", "pay:send", 0, None)])
+@example(steps=[("spend", "a1", "pay:view", 150, None), ("ask", "a1", "pay:view", 0, None)])
+@example(steps=[("spend", "a1", "pay:send", 101, "acme"), ("ask", "a1", "pay:send", 1, None),
+                ("ask", "a1", "pay:view", 0, "acme")])
+@settings(max_examples=150, deadline=None)
+def test_every_path_refuses_by_the_one_rule(
+        steps: list[tuple[str, str, str, int, str | None]]) -> None:
+    """``check``, ``admit`` (and its ``refusals``), ``admission``, ``admission_of`` and
+    the write of a ``reserve`` (the store's guard) each decide a refusal as they did when
+    each wrote the rule out itself: the old rules, an oracle here, over every covering
+    budget's numbers; buckets held, spent past the limit (debt), exactly full (a zero
+    amount), in a rolling window and a calls budget."""
+    from policyengine.budgets import BudgetExceeded
+    clock = Clock(1_767_225_600.0)
+    ledger = Ledger(RULE_SPECS, MemoryStore(), clock=clock)
+    for step, agent, permission, value, tenant in steps:
+        try:
+            if step == "hold":
+                ledger.reserve(agent, permission, value, "EUR", tenant=tenant, ttl=600)
+            elif step == "spend":
+                ledger.record(agent, permission, value, "EUR", tenant=tenant,
+                              overage="allow_with_overdraft")
+        except BudgetError:
+            pass
+        if step == "wait":
+            clock.t += 60 * value  # holds (10 min) lapse, the rolling window (1 h) moves
+        if step != "ask":
+            continue
+        check = ledger.check(agent, permission, value, "EUR", tenant=tenant)
+        old = _old_rule(check.budgets, False)
+        assert (check.code, check.details and check.details["budget"]) == (
+            (old[0][1], old[0][0]) if old else (None, None))
+        admit = ledger.admit(agent, permission, value, "EUR", tenant=tenant)
+        old = _old_rule(admit.budgets, True)
+        assert admit.refusals == tuple(old)
+        assert (admit.code, admit.details and admit.details["budget"]) == (
+            (old[0][1], old[0][0]) if old else (None, None))
+        want = (admit.code, admit.usage and admit.usage.to_wire())
+        code, usage = ledger.admission(agent, permission, value, "EUR", tenant=tenant)
+        assert (code, usage and usage.to_wire()) == want
+        if tenant is None:
+            code, usage = ledger.admission_of(agent, permission, Decimal(value), "EUR")
+            assert (code, usage and usage.to_wire()) == want
+        try:  # the write decides as the dry run did (the store's guard)
+            held = ledger.reserve(agent, permission, value, "EUR", tenant=tenant)
+        except BudgetExceeded as exc:
+            assert (exc.code, exc.details["budget"]) == (check.code, check.details["budget"])
+        else:
+            assert check.code is None
+            ledger.release(held.id)
