@@ -2551,17 +2551,22 @@ class Ledger:
         USD at USD 2, GBP 3 EUR: 2.01 GBP against a hold of 2.00, then refused as more
         than reserved). So while the budget's table (immutable) still gives that very
         rate, the commit converts at its exact fraction, as the reservation did; else
-        (a stale table, other rates since) at the recorded rate."""
+        (a stale table, other rates since) at the recorded rate.
+
+        The table is asked through :meth:`_convert_at`, the ledger's memo of what each
+        conversion gave (``_fx``): the reservation's own conversion of this amount, or an
+        earlier commit's, is the answer while the table still answers with the very
+        fraction objects it was made from (asked at ``now``, so a stale table still
+        falls back). A rate of the table that is its numerator over 1 (a direct rate)
+        gives the same quanta either way: the product is exact and rounded up once, as
+        the recorded rate's is below."""
         rates = None if budget is None else self._rates_of.get(budget.id)
-        if type(rates) in _TABLES and budget is not None and unit is not None:
+        if (type(rates) in _TABLES and budget is not None and unit is not None
+                and type(value) is Decimal and value):
             try:
-                numerator, denominator = rates.rate_fraction(  # type: ignore[union-attr]
-                    unit, budget.unit, now)
-                if (denominator != _ONE_D
-                        and format(fraction_rate(numerator, denominator), "f") == line.rate):
-                    return int(converted_amount(
-                        _valid_money(value, unit), spec_of(budget.unit), numerator,
-                        denominator, True).scaleb(scale, MONEY_CONTEXT))
+                q, rate = self._convert_at(value, unit, budget, rates, now)
+                if rate == line.rate:
+                    return q
             except (RateError, MoneyError):
                 pass  # the recorded rate is the reservation's, fresh or not
         exact = MONEY_CONTEXT.multiply(value, Decimal(line.rate))  # type: ignore[arg-type]

@@ -411,3 +411,125 @@ def test_a_commit_at_a_cross_rate_converts_as_the_reservation_did(
         assert held.lines[0].amount == convert(Money(amount, "USD"), "GBP", table).amount
         done = ledger.commit(held.id, str(spent))
         assert [ln.committed for ln in done.lines] == [want]
+
+
+# ---- a commit at the recorded rate answers from the ledger's memo of the conversion -------
+
+def _old_commit_at_recorded_rate(table: StaticRates, value: Decimal, unit: str,
+                                 budget_unit: str, line_rate: str, now: float) -> Decimal:
+    """What a commit in the reservation's currency charged before it asked the ledger's
+    memo (``_fx``), written out as it was: the table's exact fraction while it still gives
+    the recorded cross rate, else the recorded rate, each rounded up to the cent."""
+    from decimal import ROUND_CEILING
+
+    from policyengine.money._money import spec_of
+    from policyengine.money._rates import converted_amount, fraction_rate
+    try:
+        n, d = table.rate_fraction(unit, budget_unit, now)
+        if d != 1 and format(fraction_rate(n, d), "f") == line_rate:
+            return converted_amount(Money(value, unit), spec_of(budget_unit), n, d, True)
+    except (RateError, MoneyError):
+        pass
+    with localcontext() as ctx:
+        ctx.prec = 100  # exact: the product of an amount and a rate
+        exact = value * Decimal(line_rate)
+        return exact.quantize(Decimal(1).scaleb(-PLACES[budget_unit]), ROUND_CEILING)
+
+
+@example(base="EUR", unit="USD", budget_unit="GBP", first={"USD": Decimal(2), "GBP": Decimal(3)},
+         second=None, held=300, spent=[300, 300], stale=False)
+@example(base="EUR", unit="EUR", budget_unit="USD", first={"USD": Decimal("0.92")},
+         second=None, held=1000, spent=[999, 1000, 1000], stale=False)
+@example(base="USD", unit="EUR", budget_unit="USD", first={"EUR": Decimal("1.08")},
+         second={"EUR": Decimal("1.10")}, held=500, spent=[500, 501], stale=False)
+@example(base="EUR", unit="USD", budget_unit="GBP", first={"USD": Decimal(2), "GBP": Decimal(3)},
+         second=None, held=300, spent=[300], stale=True)
+@given(base=st.sampled_from(CODES), unit=st.sampled_from(CODES),
+       budget_unit=st.sampled_from(CODES),
+       first=st.fixed_dictionaries({c: rates for c in CODES}),
+       second=st.none() | st.fixed_dictionaries({c: rates for c in CODES}),
+       held=st.integers(1, 10**6), spent=st.lists(st.integers(0, 2 * 10**6), min_size=1,
+                                                  max_size=4),
+       stale=st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_a_commit_at_the_recorded_rate_charges_what_it_did_before_the_memo(
+        base: str, unit: str, budget_unit: str, first: dict[str, Decimal],
+        second: dict[str, Decimal] | None, held: int, spent: list[int], stale: bool) -> None:
+    """A commit in the reservation's currency on a converted line charges what it charged
+    before it answered from the ledger's memo: direct, inverse and cross rates of a
+    table; the amount reserved again (a memo hit) or another one; committed through a
+    ledger whose table gives another rate (a policy reloaded over a shared store), or a
+    stale one (the recorded rate, as before)."""
+    if unit == budget_unit:
+        return  # nothing converted, nothing recorded
+    clock = Clock(NOW)
+    spec = BudgetSpec("t.spend", ("pay:*",), Decimal(10**15), budget_unit, "day",
+                      overdraft_limit=Decimal(10**15))
+    store = MemoryStore()
+    reserving_table = StaticRates(base, {c: r for c, r in first.items() if c != base})
+    committing_table = reserving_table if second is None and not stale else StaticRates(
+        base, {c: r for c, r in (second or first).items() if c != base},
+        as_of=NOW - 120 if stale else None, max_age=60 if stale else None)
+    reserving = Ledger([spec], store, clock=clock, rates=reserving_table)
+    committing = Ledger([spec], store, clock=clock, rates=committing_table)
+    amount = Decimal(held).scaleb(-PLACES[unit])
+    for cents in spent:
+        value = Decimal(cents).scaleb(-PLACES[unit])
+        try:
+            hold = reserving.reserve("a", "pay:send", str(amount), unit)
+        except BudgetError as exc:
+            assert exc.code == "invalid_amount"  # converted beyond the maximum
+            return
+        [line] = hold.lines
+        assert line.rate is not None
+        want = _old_commit_at_recorded_rate(committing_table, value, unit, budget_unit,
+                                            format(line.rate, "f"), NOW)
+        try:
+            done = committing.commit(hold.id, str(value), overage="allow_with_overdraft")
+        except BudgetError as exc:
+            assert exc.code == "invalid_amount" and want.scaleb(PLACES[budget_unit]) > 10**18
+            continue
+        assert [ln.committed for ln in done.lines] == [want], (value, line.rate)
+
+
+def test_a_commit_of_the_reserved_amount_converts_nothing_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reservation's conversion is in the ledger's memo: a commit of the reserved
+    amount at the recorded cross rate asks the table (its age, its current fraction)
+    and does no arithmetic; another amount converts once, then is kept too."""
+    import policyengine.budgets.ledger as ledger_module
+    table = StaticRates("EUR", {"USD": Decimal(2), "GBP": Decimal(3)})
+    ledger = Ledger([BudgetSpec("t.gbp", ("pay:*",), Decimal(10**6), "GBP", "day")],
+                    MemoryStore(), clock=Clock(NOW), rates=table)
+    converted: list[object] = []
+    real = ledger_module.converted_amount
+
+    def counted(*args: Any) -> Decimal:
+        converted.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(ledger_module, "converted_amount", counted)
+    held = ledger.reserve("a", "pay:send", "3", "USD")
+    assert len(converted) == 1 and held.lines[0].amount == Decimal("2.00")
+    done = ledger.commit(held.id, "3")
+    assert len(converted) == 1 and done.lines[0].committed == Decimal("2.00")
+    for expect in (2, 2):  # 1.50 USD: converted once, then from the memo
+        held = ledger.reserve("a", "pay:send", "3", "USD")
+        done = ledger.commit(held.id, "1.50")
+        assert len(converted) == expect and done.lines[0].committed == Decimal("1.00")
+
+
+def test_a_commit_at_the_recorded_rate_of_a_stale_table_uses_the_recorded_rate() -> None:
+    """The memo never outlives the table's age: a commit after ``max_age`` asks the
+    table, which is stale, and charges at the recorded rate, as before (not an error)."""
+    clock = Clock(NOW)
+    table = StaticRates("EUR", {"USD": Decimal(2), "GBP": Decimal(3)}, as_of=NOW,
+                        max_age=60)
+    ledger = Ledger([BudgetSpec("t.gbp", ("pay:*",), Decimal(10**6), "GBP", "day")],
+                    MemoryStore(), clock=clock, rates=table)
+    held = ledger.reserve("a", "pay:send", "3", "USD", ttl=600)
+    assert held.lines[0].amount == Decimal("2.00")
+    clock.t = NOW + 61
+    done = ledger.commit(held.id, "3", overage="allow_with_overdraft")
+    # at the recorded rate 0.6666...67 (34 digits) rounded up: a cent more than the hold
+    assert done.lines[0].committed == Decimal("2.01")
