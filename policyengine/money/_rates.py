@@ -25,6 +25,7 @@ This module is a leaf: it imports nothing from the engine.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -102,6 +103,37 @@ def fraction_rate(numerator: Decimal, denominator: Decimal) -> Decimal:
 
 class RateError(PolicyEngineError, ValueError):
     """A conversion could not be done. ``code`` is stable (see ``docs/money.md``)."""
+
+
+#: The codes of :class:`RateError` (docs/money.md, "Error codes"): the only ones a rate
+#: error leaves this module with, whoever raised it.
+RATE_CODES: Final = frozenset({
+    "no_rate", "stale_rate", "invalid_rate", "invalid_rate_table", "unknown_currency",
+    "unit_mismatch", "invalid_argument",
+})
+
+
+def sources_error(exc: RateError, what: str) -> RateError | None:
+    """None when ``exc``, a :class:`RateError` a rate source of the caller's own raised
+    (or :class:`CallableRates`' function), may pass as it is: a ``RateError`` (or a
+    subclass) whose ``code`` is one of :data:`RATE_CODES` and whose ``message`` is text.
+    Else the error to raise instead, ``from exc``: ``no_rate``, the documented code of a
+    failed source, naming the code it gave. A code is stable (docs/errors.md): one a
+    source made up (``"oops"``, ``42``, ``None``) would otherwise reach a decision's
+    diagnostics and the wire as if it were ours. The source's own error, its code and
+    message, stays as ``__cause__``. Its ``code`` and ``message`` are read once,
+    guarded (a subclass's property may raise), and judged by their exact type, so a
+    ``str`` look-alike is no code of ours either (a public name of this private module,
+    not API)."""
+    code: object = None
+    message: object = None
+    with contextlib.suppress(Exception):  # unreadable: no code of ours
+        code, message = exc.code, exc.message
+    if type(code) is str and code in RATE_CODES and type(message) is str:
+        return None
+    shown = repr(code[:40]) if type(code) is str else f"of type {type(code).__name__}"
+    return RateError("no_rate", f"rate source failed for {what}: it raised a RateError "
+                     f"with code {shown}, which is no rate error code")
 
 
 @runtime_checkable
@@ -380,9 +412,10 @@ class JsonFileRates(StaticRates):
 class CallableRates:
     """Rates from a function ``fn(from_code, to_code, now) -> Decimal | str | int | None``.
 
-    ``None`` means "no rate" (``no_rate``). Results are validated like table rates. An
-    exception other than :class:`RateError` from ``fn`` becomes ``no_rate`` (fail closed)
-    with the original exception as ``__cause__``.
+    ``None`` means "no rate" (``no_rate``). Results are validated like table rates. A
+    :class:`RateError` from ``fn`` with one of our codes (``stale_rate`` ...) passes
+    through; one with any other code, and any other exception, becomes ``no_rate`` (fail
+    closed, a stable code) with the original exception as ``__cause__``.
     """
 
     __slots__ = ("_fn",)
@@ -403,12 +436,15 @@ class CallableRates:
             return _ONE
         try:
             value = self._fn(from_code, to_code, now)
-        except RateError:
-            raise
+        except RateError as exc:
+            mapped = sources_error(exc, f"{from_code}->{to_code}")
+            if mapped is None:
+                raise
+            raise mapped from exc
         except Exception as exc:
             raise RateError(
-                "no_rate", f"rate source failed for {from_code}->{to_code}: {exc!r}"
-            ) from exc
+                "no_rate", f"rate source failed for {from_code}->{to_code}: "
+                f"{type(exc).__name__}") from exc
         if value is None:
             raise RateError("no_rate", f"no rate for {from_code}->{to_code}")
         return _to_rate(value, f"{from_code}->{to_code}")
@@ -478,9 +514,10 @@ def source_fraction(rates: object, source: str, target: str, now: float | None
     (a positive finite ``Decimal``, ``int`` or decimal string, at most 10**15 and 40
     decimals: never 0, a negative, NaN, an infinity, a float, a bool, a huge or tiny
     exponent), else ``RateError("invalid_rate")``. A :class:`RateError` it raises passes
-    through; any other exception is ``no_rate`` (as :class:`CallableRates` reports its
-    function's), with the exception as ``__cause__``. ``rates`` None is ``no_rate``; an
-    object without ``rate`` is ``invalid_argument``."""
+    through when its code is one of ours (:func:`sources_error`), else it is ``no_rate``;
+    any other exception is ``no_rate`` too (as :class:`CallableRates` reports its
+    function's); either way with the source's exception as ``__cause__``. ``rates``
+    None is ``no_rate``; an object without ``rate`` is ``invalid_argument``."""
     if type(rates) in VALIDATING_SOURCES:
         own: StaticRates | CallableRates = rates  # type: ignore[assignment]
         return own.rate_fraction(source, target, now)
@@ -500,8 +537,11 @@ def source_fraction(rates: object, source: str, target: str, now: float | None
             raise RateError("invalid_rate", f"rate_fraction for {what} answered "
                             f"{type(answer).__name__}, not a (numerator, denominator) pair")
         numerator, denominator = tuple.__getitem__(answer, 0), tuple.__getitem__(answer, 1)
-    except RateError:
-        raise
+    except RateError as exc:
+        mapped = sources_error(exc, what)
+        if mapped is None:
+            raise
+        raise mapped from exc
     except Exception as exc:  # the source failed: there is no rate (fail closed)
         raise RateError("no_rate", f"rate source failed for {what}: "
                         f"{type(exc).__name__}") from exc

@@ -232,11 +232,22 @@ def as_rate(value: object) -> Fraction | None:
     return exact
 
 
+#: The codes of RateError as docs/money.md lists them (an oracle of its own).
+DOCUMENTED_RATE_CODES = frozenset({"no_rate", "stale_rate", "invalid_rate",
+                                   "invalid_rate_table", "unknown_currency",
+                                   "unit_mismatch", "invalid_argument"})
+
+
 def refusal_code(answer: object) -> str:
-    """The code a source's answer that is no rate gives: its own RateError's, no_rate
-    for any other exception, else invalid_rate."""
+    """The code a source's answer that is no rate gives: its own RateError's when that is
+    one of ours (a string, with a string message), no_rate for any other RateError (a
+    code it made up, or no string) and any other exception, else invalid_rate."""
     if isinstance(answer, RateError):
-        return answer.code
+        code, message = answer.__dict__.get("code"), answer.__dict__.get("message")
+        if (type(code) is str and code in DOCUMENTED_RATE_CODES
+                and type(message) is str):
+            return code
+        return "no_rate"
     if isinstance(answer, BaseException):
         return "no_rate"
     return "invalid_rate"
@@ -270,6 +281,39 @@ class _BadStr(str):
         raise RuntimeError("no text")
 
 
+class _CodelessRateError(RateError):
+    """A RateError of the source's own whose ``code`` cannot even be read."""
+
+    def __init__(self) -> None:
+        ValueError.__init__(self, "x")  # no code is set
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "code":
+            raise RuntimeError("no code")
+        return super().__getattribute__(name)
+
+
+class _LoudError(Exception):
+    """A plain exception whose text cannot be made: its repr and str raise."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    __str__ = __repr__
+
+
+def _made_up_rate_errors() -> list[RateError]:
+    """RateErrors a hostile source raises with codes that are not ours: made up, not a
+    string, a string look-alike, unreadable; and one of ours with a message that is no
+    text. Each must come out as ``no_rate``."""
+    return [RateError("made_up_code", "x"), RateError("No_Rate", "x"),
+            RateError(42, "x"),  # type: ignore[arg-type]
+            RateError(None, "x"),  # type: ignore[arg-type]
+            RateError(_BadStr("stale_rate"), "x"),
+            RateError("stale_rate", 42),  # type: ignore[arg-type]
+            _CodelessRateError()]
+
+
 #: Each an answer that is no rate, on every path: its refusal code.
 NOT_RATES: list[object] = [
     Decimal(0), Decimal("-0"), Decimal(-1), Decimal("-0.92"), Decimal("NaN"),
@@ -278,8 +322,8 @@ NOT_RATES: list[object] = [
     0.92, float("nan"), float("inf"), True, False, None, "0", "-0.92", "x", "1e3", "NaN",
     " 0.92", "0,92", "", "\u0661", Fraction(23, 25), Fraction(-23, 25), [Decimal(1)], 0, -1,
     HUGE_INT, -HUGE_INT, object(), _BadStr("0.92"),
-    KeyError("USD"), ZeroDivisionError(), RecursionError(), ValueError("bad"),
-    RateError("stale_rate", "old"), RateError("no_rate", "none"),
+    KeyError("USD"), ZeroDivisionError(), RecursionError(), ValueError("bad"), _LoudError(),
+    RateError("stale_rate", "old"), RateError("no_rate", "none"), *_made_up_rate_errors(),
 ]
 #: Each a pair that is no fraction of two rates.
 NOT_PAIRS: list[object] = [
@@ -289,7 +333,7 @@ NOT_PAIRS: list[object] = [
     (Decimal(1), Decimal("1e999999")), (0.92, 1), (Decimal(1), 1.0), (True, True),
     (Decimal(1),), (Decimal(1), Decimal(1), Decimal(1)), [Decimal(1), Decimal(1)],
     Decimal("0.92"), None, "0.92", (Fraction(1, 2), 1), (1, HUGE_INT),
-    KeyError("USD"), RateError("stale_rate", "old"),
+    KeyError("USD"), RateError("stale_rate", "old"), *_made_up_rate_errors(),
 ]
 #: Valid answers (the property checks these convert as their rate).
 RATES: list[object] = [Decimal("0.92"), Decimal("0.4"), "0.5", 1, Decimal("1E-40"),
@@ -318,7 +362,9 @@ def test_the_refusals_are_the_documented_codes() -> None:
     ``amount_unconvertible`` with the rate's code behind it (``attenuate``,
     ``amount_fits``) or in its message (``verify``)."""
     for answer, code in ((Decimal(0), "invalid_rate"), (KeyError("x"), "no_rate"),
-                         (RateError("stale_rate", "old"), "stale_rate")):
+                         (RateError("stale_rate", "old"), "stale_rate"),
+                         (RateError("made_up_code", "x"), "no_rate"),
+                         (RateError(42, "x"), "no_rate")):  # type: ignore[arg-type]
         SINGLE.answer = answer
         got = {path: outcome(path, SINGLE)[-1] for path in PATHS if path not in TOKEN_PATHS}
         assert set(got.values()) == {code}, got
@@ -389,3 +435,86 @@ def test_hostile_answers_never_allow_what_their_rate_would_not(path: str,
     else:
         SINGLE.answer = answer
         check(path, SINGLE)
+
+
+def _codes(wire: object) -> list[object]:
+    """Every value a ``code`` or ``reasonCode`` key holds, anywhere in a wire answer."""
+    if isinstance(wire, dict):
+        return [v for k, v in wire.items() if k in ("code", "reasonCode")] + [
+            c for v in wire.values() for c in _codes(v)]
+    if isinstance(wire, list):
+        return [c for v in wire for c in _codes(v)]
+    return []
+
+
+@pytest.mark.parametrize("raised", [*_made_up_rate_errors(), ValueError("bad"),
+                                    _LoudError()], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("source", [SINGLE, PAIR], ids=["rate", "pair"])
+def test_a_made_up_code_never_reaches_a_decision_or_the_wire(source: Answers,
+                                                             raised: BaseException) -> None:
+    """A source raising a RateError with a code that is not ours (or a plain exception)
+    is denied ``no_rate`` on every path, fail closed; the decision's wire carries no code
+    but documented ones; the source's error, its code as it gave it, is the
+    ``__cause__``."""
+    if source is PAIR:
+        PAIR.pair = raised
+    else:
+        SINGLE.answer = raised
+    for path in PATHS:
+        if path in TOKEN_PATHS:
+            assert outcome(path, source) == ("error", "amount_unconvertible"), path
+        else:
+            assert outcome(path, source)[-1] == "no_rate", path
+    with pytest.raises(RateError) as caught:
+        _convert(source)
+    assert caught.value.code == "no_rate" and caught.value.__cause__ is raised
+    assert type(caught.value.message) is str and "rate source failed" in caught.value.message
+    for text in (_LIMIT, _BUDGET):
+        kind = "pair" if source is PAIR else "rate"
+        decision = ENGINES[kind, text].authorize("bot", "payments:pay", _USD)
+        assert not decision.allowed and decision.code == "no_rate"
+        assert {c for c in _codes(decision.to_wire()) if c is not None} <= {
+            "no_rate", "not_evaluated"}, decision.to_wire()
+
+
+@pytest.mark.parametrize("raised", [*_made_up_rate_errors(), ValueError("bad"),
+                                    _LoudError()], ids=lambda e: type(e).__name__)
+def test_callable_rates_maps_a_made_up_code_to_no_rate(raised: BaseException) -> None:
+    """``CallableRates``' function, a source of the package, is held to the same rule:
+    a RateError of ours passes (``stale_rate``), anything else is ``no_rate`` with the
+    function's error as ``__cause__``, on ``convert``, the ledger and ``authorize``."""
+    from policyengine.money import CallableRates
+
+    def fn(from_code: str, to_code: str, now: float | None) -> Decimal:
+        raise raised
+
+    source = CallableRates(fn)
+    with pytest.raises(RateError) as caught:
+        convert(Money.parse("1000", "USD"), "EUR", source)
+    assert caught.value.code == "no_rate" and caught.value.__cause__ is raised
+    with pytest.raises(BudgetError) as refused:
+        _ledger(source).reserve("bot", "payments:pay", "1000", "USD")
+    assert refused.value.code == "no_rate"
+    engine = Engine.from_source(_BUDGET, rates=source, clock=lambda: NOW)
+    decision = engine.authorize("bot", "payments:pay", _USD)
+    assert not decision.allowed and decision.code == "no_rate"
+
+    def stale(from_code: str, to_code: str, now: float | None) -> Decimal:
+        raise RateError("stale_rate", "old")
+
+    with pytest.raises(RateError) as caught:
+        convert(Money.parse("1000", "USD"), "EUR", CallableRates(stale))
+    assert caught.value.code == "stale_rate" and caught.value.__cause__ is None
+
+
+def test_the_rate_codes_a_source_may_raise_are_the_documented_ones() -> None:
+    """The codes a source's RateError keeps are exactly those docs/money.md lists for
+    RateError: a code added to one and not the other fails here."""
+    from pathlib import Path
+
+    from policyengine.money._rates import RATE_CODES
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "money.md").read_text()
+    table = doc.split("## Error codes", 1)[1].split("\n## ", 1)[0]
+    listed = {m.group(1) for m in re.finditer(r"^\| `([a-z_]+)` \| ([^|]*)\|", table, re.M)
+              if "RateError" in m.group(2)}
+    assert RATE_CODES == listed == DOCUMENTED_RATE_CODES
