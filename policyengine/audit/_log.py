@@ -174,7 +174,8 @@ class DecisionLog:
         self._stopped = False  # the writer has taken its last record (set under _lock)
         self._close_lock = threading.Lock()  # one close() at a time
         self._sink_closed = False
-        self._closing = threading.Event()  # set by close(): wakes a retry's backoff
+        #: Notified by close() when it sets the give-up time: wakes a retry's backoff.
+        self._closing = threading.Condition(threading.Lock())
         self._lock = threading.Lock()               # counters of the slow paths
         self._stall_lock = threading.Lock()         # a write's end against the stall mark
         self._room = threading.Condition(self._lock)  # callers waiting for room
@@ -831,6 +832,14 @@ class DecisionLog:
         given up on the sink (the caller keeps the lines for the spill)."""
         delay, most = self._backoff
         while True:
+            # No write starts once close() has given up on the sink: the give-up time is
+            # read right before each write (and each retry), so a write that starts does
+            # so at least the close margin before the deadline, and close() waits for it
+            # until then. Before, it was read only at the top of the shipper's loop, a
+            # queue wait (up to 0.05 s) away from the write: a write could start at the
+            # deadline and still run after close() had returned.
+            if self._close_deadline_passed():
+                return False
             self._write_started = time.monotonic()
             try:
                 self.sink.write(lines)
@@ -855,19 +864,23 @@ class DecisionLog:
             return True
 
     def _pause(self, seconds: float) -> bool:
-        """Sleep ``seconds`` between retries, or less: a close() wakes it, and it ends
-        at close()'s give-up time. True when that time has passed."""
+        """Sleep ``seconds`` between retries, or less: it ends at close()'s give-up time
+        (close() wakes it when it sets that time). True when that time has passed.
+
+        One wait on a condition close() notifies under the lock it sets the give-up time
+        with, so the wait cannot miss it. Before, it waited on an event close() left set,
+        and so had a second shape once the log was closed (sleeps of 0.05 s), lest it
+        spin."""
         end = time.monotonic() + seconds
-        while True:
-            if self._close_deadline_passed():
-                return True
-            by = self._close_by if self._closed else None
-            left = (end if by is None else min(end, by)) - time.monotonic()
-            if left <= 0:
-                return self._close_deadline_passed()
-            if self._closed:
-                time.sleep(min(left, 0.05))
-            else:
+        with self._closing:
+            while True:
+                now = time.monotonic()
+                by = self._close_by
+                if by is not None and now > by:
+                    return True
+                left = (end if by is None else min(end, by)) - now
+                if left <= 0:
+                    return False
                 self._closing.wait(left)
 
     def _ship_spill(self) -> bool:
@@ -953,14 +966,15 @@ class DecisionLog:
     def _close(self, deadline: float | None) -> bool:
         if not self._closed:
             if deadline is not None:
-                self._close_by = deadline - min(
-                    0.25, max(0.0, deadline - time.monotonic()) / 4)
+                with self._closing:
+                    self._close_by = deadline - min(
+                        0.25, max(0.0, deadline - time.monotonic()) / 4)
+                    self._closing.notify_all()
             with self._room:
                 self._closed = True
                 self._open = False
                 self._room.notify_all()
             self._wake.set()
-            self._closing.set()
 
         def left() -> float | None:
             return None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -209,3 +209,94 @@ def test_a_write_under_way_at_the_deadline_ends_in_the_spill_in_order(
     records = [json.loads(line) for line in spill_path.read_bytes().splitlines()]
     assert [r["decision_id"] for r in records if r["kind"] == "authorize"] == [
         d.decision_id for d in out]
+
+
+class TimedSink(ClosingSink):
+    """Takes every write, slowly (``pause`` seconds), noting when each began."""
+
+    def __init__(self, pause: float) -> None:
+        super().__init__()
+        self.pause = pause
+        self.began: list[float] = []
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        self.began.append(time.monotonic())
+        time.sleep(self.pause)
+        super().write(lines)
+
+
+def test_no_sink_write_starts_once_close_has_given_up(tmp_path: Path) -> None:
+    """The shipper reads close()'s give-up time right before each write. It read it only
+    at the top of its loop, a queue wait away from the write: a batch it took from its
+    queue just then was written all the same, starting at the deadline, and the write
+    ran on after close() returned. Here the shipper's queue hands over each batch only
+    once the give-up time has passed: no write may start, and each batch goes to the
+    spill, in order, before close() returns."""
+    spill_path = tmp_path / "spill.jsonl"
+    sink = TimedSink(0.6)
+    log = DecisionLog(sink, spill_path=spill_path, capacity=64, batch_size=1)
+    engine = pe.Engine.from_source(POLICY, decision_log=log)
+    assert log.flush(20) and len(sink.lines) == 1  # log.start, written
+    ship = log._ship
+    got = ship.get
+    waiting = threading.Event()
+
+    def late(block: bool = True, timeout: float | None = None) -> Any:
+        waiting.set()
+        item = got(block, timeout)
+        if item is not None:
+            until(lambda: log._close_deadline_passed(), "close() to give up", 30)
+        return item
+
+    ship.get = late  # type: ignore[method-assign]
+    assert waiting.wait(20)  # the shipper waits in this get: it has no batch yet
+    out = [engine.authorize("bot", "docs:read", {"n": n}) for n in range(3)]
+    until(lambda: log.stats()["queue_depth"] == 0, "the writer")
+    done, took = closed_in_time(log, 1.0)
+    assert done is False and took < 1.0 + SLACK
+    give_up = log._close_by
+    assert give_up is not None
+    assert [t for t in sink.began if t > give_up] == []  # no write began after it
+    assert not log._shipper.is_alive()  # nothing outlived close()
+    stats = log.stats()
+    assert (stats["written"], stats["undelivered"], stats["spill_pending"]) == (1, 0, 4)
+    records = [json.loads(line) for line in spill_path.read_bytes().splitlines()]
+    assert [r["decision_id"] for r in records if r["kind"] == "authorize"] == [
+        d.decision_id for d in out]
+    assert seqs(spill_path) == [2, 3, 4, 5] and records[-1]["kind"] == "log.checkpoint"
+    assert sink.closes == 1
+
+
+def test_a_retry_pause_ends_at_its_time_or_at_the_give_up_time() -> None:
+    """One wait: the pause between retries lasts its time (False), or ends at close()'s
+    give-up time (True), set before it began or while it waits, and waits without
+    spinning once the log is closing."""
+    log = DecisionLog(ClosingSink())
+    try:
+        began = time.monotonic()
+        assert log._pause(0.1) is False
+        assert 0.1 <= time.monotonic() - began < 0.1 + SLACK
+
+        waits: list[float | None] = []
+        closing = log._closing
+        real_wait = closing.wait
+
+        def counted(timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            return real_wait(timeout)
+
+        closing.wait = counted  # type: ignore[method-assign]
+        out: list[bool] = []
+        pausing = threading.Thread(target=lambda: out.append(log._pause(30.0)))
+        began = time.monotonic()
+        pausing.start()
+        until(lambda: bool(waits), "the pause to wait")
+        assert log.close(0.4)  # sets the give-up time 0.1 s before its deadline: wakes it
+        pausing.join(5)
+        assert out == [True] and time.monotonic() - began < 0.4 + SLACK
+        assert len(waits) <= 3, waits  # woken once, then one wait to the give-up time
+
+        log._close_by = time.monotonic() - 1  # already past: True at once
+        assert log._pause(30.0) is True
+    finally:
+        log.close(1.0)
