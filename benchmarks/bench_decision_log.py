@@ -156,7 +156,8 @@ def sustained(quick: bool, tmp: Path) -> None:
           f"{n / elapsed:,.0f} records/s (goal >= 100,000/s); {size / lines:.0f} bytes a "
           f"record, {lines:,} lines with checkpoints")
     print(f"   CPU time of the whole process (offering thread, writer, shipper): {cpu:.2f} s, "
-          f"{n / cpu:,.0f} records per CPU-second (what one idle core sustains)")
+          f"{n / cpu:,.0f} records per CPU-second (what one idle core sustains), "
+          f"{cpu / n * 1e6:.1f} µs a record")
 
 
 def overload(quick: bool, tmp: Path) -> None:

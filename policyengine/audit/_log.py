@@ -41,6 +41,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from time import perf_counter_ns
 from typing import Any, Final, Literal
 
 from policyengine.audit._chain import ZERO_HASH, encode, seal, sign_checkpoint
@@ -69,8 +70,11 @@ INGEST_KINDS: Final[Mapping[str, frozenset[str]]] = {
                                "session.end", "custom"}),
 }
 
-_DECISION: Final = 0
-_EVENT: Final = 1
+# A queued item is a tuple of 7 (a decision: kind, handed-over ``perf_counter_ns``,
+# started ``perf_counter_ns``, decision, input, token, view) or of 4 (an operation: kind,
+# ``perf_counter_ns``, fields, view). The hot path reads one clock; the writer turns that
+# reading into wall-clock time once per batch (:meth:`DecisionLog._encode`).
+_DECISION_ITEM: Final = 7
 
 _live: weakref.WeakSet[DecisionLog] = weakref.WeakSet()
 
@@ -244,11 +248,9 @@ class DecisionLog:
         self._rescue_lock = threading.Lock()
         if resumed is not None:
             self._seq, self._prev = resumed
-            self._queue.append((_EVENT, "log.resume", clock_ns(),
-                                {"log": {"id": self.log_id, "overflow": overflow}}, None))
-        else:
-            self._queue.append((_EVENT, "log.start", clock_ns(),
-                                {"log": {"id": self.log_id, "overflow": overflow}}, None))
+        self._queue.append(("log.resume" if resumed is not None else "log.start",
+                            perf_counter_ns(),
+                            {"log": {"id": self.log_id, "overflow": overflow}}, None))
         self._writer = threading.Thread(target=self._run_writer, name="decision-log-writer",
                                         daemon=True)
         self._shipper = threading.Thread(target=self._run_shipper,
@@ -263,9 +265,11 @@ class DecisionLog:
                  ) -> Decision | ToolDecision:
         """Record one decision; returns what the caller gets: ``decision``, or a denial
         when the ``deny`` policy refuses a decision it cannot record."""
-        latency = time.perf_counter_ns() - started_ns
-        decision.decision_id  # noqa: B018 - made here, once: the caller and the log agree
-        item = (_DECISION, kind, self._clock_ns(), latency, decision, inp, token, view)
+        # One clock read and one tuple: the time stamp and the latency are worked out
+        # from it by the writer. The decision id is made here, once, before the caller
+        # can read it: made on the writer's thread, the two could make two ids.
+        item = (kind, perf_counter_ns(), started_ns, decision, inp, token, view)
+        decision.decision_id  # noqa: B018
         q = self._queue
         if self._open and len(q) < self._capacity:
             q.append(item)
@@ -386,7 +390,7 @@ class DecisionLog:
         ``token.revoke``, ``policy.reload`` ...): ``fields`` become the record's members
         (credentials masked). Returns False when it could not be recorded (counted as
         dropped: an operation already done cannot be denied)."""
-        item = (_EVENT, kind, self._clock_ns(), dict(fields), view or self.view)
+        item = (kind, perf_counter_ns(), dict(fields), view or self.view)
         q = self._queue
         if self._open and len(q) < self._capacity:
             q.append(item)
@@ -423,7 +427,7 @@ class DecisionLog:
     # ------------------------------------------------------------------ slow paths
     def _overflowing(self, item: tuple[Any, ...], started_ns: int
                      ) -> Decision | ToolDecision:
-        decision = item[4]
+        decision = item[3]
         if self._closed:
             return self._deny(decision, item, record=False)
         policy = self.overflow
@@ -512,8 +516,7 @@ class DecisionLog:
         out.decision_id  # noqa: B018
         recorded = False
         if record and not self._closed and len(self._queue) < self._capacity:
-            self._queue.append((_DECISION, item[1], item[2], item[3], out, item[5],
-                                item[6], item[7]))
+            self._queue.append((item[0], item[1], item[2], out, item[4], item[5], item[6]))
             self._wake.set()
             recorded = not (self._closed and self._orphaned())
         with self._lock:
@@ -580,23 +583,28 @@ class DecisionLog:
         every = self._checkpoint_every
         produced = 0
         append = lines.append
+        build, build_event, encode_, seal_ = decision_record, event_record, encode, seal
+        # The hot path read the monotonic clock only: its readings become wall-clock time
+        # through one reading of both clocks for the batch (the wall clock as it reads
+        # now, less the time each record waited since it was handed over).
+        wall = self._clock_ns() - perf_counter_ns()
         for item in items:
             seq += 1
             record: dict[str, Any] = {}
             try:
-                if item[0] == _DECISION:
-                    _, kind, ts, latency, decision, inp, token, view = item
-                    record = decision_record(kind, ts, latency, decision, inp, token, view)
+                if len(item) == _DECISION_ITEM:
+                    kind, at, started, decision, inp, token, view = item
+                    record = build(kind, wall + at, at - started, decision, inp, token, view)
                 else:
-                    _, kind, ts, fields, view = item
-                    record = event_record(kind, ts, fields, view)
+                    kind, at, fields, view = item
+                    record = build_event(kind, wall + at, fields, view)
                 record["seq"] = seq
                 record["dropped"] = dropped
                 record["prev"] = prev
-                encoded = encode(record)
+                encoded = encode_(record)
             except Exception as exc:  # never lose a record, nor the writer, to one record
-                encoded = encode(self._record_error(item, record, exc, seq, dropped, prev))
-            line, prev = seal(encoded)
+                encoded = encode_(self._record_error(item, record, exc, seq, dropped, prev))
+            line, prev = seal_(encoded)
             append(line)
             dropped = 0
             produced += 1
@@ -617,7 +625,7 @@ class DecisionLog:
         with self._lock:
             self._record_errors += 1
         out: dict[str, Any] = {"schema": "policyengine.decision-log/1",
-                               "kind": str(item[1])[:64], "timestamp": None}
+                               "kind": str(item[0])[:64], "timestamp": None}
         for name in ("timestamp", "decision_id"):
             if type(record.get(name)) is str:
                 out[name] = record[name][:64]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from decimal import Decimal
+from operator import attrgetter
 from typing import Any, Final
 
 from policyengine.tools._redaction import MASK, RedactionPlan, RedactionRule
@@ -99,16 +101,20 @@ class _KeyRedactions:
     def apply(self, doc: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
         """(redacted copy, masked paths, erased paths) in rule order. Raises what a
         replacement raises (the caller then takes the general route)."""
-        hit = [False] * len(self.rules)
-        out = self._walk(doc, self.trie, hit)
+        hits: list[int] = []  # the indexes of the rules applied, in walk order
+        out = self._walk(doc, self.trie, hits)
         masked: list[str] = []
         erased: list[str] = []
-        for rule, applied in zip(self.rules, hit, strict=True):
-            if applied:
+        if hits:
+            if len(hits) > 1:
+                hits.sort()  # rule order (the walk goes key by key)
+            rules = self.rules
+            for index in hits:
+                rule = rules[index]
                 (erased if rule.strategy == "remove" else masked).append(rule.path)
         return out, masked, erased
 
-    def _walk(self, doc: dict[str, Any], node: dict[str, Any], hit: list[bool]
+    def _walk(self, doc: dict[str, Any], node: dict[str, Any], hits: list[int]
               ) -> dict[str, Any]:
         out: dict[str, Any] | None = None
         for name, (index, child) in node.items():
@@ -117,16 +123,24 @@ class _KeyRedactions:
             value = doc[name]
             if index is not None:
                 rule = self.rules[index]
-                hit[index] = True
+                hits.append(index)
                 if out is None:
                     out = doc.copy()
-                if rule.strategy == "remove":
+                strategy = rule.strategy
+                if strategy == "remove":
                     del out[name]
+                elif strategy == "mask":
+                    out[name] = MASK
+                elif strategy == "partial" and type(value) is str:
+                    # rule.replacement's partial of a string, without its three calls
+                    keep = rule.keep
+                    hidden = len(value) - keep
+                    out[name] = "*" * len(value) if hidden <= 0 else \
+                        "*" * hidden + value[-keep:]
                 else:
-                    out[name] = MASK if rule.strategy == "mask" else \
-                        rule.replacement(value, self.key)
-            elif isinstance(value, dict):
-                new = self._walk(value, child, hit)
+                    out[name] = rule.replacement(value, self.key)
+            elif type(value) is dict or isinstance(value, dict):
+                new = self._walk(value, child, hits)
                 if new is not value:
                     if out is None:
                         out = doc.copy()
@@ -146,9 +160,11 @@ def rfc3339(ns: int) -> str:
     global _last_second, _last_prefix
     sec, frac = divmod(ns, 1_000_000_000)
     if sec != _last_second:
-        _last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
         _last_second = sec
-    return f"{_last_prefix}.{frac:09d}Z"
+    # The nine digits of the fraction: the digits of 10**9 + frac but its leading 1
+    # (cheaper than a format spec on the writer's per-record path).
+    return _last_prefix + str(1_000_000_000 + frac)[1:] + "Z"
 
 
 def _is_jwt(value: str) -> bool:
@@ -157,6 +173,9 @@ def _is_jwt(value: str) -> bool:
 
 
 _credential_keys: dict[str, bool] = {}  # key -> is it a credential's name (bounded cache)
+#: The keys of that cache that are not a credential's name: a dict whose keys are all
+#: here has none (one C-level ``issuperset`` instead of a look-up per key).
+_plain_keys: set[str] = set()
 _PLAIN = (int, float, bool, type(None))
 
 
@@ -166,6 +185,8 @@ def _is_credential_key(key: str) -> bool:
         found = key.lower().replace("-", "_") in CREDENTIAL_KEYS
         if len(_credential_keys) < 65_536:
             _credential_keys[key] = found
+            if not found:
+                _plain_keys.add(key)
     return found
 
 
@@ -184,21 +205,27 @@ def scrub(value: Any, path: str, masked: list[str], depth: int = 0) -> Any:
         return value
     if kind is dict or isinstance(value, Mapping):
         out: dict[Any, Any] | None = None
-        known = _credential_keys
+        # Keys all known not to be credentials' names (the common case): only the
+        # values are looked at. A dict's keys are hashable; another mapping's are
+        # checked one by one.
+        plain = kind is dict and _plain_keys.issuperset(value)
         for k, v in value.items():
-            vk = type(v)
-            credential = known.get(k) if type(k) is str else False
-            if credential is None:
-                credential = _is_credential_key(k)
-            if credential:
-                new: Any = MASK
-                masked.append(f"{path}.{k}")
-            elif vk in _PLAIN or (vk is str and (len(v) <= 20 or not _is_jwt(v))):
-                continue
-            else:
-                new = scrub(v, f"{path}.{k}", masked, depth + 1)
-                if new is v:
+            if plain or not (type(k) is str and _is_credential_key(k)):
+                vk = type(v)
+                if vk is str:
+                    if len(v) <= 20 or not _is_jwt(v):
+                        continue
+                    new: Any = MASK  # a JWT
+                    masked.append(f"{path}.{k}")
+                elif vk in _PLAIN:
                     continue
+                else:
+                    new = scrub(v, f"{path}.{k}", masked, depth + 1)
+                    if new is v:
+                        continue
+            else:
+                new = MASK
+                masked.append(f"{path}.{k}")
             if out is None:
                 out = dict(value)
             out[k] = new
@@ -207,7 +234,10 @@ def scrub(value: Any, path: str, masked: list[str], depth: int = 0) -> Any:
         items: list[Any] | None = None
         for i, v in enumerate(value):
             vk = type(v)
-            if vk in _PLAIN or (vk is str and (len(v) <= 20 or not _is_jwt(v))):
+            if vk is str:
+                if len(v) <= 20 or not _is_jwt(v):
+                    continue
+            elif vk in _PLAIN:
                 continue
             new = scrub(v, f"{path}[{i}]", masked, depth + 1)
             if new is not v:
@@ -261,6 +291,39 @@ def token_ids(token: Any) -> dict[str, Any]:
     return out
 
 
+#: A decision's plain fields, read in one C-level call from their slots (their public
+#: names are read-only properties over the same slots, one call each). The fields made
+#: on first read (``reason``, ``rules``, ``budget``, ``decision_id``) go through their
+#: properties when not made yet.
+_decision_fields: Final = attrgetter(
+    "_status", "_code", "_reason", "_rules", "_obligations", "_approval_id", "_diagnostics",
+    "_decision_id", "_principal", "_acting_for", "_chain", "_permission", "_budget",
+    "_shadow")
+
+
+_obligation_fields: Final = attrgetter("_max_amount", "_require_approval_over",
+                                       "_redact_fields", "_currency")
+
+
+def money_text(value: Decimal) -> str:
+    """``format(value, "f")`` (what :meth:`Obligations.to_wire` writes), from ``str()``
+    when that has no exponent: the same text (``str`` uses scientific notation only for
+    a positive exponent or a small number), at a third of the cost."""
+    text = str(value)
+    return text if "E" not in text else format(value, "f")
+
+
+def _obligations_wire(ob: Any) -> dict[str, Any] | None:
+    """``ob.to_wire()``, or None when ``ob.is_empty()``: the same members read in one
+    call from their slots (a test holds the two equal)."""
+    cap, over, fields, currency = _obligation_fields(ob)
+    if cap is None and over is None and not fields:
+        return None
+    return {"maxAmount": None if cap is None else money_text(cap),
+            "requireApprovalOver": None if over is None else money_text(over),
+            "redactFields": fields, "currency": currency}
+
+
 def decision_record(kind: str, ts_ns: int, latency_ns: int, decision: Any,
                     inp: dict[str, Any], token: Any, view: LogView | None,
                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -270,17 +333,22 @@ def decision_record(kind: str, ts_ns: int, latency_ns: int, decision: Any,
     if kind == "tool_authorize":
         tool, d = d, d.decision
     logged, masked, erased, errors = mask_input(inp, view)
-    status = d.status
-    diagnostics = d.diagnostics
-    ob = d.obligations
+    (status, code, reason, rules, ob, approval_id, diagnostics, decision_id, principal,
+     acting_for, chain, permission, budget, shadow) = _decision_fields(d)
+    if reason is None:
+        reason = d.reason
+    if type(rules) is not tuple:
+        rules = d.rules
+    if decision_id is None:
+        decision_id = d.decision_id
     result: dict[str, Any] = {  # tuples encode as arrays: no list copies
         "allowed": status == "allowed",
         "status": status,
-        "reason_code": d.code,
-        "reason": d.reason,
-        "rules": d.rules,
-        "obligations": ob.to_wire() if ob is not None and not ob.is_empty() else None,
-        "approval_id": d.approval_id,
+        "reason_code": code,
+        "reason": reason,
+        "rules": rules,
+        "obligations": None if ob is None else _obligations_wire(ob),
+        "approval_id": approval_id,
         "diagnostics": [x.code for x in diagnostics] if diagnostics else (),
     }
     if tool is not None:
@@ -290,21 +358,21 @@ def decision_record(kind: str, ts_ns: int, latency_ns: int, decision: Any,
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": kind,
-        "decision_id": d.decision_id,
+        "decision_id": decision_id,
         "timestamp": rfc3339(ts_ns),
         "bundles": view.bundles if view is not None else _NO_BUNDLES,
-        "principal": d.principal,
-        "acting_for": d.acting_for,
-        "chain": d.chain,
-        "permission": d.permission,
+        "principal": principal,
+        "acting_for": acting_for,
+        "chain": chain,
+        "permission": permission,
         "input": logged,
         "result": result,
         "metrics": {"timer_decision_ns": latency_ns},
     }
-    if d.budget is not None:
+    if budget is not None:
         record["budget"] = d.budget.to_wire()
-    if d.shadow:  # every shadow outcome, ``mode log`` ones included
-        record["shadow"] = [s.to_wire() for s in d.shadow]
+    if shadow:  # every shadow outcome, ``mode log`` ones included
+        record["shadow"] = [s.to_wire() for s in shadow]
     if token is not None:
         record["token"] = token_ids(token)
     if masked:

@@ -195,3 +195,101 @@ def test_rules_the_key_walk_cannot_take_use_the_general_route() -> None:
                   (R("$.context.card", "mask"), R("$.context.card", "sha256")),  # twice
                   (R("$.context.card", "hash"),)]:                # hash without a key
         assert LogView("r", rules).by_key is None, rules
+
+
+# ------------------------------------------------------------------ the credential walk
+# scrub() skips the per-key look-up for a dict whose keys are all known plain names, and
+# tests strings before the other types: it must mask exactly what the plain walk below
+# (its earlier form, written out) masks, paths and order included.
+
+def _plain_scrub(value: Any, path: str, masked: list[str], depth: int = 0) -> Any:
+    from collections.abc import Mapping
+
+    from policyengine.audit._record import CREDENTIAL_KEYS
+    from policyengine.tools._redaction import MASK
+
+    def is_jwt(s: str) -> bool:
+        return len(s) > 20 and s.startswith("eyJ") and s.count(".") in (2, 4) \
+            and " " not in s
+
+    if depth > 64:
+        masked.append(path)
+        return MASK
+    if type(value) is str:
+        if is_jwt(value):
+            masked.append(path)
+            return MASK
+        return value
+    if isinstance(value, Mapping):
+        out = None
+        for k, v in value.items():
+            if type(k) is str and k.lower().replace("-", "_") in CREDENTIAL_KEYS:
+                new: Any = MASK
+                masked.append(f"{path}.{k}")
+            else:
+                new = _plain_scrub(v, f"{path}.{k}", masked, depth + 1)
+                if new is v:
+                    continue
+            if out is None:
+                out = dict(value)
+            out[k] = new
+        return value if out is None else out
+    if isinstance(value, (list, tuple)):
+        items = None
+        for i, v in enumerate(value):
+            new = _plain_scrub(v, f"{path}[{i}]", masked, depth + 1)
+            if new is not v:
+                if items is None:
+                    items = list(value)
+                items[i] = new
+        return value if items is None else items
+    return value
+
+
+def _deep(levels: int, leaf: Any) -> Any:
+    for n in range(levels):
+        leaf = {"d": leaf} if n % 2 else [leaf]
+    return leaf
+
+
+_names = st.sampled_from(["a", "card", "Token", "X-Api-Key", "api_key", "password", "n",
+                          "\u212aey", "cookie", 1, 2.5, None])
+_scalars = st.one_of(st.integers(-3, 3), st.booleans(), st.none(), st.floats(),
+                     st.just(_JWT), st.just(_JWT + " x"), st.just("eyJ.a.b"),
+                     st.text("ab.eyJ", max_size=30), st.decimals(allow_nan=False, places=1))
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.lists(inner, max_size=3).map(tuple),
+    st.dictionaries(_names, inner, max_size=4),
+    st.dictionaries(_names, inner, max_size=3).map(pe.decision.FrozenDict)),
+    max_leaves=14)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=_values | st.integers(55, 70).map(lambda n: _deep(n, {"token": 1, "s": _JWT})))
+def test_the_credential_walk_masks_what_the_plain_walk_masks(value: Any) -> None:
+    from policyengine.audit._record import scrub
+    for _ in range(2):  # the second time with every key's verdict cached
+        masked: list[str] = []
+        expected: list[str] = []
+        got = scrub(value, "$", masked)
+        plain = _plain_scrub(value, "$", expected)
+        assert json.dumps(got, default=str) == json.dumps(plain, default=str)  # NaN too
+        assert masked == expected
+        assert (got is value) == (plain is value)  # copied only where something changed
+
+
+@pytest.mark.parametrize("keep", [1, 2, 4])
+@pytest.mark.parametrize("value", ["", "a", "ab", "abcd", "abcde", "4111111111111111",
+                                   "é€😀x", 1234567, None, ["x", "y"]])
+def test_the_key_walk_writes_a_partial_as_the_rule_does(keep: int, value: Any) -> None:
+    """The key walk writes a string's ``partial`` itself (the rule's replacement for
+    anything else): the same text as the rule, and as the general route."""
+    from policyengine.audit._record import LogView, mask_input
+    from policyengine.tools._redaction import RedactionRule
+    rule = RedactionRule("$.context.card", "partial", keep)
+    view = LogView("rev", (rule,))
+    assert view.by_key is not None
+    inp = {"principal": "bot", "permission": "docs:read", "context": {"card": value}}
+    logged, masked, erased, errors = mask_input(inp, view)
+    assert logged["context"]["card"] == rule.replacement(value, None)
+    assert (logged, masked, erased, errors) == _reference(inp, [rule], None)

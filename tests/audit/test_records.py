@@ -344,3 +344,82 @@ def test_obligations_refuse_every_change(name: str, value: object) -> None:
         setattr(ob, name, value)
     assert ob.to_wire() == before == {"maxAmount": "5.00", "requireApprovalOver": "1.00",
                                       "redactFields": ["$.a"], "currency": "EUR"}
+
+
+# ------------------------------------------------------------------ the writer's shortcuts
+# The writer reads a decision's fields from their slots, writes money with str() where it
+# is the same text, and turns the hot path's one monotonic reading into wall-clock time
+# once per batch: each must write what the slower, plainer way wrote.
+
+_money = st.decimals(allow_nan=False, allow_infinity=False) | st.builds(
+    lambda sign, digits, exp: Decimal((sign, tuple(int(c) for c in digits), exp)),
+    st.integers(0, 1), st.text("0123456789", min_size=1, max_size=30), st.integers(-40, 40))
+
+
+@given(_money)
+def test_money_is_written_as_obligations_write_it(value: Decimal) -> None:
+    from policyengine.audit._record import money_text
+    assert money_text(value) == format(value, "f")
+
+
+@given(st.none() | _money, st.none() | _money,
+       st.lists(st.sampled_from(["$.a", "$.card", "$.x.y"]), max_size=2, unique=True),
+       st.none() | st.just("EUR"))
+def test_the_logged_obligations_are_their_wire_form(
+        cap: Decimal | None, over: Decimal | None, fields: list[str],
+        currency: str | None) -> None:
+    from policyengine.audit._chain import encode
+    from policyengine.audit._record import _obligations_wire
+    ob = pe.Obligations(cap, over, tuple(fields), currency)
+    expected = None if ob.is_empty() else ob.to_wire()
+    assert encode({"o": _obligations_wire(ob)}) == encode({"o": expected})
+
+
+def test_a_record_holds_every_field_of_its_decision() -> None:
+    """Denied, pending and allowed decisions, with a budget, diagnostics, an approval:
+    the record's members are the decision's public fields."""
+    engine, records = logged()
+    made = [engine.authorize("bot", "payments:pay", {"amount": a, "currency": "EUR"})
+            for a in ("20", "400", "900", "nope")]
+    made.append(engine.authorize("nobody", "payments:pay"))
+    assert engine.close()
+    by_id = {r["decision_id"]: r for r in kinds(records, "authorize")}
+    for d in made:
+        r = by_id[d.decision_id]
+        res = r["result"]
+        assert (res["status"], res["reason_code"], res["reason"]) == (d.status, d.code,
+                                                                     d.reason)
+        assert res["rules"] == list(d.rules) and res["approval_id"] == d.approval_id
+        assert res["diagnostics"] == [x.code for x in d.diagnostics]
+        assert res["obligations"] == (None if d.obligations is None
+                                      or d.obligations.is_empty()
+                                      else d.obligations.to_wire())
+        assert (r["principal"], r["permission"], r["acting_for"], r["chain"]) == (
+            d.principal, d.permission, d.acting_for, d.chain)
+        assert r.get("budget") == (None if d.budget is None else
+                                   json.loads(json.dumps(d.budget.to_wire(), default=str)))
+    assert {d.status for d in made} == {"allowed", "pending_approval", "denied"}
+
+
+def test_a_record_is_stamped_when_decided_not_when_written() -> None:
+    """The hot path reads the monotonic clock only; the writer turns that into wall-clock
+    time: a record the writer reaches late still carries the time of its decision."""
+    from datetime import datetime
+    engine, records = logged()
+    log = engine.decision_log
+    assert log is not None and log.flush(20)
+
+    def stamp(text: str) -> float:
+        return datetime.fromisoformat(text[:26] + "+00:00").timestamp()
+
+    import time
+    with log._lock:  # the writer waits for this lock before it builds a batch
+        before = time.time()
+        d = engine.authorize("bot", "payments:pay", {"amount": "20", "currency": "EUR"})
+        after = time.time()
+        time.sleep(0.5)
+    assert engine.close()
+    (r,) = kinds(records, "authorize")
+    assert r["decision_id"] == d.decision_id
+    assert before - 0.01 <= stamp(r["timestamp"]) <= after + 0.01
+    assert 0 < r["metrics"]["timer_decision_ns"] < (after - before) * 1e9 + 1e7
