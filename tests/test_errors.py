@@ -56,6 +56,7 @@ CURRENCY_CODE_FUNCTIONS = frozenset({
 # a literal in the named file.
 THROUGH_DATA = {
     "ambiguous_body": "policyengine/tools/_egress.py",  # _parse_body returns (code, message)
+    "io_error": "policyengine/_visible.py",  # error_of returns (code, message)
     # The pipeline's steps return facts as tuples (status, code, reason, ...); the last
     # step builds the Decision from them.
     "permitted": "policyengine/decide/_evaluator.py",

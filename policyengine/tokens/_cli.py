@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from policyengine import tokens  # grants and keys (PyJWT, cryptography) load on first use
-from policyengine._visible import say_error
+from policyengine._visible import error_of, say_error
 from policyengine.money._money import MoneyError
 from policyengine.money._rates import JsonFileRates, RateError
 from policyengine.tokens.errors import TokenError
@@ -293,11 +293,11 @@ def run(args: argparse.Namespace) -> int:
     args.opened = opened
     try:
         result = _COMMANDS[args.token_command](args)
-    except (TokenError, MoneyError, RateError) as exc:
-        say_error(f"token {args.token_command}", exc.code, exc.message)
-        return 1
-    except OSError as exc:  # writing a key or revocation file
-        say_error(f"token {args.token_command}", "io_error", str(exc))
+    except (TokenError, MoneyError, RateError, OSError) as exc:
+        # Coded as every command codes a failure (error_of): an error of the package by
+        # its own code, a file error of the operating system (writing a key or revocation
+        # file) io_error.
+        say_error(f"token {args.token_command}", *error_of(exc))
         return 1
     finally:
         for store in opened:  # connections to a shared revocation store

@@ -291,6 +291,25 @@ def test_cli_roundtrip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "error: " in capsys.readouterr().err
 
 
+def test_cli_codes_a_file_it_cannot_write_io_error(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A key file that cannot be written is a file error of the operating system
+    (io_error, as every command codes one), one line with the reason, exit 1; a token
+    error keeps its own code through the same table."""
+    missing = tmp_path / "no-such-dir" / "keys.json"
+    assert cli_main(["token", "keygen", "--keys", str(missing)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("policyengine token keygen: error: io_error: [Errno 2] "), err
+    assert not missing.parent.exists()
+    kf = str(tmp_path / "keys.json")
+    assert cli_main(["token", "keygen", "--keys", kf]) == 0
+    capsys.readouterr()
+    assert cli_main(["token", "keygen", "--keys", kf]) == 1
+    assert capsys.readouterr().err == (f"policyengine token keygen: error: invalid_option: "
+                                       f"{kf} exists; pass --rotate to add a new key\n")
+
+
 def test_cache_is_bounded(keys: KeySet) -> None:
     bound = 4096  # entries per cache, as docs/delegation.md ("Cache") promises
     fresh = KeySet.generate()
