@@ -35,9 +35,11 @@ name (or is taken as a literal id).
 
 Two ops run the whole decision pipeline of the engine the factory built (it may return
 the ``Engine`` rather than its ledger): ``authorize`` (``principal``, ``permission``,
-``context``; ``expect`` matches ``Decision.to_wire()``: ``reasonCode``, ``rateLimit``
-with ``retryAfterMs`` ...; ``"shadow": null`` means no ``shadow`` key) and ``explain``
-(the same, counting nothing): rate limits and their order with budgets, and what shadow
+``context``, and the engine's ``partition``, ``partition_agent`` (a boolean; camelCase
+``partitionAgent`` too), ``acting_for`` and ``token``; ``expect`` matches
+``Decision.to_wire()``: ``reasonCode``, ``rateLimit`` with ``retryAfterMs`` ...;
+``"shadow": null`` means no ``shadow`` key) and ``explain`` (the same, counting
+nothing): rate limits and their order with budgets, and what shadow
 budgets hold, are pinned this way.
 
 ``expect`` is matched as a subset of the step's wire result (``Reservation.to_wire()``,
@@ -69,6 +71,7 @@ LedgerFactory = Callable[[Callable[[], float]], Any]
 _ARG_NAMES = {
     "idempotencyKey": "idempotency_key",
     "actingFor": "acting_for",
+    "partitionAgent": "partition_agent",
     "inputTokens": "input_tokens",
     "cachedInputTokens": "cached_input_tokens",
     "outputTokens": "output_tokens",
@@ -90,9 +93,9 @@ _ALLOWED_ARGS: dict[str, frozenset[str]] = {
     "remember": frozenset({"key", "text", "ttl"}),
     "recall": frozenset({"key"}),
     "authorize": frozenset({"principal", "permission", "context", "partition",
-                            "acting_for", "token"}),
+                            "partition_agent", "acting_for", "token"}),
     "explain": frozenset({"principal", "permission", "context", "partition",
-                          "acting_for", "token"}),
+                          "partition_agent", "acting_for", "token"}),
 }
 
 
@@ -185,6 +188,14 @@ def _decide(engine: Any, step: Mapping[str, Any]) -> str | None:
         return f"unknown args {sorted(unknown)}"
     # absent: None, as the engine's defaults (no partition, no acting_for, no token)
     given = {k: args.get(k) for k in ("partition", "acting_for", "token")}
+    # partition_agent is a flag the engine reads by truth: a fixture's "false" or 1
+    # would count in the partition unmeant, so anything but a boolean (or null, absent)
+    # is the fixture's fault, not a decision to compare.
+    agent = args.get("partition_agent")
+    if agent is not None and type(agent) is not bool:
+        return f"partition_agent: true, false or null, not {agent!r}"
+    if agent:
+        given["partition_agent"] = True
     if step["op"] == "explain":
         decision = engine.explain(args["principal"], args["permission"],
                                   args.get("context"), **given).decision.to_wire()

@@ -70,3 +70,30 @@ def test_runner_reports_a_wrong_expectation(tmp_path: Path, shared_stores: Share
     }
     problem = run_budget_case(_factory(doc, "memory", tmp_path, shared_stores), case, doc["now"])
     assert problem is not None and "allowed" in problem
+
+
+@pytest.mark.parametrize("value", ["false", "yes", 1, 0, [], {}])
+def test_runner_refuses_a_partition_agent_that_is_no_boolean(
+        tmp_path: Path, shared_stores: SharedStores, value: object) -> None:
+    """The engine reads ``partition_agent`` by truth: a fixture's ``"false"`` would count
+    the principal in the partition unmeant, and ``0`` would pass without meaning what it
+    says. The runner refuses anything but true, false or null, as it refuses an unknown
+    argument, before any decision."""
+    doc = next(json.loads(p.read_text()) for p in FIXTURES if p.stem == "ratelimits")
+    args = {"principal": "bot", "permission": "tools:search", "partition": "acme"}
+    factory = _factory(doc, "memory", tmp_path, shared_stores)
+    for op in ("authorize", "explain"):
+        case = {"name": "bad flag", "kind": "budget", "steps": [
+            {"op": op, "args": {**args, "partitionAgent": value},
+             "expect": {"allowed": True}}]}
+        assert run_budget_case(factory, case, doc["now"]) == (
+            f"step 0 ({op}): partition_agent: true, false or null, not {value!r}")
+    for flag in (None, False, True):
+        case = {"name": "a flag", "kind": "budget", "steps": [
+            {"op": "authorize", "args": {**args, "partition_agent": flag},
+             "expect": {"allowed": True}}]}
+        assert run_budget_case(factory, case, doc["now"]) is None
+    case = {"name": "typo", "kind": "budget", "steps": [
+        {"op": "authorize", "args": {**args, "partition_agnt": True}}]}
+    assert run_budget_case(factory, case, doc["now"]) == (
+        "step 0 (authorize): unknown args ['partition_agnt']")
