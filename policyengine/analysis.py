@@ -45,11 +45,14 @@ from policyengine.lang._fmt import format_expr
 from policyengine.permissions import matches, pattern_subsumes
 from policyengine.tokens.grants import MAX_DEPTH
 
-__all__ = ["CHANGE_KINDS", "SEVERITIES", "Analysis", "DecisionChange", "Diff", "Finding",
-           "analyze", "diff", "fit_schemas"]
+__all__ = ["CHANGE_KINDS", "FINDING_CODES", "SEVERITIES", "Analysis", "DecisionChange", "Diff",
+           "Finding", "analyze", "diff", "fit_schemas"]
 
 #: Finding severities, weakest first (``--fail-on`` takes one of them).
 SEVERITIES = ("info", "warning", "error")
+#: Every code a finding has (docs/analysis.md, "Findings"): what ``analyze --ignore``
+#: accepts, so a mistyped code is refused instead of silencing nothing.
+FINDING_CODES = frozenset({"W300", "W301", "W302", "W303", "W304", "W305", "W306"})
 #: Default bound on the requests decided for one question (one rule, or one principal
 #: and permission of a diff). Beyond it the witnesses are sampled, never claimed exact.
 MAX_REQUESTS = 4096

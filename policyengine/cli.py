@@ -3,7 +3,8 @@ query, token.
 
 Exit codes: 0 success, 1 a finding (policy errors, a denied decision with ``--exit-code``,
 failed tests or fixtures, coverage under ``--min-coverage``, unformatted files with
-``--check``, warnings with ``--werror``, analysis findings at the ``--fail-on`` level,
+``--check``, warnings with ``--werror``, analysis findings at the ``--fail-on`` level
+(the warnings and findings ``--ignore CODE`` names left out),
 decisions that a ``diff`` finds changed, or ``replay --exit-code``), 2 bad usage (a
 missing or malformed option; for ``replay``, a policy or log that cannot be read). A
 closed output pipe (``| head``) ends the command quietly. Every error is one line on
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import dataclasses
 import difflib
 import json
 import os
@@ -205,6 +207,50 @@ def _load(paths: Sequence[str], **options: Any) -> Any:
     return Engine.from_path(*paths, **options)
 
 
+def _ignore_arg(parser: argparse.ArgumentParser, what: str, example: str) -> None:
+    parser.add_argument("--ignore", action="append", default=[], metavar="CODE",
+                        help=f"do not report this {what} code, nor count it for the exit "
+                        f"status (repeat, or comma-join: --ignore {example})")
+
+
+def _ignored(args: argparse.Namespace, reported: frozenset[str],
+             what: str = "warning") -> frozenset[str]:
+    """``--ignore``'s codes (each option a code or a comma-joined list; ``w209`` is read
+    as ``W209``), each one the command reports (``reported``, its ``what``: check's
+    warnings, analyze's findings). Anything else is a usage error, before any policy is
+    read: an empty code, an error code (errors stop a policy from loading and are never
+    silenced), a code only another command reports (named), or no code at all (with a
+    did-you-mean hint). A mistyped code would otherwise silence nothing, and a
+    ``--werror`` run would go on failing on the warning it meant to let through."""
+    listed = ", ".join(sorted(reported))
+    codes: set[str] = set()
+    for given in args.ignore:
+        for item in given.split(","):
+            typed = item.strip()
+            code = typed.upper() if typed.isascii() else typed
+            if code in reported:
+                codes.add(code)
+                continue
+            if not typed:
+                raise UsageError(f"--ignore {given}: an empty code (give {what} codes, "
+                                 f"like --ignore {','.join(sorted(reported)[-2:])})")
+            if re.fullmatch(r"E[0-9]{3}", code):
+                raise UsageError(f"--ignore {typed}: an error cannot be ignored, only a "
+                                 f"{what} ({listed})")
+            from policyengine.analysis import FINDING_CODES
+            from policyengine.lang import WARNING_CODES
+            for other, owned in (("check", WARNING_CODES), ("analyze", FINDING_CODES)):
+                if code in owned:
+                    raise UsageError(f"--ignore {typed}: {args.command} never reports it "
+                                     f"(policyengine {other} does); {args.command}'s "
+                                     f"{what}s: {listed}")
+            close = difflib.get_close_matches(code, sorted(reported), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"--ignore {typed}: no such {what} code{hint}; "
+                             f"{args.command}'s {what}s: {listed}")
+    return frozenset(codes)
+
+
 def _problem_dict(p: Problem) -> dict[str, Any]:
     return {"code": p.code, "severity": p.severity, "message": p.message, "file": p.file,
             "line": None if p.line == 0 else p.line,
@@ -213,23 +259,30 @@ def _problem_dict(p: Problem) -> dict[str, Any]:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     """Load the policy as the engine would (engine options included), so every warning
-    the engine gives at load (a ``hash`` redaction without a key) is reported here."""
+    the engine gives at load (a ``hash`` redaction without a key) is reported here.
+    A warning ``--ignore`` names is not reported, nor counted for ``--werror``: only
+    how many there were (``ignored``)."""
     from policyengine.engine import read_paths
+    from policyengine.lang import WARNING_CODES
+    ignore = _ignored(args, WARNING_CODES)
     try:
         files = read_paths(args.paths)
         options = _engine_options(args)
-        warnings: tuple[Problem, ...] = _load(args.paths, **options).warnings
+        found: tuple[Problem, ...] = _load(args.paths, **options).warnings
         errors: tuple[Problem, ...] = ()
     except PolicyError as err:
         errors = tuple(p for p in err.problems if p.severity == "error")
-        warnings = tuple(p for p in err.problems if p.severity != "error")
+        found = tuple(p for p in err.problems if p.severity != "error")
         files = []
+    warnings = tuple(p for p in found if p.code not in ignore)
+    ignored = len(found) - len(warnings)
     n = len(files)
     failed = bool(errors) or (args.werror and bool(warnings))
     if args.format == "json":
         print(json.dumps({"ok": not failed, "files": n,
                           "errors": [_problem_dict(p) for p in errors],
-                          "warnings": [_problem_dict(p) for p in warnings]}, indent=2))
+                          "warnings": [_problem_dict(p) for p in warnings],
+                          "ignored": ignored}, indent=2))
         return 1 if failed else 0
     if errors:
         say(PolicyError([*errors, *warnings]).render(), file=sys.stderr)
@@ -237,7 +290,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for w in warnings:
         say(w.render(), file=sys.stderr)
     summary = (f"{n} file{'s' if n != 1 else ''}, {len(warnings)} warning"
-               f"{'s' if len(warnings) != 1 else ''}")
+               f"{'s' if len(warnings) != 1 else ''}"
+               + (f" ({ignored} ignored)" if ignored else ""))
     if failed:
         say(f"failed (--werror): {summary}")
         return 1
@@ -483,7 +537,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     """``analyze PATHS`` (findings, docs/analysis.md) or ``analyze --diff OLD NEW`` /
     ``diff OLD NEW`` (the requests whose decision changes)."""
-    from policyengine.analysis import analyze, diff
+    from policyengine.analysis import FINDING_CODES, analyze, diff
     if args.max_requests is not None and args.max_requests < 1:
         raise UsageError("--max-requests: a positive number")
     bound = {} if args.max_requests is None else {"max_requests": args.max_requests}
@@ -492,6 +546,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise UsageError("give either policy paths or --diff OLD NEW, not both")
     if args.command == "analyze" and not pair and not args.paths:
         raise UsageError("give the policy files or directories to analyse")
+    ignore = (_ignored(args, FINDING_CODES, "finding") if args.command == "analyze"
+              else frozenset())
+    if pair and ignore:
+        raise UsageError("--ignore silences findings, and a --diff reports none: give "
+                         "policy paths")
     # Each side is loaded on its own, and every side's problems are reported (each
     # problem names its file) before the command stops: a diff of a broken OLD and a
     # missing NEW says both.
@@ -521,16 +580,22 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                   f"{'s' if changed != 1 else ''} of {result.pairs} decided, "
                   f"{result.requests} requests under each version; {how}")
         return 1 if result.changes and args.fail_on != "none" else 0
-    analysis = analyze(engines[0], **bound)
+    found = analyze(engines[0], **bound)
+    # The findings --ignore names are left out of a new answer (never mutated): not
+    # printed, not counted for --fail-on; only how many there were is said.
+    analysis = dataclasses.replace(
+        found, findings=tuple(f for f in found.findings if f.code not in ignore))
+    ignored = len(found.findings) - len(analysis.findings)
     if args.json:
-        print(json.dumps(analysis.to_dict(), indent=2))
+        print(json.dumps({**analysis.to_dict(), "ignored": ignored}, indent=2))
     else:
         for f in analysis.findings:
             say(f.render())
         counts = {s: sum(f.severity == s for f in analysis.findings)
                   for s in ("warning", "info")}
         say(f"{analysis.rules} rules analysed ({analysis.requests} requests decided): "
-              f"{counts['warning']} warnings, {counts['info']} notes")
+              f"{counts['warning']} warnings, {counts['info']} notes"
+              + (f" ({ignored} ignored)" if ignored else ""))
     failing = () if args.fail_on == "none" else analysis.at_least(args.fail_on)
     return 1 if failing else 0
 
@@ -677,8 +742,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check policy files; compiler-style errors")
     p.add_argument("paths", nargs="+", help="policy files or directories")
     p.add_argument("--format", choices=["text", "json"], default="text",
-                   help="json: {ok, files, errors, warnings} on stdout")
+                   help="json: {ok, files, errors, warnings, ignored} on stdout")
     p.add_argument("--werror", action="store_true", help="exit 1 on warnings too")
+    _ignore_arg(p, "warning", "W207,W209")
     p.add_argument("--hmac-key", metavar="KEY",
                    help="the key the engine will have (silences W204): @FILE, hex:..., "
                    "base64:... or text")
@@ -781,6 +847,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--status-only", action="store_true",
                        help="a diff lists only decisions whose status changes (not those "
                        "whose reason code, obligations or rules alone change)")
+        if name == "analyze":
+            _ignore_arg(p, "finding", "W300,W304")
         p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("replay", help="re-decide the requests of decision-log files under "

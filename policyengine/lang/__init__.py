@@ -18,7 +18,7 @@ from policyengine.lang._parser import (
     parse,
     parse_many,
 )
-from policyengine.lang._source import PolicyError, Problem, SourceSet
+from policyengine.lang._source import WARNING_CODES, PolicyError, Problem, SourceSet
 
 __all__ = [
     "FUNCTIONS",
@@ -26,6 +26,7 @@ __all__ = [
     "MAX_PROBLEMS",
     "MAX_SOURCE_BYTES",
     "STATEMENT_KEYWORDS",
+    "WARNING_CODES",
     "PolicyError",
     "Problem",
     "SourceSet",

@@ -101,7 +101,8 @@ def _look_alike(ctx: _Ctx, what: str, text: str, span: ast.Span) -> None:
         ctx.warn("W209", f"{what} {ast.quote(text)} {where} written wholly in {scripts} "
                  f"letters that look Latin: it reads as {ast.quote(reads)} and is not that id",
                  span, f"write {ast.quote(reads)} if that is the id meant; a real {scripts} "
-                 "word keeps the warning, which tells a reader it is not Latin")
+                 "word keeps the warning, which tells a reader it is not Latin (policyengine "
+                 "check --ignore W209 lets it through --werror)")
 
 
 def _reason(exc: ValueError) -> str:

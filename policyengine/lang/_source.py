@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from policyengine._visible import HIDDEN, HIDDEN_CHARS, LINE_BREAKS, UNSEEN, UNSEEN_CHARS, visible
 from policyengine.errors import PolicyEngineError
 
-__all__ = ["HIDDEN", "HIDDEN_CHARS", "LINE_BREAKS", "UNSEEN", "UNSEEN_CHARS", "PolicyError",
-           "Problem", "SourceSet", "visible"]
+__all__ = ["HIDDEN", "HIDDEN_CHARS", "LINE_BREAKS", "UNSEEN", "UNSEEN_CHARS", "WARNING_CODES",
+           "PolicyError", "Problem", "SourceSet", "visible"]
+
+#: Every warning code loading a policy can report (``Engine.warnings``, ``policyengine
+#: check``): the checker's, and W204 and W205, which the engine adds at load because
+#: they depend on its options (an HMAC key). What ``check --ignore`` accepts, so a
+#: mistyped code is refused instead of silencing nothing; tests/cli holds it to the
+#: warnings docs/errors.md lists.
+WARNING_CODES: Final = frozenset({"W201", "W202", "W203", "W204", "W205", "W206", "W207",
+                                  "W208", "W209"})
 
 # HIDDEN (the class E014 refuses), LINE_BREAKS (the line breaks E013 refuses), UNSEEN (both
 # but "\r") and visible() (how a report shows one) are the package's one definition, in

@@ -319,7 +319,8 @@ def test_a_cyrillic_paypal_is_warned_about_and_still_decided_as_written() -> Non
     e = Engine.from_source(text)
     assert [(w.code, w.hint) for w in e.warnings] == [
         ("W209", 'write "paypal" if that is the id meant; a real Cyrillic word keeps the '
-                 "warning, which tells a reader it is not Latin")]
+                 "warning, which tells a reader it is not Latin (policyengine check "
+                 "--ignore W209 lets it through --werror)")]
     assert e.authorize(PAYPAL, "x:delete", {}).allowed  # a warning: nothing else changes
     assert not e.authorize("paypal", "x:delete", {}).allowed
 
