@@ -112,8 +112,8 @@ class PlanRules:
     the rules step reads the tuple instead of each rule."""
 
     __slots__ = ("answer", "approvals", "checks", "entry_key", "forbids", "limits",
-                 "permit_checks", "permits", "permitted", "principal", "schema", "shadows",
-                 "uses_amount")
+                 "permit_checks", "permit_ids", "permits", "permitted", "principal", "schema",
+                 "shadows", "uses_amount")
 
     def __init__(self, principal: Principal | None, forbids: tuple[CompiledRule, ...],
                  limits: tuple[CompiledRule, ...], permits: tuple[CompiledRule, ...],
@@ -141,6 +141,11 @@ class PlanRules:
         #: them applies), else None.
         self.permitted: tuple[str, ...] | None = (
             checks[1::2] if checks is not None else None)
+        #: The ids of every permit, in order, whatever else there is: the rules of a
+        #: decision when each of them applies, made once here (the rules step answers
+        #: it for a plan of one permit instead of a new tuple per request).
+        self.permit_ids: tuple[str, ...] = (
+            self.permitted if self.permitted is not None else self.permit_checks[1::2])
         #: The check of the context the schemas covering this permission declare, or
         #: None (no schema: nothing to check).
         self.schema = schema
@@ -413,7 +418,9 @@ class CompiledPolicy:
     _clock_hand: deque[tuple[PermissionClass, str]] = field(default_factory=deque)
     _budget_patterns: _PatternSet = field(default_factory=lambda: _PatternSet(()))
     _shadow_budget_patterns: _PatternSet = field(default_factory=lambda: _PatternSet(()))
-    _budgeted: dict[str, bool] = field(default_factory=dict)
+    #: permission -> :meth:`budgeted` of it, as answered before: read lock-free (the
+    #: pipeline reads it before calling :meth:`budgeted`), written by :meth:`budgeted`.
+    budgeted_seen: dict[str, bool] = field(default_factory=dict)
     _budgeted_order: deque[str] = field(default_factory=deque)
     _approval_terms: dict[str, tuple[int, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -510,14 +517,14 @@ class CompiledPolicy:
 
         Cached (bounded: past :data:`PLAN_CACHE_SIZE` permissions the oldest answer goes,
         one at a time); a miss is a set lookup per ``ns:`` prefix of the permission."""
-        hit = self._budgeted.get(permission)
+        hit = self.budgeted_seen.get(permission)
         if hit is None:
             hit = self._budget_patterns.matches(permission)
             with self._lock:
-                if permission not in self._budgeted:
-                    if len(self._budgeted) >= PLAN_CACHE_SIZE:
-                        del self._budgeted[self._budgeted_order.popleft()]
-                    self._budgeted[permission] = hit
+                if permission not in self.budgeted_seen:
+                    if len(self.budgeted_seen) >= PLAN_CACHE_SIZE:
+                        del self.budgeted_seen[self._budgeted_order.popleft()]
+                    self.budgeted_seen[permission] = hit
                     self._budgeted_order.append(permission)
         return hit
 

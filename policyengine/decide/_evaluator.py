@@ -275,6 +275,19 @@ def invalid(principal: Any, permission: Any, message: str) -> Decision:
     return Decision.denial("invalid_request", message, principal, permission)
 
 
+#: What a rule whose condition raised did: a forbid or approval applies (fail closed),
+#: a permit does not.
+_APPLIED = "applied (fail closed)"
+_SKIPPED = "skipped"
+
+
+def _failed(exc: Exception, qid: str, effect: str) -> Diagnostic:
+    """The diagnostic of a rule whose condition raised ``exc``: the one place
+    :func:`run_rule`, the rules step and the permits' checks make it."""
+    err = _error(exc)
+    return build_diagnostic(err.code, err.message, qid, effect)
+
+
 def run_rule(rule: CompiledRule, ctx: dict[str, Any], plan: PlanRules,
              req: RequestState | None, diags: list[Diagnostic], fail_closed: bool
              ) -> bool | None:
@@ -289,9 +302,7 @@ def run_rule(rule: CompiledRule, ctx: dict[str, Any], plan: PlanRules,
     try:
         return test(ctx, plan.principal, req) is True
     except Exception as exc:
-        err = _error(exc)
-        diags.append(build_diagnostic(err.code, err.message, rule.qid,
-                                      "applied (fail closed)" if fail_closed else "skipped"))
+        diags.append(_failed(exc, rule.qid, _APPLIED if fail_closed else _SKIPPED))
         return None
 
 
@@ -304,8 +315,7 @@ def amount_rule(rule: CompiledRule, ctx: dict[str, Any], plan: PlanRules, req: R
     try:
         amount = req.amount(rule.money)  # type: ignore[arg-type]
     except EvalError as err:
-        diags.append(build_diagnostic(err.code, err.message, rule.qid,
-                                      "applied (fail closed)"))
+        diags.append(_failed(err, rule.qid, _APPLIED))
         return None, None
     if amount > rule.amount_limit:  # type: ignore[operator]
         return True, None
@@ -368,44 +378,70 @@ def rule_facts(plan: PlanRules, principal: str, permission: str, context: dict[s
 
     ``req`` must be given when ``plan.uses_amount``. Never raises for request data.
     """
-    checks = plan.checks
-    if checks is not None:  # permits only, flat: (test, qid, test, qid, ...)
-        return _permits_only(checks, plan.principal, principal, permission, context, req)
+    who = plan.principal
     diags: list[Diagnostic] = []
-    applied: list[str] = []  # declaration order, forbids before limits
-    forbidden = limited = False
-    for rule in plan.forbids:
-        hit = run_rule(rule, context, plan, req, diags, True)
-        if hit is not False:
-            applied.append(rule.qid)
-            forbidden = forbidden or hit is True
     max_amount: tuple[Decimal, FileMoney] | None = None
-    for rule in plan.limits:
-        hit, cap = amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
-        if hit is not False:
-            applied.append(rule.qid)
-            limited = limited or hit is True
-        elif cap is not None:
-            max_amount = _tightest(max_amount, cap, rule.money)  # type: ignore[arg-type]
-    if applied:
-        if forbidden:
-            code, why = "forbidden", "is forbidden by"
-        elif limited:
-            code, why = "limit_exceeded", "exceeds the limit of"
-        else:
-            code, why = diags[0].code, "denied: could not evaluate (fail closed)"
-        rules = tuple(applied)
-        return ("denied", code, f"{permission} {why} {', '.join(rules)}", rules, None,
-                tuple(diags), ())
+    if plan.checks is None:  # not permits only: forbids and limits first
+        applied: list[str] = []  # declaration order, forbids before limits
+        forbidden = limited = False
+        hit: bool | None
+        for rule in plan.forbids:
+            # run_rule(rule, ..., True), written out: most plans hold a forbid or two (a
+            # ``forbid ... : *`` covers every permission), and this is one call less each
+            test = rule.test
+            if test is None:
+                hit = True
+            else:
+                try:
+                    hit = test(context, who, req) is True
+                except Exception as exc:
+                    diags.append(_failed(exc, rule.qid, _APPLIED))
+                    hit = None
+            if hit is not False:
+                applied.append(rule.qid)
+                forbidden = forbidden or hit is True
+        for rule in plan.limits:
+            hit, cap = amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
+            if hit is not False:
+                applied.append(rule.qid)
+                limited = limited or hit is True
+            elif cap is not None:
+                max_amount = _tightest(max_amount, cap, rule.money)  # type: ignore[arg-type]
+        if applied:
+            if forbidden:
+                code, why = "forbidden", "is forbidden by"
+            elif limited:
+                code, why = "limit_exceeded", "exceeds the limit of"
+            else:
+                code, why = diags[0].code, "denied: could not evaluate (fail closed)"
+            rules = tuple(applied)
+            return ("denied", code, f"{permission} {why} {', '.join(rules)}", rules, None,
+                    tuple(diags), ())
 
-    permitted = _applying(plan.permit_checks, context, plan.principal, req, diags)
+    checks = plan.permit_checks  # flat: (test, qid, test, qid, ...)
+    if len(checks) == 2:  # one permit, the common case: no loop, its id made at compile time
+        test, qid = checks
+        try:
+            permitted = (plan.permit_ids if test is None or test(context, who, req) is True
+                         else ())
+        except Exception as exc:
+            diags.append(_failed(exc, qid, _SKIPPED))
+            permitted = ()
+    elif checks:
+        permitted = _applying(checks, context, who, req, diags)
+    else:  # no permit (an unknown principal, or one that holds no grant)
+        permitted = ()
     if not permitted:
         return ("denied", "no_permit", f"no rule permits {permission} for {principal}", (),
-                None, tuple(diags), ())
+                None, tuple(diags) if diags else (), ())
+    approvals = plan.approvals
+    if not approvals and max_amount is None:  # nothing more to read
+        return ("allowed", "permitted", None, permitted, None,
+                tuple(diags) if diags else (), permitted)
 
     approval_rules: list[str] = []
     approval_over: tuple[Decimal, FileMoney] | None = None
-    for rule in plan.approvals:
+    for rule in approvals:
         if rule.kind == "approval_over":
             hit, threshold = amount_rule(rule, context, plan, req, diags)  # type: ignore[arg-type]
             if hit is False and threshold is not None:
@@ -428,15 +464,8 @@ def rule_facts(plan: PlanRules, principal: str, permission: str, context: dict[s
 
 def _applying(checks: tuple[Any, ...], context: dict[str, Any], who: Any,
               req: RequestState | None, diags: list[Diagnostic]) -> tuple[str, ...]:
-    """The ids of the permits (flat ``(test, qid, ...)``) that apply, in order; a
-    condition that errors does not apply and leaves a diagnostic in ``diags``."""
-    if len(checks) == 2:  # one permit, the common case
-        test, qid = checks
-        try:
-            return (qid,) if test is None or test(context, who, req) is True else ()
-        except Exception as exc:
-            diags.append(_skipped(exc, qid))
-            return ()
+    """The ids of the permits (flat ``(test, qid, ...)``, more than one) that apply, in
+    order; a condition that errors does not apply and leaves a diagnostic in ``diags``."""
     found: list[str] = []
     for i in range(0, len(checks), 2):
         test, qid = checks[i], checks[i + 1]
@@ -475,23 +504,9 @@ def entry_facts(entry: Entry, principal: str, permission: str, context: dict[str
             diags, ())
 
 
-def _permits_only(checks: tuple[Any, ...], who: Any, principal: str, permission: str,
-                  context: dict[str, Any], req: RequestState | None) -> RuleFacts:
-    """:func:`rule_facts` of rules that are permits only (``PlanRules.checks``): the same
-    facts, read from the flat tuple instead of the rules (a permit whose condition errors
-    does not apply and leaves a diagnostic)."""
-    diags: list[Diagnostic] = []
-    permitted = _applying(checks, context, who, req, diags)
-    if permitted:
-        return ("allowed", "permitted", None, permitted, None, tuple(diags), permitted)
-    return ("denied", "no_permit", f"no rule permits {permission} for {principal}", (), None,
-            tuple(diags), ())
-
-
 def _skipped(exc: Exception, qid: str) -> Diagnostic:
     """The diagnostic of a permit whose condition raised (as :func:`run_rule` records it)."""
-    err = _error(exc)
-    return build_diagnostic(err.code, err.message, qid, "skipped")
+    return _failed(exc, qid, _SKIPPED)
 
 
 def shadow_rules(plan: PlanRules, context: dict[str, Any], req: RequestState | None

@@ -26,7 +26,10 @@ and the last step builds the one :class:`Decision`, which nothing changes afterw
 cannot reach a different decision.
 
 The plain path (no token, no budget, no approval) costs what the rules step costs plus
-one :class:`Decision`; steps a request does not need are skipped by one test each.
+one :class:`Decision`; steps a request does not need are skipped by one test each, and
+an allowed call in a pipeline with no budget or rate limit (nor a shadow one) skips
+every step after the rules at once. The options a caller rarely gives (approval_id,
+partition, partition_agent, acting_for) are checked only when one is given.
 """
 
 from __future__ import annotations
@@ -74,6 +77,11 @@ from policyengine.tokens.errors import TokenError
 __all__ = ["Pipeline", "ToolCall", "Trace"]
 
 _EMPTY: dict[str, Any] = {}
+_get = dict.get  # a dict subclass's own get() is not called
+#: The budgets step's lean ``ledger.admission_text`` was not asked (or failed): see
+#: :meth:`Pipeline._budgets`. Shaped as an answer that is no admission (its code is not
+#: None), so the run tells "admitted" from everything else in one test.
+_UNASKED: Any = ("not asked",)
 _redact_body: Callable[..., Any] | None = None
 
 
@@ -156,9 +164,10 @@ class Pipeline:
     new pipeline when either is replaced, because a pipeline keeps verified grants.
     """
 
-    __slots__ = ("_approvals_own_clock", "_counted", "_held", "_lean_budgets",
-                 "_scope_fields", "approvals", "clock", "hmac_key", "ledger", "limiter",
-                 "log", "policy", "revocations", "shadow_ledger", "shadow_limiter", "verify")
+    __slots__ = ("_after_rules", "_approvals_own_clock", "_counted", "_held", "_lean_budgets",
+                 "_rate_fields", "_rated", "_scope_fields", "approvals", "clock", "hmac_key",
+                 "ledger", "limiter", "log", "policy", "revocations", "shadow_ledger",
+                 "shadow_limiter", "verify")
 
     def __init__(self, policy: CompiledPolicy, ledger: Any, approvals: Any, verify: Verify,
                  clock: Callable[[], float] | None, limiter: Any = None,
@@ -211,6 +220,23 @@ class Pipeline:
             from policyengine.budgets.ratelimit import RateLimiter
             self.shadow_limiter = RateLimiter(policy.shadow_rate_limits, ledger.store,
                                               clock=clock)
+        #: A rate limit or a shadow one: the steps after the redaction (the decision
+        #: log's refusal, the rate limits) have something to do for a call that is not
+        #: pending approval.
+        self._rated = limiter is not None or self.shadow_limiter is not None
+        #: Some step after the rules can change or add to an allowed decision on a plain
+        #: ``authorize`` (not a tool call): a budget, a rate limit or a shadow one (the
+        #: decision log is asked only before a rate limit takes a call, or for a pending
+        #: decision). False: an allowed plain call is decided by its rules, and
+        #: :meth:`run` skips the steps after them.
+        self._after_rules = bool(policy.budgets or self.shadow_ledger is not None
+                                 or self._rated)
+        #: The request fields the rate limits and shadow rate limits read (each reads
+        #: its own from one scope made of them all: read once per run, ``_ask_rates``).
+        self._rate_fields = tuple(sorted(
+            {*(limiter.scope_fields if limiter is not None else ()),
+             *(self.shadow_limiter.scope_fields if self.shadow_limiter is not None
+               else ())}))
 
     def run(self, principal: Any, permission: Any, context: Any, token: Any = None,
             approval_id: Any = None, register: bool = True, tool: ToolCall | None = None,
@@ -233,7 +259,6 @@ class Pipeline:
         the rules read no grant (``grant.delegated`` stays false). With a token it is
         ``invalid_request``: the verified grant alone says whom a token's holder acts for.
         """
-        dry = not register or trace is not None
         policy = self.policy
         # -- 1. validate: the request is read once, here.
         if type(principal) is not str or type(permission) is not str:
@@ -244,17 +269,10 @@ class Pipeline:
         elif not isinstance(context, dict):
             return _invalid(principal, permission, "context must be an object, not "
                             f"{type(context).__name__}", trace)
-        if approval_id is not None and type(approval_id) is not str:
-            return _invalid(principal, permission, "approval_id must be a string, not "
-                            f"{type(approval_id).__name__}", trace)
-        if partition is not None and type(partition) is not str:
-            return _invalid(principal, permission, "partition must be a string, not "
-                            f"{type(partition).__name__}", trace)
-        if partition_agent and partition is None:
-            return _invalid(principal, permission, "partition_agent needs a partition",
-                            trace)
-        if acting_for is not None:
-            problem = acting_for_problem(acting_for, token)
+        if (approval_id is not None or partition is not None or partition_agent
+                or acting_for is not None):  # the common case has none of them: one test
+            problem = _options_problem(approval_id, partition, partition_agent, acting_for,
+                                       token)
             if problem is not None:
                 return _invalid(principal, permission, problem, trace)
         cls = policy.classes.get(permission)
@@ -275,12 +293,13 @@ class Pipeline:
         # shared entry, reading nothing of the principal's own (see Entry).
         entry = type(plan) is Entry
         if not entry:
-            schema = plan.rules.schema
+            plan_rules = plan.rules
+            schema = plan_rules.schema
             if schema is not None:  # a schema declares this permission's context
                 problem = schema(context)
                 if problem is not None:
                     return _invalid(principal, permission, problem, trace)
-            uses_amount = plan.rules.uses_amount
+            uses_amount = plan_rules.uses_amount
         else:
             uses_amount = False
         now = self.clock() if self.clock is not None else None
@@ -291,9 +310,8 @@ class Pipeline:
 
         # -- 2. grant (acting_for: the caller's counting name, or the grant's below)
         chain = None
-        held = None
-        if token is not None and trace is None and type(token) is str:
-            held = self._held.get(token)
+        if token is not None:  # (none in the common case: one test)
+            held = self._held.get(token) if trace is None and type(token) is str else None
             if held is not None:  # verified before: the clock and revocations, every time
                 t = _time() if now is None else now
                 if not (held[0] <= t < held[1] and held[2] == principal
@@ -302,39 +320,46 @@ class Pipeline:
                               and seen == self.revocations.changes)
                              or self._unrevoked(held))):
                     held = None  # verify again: it says why (revoked, expired ...)
-        if held is not None:
-            acting_for, chain = held[5], held[6]
-            if req is not None:  # the rules read grant.* (or the amount)
-                req.grant = held[7]
-        elif token is not None:
-            grant, req = self._grant(policy, token, principal, permission, context, req, now)
-            if type(grant) is tuple:  # (code, diagnostic, message, grant or None)
-                return _grant_refused(grant, principal, permission, trace)
-            acting_for, chain = grant.acting_for, tuple(grant.chain)
-            view = self._grant_view(grant, permission)
-            if req is None and (uses_amount or trace is not None):
-                req = RequestState(context, policy.default_currency, now)
-            if req is not None:  # the rules read grant.* (or the amount)
-                req.grant = view
-            if trace is not None:
-                trace.step("grant", f"ok: acting for {acting_for}")
+            if held is not None:
+                acting_for, chain = held[5], held[6]
+                if req is not None:  # the rules read grant.* (or the amount)
+                    req.grant = held[7]
+            else:
+                grant, req = self._grant(policy, token, principal, permission, context, req,
+                                         now)
+                if type(grant) is tuple:  # (code, diagnostic, message, grant or None)
+                    return _grant_refused(grant, principal, permission, trace)
+                acting_for, chain = grant.acting_for, tuple(grant.chain)
+                view = self._grant_view(grant, permission)
+                if req is None and (uses_amount or trace is not None):
+                    req = RequestState(context, policy.default_currency, now)
+                if req is not None:  # the rules read grant.* (or the amount)
+                    req.grant = view
+                if trace is not None:
+                    trace.step("grant", f"ok: acting for {acting_for}")
 
         # -- 3. rules
-        facts = (entry_facts(plan, principal, permission, context, req) if entry
-                 else rule_facts(plan.rules, principal, permission, context, req))
+        if entry:
+            facts = entry_facts(plan, principal, permission, context, req)
+            shadow: tuple[ShadowOutcome, ...] = ()
+        else:
+            facts = rule_facts(plan_rules, principal, permission, context, req)
+            # shadow rules: reported, never decisive (none for nearly every plan)
+            shadow = (shadow_rules(plan_rules, context, req) if plan_rules.shadows
+                      else ())
         if trace is not None:
             trace.rules = rule_table(policy, principal, permission, context,
                                      req or RequestState(context, policy.default_currency,
                                                          now))
             trace.step("rules", f"{facts[0]} ({facts[1]})")
         status = facts[0]
-        # shadow rules: reported, never decisive (an empty tuple for nearly every plan)
-        shadow = (shadow_rules(plan.rules, context, req) if not entry and plan.rules.shadows
-                  else ())
 
         # -- 4. budgets
         budget = recorded = rate = None
-        if status != "denied":
+        # An allowed call with nothing after the rules (no budget, rate limit or shadow
+        # of either in this pipeline; not a tool call) is decided here.
+        if status != "denied" and (self._after_rules or status != "allowed"
+                                   or tool is not None):
             # whom the budgets and rate limits count: the principal, or in its partition
             counted = (_counted(partition, principal) if partition_agent and partition
                        is not None else principal)
@@ -343,30 +368,30 @@ class Pipeline:
                     req = RequestState(context, policy.default_currency, now)
                 shadow += self._shadow_budgets(counted, permission, context, req,
                                                acting_for, partition)
-            if policy.budgets and policy.budgeted(permission):
-                found = None
+            if policy.budgets and (policy.budgeted_seen.get(permission)
+                                   or policy.budgeted(permission)):
+                found: Any = _UNASKED
                 if (req is None and acting_for is None and self._lean_budgets
                         and partition is None):
                     # the steady state: the same amount text as this pair's last check
                     # (no context.tokens: tokens budgets count those, _admission asks)
-                    get = dict.get  # a dict subclass's own get() is not called
-                    text, currency = get(context, "amount"), get(context, "currency")
+                    text, currency = _get(context, "amount"), _get(context, "currency")
                     if (type(text) is str and type(currency) is str
-                            and get(context, "tenant") is None
-                            and get(context, "tokens") is None):
+                            and _get(context, "tenant") is None
+                            and _get(context, "tokens") is None):
                         try:
                             found = self.ledger.admission_text(counted, permission, text,
                                                                currency)
-                        except Exception:  # asked again the full way, which denies
-                            found = None
-                if found is not None and found[0] is None:
-                    refused, budget = None, found[1]
-                else:
+                        except Exception:  # _budgets asks again, the full way: it denies
+                            found = _UNASKED
+                if found is not None and found[0] is None:  # admitted: the steady state
+                    budget = found[1]
+                else:  # a miss, a refusal, or not asked (_UNASKED): the budgets step
                     refused, budget = self._budgets(counted, permission, context, req,
-                                                    acting_for, facts, partition)
-                if refused is not None:
-                    facts = refused
-                    status = "denied"
+                                                    acting_for, facts, partition, found)
+                    if refused is not None:
+                        facts = refused
+                        status = "denied"
                 if trace is not None:
                     trace.step("budgets", f"{facts[1]}: {_budget_id(budget)}"
                                if budget is not None
@@ -380,74 +405,83 @@ class Pipeline:
                 if trace is not None:
                     trace.step("redaction", f"{facts[1]}: {len(tool.redactions)} field(s)")
 
-            # The decision log, if any, is asked once before the steps below take
-            # anything (a rate-limit call, an approval's use, a new approval request):
-            # a decision it would refuse is refused before anything is taken. A run that
-            # takes nothing is refused, if at all, where the log is handed the decision
-            # (the same denial).
-            limiter = self.limiter
-            shadow_limiter = self.shadow_limiter
-            if self.log is not None and (status == "pending_approval" or (
-                    status == "allowed" and (
-                        (limiter is not None and limiter.covering(permission))
-                        or (shadow_limiter is not None
-                            and shadow_limiter.covering(permission))))):
-                by_log = self._log_refusal(principal, permission, acting_for, chain, trace)
-                if by_log is not None:
-                    return by_log
+            # Past here only a rate limit (or its shadow) or a pending decision has
+            # anything to do.
+            if self._rated or status == "pending_approval":
+                dry = not register or trace is not None
+                limiter = self.limiter
+                shadow_limiter = self.shadow_limiter
+                # The decision log, if any, is asked once before the steps below take
+                # anything (a rate-limit call, an approval's use, a new approval
+                # request): a decision it would refuse is refused before anything is
+                # taken. A run that takes nothing is refused, if at all, where the log is
+                # handed the decision (the same denial).
+                if self.log is not None and (status == "pending_approval" or (
+                        status == "allowed" and (
+                            (limiter is not None and limiter.covering(permission))
+                            or (shadow_limiter is not None
+                                and shadow_limiter.covering(permission))))):
+                    by_log = self._log_refusal(principal, permission, acting_for, chain,
+                                               trace)
+                    if by_log is not None:
+                        return by_log
 
-            # -- 5. rate limits: only a call that may go ahead now is counted (after the
-            # read-only budget check: a call refused by a budget takes no rate token, and
-            # a rate-limited call reserves or spends nothing)
-            if (limiter is not None and (status == "allowed" or (
-                    status == "pending_approval" and approval_id is not None))
-                    and limiter.covering(permission)):
-                refused, rate = self._rate_limits(counted, permission, context, acting_for,
-                                                  facts, not dry, partition)
-                if refused is not None:
-                    facts = refused
-                    status, budget = "denied", None
-                if trace is not None:
-                    trace.step("ratelimit", "ok: within every rate limit" if refused is None
-                               else f"{facts[1]}: {facts[2]}")
-            if (shadow_limiter is not None and (status == "allowed" or (
-                    status == "pending_approval" and approval_id is not None))
-                    and shadow_limiter.covering(permission)):
-                shadow += self._shadow_rate_limits(counted, permission, context,
-                                                   acting_for, not dry, partition)
-            if status == "pending_approval":
-                call = (tool.binding() if tool is not None and tool.binding is not None
-                        else None)
-                if approval_id is not None:
-                    refusal = self._use_approval(approval_id, principal, permission, context,
-                                                 call, acting_for, now, not dry)
-                    if refusal is None:
-                        permitted = rule_ids(facts[6], principal)
-                        facts = ("allowed", "permitted", f"permitted by {', '.join(permitted)}",
-                                 permitted, facts[4], facts[5], permitted)
-                        status = "allowed"
-                    else:
-                        facts = (*facts[:5], facts[5] + (refusal,), facts[6])
-                    if trace is not None:
-                        trace.step("approval", f"{approval_id}: " + (
-                            "approved for this request" if refusal is None
-                            else f"not honoured ({refusal.code})"))
-                if status == "pending_approval":  # recorded, or (dry) could be
-                    recorded_or_refusal = self._record_approval(
-                        policy, principal, permission, context, call, acting_for, facts, now,
-                        dry)
-                    if type(recorded_or_refusal) is str:
-                        recorded = recorded_or_refusal or None
-                    else:
-                        facts = recorded_or_refusal  # type: ignore[assignment]
+                # -- 5. rate limits: only a call that may go ahead now is counted (after
+                # the read-only budget check: a call refused by a budget takes no rate
+                # token, and a rate-limited call reserves or spends nothing). The
+                # request's tenant and scope are read by the first to ask (``where``).
+                where: list[tuple[str | None, dict[str, str | None] | None]] = []
+                if (limiter is not None and (status == "allowed" or (
+                        status == "pending_approval" and approval_id is not None))
+                        and limiter.covering(permission)):
+                    refused, rate = self._rate_limits(counted, permission, context,
+                                                      acting_for, facts, not dry, partition,
+                                                      where)
+                    if refused is not None:
+                        facts = refused
                         status, budget = "denied", None
-                if trace is None:
-                    pass
-                elif status == "pending_approval":
-                    asking = ", ".join(rule_ids(facts[3], principal))
-                    trace.step("approval", f"needs approval: {asking}")
-                elif facts[1] in ("approval_unbindable", "approval_store_error"):
-                    trace.step("approval", f"denied ({facts[1]}): {facts[2]}")
+                    if trace is not None:
+                        trace.step("ratelimit", "ok: within every rate limit"
+                                   if refused is None else f"{facts[1]}: {facts[2]}")
+                if (shadow_limiter is not None and (status == "allowed" or (
+                        status == "pending_approval" and approval_id is not None))
+                        and shadow_limiter.covering(permission)):
+                    shadow += self._shadow_rate_limits(counted, permission, context,
+                                                       acting_for, not dry, partition, where)
+                if status == "pending_approval":
+                    call = (tool.binding() if tool is not None and tool.binding is not None
+                            else None)
+                    if approval_id is not None:
+                        refusal = self._use_approval(approval_id, principal, permission,
+                                                     context, call, acting_for, now, not dry)
+                        if refusal is None:
+                            permitted = rule_ids(facts[6], principal)
+                            facts = ("allowed", "permitted",
+                                     f"permitted by {', '.join(permitted)}", permitted,
+                                     facts[4], facts[5], permitted)
+                            status = "allowed"
+                        else:
+                            facts = (*facts[:5], facts[5] + (refusal,), facts[6])
+                        if trace is not None:
+                            trace.step("approval", f"{approval_id}: " + (
+                                "approved for this request" if refusal is None
+                                else f"not honoured ({refusal.code})"))
+                    if status == "pending_approval":  # recorded, or (dry) could be
+                        recorded_or_refusal = self._record_approval(
+                            policy, principal, permission, context, call, acting_for, facts,
+                            now, dry)
+                        if type(recorded_or_refusal) is str:
+                            recorded = recorded_or_refusal or None
+                        else:
+                            facts = recorded_or_refusal  # type: ignore[assignment]
+                            status, budget = "denied", None
+                    if trace is None:
+                        pass
+                    elif status == "pending_approval":
+                        asking = ", ".join(rule_ids(facts[3], principal))
+                        trace.step("approval", f"needs approval: {asking}")
+                    elif facts[1] in ("approval_unbindable", "approval_store_error"):
+                        trace.step("approval", f"denied ({facts[1]}): {facts[2]}")
         # -- the one Decision
         status, code, reason, rules, obligations, diagnostics, _ = facts
         if trace is not None and shadow:
@@ -607,20 +641,24 @@ class Pipeline:
 
     def _budgets(self, principal: str, permission: str, context: dict[str, Any],
                  req: RequestState | None, acting_for: str | None, facts: RuleFacts,
-                 partition: str | None = None) -> tuple[RuleFacts | None, Any]:
+                 partition: str | None = None, asked: Any = _UNASKED
+                 ) -> tuple[RuleFacts | None, Any]:
         """Would this request fit every budget covering it? Read-only (spend is
         reserved or recorded through ``engine.budgets``). Returns (denied facts or None,
-        the refusing or tightest budget)."""
+        the refusing or tightest budget). ``asked``: what :meth:`run`'s lean
+        ``ledger.admission_text`` already answered for this request (None: not the text
+        it last saw; or a refusal), so the ledger is not asked the same twice;
+        :data:`_UNASKED` when it was not asked (or failed: then it is asked here)."""
         try:
             money = found = text = None
-            get = dict.get  # a dict subclass's own get() is not called
+            get = _get
             if (req is None and acting_for is None and not self._scope_fields
                     and partition is None and get(context, "tenant") is None
                     and get(context, "tokens") is None):  # the common case, leaner
                 raw, currency = get(context, "amount"), get(context, "currency")
                 if type(raw) is str and type(currency) is str:
-                    found = self.ledger.admission_text(principal, permission, raw,
-                                                       currency)  # the text seen before
+                    found = (self.ledger.admission_text(principal, permission, raw, currency)
+                             if asked is _UNASKED else asked)  # the text seen before
                     if found is None:
                         money = PARSED.get((raw, currency))  # parsed before, mostly
                         text = raw  # what money is the parse of, with currency
@@ -673,33 +711,30 @@ class Pipeline:
 
     def _ask_rates(self, limiter: Any, principal: str, permission: str,
                    context: dict[str, Any], acting_for: str | None, consume: bool,
-                   each: bool = False, partition: str | None = None) -> Any:
+                   each: bool, partition: str | None, where: list[Any]) -> Any:
         """``limiter.admit`` for this request: None or the refusing ``RateLimitUsage``
-        (``each``: ``admit_each``, the refusing ones); raises what it raises."""
-        fields = limiter.scope_fields
-        tenant: Any
-        if partition is not None:
-            tenant, scope = _where(partition, fields, context)
-        else:
-            get = dict.get  # a dict subclass's own get() is not called
-            tenant = get(context, "tenant")
-            if tenant is not None and type(tenant) is not str:
-                tenant = None
-            scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
-                     else None)
+        (``each``: ``admit_each``, the refusing ones); raises what it raises.
+        ``where``: the request's (tenant, scope) for the rate limits and shadow rate
+        limits (:func:`_where` over the fields of both), read by the first of them to
+        ask and kept there for the other; empty until then (and after a read that
+        raised: the next one reads again)."""
+        if not where:
+            where.append(_where(partition, self._rate_fields, context))
+        tenant, scope = where[0]
         ask = limiter.admit_each if each else limiter.admit
         return ask(principal, permission, acting_for=acting_for, tenant=tenant, scope=scope,
                    consume=consume)
 
     def _rate_limits(self, principal: str, permission: str, context: dict[str, Any],
                      acting_for: str | None, facts: RuleFacts, consume: bool,
-                     partition: str | None = None) -> tuple[RuleFacts | None, Any]:
+                     partition: str | None, where: list[Any]) -> tuple[RuleFacts | None, Any]:
         """Take one call of every rate limit covering the request (``consume=False``:
         only ask, for explain). Returns (denied facts or None, the refusing
-        ``RateLimitUsage`` or None). A store fault or an unusable subject denies."""
+        ``RateLimitUsage`` or None). A store fault or an unusable subject denies.
+        ``where``: see :meth:`_ask_rates`."""
         try:
             usage = self._ask_rates(self.limiter, principal, permission, context, acting_for,
-                                    consume, False, partition)
+                                    consume, False, partition, where)
         except Exception as exc:  # BudgetError, or a store fault: never an allow
             code, message = _fault(exc, "store_unavailable")
             return _overruled(facts, code, f"rate limit check failed: {message}"), None
@@ -711,8 +746,8 @@ class Pipeline:
         return ("denied", code, reason, (usage.id,), None, facts[5], ()), usage
 
     def _shadow_rate_limits(self, principal: str, permission: str, context: dict[str, Any],
-                            acting_for: str | None, consume: bool, partition: str | None = None
-                            ) -> tuple[ShadowOutcome, ...]:
+                            acting_for: str | None, consume: bool, partition: str | None,
+                            where: list[Any]) -> tuple[ShadowOutcome, ...]:
         """What the shadow rate limits would have said of a call that goes ahead: each
         counts it on its own key, as if it alone were enforced; an outcome for each that
         would have refused (or for every covering one when the store fails)."""
@@ -720,7 +755,7 @@ class Pipeline:
         modes = self.policy.shadow_modes
         try:
             refusing = self._ask_rates(limiter, principal, permission, context, acting_for,
-                                       consume, True, partition)
+                                       consume, True, partition, where)
         except Exception as exc:  # it would have denied with this code
             found = getattr(exc, "code", None)
             code = found if type(found) is str else "store_unavailable"
@@ -827,9 +862,13 @@ def _counted(partition: str, principal: str) -> str:
     return under(partition, "agent:" + principal.translate(PART_ESCAPES))
 
 
-def _where(partition: str, fields: Any, context: dict[str, Any]
+def _where(partition: str | None, fields: Any, context: dict[str, Any]
            ) -> tuple[str | None, dict[str, str | None] | None]:
-    """(tenant, scope) of a request counted in ``partition`` (a tenant; ``""`` the empty
+    """(tenant, scope) the budgets and rate limits read of a request (``fields``: the
+    request fields they read). With ``partition`` None, the request's own values as sent
+    (:func:`_sent_tenant`, :func:`_sent_scope`).
+
+    Counted in ``partition`` (a tenant; ``""`` the empty
     tenant, a caller without one): the tenant the budgets and rate limits read is the
     partition itself (``per tenant``; None for the empty tenant, as the budget wires
     charge a key without one; a ``context.tenant`` sent is read by the rules only), and
@@ -838,11 +877,26 @@ def _where(partition: str, fields: Any, context: dict[str, Any]
     :func:`~policyengine.budgets.spec.partitioned`). So two partitions never share a
     counter a request names, and the buckets are the ones the budget wires charge for
     that tenant (docs/service.md, "Tenants on the budget wires")."""
+    if partition is None:
+        return _sent_tenant(context), _sent_scope(fields, context)
     tenant = partition or None
     if not fields:
         return tenant, None
     from policyengine.budgets.spec import partitioned
     return tenant, partitioned(partition, fields, context)
+
+
+def _sent_tenant(context: dict[str, Any]) -> str | None:
+    """The request's ``context.tenant`` when it is a string, else None."""
+    tenant = _get(context, "tenant")
+    return tenant if type(tenant) is str else None
+
+
+def _sent_scope(fields: Any, context: dict[str, Any]) -> dict[str, str | None] | None:
+    """The request's values of ``fields`` that are strings (budgets and rate limits per
+    workspace, per context.run_id ...: string fields only); None without fields."""
+    return ({f: v for f in fields if type(v := _get(context, f)) is str} if fields
+            else None)
 
 
 def _admission(ledger: Any, principal: str, permission: str, context: dict[str, Any],
@@ -855,20 +909,17 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
     else the amount is read here with ``default`` as its currency. ``each``: the same
     question as ``ledger.admit``, ``(code, BudgetCheck)``, whose ``refusals`` name every
     refusing budget (the shadow budgets')."""
-    get = dict.get  # a dict subclass's own get() is not called
     fields = ledger.scope_fields
-    tenant: Any
+    tenant: str | None
     scope: dict[str, str | None] | None
-    if partition is not None:  # the partition's tenant and fields: _where
+    if partition is not None:  # the partition's tenant and fields
         tenant, scope = _where(partition, fields, context)
     else:
-        tenant = get(context, "tenant")
-        if tenant is not None and type(tenant) is not str:
-            tenant = None
+        tenant = _sent_tenant(context)
     money = req.money() if req is not None else read_money(context, default)
     amount: Any
     unit: str | None
-    tokens = get(context, "tokens")
+    tokens = _get(context, "tokens")
     if isinstance(tokens, str):  # a count is a number: never read from text (docs/semantics.md)
         raise EvalError("invalid_amount", f"context.tokens {tokens[:32]!r} is text: give the "
                         "count of tokens as a number (100, not \"100\")", "tokens_not_a_number")
@@ -883,9 +934,7 @@ def _admission(ledger: Any, principal: str, permission: str, context: dict[str, 
             found: tuple[str | None, Any] = ledger.admission_parts(principal, permission,
                                                                    amount, unit)
             return found
-        # budgets per workspace, per context.run_id ...: string fields only
-        scope = ({f: v for f in fields if type(v := get(context, f)) is str} if fields
-                 else None)
+        scope = _sent_scope(fields, context)
     if each:
         check = ledger.admit(principal, permission, amount, unit, acting_for=acting_for,
                              tenant=tenant, scope=scope, tokens=tokens)
@@ -924,6 +973,22 @@ def _would_consume(item: Approval, approval_id: str, digest: str, now: float | N
         code = {"expired": "approval_expired", "pending": "approval_pending",
                 "rejected": "approval_rejected"}.get(item.status, "approval_used")
         raise ApprovalError(code, f"approval {approval_id} is {item.status}")
+
+
+def _options_problem(approval_id: Any, partition: Any, partition_agent: bool,
+                     acting_for: Any, token: Any) -> str | None:
+    """Why a run's ``approval_id``, ``partition``, ``partition_agent`` or ``acting_for``
+    cannot be used (checked in this order), or None. Off the common path: :meth:`Pipeline.run`
+    asks only when one of them is given."""
+    if approval_id is not None and type(approval_id) is not str:
+        return f"approval_id must be a string, not {type(approval_id).__name__}"
+    if partition is not None and type(partition) is not str:
+        return f"partition must be a string, not {type(partition).__name__}"
+    if partition_agent and partition is None:
+        return "partition_agent needs a partition"
+    if acting_for is not None:
+        return acting_for_problem(acting_for, token)
+    return None
 
 
 def _invalid(principal: Any, permission: Any, message: str, trace: Trace | None) -> Decision:
