@@ -16,13 +16,16 @@ This works on bytes, so another implementation verifies a log without re-encodin
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from decimal import Decimal
+from enum import Enum
 from typing import Any, Final
+from uuid import UUID
 
 import orjson
 
@@ -32,10 +35,12 @@ from policyengine.audit.errors import LogVerifyError
 
 __all__ = [
     "CHECKPOINT_TYP",
+    "KEY_LEAVES",
     "ZERO_HASH",
     "Problem",
     "VerifyReport",
     "encode",
+    "json_form",
     "seal",
     "sign_checkpoint",
     "verify_files",
@@ -49,14 +54,55 @@ _HASH_MARK: Final = b',"hash":"'
 _OPTS: Final = orjson.OPT_NON_STR_KEYS
 
 
-def _default(value: object) -> object:
+def json_form(value: object) -> object:
+    """The JSON form the log writes for a value that is not an exact ``str``, ``int``,
+    ``float``, ``bool``, ``None``, ``dict``, ``list`` or ``tuple``, one step deep (a
+    set's form is a list whose items may need a step of their own).
+
+    The one place that says how such a value is written: it is the encoder's
+    ``default`` hook, and the credential scan (``_record.scrub``) replaces every such
+    value of an input by its form before looking into it. So the scan looks at exactly
+    what is written, whatever the container; before, the scan walked dicts, lists and
+    tuples only while the encoder wrote a set as an array, and a JWT in a set was logged.
+    What orjson writes natively for a subclass, an enum or a dataclass is what this
+    gives (the storage of a ``dict`` or ``list``, an enum's value, a dataclass's
+    fields); anything JSON has no form for is ``"<TypeName>"``, never its ``repr``."""
+    if isinstance(value, str):
+        return str.__str__(value)  # a subclass: its text, whatever ``__str__`` says
+    if isinstance(value, Enum):
+        return value.value
     if isinstance(value, Decimal):
         return decimal_text(value)  # plain; scientific beyond 10**+-4300 (bounded)
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
+    if isinstance(value, dict):
+        return dict(dict.items(value))  # the storage, as orjson reads a subclass
+    if isinstance(value, list):
+        return list.copy(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__int__(value)
     if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name, None) for f in fields(value)}
     return f"<{type(value).__name__}>"
+
+
+_default: Final = json_form
+
+#: Key types orjson writes as their text under ``OPT_NON_STR_KEYS`` (digits, ``null``,
+#: an ISO date, a UUID: no text of the caller's choosing).
+KEY_LEAVES: Final = frozenset({int, float, bool, type(None), UUID, datetime.datetime,
+                               datetime.date, datetime.time})
+
+
+def _safe_key(key: object) -> str:
+    if type(key) is str:
+        return key
+    if type(key) in KEY_LEAVES:
+        return str(key)
+    form = json_form(key)
+    return form if type(form) is str else f"<{type(key).__name__}>"  # never a repr
 
 
 def _safe(value: Any, depth: int = 0) -> Any:
@@ -78,10 +124,13 @@ def _safe(value: Any, depth: int = 0) -> Any:
         return value if value == value and value not in (float("inf"), float("-inf")) \
             else str(value)
     if isinstance(value, dict):
-        return {_safe(str(k), depth + 1): _safe(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+        return {_safe(_safe_key(k), depth + 1): _safe(v, depth + 1)
+                for k, v in dict.items(value)}
+    if type(value) is tuple:
         return [_safe(v, depth + 1) for v in value]
-    return _default(value)
+    if isinstance(value, list):
+        return [_safe(v, depth + 1) for v in list.__iter__(value)]
+    return _safe(_default(value), depth + 1)
 
 
 def encode(record: dict[str, Any]) -> bytes:

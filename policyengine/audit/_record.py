@@ -14,6 +14,11 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Any, Final
 
+import orjson
+
+from policyengine._json import decimal_text
+from policyengine.audit._chain import KEY_LEAVES, json_form
+from policyengine.decision import FrozenDict, FrozenList
 from policyengine.tools._redaction import MASK, RedactionPlan, RedactionRule
 
 __all__ = [
@@ -172,17 +177,30 @@ def _is_jwt(value: str) -> bool:
     return value.startswith("eyJ") and value.count(".") in (2, 4) and " " not in value
 
 
-_credential_keys: dict[str, bool] = {}  # key -> is it a credential's name (bounded cache)
-#: The keys of that cache that are not a credential's name: a dict whose keys are all
-#: here has none (one C-level ``issuperset`` instead of a look-up per key).
+#: key -> its verdict (bounded cache): :data:`_PLAIN_KEY`, :data:`_CREDENTIAL_NAME` (its
+#: value is masked) or :data:`_JWT_KEY` (the key itself is masked; never cached).
+_credential_keys: dict[str, int] = {}
+_PLAIN_KEY: Final = 0
+_CREDENTIAL_NAME: Final = 1
+_JWT_KEY: Final = 2
+#: The keys of that cache that are neither: a dict whose keys are all here has none
+#: (one C-level ``issuperset`` instead of a look-up per key).
 _plain_keys: set[str] = set()
 _PLAIN = (int, float, bool, type(None))
+#: Exact types the scan leaves as they are: the encoder writes them as text of no one's
+#: choosing (digits, an ISO date, a UUID). Every other type that is not a ``str``, a
+#: dict, a list or a tuple is replaced by its JSON form (:func:`json_form`) and that is
+#: scanned: the scan hands the encoder nothing it has not looked into.
+_LEAVES: Final = frozenset({*_PLAIN, Decimal, *KEY_LEAVES})
 
 
-def _is_credential_key(key: str) -> bool:
+def _key_verdict(key: str) -> int:
     found = _credential_keys.get(key)
     if found is None:
-        found = key.lower().replace("-", "_") in CREDENTIAL_KEYS
+        if len(key) > 20 and _is_jwt(key):
+            return _JWT_KEY
+        found = _CREDENTIAL_NAME if key.lower().replace("-", "_") in CREDENTIAL_KEYS \
+            else _PLAIN_KEY
         if len(_credential_keys) < 65_536:
             _credential_keys[key] = found
             if not found:
@@ -190,10 +208,58 @@ def _is_credential_key(key: str) -> bool:
     return found
 
 
-def scrub(value: Any, path: str, masked: list[str], depth: int = 0) -> Any:
+def _written_key(key: Any, path: str, masked: list[str], depth: int) -> tuple[Any, int]:
+    """(the key as the log writes it, its verdict) for a key that is not a plain ``str``
+    of the cache: a JWT is written as the mask; a key of another type as its JSON form
+    with the credentials in it masked (text for a container: ``[1,"a"]``), since the
+    encoder writes a key as text. Before, such a key was written as its ``repr``."""
+    if type(key) is str:
+        verdict = _key_verdict(key)
+        if verdict != _JWT_KEY:
+            return key, verdict
+        masked.append(f"{path}.{MASK}")
+        return MASK, _PLAIN_KEY
+    if type(key) in KEY_LEAVES:
+        return key, _PLAIN_KEY
+    inside: list[str] = []
+    form = scrub(key, path, inside, depth + 1)
+    if type(form) in KEY_LEAVES:
+        return form, _PLAIN_KEY
+    if type(form) is str:
+        text = form
+    elif type(form) is Decimal:
+        text = decimal_text(form)
+    else:
+        try:
+            text = orjson.dumps(form, default=json_form,
+                                option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # a huge int in it, a lone surrogate: the type's name only
+            text = f"<{type(key).__name__}>"
+    verdict = _key_verdict(text) if text is not MASK else _PLAIN_KEY
+    if verdict == _JWT_KEY:
+        text, verdict = MASK, _PLAIN_KEY
+        inside.append(path)
+    if inside:
+        masked.append(f"{path}.{text}")
+    return text, verdict
+
+
+def scrub(value: Any, path: str, masked: list[str], depth: int = 0,
+          forms: list[str] | None = None) -> Any:
     """``value`` with every credential replaced by the mask: values under a
-    :data:`CREDENTIAL_KEYS` key and strings that are JWTs. Containers are copied only
-    where something changed; the paths replaced are appended to ``masked``."""
+    :data:`CREDENTIAL_KEYS` key and strings that are JWTs (dict keys too). Containers
+    are copied only where something changed; the paths replaced are appended to
+    ``masked``.
+
+    The scan looks into exactly what the encoder writes: a ``str``, a dict (its storage,
+    as orjson reads a subclass), a list (likewise), a tuple, and the exact types of
+    :data:`_LEAVES` are taken as they are; anything else (a set, a frozenset, an enum,
+    a dataclass, a ``str`` subclass, bytes, an object) is replaced by
+    :func:`json_form`, the encoder's own ``default`` hook, and that form is scanned and
+    returned. So what is written is what was scanned, whatever the container. The
+    paths where the input was not a dict or list of its own (a form was taken, a tuple,
+    a dict or list subclass but the engine's frozen ones) are appended to ``forms`` when
+    given: ``log redact`` rules walk dicts and lists only (:func:`mask_input`)."""
     if depth > 64:
         masked.append(path)
         return MASK
@@ -203,74 +269,169 @@ def scrub(value: Any, path: str, masked: list[str], depth: int = 0) -> Any:
             masked.append(path)
             return MASK
         return value
-    if kind is dict or isinstance(value, Mapping):
+    if kind is dict and _plain_keys.issuperset(value):
+        # Keys all known plain names (the common case): only the values are looked at.
         out: dict[Any, Any] | None = None
-        # Keys all known not to be credentials' names (the common case): only the
-        # values are looked at. A dict's keys are hashable; another mapping's are
-        # checked one by one.
-        plain = kind is dict and _plain_keys.issuperset(value)
         for k, v in value.items():
-            if plain or not (type(k) is str and _is_credential_key(k)):
-                vk = type(v)
-                if vk is str:
-                    if len(v) <= 20 or not _is_jwt(v):
-                        continue
-                    new: Any = MASK  # a JWT
-                    masked.append(f"{path}.{k}")
-                elif vk in _PLAIN:
+            vk = type(v)
+            if vk is str:
+                if len(v) <= 20 or not _is_jwt(v):
                     continue
-                else:
-                    new = scrub(v, f"{path}.{k}", masked, depth + 1)
-                    if new is v:
-                        continue
-            else:
-                new = MASK
+                new: Any = MASK  # a JWT
                 masked.append(f"{path}.{k}")
+            elif vk in _PLAIN:
+                continue
+            else:
+                new = scrub(v, f"{path}.{k}", masked, depth + 1, forms)
+                if new is v:
+                    continue
             if out is None:
                 out = dict(value)
             out[k] = new
         return value if out is None else out
-    if kind is list or kind is tuple or isinstance(value, (list, tuple)):  # and FrozenList
-        items: list[Any] | None = None
-        for i, v in enumerate(value):
+    if kind is dict or isinstance(value, dict):
+        if kind is not dict and forms is not None and kind is not FrozenDict:
+            forms.append(path)
+        return _scrub_dict(value, kind is dict, path, masked, depth, forms)
+    if kind is list or kind is tuple or isinstance(value, list):
+        if kind is not list and forms is not None and kind is not FrozenList:
+            forms.append(path)
+        items_: list[Any] | None = None
+        for i, v in enumerate(value if kind is list or kind is tuple
+                              else list.__iter__(value)):
             vk = type(v)
             if vk is str:
                 if len(v) <= 20 or not _is_jwt(v):
                     continue
             elif vk in _PLAIN:
                 continue
-            new = scrub(v, f"{path}[{i}]", masked, depth + 1)
+            new = scrub(v, f"{path}[{i}]", masked, depth + 1, forms)
+            if new is not v:
+                if items_ is None:
+                    items_ = list(value) if kind is list or kind is tuple \
+                        else list.copy(value)
+                items_[i] = new
+        return value if items_ is None else items_
+    if kind in _LEAVES:
+        return value
+    # Anything else is written as its JSON form: that is what is scanned, and logged.
+    if forms is not None:
+        forms.append(path)
+    return scrub(json_form(value), path, masked, depth + 1, forms)
+
+
+def _scrub_dict(value: dict[Any, Any], exact: bool, path: str, masked: list[str],
+                depth: int, forms: list[str] | None) -> dict[Any, Any]:
+    """:func:`scrub` of a dict with a key not known plain (a credential's name, a JWT, a
+    key of another type, a key not seen yet) or of a dict subclass (read from its
+    storage, as the encoder reads it)."""
+    out: dict[Any, Any] | None = None
+    renamed: dict[Any, Any] | None = None
+    for k, v in (value.items() if exact else dict.items(value)):
+        if type(k) is str:
+            verdict = _credential_keys.get(k)
+            name = k
+            if verdict is None:
+                name, verdict = _written_key(k, path, masked, depth)
+        else:
+            name, verdict = _written_key(k, path, masked, depth)
+        if name is not k:
+            if renamed is None:
+                renamed = {}
+            renamed[k] = name
+        if verdict == _CREDENTIAL_NAME:
+            masked.append(f"{path}.{name}")
+            new: Any = MASK
+        else:
+            vk = type(v)
+            if vk is str:
+                if len(v) <= 20 or not _is_jwt(v):
+                    continue
+                new = MASK  # a JWT
+                masked.append(f"{path}.{name}")
+            elif vk in _PLAIN:
+                continue
+            else:
+                new = scrub(v, f"{path}.{name}", masked, depth + 1, forms)
+                if new is v:
+                    continue
+        if out is None:
+            out = dict(value) if exact else dict(dict.items(value))
+        out[k] = new
+    if renamed is not None:  # in the same order, under the names written
+        pairs = dict.items(value) if out is None else out.items()
+        return {renamed.get(k, k): v for k, v in pairs}
+    return value if out is None else out
+
+
+def _json_tree(value: Any, depth: int = 0) -> Any:
+    """``value`` with every container that is not a dict or list of its own (a set, a
+    tuple, an enum, a dataclass, a subclass) replaced by the JSON form the log writes,
+    keys as they are: what ``log redact`` rules, which walk dicts and lists only, are
+    applied to when the input holds such a container. Copied only where changed."""
+    if depth > 64:
+        return value  # the scan masks it
+    kind = type(value)
+    if kind is str or kind in _LEAVES:
+        return value
+    if kind is dict or kind is FrozenDict:
+        out: dict[Any, Any] | None = None
+        for k, v in value.items():
+            new = _json_tree(v, depth + 1)
+            if new is not v:
+                if out is None:
+                    out = dict(value)
+                out[k] = new
+        return value if out is None else out
+    if kind is list or kind is FrozenList:
+        items: list[Any] | None = None
+        for i, v in enumerate(value):
+            new = _json_tree(v, depth + 1)
             if new is not v:
                 if items is None:
                     items = list(value)
                 items[i] = new
         return value if items is None else items
-    return value
+    return _json_tree(list(value) if kind is tuple else json_form(value), depth + 1)
 
 
-def mask_input(inp: dict[str, Any], view: LogView | None
+def mask_input(inp: dict[str, Any], view: LogView | None, as_json: bool = False
                ) -> tuple[dict[str, Any] | None, list[str], list[str], list[str]]:
     """Apply the policy's ``log redact`` rules, then remove credentials.
 
     Returns (input, masked paths, erased paths, errors). A rule that cannot be applied
     (``hash`` without a key, a value that cannot be hashed) leaves nothing to chance:
     the whole input is erased (``erased == ["$"]``) and the error is named.
+
+    The rules walk dicts and lists: when the input holds another container (a set, a
+    tuple, a dataclass ...; :func:`scrub` reports them), they are applied again, to the
+    JSON form of the input (``as_json``: ``inp`` is that form), so that
+    ``$.context.cards[*]`` reaches the items of a set as the log writes them. An input
+    of dicts and lists (the common case) is walked once.
     """
     masked: list[str] = []
     erased: list[str] = []
-    if view is not None and view.by_key is not None and isinstance(inp, dict):
+    if view is None or not view.rules:
+        return scrub(inp, "$", masked), masked, erased, []
+    seen: list[str] | None = None if as_json else []
+    if view.by_key is not None and isinstance(inp, dict):
         try:
-            inp, masked, erased = view.by_key.apply(inp)
-            return scrub(inp, "$", masked), masked, erased, []
+            out, masked, erased = view.by_key.apply(inp)
+            out = scrub(out, "$", masked, 0, seen)
+            if seen:
+                return mask_input(_json_tree(inp), view, True)
+            return out, masked, erased, []
         except Exception:  # the general route below reports what failed
-            pass
-    if view is not None and view.rules:
-        inp, applied, diagnostics = view.plan.apply(inp)
-        if diagnostics:
-            return None, [], ["$"], sorted({d.code for d in diagnostics})
-        for path, strategy in applied:
-            (erased if strategy == "remove" else masked).append(path)
-    return scrub(inp, "$", masked), masked, erased, []
+            masked, erased = [], []
+    out, applied, diagnostics = view.plan.apply(inp)
+    if diagnostics:
+        return None, [], ["$"], sorted({d.code for d in diagnostics})
+    for path, strategy in applied:
+        (erased if strategy == "remove" else masked).append(path)
+    out = scrub(out, "$", masked, 0, seen)
+    if seen:
+        return mask_input(_json_tree(inp), view, True)
+    return out, masked, erased, []
 
 
 def token_ids(token: Any) -> dict[str, Any]:
