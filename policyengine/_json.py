@@ -20,7 +20,8 @@ from typing import Any, Final
 
 from policyengine.errors import PolicyEngineError
 
-__all__ = ["MAX_EXPONENT", "AmbiguousJsonError", "decimal_text", "loads", "utf8_charset"]
+__all__ = ["MAX_EXPONENT", "AmbiguousJsonError", "decimal_text", "dumps", "loads",
+           "utf8_charset"]
 
 #: The widest adjusted exponent (the power of ten of the leading digit: 3 for ``1234``,
 #: -3 for ``0.00123``, -5000 for ``0e-5000``) of a number read as a ``Decimal``: beyond
@@ -87,6 +88,67 @@ def decimal_text(value: Decimal) -> str:
     if -MAX_EXPONENT <= value.adjusted() <= MAX_EXPONENT:
         return format(value, "f")
     return str(value)
+
+
+_ASCII_STRING: Final = json.encoder.encode_basestring_ascii
+_STRING: Final = json.encoder.encode_basestring
+
+
+def dumps(value: Any, *, sort_keys: bool = False, ensure_ascii: bool = True) -> str:
+    """Compact JSON of a document :func:`loads` gave, ``Decimal`` fractions included: each
+    is written as the number it is, digit for digit and in the form it was read
+    (``str``: ``280.10``, ``1E+300``, a fraction to a reader of doubles still), where the
+    standard library refuses a ``Decimal`` and a detour through ``float`` would change
+    the number (``12345678901234567.89`` is ``12345678901234568.0`` as a double): a
+    document read exactly and written again must say the same amounts. Otherwise the
+    text ``json.dumps(value, separators=(",", ":"), sort_keys=..., ensure_ascii=...,
+    allow_nan=False)`` writes. Raises ``ValueError`` for a NaN or infinity, ``TypeError``
+    for a value JSON has no form for, ``RecursionError`` for absurd nesting."""
+    parts: list[str] = []
+    _write(value, parts.append, sort_keys, _ASCII_STRING if ensure_ascii else _STRING)
+    return "".join(parts)
+
+
+def _write(value: Any, out: Any, sort_keys: bool, string: Any) -> None:
+    if isinstance(value, str):
+        out(string(value))
+    elif value is None:
+        out("null")
+    elif value is True:
+        out("true")
+    elif value is False:
+        out("false")
+    elif isinstance(value, int):
+        out(int.__repr__(value))
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{value} is not a JSON number")
+        out(Decimal.__str__(value))  # JSON's number grammar, for every finite Decimal
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a JSON number")
+        out(float.__repr__(value))
+    elif isinstance(value, dict):
+        items = list(value.items())
+        for key, _ in items:
+            if not isinstance(key, str):
+                raise TypeError(f"keys must be str, not {type(key).__name__}")
+        if sort_keys:
+            items.sort(key=lambda item: item[0])
+        out("{")
+        for n, (key, item) in enumerate(items):
+            out(("," if n else "") + string(key) + ":")
+            _write(item, out, sort_keys, string)
+        out("}")
+    elif isinstance(value, (list, tuple)):
+        out("[")
+        for n, item in enumerate(value):
+            if n:
+                out(",")
+            _write(item, out, sort_keys, string)
+        out("]")
+    else:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 # Decoders are built once: json.loads(..., object_pairs_hook=...) builds one per call.

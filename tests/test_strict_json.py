@@ -93,3 +93,66 @@ def test_decimal_mode_reads_a_number_exactly_or_refuses_it_by_its_exponent(
             strict_json.loads(text, decimal=True)
         assert strict_json.decimal_text(value) == str(value)  # never the plain digits
     assert Decimal(strict_json.decimal_text(value)) == value
+
+
+# ---- dumps: what loads(decimal=True) read, written back with the same numbers ----------
+exact_numbers = st.decimals(allow_nan=False, allow_infinity=False).filter(
+    lambda d: abs(d.adjusted()) <= strict_json.MAX_EXPONENT)  # as loads reads them
+floats = st.floats(allow_nan=False, allow_infinity=False)
+exact_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | exact_numbers | floats,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=4),
+    max_leaves=20,
+)
+
+
+@given(exact_values)
+def test_dumps_writes_what_loads_reads_back_exactly(value: object) -> None:
+    # A float reads back as the Decimal of its shortest text (what the wire would read).
+    def exact(v: object) -> object:
+        if type(v) is float:
+            return Decimal(repr(v))
+        if isinstance(v, list):
+            return [exact(x) for x in v]
+        if isinstance(v, dict):
+            return {k: exact(x) for k, x in v.items()}
+        return v
+    for ascii_only in (True, False):
+        text = strict_json.dumps(value, ensure_ascii=ascii_only)
+        assert strict_json.loads(text, decimal=True) == exact(value)
+
+
+@given(json_values | st.recursive(floats, lambda inner: st.lists(inner, max_size=3)),
+       st.booleans(), st.booleans())
+def test_dumps_without_decimals_is_the_standard_librarys_compact_text(
+        value: object, sort_keys: bool, ascii_only: bool) -> None:
+    import json
+    assert strict_json.dumps(value, sort_keys=sort_keys, ensure_ascii=ascii_only) == (
+        json.dumps(value, separators=(",", ":"), sort_keys=sort_keys,
+                   ensure_ascii=ascii_only, allow_nan=False))
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (Decimal("12345678901234567.89"), "12345678901234567.89"),
+    (Decimal("0.1000000000000000000001"), "0.1000000000000000000001"),
+    (Decimal("1E+3"), "1E+3"), (Decimal("1E+300"), "1E+300"), (Decimal("-0"), "-0"),
+    (Decimal("0E-3"), "0.000"), (Decimal("1E-7"), "1E-7"), (Decimal("1E+999999999"),
+                                                             "1E+999999999"),
+    ({"b": [Decimal("2.50")], "a": 1}, '{"b":[2.50],"a":1}'),
+])
+def test_dumps_writes_a_decimal_digit_for_digit(value: object, text: str) -> None:
+    assert strict_json.dumps(value) == text
+
+
+@pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("sNaN"), Decimal("-Infinity"),
+                                   float("nan"), float("inf"), [Decimal("Infinity")]])
+def test_dumps_refuses_a_non_finite_number(value: object) -> None:
+    with pytest.raises(ValueError, match="not a JSON number"):
+        strict_json.dumps(value)
+
+
+@pytest.mark.parametrize("value", [{1: 2}, {"a": object()}, b"x", {"s": {1}}])
+def test_dumps_refuses_what_json_has_no_form_for(value: object) -> None:
+    with pytest.raises(TypeError):
+        strict_json.dumps(value)

@@ -46,6 +46,7 @@ from urllib.parse import parse_qsl
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from policyengine import _json as strict_json
 from policyengine import budgets as pb
 from policyengine.budgets.ledger import unknown_reservation
 from policyengine.server import _cycles_models as cm
@@ -150,8 +151,10 @@ def _note(body: _CreateIn) -> str:
         note["m"] = body.metadata
     try:
         return orjson.dumps(note, option=orjson.OPT_SORT_KEYS).decode()
-    except TypeError:  # what orjson refuses (an integer past 64 bits, a lone surrogate)
-        return json.dumps(note, sort_keys=True, separators=(",", ":"))
+    except TypeError:  # what orjson refuses (an integer past 64 bits, a lone surrogate,
+        # a Decimal: metadata's 0.1 as the wire read it), written as json.dumps would,
+        # and a Decimal as the number it is
+        return strict_json.dumps(note, sort_keys=True)
 
 
 def _tenant_agent(agent: str, tenant: str) -> str:

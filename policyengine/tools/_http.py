@@ -35,7 +35,6 @@ the engine is asked, with a ``ToolDenied`` whose outcome is ``invalid_request`` 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any, Final, Protocol
 
@@ -109,9 +108,27 @@ def _parse_body(content: bytes, content_type: str | None) -> tuple[Any, bool]:
     if not _is_json_type(content_type) or not strict_json.utf8_charset(content_type):
         return content, False
     try:
-        return strict_json.loads(content), True
+        body = strict_json.loads(content)  # refuses what a double reads otherwise (1e400)
+        if _has_float(body):
+            # Fractions as Decimal, as the service wire reads them: a body's 280.10 is
+            # the amount 280.10 (a float is refused as an amount), and a rewritten body
+            # (redactions) says the same numbers as the one the caller gave.
+            body = strict_json.loads(content, decimal=True)
+        return body, True
     except (ValueError, RecursionError):  # includes UnicodeDecodeError, JSONDecodeError
         return content, False
+
+
+def _has_float(value: Any) -> bool:
+    """Whether a parsed body holds a float (most bodies hold none: read them once)."""
+    kind = type(value)
+    if kind is float:
+        return True
+    if kind is dict:
+        return any(_has_float(v) for v in value.values())
+    if kind is list:
+        return any(_has_float(v) for v in value)
+    return False
 
 
 def _host_of(url: httpx.URL) -> str:
@@ -184,8 +201,7 @@ def _outgoing(request: httpx.Request, content: bytes, parsed: Any, is_json: bool
                 "redaction_unavailable",
                 "the decision requires redactions but the body is not JSON; not sent"))
         try:
-            content = json.dumps(new_body, ensure_ascii=False, separators=(",", ":"),
-                                 allow_nan=False).encode("utf-8")
+            content = strict_json.dumps(new_body, ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:
             # The strict parser never yields such a body; an authorizer that does gets
             # a refusal, never an exception from inside the transport.
