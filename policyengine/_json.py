@@ -21,7 +21,7 @@ from typing import Any, Final
 from policyengine.errors import PolicyEngineError
 
 __all__ = ["MAX_EXPONENT", "AmbiguousJsonError", "decimal_text", "dumps", "loads",
-           "utf8_charset"]
+           "loads_exact", "utf8_charset"]
 
 #: The widest adjusted exponent (the power of ten of the leading digit: 3 for ``1234``,
 #: -3 for ``0.00123``, -5000 for ``0e-5000``) of a number read as a ``Decimal``: beyond
@@ -177,6 +177,27 @@ def loads(data: str | bytes, *, decimal: bool = False) -> Any:
         # is why this is not a parse_int hook: that would slow every integer down).
         raise AmbiguousJsonError("number_too_long", f"a number too long to read: {exc}"
                                  ) from None
+
+
+def loads_exact(data: str | bytes) -> Any:
+    """A body another party reads and forwards: refused as :func:`loads` refuses it (so
+    also a number that is infinite as a double, ``1e400``: the upstream's reading of the
+    same bytes), then read with fractions as ``Decimal`` (``280.10`` is the amount
+    280.10, as the service wire reads it, never the float a money rule refuses). Bodies
+    without a fraction, most, are decoded once."""
+    value = loads(data)
+    return loads(data, decimal=True) if _has_float(value) else value
+
+
+def _has_float(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:
+        return True
+    if kind is dict:
+        return any(_has_float(v) for v in value.values())
+    if kind is list:
+        return any(_has_float(v) for v in value)
+    return False
 
 
 def utf8_charset(content_type: object) -> bool:

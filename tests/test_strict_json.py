@@ -156,3 +156,24 @@ def test_dumps_refuses_a_non_finite_number(value: object) -> None:
 def test_dumps_refuses_what_json_has_no_form_for(value: object) -> None:
     with pytest.raises(TypeError):
         strict_json.dumps(value)
+
+
+@given(exact_values)
+def test_loads_exact_reads_fractions_as_decimals_and_refuses_as_loads(value: object) -> None:
+    text = strict_json.dumps(value)
+    try:
+        strict_json.loads(text)
+    except strict_json.AmbiguousJsonError as exc:  # 1e400 and the like, as a double
+        with pytest.raises(strict_json.AmbiguousJsonError) as again:
+            strict_json.loads_exact(text)
+        assert again.value.code == exc.code
+        return
+    assert strict_json.loads_exact(text) == strict_json.loads(text, decimal=True)
+
+
+
+@pytest.mark.parametrize("text", ["1e400", '{"a": [1, -1E+999]}', '{"a": 0.5, "b": 1e309}'])
+def test_loads_exact_refuses_a_number_infinite_as_a_double(text: str) -> None:
+    with pytest.raises(strict_json.AmbiguousJsonError) as err:
+        strict_json.loads_exact(text)
+    assert err.value.code == "non_finite_number"

@@ -557,7 +557,9 @@ def _read_body(body: Any) -> _Body | tuple[str, str]:
 
     JSON text is parsed whichever way it comes (bytes, or a ``str`` holding a JSON
     document): deciding on the caller's ``context`` while the upstream reads amounts
-    from the text would be a bypass. JSON that another parser could read differently
+    from the text would be a bypass. Fractions are read as ``Decimal`` (``280.10`` is the
+    amount the service wire reads, not a float the amount rules refuse). JSON that
+    another parser could read differently
     (duplicate keys: last wins here, first wins elsewhere; ``NaN``; ``1e400``; an integer
     over the digit limit) is refused outright, since the bytes that would leave are not
     what was decided on. Anything else that does not parse (a UTF-8 byte order mark,
@@ -580,7 +582,7 @@ def _read_body(body: Any) -> _Body | tuple[str, str]:
     else:
         return _Body(body, True)
     try:
-        return _Body(strict_json.loads(raw), True)
+        return _Body(strict_json.loads_exact(raw), True)  # fractions as Decimal
     except strict_json.AmbiguousJsonError as exc:
         return ("ambiguous_body", f"the JSON body is ambiguous: {exc.message}")
     except (ValueError, RecursionError):

@@ -108,27 +108,12 @@ def _parse_body(content: bytes, content_type: str | None) -> tuple[Any, bool]:
     if not _is_json_type(content_type) or not strict_json.utf8_charset(content_type):
         return content, False
     try:
-        body = strict_json.loads(content)  # refuses what a double reads otherwise (1e400)
-        if _has_float(body):
-            # Fractions as Decimal, as the service wire reads them: a body's 280.10 is
-            # the amount 280.10 (a float is refused as an amount), and a rewritten body
-            # (redactions) says the same numbers as the one the caller gave.
-            body = strict_json.loads(content, decimal=True)
-        return body, True
+        # Fractions as Decimal: a body's 280.10 is the amount 280.10 (a float is
+        # refused as an amount), and a body rewritten for its redactions says the same
+        # numbers as the one the caller gave.
+        return strict_json.loads_exact(content), True
     except (ValueError, RecursionError):  # includes UnicodeDecodeError, JSONDecodeError
         return content, False
-
-
-def _has_float(value: Any) -> bool:
-    """Whether a parsed body holds a float (most bodies hold none: read them once)."""
-    kind = type(value)
-    if kind is float:
-        return True
-    if kind is dict:
-        return any(_has_float(v) for v in value.values())
-    if kind is list:
-        return any(_has_float(v) for v in value)
-    return False
 
 
 def _host_of(url: httpx.URL) -> str:

@@ -104,3 +104,19 @@ def test_a_number_infinite_as_a_double_is_still_refused(text: str) -> None:
     with _client(seen) as client, pytest.raises(ToolDenied) as denied:
         _post(client, "/v1/pay" if "amount" in text else "/v1/note", text)
     assert denied.value.outcome == "invalid_request" and seen == []
+
+
+@pytest.mark.parametrize("form", [bytes, str])
+def test_a_json_text_body_given_to_tool_authorize_is_read_exactly(form: type) -> None:
+    engine = Engine.from_source(POLICY)
+
+    def status(text: str) -> tuple[str, str]:
+        body = text.encode() if form is bytes else text
+        d = engine.tool_authorize("bot", transport="http", method="POST",
+                                  host="pay.example.com", path="/v1/pay", body=body)
+        return d.status, d.outcome
+    assert status('{"amount": 280.10, "currency": "USD"}') == ("allowed", "policy_allow")
+    assert status('{"amount": 500.00, "currency": "USD"}') == ("allowed", "policy_allow")
+    assert status('{"amount": 500.01, "currency": "USD"}') == ("denied", "policy_deny")
+    assert status('{"amount": 280.10, "currency": "USD", "n": 1e400}') == (
+        "denied", "invalid_request")
