@@ -183,8 +183,10 @@ class LLMUsage:
         for what in ("input_tokens", "cached_input_tokens", "output_tokens"):
             n = getattr(self, what)
             if type(n) is not int or not 0 <= n <= MAX_TOKENS:
+                got = (f"{n!r}" if type(n) is not int or n.bit_length() < 64
+                       else f"an integer of {n.bit_length()} bits")  # repr: a 4,300-digit limit
                 raise BudgetInputError("invalid_amount", f"{what} must be a whole number "
-                                       f"from 0 to 10^12, got {n!r}",
+                                       f"from 0 to 10^12, got {got}",
                                        {"reason": "invalid_usage"})
 
     @property

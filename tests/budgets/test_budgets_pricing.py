@@ -126,7 +126,8 @@ def test_bad_prices_and_usages() -> None:
     with pytest.raises(BudgetInputError) as err:
         PriceTable([GPT, GPT])
     assert err.value.code == "invalid_price"
-    for tokens in (-1, 10**13, True, 1.5):
+    # 10**5000: its repr in the message was a bare ValueError (over the digit limit).
+    for tokens in (-1, 10**13, True, 1.5, float("nan"), Decimal(1), 10**5000, -10**5000):
         with pytest.raises(BudgetInputError) as err:
             LLMUsage("openai", "gpt-4o", input_tokens=tokens)  # type: ignore[arg-type]
         assert err.value.code == "invalid_amount"
