@@ -48,6 +48,7 @@ from policyengine.budgets import (
     Reservation,
     ReservationError,
 )
+from policyengine.money._money import MONEY_CONTEXT
 from policyengine.server import _models as m
 from policyengine.server._budgetwire import (
     MICRO,
@@ -92,7 +93,8 @@ _PAYMENT_OUT = TypeAdapter(m.ActguardPaymentRequired)
 
 
 def _cu(usd: Decimal, rounding: str = ROUND_CEILING) -> int:
-    return int((usd * CU_PER_USD).to_integral_value(rounding))
+    return int(MONEY_CONTEXT.multiply(usd, CU_PER_USD).to_integral_value(rounding,
+                                                                         MONEY_CONTEXT))
 
 
 class _RefusedError(Exception):
@@ -154,7 +156,7 @@ class ActguardWire:
         amounts = usd_amounts(usage) or dict.fromkeys(
             ("limit", "spent", "reserved", "debt", "attempted", "remaining"), Decimal(0))
         if status == 402:
-            shortfall = amounts["debt"] + amounts["attempted"]
+            shortfall = MONEY_CONTEXT.add(amounts["debt"], amounts["attempted"])
             body = _PAYMENT_OUT.dump_json(m.ActguardPaymentRequired(
                 error=message, code=code, message=message, user_id=user_id,
                 current_balance=-_cu(amounts["debt"]), required_amount=_cu(
@@ -201,7 +203,8 @@ class ActguardWire:
         from policyengine.server._app import RefusalError, Reply, json_body, validate
         key = self._key(req)
         r = validate(_RESERVE_IN, json_body(req))
-        usd = None if r.cost_limit is None else Decimal(r.cost_limit) / CU_PER_USD
+        usd = (None if r.cost_limit is None
+               else MONEY_CONTEXT.divide(Decimal(r.cost_limit), CU_PER_USD))
         asked = {k: v for k, v in (("run_id", r.run_id), ("user_id", r.user_id),
                                    ("plan_key", r.plan_key)) if v}
         ledger = self.service.engine.budgets
@@ -248,7 +251,8 @@ class ActguardWire:
         out = m.ActguardReserveResponse(
             reserve_id=rsv.id, cost_limit=cost_limit, tariff_version=_tariff_version(
                 self.service), estimated_usd_micros=int(
-                (rsv.amount / 100).to_integral_value(ROUND_CEILING)))
+                MONEY_CONTEXT.divide(rsv.amount, 100).to_integral_value(ROUND_CEILING,
+                                                                        MONEY_CONTEXT)))
         return Reply(200, _RESERVE_OUT.dump_json(out), key.agent, "allowed")
 
     def settle(self, req: Request) -> Reply:
@@ -294,8 +298,9 @@ class ActguardWire:
                                 "reservation")
         out = m.ActguardSettleResponse(
             reserve_id=done.id, cost_used=_cu(usd), usd_micros=int(
-                (usd * 10**6).to_integral_value(ROUND_CEILING)),
-            charged=(done.committed_amount or Decimal(0)) / PER_USD)
+                MONEY_CONTEXT.multiply(usd, 10**6).to_integral_value(ROUND_CEILING,
+                                                                     MONEY_CONTEXT)),
+            charged=MONEY_CONTEXT.divide(done.committed_amount or Decimal(0), PER_USD))
         return Reply(200, _SETTLE_OUT.dump_json(out), key.agent, "allowed")
 
     def _price(self, s: m.ActguardSettleRequest) -> tuple[Decimal, bool]:
@@ -304,7 +309,8 @@ class ActguardWire:
         engine = self.service.engine
         for u in s.usage_breakdown:
             if isinstance(u, m.ActguardCustomCost):
-                total += Decimal(u.cost_cu) / CU_PER_USD
+                total = MONEY_CONTEXT.add(total, MONEY_CONTEXT.divide(Decimal(u.cost_cu),
+                                                                      CU_PER_USD))
                 continue
             try:  # input and cached input priced apart, as the SDK's own tariff does
                 cost = llm_price(engine, LLMUsage(u.provider, u.provider_model_id,
@@ -315,7 +321,7 @@ class ActguardWire:
             if cost is None:
                 priced = False
             else:
-                total += cost
+                total = MONEY_CONTEXT.add(total, cost)
         return total, priced
 
     def _commit(self, rsv: Reservation, micro: int, key: str,
@@ -390,12 +396,14 @@ def _tariff_version(service: PolicyService) -> str:
 def _cu_per(price: Decimal, per: int, tokens: int) -> int:
     """Cost units for ``tokens`` tokens at ``price`` dollars per ``per`` tokens, rounded up
     (the SDK's local estimate is never below what the service charges)."""
-    return int((price * tokens * CU_PER_USD / per).to_integral_value(ROUND_CEILING))
+    ctx = MONEY_CONTEXT
+    cost = ctx.divide(ctx.multiply(ctx.multiply(price, tokens), CU_PER_USD), per)
+    return int(cost.to_integral_value(ROUND_CEILING, ctx))
 
 
 def _rates(p: Any) -> m.ActguardRates:
-    per_1k = p.input * 1000 * CU_PER_USD / p.per
-    if per_1k == per_1k.to_integral_value():
+    per_1k = MONEY_CONTEXT.divide(MONEY_CONTEXT.multiply(p.input, 1000 * CU_PER_USD), p.per)
+    if per_1k == per_1k.to_integral_value(context=MONEY_CONTEXT):
         inputs: dict[str, int] = {"input_cu_per_1k": int(per_1k)}
     else:  # finer: per million (the SDK reads it for input only)
         inputs = {"input_cu_per_1m": _cu_per(p.input, p.per, 1_000_000)}

@@ -44,6 +44,7 @@ from pydantic import TypeAdapter
 from policyengine.audit import INGEST_KINDS
 from policyengine.budgets import BudgetError, BudgetExceeded, LLMUsage, Reservation
 from policyengine.budgets.spec import NON_CURRENCY_UNITS, canonical_unit
+from policyengine.money._money import MONEY_CONTEXT
 from policyengine.permissions import permission_matches
 from policyengine.server import _models as m
 from policyengine.server._budgetwire import (
@@ -290,7 +291,7 @@ class AgentLedgerWire:
                 raise RefusalError(422, "unpriced_model", f"events.{i}: the policy's price "
                                     f"table has no dollar price for {e.provider}/{e.model}")
             calls.append(usage)
-            total += cost
+            total = MONEY_CONTEXT.add(total, cost)
         return calls, total
 
     def _spend(self, s: _Session, calls: list[LLMUsage], total: Decimal) -> Reply | None:
@@ -353,7 +354,7 @@ class AgentLedgerWire:
             "limit", "spent", "reserved", "attempted", "projected", "remaining")}
         out = m.LedgerGuardrail(error=message, code=code, details=m.LedgerGuardrailDetails(
             agentName=s.agent, dailyLimitUsd=amounts["limit"],
-            spentTodayUsd=amounts["spent"] + amounts["reserved"],
+            spentTodayUsd=MONEY_CONTEXT.add(amounts["spent"], amounts["reserved"]),
             attemptedCostUsd=amounts["attempted"], projectedCostUsd=amounts["projected"],
             remainingBudgetUsd=amounts["remaining"], budget=usage["budget"],
             currency=USD if usd_amounts(usage) is not None else usage["currency"],

@@ -16,6 +16,7 @@ from pydantic import BaseModel, TypeAdapter
 import policyengine as pe
 from policyengine.budgets import BudgetInputError, IdempotencyMismatch, LLMUsage
 from policyengine.budgets.spec import NON_CURRENCY_UNITS, PART_ESCAPES, dimension, under
+from policyengine.money._money import MONEY_CONTEXT
 from policyengine.server._faults import public_message
 
 if TYPE_CHECKING:
@@ -58,13 +59,14 @@ def tenant_fields(fields: Iterable[str], tenant: str, given: Mapping[str, str]
 
 def at_cent(usd: Decimal) -> Decimal:
     """``usd`` rounded **up** to the cent (never less than was spent)."""
-    return usd.quantize(_CENT, ROUND_CEILING)
+    return usd.quantize(_CENT, ROUND_CEILING, MONEY_CONTEXT)
 
 
 def microcents(usd: Decimal) -> int:
     """``usd`` in whole microcents (10^-8 USD), rounded up: how the wires hand dollar
     amounts to the ledger, so a budget in ``USD_MICROCENTS`` counts them exactly."""
-    return int((usd * PER_USD).to_integral_value(ROUND_CEILING))
+    return int(MONEY_CONTEXT.multiply(usd, PER_USD).to_integral_value(ROUND_CEILING,
+                                                                     MONEY_CONTEXT))
 
 
 def exact_or_cent(call: Callable[[int], T], micro: int) -> T:
@@ -156,8 +158,9 @@ def usd_amounts(usage: Mapping[str, Any] | None) -> dict[str, Decimal] | None:
     if usage is None or usage.get("currency") not in _UNITS:
         return None
     per = _UNITS[usage["currency"]]
-    return {k: Decimal(usage[k]) / per for k in ("limit", "spent", "reserved", "debt",
-                                                 "attempted", "projected", "remaining")
+    return {k: MONEY_CONTEXT.divide(Decimal(usage[k]), per)
+            for k in ("limit", "spent", "reserved", "debt", "attempted", "projected",
+                      "remaining")
             if k in usage}
 
 

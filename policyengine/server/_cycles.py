@@ -49,6 +49,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from policyengine import _json as strict_json
 from policyengine import budgets as pb
 from policyengine.budgets.ledger import unknown_reservation
+from policyengine.money._money import MONEY_CONTEXT
 from policyengine.server import _cycles_models as cm
 from policyengine.server import _models as m
 from policyengine.server._app import Reply
@@ -533,11 +534,12 @@ class CyclesWire:
 
     @staticmethod
     def _to_ledger(amount: int, places: int) -> Decimal:
-        return Decimal(amount).scaleb(-places) if places else Decimal(amount)
+        # the money context, never the thread's: prec=3 made 1001 cents 10.0 USD
+        return Decimal(amount).scaleb(-places, MONEY_CONTEXT) if places else Decimal(amount)
 
     @staticmethod
     def _to_wire(value: Decimal, places: int) -> int:
-        return int(value.scaleb(places)) if places else int(value)
+        return int(value.scaleb(places, MONEY_CONTEXT)) if places else int(value)
 
     def _amount_out(self, value: Decimal | None, unit: str | None) -> cm.AmountOut | None:
         if value is None or unit is None:
