@@ -181,13 +181,23 @@ def _of_decision(name: str) -> Any:
                     doc=f"The decision's :attr:`Decision.{name}`.")
 
 
+def wrong_type(name: str, expected: str, value: Any) -> str:
+    """``NAME must be EXPECTED, not TYPE``: the reason of an argument of the wrong type,
+    naming the argument, what it takes and what it got (the type, never the value, which
+    may be long or secret). Built only once a check has failed: a well-formed call never
+    formats it."""
+    got = ("None" if value is None else "''" if type(value) is str and not value
+           else type(value).__name__)  # never value == "": its __eq__ may raise
+    return f"{name} must be {expected}, not {got}"
+
+
 def acting_for_problem(acting_for: Any, token: Any) -> str | None:
     """Why a caller's ``acting_for`` (not None) cannot be used, or None: one check for
     ``authorize``, ``explain``, ``tool_authorize`` and ``explain_tool``. Here, below both
     the decision pipeline and the tool layer, since each refuses a request with it
     before anything else reads the name."""
     if type(acting_for) is not str or not acting_for:
-        return "acting_for must be a non-empty string"
+        return wrong_type("acting_for", "a non-empty string", acting_for)
     if token is not None:
         return "acting_for and a token both name whom the agent acts for: give one"
     return None

@@ -689,11 +689,13 @@ class Engine:
         (``grant.delegated`` is false), and with a token it is ``invalid_request``.
         The rules always read the
         context as sent. Never raises for request data: a malformed request is a denied
-        decision with code ``invalid_request``. See docs/semantics.md for the rules.
+        decision with code ``invalid_request`` whose reason names the argument at fault
+        (and the type it takes). See docs/semantics.md for the rules.
         """
         log = self.decision_log
         if log is None:
-            if partition is not None or partition_agent or acting_for is not None:
+            if (partition is not None or partition_agent is not False
+                    or acting_for is not None):  # (checked by the run: True or False)
                 return self._pipeline.run(principal, permission, context, token,
                                           approval_id, True, None, None, partition,
                                           partition_agent, acting_for)
@@ -709,7 +711,7 @@ class Engine:
             inp["approval_id"] = approval_id
         if partition is not None:
             inp["partition"] = partition
-        if partition_agent:
+        if partition_agent is True:
             inp["partition_agent"] = True
         if acting_for is not None:
             inp["acting_for"] = acting_for
@@ -798,10 +800,17 @@ class Engine:
                                     self._log_view)
 
     def ensure_authorized(self, principal: str, permission: str,
-                          context: dict[str, Any] | None = None, **kwargs: Any) -> Decision:
+                          context: dict[str, Any] | None = None, *, token: str | None = None,
+                          approval_id: str | None = None, partition: str | None = None,
+                          partition_agent: bool = False, acting_for: str | None = None
+                          ) -> Decision:
         """Like :meth:`authorize`, but raise :class:`NotAuthorized` or
-        :class:`ApprovalRequired` unless the decision is ``allowed``."""
-        decision = self.authorize(principal, permission, context, **kwargs)  # partition= too
+        :class:`ApprovalRequired` unless the decision is ``allowed``. (Its keywords are
+        spelled out, not passed on as ``**kwargs``: a misspelt one is a ``TypeError``
+        that names this method, not ``authorize``.)"""
+        decision = self.authorize(principal, permission, context, token=token,
+                                  approval_id=approval_id, partition=partition,
+                                  partition_agent=partition_agent, acting_for=acting_for)
         if decision.status == "allowed":
             return decision
         if decision.status == "pending_approval":
@@ -823,7 +832,10 @@ class Engine:
 
         Takes the ``/v1/tool-authorize`` request fields (``toolName`` / ``functionName``
         are accepted as spelled on the wire). Never raises for request data; see
-        docs/tools.md. ``result.body`` is a redacted copy; ``body`` is never mutated.
+        docs/tools.md. A keyword it does not take is such data, a denial
+        (``invalid_request``) that names it and the keyword it resembles, as an argument of
+        the wrong type is named with the type it takes. ``result.body`` is a redacted
+        copy; ``body`` is never mutated.
 
         ``redaction_check``: for a caller that applies the redactions itself (the
         service, for an SDK): ``redaction_check(body, redacted)`` is called when the copy
@@ -882,8 +894,10 @@ class Engine:
             function_name = wire.pop("functionName", function_name)
             approval_id = wire.pop("approvalId", approval_id)
             wire.pop("traceId", None)
-            if wire:  # an unknown field
-                return tool_authorize(pipeline, None, transport=None, trace=trace)
+            if wire:  # an unknown keyword: named, after the fact (a good call never asks)
+                from policyengine.tools._egress import invalid_call
+                return invalid_call(principal, _unknown_keywords(
+                    "tool_authorize" if trace is None else "explain_tool", wire), trace)
         return tool_authorize(pipeline, principal, transport=transport, method=method,
                               host=host, path=path, query=query, headers=headers, body=body,
                               tool_name=tool_name, function_name=function_name, token=token,
@@ -989,6 +1003,41 @@ class Engine:
                               acting_for)
         return Explanation(self._log_check(decision, trace, started), trace.rules,
                            trace.steps)
+
+
+#: The wire's spellings ``tool_authorize`` and ``explain_tool`` also take as keywords
+#: (``traceId`` is taken and ignored).
+_WIRE_KEYWORDS = ("toolName", "functionName", "approvalId", "traceId")
+
+
+def _unknown_keywords(method: str, unknown: Mapping[str, Any]) -> str:
+    """The reason of a tool call given keywords ``method`` does not take: each named
+    (at most three, each cut to 100 characters), with the keyword it resembles, or a
+    note that only ``authorize`` and ``explain`` take it (``partition_agent``). Built
+    only once the call has failed: a well-formed call never reaches it."""
+    import difflib
+    takes = [name for name in inspect.signature(getattr(Engine, method)).parameters
+             if name not in ("self", "principal", "wire")]
+    takes += _WIRE_KEYWORDS
+    others = set(inspect.signature(Engine.authorize).parameters) - {"self", *takes}
+    names = list(unknown)
+    said = []
+    hinted = False
+    for name in names[:3]:
+        shown = repr(name[:100]) + ("..." if len(name) > 100 else "")
+        close = difflib.get_close_matches(name[:100], takes, n=1)
+        if name in others:
+            said.append(f"{shown} ({method} takes no {name}: authorize and explain do)")
+        elif close:
+            said.append(f"{shown} (did you mean {close[0]!r}?)")
+        else:
+            said.append(shown)
+            continue
+        hinted = True
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    word = "an unknown keyword" if len(names) == 1 else "unknown keywords"
+    takes_all = "" if hinted else f"; it takes {', '.join(takes)}"
+    return f"{method}() got {word} {', '.join(said)}{more}{takes_all}"
 
 
 #: The keyword options ``from_path``, ``from_source`` and ``from_sources`` take: the

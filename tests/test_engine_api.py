@@ -530,3 +530,221 @@ def test_own_clock_is_read_once_and_decides_which_clock_explain_uses(
         d = later.explain("bot", "docs:read", {}, approval_id=asked.approval_id).decision
         assert d.allowed is (own_clock is True), d.reason
     assert len(reads) == built  # none per request
+
+
+# ---- a call of the wrong shape: denied (or, where Python cannot bind it, a TypeError), ----
+# ---- the reason naming the argument at fault                                          ----
+
+TOOLS = ROLES + ('tool pay: mcp "pay" -> docs:pay {}\n'
+                 'tool api: http "api.example.com" {\n  POST "/pay" -> docs:pay\n}\n')
+MCP: dict[str, Any] = {"transport": "mcp", "toolName": "pay"}
+HTTP: dict[str, Any] = {"transport": "http", "method": "POST", "host": "api.example.com",
+                        "path": "/pay"}
+
+#: (args, keywords, code, the exact reason, the argument it must name) for authorize,
+#: explain and ensure_authorized alike.
+DECISION_CALLS: list[tuple[tuple[Any, ...], dict[str, Any], str, str, str]] = [
+    ((5, "docs:read"), {}, "invalid_request", "principal must be a string, not int",
+     "principal"),
+    (("bot", None), {}, "invalid_request", "permission must be a string, not None",
+     "permission"),
+    ((None, b"docs:read"), {}, "invalid_request",
+     "principal must be a string, not None; permission must be a string, not bytes",
+     "permission"),
+    (("bot", "docs:read", ["a"]), {}, "invalid_request",
+     "context must be an object (a dict), not list", "context"),
+    (("bot", "docs:read"), {"token": 5}, "invalid_token",
+     "token must be a string (a delegation token), not int", "token"),
+    (("bot", "docs:read"), {"approval_id": 5}, "invalid_request",
+     "approval_id must be a string, not int", "approval_id"),
+    (("bot", "docs:read"), {"partition": b"acme"}, "invalid_request",
+     "partition must be a string, not bytes", "partition"),
+    (("bot", "docs:read"), {"partition": "acme", "partition_agent": "yes"},
+     "invalid_request", "partition_agent must be True or False, not str", "partition_agent"),
+    (("bot", "docs:read"), {"partition_agent": 0}, "invalid_request",
+     "partition_agent must be True or False, not int", "partition_agent"),
+    (("bot", "docs:read"), {"acting_for": 7}, "invalid_request",
+     "acting_for must be a non-empty string, not int", "acting_for"),
+    (("bot", "docs:read"), {"acting_for": ""}, "invalid_request",
+     "acting_for must be a non-empty string, not ''", "acting_for"),
+]
+
+
+def _decided(engine: Engine, method: str, args: tuple[Any, ...],
+             keywords: dict[str, Any]) -> Any:
+    """The decision ``method`` answers (``explain``: its decision; ``ensure_authorized``:
+    the one its NotAuthorized carries)."""
+    if method == "ensure_authorized":
+        with pytest.raises(NotAuthorized) as info:
+            engine.ensure_authorized(*args, **keywords)
+        return info.value.decision
+    answer = getattr(engine, method)(*args, **keywords)
+    return answer.decision if method in ("explain", "explain_tool") else answer
+
+
+@pytest.mark.parametrize("method", ["authorize", "explain", "ensure_authorized"])
+@pytest.mark.parametrize(("args", "keywords", "code", "reason", "culprit"), DECISION_CALLS,
+                         ids=[f"{row[4]}-{i}" for i, row in enumerate(DECISION_CALLS)])
+def test_a_malformed_decision_call_is_denied_naming_the_argument(
+        method: str, args: tuple[Any, ...], keywords: dict[str, Any], code: str,
+        reason: str, culprit: str) -> None:
+    d = _decided(Engine.from_source(ROLES), method, args, keywords)
+    assert (d.status, d.code, d.reason) == ("denied", code, reason)
+    assert culprit in d.reason
+
+
+#: (keywords over a well-formed call, the base call, code, the exact reason, the culprit)
+#: for tool_authorize and explain_tool alike.
+TOOL_CALLS: list[tuple[dict[str, Any], dict[str, Any], str, str, str]] = [
+    ({"partition_agent": True}, MCP, "invalid_request",
+     "{m}() got an unknown keyword 'partition_agent' ({m} takes no partition_agent: "
+     "authorize and explain do)", "partition_agent"),
+    ({"tool_nmae": "pay"}, MCP, "invalid_request",
+     "{m}() got an unknown keyword 'tool_nmae' (did you mean 'tool_name'?)", "tool_nmae"),
+    ({"parttion": "acme"}, MCP, "invalid_request",
+     "{m}() got an unknown keyword 'parttion' (did you mean 'partition'?)", "parttion"),
+    ({"zzz": 1}, MCP, "invalid_request",
+     "{m}() got an unknown keyword 'zzz'; it takes transport, method, host, path, query, "
+     "headers, body, tool_name, function_name, token, context, approval_id, scheme, "
+     "redaction_check, partition, acting_for, toolName, functionName, approvalId, traceId",
+     "zzz"),
+    ({"a1": 1, "b2": 2, "c3": 3, "d4": 4}, MCP, "invalid_request",
+     "{m}() got unknown keywords 'a1', 'b2', 'c3' and 1 more; it takes transport, method, "
+     "host, path, query, headers, body, tool_name, function_name, token, context, "
+     "approval_id, scheme, redaction_check, partition, acting_for, toolName, functionName, "
+     "approvalId, traceId", "a1"),
+    ({"transport": 5}, MCP, "invalid_request",
+     "transport must be one of http, mcp, function, not int", "transport"),
+    ({"transport": "smtp"}, MCP, "invalid_request",
+     "transport must be one of http, mcp, function, not 'smtp'", "transport"),
+    ({"toolName": 5}, MCP, "invalid_request",
+     "tool_name (toolName) must be a non-empty string for transport 'mcp', not int",
+     "tool_name"),
+    ({"toolName": ""}, MCP, "invalid_request",
+     "tool_name (toolName) must be a non-empty string for transport 'mcp', not ''",
+     "tool_name"),
+    ({"transport": "function"}, MCP, "invalid_request",
+     "function_name (functionName) must be a non-empty string for transport 'function', "
+     "not None", "function_name"),
+    ({"context": 5}, MCP, "invalid_request", "context must be an object (a dict), not int",
+     "context"),
+    ({"query": [1]}, MCP, "invalid_request",
+     "query must be an object (a mapping), not list", "query"),
+    ({"headers": "x"}, MCP, "invalid_request",
+     "headers must be an object (a mapping), not str", "headers"),
+    ({"headers": {5: "x"}}, MCP, "invalid_request",
+     "a header name must be a string, not int", "header name"),
+    ({"redaction_check": 5}, MCP, "invalid_request",
+     "redaction_check must be a callable (body, redacted) or None, not int",
+     "redaction_check"),
+    ({"token": 5}, MCP, "invalid_token",
+     "token must be a string (a delegation token), not int", "token"),
+    ({"approvalId": 5}, MCP, "invalid_request", "approval_id must be a string, not int",
+     "approval_id"),
+    ({"partition": 5}, MCP, "invalid_request", "partition must be a string, not int",
+     "partition"),
+    ({"acting_for": 5}, MCP, "invalid_request",
+     "acting_for must be a non-empty string, not int", "acting_for"),
+    ({"method": None}, HTTP, "invalid_request",
+     "method must be a string for transport 'http', not None", "method"),
+    ({"host": 5}, HTTP, "invalid_request",
+     "host must be a string for transport 'http', not int", "host"),
+    ({"path": None}, HTTP, "invalid_request",
+     "path must be a string for transport 'http', not None", "path"),
+    ({"scheme": 443}, HTTP, "invalid_request",
+     "scheme must be 'https', 'http' or None, not int", "scheme"),
+]
+
+
+@pytest.mark.parametrize("method", ["tool_authorize", "explain_tool"])
+@pytest.mark.parametrize(("keywords", "base", "code", "reason", "culprit"), TOOL_CALLS,
+                         ids=[f"{row[4]}-{i}" for i, row in enumerate(TOOL_CALLS)])
+def test_a_malformed_tool_call_is_denied_naming_the_argument(
+        method: str, keywords: dict[str, Any], base: dict[str, Any], code: str, reason: str,
+        culprit: str) -> None:
+    """Before, an unknown keyword (``partition_agent=True``, which ``authorize`` takes)
+    was denied "principal must be a string"; a host of None "host None: empty"."""
+    engine = Engine.from_source(TOOLS)
+    assert _decided(engine, method, ("bot",), base).allowed  # the call it spoils is good
+    d = _decided(engine, method, ("bot",), {**base, **keywords})
+    assert (d.status, d.code, d.reason) == ("denied", code, reason.format(m=method))
+    assert culprit in d.reason
+    assert d.principal == "bot"  # the principal given is kept, though the call is refused
+
+
+def test_a_malformed_principal_of_a_tool_call_is_named() -> None:
+    engine = Engine.from_source(TOOLS)
+    for method in ("tool_authorize", "explain_tool"):
+        d = _decided(engine, method, (5,), MCP)
+        assert (d.code, d.reason) == ("invalid_request", "principal must be a string, not int")
+
+
+@pytest.mark.parametrize("method", ["authorize", "explain", "ensure_authorized"])
+def test_a_call_python_cannot_bind_raises_type_error_naming_it(method: str) -> None:
+    """authorize, explain and ensure_authorized take no wire fields as keywords: a call
+    Python cannot bind raises its TypeError (a caller's bug, never a decision), which names
+    the method called and the argument."""
+    call = getattr(Engine.from_source(ROLES), method)
+    with pytest.raises(TypeError, match=rf"{method}\(\) got an unexpected keyword "
+                                        r"argument 'partiton'"):
+        call("bot", "docs:read", partiton="acme")
+    with pytest.raises(TypeError, match=rf"{method}\(\) missing 1 required positional "
+                                        r"argument: 'permission'"):
+        call("bot")
+
+
+@pytest.mark.parametrize("method", ["tool_authorize", "explain_tool"])
+def test_a_tool_call_without_its_transport_raises_type_error_naming_it(method: str) -> None:
+    call = getattr(Engine.from_source(TOOLS), method)
+    with pytest.raises(TypeError, match=r"missing 1 required keyword-only argument: "
+                                        r"'transport'"):
+        call("bot", toolName="pay")
+
+
+#: The keywords the tool methods take (``self`` and ``principal`` Python binds: given again
+#: by keyword, its TypeError names them).
+_TAKEN = frozenset({"self", "principal", "transport", "method", "host", "path", "query", "headers",
+                    "body", "tool_name", "function_name", "token", "context", "approval_id",
+                    "scheme", "redaction_check", "partition", "acting_for", "toolName",
+                    "functionName", "approvalId", "traceId"})
+_TOOL_ENGINE = Engine.from_source(TOOLS)  # one for every example: each is denied unrun
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.text(min_size=1, max_size=140).filter(lambda n: n not in _TAKEN),
+       value=st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5)))
+def test_any_unknown_keyword_is_denied_and_named(name: str, value: Any) -> None:
+    for method in ("tool_authorize", "explain_tool"):
+        d = _decided(_TOOL_ENGINE, method, ("bot",), {**MCP, name: value})
+        assert not d.allowed
+        assert (d.status, d.code) == ("denied", "invalid_request")
+        assert d.reason.startswith(f"{method}() got an unknown keyword {name[:100]!r}")
+
+
+def test_a_well_formed_call_builds_no_diagnosis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reasons above are worked out only once a check has failed: a good call of
+    each method never asks for one."""
+    import policyengine.decide._evaluator as evaluator
+    import policyengine.decide._pipeline as pipeline
+    import policyengine.decision as decision
+    import policyengine.engine as engine_module
+    import policyengine.tools._egress as egress
+
+    def asked(*args: Any) -> str:
+        raise AssertionError(f"a diagnosis was built for a good call: {args}")
+
+    for module in (decision, evaluator, pipeline, egress):
+        monkeypatch.setattr(module, "wrong_type", asked)
+    monkeypatch.setattr(pipeline, "not_strings", asked)
+    monkeypatch.setattr(engine_module, "_unknown_keywords", asked)
+    monkeypatch.setattr(egress, "_not_a_string", asked)
+    monkeypatch.setattr(egress, "_bad_transport", asked)
+    engine = Engine.from_source(TOOLS)
+    assert engine.authorize("bot", "docs:read", {}, partition="acme",
+                            partition_agent=True, acting_for="alice").allowed
+    assert engine.explain("bot", "docs:read").decision.allowed
+    assert engine.ensure_authorized("bot", "docs:read", approval_id=None).allowed
+    assert engine.tool_authorize("bot", **MCP, traceId="t", partition="").allowed
+    assert engine.tool_authorize("bot", **HTTP, redaction_check=lambda a, b: []).allowed
+    assert engine.explain_tool("bot", **HTTP).decision.allowed
+    assert not engine.authorize("bot", "mail:read").allowed  # a denial of a good call

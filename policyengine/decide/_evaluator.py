@@ -48,6 +48,7 @@ from policyengine.decision import (
     build_diagnostic,
     build_obligations,
     frozen,
+    wrong_type,
 )
 from policyengine.money._money import (
     MAX_AMOUNT,
@@ -61,8 +62,8 @@ from policyengine.money._rates import RateError, source_fraction
 from policyengine.permissions import MAX_PRINCIPAL_ID, InvalidPermission, validate_permission
 
 __all__ = ["PARSED", "Explanation", "RequestState", "RuleFacts", "amount_rule", "entry_facts",
-           "invalid", "read_money", "request_problem", "rule_entry", "rule_facts", "rule_ids",
-           "rule_table", "run_rule", "shadow_rules"]
+           "invalid", "not_strings", "read_money", "request_problem", "rule_entry",
+           "rule_facts", "rule_ids", "rule_table", "run_rule", "shadow_rules"]
 
 _EMPTY: dict[str, Any] = {}
 #: The grant view of a request made without a delegation token.
@@ -255,12 +256,21 @@ def _error(exc: BaseException) -> EvalError:
     return EvalError("evaluation_error", f"{type(exc).__name__}: {exc}")
 
 
+def not_strings(principal: Any, permission: Any) -> str:
+    """The reason of a request whose principal or permission (or both) is not a string:
+    it names each one that is not, and what it is (asked only once the check failed)."""
+    wrong = [wrong_type(name, "a string", value)
+             for name, value in (("principal", principal), ("permission", permission))
+             if type(value) is not str]
+    return "; ".join(wrong)
+
+
 def request_problem(principal: Any, permission: Any, context: Any) -> str | None:
     """Why a request is malformed, or None. (Step 1 of docs/semantics.md.)"""
     if type(principal) is not str or type(permission) is not str:
-        return "principal and permission must be strings"
+        return not_strings(principal, permission)
     if context is not None and not isinstance(context, dict):
-        return f"context must be an object, not {type(context).__name__}"
+        return wrong_type("context", "an object (a dict)", context)
     if not principal or len(principal) > MAX_PRINCIPAL_ID:
         return f"principal id must be 1 to {MAX_PRINCIPAL_ID} characters"
     try:

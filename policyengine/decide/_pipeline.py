@@ -53,6 +53,7 @@ from policyengine.decide._evaluator import (
     RequestState,
     RuleFacts,
     entry_facts,
+    not_strings,
     read_money,
     request_problem,
     rule_facts,
@@ -69,6 +70,7 @@ from policyengine.decision import (
     build_decision,
     build_diagnostic,
     build_obligations,
+    wrong_type,
 )
 from policyengine.errors import PolicyEngineError
 from policyengine.money._money import Money, MoneyError
@@ -262,14 +264,14 @@ class Pipeline:
         policy = self.policy
         # -- 1. validate: the request is read once, here.
         if type(principal) is not str or type(permission) is not str:
-            return _invalid(principal, permission, "principal and permission must be "
-                            "strings", trace)
+            return _invalid(principal, permission,
+                            not_strings(principal, permission), trace)
         if context is None:
             context = _EMPTY
         elif not isinstance(context, dict):
-            return _invalid(principal, permission, "context must be an object, not "
-                            f"{type(context).__name__}", trace)
-        if (approval_id is not None or partition is not None or partition_agent
+            return _invalid(principal, permission,
+                            wrong_type("context", "an object (a dict)", context), trace)
+        if (approval_id is not None or partition is not None or partition_agent is not False
                 or acting_for is not None):  # the common case has none of them: one test
             problem = _options_problem(approval_id, partition, partition_agent, acting_for,
                                        token)
@@ -606,8 +608,8 @@ class Pipeline:
     def _grant_or_refusal(self, policy: CompiledPolicy, token: Any, principal: str,
                           permission: str | None, now: float | None) -> Any:
         if type(token) is not str:
-            return ("invalid_token", "malformed", "the delegation token must be a string",
-                    None)
+            return ("invalid_token", "malformed",
+                    wrong_type("token", "a string (a delegation token)", token), None)
         try:
             grant = self.verify(token, policy, now)
         except TokenError as exc:
@@ -975,15 +977,17 @@ def _would_consume(item: Approval, approval_id: str, digest: str, now: float | N
         raise ApprovalError(code, f"approval {approval_id} is {item.status}")
 
 
-def _options_problem(approval_id: Any, partition: Any, partition_agent: bool,
+def _options_problem(approval_id: Any, partition: Any, partition_agent: Any,
                      acting_for: Any, token: Any) -> str | None:
     """Why a run's ``approval_id``, ``partition``, ``partition_agent`` or ``acting_for``
     cannot be used (checked in this order), or None. Off the common path: :meth:`Pipeline.run`
     asks only when one of them is given."""
     if approval_id is not None and type(approval_id) is not str:
-        return f"approval_id must be a string, not {type(approval_id).__name__}"
+        return wrong_type("approval_id", "a string", approval_id)
     if partition is not None and type(partition) is not str:
-        return f"partition must be a string, not {type(partition).__name__}"
+        return wrong_type("partition", "a string", partition)
+    if type(partition_agent) is not bool:  # read by truth below: 1 or "no" would count
+        return wrong_type("partition_agent", "True or False", partition_agent)
     if partition_agent and partition is None:
         return "partition_agent needs a partition"
     if acting_for is not None:

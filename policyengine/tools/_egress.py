@@ -31,6 +31,7 @@ from policyengine.decision import (
     ToolDecision,
     acting_for_problem,
     build_tool_decision,
+    wrong_type,
 )
 from policyengine.errors import PolicyEngineError
 from policyengine.lang import ast
@@ -423,11 +424,11 @@ def _lower_headers(headers: Any) -> dict[str, Any] | tuple[str, str]:
     if headers is None:
         return _NO_HEADERS
     if not isinstance(headers, Mapping):
-        return ("invalid_request", "headers must be an object")
+        return ("invalid_request", wrong_type("headers", "an object (a mapping)", headers))
     out: dict[str, Any] = {}
     for name, value in headers.items():
         if type(name) is not str:
-            return ("invalid_request", "header names must be strings")
+            return ("invalid_request", wrong_type("a header name", "a string", name))
         key = name.lower()
         if key in out or ("_" in key and key.replace("_", "-") in out) or (
                 "-" in key and key.replace("-", "_") in out):
@@ -620,6 +621,39 @@ def _outcome(decision: Decision) -> str:
     return "policy_deny"
 
 
+def _not_a_string(method: Any, host: Any, path: Any, scheme: Any) -> tuple[str, str] | None:
+    """(code, message) of an HTTP call whose method, host, path or scheme (not None) is
+    not a string, the first such in that order, as the normalisers would refuse it: the
+    field named and its type, not its value (``host None: empty`` said the wrong thing).
+    None when each is a string (a ``str`` subclass is one: the normalisers take it)."""
+    for code, name, value in (("invalid_method", "method", method),
+                              ("invalid_host", "host", host), ("invalid_path", "path", path)):
+        if not isinstance(value, str):
+            return code, wrong_type(name, "a string for transport 'http'", value)
+    if scheme is not None and not isinstance(scheme, str):
+        return "invalid_scheme", wrong_type("scheme", "'https', 'http' or None", scheme)
+    return None
+
+
+def _bad_transport(transport: Any) -> str:
+    """Why ``transport`` is refused: the transports there are, and what was given (a
+    string shown, cut short; any other value by its type)."""
+    got = (repr(transport[:20]) + ("..." if len(transport) > 20 else "")
+           if type(transport) is str else "None" if transport is None
+           else type(transport).__name__)
+    return f"transport must be one of {', '.join(TRANSPORTS)}, not {got}"
+
+
+def invalid_call(principal: Any, reason: str, trace: Any = None) -> ToolDecision:
+    """The denial (``invalid_request``) of a call the engine could not take as made (an
+    unknown keyword): the same decision, and trace step, as a request field refused by
+    :func:`tool_authorize`."""
+    if trace is not None:
+        trace.step("route", f"invalid_request (invalid_request): {reason}")
+    return build_tool_decision(Decision.denial("invalid_request", reason, principal, None),
+                               "invalid_request", None, (), None)
+
+
 def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any = None,
                    host: Any = None, path: Any = None, query: Any = None, headers: Any = None,
                    body: Any = None, tool_name: Any = None, function_name: Any = None,
@@ -651,16 +685,20 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
             tool)
 
     if type(principal) is not str:
-        return reject("invalid_request", "invalid_request", "principal must be a string")
+        return reject("invalid_request", "invalid_request",
+                      wrong_type("principal", "a string", principal))
+    if redaction_check is not None and not callable(redaction_check):
+        return reject("invalid_request", "invalid_request", wrong_type(
+            "redaction_check", "a callable (body, redacted) or None", redaction_check))
     if acting_for is not None:
         problem = acting_for_problem(acting_for, token)
         if problem is not None:
             return reject("invalid_request", "invalid_request", problem)
     if context is not None and not isinstance(context, dict):
-        return reject("invalid_request", "invalid_request", "context must be an object")
-    if transport not in TRANSPORTS:
         return reject("invalid_request", "invalid_request",
-                      f"transport must be one of {', '.join(TRANSPORTS)}")
+                      wrong_type("context", "an object (a dict)", context))
+    if transport not in TRANSPORTS:
+        return reject("invalid_request", "invalid_request", _bad_transport(transport))
     readable = True
     raw_body = body
     if body is not None and type(body) is not dict:  # dict: the common case, as given
@@ -672,7 +710,8 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
     if query is None:
         query = {}
     if not isinstance(query, Mapping):
-        return reject("invalid_request", "invalid_request", "query must be an object")
+        return reject("invalid_request", "invalid_request",
+                      wrong_type("query", "an object (a mapping)", query))
     hdrs = _lower_headers(headers)
     if type(hdrs) is tuple:
         return reject("invalid_request", "invalid_request", hdrs[1], diag=hdrs[0])
@@ -688,8 +727,11 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
         if (type(method) is str and type(host) is str and type(path) is str
                 and (scheme is None or type(scheme) is str)):
             routed = tools.route(method, host, path, scheme)
-        else:  # not cacheable; the normalisers say which field is wrong
-            routed = tools._route(method, host, path, scheme)
+        else:  # not cacheable: a field that is not a string is named, with its code
+            bad = _not_a_string(method, host, path, scheme)
+            if bad is not None:
+                return reject("invalid_request", "invalid_request", bad[1], diag=bad[0])
+            routed = tools._route(method, host, path, scheme)  # str subclasses
         if routed.host and ((hdrs and not OVERRIDE_HEADERS.isdisjoint(hdrs))
                             or "_method" in query
                             or (type(body) is dict and "_method" in body)
@@ -720,8 +762,10 @@ def tool_authorize(pipeline: Any, principal: Any, *, transport: Any, method: Any
     else:
         name = tool_name if transport == "mcp" else function_name
         if type(name) is not str or not name:
-            field = "toolName" if transport == "mcp" else "functionName"
-            return reject("invalid_request", "invalid_request", f"{field} must be a string")
+            field = ("tool_name (toolName)" if transport == "mcp"
+                     else "function_name (functionName)")
+            return reject("invalid_request", "invalid_request", wrong_type(
+                field, f"a non-empty string for transport {transport!r}", name))
         named = next((n for n in tools.named if n.kind == transport and n.name.matches(name)),
                      None)
         if named is None:
