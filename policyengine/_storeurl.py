@@ -12,11 +12,11 @@ import difflib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 __all__ = ["POSTGRES_STORE_OPTIONS", "REDIS_TIMEOUT", "StoreUrlError", "check_memory_url",
-           "check_postgres_url", "check_redis_url", "open_shared_store", "scheme_of",
-           "split_store_url"]
+           "check_postgres_url", "check_redis_url", "open_shared_store", "redact_url",
+           "safe_reason", "scheme_of", "split_store_url"]
 
 _T = TypeVar("_T")
 
@@ -39,18 +39,34 @@ def split_store_url(url: str, own: Mapping[str, Callable[[str], Any]]
                     ) -> tuple[str, dict[str, Any]]:
     """``(url without the store's options, those options converted)``: ``own`` maps each
     option the store reads to its conversion. An option given twice, a value its
-    conversion refuses or a URL ``urlsplit`` cannot read raise :class:`StoreUrlError`.
+    conversion refuses or a URL ``urlsplit`` cannot read raise :class:`StoreUrlError`
+    (its words never hold the URL's secrets: :func:`safe_reason`).
     Blank values are kept (``?prefix=`` is refused by the store, never silently lost)."""
+    try:
+        return _split_store_url(url, own)
+    except StoreUrlError as exc:
+        raise StoreUrlError(safe_reason(url, str(exc))) from None
+
+
+def _split_store_url(url: str, own: Mapping[str, Callable[[str], Any]]
+                     ) -> tuple[str, dict[str, Any]]:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise StoreUrlError(str(exc)) from None
+        raise StoreUrlError(_url_syntax(exc)) from None
     mine: dict[str, Any] = {}
-    rest: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+    rest: list[str] = []
+    for item in parts.query.split("&") if parts.query else ():
+        # each option the store does not read is kept as written: encoded anew, a
+        # password holding an unescaped ? would lose the @ that shows it is one
+        # (redact_url), and a driver would read another text than the user's
+        parsed = parse_qsl(item, keep_blank_values=True)
+        if not parsed:  # an empty item (``a=1&&b=2``), which no one reads
+            continue
+        name, value = parsed[0]
         convert = own.get(name)
         if convert is None:
-            rest.append((name, value))
+            rest.append(item)
             continue
         if name in mine:
             raise StoreUrlError(f"option {name} given twice")
@@ -59,7 +75,7 @@ def split_store_url(url: str, own: Mapping[str, Callable[[str], Any]]
         except ValueError:
             raise StoreUrlError(f"option {name}={value!r} is not a value it takes"
                                 ) from None
-    return urlunsplit(parts._replace(query=urlencode(rest))), mine
+    return urlunsplit(parts._replace(query="&".join(rest))), mine
 
 
 def open_shared_store(url: str, options: Mapping[str, Any], *, what: str,
@@ -93,8 +109,8 @@ def open_shared_store(url: str, options: Mapping[str, Any], *, what: str,
         return (postgres if is_postgres else redis)(plain, **{**mine, **options})
     except PolicyEngineError:
         raise
-    except ValueError as exc:  # StoreUrlError, or the driver's
-        raise refuse(f"{what} URL: {exc}") from None
+    except ValueError as exc:  # StoreUrlError, or the driver's (which may quote the URL)
+        raise refuse(f"{what} URL: {safe_reason(url, str(exc))}") from None
 
 
 def check_memory_url(plain: str) -> None:
@@ -227,6 +243,15 @@ def _check_query(query: str, known: Mapping[str, Callable[[str], Any]], client: 
 
 
 def check_redis_url(plain: str, *, timeout_given: bool = False) -> None:
+    """:func:`_check_redis_url`, its refusal's words without the URL's secrets
+    (:func:`safe_reason`)."""
+    try:
+        _check_redis_url(plain, timeout_given=timeout_given)
+    except StoreUrlError as exc:
+        raise StoreUrlError(safe_reason(plain, str(exc))) from None
+
+
+def _check_redis_url(plain: str, *, timeout_given: bool = False) -> None:
     """Refuse a Redis URL (the store's own options already taken out) that redis-py would
     read other than as written, or fail on only at the first command: a query option it
     does not know (``?foo=1``: a ``TypeError`` from its connection class), a value that
@@ -245,7 +270,7 @@ def check_redis_url(plain: str, *, timeout_given: bool = False) -> None:
         parts = urlsplit(plain)
         parts.port  # noqa: B018 - read for its ValueError (a port that is no number)
     except ValueError as exc:
-        raise StoreUrlError(str(exc)) from None
+        raise StoreUrlError(_url_syntax(exc)) from None
     scheme = parts.scheme.lower()
     known = {**_REDIS_OPTIONS, **(_REDISS_OPTIONS if scheme == "rediss" else {})}
     seen = _check_query(parts.query, known, "for the Redis client")
@@ -355,6 +380,15 @@ POSTGRES_STORE_OPTIONS = ("schema", "durability", "pool_size", "max_clock_skew",
 
 
 def check_postgres_url(plain: str) -> None:
+    """:func:`_check_postgres_url`, its refusal's words without the URL's secrets
+    (:func:`safe_reason`)."""
+    try:
+        _check_postgres_url(plain)
+    except StoreUrlError as exc:
+        raise StoreUrlError(safe_reason(plain, str(exc))) from None
+
+
+def _check_postgres_url(plain: str) -> None:
     """Refuse a PostgreSQL URL (the store's own options already taken out) that libpq
     would refuse, or read other than as written, only when the store connects: a query
     option that is not one of libpq's connection parameters (``?bogus=1``, a typo such as
@@ -367,7 +401,7 @@ def check_postgres_url(plain: str) -> None:
     try:
         parts = urlsplit(plain)
     except ValueError as exc:
-        raise StoreUrlError(str(exc)) from None
+        raise StoreUrlError(_url_syntax(exc)) from None
     _check_query(parts.query, _LIBPQ_OPTIONS, "libpq's connection parameters",
                  POSTGRES_STORE_OPTIONS)
     try:
@@ -386,3 +420,112 @@ def check_postgres_url(plain: str) -> None:
         _ports(str(read.get("port", "")))
     except ValueError:
         raise StoreUrlError("a port is no number from 1 to 65535") from None
+
+
+# ------------------------------------------------------------------ what a message shows
+#: libpq's connection parameters whose value is a secret.
+_SECRET_LIBPQ = frozenset({"password", "sslpassword", "oauth_client_secret",
+                           "scram_client_key", "scram_server_key"})
+#: Query options whose values a message shows as written: the stores' own and the
+#: drivers' options known to hold no secret. Any other option's value is masked (a
+#: ``?password=``, an ``oauth_client_secret``, a typo such as ``?pasword=``, an HTTP
+#: collector's ``?api_key=``).
+_SHOWN_OPTIONS = frozenset({*_LIBPQ_OPTIONS, *_REDIS_OPTIONS, *_REDISS_OPTIONS,
+                            *POSTGRES_STORE_OPTIONS, "prefix", "timeout", "busy_timeout"}
+                           ) - _SECRET_LIBPQ
+#: What stands for a masked secret.
+MASK = "***"
+#: Shortest secret :func:`safe_reason` looks for in a message: a shorter one (``?x=1``)
+#: would mask every such character of the words (no refusal quotes a password: this is
+#: the second line of defence, for a driver's words).
+_SCRUBBED_LENGTH = 4
+
+
+def _url_syntax(exc: ValueError) -> str:
+    """The words for a URL ``urlsplit`` cannot read, never its own: those quote the text
+    it took for the port, which is part of a password holding ``/``, ``?`` or ``#``
+    (``redis://:pa/ss@host``: the port is ``pa``)."""
+    if "Port" in str(exc) or "port" in str(exc):
+        return ("a port is no number (a password holding / ? # or @ must be %-escaped: "
+                "%2F %3F %23 %40)")
+    return "the URL cannot be read (an unclosed [ of an IPv6 address?)"
+
+
+def _redacted(url: str) -> tuple[str, list[str], bool]:
+    """``(url with its secrets masked, the texts masked, whether an @ lies beyond the
+    host)``. The user information is found by the last ``@`` before the path where
+    there is one; an ``@`` only after it (a password holding ``/``, ``?`` or ``#``
+    unescaped, which ``urlsplit`` reads as a host, port or path) masks everything up to
+    the last ``@`` when a ``:`` comes before it: too much masked is a poorer message, too
+    little a leaked password."""
+    hidden: list[str] = []
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
+              default=len(rest))
+    at = rest.rfind("@", 0, end)
+    # a password follows a ":" before its "@" (``?user=a@b`` alone holds none)
+    beyond = at < 0 and bool(sep) and ":" in rest[:max(rest.rfind("@"), 0)]
+    if beyond:
+        at = rest.rfind("@")
+    if at >= 0 and sep:
+        userinfo, rest = rest[:at], rest[at + 1:]
+        user, colon, password = userinfo.partition(":")
+        if beyond or scheme.lower() in ("http", "https"):
+            hidden.append(userinfo)  # all of it: an HTTP user name may be a token
+            shown_user = MASK
+        else:
+            shown_user = user
+            if colon:
+                hidden.append(password)
+                shown_user = f"{user}:{MASK}"
+        rest = f"{shown_user}@{rest}"
+    head, question, query = rest.partition("?")
+    if question:
+        query, hash_, fragment = query.partition("#")
+        kept = []
+        for item in query.split("&"):
+            name, equals, value = item.partition("=")
+            if equals and value and _option_name(name) not in _SHOWN_OPTIONS:
+                hidden.append(value)
+                item = f"{name}={MASK}"
+            kept.append(item)
+        rest = f"{head}?{'&'.join(kept)}{hash_}{fragment}"
+    return (f"{scheme}{sep}{rest}", [h for h in hidden if h], beyond)
+
+
+def _option_name(name: str) -> str:
+    from urllib.parse import unquote_plus
+    return unquote_plus(name)
+
+
+def redact_url(url: object) -> str:
+    """``url`` as a message may show it: a password (``user:***@host``), every query value
+    but those of options known to hold no secret (``?password=***``) and, for
+    ``http(s)://``, the whole user information (``***@host``: a token) masked. Not a
+    string: its type only."""
+    if not isinstance(url, str):
+        return f"<{type(url).__name__}>"
+    return _redacted(url)[0]
+
+
+def safe_reason(url: object, why: str) -> str:
+    """``why``, a refusal's words about ``url``, with every secret of the URL (as written,
+    %-decoded or %-encoded anew) masked. When an ``@`` lies beyond the host (the user information
+    cannot be told apart from the rest), words that quote the URL's parts could quote a
+    piece of a password: then only a fixed hint is given. Secrets shorter than
+    :data:`_SCRUBBED_LENGTH` are not looked for."""
+    if not isinstance(url, str):
+        return why
+    from urllib.parse import quote, unquote
+    _, hidden, beyond = _redacted(url)
+    if beyond:
+        return ("the URL is not quoted: an @ after its host may end a password holding "
+                "/ ? or # (%-escape them: %2F %3F %23 %40)")
+    forms = {form for h in hidden  # as written, %-decoded, and %-encoded anew
+             for form in (h, unquote(h), quote(unquote(h)), quote(unquote(h), safe=""))}
+    for secret in sorted(forms, key=len, reverse=True):
+        if len(secret) >= _SCRUBBED_LENGTH:
+            why = why.replace(secret, MASK)
+    return why

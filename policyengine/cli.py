@@ -135,19 +135,28 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _hmac_key(value: str | None) -> bytes | None:
-    """``--hmac-key``: ``@FILE`` (raw bytes), ``hex:...``, ``base64:...`` or text."""
+    """``--hmac-key``: ``@FILE`` (raw bytes), ``hex:...``, ``base64:...`` or text. A key
+    too short for ``hash`` is a usage error here, its text never shown (the engine's own
+    refusal came out of the command as a traceback)."""
     if value is None:
         return None
     try:
         if value.startswith("@"):
-            return Path(value[1:]).read_bytes()
-        if value.startswith("hex:"):
-            return bytes.fromhex(value[4:])
-        if value.startswith("base64:"):
-            return base64.b64decode(value[7:], validate=True)
+            key = Path(value[1:]).read_bytes()
+        elif value.startswith("hex:"):
+            key = bytes.fromhex(value[4:])
+        elif value.startswith("base64:"):
+            key = base64.b64decode(value[7:], validate=True)
+        else:
+            key = value.encode("utf-8")
     except (OSError, ValueError, binascii.Error) as exc:
         raise UsageError(f"--hmac-key: {exc}") from None
-    return value.encode("utf-8")
+    from policyengine.tools import check_hmac_key
+    try:
+        return check_hmac_key(key)
+    except PolicyEngineError as exc:  # its words say how long a key must be, not the key
+        raise UsageError(f"--hmac-key: the key has {len(key)} bytes; {exc.message}"
+                         ) from None
 
 
 def _now(value: str | None) -> float | None:

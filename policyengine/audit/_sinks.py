@@ -21,6 +21,7 @@ from typing import IO, Any, Protocol, runtime_checkable
 
 import orjson
 
+from policyengine._storeurl import redact_url
 from policyengine.audit.errors import DecisionLogError
 
 __all__ = [
@@ -189,7 +190,8 @@ class HttpSink:
     ``retries`` times with exponential backoff and jitter (``backoff`` seconds, doubled,
     at most ``max_backoff``), then :meth:`write` raises and the log's policy applies.
     Any other status is a failure at once. ``headers`` (e.g. an ``Authorization``) go with
-    every request and are never logged."""
+    every request and are never logged; a message shows the URL with its user
+    information and query values masked (``_storeurl.redact_url``: a token)."""
 
     def __init__(self, url: str, *, headers: dict[str, str] | None = None,
                  timeout: float = 10.0, retries: int = 3, backoff: float = 0.2,
@@ -231,7 +233,7 @@ class HttpSink:
             if attempt < self._retries:
                 self._sleep(min(delay, self._max_backoff) * (0.5 + random.random() / 2))
                 delay *= 2
-        raise DecisionLogError("sink_failed", f"http sink {self.url}: {problem}")
+        raise DecisionLogError("sink_failed", f"http sink {redact_url(self.url)}: {problem}")
 
     def close(self) -> None:
         if self._own:
@@ -252,6 +254,7 @@ def sink_from_url(url: str, **options: Any) -> Sink:
         url = url[len("file://"):]
     scheme = url.split("/", 1)[0]
     if not url or (":" in scheme and len(scheme) > 2):  # an unknown scheme (C: is a drive)
-        raise DecisionLogError("invalid_log_config", f"unknown decision log sink {url!r}: "
+        raise DecisionLogError("invalid_log_config", "unknown decision log sink "
+                               f"{redact_url(url)!r}: "
                                "use a file path, file://PATH, stdout: or http(s)://URL")
     return JsonlFileSink(url, **options)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from policyengine._storeurl import MAX_SECONDS, seconds_ok
+from policyengine._storeurl import MAX_SECONDS, redact_url, safe_reason, seconds_ok
 from policyengine.budgets.errors import BudgetInputError
 
 __all__ = ["DURABILITIES", "SCHEMA_NAME", "check_store_options", "shown_url", "store_url_error"]
@@ -62,19 +61,13 @@ def check_store_options(where: str = "budget store", **options: Any) -> None:
 
 
 def shown_url(url: str) -> str:
-    """``url`` as the user wrote it, with any password masked."""
-    if not isinstance(url, str):
-        return f"<{type(url).__name__}>"
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-    except ValueError:  # not even a URL: show its scheme only (it may hold a secret)
-        return url.split(":", 1)[0] + ":..."
+    """``url`` as the user wrote it, its secrets masked (``_storeurl.redact_url``: a
+    password, a query's secret values)."""
+    return redact_url(url)
 
 
 def store_url_error(url: str, why: str) -> BudgetInputError:
-    """``invalid_store_url`` for the budget store URL ``url`` (its password masked)."""
-    return BudgetInputError("invalid_store_url", f"budget store URL {shown_url(url)!r}: {why}")
+    """``invalid_store_url`` for the budget store URL ``url``: the URL and ``why`` with
+    the URL's secrets masked (``_storeurl.safe_reason``: ``why`` may quote the driver)."""
+    return BudgetInputError("invalid_store_url",
+                            f"budget store URL {shown_url(url)!r}: {safe_reason(url, why)}")

@@ -50,7 +50,9 @@ JsonObject = dict[str, Any]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # a validation error's text never quotes a value (see _models._Request)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              hide_input_in_errors=True)
 
 
 class _Out(BaseModel):

@@ -95,7 +95,10 @@ JsonValue = Annotated[Any, WithJsonSchema({})]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # hide_input_in_errors: a validation error's text never quotes a value (a client
+    # secret, a token); the answers say where and what (validation_message) anyway
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              hide_input_in_errors=True)
 
 
 class _Response(BaseModel):
@@ -122,12 +125,12 @@ class TokenRequest(_Request):
 
     grant_type: Literal["client_credentials"]
     client_id: str = Field(max_length=256)
-    client_secret: str = Field(max_length=1024)
+    client_secret: str = Field(max_length=1024, repr=False)  # never in a repr or a log
     scope: str | None = Field(None, max_length=1024)
 
 
 class TokenResponse(_Response):
-    access_token: str
+    access_token: str = Field(repr=False)  # a bearer token: never in a repr or a log
     token_type: Literal["Bearer"] = "Bearer"
     expires_in: int
 

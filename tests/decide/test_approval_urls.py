@@ -25,7 +25,7 @@ NO_REDIS = "redis://127.0.0.1:1/0"
 @pytest.mark.parametrize(("url", "why"), [
     (f"{NO_PG}?schema=Bad-Name", "schema"), (f"{NO_PG}?schema=", "schema"),
     (f"{NO_PG}?schema=a&schema=b", "twice"), (f"{NO_REDIS}?prefix=", "prefix"),
-    ("redis://127.0.0.1:port/0", "cast"), ("sqlite:///a.db", "memory:"),
+    ("redis://127.0.0.1:port/0", "port is no number"), ("sqlite:///a.db", "memory:"),
 ])
 def test_a_bad_approval_url_is_refused_with_its_code(url: str, why: str) -> None:
     with pytest.raises(ApprovalError) as info:
