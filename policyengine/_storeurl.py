@@ -504,9 +504,12 @@ def redact_url(url: object) -> str:
     """``url`` as a message may show it: a password (``user:***@host``), every query value
     but those of options known to hold no secret (``?password=***``) and, for
     ``http(s)://``, the whole user information (``***@host``: a token) masked. Not a
-    string: its type only."""
+    string: its type only; text with no scheme, which is no URL (a password given where
+    the URL belongs): its length only."""
     if not isinstance(url, str):
         return f"<{type(url).__name__}>"
+    if not scheme_of(url):
+        return f"<{len(url)} characters, no URL scheme>"
     return _redacted(url)[0]
 
 

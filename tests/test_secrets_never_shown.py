@@ -79,6 +79,12 @@ def test_an_unreachable_store_never_shows_its_password(opener: object) -> None:
         assert SECRET not in f"{info.value} {info.value!r}"
 
 
+def test_a_secret_given_where_a_store_url_belongs_is_not_shown() -> None:
+    message = _message(store_from_url, SECRET)
+    assert SECRET not in message
+    assert "no URL scheme" in message
+
+
 def test_the_budget_store_url_is_shown_with_what_holds_no_secret() -> None:
     message = _message(store_from_url,
                        f"postgresql://app:{SECRET}@db.internal:5432/ledger"
