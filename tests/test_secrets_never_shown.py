@@ -196,39 +196,3 @@ def test_a_short_hmac_key_is_a_usage_error_that_never_shows_it(
     assert code == 2, out.err
     assert "usage_error" in out.err and "at least 16" in out.err
     assert SECRET[:10] not in out.out + out.err and "Pl4ntedS3cr" not in out.err
-
-
-# ------------------------------------------------------------------ caches of bearer tokens
-def _flat(keys: object) -> list[object]:
-    out: list[object] = []
-    for key in keys:  # type: ignore[attr-defined]
-        out.extend(key if isinstance(key, tuple) else (key,))
-    return out
-
-
-def test_the_grant_caches_are_keyed_by_a_digest_never_the_token() -> None:
-    from policyengine.tokens import KeySet, attenuate, mint, verify
-    keys = KeySet.generate()
-    root = mint(keys, issuer="https://idp.example", acting_for="besar", agent="bot",
-                permissions=["shop:*"], ttl=600)
-    child = attenuate(keys, root, agent="helper", permissions=["shop:buy"])
-    first = verify(keys, child, issuer="https://idp.example")
-    held = keys.cached_verifications
-    again = verify(keys, child, issuer="https://idp.example")  # from the cache
-    assert again == first and keys.cached_verifications == held >= 1
-    cached = _flat(keys.verify_cache) + _flat(keys.hop_cache)
-    assert cached and not any(isinstance(k, str) and (k in (root, child) or k.startswith("eyJ"))
-                              for k in cached)
-    assert all(isinstance(k, bytes) and len(k) == 32 for k in keys.hop_cache)
-
-
-def test_the_access_token_cache_is_keyed_by_a_digest_never_the_token() -> None:
-    from policyengine.server._access import AccessTokens
-    from policyengine.tokens import KeySet
-    tokens = AccessTokens(KeySet.generate(), issuer="https://pe.example")
-    token = tokens.issue("agent:bot", "key_bot", ["shop:*"])
-    assert tokens.agent_of(token) == "agent:bot"
-    assert tokens.cached_agent(token) == "agent:bot"
-    assert tokens.cached_agent(token[:-2] + "AA") is None
-    assert token not in tokens._verified
-    assert all(isinstance(k, bytes) and len(k) == 32 for k in tokens._verified)

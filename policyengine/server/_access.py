@@ -6,17 +6,13 @@ Compact JWS (RFC 7515) signed by the service's :class:`~policyengine.KeySet`, wi
 header must be exactly ``alg``/``kid``/``typ``, ``alg`` must be the one the ``kid``'s
 key has (never ``none``, never taken from the token), the issuer must match and the token
 must be unexpired. A verified token is cached until it expires, so the hot path pays
-one SHA-256 and one dict lookup, not a signature check. The cache is keyed by the
-token's SHA-256, never by the token: a dict compares the keys of a bucket with ``==``,
-which stops at the first differing character, and a bearer token is a secret; a
-digest is one-way, so what a lookup's timing could tell is nothing about the token.
+one dict lookup, not a signature check.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import secrets
 import threading
@@ -47,14 +43,6 @@ def _json_segment(text: str) -> Any:
     return json.loads(_unb64(text))
 
 
-def _digest(token: object) -> bytes:
-    """The cache key of a presented token: its SHA-256 (a non-string: no key any token
-    has)."""
-    if type(token) is not str:
-        return b""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
 def token_typ(token: str) -> str | None:
     """The ``typ`` of a compact JWS header, unverified (only to route a bearer token to
     the verifier for its kind), or None when it does not parse."""
@@ -76,8 +64,7 @@ class AccessTokens:
         self.issuer = issuer
         self.ttl = ttl
         self._clock = clock
-        #: Verified tokens by their SHA-256 (module docstring): agent and expiry.
-        self._verified: dict[bytes, tuple[str, float]] = {}
+        self._verified: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
     def _signing_key(self) -> pe.tokens.Key:
@@ -107,8 +94,8 @@ class AccessTokens:
 
     def cached_agent(self, token: str) -> str | None:
         """The agent of an access token verified before and still valid, else None (the
-        hot path: one hash and one dict lookup, no header parsing)."""
-        hit = self._verified.get(_digest(token))
+        hot path: one dict lookup, no header parsing)."""
+        hit = self._verified.get(token)
         if hit is not None and self._clock() < hit[1]:
             return hit[0]
         return None
@@ -116,8 +103,7 @@ class AccessTokens:
     def agent_of(self, token: str) -> str | None:
         """The agent a valid access token was issued to, or None (bad, foreign, expired)."""
         now = self._clock()
-        digest = _digest(token)
-        hit = self._verified.get(digest)
+        hit = self._verified.get(token)
         if hit is not None:
             return hit[0] if now < hit[1] else None
         agent_exp = self._verify(token, now)
@@ -126,7 +112,7 @@ class AccessTokens:
         with self._lock:
             if len(self._verified) >= _CACHE_LIMIT:
                 self._verified.clear()
-            self._verified[digest] = agent_exp
+            self._verified[token] = agent_exp
         return agent_exp[0]
 
     def _verify(self, token: str, now: float) -> tuple[str, float] | None:

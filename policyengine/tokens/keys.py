@@ -353,9 +353,7 @@ class KeySet:
         # key set never reuses them. Not API: public names only because another module of
         # this package reads them on the hot path (an attribute, no accessor call).
         self.verify_cache: dict[Any, Any] = {}
-        #: Both caches are keyed by a token's SHA-256, never the token (a bearer secret:
-        #: ``grants.token_digest``).
-        self.hop_cache: dict[bytes, Any] = {}
+        self.hop_cache: dict[str, Any] = {}
 
     @property
     def cached_verifications(self) -> int:
