@@ -20,8 +20,8 @@ from typing import Any, Final
 
 from policyengine.errors import PolicyEngineError
 
-__all__ = ["MAX_EXPONENT", "AmbiguousJsonError", "decimal_text", "dumps", "loads",
-           "loads_exact", "utf8_charset"]
+__all__ = ["MAX_EXPONENT", "AmbiguousJsonError", "decimal_text", "dumps",
+           "infinite_as_double", "loads", "loads_exact", "utf8_charset"]
 
 #: The widest adjusted exponent (the power of ten of the leading digit: 3 for ``1234``,
 #: -3 for ``0.00123``, -5000 for ``0e-5000``) of a number read as a ``Decimal``: beyond
@@ -198,6 +198,38 @@ def _has_float(value: Any) -> bool:
     if kind is list:
         return any(_has_float(v) for v in value)
     return False
+
+
+def infinite_as_double(value: Any) -> Decimal | None:
+    """The first ``Decimal`` in a document read with ``decimal=True`` (dicts, lists) that
+    is infinite as a double (``1e400``, ``-1E+999``, ``1.7976931348623159e308``), else
+    None. Read as ``Decimal`` such a number is finite, read as a double (by the upstream a
+    body goes on to, and by :func:`loads_exact`) it is infinity: a document that holds one
+    is read two ways, and a caller deciding on it refuses it as :func:`loads_exact`
+    refuses its text. Integers are not looked at (``loads`` reads them exactly up to the
+    digit limit, and refuses them beyond), nor strings."""
+    kind = type(value)
+    if kind is dict:
+        value = value.values()
+    elif kind is not list:
+        if kind is Decimal and _wide(value):
+            return value  # type: ignore[no-any-return]
+        return None
+    for item in value:  # leaves checked here: a call per container, not per value
+        kind = type(item)
+        if kind is Decimal:
+            if _wide(item):
+                return item  # type: ignore[no-any-return]
+        elif kind is dict or kind is list:
+            found = infinite_as_double(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _wide(value: Decimal) -> bool:
+    # adjusted() is O(1); float() only for a number at the edge of a double's range.
+    return value.adjusted() >= 308 and math.isinf(float(value))
 
 
 def utf8_charset(content_type: object) -> bool:

@@ -41,7 +41,7 @@ from policyengine.server._credentials import Credentials
 from policyengine.server._faults import FAULT_MESSAGES, public_decision, public_message
 from policyengine.server._metrics import Metrics
 from policyengine.server._redactions import client_redactions
-from policyengine.server._wirejson import MalformedJsonError, loads
+from policyengine.server._wirejson import MalformedJsonError, loads, tool_body
 
 __all__ = ["PolicyService", "ServiceConfig", "create_app"]
 
@@ -834,7 +834,7 @@ class PolicyService:
             principal, transport=r.transport, method=r.method,
             host=_host_with_port(r.host, r.headers) if r.transport == "http" else r.host,
             path=r.path,
-            query=r.query, headers=r.headers, body=r.body, tool_name=r.toolName,
+            query=r.query, headers=r.headers, body=tool_body(r.body), tool_name=r.toolName,
             function_name=r.functionName, token=token, context=r.context,
             approval_id=r.approvalId, redaction_check=check,
             partition=self.credentials.partition_of(principal))

@@ -16,7 +16,7 @@ from typing import Any
 from policyengine import PolicyEngineError
 from policyengine import _json as strict_json
 
-__all__ = ["MalformedJsonError", "decimal_number", "loads"]
+__all__ = ["MalformedJsonError", "decimal_number", "loads", "tool_body"]
 
 MAX_DEPTH = 64  # deeper documents are refused before anything walks them
 
@@ -59,6 +59,19 @@ def loads(data: bytes) -> Any:
         raise MalformedJsonError("malformed_json", "the body is not UTF-8") from None
     except (ValueError, RecursionError) as exc:
         raise MalformedJsonError("malformed_json", f"the body is not JSON: {exc}") from None
+
+
+def tool_body(body: Any) -> Any:
+    """A tool call's ``body`` (a value of a request :func:`loads` read) for the engine:
+    as it is, or, when it holds a number that is infinite as a double (``1e400``, read
+    here as the finite ``Decimal("1E+400")``), its JSON text. The agent sends the body on
+    to an upstream that reads that number as infinity; the engine refuses such text
+    (``invalid_request``, diagnostic ``ambiguous_body``) as it refuses it from an
+    in-process caller, so the service never decides on the one reading while the upstream
+    acts on the other. Only such a body, rare, is written out again."""
+    if strict_json.infinite_as_double(body) is None:
+        return body
+    return strict_json.dumps(body)
 
 
 def decimal_number(value: Decimal) -> int | float | str:
