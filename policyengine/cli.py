@@ -72,6 +72,19 @@ def _typed(shown: str) -> str:
     return value if type(value) is str else shown.strip("'\"")
 
 
+class _Store(argparse._StoreAction):
+    """``store`` that keeps ``--opt=--`` as the text ``--``. argparse (up to Python 3.12)
+    drops a ``--`` from an option's values as if it ended the options, so
+    ``--principal=--`` reached the command as an empty list, not a string; for an option
+    of one value that list can only come from there."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if type(values) is list and not values and self.nargs is None:
+            values = parser._get_value(self, "--")  # converted (and checked) as any value
+        setattr(namespace, self.dest, values)
+
+
 class _Parser(argparse.ArgumentParser):
     """The command line's parser (and every sub-command's): a usage error is one line,
     ``policyengine CMD: error: usage_error: MESSAGE`` (exit status 2), never the usage
@@ -80,6 +93,11 @@ class _Parser(argparse.ArgumentParser):
     to."""
 
     _given: list[str] = []  # the arguments this parser was given
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Store)
+        self.register("action", "store", _Store)
 
     def _commands(self) -> dict[str, list[str]]:
         """The dest of each sub-command set of this parser -> its command names."""

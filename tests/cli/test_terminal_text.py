@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from policyengine import Engine
@@ -348,9 +348,27 @@ def _line_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str], agent: str,
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
           HealthCheck.function_scoped_fixture])
 @given(agent=ANY | BROKEN, value=ANY | BROKEN)
+@example(agent="--", value="--")  # argparse drops a "--" value: --principal=-- is the id "--"
 def test_explain_and_query_print_as_many_lines_whatever_the_id(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], agent: str, value: str) -> None:
     """Whatever an agent id or a request attribute holds (line feeds, tabs, any
     character), explain and query print the lines they print for a plain id."""
     assert _line_counts(tmp_path, capsys, agent, value) == _line_counts(
         tmp_path, capsys, "bot", "v")
+
+
+@pytest.mark.parametrize("command", ["query", "explain"])
+def test_an_option_given_the_text_dashdash_reads_it_as_text(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """``--principal=--`` names the agent ``--`` (argparse alone hands the command an
+    empty list, which the engine refuses as no string)."""
+    path = tmp_path / "d.policy"
+    path.write_text('namespace h\nrole r: h:*\nagent "--": r\npermit p: h:do for agent "--"\n',
+                    "utf-8")
+    argv = [command, str(path), "--principal=--"]
+    if command == "explain":
+        argv.append("--permission=h:do")
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert printed.err == ""
+    assert ("decision: allowed" if command == "explain" else 'agent "--": 1 entry') in printed.out
