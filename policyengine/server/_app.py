@@ -41,7 +41,7 @@ from policyengine.server._credentials import Credentials
 from policyengine.server._faults import FAULT_MESSAGES, public_decision, public_message
 from policyengine.server._metrics import Metrics
 from policyengine.server._redactions import client_redactions
-from policyengine.server._wirejson import MalformedJsonError, loads, tool_body
+from policyengine.server._wirejson import MalformedJsonError, loads, tool_body, tool_request
 
 __all__ = ["PolicyService", "ServiceConfig", "create_app"]
 
@@ -203,12 +203,14 @@ def validate(adapter: TypeAdapter[Any], data: Any) -> Any:
         raise RefusalError(400, "invalid_request", m.validation_message(exc)) from None
 
 
-def json_body(req: Request) -> Any:
+def json_body(req: Request, read: Callable[[bytes], Any] = loads) -> Any:
+    """The request's JSON, read strictly by ``read`` (:func:`loads`; the tool route's
+    :func:`tool_request`); 415 for another media type, 400 with the decoder's code."""
     ctype = req.headers.get(b"content-type", b"application/json")
     if not ctype.split(b";", 1)[0].strip().lower().endswith(b"json"):
         raise RefusalError(415, "unsupported_media_type", "the body must be application/json")
     try:
-        return loads(req.body)
+        return read(req.body)
     except MalformedJsonError as exc:
         raise RefusalError(400, exc.code, exc.message) from None
 
@@ -817,7 +819,9 @@ class PolicyService:
 
     def _tool_authorize(self, req: Request) -> Reply:
         principal, token = self._agent(req)
-        r = validate(_TOOL_IN, json_body(req))
+        # An ambiguous body (NaN, a duplicate key...) comes as its text, which the engine
+        # denies (ambiguous_body): a 400 here would let a fail-open SDK send it unchecked.
+        r = validate(_TOOL_IN, json_body(req, tool_request))
         # The SDK applies the redactions itself: the engine's run asks, in its redaction
         # step, whether the changes can be told as concrete paths (client_redactions),
         # and denies redaction_unsupported there, before any rate-limit call or approval

@@ -9,14 +9,15 @@ JSON *number* (the SDKs read ``maxAmount`` as a number) whose text is exact.
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from policyengine import PolicyEngineError
 from policyengine import _json as strict_json
 
-__all__ = ["MalformedJsonError", "decimal_number", "loads", "tool_body"]
+__all__ = ["MalformedJsonError", "decimal_number", "loads", "tool_body", "tool_request"]
 
 MAX_DEPTH = 64  # deeper documents are refused before anything walks them
 
@@ -57,6 +58,106 @@ def loads(data: bytes) -> Any:
         raise MalformedJsonError(exc.code, exc.message) from None
     except UnicodeDecodeError:
         raise MalformedJsonError("malformed_json", "the body is not UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise MalformedJsonError("malformed_json", f"the body is not JSON: {exc}") from None
+
+
+#: The strict decoder's codes for JSON that is well formed but read differently by other
+#: parsers: only these, inside a tool call's ``body``, are left for the engine to refuse.
+_AMBIGUOUS: Final = frozenset({"duplicate_key", "non_finite_number", "number_too_long",
+                               "lone_surrogate"})
+_WS: Final = re.compile(r"[ \t\n\r]*")
+# Reads what the strict decoder refuses as ambiguous (NaN, duplicate keys, numbers of any
+# length, lone surrogates) only to find where each value ends: numbers and constants are
+# kept as text (no int() digit limit, no float()), and nothing read here is decided on.
+_EXTENT: Final = json.JSONDecoder(parse_float=str, parse_int=str, parse_constant=str)
+
+
+def _skip(text: str, at: int) -> int:
+    """Where the JSON whitespace from ``at`` ends."""
+    match = _WS.match(text, at)
+    assert match is not None  # '*' matches the empty string
+    return match.end()
+
+
+def tool_request(data: bytes) -> Any:
+    """A ``POST /v1/tool-authorize`` request: :func:`loads`, or, when that refuses it as
+    ambiguous (a duplicate key, ``NaN``, an over-long number, a lone surrogate) only
+    because of what its ``body`` holds, the request with that body as its JSON text.
+
+    The agent sends the body on; an SDK that fails open takes a 400 for "governance
+    unreachable" and sends it unchecked (tracengent's ``tool_governance_fail_open``, and
+    Python's ``json.dumps`` writes ``float("nan")`` as ``NaN``). Given the text, the
+    engine refuses it by the rule it applies to in-process body text (``invalid_request``,
+    diagnostic ``ambiguous_body``): a 200 denial every client obeys. Every other member
+    (principal fields, transport, names, context, headers) is read strictly, and any
+    ambiguity there, a duplicate member, or a request that is not one JSON object is
+    the 400 it always was. The second reading runs only for a request already refused."""
+    try:
+        return loads(data)
+    except MalformedJsonError as exc:
+        if exc.code not in _AMBIGUOUS:
+            raise
+        request = _with_body_text(data.decode("utf-8"))
+        if request is None:
+            raise
+        return request
+
+
+def _with_body_text(text: str) -> dict[str, Any] | None:
+    """The object ``text`` holds, each member read strictly but an ambiguous ``body``
+    kept as its text; None when ``text`` is not one object (the caller's refusal
+    stands). Raises :class:`MalformedJsonError` for an ambiguous key or other member."""
+    members: list[tuple[str, str]] = []
+    try:
+        i = _skip(text, 0)
+        if text[i:i + 1] != "{":
+            return None
+        i = _skip(text, i + 1)
+        more = text[i:i + 1] != "}"
+        while more:
+            if text[i:i + 1] != '"':
+                return None
+            end = json.decoder.scanstring(text, i + 1)[1]  # type: ignore[attr-defined]
+            key = text[i:end]
+            i = _skip(text, end)
+            if text[i:i + 1] != ":":
+                return None
+            i = _skip(text, i + 1)
+            end = _EXTENT.raw_decode(text, i)[1]
+            members.append((key, text[i:end]))
+            i = _skip(text, end)
+            more = text[i:i + 1] == ","
+            if more:
+                i = _skip(text, i + 1)
+            elif text[i:i + 1] != "}":
+                return None
+        if _skip(text, i + 1) != len(text):
+            return None
+    except (ValueError, RecursionError):
+        return None
+    request: dict[str, Any] = {}
+    for key_text, value_text in members:
+        key = _strict(key_text)
+        if key in request:
+            raise MalformedJsonError("duplicate_key", f"duplicate key {key[:40]!r}")
+        if key == "body":
+            try:
+                request[key] = _strict(value_text)
+            except MalformedJsonError as exc:
+                if exc.code not in _AMBIGUOUS:
+                    raise
+                request[key] = value_text  # the engine refuses this text
+        else:
+            request[key] = _strict(value_text)
+    return request
+
+
+def _strict(text: str) -> Any:
+    try:
+        return strict_json.loads(text, decimal=True)
+    except strict_json.AmbiguousJsonError as exc:
+        raise MalformedJsonError(exc.code, exc.message) from None
     except (ValueError, RecursionError) as exc:
         raise MalformedJsonError("malformed_json", f"the body is not JSON: {exc}") from None
 

@@ -277,6 +277,36 @@ def test_governed_client_redacts_and_blocks(client: TracengentClient,
     assert len(upstream.received) == 1  # nothing denied ever arrived
 
 
+def test_a_fail_open_client_never_sends_a_body_holding_nan_or_infinity(
+        service: Running, upstream: Upstream) -> None:
+    """tracengent's governed client with ``tool_governance_fail_open=True`` takes any
+    non-2xx answer of ``/v1/tool-authorize`` for "governance unreachable" and sends the
+    call unchecked, and it writes ``float("nan")`` as ``NaN`` (``json.dumps``). A 400 for
+    that JSON was a bypass: the service answers 200 with the engine's refusal of the body
+    text (``ambiguous_body``), so the SDK raises and the upstream never sees the call."""
+    base = f"http://127.0.0.1:{upstream.port}"
+    with TracengentClient(TracengentOptions(
+            agent_id="travel-agent", base_url=service.url, client_id="key_travel",
+            client_secret=SECRETS["key_travel"], flush_interval_ms=50,
+            tool_governance_fail_open=True)) as c, governed_client(c) as http:
+        ok = http.post(f"{base}/v1/refunds", json={"amount": "120", "currency": "EUR"})
+        assert ok.status_code == 200 and len(upstream.received) == 1  # the route is open
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            for body in ({"amount": "120", "currency": "EUR", "note": {"n": [bad]}},
+                         {"amount": bad, "currency": "EUR"}):
+                with pytest.raises(ToolDeniedException) as denied:
+                    http.post(f"{base}/v1/refunds", json=body)
+                assert denied.value.outcome == "invalid_request", body
+                assert "ambiguous" in denied.value.reason, denied.value.reason
+        # the MCP and function gates (which fail closed on a 400) get the same denial
+        g = c.tools.authorize_mcp("search_flights", {"from": "LIS", "n": float("nan")})
+        assert not g.allowed and g.decision.outcome == "invalid_request"
+        g = c.tools.authorize_function("transfer_funds", {"amount": float("inf"),
+                                                          "currency": "EUR"})
+        assert not g.allowed and g.decision.outcome == "invalid_request"
+    assert len(upstream.received) == 1  # nothing holding NaN or Infinity arrived
+
+
 def test_another_port_of_the_same_host_is_not_the_authorized_tool(
         client: TracengentClient) -> None:
     """The SDK sends the host without its port; the service takes the port from the Host
