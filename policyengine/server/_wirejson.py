@@ -20,6 +20,12 @@ from policyengine import _json as strict_json
 __all__ = ["MalformedJsonError", "decimal_number", "loads", "tool_body", "tool_request"]
 
 MAX_DEPTH = 64  # deeper documents are refused before anything walks them
+#: How deep a tool call's ``body`` on ``POST /v1/tool-authorize`` may nest, handed to the
+#: engine as its text when deeper than MAX_DEPTH: the engine reads body text with
+#: recursive walks whose reach depends on the caller's stack (a few hundred levels under the
+#: service's), so beyond a depth it reads from any stack its answer would differ from the
+#: in-process one (unreadable, not ambiguous). Deeper bodies stay 400 ``too_deep``.
+MAX_BODY_DEPTH = 200
 
 
 class MalformedJsonError(PolicyEngineError, ValueError):
@@ -32,8 +38,8 @@ _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-def _too_deep(data: bytes) -> bool:
-    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+def _too_deep(data: bytes, limit: int = MAX_DEPTH) -> bool:
+    if data.count(b"[") + data.count(b"{") <= limit:
         return False
     # Strings out (C speed), then only the brackets are walked in Python.
     brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
@@ -41,7 +47,7 @@ def _too_deep(data: bytes) -> bool:
     for byte in brackets:
         if byte in (0x5B, 0x7B):
             depth += 1
-            if depth > MAX_DEPTH:
+            if depth > limit:
                 return True
         else:
             depth -= 1
@@ -66,6 +72,9 @@ def loads(data: bytes) -> Any:
 #: parsers: only these, inside a tool call's ``body``, are left for the engine to refuse.
 _AMBIGUOUS: Final = frozenset({"duplicate_key", "non_finite_number", "number_too_long",
                                "lone_surrogate"})
+# ...and a body nested deeper than MAX_DEPTH (an SDK writes a tool's arguments as they
+# are): also left to the engine, which reads body text however deep (docs/tools.md).
+_SECOND_READ: Final = _AMBIGUOUS | {"too_deep"}
 _WS: Final = re.compile(r"[ \t\n\r]*")
 # Reads what the strict decoder refuses as ambiguous (NaN, duplicate keys, numbers of any
 # length, lone surrogates) only to find where each value ends: numbers and constants are
@@ -92,13 +101,21 @@ def tool_request(data: bytes) -> Any:
     diagnostic ``ambiguous_body``): a 200 denial every client obeys. Every other member
     (principal fields, transport, names, context, headers) is read strictly, and any
     ambiguity there, a duplicate member, or a request that is not one JSON object is
-    the 400 it always was. The second reading runs only for a request already refused."""
+    the 400 it always was. A ``body`` nested deeper than :data:`MAX_DEPTH` (an SDK
+    writes a tool's arguments as they are) is handed over as its text too, and decided
+    as in process, up to :data:`MAX_BODY_DEPTH`; nesting elsewhere, or a body deeper
+    still, stays ``too_deep``. The second reading runs only for a request already
+    refused."""
     try:
         return loads(data)
     except MalformedJsonError as exc:
-        if exc.code not in _AMBIGUOUS:
+        if exc.code not in _SECOND_READ:
             raise
-        request = _with_body_text(data.decode("utf-8"))
+        try:  # too_deep is found before the bytes are decoded
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise exc from None
+        request = _with_body_text(text)
         if request is None:
             raise
         return request
@@ -141,7 +158,15 @@ def _with_body_text(text: str) -> dict[str, Any] | None:
         key = _strict(key_text)
         if key in request:
             raise MalformedJsonError("duplicate_key", f"duplicate key {key[:40]!r}")
-        if key == "body":
+        # A member lies one level inside the request: deeper than MAX_DEPTH - 1 in it is
+        # deeper than MAX_DEPTH in the request, as loads() counts.
+        value_bytes = value_text.encode("utf-8")
+        deep = _too_deep(value_bytes, MAX_DEPTH - 1)
+        if deep and key == "body" and not _too_deep(value_bytes, MAX_BODY_DEPTH):
+            request[key] = value_text  # the engine reads this text as in process
+        elif deep:
+            raise MalformedJsonError("too_deep", f"the JSON nests deeper than {MAX_DEPTH}")
+        elif key == "body":
             try:
                 request[key] = _strict(value_text)
             except MalformedJsonError as exc:

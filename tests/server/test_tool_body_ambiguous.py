@@ -123,8 +123,15 @@ ENVELOPES = [
     ('{"transport":"mcp","toolName":"note","body":[NaN],}', "non_finite_number"),
     ('{"transport":"mcp","toolName":"note","body":[NaN],"x"}', "non_finite_number"),
     ('{"transport":"mcp","toolName":"note","body":[NaN] "a":1}', "non_finite_number"),
-    ('{"transport":"mcp","toolName":"note","body":' + "[" * 70 + "NaN" + "]" * 70 + "}",
+    ('{"transport":"mcp","toolName":"note","body":[1],"context":{"a":' + "[" * 64
+     + "]" * 64 + "}}", "too_deep"),
+    ('{"transport":"mcp","toolName":"note","body":' + "[" * 70 + "]" * 70
+     + ',"context":{"a":' + "[" * 64 + "]" * 64 + "}}", "too_deep"),
+    ('{"transport":"mcp","toolName":"note","body":' + "[" * 70 + "]" * 71 + "}", "too_deep"),
+    ('{"transport":"mcp","toolName":"note","body":' + "[" * 5000 + "]" * 5000 + "}",
      "too_deep"),
+    ('{"transport":"mcp","toolName":"note","body":' + "[" * 201 + "]" * 201 + "}",
+     "too_deep"),  # past MAX_BODY_DEPTH
 ]
 
 
@@ -134,6 +141,50 @@ def test_ambiguity_in_the_rest_of_the_request_stays_a_400(
     r = post(service, request_text)
     assert r.status_code == 400, r.text
     assert r.json()["allowed"] is False and r.json()["error"]["code"] == code
+
+
+DEEP_BODIES = [
+    "[" * 64 + "]" * 64,  # 65 deep in the request: the service's limit, passed
+    "[" * 70 + "NaN" + "]" * 70,
+    '{"amount": 5, "currency": "USD", "x": ' + "[" * 100 + "]" * 100 + "}",
+    '{"amount": 5, "currency": "USD", "x": ' + "[" * 100 + '{"k":1,"k":2}' + "]" * 100
+    + "}",
+    *('{"a":' * d + "1" + "}" * d for d in range(65, 201, 27)),
+    *("[" * d + "Infinity" + "]" * d for d in range(65, 201, 27)),
+    "[" * 200 + "]" * 200,  # MAX_BODY_DEPTH
+    "[" * 199 + "NaN" + "]" * 199,
+]
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+@pytest.mark.parametrize("body", DEEP_BODIES)
+def test_a_body_nested_deeper_than_the_limit_is_decided_as_in_process(
+        service: Service, call: str, body: str) -> None:
+    """A tool's arguments nested deeper than the request limit (64) were a 400
+    ``too_deep``, which a fail-open SDK sends on unchecked: the body goes to the engine as
+    its text and gets the decision the same text gets in process."""
+    r = service.tool(call, body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    d = service.in_process(call, body)
+    assert (out["allowed"], out["outcome"], out["reason"]) == (d.allowed, d.outcome,
+                                                               d.reason)
+    assert [x["code"] for x in out["diagnostics"]] == [x.code for x in d.diagnostics]
+
+
+def test_a_deep_request_that_is_not_utf8_stays_a_400(service: Service) -> None:
+    """too_deep is found before the bytes are decoded: the second reading must not
+    decode them blindly (a 500)."""
+    r = post(service, b'{"transport":"mcp","toolName":"note","body":' + b"[" * 70
+             + b"]" * 70 + b',"x":"\xff"}')
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_deep", r.text
+
+
+def test_a_denied_call_with_a_deep_body_is_denied_not_400(service: Service) -> None:
+    r = post(service, '{"transport":"http","method":"POST","host":"closed.example.com",'
+             '"path":"/x","body":' + "[" * 80 + "]" * 80 + "}")
+    assert r.status_code == 200 and r.json()["allowed"] is False, r.text
+    assert r.json()["outcome"] != "invalid_request"
 
 
 def test_a_request_otherwise_invalid_stays_a_400(service: Service) -> None:

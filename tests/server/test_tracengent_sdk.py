@@ -307,6 +307,34 @@ def test_a_fail_open_client_never_sends_a_body_holding_nan_or_infinity(
     assert len(upstream.received) == 1  # nothing holding NaN or Infinity arrived
 
 
+def test_a_fail_open_client_never_sends_a_denied_call_whose_body_nests_deep(
+        service: Running, upstream: Upstream) -> None:
+    """A body nested deeper than the service's 64 (a tool's arguments, which a prompt
+    can shape) was a 400 ``too_deep``, which the fail-open client takes for "governance
+    unreachable": a call denied in process (a denied route, an amount over the cap) was
+    sent unchecked. The service hands such a body to the engine as its text, so the
+    call gets the engine's decision and the SDK raises."""
+    base = f"http://127.0.0.1:{upstream.port}"
+    deep: object = 1
+    for _ in range(70):
+        deep = [deep]
+    with TracengentClient(TracengentOptions(
+            agent_id="travel-agent", base_url=service.url, client_id="key_travel",
+            client_secret=SECRETS["key_travel"], flush_interval_ms=50,
+            tool_governance_fail_open=True)) as c, governed_client(c) as http:
+        before = len(upstream.received)
+        with pytest.raises(ToolDeniedException) as denied:
+            http.post(f"{base}/v1/accounts/acct_1", json={"x": deep})
+        assert denied.value.outcome == "route_deny"
+        with pytest.raises(ToolDeniedException):  # over the refund cap
+            http.post(f"{base}/v1/refunds", json={"amount": "900", "currency": "EUR",
+                                                   "note": deep})
+        g = c.tools.authorize_function("transfer_funds", {"amount": "1", "currency": "EUR",
+                                                          "note": deep})
+        assert g.decision is not None and g.decision.outcome != "invalid_request"
+    assert len(upstream.received) == before  # nothing denied arrived
+
+
 def test_another_port_of_the_same_host_is_not_the_authorized_tool(
         client: TracengentClient) -> None:
     """The SDK sends the host without its port; the service takes the port from the Host
