@@ -75,6 +75,10 @@ INGEST_KINDS: Final[Mapping[str, frozenset[str]]] = {
 # ``perf_counter_ns``, fields, view). The hot path reads one clock; the writer turns that
 # reading into wall-clock time once per batch (:meth:`DecisionLog._encode`).
 _DECISION_ITEM: Final = 7
+#: A batch's wall-clock reading is taken between two monotonic ones at most this far
+#: apart (else read again, up to :data:`_CLOCK_TRIES` times): see ``_wall_offset``.
+_CLOCK_GAP_NS: Final = 100_000
+_CLOCK_TRIES: Final = 4
 
 _live: weakref.WeakSet[DecisionLog] = weakref.WeakSet()
 
@@ -573,6 +577,25 @@ class DecisionLog:
             self._stopped = True
             return True
 
+    def _wall_offset(self) -> int:
+        """Wall-clock ns less ``perf_counter_ns`` now: what turns a monotonic reading of
+        the hot path into its wall-clock time. The wall clock is read between two
+        monotonic readings, and read again (a few times at most) while they lie far
+        apart: a writer paused between its reads (another thread on the interpreter's
+        lock, the OS) would otherwise stamp its whole batch early by the pause, and one
+        thread's records out of order across batches. The narrowest pair is used."""
+        best_gap = best = 0
+        for _ in range(_CLOCK_TRIES):
+            before = perf_counter_ns()
+            wall = self._clock_ns()
+            after = perf_counter_ns()
+            gap = after - before
+            if not best_gap or gap < best_gap:
+                best_gap, best = gap or 1, wall - (before + after) // 2
+            if gap <= _CLOCK_GAP_NS:
+                break
+        return best
+
     def _encode(self, items: list[tuple[Any, ...]]) -> list[bytes]:
         lines: list[bytes] = []
         with self._lock:
@@ -587,7 +610,7 @@ class DecisionLog:
         # The hot path read the monotonic clock only: its readings become wall-clock time
         # through one reading of both clocks for the batch (the wall clock as it reads
         # now, less the time each record waited since it was handed over).
-        wall = self._clock_ns() - perf_counter_ns()
+        wall = self._wall_offset()
         for item in items:
             seq += 1
             record: dict[str, Any] = {}

@@ -423,3 +423,41 @@ def test_a_record_is_stamped_when_decided_not_when_written() -> None:
     assert r["decision_id"] == d.decision_id
     assert before - 0.01 <= stamp(r["timestamp"]) <= after + 0.01
     assert 0 < r["metrics"]["timer_decision_ns"] < (after - before) * 1e9 + 1e7
+
+
+def test_a_writer_paused_between_its_two_clock_reads_stamps_no_record_early() -> None:
+    """The writer turns the hot path's monotonic readings into wall-clock time with one
+    reading of each clock per batch. A writer paused between the two (another thread
+    holding the interpreter's lock, the OS) must not shift its whole batch back by the
+    pause: each record still carries the time it was decided, and one thread's
+    records stay in order across batches."""
+    import time
+    from datetime import datetime
+
+    def stamp(text: str) -> float:
+        return datetime.fromisoformat(text[:26] + "+00:00").timestamp()
+
+    pause = {"left": 0}
+
+    def clock_ns() -> int:
+        now = time.time_ns()
+        if pause["left"]:
+            pause["left"] -= 1
+            time.sleep(0.3)  # paused right after reading the wall clock
+        return now
+
+    records: list[dict[str, Any]] = []
+    log = DecisionLog(CallbackSink(records.append), clock_ns=clock_ns)
+    engine = pe.Engine.from_source(POLICY, decision_log=log)
+    ctx = {"amount": "20", "currency": "EUR"}
+    engine.authorize("bot", "payments:pay", ctx)
+    assert log.flush(20)  # the first batch, stamped without a pause
+    pause["left"] = 1
+    before = time.time()
+    engine.authorize("bot", "payments:pay", ctx)
+    after = time.time()
+    assert log.flush(20)
+    assert engine.close()
+    first, second = kinds(records, "authorize")
+    assert before - 0.01 <= stamp(second["timestamp"]) <= after + 0.01
+    assert stamp(first["timestamp"]) <= stamp(second["timestamp"])
