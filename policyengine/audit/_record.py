@@ -247,9 +247,12 @@ def _written_key(key: Any, path: str, masked: list[str], depth: int) -> tuple[An
 def scrub(value: Any, path: str, masked: list[str], depth: int = 0,
           forms: list[str] | None = None) -> Any:
     """``value`` with every credential replaced by the mask: values under a
-    :data:`CREDENTIAL_KEYS` key and strings that are JWTs (dict keys too). Containers
-    are copied only where something changed; the paths replaced are appended to
-    ``masked``.
+    :data:`CREDENTIAL_KEYS` key and strings that are JWTs (dict keys too). Every dict,
+    list and tuple is copied before it is looked into, and the copy is what is
+    returned: the caller may still hold (and change) the containers of an input, and
+    what the encoder writes must be what was scanned, not a container changed after its
+    scan (strings, numbers and the other leaves cannot change). The paths replaced are
+    appended to ``masked``.
 
     The scan looks into exactly what the encoder writes: a ``str``, a dict (its storage,
     as orjson reads a subclass), a list (likewise), a tuple, and the exact types of
@@ -269,10 +272,12 @@ def scrub(value: Any, path: str, masked: list[str], depth: int = 0,
             masked.append(path)
             return MASK
         return value
-    if kind is dict and _plain_keys.issuperset(value):
+    if kind is dict:
+        out: dict[Any, Any] = dict(value)  # what is scanned, and written: see above
+        if not _plain_keys.issuperset(out):
+            return _scrub_dict(out, path, masked, depth, forms)
         # Keys all known plain names (the common case): only the values are looked at.
-        out: dict[Any, Any] | None = None
-        for k, v in value.items():
+        for k, v in out.items():
             vk = type(v)
             if vk is str:
                 if len(v) <= 20 or not _is_jwt(v):
@@ -283,35 +288,25 @@ def scrub(value: Any, path: str, masked: list[str], depth: int = 0,
                 continue
             else:
                 new = scrub(v, f"{path}.{k}", masked, depth + 1, forms)
-                if new is v:
-                    continue
-            if out is None:
-                out = dict(value)
-            out[k] = new
-        return value if out is None else out
-    if kind is dict or isinstance(value, dict):
-        if kind is not dict and forms is not None and kind is not FrozenDict:
+            out[k] = new  # a value of a key already there: the loop goes on
+        return out
+    if isinstance(value, dict):
+        if forms is not None and kind is not FrozenDict:
             forms.append(path)
-        return _scrub_dict(value, kind is dict, path, masked, depth, forms)
+        return _scrub_dict(dict(dict.items(value)), path, masked, depth, forms)
     if kind is list or kind is tuple or isinstance(value, list):
         if kind is not list and forms is not None and kind is not FrozenList:
             forms.append(path)
-        items_: list[Any] | None = None
-        for i, v in enumerate(value if kind is list or kind is tuple
-                              else list.__iter__(value)):
+        items_ = list(value) if kind is list or kind is tuple else list.copy(value)
+        for i, v in enumerate(items_):
             vk = type(v)
             if vk is str:
                 if len(v) <= 20 or not _is_jwt(v):
                     continue
             elif vk in _PLAIN:
                 continue
-            new = scrub(v, f"{path}[{i}]", masked, depth + 1, forms)
-            if new is not v:
-                if items_ is None:
-                    items_ = list(value) if kind is list or kind is tuple \
-                        else list.copy(value)
-                items_[i] = new
-        return value if items_ is None else items_
+            items_[i] = scrub(v, f"{path}[{i}]", masked, depth + 1, forms)
+        return items_
     if kind in _LEAVES:
         return value
     # Anything else is written as its JSON form: that is what is scanned, and logged.
@@ -320,14 +315,13 @@ def scrub(value: Any, path: str, masked: list[str], depth: int = 0,
     return scrub(json_form(value), path, masked, depth + 1, forms)
 
 
-def _scrub_dict(value: dict[Any, Any], exact: bool, path: str, masked: list[str],
-                depth: int, forms: list[str] | None) -> dict[Any, Any]:
+def _scrub_dict(out: dict[Any, Any], path: str, masked: list[str], depth: int,
+                forms: list[str] | None) -> dict[Any, Any]:
     """:func:`scrub` of a dict with a key not known plain (a credential's name, a JWT, a
-    key of another type, a key not seen yet) or of a dict subclass (read from its
-    storage, as the encoder reads it)."""
-    out: dict[Any, Any] | None = None
+    key of another type, a key not seen yet) or of a dict subclass. ``out``: scrub's own
+    copy (of a subclass, its storage, as the encoder reads it), changed in place."""
     renamed: dict[Any, Any] | None = None
-    for k, v in (value.items() if exact else dict.items(value)):
+    for k, v in out.items():
         if type(k) is str:
             verdict = _credential_keys.get(k)
             name = k
@@ -353,15 +347,10 @@ def _scrub_dict(value: dict[Any, Any], exact: bool, path: str, masked: list[str]
                 continue
             else:
                 new = scrub(v, f"{path}.{name}", masked, depth + 1, forms)
-                if new is v:
-                    continue
-        if out is None:
-            out = dict(value) if exact else dict(dict.items(value))
-        out[k] = new
+        out[k] = new  # a value of a key already there: the loop goes on
     if renamed is not None:  # in the same order, under the names written
-        pairs = dict.items(value) if out is None else out.items()
-        return {renamed.get(k, k): v for k, v in pairs}
-    return value if out is None else out
+        return {renamed.get(k, k): v for k, v in out.items()}
+    return out
 
 
 def _json_tree(value: Any, depth: int = 0) -> Any:
