@@ -164,7 +164,7 @@ class ActguardWire:
         else:
             body = _EXCEEDED_OUT.dump_json(m.ActguardBudgetExceeded(
                 error=message, code=code, user_id=user_id, tokens_used=tokens,
-                cost_used=_cu(amounts["spent"] + amounts["reserved"]),
+                cost_used=_cu(MONEY_CONTEXT.add(amounts["spent"], amounts["reserved"])),
                 cost_limit=_cu(amounts["limit"], ROUND_FLOOR)))
         return _RefusedError(Reply(status, body))
 

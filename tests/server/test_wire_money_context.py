@@ -54,3 +54,38 @@ def test_cost_units_of_a_price_do_not_depend_on_the_thread_context() -> None:
     want = _actguard._cu_per(Decimal("2.50"), 1_000_000, 123_456_789)
     with decimal.localcontext(SMALL):
         assert _actguard._cu_per(Decimal("2.50"), 1_000_000, 123_456_789) == want == 308642
+
+
+class _Metrics:
+    def error(self, code: str) -> None:
+        pass
+
+
+class _Service:
+    metrics = _Metrics()
+
+
+@pytest.mark.parametrize("status", [409, 402])
+def test_an_actguard_refusals_cost_units_do_not_depend_on_the_thread_context(
+        status: int) -> None:
+    """The 409's ``cost_used`` (spent + reserved) and the 402's shortfall: a prec=3
+    context made 98765.43 + 1.00 USD 98700 USD, under-stating the spend to the SDK."""
+    import json
+
+    wire = object.__new__(_actguard.ActguardWire)
+    wire.service = _Service()  # type: ignore[assignment]
+    usage = {"currency": "USD", "limit": "123456.78", "spent": "98765.43",
+             "reserved": "1.00", "debt": "98765.43", "attempted": "1.00",
+             "remaining": "24690.35"}
+
+    def body() -> dict[str, object]:
+        refused = wire._exceeded("budget_exceeded", "over", usage, "u", status)
+        return json.loads(refused.reply.body)  # type: ignore[no-any-return]
+
+    want = body()
+    with decimal.localcontext(SMALL):
+        assert body() == want
+    if status == 409:
+        assert want["cost_used"] == _actguard._cu(Decimal("98766.43"))
+    else:
+        assert want["shortfall"] == _actguard._cu(Decimal("98766.43"))
