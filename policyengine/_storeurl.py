@@ -504,11 +504,13 @@ def redact_url(url: object) -> str:
     """``url`` as a message may show it: a password (``user:***@host``), every query value
     but those of options known to hold no secret (``?password=***``) and, for
     ``http(s)://``, the whole user information (``***@host``: a token) masked. Not a
-    string: its type only; text with no scheme, which is no URL (a password given where
-    the URL belongs): its length only."""
+    string: its type only; text with no ``scheme://`` (but ``memory:``), which is no URL
+    (a password, or a ``user:password`` pair, given where the URL belongs; ``host:port``
+    with its scheme left out): its length only. A ``:`` alone is no scheme: it may be
+    the one between a user and a password."""
     if not isinstance(url, str):
         return f"<{type(url).__name__}>"
-    if not scheme_of(url):
+    if "://" not in url and scheme_of(url) != "memory":
         return f"<{len(url)} characters, no URL scheme>"
     return _redacted(url)[0]
 

@@ -85,6 +85,18 @@ def test_a_secret_given_where_a_store_url_belongs_is_not_shown() -> None:
     assert "no URL scheme" in message
 
 
+@pytest.mark.parametrize("text", [f"default:{SECRET}", f"user:{SECRET}@db.internal",
+                                  f"{SECRET}:x", f"db.internal:{SECRET}"])
+def test_a_secret_given_where_a_url_belongs_with_a_colon_is_not_shown(text: str) -> None:
+    """A credential pair (``user:password``) or a URL missing its ``scheme://`` holds a
+    ``:``, so it looked like a URL with a scheme and was quoted whole."""
+    for make in (store_from_url, sink_from_url):
+        message = _message(make, text)
+        assert SECRET not in message, message
+        assert "no URL scheme" in message
+    assert redact_url("memory:?durability=full") == "memory:?durability=full"
+
+
 def test_the_budget_store_url_is_shown_with_what_holds_no_secret() -> None:
     message = _message(store_from_url,
                        f"postgresql://app:{SECRET}@db.internal:5432/ledger"
