@@ -20,7 +20,12 @@ from hypothesis import strategies as st
 
 from policyengine import _json as strict_json
 
-from .test_tool_body_doubles import _LEAF, CALLS, Service, _docs, refused_as_ambiguous
+from .test_tool_body_doubles import (
+    CALLS,
+    Service,
+    bodies_holding,
+    refused_as_ambiguous,
+)
 
 # (body text, the strict reader's code for it): every kind it refuses, at the top of the
 # body, nested, and in a key.
@@ -215,19 +220,11 @@ def test_other_routes_keep_their_400s(service: Service, path: str, request_text:
 _NON_FINITE = st.sampled_from(["NaN", "Infinity", "-Infinity"])
 
 
-@st.composite
-def _bodies_with_nan(draw: st.DrawFn) -> str:
-    """A JSON body with NaN or an infinity at a drawn place (a value, or an element)."""
-    constant = draw(_NON_FINITE)
-    doc = draw(_docs(st.one_of(_LEAF, st.just("@"))))
-    if "@" not in doc:
-        doc = draw(st.sampled_from([f"[{doc},@]", f'{{"k":{doc},"z":@}}', "@"]))
-    return doc.replace("@", constant)
 
 
 @settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=_bodies_with_nan(), call=st.sampled_from(sorted(CALLS)),
+@given(body=bodies_holding(_NON_FINITE), call=st.sampled_from(sorted(CALLS)),
        seed=st.integers(0, 2**32), context=st.booleans())
 def test_property_a_body_holding_nan_or_infinity_is_never_allowed_nor_non_2xx(
         service: Service, body: str, call: str, seed: int, context: bool) -> None:

@@ -208,9 +208,10 @@ def _docs(leaf: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 
 @st.composite
-def _bodies_with_an_infinite_number(draw: st.DrawFn) -> str:
-    """A JSON document with the infinite literal put at a drawn place in it."""
-    literal = draw(_INFINITE_LITERAL)
+def bodies_holding(draw: st.DrawFn, literals: st.SearchStrategy[str]) -> str:
+    """A JSON document with a literal drawn from ``literals`` put at a drawn place in it
+    (a value, or an element)."""
+    literal = draw(literals)
     doc = draw(_docs(st.one_of(_LEAF, st.just("@"))))
     if "@" not in doc:
         doc = draw(st.sampled_from([f"[{doc},@]", f'{{"k":{doc},"z":@}}', "@"]))
@@ -220,7 +221,7 @@ def _bodies_with_an_infinite_number(draw: st.DrawFn) -> str:
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                  HealthCheck.filter_too_much])
-@given(body=_bodies_with_an_infinite_number(), call=st.sampled_from(sorted(CALLS)))
+@given(body=bodies_holding(_INFINITE_LITERAL), call=st.sampled_from(sorted(CALLS)))
 def test_property_a_body_with_a_number_infinite_as_a_double_is_never_allowed(
         service: Service, body: str, call: str) -> None:
     r = service.tool(call, body)
