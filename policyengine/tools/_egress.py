@@ -562,8 +562,9 @@ def _read_body(body: Any) -> _Body | tuple[str, str]:
     amount the service wire reads, not a float the amount rules refuse). JSON that
     another parser could read differently
     (duplicate keys: last wins here, first wins elsewhere; ``NaN``; ``1e400``; an integer
-    over the digit limit) is refused outright, since the bytes that would leave are not
-    what was decided on. Anything else that does not parse (a UTF-8 byte order mark,
+    over the digit limit; nesting too deep for this interpreter's stack) is refused
+    outright, since the bytes that would leave are not what was decided on. Anything
+    else that does not parse (a UTF-8 byte order mark,
     UTF-16 / UTF-32, form data, text) is kept as it is and marked unreadable.
     """
     if body is None:
@@ -586,7 +587,14 @@ def _read_body(body: Any) -> _Body | tuple[str, str]:
         return _Body(strict_json.loads_exact(raw), True)  # fractions as Decimal
     except strict_json.AmbiguousJsonError as exc:
         return ("ambiguous_body", f"the JSON body is ambiguous: {exc.message}")
-    except (ValueError, RecursionError):
+    except RecursionError:
+        # Nested past what this interpreter's stack reads, which depends on the caller's
+        # own depth: passed on as unreadable, the same body would be refused from a
+        # shallow stack (NaN inside, say) and sent from a deep one. A parser with more
+        # stack reads it, so it is ambiguous, and refused on every route.
+        return ("ambiguous_body", "the JSON body is ambiguous: it nests too deeply to "
+                "read here, and another parser could read it")
+    except ValueError:
         return _Body(raw, False)
 
 
