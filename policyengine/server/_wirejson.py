@@ -9,6 +9,7 @@ JSON *number* (the SDKs read ``maxAmount`` as a number) whose text is exact.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from decimal import Decimal
@@ -20,12 +21,6 @@ from policyengine import _json as strict_json
 __all__ = ["MalformedJsonError", "decimal_number", "loads", "tool_body", "tool_request"]
 
 MAX_DEPTH = 64  # deeper documents are refused before anything walks them
-#: How deep a tool call's ``body`` on ``POST /v1/tool-authorize`` may nest, handed to the
-#: engine as its text when deeper than MAX_DEPTH: the engine reads body text with
-#: recursive walks whose reach depends on the caller's stack (a few hundred levels under the
-#: service's), so beyond a depth it reads from any stack its answer would differ from the
-#: in-process one (unreadable, not ambiguous). Deeper bodies stay 400 ``too_deep``.
-MAX_BODY_DEPTH = 200
 
 
 class MalformedJsonError(PolicyEngineError, ValueError):
@@ -80,6 +75,38 @@ _WS: Final = re.compile(r"[ \t\n\r]*")
 # length, lone surrogates) only to find where each value ends: numbers and constants are
 # kept as text (no int() digit limit, no float()), and nothing read here is decided on.
 _EXTENT: Final = json.JSONDecoder(parse_float=str, parse_int=str, parse_constant=str)
+# A string or a bracket, for _nested_extent: what lies between them is skipped in C.
+# A quote that starts no whole string (it is never closed) is a match of its own.
+_STRING_OR_BRACKET: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}"]')
+
+
+#: How many strings and brackets :func:`_nested_extent` walks before it gives up (the
+#: request stays the 400 ``too_deep``): each costs a step of Python, and a request of
+#: nothing but brackets would otherwise cost a quarter of a second of CPU per MiB. A tool
+#: call's arguments deep enough to need the count (a few hundred levels: what an SDK's
+#: own encoder writes stops near a thousand) hold far fewer.
+MAX_COUNTED: Final = 200_000
+
+
+def _nested_extent(text: str, at: int) -> int:
+    """Where the array or object at ``at`` ends, found without recursion (for a value
+    nested too deep for :data:`_EXTENT`): brackets counted outside strings. Only where it
+    ends: what it holds is read, or refused, by whoever reads it next. Raises
+    ``ValueError`` when it does not end, or not within :data:`MAX_COUNTED` steps."""
+    if text[at:at + 1] not in ("[", "{"):
+        raise ValueError("no array or object here")
+    depth = 0
+    for match in itertools.islice(_STRING_OR_BRACKET.finditer(text, at), MAX_COUNTED):
+        mark = match.group()
+        if mark == '"':
+            break  # a string that never ends
+        if mark in "[{":
+            depth += 1
+        elif mark in "]}":
+            depth -= 1
+            if depth == 0:
+                return match.end()
+    raise ValueError("the value does not end")
 
 
 def _skip(text: str, at: int) -> int:
@@ -102,10 +129,10 @@ def tool_request(data: bytes) -> Any:
     (principal fields, transport, names, context, headers) is read strictly, and any
     ambiguity there, a duplicate member, or a request that is not one JSON object is
     the 400 it always was. A ``body`` nested deeper than :data:`MAX_DEPTH` (an SDK
-    writes a tool's arguments as they are) is handed over as its text too, and decided
-    as in process, up to :data:`MAX_BODY_DEPTH`; nesting elsewhere, or a body deeper
-    still, stays ``too_deep``. The second reading runs only for a request already
-    refused."""
+    writes a tool's arguments as they are) is handed over as its text too, however deep,
+    and decided as in process: read, or refused as ambiguous where it nests too deep for
+    the engine's stack to read (a 400 there was the same bypass). Nesting elsewhere stays
+    ``too_deep``. The second reading runs only for a request already refused."""
     try:
         return loads(data)
     except MalformedJsonError as exc:
@@ -141,7 +168,10 @@ def _with_body_text(text: str) -> dict[str, Any] | None:
             if text[i:i + 1] != ":":
                 return None
             i = _skip(text, i + 1)
-            end = _EXTENT.raw_decode(text, i)[1]
+            try:
+                end = _EXTENT.raw_decode(text, i)[1]
+            except RecursionError:  # too deep to read here: where it ends, counted
+                end = _nested_extent(text, i)
             members.append((key, text[i:end]))
             i = _skip(text, end)
             more = text[i:i + 1] == ","
@@ -162,7 +192,7 @@ def _with_body_text(text: str) -> dict[str, Any] | None:
         # deeper than MAX_DEPTH in the request, as loads() counts.
         value_bytes = value_text.encode("utf-8")
         deep = _too_deep(value_bytes, MAX_DEPTH - 1)
-        if deep and key == "body" and not _too_deep(value_bytes, MAX_BODY_DEPTH):
+        if deep and key == "body":
             request[key] = value_text  # the engine reads this text as in process
         elif deep:
             raise MalformedJsonError("too_deep", f"the JSON nests deeper than {MAX_DEPTH}")

@@ -10,6 +10,7 @@ on every other route and wire."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policyengine import _json as strict_json
+from policyengine.server._wirejson import MAX_COUNTED, _nested_extent
 
 from .test_tool_body_doubles import (
     CALLS,
@@ -133,10 +135,10 @@ ENVELOPES = [
     ('{"transport":"mcp","toolName":"note","body":' + "[" * 70 + "]" * 70
      + ',"context":{"a":' + "[" * 64 + "]" * 64 + "}}", "too_deep"),
     ('{"transport":"mcp","toolName":"note","body":' + "[" * 70 + "]" * 71 + "}", "too_deep"),
-    ('{"transport":"mcp","toolName":"note","body":' + "[" * 5000 + "]" * 5000 + "}",
-     "too_deep"),
-    ('{"transport":"mcp","toolName":"note","body":' + "[" * 201 + "]" * 201 + "}",
-     "too_deep"),  # past MAX_BODY_DEPTH
+    ('{"transport":"mcp","toolName":"note","body":' + "[" * 5000 + "]" * 4999 + "}",
+     "too_deep"),  # a deep body that never ends: no request
+    ('{"transport":"mcp","toolName":"note","body":' + "[" * 5000 + '"' + "]" * 5000 + "}",
+     "too_deep"),  # a string in it that never ends
 ]
 
 
@@ -156,8 +158,14 @@ DEEP_BODIES = [
     + "}",
     *('{"a":' * d + "1" + "}" * d for d in range(65, 201, 27)),
     *("[" * d + "Infinity" + "]" * d for d in range(65, 201, 27)),
-    "[" * 200 + "]" * 200,  # MAX_BODY_DEPTH
+    "[" * 200 + "]" * 200,
     "[" * 199 + "NaN" + "]" * 199,
+    "[" * 201 + "]" * 201,
+    # too deep for any stack to read, in process or on the service: ambiguous, refused
+    "[" * 5000 + "]" * 5000,
+    '{"amount": 5, "currency": "USD", "x": ' + "[" * 5000 + json.dumps("]\\\"[")
+    + "]" * 5000 + "}",
+    "[" * 100_000 + "NaN" + "]" * 100_000,
 ]
 
 
@@ -238,3 +246,33 @@ def test_property_a_body_holding_nan_or_infinity_is_never_allowed_nor_non_2xx(
     assert r.status_code == 200, r.text
     assert r.json()["allowed"] is False, r.text
     assert refused_as_ambiguous(r), r.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text()),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=5), inner, max_size=4)),
+    max_leaves=20).filter(lambda d: isinstance(d, (list, dict))),
+       tail=st.sampled_from(["", " ", ",", "}", ' ,"k": [1]}']))
+def test_property_the_counted_extent_of_a_container_is_where_json_says_it_ends(
+        doc: object, tail: str) -> None:
+    """The extent counted without recursion (for a body too deep to decode) ends where
+    the decoder ends the same value, strings with brackets, quotes and escapes included."""
+    text = json.dumps(doc) + tail
+    assert _nested_extent(text, 0) == json.JSONDecoder().raw_decode(text, 0)[1]
+
+
+@pytest.mark.parametrize("text", ["[[", '["x]', '["x\\"]', "x [1]", '"a"', "", "[" * 9 + "]" * 8])
+def test_a_container_that_never_ends_has_no_extent(text: str) -> None:
+    with pytest.raises(ValueError):
+        _nested_extent(text, 0)
+
+
+def test_the_count_gives_up_after_its_bound() -> None:
+    """A container the count would need more than MAX_COUNTED steps for has no extent
+    (the request stays a 400): a request of nothing but brackets costs a bounded time."""
+    fits = "[" * (MAX_COUNTED // 2) + "]" * (MAX_COUNTED // 2)
+    assert _nested_extent(fits, 0) == len(fits)
+    with pytest.raises(ValueError):
+        _nested_extent("[" + fits + "]", 0)

@@ -307,8 +307,9 @@ def test_a_fail_open_client_never_sends_a_body_holding_nan_or_infinity(
     assert len(upstream.received) == 1  # nothing holding NaN or Infinity arrived
 
 
+@pytest.mark.parametrize("depth", [70, 500])
 def test_a_fail_open_client_never_sends_a_denied_call_whose_body_nests_deep(
-        service: Running, upstream: Upstream) -> None:
+        service: Running, upstream: Upstream, depth: int) -> None:
     """A body nested deeper than the service's 64 (a tool's arguments, which a prompt
     can shape) was a 400 ``too_deep``, which the fail-open client takes for "governance
     unreachable": a call denied in process (a denied route, an amount over the cap) was
@@ -316,7 +317,7 @@ def test_a_fail_open_client_never_sends_a_denied_call_whose_body_nests_deep(
     call gets the engine's decision and the SDK raises."""
     base = f"http://127.0.0.1:{upstream.port}"
     deep: object = 1
-    for _ in range(70):
+    for _ in range(depth):  # 500: past what the service once handed on (a 400 again)
         deep = [deep]
     with TracengentClient(TracengentOptions(
             agent_id="travel-agent", base_url=service.url, client_id="key_travel",
@@ -325,13 +326,18 @@ def test_a_fail_open_client_never_sends_a_denied_call_whose_body_nests_deep(
         before = len(upstream.received)
         with pytest.raises(ToolDeniedException) as denied:
             http.post(f"{base}/v1/accounts/acct_1", json={"x": deep})
-        assert denied.value.outcome == "route_deny"
+        # 500 deep may be past what the engine's stack reads on the service's thread:
+        # then it is refused as ambiguous before the route is looked at; denied either way
+        assert denied.value.outcome in (("route_deny",) if depth == 70
+                                        else ("route_deny", "invalid_request"))
         with pytest.raises(ToolDeniedException):  # over the refund cap
             http.post(f"{base}/v1/refunds", json={"amount": "900", "currency": "EUR",
                                                    "note": deep})
         g = c.tools.authorize_function("transfer_funds", {"amount": "1", "currency": "EUR",
                                                           "note": deep})
-        assert g.decision is not None and g.decision.outcome != "invalid_request"
+        assert g.decision is not None  # a decision, not a failure the client skips
+        if depth == 70:
+            assert g.decision.outcome != "invalid_request"
     assert len(upstream.received) == before  # nothing denied arrived
 
 
