@@ -30,14 +30,19 @@ ADMIN = CYR_A + "dmin"
 HEAD = "namespace n\nrole superuser: x:*\nrole r: x:read\n"
 
 
-def warnings_of(text: str) -> list[tuple[int, int, str]]:
-    """(line, column, message) of each W207 of a policy (one with errors too: a scope
-    naming an agent no statement declares is also E104)."""
+def coded(code: str, text: str) -> list[tuple[int, int, str]]:
+    """(line, column, message) of each warning ``code`` of a policy (one with errors too:
+    a scope naming an agent no statement declares is also E104)."""
     try:
         problems = Engine.from_source(text).warnings
     except PolicyError as err:
         problems = err.problems
-    return [(p.line, p.column, p.message) for p in problems if p.code == "W207"]
+    return [(p.line, p.column, p.message) for p in problems if p.code == code]
+
+
+def warnings_of(text: str) -> list[tuple[int, int, str]]:
+    """(line, column, message) of each W207 (a word mixing scripts) of a policy."""
+    return coded("W207", text)
 
 
 def test_the_attack_is_warned_about_and_still_decided_as_written() -> None:
@@ -162,11 +167,7 @@ FULL_ADMIN = "\uff41\uff44\uff4d\uff49\uff4e"  # FULLWIDTH LATIN SMALL LETTER A,
 
 def nfkc_warnings_of(text: str) -> list[tuple[int, int, str]]:
     """(line, column, message) of each W208 of a policy (one with errors too)."""
-    try:
-        problems = Engine.from_source(text).warnings
-    except PolicyError as err:
-        problems = err.problems
-    return [(p.line, p.column, p.message) for p in problems if p.code == "W208"]
+    return coded("W208", text)
 
 
 def test_a_fullwidth_admin_is_warned_about_and_still_decided_as_written() -> None:
@@ -304,11 +305,7 @@ PAYPAL = "\u0440\u0430\u0443\u0440\u0430\u04cf"  # Cyrillic er a u er a palochka
 
 def latin_warnings_of(text: str) -> list[tuple[int, int, str]]:
     """(line, column, message) of each W209 of a policy (one with errors too)."""
-    try:
-        problems = Engine.from_source(text).warnings
-    except PolicyError as err:
-        problems = err.problems
-    return [(p.line, p.column, p.message) for p in problems if p.code == "W209"]
+    return coded("W209", text)
 
 
 def test_a_cyrillic_paypal_is_warned_about_and_still_decided_as_written() -> None:
