@@ -15,7 +15,7 @@ from typing import Any
 from policyengine._storeurl import MAX_SECONDS, redact_url, safe_reason, seconds_ok
 from policyengine.budgets.errors import BudgetInputError
 
-__all__ = ["DURABILITIES", "SCHEMA_NAME", "check_store_options", "shown_url", "store_url_error"]
+__all__ = ["DURABILITIES", "SCHEMA_NAME", "check_store_options", "store_url_error"]
 
 DURABILITIES = ("process", "spend", "full")
 #: A lower-case SQL name PostgreSQL takes without quoting rules to worry about.
@@ -60,14 +60,8 @@ def check_store_options(where: str = "budget store", **options: Any) -> None:
                                    f"{where}: option {name}={value!r} {rule[1]}")
 
 
-def shown_url(url: str) -> str:
-    """``url`` as the user wrote it, its secrets masked (``_storeurl.redact_url``: a
-    password, a query's secret values)."""
-    return redact_url(url)
-
-
 def store_url_error(url: str, why: str) -> BudgetInputError:
     """``invalid_store_url`` for the budget store URL ``url``: the URL and ``why`` with
     the URL's secrets masked (``_storeurl.safe_reason``: ``why`` may quote the driver)."""
     return BudgetInputError("invalid_store_url",
-                            f"budget store URL {shown_url(url)!r}: {safe_reason(url, why)}")
+                            f"budget store URL {redact_url(url)!r}: {safe_reason(url, why)}")

@@ -35,10 +35,11 @@ from policyengine._storeurl import (
     StoreUrlError,
     check_memory_url,
     flag,
+    redact_url,
     scheme_of,
     split_store_url,
 )
-from policyengine.budgets._options import check_store_options, shown_url, store_url_error
+from policyengine.budgets._options import check_store_options, store_url_error
 from policyengine.budgets.errors import BudgetInputError
 from policyengine.budgets.store import BudgetStore
 from policyengine.errors import PolicyEngineError
@@ -97,7 +98,7 @@ def store_from_url(url: str, **options: Any) -> BudgetStore:
     except StoreUrlError as exc:
         raise store_url_error(url, str(exc)) from None
     mine.update(options)
-    check_store_options(f"budget store URL {shown_url(url)!r}", **mine)
+    check_store_options(f"budget store URL {redact_url(url)!r}", **mine)
     try:
         return _open(url, kind, plain, mine)
     except PolicyEngineError:
