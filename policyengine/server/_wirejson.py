@@ -53,14 +53,7 @@ def loads(data: bytes) -> Any:
     """Decode a request body strictly; raise :class:`MalformedJsonError` with a code."""
     if _too_deep(data):
         raise MalformedJsonError("too_deep", f"the JSON nests deeper than {MAX_DEPTH}")
-    try:
-        return strict_json.loads(data, decimal=True)
-    except strict_json.AmbiguousJsonError as exc:
-        raise MalformedJsonError(exc.code, exc.message) from None
-    except UnicodeDecodeError:
-        raise MalformedJsonError("malformed_json", "the body is not UTF-8") from None
-    except (ValueError, RecursionError) as exc:
-        raise MalformedJsonError("malformed_json", f"the body is not JSON: {exc}") from None
+    return _strict(data)
 
 
 #: The strict decoder's codes for JSON that is well formed but read differently by other
@@ -208,11 +201,15 @@ def _with_body_text(text: str) -> dict[str, Any] | None:
     return request
 
 
-def _strict(text: str) -> Any:
+def _strict(text: str | bytes) -> Any:
+    """Strict decoding, each refusal mapped to its wire code; the depth check is the
+    caller's (:func:`loads` checks the whole request, a member is checked one level in)."""
     try:
         return strict_json.loads(text, decimal=True)
     except strict_json.AmbiguousJsonError as exc:
         raise MalformedJsonError(exc.code, exc.message) from None
+    except UnicodeDecodeError:
+        raise MalformedJsonError("malformed_json", "the body is not UTF-8") from None
     except (ValueError, RecursionError) as exc:
         raise MalformedJsonError("malformed_json", f"the body is not JSON: {exc}") from None
 
