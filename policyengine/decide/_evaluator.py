@@ -483,7 +483,7 @@ def _applying(checks: tuple[Any, ...], context: dict[str, Any], who: Any,
             if test is None or test(context, who, req) is True:
                 found.append(qid)
         except Exception as exc:
-            diags.append(_skipped(exc, qid))
+            diags.append(_failed(exc, qid, _SKIPPED))
     return tuple(found)
 
 
@@ -506,17 +506,12 @@ def entry_facts(entry: Entry, principal: str, permission: str, context: dict[str
             return ("allowed", "permitted", None, entry, None, (), entry)
         diags: tuple[Diagnostic, ...] = ()
     except Exception as exc:
-        diags = (_skipped(exc, entry.conditional_id(principal)),)
+        diags = (_failed(exc, entry.conditional_id(principal), _SKIPPED),)
     fallback = entry.fallback
     if fallback is not None:
         return ("allowed", "permitted", None, fallback, None, diags, fallback)
     return ("denied", "no_permit", f"no rule permits {permission} for {principal}", (), None,
             diags, ())
-
-
-def _skipped(exc: Exception, qid: str) -> Diagnostic:
-    """The diagnostic of a permit whose condition raised (as :func:`run_rule` records it)."""
-    return _failed(exc, qid, _SKIPPED)
 
 
 def shadow_rules(plan: PlanRules, context: dict[str, Any], req: RequestState | None
